@@ -1,0 +1,154 @@
+/*
+ * nibble.h - the public C API of nibble.
+ *
+ * nibble loads ONNX models into its own IR, rewrites them with passes (4-bit
+ * quantization among them), saves them back as ONNX, and runs them on the CPU.
+ *
+ * Conventions (every function below follows them):
+ *  - Every fallible function returns an nbl_status. NBL_OK is 0. On failure a
+ *    human-readable message naming the file, node or tensor at fault is kept
+ *    per thread and returned by nbl_last_error() until the next failing call.
+ *  - Handles are opaque. An object returned through an `out` pointer belongs to
+ *    the caller, who releases it with the matching *_free function. Strings and
+ *    arrays returned by accessors are owned by the handle and live as long as it.
+ *  - Nothing in the library exits or aborts on bad input.
+ */
+#ifndef NIBBLE_H
+#define NIBBLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NBL_VERSION_STRING "0.1.0"
+
+/* Status codes. Values are stable. */
+typedef enum nbl_status {
+  NBL_OK = 0,
+  NBL_ERR_INVALID_ARGUMENT = 1, /* caller passed something unusable (NULL, bad option) */
+  NBL_ERR_IO = 2,               /* a file could not be opened, read, mapped or written */
+  NBL_ERR_PARSE = 3,            /* bytes are not a valid ONNX protobuf */
+  NBL_ERR_INVALID_MODEL = 4,    /* parsed, but the model breaks an ONNX rule (verifier) */
+  NBL_ERR_UNSUPPORTED = 5,      /* valid ONNX that nibble does not implement */
+  NBL_ERR_OUT_OF_MEMORY = 6,
+  NBL_ERR_RUNTIME = 7,          /* a kernel failed on the data it was given */
+  NBL_ERR_MISMATCH = 8,         /* results differ from an expected value */
+  NBL_ERR_INTERNAL = 9          /* a broken internal invariant (a nibble bug) */
+} nbl_status;
+
+/* Element types: the numbers of ONNX TensorProto.DataType. */
+typedef enum nbl_dtype {
+  NBL_DT_UNDEFINED = 0,
+  NBL_DT_FLOAT = 1,
+  NBL_DT_UINT8 = 2,
+  NBL_DT_INT8 = 3,
+  NBL_DT_UINT16 = 4,
+  NBL_DT_INT16 = 5,
+  NBL_DT_INT32 = 6,
+  NBL_DT_INT64 = 7,
+  NBL_DT_STRING = 8,
+  NBL_DT_BOOL = 9,
+  NBL_DT_FLOAT16 = 10,
+  NBL_DT_DOUBLE = 11,
+  NBL_DT_UINT32 = 12,
+  NBL_DT_UINT64 = 13,
+  NBL_DT_COMPLEX64 = 14,
+  NBL_DT_COMPLEX128 = 15,
+  NBL_DT_BFLOAT16 = 16,
+  NBL_DT_FLOAT8E4M3FN = 17,
+  NBL_DT_FLOAT8E4M3FNUZ = 18,
+  NBL_DT_FLOAT8E5M2 = 19,
+  NBL_DT_FLOAT8E5M2FNUZ = 20,
+  NBL_DT_UINT4 = 21, /* packed two per byte, low nibble first */
+  NBL_DT_INT4 = 22,  /* packed two per byte, low nibble first, codes -8..7 */
+  NBL_DT_COUNT_ = 23
+} nbl_dtype;
+
+/* Library version, e.g. "0.1.0". */
+const char *nbl_version(void);
+
+/* The message of the last failing call on this thread ("" if none). */
+const char *nbl_last_error(void);
+
+/* A short constant name for a status ("ok", "invalid-model", ...). */
+const char *nbl_status_name(nbl_status st);
+
+/* Name of an element type as ONNX spells it ("float", "int4", ...), or "?" */
+const char *nbl_dtype_name(nbl_dtype dt);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nbl_model nbl_model;
+
+/* Load an ONNX model file. External data files are resolved relative to the
+ * model's folder, memory-mapped, and must not escape that folder. The model
+ * is verified (see nbl_model_verify) before it is returned.
+ * On success *out is a new model owned by the caller (nbl_model_free). */
+nbl_status nbl_model_load(const char *path, nbl_model **out);
+
+/* Load from a buffer holding a serialized ModelProto. `name` is used in
+ * messages; `base_dir` (may be NULL: no external data allowed) is where
+ * external data files are looked up. The buffer is not retained. */
+nbl_status nbl_model_load_buffer(const void *data, size_t len, const char *name,
+                                 const char *base_dir, nbl_model **out);
+
+/* Where tensor data goes when a model is saved. */
+typedef enum nbl_external_mode {
+  NBL_EXTERNAL_KEEP = 0,   /* tensors loaded from external data stay external (same
+                              location names, rewritten beside the new file); the rest inline */
+  NBL_EXTERNAL_NONE = 1,   /* every tensor inline */
+  NBL_EXTERNAL_ALL = 2     /* every tensor of at least `threshold` bytes goes to `location` */
+} nbl_external_mode;
+
+typedef struct nbl_save_options {
+  nbl_external_mode external;
+  const char *location; /* file name (relative to the saved model's folder) for NBL_EXTERNAL_ALL */
+  size_t threshold;     /* bytes; 0 means 1024 */
+} nbl_save_options;
+
+/* Save a model as an ONNX file. `opt` may be NULL (NBL_EXTERNAL_KEEP).
+ * Nothing is written if the model does not verify. */
+nbl_status nbl_model_save(const nbl_model *m, const char *path, const nbl_save_options *opt);
+
+/* Serialize to a malloc'd buffer (all tensors inline); caller frees *data. */
+nbl_status nbl_model_save_buffer(const nbl_model *m, void **data, size_t *len);
+
+/* Check the structural rules of ONNX: inputs defined before use, no cycles,
+ * unique names, consistent types, subgraph scoping, training bindings. */
+nbl_status nbl_model_verify(const nbl_model *m);
+
+/* Release a model and everything it owns. NULL is allowed. */
+void nbl_model_free(nbl_model *m);
+
+/* ------------------------------------------------------------------------ */
+/* Printing                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nbl_format {
+  NBL_FORMAT_TEXT = 0, /* ONNX textual syntax, as read by onnx.parser */
+  NBL_FORMAT_DOT = 1,  /* Graphviz */
+  NBL_FORMAT_JSON = 2
+} nbl_format;
+
+typedef struct nbl_print_options {
+  int full; /* 1: print every value of every initializer; 0: summarize large ones */
+} nbl_print_options;
+
+/* Print the model in the given format. `opt` may be NULL. */
+nbl_status nbl_model_print(const nbl_model *m, nbl_format fmt, const nbl_print_options *opt,
+                           FILE *out);
+
+/* Print a summary for people: ir/opset versions, inputs and outputs with
+ * types, op histogram, parameter count and bytes. */
+nbl_status nbl_model_print_info(const nbl_model *m, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NIBBLE_H */

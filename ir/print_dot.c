@@ -1,0 +1,2 @@
+/* ir/print_dot.c - being written; see the header for the contract. */
+typedef int nbl_placeholder_print_dot;

@@ -1,0 +1,126 @@
+/*
+ * kernel.h - the contract between the executor and operator kernels.
+ *
+ * An op family registers an array of nbl_op_def (see the end of this file);
+ * runtime/optable.c concatenates the family arrays into the one op table.
+ * Adding an op = one kernel function + one table line in its family file.
+ *
+ * Kernels run on nbl_rt_tensor: dense, row-major, native-endian element data.
+ * A kernel reads ctx->in[i] (NULL for an omitted optional input), computes the
+ * output shape from the actual inputs, asks the executor for output storage
+ * with nbl_kctx_alloc_out, and fills it. Returning non-OK must set a message via
+ * nbl_kerr, which names the node.
+ */
+#ifndef NBL_KERNEL_H
+#define NBL_KERNEL_H
+
+#include "../ir/ir.h"
+
+#define NBL_MAX_RANK 8
+
+typedef struct nbl_rt_tensor {
+  nbl_dtype dtype;
+  int rank;
+  int64_t dims[NBL_MAX_RANK];
+  int64_t numel;
+  void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned */
+  size_t nbytes; /* bytes of data (numel * element size; INT4/UINT4 packed) */
+  int owns;      /* internal: who frees data (executor bookkeeping) */
+} nbl_rt_tensor;
+
+typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */
+
+typedef struct nbl_kctx {
+  const nbl_graph *graph;
+  const nbl_node *node;
+  int opset; /* version of the node's domain imported by the model */
+  int n_in;
+  const nbl_rt_tensor *const *in; /* in[i] NULL when input i is omitted */
+  int n_out;
+  nbl_rt_tensor **out; /* out[i] NULL when output i is not requested ("" name) */
+  int reference;       /* 1: only reference code paths */
+  int threads;         /* thread count available to the kernel */
+  nbl_exec *exec;
+} nbl_kctx;
+
+typedef nbl_status (*nbl_kernel_fn)(nbl_kctx *ctx);
+
+/* Allocate output i with the given type and shape (zero-filled unless the
+ * executor has planned memory for it; do not rely on zeroing). If out[i] is
+ * NULL (output not requested) a scratch tensor is provided anyway so kernels
+ * can always write. Returns NBL_OK or an error with message set. */
+nbl_status nbl_kctx_alloc_out(nbl_kctx *ctx, int i, nbl_dtype dt, int rank, const int64_t *dims);
+/* Output i as a tensor pointer (valid after alloc_out; may be a scratch one). */
+nbl_rt_tensor *nbl_kctx_out(nbl_kctx *ctx, int i);
+/* Make output i an exact copy of `src` (type, shape and data). */
+nbl_status nbl_kctx_copy_out(nbl_kctx *ctx, int i, const nbl_rt_tensor *src);
+
+/* Set the error message, prefixed with "node 'NAME' (OpType): ", and return st. */
+nbl_status nbl_kerr(nbl_kctx *ctx, nbl_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Run fn(arg, begin, end) over [0, n) split across the executor's threads.
+ * Chunks are at least `grain` items. Runs inline when threads <= 1. */
+void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
+                      void (*fn)(void *arg, int64_t begin, int64_t end), void *arg);
+
+/* Run a subgraph (If/Loop/Scan body) with the given inputs bound to the
+ * subgraph's inputs in order; values captured from outer scopes are taken
+ * from the enclosing executor frame. Outputs are new tensors the caller owns
+ * (free with nbl_rt_tensor_free). */
+nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
+                                 const nbl_rt_tensor *const *in, int n_out, nbl_rt_tensor **out);
+
+/* ------------------------------------------------------------------ tensor helpers */
+
+size_t nbl_rt_elem_size(nbl_dtype dt); /* bytes per element; 0 for 4-bit types */
+/* Allocate data for t with the given type/shape (malloc, zeroed). */
+nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
+void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */
+/* Element i converted to double / int64 (any numeric dtype, bool). */
+double nbl_rt_get_f64(const nbl_rt_tensor *t, int64_t i);
+int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i);
+/* Store v (converted, saturating-free C cast semantics for ints) at element i. */
+void nbl_rt_set_f64(nbl_rt_tensor *t, int64_t i, double v);
+void nbl_rt_set_i64(nbl_rt_tensor *t, int64_t i, int64_t v);
+
+/* Numpy-style broadcast of shapes a and b into out (rank = max). Returns 0 on
+ * success, -1 if incompatible. */
+int nbl_broadcast_shape(int ra, const int64_t *a, int rb, const int64_t *b, int *rout,
+                        int64_t *out);
+/* For output linear index i of shape (rank,dims), the linear index into a
+ * broadcast operand of shape (ra, a) (ra <= rank, right-aligned). */
+int64_t nbl_broadcast_index(int rank, const int64_t *dims, int64_t i, int ra, const int64_t *a);
+/* Strides of a row-major shape. */
+void nbl_strides(int rank, const int64_t *dims, int64_t *strides);
+
+/* Normalize axis in [-rank, rank) to [0, rank); -1 if out of range. */
+int nbl_norm_axis(int64_t axis, int rank);
+
+/* ------------------------------------------------------------------ op table */
+
+typedef struct nbl_op_def {
+  const char *domain;   /* "" for ai.onnx */
+  const char *name;     /* op_type */
+  int since_version;    /* lowest opset version this entry implements */
+  int max_version;      /* highest opset version it is correct for (inclusive) */
+  nbl_kernel_fn ref;    /* plain C reference kernel (required) */
+  nbl_kernel_fn fast;   /* optional fast kernel; must agree with ref */
+} nbl_op_def;
+
+/* Each family file defines its array and count; optable.c lists the families. */
+#define NBL_OP_FAMILY(fam)                   \
+  extern const nbl_op_def nbl_ops_##fam[];   \
+  extern const size_t nbl_ops_##fam##_count;
+
+NBL_OP_FAMILY(elementwise) /* runtime/ops_elementwise.c: math, compare, logic, activations */
+NBL_OP_FAMILY(reduce)      /* runtime/ops_reduce.c: reductions, softmax, argmax, cumsum, topk */
+NBL_OP_FAMILY(nn)          /* runtime/ops_nn.c: conv, gemm, matmul, pooling, norms */
+NBL_OP_FAMILY(quant)       /* runtime/ops_quant.c: quantize/dequantize, integer matmul/conv */
+NBL_OP_FAMILY(shape)       /* runtime/ops_shape.c: reshape, transpose, concat, gather, ... */
+NBL_OP_FAMILY(control)     /* runtime/ops_control.c: Constant, Identity, If, Loop, Cast, ... */
+
+/* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
+const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
+
+#endif /* NBL_KERNEL_H */

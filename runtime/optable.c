@@ -1,0 +1,35 @@
+/* optable.c - the one op table: the families' arrays, looked up by domain,
+ * op type and opset version (the highest since_version <= the model's import). */
+#include <string.h>
+
+#include "kernel.h"
+
+static const struct {
+  const nbl_op_def *ops;
+  const size_t *count;
+} families[] = {
+    {nbl_ops_elementwise, &nbl_ops_elementwise_count},
+    {nbl_ops_reduce, &nbl_ops_reduce_count},
+    {nbl_ops_nn, &nbl_ops_nn_count},
+    {nbl_ops_quant, &nbl_ops_quant_count},
+    {nbl_ops_shape, &nbl_ops_shape_count},
+    {nbl_ops_control, &nbl_ops_control_count},
+};
+
+static int same_domain(const char *a, const char *b) {
+  if (!a || strcmp(a, "ai.onnx") == 0) a = "";
+  if (!b || strcmp(b, "ai.onnx") == 0) b = "";
+  return strcmp(a, b) == 0;
+}
+
+const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset) {
+  const nbl_op_def *best = NULL;
+  for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
+    for (size_t i = 0; i < *families[f].count; i++) {
+      const nbl_op_def *d = &families[f].ops[i];
+      if (strcmp(d->name, op_type) != 0 || !same_domain(d->domain, domain)) continue;
+      if (d->since_version > opset || opset > d->max_version) continue;
+      if (!best || d->since_version > best->since_version) best = d;
+    }
+  return best;
+}
