@@ -1,14 +1,49 @@
-/* nibble - the command-line tool (see README.md for the commands). */
+/* nibble - the command-line tool. Subcommands live in cmd_*.c (commands.h). */
 #include <stdio.h>
 #include <string.h>
 
+#include "commands.h"
 #include "nibble.h"
 
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *help;
+} commands[] = {
+    {"info", nbl_cmd_info, "MODEL: versions, inputs/outputs, op histogram, parameters"},
+    {"dump", nbl_cmd_dump, "MODEL [--format text|dot|json] [--full] [-o FILE]"},
+    {"passes", nbl_cmd_passes, "list every pass with its description and options"},
+    {"convert", nbl_cmd_convert, "MODEL -o OUT [--passes P1,P2{opt=v}] [dump options]"},
+    {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N]"},
+    {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: nibble COMMAND [ARGS]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+  fprintf(f, "\n  nibble COMMAND --help   options of one command\n"
+             "  nibble --version\n\nexit status: 0 success, 1 run failed or outputs mismatched, "
+             "2 bad usage or bad input\n");
+}
+
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
     printf("nibble %s\n", nbl_version());
     return 0;
   }
-  fprintf(stderr, "usage: nibble --version\n");
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+      strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "nibble: unknown command '%s'\n", argv[1]);
+  usage(stderr);
   return 2;
 }

@@ -1,0 +1,5 @@
+/* cmd_convert.c - being written. */
+#include <stdio.h>
+#include "commands.h"
+int nbl_cmd_convert(int argc, char **argv) { (void)argc; fprintf(stderr, "nibble %s: not available in this build yet\n", argv[0]); return 2; }
+int nbl_cmd_passes(int argc, char **argv) { (void)argc; fprintf(stderr, "nibble %s: not available in this build yet\n", argv[0]); return 2; }
