@@ -1,0 +1,2 @@
+/* gemm.c - being written. */
+#include "gemm.h"
