@@ -1,0 +1,159 @@
+#!/usr/bin/python3
+"""export_models.py - export the whole-model reference set for nibble.
+
+usage: /usr/bin/python3 export_models.py OUTDIR [--models a,b,...] [--no-ort]
+
+For each model (random weights, torch.manual_seed(0), eval mode) writes
+  OUTDIR/<model>/model.onnx
+  OUTDIR/<model>/inputs/<input name>.npy     fixed random inputs (seeded)
+  OUTDIR/<model>/torch/<output name>.npy     PyTorch's outputs
+  OUTDIR/<model>/ort/<output name>.npy       ONNX Runtime's outputs (ort_run.js)
+and OUTDIR/manifest.json listing models, inputs and outputs. ONNX Runtime's
+outputs are the reference the comparison test uses; PyTorch's are checked
+against them here (relative error max|a-b|/max|b|) so a bad export is caught
+at the source.
+Exit status: 0 success, 1 an export or check failed, 2 bad usage.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torchvision
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORT_RUN = os.path.join(HERE, "ort_run.js")
+TORCH_ORT_TOL = 1e-4
+
+
+def make_resnet18():
+    return torchvision.models.resnet18(weights=None), [("input", (1, 3, 224, 224))], 13
+
+
+def make_mobilenet_v2():
+    return torchvision.models.mobilenet_v2(weights=None), [("input", (1, 3, 224, 224))], 13
+
+
+def make_squeezenet1_1():
+    return torchvision.models.squeezenet1_1(weights=None), [("input", (1, 3, 224, 224))], 13
+
+
+class Encoder(torch.nn.Module):
+    """torch.nn.TransformerEncoder, d_model 64, 2 layers, 4 heads; input [seq, batch, d]."""
+
+    def __init__(self):
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128,
+                                                 dropout=0.1)
+        # enable_nested_tensor=False: the nested-tensor fast path does not export.
+        self.encoder = torch.nn.TransformerEncoder(layer, num_layers=2,
+                                                   enable_nested_tensor=False)
+
+    def forward(self, src):
+        return self.encoder(src)
+
+
+def make_transformer():
+    return Encoder(), [("src", (16, 2, 64))], 14
+
+
+MODELS = {
+    "resnet18": make_resnet18,
+    "mobilenet_v2": make_mobilenet_v2,
+    "squeezenet1_1": make_squeezenet1_1,
+    "transformer_encoder": make_transformer,
+}
+
+
+def rel_err(a, b):
+    denom = float(np.max(np.abs(b))) if b.size else 0.0
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if b.size else 0.0
+    return diff / denom if denom > 0 else diff
+
+
+def export_one(name, outdir, run_ort):
+    torch.manual_seed(0)
+    model, inputs, opset = MODELS[name]()
+    model.eval()
+    mdir = os.path.join(outdir, name)
+    for sub in ("inputs", "torch", "ort"):
+        os.makedirs(os.path.join(mdir, sub), exist_ok=True)
+    rng = np.random.default_rng(1234)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _, shape in inputs]
+    tensors = tuple(torch.from_numpy(a) for a in arrays)
+    path = os.path.join(mdir, "model.onnx")
+    with torch.no_grad():
+        outs = model(*tensors)
+        if isinstance(outs, torch.Tensor):
+            outs = (outs,)
+        out_names = ["output"] if len(outs) == 1 else ["output_%d" % i for i in range(len(outs))]
+        torch.onnx.export(model, tensors, path, opset_version=opset,
+                          input_names=[n for n, _ in inputs], output_names=out_names,
+                          do_constant_folding=True)
+    entry = {"name": name, "model": os.path.relpath(path, outdir), "opset": opset,
+             "inputs": {}, "outputs": {}}
+    for (iname, _), arr in zip(inputs, arrays):
+        f = os.path.join(mdir, "inputs", iname + ".npy")
+        np.save(f, arr)
+        entry["inputs"][iname] = os.path.relpath(f, outdir)
+    for oname, o in zip(out_names, outs):
+        np.save(os.path.join(mdir, "torch", oname + ".npy"), o.numpy())
+        entry["outputs"][oname] = os.path.relpath(os.path.join(mdir, "ort", oname + ".npy"),
+                                                  outdir)
+    ok = True
+    if run_ort:
+        cmd = ["node", ORT_RUN, "run", path, "--output-dir", os.path.join(mdir, "ort"),
+               "--threads", "1"]
+        for iname in entry["inputs"]:
+            cmd += ["--input", "%s=%s" % (iname, os.path.join(outdir, entry["inputs"][iname]))]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print("%s: ONNX Runtime failed: %s" % (name, r.stderr.strip()), file=sys.stderr)
+            return entry, False
+        for oname, o in zip(out_names, outs):
+            ref = np.load(os.path.join(mdir, "ort", oname + ".npy"))
+            err = rel_err(o.numpy(), ref)
+            status = "ok" if err <= TORCH_ORT_TOL and ref.shape == o.shape else "MISMATCH"
+            ok = ok and status == "ok"
+            print("%-22s %-10s %-18s torch vs ORT rel err %.2e  %s"
+                  % (name, oname, "x".join(map(str, ref.shape)), err, status))
+    else:
+        print("%-22s exported (ONNX Runtime not run)" % name)
+    return entry, ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("outdir")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--no-ort", action="store_true", help="skip running ONNX Runtime")
+    args = ap.parse_args()
+    names = [m for m in args.models.split(",") if m]
+    for m in names:
+        if m not in MODELS:
+            print("export_models.py: unknown model '%s' (known: %s)" % (m, ", ".join(MODELS)),
+                  file=sys.stderr)
+            return 2
+    torch.set_num_threads(2)
+    os.makedirs(args.outdir, exist_ok=True)
+    manifest_path = os.path.join(args.outdir, "manifest.json")
+    manifest = {"models": []}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    all_ok = True
+    for m in names:
+        entry, ok = export_one(m, args.outdir, not args.no_ort)
+        all_ok = all_ok and ok
+        manifest["models"] = [e for e in manifest["models"] if e["name"] != m] + [entry]
+    manifest["models"].sort(key=lambda e: list(MODELS).index(e["name"]))
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1)
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
