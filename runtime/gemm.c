@@ -1,2 +1,532 @@
-/* gemm.c - being written. */
+/* gemm.c - FP32 GEMM (OpenBLAS or nibble's own packed kernel), the double
+ * reference product, and the convolution helpers built on them. */
 #include "gemm.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NBL_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+/* ------------------------------------------------------------------ portable blocked kernel */
+
+#define MR 6
+#define NR 16
+#define KC 256
+#define MC 72 /* multiple of MR */
+#define NC 2048 /* multiple of NR */
+
+typedef float v8f __attribute__((vector_size(32)));
+
+/* acc = sum_p a[p*MR+i] * b[p*NR+j]; C[i,j] += alpha * acc for i < mr, j < nr. */
+#define MICRO_BODY                                                                   \
+  v8f acc[MR][2];                                                                    \
+  memset(acc, 0, sizeof acc);                                                        \
+  for (int64_t p = 0; p < kc; p++) {                                                 \
+    v8f b0, b1;                                                                      \
+    memcpy(&b0, b + p * NR, sizeof b0);                                              \
+    memcpy(&b1, b + p * NR + 8, sizeof b1);                                          \
+    for (int i = 0; i < MR; i++) {                                                   \
+      float av = a[p * MR + i];                                                      \
+      v8f va = {av, av, av, av, av, av, av, av};                                     \
+      acc[i][0] += va * b0;                                                          \
+      acc[i][1] += va * b1;                                                          \
+    }                                                                                \
+  }                                                                                  \
+  float out[MR][NR];                                                                 \
+  memcpy(out, acc, sizeof out);                                                      \
+  for (int i = 0; i < mr; i++)                                                       \
+    for (int j = 0; j < nr; j++) C[i * ldc + j] += alpha * out[i][j];
+
+__attribute__((target("avx2,fma"))) static void micro_avx2(int64_t kc, const float *a,
+                                                           const float *b, float *C,
+                                                           int64_t ldc, int mr, int nr,
+                                                           float alpha) {
+  MICRO_BODY
+}
+
+static void micro_generic(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
+                          int mr, int nr, float alpha) {
+  MICRO_BODY
+}
+
+typedef void (*micro_fn)(int64_t, const float *, const float *, float *, int64_t, int, int, float);
+
+static micro_fn pick_micro(void) {
+  static micro_fn fn;
+  if (!fn) {
+    __builtin_cpu_init();
+    fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? micro_avx2
+                                                                         : micro_generic;
+  }
+  return fn;
+}
+
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+  if (beta == 1.0f) return;
+  for (int64_t i = 0; i < M; i++) {
+    float *row = C + i * ldc;
+    if (beta == 0.0f)
+      memset(row, 0, (size_t)N * sizeof(float));
+    else
+      for (int64_t j = 0; j < N; j++) row[j] *= beta;
+  }
+}
+
+/* Single-threaded packed GEMM on a sub-problem. */
+static void sgemm_serial(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                         float *C, int64_t ldc) {
+  scale_c(M, N, beta, C, ldc);
+  if (M == 0 || N == 0 || K == 0) return;
+  float *abuf = aligned_alloc(64, (size_t)MC * KC * sizeof(float));
+  float *bbuf = aligned_alloc(64, (size_t)KC * NC * sizeof(float));
+  if (!abuf || !bbuf) {
+    /* no memory for packing: plain loop, same numbers up to summation order */
+    free(abuf);
+    free(bbuf);
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < N; j++) {
+        float s = 0;
+        for (int64_t p = 0; p < K; p++)
+          s += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
+        C[i * ldc + j] += alpha * s;
+      }
+    return;
+  }
+  micro_fn micro = pick_micro();
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    int64_t nc = N - jc < NC ? N - jc : NC;
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      int64_t kc = K - pc < KC ? K - pc : KC;
+      /* pack B[pc:pc+kc, jc:jc+nc] into NR-wide panels */
+      for (int64_t jr = 0; jr < nc; jr += NR) {
+        float *bp = bbuf + jr * kc;
+        int nr = (int)(nc - jr < NR ? nc - jr : NR);
+        for (int64_t p = 0; p < kc; p++) {
+          float *dst = bp + p * NR;
+          if (!tb) {
+            const float *src = B + (pc + p) * ldb + jc + jr;
+            memcpy(dst, src, (size_t)nr * sizeof(float));
+          } else {
+            for (int j = 0; j < nr; j++) dst[j] = B[(jc + jr + j) * ldb + pc + p];
+          }
+          for (int j = nr; j < NR; j++) dst[j] = 0;
+        }
+      }
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        int64_t mc = M - ic < MC ? M - ic : MC;
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          float *ap = abuf + ir * kc;
+          int mr = (int)(mc - ir < MR ? mc - ir : MR);
+          for (int64_t p = 0; p < kc; p++) {
+            float *dst = ap + p * MR;
+            if (!ta)
+              for (int i = 0; i < mr; i++) dst[i] = A[(ic + ir + i) * lda + pc + p];
+            else
+              for (int i = 0; i < mr; i++) dst[i] = A[(pc + p) * lda + ic + ir + i];
+            for (int i = mr; i < MR; i++) dst[i] = 0;
+          }
+        }
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          int nr = (int)(nc - jr < NR ? nc - jr : NR);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int mr = (int)(mc - ir < MR ? mc - ir : MR);
+            micro(kc, abuf + ir * kc, bbuf + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr,
+                  alpha);
+          }
+        }
+      }
+    }
+  }
+  free(abuf);
+  free(bbuf);
+}
+
+typedef struct gemm_task {
+  int ta, tb, split_rows;
+  int64_t M, N, K, block;
+  float alpha, beta;
+  const float *A, *B;
+  int64_t lda, ldb, ldc;
+  float *C;
+} gemm_task;
+
+static void gemm_task_run(void *arg, int64_t begin, int64_t end) {
+  const gemm_task *t = arg;
+  if (t->split_rows) {
+    int64_t r0 = begin * t->block, r1 = end * t->block;
+    if (r1 > t->M) r1 = t->M;
+    const float *A = t->ta ? t->A + r0 : t->A + r0 * t->lda;
+    sgemm_serial(t->ta, t->tb, r1 - r0, t->N, t->K, t->alpha, A, t->lda, t->B, t->ldb, t->beta,
+                 t->C + r0 * t->ldc, t->ldc);
+  } else {
+    int64_t c0 = begin * t->block, c1 = end * t->block;
+    if (c1 > t->N) c1 = t->N;
+    const float *B = t->tb ? t->B + c0 * t->ldb : t->B + c0;
+    sgemm_serial(t->ta, t->tb, t->M, c1 - c0, t->K, t->alpha, t->A, t->lda, B, t->ldb, t->beta,
+                 t->C + c0, t->ldc);
+  }
+}
+
+void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  int threads = ctx ? ctx->threads : 1;
+  double flops = (double)M * (double)N * (double)K;
+  if (threads <= 1 || flops < 2e5) {
+    sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  gemm_task t = {trans_a, trans_b, 1, M, N, K, MC, alpha, beta, A, B, lda, ldb, ldc, C};
+  int64_t row_blocks = (M + MC - 1) / MC;
+  if (row_blocks < threads && N >= 4 * NR * threads) {
+    t.split_rows = 0;
+    t.block = 4 * NR;
+    nbl_parallel_for(ctx, (N + t.block - 1) / t.block, 1, gemm_task_run, &t);
+  } else {
+    if (row_blocks < threads) t.block = ((M + threads - 1) / threads + MR - 1) / MR * MR;
+    nbl_parallel_for(ctx, (M + t.block - 1) / t.block, 1, gemm_task_run, &t);
+  }
+}
+
+int nbl_gemm_has_blas(void) {
+#ifdef NBL_HAVE_CBLAS
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+               float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+               float *C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+#ifdef NBL_HAVE_CBLAS
+  if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&
+      ldc < INT_MAX) {
+#ifdef OPENBLAS_VERSION
+    static int cur_threads = -1;
+    int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
+    if (want != cur_threads) {
+      openblas_set_num_threads(want);
+      cur_threads = want;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
+                (int)ldb, beta, C, (int)ldc);
+    return;
+  }
+#endif
+  nbl_sgemm_portable(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+                   const double *A, int64_t lda, const double *B, int64_t ldb, double beta,
+                   double *C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double s = 0;
+      for (int64_t p = 0; p < K; p++)
+        s += (trans_a ? A[p * lda + i] : A[i * lda + p]) *
+             (trans_b ? B[j * ldb + p] : B[p * ldb + j]);
+      double *c = &C[i * ldc + j];
+      *c = beta == 0 ? alpha * s : alpha * s + beta * *c;
+    }
+}
+
+/* ------------------------------------------------------------------ convolution geometry */
+
+nbl_status nbl_conv_geom_init(nbl_kctx *ctx, nbl_conv_geom *g, const nbl_rt_tensor *x,
+                              const int64_t *kdims, int ceil_mode) {
+  memset(g, 0, sizeof *g);
+  const nbl_node *n = ctx->node;
+  if (x->rank < 3)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "input has rank %d, expected at least 3 (N, C, ...)",
+                    x->rank);
+  int ns = x->rank - 2;
+  g->ns = ns;
+  g->N = x->dims[0];
+  g->C = x->dims[1];
+  int cnt;
+  const int64_t *ks = nbl_attr_ints(n, "kernel_shape", &cnt);
+  if (ks && cnt != ns)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "kernel_shape has %d values, expected %d", cnt, ns);
+  if (!ks && !kdims)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "attribute 'kernel_shape' is required");
+  for (int i = 0; i < ns; i++) {
+    g->k[i] = ks ? ks[i] : kdims[i];
+    if (ks && kdims && ks[i] != kdims[i])
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL,
+                      "kernel_shape[%d] = %lld does not match the weight's dim %lld", i,
+                      (long long)ks[i], (long long)kdims[i]);
+    if (g->k[i] <= 0)
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "kernel dim %d is %lld", i, (long long)g->k[i]);
+    g->in[i] = x->dims[2 + i];
+  }
+  const int64_t *st = nbl_attr_ints(n, "strides", &cnt);
+  if (st && cnt != ns)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "strides has %d values, expected %d", cnt, ns);
+  const int64_t *dl = nbl_attr_ints(n, "dilations", &cnt);
+  if (dl && cnt != ns)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "dilations has %d values, expected %d", cnt, ns);
+  const int64_t *pd = nbl_attr_ints(n, "pads", &cnt);
+  if (pd && cnt != 2 * ns)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "pads has %d values, expected %d", cnt, 2 * ns);
+  const char *ap = nbl_attr_string(n, "auto_pad", "NOTSET");
+  int mode;
+  if (!strcmp(ap, "NOTSET") || !strcmp(ap, "")) mode = 0;
+  else if (!strcmp(ap, "SAME_UPPER")) mode = 1;
+  else if (!strcmp(ap, "SAME_LOWER")) mode = 2;
+  else if (!strcmp(ap, "VALID")) mode = 3;
+  else return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "unknown auto_pad '%s'", ap);
+  g->in_sz = g->k_sz = g->out_sz = 1;
+  for (int i = 0; i < ns; i++) {
+    g->s[i] = st ? st[i] : 1;
+    g->d[i] = dl ? dl[i] : 1;
+    if (g->s[i] <= 0 || g->d[i] <= 0)
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "strides and dilations must be positive");
+    int64_t dk = (g->k[i] - 1) * g->d[i] + 1;
+    if (mode == 1 || mode == 2) {
+      g->out[i] = (g->in[i] + g->s[i] - 1) / g->s[i];
+      int64_t total = (g->out[i] - 1) * g->s[i] + dk - g->in[i];
+      if (total < 0) total = 0;
+      g->pb[i] = mode == 1 ? total / 2 : total - total / 2;
+      g->pe[i] = total - g->pb[i];
+    } else {
+      g->pb[i] = mode == 0 && pd ? pd[i] : 0;
+      g->pe[i] = mode == 0 && pd ? pd[ns + i] : 0;
+      if (g->pb[i] < 0 || g->pe[i] < 0)
+        return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "negative pads are not supported");
+      int64_t span = g->in[i] + g->pb[i] + g->pe[i] - dk;
+      if (span < 0)
+        return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL,
+                        "kernel extent %lld exceeds the padded input size %lld in spatial dim %d",
+                        (long long)dk, (long long)(g->in[i] + g->pb[i] + g->pe[i]), i);
+      if (ceil_mode) {
+        g->out[i] = (span + g->s[i] - 1) / g->s[i] + 1;
+        if ((g->out[i] - 1) * g->s[i] >= g->in[i] + g->pb[i]) g->out[i]--;
+      } else {
+        g->out[i] = span / g->s[i] + 1;
+      }
+    }
+    g->in_sz *= g->in[i];
+    g->k_sz *= g->k[i];
+    g->out_sz *= g->out[i];
+  }
+  g->group = 1;
+  return NBL_OK;
+}
+
+void nbl_conv_ref_f64(const nbl_conv_geom *g, const double *x, const double *w, const double *bias,
+                      double *y) {
+  int ns = g->ns;
+  int64_t Cg = g->C / g->group, Mg = g->M / g->group;
+  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
+  for (int64_t n = 0; n < g->N; n++)
+    for (int64_t m = 0; m < g->M; m++) {
+      int64_t grp = m / Mg;
+      double *yp = y + (n * g->M + m) * g->out_sz;
+      for (int64_t oi = 0; oi < g->out_sz; oi++) {
+        int64_t r = oi;
+        for (int i = ns - 1; i >= 0; i--) {
+          o[i] = r % g->out[i];
+          r /= g->out[i];
+        }
+        double s = bias ? bias[m] : 0.0;
+        for (int64_t c = 0; c < Cg; c++) {
+          const double *xp = x + (n * g->C + grp * Cg + c) * g->in_sz;
+          const double *wp = w + (m * Cg + c) * g->k_sz;
+          for (int64_t ki = 0; ki < g->k_sz; ki++) {
+            int64_t rk = ki;
+            for (int i = ns - 1; i >= 0; i--) {
+              kk[i] = rk % g->k[i];
+              rk /= g->k[i];
+            }
+            int64_t xi = 0;
+            int inside = 1;
+            for (int i = 0; i < ns; i++) {
+              int64_t p = o[i] * g->s[i] - g->pb[i] + kk[i] * g->d[i];
+              if (p < 0 || p >= g->in[i]) {
+                inside = 0;
+                break;
+              }
+              xi = xi * g->in[i] + p;
+            }
+            if (inside) s += xp[xi] * wp[ki];
+          }
+        }
+        yp[oi] = s;
+      }
+    }
+}
+
+void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col) {
+  int ns = g->ns;
+  if (ns == 2) {
+    int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+    for (int64_t c = 0; c < Cg; c++)
+      for (int64_t kh = 0; kh < g->k[0]; kh++)
+        for (int64_t kw = 0; kw < g->k[1]; kw++) {
+          float *dst = col + ((c * g->k[0] + kh) * g->k[1] + kw) * OH * OW;
+          const float *src = x + c * H * W;
+          for (int64_t oh = 0; oh < OH; oh++) {
+            int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+            float *d = dst + oh * OW;
+            if (ih < 0 || ih >= H) {
+              memset(d, 0, (size_t)OW * sizeof(float));
+              continue;
+            }
+            const float *srow = src + ih * W;
+            int64_t off = kw * g->d[1] - g->pb[1], sw = g->s[1];
+            for (int64_t ow = 0; ow < OW; ow++) {
+              int64_t iw = ow * sw + off;
+              d[ow] = iw >= 0 && iw < W ? srow[iw] : 0.0f;
+            }
+          }
+        }
+    return;
+  }
+  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
+  for (int64_t c = 0; c < Cg; c++)
+    for (int64_t ki = 0; ki < g->k_sz; ki++) {
+      int64_t rk = ki;
+      for (int i = ns - 1; i >= 0; i--) {
+        kk[i] = rk % g->k[i];
+        rk /= g->k[i];
+      }
+      float *dst = col + (c * g->k_sz + ki) * g->out_sz;
+      const float *src = x + c * g->in_sz;
+      for (int i = 0; i < ns; i++) o[i] = 0;
+      for (int64_t oi = 0; oi < g->out_sz; oi++) {
+        int64_t xi = 0;
+        int inside = 1;
+        for (int i = 0; i < ns; i++) {
+          int64_t p = o[i] * g->s[i] - g->pb[i] + kk[i] * g->d[i];
+          if (p < 0 || p >= g->in[i]) inside = 0;
+          xi = xi * g->in[i] + p;
+        }
+        dst[oi] = inside ? src[xi] : 0.0f;
+        for (int i = ns - 1; i >= 0; i--) {
+          if (++o[i] < g->out[i]) break;
+          o[i] = 0;
+        }
+      }
+    }
+}
+
+typedef struct dw_task {
+  const nbl_conv_geom *g;
+  const float *x, *w, *bias;
+  float *y;
+  int64_t mult; /* output channels per input channel */
+} dw_task;
+
+/* Depthwise 2-D convolution, one (n, m) output plane per item. */
+static void dw_run(void *arg, int64_t begin, int64_t end) {
+  const dw_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t KH = g->k[0], KW = g->k[1];
+  for (int64_t it = begin; it < end; it++) {
+    int64_t n = it / g->M, m = it % g->M, c = m / t->mult;
+    const float *xp = t->x + (n * g->C + c) * H * W;
+    const float *wp = t->w + m * KH * KW;
+    float *yp = t->y + it * OH * OW;
+    float b = t->bias ? t->bias[m] : 0.0f;
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        float s = 0;
+        for (int64_t kh = 0; kh < KH; kh++) {
+          int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t kw = 0; kw < KW; kw++) {
+            int64_t iw = ow * g->s[1] - g->pb[1] + kw * g->d[1];
+            if (iw >= 0 && iw < W) s += xp[ih * W + iw] * wp[kh * KW + kw];
+          }
+        }
+        yp[oh * OW + ow] = s + b;
+      }
+  }
+}
+
+nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                        const float *bias, float *y) {
+  int64_t Cg = g->C / g->group, Mg = g->M / g->group;
+  if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
+  if (g->ns == 2 && Cg == 1 && g->group == g->C) {
+    dw_task t = {g, x, w, bias, y, Mg};
+    if (ctx)
+      nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, &t);
+    else
+      dw_run(&t, 0, g->N * g->M);
+    return NBL_OK;
+  }
+  int direct = 1;
+  for (int i = 0; i < g->ns; i++)
+    if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
+  int64_t kdim = Cg * g->k_sz;
+  float *col = NULL;
+  if (!direct) {
+    col = malloc((size_t)(kdim ? kdim : 1) * (size_t)g->out_sz * sizeof(float));
+    if (!col) {
+      if (ctx) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+    }
+  }
+  for (int64_t n = 0; n < g->N; n++)
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      const float *xg = x + (n * g->C + gr * Cg) * g->in_sz;
+      const float *wg = w + gr * Mg * kdim;
+      float *yg = y + (n * g->M + gr * Mg) * g->out_sz;
+      const float *b = xg;
+      if (!direct) {
+        nbl_im2col_f32(g, Cg, xg, col);
+        b = col;
+      }
+      nbl_sgemm(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, 0.0f, yg,
+                g->out_sz);
+      if (bias)
+        for (int64_t m = 0; m < Mg; m++) {
+          float bv = bias[gr * Mg + m];
+          float *row = yg + m * g->out_sz;
+          for (int64_t i = 0; i < g->out_sz; i++) row[i] += bv;
+        }
+    }
+  free(col);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ dtype conversion */
+
+double *nbl_to_f64(const nbl_rt_tensor *t) {
+  int64_t n = t->numel;
+  double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+  if (!v) return NULL;
+  if (t->dtype == NBL_DT_FLOAT) {
+    const float *f = t->data;
+    for (int64_t i = 0; i < n; i++) v[i] = f[i];
+  } else if (t->dtype == NBL_DT_DOUBLE) {
+    if (n > 0) memcpy(v, t->data, (size_t)n * sizeof(double));
+  } else {
+    for (int64_t i = 0; i < n; i++) v[i] = nbl_rt_get_f64(t, i);
+  }
+  return v;
+}
+
+void nbl_from_f64(nbl_rt_tensor *t, const double *v) {
+  int64_t n = t->numel;
+  if (t->dtype == NBL_DT_FLOAT) {
+    float *f = t->data;
+    for (int64_t i = 0; i < n; i++) f[i] = (float)v[i];
+  } else if (t->dtype == NBL_DT_DOUBLE) {
+    if (n > 0) memcpy(t->data, v, (size_t)n * sizeof(double));
+  } else {
+    for (int64_t i = 0; i < n; i++) nbl_rt_set_f64(t, i, v[i]);
+  }
+}

@@ -1,5 +1,84 @@
-/* gemm.h - FP32 matrix products: OpenBLAS when built with it, own kernels otherwise. */
+/*
+ * gemm.h - FP32 matrix products and convolution geometry shared by the nn and
+ * quant op families.
+ *
+ * nbl_sgemm is the fast product: OpenBLAS cblas_sgemm when built with
+ * NBL_HAVE_CBLAS, otherwise (or via nbl_sgemm_portable) nibble's own packed,
+ * blocked kernel. nbl_dgemm_ref is the plain triple loop (double accumulation)
+ * that reference kernels use and that tests compare the fast paths against.
+ * All matrices are row-major; lda/ldb/ldc are row strides in elements.
+ */
 #ifndef NBL_GEMM_H
 #define NBL_GEMM_H
 #include <stdint.h>
+
+#include "kernel.h"
+
+/* C[M,N] = alpha * op(A) * op(B) + beta * C, op(X) = X^T when trans_x.
+ * A is M x K (K x M when trans_a), B is K x N (N x K when trans_b).
+ * beta == 0 means C is written without being read (NaN in C does not leak).
+ * ctx gives the thread count (NULL: single thread). */
+void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+               float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+               float *C, int64_t ldc);
+
+/* Same contract as nbl_sgemm but always nibble's own blocked kernel (no BLAS). */
+void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc);
+
+/* Reference product in double: plain triple loop, same contract as nbl_sgemm. */
+void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+                   const double *A, int64_t lda, const double *B, int64_t ldb, double beta,
+                   double *C, int64_t ldc);
+
+/* 1 when nbl_sgemm uses a BLAS library. */
+int nbl_gemm_has_blas(void);
+
+/* ------------------------------------------------------------------ convolution geometry */
+
+#define NBL_CONV_MAX_SP (NBL_MAX_RANK - 2)
+
+/* Geometry of a convolution or pooling window over ns spatial dims. */
+typedef struct nbl_conv_geom {
+  int ns;                         /* spatial rank (>= 1) */
+  int64_t N, C, M, group;         /* batch, input channels, output channels (conv), groups */
+  int64_t in[NBL_CONV_MAX_SP];    /* input spatial dims */
+  int64_t k[NBL_CONV_MAX_SP];     /* kernel dims */
+  int64_t s[NBL_CONV_MAX_SP];     /* strides */
+  int64_t d[NBL_CONV_MAX_SP];     /* dilations */
+  int64_t pb[NBL_CONV_MAX_SP];    /* pads at the beginning */
+  int64_t pe[NBL_CONV_MAX_SP];    /* pads at the end */
+  int64_t out[NBL_CONV_MAX_SP];   /* output spatial dims */
+  int64_t in_sz, k_sz, out_sz;    /* products of in, k, out */
+} nbl_conv_geom;
+
+/* Fill g from the node's kernel_shape/strides/dilations/pads/auto_pad
+ * attributes for input x (rank ns+2) and kernel dims `kdims` (NULL: from the
+ * kernel_shape attribute). ceil_mode: pooling's output rounding. On error the
+ * message names the node. */
+nbl_status nbl_conv_geom_init(nbl_kctx *ctx, nbl_conv_geom *g, const nbl_rt_tensor *x,
+                              const int64_t *kdims, int ceil_mode);
+
+/* Direct reference convolution in double: x [N,C,in...], w [M,C/group,k...],
+ * bias [M] or NULL, y [N,M,out...]. */
+void nbl_conv_ref_f64(const nbl_conv_geom *g, const double *x, const double *w, const double *bias,
+                      double *y);
+
+/* im2col for one image and one group: x points at the group's first channel
+ * of the image ([Cg, in...]); col becomes [Cg * k_sz, out_sz]. */
+void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col);
+
+/* Fast FP32 convolution (im2col + nbl_sgemm, direct 1x1, depthwise loop);
+ * same layout as nbl_conv_ref_f64. Returns NBL_ERR_OUT_OF_MEMORY on failure. */
+nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                        const float *bias, float *y);
+
+/* ------------------------------------------------------------------ dtype conversion */
+
+/* Tensor data converted to a malloc'd double array (NULL on OOM or numel 0 -> a 1-element buffer). */
+double *nbl_to_f64(const nbl_rt_tensor *t);
+/* Store n doubles into t (converted to its dtype). */
+void nbl_from_f64(nbl_rt_tensor *t, const double *v);
+
 #endif
