@@ -148,6 +148,39 @@ nbl_status nbl_model_print(const nbl_model *m, nbl_format fmt, const nbl_print_o
  * types, op histogram, parameter count and bytes. */
 nbl_status nbl_model_print_info(const nbl_model *m, FILE *out);
 
+
+/* ------------------------------------------------------------------------ */
+/* Passes                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nbl_pipeline nbl_pipeline;
+
+/* Parse a pipeline: comma-separated pass names, each optionally followed by
+ * options in braces: "infer-shapes,dce,quantize-int4{weights=sawb,skip-first-last=1}".
+ * Unknown passes or options are an error listing what exists. */
+nbl_status nbl_pipeline_parse(const char *spec, nbl_pipeline **out);
+void nbl_pipeline_free(nbl_pipeline *p);
+
+typedef struct nbl_pipeline_options {
+  int verify_each;       /* run the verifier after every pass; a failure names the pass */
+  int print_before_all;  /* print the IR (text syntax) before every pass */
+  int print_after_all;   /* ... after every pass */
+  int print_changed;     /* ... after every pass that changed something */
+  const char *print_before; /* comma-separated pass names, or NULL */
+  const char *print_after;  /* comma-separated pass names, or NULL */
+  const char *dump_dir;  /* write NN-<pass>.onnxtxt/.dot/.onnx after each pass (00-input first) */
+  int pass_stats;        /* print a table: time, nodes/values added/removed, initializer bytes */
+  FILE *out;             /* where printing goes (NULL: stdout) */
+  FILE *log;             /* where pass summaries go (NULL: stderr) */
+} nbl_pipeline_options;
+
+/* Run the pipeline on m in place. `opt` may be NULL. On failure the model may
+ * be partly rewritten; the message names the failing pass. */
+nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipeline_options *opt);
+
+/* List every pass with its description and options. */
+void nbl_passes_print(FILE *out);
+
 #ifdef __cplusplus
 }
 #endif

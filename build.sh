@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# nibble's one entry point for people and CI.
+#   ./build.sh demo   install what is missing, build, run the main job on the shipped model and data
+#   ./build.sh test   install what is missing, build (plain + ASan/UBSan), run the whole test suite
+#   ./build.sh deps   only install what is missing
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(meson ninja-build pkg-config gcc libprotobuf-c-dev protobuf-c-compiler check
+  libonnx-dev libonnx-testdata dataset-fashion-mnist libopenblas-dev libopenblas0-pthread
+  python3-onnx python3-torch python3-torchvision python3-numpy graphviz nodejs npm)
+
+deps() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "== installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  # ONNX Runtime (the reference runtime for whole-model checks and benchmarks) comes from npm.
+  if [ ! -d node_modules/onnxruntime-node ] && command -v npm >/dev/null; then
+    echo "== installing onnxruntime-node (npm)"
+    npm install --no-audit --no-fund --ignore-scripts onnxruntime-node >/dev/null || \
+      echo "warning: npm install onnxruntime-node failed; the ONNX Runtime comparisons will be skipped"
+  fi
+}
+
+build() { # build DIR [meson options...]
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  ninja -C "$dir"
+}
+
+case "${1:-}" in
+  deps)
+    deps ;;
+  demo)
+    deps
+    build build -Dwerror=true
+    ./models/demo.sh build/tools/nibble ;;
+  test)
+    deps
+    build build -Dwerror=true
+    meson test -C build --print-errorlogs --num-processes 2
+    build build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      meson test -C build-asan --print-errorlogs --num-processes 2 --suite asan ;;
+  *)
+    echo "usage: ./build.sh demo|test|deps" >&2
+    exit 2 ;;
+esac

@@ -1,0 +1,69 @@
+/*
+ * pass.h - how a pass is written and registered.
+ *
+ * A pass is a named, standalone function over the IR with a one-line
+ * description and typed options. It reports how much it changed
+ * (ctx->changed) and may write a short summary to ctx->log. Passes are
+ * listed once, in passes/registry.c; the manager (passes/manager.c) parses
+ * pipelines, runs passes, verifies between them and writes the dumps.
+ *
+ * Guard-then-act: a rewrite checks every precondition before it mutates the
+ * graph, and a pass that changes numerics says so (changes_numerics).
+ */
+#ifndef NBL_PASS_H
+#define NBL_PASS_H
+
+#include "../ir/ir.h"
+
+typedef enum nbl_opt_type { NBL_OPT_INT, NBL_OPT_FLOAT, NBL_OPT_BOOL, NBL_OPT_STRING } nbl_opt_type;
+
+typedef struct nbl_pass_option {
+  const char *name;
+  nbl_opt_type type;
+  const char *dflt; /* default, as text */
+  const char *help;
+} nbl_pass_option;
+
+#define NBL_PASS_MAX_OPTIONS 16
+
+typedef struct nbl_pass_def nbl_pass_def;
+
+typedef struct nbl_pass_ctx {
+  nbl_model *model;
+  const nbl_pass_def *pass;
+  const char *values[NBL_PASS_MAX_OPTIONS]; /* option values as text, in the def's order */
+  int changed;                              /* set by the pass: number of rewrites made */
+  FILE *log;                                /* summary lines of the pass (may be NULL) */
+} nbl_pass_ctx;
+
+typedef nbl_status (*nbl_pass_fn)(nbl_pass_ctx *ctx);
+
+struct nbl_pass_def {
+  const char *name;
+  const char *description;
+  nbl_pass_fn run;
+  int changes_numerics; /* 1 if outputs may change beyond float reassociation */
+  int hidden;           /* 1: test-only, listed and usable only with NBL_TEST_PASSES=1 */
+  nbl_pass_option options[NBL_PASS_MAX_OPTIONS];
+};
+
+/* Option values, converted (the manager validated them against the type). */
+int64_t nbl_pass_opt_int(const nbl_pass_ctx *ctx, const char *name);
+double nbl_pass_opt_float(const nbl_pass_ctx *ctx, const char *name);
+int nbl_pass_opt_bool(const nbl_pass_ctx *ctx, const char *name);
+const char *nbl_pass_opt_string(const nbl_pass_ctx *ctx, const char *name);
+
+/* Write one summary line for the pass (printf-style) to ctx->log, if any. */
+void nbl_pass_logf(nbl_pass_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The registry: every pass, in the order `nibble passes` lists them. */
+const nbl_pass_def *nbl_pass_find(const char *name);
+int nbl_pass_count(void);
+const nbl_pass_def *nbl_pass_at(int i);
+
+/* Remove nodes whose outputs are all unused (not consumed, not graph outputs),
+ * then unused non-input values and initializers; recursive over the whole
+ * graph. Returns the number of nodes removed. Shared by passes. */
+int nbl_graph_dce(nbl_graph *g);
+
+#endif /* NBL_PASS_H */
