@@ -20,4 +20,23 @@ nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, n
 /* Write t as one serialized TensorProto (raw_data form). */
 nbl_status nbl_tensor_save_pb(const nbl_tensor *t, const char *path);
 
+/* ---- shared between load.c, save.c and tensor_pb.c (protobuf types) ---- */
+
+struct Onnx__TensorProto;
+/* Where external data is looked up while loading; NULL when none is allowed. */
+typedef struct nbl_ext_ctx nbl_ext_ctx;
+
+/* Convert an unpacked TensorProto into an IR tensor in arena `a`. Payloads
+ * held in raw_data or a typed field of the right layout are taken over (the
+ * field is cleared, so free_unpacked does not free it); others are converted
+ * into a new buffer. External data is mapped through `ext` (NULL: an error).
+ * `label` (the file) starts every message. */
+nbl_status nbl_pb_tensor_to_ir(struct Onnx__TensorProto *tp, nbl_ext_ctx *ext, nbl_arena *a,
+                               const char *label, nbl_tensor **out);
+
+/* Fill a TensorProto (initialized by the caller) from t: dims, type, name,
+ * doc string and either raw_data pointing at t->data (not copied) or
+ * string_data pointing at t->strings. Arrays come from arena `a`. */
+nbl_status nbl_pb_tensor_from_ir(const nbl_tensor *t, nbl_arena *a, struct Onnx__TensorProto *tp);
+
 #endif
