@@ -1,7 +1,1027 @@
-/* ops_elementwise.c - op family 'elementwise' (see kernel.h for the kernel contract). */
+/*
+ * ops_elementwise.c - op family 'elementwise': arithmetic, math functions,
+ * comparisons, logic, bitwise ops, Where, Clip, variadic Max/Min/Sum/Mean and
+ * the activations (see kernel.h for the kernel contract).
+ *
+ * Structure: one broadcast engine (bc_*) walks the output in rows of the
+ * innermost coalesced dimension, handing each row's operand offsets and inner
+ * strides (0 = broadcast, 1 = contiguous) to a row function. Row functions come
+ * in two kinds: a float32 one with tight loops the compiler vectorizes (the
+ * fast path), and a generic one that computes every element in double, int64
+ * or uint64 through the kernel_util accessors (the reference path, and the
+ * only path for the less common types). c->reference selects the generic path
+ * for float32 too, so the two can be compared.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "kernel.h"
 
-const nbl_op_def nbl_ops_elementwise[] = {
-    {"", "__none__", 0, 0, 0, 0}, /* placeholder until the first op lands */
+/* Highest opset whose semantics these kernels are known to implement. */
+#define OPMAX 23
+
+/* ------------------------------------------------------------------ types */
+
+#define TM(dt) (1u << (dt))
+#define T_F (TM(NBL_DT_FLOAT) | TM(NBL_DT_DOUBLE) | TM(NBL_DT_FLOAT16) | TM(NBL_DT_BFLOAT16))
+#define T_S (TM(NBL_DT_INT8) | TM(NBL_DT_INT16) | TM(NBL_DT_INT32) | TM(NBL_DT_INT64))
+#define T_U (TM(NBL_DT_UINT8) | TM(NBL_DT_UINT16) | TM(NBL_DT_UINT32) | TM(NBL_DT_UINT64))
+#define T_B TM(NBL_DT_BOOL)
+#define T_NUM (T_F | T_S | T_U)
+
+enum { CL_F, CL_S, CL_U }; /* compute class: double, int64, uint64 */
+
+static int dt_class(nbl_dtype dt) {
+  if (TM(dt) & T_F) return CL_F;
+  if (TM(dt) & (T_U | T_B)) return CL_U;
+  return CL_S;
+}
+
+static const char *in_name(const nbl_kctx *c, int i) {
+  if (i >= c->node->n_inputs || c->node->inputs[i] == NBL_NONE) return "?";
+  return c->graph->values[c->node->inputs[i]].name;
+}
+
+/* Input i must be present; returns it or NULL with the error set in *st. */
+static const nbl_rt_tensor *need_in(nbl_kctx *c, int i, nbl_status *st) {
+  if (i >= c->n_in || !c->in[i]) {
+    *st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input %d is missing", i);
+    return NULL;
+  }
+  return c->in[i];
+}
+
+static nbl_status check_type(nbl_kctx *c, int i, unsigned mask) {
+  nbl_dtype dt = c->in[i]->dtype;
+  if ((unsigned)dt < 32 && (TM(dt) & mask)) return NBL_OK;
+  return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input '%s' has element type %s, which %s does not support",
+                  in_name(c, i), nbl_dtype_name(dt), c->node->op_type);
+}
+
+static nbl_status check_same_type(nbl_kctx *c, int i, int j) {
+  if (c->in[i]->dtype == c->in[j]->dtype) return NBL_OK;
+  return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "inputs '%s' (%s) and '%s' (%s) must have the same element type",
+                  in_name(c, i), nbl_dtype_name(c->in[i]->dtype), in_name(c, j),
+                  nbl_dtype_name(c->in[j]->dtype));
+}
+
+/* Grain (elements per task) for parallel loops: cheap ops get big chunks. */
+#define GRAIN_CHEAP 32768
+#define GRAIN_MATH 4096
+
+/* ------------------------------------------------------------------ broadcast engine */
+
+#define BC_MAXIN 3
+
+typedef struct bc_t {
+  int n;    /* operands */
+  int rank; /* coalesced rank, >= 1 */
+  int64_t dims[NBL_MAX_RANK];
+  int64_t st[BC_MAXIN][NBL_MAX_RANK]; /* element strides, 0 = broadcast */
+  int64_t total;
+} bc_t;
+
+/* Build the iteration for n operands of the given shapes. Writes the numpy
+ * broadcast output shape into (*orank, odims). Returns -1 if incompatible. */
+static int bc_init(bc_t *b, int n, const int *ranks, const int64_t *const *dims, int *orank,
+                   int64_t *odims) {
+  int r = 0;
+  int64_t od[NBL_MAX_RANK];
+  for (int k = 0; k < n; k++) {
+    int64_t tmp[NBL_MAX_RANK];
+    int rt;
+    if (nbl_broadcast_shape(r, od, ranks[k], dims[k], &rt, tmp) != 0) return -1;
+    r = rt;
+    memcpy(od, tmp, sizeof(int64_t) * (size_t)r);
+  }
+  *orank = r;
+  memcpy(odims, od, sizeof(int64_t) * (size_t)r);
+  b->n = n;
+  b->total = nbl_shape_numel(r, od);
+  /* per operand strides over the output axes */
+  int64_t st[BC_MAXIN][NBL_MAX_RANK];
+  for (int k = 0; k < n; k++) {
+    int64_t s = 1;
+    for (int d = r - 1; d >= 0; d--) {
+      int ad = d - (r - ranks[k]);
+      if (ad < 0 || dims[k][ad] == 1) {
+        st[k][d] = 0;
+      } else {
+        st[k][d] = s;
+        s *= dims[k][ad];
+      }
+    }
+  }
+  /* drop size-1 axes, coalesce mergeable neighbours */
+  int m = 0;
+  for (int d = 0; d < r; d++) {
+    if (od[d] == 1) continue;
+    if (m > 0) {
+      int ok = 1;
+      for (int k = 0; k < n; k++)
+        if (b->st[k][m - 1] != st[k][d] * od[d]) ok = 0;
+      if (ok) {
+        b->dims[m - 1] *= od[d];
+        for (int k = 0; k < n; k++) b->st[k][m - 1] = st[k][d];
+        continue;
+      }
+    }
+    b->dims[m] = od[d];
+    for (int k = 0; k < n; k++) b->st[k][m] = st[k][d];
+    m++;
+  }
+  if (m == 0) {
+    b->dims[0] = 1;
+    for (int k = 0; k < n; k++) b->st[k][0] = 0;
+    m = 1;
+  }
+  b->rank = m;
+  return 0;
+}
+
+struct bc_job;
+/* A row: output elements [o, o+n), operand k starts at element off[k] and
+ * advances by inner[k] per output element. */
+typedef void (*bc_row_fn)(const struct bc_job *j, int64_t o, const int64_t *off,
+                          const int64_t *inner, int64_t n);
+
+typedef struct bc_job {
+  const bc_t *bc;
+  bc_row_fn row;
+  int op;
+  const nbl_rt_tensor *in[BC_MAXIN];
+  nbl_rt_tensor *out;
+  double p0, p1; /* op parameters */
+  int err;       /* set by rows on integer division by zero */
+} bc_job;
+
+static void bc_range(void *arg, int64_t b, int64_t e) {
+  const bc_job *j = arg;
+  const bc_t *bc = j->bc;
+  int R = bc->rank;
+  int64_t inner_n = bc->dims[R - 1];
+  int64_t inner[BC_MAXIN];
+  for (int k = 0; k < bc->n; k++) inner[k] = bc->st[k][R - 1];
+  while (b < e) {
+    int64_t row = b / inner_n, col = b % inner_n;
+    int64_t off[BC_MAXIN];
+    for (int k = 0; k < bc->n; k++) off[k] = col * inner[k];
+    int64_t rr = row;
+    for (int d = R - 2; d >= 0; d--) {
+      int64_t cd = rr % bc->dims[d];
+      rr /= bc->dims[d];
+      for (int k = 0; k < bc->n; k++) off[k] += cd * bc->st[k][d];
+    }
+    int64_t n = inner_n - col;
+    if (n > e - b) n = e - b;
+    j->row(j, b, off, inner, n);
+    b += n;
+  }
+}
+
+static void bc_run(nbl_kctx *c, bc_job *j, int64_t grain) {
+  if (j->bc->total <= 0) return;
+  nbl_parallel_for(c, j->bc->total, grain, bc_range, j);
+}
+
+/* ------------------------------------------------------------------ binary ops */
+
+enum {
+  B_ADD, B_SUB, B_MUL, B_DIV, B_POW, B_MOD, B_FMOD, B_MAX, B_MIN,
+  B_SHL, B_SHR, B_BAND, B_BOR, B_BXOR,
+  B_EQ, B_LT, B_GT, B_LE, B_GE, /* comparisons: bool out */
+  B_AND, B_OR, B_XOR,           /* logic on bool */
+  B_PRELU
 };
-const size_t nbl_ops_elementwise_count = 0;
+
+static double bin_f(int op, double a, double b) {
+  switch (op) {
+  case B_ADD: return a + b;
+  case B_SUB: return a - b;
+  case B_MUL: return a * b;
+  case B_DIV: return a / b;
+  case B_POW: return pow(a, b);
+  case B_MOD: {
+    double r = fmod(a, b);
+    if (r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
+  }
+  case B_FMOD: return fmod(a, b);
+  case B_MAX: return (isnan(a) || a > b || isnan(b)) ? (isnan(b) ? b : a) : b;
+  case B_MIN: return (isnan(a) || a < b || isnan(b)) ? (isnan(b) ? b : a) : b;
+  case B_PRELU: return a < 0 ? a * b : a;
+  case B_EQ: return a == b;
+  case B_LT: return a < b;
+  case B_GT: return a > b;
+  case B_LE: return a <= b;
+  case B_GE: return a >= b;
+  default: return 0;
+  }
+}
+
+/* int64 arithmetic wraps (done in uint64 to stay defined). */
+static int64_t bin_s(int op, int64_t a, int64_t b, int *err) {
+  uint64_t ua = (uint64_t)a, ub = (uint64_t)b;
+  switch (op) {
+  case B_ADD: return (int64_t)(ua + ub);
+  case B_SUB: return (int64_t)(ua - ub);
+  case B_MUL: return (int64_t)(ua * ub);
+  case B_DIV:
+    if (b == 0) { *err = 1; return 0; }
+    if (b == -1) return (int64_t)(0 - ua);
+    return a / b;
+  case B_MOD: case B_FMOD: {
+    if (b == 0) { *err = 1; return 0; }
+    if (b == -1) return 0;
+    int64_t r = a % b;
+    if (op == B_MOD && r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
+  }
+  case B_MAX: return a > b ? a : b;
+  case B_MIN: return a < b ? a : b;
+  case B_PRELU: return a < 0 ? (int64_t)(ua * ub) : a;
+  case B_BAND: return a & b;
+  case B_BOR: return a | b;
+  case B_BXOR: return a ^ b;
+  case B_EQ: return a == b;
+  case B_LT: return a < b;
+  case B_GT: return a > b;
+  case B_LE: return a <= b;
+  case B_GE: return a >= b;
+  default: return 0;
+  }
+}
+
+static uint64_t bin_u(int op, uint64_t a, uint64_t b, int bits, int *err) {
+  switch (op) {
+  case B_ADD: return a + b;
+  case B_SUB: return a - b;
+  case B_MUL: return a * b;
+  case B_DIV:
+    if (b == 0) { *err = 1; return 0; }
+    return a / b;
+  case B_MOD: case B_FMOD:
+    if (b == 0) { *err = 1; return 0; }
+    return a % b;
+  case B_MAX: return a > b ? a : b;
+  case B_MIN: return a < b ? a : b;
+  case B_PRELU: return a;
+  case B_SHL: return b >= (uint64_t)bits ? 0 : a << b;
+  case B_SHR: return b >= (uint64_t)bits ? 0 : a >> b;
+  case B_BAND: case B_AND: return a & b;
+  case B_BOR: case B_OR: return a | b;
+  case B_BXOR: case B_XOR: return a ^ b;
+  case B_EQ: return a == b;
+  case B_LT: return a < b;
+  case B_GT: return a > b;
+  case B_LE: return a <= b;
+  case B_GE: return a >= b;
+  default: return 0;
+  }
+}
+
+static int is_cmp(int op) { return op >= B_EQ && op <= B_GE; }
+
+/* Generic row: any numeric/bool type, element by element. */
+static void row_bin_generic(const bc_job *j, int64_t o, const int64_t *off, const int64_t *inner,
+                            int64_t n) {
+  const nbl_rt_tensor *A = j->in[0], *B = j->in[1];
+  nbl_rt_tensor *O = j->out;
+  int cls = dt_class(A->dtype);
+  int bits = nbl_dtype_bits(A->dtype);
+  int err = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t ia = off[0] + i * inner[0], ib = off[1] + i * inner[1];
+    if (j->op == B_POW) { /* base and exponent may have different types */
+      nbl_rt_set_f64(O, o + i, pow(nbl_rt_get_f64(A, ia), nbl_rt_get_f64(B, ib)));
+      continue;
+    }
+    if (cls == CL_F) {
+      nbl_rt_set_f64(O, o + i, bin_f(j->op, nbl_rt_get_f64(A, ia), nbl_rt_get_f64(B, ib)));
+    } else if (cls == CL_S) {
+      nbl_rt_set_i64(O, o + i, bin_s(j->op, nbl_rt_get_i64(A, ia), nbl_rt_get_i64(B, ib), &err));
+    } else {
+      uint64_t r = bin_u(j->op, (uint64_t)nbl_rt_get_i64(A, ia), (uint64_t)nbl_rt_get_i64(B, ib),
+                         bits, &err);
+      nbl_rt_set_i64(O, o + i, (int64_t)r);
+    }
+  }
+  if (err) ((bc_job *)j)->err = 1;
+}
+
+/* float32 fast rows: one tight loop per (op, stride pattern). */
+#define F32_BIN_LOOPS(EXPR)                                                   \
+  do {                                                                        \
+    if (sa == 1 && sb == 1) {                                                 \
+      for (int64_t i = 0; i < n; i++) {                                       \
+        float x = a[i], y = b[i];                                             \
+        o[i] = (EXPR);                                                        \
+      }                                                                       \
+    } else if (sa == 1 && sb == 0) {                                          \
+      const float y = b[0];                                                   \
+      for (int64_t i = 0; i < n; i++) {                                       \
+        float x = a[i];                                                       \
+        o[i] = (EXPR);                                                        \
+      }                                                                       \
+    } else if (sa == 0 && sb == 1) {                                          \
+      const float x = a[0];                                                   \
+      for (int64_t i = 0; i < n; i++) {                                       \
+        float y = b[i];                                                       \
+        o[i] = (EXPR);                                                        \
+      }                                                                       \
+    } else {                                                                  \
+      for (int64_t i = 0; i < n; i++) {                                       \
+        float x = a[i * sa], y = b[i * sb];                                   \
+        o[i] = (EXPR);                                                        \
+      }                                                                       \
+    }                                                                         \
+  } while (0)
+
+/* NaN in either operand gives NaN (numpy.maximum / numpy.minimum). */
+static inline float f32_max(float x, float y) { return (x != x || x > y) ? x : y; }
+static inline float f32_min(float x, float y) { return (x != x || x < y) ? x : y; }
+
+static void row_bin_f32(const bc_job *j, int64_t oo, const int64_t *off, const int64_t *inner,
+                        int64_t n) {
+  const float *a = (const float *)j->in[0]->data + off[0];
+  const float *b = (const float *)j->in[1]->data + off[1];
+  float *o = (float *)j->out->data + oo;
+  int64_t sa = inner[0], sb = inner[1];
+  switch (j->op) {
+  case B_ADD: F32_BIN_LOOPS(x + y); break;
+  case B_SUB: F32_BIN_LOOPS(x - y); break;
+  case B_MUL: F32_BIN_LOOPS(x * y); break;
+  case B_DIV: F32_BIN_LOOPS(x / y); break;
+  case B_MAX: F32_BIN_LOOPS(f32_max(x, y)); break;
+  case B_MIN: F32_BIN_LOOPS(f32_min(x, y)); break;
+  case B_PRELU: F32_BIN_LOOPS(x < 0 ? x * y : x); break;
+  default: row_bin_generic(j, oo, off, inner, n); break;
+  }
+}
+
+static void row_cmp_f32(const bc_job *j, int64_t oo, const int64_t *off, const int64_t *inner,
+                        int64_t n) {
+  const float *a = (const float *)j->in[0]->data + off[0];
+  const float *b = (const float *)j->in[1]->data + off[1];
+  uint8_t *o = (uint8_t *)j->out->data + oo;
+  int64_t sa = inner[0], sb = inner[1];
+  switch (j->op) {
+  case B_EQ: for (int64_t i = 0; i < n; i++) o[i] = a[i * sa] == b[i * sb]; break;
+  case B_LT: for (int64_t i = 0; i < n; i++) o[i] = a[i * sa] < b[i * sb]; break;
+  case B_GT: for (int64_t i = 0; i < n; i++) o[i] = a[i * sa] > b[i * sb]; break;
+  case B_LE: for (int64_t i = 0; i < n; i++) o[i] = a[i * sa] <= b[i * sb]; break;
+  case B_GE: for (int64_t i = 0; i < n; i++) o[i] = a[i * sa] >= b[i * sb]; break;
+  default: break;
+  }
+}
+
+/* Opset < 7 "legacy" broadcasting: B's dims are aligned with A starting at
+ * `axis` when broadcast=1; otherwise the shapes must match. Writes B's view. */
+static nbl_status legacy_bshape(nbl_kctx *c, const nbl_rt_tensor *A, const nbl_rt_tensor *B,
+                                int *rb, int64_t *db) {
+  *rb = B->rank;
+  memcpy(db, B->dims, sizeof(int64_t) * (size_t)B->rank);
+  if (c->opset >= 7) return NBL_OK;
+  if (!strcmp(c->node->op_type, "PRelu")) { /* opset 6: slope [C] is per channel of [N,C,...] */
+    if (B->rank == 1 && A->rank >= 2 && B->dims[0] == A->dims[1] && B->dims[0] != 1)
+      for (int d = 2; d < A->rank; d++) db[(*rb)++] = 1;
+    return NBL_OK;
+  }
+  int64_t bc = nbl_attr_int(c->node, "broadcast", 0);
+  if (!bc) {
+    int same = A->rank == B->rank;
+    for (int d = 0; same && d < A->rank; d++) same = A->dims[d] == B->dims[d];
+    if (!same)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL,
+                      "opset %d without broadcast=1 needs inputs of the same shape", c->opset);
+    return NBL_OK;
+  }
+  if (!nbl_node_attr(c->node, "axis")) return NBL_OK; /* suffix matching == numpy rule */
+  int64_t axis = nbl_attr_int(c->node, "axis", 0);
+  if (axis < 0) axis += A->rank;
+  if (axis < 0 || axis + B->rank > A->rank)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "legacy broadcast axis %lld does not fit ranks %d and %d",
+                    (long long)axis, A->rank, B->rank);
+  for (int64_t d = axis + B->rank; d < A->rank; d++) db[(*rb)++] = 1;
+  return NBL_OK;
+}
+
+/* Run a binary op: out type = `odt` (NBL_DT_UNDEFINED: A's type). */
+static nbl_status binary(nbl_kctx *c, int op, unsigned types, int same_type, nbl_dtype odt) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *A = need_in(c, 0, &st), *B = A ? need_in(c, 1, &st) : NULL;
+  if (!B) return st;
+  if ((st = check_type(c, 0, types)) || (st = check_type(c, 1, types))) return st;
+  if (same_type && (st = check_same_type(c, 0, 1))) return st;
+  int rb;
+  int64_t db[NBL_MAX_RANK];
+  if ((st = legacy_bshape(c, A, B, &rb, db))) return st;
+  int ranks[2] = {A->rank, rb};
+  const int64_t *dims[2] = {A->dims, db};
+  bc_t bc;
+  int orank;
+  int64_t od[NBL_MAX_RANK];
+  if (bc_init(&bc, 2, ranks, dims, &orank, od) != 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "inputs '%s' and '%s' have shapes that do not broadcast",
+                    in_name(c, 0), in_name(c, 1));
+  if (op == B_PRELU) { /* unidirectional: output has X's shape */
+    int same = orank == A->rank;
+    for (int d = 0; same && d < orank; d++) same = od[d] == A->dims[d];
+    if (!same)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "slope '%s' does not broadcast to the shape of '%s'",
+                      in_name(c, 1), in_name(c, 0));
+  }
+  if (odt == NBL_DT_UNDEFINED) odt = A->dtype;
+  if ((st = nbl_kctx_alloc_out(c, 0, odt, orank, od))) return st;
+  bc_job j = {.bc = &bc, .op = op, .in = {A, B}, .out = nbl_kctx_out(c, 0)};
+  j.row = row_bin_generic;
+  int64_t grain = GRAIN_CHEAP;
+  if (!c->reference && A->dtype == NBL_DT_FLOAT && B->dtype == NBL_DT_FLOAT) {
+    if (is_cmp(op)) j.row = row_cmp_f32;
+    else if (odt == NBL_DT_FLOAT) j.row = row_bin_f32;
+  }
+  if (j.row == row_bin_generic) grain = GRAIN_MATH;
+  bc_run(c, &j, grain);
+  if (j.err) return nbl_kerr(c, NBL_ERR_RUNTIME, "integer division by zero");
+  return NBL_OK;
+}
+
+static nbl_status k_add(nbl_kctx *c) { return binary(c, B_ADD, T_NUM, 1, 0); }
+static nbl_status k_sub(nbl_kctx *c) { return binary(c, B_SUB, T_NUM, 1, 0); }
+static nbl_status k_mul(nbl_kctx *c) { return binary(c, B_MUL, T_NUM, 1, 0); }
+static nbl_status k_div(nbl_kctx *c) { return binary(c, B_DIV, T_NUM, 1, 0); }
+static nbl_status k_pow(nbl_kctx *c) { return binary(c, B_POW, T_NUM, c->opset < 12, 0); }
+static nbl_status k_prelu(nbl_kctx *c) { return binary(c, B_PRELU, T_NUM, 1, 0); }
+
+static nbl_status k_mod(nbl_kctx *c) {
+  int fm = (int)nbl_attr_int(c->node, "fmod", 0);
+  if (c->n_in > 0 && c->in[0] && (TM(c->in[0]->dtype) & T_F) && !fm)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "fmod must be 1 for floating-point inputs");
+  return binary(c, fm ? B_FMOD : B_MOD, T_NUM, 1, 0);
+}
+
+static nbl_status k_bitshift(nbl_kctx *c) {
+  const char *dir = nbl_attr_string(c->node, "direction", NULL);
+  if (!dir || (strcmp(dir, "LEFT") != 0 && strcmp(dir, "RIGHT") != 0))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'direction' must be \"LEFT\" or \"RIGHT\"");
+  return binary(c, dir[0] == 'L' ? B_SHL : B_SHR, T_U, 1, 0);
+}
+static nbl_status k_bitand(nbl_kctx *c) { return binary(c, B_BAND, T_S | T_U, 1, 0); }
+static nbl_status k_bitor(nbl_kctx *c) { return binary(c, B_BOR, T_S | T_U, 1, 0); }
+static nbl_status k_bitxor(nbl_kctx *c) { return binary(c, B_BXOR, T_S | T_U, 1, 0); }
+
+static nbl_status k_equal(nbl_kctx *c) { return binary(c, B_EQ, T_NUM | T_B, 1, NBL_DT_BOOL); }
+static nbl_status k_less(nbl_kctx *c) { return binary(c, B_LT, T_NUM, 1, NBL_DT_BOOL); }
+static nbl_status k_greater(nbl_kctx *c) { return binary(c, B_GT, T_NUM, 1, NBL_DT_BOOL); }
+static nbl_status k_lessequal(nbl_kctx *c) { return binary(c, B_LE, T_NUM, 1, NBL_DT_BOOL); }
+static nbl_status k_greaterequal(nbl_kctx *c) { return binary(c, B_GE, T_NUM, 1, NBL_DT_BOOL); }
+static nbl_status k_and(nbl_kctx *c) { return binary(c, B_AND, T_B, 1, NBL_DT_BOOL); }
+static nbl_status k_or(nbl_kctx *c) { return binary(c, B_OR, T_B, 1, NBL_DT_BOOL); }
+static nbl_status k_xor(nbl_kctx *c) { return binary(c, B_XOR, T_B, 1, NBL_DT_BOOL); }
+
+/* ------------------------------------------------------------------ variadic Max/Min/Sum/Mean */
+
+static void row_acc_generic(const bc_job *j, int64_t o, const int64_t *off, const int64_t *inner,
+                            int64_t n) {
+  /* operand 0 is the output itself (same shape), operand 1 the new input */
+  const nbl_rt_tensor *B = j->in[1];
+  nbl_rt_tensor *O = j->out;
+  int cls = dt_class(O->dtype);
+  int bits = nbl_dtype_bits(O->dtype);
+  int err = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t io = o + i, ib = off[1] + i * inner[1];
+    if (j->op == -1) { /* copy (first operand) */
+      if (cls == CL_F) nbl_rt_set_f64(O, io, nbl_rt_get_f64(B, ib));
+      else nbl_rt_set_i64(O, io, nbl_rt_get_i64(B, ib));
+    } else if (cls == CL_F) {
+      nbl_rt_set_f64(O, io, bin_f(j->op, nbl_rt_get_f64(O, io), nbl_rt_get_f64(B, ib)));
+    } else if (cls == CL_S) {
+      nbl_rt_set_i64(O, io, bin_s(j->op, nbl_rt_get_i64(O, io), nbl_rt_get_i64(B, ib), &err));
+    } else {
+      nbl_rt_set_i64(O, io, (int64_t)bin_u(j->op, (uint64_t)nbl_rt_get_i64(O, io),
+                                           (uint64_t)nbl_rt_get_i64(B, ib), bits, &err));
+    }
+  }
+}
+
+static void row_acc_f32(const bc_job *j, int64_t oo, const int64_t *off, const int64_t *inner,
+                        int64_t n) {
+  const float *b = (const float *)j->in[1]->data + off[1];
+  float *o = (float *)j->out->data + oo;
+  const float *a = o;
+  int64_t sa = 1, sb = inner[1];
+  switch (j->op) {
+  case -1: for (int64_t i = 0; i < n; i++) o[i] = b[i * sb]; break;
+  case B_ADD: F32_BIN_LOOPS(x + y); break;
+  case B_MAX: F32_BIN_LOOPS(f32_max(x, y)); break;
+  case B_MIN: F32_BIN_LOOPS(f32_min(x, y)); break;
+  default: break;
+  }
+}
+
+static void scale_f(void *arg, int64_t b, int64_t e) {
+  const bc_job *j = arg;
+  for (int64_t i = b; i < e; i++) nbl_rt_set_f64(j->out, i, nbl_rt_get_f64(j->out, i) * j->p0);
+}
+
+static nbl_status variadic(nbl_kctx *c, int op, unsigned types, int mean) {
+  int n = c->n_in;
+  if (n < 1) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "needs at least one input");
+  nbl_status st;
+  int orank = 0;
+  int64_t od[NBL_MAX_RANK];
+  for (int k = 0; k < n; k++) {
+    if (!c->in[k]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d is missing", k);
+    if ((st = check_type(c, k, types)) || (st = check_same_type(c, 0, k))) return st;
+    int64_t tmp[NBL_MAX_RANK];
+    int rt;
+    if (nbl_broadcast_shape(orank, od, c->in[k]->rank, c->in[k]->dims, &rt, tmp) != 0)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input '%s' does not broadcast with the others",
+                      in_name(c, k));
+    orank = rt;
+    memcpy(od, tmp, sizeof(int64_t) * (size_t)rt);
+  }
+  nbl_dtype dt = c->in[0]->dtype;
+  if ((st = nbl_kctx_alloc_out(c, 0, dt, orank, od))) return st;
+  nbl_rt_tensor *O = nbl_kctx_out(c, 0);
+  int f32 = !c->reference && dt == NBL_DT_FLOAT;
+  for (int k = 0; k < n; k++) {
+    bc_t bc;
+    int ranks[2] = {orank, c->in[k]->rank};
+    const int64_t *dims[2] = {od, c->in[k]->dims};
+    int r2;
+    int64_t od2[NBL_MAX_RANK];
+    bc_init(&bc, 2, ranks, dims, &r2, od2);
+    bc_job j = {.bc = &bc, .op = k == 0 ? -1 : op, .in = {O, c->in[k]}, .out = O};
+    j.row = f32 ? row_acc_f32 : row_acc_generic;
+    bc_run(c, &j, f32 ? GRAIN_CHEAP : GRAIN_MATH);
+  }
+  if (mean && n > 1 && O->numel > 0) {
+    bc_job j = {.out = O, .p0 = 1.0 / n};
+    if (f32) {
+      float *o = O->data;
+      float s = (float)n;
+      for (int64_t i = 0; i < O->numel; i++) o[i] /= s;
+    } else {
+      nbl_parallel_for(c, O->numel, GRAIN_MATH, scale_f, &j);
+    }
+  }
+  return NBL_OK;
+}
+
+static nbl_status k_max(nbl_kctx *c) { return variadic(c, B_MAX, T_NUM, 0); }
+static nbl_status k_min(nbl_kctx *c) { return variadic(c, B_MIN, T_NUM, 0); }
+static nbl_status k_sum(nbl_kctx *c) { return variadic(c, B_ADD, T_F, 0); }
+static nbl_status k_mean(nbl_kctx *c) { return variadic(c, B_ADD, T_F, 1); }
+
+/* ------------------------------------------------------------------ Where */
+
+static void row_where(const bc_job *j, int64_t o, const int64_t *off, const int64_t *inner,
+                      int64_t n) {
+  const uint8_t *cd = (const uint8_t *)j->in[0]->data + off[0];
+  size_t es = nbl_rt_elem_size(j->out->dtype);
+  int64_t sc = inner[0], sx = inner[1], sy = inner[2];
+#define WHERE_T(T)                                                             \
+  do {                                                                         \
+    const T *x = (const T *)j->in[1]->data + off[1];                           \
+    const T *y = (const T *)j->in[2]->data + off[2];                           \
+    T *out = (T *)j->out->data + o;                                            \
+    for (int64_t i = 0; i < n; i++) out[i] = cd[i * sc] ? x[i * sx] : y[i * sy]; \
+  } while (0)
+  switch (es) {
+  case 1: WHERE_T(uint8_t); break;
+  case 2: WHERE_T(uint16_t); break;
+  case 4: WHERE_T(uint32_t); break;
+  case 8: WHERE_T(uint64_t); break;
+  default: break;
+  }
+#undef WHERE_T
+}
+
+static nbl_status k_where(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < 3; k++)
+    if (!need_in(c, k, &st)) return st;
+  if ((st = check_type(c, 0, T_B))) return st;
+  if ((st = check_same_type(c, 1, 2))) return st;
+  nbl_dtype dt = c->in[1]->dtype;
+  size_t es = nbl_rt_elem_size(dt);
+  if (dt == NBL_DT_STRING || !(es == 1 || es == 2 || es == 4 || es == 8))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "element type %s is not supported", nbl_dtype_name(dt));
+  int ranks[3] = {c->in[0]->rank, c->in[1]->rank, c->in[2]->rank};
+  const int64_t *dims[3] = {c->in[0]->dims, c->in[1]->dims, c->in[2]->dims};
+  bc_t bc;
+  int orank;
+  int64_t od[NBL_MAX_RANK];
+  if (bc_init(&bc, 3, ranks, dims, &orank, od) != 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "inputs have shapes that do not broadcast");
+  if ((st = nbl_kctx_alloc_out(c, 0, dt, orank, od))) return st;
+  bc_job j = {.bc = &bc, .row = row_where, .in = {c->in[0], c->in[1], c->in[2]},
+              .out = nbl_kctx_out(c, 0)};
+  bc_run(c, &j, GRAIN_CHEAP);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ unary ops */
+
+enum {
+  U_ABS, U_NEG, U_RECIP, U_SQRT, U_EXP, U_LOG, U_FLOOR, U_CEIL, U_ROUND, U_SIGN,
+  U_SIN, U_COS, U_TAN, U_ASIN, U_ACOS, U_ATAN, U_SINH, U_COSH, U_ASINH, U_ACOSH, U_ATANH,
+  U_ERF, U_RELU, U_LEAKY, U_SIGMOID, U_HSIGMOID, U_HSWISH, U_TANH, U_ELU, U_SELU, U_CELU,
+  U_SOFTPLUS, U_SOFTSIGN, U_TRELU, U_MISH, U_SHRINK, U_GELU, U_GELU_TANH, U_CLIP,
+  U_NOT, U_BITNOT, U_ISNAN, U_ISINF
+};
+
+typedef struct uparam {
+  double a, b, g;     /* alpha, beta, gamma / lambd, bias / clip lo, hi */
+  int64_t ilo, ihi;   /* clip bounds for signed ints */
+  uint64_t ulo, uhi;  /* clip bounds for unsigned ints */
+  int neg, pos;       /* IsInf */
+} uparam;
+
+static double softplus_d(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+static double un_f(int op, double x, const uparam *p) {
+  switch (op) {
+  case U_ABS: return fabs(x);
+  case U_NEG: return -x;
+  case U_RECIP: return 1.0 / x;
+  case U_SQRT: return sqrt(x);
+  case U_EXP: return exp(x);
+  case U_LOG: return log(x);
+  case U_FLOOR: return floor(x);
+  case U_CEIL: return ceil(x);
+  case U_ROUND: return nearbyint(x);
+  case U_SIGN: return x > 0 ? 1.0 : x < 0 ? -1.0 : x;
+  case U_SIN: return sin(x);
+  case U_COS: return cos(x);
+  case U_TAN: return tan(x);
+  case U_ASIN: return asin(x);
+  case U_ACOS: return acos(x);
+  case U_ATAN: return atan(x);
+  case U_SINH: return sinh(x);
+  case U_COSH: return cosh(x);
+  case U_ASINH: return asinh(x);
+  case U_ACOSH: return acosh(x);
+  case U_ATANH: return atanh(x);
+  case U_ERF: return erf(x);
+  case U_RELU: return x < 0 ? 0.0 : x;
+  case U_LEAKY: return x < 0 ? p->a * x : x;
+  case U_SIGMOID: {
+    if (x >= 0) return 1.0 / (1.0 + exp(-x));
+    double e = exp(x);
+    return e / (1.0 + e);
+  }
+  case U_HSIGMOID: {
+    double t = p->a * x + p->b;
+    return t < 0 ? 0.0 : t > 1 ? 1.0 : t;
+  }
+  case U_HSWISH: {
+    double t = x / 6.0 + 0.5;
+    return x * (t < 0 ? 0.0 : t > 1 ? 1.0 : t);
+  }
+  case U_TANH: return tanh(x);
+  case U_ELU: return x < 0 ? p->a * (exp(x) - 1.0) : x;
+  case U_SELU: return x <= 0 ? p->g * (p->a * exp(x) - p->a) : p->g * x;
+  case U_CELU: return x >= 0 ? x : p->a * (exp(x / p->a) - 1.0);
+  case U_SOFTPLUS: return softplus_d(x);
+  case U_SOFTSIGN: return x / (1.0 + fabs(x));
+  case U_TRELU: return (x > p->a || isnan(x)) ? x : 0.0;
+  case U_MISH: return x * tanh(softplus_d(x));
+  case U_SHRINK: return x < -p->a ? x + p->b : x > p->a ? x - p->b : isnan(x) ? x : 0.0;
+  case U_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
+  case U_GELU_TANH:
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+  case U_CLIP: { /* numpy.clip: max first, then min (min > max gives max) */
+    double t = x < p->a ? p->a : x;
+    return t > p->b ? p->b : t;
+  }
+  case U_ISNAN: return isnan(x) ? 1 : 0;
+  case U_ISINF: return isinf(x) && ((x > 0 && p->pos) || (x < 0 && p->neg)) ? 1 : 0;
+  default: return 0;
+  }
+}
+
+/* Integer forms; returns 0 in *handled when the op is computed via double. */
+static int64_t un_s(int op, int64_t x, const uparam *p, int *handled) {
+  uint64_t ux = (uint64_t)x;
+  *handled = 1;
+  switch (op) {
+  case U_ABS: return x < 0 ? (int64_t)(0 - ux) : x;
+  case U_NEG: return (int64_t)(0 - ux);
+  case U_SIGN: return x > 0 ? 1 : x < 0 ? -1 : 0;
+  case U_RELU: return x < 0 ? 0 : x;
+  case U_CLIP: {
+    int64_t t = x < p->ilo ? p->ilo : x;
+    return t > p->ihi ? p->ihi : t;
+  }
+  case U_BITNOT: return ~x;
+  default: *handled = 0; return 0;
+  }
+}
+
+static uint64_t un_u(int op, uint64_t x, const uparam *p, int *handled) {
+  *handled = 1;
+  switch (op) {
+  case U_ABS: case U_RELU: return x;
+  case U_SIGN: return x > 0;
+  case U_CLIP: {
+    uint64_t t = x < p->ulo ? p->ulo : x;
+    return t > p->uhi ? p->uhi : t;
+  }
+  case U_NOT: return !x;
+  case U_BITNOT: return ~x;
+  default: *handled = 0; return 0;
+  }
+}
+
+typedef struct ujob {
+  int op;
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *y;
+  uparam p;
+} ujob;
+
+static void un_generic(void *arg, int64_t b, int64_t e) {
+  const ujob *j = arg;
+  const nbl_rt_tensor *X = j->x;
+  nbl_rt_tensor *Y = j->y;
+  int cls = dt_class(X->dtype);
+  for (int64_t i = b; i < e; i++) {
+    int h = 0;
+    if (cls == CL_S) {
+      int64_t r = un_s(j->op, nbl_rt_get_i64(X, i), &j->p, &h);
+      if (h) { nbl_rt_set_i64(Y, i, r); continue; }
+    } else if (cls == CL_U) {
+      uint64_t r = un_u(j->op, (uint64_t)nbl_rt_get_i64(X, i), &j->p, &h);
+      if (h) { nbl_rt_set_i64(Y, i, (int64_t)r); continue; }
+    }
+    nbl_rt_set_f64(Y, i, un_f(j->op, nbl_rt_get_f64(X, i), &j->p));
+  }
+}
+
+#define F32_UN(EXPR)                              \
+  do {                                            \
+    for (int64_t i = b; i < e; i++) {             \
+      float v = x[i];                             \
+      y[i] = (EXPR);                              \
+    }                                             \
+  } while (0)
+
+static inline float sigmoidf_(float v) {
+  if (v >= 0) return 1.0f / (1.0f + expf(-v));
+  float t = expf(v);
+  return t / (1.0f + t);
+}
+static inline float softplusf_(float v) { return v > 0 ? v + log1pf(expf(-v)) : log1pf(expf(v)); }
+static inline float clampf_(float v, float lo, float hi) {
+  float t = v < lo ? lo : v;
+  return t > hi ? hi : t;
+}
+
+static void un_f32(void *arg, int64_t b, int64_t e) {
+  const ujob *j = arg;
+  const float *x = j->x->data;
+  float *y = j->y->data;
+  const float pa = (float)j->p.a, pb = (float)j->p.b, pg = (float)j->p.g;
+  switch (j->op) {
+  case U_ABS: F32_UN(fabsf(v)); break;
+  case U_NEG: F32_UN(-v); break;
+  case U_RECIP: F32_UN(1.0f / v); break;
+  case U_SQRT: F32_UN(sqrtf(v)); break;
+  case U_EXP: F32_UN(expf(v)); break;
+  case U_LOG: F32_UN(logf(v)); break;
+  case U_FLOOR: F32_UN(floorf(v)); break;
+  case U_CEIL: F32_UN(ceilf(v)); break;
+  case U_ROUND: F32_UN(nearbyintf(v)); break;
+  case U_SIGN: F32_UN(v > 0 ? 1.0f : v < 0 ? -1.0f : v); break;
+  case U_ERF: F32_UN(erff(v)); break;
+  case U_RELU: F32_UN(v < 0 ? 0.0f : v); break;
+  case U_LEAKY: F32_UN(v < 0 ? pa * v : v); break;
+  case U_SIGMOID: F32_UN(sigmoidf_(v)); break;
+  case U_HSIGMOID: F32_UN(clampf_(pa * v + pb, 0.0f, 1.0f)); break;
+  case U_HSWISH: F32_UN(v * clampf_(v / 6.0f + 0.5f, 0.0f, 1.0f)); break;
+  case U_TANH: F32_UN(tanhf(v)); break;
+  case U_ELU: F32_UN(v < 0 ? pa * (expf(v) - 1.0f) : v); break;
+  case U_SELU: F32_UN(v <= 0 ? pg * (pa * expf(v) - pa) : pg * v); break;
+  case U_SOFTPLUS: F32_UN(softplusf_(v)); break;
+  case U_SOFTSIGN: F32_UN(v / (1.0f + fabsf(v))); break;
+  case U_MISH: F32_UN(v * tanhf(softplusf_(v))); break;
+  case U_GELU: F32_UN(0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2))); break;
+  case U_GELU_TANH:
+    F32_UN(0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))));
+    break;
+  case U_CLIP: F32_UN(clampf_(v, pa, pb)); break;
+  default: /* the rest: double precision per element */
+    for (int64_t i = b; i < e; i++) y[i] = (float)un_f(j->op, x[i], &j->p);
+    break;
+  }
+}
+
+static int un_cheap(int op) {
+  return op == U_ABS || op == U_NEG || op == U_RELU || op == U_LEAKY || op == U_CLIP ||
+         op == U_FLOOR || op == U_CEIL || op == U_SIGN || op == U_HSIGMOID || op == U_HSWISH ||
+         op == U_NOT || op == U_BITNOT;
+}
+
+/* Run a unary op on input 0. odt: output type (UNDEFINED: same as input). */
+static nbl_status unary_p(nbl_kctx *c, int op, unsigned types, nbl_dtype odt, const uparam *p) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *X = need_in(c, 0, &st);
+  if (!X) return st;
+  if ((st = check_type(c, 0, types))) return st;
+  if (odt == NBL_DT_UNDEFINED) odt = X->dtype;
+  if ((st = nbl_kctx_alloc_out(c, 0, odt, X->rank, X->dims))) return st;
+  ujob j = {.op = op, .x = X, .y = nbl_kctx_out(c, 0)};
+  if (p) j.p = *p;
+  if (X->numel == 0) return NBL_OK;
+  int f32 = !c->reference && X->dtype == NBL_DT_FLOAT && odt == NBL_DT_FLOAT;
+  nbl_parallel_for(c, X->numel, un_cheap(op) && f32 ? GRAIN_CHEAP : GRAIN_MATH,
+                   f32 ? un_f32 : un_generic, &j);
+  return NBL_OK;
+}
+
+static nbl_status unary(nbl_kctx *c, int op, unsigned types) {
+  return unary_p(c, op, types, NBL_DT_UNDEFINED, NULL);
+}
+
+static nbl_status unary_a(nbl_kctx *c, int op, unsigned types, float da, float db) {
+  uparam p = {.a = nbl_attr_float(c->node, "alpha", da), .b = nbl_attr_float(c->node, "beta", db)};
+  return unary_p(c, op, types, NBL_DT_UNDEFINED, &p);
+}
+
+#define UNARY_K(fn, OP, TYPES) \
+  static nbl_status fn(nbl_kctx *c) { return unary(c, OP, TYPES); }
+UNARY_K(k_abs, U_ABS, T_NUM)
+UNARY_K(k_neg, U_NEG, T_F | T_S)
+UNARY_K(k_reciprocal, U_RECIP, T_F)
+UNARY_K(k_sqrt, U_SQRT, T_F)
+UNARY_K(k_exp, U_EXP, T_F)
+UNARY_K(k_log, U_LOG, T_F)
+UNARY_K(k_floor, U_FLOOR, T_F)
+UNARY_K(k_ceil, U_CEIL, T_F)
+UNARY_K(k_round, U_ROUND, T_F)
+UNARY_K(k_sign, U_SIGN, T_NUM)
+UNARY_K(k_sin, U_SIN, T_F)
+UNARY_K(k_cos, U_COS, T_F)
+UNARY_K(k_tan, U_TAN, T_F)
+UNARY_K(k_asin, U_ASIN, T_F)
+UNARY_K(k_acos, U_ACOS, T_F)
+UNARY_K(k_atan, U_ATAN, T_F)
+UNARY_K(k_sinh, U_SINH, T_F)
+UNARY_K(k_cosh, U_COSH, T_F)
+UNARY_K(k_asinh, U_ASINH, T_F)
+UNARY_K(k_acosh, U_ACOSH, T_F)
+UNARY_K(k_atanh, U_ATANH, T_F)
+UNARY_K(k_erf, U_ERF, T_NUM)
+UNARY_K(k_relu, U_RELU, T_F | T_S)
+UNARY_K(k_sigmoid, U_SIGMOID, T_F)
+UNARY_K(k_hardswish, U_HSWISH, T_F)
+UNARY_K(k_tanh, U_TANH, T_F)
+UNARY_K(k_softplus, U_SOFTPLUS, T_F)
+UNARY_K(k_softsign, U_SOFTSIGN, T_F)
+UNARY_K(k_mish, U_MISH, T_F)
+UNARY_K(k_not, U_NOT, T_B)
+UNARY_K(k_bitnot, U_BITNOT, T_S | T_U)
+
+static nbl_status k_leakyrelu(nbl_kctx *c) { return unary_a(c, U_LEAKY, T_F, 0.01f, 0); }
+static nbl_status k_hardsigmoid(nbl_kctx *c) { return unary_a(c, U_HSIGMOID, T_F, 0.2f, 0.5f); }
+static nbl_status k_elu(nbl_kctx *c) { return unary_a(c, U_ELU, T_F, 1.0f, 0); }
+static nbl_status k_thresholdedrelu(nbl_kctx *c) { return unary_a(c, U_TRELU, T_F, 1.0f, 0); }
+
+static nbl_status k_celu(nbl_kctx *c) {
+  float a = nbl_attr_float(c->node, "alpha", 1.0f);
+  if (a == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'alpha' must not be 0");
+  uparam p = {.a = a};
+  return unary_p(c, U_CELU, TM(NBL_DT_FLOAT), NBL_DT_UNDEFINED, &p);
+}
+
+static nbl_status k_selu(nbl_kctx *c) {
+  uparam p = {.a = nbl_attr_float(c->node, "alpha", 1.67326319217681884765625f),
+              .g = nbl_attr_float(c->node, "gamma", 1.05070102214813232421875f)};
+  return unary_p(c, U_SELU, T_F, NBL_DT_UNDEFINED, &p);
+}
+
+static nbl_status k_shrink(nbl_kctx *c) {
+  uparam p = {.a = nbl_attr_float(c->node, "lambd", 0.5f), .b = nbl_attr_float(c->node, "bias", 0.0f)};
+  return unary_p(c, U_SHRINK, T_NUM, NBL_DT_UNDEFINED, &p);
+}
+
+static nbl_status k_gelu(nbl_kctx *c) {
+  const char *ap = nbl_attr_string(c->node, "approximate", "none");
+  int op;
+  if (strcmp(ap, "none") == 0) op = U_GELU;
+  else if (strcmp(ap, "tanh") == 0) op = U_GELU_TANH;
+  else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'approximate' must be \"none\" or \"tanh\", not \"%s\"", ap);
+  return unary(c, op, T_F);
+}
+
+static nbl_status k_isnan(nbl_kctx *c) { return unary_p(c, U_ISNAN, T_F, NBL_DT_BOOL, NULL); }
+
+static nbl_status k_isinf(nbl_kctx *c) {
+  uparam p = {.neg = (int)nbl_attr_int(c->node, "detect_negative", 1),
+              .pos = (int)nbl_attr_int(c->node, "detect_positive", 1)};
+  return unary_p(c, U_ISINF, T_F, NBL_DT_BOOL, &p);
+}
+
+/* Clip: bounds from attributes (opset < 11) or optional scalar inputs (>= 11). */
+static nbl_status k_clip(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *X = need_in(c, 0, &st);
+  if (!X) return st;
+  uparam p = {.a = -INFINITY, .b = INFINITY, .ilo = INT64_MIN, .ihi = INT64_MAX, .ulo = 0,
+              .uhi = UINT64_MAX};
+  if (c->opset < 11) {
+    p.a = nbl_attr_float(c->node, "min", -INFINITY);
+    p.b = nbl_attr_float(c->node, "max", INFINITY);
+    return unary_p(c, U_CLIP, T_F, NBL_DT_UNDEFINED, &p);
+  }
+  if ((st = check_type(c, 0, T_NUM))) return st;
+  for (int k = 1; k <= 2 && k < c->n_in; k++) {
+    const nbl_rt_tensor *t = c->in[k];
+    if (!t) continue;
+    if ((st = check_same_type(c, 0, k))) return st;
+    if (t->numel != 1)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "bound '%s' must be a scalar, it has %lld elements",
+                      in_name(c, k), (long long)t->numel);
+    double v = nbl_rt_get_f64(t, 0);
+    int64_t iv = nbl_rt_get_i64(t, 0);
+    if (k == 1) { p.a = v; p.ilo = iv; p.ulo = (uint64_t)iv; }
+    else { p.b = v; p.ihi = iv; p.uhi = (uint64_t)iv; }
+  }
+  return unary_p(c, U_CLIP, T_NUM, NBL_DT_UNDEFINED, &p);
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_elementwise[] = {
+    {"", "Add", 1, OPMAX, k_add, NULL},
+    {"", "Sub", 1, OPMAX, k_sub, NULL},
+    {"", "Mul", 1, OPMAX, k_mul, NULL},
+    {"", "Div", 1, OPMAX, k_div, NULL},
+    {"", "Pow", 1, OPMAX, k_pow, NULL},
+    {"", "Mod", 10, OPMAX, k_mod, NULL},
+    {"", "Abs", 1, OPMAX, k_abs, NULL},
+    {"", "Neg", 1, OPMAX, k_neg, NULL},
+    {"", "Reciprocal", 1, OPMAX, k_reciprocal, NULL},
+    {"", "Sqrt", 1, OPMAX, k_sqrt, NULL},
+    {"", "Exp", 1, OPMAX, k_exp, NULL},
+    {"", "Log", 1, OPMAX, k_log, NULL},
+    {"", "Floor", 1, OPMAX, k_floor, NULL},
+    {"", "Ceil", 1, OPMAX, k_ceil, NULL},
+    {"", "Round", 11, OPMAX, k_round, NULL},
+    {"", "Sign", 9, OPMAX, k_sign, NULL},
+    {"", "Sin", 7, OPMAX, k_sin, NULL},
+    {"", "Cos", 7, OPMAX, k_cos, NULL},
+    {"", "Tan", 7, OPMAX, k_tan, NULL},
+    {"", "Asin", 7, OPMAX, k_asin, NULL},
+    {"", "Acos", 7, OPMAX, k_acos, NULL},
+    {"", "Atan", 7, OPMAX, k_atan, NULL},
+    {"", "Sinh", 9, OPMAX, k_sinh, NULL},
+    {"", "Cosh", 9, OPMAX, k_cosh, NULL},
+    {"", "Asinh", 9, OPMAX, k_asinh, NULL},
+    {"", "Acosh", 9, OPMAX, k_acosh, NULL},
+    {"", "Atanh", 9, OPMAX, k_atanh, NULL},
+    {"", "Erf", 9, OPMAX, k_erf, NULL},
+    {"", "Equal", 1, OPMAX, k_equal, NULL},
+    {"", "Less", 1, OPMAX, k_less, NULL},
+    {"", "Greater", 1, OPMAX, k_greater, NULL},
+    {"", "LessOrEqual", 12, OPMAX, k_lessequal, NULL},
+    {"", "GreaterOrEqual", 12, OPMAX, k_greaterequal, NULL},
+    {"", "And", 1, OPMAX, k_and, NULL},
+    {"", "Or", 1, OPMAX, k_or, NULL},
+    {"", "Xor", 1, OPMAX, k_xor, NULL},
+    {"", "Not", 1, OPMAX, k_not, NULL},
+    {"", "BitShift", 11, OPMAX, k_bitshift, NULL},
+    {"", "BitwiseAnd", 18, OPMAX, k_bitand, NULL},
+    {"", "BitwiseOr", 18, OPMAX, k_bitor, NULL},
+    {"", "BitwiseXor", 18, OPMAX, k_bitxor, NULL},
+    {"", "BitwiseNot", 18, OPMAX, k_bitnot, NULL},
+    {"", "IsNaN", 9, OPMAX, k_isnan, NULL},
+    {"", "IsInf", 10, OPMAX, k_isinf, NULL},
+    {"", "Where", 9, OPMAX, k_where, NULL},
+    {"", "Clip", 1, OPMAX, k_clip, NULL},
+    {"", "Max", 1, OPMAX, k_max, NULL},
+    {"", "Min", 1, OPMAX, k_min, NULL},
+    {"", "Sum", 1, OPMAX, k_sum, NULL},
+    {"", "Mean", 1, OPMAX, k_mean, NULL},
+    {"", "Relu", 1, OPMAX, k_relu, NULL},
+    {"", "LeakyRelu", 1, OPMAX, k_leakyrelu, NULL},
+    {"", "PRelu", 1, OPMAX, k_prelu, NULL},
+    {"", "Sigmoid", 1, OPMAX, k_sigmoid, NULL},
+    {"", "HardSigmoid", 1, OPMAX, k_hardsigmoid, NULL},
+    {"", "HardSwish", 14, OPMAX, k_hardswish, NULL},
+    {"", "Tanh", 1, OPMAX, k_tanh, NULL},
+    {"", "Elu", 1, OPMAX, k_elu, NULL},
+    {"", "Selu", 1, OPMAX, k_selu, NULL},
+    {"", "Celu", 12, OPMAX, k_celu, NULL},
+    {"", "Softplus", 1, OPMAX, k_softplus, NULL},
+    {"", "Softsign", 1, OPMAX, k_softsign, NULL},
+    {"", "ThresholdedRelu", 10, OPMAX, k_thresholdedrelu, NULL},
+    {"", "Mish", 18, OPMAX, k_mish, NULL},
+    {"", "Shrink", 9, OPMAX, k_shrink, NULL},
+    {"", "Gelu", 20, OPMAX, k_gelu, NULL},
+};
+const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

@@ -1,7 +1,716 @@
-/* ops_reduce.c - op family 'reduce' (see kernel.h for the kernel contract). */
+/*
+ * ops_reduce.c - op family 'reduce': Reduce*, ArgMax/ArgMin, Softmax,
+ * LogSoftmax, Hardmax, CumSum, TopK, LpNormalization and
+ * MeanVarianceNormalization (see kernel.h for the kernel contract).
+ *
+ * Reductions accumulate in double for floating-point inputs and in int64 for
+ * integer inputs (exact sums, products, min and max). The reference path walks
+ * every output's reduced elements with an odometer over the reduced axes; the
+ * float32 fast path handles the common layout [outer, R, inner] (the reduced
+ * axes consecutive) with contiguous inner loops.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "kernel.h"
 
+#define OPMAX 23
+
+#define TM(dt) (1u << (dt))
+#define T_F (TM(NBL_DT_FLOAT) | TM(NBL_DT_DOUBLE) | TM(NBL_DT_FLOAT16) | TM(NBL_DT_BFLOAT16))
+#define T_S (TM(NBL_DT_INT8) | TM(NBL_DT_INT16) | TM(NBL_DT_INT32) | TM(NBL_DT_INT64))
+#define T_U (TM(NBL_DT_UINT8) | TM(NBL_DT_UINT16) | TM(NBL_DT_UINT32) | TM(NBL_DT_UINT64))
+#define T_B TM(NBL_DT_BOOL)
+#define T_NUM (T_F | T_S | T_U)
+
+static const char *in_name(const nbl_kctx *c, int i) {
+  if (i >= c->node->n_inputs || c->node->inputs[i] == NBL_NONE) return "?";
+  return c->graph->values[c->node->inputs[i]].name;
+}
+
+static nbl_status check_x(nbl_kctx *c, unsigned mask) {
+  if (c->n_in < 1 || !c->in[0])
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input 0 is missing");
+  nbl_dtype dt = c->in[0]->dtype;
+  if ((unsigned)dt < 32 && (TM(dt) & mask)) return NBL_OK;
+  return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input '%s' has element type %s, which %s does not support",
+                  in_name(c, 0), nbl_dtype_name(dt), c->node->op_type);
+}
+
+static int is_float(nbl_dtype dt) { return (TM(dt) & T_F) != 0; }
+
+/* Split a shape around axis range [a0, a1]: outer, the product of the axis
+ * range, inner. */
+static void split3(const nbl_rt_tensor *x, int a0, int a1, int64_t *outer, int64_t *mid,
+                   int64_t *inner) {
+  *outer = *mid = *inner = 1;
+  for (int d = 0; d < x->rank; d++) {
+    if (d < a0) *outer *= x->dims[d];
+    else if (d <= a1) *mid *= x->dims[d];
+    else *inner *= x->dims[d];
+  }
+}
+
+/* ------------------------------------------------------------------ Reduce* */
+
+enum { R_SUM, R_MEAN, R_PROD, R_MAX, R_MIN, R_L1, R_L2, R_SUMSQ, R_LOGSUM, R_LOGSUMEXP };
+
+typedef struct rjob {
+  int kind;
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *y;
+  int nk, nr;
+  int64_t kdims[NBL_MAX_RANK], kst[NBL_MAX_RANK]; /* kept axes: sizes, input strides */
+  int64_t rdims[NBL_MAX_RANK], rst[NBL_MAX_RANK]; /* reduced axes */
+  int64_t rcount;
+  int64_t outer, inner; /* fast path layout */
+  int exact;            /* integer accumulation */
+} rjob;
+
+static double racc(int kind, double acc, double v) {
+  switch (kind) {
+  case R_PROD: return acc * v;
+  case R_MAX: return (isnan(acc) || acc >= v) ? acc : v;
+  case R_MIN: return (isnan(acc) || acc <= v) ? acc : v;
+  case R_L1: return acc + fabs(v);
+  case R_L2: case R_SUMSQ: return acc + v * v;
+  default: return acc + v;
+  }
+}
+
+static double rinit(int kind) {
+  switch (kind) {
+  case R_PROD: return 1;
+  case R_MAX: case R_LOGSUMEXP: return -INFINITY;
+  case R_MIN: return INFINITY;
+  default: return 0;
+  }
+}
+
+static double rfin(int kind, double acc, int64_t n) {
+  switch (kind) {
+  case R_MEAN: return acc / (double)n;
+  case R_L2: return sqrt(acc);
+  case R_LOGSUM: return log(acc);
+  default: return acc;
+  }
+}
+
+static int64_t iacc(int kind, int64_t acc, int64_t v) {
+  uint64_t ua = (uint64_t)acc, uv = (uint64_t)v;
+  switch (kind) {
+  case R_PROD: return (int64_t)(ua * uv);
+  case R_MAX: return acc >= v ? acc : v;
+  case R_MIN: return acc <= v ? acc : v;
+  case R_L1: return (int64_t)(ua + (v < 0 ? 0 - uv : uv));
+  case R_SUMSQ: return (int64_t)(ua + uv * uv);
+  default: return (int64_t)(ua + uv);
+  }
+}
+
+/* Reduce output o by walking its reduced elements (reference path). */
+static void reduce_one(const rjob *j, int64_t o) {
+  int64_t base = 0, r = o;
+  for (int d = j->nk - 1; d >= 0; d--) {
+    base += (r % j->kdims[d]) * j->kst[d];
+    r /= j->kdims[d];
+  }
+  int64_t cnt[NBL_MAX_RANK] = {0};
+  int passes = j->kind == R_LOGSUMEXP ? 2 : 1;
+  double m = -INFINITY, acc = rinit(j->kind);
+  int64_t iac = j->kind == R_PROD ? 1 : j->kind == R_MAX ? INT64_MIN : j->kind == R_MIN ? INT64_MAX : 0;
+  for (int pass = 0; pass < passes; pass++) {
+    int64_t off = base;
+    memset(cnt, 0, sizeof cnt);
+    if (pass == 1) {
+      m = acc;
+      acc = 0;
+    }
+    for (int64_t t = 0; t < j->rcount; t++) {
+      if (j->exact) {
+        iac = iacc(j->kind, iac, nbl_rt_get_i64(j->x, off));
+      } else {
+        double v = nbl_rt_get_f64(j->x, off);
+        if (j->kind == R_LOGSUMEXP) acc = pass == 0 ? racc(R_MAX, acc, v) : acc + exp(v - m);
+        else acc = racc(j->kind, acc, v);
+      }
+      for (int d = j->nr - 1; d >= 0; d--) {
+        cnt[d]++;
+        off += j->rst[d];
+        if (cnt[d] < j->rdims[d]) break;
+        off -= j->rst[d] * j->rdims[d];
+        cnt[d] = 0;
+      }
+    }
+  }
+  if (j->exact) {
+    if (j->kind == R_MEAN) iac = j->rcount ? iac / j->rcount : 0;
+    nbl_rt_set_i64(j->y, o, iac);
+    return;
+  }
+  double res;
+  if (j->kind == R_LOGSUMEXP) res = isinf(m) || isnan(m) ? m : m + log(acc);
+  else res = rfin(j->kind, acc, j->rcount);
+  nbl_rt_set_f64(j->y, o, res);
+}
+
+static void reduce_range(void *arg, int64_t b, int64_t e) {
+  for (int64_t o = b; o < e; o++) reduce_one(arg, o);
+}
+
+/* float32, reduced axes consecutive: outputs [b,e) of the [outer, inner] grid. */
+#define RBLK 256
+static void reduce_f32_range(void *arg, int64_t b, int64_t e) {
+  const rjob *j = arg;
+  const float *x = j->x->data;
+  float *y = j->y->data;
+  int64_t R = j->rcount, inner = j->inner;
+  int kind = j->kind;
+  while (b < e) {
+    int64_t o = b / inner, i0 = b % inner;
+    int64_t len = inner - i0;
+    if (len > e - b) len = e - b;
+    if (len > RBLK) len = RBLK;
+    double acc[RBLK];
+    const float *xp = x + o * R * inner + i0;
+    if (inner == 1) {
+      double a = rinit(kind);
+      switch (kind) {
+      case R_SUM: case R_MEAN: for (int64_t r = 0; r < R; r++) a += xp[r]; break;
+      case R_SUMSQ: case R_L2: for (int64_t r = 0; r < R; r++) a += (double)xp[r] * xp[r]; break;
+      default: for (int64_t r = 0; r < R; r++) a = racc(kind, a, xp[r]); break;
+      }
+      acc[0] = a;
+    } else {
+      for (int64_t i = 0; i < len; i++) acc[i] = rinit(kind);
+      for (int64_t r = 0; r < R; r++) {
+        const float *row = xp + r * inner;
+        switch (kind) {
+        case R_SUM: case R_MEAN: for (int64_t i = 0; i < len; i++) acc[i] += row[i]; break;
+        case R_SUMSQ: case R_L2:
+          for (int64_t i = 0; i < len; i++) acc[i] += (double)row[i] * row[i];
+          break;
+        default: for (int64_t i = 0; i < len; i++) acc[i] = racc(kind, acc[i], row[i]); break;
+        }
+      }
+    }
+    for (int64_t i = 0; i < len; i++) y[b + i] = (float)rfin(kind, acc[i], R);
+    b += len;
+  }
+}
+
+/* Read the axes list (attribute or input 1) into axes[]; *n = count. */
+static nbl_status get_axes(nbl_kctx *c, int from_input, int64_t *axes, int *n) {
+  *n = 0;
+  if (from_input) {
+    const nbl_rt_tensor *a = c->n_in > 1 ? c->in[1] : NULL;
+    if (!a) return NBL_OK;
+    if (a->dtype != NBL_DT_INT64 || a->rank > 1)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axes '%s' must be a 1-D int64 tensor", in_name(c, 1));
+    if (a->numel > NBL_MAX_RANK)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axes '%s' has %lld entries", in_name(c, 1),
+                      (long long)a->numel);
+    for (int64_t i = 0; i < a->numel; i++) axes[i] = ((const int64_t *)a->data)[i];
+    *n = (int)a->numel;
+    return NBL_OK;
+  }
+  int cnt = 0;
+  const int64_t *v = nbl_attr_ints(c->node, "axes", &cnt);
+  if (cnt > NBL_MAX_RANK) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'axes' has %d entries", cnt);
+  for (int i = 0; i < cnt; i++) axes[i] = v[i];
+  *n = cnt;
+  return NBL_OK;
+}
+
+/* Mark axes in red[] (normalized, no duplicates). */
+static nbl_status mark_axes(nbl_kctx *c, int rank, const int64_t *axes, int n, int *red) {
+  for (int d = 0; d < rank; d++) red[d] = 0;
+  for (int i = 0; i < n; i++) {
+    int a = nbl_norm_axis(axes[i], rank);
+    if (a < 0)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d",
+                      (long long)axes[i], rank);
+    if (red[a]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is repeated", (long long)axes[i]);
+    red[a] = 1;
+  }
+  return NBL_OK;
+}
+
+/* Fill the kept/reduced axis description of j for input x and mask red. */
+static void rjob_layout(rjob *j, const nbl_rt_tensor *x, const int *red) {
+  int64_t st[NBL_MAX_RANK];
+  nbl_strides(x->rank, x->dims, st);
+  j->nk = j->nr = 0;
+  j->rcount = 1;
+  for (int d = 0; d < x->rank; d++) {
+    if (red[d]) {
+      j->rdims[j->nr] = x->dims[d];
+      j->rst[j->nr++] = st[d];
+      j->rcount *= x->dims[d];
+    } else {
+      j->kdims[j->nk] = x->dims[d];
+      j->kst[j->nk++] = st[d];
+    }
+  }
+}
+
+static nbl_status reduce(nbl_kctx *c, int kind) {
+  unsigned types = T_NUM;
+  if (kind == R_MAX || kind == R_MIN) types |= T_B;
+  nbl_status st = check_x(c, types);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int axes_input = (kind == R_SUM && c->opset >= 13) || c->opset >= 18;
+  int64_t axes[NBL_MAX_RANK];
+  int na;
+  if ((st = get_axes(c, axes_input, axes, &na))) return st;
+  int keep = (int)nbl_attr_int(c->node, "keepdims", 1);
+  int noop = axes_input ? (int)nbl_attr_int(c->node, "noop_with_empty_axes", 0) : 0;
+  int red[NBL_MAX_RANK];
+  if (na == 0 && !noop) {
+    for (int d = 0; d < x->rank; d++) red[d] = 1;
+  } else if ((st = mark_axes(c, x->rank, axes, na, red))) {
+    return st;
+  }
+  int orank = 0;
+  int64_t od[NBL_MAX_RANK];
+  for (int d = 0; d < x->rank; d++) {
+    if (!red[d]) od[orank++] = x->dims[d];
+    else if (keep) od[orank++] = 1;
+  }
+  rjob j = {.kind = kind, .x = x};
+  rjob_layout(&j, x, red);
+  j.exact = !is_float(x->dtype) && (kind == R_SUM || kind == R_MEAN || kind == R_PROD ||
+                                    kind == R_MAX || kind == R_MIN || kind == R_L1 ||
+                                    kind == R_SUMSQ);
+  if (j.rcount == 0 && j.exact && (kind == R_MAX || kind == R_MIN))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "%s of an empty integer set is not supported",
+                    c->node->op_type);
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, orank, od))) return st;
+  j.y = nbl_kctx_out(c, 0);
+  int64_t nout = j.y->numel;
+  if (nout == 0) return NBL_OK;
+  /* fast path: float32, reduced axes consecutive */
+  int first = -1, last = -1, consec = 1;
+  for (int d = 0; d < x->rank; d++)
+    if (red[d]) {
+      if (first < 0) first = d;
+      else if (last != d - 1) consec = 0;
+      last = d;
+    }
+  if (!c->reference && x->dtype == NBL_DT_FLOAT && consec && first >= 0 && kind != R_PROD &&
+      kind != R_LOGSUM && kind != R_LOGSUMEXP) {
+    int64_t mid;
+    split3(x, first, last, &j.outer, &mid, &j.inner);
+    if (j.inner > 0) {
+      nbl_parallel_for(c, nout, j.inner == 1 ? 1 + 65536 / (j.rcount + 1) : 256, reduce_f32_range, &j);
+      return NBL_OK;
+    }
+  }
+  nbl_parallel_for(c, nout, 1 + 16384 / (j.rcount + 1), reduce_range, &j);
+  return NBL_OK;
+}
+
+static nbl_status k_reducesum(nbl_kctx *c) { return reduce(c, R_SUM); }
+static nbl_status k_reducemean(nbl_kctx *c) { return reduce(c, R_MEAN); }
+static nbl_status k_reduceprod(nbl_kctx *c) { return reduce(c, R_PROD); }
+static nbl_status k_reducemax(nbl_kctx *c) { return reduce(c, R_MAX); }
+static nbl_status k_reducemin(nbl_kctx *c) { return reduce(c, R_MIN); }
+static nbl_status k_reducel1(nbl_kctx *c) { return reduce(c, R_L1); }
+static nbl_status k_reducel2(nbl_kctx *c) { return reduce(c, R_L2); }
+static nbl_status k_reducesumsquare(nbl_kctx *c) { return reduce(c, R_SUMSQ); }
+static nbl_status k_reducelogsum(nbl_kctx *c) { return reduce(c, R_LOGSUM); }
+static nbl_status k_reducelogsumexp(nbl_kctx *c) { return reduce(c, R_LOGSUMEXP); }
+
+/* ------------------------------------------------------------------ ArgMax / ArgMin */
+
+static nbl_status argext(nbl_kctx *c, int is_max) {
+  nbl_status st = check_x(c, T_NUM);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int64_t axis_attr = nbl_attr_int(c->node, "axis", 0);
+  int axis = nbl_norm_axis(axis_attr, x->rank);
+  if (axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d",
+                    (long long)axis_attr, x->rank);
+  int keep = (int)nbl_attr_int(c->node, "keepdims", 1);
+  int last = (int)nbl_attr_int(c->node, "select_last_index", 0);
+  int64_t outer, R, inner;
+  split3(x, axis, axis, &outer, &R, &inner);
+  int orank = 0;
+  int64_t od[NBL_MAX_RANK];
+  for (int d = 0; d < x->rank; d++) {
+    if (d != axis) od[orank++] = x->dims[d];
+    else if (keep) od[orank++] = 1;
+  }
+  if (R == 0 && outer * inner > 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot take %s over an empty axis", c->node->op_type);
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_INT64, orank, od))) return st;
+  int64_t *y = nbl_kctx_out(c, 0)->data;
+  int fl = is_float(x->dtype);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      int64_t best = 0, base = o * R * inner + i;
+      if (fl) {
+        double bv = nbl_rt_get_f64(x, base);
+        for (int64_t r = 1; r < R && !isnan(bv); r++) {
+          double v = nbl_rt_get_f64(x, base + r * inner);
+          int better = isnan(v) || (is_max ? (last ? v >= bv : v > bv) : (last ? v <= bv : v < bv));
+          if (better) { bv = v; best = r; }
+        }
+      } else {
+        int uns = (TM(x->dtype) & T_U) != 0;
+        int64_t bv = nbl_rt_get_i64(x, base);
+        for (int64_t r = 1; r < R; r++) {
+          int64_t v = nbl_rt_get_i64(x, base + r * inner);
+          int gt = uns ? (uint64_t)v > (uint64_t)bv : v > bv;
+          int lt = uns ? (uint64_t)v < (uint64_t)bv : v < bv;
+          int better = is_max ? (gt || (last && v == bv)) : (lt || (last && v == bv));
+          if (better) { bv = v; best = r; }
+        }
+      }
+      y[o * inner + i] = best;
+    }
+  return NBL_OK;
+}
+
+static nbl_status k_argmax(nbl_kctx *c) { return argext(c, 1); }
+static nbl_status k_argmin(nbl_kctx *c) { return argext(c, 0); }
+
+/* ------------------------------------------------------------------ Softmax family */
+
+enum { S_SOFTMAX, S_LOGSOFTMAX, S_HARDMAX };
+
+typedef struct sjob {
+  int kind;
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *y;
+  int64_t R, inner;
+  int f32;
+} sjob;
+
+static void softmax_range(void *arg, int64_t b, int64_t e) {
+  const sjob *j = arg;
+  int64_t R = j->R, inner = j->inner;
+  for (int64_t l = b; l < e; l++) {
+    int64_t o = l / inner, i = l % inner;
+    int64_t base = o * R * inner + i;
+    if (j->f32 && inner == 1) {
+      const float *x = (const float *)j->x->data + base;
+      float *y = (float *)j->y->data + base;
+      float m = -INFINITY;
+      for (int64_t r = 0; r < R; r++) m = x[r] > m ? x[r] : m;
+      double s = 0;
+      if (j->kind == S_SOFTMAX) {
+        for (int64_t r = 0; r < R; r++) {
+          y[r] = expf(x[r] - m);
+          s += y[r];
+        }
+        float inv = (float)(1.0 / s);
+        for (int64_t r = 0; r < R; r++) y[r] *= inv;
+      } else if (j->kind == S_LOGSOFTMAX) {
+        for (int64_t r = 0; r < R; r++) s += expf(x[r] - m);
+        float ls = (float)log(s);
+        for (int64_t r = 0; r < R; r++) y[r] = x[r] - m - ls;
+      } else {
+        int64_t arg_m = 0;
+        for (int64_t r = 0; r < R; r++) {
+          if (x[r] > x[arg_m]) arg_m = r;
+          y[r] = 0;
+        }
+        if (R) y[arg_m] = 1;
+      }
+      continue;
+    }
+    double m = -INFINITY;
+    int64_t arg_m = 0;
+    for (int64_t r = 0; r < R; r++) {
+      double v = nbl_rt_get_f64(j->x, base + r * inner);
+      if (r == 0 || v > m) {
+        m = v;
+        arg_m = r;
+      }
+    }
+    if (j->kind == S_HARDMAX) {
+      for (int64_t r = 0; r < R; r++) nbl_rt_set_f64(j->y, base + r * inner, r == arg_m);
+      continue;
+    }
+    double s = 0;
+    for (int64_t r = 0; r < R; r++) s += exp(nbl_rt_get_f64(j->x, base + r * inner) - m);
+    double ls = log(s);
+    for (int64_t r = 0; r < R; r++) {
+      double v = nbl_rt_get_f64(j->x, base + r * inner) - m;
+      nbl_rt_set_f64(j->y, base + r * inner, j->kind == S_SOFTMAX ? exp(v) / s : v - ls);
+    }
+  }
+}
+
+static nbl_status softmax(nbl_kctx *c, int kind) {
+  nbl_status st = check_x(c, T_F);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int legacy = c->opset < 13;
+  int64_t axis_attr = nbl_attr_int(c->node, "axis", legacy ? 1 : -1);
+  int rank = x->rank;
+  int axis = nbl_norm_axis(axis_attr, rank);
+  if (rank == 0 && (axis_attr == 0 || axis_attr == -1)) axis = 0;
+  else if (axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d",
+                    (long long)axis_attr, rank);
+  int64_t outer, R, inner;
+  split3(x, axis, legacy ? rank - 1 : axis, &outer, &R, &inner);
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, x->dims))) return st;
+  sjob j = {.kind = kind, .x = x, .y = nbl_kctx_out(c, 0), .R = R, .inner = inner,
+            .f32 = !c->reference && x->dtype == NBL_DT_FLOAT};
+  if (x->numel == 0) return NBL_OK;
+  nbl_parallel_for(c, outer * inner, 1 + 8192 / (R + 1), softmax_range, &j);
+  return NBL_OK;
+}
+
+static nbl_status k_softmax(nbl_kctx *c) { return softmax(c, S_SOFTMAX); }
+static nbl_status k_logsoftmax(nbl_kctx *c) { return softmax(c, S_LOGSOFTMAX); }
+static nbl_status k_hardmax(nbl_kctx *c) { return softmax(c, S_HARDMAX); }
+
+/* ------------------------------------------------------------------ CumSum */
+
+static nbl_status k_cumsum(nbl_kctx *c) {
+  nbl_status st = check_x(c, T_NUM);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0], *ax = c->n_in > 1 ? c->in[1] : NULL;
+  if (!ax) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input 'axis' is missing");
+  if ((ax->dtype != NBL_DT_INT32 && ax->dtype != NBL_DT_INT64) || ax->numel != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis '%s' must be an int32 or int64 scalar", in_name(c, 1));
+  int64_t a = nbl_rt_get_i64(ax, 0);
+  int axis = nbl_norm_axis(a, x->rank);
+  if (axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d", (long long)a,
+                    x->rank);
+  int excl = (int)nbl_attr_int(c->node, "exclusive", 0);
+  int rev = (int)nbl_attr_int(c->node, "reverse", 0);
+  int64_t outer, R, inner;
+  split3(x, axis, axis, &outer, &R, &inner);
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, x->dims))) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+  int fl = is_float(x->dtype);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      double s = 0;
+      int64_t is = 0;
+      for (int64_t t = 0; t < R; t++) {
+        int64_t r = rev ? R - 1 - t : t;
+        int64_t idx = (o * R + r) * inner + i;
+        if (fl) {
+          double v = nbl_rt_get_f64(x, idx);
+          if (!excl) s += v;
+          nbl_rt_set_f64(y, idx, s);
+          if (excl) s += v;
+        } else {
+          int64_t v = nbl_rt_get_i64(x, idx);
+          if (!excl) is = (int64_t)((uint64_t)is + (uint64_t)v);
+          nbl_rt_set_i64(y, idx, is);
+          if (excl) is = (int64_t)((uint64_t)is + (uint64_t)v);
+        }
+      }
+    }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ TopK */
+
+typedef struct tk_item {
+  double d;
+  int64_t i; /* integer key (unsigned mapped to signed order) */
+  int64_t idx;
+} tk_item;
+
+/* Largest first; equal keys by lower index. NaN counts as the largest. */
+static int tk_cmp_fl(const void *pa, const void *pb) {
+  const tk_item *a = pa, *b = pb;
+  int an = isnan(a->d), bn = isnan(b->d);
+  if (an != bn) return an ? -1 : 1;
+  if (!an && a->d != b->d) return a->d > b->d ? -1 : 1;
+  return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+static int tk_cmp_fs(const void *pa, const void *pb) {
+  const tk_item *a = pa, *b = pb;
+  int an = isnan(a->d), bn = isnan(b->d);
+  if (an != bn) return an ? 1 : -1;
+  if (!an && a->d != b->d) return a->d < b->d ? -1 : 1;
+  return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+static int tk_cmp_il(const void *pa, const void *pb) {
+  const tk_item *a = pa, *b = pb;
+  if (a->i != b->i) return a->i > b->i ? -1 : 1;
+  return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+static int tk_cmp_is(const void *pa, const void *pb) {
+  const tk_item *a = pa, *b = pb;
+  if (a->i != b->i) return a->i < b->i ? -1 : 1;
+  return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static nbl_status k_topk(nbl_kctx *c) {
+  nbl_status st = check_x(c, T_NUM);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int64_t k;
+  if (c->opset < 10) {
+    if (!nbl_node_attr(c->node, "k"))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'k' is missing");
+    k = nbl_attr_int(c->node, "k", 0);
+  } else {
+    const nbl_rt_tensor *kt = c->n_in > 1 ? c->in[1] : NULL;
+    if (!kt || kt->dtype != NBL_DT_INT64 || kt->numel != 1)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 'K' must be a one-element int64 tensor");
+    k = ((const int64_t *)kt->data)[0];
+  }
+  int64_t axis_attr = nbl_attr_int(c->node, "axis", -1);
+  int axis = nbl_norm_axis(axis_attr, x->rank);
+  if (axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d",
+                    (long long)axis_attr, x->rank);
+  int largest = c->opset >= 11 ? (int)nbl_attr_int(c->node, "largest", 1) : 1;
+  int64_t outer, R, inner;
+  split3(x, axis, axis, &outer, &R, &inner);
+  if (k < 0 || k > R)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "k = %lld is outside [0, %lld] (the size of axis %d)",
+                    (long long)k, (long long)R, axis);
+  int64_t od[NBL_MAX_RANK];
+  memcpy(od, x->dims, sizeof(int64_t) * (size_t)x->rank);
+  od[axis] = k;
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, od))) return st;
+  if ((st = nbl_kctx_alloc_out(c, 1, NBL_DT_INT64, x->rank, od))) return st;
+  nbl_rt_tensor *vals = nbl_kctx_out(c, 0);
+  int64_t *idxs = nbl_kctx_out(c, 1)->data;
+  if (k == 0 || outer * inner == 0) return NBL_OK;
+  tk_item *items = malloc(sizeof(tk_item) * (size_t)R);
+  if (!items) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  int fl = is_float(x->dtype), uns = (TM(x->dtype) & T_U) != 0;
+  size_t es = nbl_rt_elem_size(x->dtype);
+  int (*cmp)(const void *, const void *) =
+      fl ? (largest ? tk_cmp_fl : tk_cmp_fs) : (largest ? tk_cmp_il : tk_cmp_is);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      for (int64_t r = 0; r < R; r++) {
+        int64_t src = (o * R + r) * inner + i;
+        items[r].idx = r;
+        if (fl) items[r].d = nbl_rt_get_f64(x, src);
+        else {
+          int64_t v = nbl_rt_get_i64(x, src);
+          items[r].i = uns ? (int64_t)((uint64_t)v ^ 0x8000000000000000ull) : v;
+        }
+      }
+      qsort(items, (size_t)R, sizeof(tk_item), cmp);
+      for (int64_t t = 0; t < k; t++) {
+        int64_t dst = (o * k + t) * inner + i;
+        int64_t src = (o * R + items[t].idx) * inner + i;
+        memcpy((char *)vals->data + dst * (int64_t)es, (const char *)x->data + src * (int64_t)es, es);
+        idxs[dst] = items[t].idx;
+      }
+    }
+  free(items);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ LpNormalization */
+
+static nbl_status k_lpnorm(nbl_kctx *c) {
+  nbl_status st = check_x(c, T_F);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int64_t axis_attr = nbl_attr_int(c->node, "axis", -1);
+  int axis = nbl_norm_axis(axis_attr, x->rank);
+  if (axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d",
+                    (long long)axis_attr, x->rank);
+  int64_t p = nbl_attr_int(c->node, "p", 2);
+  if (p != 1 && p != 2)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'p' must be 1 or 2, not %lld", (long long)p);
+  int64_t outer, R, inner;
+  split3(x, axis, axis, &outer, &R, &inner);
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, x->dims))) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      double s = 0;
+      for (int64_t r = 0; r < R; r++) {
+        double v = nbl_rt_get_f64(x, (o * R + r) * inner + i);
+        s += p == 1 ? fabs(v) : v * v;
+      }
+      double nrm = p == 1 ? s : sqrt(s);
+      for (int64_t r = 0; r < R; r++) {
+        int64_t idx = (o * R + r) * inner + i;
+        nbl_rt_set_f64(y, idx, nbl_rt_get_f64(x, idx) / nrm);
+      }
+    }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ MeanVarianceNormalization */
+
+/* y = (x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9), expectations over `axes`
+ * (the ONNX function body's formula). */
+static nbl_status k_mvn(nbl_kctx *c) {
+  nbl_status st = check_x(c, T_F);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  int64_t axes[NBL_MAX_RANK] = {0, 2, 3};
+  int na = 3;
+  if (nbl_node_attr(c->node, "axes") && (st = get_axes(c, 0, axes, &na))) return st;
+  int red[NBL_MAX_RANK];
+  if ((st = mark_axes(c, x->rank, axes, na, red))) return st;
+  int64_t kd[NBL_MAX_RANK];
+  for (int d = 0; d < x->rank; d++) kd[d] = red[d] ? 1 : x->dims[d];
+  int64_t nout = nbl_shape_numel(x->rank, kd);
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, x->dims))) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+  if (x->numel == 0) return NBL_OK;
+  double *sum = calloc((size_t)nout * 2, sizeof(double));
+  if (!sum) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  double *sq = sum + nout;
+  for (int64_t i = 0; i < x->numel; i++) {
+    int64_t o = nbl_broadcast_index(x->rank, x->dims, i, x->rank, kd);
+    double v = nbl_rt_get_f64(x, i);
+    sum[o] += v;
+    sq[o] += v * v;
+  }
+  double n = (double)(x->numel / nout);
+  for (int64_t o = 0; o < nout; o++) {
+    double m = sum[o] / n;
+    sum[o] = m;
+    double var = sq[o] / n - m * m;
+    sq[o] = sqrt(var < 0 ? 0 : var) + 1e-9;
+  }
+  for (int64_t i = 0; i < x->numel; i++) {
+    int64_t o = nbl_broadcast_index(x->rank, x->dims, i, x->rank, kd);
+    nbl_rt_set_f64(y, i, (nbl_rt_get_f64(x, i) - sum[o]) / sq[o]);
+  }
+  free(sum);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ table */
+
 const nbl_op_def nbl_ops_reduce[] = {
-    {"", "__none__", 0, 0, 0, 0}, /* placeholder until the first op lands */
+    {"", "ReduceSum", 1, OPMAX, k_reducesum, NULL},
+    {"", "ReduceMean", 1, OPMAX, k_reducemean, NULL},
+    {"", "ReduceProd", 1, OPMAX, k_reduceprod, NULL},
+    {"", "ReduceMax", 1, OPMAX, k_reducemax, NULL},
+    {"", "ReduceMin", 1, OPMAX, k_reducemin, NULL},
+    {"", "ReduceL1", 1, OPMAX, k_reducel1, NULL},
+    {"", "ReduceL2", 1, OPMAX, k_reducel2, NULL},
+    {"", "ReduceSumSquare", 1, OPMAX, k_reducesumsquare, NULL},
+    {"", "ReduceLogSum", 1, OPMAX, k_reducelogsum, NULL},
+    {"", "ReduceLogSumExp", 1, OPMAX, k_reducelogsumexp, NULL},
+    {"", "ArgMax", 1, OPMAX, k_argmax, NULL},
+    {"", "ArgMin", 1, OPMAX, k_argmin, NULL},
+    {"", "Softmax", 1, OPMAX, k_softmax, NULL},
+    {"", "LogSoftmax", 1, OPMAX, k_logsoftmax, NULL},
+    {"", "Hardmax", 1, OPMAX, k_hardmax, NULL},
+    {"", "CumSum", 11, OPMAX, k_cumsum, NULL},
+    {"", "TopK", 1, OPMAX, k_topk, NULL},
+    {"", "LpNormalization", 1, OPMAX, k_lpnorm, NULL},
+    {"", "MeanVarianceNormalization", 9, OPMAX, k_mvn, NULL},
 };
-const size_t nbl_ops_reduce_count = 0;
+const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];
