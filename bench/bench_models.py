@@ -1,0 +1,180 @@
+#!/usr/bin/python3
+"""bench_models.py - latency and peak memory of nibble vs ONNX Runtime on whole models.
+
+usage: /usr/bin/python3 bench/bench_models.py --nibble PATH --refdir DIR
+           [--models resnet18,mobilenet_v2] [--threads 1,2] [--runs N] [--warmup W]
+           [--out bench/results.md]
+
+For each model (batch 1, 3x224x224, from tests/ref/export_models.py) and thread count:
+- nibble latency: if `nibble run --repeat N` prints a per-run time (a line with
+  "median" and a number followed by "ms"), that number; otherwise the wall
+  time of `--repeat R+N` minus that of `--repeat R`, divided by N (load, plan
+  and warmup cancel out), with R = the warmup count.
+- ONNX Runtime latency: `node tests/ref/ort_run.js time` (W warmup runs, then
+  the median of N runs, in process).
+- peak memory: maximum resident set size (/usr/bin/time -v) of one
+  `nibble run` and of one `node ort_run.js run` (the latter includes node's
+  own ~40 MB; the node baseline is measured and shown separately).
+Both get the same thread count (--threads T; OPENBLAS_NUM_THREADS and
+OMP_NUM_THREADS are also set to T). Writes a markdown table to stdout and --out.
+Exit status: 0 done, 1 a run failed, 2 bad usage.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, ".."))
+ORT_RUN = os.path.join(ROOT, "tests", "ref", "ort_run.js")
+
+
+class BenchError(Exception):
+    pass
+
+
+def env_for(threads):
+    env = dict(os.environ)
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run(cmd, threads, what):
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env_for(threads))
+    secs = time.perf_counter() - t0
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BenchError("%s failed (exit %d): %s\n  %s" % (what, r.returncode, msg, " ".join(cmd)))
+    return r, secs
+
+
+def peak_rss_mb(cmd, threads, what):
+    r, _ = run(["/usr/bin/time", "-v"] + cmd, threads, what)
+    m = re.search(r"Maximum resident set size \(kbytes\):\s*(\d+)", r.stderr)
+    if not m:
+        raise BenchError("%s: /usr/bin/time -v printed no maximum resident set size" % what)
+    return int(m.group(1)) / 1024.0
+
+
+MEDIAN_RE = re.compile(r"median[^0-9\n]*([0-9]+(?:\.[0-9]+)?)\s*ms", re.I)
+
+
+def nibble_latency(nibble, model, inputs, threads, runs, warmup):
+    base = [nibble, "run", model, "--threads", str(threads)]
+    for n, f in inputs.items():
+        base += ["--input", "%s=%s" % (n, f)]
+    r, t_long = run(base + ["--repeat", str(warmup + runs)], threads, "nibble run --repeat")
+    m = MEDIAN_RE.search(r.stdout + "\n" + r.stderr)
+    if m:
+        return float(m.group(1)), "median printed by nibble"
+    _, t_short = run(base + ["--repeat", str(max(warmup, 1))], threads, "nibble run")
+    n = warmup + runs - max(warmup, 1)
+    return max(t_long - t_short, 0.0) / n * 1000.0, "wall time difference, mean"
+
+
+def ort_latency(model, inputs, threads, runs, warmup):
+    cmd = ["node", ORT_RUN, "time", model, "--threads", str(threads), "--warmup", str(warmup),
+           "--runs", str(runs)]
+    for n, f in inputs.items():
+        cmd += ["--input", "%s=%s" % (n, f)]
+    r, _ = run(cmd, threads, "ONNX Runtime")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return res["median_ms"], res["ort_version"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nibble", required=True)
+    ap.add_argument("--refdir", required=True)
+    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(HERE, "results.md"))
+    args = ap.parse_args()
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t]
+    except ValueError:
+        print("bench_models.py: --threads takes a list like 1,2", file=sys.stderr)
+        return 2
+    if args.runs < 2 or args.warmup < 0:
+        print("bench_models.py: --runs must be >= 2, --warmup >= 0", file=sys.stderr)
+        return 2
+    with open(os.path.join(args.refdir, "manifest.json")) as f:
+        manifest = {e["name"]: e for e in json.load(f)["models"]}
+    rows, notes = [], set()
+    ort_version = "?"
+    try:
+        node_base = peak_rss_mb(["node", "-e", "require('onnxruntime-node')"], 1, "node baseline")
+        for name in [m for m in args.models.split(",") if m]:
+            if name not in manifest:
+                raise BenchError("%s: not in %s/manifest.json" % (name, args.refdir))
+            e = manifest[name]
+            model = os.path.join(args.refdir, e["model"])
+            inputs = {k: os.path.join(args.refdir, v) for k, v in e["inputs"].items()}
+            feeds = []
+            for k, v in inputs.items():
+                feeds += ["--input", "%s=%s" % (k, v)]
+            for t in threads:
+                print("bench: %s, %d thread(s)..." % (name, t), file=sys.stderr, flush=True)
+                ort_ms, ort_version = ort_latency(model, inputs, t, args.runs, args.warmup)
+                nbl_ms, how = nibble_latency(args.nibble, model, inputs, t, args.runs, args.warmup)
+                notes.add(how)
+                nbl_mb = peak_rss_mb([args.nibble, "run", model, "--threads", str(t)] + feeds,
+                                     t, "nibble run (memory)")
+                ort_mb = peak_rss_mb(["node", ORT_RUN, "run", model, "--threads", str(t)] + feeds,
+                                     t, "ONNX Runtime (memory)")
+                rows.append((name, t, nbl_ms, ort_ms, nbl_mb, ort_mb))
+    except BenchError as ex:
+        print("bench_models.py: %s" % ex, file=sys.stderr)
+        return 1
+
+    lines = []
+    lines.append("# nibble vs ONNX Runtime: whole-model latency and memory\n")
+    lines.append("Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, "
+                 "CPU, graph optimizations on). Batch 1, float32, random weights "
+                 "(torch.manual_seed(0)). %d warmup + %d timed runs.\n"
+                 % (platform.machine(), os.cpu_count() or 0, cpu_name(), ort_version,
+                    args.warmup, args.runs))
+    lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | nibble peak RSS MB "
+                 "| ORT peak RSS MB (node) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, t, nbl_ms, ort_ms, nbl_mb, ort_mb in rows:
+        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.0f | %.0f |"
+                     % (name, t, nbl_ms, ort_ms, nbl_ms / ort_ms if ort_ms > 0 else float("nan"),
+                        nbl_mb, ort_mb))
+    lines.append("")
+    lines.append("- nibble latency: %s; ORT latency: median in process (ort_run.js time)."
+                 % "; ".join(sorted(notes)))
+    lines.append("- nibble / ORT > 1 means nibble is slower.")
+    lines.append("- peak RSS: /usr/bin/time -v of one run (load + run). The ORT column includes "
+                 "node.js itself: node with onnxruntime-node loaded and no model uses %.0f MB."
+                 % node_base)
+    lines.append("- made by `bench/run_bench.sh` on %s." % time.strftime("%Y-%m-%d"))
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
