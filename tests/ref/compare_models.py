@@ -2,13 +2,16 @@
 """compare_models.py - whole-model check of `nibble run` against ONNX Runtime.
 
 usage: /usr/bin/python3 compare_models.py [--nibble PATH] [--refdir DIR]
-           [--models a,b,...] [--tol T] [--threads N] [--no-prepare] [--modes fast,reference]
+           [--models a,b,...] [--tol T] [--threads N] [--no-prepare]
+           [--modes fast,reference,roundtrip]
 
 For every model of the reference set (tests/ref/export_models.py: ResNet-18,
 MobileNetV2, SqueezeNet 1.1, a transformer encoder) and the models nibble
 ships (models/mlp.onnx, models/lenet5.onnx on models/data/fmnist_test_100.npy),
 runs `nibble run MODEL --input NAME=FILE ... --output-dir DIR` on the fast path
-and with --reference, and compares every output with ONNX Runtime's:
+and with --reference, and compares every output with ONNX Runtime's. Mode "roundtrip" instead saves
+the model with `nibble convert MODEL -o OUT` (no passes) and runs OUT under
+ONNX Runtime, which checks the parser's load/save path. Every check:
 relative error = max|nibble - ort| / max|ort| must be <= T (default 1e-4).
 Prints a table; exit status 0 all passed, 1 a model failed or mismatched,
 2 bad usage, 77 (skip) node, ONNX Runtime, torch or numpy is not installed.
@@ -26,6 +29,7 @@ import tempfile
 import time
 
 SKIP = 77
+MODES = ("fast", "reference", "roundtrip")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 SHIPPED = [("mlp", "models/mlp.onnx"), ("lenet5", "models/lenet5.onnx")]
@@ -128,6 +132,21 @@ def run_nibble(nibble, model, inputs, outdir, threads, reference):
     return r, time.time() - t0, " ".join(cmd)
 
 
+def run_roundtrip(nibble, model, inputs, outdir):
+    """nibble convert MODEL -o OUTDIR/model.onnx, then ONNX Runtime on it into OUTDIR."""
+    saved = os.path.join(outdir, "model.onnx")
+    cmd = [nibble, "convert", model, "-o", saved]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode == 0:
+        cmd = ["node", os.path.join(HERE, "ort_run.js"), "run", saved, "--output-dir", outdir,
+               "--threads", "1"]
+        for n, f in inputs.items():
+            cmd += ["--input", "%s=%s" % (n, f)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    return r, time.time() - t0, " ".join(cmd)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nibble", default=os.environ.get("NIBBLE"))
@@ -136,7 +155,7 @@ def main():
     ap.add_argument("--models", default="")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="fast,reference")
+    ap.add_argument("--modes", default="fast,reference,roundtrip")
     ap.add_argument("--no-prepare", action="store_true")
     args = ap.parse_args()
     if not args.nibble or not os.path.isfile(args.nibble):
@@ -144,8 +163,8 @@ def main():
               file=sys.stderr)
         return 2
     modes = [m for m in args.modes.split(",") if m]
-    if any(m not in ("fast", "reference") for m in modes):
-        print("compare_models.py: --modes takes fast and/or reference", file=sys.stderr)
+    if any(m not in MODES for m in modes):
+        print("compare_models.py: --modes takes %s" % ",".join(MODES), file=sys.stderr)
         return 2
     missing = have_tools()
     if missing:
@@ -170,8 +189,11 @@ def main():
             for mode in modes:
                 outdir = os.path.join(tmp, name, mode)
                 os.makedirs(outdir)
-                r, secs, cmd = run_nibble(args.nibble, model, inputs, outdir, args.threads,
-                                          mode == "reference")
+                if mode == "roundtrip":
+                    r, secs, cmd = run_roundtrip(args.nibble, model, inputs, outdir)
+                else:
+                    r, secs, cmd = run_nibble(args.nibble, model, inputs, outdir, args.threads,
+                                              mode == "reference")
                 if r.returncode != 0:
                     msg = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
                     rows.append((name, "-", mode, None, None, secs, "RUN FAILED"))
