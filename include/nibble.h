@@ -181,6 +181,80 @@ nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipel
 /* List every pass with its description and options. */
 void nbl_passes_print(FILE *out);
 
+/* ------------------------------------------------------------------------ */
+/* Runtime                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define NBL_MAX_DIMS 8
+
+/* A tensor exchanged with the runtime: dense, row-major, native-endian
+ * element data (INT4/UINT4 packed two per byte, low nibble first; BOOL one
+ * byte each; STRING: data is a char *[numel] of NUL-terminated strings). */
+typedef struct nbl_host_tensor {
+  const char *name; /* graph input/output name */
+  nbl_dtype dtype;
+  int rank;
+  int64_t dims[NBL_MAX_DIMS];
+  void *data;
+  size_t nbytes; /* bytes at data */
+} nbl_host_tensor;
+
+typedef struct nbl_session nbl_session;
+
+/* Called after every node for each output it produced (for dumping
+ * intermediates). The tensor is only valid during the call. */
+typedef void (*nbl_session_value_fn)(void *user, const nbl_host_tensor *t);
+
+typedef struct nbl_session_options {
+  int threads;   /* worker threads for kernels; <= 0: one per online core */
+  int reference; /* 1: plain C reference kernels only (no fast paths) */
+  nbl_session_value_fn on_value; /* may be NULL */
+  void *user;
+} nbl_session_options;
+
+/* Plan the model's main graph for execution: resolve a kernel for every node
+ * (a node without one fails here with NBL_ERR_UNSUPPORTED naming the node, op,
+ * domain and opset), order the nodes, plan memory. `opt` may be NULL
+ * (defaults). The model is not copied: it must outlive the session and stay
+ * unmodified. On success *out belongs to the caller (nbl_session_free). */
+nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt,
+                              nbl_session **out);
+
+/* Inputs the caller must feed (graph inputs without an initializer) and all
+ * graph outputs, in graph order. Names are owned by the model. The type of an
+ * input (element type, rank, dims with -1 for unknown) is written to *info,
+ * whose data is NULL. Return NULL / fail for an out-of-range index. */
+int nbl_session_input_count(const nbl_session *s);
+const char *nbl_session_input_name(const nbl_session *s, int i);
+nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info);
+int nbl_session_output_count(const nbl_session *s);
+const char *nbl_session_output_name(const nbl_session *s, int i);
+
+/* Run once. `inputs` are matched by name (every feed must be given; an input
+ * with an initializer may be overridden); their data is read, not kept, and
+ * must stay valid during the call. On success *outputs (may be NULL) points
+ * to n_outputs views in graph order, owned by the session and valid until the
+ * next run or nbl_session_free. On failure the message names the node. */
+nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *inputs,
+                           const nbl_host_tensor **outputs);
+
+/* Copy output i of the last run into caller memory of `cap` bytes (fails
+ * with NBL_ERR_INVALID_ARGUMENT if too small). Not for STRING outputs. */
+nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_t cap);
+
+/* Release a session and every output view it holds. NULL is allowed. */
+void nbl_session_free(nbl_session *s);
+
+/* Read a tensor file: NumPy .npy (v1-v3, little-endian, C order) or a
+ * serialized ONNX TensorProto (.pb, or any other name). On success *out holds
+ * malloc'd data and name (NULL if none) released by nbl_host_tensor_free. */
+nbl_status nbl_tensor_read(const char *path, nbl_host_tensor *out);
+/* Write a tensor: .npy when path ends in ".npy", otherwise a TensorProto
+ * named t->name. */
+nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *t);
+/* Release data and name of a tensor filled by nbl_tensor_read. */
+void nbl_host_tensor_free(nbl_host_tensor *t);
+
 #ifdef __cplusplus
 }
 #endif

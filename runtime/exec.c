@@ -1,2 +1,1130 @@
-/* runtime/exec.c - being written; see the header for the contract. */
-typedef int nbl_placeholder_exec;
+/* exec.c - planner, executor, thread pool, the kernel context functions of
+ * kernel.h and the public session API of nibble.h. See exec.h. */
+#include "exec.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ARENA_ALIGN 64
+
+/* ------------------------------------------------------------------ thread pool */
+
+typedef struct pool {
+  pthread_t *th;
+  int n_th; /* worker threads (the calling thread works too) */
+  pthread_mutex_t mu;
+  pthread_cond_t cv_work, cv_done;
+  void (*fn)(void *, int64_t, int64_t);
+  void *arg;
+  int64_t n, chunk;
+  int n_chunks, next_chunk, done_chunks;
+  unsigned gen;
+  int stop, busy;
+} pool;
+
+static _Thread_local int tl_in_worker;
+
+static void pool_do_chunks(pool *p) {
+  /* called with p->mu held */
+  while (p->next_chunk < p->n_chunks) {
+    int c = p->next_chunk++;
+    void (*fn)(void *, int64_t, int64_t) = p->fn;
+    void *arg = p->arg;
+    int64_t b = (int64_t)c * p->chunk, e = b + p->chunk;
+    if (e > p->n) e = p->n;
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, b, e);
+    pthread_mutex_lock(&p->mu);
+    if (++p->done_chunks == p->n_chunks) pthread_cond_broadcast(&p->cv_done);
+  }
+}
+
+static void *pool_main(void *arg) {
+  pool *p = arg;
+  tl_in_worker = 1;
+  pthread_mutex_lock(&p->mu);
+  unsigned seen = p->gen;
+  for (;;) {
+    while (!p->stop && p->gen == seen) pthread_cond_wait(&p->cv_work, &p->mu);
+    if (p->stop) break;
+    seen = p->gen;
+    pool_do_chunks(p);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static pool *pool_new(int threads) {
+  pool *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv_work, NULL);
+  pthread_cond_init(&p->cv_done, NULL);
+  p->th = calloc((size_t)threads, sizeof(pthread_t));
+  if (!p->th) {
+    free(p);
+    return NULL;
+  }
+  for (int i = 0; i < threads - 1; i++) {
+    if (pthread_create(&p->th[i], NULL, pool_main, p) != 0) break;
+    p->n_th++;
+  }
+  return p;
+}
+
+static void pool_free(pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->mu);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->cv_work);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->n_th; i++) pthread_join(p->th[i], NULL);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv_work);
+  pthread_cond_destroy(&p->cv_done);
+  free(p->th);
+  free(p);
+}
+
+/* Returns 0 if the pool was busy or unusable (caller runs inline). */
+static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
+                    void (*fn)(void *, int64_t, int64_t), void *arg) {
+  if (!p || p->n_th == 0 || tl_in_worker) return 0;
+  pthread_mutex_lock(&p->mu);
+  if (p->busy) {
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+  }
+  p->busy = 1;
+  int64_t chunks = (n + grain - 1) / grain;
+  if (chunks > ways) chunks = ways;
+  if (chunks < 1) chunks = 1;
+  p->fn = fn;
+  p->arg = arg;
+  p->n = n;
+  p->chunk = (n + chunks - 1) / chunks;
+  p->n_chunks = (int)((n + p->chunk - 1) / p->chunk);
+  p->next_chunk = 0;
+  p->done_chunks = 0;
+  p->gen++;
+  pthread_cond_broadcast(&p->cv_work);
+  tl_in_worker = 1; /* nested parallel_for from the caller's chunk runs inline */
+  pool_do_chunks(p);
+  tl_in_worker = 0;
+  while (p->done_chunks < p->n_chunks) pthread_cond_wait(&p->cv_done, &p->mu);
+  p->busy = 0;
+  pthread_mutex_unlock(&p->mu);
+  return 1;
+}
+
+int nbl_default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : (n > 256 ? 256 : (int)n);
+}
+
+/* ------------------------------------------------------------------ plans */
+
+typedef struct step {
+  nbl_id node;
+  const nbl_op_def *def;
+  int opset;
+  int out_base; /* index of output 0 in the arena slot table */
+} step;
+
+typedef struct gplan {
+  const nbl_graph *g;
+  int n_steps;
+  step *steps;
+  int *last_use;  /* per value: step after which it can be freed; INT_MAX: keep */
+  int n_slots;    /* sum of node outputs (arena slot table size) */
+  int *free_start; /* per step s: free_list[free_start[s] .. free_start[s+1]) dies after s */
+  nbl_id *free_list;
+} gplan;
+
+struct nbl_engine {
+  const nbl_model *m;
+  const nbl_graph *g;
+  int threads, reference, no_arena;
+  nbl_value_cb on_value;
+  void *user;
+  gplan **plans; /* plans[0]: g; then every subgraph */
+  int n_plans;
+  pool *pool;
+  /* top frame state */
+  nbl_rt_tensor *vals;
+  unsigned char *set;
+  unsigned char *bound;   /* value bound by the caller (view) */
+  nbl_rt_tensor *binds;   /* caller views */
+  nbl_rt_tensor *state;   /* initializer views / writable copies (per value) */
+  nbl_id *feeds;
+  int n_feeds;
+  int ran;
+  /* arena plan */
+  int mode;            /* 0 record, 1 planned */
+  int64_t *sig;        /* input shape signature of the plan */
+  int sig_len;
+  size_t *slot_size;   /* recorded sizes per slot (0: none) */
+  int *slot_start, *slot_end;
+  size_t *slot_off;
+  unsigned char *arena;
+  size_t arena_bytes;
+  nbl_engine_stats stats;
+};
+
+typedef struct frame {
+  nbl_engine *e;
+  const gplan *p;
+  const nbl_graph *g;
+  nbl_rt_tensor *vals;
+  unsigned char *set;
+  struct frame *parent;
+  int top;
+} frame;
+
+/* The per-node call state behind nbl_kctx.exec. */
+struct nbl_exec {
+  frame *f;
+  int step;
+  const step *st;
+  nbl_rt_tensor *scratch; /* lazily allocated, one per node output */
+  int n_scratch;
+};
+
+static const char *dom_name(const char *d) { return d && *d ? d : ""; }
+
+static int node_opset(const nbl_model *m, const nbl_node *n) {
+  int64_t v = nbl_model_opset(m, n->domain);
+  if (v == 0 && strcmp(dom_name(n->domain), "") == 0) v = nbl_model_opset(m, "ai.onnx");
+  return (int)v;
+}
+
+static void gplan_free(gplan *p) {
+  if (!p) return;
+  free(p->steps);
+  free(p->last_use);
+  free(p->free_start);
+  free(p->free_list);
+  free(p);
+}
+
+/* Collect names of outer-scope values used anywhere inside sub (recursively). */
+static void collect_outer(const nbl_graph *sub, const nbl_graph *g, int s, int *last_use) {
+  for (int v = 0; v < sub->n_values; v++) {
+    const nbl_value *val = &sub->values[v];
+    if (val->dead || !(val->flags & NBL_VAL_OUTER)) continue;
+    nbl_id pv = nbl_graph_find(g, val->name);
+    if (pv != NBL_NONE && last_use[pv] != INT_MAX && last_use[pv] < s) last_use[pv] = s;
+  }
+  for (int i = 0; i < sub->n_nodes; i++) {
+    const nbl_node *n = &sub->nodes[i];
+    if (n->dead) continue;
+    for (int a = 0; a < n->n_attrs; a++) {
+      if (n->attrs[a].type == NBL_ATTR_GRAPH && n->attrs[a].g)
+        collect_outer(n->attrs[a].g, g, s, last_use);
+      else if (n->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < n->attrs[a].n; k++) collect_outer(n->attrs[a].graphs[k], g, s, last_use);
+    }
+  }
+}
+
+static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g);
+
+static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
+  gplan *p = calloc(1, sizeof *p);
+  if (!p) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
+  gplan **np = realloc(e->plans, sizeof(gplan *) * (size_t)(e->n_plans + 1));
+  if (!np) {
+    free(p);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
+  }
+  e->plans = np;
+  e->plans[e->n_plans++] = p;
+  p->g = g;
+  nbl_id *order = NULL;
+  int n = nbl_graph_topo_order(g, &order);
+  if (n < 0) return NBL_ERR_INVALID_MODEL;
+  p->n_steps = n;
+  p->steps = calloc((size_t)(n ? n : 1), sizeof(step));
+  p->last_use = malloc(sizeof(int) * (size_t)(g->n_values ? g->n_values : 1));
+  if (!p->steps || !p->last_use) {
+    free(order);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
+  }
+  for (int v = 0; v < g->n_values; v++) {
+    const nbl_value *val = &g->values[v];
+    p->last_use[v] = (val->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->init
+                         ? INT_MAX
+                         : -1;
+  }
+  for (int i = 0; i < g->n_outputs; i++) p->last_use[g->outputs[i]] = INT_MAX;
+  nbl_status st = NBL_OK;
+  int slots = 0;
+  for (int s = 0; s < n; s++) {
+    const nbl_node *nd = &g->nodes[order[s]];
+    step *sp = &p->steps[s];
+    sp->node = order[s];
+    sp->opset = node_opset(e->m, nd);
+    sp->out_base = slots;
+    slots += nd->n_outputs;
+    sp->def = nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
+    if (!sp->def && st == NBL_OK) {
+      if (sp->opset == 0)
+        st = nbl_errorf(NBL_ERR_UNSUPPORTED,
+                        "node '%s' (%s, domain '%s'): the model imports no opset for this domain",
+                        nd->name ? nd->name : "", nd->op_type, dom_name(nd->domain));
+      else
+        st = nbl_errorf(NBL_ERR_UNSUPPORTED, "node '%s' (%s, domain '%s', opset %d): no kernel",
+                        nd->name ? nd->name : "", nd->op_type, dom_name(nd->domain), sp->opset);
+    }
+    for (int k = 0; k < nd->n_inputs; k++) {
+      nbl_id v = nd->inputs[k];
+      if (v != NBL_NONE && p->last_use[v] != INT_MAX && p->last_use[v] < s) p->last_use[v] = s;
+    }
+    for (int k = 0; k < nd->n_outputs; k++) {
+      nbl_id v = nd->outputs[k];
+      if (v != NBL_NONE && p->last_use[v] != INT_MAX && p->last_use[v] < s) p->last_use[v] = s;
+    }
+    for (int a = 0; a < nd->n_attrs; a++) {
+      const nbl_attr *at = &nd->attrs[a];
+      int ng = at->type == NBL_ATTR_GRAPH ? (at->g ? 1 : 0) : at->type == NBL_ATTR_GRAPHS ? at->n : 0;
+      for (int k = 0; k < ng; k++) {
+        const nbl_graph *sub = at->type == NBL_ATTR_GRAPH ? at->g : at->graphs[k];
+        collect_outer(sub, g, s, p->last_use);
+        if (st == NBL_OK) {
+          st = plan_graph(e, sub);
+          if (st != NBL_OK)
+            nbl_error_prefix("node '%s' (%s): attribute '%s'", nd->name ? nd->name : "",
+                             nd->op_type, at->name);
+        }
+      }
+    }
+  }
+  p->n_slots = slots;
+  free(order);
+  /* free lists: values whose last use is step s */
+  p->free_start = calloc((size_t)n + 2, sizeof(int));
+  p->free_list = malloc(sizeof(nbl_id) * (size_t)(g->n_values ? g->n_values : 1));
+  if (!p->free_start || !p->free_list)
+    return st != NBL_OK ? st : nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int v = 0; v < g->n_values; v++)
+    if (p->last_use[v] >= 0 && p->last_use[v] < n) p->free_start[p->last_use[v] + 1]++;
+  for (int s = 0; s < n; s++) p->free_start[s + 1] += p->free_start[s];
+  int *fill = calloc((size_t)n + 1, sizeof(int));
+  if (!fill) return st != NBL_OK ? st : nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int v = 0; v < g->n_values; v++)
+    if (p->last_use[v] >= 0 && p->last_use[v] < n)
+      p->free_list[p->free_start[p->last_use[v]] + fill[p->last_use[v]]++] = v;
+  free(fill);
+  return st;
+}
+
+static const gplan *find_plan(const nbl_engine *e, const nbl_graph *g) {
+  for (int i = 0; i < e->n_plans; i++)
+    if (e->plans[i]->g == g) return e->plans[i];
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ tensors */
+
+nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src) {
+  nbl_rt_tensor t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, src->dtype, src->rank, src->dims);
+  if (st != NBL_OK) return st;
+  if (src->dtype == NBL_DT_STRING) {
+    char **d = t.data, *const *s = src->data;
+    for (int64_t i = 0; i < t.numel; i++) {
+      d[i] = strdup(s[i] ? s[i] : "");
+      if (!d[i]) {
+        nbl_rt_tensor_free(&t);
+        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory copying strings");
+      }
+    }
+  } else if (t.nbytes && src->data) {
+    memcpy(t.data, src->data, t.nbytes < src->nbytes ? t.nbytes : src->nbytes);
+  }
+  *dst = t;
+  return NBL_OK;
+}
+
+static void slot_clear(nbl_rt_tensor *t) {
+  nbl_rt_tensor_free(t);
+  memset(t, 0, sizeof *t);
+}
+
+/* ------------------------------------------------------------------ engine */
+
+static nbl_status bind_initializers(const nbl_graph *g, nbl_rt_tensor *vals, unsigned char *set) {
+  for (int i = 0; i < g->n_initializers; i++) {
+    nbl_id v = g->initializers[i];
+    const nbl_value *val = &g->values[v];
+    if (!val->init) continue;
+    nbl_status st = nbl_rt_from_ir(val->init, &vals[v]);
+    if (st != NBL_OK) {
+      nbl_error_prefix("graph '%s': initializer '%s'", g->name, val->name);
+      return st;
+    }
+    set[v] = 1;
+  }
+  return NBL_OK;
+}
+
+nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
+                             const nbl_engine_options *opt, nbl_engine **out) {
+  if (!m || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_engine_create: NULL argument");
+  *out = NULL;
+  if (!g) g = m->graph;
+  if (!g) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: model has no graph", nbl_model_label(m));
+  nbl_engine *e = calloc(1, sizeof *e);
+  if (!e) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  e->m = m;
+  e->g = g;
+  e->threads = opt && opt->threads > 0 ? opt->threads : nbl_default_threads();
+  e->reference = opt ? opt->reference : 0;
+  e->no_arena = opt ? opt->no_arena : 0;
+  e->on_value = opt ? opt->on_value : NULL;
+  e->user = opt ? opt->user : NULL;
+  nbl_status st = plan_graph(e, g);
+  if (st != NBL_OK) {
+    nbl_error_prefix("%s", nbl_model_label(m));
+    nbl_engine_free(e);
+    return st;
+  }
+  size_t nv = (size_t)(g->n_values ? g->n_values : 1);
+  e->vals = calloc(nv, sizeof(nbl_rt_tensor));
+  e->set = calloc(nv, 1);
+  e->bound = calloc(nv, 1);
+  e->binds = calloc(nv, sizeof(nbl_rt_tensor));
+  e->state = calloc(nv, sizeof(nbl_rt_tensor));
+  e->feeds = calloc((size_t)(g->n_inputs + 1), sizeof(nbl_id));
+  int ns = e->plans[0]->n_slots + 1;
+  e->slot_size = calloc((size_t)ns, sizeof(size_t));
+  e->slot_start = calloc((size_t)ns, sizeof(int));
+  e->slot_end = calloc((size_t)ns, sizeof(int));
+  e->slot_off = calloc((size_t)ns, sizeof(size_t));
+  if (!e->vals || !e->set || !e->bound || !e->binds || !e->state || !e->feeds || !e->slot_size ||
+      !e->slot_start || !e->slot_end || !e->slot_off) {
+    nbl_engine_free(e);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  unsigned char *dummy = calloc(nv, 1);
+  if (!dummy) {
+    nbl_engine_free(e);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  st = bind_initializers(g, e->state, dummy);
+  free(dummy);
+  if (st != NBL_OK) {
+    nbl_error_prefix("%s", nbl_model_label(m));
+    nbl_engine_free(e);
+    return st;
+  }
+  for (int i = 0; i < g->n_inputs; i++) {
+    nbl_id v = g->inputs[i];
+    if (!g->values[v].init) e->feeds[e->n_feeds++] = v;
+  }
+  if (e->threads > 1) e->pool = pool_new(e->threads);
+  *out = e;
+  return NBL_OK;
+}
+
+static void free_top_values(nbl_engine *e) {
+  if (!e->vals) return;
+  for (int v = 0; v < e->g->n_values; v++) {
+    slot_clear(&e->vals[v]);
+    e->set[v] = 0;
+  }
+}
+
+void nbl_engine_free(nbl_engine *e) {
+  if (!e) return;
+  free_top_values(e);
+  if (e->state)
+    for (int v = 0; v < e->g->n_values; v++) nbl_rt_tensor_free(&e->state[v]);
+  for (int i = 0; i < e->n_plans; i++) gplan_free(e->plans[i]);
+  free(e->plans);
+  pool_free(e->pool);
+  free(e->vals);
+  free(e->set);
+  free(e->bound);
+  free(e->binds);
+  free(e->state);
+  free(e->feeds);
+  free(e->sig);
+  free(e->slot_size);
+  free(e->slot_start);
+  free(e->slot_end);
+  free(e->slot_off);
+  free(e->arena);
+  free(e);
+}
+
+int nbl_engine_n_feeds(const nbl_engine *e) { return e->n_feeds; }
+nbl_id nbl_engine_feed_value(const nbl_engine *e, int i) { return e->feeds[i]; }
+const nbl_graph *nbl_engine_graph(const nbl_engine *e) { return e->g; }
+
+void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st) {
+  *st = e->stats;
+  st->arena_bytes = e->arena_bytes;
+}
+
+static nbl_status check_against_type(const nbl_value *val, const nbl_rt_tensor *t) {
+  const nbl_type *ty = &val->type;
+  if (ty->kind != NBL_TYPE_TENSOR) return NBL_OK;
+  if (ty->elem != NBL_DT_UNDEFINED && ty->elem != t->dtype)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got element type %s, the model expects %s",
+                      val->name, nbl_dtype_name(t->dtype), nbl_dtype_name(ty->elem));
+  if (ty->rank >= 0) {
+    if (ty->rank != t->rank)
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got rank %d, the model expects %d",
+                        val->name, t->rank, ty->rank);
+    for (int d = 0; d < t->rank; d++)
+      if (ty->dims[d].value >= 0 && ty->dims[d].param == NULL && ty->dims[d].value != t->dims[d])
+        return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
+                          "input '%s': dimension %d is %lld, the model expects %lld", val->name, d,
+                          (long long)t->dims[d], (long long)ty->dims[d].value);
+  }
+  return NBL_OK;
+}
+
+nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor *view) {
+  nbl_id v = nbl_graph_find(e->g, name);
+  if (v == NBL_NONE || !(e->g->values[v].flags & NBL_VAL_INPUT))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: graph '%s' has no input named '%s'",
+                      nbl_model_label(e->m), e->g->name, name);
+  if (!view) {
+    e->bound[v] = 0;
+    return NBL_OK;
+  }
+  if (view->rank < 0 || view->rank > NBL_MAX_RANK)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
+                      name, view->rank, NBL_MAX_RANK);
+  nbl_status st = check_against_type(&e->g->values[v], view);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor t = *view;
+  t.numel = nbl_shape_numel(t.rank, t.dims);
+  if (t.numel < 0)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': negative or overflowing shape", name);
+  size_t need = t.dtype == NBL_DT_STRING ? (size_t)t.numel * sizeof(char *)
+                                         : nbl_dtype_nbytes(t.dtype, t.numel);
+  if (t.dtype != NBL_DT_STRING && nbl_dtype_bits(t.dtype) == 0)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': element type %s is not supported", name,
+                      nbl_dtype_name(t.dtype));
+  if (t.nbytes < need || (need && !t.data))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': %zu bytes given, the shape needs %zu",
+                      name, t.nbytes, need);
+  t.nbytes = need;
+  t.owns = 0;
+  e->binds[v] = t;
+  e->bound[v] = 1;
+  return NBL_OK;
+}
+
+nbl_rt_tensor *nbl_engine_state(nbl_engine *e, const char *name) {
+  nbl_id v = nbl_graph_find(e->g, name);
+  if (v == NBL_NONE || !e->g->values[v].init) {
+    nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: no initializer named '%s'", nbl_model_label(e->m),
+               name ? name : "");
+    return NULL;
+  }
+  nbl_rt_tensor *t = &e->state[v];
+  if (!t->owns) {
+    nbl_rt_tensor c;
+    if (nbl_rt_copy(&c, t) != NBL_OK) return NULL;
+    *t = c;
+  }
+  return t;
+}
+
+const nbl_rt_tensor *nbl_engine_output(const nbl_engine *e, int i) {
+  if (!e->ran || i < 0 || i >= e->g->n_outputs) return NULL;
+  nbl_id v = e->g->outputs[i];
+  return e->set[v] ? &e->vals[v] : NULL;
+}
+
+/* ------------------------------------------------------------------ running */
+
+static nbl_rt_tensor *frame_lookup(frame *f, nbl_id v) {
+  if (f->set[v]) return &f->vals[v];
+  const nbl_value *val = &f->g->values[v];
+  if (!(val->flags & NBL_VAL_OUTER) && f->g->values[v].producer != NBL_NONE) return NULL;
+  for (frame *p = f->parent; p; p = p->parent) {
+    nbl_id pv = nbl_graph_find(p->g, val->name);
+    if (pv != NBL_NONE && p->set[pv]) return &p->vals[pv];
+  }
+  return NULL;
+}
+
+static nbl_status run_frame(frame *f);
+
+static nbl_status frame_init(frame *f, nbl_engine *e, const gplan *p, frame *parent) {
+  memset(f, 0, sizeof *f);
+  f->e = e;
+  f->p = p;
+  f->g = p->g;
+  f->parent = parent;
+  size_t nv = (size_t)(p->g->n_values ? p->g->n_values : 1);
+  f->vals = calloc(nv, sizeof(nbl_rt_tensor));
+  f->set = calloc(nv, 1);
+  if (!f->vals || !f->set) {
+    free(f->vals);
+    free(f->set);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  return bind_initializers(p->g, f->vals, f->set);
+}
+
+static void frame_free(frame *f) {
+  for (int v = 0; v < f->g->n_values; v++) nbl_rt_tensor_free(&f->vals[v]);
+  free(f->vals);
+  free(f->set);
+}
+
+static nbl_status node_error_context(const nbl_node *nd, nbl_status st) {
+  const char *msg = nbl_last_error();
+  if (strncmp(msg, "node '", 6) != 0)
+    nbl_error_prefix("node '%s' (%s)", nd->name ? nd->name : "", nd->op_type);
+  return st;
+}
+
+static nbl_status run_frame(frame *f) {
+  nbl_engine *e = f->e;
+  const gplan *p = f->p;
+  const nbl_graph *g = f->g;
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor **ins = NULL;
+  nbl_rt_tensor **outs = NULL;
+  int cap_in = 0, cap_out = 0;
+  for (int s = 0; s < p->n_steps && st == NBL_OK; s++) {
+    const step *sp = &p->steps[s];
+    const nbl_node *nd = &g->nodes[sp->node];
+    if (nd->n_inputs > cap_in) {
+      cap_in = nd->n_inputs;
+      free(ins);
+      ins = malloc(sizeof(*ins) * (size_t)cap_in);
+    }
+    if (nd->n_outputs > cap_out) {
+      cap_out = nd->n_outputs;
+      free(outs);
+      outs = malloc(sizeof(*outs) * (size_t)cap_out);
+    }
+    if ((nd->n_inputs && !ins) || (nd->n_outputs && !outs)) {
+      st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+      break;
+    }
+    for (int k = 0; k < nd->n_inputs; k++) {
+      nbl_id v = nd->inputs[k];
+      ins[k] = NULL;
+      if (v == NBL_NONE) continue;
+      ins[k] = frame_lookup(f, v);
+      if (!ins[k]) {
+        st = nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (%s): input '%s' has no value",
+                        nd->name ? nd->name : "", nd->op_type, g->values[v].name);
+        break;
+      }
+    }
+    if (st != NBL_OK) break;
+    for (int k = 0; k < nd->n_outputs; k++) {
+      nbl_id v = nd->outputs[k];
+      outs[k] = NULL;
+      if (v == NBL_NONE) continue;
+      slot_clear(&f->vals[v]);
+      f->set[v] = 0;
+      outs[k] = &f->vals[v];
+    }
+    struct nbl_exec call = {.f = f, .step = s, .st = sp};
+    nbl_kctx ctx = {.graph = g,
+                    .node = nd,
+                    .opset = sp->opset,
+                    .n_in = nd->n_inputs,
+                    .in = ins,
+                    .n_out = nd->n_outputs,
+                    .out = outs,
+                    .reference = e->reference,
+                    .threads = e->threads,
+                    .exec = &call};
+    nbl_kernel_fn fn = (!e->reference && sp->def->fast) ? sp->def->fast : sp->def->ref;
+    st = fn(&ctx);
+    if (st == NBL_OK) {
+      for (int k = 0; k < nd->n_outputs; k++) {
+        nbl_id v = nd->outputs[k];
+        if (v == NBL_NONE) continue;
+        const nbl_rt_tensor *t = &f->vals[v];
+        if (t->data == NULL && !(t->numel == 0 && t->dtype != NBL_DT_UNDEFINED)) {
+          st = nbl_errorf(NBL_ERR_INTERNAL, "node '%s' (%s): kernel produced no output %d ('%s')",
+                          nd->name ? nd->name : "", nd->op_type, k, g->values[v].name);
+          break;
+        }
+        f->set[v] = 1;
+        if (e->on_value) e->on_value(e->user, g->values[v].name, t);
+      }
+    } else {
+      node_error_context(nd, st);
+    }
+    for (int k = 0; k < call.n_scratch; k++) nbl_rt_tensor_free(&call.scratch[k]);
+    free(call.scratch);
+    /* values captured by this node's subgraphs (and any other use ending here) */
+    for (int k = p->free_start[s]; k < p->free_start[s + 1]; k++) {
+      nbl_id v = p->free_list[k];
+      if (f->set[v]) {
+        slot_clear(&f->vals[v]);
+        f->set[v] = 0;
+        e->stats.frees_early++;
+      }
+    }
+  }
+  free(ins);
+  free(outs);
+  return st;
+}
+
+static int64_t *input_signature(nbl_engine *e, int *len) {
+  const nbl_graph *g = e->g;
+  int n = 0;
+  for (int i = 0; i < g->n_inputs; i++) n += 2 + NBL_MAX_RANK;
+  int64_t *sig = calloc((size_t)(n ? n : 1), sizeof(int64_t));
+  if (!sig) return NULL;
+  int k = 0;
+  for (int i = 0; i < g->n_inputs; i++) {
+    nbl_id v = g->inputs[i];
+    const nbl_rt_tensor *t = e->set[v] ? &e->vals[v] : NULL;
+    sig[k++] = t ? (int64_t)t->dtype : -1;
+    sig[k++] = t ? t->rank : -1;
+    for (int d = 0; d < NBL_MAX_RANK; d++) sig[k++] = t && d < t->rank ? t->dims[d] : -1;
+  }
+  *len = n;
+  return sig;
+}
+
+typedef struct slot_item {
+  int slot;
+  size_t size;
+} slot_item;
+
+static int cmp_item(const void *a, const void *b) {
+  const slot_item *x = a, *y = b;
+  if (x->size != y->size) return x->size < y->size ? 1 : -1;
+  return x->slot - y->slot;
+}
+
+/* Lay out the recorded slots in one arena: biggest first, lowest offset that
+ * does not overlap any placed slot alive at the same time. */
+static void build_arena(nbl_engine *e) {
+  int ns = e->plans[0]->n_slots;
+  slot_item *items = malloc(sizeof(slot_item) * (size_t)(ns ? ns : 1));
+  int *placed = malloc(sizeof(int) * (size_t)(ns ? ns : 1));
+  free(e->arena);
+  e->arena = NULL;
+  e->arena_bytes = 0;
+  if (!items || !placed) {
+    free(items);
+    free(placed);
+    return;
+  }
+  int n = 0;
+  for (int i = 0; i < ns; i++)
+    if (e->slot_size[i]) items[n++] = (slot_item){i, (e->slot_size[i] + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1)};
+  qsort(items, (size_t)n, sizeof *items, cmp_item);
+  size_t total = 0;
+  int np = 0;
+  for (int i = 0; i < n; i++) {
+    int s = items[i].slot;
+    size_t off = 0;
+    for (;;) {
+      int moved = 0;
+      for (int j = 0; j < np; j++) {
+        int o = placed[j];
+        if (e->slot_start[o] > e->slot_end[s] || e->slot_start[s] > e->slot_end[o]) continue;
+        size_t osz = (e->slot_size[o] + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+        if (off < e->slot_off[o] + osz && e->slot_off[o] < off + items[i].size) {
+          off = e->slot_off[o] + osz;
+          moved = 1;
+        }
+      }
+      if (!moved) break;
+    }
+    e->slot_off[s] = off;
+    placed[np++] = s;
+    if (off + items[i].size > total) total = off + items[i].size;
+  }
+  free(items);
+  free(placed);
+  if (total) {
+    e->arena = aligned_alloc(ARENA_ALIGN, total);
+    if (e->arena) e->arena_bytes = total;
+  }
+  e->stats.plans++;
+}
+
+nbl_status nbl_engine_run(nbl_engine *e) {
+  const nbl_graph *g = e->g;
+  free_top_values(e);
+  e->ran = 0;
+  /* bind state, then caller inputs */
+  for (int i = 0; i < g->n_initializers; i++) {
+    nbl_id v = g->initializers[i];
+    if (!g->values[v].init) continue;
+    e->vals[v] = e->state[v];
+    e->vals[v].owns = 0;
+    e->set[v] = 1;
+  }
+  for (int i = 0; i < g->n_inputs; i++) {
+    nbl_id v = g->inputs[i];
+    if (e->bound[v]) {
+      e->vals[v] = e->binds[v];
+      e->set[v] = 1;
+    } else if (!e->set[v]) {
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: input '%s' was not given",
+                        nbl_model_label(e->m), g->values[v].name);
+    }
+  }
+  /* arena mode */
+  int len = 0;
+  int64_t *sig = input_signature(e, &len);
+  if (!sig) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (!e->no_arena && e->sig && len == e->sig_len && memcmp(sig, e->sig, sizeof(int64_t) * (size_t)len) == 0 &&
+      e->arena) {
+    e->mode = 1;
+    free(sig);
+  } else {
+    free(e->sig);
+    e->sig = sig;
+    e->sig_len = len;
+    e->mode = 0;
+    free(e->arena);
+    e->arena = NULL;
+    e->arena_bytes = 0;
+    int ns = e->plans[0]->n_slots;
+    memset(e->slot_size, 0, sizeof(size_t) * (size_t)(ns + 1));
+  }
+  frame f = {.e = e, .p = e->plans[0], .g = g, .vals = e->vals, .set = e->set, .top = 1};
+  nbl_status st = run_frame(&f);
+  if (st != NBL_OK) {
+    nbl_error_prefix("%s", nbl_model_label(e->m));
+    free(e->sig);
+    e->sig = NULL;
+    free_top_values(e);
+    return st;
+  }
+  for (int i = 0; i < g->n_outputs; i++) {
+    nbl_id v = g->outputs[i];
+    if (!e->set[v]) {
+      free_top_values(e);
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: graph output '%s' was not computed",
+                        nbl_model_label(e->m), g->values[v].name);
+    }
+  }
+  if (e->mode == 0 && !e->no_arena) build_arena(e);
+  e->ran = 1;
+  e->stats.runs++;
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ kernel context */
+
+nbl_status nbl_kerr(nbl_kctx *ctx, nbl_status st, const char *fmt, ...) {
+  char buf[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  const nbl_node *n = ctx ? ctx->node : NULL;
+  return nbl_errorf(st, "node '%s' (%s): %s", n && n->name ? n->name : "", n ? n->op_type : "?",
+                    buf);
+}
+
+static nbl_rt_tensor *out_slot(nbl_kctx *ctx, int i) {
+  if (ctx->out && ctx->out[i]) return ctx->out[i];
+  struct nbl_exec *x = ctx->exec;
+  if (!x) return NULL;
+  if (!x->scratch) {
+    x->scratch = calloc((size_t)(ctx->n_out ? ctx->n_out : 1), sizeof(nbl_rt_tensor));
+    if (!x->scratch) return NULL;
+    x->n_scratch = ctx->n_out;
+  }
+  return i < x->n_scratch ? &x->scratch[i] : NULL;
+}
+
+nbl_rt_tensor *nbl_kctx_out(nbl_kctx *ctx, int i) {
+  if (!ctx || i < 0 || i >= ctx->n_out) return NULL;
+  return out_slot(ctx, i);
+}
+
+nbl_status nbl_kctx_alloc_out(nbl_kctx *ctx, int i, nbl_dtype dt, int rank, const int64_t *dims) {
+  if (!ctx || i < 0 || i >= ctx->n_out)
+    return nbl_kerr(ctx, NBL_ERR_INTERNAL, "output index %d out of range", i);
+  nbl_rt_tensor *t = out_slot(ctx, i);
+  if (!t) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  slot_clear(t);
+  if (rank < 0 || rank > NBL_MAX_RANK)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "output %d: rank %d exceeds the supported maximum %d",
+                    i, rank, NBL_MAX_RANK);
+  for (int d = 0; d < rank; d++)
+    if (dims[d] < 0)
+      return nbl_kerr(ctx, NBL_ERR_RUNTIME, "output %d: negative dimension %lld", i,
+                      (long long)dims[d]);
+  struct nbl_exec *x = ctx->exec;
+  nbl_engine *e = x ? x->f->e : NULL;
+  int slot = -1;
+  const nbl_node *nd = ctx->node;
+  int is_graph_out = 0;
+  if (x && x->f->top && nd && i < nd->n_outputs) {
+    slot = x->st->out_base + i;
+    nbl_id v = nd->outputs[i];
+    if (v != NBL_NONE && x->f->p->last_use[v] == INT_MAX) is_graph_out = 1;
+  }
+  if (slot >= 0 && !is_graph_out && dt != NBL_DT_STRING && nbl_dtype_bits(dt) > 0 && !e->no_arena) {
+    int64_t n = nbl_shape_numel(rank, dims);
+    if (n < 0) return nbl_kerr(ctx, NBL_ERR_RUNTIME, "output %d: shape too large", i);
+    size_t nb = nbl_dtype_nbytes(dt, n);
+    if (e->mode == 1 && e->arena && nb <= e->slot_size[slot] && nb > 0) {
+      t->dtype = dt;
+      t->rank = rank;
+      for (int d = 0; d < rank; d++) t->dims[d] = dims[d];
+      t->numel = n;
+      t->data = e->arena + e->slot_off[slot];
+      t->nbytes = nb;
+      t->owns = 0;
+      e->stats.arena_hits++;
+      return NBL_OK;
+    }
+    if (e->mode == 0 && nb > 0) {
+      if (nb > e->slot_size[slot]) e->slot_size[slot] = nb;
+      e->slot_start[slot] = x->step;
+      nbl_id v = nd->outputs[i];
+      int lu = v == NBL_NONE ? x->step : x->f->p->last_use[v];
+      e->slot_end[slot] = lu < x->step ? x->step : lu;
+    }
+  }
+  nbl_status st = nbl_rt_tensor_alloc(t, dt, rank, dims);
+  if (st != NBL_OK) return node_error_context(nd, st);
+  if (e) e->stats.mallocs++;
+  return NBL_OK;
+}
+
+nbl_status nbl_kctx_copy_out(nbl_kctx *ctx, int i, const nbl_rt_tensor *src) {
+  nbl_status st = nbl_kctx_alloc_out(ctx, i, src->dtype, src->rank, src->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *t = out_slot(ctx, i);
+  if (src->dtype == NBL_DT_STRING) {
+    char **d = t->data, *const *s = src->data;
+    for (int64_t k = 0; k < t->numel; k++) {
+      d[k] = strdup(s[k] ? s[k] : "");
+      if (!d[k]) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  } else if (t->nbytes) {
+    memmove(t->data, src->data, t->nbytes);
+  }
+  return NBL_OK;
+}
+
+void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
+                      void (*fn)(void *arg, int64_t begin, int64_t end), void *arg) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  int threads = ctx ? ctx->threads : 1;
+  struct nbl_exec *x = ctx ? ctx->exec : NULL;
+  pool *p = x ? x->f->e->pool : NULL;
+  if (threads <= 1 || n <= grain || !p || !pool_run(p, n, grain, threads, fn, arg)) fn(arg, 0, n);
+}
+
+nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
+                                 const nbl_rt_tensor *const *in, int n_out, nbl_rt_tensor **out) {
+  struct nbl_exec *x = ctx ? ctx->exec : NULL;
+  if (!x || !sub) return nbl_kerr(ctx, NBL_ERR_INTERNAL, "subgraph run outside an executor");
+  nbl_engine *e = x->f->e;
+  const gplan *p = find_plan(e, sub);
+  if (!p) return nbl_kerr(ctx, NBL_ERR_INTERNAL, "subgraph '%s' was not planned", sub->name);
+  if (n_in != sub->n_inputs)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "subgraph '%s' takes %d inputs, %d given", sub->name,
+                    sub->n_inputs, n_in);
+  if (n_out != sub->n_outputs)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "subgraph '%s' has %d outputs, %d expected",
+                    sub->name, sub->n_outputs, n_out);
+  frame f;
+  nbl_status st = frame_init(&f, e, p, x->f);
+  if (st != NBL_OK) return node_error_context(ctx->node, st);
+  for (int i = 0; i < n_in; i++) {
+    nbl_id v = sub->inputs[i];
+    nbl_rt_tensor_free(&f.vals[v]);
+    if (!in[i]) {
+      memset(&f.vals[v], 0, sizeof f.vals[v]);
+      f.set[v] = 0;
+      continue;
+    }
+    f.vals[v] = *in[i];
+    f.vals[v].owns = 0;
+    f.set[v] = 1;
+  }
+  st = run_frame(&f);
+  if (st != NBL_OK) {
+    nbl_error_prefix("node '%s' (%s): subgraph '%s'", ctx->node->name ? ctx->node->name : "",
+                     ctx->node->op_type, sub->name);
+    frame_free(&f);
+    return st;
+  }
+  int i;
+  for (i = 0; i < n_out; i++) {
+    nbl_id v = sub->outputs[i];
+    nbl_rt_tensor *t = frame_lookup(&f, v);
+    memset(out[i], 0, sizeof *out[i]);
+    if (!t) {
+      st = nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "subgraph '%s': output '%s' was not computed",
+                    sub->name, sub->values[v].name);
+      break;
+    }
+    int later = 0;
+    for (int j = i + 1; j < n_out; j++)
+      if (sub->outputs[j] == v) later = 1;
+    if (t->owns && !later && t == &f.vals[v]) {
+      *out[i] = *t;
+      memset(t, 0, sizeof *t);
+      f.set[v] = 0;
+    } else {
+      st = nbl_rt_copy(out[i], t);
+      if (st != NBL_OK) {
+        node_error_context(ctx->node, st);
+        break;
+      }
+    }
+  }
+  if (st != NBL_OK)
+    for (int j = 0; j < i; j++) nbl_rt_tensor_free(out[j]);
+  frame_free(&f);
+  return st;
+}
+
+/* ------------------------------------------------------------------ sessions */
+
+struct nbl_session {
+  nbl_engine *e;
+  nbl_host_tensor *outs;
+  nbl_session_value_fn on_value;
+  void *user;
+};
+
+static void session_value_cb(void *user, const char *name, const nbl_rt_tensor *t) {
+  nbl_session *s = user;
+  nbl_host_tensor h = {.name = name, .dtype = t->dtype, .rank = t->rank, .data = t->data,
+                       .nbytes = t->nbytes};
+  for (int d = 0; d < t->rank && d < NBL_MAX_DIMS; d++) h.dims[d] = t->dims[d];
+  s->on_value(s->user, &h);
+}
+
+nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt,
+                              nbl_session **out) {
+  if (!m || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_session_create: NULL argument");
+  *out = NULL;
+  nbl_session *s = calloc(1, sizeof *s);
+  if (!s) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_engine_options eo = {0};
+  if (opt) {
+    eo.threads = opt->threads;
+    eo.reference = opt->reference;
+    if (opt->on_value) {
+      s->on_value = opt->on_value;
+      s->user = opt->user;
+      eo.on_value = session_value_cb;
+      eo.user = s;
+    }
+  }
+  nbl_status st = nbl_engine_create(m, NULL, &eo, &s->e);
+  if (st != NBL_OK) {
+    free(s);
+    return st;
+  }
+  s->outs = calloc((size_t)(m->graph->n_outputs + 1), sizeof(nbl_host_tensor));
+  if (!s->outs) {
+    nbl_session_free(s);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  *out = s;
+  return NBL_OK;
+}
+
+int nbl_session_input_count(const nbl_session *s) { return s ? s->e->n_feeds : 0; }
+
+const char *nbl_session_input_name(const nbl_session *s, int i) {
+  if (!s || i < 0 || i >= s->e->n_feeds) return NULL;
+  return s->e->g->values[s->e->feeds[i]].name;
+}
+
+nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info) {
+  if (!s || !info || i < 0 || i >= s->e->n_feeds)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session input index %d out of range", i);
+  const nbl_value *v = &s->e->g->values[s->e->feeds[i]];
+  memset(info, 0, sizeof *info);
+  info->name = v->name;
+  info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
+  info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
+  for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
+    info->dims[d] = v->type.dims[d].param ? -1 : v->type.dims[d].value;
+  return NBL_OK;
+}
+
+int nbl_session_output_count(const nbl_session *s) { return s ? s->e->g->n_outputs : 0; }
+
+const char *nbl_session_output_name(const nbl_session *s, int i) {
+  if (!s || i < 0 || i >= s->e->g->n_outputs) return NULL;
+  return s->e->g->values[s->e->g->outputs[i]].name;
+}
+
+nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *inputs,
+                           const nbl_host_tensor **outputs) {
+  if (!s || (n_inputs && !inputs))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_session_run: NULL argument");
+  nbl_engine *e = s->e;
+  const nbl_graph *g = e->g;
+  for (int i = 0; i < g->n_inputs; i++) e->bound[g->inputs[i]] = 0;
+  for (int i = 0; i < n_inputs; i++) {
+    const nbl_host_tensor *h = &inputs[i];
+    if (!h->name) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input %d has no name", i);
+    if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
+      return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
+                        h->name, h->rank, NBL_MAX_DIMS);
+    nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
+    for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
+    nbl_status st = nbl_engine_bind(e, h->name, &t);
+    if (st != NBL_OK) return st;
+  }
+  nbl_status st = nbl_engine_run(e);
+  if (st != NBL_OK) return st;
+  for (int i = 0; i < g->n_outputs; i++) {
+    const nbl_rt_tensor *t = nbl_engine_output(e, i);
+    nbl_host_tensor *h = &s->outs[i];
+    memset(h, 0, sizeof *h);
+    h->name = g->values[g->outputs[i]].name;
+    h->dtype = t->dtype;
+    h->rank = t->rank;
+    for (int d = 0; d < t->rank; d++) h->dims[d] = t->dims[d];
+    h->data = t->data;
+    h->nbytes = t->nbytes;
+  }
+  if (outputs) *outputs = s->outs;
+  return NBL_OK;
+}
+
+nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_t cap) {
+  if (!s || i < 0 || i >= s->e->g->n_outputs)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session output index %d out of range", i);
+  const nbl_rt_tensor *t = nbl_engine_output(s->e, i);
+  if (!t) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "no output: the session has not run");
+  if (t->dtype == NBL_DT_STRING)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "output '%s' holds strings; read the view instead",
+                      nbl_session_output_name(s, i));
+  if (cap < t->nbytes)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "output '%s' needs %zu bytes, buffer has %zu",
+                      nbl_session_output_name(s, i), t->nbytes, cap);
+  if (t->nbytes) memcpy(buf, t->data, t->nbytes);
+  return NBL_OK;
+}
+
+void nbl_session_free(nbl_session *s) {
+  if (!s) return;
+  nbl_engine_free(s->e);
+  free(s->outs);
+  free(s);
+}

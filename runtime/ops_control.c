@@ -1,7 +1,779 @@
-/* ops_control.c - op family 'control' (see kernel.h for the kernel contract). */
-#include "kernel.h"
+/* ops_control.c - op family 'control': constants, identity, casts, shape
+ * queries, generators and control flow (If, Loop, Scan). See kernel.h for
+ * the kernel contract. Opset ranges follow the ONNX operator changelog;
+ * versions 19 and 21 of these ops only widened their type lists (float8,
+ * int4), which is why the latest entries run to 21. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+static nbl_status out_scalar_i64(nbl_kctx *ctx, int i, int rank, const int64_t *dims,
+                                 const int64_t *vals) {
+  nbl_status st = nbl_kctx_alloc_out(ctx, i, NBL_DT_INT64, rank, dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *t = nbl_kctx_out(ctx, i);
+  memcpy(t->data, vals, sizeof(int64_t) * (size_t)t->numel);
+  return NBL_OK;
+}
+
+/* Put an owned tensor into output i without another copy (falls back to a
+ * copy for omitted outputs). Takes ownership of *t in every case. */
+static nbl_status move_out(nbl_kctx *ctx, int i, nbl_rt_tensor *t) {
+  if (ctx->out[i] && t->owns) {
+    nbl_rt_tensor_free(ctx->out[i]);
+    *ctx->out[i] = *t;
+    memset(t, 0, sizeof *t);
+    return NBL_OK;
+  }
+  nbl_status st = nbl_kctx_copy_out(ctx, i, t);
+  nbl_rt_tensor_free(t);
+  return st;
+}
+
+static int is_float_type(nbl_dtype dt) {
+  return dt == NBL_DT_FLOAT || dt == NBL_DT_DOUBLE || dt == NBL_DT_FLOAT16 ||
+         dt == NBL_DT_BFLOAT16;
+}
+
+static int is_numeric(nbl_dtype dt) {
+  switch (dt) {
+  case NBL_DT_FLOAT: case NBL_DT_DOUBLE: case NBL_DT_FLOAT16: case NBL_DT_BFLOAT16:
+  case NBL_DT_UINT8: case NBL_DT_INT8: case NBL_DT_UINT16: case NBL_DT_INT16:
+  case NBL_DT_INT32: case NBL_DT_INT64: case NBL_DT_UINT32: case NBL_DT_UINT64:
+  case NBL_DT_BOOL: case NBL_DT_INT4: case NBL_DT_UINT4:
+    return 1;
+  default: return 0;
+  }
+}
+
+/* ------------------------------------------------------------------ Constant */
+
+static nbl_status k_constant(nbl_kctx *ctx) {
+  const nbl_node *n = ctx->node;
+  for (int a = 0; a < n->n_attrs; a++) {
+    const nbl_attr *at = &n->attrs[a];
+    const char *nm = at->name;
+    if (strcmp(nm, "value") == 0 && at->type == NBL_ATTR_TENSOR && at->t) {
+      nbl_rt_tensor v;
+      nbl_status st = nbl_rt_from_ir(at->t, &v);
+      if (st != NBL_OK) return nbl_kerr(ctx, st, "attribute 'value': %s", nbl_last_error());
+      st = nbl_kctx_copy_out(ctx, 0, &v);
+      nbl_rt_tensor_free(&v);
+      return st;
+    }
+    if (strcmp(nm, "value_float") == 0 && at->type == NBL_ATTR_FLOAT) {
+      nbl_status st = nbl_kctx_alloc_out(ctx, 0, NBL_DT_FLOAT, 0, NULL);
+      if (st == NBL_OK) *(float *)nbl_kctx_out(ctx, 0)->data = at->f;
+      return st;
+    }
+    if (strcmp(nm, "value_floats") == 0 && at->type == NBL_ATTR_FLOATS) {
+      int64_t d = at->n;
+      nbl_status st = nbl_kctx_alloc_out(ctx, 0, NBL_DT_FLOAT, 1, &d);
+      if (st == NBL_OK && d) memcpy(nbl_kctx_out(ctx, 0)->data, at->floats, sizeof(float) * (size_t)d);
+      return st;
+    }
+    if (strcmp(nm, "value_int") == 0 && at->type == NBL_ATTR_INT)
+      return out_scalar_i64(ctx, 0, 0, NULL, &at->i);
+    if (strcmp(nm, "value_ints") == 0 && at->type == NBL_ATTR_INTS) {
+      int64_t d = at->n;
+      return out_scalar_i64(ctx, 0, 1, &d, at->ints);
+    }
+    if ((strcmp(nm, "value_string") == 0 && at->type == NBL_ATTR_STRING) ||
+        (strcmp(nm, "value_strings") == 0 && at->type == NBL_ATTR_STRINGS)) {
+      int one = at->type == NBL_ATTR_STRING;
+      int64_t d = one ? 1 : at->n;
+      nbl_status st = nbl_kctx_alloc_out(ctx, 0, NBL_DT_STRING, one ? 0 : 1, &d);
+      if (st != NBL_OK) return st;
+      char **s = nbl_kctx_out(ctx, 0)->data;
+      for (int64_t i = 0; i < d; i++) {
+        const char *src = one ? at->s : at->strings[i];
+        size_t len = one ? at->s_len : (at->string_lens ? at->string_lens[i] : strlen(src));
+        s[i] = malloc(len + 1);
+        if (!s[i]) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+        memcpy(s[i], src, len);
+        s[i][len] = 0;
+      }
+      return NBL_OK;
+    }
+    if (strcmp(nm, "sparse_value") == 0)
+      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "attribute 'sparse_value' (sparse tensors) is not supported");
+  }
+  return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "no value attribute");
+}
+
+/* ------------------------------------------------------------------ Identity, Dropout */
+
+static nbl_status k_identity(nbl_kctx *ctx) {
+  if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  return nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
+}
+
+static nbl_status k_dropout(nbl_kctx *ctx) {
+  if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  /* training_mode (opset 12+: input 2) must be false for inference semantics */
+  if (ctx->opset >= 12 && ctx->n_in > 2 && ctx->in[2] && ctx->in[2]->numel > 0 &&
+      nbl_rt_get_i64(ctx->in[2], 0) != 0) {
+    /* ratio 0 in training mode is still the identity */
+    double ratio = ctx->n_in > 1 && ctx->in[1] && ctx->in[1]->numel ? nbl_rt_get_f64(ctx->in[1], 0)
+                                                                     : 0.5;
+    if (ratio != 0)
+      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED,
+                      "training_mode=true with ratio %g (random dropout) is not supported", ratio);
+  }
+  if (ctx->opset < 7 && nbl_attr_int(ctx->node, "is_test", 0) == 0 &&
+      nbl_attr_float(ctx->node, "ratio", 0.5f) != 0)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "is_test=0 (random dropout) is not supported");
+  nbl_status st = nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
+  if (st != NBL_OK || ctx->n_out < 2 || !ctx->out[1]) return st;
+  nbl_dtype mdt = ctx->opset >= 10 ? NBL_DT_BOOL : ctx->in[0]->dtype;
+  st = nbl_kctx_alloc_out(ctx, 1, mdt, ctx->in[0]->rank, ctx->in[0]->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *m = nbl_kctx_out(ctx, 1);
+  for (int64_t i = 0; i < m->numel; i++) nbl_rt_set_f64(m, i, 1.0);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ Cast */
+
+static const struct {
+  const char *name;
+  nbl_dtype dt;
+} cast1_names[] = {
+    {"FLOAT", NBL_DT_FLOAT},   {"UINT8", NBL_DT_UINT8},   {"INT8", NBL_DT_INT8},
+    {"UINT16", NBL_DT_UINT16}, {"INT16", NBL_DT_INT16},   {"INT32", NBL_DT_INT32},
+    {"INT64", NBL_DT_INT64},   {"STRING", NBL_DT_STRING}, {"BOOL", NBL_DT_BOOL},
+    {"FLOAT16", NBL_DT_FLOAT16}, {"DOUBLE", NBL_DT_DOUBLE}, {"UINT32", NBL_DT_UINT32},
+    {"UINT64", NBL_DT_UINT64}, {"BFLOAT16", NBL_DT_BFLOAT16},
+};
+
+/* Shortest decimal that reads back as the same float, spelled like NumPy's str(). */
+static void float_to_string(double v, int is_double, char *buf, size_t cap) {
+  if (isnan(v)) {
+    snprintf(buf, cap, "NaN");
+    return;
+  }
+  if (isinf(v)) {
+    snprintf(buf, cap, v > 0 ? "INF" : "-INF");
+    return;
+  }
+  int maxp = is_double ? 17 : 9;
+  for (int p = 1; p <= maxp; p++) {
+    snprintf(buf, cap, "%.*g", p, v);
+    double back = strtod(buf, NULL);
+    if (is_double ? back == v : (float)back == (float)v) break;
+  }
+  if (!strchr(buf, '.') && !strchr(buf, 'e') && !strchr(buf, 'n') && !strchr(buf, 'i')) {
+    size_t l = strlen(buf);
+    if (l + 2 < cap) memcpy(buf + l, ".0", 3);
+  }
+}
+
+static nbl_status parse_string_number(nbl_kctx *ctx, const char *s, nbl_dtype to, double *d,
+                                      int64_t *i, int *is_int) {
+  while (isspace((unsigned char)*s)) s++;
+  char *end;
+  *is_int = 0;
+  if (!is_float_type(to) && to != NBL_DT_BOOL) {
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end != s && *end == 0) {
+      *i = v;
+      *is_int = 1;
+      return NBL_OK;
+    }
+  }
+  char low[64];
+  size_t l = strlen(s);
+  if (l < sizeof low) {
+    for (size_t k = 0; k <= l; k++) low[k] = (char)tolower((unsigned char)s[k]);
+    const char *p = low;
+    int neg = 0;
+    if (*p == '+' || *p == '-') neg = *p++ == '-';
+    if (strcmp(p, "inf") == 0 || strcmp(p, "infinity") == 0) {
+      *d = neg ? -INFINITY : INFINITY;
+      return NBL_OK;
+    }
+    if (strcmp(p, "nan") == 0) {
+      *d = NAN;
+      return NBL_OK;
+    }
+  }
+  *d = strtod(s, &end);
+  if (end == s || *end != 0)
+    return nbl_kerr(ctx, NBL_ERR_RUNTIME, "cannot convert string '%s' to %s", s, nbl_dtype_name(to));
+  return NBL_OK;
+}
+
+static nbl_status do_cast(nbl_kctx *ctx, const nbl_rt_tensor *x, nbl_dtype to) {
+  nbl_dtype from = x->dtype;
+  if (to != NBL_DT_STRING && !is_numeric(to))
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "cast to %s is not supported", nbl_dtype_name(to));
+  if (from != NBL_DT_STRING && !is_numeric(from))
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "cast from %s is not supported",
+                    nbl_dtype_name(from));
+  if (from == to) return nbl_kctx_copy_out(ctx, 0, x);
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, to, x->rank, x->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0);
+  int64_t n = x->numel;
+  if (to == NBL_DT_STRING) {
+    char **s = y->data;
+    for (int64_t i = 0; i < n; i++) {
+      char buf[64];
+      if (is_float_type(from))
+        float_to_string(nbl_rt_get_f64(x, i), from == NBL_DT_DOUBLE, buf, sizeof buf);
+      else if (from == NBL_DT_UINT64)
+        snprintf(buf, sizeof buf, "%llu", (unsigned long long)((const uint64_t *)x->data)[i]);
+      else if (from == NBL_DT_BOOL)
+        snprintf(buf, sizeof buf, "%s", nbl_rt_get_i64(x, i) ? "True" : "False");
+      else
+        snprintf(buf, sizeof buf, "%lld", (long long)nbl_rt_get_i64(x, i));
+      s[i] = strdup(buf);
+      if (!s[i]) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    return NBL_OK;
+  }
+  if (from == NBL_DT_STRING) {
+    char *const *s = x->data;
+    for (int64_t i = 0; i < n; i++) {
+      double d = 0;
+      int64_t iv = 0;
+      int is_int = 0;
+      st = parse_string_number(ctx, s[i] ? s[i] : "", to, &d, &iv, &is_int);
+      if (st != NBL_OK) return st;
+      if (is_int) nbl_rt_set_i64(y, i, iv);
+      else nbl_rt_set_f64(y, i, d);
+    }
+    return NBL_OK;
+  }
+  /* fast common paths */
+  if (from == NBL_DT_FLOAT && to == NBL_DT_FLOAT16) {
+    const float *a = x->data;
+    uint16_t *b = y->data;
+    for (int64_t i = 0; i < n; i++) b[i] = nbl_float_to_half(a[i]);
+    return NBL_OK;
+  }
+  if (from == NBL_DT_DOUBLE && to == NBL_DT_FLOAT) {
+    const double *a = x->data;
+    float *b = y->data;
+    for (int64_t i = 0; i < n; i++) b[i] = (float)a[i];
+    return NBL_OK;
+  }
+  if (from == NBL_DT_DOUBLE && (to == NBL_DT_FLOAT16 || to == NBL_DT_BFLOAT16)) {
+    /* round once from double: go through float only when exact enough */
+    for (int64_t i = 0; i < n; i++) nbl_rt_set_f64(y, i, ((const double *)x->data)[i]);
+    return NBL_OK;
+  }
+  int from_int = !is_float_type(from);
+  int to_int = !is_float_type(to);
+  if (from_int && to_int) {
+    if (from == NBL_DT_UINT64) {
+      const uint64_t *a = x->data;
+      for (int64_t i = 0; i < n; i++) nbl_rt_set_i64(y, i, (int64_t)a[i]);
+    } else {
+      for (int64_t i = 0; i < n; i++) nbl_rt_set_i64(y, i, nbl_rt_get_i64(x, i));
+    }
+    return NBL_OK;
+  }
+  if (!from_int && to_int) {
+    for (int64_t i = 0; i < n; i++) {
+      double v = nbl_rt_get_f64(x, i);
+      if (to == NBL_DT_BOOL) {
+        ((uint8_t *)y->data)[i] = v != 0;
+      } else if (to == NBL_DT_UINT64) {
+        ((uint64_t *)y->data)[i] = isnan(v) || v <= 0 ? 0 : v >= 1.8446744073709552e19 ? UINT64_MAX : (uint64_t)v;
+      } else {
+        nbl_rt_set_f64(y, i, trunc(v));
+      }
+    }
+    return NBL_OK;
+  }
+  for (int64_t i = 0; i < n; i++) nbl_rt_set_f64(y, i, nbl_rt_get_f64(x, i));
+  return NBL_OK;
+}
+
+static nbl_status k_cast(nbl_kctx *ctx) {
+  if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  const nbl_attr *a = nbl_node_attr(ctx->node, "to");
+  if (!a) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "attribute 'to' is required");
+  nbl_dtype to = NBL_DT_UNDEFINED;
+  if (a->type == NBL_ATTR_STRING) {
+    for (size_t i = 0; i < sizeof cast1_names / sizeof cast1_names[0]; i++)
+      if (strcasecmp(a->s, cast1_names[i].name) == 0) to = cast1_names[i].dt;
+  } else if (a->type == NBL_ATTR_INT && nbl_dtype_valid((int)a->i)) {
+    to = (nbl_dtype)a->i;
+  }
+  if (to == NBL_DT_UNDEFINED) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad attribute 'to'");
+  if (ctx->opset >= 19 && nbl_attr_int(ctx->node, "saturate", 1) != 1)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "saturate=0 (float8) is not supported");
+  return do_cast(ctx, ctx->in[0], to);
+}
+
+static nbl_status k_castlike(nbl_kctx *ctx) {
+  if (!ctx->in[0] || ctx->n_in < 2 || !ctx->in[1])
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "CastLike needs two inputs");
+  return do_cast(ctx, ctx->in[0], ctx->in[1]->dtype);
+}
+
+/* ------------------------------------------------------------------ Shape, Size */
+
+static nbl_status k_shape(nbl_kctx *ctx) {
+  const nbl_rt_tensor *x = ctx->in[0];
+  if (!x) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  int64_t r = x->rank, start = 0, end = r;
+  if (ctx->opset >= 15) {
+    start = nbl_attr_int(ctx->node, "start", 0);
+    end = nbl_attr_int(ctx->node, "end", r);
+    if (start < 0) start += r;
+    if (end < 0) end += r;
+    start = start < 0 ? 0 : start > r ? r : start;
+    end = end < 0 ? 0 : end > r ? r : end;
+  }
+  int64_t len = end > start ? end - start : 0;
+  return out_scalar_i64(ctx, 0, 1, &len, x->dims + start);
+}
+
+static nbl_status k_size(nbl_kctx *ctx) {
+  if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  int64_t n = ctx->in[0]->numel;
+  return out_scalar_i64(ctx, 0, 0, NULL, &n);
+}
+
+/* ------------------------------------------------------------------ generators */
+
+static nbl_status k_constant_of_shape(nbl_kctx *ctx) {
+  const nbl_rt_tensor *s = ctx->in[0];
+  if (!s) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
+  if (s->dtype != NBL_DT_INT64 || s->rank != 1)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "input must be a 1-D int64 tensor");
+  if (s->numel > NBL_MAX_RANK)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "rank %lld exceeds the supported maximum %d",
+                    (long long)s->numel, NBL_MAX_RANK);
+  int64_t dims[NBL_MAX_RANK];
+  for (int64_t i = 0; i < s->numel; i++) {
+    dims[i] = ((const int64_t *)s->data)[i];
+    if (dims[i] < 0) return nbl_kerr(ctx, NBL_ERR_RUNTIME, "negative dimension %lld", (long long)dims[i]);
+  }
+  const nbl_attr *a = nbl_node_attr(ctx->node, "value");
+  nbl_rt_tensor v = {0};
+  nbl_dtype dt = NBL_DT_FLOAT;
+  if (a && a->type == NBL_ATTR_TENSOR && a->t) {
+    nbl_status st = nbl_rt_from_ir(a->t, &v);
+    if (st != NBL_OK) return nbl_kerr(ctx, st, "attribute 'value': %s", nbl_last_error());
+    if (v.numel != 1) {
+      nbl_rt_tensor_free(&v);
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "attribute 'value' must hold one element");
+    }
+    dt = v.dtype;
+  }
+  if (dt == NBL_DT_STRING || !is_numeric(dt)) {
+    nbl_rt_tensor_free(&v);
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "value type %s is not supported", nbl_dtype_name(dt));
+  }
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, dt, (int)s->numel, dims);
+  if (st == NBL_OK && v.data) {
+    nbl_rt_tensor *y = nbl_kctx_out(ctx, 0);
+    size_t es = nbl_rt_elem_size(dt);
+    if (es) {
+      for (int64_t i = 0; i < y->numel; i++) memcpy((char *)y->data + (size_t)i * es, v.data, es);
+    } else {
+      int64_t c = nbl_rt_get_i64(&v, 0);
+      for (int64_t i = 0; i < y->numel; i++) nbl_rt_set_i64(y, i, c);
+    }
+  } else if (st == NBL_OK) {
+    memset(nbl_kctx_out(ctx, 0)->data, 0, nbl_kctx_out(ctx, 0)->nbytes);
+  }
+  nbl_rt_tensor_free(&v);
+  return st;
+}
+
+static nbl_status k_range(nbl_kctx *ctx) {
+  for (int i = 0; i < 3; i++)
+    if (i >= ctx->n_in || !ctx->in[i] || ctx->in[i]->numel != 1)
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "start, limit and delta must be scalars");
+  nbl_dtype dt = ctx->in[0]->dtype;
+  if (ctx->in[1]->dtype != dt || ctx->in[2]->dtype != dt)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "start, limit and delta must have one type");
+  int64_t n;
+  if (is_float_type(dt)) {
+    double s = nbl_rt_get_f64(ctx->in[0], 0), l = nbl_rt_get_f64(ctx->in[1], 0),
+           d = nbl_rt_get_f64(ctx->in[2], 0);
+    if (d == 0 || isnan(s) || isnan(l) || isnan(d))
+      return nbl_kerr(ctx, NBL_ERR_RUNTIME, "delta is zero or a value is NaN");
+    double c = ceil((l - s) / d);
+    if (c > 1e12) return nbl_kerr(ctx, NBL_ERR_RUNTIME, "range of %g elements is too large", c);
+    n = c > 0 ? (int64_t)c : 0;
+    nbl_status st = nbl_kctx_alloc_out(ctx, 0, dt, 1, &n);
+    if (st != NBL_OK) return st;
+    nbl_rt_tensor *y = nbl_kctx_out(ctx, 0);
+    if (dt == NBL_DT_FLOAT) { /* accumulate in the element type, as the spec's loop does */
+      float v = (float)s, fd = (float)d;
+      for (int64_t i = 0; i < n; i++, v += fd) ((float *)y->data)[i] = v;
+    } else {
+      for (int64_t i = 0; i < n; i++) nbl_rt_set_f64(y, i, s + (double)i * d);
+    }
+    return NBL_OK;
+  }
+  int64_t s = nbl_rt_get_i64(ctx->in[0], 0), l = nbl_rt_get_i64(ctx->in[1], 0),
+          d = nbl_rt_get_i64(ctx->in[2], 0);
+  if (d == 0) return nbl_kerr(ctx, NBL_ERR_RUNTIME, "delta is zero");
+  double c = ceil(((double)l - (double)s) / (double)d);
+  if (c > 1e12) return nbl_kerr(ctx, NBL_ERR_RUNTIME, "range of %g elements is too large", c);
+  n = c > 0 ? (int64_t)c : 0;
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, dt, 1, &n);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0);
+  for (int64_t i = 0; i < n; i++) nbl_rt_set_i64(y, i, s + i * d);
+  return NBL_OK;
+}
+
+static nbl_status k_eyelike(nbl_kctx *ctx) {
+  const nbl_rt_tensor *x = ctx->in[0];
+  if (!x || x->rank != 2) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "input must be 2-D");
+  const nbl_attr *a = nbl_node_attr(ctx->node, "dtype");
+  nbl_dtype dt = a ? (nbl_dtype)a->i : x->dtype;
+  if (!is_numeric(dt)) return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "dtype %d is not supported", (int)dt);
+  int64_t k = nbl_attr_int(ctx->node, "k", 0);
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, dt, 2, x->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0);
+  memset(y->data, 0, y->nbytes);
+  for (int64_t r = 0; r < x->dims[0]; r++) {
+    int64_t c = r + k;
+    if (c >= 0 && c < x->dims[1]) nbl_rt_set_i64(y, r * x->dims[1] + c, 1);
+  }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ If */
+
+static const nbl_graph *graph_attr(const nbl_node *n, const char *name) {
+  const nbl_attr *a = nbl_node_attr(n, name);
+  return a && a->type == NBL_ATTR_GRAPH ? a->g : NULL;
+}
+
+static nbl_status k_if(nbl_kctx *ctx) {
+  const nbl_rt_tensor *c = ctx->in[0];
+  if (!c || c->numel != 1) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "cond must hold one element");
+  int cond = nbl_rt_get_f64(c, 0) != 0;
+  const nbl_graph *g = graph_attr(ctx->node, cond ? "then_branch" : "else_branch");
+  if (!g) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing branch graph");
+  nbl_rt_tensor *res = calloc((size_t)(ctx->n_out ? ctx->n_out : 1), sizeof(nbl_rt_tensor));
+  nbl_rt_tensor **ptr = calloc((size_t)(ctx->n_out ? ctx->n_out : 1), sizeof(nbl_rt_tensor *));
+  if (!res || !ptr) {
+    free(res);
+    free(ptr);
+    return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  for (int i = 0; i < ctx->n_out; i++) ptr[i] = &res[i];
+  nbl_status st = nbl_kctx_run_subgraph(ctx, g, 0, NULL, ctx->n_out, ptr);
+  for (int i = 0; i < ctx->n_out; i++) {
+    if (st == NBL_OK) st = move_out(ctx, i, &res[i]);
+    else nbl_rt_tensor_free(&res[i]);
+  }
+  free(res);
+  free(ptr);
+  return st;
+}
+
+/* ------------------------------------------------------------------ Loop */
+
+typedef struct stack_buf {
+  nbl_rt_tensor first; /* shape/type of the first slice (data unused) */
+  unsigned char *data;
+  size_t len, cap;
+  int64_t count;
+} stack_buf;
+
+static nbl_status stack_push(nbl_kctx *ctx, stack_buf *b, const nbl_rt_tensor *t, const char *what) {
+  if (t->dtype == NBL_DT_STRING || nbl_dtype_bits(t->dtype) < 8)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "%s: element type %s cannot be stacked", what,
+                    nbl_dtype_name(t->dtype));
+  if (b->count == 0) {
+    b->first = *t;
+    b->first.data = NULL;
+    b->first.owns = 0;
+    if (t->rank + 1 > NBL_MAX_RANK)
+      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "%s: rank too large", what);
+  } else {
+    int same = b->first.dtype == t->dtype && b->first.rank == t->rank;
+    for (int d = 0; same && d < t->rank; d++) same = b->first.dims[d] == t->dims[d];
+    if (!same)
+      return nbl_kerr(ctx, NBL_ERR_RUNTIME, "%s: shape changes between iterations", what);
+  }
+  if (b->len + t->nbytes > b->cap) {
+    size_t nc = b->cap ? b->cap * 2 : 256;
+    while (nc < b->len + t->nbytes) nc *= 2;
+    unsigned char *p = realloc(b->data, nc);
+    if (!p) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    b->data = p;
+    b->cap = nc;
+  }
+  if (t->nbytes) memcpy(b->data + b->len, t->data, t->nbytes);
+  b->len += t->nbytes;
+  b->count++;
+  return NBL_OK;
+}
+
+/* Output `i`: the stacked slices, with a new leading axis (or `axis`). */
+static nbl_status stack_out(nbl_kctx *ctx, int i, stack_buf *b, const nbl_value *decl, int axis,
+                            int reverse) {
+  int64_t dims[NBL_MAX_RANK];
+  int rank;
+  nbl_dtype dt;
+  if (b->count == 0) {
+    /* no iteration: shape (0, declared dims...) where known */
+    dt = decl && decl->type.kind == NBL_TYPE_TENSOR && decl->type.elem ? decl->type.elem : NBL_DT_FLOAT;
+    rank = 1;
+    dims[0] = 0;
+    if (decl && decl->type.kind == NBL_TYPE_TENSOR && decl->type.rank > 0 &&
+        decl->type.rank < NBL_MAX_RANK) {
+      for (int d = 0; d < decl->type.rank; d++)
+        dims[1 + d] = decl->type.dims[d].value > 0 ? decl->type.dims[d].value : 0;
+      rank = 1 + decl->type.rank;
+    }
+    return nbl_kctx_alloc_out(ctx, i, dt, rank, dims);
+  }
+  dt = b->first.dtype;
+  rank = b->first.rank + 1;
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan output axis out of range");
+  for (int d = 0, s = 0; d < rank; d++) dims[d] = d == axis ? b->count : b->first.dims[s++];
+  nbl_status st = nbl_kctx_alloc_out(ctx, i, dt, rank, dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, i);
+  size_t es = nbl_rt_elem_size(dt);
+  /* slices are [count][outer][inner]; output is [outer][count][inner] */
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; d++) outer *= b->first.dims[d];
+  for (int d = axis; d < b->first.rank; d++) inner *= b->first.dims[d];
+  size_t slice = (size_t)(outer * inner) * es;
+  for (int64_t k = 0; k < b->count; k++) {
+    int64_t dst_k = reverse ? b->count - 1 - k : k;
+    for (int64_t o = 0; o < outer; o++)
+      memcpy((char *)y->data + ((size_t)(o * b->count + dst_k) * (size_t)inner) * es,
+             b->data + (size_t)k * slice + (size_t)(o * inner) * es, (size_t)inner * es);
+  }
+  return NBL_OK;
+}
+
+static nbl_status k_loop(nbl_kctx *ctx) {
+  const nbl_graph *body = graph_attr(ctx->node, "body");
+  if (!body) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing body graph");
+  int N = ctx->n_in - 2;
+  if (N < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "Loop needs at least 2 inputs");
+  int K = body->n_outputs - 1 - N;
+  if (K < 0 || body->n_inputs != N + 2 || ctx->n_out != N + K)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL,
+                    "body has %d inputs and %d outputs for %d loop-carried values and %d outputs",
+                    body->n_inputs, body->n_outputs, N, ctx->n_out);
+  int64_t trip = INT64_MAX;
+  if (ctx->in[0] && ctx->in[0]->numel > 0) trip = nbl_rt_get_i64(ctx->in[0], 0);
+  int cond = 1;
+  if (ctx->in[1] && ctx->in[1]->numel > 0) cond = nbl_rt_get_i64(ctx->in[1], 0) != 0;
+  for (int i = 0; i < N; i++)
+    if (!ctx->in[2 + i])
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "loop-carried input %d is missing", i);
+  nbl_rt_tensor *carried = calloc((size_t)N + 1, sizeof(nbl_rt_tensor));
+  nbl_rt_tensor *res = calloc((size_t)(N + K + 1), sizeof(nbl_rt_tensor));
+  nbl_rt_tensor **resp = calloc((size_t)(N + K + 1), sizeof(nbl_rt_tensor *));
+  const nbl_rt_tensor **ins = calloc((size_t)(N + 2), sizeof(nbl_rt_tensor *));
+  stack_buf *stk = calloc((size_t)K + 1, sizeof(stack_buf));
+  nbl_status st = NBL_OK;
+  if (!carried || !res || !resp || !ins || !stk) {
+    st = nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    goto done;
+  }
+  for (int i = 0; i < N; i++) carried[i] = *ctx->in[2 + i], carried[i].owns = 0;
+  for (int i = 0; i < N + K + 1; i++) resp[i] = &res[i];
+  int64_t it = 0;
+  uint8_t cond_b = (uint8_t)cond;
+  nbl_rt_tensor it_t = {.dtype = NBL_DT_INT64, .rank = 0, .numel = 1, .data = &it, .nbytes = 8};
+  nbl_rt_tensor cond_t = {.dtype = NBL_DT_BOOL, .rank = 0, .numel = 1, .data = &cond_b, .nbytes = 1};
+  for (; it < trip && cond; it++) {
+    cond_b = (uint8_t)cond;
+    ins[0] = &it_t;
+    ins[1] = &cond_t;
+    for (int i = 0; i < N; i++) ins[2 + i] = &carried[i];
+    st = nbl_kctx_run_subgraph(ctx, body, N + 2, ins, N + K + 1, resp);
+    if (st != NBL_OK) goto done;
+    if (res[0].numel < 1) {
+      st = nbl_kerr(ctx, NBL_ERR_RUNTIME, "body condition output is empty");
+    } else {
+      cond = nbl_rt_get_f64(&res[0], 0) != 0;
+    }
+    nbl_rt_tensor_free(&res[0]);
+    for (int i = 0; i < N; i++) {
+      nbl_rt_tensor_free(&carried[i]);
+      carried[i] = res[1 + i];
+      memset(&res[1 + i], 0, sizeof res[1 + i]);
+    }
+    for (int k = 0; k < K && st == NBL_OK; k++)
+      st = stack_push(ctx, &stk[k], &res[1 + N + k], "scan output");
+    for (int k = 0; k < K; k++) nbl_rt_tensor_free(&res[1 + N + k]);
+    if (st != NBL_OK) goto done;
+  }
+  for (int i = 0; i < N && st == NBL_OK; i++) {
+    if (carried[i].owns) st = move_out(ctx, i, &carried[i]);
+    else st = nbl_kctx_copy_out(ctx, i, &carried[i]);
+  }
+  for (int k = 0; k < K && st == NBL_OK; k++)
+    st = stack_out(ctx, N + k, &stk[k], &body->values[body->outputs[1 + N + k]], 0, 0);
+done:
+  if (carried)
+    for (int i = 0; i < N; i++) nbl_rt_tensor_free(&carried[i]);
+  if (stk)
+    for (int k = 0; k < K; k++) free(stk[k].data);
+  free(carried);
+  free(res);
+  free(resp);
+  free(ins);
+  free(stk);
+  return st;
+}
+
+/* ------------------------------------------------------------------ Scan (opset 9+) */
+
+/* Copy slice `k` along `axis` of x into a new tensor. */
+static nbl_status take_slice(const nbl_rt_tensor *x, int axis, int64_t k, nbl_rt_tensor *out) {
+  int64_t dims[NBL_MAX_RANK];
+  for (int d = 0, s = 0; d < x->rank; d++)
+    if (d != axis) dims[s++] = x->dims[d];
+  nbl_status st = nbl_rt_tensor_alloc(out, x->dtype, x->rank - 1, dims);
+  if (st != NBL_OK) return st;
+  size_t es = nbl_rt_elem_size(x->dtype);
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; d++) outer *= x->dims[d];
+  for (int d = axis + 1; d < x->rank; d++) inner *= x->dims[d];
+  for (int64_t o = 0; o < outer; o++)
+    memcpy((char *)out->data + (size_t)(o * inner) * es,
+           (const char *)x->data + (size_t)((o * x->dims[axis] + k) * inner) * es,
+           (size_t)inner * es);
+  return NBL_OK;
+}
+
+static nbl_status k_scan(nbl_kctx *ctx) {
+  const nbl_graph *body = graph_attr(ctx->node, "body");
+  if (!body) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing body graph");
+  int M = (int)nbl_attr_int(ctx->node, "num_scan_inputs", -1);
+  int N = ctx->n_in - M;
+  if (M < 1 || N < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad num_scan_inputs");
+  int K = ctx->n_out - N;
+  if (K < 0 || body->n_inputs != N + M || body->n_outputs != N + K)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "body signature does not match the node");
+  int cnt;
+  const int64_t *in_axes = nbl_attr_ints(ctx->node, "scan_input_axes", &cnt);
+  if (in_axes && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_axes has %d entries", cnt);
+  const int64_t *in_dirs = nbl_attr_ints(ctx->node, "scan_input_directions", &cnt);
+  if (in_dirs && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_directions has %d entries", cnt);
+  const int64_t *out_axes = nbl_attr_ints(ctx->node, "scan_output_axes", &cnt);
+  if (out_axes && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_axes has %d entries", cnt);
+  const int64_t *out_dirs = nbl_attr_ints(ctx->node, "scan_output_directions", &cnt);
+  if (out_dirs && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_directions has %d entries", cnt);
+  int64_t T = -1;
+  int axes[64];
+  if (M > 64) return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "more than 64 scan inputs");
+  for (int j = 0; j < M; j++) {
+    const nbl_rt_tensor *x = ctx->in[N + j];
+    if (!x) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan input %d missing", j);
+    if (x->dtype == NBL_DT_STRING || nbl_dtype_bits(x->dtype) < 8)
+      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "scan input type %s", nbl_dtype_name(x->dtype));
+    int ax = nbl_norm_axis(in_axes ? in_axes[j] : 0, x->rank);
+    if (ax < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan input axis out of range");
+    axes[j] = ax;
+    if (T >= 0 && x->dims[ax] != T)
+      return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan inputs disagree on the sequence length");
+    T = x->dims[ax];
+  }
+  nbl_rt_tensor *state = calloc((size_t)N + 1, sizeof(nbl_rt_tensor));
+  nbl_rt_tensor *slices = calloc((size_t)M + 1, sizeof(nbl_rt_tensor));
+  nbl_rt_tensor *res = calloc((size_t)(N + K + 1), sizeof(nbl_rt_tensor));
+  nbl_rt_tensor **resp = calloc((size_t)(N + K + 1), sizeof(nbl_rt_tensor *));
+  const nbl_rt_tensor **ins = calloc((size_t)(N + M + 1), sizeof(nbl_rt_tensor *));
+  stack_buf *stk = calloc((size_t)K + 1, sizeof(stack_buf));
+  nbl_status st = NBL_OK;
+  if (!state || !slices || !res || !resp || !ins || !stk) {
+    st = nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    goto done;
+  }
+  for (int i = 0; i < N; i++) {
+    if (!ctx->in[i]) {
+      st = nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "state input %d missing", i);
+      goto done;
+    }
+    state[i] = *ctx->in[i];
+    state[i].owns = 0;
+  }
+  for (int i = 0; i < N + K; i++) resp[i] = &res[i];
+  for (int64_t t = 0; t < T; t++) {
+    for (int j = 0; j < M; j++) {
+      const nbl_rt_tensor *x = ctx->in[N + j];
+      int64_t k = in_dirs && in_dirs[j] ? T - 1 - t : t;
+      nbl_rt_tensor_free(&slices[j]);
+      st = take_slice(x, axes[j], k, &slices[j]);
+      if (st != NBL_OK) {
+        nbl_kerr(ctx, st, "%s", nbl_last_error());
+        goto done;
+      }
+    }
+    for (int i = 0; i < N; i++) ins[i] = &state[i];
+    for (int j = 0; j < M; j++) ins[N + j] = &slices[j];
+    st = nbl_kctx_run_subgraph(ctx, body, N + M, ins, N + K, resp);
+    if (st != NBL_OK) goto done;
+    for (int i = 0; i < N; i++) {
+      nbl_rt_tensor_free(&state[i]);
+      state[i] = res[i];
+      memset(&res[i], 0, sizeof res[i]);
+    }
+    for (int k = 0; k < K && st == NBL_OK; k++) st = stack_push(ctx, &stk[k], &res[N + k], "scan output");
+    for (int k = 0; k < K; k++) nbl_rt_tensor_free(&res[N + k]);
+    if (st != NBL_OK) goto done;
+  }
+  for (int i = 0; i < N && st == NBL_OK; i++) {
+    if (state[i].owns) st = move_out(ctx, i, &state[i]);
+    else st = nbl_kctx_copy_out(ctx, i, &state[i]);
+  }
+  for (int k = 0; k < K && st == NBL_OK; k++)
+    st = stack_out(ctx, N + k, &stk[k], &body->values[body->outputs[N + k]],
+                   out_axes ? (int)out_axes[k] : 0, out_dirs ? (int)out_dirs[k] : 0);
+done:
+  if (state)
+    for (int i = 0; i < N; i++) nbl_rt_tensor_free(&state[i]);
+  if (slices)
+    for (int j = 0; j < M; j++) nbl_rt_tensor_free(&slices[j]);
+  if (stk)
+    for (int k = 0; k < K; k++) free(stk[k].data);
+  free(state);
+  free(slices);
+  free(res);
+  free(resp);
+  free(ins);
+  free(stk);
+  return st;
+}
+
+/* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control[] = {
-    {"", "__none__", 0, 0, 0, 0}, /* placeholder until the first op lands */
+    {"", "Constant", 1, 21, k_constant, NULL},
+    {"", "Identity", 1, 21, k_identity, NULL},
+    {"", "Dropout", 1, 21, k_dropout, NULL},
+    {"", "Cast", 1, 21, k_cast, NULL},
+    {"", "CastLike", 15, 21, k_castlike, NULL},
+    {"", "Shape", 1, 21, k_shape, NULL},
+    {"", "Size", 1, 21, k_size, NULL},
+    {"", "ConstantOfShape", 9, 21, k_constant_of_shape, NULL},
+    {"", "Range", 11, 21, k_range, NULL},
+    {"", "EyeLike", 9, 21, k_eyelike, NULL},
+    {"", "If", 1, 21, k_if, NULL},
+    {"", "Loop", 1, 21, k_loop, NULL},
+    {"", "Scan", 9, 21, k_scan, NULL},
 };
-const size_t nbl_ops_control_count = 0;
+const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

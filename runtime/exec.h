@@ -1,0 +1,101 @@
+/*
+ * exec.h - internal API of the runtime core: the executor ("engine"), tensor
+ * conversions and tensor files. The public face is the session API of
+ * nibble.h; tools, tests and the training loop may use this header directly.
+ *
+ * An engine runs one graph of a model (the main graph, or a training
+ * algorithm graph). It is planned once at creation (kernels resolved per node
+ * from the op table, topological schedule, liveness of every value, subgraph
+ * plans) and can be run many times. Initializers are bound zero-copy as
+ * persistent state: nbl_engine_state() gives a writable tensor that keeps its
+ * contents across runs (it is copied out of the model on first write access).
+ * Intermediates are freed after their last consumer; the second run with the
+ * same input shapes uses one arena laid out from the first run's sizes and
+ * lifetimes (re-planned whenever the input shapes change).
+ */
+#ifndef NBL_EXEC_H
+#define NBL_EXEC_H
+
+#include "kernel.h"
+
+typedef struct nbl_engine nbl_engine;
+
+/* Called after every node for each of its outputs (dump of intermediates). */
+typedef void (*nbl_value_cb)(void *user, const char *name, const nbl_rt_tensor *t);
+
+typedef struct nbl_engine_options {
+  int threads;   /* <= 0: one per online core */
+  int reference; /* 1: kernels take their reference paths only */
+  int no_arena;  /* 1: never use the planned arena (malloc per tensor) */
+  nbl_value_cb on_value;
+  void *user;
+} nbl_engine_options;
+
+/* Plan graph g of model m (g NULL: the main graph). `opt` may be NULL.
+ * Fails with NBL_ERR_UNSUPPORTED naming the first node without a kernel:
+ * "node 'x' (Foo, domain '', opset 13): no kernel". The model must outlive the
+ * engine and must not be modified while it exists. */
+nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
+                             const nbl_engine_options *opt, nbl_engine **out);
+void nbl_engine_free(nbl_engine *e);
+
+/* Graph inputs that are not initializers ("feeds"), in graph order. */
+int nbl_engine_n_feeds(const nbl_engine *e);
+nbl_id nbl_engine_feed_value(const nbl_engine *e, int i);
+const nbl_graph *nbl_engine_graph(const nbl_engine *e);
+
+/* Bind graph input `name` to a view of caller memory (not copied, must stay
+ * valid through the next nbl_engine_run). Initializer-backed inputs may be
+ * bound too (overrides the default for the following runs until unbound by
+ * binding NULL). Checks dtype and rank/dims against the declared type. */
+nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor *view);
+
+/* Run the graph once. Every feed must be bound. Outputs stay valid until the
+ * next run or nbl_engine_free. */
+nbl_status nbl_engine_run(nbl_engine *e);
+
+/* The value of graph output i after a run (NULL before). */
+const nbl_rt_tensor *nbl_engine_output(const nbl_engine *e, int i);
+
+/* Persistent state tensor (initializer) `name`, made writable: the first call
+ * copies the data out of the model; writes persist across runs. NULL if no
+ * such initializer (message set). */
+nbl_rt_tensor *nbl_engine_state(nbl_engine *e, const char *name);
+
+/* Statistics for tests and the CLI. */
+typedef struct nbl_engine_stats {
+  int runs;            /* nbl_engine_run calls that succeeded */
+  int plans;           /* arena layouts computed (1 + re-plans on shape changes) */
+  size_t arena_bytes;  /* size of the current arena (0 if none) */
+  int64_t arena_hits;  /* outputs served from the arena (total) */
+  int64_t mallocs;     /* outputs allocated with malloc (total) */
+  int64_t frees_early; /* intermediates freed before the end of a run (total) */
+} nbl_engine_stats;
+void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st);
+
+/* Default thread count: online cores (at least 1). */
+int nbl_default_threads(void);
+
+/* ------------------------------------------------------------------ tensors */
+
+/* View an IR tensor as a runtime tensor. Numeric types point at the IR data
+ * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
+nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
+/* Deep copy src into dst (dst's old data is not freed). */
+nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
+/* An IR tensor (header in arena a, data in a new buffer) with src's contents. */
+nbl_status nbl_rt_to_ir(const nbl_rt_tensor *src, nbl_arena *a, const char *name,
+                        nbl_tensor **out);
+
+/* Read a tensor file: .npy (v1/v2/v3, little-endian, C order) or anything
+ * else as a serialized TensorProto (.pb). *out gets owned data. If name is
+ * non-NULL it receives the TensorProto name (malloc'd, may be NULL). */
+nbl_status nbl_rt_read_file(const char *path, nbl_rt_tensor *out, char **name);
+/* Write a tensor: .npy if path ends in ".npy", otherwise a TensorProto with
+ * the given name (may be NULL). */
+nbl_status nbl_rt_write_file(const char *path, const nbl_rt_tensor *t, const char *name);
+/* .npy from/to memory. */
+nbl_status nbl_npy_parse(const void *data, size_t len, const char *what, nbl_rt_tensor *out);
+nbl_status nbl_npy_write(const char *path, const nbl_rt_tensor *t);
+
+#endif /* NBL_EXEC_H */
