@@ -1,0 +1,670 @@
+/* test_ops_shape.c - shape and data-movement kernels (runtime/ops_shape.c).
+ *
+ * Each case builds a one-node graph, runs it through the session API and
+ * compares with values computed by hand (or, where marked, by PyTorch / NumPy
+ * on the same inputs). A second part runs the ONNX backend test data of every
+ * op of the family (model.onnx + test_data_set_*), comparing against the
+ * expected outputs shipped with it. */
+#include <check.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/ir.h"
+#include "nibble.h"
+
+/* ------------------------------------------------------------------ one-node graphs */
+
+typedef struct one {
+  nbl_model *m;
+  nbl_id node;
+  nbl_session *s;
+  const nbl_host_tensor *out;
+  int n_out;
+} one;
+
+/* Model with one node `op` at `opset`; inputs named by `ins` ("" = omitted),
+ * n_out outputs "y0".."yN". */
+static one mk(const char *op, int opset, int n_in, const char *const *ins, int n_out) {
+  one o = {0};
+  o.m = nbl_model_new();
+  nbl_model_set_opset(o.m, "", opset);
+  nbl_graph *g = o.m->graph;
+  nbl_id in[8], out[8];
+  for (int i = 0; i < n_in; i++) {
+    if (!ins[i][0]) {
+      in[i] = NBL_NONE;
+      continue;
+    }
+    in[i] = nbl_graph_add_value(g, ins[i]);
+    nbl_graph_add_input(g, in[i]);
+  }
+  for (int i = 0; i < n_out; i++) {
+    char nm[8];
+    snprintf(nm, sizeof nm, "y%d", i);
+    out[i] = nbl_graph_add_value(g, nm);
+  }
+  o.node = nbl_graph_add_node(g, op, "", "n0", n_in, in, n_out, out);
+  for (int i = 0; i < n_out; i++) nbl_graph_add_output(g, out[i]);
+  o.n_out = n_out;
+  return o;
+}
+
+static nbl_host_tensor ht(const char *name, nbl_dtype dt, int rank, const int64_t *dims, const void *data) {
+  nbl_host_tensor t = {0};
+  t.name = name;
+  t.dtype = dt;
+  t.rank = rank;
+  int64_t n = 1;
+  for (int i = 0; i < rank; i++) n *= (t.dims[i] = dims[i]);
+  t.data = (void *)data;
+  t.nbytes = dt == NBL_DT_STRING ? (size_t)n * sizeof(char *) : nbl_dtype_nbytes(dt, n);
+  return t;
+}
+
+static nbl_status run(one *o, int n, const nbl_host_tensor *in) {
+  nbl_status st = nbl_session_create(o->m, NULL, &o->s);
+  if (st) return st;
+  return nbl_session_run(o->s, n, in, &o->out);
+}
+
+static void done(one *o) {
+  nbl_session_free(o->s);
+  nbl_model_free(o->m);
+}
+
+#define G(o) ((o).m->graph)
+
+static void check_shape(const nbl_host_tensor *t, int rank, const int64_t *dims) {
+  ck_assert_int_eq(t->rank, rank);
+  for (int i = 0; i < rank; i++) ck_assert_int_eq(t->dims[i], dims[i]);
+}
+
+static void check_f32(const nbl_host_tensor *t, const float *want, int64_t n) {
+  ck_assert_int_eq(t->dtype, NBL_DT_FLOAT);
+  ck_assert_uint_eq(t->nbytes, (size_t)n * 4);
+  const float *p = t->data;
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(want[i])) ck_assert_msg(isnan(p[i]), "element %lld: want NaN got %g", (long long)i, p[i]);
+    else ck_assert_msg(fabsf(p[i] - want[i]) <= 1e-5f + 1e-5f * fabsf(want[i]), "element %lld: want %g got %g",
+                       (long long)i, want[i], p[i]);
+  }
+}
+
+static void check_i64(const nbl_host_tensor *t, const int64_t *want, int64_t n) {
+  ck_assert_int_eq(t->dtype, NBL_DT_INT64);
+  ck_assert_uint_eq(t->nbytes, (size_t)n * 8);
+  const int64_t *p = t->data;
+  for (int64_t i = 0; i < n; i++) ck_assert_msg(p[i] == want[i], "element %lld: want %lld got %lld", (long long)i, (long long)want[i], (long long)p[i]);
+}
+
+/* ------------------------------------------------------------------ cases */
+
+START_TEST(test_reshape_zero_neg_allowzero) {
+  float x[6] = {1, 2, 3, 4, 5, 6};
+  int64_t xd[] = {2, 3}, sd[] = {3}, shp[] = {0, -1, 1};
+  one o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, sd, shp)};
+  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+  check_shape(&o.out[0], 3, (int64_t[]){2, 3, 1});
+  check_f32(&o.out[0], x, 6);
+  done(&o);
+  /* allowzero=1: a 0 is a real zero; an empty tensor reshaped to [0, 4] */
+  int64_t ed[] = {0, 2}, s2[] = {0, 4};
+  int64_t s2d[] = {2};
+  o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "allowzero", 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, ed, x), ht("s", NBL_DT_INT64, 1, s2d, s2)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){0, 4});
+  done(&o);
+  /* mismatch is an error, not a crash */
+  int64_t bad[] = {4, -1};
+  o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, s2d, bad)};
+  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_INVALID_MODEL);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "n0"));
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_transpose_dtypes) {
+  /* int64 and float16 transposes of [2,3,2] with perm (2,0,1) */
+  int64_t x[12], d[] = {2, 3, 2};
+  uint16_t h[12];
+  for (int i = 0; i < 12; i++) x[i] = i, h[i] = (uint16_t)(0x3c00 + i);
+  /* y[k][i][j] = x[i][j][k] */
+  int64_t want[12];
+  int q = 0;
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 3; j++) want[q++] = i * 6 + j * 2 + k;
+  one o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 0, 1});
+  nbl_host_tensor in[] = {ht("x", NBL_DT_INT64, 3, d, x)};
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_shape(&o.out[0], 3, (int64_t[]){2, 2, 3});
+  check_i64(&o.out[0], want, 12);
+  done(&o);
+  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 0, 1});
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT16, 3, d, h)};
+  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
+  const uint16_t *p = o.out[0].data;
+  for (int i = 0; i < 12; i++) ck_assert_int_eq(p[i], 0x3c00 + want[i]);
+  done(&o);
+  /* a bad perm is an error */
+  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 2, 1});
+  ck_assert_int_eq(run(&o, 1, in), NBL_ERR_INVALID_MODEL);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_slice_negative_steps_clamp) {
+  float x[10];
+  for (int i = 0; i < 10; i++) x[i] = (float)i;
+  int64_t xd[] = {10}, one_d[] = {1};
+  /* start 100 clamps to 9, end -100 clamps to -1 (before the start), step -3: 9 6 3 0 */
+  int64_t s[] = {100}, e[] = {-100}, a[] = {0}, st[] = {-3};
+  one o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "a", "t"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s),
+                          ht("e", NBL_DT_INT64, 1, one_d, e), ht("a", NBL_DT_INT64, 1, one_d, a),
+                          ht("t", NBL_DT_INT64, 1, one_d, st)};
+  ck_assert_int_eq(run(&o, 5, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){9, 6, 3, 0}, 4);
+  done(&o);
+  /* INT64_MAX end with step 2 from -4: 6 8 ; empty when start >= end */
+  int64_t s2[] = {-4}, e2[] = {INT64_MAX}, t2[] = {2}, s3[] = {5}, e3[] = {2};
+  o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "", "t"}, 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s2),
+                           ht("e", NBL_DT_INT64, 1, one_d, e2), ht("t", NBL_DT_INT64, 1, one_d, t2)};
+  ck_assert_int_eq(run(&o, 4, in2), NBL_OK);
+  check_f32(&o.out[0], (float[]){6, 8}, 2);
+  done(&o);
+  o = mk("Slice", 13, 3, (const char *[]){"x", "s", "e"}, 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s3),
+                           ht("e", NBL_DT_INT64, 1, one_d, e3)};
+  ck_assert_int_eq(run(&o, 3, in3), NBL_OK);
+  check_shape(&o.out[0], 1, (int64_t[]){0});
+  done(&o);
+  /* step 0 is an error */
+  int64_t z[] = {0};
+  o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "a", "t"}, 1);
+  nbl_host_tensor in4[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s),
+                           ht("e", NBL_DT_INT64, 1, one_d, e), ht("a", NBL_DT_INT64, 1, one_d, a),
+                           ht("t", NBL_DT_INT64, 1, one_d, z)};
+  ck_assert_int_eq(run(&o, 5, in4), NBL_ERR_INVALID_MODEL);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_concat_empty_and_split_uneven) {
+  float a[4] = {1, 2, 3, 4}, b[1] = {0};
+  int64_t ad[] = {2, 2}, bd[] = {2, 0};
+  one o = mk("Concat", 13, 3, (const char *[]){"a", "b", "c"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "axis", -1);
+  nbl_host_tensor in[] = {ht("a", NBL_DT_FLOAT, 2, ad, a), ht("b", NBL_DT_FLOAT, 2, bd, b),
+                          ht("c", NBL_DT_FLOAT, 2, ad, a)};
+  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){2, 4});
+  check_f32(&o.out[0], (float[]){1, 2, 1, 2, 3, 4, 3, 4}, 8);
+  done(&o);
+  /* opset 18 num_outputs=3 on 7 elements: 3, 3, 1 */
+  float x[7] = {0, 1, 2, 3, 4, 5, 6};
+  int64_t xd[] = {7};
+  o = mk("Split", 18, 1, (const char *[]){"x"}, 3);
+  nbl_node_set_attr_int(G(o), o.node, "num_outputs", 3);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
+  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
+  check_f32(&o.out[0], (float[]){0, 1, 2}, 3);
+  check_f32(&o.out[1], (float[]){3, 4, 5}, 3);
+  check_f32(&o.out[2], (float[]){6}, 1);
+  done(&o);
+  /* before 18, an uneven split without sizes is an error */
+  o = mk("Split", 13, 1, (const char *[]){"x"}, 3);
+  ck_assert_int_eq(run(&o, 1, in2), NBL_ERR_INVALID_MODEL);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_gather_negative_and_out_of_range) {
+  float x[6] = {1, 2, 3, 4, 5, 6};
+  int64_t xd[] = {3, 2}, id[] = {2}, ind[] = {-1, 0}, bad[] = {3, 0};
+  one o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 1, id, ind)};
+  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){5, 6, 1, 2}, 4);
+  done(&o);
+  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 1, id, bad)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_ERR_RUNTIME);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "out of range"));
+  done(&o);
+  /* GatherND with batch_dims=1: data [2,2,2], indices [2,1] -> rows data[b][idx[b]] */
+  float d[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  int64_t dd[] = {2, 2, 2}, gd[] = {2, 1}, gi[] = {1, 0};
+  o = mk("GatherND", 13, 2, (const char *[]){"x", "i"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "batch_dims", 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 3, dd, d), ht("i", NBL_DT_INT64, 2, gd, gi)};
+  ck_assert_int_eq(run(&o, 2, in3), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){2, 2});
+  check_f32(&o.out[0], (float[]){2, 3, 4, 5}, 4);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_strings_move) {
+  /* strings: Transpose + Gather copy them (ASan checks ownership) */
+  const char *s[6] = {"a", "bb", "", "dddd", "e", "ff"};
+  int64_t sd[] = {2, 3};
+  one o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_STRING, 2, sd, s)};
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  const char *want[6] = {"a", "dddd", "bb", "e", "", "ff"};
+  char *const *p = o.out[0].data;
+  for (int i = 0; i < 6; i++) ck_assert_str_eq(p[i], want[i]);
+  done(&o);
+  int64_t id[] = {3}, ind[] = {2, 0, 2};
+  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_STRING, 2, sd, s), ht("i", NBL_DT_INT64, 1, id, ind)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  const char *want2[6] = {"", "a", "", "ff", "dddd", "ff"};
+  p = o.out[0].data;
+  for (int i = 0; i < 6; i++) ck_assert_str_eq(p[i], want2[i]);
+  done(&o);
+  /* an out-of-range index on strings fails cleanly (no double free) */
+  int64_t bad[] = {2, 9, 0};
+  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_STRING, 2, sd, s), ht("i", NBL_DT_INT64, 1, id, bad)};
+  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_RUNTIME);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_pad_modes) {
+  float x[3] = {1, 2, 3};
+  int64_t xd[] = {3}, pd[] = {2}, pads[] = {4, 2};
+  /* numpy.pad([1,2,3], (4,2), mode): reflect -> 3 2 1 2 | 1 2 3 | 2 1 ; edge -> 1 1 1 1 | 1 2 3 | 3 3 */
+  const char *modes[] = {"reflect", "edge", "wrap"};
+  float want[3][9] = {{1, 2, 3, 2, 1, 2, 3, 2, 1}, {1, 1, 1, 1, 1, 2, 3, 3, 3}, {3, 1, 2, 3, 1, 2, 3, 1, 2}};
+  for (int m = 0; m < 3; m++) {
+    one o = mk("Pad", m == 2 ? 19 : 13, 2, (const char *[]){"x", "p"}, 1);
+    nbl_node_set_attr_string(G(o), o.node, "mode", modes[m]);
+    nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("p", NBL_DT_INT64, 1, pd, pads)};
+    ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+    check_f32(&o.out[0], want[m], 9);
+    done(&o);
+  }
+  /* negative pads crop; constant value from input; NaN passes through */
+  float y[4] = {NAN, 2, INFINITY, 4}, cv[1] = {-1};
+  int64_t yd[] = {2, 2}, p4d[] = {4}, p4[] = {0, -1, 1, 1};
+  one o = mk("Pad", 13, 3, (const char *[]){"x", "p", "c"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, yd, y), ht("p", NBL_DT_INT64, 1, p4d, p4),
+                          ht("c", NBL_DT_FLOAT, 0, NULL, cv)};
+  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){3, 2});
+  check_f32(&o.out[0], (float[]){2, -1, 4, -1, -1, -1}, 6);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_expand_tile_broadcast) {
+  float x[3] = {1, 2, 3};
+  int64_t xd[] = {3, 1}, sd[] = {3}, shp[] = {2, 1, 2};
+  one o = mk("Expand", 13, 2, (const char *[]){"x", "s"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, sd, shp)};
+  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+  check_shape(&o.out[0], 3, (int64_t[]){2, 3, 2});
+  check_f32(&o.out[0], (float[]){1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}, 12);
+  done(&o);
+  int64_t rd[] = {2}, rep[] = {2, 0};
+  o = mk("Tile", 13, 2, (const char *[]){"x", "r"}, 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("r", NBL_DT_INT64, 1, rd, rep)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){6, 0});
+  done(&o);
+  int64_t rep2[] = {2, 3};
+  o = mk("Tile", 13, 2, (const char *[]){"x", "r"}, 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("r", NBL_DT_INT64, 1, rd, rep2)};
+  ck_assert_int_eq(run(&o, 2, in3), NBL_OK);
+  check_f32(&o.out[0], (float[]){1, 1, 1, 2, 2, 2, 3, 3, 3, 1, 1, 1, 2, 2, 2, 3, 3, 3}, 18);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_scatter_reductions) {
+  /* ScatterND opset 18, reduction max with duplicate indices; int32 data */
+  int32_t d[4] = {5, 1, -3, 7}, u[3] = {2, 9, -4};
+  int64_t dd[] = {4}, id[] = {3, 1}, ind[] = {1, 1, 2}, ud[] = {3};
+  one o = mk("ScatterND", 18, 3, (const char *[]){"x", "i", "u"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "reduction", "max");
+  nbl_host_tensor in[] = {ht("x", NBL_DT_INT32, 1, dd, d), ht("i", NBL_DT_INT64, 2, id, ind),
+                          ht("u", NBL_DT_INT32, 1, ud, u)};
+  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
+  const int32_t *p = o.out[0].data;
+  int32_t want[4] = {5, 9, -3, 7};
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(p[i], want[i]);
+  done(&o);
+  /* ScatterElements mul on float with NaN update */
+  float x[4] = {1, 2, 3, 4}, uu[2] = {NAN, 10};
+  int64_t xd[] = {2, 2}, ed[] = {2, 1}, ei[] = {1, -2};
+  o = mk("ScatterElements", 16, 3, (const char *[]){"x", "i", "u"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "reduction", "mul");
+  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 2, ed, ei),
+                           ht("u", NBL_DT_FLOAT, 2, ed, uu)};
+  ck_assert_int_eq(run(&o, 3, in2), NBL_OK);
+  check_f32(&o.out[0], (float[]){1, NAN, 30, 4}, 4);
+  done(&o);
+  /* min/max only exist from opset 18 */
+  o = mk("ScatterND", 16, 3, (const char *[]){"x", "i", "u"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "reduction", "max");
+  ck_assert_int_eq(run(&o, 3, in), NBL_ERR_INVALID_MODEL);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_nonzero_nan_negzero) {
+  float x[5] = {0.0f, -0.0f, NAN, 1, INFINITY};
+  int64_t xd[] = {5};
+  one o = mk("NonZero", 13, 1, (const char *[]){"x"}, 1);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){1, 3});
+  check_i64(&o.out[0], (int64_t[]){2, 3, 4}, 3);
+  done(&o);
+  int64_t ed[] = {2, 0};
+  o = mk("NonZero", 13, 1, (const char *[]){"x"}, 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, ed, x)};
+  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){2, 0});
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_unique_unsorted) {
+  /* numpy.unique([2,1,1,3,4,3], return_index, return_inverse, return_counts), then
+   * reordered by first occurrence: Y=[2,1,3,4], idx=[0,1,3,4], inv=[0,1,1,2,3,2], counts=[1,2,2,1] */
+  float x[6] = {2, 1, 1, 3, 4, 3};
+  int64_t xd[] = {6};
+  one o = mk("Unique", 11, 1, (const char *[]){"x"}, 4);
+  nbl_node_set_attr_int(G(o), o.node, "sorted", 0);
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){2, 1, 3, 4}, 4);
+  check_i64(&o.out[1], (int64_t[]){0, 1, 3, 4}, 4);
+  check_i64(&o.out[2], (int64_t[]){0, 1, 1, 2, 3, 2}, 6);
+  check_i64(&o.out[3], (int64_t[]){1, 2, 2, 1}, 4);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_resize_int_nearest_and_linear_nan) {
+  /* nearest on uint8 (asymmetric, floor): [10,20] x2 -> 10 10 20 20 */
+  uint8_t u[2] = {10, 20};
+  int64_t ud[] = {1, 2}, sd[] = {2};
+  float sc[2] = {1, 2};
+  one o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "coordinate_transformation_mode", "asymmetric");
+  nbl_node_set_attr_string(G(o), o.node, "nearest_mode", "floor");
+  nbl_host_tensor in[] = {ht("x", NBL_DT_UINT8, 2, ud, u), ht("s", NBL_DT_FLOAT, 1, sd, sc)};
+  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+  ck_assert_int_eq(o.out[0].dtype, NBL_DT_UINT8);
+  const uint8_t *p = o.out[0].data;
+  uint8_t want[4] = {10, 10, 20, 20};
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(p[i], want[i]);
+  done(&o);
+  /* linear half_pixel x2 of [1, 3, 5]; the same with a NaN in the middle: the NaN
+   * reaches exactly the outputs whose two taps include it (1 and 5 stay) */
+  float x[3] = {1, 3, 5};
+  int64_t xd[] = {3}, s1[] = {1};
+  float two[1] = {2};
+  o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "mode", "linear");
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_FLOAT, 1, s1, two)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  /* torch: [1.0, 1.5, 2.5, 3.5, 4.5, 5.0] */
+  check_f32(&o.out[0], (float[]){1, 1.5f, 2.5f, 3.5f, 4.5f, 5}, 6);
+  done(&o);
+  x[1] = NAN;
+  o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "mode", "linear");
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  check_f32(&o.out[0], (float[]){1, NAN, NAN, NAN, NAN, 5}, 6);
+  done(&o);
+}
+END_TEST
+
+START_TEST(test_misc_small) {
+  /* OneHot with negative index and out-of-range index (row of "off") */
+  float ind[3] = {-1, 5, 0};
+  int64_t idd[] = {3};
+  float depth[1] = {3}, vals[2] = {0, 7};
+  int64_t vd[] = {2};
+  one o = mk("OneHot", 11, 3, (const char *[]){"i", "d", "v"}, 1);
+  nbl_host_tensor in[] = {ht("i", NBL_DT_FLOAT, 1, idd, ind), ht("d", NBL_DT_FLOAT, 0, NULL, depth),
+                          ht("v", NBL_DT_FLOAT, 1, vd, vals)};
+  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){0, 0, 7, 0, 0, 0, 7, 0, 0}, 9);
+  done(&o);
+  /* Trilu lower with k=-1 on 3x3 */
+  float m[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  int64_t md[] = {3, 3}, k[1] = {-1};
+  o = mk("Trilu", 14, 2, (const char *[]){"x", "k"}, 1);
+  nbl_node_set_attr_int(G(o), o.node, "upper", 0);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("k", NBL_DT_INT64, 0, NULL, k)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  check_f32(&o.out[0], (float[]){0, 0, 0, 4, 0, 0, 7, 8, 0}, 9);
+  done(&o);
+  /* Squeeze of a non-1 axis is an error; Unsqueeze with negative axes */
+  o = mk("Squeeze", 13, 2, (const char *[]){"x", "a"}, 1);
+  int64_t ad[] = {1}, ax[] = {0};
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("a", NBL_DT_INT64, 1, ad, ax)};
+  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_INVALID_MODEL);
+  done(&o);
+  o = mk("Unsqueeze", 13, 2, (const char *[]){"x", "a"}, 1);
+  int64_t ad2[] = {2}, ax2[] = {-1, 0};
+  nbl_host_tensor in4[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("a", NBL_DT_INT64, 1, ad2, ax2)};
+  ck_assert_int_eq(run(&o, 2, in4), NBL_OK);
+  check_shape(&o.out[0], 4, (int64_t[]){1, 3, 3, 1});
+  done(&o);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ ONNX backend test data */
+
+static const char *const conf_prefixes[] = {
+    "test_reshape_", "test_flatten_", "test_transpose_", "test_squeeze", "test_unsqueeze_",
+    "test_concat_", "test_split_", "test_slice", "test_gather_", "test_gathernd_",
+    "test_scatter_", "test_scatter_elements_", "test_scatternd", "test_expand_", "test_tile",
+    "test_constant_pad", "test_edge_pad", "test_reflect_pad", "test_resize_", "test_upsample_",
+    "test_nonzero_", "test_onehot_", "test_depthtospace_", "test_spacetodepth", "test_compress_",
+    "test_tril", "test_triu", "test_unique_", "test_reversesequence_", NULL};
+
+static int is_ours(const char *name) {
+  if (strstr(name, "_expanded")) return 0;
+  for (int i = 0; conf_prefixes[i]; i++)
+    if (strncmp(name, conf_prefixes[i], strlen(conf_prefixes[i])) == 0) return 1;
+  return 0;
+}
+
+static double elem(const nbl_host_tensor *t, int64_t i) {
+  switch (t->dtype) {
+  case NBL_DT_FLOAT: return ((const float *)t->data)[i];
+  case NBL_DT_DOUBLE: return ((const double *)t->data)[i];
+  case NBL_DT_FLOAT16: return nbl_half_to_float(((const uint16_t *)t->data)[i]);
+  case NBL_DT_INT8: return ((const int8_t *)t->data)[i];
+  case NBL_DT_UINT8: case NBL_DT_BOOL: return ((const uint8_t *)t->data)[i];
+  case NBL_DT_INT16: return ((const int16_t *)t->data)[i];
+  case NBL_DT_UINT16: return ((const uint16_t *)t->data)[i];
+  case NBL_DT_INT32: return ((const int32_t *)t->data)[i];
+  case NBL_DT_UINT32: return ((const uint32_t *)t->data)[i];
+  case NBL_DT_INT64: return (double)((const int64_t *)t->data)[i];
+  case NBL_DT_UINT64: return (double)((const uint64_t *)t->data)[i];
+  default: return NAN;
+  }
+}
+
+static long n_compared; /* elements compared, reported so a silent no-op shows */
+
+/* Compare got against want; returns a malloc'd description or NULL if equal. */
+static char *compare(const nbl_host_tensor *got, const nbl_host_tensor *want) {
+  char *msg = malloc(256);
+  if (got->dtype != want->dtype) {
+    snprintf(msg, 256, "dtype %d, want %d", got->dtype, want->dtype);
+    return msg;
+  }
+  int64_t n = 1;
+  int rank_ok = got->rank == want->rank;
+  for (int d = 0; rank_ok && d < want->rank; d++) rank_ok = got->dims[d] == want->dims[d];
+  if (!rank_ok) {
+    snprintf(msg, 256, "shape differs (rank %d vs %d)", got->rank, want->rank);
+    return msg;
+  }
+  for (int d = 0; d < want->rank; d++) n *= want->dims[d];
+  n_compared += n;
+  for (int64_t i = 0; i < n; i++) {
+    if (want->dtype == NBL_DT_STRING) {
+      const char *a = ((char *const *)got->data)[i], *b = ((char *const *)want->data)[i];
+      if (strcmp(a, b)) {
+        snprintf(msg, 256, "element %lld: '%s' vs '%s'", (long long)i, a, b);
+        return msg;
+      }
+      continue;
+    }
+    double a = elem(got, i), b = elem(want, i);
+    if (isnan(b) && isnan(a)) continue;
+    if (!(fabs(a - b) <= 1e-4 + 1e-3 * fabs(b))) {
+      snprintf(msg, 256, "element %lld: %.9g vs %.9g", (long long)i, a, b);
+      return msg;
+    }
+  }
+  free(msg);
+  return NULL;
+}
+
+/* Run one backend test folder; returns 1 on pass, prints the reason on failure. */
+static int run_conformance(const char *dir) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/model.onnx", dir);
+  nbl_model *m = NULL;
+  nbl_session *s = NULL;
+  int ok = 1;
+  if (nbl_model_load(path, &m) || nbl_session_create(m, NULL, &s)) {
+    printf("FAIL %s: %s\n", dir, nbl_last_error());
+    nbl_model_free(m);
+    return 0;
+  }
+  for (int set = 0; ok; set++) {
+    snprintf(path, sizeof path, "%s/test_data_set_%d", dir, set);
+    DIR *dd = opendir(path);
+    if (!dd) break;
+    closedir(dd);
+    int ni = nbl_session_input_count(s), no = nbl_session_output_count(s);
+    nbl_host_tensor in[16] = {{0}}, want[16] = {{0}};
+    const nbl_host_tensor *out = NULL;
+    for (int i = 0; i < ni && i < 16; i++) {
+      snprintf(path, sizeof path, "%s/test_data_set_%d/input_%d.pb", dir, set, i);
+      if (nbl_tensor_read(path, &in[i])) {
+        printf("FAIL %s: %s\n", dir, nbl_last_error());
+        ok = 0;
+      }
+      in[i].name = nbl_session_input_name(s, i);
+    }
+    if (ok && nbl_session_run(s, ni, in, &out)) {
+      printf("FAIL %s: %s\n", dir, nbl_last_error());
+      ok = 0;
+    }
+    for (int i = 0; ok && i < no && i < 16; i++) {
+      snprintf(path, sizeof path, "%s/test_data_set_%d/output_%d.pb", dir, set, i);
+      if (nbl_tensor_read(path, &want[i])) {
+        printf("FAIL %s: %s\n", dir, nbl_last_error());
+        ok = 0;
+        break;
+      }
+      char *why = compare(&out[i], &want[i]);
+      if (why) {
+        printf("FAIL %s: output %d: %s\n", dir, i, why);
+        free(why);
+        ok = 0;
+      }
+    }
+    for (int i = 0; i < 16; i++) {
+      in[i].name = NULL;
+      nbl_host_tensor_free(&in[i]);
+      nbl_host_tensor_free(&want[i]);
+    }
+  }
+  nbl_session_free(s);
+  nbl_model_free(m);
+  return ok;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+START_TEST(test_backend_node_data) {
+  const char *root = getenv("NBL_TESTDATA");
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s/node", root && *root ? root : "/usr/share/libonnx-testdata/data");
+  DIR *d = opendir(dir);
+  if (!d) {
+    printf("backend test data not found at %s; skipped\n", dir);
+    return;
+  }
+  char *names[1024];
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < 1024)
+    if (is_ours(e->d_name)) names[n++] = strdup(e->d_name);
+  closedir(d);
+  qsort(names, (size_t)n, sizeof *names, cmp_str);
+  int pass = 0;
+  for (int i = 0; i < n; i++) {
+    char p[2048];
+    snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+    pass += run_conformance(p);
+    free(names[i]);
+  }
+  printf("shape ops backend tests: %d passed, %d failed (%ld elements compared)\n", pass, n - pass,
+         n_compared);
+  fflush(stdout);
+  ck_assert_int_gt(n, 140);
+  ck_assert_int_eq(pass, n);
+  ck_assert_int_gt(n_compared, 5000);
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("ops_shape");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, test_reshape_zero_neg_allowzero);
+  tcase_add_test(tc, test_transpose_dtypes);
+  tcase_add_test(tc, test_slice_negative_steps_clamp);
+  tcase_add_test(tc, test_concat_empty_and_split_uneven);
+  tcase_add_test(tc, test_gather_negative_and_out_of_range);
+  tcase_add_test(tc, test_strings_move);
+  tcase_add_test(tc, test_pad_modes);
+  tcase_add_test(tc, test_expand_tile_broadcast);
+  tcase_add_test(tc, test_scatter_reductions);
+  tcase_add_test(tc, test_nonzero_nan_negzero);
+  tcase_add_test(tc, test_unique_unsorted);
+  tcase_add_test(tc, test_resize_int_nearest_and_linear_nan);
+  tcase_add_test(tc, test_misc_small);
+  tcase_add_test(tc, test_backend_node_data);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int nf = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return nf ? 1 : 0;
+}
