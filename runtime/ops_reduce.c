@@ -262,6 +262,9 @@ static nbl_status reduce(nbl_kctx *c, int kind) {
   if (st) return st;
   const nbl_rt_tensor *x = c->in[0];
   int axes_input = (kind == R_SUM && c->opset >= 13) || c->opset >= 18;
+  if (axes_input && nbl_node_attr(c->node, "axes"))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "opset %d takes axes as an input, not an attribute",
+                    c->opset);
   int64_t axes[NBL_MAX_RANK];
   int na;
   if ((st = get_axes(c, axes_input, axes, &na))) return st;
