@@ -91,6 +91,19 @@ static void attr_short(const nbl_attr *a, char *buf, size_t len) {
   if (o >= len && len > 4) strcpy(buf + len - 4, "...");
 }
 
+/* "float[5,4]" for an initializer's own type. */
+static void init_type_string(const nbl_tensor *t, char *buf, size_t len) {
+  nbl_type tt = {.kind = NBL_TYPE_TENSOR, .elem = t->dtype, .rank = t->rank};
+  nbl_dim dims[16];
+  if (t->rank > 16) {
+    snprintf(buf, len, "%s[rank %d]", nbl_dtype_name(t->dtype), t->rank);
+    return;
+  }
+  for (int i = 0; i < t->rank; i++) dims[i] = (nbl_dim){.value = t->dims[i]};
+  tt.dims = dims;
+  nbl_type_to_string(&tt, buf, len);
+}
+
 static void edge_label(FILE *f, const nbl_value *v) {
   char tb[160];
   fputs(" [label=\"", f);
@@ -183,6 +196,7 @@ static void put_graph(dp *p, const nbl_graph *g, const char *pre, int depth) {
     const nbl_value *val = &g->values[v];
     if (val->dead) continue;
     nbl_type_to_string(&val->type, tb, sizeof tb);
+    if (val->init && val->type.kind == NBL_TYPE_NONE) init_type_string(val->init, tb, sizeof tb);
     if (val->flags & NBL_VAL_INPUT) {
       fprintf(f, "%*s\"%sin%d\" [shape=ellipse, style=filled, fillcolor=\"#c8ecc8\", label=\"", ind,
               "", pre, (int)v);
@@ -192,13 +206,7 @@ static void put_graph(dp *p, const nbl_graph *g, const char *pre, int depth) {
       fputs("\"];\n", f);
     } else if (val->init) {
       const nbl_tensor *t = val->init;
-      nbl_type tt = {.kind = NBL_TYPE_TENSOR, .elem = t->dtype, .rank = t->rank};
-      nbl_dim dims[16];
-      if (t->rank <= 16) {
-        for (int i = 0; i < t->rank; i++) dims[i] = (nbl_dim){.value = t->dims[i]};
-        tt.dims = dims;
-        nbl_type_to_string(&tt, tb, sizeof tb);
-      }
+      init_type_string(t, tb, sizeof tb);
       fprintf(f, "%*s\"%si%d\" [shape=note, style=filled, fillcolor=\"#e4e4e4\", label=\"", ind, "",
               pre, (int)v);
       esc(f, val->name);

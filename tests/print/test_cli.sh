@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# CLI contract of `nibble info/dump/convert/passes`: exit codes (0 ok, 1 run failure,
+# 2 bad usage or bad input), messages, --help, --version, and a convert round trip.
+# Environment: NIBBLE (the binary), NBL_TESTDATA (libonnx-testdata data folder).
+set -u
+NIBBLE=${NIBBLE:-build/tools/nibble}
+DATA=${NBL_TESTDATA:-/usr/share/libonnx-testdata/data}
+PY=/usr/bin/python3
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+n=0
+
+# expect RC PATTERN(stdout+stderr, grep -E; "" for any) -- ARGS...
+expect() {
+  local rc=$1 pat=$2
+  shift 3
+  n=$((n + 1))
+  "$NIBBLE" "$@" >"$T/out" 2>"$T/err"
+  local got=$?
+  if [ "$got" != "$rc" ]; then
+    echo "FAIL: nibble $* -> exit $got, expected $rc"; sed 's/^/  | /' "$T/err" | head -5
+    fails=$((fails + 1)); return
+  fi
+  if [ -n "$pat" ] && ! cat "$T/out" "$T/err" | grep -qE -- "$pat"; then
+    echo "FAIL: nibble $* -> output lacks /$pat/"; cat "$T/out" "$T/err" | sed 's/^/  | /' | head -8
+    fails=$((fails + 1))
+  fi
+}
+
+CONV=$DATA/pytorch-converted/test_Conv2d/model.onnx
+BIG=$DATA/pytorch-operator/test_operator_conv/model.onnx
+[ -f "$CONV" ] && [ -f "$BIG" ] || { echo "test data missing under $DATA"; exit 77; }
+printf 'this is not a protobuf \xff\xff\xff\xff' >"$T/garbage.onnx"
+
+# global
+expect 0 '^nibble [0-9]+\.[0-9]+\.[0-9]+$' -- --version
+expect 0 'usage: nibble COMMAND' -- --help
+expect 2 'usage: nibble COMMAND' --
+expect 2 "nibble: unknown command 'frobnicate'" -- frobnicate
+
+# --help of each command
+for c in info dump convert passes; do
+  expect 0 "usage: nibble $c" -- "$c" --help
+done
+
+# info
+expect 2 'nibble info: missing MODEL' -- info
+expect 2 "nibble info: unknown option '--bogus'" -- info --bogus "$CONV"
+expect 2 '^nibble: .*/nonexistent/model\.onnx' -- info "$T/nonexistent/model.onnx"
+expect 2 '^nibble: .*garbage\.onnx' -- info "$T/garbage.onnx"
+expect 0 'parameters:  76 in 2 initializers, 304 bytes' -- info "$CONV"
+expect 0 '^  Conv +1$' -- info "$CONV"
+expect 0 '^opsets:      ai.onnx 6$' -- info "$CONV"
+expect 0 '^  0  float\[2,3,7,5\]$' -- info "$CONV"
+
+# dump
+expect 2 'nibble dump: missing MODEL' -- dump
+expect 2 "nibble dump: unknown format 'xml'" -- dump --format xml "$CONV"
+expect 2 'nibble dump: --format needs a value' -- dump "$CONV" --format
+expect 2 "nibble dump: unknown option '--bogus'" -- dump --bogus "$CONV"
+expect 2 '^nibble: .*nonexistent' -- dump "$T/nonexistent.onnx"
+expect 2 'cannot open for writing' -- dump "$CONV" -o "$T/no/such/dir/x.txt"
+expect 0 '_3 = Conv <dilations = \[1, 1\], group = 1' -- dump "$CONV"
+expect 0 '72 values elided' -- dump "$CONV"
+expect 0 '' -- dump --full "$CONV" -o "$T/full.txt"
+if grep -q 'elided' "$T/full.txt"; then echo "FAIL: --full output still elides values"; fails=$((fails + 1)); fi
+expect 0 '' -- dump --format=json "$CONV" -o "$T/m.json"
+if ! $PY -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["graph"]["nodes"][0]["op_type"]=="Conv"' "$T/m.json"; then
+  echo "FAIL: JSON dump does not load"; fails=$((fails + 1))
+fi
+expect 0 '^digraph ' -- dump --format dot "$CONV"
+
+# passes
+expect 0 'passes' -- passes
+expect 2 "unexpected argument" -- passes extra
+
+# convert
+expect 2 'nibble convert: missing -o OUT' -- convert "$CONV"
+expect 2 'nibble convert: missing MODEL' -- convert -o "$T/x.onnx"
+expect 2 "nibble convert: unknown pass 'frob'" -- convert "$CONV" -o "$T/x.onnx" --passes frob
+expect 2 "nibble convert: unknown pass 'frob'" -- convert "$CONV" -o "$T/x.onnx" --passes 'frob{a=1}'
+expect 2 "--external-data must be none, keep or all" -- convert "$CONV" -o "$T/x.onnx" --external-data some
+expect 2 '^nibble: .*nonexistent' -- convert "$T/nonexistent.onnx" -o "$T/x.onnx"
+[ -e "$T/x.onnx" ] && { echo "FAIL: a failed convert wrote its output"; fails=$((fails + 1)); }
+expect 0 '' -- convert "$CONV" -o "$T/rt.onnx"
+"$NIBBLE" dump --full "$CONV" >"$T/a.txt" && "$NIBBLE" dump --full "$T/rt.onnx" >"$T/b.txt"
+if ! cmp -s "$T/a.txt" "$T/b.txt"; then echo "FAIL: convert round trip changed the model"; diff "$T/a.txt" "$T/b.txt" | head; fails=$((fails + 1)); fi
+expect 0 '' -- convert "$BIG" -o "$T/ext.onnx" --external-data all
+if [ ! -s "$T/ext.onnx.data" ]; then echo "FAIL: --external-data all wrote no ext.onnx.data"; fails=$((fails + 1)); fi
+if [ -x "$PY" ] && ! $PY - "$BIG" "$T/ext.onnx" <<'EOF'
+import sys, onnx, onnx.numpy_helper as nh, numpy as np
+a, b = onnx.load(sys.argv[1]), onnx.load(sys.argv[2])  # loads external data too
+ia = {t.name: nh.to_array(t) for t in a.graph.initializer}
+ib = {t.name: nh.to_array(t) for t in b.graph.initializer}
+assert ia.keys() == ib.keys(), (ia.keys(), ib.keys())
+for k in ia: assert np.array_equal(ia[k], ib[k]), k
+assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(sys.argv[2], load_external_data=False).graph.initializer)
+EOF
+then echo "FAIL: external-data round trip differs under the onnx package"; fails=$((fails + 1)); fi
+expect 0 '' -- convert "$T/ext.onnx" -o "$T/inl.onnx" --external-data none
+"$NIBBLE" dump --full "$BIG" >"$T/a.txt" && "$NIBBLE" dump --full "$T/inl.onnx" >"$T/b.txt"
+if ! cmp -s "$T/a.txt" "$T/b.txt"; then echo "FAIL: external -> inline round trip changed the model"; fails=$((fails + 1)); fi
+
+echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
+[ "$fails" -eq 0 ]
