@@ -928,7 +928,11 @@ void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
   int threads = ctx ? ctx->threads : 1;
   struct nbl_exec *x = ctx ? ctx->exec : NULL;
   pool *p = x ? x->f->e->pool : NULL;
-  if (threads <= 1 || n <= grain || !p || !pool_run(p, n, grain, threads, fn, arg)) fn(arg, 0, n);
+  if (threads <= 1 || n <= grain || !p || !pool_run(p, n, grain, threads, fn, arg)) {
+    fn(arg, 0, n);
+    return;
+  }
+  x->f->e->stats.parallel_regions++;
 }
 
 nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,

@@ -70,6 +70,7 @@ typedef struct nbl_engine_stats {
   int64_t arena_hits;  /* outputs served from the arena (total) */
   int64_t mallocs;     /* outputs allocated with malloc (total) */
   int64_t frees_early; /* intermediates freed before the end of a run (total) */
+  int64_t parallel_regions; /* nbl_parallel_for calls split across the pool (total) */
 } nbl_engine_stats;
 void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st);
 

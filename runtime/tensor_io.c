@@ -185,9 +185,10 @@ nbl_status nbl_npy_parse(const void *data, size_t len, const char *what, nbl_rt_
   }
   size_t off = ho + hl;
   if (len - off < out->nbytes) {
+    size_t need = out->nbytes;
     nbl_rt_tensor_free(out);
     return nbl_errorf(NBL_ERR_PARSE, "%s: .npy data is truncated (%zu bytes, %zu needed)", what,
-                      len - off, out->nbytes);
+                      len - off, need);
   }
   if (out->nbytes) memcpy(out->data, b + off, out->nbytes);
   return NBL_OK;
@@ -203,8 +204,8 @@ nbl_status nbl_npy_write(const char *path, const nbl_rt_tensor *t) {
   char hdr[512];
   int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
   for (int d = 0; d < t->rank; d++)
-    n += snprintf(hdr + n, sizeof hdr - (size_t)n, "%lld,%s", (long long)t->dims[d],
-                  d + 1 < t->rank ? " " : "");
+    n += snprintf(hdr + n, sizeof hdr - (size_t)n, "%s%lld%s", d ? ", " : "", (long long)t->dims[d],
+                  t->rank == 1 ? "," : "");
   n += snprintf(hdr + n, sizeof hdr - (size_t)n, "), }");
   size_t total = 10 + (size_t)n + 1;
   size_t pad = (64 - total % 64) % 64;

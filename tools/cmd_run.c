@@ -542,6 +542,11 @@ static int run_test(const char *dir, int reference, double rtol, double atol, ch
     for (int i = 0; i < n_ins; i++) {
       free((void *)ins[i].name);
       ins[i].name = strdup(nbl_session_input_name(s, i));
+      /* the ONNX test data stores bfloat16 tensors as their uint16 bit patterns */
+      nbl_host_tensor info;
+      if (nbl_session_input_info(s, i, &info) == NBL_OK && info.dtype == NBL_DT_BFLOAT16 &&
+          ins[i].dtype == NBL_DT_UINT16)
+        ins[i].dtype = NBL_DT_BFLOAT16;
     }
     const nbl_host_tensor *outs = NULL;
     if (nbl_session_run(s, n_ins, ins, &outs) != NBL_OK) {
@@ -564,6 +569,8 @@ static int run_test(const char *dir, int reference, double rtol, double atol, ch
     }
     for (int i = 0; i < n_out; i++) {
       char w[1024];
+      if (outs[i].dtype == NBL_DT_BFLOAT16 && exps[i].dtype == NBL_DT_UINT16)
+        exps[i].dtype = NBL_DT_BFLOAT16; /* bit patterns, as above */
       if (!compare(&outs[i], &exps[i], rtol, atol, w, sizeof w)) {
         snprintf(why, cap, "%s: %s", sets[k], w);
         goto done;
