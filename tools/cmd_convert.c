@@ -1,10 +1,9 @@
 /* cmd_convert.c - `nibble convert` (load, rewrite with passes, save) and
  * `nibble passes` (list the passes).
  *
- * Passes: no pass is registered in this build yet, so any pass named with
- * --passes is reported as unknown (exit 2) and `nibble passes` prints an
- * empty list. Both go through the table below: registering a pass means
- * adding one line to `known_passes` and its run function. */
+ * Passes come from the pass manager (passes/): --passes takes a pipeline
+ * string; the dump options mirror MLIR/LLVM (--print-after-all, ...).
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,23 +11,6 @@
 
 #include "commands.h"
 #include "nibble.h"
-
-typedef struct cli_pass {
-  const char *name;
-  const char *description;
-  nbl_status (*run)(nbl_model *m, const char *options);
-} cli_pass;
-
-/* The passes `nibble convert --passes` accepts (none yet). */
-static const cli_pass known_passes[] = {
-    {NULL, NULL, NULL},
-};
-
-static const cli_pass *find_pass(const char *name, size_t len) {
-  for (const cli_pass *p = known_passes; p->name; p++)
-    if (strlen(p->name) == len && strncmp(p->name, name, len) == 0) return p;
-  return NULL;
-}
 
 int nbl_cmd_passes(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
@@ -39,15 +21,7 @@ int nbl_cmd_passes(int argc, char **argv) {
     fprintf(stderr, "nibble passes: unexpected argument '%s'\n", argv[i]);
     return 2;
   }
-  int n = 0;
-  for (const cli_pass *p = known_passes; p->name; p++) n++;
-  if (n == 0) {
-    puts("passes: none registered in this build");
-    return 0;
-  }
-  printf("passes (%d):\n", n);
-  for (const cli_pass *p = known_passes; p->name; p++)
-    printf("  %-24s %s\n", p->name, p->description);
+  nbl_passes_print(stdout);
   return 0;
 }
 
@@ -58,68 +32,74 @@ static void convert_usage(FILE *f) {
         "  --external-data MODE    keep: tensors that were external stay external (default)\n"
         "                          none: every tensor inline\n"
         "                          all:  every tensor of 1024 bytes or more goes to OUT.data\n"
-        "  --passes P1,P2{opt=v}   passes to run, in order (see `nibble passes`)\n",
+        "  --passes P1,P2{opt=v}   passes to run, in order (see `nibble passes`)\n"
+        "  --verify-each           run the verifier after every pass (names the pass that broke it)\n"
+        "  --print-after-all       print the IR after every pass (ONNX text syntax, to stdout)\n"
+        "  --print-before-all      print the IR before every pass\n"
+        "  --print-after P         print the IR after pass P (repeatable, or P1,P2)\n"
+        "  --print-before P        print the IR before pass P\n"
+        "  --print-changed         print the IR after every pass that changed something\n"
+        "  --dump-dir DIR          write NN-<pass>.onnxtxt, .dot and .onnx after every pass\n"
+        "  --pass-stats            print time, nodes/values added/removed, initializer bytes per pass\n"
+        "Nothing is written to OUT when a pass or the verifier fails.\n",
         f);
 }
 
-/* Split the pipeline at top-level commas and run each pass on m (m NULL:
- * only check that every pass exists). Returns an exit code. */
-static int run_passes(nbl_model *m, const char *spec) {
-  const char *s = spec;
-  while (*s) {
-    while (*s == ' ' || *s == ',') s++;
-    if (!*s) break;
-    const char *name = s;
-    while (*s && *s != ',' && *s != '{') s++;
-    size_t len = (size_t)(s - name);
-    while (len && name[len - 1] == ' ') len--;
-    const char *opts = NULL;
-    size_t opts_len = 0;
-    if (*s == '{') {
-      opts = ++s;
-      while (*s && *s != '}') s++;
-      if (*s != '}') {
-        fprintf(stderr, "nibble convert: unterminated '{' after pass '%.*s'\n", (int)len, name);
-        return 2;
-      }
-      opts_len = (size_t)(s - opts);
-      s++;
-    }
-    const cli_pass *p = find_pass(name, len);
-    if (!p) {
-      fprintf(stderr, "nibble convert: unknown pass '%.*s' (see `nibble passes`)\n", (int)len,
-              name);
-      return 2;
-    }
-    if (!m) continue;
-    char *o = strndup(opts ? opts : "", opts_len);
-    if (!o) {
-      fputs("nibble: out of memory\n", stderr);
-      return 1;
-    }
-    nbl_status st = p->run(m, o);
-    free(o);
-    if (st != NBL_OK) {
-      fprintf(stderr, "nibble: pass '%s': %s\n", p->name, nbl_last_error());
-      return st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
-    }
-  }
+/* Append "v" to a comma-separated list held in *list (malloc'd). */
+static int list_append(char **list, const char *v) {
+  size_t n = (*list ? strlen(*list) + 1 : 0) + strlen(v) + 1;
+  char *p = malloc(n);
+  if (!p) return -1;
+  snprintf(p, n, "%s%s%s", *list ? *list : "", *list ? "," : "", v);
+  free(*list);
+  *list = p;
   return 0;
 }
 
 int nbl_cmd_convert(int argc, char **argv) {
   const char *path = NULL, *outpath = NULL, *passes = NULL;
   nbl_save_options so = {.external = NBL_EXTERNAL_KEEP};
+  nbl_pipeline_options po = {0};
+  nbl_pipeline *pipe = NULL;
+  nbl_model *m = NULL;
+  char *loc = NULL, *after = NULL, *before = NULL;
+  int rc = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       convert_usage(stdout);
-      return 0;
+      goto out;
+    } else if (strcmp(a, "--verify-each") == 0) {
+      po.verify_each = 1;
+    } else if (strcmp(a, "--print-after-all") == 0) {
+      po.print_after_all = 1;
+    } else if (strcmp(a, "--print-before-all") == 0) {
+      po.print_before_all = 1;
+    } else if (strcmp(a, "--print-changed") == 0) {
+      po.print_changed = 1;
+    } else if (strcmp(a, "--pass-stats") == 0) {
+      po.pass_stats = 1;
+    } else if (strcmp(a, "--print-after") == 0 || strcmp(a, "--print-before") == 0 ||
+               strcmp(a, "--dump-dir") == 0) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "nibble convert: %s needs a value\n", a);
+        rc = 2;
+        goto out;
+      }
+      const char *v = argv[++i];
+      if (strcmp(a, "--dump-dir") == 0) {
+        po.dump_dir = v;
+      } else if (list_append(strcmp(a, "--print-after") == 0 ? &after : &before, v)) {
+        fputs("nibble: out of memory\n", stderr);
+        rc = 1;
+        goto out;
+      }
     } else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0 ||
                strcmp(a, "--external-data") == 0 || strcmp(a, "--passes") == 0) {
       if (i + 1 >= argc) {
         fprintf(stderr, "nibble convert: %s needs a value\n", a);
-        return 2;
+        rc = 2;
+        goto out;
       }
       const char *v = argv[++i];
       if (a[1] == 'o' || strcmp(a, "--output") == 0) {
@@ -135,15 +115,18 @@ int nbl_cmd_convert(int argc, char **argv) {
       } else {
         fprintf(stderr, "nibble convert: --external-data must be none, keep or all, not '%s'\n",
                 v);
-        return 2;
+        rc = 2;
+        goto out;
       }
     } else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "nibble convert: unknown option '%s'\n", a);
       convert_usage(stderr);
-      return 2;
+      rc = 2;
+      goto out;
     } else if (path) {
       fprintf(stderr, "nibble convert: more than one MODEL given ('%s')\n", a);
-      return 2;
+      rc = 2;
+      goto out;
     } else {
       path = a;
     }
@@ -151,38 +134,50 @@ int nbl_cmd_convert(int argc, char **argv) {
   if (!path || !outpath) {
     fprintf(stderr, "nibble convert: missing %s\n", path ? "-o OUT" : "MODEL");
     convert_usage(stderr);
-    return 2;
+    rc = 2;
+    goto out;
   }
   /* Check the pipeline before the (possibly long) load. */
-  if (passes) {
-    int rc = run_passes(NULL, passes);
-    if (rc) return rc;
+  if (nbl_pipeline_parse(passes ? passes : "", &pipe) != NBL_OK) {
+    fprintf(stderr, "nibble convert: %s\n", nbl_last_error());
+    rc = 2;
+    goto out;
   }
-  nbl_model *m = NULL;
   if (nbl_model_load(path, &m) != NBL_OK) {
     fprintf(stderr, "nibble: %s\n", nbl_last_error());
-    return 2;
+    rc = 2;
+    goto out;
   }
-  char *loc = NULL;
   if (so.external == NBL_EXTERNAL_ALL) {
     const char *base = strrchr(outpath, '/');
     base = base ? base + 1 : outpath;
     size_t n = strlen(base) + 6;
     loc = malloc(n);
     if (!loc) {
-      nbl_model_free(m);
       fputs("nibble: out of memory\n", stderr);
-      return 1;
+      rc = 1;
+      goto out;
     }
     snprintf(loc, n, "%s.data", base);
     so.location = loc;
   }
-  int rc = passes ? run_passes(m, passes) : 0;
-  if (rc == 0 && nbl_model_save(m, outpath, &so) != NBL_OK) {
+  po.print_after = after;
+  po.print_before = before;
+  nbl_status st = nbl_pipeline_run(pipe, m, &po);
+  if (st != NBL_OK) {
+    fprintf(stderr, "nibble: %s: %s\n", path, nbl_last_error());
+    rc = st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
+    goto out;
+  }
+  if (nbl_model_save(m, outpath, &so) != NBL_OK) {
     fprintf(stderr, "nibble: %s\n", nbl_last_error());
     rc = 1;
   }
+out:
   free(loc);
+  free(after);
+  free(before);
+  nbl_pipeline_free(pipe);
   nbl_model_free(m);
   return rc;
 }
