@@ -51,7 +51,7 @@ START_TEST(test_parse_errors) {
   nbl_pipeline *p = NULL;
   ck_assert_int_eq(nbl_pipeline_parse("dce,nosuch", &p), NBL_ERR_INVALID_ARGUMENT);
   ck_assert_ptr_null(p);
-  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "unknown pass 'nosuch' (passes: dce, "));
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "unknown pass 'nosuch' (passes: infer-shapes, fold-constants, dce, "));
   ck_assert_int_eq(nbl_pipeline_parse("dce{depth=3}", &p), NBL_ERR_INVALID_ARGUMENT);
   ck_assert_str_eq(nbl_last_error(), "pass 'dce' has no option 'depth' (options: (none))");
   ck_assert_int_eq(nbl_pipeline_parse("dce{", &p), NBL_ERR_INVALID_ARGUMENT);
@@ -238,6 +238,70 @@ START_TEST(test_fuse_bias_rank3_untouched) {
 }
 END_TEST
 
+
+/* Constant -> Add(A, c) -> Mul(x, .): the Add and the Constant fold, Mul stays. */
+static nbl_model *fold_model(void) {
+  nbl_model *m = new_model();
+  nbl_graph *g = m->graph;
+  int64_t d[] = {3};
+  float a[] = {1.0f, 2.0f, 3.0f}, cv[] = {0.5f, -1.0f, 10.0f};
+  nbl_id x = val(g, "x", NBL_DT_FLOAT, 1, d), y = val(g, "y", NBL_DT_FLOAT, 1, d);
+  nbl_id A = init(g, "A", 1, d, a), c = nbl_graph_add_value(g, "c"), s = nbl_graph_add_value(g, "s");
+  nbl_graph_add_input(g, x);
+  nbl_id cn = nbl_graph_add_node(g, "Constant", "", "const", 0, NULL, 1, &c);
+  nbl_node_set_attr_tensor(g, cn, "value", nbl_tensor_new(m->arena, "", NBL_DT_FLOAT, 1, d, cv));
+  nbl_id ain[] = {A, c};
+  nbl_graph_add_node(g, "Add", "", "add", 2, ain, 1, &s);
+  nbl_id min[] = {x, s};
+  nbl_graph_add_node(g, "Mul", "", "mul", 2, min, 1, &y);
+  nbl_graph_add_output(g, y);
+  return m;
+}
+
+START_TEST(test_fold_constants) {
+  nbl_model *m = fold_model();
+  nbl_graph *g = m->graph;
+  ck_assert_int_eq(run(m, "fold-constants", NULL), NBL_OK);
+  ck_assert_int_eq(live_nodes(g, NULL), 1);
+  ck_assert_str_eq(g->nodes[0].op_type, "Mul");
+  nbl_id s = nbl_graph_find(g, "s");
+  ck_assert_int_ne(s, NBL_NONE);
+  const nbl_tensor *t = g->values[s].init;
+  ck_assert_ptr_nonnull(t);
+  ck_assert_int_eq(t->dtype, NBL_DT_FLOAT);
+  ck_assert_int_eq(t->rank, 1);
+  ck_assert_int_eq(t->dims[0], 3);
+  const float *f = t->data;
+  ck_assert(f[0] == 1.5f && f[1] == 1.0f && f[2] == 13.0f);
+  ck_assert_int_eq(nbl_graph_find(g, "A"), NBL_NONE); /* no longer used */
+  ck_assert_int_eq(nbl_graph_find(g, "c"), NBL_NONE);
+  nbl_model_free(m);
+  /* size limit: nothing above 4 bytes is folded */
+  m = fold_model();
+  ck_assert_int_eq(run(m, "fold-constants{max-bytes=4}", NULL), NBL_OK);
+  ck_assert_int_eq(live_nodes(m->graph, NULL), 3);
+  nbl_model_free(m);
+}
+END_TEST
+
+START_TEST(test_verify_each_names_pass) {
+  setenv("NBL_TEST_PASSES", "1", 1);
+  nbl_model *m = fold_model();
+  nbl_pipeline *p;
+  ck_assert_int_eq(nbl_pipeline_parse("dce,test-break-ir,dce", &p), NBL_OK);
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options o = {.verify_each = 1, .out = devnull, .log = devnull};
+  ck_assert_int_eq(nbl_pipeline_run(p, m, &o), NBL_ERR_INVALID_MODEL);
+  ck_assert_str_eq(nbl_last_error(),
+                   "the IR is invalid after pass 'test-break-ir' (2/3): <model>: graph 'main': "
+                   "node 'const' (Constant): input 'undefined_by_test_pass' is not defined");
+  fclose(devnull);
+  nbl_pipeline_free(p);
+  nbl_model_free(m);
+  unsetenv("NBL_TEST_PASSES");
+}
+END_TEST
+
 Suite *passes_suite(void) {
   Suite *s = suite_create("passes");
   TCase *tc = tcase_create("standard");
@@ -248,6 +312,8 @@ Suite *passes_suite(void) {
   tcase_add_test(tc, test_fold_batchnorm_guards);
   tcase_add_test(tc, test_fuse_bias);
   tcase_add_test(tc, test_fuse_bias_rank3_untouched);
+  tcase_add_test(tc, test_fold_constants);
+  tcase_add_test(tc, test_verify_each_names_pass);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,0 +1,164 @@
+/* fold_constants.c - fold-constants: evaluate nodes whose inputs are all
+ * constant (initializers that are not graph inputs) with the runtime's
+ * reference kernels and replace their outputs with initializers. Constant
+ * nodes become initializers. Results above `max-bytes` stay as nodes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "pass.h"
+
+static const char *const nondeterministic[] = {"RandomNormal",     "RandomUniform",
+                                               "RandomNormalLike", "RandomUniformLike",
+                                               "Bernoulli",        "Multinomial"};
+
+static int foldable_op(const nbl_node *n) {
+  if (n->domain[0] && strcmp(n->domain, "ai.onnx") != 0) return 0;
+  for (size_t i = 0; i < sizeof nondeterministic / sizeof nondeterministic[0]; i++)
+    if (strcmp(n->op_type, nondeterministic[i]) == 0) return 0;
+  for (int a = 0; a < n->n_attrs; a++)
+    if (n->attrs[a].type == NBL_ATTR_GRAPH || n->attrs[a].type == NBL_ATTR_GRAPHS) return 0;
+  return 1;
+}
+
+static int is_constant(const nbl_graph *g, nbl_id v) {
+  const nbl_value *val = &g->values[v];
+  return val->init && !(val->flags & (NBL_VAL_INPUT | NBL_VAL_OUTER)) &&
+         val->init->dtype != NBL_DT_STRING;
+}
+
+/* A one-node model computing node `id` of g from its constant inputs. */
+static nbl_model *one_node_model(const nbl_model *src, const nbl_graph *g, nbl_id id) {
+  const nbl_node *n = &g->nodes[id];
+  nbl_model *m = nbl_model_new();
+  if (!m) return NULL;
+  m->ir_version = src->ir_version;
+  for (int i = 0; i < src->n_opsets; i++)
+    nbl_model_set_opset(m, src->opsets[i].domain, src->opsets[i].version);
+  nbl_graph *t = m->graph;
+  nbl_id ins[64], outs[64];
+  if (n->n_inputs > 64 || n->n_outputs > 64) goto fail;
+  for (int i = 0; i < n->n_inputs; i++) {
+    ins[i] = NBL_NONE;
+    if (n->inputs[i] == NBL_NONE) continue;
+    const nbl_value *sv = &g->values[n->inputs[i]];
+    nbl_id v = nbl_graph_find(t, sv->name);
+    if (v == NBL_NONE) {
+      const nbl_tensor *st = sv->init;
+      v = nbl_graph_add_value(t, sv->name);
+      nbl_tensor *ct = nbl_tensor_new_buf(m->arena, sv->name, st->dtype, st->rank, st->dims,
+                                          nbl_buffer_ref(st->buf), st->data, st->nbytes);
+      if (v == NBL_NONE || !ct) goto fail;
+      nbl_type_set_tensor(m->arena, &t->values[v].type, st->dtype, st->rank, st->dims);
+      nbl_graph_set_initializer(t, v, ct);
+    }
+    ins[i] = v;
+  }
+  for (int o = 0; o < n->n_outputs; o++) {
+    outs[o] = NBL_NONE;
+    if (n->outputs[o] == NBL_NONE) continue;
+    outs[o] = nbl_graph_add_value(t, g->values[n->outputs[o]].name);
+    if (outs[o] == NBL_NONE) goto fail;
+  }
+  nbl_id nid = nbl_graph_add_node(t, n->op_type, n->domain, n->name, n->n_inputs, ins,
+                                  n->n_outputs, outs);
+  if (nid == NBL_NONE) goto fail;
+  nbl_node *tn = &t->nodes[nid];
+  tn->n_attrs = n->n_attrs;
+  tn->attrs = n->attrs; /* shared: the temporary model only reads them */
+  for (int a = 0; a < n->n_attrs; a++) { /* the temporary model releases tensor refs it holds */
+    if (n->attrs[a].type == NBL_ATTR_TENSOR && n->attrs[a].t) nbl_buffer_ref(n->attrs[a].t->buf);
+    if (n->attrs[a].type == NBL_ATTR_TENSORS)
+      for (int j = 0; j < n->attrs[a].n; j++) nbl_buffer_ref(n->attrs[a].tensors[j]->buf);
+  }
+  for (int o = 0; o < n->n_outputs; o++)
+    if (outs[o] != NBL_NONE) nbl_graph_add_output(t, outs[o]);
+  return m;
+fail:
+  nbl_model_free(m);
+  return NULL;
+}
+
+static nbl_status fold_run(nbl_pass_ctx *ctx) {
+  nbl_model *m = ctx->model;
+  nbl_graph *g = m->graph;
+  int64_t max_bytes = nbl_pass_opt_int(ctx, "max-bytes");
+  int too_big = 0, failed = 0;
+  nbl_id *order = NULL;
+  int n = nbl_graph_topo_order(g, &order);
+  if (n < 0) return NBL_ERR_INVALID_MODEL;
+  for (int k = 0; k < n; k++) {
+    nbl_id id = order[k];
+    const nbl_node *node = &g->nodes[id];
+    if (node->dead || !foldable_op(node)) continue;
+    int ok = 1;
+    for (int i = 0; i < node->n_inputs && ok; i++)
+      if (node->inputs[i] != NBL_NONE && !is_constant(g, node->inputs[i])) ok = 0;
+    for (int o = 0; o < node->n_outputs && ok; o++)
+      if (node->outputs[o] != NBL_NONE && (g->values[node->outputs[o]].flags & NBL_VAL_OUTPUT))
+        ok = 0; /* graph outputs stay computed */
+    if (!ok) continue;
+    nbl_model *tm = one_node_model(m, g, id);
+    if (!tm) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    nbl_session *s = NULL;
+    nbl_session_options so = {.threads = 1, .reference = 1};
+    const nbl_host_tensor *outs = NULL;
+    nbl_status st = nbl_session_create(tm, &so, &s);
+    if (st == NBL_OK) st = nbl_session_run(s, 0, NULL, &outs);
+    if (st != NBL_OK) {
+      /* not evaluable here (no kernel, or the kernel rejects it): keep the node */
+      nbl_pass_logf(ctx, "kept '%s' (%s): %s", node->name, node->op_type, nbl_last_error());
+      failed++;
+      nbl_session_free(s);
+      nbl_model_free(tm);
+      continue;
+    }
+    int n_out = nbl_session_output_count(s);
+    size_t total = 0;
+    for (int o = 0; o < n_out; o++) {
+      total += outs[o].nbytes;
+      if (outs[o].dtype == NBL_DT_STRING) ok = 0;
+    }
+    if (!ok || (int64_t)total > max_bytes) {
+      too_big += ok;
+      nbl_session_free(s);
+      nbl_model_free(tm);
+      continue;
+    }
+    /* act: outputs become initializers of the same values */
+    int o_idx = 0;
+    nbl_id outv[64];
+    int n_outv = 0;
+    for (int o = 0; o < node->n_outputs; o++)
+      if (node->outputs[o] != NBL_NONE) outv[n_outv++] = node->outputs[o];
+    nbl_node_kill(g, id);
+    for (; o_idx < n_outv && o_idx < n_out; o_idx++) {
+      const nbl_host_tensor *h = &outs[o_idx];
+      nbl_value *v = &g->values[outv[o_idx]];
+      nbl_tensor *t = nbl_tensor_new(m->arena, v->name, h->dtype, h->rank, h->dims, h->data);
+      if (!t) {
+        nbl_session_free(s);
+        nbl_model_free(tm);
+        free(order);
+        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+      }
+      nbl_type_set_tensor(m->arena, &v->type, h->dtype, h->rank, h->dims);
+      nbl_graph_set_initializer(g, outv[o_idx], t);
+    }
+    ctx->changed++;
+    nbl_session_free(s);
+    nbl_model_free(tm);
+  }
+  free(order);
+  if (ctx->changed) nbl_graph_dce(g);
+  if (ctx->changed || too_big || failed)
+    nbl_pass_logf(ctx, "folded %d node(s); %d left (result over %lld bytes), %d not evaluable",
+                  ctx->changed, too_big, (long long)max_bytes, failed);
+  return NBL_OK;
+}
+
+const nbl_pass_def nbl_pass_fold_constants = {
+    .name = "fold-constants",
+    .description = "evaluate nodes whose inputs are all constant (reference kernels) into initializers",
+    .run = fold_run,
+    .options = {{"max-bytes", NBL_OPT_INT, "1048576", "largest folded result, in bytes"}},
+};
