@@ -1766,6 +1766,17 @@ static nbl_status infer_node(gctx *c, bool *covered) {
     *covered = false;
     return NBL_OK;
   }
+  if (!strcmp(op, "Neg")) {
+    nbl_status st = op_same(c);
+    kdata k;
+    if (!st && in_kd(c, 0, &k)) {
+      for (int i = 0; i < k.n; i++)
+        if (k.e[i].kind == K_VAL) k.e[i].v = -k.e[i].v;
+        else k.e[i].kind = K_UNK;
+      st = set_kd(c, 0, &k);
+    }
+    return st;
+  }
   if (in_list(unary_ops, op)) {
     nbl_status st = op_same(c);
     if (!st && !strcmp(op, "Dropout")) {
