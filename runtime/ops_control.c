@@ -523,8 +523,16 @@ static nbl_status stack_push(nbl_kctx *ctx, stack_buf *b, const nbl_rt_tensor *t
 }
 
 /* Output `i`: the stacked slices, with a new leading axis (or `axis`). */
-static nbl_status stack_out(nbl_kctx *ctx, int i, stack_buf *b, const nbl_value *decl, int axis,
-                            int reverse) {
+static nbl_status alloc_dst(nbl_kctx *ctx, int i, nbl_rt_tensor *dst, nbl_dtype dt, int rank,
+                           const int64_t *dims) {
+  if (!dst) return nbl_kctx_alloc_out(ctx, i, dt, rank, dims);
+  nbl_status st = nbl_rt_tensor_alloc(dst, dt, rank, dims);
+  return st == NBL_OK ? st : nbl_kerr(ctx, st, "%s", nbl_last_error());
+}
+
+/* dst NULL: into output i; otherwise into the owned tensor *dst. */
+static nbl_status stack_out(nbl_kctx *ctx, int i, nbl_rt_tensor *dst, stack_buf *b,
+                            const nbl_value *decl, int axis, int reverse) {
   int64_t dims[NBL_MAX_RANK];
   int rank;
   nbl_dtype dt;
@@ -539,16 +547,16 @@ static nbl_status stack_out(nbl_kctx *ctx, int i, stack_buf *b, const nbl_value 
         dims[1 + d] = decl->type.dims[d].value > 0 ? decl->type.dims[d].value : 0;
       rank = 1 + decl->type.rank;
     }
-    return nbl_kctx_alloc_out(ctx, i, dt, rank, dims);
+    return alloc_dst(ctx, i, dst, dt, rank, dims);
   }
   dt = b->first.dtype;
   rank = b->first.rank + 1;
   if (axis < 0) axis += rank;
   if (axis < 0 || axis >= rank) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan output axis out of range");
   for (int d = 0, s = 0; d < rank; d++) dims[d] = d == axis ? b->count : b->first.dims[s++];
-  nbl_status st = nbl_kctx_alloc_out(ctx, i, dt, rank, dims);
+  nbl_status st = alloc_dst(ctx, i, dst, dt, rank, dims);
   if (st != NBL_OK) return st;
-  nbl_rt_tensor *y = nbl_kctx_out(ctx, i);
+  nbl_rt_tensor *y = dst ? dst : nbl_kctx_out(ctx, i);
   size_t es = nbl_rt_elem_size(dt);
   /* slices are [count][outer][inner]; output is [outer][count][inner] */
   int64_t outer = 1, inner = 1;
@@ -625,7 +633,7 @@ static nbl_status k_loop(nbl_kctx *ctx) {
     else st = nbl_kctx_copy_out(ctx, i, &carried[i]);
   }
   for (int k = 0; k < K && st == NBL_OK; k++)
-    st = stack_out(ctx, N + k, &stk[k], &body->values[body->outputs[1 + N + k]], 0, 0);
+    st = stack_out(ctx, N + k, NULL, &stk[k], &body->values[body->outputs[1 + N + k]], 0, 0);
 done:
   if (carried)
     for (int i = 0; i < N; i++) nbl_rt_tensor_free(&carried[i]);
@@ -659,38 +667,22 @@ static nbl_status take_slice(const nbl_rt_tensor *x, int axis, int64_t k, nbl_rt
   return NBL_OK;
 }
 
-static nbl_status k_scan(nbl_kctx *ctx) {
-  const nbl_graph *body = graph_attr(ctx->node, "body");
-  if (!body) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing body graph");
-  int M = (int)nbl_attr_int(ctx->node, "num_scan_inputs", -1);
-  int N = ctx->n_in - M;
-  if (M < 1 || N < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad num_scan_inputs");
-  int K = ctx->n_out - N;
-  if (K < 0 || body->n_inputs != N + M || body->n_outputs != N + K)
-    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "body signature does not match the node");
-  int cnt;
-  const int64_t *in_axes = nbl_attr_ints(ctx->node, "scan_input_axes", &cnt);
-  if (in_axes && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_axes has %d entries", cnt);
-  const int64_t *in_dirs = nbl_attr_ints(ctx->node, "scan_input_directions", &cnt);
-  if (in_dirs && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_directions has %d entries", cnt);
-  const int64_t *out_axes = nbl_attr_ints(ctx->node, "scan_output_axes", &cnt);
-  if (out_axes && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_axes has %d entries", cnt);
-  const int64_t *out_dirs = nbl_attr_ints(ctx->node, "scan_output_directions", &cnt);
-  if (out_dirs && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_directions has %d entries", cnt);
+/* The Scan loop over T steps. states[N] and xs[M] are the inputs; results
+ * (N final states, then K stacked outputs) go to ctx outputs, or into the
+ * owned tensors res_out[N+K] when res_out is non-NULL. */
+static nbl_status scan_core(nbl_kctx *ctx, const nbl_graph *body, int N, int M, int K,
+                            const nbl_rt_tensor *const *states_in,
+                            const nbl_rt_tensor *const *xs, const int *axes,
+                            const int64_t *in_dirs, const int64_t *out_axes,
+                            const int64_t *out_dirs, nbl_rt_tensor *res_out) {
   int64_t T = -1;
-  int axes[64];
-  if (M > 64) return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "more than 64 scan inputs");
   for (int j = 0; j < M; j++) {
-    const nbl_rt_tensor *x = ctx->in[N + j];
-    if (!x) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan input %d missing", j);
+    const nbl_rt_tensor *x = xs[j];
     if (x->dtype == NBL_DT_STRING || nbl_dtype_bits(x->dtype) < 8)
       return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "scan input type %s", nbl_dtype_name(x->dtype));
-    int ax = nbl_norm_axis(in_axes ? in_axes[j] : 0, x->rank);
-    if (ax < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan input axis out of range");
-    axes[j] = ax;
-    if (T >= 0 && x->dims[ax] != T)
+    if (T >= 0 && x->dims[axes[j]] != T)
       return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan inputs disagree on the sequence length");
-    T = x->dims[ax];
+    T = x->dims[axes[j]];
   }
   nbl_rt_tensor *state = calloc((size_t)N + 1, sizeof(nbl_rt_tensor));
   nbl_rt_tensor *slices = calloc((size_t)M + 1, sizeof(nbl_rt_tensor));
@@ -704,20 +696,15 @@ static nbl_status k_scan(nbl_kctx *ctx) {
     goto done;
   }
   for (int i = 0; i < N; i++) {
-    if (!ctx->in[i]) {
-      st = nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "state input %d missing", i);
-      goto done;
-    }
-    state[i] = *ctx->in[i];
+    state[i] = *states_in[i];
     state[i].owns = 0;
   }
   for (int i = 0; i < N + K; i++) resp[i] = &res[i];
   for (int64_t t = 0; t < T; t++) {
     for (int j = 0; j < M; j++) {
-      const nbl_rt_tensor *x = ctx->in[N + j];
       int64_t k = in_dirs && in_dirs[j] ? T - 1 - t : t;
       nbl_rt_tensor_free(&slices[j]);
-      st = take_slice(x, axes[j], k, &slices[j]);
+      st = take_slice(xs[j], axes[j], k, &slices[j]);
       if (st != NBL_OK) {
         nbl_kerr(ctx, st, "%s", nbl_last_error());
         goto done;
@@ -737,12 +724,23 @@ static nbl_status k_scan(nbl_kctx *ctx) {
     if (st != NBL_OK) goto done;
   }
   for (int i = 0; i < N && st == NBL_OK; i++) {
-    if (state[i].owns) st = move_out(ctx, i, &state[i]);
-    else st = nbl_kctx_copy_out(ctx, i, &state[i]);
+    if (res_out) {
+      if (state[i].owns) {
+        res_out[i] = state[i];
+        memset(&state[i], 0, sizeof state[i]);
+      } else {
+        st = nbl_rt_copy(&res_out[i], &state[i]);
+      }
+    } else if (state[i].owns) {
+      st = move_out(ctx, i, &state[i]);
+    } else {
+      st = nbl_kctx_copy_out(ctx, i, &state[i]);
+    }
   }
   for (int k = 0; k < K && st == NBL_OK; k++)
-    st = stack_out(ctx, N + k, &stk[k], &body->values[body->outputs[N + k]],
-                   out_axes ? (int)out_axes[k] : 0, out_dirs ? (int)out_dirs[k] : 0);
+    st = stack_out(ctx, N + k, res_out ? &res_out[N + k] : NULL, &stk[k],
+                   &body->values[body->outputs[N + k]], out_axes ? (int)out_axes[k] : 0,
+                   out_dirs ? (int)out_dirs[k] : 0);
 done:
   if (state)
     for (int i = 0; i < N; i++) nbl_rt_tensor_free(&state[i]);
@@ -757,6 +755,82 @@ done:
   free(ins);
   free(stk);
   return st;
+}
+
+static nbl_status k_scan(nbl_kctx *ctx) {
+  const nbl_graph *body = graph_attr(ctx->node, "body");
+  if (!body) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing body graph");
+  int M = (int)nbl_attr_int(ctx->node, "num_scan_inputs", -1);
+  int first = ctx->opset < 9 ? 1 : 0; /* Scan-8: sequence_lens comes first */
+  int N = ctx->n_in - first - M;
+  if (M < 1 || N < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad num_scan_inputs");
+  if (M > 64) return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "more than 64 scan inputs");
+  int K = ctx->n_out - N;
+  if (K < 0 || body->n_inputs != N + M || body->n_outputs != N + K)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "body signature does not match the node");
+  for (int i = first; i < ctx->n_in; i++)
+    if (!ctx->in[i]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "input %d is missing", i);
+  int cnt;
+  int axes[64];
+  if (ctx->opset < 9) {
+    const int64_t *dirs = nbl_attr_ints(ctx->node, "directions", &cnt);
+    if (dirs && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "directions has %d entries", cnt);
+    const nbl_rt_tensor *x0 = ctx->in[first + N];
+    int64_t B = x0->rank > 0 ? x0->dims[0] : 0;
+    for (int i = first; i < ctx->n_in; i++)
+      if (ctx->in[i]->rank < 1 || ctx->in[i]->dims[0] != B || (i >= first + N && ctx->in[i]->rank < 2))
+        return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "input %d lacks the batch axis of size %lld", i,
+                        (long long)B);
+    const nbl_rt_tensor *sl = ctx->in[0];
+    if (sl)
+      for (int64_t b = 0; b < sl->numel && b < B; b++)
+        if (nbl_rt_get_i64(sl, b) != ctx->in[first + N]->dims[1])
+          return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "sequence_lens shorter than the input is not supported");
+    for (int j = 0; j < M; j++) axes[j] = 0;
+    nbl_rt_tensor *parts = calloc((size_t)(B * (N + K) + 1), sizeof(nbl_rt_tensor));
+    nbl_rt_tensor *bin = calloc((size_t)(N + M + 1), sizeof(nbl_rt_tensor));
+    const nbl_rt_tensor **bp = calloc((size_t)(N + M + 1), sizeof(nbl_rt_tensor *));
+    nbl_status st = parts && bin && bp ? NBL_OK : nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t b = 0; b < B && st == NBL_OK; b++) {
+      for (int i = 0; i < N + M && st == NBL_OK; i++) {
+        nbl_rt_tensor_free(&bin[i]);
+        st = take_slice(ctx->in[first + i], 0, b, &bin[i]);
+        bp[i] = &bin[i];
+      }
+      if (st == NBL_OK)
+        st = scan_core(ctx, body, N, M, K, bp, bp + N, axes, dirs, NULL, NULL, parts + b * (N + K));
+    }
+    /* stack the per-batch results along a new axis 0 */
+    for (int o = 0; o < N + K && st == NBL_OK; o++) {
+      stack_buf sb = {0};
+      for (int64_t b = 0; b < B && st == NBL_OK; b++) st = stack_push(ctx, &sb, &parts[b * (N + K) + o], "output");
+      if (st == NBL_OK) st = stack_out(ctx, o, NULL, &sb, NULL, 0, 0);
+      free(sb.data);
+    }
+    if (parts)
+      for (int64_t i = 0; i < B * (N + K); i++) nbl_rt_tensor_free(&parts[i]);
+    if (bin)
+      for (int i = 0; i < N + M; i++) nbl_rt_tensor_free(&bin[i]);
+    free(parts);
+    free(bin);
+    free(bp);
+    return st;
+  }
+  const int64_t *in_axes = nbl_attr_ints(ctx->node, "scan_input_axes", &cnt);
+  if (in_axes && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_axes has %d entries", cnt);
+  const int64_t *in_dirs = nbl_attr_ints(ctx->node, "scan_input_directions", &cnt);
+  if (in_dirs && cnt != M) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_input_directions has %d entries", cnt);
+  const int64_t *out_axes = nbl_attr_ints(ctx->node, "scan_output_axes", &cnt);
+  if (out_axes && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_axes has %d entries", cnt);
+  const int64_t *out_dirs = nbl_attr_ints(ctx->node, "scan_output_directions", &cnt);
+  if (out_dirs && cnt != K) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan_output_directions has %d entries", cnt);
+  for (int j = 0; j < M; j++) {
+    const nbl_rt_tensor *x = ctx->in[N + j];
+    int ax = nbl_norm_axis(in_axes ? in_axes[j] : 0, x->rank);
+    if (ax < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "scan input axis out of range");
+    axes[j] = ax;
+  }
+  return scan_core(ctx, body, N, M, K, ctx->in, ctx->in + N, axes, in_dirs, out_axes, out_dirs, NULL);
 }
 
 /* ------------------------------------------------------------------ table */
@@ -774,6 +848,7 @@ const nbl_op_def nbl_ops_control[] = {
     {"", "EyeLike", 9, 21, k_eyelike, NULL},
     {"", "If", 1, 21, k_if, NULL},
     {"", "Loop", 1, 21, k_loop, NULL},
+    {"", "Scan", 8, 8, k_scan, NULL}, /* batched form, sequence_lens first */
     {"", "Scan", 9, 21, k_scan, NULL},
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];
