@@ -754,7 +754,10 @@ static void build_arena(nbl_engine *e) {
   free(placed);
   if (total) {
     e->arena = aligned_alloc(ARENA_ALIGN, total);
-    if (e->arena) e->arena_bytes = total;
+    if (e->arena) {
+      e->arena_bytes = total;
+      memset(e->arena, 0xa5, total); /* not zero: kernels must not rely on zeroed outputs */
+    }
   }
   e->stats.plans++;
 }
