@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job on the shipped default model and data: load the LeNet-5
+# Fashion-MNIST classifier, show it, rewrite it with the cleanup pipeline while
+# dumping every stage, run the rewritten model on the shipped test batch and
+# report its accuracy next to the original's. Usage: models/demo.sh [NIBBLE]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+NIBBLE=${1:-$here/../build/tools/nibble}
+MODEL=$here/lenet5.onnx
+BATCH=$here/data/fmnist_test_100.npy
+LABELS=$here/data/fmnist_test_100_labels.npy
+OUT=${DEMO_OUT:-$here/../build/demo}
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+echo "== nibble info $(basename "$MODEL")"
+"$NIBBLE" info "$MODEL"
+echo
+echo "== nibble convert: infer-shapes,fold-constants,eliminate-identity,dce (dumps in $OUT/dump)"
+"$NIBBLE" convert "$MODEL" -o "$OUT/lenet5.opt.onnx" \
+  --passes infer-shapes,fold-constants,eliminate-identity,dce --verify-each --pass-stats \
+  --dump-dir "$OUT/dump"
+ls "$OUT/dump"
+echo
+for m in "$MODEL" "$OUT/lenet5.opt.onnx"; do
+  name=$(basename "$m" .onnx)
+  echo "== nibble run $name on the 100-image Fashion-MNIST test batch"
+  "$NIBBLE" run "$m" --input "input=$BATCH" --output-dir "$OUT/$name.out" | head -n 5
+  /usr/bin/python3 - "$OUT/$name.out/logits.npy" "$LABELS" <<'PY'
+import sys, numpy as np
+logits, labels = np.load(sys.argv[1]), np.load(sys.argv[2])
+print("top-1 accuracy: %d/%d correct" % ((logits.argmax(1) == labels).sum(), len(labels)))
+PY
+done
