@@ -119,6 +119,8 @@ NBL_OP_FAMILY(nn)          /* runtime/ops_nn.c: conv, gemm, matmul, pooling, nor
 NBL_OP_FAMILY(quant)       /* runtime/ops_quant.c: quantize/dequantize, integer matmul/conv */
 NBL_OP_FAMILY(shape)       /* runtime/ops_shape.c: reshape, transpose, concat, gather, ... */
 NBL_OP_FAMILY(control)     /* runtime/ops_control.c: Constant, Identity, If, Loop, Cast, ... */
+NBL_OP_FAMILY(train)       /* runtime/ops_train.c: losses, optimizers (ai.onnx.preview.training) */
+NBL_OP_FAMILY(misc)        /* runtime/ops_misc.c: RNNs, signal, detection, sampling ops */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);

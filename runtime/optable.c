@@ -14,6 +14,8 @@ static const struct {
     {nbl_ops_quant, &nbl_ops_quant_count},
     {nbl_ops_shape, &nbl_ops_shape_count},
     {nbl_ops_control, &nbl_ops_control_count},
+    {nbl_ops_train, &nbl_ops_train_count},
+    {nbl_ops_misc, &nbl_ops_misc_count},
 };
 
 static int same_domain(const char *a, const char *b) {
