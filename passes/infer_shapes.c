@@ -1105,7 +1105,7 @@ static nbl_status op_slice(gctx *c) {
   }
   nbl_status st = set_out(c, 0, &o);
   kdata k, r;
-  if (st || x.rank != 1 || !in_kd(c, 0, &k) || !dknown(o.d[0])) return st;
+  if (st || x.rank != 1 || !in_kd(c, 0, &k) || !dknown(o.d[0]) || o.d[0].value > MAXK) return st;
   r.rank = 1;
   r.n = (int)o.d[0].value;
   int64_t f = sliced[0] ? first[0] : 0, sp = sliced[0] ? step[0] : 1;

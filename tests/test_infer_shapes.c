@@ -1,6 +1,6 @@
 /* test_infer_shapes.c - the infer-shapes pass on hand-built graphs (exact
  * dtypes and dims, hand-computed), and against the ONNX backend test data:
- * every node / pytorch-converted / pytorch-operator model with its output
+ * every node / pytorch-converted / pytorch-operator / simple model with its output
  * types stripped, compared with the dtype and shape of the expected outputs. */
 #include <check.h>
 #include <dirent.h>
@@ -603,9 +603,9 @@ START_TEST(test_onnx_testdata) {
   const char *report = getenv("NBL_INFER_REPORT");
   FILE *rep = report ? fopen(report, "w") : NULL;
   if (!rep) rep = stderr;
-  const char *subs[] = {"node", "pytorch-converted", "pytorch-operator"};
+  const char *subs[] = {"node", "pytorch-converted", "pytorch-operator", "simple"};
   tally all = {0};
-  for (int s = 0; s < 3; s++) {
+  for (int s = 0; s < 4; s++) {
     snprintf(path, sizeof path, "%s/%s", root, subs[s]);
     DIR *dir = opendir(path);
     if (!dir) continue;
