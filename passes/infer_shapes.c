@@ -217,6 +217,7 @@ static bool is_int_dtype(nbl_dtype dt) {
 }
 
 static bool tensor_payload_ok(const nbl_tensor *t, int64_t n) {
+  if (n == 0) return true;
   return t->data && t->nbytes >= nbl_dtype_nbytes(t->dtype, n);
 }
 
