@@ -21,6 +21,7 @@ int nbl_cmd_passes(int argc, char **argv) {
     fprintf(stderr, "nibble passes: unexpected argument '%s'\n", argv[i]);
     return 2;
   }
+  puts("passes (use as: nibble convert MODEL -o OUT --passes P1,P2{option=value}):");
   nbl_passes_print(stdout);
   return 0;
 }
