@@ -574,6 +574,7 @@ static int run_conformance(const char *dir) {
         printf("FAIL %s: %s\n", dir, nbl_last_error());
         ok = 0;
       }
+      free((char *)in[i].name); /* feed by the model's input name, in order */
       in[i].name = nbl_session_input_name(s, i);
     }
     if (ok && nbl_session_run(s, ni, in, &out)) {
