@@ -144,6 +144,13 @@ typedef struct nbl_print_options {
 nbl_status nbl_model_print(const nbl_model *m, nbl_format fmt, const nbl_print_options *opt,
                            FILE *out);
 
+/* Write what differs between models a and b, one line per difference
+ * ("+ node 'n' (Op)", "- initializer 'w'", "~ node 'c': attribute pads: [0, 0] -> [1, 1]",
+ * "~ value renamed 'x' -> 'y'", "~ initializer 'w': 3 of 10 values differ, max |a-b| = 0.5").
+ * Nodes are matched by name when every name is unique, else by op type and
+ * first output. *n_differences (may be NULL) gets the line count. */
+nbl_status nbl_model_diff(const nbl_model *a, const nbl_model *b, FILE *out, int *n_differences);
+
 /* Print a summary for people: ir/opset versions, inputs and outputs with
  * types, op histogram, parameter count and bytes. */
 nbl_status nbl_model_print_info(const nbl_model *m, FILE *out);

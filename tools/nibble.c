@@ -16,6 +16,7 @@ static const struct {
     {"convert", nbl_cmd_convert, "MODEL -o OUT [--passes P1,P2{opt=v}] [dump options]"},
     {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N]"},
     {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},
+    {"diff", nbl_cmd_diff, "A.onnx B.onnx: nodes, attributes, values, types and weights that differ"},
 };
 
 static void usage(FILE *f) {
