@@ -440,6 +440,46 @@ START_TEST(test_resize_int_nearest_and_linear_nan) {
 }
 END_TEST
 
+START_TEST(test_resize_opset18_antialias_axes_aspect) {
+  /* antialias with exclude_outside=1 equals PyTorch's antialiased interpolate:
+   * F.interpolate(x, size=(1, 3), mode='bilinear'|'bicubic', antialias=True,
+   * align_corners=False) on this [1,1,2,8] input (bicubic uses a = -0.5) */
+  float x[16] = {0, 1, 4, 9, 16, 25, 36, 49, 3, 1, 4, 1, 5, 9, 2, 6};
+  int64_t xd[] = {1, 1, 2, 8}, szd[] = {2}, sz[] = {1, 3};
+  const char *modes[] = {"linear", "cubic"};
+  float want[2][3] = {{2.1710526943206787f, 8.773809432983398f, 20.3157901763916f},
+                      {1.5963616371154785f, 8.408522605895996f, 21.389434814453125f}};
+  for (int m = 0; m < 2; m++) {
+    one o = mk("Resize", 18, 4, (const char *[]){"x", "", "", "s"}, 1);
+    nbl_node_set_attr_string(G(o), o.node, "mode", modes[m]);
+    nbl_node_set_attr_int(G(o), o.node, "antialias", 1);
+    nbl_node_set_attr_int(G(o), o.node, "exclude_outside", 1);
+    nbl_node_set_attr_float(G(o), o.node, "cubic_coeff_a", -0.5f);
+    nbl_node_set_attr_ints(G(o), o.node, "axes", 2, (int64_t[]){2, -1});
+    nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 4, xd, x), ht("s", NBL_DT_INT64, 1, szd, sz)};
+    ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+    check_shape(&o.out[0], 4, (int64_t[]){1, 1, 1, 3});
+    check_f32(&o.out[0], want[m], 3);
+    done(&o);
+  }
+  /* keep_aspect_ratio_policy not_smaller: [3,5] to sizes (6,6) -> scale 2 -> [6,10]
+   * (the case of ONNX's shape-inference test); nearest keeps every value */
+  float y[15];
+  for (int i = 0; i < 15; i++) y[i] = (float)i;
+  int64_t yd[] = {3, 5}, s6[] = {6, 6};
+  one o = mk("Resize", 18, 4, (const char *[]){"x", "", "", "s"}, 1);
+  nbl_node_set_attr_string(G(o), o.node, "keep_aspect_ratio_policy", "not_smaller");
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, yd, y), ht("s", NBL_DT_INT64, 1, szd, s6)};
+  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
+  check_shape(&o.out[0], 2, (int64_t[]){6, 10});
+  const float *p = o.out[0].data;
+  /* half_pixel, scale 2, round_prefer_floor: output i -> input floor(i/2) */
+  for (int i = 0; i < 6; i++)
+    for (int j = 0; j < 10; j++) ck_assert_float_eq(p[i * 10 + j], y[(i / 2) * 5 + j / 2]);
+  done(&o);
+}
+END_TEST
+
 START_TEST(test_misc_small) {
   /* OneHot with negative index and out-of-range index (row of "off") */
   float ind[3] = {-1, 5, 0};
@@ -656,6 +696,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_nonzero_nan_negzero);
   tcase_add_test(tc, test_unique_unsorted);
   tcase_add_test(tc, test_resize_int_nearest_and_linear_nan);
+  tcase_add_test(tc, test_resize_opset18_antialias_axes_aspect);
   tcase_add_test(tc, test_misc_small);
   tcase_add_test(tc, test_backend_node_data);
   suite_add_tcase(s, tc);
