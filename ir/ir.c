@@ -415,20 +415,23 @@ static void free_tensor_bufs(nbl_tensor *t) {
   if (t) nbl_buffer_unref(t->buf);
 }
 
+/* Drop the buffer references a node's tensor attributes hold. */
+static void release_node_tensors(nbl_node *n) {
+  for (int k = 0; k < n->n_attrs; k++) {
+    nbl_attr *at = &n->attrs[k];
+    if (at->type == NBL_ATTR_TENSOR) free_tensor_bufs(at->t);
+    if (at->type == NBL_ATTR_TENSORS)
+      for (int j = 0; j < at->n; j++) free_tensor_bufs(at->tensors[j]);
+  }
+  n->n_attrs = 0;
+}
+
 static void free_graph_arrays(nbl_graph *g) {
   for (int i = 0; i < g->n_values; i++) {
     free(g->values[i].consumers);
     free_tensor_bufs(g->values[i].init);
   }
-  for (int i = 0; i < g->n_nodes; i++) {
-    nbl_node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_attrs; k++) {
-      nbl_attr *at = &n->attrs[k];
-      if (at->type == NBL_ATTR_TENSOR) free_tensor_bufs(at->t);
-      if (at->type == NBL_ATTR_TENSORS)
-        for (int j = 0; j < at->n; j++) free_tensor_bufs(at->tensors[j]);
-    }
-  }
+  for (int i = 0; i < g->n_nodes; i++) release_node_tensors(&g->nodes[i]);
   free(g->values);
   free(g->nodes);
   free(g->inputs);
@@ -772,6 +775,7 @@ void nbl_graph_compact(nbl_graph *g) {
   }
   for (int i = 0; i < g->n_nodes; i++) {
     if (g->nodes[i].dead) {
+      release_node_tensors(&g->nodes[i]);
       nmap[i] = NBL_NONE;
     } else {
       nmap[i] = nn;
