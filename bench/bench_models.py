@@ -6,12 +6,12 @@ usage: /usr/bin/python3 bench/bench_models.py --nibble PATH --refdir DIR
            [--out bench/results.md]
 
 For each model (batch 1, 3x224x224, from tests/ref/export_models.py) and thread count:
-- nibble latency: if `nibble run --repeat N` prints a per-run time (a line with
-  "median" and a number followed by "ms"), that number; otherwise the wall
+- nibble latency: the "mean of the next N-1 runs" that `nibble run --repeat N`
+  prints (N = warmup + runs; the first run is left out); if not printed, the wall
   time of `--repeat R+N` minus that of `--repeat R`, divided by N (load, plan
   and warmup cancel out), with R = the warmup count.
 - ONNX Runtime latency: `node tests/ref/ort_run.js time` (W warmup runs, then
-  the median of N runs, in process).
+  N timed runs, in process); the mean is compared, the median shown too.
 - peak memory: maximum resident set size (/usr/bin/time -v) of one
   `nibble run` and of one `node ort_run.js run` (the latter includes node's
   own ~40 MB; the node baseline is measured and shown separately).
@@ -62,7 +62,8 @@ def peak_rss_mb(cmd, threads, what):
     return int(m.group(1)) / 1024.0
 
 
-MEDIAN_RE = re.compile(r"median[^0-9\n]*([0-9]+(?:\.[0-9]+)?)\s*ms", re.I)
+# `nibble run --repeat N` prints "time: first run X ms, mean of the next N-1 runs Y ms".
+MEAN_RE = re.compile(r"mean of the next (\d+) runs ([0-9]+(?:\.[0-9]+)?) ms")
 
 
 def nibble_latency(nibble, model, inputs, threads, runs, warmup):
@@ -70,9 +71,9 @@ def nibble_latency(nibble, model, inputs, threads, runs, warmup):
     for n, f in inputs.items():
         base += ["--input", "%s=%s" % (n, f)]
     r, t_long = run(base + ["--repeat", str(warmup + runs)], threads, "nibble run --repeat")
-    m = MEDIAN_RE.search(r.stdout + "\n" + r.stderr)
+    m = MEAN_RE.search(r.stdout)
     if m:
-        return float(m.group(1)), "median printed by nibble"
+        return float(m.group(2)), "mean of runs 2..N printed by `nibble run --repeat N`"
     _, t_short = run(base + ["--repeat", str(max(warmup, 1))], threads, "nibble run")
     n = warmup + runs - max(warmup, 1)
     return max(t_long - t_short, 0.0) / n * 1000.0, "wall time difference, mean"
@@ -85,7 +86,7 @@ def ort_latency(model, inputs, threads, runs, warmup):
         cmd += ["--input", "%s=%s" % (n, f)]
     r, _ = run(cmd, threads, "ONNX Runtime")
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    return res["median_ms"], res["ort_version"]
+    return res["mean_ms"], res["median_ms"], res["ort_version"]
 
 
 def main():
@@ -123,14 +124,14 @@ def main():
                 feeds += ["--input", "%s=%s" % (k, v)]
             for t in threads:
                 print("bench: %s, %d thread(s)..." % (name, t), file=sys.stderr, flush=True)
-                ort_ms, ort_version = ort_latency(model, inputs, t, args.runs, args.warmup)
+                ort_ms, ort_med, ort_version = ort_latency(model, inputs, t, args.runs, args.warmup)
                 nbl_ms, how = nibble_latency(args.nibble, model, inputs, t, args.runs, args.warmup)
                 notes.add(how)
                 nbl_mb = peak_rss_mb([args.nibble, "run", model, "--threads", str(t)] + feeds,
                                      t, "nibble run (memory)")
                 ort_mb = peak_rss_mb(["node", ORT_RUN, "run", model, "--threads", str(t)] + feeds,
                                      t, "ONNX Runtime (memory)")
-                rows.append((name, t, nbl_ms, ort_ms, nbl_mb, ort_mb))
+                rows.append((name, t, nbl_ms, ort_ms, ort_med, nbl_mb, ort_mb))
     except BenchError as ex:
         print("bench_models.py: %s" % ex, file=sys.stderr)
         return 1
@@ -142,15 +143,15 @@ def main():
                  "(torch.manual_seed(0)). %d warmup + %d timed runs.\n"
                  % (platform.machine(), os.cpu_count() or 0, cpu_name(), ort_version,
                     args.warmup, args.runs))
-    lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | nibble peak RSS MB "
-                 "| ORT peak RSS MB (node) |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for name, t, nbl_ms, ort_ms, nbl_mb, ort_mb in rows:
-        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.0f | %.0f |"
+    lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | ORT median ms "
+                 "| nibble peak RSS MB | ORT peak RSS MB (node) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, t, nbl_ms, ort_ms, ort_med, nbl_mb, ort_mb in rows:
+        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.2f | %.0f | %.0f |"
                      % (name, t, nbl_ms, ort_ms, nbl_ms / ort_ms if ort_ms > 0 else float("nan"),
-                        nbl_mb, ort_mb))
+                        ort_med, nbl_mb, ort_mb))
     lines.append("")
-    lines.append("- nibble latency: %s; ORT latency: median in process (ort_run.js time)."
+    lines.append("- nibble latency: %s; ORT latency: mean in process (ort_run.js time)."
                  % "; ".join(sorted(notes)))
     lines.append("- nibble / ORT > 1 means nibble is slower.")
     lines.append("- peak RSS: /usr/bin/time -v of one run (load + run). The ORT column includes "
