@@ -3,7 +3,7 @@
 
 usage: /usr/bin/python3 compare_models.py [--nibble PATH] [--refdir DIR]
            [--models a,b,...] [--tol T] [--threads N] [--no-prepare]
-           [--modes fast,reference,roundtrip]
+           [--modes fast,reference,roundtrip,passes]
 
 For every model of the reference set (tests/ref/export_models.py: ResNet-18,
 MobileNetV2, SqueezeNet 1.1, a transformer encoder) and the models nibble
@@ -11,7 +11,9 @@ ships (models/mlp.onnx, models/lenet5.onnx on models/data/fmnist_test_100.npy),
 runs `nibble run MODEL --input NAME=FILE ... --output-dir DIR` on the fast path
 and with --reference, and compares every output with ONNX Runtime's. Mode "roundtrip" instead saves
 the model with `nibble convert MODEL -o OUT` (no passes) and runs OUT under
-ONNX Runtime, which checks the parser's load/save path. Every check:
+ONNX Runtime, which checks the parser's load/save path; mode "passes" does the
+same after the pipeline PASSES (below), which checks that the rewrites keep
+the model's meaning. Every check:
 relative error = max|nibble - ort| / max|ort| must be <= T (default 1e-4).
 Prints a table; exit status 0 all passed, 1 a model failed or mismatched,
 2 bad usage, 77 (skip) node, ONNX Runtime, torch or numpy is not installed.
@@ -29,7 +31,8 @@ import tempfile
 import time
 
 SKIP = 77
-MODES = ("fast", "reference", "roundtrip")
+MODES = ("fast", "reference", "roundtrip", "passes")
+PASSES = "infer-shapes,fold-constants,eliminate-identity,fold-batchnorm,fuse-bias,dce"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 SHIPPED = [("mlp", "models/mlp.onnx"), ("lenet5", "models/lenet5.onnx")]
@@ -132,10 +135,13 @@ def run_nibble(nibble, model, inputs, outdir, threads, reference):
     return r, time.time() - t0, " ".join(cmd)
 
 
-def run_roundtrip(nibble, model, inputs, outdir):
-    """nibble convert MODEL -o OUTDIR/model.onnx, then ONNX Runtime on it into OUTDIR."""
+def run_roundtrip(nibble, model, inputs, outdir, passes=None):
+    """nibble convert MODEL -o OUTDIR/model.onnx [--passes P], then ONNX Runtime
+    on it into OUTDIR."""
     saved = os.path.join(outdir, "model.onnx")
     cmd = [nibble, "convert", model, "-o", saved]
+    if passes:
+        cmd += ["--passes", passes, "--verify-each"]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode == 0:
@@ -155,7 +161,7 @@ def main():
     ap.add_argument("--models", default="")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="fast,reference,roundtrip")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--no-prepare", action="store_true")
     args = ap.parse_args()
     if not args.nibble or not os.path.isfile(args.nibble):
@@ -189,8 +195,9 @@ def main():
             for mode in modes:
                 outdir = os.path.join(tmp, name, mode)
                 os.makedirs(outdir)
-                if mode == "roundtrip":
-                    r, secs, cmd = run_roundtrip(args.nibble, model, inputs, outdir)
+                if mode in ("roundtrip", "passes"):
+                    r, secs, cmd = run_roundtrip(args.nibble, model, inputs, outdir,
+                                                 PASSES if mode == "passes" else None)
                 else:
                     r, secs, cmd = run_nibble(args.nibble, model, inputs, outdir, args.threads,
                                               mode == "reference")
