@@ -1307,6 +1307,153 @@ static int rs_make_taps(const rs_params *p, double x, double scale, int64_t in, 
 
 static inline int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+/* One separable pass along an axis: a [outer][in][inner] -> b [outer][out][inner]. */
+typedef struct rs_pass {
+  const double *a;
+  double *b;
+  const int64_t *first;
+  const int *cnt;
+  const double *w;
+  int maxt;
+  int64_t in, out, inner;
+  double extrapolation;
+} rs_pass;
+
+static void rs_pass_rows(void *arg, int64_t q0, int64_t q1) {
+  const rs_pass *ps = arg;
+  int64_t in = ps->in, out = ps->out, inner = ps->inner;
+  for (int64_t q = q0; q < q1; q++)
+    for (int64_t i = 0; i < out; i++) {
+      double *bp = ps->b + (q * out + i) * inner;
+      const double *wi = ps->w + i * ps->maxt;
+      int n = ps->cnt[i];
+      if (n == 0) {
+        for (int64_t e = 0; e < inner; e++) bp[e] = ps->extrapolation;
+        continue;
+      }
+      if (inner == 1) { /* innermost axis: a dot product per output */
+        const double *ap = ps->a + q * in;
+        double acc = 0;
+        for (int k = 0; k < n; k++)
+          if (wi[k] != 0) acc += wi[k] * ap[clampi(ps->first[i] + k, 0, in - 1)];
+        bp[0] = acc;
+        continue;
+      }
+      int started = 0;
+      for (int k = 0; k < n; k++) {
+        double wk = wi[k];
+        if (wk == 0) continue;
+        const double *ap = ps->a + (q * in + clampi(ps->first[i] + k, 0, in - 1)) * inner;
+        if (!started) {
+          for (int64_t e = 0; e < inner; e++) bp[e] = wk * ap[e];
+          started = 1;
+        } else {
+          for (int64_t e = 0; e < inner; e++) bp[e] += wk * ap[e];
+        }
+      }
+      if (!started)
+        for (int64_t e = 0; e < inner; e++) bp[e] = 0;
+    }
+}
+
+/* Direct (non-separable) linear/cubic: each output is the tensor-product sum
+ * over the taps of the resized axes. No intermediate buffers; used when the
+ * taps per output are few (the common 2-4 taps per axis). */
+typedef struct rs_direct {
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *o;
+  int r, k;             /* rank, number of resized axes */
+  int ax[NBL_MAX_RANK]; /* the resized axes */
+  int64_t istr[NBL_MAX_RANK];
+  const int64_t *od;
+  int64_t *first[NBL_MAX_RANK];
+  int *cnt[NBL_MAX_RANK];
+  double *w[NBL_MAX_RANK];
+  int64_t *src[NBL_MAX_RANK]; /* clamped tap index times the input stride */
+  int maxt;
+  int resized[NBL_MAX_RANK];
+  double extrapolation;
+  int int_out;
+} rs_direct;
+
+static void rs_direct_rows(void *arg, int64_t q0, int64_t q1) {
+  const rs_direct *j = arg;
+  int r = j->r, L = r - 1, M = j->maxt;
+  int64_t olast = j->od[L], idx[NBL_MAX_RANK] = {0};
+  int64_t rem = q0;
+  for (int d = L - 1; d >= 0; d--) {
+    idx[d] = rem % j->od[d];
+    rem /= j->od[d];
+  }
+  const float *xf = j->x->dtype == NBL_DT_FLOAT ? j->x->data : NULL;
+  float *of = j->o->dtype == NBL_DT_FLOAT ? j->o->data : NULL;
+  int64_t roff[64];
+  double rw[64];
+  int kr = j->k - (j->resized[L] ? 1 : 0); /* resized axes before the last one */
+  for (int64_t q = q0; q < q1; q++) {
+    /* the row's combinations over the resized outer axes */
+    int64_t base = 0;
+    int ext = 0, nrc = 0;
+    for (int d = 0; d < L; d++)
+      if (!j->resized[d]) base += idx[d] * j->istr[d];
+      else if (j->cnt[d][idx[d]] == 0) ext = 1;
+    if (!ext) {
+      int t[NBL_MAX_RANK] = {0};
+      for (;;) {
+        double wt = 1;
+        int64_t off = base;
+        for (int a = 0; a < kr; a++) {
+          int d = j->ax[a];
+          wt *= j->w[d][idx[d] * M + t[a]];
+          off += j->src[d][idx[d] * M + t[a]];
+        }
+        if (wt != 0 && nrc < 64) {
+          roff[nrc] = off;
+          rw[nrc++] = wt;
+        }
+        int a = kr - 1;
+        while (a >= 0 && ++t[a] >= j->cnt[j->ax[a]][idx[j->ax[a]]]) t[a--] = 0;
+        if (a < 0) break;
+      }
+    }
+    for (int64_t e = 0; e < olast; e++) {
+      double acc = j->extrapolation;
+      if (!ext && (!j->resized[L] || j->cnt[L][e] > 0)) {
+        acc = 0;
+        for (int rc = 0; rc < nrc; rc++) {
+          int64_t o0 = roff[rc];
+          double v;
+          if (!j->resized[L]) {
+            int64_t off = o0 + e * j->istr[L];
+            v = xf ? (double)xf[off] : nbl_rt_get_f64(j->x, off);
+          } else {
+            v = 0;
+            const double *we = j->w[L] + e * M;
+            const int64_t *se = j->src[L] + e * M;
+            for (int t = 0; t < j->cnt[L][e]; t++)
+              if (we[t] != 0) v += we[t] * (xf ? (double)xf[o0 + se[t]] : nbl_rt_get_f64(j->x, o0 + se[t]));
+          }
+          acc += rw[rc] * v;
+        }
+      }
+      int64_t oi = q * olast + e;
+      if (of) {
+        of[oi] = (float)acc;
+      } else {
+        if (j->int_out) {
+          acc = nearbyint(acc);
+          nbl_dtype dt = j->o->dtype;
+          double lo = dt == NBL_DT_UINT8 ? 0 : dt == NBL_DT_INT8 ? -128 : -INFINITY;
+          double hi = dt == NBL_DT_UINT8 ? 255 : dt == NBL_DT_INT8 ? 127 : INFINITY;
+          acc = acc < lo ? lo : acc > hi ? hi : acc;
+        }
+        nbl_rt_set_f64(j->o, oi, acc);
+      }
+    }
+    next_idx(L, idx, j->od);
+  }
+}
+
 /* Core of Resize/Upsample once output sizes and per-axis scales are known. */
 static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_params *p,
                              const int64_t *od, const double *scales, const double *roi) {
@@ -1315,6 +1462,10 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
   if (st) return st;
   nbl_rt_tensor *o = nbl_kctx_out(c, 0);
   if (o->numel == 0) return NBL_OK;
+  if (r == 0) {
+    memcpy(o->data, x->data, o->nbytes);
+    return dup_strings(c, o);
+  }
   for (int d = 0; d < r; d++)
     if (x->dims[d] == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot resize empty axis %d to %lld", d, (long long)od[d]);
   if (p->mode == RS_NEAREST) {
@@ -1375,11 +1526,68 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
   if (!(is_float_type(x->dtype) || is_int_type(x->dtype)))
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "%s interpolation of element type %s",
                     p->mode == RS_LINEAR ? "linear" : "cubic", nbl_dtype_name(x->dtype));
+  {
+    enum { DT = 16 };
+    rs_direct j = {0};
+    j.x = x;
+    j.o = o;
+    j.r = r;
+    j.od = od;
+    j.maxt = DT;
+    j.extrapolation = p->extrapolation;
+    j.int_out = is_int_type(o->dtype);
+    nbl_strides(r, x->dims, j.istr);
+    int64_t combos = 1;
+    nbl_status dst = NBL_OK;
+    for (int d = 0; d < r && combos <= 64; d++) {
+      int64_t in = x->dims[d], out = od[d];
+      j.first[d] = malloc((size_t)out * sizeof(int64_t));
+      j.cnt[d] = malloc((size_t)out * sizeof(int));
+      j.w[d] = malloc((size_t)out * DT * sizeof(double));
+      j.src[d] = malloc((size_t)out * DT * sizeof(int64_t));
+      if (!j.first[d] || !j.cnt[d] || !j.w[d] || !j.src[d]) {
+        dst = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+        break;
+      }
+      int identity = in == out, maxn = 1;
+      for (int64_t i = 0; i < out; i++) {
+        int n = rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], DT + 1, &j.first[d][i],
+                             j.w[d] + i * DT);
+        if (n > DT) { /* too many taps: use the separable passes */
+          combos = 65;
+          break;
+        }
+        j.cnt[d][i] = n;
+        for (int k = 0; k < n; k++) j.src[d][i * DT + k] = clampi(j.first[d][i] + k, 0, in - 1) * j.istr[d];
+        if (n > maxn) maxn = n;
+        if (n == 0) identity = 0;
+        for (int k = 0; k < n && identity; k++) {
+          double wk = j.w[d][i * DT + k];
+          if (wk != 0 && (clampi(j.first[d][i] + k, 0, in - 1) != i || wk != 1)) identity = 0;
+        }
+      }
+      if (!identity) {
+        j.resized[d] = 1;
+        j.ax[j.k++] = d;
+        combos *= maxn;
+      }
+    }
+    if (!dst && combos <= 64) {
+      int64_t rows = o->numel / od[r - 1];
+      if (o->numel < (1 << 14) || c->threads <= 1) rs_direct_rows(&j, 0, rows);
+      else nbl_parallel_for(c, rows, 1, rs_direct_rows, &j);
+    }
+    for (int d = 0; d < r; d++) free(j.first[d]), free(j.cnt[d]), free(j.w[d]), free(j.src[d]);
+    if (dst || combos <= 64) return dst;
+  }
   int64_t cur[NBL_MAX_RANK];
   int64_t n0 = x->numel;
   double *a = malloc((size_t)n0 * sizeof *a);
   if (!a) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  for (int64_t i = 0; i < n0; i++) a[i] = nbl_rt_get_f64(x, i);
+  if (x->dtype == NBL_DT_FLOAT)
+    for (int64_t i = 0; i < n0; i++) a[i] = ((const float *)x->data)[i];
+  else
+    for (int64_t i = 0; i < n0; i++) a[i] = nbl_rt_get_f64(x, i);
   for (int d = 0; d < r; d++) cur[d] = x->dims[d];
   enum { MAXT = 64 };
   for (int d = 0; d < r; d++) {
@@ -1417,24 +1625,18 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
       free(first), free(cnt), free(w), free(a);
       return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
     }
-    for (int64_t q = 0; q < outer; q++)
-      for (int64_t i = 0; i < out; i++) {
-        double *bp = b + (q * out + i) * inner;
-        if (cnt[i] == 0) {
-          for (int64_t e = 0; e < inner; e++) bp[e] = p->extrapolation;
-          continue;
-        }
-        for (int64_t e = 0; e < inner; e++) bp[e] = 0;
-        for (int k = 0; k < cnt[i]; k++) {
-          double wk = w[i * MAXT + k];
-          if (wk == 0) continue;
-          const double *ap = a + (q * in + clampi(first[i] + k, 0, in - 1)) * inner;
-          for (int64_t e = 0; e < inner; e++) bp[e] += wk * ap[e];
-        }
-      }
+    rs_pass ps = {a, b, first, cnt, w, MAXT, in, out, inner, p->extrapolation};
+    if (outer * out * inner < (1 << 16) || c->threads <= 1) rs_pass_rows(&ps, 0, outer);
+    else nbl_parallel_for(c, outer, 1, rs_pass_rows, &ps);
     free(first), free(cnt), free(w), free(a);
     a = b;
     cur[d] = out;
+  }
+  if (o->dtype == NBL_DT_FLOAT) {
+    float *op = o->data;
+    for (int64_t i = 0; i < o->numel; i++) op[i] = (float)a[i];
+    free(a);
+    return NBL_OK;
   }
   for (int64_t i = 0; i < o->numel; i++) {
     double v = a[i];
