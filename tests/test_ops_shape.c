@@ -480,6 +480,62 @@ START_TEST(test_resize_opset18_antialias_axes_aspect) {
 }
 END_TEST
 
+START_TEST(test_attribute_forms_old_opsets) {
+  float x[6] = {1, 2, 3, 4, 5, 6};
+  int64_t xd[] = {2, 3};
+  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x)};
+  /* Upsample-7 nearest, scales attribute [1, 2]: each column twice */
+  one o = mk("Upsample", 7, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_floats(G(o), o.node, "scales", 2, (float[]){1, 2});
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6}, 12);
+  done(&o);
+  /* Slice-1: starts/ends/axes attributes; x[:, 1:100] */
+  o = mk("Slice", 1, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "starts", 1, (int64_t[]){1});
+  nbl_node_set_attr_ints(G(o), o.node, "ends", 1, (int64_t[]){100});
+  nbl_node_set_attr_ints(G(o), o.node, "axes", 1, (int64_t[]){1});
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){2, 3, 5, 6}, 4);
+  done(&o);
+  /* Pad-2: pads and value attributes */
+  o = mk("Pad", 2, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "pads", 4, (int64_t[]){1, 0, 0, 0});
+  nbl_node_set_attr_float(G(o), o.node, "value", 9.5f);
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){9.5f, 9.5f, 9.5f, 1, 2, 3, 4, 5, 6}, 9);
+  done(&o);
+  /* Split-2 with the split attribute */
+  o = mk("Split", 2, 1, (const char *[]){"x"}, 2);
+  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
+  nbl_node_set_attr_ints(G(o), o.node, "split", 2, (int64_t[]){1, 2});
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_f32(&o.out[0], (float[]){1, 4}, 2);
+  check_f32(&o.out[1], (float[]){2, 3, 5, 6}, 4);
+  done(&o);
+  /* Unsqueeze-11 axes attribute, then an INT4 tensor through Reshape (packed bytes kept) */
+  o = mk("Unsqueeze", 11, 1, (const char *[]){"x"}, 1);
+  nbl_node_set_attr_ints(G(o), o.node, "axes", 1, (int64_t[]){1});
+  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  check_shape(&o.out[0], 3, (int64_t[]){2, 1, 3});
+  done(&o);
+  uint8_t q[3] = {0x21, 0x43, 0x65};
+  int64_t qd[] = {6}, sd[] = {2}, shp[] = {3, 2};
+  o = mk("Reshape", 21, 2, (const char *[]){"x", "s"}, 1);
+  nbl_host_tensor in2[] = {ht("x", NBL_DT_INT4, 1, qd, q), ht("s", NBL_DT_INT64, 1, sd, shp)};
+  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  ck_assert_int_eq(o.out[0].dtype, NBL_DT_INT4);
+  ck_assert_uint_eq(o.out[0].nbytes, 3);
+  ck_assert_int_eq(memcmp(o.out[0].data, q, 3), 0);
+  done(&o);
+  /* ... but a Transpose of INT4 is a clear error */
+  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
+  nbl_host_tensor in3[] = {ht("x", NBL_DT_INT4, 1, qd, q)};
+  ck_assert_int_eq(run(&o, 1, in3), NBL_ERR_UNSUPPORTED);
+  done(&o);
+}
+END_TEST
+
 START_TEST(test_misc_small) {
   /* OneHot with negative index and out-of-range index (row of "off") */
   float ind[3] = {-1, 5, 0};
@@ -697,6 +753,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_unique_unsorted);
   tcase_add_test(tc, test_resize_int_nearest_and_linear_nan);
   tcase_add_test(tc, test_resize_opset18_antialias_axes_aspect);
+  tcase_add_test(tc, test_attribute_forms_old_opsets);
   tcase_add_test(tc, test_misc_small);
   tcase_add_test(tc, test_backend_node_data);
   suite_add_tcase(s, tc);
