@@ -82,8 +82,12 @@ static void sgemm_serial(int ta, int tb, int64_t M, int64_t N, int64_t K, float 
                          float *C, int64_t ldc) {
   scale_c(M, N, beta, C, ldc);
   if (M == 0 || N == 0 || K == 0) return;
-  float *abuf = aligned_alloc(64, (size_t)MC * KC * sizeof(float));
-  float *bbuf = aligned_alloc(64, (size_t)KC * NC * sizeof(float));
+  int64_t kmax = K < KC ? K : KC;
+  int64_t mmax = M < MC ? (M + MR - 1) / MR * MR : MC, nmax = N < NC ? (N + NR - 1) / NR * NR : NC;
+  size_t abytes = ((size_t)(mmax * kmax) * sizeof(float) + 63) / 64 * 64;
+  size_t bbytes = ((size_t)(kmax * nmax) * sizeof(float) + 63) / 64 * 64;
+  float *abuf = aligned_alloc(64, abytes);
+  float *bbuf = aligned_alloc(64, bbytes);
   if (!abuf || !bbuf) {
     /* no memory for packing: plain loop, same numbers up to summation order */
     free(abuf);

@@ -1,0 +1,497 @@
+/* test_ops_nn.c - nn and quant kernels: GEMM fast paths against the double
+ * reference at tile-boundary sizes, convolution against a naive loop written
+ * here, and numeric edge cases (empty tensors, broadcasting, NaN, rounding)
+ * against hand-computed values, run through one-node graphs. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/ir.h"
+#include "runtime/gemm.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+static uint32_t rng = 12345;
+static float frand(void) {
+  rng = rng * 1664525u + 1013904223u;
+  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+static float *frandv(int64_t n) {
+  float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+  for (int64_t i = 0; i < n; i++) v[i] = frand();
+  return v;
+}
+
+typedef void (*attr_fn)(nbl_graph *g, nbl_id n);
+
+static nbl_host_tensor ht(nbl_dtype dt, int rank, const int64_t *dims, void *data) {
+  nbl_host_tensor t;
+  memset(&t, 0, sizeof t);
+  t.dtype = dt;
+  t.rank = rank;
+  for (int i = 0; i < rank; i++) t.dims[i] = dims[i];
+  t.data = data;
+  t.nbytes = nbl_dtype_nbytes(dt, nbl_shape_numel(rank, dims));
+  return t;
+}
+
+/* Run one node; inputs with data == NULL and dtype UNDEFINED are omitted.
+ * outs[i] receive malloc'd copies (free data). Returns the run status. */
+static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in,
+                           const nbl_host_tensor *ins, int n_out, nbl_host_tensor *outs,
+                           int reference, int threads) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", opset);
+  nbl_graph *g = m->graph;
+  nbl_id iv[16], ov[8];
+  char name[32];
+  nbl_host_tensor feeds[16];
+  int nf = 0;
+  for (int i = 0; i < n_in; i++) {
+    if (ins[i].dtype == NBL_DT_UNDEFINED) {
+      iv[i] = NBL_NONE;
+      continue;
+    }
+    snprintf(name, sizeof name, "in%d", i);
+    iv[i] = nbl_graph_add_value(g, name);
+    nbl_type_set_tensor(m->arena, &g->values[iv[i]].type, ins[i].dtype, ins[i].rank, ins[i].dims);
+    nbl_graph_add_input(g, iv[i]);
+    feeds[nf] = ins[i];
+    feeds[nf].name = g->values[iv[i]].name;
+    nf++;
+  }
+  for (int i = 0; i < n_out; i++) {
+    snprintf(name, sizeof name, "out%d", i);
+    ov[i] = nbl_graph_add_value(g, name);
+  }
+  nbl_id n = nbl_graph_add_node(g, op, "", "n0", n_in, iv, n_out, ov);
+  if (af) af(g, n);
+  for (int i = 0; i < n_out; i++) nbl_graph_add_output(g, ov[i]);
+  nbl_session_options opt = {threads, reference, NULL, NULL};
+  nbl_session *s = NULL;
+  nbl_status st = nbl_session_create(m, &opt, &s);
+  const nbl_host_tensor *res = NULL;
+  if (st == NBL_OK) st = nbl_session_run(s, nf, feeds, &res);
+  if (st == NBL_OK)
+    for (int i = 0; i < n_out; i++) {
+      outs[i] = res[i];
+      outs[i].name = NULL;
+      outs[i].data = malloc(res[i].nbytes ? res[i].nbytes : 1);
+      if (res[i].nbytes) memcpy(outs[i].data, res[i].data, res[i].nbytes);
+    }
+  nbl_session_free(s);
+  nbl_model_free(m);
+  return st;
+}
+
+/* Run on both paths; both must succeed and agree to rtol; returns the fast output 0. */
+static nbl_host_tensor run_both(const char *op, int opset, attr_fn af, int n_in,
+                                const nbl_host_tensor *ins, double tol) {
+  nbl_host_tensor f, r;
+  nbl_status st = run_node(op, opset, af, n_in, ins, 1, &f, 0, 2);
+  ck_assert_msg(st == NBL_OK, "%s fast: %s", op, nbl_last_error());
+  st = run_node(op, opset, af, n_in, ins, 1, &r, 1, 1);
+  ck_assert_msg(st == NBL_OK, "%s ref: %s", op, nbl_last_error());
+  ck_assert_int_eq(f.rank, r.rank);
+  ck_assert_uint_eq(f.nbytes, r.nbytes);
+  if (f.dtype == NBL_DT_FLOAT) {
+    const float *a = f.data, *b = r.data;
+    for (size_t i = 0; i < f.nbytes / 4; i++)
+      ck_assert_msg(a[i] == b[i] || (isnan(a[i]) && isnan(b[i])) || fabsf(a[i] - b[i]) <= tol * (1 + fabsf(b[i])), "%s: elem %zu fast %g ref %g", op,
+                    i, a[i], b[i]);
+  }
+  free(r.data);
+  return f;
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+static const int64_t sizes[] = {1, 7, 8, 9, 15, 16, 17, 63, 64, 65};
+#define NS (sizeof sizes / sizeof sizes[0])
+
+static void check_gemm(int use_blas, int ta, int tb) {
+  for (size_t a = 0; a < NS; a++)
+    for (size_t b = 0; b < NS; b++)
+      for (size_t k = 0; k < NS; k++) {
+        int64_t M = sizes[a], N = sizes[b], K = sizes[k];
+        float *A = frandv(M * K), *B = frandv(K * N), *C = frandv(M * N);
+        double *Ad = malloc(sizeof(double) * (size_t)(M * K)), *Bd = malloc(sizeof(double) * (size_t)(K * N)),
+               *Cd = malloc(sizeof(double) * (size_t)(M * N));
+        for (int64_t i = 0; i < M * K; i++) Ad[i] = A[i];
+        for (int64_t i = 0; i < K * N; i++) Bd[i] = B[i];
+        for (int64_t i = 0; i < M * N; i++) Cd[i] = C[i];
+        float alpha = 0.75f, beta = (k & 1) ? 0.5f : 0.0f;
+        if (beta == 0.0f) C[0] = NAN; /* beta == 0: C must not be read */
+        int64_t lda = ta ? M : K, ldb = tb ? K : N;
+        if (use_blas)
+          nbl_sgemm(NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        else
+          nbl_sgemm_portable(NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        nbl_dgemm_ref(ta, tb, M, N, K, alpha, Ad, lda, Bd, ldb, beta, Cd, N);
+        for (int64_t i = 0; i < M * N; i++)
+          ck_assert_msg(fabs(C[i] - Cd[i]) <= 1e-5 * (double)K,
+                        "M=%lld N=%lld K=%lld ta=%d tb=%d i=%lld: %g vs %g", (long long)M,
+                        (long long)N, (long long)K, ta, tb, (long long)i, C[i], Cd[i]);
+        free(A), free(B), free(C), free(Ad), free(Bd), free(Cd);
+      }
+}
+
+START_TEST(test_gemm_portable_tiles) {
+  check_gemm(0, _i >> 1, _i & 1);
+}
+END_TEST
+
+START_TEST(test_gemm_blas_tiles) {
+  check_gemm(1, _i >> 1, _i & 1);
+}
+END_TEST
+
+/* Big enough to be split across threads; fast (threads=2) vs reference. */
+static void attr_gemm_tb(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "transB", 1);
+  nbl_node_set_attr_float(g, n, "alpha", 0.5f);
+  nbl_node_set_attr_float(g, n, "beta", 2.0f);
+}
+START_TEST(test_gemm_node_threads) {
+  int64_t M = 130, K = 257, N = 97;
+  int64_t da[2] = {M, K}, db[2] = {N, K}, dc[1] = {N};
+  float *A = frandv(M * K), *B = frandv(N * K), *C = frandv(N);
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 2, da, A), ht(NBL_DT_FLOAT, 2, db, B),
+                           ht(NBL_DT_FLOAT, 1, dc, C)};
+  nbl_host_tensor y = run_both("Gemm", 13, attr_gemm_tb, 3, in, 1e-5);
+  ck_assert_int_eq(y.dims[0], M);
+  ck_assert_int_eq(y.dims[1], N);
+  /* spot check element (3, 5) by hand */
+  double s = 0;
+  for (int64_t p = 0; p < K; p++) s += (double)A[3 * K + p] * B[5 * K + p];
+  ck_assert(fabs(((float *)y.data)[3 * N + 5] - (0.5 * s + 2.0 * C[5])) < 1e-4);
+  free(y.data), free(A), free(B), free(C);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ Conv */
+
+typedef struct conv_case {
+  int64_t N, C, H, W, M, KH, KW, group, sh, sw, dh, dw, pt, pl, pb, pr;
+} conv_case;
+
+static conv_case cur_conv;
+static void attr_conv(nbl_graph *g, nbl_id n) {
+  const conv_case *c = &cur_conv;
+  int64_t st[2] = {c->sh, c->sw}, dl[2] = {c->dh, c->dw}, pd[4] = {c->pt, c->pl, c->pb, c->pr};
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+  nbl_node_set_attr_ints(g, n, "dilations", 2, dl);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pd);
+  nbl_node_set_attr_int(g, n, "group", c->group);
+}
+
+START_TEST(test_conv_vs_naive) {
+  static const conv_case cases[] = {
+      {1, 3, 9, 11, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},   /* plain 3x3 pad 1 */
+      {2, 4, 10, 7, 6, 3, 2, 2, 2, 1, 1, 2, 0, 1, 2, 0},   /* groups, stride, dilation, asym pads */
+      {1, 6, 8, 8, 6, 3, 3, 6, 2, 2, 1, 1, 1, 1, 1, 1},    /* depthwise, stride 2 */
+      {1, 3, 8, 8, 6, 3, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2},    /* depthwise multiplier 2, dilation 2 */
+      {2, 16, 5, 5, 17, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0},  /* 1x1 direct */
+      {1, 5, 13, 13, 65, 5, 5, 1, 3, 2, 1, 1, 2, 0, 1, 3}, /* 65 output channels */
+      {0, 3, 5, 5, 2, 3, 3, 1, 1, 1, 1, 1, 0, 0, 0, 0},    /* empty batch */
+  };
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    const conv_case *c = &cases[ci];
+    cur_conv = *c;
+    int64_t Cg = c->C / c->group, Mg = c->M / c->group;
+    int64_t dx[4] = {c->N, c->C, c->H, c->W}, dw[4] = {c->M, Cg, c->KH, c->KW}, db[1] = {c->M};
+    float *x = frandv(c->N * c->C * c->H * c->W), *w = frandv(c->M * Cg * c->KH * c->KW),
+          *b = frandv(c->M);
+    nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 4, dx, x), ht(NBL_DT_FLOAT, 4, dw, w),
+                             ht(NBL_DT_FLOAT, 1, db, b)};
+    nbl_host_tensor y = run_both("Conv", 11, attr_conv, 3, in, 1e-5);
+    int64_t OH = (c->H + c->pt + c->pb - (c->KH - 1) * c->dh - 1) / c->sh + 1;
+    int64_t OW = (c->W + c->pl + c->pr - (c->KW - 1) * c->dw - 1) / c->sw + 1;
+    ck_assert_int_eq(y.dims[0], c->N);
+    ck_assert_int_eq(y.dims[2], OH);
+    ck_assert_int_eq(y.dims[3], OW);
+    const float *yv = y.data;
+    for (int64_t n = 0; n < c->N; n++)
+      for (int64_t m = 0; m < c->M; m++)
+        for (int64_t oh = 0; oh < OH; oh++)
+          for (int64_t ow = 0; ow < OW; ow++) {
+            double s = b[m];
+            int64_t gr = m / Mg;
+            for (int64_t cc = 0; cc < Cg; cc++)
+              for (int64_t kh = 0; kh < c->KH; kh++)
+                for (int64_t kw = 0; kw < c->KW; kw++) {
+                  int64_t ih = oh * c->sh - c->pt + kh * c->dh, iw = ow * c->sw - c->pl + kw * c->dw;
+                  if (ih < 0 || ih >= c->H || iw < 0 || iw >= c->W) continue;
+                  s += (double)x[((n * c->C + gr * Cg + cc) * c->H + ih) * c->W + iw] *
+                       w[((m * Cg + cc) * c->KH + kh) * c->KW + kw];
+                }
+            float got = yv[((n * c->M + m) * OH + oh) * OW + ow];
+            ck_assert_msg(fabs(got - s) < 1e-4, "case %zu: %g vs %g", ci, got, s);
+          }
+    free(y.data), free(x), free(w), free(b);
+  }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ MatMul */
+
+START_TEST(test_matmul_shapes) {
+  /* 1-D x 1-D = scalar (inner product) */
+  float a[3] = {1, 2, 3}, b[3] = {4, -5, 6};
+  int64_t d3[1] = {3};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 1, d3, a), ht(NBL_DT_FLOAT, 1, d3, b)};
+  nbl_host_tensor y = run_both("MatMul", 13, NULL, 2, in, 0);
+  ck_assert_int_eq(y.rank, 0);
+  ck_assert_float_eq(((float *)y.data)[0], 12.0f);
+  free(y.data);
+  /* broadcast batch: [2,1,3,4] x [3,4,5] -> [2,3,3,5] */
+  int64_t da[4] = {2, 1, 3, 4}, db[3] = {3, 4, 5};
+  float *A = frandv(24), *B = frandv(60);
+  nbl_host_tensor in2[2] = {ht(NBL_DT_FLOAT, 4, da, A), ht(NBL_DT_FLOAT, 3, db, B)};
+  y = run_both("MatMul", 13, NULL, 2, in2, 1e-6);
+  ck_assert_int_eq(y.rank, 4);
+  ck_assert_int_eq(y.dims[1], 3);
+  /* element [1, 2, 1, 3] = sum_k A[1,0,1,k] B[2,k,3] */
+  double s = 0;
+  for (int k = 0; k < 4; k++) s += (double)A[12 + 4 + k] * B[40 + k * 5 + 3];
+  ck_assert(fabs(((float *)y.data)[((1 * 3 + 2) * 3 + 1) * 5 + 3] - s) < 1e-6);
+  free(y.data), free(A), free(B);
+  /* K = 0: result is all zeros of shape [2, 3] */
+  int64_t dk0a[2] = {2, 0}, dk0b[2] = {0, 3};
+  float dummy[1] = {0};
+  nbl_host_tensor in3[2] = {ht(NBL_DT_FLOAT, 2, dk0a, dummy), ht(NBL_DT_FLOAT, 2, dk0b, dummy)};
+  y = run_both("MatMul", 13, NULL, 2, in3, 0);
+  ck_assert_int_eq(y.dims[0], 2);
+  ck_assert_int_eq(y.dims[1], 3);
+  for (int i = 0; i < 6; i++) ck_assert_float_eq(((float *)y.data)[i], 0.0f);
+  free(y.data);
+  /* int32 MatMul is exact */
+  int32_t ia[4] = {100000, 2, -3, 4}, ib[4] = {30000, 1, 1, -1};
+  int64_t d22[2] = {2, 2};
+  nbl_host_tensor in4[2] = {ht(NBL_DT_INT32, 2, d22, ia), ht(NBL_DT_INT32, 2, d22, ib)};
+  y = run_both("MatMul", 13, NULL, 2, in4, 0);
+  ck_assert_int_eq(((int32_t *)y.data)[0], (int32_t)(uint32_t)(100000LL * 30000 + 2));
+  ck_assert_int_eq(((int32_t *)y.data)[3], -3 - 4);
+  free(y.data);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ pooling and norms */
+
+static void attr_pool22(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {2, 2}, p[4] = {1, 1, 0, 0};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, k);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+static void attr_pool22_incl(nbl_graph *g, nbl_id n) {
+  attr_pool22(g, n);
+  nbl_node_set_attr_int(g, n, "count_include_pad", 1);
+}
+
+START_TEST(test_pooling_hand) {
+  /* x = [[1,2,3],[4,NaN,6],[7,8,9]], kernel 2 stride 2, pads top/left 1 -> 2x2 windows:
+   * (0,0): {1}; (0,1): {2,3}; (1,0): {4,7}; (1,1): {NaN,6,8,9} */
+  float x[9] = {1, 2, 3, 4, NAN, 6, 7, 8, 9};
+  int64_t d[4] = {1, 1, 3, 3};
+  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
+  nbl_host_tensor y = run_both("MaxPool", 12, attr_pool22, 1, in, 0);
+  float *v = y.data;
+  ck_assert_float_eq(v[0], 1);
+  ck_assert_float_eq(v[1], 3);
+  ck_assert_float_eq(v[2], 7);
+  ck_assert(isnan(v[3]));
+  free(y.data);
+  x[4] = 5;
+  y = run_both("AveragePool", 11, attr_pool22, 1, in, 0);
+  v = y.data;
+  ck_assert_float_eq(v[0], 1);
+  ck_assert_float_eq(v[1], 2.5f);
+  ck_assert_float_eq(v[2], 5.5f);
+  ck_assert_float_eq(v[3], 7);
+  free(y.data);
+  y = run_both("AveragePool", 11, attr_pool22_incl, 1, in, 0);
+  v = y.data;
+  ck_assert_float_eq(v[0], 0.25f);
+  ck_assert_float_eq(v[1], 1.25f);
+  ck_assert_float_eq(v[2], 2.75f);
+  ck_assert_float_eq(v[3], 7);
+  free(y.data);
+  /* GlobalAveragePool over an Inf */
+  x[0] = INFINITY;
+  y = run_both("GlobalAveragePool", 1, NULL, 1, in, 0);
+  ck_assert(isinf(((float *)y.data)[0]));
+  ck_assert_int_eq(y.dims[2], 1);
+  free(y.data);
+}
+END_TEST
+
+START_TEST(test_batchnorm_layernorm_hand) {
+  float x[4] = {1, 3, -2, 2}; /* N=1, C=2, 2 elements each */
+  float sc[2] = {2, 1}, bi[2] = {0.5f, -1}, mu[2] = {1, 0}, var[2] = {4, 1};
+  int64_t dx[3] = {1, 2, 2}, dc[1] = {2};
+  nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, dx, x), ht(NBL_DT_FLOAT, 1, dc, sc),
+                           ht(NBL_DT_FLOAT, 1, dc, bi), ht(NBL_DT_FLOAT, 1, dc, mu),
+                           ht(NBL_DT_FLOAT, 1, dc, var)};
+  nbl_host_tensor y = run_both("BatchNormalization", 15, NULL, 5, in, 1e-6);
+  float *v = y.data;
+  double e = 1e-5;
+  ck_assert(fabs(v[0] - (0 * 2 / sqrt(4 + e) + 0.5)) < 1e-6);
+  ck_assert(fabs(v[1] - (2 * 2 / sqrt(4 + e) + 0.5)) < 1e-6);
+  ck_assert(fabs(v[2] - (-2 / sqrt(1 + e) - 1)) < 1e-6);
+  free(y.data);
+  /* LayerNorm over the last axis of [2, 2]: rows {1,3} and {-2,2} */
+  int64_t d22[2] = {2, 2};
+  nbl_host_tensor li[2] = {ht(NBL_DT_FLOAT, 2, d22, x), ht(NBL_DT_FLOAT, 1, dc, sc)};
+  y = run_both("LayerNormalization", 17, NULL, 2, li, 1e-6);
+  v = y.data;
+  ck_assert(fabs(v[0] - (-1 / sqrt(1 + e) * 2)) < 1e-5);
+  ck_assert(fabs(v[3] - (2 / sqrt(4 + e) * 1)) < 1e-5);
+  free(y.data);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ Einsum */
+
+static const char *cur_eq;
+static void attr_eq(nbl_graph *g, nbl_id n) { nbl_node_set_attr_string(g, n, "equation", cur_eq); }
+
+START_TEST(test_einsum_hand) {
+  float a[6] = {1, 2, 3, 4, 5, 6}; /* [2,3] */
+  int64_t d23[2] = {2, 3};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 2, d23, a), ht(NBL_DT_FLOAT, 2, d23, a)};
+  cur_eq = "ij->ji";
+  nbl_host_tensor y = run_both("Einsum", 12, attr_eq, 1, in, 0);
+  ck_assert_int_eq(y.dims[0], 3);
+  ck_assert_float_eq(((float *)y.data)[1], 4);
+  free(y.data);
+  cur_eq = "ij,kj"; /* implicit output "ik": A A^T */
+  y = run_both("Einsum", 12, attr_eq, 2, in, 0);
+  ck_assert_int_eq(y.dims[0], 2);
+  ck_assert_int_eq(y.dims[1], 2);
+  ck_assert_float_eq(((float *)y.data)[1], 1 * 4 + 2 * 5 + 3 * 6);
+  free(y.data);
+  float sq[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  int64_t d33[2] = {3, 3};
+  nbl_host_tensor in2[1] = {ht(NBL_DT_FLOAT, 2, d33, sq)};
+  cur_eq = "ii->i"; /* diagonal */
+  y = run_both("Einsum", 12, attr_eq, 1, in2, 0);
+  ck_assert_float_eq(((float *)y.data)[2], 9);
+  free(y.data);
+  cur_eq = "...j->..."; /* row sums with ellipsis */
+  y = run_both("Einsum", 12, attr_eq, 1, in2, 0);
+  ck_assert_int_eq(y.rank, 1);
+  ck_assert_float_eq(((float *)y.data)[1], 15);
+  free(y.data);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ quantization */
+
+START_TEST(test_quantize_hand) {
+  /* round half to even and saturation to uint8 with zero point 10 */
+  float x[7] = {2.5f, 3.5f, -2.5f, 1000, -1000, NAN, 0.49f};
+  float s[1] = {1};
+  uint8_t zp[1] = {10};
+  int64_t d7[1] = {7};
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 1, d7, x), ht(NBL_DT_FLOAT, 0, NULL, s),
+                           ht(NBL_DT_UINT8, 0, NULL, zp)};
+  nbl_host_tensor y;
+  ck_assert_int_eq(run_node("QuantizeLinear", 13, NULL, 3, in, 1, &y, 1, 1), NBL_OK);
+  uint8_t *q = y.data;
+  uint8_t want[7] = {12, 14, 8, 255, 0, 0, 10};
+  for (int i = 0; i < 6; i++) ck_assert_int_eq(q[i], want[i]);
+  ck_assert_int_eq(q[6], want[6]);
+  free(y.data);
+  /* int4 output (opset 21): codes clamp to [-8, 7], packed low nibble first */
+  float x4[4] = {-9, 7.5f, 1, -1};
+  int64_t d4[1] = {4};
+  uint8_t zp4[1] = {0}; /* int4 zero point 0 */
+  nbl_host_tensor in4[3] = {ht(NBL_DT_FLOAT, 1, d4, x4), ht(NBL_DT_FLOAT, 0, NULL, s),
+                            ht(NBL_DT_INT4, 0, NULL, zp4)};
+  ck_assert_int_eq(run_node("QuantizeLinear", 21, NULL, 3, in4, 1, &y, 1, 1), NBL_OK);
+  ck_assert_int_eq(y.dtype, NBL_DT_INT4);
+  q = y.data;
+  ck_assert_int_eq(q[0], 0x78); /* -8 -> 0x8, 8 -> saturates to 7 */
+  ck_assert_int_eq(q[1], 0xf1); /* 1, -1 -> 0xf */
+  free(y.data);
+  /* per-axis DequantizeLinear on [2, 2], axis 0 */
+  int8_t xq[4] = {1, -2, 3, 4};
+  float sa[2] = {0.5f, 2};
+  int8_t za[2] = {1, -1};
+  int64_t d22[2] = {2, 2}, d2[1] = {2};
+  nbl_host_tensor dq[3] = {ht(NBL_DT_INT8, 2, d22, xq), ht(NBL_DT_FLOAT, 1, d2, sa),
+                           ht(NBL_DT_INT8, 1, d2, za)};
+  ck_assert_int_eq(run_node("DequantizeLinear", 13, NULL, 3, dq, 1, &y, 1, 1), NBL_OK);
+  float *f = y.data;
+  /* attribute axis defaults to 1, so scale index follows the column */
+  ck_assert_float_eq(f[0], (1 - 1) * 0.5f);
+  ck_assert_float_eq(f[1], (-2 + 1) * 2.0f);
+  ck_assert_float_eq(f[2], (3 - 1) * 0.5f);
+  ck_assert_float_eq(f[3], (4 + 1) * 2.0f);
+  free(y.data);
+}
+END_TEST
+
+START_TEST(test_matmulinteger_hand) {
+  uint8_t a[4] = {10, 20, 30, 40};
+  int8_t b[4] = {1, -1, 2, 3};
+  uint8_t azp[1] = {10};
+  int64_t d22[2] = {2, 2};
+  nbl_host_tensor in[3] = {ht(NBL_DT_UINT8, 2, d22, a), ht(NBL_DT_INT8, 2, d22, b),
+                           ht(NBL_DT_UINT8, 0, NULL, azp)};
+  nbl_host_tensor y;
+  ck_assert_int_eq(run_node("MatMulInteger", 10, NULL, 3, in, 1, &y, 1, 1), NBL_OK);
+  int32_t *v = y.data;
+  /* A - 10 = [[0,10],[20,30]] times [[1,-1],[2,3]] */
+  ck_assert_int_eq(v[0], 20);
+  ck_assert_int_eq(v[1], 30);
+  ck_assert_int_eq(v[2], 80);
+  ck_assert_int_eq(v[3], 70);
+  free(y.data);
+}
+END_TEST
+
+START_TEST(test_bad_input_errors) {
+  /* rank mismatch in Conv is a clear error, not a crash */
+  float x[4] = {0};
+  int64_t dx[4] = {1, 1, 2, 2}, dw[3] = {1, 1, 2};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 4, dx, x), ht(NBL_DT_FLOAT, 3, dw, x)};
+  nbl_host_tensor y;
+  ck_assert_int_ne(run_node("Conv", 11, NULL, 2, in, 1, &y, 0, 1), NBL_OK);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "Conv"));
+  /* int8 Conv is unsupported, with the type named */
+  int8_t xi[4] = {0};
+  nbl_host_tensor in2[2] = {ht(NBL_DT_INT8, 4, dx, xi), ht(NBL_DT_INT8, 4, dx, xi)};
+  ck_assert_int_ne(run_node("Conv", 11, NULL, 2, in2, 1, &y, 1, 1), NBL_OK);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "int8"));
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("ops_nn");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 120);
+  tcase_add_loop_test(tc, test_gemm_portable_tiles, 0, 4);
+  tcase_add_loop_test(tc, test_gemm_blas_tiles, 0, 4);
+  tcase_add_test(tc, test_gemm_node_threads);
+  tcase_add_test(tc, test_conv_vs_naive);
+  tcase_add_test(tc, test_matmul_shapes);
+  tcase_add_test(tc, test_pooling_hand);
+  tcase_add_test(tc, test_batchnorm_layernorm_hand);
+  tcase_add_test(tc, test_einsum_hand);
+  tcase_add_test(tc, test_quantize_hand);
+  tcase_add_test(tc, test_matmulinteger_hand);
+  tcase_add_test(tc, test_bad_input_errors);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
