@@ -162,6 +162,9 @@ nbl_status nbl_model_print_info(const nbl_model *m, FILE *out);
 
 typedef struct nbl_pipeline nbl_pipeline;
 
+/* The standard cleanup pipeline; the pass name "default" in a pipeline stands for it. */
+#define NBL_DEFAULT_PIPELINE "infer-shapes,fold-constants,eliminate-identity,dce"
+
 /* Parse a pipeline: comma-separated pass names, each optionally followed by
  * options in braces: "infer-shapes,dce,quantize-int4{weights=sawb,skip-first-last=1}".
  * Unknown passes or options are an error listing what exists. */

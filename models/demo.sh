@@ -16,9 +16,9 @@ mkdir -p "$OUT"
 echo "== nibble info $(basename "$MODEL")"
 "$NIBBLE" info "$MODEL"
 echo
-echo "== nibble convert: infer-shapes,fold-constants,eliminate-identity,dce (dumps in $OUT/dump)"
+echo "== nibble convert --passes default (infer-shapes,fold-constants,eliminate-identity,dce) (dumps in $OUT/dump)"
 "$NIBBLE" convert "$MODEL" -o "$OUT/lenet5.opt.onnx" \
-  --passes infer-shapes,fold-constants,eliminate-identity,dce --verify-each --pass-stats \
+  --passes default --verify-each --pass-stats \
   --dump-dir "$OUT/dump"
 ls "$OUT/dump"
 echo

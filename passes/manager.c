@@ -234,6 +234,23 @@ nbl_status nbl_pipeline_parse(const char *spec, nbl_pipeline **out) {
       if (opts) st = nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "pipeline '%s': options without a pass name", spec);
       continue;
     }
+    if (strcmp(name, "default") == 0 && !opts) { /* the standard cleanup pipeline */
+      nbl_pipeline *d = NULL;
+      st = nbl_pipeline_parse(NBL_DEFAULT_PIPELINE, &d);
+      if (st) break;
+      pipeline_entry *ne = realloc(p->entries, sizeof(pipeline_entry) * (size_t)(p->n + d->n));
+      if (!ne) {
+        nbl_pipeline_free(d);
+        st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+        break;
+      }
+      p->entries = ne;
+      memcpy(&p->entries[p->n], d->entries, sizeof(pipeline_entry) * (size_t)d->n);
+      p->n += d->n;
+      d->n = 0;
+      nbl_pipeline_free(d);
+      continue;
+    }
     const nbl_pass_def *def = nbl_pass_find(name);
     if (!def || (def->hidden && !passes_visible())) {
       char all[2048];

@@ -57,7 +57,11 @@ START_TEST(test_parse_errors) {
   ck_assert_int_eq(nbl_pipeline_parse("dce{", &p), NBL_ERR_INVALID_ARGUMENT);
   ck_assert_str_eq(nbl_last_error(), "pipeline 'dce{': missing '}'");
   ck_assert_int_eq(nbl_pipeline_parse("test-break-ir", &p), NBL_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(nbl_pipeline_parse("default{x=1}", &p), NBL_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(nbl_pipeline_parse(" dce , eliminate-identity ,", &p), NBL_OK);
+  nbl_pipeline_free(p);
+  /* "default" expands to the cleanup pipeline; with options it is an unknown pass */
+  ck_assert_int_eq(nbl_pipeline_parse("default,dce", &p), NBL_OK);
   nbl_pipeline_free(p);
 }
 END_TEST

@@ -21,7 +21,8 @@ int nbl_cmd_passes(int argc, char **argv) {
     fprintf(stderr, "nibble passes: unexpected argument '%s'\n", argv[i]);
     return 2;
   }
-  puts("passes (use as: nibble convert MODEL -o OUT --passes P1,P2{option=value}):");
+  puts("passes (use as: nibble convert MODEL -o OUT --passes P1,P2{option=value};\n"
+       "  the name 'default' stands for " NBL_DEFAULT_PIPELINE "):");
   nbl_passes_print(stdout);
   return 0;
 }
