@@ -691,6 +691,54 @@ static nbl_status k_gmaxpool(nbl_kctx *c) { return k_global_pool(c, POOL_MAX); }
 static nbl_status k_gavgpool(nbl_kctx *c) { return k_global_pool(c, POOL_AVG); }
 static nbl_status k_glppool(nbl_kctx *c) { return k_global_pool(c, POOL_LP); }
 
+/* MaxUnpool: scatter X into zeros at the flat indices I (as MaxPool returned them). */
+static nbl_status k_maxunpool(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "I"))) return st;
+  const nbl_rt_tensor *X = c->in[0], *I = c->in[1], *OS = in_at(c, 2);
+  if ((st = need_float(c, X, "X"))) return st;
+  if (I->dtype != NBL_DT_INT64 || I->numel != X->numel)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "I must be int64 with X's shape");
+  nbl_conv_geom g;
+  if ((st = nbl_conv_geom_init(c, &g, X, NULL, 0))) return st;
+  int64_t od[NBL_MAX_RANK] = {X->dims[0], X->dims[1]};
+  for (int i = 0; i < g.ns; i++) {
+    int cnt;
+    const int64_t *pd = nbl_attr_ints(c->node, "pads", &cnt);
+    od[2 + i] = (g.in[i] - 1) * g.s[i] + g.k[i] - (pd ? pd[i] + pd[g.ns + i] : 0);
+  }
+  int64_t dd[NBL_MAX_RANK]; /* default shape: the layout the indices refer to */
+  memcpy(dd, od, sizeof dd);
+  int64_t dnum = nbl_shape_numel(X->rank, dd);
+  if (OS) {
+    if (OS->numel != X->rank || !is_int(OS->dtype))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output_shape must hold %d integers", X->rank);
+    for (int i = 0; i < X->rank; i++) od[i] = nbl_rt_get_i64(OS, i);
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od))) return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (Y->nbytes) memset(Y->data, 0, Y->nbytes);
+  const int64_t *idx = I->data;
+  for (int64_t i = 0; i < X->numel; i++) {
+    if (idx[i] < 0 || idx[i] >= dnum)
+      return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld out of range [0, %lld)", (long long)idx[i],
+                      (long long)dnum);
+    /* decode in the default shape, re-encode in the requested output shape */
+    int64_t r = idx[i], co[NBL_MAX_RANK], yi = 0;
+    int inside = 1;
+    for (int d = X->rank - 1; d >= 0; d--) {
+      co[d] = r % dd[d];
+      r /= dd[d];
+    }
+    for (int d = 0; d < X->rank; d++) {
+      if (co[d] >= od[d]) inside = 0;
+      yi = yi * od[d] + co[d];
+    }
+    if (inside) nbl_rt_set_f64(Y, yi, nbl_rt_get_f64(X, i));
+  }
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ BatchNormalization */
 
 static nbl_status bn_check(nbl_kctx *c, int *training) {
@@ -1151,6 +1199,7 @@ const nbl_op_def nbl_ops_nn[] = {
     {"", "MaxPool", 1, 21, k_maxpool, NULL},
     {"", "AveragePool", 1, 21, k_avgpool, NULL},
     {"", "LpPool", 1, 21, k_lppool, NULL},
+    {"", "MaxUnpool", 9, 21, k_maxunpool, NULL},
     {"", "GlobalMaxPool", 1, 21, k_gmaxpool, NULL},
     {"", "GlobalAveragePool", 1, 21, k_gavgpool, NULL},
     {"", "GlobalLpPool", 1, 21, k_glppool, NULL},
