@@ -165,7 +165,7 @@ static void mb_relu_model(mb *b, float *w, int64_t *dims) {
   Onnx__TensorProto *t = mb_init_tensor(b, "W", 1, 2, dims);
   t->has_raw_data = 1;
   t->raw_data.data = (uint8_t *)w;
-  t->raw_data.len = (size_t)(dims[0] * dims[1]) * 4;
+  t->raw_data.len = (size_t)dims[0] * (size_t)dims[1] * 4;
   mb_node(b, "Add", "add", "x", "W", "s");
   mb_node(b, "Relu", "relu", "s", NULL, "y");
 }
