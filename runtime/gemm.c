@@ -56,7 +56,7 @@ static void micro_generic(int64_t kc, const float *a, const float *b, float *C, 
 typedef void (*micro_fn)(int64_t, const float *, const float *, float *, int64_t, int, int, float);
 
 static micro_fn pick_micro(void) {
-  static micro_fn fn;
+  static micro_fn _Atomic fn;
   if (!fn) {
     __builtin_cpu_init();
     fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? micro_avx2
@@ -214,7 +214,7 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
   if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&
       ldc < INT_MAX) {
 #ifdef OPENBLAS_VERSION
-    static int cur_threads = -1;
+    static _Atomic int cur_threads = -1; /* OpenBLAS's thread count is process-global */
     int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
     if (want != cur_threads) {
       openblas_set_num_threads(want);
