@@ -121,6 +121,7 @@ NBL_OP_FAMILY(shape)       /* runtime/ops_shape.c: reshape, transpose, concat, g
 NBL_OP_FAMILY(control)     /* runtime/ops_control.c: Constant, Identity, If, Loop, Cast, ... */
 NBL_OP_FAMILY(train)       /* runtime/ops_train.c: losses, optimizers (ai.onnx.preview.training) */
 NBL_OP_FAMILY(misc)        /* runtime/ops_misc.c: RNNs, signal, detection, sampling ops */
+NBL_OP_FAMILY(nibble)      /* runtime/ops_nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);

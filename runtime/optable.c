@@ -16,6 +16,7 @@ static const struct {
     {nbl_ops_control, &nbl_ops_control_count},
     {nbl_ops_train, &nbl_ops_train_count},
     {nbl_ops_misc, &nbl_ops_misc_count},
+    {nbl_ops_nibble, &nbl_ops_nibble_count},
 };
 
 static int same_domain(const char *a, const char *b) {

@@ -1,0 +1,220 @@
+/* quant4.c - per-tensor INT4 (2..8 bit) quantizer math; see quant4.h. */
+#include "quant4.h"
+
+#include <math.h>
+#include <string.h>
+
+void nbl_q4_config_default(nbl_q4_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->bits = 4;
+  cfg->mode = NBL_Q4_SYMMETRIC;
+  cfg->scale_source = NBL_Q4_SCALE_MAX;
+  cfg->rounding = NBL_Q4_ROUND_HALF_EVEN;
+}
+
+int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out) {
+  if (!s) return -1;
+  if (strcmp(s, "symmetric") == 0) *out = NBL_Q4_SYMMETRIC;
+  else if (strcmp(s, "affine") == 0) *out = NBL_Q4_AFFINE;
+  else return -1;
+  return 0;
+}
+
+int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out) {
+  if (!s) return -1;
+  if (strcmp(s, "max") == 0) *out = NBL_Q4_SCALE_MAX;
+  else if (strcmp(s, "sawb") == 0) *out = NBL_Q4_SCALE_SAWB;
+  else if (strcmp(s, "fixed") == 0) *out = NBL_Q4_SCALE_FIXED;
+  else if (strcmp(s, "pact") == 0) *out = NBL_Q4_SCALE_PACT;
+  else return -1;
+  return 0;
+}
+
+int nbl_q4_parse_rounding(const char *s, nbl_q4_rounding *out) {
+  if (!s) return -1;
+  if (strcmp(s, "half_even") == 0) *out = NBL_Q4_ROUND_HALF_EVEN;
+  else if (strcmp(s, "stochastic") == 0) *out = NBL_Q4_ROUND_STOCHASTIC;
+  else return -1;
+  return 0;
+}
+
+void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax) {
+  int b = cfg->bits < 2 ? 2 : cfg->bits > 8 ? 8 : cfg->bits;
+  *qmax = (1 << (b - 1)) - 1;
+  *qmin = -(1 << (b - 1));
+  if (cfg->narrow && cfg->mode == NBL_Q4_SYMMETRIC && cfg->scale_source != NBL_Q4_SCALE_PACT)
+    *qmin = -*qmax;
+}
+
+int nbl_q4_sawb_coeffs(int bits, double *c1, double *c2) {
+  switch (bits) {
+  case 2: *c1 = 3.12; *c2 = -2.064; return 0;
+  case 3: *c1 = 7.509; *c2 = -6.892; return 0;
+  case 4: *c1 = 12.68; *c2 = -12.80; return 0;
+  case 8: *c1 = 31.76; *c2 = -35.04; return 0;
+  default: return -1;
+  }
+}
+
+static float max_abs_finite(const float *x, size_t n) {
+  float m = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float a = fabsf(x[i]);
+    if (isfinite(a) && a > m) m = a;
+  }
+  return m;
+}
+
+double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
+  double c1, c2;
+  double mx = max_abs_finite(x, n);
+  if (nbl_q4_sawb_coeffs(bits, &c1, &c2) != 0) return mx;
+  double s2 = 0, s1 = 0;
+  size_t cnt = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(x[i])) continue;
+    double v = x[i];
+    s2 += v * v;
+    s1 += fabs(v);
+    cnt++;
+  }
+  if (cnt == 0) return mx;
+  double c = c1 * sqrt(s2 / (double)cnt) + c2 * (s1 / (double)cnt);
+  return c > 0 ? c : mx;
+}
+
+int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
+                  nbl_q4_params *p, const char **why) {
+  static const char *dummy;
+  if (!why) why = &dummy;
+  memset(p, 0, sizeof *p);
+  if (cfg->bits < 2 || cfg->bits > 8) {
+    *why = "bits must be in 2..8";
+    return -1;
+  }
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  float s = 0.0f;
+  switch (cfg->scale_source) {
+  case NBL_Q4_SCALE_FIXED:
+    if (!isfinite(cfg->fixed_scale) || cfg->fixed_scale <= 0) {
+      *why = "scale_source=fixed needs a finite scale > 0";
+      return -1;
+    }
+    p->scale = cfg->fixed_scale;
+    return 0;
+  case NBL_Q4_SCALE_PACT:
+    if (!isfinite(alpha) || alpha <= 0) {
+      *why = "scale_source=pact needs a finite alpha > 0";
+      return -1;
+    }
+    p->scale = alpha / (float)(p->qmax - p->qmin);
+    p->zero = p->qmin;
+    p->clip = 1;
+    p->clip_lo = 0.0f;
+    p->clip_hi = alpha;
+    return 0;
+  case NBL_Q4_SCALE_SAWB:
+    if (cfg->mode != NBL_Q4_SYMMETRIC) {
+      *why = "scale_source=sawb is symmetric only";
+      return -1;
+    }
+    s = (float)nbl_q4_sawb_clip(x, n, cfg->bits) / (float)p->qmax;
+    break;
+  case NBL_Q4_SCALE_MAX:
+    if (cfg->mode == NBL_Q4_SYMMETRIC) {
+      s = max_abs_finite(x, n) / (float)p->qmax;
+    } else {
+      float lo = INFINITY, hi = -INFINITY;
+      for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i])) continue;
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+      }
+      if (lo > hi) lo = hi = 0.0f; /* no finite element */
+      s = (hi - lo) / (float)(p->qmax - p->qmin);
+      if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+      float z = nearbyintf((float)p->qmin - lo / s);
+      if (z < -128.0f) z = -128.0f;
+      if (z > 127.0f) z = 127.0f;
+      p->scale = s;
+      p->zero = (int)z;
+      return 0;
+    }
+    break;
+  default:
+    *why = "unknown scale_source";
+    return -1;
+  }
+  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+  p->scale = s;
+  return 0;
+}
+
+double nbl_q4_round_half_even(double v) { return nearbyint(v); }
+
+static uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double nbl_q4_uniform(int64_t seed, uint64_t index) {
+  uint64_t h = splitmix64(splitmix64((uint64_t)seed) ^ index);
+  return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index) {
+  if (p->clip) x = x < p->clip_lo ? p->clip_lo : x > p->clip_hi ? p->clip_hi : x;
+  float v = x / p->scale;
+  float r;
+  if (cfg->rounding == NBL_Q4_ROUND_STOCHASTIC) {
+    double fl = floor((double)v);
+    double frac = (double)v - fl;
+    r = (float)(fl + (nbl_q4_uniform(cfg->seed, index) < frac ? 1.0 : 0.0));
+  } else {
+    r = nearbyintf(v);
+  }
+  r += (float)p->zero;
+  if (r < (float)p->qmin) r = (float)p->qmin;
+  if (r > (float)p->qmax) r = (float)p->qmax;
+  return (int)r;
+}
+
+void nbl_q4_fake_quant(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                       float *y, size_t n, uint64_t index0) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    if (!isfinite(v)) {
+      y[i] = v;
+      continue;
+    }
+    int q = nbl_q4_code(cfg, p, v, index0 + i);
+    y[i] = p->scale * (float)(q - p->zero);
+  }
+}
+
+void nbl_q4_quantize_codes(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                           int8_t *q, size_t n, uint64_t index0) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    if (isnan(v)) q[i] = (int8_t)p->zero;
+    else if (isinf(v)) q[i] = (int8_t)(v > 0 ? p->qmax : p->qmin);
+    else q[i] = (int8_t)nbl_q4_code(cfg, p, v, index0 + i);
+  }
+}
+
+void nbl_q4_pack(const int8_t *q, size_t n, uint8_t *dst) {
+  for (size_t i = 0; i < n; i += 2) {
+    uint8_t lo = (uint8_t)q[i] & 0x0F;
+    uint8_t hi = i + 1 < n ? (uint8_t)((uint8_t)q[i + 1] & 0x0F) : 0;
+    dst[i / 2] = (uint8_t)(lo | (hi << 4));
+  }
+}
+
+void nbl_q4_unpack(const uint8_t *src, size_t n, int8_t *q) {
+  for (size_t i = 0; i < n; i++) {
+    int v = (src[i / 2] >> ((i & 1) * 4)) & 0x0F;
+    q[i] = (int8_t)(v >= 8 ? v - 16 : v);
+  }
+}

@@ -1,0 +1,120 @@
+/*
+ * quant4.h - the per-tensor INT4 (2..8 bit) quantizer math behind the
+ * ai.nibble QuantizeInt4 op: scale selection (max, SAWB, fixed, PACT),
+ * symmetric / affine grids, half-to-even and stochastic rounding, and
+ * INT4 nibble packing. Plain C, no IR or kernel-context dependency, so the
+ * reference kernel, the packing/lowering passes and the fused integer
+ * kernels all share one definition of the numbers.
+ *
+ * Formulas (b bits, qmin = -2^(b-1), qmax = 2^(b-1)-1):
+ *   symmetric:  q = clamp(round(x/s), qmin, qmax), y = s*q
+ *   affine:     q = clamp(round(x/s) + z, qmin, qmax), y = s*(q-z)
+ *   max:   symmetric s = max|x| / qmax; affine s = (max-min)/(qmax-qmin),
+ *          z = round(qmin - min/s) (min, max taken over finite x and 0 included
+ *          only if present in the data; see nbl_q4_params)
+ *   sawb:  c = c1*sqrt(E[x^2]) + c2*E|x| (coefficients per b), c <= 0 -> max|x|,
+ *          s = c / qmax (symmetric only)
+ *   pact:  x is first clamped to [0, alpha], then s = alpha/(qmax-qmin), z = qmin
+ *   fixed: s given (z = 0 symmetric; affine with fixed scale uses z = 0 too)
+ * Statistics skip NaN/Inf; s = 0 (all-zero tensor) becomes s = 1. NaN inputs
+ * give NaN, +-Inf give +-Inf. Narrow range applies to symmetric grids only.
+ * The affine zero point is clamped to the int8 range [-128, 127] (it is
+ * reported as an int8 tensor); inside that range it is the literal formula.
+ * All arithmetic is float32 (x/s, rint, s*(q-z)), like ONNX QuantizeLinear /
+ * DequantizeLinear, so a lowered model reproduces the codes exactly.
+ */
+#ifndef NBL_QUANT4_H
+#define NBL_QUANT4_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { NBL_Q4_SYMMETRIC = 0, NBL_Q4_AFFINE = 1 } nbl_q4_mode;
+typedef enum {
+  NBL_Q4_SCALE_MAX = 0,
+  NBL_Q4_SCALE_SAWB = 1,
+  NBL_Q4_SCALE_FIXED = 2,
+  NBL_Q4_SCALE_PACT = 3
+} nbl_q4_scale_source;
+typedef enum { NBL_Q4_ROUND_HALF_EVEN = 0, NBL_Q4_ROUND_STOCHASTIC = 1 } nbl_q4_rounding;
+
+/* The op's attributes, decoded. */
+typedef struct nbl_q4_config {
+  int bits;                         /* 2..8 */
+  nbl_q4_mode mode;
+  nbl_q4_scale_source scale_source;
+  float fixed_scale;                /* scale_source == FIXED */
+  int narrow;                       /* symmetric: qmin = -qmax */
+  nbl_q4_rounding rounding;
+  int64_t seed;                     /* stochastic rounding key */
+} nbl_q4_config;
+
+/* The quantization parameters chosen for one tensor. */
+typedef struct nbl_q4_params {
+  float scale;   /* s > 0 */
+  int zero;      /* z (0 for symmetric) */
+  int qmin, qmax;
+  float clip_lo; /* PACT only: x is clamped to [clip_lo, clip_hi] before quantizing */
+  float clip_hi;
+  int clip;      /* 1: apply the PACT clamp */
+} nbl_q4_params;
+
+/* Fill cfg with the defaults: 4 bits, symmetric, max, half-even, seed 0. */
+void nbl_q4_config_default(nbl_q4_config *cfg);
+
+/* Parse attribute strings into cfg fields. Return 0 on success, -1 if the
+ * string is not one of the accepted spellings. */
+int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out);
+int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out);
+int nbl_q4_parse_rounding(const char *s, nbl_q4_rounding *out);
+
+/* Code range of the configuration: qmin/qmax per the header formulas. */
+void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax);
+
+/* SAWB coefficients for `bits`; returns 0 and sets c1, c2, or -1 when there
+ * are none for that bit width (the caller then falls back to max). */
+int nbl_q4_sawb_coeffs(int bits, double *c1, double *c2);
+
+/* The SAWB clip c for x[0..n) (finite elements only); falls back to max|x|
+ * when c <= 0 or bits has no coefficients. */
+double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
+
+/* Choose the scale/zero point for x[0..n) under cfg. alpha is the PACT clip
+ * (ignored unless scale_source == PACT). PACT is always affine on [0, alpha]
+ * (the mode attribute is ignored for it). Returns 0, or -1 with the reason in
+ * *why (static string): bits outside 2..8, sawb with affine mode, a fixed
+ * scale <= 0 or not finite, alpha <= 0 or not finite. */
+int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
+                  nbl_q4_params *p, const char **why);
+
+/* Round v half to even (v finite). */
+double nbl_q4_round_half_even(double v);
+
+/* Counter-based uniform draw in [0, 1) keyed by (seed, index): the same
+ * (seed, index) always gives the same number (splitmix64 of the pair). */
+double nbl_q4_uniform(int64_t seed, uint64_t index);
+
+/* Quantize element x (finite) at linear index `index` to its integer code
+ * (including the zero point), under p and the rounding mode of cfg. */
+int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index);
+
+/* Fake-quantize x[0..n) into y[0..n) (y may equal x): y = s*(q - z); NaN
+ * stays NaN, +-Inf stays +-Inf. index0 is the linear index of x[0] (for the
+ * stochastic generator, so chunked/threaded calls match a single call). */
+void nbl_q4_fake_quant(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                       float *y, size_t n, uint64_t index0);
+
+/* Integer codes q (with zero point) of x[0..n) into q[0..n). Non-finite x
+ * map to: NaN -> 0 code (z), +Inf -> qmax, -Inf -> qmin (codes cannot carry
+ * NaN; callers that need NaN propagation use nbl_q4_fake_quant). */
+void nbl_q4_quantize_codes(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                           int8_t *q, size_t n, uint64_t index0);
+
+/* Pack n signed 4-bit codes (each in [-8, 7]) two per byte, low nibble first
+ * (element 2i in bits 0..3 of byte i, element 2i+1 in bits 4..7); an odd
+ * tail leaves the high nibble of the last byte 0. dst has (n+1)/2 bytes. */
+void nbl_q4_pack(const int8_t *q, size_t n, uint8_t *dst);
+/* Unpack n signed 4-bit codes from packed bytes (sign-extended). */
+void nbl_q4_unpack(const uint8_t *src, size_t n, int8_t *q);
+
+#endif /* NBL_QUANT4_H */
