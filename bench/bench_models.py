@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"))
+    ap.add_argument("--note", action="append", default=[], help="extra line under the table")
     args = ap.parse_args()
     try:
         threads = [int(t) for t in args.threads.split(",") if t]
@@ -140,7 +141,7 @@ def main():
     lines.append("# nibble vs ONNX Runtime: whole-model latency and memory\n")
     lines.append("Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, "
                  "CPU, graph optimizations on). Batch 1, float32, random weights "
-                 "(torch.manual_seed(0)). %d warmup + %d timed runs.\n"
+                 "(torch.manual_seed(0), BatchNorm statistics calibrated on random batches). %d warmup + %d timed runs.\n"
                  % (platform.machine(), os.cpu_count() or 0, cpu_name(), ort_version,
                     args.warmup, args.runs))
     lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | ORT median ms "
@@ -157,6 +158,8 @@ def main():
     lines.append("- peak RSS: /usr/bin/time -v of one run (load + run). The ORT column includes "
                  "node.js itself: node with onnxruntime-node loaded and no model uses %.0f MB."
                  % node_base)
+    for n in args.note:
+        lines.append("- " + n)
     lines.append("- made by `bench/run_bench.sh` on %s." % time.strftime("%Y-%m-%d"))
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

@@ -22,5 +22,12 @@ if [ ! -x "$nibble" ]; then
   exit 2
 fi
 sh "$root/tests/ref/prepare.sh" "$build/ref-models"
+buildtype=$(meson introspect --buildoptions "$build" 2>/dev/null | /usr/bin/python3 -c \
+  'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "buildtype"][0])' \
+  2>/dev/null || true)
+blas=$(meson introspect --dependencies "$build" 2>/dev/null | grep -o '"name": "[a-z]*blas[a-z]*"' |
+       head -n 1 | sed 's/.*: "\(.*\)"/\1/' || true)
 exec /usr/bin/python3 "$here/bench_models.py" --nibble "$nibble" --refdir "$build/ref-models" \
-  --out "$here/results.md" "$@"
+  --out "$here/results.md" \
+  --note "nibble: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'), meson buildtype ${buildtype:-?}, BLAS: ${blas:-none}" \
+  "$@"
