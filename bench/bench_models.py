@@ -12,6 +12,8 @@ For each model (batch 1, 3x224x224, from tests/ref/export_models.py) and thread 
   and warmup cancel out), with R = the warmup count.
 - ONNX Runtime latency: `node tests/ref/ort_run.js time` (W warmup runs, then
   N timed runs, in process); the mean is compared, the median shown too.
+- PyTorch latency (for context): bench/torch_time.py, the same module in eager
+  mode with torch.set_num_threads(T); "n/a" if torch is missing.
 - peak memory: maximum resident set size (/usr/bin/time -v) of one
   `nibble run` and of one `node ort_run.js run` (the latter includes node's
   own ~40 MB; the node baseline is measured and shown separately).
@@ -89,6 +91,17 @@ def ort_latency(model, inputs, threads, runs, warmup):
     return res["mean_ms"], res["median_ms"], res["ort_version"]
 
 
+def torch_latency(name, inputs, threads, runs, warmup):
+    """PyTorch's mean latency (bench/torch_time.py), or None if torch is missing."""
+    cmd = ["/usr/bin/python3", os.path.join(HERE, "torch_time.py"), name] + list(inputs.values()) \
+        + ["--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env_for(threads))
+    if r.returncode != 0:
+        return None, None
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return res["mean_ms"], res["torch_version"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nibble", required=True)
@@ -112,6 +125,7 @@ def main():
         manifest = {e["name"]: e for e in json.load(f)["models"]}
     rows, notes = [], set()
     ort_version = "?"
+    torch_version = None
     try:
         node_base = peak_rss_mb(["node", "-e", "require('onnxruntime-node')"], 1, "node baseline")
         for name in [m for m in args.models.split(",") if m]:
@@ -128,11 +142,13 @@ def main():
                 ort_ms, ort_med, ort_version = ort_latency(model, inputs, t, args.runs, args.warmup)
                 nbl_ms, how = nibble_latency(args.nibble, model, inputs, t, args.runs, args.warmup)
                 notes.add(how)
+                pt_ms, tv = torch_latency(name, inputs, t, args.runs, args.warmup)
+                torch_version = tv or torch_version
                 nbl_mb = peak_rss_mb([args.nibble, "run", model, "--threads", str(t)] + feeds,
                                      t, "nibble run (memory)")
                 ort_mb = peak_rss_mb(["node", ORT_RUN, "run", model, "--threads", str(t)] + feeds,
                                      t, "ONNX Runtime (memory)")
-                rows.append((name, t, nbl_ms, ort_ms, ort_med, nbl_mb, ort_mb))
+                rows.append((name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb))
     except BenchError as ex:
         print("bench_models.py: %s" % ex, file=sys.stderr)
         return 1
@@ -145,16 +161,20 @@ def main():
                  % (platform.machine(), os.cpu_count() or 0, cpu_name(), ort_version,
                     args.warmup, args.runs))
     lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | ORT median ms "
-                 "| nibble peak RSS MB | ORT peak RSS MB (node) |")
-    lines.append("|---|---|---|---|---|---|---|---|")
-    for name, t, nbl_ms, ort_ms, ort_med, nbl_mb, ort_mb in rows:
-        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.2f | %.0f | %.0f |"
+                 "| PyTorch ms | nibble / PyTorch | nibble peak RSS MB | ORT peak RSS MB (node) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb in rows:
+        pt = ("%.2f" % pt_ms, "%.2fx" % (nbl_ms / pt_ms)) if pt_ms else ("n/a", "n/a")
+        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.2f | %s | %s | %.0f | %.0f |"
                      % (name, t, nbl_ms, ort_ms, nbl_ms / ort_ms if ort_ms > 0 else float("nan"),
-                        ort_med, nbl_mb, ort_mb))
+                        ort_med, pt[0], pt[1], nbl_mb, ort_mb))
     lines.append("")
     lines.append("- nibble latency: %s; ORT latency: mean in process (ort_run.js time)."
                  % "; ".join(sorted(notes)))
     lines.append("- nibble / ORT > 1 means nibble is slower.")
+    lines.append("- PyTorch %s: the same module and weights in eager mode under torch.no_grad(), "
+                 "torch.set_num_threads(T), mean of the timed runs (BatchNorm not folded)."
+                 % (torch_version or "(not installed)"))
     lines.append("- peak RSS: /usr/bin/time -v of one run (load + run). The ORT column includes "
                  "node.js itself: node with onnxruntime-node loaded and no model uses %.0f MB."
                  % node_base)

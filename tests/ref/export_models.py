@@ -93,11 +93,18 @@ def rel_err(a, b):
     return diff / denom if denom > 0 else diff
 
 
-def export_one(name, outdir, run_ort):
+def build_model(name):
+    """The PyTorch module `name` exactly as exported (seeded weights, calibrated
+    BatchNorm, eval mode), with its [(input name, shape)] and opset."""
     torch.manual_seed(0)
     model, inputs, opset = MODELS[name]()
     model.eval()
     calibrate_batchnorm(model, inputs[0][1], np.random.default_rng(99))
+    return model, inputs, opset
+
+
+def export_one(name, outdir, run_ort):
+    model, inputs, opset = build_model(name)
     mdir = os.path.join(outdir, name)
     for sub in ("inputs", "torch", "ort"):
         os.makedirs(os.path.join(mdir, sub), exist_ok=True)
