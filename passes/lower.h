@@ -1,0 +1,34 @@
+/*
+ * lower.h - helpers shared by pack-int4 and lower-to-onnx (passes/lower.c).
+ */
+#ifndef NBL_PASSES_LOWER_H
+#define NBL_PASSES_LOWER_H
+
+#include "../runtime/quant4.h"
+#include "pass.h"
+
+/* Decode the attributes of an ai.nibble QuantizeInt4 node into cfg.
+ * Returns NBL_OK or NBL_ERR_UNSUPPORTED / NBL_ERR_INVALID_MODEL with a message
+ * naming the node and attribute. */
+nbl_status nbl_q4_node_config(const nbl_model *m, const nbl_node *n, nbl_q4_config *cfg);
+
+/* If QuantizeInt4 node `nid` has a constant float32 initializer X (all
+ * finite), no PACT input, and neither its scale nor zero_point output is
+ * used, replace it by DequantizeLinear(q, s[, z]) with q a constant code
+ * initializer: packed INT4 for 4-bit symmetric codes, INT8 otherwise (with an
+ * INT8 zero point when z != 0). *folded is 1 when it did, 0 when the node does
+ * not qualify (then nothing changed). only_int4: fold only 4-bit symmetric.
+ * On success *q_bytes / *f32_bytes (may be NULL) get the code bytes and the
+ * FP32 bytes of X. The old initializer is left for DCE. */
+nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int only_int4,
+                                int *folded, size_t *q_bytes, size_t *f32_bytes);
+
+/* Upgrade the default-domain ("") opset of the model to `target` (>= the
+ * current one), rewriting nodes whose signature changed (Reduce* axes
+ * attribute -> input at 18, Squeeze/Unsqueeze axes at 13, Split at 13/18,
+ * Clip min/max at 11, ...). An op not known to be equivalent at `target` is
+ * a clear NBL_ERR_UNSUPPORTED naming the node and op; then the model may be
+ * partly rewritten (callers fail the pass). Raises ir_version to >= 10. */
+nbl_status nbl_upgrade_opset(nbl_pass_ctx *ctx, int target);
+
+#endif /* NBL_PASSES_LOWER_H */

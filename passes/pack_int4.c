@@ -1,0 +1,59 @@
+/* pack_int4.c - pack-int4: store constant 4-bit symmetric quantized weights
+ * as packed INT4 initializers. Each ai.nibble QuantizeInt4 whose X is a
+ * constant float32 initializer (bits=4, symmetric, no PACT input) is computed
+ * once: the codes q become an INT4 initializer (element type 22, two per
+ * byte, low nibble first), the scale s a float scalar initializer, and the
+ * node a standard DequantizeLinear(q, s), which needs default-domain opset
+ * 21 (the model is upgraded, see nbl_upgrade_opset). Outputs are unchanged:
+ * DequantizeLinear computes s*q exactly as the fake quantizer did. */
+#include <string.h>
+
+#include "lower.h"
+
+static nbl_status pack_run(nbl_pass_ctx *ctx) {
+  nbl_model *m = ctx->model;
+  nbl_graph *g = m->graph;
+  int candidates = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (!n->dead && !strcmp(n->domain, "ai.nibble") && !strcmp(n->op_type, "QuantizeInt4"))
+      candidates++;
+  }
+  if (!candidates) return NBL_OK;
+  int packed = 0;
+  size_t qb = 0, fb = 0;
+  int nn = g->n_nodes;
+  nbl_status st = NBL_OK;
+  for (nbl_id i = 0; i < nn && !st; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (n->dead || strcmp(n->domain, "ai.nibble") || strcmp(n->op_type, "QuantizeInt4")) continue;
+    int f = 0;
+    size_t a = 0, b = 0;
+    st = nbl_q4_fold_constant(ctx, g, i, 1, &f, &a, &b);
+    if (f) {
+      packed++;
+      qb += a;
+      fb += b;
+    }
+  }
+  if (st) return st;
+  if (packed) {
+    st = nbl_upgrade_opset(ctx, 21);
+    if (st) return st;
+    nbl_graph_dce(g);
+    nbl_graph_compact(g);
+  }
+  ctx->changed += packed;
+  nbl_pass_logf(ctx,
+                "packed %d weight(s) into INT4: %zu bytes (FP32 %zu bytes, %.3fx); %d "
+                "QuantizeInt4 left",
+                packed, qb, fb, fb ? (double)qb / (double)fb : 0.0, candidates - packed);
+  return NBL_OK;
+}
+
+const nbl_pass_def nbl_pass_pack_int4 = {
+    .name = "pack-int4",
+    .description = "store constant 4-bit symmetric QuantizeInt4 weights as packed INT4 "
+                   "initializers feeding DequantizeLinear (opset 21)",
+    .run = pack_run,
+};
