@@ -9,14 +9,16 @@ For every model of the reference set (tests/ref/export_models.py: ResNet-18,
 MobileNetV2, SqueezeNet 1.1, a transformer encoder) and the models nibble
 ships (models/mlp.onnx, models/lenet5.onnx on models/data/fmnist_test_100.npy),
 runs `nibble run MODEL --input NAME=FILE ... --output-dir DIR` on the fast path
-and with --reference, and compares every output with ONNX Runtime's. Mode "roundtrip" instead saves
-the model with `nibble convert MODEL -o OUT` (no passes) and runs OUT under
-ONNX Runtime, which checks the parser's load/save path; mode "passes" does the
-same after the pipeline PASSES (below), which checks that the rewrites keep
-the model's meaning. Every check:
-relative error = max|nibble - ort| / max|ort| must be <= T (default 1e-4).
+and with --reference, and compares every output with ONNX Runtime's. Mode
+"roundtrip" instead saves the model with `nibble convert MODEL -o OUT` (no
+passes) and runs OUT under ONNX Runtime, which checks the parser's load/save
+path; mode "passes" does the same after the pipeline PASSES (below), which
+checks that the rewrites keep the model's meaning. Every check: relative
+error = max|nibble - ort| / max|ort| must be <= T (default 1e-4).
 Prints a table; exit status 0 all passed, 1 a model failed or mismatched,
-2 bad usage, 77 (skip) node, ONNX Runtime, torch or numpy is not installed.
+2 bad usage, 77 (skip) node, npm, numpy, or torch/torchvision/onnx for
+/usr/bin/python3 is not installed (ONNX Runtime itself is installed by
+prepare.sh with npm when missing).
 
 Defaults come from the meson test environment: $NIBBLE (the nibble binary),
 $NBL_BUILD_ROOT/ref-models (reference set, made by prepare.sh if missing).
