@@ -764,6 +764,50 @@ START_TEST(test_normalization) {
 }
 END_TEST
 
+START_TEST(test_losses) {
+  /* NLL: lp[2,3], target {2, 0} with ignore_index 0 and weights {1,2,3}:
+   * only sample 0 counts: -3 * -3 = 9; mean divides by the weight used (3) */
+  float lp[6] = {-1, -2, -3, -4, -5, -6}, w[3] = {1, 2, 3};
+  int64_t tg[2] = {2, 0};
+  const char *red[3] = {"none", "sum", "mean"};
+  for (int r = 0; r < 3; r++) {
+    one *o = one_new("NegativeLogLikelihoodLoss", 13, 3, 1);
+    nbl_node_set_attr_string(G(o), o->node, "reduction", red[r]);
+    nbl_node_set_attr_int(G(o), o->node, "ignore_index", 0);
+    one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, lp);
+    one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
+    one_in(o, 2, NBL_DT_FLOAT, 1, (int64_t[]){3}, w);
+    ck_assert_int_eq(one_run(o, 0), NBL_OK);
+    if (r == 0) {
+      ck_dims(&o->out[0], 1, (int64_t[]){2});
+      CK_F(outf(o, 0)[0], 9, 0);
+      CK_F(outf(o, 0)[1], 0, 0);
+    } else {
+      ck_assert_int_eq(o->out[0].rank, 0);
+      CK_F(outf(o, 0)[0], r == 1 ? 9 : 3, 0);
+    }
+    one_free(o);
+  }
+  /* a target outside [0, C) is a runtime error */
+  int64_t bad[2] = {5, 1};
+  one *o = one_new("NegativeLogLikelihoodLoss", 13, 2, 1);
+  one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, lp);
+  one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, bad);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_RUNTIME);
+  one_free(o);
+  /* SoftmaxCrossEntropyLoss of equal scores over C=4 classes: log(4), log_prob = -log(4) */
+  float sc[8] = {0, 0, 0, 0, 7, 7, 7, 7};
+  int32_t lab[2] = {1, 3};
+  o = one_new("SoftmaxCrossEntropyLoss", 13, 2, 2);
+  one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 4}, sc);
+  one_in(o, 1, NBL_DT_INT32, 1, (int64_t[]){2}, lab);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  CK_F(outf(o, 0)[0], log(4.0), 1e-6);
+  for (int i = 0; i < 8; i++) CK_F(outf(o, 1)[i], -log(4.0), 1e-6);
+  one_free(o);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("ops_elem");
   TCase *t = tcase_create("core");
@@ -787,6 +831,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_argmax_topk_cumsum);
   tcase_add_test(t, test_softmax);
   tcase_add_test(t, test_normalization);
+  tcase_add_test(t, test_losses);
   suite_add_tcase(s, t);
   return s;
 }
