@@ -1,0 +1,437 @@
+/* test_quant4.c - the INT4 quantizer (runtime/quant4.c), the ai.nibble
+ * QuantizeInt4 kernel, and the pack-int4 / lower-to-onnx / quantize-int4
+ * passes, on hand-computed cases. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "include/nibble.h"
+#include "ir/ir.h"
+#include "runtime/quant4.h"
+
+static nbl_q4_config cfg4(void) {
+  nbl_q4_config c;
+  nbl_q4_config_default(&c);
+  return c;
+}
+
+/* Fake-quantize x with cfg; returns the params used. */
+static nbl_q4_params fq(const nbl_q4_config *c, const float *x, float *y, size_t n) {
+  nbl_q4_params p;
+  const char *why = NULL;
+  ck_assert_int_eq(nbl_q4_choose(c, x, n, 0.0f, &p, &why), 0);
+  nbl_q4_fake_quant(c, &p, x, y, n, 0);
+  return p;
+}
+
+START_TEST(test_symmetric_ties) {
+  /* max|x| = 7 -> s = 1; x/s are exact halves: half to even */
+  const float x[] = {7, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, -7, 1.25f};
+  const float want[] = {7, 0, 2, 2, -0.0f, -2, -2, 4, -7, 1};
+  float y[10];
+  nbl_q4_config c = cfg4();
+  nbl_q4_params p = fq(&c, x, y, 10);
+  ck_assert_float_eq(p.scale, 1.0f);
+  ck_assert_int_eq(p.zero, 0);
+  ck_assert_int_eq(p.qmin, -8);
+  ck_assert_int_eq(p.qmax, 7);
+  for (int i = 0; i < 10; i++) ck_assert_float_eq(y[i], want[i]);
+  /* s = 14/7 = 2: -16 saturates at -8 only when the scale is fixed */
+  c.scale_source = NBL_Q4_SCALE_FIXED;
+  c.fixed_scale = 2.0f;
+  const float x2[] = {-16, 15, 3, 100};
+  float y2[4];
+  fq(&c, x2, y2, 4);
+  ck_assert_float_eq(y2[0], -16.0f); /* q = -8 */
+  ck_assert_float_eq(y2[1], 14.0f);  /* 7.5 -> 8 -> clamp 7 */
+  ck_assert_float_eq(y2[2], 4.0f);   /* 1.5 -> 2 */
+  ck_assert_float_eq(y2[3], 14.0f);
+  /* narrow: codes in [-7, 7] */
+  c.narrow = 1;
+  fq(&c, x2, y2, 4);
+  ck_assert_float_eq(y2[0], -14.0f);
+}
+END_TEST
+
+START_TEST(test_affine_min_max) {
+  /* min -1, max 2: s = 3/15 = 0.2, z = round(-8 + 5) = -3 */
+  const float x[] = {-1, 0, 0.5f, 2};
+  float y[4];
+  nbl_q4_config c = cfg4();
+  c.mode = NBL_Q4_AFFINE;
+  nbl_q4_params p = fq(&c, x, y, 4);
+  ck_assert_float_eq_tol(p.scale, 0.2f, 1e-7f);
+  ck_assert_int_eq(p.zero, -3);
+  ck_assert_int_eq(nbl_q4_code(&c, &p, -1.0f, 0), -8);
+  ck_assert_int_eq(nbl_q4_code(&c, &p, 2.0f, 0), 7);
+  ck_assert_int_eq(nbl_q4_code(&c, &p, 0.0f, 0), -3);
+  ck_assert_float_eq_tol(y[0], -1.0f, 1e-6f);
+  ck_assert_float_eq(y[1], 0.0f);
+  ck_assert_float_eq_tol(y[2], 0.4f, 1e-6f); /* 2.5 -> 2 (even) */
+  ck_assert_float_eq_tol(y[3], 2.0f, 1e-6f);
+  /* all positive data: min still maps to -8 and max to 7 */
+  const float x2[] = {1, 2, 1.5f};
+  fq(&c, x2, y, 3);
+  ck_assert_float_eq_tol(y[0], 1.0f, 1e-6f);
+  ck_assert_float_eq_tol(y[1], 2.0f, 1e-6f);
+}
+END_TEST
+
+START_TEST(test_all_zero_outlier_nan) {
+  float z[6] = {0}, y[6];
+  nbl_q4_config c = cfg4();
+  nbl_q4_params p = fq(&c, z, y, 6);
+  ck_assert_float_eq(p.scale, 1.0f);
+  for (int i = 0; i < 6; i++) ck_assert_float_eq(y[i], 0.0f);
+  c.mode = NBL_Q4_AFFINE;
+  p = fq(&c, z, y, 6);
+  ck_assert_float_eq(p.scale, 1.0f);
+  ck_assert_int_eq(p.zero, -8);
+  for (int i = 0; i < 6; i++) ck_assert_float_eq(y[i], 0.0f);
+  /* one huge outlier: s = 1000/7, everything else rounds to 0 */
+  c = cfg4();
+  const float o[] = {1000, 1, -1, 0.5f, -60};
+  float yo[5];
+  p = fq(&c, o, yo, 5);
+  ck_assert_float_eq_tol(p.scale, 1000.0f / 7.0f, 1e-3f);
+  ck_assert_float_eq_tol(yo[0], 1000.0f, 1e-3f);
+  ck_assert_float_eq(yo[1], 0.0f);
+  ck_assert_float_eq(yo[2], -0.0f);
+  ck_assert_float_eq(yo[3], 0.0f);
+  ck_assert_float_eq(yo[4], -0.0f); /* -60 / 142.9 = -0.42 -> 0 */
+}
+END_TEST
+
+START_TEST(test_nan_inf) {
+  const float x[] = {NAN, 1.5f, -INFINITY, 7, INFINITY};
+  float y[5];
+  nbl_q4_config c = cfg4();
+  nbl_q4_params p = fq(&c, x, y, 5);
+  ck_assert_float_eq(p.scale, 1.0f); /* statistics skip NaN/Inf: max|x| = 7 */
+  ck_assert(isnan(y[0]));
+  ck_assert(isinf(y[2]) && y[2] < 0);
+  ck_assert(isinf(y[4]) && y[4] > 0);
+  ck_assert_float_eq(y[1], 2.0f); /* 1.5 -> 2 */
+  ck_assert_float_eq(y[3], 7.0f);
+}
+END_TEST
+
+START_TEST(test_sawb) {
+  enum { N = 1000 };
+  float x[N], y[N];
+  double s2 = 0, s1 = 0;
+  for (int i = 0; i < N; i++) {
+    x[i] = (float)(((i * 37) % 201) - 100) / 100.0f;
+    s2 += (double)x[i] * x[i];
+    s1 += fabs(x[i]);
+  }
+  double c = 12.68 * sqrt(s2 / N) - 12.80 * (s1 / N);
+  ck_assert(c > 0.5 && c < 1.0); /* the clip lies inside the data range */
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(x, N, 4), c, 1e-9);
+  nbl_q4_config cf = cfg4();
+  cf.scale_source = NBL_Q4_SCALE_SAWB;
+  nbl_q4_params p = fq(&cf, x, y, N);
+  ck_assert_float_eq_tol(p.scale, (float)(c / 7), 1e-7f);
+  /* values beyond the clip saturate at +-7 s / -8 s */
+  for (int i = 0; i < N; i++) {
+    if (x[i] >= 1.0f) ck_assert_float_eq(y[i], 7 * p.scale);
+    if (x[i] <= -1.0f) ck_assert_float_eq(y[i], -8 * p.scale);
+  }
+  /* 8-bit coefficients */
+  double c8 = 31.76 * sqrt(s2 / N) - 35.04 * (s1 / N);
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(x, N, 8), c8 > 0 ? c8 : 1.0, 1e-9);
+  /* c <= 0 falls back to max|x|: |x| constant gives 12.68 - 12.80 < 0 */
+  const float pm[] = {0.5f, -0.5f, 0.5f, -0.5f};
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(pm, 4, 4), 0.5, 1e-12);
+  /* no coefficients for 5 bits: max */
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(pm, 4, 5), 0.5, 1e-12);
+  /* affine SAWB is refused */
+  cf.mode = NBL_Q4_AFFINE;
+  const char *why = NULL;
+  ck_assert_int_eq(nbl_q4_choose(&cf, x, N, 0, &p, &why), -1);
+  ck_assert_ptr_nonnull(why);
+}
+END_TEST
+
+START_TEST(test_stochastic_unbiased) {
+  enum { N = 100000 };
+  float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+  float *y2 = malloc(sizeof(float) * N);
+  nbl_q4_config c = cfg4();
+  c.scale_source = NBL_Q4_SCALE_FIXED;
+  c.fixed_scale = 1.0f;
+  c.rounding = NBL_Q4_ROUND_STOCHASTIC;
+  c.seed = 42;
+  for (int i = 0; i < N; i++) x[i] = (i & 1) ? 0.3f : -2.7f;
+  fq(&c, x, y, N);
+  double m_pos = 0, m_neg = 0;
+  for (int i = 0; i < N; i++) {
+    if (i & 1) {
+      ck_assert(y[i] == 0.0f || y[i] == 1.0f);
+      m_pos += y[i];
+    } else {
+      ck_assert(y[i] == -3.0f || y[i] == -2.0f);
+      m_neg += y[i];
+    }
+  }
+  m_pos /= N / 2;
+  m_neg /= N / 2;
+  /* std of each mean is sqrt(0.21 / 50000) = 0.002; bound 0.01 is 5 sigma */
+  ck_assert_double_eq_tol(m_pos, 0.3, 0.01);
+  ck_assert_double_eq_tol(m_neg, -2.7, 0.01);
+  /* reproducible, chunk-independent, seed-dependent */
+  nbl_q4_params p;
+  ck_assert_int_eq(nbl_q4_choose(&c, x, N, 0, &p, NULL), 0);
+  nbl_q4_fake_quant(&c, &p, x, y2, 1000, 0);
+  nbl_q4_fake_quant(&c, &p, x + 1000, y2 + 1000, N - 1000, 1000);
+  ck_assert_int_eq(memcmp(y, y2, sizeof(float) * N), 0);
+  c.seed = 43;
+  nbl_q4_fake_quant(&c, &p, x, y2, N, 0);
+  ck_assert_int_ne(memcmp(y, y2, sizeof(float) * N), 0);
+  free(x);
+  free(y);
+  free(y2);
+}
+END_TEST
+
+START_TEST(test_pact_and_bits) {
+  /* pact alpha 3, 4 bits: s = 3/15 = 0.2, z = -8; clamp to [0, 3] */
+  const float x[] = {-1, 0, 1.1f, 3, 10};
+  float y[5];
+  nbl_q4_config c = cfg4();
+  c.scale_source = NBL_Q4_SCALE_PACT;
+  nbl_q4_params p;
+  ck_assert_int_eq(nbl_q4_choose(&c, x, 5, 3.0f, &p, NULL), 0);
+  ck_assert_float_eq_tol(p.scale, 0.2f, 1e-7f);
+  ck_assert_int_eq(p.zero, -8);
+  nbl_q4_fake_quant(&c, &p, x, y, 5, 0);
+  ck_assert_float_eq(y[0], 0.0f);
+  ck_assert_float_eq(y[1], 0.0f);
+  ck_assert_float_eq_tol(y[2], 1.2f, 1e-6f); /* 5.5 -> 6 */
+  ck_assert_float_eq_tol(y[3], 3.0f, 1e-6f);
+  ck_assert_float_eq_tol(y[4], 3.0f, 1e-6f);
+  ck_assert_int_eq(nbl_q4_choose(&c, x, 5, 0.0f, &p, NULL), -1); /* alpha must be > 0 */
+  /* 8 bits: s = max/127 */
+  c = cfg4();
+  c.bits = 8;
+  const float x8[] = {127, -200, 0.5f};
+  float y8[3];
+  p = fq(&c, x8, y8, 3);
+  ck_assert_float_eq_tol(p.scale, 200.0f / 127.0f, 1e-6f);
+  ck_assert_int_eq(p.qmin, -128);
+  c.bits = 9;
+  ck_assert_int_eq(nbl_q4_choose(&c, x8, 3, 0, &p, NULL), -1);
+}
+END_TEST
+
+START_TEST(test_pack_bytes) {
+  const int8_t q[] = {-8, 7, -1, 0, 3};
+  uint8_t b[3];
+  nbl_q4_pack(q, 5, b);
+  ck_assert_uint_eq(b[0], 0x78); /* low nibble first: -8 = 0x8, 7 = 0x7 */
+  ck_assert_uint_eq(b[1], 0x0F);
+  ck_assert_uint_eq(b[2], 0x03);
+  int8_t back[5];
+  nbl_q4_unpack(b, 5, back);
+  ck_assert_int_eq(memcmp(q, back, 5), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ graphs */
+
+/* Model: input x float[n] -> QuantizeInt4(attrs) -> y; or with a constant
+ * weight w (then the output is QuantizeInt4(w) + x). */
+static nbl_model *q_model(int n, const float *w, const char *mode, const char *src, int bits,
+                          int narrow) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  int64_t d = n;
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 1, &d);
+  nbl_graph_add_input(g, x);
+  nbl_id y = nbl_graph_add_value(g, "y");
+  nbl_id qin = x;
+  if (w) {
+    qin = nbl_graph_add_value(g, "w");
+    nbl_graph_set_initializer(g, qin, nbl_tensor_new(m->arena, "w", NBL_DT_FLOAT, 1, &d, w));
+  }
+  nbl_id qo = w ? nbl_graph_add_value(g, "wq") : y;
+  nbl_id ins[2] = {qin, NBL_NONE};
+  int n_in = 1;
+  if (!strcmp(src, "pact")) {
+    float a = 2.0f;
+    ins[1] = nbl_graph_add_value(g, "alpha");
+    nbl_graph_set_initializer(g, ins[1], nbl_tensor_new(m->arena, "alpha", NBL_DT_FLOAT, 0, NULL, &a));
+    n_in = 2;
+  }
+  nbl_id q = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q", n_in, ins, 1, &qo);
+  nbl_node_set_attr_string(g, q, "mode", mode);
+  nbl_node_set_attr_string(g, q, "scale_source", src);
+  nbl_node_set_attr_int(g, q, "bits", bits);
+  nbl_node_set_attr_int(g, q, "narrow", narrow);
+  if (w) {
+    nbl_id a[2] = {qo, x};
+    nbl_graph_add_node(g, "Add", "", "add", 2, a, 1, &y);
+  }
+  nbl_type_set_tensor(m->arena, &g->values[y].type, NBL_DT_FLOAT, 1, &d);
+  nbl_graph_add_output(g, y);
+  return m;
+}
+
+static void run_model(nbl_model *m, const float *x, int n, float *y) {
+  nbl_session *s = NULL;
+  nbl_session_options o = {.threads = 1, .reference = 1};
+  ck_assert_msg(nbl_session_create(m, &o, &s) == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor in = {.name = "x", .dtype = NBL_DT_FLOAT, .rank = 1, .dims = {n},
+                        .data = (void *)x, .nbytes = sizeof(float) * (size_t)n};
+  ck_assert_msg(nbl_session_run(s, 1, &in, NULL) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(nbl_session_copy_output(s, 0, y, sizeof(float) * (size_t)n), NBL_OK);
+  nbl_session_free(s);
+}
+
+static void run_pipeline(nbl_model *m, const char *spec) {
+  nbl_pipeline *p = NULL;
+  ck_assert_msg(nbl_pipeline_parse(spec, &p) == NBL_OK, "%s", nbl_last_error());
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options o = {.verify_each = 1, .log = devnull};
+  ck_assert_msg(nbl_pipeline_run(p, m, &o) == NBL_OK, "%s", nbl_last_error());
+  fclose(devnull);
+  nbl_pipeline_free(p);
+}
+
+START_TEST(test_kernel_and_lowering) {
+  /* The kernel on the tie vector, then lower-to-onnx (QuantizeLinear /
+   * DequantizeLinear at opset 21) must give identical outputs. */
+  static const struct {
+    const char *mode, *src;
+    int bits, narrow;
+  } cases[] = {{"symmetric", "max", 4, 0}, {"affine", "max", 4, 0}, {"symmetric", "max", 8, 0},
+               {"symmetric", "max", 3, 1}, {"affine", "pact", 4, 0}};
+  const float x[] = {7, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, -7, 1.25f, 0.1f, -3.3f};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    nbl_model *m = q_model(12, NULL, cases[k].mode, cases[k].src, cases[k].bits, cases[k].narrow);
+    float y0[12], y1[12];
+    run_model(m, x, 12, y0);
+    if (k == 0) { /* hand-computed: s = 1 */
+      const float want[] = {7, 0, 2, 2, 0, -2, -2, 4, -7, 1, 0, -3};
+      for (int i = 0; i < 12; i++) ck_assert_float_eq(y0[i], want[i]);
+    }
+    run_pipeline(m, "lower-to-onnx");
+    ck_assert_int_eq(nbl_model_opset(m, ""), 21);
+    ck_assert_int_eq(nbl_model_opset(m, "ai.nibble"), 0);
+    for (int i = 0; i < m->graph->n_nodes; i++)
+      ck_assert_str_eq(m->graph->nodes[i].domain, "");
+    run_model(m, x, 12, y1);
+    for (int i = 0; i < 12; i++)
+      ck_assert_msg(y0[i] == y1[i], "case %zu element %d: %g vs %g", k, i, y0[i], y1[i]);
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
+START_TEST(test_pack_pass) {
+  /* max|w| = 3.5 -> s = 0.5 */
+  const float w[] = {3.5f, -3.5f, 0.25f, 1.0f, -0.75f};
+  const float x[] = {0, 0, 0, 0, 10};
+  nbl_model *m = q_model(5, w, "symmetric", "max", 4, 0);
+  float y0[5], y1[5];
+  run_model(m, x, 5, y0);
+  /* codes: 7, -7, 0 (0.5 -> 0), 2, -2 (-1.5 -> -2) */
+  const float want[] = {3.5f, -3.5f, 0.0f, 1.0f, 9.0f};
+  for (int i = 0; i < 5; i++) ck_assert_float_eq(y0[i], want[i]);
+  run_pipeline(m, "pack-int4");
+  nbl_graph *g = m->graph;
+  const nbl_tensor *codes = NULL, *scale = NULL;
+  for (int i = 0; i < g->n_values; i++) {
+    const nbl_tensor *t = g->values[i].init;
+    if (t && t->dtype == NBL_DT_INT4) codes = t;
+    if (t && t->dtype == NBL_DT_FLOAT && t->rank == 0) scale = t;
+    ck_assert(!t || t->dtype != NBL_DT_FLOAT || t->rank == 0); /* the FP32 weight is gone */
+  }
+  ck_assert_ptr_nonnull(codes);
+  ck_assert_ptr_nonnull(scale);
+  ck_assert_uint_eq(codes->nbytes, 3);
+  const uint8_t *b = codes->data;
+  ck_assert_uint_eq(b[0], 0x97); /* 7 | (-7 & 0xF) << 4 */
+  ck_assert_uint_eq(b[1], 0x20); /* 0 | 2 << 4 */
+  ck_assert_uint_eq(b[2], 0x0E); /* -2 */
+  float sv;
+  memcpy(&sv, scale->data, 4);
+  ck_assert_float_eq(sv, 0.5f);
+  int deq = 0;
+  for (int i = 0; i < g->n_nodes; i++)
+    deq += !g->nodes[i].dead && !strcmp(g->nodes[i].op_type, "DequantizeLinear");
+  ck_assert_int_eq(deq, 1);
+  run_model(m, x, 5, y1);
+  for (int i = 0; i < 5; i++) ck_assert_float_eq(y0[i], y1[i]);
+  nbl_model_free(m);
+}
+END_TEST
+
+START_TEST(test_quantize_pass) {
+  /* x -> MatMul(w1) -> MatMul(w2) -> MatMul(w1): three layers, w1 shared
+   * (one quantizer per bit width: first/last at 8 bits share one). */
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  int64_t d[2] = {2, 2};
+  const float w[] = {1, 2, 3, 4};
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 2, d);
+  nbl_graph_add_input(g, x);
+  nbl_id w1 = nbl_graph_add_value(g, "w1"), w2 = nbl_graph_add_value(g, "w2");
+  nbl_graph_set_initializer(g, w1, nbl_tensor_new(m->arena, "w1", NBL_DT_FLOAT, 2, d, w));
+  nbl_graph_set_initializer(g, w2, nbl_tensor_new(m->arena, "w2", NBL_DT_FLOAT, 2, d, w));
+  nbl_id a = nbl_graph_add_value(g, "a"), b = nbl_graph_add_value(g, "b"),
+         y = nbl_graph_add_value(g, "y");
+  nbl_id i0[2] = {x, w1}, i1[2] = {a, w2}, i2[2] = {b, w1};
+  nbl_graph_add_node(g, "MatMul", "", "mm0", 2, i0, 1, &a);
+  nbl_graph_add_node(g, "MatMul", "", "mm1", 2, i1, 1, &b);
+  nbl_graph_add_node(g, "MatMul", "", "mm2", 2, i2, 1, &y);
+  nbl_graph_add_output(g, y);
+  run_pipeline(m, "quantize-int4{exclude=mm9*}");
+  int n4 = 0, n8 = 0, sawb = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (n->dead || strcmp(n->op_type, "QuantizeInt4")) continue;
+    if (nbl_attr_int(n, "bits", 4) == 8) n8++;
+    else n4++;
+    sawb += !strcmp(nbl_attr_string(n, "scale_source", ""), "sawb");
+  }
+  /* 8 bits: w1 (shared by mm0/mm2), x, b; 4 bits: w2, a */
+  ck_assert_int_eq(n8, 3);
+  ck_assert_int_eq(n4, 2);
+  ck_assert_int_eq(sawb, 2);
+  ck_assert_int_eq(nbl_model_opset(m, "ai.nibble"), 1);
+  nbl_model_free(m);
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("quant4");
+  TCase *tc = tcase_create("quant4");
+  tcase_add_test(tc, test_symmetric_ties);
+  tcase_add_test(tc, test_affine_min_max);
+  tcase_add_test(tc, test_all_zero_outlier_nan);
+  tcase_add_test(tc, test_nan_inf);
+  tcase_add_test(tc, test_sawb);
+  tcase_add_test(tc, test_stochastic_unbiased);
+  tcase_add_test(tc, test_pact_and_bits);
+  tcase_add_test(tc, test_pack_bytes);
+  tcase_add_test(tc, test_kernel_and_lowering);
+  tcase_add_test(tc, test_pack_pass);
+  tcase_add_test(tc, test_quantize_pass);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
