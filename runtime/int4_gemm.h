@@ -1,0 +1,74 @@
+/*
+ * int4_gemm.h - integer GEMM micro-kernels for the fused INT4 fast path:
+ * low-bit codes (INT4 x INT4, or INT8 x INT4 / INT8 x INT8 for 8-bit layers)
+ * with exact INT32 accumulation.
+ *
+ *   C[m][n] = sum_k (A[m][k] - a_zero) * W[k][n]      (exact, int32)
+ *
+ * A (activations) are unsigned bytes u = q + off, chosen by the caller so
+ * that every code and the zero point fit in 0..255; a_zero = z + off is the
+ * byte that means 0. W (weights, codes in -128..127) is packed once
+ * (nbl_i4_pack_weights) into panels of 16 columns, [K/4][16][4] bytes, the
+ * operand layout of AVX-512 VNNI vpdpbusd; the correction a_zero * sum_k W
+ * is subtracted per output column.
+ *
+ * Three variants share that layout and are chosen at run time from CPUID
+ * (init-once table): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd,
+ * used only when max|W| <= 64 so the 16-bit pair sums cannot saturate;
+ * otherwise scalar), and portable C. All give identical results.
+ */
+#ifndef NBL_INT4_GEMM_H
+#define NBL_INT4_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant4.h"
+
+#define NBL_I4_NR 16 /* columns per packed panel */
+#define NBL_I4_MR 6  /* rows per micro-tile */
+
+typedef enum { NBL_I4_SCALAR = 0, NBL_I4_AVX2 = 1, NBL_I4_VNNI = 2 } nbl_i4_isa;
+
+/* Weights packed for the micro-kernels. */
+typedef struct nbl_i4_weights {
+  int64_t K, N;   /* logical shape W[K][N] */
+  int64_t Kp, Np; /* K rounded up to 4, N rounded up to 16 */
+  int8_t *panels; /* Np/16 panels, each [Kp/4][16][4] bytes (64-byte aligned) */
+  int32_t *colsum; /* [N]: sum_k W[k][n] */
+  int maxabs;      /* max |W| */
+} nbl_i4_weights;
+
+/* The best variant this CPU supports (CPUID, computed once, thread-safe).
+ * The environment variable NBL_INT4_ISA=scalar|avx2|vnni caps it (for tests
+ * and benchmarks); a variant the CPU lacks is never chosen. */
+nbl_i4_isa nbl_i4_best_isa(void);
+/* 1 if this CPU can run variant isa. */
+int nbl_i4_isa_supported(nbl_i4_isa isa);
+/* "scalar", "avx2" or "avx512vnni". */
+const char *nbl_i4_isa_name(nbl_i4_isa isa);
+
+/* Pack W[k][n] = w[k*sk + n*sn] (K x N codes in -128..127) into *out.
+ * Returns 0, or -1 when out of memory (*out is then empty). */
+int nbl_i4_pack_weights(const int8_t *w, int64_t K, int64_t N, int64_t sk, int64_t sn,
+                        nbl_i4_weights *out);
+void nbl_i4_weights_free(nbl_i4_weights *w);
+
+/* Rows [m0, m1) of C = (A - a_zero) * W with variant isa (falls back to
+ * scalar when isa is unsupported here or cannot be exact for these weights).
+ * A is M x lda bytes (lda >= W->Kp; bytes K..Kp of a row are ignored as the
+ * padded weights are 0); C is M x ldc int32, columns [0, N) written. */
+void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
+                 int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc);
+
+/* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
+ * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
+ * be finite. Vectorized for half-even rounding on AVX-512. */
+void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                        uint8_t *u, size_t n, uint64_t index0, int off);
+
+/* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
+ * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
+int nbl_i4_act_offset(const nbl_q4_params *p);
+
+#endif /* NBL_INT4_GEMM_H */
