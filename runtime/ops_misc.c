@@ -587,7 +587,412 @@ static nbl_status k_melweight(nbl_kctx *c) {
   return NBL_OK;
 }
 
-/* @@MORE@@ */
+/* ------------------------------------------------------------------ NonMaxSuppression */
+
+typedef struct nms_cand {
+  double score;
+  int64_t idx;
+} nms_cand;
+
+static int nms_cmp(const void *a, const void *b) {
+  const nms_cand *x = a, *y = b;
+  if (x->score != y->score) return x->score > y->score ? -1 : 1;
+  return x->idx < y->idx ? -1 : (x->idx > y->idx);
+}
+
+/* Corners (y1, x1, y2, x2) normalized so that y1 <= y2, x1 <= x2. */
+static void nms_box(const double *b, int center, double *o) {
+  if (center) {
+    o[1] = b[0] - b[2] / 2, o[3] = b[0] + b[2] / 2;
+    o[0] = b[1] - b[3] / 2, o[2] = b[1] + b[3] / 2;
+  } else {
+    o[0] = fmin(b[0], b[2]), o[2] = fmax(b[0], b[2]);
+    o[1] = fmin(b[1], b[3]), o[3] = fmax(b[1], b[3]);
+  }
+}
+
+/* 1 if IOU(a, b) > thr. */
+static int nms_suppress(const double *a, const double *b, double thr) {
+  double ymin = fmax(a[0], b[0]), xmin = fmax(a[1], b[1]), ymax = fmin(a[2], b[2]), xmax = fmin(a[3], b[3]);
+  double inter = fmax(0.0, ymax - ymin) * fmax(0.0, xmax - xmin);
+  if (inter <= 0) return 0;
+  double aa = (a[2] - a[0]) * (a[3] - a[1]), ab = (b[2] - b[0]) * (b[3] - b[1]);
+  if (aa <= 0 || ab <= 0) return 0;
+  double uni = aa + ab - inter;
+  return uni > 0 && inter / uni > thr;
+}
+
+static nbl_status k_nms(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_in(c, 0, "boxes")) || (st = need_in(c, 1, "scores"))) return st;
+  const nbl_rt_tensor *Bx = c->in[0], *Sc = c->in[1], *Mx = in_at(c, 2), *Iou = in_at(c, 3), *Th = in_at(c, 4);
+  if ((st = need_float(c, Bx, "boxes")) || (st = need_float(c, Sc, "scores"))) return st;
+  if (Bx->rank != 3 || Bx->dims[2] != 4)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "boxes must have shape [batch, spatial, 4]");
+  if (Sc->rank != 3 || Sc->dims[0] != Bx->dims[0] || Sc->dims[2] != Bx->dims[1])
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scores must have shape [%lld, classes, %lld]",
+                    (long long)Bx->dims[0], (long long)Bx->dims[1]);
+  int64_t maxout = 0;
+  double iou = 0.0, thr = 0.0;
+  int has_thr = Th != NULL;
+  if (Mx && Mx->numel > 0 && (st = scalar_i64(c, Mx, "max_output_boxes_per_class", &maxout))) return st;
+  if (Iou && Iou->numel > 0 && (st = scalar_f64(c, Iou, "iou_threshold", &iou))) return st;
+  if (Th && Th->numel > 0 && (st = scalar_f64(c, Th, "score_threshold", &thr))) return st;
+  if (Th && Th->numel == 0) has_thr = 0;
+  if (iou < 0 || iou > 1) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "iou_threshold %g is outside [0, 1]", iou);
+  int center = nbl_attr_int(c->node, "center_point_box", 0) != 0;
+  int64_t nb = Bx->dims[0], ns = Bx->dims[1], nc = Sc->dims[1];
+  if (maxout < 0) maxout = 0;
+  double *bx = nbl_to_f64(Bx), *sc = nbl_to_f64(Sc), *corners = malloc(sizeof(double) * (size_t)(4 * ns + 4));
+  nms_cand *cand = malloc(sizeof(nms_cand) * (size_t)(ns + 1));
+  int64_t *sel = malloc(sizeof(int64_t) * (size_t)(ns + 1)), cap = 64, nsel = 0;
+  int64_t *res = malloc(sizeof(int64_t) * (size_t)cap * 3);
+  if (!bx || !sc || !corners || !cand || !sel || !res) {
+    st = oom(c);
+    goto done;
+  }
+  for (int64_t b = 0; b < nb; b++) {
+    for (int64_t i = 0; i < ns; i++) nms_box(bx + (b * ns + i) * 4, center, corners + 4 * i);
+    for (int64_t k = 0; k < nc && maxout > 0; k++) {
+      const double *s = sc + (b * nc + k) * ns;
+      int64_t n = 0, m = 0;
+      for (int64_t i = 0; i < ns; i++)
+        if (!has_thr || s[i] > thr) cand[n].score = s[i], cand[n].idx = i, n++;
+      qsort(cand, (size_t)n, sizeof *cand, nms_cmp);
+      for (int64_t i = 0; i < n && m < maxout; i++) {
+        const double *bi = corners + 4 * cand[i].idx;
+        int keep = 1;
+        for (int64_t j = 0; j < m && keep; j++)
+          if (nms_suppress(corners + 4 * sel[j], bi, iou)) keep = 0;
+        if (!keep) continue;
+        sel[m++] = cand[i].idx;
+        if (nsel == cap) {
+          int64_t *nr = realloc(res, sizeof(int64_t) * (size_t)cap * 6);
+          if (!nr) {
+            st = oom(c);
+            goto done;
+          }
+          res = nr, cap *= 2;
+        }
+        res[3 * nsel] = b, res[3 * nsel + 1] = k, res[3 * nsel + 2] = cand[i].idx;
+        nsel++;
+      }
+    }
+  }
+  int64_t dims[2] = {nsel, 3};
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_INT64, 2, dims))) goto done;
+  if (nsel) memcpy(nbl_kctx_out(c, 0)->data, res, sizeof(int64_t) * (size_t)(3 * nsel));
+  st = NBL_OK;
+done:
+  free(bx), free(sc), free(corners), free(cand), free(sel), free(res);
+  return st;
+}
+
+/* ------------------------------------------------------------------ GridSample */
+
+enum { GS_BILINEAR, GS_NEAREST, GS_BICUBIC };
+enum { GS_ZEROS, GS_BORDER, GS_REFLECTION };
+
+static double gs_unnorm(double v, int64_t size, int ac) {
+  return ac ? (v + 1.0) / 2.0 * (double)(size - 1) : ((v + 1.0) * (double)size - 1.0) / 2.0;
+}
+
+static double gs_reflect(double v, double tlo, double thi) {
+  if (tlo == thi) return 0.0;
+  double mn = tlo / 2, span = (thi - tlo) / 2;
+  v = fabs(v - mn);
+  double extra = fmod(v, span);
+  int64_t flips = (int64_t)floor(v / span);
+  return (flips % 2 == 0) ? extra + mn : span - extra + mn;
+}
+
+/* Apply the padding mode to a source coordinate (as PyTorch's grid_sampler_compute_source_index). */
+static double gs_pad(double v, int64_t size, int pad, int ac) {
+  if (pad == GS_BORDER) {
+    v = fmin(fmax(v, 0.0), (double)(size - 1));
+  } else if (pad == GS_REFLECTION) {
+    v = ac ? gs_reflect(v, 0, 2.0 * (double)(size - 1)) : gs_reflect(v, -1, 2.0 * (double)size - 1);
+    v = fmin(fmax(v, 0.0), (double)(size - 1));
+  }
+  return v;
+}
+
+/* Pixel (y, x) of an H x W image, 0 outside (coordinates are integral doubles). */
+static double gs_at(const double *img, int64_t H, int64_t W, double y, double x) {
+  if (!(y >= 0 && y < (double)H && x >= 0 && x < (double)W)) return 0.0;
+  return img[(int64_t)y * W + (int64_t)x];
+}
+
+static void gs_cubic_coeffs(double t, double *w) {
+  const double A = -0.75;
+  double x1 = t + 1, x2 = t, x3 = 1 - t, x4 = 2 - t;
+  w[0] = ((A * x1 - 5 * A) * x1 + 8 * A) * x1 - 4 * A;
+  w[1] = ((A + 2) * x2 - (A + 3)) * x2 * x2 + 1;
+  w[2] = ((A + 2) * x3 - (A + 3)) * x3 * x3 + 1;
+  w[3] = ((A * x4 - 5 * A) * x4 + 8 * A) * x4 - 4 * A;
+}
+
+static nbl_status k_gridsample(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_in(c, 0, "X")) || (st = need_in(c, 1, "grid"))) return st;
+  const nbl_rt_tensor *X = c->in[0], *Gd = c->in[1];
+  if ((st = need_float(c, X, "X")) || (st = need_float(c, Gd, "grid")) || (st = need_rank(c, X, 4, "X")) ||
+      (st = need_rank(c, Gd, 4, "grid")))
+    return st;
+  if (Gd->dims[0] != X->dims[0] || Gd->dims[3] != 2)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "grid must have shape [%lld, H_out, W_out, 2]", (long long)X->dims[0]);
+  const char *ms = nbl_attr_string(c->node, "mode", "bilinear"), *ps = nbl_attr_string(c->node, "padding_mode", "zeros");
+  int mode, pad, ac = nbl_attr_int(c->node, "align_corners", 0) != 0;
+  if (strcmp(ms, "bilinear") == 0) mode = GS_BILINEAR;
+  else if (strcmp(ms, "nearest") == 0) mode = GS_NEAREST;
+  else if (strcmp(ms, "bicubic") == 0) mode = GS_BICUBIC;
+  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (bilinear, nearest, bicubic)", ms);
+  if (strcmp(ps, "zeros") == 0) pad = GS_ZEROS;
+  else if (strcmp(ps, "border") == 0) pad = GS_BORDER;
+  else if (strcmp(ps, "reflection") == 0) pad = GS_REFLECTION;
+  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "padding_mode '%s' is not supported", ps);
+  int64_t N = X->dims[0], C = X->dims[1], H = X->dims[2], W = X->dims[3], Ho = Gd->dims[1], Wo = Gd->dims[2];
+  int64_t dims[4] = {N, C, Ho, Wo};
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, dims))) return st;
+  double *x = nbl_to_f64(X), *g = nbl_to_f64(Gd), *y = malloc(sizeof(double) * (size_t)(N * C * Ho * Wo + 1));
+  if (!x || !g || !y) {
+    free(x), free(g), free(y);
+    return oom(c);
+  }
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+      for (int64_t ow = 0; ow < Wo; ow++) {
+        const double *gp = g + ((n * Ho + oh) * Wo + ow) * 2;
+        double ix = gs_unnorm(gp[0], W, ac), iy = gs_unnorm(gp[1], H, ac);
+        for (int64_t ch = 0; ch < C; ch++) {
+          const double *img = x + (n * C + ch) * H * W;
+          double v = 0.0;
+          if (mode == GS_BICUBIC) {
+            double fx = floor(ix), fy = floor(iy), wx[4], wy[4];
+            gs_cubic_coeffs(ix - fx, wx);
+            gs_cubic_coeffs(iy - fy, wy);
+            for (int i = 0; i < 4; i++) {
+              double row = 0.0;
+              for (int j = 0; j < 4; j++) {
+                double sx = gs_pad(fx - 1 + j, W, pad, ac), sy = gs_pad(fy - 1 + i, H, pad, ac);
+                row += wx[j] * gs_at(img, H, W, sy, sx);
+              }
+              v += wy[i] * row;
+            }
+          } else {
+            double px = gs_pad(ix, W, pad, ac), py = gs_pad(iy, H, pad, ac);
+            if (mode == GS_NEAREST) {
+              double rx = nearbyint(px), ry = nearbyint(py);
+              v = gs_at(img, H, W, ry, rx);
+            } else if (isfinite(px) && isfinite(py)) {
+              double x0 = floor(px), y0 = floor(py), tx = px - x0, ty = py - y0;
+              v = (1 - ty) * ((1 - tx) * gs_at(img, H, W, y0, x0) + tx * gs_at(img, H, W, y0, x0 + 1)) +
+                  ty * ((1 - tx) * gs_at(img, H, W, y0 + 1, x0) + tx * gs_at(img, H, W, y0 + 1, x0 + 1));
+            } else {
+              v = NAN;
+            }
+          }
+          y[((n * C + ch) * Ho + oh) * Wo + ow] = v;
+        }
+      }
+  nbl_from_f64(nbl_kctx_out(c, 0), y);
+  free(x), free(g), free(y);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ RoiAlign */
+
+static nbl_status k_roialign(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_in(c, 0, "X")) || (st = need_in(c, 1, "rois")) || (st = need_in(c, 2, "batch_indices")))
+    return st;
+  const nbl_rt_tensor *X = c->in[0], *Ro = c->in[1], *Bi = c->in[2];
+  if ((st = need_float(c, X, "X")) || (st = need_float(c, Ro, "rois")) || (st = need_rank(c, X, 4, "X")))
+    return st;
+  if (Ro->rank != 2 || Ro->dims[1] != 4)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "rois must have shape [num_rois, 4]");
+  if (!is_int(Bi->dtype) || Bi->numel != Ro->dims[0])
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "batch_indices must hold %lld integers", (long long)Ro->dims[0]);
+  const char *ms = nbl_attr_string(c->node, "mode", "avg");
+  int is_max;
+  if (strcmp(ms, "avg") == 0) is_max = 0;
+  else if (strcmp(ms, "max") == 0) is_max = 1;
+  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (avg, max)", ms);
+  int half_pixel = 0;
+  if (c->opset >= 16) {
+    const char *ct = nbl_attr_string(c->node, "coordinate_transformation_mode", "half_pixel");
+    if (strcmp(ct, "half_pixel") == 0) half_pixel = 1;
+    else if (strcmp(ct, "output_half_pixel") != 0)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "coordinate_transformation_mode '%s' is not supported", ct);
+  }
+  int64_t PH = nbl_attr_int(c->node, "output_height", 1), PW = nbl_attr_int(c->node, "output_width", 1);
+  int64_t sr = nbl_attr_int(c->node, "sampling_ratio", 0);
+  double scale = nbl_attr_float(c->node, "spatial_scale", 1.0f);
+  if (PH < 1 || PW < 1 || sr < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output_height/output_width must be >= 1, sampling_ratio >= 0");
+  int64_t N = X->dims[0], C = X->dims[1], H = X->dims[2], W = X->dims[3], nr = Ro->dims[0];
+  for (int64_t i = 0; i < nr; i++) {
+    int64_t b = nbl_rt_get_i64(Bi, i);
+    if (b < 0 || b >= N)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "batch_indices[%lld] = %lld is outside [0, %lld)", (long long)i,
+                      (long long)b, (long long)N);
+  }
+  int64_t dims[4] = {nr, C, PH, PW};
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, dims))) return st;
+  double *x = nbl_to_f64(X), *ro = nbl_to_f64(Ro), *y = malloc(sizeof(double) * (size_t)(nr * C * PH * PW + 1));
+  if (!x || !ro || !y) {
+    free(x), free(ro), free(y);
+    return oom(c);
+  }
+  double off = half_pixel ? 0.5 : 0.0;
+  for (int64_t r = 0; r < nr; r++) {
+    const double *rr = ro + r * 4;
+    int64_t b = nbl_rt_get_i64(Bi, r);
+    double sw = rr[0] * scale - off, sh = rr[1] * scale - off, ew = rr[2] * scale - off, eh = rr[3] * scale - off;
+    double rw = ew - sw, rh = eh - sh;
+    if (!half_pixel) rw = fmax(rw, 1.0), rh = fmax(rh, 1.0);
+    double bh = rh / (double)PH, bw = rw / (double)PW;
+    int64_t gh = sr > 0 ? sr : (int64_t)ceil(rh / (double)PH), gw = sr > 0 ? sr : (int64_t)ceil(rw / (double)PW);
+    if (gh < 0) gh = 0;
+    if (gw < 0) gw = 0;
+    double count = (double)(gh * gw > 1 ? gh * gw : 1);
+    for (int64_t ch = 0; ch < C; ch++) {
+      const double *img = x + (b * C + ch) * H * W;
+      for (int64_t ph = 0; ph < PH; ph++)
+        for (int64_t pw = 0; pw < PW; pw++) {
+          double acc = 0.0;
+          int first = 1;
+          for (int64_t iy = 0; iy < gh; iy++) {
+            double yy = sh + (double)ph * bh + ((double)iy + 0.5) * bh / (double)gh;
+            for (int64_t ix = 0; ix < gw; ix++) {
+              double xx = sw + (double)pw * bw + ((double)ix + 0.5) * bw / (double)gw;
+              double w1 = 0, w2 = 0, w3 = 0, w4 = 0;
+              int64_t yl = 0, yh = 0, xl = 0, xh = 0;
+              if (!(yy < -1.0 || yy > (double)H || xx < -1.0 || xx > (double)W)) {
+                double yv = yy <= 0 ? 0 : yy, xv = xx <= 0 ? 0 : xx;
+                yl = (int64_t)yv, xl = (int64_t)xv;
+                if (yl >= H - 1) yh = yl = H - 1, yv = (double)yl;
+                else yh = yl + 1;
+                if (xl >= W - 1) xh = xl = W - 1, xv = (double)xl;
+                else xh = xl + 1;
+                double ly = yv - (double)yl, lx = xv - (double)xl, hy = 1 - ly, hx = 1 - lx;
+                w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;
+              }
+              double v1 = w1 * img[yl * W + xl], v2 = w2 * img[yl * W + xh], v3 = w3 * img[yh * W + xl],
+                     v4 = w4 * img[yh * W + xh];
+              if (is_max) {
+                double m = fmax(fmax(fmax(v1, v2), v3), v4);
+                acc = first ? m : fmax(acc, m);
+                first = 0;
+              } else {
+                acc += v1 + v2 + v3 + v4;
+              }
+            }
+          }
+          y[((r * C + ch) * PH + ph) * PW + pw] = is_max ? acc : acc / count;
+        }
+    }
+  }
+  nbl_from_f64(nbl_kctx_out(c, 0), y);
+  free(x), free(ro), free(y);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ TfIdfVectorizer */
+
+static nbl_status k_tfidf(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_in(c, 0, "X"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  const nbl_node *nd = c->node;
+  int64_t minn = nbl_attr_int(nd, "min_gram_length", 0), maxn = nbl_attr_int(nd, "max_gram_length", 0),
+          maxskip = nbl_attr_int(nd, "max_skip_count", 0);
+  const char *mode_s = nbl_attr_string(nd, "mode", "");
+  int mode;
+  if (strcmp(mode_s, "TF") == 0) mode = 0;
+  else if (strcmp(mode_s, "IDF") == 0) mode = 1;
+  else if (strcmp(mode_s, "TFIDF") == 0) mode = 2;
+  else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "mode '%s' is not TF, IDF or TFIDF", mode_s);
+  int ncnt = 0, nidx = 0, npi = 0, nw = 0;
+  const int64_t *cnts = nbl_attr_ints(nd, "ngram_counts", &ncnt), *idxs = nbl_attr_ints(nd, "ngram_indexes", &nidx),
+                *pool_i = nbl_attr_ints(nd, "pool_int64s", &npi);
+  const float *wts = nbl_attr_floats(nd, "weights", &nw);
+  const nbl_attr *ps = nbl_node_attr(nd, "pool_strings");
+  int strings = ps && ps->type == NBL_ATTR_STRINGS && ps->n > 0;
+  int64_t npool = strings ? ps->n : npi;
+  if (minn < 1 || maxn < minn || maxskip < 0 || ncnt < maxn)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "invalid gram lengths [%lld, %lld], max_skip_count %lld or "
+                    "ngram_counts size %d", (long long)minn, (long long)maxn, (long long)maxskip, ncnt);
+  if (strings ? X->dtype != NBL_DT_STRING : !(X->dtype == NBL_DT_INT32 || X->dtype == NBL_DT_INT64))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input has element type %s; expected %s", nbl_dtype_name(X->dtype),
+                    strings ? "string (pool_strings)" : "int32 or int64 (pool_int64s)");
+  /* grams of length n occupy pool[cnts[n-1] .. end_n); gram numbers are consecutive */
+  int64_t ngrams = 0;
+  for (int i = 0; i < ncnt; i++) {
+    int64_t beg = cnts[i], end = i + 1 < ncnt ? cnts[i + 1] : npool;
+    if (beg < 0 || end < beg || end > npool || (end - beg) % (i + 1) != 0)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ngram_counts[%d] = %lld is inconsistent with the pool", i,
+                      (long long)beg);
+    ngrams += (end - beg) / (i + 1);
+  }
+  if (nidx != ngrams)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ngram_indexes has %d entries, the pool holds %lld n-grams", nidx,
+                    (long long)ngrams);
+  if (nw && nw != ngrams)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "weights has %d entries, expected %lld", nw, (long long)ngrams);
+  int64_t outlen = 0;
+  for (int i = 0; i < nidx; i++) {
+    if (idxs[i] < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ngram_indexes[%d] is negative", i);
+    if (idxs[i] + 1 > outlen) outlen = idxs[i] + 1;
+  }
+  if (X->rank != 1 && X->rank != 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input must be 1-D or 2-D");
+  int64_t rows = X->rank == 2 ? X->dims[0] : 1, C = X->dims[X->rank - 1];
+  int64_t dims[2];
+  if (X->rank == 2) dims[0] = rows, dims[1] = outlen;
+  else dims[0] = outlen;
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, dims))) return st;
+  float *y = nbl_kctx_out(c, 0)->data;
+  double *cnt = calloc((size_t)(ngrams + 1), sizeof(double));
+  if (!cnt) return oom(c);
+  char *const *xs = strings ? (char *const *)X->data : NULL;
+  for (int64_t r = 0; r < rows; r++) {
+    memset(cnt, 0, sizeof(double) * (size_t)(ngrams + 1));
+    for (int64_t s = 0; s < C; s++)
+      for (int64_t skip = 0; skip <= maxskip; skip++)
+        for (int64_t n = minn; n <= maxn; n++) {
+          if (n == 1 && skip > 0) continue;
+          if (s + (n - 1) * (skip + 1) >= C) continue;
+          int64_t beg = cnts[n - 1], end = n < ncnt ? cnts[n] : npool, gno = 0;
+          for (int64_t i = 0; i < n - 1; i++) {
+            int64_t e2 = i + 1 < ncnt ? cnts[i + 1] : npool;
+            gno += (e2 - cnts[i]) / (i + 1);
+          }
+          for (int64_t p = beg; p < end; p += n, gno++) {
+            int match = 1;
+            for (int64_t q = 0; q < n && match; q++) {
+              int64_t pos = r * C + s + q * (skip + 1);
+              if (strings) match = strcmp(xs[pos], ps->strings[p + q]) == 0;
+              else match = nbl_rt_get_i64(X, pos) == pool_i[p + q];
+            }
+            if (match) {
+              cnt[gno] += 1;
+              break;
+            }
+          }
+        }
+    float *yr = y + r * outlen;
+    for (int64_t i = 0; i < outlen; i++) yr[i] = 0.0f;
+    for (int64_t g = 0; g < ngrams; g++) {
+      double v = cnt[g];
+      if (mode == 1) v = (v > 0 ? 1.0 : 0.0) * (nw ? wts[g] : 1.0);
+      else if (mode == 2) v *= nw ? wts[g] : 1.0;
+      yr[idxs[g]] = (float)v;
+    }
+  }
+  free(cnt);
+  return NBL_OK;
+}
+
 
 /* ------------------------------------------------------------------ table */
 
@@ -602,5 +1007,9 @@ const nbl_op_def nbl_ops_misc[] = {
     {"", "DFT", 17, 19, k_dft, NULL},
     {"", "STFT", 17, 21, k_stft, NULL},
     {"", "MelWeightMatrix", 17, 21, k_melweight, NULL},
+    {"", "NonMaxSuppression", 10, 21, k_nms, NULL},
+    {"", "GridSample", 16, 19, k_gridsample, NULL},
+    {"", "RoiAlign", 10, 21, k_roialign, NULL},
+    {"", "TfIdfVectorizer", 9, 21, k_tfidf, NULL},
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];
