@@ -17,6 +17,7 @@ static const struct {
     {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N]"},
     {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},
     {"diff", nbl_cmd_diff, "A.onnx B.onnx: nodes, attributes, values, types and weights that differ"},
+    {"compare", nbl_cmd_compare, "A.onnx B.onnx [--input NAME=FILE]... [--format text|csv]: error of B vs A"},
 };
 
 static void usage(FILE *f) {
