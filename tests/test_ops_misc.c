@@ -1,0 +1,592 @@
+/* test_ops_misc.c - misc kernels (recurrent layers, signal, detection,
+ * GridSample, RoiAlign, Det, TfIdfVectorizer) run through one-node graphs,
+ * checked against hand-computed values (or a NumPy transcription of the ONNX
+ * equations, noted where used), plus edge cases and bad-input errors. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/ir.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+typedef void (*attr_fn)(nbl_graph *g, nbl_id n);
+
+static nbl_host_tensor ht(nbl_dtype dt, int rank, const int64_t *dims, void *data) {
+  nbl_host_tensor t;
+  memset(&t, 0, sizeof t);
+  t.dtype = dt;
+  t.rank = rank;
+  for (int i = 0; i < rank; i++) t.dims[i] = dims[i];
+  t.data = data;
+  t.nbytes = nbl_dtype_nbytes(dt, nbl_shape_numel(rank, dims));
+  return t;
+}
+static nbl_host_tensor none(void) {
+  nbl_host_tensor t;
+  memset(&t, 0, sizeof t);
+  return t;
+}
+
+/* Run one node at the given opset; omitted inputs have dtype UNDEFINED;
+ * out_names[i] == 0 leaves output i unrequested (""). outs[i] receive malloc'd
+ * copies of requested outputs. */
+static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins,
+                           int n_out, const int *want, nbl_host_tensor *outs) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", opset);
+  nbl_graph *g = m->graph;
+  nbl_id iv[16], ov[8];
+  char name[32];
+  nbl_host_tensor feeds[16];
+  int nf = 0, no = 0;
+  for (int i = 0; i < n_in; i++) {
+    if (ins[i].dtype == NBL_DT_UNDEFINED) {
+      iv[i] = NBL_NONE;
+      continue;
+    }
+    snprintf(name, sizeof name, "in%d", i);
+    iv[i] = nbl_graph_add_value(g, name);
+    nbl_type_set_tensor(m->arena, &g->values[iv[i]].type, ins[i].dtype, ins[i].rank, ins[i].dims);
+    nbl_graph_add_input(g, iv[i]);
+    feeds[nf] = ins[i];
+    feeds[nf].name = g->values[iv[i]].name;
+    nf++;
+  }
+  for (int i = 0; i < n_out; i++) {
+    if (want && !want[i]) {
+      ov[i] = NBL_NONE;
+      continue;
+    }
+    snprintf(name, sizeof name, "out%d", i);
+    ov[i] = nbl_graph_add_value(g, name);
+  }
+  nbl_id n = nbl_graph_add_node(g, op, "", "n0", n_in, iv, n_out, ov);
+  if (af) af(g, n);
+  for (int i = 0; i < n_out; i++)
+    if (ov[i] != NBL_NONE) nbl_graph_add_output(g, ov[i]);
+  nbl_session_options opt = {1, 1, NULL, NULL};
+  nbl_session *s = NULL;
+  nbl_status st = nbl_session_create(m, &opt, &s);
+  const nbl_host_tensor *res = NULL;
+  if (st == NBL_OK) st = nbl_session_run(s, nf, feeds, &res);
+  if (st == NBL_OK)
+    for (int i = 0; i < n_out; i++) {
+      if (ov[i] == NBL_NONE) continue;
+      outs[i] = res[no++];
+      outs[i].name = NULL;
+      outs[i].data = malloc(outs[i].nbytes ? outs[i].nbytes : 1);
+      if (outs[i].nbytes) memcpy(outs[i].data, res[no - 1].data, outs[i].nbytes);
+    }
+  nbl_session_free(s);
+  nbl_model_free(m);
+  return st;
+}
+
+static nbl_host_tensor run1(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins) {
+  nbl_host_tensor o;
+  nbl_status st = run_node(op, opset, af, n_in, ins, 1, NULL, &o);
+  ck_assert_msg(st == NBL_OK, "%s: %s", op, nbl_last_error());
+  return o;
+}
+
+static void expect_f32(const nbl_host_tensor *o, int rank, const int64_t *dims, const float *want, int64_t n,
+                       double tol) {
+  ck_assert_int_eq(o->dtype, NBL_DT_FLOAT);
+  ck_assert_int_eq(o->rank, rank);
+  for (int i = 0; i < rank; i++) ck_assert_int_eq(o->dims[i], dims[i]);
+  ck_assert_uint_eq(o->nbytes, (size_t)n * 4);
+  const float *g = o->data;
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(want[i])) ck_assert_msg(isnan(g[i]), "elem %lld: got %g, want NaN", (long long)i, g[i]);
+    else ck_assert_msg(fabs(g[i] - want[i]) <= tol * (1 + fabs(want[i])), "elem %lld: got %.8g, want %.8g",
+                       (long long)i, g[i], want[i]);
+  }
+}
+
+static void set_strings(nbl_graph *g, nbl_id n, const char *name, int count, const char *const *v) {
+  nbl_attr *a = nbl_node_add_attr(g, n, name, NBL_ATTR_STRINGS);
+  a->n = count;
+  a->strings = nbl_arena_alloc(g->model->arena, sizeof(char *) * (size_t)count);
+  a->string_lens = nbl_arena_alloc(g->model->arena, sizeof(size_t) * (size_t)count);
+  for (int i = 0; i < count; i++) {
+    a->strings[i] = nbl_arena_strdup(g->model->arena, v[i]);
+    a->string_lens[i] = strlen(v[i]);
+  }
+}
+
+/* ------------------------------------------------------------------ recurrent */
+
+static void a_hidden2(nbl_graph *g, nbl_id n) { nbl_node_set_attr_int(g, n, "hidden_size", 2); }
+
+/* One LSTM step with bias, initial states and peepholes. Expected values from a
+ * NumPy transcription of the ONNX LSTM equations. */
+START_TEST(test_lstm_one_step) {
+  float W[8] = {0.5f, -0.3f, 0.2f, 0.1f, 0.4f, -0.6f, 0.7f, 0.25f};
+  float R[16] = {0.1f, 0.2f, -0.1f, 0.3f, 0.05f, -0.2f, 0.15f, 0.1f, -0.3f, 0.2f, 0.1f, 0.1f, 0.2f, -0.1f, 0.3f, 0.05f};
+  float B[16] = {0.1f, 0, 0, 0.2f, -0.1f, 0, 0.05f, 0, 0, 0.1f, 0, 0, 0, 0.1f, 0, -0.05f};
+  float P[6] = {0.1f, -0.1f, 0.2f, 0.3f, -0.2f, 0.05f};
+  float X[1] = {2.0f}, H0[2] = {0.3f, -0.4f}, C0[2] = {0.5f, 0.1f};
+  int64_t dx[3] = {1, 1, 1}, dw[3] = {1, 8, 1}, dr[3] = {1, 8, 2}, db[2] = {1, 16}, dh[3] = {1, 1, 2},
+          dp[2] = {1, 6};
+  nbl_host_tensor in[8] = {ht(NBL_DT_FLOAT, 3, dx, X),  ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dr, R),
+                           ht(NBL_DT_FLOAT, 2, db, B),  none(),                     ht(NBL_DT_FLOAT, 3, dh, H0),
+                           ht(NBL_DT_FLOAT, 3, dh, C0), ht(NBL_DT_FLOAT, 2, dp, P)};
+  nbl_host_tensor o[3];
+  ck_assert_msg(run_node("LSTM", 14, a_hidden2, 8, in, 3, NULL, o) == NBL_OK, "%s", nbl_last_error());
+  const float h[2] = {0.50441047f, 0.11375869f}, cc[2] = {0.98851363f, 0.18765174f};
+  int64_t dy[4] = {1, 1, 1, 2};
+  expect_f32(&o[0], 4, dy, h, 2, 1e-6);
+  expect_f32(&o[1], 3, dh, h, 2, 1e-6);
+  expect_f32(&o[2], 3, dh, cc, 2, 1e-6);
+  for (int i = 0; i < 3; i++) free(o[i].data);
+}
+END_TEST
+
+static int lbr_flag;
+static void a_gru(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "hidden_size", 1);
+  nbl_node_set_attr_int(g, n, "linear_before_reset", lbr_flag);
+}
+
+/* One GRU step, both linear_before_reset forms (NumPy transcription of the spec). */
+START_TEST(test_gru_one_step) {
+  float W[3] = {0.5f, -0.4f, 0.8f}, R[3] = {0.3f, 0.6f, -0.7f}, B[6] = {0.1f, 0.2f, 0.3f, -0.1f, 0.05f, 0.4f};
+  float X[1] = {1.5f}, H0[1] = {0.6f};
+  int64_t d1[3] = {1, 1, 1}, dw[3] = {1, 3, 1}, db[2] = {1, 6};
+  nbl_host_tensor in[6] = {ht(NBL_DT_FLOAT, 3, d1, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
+                           ht(NBL_DT_FLOAT, 2, db, B), none(), ht(NBL_DT_FLOAT, 3, d1, H0)};
+  const float want[2] = {0.6945006296603289f, 0.685815463126132f};
+  for (lbr_flag = 0; lbr_flag < 2; lbr_flag++) {
+    nbl_host_tensor o[2];
+    int wanted[2] = {0, 1};
+    ck_assert_msg(run_node("GRU", 14, a_gru, 6, in, 2, wanted, o) == NBL_OK, "%s", nbl_last_error());
+    expect_f32(&o[1], 3, d1, &want[lbr_flag], 1, 1e-6);
+    free(o[1].data);
+  }
+}
+END_TEST
+
+static const char *rnn_dir;
+static void a_rnn_relu(nbl_graph *g, nbl_id n) {
+  static const char *const relu2[] = {"Relu", "Relu"};
+  nbl_node_set_attr_int(g, n, "hidden_size", 1);
+  nbl_node_set_attr_string(g, n, "direction", rnn_dir);
+  set_strings(g, n, "activations", strcmp(rnn_dir, "bidirectional") == 0 ? 2 : 1, relu2);
+}
+
+/* RNN with Relu, W = R = 1: h_t = relu(x_t + h_{t-1}); batch 1 has length 1
+ * (sequence_lens), so its later Y rows are 0 and Y_h is its first state. */
+START_TEST(test_rnn_seq_lens_directions) {
+  float X[6] = {1, 10, 2, 20, 3, 30}; /* [seq 3, batch 2, 1] */
+  float W[2] = {1, 1}, R[2] = {1, 1};
+  int32_t L[2] = {3, 1};
+  int64_t dx[3] = {3, 2, 1}, dl[1] = {2};
+  /* forward */
+  {
+    rnn_dir = "forward";
+    int64_t dw[3] = {1, 1, 1};
+    nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
+                             none(), ht(NBL_DT_INT32, 1, dl, L)};
+    nbl_host_tensor o[2];
+    ck_assert_msg(run_node("RNN", 14, a_rnn_relu, 5, in, 2, NULL, o) == NBL_OK, "%s", nbl_last_error());
+    const float y[6] = {1, 10, 3, 0, 6, 0}, yh[2] = {6, 10};
+    int64_t dy[4] = {3, 1, 2, 1}, dh[3] = {1, 2, 1};
+    expect_f32(&o[0], 4, dy, y, 6, 0);
+    expect_f32(&o[1], 3, dh, yh, 2, 0);
+    free(o[0].data), free(o[1].data);
+  }
+  /* bidirectional: direction 1 runs t = len-1 .. 0 */
+  {
+    rnn_dir = "bidirectional";
+    int64_t dw[3] = {2, 1, 1};
+    nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
+                             none(), ht(NBL_DT_INT32, 1, dl, L)};
+    nbl_host_tensor o[2];
+    ck_assert_msg(run_node("RNN", 14, a_rnn_relu, 5, in, 2, NULL, o) == NBL_OK, "%s", nbl_last_error());
+    /* Y[t][dir][b]: fwd b0 1,3,6 b1 10,0,0; rev b0 6,5,3 b1 10,0,0 */
+    const float y[12] = {1, 10, 6, 10, 3, 0, 5, 0, 6, 0, 3, 0}, yh[4] = {6, 10, 6, 10};
+    int64_t dy[4] = {3, 2, 2, 1}, dh[3] = {2, 2, 1};
+    expect_f32(&o[0], 4, dy, y, 12, 0);
+    expect_f32(&o[1], 3, dh, yh, 4, 0);
+    free(o[0].data), free(o[1].data);
+  }
+}
+END_TEST
+
+static void a_bad_act(nbl_graph *g, nbl_id n) {
+  static const char *const a[] = {"NoSuchFn"};
+  nbl_node_set_attr_int(g, n, "hidden_size", 1);
+  set_strings(g, n, "activations", 1, a);
+}
+
+START_TEST(test_rnn_errors) {
+  float X[2] = {1, 2}, W[2] = {1, 1}, R[1] = {1};
+  int64_t dx[3] = {2, 1, 1}, dw_bad[3] = {1, 2, 1}, dw[3] = {1, 1, 1};
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw_bad, W), ht(NBL_DT_FLOAT, 3, dw, R)};
+  nbl_host_tensor o;
+  /* W has 2 rows but hidden_size 1 */
+  ck_assert_int_eq(run_node("RNN", 14, a_hidden2, 3, in, 1, NULL, &o), NBL_ERR_INVALID_MODEL);
+  in[1] = ht(NBL_DT_FLOAT, 3, dw, W);
+  ck_assert_int_eq(run_node("RNN", 14, a_bad_act, 3, in, 1, NULL, &o), NBL_ERR_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "NoSuchFn"));
+}
+END_TEST
+
+/* ------------------------------------------------------------------ Det */
+
+START_TEST(test_det_hand) {
+  /* [[1,2],[3,4]] = -2; [[2,0],[0,3]] = 6; 3x3 needing a pivot = -2; singular = 0 */
+  float a[8] = {1, 2, 3, 4, 2, 0, 0, 3};
+  int64_t da[3] = {2, 2, 2}, w2[1] = {2};
+  nbl_host_tensor in = ht(NBL_DT_FLOAT, 3, da, a);
+  nbl_host_tensor o = run1("Det", 11, NULL, 1, &in);
+  const float want[2] = {-2, 6};
+  expect_f32(&o, 1, w2, want, 2, 1e-6);
+  free(o.data);
+  float b[9] = {0, 1, 2, 1, 0, 3, 4, -3, 8};
+  int64_t db[2] = {3, 3};
+  in = ht(NBL_DT_FLOAT, 2, db, b);
+  o = run1("Det", 11, NULL, 1, &in);
+  const float wb = -2;
+  expect_f32(&o, 0, NULL, &wb, 1, 1e-6);
+  free(o.data);
+  double s[4] = {1, 2, 2, 4}, nanm[4] = {NAN, 1, 1, 1};
+  int64_t ds[3] = {1, 2, 2}, w1[1] = {1};
+  in = ht(NBL_DT_DOUBLE, 3, ds, s);
+  o = run1("Det", 11, NULL, 1, &in);
+  ck_assert_int_eq(o.dtype, NBL_DT_DOUBLE);
+  ck_assert(((double *)o.data)[0] == 0.0);
+  free(o.data);
+  in = ht(NBL_DT_DOUBLE, 3, ds, nanm);
+  o = run1("Det", 11, NULL, 1, &in);
+  ck_assert(isnan(((double *)o.data)[0]));
+  free(o.data);
+  /* empty batch */
+  int64_t de[3] = {0, 2, 2};
+  in = ht(NBL_DT_FLOAT, 3, de, a);
+  o = run1("Det", 11, NULL, 1, &in);
+  ck_assert_int_eq(o.rank, 1);
+  ck_assert_int_eq(o.dims[0], 0);
+  free(o.data);
+  (void)w1;
+  /* integer input is a clear error */
+  int32_t ia[4] = {1, 2, 3, 4};
+  in = ht(NBL_DT_INT32, 2, db, ia);
+  in.dims[0] = in.dims[1] = 2;
+  in.nbytes = 16;
+  ck_assert_int_eq(run_node("Det", 11, NULL, 1, &in, 1, NULL, &o), NBL_ERR_UNSUPPORTED);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ NonMaxSuppression */
+
+static void a_center(nbl_graph *g, nbl_id n) { nbl_node_set_attr_int(g, n, "center_point_box", 1); }
+
+START_TEST(test_nms_hand) {
+  /* boxes 0,1,2 overlap heavily (IOU > 0.5); 3 and 4 overlap; 5 is alone */
+  float boxes[24] = {0, 0, 1, 1, 0, 0.1f, 1, 1.1f, 0, -0.1f, 1, 0.9f, 0, 10, 1, 11, 0, 10.1f, 1, 11.1f, 0, 100, 1, 101};
+  float scores[6] = {0.9f, 0.75f, 0.6f, 0.95f, 0.5f, 0.3f};
+  int64_t mx = 3, mx0 = 0;
+  float iou = 0.5f, thr = 0.0f, thr_hi = 0.9f;
+  int64_t db[3] = {1, 6, 4}, ds[3] = {1, 1, 6}, d1[1] = {1};
+  nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, db, boxes), ht(NBL_DT_FLOAT, 3, ds, scores),
+                           ht(NBL_DT_INT64, 1, d1, &mx), ht(NBL_DT_FLOAT, 1, d1, &iou), ht(NBL_DT_FLOAT, 1, d1, &thr)};
+  nbl_host_tensor o = run1("NonMaxSuppression", 11, NULL, 5, in);
+  const int64_t want[9] = {0, 0, 3, 0, 0, 0, 0, 0, 5};
+  ck_assert_int_eq(o.dtype, NBL_DT_INT64);
+  ck_assert_int_eq(o.dims[0], 3);
+  ck_assert_int_eq(o.dims[1], 3);
+  ck_assert_mem_eq(o.data, want, sizeof want);
+  free(o.data);
+  /* score threshold is strict: only 0.95 > 0.9 survives */
+  in[4] = ht(NBL_DT_FLOAT, 1, d1, &thr_hi);
+  o = run1("NonMaxSuppression", 11, NULL, 5, in);
+  ck_assert_int_eq(o.dims[0], 1);
+  ck_assert_int_eq(((int64_t *)o.data)[2], 3);
+  free(o.data);
+  /* max_output_boxes_per_class 0 (and the default) selects nothing */
+  in[2] = ht(NBL_DT_INT64, 1, d1, &mx0);
+  o = run1("NonMaxSuppression", 11, NULL, 5, in);
+  ck_assert_int_eq(o.rank, 2);
+  ck_assert_int_eq(o.dims[0], 0);
+  free(o.data);
+  o = run1("NonMaxSuppression", 11, NULL, 2, in);
+  ck_assert_int_eq(o.dims[0], 0);
+  free(o.data);
+  /* center format: (xc, yc, w, h); boxes 0 and 1 have IOU 1/3 < 0.5, kept */
+  float cb[8] = {0.5f, 0.5f, 1, 1, 1.0f, 0.5f, 1, 1};
+  float cs[2] = {0.6f, 0.7f};
+  int64_t dcb[3] = {1, 2, 4}, dcs[3] = {1, 1, 2};
+  nbl_host_tensor ci[4] = {ht(NBL_DT_FLOAT, 3, dcb, cb), ht(NBL_DT_FLOAT, 3, dcs, cs),
+                           ht(NBL_DT_INT64, 1, d1, &mx), ht(NBL_DT_FLOAT, 1, d1, &iou)};
+  o = run1("NonMaxSuppression", 11, a_center, 4, ci);
+  const int64_t wc[6] = {0, 0, 1, 0, 0, 0};
+  ck_assert_int_eq(o.dims[0], 2);
+  ck_assert_mem_eq(o.data, wc, sizeof wc);
+  free(o.data);
+  /* the same with IOU threshold 0.3: box 0 is suppressed */
+  float iou3 = 0.3f;
+  ci[3] = ht(NBL_DT_FLOAT, 1, d1, &iou3);
+  o = run1("NonMaxSuppression", 11, a_center, 4, ci);
+  ck_assert_int_eq(o.dims[0], 1);
+  free(o.data);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ signal */
+
+static int periodic_flag;
+static void a_periodic(nbl_graph *g, nbl_id n) { nbl_node_set_attr_int(g, n, "periodic", periodic_flag); }
+
+START_TEST(test_windows_hand) {
+  int32_t size = 4, size3 = 3;
+  int64_t d4[1] = {4}, d3[1] = {3}, d0[1] = {0};
+  nbl_host_tensor in = ht(NBL_DT_INT32, 0, NULL, &size);
+  periodic_flag = 1;
+  nbl_host_tensor o = run1("HannWindow", 17, a_periodic, 1, &in);
+  const float hann[4] = {0, 0.5f, 1, 0.5f};
+  expect_f32(&o, 1, d4, hann, 4, 1e-6);
+  free(o.data);
+  o = run1("HammingWindow", 17, a_periodic, 1, &in);
+  const float ham[4] = {4.f / 46, 25.f / 46, 46.f / 46, 25.f / 46};
+  expect_f32(&o, 1, d4, ham, 4, 1e-6);
+  free(o.data);
+  periodic_flag = 0;
+  in = ht(NBL_DT_INT32, 0, NULL, &size3);
+  o = run1("BlackmanWindow", 17, a_periodic, 1, &in);
+  const float bl[3] = {0, 1, 0};
+  expect_f32(&o, 1, d3, bl, 3, 1e-6);
+  free(o.data);
+  int64_t zero = 0;
+  in = ht(NBL_DT_INT64, 0, NULL, &zero);
+  o = run1("HannWindow", 17, a_periodic, 1, &in);
+  expect_f32(&o, 1, d0, hann, 0, 0);
+  free(o.data);
+}
+END_TEST
+
+static int dft_inverse, dft_onesided;
+static void a_dft(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "inverse", dft_inverse);
+  nbl_node_set_attr_int(g, n, "onesided", dft_onesided);
+}
+
+START_TEST(test_dft_hand) {
+  /* fft([1,2,3,4]) = [10, -2+2i, -2, -2-2i] */
+  float x[4] = {1, 2, 3, 4};
+  int64_t dx[3] = {1, 4, 1}, dy[3] = {1, 4, 2};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 3, dx, x), none()};
+  dft_inverse = 0, dft_onesided = 0;
+  nbl_host_tensor o = run1("DFT", 17, a_dft, 1, in);
+  const float y[8] = {10, 0, -2, 2, -2, 0, -2, -2};
+  expect_f32(&o, 3, dy, y, 8, 1e-6);
+  /* the inverse of the result gives back x (+0i) */
+  nbl_host_tensor back_in = ht(NBL_DT_FLOAT, 3, dy, o.data);
+  dft_inverse = 1;
+  nbl_host_tensor b = run1("DFT", 17, a_dft, 1, &back_in);
+  const float xb[8] = {1, 0, 2, 0, 3, 0, 4, 0};
+  expect_f32(&b, 3, dy, xb, 8, 1e-6);
+  free(b.data), free(o.data);
+  /* onesided: the first n/2+1 bins */
+  dft_inverse = 0, dft_onesided = 1;
+  o = run1("DFT", 17, a_dft, 1, in);
+  int64_t d3[3] = {1, 3, 2};
+  expect_f32(&o, 3, d3, y, 6, 1e-6);
+  free(o.data);
+  /* dft_length 2 truncates: fft([1,2]) = [3, -1]; 6 zero-pads */
+  dft_onesided = 0;
+  int64_t len2 = 2, len6 = 6;
+  in[1] = ht(NBL_DT_INT64, 0, NULL, &len2);
+  o = run1("DFT", 17, a_dft, 2, in);
+  int64_t d2[3] = {1, 2, 2};
+  const float y2[4] = {3, 0, -1, 0};
+  expect_f32(&o, 3, d2, y2, 4, 1e-6);
+  free(o.data);
+  in[1] = ht(NBL_DT_INT64, 0, NULL, &len6);
+  o = run1("DFT", 17, a_dft, 2, in);
+  ck_assert_int_eq(o.dims[1], 6);
+  ck_assert(fabsf(((float *)o.data)[0] - 10) < 1e-6f);
+  /* bin 3 of a 6-point DFT: sum x_j (-1)^j = 1-2+3-4 = -2 */
+  ck_assert(fabsf(((float *)o.data)[6] + 2) < 1e-5f);
+  free(o.data);
+  /* NaN propagates */
+  float xn[4] = {1, NAN, 3, 4};
+  in[0] = ht(NBL_DT_FLOAT, 3, dx, xn);
+  o = run1("DFT", 17, a_dft, 1, in);
+  ck_assert(isnan(((float *)o.data)[0]));
+  free(o.data);
+}
+END_TEST
+
+START_TEST(test_stft_hand) {
+  /* signal [1,2,3,4,5], frame 4 step 1: two frames; rectangular window */
+  float x[5] = {1, 2, 3, 4, 5}, win[4] = {1, 1, 1, 1};
+  int64_t dx[3] = {1, 5, 1}, dw[1] = {4};
+  int64_t step = 1;
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 3, dx, x), ht(NBL_DT_INT64, 0, NULL, &step), ht(NBL_DT_FLOAT, 1, dw, win)};
+  nbl_host_tensor o = run1("STFT", 17, NULL, 3, in);
+  int64_t dy[4] = {1, 2, 3, 2};
+  const float y[12] = {10, 0, -2, 2, -2, 0, 14, 0, -2, 2, -2, 0};
+  expect_f32(&o, 4, dy, y, 12, 1e-6);
+  free(o.data);
+}
+END_TEST
+
+START_TEST(test_melweight_hand) {
+  /* the example of the ONNX operator docs: 8 bins, dft 16, 8192 Hz, 0..4096 Hz */
+  int32_t nmel = 8, dft = 16, rate = 8192;
+  float lo = 0, hi = 4096;
+  nbl_host_tensor in[5] = {ht(NBL_DT_INT32, 0, NULL, &nmel), ht(NBL_DT_INT32, 0, NULL, &dft),
+                           ht(NBL_DT_INT32, 0, NULL, &rate), ht(NBL_DT_FLOAT, 0, NULL, &lo),
+                           ht(NBL_DT_FLOAT, 0, NULL, &hi)};
+  nbl_host_tensor o = run1("MelWeightMatrix", 17, NULL, 5, in);
+  float want[72] = {0};
+  want[0] = want[1] = 1;
+  want[8 + 2] = want[8 + 3] = 1;
+  want[16 + 4] = want[24 + 5] = want[32 + 6] = want[40 + 7] = 1;
+  int64_t d[2] = {9, 8};
+  expect_f32(&o, 2, d, want, 72, 0);
+  free(o.data);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ GridSample, RoiAlign */
+
+static const char *gs_pad_mode, *gs_mode;
+static void a_gs(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "align_corners", 1);
+  nbl_node_set_attr_string(g, n, "padding_mode", gs_pad_mode);
+  nbl_node_set_attr_string(g, n, "mode", gs_mode);
+}
+
+START_TEST(test_gridsample_hand) {
+  float img[4] = {1, 2, 3, 4};
+  /* (x, y): center, top-left, bottom-right, x beyond the right edge (x = 3 -> pixel 2) */
+  float grid[8] = {0, 0, -1, -1, 1, 1, 3, -1};
+  int64_t dx[4] = {1, 1, 2, 2}, dg[4] = {1, 1, 4, 2}, dy[4] = {1, 1, 1, 4};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 4, dx, img), ht(NBL_DT_FLOAT, 4, dg, grid)};
+  gs_mode = "bilinear";
+  gs_pad_mode = "zeros";
+  nbl_host_tensor o = run1("GridSample", 16, a_gs, 2, in);
+  const float wz[4] = {2.5f, 1, 4, 0};
+  expect_f32(&o, 4, dy, wz, 4, 1e-6);
+  free(o.data);
+  gs_pad_mode = "border";
+  o = run1("GridSample", 16, a_gs, 2, in);
+  const float wb[4] = {2.5f, 1, 4, 2};
+  expect_f32(&o, 4, dy, wb, 4, 1e-6);
+  free(o.data);
+  /* reflection about the edge: x = 3 -> pixel 2 reflects to pixel 0 */
+  gs_pad_mode = "reflection";
+  o = run1("GridSample", 16, a_gs, 2, in);
+  const float wr[4] = {2.5f, 1, 4, 1};
+  expect_f32(&o, 4, dy, wr, 4, 1e-6);
+  free(o.data);
+  gs_mode = "linear-ish";
+  ck_assert_int_eq(run_node("GridSample", 16, a_gs, 2, in, 1, NULL, &o), NBL_ERR_UNSUPPORTED);
+}
+END_TEST
+
+static const char *roi_ctm;
+static void a_roi(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "sampling_ratio", 2);
+  nbl_node_set_attr_string(g, n, "coordinate_transformation_mode", roi_ctm);
+}
+
+START_TEST(test_roialign_hand) {
+  /* X[y][x] = x on a 4x4 image: the average of samples is the mean sample x */
+  float x[16];
+  for (int i = 0; i < 16; i++) x[i] = (float)(i % 4);
+  float roi[4] = {0, 0, 3, 3};
+  int64_t bi[1] = {0};
+  int64_t dx[4] = {1, 1, 4, 4}, dr[2] = {1, 4}, db[1] = {1}, dy[4] = {1, 1, 1, 1};
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 4, dx, x), ht(NBL_DT_FLOAT, 2, dr, roi), ht(NBL_DT_INT64, 1, db, bi)};
+  /* samples at x = 0.75, 2.25 -> 1.5 */
+  roi_ctm = "output_half_pixel";
+  nbl_host_tensor o = run1("RoiAlign", 16, a_roi, 3, in);
+  const float w1 = 1.5f, w2 = 1.0f;
+  expect_f32(&o, 4, dy, &w1, 1, 1e-6);
+  free(o.data);
+  /* half_pixel shifts by -0.5: samples at x = 0.25, 1.75 -> 1.0 */
+  roi_ctm = "half_pixel";
+  o = run1("RoiAlign", 16, a_roi, 3, in);
+  expect_f32(&o, 4, dy, &w2, 1, 1e-6);
+  free(o.data);
+  /* batch index out of range */
+  int64_t bad[1] = {3};
+  in[2] = ht(NBL_DT_INT64, 1, db, bad);
+  ck_assert_int_eq(run_node("RoiAlign", 16, a_roi, 3, in, 1, NULL, &o), NBL_ERR_INVALID_MODEL);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ TfIdfVectorizer */
+
+static const char *tfidf_mode;
+static void a_tfidf(nbl_graph *g, nbl_id n) {
+  const int64_t counts[2] = {0, 3}, idx[4] = {0, 1, 2, 3}, pool[5] = {1, 2, 3, 1, 2};
+  const float w[4] = {1, 1, 1, 0.5f};
+  nbl_node_set_attr_int(g, n, "min_gram_length", 1);
+  nbl_node_set_attr_int(g, n, "max_gram_length", 2);
+  nbl_node_set_attr_int(g, n, "max_skip_count", 0);
+  nbl_node_set_attr_string(g, n, "mode", tfidf_mode);
+  nbl_node_set_attr_ints(g, n, "ngram_counts", 2, counts);
+  nbl_node_set_attr_ints(g, n, "ngram_indexes", 4, idx);
+  nbl_node_set_attr_ints(g, n, "pool_int64s", 5, pool);
+  nbl_node_set_attr_floats(g, n, "weights", 4, w);
+}
+
+START_TEST(test_tfidf_hand) {
+  /* [1,2,1,2,3]: unigrams 1:2, 2:2, 3:1; bigram (1,2): 2 */
+  int32_t x[5] = {1, 2, 1, 2, 3};
+  int64_t dx[1] = {5}, dy[1] = {4};
+  nbl_host_tensor in = ht(NBL_DT_INT32, 1, dx, x);
+  tfidf_mode = "TF";
+  nbl_host_tensor o = run1("TfIdfVectorizer", 9, a_tfidf, 1, &in);
+  const float tf[4] = {2, 2, 1, 2}, idf[4] = {1, 1, 1, 0.5f}, tfidf[4] = {2, 2, 1, 1};
+  expect_f32(&o, 1, dy, tf, 4, 0);
+  free(o.data);
+  tfidf_mode = "IDF";
+  o = run1("TfIdfVectorizer", 9, a_tfidf, 1, &in);
+  expect_f32(&o, 1, dy, idf, 4, 0);
+  free(o.data);
+  tfidf_mode = "TFIDF";
+  o = run1("TfIdfVectorizer", 9, a_tfidf, 1, &in);
+  expect_f32(&o, 1, dy, tfidf, 4, 0);
+  free(o.data);
+  /* float input is a clear error */
+  float xf[5] = {1, 2, 1, 2, 3};
+  in = ht(NBL_DT_FLOAT, 1, dx, xf);
+  ck_assert_int_eq(run_node("TfIdfVectorizer", 9, a_tfidf, 1, &in, 1, NULL, &o), NBL_ERR_UNSUPPORTED);
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("ops_misc");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_lstm_one_step);
+  tcase_add_test(tc, test_gru_one_step);
+  tcase_add_test(tc, test_rnn_seq_lens_directions);
+  tcase_add_test(tc, test_rnn_errors);
+  tcase_add_test(tc, test_det_hand);
+  tcase_add_test(tc, test_nms_hand);
+  tcase_add_test(tc, test_windows_hand);
+  tcase_add_test(tc, test_dft_hand);
+  tcase_add_test(tc, test_stft_hand);
+  tcase_add_test(tc, test_melweight_hand);
+  tcase_add_test(tc, test_gridsample_hand);
+  tcase_add_test(tc, test_roialign_hand);
+  tcase_add_test(tc, test_tfidf_hand);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
