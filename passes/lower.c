@@ -490,7 +490,7 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
   int use_int8_plain = !affine && cfg.bits == 8 && qmin == -128;
   if (z == NBL_NONE) {
     snprintf(hint, sizeof hint, "%s_zero_point", base);
-    z = const_i8(g, hint, use_int4 ? NBL_DT_INT4 : NBL_DT_INT8, affine ? qmin : 0);
+    z = const_i8(g, hint, use_int4 ? NBL_DT_INT4 : NBL_DT_INT8, pact ? qmin : 0);
     if (z == NBL_NONE) return oom();
   }
   nbl_id qin[3] = {xin, s, z};

@@ -272,6 +272,7 @@ static nbl_model *q_model(int n, const float *w, const char *mode, const char *s
   nbl_node_set_attr_string(g, q, "scale_source", src);
   nbl_node_set_attr_int(g, q, "bits", bits);
   nbl_node_set_attr_int(g, q, "narrow", narrow);
+  if (!strcmp(src, "fixed")) nbl_node_set_attr_float(g, q, "scale", 0.75f);
   if (w) {
     nbl_id a[2] = {qo, x};
     nbl_graph_add_node(g, "Add", "", "add", 2, a, 1, &y);
@@ -309,7 +310,8 @@ START_TEST(test_kernel_and_lowering) {
     const char *mode, *src;
     int bits, narrow;
   } cases[] = {{"symmetric", "max", 4, 0}, {"affine", "max", 4, 0}, {"symmetric", "max", 8, 0},
-               {"symmetric", "max", 3, 1}, {"affine", "pact", 4, 0}};
+               {"symmetric", "max", 3, 1}, {"affine", "pact", 4, 0}, {"affine", "fixed", 4, 0},
+               {"symmetric", "fixed", 2, 0}};
   const float x[] = {7, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, -7, 1.25f, 0.1f, -3.3f};
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     nbl_model *m = q_model(12, NULL, cases[k].mode, cases[k].src, cases[k].bits, cases[k].narrow);
