@@ -1,6 +1,7 @@
 /* exec.c - planner, executor, thread pool, the kernel context functions of
  * kernel.h and the public session API of nibble.h. See exec.h. */
 #include "exec.h"
+#include "int4_gemm.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -133,6 +134,7 @@ typedef struct step {
   const nbl_op_def *def;
   int opset;
   int out_base; /* index of output 0 in the arena slot table */
+  const nbl_node *fnode; /* INT4 fusion: synthetic node run instead of g->nodes[node] */
 } step;
 
 typedef struct gplan {
@@ -154,6 +156,7 @@ struct nbl_engine {
   gplan **plans; /* plans[0]: g; then every subgraph */
   int n_plans;
   pool *pool;
+  nbl_i4_fusion *fusion; /* INT4 fast path of the main graph (fuse_int4.c), NULL if none */
   /* top frame state */
   nbl_rt_tensor *vals;
   unsigned char *set;
@@ -247,6 +250,16 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
   if (n < 0) return NBL_ERR_INVALID_MODEL;
+  /* INT4 fast path (runtime/fuse_int4.c): QuantizeInt4 -> Conv/Gemm/MatMul
+   * become one synthetic node each (steps below take it from fnode), and the
+   * quantizers only they used leave the order. Main graph, non-reference. */
+  if (g == e->g && !e->reference) {
+    nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, &e->fusion);
+    if (fst != NBL_OK) {
+      free(order);
+      return fst;
+    }
+  }
   p->n_steps = n;
   p->steps = calloc((size_t)(n ? n : 1), sizeof(step));
   p->last_use = malloc(sizeof(int) * (size_t)(g->n_values ? g->n_values : 1));
@@ -270,7 +283,10 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
     sp->opset = node_opset(e->m, nd);
     sp->out_base = slots;
     slots += nd->n_outputs;
-    sp->def = nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
+    const nbl_op_def *fdef = NULL;
+    sp->fnode = g == e->g ? nbl_i4_fused_node(e->fusion, order[s], &fdef) : NULL;
+    if (sp->fnode) nd = sp->fnode;
+    sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
     if (!sp->def && st == NBL_OK) {
       if (sp->opset == 0)
         st = nbl_errorf(NBL_ERR_UNSUPPORTED,
@@ -447,6 +463,7 @@ void nbl_engine_free(nbl_engine *e) {
   for (int i = 0; i < e->n_plans; i++) gplan_free(e->plans[i]);
   free(e->plans);
   pool_free(e->pool);
+  nbl_i4_fusion_free(e->fusion);
   free(e->vals);
   free(e->set);
   free(e->bound);
@@ -600,7 +617,7 @@ static nbl_status run_frame(frame *f) {
   int cap_in = 0, cap_out = 0;
   for (int s = 0; s < p->n_steps && st == NBL_OK; s++) {
     const step *sp = &p->steps[s];
-    const nbl_node *nd = &g->nodes[sp->node];
+    const nbl_node *nd = sp->fnode ? sp->fnode : &g->nodes[sp->node];
     if (nd->n_inputs > cap_in) {
       cap_in = nd->n_inputs;
       free(ins);

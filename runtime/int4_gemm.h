@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernel.h"
 #include "quant4.h"
 
 #define NBL_I4_NR 16 /* columns per packed panel */
@@ -70,5 +71,27 @@ void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const 
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);
+
+/* ------------------------------------------------------------------ fusion (fuse_int4.c) */
+
+/* The planner's hook. For graph g (order[0..*n) its topological node order),
+ * find QuantizeInt4 -> Conv/Gemm/MatMul patterns whose weight is a constant
+ * (QuantizeInt4 of a float initializer, or DequantizeLinear of an INT4/INT8
+ * initializer with a scalar scale), pack their weights, and remove from
+ * order the quantizer nodes whose outputs only the fused nodes used (*n
+ * shrinks). *out is NULL when nothing was fused. The model must outlive it. */
+typedef struct nbl_i4_fusion nbl_i4_fusion;
+nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
+                       nbl_i4_fusion **out);
+/* For a fused consumer node: the synthetic node to run instead (inputs X,
+ * W source, bias, PACT alpha; the consumer's outputs and attributes) and its
+ * op definition in *def. NULL for any other node. */
+const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def);
+/* Number of fused nodes. */
+int nbl_i4_fusion_count(const nbl_i4_fusion *fu);
+void nbl_i4_fusion_free(nbl_i4_fusion *fu);
+/* Process-wide count of fused kernel runs that took the integer path (the
+ * rest ran the literal fake-quant + float composition); for tests. */
+long nbl_i4_integer_runs(void);
 
 #endif /* NBL_INT4_GEMM_H */

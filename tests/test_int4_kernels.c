@@ -147,6 +147,224 @@ START_TEST(test_quantize_bytes) {
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------ fused sessions */
+
+typedef struct mspec {
+  const char *op; /* Conv, Gemm, MatMul */
+  int xrank;
+  int64_t xd[4];
+  int wrank;
+  int64_t wd[4];
+  int brank; /* bias / Gemm C rank, -1 none */
+  int64_t bd[2];
+  const char *xmode;
+  int xbits, wbits;
+  int dq; /* weight as DequantizeLinear(INT4 initializer, scale) */
+  int64_t strides[2], pads[4], dil[2], group;
+  const char *auto_pad;
+  int trans_b;
+  float alpha, beta;
+} mspec;
+
+static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", sp->dq ? 21 : 13);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, sp->xrank, sp->xd);
+  nbl_graph_add_input(g, x);
+  nbl_id xq = nbl_graph_add_value(g, "xq");
+  nbl_id q = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "qx", 1, &x, 1, &xq);
+  nbl_node_set_attr_string(g, q, "mode", sp->xmode);
+  nbl_node_set_attr_int(g, q, "bits", sp->xbits);
+  nbl_id wv = nbl_graph_add_value(g, "w");
+  nbl_id wq = nbl_graph_add_value(g, "wq");
+  int64_t wn = nbl_shape_numel(sp->wrank, sp->wd);
+  if (sp->dq) {
+    /* quantize here with the quant4.h math, store packed INT4 + scale */
+    nbl_q4_config cfg;
+    nbl_q4_config_default(&cfg);
+    nbl_q4_params p;
+    ck_assert_int_eq(nbl_q4_choose(&cfg, w, (size_t)wn, 0, &p, NULL), 0);
+    int8_t *codes = malloc((size_t)wn);
+    nbl_q4_quantize_codes(&cfg, &p, w, codes, (size_t)wn, 0);
+    uint8_t *packed = calloc((size_t)(wn + 1) / 2 + 1, 1);
+    nbl_q4_pack(codes, (size_t)wn, packed);
+    nbl_graph_set_initializer(g, wv, nbl_tensor_new(m->arena, "w", NBL_DT_INT4, sp->wrank, sp->wd, packed));
+    nbl_id sv = nbl_graph_add_value(g, "ws");
+    nbl_graph_set_initializer(g, sv, nbl_tensor_new(m->arena, "ws", NBL_DT_FLOAT, 0, NULL, &p.scale));
+    nbl_id in2[2] = {wv, sv};
+    nbl_graph_add_node(g, "DequantizeLinear", "", "dq", 2, in2, 1, &wq);
+    free(codes);
+    free(packed);
+  } else {
+    nbl_graph_set_initializer(g, wv, nbl_tensor_new(m->arena, "w", NBL_DT_FLOAT, sp->wrank, sp->wd, w));
+    nbl_id qw = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "qw", 1, &wv, 1, &wq);
+    nbl_node_set_attr_int(g, qw, "bits", sp->wbits);
+  }
+  nbl_id in[3] = {xq, wq, NBL_NONE};
+  int n_in = 2;
+  if (sp->brank >= 0) {
+    in[2] = nbl_graph_add_value(g, "b");
+    nbl_graph_set_initializer(g, in[2], nbl_tensor_new(m->arena, "b", NBL_DT_FLOAT, sp->brank, sp->bd, b));
+    n_in = 3;
+  }
+  nbl_id y = nbl_graph_add_value(g, "y");
+  nbl_id n = nbl_graph_add_node(g, sp->op, "", "op", n_in, in, 1, &y);
+  if (!strcmp(sp->op, "Conv")) {
+    if (sp->auto_pad) nbl_node_set_attr_string(g, n, "auto_pad", sp->auto_pad);
+    else nbl_node_set_attr_ints(g, n, "pads", 4, sp->pads);
+    nbl_node_set_attr_ints(g, n, "strides", 2, sp->strides);
+    nbl_node_set_attr_ints(g, n, "dilations", 2, sp->dil);
+    nbl_node_set_attr_int(g, n, "group", sp->group);
+  } else if (!strcmp(sp->op, "Gemm")) {
+    nbl_node_set_attr_int(g, n, "transB", sp->trans_b);
+    nbl_node_set_attr_float(g, n, "alpha", sp->alpha);
+    nbl_node_set_attr_float(g, n, "beta", sp->beta);
+  }
+  nbl_graph_add_output(g, y);
+  return m;
+}
+
+static float *run_model(nbl_model *m, const mspec *sp, const float *x, int reference,
+                        size_t *ny) {
+  nbl_session_options opt = {reference ? 1 : 2, reference, NULL, NULL};
+  nbl_session *s = NULL;
+  nbl_status st = nbl_session_create(m, &opt, &s);
+  ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor in;
+  memset(&in, 0, sizeof in);
+  in.name = "x";
+  in.dtype = NBL_DT_FLOAT;
+  in.rank = sp->xrank;
+  for (int i = 0; i < sp->xrank; i++) in.dims[i] = sp->xd[i];
+  in.data = (void *)x;
+  in.nbytes = sizeof(float) * (size_t)nbl_shape_numel(sp->xrank, sp->xd);
+  const nbl_host_tensor *out = NULL;
+  st = nbl_session_run(s, 1, &in, &out);
+  ck_assert_msg(st == NBL_OK, "%s: %s", reference ? "reference" : "fast", nbl_last_error());
+  *ny = out[0].nbytes / sizeof(float);
+  float *y = malloc(out[0].nbytes + 4);
+  memcpy(y, out[0].data, out[0].nbytes);
+  nbl_session_free(s);
+  return y;
+}
+
+/* Fast (fused, 2 threads) vs reference path; expect_int: the integer path ran. */
+static void check_model(const mspec *sp, int expect_int, int with_nan) {
+  int64_t xn = nbl_shape_numel(sp->xrank, sp->xd), wn = nbl_shape_numel(sp->wrank, sp->wd);
+  int64_t bn = sp->brank >= 0 ? nbl_shape_numel(sp->brank, sp->bd) : 0;
+  float *x = malloc(sizeof(float) * (size_t)(xn + 1)), *w = malloc(sizeof(float) * (size_t)(wn + 1));
+  float *b = malloc(sizeof(float) * (size_t)(bn + 1));
+  for (int64_t i = 0; i < xn; i++) x[i] = 2.0f * frand() + (!strcmp(sp->xmode, "affine") ? 0.7f : 0.0f);
+  for (int64_t i = 0; i < wn; i++) w[i] = 0.5f * frand();
+  for (int64_t i = 0; i < bn; i++) b[i] = frand();
+  if (with_nan && xn > 1) x[xn / 2] = NAN;
+  nbl_model *m = build_model(sp, w, b);
+  long before = nbl_i4_integer_runs();
+  size_t nf, nr;
+  float *yf = run_model(m, sp, x, 0, &nf);
+  long after = nbl_i4_integer_runs();
+  float *yr = run_model(m, sp, x, 1, &nr);
+  ck_assert_msg(after - before == expect_int, "%s: integer path runs %ld, expected %d", sp->op,
+                after - before, expect_int);
+  ck_assert_uint_eq(nf, nr);
+  double mx = 0;
+  for (size_t i = 0; i < nr; i++)
+    if (isfinite(yr[i]) && fabs(yr[i]) > mx) mx = fabs(yr[i]);
+  for (size_t i = 0; i < nr; i++) {
+    if (isnan(yr[i])) {
+      ck_assert_msg(isnan(yf[i]), "%s: elem %zu ref NaN fast %g", sp->op, i, yf[i]);
+      continue;
+    }
+    ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
+                  "%s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] elem %zu: fast %.9g ref %.9g",
+                  sp->op, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
+                  (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
+                  (long long)sp->wd[2], (long long)sp->wd[3], i, yf[i], yr[i]);
+  }
+  free(yf), free(yr), free(x), free(w), free(b);
+  nbl_model_free(m);
+}
+
+static mspec conv_spec(int64_t N, int64_t C, int64_t H, int64_t W, int64_t M, int64_t k,
+                       int64_t s, int64_t pad, int64_t d, int64_t group) {
+  mspec sp = {.op = "Conv", .xrank = 4, .xd = {N, C, H, W}, .wrank = 4,
+              .wd = {M, C / group, k, k}, .brank = 1, .bd = {M}, .xmode = "symmetric",
+              .xbits = 4, .wbits = 4, .strides = {s, s}, .pads = {pad, pad, pad, pad},
+              .dil = {d, d}, .group = group};
+  return sp;
+}
+
+START_TEST(test_fused_conv) {
+  mspec sp;
+  sp = conv_spec(2, 3, 9, 9, 8, 3, 1, 1, 1, 1);
+  check_model(&sp, 1, 0);
+  sp.brank = -1;
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 4, 11, 10, 6, 3, 2, 0, 1, 1);
+  sp.pads[1] = 2, sp.pads[2] = 1; /* asymmetric pads */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 5, 12, 12, 7, 3, 1, 2, 2, 1); /* dilation */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(2, 4, 8, 8, 6, 3, 1, 1, 1, 2); /* groups */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 6, 9, 9, 6, 3, 2, 1, 1, 6); /* depthwise */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 6, 9, 9, 6, 3, 1, 2, 2, 6); /* depthwise, dilated */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 4, 9, 9, 8, 3, 1, 1, 1, 4); /* depthwise, multiplier 2 */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 16, 7, 7, 33, 1, 1, 0, 1, 1); /* 1x1 */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 3, 10, 10, 9, 3, 2, 0, 1, 1);
+  sp.auto_pad = "SAME_UPPER";
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 8, 6, 6, 17, 3, 1, 1, 1, 1);
+  sp.xmode = "affine"; /* positive data: zero point far below -8 */
+  check_model(&sp, 1, 0);
+  sp.xbits = 8, sp.wbits = 8; /* an 8-bit layer */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 8, 6, 6, 17, 3, 1, 1, 1, 1);
+  sp.dq = 1; /* packed INT4 weight + DequantizeLinear */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 6, 9, 9, 6, 3, 2, 1, 1, 6);
+  sp.dq = 1;
+  check_model(&sp, 1, 0);
+  /* output channels and pixel counts at tile boundaries */
+  for (size_t a = 0; a < NTS; a++) {
+    sp = conv_spec(1, 3, tsizes[a] < 3 ? 3 : tsizes[a] % 20 + 3, 5, tsizes[a], 3, 1, 1, 1, 1);
+    check_model(&sp, 1, 0);
+  }
+  /* NaN input: the literal composition runs (NaN propagates like the reference) */
+  sp = conv_spec(1, 3, 6, 6, 4, 3, 1, 1, 1, 1);
+  check_model(&sp, 0, 1);
+}
+END_TEST
+
+START_TEST(test_fused_gemm_matmul) {
+  for (size_t a = 0; a < NTS; a++)
+    for (size_t b = 0; b < NTS; b++)
+      for (size_t k = 0; k < NTS; k++) {
+        int64_t M = tsizes[a], N = tsizes[b], K = tsizes[k];
+        int tb = (int)((a + b + k) & 1);
+        mspec sp = {.op = "Gemm", .xrank = 2, .xd = {M, K}, .wrank = 2,
+                    .wd = {tb ? N : K, tb ? K : N}, .brank = (int)(k % 3) - 1 + (k % 3 == 2),
+                    .bd = {k % 3 == 2 ? M : N, N}, .xmode = (a & 1) ? "affine" : "symmetric",
+                    .xbits = 4, .wbits = 4, .trans_b = tb, .alpha = (b & 1) ? 0.5f : 1.0f,
+                    .beta = 1.5f, .dq = (int)((a * 7 + b * 3 + k) % 4 == 0)};
+        if (sp.brank == 1) sp.bd[0] = N;
+        check_model(&sp, 1, 0);
+        mspec mm = {.op = "MatMul", .xrank = 3, .xd = {2, M, K}, .wrank = 2, .wd = {K, N},
+                    .brank = -1, .xmode = (b & 1) ? "affine" : "symmetric", .xbits = (k & 1) ? 8 : 4,
+                    .wbits = 4, .dq = (int)((a + b) % 3 == 0)};
+        check_model(&mm, 1, 0);
+      }
+}
+END_TEST
+
 Suite *int4_suite(void);
 Suite *int4_suite(void) {
   Suite *s = suite_create("int4_kernels");
@@ -157,6 +375,11 @@ Suite *int4_suite(void) {
   tcase_add_test(tc, test_gemm_int8_extremes);
   tcase_add_test(tc, test_quantize_bytes);
   suite_add_tcase(s, tc);
+  TCase *tf = tcase_create("fused");
+  tcase_set_timeout(tf, 600);
+  tcase_add_test(tf, test_fused_conv);
+  tcase_add_test(tf, test_fused_gemm_matmul);
+  suite_add_tcase(s, tf);
   return s;
 }
 

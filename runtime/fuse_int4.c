@@ -1,0 +1,748 @@
+/* fuse_int4.c - the INT4 fast path: QuantizeInt4(x) -> Conv/Gemm/MatMul with
+ * a constant quantized weight, run as one integer kernel (see int4_gemm.h).
+ *
+ * Pattern (found at plan time, sessions without `reference`):
+ *   X --QuantizeInt4--> Xq --\
+ *                              Conv | Gemm | MatMul  --> Y
+ *   W --QuantizeInt4--> Wq --/     (input 0 = Xq, input 1 = Wq)
+ * where W is an initializer (float32), or instead of the weight quantizer a
+ * DequantizeLinear(Wq int4/int8 initializer, scalar scale [, scalar zero
+ * point]) as written by pack-int4. The consumer then runs a synthetic node
+ * with inputs [X, W, bias, alpha]: X is quantized on the fly (per-tensor
+ * scale recomputed every run with the quant4.h math, codes bit-identical),
+ * W was quantized and packed once here, products accumulate exactly in
+ * int32, and each output is rescaled once: y = s_x*s_w*acc + bias (the
+ * affine zero point of X is subtracted as z*sum(q_w) per output channel).
+ * The quantizer nodes are dropped from the schedule when nothing else uses
+ * their outputs.
+ *
+ * Anything the integer path cannot express exactly at run time (non-finite
+ * X, a Gemm bias shape other than scalar/[N]/[M,N], ...) runs the literal
+ * composition instead: fake-quantize X and W, then the float op's reference
+ * kernel, so results never depend on the path.
+ *
+ * Supported: Conv 2-D (strides, pads, auto_pad, dilations, groups,
+ * depthwise), Gemm with transA = 0, MatMul with a rank-2 weight. Skipped
+ * (left unfused): other ranks, weights that are not constants, weight codes
+ * minus zero point outside int8.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
+#include "gemm.h"
+#include "int4_gemm.h"
+
+enum { FK_CONV, FK_GEMM, FK_MATMUL };
+
+static _Atomic long g_int_runs; /* fused kernel runs that took the integer path */
+enum { WS_QUANT, WS_DEQUANT };
+
+typedef struct fused {
+  nbl_node node; /* the synthetic node (first member: the kernel casts back) */
+  nbl_id ins[4]; /* X, W source, bias, alpha (NBL_NONE when absent) */
+  const nbl_node *orig;
+  nbl_id qx, wnode; /* the quantizer nodes */
+  int kind;
+  nbl_q4_config xcfg;
+  int wsrc;
+  nbl_q4_config wcfg; /* WS_QUANT */
+  float dq_scale;     /* WS_DEQUANT */
+  int dq_zero;
+  int64_t wdims[NBL_MAX_RANK];
+  int wrank;
+  int trans_b;
+  float alpha, beta;
+  /* packed state */
+  const void *wdata; /* W data the packing was made from */
+  float w_scale;
+  int groups;
+  nbl_i4_weights *packed; /* one per group */
+  nbl_i4_isa isa;
+} fused;
+
+struct nbl_i4_fusion {
+  int n_nodes;
+  fused **by_node;
+};
+
+static const char *dom(const char *d) { return d ? d : ""; }
+
+static int is_op(const nbl_node *n, const char *domain, const char *op) {
+  return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
+}
+
+/* Decode QuantizeInt4 attributes; -1 when the fused path should not take it. */
+static int parse_q4(const nbl_node *n, nbl_q4_config *cfg) {
+  nbl_q4_config_default(cfg);
+  int64_t bits = nbl_attr_int(n, "bits", 4);
+  if (bits < 2 || bits > 8) return -1;
+  cfg->bits = (int)bits;
+  if (nbl_q4_parse_mode(nbl_attr_string(n, "mode", "symmetric"), &cfg->mode) ||
+      nbl_q4_parse_scale_source(nbl_attr_string(n, "scale_source", "max"), &cfg->scale_source) ||
+      nbl_q4_parse_rounding(nbl_attr_string(n, "rounding", "half_even"), &cfg->rounding))
+    return -1;
+  int64_t narrow = nbl_attr_int(n, "narrow", 0);
+  if (narrow != 0 && narrow != 1) return -1;
+  cfg->narrow = (int)narrow;
+  cfg->seed = nbl_attr_int(n, "seed", 0);
+  if (cfg->scale_source == NBL_Q4_SCALE_FIXED) {
+    if (!nbl_node_attr(n, "scale")) return -1;
+    cfg->fixed_scale = nbl_attr_float(n, "scale", 0.0f);
+  }
+  return 0;
+}
+
+static const nbl_node *producer(const nbl_graph *g, nbl_id v) {
+  if (v == NBL_NONE || g->values[v].producer == NBL_NONE) return NULL;
+  return &g->nodes[g->values[v].producer];
+}
+
+static int all_finite(const float *x, int64_t n) {
+  const uint32_t *b = (const uint32_t *)(const void *)x;
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; i++) bad |= (b[i] & 0x7f800000u) == 0x7f800000u;
+  return !bad;
+}
+
+/* ------------------------------------------------------------------ weights */
+
+static void free_packed(fused *f) {
+  if (f->packed)
+    for (int i = 0; i < f->groups; i++) nbl_i4_weights_free(&f->packed[i]);
+  free(f->packed);
+  f->packed = NULL;
+}
+
+/* Integer weight codes (q - z) of tensor w (the W source) into *codes
+ * (malloc'd) and the scale into *scale. Returns 0, or -1 if w cannot be
+ * represented exactly (non-finite, codes out of int8, bad type, OOM). */
+static int weight_codes(const fused *f, const nbl_rt_tensor *w, int8_t **codes, float *scale) {
+  int64_t n = w->numel;
+  int8_t *q = malloc((size_t)(n ? n : 1));
+  if (!q) return -1;
+  if (f->wsrc == WS_QUANT) {
+    if (w->dtype != NBL_DT_FLOAT || !all_finite(w->data, n)) goto fail;
+    nbl_q4_params p;
+    if (nbl_q4_choose(&f->wcfg, w->data, (size_t)n, 0.0f, &p, NULL) != 0) goto fail;
+    nbl_q4_quantize_codes(&f->wcfg, &p, w->data, q, (size_t)n, 0);
+    for (int64_t i = 0; i < n; i++) {
+      int v = q[i] - p.zero;
+      if (v < -128 || v > 127) goto fail;
+      q[i] = (int8_t)v;
+    }
+    *scale = p.scale;
+  } else {
+    if (w->dtype != NBL_DT_INT4 && w->dtype != NBL_DT_INT8) goto fail;
+    if (!isfinite(f->dq_scale) || f->dq_scale <= 0) goto fail;
+    for (int64_t i = 0; i < n; i++) {
+      int v = (int)nbl_rt_get_i64(w, i) - f->dq_zero;
+      if (v < -128 || v > 127) goto fail;
+      q[i] = (int8_t)v;
+    }
+    *scale = f->dq_scale;
+  }
+  *codes = q;
+  return 0;
+fail:
+  free(q);
+  return -1;
+}
+
+/* (Re)pack the weight from tensor w; 0 or -1. */
+static int pack(fused *f, const nbl_rt_tensor *w) {
+  free_packed(f);
+  int8_t *q = NULL;
+  float s = 0;
+  if (weight_codes(f, w, &q, &s) != 0) return -1;
+  int groups = f->kind == FK_CONV ? f->groups : 1;
+  f->packed = calloc((size_t)groups, sizeof(nbl_i4_weights));
+  int ok = f->packed != NULL;
+  for (int gi = 0; ok && gi < groups; gi++) {
+    if (f->kind == FK_CONV) {
+      int64_t M = f->wdims[0], Mg = M / groups, Kg = w->numel / (M ? M : 1);
+      ok = nbl_i4_pack_weights(q + gi * Mg * Kg, Kg, Mg, 1, Kg, &f->packed[gi]) == 0;
+    } else if (f->kind == FK_GEMM && f->trans_b) {
+      ok = nbl_i4_pack_weights(q, f->wdims[1], f->wdims[0], 1, f->wdims[1], &f->packed[0]) == 0;
+    } else {
+      ok = nbl_i4_pack_weights(q, f->wdims[0], f->wdims[1], f->wdims[1], 1, &f->packed[0]) == 0;
+    }
+  }
+  free(q);
+  if (!ok) {
+    free_packed(f);
+    return -1;
+  }
+  f->w_scale = s;
+  f->wdata = w->data;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ literal fallback */
+
+/* Fake-quantize X (params p) and W, then the float op's reference kernel. */
+static nbl_status run_literal(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
+  const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
+  nbl_rt_tensor xh = {0}, wh = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&xh, NBL_DT_FLOAT, X->rank, X->dims);
+  if (st == NBL_OK) st = nbl_rt_tensor_alloc(&wh, NBL_DT_FLOAT, W->rank, W->dims);
+  if (st != NBL_OK) {
+    nbl_rt_tensor_free(&xh);
+    return nbl_kerr(c, st, "out of memory");
+  }
+  nbl_q4_fake_quant(&f->xcfg, p, X->data, xh.data, (size_t)X->numel, 0);
+  float *wv = wh.data;
+  if (f->wsrc == WS_QUANT) {
+    nbl_q4_params pw;
+    const char *why = "";
+    if (W->dtype != NBL_DT_FLOAT ||
+        nbl_q4_choose(&f->wcfg, W->data, (size_t)W->numel, 0.0f, &pw, &why) != 0) {
+      nbl_rt_tensor_free(&xh);
+      nbl_rt_tensor_free(&wh);
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "weight quantizer: %s",
+                      W->dtype != NBL_DT_FLOAT ? "W must be float32" : why);
+    }
+    nbl_q4_fake_quant(&f->wcfg, &pw, W->data, wv, (size_t)W->numel, 0);
+  } else {
+    for (int64_t i = 0; i < W->numel; i++)
+      wv[i] = (float)(nbl_rt_get_i64(W, i) - f->dq_zero) * f->dq_scale;
+  }
+  const nbl_rt_tensor *ins[3] = {&xh, &wh, c->n_in > 2 ? c->in[2] : NULL};
+  nbl_kctx c2 = *c;
+  c2.node = f->orig;
+  c2.n_in = f->orig->n_inputs < 3 ? f->orig->n_inputs : 3;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", f->orig->op_type, c->opset);
+  st = def ? def->ref(&c2)
+           : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
+                      c->opset);
+  nbl_rt_tensor_free(&xh);
+  nbl_rt_tensor_free(&wh);
+  return st;
+}
+
+/* ------------------------------------------------------------------ activations */
+
+typedef struct qjob {
+  const nbl_q4_config *cfg;
+  const nbl_q4_params *p;
+  const float *x;
+  uint8_t *u;
+  int off;
+} qjob;
+
+static void quant_chunk(void *arg, int64_t b, int64_t e) {
+  qjob *j = arg;
+  nbl_i4_quantize_u8(j->cfg, j->p, j->x + b, j->u + b, (size_t)(e - b), (uint64_t)b, j->off);
+}
+
+static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
+                       const float *x, uint8_t *u, int64_t n, int off) {
+  qjob j = {cfg, p, x, u, off};
+  nbl_parallel_for(c, n, 1 << 15, quant_chunk, &j);
+}
+
+/* ------------------------------------------------------------------ Conv */
+
+typedef struct conv_job {
+  fused *f;
+  const nbl_conv_geom *g;
+  const uint8_t *xu;
+  const float *bias;
+  float *y;
+  float sc;
+  int32_t a_zero;
+  uint8_t pad;
+  int64_t Cg, Mg, Kg, P, rb, nrb;
+  _Atomic int oom;
+} conv_job;
+
+/* im2row of output pixels [p0, p1) of one image/group: rows of Kg bytes in
+ * (c, kh, kw) order, padded positions get the zero byte. */
+static void im2row(const conv_job *j, const uint8_t *x, int64_t p0, int64_t p1, uint8_t *A,
+                   int64_t lda) {
+  const nbl_conv_geom *g = j->g;
+  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1];
+  int64_t KH = g->k[0], KW = g->k[1];
+  for (int64_t pix = p0; pix < p1; pix++) {
+    uint8_t *row = A + (pix - p0) * lda;
+    int64_t oh = pix / OW, ow = pix % OW;
+    int64_t ih0 = oh * g->s[0] - g->pb[0], iw0 = ow * g->s[1] - g->pb[1];
+    for (int64_t cc = 0; cc < j->Cg; cc++) {
+      const uint8_t *xc = x + cc * H * Wd;
+      for (int64_t kh = 0; kh < KH; kh++) {
+        int64_t ih = ih0 + kh * g->d[0];
+        if (ih < 0 || ih >= H) {
+          memset(row, j->pad, (size_t)KW);
+          row += KW;
+          continue;
+        }
+        const uint8_t *xr = xc + ih * Wd;
+        if (g->d[1] == 1 && iw0 >= 0 && iw0 + KW <= Wd) {
+          memcpy(row, xr + iw0, (size_t)KW);
+          row += KW;
+          continue;
+        }
+        for (int64_t kw = 0; kw < KW; kw++) {
+          int64_t iw = iw0 + kw * g->d[1];
+          *row++ = iw >= 0 && iw < Wd ? xr[iw] : j->pad;
+        }
+      }
+    }
+  }
+}
+
+static void conv_tasks(void *arg, int64_t b, int64_t e) {
+  conv_job *j = arg;
+  fused *f = j->f;
+  const nbl_i4_weights *W0 = &f->packed[0];
+  int64_t lda = W0->Kp;
+  uint8_t *A = malloc((size_t)(j->rb * lda));
+  int32_t *C = malloc(sizeof(int32_t) * (size_t)(j->rb * j->Mg));
+  if (!A || !C) {
+    free(A);
+    free(C);
+    j->oom = 1;
+    return;
+  }
+  const nbl_conv_geom *g = j->g;
+  for (int64_t t = b; t < e; t++) {
+    int64_t blk = t % j->nrb, ng = t / j->nrb;
+    int64_t gi = ng % g->group, n = ng / g->group;
+    int64_t p0 = blk * j->rb, p1 = p0 + j->rb < j->P ? p0 + j->rb : j->P;
+    const uint8_t *x = j->xu + (n * g->C + gi * j->Cg) * g->in_sz;
+    im2row(j, x, p0, p1, A, lda);
+    for (int64_t r = 0; r < p1 - p0; r++) memset(A + r * lda + j->Kg, 0, (size_t)(lda - j->Kg));
+    nbl_i4_gemm(f->isa, &f->packed[gi], A, lda, 0, p1 - p0, j->a_zero, C, j->Mg);
+    for (int64_t oc = 0; oc < j->Mg; oc++) {
+      int64_t m = gi * j->Mg + oc;
+      float bv = j->bias ? j->bias[m] : 0.0f;
+      float *yo = j->y + (n * g->M + m) * j->P;
+      for (int64_t r = 0; r < p1 - p0; r++) yo[p0 + r] = j->sc * (float)C[r * j->Mg + oc] + bv;
+    }
+  }
+  free(A);
+  free(C);
+}
+
+/* Depthwise (one input and one output channel per group): direct integer loop. */
+static void dw_tasks(void *arg, int64_t b, int64_t e) {
+  conv_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t KH = g->k[0], KW = g->k[1];
+  const nbl_i4_weights *unused = NULL;
+  (void)unused;
+  for (int64_t t = b; t < e; t++) {
+    int64_t ch = t % g->C, n = t / g->C;
+    const uint8_t *x = j->xu + (n * g->C + ch) * g->in_sz;
+    const int8_t *w = j->f->packed[ch].panels; /* Kg x 1 packed: w[k] at [(k/4)*64 + k%4] */
+    int32_t wk[64];
+    int32_t wsum = j->f->packed[ch].colsum[0];
+    for (int64_t k = 0; k < KH * KW; k++) wk[k] = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
+    float bv = j->bias ? j->bias[ch] : 0.0f;
+    float *yo = j->y + (n * g->M + ch) * j->P;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      int64_t ih0 = oh * g->s[0] - g->pb[0];
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t iw0 = ow * g->s[1] - g->pb[1];
+        int32_t acc = 0, inw = 0; /* inw: sum of the weights at padded taps */
+        for (int64_t kh = 0; kh < KH; kh++) {
+          int64_t ih = ih0 + kh * g->d[0];
+          for (int64_t kw = 0; kw < KW; kw++) {
+            int64_t iw = iw0 + kw * g->d[1];
+            int32_t wv = wk[kh * KW + kw];
+            if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) inw += wv;
+            else acc += (int32_t)x[ih * Wd + iw] * wv;
+          }
+        }
+        acc += j->a_zero * inw - j->a_zero * wsum; /* padded taps hold the zero byte */
+        yo[oh * OW + ow] = j->sc * (float)acc + bv;
+      }
+    }
+  }
+}
+
+static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
+  const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
+  nbl_conv_geom g;
+  if (X->rank != 4) return run_literal(c, f, p);
+  nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
+  if (st != NBL_OK) return st;
+  g.group = f->groups;
+  g.M = f->wdims[0];
+  if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
+    return run_literal(c, f, p);
+  int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
+  float *y = nbl_kctx_out(c, 0)->data;
+  int64_t ny = g.N * g.M * g.out_sz;
+  if (ny == 0) return NBL_OK;
+  uint8_t *xu = malloc((size_t)(X->numel ? X->numel : 1));
+  if (!xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  int off = nbl_i4_act_offset(p);
+  quantize_x(c, &f->xcfg, p, X->data, xu, X->numel, off);
+  conv_job j = {.f = f, .g = &g, .xu = xu, .bias = B ? B->data : NULL, .y = y,
+                .sc = p->scale * f->w_scale, .a_zero = p->zero + off,
+                .pad = (uint8_t)(p->zero + off)};
+  j.Cg = g.C / g.group;
+  j.Mg = g.M / g.group;
+  j.Kg = j.Cg * g.k_sz;
+  j.P = g.out_sz;
+  if (j.Cg == 1 && j.Mg == 1 && g.k_sz <= 64) {
+    nbl_parallel_for(c, g.N * g.C, 1, dw_tasks, &j);
+  } else {
+    int64_t rb = (int64_t)(192 * 1024) / (f->packed[0].Kp ? f->packed[0].Kp : 1);
+    rb = rb / NBL_I4_MR * NBL_I4_MR;
+    if (rb < NBL_I4_MR) rb = NBL_I4_MR;
+    if (rb > 8 * 6 * NBL_I4_MR) rb = 8 * 6 * NBL_I4_MR;
+    /* at least two blocks per image when threads could share them */
+    if (c->threads > 1 && g.N * g.group == 1 && j.P <= rb) {
+      rb = (j.P + 1) / 2;
+      rb = (rb + NBL_I4_MR - 1) / NBL_I4_MR * NBL_I4_MR;
+    }
+    j.rb = rb;
+    j.nrb = (j.P + rb - 1) / rb;
+    nbl_parallel_for(c, g.N * g.group * j.nrb, 1, conv_tasks, &j);
+    if (j.oom) {
+      free(xu);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  }
+  free(xu);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ Gemm / MatMul */
+
+typedef struct mm_job {
+  fused *f;
+  const uint8_t *A;
+  int64_t lda, N;
+  int32_t a_zero;
+  int32_t *C;
+} mm_job;
+
+static void mm_rows(void *arg, int64_t b, int64_t e) {
+  mm_job *j = arg;
+  nbl_i4_gemm(j->f->isa, &j->f->packed[0], j->A, j->lda, b, e, j->a_zero, j->C, j->N);
+}
+
+static nbl_status run_mm(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
+  const nbl_rt_tensor *X = c->in[0], *Cb = f->kind == FK_GEMM && c->n_in > 2 ? c->in[2] : NULL;
+  const nbl_i4_weights *W = &f->packed[0];
+  int64_t K = W->K, N = W->N, M;
+  int64_t od[NBL_MAX_RANK];
+  int orank;
+  if (f->kind == FK_GEMM) {
+    if (X->rank != 2 || X->dims[1] != K) return run_literal(c, f, p);
+    M = X->dims[0];
+    od[0] = M;
+    od[1] = N;
+    orank = 2;
+  } else {
+    if (X->rank < 1 || X->dims[X->rank - 1] != K) return run_literal(c, f, p);
+    M = K ? X->numel / K : 0;
+    if (!K) {
+      M = 1;
+      for (int i = 0; i < X->rank - 1; i++) M *= X->dims[i];
+    }
+    orank = X->rank;
+    for (int i = 0; i < X->rank - 1; i++) od[i] = X->dims[i];
+    od[orank - 1] = N;
+  }
+  /* Gemm C: scalar, [N], [1,N] or [M,N]; anything else takes the literal path */
+  int cmode = 0; /* 0 none, 1 scalar, 2 row, 3 full */
+  if (Cb && f->beta != 0.0f) {
+    if (Cb->dtype != NBL_DT_FLOAT) return run_literal(c, f, p);
+    if (Cb->numel == 1) cmode = 1;
+    else if (Cb->rank >= 1 && Cb->dims[Cb->rank - 1] == N && Cb->numel == N) cmode = 2;
+    else if (Cb->rank == 2 && Cb->dims[0] == M && Cb->dims[1] == N) cmode = 3;
+    else return run_literal(c, f, p);
+  }
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, orank, od);
+  if (st) return st;
+  float *y = nbl_kctx_out(c, 0)->data;
+  if (M * N == 0) return NBL_OK;
+  int64_t lda = W->Kp;
+  uint8_t *A = malloc((size_t)(M * lda) + 1);
+  int32_t *C = malloc(sizeof(int32_t) * (size_t)(M * N));
+  if (!A || !C) {
+    free(A);
+    free(C);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  int off = nbl_i4_act_offset(p);
+  if (lda == K) {
+    quantize_x(c, &f->xcfg, p, X->data, A, M * K, off);
+  } else {
+    const float *x = X->data;
+    for (int64_t m = 0; m < M; m++) {
+      nbl_i4_quantize_u8(&f->xcfg, p, x + m * K, A + m * lda, (size_t)K, (uint64_t)(m * K), off);
+      memset(A + m * lda + K, 0, (size_t)(lda - K));
+    }
+  }
+  mm_job j = {f, A, lda, N, p->zero + off, C};
+  nbl_parallel_for(c, M, NBL_I4_MR * 2, mm_rows, &j);
+  float sc = p->scale * f->w_scale;
+  if (f->kind == FK_GEMM) sc *= f->alpha;
+  const float *cv = Cb ? Cb->data : NULL;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      float v = sc * (float)C[m * N + n];
+      if (cmode == 1) v += f->beta * cv[0];
+      else if (cmode == 2) v += f->beta * cv[n];
+      else if (cmode == 3) v += f->beta * cv[m * N + n];
+      y[m * N + n] = v;
+    }
+  free(A);
+  free(C);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ the kernel */
+
+static nbl_status k_fused_int4(nbl_kctx *c) {
+  fused *f = (fused *)(void *)c->node;
+  const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
+  if (!X || !W) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X or W is missing");
+  if (X->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
+  float alpha = 0.0f;
+  if (f->xcfg.scale_source == NBL_Q4_SCALE_PACT) {
+    const nbl_rt_tensor *a = c->n_in > 3 ? c->in[3] : NULL;
+    if (!a || a->dtype != NBL_DT_FLOAT || a->numel != 1)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "alpha must be a float32 scalar");
+    alpha = ((const float *)a->data)[0];
+  }
+  nbl_q4_params p;
+  const char *why = "";
+  if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "activation quantizer: %s", why);
+  if (W->data != f->wdata || !f->packed) {
+    if (pack(f, W) != 0) return run_literal(c, f, &p);
+  }
+  if (!all_finite(X->data, X->numel)) return run_literal(c, f, &p);
+  atomic_fetch_add(&g_int_runs, 1);
+  return f->kind == FK_CONV ? run_conv(c, f, &p) : run_mm(c, f, &p);
+}
+
+long nbl_i4_integer_runs(void) { return atomic_load(&g_int_runs); }
+
+static const nbl_op_def fused_def = {"ai.nibble", "FusedInt4", 1, 1, k_fused_int4, k_fused_int4};
+
+/* ------------------------------------------------------------------ planning */
+
+static void fused_free(fused *f) {
+  if (!f) return;
+  free_packed(f);
+  free(f);
+}
+
+void nbl_i4_fusion_free(nbl_i4_fusion *fu) {
+  if (!fu) return;
+  for (int i = 0; i < fu->n_nodes; i++) fused_free(fu->by_node[i]);
+  free(fu->by_node);
+  free(fu);
+}
+
+/* Try to build the fused state for consumer node id; NULL if the pattern does not apply. */
+static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
+  const nbl_node *n = &g->nodes[id];
+  int kind;
+  if (is_op(n, "", "Conv")) kind = FK_CONV;
+  else if (is_op(n, "", "Gemm")) kind = FK_GEMM;
+  else if (is_op(n, "", "MatMul")) kind = FK_MATMUL;
+  else return NULL;
+  if (n->n_inputs < 2 || n->n_outputs < 1) return NULL;
+  const nbl_node *qx = producer(g, n->inputs[0]);
+  const nbl_node *wn = producer(g, n->inputs[1]);
+  if (!is_op(qx, "ai.nibble", "QuantizeInt4") || !wn || qx->n_inputs < 1 ||
+      qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0])
+    return NULL;
+  if (nbl_model_opset(m, "ai.nibble") != 1) return NULL;
+  fused *f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  f->kind = kind;
+  f->orig = n;
+  f->qx = (nbl_id)(qx - g->nodes);
+  f->wnode = (nbl_id)(wn - g->nodes);
+  if (parse_q4(qx, &f->xcfg) != 0) goto no;
+  f->ins[0] = qx->inputs[0];
+  f->ins[2] = kind != FK_MATMUL && n->n_inputs > 2 ? n->inputs[2] : NBL_NONE;
+  f->ins[3] = NBL_NONE;
+  if (f->xcfg.scale_source == NBL_Q4_SCALE_PACT) {
+    if (qx->n_inputs < 2 || qx->inputs[1] == NBL_NONE) goto no;
+    f->ins[3] = qx->inputs[1];
+  }
+  /* weight source */
+  const nbl_value *wv;
+  if (is_op(wn, "ai.nibble", "QuantizeInt4")) {
+    if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 1 || wn->inputs[0] == NBL_NONE ||
+        (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) || parse_q4(wn, &f->wcfg) != 0 ||
+        f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
+      goto no;
+    f->wsrc = WS_QUANT;
+    wv = &g->values[wn->inputs[0]];
+  } else if (is_op(wn, "", "DequantizeLinear")) {
+    if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 2 || wn->inputs[0] == NBL_NONE ||
+        wn->inputs[1] == NBL_NONE)
+      goto no;
+    const nbl_tensor *st = g->values[wn->inputs[1]].init;
+    if (!st || st->dtype != NBL_DT_FLOAT || nbl_shape_numel(st->rank, st->dims) != 1) goto no;
+    nbl_rt_tensor t;
+    if (nbl_rt_from_ir(st, &t) != NBL_OK || !t.data) goto no;
+    f->dq_scale = ((const float *)t.data)[0];
+    if (wn->n_inputs > 2 && wn->inputs[2] != NBL_NONE) {
+      const nbl_tensor *zt = g->values[wn->inputs[2]].init;
+      if (!zt || nbl_shape_numel(zt->rank, zt->dims) != 1) goto no;
+      if (nbl_rt_from_ir(zt, &t) != NBL_OK || !t.data) goto no;
+      f->dq_zero = (int)nbl_rt_get_i64(&t, 0);
+    }
+    f->wsrc = WS_DEQUANT;
+    wv = &g->values[wn->inputs[0]];
+  } else {
+    goto no;
+  }
+  if (!wv->init) goto no;
+  f->ins[1] = (nbl_id)(wv - g->values);
+  const nbl_tensor *wt = wv->init;
+  f->wrank = wt->rank;
+  for (int i = 0; i < wt->rank && i < NBL_MAX_RANK; i++) f->wdims[i] = wt->dims[i];
+  f->groups = 1;
+  if (kind == FK_CONV) {
+    if (wt->rank != 4) goto no;
+    int64_t grp = nbl_attr_int(n, "group", 1);
+    if (grp <= 0 || grp > (1 << 20) || f->wdims[0] % grp) goto no;
+    f->groups = (int)grp;
+  } else if (kind == FK_GEMM) {
+    if (wt->rank != 2 || nbl_attr_int(n, "transA", 0) != 0) goto no;
+    f->trans_b = nbl_attr_int(n, "transB", 0) != 0;
+    f->alpha = nbl_attr_float(n, "alpha", 1.0f);
+    f->beta = nbl_attr_float(n, "beta", 1.0f);
+  } else {
+    if (wt->rank != 2) goto no;
+  }
+  nbl_rt_tensor w;
+  if (nbl_rt_from_ir(wt, &w) != NBL_OK) goto no;
+  if (pack(f, &w) != 0) goto no;
+  f->isa = nbl_i4_best_isa();
+  /* the synthetic node */
+  f->node = *n;
+  f->node.n_inputs = 4;
+  f->node.inputs = f->ins;
+  return f;
+no:
+  fused_free(f);
+  return NULL;
+}
+
+/* 1 if every use of node q's outputs is by a fused node that absorbs it. */
+static int absorbed(const nbl_graph *g, nbl_id q, fused *const *by_node) {
+  const nbl_node *n = &g->nodes[q];
+  for (int k = 0; k < n->n_outputs; k++) {
+    nbl_id v = n->outputs[k];
+    if (v == NBL_NONE) continue;
+    const nbl_value *val = &g->values[v];
+    if (val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) return 0;
+    for (int i = 0; i < val->n_consumers; i++) {
+      const fused *f = by_node[val->consumers[i]];
+      if (!f || k != 0 || (f->qx != q && f->wnode != q)) return 0;
+      for (int a = 0; a < f->orig->n_inputs; a++) /* only as the fused X or W operand */
+        if (f->orig->inputs[a] == v && !(a == 0 && f->qx == q) && !(a == 1 && f->wnode == q))
+          return 0;
+    }
+  }
+  return 1;
+}
+
+static int used_in_subgraphs(const nbl_graph *g, const char *name);
+
+nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
+                       nbl_i4_fusion **out) {
+  *out = NULL;
+  if (!m || !g || g->n_nodes == 0) return NBL_OK;
+  nbl_i4_fusion *fu = calloc(1, sizeof *fu);
+  if (!fu) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  fu->n_nodes = g->n_nodes;
+  fu->by_node = calloc((size_t)g->n_nodes, sizeof(fused *));
+  if (!fu->by_node) {
+    free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  int any = 0;
+  for (int s = 0; s < *n; s++) {
+    fused *f = try_fuse(m, g, order[s]);
+    if (f) {
+      fu->by_node[order[s]] = f;
+      any = 1;
+    }
+  }
+  if (!any) {
+    nbl_i4_fusion_free(fu);
+    return NBL_OK;
+  }
+  /* drop quantizer nodes nothing else needs */
+  int w = 0;
+  for (int s = 0; s < *n; s++) {
+    nbl_id id = order[s];
+    const nbl_node *nd = &g->nodes[id];
+    int quantizer = is_op(nd, "ai.nibble", "QuantizeInt4") || is_op(nd, "", "DequantizeLinear");
+    int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
+    for (int k = 0; drop && k < nd->n_outputs; k++)
+      if (nd->outputs[k] != NBL_NONE && used_in_subgraphs(g, g->values[nd->outputs[k]].name))
+        drop = 0;
+    if (!drop) order[w++] = id;
+  }
+  *n = w;
+  *out = fu;
+  return NBL_OK;
+}
+
+static int graph_uses(const nbl_graph *sub, const char *name) {
+  for (int v = 0; v < sub->n_values; v++)
+    if (!sub->values[v].dead && (sub->values[v].flags & NBL_VAL_OUTER) &&
+        !strcmp(sub->values[v].name, name))
+      return 1;
+  for (int i = 0; i < sub->n_nodes; i++) {
+    const nbl_node *nd = &sub->nodes[i];
+    if (nd->dead) continue;
+    for (int a = 0; a < nd->n_attrs; a++) {
+      if (nd->attrs[a].type == NBL_ATTR_GRAPH && nd->attrs[a].g && graph_uses(nd->attrs[a].g, name))
+        return 1;
+      if (nd->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < nd->attrs[a].n; k++)
+          if (graph_uses(nd->attrs[a].graphs[k], name)) return 1;
+    }
+  }
+  return 0;
+}
+
+static int used_in_subgraphs(const nbl_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++) {
+    const nbl_node *nd = &g->nodes[i];
+    if (nd->dead) continue;
+    for (int a = 0; a < nd->n_attrs; a++) {
+      if (nd->attrs[a].type == NBL_ATTR_GRAPH && nd->attrs[a].g && graph_uses(nd->attrs[a].g, name))
+        return 1;
+      if (nd->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < nd->attrs[a].n; k++)
+          if (graph_uses(nd->attrs[a].graphs[k], name)) return 1;
+    }
+  }
+  return 0;
+}
+
+const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def) {
+  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
+  *def = &fused_def;
+  return &fu->by_node[node]->node;
+}
+
+int nbl_i4_fusion_count(const nbl_i4_fusion *fu) {
+  int k = 0;
+  for (int i = 0; fu && i < fu->n_nodes; i++) k += fu->by_node[i] != NULL;
+  return k;
+}
