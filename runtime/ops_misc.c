@@ -392,7 +392,8 @@ static nbl_status window_common(nbl_kctx *c, double a0, double a1, double a2) {
   if ((st = need_in(c, 0, "size")) || (st = scalar_i64(c, c->in[0], "size", &size)) ||
       (st = out_dtype_attr(c, &dt)))
     return st;
-  if (size < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "size %lld is negative", (long long)size);
+  if (size < 0 || size > ((int64_t)1 << 32))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "size %lld is negative or too large", (long long)size);
   int periodic = nbl_attr_int(c->node, "periodic", 1) != 0;
   int64_t dims[1] = {size};
   if ((st = nbl_kctx_alloc_out(c, 0, dt, 1, dims))) return st;
@@ -448,7 +449,8 @@ static nbl_status k_dft(nbl_kctx *c) {
   int inverse = nbl_attr_int(c->node, "inverse", 0) != 0, onesided = nbl_attr_int(c->node, "onesided", 0) != 0;
   int64_t n_sig = X->dims[axis], n = n_sig;
   if (L && (st = scalar_i64(c, L, "dft_length", &n))) return st;
-  if (n < 1) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dft_length %lld must be positive", (long long)n);
+  if (n < 1 || n > ((int64_t)1 << 32))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dft_length %lld must be in [1, 2^32]", (long long)n);
   int cplx = X->dims[r - 1] == 2;
   if (onesided && cplx)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "onesided=1 requires a real input (last dimension 1)");
@@ -554,7 +556,7 @@ static nbl_status k_melweight(nbl_kctx *c) {
       (st = scalar_f64(c, c->in[3], "lower_edge_hertz", &lo)) ||
       (st = scalar_f64(c, c->in[4], "upper_edge_hertz", &hi)) || (st = out_dtype_attr(c, &dt)))
     return st;
-  if (nmel < 1 || dftlen < 1 || rate < 1 || lo < 0 || hi < lo || hi > rate / 2.0 + 1e-9)
+  if (nmel < 1 || dftlen < 1 || nmel > ((int64_t)1 << 20) || dftlen > ((int64_t)1 << 30) || rate < 1 || lo < 0 || hi < lo || hi > rate / 2.0 + 1e-9)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "invalid arguments: num_mel_bins %lld, dft_length %lld, "
                     "sample_rate %lld, edges [%g, %g]", (long long)nmel, (long long)dftlen, (long long)rate, lo, hi);
   int64_t nspec = dftlen / 2 + 1;
@@ -596,7 +598,9 @@ typedef struct nms_cand {
 
 static int nms_cmp(const void *a, const void *b) {
   const nms_cand *x = a, *y = b;
-  if (x->score != y->score) return x->score > y->score ? -1 : 1;
+  int xn = isnan(x->score), yn = isnan(y->score); /* NaN scores sort last */
+  if (xn != yn) return xn - yn;
+  if (!xn && x->score != y->score) return x->score > y->score ? -1 : 1;
   return x->idx < y->idx ? -1 : (x->idx > y->idx);
 }
 
@@ -837,6 +841,13 @@ static nbl_status k_roialign(nbl_kctx *c) {
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "batch_indices[%lld] = %lld is outside [0, %lld)", (long long)i,
                       (long long)b, (long long)N);
   }
+  for (int64_t i = 0; i < nr && sr == 0; i++) { /* the adaptive grid must stay finite */
+    double rw = (nbl_rt_get_f64(Ro, 4 * i + 2) - nbl_rt_get_f64(Ro, 4 * i)) * scale,
+           rh = (nbl_rt_get_f64(Ro, 4 * i + 3) - nbl_rt_get_f64(Ro, 4 * i + 1)) * scale;
+    if (!(rh / (double)PH <= 65536.0 && rw / (double)PW <= 65536.0))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "roi %lld is not finite or too large for adaptive sampling",
+                      (long long)i);
+  }
   int64_t dims[4] = {nr, C, PH, PW};
   if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, dims))) return st;
   double *x = nbl_to_f64(X), *ro = nbl_to_f64(Ro), *y = malloc(sizeof(double) * (size_t)(nr * C * PH * PW + 1));
@@ -868,7 +879,7 @@ static nbl_status k_roialign(nbl_kctx *c) {
               double xx = sw + (double)pw * bw + ((double)ix + 0.5) * bw / (double)gw;
               double w1 = 0, w2 = 0, w3 = 0, w4 = 0;
               int64_t yl = 0, yh = 0, xl = 0, xh = 0;
-              if (!(yy < -1.0 || yy > (double)H || xx < -1.0 || xx > (double)W)) {
+              if (H > 0 && W > 0 && yy >= -1.0 && yy <= (double)H && xx >= -1.0 && xx <= (double)W) {
                 double yv = yy <= 0 ? 0 : yy, xv = xx <= 0 ? 0 : xx;
                 yl = (int64_t)yv, xl = (int64_t)xv;
                 if (yl >= H - 1) yh = yl = H - 1, yv = (double)yl;
@@ -878,8 +889,10 @@ static nbl_status k_roialign(nbl_kctx *c) {
                 double ly = yv - (double)yl, lx = xv - (double)xl, hy = 1 - ly, hx = 1 - lx;
                 w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;
               }
-              double v1 = w1 * img[yl * W + xl], v2 = w2 * img[yl * W + xh], v3 = w3 * img[yh * W + xl],
-                     v4 = w4 * img[yh * W + xh];
+              double v1 = 0, v2 = 0, v3 = 0, v4 = 0;
+              if (H > 0 && W > 0)
+                v1 = w1 * img[yl * W + xl], v2 = w2 * img[yl * W + xh], v3 = w3 * img[yh * W + xl],
+                v4 = w4 * img[yh * W + xh];
               if (is_max) {
                 double m = fmax(fmax(fmax(v1, v2), v3), v4);
                 acc = first ? m : fmax(acc, m);

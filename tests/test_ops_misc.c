@@ -562,6 +562,43 @@ START_TEST(test_tfidf_hand) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ edge inputs */
+
+START_TEST(test_edge_inputs) {
+  /* RoiAlign on an empty image: nothing to sample, zeros (no out-of-bounds read) */
+  float roi[4] = {0, 0, 3, 3}, dummy[1] = {0};
+  int64_t bi[1] = {0};
+  int64_t dx[4] = {1, 2, 0, 0}, dr[2] = {1, 4}, db[1] = {1}, dy[4] = {1, 2, 1, 1};
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 4, dx, dummy), ht(NBL_DT_FLOAT, 2, dr, roi), ht(NBL_DT_INT64, 1, db, bi)};
+  roi_ctm = "half_pixel";
+  nbl_host_tensor o = run1("RoiAlign", 16, a_roi, 3, in);
+  const float z[2] = {0, 0};
+  expect_f32(&o, 4, dy, z, 2, 0);
+  free(o.data);
+  /* a NaN score ranks last: box 1 (0.5) is selected and suppresses the identical box 0 */
+  float boxes[8] = {0, 0, 1, 1, 0, 0, 1, 1}, scores[2] = {NAN, 0.5f};
+  int64_t mx = 5;
+  float iou = 0.5f;
+  int64_t dbx[3] = {1, 2, 4}, ds[3] = {1, 1, 2}, d1[1] = {1};
+  nbl_host_tensor ni[4] = {ht(NBL_DT_FLOAT, 3, dbx, boxes), ht(NBL_DT_FLOAT, 3, ds, scores),
+                           ht(NBL_DT_INT64, 1, d1, &mx), ht(NBL_DT_FLOAT, 1, d1, &iou)};
+  o = run1("NonMaxSuppression", 11, NULL, 4, ni);
+  ck_assert_int_eq(o.dims[0], 1);
+  ck_assert_int_eq(((int64_t *)o.data)[2], 1);
+  free(o.data);
+  /* GridSample with an infinite grid coordinate reads zero padding */
+  float img[4] = {1, 2, 3, 4}, grid[2] = {INFINITY, 0};
+  int64_t dxi[4] = {1, 1, 2, 2}, dg[4] = {1, 1, 1, 2}, dgy[4] = {1, 1, 1, 1};
+  nbl_host_tensor gi[2] = {ht(NBL_DT_FLOAT, 4, dxi, img), ht(NBL_DT_FLOAT, 4, dg, grid)};
+  gs_mode = "nearest";
+  gs_pad_mode = "zeros";
+  o = run1("GridSample", 16, a_gs, 2, gi);
+  const float gz = 0;
+  expect_f32(&o, 4, dgy, &gz, 1, 0);
+  free(o.data);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("ops_misc");
   TCase *tc = tcase_create("core");
@@ -579,6 +616,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_gridsample_hand);
   tcase_add_test(tc, test_roialign_hand);
   tcase_add_test(tc, test_tfidf_hand);
+  tcase_add_test(tc, test_edge_inputs);
   suite_add_tcase(s, tc);
   return s;
 }
