@@ -8,13 +8,16 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(meson ninja-build pkg-config gcc libprotobuf-c-dev protobuf-c-compiler check
   libonnx-dev libonnx-testdata dataset-fashion-mnist libopenblas-dev libopenblas0-pthread
-  python3-onnx python3-torch python3-torchvision python3-numpy graphviz nodejs npm)
+  python3-onnx python3-torch python3-torchvision python3-numpy graphviz)
 
 deps() {
   local missing=()
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
+  # node and npm may come from elsewhere (a newer Node.js): only ask Debian when absent.
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
   if ((${#missing[@]})); then
     echo "== installing: ${missing[*]}"
     local sudo=""
