@@ -155,7 +155,130 @@ static double clipv(double x, double clip) {
   return x;
 }
 
-static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind) {
+/* Shape and options of one RNN/GRU/LSTM node, validated by k_rnn_common. */
+typedef struct rnn_cfg {
+  rnn_kind kind;
+  int G, n_dir, rev_only, layout, lbr, input_forget;
+  int64_t S, Bt, I, H;
+  double clip;
+  const act_fn *acts; /* per_dir entries per direction */
+  int per_dir;
+  const nbl_rt_tensor *X, *W, *R, *B, *SL, *H0, *C0, *P;
+} rnn_cfg;
+
+/* Fast float32 path: the input projection of all steps is one GEMM per
+ * direction, the recurrent product one GEMM per step over the batch; the gate
+ * arithmetic is the reference's (in double). Outputs are allocated. */
+static nbl_status rnn_fast(nbl_kctx *c, const rnn_cfg *q) {
+  const int64_t S = q->S, Bt = q->Bt, I = q->I, H = q->H, GH = q->G * q->H;
+  const float *x = q->X->data, *w = q->W->data, *r = q->R->data, *bb = q->B ? q->B->data : NULL,
+              *h0 = q->H0 ? q->H0->data : NULL, *c0 = q->C0 ? q->C0->data : NULL, *p = q->P ? q->P->data : NULL;
+  float *y = nbl_kctx_out(c, 0)->data;
+  float *yh = c->n_out > 1 ? nbl_kctx_out(c, 1)->data : NULL;
+  float *yc = q->kind == RK_LSTM && c->n_out > 2 ? nbl_kctx_out(c, 2)->data : NULL;
+  size_t ny = (size_t)(S * q->n_dir * Bt * H);
+  if (ny) memset(y, 0, ny * sizeof(float));
+  float *xw = malloc(sizeof(float) * (size_t)(S * Bt * GH + 1)), *hr = malloc(sizeof(float) * (size_t)(Bt * GH + 1)),
+        *h = malloc(sizeof(float) * (size_t)(Bt * H + 1)), *cs = malloc(sizeof(float) * (size_t)(Bt * H + 1)),
+        *rh = malloc(sizeof(float) * (size_t)(Bt * H + 1)), *hc = malloc(sizeof(float) * (size_t)(Bt * H + 1)),
+        *zz = malloc(sizeof(float) * (size_t)(Bt * H + 1));
+  int64_t *len = malloc(sizeof(int64_t) * (size_t)(Bt + 1));
+  if (!xw || !hr || !h || !cs || !rh || !hc || !zz || !len) {
+    free(xw), free(hr), free(h), free(cs), free(rh), free(hc), free(zz), free(len);
+    return oom(c);
+  }
+  for (int64_t b = 0; b < Bt; b++) len[b] = q->SL ? nbl_rt_get_i64(q->SL, b) : S;
+  const double clip = q->clip;
+  for (int d = 0; d < q->n_dir; d++) {
+    int reverse = q->rev_only || d == 1;
+    const float *wd = w + (size_t)d * GH * I, *rd = r + (size_t)d * GH * H;
+    const float *wb = bb ? bb + (size_t)d * 2 * GH : NULL, *rb = wb ? wb + GH : NULL;
+    const float *pd = p ? p + (size_t)d * 3 * H : NULL;
+    const act_fn *af = &q->acts[d * q->per_dir];
+    /* xw row = the X row (t, b) in X's own layout */
+    nbl_sgemm(c, 0, 1, S * Bt, GH, I, 1.0f, x, I, wd, I, 0.0f, xw, GH);
+    for (int64_t b = 0; b < Bt; b++) {
+      size_t sidx = q->layout ? (size_t)((b * q->n_dir + d) * H) : (size_t)((d * Bt + b) * H);
+      for (int64_t j = 0; j < H; j++) {
+        h[b * H + j] = h0 ? h0[sidx + j] : 0.0f;
+        cs[b * H + j] = c0 ? c0[sidx + j] : 0.0f;
+      }
+    }
+    for (int64_t s = 0; s < S; s++) {
+      nbl_sgemm(c, 0, 1, Bt, GH, H, 1.0f, h, H, rd, H, 0.0f, hr, GH);
+      for (int64_t b = 0; b < Bt; b++) {
+        if (s >= len[b]) continue;
+        int64_t t = reverse ? len[b] - 1 - s : s;
+        const float *gx = xw + (q->layout ? b * S + t : t * Bt + b) * GH, *gh = hr + b * GH;
+        float *hb = h + b * H, *cb = cs + b * H;
+#define BX(k) ((double)gx[k] + (wb ? (double)wb[k] : 0.0))
+#define BH(k) ((double)gh[k] + (rb ? (double)rb[k] : 0.0))
+        if (q->kind == RK_RNN) {
+          for (int64_t j = 0; j < H; j++) hb[j] = (float)act_apply(&af[0], clipv(BX(j) + BH(j), clip));
+        } else if (q->kind == RK_GRU) {
+          for (int64_t j = 0; j < H; j++) {
+            double z = act_apply(&af[0], clipv(BX(j) + BH(j), clip));
+            double rr = act_apply(&af[0], clipv(BX(H + j) + BH(H + j), clip));
+            zz[b * H + j] = (float)z;
+            if (q->lbr) {
+              double cand = act_apply(&af[1], clipv(BX(2 * H + j) + rr * BH(2 * H + j), clip));
+              hc[b * H + j] = (float)cand;
+            } else {
+              rh[b * H + j] = (float)(rr * hb[j]);
+            }
+          }
+        } else {
+          for (int64_t j = 0; j < H; j++) {
+            double vi = BX(j) + BH(j), vo = BX(H + j) + BH(H + j), vf = BX(2 * H + j) + BH(2 * H + j),
+                   vc = BX(3 * H + j) + BH(3 * H + j);
+            if (pd) {
+              vi += (double)pd[j] * cb[j];
+              vf += (double)pd[2 * H + j] * cb[j];
+            }
+            double gi = act_apply(&af[0], clipv(vi, clip));
+            double gf = q->input_forget ? 1.0 - gi : act_apply(&af[0], clipv(vf, clip));
+            double gc = act_apply(&af[1], clipv(vc, clip));
+            double cn = gf * cb[j] + gi * gc;
+            if (pd) vo += (double)pd[H + j] * cn;
+            double go = act_apply(&af[0], clipv(vo, clip));
+            cb[j] = (float)cn;
+            hb[j] = (float)(go * act_apply(&af[2], cn));
+          }
+        }
+      }
+      if (q->kind == RK_GRU && !q->lbr) /* (r . h) R_h^T, then the candidate */
+        nbl_sgemm(c, 0, 1, Bt, H, H, 1.0f, rh, H, rd + 2 * H * H, H, 0.0f, hr, H);
+      for (int64_t b = 0; b < Bt; b++) {
+        if (s >= len[b]) continue;
+        int64_t t = reverse ? len[b] - 1 - s : s;
+        float *hb = h + b * H;
+        if (q->kind == RK_GRU) {
+          const float *gx = xw + (q->layout ? b * S + t : t * Bt + b) * GH;
+          for (int64_t j = 0; j < H; j++) {
+            double cand = hc[b * H + j];
+            if (!q->lbr)
+              cand = act_apply(&af[1], clipv(BX(2 * H + j) + (double)hr[b * H + j] + (rb ? (double)rb[2 * H + j] : 0.0), clip));
+            double z = zz[b * H + j];
+            hb[j] = (float)((1.0 - z) * cand + z * hb[j]);
+          }
+        }
+        float *yt = y + (q->layout ? ((b * S + t) * q->n_dir + d) * H : ((t * q->n_dir + d) * Bt + b) * H);
+        memcpy(yt, hb, sizeof(float) * (size_t)H);
+      }
+#undef BX
+#undef BH
+    }
+    for (int64_t b = 0; b < Bt; b++) {
+      size_t sidx = q->layout ? (size_t)((b * q->n_dir + d) * H) : (size_t)((d * Bt + b) * H);
+      if (yh) memcpy(yh + sidx, h + b * H, sizeof(float) * (size_t)H);
+      if (yc) memcpy(yc + sidx, cs + b * H, sizeof(float) * (size_t)H);
+    }
+  }
+  free(xw), free(hr), free(h), free(cs), free(rh), free(hc), free(zz), free(len);
+  return NBL_OK;
+}
+
+static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
   static const char *const def_rnn[] = {"Tanh"};
   static const char *const def_gru[] = {"Sigmoid", "Tanh"};
   static const char *const def_lstm[] = {"Sigmoid", "Tanh", "Tanh"};
@@ -236,6 +359,11 @@ static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind) {
   if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, ydims))) return st;
   if (c->n_out > 1 && (st = nbl_kctx_alloc_out(c, 1, X->dtype, 3, hdims))) return st;
   if (kind == RK_LSTM && c->n_out > 2 && (st = nbl_kctx_alloc_out(c, 2, X->dtype, 3, hdims))) return st;
+  if (fast && X->dtype == NBL_DT_FLOAT) {
+    rnn_cfg q = {kind, G, n_dir, rev_only, layout, lbr, input_forget, S, Bt, I, H, clip, acts, per_dir,
+                 X, W, R, B, SL, H0, C0, P};
+    return rnn_fast(c, &q);
+  }
 
   double *x = nbl_to_f64(X), *w = nbl_to_f64(W), *r = nbl_to_f64(R), *bb = B ? nbl_to_f64(B) : NULL,
          *h0 = H0 ? nbl_to_f64(H0) : NULL, *c0 = C0 ? nbl_to_f64(C0) : NULL, *p = P ? nbl_to_f64(P) : NULL;
@@ -332,9 +460,12 @@ done:
   return st;
 }
 
-static nbl_status k_rnn(nbl_kctx *c) { return k_rnn_common(c, RK_RNN); }
-static nbl_status k_gru(nbl_kctx *c) { return k_rnn_common(c, RK_GRU); }
-static nbl_status k_lstm(nbl_kctx *c) { return k_rnn_common(c, RK_LSTM); }
+static nbl_status k_rnn(nbl_kctx *c) { return k_rnn_common(c, RK_RNN, 0); }
+static nbl_status k_gru(nbl_kctx *c) { return k_rnn_common(c, RK_GRU, 0); }
+static nbl_status k_lstm(nbl_kctx *c) { return k_rnn_common(c, RK_LSTM, 0); }
+static nbl_status k_rnn_fast(nbl_kctx *c) { return k_rnn_common(c, RK_RNN, 1); }
+static nbl_status k_gru_fast(nbl_kctx *c) { return k_rnn_common(c, RK_GRU, 1); }
+static nbl_status k_lstm_fast(nbl_kctx *c) { return k_rnn_common(c, RK_LSTM, 1); }
 
 /* ------------------------------------------------------------------ Det */
 
@@ -1010,9 +1141,9 @@ static nbl_status k_tfidf(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_misc[] = {
-    {"", "RNN", 7, 21, k_rnn, NULL},
-    {"", "GRU", 7, 21, k_gru, NULL},
-    {"", "LSTM", 7, 21, k_lstm, NULL},
+    {"", "RNN", 1, 21, k_rnn, k_rnn_fast},
+    {"", "GRU", 1, 21, k_gru, k_gru_fast},
+    {"", "LSTM", 1, 21, k_lstm, k_lstm_fast},
     {"", "Det", 11, 21, k_det, NULL},
     {"", "HannWindow", 17, 21, k_hann, NULL},
     {"", "HammingWindow", 17, 21, k_hamming, NULL},

@@ -32,6 +32,8 @@ static nbl_host_tensor none(void) {
 /* Run one node at the given opset; omitted inputs have dtype UNDEFINED;
  * out_names[i] == 0 leaves output i unrequested (""). outs[i] receive malloc'd
  * copies of requested outputs. */
+static int use_ref = 1; /* 1: reference kernels, 0: fast kernels where they exist */
+
 static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins,
                            int n_out, const int *want, nbl_host_tensor *outs) {
   nbl_model *m = nbl_model_new();
@@ -66,7 +68,7 @@ static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in, cons
   if (af) af(g, n);
   for (int i = 0; i < n_out; i++)
     if (ov[i] != NBL_NONE) nbl_graph_add_output(g, ov[i]);
-  nbl_session_options opt = {1, 1, NULL, NULL};
+  nbl_session_options opt = {use_ref ? 1 : 2, use_ref, NULL, NULL};
   nbl_session *s = NULL;
   nbl_status st = nbl_session_create(m, &opt, &s);
   const nbl_host_tensor *res = NULL;
@@ -212,6 +214,57 @@ START_TEST(test_rnn_seq_lens_directions) {
     expect_f32(&o[1], 3, dh, yh, 4, 0);
     free(o[0].data), free(o[1].data);
   }
+}
+END_TEST
+
+static uint32_t rng = 777;
+static float frand(void) {
+  rng = rng * 1664525u + 1013904223u;
+  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static int cfg_i;
+static void a_rnn_cfg(nbl_graph *g, nbl_id n) {
+  nbl_node_set_attr_int(g, n, "hidden_size", 5);
+  nbl_node_set_attr_string(g, n, "direction", (cfg_i % 3) == 0 ? "forward" : (cfg_i % 3) == 1 ? "reverse" : "bidirectional");
+  nbl_node_set_attr_int(g, n, "layout", (cfg_i / 3) % 2);
+  nbl_node_set_attr_int(g, n, "linear_before_reset", (cfg_i / 6) % 2);
+  if (cfg_i % 4 == 3) nbl_node_set_attr_float(g, n, "clip", 0.7f);
+}
+
+/* Fast float32 RNN/GRU/LSTM paths (GEMM based) agree with the double
+ * reference over directions, layouts, sequence_lens, initial states, clip,
+ * peepholes and GRU's linear_before_reset. */
+START_TEST(test_rnn_fast_vs_ref) {
+  static const char *ops[3] = {"RNN", "GRU", "LSTM"};
+  const int64_t S = 4, Bt = 3, I = 6, H = 5;
+  for (int op = 0; op < 3; op++)
+    for (cfg_i = 0; cfg_i < 12; cfg_i++) {
+      int G = op == 0 ? 1 : (op == 1 ? 3 : 4), nd = (cfg_i % 3) == 2 ? 2 : 1, layout = (cfg_i / 3) % 2;
+      float X[4 * 3 * 6], W[2 * 4 * 5 * 6], R[2 * 4 * 5 * 5], B[2 * 8 * 5], H0[2 * 3 * 5], C0[2 * 3 * 5], P[2 * 15];
+      float *all[] = {X, W, R, B, H0, C0, P};
+      size_t sz[] = {sizeof X, sizeof W, sizeof R, sizeof B, sizeof H0, sizeof C0, sizeof P};
+      for (int a = 0; a < 7; a++)
+        for (size_t i = 0; i < sz[a] / 4; i++) all[a][i] = frand();
+      int32_t L[3] = {4, 2, 3};
+      int64_t dx[3] = {layout ? Bt : S, layout ? S : Bt, I}, dw[3] = {nd, G * H, I}, dr[3] = {nd, G * H, H},
+              db[2] = {nd, 2 * G * H}, dl[1] = {Bt}, dh[3] = {layout ? Bt : nd, layout ? nd : Bt, H},
+              dp[2] = {nd, 3 * H};
+      nbl_host_tensor in[8] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dr, R),
+                               ht(NBL_DT_FLOAT, 2, db, B), ht(NBL_DT_INT32, 1, dl, L), ht(NBL_DT_FLOAT, 3, dh, H0),
+                               ht(NBL_DT_FLOAT, 3, dh, C0), ht(NBL_DT_FLOAT, 2, dp, P)};
+      int n_in = op == 2 ? 8 : 6, n_out = op == 2 ? 3 : 2;
+      if (cfg_i % 2) in[4] = none(); /* no sequence_lens */
+      nbl_host_tensor f[3], r[3];
+      use_ref = 0;
+      ck_assert_msg(run_node(ops[op], 14, a_rnn_cfg, n_in, in, n_out, NULL, f) == NBL_OK, "%s", nbl_last_error());
+      use_ref = 1;
+      ck_assert_msg(run_node(ops[op], 14, a_rnn_cfg, n_in, in, n_out, NULL, r) == NBL_OK, "%s", nbl_last_error());
+      for (int k = 0; k < n_out; k++) {
+        expect_f32(&f[k], r[k].rank, r[k].dims, r[k].data, (int64_t)(r[k].nbytes / 4), 1e-5);
+        free(f[k].data), free(r[k].data);
+      }
+    }
 }
 END_TEST
 
@@ -607,6 +660,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_gru_one_step);
   tcase_add_test(tc, test_rnn_seq_lens_directions);
   tcase_add_test(tc, test_rnn_errors);
+  tcase_add_test(tc, test_rnn_fast_vs_ref);
   tcase_add_test(tc, test_det_hand);
   tcase_add_test(tc, test_nms_hand);
   tcase_add_test(tc, test_windows_hand);
