@@ -546,16 +546,28 @@ static nbl_status k_blackman(nbl_kctx *c) { return window_common(c, 0.42, 0.5, 0
 
 /* ------------------------------------------------------------------ DFT, STFT */
 
+/* Twiddle table: tw[2e], tw[2e+1] = cos, sin of 2*pi*e/n, e < n (malloc'd). */
+static double *dft_twiddles(int64_t n) {
+  double *tw = malloc(sizeof(double) * (size_t)(2 * n));
+  if (tw)
+    for (int64_t e = 0; e < n; e++) {
+      tw[2 * e] = cos(2.0 * M_PI * (double)e / (double)n);
+      tw[2 * e + 1] = sin(2.0 * M_PI * (double)e / (double)n);
+    }
+  return tw;
+}
+
 /* out[k] = sum_j in[j] * exp(sign * 2*pi*i*j*k/n) for k < n_out; in has n_in
- * complex values (zero beyond), stride 1 (interleaved re, im). */
-static void dft_1d(const double *in, int64_t n_in, int64_t n, int64_t n_out, int inverse, double *out) {
+ * complex values (zero beyond), stride 1 (interleaved re, im); tw from dft_twiddles(n). */
+static void dft_1d(const double *in, int64_t n_in, int64_t n, int64_t n_out, int inverse, const double *tw,
+                   double *out) {
   double sign = inverse ? 1.0 : -1.0;
   int64_t m = n_in < n ? n_in : n;
   for (int64_t k = 0; k < n_out; k++) {
     double re = 0, im = 0;
-    for (int64_t j = 0; j < m; j++) {
-      int64_t e = (j * k) % n;
-      double ang = sign * 2.0 * M_PI * (double)e / (double)n, cr = cos(ang), ci = sin(ang);
+    int64_t e = 0, step = k % n;
+    for (int64_t j = 0; j < m; j++, e = (e + step) % n) {
+      double cr = tw[2 * e], ci = sign * tw[2 * e + 1];
       re += in[2 * j] * cr - in[2 * j + 1] * ci;
       im += in[2 * j] * ci + in[2 * j + 1] * cr;
     }
@@ -595,9 +607,10 @@ static nbl_status k_dft(nbl_kctx *c) {
   for (int i = 0; i < axis; i++) outer *= X->dims[i];
   for (int i = axis + 1; i < r - 1; i++) inner *= X->dims[i];
   double *x = nbl_to_f64(X), *y = malloc(sizeof(double) * (size_t)(outer * n_out * inner * 2 + 1)),
-         *bi = malloc(sizeof(double) * (size_t)(2 * n_sig + 2)), *bo = malloc(sizeof(double) * (size_t)(2 * n_out + 2));
-  if (!x || !y || !bi || !bo) {
-    free(x), free(y), free(bi), free(bo);
+         *bi = malloc(sizeof(double) * (size_t)(2 * n_sig + 2)), *bo = malloc(sizeof(double) * (size_t)(2 * n_out + 2)),
+         *tw = dft_twiddles(n);
+  if (!x || !y || !bi || !bo || !tw) {
+    free(x), free(y), free(bi), free(bo), free(tw);
     return oom(c);
   }
   int ch = cplx ? 2 : 1;
@@ -608,7 +621,7 @@ static nbl_status k_dft(nbl_kctx *c) {
         bi[2 * j] = s[0];
         bi[2 * j + 1] = cplx ? s[1] : 0.0;
       }
-      dft_1d(bi, n_sig, n, n_out, inverse, bo);
+      dft_1d(bi, n_sig, n, n_out, inverse, tw, bo);
       for (int64_t k = 0; k < n_out; k++) {
         double *d = y + ((o * n_out + k) * inner + q) * 2;
         d[0] = bo[2 * k];
@@ -616,7 +629,7 @@ static nbl_status k_dft(nbl_kctx *c) {
       }
     }
   nbl_from_f64(nbl_kctx_out(c, 0), y);
-  free(x), free(y), free(bi), free(bo);
+  free(x), free(y), free(bi), free(bo), free(tw);
   return NBL_OK;
 }
 
@@ -650,9 +663,10 @@ static nbl_status k_stft(nbl_kctx *c) {
   if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, dims))) return st;
   double *x = nbl_to_f64(X), *wv = Win ? nbl_to_f64(Win) : NULL,
          *y = malloc(sizeof(double) * (size_t)(nb * frames * bins * 2 + 1)),
-         *bi = malloc(sizeof(double) * (size_t)(2 * flen)), *bo = malloc(sizeof(double) * (size_t)(2 * bins));
-  if (!x || (Win && !wv) || !y || !bi || !bo) {
-    free(x), free(wv), free(y), free(bi), free(bo);
+         *bi = malloc(sizeof(double) * (size_t)(2 * flen)), *bo = malloc(sizeof(double) * (size_t)(2 * bins)),
+         *tw = dft_twiddles(flen);
+  if (!x || (Win && !wv) || !y || !bi || !bo || !tw) {
+    free(x), free(wv), free(y), free(bi), free(bo), free(tw);
     return oom(c);
   }
   int ch = cplx ? 2 : 1;
@@ -664,11 +678,11 @@ static nbl_status k_stft(nbl_kctx *c) {
         bi[2 * j] = s[0] * wj;
         bi[2 * j + 1] = cplx ? s[1] * wj : 0.0;
       }
-      dft_1d(bi, flen, flen, bins, 0, bo);
+      dft_1d(bi, flen, flen, bins, 0, tw, bo);
       memcpy(y + (b * frames + f) * bins * 2, bo, sizeof(double) * (size_t)(2 * bins));
     }
   nbl_from_f64(nbl_kctx_out(c, 0), y);
-  free(x), free(wv), free(y), free(bi), free(bo);
+  free(x), free(wv), free(y), free(bi), free(bo), free(tw);
   return NBL_OK;
 }
 
