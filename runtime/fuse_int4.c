@@ -35,6 +35,10 @@
 #include "gemm.h"
 #include "int4_gemm.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 enum { FK_CONV, FK_GEMM, FK_MATMUL };
 
 static _Atomic long g_int_runs; /* fused kernel runs that took the integer path */
@@ -107,6 +111,77 @@ static int all_finite(const float *x, int64_t n) {
   return !bad;
 }
 
+
+/* ------------------------------------------------------------------ activation statistics */
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static int scan_avx512(const float *x, int64_t n, float *lo,
+                                                          float *hi) {
+  __m512 vlo = _mm512_set1_ps(INFINITY), vhi = _mm512_set1_ps(-INFINITY);
+  const __m512i em = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), em), em);
+    vlo = _mm512_min_ps(vlo, v);
+    vhi = _mm512_max_ps(vhi, v);
+  }
+  float l = _mm512_reduce_min_ps(vlo), h = _mm512_reduce_max_ps(vhi);
+  int ok = bad == 0;
+  for (; i < n; i++) {
+    if (!isfinite(x[i])) ok = 0;
+    if (x[i] < l) l = x[i];
+    if (x[i] > h) h = x[i];
+  }
+  *lo = l;
+  *hi = h;
+  return ok;
+}
+#endif
+
+/* Minimum and maximum of x; returns 0 if some element is NaN or +-Inf. */
+static int scan_x(const float *x, int64_t n, float *lo, float *hi) {
+#if defined(__x86_64__)
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) return scan_avx512(x, n, lo, hi);
+#endif
+  float l = INFINITY, h = -INFINITY;
+  int ok = all_finite(x, n);
+  for (int64_t i = 0; ok && i < n; i++) {
+    if (x[i] < l) l = x[i];
+    if (x[i] > h) h = x[i];
+  }
+  *lo = l;
+  *hi = h;
+  return ok;
+}
+
+/* nbl_q4_choose for scale_source=max on finite data with known min/max: the
+ * same float operations (see quant4.c), without a second pass over x. */
+static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, float hi,
+                              nbl_q4_params *p) {
+  memset(p, 0, sizeof *p);
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  if (n == 0) lo = hi = 0.0f;
+  float s;
+  if (cfg->mode == NBL_Q4_SYMMETRIC) {
+    float m = 0.0f;
+    if (-lo > m) m = -lo;
+    if (hi > m) m = hi;
+    s = m / (float)p->qmax;
+    if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+    p->scale = s;
+    return;
+  }
+  s = (hi - lo) / (float)(p->qmax - p->qmin);
+  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+  float z = nearbyintf((float)p->qmin - lo / s);
+  if (z < -128.0f) z = -128.0f;
+  if (z > 127.0f) z = 127.0f;
+  p->scale = s;
+  p->zero = (int)z;
+}
+
 /* ------------------------------------------------------------------ weights */
 
 static void free_packed(fused *f) {
@@ -162,8 +237,17 @@ static int pack(fused *f, const nbl_rt_tensor *w) {
   int ok = f->packed != NULL;
   for (int gi = 0; ok && gi < groups; gi++) {
     if (f->kind == FK_CONV) {
-      int64_t M = f->wdims[0], Mg = M / groups, Kg = w->numel / (M ? M : 1);
-      ok = nbl_i4_pack_weights(q + gi * Mg * Kg, Kg, Mg, 1, Kg, &f->packed[gi]) == 0;
+      /* k runs over (kh, kw, c), the NHWC im2row order */
+      int64_t M = f->wdims[0], Mg = M / groups, Cg = f->wdims[1], KK = f->wdims[2] * f->wdims[3];
+      int64_t Kg = Cg * KK;
+      int8_t *r = malloc((size_t)(Mg * Kg) + 1);
+      ok = r != NULL;
+      for (int64_t n = 0; ok && n < Mg; n++)
+        for (int64_t cc = 0; cc < Cg; cc++)
+          for (int64_t t = 0; t < KK; t++)
+            r[n * Kg + t * Cg + cc] = q[((gi * Mg + n) * Cg + cc) * KK + t];
+      ok = ok && nbl_i4_pack_weights(r, Kg, Mg, 1, Kg, &f->packed[gi]) == 0;
+      free(r);
     } else if (f->kind == FK_GEMM && f->trans_b) {
       ok = nbl_i4_pack_weights(q, f->wdims[1], f->wdims[0], 1, f->wdims[1], &f->packed[0]) == 0;
     } else {
@@ -249,120 +333,173 @@ static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_param
 typedef struct conv_job {
   fused *f;
   const nbl_conv_geom *g;
-  const uint8_t *xu;
+  const uint8_t *xu; /* activation bytes: NHWC (GEMM path) or NCHW (depthwise) */
   const float *bias;
   float *y;
   float sc;
   int32_t a_zero;
   uint8_t pad;
+  int direct; /* 1x1, stride 1, no pads, one group, C % 4 == 0: A is the NHWC bytes */
   int64_t Cg, Mg, Kg, P, rb, nrb;
   _Atomic int oom;
 } conv_job;
 
-/* im2row of output pixels [p0, p1) of one image/group: rows of Kg bytes in
- * (c, kh, kw) order, padded positions get the zero byte. */
-static void im2row(const conv_job *j, const uint8_t *x, int64_t p0, int64_t p1, uint8_t *A,
-                   int64_t lda) {
+/* im2row of output pixels [p0, p1) of one image/group from NHWC bytes x
+ * (the image's [H][W][C]): rows of Kg bytes in (kh, kw, c) order, padded
+ * taps get the zero byte, bytes Kg..lda zero. */
+static void im2row(const conv_job *j, const uint8_t *x, int64_t gi, int64_t p0, int64_t p1,
+                   uint8_t *A, int64_t lda) {
   const nbl_conv_geom *g = j->g;
-  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1];
+  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1], C = g->C, Cg = j->Cg;
   int64_t KH = g->k[0], KW = g->k[1];
   for (int64_t pix = p0; pix < p1; pix++) {
     uint8_t *row = A + (pix - p0) * lda;
     int64_t oh = pix / OW, ow = pix % OW;
     int64_t ih0 = oh * g->s[0] - g->pb[0], iw0 = ow * g->s[1] - g->pb[1];
-    for (int64_t cc = 0; cc < j->Cg; cc++) {
-      const uint8_t *xc = x + cc * H * Wd;
-      for (int64_t kh = 0; kh < KH; kh++) {
-        int64_t ih = ih0 + kh * g->d[0];
-        if (ih < 0 || ih >= H) {
-          memset(row, j->pad, (size_t)KW);
-          row += KW;
-          continue;
-        }
-        const uint8_t *xr = xc + ih * Wd;
-        if (g->d[1] == 1 && iw0 >= 0 && iw0 + KW <= Wd) {
-          memcpy(row, xr + iw0, (size_t)KW);
-          row += KW;
-          continue;
-        }
-        for (int64_t kw = 0; kw < KW; kw++) {
-          int64_t iw = iw0 + kw * g->d[1];
-          *row++ = iw >= 0 && iw < Wd ? xr[iw] : j->pad;
-        }
+    for (int64_t kh = 0; kh < KH; kh++) {
+      int64_t ih = ih0 + kh * g->d[0];
+      if (ih < 0 || ih >= H) {
+        memset(row, j->pad, (size_t)(KW * Cg));
+        row += KW * Cg;
+        continue;
+      }
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int64_t iw = iw0 + kw * g->d[1];
+        if (iw < 0 || iw >= Wd) memset(row, j->pad, (size_t)Cg);
+        else memcpy(row, x + (ih * Wd + iw) * C + gi * Cg, (size_t)Cg);
+        row += Cg;
       }
     }
+    if (lda > j->Kg) memset(row, 0, (size_t)(lda - j->Kg));
   }
 }
 
 static void conv_tasks(void *arg, int64_t b, int64_t e) {
   conv_job *j = arg;
   fused *f = j->f;
-  const nbl_i4_weights *W0 = &f->packed[0];
-  int64_t lda = W0->Kp;
-  uint8_t *A = malloc((size_t)(j->rb * lda));
-  int32_t *C = malloc(sizeof(int32_t) * (size_t)(j->rb * j->Mg));
-  if (!A || !C) {
+  const nbl_conv_geom *g = j->g;
+  int64_t lda = f->packed[0].Kp;
+  uint8_t *A = j->direct ? NULL : malloc((size_t)(j->rb * lda) + 1);
+  int32_t *C = malloc(sizeof(int32_t) * (size_t)(j->rb * j->Mg) + 4);
+  if ((!j->direct && !A) || !C) {
     free(A);
     free(C);
     j->oom = 1;
     return;
   }
-  const nbl_conv_geom *g = j->g;
   for (int64_t t = b; t < e; t++) {
     int64_t blk = t % j->nrb, ng = t / j->nrb;
     int64_t gi = ng % g->group, n = ng / g->group;
     int64_t p0 = blk * j->rb, p1 = p0 + j->rb < j->P ? p0 + j->rb : j->P;
-    const uint8_t *x = j->xu + (n * g->C + gi * j->Cg) * g->in_sz;
-    im2row(j, x, p0, p1, A, lda);
-    for (int64_t r = 0; r < p1 - p0; r++) memset(A + r * lda + j->Kg, 0, (size_t)(lda - j->Kg));
-    nbl_i4_gemm(f->isa, &f->packed[gi], A, lda, 0, p1 - p0, j->a_zero, C, j->Mg);
+    const uint8_t *x = j->xu + n * g->C * g->in_sz;
+    if (j->direct) {
+      nbl_i4_gemm(f->isa, &f->packed[gi], x + p0 * g->C, g->C, 0, p1 - p0, j->a_zero, C, j->Mg);
+    } else {
+      im2row(j, x, gi, p0, p1, A, lda);
+      nbl_i4_gemm(f->isa, &f->packed[gi], A, lda, 0, p1 - p0, j->a_zero, C, j->Mg);
+    }
     for (int64_t oc = 0; oc < j->Mg; oc++) {
       int64_t m = gi * j->Mg + oc;
       float bv = j->bias ? j->bias[m] : 0.0f;
-      float *yo = j->y + (n * g->M + m) * j->P;
-      for (int64_t r = 0; r < p1 - p0; r++) yo[p0 + r] = j->sc * (float)C[r * j->Mg + oc] + bv;
+      float *yo = j->y + (n * g->M + m) * j->P + p0;
+      const int32_t *cc = C + oc;
+      for (int64_t r = 0; r < p1 - p0; r++) yo[r] = j->sc * (float)cc[r * j->Mg] + bv;
     }
   }
   free(A);
   free(C);
 }
 
-/* Depthwise (one input and one output channel per group): direct integer loop. */
+/* NCHW bytes of one image -> NHWC. */
+typedef struct tr_job {
+  const uint8_t *src;
+  uint8_t *dst;
+  int64_t C, HW;
+} tr_job;
+
+static void transpose_rows(void *arg, int64_t b, int64_t e) {
+  const tr_job *t = arg;
+  for (int64_t p0 = b; p0 < e; p0 += 64) {
+    int64_t p1 = p0 + 64 < e ? p0 + 64 : e;
+    for (int64_t c0 = 0; c0 < t->C; c0 += 64) {
+      int64_t c1 = c0 + 64 < t->C ? c0 + 64 : t->C;
+      for (int64_t p = p0; p < p1; p++)
+        for (int64_t c = c0; c < c1; c++) t->dst[p * t->C + c] = t->src[c * t->HW + p];
+    }
+  }
+}
+
+/* Depthwise rows: acc[ow] += plane[ow] * w over the taps, from a zero-padded
+ * plane of (byte - a_zero) values split into stride phases, so every tap
+ * reads consecutive elements. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw"))) static void dw_row_avx512(
+    int32_t *acc, const int16_t *src, int32_t w, int64_t n) {
+  __m512i vw = _mm512_set1_epi32(w);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i v = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+    __m512i a = _mm512_loadu_si512((const void *)(acc + i));
+    _mm512_storeu_si512((void *)(acc + i), _mm512_add_epi32(a, _mm512_mullo_epi32(v, vw)));
+  }
+  for (; i < n; i++) acc[i] += src[i] * w;
+}
+#endif
+
+static void dw_row_c(int32_t *acc, const int16_t *src, int32_t w, int64_t n) {
+  for (int64_t i = 0; i < n; i++) acc[i] += src[i] * w;
+}
+
 static void dw_tasks(void *arg, int64_t b, int64_t e) {
   conv_job *j = arg;
   const nbl_conv_geom *g = j->g;
   int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
-  int64_t KH = g->k[0], KW = g->k[1];
-  const nbl_i4_weights *unused = NULL;
-  (void)unused;
+  int64_t KH = g->k[0], KW = g->k[1], s0 = g->s[0], s1 = g->s[1];
+  int64_t Hp = (OH - 1) * s0 + (KH - 1) * g->d[0] + 1, Wp = (OW - 1) * s1 + (KW - 1) * g->d[1] + 1;
+  if (Hp < g->pb[0] + H) Hp = g->pb[0] + H;
+  if (Wp < g->pb[1] + Wd) Wp = g->pb[1] + Wd;
+  int64_t Wph = (Wp + s1 - 1) / s1; /* columns per phase */
+  int16_t *plane = malloc(sizeof(int16_t) * (size_t)(Hp * s1 * Wph) + 2);
+  int32_t *acc = malloc(sizeof(int32_t) * (size_t)OW + 4);
+  if (!plane || !acc) {
+    free(plane);
+    free(acc);
+    j->oom = 1;
+    return;
+  }
+  void (*row_fn)(int32_t *, const int16_t *, int32_t, int64_t) = dw_row_c;
+#if defined(__x86_64__)
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) row_fn = dw_row_avx512;
+#endif
   for (int64_t t = b; t < e; t++) {
     int64_t ch = t % g->C, n = t / g->C;
     const uint8_t *x = j->xu + (n * g->C + ch) * g->in_sz;
-    const int8_t *w = j->f->packed[ch].panels; /* Kg x 1 packed: w[k] at [(k/4)*64 + k%4] */
-    int32_t wk[64];
-    int32_t wsum = j->f->packed[ch].colsum[0];
-    for (int64_t k = 0; k < KH * KW; k++) wk[k] = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
+    const int8_t *w = j->f->packed[ch].panels; /* K x 1 packed: w[k] at (k/4)*64 + k%4 */
+    memset(plane, 0, sizeof(int16_t) * (size_t)(Hp * s1 * Wph));
+    for (int64_t ih = 0; ih < H; ih++) {
+      int64_t ph = ih + g->pb[0];
+      for (int64_t iw = 0; iw < Wd; iw++) {
+        int64_t pw = iw + g->pb[1];
+        plane[(ph * s1 + pw % s1) * Wph + pw / s1] = (int16_t)(x[ih * Wd + iw] - j->a_zero);
+      }
+    }
     float bv = j->bias ? j->bias[ch] : 0.0f;
     float *yo = j->y + (n * g->M + ch) * j->P;
     for (int64_t oh = 0; oh < OH; oh++) {
-      int64_t ih0 = oh * g->s[0] - g->pb[0];
-      for (int64_t ow = 0; ow < OW; ow++) {
-        int64_t iw0 = ow * g->s[1] - g->pb[1];
-        int32_t acc = 0, inw = 0; /* inw: sum of the weights at padded taps */
-        for (int64_t kh = 0; kh < KH; kh++) {
-          int64_t ih = ih0 + kh * g->d[0];
-          for (int64_t kw = 0; kw < KW; kw++) {
-            int64_t iw = iw0 + kw * g->d[1];
-            int32_t wv = wk[kh * KW + kw];
-            if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) inw += wv;
-            else acc += (int32_t)x[ih * Wd + iw] * wv;
-          }
+      memset(acc, 0, sizeof(int32_t) * (size_t)OW);
+      for (int64_t kh = 0; kh < KH; kh++) {
+        int64_t ph = oh * s0 + kh * g->d[0];
+        for (int64_t kw = 0; kw < KW; kw++) {
+          int64_t k = kh * KW + kw, cw = kw * g->d[1];
+          int32_t wv = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
+          if (wv) row_fn(acc, plane + (ph * s1 + cw % s1) * Wph + cw / s1, wv, OW);
         }
-        acc += j->a_zero * inw - j->a_zero * wsum; /* padded taps hold the zero byte */
-        yo[oh * OW + ow] = j->sc * (float)acc + bv;
       }
+      for (int64_t ow = 0; ow < OW; ow++) yo[oh * OW + ow] = j->sc * (float)acc[ow] + bv;
     }
   }
+  free(plane);
+  free(acc);
 }
 
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
@@ -380,38 +517,50 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   float *y = nbl_kctx_out(c, 0)->data;
   int64_t ny = g.N * g.M * g.out_sz;
   if (ny == 0) return NBL_OK;
-  uint8_t *xu = malloc((size_t)(X->numel ? X->numel : 1));
-  if (!xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   int off = nbl_i4_act_offset(p);
-  quantize_x(c, &f->xcfg, p, X->data, xu, X->numel, off);
-  conv_job j = {.f = f, .g = &g, .xu = xu, .bias = B ? B->data : NULL, .y = y,
+  conv_job j = {.f = f, .g = &g, .bias = B ? B->data : NULL, .y = y,
                 .sc = p->scale * f->w_scale, .a_zero = p->zero + off,
                 .pad = (uint8_t)(p->zero + off)};
   j.Cg = g.C / g.group;
   j.Mg = g.M / g.group;
   j.Kg = j.Cg * g.k_sz;
   j.P = g.out_sz;
-  if (j.Cg == 1 && j.Mg == 1 && g.k_sz <= 64) {
+  int depthwise = j.Cg == 1 && j.Mg == 1;
+  size_t xbytes = (size_t)(X->numel ? X->numel : 1);
+  uint8_t *xu = malloc(xbytes), *xn = depthwise ? NULL : malloc(xbytes);
+  if (!xu || (!depthwise && !xn)) {
+    free(xu);
+    free(xn);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  quantize_x(c, &f->xcfg, p, X->data, xu, X->numel, off);
+  if (depthwise) {
+    j.xu = xu;
     nbl_parallel_for(c, g.N * g.C, 1, dw_tasks, &j);
   } else {
+    for (int64_t n = 0; n < g.N; n++) {
+      tr_job t = {xu + n * g.C * g.in_sz, xn + n * g.C * g.in_sz, g.C, g.in_sz};
+      nbl_parallel_for(c, g.in_sz, 256, transpose_rows, &t);
+    }
+    j.xu = xn;
+    j.direct = g.group == 1 && g.k[0] == 1 && g.k[1] == 1 && g.s[0] == 1 && g.s[1] == 1 &&
+               g.pb[0] == 0 && g.pb[1] == 0 && g.pe[0] == 0 && g.pe[1] == 0 &&
+               g.C == f->packed[0].Kp;
     int64_t rb = (int64_t)(192 * 1024) / (f->packed[0].Kp ? f->packed[0].Kp : 1);
     rb = rb / NBL_I4_MR * NBL_I4_MR;
     if (rb < NBL_I4_MR) rb = NBL_I4_MR;
     if (rb > 8 * 6 * NBL_I4_MR) rb = 8 * 6 * NBL_I4_MR;
-    /* at least two blocks per image when threads could share them */
-    if (c->threads > 1 && g.N * g.group == 1 && j.P <= rb) {
-      rb = (j.P + 1) / 2;
-      rb = (rb + NBL_I4_MR - 1) / NBL_I4_MR * NBL_I4_MR;
-    }
+    /* enough blocks for every thread */
+    int64_t per = (j.P + c->threads - 1) / (c->threads > 0 ? c->threads : 1);
+    if (c->threads > 1 && g.N * g.group < c->threads && per < rb)
+      rb = (per + NBL_I4_MR - 1) / NBL_I4_MR * NBL_I4_MR;
     j.rb = rb;
     j.nrb = (j.P + rb - 1) / rb;
     nbl_parallel_for(c, g.N * g.group * j.nrb, 1, conv_tasks, &j);
-    if (j.oom) {
-      free(xu);
-      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    }
   }
   free(xu);
+  free(xn);
+  if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   return NBL_OK;
 }
 
@@ -519,12 +668,16 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   }
   nbl_q4_params p;
   const char *why = "";
-  if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)
+  float lo, hi;
+  int finite = scan_x(X->data, X->numel, &lo, &hi);
+  if (finite && f->xcfg.scale_source == NBL_Q4_SCALE_MAX && f->xcfg.bits >= 2 && f->xcfg.bits <= 8)
+    params_from_range(&f->xcfg, X->numel, lo, hi, &p);
+  else if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "activation quantizer: %s", why);
   if (W->data != f->wdata || !f->packed) {
     if (pack(f, W) != 0) return run_literal(c, f, &p);
   }
-  if (!all_finite(X->data, X->numel)) return run_literal(c, f, &p);
+  if (!finite) return run_literal(c, f, &p);
   atomic_fetch_add(&g_int_runs, 1);
   return f->kind == FK_CONV ? run_conv(c, f, &p) : run_mm(c, f, &p);
 }
