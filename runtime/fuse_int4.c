@@ -477,10 +477,18 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
     const int8_t *w = j->f->packed[ch].panels; /* K x 1 packed: w[k] at (k/4)*64 + k%4 */
     memset(plane, 0, sizeof(int16_t) * (size_t)(Hp * s1 * Wph));
     for (int64_t ih = 0; ih < H; ih++) {
-      int64_t ph = ih + g->pb[0];
-      for (int64_t iw = 0; iw < Wd; iw++) {
-        int64_t pw = iw + g->pb[1];
-        plane[(ph * s1 + pw % s1) * Wph + pw / s1] = (int16_t)(x[ih * Wd + iw] - j->a_zero);
+      int16_t *prow = plane + (ih + g->pb[0]) * s1 * Wph;
+      const uint8_t *xr = x + ih * Wd;
+      int32_t az = j->a_zero;
+      if (s1 == 1) {
+        prow += g->pb[1];
+        for (int64_t iw = 0; iw < Wd; iw++) prow[iw] = (int16_t)(xr[iw] - az);
+      } else {
+        int64_t r = g->pb[1] % s1, q = g->pb[1] / s1;
+        for (int64_t iw = 0; iw < Wd; iw++) {
+          prow[r * Wph + q] = (int16_t)(xr[iw] - az);
+          if (++r == s1) r = 0, q++;
+        }
       }
     }
     float bv = j->bias ? j->bias[ch] : 0.0f;
