@@ -19,6 +19,13 @@
  * quantizer. Statistics differ from nibble's only for tensors holding
  * NaN/Inf (nibble skips them). Other ai.nibble ops are an error.
  *
+ * Note for ONNX Runtime users: when a scale is constant (PACT with an
+ * initializer alpha, fixed scales), ORT's QDQ optimizer fuses
+ * DequantizeLinear -> Conv/Gemm into integer kernels that quantize the float
+ * bias to int32, which moves some outputs by up to half a code step; with its
+ * graph optimizations disabled ORT reproduces nibble to float rounding.
+ * Dynamic (max) scales are not fused.
+ *
  * The default-domain opset is upgraded to 21 first (nbl_upgrade_opset). */
 #include <math.h>
 #include <stdlib.h>
