@@ -553,6 +553,62 @@ START_TEST(test_adam_large) {
 }
 END_TEST
 
+/* Fast (AVX2, 2 threads) and reference paths give bit-identical float32
+ * results for every optimizer, on a length that is not a multiple of the
+ * vector width and spans several parallel chunks. */
+START_TEST(test_optimizers_fast_equals_reference) {
+  enum { N = 70001 };
+  float *buf = malloc(4 * N * sizeof *buf), R = 0.03f;
+  float *x = buf, *g = buf + N, *v = buf + 2 * N, *h = buf + 3 * N;
+  for (int i = 0; i < N; i++) {
+    x[i] = (float)((i * 37 % 101) - 50) / 7;
+    g[i] = (float)((i * 11 % 29) - 14) / 5;
+    v[i] = (float)((i % 17) - 8) / 9;
+    h[i] = (float)(i % 23) / 3;
+  }
+  int64_t T = 4;
+  const char *ops[4] = {"Momentum", "Momentum", "Adam", "Adagrad"};
+  const int nst[4] = {1, 1, 2, 1};
+  for (int c = 0; c < 4; c++) {
+    float *got[2][3] = {{0}};
+    for (int ref = 0; ref < 2; ref++) {
+      one *o = one_new(ops[c], TRAIN, 1, 4 + nst[c], 1 + nst[c]);
+      attr_f(o, "norm_coefficient", 0.05f);
+      if (c < 2) {
+        attr_f(o, "alpha", 0.7f);
+        attr_f(o, "beta", 0.3f);
+        attr_s(o, "mode", c ? "nesterov" : "standard");
+      } else if (c == 2) {
+        attr_f(o, "norm_coefficient_post", 0.01f);
+      } else {
+        attr_f(o, "decay_factor", 0.2f);
+      }
+      one_in(o, 0, NBL_DT_FLOAT, 0, S0, &R);
+      one_in(o, 1, NBL_DT_INT64, 0, S0, &T);
+      one_in(o, 2, NBL_DT_FLOAT, 1, (int64_t[]){N}, x);
+      one_in(o, 3, NBL_DT_FLOAT, 1, (int64_t[]){N}, g);
+      one_in(o, 4, NBL_DT_FLOAT, 1, (int64_t[]){N}, c == 3 ? h : v);
+      if (nst[c] == 2) one_in(o, 5, NBL_DT_FLOAT, 1, (int64_t[]){N}, h);
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      for (int k = 0; k <= nst[c]; k++) {
+        got[ref][k] = malloc(N * sizeof(float));
+        memcpy(got[ref][k], o->out[k].data, N * sizeof(float));
+      }
+      one_free(o);
+    }
+    for (int k = 0; k <= nst[c]; k++) {
+      for (int i = 0; i < N; i++)
+        ck_assert_msg(memcmp(&got[0][k][i], &got[1][k][i], sizeof(float)) == 0,
+                      "%s output %d element %d: fast %.9g, reference %.9g", ops[c], k, i, got[0][k][i],
+                      got[1][k][i]);
+      free(got[0][k]);
+      free(got[1][k]);
+    }
+  }
+  free(buf);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ Adagrad */
 
 /* R = 0.1, T = 2, decay_factor 0.5: r = 0.1/(1 + 1) = 0.05. X = 1, G = 2,
@@ -633,6 +689,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_adam_values);
   tcase_add_test(t, test_adam_epsilon_nan);
   tcase_add_test(t, test_adam_large);
+  tcase_add_test(t, test_optimizers_fast_equals_reference);
   tcase_add_test(t, test_adagrad_values);
   tcase_add_test(t, test_adagrad_defaults);
   suite_add_tcase(s, t);
