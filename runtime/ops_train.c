@@ -117,52 +117,54 @@ static nbl_status check_common(nbl_kctx *c, int per, int outs, int *n, double *R
 /* ------------------------------------------------------------------ element loops */
 
 /* The update of one element, written once for float and double. T is the
- * element type; all coefficients are rounded to T first (NumPy semantics). */
-#define OPT_LOOP(T, SQRT)                                                                 \
-  static void opt_loop_##T(const opt_job *j, int64_t b, int64_t e) {                      \
-    const opt_coef *k = j->k;                                                             \
-    const T *x = j->x, *g = j->g, *v = j->v, *h = j->h;                                   \
-    T *xo = j->xo, *vo = j->vo, *ho = j->ho;                                              \
-    const T lr = (T)k->lr, nc = (T)k->nc, alpha = (T)k->alpha, beta = (T)k->beta;        \
-    const T eps = (T)k->eps, post = (T)k->post;                                           \
-    const T one_m_alpha = (T)(1.0 - k->alpha), one_m_beta = (T)(1.0 - k->beta);           \
-    switch (k->kind) {                                                                    \
-    case OPT_MOMENTUM:                                                                    \
-      if (k->nesterov) {                                                                  \
-        for (int64_t i = b; i < e; i++) {                                                 \
-          T gr = nc * x[i] + g[i];                                                        \
-          T vn = alpha * v[i] + beta * gr;                                                \
-          vo[i] = vn;                                                                     \
-          xo[i] = x[i] - lr * (gr + alpha * vn);                                          \
-        }                                                                                 \
-      } else {                                                                            \
-        for (int64_t i = b; i < e; i++) {                                                 \
-          T gr = nc * x[i] + g[i];                                                        \
-          T vn = alpha * v[i] + beta * gr;                                                \
-          vo[i] = vn;                                                                     \
-          xo[i] = x[i] - lr * vn;                                                         \
-        }                                                                                 \
-      }                                                                                   \
-      break;                                                                              \
-    case OPT_ADAM:                                                                        \
-      for (int64_t i = b; i < e; i++) {                                                   \
-        T gr = nc * x[i] + g[i];                                                          \
-        T vn = alpha * v[i] + one_m_alpha * gr;                                           \
-        T hn = beta * h[i] + one_m_beta * (gr * gr);                                      \
-        vo[i] = vn;                                                                       \
-        ho[i] = hn;                                                                       \
-        xo[i] = post * (x[i] - lr * (vn / (SQRT(hn) + eps)));                             \
-      }                                                                                   \
-      break;                                                                              \
-    case OPT_ADAGRAD:                                                                     \
-      for (int64_t i = b; i < e; i++) {                                                   \
-        T gr = nc * x[i] + g[i];                                                          \
-        T hn = h[i] + gr * gr;                                                            \
-        ho[i] = hn;                                                                       \
-        xo[i] = x[i] - lr * gr / (SQRT(hn) + eps);                                        \
-      }                                                                                   \
-      break;                                                                              \
-    }                                                                                     \
+ * element type; all coefficients are rounded to T first (NumPy semantics).
+ * Each element's inputs are read before its outputs are written, so an
+ * output may share storage with an input (in-place update). */
+#define OPT_LOOP(T, SQRT)                                                                     \
+  static void opt_loop_##T(const opt_job *j, int64_t b, int64_t e) {                          \
+    const opt_coef *k = j->k;                                                                 \
+    const T *x = j->x, *g = j->g, *v = j->v, *h = j->h;                                       \
+    T *xo = j->xo, *vo = j->vo, *ho = j->ho;                                                  \
+    const T lr = (T)k->lr, nc = (T)k->nc, alpha = (T)k->alpha, beta = (T)k->beta;             \
+    const T eps = (T)k->eps, post = (T)k->post;                                               \
+    const T one_m_alpha = (T)(1.0 - k->alpha), one_m_beta = (T)(1.0 - k->beta);               \
+    switch (k->kind) {                                                                        \
+    case OPT_MOMENTUM:                                                                        \
+      if (k->nesterov) {                                                                      \
+        for (int64_t i = b; i < e; i++) {                                                     \
+          T xi = x[i], gr = nc * xi + g[i];                                                   \
+          T vn = alpha * v[i] + beta * gr;                                                    \
+          vo[i] = vn;                                                                         \
+          xo[i] = xi - lr * (gr + alpha * vn);                                                \
+        }                                                                                     \
+      } else {                                                                                \
+        for (int64_t i = b; i < e; i++) {                                                     \
+          T xi = x[i], gr = nc * xi + g[i];                                                   \
+          T vn = alpha * v[i] + beta * gr;                                                    \
+          vo[i] = vn;                                                                         \
+          xo[i] = xi - lr * vn;                                                               \
+        }                                                                                     \
+      }                                                                                       \
+      break;                                                                                  \
+    case OPT_ADAM:                                                                            \
+      for (int64_t i = b; i < e; i++) {                                                       \
+        T xi = x[i], gr = nc * xi + g[i];                                                     \
+        T vn = alpha * v[i] + one_m_alpha * gr;                                               \
+        T hn = beta * h[i] + one_m_beta * (gr * gr);                                          \
+        vo[i] = vn;                                                                           \
+        ho[i] = hn;                                                                           \
+        xo[i] = post * (xi - lr * (vn / (SQRT(hn) + eps)));                                   \
+      }                                                                                       \
+      break;                                                                                  \
+    case OPT_ADAGRAD:                                                                         \
+      for (int64_t i = b; i < e; i++) {                                                       \
+        T xi = x[i], gr = nc * xi + g[i];                                                     \
+        T hn = h[i] + gr * gr;                                                                \
+        ho[i] = hn;                                                                           \
+        xo[i] = xi - lr * gr / (SQRT(hn) + eps);                                              \
+      }                                                                                       \
+      break;                                                                                  \
+    }                                                                                         \
   }
 
 OPT_LOOP(float, sqrtf)
