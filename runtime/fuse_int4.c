@@ -65,7 +65,19 @@ typedef struct fused {
   int groups;
   nbl_i4_weights *packed; /* one per group */
   nbl_i4_isa isa;
+  /* a Relu/Clip consuming the op's only output, applied in the epilogue */
+  int act;
+  float act_lo, act_hi;
+  nbl_id act_node;
 } fused;
+
+/* The fused activation: Clip's float semantics (t = v < lo ? lo : v; t > hi ? hi : t),
+ * Relu being lo = 0, hi = +inf; NaN passes through as in the elementwise kernels. */
+static inline float act_apply(const fused *f, float v) {
+  if (!f->act) return v;
+  float t = v < f->act_lo ? f->act_lo : v;
+  return t > f->act_hi ? f->act_hi : t;
+}
 
 struct nbl_i4_fusion {
   int n_nodes;
@@ -302,6 +314,11 @@ static nbl_status run_literal(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   st = def ? def->ref(&c2)
            : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
                       c->opset);
+  if (st == NBL_OK && f->act) {
+    nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+    float *yv = y->data;
+    for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
+  }
   nbl_rt_tensor_free(&xh);
   nbl_rt_tensor_free(&wh);
   return st;
@@ -403,7 +420,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
       float bv = j->bias ? j->bias[m] : 0.0f;
       float *yo = j->y + (n * g->M + m) * j->P + p0;
       const int32_t *cc = C + oc;
-      for (int64_t r = 0; r < p1 - p0; r++) yo[r] = j->sc * (float)cc[r * j->Mg] + bv;
+      for (int64_t r = 0; r < p1 - p0; r++) yo[r] = act_apply(f, j->sc * (float)cc[r * j->Mg] + bv);
     }
   }
   free(A);
@@ -503,7 +520,8 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
           if (wv) row_fn(acc, plane + (ph * s1 + cw % s1) * Wph + cw / s1, wv, OW);
         }
       }
-      for (int64_t ow = 0; ow < OW; ow++) yo[oh * OW + ow] = j->sc * (float)acc[ow] + bv;
+      for (int64_t ow = 0; ow < OW; ow++)
+        yo[oh * OW + ow] = act_apply(j->f, j->sc * (float)acc[ow] + bv);
     }
   }
   free(plane);
@@ -652,7 +670,7 @@ static nbl_status run_mm(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
       if (cmode == 1) v += f->beta * cv[0];
       else if (cmode == 2) v += f->beta * cv[n];
       else if (cmode == 3) v += f->beta * cv[m * N + n];
-      y[m * N + n] = v;
+      y[m * N + n] = act_apply(f, v);
     }
   free(A);
   free(C);
@@ -707,6 +725,66 @@ void nbl_i4_fusion_free(nbl_i4_fusion *fu) {
   for (int i = 0; i < fu->n_nodes; i++) fused_free(fu->by_node[i]);
   free(fu->by_node);
   free(fu);
+}
+
+static int used_in_subgraphs(const nbl_graph *g, const char *name);
+
+/* A float32 scalar initializer's value; 0 if v is not one. */
+static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
+  if (v == NBL_NONE || !g->values[v].init) return 0;
+  const nbl_tensor *t = g->values[v].init;
+  nbl_rt_tensor r;
+  if (t->dtype != NBL_DT_FLOAT || nbl_shape_numel(t->rank, t->dims) != 1 ||
+      nbl_rt_from_ir(t, &r) != NBL_OK || !r.data)
+    return 0;
+  *out = ((const float *)r.data)[0];
+  return 1;
+}
+
+/* If the op's only output feeds exactly one Relu or constant-bound Clip and
+ * nothing else, the fused node produces that node's output directly. */
+static void fuse_activation(const nbl_model *m, const nbl_graph *g, fused *f) {
+  const nbl_node *n = f->orig;
+  if (n->n_outputs != 1 || n->outputs[0] == NBL_NONE) return;
+  nbl_id y = n->outputs[0];
+  const nbl_value *yv = &g->values[y];
+  if ((yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || yv->n_consumers != 1) return;
+  nbl_id an = yv->consumers[0];
+  const nbl_node *a = &g->nodes[an];
+  if (a->n_inputs < 1 || a->inputs[0] != y || a->n_outputs != 1 || a->outputs[0] == NBL_NONE)
+    return;
+  for (int k = 1; k < a->n_inputs; k++)
+    if (a->inputs[k] == y) return;
+  int64_t opset = nbl_model_opset(m, "");
+  if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
+  float lo, hi;
+  if (is_op(a, "", "Relu")) {
+    if (a->n_inputs != 1) return;
+    lo = 0.0f;
+    hi = INFINITY;
+  } else if (is_op(a, "", "Clip")) {
+    lo = -INFINITY;
+    hi = INFINITY;
+    if (opset < 11) {
+      lo = nbl_attr_float(a, "min", -INFINITY);
+      hi = nbl_attr_float(a, "max", INFINITY);
+    } else {
+      if (a->n_inputs > 1 && a->inputs[1] != NBL_NONE && !const_scalar(g, a->inputs[1], &lo))
+        return;
+      if (a->n_inputs > 2 && a->inputs[2] != NBL_NONE && !const_scalar(g, a->inputs[2], &hi))
+        return;
+      if (a->n_inputs > 3) return;
+    }
+  } else {
+    return;
+  }
+  if (used_in_subgraphs(g, yv->name)) return;
+  f->act = 1;
+  f->act_lo = lo;
+  f->act_hi = hi;
+  f->act_node = an;
+  f->node.n_outputs = a->n_outputs;
+  f->node.outputs = a->outputs;
 }
 
 /* Try to build the fused state for consumer node id; NULL if the pattern does not apply. */
@@ -794,6 +872,8 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   f->node = *n;
   f->node.n_inputs = 4;
   f->node.inputs = f->ins;
+  f->act_node = NBL_NONE;
+  fuse_activation(m, g, f);
   return f;
 no:
   fused_free(f);
@@ -819,8 +899,6 @@ static int absorbed(const nbl_graph *g, nbl_id q, fused *const *by_node) {
   return 1;
 }
 
-static int used_in_subgraphs(const nbl_graph *g, const char *name);
-
 nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
                        nbl_i4_fusion **out) {
   *out = NULL;
@@ -834,14 +912,21 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   int any = 0;
+  unsigned char *act = calloc((size_t)g->n_nodes, 1);
+  if (!act) {
+    nbl_i4_fusion_free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
   for (int s = 0; s < *n; s++) {
     fused *f = try_fuse(m, g, order[s]);
     if (f) {
       fu->by_node[order[s]] = f;
+      if (f->act) act[f->act_node] = 1;
       any = 1;
     }
   }
   if (!any) {
+    free(act);
     nbl_i4_fusion_free(fu);
     return NBL_OK;
   }
@@ -855,8 +940,10 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
     for (int k = 0; drop && k < nd->n_outputs; k++)
       if (nd->outputs[k] != NBL_NONE && used_in_subgraphs(g, g->values[nd->outputs[k]].name))
         drop = 0;
+    if (act[id]) drop = 1; /* a Relu/Clip computed by its fused producer */
     if (!drop) order[w++] = id;
   }
+  free(act);
   *n = w;
   *out = fu;
   return NBL_OK;

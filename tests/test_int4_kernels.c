@@ -165,6 +165,8 @@ typedef struct mspec {
   const char *auto_pad;
   int trans_b;
   float alpha, beta;
+  const char *act; /* NULL, "Relu" or "Clip" (bounds clo, chi as initializers) */
+  float clo, chi;
 } mspec;
 
 static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
@@ -212,7 +214,17 @@ static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
     n_in = 3;
   }
   nbl_id y = nbl_graph_add_value(g, "y");
-  nbl_id n = nbl_graph_add_node(g, sp->op, "", "op", n_in, in, 1, &y);
+  nbl_id y0 = sp->act ? nbl_graph_add_value(g, "y0") : y;
+  nbl_id n = nbl_graph_add_node(g, sp->op, "", "op", n_in, in, 1, &y0);
+  if (sp->act && !strcmp(sp->act, "Relu")) {
+    nbl_graph_add_node(g, "Relu", "", "act", 1, &y0, 1, &y);
+  } else if (sp->act) {
+    nbl_id lo = nbl_graph_add_value(g, "clo"), hi = nbl_graph_add_value(g, "chi");
+    nbl_graph_set_initializer(g, lo, nbl_tensor_new(m->arena, "clo", NBL_DT_FLOAT, 0, NULL, &sp->clo));
+    nbl_graph_set_initializer(g, hi, nbl_tensor_new(m->arena, "chi", NBL_DT_FLOAT, 0, NULL, &sp->chi));
+    nbl_id ci[3] = {y0, lo, hi};
+    nbl_graph_add_node(g, "Clip", "", "act", 3, ci, 1, &y);
+  }
   if (!strcmp(sp->op, "Conv")) {
     if (sp->auto_pad) nbl_node_set_attr_string(g, n, "auto_pad", sp->auto_pad);
     else nbl_node_set_attr_ints(g, n, "pads", 4, sp->pads);
@@ -338,8 +350,20 @@ START_TEST(test_fused_conv) {
     sp = conv_spec(1, 3, tsizes[a] < 3 ? 3 : tsizes[a] % 20 + 3, 5, tsizes[a], 3, 1, 1, 1, 1);
     check_model(&sp, 1, 0);
   }
+  /* fused activations */
+  sp = conv_spec(1, 8, 9, 9, 16, 3, 1, 1, 1, 1);
+  sp.act = "Relu";
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 8, 9, 9, 8, 3, 2, 1, 1, 8);
+  sp.act = "Clip", sp.clo = -0.25f, sp.chi = 0.5f;
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 16, 5, 5, 24, 1, 1, 0, 1, 1);
+  sp.act = "Clip", sp.clo = 0.0f, sp.chi = 6.0f;
+  check_model(&sp, 1, 0);
   /* NaN input: the literal composition runs (NaN propagates like the reference) */
   sp = conv_spec(1, 3, 6, 6, 4, 3, 1, 1, 1, 1);
+  check_model(&sp, 0, 1);
+  sp.act = "Relu";
   check_model(&sp, 0, 1);
 }
 END_TEST
@@ -357,6 +381,9 @@ START_TEST(test_fused_gemm_matmul) {
                     .beta = 1.5f, .dq = (int)((a * 7 + b * 3 + k) % 4 == 0)};
         if (sp.brank == 1) sp.bd[0] = N;
         check_model(&sp, 1, 0);
+        sp.act = (k % 4 == 1) ? "Relu" : (k % 4 == 3) ? "Clip" : NULL;
+        sp.clo = -0.5f, sp.chi = 0.75f;
+        if (sp.act) check_model(&sp, 1, 0);
         mspec mm = {.op = "MatMul", .xrank = 3, .xd = {2, M, K}, .wrank = 2, .wd = {K, N},
                     .brank = -1, .xmode = (b & 1) ? "affine" : "symmetric", .xbits = (k & 1) ? 8 : 4,
                     .wbits = 4, .dq = (int)((a + b) % 3 == 0)};
