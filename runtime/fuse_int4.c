@@ -194,6 +194,70 @@ static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, flo
   p->zero = (int)z;
 }
 
+
+/* ------------------------------------------------------------------ epilogues */
+
+/* yo[i] = act(sc * acc[i * stride] + bv) for i < n (mul, then add: no FMA). */
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static void epi_avx512(const fused *f, float *yo,
+                                                          const int32_t *acc, int64_t stride,
+                                                          int64_t n, float sc, float bv) {
+  const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
+  const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
+  const __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32((int)stride));
+  int64_t i = 0;
+  if (stride * 16 < INT32_MAX)
+    for (; i + 16 <= n; i += 16) {
+      __m512i a = stride == 1 ? _mm512_loadu_si512((const void *)(acc + i))
+                              : _mm512_i32gather_epi32(idx, (const void *)(acc + i * stride), 4);
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vs), vb);
+      if (f->act) {
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
+      }
+      _mm512_storeu_ps(yo + i, v);
+    }
+  for (; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
+}
+
+/* plane[i] = x[i] - az for i < n */
+__attribute__((target("avx512f,avx512bw"))) static void widen_avx512(int16_t *plane,
+                                                                     const uint8_t *x, int64_t n,
+                                                                     int32_t az) {
+  const __m512i vz = _mm512_set1_epi16((short)az);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512((void *)(plane + i),
+                        _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                                             (const __m256i *)(const void *)(x + i))),
+                                         vz));
+  for (; i < n; i++) plane[i] = (int16_t)(x[i] - az);
+}
+#endif
+
+static void epilogue(const fused *f, float *yo, const int32_t *acc, int64_t stride, int64_t n,
+                     float sc, float bv) {
+#if defined(__x86_64__)
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    epi_avx512(f, yo, acc, stride, n, sc, bv);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
+}
+
+static void widen(int16_t *plane, const uint8_t *x, int64_t n, int32_t az) {
+#if defined(__x86_64__)
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    widen_avx512(plane, x, n, az);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) plane[i] = (int16_t)(x[i] - az);
+}
+
 /* ------------------------------------------------------------------ weights */
 
 static void free_packed(fused *f) {
@@ -419,8 +483,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
       int64_t m = gi * j->Mg + oc;
       float bv = j->bias ? j->bias[m] : 0.0f;
       float *yo = j->y + (n * g->M + m) * j->P + p0;
-      const int32_t *cc = C + oc;
-      for (int64_t r = 0; r < p1 - p0; r++) yo[r] = act_apply(f, j->sc * (float)cc[r * j->Mg] + bv);
+      epilogue(f, yo, C + oc, j->Mg, p1 - p0, j->sc, bv);
     }
   }
   free(A);
@@ -498,8 +561,7 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
       const uint8_t *xr = x + ih * Wd;
       int32_t az = j->a_zero;
       if (s1 == 1) {
-        prow += g->pb[1];
-        for (int64_t iw = 0; iw < Wd; iw++) prow[iw] = (int16_t)(xr[iw] - az);
+        widen(prow + g->pb[1], xr, Wd, az);
       } else {
         int64_t r = g->pb[1] % s1, q = g->pb[1] / s1;
         for (int64_t iw = 0; iw < Wd; iw++) {
@@ -520,8 +582,7 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
           if (wv) row_fn(acc, plane + (ph * s1 + cw % s1) * Wph + cw / s1, wv, OW);
         }
       }
-      for (int64_t ow = 0; ow < OW; ow++)
-        yo[oh * OW + ow] = act_apply(j->f, j->sc * (float)acc[ow] + bv);
+      epilogue(j->f, yo + oh * OW, acc, 1, OW, j->sc, bv);
     }
   }
   free(plane);
