@@ -7,7 +7,7 @@ usage: /usr/bin/python3 lenet_ptq.py [--nibble PATH] [--data DIR] [--passes P]
 Reads the 10,000 test images (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 from Debian's dataset-fashion-mnist), normalizes them as models/README.md says,
 runs `nibble run` on models/lenet5.onnx (FP32) and on the model after
-`nibble convert --passes PASSES` (default quantize-int4{activations=affine}:
+`nibble convert --passes PASSES` (default quantize-int4, whose defaults are:
 INT4 SAWB weights, INT4 affine activations, first and last layers in 8 bits;
 post-ReLU activations use all 16 codes that way, where symmetric codes waste
 the negative half), on the full test set in batches of 1000, and
@@ -63,7 +63,7 @@ def main():
     ap.add_argument("--nibble", default=os.environ.get("NIBBLE",
                                                        os.path.join(build_root, "tools", "nibble")))
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--passes", default="quantize-int4{activations=affine}")
+    ap.add_argument("--passes", default="quantize-int4")
     ap.add_argument("--batch", type=int, default=1000)
     args = ap.parse_args()
     img = os.path.join(args.data, "t10k-images-idx3-ubyte.gz")
