@@ -473,17 +473,20 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     int64_t gi = ng % g->group, n = ng / g->group;
     int64_t p0 = blk * j->rb, p1 = p0 + j->rb < j->P ? p0 + j->rb : j->P;
     const uint8_t *x = j->xu + n * g->C * g->in_sz;
+    /* C transposed ([Mg][rows]) so each output channel's row is contiguous */
+    int64_t rows = p1 - p0;
     if (j->direct) {
-      nbl_i4_gemm(f->isa, &f->packed[gi], x + p0 * g->C, g->C, 0, p1 - p0, j->a_zero, C, j->Mg);
+      nbl_i4_gemm_strided(f->isa, &f->packed[gi], x + p0 * g->C, g->C, 0, rows, j->a_zero, C, 1,
+                          rows);
     } else {
       im2row(j, x, gi, p0, p1, A, lda);
-      nbl_i4_gemm(f->isa, &f->packed[gi], A, lda, 0, p1 - p0, j->a_zero, C, j->Mg);
+      nbl_i4_gemm_strided(f->isa, &f->packed[gi], A, lda, 0, rows, j->a_zero, C, 1, rows);
     }
     for (int64_t oc = 0; oc < j->Mg; oc++) {
       int64_t m = gi * j->Mg + oc;
       float bv = j->bias ? j->bias[m] : 0.0f;
       float *yo = j->y + (n * g->M + m) * j->P + p0;
-      epilogue(f, yo, C + oc, j->Mg, p1 - p0, j->sc, bv);
+      epilogue(f, yo, C + oc * rows, 1, rows, j->sc, bv);
     }
   }
   free(A);

@@ -244,6 +244,12 @@ static void init_table(void) {
 
 void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc) {
+  nbl_i4_gemm_strided(isa, W, A, lda, m0, m1, a_zero, C, ldc, 1);
+}
+
+void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
+                         int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t cs_m,
+                         int64_t cs_n) {
   pthread_once(&g_table_once, init_table);
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
   if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
@@ -262,11 +268,18 @@ void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int6
         const uint8_t *rows[NBL_I4_MR];
         for (int r = 0; r < NBL_I4_MR; r++) rows[r] = A + (m + (r < mr ? r : mr - 1)) * lda;
         mk(rows, p0, p1, np, kq, tile);
-        for (int r = 0; r < mr; r++) {
-          int32_t *cr = C + (m + r) * ldc + n0;
-          const int32_t *tr = tile + r * 32;
-          const int32_t *cs = W->colsum + n0;
-          for (int64_t c = 0; c < nc; c++) cr[c] = tr[c] - a_zero * cs[c];
+        const int32_t *cs = W->colsum + n0;
+        if (cs_n == 1) {
+          for (int r = 0; r < mr; r++) {
+            int32_t *cr = C + (m + r) * cs_m + n0;
+            const int32_t *tr = tile + r * 32;
+            for (int64_t c = 0; c < nc; c++) cr[c] = tr[c] - a_zero * cs[c];
+          }
+        } else {
+          for (int64_t c = 0; c < nc; c++) {
+            int32_t *cc = C + m * cs_m + (n0 + c) * cs_n, corr = a_zero * cs[c];
+            for (int r = 0; r < mr; r++) cc[r * cs_m] = tile[r * 32 + c] - corr;
+          }
         }
       }
     }

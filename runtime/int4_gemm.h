@@ -62,6 +62,11 @@ void nbl_i4_weights_free(nbl_i4_weights *w);
 void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc);
 
+/* Same with C[m * cs_m + n * cs_n] (cs_m = 1, cs_n = rows: C transposed). */
+void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
+                         int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t cs_m,
+                         int64_t cs_n);
+
 /* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
  * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
  * be finite. Vectorized for half-even rounding on AVX-512. */

@@ -66,6 +66,16 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int alo, int ahi, int z, 
                     nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K, alo,
                     ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
   }
+  /* transposed output (C^T[n][m]), as the convolution uses it */
+  for (int isa = NBL_I4_SCALAR; isa <= NBL_I4_VNNI; isa++) {
+    if (!nbl_i4_isa_supported((nbl_i4_isa)isa)) continue;
+    for (int64_t i = 0; i < M * N; i++) C[i] = 0x7eadbeef;
+    nbl_i4_gemm_strided((nbl_i4_isa)isa, &W, A, lda, 0, M, z + off, C, 1, M);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++)
+        ck_assert_msg(C[n * M + m] == ref[m * N + n], "%s transposed M=%lld N=%lld K=%lld",
+                      nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K);
+  }
   nbl_i4_weights_free(&W);
   free(qa), free(w), free(ref), free(A), free(C);
 }
