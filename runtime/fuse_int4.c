@@ -512,25 +512,42 @@ static void transpose_rows(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* Depthwise rows: acc[ow] += plane[ow] * w over the taps, from a zero-padded
- * plane of (byte - a_zero) values split into stride phases, so every tap
- * reads consecutive elements. */
+/* Depthwise: a zero-padded plane of (byte - a_zero) values per channel, split
+ * into stride phases so every tap of an output row reads consecutive
+ * elements; all taps of 16 outputs accumulate in registers. */
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw"))) static void dw_row_avx512(
-    int32_t *acc, const int16_t *src, int32_t w, int64_t n) {
-  __m512i vw = _mm512_set1_epi32(w);
+/* acc[i] = sum_k base[toff[k] + i] * wk[k] for the full 16-lane chunks; returns how many. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t dw_out_avx512(
+    int32_t *acc, const int16_t *base, const int64_t *toff, const int32_t *wk, int ntaps,
+    int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m512i v = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
-    __m512i a = _mm512_loadu_si512((const void *)(acc + i));
-    _mm512_storeu_si512((void *)(acc + i), _mm512_add_epi32(a, _mm512_mullo_epi32(v, vw)));
+    __m512i a = _mm512_setzero_si512();
+    for (int k = 0; k < ntaps; k++) {
+      __m512i v = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(base + toff[k] + i)));
+      a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_set1_epi32(wk[k])));
+    }
+    _mm512_storeu_si512((void *)(acc + i), a);
   }
-  for (; i < n; i++) acc[i] += src[i] * w;
+  return i;
 }
 #endif
 
 static void dw_row_c(int32_t *acc, const int16_t *src, int32_t w, int64_t n) {
   for (int64_t i = 0; i < n; i++) acc[i] += src[i] * w;
+}
+
+/* One output row over all taps: yo[i] = act(sc * sum_k base[toff[k] + i] * wk[k] + bv). */
+static void dw_out_row(const fused *f, float *yo, int32_t *acc, const int16_t *base,
+                       const int64_t *toff, const int32_t *wk, int ntaps, int64_t n, float sc,
+                       float bv) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) i = dw_out_avx512(acc, base, toff, wk, ntaps, n);
+#endif
+  for (int64_t o = i; o < n; o++) acc[o] = 0;
+  for (int k = 0; k < ntaps && i < n; k++) dw_row_c(acc + i, base + toff[k] + i, wk[k], n - i);
+  epilogue(f, yo, acc, 1, n, sc, bv);
 }
 
 static void dw_tasks(void *arg, int64_t b, int64_t e) {
@@ -550,10 +567,6 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
     j->oom = 1;
     return;
   }
-  void (*row_fn)(int32_t *, const int16_t *, int32_t, int64_t) = dw_row_c;
-#if defined(__x86_64__)
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) row_fn = dw_row_avx512;
-#endif
   for (int64_t t = b; t < e; t++) {
     int64_t ch = t % g->C, n = t / g->C;
     const uint8_t *x = j->xu + (n * g->C + ch) * g->in_sz;
@@ -575,18 +588,20 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
     }
     float bv = j->bias ? j->bias[ch] : 0.0f;
     float *yo = j->y + (n * g->M + ch) * j->P;
-    for (int64_t oh = 0; oh < OH; oh++) {
-      memset(acc, 0, sizeof(int32_t) * (size_t)OW);
-      for (int64_t kh = 0; kh < KH; kh++) {
-        int64_t ph = oh * s0 + kh * g->d[0];
-        for (int64_t kw = 0; kw < KW; kw++) {
-          int64_t k = kh * KW + kw, cw = kw * g->d[1];
-          int32_t wv = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
-          if (wv) row_fn(acc, plane + (ph * s1 + cw % s1) * Wph + cw / s1, wv, OW);
-        }
+    /* taps with a nonzero weight: their offsets in the phase planes */
+    int32_t wk[64];
+    int64_t toff[64];
+    int nt = 0;
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int64_t k = kh * KW + kw, cw = kw * g->d[1];
+        int32_t wv = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
+        if (!wv) continue;
+        wk[nt] = wv;
+        toff[nt++] = (kh * g->d[0] * s1 + cw % s1) * Wph + cw / s1;
       }
-      epilogue(j->f, yo + oh * OW, acc, 1, OW, j->sc, bv);
-    }
+    for (int64_t oh = 0; oh < OH; oh++)
+      dw_out_row(j->f, yo + oh * OW, acc, plane + oh * s0 * s1 * Wph, toff, wk, nt, OW, j->sc, bv);
   }
   free(plane);
   free(acc);
