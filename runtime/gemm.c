@@ -429,34 +429,123 @@ typedef struct dw_task {
   const float *x, *w, *bias;
   float *y;
   int64_t mult; /* output channels per input channel */
+  int64_t S, Hp, Wp; /* stride-phase planes: S planes of Hp x Wp (see dw_run) */
 } dw_task;
 
-/* Depthwise 2-D convolution, one (n, m) output plane per item. */
+/* One output plane from the stride-phase planes ph (S planes of Hp x Wp, where
+ * ph[p][r][j] is padded input row r, column j*S + p): y[oh][ow] = b +
+ * sum_k w[k] * ph[off[k] + oh*sh*Wp + ow], off[k] the start of tap k =
+ * (kh, kw) for output (0, 0). Every read is in range and contiguous in ow, so
+ * the ow loop runs 8 lanes at a time; 3x3 taps are unrolled. */
+#define DW_TAPS(NT)                                                                    \
+  for (int64_t oh = 0; oh < OH; oh++) {                                                \
+    float *yr = y + oh * OW;                                                           \
+    const float *base = ph + oh * sh * Wp;                                             \
+    int64_t ow = 0;                                                                    \
+    for (; ow + 8 <= OW; ow += 8) {                                                    \
+      v8f acc = {b, b, b, b, b, b, b, b};                                              \
+      for (int k = 0; k < (NT); k++) {                                                 \
+        v8f xv;                                                                        \
+        memcpy(&xv, base + off[k] + ow, sizeof xv);                                    \
+        acc += xv * wv[k];                                                             \
+      }                                                                                \
+      memcpy(yr + ow, &acc, sizeof acc);                                               \
+    }                                                                                  \
+    for (; ow < OW; ow++) {                                                            \
+      float s = b;                                                                     \
+      for (int k = 0; k < (NT); k++) s += base[off[k] + ow] * w[k];                    \
+      yr[ow] = s;                                                                      \
+    }                                                                                  \
+  }
+#define DW_PLANE_BODY                                                                  \
+  v8f wv[NBL_DW_MAX_TAPS];                                                             \
+  for (int k = 0; k < nt; k++) wv[k] = (v8f){w[k], w[k], w[k], w[k], w[k], w[k], w[k], w[k]}; \
+  if (nt == 9) {                                                                       \
+    DW_TAPS(9)                                                                         \
+  } else {                                                                             \
+    DW_TAPS(nt)                                                                        \
+  }
+
+#define NBL_DW_MAX_TAPS 64
+
+__attribute__((target("avx2,fma"))) static void dw_plane_avx2(const float *ph, int64_t Wp,
+                                                              const int64_t *off, int nt,
+                                                              const float *w, int64_t sh,
+                                                              float b, float *y, int64_t OH,
+                                                              int64_t OW) {
+  DW_PLANE_BODY
+}
+
+static void dw_plane_generic(const float *ph, int64_t Wp, const int64_t *off, int nt,
+                             const float *w, int64_t sh, float b, float *y, int64_t OH,
+                             int64_t OW) {
+  DW_PLANE_BODY
+}
+
+/* Depthwise 2-D convolution, one (n, m) output plane per item: the input plane
+ * is copied with its zero padding into stride-phase planes (column phases of
+ * the horizontal stride), then every output row is a sum of contiguous rows. */
 static void dw_run(void *arg, int64_t begin, int64_t end) {
   const dw_task *t = arg;
   const nbl_conv_geom *g = t->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
-  int64_t KH = g->k[0], KW = g->k[1];
+  int64_t KH = g->k[0], KW = g->k[1], S = t->S, Hp = t->Hp, Wp = t->Wp;
+  int64_t plane = Hp * Wp, pt = g->pb[0], pl = g->pb[1];
+  int nt = (int)(KH * KW);
+  int64_t off[NBL_DW_MAX_TAPS];
+  for (int64_t kh = 0; kh < KH && nt <= NBL_DW_MAX_TAPS; kh++)
+    for (int64_t kw = 0; kw < KW; kw++) {
+      int64_t q = kw * g->d[1];
+      off[kh * KW + kw] = (q % S) * plane + kh * g->d[0] * Wp + q / S;
+    }
+  float *ph = nt <= NBL_DW_MAX_TAPS ? malloc((size_t)(S * plane) * sizeof(float)) : NULL;
+  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  int64_t prev_c = -1, prev_n = -1;
   for (int64_t it = begin; it < end; it++) {
     int64_t n = it / g->M, m = it % g->M, c = m / t->mult;
     const float *xp = t->x + (n * g->C + c) * H * W;
     const float *wp = t->w + m * KH * KW;
     float *yp = t->y + it * OH * OW;
     float b = t->bias ? t->bias[m] : 0.0f;
-    for (int64_t oh = 0; oh < OH; oh++)
-      for (int64_t ow = 0; ow < OW; ow++) {
-        float s = 0;
-        for (int64_t kh = 0; kh < KH; kh++) {
-          int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t kw = 0; kw < KW; kw++) {
-            int64_t iw = ow * g->s[1] - g->pb[1] + kw * g->d[1];
-            if (iw >= 0 && iw < W) s += xp[ih * W + iw] * wp[kh * KW + kw];
+    if (!ph) { /* out of memory for the planes: direct loop with bounds checks */
+      for (int64_t oh = 0; oh < OH; oh++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+          float s = b;
+          for (int64_t kh = 0; kh < KH; kh++) {
+            int64_t ih = oh * g->s[0] - pt + kh * g->d[0];
+            if (ih < 0 || ih >= H) continue;
+            for (int64_t kw = 0; kw < KW; kw++) {
+              int64_t iw = ow * g->s[1] - pl + kw * g->d[1];
+              if (iw >= 0 && iw < W) s += xp[ih * W + iw] * wp[kh * KW + kw];
+            }
           }
+          yp[oh * OW + ow] = s;
         }
-        yp[oh * OW + ow] = s + b;
+      continue;
+    }
+    if (c != prev_c || n != prev_n) {
+      memset(ph, 0, (size_t)(S * plane) * sizeof(float));
+      for (int64_t ih = 0; ih < H; ih++) {
+        const float *xr = xp + ih * W;
+        if (S == 1) {
+          memcpy(ph + (ih + pt) * Wp + pl, xr, (size_t)W * sizeof(float));
+          continue;
+        }
+        for (int64_t p = 0; p < S; p++) { /* padded column pc = iw + pl = j*S + p */
+          int64_t iw0 = ((p - pl) % S + S) % S;
+          float *dst = ph + p * plane + (ih + pt) * Wp + (iw0 + pl) / S;
+          for (int64_t iw = iw0; iw < W; iw += S) *dst++ = xr[iw];
+        }
       }
+      prev_c = c;
+      prev_n = n;
+    }
+    if (avx2)
+      dw_plane_avx2(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
+    else
+      dw_plane_generic(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
   }
+  free(ph);
 }
 
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
@@ -464,7 +553,11 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) {
-    dw_task t = {g, x, w, bias, y, Mg};
+    dw_task t = {g, x, w, bias, y, Mg, g->s[1], 0, 0};
+    int64_t S = t.S, need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
+    int64_t need_w = g->out[1] + ((g->k[1] - 1) * g->d[1]) / S;
+    t.Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
+    t.Wp = (g->in[1] - 1 + g->pb[1]) / S + 1 > need_w ? (g->in[1] - 1 + g->pb[1]) / S + 1 : need_w;
     if (ctx)
       nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, &t);
     else
