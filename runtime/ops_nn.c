@@ -527,6 +527,45 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
 
 enum { POOL_MAX, POOL_AVG, POOL_LP };
 
+typedef struct pool_task {
+  const nbl_conv_geom *g;
+  const float *x;
+  float *y;
+} pool_task;
+
+/* Float 2-D max pooling without indices, one (n, c) plane per item; same
+ * result as the reference (NaN in a window gives NaN, an empty window -inf). */
+static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
+  const pool_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  for (int64_t pl = begin; pl < end; pl++) {
+    const float *xp = t->x + pl * H * W;
+    float *yp = t->y + pl * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      int64_t h0 = oh * g->s[0] - g->pb[0];
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t w0 = ow * g->s[1] - g->pb[1];
+        float m = -INFINITY;
+        int nan = 0;
+        for (int64_t kh = 0; kh < g->k[0]; kh++) {
+          int64_t ih = h0 + kh * g->d[0];
+          if (ih < 0 || ih >= H) continue;
+          const float *xr = xp + ih * W;
+          for (int64_t kw = 0; kw < g->k[1]; kw++) {
+            int64_t iw = w0 + kw * g->d[1];
+            if (iw < 0 || iw >= W) continue;
+            float v = xr[iw];
+            nan |= v != v;
+            m = v > m ? v : m;
+          }
+        }
+        yp[oh * OW + ow] = nan ? NAN : m;
+      }
+    }
+  }
+}
+
 static nbl_status k_pool(nbl_kctx *c, int kind) {
   nbl_status st;
   if ((st = need_input(c, 0, "X"))) return st;
@@ -550,6 +589,11 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
   if (with_idx && storage_order && g.ns != 2)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=1 is supported for 2-D pooling only");
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (kind == POOL_MAX && dt == NBL_DT_FLOAT && !with_idx && !c->reference && g.ns == 2) {
+    pool_task t = {&g, X->data, Y->data};
+    nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
+    return NBL_OK;
+  }
   int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
   double *x = nbl_to_f64(X);
   double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
