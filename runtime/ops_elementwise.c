@@ -781,11 +781,56 @@ static inline float clampf_(float v, float lo, float hi) {
   return t > hi ? hi : t;
 }
 
+typedef float v8f_ __attribute__((vector_size(32)));
+typedef int32_t v8i_ __attribute__((vector_size(32)));
+
+/* Relu (lo = 0, hi = +inf) or Clip on x[b..e) into y, 8 lanes at a time; same
+ * result as clampf_ per element (NaN stays NaN: comparisons with NaN are false). */
+#define CLAMP_BODY                                                        \
+  int64_t i = b;                                                          \
+  v8f_ vlo = {lo, lo, lo, lo, lo, lo, lo, lo}, vhi = {hi, hi, hi, hi, hi, hi, hi, hi}; \
+  for (; i + 8 <= e; i += 8) {                                            \
+    v8f_ v;                                                               \
+    memcpy(&v, x + i, sizeof v);                                          \
+    v8i_ m = v < vlo;                                                     \
+    v = (v8f_)(((v8i_)v & ~m) | ((v8i_)vlo & m));                         \
+    m = v > vhi;                                                          \
+    v = (v8f_)(((v8i_)v & ~m) | ((v8i_)vhi & m));                         \
+    memcpy(y + i, &v, sizeof v);                                          \
+  }                                                                       \
+  for (; i < e; i++) y[i] = clampf_(x[i], lo, hi);
+
+__attribute__((target("avx2"))) static void clamp_avx2(const float *x, float *y, int64_t b,
+                                                       int64_t e, float lo, float hi) {
+  CLAMP_BODY
+}
+
+static void clamp_generic(const float *x, float *y, int64_t b, int64_t e, float lo, float hi) {
+  CLAMP_BODY
+}
+
+static void clamp_f32(const float *x, float *y, int64_t b, int64_t e, float lo, float hi) {
+  static int _Atomic have = -1;
+  if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
+  if (have)
+    clamp_avx2(x, y, b, e, lo, hi);
+  else
+    clamp_generic(x, y, b, e, lo, hi);
+}
+
 static void un_f32(void *arg, int64_t b, int64_t e) {
   const ujob *j = arg;
   const float *x = j->x->data;
   float *y = j->y->data;
   const float pa = (float)j->p.a, pb = (float)j->p.b, pg = (float)j->p.g;
+  if (j->op == U_RELU) {
+    clamp_f32(x, y, b, e, 0.0f, INFINITY);
+    return;
+  }
+  if (j->op == U_CLIP) {
+    clamp_f32(x, y, b, e, pa, pb);
+    return;
+  }
   switch (j->op) {
   case U_ABS: F32_UN(fabsf(v)); break;
   case U_NEG: F32_UN(-v); break;
