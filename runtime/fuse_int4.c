@@ -500,15 +500,45 @@ typedef struct tr_job {
   int64_t C, HW;
 } tr_job;
 
+#if defined(__x86_64__)
+/* 16 x 16 bytes: dst[c * ds + r] = src[r * ss + c] (SSE2: unpack 8/16/32/64). */
+static void tr16(const uint8_t *src, int64_t ss, uint8_t *dst, int64_t ds) {
+  __m128i r[16], a[16], b[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm_loadu_si128((const __m128i *)(const void *)(src + i * ss));
+  for (int i = 0; i < 8; i++) {
+    a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);     /* cols 0..7, rows 2i, 2i+1 */
+    a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]); /* cols 8..15 */
+  }
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < 4; i++) {
+      b[h * 8 + i] = _mm_unpacklo_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+      b[h * 8 + i + 4] = _mm_unpackhi_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+    }
+  /* b[G + q], G in {0,4,8,12}: 4 columns (G..G+3), rows 4q..4q+3 */
+  for (int G = 0; G < 16; G += 4) {
+    __m128i cl = _mm_unpacklo_epi32(b[G], b[G + 1]), ch = _mm_unpackhi_epi32(b[G], b[G + 1]);
+    __m128i dl = _mm_unpacklo_epi32(b[G + 2], b[G + 3]), dh = _mm_unpackhi_epi32(b[G + 2], b[G + 3]);
+    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 0) * ds), _mm_unpacklo_epi64(cl, dl));
+    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 1) * ds), _mm_unpackhi_epi64(cl, dl));
+    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 2) * ds), _mm_unpacklo_epi64(ch, dh));
+    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 3) * ds), _mm_unpackhi_epi64(ch, dh));
+  }
+}
+#endif
+
 static void transpose_rows(void *arg, int64_t b, int64_t e) {
   const tr_job *t = arg;
-  for (int64_t p0 = b; p0 < e; p0 += 64) {
-    int64_t p1 = p0 + 64 < e ? p0 + 64 : e;
-    for (int64_t c0 = 0; c0 < t->C; c0 += 64) {
-      int64_t c1 = c0 + 64 < t->C ? c0 + 64 : t->C;
-      for (int64_t p = p0; p < p1; p++)
-        for (int64_t c = c0; c < c1; c++) t->dst[p * t->C + c] = t->src[c * t->HW + p];
-    }
+  int64_t C = t->C, HW = t->HW;
+  int64_t pv = b, cv = 0; /* [b, pv) x [0, cv) done by 16 x 16 blocks */
+#if defined(__x86_64__)
+  pv = b + (e - b) / 16 * 16;
+  cv = C / 16 * 16;
+  for (int64_t p0 = b; p0 < pv; p0 += 16)
+    for (int64_t c0 = 0; c0 < cv; c0 += 16) tr16(t->src + c0 * HW + p0, HW, t->dst + p0 * C + c0, C);
+#endif
+  for (int64_t p = b; p < e; p++) {
+    int64_t cstart = p < pv ? cv : 0;
+    for (int64_t c = cstart; c < C; c++) t->dst[p * C + c] = t->src[c * HW + p];
   }
 }
 
