@@ -547,19 +547,19 @@ static void transpose_rows(void *arg, int64_t b, int64_t e) {
  * elements; all taps of 16 outputs accumulate in registers. */
 #if defined(__x86_64__)
 /* acc[i] = sum_k base[toff[k] + i] * wk[k] for the full 16-lane chunks; returns how many. */
-__attribute__((target("avx512f,avx512bw"))) static int64_t dw_out_avx512(
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static int64_t dw_out_avx512(
     int32_t *acc, const int16_t *base, const int64_t *toff, const int32_t *wk, int ntaps,
     int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
     __m512i a = _mm512_setzero_si512();
     for (int k = 0; k < ntaps; k++) {
-      __m512i v = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(base + toff[k] + i)));
+      __m512i v = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, base + toff[k] + i));
       a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_set1_epi32(wk[k])));
     }
-    _mm512_storeu_si512((void *)(acc + i), a);
+    _mm512_mask_storeu_epi32((void *)(acc + i), m, a);
   }
-  return i;
+  return n;
 }
 #endif
 
@@ -609,10 +609,10 @@ static void dw_tasks(void *arg, int64_t b, int64_t e) {
       if (s1 == 1) {
         widen(prow + g->pb[1], xr, Wd, az);
       } else {
-        int64_t r = g->pb[1] % s1, q = g->pb[1] / s1;
-        for (int64_t iw = 0; iw < Wd; iw++) {
-          prow[r * Wph + q] = (int16_t)(xr[iw] - az);
-          if (++r == s1) r = 0, q++;
+        for (int64_t r = 0; r < s1 && r < Wd; r++) { /* input columns r, r + s1, ... */
+          int64_t pw = r + g->pb[1];
+          int16_t *dst = prow + (pw % s1) * Wph + pw / s1;
+          for (int64_t iw = r, q = 0; iw < Wd; iw += s1, q++) dst[q] = (int16_t)(xr[iw] - az);
         }
       }
     }
