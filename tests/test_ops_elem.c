@@ -9,68 +9,10 @@
 
 #include "ir/ir.h"
 #include "nibble.h"
+#include "one_node.h"
 
 /* ------------------------------------------------------------------ one-node graphs */
 
-typedef struct one {
-  nbl_model *m;
-  nbl_id node;
-  int n_in;
-  nbl_host_tensor in[4];
-  nbl_session *s;
-  const nbl_host_tensor *out;
-} one;
-
-static one *one_new(const char *op, int opset, int n_in, int n_out) {
-  one *o = calloc(1, sizeof *o);
-  o->m = nbl_model_new();
-  nbl_model_set_opset(o->m, "", opset);
-  nbl_graph *g = o->m->graph;
-  nbl_id in[4], out[2];
-  static const char *inames[] = {"x0", "x1", "x2", "x3"}, *onames[] = {"y0", "y1"};
-  for (int i = 0; i < n_in; i++) {
-    in[i] = nbl_graph_add_value(g, inames[i]);
-    nbl_graph_add_input(g, in[i]);
-    o->in[i].name = inames[i];
-  }
-  for (int i = 0; i < n_out; i++) {
-    out[i] = nbl_graph_add_value(g, onames[i]);
-    nbl_graph_add_output(g, out[i]);
-  }
-  o->node = nbl_graph_add_node(g, op, "", "n", n_in, in, n_out, out);
-  o->n_in = n_in;
-  return o;
-}
-
-static void one_in(one *o, int i, nbl_dtype dt, int rank, const int64_t *dims, const void *data) {
-  nbl_host_tensor *t = &o->in[i];
-  t->dtype = dt;
-  t->rank = rank;
-  int64_t n = 1;
-  for (int d = 0; d < rank; d++) n *= (t->dims[d] = dims[d]);
-  t->data = (void *)data;
-  t->nbytes = nbl_dtype_nbytes(dt, n);
-}
-
-/* Run (reference = 1: reference kernels only); returns the status. */
-static nbl_status one_run(one *o, int reference) {
-  nbl_session_free(o->s);
-  o->s = NULL;
-  nbl_session_options opt = {.threads = 2, .reference = reference};
-  nbl_status st = nbl_session_create(o->m, &opt, &o->s);
-  if (st) return st;
-  return nbl_session_run(o->s, o->n_in, o->in, &o->out);
-}
-
-static void one_free(one *o) {
-  nbl_session_free(o->s);
-  nbl_model_free(o->m);
-  free(o);
-}
-
-static nbl_graph *G(one *o) { return o->m->graph; }
-
-static const float *outf(one *o, int i) { return (const float *)o->out[i].data; }
 
 /* float equal with NaN == NaN and a relative tolerance */
 static int feq(double a, double b, double tol) {

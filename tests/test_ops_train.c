@@ -11,76 +11,12 @@
 
 #include "ir/ir.h"
 #include "nibble.h"
+#include "one_node.h"
 
 #define TRAIN "ai.onnx.preview.training"
-#define MAX_IN 12
-#define MAX_OUT 6
 
 /* ------------------------------------------------------------------ one-node graphs */
 
-typedef struct one {
-  nbl_model *m;
-  nbl_id node;
-  int n_in;
-  nbl_host_tensor in[MAX_IN];
-  nbl_session *s;
-  const nbl_host_tensor *out;
-} one;
-
-/* A graph with one node `op` of `domain` (imported at `opset`), inputs
- * x0..x{n_in-1} and outputs y0..y{n_out-1}. */
-static one *one_new(const char *op, const char *domain, int opset, int n_in, int n_out) {
-  one *o = calloc(1, sizeof *o);
-  o->m = nbl_model_new();
-  int train = strcmp(domain, "") != 0;
-  nbl_model_set_opset(o->m, "", train ? 13 : opset);
-  if (train) nbl_model_set_opset(o->m, domain, opset);
-  nbl_graph *g = o->m->graph;
-  nbl_id in[MAX_IN], out[MAX_OUT];
-  static const char *inames[] = {"x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11"};
-  static const char *onames[] = {"y0", "y1", "y2", "y3", "y4", "y5"};
-  for (int i = 0; i < n_in; i++) {
-    in[i] = nbl_graph_add_value(g, inames[i]);
-    nbl_graph_add_input(g, in[i]);
-    o->in[i].name = inames[i];
-  }
-  for (int i = 0; i < n_out; i++) {
-    out[i] = nbl_graph_add_value(g, onames[i]);
-    nbl_graph_add_output(g, out[i]);
-  }
-  o->node = nbl_graph_add_node(g, op, domain, "n", n_in, in, n_out, out);
-  o->n_in = n_in;
-  return o;
-}
-
-static void one_in(one *o, int i, nbl_dtype dt, int rank, const int64_t *dims, const void *data) {
-  nbl_host_tensor *t = &o->in[i];
-  t->dtype = dt;
-  t->rank = rank;
-  int64_t n = 1;
-  for (int d = 0; d < rank; d++) n *= (t->dims[d] = dims[d]);
-  t->data = (void *)data;
-  t->nbytes = nbl_dtype_nbytes(dt, n);
-}
-
-static nbl_status one_run(one *o, int reference) {
-  nbl_session_free(o->s);
-  o->s = NULL;
-  nbl_session_options opt = {.threads = 2, .reference = reference};
-  nbl_status st = nbl_session_create(o->m, &opt, &o->s);
-  if (st) return st;
-  return nbl_session_run(o->s, o->n_in, o->in, &o->out);
-}
-
-static void one_free(one *o) {
-  nbl_session_free(o->s);
-  nbl_model_free(o->m);
-  free(o);
-}
-
-static nbl_graph *G(one *o) { return o->m->graph; }
-static const float *outf(one *o, int i) { return (const float *)o->out[i].data; }
-static const double *outd(one *o, int i) { return (const double *)o->out[i].data; }
 
 static void attr_f(one *o, const char *name, float v) { nbl_node_set_attr_float(G(o), o->node, name, v); }
 static void attr_s(one *o, const char *name, const char *v) { nbl_node_set_attr_string(G(o), o->node, name, v); }
@@ -116,7 +52,7 @@ START_TEST(test_nll_weight_ignore) {
   const double want_ii[3] = {0, 2, 1}, want[3] = {0, 14, 2.8};
   for (int ii = 0; ii < 2; ii++)
     for (int r = 0; r < 3; r++) {
-      one *o = one_new("NegativeLogLikelihoodLoss", "", r == 1 ? 12 : 13, 3, 1);
+      one *o = one_new_domain("NegativeLogLikelihoodLoss", "", r == 1 ? 12 : 13, 3, 1);
       attr_s(o, "reduction", red[r]);
       if (ii) attr_i(o, "ignore_index", -1);
       one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
@@ -141,7 +77,7 @@ END_TEST
 START_TEST(test_nll_spatial_double) {
   double x[4] = {-1, -2, -3, -4};
   int64_t tg[2] = {1, 0};
-  one *o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  one *o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_s(o, "reduction", "none");
   one_in(o, 0, NBL_DT_DOUBLE, 3, (int64_t[]){1, 2, 2}, x);
   one_in(o, 1, NBL_DT_INT64, 2, (int64_t[]){1, 2}, tg);
@@ -152,7 +88,7 @@ START_TEST(test_nll_spatial_double) {
   CK_F(outd(o, 0)[1], 2, 0);
   one_free(o);
 
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1); /* default reduction: mean */
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1); /* default reduction: mean */
   one_in(o, 0, NBL_DT_DOUBLE, 3, (int64_t[]){1, 2, 2}, x);
   one_in(o, 1, NBL_DT_INT64, 2, (int64_t[]){1, 2}, tg);
   ck_assert_int_eq(one_run(o, 0), NBL_OK);
@@ -167,7 +103,7 @@ START_TEST(test_nll_float16) {
   const float xf[4] = {-1.5f, -0.25f, -8, -0.5f};
   for (int i = 0; i < 4; i++) x[i] = nbl_float_to_half(xf[i]);
   int64_t tg[2] = {0, 1};
-  one *o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  one *o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_s(o, "reduction", "sum");
   one_in(o, 0, NBL_DT_FLOAT16, 2, (int64_t[]){2, 2}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
@@ -182,14 +118,14 @@ END_TEST
  * and PyTorch), NaN in a used log-probability, and bad inputs. */
 START_TEST(test_nll_edges) {
   /* N = 0: none gives shape [0], sum gives 0 */
-  one *o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  one *o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_s(o, "reduction", "none");
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){0, 3}, NULL);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){0}, NULL);
   ck_assert_int_eq(one_run(o, 0), NBL_OK);
   ck_dims(&o->out[0], 1, (int64_t[]){0});
   one_free(o);
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_s(o, "reduction", "sum");
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){0, 3}, NULL);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){0}, NULL);
@@ -199,7 +135,7 @@ START_TEST(test_nll_edges) {
 
   float x[6] = {-1, NAN, -3, -4, -5, -6};
   int64_t all_ign[2] = {7, 7}, tg[2] = {1, 0};
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_i(o, "ignore_index", 7);
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, all_ign);
@@ -207,7 +143,7 @@ START_TEST(test_nll_edges) {
   ck_assert(isnan(outf(o, 0)[0]));
   one_free(o);
 
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   attr_s(o, "reduction", "none");
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
@@ -218,25 +154,25 @@ START_TEST(test_nll_edges) {
 
   /* target outside [0, C) */
   int64_t bad[2] = {3, 0};
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, bad);
   ck_assert_int_ne(one_run(o, 0), NBL_OK);
   one_free(o);
   /* float target, weight of the wrong length, target of the wrong shape */
   float ft[2] = {1, 0}, w2[2] = {1, 1};
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_FLOAT, 1, (int64_t[]){2}, ft);
   ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
   one_free(o);
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 3, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 3, 1);
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
   one_in(o, 2, NBL_DT_FLOAT, 1, (int64_t[]){2}, w2);
   ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
   one_free(o);
-  o = one_new("NegativeLogLikelihoodLoss", "", 13, 2, 1);
+  o = one_new_domain("NegativeLogLikelihoodLoss", "", 13, 2, 1);
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 2, (int64_t[]){1, 2}, tg);
   ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
@@ -255,7 +191,7 @@ START_TEST(test_sce_values) {
   const char *red[3] = {"none", "sum", "mean"};
   for (int wt = 0; wt < 2; wt++)
     for (int r = 0; r < 3; r++) {
-      one *o = one_new("SoftmaxCrossEntropyLoss", "", 13, wt ? 3 : 2, 2);
+      one *o = one_new_domain("SoftmaxCrossEntropyLoss", "", 13, wt ? 3 : 2, 2);
       attr_s(o, "reduction", red[r]);
       one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
       one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
@@ -284,7 +220,7 @@ END_TEST
 START_TEST(test_sce_edges) {
   float x[6] = {1000, 0, 0, NAN, 1, 2};
   int64_t tg[2] = {1, 2};
-  one *o = one_new("SoftmaxCrossEntropyLoss", "", 12, 2, 1);
+  one *o = one_new_domain("SoftmaxCrossEntropyLoss", "", 12, 2, 1);
   attr_s(o, "reduction", "none");
   one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, x);
   one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){2}, tg);
@@ -297,7 +233,7 @@ START_TEST(test_sce_edges) {
    * d0: -log(3/4) , d1: log 2, d2 ignored; mean over 2 used elements */
   double xs[6] = {0, 0, 0, log(3.0), 0, 5};
   int32_t ts[3] = {1, 0, -5};
-  o = one_new("SoftmaxCrossEntropyLoss", "", 13, 2, 1);
+  o = one_new_domain("SoftmaxCrossEntropyLoss", "", 13, 2, 1);
   attr_i(o, "ignore_index", -5);
   one_in(o, 0, NBL_DT_DOUBLE, 3, (int64_t[]){1, 2, 3}, xs);
   one_in(o, 1, NBL_DT_INT32, 2, (int64_t[]){1, 3}, ts);
@@ -326,7 +262,7 @@ static void run_momentum(nbl_dtype dt, int reference) {
   float xf[2] = {1, -2}, gf[2] = {0.5f, 1}, vf[2] = {1, 2}, Rf = 0.5f;
   int isd = dt == NBL_DT_DOUBLE;
   for (int c = 0; c < 3; c++) {
-    one *o = one_new("Momentum", TRAIN, 1, 5, 2);
+    one *o = one_new_domain("Momentum", TRAIN, 1, 5, 2);
     attr_f(o, "alpha", 0.9f);
     attr_f(o, "beta", 0.5f);
     attr_f(o, "norm_coefficient", 0.1f);
@@ -364,7 +300,7 @@ START_TEST(test_momentum_multiple) {
   float R = 0.5f, x1[1] = {2}, g1[1] = {1}, v1[1] = {4};
   float x2[3] = {0, 0, 0}, g2[3] = {1, 2, 3}, v2[3] = {0, 0, 0};
   int64_t T = 0;
-  one *o = one_new("Momentum", TRAIN, 1, 11, 6);
+  one *o = one_new_domain("Momentum", TRAIN, 1, 11, 6);
   attr_f(o, "alpha", 0.5f);
   attr_f(o, "beta", 0.25f); /* unused at T = 0 */
   attr_f(o, "norm_coefficient", 0.5f);
@@ -404,7 +340,7 @@ START_TEST(test_momentum_errors) {
   float Tf = 1;
   for (int c = 0; c < 7; c++) {
     int n_in = c == 5 ? 4 : 5;
-    one *o = one_new("Momentum", TRAIN, 1, n_in, 2);
+    one *o = one_new_domain("Momentum", TRAIN, 1, n_in, 2);
     attr_f(o, "alpha", 0.9f);
     if (c != 0) attr_f(o, "beta", 1);
     attr_f(o, "norm_coefficient", 0);
@@ -420,7 +356,7 @@ START_TEST(test_momentum_errors) {
     one_free(o);
   }
   /* G of another shape than X */
-  one *o = one_new("Momentum", TRAIN, 1, 5, 2);
+  one *o = one_new_domain("Momentum", TRAIN, 1, 5, 2);
   attr_f(o, "alpha", 0.9f);
   attr_f(o, "beta", 1);
   attr_f(o, "norm_coefficient", 0);
@@ -461,7 +397,7 @@ START_TEST(test_adam_values) {
         double xd = 1, gd = 0.5, zd = 0;
         float xf = 1, gf = 0.5f, zf = 0, R = 0.1f;
         nbl_dtype dt = isd ? NBL_DT_DOUBLE : NBL_DT_FLOAT;
-        one *o = one_new("Adam", TRAIN, 1, 6, 3);
+        one *o = one_new_domain("Adam", TRAIN, 1, 6, 3);
         attr_f(o, "epsilon", 0);
         if (cases[c].nc != 0) attr_f(o, "norm_coefficient", cases[c].nc);
         if (cases[c].post != 0) attr_f(o, "norm_coefficient_post", cases[c].post);
@@ -488,7 +424,7 @@ END_TEST
 START_TEST(test_adam_epsilon_nan) {
   double x[2] = {1, 1}, g[2] = {0.5, NAN}, z[2] = {0, 0}, R = 0.1;
   int64_t T = 1;
-  one *o = one_new("Adam", TRAIN, 1, 6, 3);
+  one *o = one_new_domain("Adam", TRAIN, 1, 6, 3);
   one_in(o, 0, NBL_DT_DOUBLE, 0, S0, &R);
   one_in(o, 1, NBL_DT_INT64, 0, S0, &T);
   one_in(o, 2, NBL_DT_DOUBLE, 1, (int64_t[]){2}, x);
@@ -521,7 +457,7 @@ START_TEST(test_adam_large) {
   int64_t T = 5;
   float a = 0.8f, b = 0.99f, eps = 1e-4f, nc = 0.01f, post = 0.001f;
   for (int ref = 0; ref < 2; ref++) {
-    one *o = one_new("Adam", TRAIN, 1, 6, 3);
+    one *o = one_new_domain("Adam", TRAIN, 1, 6, 3);
     attr_f(o, "alpha", a);
     attr_f(o, "beta", b);
     attr_f(o, "epsilon", eps);
@@ -572,7 +508,7 @@ START_TEST(test_optimizers_fast_equals_reference) {
   for (int c = 0; c < 4; c++) {
     float *got[2][3] = {{0}};
     for (int ref = 0; ref < 2; ref++) {
-      one *o = one_new(ops[c], TRAIN, 1, 4 + nst[c], 1 + nst[c]);
+      one *o = one_new_domain(ops[c], TRAIN, 1, 4 + nst[c], 1 + nst[c]);
       attr_f(o, "norm_coefficient", 0.05f);
       if (c < 2) {
         attr_f(o, "alpha", 0.7f);
@@ -622,7 +558,7 @@ START_TEST(test_adagrad_values) {
       double x1d = 1, g1d = 2, h1d = 7, x2d[2] = {0, 0}, g2d[2] = {-1, 0}, h2d[2] = {0, 9}, R = 0.1;
       float x1f = 1, g1f = 2, h1f = 7, x2f[2] = {0, 0}, g2f[2] = {-1, 0}, h2f[2] = {0, 9};
       int64_t T = 2;
-      one *o = one_new("Adagrad", TRAIN, 1, 8, 4);
+      one *o = one_new_domain("Adagrad", TRAIN, 1, 8, 4);
       attr_f(o, "decay_factor", 0.5f);
       attr_f(o, "norm_coefficient", 1);
       attr_f(o, "epsilon", 0);
@@ -652,7 +588,7 @@ END_TEST
 START_TEST(test_adagrad_defaults) {
   float R = 1, x = 0, g = 2, h = 0;
   int64_t T = 0;
-  one *o = one_new("Adagrad", TRAIN, 1, 5, 2);
+  one *o = one_new_domain("Adagrad", TRAIN, 1, 5, 2);
   one_in(o, 0, NBL_DT_FLOAT, 0, S0, &R);
   one_in(o, 1, NBL_DT_INT64, 0, S0, &T);
   one_in(o, 2, NBL_DT_FLOAT, 0, S0, &x);
@@ -663,7 +599,7 @@ START_TEST(test_adagrad_defaults) {
   CK_F(outf(o, 1)[0], 4, 0);
   one_free(o);
   /* Momentum's attributes are required; Adagrad with a missing H is an error */
-  o = one_new("Adagrad", TRAIN, 1, 4, 2);
+  o = one_new_domain("Adagrad", TRAIN, 1, 4, 2);
   one_in(o, 0, NBL_DT_FLOAT, 0, S0, &R);
   one_in(o, 1, NBL_DT_INT64, 0, S0, &T);
   one_in(o, 2, NBL_DT_FLOAT, 0, S0, &x);
