@@ -206,6 +206,36 @@ int nbl_gemm_has_blas(void) {
 #endif
 }
 
+#ifdef NBL_HAVE_CBLAS
+typedef struct blas_task {
+  int ta, tb, split_n; /* split_n: chunks are column blocks of C, else row blocks */
+  int64_t M, N, K, lda, ldb, ldc, blk;
+  float alpha, beta;
+  const float *A, *B;
+  float *C;
+} blas_task;
+
+/* Items are blocks of t->blk rows (or columns) of C; one single-threaded BLAS
+ * call per chunk. */
+static void blas_run(void *arg, int64_t begin, int64_t end) {
+  const blas_task *t = arg;
+  int64_t lo = begin * t->blk, hi = end * t->blk;
+  if (t->split_n) {
+    if (hi > t->N) hi = t->N;
+    const float *B = t->tb ? t->B + lo * t->ldb : t->B + lo;
+    cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
+                t->tb ? CblasTrans : CblasNoTrans, (int)t->M, (int)(hi - lo), (int)t->K, t->alpha,
+                t->A, (int)t->lda, B, (int)t->ldb, t->beta, t->C + lo, (int)t->ldc);
+  } else {
+    if (hi > t->M) hi = t->M;
+    const float *A = t->ta ? t->A + lo : t->A + lo * t->lda;
+    cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
+                t->tb ? CblasTrans : CblasNoTrans, (int)(hi - lo), (int)t->N, (int)t->K, t->alpha,
+                A, (int)t->lda, t->B, (int)t->ldb, t->beta, t->C + lo * t->ldc, (int)t->ldc);
+  }
+}
+#endif
+
 void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                float *C, int64_t ldc) {
@@ -213,17 +243,31 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
 #ifdef NBL_HAVE_CBLAS
   if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&
       ldc < INT_MAX) {
+    /* OpenBLAS always runs single-threaded: nibble's pool splits large products
+     * (OpenBLAS's own workers spin after each call and would fight the pool). */
 #ifdef OPENBLAS_VERSION
-    static _Atomic int cur_threads = -1; /* OpenBLAS's thread count is process-global */
-    int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
-    if (want != cur_threads) {
-      openblas_set_num_threads(want);
-      cur_threads = want;
+    static _Atomic int blas_single = 0;
+    if (!blas_single) {
+      openblas_set_num_threads(1);
+      blas_single = 1;
     }
 #endif
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
-                (int)ldb, beta, C, (int)ldc);
+    int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
+    blas_task t = {trans_a, trans_b, 0, M, N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C};
+    if (want > 1 && (double)M * (double)N * (double)K >= 2e6) {
+      t.split_n = N >= M;
+      int64_t len = t.split_n ? N : M, unit = t.split_n ? 64 : 16;
+      int64_t blk = (len + want - 1) / want;
+      blk = (blk + unit - 1) / unit * unit;
+      t.blk = blk;
+      int64_t items = (len + blk - 1) / blk;
+      if (items > 1) {
+        nbl_parallel_for(ctx, items, 1, blas_run, &t);
+        return;
+      }
+    }
+    t.blk = M;
+    blas_run(&t, 0, 1);
     return;
   }
 #endif
@@ -370,30 +414,58 @@ void nbl_conv_ref_f64(const nbl_conv_geom *g, const double *x, const double *w, 
     }
 }
 
+/* 2-D im2col rows for channels [c0, c1): per (c, kh, kw) row, the output
+ * columns whose input column is inside [0, W) form one range [lo, hi); the
+ * rest are zero, and stride 1 copies the range in one go. */
+static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, int64_t c0,
+                          int64_t c1) {
+  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t sh = g->s[0], sw = g->s[1];
+  for (int64_t c = c0; c < c1; c++)
+    for (int64_t kh = 0; kh < g->k[0]; kh++)
+      for (int64_t kw = 0; kw < g->k[1]; kw++) {
+        float *dst = col + ((c * g->k[0] + kh) * g->k[1] + kw) * OH * OW;
+        const float *src = x + c * H * W;
+        int64_t off = kw * g->d[1] - g->pb[1];
+        /* iw = ow*sw + off in [0, W)  <=>  ow in [lo, hi) */
+        int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+        int64_t hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
+        if (hi > OW) hi = OW;
+        if (lo > hi) lo = hi;
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int64_t ih = oh * sh - g->pb[0] + kh * g->d[0];
+          float *d = dst + oh * OW;
+          if (ih < 0 || ih >= H) {
+            memset(d, 0, (size_t)OW * sizeof(float));
+            continue;
+          }
+          const float *srow = src + ih * W;
+          for (int64_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+          if (sw == 1) {
+            if (hi > lo) memcpy(d + lo, srow + lo + off, (size_t)(hi - lo) * sizeof(float));
+          } else {
+            for (int64_t ow = lo; ow < hi; ow++) d[ow] = srow[ow * sw + off];
+          }
+          for (int64_t ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+        }
+      }
+}
+
+typedef struct im2col_task {
+  const nbl_conv_geom *g;
+  const float *x;
+  float *col;
+} im2col_task;
+
+static void im2col_run(void *arg, int64_t begin, int64_t end) {
+  const im2col_task *t = arg;
+  im2col2d_rows(t->g, t->x, t->col, begin, end);
+}
+
 void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col) {
   int ns = g->ns;
   if (ns == 2) {
-    int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
-    for (int64_t c = 0; c < Cg; c++)
-      for (int64_t kh = 0; kh < g->k[0]; kh++)
-        for (int64_t kw = 0; kw < g->k[1]; kw++) {
-          float *dst = col + ((c * g->k[0] + kh) * g->k[1] + kw) * OH * OW;
-          const float *src = x + c * H * W;
-          for (int64_t oh = 0; oh < OH; oh++) {
-            int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
-            float *d = dst + oh * OW;
-            if (ih < 0 || ih >= H) {
-              memset(d, 0, (size_t)OW * sizeof(float));
-              continue;
-            }
-            const float *srow = src + ih * W;
-            int64_t off = kw * g->d[1] - g->pb[1], sw = g->s[1];
-            for (int64_t ow = 0; ow < OW; ow++) {
-              int64_t iw = ow * sw + off;
-              d[ow] = iw >= 0 && iw < W ? srow[iw] : 0.0f;
-            }
-          }
-        }
+    im2col2d_rows(g, x, col, 0, Cg);
     return;
   }
   int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
@@ -583,7 +655,12 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
       float *yg = y + (n * g->M + gr * Mg) * g->out_sz;
       const float *b = xg;
       if (!direct) {
-        nbl_im2col_f32(g, Cg, xg, col);
+        if (g->ns == 2 && ctx) {
+          im2col_task it = {g, xg, col};
+          nbl_parallel_for(ctx, Cg, 1, im2col_run, &it);
+        } else {
+          nbl_im2col_f32(g, Cg, xg, col);
+        }
         b = col;
       }
       nbl_sgemm(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, 0.0f, yg,
