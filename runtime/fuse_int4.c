@@ -124,6 +124,17 @@ static int all_finite(const float *x, int64_t n) {
 }
 
 
+/* AVX-512 (VNNI) available here; cached (every thread computes the same value). */
+static int have_vnni(void) {
+  static _Atomic int cached = -1;
+  int v = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (v < 0) {
+    v = nbl_i4_isa_supported(NBL_I4_VNNI);
+    atomic_store_explicit(&cached, v, memory_order_relaxed);
+  }
+  return v;
+}
+
 /* ------------------------------------------------------------------ activation statistics */
 
 #if defined(__x86_64__)
@@ -155,7 +166,7 @@ __attribute__((target("avx512f"))) static int scan_avx512(const float *x, int64_
 /* Minimum and maximum of x; returns 0 if some element is NaN or +-Inf. */
 static int scan_x(const float *x, int64_t n, float *lo, float *hi) {
 #if defined(__x86_64__)
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) return scan_avx512(x, n, lo, hi);
+  if (have_vnni()) return scan_avx512(x, n, lo, hi);
 #endif
   float l = INFINITY, h = -INFINITY;
   int ok = all_finite(x, n);
@@ -240,7 +251,7 @@ __attribute__((target("avx512f,avx512bw"))) static void widen_avx512(int16_t *pl
 static void epilogue(const fused *f, float *yo, const int32_t *acc, int64_t stride, int64_t n,
                      float sc, float bv) {
 #if defined(__x86_64__)
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+  if (have_vnni()) {
     epi_avx512(f, yo, acc, stride, n, sc, bv);
     return;
   }
@@ -250,7 +261,7 @@ static void epilogue(const fused *f, float *yo, const int32_t *acc, int64_t stri
 
 static void widen(int16_t *plane, const uint8_t *x, int64_t n, int32_t az) {
 #if defined(__x86_64__)
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+  if (have_vnni()) {
     widen_avx512(plane, x, n, az);
     return;
   }
@@ -573,7 +584,7 @@ static void dw_out_row(const fused *f, float *yo, int32_t *acc, const int16_t *b
                        float bv) {
   int64_t i = 0;
 #if defined(__x86_64__)
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) i = dw_out_avx512(acc, base, toff, wk, ntaps, n);
+  if (have_vnni()) i = dw_out_avx512(acc, base, toff, wk, ntaps, n);
 #endif
   for (int64_t o = i; o < n; o++) acc[o] = 0;
   for (int k = 0; k < ntaps && i < n; k++) dw_row_c(acc + i, base + toff[k] + i, wk[k], n - i);
