@@ -570,7 +570,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       int64_t q = kw * g->d[1];
       off[kh * KW + kw] = (q % S) * plane + kh * g->d[0] * Wp + q / S;
     }
-  float *ph = nt <= NBL_DW_MAX_TAPS ? malloc((size_t)(S * plane) * sizeof(float)) : NULL;
+  float *ph = nt <= NBL_DW_MAX_TAPS ? calloc((size_t)(S * plane), sizeof(float)) : NULL;
   int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   int64_t prev_c = -1, prev_n = -1;
   for (int64_t it = begin; it < end; it++) {
@@ -596,7 +596,8 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       continue;
     }
     if (c != prev_c || n != prev_n) {
-      memset(ph, 0, (size_t)(S * plane) * sizeof(float));
+      /* every plane writes the same positions: the zero padding from the
+       * first memset (below, at allocation) stays */
       for (int64_t ih = 0; ih < H; ih++) {
         const float *xr = xp + ih * W;
         if (S == 1) {
@@ -618,6 +619,14 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       dw_plane_generic(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
   }
   free(ph);
+}
+
+/* y[0..n) = v, 8 lanes at a time. */
+static void fill_f32(float *y, int64_t n, float v) {
+  v8f vv = {v, v, v, v, v, v, v, v};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) memcpy(y + i, &vv, sizeof vv);
+  for (; i < n; i++) y[i] = v;
 }
 
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
@@ -663,14 +672,12 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
         }
         b = col;
       }
-      nbl_sgemm(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, 0.0f, yg,
-                g->out_sz);
+      /* the bias goes into C first and the product adds to it (beta 1): one
+       * pass over the output instead of a zeroing pass and an add pass */
       if (bias)
-        for (int64_t m = 0; m < Mg; m++) {
-          float bv = bias[gr * Mg + m];
-          float *row = yg + m * g->out_sz;
-          for (int64_t i = 0; i < g->out_sz; i++) row[i] += bv;
-        }
+        for (int64_t m = 0; m < Mg; m++) fill_f32(yg + m * g->out_sz, g->out_sz, bias[gr * Mg + m]);
+      nbl_sgemm(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, bias ? 1.0f : 0.0f,
+                yg, g->out_sz);
     }
   free(col);
   return NBL_OK;
