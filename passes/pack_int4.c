@@ -1,11 +1,12 @@
-/* pack_int4.c - pack-int4: store constant 4-bit symmetric quantized weights
- * as packed INT4 initializers. Each ai.nibble QuantizeInt4 whose X is a
- * constant float32 initializer (bits=4, symmetric, no PACT input) is computed
- * once: the codes q become an INT4 initializer (element type 22, two per
- * byte, low nibble first), the scale s a float scalar initializer, and the
- * node a standard DequantizeLinear(q, s), which needs default-domain opset
- * 21 (the model is upgraded, see nbl_upgrade_opset). Outputs are unchanged:
- * DequantizeLinear computes s*q exactly as the fake quantizer did. */
+/* pack-int4.c - pack-int4: store constant quantized weights as integer
+ * initializers. Each ai.nibble QuantizeInt4 whose X is a constant float32
+ * initializer (no PACT input) is computed once: the codes q become an
+ * initializer -- packed INT4 (element type 22, two per byte, low nibble first)
+ * for 4-bit symmetric weights, INT8 (with an INT8 zero point if affine) for
+ * the layers kept in 8 bits -- the scale s a float scalar initializer, and the
+ * node a standard DequantizeLinear(q, s[, z]), which needs default-domain
+ * opset 21 (the model is upgraded, see nbl_upgrade_opset). Outputs are
+ * unchanged: DequantizeLinear computes s*(q-z) exactly as the fake quantizer did. */
 #include <string.h>
 
 #include "lower.h"
@@ -29,7 +30,7 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
     if (n->dead || strcmp(n->domain, "ai.nibble") || strcmp(n->op_type, "QuantizeInt4")) continue;
     int f = 0;
     size_t a = 0, b = 0;
-    st = nbl_q4_fold_constant(ctx, g, i, 1, &f, &a, &b);
+    st = nbl_q4_fold_constant(ctx, g, i, 0, &f, &a, &b);
     if (f) {
       packed++;
       qb += a;
@@ -45,7 +46,7 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
   }
   ctx->changed += packed;
   nbl_pass_logf(ctx,
-                "packed %d weight(s) into INT4: %zu bytes (FP32 %zu bytes, %.3fx); %d "
+                "packed %d weight(s) into INT4/INT8: %zu bytes (FP32 %zu bytes, %.3fx); %d "
                 "QuantizeInt4 left",
                 packed, qb, fb, fb ? (double)qb / (double)fb : 0.0, candidates - packed);
   return NBL_OK;
@@ -53,7 +54,7 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
 
 const nbl_pass_def nbl_pass_pack_int4 = {
     .name = "pack-int4",
-    .description = "store constant 4-bit symmetric QuantizeInt4 weights as packed INT4 "
+    .description = "store constant QuantizeInt4 weights as packed INT4 (8-bit layers: INT8) "
                    "initializers feeding DequantizeLinear (opset 21)",
     .run = pack_run,
 };
