@@ -145,6 +145,7 @@ typedef struct gplan {
   int n_slots;    /* sum of node outputs (arena slot table size) */
   int *free_start; /* per step s: free_list[free_start[s] .. free_start[s+1]) dies after s */
   nbl_id *free_list;
+  nbl_kcache *caches; /* per step: kernel cache (nbl_kctx_cache) */
 } gplan;
 
 struct nbl_engine {
@@ -207,6 +208,9 @@ static int node_opset(const nbl_model *m, const nbl_node *n) {
 
 static void gplan_free(gplan *p) {
   if (!p) return;
+  for (int s = 0; p->caches && s < p->n_steps; s++)
+    if (p->caches[s].free_fn) p->caches[s].free_fn(p->caches[s].data);
+  free(p->caches);
   free(p->steps);
   free(p->last_use);
   free(p->free_start);
@@ -262,6 +266,11 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   }
   p->n_steps = n;
   p->steps = calloc((size_t)(n ? n : 1), sizeof(step));
+  p->caches = calloc((size_t)(n ? n : 1), sizeof(nbl_kcache));
+  if (!p->caches) {
+    free(order);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
+  }
   p->last_use = malloc(sizeof(int) * (size_t)(g->n_values ? g->n_values : 1));
   if (!p->steps || !p->last_use) {
     free(order);
@@ -939,6 +948,13 @@ nbl_status nbl_kctx_copy_out(nbl_kctx *ctx, int i, const nbl_rt_tensor *src) {
     memmove(t->data, src->data, t->nbytes);
   }
   return NBL_OK;
+}
+
+nbl_kcache *nbl_kctx_cache(nbl_kctx *ctx) {
+  struct nbl_exec *x = ctx ? ctx->exec : NULL;
+  if (!x || !x->f || !x->f->p || !x->f->p->caches || x->step < 0 || x->step >= x->f->p->n_steps)
+    return NULL;
+  return &x->f->p->caches[x->step];
 }
 
 void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,

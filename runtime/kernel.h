@@ -126,4 +126,16 @@ NBL_OP_FAMILY(nibble)      /* runtime/ops_nibble.c: ai.nibble ops (QuantizeInt4)
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
 
+/* Per-node kernel cache owned by the executor (e.g. transformed constant
+ * weights). A kernel may store malloc'd data with the function that frees it;
+ * the engine calls free_fn(data) when it is freed. The same slot comes back
+ * on every run of the same node of the same engine. */
+typedef struct nbl_kcache {
+  void *data;
+  void (*free_fn)(void *data);
+} nbl_kcache;
+
+/* The calling node's cache slot; NULL outside an executor. */
+nbl_kcache *nbl_kctx_cache(nbl_kctx *ctx);
+
 #endif /* NBL_KERNEL_H */
