@@ -514,6 +514,37 @@ typedef struct dw_task {
     float *yr = y + oh * OW;                                                           \
     const float *base = ph + oh * sh * Wp;                                             \
     int64_t ow = 0;                                                                    \
+    for (; ow + 32 <= OW; ow += 32) { /* 4 independent sums hide the add latency */     \
+      v8f a0 = {b, b, b, b, b, b, b, b}, a1 = a0, a2 = a0, a3 = a0;                     \
+      for (int k = 0; k < (NT); k++) {                                                 \
+        v8f x0, x1, x2, x3;                                                            \
+        const float *src = base + off[k] + ow;                                         \
+        memcpy(&x0, src, sizeof x0);                                                   \
+        memcpy(&x1, src + 8, sizeof x1);                                               \
+        memcpy(&x2, src + 16, sizeof x2);                                              \
+        memcpy(&x3, src + 24, sizeof x3);                                              \
+        a0 += x0 * wv[k];                                                              \
+        a1 += x1 * wv[k];                                                              \
+        a2 += x2 * wv[k];                                                              \
+        a3 += x3 * wv[k];                                                              \
+      }                                                                                \
+      memcpy(yr + ow, &a0, sizeof a0);                                                 \
+      memcpy(yr + ow + 8, &a1, sizeof a1);                                             \
+      memcpy(yr + ow + 16, &a2, sizeof a2);                                            \
+      memcpy(yr + ow + 24, &a3, sizeof a3);                                            \
+    }                                                                                  \
+    for (; ow + 16 <= OW; ow += 16) {                                                  \
+      v8f a0 = {b, b, b, b, b, b, b, b}, a1 = a0;                                      \
+      for (int k = 0; k < (NT); k++) {                                                 \
+        v8f x0, x1;                                                                    \
+        memcpy(&x0, base + off[k] + ow, sizeof x0);                                    \
+        memcpy(&x1, base + off[k] + ow + 8, sizeof x1);                                \
+        a0 += x0 * wv[k];                                                              \
+        a1 += x1 * wv[k];                                                              \
+      }                                                                                \
+      memcpy(yr + ow, &a0, sizeof a0);                                                 \
+      memcpy(yr + ow + 8, &a1, sizeof a1);                                             \
+    }                                                                                  \
     for (; ow + 8 <= OW; ow += 8) {                                                    \
       v8f acc = {b, b, b, b, b, b, b, b};                                              \
       for (int k = 0; k < (NT); k++) {                                                 \
