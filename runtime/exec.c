@@ -562,6 +562,17 @@ nbl_rt_tensor *nbl_engine_state(nbl_engine *e, const char *name) {
     if (nbl_rt_copy(&c, t) != NBL_OK) return NULL;
     *t = c;
   }
+  /* The caller may now change the state in place: kernel caches derived from
+   * constant weights (transformed Winograd weights, ...) are dropped and
+   * rebuilt on the next run. */
+  for (int i = 0; i < e->n_plans; i++) {
+    gplan *p = e->plans[i];
+    for (int k = 0; p && p->caches && k < p->n_steps; k++) {
+      if (p->caches[k].free_fn) p->caches[k].free_fn(p->caches[k].data);
+      p->caches[k].data = NULL;
+      p->caches[k].free_fn = NULL;
+    }
+  }
   return t;
 }
 

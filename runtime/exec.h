@@ -58,8 +58,11 @@ nbl_status nbl_engine_run(nbl_engine *e);
 const nbl_rt_tensor *nbl_engine_output(const nbl_engine *e, int i);
 
 /* Persistent state tensor (initializer) `name`, made writable: the first call
- * copies the data out of the model; writes persist across runs. NULL if no
- * such initializer (message set). */
+ * copies the data out of the model; writes persist across runs. Every call
+ * drops the kernels' caches derived from weights (nbl_kctx_cache), so call it
+ * again after each change. The INT4 fusion's packed weights are NOT yet
+ * refreshed on in-place writes (only when the data pointer changes). NULL if
+ * no such initializer (message set). */
 nbl_rt_tensor *nbl_engine_state(nbl_engine *e, const char *name);
 
 /* Statistics for tests and the CLI. */

@@ -10,6 +10,7 @@
 
 #include "include/nibble.h"
 #include "ir/ir.h"
+#include "runtime/exec.h"
 
 static uint32_t rng = 777;
 static float frand(void) {
@@ -133,12 +134,64 @@ START_TEST(test_depthwise) {
 }
 END_TEST
 
+
+/* Weights changed in place through nbl_engine_state (as a training step does)
+ * must reach the next run: the cached Winograd transform is dropped. */
+START_TEST(test_state_write_refreshes_cache) {
+  enum { C = 16, H = 6 };
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  int64_t xd[] = {1, C, H, H}, wd[] = {C, C, 3, 3};
+  static float w[C * C * 9], x[C * H * H];
+  for (int i = 0; i < C * C * 9; i++) w[i] = (float)((i * 7) % 11 - 5) / 8.0f;
+  for (int i = 0; i < C * H * H; i++) x[i] = (float)((i * 5) % 13 - 6) / 4.0f;
+  nbl_id xv = nbl_graph_add_value(g, "x"), W = nbl_graph_add_value(g, "W"),
+         y = nbl_graph_add_value(g, "y");
+  nbl_type_set_tensor(m->arena, &g->values[xv].type, NBL_DT_FLOAT, 4, xd);
+  nbl_graph_set_initializer(g, W, nbl_tensor_new(m->arena, "W", NBL_DT_FLOAT, 4, wd, w));
+  nbl_graph_add_input(g, xv);
+  nbl_id in[] = {xv, W};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", "conv", 2, in, 1, &y);
+  int64_t pads[] = {1, 1, 1, 1};
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_graph_add_output(g, y);
+  nbl_engine *e;
+  nbl_engine_options o = {.threads = 1};
+  ck_assert_int_eq(nbl_engine_create(m, NULL, &o, &e), NBL_OK);
+  nbl_rt_tensor xt = {.dtype = NBL_DT_FLOAT, .rank = 4, .numel = C * H * H, .data = x,
+                      .nbytes = sizeof x};
+  memcpy(xt.dims, xd, sizeof xd);
+  ck_assert_int_eq(nbl_engine_bind(e, "x", &xt), NBL_OK);
+  ck_assert_msg(nbl_engine_run(e) == NBL_OK, "%s", nbl_last_error());
+  const nbl_rt_tensor *y0 = nbl_engine_output(e, 0);
+  int64_t ny = y0->numel;
+  float *first = malloc(sizeof(float) * (size_t)ny);
+  memcpy(first, y0->data, sizeof(float) * (size_t)ny);
+  for (int step = 2; step <= 3; step++) { /* two in-place writes: the pointer stays the same */
+    nbl_rt_tensor *st = nbl_engine_state(e, "W");
+    ck_assert_ptr_nonnull(st);
+    float *wd2 = st->data;
+    for (int i = 0; i < C * C * 9; i++) wd2[i] = w[i] * (float)step;
+    ck_assert_msg(nbl_engine_run(e) == NBL_OK, "%s", nbl_last_error());
+    const float *y1 = nbl_engine_output(e, 0)->data;
+    for (int64_t i = 0; i < ny; i++)
+      ck_assert_msg(fabsf(y1[i] - (float)step * first[i]) <= 1e-4f * (1 + fabsf(first[i])),
+                    "step %d y[%lld] = %g, want %g", step, (long long)i, y1[i], step * first[i]);
+  }
+  free(first);
+  nbl_engine_free(e);
+  nbl_model_free(m);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conv_fast");
   TCase *tc = tcase_create("all");
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_winograd);
   tcase_add_test(tc, test_depthwise);
+  tcase_add_test(tc, test_state_write_refreshes_cache);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
