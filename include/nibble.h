@@ -220,6 +220,7 @@ typedef struct nbl_session_options {
   int reference; /* 1: plain C reference kernels only (no fast paths) */
   nbl_session_value_fn on_value; /* may be NULL */
   void *user;
+  int profile;   /* 1: time every node of the main graph (nbl_session_print_profile) */
 } nbl_session_options;
 
 /* Plan the model's main graph for execution: resolve a kernel for every node
@@ -254,6 +255,16 @@ nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_
 
 /* Release a session and every output view it holds. NULL is allowed. */
 void nbl_session_free(nbl_session *s);
+
+/* With nbl_session_options.profile set: print the wall time spent in each
+ * node of the main graph over the runs since the session was created or the
+ * profile was last reset, summed by op type (a fused INT4 step counts under
+ * its fused op), then the `top` slowest nodes (top <= 0: none). Fails with
+ * NBL_ERR_INVALID_ARGUMENT if the session was created without profiling. */
+nbl_status nbl_session_print_profile(const nbl_session *s, FILE *out, int top);
+
+/* Forget the times gathered so far (for example after warm-up runs). */
+void nbl_session_reset_profile(nbl_session *s);
 
 /* Read a tensor file: NumPy .npy (v1-v3, little-endian, C order) or a
  * serialized ONNX TensorProto (.pb, or any other name). On success *out holds

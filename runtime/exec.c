@@ -1,6 +1,7 @@
 /* exec.c - planner, executor, thread pool, the kernel context functions of
  * kernel.h and the public session API of nibble.h. See exec.h. */
 #include "exec.h"
+#include "fuse.h"
 #include "int4_gemm.h"
 
 #include <limits.h>
@@ -8,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ARENA_ALIGN 64
@@ -152,12 +154,16 @@ struct nbl_engine {
   const nbl_model *m;
   const nbl_graph *g;
   int threads, reference, no_arena;
+  int profile, prof_runs;
+  int64_t *prof_ns;           /* per step of plans[0] */
+  const nbl_node **prof_node; /* per step of plans[0] */
   nbl_value_cb on_value;
   void *user;
   gplan **plans; /* plans[0]: g; then every subgraph */
   int n_plans;
   pool *pool;
   nbl_i4_fusion *fusion; /* INT4 fast path of the main graph (fuse_int4.c), NULL if none */
+  nbl_f32_fusion *f32fusion; /* Conv + activation (fuse_f32.c), NULL if none */
   /* top frame state */
   nbl_rt_tensor *vals;
   unsigned char *set;
@@ -240,6 +246,11 @@ static void collect_outer(const nbl_graph *sub, const nbl_graph *g, int s, int *
 
 static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g);
 
+static int i4_taken(const void *user, nbl_id node) {
+  const nbl_op_def *d;
+  return nbl_i4_fused_node(user, node, &d) != NULL;
+}
+
 static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   gplan *p = calloc(1, sizeof *p);
   if (!p) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
@@ -259,6 +270,7 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
    * quantizers only they used leave the order. Main graph, non-reference. */
   if (g == e->g && !e->reference) {
     nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, &e->fusion);
+    if (fst == NBL_OK) fst = nbl_f32_fuse(e->m, g, order, &n, i4_taken, e->fusion, &e->f32fusion);
     if (fst != NBL_OK) {
       free(order);
       return fst;
@@ -294,6 +306,7 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
     slots += nd->n_outputs;
     const nbl_op_def *fdef = NULL;
     sp->fnode = g == e->g ? nbl_i4_fused_node(e->fusion, order[s], &fdef) : NULL;
+    if (!sp->fnode && g == e->g) sp->fnode = nbl_f32_fused_node(e->f32fusion, order[s], &fdef);
     if (sp->fnode) nd = sp->fnode;
     sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
     if (!sp->def && st == NBL_OK) {
@@ -410,6 +423,7 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
   e->threads = opt && opt->threads > 0 ? opt->threads : nbl_default_threads();
   e->reference = opt ? opt->reference : 0;
   e->no_arena = opt ? opt->no_arena : 0;
+  e->profile = opt ? opt->profile : 0;
   e->on_value = opt ? opt->on_value : NULL;
   e->user = opt ? opt->user : NULL;
   nbl_status st = plan_graph(e, g);
@@ -451,6 +465,15 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
     nbl_id v = g->inputs[i];
     if (!g->values[v].init) e->feeds[e->n_feeds++] = v;
   }
+  if (e->profile) {
+    const gplan *p0 = e->plans[0];
+    e->prof_ns = calloc((size_t)p0->n_steps + 1, sizeof(int64_t));
+    e->prof_node = calloc((size_t)p0->n_steps + 1, sizeof(*e->prof_node));
+    if (!e->prof_ns || !e->prof_node) {
+      nbl_engine_free(e);
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  }
   if (e->threads > 1) e->pool = pool_new(e->threads);
   *out = e;
   return NBL_OK;
@@ -473,6 +496,7 @@ void nbl_engine_free(nbl_engine *e) {
   free(e->plans);
   pool_free(e->pool);
   nbl_i4_fusion_free(e->fusion);
+  nbl_f32_fusion_free(e->f32fusion);
   free(e->vals);
   free(e->set);
   free(e->bound);
@@ -485,7 +509,28 @@ void nbl_engine_free(nbl_engine *e) {
   free(e->slot_end);
   free(e->slot_off);
   free(e->arena);
+  free(e->prof_ns);
+  free(e->prof_node);
   free(e);
+}
+
+int nbl_engine_profile(const nbl_engine *e, int *n, const nbl_node *const **nodes,
+                       const int64_t **ns, int *runs) {
+  if (!e || !e->prof_ns) return 0;
+  const gplan *p0 = e->plans[0];
+  for (int s = 0; s < p0->n_steps; s++) /* steps may be fused after planning */
+    e->prof_node[s] = p0->steps[s].fnode ? p0->steps[s].fnode : &e->g->nodes[p0->steps[s].node];
+  *n = p0->n_steps;
+  *nodes = e->prof_node;
+  *ns = e->prof_ns;
+  *runs = e->prof_runs;
+  return 1;
+}
+
+void nbl_engine_reset_profile(nbl_engine *e) {
+  if (!e || !e->prof_ns) return;
+  memset(e->prof_ns, 0, sizeof(int64_t) * (size_t)e->plans[0]->n_steps);
+  e->prof_runs = 0;
 }
 
 int nbl_engine_n_feeds(const nbl_engine *e) { return e->n_feeds; }
@@ -684,7 +729,14 @@ static nbl_status run_frame(frame *f) {
                     .threads = e->threads,
                     .exec = &call};
     nbl_kernel_fn fn = (!e->reference && sp->def->fast) ? sp->def->fast : sp->def->ref;
+    struct timespec t0, t1;
+    int timed = f->top && e->prof_ns;
+    if (timed) clock_gettime(CLOCK_MONOTONIC, &t0);
     st = fn(&ctx);
+    if (timed) {
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      e->prof_ns[s] += (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec);
+    }
     if (st == NBL_OK) {
       for (int k = 0; k < nd->n_outputs; k++) {
         nbl_id v = nd->outputs[k];
@@ -860,6 +912,7 @@ nbl_status nbl_engine_run(nbl_engine *e) {
   if (e->mode == 0 && !e->no_arena) build_arena(e);
   e->ran = 1;
   e->stats.runs++;
+  if (e->prof_ns) e->prof_runs++;
   return NBL_OK;
 }
 
@@ -1075,6 +1128,7 @@ nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt
   if (opt) {
     eo.threads = opt->threads;
     eo.reference = opt->reference;
+    eo.profile = opt->profile;
     if (opt->on_value) {
       s->on_value = opt->on_value;
       s->user = opt->user;
@@ -1178,4 +1232,76 @@ void nbl_session_free(nbl_session *s) {
   nbl_engine_free(s->e);
   free(s->outs);
   free(s);
+}
+
+typedef struct prof_row {
+  const char *op;
+  int64_t ns;
+  int count;
+} prof_row;
+
+static int cmp_row(const void *a, const void *b) {
+  int64_t x = ((const prof_row *)a)->ns, y = ((const prof_row *)b)->ns;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+
+typedef struct { int s; int64_t ns; } step_ns;
+
+static int cmp_step(const void *a, const void *b) {
+  int64_t x = ((const step_ns *)a)->ns, y = ((const step_ns *)b)->ns;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+nbl_status nbl_session_print_profile(const nbl_session *s, FILE *out, int top) {
+  int n = 0, runs = 0;
+  const nbl_node *const *nodes = NULL;
+  const int64_t *ns = NULL;
+  if (!s || !out || !nbl_engine_profile(s->e, &n, &nodes, &ns, &runs))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
+                      "nbl_session_print_profile: the session was created without profiling");
+  prof_row *rows = calloc((size_t)n + 1, sizeof *rows);
+  step_ns *order = calloc((size_t)n + 1, sizeof *order);
+  if (!rows || !order) {
+    free(rows);
+    free(order);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  int nr = 0;
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    const char *op = nodes[i]->op_type ? nodes[i]->op_type : "?";
+    int r = 0;
+    while (r < nr && strcmp(rows[r].op, op) != 0) r++;
+    if (r == nr) rows[nr++].op = op;
+    rows[r].ns += ns[i];
+    rows[r].count++;
+    total += ns[i];
+    order[i].s = i;
+    order[i].ns = ns[i];
+  }
+  qsort(rows, (size_t)nr, sizeof *rows, cmp_row);
+  double div = runs > 0 ? 1e6 * runs : 1e6;
+  fprintf(out, "profile: %d run(s), %d node(s), %.3f ms per run in nodes\n", runs, n, total / div);
+  fprintf(out, "%-24s %6s %12s %7s\n", "op", "nodes", "ms/run", "share");
+  for (int r = 0; r < nr; r++)
+    fprintf(out, "%-24s %6d %12.3f %6.1f%%\n", rows[r].op, rows[r].count, rows[r].ns / div,
+            total ? 100.0 * (double)rows[r].ns / (double)total : 0.0);
+  if (top > 0) {
+    qsort(order, (size_t)n, sizeof *order, cmp_step);
+    if (top > n) top = n;
+    fprintf(out, "slowest nodes:\n%-40s %-20s %12s\n", "node", "op", "ms/run");
+    for (int i = 0; i < top; i++) {
+      const nbl_node *nd = nodes[order[i].s];
+      fprintf(out, "%-40s %-20s %12.3f\n", nd->name && *nd->name ? nd->name : "(unnamed)",
+              nd->op_type ? nd->op_type : "?", order[i].ns / div);
+    }
+  }
+  free(rows);
+  free(order);
+  return NBL_OK;
+}
+
+void nbl_session_reset_profile(nbl_session *s) {
+  if (s) nbl_engine_reset_profile(s->e);
 }

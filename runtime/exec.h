@@ -27,9 +27,17 @@ typedef struct nbl_engine_options {
   int threads;   /* <= 0: one per online core */
   int reference; /* 1: kernels take their reference paths only */
   int no_arena;  /* 1: never use the planned arena (malloc per tensor) */
+  int profile;   /* 1: time every step of the main graph (nbl_engine_profile) */
   nbl_value_cb on_value;
   void *user;
 } nbl_engine_options;
+
+/* Per-step wall time of the main graph, summed over runs since creation or
+ * the last reset: *n steps, node (the node run, possibly a fused one) and
+ * nanoseconds for each; *runs counted runs. Returns 0 if profiling is off. */
+int nbl_engine_profile(const nbl_engine *e, int *n, const nbl_node *const **nodes,
+                       const int64_t **ns, int *runs);
+void nbl_engine_reset_profile(nbl_engine *e);
 
 /* Plan graph g of model m (g NULL: the main graph). `opt` may be NULL.
  * Fails with NBL_ERR_UNSUPPORTED naming the first node without a kernel:

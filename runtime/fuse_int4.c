@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "exec.h"
+#include "fuse.h"
 #include "gemm.h"
 #include "int4_gemm.h"
 
@@ -847,58 +848,15 @@ void nbl_i4_fusion_free(nbl_i4_fusion *fu) {
   free(fu);
 }
 
-static int used_in_subgraphs(const nbl_graph *g, const char *name);
 
-/* A float32 scalar initializer's value; 0 if v is not one. */
-static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
-  if (v == NBL_NONE || !g->values[v].init) return 0;
-  const nbl_tensor *t = g->values[v].init;
-  nbl_rt_tensor r;
-  if (t->dtype != NBL_DT_FLOAT || nbl_shape_numel(t->rank, t->dims) != 1 ||
-      nbl_rt_from_ir(t, &r) != NBL_OK || !r.data)
-    return 0;
-  *out = ((const float *)r.data)[0];
-  return 1;
-}
 
 /* If the op's only output feeds exactly one Relu or constant-bound Clip and
  * nothing else, the fused node produces that node's output directly. */
 static void fuse_activation(const nbl_model *m, const nbl_graph *g, fused *f) {
-  const nbl_node *n = f->orig;
-  if (n->n_outputs != 1 || n->outputs[0] == NBL_NONE) return;
-  nbl_id y = n->outputs[0];
-  const nbl_value *yv = &g->values[y];
-  if ((yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || yv->n_consumers != 1) return;
-  nbl_id an = yv->consumers[0];
-  const nbl_node *a = &g->nodes[an];
-  if (a->n_inputs < 1 || a->inputs[0] != y || a->n_outputs != 1 || a->outputs[0] == NBL_NONE)
-    return;
-  for (int k = 1; k < a->n_inputs; k++)
-    if (a->inputs[k] == y) return;
-  int64_t opset = nbl_model_opset(m, "");
-  if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
+  nbl_id an;
   float lo, hi;
-  if (is_op(a, "", "Relu")) {
-    if (a->n_inputs != 1) return;
-    lo = 0.0f;
-    hi = INFINITY;
-  } else if (is_op(a, "", "Clip")) {
-    lo = -INFINITY;
-    hi = INFINITY;
-    if (opset < 11) {
-      lo = nbl_attr_float(a, "min", -INFINITY);
-      hi = nbl_attr_float(a, "max", INFINITY);
-    } else {
-      if (a->n_inputs > 1 && a->inputs[1] != NBL_NONE && !const_scalar(g, a->inputs[1], &lo))
-        return;
-      if (a->n_inputs > 2 && a->inputs[2] != NBL_NONE && !const_scalar(g, a->inputs[2], &hi))
-        return;
-      if (a->n_inputs > 3) return;
-    }
-  } else {
-    return;
-  }
-  if (used_in_subgraphs(g, yv->name)) return;
+  if (!nbl_fuse_find_activation(m, g, f->orig, &an, &lo, &hi)) return;
+  const nbl_node *a = &g->nodes[an];
   f->act = 1;
   f->act_lo = lo;
   f->act_hi = hi;
@@ -1058,7 +1016,7 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
     int quantizer = is_op(nd, "ai.nibble", "QuantizeInt4") || is_op(nd, "", "DequantizeLinear");
     int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
     for (int k = 0; drop && k < nd->n_outputs; k++)
-      if (nd->outputs[k] != NBL_NONE && used_in_subgraphs(g, g->values[nd->outputs[k]].name))
+      if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))
         drop = 0;
     if (act[id]) drop = 1; /* a Relu/Clip computed by its fused producer */
     if (!drop) order[w++] = id;
@@ -1067,40 +1025,6 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   *n = w;
   *out = fu;
   return NBL_OK;
-}
-
-static int graph_uses(const nbl_graph *sub, const char *name) {
-  for (int v = 0; v < sub->n_values; v++)
-    if (!sub->values[v].dead && (sub->values[v].flags & NBL_VAL_OUTER) &&
-        !strcmp(sub->values[v].name, name))
-      return 1;
-  for (int i = 0; i < sub->n_nodes; i++) {
-    const nbl_node *nd = &sub->nodes[i];
-    if (nd->dead) continue;
-    for (int a = 0; a < nd->n_attrs; a++) {
-      if (nd->attrs[a].type == NBL_ATTR_GRAPH && nd->attrs[a].g && graph_uses(nd->attrs[a].g, name))
-        return 1;
-      if (nd->attrs[a].type == NBL_ATTR_GRAPHS)
-        for (int k = 0; k < nd->attrs[a].n; k++)
-          if (graph_uses(nd->attrs[a].graphs[k], name)) return 1;
-    }
-  }
-  return 0;
-}
-
-static int used_in_subgraphs(const nbl_graph *g, const char *name) {
-  for (int i = 0; i < g->n_nodes; i++) {
-    const nbl_node *nd = &g->nodes[i];
-    if (nd->dead) continue;
-    for (int a = 0; a < nd->n_attrs; a++) {
-      if (nd->attrs[a].type == NBL_ATTR_GRAPH && nd->attrs[a].g && graph_uses(nd->attrs[a].g, name))
-        return 1;
-      if (nd->attrs[a].type == NBL_ATTR_GRAPHS)
-        for (int k = 0; k < nd->attrs[a].n; k++)
-          if (graph_uses(nd->attrs[a].graphs[k], name)) return 1;
-    }
-  }
-  return 0;
 }
 
 const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def) {

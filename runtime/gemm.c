@@ -20,6 +20,7 @@
 #define NC 2048 /* multiple of NR */
 
 typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
 /* acc = sum_p a[p*MR+i] * b[p*NR+j]; C[i,j] += alpha * acc for i < mr, j < nr. */
 #define MICRO_BODY                                                                   \
@@ -198,6 +199,32 @@ void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int6
   }
 }
 
+/* ------------------------------------------------------------------ fused activation */
+
+/* Clip's float semantics (NaN passes through), 8 lanes at a time. */
+static void act_row(float *y, int64_t n, float lo, float hi) {
+  v8f vl = {lo, lo, lo, lo, lo, lo, lo, lo}, vh = {hi, hi, hi, hi, hi, hi, hi, hi};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f v;
+    memcpy(&v, y + i, sizeof v);
+    v8i m = v < vl; /* all ones where v < lo; NaN compares false and stays */
+    v = (v8f)(((v8i)vl & m) | ((v8i)v & ~m));
+    m = v > vh;
+    v = (v8f)(((v8i)vh & m) | ((v8i)v & ~m));
+    memcpy(y + i, &v, sizeof v);
+  }
+  for (; i < n; i++) {
+    float t = y[i] < lo ? lo : y[i];
+    y[i] = t > hi ? hi : t;
+  }
+}
+
+void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld) {
+  if (!act || !act->kind) return;
+  for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi);
+}
+
 int nbl_gemm_has_blas(void) {
 #ifdef NBL_HAVE_CBLAS
   return 1;
@@ -213,6 +240,7 @@ typedef struct blas_task {
   float alpha, beta;
   const float *A, *B;
   float *C;
+  const nbl_act *act; /* applied to each block right after its product */
 } blas_task;
 
 /* Items are blocks of t->blk rows (or columns) of C; one single-threaded BLAS
@@ -226,12 +254,14 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
     cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
                 t->tb ? CblasTrans : CblasNoTrans, (int)t->M, (int)(hi - lo), (int)t->K, t->alpha,
                 t->A, (int)t->lda, B, (int)t->ldb, t->beta, t->C + lo, (int)t->ldc);
+    nbl_act_apply_2d(t->act, t->C + lo, t->M, hi - lo, t->ldc);
   } else {
     if (hi > t->M) hi = t->M;
     const float *A = t->ta ? t->A + lo : t->A + lo * t->lda;
     cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
                 t->tb ? CblasTrans : CblasNoTrans, (int)(hi - lo), (int)t->N, (int)t->K, t->alpha,
                 A, (int)t->lda, t->B, (int)t->ldb, t->beta, t->C + lo * t->ldc, (int)t->ldc);
+    nbl_act_apply_2d(t->act, t->C + lo * t->ldc, hi - lo, t->N, t->ldc);
   }
 }
 #endif
@@ -239,7 +269,14 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
 void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                float *C, int64_t ldc) {
+  nbl_sgemm_act(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+}
+
+void nbl_sgemm_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                   float beta, float *C, int64_t ldc, const nbl_act *act) {
   if (M <= 0 || N <= 0) return;
+  if (act && !act->kind) act = NULL;
 #ifdef NBL_HAVE_CBLAS
   if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&
       ldc < INT_MAX) {
@@ -253,7 +290,7 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
     }
 #endif
     int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
-    blas_task t = {trans_a, trans_b, 0, M, N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C};
+    blas_task t = {trans_a, trans_b, 0, M, N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C, act};
     if (want > 1 && (double)M * (double)N * (double)K >= 2e6) {
       t.split_n = N >= M;
       int64_t len = t.split_n ? N : M, unit = t.split_n ? 64 : 16;
@@ -272,6 +309,7 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
   }
 #endif
   nbl_sgemm_portable(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  nbl_act_apply_2d(act, C, M, N, ldc);
 }
 
 void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, double alpha,
@@ -502,6 +540,7 @@ typedef struct dw_task {
   float *y;
   int64_t mult; /* output channels per input channel */
   int64_t S, Hp, Wp; /* stride-phase planes: S planes of Hp x Wp (see dw_run) */
+  const nbl_act *act;
 } dw_task;
 
 /* One output plane from the stride-phase planes ph (S planes of Hp x Wp, where
@@ -624,6 +663,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
           }
           yp[oh * OW + ow] = s;
         }
+      nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
       continue;
     }
     if (c != prev_c || n != prev_n) {
@@ -648,6 +688,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       dw_plane_avx2(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
     else
       dw_plane_generic(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
+    nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
   }
   free(ph);
 }
@@ -671,6 +712,7 @@ typedef struct wino_task {
   const float *x, *w, *bias;
   float *U, *V, *Mo, *y;
   int64_t TH, TW, T;
+  const nbl_act *act;
 } wino_task;
 
 /* U[xi][m][c] = (G w[m][c] G^T)[xi], items m. */
@@ -794,6 +836,7 @@ static void wino_output(void *arg, int64_t begin, int64_t end) {
       wino_out_row(t->Mo + m * t->T + th * t->TW, MT, t->TW, b, yp + oh * OW,
                    oh + 1 < OH ? yp + (oh + 1) * OW : NULL, OW);
     }
+    nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
   }
 }
 
@@ -816,12 +859,12 @@ static int weights_const(nbl_kctx *ctx) {
 /* Returns 0 when it cannot run (out of memory, weights not constant): the
  * caller falls back to im2col. */
 static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
-                     const float *bias, float *y) {
+                     const float *bias, float *y, const nbl_act *act) {
   int64_t TH = (g->out[0] + 1) / 2, TW = (g->out[1] + 1) / 2, T = TH * TW;
   int64_t C = g->C, M = g->M;
   nbl_kcache *kc = nbl_kctx_cache(ctx);
   if (!kc || !weights_const(ctx)) return 0;
-  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, TH, TW, T};
+  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, TH, TW, T, act};
   wino_wcache *wc = kc->data;
   if (!wc || wc->w != w || wc->M != M || wc->C != C) {
     if (kc->free_fn) kc->free_fn(kc->data);
@@ -872,10 +915,16 @@ static void fill_f32(float *y, int64_t n, float v) {
 
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                         const float *bias, float *y) {
+  return nbl_conv_f32_act(ctx, g, x, w, bias, y, NULL);
+}
+
+nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                            const float *bias, float *y, const nbl_act *act) {
+  if (act && !act->kind) act = NULL;
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) {
-    dw_task t = {g, x, w, bias, y, Mg, g->s[1], 0, 0};
+    dw_task t = {g, x, w, bias, y, Mg, g->s[1], 0, 0, act};
     int64_t S = t.S, need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
     int64_t need_w = g->out[1] + ((g->k[1] - 1) * g->d[1]) / S;
     t.Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
@@ -886,7 +935,7 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
       dw_run(&t, 0, g->N * g->M);
     return NBL_OK;
   }
-  if (ctx && wino_ok(g) && wino_conv(ctx, g, x, w, bias, y)) return NBL_OK;
+  if (ctx && wino_ok(g) && wino_conv(ctx, g, x, w, bias, y, act)) return NBL_OK;
   int direct = 1;
   for (int i = 0; i < g->ns; i++)
     if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
@@ -918,8 +967,8 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
        * pass over the output instead of a zeroing pass and an add pass */
       if (bias)
         for (int64_t m = 0; m < Mg; m++) fill_f32(yg + m * g->out_sz, g->out_sz, bias[gr * Mg + m]);
-      nbl_sgemm(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, bias ? 1.0f : 0.0f,
-                yg, g->out_sz);
+      nbl_sgemm_act(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz,
+                    bias ? 1.0f : 0.0f, yg, g->out_sz, act);
     }
   free(col);
   return NBL_OK;

@@ -22,6 +22,22 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                float *C, int64_t ldc);
 
+/* An activation applied to results while they are still in cache: Clip's
+ * float semantics y = min(max(y, lo), hi) with NaN passing through (Relu is
+ * lo = 0, hi = +inf). kind 0: none. */
+typedef struct nbl_act {
+  int kind;
+  float lo, hi;
+} nbl_act;
+
+/* Apply act (NULL or kind 0: nothing) to rows x cols floats at y, row stride ld. */
+void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld);
+
+/* nbl_sgemm followed by act on C, block by block as the product finishes them. */
+void nbl_sgemm_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                   float beta, float *C, int64_t ldc, const nbl_act *act);
+
 /* Same contract as nbl_sgemm but always nibble's own blocked kernel (no BLAS). */
 void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                         float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
@@ -73,6 +89,10 @@ void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *c
  * same layout as nbl_conv_ref_f64. Returns NBL_ERR_OUT_OF_MEMORY on failure. */
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                         const float *bias, float *y);
+/* nbl_conv_f32 with an activation on the output (NULL: none), applied per
+ * block while it is in cache. */
+nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                            const float *bias, float *y, const nbl_act *act);
 
 /* ------------------------------------------------------------------ dtype conversion */
 

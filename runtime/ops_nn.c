@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuse.h"
 #include "gemm.h"
 #include "kernel.h"
 
@@ -338,6 +339,39 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   return nbl_conv_f32(c, &g, c->in[0]->data, c->in[1]->data, B ? B->data : NULL,
                       nbl_kctx_out(c, 0)->data);
 }
+
+/* Conv followed by Clip (Relu: lo = 0), as fused at plan time by
+ * runtime/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
+ * the activation's output, and the bounds in float attributes nibble.act_lo
+ * and nibble.act_hi. float32 (the only type fused) takes the fast path with
+ * the activation applied block by block; other types compute the reference
+ * convolution and clamp it. */
+static nbl_status k_conv_act(nbl_kctx *c) {
+  nbl_act act = {1, nbl_attr_float(c->node, "nibble.act_lo", -INFINITY),
+                 nbl_attr_float(c->node, "nibble.act_hi", INFINITY)};
+  if (!c->reference && in_at(c, 0) && c->in[0]->dtype == NBL_DT_FLOAT) {
+    nbl_conv_geom g;
+    nbl_status st = conv_setup(c, &g);
+    if (st) return st;
+    const nbl_rt_tensor *B = in_at(c, 2);
+    return nbl_conv_f32_act(c, &g, c->in[0]->data, c->in[1]->data, B ? B->data : NULL,
+                            nbl_kctx_out(c, 0)->data, &act);
+  }
+  nbl_status st = k_conv_ref(c);
+  if (st) return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double *y = nbl_to_f64(Y);
+  if (!y) return oom(c);
+  for (int64_t i = 0; i < Y->numel; i++) {
+    double t = y[i] < act.lo ? act.lo : y[i];
+    y[i] = t > act.hi ? act.hi : t;
+  }
+  nbl_from_f64(Y, y);
+  free(y);
+  return NBL_OK;
+}
+
+const nbl_op_def nbl_fused_conv_act_def = {"ai.nibble", "Conv+act", 1, 1, k_conv_act, k_conv_act};
 
 /* ------------------------------------------------------------------ ConvTranspose */
 

@@ -148,12 +148,14 @@ static void dump_value(void *user, const nbl_host_tensor *t) {
 
 static void run_usage(FILE *f) {
   fprintf(f, "usage: nibble run MODEL [--input NAME=FILE(.pb|.npy)]... [--output-dir DIR]\n"
-             "                  [--threads N] [--repeat N] [--dump-tensors DIR] [--reference]\n");
+             "                  [--threads N] [--repeat N] [--dump-tensors DIR] [--reference]\n"
+             "                  [--profile]   time per op type and the slowest nodes\n"
+             "                                (runs after the first when --repeat > 1)\n");
 }
 
 int nbl_cmd_run(int argc, char **argv) {
   const char *model_path = NULL, *out_dir = NULL, *dump_dir = NULL;
-  int threads = 0, repeat = 1, reference = 0;
+  int threads = 0, repeat = 1, reference = 0, profile = 0;
   int n_in = 0;
   char **in_specs = calloc((size_t)argc + 1, sizeof(char *));
   if (!in_specs) return 2;
@@ -186,6 +188,8 @@ int nbl_cmd_run(int argc, char **argv) {
       }
     } else if (strcmp(a, "--reference") == 0) {
       reference = 1;
+    } else if (strcmp(a, "--profile") == 0) {
+      profile = 1;
     } else if (a[0] == '-' || model_path) {
       fprintf(stderr, "nibble run: unexpected argument '%s'\n", a);
       run_usage(stderr);
@@ -211,7 +215,7 @@ int nbl_cmd_run(int argc, char **argv) {
     goto out;
   }
   if ((out_dir && ensure_dir(out_dir)) || (dump_dir && ensure_dir(dump_dir))) goto out;
-  nbl_session_options so = {.threads = threads, .reference = reference};
+  nbl_session_options so = {.threads = threads, .reference = reference, .profile = profile};
   if (dump_dir) {
     so.on_value = dump_value;
     so.user = &dc;
@@ -257,7 +261,10 @@ int nbl_cmd_run(int argc, char **argv) {
       rc = st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
       goto out;
     }
-    if (r == 0) first = now_ms() - t0;
+    if (r == 0) {
+      first = now_ms() - t0;
+      if (profile && repeat > 1) nbl_session_reset_profile(s);
+    }
     so.on_value = NULL;
   }
   double total = now_ms() - t0;
@@ -273,6 +280,7 @@ int nbl_cmd_run(int argc, char **argv) {
       goto out;
     }
   }
+  if (profile) nbl_session_print_profile(s, stdout, getenv("NBL_PROF_TOP") ? atoi(getenv("NBL_PROF_TOP")) : 15);
   if (repeat > 1)
     printf("time: first run %.3f ms, mean of the next %d runs %.3f ms\n", first, repeat - 1,
            (total - first) / (repeat - 1));
