@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,48 +17,90 @@
 
 /* ------------------------------------------------------------------ thread pool */
 
+/* Workers spin on the job counter for a short while before sleeping on the
+ * condition variable: a network runs hundreds of parallel regions of tens of
+ * microseconds each, and waking a sleeping thread costs about as much.
+ *
+ * Job publication is a sequence lock on `gen`: the caller makes it odd
+ * (updating), waits until no worker is inside a job (`active`), writes the
+ * job, then makes it even again. A worker that saw even generation g joins
+ * by incrementing `active` and re-reading `gen`; if it changed, it backs off,
+ * so job fields never change under a worker that uses them. */
+#define POOL_SPIN_NS 200000 /* spin this long (0.2 ms) before sleeping */
+
 typedef struct pool {
   pthread_t *th;
   int n_th; /* worker threads (the calling thread works too) */
   pthread_mutex_t mu;
-  pthread_cond_t cv_work, cv_done;
+  pthread_cond_t cv_work;
+  _Atomic unsigned gen;
+  _Atomic int active;   /* workers inside a job */
+  _Atomic int sleepers; /* workers blocked or about to block on cv_work */
+  _Atomic int stop, busy;
+  /* the job, stable while gen is even and a worker is active */
   void (*fn)(void *, int64_t, int64_t);
   void *arg;
   int64_t n, chunk;
-  int n_chunks, next_chunk, done_chunks;
-  unsigned gen;
-  int stop, busy;
+  int n_chunks;
+  _Atomic int next_chunk, done_chunks;
 } pool;
 
 static _Thread_local int tl_in_worker;
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 static void pool_do_chunks(pool *p) {
-  /* called with p->mu held */
-  while (p->next_chunk < p->n_chunks) {
-    int c = p->next_chunk++;
-    void (*fn)(void *, int64_t, int64_t) = p->fn;
-    void *arg = p->arg;
+  for (;;) {
+    int c = atomic_fetch_add(&p->next_chunk, 1);
+    if (c >= p->n_chunks) break;
     int64_t b = (int64_t)c * p->chunk, e = b + p->chunk;
     if (e > p->n) e = p->n;
-    pthread_mutex_unlock(&p->mu);
-    fn(arg, b, e);
-    pthread_mutex_lock(&p->mu);
-    if (++p->done_chunks == p->n_chunks) pthread_cond_broadcast(&p->cv_done);
+    p->fn(p->arg, b, e);
+    atomic_fetch_add_explicit(&p->done_chunks, 1, memory_order_release);
   }
 }
 
 static void *pool_main(void *arg) {
   pool *p = arg;
   tl_in_worker = 1;
-  pthread_mutex_lock(&p->mu);
-  unsigned seen = p->gen;
+  unsigned seen = atomic_load(&p->gen);
   for (;;) {
-    while (!p->stop && p->gen == seen) pthread_cond_wait(&p->cv_work, &p->mu);
-    if (p->stop) break;
-    seen = p->gen;
-    pool_do_chunks(p);
+    unsigned g = atomic_load(&p->gen);
+    if (atomic_load(&p->stop)) break;
+    if (g == seen || (g & 1u)) {
+      int64_t t0 = mono_ns();
+      int spins = 0;
+      for (;;) {
+        g = atomic_load(&p->gen);
+        if ((g != seen && !(g & 1u)) || atomic_load(&p->stop)) break;
+        cpu_relax();
+        if ((++spins & 255) == 0 && mono_ns() - t0 > POOL_SPIN_NS) {
+          pthread_mutex_lock(&p->mu);
+          atomic_fetch_add(&p->sleepers, 1);
+          while (!atomic_load(&p->stop) && atomic_load(&p->gen) == seen)
+            pthread_cond_wait(&p->cv_work, &p->mu);
+          atomic_fetch_sub(&p->sleepers, 1);
+          pthread_mutex_unlock(&p->mu);
+          t0 = mono_ns();
+        }
+      }
+      continue;
+    }
+    atomic_fetch_add(&p->active, 1);
+    if (atomic_load(&p->gen) == g) pool_do_chunks(p);
+    atomic_fetch_sub(&p->active, 1);
+    seen = g;
   }
-  pthread_mutex_unlock(&p->mu);
   return NULL;
 }
 
@@ -66,7 +109,6 @@ static pool *pool_new(int threads) {
   if (!p) return NULL;
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv_work, NULL);
-  pthread_cond_init(&p->cv_done, NULL);
   p->th = calloc((size_t)threads, sizeof(pthread_t));
   if (!p->th) {
     free(p);
@@ -82,13 +124,12 @@ static pool *pool_new(int threads) {
 static void pool_free(pool *p) {
   if (!p) return;
   pthread_mutex_lock(&p->mu);
-  p->stop = 1;
+  atomic_store(&p->stop, 1);
   pthread_cond_broadcast(&p->cv_work);
   pthread_mutex_unlock(&p->mu);
   for (int i = 0; i < p->n_th; i++) pthread_join(p->th[i], NULL);
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv_work);
-  pthread_cond_destroy(&p->cv_done);
   free(p->th);
   free(p);
 }
@@ -97,30 +138,32 @@ static void pool_free(pool *p) {
 static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
                     void (*fn)(void *, int64_t, int64_t), void *arg) {
   if (!p || p->n_th == 0 || tl_in_worker) return 0;
-  pthread_mutex_lock(&p->mu);
-  if (p->busy) {
-    pthread_mutex_unlock(&p->mu);
-    return 0;
-  }
-  p->busy = 1;
+  int expect = 0;
+  if (!atomic_compare_exchange_strong(&p->busy, &expect, 1)) return 0;
   int64_t chunks = (n + grain - 1) / grain;
   if (chunks > ways) chunks = ways;
   if (chunks < 1) chunks = 1;
+  unsigned g = atomic_load(&p->gen);
+  atomic_store(&p->gen, g + 1); /* odd: updating */
+  while (atomic_load(&p->active) != 0) cpu_relax();
   p->fn = fn;
   p->arg = arg;
   p->n = n;
   p->chunk = (n + chunks - 1) / chunks;
   p->n_chunks = (int)((n + p->chunk - 1) / p->chunk);
-  p->next_chunk = 0;
-  p->done_chunks = 0;
-  p->gen++;
-  pthread_cond_broadcast(&p->cv_work);
+  atomic_store(&p->done_chunks, 0);
+  atomic_store(&p->next_chunk, 0);
+  atomic_store(&p->gen, g + 2); /* even: ready */
+  if (atomic_load(&p->sleepers) > 0) {
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+  }
   tl_in_worker = 1; /* nested parallel_for from the caller's chunk runs inline */
   pool_do_chunks(p);
   tl_in_worker = 0;
-  while (p->done_chunks < p->n_chunks) pthread_cond_wait(&p->cv_done, &p->mu);
-  p->busy = 0;
-  pthread_mutex_unlock(&p->mu);
+  while (atomic_load_explicit(&p->done_chunks, memory_order_acquire) < p->n_chunks) cpu_relax();
+  atomic_store(&p->busy, 0);
   return 1;
 }
 

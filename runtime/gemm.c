@@ -6,6 +6,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #ifdef NBL_HAVE_CBLAS
 #include <cblas.h>
@@ -20,7 +23,6 @@
 #define NC 2048 /* multiple of NR */
 
 typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 /* acc = sum_p a[p*MR+i] * b[p*NR+j]; C[i,j] += alpha * acc for i < mr, j < nr. */
 #define MICRO_BODY                                                                   \
@@ -201,19 +203,35 @@ void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int6
 
 /* ------------------------------------------------------------------ fused activation */
 
-/* Clip's float semantics (NaN passes through), 8 lanes at a time. */
-static void act_row(float *y, int64_t n, float lo, float hi) {
-  v8f vl = {lo, lo, lo, lo, lo, lo, lo, lo}, vh = {hi, hi, hi, hi, hi, hi, hi, hi};
+/* Clip's float semantics t = v < lo ? lo : v; t > hi ? hi : t, which are
+ * exactly x86's max(lo, v) then min(hi, t): both return their second operand
+ * when either is NaN, so NaN passes through. */
+#if defined(__x86_64__)
+__attribute__((target("avx"))) static void act_row_avx(float *y, int64_t n, float lo, float hi) {
+  __m256 vl = _mm256_set1_ps(lo), vh = _mm256_set1_ps(hi);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    v8f v;
-    memcpy(&v, y + i, sizeof v);
-    v8i m = v < vl; /* all ones where v < lo; NaN compares false and stays */
-    v = (v8f)(((v8i)vl & m) | ((v8i)v & ~m));
-    m = v > vh;
-    v = (v8f)(((v8i)vh & m) | ((v8i)v & ~m));
-    memcpy(y + i, &v, sizeof v);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_min_ps(vh, _mm256_max_ps(vl, _mm256_loadu_ps(y + i))));
+  for (; i < n; i++) {
+    float t = y[i] < lo ? lo : y[i];
+    y[i] = t > hi ? hi : t;
   }
+}
+#endif
+
+static void act_row(float *y, int64_t n, float lo, float hi) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx")) {
+    act_row_avx(y, n, lo, hi);
+    return;
+  }
+  __m128 vl = _mm_set1_ps(lo), vh = _mm_set1_ps(hi);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    _mm_storeu_ps(y + i, _mm_min_ps(vh, _mm_max_ps(vl, _mm_loadu_ps(y + i))));
+#else
+  int64_t i = 0;
+#endif
   for (; i < n; i++) {
     float t = y[i] < lo ? lo : y[i];
     y[i] = t > hi ? hi : t;
