@@ -201,6 +201,14 @@ void nbl_sgemm_portable(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int6
   }
 }
 
+/* y[0..n) = v, 8 lanes at a time. */
+static void fill_f32(float *y, int64_t n, float v) {
+  v8f vv = {v, v, v, v, v, v, v, v};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) memcpy(y + i, &vv, sizeof vv);
+  for (; i < n; i++) y[i] = v;
+}
+
 /* ------------------------------------------------------------------ fused activation */
 
 /* Clip's float semantics t = v < lo ? lo : v; t > hi ? hi : t, which are
@@ -259,6 +267,7 @@ typedef struct blas_task {
   const float *A, *B;
   float *C;
   const nbl_act *act; /* applied to each block right after its product */
+  const float *row_bias; /* non-NULL: each block's C rows start as row_bias[i], beta 1 */
 } blas_task;
 
 /* Items are blocks of t->blk rows (or columns) of C; one single-threaded BLAS
@@ -268,6 +277,8 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
   int64_t lo = begin * t->blk, hi = end * t->blk;
   if (t->split_n) {
     if (hi > t->N) hi = t->N;
+    if (t->row_bias)
+      for (int64_t i = 0; i < t->M; i++) fill_f32(t->C + i * t->ldc + lo, hi - lo, t->row_bias[i]);
     const float *B = t->tb ? t->B + lo * t->ldb : t->B + lo;
     cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
                 t->tb ? CblasTrans : CblasNoTrans, (int)t->M, (int)(hi - lo), (int)t->K, t->alpha,
@@ -275,6 +286,8 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
     nbl_act_apply_2d(t->act, t->C + lo, t->M, hi - lo, t->ldc);
   } else {
     if (hi > t->M) hi = t->M;
+    if (t->row_bias)
+      for (int64_t i = lo; i < hi; i++) fill_f32(t->C + i * t->ldc, t->N, t->row_bias[i]);
     const float *A = t->ta ? t->A + lo : t->A + lo * t->lda;
     cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
                 t->tb ? CblasTrans : CblasNoTrans, (int)(hi - lo), (int)t->N, (int)t->K, t->alpha,
@@ -283,6 +296,11 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
   }
 }
 #endif
+
+static void sgemm_bias_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
+                           int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                           int64_t ldb, float beta, float *C, int64_t ldc,
+                           const float *row_bias, const nbl_act *act);
 
 void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
@@ -293,8 +311,18 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
 void nbl_sgemm_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                    float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                    float beta, float *C, int64_t ldc, const nbl_act *act) {
+  sgemm_bias_act(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, act);
+}
+
+/* nbl_sgemm_act; with row_bias, C starts as row_bias[i] in row i and beta is 1
+ * (the fill happens per block, in the thread that computes the block). */
+static void sgemm_bias_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
+                           int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                           int64_t ldb, float beta, float *C, int64_t ldc,
+                           const float *row_bias, const nbl_act *act) {
   if (M <= 0 || N <= 0) return;
   if (act && !act->kind) act = NULL;
+  if (row_bias) beta = 1.0f;
 #ifdef NBL_HAVE_CBLAS
   if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&
       ldc < INT_MAX) {
@@ -308,7 +336,8 @@ void nbl_sgemm_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N
     }
 #endif
     int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
-    blas_task t = {trans_a, trans_b, 0, M, N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C, act};
+    blas_task t = {trans_a, trans_b, 0,    M,     N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C,
+                   act,     row_bias};
     if (want > 1 && (double)M * (double)N * (double)K >= 2e6) {
       t.split_n = N >= M;
       int64_t len = t.split_n ? N : M, unit = t.split_n ? 64 : 16;
@@ -326,6 +355,8 @@ void nbl_sgemm_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N
     return;
   }
 #endif
+  if (row_bias)
+    for (int64_t i = 0; i < M; i++) fill_f32(C + i * ldc, N, row_bias[i]);
   nbl_sgemm_portable(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   nbl_act_apply_2d(act, C, M, N, ldc);
 }
@@ -923,13 +954,6 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
   return 1;
 }
 
-/* y[0..n) = v, 8 lanes at a time. */
-static void fill_f32(float *y, int64_t n, float v) {
-  v8f vv = {v, v, v, v, v, v, v, v};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) memcpy(y + i, &vv, sizeof vv);
-  for (; i < n; i++) y[i] = v;
-}
 
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                         const float *bias, float *y) {
@@ -983,10 +1007,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
       }
       /* the bias goes into C first and the product adds to it (beta 1): one
        * pass over the output instead of a zeroing pass and an add pass */
-      if (bias)
-        for (int64_t m = 0; m < Mg; m++) fill_f32(yg + m * g->out_sz, g->out_sz, bias[gr * Mg + m]);
-      nbl_sgemm_act(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz,
-                    bias ? 1.0f : 0.0f, yg, g->out_sz, act);
+      sgemm_bias_act(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, 0.0f, yg,
+                     g->out_sz, bias ? bias + gr * Mg : NULL, act);
     }
   free(col);
   return NBL_OK;
