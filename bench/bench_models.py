@@ -39,16 +39,23 @@ class BenchError(Exception):
     pass
 
 
-def env_for(threads):
+# OPENBLAS_CORETYPE, when the environment sets it, forces OpenBLAS's kernels
+# for that CPU instead of the ones it detects. Both are measured then.
+CORETYPE = os.environ.get("OPENBLAS_CORETYPE")
+
+
+def env_for(threads, auto_blas=False):
     env = dict(os.environ)
+    if auto_blas:
+        env.pop("OPENBLAS_CORETYPE", None)
     env["OPENBLAS_NUM_THREADS"] = str(threads)
     env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
-def run(cmd, threads, what):
+def run(cmd, threads, what, auto_blas=False):
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env_for(threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env_for(threads, auto_blas))
     secs = time.perf_counter() - t0
     if r.returncode != 0:
         msg = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
@@ -68,15 +75,16 @@ def peak_rss_mb(cmd, threads, what):
 MEAN_RE = re.compile(r"mean of the next (\d+) runs ([0-9]+(?:\.[0-9]+)?) ms")
 
 
-def nibble_latency(nibble, model, inputs, threads, runs, warmup):
+def nibble_latency(nibble, model, inputs, threads, runs, warmup, auto_blas=False):
     base = [nibble, "run", model, "--threads", str(threads)]
     for n, f in inputs.items():
         base += ["--input", "%s=%s" % (n, f)]
-    r, t_long = run(base + ["--repeat", str(warmup + runs)], threads, "nibble run --repeat")
+    r, t_long = run(base + ["--repeat", str(warmup + runs)], threads, "nibble run --repeat",
+                    auto_blas)
     m = MEAN_RE.search(r.stdout)
     if m:
         return float(m.group(2)), "mean of runs 2..N printed by `nibble run --repeat N`"
-    _, t_short = run(base + ["--repeat", str(max(warmup, 1))], threads, "nibble run")
+    _, t_short = run(base + ["--repeat", str(max(warmup, 1))], threads, "nibble run", auto_blas)
     n = warmup + runs - max(warmup, 1)
     return max(t_long - t_short, 0.0) / n * 1000.0, "wall time difference, mean"
 
@@ -142,13 +150,17 @@ def main():
                 ort_ms, ort_med, ort_version = ort_latency(model, inputs, t, args.runs, args.warmup)
                 nbl_ms, how = nibble_latency(args.nibble, model, inputs, t, args.runs, args.warmup)
                 notes.add(how)
+                auto_ms = None
+                if CORETYPE:
+                    auto_ms, _ = nibble_latency(args.nibble, model, inputs, t, args.runs,
+                                                args.warmup, auto_blas=True)
                 pt_ms, tv = torch_latency(name, inputs, t, args.runs, args.warmup)
                 torch_version = tv or torch_version
                 nbl_mb = peak_rss_mb([args.nibble, "run", model, "--threads", str(t)] + feeds,
                                      t, "nibble run (memory)")
                 ort_mb = peak_rss_mb(["node", ORT_RUN, "run", model, "--threads", str(t)] + feeds,
                                      t, "ONNX Runtime (memory)")
-                rows.append((name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb))
+                rows.append((name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb, auto_ms))
     except BenchError as ex:
         print("bench_models.py: %s" % ex, file=sys.stderr)
         return 1
@@ -160,18 +172,27 @@ def main():
                  "(torch.manual_seed(0), BatchNorm statistics calibrated on random batches). %d warmup + %d timed runs.\n"
                  % (platform.machine(), os.cpu_count() or 0, cpu_name(), ort_version,
                     args.warmup, args.runs))
+    extra_h = (" nibble ms, OpenBLAS auto | nibble auto / ORT |" if CORETYPE else "")
     lines.append("| model | threads | nibble ms | ORT ms | nibble / ORT | ORT median ms "
-                 "| PyTorch ms | nibble / PyTorch | nibble peak RSS MB | ORT peak RSS MB (node) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb in rows:
+                 "| PyTorch ms | nibble / PyTorch | nibble peak RSS MB | ORT peak RSS MB (node) |"
+                 + extra_h)
+    lines.append("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if CORETYPE else ""))
+    for name, t, nbl_ms, ort_ms, ort_med, pt_ms, nbl_mb, ort_mb, auto_ms in rows:
         pt = ("%.2f" % pt_ms, "%.2fx" % (nbl_ms / pt_ms)) if pt_ms else ("n/a", "n/a")
-        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.2f | %s | %s | %.0f | %.0f |"
+        extra = (" %.2f | %.2fx |" % (auto_ms, auto_ms / ort_ms)) if auto_ms else ""
+        lines.append("| %s | %d | %.2f | %.2f | %.2fx | %.2f | %s | %s | %.0f | %.0f |%s"
                      % (name, t, nbl_ms, ort_ms, nbl_ms / ort_ms if ort_ms > 0 else float("nan"),
-                        ort_med, pt[0], pt[1], nbl_mb, ort_mb))
+                        ort_med, pt[0], pt[1], nbl_mb, ort_mb, extra))
     lines.append("")
     lines.append("- nibble latency: %s; ORT latency: mean in process (ort_run.js time)."
                  % "; ".join(sorted(notes)))
     lines.append("- nibble / ORT > 1 means nibble is slower.")
+    if CORETYPE:
+        lines.append("- This environment sets OPENBLAS_CORETYPE=%s, which forces OpenBLAS's "
+                     "kernels for that CPU; the 'nibble' columns ran with it. 'OpenBLAS auto': "
+                     "the same run with the variable removed, so OpenBLAS uses the kernels it "
+                     "detects for this CPU (its default, and what a user without the variable "
+                     "gets)." % CORETYPE)
     lines.append("- PyTorch %s: the same module and weights in eager mode under torch.no_grad(), "
                  "torch.set_num_threads(T), mean of the timed runs (BatchNorm not folded)."
                  % (torch_version or "(not installed)"))

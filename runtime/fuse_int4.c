@@ -70,6 +70,7 @@ typedef struct fused {
   int act;
   float act_lo, act_hi;
   nbl_id act_node;
+  char op[32]; /* the synthetic node's op type, for profiles: "Int4Conv+Clip" */
 } fused;
 
 /* The fused activation: Clip's float semantics (t = v < lo ? lo : v; t > hi ? hi : t),
@@ -952,6 +953,9 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   f->node.inputs = f->ins;
   f->act_node = NBL_NONE;
   fuse_activation(m, g, f);
+  snprintf(f->op, sizeof f->op, "Int4%s%s%s", n->op_type, f->act ? "+" : "",
+           f->act ? g->nodes[f->act_node].op_type : "");
+  f->node.op_type = f->op;
   return f;
 no:
   fused_free(f);
