@@ -69,7 +69,9 @@ static float *run_case(const fcase *c, const float *x, const float *w, const flo
     nbl_node_set_attr_float(g, a, "max", hi);
   } else {
     nbl_id vlo = nbl_graph_add_value(g, "lo"), vhi = nbl_graph_add_value(g, "hi");
-    nbl_tensor *tlo = nbl_tensor_new(m->arena, "lo", NBL_DT_FLOAT, 0, NULL, &lo);
+    nbl_tensor *tlo = c->act == ACT_CLIP_INPUT_BOUND
+                          ? NULL
+                          : nbl_tensor_new(m->arena, "lo", NBL_DT_FLOAT, 0, NULL, &lo);
     nbl_tensor *thi = nbl_tensor_new(m->arena, "hi", NBL_DT_FLOAT, 0, NULL, &hi);
     if (c->act == ACT_CLIP_CONST_NODES) {
       nbl_id k1 = nbl_graph_add_node(g, "Constant", "", "klo", 0, NULL, 1, &vlo);
