@@ -21,8 +21,8 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
       candidates++;
   }
   if (!candidates) return NBL_OK;
-  int packed = 0;
-  size_t qb = 0, fb = 0;
+  int packed = 0, n4 = 0;
+  size_t qb = 0, fb = 0, qb4 = 0, fb4 = 0; /* all packed weights; the 4-bit ones */
   int nn = g->n_nodes;
   nbl_status st = NBL_OK;
   for (nbl_id i = 0; i < nn && !st; i++) {
@@ -30,11 +30,17 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
     if (n->dead || strcmp(n->domain, "ai.nibble") || strcmp(n->op_type, "QuantizeInt4")) continue;
     int f = 0;
     size_t a = 0, b = 0;
+    int bits = (int)nbl_attr_int(n, "bits", 4); /* read before folding replaces the node */
     st = nbl_q4_fold_constant(ctx, g, i, 0, &f, &a, &b);
     if (f) {
       packed++;
       qb += a;
       fb += b;
+      if (bits <= 4) {
+        n4++;
+        qb4 += a;
+        fb4 += b;
+      }
     }
   }
   if (st) return st;
@@ -46,9 +52,10 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
   }
   ctx->changed += packed;
   nbl_pass_logf(ctx,
-                "packed %d weight(s) into INT4/INT8: %zu bytes (FP32 %zu bytes, %.3fx); %d "
-                "QuantizeInt4 left",
-                packed, qb, fb, fb ? (double)qb / (double)fb : 0.0, candidates - packed);
+                "packed %d weight(s) into INT4/INT8: %zu bytes (FP32 %zu bytes, %.3fx); of "
+                "them %d into INT4: %zu bytes (FP32 %zu bytes, %.3fx); %d QuantizeInt4 left",
+                packed, qb, fb, fb ? (double)qb / (double)fb : 0.0, n4, qb4, fb4,
+                fb4 ? (double)qb4 / (double)fb4 : 0.0, candidates - packed);
   return NBL_OK;
 }
 

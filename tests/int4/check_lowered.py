@@ -3,9 +3,12 @@
 and agree with nibble's reference path.
 
 usage: /usr/bin/python3 check_lowered.py [--nibble PATH] [--refdir DIR]
-           [--models resnet18,mobilenet_v2] [--inputs N] [--tol T]
+           [--models resnet18,mobilenet_v2,resnet18_fmnist,mobilenet_v2_fmnist]
+           [--inputs N] [--tol T]
 
-For each model of the reference set (tests/ref/export_models.py):
+For each model of the reference set (tests/ref/export_models.py): ResNet-18
+and MobileNetV2 with random weights at 224x224, and the same two networks
+trained on Fashion-MNIST (*_fmnist, 32x32, a batch of 16 real test images):
   1. nibble convert MODEL --passes quantize-int4            -> q.onnx (ai.nibble ops)
   2. nibble convert q.onnx --passes lower-to-onnx          -> lowered.onnx (opset 21)
   3. nibble convert q.onnx --passes pack-int4               -> packed.onnx (sizes)
@@ -22,8 +25,11 @@ Pass, for every input:
     other way) differs by at most one code step ("1st step" <= 1);
   - when no code moved anywhere ("moved" = 0): output relative error
     max|nibble - ort| / max|ort| <= T (default 1e-2) and the same top-1.
-  When codes moved, the 4-bit network amplifies them through the following
-  layers; the output error and top-1 are reported, not bounded.
+  When codes moved in a random-weight network, it amplifies them through
+  the following layers; the output error and top-1 are reported, not
+  bounded. For the trained models the bound holds on every input whether or
+  not a code moved: relative error <= T and the same top-1 for every image of
+  the batch (their accuracy on the batch's labels is printed too).
   - the quantized layers' packed INT4 codes are <= 0.15x of their FP32 bytes.
 Prints a table with errors, top-1 agreement and file sizes (FP32, lowered,
 and the quantized layers' FP32 weights vs their packed INT4 codes, which must
@@ -124,6 +130,11 @@ def isolate_quantizers(src, dst, qnames):
     onnx.save(mm, dst)
 
 
+def out_ref(e, out):
+    """The manifest's ONNX Runtime output file of output `out` (FP32 model)."""
+    return e["outputs"][out]
+
+
 def sh(cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -138,7 +149,8 @@ def main():
     ap.add_argument("--nibble", default=os.environ.get("NIBBLE",
                                                        os.path.join(build_root, "tools", "nibble")))
     ap.add_argument("--refdir", default=os.path.join(build_root, "ref-models"))
-    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--models",
+                    default="resnet18,mobilenet_v2,resnet18_fmnist,mobilenet_v2_fmnist")
     ap.add_argument("--inputs", type=int, default=4)
     ap.add_argument("--tol", type=float, default=1e-2)
     args = ap.parse_args()
@@ -164,6 +176,8 @@ def main():
         if e is None:
             print("%s: not in %s" % (name, args.refdir), file=sys.stderr)
             return 1
+        trained = bool(e.get("trained"))
+        labels = np.load(os.path.join(args.refdir, e["labels"])) if trained else None
         model = os.path.join(args.refdir, e["model"])
         in_name, in_file = next(iter(e["inputs"].items()))
         x0 = np.load(os.path.join(args.refdir, in_file)).astype(np.float32)
@@ -175,15 +189,17 @@ def main():
             sh([args.nibble, "convert", q, "-o", low, "--passes", "lower-to-onnx",
                 "--verify-each"])
             log = sh([args.nibble, "convert", q, "-o", packed, "--passes", "pack-int4"])
-            m = re.search(r"packed (\d+) weight\(s\) into INT4: (\d+) bytes \(FP32 (\d+) bytes",
-                          log)
-            codes, fp32w = (int(m.group(2)), int(m.group(3))) if m else (0, 1)
+            m = re.search(r"of them (\d+) into INT4: (\d+) bytes \(FP32 (\d+) bytes", log)
+            if not m or int(m.group(1)) == 0:
+                print("%s: pack-int4 packed no INT4 weight:\n%s" % (name, log), file=sys.stderr)
+                return 1
+            codes, fp32w = int(m.group(2)), int(m.group(3))
             ratio = codes / fp32w
             lowx = os.path.join(tmp, "lowered_x.onnx")
             qnames = expose_quantized(low, lowx)
             iso = os.path.join(tmp, "quantizers.onnx")
             isolate_quantizers(low, iso, qnames)
-            for k in range(args.inputs):
+            for k in range(1 if trained else args.inputs):
                 x = x0 if k == 0 else (x0 * rng.uniform(0.5, 1.5) +
                                        rng.normal(0, 0.5, x0.shape)).astype(np.float32)
                 xf = os.path.join(tmp, "x%d.npy" % k)
@@ -207,12 +223,17 @@ def main():
                 moved, first_step = 0, None
                 for i, qn in enumerate(qnames):
                     a = np.load(os.path.join(dd, safe_name(qn) + ".npy")).astype(np.float64)
-                    qmax = 7.0 if re.search(r"_q4(_\d+)?$", qn) else 127.0
+                    # the code step: nibble's dequantized values are (code - zero
+                    # point) * scale, so the smallest gap between distinct values is
+                    # the scale, for symmetric and affine quantizers alike
+                    levels = np.unique(a)
+                    gaps = np.diff(levels)
+                    qstep = float(gaps.min()) if gaps.size else 0.0
                     for path, is_iso in ((os.path.join(idd, safe_name("%s__iso%d" % (qn, i))
                                                        + ".npy"), True),
                                          (os.path.join(od, safe_name(qn) + ".npy"), False)):
                         b = np.load(path).astype(np.float64)
-                        step = max(np.abs(a).max(), np.abs(b).max()) / qmax
+                        step = qstep
                         if step <= 0:
                             continue
                         d = np.abs(a - b) / step
@@ -234,13 +255,21 @@ def main():
                     top = bool((a.argmax(-1) == b.argmax(-1)).all())
                     ok = (ratio <= 0.15 and iso_moved == 0 and
                           (first_step is None or first_step <= 1.0 + 1e-3) and
-                          (moved > 0 or (err <= args.tol and top)))
+                          ((moved > 0 and not trained) or (err <= args.tol and top)))
                     failed |= not ok
                     print("%-14s %5d %10.3e %10.3e %6s %8d %8s %8d %6.3f %11d %9d %9d %7.4f%s" %
                           (name, k, err, err_f, "same" if top else "DIFF", moved,
                            "-" if first_step is None else "%.3f" % first_step, iso_moved,
                            iso_step, os.path.getsize(model), os.path.getsize(low), codes, ratio,
                            "" if ok else "  FAIL"))
+                    if trained:
+                        print("%-14s       accuracy on the batch's %d labels: FP32 reference "
+                              "(ONNX Runtime) %d, INT4 nibble %d, INT4 lowered in ONNX Runtime %d"
+                              % (name, len(labels),
+                                 int((np.load(os.path.join(args.refdir, out_ref(e, out)))
+                                      .argmax(-1) == labels).sum()),
+                                 int((a.argmax(-1) == labels).sum()),
+                                 int((b.argmax(-1) == labels).sum())))
                     sys.stdout.flush()
                 for t in (dd, idd, nd, od, fd):
                     shutil.rmtree(t, ignore_errors=True)

@@ -6,7 +6,8 @@ usage: /usr/bin/python3 compare_models.py [--nibble PATH] [--refdir DIR]
            [--modes fast,reference,roundtrip,passes]
 
 For every model of the reference set (tests/ref/export_models.py: ResNet-18,
-MobileNetV2, SqueezeNet 1.1, a transformer encoder) and the models nibble
+MobileNetV2, SqueezeNet 1.1, a transformer encoder with random weights;
+ResNet-18 and MobileNetV2 trained on Fashion-MNIST) and the models nibble
 ships (models/mlp.onnx, models/lenet5.onnx on models/data/fmnist_test_100.npy),
 runs `nibble run MODEL --input NAME=FILE ... --output-dir DIR` on the fast path
 and with --reference, and compares every output with ONNX Runtime's. Mode

@@ -4,7 +4,8 @@
 usage: /usr/bin/python3 export_models.py OUTDIR [--models a,b,...] [--no-ort]
 
 For each model (random weights, torch.manual_seed(0), BatchNorm running
-statistics calibrated on 4 random batches, then eval mode) writes
+statistics calibrated on 4 random batches, then eval mode; or, for the
+*_fmnist models, trained here on Fashion-MNIST, see train_fmnist) writes
   OUTDIR/<model>/model.onnx
   OUTDIR/<model>/inputs/<input name>.npy     fixed random inputs (seeded)
   OUTDIR/<model>/torch/<output name>.npy     PyTorch's outputs
@@ -61,12 +62,62 @@ def make_transformer():
     return Encoder(), [("src", (16, 2, 64))], 14
 
 
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_STEPS = 500  # SGD steps of 64 images: ResNet-18 ~88%, MobileNetV2 ~85% test accuracy
+FMNIST_BATCH = 16   # test images in the exported input
+
+
+def fmnist_images(x):
+    """Fashion-MNIST [N,1,28,28] (normalized) -> [N,3,32,32]: padded with the
+    background value and repeated to the three channels torchvision expects."""
+    x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=float(x.min()))
+    return np.ascontiguousarray(np.repeat(x, 3, axis=1), dtype=np.float32)
+
+
+def train_fmnist(arch):
+    """torchvision `arch` with 10 classes, trained from a fixed seed on
+    Fashion-MNIST (SGD, momentum 0.9, one-cycle learning rate 0.05,
+    FMNIST_STEPS steps of 64 random training images at 32x32). Real weights
+    and real inputs: the check of INT4 models lowered to ONNX needs a network
+    whose outputs mean something (a random-weight network amplifies any
+    difference). Returns the model in eval mode, its inputs, opset, the
+    input array (the first FMNIST_BATCH test images) and their labels."""
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "models"))
+    from make_models import load_split
+    xtr, ytr = load_split(FMNIST_DIR, "train")
+    xte, yte = load_split(FMNIST_DIR, "t10k")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=FMNIST_STEPS)
+    model.train()
+    for _ in range(FMNIST_STEPS):
+        idx = rng.integers(0, len(xtr), 64)
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(fmnist_images(xtr[idx]))),
+                                                 torch.from_numpy(ytr[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(fmnist_images(xte[:2000]))).argmax(1).numpy()
+    print("%-22s trained %d steps: test accuracy %.1f%% (first 2000 test images)"
+          % (arch + "_fmnist", FMNIST_STEPS, 100.0 * float((pred == yte[:2000]).mean())))
+    x = fmnist_images(xte[:FMNIST_BATCH])
+    return model, [("input", x.shape)], 13, [x], yte[:FMNIST_BATCH]
+
+
 MODELS = {
     "resnet18": make_resnet18,
     "mobilenet_v2": make_mobilenet_v2,
     "squeezenet1_1": make_squeezenet1_1,
     "transformer_encoder": make_transformer,
+    "resnet18_fmnist": lambda: train_fmnist("resnet18"),
+    "mobilenet_v2_fmnist": lambda: train_fmnist("mobilenet_v2"),
 }
+TRAINED = {"resnet18_fmnist", "mobilenet_v2_fmnist"}
 
 
 def calibrate_batchnorm(model, shape, rng):
@@ -95,7 +146,8 @@ def rel_err(a, b):
 
 def build_model(name):
     """The PyTorch module `name` exactly as exported (seeded weights, calibrated
-    BatchNorm, eval mode), with its [(input name, shape)] and opset."""
+    BatchNorm, eval mode), with its [(input name, shape)] and opset. Not for
+    the trained models (train_fmnist)."""
     torch.manual_seed(0)
     model, inputs, opset = MODELS[name]()
     model.eval()
@@ -104,12 +156,16 @@ def build_model(name):
 
 
 def export_one(name, outdir, run_ort):
-    model, inputs, opset = build_model(name)
+    labels = None
+    if name in TRAINED:
+        model, inputs, opset, arrays, labels = MODELS[name]()
+    else:
+        model, inputs, opset = build_model(name)
+        rng = np.random.default_rng(1234)
+        arrays = [rng.standard_normal(shape).astype(np.float32) for _, shape in inputs]
     mdir = os.path.join(outdir, name)
     for sub in ("inputs", "torch", "ort"):
         os.makedirs(os.path.join(mdir, sub), exist_ok=True)
-    rng = np.random.default_rng(1234)
-    arrays = [rng.standard_normal(shape).astype(np.float32) for _, shape in inputs]
     tensors = tuple(torch.from_numpy(a) for a in arrays)
     path = os.path.join(mdir, "model.onnx")
     with torch.no_grad():
@@ -121,7 +177,11 @@ def export_one(name, outdir, run_ort):
                           input_names=[n for n, _ in inputs], output_names=out_names,
                           do_constant_folding=True)
     entry = {"name": name, "model": os.path.relpath(path, outdir), "opset": opset,
-             "inputs": {}, "outputs": {}}
+             "inputs": {}, "outputs": {}, "trained": labels is not None}
+    if labels is not None:
+        f = os.path.join(mdir, "labels.npy")
+        np.save(f, labels)
+        entry["labels"] = os.path.relpath(f, outdir)
     for (iname, _), arr in zip(inputs, arrays):
         f = os.path.join(mdir, "inputs", iname + ".npy")
         np.save(f, arr)
@@ -155,7 +215,8 @@ def export_one(name, outdir, run_ort):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("outdir")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(
+        m for m in MODELS if m not in TRAINED or os.path.isdir(FMNIST_DIR)))
     ap.add_argument("--no-ort", action="store_true", help="skip running ONNX Runtime")
     args = ap.parse_args()
     names = [m for m in args.models.split(",") if m]
