@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLI contract of `nibble info/dump/convert/passes`: exit codes (0 ok, 1 run failure,
+# CLI contract of `nibble info/dump/convert/passes` and `run --profile`: exit codes (0 ok, 1 run failure,
 # 2 bad usage or bad input), messages, --help, --version, and a convert round trip.
 # Environment: NIBBLE (the binary), NBL_TESTDATA (libonnx-testdata data folder).
 set -u
@@ -102,6 +102,16 @@ then echo "FAIL: external-data round trip differs under the onnx package"; fails
 expect 0 '' -- convert "$T/ext.onnx" -o "$T/inl.onnx" --external-data none
 "$NIBBLE" dump --full "$BIG" >"$T/a.txt" && "$NIBBLE" dump --full "$T/inl.onnx" >"$T/b.txt"
 if ! cmp -s "$T/a.txt" "$T/b.txt"; then echo "FAIL: external -> inline round trip changed the model"; fails=$((fails + 1)); fi
+
+# nibble run --profile on the shipped LeNet-5: the runs after the first are
+# timed, and its Conv -> Relu pairs run fused
+SRC=${NBL_SOURCE_ROOT:-.}
+LENET=$SRC/models/lenet5.onnx
+if [ -f "$LENET" ]; then
+  expect 0 'profile: 2 run\(s\), [0-9]+ node\(s\)' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --repeat 3 --profile
+  expect 0 '^Conv\+Relu +2 ' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile
+  expect 0 '^Conv +2 ' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile --reference
+fi
 
 echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
 [ "$fails" -eq 0 ]
