@@ -673,6 +673,32 @@ static void dw_plane_generic(const float *ph, int64_t Wp, const int64_t *off, in
   DW_PLANE_BODY
 }
 
+/* ev[k] = x[2k] (k < ceil(W/2)), od[k] = x[2k+1] (k < W/2): one input row
+ * split into its even and odd columns for a stride-2 depthwise convolution. */
+static void deint2_scalar(const float *x, int64_t W, int64_t from, float *ev, float *od) {
+  for (int64_t iw = from; iw < W; iw++) {
+    if (iw & 1) od[iw / 2] = x[iw];
+    else ev[iw / 2] = x[iw];
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void deint2_avx2(const float *x, int64_t W, float *ev,
+                                                       float *od) {
+  int64_t iw = 0;
+  for (; iw + 16 <= W; iw += 16) {
+    __m256 a = _mm256_loadu_ps(x + iw), b = _mm256_loadu_ps(x + iw + 8);
+    /* [x0 x2 x8 x10 | x4 x6 x12 x14] -> lanes reordered to x0 x2 x4 ... x14 */
+    __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
+    e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+    o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+    _mm256_storeu_ps(ev + iw / 2, e);
+    _mm256_storeu_ps(od + iw / 2, o);
+  }
+  deint2_scalar(x, W, iw, ev, od);
+}
+#endif
+
 /* Depthwise 2-D convolution, one (n, m) output plane per item: the input plane
  * is copied with its zero padding into stride-phase planes (column phases of
  * the horizontal stride), then every output row is a sum of contiguous rows. */
@@ -722,6 +748,19 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
         const float *xr = xp + ih * W;
         if (S == 1) {
           memcpy(ph + (ih + pt) * Wp + pl, xr, (size_t)W * sizeof(float));
+          continue;
+        }
+        if (S == 2) { /* even columns go to phase pl % 2, odd ones to the other */
+          int64_t pe = pl % 2, po = 1 - pe;
+          float *ev = ph + pe * plane + (ih + pt) * Wp + pl / 2;
+          float *od = ph + po * plane + (ih + pt) * Wp + (1 + pl) / 2;
+#if defined(__x86_64__)
+          if (avx2) {
+            deint2_avx2(xr, W, ev, od);
+            continue;
+          }
+#endif
+          deint2_scalar(xr, W, 0, ev, od);
           continue;
         }
         for (int64_t p = 0; p < S; p++) { /* padded column pc = iw + pl = j*S + p */

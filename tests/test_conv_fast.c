@@ -128,6 +128,9 @@ START_TEST(test_depthwise) {
       {1, 4, 12, 12, 8, 3, 4, 2, 0, 1, 1, 0, 1, 0},  /* multiplier 2, asymmetric pads */
       {1, 4, 13, 10, 4, 5, 4, 3, 2, 2, 2, 2, 0, 0},  /* 5x5, stride 3 */
       {1, 16, 20, 20, 16, 3, 16, 1, 1, 1, 1, 1, 1, 0}, /* rows wider than 8 lanes */
+      {1, 8, 33, 37, 8, 3, 8, 2, 1, 1, 1, 1, 1, 0},  /* stride 2, rows of 16+ columns */
+      {1, 4, 34, 40, 4, 3, 4, 2, 0, 0, 1, 1, 0, 0},  /* stride 2, no left pad */
+      {1, 4, 20, 35, 8, 3, 4, 2, 1, 2, 0, 1, 1, 0},  /* stride 2, even left pad, mult 2 */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
