@@ -340,7 +340,7 @@ static void sgemm_bias_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, i
                    act,     row_bias};
     if (want > 1 && (double)M * (double)N * (double)K >= 2e6) {
       t.split_n = N >= M;
-      int64_t len = t.split_n ? N : M, unit = t.split_n ? 64 : 16;
+      int64_t len = t.split_n ? N : M, unit = 8; /* blocks of near-equal size */
       int64_t blk = (len + want - 1) / want;
       blk = (blk + unit - 1) / unit * unit;
       t.blk = blk;
@@ -928,6 +928,15 @@ static void wino_output(void *arg, int64_t begin, int64_t end) {
   }
 }
 
+/* Mo[xi] = U[xi] V[xi] ([M, C] x [C, T]), items xi, each single-threaded. */
+static void wino_products(void *arg, int64_t begin, int64_t end) {
+  const wino_task *t = arg;
+  int64_t M = t->g->M, C = t->g->C, T = t->T;
+  for (int64_t xi = begin; xi < end; xi++)
+    nbl_sgemm(NULL, 0, 0, M, T, C, 1.0f, t->U + xi * M * C, C, t->V + xi * C * T, T, 0.0f,
+              t->Mo + xi * M * T, T);
+}
+
 /* Transformed weights kept in the node's executor cache. */
 typedef struct wino_wcache {
   const float *w; /* the weights they came from */
@@ -983,9 +992,9 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
     t.x = x + n * C * g->in_sz;
     t.y = y + n * M * g->out_sz;
     nbl_parallel_for(ctx, C, 1, wino_input, &t);
-    for (int xi = 0; xi < 16; xi++)
-      nbl_sgemm(ctx, 0, 0, M, T, C, 1.0f, U + xi * M * C, C, V + xi * C * T, T, 0.0f,
-                Mo + xi * M * T, T);
+    /* the 16 products are independent: threads take whole products (one
+     * parallel region, each product's operands used by one thread) */
+    nbl_parallel_for(ctx, 16, 1, wino_products, &t);
     nbl_parallel_for(ctx, M, 1, wino_output, &t);
   }
   free(V);
