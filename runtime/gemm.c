@@ -501,41 +501,42 @@ void nbl_conv_ref_f64(const nbl_conv_geom *g, const double *x, const double *w, 
     }
 }
 
-/* 2-D im2col rows for channels [c0, c1): per (c, kh, kw) row, the output
+/* 2-D im2col rows for items [i0, i1), item = c * KH + kh: per (c, kh, kw) row, the output
  * columns whose input column is inside [0, W) form one range [lo, hi); the
  * rest are zero, and stride 1 copies the range in one go. */
-static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, int64_t c0,
-                          int64_t c1) {
+static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, int64_t i0,
+                          int64_t i1) {
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   int64_t sh = g->s[0], sw = g->s[1];
-  for (int64_t c = c0; c < c1; c++)
-    for (int64_t kh = 0; kh < g->k[0]; kh++)
-      for (int64_t kw = 0; kw < g->k[1]; kw++) {
-        float *dst = col + ((c * g->k[0] + kh) * g->k[1] + kw) * OH * OW;
-        const float *src = x + c * H * W;
-        int64_t off = kw * g->d[1] - g->pb[1];
-        /* iw = ow*sw + off in [0, W)  <=>  ow in [lo, hi) */
-        int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
-        int64_t hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
-        if (hi > OW) hi = OW;
-        if (lo > hi) lo = hi;
-        for (int64_t oh = 0; oh < OH; oh++) {
-          int64_t ih = oh * sh - g->pb[0] + kh * g->d[0];
-          float *d = dst + oh * OW;
-          if (ih < 0 || ih >= H) {
-            memset(d, 0, (size_t)OW * sizeof(float));
-            continue;
-          }
-          const float *srow = src + ih * W;
-          for (int64_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
-          if (sw == 1) {
-            if (hi > lo) memcpy(d + lo, srow + lo + off, (size_t)(hi - lo) * sizeof(float));
-          } else {
-            for (int64_t ow = lo; ow < hi; ow++) d[ow] = srow[ow * sw + off];
-          }
-          for (int64_t ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+  for (int64_t i = i0; i < i1; i++) { /* item i = (channel c, kernel row kh) */
+    int64_t c = i / g->k[0], kh = i % g->k[0];
+    for (int64_t kw = 0; kw < g->k[1]; kw++) {
+      float *dst = col + ((c * g->k[0] + kh) * g->k[1] + kw) * OH * OW;
+      const float *src = x + c * H * W;
+      int64_t off = kw * g->d[1] - g->pb[1];
+      /* iw = ow*sw + off in [0, W)  <=>  ow in [lo, hi) */
+      int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+      int64_t hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
+      if (hi > OW) hi = OW;
+      if (lo > hi) lo = hi;
+      for (int64_t oh = 0; oh < OH; oh++) {
+        int64_t ih = oh * sh - g->pb[0] + kh * g->d[0];
+        float *d = dst + oh * OW;
+        if (ih < 0 || ih >= H) {
+          memset(d, 0, (size_t)OW * sizeof(float));
+          continue;
         }
+        const float *srow = src + ih * W;
+        for (int64_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+        if (sw == 1) {
+          if (hi > lo) memcpy(d + lo, srow + lo + off, (size_t)(hi - lo) * sizeof(float));
+        } else {
+          for (int64_t ow = lo; ow < hi; ow++) d[ow] = srow[ow * sw + off];
+        }
+        for (int64_t ow = hi; ow < OW; ow++) d[ow] = 0.0f;
       }
+    }
+  }
 }
 
 typedef struct im2col_task {
@@ -552,7 +553,7 @@ static void im2col_run(void *arg, int64_t begin, int64_t end) {
 void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col) {
   int ns = g->ns;
   if (ns == 2) {
-    im2col2d_rows(g, x, col, 0, Cg);
+    im2col2d_rows(g, x, col, 0, Cg * g->k[0]);
     return;
   }
   int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
@@ -1047,7 +1048,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
       if (!direct) {
         if (g->ns == 2 && ctx) {
           im2col_task it = {g, xg, col};
-          nbl_parallel_for(ctx, Cg, 1, im2col_run, &it);
+          nbl_parallel_for(ctx, Cg * g->k[0], 1, im2col_run, &it);
         } else {
           nbl_im2col_f32(g, Cg, xg, col);
         }
