@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -802,6 +803,8 @@ typedef struct wino_task {
   float *U, *V, *Mo, *y;
   int64_t TH, TW, T;
   const nbl_act *act;
+  int64_t band; /* tile rows per band (wino_bands) */
+  _Atomic int oom;
 } wino_task;
 
 /* U[xi][m][c] = (G w[m][c] G^T)[xi], items m. */
@@ -859,28 +862,32 @@ WINO_VEC static void wino_in_row(float (*E)[WINO_MAXT], float (*O)[WINO_MAXT], i
   }
 }
 
+/* Input transform of tile row th of channel c into v (v[xi * CT + tw]). */
+static void wino_in_one(const wino_task *t, const float *xp, int64_t th, float *v, int64_t CT) {
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], pt = g->pb[0], pl = g->pb[1];
+  float E[4][WINO_MAXT], O[4][WINO_MAXT];
+  for (int r = 0; r < 4; r++) {
+    int64_t ih = th * 2 - pt + r;
+    const float *xr = xp + ih * W;
+    int in_row = ih >= 0 && ih < H;
+    for (int64_t j = 0; j <= t->TW; j++) {
+      int64_t iw = 2 * j - pl;
+      E[r][j] = in_row && iw >= 0 && iw < W ? xr[iw] : 0.0f;
+      O[r][j] = in_row && iw + 1 >= 0 && iw + 1 < W ? xr[iw + 1] : 0.0f;
+    }
+  }
+  wino_in_row(E, O, t->TW, v, CT);
+}
+
 /* V[xi][c][tile] = (B^T d B)[xi] for the 4x4 input tile d, items c. */
 static void wino_input(void *arg, int64_t begin, int64_t end) {
   const wino_task *t = arg;
   const nbl_conv_geom *g = t->g;
-  int64_t H = g->in[0], W = g->in[1], pt = g->pb[0], pl = g->pb[1], CT = g->C * t->T;
-  float E[4][WINO_MAXT], O[4][WINO_MAXT];
-  for (int64_t c = begin; c < end; c++) {
-    const float *xp = t->x + c * H * W;
-    for (int64_t th = 0; th < t->TH; th++) {
-      for (int r = 0; r < 4; r++) {
-        int64_t ih = th * 2 - pt + r;
-        const float *xr = xp + ih * W;
-        int in_row = ih >= 0 && ih < H;
-        for (int64_t j = 0; j <= t->TW; j++) {
-          int64_t iw = 2 * j - pl;
-          E[r][j] = in_row && iw >= 0 && iw < W ? xr[iw] : 0.0f;
-          O[r][j] = in_row && iw + 1 >= 0 && iw + 1 < W ? xr[iw + 1] : 0.0f;
-        }
-      }
-      wino_in_row(E, O, t->TW, t->V + c * t->T + th * t->TW, CT);
-    }
-  }
+  int64_t CT = g->C * t->T;
+  for (int64_t c = begin; c < end; c++)
+    for (int64_t th = 0; th < t->TH; th++)
+      wino_in_one(t, t->x + c * g->in_sz, th, t->V + c * t->T + th * t->TW, CT);
 }
 
 /* One tile row of the output transform: q[xi * MT + tw] are the 16 products
@@ -938,6 +945,47 @@ static void wino_products(void *arg, int64_t begin, int64_t end) {
               t->Mo + xi * M * T, T);
 }
 
+/* Bands of t->band tile rows through all three stages with band-local V and
+ * Mo (items: bands of image t->x): a band's transformed data is produced and
+ * consumed by one thread while it is in that thread's caches. */
+static void wino_bands(void *arg, int64_t begin, int64_t end) {
+  wino_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t C = g->C, M = g->M, TW = t->TW, OH = g->out[0], OW = g->out[1];
+  int64_t tbmax = t->band * TW;
+  float *V = malloc((size_t)(16 * C * tbmax) * sizeof(float));
+  float *Mo = malloc((size_t)(16 * M * tbmax) * sizeof(float));
+  if (!V || !Mo) {
+    free(V);
+    free(Mo);
+    atomic_store(&t->oom, 1);
+    return;
+  }
+  for (int64_t b = begin; b < end; b++) {
+    int64_t th0 = b * t->band, th1 = th0 + t->band < t->TH ? th0 + t->band : t->TH;
+    int64_t tb = (th1 - th0) * TW;
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t th = th0; th < th1; th++)
+        wino_in_one(t, t->x + c * g->in_sz, th, V + c * tb + (th - th0) * TW, C * tb);
+    for (int xi = 0; xi < 16; xi++)
+      nbl_sgemm(NULL, 0, 0, M, tb, C, 1.0f, t->U + xi * M * C, C, V + xi * C * tb, tb, 0.0f,
+                Mo + xi * M * tb, tb);
+    int64_t r0 = 2 * th0, r1 = 2 * th1 < OH ? 2 * th1 : OH;
+    for (int64_t m = 0; m < M; m++) {
+      float bv = t->bias ? t->bias[m] : 0.0f;
+      float *yp = t->y + m * OH * OW;
+      for (int64_t th = th0; th < th1; th++) {
+        int64_t oh = th * 2;
+        wino_out_row(Mo + m * tb + (th - th0) * TW, M * tb, TW, bv, yp + oh * OW,
+                     oh + 1 < OH ? yp + (oh + 1) * OW : NULL, OW);
+      }
+      nbl_act_apply_2d(t->act, yp + r0 * OW, 1, (r1 - r0) * OW, 0);
+    }
+  }
+  free(V);
+  free(Mo);
+}
+
 /* Transformed weights kept in the node's executor cache. */
 typedef struct wino_wcache {
   const float *w; /* the weights they came from */
@@ -962,7 +1010,7 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
   int64_t C = g->C, M = g->M;
   nbl_kcache *kc = nbl_kctx_cache(ctx);
   if (!kc || !weights_const(ctx)) return 0;
-  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, TH, TW, T, act};
+  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, TH, TW, T, act, 0, 0};
   wino_wcache *wc = kc->data;
   if (!wc || wc->w != w || wc->M != M || wc->C != C) {
     if (kc->free_fn) kc->free_fn(kc->data);
@@ -980,6 +1028,24 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
   }
   float *U = wc->U;
   t.U = U;
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  if (T >= 128) {
+    /* bands of about 128 tiles, as many as a multiple of the thread count,
+     * of near-equal height */
+    int64_t want = (T + 64) / 128;
+    if (want < 1) want = 1;
+    want = (want + threads - 1) / threads * threads;
+    if (want > TH) want = TH;
+    int64_t rows = (TH + want - 1) / want;
+    t.band = rows;
+    int64_t nb = (TH + rows - 1) / rows;
+    for (int64_t n = 0; n < g->N && !atomic_load(&t.oom); n++) {
+      t.x = x + n * C * g->in_sz;
+      t.y = y + n * M * g->out_sz;
+      nbl_parallel_for(ctx, nb, 1, wino_bands, &t);
+    }
+    return !atomic_load(&t.oom);
+  }
   float *V = malloc((size_t)(16 * C * T) * sizeof(float));
   float *Mo = malloc((size_t)(16 * M * T) * sizeof(float));
   if (!V || !Mo) {

@@ -115,6 +115,8 @@ START_TEST(test_winograd) {
       {1, 32, 4, 3, 24, 3, 1, 1, 0, 0, 0, 0, 1, 0},   /* 2x1 output, no padding */
       {1, 16, 6, 6, 16, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* weights from a graph input */
       {1, 20, 60, 7, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},  /* tall */
+      {1, 16, 26, 25, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* 169 tiles: bands, odd width */
+      {2, 17, 33, 30, 18, 3, 1, 1, 0, 1, 1, 0, 1, 0}, /* bands, batch 2, asymmetric pads */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);

@@ -183,6 +183,8 @@ static void check(const fcase *c, int expect_fused) {
 START_TEST(test_relu_winograd) {
   fcase c = {16, 12, 12, 16, 3, 1, 1, 1, ACT_RELU, 0, 0, -1};
   check(&c, 1);
+  fcase d = {16, 30, 29, 16, 3, 1, 1, 1, ACT_CLIP_INITS, -0.5f, 0.5f, -1}; /* banded */
+  check(&d, 1);
 }
 END_TEST
 
