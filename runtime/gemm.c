@@ -748,21 +748,25 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
   const dw_task *t = arg;
   const nbl_conv_geom *g = t->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
-  int64_t KH = g->k[0], KW = g->k[1], S = t->S, Hp = t->Hp, Wp = t->Wp;
-  int64_t plane = Hp * Wp, pt = g->pb[0], pl = g->pb[1];
+  int64_t KH = g->k[0], KW = g->k[1], S = t->S, R = g->s[0], Wp = t->Wp;
+  /* phase planes: padded input row r, column pc go to plane (r % R, pc % S)
+   * at row r / R, column pc / S, so that every tap reads rows and columns of
+   * one plane with stride 1 */
+  int64_t Hq = (t->Hp + R - 1) / R, plane = Hq * Wp, pt = g->pb[0], pl = g->pb[1];
   int nt = (int)(KH * KW);
   int64_t off[NBL_DW_MAX_TAPS];
   for (int64_t kh = 0; kh < KH && nt <= NBL_DW_MAX_TAPS; kh++)
     for (int64_t kw = 0; kw < KW; kw++) {
-      int64_t q = kw * g->d[1];
-      off[kh * KW + kw] = (q % S) * plane + kh * g->d[0] * Wp + q / S;
+      int64_t q = kw * g->d[1], r = kh * g->d[0];
+      off[kh * KW + kw] = ((r % R) * S + q % S) * plane + (r / R) * Wp + q / S;
     }
   /* slack for the flat kernel, which reads up to 31 floats past the last
    * output row's last tap */
   int64_t slack = 32 + (KW - 1) * g->d[1];
-  float *ph = nt <= NBL_DW_MAX_TAPS ? calloc((size_t)(S * plane + slack), sizeof(float)) : NULL;
-  /* small planes with vertical stride 1 take the flat kernel (dw_flat_*) */
-  int flat = g->s[0] == 1 && OW < 32 && OW % 8 != 0;
+  float *ph =
+      nt <= NBL_DW_MAX_TAPS ? calloc((size_t)(R * S * plane + slack), sizeof(float)) : NULL;
+  /* small planes take the flat kernel (dw_flat_*) */
+  int flat = OW < 32 && OW % 8 != 0;
   float *tq = flat && ph ? malloc((size_t)(OH * Wp + 32) * sizeof(float)) : NULL;
   if (flat && !tq) flat = 0;
   int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -795,14 +799,15 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
        * first memset (below, at allocation) stays */
       for (int64_t ih = 0; ih < H; ih++) {
         const float *xr = xp + ih * W;
+        float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
         if (S == 1) {
-          memcpy(ph + (ih + pt) * Wp + pl, xr, (size_t)W * sizeof(float));
+          memcpy(row + pl, xr, (size_t)W * sizeof(float));
           continue;
         }
         if (S == 2) { /* even columns go to phase pl % 2, odd ones to the other */
           int64_t pe = pl % 2, po = 1 - pe;
-          float *ev = ph + pe * plane + (ih + pt) * Wp + pl / 2;
-          float *od = ph + po * plane + (ih + pt) * Wp + (1 + pl) / 2;
+          float *ev = row + pe * plane + pl / 2;
+          float *od = row + po * plane + (1 + pl) / 2;
 #if defined(__x86_64__)
           if (avx2) {
             deint2_avx2(xr, W, ev, od);
@@ -814,7 +819,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
         }
         for (int64_t p = 0; p < S; p++) { /* padded column pc = iw + pl = j*S + p */
           int64_t iw0 = ((p - pl) % S + S) % S;
-          float *dst = ph + p * plane + (ih + pt) * Wp + (iw0 + pl) / S;
+          float *dst = row + p * plane + (iw0 + pl) / S;
           for (int64_t iw = iw0; iw < W; iw += S) *dst++ = xr[iw];
         }
       }
@@ -829,9 +834,9 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       for (int64_t oh = 0; oh < OH; oh++)
         memcpy(yp + oh * OW, tq + oh * Wp, (size_t)OW * sizeof(float));
     } else if (avx2) {
-      dw_plane_avx2(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
+      dw_plane_avx2(ph, Wp, off, nt, wp, 1, b, yp, OH, OW);
     } else {
-      dw_plane_generic(ph, Wp, off, nt, wp, g->s[0], b, yp, OH, OW);
+      dw_plane_generic(ph, Wp, off, nt, wp, 1, b, yp, OH, OW);
     }
     nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
   }
