@@ -280,6 +280,22 @@ static void blas_run(void *arg, int64_t begin, int64_t end) {
     if (hi > t->N) hi = t->N;
     if (t->row_bias)
       for (int64_t i = 0; i < t->M; i++) fill_f32(t->C + i * t->ldc + lo, hi - lo, t->row_bias[i]);
+    if (t->M == 1) { /* a matrix-vector product: sgemv reads B once, at memory speed */
+      float *y = t->C + lo;
+      if (!t->row_bias && t->beta == 0.0f)
+        memset(y, 0, (size_t)(hi - lo) * sizeof(float)); /* C is not read (NaN stays out) */
+      else if (!t->row_bias && t->beta != 1.0f)
+        for (int64_t j = 0; j < hi - lo; j++) y[j] *= t->beta;
+      int incx = t->ta ? (int)t->lda : 1;
+      if (t->tb)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(hi - lo), (int)t->K, t->alpha,
+                    t->B + lo * t->ldb, (int)t->ldb, t->A, incx, 1.0f, y, 1);
+      else
+        cblas_sgemv(CblasRowMajor, CblasTrans, (int)t->K, (int)(hi - lo), t->alpha, t->B + lo,
+                    (int)t->ldb, t->A, incx, 1.0f, y, 1);
+      nbl_act_apply_2d(t->act, y, 1, hi - lo, t->ldc);
+      return;
+    }
     const float *B = t->tb ? t->B + lo * t->ldb : t->B + lo;
     cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans,
                 t->tb ? CblasTrans : CblasNoTrans, (int)t->M, (int)(hi - lo), (int)t->K, t->alpha,
@@ -339,6 +355,18 @@ static void sgemm_bias_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, i
     int want = ctx && ctx->threads > 0 ? ctx->threads : 1;
     blas_task t = {trans_a, trans_b, 0,    M,     N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C,
                    act,     row_bias};
+    if (M == 1) { /* sgemv (blas_run), in column blocks when it is big enough */
+      t.split_n = 1;
+      int64_t items = want > 1 && (double)N * (double)K >= 5e5 ? want : 1;
+      t.blk = (N + items - 1) / items;
+      t.blk = (t.blk + 7) / 8 * 8;
+      items = (N + t.blk - 1) / t.blk;
+      if (items > 1)
+        nbl_parallel_for(ctx, items, 1, blas_run, &t);
+      else
+        blas_run(&t, 0, 1);
+      return;
+    }
     if (want > 1 && (double)M * (double)N * (double)K >= 2e6) {
       t.split_n = N >= M;
       int64_t len = t.split_n ? N : M, unit = 8; /* blocks of near-equal size */

@@ -170,6 +170,31 @@ START_TEST(test_gemm_node_threads) {
 }
 END_TEST
 
+/* One row (a classifier on one image): the matrix-vector path, split across
+ * threads by columns, transB = 1 (Gemm) and 0 (MatMul), fast vs reference. */
+START_TEST(test_gemm_one_row_threads) {
+  int64_t K = 1283, N = 1001;
+  int64_t da[2] = {1, K}, db[2] = {N, K}, dbt[2] = {K, N}, dc[1] = {N};
+  float *A = frandv(K), *B = frandv(N * K), *C = frandv(N);
+  nbl_host_tensor in[3] = {ht(NBL_DT_FLOAT, 2, da, A), ht(NBL_DT_FLOAT, 2, db, B),
+                           ht(NBL_DT_FLOAT, 1, dc, C)};
+  nbl_host_tensor y = run_both("Gemm", 13, attr_gemm_tb, 3, in, 1e-5);
+  ck_assert_int_eq(y.dims[0], 1);
+  ck_assert_int_eq(y.dims[1], N);
+  double s = 0;
+  for (int64_t p = 0; p < K; p++) s += (double)A[p] * B[(N - 1) * K + p];
+  ck_assert(fabs(((float *)y.data)[N - 1] - (0.5 * s + 2.0 * C[N - 1])) < 1e-4);
+  free(y.data);
+  nbl_host_tensor in2[2] = {ht(NBL_DT_FLOAT, 2, da, A), ht(NBL_DT_FLOAT, 2, dbt, B)};
+  y = run_both("MatMul", 13, NULL, 2, in2, 1e-5);
+  ck_assert_int_eq(y.dims[1], N);
+  s = 0;
+  for (int64_t p = 0; p < K; p++) s += (double)A[p] * B[p * N + 7];
+  ck_assert(fabs(((float *)y.data)[7] - s) < 1e-4);
+  free(y.data), free(A), free(B), free(C);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ Conv */
 
 typedef struct conv_case {
@@ -476,6 +501,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_gemm_portable_tiles, 0, 4);
   tcase_add_loop_test(tc, test_gemm_blas_tiles, 0, 4);
   tcase_add_test(tc, test_gemm_node_threads);
+  tcase_add_test(tc, test_gemm_one_row_threads);
   tcase_add_test(tc, test_conv_vs_naive);
   tcase_add_test(tc, test_matmul_shapes);
   tcase_add_test(tc, test_pooling_hand);
