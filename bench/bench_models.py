@@ -201,6 +201,14 @@ def main():
                  % node_base)
     for n in args.note:
         lines.append("- " + n)
+    try:
+        ver = subprocess.run([args.nibble, "--version"], capture_output=True, text=True).stdout
+        info = ver.strip().splitlines()[1:]
+        if info:
+            lines.append("- nibble's kernels (`nibble --version`, with the environment as run): "
+                         + info[0])
+    except OSError:
+        pass
     lines.append("- made by `bench/run_bench.sh` on %s." % time.strftime("%Y-%m-%d"))
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

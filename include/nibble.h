@@ -71,6 +71,12 @@ typedef enum nbl_dtype {
 /* Library version, e.g. "0.1.0". */
 const char *nbl_version(void);
 
+/* The kernels the fast path uses on this machine, one line, for example
+ * "FP32 products: OpenBLAS 0.3.21 (Haswell kernels); INT4: avx512-vnni".
+ * OpenBLAS picks its kernels at load time from the CPU, or from the
+ * OPENBLAS_CORETYPE environment variable when that is set. */
+const char *nbl_kernel_info(void);
+
 /* The message of the last failing call on this thread ("" if none). */
 const char *nbl_last_error(void);
 

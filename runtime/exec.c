@@ -1325,7 +1325,8 @@ nbl_status nbl_session_print_profile(const nbl_session *s, FILE *out, int top) {
   }
   qsort(rows, (size_t)nr, sizeof *rows, cmp_row);
   double div = runs > 0 ? 1e6 * runs : 1e6;
-  fprintf(out, "profile: %d run(s), %d node(s), %.3f ms per run in nodes\n", runs, n, total / div);
+  fprintf(out, "profile: %d run(s), %d node(s), %.3f ms per run in nodes, %d thread(s)\n%s\n",
+          runs, n, total / div, s->e->threads, nbl_kernel_info());
   fprintf(out, "%-24s %6s %12s %7s\n", "op", "nodes", "ms/run", "share");
   for (int r = 0; r < nr; r++)
     fprintf(out, "%-24s %6d %12.3f %6.1f%%\n", rows[r].op, rows[r].count, rows[r].ns / div,

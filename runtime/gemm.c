@@ -1,11 +1,13 @@
 /* gemm.c - FP32 GEMM (OpenBLAS or nibble's own packed kernel), the double
  * reference product, and the convolution helpers built on them. */
 #include "gemm.h"
+#include "int4_gemm.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -250,6 +252,28 @@ static void act_row(float *y, int64_t n, float lo, float hi) {
 void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld) {
   if (!act || !act->kind) return;
   for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi);
+}
+
+const char *nbl_kernel_info(void) {
+  static char buf[256];
+  static _Atomic int done;
+  if (atomic_load(&done)) return buf;
+  char blas[160];
+#if defined(NBL_HAVE_CBLAS) && defined(OPENBLAS_VERSION)
+  const char *core = openblas_get_corename(), *v = OPENBLAS_VERSION; /* " OpenBLAS 0.3.21 " */
+  while (*v == ' ') v++;
+  int vlen = (int)strlen(v);
+  while (vlen > 0 && v[vlen - 1] == ' ') vlen--;
+  snprintf(blas, sizeof blas, "%.*s (%s kernels)", vlen, v, core ? core : "?");
+#elif defined(NBL_HAVE_CBLAS)
+  snprintf(blas, sizeof blas, "a cblas library");
+#else
+  snprintf(blas, sizeof blas, "nibble's own blocked kernel (no BLAS)");
+#endif
+  snprintf(buf, sizeof buf, "FP32 products: %s; INT4: %s", blas,
+           nbl_i4_isa_name(nbl_i4_best_isa()));
+  atomic_store(&done, 1);
+  return buf;
 }
 
 int nbl_gemm_has_blas(void) {

@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
-    printf("nibble %s\n", nbl_version());
+    printf("nibble %s\n%s\n", nbl_version(), nbl_kernel_info());
     return 0;
   }
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
