@@ -8,82 +8,23 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "tests/node_run.h"
 
 /* ------------------------------------------------------------------ helpers */
 
-typedef void (*attr_fn)(nbl_graph *g, nbl_id n);
-
-static nbl_host_tensor ht(nbl_dtype dt, int rank, const int64_t *dims, void *data) {
-  nbl_host_tensor t;
-  memset(&t, 0, sizeof t);
-  t.dtype = dt;
-  t.rank = rank;
-  for (int i = 0; i < rank; i++) t.dims[i] = dims[i];
-  t.data = data;
-  t.nbytes = nbl_dtype_nbytes(dt, nbl_shape_numel(rank, dims));
-  return t;
-}
 static nbl_host_tensor none(void) {
   nbl_host_tensor t;
   memset(&t, 0, sizeof t);
   return t;
 }
 
-/* Run one node at the given opset; omitted inputs have dtype UNDEFINED;
- * out_names[i] == 0 leaves output i unrequested (""). outs[i] receive malloc'd
- * copies of requested outputs. */
+/* Run one node (node_run.h) on the reference kernels, or on the fast ones
+ * with two threads when use_ref is 0; want[i] == 0 leaves output i unrequested. */
 static int use_ref = 1; /* 1: reference kernels, 0: fast kernels where they exist */
 
 static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins,
                            int n_out, const int *want, nbl_host_tensor *outs) {
-  nbl_model *m = nbl_model_new();
-  nbl_model_set_opset(m, "", opset);
-  nbl_graph *g = m->graph;
-  nbl_id iv[16], ov[8];
-  char name[32];
-  nbl_host_tensor feeds[16];
-  int nf = 0, no = 0;
-  for (int i = 0; i < n_in; i++) {
-    if (ins[i].dtype == NBL_DT_UNDEFINED) {
-      iv[i] = NBL_NONE;
-      continue;
-    }
-    snprintf(name, sizeof name, "in%d", i);
-    iv[i] = nbl_graph_add_value(g, name);
-    nbl_type_set_tensor(m->arena, &g->values[iv[i]].type, ins[i].dtype, ins[i].rank, ins[i].dims);
-    nbl_graph_add_input(g, iv[i]);
-    feeds[nf] = ins[i];
-    feeds[nf].name = g->values[iv[i]].name;
-    nf++;
-  }
-  for (int i = 0; i < n_out; i++) {
-    if (want && !want[i]) {
-      ov[i] = NBL_NONE;
-      continue;
-    }
-    snprintf(name, sizeof name, "out%d", i);
-    ov[i] = nbl_graph_add_value(g, name);
-  }
-  nbl_id n = nbl_graph_add_node(g, op, "", "n0", n_in, iv, n_out, ov);
-  if (af) af(g, n);
-  for (int i = 0; i < n_out; i++)
-    if (ov[i] != NBL_NONE) nbl_graph_add_output(g, ov[i]);
-  nbl_session_options opt = {use_ref ? 1 : 2, use_ref, NULL, NULL};
-  nbl_session *s = NULL;
-  nbl_status st = nbl_session_create(m, &opt, &s);
-  const nbl_host_tensor *res = NULL;
-  if (st == NBL_OK) st = nbl_session_run(s, nf, feeds, &res);
-  if (st == NBL_OK)
-    for (int i = 0; i < n_out; i++) {
-      if (ov[i] == NBL_NONE) continue;
-      outs[i] = res[no++];
-      outs[i].name = NULL;
-      outs[i].data = malloc(outs[i].nbytes ? outs[i].nbytes : 1);
-      if (outs[i].nbytes) memcpy(outs[i].data, res[no - 1].data, outs[i].nbytes);
-    }
-  nbl_session_free(s);
-  nbl_model_free(m);
-  return st;
+  return node_run(op, opset, af, n_in, ins, n_out, want, outs, use_ref, use_ref ? 1 : 2);
 }
 
 static nbl_host_tensor run1(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins) {
