@@ -727,46 +727,6 @@ static void dw_plane_generic(const float *ph, int64_t Wp, const int64_t *off, in
   DW_PLANE_BODY
 }
 
-/* Small planes, vertical stride 1: the output computed on the padded grid,
- * t[q] = b + sum_k w[k] * ph[off[k] + q] for q < nq = OH * Wp (the columns
- * past OW are discarded by the caller), so every load is contiguous and no
- * row ends in a scalar tail. ph must have 31 readable floats past its end. */
-#define DW_FLAT_BODY                                                                   \
-  v8f wv[NBL_DW_MAX_TAPS];                                                             \
-  for (int k = 0; k < nt; k++) wv[k] = (v8f){w[k], w[k], w[k], w[k], w[k], w[k], w[k], w[k]}; \
-  int64_t q = 0;                                                                       \
-  for (; q < nq; q += 32) {                                                            \
-    v8f a0 = {b, b, b, b, b, b, b, b}, a1 = a0, a2 = a0, a3 = a0;                       \
-    for (int k = 0; k < nt; k++) {                                                     \
-      v8f x0, x1, x2, x3;                                                              \
-      const float *src = ph + off[k] + q;                                              \
-      memcpy(&x0, src, sizeof x0);                                                     \
-      memcpy(&x1, src + 8, sizeof x1);                                                 \
-      memcpy(&x2, src + 16, sizeof x2);                                                \
-      memcpy(&x3, src + 24, sizeof x3);                                                \
-      a0 += x0 * wv[k];                                                                \
-      a1 += x1 * wv[k];                                                                \
-      a2 += x2 * wv[k];                                                                \
-      a3 += x3 * wv[k];                                                                \
-    }                                                                                  \
-    memcpy(t + q, &a0, sizeof a0);                                                     \
-    memcpy(t + q + 8, &a1, sizeof a1);                                                 \
-    memcpy(t + q + 16, &a2, sizeof a2);                                                \
-    memcpy(t + q + 24, &a3, sizeof a3);                                                \
-  }
-
-__attribute__((target("avx2,fma"))) static void dw_flat_avx2(const float *ph,
-                                                             const int64_t *off, int nt,
-                                                             const float *w, float b, float *t,
-                                                             int64_t nq) {
-  DW_FLAT_BODY
-}
-
-static void dw_flat_generic(const float *ph, const int64_t *off, int nt, const float *w, float b,
-                            float *t, int64_t nq) {
-  DW_FLAT_BODY
-}
-
 /* ev[k] = x[2k] (k < ceil(W/2)), od[k] = x[2k+1] (k < W/2): one input row
  * split into its even and odd columns for a stride-2 depthwise convolution. */
 static void deint2_scalar(const float *x, int64_t W, int64_t from, float *ev, float *od) {
@@ -812,14 +772,17 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       int64_t q = kw * g->d[1], r = kh * g->d[0];
       off[kh * KW + kw] = ((r % R) * S + q % S) * plane + (r / R) * Wp + q / S;
     }
-  /* slack for the flat kernel, which reads up to 31 floats past the last
-   * output row's last tap */
-  int64_t slack = 32 + (KW - 1) * g->d[1];
+  /* slack for small planes, computed as one row of OH * Wp on the padded
+   * grid: the last tap of the last row reads up to (KW - 1) * d columns past
+   * the end of its phase plane */
+  int64_t slack = (KW - 1) * g->d[1] + 1;
   float *ph =
       nt <= NBL_DW_MAX_TAPS ? calloc((size_t)(R * S * plane + slack), sizeof(float)) : NULL;
-  /* small planes take the flat kernel (dw_flat_*) */
+  /* planes narrower than 32 columns are computed on the padded grid as one
+   * row of OH * Wp outputs (contiguous 32-wide loads, no scalar tail per
+   * row); the columns past OW are dropped when copying out */
   int flat = OW < 32 && OW % 8 != 0;
-  float *tq = flat && ph ? malloc((size_t)(OH * Wp + 32) * sizeof(float)) : NULL;
+  float *tq = flat && ph ? malloc((size_t)(OH * Wp) * sizeof(float)) : NULL;
   if (flat && !tq) flat = 0;
   int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   int64_t prev_c = -1, prev_n = -1;
@@ -880,9 +843,9 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     }
     if (flat) {
       if (avx2)
-        dw_flat_avx2(ph, off, nt, wp, b, tq, OH * Wp);
+        dw_plane_avx2(ph, Wp, off, nt, wp, 1, b, tq, 1, OH * Wp);
       else
-        dw_flat_generic(ph, off, nt, wp, b, tq, OH * Wp);
+        dw_plane_generic(ph, Wp, off, nt, wp, 1, b, tq, 1, OH * Wp);
       for (int64_t oh = 0; oh < OH; oh++)
         memcpy(yp + oh * OW, tq + oh * Wp, (size_t)OW * sizeof(float));
     } else if (avx2) {
