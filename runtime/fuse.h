@@ -16,6 +16,10 @@
 
 #include "kernel.h"
 
+/* 1 if n is a live node of op type `op` in `domain` ("" for ai.onnx, which
+ * matches a node that names its domain "ai.onnx" too). */
+int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op);
+
 /* If node n's only output feeds exactly one Relu or Clip (with constant
  * float32 scalar bounds or none) and nothing else (not a graph output, not
  * captured by a subgraph), store that node's id in *act and Clip's bounds in

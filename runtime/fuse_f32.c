@@ -10,7 +10,7 @@
 
 static const char *dom(const char *d) { return d && strcmp(d, "ai.onnx") ? d : ""; }
 
-static int is_op(const nbl_node *n, const char *domain, const char *op) {
+int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op) {
   return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
 }
 
@@ -44,7 +44,7 @@ static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
   const nbl_tensor *t = g->values[v].init;
   if (!t && g->values[v].producer != NBL_NONE) {
     const nbl_node *c = &g->nodes[g->values[v].producer];
-    if (!is_op(c, "", "Constant") || c->n_attrs != 1) return 0;
+    if (!nbl_fuse_is_op(c, "", "Constant") || c->n_attrs != 1) return 0;
     if (c->attrs[0].type == NBL_ATTR_FLOAT && !strcmp(c->attrs[0].name, "value_float")) {
       *out = c->attrs[0].f;
       return 1;
@@ -76,10 +76,10 @@ int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_n
   int64_t opset = nbl_model_opset(m, "");
   if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
   float l = -INFINITY, h = INFINITY;
-  if (is_op(a, "", "Relu")) {
+  if (nbl_fuse_is_op(a, "", "Relu")) {
     if (a->n_inputs != 1) return 0;
     l = 0.0f;
-  } else if (is_op(a, "", "Clip")) {
+  } else if (nbl_fuse_is_op(a, "", "Clip")) {
     if (opset < 11) {
       l = nbl_attr_float(a, "min", -INFINITY);
       h = nbl_attr_float(a, "max", INFINITY);
@@ -124,7 +124,7 @@ void nbl_f32_fusion_free(nbl_f32_fusion *fu) {
 
 static f32_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id, nbl_id *act) {
   const nbl_node *n = &g->nodes[id];
-  if (!is_op(n, "", "Conv") || n->n_inputs < 2 || n->inputs[0] == NBL_NONE ||
+  if (!nbl_fuse_is_op(n, "", "Conv") || n->n_inputs < 2 || n->inputs[0] == NBL_NONE ||
       n->inputs[1] == NBL_NONE)
     return NULL;
   /* not where the IR says the data is another type than float32 (a Clip

@@ -86,12 +86,6 @@ struct nbl_i4_fusion {
   fused **by_node;
 };
 
-static const char *dom(const char *d) { return d ? d : ""; }
-
-static int is_op(const nbl_node *n, const char *domain, const char *op) {
-  return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
-}
-
 /* Decode QuantizeInt4 attributes; -1 when the fused path should not take it. */
 static int parse_q4(const nbl_node *n, nbl_q4_config *cfg) {
   nbl_q4_config_default(cfg);
@@ -870,14 +864,14 @@ static void fuse_activation(const nbl_model *m, const nbl_graph *g, fused *f) {
 static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   const nbl_node *n = &g->nodes[id];
   int kind;
-  if (is_op(n, "", "Conv")) kind = FK_CONV;
-  else if (is_op(n, "", "Gemm")) kind = FK_GEMM;
-  else if (is_op(n, "", "MatMul")) kind = FK_MATMUL;
+  if (nbl_fuse_is_op(n, "", "Conv")) kind = FK_CONV;
+  else if (nbl_fuse_is_op(n, "", "Gemm")) kind = FK_GEMM;
+  else if (nbl_fuse_is_op(n, "", "MatMul")) kind = FK_MATMUL;
   else return NULL;
   if (n->n_inputs < 2 || n->n_outputs < 1) return NULL;
   const nbl_node *qx = producer(g, n->inputs[0]);
   const nbl_node *wn = producer(g, n->inputs[1]);
-  if (!is_op(qx, "ai.nibble", "QuantizeInt4") || !wn || qx->n_inputs < 1 ||
+  if (!nbl_fuse_is_op(qx, "ai.nibble", "QuantizeInt4") || !wn || qx->n_inputs < 1 ||
       qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0])
     return NULL;
   if (nbl_model_opset(m, "ai.nibble") != 1) return NULL;
@@ -897,14 +891,14 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   }
   /* weight source */
   const nbl_value *wv;
-  if (is_op(wn, "ai.nibble", "QuantizeInt4")) {
+  if (nbl_fuse_is_op(wn, "ai.nibble", "QuantizeInt4")) {
     if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 1 || wn->inputs[0] == NBL_NONE ||
         (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) || parse_q4(wn, &f->wcfg) != 0 ||
         f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
       goto no;
     f->wsrc = WS_QUANT;
     wv = &g->values[wn->inputs[0]];
-  } else if (is_op(wn, "", "DequantizeLinear")) {
+  } else if (nbl_fuse_is_op(wn, "", "DequantizeLinear")) {
     if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 2 || wn->inputs[0] == NBL_NONE ||
         wn->inputs[1] == NBL_NONE)
       goto no;
@@ -1017,7 +1011,7 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s];
     const nbl_node *nd = &g->nodes[id];
-    int quantizer = is_op(nd, "ai.nibble", "QuantizeInt4") || is_op(nd, "", "DequantizeLinear");
+    int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeInt4") || nbl_fuse_is_op(nd, "", "DequantizeLinear");
     int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
     for (int k = 0; drop && k < nd->n_outputs; k++)
       if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))
