@@ -5,6 +5,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -254,10 +255,9 @@ void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, 
   for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi);
 }
 
-const char *nbl_kernel_info(void) {
-  static char buf[256];
-  static _Atomic int done;
-  if (atomic_load(&done)) return buf;
+static char kernel_info[256];
+
+static void kernel_info_init(void) {
   char blas[160];
 #if defined(NBL_HAVE_CBLAS) && defined(OPENBLAS_VERSION)
   const char *core = openblas_get_corename(), *v = OPENBLAS_VERSION; /* " OpenBLAS 0.3.21 " */
@@ -270,10 +270,14 @@ const char *nbl_kernel_info(void) {
 #else
   snprintf(blas, sizeof blas, "nibble's own blocked kernel (no BLAS)");
 #endif
-  snprintf(buf, sizeof buf, "FP32 products: %s; INT4: %s", blas,
+  snprintf(kernel_info, sizeof kernel_info, "FP32 products: %s; INT4: %s", blas,
            nbl_i4_isa_name(nbl_i4_best_isa()));
-  atomic_store(&done, 1);
-  return buf;
+}
+
+const char *nbl_kernel_info(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, kernel_info_init);
+  return kernel_info;
 }
 
 int nbl_gemm_has_blas(void) {
@@ -1107,7 +1111,8 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   if (T >= 128) {
     /* bands of about 128 tiles, as many as a multiple of the thread count,
-     * of near-equal height */
+     * of near-equal height (smaller images take the whole-image path below:
+     * bands of a few tiles would make each of the 16 products too narrow) */
     int64_t want = (T + 64) / 128;
     if (want < 1) want = 1;
     want = (want + threads - 1) / threads * threads;

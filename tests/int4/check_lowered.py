@@ -131,11 +131,6 @@ def isolate_quantizers(src, dst, qnames):
     onnx.save(mm, dst)
 
 
-def out_ref(e, out):
-    """The manifest's ONNX Runtime output file of output `out` (FP32 model)."""
-    return e["outputs"][out]
-
-
 def sh(cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -270,7 +265,7 @@ def main():
                         print("%-14s       accuracy on the batch's %d labels: FP32 reference "
                               "(ONNX Runtime) %d, INT4 nibble %d, INT4 lowered in ONNX Runtime %d"
                               % (name, len(labels),
-                                 int((np.load(os.path.join(args.refdir, out_ref(e, out)))
+                                 int((np.load(os.path.join(args.refdir, e["outputs"][out]))
                                       .argmax(-1) == labels).sum()),
                                  int((a.argmax(-1) == labels).sum()),
                                  int((b.argmax(-1) == labels).sum())))
