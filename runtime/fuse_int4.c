@@ -229,18 +229,21 @@ __attribute__((target("avx512f"))) static void epi_avx512(const fused *f, float 
   for (; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
 }
 
-/* plane[i] = x[i] - az for i < n */
-__attribute__((target("avx512f,avx512bw"))) static void widen_avx512(int16_t *plane,
-                                                                     const uint8_t *x, int64_t n,
-                                                                     int32_t az) {
-  const __m512i vz = _mm512_set1_epi16((short)az);
+/* y[i] = act(sc * y[i] + bv): the same arithmetic on exact float sums. */
+__attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, float *y, int64_t n,
+                                                            float sc, float bv) {
+  const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
+  const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    _mm512_storeu_si512((void *)(plane + i),
-                        _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                                             (const __m256i *)(const void *)(x + i))),
-                                         vz));
-  for (; i < n; i++) plane[i] = (int16_t)(x[i] - az);
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(y + i), vs), vb);
+    if (f->act) {
+      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
+      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
+    }
+    _mm512_storeu_ps(y + i, v);
+  }
+  for (; i < n; i++) y[i] = act_apply(f, sc * y[i] + bv);
 }
 #endif
 
@@ -255,14 +258,14 @@ static void epilogue(const fused *f, float *yo, const int32_t *acc, int64_t stri
   for (int64_t i = 0; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
 }
 
-static void widen(int16_t *plane, const uint8_t *x, int64_t n, int32_t az) {
+static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv) {
 #if defined(__x86_64__)
   if (have_vnni()) {
-    widen_avx512(plane, x, n, az);
+    epi_f_avx512(f, y, n, sc, bv);
     return;
   }
 #endif
-  for (int64_t i = 0; i < n; i++) plane[i] = (int16_t)(x[i] - az);
+  for (int64_t i = 0; i < n; i++) y[i] = act_apply(f, sc * y[i] + bv);
 }
 
 /* ------------------------------------------------------------------ weights */
@@ -421,7 +424,7 @@ static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_param
 typedef struct conv_job {
   fused *f;
   const nbl_conv_geom *g;
-  const uint8_t *xu; /* activation bytes: NHWC (GEMM path) or NCHW (depthwise) */
+  const uint8_t *xu; /* activation bytes, NHWC */
   const float *bias;
   float *y;
   float sc;
@@ -549,99 +552,33 @@ static void transpose_rows(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* Depthwise: a zero-padded plane of (byte - a_zero) values per channel, split
- * into stride phases so every tap of an output row reads consecutive
- * elements; all taps of 16 outputs accumulate in registers. */
-#if defined(__x86_64__)
-/* acc[i] = sum_k base[toff[k] + i] * wk[k] for the full 16-lane chunks; returns how many. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static int64_t dw_out_avx512(
-    int32_t *acc, const int16_t *base, const int64_t *toff, const int32_t *wk, int ntaps,
-    int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512i a = _mm512_setzero_si512();
-    for (int k = 0; k < ntaps; k++) {
-      __m512i v = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, base + toff[k] + i));
-      a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_set1_epi32(wk[k])));
-    }
-    _mm512_mask_storeu_epi32((void *)(acc + i), m, a);
-  }
-  return n;
-}
-#endif
+/* Depthwise: the FP32 depthwise kernel (gemm.c) run on the codes. Its input
+ * rows are the activation codes minus the zero point as floats, quantized
+ * row by row as the kernel asks for them; its weights are the weight codes
+ * as floats. Every product and partial sum is an integer below 2^24 in
+ * magnitude (|u - a_zero| <= 255, |w| <= 128, at most 64 taps), so the
+ * float sums are exactly the integer accumulators, in any order; the
+ * epilogue then applies the same sc * acc + bias and activation as the GEMM
+ * path. */
+typedef struct dw_job {
+  const fused *f;
+  const nbl_q4_params *p;
+  const float *x;
+  const float *bias;
+  int64_t C, H, W;
+  float sc;
+} dw_job;
 
-static void dw_row_c(int32_t *acc, const int16_t *src, int32_t w, int64_t n) {
-  for (int64_t i = 0; i < n; i++) acc[i] += src[i] * w;
+static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
+  const dw_job *j = arg;
+  int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
+  nbl_i4_quantize_centered(&j->f->xcfg, j->p, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
 }
 
-/* One output row over all taps: yo[i] = act(sc * sum_k base[toff[k] + i] * wk[k] + bv). */
-static void dw_out_row(const fused *f, float *yo, int32_t *acc, const int16_t *base,
-                       const int64_t *toff, const int32_t *wk, int ntaps, int64_t n, float sc,
-                       float bv) {
-  int64_t i = 0;
-#if defined(__x86_64__)
-  if (have_vnni()) i = dw_out_avx512(acc, base, toff, wk, ntaps, n);
-#endif
-  for (int64_t o = i; o < n; o++) acc[o] = 0;
-  for (int k = 0; k < ntaps && i < n; k++) dw_row_c(acc + i, base + toff[k] + i, wk[k], n - i);
-  epilogue(f, yo, acc, 1, n, sc, bv);
-}
-
-static void dw_tasks(void *arg, int64_t b, int64_t e) {
-  conv_job *j = arg;
-  const nbl_conv_geom *g = j->g;
-  int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
-  int64_t KH = g->k[0], KW = g->k[1], s0 = g->s[0], s1 = g->s[1];
-  int64_t Hp = (OH - 1) * s0 + (KH - 1) * g->d[0] + 1, Wp = (OW - 1) * s1 + (KW - 1) * g->d[1] + 1;
-  if (Hp < g->pb[0] + H) Hp = g->pb[0] + H;
-  if (Wp < g->pb[1] + Wd) Wp = g->pb[1] + Wd;
-  int64_t Wph = (Wp + s1 - 1) / s1; /* columns per phase */
-  int16_t *plane = malloc(sizeof(int16_t) * (size_t)(Hp * s1 * Wph) + 2);
-  int32_t *acc = malloc(sizeof(int32_t) * (size_t)OW + 4);
-  if (!plane || !acc) {
-    free(plane);
-    free(acc);
-    j->oom = 1;
-    return;
-  }
-  for (int64_t t = b; t < e; t++) {
-    int64_t ch = t % g->C, n = t / g->C;
-    const uint8_t *x = j->xu + (n * g->C + ch) * g->in_sz;
-    const int8_t *w = j->f->packed[ch].panels; /* K x 1 packed: w[k] at (k/4)*64 + k%4 */
-    memset(plane, 0, sizeof(int16_t) * (size_t)(Hp * s1 * Wph));
-    for (int64_t ih = 0; ih < H; ih++) {
-      int16_t *prow = plane + (ih + g->pb[0]) * s1 * Wph;
-      const uint8_t *xr = x + ih * Wd;
-      int32_t az = j->a_zero;
-      if (s1 == 1) {
-        widen(prow + g->pb[1], xr, Wd, az);
-      } else {
-        for (int64_t r = 0; r < s1 && r < Wd; r++) { /* input columns r, r + s1, ... */
-          int64_t pw = r + g->pb[1];
-          int16_t *dst = prow + (pw % s1) * Wph + pw / s1;
-          for (int64_t iw = r, q = 0; iw < Wd; iw += s1, q++) dst[q] = (int16_t)(xr[iw] - az);
-        }
-      }
-    }
-    float bv = j->bias ? j->bias[ch] : 0.0f;
-    float *yo = j->y + (n * g->M + ch) * j->P;
-    /* taps with a nonzero weight: their offsets in the phase planes */
-    int32_t wk[64];
-    int64_t toff[64];
-    int nt = 0;
-    for (int64_t kh = 0; kh < KH; kh++)
-      for (int64_t kw = 0; kw < KW; kw++) {
-        int64_t k = kh * KW + kw, cw = kw * g->d[1];
-        int32_t wv = w[(k / 4) * 4 * NBL_I4_NR + k % 4];
-        if (!wv) continue;
-        wk[nt] = wv;
-        toff[nt++] = (kh * g->d[0] * s1 + cw % s1) * Wph + cw / s1;
-      }
-    for (int64_t oh = 0; oh < OH; oh++)
-      dw_out_row(j->f, yo + oh * OW, acc, plane + oh * s0 * s1 * Wph, toff, wk, nt, OW, j->sc, bv);
-  }
-  free(plane);
-  free(acc);
+static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
+  (void)n;
+  const dw_job *j = arg;
+  epilogue_f(j->f, y, count, j->sc, j->bias ? j->bias[m] : 0.0f);
 }
 
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
@@ -667,19 +604,29 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   j.Mg = g.M / g.group;
   j.Kg = j.Cg * g.k_sz;
   j.P = g.out_sz;
-  int depthwise = j.Cg == 1 && j.Mg == 1;
+  if (j.Cg == 1 && j.Mg == 1) {
+    int64_t nt = g.k_sz;
+    float *wf = malloc(sizeof(float) * (size_t)(g.C * nt + 1));
+    if (!wf) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t ch = 0; ch < g.C; ch++) /* K x 1 packed: w[k] at (k/4)*64 + k%4 */
+      for (int64_t k = 0; k < nt; k++)
+        wf[ch * nt + k] = f->packed[ch].panels[(k / 4) * 4 * NBL_I4_NR + k % 4];
+    dw_job dj = {f, p, X->data, j.bias, g.C, g.in[0], g.in[1], j.sc};
+    nbl_dw_hooks h = {dw_load_row, dw_finish, &dj};
+    st = nbl_conv_dw_hooked(c, &g, wf, y, &h);
+    free(wf);
+    if (st == NBL_OK) return NBL_OK;
+    if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
+  }
   size_t xbytes = (size_t)(X->numel ? X->numel : 1);
-  uint8_t *xu = malloc(xbytes), *xn = depthwise ? NULL : malloc(xbytes);
-  if (!xu || (!depthwise && !xn)) {
+  uint8_t *xu = malloc(xbytes), *xn = malloc(xbytes);
+  if (!xu || !xn) {
     free(xu);
     free(xn);
     return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   quantize_x(c, &f->xcfg, p, X->data, xu, X->numel, off);
-  if (depthwise) {
-    j.xu = xu;
-    nbl_parallel_for(c, g.N * g.C, 1, dw_tasks, &j);
-  } else {
+  {
     for (int64_t n = 0; n < g.N; n++) {
       tr_job t = {xu + n * g.C * g.in_sz, xn + n * g.C * g.in_sz, g.C, g.in_sz};
       nbl_parallel_for(c, g.in_sz, 256, transpose_rows, &t);

@@ -648,6 +648,8 @@ typedef struct dw_task {
   int64_t mult; /* output channels per input channel */
   int64_t S, Hp, Wp; /* stride-phase planes: S planes of Hp x Wp (see dw_run) */
   const nbl_act *act;
+  const nbl_dw_hooks *h; /* input rows and output planes from the caller (NULL: x, bias, act) */
+  _Atomic int oom;
 } dw_task;
 
 /* One output plane from the stride-phase planes ph (S planes of Hp x Wp, where
@@ -761,7 +763,7 @@ __attribute__((target("avx2"))) static void deint2_avx2(const float *x, int64_t 
  * is copied with its zero padding into stride-phase planes (column phases of
  * the horizontal stride), then every output row is a sum of contiguous rows. */
 static void dw_run(void *arg, int64_t begin, int64_t end) {
-  const dw_task *t = arg;
+  dw_task *t = arg;
   const nbl_conv_geom *g = t->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   int64_t KH = g->k[0], KW = g->k[1], S = t->S, R = g->s[0], Wp = t->Wp;
@@ -788,11 +790,19 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
   int flat = OW < 32 && OW % 8 != 0;
   float *tq = flat && ph ? malloc((size_t)(OH * Wp) * sizeof(float)) : NULL;
   if (flat && !tq) flat = 0;
+  /* hooked input: one loaded row (stride 1 loads straight into its plane) */
+  float *lrow = t->h && ph && S > 1 ? malloc((size_t)W * sizeof(float) + sizeof(float)) : NULL;
+  if (t->h && (!ph || (S > 1 && !lrow))) { /* no direct fallback without x */
+    t->oom = 1;
+    free(tq);
+    free(ph);
+    return;
+  }
   int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   int64_t prev_c = -1, prev_n = -1;
   for (int64_t it = begin; it < end; it++) {
     int64_t n = it / g->M, m = it % g->M, c = m / t->mult;
-    const float *xp = t->x + (n * g->C + c) * H * W;
+    const float *xp = t->h ? NULL : t->x + (n * g->C + c) * H * W;
     const float *wp = t->w + m * KH * KW;
     float *yp = t->y + it * OH * OW;
     float b = t->bias ? t->bias[m] : 0.0f;
@@ -817,12 +827,14 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       /* every plane writes the same positions: the zero padding from the
        * first memset (below, at allocation) stays */
       for (int64_t ih = 0; ih < H; ih++) {
-        const float *xr = xp + ih * W;
+        const float *xr = xp ? xp + ih * W : lrow;
         float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
         if (S == 1) {
-          memcpy(row + pl, xr, (size_t)W * sizeof(float));
+          if (t->h) t->h->load_row(t->h->arg, n, c, ih, row + pl);
+          else memcpy(row + pl, xr, (size_t)W * sizeof(float));
           continue;
         }
+        if (t->h) t->h->load_row(t->h->arg, n, c, ih, lrow);
         if (S == 2) { /* even columns go to phase pl % 2, odd ones to the other */
           int64_t pe = pl % 2, po = 1 - pe;
           float *ev = row + pe * plane + pl / 2;
@@ -857,8 +869,10 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     } else {
       dw_plane_generic(ph, Wp, off, nt, wp, 1, b, yp, OH, OW);
     }
-    nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
+    if (t->h) t->h->finish(t->h->arg, n, m, yp, OH * OW);
+    else nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
   }
+  free(lrow);
   free(tq);
   free(ph);
 }
@@ -1151,6 +1165,30 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
 }
 
 
+/* Plane sizes of t (its g, mult and the rest set) and the run over all (n, m) planes. */
+static void dw_start(nbl_kctx *ctx, dw_task *t) {
+  const nbl_conv_geom *g = t->g;
+  int64_t S = g->s[1], need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
+  int64_t need_w = g->out[1] + ((g->k[1] - 1) * g->d[1]) / S;
+  t->S = S;
+  t->Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
+  t->Wp = (g->in[1] - 1 + g->pb[1]) / S + 1 > need_w ? (g->in[1] - 1 + g->pb[1]) / S + 1 : need_w;
+  if (ctx)
+    nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, t);
+  else
+    dw_run(t, 0, g->N * g->M);
+}
+
+nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float *w, float *y,
+                              const nbl_dw_hooks *h) {
+  if (g->ns != 2 || g->C != g->group || g->M != g->C || g->k[0] * g->k[1] > NBL_DW_MAX_TAPS)
+    return NBL_ERR_UNSUPPORTED;
+  if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
+  dw_task t = {g, NULL, w, NULL, y, 1, 0, 0, 0, NULL, h, 0};
+  dw_start(ctx, &t);
+  return t.oom ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+}
+
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                         const float *bias, float *y) {
   return nbl_conv_f32_act(ctx, g, x, w, bias, y, NULL);
@@ -1162,15 +1200,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) {
-    dw_task t = {g, x, w, bias, y, Mg, g->s[1], 0, 0, act};
-    int64_t S = t.S, need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
-    int64_t need_w = g->out[1] + ((g->k[1] - 1) * g->d[1]) / S;
-    t.Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
-    t.Wp = (g->in[1] - 1 + g->pb[1]) / S + 1 > need_w ? (g->in[1] - 1 + g->pb[1]) / S + 1 : need_w;
-    if (ctx)
-      nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, &t);
-    else
-      dw_run(&t, 0, g->N * g->M);
+    dw_task t = {g, x, w, bias, y, Mg, 0, 0, 0, act, NULL, 0};
+    dw_start(ctx, &t);
     return NBL_OK;
   }
   if (ctx && wino_ok(g) && wino_conv(ctx, g, x, w, bias, y, act)) return NBL_OK;

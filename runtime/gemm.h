@@ -94,6 +94,22 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
 nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                             const float *bias, float *y, const nbl_act *act);
 
+/* Depthwise 2-D convolution (group == C == M, at most 64 taps) whose input
+ * rows come from the caller and whose finished output planes go back to it:
+ * load_row writes row ih of channel c of image n (in[1] floats); finish gets
+ * each output plane (n, m) as plain sums (no bias, no activation), count =
+ * out_sz floats, while it is still in cache. The INT4 path feeds activation
+ * codes here: small integers as floats, whose sums stay exact below 2^24.
+ * Returns NBL_ERR_UNSUPPORTED for other shapes (nothing run),
+ * NBL_ERR_OUT_OF_MEMORY, or NBL_OK. No error message is set. */
+typedef struct nbl_dw_hooks {
+  void (*load_row)(void *arg, int64_t n, int64_t c, int64_t ih, float *row);
+  void (*finish)(void *arg, int64_t n, int64_t m, float *y, int64_t count);
+  void *arg;
+} nbl_dw_hooks;
+nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float *w, float *y,
+                              const nbl_dw_hooks *h);
+
 /* ------------------------------------------------------------------ dtype conversion */
 
 /* Tensor data converted to a malloc'd double array (NULL on OOM or numel 0 -> a 1-element buffer). */

@@ -140,7 +140,7 @@ static inline int32_t load4(const uint8_t *p) {
   return v;
 }
 
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define AVX2_TARGET __attribute__((target("avx2,fma")))
 
 VNNI_TARGET static void mk_vnni(const uint8_t *const *a, const int8_t *p0, const int8_t *p1,
@@ -297,35 +297,59 @@ int nbl_i4_act_offset(const nbl_q4_params *p) {
 }
 
 #if NBL_I4_X86
-/* Half-even codes, 16 floats at a time; the same float operations as
- * nbl_q4_code (clamp, x / s, round to nearest even, + z, clamp). */
-VNNI_TARGET static size_t quant_u8_avx512(const nbl_q4_params *p, const float *x, uint8_t *u,
-                                          size_t n, int off) {
-  const __m512 s = _mm512_set1_ps(p->scale), z = _mm512_set1_ps((float)p->zero);
-  const __m512 lo = _mm512_set1_ps((float)p->qmin), hi = _mm512_set1_ps((float)p->qmax);
-  const __m512 clo = _mm512_set1_ps(p->clip_lo), chi = _mm512_set1_ps(p->clip_hi);
+/* Half-even codes, 16 floats at a time (the last chunk masked); the same
+ * float operations as nbl_q4_code (clamp, x / s, round to nearest even,
+ * + z, clamp). Bytes u[i] = code + off, or floats f[i] = code - zero. */
+VNNI_TARGET static inline __m512 quant_codes16(const nbl_q4_params *p, __m512 v) {
+  if (p->clip)
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p->clip_lo)), _mm512_set1_ps(p->clip_hi));
+  v = _mm512_div_ps(v, _mm512_set1_ps(p->scale));
+  v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm512_add_ps(v, _mm512_set1_ps((float)p->zero));
+  return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps((float)p->qmin)),
+                       _mm512_set1_ps((float)p->qmax));
+}
+
+VNNI_TARGET static void quant_u8_avx512(const nbl_q4_params *p, const float *x, uint8_t *u,
+                                        size_t n, int off) {
   const __m512i vo = _mm512_set1_epi32(off);
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_loadu_ps(x + i);
-    if (p->clip) v = _mm512_min_ps(_mm512_max_ps(v, clo), chi);
-    v = _mm512_div_ps(v, s);
-    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_add_ps(v, z);
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = quant_codes16(p, _mm512_maskz_loadu_ps(m, x + i));
     __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
-    _mm_storeu_si128((__m128i *)(u + i), _mm512_cvtepi32_epi8(q));
+    _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(q));
   }
-  return i;
+}
+
+VNNI_TARGET static void quant_f_avx512(const nbl_q4_params *p, const float *x, float *f,
+                                       size_t n) {
+  const __m512 z = _mm512_set1_ps((float)p->zero);
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = quant_codes16(p, _mm512_maskz_loadu_ps(m, x + i));
+    _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, z));
+  }
 }
 #endif
 
 void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                         uint8_t *u, size_t n, uint64_t index0, int off) {
-  size_t i = 0;
 #if NBL_I4_X86
-  if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI))
-    i = quant_u8_avx512(p, x, u, n, off);
+  if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    quant_u8_avx512(p, x, u, n, off);
+    return;
+  }
 #endif
-  for (; i < n; i++) u[i] = (uint8_t)(nbl_q4_code(cfg, p, x[i], index0 + i) + off);
+  for (size_t i = 0; i < n; i++) u[i] = (uint8_t)(nbl_q4_code(cfg, p, x[i], index0 + i) + off);
+}
+
+void nbl_i4_quantize_centered(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                              float *f, size_t n, uint64_t index0) {
+#if NBL_I4_X86
+  if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    quant_f_avx512(p, x, f, n);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) f[i] = (float)(nbl_q4_code(cfg, p, x[i], index0 + i) - p->zero);
 }

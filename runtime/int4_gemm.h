@@ -73,6 +73,10 @@ void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t 
 void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                         uint8_t *u, size_t n, uint64_t index0, int off);
 
+/* f[i] = code(x[i]) - zero as a float (an exact small integer), the code as
+ * nbl_i4_quantize_u8 computes it; x must be finite. */
+void nbl_i4_quantize_centered(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
+                              float *f, size_t n, uint64_t index0);
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);

@@ -337,6 +337,13 @@ START_TEST(test_fused_conv) {
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 6, 9, 9, 6, 3, 1, 2, 2, 6); /* depthwise, dilated */
   check_model(&sp, 1, 0);
+  sp = conv_spec(1, 5, 37, 41, 5, 3, 2, 1, 1, 5); /* depthwise, stride 2, rows > 32 wide */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(2, 4, 20, 35, 4, 5, 1, 2, 1, 4); /* depthwise 5x5, two images */
+  sp.xmode = "affine";
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 3, 23, 23, 3, 3, 3, 1, 1, 3); /* depthwise, stride 3 */
+  check_model(&sp, 1, 0);
   sp = conv_spec(1, 4, 9, 9, 8, 3, 1, 1, 1, 4); /* depthwise, multiplier 2 */
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 16, 7, 7, 33, 1, 1, 0, 1, 1); /* 1x1 */
