@@ -42,8 +42,17 @@ typedef struct pool {
   void *arg;
   int64_t n, chunk;
   int n_chunks;
-  _Atomic int next_chunk, done_chunks;
+  _Atomic int done_chunks;
+  _Atomic unsigned char *claimed; /* [max_chunks]: chunk i taken */
+  int max_chunks;
+  struct pool_worker *workers;
 } pool;
+
+/* A worker's view: its pool and its index (the calling thread is 0). */
+typedef struct pool_worker {
+  pool *p;
+  int idx;
+} pool_worker;
 
 static _Thread_local int tl_in_worker;
 
@@ -59,19 +68,29 @@ static int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-static void pool_do_chunks(pool *p) {
-  for (;;) {
-    int c = atomic_fetch_add(&p->next_chunk, 1);
-    if (c >= p->n_chunks) break;
-    int64_t b = (int64_t)c * p->chunk, e = b + p->chunk;
-    if (e > p->n) e = p->n;
-    p->fn(p->arg, b, e);
-    atomic_fetch_add_explicit(&p->done_chunks, 1, memory_order_release);
-  }
+/* Thread idx runs chunk idx first, then any chunk nobody has taken (a late
+ * or descheduled thread's). Chunk i thus normally runs on thread i every
+ * time: kernels that split every layer the same way (pixel bands) keep each
+ * band's data in one core's cache, and reading data another core just wrote
+ * costs several times a local read. */
+static void pool_run_chunk(pool *p, int c) {
+  unsigned char expect = 0;
+  if (!atomic_compare_exchange_strong(&p->claimed[c], &expect, 1)) return;
+  int64_t b = (int64_t)c * p->chunk, e = b + p->chunk;
+  if (e > p->n) e = p->n;
+  p->fn(p->arg, b, e);
+  atomic_fetch_add_explicit(&p->done_chunks, 1, memory_order_release);
+}
+
+static void pool_do_chunks(pool *p, int idx) {
+  if (idx < p->n_chunks) pool_run_chunk(p, idx);
+  for (int c = 0; c < p->n_chunks; c++)
+    if (!atomic_load_explicit(&p->claimed[c], memory_order_relaxed)) pool_run_chunk(p, c);
 }
 
 static void *pool_main(void *arg) {
-  pool *p = arg;
+  pool_worker *w = arg;
+  pool *p = w->p;
   tl_in_worker = 1;
   unsigned seen = atomic_load(&p->gen);
   for (;;) {
@@ -97,7 +116,7 @@ static void *pool_main(void *arg) {
       continue;
     }
     atomic_fetch_add(&p->active, 1);
-    if (atomic_load(&p->gen) == g) pool_do_chunks(p);
+    if (atomic_load(&p->gen) == g) pool_do_chunks(p, w->idx);
     atomic_fetch_sub(&p->active, 1);
     seen = g;
   }
@@ -110,12 +129,19 @@ static pool *pool_new(int threads) {
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv_work, NULL);
   p->th = calloc((size_t)threads, sizeof(pthread_t));
-  if (!p->th) {
+  p->workers = calloc((size_t)threads, sizeof(pool_worker));
+  p->claimed = calloc((size_t)threads, sizeof(*p->claimed)); /* chunks <= threads */
+  p->max_chunks = threads;
+  if (!p->th || !p->workers || !p->claimed) {
+    free(p->th);
+    free(p->workers);
+    free((void *)p->claimed);
     free(p);
     return NULL;
   }
   for (int i = 0; i < threads - 1; i++) {
-    if (pthread_create(&p->th[i], NULL, pool_main, p) != 0) break;
+    p->workers[i] = (pool_worker){p, i + 1};
+    if (pthread_create(&p->th[i], NULL, pool_main, &p->workers[i]) != 0) break;
     p->n_th++;
   }
   return p;
@@ -131,6 +157,8 @@ static void pool_free(pool *p) {
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv_work);
   free(p->th);
+  free(p->workers);
+  free((void *)p->claimed);
   free(p);
 }
 
@@ -142,6 +170,7 @@ static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
   if (!atomic_compare_exchange_strong(&p->busy, &expect, 1)) return 0;
   int64_t chunks = (n + grain - 1) / grain;
   if (chunks > ways) chunks = ways;
+  if (chunks > p->max_chunks) chunks = p->max_chunks;
   if (chunks < 1) chunks = 1;
   unsigned g = atomic_load(&p->gen);
   atomic_store(&p->gen, g + 1); /* odd: updating */
@@ -152,7 +181,7 @@ static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
   p->chunk = (n + chunks - 1) / chunks;
   p->n_chunks = (int)((n + p->chunk - 1) / p->chunk);
   atomic_store(&p->done_chunks, 0);
-  atomic_store(&p->next_chunk, 0);
+  for (int i = 0; i < p->n_chunks; i++) atomic_store(&p->claimed[i], 0);
   atomic_store(&p->gen, g + 2); /* even: ready */
   if (atomic_load(&p->sleepers) > 0) {
     pthread_mutex_lock(&p->mu);
@@ -160,7 +189,7 @@ static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
     pthread_mutex_unlock(&p->mu);
   }
   tl_in_worker = 1; /* nested parallel_for from the caller's chunk runs inline */
-  pool_do_chunks(p);
+  pool_do_chunks(p, 0);
   tl_in_worker = 0;
   while (atomic_load_explicit(&p->done_chunks, memory_order_acquire) < p->n_chunks) cpu_relax();
   atomic_store(&p->busy, 0);

@@ -64,7 +64,9 @@ typedef struct fused {
   const void *wdata; /* W data the packing was made from */
   float w_scale;
   int groups;
-  nbl_i4_weights *packed; /* one per group */
+  nbl_i4_weights *packed; /* Gemm/MatMul */
+  nbl_i4_rows *rows;      /* Conv: one per group */
+  float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_i4_isa isa;
   /* a Relu/Clip consuming the op's only output, applied in the epilogue */
   int act;
@@ -204,31 +206,7 @@ static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, flo
 
 /* ------------------------------------------------------------------ epilogues */
 
-/* yo[i] = act(sc * acc[i * stride] + bv) for i < n (mul, then add: no FMA). */
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) static void epi_avx512(const fused *f, float *yo,
-                                                          const int32_t *acc, int64_t stride,
-                                                          int64_t n, float sc, float bv) {
-  const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
-  const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
-  const __m512i idx = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32((int)stride));
-  int64_t i = 0;
-  if (stride * 16 < INT32_MAX)
-    for (; i + 16 <= n; i += 16) {
-      __m512i a = stride == 1 ? _mm512_loadu_si512((const void *)(acc + i))
-                              : _mm512_i32gather_epi32(idx, (const void *)(acc + i * stride), 4);
-      __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vs), vb);
-      if (f->act) {
-        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
-        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
-      }
-      _mm512_storeu_ps(yo + i, v);
-    }
-  for (; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
-}
-
 /* y[i] = act(sc * y[i] + bv): the same arithmetic on exact float sums. */
 __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, float *y, int64_t n,
                                                             float sc, float bv) {
@@ -247,17 +225,6 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
 }
 #endif
 
-static void epilogue(const fused *f, float *yo, const int32_t *acc, int64_t stride, int64_t n,
-                     float sc, float bv) {
-#if defined(__x86_64__)
-  if (have_vnni()) {
-    epi_avx512(f, yo, acc, stride, n, sc, bv);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; i++) yo[i] = act_apply(f, sc * (float)acc[i * stride] + bv);
-}
-
 static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv) {
 #if defined(__x86_64__)
   if (have_vnni()) {
@@ -271,10 +238,15 @@ static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv) 
 /* ------------------------------------------------------------------ weights */
 
 static void free_packed(fused *f) {
-  if (f->packed)
-    for (int i = 0; i < f->groups; i++) nbl_i4_weights_free(&f->packed[i]);
+  if (f->packed) nbl_i4_weights_free(&f->packed[0]);
+  if (f->rows)
+    for (int i = 0; i < f->groups; i++) nbl_i4_rows_free(&f->rows[i]);
   free(f->packed);
+  free(f->rows);
+  free(f->dw_w);
   f->packed = NULL;
+  f->rows = NULL;
+  f->dw_w = NULL;
 }
 
 /* Integer weight codes (q - z) of tensor w (the W source) into *codes
@@ -318,27 +290,26 @@ static int pack(fused *f, const nbl_rt_tensor *w) {
   int8_t *q = NULL;
   float s = 0;
   if (weight_codes(f, w, &q, &s) != 0) return -1;
-  int groups = f->kind == FK_CONV ? f->groups : 1;
-  f->packed = calloc((size_t)groups, sizeof(nbl_i4_weights));
-  int ok = f->packed != NULL;
-  for (int gi = 0; ok && gi < groups; gi++) {
-    if (f->kind == FK_CONV) {
-      /* k runs over (kh, kw, c), the NHWC im2row order */
-      int64_t M = f->wdims[0], Mg = M / groups, Cg = f->wdims[1], KK = f->wdims[2] * f->wdims[3];
-      int64_t Kg = Cg * KK;
-      int8_t *r = malloc((size_t)(Mg * Kg) + 1);
-      ok = r != NULL;
-      for (int64_t n = 0; ok && n < Mg; n++)
-        for (int64_t cc = 0; cc < Cg; cc++)
-          for (int64_t t = 0; t < KK; t++)
-            r[n * Kg + t * Cg + cc] = q[((gi * Mg + n) * Cg + cc) * KK + t];
-      ok = ok && nbl_i4_pack_weights(r, Kg, Mg, 1, Kg, &f->packed[gi]) == 0;
-      free(r);
-    } else if (f->kind == FK_GEMM && f->trans_b) {
-      ok = nbl_i4_pack_weights(q, f->wdims[1], f->wdims[0], 1, f->wdims[1], &f->packed[0]) == 0;
-    } else {
-      ok = nbl_i4_pack_weights(q, f->wdims[0], f->wdims[1], f->wdims[1], 1, &f->packed[0]) == 0;
+  int ok;
+  if (f->kind == FK_CONV) {
+    /* per group: W[m][k] with k over (c, kh, kw), the weight's own order */
+    int64_t Mg = f->wdims[0] / f->groups, Kg = f->wdims[1] * f->wdims[2] * f->wdims[3];
+    f->rows = calloc((size_t)f->groups, sizeof(nbl_i4_rows));
+    ok = f->rows != NULL;
+    for (int gi = 0; ok && gi < f->groups; gi++)
+      ok = nbl_i4_pack_rows(q + gi * Mg * Kg, Mg, Kg, Kg, 1, &f->rows[gi]) == 0;
+    if (ok && Mg == 1 && f->wdims[1] == 1) { /* depthwise */
+      f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
+      ok = f->dw_w != NULL;
+      for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
     }
+  } else {
+    f->packed = calloc(1, sizeof(nbl_i4_weights));
+    ok = f->packed != NULL;
+    if (ok && f->kind == FK_GEMM && f->trans_b)
+      ok = nbl_i4_pack_weights(q, f->wdims[1], f->wdims[0], 1, f->wdims[1], &f->packed[0]) == 0;
+    else if (ok)
+      ok = nbl_i4_pack_weights(q, f->wdims[0], f->wdims[1], f->wdims[1], 1, &f->packed[0]) == 0;
   }
   free(q);
   if (!ok) {
@@ -419,137 +390,265 @@ static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_param
   nbl_parallel_for(c, n, 1 << 15, quant_chunk, &j);
 }
 
-/* ------------------------------------------------------------------ Conv */
+/* The pixel bands of a rank-4 [N, C, H, W] tensor (NBL_BAND_MIN_PIXELS):
+ * 0 when the tensor is not split that way. */
+static int x_bands(const nbl_kctx *c, const nbl_rt_tensor *X) {
+  if (c->threads < 2 || X->rank != 4 || X->dims[2] * X->dims[3] < NBL_BAND_MIN_PIXELS) return 0;
+  return c->threads > 256 ? 256 : c->threads;
+}
 
-typedef struct conv_job {
-  fused *f;
-  const nbl_conv_geom *g;
-  const uint8_t *xu; /* activation bytes, NHWC */
-  const float *bias;
-  float *y;
-  float sc;
-  int32_t a_zero;
-  uint8_t pad;
-  int direct; /* 1x1, stride 1, no pads, one group, C % 4 == 0: A is the NHWC bytes */
-  int64_t Cg, Mg, Kg, P, rb, nrb;
-  _Atomic int oom;
-} conv_job;
+typedef struct band_job {
+  const float *x;
+  int64_t planes, P;
+  int bands;
+  /* scan */
+  float lo[256], hi[256];
+  int ok[256];
+  /* quantize */
+  const nbl_q4_config *cfg;
+  const nbl_q4_params *p;
+  uint8_t *u;
+  int off;
+} band_job;
 
-/* im2row of output pixels [p0, p1) of one image/group from NHWC bytes x
- * (the image's [H][W][C]): rows of Kg bytes in (kh, kw, c) order, padded
- * taps get the zero byte, bytes Kg..lda zero. */
-static void im2row(const conv_job *j, const uint8_t *x, int64_t gi, int64_t p0, int64_t p1,
-                   uint8_t *A, int64_t lda) {
-  const nbl_conv_geom *g = j->g;
-  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1], C = g->C, Cg = j->Cg;
-  int64_t KH = g->k[0], KW = g->k[1];
-  for (int64_t pix = p0; pix < p1; pix++) {
-    uint8_t *row = A + (pix - p0) * lda;
-    int64_t oh = pix / OW, ow = pix % OW;
-    int64_t ih0 = oh * g->s[0] - g->pb[0], iw0 = ow * g->s[1] - g->pb[1];
-    for (int64_t kh = 0; kh < KH; kh++) {
-      int64_t ih = ih0 + kh * g->d[0];
-      if (ih < 0 || ih >= H) {
-        memset(row, j->pad, (size_t)(KW * Cg));
-        row += KW * Cg;
-        continue;
-      }
-      for (int64_t kw = 0; kw < KW; kw++) {
-        int64_t iw = iw0 + kw * g->d[1];
-        if (iw < 0 || iw >= Wd) memset(row, j->pad, (size_t)Cg);
-        else memcpy(row, x + (ih * Wd + iw) * C + gi * Cg, (size_t)Cg);
-        row += Cg;
-      }
+static void scan_bands(void *arg, int64_t b, int64_t e) {
+  band_job *j = arg;
+  for (int64_t t = b; t < e; t++) {
+    int64_t p0 = j->P * t / j->bands, p1 = j->P * (t + 1) / j->bands;
+    float lo = INFINITY, hi = -INFINITY;
+    int ok = 1;
+    for (int64_t q = 0; ok && q < j->planes && p1 > p0; q++) {
+      float l, h;
+      ok = scan_x(j->x + q * j->P + p0, p1 - p0, &l, &h);
+      if (l < lo) lo = l;
+      if (h > hi) hi = h;
     }
-    if (lda > j->Kg) memset(row, 0, (size_t)(lda - j->Kg));
+    j->lo[t] = lo, j->hi[t] = hi, j->ok[t] = ok;
   }
 }
 
-static void conv_tasks(void *arg, int64_t b, int64_t e) {
-  conv_job *j = arg;
-  fused *f = j->f;
+/* scan_x, split by pixel bands for large rank-4 tensors. */
+static int scan_x_par(nbl_kctx *c, const nbl_rt_tensor *X, float *lo, float *hi) {
+  int bands = x_bands(c, X);
+  if (!bands) return scan_x(X->data, X->numel, lo, hi);
+  band_job *j = malloc(sizeof *j);
+  if (!j) return scan_x(X->data, X->numel, lo, hi);
+  j->x = X->data;
+  j->P = X->dims[2] * X->dims[3];
+  j->planes = X->dims[0] * X->dims[1];
+  j->bands = bands;
+  nbl_parallel_for(c, bands, 1, scan_bands, j);
+  float l = INFINITY, h = -INFINITY;
+  int ok = 1;
+  for (int t = 0; t < bands; t++) {
+    ok = ok && j->ok[t];
+    if (j->lo[t] < l) l = j->lo[t];
+    if (j->hi[t] > h) h = j->hi[t];
+  }
+  free(j);
+  *lo = l;
+  *hi = h;
+  return ok;
+}
+
+static void quant_bands(void *arg, int64_t b, int64_t e) {
+  band_job *j = arg;
+  for (int64_t t = b; t < e; t++) {
+    int64_t p0 = j->P * t / j->bands, p1 = j->P * (t + 1) / j->bands;
+    for (int64_t q = 0; q < j->planes && p1 > p0; q++)
+      nbl_i4_quantize_u8(j->cfg, j->p, j->x + q * j->P + p0, j->u + q * j->P + p0,
+                         (size_t)(p1 - p0), (uint64_t)(q * j->P + p0), j->off);
+  }
+}
+
+/* quantize_x of a rank-4 tensor, by pixel bands when large. */
+static nbl_status quantize_x4(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
+                              const nbl_rt_tensor *X, uint8_t *u, int off) {
+  int bands = x_bands(c, X);
+  if (!bands) {
+    quantize_x(c, cfg, p, X->data, u, X->numel, off);
+    return NBL_OK;
+  }
+  band_job *j = malloc(sizeof *j);
+  if (!j) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  j->x = X->data;
+  j->P = X->dims[2] * X->dims[3];
+  j->planes = X->dims[0] * X->dims[1];
+  j->bands = bands;
+  j->cfg = cfg, j->p = p, j->u = u, j->off = off;
+  nbl_parallel_for(c, bands, 1, quant_bands, j);
+  free(j);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ Conv */
+
+/* Dense and grouped Conv: per image and group, the activation bytes are laid
+ * out as X4[k/4][pixel][k%4] with k over (c, kh, kw) (im2col, 4 k per pixel
+ * interleaved: the operand of vpdpbusd with pixels along the vector), then
+ * nbl_i4_conv_gemm writes output-channel x pixel tiles through the epilogue
+ * straight into the NCHW output. */
+typedef struct x4_job {
+  const nbl_conv_geom *g;
+  const uint8_t *x; /* the image's group channels, NCHW bytes */
+  /* or, for 1x1 stride-1 unpadded products, the floats, quantized here */
+  const float *xf;
+  int64_t xf_index0; /* linear index of xf[0] in X (stochastic rounding position) */
+  const nbl_q4_config *cfg;
+  const nbl_q4_params *p;
+  int off;
+  uint8_t *X4;
+  int64_t Kg, Kp, P, Pp, chunk;
+  uint8_t pad; /* the byte of a zero activation */
+  _Atomic int oom;
+} x4_job;
+
+/* dst[4i + j] = r_j[i] for i < n */
+static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
+                        uint8_t *dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i + 16 <= n; i += 16) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
+    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
+    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(r3 + i));
+    __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+    __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i), _mm_unpacklo_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
+  }
+#endif
+  for (; i < n; i++) {
+    dst[4 * i] = r0[i];
+    dst[4 * i + 1] = r1[i];
+    dst[4 * i + 2] = r2[i];
+    dst[4 * i + 3] = r3[i];
+  }
+}
+
+/* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
+static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
   const nbl_conv_geom *g = j->g;
-  int64_t lda = f->packed[0].Kp;
-  uint8_t *A = j->direct ? NULL : malloc((size_t)(j->rb * lda) + 1);
-  int32_t *C = malloc(sizeof(int32_t) * (size_t)(j->rb * j->Mg) + 4);
-  if ((!j->direct && !A) || !C) {
-    free(A);
-    free(C);
+  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1];
+  int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+  const uint8_t *xc = j->x + c * g->in_sz;
+  for (int64_t pix = p0; pix < p1;) {
+    int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
+    int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+    uint8_t *dst = row + (pix - p0);
+    if (ih < 0 || ih >= H) {
+      memset(dst, j->pad, (size_t)n);
+    } else {
+      const uint8_t *xr = xc + ih * Wd;
+      int64_t s1 = g->s[1], iw = ow * s1 - g->pb[1] + kw * g->d[1];
+      if (s1 == 1 && iw >= 0 && iw + n <= Wd) {
+        memcpy(dst, xr + iw, (size_t)n);
+      } else {
+        for (int64_t q = 0; q < n; q++, iw += s1) dst[q] = iw >= 0 && iw < Wd ? xr[iw] : j->pad;
+      }
+    }
+    pix += n;
+  }
+}
+
+/* X4 group k4, pixels [p0, p1) (at most j->chunk), with tmp 4 * chunk bytes. */
+static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t *tmp) {
+  const nbl_conv_geom *g = j->g;
+  int direct = g->k_sz == 1 && g->s[0] == 1 && g->s[1] == 1 && g->pb[0] == 0 && g->pb[1] == 0 &&
+               g->pe[0] == 0 && g->pe[1] == 0;
+  int64_t n = p1 - p0, nv = j->P - p0 < n ? j->P - p0 : n; /* real pixels */
+  if (nv < 0) nv = 0;
+  const uint8_t *r[4];
+  for (int q = 0; q < 4; q++) {
+    int64_t k = 4 * k4 + q;
+    uint8_t *row = tmp + q * j->chunk;
+    r[q] = row;
+    if (k >= j->Kg) {
+      memset(row, j->pad, (size_t)n);
+      continue;
+    }
+    if (j->xf) /* direct: k is the channel */
+      nbl_i4_quantize_u8(j->cfg, j->p, j->xf + k * g->in_sz + p0, row, (size_t)nv,
+                         (uint64_t)(j->xf_index0 + k * g->in_sz + p0), j->off);
+    else if (direct && nv == n)
+      r[q] = j->x + k * g->in_sz + p0;
+    else if (direct)
+      memcpy(row, j->x + k * g->in_sz + p0, (size_t)nv);
+    else
+      im2col_row(j, k, p0, p0 + nv, row);
+    if (n > nv) memset(row + nv, j->pad, (size_t)(n - nv));
+  }
+  interleave4(r[0], r[1], r[2], r[3], j->X4 + (k4 * j->Pp + p0) * 4, n);
+}
+
+static void x4_tasks(void *arg, int64_t b, int64_t e) {
+  x4_job *j = arg;
+  int64_t nch = (j->Pp + j->chunk - 1) / j->chunk;
+  uint8_t *tmp = malloc((size_t)(4 * j->chunk));
+  if (!tmp) {
     j->oom = 1;
     return;
   }
   for (int64_t t = b; t < e; t++) {
-    int64_t blk = t % j->nrb, ng = t / j->nrb;
-    int64_t gi = ng % g->group, n = ng / g->group;
-    int64_t p0 = blk * j->rb, p1 = p0 + j->rb < j->P ? p0 + j->rb : j->P;
-    const uint8_t *x = j->xu + n * g->C * g->in_sz;
-    /* C transposed ([Mg][rows]) so each output channel's row is contiguous */
-    int64_t rows = p1 - p0;
-    if (j->direct) {
-      nbl_i4_gemm_strided(f->isa, &f->packed[gi], x + p0 * g->C, g->C, 0, rows, j->a_zero, C, 1,
-                          rows);
-    } else {
-      im2row(j, x, gi, p0, p1, A, lda);
-      nbl_i4_gemm_strided(f->isa, &f->packed[gi], A, lda, 0, rows, j->a_zero, C, 1, rows);
-    }
-    for (int64_t oc = 0; oc < j->Mg; oc++) {
-      int64_t m = gi * j->Mg + oc;
-      float bv = j->bias ? j->bias[m] : 0.0f;
-      float *yo = j->y + (n * g->M + m) * j->P + p0;
-      epilogue(f, yo, C + oc * rows, 1, rows, j->sc, bv);
-    }
+    int64_t k4 = t / nch, p0 = (t % nch) * j->chunk;
+    x4_fill(j, k4, p0, p0 + j->chunk < j->Pp ? p0 + j->chunk : j->Pp, tmp);
   }
-  free(A);
-  free(C);
+  free(tmp);
 }
 
-/* NCHW bytes of one image -> NHWC. */
-typedef struct tr_job {
-  const uint8_t *src;
-  uint8_t *dst;
-  int64_t C, HW;
-} tr_job;
+typedef struct cg_job {
+  const fused *f;
+  const nbl_i4_rows *W;
+  const uint8_t *X4;
+  int64_t P, Pp, pb, nmc, mc;
+  int32_t a_zero;
+  float *y;
+  nbl_i4_epi e;
+} cg_job;
 
-#if defined(__x86_64__)
-/* 16 x 16 bytes: dst[c * ds + r] = src[r * ss + c] (SSE2: unpack 8/16/32/64). */
-static void tr16(const uint8_t *src, int64_t ss, uint8_t *dst, int64_t ds) {
-  __m128i r[16], a[16], b[16];
-  for (int i = 0; i < 16; i++) r[i] = _mm_loadu_si128((const __m128i *)(const void *)(src + i * ss));
-  for (int i = 0; i < 8; i++) {
-    a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);     /* cols 0..7, rows 2i, 2i+1 */
-    a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]); /* cols 8..15 */
-  }
-  for (int h = 0; h < 2; h++)
-    for (int i = 0; i < 4; i++) {
-      b[h * 8 + i] = _mm_unpacklo_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-      b[h * 8 + i + 4] = _mm_unpackhi_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-    }
-  /* b[G + q], G in {0,4,8,12}: 4 columns (G..G+3), rows 4q..4q+3 */
-  for (int G = 0; G < 16; G += 4) {
-    __m128i cl = _mm_unpacklo_epi32(b[G], b[G + 1]), ch = _mm_unpackhi_epi32(b[G], b[G + 1]);
-    __m128i dl = _mm_unpacklo_epi32(b[G + 2], b[G + 3]), dh = _mm_unpackhi_epi32(b[G + 2], b[G + 3]);
-    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 0) * ds), _mm_unpacklo_epi64(cl, dl));
-    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 1) * ds), _mm_unpackhi_epi64(cl, dl));
-    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 2) * ds), _mm_unpacklo_epi64(ch, dh));
-    _mm_storeu_si128((__m128i *)(void *)(dst + (G + 3) * ds), _mm_unpackhi_epi64(ch, dh));
+static void cg_tasks(void *arg, int64_t b, int64_t e) {
+  const cg_job *j = arg;
+  for (int64_t t = b; t < e; t++) {
+    int64_t pi = t / j->nmc, mi = t % j->nmc;
+    int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
+    int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
+    nbl_i4_conv_gemm(j->f->isa, j->W, j->X4, j->Pp, j->a_zero, m0, m1, p0, p1, NULL, j->y, j->P,
+                     &j->e);
   }
 }
-#endif
 
-static void transpose_rows(void *arg, int64_t b, int64_t e) {
-  const tr_job *t = arg;
-  int64_t C = t->C, HW = t->HW;
-  int64_t pv = b, cv = 0; /* [b, pv) x [0, cv) done by 16 x 16 blocks */
-#if defined(__x86_64__)
-  pv = b + (e - b) / 16 * 16;
-  cv = C / 16 * 16;
-  for (int64_t p0 = b; p0 < pv; p0 += 16)
-    for (int64_t c0 = 0; c0 < cv; c0 += 16) tr16(t->src + c0 * HW + p0, HW, t->dst + p0 * C + c0, C);
-#endif
-  for (int64_t p = b; p < e; p++) {
-    int64_t cstart = p < pv ? cv : 0;
-    for (int64_t c = cstart; c < C; c++) t->dst[p * C + c] = t->src[c * HW + p];
+/* Band mode: thread t builds X4 for its band of output pixels (32-pixel
+ * aligned) and computes every output channel of it. */
+typedef struct band_conv {
+  x4_job *xj;
+  cg_job *cj;
+  int bands;
+} band_conv;
+
+static void band_conv_tasks(void *arg, int64_t b, int64_t e) {
+  band_conv *bc = arg;
+  x4_job *xj = bc->xj;
+  cg_job *cj = bc->cj;
+  uint8_t *tmp = malloc((size_t)(4 * xj->chunk));
+  if (!tmp) {
+    xj->oom = 1;
+    return;
   }
+  for (int64_t t = b; t < e; t++) {
+    int64_t p0 = xj->P * t / bc->bands / 32 * 32, p1 = xj->P * (t + 1) / bc->bands / 32 * 32;
+    if (t == bc->bands - 1) p1 = xj->Pp;
+    for (int64_t k4 = 0; k4 < xj->Kp / 4; k4++)
+      for (int64_t q = p0; q < p1; q += xj->chunk)
+        x4_fill(xj, k4, q, q + xj->chunk < p1 ? q + xj->chunk : p1, tmp);
+    if (p1 > xj->P) p1 = xj->P;
+    if (p1 > p0)
+      nbl_i4_conv_gemm(cj->f->isa, cj->W, cj->X4, cj->Pp, cj->a_zero, 0, cj->W->M, p0, p1, NULL,
+                       cj->y, cj->P, &cj->e);
+  }
+  free(tmp);
 }
 
 /* Depthwise: the FP32 depthwise kernel (gemm.c) run on the codes. Its input
@@ -597,59 +696,76 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   int64_t ny = g.N * g.M * g.out_sz;
   if (ny == 0) return NBL_OK;
   int off = nbl_i4_act_offset(p);
-  conv_job j = {.f = f, .g = &g, .bias = B ? B->data : NULL, .y = y,
-                .sc = p->scale * f->w_scale, .a_zero = p->zero + off,
-                .pad = (uint8_t)(p->zero + off)};
-  j.Cg = g.C / g.group;
-  j.Mg = g.M / g.group;
+  struct {
+    const float *bias;
+    float sc;
+    int32_t a_zero;
+    uint8_t pad;
+    int64_t Cg, Mg, Kg, P;
+  } j = {B ? B->data : NULL, p->scale * f->w_scale, p->zero + off, (uint8_t)(p->zero + off),
+         g.C / g.group, g.M / g.group, 0, g.out_sz};
   j.Kg = j.Cg * g.k_sz;
-  j.P = g.out_sz;
-  if (j.Cg == 1 && j.Mg == 1) {
-    int64_t nt = g.k_sz;
-    float *wf = malloc(sizeof(float) * (size_t)(g.C * nt + 1));
-    if (!wf) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int64_t ch = 0; ch < g.C; ch++) /* K x 1 packed: w[k] at (k/4)*64 + k%4 */
-      for (int64_t k = 0; k < nt; k++)
-        wf[ch * nt + k] = f->packed[ch].panels[(k / 4) * 4 * NBL_I4_NR + k % 4];
+  if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
     dw_job dj = {f, p, X->data, j.bias, g.C, g.in[0], g.in[1], j.sc};
     nbl_dw_hooks h = {dw_load_row, dw_finish, &dj};
-    st = nbl_conv_dw_hooked(c, &g, wf, y, &h);
-    free(wf);
+    st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
     if (st == NBL_OK) return NBL_OK;
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
   }
-  size_t xbytes = (size_t)(X->numel ? X->numel : 1);
-  uint8_t *xu = malloc(xbytes), *xn = malloc(xbytes);
-  if (!xu || !xn) {
+  int threads = c->threads > 0 ? c->threads : 1;
+  int bands = threads > 1 && j.P >= NBL_BAND_MIN_PIXELS && j.P / threads >= 64 ? threads : 0;
+  if (bands > 256) bands = 256;
+  int direct = g.k_sz == 1 && g.s[0] == 1 && g.s[1] == 1 && g.pb[0] == 0 && g.pb[1] == 0 &&
+               g.pe[0] == 0 && g.pe[1] == 0;
+  /* 1x1 inputs are quantized while laid out; others go to bytes first */
+  int need_xu = !direct;
+  uint8_t *xu = need_xu ? malloc((size_t)(X->numel ? X->numel : 1)) : NULL;
+  const nbl_i4_rows *W0 = &f->rows[0];
+  int64_t Pp = (j.P + 31) / 32 * 32;
+  uint8_t *X4 = malloc((size_t)(W0->Kp * Pp));
+  if ((need_xu && !xu) || !X4) {
     free(xu);
-    free(xn);
+    free(X4);
     return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  quantize_x(c, &f->xcfg, p, X->data, xu, X->numel, off);
-  {
-    for (int64_t n = 0; n < g.N; n++) {
-      tr_job t = {xu + n * g.C * g.in_sz, xn + n * g.C * g.in_sz, g.C, g.in_sz};
-      nbl_parallel_for(c, g.in_sz, 256, transpose_rows, &t);
-    }
-    j.xu = xn;
-    j.direct = g.group == 1 && g.k[0] == 1 && g.k[1] == 1 && g.s[0] == 1 && g.s[1] == 1 &&
-               g.pb[0] == 0 && g.pb[1] == 0 && g.pe[0] == 0 && g.pe[1] == 0 &&
-               g.C == f->packed[0].Kp;
-    int64_t rb = (int64_t)(192 * 1024) / (f->packed[0].Kp ? f->packed[0].Kp : 1);
-    rb = rb / NBL_I4_MR * NBL_I4_MR;
-    if (rb < NBL_I4_MR) rb = NBL_I4_MR;
-    if (rb > 8 * 6 * NBL_I4_MR) rb = 8 * 6 * NBL_I4_MR;
-    /* enough blocks for every thread */
-    int64_t per = (j.P + c->threads - 1) / (c->threads > 0 ? c->threads : 1);
-    if (c->threads > 1 && g.N * g.group < c->threads && per < rb)
-      rb = (per + NBL_I4_MR - 1) / NBL_I4_MR * NBL_I4_MR;
-    j.rb = rb;
-    j.nrb = (j.P + rb - 1) / rb;
-    nbl_parallel_for(c, g.N * g.group * j.nrb, 1, conv_tasks, &j);
+  if (need_xu && (st = quantize_x4(c, &f->xcfg, p, X, xu, off)) != NBL_OK) {
+    free(xu);
+    free(X4);
+    return st;
   }
+  x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .X4 = X4, .Kg = j.Kg, .Kp = W0->Kp,
+               .P = j.P, .Pp = Pp, .chunk = 1024, .pad = j.pad};
+  cg_job cj = {.f = f, .X4 = X4, .P = j.P, .Pp = Pp, .a_zero = j.a_zero,
+               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi}};
+  /* tile mode: pixel blocks of 256 (a block's bytes stay in L2 across all
+   * its output channels); output channels split too when that leaves a
+   * thread idle */
+  cj.pb = 256;
+  int64_t npb = (j.P + cj.pb - 1) / cj.pb, mblocks = (j.Mg + NBL_I4_CR - 1) / NBL_I4_CR;
+  cj.nmc = npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb;
+  if (cj.nmc > mblocks) cj.nmc = mblocks;
+  cj.mc = (mblocks + cj.nmc - 1) / cj.nmc * NBL_I4_CR;
+  cj.nmc = (j.Mg + cj.mc - 1) / cj.mc;
+  band_conv bc = {&xj, &cj, bands};
+  for (int64_t n = 0; n < g.N && !xj.oom; n++)
+    for (int64_t gi = 0; gi < g.group && !xj.oom; gi++) {
+      int64_t first = (n * g.C + gi * j.Cg) * g.in_sz; /* the group's first input element */
+      xj.x = xu ? xu + first : NULL;
+      xj.xf = xu ? NULL : (const float *)X->data + first;
+      xj.xf_index0 = first;
+      cj.W = &f->rows[gi];
+      cj.y = y + (n * g.M + gi * j.Mg) * j.P;
+      cj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
+      if (bands) {
+        nbl_parallel_for(c, bands, 1, band_conv_tasks, &bc);
+      } else {
+        nbl_parallel_for(c, W0->Kp / 4 * ((Pp + xj.chunk - 1) / xj.chunk), 1, x4_tasks, &xj);
+        nbl_parallel_for(c, npb * cj.nmc, 1, cg_tasks, &cj);
+      }
+    }
   free(xu);
-  free(xn);
-  if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  free(X4);
+  if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   return NBL_OK;
 }
 
@@ -758,12 +874,12 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   nbl_q4_params p;
   const char *why = "";
   float lo, hi;
-  int finite = scan_x(X->data, X->numel, &lo, &hi);
+  int finite = scan_x_par(c, X, &lo, &hi);
   if (finite && f->xcfg.scale_source == NBL_Q4_SCALE_MAX && f->xcfg.bits >= 2 && f->xcfg.bits <= 8)
     params_from_range(&f->xcfg, X->numel, lo, hi, &p);
   else if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "activation quantizer: %s", why);
-  if (W->data != f->wdata || !f->packed) {
+  if (W->data != f->wdata || (!f->packed && !f->rows)) {
     if (pack(f, W) != 0) return run_literal(c, f, &p);
   }
   if (!finite) return run_literal(c, f, &p);

@@ -649,6 +649,7 @@ typedef struct dw_task {
   int64_t S, Hp, Wp; /* stride-phase planes: S planes of Hp x Wp (see dw_run) */
   const nbl_act *act;
   const nbl_dw_hooks *h; /* input rows and output planes from the caller (NULL: x, bias, act) */
+  int64_t bands; /* 0: work items are (n, m) planes; else bands of output rows of all planes */
   _Atomic int oom;
 } dw_task;
 
@@ -657,46 +658,47 @@ typedef struct dw_task {
  * sum_k w[k] * ph[off[k] + oh*sh*Wp + ow], off[k] the start of tap k =
  * (kh, kw) for output (0, 0). Every read is in range and contiguous in ow, so
  * the ow loop runs 8 lanes at a time; 3x3 taps are unrolled. */
-#define DW_TAPS(NT)                                                                    \
+/* VT: a vector of L floats; every load/store is a memcpy of one vector. */
+#define DW_TAPS(NT, VT, L)                                                             \
   for (int64_t oh = 0; oh < OH; oh++) {                                                \
     float *yr = y + oh * OW;                                                           \
     const float *base = ph + oh * sh * Wp;                                             \
     int64_t ow = 0;                                                                    \
-    for (; ow + 32 <= OW; ow += 32) { /* 4 independent sums hide the add latency */     \
-      v8f a0 = {b, b, b, b, b, b, b, b}, a1 = a0, a2 = a0, a3 = a0;                     \
+    for (; ow + 4 * (L) <= OW; ow += 4 * (L)) { /* 4 sums hide the add latency */       \
+      VT a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                           \
       for (int k = 0; k < (NT); k++) {                                                 \
-        v8f x0, x1, x2, x3;                                                            \
+        VT x0, x1, x2, x3;                                                             \
         const float *src = base + off[k] + ow;                                         \
         memcpy(&x0, src, sizeof x0);                                                   \
-        memcpy(&x1, src + 8, sizeof x1);                                               \
-        memcpy(&x2, src + 16, sizeof x2);                                              \
-        memcpy(&x3, src + 24, sizeof x3);                                              \
+        memcpy(&x1, src + (L), sizeof x1);                                             \
+        memcpy(&x2, src + 2 * (L), sizeof x2);                                         \
+        memcpy(&x3, src + 3 * (L), sizeof x3);                                         \
         a0 += x0 * wv[k];                                                              \
         a1 += x1 * wv[k];                                                              \
         a2 += x2 * wv[k];                                                              \
         a3 += x3 * wv[k];                                                              \
       }                                                                                \
       memcpy(yr + ow, &a0, sizeof a0);                                                 \
-      memcpy(yr + ow + 8, &a1, sizeof a1);                                             \
-      memcpy(yr + ow + 16, &a2, sizeof a2);                                            \
-      memcpy(yr + ow + 24, &a3, sizeof a3);                                            \
+      memcpy(yr + ow + (L), &a1, sizeof a1);                                           \
+      memcpy(yr + ow + 2 * (L), &a2, sizeof a2);                                       \
+      memcpy(yr + ow + 3 * (L), &a3, sizeof a3);                                       \
     }                                                                                  \
-    for (; ow + 16 <= OW; ow += 16) {                                                  \
-      v8f a0 = {b, b, b, b, b, b, b, b}, a1 = a0;                                      \
+    for (; ow + 2 * (L) <= OW; ow += 2 * (L)) {                                        \
+      VT a0 = bv, a1 = bv;                                                             \
       for (int k = 0; k < (NT); k++) {                                                 \
-        v8f x0, x1;                                                                    \
+        VT x0, x1;                                                                     \
         memcpy(&x0, base + off[k] + ow, sizeof x0);                                    \
-        memcpy(&x1, base + off[k] + ow + 8, sizeof x1);                                \
+        memcpy(&x1, base + off[k] + ow + (L), sizeof x1);                              \
         a0 += x0 * wv[k];                                                              \
         a1 += x1 * wv[k];                                                              \
       }                                                                                \
       memcpy(yr + ow, &a0, sizeof a0);                                                 \
-      memcpy(yr + ow + 8, &a1, sizeof a1);                                             \
+      memcpy(yr + ow + (L), &a1, sizeof a1);                                           \
     }                                                                                  \
-    for (; ow + 8 <= OW; ow += 8) {                                                    \
-      v8f acc = {b, b, b, b, b, b, b, b};                                              \
+    for (; ow + (L) <= OW; ow += (L)) {                                                \
+      VT acc = bv;                                                                     \
       for (int k = 0; k < (NT); k++) {                                                 \
-        v8f xv;                                                                        \
+        VT xv;                                                                         \
         memcpy(&xv, base + off[k] + ow, sizeof xv);                                    \
         acc += xv * wv[k];                                                             \
       }                                                                                \
@@ -708,14 +710,18 @@ typedef struct dw_task {
       yr[ow] = s;                                                                      \
     }                                                                                  \
   }
-#define DW_PLANE_BODY                                                                  \
-  v8f wv[NBL_DW_MAX_TAPS];                                                             \
-  for (int k = 0; k < nt; k++) wv[k] = (v8f){w[k], w[k], w[k], w[k], w[k], w[k], w[k], w[k]}; \
+#define DW_PLANE_BODY(VT, L)                                                           \
+  VT wv[NBL_DW_MAX_TAPS], bv;                                                          \
+  for (int i = 0; i < (L); i++) bv[i] = b;                                             \
+  for (int k = 0; k < nt; k++)                                                         \
+    for (int i = 0; i < (L); i++) wv[k][i] = w[k];                                     \
   if (nt == 9) {                                                                       \
-    DW_TAPS(9)                                                                         \
+    DW_TAPS(9, VT, L)                                                                  \
   } else {                                                                             \
-    DW_TAPS(nt)                                                                        \
+    DW_TAPS(nt, VT, L)                                                                 \
   }
+
+typedef float v16f __attribute__((vector_size(64)));
 
 #define NBL_DW_MAX_TAPS 64
 
@@ -724,13 +730,36 @@ __attribute__((target("avx2,fma"))) static void dw_plane_avx2(const float *ph, i
                                                               const float *w, int64_t sh,
                                                               float b, float *y, int64_t OH,
                                                               int64_t OW) {
-  DW_PLANE_BODY
+  DW_PLANE_BODY(v8f, 8)
 }
+
+#if defined(__x86_64__)
+/* The same sums 16 lanes wide: every output is the same expression in the
+ * same order as in the AVX2 kernel, so the results are identical. */
+__attribute__((target("avx512f,fma"))) static void dw_plane_avx512(const float *ph, int64_t Wp,
+                                                                   const int64_t *off, int nt,
+                                                                   const float *w, int64_t sh,
+                                                                   float b, float *y, int64_t OH,
+                                                                   int64_t OW) {
+  DW_PLANE_BODY(v16f, 16)
+}
+#endif
 
 static void dw_plane_generic(const float *ph, int64_t Wp, const int64_t *off, int nt,
                              const float *w, int64_t sh, float b, float *y, int64_t OH,
                              int64_t OW) {
-  DW_PLANE_BODY
+  DW_PLANE_BODY(v8f, 8)
+}
+
+/* The best depthwise plane kernel this CPU runs. */
+typedef void (*dw_plane_fn)(const float *, int64_t, const int64_t *, int, const float *, int64_t,
+                            float, float *, int64_t, int64_t);
+static dw_plane_fn dw_plane_pick(void) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return dw_plane_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return dw_plane_avx2;
+#endif
+  return dw_plane_generic;
 }
 
 /* ev[k] = x[2k] (k < ceil(W/2)), od[k] = x[2k+1] (k < W/2): one input row
@@ -784,10 +813,16 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
   int64_t slack = (KW - 1) * g->d[1] + 1;
   float *ph =
       nt <= NBL_DW_MAX_TAPS ? calloc((size_t)(R * S * plane + slack), sizeof(float)) : NULL;
-  /* planes narrower than 32 columns are computed on the padded grid as one
-   * row of OH * Wp outputs (contiguous 32-wide loads, no scalar tail per
-   * row); the columns past OW are dropped when copying out */
-  int flat = OW < 32 && OW % 8 != 0;
+  /* planes narrower than 4 vectors whose width is not a whole number of
+   * vectors are computed on the padded grid as one row of OH * Wp outputs
+   * (full-width loads, no scalar tail per row); the columns past OW are
+   * dropped when copying out */
+  dw_plane_fn plane_fn = dw_plane_pick();
+  int lanes = 8;
+#if defined(__x86_64__)
+  if (plane_fn == dw_plane_avx512) lanes = 16;
+#endif
+  int flat = OW < 4 * lanes && OW % lanes != 0;
   float *tq = flat && ph ? malloc((size_t)(OH * Wp) * sizeof(float)) : NULL;
   if (flat && !tq) flat = 0;
   /* hooked input: one loaded row (stride 1 loads straight into its plane) */
@@ -799,78 +834,90 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     return;
   }
   int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  int64_t prev_c = -1, prev_n = -1;
-  for (int64_t it = begin; it < end; it++) {
-    int64_t n = it / g->M, m = it % g->M, c = m / t->mult;
-    const float *xp = t->h ? NULL : t->x + (n * g->C + c) * H * W;
-    const float *wp = t->w + m * KH * KW;
-    float *yp = t->y + it * OH * OW;
-    float b = t->bias ? t->bias[m] : 0.0f;
-    if (!ph) { /* out of memory for the planes: direct loop with bounds checks */
-      for (int64_t oh = 0; oh < OH; oh++)
-        for (int64_t ow = 0; ow < OW; ow++) {
-          float s = b;
-          for (int64_t kh = 0; kh < KH; kh++) {
-            int64_t ih = oh * g->s[0] - pt + kh * g->d[0];
-            if (ih < 0 || ih >= H) continue;
-            for (int64_t kw = 0; kw < KW; kw++) {
-              int64_t iw = ow * g->s[1] - pl + kw * g->d[1];
-              if (iw >= 0 && iw < W) s += xp[ih * W + iw] * wp[kh * KW + kw];
-            }
-          }
-          yp[oh * OW + ow] = s;
-        }
-      nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
-      continue;
+  /* a unit of work: one (n, m) plane, or with bands one band of output rows
+   * of every plane */
+  for (int64_t u = begin; u < end; u++) {
+    int64_t it0 = u, it1 = u + 1, oh0 = 0, oh1 = OH;
+    if (t->bands) {
+      it0 = 0, it1 = g->N * g->M;
+      oh0 = OH * u / t->bands, oh1 = OH * (u + 1) / t->bands;
+      if (oh0 == oh1) continue;
     }
-    if (c != prev_c || n != prev_n) {
-      /* every plane writes the same positions: the zero padding from the
-       * first memset (below, at allocation) stays */
-      for (int64_t ih = 0; ih < H; ih++) {
-        const float *xr = xp ? xp + ih * W : lrow;
-        float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
-        if (S == 1) {
-          if (t->h) t->h->load_row(t->h->arg, n, c, ih, row + pl);
-          else memcpy(row + pl, xr, (size_t)W * sizeof(float));
-          continue;
-        }
-        if (t->h) t->h->load_row(t->h->arg, n, c, ih, lrow);
-        if (S == 2) { /* even columns go to phase pl % 2, odd ones to the other */
-          int64_t pe = pl % 2, po = 1 - pe;
-          float *ev = row + pe * plane + pl / 2;
-          float *od = row + po * plane + (1 + pl) / 2;
-#if defined(__x86_64__)
-          if (avx2) {
-            deint2_avx2(xr, W, ev, od);
+    int64_t nr = oh1 - oh0;
+    /* input rows the band reads */
+    int64_t ih_lo = oh0 * R - pt, ih_hi = (oh1 - 1) * R + (KH - 1) * g->d[0] - pt + 1;
+    if (ih_lo < 0) ih_lo = 0;
+    if (ih_hi > H) ih_hi = H;
+    int64_t prev_c = -1, prev_n = -1;
+    for (int64_t it = it0; it < it1; it++) {
+      int64_t n = it / g->M, m = it % g->M, c = m / t->mult;
+      const float *xp = t->h ? NULL : t->x + (n * g->C + c) * H * W;
+      const float *wp = t->w + m * KH * KW;
+      float *yp = t->y + it * OH * OW + oh0 * OW;
+      float b = t->bias ? t->bias[m] : 0.0f;
+      if (!ph) { /* out of memory for the planes: direct loop with bounds checks */
+        for (int64_t oh = oh0; oh < oh1; oh++)
+          for (int64_t ow = 0; ow < OW; ow++) {
+            float s = b;
+            for (int64_t kh = 0; kh < KH; kh++) {
+              int64_t ih = oh * g->s[0] - pt + kh * g->d[0];
+              if (ih < 0 || ih >= H) continue;
+              for (int64_t kw = 0; kw < KW; kw++) {
+                int64_t iw = ow * g->s[1] - pl + kw * g->d[1];
+                if (iw >= 0 && iw < W) s += xp[ih * W + iw] * wp[kh * KW + kw];
+              }
+            }
+            yp[(oh - oh0) * OW + ow] = s;
+          }
+        nbl_act_apply_2d(t->act, yp, 1, nr * OW, 0);
+        continue;
+      }
+      if (c != prev_c || n != prev_n) {
+        /* every plane writes the same positions: the zero padding from the
+         * first memset (below, at allocation) stays */
+        for (int64_t ih = ih_lo; ih < ih_hi; ih++) {
+          const float *xr = xp ? xp + ih * W : lrow;
+          float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
+          if (S == 1) {
+            if (t->h) t->h->load_row(t->h->arg, n, c, ih, row + pl);
+            else memcpy(row + pl, xr, (size_t)W * sizeof(float));
             continue;
           }
+          if (t->h) t->h->load_row(t->h->arg, n, c, ih, lrow);
+          if (S == 2) { /* even columns go to phase pl % 2, odd ones to the other */
+            int64_t pe = pl % 2, po = 1 - pe;
+            float *ev = row + pe * plane + pl / 2;
+            float *od = row + po * plane + (1 + pl) / 2;
+#if defined(__x86_64__)
+            if (avx2) {
+              deint2_avx2(xr, W, ev, od);
+              continue;
+            }
 #endif
-          deint2_scalar(xr, W, 0, ev, od);
-          continue;
+            deint2_scalar(xr, W, 0, ev, od);
+            continue;
+          }
+          for (int64_t p = 0; p < S; p++) { /* padded column pc = iw + pl = j*S + p */
+            int64_t iw0 = ((p - pl) % S + S) % S;
+            float *dst = row + p * plane + (iw0 + pl) / S;
+            for (int64_t iw = iw0; iw < W; iw += S) *dst++ = xr[iw];
+          }
         }
-        for (int64_t p = 0; p < S; p++) { /* padded column pc = iw + pl = j*S + p */
-          int64_t iw0 = ((p - pl) % S + S) % S;
-          float *dst = row + p * plane + (iw0 + pl) / S;
-          for (int64_t iw = iw0; iw < W; iw += S) *dst++ = xr[iw];
-        }
+        prev_c = c;
+        prev_n = n;
       }
-      prev_c = c;
-      prev_n = n;
+      /* output row oh reads phase rows from oh on */
+      const float *base = ph + oh0 * Wp;
+      if (flat) {
+        plane_fn(base, Wp, off, nt, wp, 1, b, tq, 1, nr * Wp);
+        for (int64_t oh = 0; oh < nr; oh++)
+          memcpy(yp + oh * OW, tq + oh * Wp, (size_t)OW * sizeof(float));
+      } else {
+        plane_fn(base, Wp, off, nt, wp, 1, b, yp, nr, OW);
+      }
+      if (t->h) t->h->finish(t->h->arg, n, m, yp, nr * OW);
+      else nbl_act_apply_2d(t->act, yp, 1, nr * OW, 0);
     }
-    if (flat) {
-      if (avx2)
-        dw_plane_avx2(ph, Wp, off, nt, wp, 1, b, tq, 1, OH * Wp);
-      else
-        dw_plane_generic(ph, Wp, off, nt, wp, 1, b, tq, 1, OH * Wp);
-      for (int64_t oh = 0; oh < OH; oh++)
-        memcpy(yp + oh * OW, tq + oh * Wp, (size_t)OW * sizeof(float));
-    } else if (avx2) {
-      dw_plane_avx2(ph, Wp, off, nt, wp, 1, b, yp, OH, OW);
-    } else {
-      dw_plane_generic(ph, Wp, off, nt, wp, 1, b, yp, OH, OW);
-    }
-    if (t->h) t->h->finish(t->h->arg, n, m, yp, OH * OW);
-    else nbl_act_apply_2d(t->act, yp, 1, OH * OW, 0);
   }
   free(lrow);
   free(tq);
@@ -1173,10 +1220,18 @@ static void dw_start(nbl_kctx *ctx, dw_task *t) {
   t->S = S;
   t->Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
   t->Wp = (g->in[1] - 1 + g->pb[1]) / S + 1 > need_w ? (g->in[1] - 1 + g->pb[1]) / S + 1 : need_w;
-  if (ctx)
+  /* large planes: each thread takes a band of output rows of every plane,
+   * the rows of the input band it (or the layer before, split the same way)
+   * touched last; small ones: whole planes per thread */
+  int threads = ctx ? ctx->threads : 1;
+  if (threads > 1 && g->out_sz >= NBL_BAND_MIN_PIXELS && g->out[0] >= 2 * threads) {
+    t->bands = threads;
+    nbl_parallel_for(ctx, threads, 1, dw_run, t);
+  } else if (ctx) {
     nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, t);
-  else
+  } else {
     dw_run(t, 0, g->N * g->M);
+  }
 }
 
 nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float *w, float *y,
@@ -1184,7 +1239,7 @@ nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float
   if (g->ns != 2 || g->C != g->group || g->M != g->C || g->k[0] * g->k[1] > NBL_DW_MAX_TAPS)
     return NBL_ERR_UNSUPPORTED;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
-  dw_task t = {g, NULL, w, NULL, y, 1, 0, 0, 0, NULL, h, 0};
+  dw_task t = {g, NULL, w, NULL, y, 1, 0, 0, 0, NULL, h, 0, 0};
   dw_start(ctx, &t);
   return t.oom ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
 }
@@ -1200,7 +1255,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) {
-    dw_task t = {g, x, w, bias, y, Mg, 0, 0, 0, act, NULL, 0};
+    dw_task t = {g, x, w, bias, y, Mg, 0, 0, 0, act, NULL, 0, 0};
     dw_start(ctx, &t);
     return NBL_OK;
   }

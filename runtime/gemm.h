@@ -51,6 +51,12 @@ void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, do
 /* 1 when nbl_sgemm uses a BLAS library. */
 int nbl_gemm_has_blas(void);
 
+/* Layers whose outputs have at least this many pixels per channel split
+ * their work across threads by bands of pixels (rows), thread t of T taking
+ * [P * t / T, P * (t + 1) / T) of every channel, so that consecutive layers
+ * find their inputs in the cache of the core that wrote them. */
+#define NBL_BAND_MIN_PIXELS 784
+
 /* ------------------------------------------------------------------ convolution geometry */
 
 #define NBL_CONV_MAX_SP (NBL_MAX_RANK - 2)

@@ -244,12 +244,6 @@ static void init_table(void) {
 
 void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc) {
-  nbl_i4_gemm_strided(isa, W, A, lda, m0, m1, a_zero, C, ldc, 1);
-}
-
-void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
-                         int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t cs_m,
-                         int64_t cs_n) {
   pthread_once(&g_table_once, init_table);
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
   if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
@@ -269,17 +263,10 @@ void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t 
         for (int r = 0; r < NBL_I4_MR; r++) rows[r] = A + (m + (r < mr ? r : mr - 1)) * lda;
         mk(rows, p0, p1, np, kq, tile);
         const int32_t *cs = W->colsum + n0;
-        if (cs_n == 1) {
-          for (int r = 0; r < mr; r++) {
-            int32_t *cr = C + (m + r) * cs_m + n0;
-            const int32_t *tr = tile + r * 32;
-            for (int64_t c = 0; c < nc; c++) cr[c] = tr[c] - a_zero * cs[c];
-          }
-        } else {
-          for (int64_t c = 0; c < nc; c++) {
-            int32_t *cc = C + m * cs_m + (n0 + c) * cs_n, corr = a_zero * cs[c];
-            for (int r = 0; r < mr; r++) cc[r * cs_m] = tile[r * 32 + c] - corr;
-          }
+        for (int r = 0; r < mr; r++) {
+          int32_t *cr = C + (m + r) * ldc + n0;
+          const int32_t *tr = tile + r * 32;
+          for (int64_t c = 0; c < nc; c++) cr[c] = tr[c] - a_zero * cs[c];
         }
       }
     }
@@ -300,33 +287,51 @@ int nbl_i4_act_offset(const nbl_q4_params *p) {
 /* Half-even codes, 16 floats at a time (the last chunk masked); the same
  * float operations as nbl_q4_code (clamp, x / s, round to nearest even,
  * + z, clamp). Bytes u[i] = code + off, or floats f[i] = code - zero. */
-VNNI_TARGET static inline __m512 quant_codes16(const nbl_q4_params *p, __m512 v) {
+VNNI_TARGET static inline __m512 quant_codes16(const nbl_q4_params *p, float inv, __m512 v) {
   if (p->clip)
     v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p->clip_lo)), _mm512_set1_ps(p->clip_hi));
-  v = _mm512_div_ps(v, _mm512_set1_ps(p->scale));
-  v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  v = _mm512_add_ps(v, _mm512_set1_ps((float)p->zero));
+  /* x / s by a multiplication with 1 / s: it differs from the quotient by at
+   * most 2 ulp, which changes the rounded code only next to a half-way
+   * point; lanes within 2^-20 * max(1, |y|) of one take the division */
+  __m512 y = _mm512_mul_ps(v, _mm512_set1_ps(inv));
+  __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, r));
+  __m512 tol = _mm512_mul_ps(_mm512_max_ps(_mm512_abs_ps(y), _mm512_set1_ps(1.0f)),
+                             _mm512_set1_ps(0x1p-20f));
+  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_sub_ps(_mm512_set1_ps(0.5f), tol), _CMP_GT_OQ);
+  if (near || !inv) {
+    near = inv ? near : (__mmask16)0xffff;
+    y = _mm512_mask_div_ps(y, near, v, _mm512_set1_ps(p->scale));
+    r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  v = _mm512_add_ps(r, _mm512_set1_ps((float)p->zero));
   return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps((float)p->qmin)),
                        _mm512_set1_ps((float)p->qmax));
 }
 
-VNNI_TARGET static void quant_u8_avx512(const nbl_q4_params *p, const float *x, uint8_t *u,
+/* 1 / scale when it and scale are normal floats, else 0 (always divide). */
+static float inverse(const nbl_q4_params *p) {
+  float inv = 1.0f / p->scale;
+  return isnormal(p->scale) && isnormal(inv) ? inv : 0.0f;
+}
+
+VNNI_TARGET static void quant_u8_avx512(const nbl_q4_params *p, float inv, const float *x, uint8_t *u,
                                         size_t n, int off) {
   const __m512i vo = _mm512_set1_epi32(off);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(p, _mm512_maskz_loadu_ps(m, x + i));
+    __m512 v = quant_codes16(p, inv, _mm512_maskz_loadu_ps(m, x + i));
     __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
     _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(q));
   }
 }
 
-VNNI_TARGET static void quant_f_avx512(const nbl_q4_params *p, const float *x, float *f,
+VNNI_TARGET static void quant_f_avx512(const nbl_q4_params *p, float inv, const float *x, float *f,
                                        size_t n) {
   const __m512 z = _mm512_set1_ps((float)p->zero);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(p, _mm512_maskz_loadu_ps(m, x + i));
+    __m512 v = quant_codes16(p, inv, _mm512_maskz_loadu_ps(m, x + i));
     _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, z));
   }
 }
@@ -336,7 +341,7 @@ void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const 
                         uint8_t *u, size_t n, uint64_t index0, int off) {
 #if NBL_I4_X86
   if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    quant_u8_avx512(p, x, u, n, off);
+    quant_u8_avx512(p, inverse(p), x, u, n, off);
     return;
   }
 #endif
@@ -347,9 +352,212 @@ void nbl_i4_quantize_centered(const nbl_q4_config *cfg, const nbl_q4_params *p, 
                               float *f, size_t n, uint64_t index0) {
 #if NBL_I4_X86
   if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    quant_f_avx512(p, x, f, n);
+    quant_f_avx512(p, inverse(p), x, f, n);
     return;
   }
 #endif
   for (size_t i = 0; i < n; i++) f[i] = (float)(nbl_q4_code(cfg, p, x[i], index0 + i) - p->zero);
+}
+
+/* ------------------------------------------------------------------ convolution products
+ * Output channels x pixels: 16 pixels per AVX-512 vector (8 per AVX2 one),
+ * weights broadcast, so a tile of 8 output channels x 32 pixels lands in
+ * registers in the output's NCHW order and leaves through the epilogue. */
+
+int nbl_i4_pack_rows(const int8_t *w, int64_t M, int64_t K, int64_t sm, int64_t sk,
+                     nbl_i4_rows *out) {
+  memset(out, 0, sizeof *out);
+  out->M = M;
+  out->K = K;
+  out->Kp = (K + 3) / 4 * 4;
+  int64_t Mb = (M + NBL_I4_CR - 1) / NBL_I4_CR;
+  size_t bytes = (size_t)(Mb * NBL_I4_CR * out->Kp);
+  size_t alloc = (bytes + 63) / 64 * 64;
+  out->w = aligned_alloc(64, alloc ? alloc : 64);
+  out->rowsum = calloc((size_t)(Mb * NBL_I4_CR + 1), sizeof(int32_t));
+  if (!out->w || !out->rowsum) {
+    nbl_i4_rows_free(out);
+    return -1;
+  }
+  memset(out->w, 0, alloc ? alloc : 64);
+  int maxabs = 0;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) {
+      int v = w[m * sm + k * sk];
+      out->w[((m / NBL_I4_CR) * out->Kp + (k / 4) * 4) * NBL_I4_CR + (m % NBL_I4_CR) * 4 + k % 4] =
+          (int8_t)v;
+      out->rowsum[m] += v;
+      if (abs(v) > maxabs) maxabs = abs(v);
+    }
+  out->maxabs = maxabs;
+  return 0;
+}
+
+void nbl_i4_rows_free(nbl_i4_rows *w) {
+  free(w->w);
+  free(w->rowsum);
+  memset(w, 0, sizeof *w);
+}
+
+/* One tile: rows m..m+nr-1 (nr <= 8) of the block whose weights start at wb
+ * ([Kp/4][8][4]), pixels p..p+np-1 (np <= 32), results to Ci or Y. */
+typedef struct tile_args {
+  const nbl_i4_rows *W;
+  const uint8_t *X4;
+  int64_t Pp, ld;
+  int32_t a_zero;
+  int32_t *Ci;
+  float *Y;
+  const nbl_i4_epi *e;
+} tile_args;
+
+static inline float epi_one(const nbl_i4_epi *e, int64_t m, int32_t acc) {
+  float v = e->sc * (float)acc + (e->bias ? e->bias[m] : 0.0f);
+  if (e->act) {
+    v = v < e->lo ? e->lo : v;
+    v = v > e->hi ? e->hi : v;
+  }
+  return v;
+}
+
+/* acc[r][i] (r < nr, i < np) with the zero-point correction applied, out. */
+static void tile_store(const tile_args *t, int64_t m, int nr, int64_t p, int np,
+                       const int32_t *acc /* [8][32] */) {
+  for (int r = 0; r < nr; r++) {
+    int32_t corr = t->a_zero * t->W->rowsum[m + r];
+    const int32_t *a = acc + r * 32;
+    if (t->Ci) {
+      int32_t *c = t->Ci + (m + r) * t->ld + p;
+      for (int i = 0; i < np; i++) c[i] = a[i] - corr;
+    } else {
+      float *y = t->Y + (m + r) * t->ld + p;
+      for (int i = 0; i < np; i++) y[i] = epi_one(t->e, m + r, a[i] - corr);
+    }
+  }
+}
+
+static void tile_scalar(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
+  int32_t acc[NBL_I4_CR * 32];
+  memset(acc, 0, sizeof acc);
+  const int8_t *wb = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
+  for (int64_t k4 = 0; k4 < t->W->Kp / 4; k4++) {
+    const uint8_t *x = t->X4 + (k4 * t->Pp + p) * 4;
+    const int8_t *w = wb + k4 * 4 * NBL_I4_CR;
+    for (int r = 0; r < nr; r++)
+      for (int i = 0; i < np; i++)
+        acc[r * 32 + i] += x[4 * i] * w[4 * r] + x[4 * i + 1] * w[4 * r + 1] +
+                           x[4 * i + 2] * w[4 * r + 2] + x[4 * i + 3] * w[4 * r + 3];
+  }
+  tile_store(t, m, nr, p, np, acc);
+}
+
+#if NBL_I4_X86
+VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
+  const uint8_t *wb = (const uint8_t *)t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
+  const uint8_t *x = t->X4 + p * 4;
+  int64_t kq = t->W->Kp / 4, xs = t->Pp * 4;
+  /* named accumulators: an array indexed in a loop would live on the stack */
+  __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
+          a60 = a00, a70 = a00;
+  __m512i a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
+#define TV_ROW2(r)                                                  \
+  w = _mm512_set1_epi32(load4(wb + 4 * r));                         \
+  a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, w);                    \
+  a##r##1 = _mm512_dpbusd_epi32(a##r##1, x1, w);
+#define TV_ROW1(r)                                                  \
+  a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, _mm512_set1_epi32(load4(wb + 4 * r)));
+  if (np > 16) {
+    for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
+      __m512i x0 = _mm512_loadu_si512((const void *)x);
+      __m512i x1 = _mm512_loadu_si512((const void *)(x + 64));
+      __m512i w;
+      TV_ROW2(0) TV_ROW2(1) TV_ROW2(2) TV_ROW2(3) TV_ROW2(4) TV_ROW2(5) TV_ROW2(6) TV_ROW2(7)
+    }
+  } else {
+    for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
+      __m512i x0 = _mm512_loadu_si512((const void *)x);
+      TV_ROW1(0) TV_ROW1(1) TV_ROW1(2) TV_ROW1(3) TV_ROW1(4) TV_ROW1(5) TV_ROW1(6) TV_ROW1(7)
+    }
+  }
+#undef TV_ROW1
+#undef TV_ROW2
+  __m512i a[NBL_I4_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                             {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  __mmask16 m0 = np >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << np) - 1);
+  __mmask16 m1 = np >= 32 ? (__mmask16)0xffff : np > 16 ? (__mmask16)((1u << (np - 16)) - 1) : 0;
+  const nbl_i4_epi *e = t->e;
+  for (int r = 0; r < nr; r++) {
+    __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
+    __m512i v0 = _mm512_sub_epi32(a[r][0], corr), v1 = _mm512_sub_epi32(a[r][1], corr);
+    if (t->Ci) {
+      int32_t *c = t->Ci + (m + r) * t->ld + p;
+      _mm512_mask_storeu_epi32(c, m0, v0);
+      if (m1) _mm512_mask_storeu_epi32(c + 16, m1, v1);
+      continue;
+    }
+    const __m512 vs = _mm512_set1_ps(e->sc), vb = _mm512_set1_ps(e->bias ? e->bias[m + r] : 0.0f);
+    __m512 f0 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), vs), vb);
+    __m512 f1 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), vs), vb);
+    if (e->act) {
+      const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+      f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, lo, _CMP_LT_OQ), f0, lo);
+      f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, hi, _CMP_GT_OQ), f0, hi);
+      f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, lo, _CMP_LT_OQ), f1, lo);
+      f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, hi, _CMP_GT_OQ), f1, hi);
+    }
+    float *y = t->Y + (m + r) * t->ld + p;
+    _mm512_mask_storeu_ps(y, m0, f0);
+    if (m1) _mm512_mask_storeu_ps(y + 16, m1, f1);
+  }
+}
+
+/* AVX2: 8 pixels per vector, vpmaddubsw (exact while max|W| <= 64) and
+ * vpmaddwd with ones; the tile is stored through tile_store. */
+AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  int32_t acc[NBL_I4_CR * 32];
+  int64_t kq = t->W->Kp / 4, xs = t->Pp * 4;
+  for (int q = 0; q < np; q += 8) {
+    const int8_t *wb = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
+    const uint8_t *x = t->X4 + (p + q) * 4;
+    __m256i a[NBL_I4_CR];
+    for (int r = 0; r < NBL_I4_CR; r++) a[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
+      __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
+      for (int r = 0; r < NBL_I4_CR; r++) {
+        __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
+        a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w), ones));
+      }
+    }
+    for (int r = 0; r < NBL_I4_CR; r++) _mm256_storeu_si256((__m256i *)(void *)(acc + r * 32 + q), a[r]);
+  }
+  tile_store(t, m, nr, p, np, acc);
+}
+#endif
+
+void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int64_t Pp,
+                      int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
+                      float *Y, int64_t ld, const nbl_i4_epi *e) {
+  pthread_once(&g_once, detect);
+  if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
+  if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
+  tile_args t = {W, X4, Pp, ld, a_zero, Ci, Y, e};
+  /* m0 is a multiple of NBL_I4_CR: tiles start at block boundaries */
+  for (int64_t p = p0; p < p1; p += 32) {
+    int np = p1 - p < 32 ? (int)(p1 - p) : 32;
+    for (int64_t m = m0; m < m1; m += NBL_I4_CR) {
+      int nr = m1 - m < NBL_I4_CR ? (int)(m1 - m) : NBL_I4_CR;
+#if NBL_I4_X86
+      if (isa == NBL_I4_VNNI) {
+        tile_vnni(&t, m, nr, p, np);
+        continue;
+      }
+      if (isa == NBL_I4_AVX2) {
+        tile_avx2(&t, m, nr, p, np);
+        continue;
+      }
+#endif
+      tile_scalar(&t, m, nr, p, np);
+    }
+  }
 }

@@ -62,11 +62,38 @@ void nbl_i4_weights_free(nbl_i4_weights *w);
 void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc);
 
-/* Same with C[m * cs_m + n * cs_n] (cs_m = 1, cs_n = rows: C transposed). */
-void nbl_i4_gemm_strided(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
-                         int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t cs_m,
-                         int64_t cs_n);
 
+/* Convolution weights for nbl_i4_conv_gemm: W[m][k] (M x K codes) in blocks
+ * of NBL_I4_CR rows, [M/8][Kp/4][8][4] bytes (rows past M and k past K are
+ * zero), and the row sums for the zero-point correction. */
+#define NBL_I4_CR 8
+typedef struct nbl_i4_rows {
+  int64_t M, K, Kp;
+  int8_t *w;
+  int32_t *rowsum; /* [M rounded up to 8] */
+  int maxabs;
+} nbl_i4_rows;
+/* Pack W[m][k] = w[m*sm + k*sk]; 0, or -1 when out of memory (*out empty). */
+int nbl_i4_pack_rows(const int8_t *w, int64_t M, int64_t K, int64_t sm, int64_t sk,
+                     nbl_i4_rows *out);
+void nbl_i4_rows_free(nbl_i4_rows *w);
+/* The epilogue of nbl_i4_conv_gemm: y = act(sc * acc + bias[m]) (mul, then
+ * add; act: Clip's float semantics lo/hi when act != 0; bias may be NULL). */
+typedef struct nbl_i4_epi {
+  float sc;
+  const float *bias;
+  int act;
+  float lo, hi;
+} nbl_i4_epi;
+/* Output channels [m0, m1) (m0 a multiple of NBL_I4_CR) x pixels [p0, p1)
+ * of acc[m][p] = sum_k (X4[k/4][p][k%4] - a_zero) * W[m][k], exact int32.
+ * X4 holds activation bytes for Kp/4 groups of 4 k, each Pp pixels of 4
+ * bytes; Pp is a multiple of 32 and >= p1 (tiles read whole 32-pixel
+ * groups; pixels past p1 and bytes of k >= K may hold any value). Writes acc to Ci[m * ld + p] when Ci is not NULL, else the
+ * epilogue e of it to Y[m * ld + p]. Variants as for nbl_i4_gemm. */
+void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int64_t Pp,
+                      int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
+                      float *Y, int64_t ld, const nbl_i4_epi *e);
 /* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
  * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
  * be finite. Vectorized for half-even rounding on AVX-512. */

@@ -133,6 +133,11 @@ START_TEST(test_depthwise) {
       {1, 8, 33, 37, 8, 3, 8, 2, 1, 1, 1, 1, 1, 0},  /* stride 2, rows of 16+ columns */
       {1, 4, 34, 40, 4, 3, 4, 2, 0, 0, 1, 1, 0, 0},  /* stride 2, no left pad */
       {1, 4, 20, 35, 8, 3, 4, 2, 1, 2, 0, 1, 1, 0},  /* stride 2, even left pad, mult 2 */
+      /* 784+ output pixels: with 2 threads, bands of rows of every plane */
+      {1, 6, 60, 61, 6, 3, 6, 1, 1, 1, 1, 1, 1, 0},  /* stride 1 */
+      {1, 4, 64, 70, 8, 3, 4, 2, 1, 1, 1, 1, 1, 0},  /* stride 2, multiplier 2 */
+      {2, 3, 57, 57, 3, 5, 3, 1, 2, 2, 2, 2, 0, 0},  /* 5x5, batch 2 */
+      {1, 2, 29, 500, 2, 3, 2, 1, 1, 1, 1, 1, 1, 0}, /* few rows per band */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);

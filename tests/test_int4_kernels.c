@@ -66,16 +66,6 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int alo, int ahi, int z, 
                     nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K, alo,
                     ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
   }
-  /* transposed output (C^T[n][m]), as the convolution uses it */
-  for (int isa = NBL_I4_SCALAR; isa <= NBL_I4_VNNI; isa++) {
-    if (!nbl_i4_isa_supported((nbl_i4_isa)isa)) continue;
-    for (int64_t i = 0; i < M * N; i++) C[i] = 0x7eadbeef;
-    nbl_i4_gemm_strided((nbl_i4_isa)isa, &W, A, lda, 0, M, z + off, C, 1, M);
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t n = 0; n < N; n++)
-        ck_assert_msg(C[n * M + m] == ref[m * N + n], "%s transposed M=%lld N=%lld K=%lld",
-                      nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K);
-  }
   nbl_i4_weights_free(&W);
   free(qa), free(w), free(ref), free(A), free(C);
 }
@@ -102,6 +92,78 @@ START_TEST(test_gemm_int8_extremes) {
 }
 END_TEST
 
+/* One convolution-product case: acc[m][p] = sum_k (X4 byte - a_zero) * W[m][k]
+ * for every variant, raw and through the epilogue, against int64 sums here. */
+static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, int z, int wlo,
+                           int whi) {
+  int8_t *qa = malloc((size_t)(P * K)), *w = malloc((size_t)(M * K));
+  for (int64_t i = 0; i < P * K; i++) qa[i] = (int8_t)irange(alo, ahi);
+  for (int64_t i = 0; i < M * K; i++) w[i] = (int8_t)irange(wlo, whi);
+  qa[0] = (int8_t)alo, qa[P * K - 1] = (int8_t)ahi;
+  w[0] = (int8_t)wlo, w[M * K - 1] = (int8_t)whi;
+  nbl_q4_params p = {.scale = 1, .zero = z, .qmin = alo, .qmax = ahi};
+  int off = nbl_i4_act_offset(&p);
+  int64_t *ref = calloc((size_t)(M * P), sizeof(int64_t));
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t q = 0; q < P; q++) {
+      int64_t s = 0;
+      for (int64_t k = 0; k < K; k++) s += (int64_t)(qa[q * K + k] - z) * w[m * K + k];
+      ref[m * P + q] = s;
+    }
+  nbl_i4_rows W;
+  ck_assert_int_eq(nbl_i4_pack_rows(w, M, K, K, 1, &W), 0);
+  int64_t Pp = (P + 31) / 32 * 32;
+  uint8_t *X4 = malloc((size_t)(W.Kp * Pp));
+  memset(X4, 0xa5, (size_t)(W.Kp * Pp)); /* padding bytes must not matter */
+  for (int64_t q = 0; q < P; q++)
+    for (int64_t k = 0; k < K; k++) X4[((k / 4) * Pp + q) * 4 + k % 4] = (uint8_t)(qa[q * K + k] + off);
+  int32_t *C = malloc(sizeof(int32_t) * (size_t)(M * P));
+  float *Y = malloc(sizeof(float) * (size_t)(M * P)), *bias = malloc(sizeof(float) * (size_t)M);
+  for (int64_t m = 0; m < M; m++) bias[m] = frand();
+  nbl_i4_epi e = {0.01f, bias, 1, -0.5f, 2.0f};
+  for (int isa = NBL_I4_SCALAR; isa <= NBL_I4_VNNI; isa++) {
+    if (!nbl_i4_isa_supported((nbl_i4_isa)isa)) continue;
+    for (int64_t i = 0; i < M * P; i++) C[i] = 0x7eadbeef;
+    /* four blocks, as threads split them: output channels at a multiple of 8,
+     * pixels anywhere */
+    int64_t mm = M / 16 * 8, pm = P / 3;
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, 0, pm, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, pm, P, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, mm, M, 0, pm, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, mm, M, pm, P, C, NULL, P, NULL);
+    for (int64_t i = 0; i < M * P; i++)
+      ck_assert_msg(C[i] == ref[i], "%s M=%lld P=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
+                    nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K, alo,
+                    ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, M, 0, P, NULL, Y, P, &e);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t q = 0; q < P; q++) {
+        float v = e.sc * (float)ref[m * P + q] + bias[m];
+        v = v < e.lo ? e.lo : v > e.hi ? e.hi : v;
+        ck_assert_msg(Y[m * P + q] == v, "%s epilogue M=%lld P=%lld K=%lld [%lld,%lld]: %.9g vs %.9g",
+                      nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K,
+                      (long long)m, (long long)q, Y[m * P + q], v);
+      }
+  }
+  nbl_i4_rows_free(&W);
+  free(qa), free(w), free(ref), free(X4), free(C), free(Y), free(bias);
+}
+
+START_TEST(test_conv_gemm_tiles) {
+  for (size_t a = 0; a < NTS; a++)
+    for (size_t b = 0; b < NTS; b++)
+      for (size_t k = 0; k < NTS; k += 2)
+        conv_gemm_case(tsizes[a], tsizes[b], tsizes[k], -8, 7, (int)(a + b + k) % 5 - 2, -8, 7);
+  /* 8-bit layers (AVX2 falls back when |w| > 64), far zero points, long K */
+  for (size_t a = 0; a < NTS; a += 3)
+    for (size_t k = 0; k < NTS; k += 3) {
+      conv_gemm_case(tsizes[a], 45, tsizes[k], -128, 127, 0, -128, 127);
+      conv_gemm_case(tsizes[a], 33, tsizes[k], -8, 7, 127, -64, 64);
+    }
+  conv_gemm_case(9, 40, 4608, -128, 127, 0, -128, 127);
+}
+END_TEST
+
 START_TEST(test_isa_names) {
   ck_assert(nbl_i4_isa_supported(NBL_I4_SCALAR));
   ck_assert(nbl_i4_isa_supported(nbl_i4_best_isa()));
@@ -122,7 +184,12 @@ static void quant_case(nbl_q4_config *cfg, const float *x, size_t n, float alpha
   for (size_t i = 0; i < n; i++)
     ck_assert_msg(u[i] == q[i] + off, "i=%zu x=%.9g: byte %d, code %d + %d", i, x[i], u[i], q[i],
                   off);
-  free(q), free(u);
+  float *f = malloc(n * sizeof(float));
+  nbl_i4_quantize_centered(cfg, &p, x, f, n, 5);
+  for (size_t i = 0; i < n; i++)
+    ck_assert_msg(f[i] == (float)(q[i] - p.zero), "i=%zu x=%.9g: centered %g, code %d - %d", i,
+                  x[i], f[i], q[i], p.zero);
+  free(q), free(u), free(f);
 }
 
 START_TEST(test_quantize_bytes) {
@@ -150,6 +217,22 @@ START_TEST(test_quantize_bytes) {
   cfg.scale_source = NBL_Q4_SCALE_SAWB;
   quant_case(&cfg, x, n, 0);
   cfg.scale_source = NBL_Q4_SCALE_MAX;
+  /* values a few ulps either side of half-way points of many scales: the
+   * vector path multiplies by 1/s and must divide wherever that could round
+   * differently */
+  cfg.bits = 8;
+  for (int rep = 0; rep < 200; rep++) {
+    float s = ldexpf(1.0f + 0.999f * (frand() + 1.0f) / 2.0f, irange(-20, 10));
+    x[0] = 127.0f * s; /* max: scale s */
+    for (size_t i = 1; i < n; i++) {
+      float t = ((float)irange(-127, 126) + 0.5f) * s;
+      for (int k = irange(-3, 3); k > 0; k--) t = nextafterf(t, INFINITY);
+      for (int k = irange(-3, 3); k > 0; k--) t = nextafterf(t, -INFINITY);
+      x[i] = t;
+    }
+    quant_case(&cfg, x, n, 0);
+  }
+  cfg.bits = 4;
   cfg.rounding = NBL_Q4_ROUND_STOCHASTIC;
   cfg.seed = 77;
   quant_case(&cfg, x, n, 0);
@@ -344,6 +427,20 @@ START_TEST(test_fused_conv) {
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 3, 23, 23, 3, 3, 3, 1, 1, 3); /* depthwise, stride 3 */
   check_model(&sp, 1, 0);
+  /* 784+ output pixels: with 2 threads, bands of pixels per thread */
+  sp = conv_spec(1, 6, 60, 61, 6, 3, 1, 1, 1, 6); /* depthwise, stride 1 */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 5, 64, 70, 5, 3, 2, 1, 1, 5); /* depthwise, stride 2 */
+  sp.act = "Clip", sp.clo = 0.0f, sp.chi = 6.0f;
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 13, 33, 35, 21, 1, 1, 0, 1, 1); /* 1x1: quantized while laid out */
+  sp.act = "Relu";
+  check_model(&sp, 1, 0);
+  sp = conv_spec(2, 5, 31, 30, 9, 3, 1, 1, 1, 1); /* 3x3, two images */
+  sp.xmode = "affine";
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 8, 62, 60, 12, 3, 2, 1, 1, 2); /* stride 2, groups: 31x30 output */
+  check_model(&sp, 1, 0);
   sp = conv_spec(1, 4, 9, 9, 8, 3, 1, 1, 1, 4); /* depthwise, multiplier 2 */
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 16, 7, 7, 33, 1, 1, 0, 1, 1); /* 1x1 */
@@ -417,6 +514,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tc, test_isa_names);
   tcase_add_test(tc, test_gemm_int4_tiles);
   tcase_add_test(tc, test_gemm_int8_extremes);
+  tcase_add_test(tc, test_conv_gemm_tiles);
   tcase_add_test(tc, test_quantize_bytes);
   suite_add_tcase(s, tc);
   TCase *tf = tcase_create("fused");
