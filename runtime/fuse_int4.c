@@ -483,11 +483,12 @@ static nbl_status quantize_x4(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q
 
 /* ------------------------------------------------------------------ Conv */
 
-/* Dense and grouped Conv: per image and group, the activation bytes are laid
- * out as X4[k/4][pixel][k%4] with k over (c, kh, kw) (im2col, 4 k per pixel
- * interleaved: the operand of vpdpbusd with pixels along the vector), then
- * nbl_i4_conv_gemm writes output-channel x pixel tiles through the epilogue
- * straight into the NCHW output. */
+/* Dense and grouped Conv, per image and group, block by block of output
+ * pixels: the block's activation bytes are laid out in panels of 32 pixels
+ * x all k (k over (c, kh, kw): im2col, 4 k per pixel interleaved, the
+ * operand of vpdpbusd with pixels along the vector) in a buffer of the
+ * thread's that stays in L2, then nbl_i4_conv_gemm writes output-channel x
+ * pixel tiles through the epilogue straight into the NCHW output. */
 typedef struct x4_job {
   const nbl_conv_geom *g;
   const uint8_t *x; /* the image's group channels, NCHW bytes */
@@ -497,9 +498,18 @@ typedef struct x4_job {
   const nbl_q4_config *cfg;
   const nbl_q4_params *p;
   int off;
-  uint8_t *X4;
-  int64_t Kg, Kp, P, Pp, chunk;
+  int64_t Kg, Kp, P;
   uint8_t pad; /* the byte of a zero activation */
+  /* the product */
+  const fused *f;
+  const nbl_i4_rows *W;
+  int32_t a_zero;
+  float *y;
+  nbl_i4_epi e;
+  /* the split: bands (one per thread), or blocks of pb pixels x nmc chunks
+   * of mc output channels */
+  int bands;
+  int64_t pb, nmc, mc;
   _Atomic int oom;
 } x4_job;
 
@@ -543,19 +553,28 @@ static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8
       memset(dst, j->pad, (size_t)n);
     } else {
       const uint8_t *xr = xc + ih * Wd;
-      int64_t s1 = g->s[1], iw = ow * s1 - g->pb[1] + kw * g->d[1];
-      if (s1 == 1 && iw >= 0 && iw + n <= Wd) {
-        memcpy(dst, xr + iw, (size_t)n);
+      int64_t s1 = g->s[1], iw0 = ow * s1 - g->pb[1] + kw * g->d[1];
+      /* outputs q in [q0, q1) read inside the row, the others the padding */
+      int64_t q0 = iw0 < 0 ? (-iw0 + s1 - 1) / s1 : 0, q1 = Wd > iw0 ? (Wd - iw0 + s1 - 1) / s1 : 0;
+      if (q1 > n) q1 = n;
+      if (q0 > q1) q0 = q1;
+      memset(dst, j->pad, (size_t)q0);
+      if (s1 == 1) {
+        memcpy(dst + q0, xr + iw0 + q0, (size_t)(q1 - q0));
       } else {
-        for (int64_t q = 0; q < n; q++, iw += s1) dst[q] = iw >= 0 && iw < Wd ? xr[iw] : j->pad;
+        const uint8_t *src = xr + iw0 + q0 * s1;
+        for (int64_t q = q0; q < q1; q++, src += s1) dst[q] = *src;
       }
+      memset(dst + q1, j->pad, (size_t)(n - q1));
     }
     pix += n;
   }
 }
 
-/* X4 group k4, pixels [p0, p1) (at most j->chunk), with tmp 4 * chunk bytes. */
-static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t *tmp) {
+/* Group k4 of pixels [p0, p1) (p1 - p0 a multiple of 32, at most j->pb)
+ * into the panels at X4 (pixel p0 first); tmp holds 4 * j->pb bytes. */
+static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t *X4,
+                    uint8_t *tmp) {
   const nbl_conv_geom *g = j->g;
   int direct = g->k_sz == 1 && g->s[0] == 1 && g->s[1] == 1 && g->pb[0] == 0 && g->pb[1] == 0 &&
                g->pe[0] == 0 && g->pe[1] == 0;
@@ -564,7 +583,7 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
   const uint8_t *r[4];
   for (int q = 0; q < 4; q++) {
     int64_t k = 4 * k4 + q;
-    uint8_t *row = tmp + q * j->chunk;
+    uint8_t *row = tmp + q * j->pb;
     r[q] = row;
     if (k >= j->Kg) {
       memset(row, j->pad, (size_t)n);
@@ -581,73 +600,43 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
       im2col_row(j, k, p0, p0 + nv, row);
     if (n > nv) memset(row + nv, j->pad, (size_t)(n - nv));
   }
-  interleave4(r[0], r[1], r[2], r[3], j->X4 + (k4 * j->Pp + p0) * 4, n);
+  for (int64_t q = 0; q < n; q += 32)
+    interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (j->Kp / 4) + k4) * 128,
+                32);
 }
 
-static void x4_tasks(void *arg, int64_t b, int64_t e) {
+/* Output pixels [p0, p1) (p0 a multiple of 32), channels [m0, m1). */
+static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
+                       uint8_t *X4, uint8_t *tmp) {
+  int64_t n32 = (p1 - p0 + 31) / 32 * 32;
+  for (int64_t k4 = 0; k4 < j->Kp / 4; k4++) x4_fill(j, k4, p0, p0 + n32, X4, tmp);
+  nbl_i4_conv_gemm(j->f->isa, j->W, X4, n32, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0,
+                   j->P, &j->e);
+}
+
+static void conv_tasks(void *arg, int64_t b, int64_t e) {
   x4_job *j = arg;
-  int64_t nch = (j->Pp + j->chunk - 1) / j->chunk;
-  uint8_t *tmp = malloc((size_t)(4 * j->chunk));
-  if (!tmp) {
+  uint8_t *X4 = malloc((size_t)(j->Kp * j->pb)), *tmp = malloc((size_t)(4 * j->pb));
+  if (!X4 || !tmp) {
+    free(X4);
+    free(tmp);
     j->oom = 1;
     return;
   }
   for (int64_t t = b; t < e; t++) {
-    int64_t k4 = t / nch, p0 = (t % nch) * j->chunk;
-    x4_fill(j, k4, p0, p0 + j->chunk < j->Pp ? p0 + j->chunk : j->Pp, tmp);
+    if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
+      int64_t q0 = j->P * t / j->bands / 32 * 32, q1 = j->P * (t + 1) / j->bands / 32 * 32;
+      if (t == j->bands - 1) q1 = j->P;
+      for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
+        conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp);
+    } else {
+      int64_t pi = t / j->nmc, mi = t % j->nmc;
+      int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
+      int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
+      conv_block(j, p0, p1, m0, m1, X4, tmp);
+    }
   }
-  free(tmp);
-}
-
-typedef struct cg_job {
-  const fused *f;
-  const nbl_i4_rows *W;
-  const uint8_t *X4;
-  int64_t P, Pp, pb, nmc, mc;
-  int32_t a_zero;
-  float *y;
-  nbl_i4_epi e;
-} cg_job;
-
-static void cg_tasks(void *arg, int64_t b, int64_t e) {
-  const cg_job *j = arg;
-  for (int64_t t = b; t < e; t++) {
-    int64_t pi = t / j->nmc, mi = t % j->nmc;
-    int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
-    int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
-    nbl_i4_conv_gemm(j->f->isa, j->W, j->X4, j->Pp, j->a_zero, m0, m1, p0, p1, NULL, j->y, j->P,
-                     &j->e);
-  }
-}
-
-/* Band mode: thread t builds X4 for its band of output pixels (32-pixel
- * aligned) and computes every output channel of it. */
-typedef struct band_conv {
-  x4_job *xj;
-  cg_job *cj;
-  int bands;
-} band_conv;
-
-static void band_conv_tasks(void *arg, int64_t b, int64_t e) {
-  band_conv *bc = arg;
-  x4_job *xj = bc->xj;
-  cg_job *cj = bc->cj;
-  uint8_t *tmp = malloc((size_t)(4 * xj->chunk));
-  if (!tmp) {
-    xj->oom = 1;
-    return;
-  }
-  for (int64_t t = b; t < e; t++) {
-    int64_t p0 = xj->P * t / bc->bands / 32 * 32, p1 = xj->P * (t + 1) / bc->bands / 32 * 32;
-    if (t == bc->bands - 1) p1 = xj->Pp;
-    for (int64_t k4 = 0; k4 < xj->Kp / 4; k4++)
-      for (int64_t q = p0; q < p1; q += xj->chunk)
-        x4_fill(xj, k4, q, q + xj->chunk < p1 ? q + xj->chunk : p1, tmp);
-    if (p1 > xj->P) p1 = xj->P;
-    if (p1 > p0)
-      nbl_i4_conv_gemm(cj->f->isa, cj->W, cj->X4, cj->Pp, cj->a_zero, 0, cj->W->M, p0, p1, NULL,
-                       cj->y, cj->P, &cj->e);
-  }
+  free(X4);
   free(tmp);
 }
 
@@ -718,53 +707,38 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   int direct = g.k_sz == 1 && g.s[0] == 1 && g.s[1] == 1 && g.pb[0] == 0 && g.pb[1] == 0 &&
                g.pe[0] == 0 && g.pe[1] == 0;
   /* 1x1 inputs are quantized while laid out; others go to bytes first */
-  int need_xu = !direct;
-  uint8_t *xu = need_xu ? malloc((size_t)(X->numel ? X->numel : 1)) : NULL;
-  const nbl_i4_rows *W0 = &f->rows[0];
-  int64_t Pp = (j.P + 31) / 32 * 32;
-  uint8_t *X4 = malloc((size_t)(W0->Kp * Pp));
-  if ((need_xu && !xu) || !X4) {
+  uint8_t *xu = direct ? NULL : malloc((size_t)(X->numel ? X->numel : 1));
+  if (!direct && !xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (!direct && (st = quantize_x4(c, &f->xcfg, p, X, xu, off)) != NBL_OK) {
     free(xu);
-    free(X4);
-    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  }
-  if (need_xu && (st = quantize_x4(c, &f->xcfg, p, X, xu, off)) != NBL_OK) {
-    free(xu);
-    free(X4);
     return st;
   }
-  x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .X4 = X4, .Kg = j.Kg, .Kp = W0->Kp,
-               .P = j.P, .Pp = Pp, .chunk = 1024, .pad = j.pad};
-  cg_job cj = {.f = f, .X4 = X4, .P = j.P, .Pp = Pp, .a_zero = j.a_zero,
-               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi}};
-  /* tile mode: pixel blocks of 256 (a block's bytes stay in L2 across all
-   * its output channels); output channels split too when that leaves a
-   * thread idle */
-  cj.pb = 256;
-  int64_t npb = (j.P + cj.pb - 1) / cj.pb, mblocks = (j.Mg + NBL_I4_CR - 1) / NBL_I4_CR;
-  cj.nmc = npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb;
-  if (cj.nmc > mblocks) cj.nmc = mblocks;
-  cj.mc = (mblocks + cj.nmc - 1) / cj.nmc * NBL_I4_CR;
-  cj.nmc = (j.Mg + cj.mc - 1) / cj.mc;
-  band_conv bc = {&xj, &cj, bands};
+  const nbl_i4_rows *W0 = &f->rows[0];
+  x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
+               .P = j.P, .pad = j.pad, .f = f, .a_zero = j.a_zero,
+               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi}, .bands = bands};
+  /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
+   * channels; without bands, output channels split too when the blocks
+   * alone would leave a thread idle */
+  int64_t pb = (int64_t)(192 * 1024) / W0->Kp / 32 * 32;
+  xj.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
+  int64_t npb = (j.P + xj.pb - 1) / xj.pb, mblocks = (j.Mg + NBL_I4_CR - 1) / NBL_I4_CR;
+  xj.nmc = npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb;
+  if (xj.nmc > mblocks) xj.nmc = mblocks;
+  xj.mc = (mblocks + xj.nmc - 1) / xj.nmc * NBL_I4_CR;
+  xj.nmc = (j.Mg + xj.mc - 1) / xj.mc;
   for (int64_t n = 0; n < g.N && !xj.oom; n++)
     for (int64_t gi = 0; gi < g.group && !xj.oom; gi++) {
       int64_t first = (n * g.C + gi * j.Cg) * g.in_sz; /* the group's first input element */
       xj.x = xu ? xu + first : NULL;
       xj.xf = xu ? NULL : (const float *)X->data + first;
       xj.xf_index0 = first;
-      cj.W = &f->rows[gi];
-      cj.y = y + (n * g.M + gi * j.Mg) * j.P;
-      cj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
-      if (bands) {
-        nbl_parallel_for(c, bands, 1, band_conv_tasks, &bc);
-      } else {
-        nbl_parallel_for(c, W0->Kp / 4 * ((Pp + xj.chunk - 1) / xj.chunk), 1, x4_tasks, &xj);
-        nbl_parallel_for(c, npb * cj.nmc, 1, cg_tasks, &cj);
-      }
+      xj.W = &f->rows[gi];
+      xj.y = y + (n * g.M + gi * j.Mg) * j.P;
+      xj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
+      nbl_parallel_for(c, bands ? bands : npb * xj.nmc, 1, conv_tasks, &xj);
     }
   free(xu);
-  free(X4);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   return NBL_OK;
 }

@@ -441,7 +441,7 @@ static void tile_scalar(const tile_args *t, int64_t m, int nr, int64_t p, int np
   memset(acc, 0, sizeof acc);
   const int8_t *wb = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
   for (int64_t k4 = 0; k4 < t->W->Kp / 4; k4++) {
-    const uint8_t *x = t->X4 + (k4 * t->Pp + p) * 4;
+    const uint8_t *x = t->X4 + (p / 32 * t->W->Kp / 4 + k4) * 128;
     const int8_t *w = wb + k4 * 4 * NBL_I4_CR;
     for (int r = 0; r < nr; r++)
       for (int i = 0; i < np; i++)
@@ -454,8 +454,8 @@ static void tile_scalar(const tile_args *t, int64_t m, int nr, int64_t p, int np
 #if NBL_I4_X86
 VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
   const uint8_t *wb = (const uint8_t *)t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
-  const uint8_t *x = t->X4 + p * 4;
-  int64_t kq = t->W->Kp / 4, xs = t->Pp * 4;
+  const uint8_t *x = t->X4 + p / 32 * t->W->Kp * 32;
+  int64_t kq = t->W->Kp / 4, xs = 128;
   /* named accumulators: an array indexed in a loop would live on the stack */
   __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
           a60 = a00, a70 = a00;
@@ -516,10 +516,10 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
 AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
   const __m256i ones = _mm256_set1_epi16(1);
   int32_t acc[NBL_I4_CR * 32];
-  int64_t kq = t->W->Kp / 4, xs = t->Pp * 4;
+  int64_t kq = t->W->Kp / 4, xs = 128;
   for (int q = 0; q < np; q += 8) {
     const int8_t *wb = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
-    const uint8_t *x = t->X4 + (p + q) * 4;
+    const uint8_t *x = t->X4 + p / 32 * t->W->Kp * 32 + q * 4;
     __m256i a[NBL_I4_CR];
     for (int r = 0; r < NBL_I4_CR; r++) a[r] = _mm256_setzero_si256();
     for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
@@ -542,7 +542,7 @@ void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, i
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
   if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
   tile_args t = {W, X4, Pp, ld, a_zero, Ci, Y, e};
-  /* m0 is a multiple of NBL_I4_CR: tiles start at block boundaries */
+  /* m0 is a multiple of NBL_I4_CR and p0 of 32: tiles start at block boundaries */
   for (int64_t p = p0; p < p1; p += 32) {
     int np = p1 - p < 32 ? (int)(p1 - p) : 32;
     for (int64_t m = m0; m < m1; m += NBL_I4_CR) {

@@ -86,10 +86,12 @@ typedef struct nbl_i4_epi {
   float lo, hi;
 } nbl_i4_epi;
 /* Output channels [m0, m1) (m0 a multiple of NBL_I4_CR) x pixels [p0, p1)
- * of acc[m][p] = sum_k (X4[k/4][p][k%4] - a_zero) * W[m][k], exact int32.
- * X4 holds activation bytes for Kp/4 groups of 4 k, each Pp pixels of 4
- * bytes; Pp is a multiple of 32 and >= p1 (tiles read whole 32-pixel
- * groups; pixels past p1 and bytes of k >= K may hold any value). Writes acc to Ci[m * ld + p] when Ci is not NULL, else the
+ * (p0 a multiple of 32) of acc[m][p] = sum_k (x(p, k) - a_zero) * W[m][k],
+ * exact int32. X4 holds the activation bytes in panels of 32 pixels, each
+ * [Kp/4][32][4]: x(p, k) at X4[((p/32 * Kp/4 + k/4) * 32 + p%32) * 4 + k%4]
+ * (the operand of vpdpbusd with pixels along the vector), Pp pixels (a
+ * multiple of 32, >= p1; pixels past p1 and bytes of k >= K may hold any
+ * value). Writes acc to Ci[m * ld + p] when Ci is not NULL, else the
  * epilogue e of it to Y[m * ld + p]. Variants as for nbl_i4_gemm. */
 void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int64_t Pp,
                       int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,

@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "fuse.h"
 #include "gemm.h"
 #include "kernel.h"
@@ -569,35 +573,107 @@ typedef struct pool_task {
 
 /* Float 2-D max pooling without indices, one (n, c) plane per item; same
  * result as the reference (NaN in a window gives NaN, an empty window -inf). */
+/* max that lets NaN through from either side */
+static inline float nan_max(float m, float v) { return v > m || v != v ? v : m; }
+
+/* m[i] = nan_max(m[i], v[i]) for i < n */
+static void nan_max_row(float *m, const float *v, int64_t n) {
+  for (int64_t i = 0; i < n; i++) m[i] = nan_max(m[i], v[i]);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx"))) static void nan_max_row_avx(float *m, const float *v, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 a = _mm256_loadu_ps(m + i), b = _mm256_loadu_ps(v + i);
+    /* vmaxps(b, a) is b > a ? b : a (a when either is NaN); a NaN b is
+     * then OR-ed in: all-ones exponent and a nonzero mantissa stay NaN */
+    __m256 r = _mm256_max_ps(b, a);
+    r = _mm256_or_ps(r, _mm256_and_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q), b));
+    _mm256_storeu_ps(m + i, r);
+  }
+  nan_max_row(m + i, v + i, n - i);
+}
+#endif
+
+/* 2-D max pooling, one (n, c) plane per item: for each output row, the max
+ * over the window's input rows (a vector pass over whole rows, into a row
+ * padded with -inf), then over the window's columns at every column (vector
+ * passes over shifted copies), of which every stride-th is an output. NaN
+ * anywhere in a window gives NaN, as in the reference kernel. */
 static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   const pool_task *t = arg;
   const nbl_conv_geom *g = t->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
-  for (int64_t pl = begin; pl < end; pl++) {
-    const float *xp = t->x + pl * H * W;
-    float *yp = t->y + pl * OH * OW;
-    for (int64_t oh = 0; oh < OH; oh++) {
-      int64_t h0 = oh * g->s[0] - g->pb[0];
-      for (int64_t ow = 0; ow < OW; ow++) {
-        int64_t w0 = ow * g->s[1] - g->pb[1];
-        float m = -INFINITY;
-        int nan = 0;
-        for (int64_t kh = 0; kh < g->k[0]; kh++) {
-          int64_t ih = h0 + kh * g->d[0];
-          if (ih < 0 || ih >= H) continue;
-          const float *xr = xp + ih * W;
-          for (int64_t kw = 0; kw < g->k[1]; kw++) {
-            int64_t iw = w0 + kw * g->d[1];
-            if (iw < 0 || iw >= W) continue;
-            float v = xr[iw];
-            nan |= v != v;
-            m = v > m ? v : m;
+  int64_t pl = g->pb[1], KW = g->k[1], dw = g->d[1], sw = g->s[1];
+  /* columns of the padded row: every window column in range */
+  int64_t Wp = (OW - 1) * sw + (KW - 1) * dw + 1;
+  if (Wp < pl + W) Wp = pl + W;
+  float *row = malloc(sizeof(float) * (size_t)(2 * Wp)), *hm = row + Wp;
+  if (!row) { /* out of memory: the direct loop */
+    for (int64_t q = begin; q < end; q++) {
+      const float *xp = t->x + q * H * W;
+      float *yp = t->y + q * OH * OW;
+      for (int64_t oh = 0; oh < OH; oh++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+          float m = -INFINITY;
+          for (int64_t kh = 0; kh < g->k[0]; kh++) {
+            int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+            for (int64_t kw = 0; ih >= 0 && ih < H && kw < KW; kw++) {
+              int64_t iw = ow * sw - pl + kw * dw;
+              if (iw >= 0 && iw < W) m = nan_max(m, xp[ih * W + iw]);
+            }
           }
+          yp[oh * OW + ow] = m;
         }
-        yp[oh * OW + ow] = nan ? NAN : m;
+    }
+    return;
+  }
+  int avx = 0;
+#if defined(__x86_64__)
+  avx = __builtin_cpu_supports("avx");
+#endif
+  for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
+  for (int64_t q = begin; q < end; q++) {
+    const float *xp = t->x + q * H * W;
+    float *yp = t->y + q * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      float *mid = row + pl; /* the input columns; the padding stays -inf */
+      int first = 1;
+      for (int64_t kh = 0; kh < g->k[0]; kh++) {
+        int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+        if (ih < 0 || ih >= H) continue;
+        if (first) {
+          memcpy(mid, xp + ih * W, sizeof(float) * (size_t)W);
+          first = 0;
+        } else {
+#if defined(__x86_64__)
+          if (avx) {
+            nan_max_row_avx(mid, xp + ih * W, W);
+            continue;
+          }
+#endif
+          nan_max_row(mid, xp + ih * W, W);
+        }
       }
+      if (first)
+        for (int64_t i = 0; i < W; i++) mid[i] = -INFINITY;
+      /* window max at every column start, then every sw-th of them */
+      int64_t nh = (OW - 1) * sw + 1;
+      memcpy(hm, row, sizeof(float) * (size_t)nh);
+      for (int64_t kw = 1; kw < KW; kw++) {
+#if defined(__x86_64__)
+        if (avx) {
+          nan_max_row_avx(hm, row + kw * dw, nh);
+          continue;
+        }
+#endif
+        nan_max_row(hm, row + kw * dw, nh);
+      }
+      float *yr = yp + oh * OW;
+      for (int64_t ow = 0; ow < OW; ow++) yr[ow] = hm[ow * sw];
     }
   }
+  free(row);
 }
 
 static nbl_status k_pool(nbl_kctx *c, int kind) {

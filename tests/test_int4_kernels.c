@@ -116,7 +116,8 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
   uint8_t *X4 = malloc((size_t)(W.Kp * Pp));
   memset(X4, 0xa5, (size_t)(W.Kp * Pp)); /* padding bytes must not matter */
   for (int64_t q = 0; q < P; q++)
-    for (int64_t k = 0; k < K; k++) X4[((k / 4) * Pp + q) * 4 + k % 4] = (uint8_t)(qa[q * K + k] + off);
+    for (int64_t k = 0; k < K; k++)
+      X4[((q / 32 * (W.Kp / 4) + k / 4) * 32 + q % 32) * 4 + k % 4] = (uint8_t)(qa[q * K + k] + off);
   int32_t *C = malloc(sizeof(int32_t) * (size_t)(M * P));
   float *Y = malloc(sizeof(float) * (size_t)(M * P)), *bias = malloc(sizeof(float) * (size_t)M);
   for (int64_t m = 0; m < M; m++) bias[m] = frand();
@@ -125,8 +126,8 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
     if (!nbl_i4_isa_supported((nbl_i4_isa)isa)) continue;
     for (int64_t i = 0; i < M * P; i++) C[i] = 0x7eadbeef;
     /* four blocks, as threads split them: output channels at a multiple of 8,
-     * pixels anywhere */
-    int64_t mm = M / 16 * 8, pm = P / 3;
+     * pixels at a multiple of 32 */
+    int64_t mm = M / 16 * 8, pm = P / 64 * 32;
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, 0, pm, C, NULL, P, NULL);
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, pm, P, C, NULL, P, NULL);
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, mm, M, 0, pm, C, NULL, P, NULL);

@@ -261,6 +261,37 @@ static void attr_pool22_incl(nbl_graph *g, nbl_id n) {
   nbl_node_set_attr_int(g, n, "count_include_pad", 1);
 }
 
+static void attr_pool33s2(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {3, 3}, st[2] = {2, 2}, p[4] = {1, 1, 1, 1};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+static void attr_pool_dil(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {2, 3}, st[2] = {1, 3}, d[2] = {2, 2}, p[4] = {0, 2, 1, 0};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+  nbl_node_set_attr_ints(g, n, "dilations", 2, d);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+
+/* The vectorized MaxPool (rows of 8 lanes) against the reference kernel,
+ * with NaN inside vectors, in tails and next to the padding. */
+START_TEST(test_maxpool_vector) {
+  int64_t d[4] = {2, 3, 21, 37};
+  int64_t n = 2 * 3 * 21 * 37;
+  float *x = frandv(n);
+  for (int64_t i = 0; i < n; i += 97) x[i] = NAN;
+  x[36] = NAN; /* last column of the first row */
+  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
+  nbl_host_tensor y = run_both("MaxPool", 12, attr_pool33s2, 1, in, 0);
+  free(y.data);
+  y = run_both("MaxPool", 12, attr_pool_dil, 1, in, 0);
+  free(y.data);
+  free(x);
+}
+END_TEST
+
 START_TEST(test_pooling_hand) {
   /* x = [[1,2,3],[4,NaN,6],[7,8,9]], kernel 2 stride 2, pads top/left 1 -> 2x2 windows:
    * (0,0): {1}; (0,1): {2,3}; (1,0): {4,7}; (1,1): {NaN,6,8,9} */
@@ -451,6 +482,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_conv_vs_naive);
   tcase_add_test(tc, test_matmul_shapes);
   tcase_add_test(tc, test_pooling_hand);
+  tcase_add_test(tc, test_maxpool_vector);
   tcase_add_test(tc, test_batchnorm_layernorm_hand);
   tcase_add_test(tc, test_einsum_hand);
   tcase_add_test(tc, test_quantize_hand);
