@@ -401,14 +401,8 @@ typedef struct band_job {
   const float *x;
   int64_t planes, P;
   int bands;
-  /* scan */
   float lo[256], hi[256];
   int ok[256];
-  /* quantize */
-  const nbl_q4_config *cfg;
-  const nbl_q4_params *p;
-  uint8_t *u;
-  int off;
 } band_job;
 
 static void scan_bands(void *arg, int64_t b, int64_t e) {
@@ -451,34 +445,44 @@ static int scan_x_par(nbl_kctx *c, const nbl_rt_tensor *X, float *lo, float *hi)
   return ok;
 }
 
-static void quant_bands(void *arg, int64_t b, int64_t e) {
-  band_job *j = arg;
-  for (int64_t t = b; t < e; t++) {
-    int64_t p0 = j->P * t / j->bands, p1 = j->P * (t + 1) / j->bands;
-    for (int64_t q = 0; q < j->planes && p1 > p0; q++)
-      nbl_i4_quantize_u8(j->cfg, j->p, j->x + q * j->P + p0, j->u + q * j->P + p0,
-                         (size_t)(p1 - p0), (uint64_t)(q * j->P + p0), j->off);
+/* Bytes of a rank-4 tensor [N, C, H, W] into planes of Hp x Wp, input
+ * (ih, iw) at (ih + pt, iw + pl), the rest already the pad byte; by bands
+ * of rows (every plane) for large planes, else by plane rows. */
+typedef struct qpad_job {
+  const nbl_q4_config *cfg;
+  const nbl_q4_params *p;
+  const float *x;
+  uint8_t *u;
+  int64_t planes, H, W, Hp, Wp, pt, pl;
+  int bands, off;
+} qpad_job;
+
+static void qpad_row(const qpad_job *j, int64_t q, int64_t ih) {
+  int64_t i0 = (q * j->H + ih) * j->W;
+  nbl_i4_quantize_u8(j->cfg, j->p, j->x + i0, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl,
+                     (size_t)j->W, (uint64_t)i0, j->off);
+}
+
+static void qpad_tasks(void *arg, int64_t b, int64_t e) {
+  const qpad_job *j = arg;
+  if (j->bands) {
+    for (int64_t t = b; t < e; t++)
+      for (int64_t q = 0; q < j->planes; q++)
+        for (int64_t ih = j->H * t / j->bands; ih < j->H * (t + 1) / j->bands; ih++) qpad_row(j, q, ih);
+  } else {
+    for (int64_t r = b; r < e; r++) qpad_row(j, r / j->H, r % j->H);
   }
 }
 
-/* quantize_x of a rank-4 tensor, by pixel bands when large. */
-static nbl_status quantize_x4(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
-                              const nbl_rt_tensor *X, uint8_t *u, int off) {
-  int bands = x_bands(c, X);
-  if (!bands) {
-    quantize_x(c, cfg, p, X->data, u, X->numel, off);
-    return NBL_OK;
-  }
-  band_job *j = malloc(sizeof *j);
-  if (!j) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  j->x = X->data;
-  j->P = X->dims[2] * X->dims[3];
-  j->planes = X->dims[0] * X->dims[1];
-  j->bands = bands;
-  j->cfg = cfg, j->p = p, j->u = u, j->off = off;
-  nbl_parallel_for(c, bands, 1, quant_bands, j);
-  free(j);
-  return NBL_OK;
+static void quantize_padded(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
+                            const nbl_rt_tensor *X, uint8_t *u, int64_t Hp, int64_t Wp,
+                            int64_t pt, int64_t pl, int off) {
+  qpad_job j = {cfg, p, X->data, u, X->dims[0] * X->dims[1], X->dims[2], X->dims[3], Hp, Wp, pt,
+                pl, x_bands(c, X), off};
+  if (j.bands)
+    nbl_parallel_for(c, j.bands, 1, qpad_tasks, &j);
+  else
+    nbl_parallel_for(c, j.planes * j.H, 16, qpad_tasks, &j);
 }
 
 /* ------------------------------------------------------------------ Conv */
@@ -491,7 +495,7 @@ static nbl_status quantize_x4(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q
  * pixel tiles through the epilogue straight into the NCHW output. */
 typedef struct x4_job {
   const nbl_conv_geom *g;
-  const uint8_t *x; /* the image's group channels, NCHW bytes */
+  const uint8_t *x; /* the image's group channels, padded NCHW bytes (Hp, Wp) */
   /* or, for 1x1 stride-1 unpadded products, the floats, quantized here */
   const float *xf;
   int64_t xf_index0; /* linear index of xf[0] in X (stochastic rounding position) */
@@ -499,6 +503,7 @@ typedef struct x4_job {
   const nbl_q4_params *p;
   int off;
   int64_t Kg, Kp, P;
+  int64_t Hp, Wp; /* x: planes of Hp x Wp bytes, the input padded with the pad byte */
   uint8_t pad; /* the byte of a zero activation */
   /* the product */
   const fused *f;
@@ -542,31 +547,18 @@ static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
 /* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
 static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
   const nbl_conv_geom *g = j->g;
-  int64_t H = g->in[0], Wd = g->in[1], OW = g->out[1];
+  int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
   int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-  const uint8_t *xc = j->x + c * g->in_sz;
+  /* the padded image: output (oh, ow) of tap (kh, kw) reads (oh*s0 + kh*d0, ow*s1 + kw*d1) */
+  const uint8_t *xc = j->x + c * j->Hp * j->Wp + kh * g->d[0] * j->Wp + kw * g->d[1];
   for (int64_t pix = p0; pix < p1;) {
     int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
-    int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+    const uint8_t *src = xc + oh * s0 * j->Wp + ow * s1;
     uint8_t *dst = row + (pix - p0);
-    if (ih < 0 || ih >= H) {
-      memset(dst, j->pad, (size_t)n);
-    } else {
-      const uint8_t *xr = xc + ih * Wd;
-      int64_t s1 = g->s[1], iw0 = ow * s1 - g->pb[1] + kw * g->d[1];
-      /* outputs q in [q0, q1) read inside the row, the others the padding */
-      int64_t q0 = iw0 < 0 ? (-iw0 + s1 - 1) / s1 : 0, q1 = Wd > iw0 ? (Wd - iw0 + s1 - 1) / s1 : 0;
-      if (q1 > n) q1 = n;
-      if (q0 > q1) q0 = q1;
-      memset(dst, j->pad, (size_t)q0);
-      if (s1 == 1) {
-        memcpy(dst + q0, xr + iw0 + q0, (size_t)(q1 - q0));
-      } else {
-        const uint8_t *src = xr + iw0 + q0 * s1;
-        for (int64_t q = q0; q < q1; q++, src += s1) dst[q] = *src;
-      }
-      memset(dst + q1, j->pad, (size_t)(n - q1));
-    }
+    if (s1 == 1 && n >= 32)
+      memcpy(dst, src, (size_t)n);
+    else
+      for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
     pix += n;
   }
 }
@@ -706,16 +698,22 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   if (bands > 256) bands = 256;
   int direct = g.k_sz == 1 && g.s[0] == 1 && g.s[1] == 1 && g.pb[0] == 0 && g.pb[1] == 0 &&
                g.pe[0] == 0 && g.pe[1] == 0;
-  /* 1x1 inputs are quantized while laid out; others go to bytes first */
-  uint8_t *xu = direct ? NULL : malloc((size_t)(X->numel ? X->numel : 1));
+  /* 1x1 inputs are quantized while laid out; others go to padded bytes first */
+  int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
+  int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
+  int64_t need_w = (g.out[1] - 1) * g.s[1] + (g.k[1] - 1) * g.d[1] + 1;
+  if (Hp < need_h) Hp = need_h;
+  if (Wp < need_w) Wp = need_w;
+  size_t xbytes = (size_t)(g.N * g.C * Hp * Wp);
+  uint8_t *xu = direct ? NULL : malloc(xbytes ? xbytes : 1);
   if (!direct && !xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  if (!direct && (st = quantize_x4(c, &f->xcfg, p, X, xu, off)) != NBL_OK) {
-    free(xu);
-    return st;
+  if (!direct) {
+    memset(xu, j.pad, xbytes);
+    quantize_padded(c, &f->xcfg, p, X, xu, Hp, Wp, g.pb[0], g.pb[1], off);
   }
   const nbl_i4_rows *W0 = &f->rows[0];
   x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
-               .P = j.P, .pad = j.pad, .f = f, .a_zero = j.a_zero,
+               .P = j.P, .Hp = Hp, .Wp = Wp, .pad = j.pad, .f = f, .a_zero = j.a_zero,
                .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi}, .bands = bands};
   /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
    * channels; without bands, output channels split too when the blocks
@@ -730,7 +728,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   for (int64_t n = 0; n < g.N && !xj.oom; n++)
     for (int64_t gi = 0; gi < g.group && !xj.oom; gi++) {
       int64_t first = (n * g.C + gi * j.Cg) * g.in_sz; /* the group's first input element */
-      xj.x = xu ? xu + first : NULL;
+      xj.x = xu ? xu + (n * g.C + gi * j.Cg) * Hp * Wp : NULL;
       xj.xf = xu ? NULL : (const float *)X->data + first;
       xj.xf_index0 = first;
       xj.W = &f->rows[gi];
