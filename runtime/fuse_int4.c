@@ -207,32 +207,50 @@ static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, flo
 /* ------------------------------------------------------------------ epilogues */
 
 #if defined(__x86_64__)
-/* y[i] = act(sc * y[i] + bv): the same arithmetic on exact float sums. */
+/* y[i] = act(sc * y[i] + bv): the same arithmetic on exact float sums;
+ * rg (non-NULL) is widened to the values written. */
 __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, float *y, int64_t n,
-                                                            float sc, float bv) {
+                                                            float sc, float bv,
+                                                            nbl_i4_range *rg) {
   const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
   const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(y + i), vs), vb);
+  __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs), vb);
     if (f->act) {
       v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
       v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
     }
-    _mm512_storeu_ps(y + i, v);
+    _mm512_mask_storeu_ps(y + i, m, v);
+    vmin = _mm512_mask_min_ps(vmin, m, vmin, v);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
+    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
   }
-  for (; i < n; i++) y[i] = act_apply(f, sc * y[i] + bv);
+  if (rg) {
+    float l = _mm512_reduce_min_ps(vmin), h = _mm512_reduce_max_ps(vmax);
+    if (l < rg->lo) rg->lo = l;
+    if (h > rg->hi) rg->hi = h;
+    if (nan) rg->nan = 1;
+  }
 }
 #endif
 
-static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv) {
+static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv, nbl_i4_range *rg) {
 #if defined(__x86_64__)
   if (have_vnni()) {
-    epi_f_avx512(f, y, n, sc, bv);
+    epi_f_avx512(f, y, n, sc, bv, rg);
     return;
   }
 #endif
-  for (int64_t i = 0; i < n; i++) y[i] = act_apply(f, sc * y[i] + bv);
+  for (int64_t i = 0; i < n; i++) {
+    y[i] = act_apply(f, sc * y[i] + bv);
+    if (!rg) continue;
+    if (y[i] != y[i]) rg->nan = 1;
+    if (y[i] < rg->lo) rg->lo = y[i];
+    if (y[i] > rg->hi) rg->hi = y[i];
+  }
 }
 
 /* ------------------------------------------------------------------ weights */
@@ -485,6 +503,45 @@ static void quantize_padded(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_
     nbl_parallel_for(c, j.planes * j.H, 16, qpad_tasks, &j);
 }
 
+/* ------------------------------------------------------------------ output ranges */
+
+/* A range merged from several threads; published on the output tensor when
+ * it is finite, for the next fused node's quantizer. */
+typedef struct shared_range {
+  _Atomic float lo, hi;
+  _Atomic int nan;
+} shared_range;
+
+static void range_init(shared_range *r) {
+  atomic_init(&r->lo, INFINITY);
+  atomic_init(&r->hi, -INFINITY);
+  atomic_init(&r->nan, 0);
+}
+
+static void range_merge(shared_range *r, const nbl_i4_range *v) {
+  float cur = atomic_load(&r->lo);
+  while (v->lo < cur && !atomic_compare_exchange_weak(&r->lo, &cur, v->lo)) {
+  }
+  cur = atomic_load(&r->hi);
+  while (v->hi > cur && !atomic_compare_exchange_weak(&r->hi, &cur, v->hi)) {
+  }
+  if (v->nan) atomic_store(&r->nan, 1);
+}
+
+static void range_publish(nbl_rt_tensor *y, shared_range *r) {
+  float lo = atomic_load(&r->lo), hi = atomic_load(&r->hi);
+  if (!atomic_load(&r->nan) && isfinite(lo) && isfinite(hi) && lo <= hi) {
+    y->range_known = 1;
+    y->range_lo = lo;
+    y->range_hi = hi;
+  }
+}
+
+static _Atomic long g_range_reuses; /* quantizer scans skipped thanks to a published range */
+static _Atomic int g_range_off;      /* tests: always scan */
+long nbl_i4_range_reuses(void) { return atomic_load(&g_range_reuses); }
+void nbl_i4_set_range_reuse(int on) { atomic_store(&g_range_off, !on); }
+
 /* ------------------------------------------------------------------ Conv */
 
 /* Dense and grouped Conv, per image and group, block by block of output
@@ -515,6 +572,7 @@ typedef struct x4_job {
    * of mc output channels */
   int bands;
   int64_t pb, nmc, mc;
+  shared_range range; /* of everything written */
   _Atomic int oom;
 } x4_job;
 
@@ -599,11 +657,11 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
 
 /* Output pixels [p0, p1) (p0 a multiple of 32), channels [m0, m1). */
 static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
-                       uint8_t *X4, uint8_t *tmp) {
+                       uint8_t *X4, uint8_t *tmp, const nbl_i4_epi *e) {
   int64_t n32 = (p1 - p0 + 31) / 32 * 32;
   for (int64_t k4 = 0; k4 < j->Kp / 4; k4++) x4_fill(j, k4, p0, p0 + n32, X4, tmp);
   nbl_i4_conv_gemm(j->f->isa, j->W, X4, n32, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0,
-                   j->P, &j->e);
+                   j->P, e);
 }
 
 static void conv_tasks(void *arg, int64_t b, int64_t e) {
@@ -615,19 +673,23 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     j->oom = 1;
     return;
   }
+  nbl_i4_range rg = {INFINITY, -INFINITY, 0};
+  nbl_i4_epi ep = j->e;
+  ep.range = &rg;
   for (int64_t t = b; t < e; t++) {
     if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
       int64_t q0 = j->P * t / j->bands / 32 * 32, q1 = j->P * (t + 1) / j->bands / 32 * 32;
       if (t == j->bands - 1) q1 = j->P;
       for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
-        conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp);
+        conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp, &ep);
     } else {
       int64_t pi = t / j->nmc, mi = t % j->nmc;
       int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
       int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
-      conv_block(j, p0, p1, m0, m1, X4, tmp);
+      conv_block(j, p0, p1, m0, m1, X4, tmp, &ep);
     }
   }
+  range_merge(&j->range, &rg);
   free(X4);
   free(tmp);
 }
@@ -647,6 +709,7 @@ typedef struct dw_job {
   const float *bias;
   int64_t C, H, W;
   float sc;
+  shared_range range;
 } dw_job;
 
 static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
@@ -657,8 +720,10 @@ static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row)
 
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
   (void)n;
-  const dw_job *j = arg;
-  epilogue_f(j->f, y, count, j->sc, j->bias ? j->bias[m] : 0.0f);
+  dw_job *j = arg;
+  nbl_i4_range rg = {INFINITY, -INFINITY, 0};
+  epilogue_f(j->f, y, count, j->sc, j->bias ? j->bias[m] : 0.0f, &rg);
+  range_merge(&j->range, &rg);
 }
 
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
@@ -688,9 +753,13 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   j.Kg = j.Cg * g.k_sz;
   if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
     dw_job dj = {f, p, X->data, j.bias, g.C, g.in[0], g.in[1], j.sc};
+    range_init(&dj.range);
     nbl_dw_hooks h = {dw_load_row, dw_finish, &dj};
     st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
-    if (st == NBL_OK) return NBL_OK;
+    if (st == NBL_OK) {
+      range_publish(nbl_kctx_out(c, 0), &dj.range);
+      return NBL_OK;
+    }
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
   }
   int threads = c->threads > 0 ? c->threads : 1;
@@ -714,7 +783,8 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_i4_rows *W0 = &f->rows[0];
   x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
                .P = j.P, .Hp = Hp, .Wp = Wp, .pad = j.pad, .f = f, .a_zero = j.a_zero,
-               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi}, .bands = bands};
+               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi, NULL}, .bands = bands};
+  range_init(&xj.range);
   /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
    * channels; without bands, output channels split too when the blocks
    * alone would leave a thread idle */
@@ -738,6 +808,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     }
   free(xu);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  range_publish(nbl_kctx_out(c, 0), &xj.range);
   return NBL_OK;
 }
 
@@ -846,7 +917,15 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   nbl_q4_params p;
   const char *why = "";
   float lo, hi;
-  int finite = scan_x_par(c, X, &lo, &hi);
+  int finite;
+  if (X->range_known && !atomic_load(&g_range_off)) { /* recorded by the fused node that wrote X */
+    finite = 1;
+    lo = X->range_lo;
+    hi = X->range_hi;
+    atomic_fetch_add(&g_range_reuses, 1);
+  } else {
+    finite = scan_x_par(c, X, &lo, &hi);
+  }
   if (finite && f->xcfg.scale_source == NBL_Q4_SCALE_MAX && f->xcfg.bits >= 2 && f->xcfg.bits <= 8)
     params_from_range(&f->xcfg, X->numel, lo, hi, &p);
   else if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)

@@ -432,6 +432,12 @@ static void tile_store(const tile_args *t, int64_t m, int nr, int64_t p, int np,
     } else {
       float *y = t->Y + (m + r) * t->ld + p;
       for (int i = 0; i < np; i++) y[i] = epi_one(t->e, m + r, a[i] - corr);
+      nbl_i4_range *rg = t->e->range;
+      for (int i = 0; rg && i < np; i++) {
+        if (y[i] != y[i]) rg->nan = 1;
+        if (y[i] < rg->lo) rg->lo = y[i];
+        if (y[i] > rg->hi) rg->hi = y[i];
+      }
     }
   }
 }
@@ -486,6 +492,9 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
   __mmask16 m0 = np >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << np) - 1);
   __mmask16 m1 = np >= 32 ? (__mmask16)0xffff : np > 16 ? (__mmask16)((1u << (np - 16)) - 1) : 0;
   const nbl_i4_epi *e = t->e;
+  nbl_i4_range *rg = t->Ci ? NULL : e->range;
+  __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan = 0;
   for (int r = 0; r < nr; r++) {
     __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
     __m512i v0 = _mm512_sub_epi32(a[r][0], corr), v1 = _mm512_sub_epi32(a[r][1], corr);
@@ -508,6 +517,20 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
     float *y = t->Y + (m + r) * t->ld + p;
     _mm512_mask_storeu_ps(y, m0, f0);
     if (m1) _mm512_mask_storeu_ps(y + 16, m1, f1);
+    if (rg) { /* min/max of the stored lanes; NaN noted apart */
+      vmin = _mm512_mask_min_ps(vmin, m0, vmin, f0);
+      vmax = _mm512_mask_max_ps(vmax, m0, vmax, f0);
+      vmin = _mm512_mask_min_ps(vmin, m1, vmin, f1);
+      vmax = _mm512_mask_max_ps(vmax, m1, vmax, f1);
+      nan |= _mm512_mask_cmp_ps_mask(m0, f0, f0, _CMP_UNORD_Q) |
+             _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
+    }
+  }
+  if (rg) {
+    float lo = _mm512_reduce_min_ps(vmin), hi = _mm512_reduce_max_ps(vmax);
+    if (lo < rg->lo) rg->lo = lo;
+    if (hi > rg->hi) rg->hi = hi;
+    if (nan) rg->nan = 1;
   }
 }
 

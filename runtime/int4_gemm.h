@@ -79,11 +79,16 @@ int nbl_i4_pack_rows(const int8_t *w, int64_t M, int64_t K, int64_t sm, int64_t 
 void nbl_i4_rows_free(nbl_i4_rows *w);
 /* The epilogue of nbl_i4_conv_gemm: y = act(sc * acc + bias[m]) (mul, then
  * add; act: Clip's float semantics lo/hi when act != 0; bias may be NULL). */
+typedef struct nbl_i4_range {
+  float lo, hi; /* min and max of the non-NaN values written */
+  int nan;      /* 1: a NaN was written */
+} nbl_i4_range;
 typedef struct nbl_i4_epi {
   float sc;
   const float *bias;
   int act;
   float lo, hi;
+  nbl_i4_range *range; /* non-NULL: widened to cover every value written */
 } nbl_i4_epi;
 /* Output channels [m0, m1) (m0 a multiple of NBL_I4_CR) x pixels [p0, p1)
  * (p0 a multiple of 32) of acc[m][p] = sum_k (x(p, k) - a_zero) * W[m][k],
@@ -131,5 +136,10 @@ void nbl_i4_fusion_free(nbl_i4_fusion *fu);
 /* Process-wide count of fused kernel runs that took the integer path (the
  * rest ran the literal fake-quant + float composition); for tests. */
 long nbl_i4_integer_runs(void);
+/* Process-wide count of fused runs whose activation range came from the
+ * node that wrote the activations (no scan); for tests. */
+long nbl_i4_range_reuses(void);
+/* 0: every fused run scans its activations (tests compare both ways). */
+void nbl_i4_set_range_reuse(int on);
 
 #endif /* NBL_INT4_GEMM_H */

@@ -26,6 +26,12 @@ typedef struct nbl_rt_tensor {
   void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned */
   size_t nbytes; /* bytes of data (numel * element size; INT4/UINT4 packed) */
   int owns;      /* internal: who frees data (executor bookkeeping) */
+  /* internal: range_known = 1 when the producing kernel recorded that every
+   * element is finite and lies in [range_lo, range_hi] (the INT4 kernels do,
+   * so that the next quantizer skips its scan); reset when the slot is
+   * (re)allocated */
+  int range_known;
+  float range_lo, range_hi;
 } nbl_rt_tensor;
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */

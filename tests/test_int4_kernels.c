@@ -136,7 +136,16 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
       ck_assert_msg(C[i] == ref[i], "%s M=%lld P=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
                     nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K, alo,
                     ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
+    nbl_i4_range rg = {INFINITY, -INFINITY, 0};
+    e.range = &rg;
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, M, 0, P, NULL, Y, P, &e);
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < M * P; i++) {
+      lo = Y[i] < lo ? Y[i] : lo;
+      hi = Y[i] > hi ? Y[i] : hi;
+    }
+    ck_assert_msg(rg.lo == lo && rg.hi == hi && !rg.nan, "%s range [%g, %g], values [%g, %g]",
+                  nbl_i4_isa_name((nbl_i4_isa)isa), rg.lo, rg.hi, lo, hi);
     for (int64_t m = 0; m < M; m++)
       for (int64_t q = 0; q < P; q++) {
         float v = e.sc * (float)ref[m * P + q] + bias[m];
@@ -483,6 +492,104 @@ START_TEST(test_fused_conv) {
 }
 END_TEST
 
+/* x -> [QuantizeInt4 -> Conv 1x1 -> Clip] -> [QuantizeInt4 -> depthwise 3x3
+ * -> Clip] -> [QuantizeInt4 -> Conv 1x1] -> y, an inverted-residual block:
+ * the second and third quantizers take their ranges from the fused nodes
+ * before them instead of scanning, which must not change a single bit. */
+static nbl_id chain_layer(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                          int64_t k, int64_t group, int clip) {
+  nbl_graph *g = m->graph;
+  char nm[64];
+  snprintf(nm, sizeof nm, "%s_xq", name);
+  nbl_id xq = nbl_graph_add_value(g, nm);
+  snprintf(nm, sizeof nm, "%s_qx", name);
+  nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", nm, 1, &x, 1, &xq);
+  int64_t wd[4] = {M, C / group, k, k}, bd[1] = {M}, wn = M * (C / group) * k * k;
+  float *w = malloc(sizeof(float) * (size_t)wn), *b = malloc(sizeof(float) * (size_t)M);
+  for (int64_t i = 0; i < wn; i++) w[i] = 0.5f * frand();
+  for (int64_t i = 0; i < M; i++) b[i] = 0.2f * frand();
+  snprintf(nm, sizeof nm, "%s_w", name);
+  nbl_id wv = nbl_graph_add_value(g, nm);
+  nbl_graph_set_initializer(g, wv, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 4, wd, w));
+  snprintf(nm, sizeof nm, "%s_b", name);
+  nbl_id bv = nbl_graph_add_value(g, nm);
+  nbl_graph_set_initializer(g, bv, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 1, bd, b));
+  snprintf(nm, sizeof nm, "%s_wq", name);
+  nbl_id wq = nbl_graph_add_value(g, nm);
+  snprintf(nm, sizeof nm, "%s_qw", name);
+  nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", nm, 1, &wv, 1, &wq);
+  snprintf(nm, sizeof nm, "%s_y", name);
+  nbl_id y = nbl_graph_add_value(g, nm);
+  nbl_id in[3] = {xq, wq, bv};
+  snprintf(nm, sizeof nm, "%s_conv", name);
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", nm, 3, in, 1, &y);
+  int64_t pads[4] = {k / 2, k / 2, k / 2, k / 2};
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_node_set_attr_int(g, n, "group", group);
+  free(w), free(b);
+  if (!clip) return y;
+  snprintf(nm, sizeof nm, "%s_a", name);
+  nbl_id a = nbl_graph_add_value(g, nm);
+  float lo = 0, hi = 6;
+  nbl_id cl = nbl_graph_add_value(g, "");
+  nbl_id ch = nbl_graph_add_value(g, "");
+  snprintf(nm, sizeof nm, "%s_lo", name);
+  nbl_graph_set_initializer(g, cl, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 0, NULL, &lo));
+  snprintf(nm, sizeof nm, "%s_hi", name);
+  nbl_graph_set_initializer(g, ch, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 0, NULL, &hi));
+  nbl_id ci[3] = {y, cl, ch};
+  snprintf(nm, sizeof nm, "%s_clip", name);
+  nbl_graph_add_node(g, "Clip", "", nm, 3, ci, 1, &a);
+  return a;
+}
+
+START_TEST(test_fused_chain_ranges) {
+  for (int big = 0; big <= 1; big++) {
+    int64_t H = big ? 40 : 9; /* 40x40: pixel bands with 2 threads */
+    nbl_model *m = nbl_model_new();
+    nbl_model_set_opset(m, "", 13);
+    nbl_model_set_opset(m, "ai.nibble", 1);
+    nbl_graph *g = m->graph;
+    int64_t xd[4] = {1, 8, H, H};
+    nbl_id x = nbl_graph_add_value(g, "x");
+    nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, xd);
+    nbl_graph_add_input(g, x);
+    nbl_id a = chain_layer(m, x, "expand", 24, 8, 1, 1, 1);
+    a = chain_layer(m, a, "dw", 24, 24, 3, 24, 1);
+    a = chain_layer(m, a, "project", 8, 24, 1, 1, 0);
+    nbl_graph_add_output(g, a);
+    mspec sp = {.xrank = 4, .xd = {1, 8, H, H}};
+    int64_t xn = 8 * H * H;
+    float *xv = malloc(sizeof(float) * (size_t)xn);
+    for (int64_t i = 0; i < xn; i++) xv[i] = 2.0f * frand();
+    size_t n1, n2, nr;
+    long r0 = nbl_i4_range_reuses(), i0 = nbl_i4_integer_runs();
+    float *y1 = run_model(m, &sp, xv, 0, &n1);
+    ck_assert_int_eq(nbl_i4_integer_runs() - i0, 3);
+    ck_assert_int_eq(nbl_i4_range_reuses() - r0, 2);
+    nbl_i4_set_range_reuse(0);
+    float *y2 = run_model(m, &sp, xv, 0, &n2);
+    nbl_i4_set_range_reuse(1);
+    ck_assert_int_eq(nbl_i4_range_reuses() - r0, 2);
+    ck_assert_uint_eq(n1, n2);
+    for (size_t i = 0; i < n1; i++)
+      ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "elem %zu: %.9g vs %.9g", i, y1[i],
+                    y2[i]);
+    /* and near the reference path (a tie decided differently upstream may
+     * move a code by one step, so not to float rounding) */
+    float *yr = run_model(m, &sp, xv, 1, &nr);
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < nr; i++) {
+      if (fabs(yr[i]) > mx) mx = fabs(yr[i]);
+      if (fabs(yr[i] - y1[i]) > err) err = fabs(yr[i] - y1[i]);
+    }
+    ck_assert_msg(err <= 0.05 * mx, "fast vs reference: max error %g of %g", err, mx);
+    free(y1), free(y2), free(yr), free(xv);
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
 START_TEST(test_fused_gemm_matmul) {
   for (size_t a = 0; a < NTS; a++)
     for (size_t b = 0; b < NTS; b++)
@@ -522,6 +629,7 @@ Suite *int4_suite(void) {
   tcase_set_timeout(tf, 600);
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
+  tcase_add_test(tf, test_fused_chain_ranges);
   suite_add_tcase(s, tf);
   return s;
 }
