@@ -573,6 +573,10 @@ typedef struct x4_job {
   int bands;
   int64_t pb, nmc, mc;
   shared_range range; /* of everything written */
+  /* output channels split across threads: the panels of every block are
+   * filled once (phase 1) into X4all, then shared by the products (phase 2) */
+  uint8_t *X4all;
+  int phase;
   _Atomic int oom;
 } x4_job;
 
@@ -666,8 +670,9 @@ static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int6
 
 static void conv_tasks(void *arg, int64_t b, int64_t e) {
   x4_job *j = arg;
-  uint8_t *X4 = malloc((size_t)(j->Kp * j->pb)), *tmp = malloc((size_t)(4 * j->pb));
-  if (!X4 || !tmp) {
+  /* shared panels (two phases): only the fill buffer; else a block's panels too */
+  uint8_t *X4 = j->X4all ? NULL : malloc((size_t)(j->Kp * j->pb)), *tmp = malloc((size_t)(4 * j->pb));
+  if ((!j->X4all && !X4) || !tmp) {
     free(X4);
     free(tmp);
     j->oom = 1;
@@ -682,14 +687,24 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
       if (t == j->bands - 1) q1 = j->P;
       for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
         conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp, &ep);
+    } else if (j->phase == 1) { /* fill block t of the shared panels */
+      int64_t p0 = t * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
+      int64_t n32 = (p1 - p0 + 31) / 32 * 32;
+      for (int64_t k4 = 0; k4 < j->Kp / 4; k4++)
+        x4_fill(j, k4, p0, p0 + n32, j->X4all + p0 / 32 * j->Kp * 32, tmp);
     } else {
       int64_t pi = t / j->nmc, mi = t % j->nmc;
       int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
       int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
-      conv_block(j, p0, p1, m0, m1, X4, tmp, &ep);
+      if (j->X4all) /* phase 2: products from the shared panels */
+        nbl_i4_conv_gemm(j->f->isa, j->W, j->X4all + p0 / 32 * j->Kp * 32,
+                         (p1 - p0 + 31) / 32 * 32, j->a_zero, m0, m1, 0, p1 - p0, NULL,
+                         j->y + p0, j->P, &ep);
+      else
+        conv_block(j, p0, p1, m0, m1, X4, tmp, &ep);
     }
   }
-  range_merge(&j->range, &rg);
+  if (j->phase != 1) range_merge(&j->range, &rg);
   free(X4);
   free(tmp);
 }
@@ -795,6 +810,13 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   if (xj.nmc > mblocks) xj.nmc = mblocks;
   xj.mc = (mblocks + xj.nmc - 1) / xj.nmc * NBL_I4_CR;
   xj.nmc = (j.Mg + xj.mc - 1) / xj.mc;
+  if (!bands && xj.nmc > 1) {
+    xj.X4all = malloc((size_t)(W0->Kp * ((j.P + 31) / 32 * 32)));
+    if (!xj.X4all) {
+      free(xu);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  }
   for (int64_t n = 0; n < g.N && !xj.oom; n++)
     for (int64_t gi = 0; gi < g.group && !xj.oom; gi++) {
       int64_t first = (n * g.C + gi * j.Cg) * g.in_sz; /* the group's first input element */
@@ -804,9 +826,15 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
       xj.W = &f->rows[gi];
       xj.y = y + (n * g.M + gi * j.Mg) * j.P;
       xj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
+      if (xj.X4all) {
+        xj.phase = 1;
+        nbl_parallel_for(c, npb, 1, conv_tasks, &xj);
+        xj.phase = 2;
+      }
       nbl_parallel_for(c, bands ? bands : npb * xj.nmc, 1, conv_tasks, &xj);
     }
   free(xu);
+  free(xj.X4all);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   range_publish(nbl_kctx_out(c, 0), &xj.range);
   return NBL_OK;

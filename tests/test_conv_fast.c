@@ -123,6 +123,19 @@ START_TEST(test_winograd) {
 }
 END_TEST
 
+START_TEST(test_conv1x1) {
+  static const ccase cases[] = {
+      {1, 16, 40, 40, 24, 1, 1, 1, 0, 0, 0, 0, 1, 0},  /* 1600 pixels: bands with 2 threads */
+      {1, 96, 7, 7, 44, 1, 1, 1, 0, 0, 0, 0, 1, 0},    /* 49 pixels: channels split */
+      {2, 13, 5, 9, 17, 1, 1, 1, 0, 0, 0, 0, 0, 0},    /* batch 2, odd sizes, no bias */
+      {1, 3, 33, 31, 5, 1, 1, 1, 0, 0, 0, 0, 1, 0},    /* 1023 pixels, 5 channels */
+      {1, 24, 20, 20, 9, 1, 1, 1, 0, 0, 0, 0, 1, 1},   /* weights from a graph input */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
+}
+END_TEST
+
 START_TEST(test_depthwise) {
   static const ccase cases[] = {
       {1, 8, 9, 11, 8, 3, 8, 1, 1, 1, 1, 1, 1, 0},   /* stride 1 */
@@ -201,6 +214,7 @@ int main(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_winograd);
   tcase_add_test(tc, test_depthwise);
+  tcase_add_test(tc, test_conv1x1);
   tcase_add_test(tc, test_state_write_refreshes_cache);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
