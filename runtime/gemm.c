@@ -1244,6 +1244,124 @@ nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float
   return t.oom ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
 }
 
+/* ------------------------------------------------------------------ 1x1 convolution, AVX-512
+ * y[m][p] = act(bias[m] + sum_k w[m][k] x[k][p]) straight from NCHW: tiles of
+ * 8 output channels x 32 pixels in registers (x rows loaded 16 pixels at a
+ * time, weights broadcast from a copy packed [M/8][K][8] and kept in the
+ * node's cache), bias and activation applied before the single store. For
+ * the 1x1 layers of mobile networks (small K, large P) this reads x once per
+ * 8 output channels from cache and writes y once; a BLAS call needs the bias
+ * fill and the activation as passes of their own, and an environment that
+ * pins OpenBLAS to its AVX2 kernels leaves half of this CPU's vector width
+ * unused. */
+#if defined(__x86_64__)
+typedef struct c11_cache {
+  const float *w; /* the weights it was packed from */
+  int64_t M, K;
+  float wp[]; /* [M/8 rounded up][K][8], rows past M zero */
+} c11_cache;
+
+static void c11_cache_free(void *p) { free(p); }
+
+typedef struct c11_task {
+  const float *x, *wp, *bias;
+  float *y;
+  const nbl_act *act;
+  int64_t M, K, P;
+  int bands;       /* > 0: thread t takes pixel band t, all channels */
+  int64_t nmc, mc; /* else: 32-pixel tiles x nmc chunks of mc channels */
+} c11_task;
+
+__attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
+  int np = t->P - p < 32 ? (int)(t->P - p) : 32, nr = t->M - m < 8 ? (int)(t->M - m) : 8;
+  __mmask16 k0 = np >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << np) - 1);
+  __mmask16 k1 = np >= 32 ? (__mmask16)0xffff : np > 16 ? (__mmask16)((1u << (np - 16)) - 1) : 0;
+  const float *x = t->x + p, *wb = t->wp + m * t->K;
+  int64_t P = t->P, K = t->K;
+  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
+         a60 = a00, a70 = a00;
+  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
+  for (int64_t k = 0; k < K; k++, x += P, wb += 8) {
+    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
+#define C11_ROW(r)                           \
+  w = _mm512_set1_ps(wb[r]);                 \
+  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
+  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
+    C11_ROW(0) C11_ROW(1) C11_ROW(2) C11_ROW(3) C11_ROW(4) C11_ROW(5) C11_ROW(6) C11_ROW(7)
+#undef C11_ROW
+  }
+  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  const nbl_act *act = t->act;
+  for (int r = 0; r < nr; r++) {
+    __m512 b = _mm512_set1_ps(t->bias ? t->bias[m + r] : 0.0f);
+    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
+    if (act) { /* Clip's semantics, NaN passing through */
+      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
+      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
+      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
+    }
+    float *y = t->y + (m + r) * P + p;
+    _mm512_mask_storeu_ps(y, k0, v0);
+    if (k1) _mm512_mask_storeu_ps(y + 16, k1, v1);
+  }
+}
+
+static void c11_run(void *arg, int64_t begin, int64_t end) {
+  const c11_task *t = arg;
+  for (int64_t u = begin; u < end; u++) {
+    if (t->bands) {
+      int64_t p0 = t->P * u / t->bands / 32 * 32, p1 = t->P * (u + 1) / t->bands / 32 * 32;
+      if (u == t->bands - 1) p1 = t->P;
+      for (int64_t p = p0; p < p1; p += 32)
+        for (int64_t m = 0; m < t->M; m += 8) c11_tile(t, m, p);
+    } else {
+      int64_t p = u / t->nmc * 32, m0 = u % t->nmc * t->mc;
+      int64_t m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
+      for (int64_t m = m0; m < m1; m += 8) c11_tile(t, m, p);
+    }
+  }
+}
+
+/* 1 when it ran (AVX-512, constant weights, the node's cache usable). */
+static int conv1x1_avx512(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                          const float *bias, float *y, const nbl_act *act) {
+  nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
+  if (!kc || !weights_const(ctx) || !__builtin_cpu_supports("avx512f")) return 0;
+  int64_t M = g->M, K = g->C, P = g->out_sz, Mb = (M + 7) / 8;
+  c11_cache *cc = kc->data;
+  if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
+    if (kc->free_fn) kc->free_fn(kc->data);
+    kc->data = NULL;
+    kc->free_fn = NULL;
+    cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+    if (!cc) return 0;
+    cc->w = w, cc->M = M, cc->K = K;
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++) cc->wp[(m / 8 * K + k) * 8 + m % 8] = w[m * K + k];
+    kc->data = cc;
+    kc->free_fn = c11_cache_free;
+  }
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  c11_task t = {NULL, cc->wp, bias, NULL, act, M, K, P, 0, 1, Mb * 8};
+  int64_t tiles = (P + 31) / 32;
+  if (threads > 1 && P >= NBL_BAND_MIN_PIXELS && P / threads >= 64) {
+    t.bands = threads > 256 ? 256 : threads;
+  } else if (threads > 1 && tiles < 2 * threads) { /* few pixels: split the channels too */
+    t.nmc = (2 * threads + tiles - 1) / tiles;
+    if (t.nmc > Mb) t.nmc = Mb;
+    t.mc = (Mb + t.nmc - 1) / t.nmc * 8;
+    t.nmc = (M + t.mc - 1) / t.mc;
+  }
+  for (int64_t n = 0; n < g->N; n++) {
+    t.x = x + n * K * g->in_sz;
+    t.y = y + n * M * P;
+    nbl_parallel_for(ctx, t.bands ? t.bands : tiles * t.nmc, 1, c11_run, &t);
+  }
+  return 1;
+}
+#endif
+
 nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                         const float *bias, float *y) {
   return nbl_conv_f32_act(ctx, g, x, w, bias, y, NULL);
@@ -1263,6 +1381,9 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   int direct = 1;
   for (int i = 0; i < g->ns; i++)
     if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
+#if defined(__x86_64__)
+  if (direct && g->group == 1 && conv1x1_avx512(ctx, g, x, w, bias, y, act)) return NBL_OK;
+#endif
   int64_t kdim = Cg * g->k_sz;
   float *col = NULL;
   if (!direct) {
