@@ -1244,8 +1244,9 @@ nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float
   return t.oom ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
 }
 
-/* ------------------------------------------------------------------ 1x1 convolution, AVX-512
- * y[m][p] = act(bias[m] + sum_k w[m][k] x[k][p]) straight from NCHW: tiles of
+/* ------------------------------------------------------------------ convolution products, AVX-512
+ * y[m][p] = act(bias[m] + sum_k w[m][k] x[k][p]), x the NCHW input of a 1x1
+ * convolution or the im2col matrix of any other one (one group): tiles of
  * 8 output channels x 32 pixels in registers (x rows loaded 16 pixels at a
  * time, weights broadcast from a copy packed [M/8][K][8] and kept in the
  * node's cache), bias and activation applied before the single store. For
@@ -1323,12 +1324,13 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-/* 1 when it ran (AVX-512, constant weights, the node's cache usable). */
-static int conv1x1_avx512(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
-                          const float *bias, float *y, const nbl_act *act) {
+/* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
+ * 1 when it ran (AVX-512, constant weights, the node's cache usable). */
+static int conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
+                            const float *w, const float *bias, float *y, const nbl_act *act) {
   nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
   if (!kc || !weights_const(ctx) || !__builtin_cpu_supports("avx512f")) return 0;
-  int64_t M = g->M, K = g->C, P = g->out_sz, Mb = (M + 7) / 8;
+  int64_t Mb = (M + 7) / 8;
   c11_cache *cc = kc->data;
   if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
     if (kc->free_fn) kc->free_fn(kc->data);
@@ -1343,7 +1345,7 @@ static int conv1x1_avx512(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x,
     kc->free_fn = c11_cache_free;
   }
   int threads = ctx->threads > 1 ? ctx->threads : 1;
-  c11_task t = {NULL, cc->wp, bias, NULL, act, M, K, P, 0, 1, Mb * 8};
+  c11_task t = {x, cc->wp, bias, y, act, M, K, P, 0, 1, Mb * 8};
   int64_t tiles = (P + 31) / 32;
   if (threads > 1 && P >= NBL_BAND_MIN_PIXELS && P / threads >= 64) {
     t.bands = threads > 256 ? 256 : threads;
@@ -1353,11 +1355,7 @@ static int conv1x1_avx512(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x,
     t.mc = (Mb + t.nmc - 1) / t.nmc * 8;
     t.nmc = (M + t.mc - 1) / t.mc;
   }
-  for (int64_t n = 0; n < g->N; n++) {
-    t.x = x + n * K * g->in_sz;
-    t.y = y + n * M * P;
-    nbl_parallel_for(ctx, t.bands ? t.bands : tiles * t.nmc, 1, c11_run, &t);
-  }
+  nbl_parallel_for(ctx, t.bands ? t.bands : tiles * t.nmc, 1, c11_run, &t);
   return 1;
 }
 #endif
@@ -1382,7 +1380,17 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   for (int i = 0; i < g->ns; i++)
     if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
 #if defined(__x86_64__)
-  if (direct && g->group == 1 && conv1x1_avx512(ctx, g, x, w, bias, y, act)) return NBL_OK;
+  /* 1x1 (and, below, im2col) products with one group: the AVX-512 kernel */
+  int own = g->group == 1 && ctx && weights_const(ctx) && __builtin_cpu_supports("avx512f");
+  if (direct && own) {
+    for (int64_t n = 0; n < g->N; n++)
+      if (!conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,
+                            y + n * g->M * g->out_sz, act))
+        own = 0;
+    if (own) return NBL_OK;
+  }
+#else
+  int own = 0;
 #endif
   int64_t kdim = Cg * g->k_sz;
   float *col = NULL;
@@ -1408,6 +1416,9 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
         }
         b = col;
       }
+#if defined(__x86_64__)
+      if (own && conv_gemm_avx512(ctx, Mg, kdim, g->out_sz, b, wg, bias, yg, act)) continue;
+#endif
       /* the bias goes into C first and the product adds to it (beta 1): one
        * pass over the output instead of a zeroing pass and an add pass */
       sgemm_bias_act(ctx, 0, 0, Mg, g->out_sz, kdim, 1.0f, wg, kdim, b, g->out_sz, 0.0f, yg,

@@ -149,13 +149,14 @@ static void dump_value(void *user, const nbl_host_tensor *t) {
 static void run_usage(FILE *f) {
   fprintf(f, "usage: nibble run MODEL [--input NAME=FILE(.pb|.npy)]... [--output-dir DIR]\n"
              "                  [--threads N] [--repeat N] [--dump-tensors DIR] [--reference]\n"
-             "                  [--profile]   time per op type and the slowest nodes\n"
-             "                                (runs after the first when --repeat > 1)\n");
+             "                  [--profile[=N]] time per op type and the N (default 15)\n"
+             "                                slowest nodes (runs after the first when\n"
+             "                                --repeat > 1)\n");
 }
 
 int nbl_cmd_run(int argc, char **argv) {
   const char *model_path = NULL, *out_dir = NULL, *dump_dir = NULL;
-  int threads = 0, repeat = 1, reference = 0, profile = 0;
+  int threads = 0, repeat = 1, reference = 0, profile = 0, profile_top = 15;
   int n_in = 0;
   char **in_specs = calloc((size_t)argc + 1, sizeof(char *));
   if (!in_specs) return 2;
@@ -190,6 +191,16 @@ int nbl_cmd_run(int argc, char **argv) {
       reference = 1;
     } else if (strcmp(a, "--profile") == 0) {
       profile = 1;
+    } else if (strncmp(a, "--profile=", 10) == 0) {
+      char *end = NULL;
+      long v = strtol(a + 10, &end, 10);
+      if (!*(a + 10) || *end || v < 0 || v > 100000) {
+        fprintf(stderr, "nibble run: --profile=N wants a count of nodes, got '%s'\n", a + 10);
+        free(in_specs);
+        return 2;
+      }
+      profile = 1;
+      profile_top = (int)v;
     } else if (a[0] == '-' || model_path) {
       fprintf(stderr, "nibble run: unexpected argument '%s'\n", a);
       run_usage(stderr);
@@ -280,7 +291,7 @@ int nbl_cmd_run(int argc, char **argv) {
       goto out;
     }
   }
-  if (profile) nbl_session_print_profile(s, stdout, getenv("NBL_PROF_TOP") ? atoi(getenv("NBL_PROF_TOP")) : 15);
+  if (profile) nbl_session_print_profile(s, stdout, profile_top);
   if (repeat > 1)
     printf("time: first run %.3f ms, mean of the next %d runs %.3f ms\n", first, repeat - 1,
            (total - first) / (repeat - 1));

@@ -112,6 +112,8 @@ if [ -f "$LENET" ]; then
   expect 0 'profile: 2 run\(s\), [0-9]+ node\(s\)' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --repeat 3 --profile
   expect 0 '^Conv\+Relu +2 ' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile
   expect 0 '^Conv +2 ' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile --reference
+  expect 0 'slowest nodes' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile=3
+  expect 2 'wants a count of nodes' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile=x
 fi
 
 echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
