@@ -130,6 +130,11 @@ START_TEST(test_conv1x1) {
       {2, 13, 5, 9, 17, 1, 1, 1, 0, 0, 0, 0, 0, 0},    /* batch 2, odd sizes, no bias */
       {1, 3, 33, 31, 5, 1, 1, 1, 0, 0, 0, 0, 1, 0},    /* 1023 pixels, 5 channels */
       {1, 24, 20, 20, 9, 1, 1, 1, 0, 0, 0, 0, 1, 1},   /* weights from a graph input */
+      /* im2col products (one group) take the same kernel */
+      {1, 3, 64, 66, 16, 7, 1, 2, 3, 3, 3, 3, 1, 0},   /* a first layer: 7x7 stride 2 */
+      {1, 8, 30, 30, 20, 3, 1, 2, 1, 1, 1, 1, 1, 0},   /* 3x3 stride 2 */
+      {2, 5, 9, 11, 12, 3, 1, 2, 0, 1, 1, 0, 0, 0},    /* batch 2, asymmetric pads */
+      {1, 8, 12, 12, 8, 3, 2, 1, 1, 1, 1, 1, 1, 0},    /* two groups: BLAS */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
