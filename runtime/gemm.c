@@ -1375,13 +1375,21 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
     dw_start(ctx, &t);
     return NBL_OK;
   }
-  if (ctx && wino_ok(g) && wino_conv(ctx, g, x, w, bias, y, act)) return NBL_OK;
+#if defined(__x86_64__)
+  /* 1x1 and im2col products with one group: the AVX-512 kernel below */
+  int own = g->group == 1 && ctx && weights_const(ctx) && __builtin_cpu_supports("avx512f");
+#else
+  int own = 0;
+#endif
+  /* Winograd, except on outputs of 64 pixels or fewer when the AVX-512
+   * kernel runs: its 16 products then have too few columns to beat one
+   * direct product (ResNet-18's 7x7 layers, measured) */
+  if (ctx && wino_ok(g) && !(own && g->out_sz <= 64) && wino_conv(ctx, g, x, w, bias, y, act))
+    return NBL_OK;
   int direct = 1;
   for (int i = 0; i < g->ns; i++)
     if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
 #if defined(__x86_64__)
-  /* 1x1 (and, below, im2col) products with one group: the AVX-512 kernel */
-  int own = g->group == 1 && ctx && weights_const(ctx) && __builtin_cpu_supports("avx512f");
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)
       if (!conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,
@@ -1389,8 +1397,6 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
         own = 0;
     if (own) return NBL_OK;
   }
-#else
-  int own = 0;
 #endif
   int64_t kdim = Cg * g->k_sz;
   float *col = NULL;

@@ -109,10 +109,13 @@ static void check_conv(const ccase *c, int threads) {
 
 START_TEST(test_winograd) {
   static const ccase cases[] = {
-      {1, 16, 8, 8, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* even output */
-      {2, 17, 7, 5, 19, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* odd output, batch 2 */
-      {1, 16, 9, 6, 16, 3, 1, 1, 0, 2, 1, 0, 0, 0},   /* asymmetric pads, no bias */
-      {1, 32, 4, 3, 24, 3, 1, 1, 0, 0, 0, 0, 1, 0},   /* 2x1 output, no padding */
+      /* outputs over 64 pixels: smaller ones with constant weights take the
+       * direct AVX-512 product where it runs */
+      {1, 16, 10, 10, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* even output */
+      {2, 17, 13, 7, 19, 3, 1, 1, 1, 1, 1, 1, 1, 0},  /* odd output, batch 2 */
+      {1, 16, 13, 6, 16, 3, 1, 1, 0, 2, 1, 0, 0, 0},  /* asymmetric pads, no bias */
+      {1, 32, 70, 3, 24, 3, 1, 1, 0, 0, 0, 0, 1, 0},  /* one output column, no padding */
+      {1, 16, 8, 8, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* 64 pixels: the direct product */
       {1, 16, 6, 6, 16, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* weights from a graph input */
       {1, 20, 60, 7, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0},  /* tall */
       {1, 16, 26, 25, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* 169 tiles: bands, odd width */
