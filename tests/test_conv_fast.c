@@ -168,13 +168,13 @@ END_TEST
 
 /* Weights changed in place through nbl_engine_state (as a training step does)
  * must reach the next run: the cached Winograd transform is dropped. */
-START_TEST(test_state_write_refreshes_cache) {
-  enum { C = 16, H = 6 };
+static void state_write_case(int64_t H) {
+  enum { C = 16, HM = 10 };
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
   nbl_graph *g = m->graph;
   int64_t xd[] = {1, C, H, H}, wd[] = {C, C, 3, 3};
-  static float w[C * C * 9], x[C * H * H];
+  static float w[C * C * 9], x[C * HM * HM];
   for (int i = 0; i < C * C * 9; i++) w[i] = (float)((i * 7) % 11 - 5) / 8.0f;
   for (int i = 0; i < C * H * H; i++) x[i] = (float)((i * 5) % 13 - 6) / 4.0f;
   nbl_id xv = nbl_graph_add_value(g, "x"), W = nbl_graph_add_value(g, "W"),
@@ -191,7 +191,7 @@ START_TEST(test_state_write_refreshes_cache) {
   nbl_engine_options o = {.threads = 1};
   ck_assert_int_eq(nbl_engine_create(m, NULL, &o, &e), NBL_OK);
   nbl_rt_tensor xt = {.dtype = NBL_DT_FLOAT, .rank = 4, .numel = C * H * H, .data = x,
-                      .nbytes = sizeof x};
+                      .nbytes = sizeof(float) * (size_t)(C * H * H)};
   memcpy(xt.dims, xd, sizeof xd);
   ck_assert_int_eq(nbl_engine_bind(e, "x", &xt), NBL_OK);
   ck_assert_msg(nbl_engine_run(e) == NBL_OK, "%s", nbl_last_error());
@@ -213,6 +213,13 @@ START_TEST(test_state_write_refreshes_cache) {
   free(first);
   nbl_engine_free(e);
   nbl_model_free(m);
+}
+
+/* 6x6: the cached packed weights of the AVX-512 product (where it runs);
+ * 10x10: the cached Winograd transform */
+START_TEST(test_state_write_refreshes_cache) {
+  state_write_case(6);
+  state_write_case(10);
 }
 END_TEST
 
