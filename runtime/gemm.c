@@ -1271,6 +1271,7 @@ typedef struct c11_task {
   int64_t M, K, P;
   int bands;       /* > 0: thread t takes pixel band t, all channels */
   int64_t nmc, mc; /* else: 32-pixel tiles x nmc chunks of mc channels */
+  int m_outer;     /* or nmc chunks of mc channels, each over all pixels */
 } c11_task;
 
 __attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
@@ -1316,6 +1317,10 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
       if (u == t->bands - 1) p1 = t->P;
       for (int64_t p = p0; p < p1; p += 32)
         for (int64_t m = 0; m < t->M; m += 8) c11_tile(t, m, p);
+    } else if (t->m_outer) { /* chunk u of channels over every pixel: weights read once */
+      int64_t m0 = u * t->mc, m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
+      for (int64_t m = m0; m < m1; m += 8)
+        for (int64_t p = 0; p < t->P; p += 32) c11_tile(t, m, p);
     } else {
       int64_t p = u / t->nmc * 32, m0 = u % t->nmc * t->mc;
       int64_t m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
@@ -1345,10 +1350,20 @@ static int conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, cons
     kc->free_fn = c11_cache_free;
   }
   int threads = ctx->threads > 1 ? ctx->threads : 1;
-  c11_task t = {x, cc->wp, bias, y, act, M, K, P, 0, 1, Mb * 8};
+  c11_task t = {x, cc->wp, bias, y, act, M, K, P, 0, 1, Mb * 8, 0};
   int64_t tiles = (P + 31) / 32;
   if (threads > 1 && P >= NBL_BAND_MIN_PIXELS && P / threads >= 64) {
     t.bands = threads > 256 ? 256 : threads;
+  } else if (tiles <= 8 && M * K >= 32768) {
+    /* few pixels, weights past the L2: each weight block once, over every
+     * pixel tile (ResNet-18's last layers: 9.4 MB of weights, 49 pixels) */
+    t.m_outer = 1;
+    t.nmc = threads > 1 ? 2 * threads : 1;
+    if (t.nmc > Mb) t.nmc = Mb;
+    t.mc = (Mb + t.nmc - 1) / t.nmc * 8;
+    t.nmc = (M + t.mc - 1) / t.mc;
+    nbl_parallel_for(ctx, t.nmc, 1, c11_run, &t);
+    return 1;
   } else if (threads > 1 && tiles < 2 * threads) { /* few pixels: split the channels too */
     t.nmc = (2 * threads + tiles - 1) / tiles;
     if (t.nmc > Mb) t.nmc = Mb;

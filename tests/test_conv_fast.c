@@ -138,6 +138,9 @@ START_TEST(test_conv1x1) {
       {1, 8, 30, 30, 20, 3, 1, 2, 1, 1, 1, 1, 1, 0},   /* 3x3 stride 2 */
       {2, 5, 9, 11, 12, 3, 1, 2, 0, 1, 1, 0, 0, 0},    /* batch 2, asymmetric pads */
       {1, 8, 12, 12, 8, 3, 2, 1, 1, 1, 1, 1, 1, 0},    /* two groups: BLAS */
+      /* few pixels, large weights: each weight block once over all pixels */
+      {1, 300, 7, 7, 121, 1, 1, 1, 0, 0, 0, 0, 1, 0},  /* 1x1 */
+      {1, 64, 7, 7, 70, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* 3x3, 49 pixels (no Winograd) */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
