@@ -932,6 +932,11 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
  * products (T tiles), 2.25x fewer multiplications than im2col + GEMM. */
 #define WINO_MAXT 160 /* most tiles per tile row (output width up to 318) */
 
+#if defined(__x86_64__)
+static void c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64_t P,
+                       float *y);
+#endif
+
 static int wino_ok(const nbl_conv_geom *g) {
   return g->ns == 2 && g->group == 1 && g->k[0] == 3 && g->k[1] == 3 && g->s[0] == 1 &&
          g->s[1] == 1 && g->d[0] == 1 && g->d[1] == 1 && g->C >= 16 && g->M >= 16 &&
@@ -942,11 +947,24 @@ typedef struct wino_task {
   const nbl_conv_geom *g;
   const float *x, *w, *bias;
   float *U, *V, *Mo, *y;
+  const float *Up; /* non-NULL: U packed for the AVX-512 product, [16][M/8][C][8] */
   int64_t TH, TW, T;
   const nbl_act *act;
   int64_t band; /* tile rows per band (wino_bands) */
   _Atomic int oom;
 } wino_task;
+
+/* One of the 16 products: Mo[M][T] = U[M][C] V[C][T]. */
+static void wino_product(const wino_task *t, int xi, const float *V, float *Mo, int64_t T) {
+  int64_t M = t->g->M, C = t->g->C;
+#if defined(__x86_64__)
+  if (t->Up) {
+    c11_serial(t->Up + xi * ((M + 7) / 8 * 8) * C, V, M, C, T, Mo);
+    return;
+  }
+#endif
+  nbl_sgemm(NULL, 0, 0, M, T, C, 1.0f, t->U + xi * M * C, C, V, T, 0.0f, Mo, T);
+}
 
 /* U[xi][m][c] = (G w[m][c] G^T)[xi], items m. */
 static void wino_weights(void *arg, int64_t begin, int64_t end) {
@@ -1082,8 +1100,7 @@ static void wino_products(void *arg, int64_t begin, int64_t end) {
   const wino_task *t = arg;
   int64_t M = t->g->M, C = t->g->C, T = t->T;
   for (int64_t xi = begin; xi < end; xi++)
-    nbl_sgemm(NULL, 0, 0, M, T, C, 1.0f, t->U + xi * M * C, C, t->V + xi * C * T, T, 0.0f,
-              t->Mo + xi * M * T, T);
+    wino_product(t, (int)xi, t->V + xi * C * T, t->Mo + xi * M * T, T);
 }
 
 /* Bands of t->band tile rows through all three stages with band-local V and
@@ -1108,9 +1125,7 @@ static void wino_bands(void *arg, int64_t begin, int64_t end) {
     for (int64_t c = 0; c < C; c++)
       for (int64_t th = th0; th < th1; th++)
         wino_in_one(t, t->x + c * g->in_sz, th, V + c * tb + (th - th0) * TW, C * tb);
-    for (int xi = 0; xi < 16; xi++)
-      nbl_sgemm(NULL, 0, 0, M, tb, C, 1.0f, t->U + xi * M * C, C, V + xi * C * tb, tb, 0.0f,
-                Mo + xi * M * tb, tb);
+    for (int xi = 0; xi < 16; xi++) wino_product(t, xi, V + xi * C * tb, Mo + xi * M * tb, tb);
     int64_t r0 = 2 * th0, r1 = 2 * th1 < OH ? 2 * th1 : OH;
     for (int64_t m = 0; m < M; m++) {
       float bv = t->bias ? t->bias[m] : 0.0f;
@@ -1131,8 +1146,16 @@ static void wino_bands(void *arg, int64_t begin, int64_t end) {
 typedef struct wino_wcache {
   const float *w; /* the weights they came from */
   int64_t M, C;
+  float *Up; /* U packed for the AVX-512 product (NULL without it) */
   float U[];
 } wino_wcache;
+
+static void wino_cache_free(void *p) {
+  wino_wcache *wc = p;
+  if (wc) free(wc->Up);
+  free(wc);
+}
+
 
 /* 1 when the node's input 1 is a constant initializer (not overridable by a
  * graph input), so its transform can be kept across runs. */
@@ -1151,9 +1174,9 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
   int64_t C = g->C, M = g->M;
   nbl_kcache *kc = nbl_kctx_cache(ctx);
   if (!kc || !weights_const(ctx)) return 0;
-  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, TH, TW, T, act, 0, 0};
+  wino_task t = {g, x, w, bias, NULL, NULL, NULL, y, NULL, TH, TW, T, act, 0, 0};
   wino_wcache *wc = kc->data;
-  if (!wc || wc->w != w || wc->M != M || wc->C != C) {
+  if (!wc || kc->free_fn != wino_cache_free || wc->w != w || wc->M != M || wc->C != C) {
     if (kc->free_fn) kc->free_fn(kc->data);
     kc->data = NULL;
     kc->free_fn = NULL;
@@ -1162,13 +1185,25 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
     wc->w = w;
     wc->M = M;
     wc->C = C;
+    wc->Up = NULL;
     t.U = wc->U;
     nbl_parallel_for(ctx, M, 1, wino_weights, &t);
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+      int64_t Mp = (M + 7) / 8 * 8;
+      wc->Up = calloc((size_t)(16 * Mp * C), sizeof(float));
+      for (int64_t xi = 0; wc->Up && xi < 16; xi++)
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t c = 0; c < C; c++)
+            wc->Up[xi * Mp * C + (m / 8 * C + c) * 8 + m % 8] = wc->U[(xi * M + m) * C + c];
+    }
+#endif
     kc->data = wc;
-    kc->free_fn = free;
+    kc->free_fn = wino_cache_free;
   }
   float *U = wc->U;
   t.U = U;
+  t.Up = wc->Up;
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   if (T >= 128) {
     /* bands of about 128 tiles, as many as a multiple of the thread count,
@@ -1327,6 +1362,14 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
       for (int64_t m = m0; m < m1; m += 8) c11_tile(t, m, p);
     }
   }
+}
+
+/* y[M][P] = wp x[K][P] on the calling thread, wp packed as c11_cache.wp. */
+static void c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64_t P,
+                       float *y) {
+  int64_t Mb = (M + 7) / 8, tiles = (P + 31) / 32;
+  c11_task t = {x, wp, NULL, y, NULL, M, K, P, 0, 1, Mb * 8, tiles <= 8 && M * K >= 32768};
+  c11_run(&t, 0, t.m_outer ? 1 : tiles);
 }
 
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
