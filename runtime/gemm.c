@@ -270,8 +270,12 @@ static void kernel_info_init(void) {
 #else
   snprintf(blas, sizeof blas, "nibble's own blocked kernel (no BLAS)");
 #endif
-  snprintf(kernel_info, sizeof kernel_info, "FP32 products: %s; INT4: %s", blas,
-           nbl_i4_isa_name(nbl_i4_best_isa()));
+  int conv512 = 0;
+#if defined(__x86_64__)
+  conv512 = __builtin_cpu_supports("avx512f");
+#endif
+  snprintf(kernel_info, sizeof kernel_info, "FP32 products: %s; FP32 convolutions: %s; INT4: %s",
+           blas, conv512 ? "avx512" : "as the products", nbl_i4_isa_name(nbl_i4_best_isa()));
 }
 
 const char *nbl_kernel_info(void) {
