@@ -228,12 +228,7 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
     vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
     nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
   }
-  if (rg) {
-    float l = _mm512_reduce_min_ps(vmin), h = _mm512_reduce_max_ps(vmax);
-    if (l < rg->lo) rg->lo = l;
-    if (h > rg->hi) rg->hi = h;
-    if (nan) rg->nan = 1;
-  }
+  if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
 }
 #endif
 
@@ -246,10 +241,7 @@ static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv, 
 #endif
   for (int64_t i = 0; i < n; i++) {
     y[i] = act_apply(f, sc * y[i] + bv);
-    if (!rg) continue;
-    if (y[i] != y[i]) rg->nan = 1;
-    if (y[i] < rg->lo) rg->lo = y[i];
-    if (y[i] > rg->hi) rg->hi = y[i];
+    if (rg) nbl_i4_range_widen(rg, y[i], y[i], y[i] != y[i]);
   }
 }
 
@@ -411,8 +403,7 @@ static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_param
 /* The pixel bands of a rank-4 [N, C, H, W] tensor (NBL_BAND_MIN_PIXELS):
  * 0 when the tensor is not split that way. */
 static int x_bands(const nbl_kctx *c, const nbl_rt_tensor *X) {
-  if (c->threads < 2 || X->rank != 4 || X->dims[2] * X->dims[3] < NBL_BAND_MIN_PIXELS) return 0;
-  return c->threads > 256 ? 256 : c->threads;
+  return X->rank == 4 ? nbl_pixel_bands(c->threads, X->dims[2] * X->dims[3]) : 0;
 }
 
 typedef struct band_job {
@@ -426,7 +417,8 @@ typedef struct band_job {
 static void scan_bands(void *arg, int64_t b, int64_t e) {
   band_job *j = arg;
   for (int64_t t = b; t < e; t++) {
-    int64_t p0 = j->P * t / j->bands, p1 = j->P * (t + 1) / j->bands;
+    int64_t p0, p1;
+    nbl_band(j->P, t, j->bands, 1, &p0, &p1);
     float lo = INFINITY, hi = -INFINITY;
     int ok = 1;
     for (int64_t q = 0; ok && q < j->planes && p1 > p0; q++) {
@@ -484,9 +476,12 @@ static void qpad_row(const qpad_job *j, int64_t q, int64_t ih) {
 static void qpad_tasks(void *arg, int64_t b, int64_t e) {
   const qpad_job *j = arg;
   if (j->bands) {
-    for (int64_t t = b; t < e; t++)
+    for (int64_t t = b; t < e; t++) {
+      int64_t h0, h1;
+      nbl_band(j->H, t, j->bands, 1, &h0, &h1);
       for (int64_t q = 0; q < j->planes; q++)
-        for (int64_t ih = j->H * t / j->bands; ih < j->H * (t + 1) / j->bands; ih++) qpad_row(j, q, ih);
+        for (int64_t ih = h0; ih < h1; ih++) qpad_row(j, q, ih);
+    }
   } else {
     for (int64_t r = b; r < e; r++) qpad_row(j, r / j->H, r % j->H);
   }
@@ -561,6 +556,7 @@ typedef struct x4_job {
   int off;
   int64_t Kg, Kp, P;
   int64_t Hp, Wp; /* x: planes of Hp x Wp bytes, the input padded with the pad byte */
+  int pointwise;  /* 1x1, stride 1, no padding: k is the input channel */
   uint8_t pad; /* the byte of a zero activation */
   /* the product */
   const fused *f;
@@ -630,8 +626,6 @@ static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8
 static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t *X4,
                     uint8_t *tmp) {
   const nbl_conv_geom *g = j->g;
-  int direct = g->k_sz == 1 && g->s[0] == 1 && g->s[1] == 1 && g->pb[0] == 0 && g->pb[1] == 0 &&
-               g->pe[0] == 0 && g->pe[1] == 0;
   int64_t n = p1 - p0, nv = j->P - p0 < n ? j->P - p0 : n; /* real pixels */
   if (nv < 0) nv = 0;
   const uint8_t *r[4];
@@ -646,9 +640,9 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
     if (j->xf) /* direct: k is the channel */
       nbl_i4_quantize_u8(j->cfg, j->p, j->xf + k * g->in_sz + p0, row, (size_t)nv,
                          (uint64_t)(j->xf_index0 + k * g->in_sz + p0), j->off);
-    else if (direct && nv == n)
+    else if (j->pointwise && nv == n)
       r[q] = j->x + k * g->in_sz + p0;
-    else if (direct)
+    else if (j->pointwise)
       memcpy(row, j->x + k * g->in_sz + p0, (size_t)nv);
     else
       im2col_row(j, k, p0, p0 + nv, row);
@@ -659,13 +653,22 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
                 32);
 }
 
-/* Output pixels [p0, p1) (p0 a multiple of 32), channels [m0, m1). */
-static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
-                       uint8_t *X4, uint8_t *tmp, const nbl_i4_epi *e) {
+/* The panels of output pixels [p0, p1) (p0 a multiple of 32) into X4. */
+static void fill_block(const x4_job *j, int64_t p0, int64_t p1, uint8_t *X4, uint8_t *tmp) {
   int64_t n32 = (p1 - p0 + 31) / 32 * 32;
   for (int64_t k4 = 0; k4 < j->Kp / 4; k4++) x4_fill(j, k4, p0, p0 + n32, X4, tmp);
-  nbl_i4_conv_gemm(j->f->isa, j->W, X4, n32, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0,
-                   j->P, e);
+}
+
+/* Output pixels [p0, p1), channels [m0, m1), from the panels at X4. */
+static void product_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
+                          const uint8_t *X4, const nbl_i4_epi *e) {
+  nbl_i4_conv_gemm(j->f->isa, j->W, X4, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, e);
+}
+
+static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
+                       uint8_t *X4, uint8_t *tmp, const nbl_i4_epi *e) {
+  fill_block(j, p0, p1, X4, tmp);
+  product_block(j, p0, p1, m0, m1, X4, e);
 }
 
 static void conv_tasks(void *arg, int64_t b, int64_t e) {
@@ -683,23 +686,19 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   ep.range = &rg;
   for (int64_t t = b; t < e; t++) {
     if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
-      int64_t q0 = j->P * t / j->bands / 32 * 32, q1 = j->P * (t + 1) / j->bands / 32 * 32;
-      if (t == j->bands - 1) q1 = j->P;
+      int64_t q0, q1;
+      nbl_band(j->P, t, j->bands, 32, &q0, &q1);
       for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
         conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp, &ep);
     } else if (j->phase == 1) { /* fill block t of the shared panels */
       int64_t p0 = t * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
-      int64_t n32 = (p1 - p0 + 31) / 32 * 32;
-      for (int64_t k4 = 0; k4 < j->Kp / 4; k4++)
-        x4_fill(j, k4, p0, p0 + n32, j->X4all + p0 / 32 * j->Kp * 32, tmp);
+      fill_block(j, p0, p1, j->X4all + p0 / 32 * j->Kp * 32, tmp);
     } else {
       int64_t pi = t / j->nmc, mi = t % j->nmc;
       int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
       int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
       if (j->X4all) /* phase 2: products from the shared panels */
-        nbl_i4_conv_gemm(j->f->isa, j->W, j->X4all + p0 / 32 * j->Kp * 32,
-                         (p1 - p0 + 31) / 32 * 32, j->a_zero, m0, m1, 0, p1 - p0, NULL,
-                         j->y + p0, j->P, &ep);
+        product_block(j, p0, p1, m0, m1, j->X4all + p0 / 32 * j->Kp * 32, &ep);
       else
         conv_block(j, p0, p1, m0, m1, X4, tmp, &ep);
     }
@@ -778,10 +777,8 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
   }
   int threads = c->threads > 0 ? c->threads : 1;
-  int bands = threads > 1 && j.P >= NBL_BAND_MIN_PIXELS && j.P / threads >= 64 ? threads : 0;
-  if (bands > 256) bands = 256;
-  int direct = g.k_sz == 1 && g.s[0] == 1 && g.s[1] == 1 && g.pb[0] == 0 && g.pb[1] == 0 &&
-               g.pe[0] == 0 && g.pe[1] == 0;
+  int bands = nbl_pixel_bands(threads, j.P);
+  int direct = nbl_conv_pointwise(&g);
   /* 1x1 inputs are quantized while laid out; others go to padded bytes first */
   int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
   int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
@@ -797,7 +794,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   }
   const nbl_i4_rows *W0 = &f->rows[0];
   x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
-               .P = j.P, .Hp = Hp, .Wp = Wp, .pad = j.pad, .f = f, .a_zero = j.a_zero,
+               .P = j.P, .Hp = Hp, .Wp = Wp, .pointwise = direct, .pad = j.pad, .f = f, .a_zero = j.a_zero,
                .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi, NULL}, .bands = bands};
   range_init(&xj.range);
   /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
@@ -805,11 +802,10 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
    * alone would leave a thread idle */
   int64_t pb = (int64_t)(192 * 1024) / W0->Kp / 32 * 32;
   xj.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
-  int64_t npb = (j.P + xj.pb - 1) / xj.pb, mblocks = (j.Mg + NBL_I4_CR - 1) / NBL_I4_CR;
-  xj.nmc = npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb;
-  if (xj.nmc > mblocks) xj.nmc = mblocks;
-  xj.mc = (mblocks + xj.nmc - 1) / xj.nmc * NBL_I4_CR;
-  xj.nmc = (j.Mg + xj.mc - 1) / xj.mc;
+  int64_t npb = (j.P + xj.pb - 1) / xj.pb;
+  nbl_split_rows(j.Mg, NBL_I4_CR,
+                 npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb, &xj.nmc,
+                 &xj.mc);
   if (!bands && xj.nmc > 1) {
     xj.X4all = malloc((size_t)(W0->Kp * ((j.P + 31) / 32 * 32)));
     if (!xj.X4all) {

@@ -844,7 +844,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     int64_t it0 = u, it1 = u + 1, oh0 = 0, oh1 = OH;
     if (t->bands) {
       it0 = 0, it1 = g->N * g->M;
-      oh0 = OH * u / t->bands, oh1 = OH * (u + 1) / t->bands;
+      nbl_band(OH, u, t->bands, 1, &oh0, &oh1);
       if (oh0 == oh1) continue;
     }
     int64_t nr = oh1 - oh0;
@@ -937,6 +937,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
 #define WINO_MAXT 160 /* most tiles per tile row (output width up to 318) */
 
 #if defined(__x86_64__)
+static void c11_pack(const float *w, int64_t M, int64_t K, float *wp);
 static void c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64_t P,
                        float *y);
 #endif
@@ -1160,7 +1161,6 @@ static void wino_cache_free(void *p) {
   free(wc);
 }
 
-
 /* 1 when the node's input 1 is a constant initializer (not overridable by a
  * graph input), so its transform can be kept across runs. */
 static int weights_const(nbl_kctx *ctx) {
@@ -1197,9 +1197,7 @@ static int wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, cons
       int64_t Mp = (M + 7) / 8 * 8;
       wc->Up = calloc((size_t)(16 * Mp * C), sizeof(float));
       for (int64_t xi = 0; wc->Up && xi < 16; xi++)
-        for (int64_t m = 0; m < M; m++)
-          for (int64_t c = 0; c < C; c++)
-            wc->Up[xi * Mp * C + (m / 8 * C + c) * 8 + m % 8] = wc->U[(xi * M + m) * C + c];
+        c11_pack(wc->U + xi * M * C, M, C, wc->Up + xi * Mp * C);
     }
 #endif
     kc->data = wc;
@@ -1263,8 +1261,8 @@ static void dw_start(nbl_kctx *ctx, dw_task *t) {
    * the rows of the input band it (or the layer before, split the same way)
    * touched last; small ones: whole planes per thread */
   int threads = ctx ? ctx->threads : 1;
-  if (threads > 1 && g->out_sz >= NBL_BAND_MIN_PIXELS && g->out[0] >= 2 * threads) {
-    t->bands = threads;
+  if (nbl_pixel_bands(threads, g->out_sz) && g->out[0] >= 2 * threads) {
+    t->bands = nbl_pixel_bands(threads, g->out_sz);
     nbl_parallel_for(ctx, threads, 1, dw_run, t);
   } else if (ctx) {
     nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, t);
@@ -1352,8 +1350,8 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
   const c11_task *t = arg;
   for (int64_t u = begin; u < end; u++) {
     if (t->bands) {
-      int64_t p0 = t->P * u / t->bands / 32 * 32, p1 = t->P * (u + 1) / t->bands / 32 * 32;
-      if (u == t->bands - 1) p1 = t->P;
+      int64_t p0, p1;
+      nbl_band(t->P, u, t->bands, 32, &p0, &p1);
       for (int64_t p = p0; p < p1; p += 32)
         for (int64_t m = 0; m < t->M; m += 8) c11_tile(t, m, p);
     } else if (t->m_outer) { /* chunk u of channels over every pixel: weights read once */
@@ -1368,12 +1366,23 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-/* y[M][P] = wp x[K][P] on the calling thread, wp packed as c11_cache.wp. */
+/* wp = w[M][K] packed for c11_tile: [M/8 rounded up][K][8], wp zeroed by the caller. */
+static void c11_pack(const float *w, int64_t M, int64_t K, float *wp) {
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) wp[(m / 8 * K + k) * 8 + m % 8] = w[m * K + k];
+}
+
+/* Few pixels and weights past the L2: each weight block once, over every
+ * pixel tile (ResNet-18's last layers: 9.4 MB of weights, 49 pixels). */
+static int c11_m_outer(int64_t M, int64_t K, int64_t P) {
+  return (P + 31) / 32 <= 8 && M * K >= 32768;
+}
+
+/* y[M][P] = wp x[K][P] on the calling thread, wp packed by c11_pack. */
 static void c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64_t P,
                        float *y) {
-  int64_t Mb = (M + 7) / 8, tiles = (P + 31) / 32;
-  c11_task t = {x, wp, NULL, y, NULL, M, K, P, 0, 1, Mb * 8, tiles <= 8 && M * K >= 32768};
-  c11_run(&t, 0, t.m_outer ? 1 : tiles);
+  c11_task t = {x, wp, NULL, y, NULL, M, K, P, 0, 1, (M + 7) / 8 * 8, c11_m_outer(M, K, P)};
+  c11_run(&t, 0, t.m_outer ? 1 : (P + 31) / 32);
 }
 
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
@@ -1391,32 +1400,21 @@ static int conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, cons
     cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
     if (!cc) return 0;
     cc->w = w, cc->M = M, cc->K = K;
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t k = 0; k < K; k++) cc->wp[(m / 8 * K + k) * 8 + m % 8] = w[m * K + k];
+    c11_pack(w, M, K, cc->wp);
     kc->data = cc;
     kc->free_fn = c11_cache_free;
   }
   int threads = ctx->threads > 1 ? ctx->threads : 1;
-  c11_task t = {x, cc->wp, bias, y, act, M, K, P, 0, 1, Mb * 8, 0};
+  c11_task t = {x, cc->wp, bias, y, act, M, K, P, nbl_pixel_bands(threads, P), 1, Mb * 8, 0};
   int64_t tiles = (P + 31) / 32;
-  if (threads > 1 && P >= NBL_BAND_MIN_PIXELS && P / threads >= 64) {
-    t.bands = threads > 256 ? 256 : threads;
-  } else if (tiles <= 8 && M * K >= 32768) {
-    /* few pixels, weights past the L2: each weight block once, over every
-     * pixel tile (ResNet-18's last layers: 9.4 MB of weights, 49 pixels) */
+  if (!t.bands && c11_m_outer(M, K, P)) {
     t.m_outer = 1;
-    t.nmc = threads > 1 ? 2 * threads : 1;
-    if (t.nmc > Mb) t.nmc = Mb;
-    t.mc = (Mb + t.nmc - 1) / t.nmc * 8;
-    t.nmc = (M + t.mc - 1) / t.mc;
+    nbl_split_rows(M, 8, 2 * threads, &t.nmc, &t.mc);
     nbl_parallel_for(ctx, t.nmc, 1, c11_run, &t);
     return 1;
-  } else if (threads > 1 && tiles < 2 * threads) { /* few pixels: split the channels too */
-    t.nmc = (2 * threads + tiles - 1) / tiles;
-    if (t.nmc > Mb) t.nmc = Mb;
-    t.mc = (Mb + t.nmc - 1) / t.nmc * 8;
-    t.nmc = (M + t.mc - 1) / t.mc;
   }
+  if (!t.bands && threads > 1 && tiles < 2 * threads) /* few pixels: split the channels too */
+    nbl_split_rows(M, 8, (2 * threads + tiles - 1) / tiles, &t.nmc, &t.mc);
   nbl_parallel_for(ctx, t.bands ? t.bands : tiles * t.nmc, 1, c11_run, &t);
   return 1;
 }
@@ -1448,9 +1446,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
    * direct product (ResNet-18's 7x7 layers, measured) */
   if (ctx && wino_ok(g) && !(own && g->out_sz <= 64) && wino_conv(ctx, g, x, w, bias, y, act))
     return NBL_OK;
-  int direct = 1;
-  for (int i = 0; i < g->ns; i++)
-    if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) direct = 0;
+  int direct = nbl_conv_pointwise(g);
 #if defined(__x86_64__)
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)

@@ -57,6 +57,32 @@ int nbl_gemm_has_blas(void);
  * find their inputs in the cache of the core that wrote them. */
 #define NBL_BAND_MIN_PIXELS 784
 
+/* The pixel bands for P output pixels per channel at `threads` threads: the
+ * thread count when the layer is large enough to split that way, else 0. */
+static inline int nbl_pixel_bands(int threads, int64_t P) {
+  if (threads < 2 || P < NBL_BAND_MIN_PIXELS || P / threads < 64) return 0;
+  return threads > 256 ? 256 : threads;
+}
+
+/* Band t of `bands` over [0, n): [*lo, *hi), the inner boundaries rounded
+ * down to a multiple of `align` (the last band ends at n). */
+static inline void nbl_band(int64_t n, int64_t t, int64_t bands, int64_t align, int64_t *lo,
+                            int64_t *hi) {
+  *lo = n * t / bands / align * align;
+  *hi = t == bands - 1 ? n : n * (t + 1) / bands / align * align;
+}
+
+/* M rows in blocks of `unit`, split into at most `want` chunks of whole
+ * blocks: *chunk rows each (a multiple of unit), *n chunks. */
+static inline void nbl_split_rows(int64_t M, int64_t unit, int64_t want, int64_t *n,
+                                  int64_t *chunk) {
+  int64_t blocks = (M + unit - 1) / unit;
+  if (want > blocks) want = blocks;
+  if (want < 1) want = 1;
+  *chunk = (blocks + want - 1) / want * unit;
+  *n = (M + *chunk - 1) / *chunk;
+}
+
 /* ------------------------------------------------------------------ convolution geometry */
 
 #define NBL_CONV_MAX_SP (NBL_MAX_RANK - 2)
@@ -81,6 +107,14 @@ typedef struct nbl_conv_geom {
  * message names the node. */
 nbl_status nbl_conv_geom_init(nbl_kctx *ctx, nbl_conv_geom *g, const nbl_rt_tensor *x,
                               const int64_t *kdims, int ceil_mode);
+
+/* 1 when every kernel dim is 1 with stride 1 and no padding: the output is a
+ * product of the weights with the input planes as they are. */
+static inline int nbl_conv_pointwise(const nbl_conv_geom *g) {
+  for (int i = 0; i < g->ns; i++)
+    if (g->k[i] != 1 || g->s[i] != 1 || g->pb[i] != 0 || g->pe[i] != 0) return 0;
+  return 1;
+}
 
 /* Direct reference convolution in double: x [N,C,in...], w [M,C/group,k...],
  * bias [M] or NULL, y [N,M,out...]. */

@@ -404,7 +404,7 @@ void nbl_i4_rows_free(nbl_i4_rows *w) {
 typedef struct tile_args {
   const nbl_i4_rows *W;
   const uint8_t *X4;
-  int64_t Pp, ld;
+  int64_t ld;
   int32_t a_zero;
   int32_t *Ci;
   float *Y;
@@ -432,12 +432,8 @@ static void tile_store(const tile_args *t, int64_t m, int nr, int64_t p, int np,
     } else {
       float *y = t->Y + (m + r) * t->ld + p;
       for (int i = 0; i < np; i++) y[i] = epi_one(t->e, m + r, a[i] - corr);
-      nbl_i4_range *rg = t->e->range;
-      for (int i = 0; rg && i < np; i++) {
-        if (y[i] != y[i]) rg->nan = 1;
-        if (y[i] < rg->lo) rg->lo = y[i];
-        if (y[i] > rg->hi) rg->hi = y[i];
-      }
+      for (int i = 0; t->e->range && i < np; i++)
+        nbl_i4_range_widen(t->e->range, y[i], y[i], y[i] != y[i]);
     }
   }
 }
@@ -526,12 +522,7 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
              _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
     }
   }
-  if (rg) {
-    float lo = _mm512_reduce_min_ps(vmin), hi = _mm512_reduce_max_ps(vmax);
-    if (lo < rg->lo) rg->lo = lo;
-    if (hi > rg->hi) rg->hi = hi;
-    if (nan) rg->nan = 1;
-  }
+  if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
 }
 
 /* AVX2: 8 pixels per vector, vpmaddubsw (exact while max|W| <= 64) and
@@ -558,13 +549,12 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
 }
 #endif
 
-void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int64_t Pp,
-                      int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
+void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
                       float *Y, int64_t ld, const nbl_i4_epi *e) {
   pthread_once(&g_once, detect);
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
   if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
-  tile_args t = {W, X4, Pp, ld, a_zero, Ci, Y, e};
+  tile_args t = {W, X4, ld, a_zero, Ci, Y, e};
   /* m0 is a multiple of NBL_I4_CR and p0 of 32: tiles start at block boundaries */
   for (int64_t p = p0; p < p1; p += 32) {
     int np = p1 - p < 32 ? (int)(p1 - p) : 32;

@@ -90,17 +90,23 @@ typedef struct nbl_i4_epi {
   float lo, hi;
   nbl_i4_range *range; /* non-NULL: widened to cover every value written */
 } nbl_i4_epi;
+/* Widen r to [lo, hi] (values that are not NaN) and note a NaN. */
+static inline void nbl_i4_range_widen(nbl_i4_range *r, float lo, float hi, int nan) {
+  if (lo < r->lo) r->lo = lo;
+  if (hi > r->hi) r->hi = hi;
+  if (nan) r->nan = 1;
+}
 /* Output channels [m0, m1) (m0 a multiple of NBL_I4_CR) x pixels [p0, p1)
  * (p0 a multiple of 32) of acc[m][p] = sum_k (x(p, k) - a_zero) * W[m][k],
  * exact int32. X4 holds the activation bytes in panels of 32 pixels, each
  * [Kp/4][32][4]: x(p, k) at X4[((p/32 * Kp/4 + k/4) * 32 + p%32) * 4 + k%4]
- * (the operand of vpdpbusd with pixels along the vector), Pp pixels (a
- * multiple of 32, >= p1; pixels past p1 and bytes of k >= K may hold any
- * value). Writes acc to Ci[m * ld + p] when Ci is not NULL, else the
- * epilogue e of it to Y[m * ld + p]. Variants as for nbl_i4_gemm. */
-void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int64_t Pp,
-                      int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
-                      float *Y, int64_t ld, const nbl_i4_epi *e);
+ * (the operand of vpdpbusd with pixels along the vector), whole panels up to
+ * p1 (pixels past p1 and bytes of k >= K may hold any value). Writes acc to
+ * Ci[m * ld + p] when Ci is not NULL, else the epilogue e of it to
+ * Y[m * ld + p]. Variants as for nbl_i4_gemm. */
+void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int32_t a_zero,
+                      int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci, float *Y,
+                      int64_t ld, const nbl_i4_epi *e);
 /* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
  * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
  * be finite. Vectorized for half-even rounding on AVX-512. */

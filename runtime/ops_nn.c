@@ -577,7 +577,7 @@ typedef struct pool_task {
 static inline float nan_max(float m, float v) { return v > m || v != v ? v : m; }
 
 /* m[i] = nan_max(m[i], v[i]) for i < n */
-static void nan_max_row(float *m, const float *v, int64_t n) {
+static void nan_max_row_c(float *m, const float *v, int64_t n) {
   for (int64_t i = 0; i < n; i++) m[i] = nan_max(m[i], v[i]);
 }
 #if defined(__x86_64__)
@@ -591,9 +591,21 @@ __attribute__((target("avx"))) static void nan_max_row_avx(float *m, const float
     r = _mm256_or_ps(r, _mm256_and_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q), b));
     _mm256_storeu_ps(m + i, r);
   }
-  nan_max_row(m + i, v + i, n - i);
+  nan_max_row_c(m + i, v + i, n - i);
 }
 #endif
+
+/* nan_max_row_c, 8 lanes at a time when avx */
+static void nan_max_row(float *m, const float *v, int64_t n, int avx) {
+#if defined(__x86_64__)
+  if (avx) {
+    nan_max_row_avx(m, v, n);
+    return;
+  }
+#endif
+  (void)avx;
+  nan_max_row_c(m, v, n);
+}
 
 /* 2-D max pooling, one (n, c) plane per item: for each output row, the max
  * over the window's input rows (a vector pass over whole rows, into a row
@@ -646,13 +658,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
           memcpy(mid, xp + ih * W, sizeof(float) * (size_t)W);
           first = 0;
         } else {
-#if defined(__x86_64__)
-          if (avx) {
-            nan_max_row_avx(mid, xp + ih * W, W);
-            continue;
-          }
-#endif
-          nan_max_row(mid, xp + ih * W, W);
+          nan_max_row(mid, xp + ih * W, W, avx);
         }
       }
       if (first)
@@ -660,15 +666,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
       /* window max at every column start, then every sw-th of them */
       int64_t nh = (OW - 1) * sw + 1;
       memcpy(hm, row, sizeof(float) * (size_t)nh);
-      for (int64_t kw = 1; kw < KW; kw++) {
-#if defined(__x86_64__)
-        if (avx) {
-          nan_max_row_avx(hm, row + kw * dw, nh);
-          continue;
-        }
-#endif
-        nan_max_row(hm, row + kw * dw, nh);
-      }
+      for (int64_t kw = 1; kw < KW; kw++) nan_max_row(hm, row + kw * dw, nh, avx);
       float *yr = yp + oh * OW;
       for (int64_t ow = 0; ow < OW; ow++) yr[ow] = hm[ow * sw];
     }
