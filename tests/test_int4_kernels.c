@@ -25,24 +25,36 @@ static float frand(void) { return (float)(next_u32() >> 8) / 8388608.0f - 1.0f; 
 static const int64_t tsizes[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65};
 #define NTS (sizeof tsizes / sizeof tsizes[0])
 
+/* Random codes: qa (na) in [alo, ahi], w (nw) in [wlo, whi], the extreme
+ * values at the corners so saturation would show. */
+static void random_codes(int8_t *qa, int64_t na, int alo, int ahi, int8_t *w, int64_t nw, int wlo,
+                         int whi) {
+  for (int64_t i = 0; i < na; i++) qa[i] = (int8_t)irange(alo, ahi);
+  for (int64_t i = 0; i < nw; i++) w[i] = (int8_t)irange(wlo, whi);
+  qa[0] = (int8_t)alo, qa[na - 1] = (int8_t)ahi;
+  w[0] = (int8_t)wlo, w[nw - 1] = (int8_t)whi;
+}
+
+/* The plain int64 reference: out[r * ldr + c * ldc] = sum_k (qa[r * K + k] - z)
+ * * w[k * sk + c * sc] for r < R, c < Cn (malloc'd). */
+static int64_t *int_ref(const int8_t *qa, int z, const int8_t *w, int64_t R, int64_t Cn, int64_t K,
+                        int64_t sk, int64_t sc, int64_t ldr, int64_t ldc) {
+  int64_t *out = calloc((size_t)(R * Cn + 1), sizeof(int64_t));
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t c = 0; c < Cn; c++) {
+      int64_t s = 0;
+      for (int64_t k = 0; k < K; k++) s += (int64_t)(qa[r * K + k] - z) * w[k * sk + c * sc];
+      out[r * ldr + c * ldc] = s;
+    }
+  return out;
+}
+
 /* One GEMM case: codes qa in [alo, ahi] with zero point z, weights in [wlo, whi];
  * every variant against sum_k (qa - z) * w computed here in int64. */
 static void gemm_case(int64_t M, int64_t N, int64_t K, int alo, int ahi, int z, int wlo, int whi) {
   int8_t *qa = malloc((size_t)(M * K)), *w = malloc((size_t)(K * N));
-  for (int64_t i = 0; i < M * K; i++) qa[i] = (int8_t)irange(alo, ahi);
-  for (int64_t i = 0; i < K * N; i++) w[i] = (int8_t)irange(wlo, whi);
-  /* extreme values at the corners so saturation would show */
-  qa[0] = (int8_t)alo;
-  qa[M * K - 1] = (int8_t)ahi;
-  w[0] = (int8_t)wlo;
-  w[K * N - 1] = (int8_t)whi;
-  int64_t *ref = calloc((size_t)(M * N), sizeof(int64_t));
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t n = 0; n < N; n++) {
-      int64_t s = 0;
-      for (int64_t k = 0; k < K; k++) s += (int64_t)(qa[m * K + k] - z) * w[k * N + n];
-      ref[m * N + n] = s;
-    }
+  random_codes(qa, M * K, alo, ahi, w, K * N, wlo, whi);
+  int64_t *ref = int_ref(qa, z, w, M, N, K, N, 1, N, 1);
   nbl_q4_params p = {.scale = 1, .zero = z, .qmin = alo, .qmax = ahi};
   int off = nbl_i4_act_offset(&p);
   ck_assert(alo + off >= 0 && ahi + off <= 255 && z + off >= 0 && z + off <= 255);
@@ -97,19 +109,10 @@ END_TEST
 static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, int z, int wlo,
                            int whi) {
   int8_t *qa = malloc((size_t)(P * K)), *w = malloc((size_t)(M * K));
-  for (int64_t i = 0; i < P * K; i++) qa[i] = (int8_t)irange(alo, ahi);
-  for (int64_t i = 0; i < M * K; i++) w[i] = (int8_t)irange(wlo, whi);
-  qa[0] = (int8_t)alo, qa[P * K - 1] = (int8_t)ahi;
-  w[0] = (int8_t)wlo, w[M * K - 1] = (int8_t)whi;
+  random_codes(qa, P * K, alo, ahi, w, M * K, wlo, whi);
   nbl_q4_params p = {.scale = 1, .zero = z, .qmin = alo, .qmax = ahi};
   int off = nbl_i4_act_offset(&p);
-  int64_t *ref = calloc((size_t)(M * P), sizeof(int64_t));
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t q = 0; q < P; q++) {
-      int64_t s = 0;
-      for (int64_t k = 0; k < K; k++) s += (int64_t)(qa[q * K + k] - z) * w[m * K + k];
-      ref[m * P + q] = s;
-    }
+  int64_t *ref = int_ref(qa, z, w, P, M, K, 1, K, 1, P); /* ref[m * P + q] */
   nbl_i4_rows W;
   ck_assert_int_eq(nbl_i4_pack_rows(w, M, K, K, 1, &W), 0);
   int64_t Pp = (P + 31) / 32 * 32;
@@ -128,17 +131,17 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
     /* four blocks, as threads split them: output channels at a multiple of 8,
      * pixels at a multiple of 32 */
     int64_t mm = M / 16 * 8, pm = P / 64 * 32;
-    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, 0, pm, C, NULL, P, NULL);
-    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, mm, pm, P, C, NULL, P, NULL);
-    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, mm, M, 0, pm, C, NULL, P, NULL);
-    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, mm, M, pm, P, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, 0, mm, 0, pm, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, 0, mm, pm, P, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, mm, M, 0, pm, C, NULL, P, NULL);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, mm, M, pm, P, C, NULL, P, NULL);
     for (int64_t i = 0; i < M * P; i++)
       ck_assert_msg(C[i] == ref[i], "%s M=%lld P=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
                     nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K, alo,
                     ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
     nbl_i4_range rg = {INFINITY, -INFINITY, 0};
     e.range = &rg;
-    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, Pp, z + off, 0, M, 0, P, NULL, Y, P, &e);
+    nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, 0, M, 0, P, NULL, Y, P, &e);
     float lo = INFINITY, hi = -INFINITY;
     for (int64_t i = 0; i < M * P; i++) {
       lo = Y[i] < lo ? Y[i] : lo;
