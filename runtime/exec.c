@@ -41,7 +41,7 @@ typedef struct pool {
   void (*fn)(void *, int64_t, int64_t);
   void *arg;
   int64_t n, chunk;
-  int n_chunks;
+  int n_chunks, ways; /* chunks, and threads sharing them */
   _Atomic int done_chunks;
   _Atomic unsigned char *claimed; /* [max_chunks]: chunk i taken */
   int max_chunks;
@@ -68,11 +68,16 @@ static int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Thread idx runs chunk idx first, then any chunk nobody has taken (a late
- * or descheduled thread's). Chunk i thus normally runs on thread i every
- * time: kernels that split every layer the same way (pixel bands) keep each
- * band's data in one core's cache, and reading data another core just wrote
- * costs several times a local read. */
+/* A job is cut into up to POOL_SPLIT chunks per thread. Thread idx owns a
+ * contiguous run of chunks (its home: with as many chunks as threads, chunk
+ * idx) and runs it in order; then it takes what nobody has taken from the
+ * other threads' homes, from their far end backwards. Kernels that split
+ * every layer the same way (pixel bands) thus keep each band's data in one
+ * core's cache (reading data another core just wrote costs several times a
+ * local read), while a late, slow or descheduled thread's remaining chunks
+ * move to a thread that is done. */
+#define POOL_SPLIT 4
+
 static void pool_run_chunk(pool *p, int c) {
   unsigned char expect = 0;
   if (!atomic_compare_exchange_strong(&p->claimed[c], &expect, 1)) return;
@@ -82,10 +87,24 @@ static void pool_run_chunk(pool *p, int c) {
   atomic_fetch_add_explicit(&p->done_chunks, 1, memory_order_release);
 }
 
+static void pool_home(const pool *p, int idx, int *b, int *e) {
+  int t = p->ways;
+  *b = (int)((int64_t)p->n_chunks * idx / t);
+  *e = (int)((int64_t)p->n_chunks * (idx + 1) / t);
+}
+
 static void pool_do_chunks(pool *p, int idx) {
-  if (idx < p->n_chunks) pool_run_chunk(p, idx);
-  for (int c = 0; c < p->n_chunks; c++)
-    if (!atomic_load_explicit(&p->claimed[c], memory_order_relaxed)) pool_run_chunk(p, c);
+  int b, e, first = 0;
+  if (idx < p->ways) {
+    pool_home(p, idx, &b, &e);
+    for (int c = b; c < e; c++) pool_run_chunk(p, c);
+    first = 1;
+  }
+  for (int o = first; o < p->ways; o++) {
+    pool_home(p, (idx + o) % p->ways, &b, &e);
+    for (int c = e - 1; c >= b; c--)
+      if (!atomic_load_explicit(&p->claimed[c], memory_order_relaxed)) pool_run_chunk(p, c);
+  }
 }
 
 static void *pool_main(void *arg) {
@@ -130,8 +149,8 @@ static pool *pool_new(int threads) {
   pthread_cond_init(&p->cv_work, NULL);
   p->th = calloc((size_t)threads, sizeof(pthread_t));
   p->workers = calloc((size_t)threads, sizeof(pool_worker));
-  p->claimed = calloc((size_t)threads, sizeof(*p->claimed)); /* chunks <= threads */
-  p->max_chunks = threads;
+  p->max_chunks = threads * POOL_SPLIT;
+  p->claimed = calloc((size_t)p->max_chunks, sizeof(*p->claimed));
   if (!p->th || !p->workers || !p->claimed) {
     free(p->th);
     free(p->workers);
@@ -168,9 +187,9 @@ static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
   if (!p || p->n_th == 0 || tl_in_worker) return 0;
   int expect = 0;
   if (!atomic_compare_exchange_strong(&p->busy, &expect, 1)) return 0;
+  if (ways > p->n_th + 1) ways = p->n_th + 1;
   int64_t chunks = (n + grain - 1) / grain;
-  if (chunks > ways) chunks = ways;
-  if (chunks > p->max_chunks) chunks = p->max_chunks;
+  if (chunks > (int64_t)ways * POOL_SPLIT) chunks = (int64_t)ways * POOL_SPLIT;
   if (chunks < 1) chunks = 1;
   unsigned g = atomic_load(&p->gen);
   atomic_store(&p->gen, g + 1); /* odd: updating */
@@ -180,6 +199,7 @@ static int pool_run(pool *p, int64_t n, int64_t grain, int ways,
   p->n = n;
   p->chunk = (n + chunks - 1) / chunks;
   p->n_chunks = (int)((n + p->chunk - 1) / p->chunk);
+  p->ways = ways < p->n_chunks ? ways : p->n_chunks;
   atomic_store(&p->done_chunks, 0);
   for (int i = 0; i < p->n_chunks; i++) atomic_store(&p->claimed[i], 0);
   atomic_store(&p->gen, g + 2); /* even: ready */

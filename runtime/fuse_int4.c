@@ -382,8 +382,7 @@ static nbl_status run_literal(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
 /* ------------------------------------------------------------------ activations */
 
 typedef struct qjob {
-  const nbl_q4_config *cfg;
-  const nbl_q4_params *p;
+  nbl_i4_quantizer q;
   const float *x;
   uint8_t *u;
   int off;
@@ -391,12 +390,13 @@ typedef struct qjob {
 
 static void quant_chunk(void *arg, int64_t b, int64_t e) {
   qjob *j = arg;
-  nbl_i4_quantize_u8(j->cfg, j->p, j->x + b, j->u + b, (size_t)(e - b), (uint64_t)b, j->off);
+  nbl_i4_quantize_u8(&j->q, j->x + b, j->u + b, (size_t)(e - b), (uint64_t)b, j->off);
 }
 
 static void quantize_x(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
                        const float *x, uint8_t *u, int64_t n, int off) {
-  qjob j = {cfg, p, x, u, off};
+  qjob j = {.x = x, .u = u, .off = off};
+  nbl_i4_quantizer_init(&j.q, cfg, p);
   nbl_parallel_for(c, n, 1 << 15, quant_chunk, &j);
 }
 
@@ -459,8 +459,7 @@ static int scan_x_par(nbl_kctx *c, const nbl_rt_tensor *X, float *lo, float *hi)
  * (ih, iw) at (ih + pt, iw + pl), the rest already the pad byte; by bands
  * of rows (every plane) for large planes, else by plane rows. */
 typedef struct qpad_job {
-  const nbl_q4_config *cfg;
-  const nbl_q4_params *p;
+  nbl_i4_quantizer q;
   const float *x;
   uint8_t *u;
   int64_t planes, H, W, Hp, Wp, pt, pl;
@@ -469,7 +468,7 @@ typedef struct qpad_job {
 
 static void qpad_row(const qpad_job *j, int64_t q, int64_t ih) {
   int64_t i0 = (q * j->H + ih) * j->W;
-  nbl_i4_quantize_u8(j->cfg, j->p, j->x + i0, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl,
+  nbl_i4_quantize_u8(&j->q, j->x + i0, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl,
                      (size_t)j->W, (uint64_t)i0, j->off);
 }
 
@@ -490,8 +489,10 @@ static void qpad_tasks(void *arg, int64_t b, int64_t e) {
 static void quantize_padded(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p,
                             const nbl_rt_tensor *X, uint8_t *u, int64_t Hp, int64_t Wp,
                             int64_t pt, int64_t pl, int off) {
-  qpad_job j = {cfg, p, X->data, u, X->dims[0] * X->dims[1], X->dims[2], X->dims[3], Hp, Wp, pt,
-                pl, x_bands(c, X), off};
+  qpad_job j = {.x = X->data, .u = u, .planes = X->dims[0] * X->dims[1], .H = X->dims[2],
+                .W = X->dims[3], .Hp = Hp, .Wp = Wp, .pt = pt, .pl = pl, .bands = x_bands(c, X),
+                .off = off};
+  nbl_i4_quantizer_init(&j.q, cfg, p);
   if (j.bands)
     nbl_parallel_for(c, j.bands, 1, qpad_tasks, &j);
   else
@@ -551,8 +552,7 @@ typedef struct x4_job {
   /* or, for 1x1 stride-1 unpadded products, the floats, quantized here */
   const float *xf;
   int64_t xf_index0; /* linear index of xf[0] in X (stochastic rounding position) */
-  const nbl_q4_config *cfg;
-  const nbl_q4_params *p;
+  nbl_i4_quantizer q;
   int off;
   int64_t Kg, Kp, P;
   int64_t Hp, Wp; /* x: planes of Hp x Wp bytes, the input padded with the pad byte */
@@ -638,7 +638,7 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
       continue;
     }
     if (j->xf) /* direct: k is the channel */
-      nbl_i4_quantize_u8(j->cfg, j->p, j->xf + k * g->in_sz + p0, row, (size_t)nv,
+      nbl_i4_quantize_u8(&j->q, j->xf + k * g->in_sz + p0, row, (size_t)nv,
                          (uint64_t)(j->xf_index0 + k * g->in_sz + p0), j->off);
     else if (j->pointwise && nv == n)
       r[q] = j->x + k * g->in_sz + p0;
@@ -718,7 +718,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
  * path. */
 typedef struct dw_job {
   const fused *f;
-  const nbl_q4_params *p;
+  nbl_i4_quantizer q;
   const float *x;
   const float *bias;
   int64_t C, H, W;
@@ -729,7 +729,7 @@ typedef struct dw_job {
 static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
   const dw_job *j = arg;
   int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
-  nbl_i4_quantize_centered(&j->f->xcfg, j->p, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
+  nbl_i4_quantize_centered(&j->q, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
 }
 
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
@@ -766,7 +766,9 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
          g.C / g.group, g.M / g.group, 0, g.out_sz};
   j.Kg = j.Cg * g.k_sz;
   if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
-    dw_job dj = {f, p, X->data, j.bias, g.C, g.in[0], g.in[1], j.sc};
+    dw_job dj = {.f = f, .x = X->data, .bias = j.bias, .C = g.C, .H = g.in[0], .W = g.in[1],
+                 .sc = j.sc};
+    nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
     range_init(&dj.range);
     nbl_dw_hooks h = {dw_load_row, dw_finish, &dj};
     st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
@@ -793,9 +795,10 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     quantize_padded(c, &f->xcfg, p, X, xu, Hp, Wp, g.pb[0], g.pb[1], off);
   }
   const nbl_i4_rows *W0 = &f->rows[0];
-  x4_job xj = {.g = &g, .cfg = &f->xcfg, .p = p, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
+  x4_job xj = {.g = &g, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
                .P = j.P, .Hp = Hp, .Wp = Wp, .pointwise = direct, .pad = j.pad, .f = f, .a_zero = j.a_zero,
                .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi, NULL}, .bands = bands};
+  nbl_i4_quantizer_init(&xj.q, &f->xcfg, p);
   range_init(&xj.range);
   /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
    * channels; without bands, output channels split too when the blocks
@@ -900,8 +903,10 @@ static nbl_status run_mm(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     quantize_x(c, &f->xcfg, p, X->data, A, M * K, off);
   } else {
     const float *x = X->data;
+    nbl_i4_quantizer q;
+    nbl_i4_quantizer_init(&q, &f->xcfg, p);
     for (int64_t m = 0; m < M; m++) {
-      nbl_i4_quantize_u8(&f->xcfg, p, x + m * K, A + m * lda, (size_t)K, (uint64_t)(m * K), off);
+      nbl_i4_quantize_u8(&q, x + m * K, A + m * lda, (size_t)K, (uint64_t)(m * K), off);
       memset(A + m * lda + K, 0, (size_t)(lda - K));
     }
   }

@@ -283,24 +283,36 @@ int nbl_i4_act_offset(const nbl_q4_params *p) {
   return lo;
 }
 
+/* What the vector quantizer needs, computed once per tensor: 1 / s (0 when
+ * s or 1 / s is not a normal float: always divide) and the near-tie band.
+ * x * (1 / s) differs from x / s by at most 2 ulp, which changes the rounded
+ * code only next to a half-way point: lanes within tol of one take the
+ * division. Only |x / s| <= R matters, R = 1 + the largest |code - zero|
+ * (beyond it both quotients clamp to the same end code), so one tolerance,
+ * 2^-20 * R, covers every lane that can matter (2 ulp of R is 2^-22 * R). */
+void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const nbl_q4_params *p) {
+  q->cfg = cfg;
+  q->p = p;
+  q->inv = 1.0f / p->scale;
+  if (!isnormal(p->scale) || !isnormal(q->inv)) q->inv = 0.0f;
+  int lo = abs(p->qmin - p->zero), hi = abs(p->qmax - p->zero);
+  q->tie = 0.5f - (float)((lo > hi ? lo : hi) + 1) * 0x1p-20f;
+  q->vec = cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI);
+}
+
 #if NBL_I4_X86
-/* Half-even codes, 16 floats at a time (the last chunk masked); the same
- * float operations as nbl_q4_code (clamp, x / s, round to nearest even,
- * + z, clamp). Bytes u[i] = code + off, or floats f[i] = code - zero. */
-VNNI_TARGET static inline __m512 quant_codes16(const nbl_q4_params *p, float inv, __m512 v) {
+/* Half-even codes, 16 floats at a time: the same float operations as
+ * nbl_q4_code (clamp, x / s, round to nearest even, + z, clamp). */
+VNNI_TARGET static inline __m512 quant_codes16(const nbl_i4_quantizer *q, __m512 v) {
+  const nbl_q4_params *p = q->p;
   if (p->clip)
     v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p->clip_lo)), _mm512_set1_ps(p->clip_hi));
-  /* x / s by a multiplication with 1 / s: it differs from the quotient by at
-   * most 2 ulp, which changes the rounded code only next to a half-way
-   * point; lanes within 2^-20 * max(1, |y|) of one take the division */
-  __m512 y = _mm512_mul_ps(v, _mm512_set1_ps(inv));
+  __m512 y = _mm512_mul_ps(v, _mm512_set1_ps(q->inv));
   __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, r));
-  __m512 tol = _mm512_mul_ps(_mm512_max_ps(_mm512_abs_ps(y), _mm512_set1_ps(1.0f)),
-                             _mm512_set1_ps(0x1p-20f));
-  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_sub_ps(_mm512_set1_ps(0.5f), tol), _CMP_GT_OQ);
-  if (near || !inv) {
-    near = inv ? near : (__mmask16)0xffff;
+  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(q->tie), _CMP_GT_OQ);
+  if (near || !q->inv) {
+    near = q->inv ? near : (__mmask16)0xffff;
     y = _mm512_mask_div_ps(y, near, v, _mm512_set1_ps(p->scale));
     r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
@@ -309,54 +321,48 @@ VNNI_TARGET static inline __m512 quant_codes16(const nbl_q4_params *p, float inv
                        _mm512_set1_ps((float)p->qmax));
 }
 
-/* 1 / scale when it and scale are normal floats, else 0 (always divide). */
-static float inverse(const nbl_q4_params *p) {
-  float inv = 1.0f / p->scale;
-  return isnormal(p->scale) && isnormal(inv) ? inv : 0.0f;
-}
-
-VNNI_TARGET static void quant_u8_avx512(const nbl_q4_params *p, float inv, const float *x, uint8_t *u,
+VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
                                         size_t n, int off) {
   const __m512i vo = _mm512_set1_epi32(off);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(p, inv, _mm512_maskz_loadu_ps(m, x + i));
-    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
-    _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(q));
+    __m512 v = quant_codes16(q, _mm512_maskz_loadu_ps(m, x + i));
+    __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
+    _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(c));
   }
 }
 
-VNNI_TARGET static void quant_f_avx512(const nbl_q4_params *p, float inv, const float *x, float *f,
+VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x, float *f,
                                        size_t n) {
-  const __m512 z = _mm512_set1_ps((float)p->zero);
+  const __m512 z = _mm512_set1_ps((float)q->p->zero);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(p, inv, _mm512_maskz_loadu_ps(m, x + i));
+    __m512 v = quant_codes16(q, _mm512_maskz_loadu_ps(m, x + i));
     _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, z));
   }
 }
 #endif
 
-void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                        uint8_t *u, size_t n, uint64_t index0, int off) {
+void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, size_t n,
+                        uint64_t index0, int off) {
 #if NBL_I4_X86
-  if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    quant_u8_avx512(p, inverse(p), x, u, n, off);
+  if (q->vec) {
+    quant_u8_avx512(q, x, u, n, off);
     return;
   }
 #endif
-  for (size_t i = 0; i < n; i++) u[i] = (uint8_t)(nbl_q4_code(cfg, p, x[i], index0 + i) + off);
+  for (size_t i = 0; i < n; i++) u[i] = (uint8_t)(nbl_q4_code(q->cfg, q->p, x[i], index0 + i) + off);
 }
 
-void nbl_i4_quantize_centered(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                              float *f, size_t n, uint64_t index0) {
+void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
+                              uint64_t index0) {
 #if NBL_I4_X86
-  if (cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    quant_f_avx512(p, inverse(p), x, f, n);
+  if (q->vec) {
+    quant_f_avx512(q, x, f, n);
     return;
   }
 #endif
-  for (size_t i = 0; i < n; i++) f[i] = (float)(nbl_q4_code(cfg, p, x[i], index0 + i) - p->zero);
+  for (size_t i = 0; i < n; i++) f[i] = (float)(nbl_q4_code(q->cfg, q->p, x[i], index0 + i) - q->p->zero);
 }
 
 /* ------------------------------------------------------------------ convolution products

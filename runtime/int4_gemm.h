@@ -107,16 +107,27 @@ static inline void nbl_i4_range_widen(nbl_i4_range *r, float lo, float hi, int n
 void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int32_t a_zero,
                       int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci, float *Y,
                       int64_t ld, const nbl_i4_epi *e);
+/* A prepared activation quantizer: the parameters, and what the vector path
+ * derives from them, computed once per tensor (nbl_i4_quantizer_init) rather
+ * than per row. It points to cfg and p, which must outlive it. */
+typedef struct nbl_i4_quantizer {
+  const nbl_q4_config *cfg;
+  const nbl_q4_params *p;
+  float inv, tie; /* 1 / scale (0: always divide); 0.5 - the near-tie band */
+  int vec;        /* the AVX-512 half-even path applies */
+} nbl_i4_quantizer;
+void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const nbl_q4_params *p);
+
 /* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
  * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
  * be finite. Vectorized for half-even rounding on AVX-512. */
-void nbl_i4_quantize_u8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                        uint8_t *u, size_t n, uint64_t index0, int off);
+void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, size_t n,
+                        uint64_t index0, int off);
 
 /* f[i] = code(x[i]) - zero as a float (an exact small integer), the code as
  * nbl_i4_quantize_u8 computes it; x must be finite. */
-void nbl_i4_quantize_centered(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                              float *f, size_t n, uint64_t index0);
+void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
+                              uint64_t index0);
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);

@@ -193,12 +193,14 @@ static void quant_case(nbl_q4_config *cfg, const float *x, size_t n, float alpha
   uint8_t *u = malloc(n);
   nbl_q4_quantize_codes(cfg, &p, x, q, n, 5);
   int off = nbl_i4_act_offset(&p);
-  nbl_i4_quantize_u8(cfg, &p, x, u, n, 5, off);
+  nbl_i4_quantizer qz;
+  nbl_i4_quantizer_init(&qz, cfg, &p);
+  nbl_i4_quantize_u8(&qz, x, u, n, 5, off);
   for (size_t i = 0; i < n; i++)
     ck_assert_msg(u[i] == q[i] + off, "i=%zu x=%.9g: byte %d, code %d + %d", i, x[i], u[i], q[i],
                   off);
   float *f = malloc(n * sizeof(float));
-  nbl_i4_quantize_centered(cfg, &p, x, f, n, 5);
+  nbl_i4_quantize_centered(&qz, x, f, n, 5);
   for (size_t i = 0; i < n; i++)
     ck_assert_msg(f[i] == (float)(q[i] - p.zero), "i=%zu x=%.9g: centered %g, code %d - %d", i,
                   x[i], f[i], q[i], p.zero);
@@ -245,7 +247,26 @@ START_TEST(test_quantize_bytes) {
     }
     quant_case(&cfg, x, n, 0);
   }
+  /* 4 bits with a fixed scale: near-ties of s inside the code range and far
+   * beyond it (the vector path's tolerance covers only |x / s| <= R, past
+   * which every quotient must clamp to the end code), both modes */
   cfg.bits = 4;
+  cfg.scale_source = NBL_Q4_SCALE_FIXED;
+  for (int rep = 0; rep < 200; rep++) {
+    float s = ldexpf(1.0f + 0.999f * (frand() + 1.0f) / 2.0f, irange(-20, 10));
+    cfg.fixed_scale = s;
+    cfg.mode = rep % 2 ? NBL_Q4_AFFINE : NBL_Q4_SYMMETRIC;
+    for (size_t i = 0; i < n; i++) {
+      int k = i % 4 ? irange(-12, 11) : irange(-3000, 3000);
+      float t = ((float)k + 0.5f) * s;
+      for (int j = irange(-3, 3); j > 0; j--) t = nextafterf(t, INFINITY);
+      for (int j = irange(-3, 3); j > 0; j--) t = nextafterf(t, -INFINITY);
+      x[i] = t;
+    }
+    quant_case(&cfg, x, n, 0);
+  }
+  cfg.mode = NBL_Q4_SYMMETRIC;
+  cfg.scale_source = NBL_Q4_SCALE_MAX;
   cfg.rounding = NBL_Q4_ROUND_STOCHASTIC;
   cfg.seed = 77;
   quant_case(&cfg, x, n, 0);
