@@ -216,10 +216,11 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
   const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
   __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
   __mmask16 nan = 0;
+  const int act = f->act != 0; /* y's stores could alias f: read it once */
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
     __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs), vb);
-    if (f->act) {
+    if (act) {
       v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
       v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
     }

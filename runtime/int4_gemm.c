@@ -301,32 +301,47 @@ void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const 
 }
 
 #if NBL_I4_X86
+/* The quantizer's constants as vectors, in registers for a whole row: the
+ * output stores could alias the parameters, which would otherwise be
+ * reloaded and converted for every vector. */
+typedef struct quant_consts {
+  __m512 inv, tie, scale, zero, qmin, qmax, clo, chi;
+  int clip, divide_all;
+} quant_consts;
+
+VNNI_TARGET static inline quant_consts quant_consts_of(const nbl_i4_quantizer *q) {
+  const nbl_q4_params *p = q->p;
+  quant_consts k = {_mm512_set1_ps(q->inv),          _mm512_set1_ps(q->tie),
+                    _mm512_set1_ps(p->scale),        _mm512_set1_ps((float)p->zero),
+                    _mm512_set1_ps((float)p->qmin),  _mm512_set1_ps((float)p->qmax),
+                    _mm512_set1_ps(p->clip_lo),      _mm512_set1_ps(p->clip_hi),
+                    p->clip,                         q->inv == 0.0f};
+  return k;
+}
+
 /* Half-even codes, 16 floats at a time: the same float operations as
  * nbl_q4_code (clamp, x / s, round to nearest even, + z, clamp). */
-VNNI_TARGET static inline __m512 quant_codes16(const nbl_i4_quantizer *q, __m512 v) {
-  const nbl_q4_params *p = q->p;
-  if (p->clip)
-    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p->clip_lo)), _mm512_set1_ps(p->clip_hi));
-  __m512 y = _mm512_mul_ps(v, _mm512_set1_ps(q->inv));
+VNNI_TARGET static inline __m512 quant_codes16(const quant_consts *k, __m512 v) {
+  if (k->clip) v = _mm512_min_ps(_mm512_max_ps(v, k->clo), k->chi);
+  __m512 y = _mm512_mul_ps(v, k->inv);
   __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, r));
-  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(q->tie), _CMP_GT_OQ);
-  if (near || !q->inv) {
-    near = q->inv ? near : (__mmask16)0xffff;
-    y = _mm512_mask_div_ps(y, near, v, _mm512_set1_ps(p->scale));
+  __mmask16 near = _mm512_cmp_ps_mask(d, k->tie, _CMP_GT_OQ);
+  if (near || k->divide_all) {
+    near = k->divide_all ? (__mmask16)0xffff : near;
+    y = _mm512_mask_div_ps(y, near, v, k->scale);
     r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  v = _mm512_add_ps(r, _mm512_set1_ps((float)p->zero));
-  return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps((float)p->qmin)),
-                       _mm512_set1_ps((float)p->qmax));
+  return _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, k->zero), k->qmin), k->qmax);
 }
 
 VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
                                         size_t n, int off) {
+  const quant_consts k = quant_consts_of(q);
   const __m512i vo = _mm512_set1_epi32(off);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(q, _mm512_maskz_loadu_ps(m, x + i));
+    __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
     __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
     _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(c));
   }
@@ -334,11 +349,11 @@ VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *
 
 VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x, float *f,
                                        size_t n) {
-  const __m512 z = _mm512_set1_ps((float)q->p->zero);
+  const quant_consts k = quant_consts_of(q);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = quant_codes16(q, _mm512_maskz_loadu_ps(m, x + i));
-    _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, z));
+    __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
+    _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, k.zero));
   }
 }
 #endif
