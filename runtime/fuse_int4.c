@@ -733,6 +733,20 @@ static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row)
   nbl_i4_quantize_centered(&j->q, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
 }
 
+static void dw_load_rows(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t ih1, float *dst,
+                         int64_t ld) {
+  const dw_job *j = arg;
+  int64_t i0 = ((n * j->C + c) * j->H + ih0) * j->W;
+  nbl_i4_quantize_centered_rows(&j->q, j->x + i0, (size_t)j->W, (size_t)(ih1 - ih0), dst,
+                                (size_t)ld, (uint64_t)i0);
+}
+
+static void dw_load_row2(void *arg, int64_t n, int64_t c, int64_t ih, float *ev, float *od) {
+  const dw_job *j = arg;
+  int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
+  nbl_i4_quantize_centered_deint2(&j->q, j->x + i0, (size_t)j->W, ev, od, (uint64_t)i0);
+}
+
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
   (void)n;
   dw_job *j = arg;
@@ -771,7 +785,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
                  .sc = j.sc};
     nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
     range_init(&dj.range);
-    nbl_dw_hooks h = {dw_load_row, dw_finish, &dj};
+    nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_row2, dw_finish, &dj};
     st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
     if (st == NBL_OK) {
       range_publish(nbl_kctx_out(c, 0), &dj.range);

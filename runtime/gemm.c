@@ -879,9 +879,17 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
       if (c != prev_c || n != prev_n) {
         /* every plane writes the same positions: the zero padding from the
          * first memset (below, at allocation) stays */
-        for (int64_t ih = ih_lo; ih < ih_hi; ih++) {
+        int rows_done = t->h && t->h->load_rows && S == 1 && R == 1 && ih_lo < ih_hi;
+        if (rows_done) t->h->load_rows(t->h->arg, n, c, ih_lo, ih_hi, ph + (ih_lo + pt) * Wp + pl, Wp);
+        for (int64_t ih = ih_lo; ih < ih_hi && !rows_done; ih++) {
           const float *xr = xp ? xp + ih * W : lrow;
           float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
+          if (S == 2 && t->h && t->h->load_row2) {
+            int64_t pe = pl % 2, po = 1 - pe;
+            t->h->load_row2(t->h->arg, n, c, ih, row + pe * plane + pl / 2,
+                            row + po * plane + (1 + pl) / 2);
+            continue;
+          }
           if (S == 1) {
             if (t->h) t->h->load_row(t->h->arg, n, c, ih, row + pl);
             else memcpy(row + pl, xr, (size_t)W * sizeof(float));

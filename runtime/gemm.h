@@ -144,6 +144,12 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
  * NBL_ERR_OUT_OF_MEMORY, or NBL_OK. No error message is set. */
 typedef struct nbl_dw_hooks {
   void (*load_row)(void *arg, int64_t n, int64_t c, int64_t ih, float *row);
+  /* optional, instead of load_row: with strides 1, rows ih0..ih1-1 to
+   * dst + (ih - ih0) * ld; with column stride 2, row ih's even columns to ev
+   * and odd ones to od */
+  void (*load_rows)(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t ih1, float *dst,
+                    int64_t ld);
+  void (*load_row2)(void *arg, int64_t n, int64_t c, int64_t ih, float *ev, float *od);
   void (*finish)(void *arg, int64_t n, int64_t m, float *y, int64_t count);
   void *arg;
 } nbl_dw_hooks;

@@ -128,6 +128,14 @@ void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, s
  * nbl_i4_quantize_u8 computes it; x must be finite. */
 void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
                               uint64_t index0);
+/* nbl_i4_quantize_centered of rows rows of w floats, row r from x + r * w to
+ * f + r * ld. */
+void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                   size_t rows, float *f, size_t ld, uint64_t index0);
+/* nbl_i4_quantize_centered of x[0..n) with even i to ev[i / 2], odd i to
+ * od[i / 2]. */
+void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t n, float *ev,
+                                     float *od, uint64_t index0);
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);
