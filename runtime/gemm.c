@@ -1269,9 +1269,11 @@ static void dw_start(nbl_kctx *ctx, dw_task *t) {
    * the rows of the input band it (or the layer before, split the same way)
    * touched last; small ones: whole planes per thread */
   int threads = ctx ? ctx->threads : 1;
-  if (nbl_pixel_bands(threads, g->out_sz) && g->out[0] >= 2 * threads) {
-    t->bands = nbl_pixel_bands(threads, g->out_sz);
-    nbl_parallel_for(ctx, threads, 1, dw_run, t);
+  int bands = nbl_pixel_bands(threads, g->out_sz);
+  if (bands && g->out[0] < 2 * bands) bands = g->out[0] >= 2 * threads ? threads : 0;
+  if (bands) {
+    t->bands = bands;
+    nbl_parallel_for(ctx, bands, 1, dw_run, t);
   } else if (ctx) {
     nbl_parallel_for(ctx, g->N * g->M, 1, dw_run, t);
   } else {

@@ -52,16 +52,19 @@ void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, do
 int nbl_gemm_has_blas(void);
 
 /* Layers whose outputs have at least this many pixels per channel split
- * their work across threads by bands of pixels (rows), thread t of T taking
- * [P * t / T, P * (t + 1) / T) of every channel, so that consecutive layers
- * find their inputs in the cache of the core that wrote them. */
+ * their work across threads by bands of pixels (rows): 2T bands at T threads,
+ * thread t taking bands 2t and 2t + 1 of every channel first (the pool's
+ * home chunks), so that consecutive layers find their inputs in the cache of
+ * the core that wrote them; a thread done early takes the other's last band. */
 #define NBL_BAND_MIN_PIXELS 784
 
-/* The pixel bands for P output pixels per channel at `threads` threads: the
- * thread count when the layer is large enough to split that way, else 0. */
+/* The pixel bands for P output pixels per channel at `threads` threads: twice
+ * the thread count (or the thread count when bands would fall below 64
+ * pixels) when the layer is large enough to split that way, else 0. */
 static inline int nbl_pixel_bands(int threads, int64_t P) {
   if (threads < 2 || P < NBL_BAND_MIN_PIXELS || P / threads < 64) return 0;
-  return threads > 256 ? 256 : threads;
+  int b = P / (2 * threads) >= 64 ? 2 * threads : threads;
+  return b > 256 ? 256 : b;
 }
 
 /* Band t of `bands` over [0, n): [*lo, *hi), the inner boundaries rounded
