@@ -369,34 +369,23 @@ VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const flo
     }
 }
 
-/* Even columns to ev, odd ones to od, 32 at a time. */
-VNNI_TARGET static size_t quant_f_deint2_avx512(const nbl_i4_quantizer *q, const float *x,
-                                                size_t n, float *ev, float *od) {
+/* Even columns to ev, odd ones to od, 32 at a time (the last block masked). */
+VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const float *x, size_t n,
+                                              float *ev, float *od) {
   const quant_consts k = quant_consts_of(q);
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_loadu_ps(x + i)), k.zero);
-    __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_loadu_ps(x + i + 16)), k.zero);
-    _mm512_storeu_ps(ev + i / 2, _mm512_permutex2var_ps(a, ie, b));
-    _mm512_storeu_ps(od + i / 2, _mm512_permutex2var_ps(a, io, b));
-  }
-  if (i < n) { /* the last < 32 columns through a buffer */
-    float t[32];
-    size_t r = n - i;
+  for (size_t i = 0; i < n; i += 32) {
+    size_t r = n - i < 32 ? n - i : 32, ne = (r + 1) / 2, no = r / 2;
     __mmask16 m0 = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
-    __mmask16 m1 = r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : 0;
-    _mm512_storeu_ps(t, _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero));
-    _mm512_storeu_ps(t + 16,
-                     _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero));
-    for (size_t j = 0; j < r; j++) {
-      if ((i + j) & 1) od[(i + j) / 2] = t[j];
-      else ev[(i + j) / 2] = t[j];
-    }
-    i = n;
+    __mmask16 m1 = r >= 32 ? (__mmask16)0xffff : r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : 0;
+    __mmask16 me = ne >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ne) - 1);
+    __mmask16 mo = no >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << no) - 1);
+    __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero);
+    __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero);
+    _mm512_mask_storeu_ps(ev + i / 2, me, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_mask_storeu_ps(od + i / 2, mo, _mm512_permutex2var_ps(a, io, b));
   }
-  return i;
 }
 #endif
 
@@ -436,11 +425,13 @@ void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, si
 
 void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t n, float *ev,
                                      float *od, uint64_t index0) {
-  size_t i = 0;
 #if NBL_I4_X86
-  if (q->vec) i = quant_f_deint2_avx512(q, x, n, ev, od);
+  if (q->vec) {
+    quant_f_deint2_avx512(q, x, n, ev, od);
+    return;
+  }
 #endif
-  for (; i < n; i++) {
+  for (size_t i = 0; i < n; i++) {
     float v = (float)(nbl_q4_code(q->cfg, q->p, x[i], index0 + i) - q->p->zero);
     if (i & 1) od[i / 2] = v;
     else ev[i / 2] = v;
