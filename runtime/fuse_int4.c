@@ -569,6 +569,7 @@ typedef struct x4_job {
    * of mc output channels */
   int bands;
   int64_t pb, nmc, mc;
+  int64_t nkc; /* phase 1: each block's k quads filled in nkc chunks */
   shared_range range; /* of everything written */
   /* output channels split across threads: the panels of every block are
    * filled once (phase 1) into X4all, then shared by the products (phase 2) */
@@ -691,9 +692,11 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
       nbl_band(j->P, t, j->bands, 32, &q0, &q1);
       for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
         conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp, &ep);
-    } else if (j->phase == 1) { /* fill block t of the shared panels */
-      int64_t p0 = t * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
-      fill_block(j, p0, p1, j->X4all + p0 / 32 * j->Kp * 32, tmp);
+    } else if (j->phase == 1) { /* fill a chunk of k quads of a block of the shared panels */
+      int64_t p0 = t / j->nkc * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P, k0, k1;
+      nbl_band(j->Kp / 4, t % j->nkc, j->nkc, 1, &k0, &k1);
+      for (int64_t k4 = k0; k4 < k1; k4++)
+        x4_fill(j, k4, p0, p0 + (p1 - p0 + 31) / 32 * 32, j->X4all + p0 / 32 * j->Kp * 32, tmp);
     } else {
       int64_t pi = t / j->nmc, mi = t % j->nmc;
       int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
@@ -825,6 +828,9 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
                  npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb, &xj.nmc,
                  &xj.mc);
   if (!bands && xj.nmc > 1) {
+    /* the panels of few blocks are filled by k chunks too, all threads busy */
+    int64_t want = (4 * threads + npb - 1) / npb;
+    xj.nkc = want < W0->Kp / 4 ? want : W0->Kp / 4;
     xj.X4all = malloc((size_t)(W0->Kp * ((j.P + 31) / 32 * 32)));
     if (!xj.X4all) {
       free(xu);
@@ -842,7 +848,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
       xj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
       if (xj.X4all) {
         xj.phase = 1;
-        nbl_parallel_for(c, npb, 1, conv_tasks, &xj);
+        nbl_parallel_for(c, npb * xj.nkc, 1, conv_tasks, &xj);
         xj.phase = 2;
       }
       nbl_parallel_for(c, bands ? bands : npb * xj.nmc, 1, conv_tasks, &xj);

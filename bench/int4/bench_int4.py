@@ -2,7 +2,7 @@
 """bench_int4.py - INT4 fast path vs nibble FP32 vs ONNX Runtime FP32, and file sizes.
 
 usage: /usr/bin/python3 bench/int4/bench_int4.py --nibble PATH --refdir DIR
-           [--models resnet18,mobilenet_v2] [--threads 1,2] [--runs N] [--warmup W]
+           [--models resnet18,mobilenet_v2] [--threads 1,2] [--runs N] [--warmup W] [--rounds R]
            [--workdir DIR] [--out bench/int4/results.md]
 
 For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224x224):
@@ -13,7 +13,9 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
   (runtime/fuse_int4.c);
 - latency: nibble's "mean of the next N-1 runs" (`nibble run --repeat N`), ONNX Runtime's
   in-process mean (`node tests/ref/ort_run.js time`), same thread count, in one run of this
-  script, interleaved per model and thread count;
+  script: R rounds (default 3) of ORT, nibble FP32, nibble INT4 one after the other per model
+  and thread count, the median of the round means reported (with the per-round ratio range:
+  the machine's speed drifts between runs);
 - sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio;
 - agreement: top-1 class of the INT4 fast path vs the INT4 reference path (`--reference`)
   and vs FP32, on the exported input.
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -58,6 +61,7 @@ def main():
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"))
@@ -91,11 +95,20 @@ def main():
                           float(abs(yf - yr).max() / max(abs(yr).max(), 1e-30))))
             for t in threads:
                 print("bench_int4: %s, %d thread(s)..." % (name, t), file=sys.stderr, flush=True)
-                ort_ms, ort_med, ort_version = bm.ort_latency(fp32, inputs, t, args.runs,
-                                                              args.warmup)
-                f32_ms, _ = bm.nibble_latency(args.nibble, fp32, inputs, t, args.runs, args.warmup)
-                i4_ms, _ = bm.nibble_latency(args.nibble, int4, inputs, t, args.runs, args.warmup)
-                rows.append((name, t, i4_ms, f32_ms, ort_ms))
+                # rounds of ORT, nibble FP32, nibble INT4 one after the other, so that a
+                # slow spell of the machine hits all three; medians of the round means
+                ort_r, f32_r, i4_r = [], [], []
+                for _ in range(args.rounds):
+                    ort_ms, _, ort_version = bm.ort_latency(fp32, inputs, t, args.runs,
+                                                            args.warmup)
+                    ort_r.append(ort_ms)
+                    f32_r.append(bm.nibble_latency(args.nibble, fp32, inputs, t, args.runs,
+                                                   args.warmup)[0])
+                    i4_r.append(bm.nibble_latency(args.nibble, int4, inputs, t, args.runs,
+                                                  args.warmup)[0])
+                per_round = [i / o for i, o in zip(i4_r, ort_r)]
+                rows.append((name, t, statistics.median(i4_r), statistics.median(f32_r),
+                             statistics.median(ort_r), min(per_round), max(per_round)))
     except bm.BenchError as ex:
         print("bench_int4.py: %s" % ex, file=sys.stderr)
         return 1
@@ -103,14 +116,17 @@ def main():
     isa = os.environ.get("NBL_INT4_ISA", "best available (CPUID)")
     L = ["# INT4 fast path vs FP32: latency and file size\n",
          "Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, CPU). "
-         "Batch 1, 3x224x224, random weights (tests/ref/export_models.py). %d warmup + %d timed "
-         "runs. INT4 kernels: %s.\n" % (platform.machine(), os.cpu_count() or 0, bm.cpu_name(),
-                                       ort_version, args.warmup, args.runs, isa),
+         "Batch 1, 3x224x224, random weights (tests/ref/export_models.py). %d rounds of "
+         "(ORT, nibble FP32, nibble INT4), each %d warmup + %d timed runs; the table gives "
+         "the median of the round means. INT4 kernels: %s.\n"
+         % (platform.machine(), os.cpu_count() or 0, bm.cpu_name(), ort_version, args.rounds,
+            args.warmup, args.runs, isa),
          "| model | threads | nibble INT4 ms | nibble FP32 ms | ORT FP32 ms | INT4 / ORT FP32 "
-         "| INT4 / nibble FP32 |", "|---|---|---|---|---|---|---|"]
-    for name, t, i4, f32, ort in rows:
-        L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2fx |"
-                 % (name, t, i4, f32, ort, i4 / ort, i4 / f32))
+         "| INT4 / ORT FP32 per round | INT4 / nibble FP32 |",
+         "|---|---|---|---|---|---|---|---|"]
+    for name, t, i4, f32, ort, lo, hi in rows:
+        L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2f-%.2fx | %.2fx |"
+                 % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32))
     L += ["", "| model | FP32 file bytes | INT4 file bytes (pack-int4) | ratio |",
           "|---|---|---|---|"]
     for name, a, b in sizes:

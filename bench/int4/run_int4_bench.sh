@@ -4,7 +4,7 @@
 #
 # usage: bench/int4/run_int4_bench.sh [BUILD_DIR] [bench_int4.py options...]
 #   BUILD_DIR  a configured and built meson dir (default: build)
-#   options    --runs N, --warmup W, --threads 1,2, --models a,b, --out FILE
+#   options    --runs N, --warmup W, --rounds R, --threads 1,2, --models a,b, --out FILE
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
