@@ -213,21 +213,21 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
                                                             float sc, float bv,
                                                             nbl_i4_range *rg) {
   const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
-  const __m512 lo = _mm512_set1_ps(f->act_lo), hi = _mm512_set1_ps(f->act_hi);
   __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
   __mmask16 nan = 0;
-  const int act = f->act != 0; /* y's stores could alias f: read it once */
+  /* y's stores could alias f: flags read once; the clamp as in tile_vnni
+   * (NaN kept); a NaN needs a non-finite scale or bias */
+  const int act = f->act != 0, maybe_nan = !isfinite(sc) || !isfinite(bv);
+  const __m512 clo = _mm512_set1_ps(act ? f->act_lo : -INFINITY),
+               chi = _mm512_set1_ps(act ? f->act_hi : INFINITY);
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
     __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs), vb);
-    if (act) {
-      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
-      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
-    }
+    if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
     _mm512_mask_storeu_ps(y + i, m, v);
     vmin = _mm512_mask_min_ps(vmin, m, vmin, v);
     vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
-    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+    if (maybe_nan) nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
   }
   if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
 }

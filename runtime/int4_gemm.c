@@ -566,28 +566,36 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
                              {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
   __mmask16 m0 = np >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << np) - 1);
   __mmask16 m1 = np >= 32 ? (__mmask16)0xffff : np > 16 ? (__mmask16)((1u << (np - 16)) - 1) : 0;
+  if (t->Ci) { /* raw accumulators */
+    for (int r = 0; r < nr; r++) {
+      __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
+      int32_t *c = t->Ci + (m + r) * t->ld + p;
+      _mm512_mask_storeu_epi32(c, m0, _mm512_sub_epi32(a[r][0], corr));
+      if (m1) _mm512_mask_storeu_epi32(c + 16, m1, _mm512_sub_epi32(a[r][1], corr));
+    }
+    return;
+  }
   const nbl_i4_epi *e = t->e;
-  nbl_i4_range *rg = t->Ci ? NULL : e->range;
+  nbl_i4_range *rg = e->range;
   __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
   __mmask16 nan = 0;
+  /* the parameters in registers (the stores could alias them); the clamp as
+   * max(lo, v), min(hi, v), which return v when it is NaN, like the
+   * comparisons of the reference; a NaN needs a non-finite scale or bias */
+  const int act = e->act;
+  const __m512 vs = _mm512_set1_ps(e->sc), lo = _mm512_set1_ps(act ? e->lo : -INFINITY),
+               hi = _mm512_set1_ps(act ? e->hi : INFINITY);
+  const int sc_finite = isfinite(e->sc);
   for (int r = 0; r < nr; r++) {
     __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
     __m512i v0 = _mm512_sub_epi32(a[r][0], corr), v1 = _mm512_sub_epi32(a[r][1], corr);
-    if (t->Ci) {
-      int32_t *c = t->Ci + (m + r) * t->ld + p;
-      _mm512_mask_storeu_epi32(c, m0, v0);
-      if (m1) _mm512_mask_storeu_epi32(c + 16, m1, v1);
-      continue;
-    }
-    const __m512 vs = _mm512_set1_ps(e->sc), vb = _mm512_set1_ps(e->bias ? e->bias[m + r] : 0.0f);
+    float bias = e->bias ? e->bias[m + r] : 0.0f;
+    const __m512 vb = _mm512_set1_ps(bias);
     __m512 f0 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), vs), vb);
     __m512 f1 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), vs), vb);
-    if (e->act) {
-      const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-      f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, lo, _CMP_LT_OQ), f0, lo);
-      f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, hi, _CMP_GT_OQ), f0, hi);
-      f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, lo, _CMP_LT_OQ), f1, lo);
-      f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, hi, _CMP_GT_OQ), f1, hi);
+    if (act) {
+      f0 = _mm512_min_ps(hi, _mm512_max_ps(lo, f0));
+      f1 = _mm512_min_ps(hi, _mm512_max_ps(lo, f1));
     }
     float *y = t->Y + (m + r) * t->ld + p;
     _mm512_mask_storeu_ps(y, m0, f0);
@@ -597,8 +605,9 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
       vmax = _mm512_mask_max_ps(vmax, m0, vmax, f0);
       vmin = _mm512_mask_min_ps(vmin, m1, vmin, f1);
       vmax = _mm512_mask_max_ps(vmax, m1, vmax, f1);
-      nan |= _mm512_mask_cmp_ps_mask(m0, f0, f0, _CMP_UNORD_Q) |
-             _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
+      if (!sc_finite || !isfinite(bias))
+        nan |= _mm512_mask_cmp_ps_mask(m0, f0, f0, _CMP_UNORD_Q) |
+               _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
     }
   }
   if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
