@@ -558,6 +558,7 @@ typedef struct x4_job {
   int64_t Kg, Kp, P;
   int64_t Hp, Wp; /* x: planes of Hp x Wp bytes, the input padded with the pad byte */
   int pointwise;  /* 1x1, stride 1, no padding: k is the input channel */
+  int gather2;    /* im2col rows of column stride 2 by AVX-512 BW */
   uint8_t pad; /* the byte of a zero activation */
   /* the product */
   const fused *f;
@@ -605,6 +606,23 @@ static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
 }
 
 /* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
+#if defined(__x86_64__)
+/* dst[q] = src[2q] for q < n: the low bytes of 16-bit lanes (vpmovwb), 32 at
+ * a time; the loads are masked to the bytes read. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void gather2_avx512(const uint8_t *src,
+                                                                      int64_t n, uint8_t *dst) {
+  int64_t q = 0;
+  for (; q + 32 <= n; q += 32)
+    _mm256_storeu_si256((__m256i *)(void *)(dst + q),
+                        _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi8(~0ull >> 1, src + 2 * q)));
+  if (q < n) {
+    int64_t r = n - q; /* 1..31 */
+    __m512i v = _mm512_maskz_loadu_epi8((1ull << (2 * r - 1)) - 1, src + 2 * q);
+    _mm256_mask_storeu_epi8(dst + q, (__mmask32)((1u << r) - 1), _mm512_cvtepi16_epi8(v));
+  }
+}
+#endif
+
 static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
   const nbl_conv_geom *g = j->g;
   int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
@@ -615,10 +633,18 @@ static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8
     int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
     const uint8_t *src = xc + oh * s0 * j->Wp + ow * s1;
     uint8_t *dst = row + (pix - p0);
-    if (s1 == 1 && n >= 32)
+    if (s1 == 1) {
       memcpy(dst, src, (size_t)n);
-    else
+    } else {
+#if defined(__x86_64__)
+      if (s1 == 2 && j->gather2) {
+        gather2_avx512(src, n, dst);
+        pix += n;
+        continue;
+      }
+#endif
       for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
+    }
     pix += n;
   }
 }
@@ -818,6 +844,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
                .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi, NULL}, .bands = bands};
   nbl_i4_quantizer_init(&xj.q, &f->xcfg, p);
   range_init(&xj.range);
+  xj.gather2 = have_vnni();
   /* blocks of pixels whose bytes (Kp x pb) stay in L2 across all output
    * channels; without bands, output channels split too when the blocks
    * alone would leave a thread idle */

@@ -475,6 +475,11 @@ START_TEST(test_fused_conv) {
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 8, 62, 60, 12, 3, 2, 1, 1, 2); /* stride 2, groups: 31x30 output */
   check_model(&sp, 1, 0);
+  /* column stride 2 from the padded bytes, rows of 32 and more: 38 and 35 wide */
+  sp = conv_spec(1, 3, 21, 75, 8, 3, 2, 1, 1, 1);
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 3, 16, 69, 8, 7, 2, 3, 1, 1);
+  check_model(&sp, 1, 0);
   sp = conv_spec(1, 4, 9, 9, 8, 3, 1, 1, 1, 4); /* depthwise, multiplier 2 */
   check_model(&sp, 1, 0);
   sp = conv_spec(1, 16, 7, 7, 33, 1, 1, 0, 1, 1); /* 1x1 */
