@@ -361,7 +361,8 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
    * become one synthetic node each (steps below take it from fnode), and the
    * quantizers only they used leave the order. Main graph, non-reference. */
   if (g == e->g && !e->reference) {
-    nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, &e->fusion);
+    /* intermediates stay floats when a callback sees every value */
+    nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, e->on_value == NULL, &e->fusion);
     if (fst == NBL_OK) fst = nbl_f32_fuse(e->m, g, order, &n, i4_taken, e->fusion, &e->f32fusion);
     if (fst != NBL_OK) {
       free(order);
@@ -669,6 +670,7 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
   if (st != NBL_OK) return st;
   nbl_rt_tensor t = *view;
   t.range_known = 0; /* the caller's data: nothing recorded about it */
+  t.codes_for = NULL;
   t.numel = nbl_shape_numel(t.rank, t.dims);
   if (t.numel < 0)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': negative or overflowing shape", name);

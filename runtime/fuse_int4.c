@@ -73,6 +73,9 @@ typedef struct fused {
   float act_lo, act_hi;
   nbl_id act_node;
   char op[32]; /* the synthetic node's op type, for profiles: "Int4Conv+Clip" */
+  /* the one consumer of this node's output, a fused depthwise convolution
+   * quantizing it: fed activation bytes instead of floats (link_codes) */
+  struct fused *link;
 } fused;
 
 /* The fused activation: Clip's float semantics (t = v < lo ? lo : v; t > hi ? hi : t),
@@ -576,6 +579,7 @@ typedef struct x4_job {
    * filled once (phase 1) into X4all, then shared by the products (phase 2) */
   uint8_t *X4all;
   int phase;
+  uint8_t *u; /* codes mode: the output bytes at the position of y */
   _Atomic int oom;
 } x4_job;
 
@@ -690,6 +694,12 @@ static void fill_block(const x4_job *j, int64_t p0, int64_t p1, uint8_t *X4, uin
 /* Output pixels [p0, p1), channels [m0, m1), from the panels at X4. */
 static void product_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
                           const uint8_t *X4, const nbl_i4_epi *e) {
+  nbl_i4_epi ec;
+  if (e->codes) { /* the codes are indexed like y */
+    ec = *e;
+    ec.codes = j->u + p0;
+    e = &ec;
+  }
   nbl_i4_conv_gemm(j->f->isa, j->W, X4, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, e);
 }
 
@@ -716,8 +726,16 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
       int64_t q0, q1;
       nbl_band(j->P, t, j->bands, 32, &q0, &q1);
-      for (int64_t p0 = q0; p0 < q1; p0 += j->pb)
-        conv_block(j, p0, p0 + j->pb < q1 ? p0 + j->pb : q1, 0, j->W->M, X4, tmp, &ep);
+      for (int64_t p0 = q0; p0 < q1; p0 += j->pb) {
+        int64_t p1 = p0 + j->pb < q1 ? p0 + j->pb : q1;
+        uint8_t *X4b = j->X4all ? j->X4all + p0 / 32 * j->Kp * 32 : NULL;
+        if (!X4b)
+          conv_block(j, p0, p1, 0, j->W->M, X4, tmp, &ep);
+        else if (j->phase == 1) /* shared panels, by band: fill */
+          fill_block(j, p0, p1, X4b, tmp);
+        else /* products from them */
+          product_block(j, p0, p1, 0, j->W->M, X4b, &ep);
+      }
     } else if (j->phase == 1) { /* fill a chunk of k quads of a block of the shared panels */
       int64_t p0 = t / j->nkc * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P, k0, k1;
       nbl_band(j->Kp / 4, t % j->nkc, j->nkc, 1, &k0, &k1);
@@ -749,6 +767,8 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
 typedef struct dw_job {
   const fused *f;
   nbl_i4_quantizer q;
+  const uint8_t *u; /* non-NULL: the input as activation bytes u, centered as u - ubias */
+  int ubias;
   const float *x;
   const float *bias;
   int64_t C, H, W;
@@ -759,13 +779,21 @@ typedef struct dw_job {
 static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
   const dw_job *j = arg;
   int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
-  nbl_i4_quantize_centered(&j->q, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
+  if (j->u)
+    nbl_i4_codes_centered_rows(j->u + i0, (size_t)j->W, 1, row, (size_t)j->W, j->ubias);
+  else
+    nbl_i4_quantize_centered(&j->q, j->x + i0, row, (size_t)j->W, (uint64_t)i0);
 }
 
 static void dw_load_rows(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t ih1, float *dst,
                          int64_t ld) {
   const dw_job *j = arg;
   int64_t i0 = ((n * j->C + c) * j->H + ih0) * j->W;
+  if (j->u) {
+    nbl_i4_codes_centered_rows(j->u + i0, (size_t)j->W, (size_t)(ih1 - ih0), dst, (size_t)ld,
+                               j->ubias);
+    return;
+  }
   nbl_i4_quantize_centered_rows(&j->q, j->x + i0, (size_t)j->W, (size_t)(ih1 - ih0), dst,
                                 (size_t)ld, (uint64_t)i0);
 }
@@ -773,6 +801,10 @@ static void dw_load_rows(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t i
 static void dw_load_row2(void *arg, int64_t n, int64_t c, int64_t ih, float *ev, float *od) {
   const dw_job *j = arg;
   int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
+  if (j->u) {
+    nbl_i4_codes_centered_deint2(j->u + i0, (size_t)j->W, ev, od, j->ubias);
+    return;
+  }
   nbl_i4_quantize_centered_deint2(&j->q, j->x + i0, (size_t)j->W, ev, od, (uint64_t)i0);
 }
 
@@ -784,16 +816,33 @@ static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) 
   range_merge(&j->range, &rg);
 }
 
+/* A node fed activation bytes (X->codes_for == f) has no floats to fall back
+ * on: the producer only sends them when this node takes the depthwise path. */
+static nbl_status literal_or_fail(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
+  if (c->in[0]->codes_for == f)
+    return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes received where floats are needed");
+  return run_literal(c, f, p);
+}
+
+static _Atomic long g_code_links; /* runs that passed activation bytes to their consumer */
+long nbl_i4_code_links(void) { return atomic_load(&g_code_links); }
+/* Outputs of at least this many elements go as bytes. The second product
+ * pass costs about what the consumer saves on tensors that stay in cache;
+ * measured on MobileNetV2 it pays only where the floats would go out to
+ * memory (its 96 x 112 x 112 expansion: 1.2M elements, 4.8 MB). */
+static _Atomic long long g_link_min = 1 << 20;
+void nbl_i4_set_code_link_min(long long n) { atomic_store(&g_link_min, n); }
+
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
-  if (X->rank != 4) return run_literal(c, f, p);
+  if (X->rank != 4) return literal_or_fail(c, f, p);
   nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
   if (st != NBL_OK) return st;
   g.group = f->groups;
   g.M = f->wdims[0];
   if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
-    return run_literal(c, f, p);
+    return literal_or_fail(c, f, p);
   int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
   float *y = nbl_kctx_out(c, 0)->data;
@@ -812,6 +861,10 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
     dw_job dj = {.f = f, .x = X->data, .bias = j.bias, .C = g.C, .H = g.in[0], .W = g.in[1],
                  .sc = j.sc};
+    if (X->codes_for == f) {
+      dj.u = X->data;
+      dj.ubias = X->code_off + X->code_zero;
+    }
     nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
     range_init(&dj.range);
     nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_row2, dw_finish, &dj};
@@ -822,6 +875,14 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     }
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
   }
+  if (X->codes_for == f)
+    return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes received where floats are needed");
+  /* the output goes to the linked depthwise consumer as activation bytes:
+   * one product pass for the range (the consumer's scale), one writing the
+   * bytes; the panels are filled once */
+  fused *G = f->link;
+  int emit = G && G->dw_w && g.N == 1 && g.group == 1 && f->isa == NBL_I4_VNNI &&
+             !atomic_load(&g_range_off) && ny >= atomic_load(&g_link_min);
   int threads = c->threads > 0 ? c->threads : 1;
   int bands = nbl_pixel_bands(threads, j.P);
   int direct = nbl_conv_pointwise(&g);
@@ -854,7 +915,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   nbl_split_rows(j.Mg, NBL_I4_CR,
                  npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb, &xj.nmc,
                  &xj.mc);
-  if (!bands && xj.nmc > 1) {
+  if ((!bands && xj.nmc > 1) || emit) {
     /* the panels of few blocks are filled by k chunks too, all threads busy */
     int64_t want = (4 * threads + npb - 1) / npb;
     xj.nkc = want < W0->Kp / 4 ? want : W0->Kp / 4;
@@ -875,10 +936,42 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
       xj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
       if (xj.X4all) {
         xj.phase = 1;
-        nbl_parallel_for(c, npb * xj.nkc, 1, conv_tasks, &xj);
+        nbl_parallel_for(c, bands ? bands : npb * xj.nkc, 1, conv_tasks, &xj);
         xj.phase = 2;
       }
-      nbl_parallel_for(c, bands ? bands : npb * xj.nmc, 1, conv_tasks, &xj);
+      int64_t tasks = bands ? bands : npb * xj.nmc;
+      if (emit && !xj.oom) {
+        xj.e.no_store = 1; /* the range only */
+        nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
+        xj.e.no_store = 0;
+        float lo = atomic_load(&xj.range.lo), hi = atomic_load(&xj.range.hi);
+        if (!atomic_load(&xj.range.nan) && isfinite(lo) && isfinite(hi) && lo <= hi) {
+          nbl_q4_params pg;
+          params_from_range(&G->xcfg, ny, lo, hi, &pg);
+          nbl_i4_quantizer qg;
+          nbl_i4_quantizer_init(&qg, &G->xcfg, &pg);
+          xj.u = (uint8_t *)(void *)y;
+          xj.e.codes = xj.u;
+          xj.e.q = &qg;
+          xj.e.off = nbl_i4_act_offset(&pg);
+          nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
+          if (!xj.oom) {
+            nbl_rt_tensor *yt = nbl_kctx_out(c, 0);
+            range_publish(yt, &xj.range);
+            yt->codes_for = G;
+            yt->code_scale = pg.scale;
+            yt->code_zero = pg.zero;
+            yt->code_qmin = pg.qmin;
+            yt->code_qmax = pg.qmax;
+            yt->code_off = xj.e.off;
+            atomic_fetch_add(&g_code_links, 1);
+          }
+          free(xu);
+          free(xj.X4all);
+          return xj.oom ? nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory") : NBL_OK;
+        }
+      }
+      nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
     }
   free(xu);
   free(xj.X4all);
@@ -992,6 +1085,14 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
     alpha = ((const float *)a->data)[0];
   }
   nbl_q4_params p;
+  if (X->codes_for == f) { /* activation bytes from the producer (link_codes) */
+    p = (nbl_q4_params){.scale = X->code_scale, .zero = X->code_zero, .qmin = X->code_qmin,
+                        .qmax = X->code_qmax};
+    if (W->data != f->wdata || !f->dw_w || nbl_i4_act_offset(&p) != X->code_off)
+      return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes for an unprepared consumer");
+    atomic_fetch_add(&g_int_runs, 1);
+    return run_conv(c, f, &p);
+  }
   const char *why = "";
   float lo, hi;
   int finite;
@@ -1166,8 +1267,43 @@ static int absorbed(const nbl_graph *g, nbl_id q, fused *const *by_node) {
   return 1;
 }
 
+/* Pairs whose tensor between them can travel as activation bytes: F (a
+ * fused Conv) whose output's only use is the QuantizeInt4 of a fused G (a
+ * Conv with constant weights, quantizing with the per-tensor max and
+ * half-even rounding), the tensor not a graph output nor seen by a
+ * subgraph. At run time F sends bytes only when G takes the depthwise path
+ * (G packed its weights as such) and the products run on AVX-512 VNNI. */
+static void link_codes(const nbl_graph *g, nbl_i4_fusion *fu) {
+  for (int id = 0; id < fu->n_nodes; id++) {
+    fused *F = fu->by_node[id];
+    if (!F || F->kind != FK_CONV || F->node.n_outputs < 1 || F->node.outputs[0] == NBL_NONE)
+      continue;
+    nbl_id v = F->node.outputs[0];
+    const nbl_value *val = &g->values[v];
+    if ((val->flags & NBL_VAL_OUTPUT) || val->n_consumers != 1 ||
+        nbl_fuse_used_in_subgraphs(g, val->name))
+      continue;
+    nbl_id q = val->consumers[0];
+    const nbl_node *qn = &g->nodes[q];
+    if (!nbl_fuse_is_op(qn, "ai.nibble", "QuantizeInt4") || qn->n_outputs < 1 ||
+        qn->outputs[0] == NBL_NONE)
+      continue;
+    const nbl_value *qv = &g->values[qn->outputs[0]];
+    if ((qv->flags & NBL_VAL_OUTPUT) || qv->n_consumers != 1 ||
+        nbl_fuse_used_in_subgraphs(g, qv->name))
+      continue;
+    fused *G = fu->by_node[qv->consumers[0]];
+    if (!G || G == F || G->kind != FK_CONV || G->qx != q || G->ins[0] != v) continue;
+    if (G->xcfg.scale_source != NBL_Q4_SCALE_MAX || G->xcfg.rounding != NBL_Q4_ROUND_HALF_EVEN ||
+        G->xcfg.bits < 2 || G->xcfg.bits > 8)
+      continue;
+    if (G->ins[1] == NBL_NONE || !g->values[G->ins[1]].init) continue;
+    F->link = G;
+  }
+}
+
 nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
-                       nbl_i4_fusion **out) {
+                       int links, nbl_i4_fusion **out) {
   *out = NULL;
   if (!m || !g || g->n_nodes == 0) return NBL_OK;
   nbl_i4_fusion *fu = calloc(1, sizeof *fu);
@@ -1212,6 +1348,7 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   }
   free(act);
   *n = w;
+  if (links) link_codes(g, fu);
   *out = fu;
   return NBL_OK;
 }

@@ -411,6 +411,64 @@ void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *
   for (size_t i = 0; i < n; i++) f[i] = (float)(nbl_q4_code(q->cfg, q->p, x[i], index0 + i) - q->p->zero);
 }
 
+#if NBL_I4_X86
+VNNI_TARGET static void codes_rows_avx512(const uint8_t *u, size_t w, size_t rows, float *f,
+                                          size_t ld, int bias) {
+  const __m512i vb = _mm512_set1_epi32(bias);
+  for (size_t r = 0; r < rows; r++, u += w, f += ld)
+    for (size_t i = 0; i < w; i += 16) {
+      __mmask16 m = w - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (w - i)) - 1);
+      __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, u + i));
+      _mm512_mask_storeu_ps(f + i, m, _mm512_cvtepi32_ps(_mm512_sub_epi32(c, vb)));
+    }
+}
+
+VNNI_TARGET static void codes_deint2_avx512(const uint8_t *u, size_t n, float *ev, float *od,
+                                            int bias) {
+  const __m512i vb = _mm512_set1_epi32(bias);
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+  for (size_t i = 0; i < n; i += 32) {
+    size_t r = n - i < 32 ? n - i : 32, ne = (r + 1) / 2, no = r / 2;
+    __mmask16 m0 = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
+    __mmask16 m1 = r >= 32 ? (__mmask16)0xffff : r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : 0;
+    __mmask16 me = ne >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ne) - 1);
+    __mmask16 mo = no >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << no) - 1);
+    __m512 a = _mm512_cvtepi32_ps(
+        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m0, u + i)), vb));
+    __m512 b = _mm512_cvtepi32_ps(
+        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m1, u + i + 16)), vb));
+    _mm512_mask_storeu_ps(ev + i / 2, me, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_mask_storeu_ps(od + i / 2, mo, _mm512_permutex2var_ps(a, io, b));
+  }
+}
+#endif
+
+void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *f, size_t ld,
+                                int bias) {
+#if NBL_I4_X86
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    codes_rows_avx512(u, w, rows, f, ld, bias);
+    return;
+  }
+#endif
+  for (size_t r = 0; r < rows; r++)
+    for (size_t i = 0; i < w; i++) f[r * ld + i] = (float)(u[r * w + i] - bias);
+}
+
+void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t n, float *ev, float *od, int bias) {
+#if NBL_I4_X86
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    codes_deint2_avx512(u, n, ev, od, bias);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) {
+    if (i & 1) od[i / 2] = (float)(u[i] - bias);
+    else ev[i / 2] = (float)(u[i] - bias);
+  }
+}
+
 void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, size_t w,
                                    size_t rows, float *f, size_t ld, uint64_t index0) {
 #if NBL_I4_X86
@@ -509,10 +567,16 @@ static void tile_store(const tile_args *t, int64_t m, int nr, int64_t p, int np,
       int32_t *c = t->Ci + (m + r) * t->ld + p;
       for (int i = 0; i < np; i++) c[i] = a[i] - corr;
     } else {
-      float *y = t->Y + (m + r) * t->ld + p;
-      for (int i = 0; i < np; i++) y[i] = epi_one(t->e, m + r, a[i] - corr);
-      for (int i = 0; t->e->range && i < np; i++)
-        nbl_i4_range_widen(t->e->range, y[i], y[i], y[i] != y[i]);
+      const nbl_i4_epi *e = t->e;
+      for (int i = 0; i < np; i++) {
+        float v = epi_one(e, m + r, a[i] - corr);
+        int64_t o = (m + r) * t->ld + p + i;
+        if (e->codes)
+          e->codes[o] = (uint8_t)(nbl_q4_code(e->q->cfg, e->q->p, v, 0) + e->off);
+        else if (!e->no_store)
+          t->Y[o] = v;
+        if (e->range) nbl_i4_range_widen(e->range, v, v, v != v);
+      }
     }
   }
 }
@@ -586,6 +650,10 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
   const __m512 vs = _mm512_set1_ps(e->sc), lo = _mm512_set1_ps(act ? e->lo : -INFINITY),
                hi = _mm512_set1_ps(act ? e->hi : INFINITY);
   const int sc_finite = isfinite(e->sc);
+  uint8_t *codes = e->codes;
+  quant_consts qk;
+  __m512i voff = _mm512_set1_epi32(e->off);
+  if (codes) qk = quant_consts_of(e->q);
   for (int r = 0; r < nr; r++) {
     __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
     __m512i v0 = _mm512_sub_epi32(a[r][0], corr), v1 = _mm512_sub_epi32(a[r][1], corr);
@@ -597,9 +665,19 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
       f0 = _mm512_min_ps(hi, _mm512_max_ps(lo, f0));
       f1 = _mm512_min_ps(hi, _mm512_max_ps(lo, f1));
     }
-    float *y = t->Y + (m + r) * t->ld + p;
-    _mm512_mask_storeu_ps(y, m0, f0);
-    if (m1) _mm512_mask_storeu_ps(y + 16, m1, f1);
+    if (codes) {
+      uint8_t *u = codes + (m + r) * t->ld + p;
+      __m512i c0 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_codes16(&qk, f0)), voff);
+      _mm_mask_storeu_epi8(u, m0, _mm512_cvtepi32_epi8(c0));
+      if (m1) {
+        __m512i c1 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_codes16(&qk, f1)), voff);
+        _mm_mask_storeu_epi8(u + 16, m1, _mm512_cvtepi32_epi8(c1));
+      }
+    } else if (!e->no_store) {
+      float *y = t->Y + (m + r) * t->ld + p;
+      _mm512_mask_storeu_ps(y, m0, f0);
+      if (m1) _mm512_mask_storeu_ps(y + 16, m1, f1);
+    }
     if (rg) { /* min/max of the stored lanes; NaN noted apart */
       vmin = _mm512_mask_min_ps(vmin, m0, vmin, f0);
       vmax = _mm512_mask_max_ps(vmax, m0, vmax, f0);

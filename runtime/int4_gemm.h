@@ -83,12 +83,20 @@ typedef struct nbl_i4_range {
   float lo, hi; /* min and max of the non-NaN values written */
   int nan;      /* 1: a NaN was written */
 } nbl_i4_range;
+struct nbl_i4_quantizer;
 typedef struct nbl_i4_epi {
   float sc;
   const float *bias;
   int act;
   float lo, hi;
-  nbl_i4_range *range; /* non-NULL: widened to cover every value written */
+  nbl_i4_range *range; /* non-NULL: widened to cover every value computed */
+  /* instead of storing y: no_store = 1 computes the range only; codes
+   * (non-NULL) receives the bytes code(y) + off of quantizer q, indexed like
+   * Y, as nbl_i4_quantize_u8 would compute them from the stored y */
+  int no_store;
+  uint8_t *codes;
+  const struct nbl_i4_quantizer *q;
+  int off;
 } nbl_i4_epi;
 /* Widen r to [lo, hi] (values that are not NaN) and note a NaN. */
 static inline void nbl_i4_range_widen(nbl_i4_range *r, float lo, float hi, int nan) {
@@ -128,6 +136,12 @@ void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, s
  * nbl_i4_quantize_u8 computes it; x must be finite. */
 void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
                               uint64_t index0);
+/* Activation bytes u (code + off) back to centered floats u - bias, bias =
+ * off + zero: rows of w bytes to f + r * ld, or one row of n split into
+ * even (ev) and odd (od) columns. */
+void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *f, size_t ld,
+                                int bias);
+void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t n, float *ev, float *od, int bias);
 /* nbl_i4_quantize_centered of rows rows of w floats, row r from x + r * w to
  * f + r * ld. */
 void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, size_t w,
@@ -147,10 +161,17 @@ int nbl_i4_act_offset(const nbl_q4_params *p);
  * (QuantizeInt4 of a float initializer, or DequantizeLinear of an INT4/INT8
  * initializer with a scalar scale), pack their weights, and remove from
  * order the quantizer nodes whose outputs only the fused nodes used (*n
- * shrinks). *out is NULL when nothing was fused. The model must outlive it. */
+ * shrinks). *out is NULL when nothing was fused. The model must outlive it.
+ * links: 1 lets a fused convolution hand its output to a fused depthwise
+ * consumer as activation bytes instead of floats (0 when something else
+ * must see every intermediate value). */
 typedef struct nbl_i4_fusion nbl_i4_fusion;
-nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
+nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n, int links,
                        nbl_i4_fusion **out);
+/* Runs so far (all sessions) that handed activation bytes to their consumer. */
+long nbl_i4_code_links(void);
+/* Tests: the least output size (elements) sent as bytes (default 2^20). */
+void nbl_i4_set_code_link_min(long long n);
 /* For a fused consumer node: the synthetic node to run instead (inputs X,
  * W source, bias, PACT alpha; the consumer's outputs and attributes) and its
  * op definition in *def. NULL for any other node. */

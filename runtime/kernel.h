@@ -32,6 +32,13 @@ typedef struct nbl_rt_tensor {
    * (re)allocated */
   int range_known;
   float range_lo, range_hi;
+  /* internal: codes_for != NULL when the producing INT4 kernel stored, for
+   * its one consumer codes_for, the activation bytes code + code_off of the
+   * consumer's quantizer (scale code_scale, zero point code_zero) instead of
+   * the floats (runtime/fuse_int4.c); cleared with the slot */
+  const void *codes_for;
+  float code_scale;
+  int code_zero, code_qmin, code_qmax, code_off;
 } nbl_rt_tensor;
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */
