@@ -16,7 +16,8 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
   script: R rounds (default 3) of ORT, nibble FP32, nibble INT4 one after the other per model
   and thread count, the median of the round means reported (with the per-round ratio range:
   the machine's speed drifts between runs);
-- sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio;
+- sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio; also of the file with
+  every layer in 4 bits (quantize-int4{skip-first-last=0}), for the size alone;
 - agreement: top-1 class of the INT4 fast path vs the INT4 reference path (`--reference`)
   and vs FP32, on the exported input.
 Exit status: 0 done, 1 a step failed, 2 bad usage.
@@ -87,7 +88,11 @@ def main():
             int4 = os.path.join(work, name + "_int4.onnx")
             print("bench_int4: converting %s..." % name, file=sys.stderr, flush=True)
             convert(args.nibble, fp32, int4, "default,quantize-int4,pack-int4")
-            sizes.append((name, os.path.getsize(fp32), os.path.getsize(int4)))
+            # every layer in 4 bits (the paper keeps the first and last in 8): size only
+            all4 = os.path.join(work, name + "_int4_all.onnx")
+            convert(args.nibble, fp32, all4, "default,quantize-int4{skip-first-last=0},pack-int4")
+            sizes.append((name, os.path.getsize(fp32), os.path.getsize(int4),
+                          os.path.getsize(all4)))
             yf = top1(args.nibble, int4, inputs, os.path.join(work, name + "_fast"), False)
             yr = top1(args.nibble, int4, inputs, os.path.join(work, name + "_ref"), True)
             y32 = top1(args.nibble, fp32, inputs, os.path.join(work, name + "_fp32"), False)
@@ -127,10 +132,10 @@ def main():
     for name, t, i4, f32, ort, lo, hi in rows:
         L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2f-%.2fx | %.2fx |"
                  % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32))
-    L += ["", "| model | FP32 file bytes | INT4 file bytes (pack-int4) | ratio |",
-          "|---|---|---|---|"]
-    for name, a, b in sizes:
-        L.append("| %s | %d | %d | %.3fx |" % (name, a, b, b / a))
+    L += ["", "| model | FP32 file bytes | INT4 file bytes (pack-int4) | ratio | "
+          "all layers INT4 (skip-first-last=0) | ratio |", "|---|---|---|---|---|---|"]
+    for name, a, b, c in sizes:
+        L.append("| %s | %d | %d | %.3fx | %d | %.3fx |" % (name, a, b, b / a, c, c / a))
     L += ["", "| model | top-1 INT4 fast | top-1 INT4 reference | top-1 FP32 | "
           "max rel. diff fast vs reference |", "|---|---|---|---|---|"]
     for name, f, r, x, d in agree:
