@@ -833,6 +833,38 @@ long nbl_i4_code_links(void) { return atomic_load(&g_code_links); }
 static _Atomic long long g_link_min = 1 << 20;
 void nbl_i4_set_code_link_min(long long n) { atomic_store(&g_link_min, n); }
 
+/* The products of xj for the linked consumer G: a pass for the range of the
+ * output, then one writing G's activation bytes in place of the floats (y's
+ * buffer), the output tensor marked for G. 0 (nothing written) when the
+ * range is not finite: the caller then writes floats. */
+static int emit_codes(nbl_kctx *c, x4_job *xj, fused *G, int64_t ny, int64_t tasks) {
+  xj->e.no_store = 1;
+  nbl_parallel_for(c, tasks, 1, conv_tasks, xj);
+  xj->e.no_store = 0;
+  float lo = atomic_load(&xj->range.lo), hi = atomic_load(&xj->range.hi);
+  if (atomic_load(&xj->range.nan) || !isfinite(lo) || !isfinite(hi) || lo > hi) return 0;
+  nbl_q4_params pg;
+  params_from_range(&G->xcfg, ny, lo, hi, &pg); /* as G would from the range */
+  nbl_i4_quantizer qg;
+  nbl_i4_quantizer_init(&qg, &G->xcfg, &pg);
+  xj->u = (uint8_t *)(void *)xj->y;
+  xj->e.codes = xj->u;
+  xj->e.q = &qg;
+  xj->e.off = nbl_i4_act_offset(&pg);
+  nbl_parallel_for(c, tasks, 1, conv_tasks, xj);
+  xj->e.codes = NULL;
+  xj->e.q = NULL;
+  nbl_rt_tensor *yt = nbl_kctx_out(c, 0);
+  yt->codes_for = G;
+  yt->code_scale = pg.scale;
+  yt->code_zero = pg.zero;
+  yt->code_qmin = pg.qmin;
+  yt->code_qmax = pg.qmax;
+  yt->code_off = xj->e.off;
+  atomic_fetch_add(&g_code_links, 1);
+  return 1;
+}
+
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
@@ -940,37 +972,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
         xj.phase = 2;
       }
       int64_t tasks = bands ? bands : npb * xj.nmc;
-      if (emit && !xj.oom) {
-        xj.e.no_store = 1; /* the range only */
-        nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
-        xj.e.no_store = 0;
-        float lo = atomic_load(&xj.range.lo), hi = atomic_load(&xj.range.hi);
-        if (!atomic_load(&xj.range.nan) && isfinite(lo) && isfinite(hi) && lo <= hi) {
-          nbl_q4_params pg;
-          params_from_range(&G->xcfg, ny, lo, hi, &pg);
-          nbl_i4_quantizer qg;
-          nbl_i4_quantizer_init(&qg, &G->xcfg, &pg);
-          xj.u = (uint8_t *)(void *)y;
-          xj.e.codes = xj.u;
-          xj.e.q = &qg;
-          xj.e.off = nbl_i4_act_offset(&pg);
-          nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
-          if (!xj.oom) {
-            nbl_rt_tensor *yt = nbl_kctx_out(c, 0);
-            range_publish(yt, &xj.range);
-            yt->codes_for = G;
-            yt->code_scale = pg.scale;
-            yt->code_zero = pg.zero;
-            yt->code_qmin = pg.qmin;
-            yt->code_qmax = pg.qmax;
-            yt->code_off = xj.e.off;
-            atomic_fetch_add(&g_code_links, 1);
-          }
-          free(xu);
-          free(xj.X4all);
-          return xj.oom ? nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory") : NBL_OK;
-        }
-      }
+      if (emit && !xj.oom && emit_codes(c, &xj, G, ny, tasks)) continue;
       nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
     }
   free(xu);
