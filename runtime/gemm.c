@@ -727,7 +727,6 @@ typedef struct dw_task {
 
 typedef float v16f __attribute__((vector_size(64)));
 
-#define NBL_DW_MAX_TAPS 64
 
 __attribute__((target("avx2,fma"))) static void dw_plane_avx2(const float *ph, int64_t Wp,
                                                               const int64_t *off, int nt,

@@ -145,6 +145,9 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
  * codes here: small integers as floats, whose sums stay exact below 2^24.
  * Returns NBL_ERR_UNSUPPORTED for other shapes (nothing run),
  * NBL_ERR_OUT_OF_MEMORY, or NBL_OK. No error message is set. */
+/* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
+#define NBL_DW_MAX_TAPS 64
+
 typedef struct nbl_dw_hooks {
   void (*load_row)(void *arg, int64_t n, int64_t c, int64_t ih, float *row);
   /* optional, instead of load_row: with strides 1, rows ih0..ih1-1 to

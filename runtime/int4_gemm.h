@@ -185,6 +185,11 @@ long nbl_i4_integer_runs(void);
 /* Process-wide count of fused runs whose activation range came from the
  * node that wrote the activations (no scan); for tests. */
 long nbl_i4_range_reuses(void);
+/* Tests: depthwise layers 16 channels at a time (-1: on small planes, the
+ * default; 0: never; 1: whenever AVX-512 is there), and how many runs took
+ * that path. */
+void nbl_i4_set_dw_blocked(int mode);
+long nbl_i4_dw_blocked_runs(void);
 /* 0: every fused run scans its activations (tests compare both ways). */
 void nbl_i4_set_range_reuse(int on);
 

@@ -543,6 +543,62 @@ START_TEST(test_fused_conv) {
 }
 END_TEST
 
+/* Depthwise layers 16 channels at a time (channel tiles, AVX-512) against the
+ * plane-at-a-time kernel: the same exact integer sums, so bit-identical
+ * outputs; and both within float rounding of the reference path. Channel
+ * counts off the block of 16, strides 1-3, dilation, 5x5, uneven pads,
+ * affine codes, a fused Clip, two images. */
+START_TEST(test_dw_blocked) {
+  mspec sps[9];
+  int ns = 0;
+  sps[ns++] = conv_spec(1, 32, 14, 14, 32, 3, 1, 1, 1, 32);
+  sps[ns++] = conv_spec(1, 20, 9, 11, 20, 3, 2, 1, 1, 20);
+  sps[ns++] = conv_spec(2, 33, 7, 7, 33, 3, 1, 1, 1, 33);
+  sps[ns++] = conv_spec(1, 16, 12, 10, 16, 5, 1, 2, 1, 16);
+  sps[ns++] = conv_spec(1, 17, 13, 13, 17, 3, 1, 2, 2, 17);
+  sps[ns++] = conv_spec(1, 24, 23, 23, 24, 3, 3, 1, 1, 24);
+  sps[ns] = conv_spec(1, 18, 10, 9, 18, 3, 2, 0, 1, 18);
+  sps[ns].pads[0] = 0, sps[ns].pads[1] = 1, sps[ns].pads[2] = 2, sps[ns++].pads[3] = 0;
+  sps[ns] = conv_spec(1, 40, 14, 14, 40, 3, 1, 1, 1, 40);
+  sps[ns].xmode = "affine", sps[ns].act = "Clip", sps[ns].clo = 0.0f, sps[ns++].chi = 6.0f;
+  sps[ns] = conv_spec(1, 64, 7, 7, 64, 3, 1, 1, 1, 64);
+  sps[ns].act = "Relu", sps[ns++].brank = -1;
+  int vnni = nbl_i4_best_isa() == NBL_I4_VNNI;
+  for (int i = 0; i < ns; i++) {
+    const mspec *sp = &sps[i];
+    long b0 = nbl_i4_dw_blocked_runs();
+    nbl_i4_set_dw_blocked(1);
+    check_model(sp, 1, 0);
+    ck_assert_int_eq(nbl_i4_dw_blocked_runs() - b0, vnni);
+    int64_t xn = nbl_shape_numel(4, sp->xd), wn = nbl_shape_numel(4, sp->wd);
+    float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
+    float *b = malloc(sizeof(float) * (size_t)sp->wd[0]);
+    for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
+    for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
+    for (int64_t k = 0; k < sp->wd[0]; k++) b[k] = frand();
+    nbl_model *m = build_model(sp, w, b);
+    size_t n1, n0;
+    for (int t = 1; t <= 2; t++) {
+      g_fast_threads = t;
+      float *y1 = run_model(m, sp, x, 0, &n1);
+      nbl_i4_set_dw_blocked(0);
+      float *y0 = run_model(m, sp, x, 0, &n0);
+      nbl_i4_set_dw_blocked(1);
+      ck_assert_uint_eq(n1, n0);
+      for (size_t k = 0; k < n1; k++)
+        ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
+                      "case %d, %d thread(s), elem %zu: blocked %.9g plane %.9g", i, t, k, y1[k],
+                      y0[k]);
+      free(y1), free(y0);
+    }
+    g_fast_threads = 2;
+    nbl_i4_set_dw_blocked(-1);
+    nbl_model_free(m);
+    free(x), free(w), free(b);
+  }
+}
+END_TEST
+
 /* x -> [QuantizeInt4 -> Conv 1x1 -> Clip] -> [QuantizeInt4 -> depthwise 3x3
  * -> Clip] -> [QuantizeInt4 -> Conv 1x1] -> y, an inverted-residual block:
  * the second and third quantizers take their ranges from the fused nodes
@@ -642,6 +698,17 @@ START_TEST(test_fused_chain_ranges) {
     for (size_t i = 0; i < n1; i++)
       ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "variant %d elem %zu: %.9g vs %.9g",
                     v, i, y1[i], y2[i]);
+    /* the depthwise layer 16 channels at a time, fed the same bytes */
+    long b0 = nbl_i4_dw_blocked_runs();
+    nbl_i4_set_dw_blocked(1);
+    size_t n3;
+    float *y3 = run_model(m, &sp, xv, 0, &n3);
+    nbl_i4_set_dw_blocked(-1);
+    ck_assert_int_eq(nbl_i4_dw_blocked_runs() - b0, links);
+    ck_assert_int_eq(nbl_i4_code_links() - l0, 2 * links);
+    ck_assert(n3 == n1 && memcmp(y3, y1, n1 * sizeof(float)) == 0);
+    free(y3);
+    l0 += links;
     /* with a callback seeing every value, the intermediates stay floats */
     g_watch_values = 1;
     g_values_seen = 0;
@@ -711,6 +778,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
   tcase_add_test(tf, test_fused_chain_ranges);
+  tcase_add_test(tf, test_dw_blocked);
   suite_add_tcase(s, tf);
   return s;
 }
