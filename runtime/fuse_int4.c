@@ -580,6 +580,9 @@ typedef struct x4_job {
   uint8_t *X4all;
   int phase;
   uint8_t *u; /* codes mode: the output bytes at the position of y */
+  /* range-only pass: stop once the shared range spans the fused activation's
+   * bounds (nothing can widen it then) */
+  int stop_at_bounds;
   _Atomic int oom;
 } x4_job;
 
@@ -709,6 +712,18 @@ static void conv_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int6
   product_block(j, p0, p1, m0, m1, X4, e);
 }
 
+static _Atomic long g_range_stops; /* range-only passes that stopped early */
+long nbl_i4_range_stops(void) { return atomic_load(&g_range_stops); }
+
+/* Merges the task's range so far into the shared one; 1 when that spans the
+ * activation bounds [lo, hi] (the pass can stop: every output lies there). */
+static int bounds_reached(x4_job *j, const nbl_i4_range *rg) {
+  range_merge(&j->range, rg);
+  if (atomic_load(&j->range.lo) > j->e.lo || atomic_load(&j->range.hi) < j->e.hi) return 0;
+  atomic_fetch_add(&g_range_stops, 1);
+  return 1;
+}
+
 static void conv_tasks(void *arg, int64_t b, int64_t e) {
   x4_job *j = arg;
   /* shared panels (two phases): only the fill buffer; else a block's panels too */
@@ -723,10 +738,12 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   nbl_i4_epi ep = j->e;
   ep.range = &rg;
   for (int64_t t = b; t < e; t++) {
+    if (j->stop_at_bounds && bounds_reached(j, &rg)) break;
     if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
       int64_t q0, q1;
       nbl_band(j->P, t, j->bands, 32, &q0, &q1);
       for (int64_t p0 = q0; p0 < q1; p0 += j->pb) {
+        if (j->stop_at_bounds && p0 > q0 && bounds_reached(j, &rg)) break;
         int64_t p1 = p0 + j->pb < q1 ? p0 + j->pb : q1;
         uint8_t *X4b = j->X4all ? j->X4all + p0 / 32 * j->Kp * 32 : NULL;
         if (!X4b)
@@ -1023,9 +1040,16 @@ void nbl_i4_set_code_link_min(long long n) { atomic_store(&g_link_min, n); }
  * buffer), the output tensor marked for G. 0 (nothing written) when the
  * range is not finite: the caller then writes floats. */
 static int emit_codes(nbl_kctx *c, x4_job *xj, fused *G, int64_t ny, int64_t tasks) {
+  /* with a clamp to finite bounds and no way to a NaN (finite scale and
+   * biases), the range is final once it spans the bounds */
+  const nbl_i4_epi *e = &xj->e;
+  int stop = e->act && isfinite(e->lo) && isfinite(e->hi) && isfinite(e->sc);
+  for (int64_t m = 0; stop && e->bias && m < xj->W->M; m++) stop = isfinite(e->bias[m]);
+  xj->stop_at_bounds = stop;
   xj->e.no_store = 1;
   nbl_parallel_for(c, tasks, 1, conv_tasks, xj);
   xj->e.no_store = 0;
+  xj->stop_at_bounds = 0;
   float lo = atomic_load(&xj->range.lo), hi = atomic_load(&xj->range.hi);
   if (atomic_load(&xj->range.nan) || !isfinite(lo) || !isfinite(hi) || lo > hi) return 0;
   nbl_q4_params pg;

@@ -170,6 +170,9 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
                        nbl_i4_fusion **out);
 /* Runs so far (all sessions) that handed activation bytes to their consumer. */
 long nbl_i4_code_links(void);
+/* Runs so far whose range-only pass (before sending bytes) stopped early,
+ * its range already spanning the clamp bounds; for tests. */
+long nbl_i4_range_stops(void);
 /* Tests: the least output size (elements) sent as bytes (default 2^20). */
 void nbl_i4_set_code_link_min(long long n);
 /* For a fused consumer node: the synthetic node to run instead (inputs X,
