@@ -736,7 +736,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   }
   nbl_i4_range rg = {INFINITY, -INFINITY, 0};
   nbl_i4_epi ep = j->e;
-  ep.range = &rg;
+  ep.range = j->e.codes ? NULL : &rg; /* the bytes pass: the range pass found it */
   for (int64_t t = b; t < e; t++) {
     if (j->stop_at_bounds && bounds_reached(j, &rg)) break;
     if (j->bands) { /* thread t's band of pixels (32-aligned), all channels */
