@@ -35,6 +35,7 @@
 #include "fuse.h"
 #include "gemm.h"
 #include "int4_gemm.h"
+#include "simd16.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -857,35 +858,6 @@ typedef struct dwb_job {
 } dwb_job;
 
 #if defined(__x86_64__)
-static inline __mmask16 tail_mask(int64_t n) {
-  return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-}
-
-/* r[i][k] <- r[k][i]: four rounds swapping the off-diagonal blocks of 8, 4,
- * 2 and 1 lanes between row pairs (i, i + h). */
-__attribute__((target("avx512f"), always_inline)) static inline void transpose16(__m512 r[16]) {
-  static const int32_t idx[4][2][16] __attribute__((aligned(64))) = {
-      {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-       {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
-      {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
-      {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
-      {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}}};
-#pragma GCC unroll 4
-  for (int s = 0, h = 8; s < 4; s++, h >>= 1) {
-    const __m512i lo = _mm512_load_si512(idx[s][0]), hi = _mm512_load_si512(idx[s][1]);
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++)
-      if (!(i & h)) {
-        __m512 a = r[i], b = r[i | h];
-        r[i] = _mm512_permutex2var_ps(a, lo, b);
-        r[i | h] = _mm512_permutex2var_ps(a, hi, b);
-      }
-  }
-}
-
 __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, int64_t e) {
   dwb_job *J = arg;
   dw_job *dj = J->dj;
@@ -906,8 +878,6 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
   int64_t off[NBL_DW_MAX_TAPS]; /* tap (kh, kw) of output (0, 0), in tile pixels */
   for (int64_t kh = 0; kh < KH; kh++)
     for (int64_t kw = 0; kw < KW; kw++) off[kh * KW + kw] = kh * g->d[0] * Wp + kw * g->d[1];
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i by_tap = _mm512_mullo_epi32(iota, _mm512_set1_epi32(nt));
   const __m512 vs = _mm512_set1_ps(dj->sc), zero = _mm512_setzero_ps();
   const int act = f->act != 0;
   const __m512 clo = _mm512_set1_ps(act ? f->act_lo : -INFINITY),
@@ -917,25 +887,10 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
   __m512 wv[NBL_DW_MAX_TAPS];
   for (int64_t u = b; u < e; u++) {
     int64_t n = u / J->blocks, c0 = u % J->blocks * 16, nc = C - c0 < 16 ? C - c0 : 16;
-    __mmask16 cm = (__mmask16)((1u << nc) - 1);
+    __mmask16 cm = nbl_tail_mask(nc);
     for (int64_t l = 0; l < nc; l++) dw_load_rows(dj, n, c0 + l, 0, H, in + l * HW, W);
-    for (int64_t p = 0; p < HW; p += 16) { /* 16 pixels of 16 planes -> 16 pixel vectors */
-      int64_t cnt = HW - p < 16 ? HW - p : 16;
-      __m512 r[16];
-      __mmask16 pm = tail_mask(cnt);
-#pragma GCC unroll 16
-      for (int l = 0; l < 16; l++) r[l] = l < nc ? _mm512_maskz_loadu_ps(pm, in + l * HW + p) : zero;
-      transpose16(r);
-      int64_t ih = p / W, iw = p % W;
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; i++) {
-        if (i >= cnt) break;
-        _mm512_storeu_ps(T + ((ih + g->pb[0]) * Wp + iw + g->pb[1]) * 16, r[i]);
-        if (++iw == W) iw = 0, ih++;
-      }
-    }
-    for (int k = 0; k < nt; k++)
-      wv[k] = _mm512_mask_i32gather_ps(zero, cm, by_tap, f->dw_w + c0 * nt + k, 4);
+    nbl_planes_to_tile(in, nc, H, W, T, Wp, g->pb[0], g->pb[1]);
+    nbl_tap_vectors(f->dw_w, c0, nt, cm, wv);
     __m512 vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
     __mmask16 vb_bad = _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(vb, vb), zero, _CMP_NEQ_UQ);
     for (int64_t oh = 0; oh < OH; oh++) {
@@ -969,17 +924,7 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
         }
       }
     }
-    for (int64_t p = 0; p < P; p += 16) { /* 16 pixel vectors -> 16 pixels of 16 planes */
-      int64_t cnt = P - p < 16 ? P - p : 16;
-      __m512 r[16];
-      __mmask16 pm = tail_mask(cnt);
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; i++) r[i] = i < cnt ? _mm512_loadu_ps(O + (p + i) * 16) : zero;
-      transpose16(r);
-#pragma GCC unroll 16
-      for (int l = 0; l < 16; l++)
-        if (l < nc) _mm512_mask_storeu_ps(J->y + (n * C + c0 + l) * P + p, pm, r[l]);
-    }
+    nbl_tile_to_planes(O, P, nc, J->y + (n * C + c0) * P);
   }
   nbl_i4_range rg = {_mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0};
   range_merge(&dj->range, &rg);
@@ -1004,10 +949,7 @@ static int dw_blocked(const nbl_conv_geom *g) {
 static nbl_status run_dw_blocked(nbl_kctx *c, const nbl_conv_geom *g, dw_job *dj, float *y) {
 #if defined(__x86_64__)
   dwb_job J = {.dj = dj, .g = g, .y = y, .blocks = (g->C + 15) / 16};
-  int64_t need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
-  int64_t need_w = (g->out[1] - 1) * g->s[1] + (g->k[1] - 1) * g->d[1] + 1;
-  J.Hp = g->in[0] + g->pb[0] > need_h ? g->in[0] + g->pb[0] : need_h;
-  J.Wp = g->in[1] + g->pb[1] > need_w ? g->in[1] + g->pb[1] : need_w;
+  nbl_dw_tile_dims(g, &J.Hp, &J.Wp);
   atomic_init(&J.oom, 0);
   nbl_parallel_for(c, g->N * J.blocks, 1, dwb_tasks, &J);
   atomic_fetch_add(&g_dwb_runs, 1);

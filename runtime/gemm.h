@@ -145,6 +145,14 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
  * codes here: small integers as floats, whose sums stay exact below 2^24.
  * Returns NBL_ERR_UNSUPPORTED for other shapes (nothing run),
  * NBL_ERR_OUT_OF_MEMORY, or NBL_OK. No error message is set. */
+/* Tests: FP32 depthwise layers 16 channels at a time (-1: on small planes,
+ * the default; 0: never; 1: whenever AVX-512 is there). */
+void nbl_conv_set_dw_blocked(int mode);
+long nbl_conv_dw_blocked_runs(void); /* layers that took that path so far */
+/* The zero-padded input tile of a depthwise layer computed 16 channels at a
+ * time: Hp rows of Wp pixels cover the pads and every tap of every output. */
+void nbl_dw_tile_dims(const nbl_conv_geom *g, int64_t *Hp, int64_t *Wp);
+
 /* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
 #define NBL_DW_MAX_TAPS 64
 

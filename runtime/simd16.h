@@ -1,0 +1,95 @@
+/* simd16.h - small AVX-512 helpers shared by the depthwise kernels that
+ * work 16 channels at a time (gemm.c FP32, fuse_int4.c INT4). */
+#ifndef NBL_SIMD16_H
+#define NBL_SIMD16_H
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <stdint.h>
+
+/* The mask of the first min(n, 16) lanes. */
+static inline __mmask16 nbl_tail_mask(int64_t n) {
+  return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* r[i][k] <- r[k][i]: four rounds swapping the off-diagonal blocks of 8, 4,
+ * 2 and 1 lanes between row pairs (i, i + h). */
+__attribute__((target("avx512f"), always_inline)) static inline void nbl_transpose16(__m512 r[16]) {
+  static const int32_t idx[4][2][16] __attribute__((aligned(64))) = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+       {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+      {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+      {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+      {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}}};
+#pragma GCC unroll 4
+  for (int s = 0, h = 8; s < 4; s++, h >>= 1) {
+    const __m512i lo = _mm512_load_si512(idx[s][0]), hi = _mm512_load_si512(idx[s][1]);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+      if (!(i & h)) {
+        __m512 a = r[i], b = r[i | h];
+        r[i] = _mm512_permutex2var_ps(a, lo, b);
+        r[i | h] = _mm512_permutex2var_ps(a, hi, b);
+      }
+  }
+}
+
+/* The planes x[l * HW ...] (l < nc, HW = H * W) into the tile T laid out
+ * [row][col][16] with rows of Wp pixels, input (ih, iw) at (ih + pt, iw + pl);
+ * lanes nc..15 get 0. */
+__attribute__((target("avx512f"))) static inline void nbl_planes_to_tile(const float *x, int64_t nc,
+                                                                        int64_t H, int64_t W,
+                                                                        float *T, int64_t Wp,
+                                                                        int64_t pt, int64_t pl) {
+  int64_t HW = H * W;
+  for (int64_t p = 0; p < HW; p += 16) { /* 16 pixels of 16 planes -> 16 pixel vectors */
+    int64_t cnt = HW - p < 16 ? HW - p : 16;
+    __mmask16 pm = nbl_tail_mask(cnt);
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++)
+      r[l] = l < nc ? _mm512_maskz_loadu_ps(pm, x + l * HW + p) : _mm512_setzero_ps();
+    nbl_transpose16(r);
+    int64_t ih = p / W, iw = p % W;
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) {
+      if (i >= cnt) break;
+      _mm512_storeu_ps(T + ((ih + pt) * Wp + iw + pl) * 16, r[i]);
+      if (++iw == W) iw = 0, ih++;
+    }
+  }
+}
+
+/* The pixel vectors O[p * 16 ...] (p < P) back into planes y[l * P ...],
+ * l < nc. */
+__attribute__((target("avx512f"))) static inline void nbl_tile_to_planes(const float *O, int64_t P,
+                                                                        int64_t nc, float *y) {
+  for (int64_t p = 0; p < P; p += 16) { /* 16 pixel vectors -> 16 pixels of 16 planes */
+    int64_t cnt = P - p < 16 ? P - p : 16;
+    __mmask16 pm = nbl_tail_mask(cnt);
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = i < cnt ? _mm512_loadu_ps(O + (p + i) * 16) : _mm512_setzero_ps();
+    nbl_transpose16(r);
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++)
+      if (l < nc) _mm512_mask_storeu_ps(y + l * P + p, pm, r[l]);
+  }
+}
+
+/* The tap weights w[c * nt + k] of channels c0 + l (l where cm is set) as
+ * one vector per tap k < nt. */
+__attribute__((target("avx512f"))) static inline void nbl_tap_vectors(const float *w, int64_t c0,
+                                                                     int nt, __mmask16 cm,
+                                                                     __m512 *wv) {
+  const __m512i by_tap = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(nt));
+  for (int k = 0; k < nt; k++)
+    wv[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), cm, by_tap, w + c0 * nt + k, 4);
+}
+#endif
+
+#endif /* NBL_SIMD16_H */
