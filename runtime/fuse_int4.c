@@ -225,7 +225,7 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
   const __m512 clo = _mm512_set1_ps(act ? f->act_lo : -INFINITY),
                chi = _mm512_set1_ps(act ? f->act_hi : INFINITY);
   for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    __mmask16 m = nbl_tail_mask(n - i);
     __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs), vb);
     if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
     _mm512_mask_storeu_ps(y + i, m, v);
@@ -892,7 +892,9 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
     nbl_planes_to_tile(in, nc, H, W, T, Wp, g->pb[0], g->pb[1]);
     nbl_tap_vectors(f->dw_w, c0, nt, cm, wv);
     __m512 vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
-    __mmask16 vb_bad = _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(vb, vb), zero, _CMP_NEQ_UQ);
+    /* a NaN needs a non-finite scale or bias (b - b is NaN for +-inf, NaN) */
+    const int maybe_nan = !isfinite(dj->sc) ||
+                          _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(vb, vb), zero, _CMP_NEQ_UQ);
     for (int64_t oh = 0; oh < OH; oh++) {
       const float *trow = T + oh * sh * 16;
       float *orow = O + oh * OW * 16;
@@ -919,7 +921,7 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
           if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
           vmin = _mm512_mask_min_ps(vmin, cm, vmin, v);
           vmax = _mm512_mask_max_ps(vmax, cm, vmax, v);
-          if (vb_bad || !isfinite(dj->sc)) nan |= _mm512_mask_cmp_ps_mask(cm, v, v, _CMP_UNORD_Q);
+          if (maybe_nan) nan |= _mm512_mask_cmp_ps_mask(cm, v, v, _CMP_UNORD_Q);
           _mm512_storeu_ps(orow + (ow + i) * 16, v);
         }
       }
@@ -935,11 +937,7 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
 /* 1 when the depthwise layer of geometry g runs 16 channels at a time. */
 static int dw_blocked(const nbl_conv_geom *g) {
 #if defined(__x86_64__)
-  int mode = atomic_load(&g_dwb_mode);
-  if (mode == 0 || !have_vnni() || g->ns != 2 || g->k[0] * g->k[1] > NBL_DW_MAX_TAPS) return 0;
-  /* measured on MobileNetV2: 1.3-2.7x faster at 7 and 14 columns, no gain
-   * at 28, slower at 56 and 112 (there the plane kernel's rows are long) */
-  return mode == 1 || (g->out[1] <= 14 && g->C >= 32);
+  return have_vnni() && nbl_dw_blocked_wanted(g, atomic_load(&g_dwb_mode));
 #else
   (void)g;
   return 0;
@@ -952,8 +950,9 @@ static nbl_status run_dw_blocked(nbl_kctx *c, const nbl_conv_geom *g, dw_job *dj
   nbl_dw_tile_dims(g, &J.Hp, &J.Wp);
   atomic_init(&J.oom, 0);
   nbl_parallel_for(c, g->N * J.blocks, 1, dwb_tasks, &J);
+  if (atomic_load(&J.oom)) return NBL_ERR_OUT_OF_MEMORY;
   atomic_fetch_add(&g_dwb_runs, 1);
-  return atomic_load(&J.oom) ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+  return NBL_OK;
 #else
   (void)c, (void)g, (void)dj, (void)y;
   return NBL_ERR_UNSUPPORTED;

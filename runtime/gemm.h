@@ -137,6 +137,21 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
 nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                             const float *bias, float *y, const nbl_act *act);
 
+/* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
+#define NBL_DW_MAX_TAPS 64
+
+/* Depthwise layers (multiplier 1) 16 channels at a time, FP32 here and
+ * INT4 in fuse_int4.c: whether geometry g takes that path under `mode`
+ * (0 never; 1 always, for tests; -1 where it measured faster: at most 14
+ * output columns and 32 channels), the ISA check left to the caller. */
+int nbl_dw_blocked_wanted(const nbl_conv_geom *g, int mode);
+/* The zero-padded input tile of such a layer: Hp rows of Wp pixels cover
+ * the pads and every tap of every output. */
+void nbl_dw_tile_dims(const nbl_conv_geom *g, int64_t *Hp, int64_t *Wp);
+/* Tests: the mode of the FP32 path (default -1), and how many layers took it. */
+void nbl_conv_set_dw_blocked(int mode);
+long nbl_conv_dw_blocked_runs(void);
+
 /* Depthwise 2-D convolution (group == C == M, at most 64 taps) whose input
  * rows come from the caller and whose finished output planes go back to it:
  * load_row writes row ih of channel c of image n (in[1] floats); finish gets
@@ -145,17 +160,6 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
  * codes here: small integers as floats, whose sums stay exact below 2^24.
  * Returns NBL_ERR_UNSUPPORTED for other shapes (nothing run),
  * NBL_ERR_OUT_OF_MEMORY, or NBL_OK. No error message is set. */
-/* Tests: FP32 depthwise layers 16 channels at a time (-1: on small planes,
- * the default; 0: never; 1: whenever AVX-512 is there). */
-void nbl_conv_set_dw_blocked(int mode);
-long nbl_conv_dw_blocked_runs(void); /* layers that took that path so far */
-/* The zero-padded input tile of a depthwise layer computed 16 channels at a
- * time: Hp rows of Wp pixels cover the pads and every tap of every output. */
-void nbl_dw_tile_dims(const nbl_conv_geom *g, int64_t *Hp, int64_t *Wp);
-
-/* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
-#define NBL_DW_MAX_TAPS 64
-
 typedef struct nbl_dw_hooks {
   void (*load_row)(void *arg, int64_t n, int64_t c, int64_t ih, float *row);
   /* optional, instead of load_row: with strides 1, rows ih0..ih1-1 to

@@ -1,6 +1,7 @@
 /* int4_gemm.c - integer GEMM micro-kernels (AVX-512 VNNI, AVX2, scalar) and
  * activation quantization to bytes; see int4_gemm.h. */
 #include "int4_gemm.h"
+#include "simd16.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -301,18 +302,13 @@ void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const 
 }
 
 #if NBL_I4_X86
-/* The mask of the first min(left, 16) lanes. */
-static inline __mmask16 tail16(size_t left) {
-  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
 /* The 32 values of a (lanes 0-15) and b (16-31), the first r of them real:
  * even ones to ev, odd ones to od (the last block of a row masked). */
 VNNI_TARGET static inline void deint2_store(__m512 a, __m512 b, size_t r, float *ev, float *od) {
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
-  _mm512_mask_storeu_ps(ev, tail16((r + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
-  _mm512_mask_storeu_ps(od, tail16(r / 2), _mm512_permutex2var_ps(a, io, b));
+  _mm512_mask_storeu_ps(ev, nbl_tail_mask((r + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
+  _mm512_mask_storeu_ps(od, nbl_tail_mask(r / 2), _mm512_permutex2var_ps(a, io, b));
 }
 
 /* The quantizer's constants as vectors, in registers for a whole row: the
@@ -354,7 +350,7 @@ VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *
   const quant_consts k = quant_consts_of(q);
   const __m512i vo = _mm512_set1_epi32(off);
   for (size_t i = 0; i < n; i += 16) {
-    __mmask16 m = tail16(n - i);
+    __mmask16 m = nbl_tail_mask(n - i);
     __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
     __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
     _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(c));
@@ -365,7 +361,7 @@ VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x
                                        size_t n) {
   const quant_consts k = quant_consts_of(q);
   for (size_t i = 0; i < n; i += 16) {
-    __mmask16 m = tail16(n - i);
+    __mmask16 m = nbl_tail_mask(n - i);
     __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
     _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, k.zero));
   }
@@ -377,7 +373,7 @@ VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const flo
   const quant_consts k = quant_consts_of(q);
   for (size_t r = 0; r < rows; r++, x += w, f += ld)
     for (size_t i = 0; i < w; i += 16) {
-      __mmask16 m = tail16(w - i);
+      __mmask16 m = nbl_tail_mask(w - i);
       __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
       _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, k.zero));
     }
@@ -389,7 +385,7 @@ VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const f
   const quant_consts k = quant_consts_of(q);
   for (size_t i = 0; i < n; i += 32) {
     size_t r = n - i < 32 ? n - i : 32;
-    __mmask16 m0 = tail16(r), m1 = tail16(r > 16 ? r - 16 : 0);
+    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
     __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero);
     __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero);
     deint2_store(a, b, r, ev + i / 2, od + i / 2);
@@ -425,7 +421,7 @@ VNNI_TARGET static void codes_rows_avx512(const uint8_t *u, size_t w, size_t row
   const __m512i vb = _mm512_set1_epi32(bias);
   for (size_t r = 0; r < rows; r++, u += w, f += ld)
     for (size_t i = 0; i < w; i += 16) {
-      __mmask16 m = tail16(w - i);
+      __mmask16 m = nbl_tail_mask(w - i);
       __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, u + i));
       _mm512_mask_storeu_ps(f + i, m, _mm512_cvtepi32_ps(_mm512_sub_epi32(c, vb)));
     }
@@ -436,7 +432,7 @@ VNNI_TARGET static void codes_deint2_avx512(const uint8_t *u, size_t n, float *e
   const __m512i vb = _mm512_set1_epi32(bias);
   for (size_t i = 0; i < n; i += 32) {
     size_t r = n - i < 32 ? n - i : 32;
-    __mmask16 m0 = tail16(r), m1 = tail16(r > 16 ? r - 16 : 0);
+    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
     __m512 a = _mm512_cvtepi32_ps(
         _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m0, u + i)), vb));
     __m512 b = _mm512_cvtepi32_ps(
@@ -630,7 +626,7 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
 #undef TV_ROW2
   __m512i a[NBL_I4_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
                              {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
-  __mmask16 m0 = tail16((size_t)np), m1 = tail16(np > 16 ? (size_t)(np - 16) : 0);
+  __mmask16 m0 = nbl_tail_mask(np), m1 = nbl_tail_mask(np > 16 ? np - 16 : 0);
   if (t->Ci) { /* raw accumulators */
     for (int r = 0; r < nr; r++) {
       __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);

@@ -1,5 +1,6 @@
-/* simd16.h - small AVX-512 helpers shared by the depthwise kernels that
- * work 16 channels at a time (gemm.c FP32, fuse_int4.c INT4). */
+/* simd16.h - small AVX-512 helpers: lane masks for the vector loops, and
+ * the tile layout of the depthwise kernels that work 16 channels at a time
+ * (gemm.c FP32, fuse_int4.c INT4). */
 #ifndef NBL_SIMD16_H
 #define NBL_SIMD16_H
 
