@@ -784,6 +784,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
  * path. */
 typedef struct dw_job {
   const fused *f;
+  const nbl_conv_geom *g;
   nbl_i4_quantizer q;
   const uint8_t *u; /* non-NULL: the input as activation bytes u, centered as u - ubias */
   int ubias;
@@ -816,14 +817,17 @@ static void dw_load_rows(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t i
                                 (size_t)ld, (uint64_t)i0);
 }
 
-static void dw_load_row2(void *arg, int64_t n, int64_t c, int64_t ih, float *ev, float *od) {
+static void dw_load_rows2(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t count,
+                          int64_t step, float *ev, float *od, int64_t ld) {
   const dw_job *j = arg;
-  int64_t i0 = ((n * j->C + c) * j->H + ih) * j->W;
+  int64_t i0 = ((n * j->C + c) * j->H + ih0) * j->W;
   if (j->u) {
-    nbl_i4_codes_centered_deint2(j->u + i0, (size_t)j->W, ev, od, j->ubias);
+    nbl_i4_codes_centered_deint2(j->u + i0, (size_t)j->W, (size_t)count, (size_t)(step * j->W), ev,
+                                 od, (size_t)ld, j->ubias);
     return;
   }
-  nbl_i4_quantize_centered_deint2(&j->q, j->x + i0, (size_t)j->W, ev, od, (uint64_t)i0);
+  nbl_i4_quantize_centered_deint2(&j->q, j->x + i0, (size_t)j->W, (size_t)count,
+                                  (size_t)(step * j->W), ev, od, (size_t)ld, (uint64_t)i0);
 }
 
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
@@ -832,6 +836,147 @@ static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) 
   nbl_i4_range rg = {INFINITY, -INFINITY, 0};
   epilogue_f(j->f, y, count, j->sc, j->bias ? j->bias[m] : 0.0f, &rg);
   range_merge(&j->range, &rg);
+}
+
+/* 3x3 depthwise layers (dilation 1, strides 1 or 2 both ways) on larger
+ * planes: output rows straight from the loaded phase planes, a block of 4
+ * rows x 32 columns in registers. Each input vector is loaded once for all
+ * the block's rows that read it (a stride-1 row serves up to three), where
+ * the plane kernel loads it once per tap and output row; the epilogue of
+ * epi_f_avx512 then runs on the sums in registers and the block is stored
+ * once, with no pass over the plane to copy it out and another to finish
+ * it. The sums are exact integers (codes times weight codes), so the order
+ * and the fused multiply-adds change nothing: bit-identical to the plane
+ * kernel and finish. */
+static _Atomic int g_dw_rows_off; /* tests: the plane kernel and finish instead */
+static _Atomic long g_dw_rows_runs;
+void nbl_i4_set_dw_rows(int on) { atomic_store(&g_dw_rows_off, !on); }
+long nbl_i4_dw_rows_runs(void) { return atomic_load(&g_dw_rows_runs); }
+
+#if defined(__x86_64__)
+typedef struct dw3_epi {
+  __m512 w[9], vs, vb, clo, chi, vmin, vmax;
+  int act, maybe_nan;
+  __mmask16 nan;
+} dw3_epi;
+
+/* Output rows oh..oh+RB-1 (of the phase planes p), columns ow..ow+31 (the
+ * lanes of m0, m1), to y (row oh, column 0) with OW columns a row. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+dw3_block(const nbl_dw_phases *p, const int R, const int S, const int RB, int64_t oh, int64_t ow,
+          __mmask16 m0, __mmask16 m1, dw3_epi *e, float *y, int64_t OW) {
+  __m512 a0[4], a1[4];
+#pragma GCC unroll 4
+  for (int o = 0; o < RB; o++) a0[o] = a1[o] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int pr = 0; pr < (RB - 1) * R + 3; pr++) { /* padded row oh * R + pr */
+    const float *row = p->ph + (pr % R) * S * p->plane + (oh + pr / R) * p->Wp + ow;
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; kw++) {
+      const float *src = row + (kw % S) * p->plane + kw / S;
+      __m512 x0 = _mm512_maskz_loadu_ps(m0, src), x1 = _mm512_maskz_loadu_ps(m1, src + 16);
+#pragma GCC unroll 4
+      for (int o = 0; o < RB; o++) {
+        int kh = pr - o * R;
+        if (kh >= 0 && kh < 3) {
+          a0[o] = _mm512_fmadd_ps(x0, e->w[kh * 3 + kw], a0[o]);
+          a1[o] = _mm512_fmadd_ps(x1, e->w[kh * 3 + kw], a1[o]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int o = 0; o < RB; o++) {
+    __m512 f0 = _mm512_add_ps(_mm512_mul_ps(a0[o], e->vs), e->vb);
+    __m512 f1 = _mm512_add_ps(_mm512_mul_ps(a1[o], e->vs), e->vb);
+    if (e->act) {
+      f0 = _mm512_min_ps(e->chi, _mm512_max_ps(e->clo, f0));
+      f1 = _mm512_min_ps(e->chi, _mm512_max_ps(e->clo, f1));
+    }
+    float *yr = y + o * OW + ow;
+    _mm512_mask_storeu_ps(yr, m0, f0);
+    _mm512_mask_storeu_ps(yr + 16, m1, f1);
+    e->vmin = _mm512_mask_min_ps(e->vmin, m0, e->vmin, f0);
+    e->vmax = _mm512_mask_max_ps(e->vmax, m0, e->vmax, f0);
+    e->vmin = _mm512_mask_min_ps(e->vmin, m1, e->vmin, f1);
+    e->vmax = _mm512_mask_max_ps(e->vmax, m1, e->vmax, f1);
+    if (e->maybe_nan)
+      e->nan |= _mm512_mask_cmp_ps_mask(m0, f0, f0, _CMP_UNORD_Q) |
+                _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
+  }
+}
+
+/* Rows oh0..oh1-1 in blocks of 4 (the last block moved back to end at oh1,
+ * recomputing rows of the block before: the same values again), fewer
+ * than 4 rows one at a time. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+dw3_rows(const nbl_dw_phases *p, const int R, int64_t oh0, int64_t oh1, dw3_epi *e, float *y,
+         int64_t OW) {
+  int64_t nr = oh1 - oh0;
+  for (int64_t o = 0; o < nr; o += 4) {
+    int64_t ob = nr < 4 ? o : o + 4 <= nr ? o : nr - 4;
+    for (int64_t ow = 0; ow < OW; ow += 32) {
+      __mmask16 m0 = nbl_tail_mask(OW - ow), m1 = nbl_tail_mask(OW - ow > 16 ? OW - ow - 16 : 0);
+      if (nr < 4)
+        for (int64_t i = o; i < nr; i++) dw3_block(p, R, R, 1, oh0 + i, ow, m0, m1, e, y + i * OW, OW);
+      else
+        dw3_block(p, R, R, 4, oh0 + ob, ow, m0, m1, e, y + ob * OW, OW);
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) static void dw3_rows_s1(const nbl_dw_phases *p, int64_t oh0,
+                                                          int64_t oh1, dw3_epi *e, float *y,
+                                                          int64_t OW) {
+  dw3_rows(p, 1, oh0, oh1, e, y, OW);
+}
+
+__attribute__((target("avx512f"))) static void dw3_rows_s2(const nbl_dw_phases *p, int64_t oh0,
+                                                          int64_t oh1, dw3_epi *e, float *y,
+                                                          int64_t OW) {
+  dw3_rows(p, 2, oh0, oh1, e, y, OW);
+}
+#endif
+
+/* nbl_dw_hooks.rows for the geometries above (set only where AVX-512 runs) */
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static int dw_rows(void *arg, const nbl_dw_phases *p,
+                                                      int64_t n, int64_t m, int64_t oh0,
+                                                      int64_t oh1, float *y) {
+  (void)n;
+  dw_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const fused *f = j->f;
+  float bias = j->bias ? j->bias[m] : 0.0f;
+  dw3_epi e;
+  for (int k = 0; k < 9; k++) e.w[k] = _mm512_set1_ps(f->dw_w[m * 9 + k]);
+  e.act = f->act != 0;
+  e.maybe_nan = !isfinite(j->sc) || !isfinite(bias);
+  e.vs = _mm512_set1_ps(j->sc);
+  e.vb = _mm512_set1_ps(bias);
+  e.clo = _mm512_set1_ps(e.act ? f->act_lo : -INFINITY);
+  e.chi = _mm512_set1_ps(e.act ? f->act_hi : INFINITY);
+  e.vmin = _mm512_set1_ps(INFINITY);
+  e.vmax = _mm512_set1_ps(-INFINITY);
+  e.nan = 0;
+  if (p->R == 1) dw3_rows_s1(p, oh0, oh1, &e, y, g->out[1]);
+  else dw3_rows_s2(p, oh0, oh1, &e, y, g->out[1]);
+  nbl_i4_range rg = {_mm512_reduce_min_ps(e.vmin), _mm512_reduce_max_ps(e.vmax), e.nan != 0};
+  range_merge(&j->range, &rg);
+  return 1;
+}
+#else
+static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
+                   int64_t oh1, float *y) {
+  (void)arg, (void)p, (void)n, (void)m, (void)oh0, (void)oh1, (void)y;
+  return 0;
+}
+#endif
+
+/* 1 when dw_rows takes the layer of geometry g */
+static int dw_rows_wanted(const nbl_conv_geom *g) {
+  return have_vnni() && !atomic_load(&g_dw_rows_off) && g->k[0] == 3 && g->k[1] == 3 &&
+         g->d[0] == 1 && g->d[1] == 1 && g->s[0] == g->s[1] && (g->s[0] == 1 || g->s[0] == 2);
 }
 
 /* Depthwise on small planes, 16 channels at a time. The plane kernel above
@@ -1041,7 +1186,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
          g.C / g.group, g.M / g.group, 0, g.out_sz};
   j.Kg = j.Cg * g.k_sz;
   if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
-    dw_job dj = {.f = f, .x = X->data, .bias = j.bias, .C = g.C, .H = g.in[0], .W = g.in[1],
+    dw_job dj = {.f = f, .g = &g, .x = X->data, .bias = j.bias, .C = g.C, .H = g.in[0], .W = g.in[1],
                  .sc = j.sc};
     if (X->codes_for == f) {
       dj.u = X->data;
@@ -1049,9 +1194,12 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     }
     nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
     range_init(&dj.range);
-    nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_row2, dw_finish, &dj};
+    nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_rows2, dw_finish, NULL, &dj};
+    int rows = dw_rows_wanted(&g);
+    if (rows) h.rows = dw_rows;
     st = dw_blocked(&g) ? run_dw_blocked(c, &g, &dj, y)
                         : nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
+    if (st == NBL_OK && rows && !dw_blocked(&g)) atomic_fetch_add(&g_dw_rows_runs, 1);
     if (st == NBL_OK) {
       range_publish(nbl_kctx_out(c, 0), &dj.range);
       return NBL_OK;

@@ -880,15 +880,22 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
          * first memset (below, at allocation) stays */
         int rows_done = t->h && t->h->load_rows && S == 1 && R == 1 && ih_lo < ih_hi;
         if (rows_done) t->h->load_rows(t->h->arg, n, c, ih_lo, ih_hi, ph + (ih_lo + pt) * Wp + pl, Wp);
+        if (!rows_done && S == 2 && t->h && t->h->load_rows2) {
+          /* the rows of each row phase r % R in one call, even columns to
+           * column phase pl % 2, odd ones to the other */
+          int64_t pe = pl % 2, po = 1 - pe;
+          for (int64_t rp = 0; rp < R; rp++) {
+            int64_t ih0 = ih_lo + ((rp - (ih_lo + pt) % R) % R + R) % R;
+            if (ih0 >= ih_hi) continue;
+            float *row = ph + rp * S * plane + ((ih0 + pt) / R) * Wp;
+            t->h->load_rows2(t->h->arg, n, c, ih0, (ih_hi - ih0 + R - 1) / R, R,
+                             row + pe * plane + pl / 2, row + po * plane + (1 + pl) / 2, Wp);
+          }
+          rows_done = 1;
+        }
         for (int64_t ih = ih_lo; ih < ih_hi && !rows_done; ih++) {
           const float *xr = xp ? xp + ih * W : lrow;
           float *row = ph + ((ih + pt) % R) * S * plane + ((ih + pt) / R) * Wp;
-          if (S == 2 && t->h && t->h->load_row2) {
-            int64_t pe = pl % 2, po = 1 - pe;
-            t->h->load_row2(t->h->arg, n, c, ih, row + pe * plane + pl / 2,
-                            row + po * plane + (1 + pl) / 2);
-            continue;
-          }
           if (S == 1) {
             if (t->h) t->h->load_row(t->h->arg, n, c, ih, row + pl);
             else memcpy(row + pl, xr, (size_t)W * sizeof(float));
@@ -916,6 +923,10 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
         }
         prev_c = c;
         prev_n = n;
+      }
+      if (t->h && t->h->rows) {
+        nbl_dw_phases pp = {ph, plane, Wp, R, S};
+        if (t->h->rows(t->h->arg, &pp, n, m, oh0, oh1, yp)) continue;
       }
       /* output row oh reads phase rows from oh on */
       const float *base = ph + oh0 * Wp;

@@ -152,6 +152,15 @@ void nbl_dw_tile_dims(const nbl_conv_geom *g, int64_t *Hp, int64_t *Wp);
 void nbl_conv_set_dw_blocked(int mode);
 long nbl_conv_dw_blocked_runs(void);
 
+/* The zero-padded input plane as dw_run lays it out for strides (R, S):
+ * padded row r (input row r - pad top), column q (input column q - pad
+ * left) is ph[((r % R) * S + q % S) * plane + (r / R) * Wp + q / S]; every
+ * row has at least out[1] + ((k[1] - 1) * d[1]) / S columns. */
+typedef struct nbl_dw_phases {
+  const float *ph;
+  int64_t plane, Wp, R, S;
+} nbl_dw_phases;
+
 /* Depthwise 2-D convolution (group == C == M, at most 64 taps) whose input
  * rows come from the caller and whose finished output planes go back to it:
  * load_row writes row ih of channel c of image n (in[1] floats); finish gets
@@ -163,12 +172,18 @@ long nbl_conv_dw_blocked_runs(void);
 typedef struct nbl_dw_hooks {
   void (*load_row)(void *arg, int64_t n, int64_t c, int64_t ih, float *row);
   /* optional, instead of load_row: with strides 1, rows ih0..ih1-1 to
-   * dst + (ih - ih0) * ld; with column stride 2, row ih's even columns to ev
-   * and odd ones to od */
+   * dst + (ih - ih0) * ld; with column stride 2, the count rows ih0 + i *
+   * step, each one's even columns to ev + i * ld and odd ones to od + i * ld */
   void (*load_rows)(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t ih1, float *dst,
                     int64_t ld);
-  void (*load_row2)(void *arg, int64_t n, int64_t c, int64_t ih, float *ev, float *od);
+  void (*load_rows2)(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t count, int64_t step,
+                     float *ev, float *od, int64_t ld);
   void (*finish)(void *arg, int64_t n, int64_t m, float *y, int64_t count);
+  /* optional: output rows oh0..oh1-1 of plane (n, m), finished (what finish
+   * would make of them), to y (row oh0) straight from the loaded phase
+   * planes p; returns 0 to leave them to the plane kernel and finish */
+  int (*rows)(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
+              int64_t oh1, float *y);
   void *arg;
 } nbl_dw_hooks;
 nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float *w, float *y,

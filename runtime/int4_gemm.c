@@ -379,17 +379,20 @@ VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const flo
     }
 }
 
-/* Even columns to ev, odd ones to od, 32 at a time (the last block masked). */
-VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const float *x, size_t n,
-                                              float *ev, float *od) {
+/* Rows of w floats (row r at x + r * xs), even columns to ev + r * ld, odd
+ * ones to od + r * ld, 32 at a time (the last block of a row masked). */
+VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                              size_t rows, size_t xs, float *ev, float *od,
+                                              size_t ld) {
   const quant_consts k = quant_consts_of(q);
-  for (size_t i = 0; i < n; i += 32) {
-    size_t r = n - i < 32 ? n - i : 32;
-    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
-    __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero);
-    __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero);
-    deint2_store(a, b, r, ev + i / 2, od + i / 2);
-  }
+  for (size_t row = 0; row < rows; row++, x += xs, ev += ld, od += ld)
+    for (size_t i = 0; i < w; i += 32) {
+      size_t r = w - i < 32 ? w - i : 32;
+      __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
+      __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero);
+      __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero);
+      deint2_store(a, b, r, ev + i / 2, od + i / 2);
+    }
 }
 #endif
 
@@ -427,18 +430,19 @@ VNNI_TARGET static void codes_rows_avx512(const uint8_t *u, size_t w, size_t row
     }
 }
 
-VNNI_TARGET static void codes_deint2_avx512(const uint8_t *u, size_t n, float *ev, float *od,
-                                            int bias) {
+VNNI_TARGET static void codes_deint2_avx512(const uint8_t *u, size_t w, size_t rows, size_t us,
+                                            float *ev, float *od, size_t ld, int bias) {
   const __m512i vb = _mm512_set1_epi32(bias);
-  for (size_t i = 0; i < n; i += 32) {
-    size_t r = n - i < 32 ? n - i : 32;
-    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
-    __m512 a = _mm512_cvtepi32_ps(
-        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m0, u + i)), vb));
-    __m512 b = _mm512_cvtepi32_ps(
-        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m1, u + i + 16)), vb));
-    deint2_store(a, b, r, ev + i / 2, od + i / 2);
-  }
+  for (size_t row = 0; row < rows; row++, u += us, ev += ld, od += ld)
+    for (size_t i = 0; i < w; i += 32) {
+      size_t r = w - i < 32 ? w - i : 32;
+      __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
+      __m512 a = _mm512_cvtepi32_ps(
+          _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m0, u + i)), vb));
+      __m512 b = _mm512_cvtepi32_ps(
+          _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m1, u + i + 16)), vb));
+      deint2_store(a, b, r, ev + i / 2, od + i / 2);
+    }
 }
 #endif
 
@@ -454,17 +458,20 @@ void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *
     for (size_t i = 0; i < w; i++) f[r * ld + i] = (float)(u[r * w + i] - bias);
 }
 
-void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t n, float *ev, float *od, int bias) {
+void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t w, size_t rows, size_t us, float *ev,
+                                  float *od, size_t ld, int bias) {
 #if NBL_I4_X86
   if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    codes_deint2_avx512(u, n, ev, od, bias);
+    codes_deint2_avx512(u, w, rows, us, ev, od, ld, bias);
     return;
   }
 #endif
-  for (size_t i = 0; i < n; i++) {
-    if (i & 1) od[i / 2] = (float)(u[i] - bias);
-    else ev[i / 2] = (float)(u[i] - bias);
-  }
+  for (size_t r = 0; r < rows; r++)
+    for (size_t i = 0; i < w; i++) {
+      float v = (float)(u[r * us + i] - bias);
+      if (i & 1) od[r * ld + i / 2] = v;
+      else ev[r * ld + i / 2] = v;
+    }
 }
 
 void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, size_t w,
@@ -479,19 +486,21 @@ void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, si
     nbl_i4_quantize_centered(q, x + r * w, f + r * ld, w, index0 + r * w);
 }
 
-void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t n, float *ev,
-                                     float *od, uint64_t index0) {
+void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                     size_t rows, size_t xs, float *ev, float *od, size_t ld,
+                                     uint64_t index0) {
 #if NBL_I4_X86
   if (q->vec) {
-    quant_f_deint2_avx512(q, x, n, ev, od);
+    quant_f_deint2_avx512(q, x, w, rows, xs, ev, od, ld);
     return;
   }
 #endif
-  for (size_t i = 0; i < n; i++) {
-    float v = (float)(nbl_q4_code(q->cfg, q->p, x[i], index0 + i) - q->p->zero);
-    if (i & 1) od[i / 2] = v;
-    else ev[i / 2] = v;
-  }
+  for (size_t r = 0; r < rows; r++)
+    for (size_t i = 0; i < w; i++) {
+      float v = (float)(nbl_q4_code(q->cfg, q->p, x[r * xs + i], index0 + r * xs + i) - q->p->zero);
+      if (i & 1) od[r * ld + i / 2] = v;
+      else ev[r * ld + i / 2] = v;
+    }
 }
 
 /* ------------------------------------------------------------------ convolution products

@@ -137,19 +137,22 @@ void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, s
 void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
                               uint64_t index0);
 /* Activation bytes u (code + off) back to centered floats u - bias, bias =
- * off + zero: rows of w bytes to f + r * ld, or one row of n split into
- * even (ev) and odd (od) columns. */
+ * off + zero: rows of w bytes to f + r * ld, or rows of w bytes (row r at
+ * u + r * us) split into even (ev + r * ld) and odd (od + r * ld) columns. */
 void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *f, size_t ld,
                                 int bias);
-void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t n, float *ev, float *od, int bias);
+void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t w, size_t rows, size_t us, float *ev,
+                                  float *od, size_t ld, int bias);
 /* nbl_i4_quantize_centered of rows rows of w floats, row r from x + r * w to
  * f + r * ld. */
 void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, size_t w,
                                    size_t rows, float *f, size_t ld, uint64_t index0);
-/* nbl_i4_quantize_centered of x[0..n) with even i to ev[i / 2], odd i to
- * od[i / 2]. */
-void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t n, float *ev,
-                                     float *od, uint64_t index0);
+/* nbl_i4_quantize_centered of rows rows of w floats, row r from x + r * xs
+ * (element index index0 + r * xs), its even columns i to ev[r * ld + i / 2]
+ * and odd ones to od[r * ld + i / 2]. */
+void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                     size_t rows, size_t xs, float *ev, float *od, size_t ld,
+                                     uint64_t index0);
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);
@@ -193,6 +196,11 @@ long nbl_i4_range_reuses(void);
  * that path. */
 void nbl_i4_set_dw_blocked(int mode);
 long nbl_i4_dw_blocked_runs(void);
+/* Tests: 3x3 depthwise layers of strides 1 or 2 straight from their input
+ * rows in blocks of output rows (1, the default) or through the plane
+ * kernel (0), and how many layer runs took the former. */
+void nbl_i4_set_dw_rows(int on);
+long nbl_i4_dw_rows_runs(void);
 /* 0: every fused run scans its activations (tests compare both ways). */
 void nbl_i4_set_range_reuse(int on);
 

@@ -599,6 +599,69 @@ START_TEST(test_dw_blocked) {
 }
 END_TEST
 
+/* 3x3 depthwise layers of strides 1 and 2 computed a block of output rows at
+ * a time straight from the input rows (the default on AVX-512) against the
+ * plane kernel and finish: the same exact integer sums and epilogue, so
+ * bit-identical outputs; and both within float rounding of the reference
+ * path. Plane heights below, at and off the block of 4 rows, widths off the
+ * 32 columns of a block, uneven pads, affine codes, Clip and Relu, no bias,
+ * two images, and planes of 784+ pixels (bands of rows per thread). */
+START_TEST(test_dw_rows) {
+  mspec sps[12];
+  int ns = 0;
+  sps[ns++] = conv_spec(1, 5, 56, 56, 5, 3, 1, 1, 1, 5);
+  sps[ns++] = conv_spec(1, 4, 56, 56, 4, 3, 2, 1, 1, 4);
+  sps[ns++] = conv_spec(1, 3, 3, 17, 3, 3, 1, 1, 1, 3);   /* 3 rows: one at a time */
+  sps[ns++] = conv_spec(1, 3, 2, 33, 3, 3, 1, 1, 1, 3);   /* 2 rows, 33 columns */
+  sps[ns++] = conv_spec(2, 6, 9, 31, 6, 3, 2, 1, 1, 6);   /* 5 rows: a block moved back */
+  sps[ns++] = conv_spec(1, 3, 30, 65, 3, 3, 1, 0, 1, 3);  /* no padding, 28 x 63 */
+  sps[ns] = conv_spec(1, 4, 23, 47, 4, 3, 2, 0, 1, 4);
+  sps[ns].pads[0] = 0, sps[ns].pads[1] = 1, sps[ns].pads[2] = 2, sps[ns++].pads[3] = 0;
+  sps[ns] = conv_spec(1, 3, 16, 16, 3, 3, 1, 0, 1, 3);
+  sps[ns].pads[0] = 2, sps[ns].pads[1] = 0, sps[ns].pads[2] = 0, sps[ns++].pads[3] = 2;
+  sps[ns] = conv_spec(1, 6, 40, 40, 6, 3, 1, 1, 1, 6);
+  sps[ns].xmode = "affine", sps[ns].act = "Clip", sps[ns].clo = 0.0f, sps[ns++].chi = 6.0f;
+  sps[ns] = conv_spec(1, 5, 35, 64, 5, 3, 2, 1, 1, 5);
+  sps[ns].act = "Relu", sps[ns++].brank = -1;
+  sps[ns] = conv_spec(1, 4, 32, 32, 4, 3, 1, 1, 1, 4);
+  sps[ns].act = "Clip", sps[ns].clo = -0.25f, sps[ns++].chi = 0.5f;
+  sps[ns++] = conv_spec(1, 2, 1, 16, 2, 3, 2, 1, 1, 2);   /* one input row */
+  int vnni = nbl_i4_best_isa() == NBL_I4_VNNI;
+  nbl_i4_set_dw_blocked(0); /* small planes here too */
+  for (int i = 0; i < ns; i++) {
+    const mspec *sp = &sps[i];
+    long r0 = nbl_i4_dw_rows_runs();
+    check_model(sp, 1, 0);
+    ck_assert_int_eq(nbl_i4_dw_rows_runs() - r0, vnni);
+    int64_t xn = nbl_shape_numel(4, sp->xd), wn = nbl_shape_numel(4, sp->wd);
+    float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
+    float *b = malloc(sizeof(float) * (size_t)sp->wd[0]);
+    for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
+    for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
+    for (int64_t k = 0; k < sp->wd[0]; k++) b[k] = frand();
+    nbl_model *m = build_model(sp, w, b);
+    size_t n1, n0;
+    for (int t = 1; t <= 2; t++) {
+      g_fast_threads = t;
+      float *y1 = run_model(m, sp, x, 0, &n1);
+      nbl_i4_set_dw_rows(0);
+      float *y0 = run_model(m, sp, x, 0, &n0);
+      nbl_i4_set_dw_rows(1);
+      ck_assert_uint_eq(n1, n0);
+      for (size_t k = 0; k < n1; k++)
+        ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
+                      "case %d, %d thread(s), elem %zu: rows %.9g plane %.9g", i, t, k, y1[k],
+                      y0[k]);
+      free(y1), free(y0);
+    }
+    g_fast_threads = 2;
+    nbl_model_free(m);
+    free(x), free(w), free(b);
+  }
+  nbl_i4_set_dw_blocked(-1);
+}
+END_TEST
+
 /* x -> [QuantizeInt4 -> Conv 1x1 -> Clip] -> [QuantizeInt4 -> depthwise 3x3
  * -> Clip] -> [QuantizeInt4 -> Conv 1x1] -> y, an inverted-residual block:
  * the second and third quantizers take their ranges from the fused nodes
@@ -783,6 +846,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tf, test_fused_gemm_matmul);
   tcase_add_test(tf, test_fused_chain_ranges);
   tcase_add_test(tf, test_dw_blocked);
+  tcase_add_test(tf, test_dw_rows);
   suite_add_tcase(s, tf);
   return s;
 }
