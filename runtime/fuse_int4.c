@@ -68,6 +68,7 @@ typedef struct fused {
   nbl_i4_weights *packed; /* Gemm/MatMul */
   nbl_i4_rows *rows;      /* Conv: one per group */
   float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
+  float *dw_wt;           /* the same as [C / 16][k_sz][16], zero-padded to whole blocks */
   nbl_i4_isa isa;
   /* a Relu/Clip consuming the op's only output, applied in the epilogue */
   int act;
@@ -259,9 +260,11 @@ static void free_packed(fused *f) {
   free(f->packed);
   free(f->rows);
   free(f->dw_w);
+  free(f->dw_wt);
   f->packed = NULL;
   f->rows = NULL;
   f->dw_w = NULL;
+  f->dw_wt = NULL;
 }
 
 /* Integer weight codes (q - z) of tensor w (the W source) into *codes
@@ -317,6 +320,11 @@ static int pack(fused *f, const nbl_rt_tensor *w) {
       f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
       ok = f->dw_w != NULL;
       for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
+      int64_t C16 = (f->groups + 15) / 16 * 16;
+      f->dw_wt = ok ? calloc((size_t)(C16 * Kg), sizeof(float)) : NULL;
+      ok = f->dw_wt != NULL;
+      for (int64_t c = 0; ok && c < f->groups; c++)
+        for (int64_t k = 0; k < Kg; k++) f->dw_wt[(c / 16 * Kg + k) * 16 + c % 16] = q[c * Kg + k];
     }
   } else {
     f->packed = calloc(1, sizeof(nbl_i4_weights));
@@ -1033,9 +1041,9 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
   for (int64_t u = b; u < e; u++) {
     int64_t n = u / J->blocks, c0 = u % J->blocks * 16, nc = C - c0 < 16 ? C - c0 : 16;
     __mmask16 cm = nbl_tail_mask(nc);
-    for (int64_t l = 0; l < nc; l++) dw_load_rows(dj, n, c0 + l, 0, H, in + l * HW, W);
+    dw_load_rows(dj, n, c0, 0, nc * H, in, W); /* the nc planes follow each other */
     nbl_planes_to_tile(in, nc, H, W, T, Wp, g->pb[0], g->pb[1]);
-    nbl_tap_vectors(f->dw_w, c0, nt, cm, wv);
+    for (int k = 0; k < nt; k++) wv[k] = _mm512_loadu_ps(f->dw_wt + (c0 * nt + k * 16));
     __m512 vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
     /* a NaN needs a non-finite scale or bias (b - b is NaN for +-inf, NaN) */
     const int maybe_nan = !isfinite(dj->sc) ||
@@ -1045,6 +1053,9 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
       float *orow = O + oh * OW * 16;
       int64_t ow = 0;
       for (; ow < OW; ow += 4) {
+        /* a last block of fewer than 4 pixels moves back to end at OW
+         * (pixels of the block before computed again: the same values) */
+        if (ow + 4 > OW && OW >= 4) ow = OW - 4;
         int64_t cnt = OW - ow < 4 ? OW - ow : 4;
         __m512 a[4] = {zero, zero, zero, zero};
         const float *t0 = trow + ow * sw * 16;

@@ -450,6 +450,7 @@ void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *
                                 int bias) {
 #if NBL_I4_X86
   if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+    if (ld == w) w *= rows, rows = 1; /* contiguous: one row, whole vectors */
     codes_rows_avx512(u, w, rows, f, ld, bias);
     return;
   }
@@ -478,6 +479,7 @@ void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, si
                                    size_t rows, float *f, size_t ld, uint64_t index0) {
 #if NBL_I4_X86
   if (q->vec) {
+    if (ld == w) w *= rows, rows = 1; /* contiguous: one row, whole vectors */
     quant_f_rows_avx512(q, x, w, rows, f, ld);
     return;
   }
