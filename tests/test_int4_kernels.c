@@ -489,6 +489,10 @@ START_TEST(test_fused_conv) {
   sp = conv_spec(1, 5, 64, 70, 5, 3, 2, 1, 1, 5); /* depthwise, stride 2 */
   sp.act = "Clip", sp.clo = 0.0f, sp.chi = 6.0f;
   check_model(&sp, 1, 0);
+  sp = conv_spec(1, 4, 40, 40, 4, 5, 1, 2, 1, 4); /* depthwise 5x5: bands of the plane kernel */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 3, 60, 60, 3, 3, 2, 2, 2, 3); /* depthwise, dilated, stride 2: the same */
+  check_model(&sp, 1, 0);
   sp = conv_spec(1, 13, 33, 35, 21, 1, 1, 0, 1, 1); /* 1x1: quantized while laid out */
   sp.act = "Relu";
   check_model(&sp, 1, 0);
@@ -605,7 +609,7 @@ END_TEST
  * bit-identical outputs; and both within float rounding of the reference
  * path. Plane heights below, at and off the block of 4 rows, widths off the
  * 32 columns of a block, uneven pads, affine codes, Clip and Relu, no bias,
- * two images, and planes of 784+ pixels (bands of rows per thread). */
+ * two images, and planes of 784+ pixels (whole planes per thread too). */
 START_TEST(test_dw_rows) {
   mspec sps[12];
   int ns = 0;
