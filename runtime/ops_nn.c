@@ -799,7 +799,15 @@ static nbl_status k_global_pool(nbl_kctx *c, int kind) {
   if (X->dtype == NBL_DT_FLOAT && kind != POOL_LP) {
     const float *x = X->data;
     float *y = Y->data;
-    for (int64_t pl = 0; pl < planes; pl++) {
+    int64_t pl = 0;
+    if (kind == POOL_AVG) /* 8 planes at a time: independent sums, each in its own order */
+      for (; pl + 8 <= planes; pl += 8) {
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = 0; i < sp; i++)
+          for (int k = 0; k < 8; k++) s[k] += x[(pl + k) * sp + i];
+        for (int k = 0; k < 8; k++) y[pl + k] = (float)(s[k] / (double)sp);
+      }
+    for (; pl < planes; pl++) {
       const float *xp = x + pl * sp;
       if (kind == POOL_AVG) {
         double s = 0;

@@ -113,6 +113,47 @@ START_TEST(test_binary_fast_vs_reference) {
 }
 END_TEST
 
+/* The 8-lane rows of +, -, *, /: contiguous operands and a scalar operand,
+ * rows of 8k, 8k + r and fewer than 8 elements, Inf and NaN in lanes; every
+ * element must be the float operation itself (float(double op) is the
+ * correctly rounded float result for these four). */
+START_TEST(test_binary_vector_rows) {
+  enum { N = 43 };
+  float a[N], b[N], s[1] = {-1.75f};
+  for (int i = 0; i < N; i++) {
+    a[i] = (float)((i * 37) % 101) / 7.0f - 6.0f;
+    b[i] = (float)((i * 53) % 97) / 11.0f - 4.0f;
+  }
+  a[9] = INFINITY, b[17] = NAN, b[3] = 0.0f, a[30] = -INFINITY;
+  const char *ops[] = {"Add", "Sub", "Mul", "Div"};
+  const int64_t lens[] = {43, 8, 5, 16};
+  for (int k = 0; k < 4; k++)
+    for (int li = 0; li < 4; li++)
+      for (int bs = 0; bs < 3; bs++) { /* b: full, scalar operand second, scalar first */
+        int64_t n = lens[li];
+        one *o = one_new(ops[k], 14, 2, 1);
+        const float *x = bs == 2 ? s : a, *y = bs == 1 ? s : b;
+        one_in(o, 0, NBL_DT_FLOAT, 1, (int64_t[]){bs == 2 ? 1 : n}, x);
+        one_in(o, 1, NBL_DT_FLOAT, 1, (int64_t[]){bs == 1 ? 1 : n}, y);
+        ck_assert_int_eq(one_run(o, 0), NBL_OK);
+        for (int64_t i = 0; i < n; i++) {
+          double xv = x[bs == 2 ? 0 : i], yv = y[bs == 1 ? 0 : i], w;
+          switch (k) {
+          case 0: w = xv + yv; break;
+          case 1: w = xv - yv; break;
+          case 2: w = xv * yv; break;
+          default: w = xv / yv; break;
+          }
+          float want = (float)w, got = outf(o, 0)[i];
+          ck_assert_msg(memcmp(&want, &got, 4) == 0 || (isnan(want) && isnan(got)),
+                        "%s n=%lld case %d elem %lld: %.9g want %.9g", ops[k], (long long)n, bs,
+                        (long long)i, got, want);
+        }
+        one_free(o);
+      }
+}
+END_TEST
+
 START_TEST(test_integer_division) {
   int32_t a[4] = {7, -7, 7, -7}, b[4] = {2, 2, -2, -2};
   one *o = one_new("Div", 14, 2, 1);
@@ -756,6 +797,7 @@ static Suite *suite(void) {
   tcase_set_timeout(t, 120);
   tcase_add_test(t, test_add_broadcast_corners);
   tcase_add_test(t, test_binary_fast_vs_reference);
+  tcase_add_test(t, test_binary_vector_rows);
   tcase_add_test(t, test_integer_division);
   tcase_add_test(t, test_mod);
   tcase_add_test(t, test_compare_logic);

@@ -329,6 +329,30 @@ START_TEST(test_pooling_hand) {
 }
 END_TEST
 
+/* GlobalAveragePool over 2 x 9 planes (two blocks of 8 planes summed side
+ * by side, then two alone), an Inf and a NaN in planes of a block: each
+ * mean the double sum of its plane in order over the count, as float. */
+START_TEST(test_global_avgpool_planes) {
+  enum { P = 18, S = 15 };
+  float x[P * S];
+  for (int i = 0; i < P * S; i++) x[i] = (float)((i * 29) % 83) / 9.0f - 4.0f;
+  x[2 * S + 4] = INFINITY, x[5 * S + 7] = NAN;
+  int64_t d[4] = {2, 9, 3, 5};
+  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
+  nbl_host_tensor y = run_both("GlobalAveragePool", 1, NULL, 1, in, 0);
+  ck_assert_int_eq(y.dims[0], 2);
+  ck_assert_int_eq(y.dims[1], 9);
+  for (int p = 0; p < P; p++) {
+    double s = 0;
+    for (int i = 0; i < S; i++) s += x[p * S + i];
+    float want = (float)(s / S), got = ((float *)y.data)[p];
+    ck_assert_msg(memcmp(&want, &got, 4) == 0 || (isnan(want) && isnan(got)),
+                  "plane %d: %.9g want %.9g", p, got, want);
+  }
+  free(y.data);
+}
+END_TEST
+
 START_TEST(test_batchnorm_layernorm_hand) {
   float x[4] = {1, 3, -2, 2}; /* N=1, C=2, 2 elements each */
   float sc[2] = {2, 1}, bi[2] = {0.5f, -1}, mu[2] = {1, 0}, var[2] = {4, 1};
@@ -478,6 +502,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_gemm_portable_tiles, 0, 4);
   tcase_add_loop_test(tc, test_gemm_blas_tiles, 0, 4);
   tcase_add_test(tc, test_gemm_node_threads);
+  tcase_add_test(tc, test_global_avgpool_planes);
   tcase_add_test(tc, test_gemm_one_row_threads);
   tcase_add_test(tc, test_conv_vs_naive);
   tcase_add_test(tc, test_matmul_shapes);
