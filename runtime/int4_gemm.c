@@ -315,23 +315,31 @@ VNNI_TARGET static inline void deint2_store(__m512 a, __m512 b, size_t r, float 
  * output stores could alias the parameters, which would otherwise be
  * reloaded and converted for every vector. */
 typedef struct quant_consts {
-  __m512 inv, tie, scale, zero, qmin, qmax, clo, chi;
+  __m512 inv, tie, scale, cmin, cmax, clo, chi; /* cmin, cmax: qmin - zero, qmax - zero */
   int clip, divide_all;
 } quant_consts;
 
 VNNI_TARGET static inline quant_consts quant_consts_of(const nbl_i4_quantizer *q) {
   const nbl_q4_params *p = q->p;
-  quant_consts k = {_mm512_set1_ps(q->inv),          _mm512_set1_ps(q->tie),
-                    _mm512_set1_ps(p->scale),        _mm512_set1_ps((float)p->zero),
-                    _mm512_set1_ps((float)p->qmin),  _mm512_set1_ps((float)p->qmax),
-                    _mm512_set1_ps(p->clip_lo),      _mm512_set1_ps(p->clip_hi),
-                    p->clip,                         q->inv == 0.0f};
+  quant_consts k = {_mm512_set1_ps(q->inv),
+                    _mm512_set1_ps(q->tie),
+                    _mm512_set1_ps(p->scale),
+                    _mm512_set1_ps((float)(p->qmin - p->zero)),
+                    _mm512_set1_ps((float)(p->qmax - p->zero)),
+                    _mm512_set1_ps(p->clip_lo),
+                    _mm512_set1_ps(p->clip_hi),
+                    p->clip,
+                    q->inv == 0.0f};
   return k;
 }
 
-/* Half-even codes, 16 floats at a time: the same float operations as
- * nbl_q4_code (clamp, x / s, round to nearest even, + z, clamp). */
-VNNI_TARGET static inline __m512 quant_codes16(const quant_consts *k, __m512 v) {
+/* Half-even codes minus the zero point, 16 floats at a time: the float
+ * operations of nbl_q4_code (clamp, x / s, round to nearest even, + z,
+ * clamp) with the zero point taken out of the last clamp, to qmin - z and
+ * qmax - z: the same integers (r + z is exact below 2^24, and beyond the
+ * code range both sides clamp to the same end; a NaN clamps to qmin - z
+ * both ways). */
+VNNI_TARGET static inline __m512 quant_centered16(const quant_consts *k, __m512 v) {
   if (k->clip) v = _mm512_min_ps(_mm512_max_ps(v, k->clo), k->chi);
   __m512 y = _mm512_mul_ps(v, k->inv);
   __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -342,16 +350,16 @@ VNNI_TARGET static inline __m512 quant_codes16(const quant_consts *k, __m512 v) 
     y = _mm512_mask_div_ps(y, near, v, k->scale);
     r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  return _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, k->zero), k->qmin), k->qmax);
+  return _mm512_min_ps(_mm512_max_ps(r, k->cmin), k->cmax);
 }
 
 VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
                                         size_t n, int off) {
   const quant_consts k = quant_consts_of(q);
-  const __m512i vo = _mm512_set1_epi32(off);
+  const __m512i vo = _mm512_set1_epi32(off + q->p->zero);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = nbl_tail_mask(n - i);
-    __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
+    __m512 v = quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i));
     __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
     _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(c));
   }
@@ -362,8 +370,7 @@ VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x
   const quant_consts k = quant_consts_of(q);
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 m = nbl_tail_mask(n - i);
-    __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
-    _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, k.zero));
+    _mm512_mask_storeu_ps(f + i, m, quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i)));
   }
 }
 
@@ -374,8 +381,7 @@ VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const flo
   for (size_t r = 0; r < rows; r++, x += w, f += ld)
     for (size_t i = 0; i < w; i += 16) {
       __mmask16 m = nbl_tail_mask(w - i);
-      __m512 v = quant_codes16(&k, _mm512_maskz_loadu_ps(m, x + i));
-      _mm512_mask_storeu_ps(f + i, m, _mm512_sub_ps(v, k.zero));
+      _mm512_mask_storeu_ps(f + i, m, quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i)));
     }
 }
 
@@ -389,8 +395,8 @@ VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const f
     for (size_t i = 0; i < w; i += 32) {
       size_t r = w - i < 32 ? w - i : 32;
       __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
-      __m512 a = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m0, x + i)), k.zero);
-      __m512 b = _mm512_sub_ps(quant_codes16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16)), k.zero);
+      __m512 a = quant_centered16(&k, _mm512_maskz_loadu_ps(m0, x + i));
+      __m512 b = quant_centered16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16));
       deint2_store(a, b, r, ev + i / 2, od + i / 2);
     }
 }
@@ -660,7 +666,7 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
   const int sc_finite = isfinite(e->sc);
   uint8_t *codes = e->codes;
   quant_consts qk;
-  __m512i voff = _mm512_set1_epi32(e->off);
+  __m512i voff = _mm512_set1_epi32(e->off + (codes ? e->q->p->zero : 0)); /* centered codes + */
   if (codes) qk = quant_consts_of(e->q);
   for (int r = 0; r < nr; r++) {
     __m512i corr = _mm512_set1_epi32(t->a_zero * t->W->rowsum[m + r]);
@@ -675,10 +681,10 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
     }
     if (codes) {
       uint8_t *u = codes + (m + r) * t->ld + p;
-      __m512i c0 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_codes16(&qk, f0)), voff);
+      __m512i c0 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_centered16(&qk, f0)), voff);
       _mm_mask_storeu_epi8(u, m0, _mm512_cvtepi32_epi8(c0));
       if (m1) {
-        __m512i c1 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_codes16(&qk, f1)), voff);
+        __m512i c1 = _mm512_add_epi32(_mm512_cvtps_epi32(quant_centered16(&qk, f1)), voff);
         _mm_mask_storeu_epi8(u + 16, m1, _mm512_cvtepi32_epi8(c1));
       }
     } else if (!e->no_store) {
