@@ -48,7 +48,7 @@ enum { WS_QUANT, WS_DEQUANT };
 
 typedef struct fused {
   nbl_node node; /* the synthetic node (first member: the kernel casts back) */
-  nbl_id ins[4]; /* X, W source, bias, alpha (NBL_NONE when absent) */
+  nbl_id ins[5]; /* X, W source, bias, alpha, residual (NBL_NONE when absent) */
   const nbl_node *orig;
   nbl_id qx, wnode; /* the quantizer nodes */
   int kind;
@@ -74,6 +74,10 @@ typedef struct fused {
   int act;
   float act_lo, act_hi;
   nbl_id act_node;
+  /* an Add of the conv's output (conv_out) and a residual (ins[4]) computed
+   * in the epilogue, before the activation, which then follows the Add */
+  const nbl_node *res_add;
+  nbl_id res_node, conv_out;
   char op[32]; /* the synthetic node's op type, for profiles: "Int4Conv+Clip" */
   /* the one consumer of this node's output, a fused depthwise convolution
    * quantizing it: fed activation bytes instead of floats (link_codes) */
@@ -347,6 +351,40 @@ static int pack(fused *f, const nbl_rt_tensor *w) {
 /* ------------------------------------------------------------------ literal fallback */
 
 /* Fake-quantize X (params p) and W, then the float op's reference kernel. */
+/* The fused Add (and activation) the slow way: output 0 holds conv + bias;
+ * it becomes Add(conv, residual) by the Add kernel itself (any broadcast,
+ * the operands in the Add's order), then the activation. */
+static nbl_status finish_residual(nbl_kctx *c, const fused *f) {
+  const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+  if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual input of the fused Add is missing");
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
+  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
+  memcpy(t.data, y->data, t.nbytes);
+  const nbl_rt_tensor *ins[2];
+  int ci = f->res_add->inputs[0] == f->conv_out ? 0 : 1;
+  ins[ci] = &t;
+  ins[1 - ci] = R;
+  nbl_node an = *f->res_add;
+  an.outputs = f->node.outputs;
+  an.n_outputs = f->node.n_outputs;
+  nbl_kctx c2 = *c;
+  c2.node = &an;
+  c2.n_in = 2;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
+  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
+  nbl_rt_tensor_free(&t);
+  if (st == NBL_OK && f->act) {
+    y = nbl_kctx_out(c, 0);
+    if (y->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Add's output is not float32");
+    float *yv = y->data;
+    for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
+  }
+  return st;
+}
+
 static nbl_status run_literal(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
   nbl_rt_tensor xh = {0}, wh = {0};
@@ -375,14 +413,19 @@ static nbl_status run_literal(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   }
   const nbl_rt_tensor *ins[3] = {&xh, &wh, c->n_in > 2 ? c->in[2] : NULL};
   nbl_kctx c2 = *c;
-  c2.node = f->orig;
+  nbl_node on = *f->orig; /* its attributes; the fused node's outputs (for the arena) */
+  on.outputs = f->node.outputs;
+  on.n_outputs = f->node.n_outputs;
+  c2.node = &on;
   c2.n_in = f->orig->n_inputs < 3 ? f->orig->n_inputs : 3;
   c2.in = ins;
   const nbl_op_def *def = nbl_op_lookup("", f->orig->op_type, c->opset);
   st = def ? def->ref(&c2)
            : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
                       c->opset);
-  if (st == NBL_OK && f->act) {
+  if (st == NBL_OK && f->res_add) {
+    st = finish_residual(c, f);
+  } else if (st == NBL_OK && f->act) {
     nbl_rt_tensor *y = nbl_kctx_out(c, 0);
     float *yv = y->data;
     for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
@@ -707,9 +750,10 @@ static void fill_block(const x4_job *j, int64_t p0, int64_t p1, uint8_t *X4, uin
 static void product_block(const x4_job *j, int64_t p0, int64_t p1, int64_t m0, int64_t m1,
                           const uint8_t *X4, const nbl_i4_epi *e) {
   nbl_i4_epi ec;
-  if (e->codes) { /* the codes are indexed like y */
+  if (e->codes || e->res) { /* the codes and the residual are indexed like y */
     ec = *e;
-    ec.codes = j->u + p0;
+    if (e->codes) ec.codes = j->u + p0;
+    if (e->res) ec.res = e->res + p0;
     e = &ec;
   }
   nbl_i4_conv_gemm(j->f->isa, j->W, X4, j->a_zero, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, e);
@@ -1140,7 +1184,7 @@ static int emit_codes(nbl_kctx *c, x4_job *xj, fused *G, int64_t ny, int64_t tas
   /* with a clamp to finite bounds and no way to a NaN (finite scale and
    * biases), the range is final once it spans the bounds */
   const nbl_i4_epi *e = &xj->e;
-  int stop = e->act && isfinite(e->lo) && isfinite(e->hi) && isfinite(e->sc);
+  int stop = e->act && !e->res && isfinite(e->lo) && isfinite(e->hi) && isfinite(e->sc);
   for (int64_t m = 0; stop && e->bias && m < xj->W->M; m++) stop = isfinite(e->bias[m]);
   xj->stop_at_bounds = stop;
   xj->e.no_store = 1;
@@ -1171,6 +1215,9 @@ static int emit_codes(nbl_kctx *c, x4_job *xj, fused *G, int64_t ny, int64_t tas
   return 1;
 }
 
+static _Atomic long g_res_runs; /* runs that added a fused residual in the epilogue */
+long nbl_i4_residual_runs(void) { return atomic_load(&g_res_runs); }
+
 static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
@@ -1186,6 +1233,17 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   float *y = nbl_kctx_out(c, 0)->data;
   int64_t ny = g.N * g.M * g.out_sz;
   if (ny == 0) return NBL_OK;
+  /* a fused Add: in the epilogue when the residual has the output's shape,
+   * else conv + bias here and the Add (broadcasting) and activation after */
+  const float *res = NULL;
+  int post = 0;
+  if (f->res_add) {
+    const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+    int same = R && R->dtype == NBL_DT_FLOAT && R->rank == 4 && R->data != y;
+    for (int d = 0; same && d < 4; d++) same = R->dims[d] == od[d];
+    if (same) res = R->data;
+    else post = 1;
+  }
   int off = nbl_i4_act_offset(p);
   struct {
     const float *bias;
@@ -1196,7 +1254,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   } j = {B ? B->data : NULL, p->scale * f->w_scale, p->zero + off, (uint8_t)(p->zero + off),
          g.C / g.group, g.M / g.group, 0, g.out_sz};
   j.Kg = j.Cg * g.k_sz;
-  if (j.Cg == 1 && j.Mg == 1 && f->dw_w) {
+  if (j.Cg == 1 && j.Mg == 1 && f->dw_w && !f->res_add) {
     dw_job dj = {.f = f, .g = &g, .x = X->data, .bias = j.bias, .C = g.C, .H = g.in[0], .W = g.in[1],
                  .sc = j.sc};
     if (X->codes_for == f) {
@@ -1223,7 +1281,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
    * one product pass for the range (the consumer's scale), one writing the
    * bytes; the panels are filled once */
   fused *G = f->link;
-  int emit = G && G->dw_w && g.N == 1 && g.group == 1 && f->isa == NBL_I4_VNNI &&
+  int emit = G && !post && G->dw_w && g.N == 1 && g.group == 1 && f->isa == NBL_I4_VNNI &&
              !atomic_load(&g_range_off) && ny >= atomic_load(&g_link_min);
   int threads = c->threads > 0 ? c->threads : 1;
   int bands = nbl_pixel_bands(threads, j.P);
@@ -1244,7 +1302,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   const nbl_i4_rows *W0 = &f->rows[0];
   x4_job xj = {.g = &g, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
                .P = j.P, .Hp = Hp, .Wp = Wp, .pointwise = direct, .pad = j.pad, .f = f, .a_zero = j.a_zero,
-               .e = {j.sc, NULL, f->act, f->act_lo, f->act_hi, NULL}, .bands = bands};
+               .e = {j.sc, NULL, f->act && !post, f->act_lo, f->act_hi, NULL}, .bands = bands};
   nbl_i4_quantizer_init(&xj.q, &f->xcfg, p);
   range_init(&xj.range);
   xj.gather2 = have_vnni();
@@ -1276,6 +1334,7 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
       xj.W = &f->rows[gi];
       xj.y = y + (n * g.M + gi * j.Mg) * j.P;
       xj.e.bias = j.bias ? j.bias + gi * j.Mg : NULL;
+      xj.e.res = res ? res + (n * g.M + gi * j.Mg) * j.P : NULL;
       if (xj.X4all) {
         xj.phase = 1;
         nbl_parallel_for(c, bands ? bands : npb * xj.nkc, 1, conv_tasks, &xj);
@@ -1288,6 +1347,8 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
   free(xu);
   free(xj.X4all);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (post) return finish_residual(c, f);
+  if (res) atomic_fetch_add(&g_res_runs, 1);
   range_publish(nbl_kctx_out(c, 0), &xj.range);
   return NBL_OK;
 }
@@ -1451,10 +1512,10 @@ void nbl_i4_fusion_free(nbl_i4_fusion *fu) {
 
 /* If the op's only output feeds exactly one Relu or constant-bound Clip and
  * nothing else, the fused node produces that node's output directly. */
-static void fuse_activation(const nbl_model *m, const nbl_graph *g, fused *f) {
+static void fuse_activation(const nbl_model *m, const nbl_graph *g, fused *f, const nbl_node *n) {
   nbl_id an;
   float lo, hi;
-  if (!nbl_fuse_find_activation(m, g, f->orig, &an, &lo, &hi)) return;
+  if (!nbl_fuse_find_activation(m, g, n, &an, &lo, &hi)) return;
   const nbl_node *a = &g->nodes[an];
   f->act = 1;
   f->act_lo = lo;
@@ -1489,6 +1550,8 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   f->ins[0] = qx->inputs[0];
   f->ins[2] = kind != FK_MATMUL && n->n_inputs > 2 ? n->inputs[2] : NBL_NONE;
   f->ins[3] = NBL_NONE;
+  f->ins[4] = NBL_NONE;
+  f->res_node = NBL_NONE;
   if (f->xcfg.scale_source == NBL_Q4_SCALE_PACT) {
     if (qx->n_inputs < 2 || qx->inputs[1] == NBL_NONE) goto no;
     f->ins[3] = qx->inputs[1];
@@ -1550,7 +1613,7 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   f->node.n_inputs = 4;
   f->node.inputs = f->ins;
   f->act_node = NBL_NONE;
-  fuse_activation(m, g, f);
+  fuse_activation(m, g, f, n);
   snprintf(f->op, sizeof f->op, "Int4%s%s%s", n->op_type, f->act ? "+" : "",
            f->act ? g->nodes[f->act_node].op_type : "");
   f->node.op_type = f->op;
@@ -1558,6 +1621,42 @@ static fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
 no:
   fused_free(f);
   return NULL;
+}
+
+/* A dense fused Conv (no activation of its own) whose output's only use is
+ * an Add with another value r takes that Add into its epilogue, r as a fifth
+ * input, and with it a Relu/Clip that alone consumes the Add's output. r
+ * must be ready where the Conv runs: a graph input or initializer, or made
+ * by a node before the Conv in the order (pos: node -> position; a node
+ * fused away runs with its producer, earlier still). */
+static void fuse_residual(const nbl_model *m, const nbl_graph *g, fused *f, const int *pos) {
+  if (f->kind != FK_CONV || f->groups != 1 || f->act || f->node.n_outputs != 1) return;
+  nbl_id v = f->node.outputs[0];
+  if (v == NBL_NONE) return;
+  const nbl_value *val = &g->values[v];
+  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
+      nbl_fuse_used_in_subgraphs(g, val->name))
+    return;
+  nbl_id an = val->consumers[0];
+  const nbl_node *a = &g->nodes[an];
+  if (!nbl_fuse_is_op(a, "", "Add") || a->n_inputs != 2 || a->n_outputs != 1 ||
+      a->outputs[0] == NBL_NONE || a->inputs[0] == a->inputs[1])
+    return;
+  nbl_id r = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
+  if (r == NBL_NONE) return;
+  nbl_id rp = g->values[r].producer;
+  nbl_id conv = (nbl_id)(f->orig - g->nodes);
+  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return;
+  f->res_add = a;
+  f->res_node = an;
+  f->conv_out = v;
+  f->ins[4] = r;
+  f->node.n_inputs = 5;
+  f->node.outputs = a->outputs;
+  f->node.n_outputs = a->n_outputs;
+  fuse_activation(m, g, f, a);
+  snprintf(f->op, sizeof f->op, "Int4%s+Add%s%s", f->orig->op_type, f->act ? "+" : "",
+           f->act ? g->nodes[f->act_node].op_type : "");
 }
 
 /* 1 if every use of node q's outputs is by a fused node that absorbs it. */
@@ -1632,14 +1731,29 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
     nbl_i4_fusion_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
+  int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
+  if (!pos) {
+    free(act);
+    nbl_i4_fusion_free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
+  for (int s = 0; s < *n; s++) pos[order[s]] = s;
   for (int s = 0; s < *n; s++) {
     fused *f = try_fuse(m, g, order[s]);
     if (f) {
       fu->by_node[order[s]] = f;
-      if (f->act) act[f->act_node] = 1;
       any = 1;
     }
   }
+  for (int s = 0; s < *n; s++) { /* residual Adds, once every fused node is known */
+    fused *f = fu->by_node[order[s]];
+    if (!f) continue;
+    fuse_residual(m, g, f, pos);
+    if (f->res_add) act[f->res_node] = 1;
+    if (f->act) act[f->act_node] = 1;
+  }
+  free(pos);
   if (!any) {
     free(act);
     nbl_i4_fusion_free(fu);
@@ -1655,7 +1769,7 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
     for (int k = 0; drop && k < nd->n_outputs; k++)
       if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))
         drop = 0;
-    if (act[id]) drop = 1; /* a Relu/Clip computed by its fused producer */
+    if (act[id]) drop = 1; /* a Relu/Clip or an Add computed by its fused producer */
     if (!drop) order[w++] = id;
   }
   free(act);

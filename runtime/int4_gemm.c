@@ -563,8 +563,9 @@ typedef struct tile_args {
   const nbl_i4_epi *e;
 } tile_args;
 
-static inline float epi_one(const nbl_i4_epi *e, int64_t m, int32_t acc) {
+static inline float epi_one(const nbl_i4_epi *e, int64_t m, int32_t acc, int64_t o) {
   float v = e->sc * (float)acc + (e->bias ? e->bias[m] : 0.0f);
+  if (e->res) v = v + e->res[o];
   if (e->act) {
     v = v < e->lo ? e->lo : v;
     v = v > e->hi ? e->hi : v;
@@ -584,8 +585,8 @@ static void tile_store(const tile_args *t, int64_t m, int nr, int64_t p, int np,
     } else {
       const nbl_i4_epi *e = t->e;
       for (int i = 0; i < np; i++) {
-        float v = epi_one(e, m + r, a[i] - corr);
         int64_t o = (m + r) * t->ld + p + i;
+        float v = epi_one(e, m + r, a[i] - corr, o);
         if (e->codes)
           e->codes[o] = (uint8_t)(nbl_q4_code(e->q->cfg, e->q->p, v, 0) + e->off);
         else if (!e->no_store)
@@ -663,7 +664,8 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
   const int act = e->act;
   const __m512 vs = _mm512_set1_ps(e->sc), lo = _mm512_set1_ps(act ? e->lo : -INFINITY),
                hi = _mm512_set1_ps(act ? e->hi : INFINITY);
-  const int sc_finite = isfinite(e->sc);
+  const int sc_finite = isfinite(e->sc) && !e->res; /* a residual can bring a NaN */
+  const float *res = e->res;
   uint8_t *codes = e->codes;
   quant_consts qk;
   __m512i voff = _mm512_set1_epi32(e->off + (codes ? e->q->p->zero : 0)); /* centered codes + */
@@ -675,6 +677,11 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
     const __m512 vb = _mm512_set1_ps(bias);
     __m512 f0 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), vs), vb);
     __m512 f1 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), vs), vb);
+    if (res) {
+      const float *rr = res + (m + r) * t->ld + p;
+      f0 = _mm512_add_ps(f0, _mm512_maskz_loadu_ps(m0, rr));
+      f1 = _mm512_add_ps(f1, _mm512_maskz_loadu_ps(m1, rr + 16));
+    }
     if (act) {
       f0 = _mm512_min_ps(hi, _mm512_max_ps(lo, f0));
       f1 = _mm512_min_ps(hi, _mm512_max_ps(lo, f1));

@@ -97,6 +97,9 @@ typedef struct nbl_i4_epi {
   uint8_t *codes;
   const struct nbl_i4_quantizer *q;
   int off;
+  /* non-NULL: a residual indexed like Y, added to sc * acc + bias before the
+   * activation (a fused Add) */
+  const float *res;
 } nbl_i4_epi;
 /* Widen r to [lo, hi] (values that are not NaN) and note a NaN. */
 static inline void nbl_i4_range_widen(nbl_i4_range *r, float lo, float hi, int nan) {
@@ -201,6 +204,9 @@ long nbl_i4_dw_blocked_runs(void);
  * kernel (0), and how many layer runs took the former. */
 void nbl_i4_set_dw_rows(int on);
 long nbl_i4_dw_rows_runs(void);
+/* Tests: how many fused Conv runs added a residual (a fused Add) in their
+ * epilogue (the rest of the fused Adds ran as the Add kernel after). */
+long nbl_i4_residual_runs(void);
 /* 0: every fused run scans its activations (tests compare both ways). */
 void nbl_i4_set_range_reuse(int on);
 

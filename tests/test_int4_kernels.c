@@ -723,6 +723,113 @@ static nbl_id chain_layer(nbl_model *m, nbl_id x, const char *name, int64_t M, i
   return a;
 }
 
+/* Conv -> Add(conv, r) [-> Relu | Clip]: the Add (and the activation after
+ * it) computed in the conv's epilogue when r has the output's shape, by the
+ * Add kernel after the conv when it broadcasts (NaN and Inf in r, r the
+ * graph input, r made by another node). Each against the reference path (1e-5), at 1 and 2
+ * threads bit-identical, the epilogue's runs counted. */
+static nbl_id residual_value(nbl_model *m, int kind, int64_t M, int64_t OH, int64_t OW, nbl_id x) {
+  nbl_graph *g = m->graph;
+  if (kind == 3) { /* made by a node: Sigmoid(x) */
+    nbl_id r = nbl_graph_add_value(g, "r");
+    nbl_graph_add_node(g, "Sigmoid", "", "late", 1, &x, 1, &r);
+    return r;
+  }
+  if (kind == 4) return x; /* the graph input itself */
+  int64_t d[4] = {1, M, kind == 1 ? 1 : OH, kind == 1 ? 1 : OW};
+  int64_t n = nbl_shape_numel(4, d);
+  float *v = malloc(sizeof(float) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) v[i] = 1.5f * frand();
+  if (kind == 2) v[3] = NAN, v[n / 2] = INFINITY, v[n - 2] = -INFINITY;
+  nbl_id r = nbl_graph_add_value(g, "r");
+  nbl_graph_set_initializer(g, r, nbl_tensor_new(m->arena, "r", NBL_DT_FLOAT, 4, d, v));
+  free(v);
+  return r;
+}
+
+START_TEST(test_fused_residual) {
+  /* kind of r: 0 same shape, 1 [1,M,1,1] broadcast, 2 with NaN/Inf, 3 made
+   * by a node added after the conv, 4 the graph input; act: 0 none, 1 Relu,
+   * 2 Clip */
+  struct { int kind, act, swap; int64_t C, M, H, k, s; } cs[] = {
+      {0, 1, 0, 8, 16, 12, 1, 1}, {0, 0, 1, 5, 9, 9, 3, 1},  {0, 2, 0, 6, 24, 40, 1, 1},
+      {1, 1, 0, 8, 16, 10, 1, 1}, {2, 1, 1, 4, 8, 11, 3, 2}, {3, 0, 0, 8, 8, 9, 1, 1},
+      {4, 1, 1, 8, 8, 10, 3, 1},  {0, 1, 0, 16, 32, 30, 3, 2}};
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    int64_t C = cs[ci].C, M = cs[ci].M, H = cs[ci].H, k = cs[ci].k, st = cs[ci].s;
+    int64_t OH = (H + 2 * (k / 2) - k) / st + 1;
+    nbl_model *m = nbl_model_new();
+    nbl_model_set_opset(m, "", 13);
+    nbl_model_set_opset(m, "ai.nibble", 1);
+    nbl_graph *g = m->graph;
+    int64_t xd[4] = {1, C, H, H};
+    nbl_id x = nbl_graph_add_value(g, "x");
+    nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, xd);
+    nbl_graph_add_input(g, x);
+    g_dw_stride = 1;
+    nbl_id y = chain_layer(m, x, "conv", M, C, k, 1, 0);
+    if (st > 1) {
+      int64_t sv[2] = {st, st};
+      nbl_node_set_attr_ints(g, g->values[y].producer, "strides", 2, sv);
+    }
+    nbl_id r = residual_value(m, cs[ci].kind, M, OH, OH, x);
+    nbl_id ai[2] = {cs[ci].swap ? r : y, cs[ci].swap ? y : r};
+    nbl_id a = nbl_graph_add_value(g, "sum");
+    nbl_graph_add_node(g, "Add", "", "add", 2, ai, 1, &a);
+    if (cs[ci].act) {
+      nbl_id o = nbl_graph_add_value(g, "out");
+      if (cs[ci].act == 1) {
+        nbl_graph_add_node(g, "Relu", "", "relu", 1, &a, 1, &o);
+      } else {
+        float lo = -0.5f, hi = 0.75f;
+        nbl_id cl = nbl_graph_add_value(g, "lo"), ch = nbl_graph_add_value(g, "hi");
+        nbl_graph_set_initializer(g, cl, nbl_tensor_new(m->arena, "lo", NBL_DT_FLOAT, 0, NULL, &lo));
+        nbl_graph_set_initializer(g, ch, nbl_tensor_new(m->arena, "hi", NBL_DT_FLOAT, 0, NULL, &hi));
+        nbl_id cin[3] = {a, cl, ch};
+        nbl_graph_add_node(g, "Clip", "", "clip", 3, cin, 1, &o);
+      }
+      a = o;
+    }
+    nbl_graph_add_output(g, a);
+    mspec sp = {.xrank = 4, .xd = {1, C, H, H}};
+    int64_t xn = C * H * H;
+    float *xv = malloc(sizeof(float) * (size_t)xn);
+    for (int64_t i = 0; i < xn; i++) xv[i] = 2.0f * frand();
+    /* epilogue runs expected: same shape 1, broadcast 0; a late r depends on the order */
+    int want = cs[ci].kind == 1 ? 0 : cs[ci].kind == 3 ? -1 : 1;
+    size_t n1, n2, nr;
+    long r0 = nbl_i4_residual_runs(), i0 = nbl_i4_integer_runs();
+    g_fast_threads = 2;
+    float *y2 = run_model(m, &sp, xv, 0, &n2);
+    ck_assert_int_eq(nbl_i4_integer_runs() - i0, 1);
+    ck_assert_msg(want < 0 || nbl_i4_residual_runs() - r0 == want,
+                  "case %zu: %ld residual epilogue runs", ci, nbl_i4_residual_runs() - r0);
+    g_fast_threads = 1;
+    float *y1 = run_model(m, &sp, xv, 0, &n1);
+    g_fast_threads = 2;
+    float *yr = run_model(m, &sp, xv, 1, &nr);
+    ck_assert_uint_eq(n1, nr);
+    ck_assert_uint_eq(n2, nr);
+    double mx = 0;
+    for (size_t i = 0; i < nr; i++)
+      if (isfinite(yr[i]) && fabs(yr[i]) > mx) mx = fabs(yr[i]);
+    for (size_t i = 0; i < nr; i++) {
+      ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "case %zu elem %zu: %.9g vs %.9g",
+                    ci, i, y1[i], y2[i]);
+      if (isnan(yr[i]) || isinf(yr[i])) {
+        ck_assert_msg(memcmp(&y2[i], &yr[i], sizeof(float)) == 0 || (isnan(yr[i]) && isnan(y2[i])),
+                      "case %zu elem %zu: fast %g ref %g", ci, i, y2[i], yr[i]);
+        continue;
+      }
+      ck_assert_msg(fabs(y2[i] - yr[i]) <= 1e-5 * mx, "case %zu elem %zu: fast %.9g ref %.9g", ci,
+                    i, y2[i], yr[i]);
+    }
+    free(y1), free(y2), free(yr), free(xv);
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
 START_TEST(test_fused_chain_ranges) {
   for (int v = 0; v < 8; v++) {
     int big = v & 1;
@@ -851,6 +958,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tf, test_fused_chain_ranges);
   tcase_add_test(tf, test_dw_blocked);
   tcase_add_test(tf, test_dw_rows);
+  tcase_add_test(tf, test_fused_residual);
   suite_add_tcase(s, tf);
   return s;
 }
