@@ -316,7 +316,8 @@ VNNI_TARGET static inline void deint2_store(__m512 a, __m512 b, size_t r, float 
  * reloaded and converted for every vector. */
 typedef struct quant_consts {
   __m512 inv, tie, scale, cmin, cmax, clo, chi; /* cmin, cmax: qmin - zero, qmax - zero */
-  int clip, divide_all;
+  int clip;
+  __mmask16 divide_all; /* all lanes take the division (1 / s is not usable) */
 } quant_consts;
 
 VNNI_TARGET static inline quant_consts quant_consts_of(const nbl_i4_quantizer *q) {
@@ -329,7 +330,7 @@ VNNI_TARGET static inline quant_consts quant_consts_of(const nbl_i4_quantizer *q
                     _mm512_set1_ps(p->clip_lo),
                     _mm512_set1_ps(p->clip_hi),
                     p->clip,
-                    q->inv == 0.0f};
+                    q->inv == 0.0f ? (__mmask16)0xffff : (__mmask16)0};
   return k;
 }
 
@@ -344,24 +345,51 @@ VNNI_TARGET static inline __m512 quant_centered16(const quant_consts *k, __m512 
   __m512 y = _mm512_mul_ps(v, k->inv);
   __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, r));
-  __mmask16 near = _mm512_cmp_ps_mask(d, k->tie, _CMP_GT_OQ);
-  if (near || k->divide_all) {
-    near = k->divide_all ? (__mmask16)0xffff : near;
+  __mmask16 near = _mm512_cmp_ps_mask(d, k->tie, _CMP_GT_OQ) | k->divide_all;
+  if (near) {
     y = _mm512_mask_div_ps(y, near, v, k->scale);
     r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
   return _mm512_min_ps(_mm512_max_ps(r, k->cmin), k->cmax);
 }
 
+/* Two vectors at once, one branch for both. */
+VNNI_TARGET static inline void quant_centered32(const quant_consts *k, __m512 v0, __m512 v1,
+                                                __m512 *c0, __m512 *c1) {
+  if (k->clip) {
+    v0 = _mm512_min_ps(_mm512_max_ps(v0, k->clo), k->chi);
+    v1 = _mm512_min_ps(_mm512_max_ps(v1, k->clo), k->chi);
+  }
+  __m512 y0 = _mm512_mul_ps(v0, k->inv), y1 = _mm512_mul_ps(v1, k->inv);
+  __m512 r0 = _mm512_roundscale_ps(y0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r1 = _mm512_roundscale_ps(y1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __mmask16 n0 = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(y0, r0)), k->tie, _CMP_GT_OQ) |
+                 k->divide_all;
+  __mmask16 n1 = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(y1, r1)), k->tie, _CMP_GT_OQ) |
+                 k->divide_all;
+  if (n0 | n1) {
+    y0 = _mm512_mask_div_ps(y0, n0, v0, k->scale);
+    r0 = _mm512_roundscale_ps(y0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    y1 = _mm512_mask_div_ps(y1, n1, v1, k->scale);
+    r1 = _mm512_roundscale_ps(y1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  *c0 = _mm512_min_ps(_mm512_max_ps(r0, k->cmin), k->cmax);
+  *c1 = _mm512_min_ps(_mm512_max_ps(r1, k->cmin), k->cmax);
+}
+
 VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
                                         size_t n, int off) {
   const quant_consts k = quant_consts_of(q);
   const __m512i vo = _mm512_set1_epi32(off + q->p->zero);
-  for (size_t i = 0; i < n; i += 16) {
-    __mmask16 m = nbl_tail_mask(n - i);
-    __m512 v = quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i));
-    __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(v), vo);
-    _mm_mask_storeu_epi8(u + i, m, _mm512_cvtepi32_epi8(c));
+  for (size_t i = 0; i < n; i += 32) {
+    size_t r = n - i < 32 ? n - i : 32;
+    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
+    __m512 a, b;
+    quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i), _mm512_maskz_loadu_ps(m1, x + i + 16),
+                     &a, &b);
+    _mm_mask_storeu_epi8(u + i, m0, _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(a), vo)));
+    _mm_mask_storeu_epi8(u + i + 16, m1,
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(b), vo)));
   }
 }
 
@@ -378,10 +406,15 @@ VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x
 VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const float *x, size_t w,
                                             size_t rows, float *f, size_t ld) {
   const quant_consts k = quant_consts_of(q);
-  for (size_t r = 0; r < rows; r++, x += w, f += ld)
-    for (size_t i = 0; i < w; i += 16) {
-      __mmask16 m = nbl_tail_mask(w - i);
-      _mm512_mask_storeu_ps(f + i, m, quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i)));
+  for (size_t row = 0; row < rows; row++, x += w, f += ld)
+    for (size_t i = 0; i < w; i += 32) {
+      size_t r = w - i < 32 ? w - i : 32;
+      __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
+      __m512 a, b;
+      quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i),
+                       _mm512_maskz_loadu_ps(m1, x + i + 16), &a, &b);
+      _mm512_mask_storeu_ps(f + i, m0, a);
+      _mm512_mask_storeu_ps(f + i + 16, m1, b);
     }
 }
 
@@ -395,8 +428,9 @@ VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const f
     for (size_t i = 0; i < w; i += 32) {
       size_t r = w - i < 32 ? w - i : 32;
       __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
-      __m512 a = quant_centered16(&k, _mm512_maskz_loadu_ps(m0, x + i));
-      __m512 b = quant_centered16(&k, _mm512_maskz_loadu_ps(m1, x + i + 16));
+      __m512 a, b;
+      quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i), _mm512_maskz_loadu_ps(m1, x + i + 16),
+                       &a, &b);
       deint2_store(a, b, r, ev + i / 2, od + i / 2);
     }
 }
