@@ -265,6 +265,19 @@ START_TEST(test_quantize_bytes) {
     }
     quant_case(&cfg, x, n, 0);
   }
+  /* scales whose reciprocal is not a normal float: every lane divides */
+  const float odd_scales[3] = {1e-39f, 3e-41f, 9e37f};
+  for (int rep = 0; rep < 6; rep++) {
+    cfg.fixed_scale = odd_scales[rep % 3];
+    cfg.mode = rep >= 3 ? NBL_Q4_AFFINE : NBL_Q4_SYMMETRIC;
+    for (size_t i = 0; i < n; i++) {
+      float t = ((float)irange(-3, 2) + 0.5f) * cfg.fixed_scale;
+      for (int j = irange(-3, 3); j > 0; j--) t = nextafterf(t, INFINITY);
+      for (int j = irange(-3, 3); j > 0; j--) t = nextafterf(t, -INFINITY);
+      x[i] = t;
+    }
+    quant_case(&cfg, x, n, 0);
+  }
   cfg.mode = NBL_Q4_SYMMETRIC;
   cfg.scale_source = NBL_Q4_SCALE_MAX;
   cfg.rounding = NBL_Q4_ROUND_STOCHASTIC;
