@@ -1103,19 +1103,25 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
         int64_t cnt = OW - ow < 4 ? OW - ow : 4;
         __m512 a[4] = {zero, zero, zero, zero};
         const float *t0 = trow + ow * sw * 16;
-        if (cnt == 4) {
-          for (int k = 0; k < nt; k++) {
-            const float *t = t0 + off[k] * 16;
-            a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(t), wv[k], a[0]);
-            a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(t + sw * 16), wv[k], a[1]);
-            a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 2 * sw * 16), wv[k], a[2]);
-            a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 3 * sw * 16), wv[k], a[3]);
-          }
+#define DWB_TAPS4(NT)                                                          \
+  for (int k = 0; k < (NT); k++) {                                             \
+    const float *t = t0 + off[k] * 16;                                         \
+    a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(t), wv[k], a[0]);                   \
+    a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(t + sw * 16), wv[k], a[1]);         \
+    a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 2 * sw * 16), wv[k], a[2]);     \
+    a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 3 * sw * 16), wv[k], a[3]);     \
+  }
+        if (cnt == 4 && nt == 9) { /* 3x3: the taps unrolled, weights in registers */
+#pragma GCC unroll 9
+          DWB_TAPS4(9)
+        } else if (cnt == 4) {
+          DWB_TAPS4(nt)
         } else {
           for (int64_t i = 0; i < cnt; i++)
             for (int k = 0; k < nt; k++)
               a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(t0 + (off[k] + i * sw) * 16), wv[k], a[i]);
         }
+#undef DWB_TAPS4
         for (int64_t i = 0; i < cnt; i++) {
           __m512 v = _mm512_add_ps(_mm512_mul_ps(a[i], vs), vb);
           if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
