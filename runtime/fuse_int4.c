@@ -14,7 +14,11 @@
  * int32, and each output is rescaled once: y = s_x*s_w*acc + bias (the
  * affine zero point of X is subtracted as z*sum(q_w) per output channel).
  * The quantizer nodes are dropped from the schedule when nothing else uses
- * their outputs.
+ * their outputs. A Relu or constant-bound Clip that alone consumes Y is
+ * applied in the epilogue; so is, for a dense Conv, an Add of Y and a value
+ * ready before the Conv runs (a residual), and a Relu/Clip after that Add
+ * (fuse_residual). The nodes absorbed leave the schedule too, so an on_value
+ * callback does not see the values between them.
  *
  * Anything the integer path cannot express exactly at run time (non-finite
  * X, a Gemm bias shape other than scalar/[N]/[M,N], ...) runs the literal
