@@ -377,28 +377,27 @@ VNNI_TARGET static inline void quant_centered32(const quant_consts *k, __m512 v0
   *c1 = _mm512_min_ps(_mm512_max_ps(r1, k->cmin), k->cmax);
 }
 
+/* The up to 32 floats x[0..r) (r > 0; r >= 32: all) quantized: lanes of
+ * the masks *m0, *m1 into *a, *b. */
+VNNI_TARGET static inline void quant_block32(const quant_consts *k, const float *x, size_t r,
+                                             __m512 *a, __m512 *b, __mmask16 *m0,
+                                             __mmask16 *m1) {
+  *m0 = nbl_tail_mask((int64_t)r);
+  *m1 = nbl_tail_mask(r > 16 ? (int64_t)r - 16 : 0);
+  quant_centered32(k, _mm512_maskz_loadu_ps(*m0, x), _mm512_maskz_loadu_ps(*m1, x + 16), a, b);
+}
+
 VNNI_TARGET static void quant_u8_avx512(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
                                         size_t n, int off) {
   const quant_consts k = quant_consts_of(q);
   const __m512i vo = _mm512_set1_epi32(off + q->p->zero);
   for (size_t i = 0; i < n; i += 32) {
-    size_t r = n - i < 32 ? n - i : 32;
-    __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
     __m512 a, b;
-    quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i), _mm512_maskz_loadu_ps(m1, x + i + 16),
-                     &a, &b);
+    __mmask16 m0, m1;
+    quant_block32(&k, x + i, n - i, &a, &b, &m0, &m1);
     _mm_mask_storeu_epi8(u + i, m0, _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(a), vo)));
     _mm_mask_storeu_epi8(u + i + 16, m1,
                          _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(b), vo)));
-  }
-}
-
-VNNI_TARGET static void quant_f_avx512(const nbl_i4_quantizer *q, const float *x, float *f,
-                                       size_t n) {
-  const quant_consts k = quant_consts_of(q);
-  for (size_t i = 0; i < n; i += 16) {
-    __mmask16 m = nbl_tail_mask(n - i);
-    _mm512_mask_storeu_ps(f + i, m, quant_centered16(&k, _mm512_maskz_loadu_ps(m, x + i)));
   }
 }
 
@@ -408,11 +407,9 @@ VNNI_TARGET static void quant_f_rows_avx512(const nbl_i4_quantizer *q, const flo
   const quant_consts k = quant_consts_of(q);
   for (size_t row = 0; row < rows; row++, x += w, f += ld)
     for (size_t i = 0; i < w; i += 32) {
-      size_t r = w - i < 32 ? w - i : 32;
-      __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
       __m512 a, b;
-      quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i),
-                       _mm512_maskz_loadu_ps(m1, x + i + 16), &a, &b);
+      __mmask16 m0, m1;
+      quant_block32(&k, x + i, w - i, &a, &b, &m0, &m1);
       _mm512_mask_storeu_ps(f + i, m0, a);
       _mm512_mask_storeu_ps(f + i + 16, m1, b);
     }
@@ -426,12 +423,10 @@ VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const f
   const quant_consts k = quant_consts_of(q);
   for (size_t row = 0; row < rows; row++, x += xs, ev += ld, od += ld)
     for (size_t i = 0; i < w; i += 32) {
-      size_t r = w - i < 32 ? w - i : 32;
-      __mmask16 m0 = nbl_tail_mask(r), m1 = nbl_tail_mask(r > 16 ? r - 16 : 0);
       __m512 a, b;
-      quant_centered32(&k, _mm512_maskz_loadu_ps(m0, x + i), _mm512_maskz_loadu_ps(m1, x + i + 16),
-                       &a, &b);
-      deint2_store(a, b, r, ev + i / 2, od + i / 2);
+      __mmask16 m0, m1;
+      quant_block32(&k, x + i, w - i, &a, &b, &m0, &m1);
+      deint2_store(a, b, w - i < 32 ? w - i : 32, ev + i / 2, od + i / 2);
     }
 }
 #endif
@@ -451,7 +446,7 @@ void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *
                               uint64_t index0) {
 #if NBL_I4_X86
   if (q->vec) {
-    quant_f_avx512(q, x, f, n);
+    quant_f_rows_avx512(q, x, n, 1, f, n);
     return;
   }
 #endif

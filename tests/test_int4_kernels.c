@@ -560,6 +560,37 @@ START_TEST(test_fused_conv) {
 }
 END_TEST
 
+/* sp on random data, at 1 and 2 threads, with a kernel path on (set_path(on))
+ * and off (set_path(off)): bit-identical outputs; the path is left on. */
+static void check_path_identical(const mspec *sp, int i, void (*set_path)(int), int on, int off,
+                                 const char *name) {
+  int64_t xn = nbl_shape_numel(4, sp->xd), wn = nbl_shape_numel(4, sp->wd);
+  float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
+  float *b = malloc(sizeof(float) * (size_t)sp->wd[0]);
+  for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
+  for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
+  for (int64_t k = 0; k < sp->wd[0]; k++) b[k] = frand();
+  nbl_model *m = build_model(sp, w, b);
+  size_t n1, n0;
+  set_path(on);
+  for (int t = 1; t <= 2; t++) {
+    g_fast_threads = t;
+    float *y1 = run_model(m, sp, x, 0, &n1);
+    set_path(off);
+    float *y0 = run_model(m, sp, x, 0, &n0);
+    set_path(on);
+    ck_assert_uint_eq(n1, n0);
+    for (size_t k = 0; k < n1; k++)
+      ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
+                    "case %d, %d thread(s), elem %zu: %s %.9g plane %.9g", i, t, k, name, y1[k],
+                    y0[k]);
+    free(y1), free(y0);
+  }
+  g_fast_threads = 2;
+  nbl_model_free(m);
+  free(x), free(w), free(b);
+}
+
 /* Depthwise layers 16 channels at a time (channel tiles, AVX-512) against the
  * plane-at-a-time kernel: the same exact integer sums, so bit-identical
  * outputs; and both within float rounding of the reference path. Channel
@@ -587,31 +618,8 @@ START_TEST(test_dw_blocked) {
     nbl_i4_set_dw_blocked(1);
     check_model(sp, 1, 0);
     ck_assert_int_eq(nbl_i4_dw_blocked_runs() - b0, vnni);
-    int64_t xn = nbl_shape_numel(4, sp->xd), wn = nbl_shape_numel(4, sp->wd);
-    float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
-    float *b = malloc(sizeof(float) * (size_t)sp->wd[0]);
-    for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
-    for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
-    for (int64_t k = 0; k < sp->wd[0]; k++) b[k] = frand();
-    nbl_model *m = build_model(sp, w, b);
-    size_t n1, n0;
-    for (int t = 1; t <= 2; t++) {
-      g_fast_threads = t;
-      float *y1 = run_model(m, sp, x, 0, &n1);
-      nbl_i4_set_dw_blocked(0);
-      float *y0 = run_model(m, sp, x, 0, &n0);
-      nbl_i4_set_dw_blocked(1);
-      ck_assert_uint_eq(n1, n0);
-      for (size_t k = 0; k < n1; k++)
-        ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
-                      "case %d, %d thread(s), elem %zu: blocked %.9g plane %.9g", i, t, k, y1[k],
-                      y0[k]);
-      free(y1), free(y0);
-    }
-    g_fast_threads = 2;
+    check_path_identical(sp, i, nbl_i4_set_dw_blocked, 1, 0, "blocked");
     nbl_i4_set_dw_blocked(-1);
-    nbl_model_free(m);
-    free(x), free(w), free(b);
   }
 }
 END_TEST
@@ -650,30 +658,7 @@ START_TEST(test_dw_rows) {
     long r0 = nbl_i4_dw_rows_runs();
     check_model(sp, 1, 0);
     ck_assert_int_eq(nbl_i4_dw_rows_runs() - r0, vnni);
-    int64_t xn = nbl_shape_numel(4, sp->xd), wn = nbl_shape_numel(4, sp->wd);
-    float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
-    float *b = malloc(sizeof(float) * (size_t)sp->wd[0]);
-    for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
-    for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
-    for (int64_t k = 0; k < sp->wd[0]; k++) b[k] = frand();
-    nbl_model *m = build_model(sp, w, b);
-    size_t n1, n0;
-    for (int t = 1; t <= 2; t++) {
-      g_fast_threads = t;
-      float *y1 = run_model(m, sp, x, 0, &n1);
-      nbl_i4_set_dw_rows(0);
-      float *y0 = run_model(m, sp, x, 0, &n0);
-      nbl_i4_set_dw_rows(1);
-      ck_assert_uint_eq(n1, n0);
-      for (size_t k = 0; k < n1; k++)
-        ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
-                      "case %d, %d thread(s), elem %zu: rows %.9g plane %.9g", i, t, k, y1[k],
-                      y0[k]);
-      free(y1), free(y0);
-    }
-    g_fast_threads = 2;
-    nbl_model_free(m);
-    free(x), free(w), free(b);
+    check_path_identical(sp, i, nbl_i4_set_dw_rows, 1, 0, "rows");
   }
   nbl_i4_set_dw_blocked(-1);
 }
