@@ -17,7 +17,7 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
   and thread count, the median of the round means reported (with the per-round ratio range:
   the machine's speed drifts between runs);
 - sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio; also of the file with
-  every layer in 4 bits (quantize-int4{skip-first-last=0}), for the size alone;
+  every layer in 4 bits (quantize-int4{skip-first-last=0}), timed in the same rounds;
 - agreement: top-1 class of the INT4 fast path vs the INT4 reference path (`--reference`)
   and vs FP32, on the exported input.
 Exit status: 0 done, 1 a step failed, 2 bad usage.
@@ -88,7 +88,7 @@ def main():
             int4 = os.path.join(work, name + "_int4.onnx")
             print("bench_int4: converting %s..." % name, file=sys.stderr, flush=True)
             convert(args.nibble, fp32, int4, "default,quantize-int4,pack-int4")
-            # every layer in 4 bits (the paper keeps the first and last in 8): size only
+            # every layer in 4 bits (the paper keeps the first and last in 8)
             all4 = os.path.join(work, name + "_int4_all.onnx")
             convert(args.nibble, fp32, all4, "default,quantize-int4{skip-first-last=0},pack-int4")
             sizes.append((name, os.path.getsize(fp32), os.path.getsize(int4),
@@ -102,7 +102,7 @@ def main():
                 print("bench_int4: %s, %d thread(s)..." % (name, t), file=sys.stderr, flush=True)
                 # rounds of ORT, nibble FP32, nibble INT4 one after the other, so that a
                 # slow spell of the machine hits all three; medians of the round means
-                ort_r, f32_r, i4_r = [], [], []
+                ort_r, f32_r, i4_r, a4_r = [], [], [], []
                 for _ in range(args.rounds):
                     ort_ms, _, ort_version = bm.ort_latency(fp32, inputs, t, args.runs,
                                                             args.warmup)
@@ -111,9 +111,13 @@ def main():
                                                    args.warmup)[0])
                     i4_r.append(bm.nibble_latency(args.nibble, int4, inputs, t, args.runs,
                                                   args.warmup)[0])
+                    a4_r.append(bm.nibble_latency(args.nibble, all4, inputs, t, args.runs,
+                                                  args.warmup)[0])
                 per_round = [i / o for i, o in zip(i4_r, ort_r)]
+                per_round_a = [i / o for i, o in zip(a4_r, ort_r)]
                 rows.append((name, t, statistics.median(i4_r), statistics.median(f32_r),
-                             statistics.median(ort_r), min(per_round), max(per_round)))
+                             statistics.median(ort_r), min(per_round), max(per_round),
+                             statistics.median(a4_r), min(per_round_a), max(per_round_a)))
     except bm.BenchError as ex:
         print("bench_int4.py: %s" % ex, file=sys.stderr)
         return 1
@@ -122,16 +126,18 @@ def main():
     L = ["# INT4 fast path vs FP32: latency and file size\n",
          "Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, CPU). "
          "Batch 1, 3x224x224, random weights (tests/ref/export_models.py). %d rounds of "
-         "(ORT, nibble FP32, nibble INT4), each %d warmup + %d timed runs; the table gives "
+         "(ORT, nibble FP32, nibble INT4, nibble INT4 all layers), each %d warmup + %d timed runs; the table gives "
          "the median of the round means. INT4 kernels: %s.\n"
          % (platform.machine(), os.cpu_count() or 0, bm.cpu_name(), ort_version, args.rounds,
             args.warmup, args.runs, isa),
          "| model | threads | nibble INT4 ms | nibble FP32 ms | ORT FP32 ms | INT4 / ORT FP32 "
-         "| INT4 / ORT FP32 per round | INT4 / nibble FP32 |",
-         "|---|---|---|---|---|---|---|---|"]
-    for name, t, i4, f32, ort, lo, hi in rows:
-        L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2f-%.2fx | %.2fx |"
-                 % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32))
+         "| INT4 / ORT FP32 per round | INT4 / nibble FP32 | all-INT4 ms | all-INT4 / ORT FP32 "
+         "(per round) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t, i4, f32, ort, lo, hi, a4, alo, ahi in rows:
+        L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2f-%.2fx | %.2fx | %.2f | "
+                 "%.2fx (%.2f-%.2fx) |"
+                 % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32, a4, a4 / ort, alo, ahi))
     L += ["", "| model | FP32 file bytes | INT4 file bytes (pack-int4) | ratio | "
           "all layers INT4 (skip-first-last=0) | ratio |", "|---|---|---|---|---|---|"]
     for name, a, b, c in sizes:
@@ -144,6 +150,8 @@ def main():
           "- ratio < 1 means the INT4 path is faster / the file smaller.",
           "- INT4 model: `nibble convert --passes default,quantize-int4,pack-int4` (first and "
           "last layers in 8 bits, per-tensor activation scales recomputed every run).",
+          "- all-INT4 model: the same with `quantize-int4{skip-first-last=0}`: every Conv, "
+          "Gemm and MatMul in 4 bits, weights and activations.",
           "- fast vs reference: the integer kernels are exact, but the reference path sums "
           "float products in float32; a 1-ulp difference upstream can move an activation code "
           "across a rounding boundary and the change propagates, so the whole-model outputs "
