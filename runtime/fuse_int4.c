@@ -220,29 +220,62 @@ static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, flo
 /* ------------------------------------------------------------------ epilogues */
 
 #if defined(__x86_64__)
+/* The float epilogue of the AVX-512 kernels on a vector of exact sums:
+ * v = sc * acc + bias, then the activation's clamp (as in tile_vnni: NaN
+ * kept), the lanes of m widened into the running min/max, and NaN noted when
+ * one is possible (a non-finite scale or bias). The flags and the
+ * activation's bounds are copied in at init: stores to y could alias f. */
+typedef struct i4_epi {
+  __m512 vs, vb, clo, chi, vmin, vmax;
+  int act, maybe_nan;
+  __mmask16 nan;
+} i4_epi;
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+i4_epi_init(i4_epi *e, const fused *f, float sc, float bias) {
+  e->act = f->act != 0;
+  e->maybe_nan = !isfinite(sc) || !isfinite(bias);
+  e->vs = _mm512_set1_ps(sc);
+  e->vb = _mm512_set1_ps(bias);
+  e->clo = _mm512_set1_ps(e->act ? f->act_lo : -INFINITY);
+  e->chi = _mm512_set1_ps(e->act ? f->act_hi : INFINITY);
+  e->vmin = _mm512_set1_ps(INFINITY);
+  e->vmax = _mm512_set1_ps(-INFINITY);
+  e->nan = 0;
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline __m512
+i4_epi_apply(i4_epi *e, __m512 acc, __mmask16 m) {
+  __m512 v = _mm512_add_ps(_mm512_mul_ps(acc, e->vs), e->vb);
+  if (e->act) v = _mm512_min_ps(e->chi, _mm512_max_ps(e->clo, v));
+  e->vmin = _mm512_mask_min_ps(e->vmin, m, e->vmin, v);
+  e->vmax = _mm512_mask_max_ps(e->vmax, m, e->vmax, v);
+  if (e->maybe_nan) e->nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+  return v;
+}
+
+/* the range of what the epilogue produced */
+__attribute__((target("avx512f"), always_inline)) static inline nbl_i4_range
+i4_epi_range(const i4_epi *e) {
+  nbl_i4_range rg = {_mm512_reduce_min_ps(e->vmin), _mm512_reduce_max_ps(e->vmax), e->nan != 0};
+  return rg;
+}
+
 /* y[i] = act(sc * y[i] + bv): the same arithmetic on exact float sums;
  * rg (non-NULL) is widened to the values written. */
 __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, float *y, int64_t n,
                                                             float sc, float bv,
                                                             nbl_i4_range *rg) {
-  const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bv);
-  __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
-  __mmask16 nan = 0;
-  /* y's stores could alias f: flags read once; the clamp as in tile_vnni
-   * (NaN kept); a NaN needs a non-finite scale or bias */
-  const int act = f->act != 0, maybe_nan = !isfinite(sc) || !isfinite(bv);
-  const __m512 clo = _mm512_set1_ps(act ? f->act_lo : -INFINITY),
-               chi = _mm512_set1_ps(act ? f->act_hi : INFINITY);
+  i4_epi e;
+  i4_epi_init(&e, f, sc, bv);
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = nbl_tail_mask(n - i);
-    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs), vb);
-    if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
-    _mm512_mask_storeu_ps(y + i, m, v);
-    vmin = _mm512_mask_min_ps(vmin, m, vmin, v);
-    vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
-    if (maybe_nan) nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+    _mm512_mask_storeu_ps(y + i, m, i4_epi_apply(&e, _mm512_maskz_loadu_ps(m, y + i), m));
   }
-  if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
+  if (rg) {
+    nbl_i4_range r = i4_epi_range(&e);
+    nbl_i4_range_widen(rg, r.lo, r.hi, r.nan);
+  }
 }
 #endif
 
@@ -911,9 +944,8 @@ long nbl_i4_dw_rows_runs(void) { return atomic_load(&g_dw_rows_runs); }
 
 #if defined(__x86_64__)
 typedef struct dw3_epi {
-  __m512 w[9], vs, vb, clo, chi, vmin, vmax;
-  int act, maybe_nan;
-  __mmask16 nan;
+  __m512 w[9];
+  i4_epi ep;
 } dw3_epi;
 
 /* Output rows oh..oh+RB-1 (of the phase planes p), columns ow..ow+31 (the
@@ -943,22 +975,9 @@ dw3_block(const nbl_dw_phases *p, const int R, const int S, const int RB, int64_
   }
 #pragma GCC unroll 4
   for (int o = 0; o < RB; o++) {
-    __m512 f0 = _mm512_add_ps(_mm512_mul_ps(a0[o], e->vs), e->vb);
-    __m512 f1 = _mm512_add_ps(_mm512_mul_ps(a1[o], e->vs), e->vb);
-    if (e->act) {
-      f0 = _mm512_min_ps(e->chi, _mm512_max_ps(e->clo, f0));
-      f1 = _mm512_min_ps(e->chi, _mm512_max_ps(e->clo, f1));
-    }
     float *yr = y + o * OW + ow;
-    _mm512_mask_storeu_ps(yr, m0, f0);
-    _mm512_mask_storeu_ps(yr + 16, m1, f1);
-    e->vmin = _mm512_mask_min_ps(e->vmin, m0, e->vmin, f0);
-    e->vmax = _mm512_mask_max_ps(e->vmax, m0, e->vmax, f0);
-    e->vmin = _mm512_mask_min_ps(e->vmin, m1, e->vmin, f1);
-    e->vmax = _mm512_mask_max_ps(e->vmax, m1, e->vmax, f1);
-    if (e->maybe_nan)
-      e->nan |= _mm512_mask_cmp_ps_mask(m0, f0, f0, _CMP_UNORD_Q) |
-                _mm512_mask_cmp_ps_mask(m1, f1, f1, _CMP_UNORD_Q);
+    _mm512_mask_storeu_ps(yr, m0, i4_epi_apply(&e->ep, a0[o], m0));
+    _mm512_mask_storeu_ps(yr + 16, m1, i4_epi_apply(&e->ep, a1[o], m1));
   }
 }
 
@@ -1006,18 +1025,10 @@ __attribute__((target("avx512f"))) static int dw_rows(void *arg, const nbl_dw_ph
   float bias = j->bias ? j->bias[m] : 0.0f;
   dw3_epi e;
   for (int k = 0; k < 9; k++) e.w[k] = _mm512_set1_ps(f->dw_w[m * 9 + k]);
-  e.act = f->act != 0;
-  e.maybe_nan = !isfinite(j->sc) || !isfinite(bias);
-  e.vs = _mm512_set1_ps(j->sc);
-  e.vb = _mm512_set1_ps(bias);
-  e.clo = _mm512_set1_ps(e.act ? f->act_lo : -INFINITY);
-  e.chi = _mm512_set1_ps(e.act ? f->act_hi : INFINITY);
-  e.vmin = _mm512_set1_ps(INFINITY);
-  e.vmax = _mm512_set1_ps(-INFINITY);
-  e.nan = 0;
+  i4_epi_init(&e.ep, f, j->sc, bias);
   if (p->R == 1) dw3_rows_s1(p, oh0, oh1, &e, y, g->out[1]);
   else dw3_rows_s2(p, oh0, oh1, &e, y, g->out[1]);
-  nbl_i4_range rg = {_mm512_reduce_min_ps(e.vmin), _mm512_reduce_max_ps(e.vmax), e.nan != 0};
+  nbl_i4_range rg = i4_epi_range(&e.ep);
   range_merge(&j->range, &rg);
   return 1;
 }
@@ -1079,12 +1090,9 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
   int64_t off[NBL_DW_MAX_TAPS]; /* tap (kh, kw) of output (0, 0), in tile pixels */
   for (int64_t kh = 0; kh < KH; kh++)
     for (int64_t kw = 0; kw < KW; kw++) off[kh * KW + kw] = kh * g->d[0] * Wp + kw * g->d[1];
-  const __m512 vs = _mm512_set1_ps(dj->sc), zero = _mm512_setzero_ps();
-  const int act = f->act != 0;
-  const __m512 clo = _mm512_set1_ps(act ? f->act_lo : -INFINITY),
-               chi = _mm512_set1_ps(act ? f->act_hi : INFINITY);
-  __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
-  __mmask16 nan = 0;
+  const __m512 zero = _mm512_setzero_ps();
+  i4_epi ep; /* the bias and NaN flag set per block of channels */
+  i4_epi_init(&ep, f, dj->sc, 0.0f);
   __m512 wv[NBL_DW_MAX_TAPS];
   for (int64_t u = b; u < e; u++) {
     int64_t n = u / J->blocks, c0 = u % J->blocks * 16, nc = C - c0 < 16 ? C - c0 : 16;
@@ -1092,10 +1100,10 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
     dw_load_rows(dj, n, c0, 0, nc * H, in, W); /* the nc planes follow each other */
     nbl_planes_to_tile(in, nc, H, W, T, Wp, g->pb[0], g->pb[1]);
     for (int k = 0; k < nt; k++) wv[k] = _mm512_loadu_ps(f->dw_wt + (c0 * nt + k * 16));
-    __m512 vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
+    ep.vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
     /* a NaN needs a non-finite scale or bias (b - b is NaN for +-inf, NaN) */
-    const int maybe_nan = !isfinite(dj->sc) ||
-                          _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(vb, vb), zero, _CMP_NEQ_UQ);
+    ep.maybe_nan = !isfinite(dj->sc) ||
+                   _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(ep.vb, ep.vb), zero, _CMP_NEQ_UQ);
     for (int64_t oh = 0; oh < OH; oh++) {
       const float *trow = T + oh * sh * 16;
       float *orow = O + oh * OW * 16;
@@ -1126,19 +1134,13 @@ __attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, i
               a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(t0 + (off[k] + i * sw) * 16), wv[k], a[i]);
         }
 #undef DWB_TAPS4
-        for (int64_t i = 0; i < cnt; i++) {
-          __m512 v = _mm512_add_ps(_mm512_mul_ps(a[i], vs), vb);
-          if (act) v = _mm512_min_ps(chi, _mm512_max_ps(clo, v));
-          vmin = _mm512_mask_min_ps(vmin, cm, vmin, v);
-          vmax = _mm512_mask_max_ps(vmax, cm, vmax, v);
-          if (maybe_nan) nan |= _mm512_mask_cmp_ps_mask(cm, v, v, _CMP_UNORD_Q);
-          _mm512_storeu_ps(orow + (ow + i) * 16, v);
-        }
+        for (int64_t i = 0; i < cnt; i++)
+          _mm512_storeu_ps(orow + (ow + i) * 16, i4_epi_apply(&ep, a[i], cm));
       }
     }
     nbl_tile_to_planes(O, P, nc, J->y + (n * C + c0) * P);
   }
-  nbl_i4_range rg = {_mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0};
+  nbl_i4_range rg = i4_epi_range(&ep);
   range_merge(&dj->range, &rg);
   free(in), free(T), free(O);
 }
