@@ -3,6 +3,7 @@
 Fashion-MNIST test accuracy within 2 points of FP32.
 
 usage: /usr/bin/python3 lenet_ptq.py [--nibble PATH] [--data DIR] [--passes P]
+(the suite runs it twice: the default passes, and quantize-int4{skip-first-last=0})
 
 Reads the 10,000 test images (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 from Debian's dataset-fashion-mnist), normalizes them as models/README.md says,
