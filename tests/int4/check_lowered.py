@@ -4,12 +4,12 @@ and agree with nibble's reference path.
 
 usage: /usr/bin/python3 check_lowered.py [--nibble PATH] [--refdir DIR]
            [--models resnet18,mobilenet_v2,resnet18_fmnist,mobilenet_v2_fmnist]
-           [--inputs N] [--tol T]
+           [--inputs N] [--tol T] [--passes P]
 
 For each model of the reference set (tests/ref/export_models.py): ResNet-18
 and MobileNetV2 with random weights at 224x224, and the same two networks
 trained on Fashion-MNIST (*_fmnist, 32x32, a batch of 16 real test images):
-  1. nibble convert MODEL --passes quantize-int4            -> q.onnx (ai.nibble ops)
+  1. nibble convert MODEL --passes P (quantize-int4)        -> q.onnx (ai.nibble ops)
   2. nibble convert q.onnx --passes lower-to-onnx          -> lowered.onnx (opset 21)
   3. nibble convert q.onnx --passes pack-int4               -> packed.onnx (sizes)
   4. on N inputs (the exported input and N-1 perturbed copies, seeded):
@@ -149,6 +149,8 @@ def main():
                     default="resnet18,mobilenet_v2,resnet18_fmnist,mobilenet_v2_fmnist")
     ap.add_argument("--inputs", type=int, default=4)
     ap.add_argument("--tol", type=float, default=1e-2)
+    ap.add_argument("--passes", default="quantize-int4",
+                    help="the quantizing passes of step 1, e.g. quantize-int4{skip-first-last=0}")
     args = ap.parse_args()
     if shutil.which("node") is None:
         print("check_lowered.py: node not installed: skipped", file=sys.stderr)
@@ -184,7 +186,7 @@ def main():
             q = os.path.join(tmp, "q.onnx")
             low = os.path.join(tmp, "lowered.onnx")
             packed = os.path.join(tmp, "packed.onnx")
-            sh([args.nibble, "convert", model, "-o", q, "--passes", "quantize-int4"])
+            sh([args.nibble, "convert", model, "-o", q, "--passes", args.passes])
             sh([args.nibble, "convert", q, "-o", low, "--passes", "lower-to-onnx",
                 "--verify-each"])
             log = sh([args.nibble, "convert", q, "-o", packed, "--passes", "pack-int4"])
