@@ -28,6 +28,7 @@ typedef struct cmp_ctx {
   int csv;
   int rows;
   const nbl_session *a; /* model A's session: its outputs get their own rows */
+  FILE *out;            /* the table, printed once both runs succeeded */
 } cmp_ctx;
 
 static int64_t host_numel(const nbl_host_tensor *t) {
@@ -86,16 +87,16 @@ static void print_row(cmp_ctx *c, const char *kind, const char *name, const char
   }
   double sqnr = se > 0 ? 10.0 * log10(sr / se) : INFINITY;
   if (c->csv) {
-    printf("%s,%s,%s,%lld,%.6g,%.4f,", kind, name, ref_name, (long long)n, mx, sqnr);
-    if (top1 >= 0) printf("%.4f", top1);
-    printf("\n");
+    fprintf(c->out, "%s,%s,%s,%lld,%.6g,%.4f,", kind, name, ref_name, (long long)n, mx, sqnr);
+    if (top1 >= 0) fprintf(c->out, "%.4f", top1);
+    fprintf(c->out, "\n");
   } else {
     char both[600];
     if (strcmp(name, ref_name)) snprintf(both, sizeof both, "%s (vs %s)", name, ref_name);
     else snprintf(both, sizeof both, "%s", name);
-    printf("%-9s %-60s %10lld %12.4g %9.2f", kind, both, (long long)n, mx, sqnr);
-    if (top1 >= 0) printf(" %8.2f%%", 100.0 * top1);
-    printf("\n");
+    fprintf(c->out, "%-9s %-60s %10lld %12.4g %9.2f", kind, both, (long long)n, mx, sqnr);
+    if (top1 >= 0) fprintf(c->out, " %8.2f%%", 100.0 * top1);
+    fprintf(c->out, "\n");
   }
   c->rows++;
 }
@@ -149,15 +150,23 @@ static void usage(FILE *f) {
              "for [N,C] outputs.\n");
 }
 
-static int run_model(const char *path, nbl_model **m, nbl_session **s, nbl_session_options *so,
-                     int n_in, const nbl_host_tensor *ins, const nbl_host_tensor **outs) {
+/* The last error, prefixed with the model's path unless it already names it. */
+static void report(const char *path) {
+  const char *e = nbl_last_error();
+  if (strstr(e, path)) fprintf(stderr, "nibble compare: %s\n", e);
+  else fprintf(stderr, "nibble compare: %s: %s\n", path, e);
+}
+
+/* Load model `path` and make its session; every input it has must be among ins. */
+static int open_model(const char *path, nbl_model **m, nbl_session **s, nbl_session_options *so,
+                      int n_in, const nbl_host_tensor *ins) {
   if (nbl_model_load(path, m) != NBL_OK) {
     fprintf(stderr, "nibble compare: %s\n", nbl_last_error());
     return 2;
   }
   nbl_status st = nbl_session_create(*m, so, s);
   if (st != NBL_OK) {
-    fprintf(stderr, "nibble compare: %s: %s\n", path, nbl_last_error());
+    report(path);
     return st == NBL_ERR_UNSUPPORTED || st == NBL_ERR_INVALID_MODEL ? 2 : 1;
   }
   for (int k = 0; k < nbl_session_input_count(*s); k++) {
@@ -170,17 +179,22 @@ static int run_model(const char *path, nbl_model **m, nbl_session **s, nbl_sessi
       return 2;
     }
   }
-  /* feed only the inputs this model has */
+  return 0;
+}
+
+/* Run session s (of model `path`) on the inputs it has. */
+static int run_model(const char *path, nbl_session *s, int n_in, const nbl_host_tensor *ins,
+                     const nbl_host_tensor **outs) {
   nbl_host_tensor *mine = calloc((size_t)n_in + 1, sizeof *mine);
   if (!mine) return 1;
   int k = 0;
   for (int i = 0; i < n_in; i++)
-    for (int j = 0; j < nbl_session_input_count(*s); j++)
-      if (!strcmp(ins[i].name, nbl_session_input_name(*s, j))) mine[k++] = ins[i];
-  st = nbl_session_run(*s, k, mine, outs);
+    for (int j = 0; j < nbl_session_input_count(s); j++)
+      if (!strcmp(ins[i].name, nbl_session_input_name(s, j))) mine[k++] = ins[i];
+  nbl_status st = nbl_session_run(s, k, mine, outs);
   free(mine);
   if (st != NBL_OK) {
-    fprintf(stderr, "nibble compare: %s: %s\n", path, nbl_last_error());
+    report(path);
     return st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
   }
   return 0;
@@ -223,6 +237,8 @@ int nbl_cmd_compare(int argc, char **argv) {
     return 2;
   }
   int rc = 2;
+  char *table = NULL;
+  size_t table_len = 0;
   cmp_ctx c = {0};
   c.csv = !strcmp(format, "csv");
   nbl_model *ma = NULL, *mb = NULL;
@@ -246,20 +262,30 @@ int nbl_cmd_compare(int argc, char **argv) {
   const nbl_host_tensor *oa = NULL, *ob = NULL;
   nbl_session_options so = {.threads = threads, .reference = reference, .on_value = keep_value,
                             .user = &c};
-  rc = run_model(pa, &ma, &sa, &so, n_in, ins, &oa);
+  /* both models open (and every input given) before anything runs or prints */
+  nbl_session_options sob = so;
+  sob.on_value = compare_value;
+  rc = open_model(pa, &ma, &sa, &so, n_in, ins);
+  if (!rc) rc = open_model(pb, &mb, &sb, &sob, n_in, ins);
+  if (!rc) rc = run_model(pa, sa, n_in, ins, &oa);
   if (rc) goto out;
   if (c.failed) {
     fprintf(stderr, "nibble compare: out of memory keeping the values of %s\n", pa);
     rc = 1;
     goto out;
   }
-  if (c.csv) printf("kind,name,reference,numel,max_abs_err,sqnr_db,top1_agreement\n");
+  c.out = open_memstream(&table, &table_len);
+  if (!c.out) {
+    fprintf(stderr, "nibble compare: out of memory\n");
+    rc = 1;
+    goto out;
+  }
+  if (c.csv) fprintf(c.out, "kind,name,reference,numel,max_abs_err,sqnr_db,top1_agreement\n");
   else
-    printf("%-9s %-60s %10s %12s %9s %9s\n", "kind", "name", "numel", "max abs err",
-           "SQNR dB", "top-1");
-  so.on_value = compare_value;
+    fprintf(c.out, "%-9s %-60s %10s %12s %9s %9s\n", "kind", "name", "numel", "max abs err",
+            "SQNR dB", "top-1");
   c.a = sa;
-  rc = run_model(pb, &mb, &sb, &so, n_in, ins, &ob);
+  rc = run_model(pb, sb, n_in, ins, &ob);
   if (rc) goto out;
   for (int i = 0; i < nbl_session_output_count(sb); i++) {
     const nbl_host_tensor *tb = &ob[i];
@@ -287,6 +313,11 @@ int nbl_cmd_compare(int argc, char **argv) {
   }
   rc = 0;
 out:
+  if (c.out) {
+    fclose(c.out); /* table and table_len valid from here */
+    if (rc == 0) fwrite(table, 1, table_len, stdout);
+    free(table);
+  }
   for (int i = 0; ins && i < n_in; i++) nbl_host_tensor_free(&ins[i]);
   free(ins);
   free(specs);

@@ -12,7 +12,8 @@ cannot express. Each must make `nibble` exit with status 1 or 2 (never a
 signal or a sanitizer report) and print a last line starting with "nibble: " (or
 ("nibble run: ", "nibble convert: ") that names what is at fault (the node or tensor, and the attribute or
 option). The fast path (`nibble run`) and the reference path
-(`--reference`) are both run for the `run` cases.
+(`--reference`) are both run for the `run` cases; `nibble compare` with a
+second model that cannot be loaded or run prints nothing on stdout.
 Exit 0 pass, 1 fail, 77 skip (no python3-onnx or numpy).
 """
 import os
@@ -138,6 +139,9 @@ def cases():
         ["'q'", "bits"]
     yield "pack_bits9", conv_q((2, 2, 3, 3), qattrs={"bits": 9}), \
         ["convert", "--passes", "pack-int4"], ["'qx'"]
+    # compare: a second model that cannot be read, or that fails, stops before any row
+    yield "cmp_missing", good, ["compare", "@/missing.onnx"], ["missing.onnx"]
+    yield "cmp_bits9", good, ["compare", "@conv_bits9.onnx"], ["conv_bits9.onnx", "'qx'"]
 
 
 def main():
@@ -151,8 +155,10 @@ def main():
             with open(path, "wb") as f:
                 f.write(m.SerializeToString())
             variants = [[]]
-            if cmd[0] == "run":
-                variants = [[], ["--reference"]]
+            # "@NAME": a file of this run's directory (or a path that does not exist)
+            cmd = [os.path.join(d, c[1:]) if c.startswith("@") else c for c in cmd]
+            if cmd[0] in ("run", "compare"):
+                variants = [[], ["--reference"]] if cmd[0] == "run" else [[]]
                 for i, vin in enumerate(m.graph.input):
                     t = vin.type.tensor_type
                     shape = [dd.dim_value for dd in t.shape.dim]
@@ -170,6 +176,7 @@ def main():
                 ok = r.returncode in (1, 2) and last.startswith("nibble")
                 ok = ok and all(w in last for w in want) and "Sanitizer" not in r.stderr
                 ok = ok and "runtime error" not in r.stderr
+                ok = ok and (cmd[0] != "compare" or r.stdout == "")  # no table begun
                 print("%-4s %-18s %-12s exit %d  %s" % ("ok" if ok else "FAIL", tag,
                                                         " ".join(extra) or cmd[0], r.returncode,
                                                         last[:150]))
