@@ -135,12 +135,14 @@ static int all_finite(const float *x, int64_t n) {
 }
 
 
-/* AVX-512 (VNNI) available here; cached (every thread computes the same value). */
+/* AVX-512 (VNNI) available here and not capped by NBL_INT4_ISA (so that a
+ * cap to avx2 or scalar runs no AVX-512 code of the INT4 path at all);
+ * cached (every thread computes the same value). */
 static int have_vnni(void) {
   static _Atomic int cached = -1;
   int v = atomic_load_explicit(&cached, memory_order_relaxed);
   if (v < 0) {
-    v = nbl_i4_isa_supported(NBL_I4_VNNI);
+    v = nbl_i4_best_isa() == NBL_I4_VNNI;
     atomic_store_explicit(&cached, v, memory_order_relaxed);
   }
   return v;
