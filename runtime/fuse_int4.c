@@ -1277,7 +1277,8 @@ static nbl_status run_conv(nbl_kctx *c, fused *f, const nbl_q4_params *p) {
     }
     nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
     range_init(&dj.range);
-    nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_rows2, dw_finish, NULL, &dj};
+    nbl_dw_hooks h = {dw_load_row, dw_load_rows, dw_load_rows2, dw_finish, NULL, &dj,
+                      !have_vnni()};
     int rows = dw_rows_wanted(&g);
     if (rows) h.rows = dw_rows;
     st = dw_blocked(&g) ? run_dw_blocked(c, &g, &dj, y)

@@ -757,9 +757,10 @@ static void dw_plane_generic(const float *ph, int64_t Wp, const int64_t *off, in
 /* The best depthwise plane kernel this CPU runs. */
 typedef void (*dw_plane_fn)(const float *, int64_t, const int64_t *, int, const float *, int64_t,
                             float, float *, int64_t, int64_t);
-static dw_plane_fn dw_plane_pick(void) {
+static dw_plane_fn dw_plane_pick(int no_avx512) {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return dw_plane_avx512;
+  if (!no_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
+    return dw_plane_avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return dw_plane_avx2;
 #endif
   return dw_plane_generic;
@@ -820,7 +821,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
    * vectors are computed on the padded grid as one row of OH * Wp outputs
    * (full-width loads, no scalar tail per row); the columns past OW are
    * dropped when copying out */
-  dw_plane_fn plane_fn = dw_plane_pick();
+  dw_plane_fn plane_fn = dw_plane_pick(t->h && t->h->no_avx512);
   int lanes = 8;
 #if defined(__x86_64__)
   if (plane_fn == dw_plane_avx512) lanes = 16;

@@ -185,6 +185,7 @@ typedef struct nbl_dw_hooks {
   int (*rows)(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
               int64_t oh1, float *y);
   void *arg;
+  int no_avx512; /* the caller's CPU cap: plane kernels of at most AVX2 */
 } nbl_dw_hooks;
 nbl_status nbl_conv_dw_hooked(nbl_kctx *ctx, const nbl_conv_geom *g, const float *w, float *y,
                               const nbl_dw_hooks *h);

@@ -298,7 +298,10 @@ void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const 
   if (!isnormal(p->scale) || !isnormal(q->inv)) q->inv = 0.0f;
   int lo = abs(p->qmin - p->zero), hi = abs(p->qmax - p->zero);
   q->tie = 0.5f - (float)((lo > hi ? lo : hi) + 1) * 0x1p-20f;
-  q->vec = cfg->rounding == NBL_Q4_ROUND_HALF_EVEN && nbl_i4_isa_supported(NBL_I4_VNNI);
+  q->vec = cfg->rounding != NBL_Q4_ROUND_HALF_EVEN ? 0
+           : nbl_i4_best_isa() == NBL_I4_VNNI  ? 2
+           : nbl_i4_best_isa() == NBL_I4_AVX2  ? 1
+                                               : 0;
 }
 
 #if NBL_I4_X86
@@ -431,11 +434,150 @@ VNNI_TARGET static void quant_f_deint2_avx512(const nbl_i4_quantizer *q, const f
 }
 #endif
 
+#if NBL_I4_X86
+/* The same quantizer on AVX2, 8 lanes at a time: the operations and operand
+ * orders of quant_centered16 (min/max return their second operand for a
+ * NaN, as the AVX-512 ones do), so the codes are the same integers. The
+ * lanes past a row's end are loaded as 0 and not stored. */
+typedef struct quant_consts8 {
+  __m256 inv, tie, scale, cmin, cmax, clo, chi;
+  int clip, divide_all;
+} quant_consts8;
+
+AVX2_TARGET static inline quant_consts8 quant_consts8_of(const nbl_i4_quantizer *q) {
+  const nbl_q4_params *p = q->p;
+  quant_consts8 k = {_mm256_set1_ps(q->inv),
+                     _mm256_set1_ps(q->tie),
+                     _mm256_set1_ps(p->scale),
+                     _mm256_set1_ps((float)(p->qmin - p->zero)),
+                     _mm256_set1_ps((float)(p->qmax - p->zero)),
+                     _mm256_set1_ps(p->clip_lo),
+                     _mm256_set1_ps(p->clip_hi),
+                     p->clip,
+                     q->inv == 0.0f};
+  return k;
+}
+
+AVX2_TARGET static inline __m256 quant_centered8(const quant_consts8 *k, __m256 v) {
+  if (k->clip) v = _mm256_min_ps(_mm256_max_ps(v, k->clo), k->chi);
+  __m256 y = _mm256_mul_ps(v, k->inv);
+  __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 d = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(y, r));
+  __m256 near = _mm256_cmp_ps(d, k->tie, _CMP_GT_OQ);
+  if (k->divide_all) near = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  if (_mm256_movemask_ps(near)) {
+    y = _mm256_blendv_ps(y, _mm256_div_ps(v, k->scale), near);
+    r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  return _mm256_min_ps(_mm256_max_ps(r, k->cmin), k->cmax);
+}
+
+/* Lanes 0..r-1 set (r clamped to 0..8), as an AVX2 load/store mask. */
+AVX2_TARGET static inline __m256i tail8(int64_t r) {
+  if (r > 8) r = 8;
+  if (r < 0) r = 0;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* The low byte of each of the 8 int32 lanes of c (each in 0..255), the first r stored. */
+AVX2_TARGET static inline void store_bytes8(uint8_t *u, __m256i c, size_t r) {
+  __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  __m128i b = _mm_packus_epi16(w, w);
+  if (r >= 8) {
+    _mm_storel_epi64((__m128i *)(void *)u, b);
+  } else {
+    uint8_t t[16];
+    _mm_storeu_si128((__m128i *)(void *)t, b);
+    memcpy(u, t, r);
+  }
+}
+
+AVX2_TARGET static void quant_u8_avx2(const nbl_i4_quantizer *q, const float *x, uint8_t *u,
+                                      size_t n, int off) {
+  const quant_consts8 k = quant_consts8_of(q);
+  const __m256i vo = _mm256_set1_epi32(off + q->p->zero);
+  for (size_t i = 0; i < n; i += 8) {
+    __m256i m = tail8((int64_t)(n - i));
+    __m256 c = quant_centered8(&k, _mm256_maskload_ps(x + i, m));
+    store_bytes8(u + i, _mm256_add_epi32(_mm256_cvtps_epi32(c), vo), n - i);
+  }
+}
+
+AVX2_TARGET static void quant_f_rows_avx2(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                          size_t rows, float *f, size_t ld) {
+  const quant_consts8 k = quant_consts8_of(q);
+  for (size_t row = 0; row < rows; row++, x += w, f += ld)
+    for (size_t i = 0; i < w; i += 8) {
+      __m256i m = tail8((int64_t)(w - i));
+      _mm256_maskstore_ps(f + i, m, quant_centered8(&k, _mm256_maskload_ps(x + i, m)));
+    }
+}
+
+/* The 16 values of a (0-7) and b (8-15), the first r of them real: even
+ * ones to ev, odd ones to od. */
+AVX2_TARGET static inline void deint2_store8(__m256 a, __m256 b, size_t r, float *ev, float *od) {
+  /* [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6] */
+  __m256 e = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+  __m256 o = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+  _mm256_maskstore_ps(ev, tail8((int64_t)(r + 1) / 2), e);
+  _mm256_maskstore_ps(od, tail8((int64_t)r / 2), o);
+}
+
+AVX2_TARGET static void quant_f_deint2_avx2(const nbl_i4_quantizer *q, const float *x, size_t w,
+                                            size_t rows, size_t xs, float *ev, float *od,
+                                            size_t ld) {
+  const quant_consts8 k = quant_consts8_of(q);
+  for (size_t row = 0; row < rows; row++, x += xs, ev += ld, od += ld)
+    for (size_t i = 0; i < w; i += 16) {
+      size_t r = w - i < 16 ? w - i : 16;
+      __m256 a = quant_centered8(&k, _mm256_maskload_ps(x + i, tail8((int64_t)r)));
+      __m256 b = quant_centered8(&k, _mm256_maskload_ps(x + i + 8, tail8((int64_t)r - 8)));
+      deint2_store8(a, b, r, ev + i / 2, od + i / 2);
+    }
+}
+
+/* Up to 8 bytes u[0..r) as int32 lanes (the rest 0). */
+AVX2_TARGET static inline __m256i load_bytes8(const uint8_t *u, size_t r) {
+  if (r >= 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)u));
+  uint8_t t[8] = {0};
+  memcpy(t, u, r);
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)t));
+}
+
+AVX2_TARGET static void codes_rows_avx2(const uint8_t *u, size_t w, size_t rows, float *f,
+                                        size_t ld, int bias) {
+  const __m256i vb = _mm256_set1_epi32(bias);
+  for (size_t r = 0; r < rows; r++, u += w, f += ld)
+    for (size_t i = 0; i < w; i += 8)
+      _mm256_maskstore_ps(f + i, tail8((int64_t)(w - i)),
+                          _mm256_cvtepi32_ps(_mm256_sub_epi32(load_bytes8(u + i, w - i), vb)));
+}
+
+AVX2_TARGET static void codes_deint2_avx2(const uint8_t *u, size_t w, size_t rows, size_t us,
+                                          float *ev, float *od, size_t ld, int bias) {
+  const __m256i vb = _mm256_set1_epi32(bias);
+  for (size_t row = 0; row < rows; row++, u += us, ev += ld, od += ld)
+    for (size_t i = 0; i < w; i += 16) {
+      size_t r = w - i < 16 ? w - i : 16;
+      __m256 a = _mm256_cvtepi32_ps(_mm256_sub_epi32(load_bytes8(u + i, r), vb));
+      __m256 b = _mm256_cvtepi32_ps(
+          _mm256_sub_epi32(r > 8 ? load_bytes8(u + i + 8, r - 8) : _mm256_setzero_si256(), vb));
+      deint2_store8(a, b, r, ev + i / 2, od + i / 2);
+    }
+}
+#endif
+
 void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, size_t n,
                         uint64_t index0, int off) {
 #if NBL_I4_X86
-  if (q->vec) {
+  if (q->vec == 2) {
     quant_u8_avx512(q, x, u, n, off);
+    return;
+  }
+  if (q->vec == 1) {
+    quant_u8_avx2(q, x, u, n, off);
     return;
   }
 #endif
@@ -445,8 +587,12 @@ void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, s
 void nbl_i4_quantize_centered(const nbl_i4_quantizer *q, const float *x, float *f, size_t n,
                               uint64_t index0) {
 #if NBL_I4_X86
-  if (q->vec) {
+  if (q->vec == 2) {
     quant_f_rows_avx512(q, x, n, 1, f, n);
+    return;
+  }
+  if (q->vec == 1) {
+    quant_f_rows_avx2(q, x, n, 1, f, n);
     return;
   }
 #endif
@@ -484,9 +630,14 @@ VNNI_TARGET static void codes_deint2_avx512(const uint8_t *u, size_t w, size_t r
 void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *f, size_t ld,
                                 int bias) {
 #if NBL_I4_X86
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
-    if (ld == w) w *= rows, rows = 1; /* contiguous: one row, whole vectors */
+  nbl_i4_isa isa = nbl_i4_best_isa();
+  if (isa != NBL_I4_SCALAR && ld == w) w *= rows, rows = 1; /* contiguous: one row */
+  if (isa == NBL_I4_VNNI) {
     codes_rows_avx512(u, w, rows, f, ld, bias);
+    return;
+  }
+  if (isa == NBL_I4_AVX2) {
+    codes_rows_avx2(u, w, rows, f, ld, bias);
     return;
   }
 #endif
@@ -497,8 +648,12 @@ void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *
 void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t w, size_t rows, size_t us, float *ev,
                                   float *od, size_t ld, int bias) {
 #if NBL_I4_X86
-  if (nbl_i4_isa_supported(NBL_I4_VNNI)) {
+  if (nbl_i4_best_isa() == NBL_I4_VNNI) {
     codes_deint2_avx512(u, w, rows, us, ev, od, ld, bias);
+    return;
+  }
+  if (nbl_i4_best_isa() == NBL_I4_AVX2) {
+    codes_deint2_avx2(u, w, rows, us, ev, od, ld, bias);
     return;
   }
 #endif
@@ -515,7 +670,8 @@ void nbl_i4_quantize_centered_rows(const nbl_i4_quantizer *q, const float *x, si
 #if NBL_I4_X86
   if (q->vec) {
     if (ld == w) w *= rows, rows = 1; /* contiguous: one row, whole vectors */
-    quant_f_rows_avx512(q, x, w, rows, f, ld);
+    if (q->vec == 2) quant_f_rows_avx512(q, x, w, rows, f, ld);
+    else quant_f_rows_avx2(q, x, w, rows, f, ld);
     return;
   }
 #endif
@@ -527,8 +683,12 @@ void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, 
                                      size_t rows, size_t xs, float *ev, float *od, size_t ld,
                                      uint64_t index0) {
 #if NBL_I4_X86
-  if (q->vec) {
+  if (q->vec == 2) {
     quant_f_deint2_avx512(q, x, w, rows, xs, ev, od, ld);
+    return;
+  }
+  if (q->vec == 1) {
+    quant_f_deint2_avx2(q, x, w, rows, xs, ev, od, ld);
     return;
   }
 #endif

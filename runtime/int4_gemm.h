@@ -125,13 +125,13 @@ typedef struct nbl_i4_quantizer {
   const nbl_q4_config *cfg;
   const nbl_q4_params *p;
   float inv, tie; /* 1 / scale (0: always divide); 0.5 - the near-tie band */
-  int vec;        /* the AVX-512 half-even path applies */
+  int vec;        /* the half-even vector path that applies: 2 AVX-512, 1 AVX2, 0 none */
 } nbl_i4_quantizer;
 void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const nbl_q4_params *p);
 
 /* Activation bytes: u[i] = code(x[i]) + off, the code exactly as
  * nbl_q4_quantize_codes computes it (index0 = linear index of x[0]); x must
- * be finite. Vectorized for half-even rounding on AVX-512. */
+ * be finite. Vectorized for half-even rounding on AVX-512 and AVX2. */
 void nbl_i4_quantize_u8(const nbl_i4_quantizer *q, const float *x, uint8_t *u, size_t n,
                         uint64_t index0, int off);
 

@@ -958,9 +958,16 @@ Suite *int4_suite(void) {
   tcase_add_test(tc, test_gemm_int4_tiles);
   tcase_add_test(tc, test_gemm_int8_extremes);
   tcase_add_test(tc, test_conv_gemm_tiles);
-  tcase_add_test(tc, test_quantize_bytes);
   suite_add_tcase(s, tc);
+  /* tagged "capped": what depends on the NBL_INT4_ISA cap (the gemm cases
+   * above loop over every variant themselves); the suite runs these again
+   * with the cap at avx2 and at scalar (CK_INCLUDE_TAGS=capped) */
+  TCase *tq = tcase_create("quantize");
+  tcase_set_tags(tq, "capped");
+  tcase_add_test(tq, test_quantize_bytes);
+  suite_add_tcase(s, tq);
   TCase *tf = tcase_create("fused");
+  tcase_set_tags(tf, "capped");
   tcase_set_timeout(tf, 600);
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
