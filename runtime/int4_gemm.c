@@ -731,10 +731,19 @@ int nbl_i4_pack_rows(const int8_t *w, int64_t M, int64_t K, int64_t sm, int64_t 
       if (abs(v) > maxabs) maxabs = abs(v);
     }
   out->maxabs = maxabs;
+  if (maxabs > 64) { /* AVX2 splits such weights in two halves of at most 64 */
+    out->w_half = aligned_alloc(64, alloc ? alloc : 64);
+    if (!out->w_half) {
+      nbl_i4_rows_free(out);
+      return -1;
+    }
+    for (size_t i = 0; i < (alloc ? alloc : 64); i++) out->w_half[i] = (int8_t)(out->w[i] >> 1);
+  }
   return 0;
 }
 
 void nbl_i4_rows_free(nbl_i4_rows *w) {
+  free(w->w_half);
   free(w->w);
   free(w->rowsum);
   memset(w, 0, sizeof *w);
@@ -901,27 +910,103 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
   if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
 }
 
-/* AVX2: 8 pixels per vector, vpmaddubsw (exact while max|W| <= 64) and
- * vpmaddwd with ones; the tile is stored through tile_store. */
+/* AVX2: 8 pixels per vector, vpmaddubsw and vpmaddwd with ones. vpmaddubsw
+ * adds two u8 * s8 products into an int16, exact while max|W| <= 64; larger
+ * weights (8-bit layers) are split as W = h + (W - h), h = W >> 1 (packed as
+ * W->w_half), each part at most 64 in magnitude, and summed in int32. The
+ * epilogue (as tile_vnni's: zero-point correction, mul then add, residual,
+ * clamp, range) runs on the registers of each group of 8 pixels. */
+typedef struct epi8_state {
+  __m256 vmin, vmax;
+  int nan;
+} epi8_state;
+
+AVX2_TARGET static inline __m256 hmin8(__m256 v) {
+  __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_min_ps(a, _mm_movehl_ps(a, a));
+  return _mm256_castps128_ps256(_mm_min_ss(a, _mm_movehdup_ps(a)));
+}
+
+AVX2_TARGET static inline __m256 hmax8(__m256 v) {
+  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+  return _mm256_castps128_ps256(_mm_max_ss(a, _mm_movehdup_ps(a)));
+}
+
 AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
   const __m256i ones = _mm256_set1_epi16(1);
-  int32_t acc[NBL_I4_CR * 32];
   int64_t kq = t->W->Kp / 4, xs = 128;
+  const int8_t *w0 = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
+  const int8_t *h0 = t->W->w_half ? t->W->w_half + (w0 - t->W->w) : NULL;
+  const nbl_i4_epi *e = t->e;
+  /* the float epilogue's constants in registers (the stores could alias e) */
+  const int act = e && e->act, store = e && !e->no_store && !e->codes;
+  const __m256 vs = _mm256_set1_ps(e ? e->sc : 0.0f);
+  const __m256 lo = _mm256_set1_ps(act ? e->lo : -INFINITY), hi = _mm256_set1_ps(act ? e->hi : INFINITY);
+  const float *res = e ? e->res : NULL;
+  nbl_i4_range *rg = e ? e->range : NULL;
+  const int sc_finite = e && isfinite(e->sc) && !res; /* a residual can bring a NaN */
+  epi8_state st = {_mm256_set1_ps(INFINITY), _mm256_set1_ps(-INFINITY), 0};
+  int32_t acc[NBL_I4_CR * 32]; /* codes: the scalar store */
   for (int q = 0; q < np; q += 8) {
-    const int8_t *wb = t->W->w + (m / NBL_I4_CR) * t->W->Kp * NBL_I4_CR;
+    const int8_t *wb = w0, *hb = h0;
     const uint8_t *x = t->X4 + p / 32 * t->W->Kp * 32 + q * 4;
     __m256i a[NBL_I4_CR];
     for (int r = 0; r < NBL_I4_CR; r++) a[r] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
-      __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
-      for (int r = 0; r < NBL_I4_CR; r++) {
-        __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
-        a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w), ones));
+    if (!hb) {
+      for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
+        for (int r = 0; r < NBL_I4_CR; r++) {
+          __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
+          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w), ones));
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR, hb += 4 * NBL_I4_CR) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
+        for (int r = 0; r < NBL_I4_CR; r++) {
+          __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
+          __m256i h = _mm256_set1_epi32(load4((const uint8_t *)hb + 4 * r));
+          __m256i l = _mm256_sub_epi8(w, h);
+          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, h), ones));
+          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, l), ones));
+        }
       }
     }
-    for (int r = 0; r < NBL_I4_CR; r++) _mm256_storeu_si256((__m256i *)(void *)(acc + r * 32 + q), a[r]);
+    int cnt = np - q < 8 ? np - q : 8;
+    __m256i mk = tail8(cnt);
+    for (int r = 0; r < nr; r++) {
+      __m256i v = _mm256_sub_epi32(a[r], _mm256_set1_epi32(t->a_zero * t->W->rowsum[m + r]));
+      int64_t o = (m + r) * t->ld + p + q;
+      if (t->Ci) {
+        _mm256_maskstore_epi32(t->Ci + o, mk, v);
+        continue;
+      }
+      if (e->codes) {
+        _mm256_storeu_si256((__m256i *)(void *)(acc + r * 32 + q), a[r]);
+        continue;
+      }
+      float bias = e->bias ? e->bias[m + r] : 0.0f;
+      __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), vs), _mm256_set1_ps(bias));
+      if (res) f = _mm256_add_ps(f, _mm256_maskload_ps(res + o, mk));
+      if (act) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));
+      if (store) _mm256_maskstore_ps(t->Y + o, mk, f);
+      if (rg) { /* min/max of the stored lanes; NaN noted apart */
+        __m256 mf = _mm256_castsi256_ps(mk);
+        st.vmin = _mm256_blendv_ps(st.vmin, _mm256_min_ps(st.vmin, f), mf);
+        st.vmax = _mm256_blendv_ps(st.vmax, _mm256_max_ps(st.vmax, f), mf);
+        if (!sc_finite || !isfinite(bias))
+          st.nan |= _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q), mf));
+      }
+    }
   }
-  tile_store(t, m, nr, p, np, acc);
+  if (e && e->codes) {
+    tile_store(t, m, nr, p, np, acc);
+    return;
+  }
+  if (!t->Ci && rg)
+    nbl_i4_range_widen(rg, _mm256_cvtss_f32(hmin8(st.vmin)), _mm256_cvtss_f32(hmax8(st.vmax)),
+                       st.nan != 0);
 }
 #endif
 
@@ -929,7 +1014,7 @@ void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, i
                       float *Y, int64_t ld, const nbl_i4_epi *e) {
   pthread_once(&g_once, detect);
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
-  if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
+  if (isa == NBL_I4_AVX2 && W->maxabs > 64 && !W->w_half) isa = NBL_I4_SCALAR;
   tile_args t = {W, X4, ld, a_zero, Ci, Y, e};
   /* m0 is a multiple of NBL_I4_CR and p0 of 32: tiles start at block boundaries */
   for (int64_t p = p0; p < p1; p += 32) {

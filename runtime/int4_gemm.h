@@ -70,6 +70,7 @@ void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int6
 typedef struct nbl_i4_rows {
   int64_t M, K, Kp;
   int8_t *w;
+  int8_t *w_half;  /* when maxabs > 64: w >> 1, same layout (the AVX2 kernel's split) */
   int32_t *rowsum; /* [M rounded up to 8] */
   int maxabs;
 } nbl_i4_rows;
