@@ -281,10 +281,46 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const fused *f, floa
 }
 #endif
 
+#if defined(__x86_64__)
+/* epi_f_avx512 on AVX2, 8 lanes: the same operations and operand orders. */
+__attribute__((target("avx2"))) static void epi_f_avx2(const fused *f, float *y, int64_t n,
+                                                       float sc, float bv, nbl_i4_range *rg) {
+  const int act = f->act != 0, maybe_nan = !isfinite(sc) || !isfinite(bv);
+  const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bv);
+  const __m256 clo = _mm256_set1_ps(act ? f->act_lo : -INFINITY),
+               chi = _mm256_set1_ps(act ? f->act_hi : INFINITY);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 vmin = _mm256_set1_ps(INFINITY), vmax = _mm256_set1_ps(-INFINITY);
+  int nan = 0;
+  for (int64_t i = 0; i < n; i += 8) {
+    int r = n - i < 8 ? (int)(n - i) : 8;
+    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), iota);
+    __m256 mf = _mm256_castsi256_ps(m);
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_maskload_ps(y + i, m), vs), vb);
+    if (act) v = _mm256_min_ps(chi, _mm256_max_ps(clo, v));
+    _mm256_maskstore_ps(y + i, m, v);
+    vmin = _mm256_blendv_ps(vmin, _mm256_min_ps(vmin, v), mf);
+    vmax = _mm256_blendv_ps(vmax, _mm256_max_ps(vmax, v), mf);
+    if (maybe_nan) nan |= _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), mf));
+  }
+  if (rg) {
+    float lo[8], hi[8];
+    _mm256_storeu_ps(lo, vmin);
+    _mm256_storeu_ps(hi, vmax);
+    for (int k = 0; k < 8; k++) nbl_i4_range_widen(rg, lo[k], hi[k], 0);
+    if (nan) rg->nan = 1;
+  }
+}
+#endif
+
 static void epilogue_f(const fused *f, float *y, int64_t n, float sc, float bv, nbl_i4_range *rg) {
 #if defined(__x86_64__)
   if (have_vnni()) {
     epi_f_avx512(f, y, n, sc, bv, rg);
+    return;
+  }
+  if (nbl_i4_best_isa() == NBL_I4_AVX2) {
+    epi_f_avx2(f, y, n, sc, bv, rg);
     return;
   }
 #endif

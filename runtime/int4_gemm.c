@@ -100,10 +100,20 @@ int nbl_i4_pack_weights(const int8_t *w, int64_t K, int64_t N, int64_t sk, int64
       if (abs(v) > maxabs) maxabs = abs(v);
     }
   out->maxabs = maxabs;
+  if (maxabs > 64) { /* AVX2 splits such weights in two halves of at most 64 */
+    out->panels_half = aligned_alloc(64, alloc ? alloc : 64);
+    if (!out->panels_half) {
+      nbl_i4_weights_free(out);
+      return -1;
+    }
+    for (size_t i = 0; i < (alloc ? alloc : 64); i++)
+      out->panels_half[i] = (int8_t)(out->panels[i] >> 1);
+  }
   return 0;
 }
 
 void nbl_i4_weights_free(nbl_i4_weights *w) {
+  free(w->panels_half);
   free(w->panels);
   free(w->colsum);
   memset(w, 0, sizeof *w);
@@ -225,6 +235,40 @@ AVX2_TARGET static void mk_avx2(const uint8_t *const *a, const int8_t *p0, const
 }
 #endif
 
+#if NBL_I4_X86
+/* mk_avx2 for weights above 64 in magnitude: W = h + (W - h) with h = W >> 1
+ * (the panels at p + hd), each part's vpmaddubsw exact, summed in int32. */
+AVX2_TARGET static void mk_avx2_split(const uint8_t *const *a, const int8_t *p0,
+                                      const int8_t *p1, int np, int64_t kq, int32_t *tile,
+                                      ptrdiff_t hd) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int j = 0; j < np; j++) {
+    const int8_t *p = j ? p1 : p0;
+    __m256i c[NBL_I4_MR][2];
+    for (int r = 0; r < NBL_I4_MR; r++) c[r][0] = c[r][1] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < kq; k++) {
+      __m256i bl = _mm256_loadu_si256((const __m256i *)(p + k * 64));
+      __m256i bh = _mm256_loadu_si256((const __m256i *)(p + k * 64 + 32));
+      __m256i hl = _mm256_loadu_si256((const __m256i *)(p + hd + k * 64));
+      __m256i hh = _mm256_loadu_si256((const __m256i *)(p + hd + k * 64 + 32));
+      __m256i ll = _mm256_sub_epi8(bl, hl), lh = _mm256_sub_epi8(bh, hh);
+      for (int r = 0; r < NBL_I4_MR; r++) {
+        __m256i v = _mm256_set1_epi32(load4(a[r] + 4 * k));
+        c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(v, hl), ones));
+        c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(v, ll), ones));
+        c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(v, hh), ones));
+        c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(v, lh), ones));
+      }
+    }
+    int32_t *t = tile + j * NBL_I4_NR;
+    for (int r = 0; r < NBL_I4_MR; r++) {
+      _mm256_storeu_si256((__m256i *)(t + r * 32), c[r][0]);
+      _mm256_storeu_si256((__m256i *)(t + r * 32 + 8), c[r][1]);
+    }
+  }
+}
+#endif
+
 /* The init-once dispatch table, indexed by nbl_i4_isa. */
 static micro_fn g_micro[3];
 static pthread_once_t g_table_once = PTHREAD_ONCE_INIT;
@@ -247,7 +291,8 @@ void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int6
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc) {
   pthread_once(&g_table_once, init_table);
   if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
-  if (isa == NBL_I4_AVX2 && W->maxabs > 64) isa = NBL_I4_SCALAR; /* vpmaddubsw could saturate */
+  int split = isa == NBL_I4_AVX2 && W->maxabs > 64; /* vpmaddubsw could saturate */
+  if (split && !W->panels_half) isa = NBL_I4_SCALAR, split = 0;
   micro_fn mk = g_micro[isa];
   int64_t kq = W->Kp / 4, panels = W->Np / NBL_I4_NR;
   int32_t tile[NBL_I4_MR * 32];
@@ -262,7 +307,11 @@ void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int6
         int mr = me - m < NBL_I4_MR ? (int)(me - m) : NBL_I4_MR;
         const uint8_t *rows[NBL_I4_MR];
         for (int r = 0; r < NBL_I4_MR; r++) rows[r] = A + (m + (r < mr ? r : mr - 1)) * lda;
-        mk(rows, p0, p1, np, kq, tile);
+#if NBL_I4_X86
+        if (split) mk_avx2_split(rows, p0, p1, np, kq, tile, W->panels_half - W->panels);
+        else
+#endif
+          mk(rows, p0, p1, np, kq, tile);
         const int32_t *cs = W->colsum + n0;
         for (int r = 0; r < mr; r++) {
           int32_t *cr = C + (m + r) * ldc + n0;

@@ -36,6 +36,7 @@ typedef struct nbl_i4_weights {
   int64_t K, N;   /* logical shape W[K][N] */
   int64_t Kp, Np; /* K rounded up to 4, N rounded up to 16 */
   int8_t *panels; /* Np/16 panels, each [Kp/4][16][4] bytes (64-byte aligned) */
+  int8_t *panels_half; /* when maxabs > 64: panels >> 1 (the AVX2 kernel's split) */
   int32_t *colsum; /* [N]: sum_k W[k][n] */
   int maxabs;      /* max |W| */
 } nbl_i4_weights;
