@@ -289,16 +289,13 @@ __attribute__((target("avx2"))) static void epi_f_avx2(const fused *f, float *y,
   const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bv);
   const __m256 clo = _mm256_set1_ps(act ? f->act_lo : -INFINITY),
                chi = _mm256_set1_ps(act ? f->act_hi : INFINITY);
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256 vmin = _mm256_set1_ps(INFINITY), vmax = _mm256_set1_ps(-INFINITY);
   int nan = 0;
   for (int64_t i = 0; i < n; i += 8) {
-    int r = n - i < 8 ? (int)(n - i) : 8;
-    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), iota);
-    __m256 mf = _mm256_castsi256_ps(m);
-    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_maskload_ps(y + i, m), vs), vb);
+    __m256 mf = _mm256_castsi256_ps(nbl_tail8(n - i));
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(nbl_load8(y + i, n - i), vs), vb);
     if (act) v = _mm256_min_ps(chi, _mm256_max_ps(clo, v));
-    _mm256_maskstore_ps(y + i, m, v);
+    nbl_store8(y + i, n - i, v);
     vmin = _mm256_blendv_ps(vmin, _mm256_min_ps(vmin, v), mf);
     vmax = _mm256_blendv_ps(vmax, _mm256_max_ps(vmax, v), mf);
     if (maybe_nan) nan |= _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), mf));

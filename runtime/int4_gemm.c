@@ -521,13 +521,6 @@ AVX2_TARGET static inline __m256 quant_centered8(const quant_consts8 *k, __m256 
   return _mm256_min_ps(_mm256_max_ps(r, k->cmin), k->cmax);
 }
 
-/* Lanes 0..r-1 set (r clamped to 0..8), as an AVX2 load/store mask. */
-AVX2_TARGET static inline __m256i tail8(int64_t r) {
-  if (r > 8) r = 8;
-  if (r < 0) r = 0;
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* The low byte of each of the 8 int32 lanes of c (each in 0..255), the first r stored. */
 AVX2_TARGET static inline void store_bytes8(uint8_t *u, __m256i c, size_t r) {
   __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
@@ -546,8 +539,7 @@ AVX2_TARGET static void quant_u8_avx2(const nbl_i4_quantizer *q, const float *x,
   const quant_consts8 k = quant_consts8_of(q);
   const __m256i vo = _mm256_set1_epi32(off + q->p->zero);
   for (size_t i = 0; i < n; i += 8) {
-    __m256i m = tail8((int64_t)(n - i));
-    __m256 c = quant_centered8(&k, _mm256_maskload_ps(x + i, m));
+    __m256 c = quant_centered8(&k, nbl_load8(x + i, (int64_t)(n - i)));
     store_bytes8(u + i, _mm256_add_epi32(_mm256_cvtps_epi32(c), vo), n - i);
   }
 }
@@ -557,8 +549,8 @@ AVX2_TARGET static void quant_f_rows_avx2(const nbl_i4_quantizer *q, const float
   const quant_consts8 k = quant_consts8_of(q);
   for (size_t row = 0; row < rows; row++, x += w, f += ld)
     for (size_t i = 0; i < w; i += 8) {
-      __m256i m = tail8((int64_t)(w - i));
-      _mm256_maskstore_ps(f + i, m, quant_centered8(&k, _mm256_maskload_ps(x + i, m)));
+      int64_t r = (int64_t)(w - i);
+      nbl_store8(f + i, r, quant_centered8(&k, nbl_load8(x + i, r)));
     }
 }
 
@@ -570,8 +562,8 @@ AVX2_TARGET static inline void deint2_store8(__m256 a, __m256 b, size_t r, float
       _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
   __m256 o = _mm256_castpd_ps(_mm256_permute4x64_pd(
       _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-  _mm256_maskstore_ps(ev, tail8((int64_t)(r + 1) / 2), e);
-  _mm256_maskstore_ps(od, tail8((int64_t)r / 2), o);
+  nbl_store8(ev, (int64_t)(r + 1) / 2, e);
+  nbl_store8(od, (int64_t)r / 2, o);
 }
 
 AVX2_TARGET static void quant_f_deint2_avx2(const nbl_i4_quantizer *q, const float *x, size_t w,
@@ -581,8 +573,9 @@ AVX2_TARGET static void quant_f_deint2_avx2(const nbl_i4_quantizer *q, const flo
   for (size_t row = 0; row < rows; row++, x += xs, ev += ld, od += ld)
     for (size_t i = 0; i < w; i += 16) {
       size_t r = w - i < 16 ? w - i : 16;
-      __m256 a = quant_centered8(&k, _mm256_maskload_ps(x + i, tail8((int64_t)r)));
-      __m256 b = quant_centered8(&k, _mm256_maskload_ps(x + i + 8, tail8((int64_t)r - 8)));
+      __m256 a = quant_centered8(&k, nbl_load8(x + i, (int64_t)r));
+      __m256 b = quant_centered8(&k, r > 8 ? nbl_load8(x + i + 8, (int64_t)r - 8)
+                                           : _mm256_setzero_ps());
       deint2_store8(a, b, r, ev + i / 2, od + i / 2);
     }
 }
@@ -600,8 +593,8 @@ AVX2_TARGET static void codes_rows_avx2(const uint8_t *u, size_t w, size_t rows,
   const __m256i vb = _mm256_set1_epi32(bias);
   for (size_t r = 0; r < rows; r++, u += w, f += ld)
     for (size_t i = 0; i < w; i += 8)
-      _mm256_maskstore_ps(f + i, tail8((int64_t)(w - i)),
-                          _mm256_cvtepi32_ps(_mm256_sub_epi32(load_bytes8(u + i, w - i), vb)));
+      nbl_store8(f + i, (int64_t)(w - i),
+                 _mm256_cvtepi32_ps(_mm256_sub_epi32(load_bytes8(u + i, w - i), vb)));
 }
 
 AVX2_TARGET static void codes_deint2_avx2(const uint8_t *u, size_t w, size_t rows, size_t us,
@@ -1023,12 +1016,13 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
       }
     }
     int cnt = np - q < 8 ? np - q : 8;
-    __m256i mk = tail8(cnt);
+    __m256i mk = nbl_tail8(cnt);
     for (int r = 0; r < nr; r++) {
       __m256i v = _mm256_sub_epi32(a[r], _mm256_set1_epi32(t->a_zero * t->W->rowsum[m + r]));
       int64_t o = (m + r) * t->ld + p + q;
       if (t->Ci) {
-        _mm256_maskstore_epi32(t->Ci + o, mk, v);
+        if (cnt == 8) _mm256_storeu_si256((__m256i *)(void *)(t->Ci + o), v);
+        else _mm256_maskstore_epi32(t->Ci + o, mk, v);
         continue;
       }
       if (e->codes) {
@@ -1037,9 +1031,9 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
       }
       float bias = e->bias ? e->bias[m + r] : 0.0f;
       __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), vs), _mm256_set1_ps(bias));
-      if (res) f = _mm256_add_ps(f, _mm256_maskload_ps(res + o, mk));
+      if (res) f = _mm256_add_ps(f, nbl_load8(res + o, cnt));
       if (act) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));
-      if (store) _mm256_maskstore_ps(t->Y + o, mk, f);
+      if (store) nbl_store8(t->Y + o, cnt, f);
       if (rg) { /* min/max of the stored lanes; NaN noted apart */
         __m256 mf = _mm256_castsi256_ps(mk);
         st.vmin = _mm256_blendv_ps(st.vmin, _mm256_min_ps(st.vmin, f), mf);

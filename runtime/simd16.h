@@ -1,4 +1,5 @@
-/* simd16.h - small AVX-512 helpers: lane masks for the vector loops, and
+/* simd16.h - small AVX-512 (and AVX2) helpers: lane masks and partial
+ * loads/stores for the vector loops, and
  * the tile layout of the depthwise kernels that work 16 channels at a time
  * (gemm.c FP32, fuse_int4.c INT4). */
 #ifndef NBL_SIMD16_H
@@ -11,6 +12,26 @@
 /* The mask of the first min(n, 16) lanes. */
 static inline __mmask16 nbl_tail_mask(int64_t n) {
   return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* AVX2: the mask of the first r lanes (r clamped to 0..8) for maskload/maskstore. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i nbl_tail8(int64_t r) {
+  if (r > 8) r = 8;
+  if (r < 0) r = 0;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* AVX2: the first r floats of x (r >= 8: all 8; the other lanes 0), and the
+ * store of the first r lanes. Masked moves only for a partial vector: they
+ * are slow on some CPUs (microcoded stores). */
+__attribute__((target("avx2"), always_inline)) static inline __m256 nbl_load8(const float *x,
+                                                                               int64_t r) {
+  return r >= 8 ? _mm256_loadu_ps(x) : _mm256_maskload_ps(x, nbl_tail8(r));
+}
+__attribute__((target("avx2"), always_inline)) static inline void nbl_store8(float *x, int64_t r,
+                                                                              __m256 v) {
+  if (r >= 8) _mm256_storeu_ps(x, v);
+  else if (r > 0) _mm256_maskstore_ps(x, nbl_tail8(r), v);
 }
 
 /* r[i][k] <- r[k][i]: four rounds swapping the off-diagonal blocks of 8, 4,
