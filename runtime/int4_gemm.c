@@ -993,28 +993,34 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
   for (int q = 0; q < np; q += 8) {
     const int8_t *wb = w0, *hb = h0;
     const uint8_t *x = t->X4 + p / 32 * t->W->Kp * 32 + q * 4;
-    __m256i a[NBL_I4_CR];
-    for (int r = 0; r < NBL_I4_CR; r++) a[r] = _mm256_setzero_si256();
+    /* named accumulators: an array indexed in a loop would live on the stack */
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+            a7 = a0;
+#define TA_ROW(r)                                                                        \
+  a##r = _mm256_add_epi32(                                                               \
+      a##r, _mm256_madd_epi16(                                                           \
+                _mm256_maddubs_epi16(x0, _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r))), \
+                ones));
+#define TA_ROWS(r)                                                                       \
+  w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));                             \
+  h = _mm256_set1_epi32(load4((const uint8_t *)hb + 4 * r));                             \
+  a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(x0, h), ones));   \
+  a##r = _mm256_add_epi32(                                                               \
+      a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(x0, _mm256_sub_epi8(w, h)), ones));
     if (!hb) {
       for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR) {
         __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
-        for (int r = 0; r < NBL_I4_CR; r++) {
-          __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
-          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w), ones));
-        }
+        TA_ROW(0) TA_ROW(1) TA_ROW(2) TA_ROW(3) TA_ROW(4) TA_ROW(5) TA_ROW(6) TA_ROW(7)
       }
     } else {
       for (int64_t k = 0; k < kq; k++, x += xs, wb += 4 * NBL_I4_CR, hb += 4 * NBL_I4_CR) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
-        for (int r = 0; r < NBL_I4_CR; r++) {
-          __m256i w = _mm256_set1_epi32(load4((const uint8_t *)wb + 4 * r));
-          __m256i h = _mm256_set1_epi32(load4((const uint8_t *)hb + 4 * r));
-          __m256i l = _mm256_sub_epi8(w, h);
-          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, h), ones));
-          a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(x0, l), ones));
-        }
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)x), w, h;
+        TA_ROWS(0) TA_ROWS(1) TA_ROWS(2) TA_ROWS(3) TA_ROWS(4) TA_ROWS(5) TA_ROWS(6) TA_ROWS(7)
       }
     }
+#undef TA_ROW
+#undef TA_ROWS
+    const __m256i a[NBL_I4_CR] = {a0, a1, a2, a3, a4, a5, a6, a7};
     int cnt = np - q < 8 ? np - q : 8;
     __m256i mk = nbl_tail8(cnt);
     for (int r = 0; r < nr; r++) {
