@@ -18,6 +18,8 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
   the machine's speed drifts between runs);
 - sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio; also of the file with
   every layer in 4 bits (quantize-int4{skip-first-last=0}), timed in the same rounds;
+- the default INT4 model again with the kernels capped to AVX2 (NBL_INT4_ISA=avx2: what a
+  CPU without AVX-512 VNNI runs), in the same rounds, unless the cap is already set;
 - agreement: top-1 class of the INT4 fast path vs the INT4 reference path (`--reference`)
   and vs FP32, on the exported input.
 Exit status: 0 done, 1 a step failed, 2 bad usage.
@@ -73,6 +75,7 @@ def main():
         print("bench_int4.py: --threads takes a list like 1,2", file=sys.stderr)
         return 2
     work = args.workdir or os.path.join(args.refdir, "int4")
+    avx2_col = "NBL_INT4_ISA" not in os.environ
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(args.refdir, "manifest.json")) as f:
         manifest = {e["name"]: e for e in json.load(f)["models"]}
@@ -96,13 +99,21 @@ def main():
             yf = top1(args.nibble, int4, inputs, os.path.join(work, name + "_fast"), False)
             yr = top1(args.nibble, int4, inputs, os.path.join(work, name + "_ref"), True)
             y32 = top1(args.nibble, fp32, inputs, os.path.join(work, name + "_fp32"), False)
+            same2 = None
+            if avx2_col:
+                os.environ["NBL_INT4_ISA"] = "avx2"
+                try:
+                    y2 = top1(args.nibble, int4, inputs, os.path.join(work, name + "_avx2"), False)
+                finally:
+                    del os.environ["NBL_INT4_ISA"]
+                same2 = y2.tobytes() == yf.tobytes()
             agree.append((name, int(yf.argmax()), int(yr.argmax()), int(y32.argmax()),
-                          float(abs(yf - yr).max() / max(abs(yr).max(), 1e-30))))
+                          float(abs(yf - yr).max() / max(abs(yr).max(), 1e-30)), same2))
             for t in threads:
                 print("bench_int4: %s, %d thread(s)..." % (name, t), file=sys.stderr, flush=True)
                 # rounds of ORT, nibble FP32, nibble INT4 one after the other, so that a
                 # slow spell of the machine hits all three; medians of the round means
-                ort_r, f32_r, i4_r, a4_r = [], [], [], []
+                ort_r, f32_r, i4_r, a4_r, v2_r = [], [], [], [], []
                 for _ in range(args.rounds):
                     ort_ms, _, ort_version = bm.ort_latency(fp32, inputs, t, args.runs,
                                                             args.warmup)
@@ -113,11 +124,21 @@ def main():
                                                   args.warmup)[0])
                     a4_r.append(bm.nibble_latency(args.nibble, all4, inputs, t, args.runs,
                                                   args.warmup)[0])
+                    if avx2_col:
+                        os.environ["NBL_INT4_ISA"] = "avx2"
+                        try:
+                            v2_r.append(bm.nibble_latency(args.nibble, int4, inputs, t,
+                                                          args.runs, args.warmup)[0])
+                        finally:
+                            del os.environ["NBL_INT4_ISA"]
                 per_round = [i / o for i, o in zip(i4_r, ort_r)]
                 per_round_a = [i / o for i, o in zip(a4_r, ort_r)]
                 rows.append((name, t, statistics.median(i4_r), statistics.median(f32_r),
                              statistics.median(ort_r), min(per_round), max(per_round),
-                             statistics.median(a4_r), min(per_round_a), max(per_round_a)))
+                             statistics.median(a4_r), min(per_round_a), max(per_round_a),
+                             statistics.median(v2_r) if v2_r else None,
+                             statistics.median([i / o for i, o in zip(v2_r, ort_r)])
+                             if v2_r else None))
     except bm.BenchError as ex:
         print("bench_int4.py: %s" % ex, file=sys.stderr)
         return 1
@@ -126,32 +147,40 @@ def main():
     L = ["# INT4 fast path vs FP32: latency and file size\n",
          "Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, CPU). "
          "Batch 1, 3x224x224, random weights (tests/ref/export_models.py). %d rounds of "
-         "(ORT, nibble FP32, nibble INT4, nibble INT4 all layers), each %d warmup + %d timed runs; the table gives "
+         "(ORT, nibble FP32, nibble INT4, nibble INT4 all layers, nibble INT4 on AVX2 kernels), each %d warmup + %d timed runs; the table gives "
          "the median of the round means. INT4 kernels: %s.\n"
          % (platform.machine(), os.cpu_count() or 0, bm.cpu_name(), ort_version, args.rounds,
             args.warmup, args.runs, isa),
          "| model | threads | nibble INT4 ms | nibble FP32 ms | ORT FP32 ms | INT4 / ORT FP32 "
          "| INT4 / ORT FP32 per round | INT4 / nibble FP32 | all-INT4 ms | all-INT4 / ORT FP32 "
-         "(per round) |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, t, i4, f32, ort, lo, hi, a4, alo, ahi in rows:
+         "(per round) | INT4 AVX2 kernels ms | INT4 AVX2 / ORT FP32 |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t, i4, f32, ort, lo, hi, a4, alo, ahi, v2, v2r in rows:
         L.append("| %s | %d | %.2f | %.2f | %.2f | %.2fx | %.2f-%.2fx | %.2fx | %.2f | "
-                 "%.2fx (%.2f-%.2fx) |"
-                 % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32, a4, a4 / ort, alo, ahi))
+                 "%.2fx (%.2f-%.2fx) | %s | %s |"
+                 % (name, t, i4, f32, ort, i4 / ort, lo, hi, i4 / f32, a4, a4 / ort, alo, ahi,
+                    "%.2f" % v2 if v2 is not None else "-",
+                    "%.2fx" % v2r if v2r is not None else "-"))
     L += ["", "| model | FP32 file bytes | INT4 file bytes (pack-int4) | ratio | "
           "all layers INT4 (skip-first-last=0) | ratio |", "|---|---|---|---|---|---|"]
     for name, a, b, c in sizes:
         L.append("| %s | %d | %d | %.3fx | %d | %.3fx |" % (name, a, b, b / a, c, c / a))
     L += ["", "| model | top-1 INT4 fast | top-1 INT4 reference | top-1 FP32 | "
-          "max rel. diff fast vs reference |", "|---|---|---|---|---|"]
-    for name, f, r, x, d in agree:
-        L.append("| %s | %d | %d | %d | %.3g |" % (name, f, r, x, d))
+          "max rel. diff fast vs reference | AVX2 kernels' output byte-identical |",
+          "|---|---|---|---|---|---|"]
+    for name, f, r, x, d, same2 in agree:
+        L.append("| %s | %d | %d | %d | %.3g | %s |"
+                 % (name, f, r, x, d, "-" if same2 is None else "yes" if same2 else "NO"))
     L += ["",
           "- ratio < 1 means the INT4 path is faster / the file smaller.",
           "- INT4 model: `nibble convert --passes default,quantize-int4,pack-int4` (first and "
           "last layers in 8 bits, per-tensor activation scales recomputed every run).",
           "- all-INT4 model: the same with `quantize-int4{skip-first-last=0}`: every Conv, "
           "Gemm and MatMul in 4 bits, weights and activations.",
+          "- INT4 AVX2 kernels: the INT4 model with `NBL_INT4_ISA=avx2`, the code a CPU without "
+          "AVX-512 VNNI runs (ONNX Runtime still uses AVX-512 here, so this ratio is "
+          "pessimistic for such a CPU); whether its output is byte-identical to the default "
+          "one is in the last table.",
           "- fast vs reference: the integer kernels are exact, but the reference path sums "
           "float products in float32; a 1-ulp difference upstream can move an activation code "
           "across a rounding boundary and the change propagates, so the whole-model outputs "
