@@ -296,17 +296,9 @@ __attribute__((target("avx2"))) static void epi_f_avx2(const fused *f, float *y,
     __m256 v = _mm256_add_ps(_mm256_mul_ps(nbl_load8(y + i, n - i), vs), vb);
     if (act) v = _mm256_min_ps(chi, _mm256_max_ps(clo, v));
     nbl_store8(y + i, n - i, v);
-    vmin = _mm256_blendv_ps(vmin, _mm256_min_ps(vmin, v), mf);
-    vmax = _mm256_blendv_ps(vmax, _mm256_max_ps(vmax, v), mf);
-    if (maybe_nan) nan |= _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), mf));
+    nan |= nbl_minmax8(&vmin, &vmax, v, mf, maybe_nan);
   }
-  if (rg) {
-    float lo[8], hi[8];
-    _mm256_storeu_ps(lo, vmin);
-    _mm256_storeu_ps(hi, vmax);
-    for (int k = 0; k < 8; k++) nbl_i4_range_widen(rg, lo[k], hi[k], 0);
-    if (nan) rg->nan = 1;
-  }
+  if (rg) nbl_i4_range_widen(rg, nbl_hmin8(vmin), nbl_hmax8(vmax), nan != 0);
 }
 #endif
 

@@ -347,10 +347,11 @@ void nbl_i4_quantizer_init(nbl_i4_quantizer *q, const nbl_q4_config *cfg, const 
   if (!isnormal(p->scale) || !isnormal(q->inv)) q->inv = 0.0f;
   int lo = abs(p->qmin - p->zero), hi = abs(p->qmax - p->zero);
   q->tie = 0.5f - (float)((lo > hi ? lo : hi) + 1) * 0x1p-20f;
+  nbl_i4_isa isa = nbl_i4_best_isa();
   q->vec = cfg->rounding != NBL_Q4_ROUND_HALF_EVEN ? 0
-           : nbl_i4_best_isa() == NBL_I4_VNNI  ? 2
-           : nbl_i4_best_isa() == NBL_I4_AVX2  ? 1
-                                               : 0;
+           : isa == NBL_I4_VNNI                    ? 2
+           : isa == NBL_I4_AVX2                    ? 1
+                                                   : 0;
 }
 
 #if NBL_I4_X86
@@ -690,11 +691,12 @@ void nbl_i4_codes_centered_rows(const uint8_t *u, size_t w, size_t rows, float *
 void nbl_i4_codes_centered_deint2(const uint8_t *u, size_t w, size_t rows, size_t us, float *ev,
                                   float *od, size_t ld, int bias) {
 #if NBL_I4_X86
-  if (nbl_i4_best_isa() == NBL_I4_VNNI) {
+  nbl_i4_isa isa = nbl_i4_best_isa();
+  if (isa == NBL_I4_VNNI) {
     codes_deint2_avx512(u, w, rows, us, ev, od, ld, bias);
     return;
   }
-  if (nbl_i4_best_isa() == NBL_I4_AVX2) {
+  if (isa == NBL_I4_AVX2) {
     codes_deint2_avx2(u, w, rows, us, ev, od, ld, bias);
     return;
   }
@@ -958,23 +960,6 @@ VNNI_TARGET static void tile_vnni(const tile_args *t, int64_t m, int nr, int64_t
  * W->w_half), each part at most 64 in magnitude, and summed in int32. The
  * epilogue (as tile_vnni's: zero-point correction, mul then add, residual,
  * clamp, range) runs on the registers of each group of 8 pixels. */
-typedef struct epi8_state {
-  __m256 vmin, vmax;
-  int nan;
-} epi8_state;
-
-AVX2_TARGET static inline __m256 hmin8(__m256 v) {
-  __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  a = _mm_min_ps(a, _mm_movehl_ps(a, a));
-  return _mm256_castps128_ps256(_mm_min_ss(a, _mm_movehdup_ps(a)));
-}
-
-AVX2_TARGET static inline __m256 hmax8(__m256 v) {
-  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
-  return _mm256_castps128_ps256(_mm_max_ss(a, _mm_movehdup_ps(a)));
-}
-
 AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t p, int np) {
   const __m256i ones = _mm256_set1_epi16(1);
   int64_t kq = t->W->Kp / 4, xs = 128;
@@ -988,7 +973,8 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
   const float *res = e ? e->res : NULL;
   nbl_i4_range *rg = e ? e->range : NULL;
   const int sc_finite = e && isfinite(e->sc) && !res; /* a residual can bring a NaN */
-  epi8_state st = {_mm256_set1_ps(INFINITY), _mm256_set1_ps(-INFINITY), 0};
+  __m256 vmin = _mm256_set1_ps(INFINITY), vmax = _mm256_set1_ps(-INFINITY);
+  int nan = 0;
   int32_t acc[NBL_I4_CR * 32]; /* codes: the scalar store */
   for (int q = 0; q < np; q += 8) {
     const int8_t *wb = w0, *hb = h0;
@@ -1040,22 +1026,16 @@ AVX2_TARGET static void tile_avx2(const tile_args *t, int64_t m, int nr, int64_t
       if (res) f = _mm256_add_ps(f, nbl_load8(res + o, cnt));
       if (act) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));
       if (store) nbl_store8(t->Y + o, cnt, f);
-      if (rg) { /* min/max of the stored lanes; NaN noted apart */
-        __m256 mf = _mm256_castsi256_ps(mk);
-        st.vmin = _mm256_blendv_ps(st.vmin, _mm256_min_ps(st.vmin, f), mf);
-        st.vmax = _mm256_blendv_ps(st.vmax, _mm256_max_ps(st.vmax, f), mf);
-        if (!sc_finite || !isfinite(bias))
-          st.nan |= _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q), mf));
-      }
+      if (rg) /* min/max of the stored lanes; NaN noted apart */
+        nan |= nbl_minmax8(&vmin, &vmax, f, _mm256_castsi256_ps(mk),
+                           !sc_finite || !isfinite(bias));
     }
   }
   if (e && e->codes) {
     tile_store(t, m, nr, p, np, acc);
     return;
   }
-  if (!t->Ci && rg)
-    nbl_i4_range_widen(rg, _mm256_cvtss_f32(hmin8(st.vmin)), _mm256_cvtss_f32(hmax8(st.vmax)),
-                       st.nan != 0);
+  if (!t->Ci && rg) nbl_i4_range_widen(rg, nbl_hmin8(vmin), nbl_hmax8(vmax), nan != 0);
 }
 #endif
 

@@ -34,6 +34,31 @@ __attribute__((target("avx2"), always_inline)) static inline void nbl_store8(flo
   else if (r > 0) _mm256_maskstore_ps(x, nbl_tail8(r), v);
 }
 
+/* AVX2: the running *vmin, *vmax widened by the lanes of v that m selects
+ * (all bits set per lane), with min/max returning v's lane for a NaN as the
+ * AVX-512 masked forms do; returns the selected lanes of v that are NaN as a
+ * bit mask when nan is set, else 0. */
+__attribute__((target("avx2"), always_inline)) static inline int nbl_minmax8(__m256 *vmin,
+                                                                              __m256 *vmax,
+                                                                              __m256 v, __m256 m,
+                                                                              int nan) {
+  *vmin = _mm256_blendv_ps(*vmin, _mm256_min_ps(*vmin, v), m);
+  *vmax = _mm256_blendv_ps(*vmax, _mm256_max_ps(*vmax, v), m);
+  return nan ? _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), m)) : 0;
+}
+
+/* AVX2: the smallest and the largest of the 8 lanes of v. */
+__attribute__((target("avx2"), always_inline)) static inline float nbl_hmin8(__m256 v) {
+  __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_min_ps(a, _mm_movehl_ps(a, a));
+  return _mm_cvtss_f32(_mm_min_ss(a, _mm_movehdup_ps(a)));
+}
+__attribute__((target("avx2"), always_inline)) static inline float nbl_hmax8(__m256 v) {
+  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+  return _mm_cvtss_f32(_mm_max_ss(a, _mm_movehdup_ps(a)));
+}
+
 /* r[i][k] <- r[k][i]: four rounds swapping the off-diagonal blocks of 8, 4,
  * 2 and 1 lanes between row pairs (i, i + h). */
 __attribute__((target("avx512f"), always_inline)) static inline void nbl_transpose16(__m512 r[16]) {
