@@ -25,6 +25,7 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
 Exit status: 0 done, 1 a step failed, 2 bad usage.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..")))
 import bench_models as bm  # noqa: E402  (shares the timing helpers)
+
+
+@contextlib.contextmanager
+def isa_cap(isa):
+    """Child processes started inside see NBL_INT4_ISA=isa (the variable is unset before)."""
+    os.environ["NBL_INT4_ISA"] = isa
+    try:
+        yield
+    finally:
+        del os.environ["NBL_INT4_ISA"]
 
 
 def convert(nibble, src, dst, passes):
@@ -101,11 +112,8 @@ def main():
             y32 = top1(args.nibble, fp32, inputs, os.path.join(work, name + "_fp32"), False)
             same2 = None
             if avx2_col:
-                os.environ["NBL_INT4_ISA"] = "avx2"
-                try:
+                with isa_cap("avx2"):
                     y2 = top1(args.nibble, int4, inputs, os.path.join(work, name + "_avx2"), False)
-                finally:
-                    del os.environ["NBL_INT4_ISA"]
                 same2 = y2.tobytes() == yf.tobytes()
             agree.append((name, int(yf.argmax()), int(yr.argmax()), int(y32.argmax()),
                           float(abs(yf - yr).max() / max(abs(yr).max(), 1e-30)), same2))
@@ -125,12 +133,9 @@ def main():
                     a4_r.append(bm.nibble_latency(args.nibble, all4, inputs, t, args.runs,
                                                   args.warmup)[0])
                     if avx2_col:
-                        os.environ["NBL_INT4_ISA"] = "avx2"
-                        try:
+                        with isa_cap("avx2"):
                             v2_r.append(bm.nibble_latency(args.nibble, int4, inputs, t,
                                                           args.runs, args.warmup)[0])
-                        finally:
-                            del os.environ["NBL_INT4_ISA"]
                 per_round = [i / o for i, o in zip(i4_r, ort_r)]
                 per_round_a = [i / o for i, o in zip(a4_r, ort_r)]
                 rows.append((name, t, statistics.median(i4_r), statistics.median(f32_r),
