@@ -4,7 +4,7 @@
 #ifndef NBL_PASSES_LOWER_H
 #define NBL_PASSES_LOWER_H
 
-#include "../runtime/quant4.h"
+#include "runtime/formats/int4.h"
 #include "pass.h"
 
 /* Decode the attributes of an ai.nibble QuantizeInt4 node into cfg.

@@ -1,5 +1,5 @@
 /* quantize_int4.c - quantize-int4: put an ai.nibble QuantizeInt4 (fake
- * quantization, see runtime/quant4.h) on the weight input (input 1) and the
+ * quantization, see runtime/formats/int4.h) on the weight input (input 1) and the
  * activation input (input 0) of every Conv, ConvTranspose, Gemm and MatMul.
  * Changes numerics. The first and last quantized layers (topological order)
  * get bits=8 by default ("kept in 8 bits"). A value feeding several layers

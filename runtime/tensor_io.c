@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "exec.h"
+#include "runtime/core/exec.h"
 #include "parser/parser.h"
 
 /* ------------------------------------------------------------------ IR <-> runtime */

@@ -10,8 +10,8 @@
 
 #include "include/nibble.h"
 #include "ir/ir.h"
-#include "runtime/exec.h"
-#include "runtime/gemm.h"
+#include "runtime/core/exec.h"
+#include "runtime/kernels/gemm.h"
 
 static uint32_t rng = 777;
 static float frand(void) {

@@ -1,4 +1,4 @@
-/* test_fuse.c - the executor's FP32 Conv + Relu/Clip fusion (runtime/fuse_f32.c).
+/* test_fuse.c - the executor's FP32 Conv + Relu/Clip fusion (runtime/fusions/fuse_f32.c).
  *
  * Each case builds Conv -> activation twice: once with only the activation's
  * output as graph output (the session fuses), once with the Conv output also

@@ -1,6 +1,6 @@
 /* test_int4_kernels.c - the fused INT4 fast path: integer GEMM micro-kernels
  * (every variant this CPU has) equal a plain-C integer reference exactly at
- * tile-boundary sizes; activation bytes equal the quant4.h codes bit for bit;
+ * tile-boundary sizes; activation bytes equal the runtime/formats/int4.h codes bit for bit;
  * fused Conv/Gemm/MatMul sessions agree with the reference path (QuantizeInt4
  * computed literally, then the float op). */
 #include <check.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "ir/ir.h"
-#include "runtime/int4_gemm.h"
-#include "runtime/quant4.h"
+#include "runtime/kernels/int4_gemm.h"
+#include "runtime/formats/int4.h"
 
 static uint32_t rng = 2024;
 static uint32_t next_u32(void) {
@@ -325,7 +325,7 @@ static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
   nbl_id wq = nbl_graph_add_value(g, "wq");
   int64_t wn = nbl_shape_numel(sp->wrank, sp->wd);
   if (sp->dq) {
-    /* quantize here with the quant4.h math, store packed INT4 + scale */
+    /* quantize here with the runtime/formats/int4.h math, store packed INT4 + scale */
     nbl_q4_config cfg;
     nbl_q4_config_default(&cfg);
     nbl_q4_params p;

@@ -9,7 +9,7 @@
 
 #include "ir/ir.h"
 #include "tests/node_run.h"
-#include "runtime/gemm.h"
+#include "runtime/kernels/gemm.h"
 
 /* ------------------------------------------------------------------ helpers */
 

@@ -1,4 +1,4 @@
-/* test_quant4.c - the INT4 quantizer (runtime/quant4.c), the ai.nibble
+/* test_quant4.c - the INT4 quantizer (runtime/formats/int4.c), the ai.nibble
  * QuantizeInt4 kernel, and the pack-int4 / lower-to-onnx / quantize-int4
  * passes, on hand-computed cases. */
 #include <check.h>
@@ -8,7 +8,7 @@
 
 #include "include/nibble.h"
 #include "ir/ir.h"
-#include "runtime/quant4.h"
+#include "runtime/formats/int4.h"
 
 static nbl_q4_config cfg4(void) {
   nbl_q4_config c;

@@ -10,7 +10,7 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
 - INT4: `nibble convert --passes default,quantize-int4,pack-int4` (weights and activations of
   every Conv/Gemm/MatMul in 4 bits, first and last layer in 8 bits, 4-bit weights stored
   packed); `nibble run` fuses every QuantizeInt4 -> Conv/Gemm/MatMul into the integer kernels
-  (runtime/fuse_int4.c);
+  (runtime/fusions/fuse_int4.c);
 - latency: nibble's "mean of the next N-1 runs" (`nibble run --repeat N`), ONNX Runtime's
   in-process mean (`node tests/ref/ort_run.js time`), same thread count, in one run of this
   script: R rounds (default 3) of ORT, nibble FP32, nibble INT4 one after the other per model

@@ -1,7 +1,7 @@
 /* int4_gemm.c - integer GEMM micro-kernels (AVX-512 VNNI, AVX2, scalar) and
  * activation quantization to bytes; see int4_gemm.h. */
-#include "int4_gemm.h"
-#include "simd16.h"
+#include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/simd16.h"
 
 #include <math.h>
 #include <pthread.h>

@@ -12,7 +12,7 @@
 #define NBL_GEMM_H
 #include <stdint.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, op(X) = X^T when trans_x.
  * A is M x K (K x M when trans_a), B is K x N (N x K when trans_b).

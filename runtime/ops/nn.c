@@ -1,4 +1,4 @@
-/* ops_nn.c - op family 'nn': convolution, matrix products, pooling,
+/* runtime/ops/nn.c - op family 'nn': convolution, matrix products, pooling,
  * normalization, Einsum (see kernel.h for the kernel contract).
  *
  * Reference kernels convert their inputs to double, compute in double and
@@ -14,9 +14,9 @@
 #include <immintrin.h>
 #endif
 
-#include "fuse.h"
-#include "gemm.h"
-#include "kernel.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -345,7 +345,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
 }
 
 /* Conv followed by Clip (Relu: lo = 0), as fused at plan time by
- * runtime/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
+ * runtime/fusions/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
  * the activation's output, and the bounds in float attributes nibble.act_lo
  * and nibble.act_hi. float32 (the only type fused) takes the fast path with
  * the activation applied block by block; other types compute the reference

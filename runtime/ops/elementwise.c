@@ -1,5 +1,5 @@
 /*
- * ops_elementwise.c - op family 'elementwise': arithmetic, math functions,
+ * runtime/ops/elementwise.c - op family 'elementwise': arithmetic, math functions,
  * comparisons, logic, bitwise ops, Where, Clip, variadic Max/Min/Sum/Mean and
  * the activations (see kernel.h for the kernel contract).
  *
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 /* Highest opset whose semantics these kernels are known to implement. */
 #define OPMAX 23

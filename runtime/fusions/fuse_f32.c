@@ -1,12 +1,12 @@
 /* fuse_f32.c - Conv + Relu/Clip fusion at plan time, and the activation
  * matching shared with the INT4 fusion. See fuse.h. */
-#include "fuse.h"
+#include "runtime/fusions/fuse.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "exec.h"
+#include "runtime/core/exec.h"
 
 static const char *dom(const char *d) { return d && strcmp(d, "ai.onnx") ? d : ""; }
 

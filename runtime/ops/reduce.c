@@ -1,5 +1,5 @@
 /*
- * ops_reduce.c - op family 'reduce': Reduce*, ArgMax/ArgMin, Softmax,
+ * runtime/ops/reduce.c - op family 'reduce': Reduce*, ArgMax/ArgMin, Softmax,
  * LogSoftmax, Hardmax, CumSum, TopK, LpNormalization and
  * MeanVarianceNormalization (see kernel.h for the kernel contract).
  *
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 #define OPMAX 23
 

@@ -14,7 +14,7 @@
 #ifndef NBL_FUSE_H
 #define NBL_FUSE_H
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 /* 1 if n is a live node of op type `op` in `domain` ("" for ai.onnx, which
  * matches a node that names its domain "ai.onnx" too). */
@@ -47,7 +47,7 @@ const nbl_node *nbl_f32_fused_node(const nbl_f32_fusion *fu, nbl_id node, const 
 int nbl_f32_fusion_count(const nbl_f32_fusion *fu);
 void nbl_f32_fusion_free(nbl_f32_fusion *fu);
 
-/* The kernel of the fused nodes (runtime/ops_nn.c): Conv, then Clip with the
+/* The kernel of the fused nodes (runtime/ops/nn.c): Conv, then Clip with the
  * bounds in the synthetic node's float attributes nibble.act_lo / act_hi. */
 extern const nbl_op_def nbl_fused_conv_act_def;
 

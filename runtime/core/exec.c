@@ -1,8 +1,8 @@
 /* exec.c - planner, executor, thread pool, the kernel context functions of
  * kernel.h and the public session API of nibble.h. See exec.h. */
-#include "exec.h"
-#include "fuse.h"
-#include "int4_gemm.h"
+#include "runtime/core/exec.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/int4_gemm.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -357,7 +357,7 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
   if (n < 0) return NBL_ERR_INVALID_MODEL;
-  /* INT4 fast path (runtime/fuse_int4.c): QuantizeInt4 -> Conv/Gemm/MatMul
+  /* INT4 fast path (runtime/fusions/fuse_int4.c): QuantizeInt4 -> Conv/Gemm/MatMul
    * become one synthetic node each (steps below take it from fnode), and the
    * quantizers only they used leave the order. Main graph, non-reference. */
   if (g == e->g && !e->reference) {

@@ -2,7 +2,7 @@
  * op type and opset version (the highest since_version <= the model's import). */
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 static const struct {
   const nbl_op_def *ops;

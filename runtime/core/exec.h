@@ -16,7 +16,7 @@
 #ifndef NBL_EXEC_H
 #define NBL_EXEC_H
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 typedef struct nbl_engine nbl_engine;
 

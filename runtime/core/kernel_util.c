@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 size_t nbl_rt_elem_size(nbl_dtype dt) {
   if (dt == NBL_DT_STRING) return sizeof(char *);

@@ -1,4 +1,4 @@
-/* ops_quant.c - op family 'quant': QuantizeLinear / DequantizeLinear
+/* runtime/ops/quant.c - op family 'quant': QuantizeLinear / DequantizeLinear
  * (per-tensor, per-axis, blocked; 8-, 16- and 4-bit codes), DynamicQuantizeLinear,
  * MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv
  * (see kernel.h for the kernel contract).
@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gemm.h"
-#include "kernel.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/kernel.h"
 
 static const nbl_rt_tensor *in_at(nbl_kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }
 

@@ -23,8 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernel.h"
-#include "quant4.h"
+#include "runtime/core/kernel.h"
+#include "runtime/formats/int4.h"
 
 #define NBL_I4_NR 16 /* columns per packed panel */
 #define NBL_I4_MR 6  /* rows per micro-tile */

@@ -1,4 +1,4 @@
-/* ops_control.c - op family 'control': constants, identity, casts, shape
+/* runtime/ops/control.c - op family 'control': constants, identity, casts, shape
  * queries, generators and control flow (If, Loop, Scan). See kernel.h for
  * the kernel contract. Opset ranges follow the ONNX operator changelog;
  * versions 19 and 21 of these ops only widened their type lists (float8,
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "exec.h"
+#include "runtime/core/exec.h"
 
 /* ------------------------------------------------------------------ helpers */
 

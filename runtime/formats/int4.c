@@ -1,5 +1,5 @@
-/* quant4.c - per-tensor INT4 (2..8 bit) quantizer math; see quant4.h. */
-#include "quant4.h"
+/* runtime/formats/int4.c - per-tensor INT4 (2..8 bit) quantizer math; see runtime/formats/int4.h. */
+#include "runtime/formats/int4.h"
 
 #include <math.h>
 #include <string.h>

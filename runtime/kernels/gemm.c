@@ -1,8 +1,8 @@
 /* gemm.c - FP32 GEMM (OpenBLAS or nibble's own packed kernel), the double
  * reference product, and the convolution helpers built on them. */
-#include "gemm.h"
-#include "int4_gemm.h"
-#include "simd16.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/simd16.h"
 
 #include <limits.h>
 #include <math.h>

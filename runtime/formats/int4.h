@@ -1,5 +1,5 @@
 /*
- * quant4.h - the per-tensor INT4 (2..8 bit) quantizer math behind the
+ * runtime/formats/int4.h - the per-tensor INT4 (2..8 bit) quantizer math behind the
  * ai.nibble QuantizeInt4 op: scale selection (max, SAWB, fixed, PACT),
  * symmetric / affine grids, half-to-even and stochastic rounding, and
  * INT4 nibble packing. Plain C, no IR or kernel-context dependency, so the

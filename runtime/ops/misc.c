@@ -1,4 +1,4 @@
-/* ops_misc.c - op family 'misc': recurrent layers (RNN, GRU, LSTM), signal
+/* runtime/ops/misc.c - op family 'misc': recurrent layers (RNN, GRU, LSTM), signal
  * processing (DFT, STFT, windows, MelWeightMatrix), detection (NonMaxSuppression,
  * RoiAlign), GridSample, Det and TfIdfVectorizer (see kernel.h for the kernel
  * contract).
@@ -11,8 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gemm.h"
-#include "kernel.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ helpers */
 

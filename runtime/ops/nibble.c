@@ -1,4 +1,4 @@
-/* ops_nibble.c - op family 'nibble': nibble's own ops in domain ai.nibble.
+/* runtime/ops/nibble.c - op family 'nibble': nibble's own ops in domain ai.nibble.
  *
  * QuantizeInt4 (version 1): per-tensor fake quantization, float in, float out.
  *   inputs:  X (float32), alpha (optional float32 scalar, the PACT clip)
@@ -7,12 +7,12 @@
  *   attributes: bits (2..8, default 4), mode (symmetric|affine),
  *            scale_source (max|sawb|fixed|pact), scale (float, fixed),
  *            narrow (0/1), rounding (half_even|stochastic), seed (int)
- * The reference kernel computes the formulas of runtime/quant4.h literally. */
+ * The reference kernel computes the formulas of runtime/formats/int4.h literally. */
 #include <math.h>
 #include <string.h>
 
-#include "kernel.h"
-#include "quant4.h"
+#include "runtime/core/kernel.h"
+#include "runtime/formats/int4.h"
 
 /* Decode the QuantizeInt4 attributes of node n into cfg. Returns NBL_OK or
  * an error naming the bad attribute (message set via nbl_kerr). */

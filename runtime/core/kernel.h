@@ -2,7 +2,7 @@
  * kernel.h - the contract between the executor and operator kernels.
  *
  * An op family registers an array of nbl_op_def (see the end of this file);
- * runtime/optable.c concatenates the family arrays into the one op table.
+ * runtime/core/optable.c concatenates the family arrays into the one op table.
  * Adding an op = one kernel function + one table line in its family file.
  *
  * Kernels run on nbl_rt_tensor: dense, row-major, native-endian element data.
@@ -14,7 +14,7 @@
 #ifndef NBL_KERNEL_H
 #define NBL_KERNEL_H
 
-#include "../ir/ir.h"
+#include "ir/ir.h"
 
 #define NBL_MAX_RANK 8
 
@@ -35,7 +35,7 @@ typedef struct nbl_rt_tensor {
   /* internal: codes_for != NULL when the producing INT4 kernel stored, for
    * its one consumer codes_for, the activation bytes code + code_off of the
    * consumer's quantizer (scale code_scale, zero point code_zero) instead of
-   * the floats (runtime/fuse_int4.c); cleared with the slot */
+   * the floats (runtime/fusions/fuse_int4.c); cleared with the slot */
   const void *codes_for;
   float code_scale;
   int code_zero, code_qmin, code_qmax, code_off;
@@ -126,15 +126,15 @@ typedef struct nbl_op_def {
   extern const nbl_op_def nbl_ops_##fam[];   \
   extern const size_t nbl_ops_##fam##_count;
 
-NBL_OP_FAMILY(elementwise) /* runtime/ops_elementwise.c: math, compare, logic, activations */
-NBL_OP_FAMILY(reduce)      /* runtime/ops_reduce.c: reductions, softmax, argmax, cumsum, topk */
-NBL_OP_FAMILY(nn)          /* runtime/ops_nn.c: conv, gemm, matmul, pooling, norms */
-NBL_OP_FAMILY(quant)       /* runtime/ops_quant.c: quantize/dequantize, integer matmul/conv */
-NBL_OP_FAMILY(shape)       /* runtime/ops_shape.c: reshape, transpose, concat, gather, ... */
-NBL_OP_FAMILY(control)     /* runtime/ops_control.c: Constant, Identity, If, Loop, Cast, ... */
-NBL_OP_FAMILY(train)       /* runtime/ops_train.c: losses, optimizers (ai.onnx.preview.training) */
-NBL_OP_FAMILY(misc)        /* runtime/ops_misc.c: RNNs, signal, detection, sampling ops */
-NBL_OP_FAMILY(nibble)      /* runtime/ops_nibble.c: ai.nibble ops (QuantizeInt4) */
+NBL_OP_FAMILY(elementwise) /* runtime/ops/elementwise.c: math, compare, logic, activations */
+NBL_OP_FAMILY(reduce)      /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
+NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, pooling, norms */
+NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
+NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, gather, ... */
+NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
+NBL_OP_FAMILY(train)       /* runtime/ops/train.c: losses, optimizers (ai.onnx.preview.training) */
+NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
+NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);

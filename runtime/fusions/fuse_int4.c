@@ -9,7 +9,7 @@
  * DequantizeLinear(Wq int4/int8 initializer, scalar scale [, scalar zero
  * point]) as written by pack-int4. The consumer then runs a synthetic node
  * with inputs [X, W, bias, alpha]: X is quantized on the fly (per-tensor
- * scale recomputed every run with the quant4.h math, codes bit-identical),
+ * scale recomputed every run with the runtime/formats/int4.h math, codes bit-identical),
  * W was quantized and packed once here, products accumulate exactly in
  * int32, and each output is rescaled once: y = s_x*s_w*acc + bias (the
  * affine zero point of X is subtracted as z*sum(q_w) per output channel).
@@ -35,11 +35,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "exec.h"
-#include "fuse.h"
-#include "gemm.h"
-#include "int4_gemm.h"
-#include "simd16.h"
+#include "runtime/core/exec.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/simd16.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -193,7 +193,7 @@ static int scan_x(const float *x, int64_t n, float *lo, float *hi) {
 }
 
 /* nbl_q4_choose for scale_source=max on finite data with known min/max: the
- * same float operations (see quant4.c), without a second pass over x. */
+ * same float operations (see runtime/formats/int4.c), without a second pass over x. */
 static void params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, float hi,
                               nbl_q4_params *p) {
   memset(p, 0, sizeof *p);

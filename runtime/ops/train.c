@@ -1,5 +1,5 @@
 /*
- * ops_train.c - op family 'train': the optimizers of the ai.onnx.preview.training
+ * runtime/ops/train.c - op family 'train': the optimizers of the ai.onnx.preview.training
  * domain (version 1): Momentum (standard and Nesterov), Adam and Adagrad, each
  * over any number of tensors. See kernel.h for the kernel contract.
  *
@@ -18,12 +18,12 @@
  * in the same order, so both paths give bit-identical results.
  *
  * The losses NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss are
- * registered in the 'reduce' family (runtime/ops_reduce.c).
+ * registered in the 'reduce' family (runtime/ops/reduce.c).
  */
 #include <math.h>
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 #define TRAIN_DOMAIN "ai.onnx.preview.training"
 #define GRAIN 16384 /* elements per parallel chunk */

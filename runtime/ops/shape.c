@@ -1,5 +1,5 @@
 /*
- * ops_shape.c - op family 'shape': shape and data-movement kernels.
+ * runtime/ops/shape.c - op family 'shape': shape and data-movement kernels.
  *
  * Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice,
  * Gather, GatherElements, GatherND, Scatter, ScatterElements, ScatterND,
@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernel.h"
+#include "runtime/core/kernel.h"
 
 #define XR (2 * NBL_MAX_RANK + 2) /* rank of internal copy views */
 
