@@ -137,6 +137,11 @@ def cases():
         ["convert", "--passes", "lower-to-onnx"], ["'q'", "stochastic"]
     yield "lower_bits9", single_q({"bits": 9}), ["convert", "--passes", "lower-to-onnx"], \
         ["'q'", "bits"]
+    # the one attribute decoder: lowering refuses what the kernel refuses
+    yield "lower_narrow2", single_q({"narrow": 2}), ["convert", "--passes", "lower-to-onnx"], \
+        ["'q'", "narrow"]
+    yield "lower_fixed_noscale", single_q({"scale_source": "fixed"}), \
+        ["convert", "--passes", "lower-to-onnx"], ["'q'", "'scale'"]
     yield "pack_bits9", conv_q((2, 2, 3, 3), qattrs={"bits": 9}), \
         ["convert", "--passes", "pack-int4"], ["'qx'"]
     # compare: a second model that cannot be read, or that fails, stops before any row
