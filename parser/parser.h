@@ -20,6 +20,23 @@ nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, n
 /* Write t as one serialized TensorProto (raw_data form). */
 nbl_status nbl_tensor_save_pb(const nbl_tensor *t, const char *path);
 
+/* A NumPy .npy file (v1-v3, little-endian, C order, numbers and bool) from
+ * memory: the header in arena `a`, the data copied into a new buffer, name
+ * "". `what` names the source in messages (parser/tensor_file.c). */
+nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, nbl_arena *a,
+                                nbl_tensor **out);
+
+/* Write t as a .npy file (version 1, header padded to 64 bytes as NumPy
+ * does); STRING, INT4 and other types NumPy lacks are NBL_ERR_UNSUPPORTED. */
+nbl_status nbl_tensor_save_npy(const nbl_tensor *t, const char *path);
+
+/* Read a tensor file: .npy when it starts with the NumPy magic, otherwise a
+ * serialized TensorProto. Same ownership as nbl_tensor_load_pb. */
+nbl_status nbl_tensor_load_file(const char *path, nbl_arena *a, nbl_tensor **out);
+
+/* Write t: .npy when path ends in ".npy", otherwise a TensorProto. */
+nbl_status nbl_tensor_save_file(const nbl_tensor *t, const char *path);
+
 /* ---- shared between load.c, save.c and tensor_pb.c (protobuf types) ---- */
 
 struct Onnx__TensorProto;
