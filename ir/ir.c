@@ -29,8 +29,6 @@ void nbl_error_prefix(const char *fmt, ...) {
   snprintf(err_msg, sizeof err_msg, "%s: %s", pre, old);
 }
 
-const char *nbl_version(void) { return NBL_VERSION_STRING; }
-
 const char *nbl_status_name(nbl_status st) {
   switch (st) {
   case NBL_OK: return "ok";

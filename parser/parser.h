@@ -5,7 +5,7 @@
 #ifndef NBL_PARSER_H
 #define NBL_PARSER_H
 
-#include "../ir/ir.h"
+#include "ir/ir.h"
 
 /* Read a file holding one serialized TensorProto (the ONNX test-data .pb
  * format). The tensor header is allocated in arena `a`; its payload is a new

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "nibble.h" /* implements the pipeline API; prints and saves dumps through it */
 #include "pass.h"
 
 typedef struct pipeline_entry {

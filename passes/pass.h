@@ -13,7 +13,7 @@
 #ifndef NBL_PASS_H
 #define NBL_PASS_H
 
-#include "../ir/ir.h"
+#include "ir/ir.h"
 
 typedef enum nbl_opt_type { NBL_OPT_INT, NBL_OPT_FLOAT, NBL_OPT_BOOL, NBL_OPT_STRING } nbl_opt_type;
 

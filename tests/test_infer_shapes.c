@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "parser/parser.h"
 #include "passes/pass.h"
 

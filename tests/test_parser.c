@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "onnx.pb-c.h"
 #include "parser/parser.h"
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "passes/pass.h"
 
 static nbl_id val(nbl_graph *g, const char *name, nbl_dtype dt, int rank, const int64_t *dims) {

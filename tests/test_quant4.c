@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "include/nibble.h"
+#include "nibble.h"
 #include "ir/ir.h"
 #include "runtime/formats/int4.h"
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "parser/parser.h"
 #include "runtime/core/exec.h"
 

@@ -1,5 +1,6 @@
 /* exec.c - planner, executor, thread pool, the kernel context functions of
  * kernel.h and the public session API of nibble.h. See exec.h. */
+#include "nibble.h" /* implements the session API */
 #include "runtime/core/exec.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_gemm.h"

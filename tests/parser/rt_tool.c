@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "parser/parser.h"
 
 /* Positional checksum, easy to recompute with numpy: sum of b[i] * (i * K + 1) mod 2^64. */
