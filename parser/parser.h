@@ -7,13 +7,11 @@
 
 #include "ir/ir.h"
 
-/* Read a file holding one serialized TensorProto (the ONNX test-data .pb
- * format). The tensor header is allocated in arena `a`; its payload is a new
- * buffer (converted to raw little-endian layout whatever field held it).
- * Errors name the file. */
-nbl_status nbl_tensor_load_pb(const char *path, nbl_arena *a, nbl_tensor **out);
-
-/* Same from memory; `what` names the source in messages. */
+/* One serialized TensorProto (the ONNX test-data .pb format) from memory.
+ * The tensor header is allocated in arena `a`; its payload is a new buffer
+ * (converted to raw little-endian layout whatever field held it), which the
+ * caller releases with nbl_buffer_unref(t->buf). `what` names the source in
+ * messages. Files: nbl_tensor_load_file. */
 nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, nbl_arena *a,
                                nbl_tensor **out);
 
@@ -30,12 +28,10 @@ nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, 
  * does); STRING, INT4 and other types NumPy lacks are NBL_ERR_UNSUPPORTED. */
 nbl_status nbl_tensor_save_npy(const nbl_tensor *t, const char *path);
 
-/* Read a tensor file: .npy when it starts with the NumPy magic, otherwise a
- * serialized TensorProto. Same ownership as nbl_tensor_load_pb. */
+/* Read a tensor file (a regular file or a pipe): .npy when it starts with
+ * the NumPy magic, otherwise a serialized TensorProto. Same ownership as
+ * nbl_tensor_parse_pb; errors name the file. */
 nbl_status nbl_tensor_load_file(const char *path, nbl_arena *a, nbl_tensor **out);
-
-/* Write t: .npy when path ends in ".npy", otherwise a TensorProto. */
-nbl_status nbl_tensor_save_file(const nbl_tensor *t, const char *path);
 
 /* ---- shared between load.c, save.c and tensor_pb.c (protobuf types) ---- */
 

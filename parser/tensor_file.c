@@ -5,6 +5,7 @@
  * nbl_host_tensor_free (nibble.h) over them. Everything here works on IR
  * tensors (nbl_tensor); the runtime is not involved.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,7 +172,7 @@ nbl_status nbl_tensor_save_npy(const nbl_tensor *t, const char *path) {
 
 static nbl_status read_all(const char *path, unsigned char **data, size_t *len) {
   FILE *f = fopen(path, "rb");
-  if (!f) return nbl_errorf(NBL_ERR_IO, "%s: cannot open", path);
+  if (!f) return nbl_errorf(NBL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
   size_t cap = 1 << 16, n = 0;
   unsigned char *b = malloc(cap);
   while (b) {
@@ -220,9 +221,8 @@ static int ends_with(const char *s, const char *suf) {
   return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
-nbl_status nbl_tensor_save_file(const nbl_tensor *t, const char *path) {
-  if (!t || !path)
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_tensor_save_file: NULL argument");
+/* Write t: .npy when path ends in ".npy", otherwise a TensorProto. */
+static nbl_status save_file(const nbl_tensor *t, const char *path) {
   return ends_with(path, ".npy") ? nbl_tensor_save_npy(t, path) : nbl_tensor_save_pb(t, path);
 }
 
@@ -330,7 +330,7 @@ nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *h) {
     t.data = NULL;
     t.nbytes = 0;
   }
-  nbl_status st = nbl_tensor_save_file(&t, path);
+  nbl_status st = save_file(&t, path);
   free(strings);
   free(lens);
   return st;

@@ -14,7 +14,8 @@ void nbl_q4_config_default(nbl_q4_config *cfg) {
   cfg->rounding = NBL_Q4_ROUND_HALF_EVEN;
 }
 
-int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out) {
+/* The attribute strings: 0 and *out set, or -1 for an unknown spelling. */
+static int parse_mode(const char *s, nbl_q4_mode *out) {
   if (!s) return -1;
   if (strcmp(s, "symmetric") == 0) *out = NBL_Q4_SYMMETRIC;
   else if (strcmp(s, "affine") == 0) *out = NBL_Q4_AFFINE;
@@ -22,7 +23,7 @@ int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out) {
   return 0;
 }
 
-int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out) {
+static int parse_scale_source(const char *s, nbl_q4_scale_source *out) {
   if (!s) return -1;
   if (strcmp(s, "max") == 0) *out = NBL_Q4_SCALE_MAX;
   else if (strcmp(s, "sawb") == 0) *out = NBL_Q4_SCALE_SAWB;
@@ -32,7 +33,7 @@ int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out) {
   return 0;
 }
 
-int nbl_q4_parse_rounding(const char *s, nbl_q4_rounding *out) {
+static int parse_rounding(const char *s, nbl_q4_rounding *out) {
   if (!s) return -1;
   if (strcmp(s, "half_even") == 0) *out = NBL_Q4_ROUND_HALF_EVEN;
   else if (strcmp(s, "stochastic") == 0) *out = NBL_Q4_ROUND_STOCHASTIC;
@@ -86,13 +87,13 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
                         (long long)bits->i);
     cfg.bits = (int)bits->i;
   }
-  if (mode && nbl_q4_parse_mode(mode->s, &cfg.mode) != 0)
+  if (mode && parse_mode(mode->s, &cfg.mode) != 0)
     return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
                       "mode '%s' is not supported (symmetric|affine)", mode->s);
-  if (source && nbl_q4_parse_scale_source(source->s, &cfg.scale_source) != 0)
+  if (source && parse_scale_source(source->s, &cfg.scale_source) != 0)
     return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
                       "scale_source '%s' is not supported (max|sawb|fixed|pact)", source->s);
-  if (rounding && nbl_q4_parse_rounding(rounding->s, &cfg.rounding) != 0)
+  if (rounding && parse_rounding(rounding->s, &cfg.rounding) != 0)
     return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
                       "rounding '%s' is not supported (half_even|stochastic)", rounding->s);
   if (narrow) {
@@ -230,8 +231,6 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
   p->scale = s;
   return 0;
 }
-
-double nbl_q4_round_half_even(double v) { return nearbyint(v); }
 
 static uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;

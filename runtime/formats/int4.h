@@ -84,12 +84,6 @@ void nbl_q4_config_default(nbl_q4_config *cfg);
  * thread error. cfg is fully written only on NBL_OK. */
 nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *cfg, char *err, size_t errlen);
 
-/* Parse attribute strings into cfg fields. Return 0 on success, -1 if the
- * string is not one of the accepted spellings. */
-int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out);
-int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out);
-int nbl_q4_parse_rounding(const char *s, nbl_q4_rounding *out);
-
 /* Code range of the configuration: qmin/qmax per the header formulas. */
 void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax);
 
@@ -108,9 +102,6 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
  * scale <= 0 or not finite, alpha <= 0 or not finite. */
 int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
                   nbl_q4_params *p, const char **why);
-
-/* Round v half to even (v finite). */
-double nbl_q4_round_half_even(double v);
 
 /* Counter-based uniform draw in [0, 1) keyed by (seed, index): the same
  * (seed, index) always gives the same number (splitmix64 of the pair). */
