@@ -1810,8 +1810,3 @@ const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nb
   return &fu->by_node[node]->node;
 }
 
-int nbl_i4_fusion_count(const nbl_i4_fusion *fu) {
-  int k = 0;
-  for (int i = 0; fu && i < fu->n_nodes; i++) k += fu->by_node[i] != NULL;
-  return k;
-}
