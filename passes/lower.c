@@ -579,22 +579,3 @@ const nbl_pass_def nbl_pass_lower_to_onnx = {
                    "(opset 21: INT4 DequantizeLinear, QuantizeLinear) for other runtimes",
     .run = lower_run,
 };
-
-/* A test-only pass that deliberately breaks the IR (a node reads a value that
- * nothing defines), so tests can check that --verify-each catches it. */
-static nbl_status break_run(nbl_pass_ctx *ctx) {
-  nbl_graph *g = ctx->model->graph;
-  if (g->n_nodes == 0) return NBL_OK;
-  nbl_id v = nbl_graph_add_value(g, nbl_graph_unique_name(g, "undefined_by_test_pass"));
-  if (v == NBL_NONE) return NBL_ERR_OUT_OF_MEMORY;
-  nbl_node_set_input(g, 0, 0, v);
-  ctx->changed = 1;
-  return NBL_OK;
-}
-
-const nbl_pass_def nbl_pass_test_break_ir = {
-    .name = "test-break-ir",
-    .description = "(test only) make the first node read an undefined value",
-    .run = break_run,
-    .hidden = 1,
-};
