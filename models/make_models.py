@@ -2,13 +2,20 @@
 """make_models.py - train and export the small models nibble ships.
 
 usage: /usr/bin/python3 models/make_models.py [--data DIR] [--out DIR] [--epochs E]
+                                             [--models mlp,lenet5,resnet8]
 
 Trains, on Fashion-MNIST (IDX files read with gzip + numpy), with a fixed seed:
-  mlp.onnx    Flatten - 784-256 - ReLU - 256-128 - ReLU - 128-10
-  lenet5.onnx conv5x5(6) - ReLU - maxpool2 - conv5x5(16) - ReLU - maxpool2 -
-              fc 256-120 - ReLU - fc 120-84 - ReLU - fc 84-10
-Both take input "input" float32 [N,1,28,28] (N symbolic), normalized as
-(x/255 - MEAN) / STD, and output "logits" float32 [N,10].
+  mlp.onnx     Flatten - 784-256 - ReLU - 256-128 - ReLU - 128-10
+  lenet5.onnx  conv5x5(6) - ReLU - maxpool2 - conv5x5(16) - ReLU - maxpool2 -
+               fc 256-120 - ReLU - fc 120-84 - ReLU - fc 84-10
+  resnet8.onnx a small ResNet with BatchNorm: conv3x3(16)-BN-ReLU, three
+               basic blocks (16, 32 stride 2, 64 stride 2; 1x1 conv + BN on
+               the shortcut when the shape changes), global average pool, fc 64-10
+Each takes input "input" float32 [N,1,28,28] (N symbolic), normalized as
+(x/255 - MEAN) / STD, and outputs "logits" float32 [N,10]. For lenet5 and
+resnet8 the untrained initial weights (the same seed, before training) are
+also exported as <name>_init.onnx: the starting point of nibble's training
+runs, so that PyTorch and nibble can train from identical weights.
 Also writes data/fmnist_test_100.npy (first 100 test images, float32
 [100,1,28,28], normalized the same way) and data/fmnist_test_100_labels.npy
 (int64 [100]), and prints the FP32 test accuracy of each model on the full
@@ -78,6 +85,41 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.short is None else self.short(x)))
+
+
+class ResNet8(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2),
+                                    BasicBlock(32, 64, 2))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+MODELS = {"mlp": MLP, "lenet5": LeNet5, "resnet8": ResNet8}
+
+
 def train(model, x, y, epochs, batch, lr):
     gen = torch.Generator().manual_seed(SEED)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -123,6 +165,10 @@ def accuracy_ort(path, x, y):
 
 
 def export(model, path):
+    """Export in inference form. Models with BatchNorm: see export_bn."""
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return export_bn(model, path)
+    model.eval()
     dummy = torch.zeros(1, 1, 28, 28)
     torch.onnx.export(model, dummy, path, opset_version=13, input_names=["input"],
                       output_names=["logits"],
@@ -130,11 +176,43 @@ def export(model, path):
                       do_constant_folding=True)
 
 
+def export_bn(model, path):
+    """BatchNormalization stays a node (PRESERVE on an eval-mode module: EVAL
+    mode would fold it into the convolution), and
+    initializers that PyTorch de-duplicated behind Identity nodes (a fresh
+    BatchNorm's weight 1 = running_var 1, bias 0 = running_mean 0) become
+    initializers of their own again, so every parameter has its own name."""
+    import onnx
+    from onnx import numpy_helper
+    model.eval()
+    dummy = torch.zeros(1, 1, 28, 28)
+    torch.onnx.export(model, dummy, path, opset_version=13, input_names=["input"],
+                      output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+    m = onnx.load(path)
+    inits = {t.name: t for t in m.graph.initializer}
+    keep = []
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            t = numpy_helper.from_array(numpy_helper.to_array(inits[n.input[0]]), n.output[0])
+            m.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--models", default="mlp,lenet5,resnet8")
+    ap.add_argument("--init-only", action="store_true",
+                    help="only export the untrained <name>_init.onnx files")
     args = ap.parse_args()
     torch.set_num_threads(2)
     xtr, ytr = load_split(args.data, "train")
@@ -143,9 +221,13 @@ def main():
     np.save(os.path.join(args.out, "data", "fmnist_test_100.npy"), xte[:100])
     np.save(os.path.join(args.out, "data", "fmnist_test_100_labels.npy"), yte[:100])
     results = []
-    for name, cls in (("mlp", MLP), ("lenet5", LeNet5)):
+    for name in args.models.split(","):
         torch.manual_seed(SEED)
-        model = cls()
+        model = MODELS[name]()
+        if name != "mlp":
+            export(model, os.path.join(args.out, name + "_init.onnx"))
+        if args.init_only:
+            continue
         t0 = time.time()
         print("%s: training %d epochs (Adam, lr 1e-3, batch 64)" % (name, args.epochs), flush=True)
         train(model, xtr, ytr, args.epochs, 64, 1e-3)
