@@ -3,7 +3,8 @@
  *
  * An op family registers an array of nbl_op_def (see the end of this file);
  * runtime/core/optable.c concatenates the family arrays into the one op table.
- * Adding an op = one kernel function + one table line in its family file.
+ * Adding an op = its kernel, its shape rule and one table line in its family
+ * file (README "Where an op lives").
  *
  * Kernels run on nbl_rt_tensor: dense, row-major, native-endian element data.
  * A kernel reads ctx->in[i] (NULL for an omitted optional input), computes the
@@ -112,6 +113,28 @@ int nbl_norm_axis(int64_t axis, int rank);
 
 /* ------------------------------------------------------------------ op table */
 
+/* The highest default-domain opset nibble implements: every table line that is
+ * correct up to the newest opset says NBL_OPSET_MAX, never a number. */
+#define NBL_OPSET_MAX 21
+
+/* Shape rule: from the node's input types (and constant input data where the
+ * output shape depends on it) set its output types. The context and the
+ * helpers a rule calls are in runtime/core/shape.h. */
+typedef struct nbl_shape_ctx nbl_shape_ctx;
+typedef nbl_status (*nbl_shape_fn)(nbl_shape_ctx *ctx);
+
+/* Gradient rule: emit the backward nodes of one forward node into the IR.
+ * The context is defined by the autodiff pass (training); NULL for now. */
+typedef struct nbl_grad_ctx nbl_grad_ctx;
+typedef nbl_status (*nbl_grad_fn)(nbl_grad_ctx *ctx);
+
+/* Flags of a table entry (nbl_op_def.flags). */
+enum {
+  /* outputs depend on a random source: never evaluated ahead of time
+   * (fold-constants skips the node) */
+  NBL_OPF_RANDOM = 1u << 0,
+};
+
 typedef struct nbl_op_def {
   const char *domain;   /* "" for ai.onnx */
   const char *name;     /* op_type */
@@ -119,7 +142,24 @@ typedef struct nbl_op_def {
   int max_version;      /* highest opset version it is correct for (inclusive) */
   nbl_kernel_fn ref;    /* plain C reference kernel (required) */
   nbl_kernel_fn fast;   /* optional fast kernel; must agree with ref */
+  nbl_shape_fn shape;   /* shape rule (required; tests/test_optable.c checks) */
+  nbl_grad_fn grad;     /* gradient rule, or NULL */
+  const char *no_grad;  /* when grad is NULL on purpose: why the op has no gradient */
+  unsigned flags;       /* NBL_OPF_* */
+  /* ai.onnx ops: the opset from which the op's signature and semantics are
+   * unchanged up to NBL_OPSET_MAX (later versions only added types, or
+   * attributes whose defaults keep the old meaning), so the opset upgrade
+   * keeps such a node as it is; 0 when not established */
+  int stable_since;
 } nbl_op_def;
+
+/* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
+ * the other fields follow as designated initializers:
+ *   NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6), */
+#define NBL_OP(op, since, ...) NBL_OP_DEF("", op, since, NBL_OPSET_MAX, __VA_ARGS__)
+/* The general form: any domain and opset range. */
+#define NBL_OP_DEF(dom, op, since, max, ...) \
+  {.domain = (dom), .name = (op), .since_version = (since), .max_version = (max), __VA_ARGS__}
 
 /* Each family file defines its array and count; optable.c lists the families. */
 #define NBL_OP_FAMILY(fam)                   \
@@ -132,12 +172,16 @@ NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, pooling, nor
 NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
 NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, gather, ... */
 NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
-NBL_OP_FAMILY(train)       /* runtime/ops/train.c: losses, optimizers (ai.onnx.preview.training) */
+NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
 NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
 NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
+
+/* The whole table in family order: entry i for i in [0, nbl_op_count()). */
+size_t nbl_op_count(void);
+const nbl_op_def *nbl_op_at(size_t i);
 
 /* Per-node kernel cache owned by the executor (e.g. transformed constant
  * weights). A kernel may store malloc'd data with the function that frees it;

@@ -36,3 +36,17 @@ const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int ops
     }
   return best;
 }
+
+size_t nbl_op_count(void) {
+  size_t n = 0;
+  for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) n += *families[f].count;
+  return n;
+}
+
+const nbl_op_def *nbl_op_at(size_t i) {
+  for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+    if (i < *families[f].count) return &families[f].ops[i];
+    i -= *families[f].count;
+  }
+  return NULL;
+}

@@ -836,19 +836,19 @@ static nbl_status k_scan(nbl_kctx *ctx) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control[] = {
-    {"", "Constant", 1, 21, k_constant, NULL},
-    {"", "Identity", 1, 21, k_identity, NULL},
-    {"", "Dropout", 1, 21, k_dropout, NULL},
-    {"", "Cast", 1, 21, k_cast, NULL},
-    {"", "CastLike", 15, 21, k_castlike, NULL},
-    {"", "Shape", 1, 21, k_shape, NULL},
-    {"", "Size", 1, 21, k_size, NULL},
-    {"", "ConstantOfShape", 9, 21, k_constant_of_shape, NULL},
-    {"", "Range", 11, 21, k_range, NULL},
-    {"", "EyeLike", 9, 21, k_eyelike, NULL},
-    {"", "If", 1, 21, k_if, NULL},
-    {"", "Loop", 1, 21, k_loop, NULL},
-    {"", "Scan", 8, 8, k_scan, NULL}, /* batched form, sequence_lens first */
-    {"", "Scan", 9, 21, k_scan, NULL},
+    NBL_OP("Constant", 1, .ref = k_constant),
+    NBL_OP("Identity", 1, .ref = k_identity),
+    NBL_OP("Dropout", 1, .ref = k_dropout),
+    NBL_OP("Cast", 1, .ref = k_cast),
+    NBL_OP("CastLike", 15, .ref = k_castlike),
+    NBL_OP("Shape", 1, .ref = k_shape),
+    NBL_OP("Size", 1, .ref = k_size),
+    NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape),
+    NBL_OP("Range", 11, .ref = k_range),
+    NBL_OP("EyeLike", 9, .ref = k_eyelike),
+    NBL_OP("If", 1, .ref = k_if),
+    NBL_OP("Loop", 1, .ref = k_loop),
+    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan), /* batched form, sequence_lens first */
+    NBL_OP("Scan", 9, .ref = k_scan),
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

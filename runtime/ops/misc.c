@@ -1155,19 +1155,19 @@ static nbl_status k_tfidf(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_misc[] = {
-    {"", "RNN", 1, 21, k_rnn, k_rnn_fast},
-    {"", "GRU", 1, 21, k_gru, k_gru_fast},
-    {"", "LSTM", 1, 21, k_lstm, k_lstm_fast},
-    {"", "Det", 11, 21, k_det, NULL},
-    {"", "HannWindow", 17, 21, k_hann, NULL},
-    {"", "HammingWindow", 17, 21, k_hamming, NULL},
-    {"", "BlackmanWindow", 17, 21, k_blackman, NULL},
-    {"", "DFT", 17, 19, k_dft, NULL},
-    {"", "STFT", 17, 21, k_stft, NULL},
-    {"", "MelWeightMatrix", 17, 21, k_melweight, NULL},
-    {"", "NonMaxSuppression", 10, 21, k_nms, NULL},
-    {"", "GridSample", 16, 19, k_gridsample, NULL},
-    {"", "RoiAlign", 10, 21, k_roialign, NULL},
-    {"", "TfIdfVectorizer", 9, 21, k_tfidf, NULL},
+    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast),
+    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast),
+    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast),
+    NBL_OP("Det", 11, .ref = k_det),
+    NBL_OP("HannWindow", 17, .ref = k_hann),
+    NBL_OP("HammingWindow", 17, .ref = k_hamming),
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman),
+    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft),
+    NBL_OP("STFT", 17, .ref = k_stft),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight),
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms),
+    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign),
+    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

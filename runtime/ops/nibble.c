@@ -89,6 +89,6 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    {"ai.nibble", "QuantizeInt4", 1, 1, k_quantize_int4, NULL},
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

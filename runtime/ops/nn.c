@@ -375,7 +375,8 @@ static nbl_status k_conv_act(nbl_kctx *c) {
   return NBL_OK;
 }
 
-const nbl_op_def nbl_fused_conv_act_def = {"ai.nibble", "Conv+act", 1, 1, k_conv_act, k_conv_act};
+const nbl_op_def nbl_fused_conv_act_def =
+    NBL_OP_DEF("ai.nibble", "Conv+act", 1, 1, .ref = k_conv_act, .fast = k_conv_act);
 
 /* ------------------------------------------------------------------ ConvTranspose */
 
@@ -1352,21 +1353,21 @@ static nbl_status k_einsum(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn[] = {
-    {"", "Conv", 1, 21, k_conv_ref, k_conv_fast},
-    {"", "ConvTranspose", 1, 21, k_convt_ref, k_convt_fast},
-    {"", "Gemm", 1, 21, k_gemm_ref, k_gemm_fast},
-    {"", "MatMul", 1, 21, k_matmul_ref, k_matmul_fast},
-    {"", "MaxPool", 1, 21, k_maxpool, NULL},
-    {"", "AveragePool", 1, 21, k_avgpool, NULL},
-    {"", "LpPool", 1, 21, k_lppool, NULL},
-    {"", "MaxUnpool", 9, 21, k_maxunpool, NULL},
-    {"", "GlobalMaxPool", 1, 21, k_gmaxpool, NULL},
-    {"", "GlobalAveragePool", 1, 21, k_gavgpool, NULL},
-    {"", "GlobalLpPool", 1, 21, k_glppool, NULL},
-    {"", "BatchNormalization", 1, 21, k_bn_ref, k_bn_fast},
-    {"", "InstanceNormalization", 1, 21, k_instnorm, NULL},
-    {"", "LayerNormalization", 17, 21, k_layernorm, NULL},
-    {"", "LRN", 1, 21, k_lrn, NULL},
-    {"", "Einsum", 12, 21, k_einsum, NULL},
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast),
+    NBL_OP("MaxPool", 1, .ref = k_maxpool),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool),
+    NBL_OP("LpPool", 1, .ref = k_lppool),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool),
+    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool),
+    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool),
+    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast),
+    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm),
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm),
+    NBL_OP("LRN", 1, .ref = k_lrn),
+    NBL_OP("Einsum", 12, .ref = k_einsum),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

@@ -489,12 +489,12 @@ done:
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_quant[] = {
-    {"", "QuantizeLinear", 10, 21, k_quantize, NULL},
-    {"", "DequantizeLinear", 10, 21, k_dequantize, NULL},
-    {"", "DynamicQuantizeLinear", 11, 21, k_dynquant, NULL},
-    {"", "MatMulInteger", 10, 21, k_matmulinteger, NULL},
-    {"", "QLinearMatMul", 10, 20, k_qlinearmatmul, NULL},
-    {"", "ConvInteger", 10, 21, k_convinteger, NULL},
-    {"", "QLinearConv", 10, 21, k_qlinearconv, NULL},
+    NBL_OP("QuantizeLinear", 10, .ref = k_quantize),
+    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize),
+    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant),
+    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger),
+    NBL_OP_DEF("", "QLinearMatMul", 10, 20, .ref = k_qlinearmatmul),
+    NBL_OP("ConvInteger", 10, .ref = k_convinteger),
+    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv),
 };
 const size_t nbl_ops_quant_count = sizeof nbl_ops_quant / sizeof nbl_ops_quant[0];

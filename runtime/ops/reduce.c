@@ -15,7 +15,6 @@
 
 #include "runtime/core/kernel.h"
 
-#define OPMAX 23
 
 #define TM(dt) (1u << (dt))
 #define T_F (TM(NBL_DT_FLOAT) | TM(NBL_DT_DOUBLE) | TM(NBL_DT_FLOAT16) | TM(NBL_DT_BFLOAT16))
@@ -798,26 +797,26 @@ static nbl_status k_sce(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
-    {"", "ReduceSum", 1, OPMAX, k_reducesum, NULL},
-    {"", "ReduceMean", 1, OPMAX, k_reducemean, NULL},
-    {"", "ReduceProd", 1, OPMAX, k_reduceprod, NULL},
-    {"", "ReduceMax", 1, OPMAX, k_reducemax, NULL},
-    {"", "ReduceMin", 1, OPMAX, k_reducemin, NULL},
-    {"", "ReduceL1", 1, OPMAX, k_reducel1, NULL},
-    {"", "ReduceL2", 1, OPMAX, k_reducel2, NULL},
-    {"", "ReduceSumSquare", 1, OPMAX, k_reducesumsquare, NULL},
-    {"", "ReduceLogSum", 1, OPMAX, k_reducelogsum, NULL},
-    {"", "ReduceLogSumExp", 1, OPMAX, k_reducelogsumexp, NULL},
-    {"", "ArgMax", 1, OPMAX, k_argmax, NULL},
-    {"", "ArgMin", 1, OPMAX, k_argmin, NULL},
-    {"", "Softmax", 1, OPMAX, k_softmax, NULL},
-    {"", "LogSoftmax", 1, OPMAX, k_logsoftmax, NULL},
-    {"", "Hardmax", 1, OPMAX, k_hardmax, NULL},
-    {"", "CumSum", 11, OPMAX, k_cumsum, NULL},
-    {"", "TopK", 1, OPMAX, k_topk, NULL},
-    {"", "LpNormalization", 1, OPMAX, k_lpnorm, NULL},
-    {"", "MeanVarianceNormalization", 9, OPMAX, k_mvn, NULL},
-    {"", "NegativeLogLikelihoodLoss", 12, OPMAX, k_nllloss, NULL},
-    {"", "SoftmaxCrossEntropyLoss", 12, OPMAX, k_sce, NULL},
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2),
+    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum),
+    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp),
+    NBL_OP("ArgMax", 1, .ref = k_argmax),
+    NBL_OP("ArgMin", 1, .ref = k_argmin),
+    NBL_OP("Softmax", 1, .ref = k_softmax),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax),
+    NBL_OP("Hardmax", 1, .ref = k_hardmax),
+    NBL_OP("CumSum", 11, .ref = k_cumsum),
+    NBL_OP("TopK", 1, .ref = k_topk),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm),
+    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];

@@ -336,8 +336,8 @@ static nbl_status k_adagrad(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_train[] = {
-    {TRAIN_DOMAIN, "Momentum", 1, 1, k_momentum, NULL},
-    {TRAIN_DOMAIN, "Adam", 1, 1, k_adam, NULL},
-    {TRAIN_DOMAIN, "Adagrad", 1, 1, k_adagrad, NULL},
+    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad),
 };
 const size_t nbl_ops_train_count = sizeof nbl_ops_train / sizeof nbl_ops_train[0];
