@@ -111,6 +111,28 @@ void nbl_strides(int rank, const int64_t *dims, int64_t *strides);
 /* Normalize axis in [-rank, rank) to [0, rank); -1 if out of range. */
 int nbl_norm_axis(int64_t axis, int rank);
 
+/* Window geometry of convolution and pooling, one spatial dim: input length
+ * in, kernel k, stride s, dilation d, pads pb (begin) and pe (end); the one
+ * formula that the kernels and the shape rules use. Output length with
+ * explicit pads (and auto_pad VALID: pads 0); ceil_mode rounds up but never
+ * starts a window in the end padding. -1 when the dilated kernel exceeds the
+ * padded input. */
+static inline int64_t nbl_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb,
+                                     int64_t pe, int ceil_mode) {
+  int64_t span = in + pb + pe - ((k - 1) * d + 1);
+  if (span < 0) return -1;
+  if (!ceil_mode) return span / s + 1;
+  int64_t o = (span + s - 1) / s + 1;
+  return (o - 1) * s >= in + pb ? o - 1 : o;
+}
+/* Output length with auto_pad SAME_UPPER / SAME_LOWER: ceil(in / s). */
+static inline int64_t nbl_window_out_same(int64_t in, int64_t s) { return (in + s - 1) / s; }
+/* ConvTranspose output length with explicit pads and output_padding op. */
+static inline int64_t nbl_window_out_t(int64_t in, int64_t k, int64_t s, int64_t d, int64_t op,
+                                       int64_t pb, int64_t pe) {
+  return s * (in - 1) + op + (k - 1) * d + 1 - pb - pe;
+}
+
 /* ------------------------------------------------------------------ op table */
 
 /* The highest default-domain opset nibble implements: every table line that is

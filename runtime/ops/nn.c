@@ -432,8 +432,7 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
     if (g->s[i] <= 0 || g->d[i] <= 0)
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "strides and dilations must be positive");
     int64_t opad = op ? op[i] : 0;
-    int64_t dk = (g->k[i] - 1) * g->d[i] + 1;
-    int64_t full = g->s[i] * (g->in[i] - 1) + opad + dk;
+    int64_t full = nbl_window_out_t(g->in[i], g->k[i], g->s[i], g->d[i], opad, 0, 0);
     if (os || same) {
       int64_t want = os ? os[i] : g->in[i] * g->s[i];
       int64_t total = full - want;
@@ -449,7 +448,7 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
     } else {
       g->pb[i] = pd ? pd[i] : 0;
       g->pe[i] = pd ? pd[ns + i] : 0;
-      g->out[i] = full - g->pb[i] - g->pe[i];
+      g->out[i] = nbl_window_out_t(g->in[i], g->k[i], g->s[i], g->d[i], opad, g->pb[i], g->pe[i]);
     }
     if (g->out[i] < 0 || g->pb[i] < 0 || g->pe[i] < 0)
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output spatial dim %d would be %lld", i,
