@@ -164,549 +164,6 @@ static nbl_status op_argmax(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
-/* Reshape: shape from known data, 0 copies (unless allowzero), -1 inferred. */
-static nbl_status op_reshape(nbl_shape_ctx *c) {
-  nbl_shp x, sh, o;
-  nbl_shp_in(c, 0, &x);
-  nbl_shp_in(c, 1, &sh);
-  nbl_kdata k;
-  if (!nbl_shp_in_kd(c, 1, &k)) {
-    if (sh.rank == 1 && nbl_dim_known(sh.d[0]) && sh.d[0].value <= NBL_SHP_MAXR)
-      return nbl_shp_set_dt(c, 0, x.dt, (int)sh.d[0].value);
-    return nbl_shp_set_dt(c, 0, x.dt, -1);
-  }
-  if (k.n > NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  bool allowzero = c->opset >= 14 && nbl_attr_int(c->node, "allowzero", 0) != 0;
-  o.dt = x.dt;
-  o.rank = k.n;
-  int neg = -1;
-  for (int i = 0; i < k.n; i++) {
-    nbl_kel e = k.e[i];
-    if (e.kind == NBL_KD_VAL && e.v == -1) {
-      if (neg >= 0) return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Reshape): more than one -1 in the shape", c->node->name);
-      neg = i;
-      o.d[i] = nbl_dim_unk();
-    } else if (e.kind == NBL_KD_VAL && e.v == 0 && !allowzero) {
-      o.d[i] = (x.rank > i) ? x.d[i] : nbl_dim_unk();
-    } else if (e.kind == NBL_KD_VAL && e.v >= 0)
-      o.d[i] = nbl_dim_val(e.v);
-    else if (e.kind == NBL_KD_SYM) {
-      o.d[i] = nbl_dim_unk();
-      o.d[i].param = e.p;
-    } else
-      o.d[i] = nbl_dim_unk();
-  }
-  if (neg >= 0 && x.rank >= 0) {
-    /* -1 = numel(x) / product(others), cancelling equal symbols */
-    int64_t pin = 1, pout = 1;
-    const char *sin[NBL_SHP_MAXR], *sout[NBL_SHP_MAXR];
-    int nin = 0, nout = 0;
-    bool ok = true;
-    for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
-      else if (x.d[i].param) sin[nin++] = x.d[i].param;
-      else ok = false;
-    }
-    for (int i = 0; i < o.rank && ok; i++) {
-      if (i == neg) continue;
-      if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
-      else if (o.d[i].param) sout[nout++] = o.d[i].param;
-      else ok = false;
-    }
-    for (int i = 0; i < nout && ok; i++) {
-      int j;
-      for (j = 0; j < nin; j++)
-        if (sin[j] && !strcmp(sin[j], sout[i])) break;
-      if (j == nin) ok = false;
-      else sin[j] = NULL;
-    }
-    for (int j = 0; j < nin && ok; j++)
-      if (sin[j]) ok = false;
-    if (ok && pout > 0 && pin % pout == 0) o.d[neg] = nbl_dim_val(pin / pout);
-  }
-  /* one symbol left over: x=[N,C] with known C, shape [-1, C] -> N */
-  if (neg >= 0 && !nbl_dim_known(o.d[neg]) && x.rank >= 0) {
-    int64_t pin = 1, pout = 1;
-    int nsym = 0;
-    nbl_dim sym = nbl_dim_unk();
-    bool ok = true;
-    for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
-      else if (x.d[i].param && nsym == 0) { sym = x.d[i]; nsym++; }
-      else ok = false;
-    }
-    for (int i = 0; i < o.rank && ok; i++)
-      if (i != neg) {
-        if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
-        else ok = false;
-      }
-    if (ok && nsym == 1 && pin == pout) o.d[neg] = sym;
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_flatten(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, 2);
-  int64_t a = nbl_attr_int(c->node, "axis", 1);
-  if (a < 0) a += x.rank;
-  if (a < 0 || a > x.rank) return nbl_shp_set_dt(c, 0, x.dt, 2);
-  o.dt = x.dt;
-  o.rank = 2;
-  o.d[0] = nbl_dim_prod(x.d, (int)a);
-  o.d[1] = nbl_dim_prod(x.d + a, x.rank - (int)a);
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_transpose(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  int np = 0;
-  const int64_t *perm = nbl_attr_ints(c->node, "perm", &np);
-  o.dt = x.dt;
-  o.rank = x.rank;
-  if (np && np != x.rank)
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Transpose): perm has %d entries for rank %d",
-                      c->node->name, np, x.rank);
-  for (int i = 0; i < x.rank; i++) {
-    int p = np ? nbl_norm_axis(perm[i], x.rank) : x.rank - 1 - i;
-    o.d[i] = p >= 0 ? x.d[p] : nbl_dim_unk();
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
-static bool axes_of(nbl_shape_ctx *c, int input, int64_t *axes, int *na, bool *present) {
-  *present = false;
-  *na = 0;
-  if (c->opset >= 13) {
-    if (!nbl_shp_has_in(c, input)) return true;
-    *present = true;
-    return nbl_shp_in_ints(c, input, axes, na);
-  }
-  int n = 0;
-  const int64_t *a = nbl_attr_ints(c->node, "axes", &n);
-  if (n > NBL_SHP_MAXK) return false;
-  if (n) {
-    memcpy(axes, a, sizeof(int64_t) * (size_t)n);
-    *present = true;
-  }
-  *na = n;
-  return true;
-}
-
-static nbl_status op_squeeze(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t axes[NBL_SHP_MAXK];
-  int na;
-  bool present;
-  if (!axes_of(c, 1, axes, &na, &present) || x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  bool sq[NBL_SHP_MAXR] = {false};
-  if (!present) {
-    for (int i = 0; i < x.rank; i++) {
-      if (!nbl_dim_known(x.d[i])) return nbl_shp_set_dt(c, 0, x.dt, -1);
-      sq[i] = x.d[i].value == 1;
-    }
-  }
-  for (int i = 0; i < na; i++) {
-    int a = nbl_norm_axis(axes[i], x.rank);
-    if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-    sq[a] = true;
-  }
-  o.dt = x.dt;
-  o.rank = 0;
-  for (int i = 0; i < x.rank; i++)
-    if (!sq[i]) o.d[o.rank++] = x.d[i];
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  nbl_kdata k;
-  if (!st && o.rank == 0 && x.rank == 1 && nbl_shp_in_kd(c, 0, &k) && k.n == 1) {
-    k.rank = 0;
-    st = nbl_shp_set_kd(c, 0, &k);
-  }
-  return st;
-}
-
-static nbl_status op_unsqueeze(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t axes[NBL_SHP_MAXK];
-  int na;
-  bool present;
-  if (!axes_of(c, 1, axes, &na, &present) || x.rank < 0) {
-    if (x.rank >= 0 && c->opset >= 13) {
-      nbl_shp ax;
-      nbl_shp_in(c, 1, &ax);
-      if (ax.rank == 1 && nbl_dim_known(ax.d[0])) return nbl_shp_set_dt(c, 0, x.dt, x.rank + (int)ax.d[0].value);
-    }
-    return nbl_shp_set_dt(c, 0, x.dt, -1);
-  }
-  int r = x.rank + na;
-  if (r > NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  bool ins[NBL_SHP_MAXR] = {false};
-  for (int i = 0; i < na; i++) {
-    int a = nbl_norm_axis(axes[i], r);
-    if (a < 0 || ins[a])
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Unsqueeze): bad axis %lld for output rank %d",
-                        c->node->name, (long long)axes[i], r);
-    ins[a] = true;
-  }
-  o.dt = x.dt;
-  o.rank = r;
-  for (int i = 0, j = 0; i < r; i++) o.d[i] = ins[i] ? nbl_dim_val(1) : x.d[j++];
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  nbl_kdata k;
-  if (!st && x.rank == 0 && r == 1 && nbl_shp_in_kd(c, 0, &k) && k.n == 1) {
-    k.rank = 1;
-    st = nbl_shp_set_kd(c, 0, &k);
-  }
-  return st;
-}
-
-static nbl_status op_concat(nbl_shape_ctx *c) {
-  const nbl_node *n = c->node;
-  nbl_shp s, o;
-  int rank = -1;
-  nbl_dtype dt = NBL_DT_UNDEFINED;
-  for (int i = 0; i < n->n_inputs; i++) {
-    nbl_shp_in(c, i, &s);
-    if (!dt) dt = s.dt;
-    if (s.rank >= 0) rank = s.rank;
-  }
-  if (rank < 0) return nbl_shp_set_dt(c, 0, dt, -1);
-  int a = nbl_norm_axis(nbl_attr_int(n, "axis", 0), rank);
-  if (a < 0) return nbl_shp_set_dt(c, 0, dt, rank);
-  nbl_shp_rank(&o, dt, rank);
-  int64_t sum = 0;
-  bool sum_known = true;
-  bool first = true;
-  for (int i = 0; i < n->n_inputs; i++) {
-    if (!nbl_shp_in(c, i, &s)) continue;
-    if (s.rank < 0) {
-      sum_known = false;
-      continue;
-    }
-    if (s.rank != rank)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Concat): inputs have ranks %d and %d",
-                        n->name, rank, s.rank);
-    for (int d = 0; d < rank; d++) {
-      if (d == a) {
-        if (nbl_dim_known(s.d[d])) sum += s.d[d].value;
-        else sum_known = false;
-      } else if (first)
-        o.d[d] = s.d[d];
-      else {
-        if (nbl_dim_known(o.d[d]) && nbl_dim_known(s.d[d]) && o.d[d].value != s.d[d].value)
-          return nbl_shp_bcast_err(c, &o, &s);
-        o.d[d] = nbl_dim_merge(o.d[d], s.d[d]);
-      }
-    }
-    first = false;
-  }
-  o.d[a] = sum_known ? nbl_dim_val(sum) : nbl_dim_unk();
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  if (st || rank != 1) return st;
-  nbl_kdata r, k;
-  r.rank = 1;
-  r.n = 0;
-  for (int i = 0; i < n->n_inputs; i++) {
-    if (!nbl_shp_has_in(c, i)) continue;
-    if (!nbl_shp_in_kd(c, i, &k) || r.n + k.n > NBL_SHP_MAXK) return NBL_OK;
-    for (int j = 0; j < k.n; j++) r.e[r.n++] = k.e[j];
-  }
-  return nbl_shp_set_kd(c, 0, &r);
-}
-
-static nbl_status op_split(nbl_shape_ctx *c) {
-  const nbl_node *n = c->node;
-  nbl_shp x;
-  nbl_shp_in(c, 0, &x);
-  int nout = n->n_outputs;
-  if (x.rank < 0) {
-    for (int k = 0; k < nout; k++) {
-      nbl_status st = nbl_shp_set_dt(c, k, x.dt, -1);
-      if (st) return st;
-    }
-    return NBL_OK;
-  }
-  int a = nbl_norm_axis(nbl_attr_int(n, "axis", 0), x.rank);
-  int64_t sizes[NBL_SHP_MAXK];
-  int ns = 0;
-  bool known = true;
-  if (c->opset >= 13) {
-    if (nbl_shp_has_in(c, 1) && !nbl_shp_in_ints(c, 1, sizes, &ns)) known = false;
-  } else {
-    const int64_t *sp = nbl_attr_ints(n, "split", &ns);
-    if (ns > NBL_SHP_MAXK) known = false;
-    else if (ns) memcpy(sizes, sp, sizeof(int64_t) * (size_t)ns);
-  }
-  for (int k = 0; k < nout; k++) {
-    nbl_shp o = x;
-    if (a < 0) {
-      nbl_shp_rank(&o, x.dt, x.rank);
-    } else if (!known) {
-      o.d[a] = nbl_dim_unk();
-    } else if (ns) {
-      o.d[a] = k < ns ? nbl_dim_val(sizes[k]) : nbl_dim_unk();
-    } else if (nbl_dim_known(x.d[a]) && nout > 0) {
-      int64_t d = x.d[a].value;
-      if (c->opset >= 18) {
-        int64_t chunk = (d + nout - 1) / nout;
-        int64_t v = k < nout - 1 ? chunk : d - chunk * (nout - 1);
-        o.d[a] = nbl_dim_val(v < 0 ? 0 : v);
-      } else
-        o.d[a] = d % nout == 0 ? nbl_dim_val(d / nout) : nbl_dim_unk();
-    } else
-      o.d[a] = nout == 1 ? x.d[a] : nbl_dim_unk();
-    nbl_status st = nbl_shp_set(c, k, &o);
-    if (st) return st;
-  }
-  return NBL_OK;
-}
-
-/* Slice bounds for a dim of size d. Returns the element count and first index. */
-static int64_t slice_len(int64_t d, int64_t s, int64_t e, int64_t st, int64_t *first) {
-  if (st > 0) {
-    if (s < 0) s += d;
-    if (s < 0) s = 0;
-    if (s > d) s = d;
-    if (e < 0) e += d;
-    if (e < 0) e = 0;
-    if (e > d) e = d;
-    *first = s;
-    return e > s ? (e - s + st - 1) / st : 0;
-  }
-  if (s < 0) s += d;
-  if (s < 0) s = -1;
-  if (s > d - 1) s = d - 1;
-  if (e < 0) e += d;
-  if (e < -1) e = -1;
-  if (e > d - 1) e = d - 1;
-  *first = s;
-  return s > e ? (s - e + (-st) - 1) / (-st) : 0;
-}
-
-static nbl_status op_slice(nbl_shape_ctx *c) {
-  const nbl_node *n = c->node;
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t starts[NBL_SHP_MAXK], ends[NBL_SHP_MAXK], axes[NBL_SHP_MAXK], steps[NBL_SHP_MAXK];
-  int ns = 0, ne = 0, na = 0, nst = 0;
-  bool known = true;
-  if (c->opset < 10) {
-    const int64_t *p;
-    p = nbl_attr_ints(n, "starts", &ns);
-    if (ns > NBL_SHP_MAXK) known = false; else if (ns) memcpy(starts, p, sizeof(int64_t) * (size_t)ns);
-    p = nbl_attr_ints(n, "ends", &ne);
-    if (ne > NBL_SHP_MAXK) known = false; else if (ne) memcpy(ends, p, sizeof(int64_t) * (size_t)ne);
-    p = nbl_attr_ints(n, "axes", &na);
-    if (na > NBL_SHP_MAXK) known = false; else if (na) memcpy(axes, p, sizeof(int64_t) * (size_t)na);
-  } else {
-    if (!nbl_shp_in_ints(c, 1, starts, &ns) || !nbl_shp_in_ints(c, 2, ends, &ne)) known = false;
-    if (nbl_shp_has_in(c, 3) && !nbl_shp_in_ints(c, 3, axes, &na)) known = false;
-    if (nbl_shp_has_in(c, 4) && !nbl_shp_in_ints(c, 4, steps, &nst)) known = false;
-  }
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  if (!known) {
-    /* the sliced axes are unknown; without axes any dim may change */
-    if (c->opset >= 10 && nbl_shp_has_in(c, 3) && nbl_shp_in_ints(c, 3, axes, &na)) {
-      o = x;
-      for (int i = 0; i < na; i++) {
-        int a = nbl_norm_axis(axes[i], x.rank);
-        if (a >= 0) o.d[a] = nbl_dim_unk();
-      }
-      return nbl_shp_set(c, 0, &o);
-    }
-    return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-  }
-  if (ns != ne || (na && na != ns) || (nst && nst != ns))
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Slice): starts/ends/axes/steps lengths differ",
-                      n->name);
-  o = x;
-  int64_t first[NBL_SHP_MAXR], step[NBL_SHP_MAXR];
-  bool sliced[NBL_SHP_MAXR] = {false};
-  for (int i = 0; i < ns; i++) {
-    int a = nbl_norm_axis(na ? axes[i] : i, x.rank);
-    if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-    int64_t stp = nst ? steps[i] : 1;
-    if (stp == 0)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Slice): step 0", n->name);
-    sliced[a] = true;
-    step[a] = stp;
-    if (nbl_dim_known(x.d[a]))
-      o.d[a] = nbl_dim_val(slice_len(x.d[a].value, starts[i], ends[i], stp, &first[a]));
-    else if (stp == 1 && starts[i] == 0 && ends[i] >= INT32_MAX)
-      o.d[a] = x.d[a];
-    else
-      o.d[a] = nbl_dim_unk();
-  }
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  nbl_kdata k, r;
-  if (st || x.rank != 1 || !nbl_shp_in_kd(c, 0, &k) || !nbl_dim_known(o.d[0]) || o.d[0].value > NBL_SHP_MAXK) return st;
-  r.rank = 1;
-  r.n = (int)o.d[0].value;
-  int64_t f = sliced[0] ? first[0] : 0, sp = sliced[0] ? step[0] : 1;
-  for (int i = 0; i < r.n; i++) {
-    int64_t j = f + i * sp;
-    if (j < 0 || j >= k.n) return NBL_OK;
-    r.e[i] = k.e[j];
-  }
-  return nbl_shp_set_kd(c, 0, &r);
-}
-
-static nbl_status op_gather(nbl_shape_ctx *c) {
-  nbl_shp x, idx, o;
-  nbl_shp_in(c, 0, &x);
-  nbl_shp_in(c, 1, &idx);
-  if (x.rank < 0 || idx.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", 0), x.rank);
-  if (a < 0 || x.rank - 1 + idx.rank > NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  o.dt = x.dt;
-  o.rank = 0;
-  for (int i = 0; i < a; i++) o.d[o.rank++] = x.d[i];
-  for (int i = 0; i < idx.rank; i++) o.d[o.rank++] = idx.d[i];
-  for (int i = a + 1; i < x.rank; i++) o.d[o.rank++] = x.d[i];
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  nbl_kdata k, ki, r;
-  if (st || x.rank != 1 || idx.rank > 1 || !nbl_shp_in_kd(c, 0, &k) || !nbl_shp_in_kd(c, 1, &ki)) return st;
-  r.rank = idx.rank;
-  r.n = ki.n;
-  for (int i = 0; i < ki.n; i++) {
-    if (ki.e[i].kind != NBL_KD_VAL) return NBL_OK;
-    int64_t j = ki.e[i].v < 0 ? ki.e[i].v + k.n : ki.e[i].v;
-    if (j < 0 || j >= k.n) return NBL_OK;
-    r.e[i] = k.e[j];
-  }
-  return nbl_shp_set_kd(c, 0, &r);
-}
-
-static nbl_status op_gathernd(nbl_shape_ctx *c) {
-  nbl_shp x, idx, o;
-  nbl_shp_in(c, 0, &x);
-  nbl_shp_in(c, 1, &idx);
-  int64_t b = nbl_attr_int(c->node, "batch_dims", 0);
-  if (x.rank < 0 || idx.rank < 1 || !nbl_dim_known(idx.d[idx.rank - 1])) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  int64_t last = idx.d[idx.rank - 1].value;
-  int r = idx.rank - 1 + x.rank - (int)b - (int)last;
-  if (r < 0 || r > NBL_SHP_MAXR || b < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  o.dt = x.dt;
-  o.rank = 0;
-  for (int i = 0; i < idx.rank - 1; i++) o.d[o.rank++] = idx.d[i];
-  for (int i = (int)(b + last); i < x.rank; i++) o.d[o.rank++] = x.d[i];
-  return nbl_shp_set(c, 0, &o);
-}
-
-/* Expand / broadcast against a shape given as data. */
-static nbl_status op_expand(nbl_shape_ctx *c) {
-  nbl_shp x, t, o, sh;
-  nbl_shp_in(c, 0, &x);
-  nbl_kdata k;
-  if (!nbl_shp_in_kd(c, 1, &k) || k.n > NBL_SHP_MAXR) {
-    nbl_shp_in(c, 1, &sh);
-    if (x.rank >= 0 && sh.rank == 1 && nbl_dim_known(sh.d[0])) {
-      int r = x.rank > sh.d[0].value ? x.rank : (int)sh.d[0].value;
-      return nbl_shp_set_dt(c, 0, x.dt, r <= NBL_SHP_MAXR ? r : -1);
-    }
-    return nbl_shp_set_dt(c, 0, x.dt, -1);
-  }
-  t.dt = x.dt;
-  t.rank = k.n;
-  for (int i = 0; i < k.n; i++) {
-    t.d[i] = nbl_dim_unk();
-    if (k.e[i].kind == NBL_KD_VAL) t.d[i] = nbl_dim_val(k.e[i].v);
-    else if (k.e[i].kind == NBL_KD_SYM) t.d[i].param = k.e[i].p;
-  }
-  if (!nbl_shp_bcast(&o, &x, &t)) return nbl_shp_bcast_err(c, &x, &t);
-  o.dt = x.dt;
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_tile(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t rep[NBL_SHP_MAXK];
-  int nr;
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  if (!nbl_shp_in_ints(c, 1, rep, &nr) || nr != x.rank) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-  o = x;
-  for (int i = 0; i < x.rank; i++)
-    o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val(x.d[i].value * rep[i]) : rep[i] == 1 ? x.d[i] : nbl_dim_unk();
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_pad(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t pads[NBL_SHP_MAXK], axes[NBL_SHP_MAXK];
-  int np = 0, na = 0;
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  bool known = true;
-  if (c->opset < 11) {
-    const int64_t *p = nbl_attr_ints(c->node, "pads", &np);
-    if (np > NBL_SHP_MAXK) known = false; else if (np) memcpy(pads, p, sizeof(int64_t) * (size_t)np);
-  } else {
-    if (!nbl_shp_in_ints(c, 1, pads, &np)) known = false;
-    if (nbl_shp_has_in(c, 3) && !nbl_shp_in_ints(c, 3, axes, &na)) known = false;
-  }
-  if (!known) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-  if (!na) {
-    na = x.rank;
-    for (int i = 0; i < na; i++) axes[i] = i;
-  }
-  if (np != 2 * na)
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Pad): %d pads for %d axes", c->node->name, np, na);
-  o = x;
-  for (int i = 0; i < na; i++) {
-    int a = nbl_norm_axis(axes[i], x.rank);
-    if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-    int64_t add = pads[i] + pads[na + i];
-    o.d[a] = nbl_dim_known(x.d[a]) ? nbl_dim_val(x.d[a].value + add) : add == 0 ? x.d[a] : nbl_dim_unk();
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_resize(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  int64_t sizes[NBL_SHP_MAXK], axes[NBL_SHP_MAXK];
-  double scales[NBL_SHP_MAXK];
-  int nsz = 0, nsc = 0, na = 0;
-  const int64_t *ax = nbl_attr_ints(c->node, "axes", &na);
-  if (na > NBL_SHP_MAXK) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-  for (int i = 0; i < na; i++) axes[i] = ax[i];
-  if (!na) {
-    na = x.rank;
-    for (int i = 0; i < na; i++) axes[i] = i;
-  }
-  const char *policy = nbl_attr_string(c->node, "keep_aspect_ratio_policy", "stretch");
-  int iscales = c->opset >= 11 ? 2 : 1, isizes = 3;
-  o = x;
-  if (c->opset >= 11 && nbl_shp_in_ints(c, isizes, sizes, &nsz) && nsz > 0) {
-    if (nsz != na || strcmp(policy, "stretch") != 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-    for (int i = 0; i < na; i++) {
-      int a = nbl_norm_axis(axes[i], x.rank);
-      if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-      o.d[a] = nbl_dim_val(sizes[i]);
-    }
-    return nbl_shp_set(c, 0, &o);
-  }
-  if (nbl_shp_in_floats(c, iscales, scales, &nsc, NBL_SHP_MAXK) && nsc > 0) {
-    if (nsc != na) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-    for (int i = 0; i < na; i++) {
-      int a = nbl_norm_axis(axes[i], x.rank);
-      if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-      if (nbl_dim_known(x.d[a]))
-        o.d[a] = nbl_dim_val((int64_t)floor((double)x.d[a].value * scales[i] + 1e-9));
-      else
-        o.d[a] = scales[i] == 1.0 ? x.d[a] : nbl_dim_unk();
-    }
-    return nbl_shp_set(c, 0, &o);
-  }
-  return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-}
-
 static nbl_status op_shape(nbl_shape_ctx *c) {
   nbl_shp x;
   nbl_shp_in(c, 0, &x);
@@ -972,40 +429,6 @@ static nbl_status op_topk(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 1, &o);
 }
 
-static nbl_status op_onehot(nbl_shape_ctx *c) {
-  nbl_shp idx, o;
-  nbl_shp_in(c, 0, &idx);
-  nbl_dtype dt = nbl_shp_in_dtype(c, 2);
-  if (idx.rank < 0 || idx.rank + 1 > NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, dt, -1);
-  int r = idx.rank + 1;
-  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), r);
-  double dep[1];
-  int nd;
-  nbl_dim depth = nbl_dim_unk();
-  if (nbl_shp_in_floats(c, 1, dep, &nd, 1) && nd == 1) depth = nbl_dim_val((int64_t)dep[0]);
-  if (a < 0) return nbl_shp_set_dt(c, 0, dt, r);
-  o.dt = dt;
-  o.rank = r;
-  for (int i = 0, j = 0; i < r; i++) o.d[i] = i == a ? depth : idx.d[j++];
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_depth_space(nbl_shape_ctx *c, bool to_space) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t b = nbl_attr_int(c->node, "blocksize", 0);
-  if (x.rank != 4 || b <= 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank == 4 ? 4 : -1);
-  o = x;
-  if (to_space) {
-    o.d[1] = nbl_dim_known(x.d[1]) ? nbl_dim_val(x.d[1].value / (b * b)) : nbl_dim_unk();
-    for (int i = 2; i < 4; i++) o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val(x.d[i].value * b) : nbl_dim_unk();
-  } else {
-    o.d[1] = nbl_dim_known(x.d[1]) ? nbl_dim_val(x.d[1].value * b * b) : nbl_dim_unk();
-    for (int i = 2; i < 4; i++) o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val(x.d[i].value / b) : nbl_dim_unk();
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
 static nbl_status op_batchnorm(nbl_shape_ctx *c) {
   nbl_status st = nbl_shape_same(c);
   if (st) return st;
@@ -1074,14 +497,6 @@ static nbl_status op_dynquant(nbl_shape_ctx *c) {
   if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
   if (!st) st = nbl_shp_set_dt(c, 2, NBL_DT_UINT8, 0);
   return st;
-}
-
-static nbl_status op_nonzero(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  nbl_shp_rank(&o, NBL_DT_INT64, 2);
-  if (x.rank >= 0) o.d[0] = nbl_dim_val(x.rank);
-  return nbl_shp_set(c, 0, &o);
 }
 
 /* Merge two graph output types (If branches): unknown where they differ. */
@@ -1176,7 +591,7 @@ static const char *const unary_ops[] = {
     "Atanh", "Erf", "Softplus", "Softsign", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish",
     "ThresholdedRelu", "Celu", "Mish", "Gelu", "Not", "BitwiseNot", "Softmax", "LogSoftmax",
     "Hardmax", "LRN", "Clip", "Shrink", "LpNormalization", "MeanVarianceNormalization",
-    "InstanceNormalization", "CumSum", "Trilu", "Dropout",
+    "InstanceNormalization", "CumSum", "Dropout",
     "PRelu" /* the slope broadcasts to X (unidirectionally) */, NULL};
 static const char *const bcast_ops[] = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min",
                                         "Sum", "Mean", "BitShift", "BitwiseAnd",
@@ -1272,26 +687,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
     return op_pool(c, true);
   if (!strcmp(op, "BatchNormalization")) return op_batchnorm(c);
   if (!strcmp(op, "LayerNormalization")) return op_layernorm(c);
-  if (!strcmp(op, "Reshape")) return op_reshape(c);
-  if (!strcmp(op, "Flatten")) return op_flatten(c);
-  if (!strcmp(op, "Transpose")) return op_transpose(c);
-  if (!strcmp(op, "Squeeze")) return op_squeeze(c);
-  if (!strcmp(op, "Unsqueeze")) return op_unsqueeze(c);
-  if (!strcmp(op, "Concat")) return op_concat(c);
-  if (!strcmp(op, "Split")) return op_split(c);
-  if (!strcmp(op, "Slice")) return op_slice(c);
-  if (!strcmp(op, "Gather")) return op_gather(c);
-  if (!strcmp(op, "GatherElements")) {
-    nbl_shp s;
-    nbl_shp_in(c, 1, &s);
-    s.dt = nbl_shp_in_dtype(c, 0);
-    return nbl_shp_set(c, 0, &s);
-  }
-  if (!strcmp(op, "GatherND")) return op_gathernd(c);
-  if (!strcmp(op, "Expand")) return op_expand(c);
-  if (!strcmp(op, "Tile")) return op_tile(c);
-  if (!strcmp(op, "Pad")) return op_pad(c);
-  if (!strcmp(op, "Resize")) return op_resize(c);
   if (!strcmp(op, "Cast")) {
     int64_t to = nbl_attr_int(n, "to", 0);
     if (!nbl_dtype_valid((int)to))
@@ -1307,13 +702,9 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
   if (!strcmp(op, "Identity")) return op_identity(c);
   if (!strcmp(op, "Einsum")) return op_einsum(c);
   if (!strcmp(op, "TopK")) return op_topk(c);
-  if (!strcmp(op, "NonZero")) return op_nonzero(c);
-  if (!strcmp(op, "OneHot")) return op_onehot(c);
   if (!strcmp(op, "QuantizeLinear")) return op_quantize(c);
   if (!strcmp(op, "DequantizeLinear")) return op_dequantize(c);
   if (!strcmp(op, "DynamicQuantizeLinear")) return op_dynquant(c);
-  if (!strcmp(op, "DepthToSpace")) return op_depth_space(c, true);
-  if (!strcmp(op, "SpaceToDepth")) return op_depth_space(c, false);
   if (!strcmp(op, "If")) return op_if(c);
   if (!strcmp(op, "Loop")) return op_loop(c);
   *covered = false;
@@ -1325,8 +716,8 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
 static nbl_status infer_graph_cb(void *driver, nbl_graph *g) { return infer_graph(driver, g); }
 
 static nbl_status infer_graph(pctx *p, nbl_graph *g) {
-  nbl_shape_ctx c = {.model = p->m, .graph = g, .opset = (int)nbl_model_opset(p->m, ""),
-                     .changed = &p->changed, .infer_graph = infer_graph_cb, .driver = p};
+  nbl_shape_ctx c = {.model = p->m, .graph = g, .changed = &p->changed,
+                     .infer_graph = infer_graph_cb, .driver = p};
   c.kd = calloc((size_t)(g->n_values ? g->n_values : 1), sizeof(nbl_kdata *));
   if (!c.kd) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   nbl_id *order = NULL;
@@ -1337,8 +728,16 @@ static nbl_status infer_graph(pctx *p, nbl_graph *g) {
     const nbl_node *n = &g->nodes[order[i]];
     c.node = n;
     c.subgraphs_done = false;
-    bool covered;
-    st = infer_node(&c, &covered);
+    int64_t opset = nbl_model_opset(p->m, n->domain);
+    const nbl_op_def *def = nbl_op_lookup_nearest(n->domain, n->op_type, (int)opset);
+    c.opset = (int)opset;
+    bool covered = def && def->shape;
+    if (covered)
+      st = def->shape(&c);
+    else {
+      c.opset = (int)nbl_model_opset(p->m, "");
+      st = infer_node(&c, &covered);
+    }
     if (!st && !c.subgraphs_done) st = nbl_shp_subgraphs(&c);
     if (st) {
       if (!strstr(nbl_last_error(), "node '"))
