@@ -41,39 +41,6 @@ static void note_unknown_op(pctx *p, const char *op) {
 
 /* ------------------------------------------------------------------ op rules */
 
-/* Elementwise on the side table: Add/Sub/Mul/Div of small integer tensors. */
-static nbl_status kd_arith(nbl_shape_ctx *c, const char *op) {
-  nbl_kdata a, b, r;
-  if (!nbl_shp_in_kd(c, 0, &a) || !nbl_shp_in_kd(c, 1, &b)) return NBL_OK;
-  if (a.n != b.n && a.n != 1 && b.n != 1) return NBL_OK;
-  r.n = a.n > b.n ? a.n : b.n;
-  r.rank = a.rank > b.rank ? a.rank : b.rank;
-  for (int i = 0; i < r.n; i++) {
-    nbl_kel x = a.e[a.n == 1 ? 0 : i], y = b.e[b.n == 1 ? 0 : i], z = {NBL_KD_UNK, 0, NULL};
-    if (x.kind == NBL_KD_VAL && y.kind == NBL_KD_VAL) {
-      z.kind = NBL_KD_VAL;
-      if (!strcmp(op, "Add")) z.v = x.v + y.v;
-      else if (!strcmp(op, "Sub")) z.v = x.v - y.v;
-      else if (!strcmp(op, "Mul")) z.v = x.v * y.v;
-      else if (y.v != 0) {
-        z.v = x.v / y.v;
-      } else
-        z.kind = NBL_KD_UNK;
-    } else if (!strcmp(op, "Mul") && y.kind == NBL_KD_VAL && y.v == 1)
-      z = x;
-    else if (!strcmp(op, "Mul") && x.kind == NBL_KD_VAL && x.v == 1)
-      z = y;
-    else if (!strcmp(op, "Div") && y.kind == NBL_KD_VAL && y.v == 1)
-      z = x;
-    else if ((!strcmp(op, "Add") || !strcmp(op, "Sub")) && y.kind == NBL_KD_VAL && y.v == 0)
-      z = x;
-    else if (!strcmp(op, "Add") && x.kind == NBL_KD_VAL && x.v == 0)
-      z = y;
-    r.e[i] = z;
-  }
-  return nbl_shp_set_kd(c, 0, &r);
-}
-
 static nbl_status op_gemm(nbl_shape_ctx *c) {
   nbl_shp a, b, o;
   nbl_shp_in(c, 0, &a);
@@ -586,18 +553,8 @@ static nbl_status op_loop(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ op lists */
 
 static const char *const unary_ops[] = {
-    "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Relu", "Floor", "Ceil",
-    "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh",
-    "Atanh", "Erf", "Softplus", "Softsign", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish",
-    "ThresholdedRelu", "Celu", "Mish", "Gelu", "Not", "BitwiseNot", "Softmax", "LogSoftmax",
-    "Hardmax", "LRN", "Clip", "Shrink", "LpNormalization", "MeanVarianceNormalization",
-    "InstanceNormalization", "CumSum", "Dropout",
-    "PRelu" /* the slope broadcasts to X (unidirectionally) */, NULL};
-static const char *const bcast_ops[] = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min",
-                                        "Sum", "Mean", "BitShift", "BitwiseAnd",
-                                        "BitwiseOr", "BitwiseXor", NULL};
-static const char *const bool_bcast_ops[] = {"And", "Or", "Xor", "Equal", "Less", "Greater",
-                                             "LessOrEqual", "GreaterOrEqual", NULL};
+    "Softmax", "LogSoftmax", "Hardmax", "LRN", "LpNormalization", "MeanVarianceNormalization",
+    "InstanceNormalization", "CumSum", "Dropout", NULL};
 static const char *const reduce_ops[] = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin",
                                          "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
                                          "ReduceLogSumExp", "ReduceSumSquare", NULL};
@@ -623,17 +580,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
     *covered = false;
     return NBL_OK;
   }
-  if (!strcmp(op, "Neg")) {
-    nbl_status st = nbl_shape_same(c);
-    nbl_kdata k;
-    if (!st && nbl_shp_in_kd(c, 0, &k)) {
-      for (int i = 0; i < k.n; i++)
-        if (k.e[i].kind == NBL_KD_VAL) k.e[i].v = -k.e[i].v;
-        else k.e[i].kind = NBL_KD_UNK;
-      st = nbl_shp_set_kd(c, 0, &k);
-    }
-    return st;
-  }
   if (in_list(unary_ops, op)) {
     nbl_status st = nbl_shape_same(c);
     if (!st && !strcmp(op, "Dropout")) {
@@ -643,26 +589,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
       st = nbl_shp_set(c, 1, &s);
     }
     return st;
-  }
-  if (in_list(bcast_ops, op)) {
-    nbl_status st = nbl_shape_bcast(c);
-    if (!st && (!strcmp(op, "Add") || !strcmp(op, "Sub") || !strcmp(op, "Mul") || !strcmp(op, "Div")))
-      st = kd_arith(c, op);
-    return st;
-  }
-  if (in_list(bool_bcast_ops, op)) return nbl_shape_bcast_bool(c);
-  if (!strcmp(op, "IsNaN") || !strcmp(op, "IsInf")) {
-    nbl_shp s;
-    nbl_shp_in(c, 0, &s);
-    s.dt = NBL_DT_BOOL;
-    return nbl_shp_set(c, 0, &s);
-  }
-  if (!strcmp(op, "Where")) {
-    nbl_shp o;
-    nbl_status st = nbl_shp_bcast_inputs(c, 0, 3, &o);
-    if (st) return st;
-    o.dt = nbl_shp_in_dtype(c, 1);
-    return nbl_shp_set(c, 0, &o);
   }
   if (in_list(reduce_ops, op))
     return op_reduce(c, c->opset >= 18 || (!strcmp(op, "ReduceSum") && c->opset >= 13));
