@@ -73,64 +73,6 @@ static nbl_status op_pool(nbl_shape_ctx *c, bool global) {
   return nbl_shp_set(c, 1, &o);
 }
 
-static nbl_status op_reduce(nbl_shape_ctx *c, bool axes_input) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  const nbl_node *n = c->node;
-  int64_t keep = nbl_attr_int(n, "keepdims", 1), noop = nbl_attr_int(n, "noop_with_empty_axes", 0);
-  int64_t axes[NBL_SHP_MAXK];
-  int na = 0;
-  bool known = true;
-  if (axes_input) {
-    if (nbl_shp_has_in(c, 1)) {
-      if (!nbl_shp_in_ints(c, 1, axes, &na)) known = false;
-    }
-  } else {
-    const int64_t *a = nbl_attr_ints(n, "axes", &na);
-    if (na > NBL_SHP_MAXK) return nbl_shp_set_dt(c, 0, x.dt, -1);
-    if (na) memcpy(axes, a, sizeof(int64_t) * (size_t)na);
-  }
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  if (!known) return nbl_shp_set_dt(c, 0, x.dt, keep ? x.rank : -1);
-  if (na == 0 && noop) return nbl_shp_set(c, 0, &x);
-  bool red[NBL_SHP_MAXR] = {false};
-  for (int i = 0; i < na; i++) {
-    int a = nbl_norm_axis(axes[i], x.rank);
-    if (a < 0)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (%s): axis %lld out of range for rank %d",
-                        nbl_model_label(c->model), n->name, n->op_type, (long long)axes[i], x.rank);
-    red[a] = true;
-  }
-  o.dt = x.dt;
-  o.rank = 0;
-  for (int i = 0; i < x.rank; i++) {
-    bool r = na == 0 || red[i];
-    if (!r)
-      o.d[o.rank++] = x.d[i];
-    else if (keep)
-      o.d[o.rank++] = nbl_dim_val(1);
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_argmax(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t keep = nbl_attr_int(c->node, "keepdims", 1);
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, -1);
-  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", 0), x.rank);
-  if (a < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, keep ? x.rank : x.rank - 1);
-  o = x;
-  o.dt = NBL_DT_INT64;
-  if (keep)
-    o.d[a] = nbl_dim_val(1);
-  else {
-    for (int i = a; i + 1 < x.rank; i++) o.d[i] = x.d[i + 1];
-    o.rank--;
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
 static nbl_status op_shape(nbl_shape_ctx *c) {
   nbl_shp x;
   nbl_shp_in(c, 0, &x);
@@ -377,25 +319,6 @@ static nbl_status op_einsum(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
-static nbl_status op_topk(nbl_shape_ctx *c) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  int64_t k = -1;
-  if (c->opset < 10)
-    k = nbl_attr_int(c->node, "k", -1);
-  else if (!nbl_shp_in_scalar_i64(c, 1, &k))
-    k = -1;
-  o = x;
-  if (x.rank >= 0) {
-    int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), x.rank);
-    if (a >= 0) o.d[a] = k >= 0 ? nbl_dim_val(k) : nbl_dim_unk();
-  }
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  if (st) return st;
-  o.dt = NBL_DT_INT64;
-  return nbl_shp_set(c, 1, &o);
-}
-
 static nbl_status op_batchnorm(nbl_shape_ctx *c) {
   nbl_status st = nbl_shape_same(c);
   if (st) return st;
@@ -552,12 +475,7 @@ static nbl_status op_loop(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ op lists */
 
-static const char *const unary_ops[] = {
-    "Softmax", "LogSoftmax", "Hardmax", "LRN", "LpNormalization", "MeanVarianceNormalization",
-    "InstanceNormalization", "CumSum", "Dropout", NULL};
-static const char *const reduce_ops[] = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin",
-                                         "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-                                         "ReduceLogSumExp", "ReduceSumSquare", NULL};
+static const char *const unary_ops[] = {"LRN", "InstanceNormalization", "Dropout", NULL};
 
 static bool in_list(const char *const *l, const char *s) {
   for (; *l; l++)
@@ -590,9 +508,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
     }
     return st;
   }
-  if (in_list(reduce_ops, op))
-    return op_reduce(c, c->opset >= 18 || (!strcmp(op, "ReduceSum") && c->opset >= 13));
-  if (!strcmp(op, "ArgMax") || !strcmp(op, "ArgMin")) return op_argmax(c);
   if (!strcmp(op, "MatMul")) return nbl_shape_matmul(c, 0, 1, NBL_DT_UNDEFINED);
   if (!strcmp(op, "MatMulInteger")) return nbl_shape_matmul(c, 0, 1, NBL_DT_INT32);
   if (!strcmp(op, "QLinearMatMul")) {
@@ -627,7 +542,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
   if (!strcmp(op, "Constant")) return op_constant(c);
   if (!strcmp(op, "Identity")) return op_identity(c);
   if (!strcmp(op, "Einsum")) return op_einsum(c);
-  if (!strcmp(op, "TopK")) return op_topk(c);
   if (!strcmp(op, "QuantizeLinear")) return op_quantize(c);
   if (!strcmp(op, "DequantizeLinear")) return op_dequantize(c);
   if (!strcmp(op, "DynamicQuantizeLinear")) return op_dynquant(c);
