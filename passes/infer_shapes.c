@@ -41,38 +41,6 @@ static void note_unknown_op(pctx *p, const char *op) {
 
 /* ------------------------------------------------------------------ op rules */
 
-static nbl_status op_gemm(nbl_shape_ctx *c) {
-  nbl_shp a, b, o;
-  nbl_shp_in(c, 0, &a);
-  nbl_shp_in(c, 1, &b);
-  nbl_shp_rank(&o, a.dt, 2);
-  int ta = (int)nbl_attr_int(c->node, "transA", 0), tb = (int)nbl_attr_int(c->node, "transB", 0);
-  if (a.rank == 2) o.d[0] = a.d[ta ? 1 : 0];
-  if (b.rank == 2) o.d[1] = b.d[tb ? 0 : 1];
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_pool(nbl_shape_ctx *c, bool global) {
-  nbl_shp x, o;
-  nbl_shp_in(c, 0, &x);
-  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
-  if (x.rank < 2) return nbl_shp_set(c, 0, &x);
-  o = x;
-  int nsp = x.rank - 2;
-  if (global) {
-    for (int i = 0; i < nsp; i++) o.d[2 + i] = nbl_dim_val(1);
-  } else {
-    int nk = 0;
-    const int64_t *ks = nbl_attr_ints(c->node, "kernel_shape", &nk);
-    bool ceil_mode = nbl_attr_int(c->node, "ceil_mode", 0) != 0;
-    nbl_shp_window(c, &x, nsp, nk == nsp ? ks : NULL, false, ceil_mode, o.d + 2);
-  }
-  nbl_status st = nbl_shp_set(c, 0, &o);
-  if (st) return st;
-  o.dt = NBL_DT_INT64; /* MaxPool Indices */
-  return nbl_shp_set(c, 1, &o);
-}
-
 static nbl_status op_shape(nbl_shape_ctx *c) {
   nbl_shp x;
   nbl_shp_in(c, 0, &x);
@@ -230,136 +198,6 @@ static nbl_status op_identity(nbl_shape_ctx *c) {
   return st;
 }
 
-/* Einsum: letters to dims per operand, "..." broadcast. */
-static nbl_status op_einsum(nbl_shape_ctx *c) {
-  const nbl_node *n = c->node;
-  const char *eq = nbl_attr_string(n, "equation", NULL);
-  nbl_dtype dt = nbl_shp_in_dtype(c, 0);
-  if (!eq) return nbl_shp_set_dt(c, 0, dt, -1);
-  nbl_dim letter[128];
-  bool seen[128] = {false};
-  int count[128] = {0};
-  nbl_shp ell;
-  ell.rank = -1;
-  const char *p = eq;
-  int op = 0;
-  bool ok = true;
-  while (*p && !(p[0] == '-' && p[1] == '>')) {
-    nbl_shp s;
-    nbl_shp_in(c, op, &s);
-    const char *q = p;
-    int nl = 0;
-    bool has_ell = false;
-    while (*q && *q != ',' && !(q[0] == '-' && q[1] == '>')) {
-      if (*q == '.') {
-        has_ell = true;
-        q += 3;
-        continue;
-      }
-      if (*q != ' ') nl++;
-      q++;
-    }
-    int ne = s.rank >= 0 ? s.rank - nl : -1;
-    if (s.rank < 0 || ne < 0) ok = false;
-    int di = 0;
-    for (const char *r = p; r < q && ok;) {
-      if (*r == '.') {
-        nbl_shp e;
-        e.rank = ne;
-        for (int i = 0; i < ne; i++) e.d[i] = s.d[di + i];
-        if (ell.rank < 0) ell = e;
-        else {
-          nbl_shp m;
-          if (!nbl_shp_bcast(&m, &ell, &e)) return nbl_shp_bcast_err(c, &ell, &e);
-          ell = m;
-        }
-        di += ne;
-        r += 3;
-        continue;
-      }
-      unsigned ch = (unsigned char)*r++;
-      if (ch == ' ' || ch >= 128) continue;
-      nbl_dim d = s.d[di++];
-      if (!seen[ch] || (!nbl_dim_known(letter[ch]) && nbl_dim_known(d))) letter[ch] = d;
-      else if (nbl_dim_known(letter[ch]) && nbl_dim_known(d) && letter[ch].value != d.value &&
-               d.value != 1 && letter[ch].value != 1)
-        return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Einsum): label '%c' has sizes %lld and %lld",
-                          n->name, ch, (long long)letter[ch].value, (long long)d.value);
-      else if (nbl_dim_known(letter[ch]) && letter[ch].value == 1 && nbl_dim_known(d))
-        letter[ch] = d;
-      seen[ch] = true;
-      count[ch]++;
-    }
-    if (!has_ell && ne > 0) ok = false;
-    op++;
-    p = q;
-    if (*p == ',') p++;
-  }
-  if (!ok) return nbl_shp_set_dt(c, 0, dt, -1);
-  nbl_shp o;
-  o.dt = dt;
-  o.rank = 0;
-  if (p[0] == '-') {
-    for (p += 2; *p; p++) {
-      if (*p == '.') {
-        for (int i = 0; i < ell.rank && o.rank < NBL_SHP_MAXR; i++) o.d[o.rank++] = ell.d[i];
-        p += 2;
-        continue;
-      }
-      unsigned ch = (unsigned char)*p;
-      if (ch == ' ' || ch >= 128) continue;
-      if (!seen[ch] || o.rank >= NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, dt, -1);
-      o.d[o.rank++] = letter[ch];
-    }
-  } else {
-    for (int i = 0; i < ell.rank; i++) o.d[o.rank++] = ell.d[i];
-    for (int ch = 0; ch < 128; ch++)
-      if (seen[ch] && count[ch] == 1 && o.rank < NBL_SHP_MAXR) o.d[o.rank++] = letter[ch];
-  }
-  return nbl_shp_set(c, 0, &o);
-}
-
-static nbl_status op_batchnorm(nbl_shape_ctx *c) {
-  nbl_status st = nbl_shape_same(c);
-  if (st) return st;
-  nbl_shp s;
-  if (c->opset >= 14) {
-    nbl_shp_in(c, 3, &s);
-    st = nbl_shp_set(c, 1, &s);
-    if (!st) {
-      nbl_shp_in(c, 4, &s);
-      st = nbl_shp_set(c, 2, &s);
-    }
-    return st;
-  }
-  for (int k = 1; k < 5 && !st; k++) {
-    nbl_shp_in(c, k < 3 ? k + 2 : 1, &s);
-    st = nbl_shp_set(c, k, &s);
-  }
-  return st;
-}
-
-static nbl_status op_layernorm(nbl_shape_ctx *c) {
-  nbl_status st = nbl_shape_same(c);
-  if (st) return st;
-  nbl_shp x;
-  nbl_shp_in(c, 0, &x);
-  nbl_dtype sdt = (nbl_dtype)nbl_attr_int(c->node, "stash_type", NBL_DT_FLOAT);
-  if (x.rank < 0) {
-    st = nbl_shp_set_dt(c, 1, sdt, -1);
-    return st ? st : nbl_shp_set_dt(c, 2, sdt, -1);
-  }
-  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), x.rank);
-  nbl_shp o = x;
-  o.dt = sdt;
-  if (a >= 0)
-    for (int i = a; i < x.rank; i++) o.d[i] = nbl_dim_val(1);
-  else
-    nbl_shp_rank(&o, sdt, x.rank);
-  st = nbl_shp_set(c, 1, &o);
-  return st ? st : nbl_shp_set(c, 2, &o);
-}
-
 static nbl_status op_quantize(nbl_shape_ctx *c) {
   nbl_shp x;
   nbl_shp_in(c, 0, &x);
@@ -475,7 +313,7 @@ static nbl_status op_loop(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ op lists */
 
-static const char *const unary_ops[] = {"LRN", "InstanceNormalization", "Dropout", NULL};
+static const char *const unary_ops[] = {"Dropout", NULL};
 
 static bool in_list(const char *const *l, const char *s) {
   for (; *l; l++)
@@ -508,26 +346,16 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
     }
     return st;
   }
-  if (!strcmp(op, "MatMul")) return nbl_shape_matmul(c, 0, 1, NBL_DT_UNDEFINED);
   if (!strcmp(op, "MatMulInteger")) return nbl_shape_matmul(c, 0, 1, NBL_DT_INT32);
   if (!strcmp(op, "QLinearMatMul")) {
     nbl_dtype dt = nbl_shp_in_dtype(c, 7);
     return nbl_shape_matmul(c, 0, 3, dt ? dt : nbl_shp_in_dtype(c, 0));
   }
-  if (!strcmp(op, "Gemm")) return op_gemm(c);
-  if (!strcmp(op, "Conv")) return nbl_shape_conv(c, 0, 1, NBL_DT_UNDEFINED, false);
   if (!strcmp(op, "ConvInteger")) return nbl_shape_conv(c, 0, 1, NBL_DT_INT32, false);
   if (!strcmp(op, "QLinearConv")) {
     nbl_dtype dt = nbl_shp_in_dtype(c, 7);
     return nbl_shape_conv(c, 0, 3, dt ? dt : nbl_shp_in_dtype(c, 0), false);
   }
-  if (!strcmp(op, "ConvTranspose")) return nbl_shape_conv(c, 0, 1, NBL_DT_UNDEFINED, true);
-  if (!strcmp(op, "MaxPool") || !strcmp(op, "AveragePool") || !strcmp(op, "LpPool"))
-    return op_pool(c, false);
-  if (!strcmp(op, "GlobalMaxPool") || !strcmp(op, "GlobalAveragePool") || !strcmp(op, "GlobalLpPool"))
-    return op_pool(c, true);
-  if (!strcmp(op, "BatchNormalization")) return op_batchnorm(c);
-  if (!strcmp(op, "LayerNormalization")) return op_layernorm(c);
   if (!strcmp(op, "Cast")) {
     int64_t to = nbl_attr_int(n, "to", 0);
     if (!nbl_dtype_valid((int)to))
@@ -541,7 +369,6 @@ static nbl_status infer_node(nbl_shape_ctx *c, bool *covered) {
   if (!strcmp(op, "Range")) return op_range(c);
   if (!strcmp(op, "Constant")) return op_constant(c);
   if (!strcmp(op, "Identity")) return op_identity(c);
-  if (!strcmp(op, "Einsum")) return op_einsum(c);
   if (!strcmp(op, "QuantizeLinear")) return op_quantize(c);
   if (!strcmp(op, "DequantizeLinear")) return op_dequantize(c);
   if (!strcmp(op, "DynamicQuantizeLinear")) return op_dynquant(c);

@@ -190,7 +190,9 @@ typedef struct nbl_op_def {
 
 NBL_OP_FAMILY(elementwise) /* runtime/ops/elementwise.c: math, compare, logic, activations */
 NBL_OP_FAMILY(reduce)      /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
-NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, pooling, norms */
+NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
+NBL_OP_FAMILY(nn_pool)     /* runtime/ops/nn_pool.c: pooling */
+NBL_OP_FAMILY(nn_norm)     /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
 NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
 NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
 NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */

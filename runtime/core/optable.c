@@ -11,6 +11,8 @@ static const struct {
     {nbl_ops_elementwise, &nbl_ops_elementwise_count},
     {nbl_ops_reduce, &nbl_ops_reduce_count},
     {nbl_ops_nn, &nbl_ops_nn_count},
+    {nbl_ops_nn_pool, &nbl_ops_nn_pool_count},
+    {nbl_ops_nn_norm, &nbl_ops_nn_norm_count},
     {nbl_ops_quant, &nbl_ops_quant_count},
     {nbl_ops_shape, &nbl_ops_shape_count},
     {nbl_ops_shape_index, &nbl_ops_shape_index_count},
