@@ -11,7 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
 
 /* Decode the QuantizeInt4 attributes of node n into cfg. Returns NBL_OK or
@@ -86,9 +86,10 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   return NBL_OK;
 }
 
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .shape = nbl_shape_same),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];
