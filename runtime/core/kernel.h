@@ -199,7 +199,9 @@ NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzer
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
 NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
 NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
-NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
+NBL_OP_FAMILY(rnn)         /* runtime/ops/rnn.c: RNN, GRU, LSTM */
+NBL_OP_FAMILY(signal)      /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
+NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
 NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */

@@ -14,7 +14,7 @@
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/shape.h"
-#include "runtime/ops/nn_common.h"
+#include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ Gemm */
 

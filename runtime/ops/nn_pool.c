@@ -11,7 +11,7 @@
 
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
-#include "runtime/ops/nn_common.h"
+#include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ pooling */
 
