@@ -1181,19 +1181,24 @@ static nbl_status shape_scan(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control[] = {
-    NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant),
-    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity),
-    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout),
-    NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast),
+    NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant, .stable_since = 1,
+        .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1),
+    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12),
+    NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .stable_since = 6),
     NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike),
-    NBL_OP("Shape", 1, .ref = k_shape, .shape = shape_shape),
-    NBL_OP("Size", 1, .ref = k_size, .shape = shape_size),
-    NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape),
-    NBL_OP("Range", 11, .ref = k_range, .shape = shape_range),
-    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike),
+    NBL_OP("Shape", 1, .ref = k_shape, .shape = shape_shape, .stable_since = 1,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("Size", 1, .ref = k_size, .shape = shape_size, .stable_since = 1,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape,
+        .stable_since = 9, .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("Range", 11, .ref = k_range, .shape = shape_range, .stable_since = 11),
+    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike, .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP("If", 1, .ref = k_if, .shape = shape_if),
     NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop),
-    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan), /* batched form, sequence_lens first */
+    /* batched form, sequence_lens first */
+    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan),
     NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan),
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

@@ -304,9 +304,12 @@ static nbl_status shape_layernorm(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn_norm[] = {
-    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm),
-    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same),
-    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm),
-    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same),
+    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
+        .stable_since = 9),
+    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
+        .stable_since = 6),
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
+        .stable_since = 17),
+    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1),
 };
 const size_t nbl_ops_nn_norm_count = sizeof nbl_ops_nn_norm / sizeof nbl_ops_nn_norm[0];

@@ -1073,17 +1073,19 @@ static nbl_status shape_space_to_depth(nbl_shape_ctx *c) { return shape_depth_sp
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape),
-    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze),
-    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose),
-    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat),
-    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split),
-    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice),
-    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand),
-    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile),
-    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space),
-    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5),
+    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13),
+    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1),
+    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4),
+    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18),
+    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10),
+    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8),
+    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6),
+    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
+        .stable_since = 11),
+    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
+        .stable_since = 1),
 };
 const size_t nbl_ops_shape_count = sizeof nbl_ops_shape / sizeof nbl_ops_shape[0];

@@ -823,13 +823,14 @@ static nbl_status shape_unique(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_index[] = {
-    NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather),
-    NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements),
-    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd),
+    NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1),
+    NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
+        .stable_since = 11),
+    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11),
     NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same),
     NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same),
     NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same),
-    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero),
+    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot),
     NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress),
     NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same),

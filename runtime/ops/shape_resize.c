@@ -828,8 +828,8 @@ static nbl_status shape_upsample(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_resize[] = {
-    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad),
-    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize),
+    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11),
+    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 11),
     NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

@@ -309,11 +309,14 @@ static nbl_status shape_melweight(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_signal[] = {
-    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window),
-    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window),
-    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window),
+    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window, .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window,
+        .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window,
+        .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .shape = shape_dft),
     NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft),
-    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight,
+        .no_grad = NBL_NO_GRAD_CONST),
 };
 const size_t nbl_ops_signal_count = sizeof nbl_ops_signal / sizeof nbl_ops_signal[0];
