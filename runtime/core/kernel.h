@@ -202,7 +202,8 @@ NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer 
 NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
 NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
-NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
+NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */
+NBL_OP_FAMILY(control_flow) /* runtime/ops/control_flow.c: If, Loop, Scan */
 NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
 NBL_OP_FAMILY(rnn)         /* runtime/ops/rnn.c: RNN, GRU, LSTM */
 NBL_OP_FAMILY(signal)      /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */

@@ -20,6 +20,7 @@ static const struct {
     {nbl_ops_shape_index, &nbl_ops_shape_index_count},
     {nbl_ops_shape_resize, &nbl_ops_shape_resize_count},
     {nbl_ops_control, &nbl_ops_control_count},
+    {nbl_ops_control_flow, &nbl_ops_control_flow_count},
     {nbl_ops_train, &nbl_ops_train_count},
     {nbl_ops_rnn, &nbl_ops_rnn_count},
     {nbl_ops_signal, &nbl_ops_signal_count},
