@@ -3,7 +3,8 @@
  *
  * An op family registers an array of nbl_op_def (see the end of this file);
  * runtime/core/optable.c concatenates the family arrays into the one op table.
- * Adding an op = one kernel function + one table line in its family file.
+ * Adding an op = its kernel, its shape rule and one table line in its family
+ * file (README "Where an op lives").
  *
  * Kernels run on nbl_rt_tensor: dense, row-major, native-endian element data.
  * A kernel reads ctx->in[i] (NULL for an omitted optional input), computes the
@@ -113,7 +114,51 @@ void nbl_strides(int rank, const int64_t *dims, int64_t *strides);
 /* Normalize axis in [-rank, rank) to [0, rank); -1 if out of range. */
 int nbl_norm_axis(int64_t axis, int rank);
 
+/* Window geometry of convolution and pooling, one spatial dim: input length
+ * in, kernel k, stride s, dilation d, pads pb (begin) and pe (end); the one
+ * formula that the kernels and the shape rules use. Output length with
+ * explicit pads (and auto_pad VALID: pads 0); ceil_mode rounds up but never
+ * starts a window in the end padding. -1 when the dilated kernel exceeds the
+ * padded input. */
+static inline int64_t nbl_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb,
+                                     int64_t pe, int ceil_mode) {
+  int64_t span = in + pb + pe - ((k - 1) * d + 1);
+  if (span < 0) return -1;
+  if (!ceil_mode) return span / s + 1;
+  int64_t o = (span + s - 1) / s + 1;
+  return (o - 1) * s >= in + pb ? o - 1 : o;
+}
+/* Output length with auto_pad SAME_UPPER / SAME_LOWER: ceil(in / s). */
+static inline int64_t nbl_window_out_same(int64_t in, int64_t s) { return (in + s - 1) / s; }
+/* ConvTranspose output length with explicit pads and output_padding op. */
+static inline int64_t nbl_window_out_t(int64_t in, int64_t k, int64_t s, int64_t d, int64_t op,
+                                       int64_t pb, int64_t pe) {
+  return s * (in - 1) + op + (k - 1) * d + 1 - pb - pe;
+}
+
 /* ------------------------------------------------------------------ op table */
+
+/* The highest default-domain opset nibble implements: every table line that is
+ * correct up to the newest opset says NBL_OPSET_MAX, never a number. */
+#define NBL_OPSET_MAX 21
+
+/* Shape rule: from the node's input types (and constant input data where the
+ * output shape depends on it) set its output types. The context and the
+ * helpers a rule calls are in runtime/core/shape.h. */
+typedef struct nbl_shape_ctx nbl_shape_ctx;
+typedef nbl_status (*nbl_shape_fn)(nbl_shape_ctx *ctx);
+
+/* Gradient rule: emit the backward nodes of one forward node into the IR.
+ * The context is defined by the autodiff pass (training); NULL for now. */
+typedef struct nbl_grad_ctx nbl_grad_ctx;
+typedef nbl_status (*nbl_grad_fn)(nbl_grad_ctx *ctx);
+
+/* Flags of a table entry (nbl_op_def.flags). */
+enum {
+  /* outputs depend on a random source: never evaluated ahead of time
+   * (fold-constants skips the node) */
+  NBL_OPF_RANDOM = 1u << 0,
+};
 
 typedef struct nbl_op_def {
   const char *domain;   /* "" for ai.onnx */
@@ -122,25 +167,63 @@ typedef struct nbl_op_def {
   int max_version;      /* highest opset version it is correct for (inclusive) */
   nbl_kernel_fn ref;    /* plain C reference kernel (required) */
   nbl_kernel_fn fast;   /* optional fast kernel; must agree with ref */
+  nbl_shape_fn shape;   /* shape rule (required; tests/test_optable.c checks) */
+  nbl_grad_fn grad;     /* gradient rule, or NULL */
+  const char *no_grad;  /* when grad is NULL on purpose: why the op has no gradient */
+  unsigned flags;       /* NBL_OPF_* */
+  /* ai.onnx ops: the opset from which the op's signature and semantics are
+   * unchanged up to NBL_OPSET_MAX (later versions only added types, or
+   * attributes whose defaults keep the old meaning), so the opset upgrade
+   * keeps such a node as it is; 0 when not established */
+  int stable_since;
 } nbl_op_def;
+
+/* The usual reasons for .no_grad (an op that is not differentiable). */
+#define NBL_NO_GRAD_BOOL "boolean output"
+#define NBL_NO_GRAD_INT "integer output (indices, shapes, counts or codes)"
+#define NBL_NO_GRAD_CONST "output independent of input values"
+
+/* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
+ * the other fields follow as designated initializers:
+ *   NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6), */
+#define NBL_OP(op, since, ...) NBL_OP_DEF("", op, since, NBL_OPSET_MAX, __VA_ARGS__)
+/* The general form: any domain and opset range. */
+#define NBL_OP_DEF(dom, op, since, max, ...) \
+  {.domain = (dom), .name = (op), .since_version = (since), .max_version = (max), __VA_ARGS__}
 
 /* Each family file defines its array and count; optable.c lists the families. */
 #define NBL_OP_FAMILY(fam)                   \
   extern const nbl_op_def nbl_ops_##fam[];   \
   extern const size_t nbl_ops_##fam##_count;
 
-NBL_OP_FAMILY(elementwise) /* runtime/ops/elementwise.c: math, compare, logic, activations */
-NBL_OP_FAMILY(reduce)      /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
-NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, pooling, norms */
-NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
-NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, gather, ... */
-NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
-NBL_OP_FAMILY(train)       /* runtime/ops/train.c: losses, optimizers (ai.onnx.preview.training) */
-NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
-NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
+NBL_OP_FAMILY(elementwise)  /* runtime/ops/elementwise.c: math, compare, logic, activations */
+NBL_OP_FAMILY(reduce)       /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
+NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
+NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */
+NBL_OP_FAMILY(nn_norm)      /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
+NBL_OP_FAMILY(quant)        /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
+NBL_OP_FAMILY(shape)        /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
+NBL_OP_FAMILY(shape_index)  /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
+NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
+NBL_OP_FAMILY(control)      /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */
+NBL_OP_FAMILY(control_flow) /* runtime/ops/control_flow.c: If, Loop, Scan */
+NBL_OP_FAMILY(train)        /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
+NBL_OP_FAMILY(rnn)          /* runtime/ops/rnn.c: RNN, GRU, LSTM */
+NBL_OP_FAMILY(signal)       /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
+NBL_OP_FAMILY(misc)         /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
+NBL_OP_FAMILY(nibble)       /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
+/* The same, but when no entry covers `opset`, the nearest one: the newest
+ * entry older than opset, else the oldest; NULL only for an unknown op. For
+ * analyses that tolerate a model importing an opset beyond the table's range
+ * (infer-shapes), never for choosing a kernel. */
+const nbl_op_def *nbl_op_lookup_nearest(const char *domain, const char *op_type, int opset);
+
+/* The whole table in family order: entry i for i in [0, nbl_op_count()). */
+size_t nbl_op_count(void);
+const nbl_op_def *nbl_op_at(size_t i);
 
 /* Per-node kernel cache owned by the executor (e.g. transformed constant
  * weights). A kernel may store malloc'd data with the function that frees it;

@@ -482,7 +482,7 @@ nbl_status nbl_conv_geom_init(nbl_kctx *ctx, nbl_conv_geom *g, const nbl_rt_tens
       return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "strides and dilations must be positive");
     int64_t dk = (g->k[i] - 1) * g->d[i] + 1;
     if (mode == 1 || mode == 2) {
-      g->out[i] = (g->in[i] + g->s[i] - 1) / g->s[i];
+      g->out[i] = nbl_window_out_same(g->in[i], g->s[i]);
       int64_t total = (g->out[i] - 1) * g->s[i] + dk - g->in[i];
       if (total < 0) total = 0;
       g->pb[i] = mode == 1 ? total / 2 : total - total / 2;
@@ -492,17 +492,12 @@ nbl_status nbl_conv_geom_init(nbl_kctx *ctx, nbl_conv_geom *g, const nbl_rt_tens
       g->pe[i] = mode == 0 && pd ? pd[ns + i] : 0;
       if (g->pb[i] < 0 || g->pe[i] < 0)
         return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "negative pads are not supported");
-      int64_t span = g->in[i] + g->pb[i] + g->pe[i] - dk;
-      if (span < 0)
+      g->out[i] =
+          nbl_window_out(g->in[i], g->k[i], g->s[i], g->d[i], g->pb[i], g->pe[i], ceil_mode);
+      if (g->out[i] < 0)
         return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL,
                         "kernel extent %lld exceeds the padded input size %lld in spatial dim %d",
                         (long long)dk, (long long)(g->in[i] + g->pb[i] + g->pe[i]), i);
-      if (ceil_mode) {
-        g->out[i] = (span + g->s[i] - 1) / g->s[i] + 1;
-        if ((g->out[i] - 1) * g->s[i] >= g->in[i] + g->pb[i]) g->out[i]--;
-      } else {
-        g->out[i] = span / g->s[i] + 1;
-      }
     }
     g->in_sz *= g->in[i];
     g->k_sz *= g->k[i];

@@ -16,10 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/kernel.h"
-
-/* Highest opset whose semantics these kernels are known to implement. */
-#define OPMAX 23
+#include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ types */
 
@@ -1019,74 +1016,155 @@ static nbl_status k_clip(nbl_kctx *c) {
   return unary_p(c, U_CLIP, T_NUM, NBL_DT_UNDEFINED, &p);
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* Elementwise on the side table: Add/Sub/Mul/Div of small integer tensors. */
+static nbl_status kd_arith(nbl_shape_ctx *c, const char *op) {
+  nbl_kdata a, b, r;
+  if (!nbl_shp_in_kd(c, 0, &a) || !nbl_shp_in_kd(c, 1, &b)) return NBL_OK;
+  if (a.n != b.n && a.n != 1 && b.n != 1) return NBL_OK;
+  r.n = a.n > b.n ? a.n : b.n;
+  r.rank = a.rank > b.rank ? a.rank : b.rank;
+  for (int i = 0; i < r.n; i++) {
+    nbl_kel x = a.e[a.n == 1 ? 0 : i], y = b.e[b.n == 1 ? 0 : i], z = {NBL_KD_UNK, 0, NULL};
+    if (x.kind == NBL_KD_VAL && y.kind == NBL_KD_VAL) {
+      z.kind = NBL_KD_VAL;
+      if (!strcmp(op, "Add")) z.v = x.v + y.v;
+      else if (!strcmp(op, "Sub")) z.v = x.v - y.v;
+      else if (!strcmp(op, "Mul")) z.v = x.v * y.v;
+      else if (y.v != 0) {
+        z.v = x.v / y.v;
+      } else
+        z.kind = NBL_KD_UNK;
+    } else if (!strcmp(op, "Mul") && y.kind == NBL_KD_VAL && y.v == 1)
+      z = x;
+    else if (!strcmp(op, "Mul") && x.kind == NBL_KD_VAL && x.v == 1)
+      z = y;
+    else if (!strcmp(op, "Div") && y.kind == NBL_KD_VAL && y.v == 1)
+      z = x;
+    else if ((!strcmp(op, "Add") || !strcmp(op, "Sub")) && y.kind == NBL_KD_VAL && y.v == 0)
+      z = x;
+    else if (!strcmp(op, "Add") && x.kind == NBL_KD_VAL && x.v == 0)
+      z = y;
+    r.e[i] = z;
+  }
+  return nbl_shp_set_kd(c, 0, &r);
+}
+
+/* Add, Sub, Mul, Div: numpy broadcasting; known small integer data computed. */
+static nbl_status shape_arith(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_bcast(c);
+  return st ? st : kd_arith(c, c->node->op_type);
+}
+
+/* Neg: the input's type; known small integer data negated. */
+static nbl_status shape_neg(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  nbl_kdata k;
+  if (!st && nbl_shp_in_kd(c, 0, &k)) {
+    for (int i = 0; i < k.n; i++)
+      if (k.e[i].kind == NBL_KD_VAL) k.e[i].v = -k.e[i].v;
+      else k.e[i].kind = NBL_KD_UNK;
+    st = nbl_shp_set_kd(c, 0, &k);
+  }
+  return st;
+}
+
+/* IsNaN, IsInf: the input's shape, bool. */
+static nbl_status shape_bool_same(nbl_shape_ctx *c) {
+  nbl_shp s;
+  nbl_shp_in(c, 0, &s);
+  s.dt = NBL_DT_BOOL;
+  return nbl_shp_set(c, 0, &s);
+}
+
+/* Where: condition, X and Y broadcast; X's type. */
+static nbl_status shape_where(nbl_shape_ctx *c) {
+  nbl_shp o;
+  nbl_status st = nbl_shp_bcast_inputs(c, 0, 3, &o);
+  if (st) return st;
+  o.dt = nbl_shp_in_dtype(c, 1);
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_elementwise[] = {
-    {"", "Add", 1, OPMAX, k_add, NULL},
-    {"", "Sub", 1, OPMAX, k_sub, NULL},
-    {"", "Mul", 1, OPMAX, k_mul, NULL},
-    {"", "Div", 1, OPMAX, k_div, NULL},
-    {"", "Pow", 1, OPMAX, k_pow, NULL},
-    {"", "Mod", 10, OPMAX, k_mod, NULL},
-    {"", "Abs", 1, OPMAX, k_abs, NULL},
-    {"", "Neg", 1, OPMAX, k_neg, NULL},
-    {"", "Reciprocal", 1, OPMAX, k_reciprocal, NULL},
-    {"", "Sqrt", 1, OPMAX, k_sqrt, NULL},
-    {"", "Exp", 1, OPMAX, k_exp, NULL},
-    {"", "Log", 1, OPMAX, k_log, NULL},
-    {"", "Floor", 1, OPMAX, k_floor, NULL},
-    {"", "Ceil", 1, OPMAX, k_ceil, NULL},
-    {"", "Round", 11, OPMAX, k_round, NULL},
-    {"", "Sign", 9, OPMAX, k_sign, NULL},
-    {"", "Sin", 7, OPMAX, k_sin, NULL},
-    {"", "Cos", 7, OPMAX, k_cos, NULL},
-    {"", "Tan", 7, OPMAX, k_tan, NULL},
-    {"", "Asin", 7, OPMAX, k_asin, NULL},
-    {"", "Acos", 7, OPMAX, k_acos, NULL},
-    {"", "Atan", 7, OPMAX, k_atan, NULL},
-    {"", "Sinh", 9, OPMAX, k_sinh, NULL},
-    {"", "Cosh", 9, OPMAX, k_cosh, NULL},
-    {"", "Asinh", 9, OPMAX, k_asinh, NULL},
-    {"", "Acosh", 9, OPMAX, k_acosh, NULL},
-    {"", "Atanh", 9, OPMAX, k_atanh, NULL},
-    {"", "Erf", 9, OPMAX, k_erf, NULL},
-    {"", "Equal", 1, OPMAX, k_equal, NULL},
-    {"", "Less", 1, OPMAX, k_less, NULL},
-    {"", "Greater", 1, OPMAX, k_greater, NULL},
-    {"", "LessOrEqual", 12, OPMAX, k_lessequal, NULL},
-    {"", "GreaterOrEqual", 12, OPMAX, k_greaterequal, NULL},
-    {"", "And", 1, OPMAX, k_and, NULL},
-    {"", "Or", 1, OPMAX, k_or, NULL},
-    {"", "Xor", 1, OPMAX, k_xor, NULL},
-    {"", "Not", 1, OPMAX, k_not, NULL},
-    {"", "BitShift", 11, OPMAX, k_bitshift, NULL},
-    {"", "BitwiseAnd", 18, OPMAX, k_bitand, NULL},
-    {"", "BitwiseOr", 18, OPMAX, k_bitor, NULL},
-    {"", "BitwiseXor", 18, OPMAX, k_bitxor, NULL},
-    {"", "BitwiseNot", 18, OPMAX, k_bitnot, NULL},
-    {"", "IsNaN", 9, OPMAX, k_isnan, NULL},
-    {"", "IsInf", 10, OPMAX, k_isinf, NULL},
-    {"", "Where", 9, OPMAX, k_where, NULL},
-    {"", "Clip", 1, OPMAX, k_clip, NULL},
-    {"", "Max", 1, OPMAX, k_max, NULL},
-    {"", "Min", 1, OPMAX, k_min, NULL},
-    {"", "Sum", 1, OPMAX, k_sum, NULL},
-    {"", "Mean", 1, OPMAX, k_mean, NULL},
-    {"", "Relu", 1, OPMAX, k_relu, NULL},
-    {"", "LeakyRelu", 1, OPMAX, k_leakyrelu, NULL},
-    {"", "PRelu", 1, OPMAX, k_prelu, NULL},
-    {"", "Sigmoid", 1, OPMAX, k_sigmoid, NULL},
-    {"", "HardSigmoid", 1, OPMAX, k_hardsigmoid, NULL},
-    {"", "HardSwish", 14, OPMAX, k_hardswish, NULL},
-    {"", "Tanh", 1, OPMAX, k_tanh, NULL},
-    {"", "Elu", 1, OPMAX, k_elu, NULL},
-    {"", "Selu", 1, OPMAX, k_selu, NULL},
-    {"", "Celu", 12, OPMAX, k_celu, NULL},
-    {"", "Softplus", 1, OPMAX, k_softplus, NULL},
-    {"", "Softsign", 1, OPMAX, k_softsign, NULL},
-    {"", "ThresholdedRelu", 10, OPMAX, k_thresholdedrelu, NULL},
-    {"", "Mish", 18, OPMAX, k_mish, NULL},
-    {"", "Shrink", 9, OPMAX, k_shrink, NULL},
-    {"", "Gelu", 20, OPMAX, k_gelu, NULL},
+    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, .stable_since = 7),
+    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, .stable_since = 7),
+    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, .stable_since = 7),
+    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, .stable_since = 7),
+    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, .stable_since = 7),
+    NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .stable_since = 10),
+    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, .stable_since = 6),
+    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Round", 11, .ref = k_round, .shape = nbl_shape_same, .stable_since = 11),
+    NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .stable_since = 9),
+    NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Cos", 7, .ref = k_cos, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7),
+    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same),
+    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same),
+    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same),
+    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same),
+    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same),
+    NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .stable_since = 9),
+    NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Greater", 1, .ref = k_greater, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .shape = nbl_shape_bcast_bool,
+        .stable_since = 12, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("GreaterOrEqual", 12, .ref = k_greaterequal, .shape = nbl_shape_bcast_bool,
+        .stable_since = 12, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("And", 1, .ref = k_and, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Or", 1, .ref = k_or, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Xor", 1, .ref = k_xor, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Not", 1, .ref = k_not, .shape = nbl_shape_same, .stable_since = 1,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("BitShift", 11, .ref = k_bitshift, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseAnd", 18, .ref = k_bitand, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseOr", 18, .ref = k_bitor, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .shape = nbl_shape_same, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("IsNaN", 9, .ref = k_isnan, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("IsInf", 10, .ref = k_isinf, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .stable_since = 9),
+    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .stable_since = 11),
+    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, .stable_since = 8),
+    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, .stable_since = 8),
+    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, .stable_since = 8),
+    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, .stable_since = 8),
+    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, .stable_since = 6),
+    /* the slope broadcasts to X */
+    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 9),
+    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14),
+    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same),
+    NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1),
+    NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1),
+    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same),
+    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18),
+    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same),
+    NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20),
 };
 const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

@@ -11,7 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
 
 /* The node's attributes through the one decoder (runtime/formats/int4.h). */
@@ -59,9 +59,21 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   return NBL_OK;
 }
 
+
+/* ------------------------------------------------------------------ shape rules */
+
+/* QuantizeInt4: Y like X; scale float32 and zero_point int8 scalars. */
+static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  if (!st) st = nbl_shp_set_dt(c, 2, NBL_DT_INT8, 0);
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    {"ai.nibble", "QuantizeInt4", 1, 1, k_quantize_int4, NULL},
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4,
+        .shape = shape_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

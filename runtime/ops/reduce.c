@@ -13,9 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 
-#define OPMAX 23
 
 #define TM(dt) (1u << (dt))
 #define T_F (TM(NBL_DT_FLOAT) | TM(NBL_DT_DOUBLE) | TM(NBL_DT_FLOAT16) | TM(NBL_DT_BFLOAT16))
@@ -795,29 +794,134 @@ static nbl_status k_sce(nbl_kctx *c) {
   return st;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* Reduce*: axes from the attribute, or from input 1 when axes_input. */
+static nbl_status shape_reduce_axes(nbl_shape_ctx *c, bool axes_input) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  const nbl_node *n = c->node;
+  int64_t keep = nbl_attr_int(n, "keepdims", 1), noop = nbl_attr_int(n, "noop_with_empty_axes", 0);
+  int64_t axes[NBL_SHP_MAXK];
+  int na = 0;
+  bool known = true;
+  if (axes_input) {
+    if (nbl_shp_has_in(c, 1)) {
+      if (!nbl_shp_in_ints(c, 1, axes, &na)) known = false;
+    }
+  } else {
+    const int64_t *a = nbl_attr_ints(n, "axes", &na);
+    if (na > NBL_SHP_MAXK) return nbl_shp_set_dt(c, 0, x.dt, -1);
+    if (na) memcpy(axes, a, sizeof(int64_t) * (size_t)na);
+  }
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  if (!known) return nbl_shp_set_dt(c, 0, x.dt, keep ? x.rank : -1);
+  if (na == 0 && noop) return nbl_shp_set(c, 0, &x);
+  bool red[NBL_SHP_MAXR] = {false};
+  for (int i = 0; i < na; i++) {
+    int a = nbl_norm_axis(axes[i], x.rank);
+    if (a < 0)
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (%s): axis %lld out of range for rank %d",
+                        nbl_model_label(c->model), n->name, n->op_type, (long long)axes[i], x.rank);
+    red[a] = true;
+  }
+  o.dt = x.dt;
+  o.rank = 0;
+  for (int i = 0; i < x.rank; i++) {
+    bool r = na == 0 || red[i];
+    if (!r)
+      o.d[o.rank++] = x.d[i];
+    else if (keep)
+      o.d[o.rank++] = nbl_dim_val(1);
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* Reduce* take axes as an input from opset 18, ReduceSum from opset 13. */
+static nbl_status shape_reduce(nbl_shape_ctx *c) { return shape_reduce_axes(c, c->opset >= 18); }
+static nbl_status shape_reducesum(nbl_shape_ctx *c) { return shape_reduce_axes(c, c->opset >= 13); }
+
+static nbl_status shape_argmax(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t keep = nbl_attr_int(c->node, "keepdims", 1);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, -1);
+  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", 0), x.rank);
+  if (a < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, keep ? x.rank : x.rank - 1);
+  o = x;
+  o.dt = NBL_DT_INT64;
+  if (keep)
+    o.d[a] = nbl_dim_val(1);
+  else {
+    for (int i = a; i + 1 < x.rank; i++) o.d[i] = x.d[i + 1];
+    o.rank--;
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+static nbl_status shape_topk(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t k = -1;
+  if (c->opset < 10)
+    k = nbl_attr_int(c->node, "k", -1);
+  else if (!nbl_shp_in_scalar_i64(c, 1, &k))
+    k = -1;
+  o = x;
+  if (x.rank >= 0) {
+    int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), x.rank);
+    if (a >= 0) o.d[a] = k >= 0 ? nbl_dim_val(k) : nbl_dim_unk();
+  }
+  nbl_status st = nbl_shp_set(c, 0, &o);
+  if (st) return st;
+  o.dt = NBL_DT_INT64;
+  return nbl_shp_set(c, 1, &o);
+}
+
+/* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: reduction "none" gives
+ * the target's shape, "mean" and "sum" a scalar, of the input's type;
+ * SoftmaxCrossEntropyLoss's log_prob output has the scores' type. */
+static nbl_status shape_loss(nbl_shape_ctx *c) {
+  nbl_shp x, t;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &t);
+  nbl_status st;
+  if (!strcmp(nbl_attr_string(c->node, "reduction", "mean"), "none")) {
+    t.dt = x.dt;
+    st = nbl_shp_set(c, 0, &t);
+  } else {
+    st = nbl_shp_set_dt(c, 0, x.dt, 0);
+  }
+  return st || c->node->n_outputs < 2 ? st : nbl_shp_set(c, 1, &x);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
-    {"", "ReduceSum", 1, OPMAX, k_reducesum, NULL},
-    {"", "ReduceMean", 1, OPMAX, k_reducemean, NULL},
-    {"", "ReduceProd", 1, OPMAX, k_reduceprod, NULL},
-    {"", "ReduceMax", 1, OPMAX, k_reducemax, NULL},
-    {"", "ReduceMin", 1, OPMAX, k_reducemin, NULL},
-    {"", "ReduceL1", 1, OPMAX, k_reducel1, NULL},
-    {"", "ReduceL2", 1, OPMAX, k_reducel2, NULL},
-    {"", "ReduceSumSquare", 1, OPMAX, k_reducesumsquare, NULL},
-    {"", "ReduceLogSum", 1, OPMAX, k_reducelogsum, NULL},
-    {"", "ReduceLogSumExp", 1, OPMAX, k_reducelogsumexp, NULL},
-    {"", "ArgMax", 1, OPMAX, k_argmax, NULL},
-    {"", "ArgMin", 1, OPMAX, k_argmin, NULL},
-    {"", "Softmax", 1, OPMAX, k_softmax, NULL},
-    {"", "LogSoftmax", 1, OPMAX, k_logsoftmax, NULL},
-    {"", "Hardmax", 1, OPMAX, k_hardmax, NULL},
-    {"", "CumSum", 11, OPMAX, k_cumsum, NULL},
-    {"", "TopK", 1, OPMAX, k_topk, NULL},
-    {"", "LpNormalization", 1, OPMAX, k_lpnorm, NULL},
-    {"", "MeanVarianceNormalization", 9, OPMAX, k_mvn, NULL},
-    {"", "NegativeLogLikelihoodLoss", 12, OPMAX, k_nllloss, NULL},
-    {"", "SoftmaxCrossEntropyLoss", 12, OPMAX, k_sce, NULL},
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce,
+        .stable_since = 18),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce,
+        .stable_since = 18),
+    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .stable_since = 11,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 11,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13),
+    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same),
+    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11),
+    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 11),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same),
+    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];
