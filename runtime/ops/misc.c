@@ -1155,19 +1155,19 @@ static nbl_status k_tfidf(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_misc[] = {
-    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast),
-    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast),
-    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast),
-    NBL_OP("Det", 11, .ref = k_det),
-    NBL_OP("HannWindow", 17, .ref = k_hann),
-    NBL_OP("HammingWindow", 17, .ref = k_hamming),
-    NBL_OP("BlackmanWindow", 17, .ref = k_blackman),
-    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft),
-    NBL_OP("STFT", 17, .ref = k_stft),
-    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight),
-    NBL_OP("NonMaxSuppression", 10, .ref = k_nms),
-    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample),
-    NBL_OP("RoiAlign", 10, .ref = k_roialign),
-    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf),
+    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .no_grad = "no rule yet"),
+    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .no_grad = "no rule yet"),
+    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .no_grad = "no rule yet"),
+    NBL_OP("Det", 11, .ref = k_det, .no_grad = "no rule yet"),
+    NBL_OP("HannWindow", 17, .ref = k_hann, .no_grad = "not differentiable: integer input"),
+    NBL_OP("HammingWindow", 17, .ref = k_hamming, .no_grad = "not differentiable: integer input"),
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .no_grad = "not differentiable: integer input"),
+    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .no_grad = "no rule yet"),
+    NBL_OP("STFT", 17, .ref = k_stft, .no_grad = "no rule yet"),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .no_grad = "not differentiable: integer inputs"),
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .no_grad = "not differentiable: integer output"),
+    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample, .no_grad = "no rule yet"),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign, .no_grad = "no rule yet"),
+    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .no_grad = "not differentiable: integer or string input"),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
 #include "runtime/formats/int4.h"
 
@@ -86,9 +87,22 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ gradient rule
+ * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
+ * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)). */
+static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
+  int want[2] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1)};
+  if (!want[0] && !want[1]) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[2];
+  nbl_grad_opn(gc, "QuantizeInt4Grad", "ai.nibble", NULL, in[2] == NBL_NONE ? 2 : 3, in, 2, want, out);
+  nbl_grad_attr_copy(gc, NULL);
+  for (int i = 0; i < 2; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .grad = g_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

@@ -16,6 +16,7 @@
 
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ helpers */
@@ -1349,24 +1350,269 @@ static nbl_status k_einsum(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h; the backward ops are com.microsoft training ops,
+ * runtime/ops/grad_conv.c and grad_pool_norm.c, or standard ops) */
+
+/* Conv / ConvTranspose: one ConvGrad / ConvTransposeGrad node (dY, X, W ->
+ * dX, dW, dB) with the forward attributes; named ".../dXdW" when it computes
+ * both products (grad.h). */
+static nbl_status conv_like_grad(nbl_grad_ctx *gc, const char *op) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy_own(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[3];
+  const char *tag = want[0] && (want[1] || want[2]) ? "dXdW" : want[0] ? "dX" : "dW";
+  nbl_grad_opn(gc, op, "com.microsoft", tag, 3, in, 3, want, out);
+  nbl_grad_attr_copy(gc, NULL);
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+static nbl_status g_conv(nbl_grad_ctx *gc) { return conv_like_grad(gc, "ConvGrad"); }
+static nbl_status g_convt(nbl_grad_ctx *gc) { return conv_like_grad(gc, "ConvTransposeGrad"); }
+
+/* alpha * op(p) op(q) as a Gemm without C (a zero C before opset 11). */
+static nbl_id grad_gemm(nbl_grad_ctx *gc, nbl_id p, nbl_id q, int tp, int tq, float alpha,
+                        const char *tag) {
+  nbl_id in[3] = {p, q, NBL_NONE};
+  int n_in = 2;
+  if (nbl_grad_opset(gc, "") < 11) {
+    in[2] = nbl_grad_const(gc, nbl_grad_dtype(gc, p), 0.0);
+    n_in = 3;
+  }
+  nbl_id out = NBL_NONE;
+  nbl_grad_opn(gc, "Gemm", "", tag, n_in, in, 1, NULL, &out);
+  if (tp) nbl_grad_attr_int(gc, "transA", 1);
+  if (tq) nbl_grad_attr_int(gc, "transB", 1);
+  if (alpha != 1.0f) nbl_grad_attr_float(gc, "alpha", alpha);
+  if (n_in == 3) nbl_grad_attr_float(gc, "beta", 0.0f);
+  return out;
+}
+
+/* Gemm: Y = alpha op(A) op(B) + beta C. d op(A) = alpha dY op(B)^T,
+ * d op(B) = alpha op(A)^T dY, dC = beta dY summed to C's shape. */
+static nbl_status g_gemm(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  int ta = nbl_attr_int(n, "transA", 0) != 0, tb = nbl_attr_int(n, "transB", 0) != 0;
+  float alpha = nbl_attr_float(n, "alpha", 1.0f), beta = nbl_attr_float(n, "beta", 1.0f);
+  if (nbl_grad_opset(gc, "") < 7)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of Gemm before opset 7 is not supported");
+  nbl_id A = nbl_grad_x(gc, 0), B = nbl_grad_x(gc, 1), C = nbl_grad_x(gc, 2);
+  nbl_id dY = nbl_grad_dy_own(gc, 0);
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, ta ? grad_gemm(gc, B, dY, tb, 1, alpha, "dX")
+                              : grad_gemm(gc, dY, B, 0, !tb, alpha, "dX"));
+  if (nbl_grad_wants(gc, 1))
+    nbl_grad_set_dx(gc, 1, tb ? grad_gemm(gc, dY, A, 1, ta, alpha, "dW")
+                              : grad_gemm(gc, A, dY, !ta, 0, alpha, "dW"));
+  if (C != NBL_NONE && nbl_grad_wants(gc, 2)) {
+    nbl_id g = dY;
+    if (beta != 1.0f) g = nbl_grad_bin(gc, "Mul", g, nbl_grad_const(gc, nbl_grad_dtype(gc, C), beta));
+    nbl_id dC = nbl_grad_unbroadcast(gc, g, C, nbl_grad_y(gc, 0));
+    if (dC != g) nbl_grad_tag(gc, "dB");
+    nbl_grad_set_dx(gc, 2, dC);
+  }
+  return nbl_grad_status(gc);
+}
+
+/* v with its last two axes swapped (rank r >= 2). */
+static nbl_id swap_last2(nbl_grad_ctx *gc, nbl_id v, int r) {
+  int64_t perm[NBL_MAX_RANK];
+  for (int k = 0; k < r; k++) perm[k] = k;
+  perm[r - 2] = r - 1;
+  perm[r - 1] = r - 2;
+  return nbl_grad_transpose(gc, v, r, perm);
+}
+
+/* g, a product over nb batch dims (those of the MatMul output Y), summed down
+ * to operand X (its 2-D-or-more form X2 has xb batch dims), then shaped as X. */
+static nbl_id matmul_unbatch(nbl_grad_ctx *gc, nbl_id g, nbl_id X, nbl_id X2, int xb, int nb,
+                             nbl_id Y) {
+  int64_t axes[NBL_MAX_RANK];
+  int na = 0, decided = 1;
+  for (int i = 0; i < nb && decided; i++) {
+    int kx = i - (nb - xb);
+    if (kx < 0) {
+      axes[na++] = i;
+      continue;
+    }
+    int64_t xd = nbl_grad_dim(gc, X, kx), yd = nbl_grad_dim(gc, Y, i);
+    if (xd == 1 && yd != 1) axes[na++] = i;
+    else if (xd < 0 && !nbl_grad_dim_same(gc, X, kx, Y, i)) decided = 0;
+  }
+  if (!decided) { /* batch shapes known at run time only */
+    nbl_id in[2] = {nbl_grad_shape(gc, X2), nbl_grad_shape(gc, g)}, ax[2];
+    int want[2] = {1, 0};
+    nbl_grad_opn(gc, "BroadcastGradientArgs", "com.microsoft", NULL, 2, in, 2, want, ax);
+    nbl_id rin[2] = {g, ax[0]};
+    nbl_id r = nbl_grad_op(gc, "ReduceSum", "", 2, rin);
+    nbl_grad_attr_int(gc, "keepdims", 1);
+    nbl_grad_attr_int(gc, "noop_with_empty_axes", 1);
+    return nbl_grad_reshape_like(gc, r, X);
+  }
+  nbl_id r = nbl_grad_reduce_sum(gc, g, na, axes, 1);
+  return (na > 0 && nb > xb) || X2 != X ? nbl_grad_reshape_like(gc, r, X) : r;
+}
+
+/* MatMul (numpy semantics: 1-D operands, batch broadcasting): dA = dY B^T,
+ * dB = A^T dY, each summed over the batch dims its operand was broadcast
+ * along; a 2-D B under a batched A gets one Gemm over the folded rows. */
+static nbl_status g_matmul(nbl_grad_ctx *gc) {
+  nbl_id A = nbl_grad_x(gc, 0), B = nbl_grad_x(gc, 1), Y = nbl_grad_y(gc, 0);
+  int ra = nbl_grad_rank(gc, A), rb = nbl_grad_rank(gc, B);
+  if (ra < 1 || rb < 1)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "the ranks of both operands must be known (run infer-shapes)");
+  nbl_id dY = nbl_grad_dy_own(gc, 0);
+  int wa = nbl_grad_wants(gc, 0), wb = nbl_grad_wants(gc, 1);
+  if (ra == 2 && rb == 2) {
+    if (wa) nbl_grad_set_dx(gc, 0, grad_gemm(gc, dY, B, 0, 1, 1.0f, "dX"));
+    if (wb) nbl_grad_set_dx(gc, 1, grad_gemm(gc, A, dY, 1, 0, 1.0f, "dW"));
+    return nbl_grad_status(gc);
+  }
+  int ry = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
+  int64_t z0 = 0, z1 = 1, ax = ra == 1 ? ry - 1 : ry;
+  nbl_id A2 = ra == 1 ? nbl_grad_unsqueeze(gc, A, 1, &z0) : A;
+  nbl_id B2 = rb == 1 ? nbl_grad_unsqueeze(gc, B, 1, &z1) : B;
+  nbl_id dY2 = dY;
+  if (ra == 1 && rb == 1) {
+    int64_t one1[2] = {1, 1};
+    dY2 = nbl_grad_bin(gc, "Reshape", dY, nbl_grad_const_i64(gc, 2, one1));
+  } else if (ra == 1 || rb == 1) {
+    dY2 = nbl_grad_unsqueeze(gc, dY, 1, &ax);
+  }
+  int ra2 = ra < 2 ? 2 : ra, rb2 = rb < 2 ? 2 : rb;
+  int nb = (ra2 > rb2 ? ra2 : rb2) - 2;
+  if (wa) {
+    nbl_id in[2] = {dY2, swap_last2(gc, B2, rb2)};
+    nbl_id p = NBL_NONE;
+    nbl_grad_opn(gc, "MatMul", "", "dX", 2, in, 1, NULL, &p);
+    nbl_grad_set_dx(gc, 0, matmul_unbatch(gc, p, A, A2, ra2 - 2, nb, Y));
+  }
+  if (wb) {
+    int64_t K = nbl_grad_dim(gc, A, ra - 1), N = rb == 2 ? nbl_grad_dim(gc, B, 1) : 1;
+    if (rb <= 2 && ra > 2 && K > 0 && N > 0) { /* fold A's batch into rows: one Gemm */
+      int64_t sa[2] = {-1, K}, sy[2] = {-1, N};
+      nbl_id a2d = nbl_grad_bin(gc, "Reshape", A, nbl_grad_const_i64(gc, 2, sa));
+      nbl_id y2d = nbl_grad_bin(gc, "Reshape", dY2, nbl_grad_const_i64(gc, 2, sy));
+      nbl_id p = grad_gemm(gc, a2d, y2d, 1, 0, 1.0f, "dW");
+      nbl_grad_set_dx(gc, 1, rb == 1 ? nbl_grad_reshape_like(gc, p, B) : p);
+    } else {
+      nbl_id in[2] = {swap_last2(gc, A2, ra2), dY2};
+      nbl_id p = NBL_NONE;
+      nbl_grad_opn(gc, "MatMul", "", "dW", 2, in, 1, NULL, &p);
+      nbl_grad_set_dx(gc, 1, matmul_unbatch(gc, p, B, B2, rb2 - 2, nb, Y));
+    }
+  }
+  return nbl_grad_status(gc);
+}
+
+/* MaxPool: com.microsoft MaxPoolGrad (dY, Indices, shape of X); the forward
+ * node is made to produce its Indices output. */
+static nbl_status g_maxpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  if (nbl_grad_opset(gc, "") < 8)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of MaxPool needs opset >= 8 (the Indices output)");
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "MaxPoolGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* AveragePool: com.microsoft AveragePoolGrad (dY, shape of X), same attributes. */
+static nbl_status g_avgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "AveragePoolGrad", "com.microsoft", 2, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
+static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0);
+  nbl_id g = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_count_ratio(gc, X, nbl_grad_y(gc, 0)));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, X)));
+  return nbl_grad_status(gc);
+}
+
+/* BatchNormalization in inference mode (running statistics as constants):
+ * dX = dY scale inv_std, dscale = sum dY (x - mean) inv_std, dB = sum dY, the
+ * sums over every axis but 1. Training mode is com.microsoft BatchNormInternal
+ * (its rule is on its own table line, runtime/ops/grad_pool_norm.c). */
+static nbl_status g_batchnorm(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  if (nbl_attr_int(n, "training_mode", 0) != 0)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of BatchNormalization with training_mode=1 is not supported: "
+                         "the build-training pass makes it com.microsoft BatchNormInternal");
+  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
+  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
+  nbl_id X = nbl_grad_x(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (r < 2 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of X must be known and >= 2");
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  float eps = nbl_attr_float(n, "epsilon", 1e-5f);
+  int64_t sp[NBL_MAX_RANK], red[NBL_MAX_RANK];
+  int nsp = 0, nred = 0;
+  for (int k = 0; k < r; k++) {
+    if (k >= 2) sp[nsp++] = k - 1;
+    if (k != 1) red[nred++] = k;
+  }
+  nbl_id dY = nbl_grad_dy(gc, 0);
+  nbl_id eps_c = nbl_grad_const(gc, dt, (double)eps);
+  nbl_id inv = nbl_grad_un(gc, "Reciprocal",
+                           nbl_grad_un(gc, "Sqrt", nbl_grad_bin(gc, "Add", nbl_grad_x(gc, 4), eps_c)));
+  if (nbl_grad_wants(gc, 0)) {
+    nbl_id f = nbl_grad_unsqueeze(gc, nbl_grad_bin(gc, "Mul", nbl_grad_x(gc, 1), inv), nsp, sp);
+    nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", dY, f));
+  }
+  if (nbl_grad_wants(gc, 1)) {
+    nbl_id xc = nbl_grad_bin(gc, "Sub", X, nbl_grad_unsqueeze(gc, nbl_grad_x(gc, 3), nsp, sp));
+    nbl_id xh = nbl_grad_bin(gc, "Mul", xc, nbl_grad_unsqueeze(gc, inv, nsp, sp));
+    nbl_grad_set_dx(gc, 1, nbl_grad_reduce_sum(gc, nbl_grad_bin(gc, "Mul", dY, xh), nred, red, 0));
+  }
+  if (nbl_grad_wants(gc, 2)) nbl_grad_set_dx(gc, 2, nbl_grad_reduce_sum(gc, dY, nred, red, 0));
+  return nbl_grad_status(gc);
+}
+
+/* LayerNormalization: com.microsoft LayerNormalizationGrad (dY, X, scale, mean,
+ * inv_std_dev -> dX, dscale, dbias); the forward node is made to produce its
+ * Mean and InvStdDev outputs. */
+static nbl_status g_layernorm(nbl_grad_ctx *gc) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1),
+                  nbl_grad_y_need(gc, 1), nbl_grad_y_need(gc, 2)};
+  nbl_id out[3];
+  nbl_grad_opn(gc, "LayerNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", -1));
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn[] = {
-    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast),
-    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast),
-    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast),
-    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast),
-    NBL_OP("MaxPool", 1, .ref = k_maxpool),
-    NBL_OP("AveragePool", 1, .ref = k_avgpool),
-    NBL_OP("LpPool", 1, .ref = k_lppool),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool),
-    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool),
-    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool),
-    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast),
-    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm),
-    NBL_OP("LayerNormalization", 17, .ref = k_layernorm),
-    NBL_OP("LRN", 1, .ref = k_lrn),
-    NBL_OP("Einsum", 12, .ref = k_einsum),
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .grad = g_conv),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .grad = g_convt),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .grad = g_gemm),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .grad = g_matmul),
+    NBL_OP("MaxPool", 1, .ref = k_maxpool, .grad = g_maxpool),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool, .grad = g_avgpool),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .no_grad = "no rule yet"),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .grad = g_gavgpool),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .no_grad = "no rule yet"),
+    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .grad = g_batchnorm),
+    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .no_grad = "no rule yet"),
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .grad = g_layernorm),
+    NBL_OP("LRN", 1, .ref = k_lrn, .no_grad = "no rule yet"),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

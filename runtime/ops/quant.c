@@ -489,12 +489,12 @@ done:
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_quant[] = {
-    NBL_OP("QuantizeLinear", 10, .ref = k_quantize),
-    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize),
-    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant),
-    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger),
-    NBL_OP_DEF("", "QLinearMatMul", 10, 20, .ref = k_qlinearmatmul),
-    NBL_OP("ConvInteger", 10, .ref = k_convinteger),
-    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv),
+    NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .no_grad = "not differentiable: integer output"),
+    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .no_grad = "not differentiable: integer input (the scale: no rule yet)"),
+    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .no_grad = "not differentiable: integer output"),
+    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP_DEF("", "QLinearMatMul", 10, 20, .ref = k_qlinearmatmul, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP("ConvInteger", 10, .ref = k_convinteger, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv, .no_grad = "not differentiable: integer operands and output"),
 };
 const size_t nbl_ops_quant_count = sizeof nbl_ops_quant / sizeof nbl_ops_quant[0];

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
 
 #define XR (2 * NBL_MAX_RANK + 2) /* rank of internal copy views */
@@ -2136,36 +2137,220 @@ done:
   return st;
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h): data movement moves the gradient back; Gather and
+ * Slice use com.microsoft GatherGrad / SliceGrad (runtime/ops/grad_shape.c). */
+
+/* Reshape, Flatten, Squeeze, Unsqueeze: dY reshaped to the input's shape. */
+static nbl_status g_reshape(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, nbl_grad_reshape_like(gc, nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0)));
+  return nbl_grad_status(gc);
+}
+
+/* Transpose: dY transposed by the inverse permutation. */
+static nbl_status g_transpose(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  int cnt = 0, r = nbl_grad_rank(gc, nbl_grad_x(gc, 0));
+  const int64_t *perm = nbl_attr_ints(nbl_grad_node(gc), "perm", &cnt);
+  if (!perm) cnt = r;
+  if (cnt <= 0 || cnt > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t inv[NBL_MAX_RANK];
+  for (int i = 0; i < cnt; i++) {
+    int64_t p = perm ? perm[i] : cnt - 1 - i;
+    if (p < 0 || p >= cnt) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "perm is not a permutation");
+    inv[p] = i;
+  }
+  nbl_grad_set_dx(gc, 0, nbl_grad_transpose(gc, nbl_grad_dy(gc, 0), cnt, inv));
+  return nbl_grad_status(gc);
+}
+
+/* Slice of v along one axis [s, e) as 1-D int64 values (Slice opset >= 10) or
+ * numbers (attributes, before 10; then s_n/e_n are used). */
+static nbl_id slice_axis(nbl_grad_ctx *gc, nbl_id v, int64_t axis, nbl_id s, nbl_id e, int64_t s_n,
+                         int64_t e_n) {
+  if (nbl_grad_opset(gc, "") < 10) {
+    nbl_id out = nbl_grad_un(gc, "Slice", v);
+    nbl_grad_attr_ints(gc, "starts", 1, &s_n);
+    nbl_grad_attr_ints(gc, "ends", 1, &e_n);
+    nbl_grad_attr_ints(gc, "axes", 1, &axis);
+    return out;
+  }
+  nbl_id in[4] = {v, s, e, nbl_grad_const_i64(gc, 1, &axis)};
+  return nbl_grad_op(gc, "Slice", "", 4, in);
+}
+
+/* Concat: each input gets its slice of dY along the axis (offsets from the
+ * static sizes, or from Shape at run time). */
+static nbl_status g_concat(nbl_grad_ctx *gc) {
+  int n = nbl_grad_n_in(gc), r = nbl_grad_rank(gc, nbl_grad_y(gc, 0));
+  int64_t axis = nbl_attr_int(nbl_grad_node(gc), "axis", 0);
+  if (r < 1) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the output must be known");
+  if (axis < 0) axis += r;
+  int stat = 1;
+  for (int i = 0; i < n; i++) stat &= nbl_grad_dim(gc, nbl_grad_x(gc, i), (int)axis) >= 0;
+  if (!stat && nbl_grad_opset(gc, "") < 10)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "input sizes along the axis must be known before opset 10");
+  int64_t off = 0;
+  nbl_id start = stat ? NBL_NONE : nbl_grad_const_i64(gc, 1, &off);
+  for (int i = 0; i < n; i++) {
+    nbl_id x = nbl_grad_x(gc, i);
+    if (stat) {
+      int64_t len = nbl_grad_dim(gc, x, (int)axis), end = off + len;
+      if (nbl_grad_wants(gc, i)) {
+        nbl_id s = NBL_NONE, e = NBL_NONE;
+        if (nbl_grad_opset(gc, "") >= 10) {
+          s = nbl_grad_const_i64(gc, 1, &off);
+          e = nbl_grad_const_i64(gc, 1, &end);
+        }
+        nbl_grad_set_dx(gc, i, slice_axis(gc, nbl_grad_dy(gc, 0), axis, s, e, off, end));
+      }
+      off = end;
+      continue;
+    }
+    nbl_id ax = nbl_grad_const_i64(gc, 1, &axis);
+    nbl_id len = nbl_grad_bin(gc, "Gather", nbl_grad_shape(gc, x), ax);
+    nbl_id end = nbl_grad_bin(gc, "Add", start, len);
+    if (nbl_grad_wants(gc, i))
+      nbl_grad_set_dx(gc, i, slice_axis(gc, nbl_grad_dy(gc, 0), axis, start, end, 0, 0));
+    start = end;
+  }
+  return nbl_grad_status(gc);
+}
+
+/* Split: dX = Concat of the outputs' gradients (zeros for an output none
+ * reaches). */
+static nbl_status g_split(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  int n = nbl_grad_n_out(gc);
+  nbl_id parts[64];
+  if (n > 64) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "more than 64 outputs");
+  for (int i = 0; i < n; i++) {
+    parts[i] = nbl_grad_dy(gc, i);
+    if (parts[i] == NBL_NONE) parts[i] = nbl_grad_zeros_like(gc, nbl_grad_y_need(gc, i));
+  }
+  nbl_id dx = nbl_grad_op(gc, "Concat", "", n, parts);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Slice: com.microsoft SliceGrad (dY, shape of X, starts, ends, axes, steps). */
+static nbl_status g_slice(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[6] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), NBL_NONE, NBL_NONE,
+                  NBL_NONE, NBL_NONE};
+  if (nbl_grad_opset(gc, "") >= 10) {
+    for (int i = 1; i < 5; i++) in[i + 1] = nbl_grad_x(gc, i);
+  } else {
+    const char *names[3] = {"starts", "ends", "axes"};
+    for (int k = 0; k < 3; k++) {
+      int cnt = 0;
+      const int64_t *v = nbl_attr_ints(nbl_grad_node(gc), names[k], &cnt);
+      if (v) in[k + 2] = nbl_grad_const_i64(gc, cnt, v);
+    }
+  }
+  int n_in = 6;
+  while (n_in > 4 && in[n_in - 1] == NBL_NONE) n_in--;
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "SliceGrad", "com.microsoft", n_in, in));
+  return nbl_grad_status(gc);
+}
+
+/* Gather: com.microsoft GatherGrad (shape of X, indices, dY), the axis. */
+static nbl_status g_gather(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1), nbl_grad_dy(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "GatherGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Pad (constant mode, pads >= 0): dX is dY with the padding sliced off. */
+static nbl_status g_pad(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 2, "the pad value gets no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  const nbl_node *n = nbl_grad_node(gc);
+  const char *mode = nbl_attr_string(n, "mode", "constant");
+  if (strcmp(mode, "constant"))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of Pad mode '%s': no rule yet", mode);
+  int r = nbl_grad_rank(gc, nbl_grad_x(gc, 0)), np = 0, na = 0;
+  if (r < 1 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t pads[2 * NBL_MAX_RANK], axes[NBL_MAX_RANK];
+  if (nbl_grad_opset(gc, "") < 11) {
+    const int64_t *p = nbl_attr_ints(n, "pads", &np);
+    if (p && np <= 2 * NBL_MAX_RANK) memcpy(pads, p, sizeof(int64_t) * (size_t)np);
+  } else {
+    np = nbl_grad_const_ints(gc, nbl_grad_x(gc, 1), pads, 2 * NBL_MAX_RANK);
+    if (np < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "pads must be a constant");
+  }
+  na = nbl_grad_x(gc, 3) == NBL_NONE ? r : nbl_grad_const_ints(gc, nbl_grad_x(gc, 3), axes, NBL_MAX_RANK);
+  if (na < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "axes must be a constant");
+  if (nbl_grad_x(gc, 3) == NBL_NONE)
+    for (int k = 0; k < r; k++) axes[k] = k;
+  if (np != 2 * na) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "pads has %d values for %d axes", np, na);
+  int64_t st[NBL_MAX_RANK], en[NBL_MAX_RANK];
+  for (int k = 0; k < na; k++) {
+    if (pads[k] < 0 || pads[na + k] < 0)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of negative pads: no rule yet");
+    st[k] = pads[k];
+    en[k] = pads[na + k] > 0 ? -pads[na + k] : INT64_MAX;
+  }
+  nbl_id dx;
+  if (nbl_grad_opset(gc, "") < 10) {
+    dx = nbl_grad_un(gc, "Slice", nbl_grad_dy(gc, 0));
+    nbl_grad_attr_ints(gc, "starts", na, st);
+    nbl_grad_attr_ints(gc, "ends", na, en);
+    nbl_grad_attr_ints(gc, "axes", na, axes);
+  } else {
+    nbl_id in[4] = {nbl_grad_dy(gc, 0), nbl_grad_const_i64(gc, na, st),
+                    nbl_grad_const_i64(gc, na, en), nbl_grad_const_i64(gc, na, axes)};
+    dx = nbl_grad_op(gc, "Slice", "", 4, in);
+  }
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Expand: dY summed down to the input's shape. */
+static nbl_status g_expand(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, nbl_grad_unbroadcast(gc, nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0),
+                                                nbl_grad_y(gc, 0)));
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape),
-    NBL_OP("Flatten", 1, .ref = k_flatten),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze),
-    NBL_OP("Transpose", 1, .ref = k_transpose),
-    NBL_OP("Concat", 1, .ref = k_concat),
-    NBL_OP("Split", 1, .ref = k_split),
-    NBL_OP("Slice", 1, .ref = k_slice),
-    NBL_OP("Gather", 1, .ref = k_gather),
-    NBL_OP("GatherElements", 11, .ref = k_gather_elements),
-    NBL_OP("GatherND", 11, .ref = k_gather_nd),
-    NBL_OP("Scatter", 9, .ref = k_scatter_elements),
-    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements),
-    NBL_OP("ScatterND", 11, .ref = k_scatter_nd),
-    NBL_OP("Expand", 8, .ref = k_expand),
-    NBL_OP("Tile", 6, .ref = k_tile),
-    NBL_OP("Pad", 1, .ref = k_pad),
-    NBL_OP("Resize", 10, .ref = k_resize),
-    NBL_OP("Upsample", 7, .ref = k_resize),
-    NBL_OP("NonZero", 9, .ref = k_nonzero),
-    NBL_OP("OneHot", 9, .ref = k_onehot),
-    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space),
-    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth),
-    NBL_OP("Compress", 9, .ref = k_compress),
-    NBL_OP("Trilu", 14, .ref = k_trilu),
-    NBL_OP("Unique", 11, .ref = k_unique),
-    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .grad = g_reshape),
+    NBL_OP("Flatten", 1, .ref = k_flatten, .grad = g_reshape),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .grad = g_reshape),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .grad = g_reshape),
+    NBL_OP("Transpose", 1, .ref = k_transpose, .grad = g_transpose),
+    NBL_OP("Concat", 1, .ref = k_concat, .grad = g_concat),
+    NBL_OP("Split", 1, .ref = k_split, .grad = g_split),
+    NBL_OP("Slice", 1, .ref = k_slice, .grad = g_slice),
+    NBL_OP("Gather", 1, .ref = k_gather, .grad = g_gather),
+    NBL_OP("GatherElements", 11, .ref = k_gather_elements, .no_grad = "no rule yet"),
+    NBL_OP("GatherND", 11, .ref = k_gather_nd, .no_grad = "no rule yet"),
+    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .no_grad = "no rule yet"),
+    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .no_grad = "no rule yet"),
+    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .no_grad = "no rule yet"),
+    NBL_OP("Expand", 8, .ref = k_expand, .grad = g_expand),
+    NBL_OP("Tile", 6, .ref = k_tile, .no_grad = "no rule yet"),
+    NBL_OP("Pad", 1, .ref = k_pad, .grad = g_pad),
+    NBL_OP("Resize", 10, .ref = k_resize, .no_grad = "no rule yet"),
+    NBL_OP("Upsample", 7, .ref = k_resize, .no_grad = "no rule yet"),
+    NBL_OP("NonZero", 9, .ref = k_nonzero, .no_grad = "not differentiable: integer output"),
+    NBL_OP("OneHot", 9, .ref = k_onehot, .no_grad = "no rule yet"),
+    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .no_grad = "no rule yet"),
+    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .no_grad = "no rule yet"),
+    NBL_OP("Compress", 9, .ref = k_compress, .no_grad = "no rule yet"),
+    NBL_OP("Trilu", 14, .ref = k_trilu, .no_grad = "no rule yet"),
+    NBL_OP("Unique", 11, .ref = k_unique, .no_grad = "no rule yet"),
+    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_count = sizeof nbl_ops_shape / sizeof nbl_ops_shape[0];

@@ -336,8 +336,8 @@ static nbl_status k_adagrad(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_train[] = {
-    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum, .no_grad = "optimizer update: not differentiated"),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .no_grad = "optimizer update: not differentiated"),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .no_grad = "optimizer update: not differentiated"),
 };
 const size_t nbl_ops_train_count = sizeof nbl_ops_train / sizeof nbl_ops_train[0];
