@@ -25,12 +25,262 @@
  *            kernel_shape, output_padding, output_shape, pads, strides
  */
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/gemm.h"
 #include "runtime/ops/grad_util.h"
+#include "runtime/ops/nn.h"
+
+/* The requested outputs dX (0), dW (1), dB (2), allocated with the shapes of
+ * X, W and [M]; *dx etc. are NULL when not requested. */
+static nbl_status alloc_grads(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt_tensor *W, int64_t M,
+                              nbl_rt_tensor **dx, nbl_rt_tensor **dw, nbl_rt_tensor **db) {
+  nbl_status st;
+  *dx = *dw = *db = NULL;
+  if (grad_want(c, 0)) {
+    if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+    *dx = nbl_kctx_out(c, 0);
+  }
+  if (grad_want(c, 1)) {
+    if ((st = nbl_kctx_alloc_out(c, 1, X->dtype, W->rank, W->dims))) return st;
+    *dw = nbl_kctx_out(c, 1);
+  }
+  if (grad_want(c, 2)) {
+    if ((st = nbl_kctx_alloc_out(c, 2, X->dtype, 1, &M))) return st;
+    *db = nbl_kctx_out(c, 2);
+  }
+  return NBL_OK;
+}
+
+/* Inputs dY, X, W; the geometry of the forward op (transposed: ConvTranspose)
+ * and the check that dY has the forward output's shape. */
+static nbl_status grad_setup(nbl_kctx *c, int transposed, nbl_conv_geom *g, const nbl_rt_tensor **dY,
+                             const nbl_rt_tensor **X, const nbl_rt_tensor **W) {
+  nbl_status st = NBL_OK;
+  if (!(*dY = grad_need(c, 0, "dY", &st)) || !(*X = grad_need(c, 1, "X", &st)) ||
+      !(*W = grad_need(c, 2, "W", &st)))
+    return st;
+  st = transposed ? nbl_convt_node_geom(c, *X, *W, NULL, g) : nbl_conv_node_geom(c, *X, *W, NULL, g);
+  if (st) return st;
+  if ((st = grad_check_type(c, *dY, (*X)->dtype, "dY", "X"))) return st;
+  int ok = (*dY)->rank == (*X)->rank && (*dY)->dims[0] == g->N && (*dY)->dims[1] == g->M;
+  for (int i = 0; ok && i < g->ns; i++) ok = (*dY)->dims[2 + i] == g->out[i];
+  if (!ok) {
+    char want[160];
+    int k = snprintf(want, sizeof want, "[%lld, %lld", (long long)g->N, (long long)g->M);
+    for (int i = 0; i < g->ns && k < (int)sizeof want - 24; i++)
+      k += snprintf(want + k, sizeof want - (size_t)k, ", %lld", (long long)g->out[i]);
+    snprintf(want + k, sizeof want - (size_t)k, "]");
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY must have the forward output's shape %s", want);
+  }
+  return NBL_OK;
+}
+
+/* For each (position a of `from` dims, tap ki) the linear index into `to`
+ * dims of a * s - pb + k * d, or -1 outside: [from_sz * k_sz]. Conv:
+ * from = out, to = in; ConvTranspose: from = in, to = out. */
+static int64_t *tap_table(const nbl_conv_geom *g, const int64_t *from, int64_t from_sz, const int64_t *to) {
+  int64_t *t = malloc(sizeof(int64_t) * (size_t)(from_sz * g->k_sz > 0 ? from_sz * g->k_sz : 1));
+  if (!t) return NULL;
+  int ns = g->ns;
+  for (int64_t a = 0; a < from_sz; a++)
+    for (int64_t ki = 0; ki < g->k_sz; ki++) {
+      int64_t ra = a, rk = ki, ac[NBL_CONV_MAX_SP], kc[NBL_CONV_MAX_SP];
+      for (int i = ns - 1; i >= 0; i--) {
+        ac[i] = ra % from[i];
+        ra /= from[i];
+        kc[i] = rk % g->k[i];
+        rk /= g->k[i];
+      }
+      int64_t idx = 0;
+      for (int i = 0; i < ns && idx >= 0; i++) {
+        int64_t p = ac[i] * g->s[i] - g->pb[i] + kc[i] * g->d[i];
+        idx = p < 0 || p >= to[i] ? -1 : idx * to[i] + p;
+      }
+      t[a * g->k_sz + ki] = idx;
+    }
+  return t;
+}
+
+/* dB[m] = sum of dY over the batch and the spatial dims (double sums). */
+static void bias_grad_f64(const nbl_conv_geom *g, const double *dy, double *db) {
+  for (int64_t m = 0; m < g->M; m++) {
+    double s = 0;
+    for (int64_t n = 0; n < g->N; n++)
+      for (int64_t o = 0; o < g->out_sz; o++) s += dy[(n * g->M + m) * g->out_sz + o];
+    db[m] = s;
+  }
+}
+
+/* ------------------------------------------------------------------ reference kernels */
+
+/* The reference ConvGrad (transposed = 0) and ConvTransposeGrad (1): direct
+ * loops over every (image, output channel, position, input channel, tap) in
+ * double, the adjoint of the forward loops read literally. */
+static nbl_status conv_grad_ref_any(nbl_kctx *c, int transposed) {
+  nbl_conv_geom g;
+  const nbl_rt_tensor *dY, *X, *W;
+  nbl_status st = grad_setup(c, transposed, &g, &dY, &X, &W);
+  if (st) return st;
+  nbl_rt_tensor *DX, *DW, *DB;
+  if ((st = alloc_grads(c, X, W, g.M, &DX, &DW, &DB))) return st;
+  int64_t Cg = g.C / g.group, Mg = g.M / g.group;
+  double *dy = nbl_to_f64(dY), *x = nbl_to_f64(X), *w = nbl_to_f64(W);
+  double *dx = calloc((size_t)(X->numel ? X->numel : 1), sizeof(double));
+  double *dw = calloc((size_t)(W->numel ? W->numel : 1), sizeof(double));
+  double *db = calloc((size_t)(g.M ? g.M : 1), sizeof(double));
+  /* Conv reads x at tap(out position, k); ConvTranspose writes y at tap(in position, k) */
+  int64_t *tap = transposed ? tap_table(&g, g.in, g.in_sz, g.out) : tap_table(&g, g.out, g.out_sz, g.in);
+  if (!dy || !x || !w || !dx || !dw || !db || !tap) {
+    st = grad_oom(c);
+    goto done;
+  }
+  for (int64_t n = 0; n < g.N; n++)
+    for (int64_t gr = 0; gr < g.group; gr++)
+      for (int64_t mm = 0; mm < Mg; mm++)
+        for (int64_t cc = 0; cc < Cg; cc++) {
+          int64_t m = gr * Mg + mm, ch = gr * Cg + cc;
+          const double *yp = dy + (n * g.M + m) * g.out_sz;
+          const double *xp = x + (n * g.C + ch) * g.in_sz;
+          double *dxp = dx + (n * g.C + ch) * g.in_sz;
+          /* Conv: W[m, cc, k]; ConvTranspose: W[ch, mm, k] */
+          const double *wp = w + (transposed ? ch * Mg + mm : m * Cg + cc) * g.k_sz;
+          double *dwp = dw + (transposed ? ch * Mg + mm : m * Cg + cc) * g.k_sz;
+          int64_t from_sz = transposed ? g.in_sz : g.out_sz;
+          for (int64_t a = 0; a < from_sz; a++)
+            for (int64_t ki = 0; ki < g.k_sz; ki++) {
+              int64_t b = tap[a * g.k_sz + ki];
+              if (b < 0) continue;
+              /* Conv: y[a] += x[b] w[ki]; ConvTranspose: y[b] += x[a] w[ki] */
+              int64_t yi = transposed ? b : a, xi = transposed ? a : b;
+              dxp[xi] += yp[yi] * wp[ki];
+              dwp[ki] += yp[yi] * xp[xi];
+            }
+        }
+  bias_grad_f64(&g, dy, db);
+  if (DX) nbl_from_f64(DX, dx);
+  if (DW) nbl_from_f64(DW, dw);
+  if (DB) nbl_from_f64(DB, db);
+done:
+  free(dy);
+  free(x);
+  free(w);
+  free(dx);
+  free(dw);
+  free(db);
+  free(tap);
+  return st;
+}
+
+static nbl_status k_conv_grad_ref(nbl_kctx *c) { return conv_grad_ref_any(c, 0); }
+static nbl_status k_convt_grad_ref(nbl_kctx *c) { return conv_grad_ref_any(c, 1); }
+
+/* ------------------------------------------------------------------ fast ConvGrad (float32) */
+
+/* The adjoint of Conv's 2-D im2col: scatter-add col [Cg * KH * KW, OH * OW]
+ * into dx [Cg, H, W] (dx zeroed by the caller), a row segment at a time. */
+static void col2im2d_add(const nbl_conv_geom *g, int64_t Cg, const float *col, float *dx) {
+  int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  int64_t pt = g->pb[0], pl = g->pb[1];
+  for (int64_t ch = 0; ch < Cg; ch++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        const float *src = col + ((ch * KH + kh) * KW + kw) * OH * OW;
+        float *plane = dx + ch * H * Wd;
+        /* the output columns whose input column is inside: ow in [ow0, ow1) */
+        int64_t off = kw * dw - pl, ow0 = 0, ow1 = OW;
+        while (ow0 < OW && ow0 * sw + off < 0) ow0++;
+        while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int64_t ih = oh * sh - pt + kh * dh;
+          if (ih < 0 || ih >= H) continue;
+          float *row = plane + ih * Wd;
+          const float *s = src + oh * OW;
+          if (sw == 1)
+            for (int64_t ow = ow0; ow < ow1; ow++) row[ow + off] += s[ow];
+          else
+            for (int64_t ow = ow0; ow < ow1; ow++) row[ow * sw + off] += s[ow];
+        }
+      }
+}
+
+/* Conv's geometry with the input and output dims swapped: nbl_col2im_f32 of
+ * it is the adjoint of nbl_im2col_f32 (any spatial rank). */
+static nbl_conv_geom swapped(const nbl_conv_geom *g) {
+  nbl_conv_geom t = *g;
+  memcpy(t.in, g->out, sizeof t.in);
+  memcpy(t.out, g->in, sizeof t.out);
+  t.in_sz = g->out_sz;
+  t.out_sz = g->in_sz;
+  return t;
+}
+
+static nbl_status k_conv_grad_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *x0 = grad_in(c, 1);
+  if (c->reference || !x0 || x0->dtype != NBL_DT_FLOAT) return k_conv_grad_ref(c);
+  nbl_conv_geom g;
+  const nbl_rt_tensor *dY, *X, *W;
+  nbl_status st = grad_setup(c, 0, &g, &dY, &X, &W);
+  if (st) return st;
+  nbl_rt_tensor *DX, *DW, *DB;
+  if ((st = alloc_grads(c, X, W, g.M, &DX, &DW, &DB))) return st;
+  int64_t Cg = g.C / g.group, Mg = g.M / g.group, K = Cg * g.k_sz;
+  const float *dy = dY->data, *x = X->data, *w = W->data;
+  int point = nbl_conv_pointwise(&g);
+  float *col = NULL;
+  if (!point && (DX || DW) && g.N > 0) {
+    col = malloc(sizeof(float) * (size_t)(K * g.out_sz > 0 ? K * g.out_sz : 1));
+    if (!col) return grad_oom(c);
+  }
+  if (DB) {
+    float *db = DB->data;
+    for (int64_t m = 0; m < g.M; m++) {
+      double s = 0;
+      for (int64_t n = 0; n < g.N; n++) {
+        const float *p = dy + (n * g.M + m) * g.out_sz;
+        for (int64_t o = 0; o < g.out_sz; o++) s += p[o];
+      }
+      db[m] = (float)s;
+    }
+  }
+  if (DW) {
+    /* dW_g [Mg, K] = sum over images of dY_g [Mg, out] x col^T [out, K] */
+    float *dw = DW->data;
+    if (g.N == 0 && W->numel) memset(dw, 0, sizeof(float) * (size_t)W->numel);
+    for (int64_t n = 0; n < g.N; n++)
+      for (int64_t gr = 0; gr < g.group; gr++) {
+        const float *xg = x + (n * g.C + gr * Cg) * g.in_sz;
+        if (!point) nbl_im2col_f32(&g, Cg, xg, col);
+        nbl_sgemm(c, 0, 1, Mg, K, g.out_sz, 1.0f, dy + (n * g.M + gr * Mg) * g.out_sz, g.out_sz,
+                  point ? xg : col, g.out_sz, n ? 1.0f : 0.0f, dw + gr * Mg * K, K);
+      }
+  }
+  if (DX) {
+    /* col [K, out] = W_g^T [K, Mg] x dY_g [Mg, out], then scattered into dX_g */
+    float *dx = DX->data;
+    if (X->numel) memset(dx, 0, sizeof(float) * (size_t)X->numel);
+    nbl_conv_geom sw = swapped(&g);
+    for (int64_t n = 0; n < g.N; n++)
+      for (int64_t gr = 0; gr < g.group; gr++) {
+        float *dxg = dx + (n * g.C + gr * Cg) * g.in_sz;
+        const float *dyg = dy + (n * g.M + gr * Mg) * g.out_sz;
+        nbl_sgemm(c, 1, 0, K, g.out_sz, Mg, 1.0f, w + gr * Mg * K, K, dyg, g.out_sz, 0.0f, point ? dxg : col,
+                  g.out_sz);
+        if (point) continue;
+        if (g.ns == 2) col2im2d_add(&g, Cg, col, dxg);
+        else nbl_col2im_f32(&sw, Cg, col, dxg);
+      }
+  }
+  free(col);
+  return NBL_OK;
+}
 
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_conv[] = {
-    {"com.microsoft", "ConvGrad", 1, 1, grad_pending, NULL},
-    {"com.microsoft", "ConvTransposeGrad", 1, 1, grad_pending, NULL},
+    {NBL_MS_DOMAIN, "ConvGrad", 1, 1, k_conv_grad_ref, k_conv_grad_fast},
+    {NBL_MS_DOMAIN, "ConvTransposeGrad", 1, 1, k_convt_grad_ref, NULL},
 };
 const size_t nbl_ops_grad_conv_count = sizeof nbl_ops_grad_conv / sizeof nbl_ops_grad_conv[0];

@@ -14,10 +14,10 @@
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
 #include "runtime/formats/int4.h"
+#include "runtime/ops/nibble.h"
 
-/* Decode the QuantizeInt4 attributes of node n into cfg. Returns NBL_OK or
- * an error naming the bad attribute (message set via nbl_kerr). */
-static nbl_status q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
+/* Decode the QuantizeInt4 attributes of the node into cfg (runtime/ops/nibble.h). */
+nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
   const nbl_node *n = c->node;
   nbl_q4_config_default(cfg);
   int64_t bits = nbl_attr_int(n, "bits", 4);
@@ -56,7 +56,7 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s",
                     nbl_dtype_name(x->dtype));
   nbl_q4_config cfg;
-  nbl_status st = q4_attrs(c, &cfg);
+  nbl_status st = nbl_q4_attrs(c, &cfg);
   if (st != NBL_OK) return st;
   float alpha = 0.0f;
   if (cfg.scale_source == NBL_Q4_SCALE_PACT) {

@@ -18,6 +18,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
+#include "runtime/ops/nn.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -294,10 +295,10 @@ static nbl_status k_matmul_fast(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Conv */
 
-static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
+/* Conv's geometry and checks (runtime/ops/nn.h). */
+nbl_status nbl_conv_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt_tensor *W,
+                              const nbl_rt_tensor *B, nbl_conv_geom *g) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *W = c->in[1], *B = in_at(c, 2);
   if ((st = need_float(c, X, "X")) || (st = same_type(c, X, W, "W"))) return st;
   if (B && (st = same_type(c, X, B, "B"))) return st;
   if (W->rank != X->rank)
@@ -311,6 +312,14 @@ static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
                     (long long)g->C, (long long)g->M, (long long)W->dims[1], (long long)g->group);
   if (B && (B->rank != 1 || B->dims[0] != g->M))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "B must have shape [%lld]", (long long)g->M);
+  return NBL_OK;
+}
+
+static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = nbl_conv_node_geom(c, X, c->in[1], in_at(c, 2), g))) return st;
   int64_t od[NBL_MAX_RANK] = {g->N, g->M};
   for (int i = 0; i < g->ns; i++) od[2 + i] = g->out[i];
   return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od);
@@ -381,10 +390,10 @@ const nbl_op_def nbl_fused_conv_act_def =
 
 /* ------------------------------------------------------------------ ConvTranspose */
 
-static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
+/* ConvTranspose's geometry and checks (runtime/ops/nn.h). */
+nbl_status nbl_convt_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt_tensor *W,
+                               const nbl_rt_tensor *B, nbl_conv_geom *g) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *W = c->in[1], *B = in_at(c, 2);
   if ((st = need_float(c, X, "X")) || (st = same_type(c, X, W, "W"))) return st;
   if (B && (st = same_type(c, X, B, "B"))) return st;
   if (X->rank < 3 || W->rank != X->rank)
@@ -458,12 +467,21 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
     g->k_sz *= g->k[i];
     g->out_sz *= g->out[i];
   }
+  return NBL_OK;
+}
+
+static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = nbl_convt_node_geom(c, X, c->in[1], in_at(c, 2), g))) return st;
   int64_t od[NBL_MAX_RANK] = {g->N, g->M};
-  for (int i = 0; i < ns; i++) od[2 + i] = g->out[i];
+  for (int i = 0; i < g->ns; i++) od[2 + i] = g->out[i];
   return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od);
 }
 
-/* Scatter one (image, group) of columns [Mg * k_sz, in_sz] into y [Mg, out...]. */
+/* Scatter-add one (image, group) of columns [Mg * k_sz, in_sz] into y [Mg, out...]
+ * (runtime/ops/nn.h). */
 #define COL2IM_BODY(T)                                                                     \
   int ns = g->ns;                                                                          \
   int64_t ii[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];                                        \
@@ -493,10 +511,10 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
       }                                                                                    \
     }
 
-static void col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y) {
+void nbl_col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y) {
   COL2IM_BODY(double)
 }
-static void col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y) {
+void nbl_col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y) {
   COL2IM_BODY(float)
 }
 
@@ -520,7 +538,7 @@ static nbl_status k_convt_ref(nbl_kctx *c) {
       /* col = W_g^T [Mg*k, Cg] x X_g [Cg, in] */
       nbl_dgemm_ref(1, 0, Mg * g.k_sz, g.in_sz, Cg, 1.0, v[1] + gr * Cg * Mg * g.k_sz, Mg * g.k_sz,
                     v[0] + (n * g.C + gr * Cg) * g.in_sz, g.in_sz, 0.0, col, g.in_sz);
-      col2im_f64(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
+      nbl_col2im_f64(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
     }
   if (v[2])
     for (int64_t n = 0; n < g.N; n++)
@@ -550,7 +568,7 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
     for (int64_t gr = 0; gr < g.group; gr++) {
       nbl_sgemm(c, 1, 0, Mg * g.k_sz, g.in_sz, Cg, 1.0f, w + gr * Cg * Mg * g.k_sz, Mg * g.k_sz,
                 x + (n * g.C + gr * Cg) * g.in_sz, g.in_sz, 0.0f, col, g.in_sz);
-      col2im_f32(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
+      nbl_col2im_f32(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
     }
   if (B) {
     const float *b = B->data;

@@ -21,6 +21,7 @@
 
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
+#include "runtime/ops/shape.h"
 
 #define XR (2 * NBL_MAX_RANK + 2) /* rank of internal copy views */
 
@@ -559,6 +560,44 @@ static nbl_status k_split(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Slice */
 
+/* Slice's index arithmetic (runtime/ops/shape.h). */
+nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, const int64_t *starts,
+                              const int64_t *ends, const int64_t *axes, const int64_t *steps,
+                              int64_t *start, int64_t *step_out, int64_t *len_out) {
+  int seen[NBL_MAX_RANK] = {0};
+  for (int d = 0; d < r; d++) {
+    start[d] = 0;
+    step_out[d] = 1;
+    len_out[d] = dims[d];
+  }
+  for (int i = 0; i < ns; i++) {
+    int64_t a = axes ? axes[i] : i;
+    int ax = nbl_norm_axis(a, r);
+    if (ax < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)a, r);
+    if (seen[ax]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %d is sliced twice", ax);
+    seen[ax] = 1;
+    int64_t step = steps ? steps[i] : 1;
+    if (step == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "step for axis %d is 0", ax);
+    int64_t dim = dims[ax], s = starts[i], e = ends[i];
+    if (s < 0) s += dim;
+    if (e < 0) e += dim;
+    int64_t len;
+    if (step > 0) {
+      s = s < 0 ? 0 : s > dim ? dim : s;
+      e = e < 0 ? 0 : e > dim ? dim : e;
+      len = e > s ? (e - s + step - 1) / step : 0;
+    } else {
+      s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
+      e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
+      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
+    }
+    start[ax] = s;
+    step_out[ax] = step;
+    len_out[ax] = len;
+  }
+  return NBL_OK;
+}
+
 static nbl_status k_slice(nbl_kctx *c) {
   const nbl_rt_tensor *x;
   nbl_status st = need_in(c, 0, "data", &x);
@@ -585,37 +624,9 @@ static nbl_status k_slice(nbl_kctx *c) {
   if (ns != ne || (na >= 0 && na != ns) || (nst >= 0 && nst != ns))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "starts, ends, axes and steps differ in length");
   int64_t st_[NBL_MAX_RANK], stp[NBL_MAX_RANK], od[NBL_MAX_RANK];
-  int seen[NBL_MAX_RANK] = {0};
-  for (int d = 0; d < r; d++) {
-    st_[d] = 0;
-    stp[d] = 1;
-    od[d] = x->dims[d];
-  }
-  for (int i = 0; i < ns; i++) {
-    int64_t a = na >= 0 ? axes[i] : i;
-    int ax = nbl_norm_axis(a, r);
-    if (ax < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)a, r);
-    if (seen[ax]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %d is sliced twice", ax);
-    seen[ax] = 1;
-    int64_t step = nst >= 0 ? steps[i] : 1;
-    if (step == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "step for axis %d is 0", ax);
-    int64_t dim = x->dims[ax], s = starts[i], e = ends[i];
-    if (s < 0) s += dim;
-    if (e < 0) e += dim;
-    int64_t len;
-    if (step > 0) {
-      s = s < 0 ? 0 : s > dim ? dim : s;
-      e = e < 0 ? 0 : e > dim ? dim : e;
-      len = e > s ? (e - s + step - 1) / step : 0;
-    } else {
-      s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
-      e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
-      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
-    }
-    st_[ax] = s;
-    stp[ax] = step;
-    od[ax] = len;
-  }
+  if ((st = nbl_slice_geometry(c, r, x->dims, ns, starts, ends, na >= 0 ? axes : NULL,
+                               nst >= 0 ? steps : NULL, st_, stp, od)))
+    return st;
   if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, r, od))) return st;
   nbl_rt_tensor *o = nbl_kctx_out(c, 0);
   if (o->numel == 0) return NBL_OK;
