@@ -190,9 +190,13 @@ typedef struct nbl_op_def {
 
 NBL_OP_FAMILY(elementwise) /* runtime/ops/elementwise.c: math, compare, logic, activations */
 NBL_OP_FAMILY(reduce)      /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
-NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, pooling, norms */
+NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
+NBL_OP_FAMILY(nn_pool)     /* runtime/ops/nn_pool.c: pooling */
+NBL_OP_FAMILY(nn_norm)     /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
 NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
-NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, gather, ... */
+NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
+NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
+NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
 NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
 NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
 NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
@@ -205,6 +209,11 @@ NBL_OP_FAMILY(grad_pool_norm)   /* runtime/ops/grad_pool_norm.c: pooling, BatchN
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
+/* The same, but when no entry covers `opset`, the nearest one: the newest
+ * entry older than opset, else the oldest; NULL only for an unknown op. For
+ * analyses that tolerate a model importing an opset beyond the table's range
+ * (infer-shapes), never for choosing a kernel. */
+const nbl_op_def *nbl_op_lookup_nearest(const char *domain, const char *op_type, int opset);
 
 /* The whole table in family order: entry i for i in [0, nbl_op_count()). */
 size_t nbl_op_count(void);

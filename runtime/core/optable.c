@@ -11,8 +11,12 @@ static const struct {
     {nbl_ops_elementwise, &nbl_ops_elementwise_count},
     {nbl_ops_reduce, &nbl_ops_reduce_count},
     {nbl_ops_nn, &nbl_ops_nn_count},
+    {nbl_ops_nn_pool, &nbl_ops_nn_pool_count},
+    {nbl_ops_nn_norm, &nbl_ops_nn_norm_count},
     {nbl_ops_quant, &nbl_ops_quant_count},
     {nbl_ops_shape, &nbl_ops_shape_count},
+    {nbl_ops_shape_index, &nbl_ops_shape_index_count},
+    {nbl_ops_shape_resize, &nbl_ops_shape_resize_count},
     {nbl_ops_control, &nbl_ops_control_count},
     {nbl_ops_train, &nbl_ops_train_count},
     {nbl_ops_misc, &nbl_ops_misc_count},
@@ -40,6 +44,20 @@ const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int ops
       if (!best || d->since_version > best->since_version) best = d;
     }
   return best;
+}
+
+const nbl_op_def *nbl_op_lookup_nearest(const char *domain, const char *op_type, int opset) {
+  const nbl_op_def *exact = nbl_op_lookup(domain, op_type, opset);
+  if (exact) return exact;
+  const nbl_op_def *older = NULL, *oldest = NULL;
+  for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
+    for (size_t i = 0; i < *families[f].count; i++) {
+      const nbl_op_def *d = &families[f].ops[i];
+      if (strcmp(d->name, op_type) != 0 || !same_domain(d->domain, domain)) continue;
+      if (d->max_version < opset && (!older || d->max_version > older->max_version)) older = d;
+      if (!oldest || d->since_version < oldest->since_version) oldest = d;
+    }
+  return older ? older : oldest;
 }
 
 size_t nbl_op_count(void) {

@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/exec.h"
 #include "runtime/core/grad.h"
+#include "runtime/core/exec.h"
+#include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -116,63 +117,17 @@ static nbl_status k_identity(nbl_kctx *ctx) {
   return nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
 }
 
-/* splitmix64: the mixer behind Dropout's training-mode mask. */
-static uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-/* Dropout in training mode (opset >= 12, training_mode true, ratio in (0, 1)):
- * element i is kept when u_i >= ratio, u_i uniform in [0, 1) from splitmix64
- * of (seed attribute, a 64-bit hash of the input's bytes, i); kept elements are
- * scaled by 1 / (1 - ratio), mask (output 1, bool) says which. So the mask is
- * a function of the seed and the data: a fresh mask whenever the input
- * changes, the same one for the same input (nothing to checkpoint). */
-static nbl_status dropout_train(nbl_kctx *ctx, double ratio) {
-  const nbl_rt_tensor *x = ctx->in[0];
-  if (!(ratio >= 0 && ratio < 1))
-    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "ratio %g is outside [0, 1)", ratio);
-  if (x->dtype != NBL_DT_FLOAT && x->dtype != NBL_DT_DOUBLE)
-    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "training mode on %s data is not supported",
-                    nbl_dtype_name(x->dtype));
-  uint64_t h = (uint64_t)nbl_attr_int(ctx->node, "seed", 0) * 0x9e3779b97f4a7c15ull;
-  const unsigned char *b = x->data;
-  for (size_t k = 0; k + 8 <= x->nbytes; k += 8) {
-    uint64_t w;
-    memcpy(&w, b + k, 8);
-    h = mix64(h ^ w);
-  }
-  for (size_t k = x->nbytes & ~(size_t)7; k < x->nbytes; k++) h = mix64(h ^ b[k]);
-  nbl_status st = nbl_kctx_alloc_out(ctx, 0, x->dtype, x->rank, x->dims);
-  if (st != NBL_OK) return st;
-  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0), *m = NULL;
-  if (ctx->n_out > 1 && ctx->out[1]) {
-    if ((st = nbl_kctx_alloc_out(ctx, 1, NBL_DT_BOOL, x->rank, x->dims)) != NBL_OK) return st;
-    m = nbl_kctx_out(ctx, 1);
-  }
-  double scale = 1.0 / (1.0 - ratio);
-  for (int64_t i = 0; i < x->numel; i++) {
-    double u = (double)(mix64(h + (uint64_t)i) >> 11) * 0x1.0p-53;
-    int keep = u >= ratio;
-    if (x->dtype == NBL_DT_FLOAT)
-      ((float *)y->data)[i] = keep ? (float)(((const float *)x->data)[i] * scale) : 0.0f;
-    else
-      ((double *)y->data)[i] = keep ? ((const double *)x->data)[i] * scale : 0.0;
-    if (m) ((uint8_t *)m->data)[i] = (uint8_t)keep;
-  }
-  return NBL_OK;
-}
-
 static nbl_status k_dropout(nbl_kctx *ctx) {
   if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
-  /* training_mode (opset 12+: input 2) true: random dropout (ratio 0: the identity) */
+  /* training_mode (opset 12+: input 2) must be false for inference semantics */
   if (ctx->opset >= 12 && ctx->n_in > 2 && ctx->in[2] && ctx->in[2]->numel > 0 &&
       nbl_rt_get_i64(ctx->in[2], 0) != 0) {
+    /* ratio 0 in training mode is still the identity */
     double ratio = ctx->n_in > 1 && ctx->in[1] && ctx->in[1]->numel ? nbl_rt_get_f64(ctx->in[1], 0)
                                                                      : 0.5;
-    if (ratio != 0) return dropout_train(ctx, ratio);
+    if (ratio != 0)
+      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED,
+                      "training_mode=true with ratio %g (random dropout) is not supported", ratio);
   }
   if (ctx->opset < 7 && nbl_attr_int(ctx->node, "is_test", 0) == 0 &&
       nbl_attr_float(ctx->node, "ratio", 0.5f) != 0)
@@ -880,6 +835,265 @@ static nbl_status k_scan(nbl_kctx *ctx) {
   return scan_core(ctx, body, N, M, K, ctx->in, ctx->in + N, axes, in_dirs, out_axes, out_dirs, NULL);
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_constant(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  nbl_shp o;
+  for (int i = 0; i < n->n_attrs; i++) {
+    const nbl_attr *a = &n->attrs[i];
+    if (!strcmp(a->name, "value") && a->type == NBL_ATTR_TENSOR && a->t) {
+      if (a->t->rank > NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, a->t->dtype, -1);
+      o.dt = a->t->dtype;
+      o.rank = a->t->rank;
+      for (int d = 0; d < o.rank; d++) o.d[d] = nbl_dim_val(a->t->dims[d]);
+      return nbl_shp_set(c, 0, &o);
+    }
+    nbl_kdata k = {.rank = 0, .n = 0};
+    if (!strcmp(a->name, "value_float")) return nbl_shp_set_dt(c, 0, NBL_DT_FLOAT, 0);
+    if (!strcmp(a->name, "value_string")) return nbl_shp_set_dt(c, 0, NBL_DT_STRING, 0);
+    if (!strcmp(a->name, "value_int")) {
+      nbl_status st = nbl_shp_set_dt(c, 0, NBL_DT_INT64, 0);
+      k.n = 1;
+      k.e[0].kind = NBL_KD_VAL;
+      k.e[0].v = a->i;
+      return st ? st : nbl_shp_set_kd(c, 0, &k);
+    }
+    int len = a->n;
+    nbl_dtype dt = !strcmp(a->name, "value_floats") ? NBL_DT_FLOAT
+                   : !strcmp(a->name, "value_ints") ? NBL_DT_INT64
+                   : !strcmp(a->name, "value_strings") ? NBL_DT_STRING
+                   : NBL_DT_UNDEFINED;
+    if (!dt) continue;
+    o.dt = dt;
+    o.rank = 1;
+    o.d[0] = nbl_dim_val(len);
+    nbl_status st = nbl_shp_set(c, 0, &o);
+    if (st || dt != NBL_DT_INT64 || len > NBL_SHP_MAXK) return st;
+    k.rank = 1;
+    k.n = len;
+    for (int j = 0; j < len; j++) {
+      k.e[j].kind = NBL_KD_VAL;
+      k.e[j].v = a->ints[j];
+    }
+    return nbl_shp_set_kd(c, 0, &k);
+  }
+  return NBL_OK; /* sparse_value: left unknown */
+}
+
+static nbl_status shape_identity(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  nbl_kdata k;
+  if (!st && nbl_shp_in_kd(c, 0, &k)) st = nbl_shp_set_kd(c, 0, &k);
+  return st;
+}
+
+/* Dropout: the input's type; the mask bool. */
+static nbl_status shape_dropout(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (st) return st;
+  nbl_shp s;
+  nbl_shp_in(c, 0, &s);
+  s.dt = NBL_DT_BOOL;
+  return nbl_shp_set(c, 1, &s);
+}
+
+/* Cast to `to`; known small integer data stays known. */
+static nbl_status shape_cast_to(nbl_shape_ctx *c, nbl_dtype to) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  x.dt = to;
+  nbl_status st = nbl_shp_set(c, 0, &x);
+  nbl_kdata k;
+  if (!st && nbl_shp_is_int(to) && nbl_shp_in_kd(c, 0, &k)) st = nbl_shp_set_kd(c, 0, &k);
+  return st;
+}
+
+static nbl_status shape_cast(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  int64_t to = nbl_attr_int(n, "to", 0);
+  if (!nbl_dtype_valid((int)to))
+    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Cast): bad 'to' %lld", n->name, (long long)to);
+  return shape_cast_to(c, (nbl_dtype)to);
+}
+
+static nbl_status shape_castlike(nbl_shape_ctx *c) { return shape_cast_to(c, nbl_shp_in_dtype(c, 1)); }
+
+static nbl_status shape_shape(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, 1);
+  int64_t s = 0, e = x.rank;
+  if (c->opset >= 15) {
+    s = nbl_attr_int(c->node, "start", 0);
+    e = nbl_attr_int(c->node, "end", x.rank);
+    if (s < 0) s += x.rank;
+    if (e < 0) e += x.rank;
+    if (s < 0) s = 0;
+    if (s > x.rank) s = x.rank;
+    if (e < 0) e = 0;
+    if (e > x.rank) e = x.rank;
+  }
+  int64_t len = e > s ? e - s : 0;
+  nbl_shp o;
+  o.dt = NBL_DT_INT64;
+  o.rank = 1;
+  o.d[0] = nbl_dim_val(len);
+  nbl_status st = nbl_shp_set(c, 0, &o);
+  if (st || len > NBL_SHP_MAXK) return st;
+  nbl_kdata k;
+  k.rank = 1;
+  k.n = (int)len;
+  for (int i = 0; i < len; i++) {
+    nbl_dim d = x.d[s + i];
+    k.e[i].kind = nbl_dim_known(d) ? NBL_KD_VAL : d.param ? NBL_KD_SYM : NBL_KD_UNK;
+    k.e[i].v = d.value;
+    k.e[i].p = d.param;
+  }
+  return nbl_shp_set_kd(c, 0, &k);
+}
+
+static nbl_status shape_size(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  nbl_status st = nbl_shp_set_dt(c, 0, NBL_DT_INT64, 0);
+  if (st || x.rank < 0) return st;
+  nbl_dim p = nbl_dim_prod(x.d, x.rank);
+  if (!nbl_dim_known(p)) return NBL_OK;
+  nbl_kdata k = {.rank = 0, .n = 1};
+  k.e[0].kind = NBL_KD_VAL;
+  k.e[0].v = p.value;
+  return nbl_shp_set_kd(c, 0, &k);
+}
+
+static nbl_status shape_constant_of_shape(nbl_shape_ctx *c) {
+  const nbl_attr *a = nbl_node_attr(c->node, "value");
+  nbl_dtype dt = (a && a->type == NBL_ATTR_TENSOR && a->t) ? a->t->dtype : NBL_DT_FLOAT;
+  nbl_kdata k;
+  nbl_shp o, sh;
+  if (!nbl_shp_in_kd(c, 0, &k) || k.n > NBL_SHP_MAXR) {
+    nbl_shp_in(c, 0, &sh);
+    if (sh.rank == 1 && nbl_dim_known(sh.d[0]) && sh.d[0].value <= NBL_SHP_MAXR)
+      return nbl_shp_set_dt(c, 0, dt, (int)sh.d[0].value);
+    return nbl_shp_set_dt(c, 0, dt, -1);
+  }
+  o.dt = dt;
+  o.rank = k.n;
+  for (int i = 0; i < k.n; i++) {
+    o.d[i] = nbl_dim_unk();
+    if (k.e[i].kind == NBL_KD_VAL) o.d[i] = nbl_dim_val(k.e[i].v);
+    else if (k.e[i].kind == NBL_KD_SYM) o.d[i].param = k.e[i].p;
+  }
+  nbl_status st = nbl_shp_set(c, 0, &o);
+  /* a small integer result is known data too */
+  if (!st && k.n == 1 && k.e[0].kind == NBL_KD_VAL && k.e[0].v <= NBL_SHP_MAXK && nbl_shp_is_int(dt) && a &&
+      a->t && nbl_shp_payload_ok(a->t, 1)) {
+    nbl_kdata r = {.rank = 1, .n = (int)k.e[0].v};
+    for (int i = 0; i < r.n; i++) {
+      r.e[i].kind = NBL_KD_VAL;
+      r.e[i].v = nbl_tensor_get_i64(a->t, 0);
+    }
+    st = nbl_shp_set_kd(c, 0, &r);
+  }
+  return st;
+}
+
+static nbl_status shape_range(nbl_shape_ctx *c) {
+  nbl_dtype dt = nbl_shp_in_dtype(c, 0);
+  double s[1], l[1], d[1];
+  int n1, n2, n3;
+  if (nbl_shp_in_floats(c, 0, s, &n1, 1) && nbl_shp_in_floats(c, 1, l, &n2, 1) && nbl_shp_in_floats(c, 2, d, &n3, 1) &&
+      n1 == 1 && n2 == 1 && n3 == 1 && d[0] != 0) {
+    double cnt = ceil((l[0] - s[0]) / d[0]);
+    if (cnt < 0) cnt = 0;
+    nbl_shp o;
+    o.dt = dt;
+    o.rank = 1;
+    o.d[0] = nbl_dim_val((int64_t)cnt);
+    return nbl_shp_set(c, 0, &o);
+  }
+  return nbl_shp_set_dt(c, 0, dt, 1);
+}
+
+/* Merge two graph output types (If branches): unknown where they differ. */
+static void merge_branch(nbl_shp *a, const nbl_shp *b) {
+  if (!a->dt) a->dt = b->dt;
+  if (a->rank < 0 || b->rank < 0 || a->rank != b->rank) {
+    a->rank = -1;
+    return;
+  }
+  for (int i = 0; i < a->rank; i++)
+    if (!nbl_dim_same(a->d[i], b->d[i])) a->d[i] = nbl_dim_unk();
+}
+
+static nbl_status shape_if(nbl_shape_ctx *c) {
+  nbl_status st0 = nbl_shp_subgraphs(c);
+  if (st0) return st0;
+  const nbl_node *n = c->node;
+  const nbl_graph *t = graph_attr(n, "then_branch"), *e = graph_attr(n, "else_branch");
+  if (!t) return NBL_OK;
+  for (int k = 0; k < n->n_outputs && k < t->n_outputs; k++) {
+    nbl_shp a, b;
+    nbl_shp_from_type(&t->values[t->outputs[k]].type, &a);
+    if (e && k < e->n_outputs) {
+      nbl_shp_from_type(&e->values[e->outputs[k]].type, &b);
+      merge_branch(&a, &b);
+    }
+    nbl_status st = nbl_shp_set(c, k, &a);
+    if (st) return st;
+  }
+  return NBL_OK;
+}
+
+/* Loop body inputs without a type get (iter int64[], cond bool[], carried from the loop). */
+static void loop_seed_body(nbl_shape_ctx *c, nbl_graph *body) {
+  const nbl_node *n = c->node;
+  nbl_arena *a = body->model->arena;
+  for (int i = 0; i < body->n_inputs; i++) {
+    nbl_value *v = &body->values[body->inputs[i]];
+    if (v->type.kind != NBL_TYPE_NONE) continue;
+    if (i == 0) nbl_type_set_tensor(a, &v->type, NBL_DT_INT64, 0, NULL);
+    else if (i == 1) nbl_type_set_tensor(a, &v->type, NBL_DT_BOOL, 0, NULL);
+    else if (i < n->n_inputs && n->inputs[i] != NBL_NONE) {
+      const nbl_value *src = &c->graph->values[n->inputs[i]];
+      if (src->type.kind == NBL_TYPE_TENSOR) {
+        nbl_type_copy(a, &v->type, &src->type);
+        v->type.rank = -1; /* the carried shape may change from one iteration to the next */
+        v->type.dims = NULL;
+      }
+    }
+  }
+}
+
+static nbl_status shape_loop(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  const nbl_graph *body = graph_attr(n, "body");
+  if (body) loop_seed_body(c, (nbl_graph *)body);
+  nbl_status st0 = nbl_shp_subgraphs(c);
+  if (st0 || !body) return st0;
+  int ncarried = n->n_inputs - 2;
+  for (int k = 0; k < n->n_outputs; k++) {
+    int bo = k + 1;
+    if (bo >= body->n_outputs) break;
+    nbl_shp s;
+    nbl_shp_from_type(&body->values[body->outputs[bo]].type, &s);
+    if (k < ncarried) {
+      nbl_shp init;
+      nbl_shp_in(c, k + 2, &init);
+      if (!s.dt) s.dt = init.dt;
+      merge_branch(&s, &init);
+    } else if (s.rank >= 0 && s.rank < NBL_SHP_MAXR) {
+      memmove(s.d + 1, s.d, sizeof(nbl_dim) * (size_t)s.rank);
+      s.d[0] = nbl_dim_unk();
+      s.rank++;
+    } else
+      s.rank = -1;
+    nbl_status st = nbl_shp_set(c, k, &s);
+    if (st) return st;
+  }
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h) */
 
@@ -932,18 +1146,18 @@ static nbl_status g_cast(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control[] = {
-    NBL_OP("Constant", 1, .ref = k_constant, .no_grad = "not differentiable: no inputs"),
-    NBL_OP("Identity", 1, .ref = k_identity, .grad = g_identity),
-    NBL_OP("Dropout", 1, .ref = k_dropout, .grad = g_dropout),
-    NBL_OP("Cast", 1, .ref = k_cast, .grad = g_cast),
-    NBL_OP("CastLike", 15, .ref = k_castlike, .grad = g_cast),
-    NBL_OP("Shape", 1, .ref = k_shape, .no_grad = "not differentiable: integer output"),
-    NBL_OP("Size", 1, .ref = k_size, .no_grad = "not differentiable: integer output"),
-    NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .no_grad = "not differentiable: integer input"),
-    NBL_OP("Range", 11, .ref = k_range, .no_grad = "no rule yet"),
+    NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant, .no_grad = "not differentiable: no inputs"),
+    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .grad = g_identity),
+    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .grad = g_dropout),
+    NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .grad = g_cast),
+    NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike, .grad = g_cast),
+    NBL_OP("Shape", 1, .ref = k_shape, .shape = shape_shape, .no_grad = "not differentiable: integer output"),
+    NBL_OP("Size", 1, .ref = k_size, .shape = shape_size, .no_grad = "not differentiable: integer output"),
+    NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape, .no_grad = "not differentiable: integer input"),
+    NBL_OP("Range", 11, .ref = k_range, .shape = shape_range, .no_grad = "no rule yet"),
     NBL_OP("EyeLike", 9, .ref = k_eyelike, .grad = nbl_grad_zero),
-    NBL_OP("If", 1, .ref = k_if, .no_grad = "no rule yet"),
-    NBL_OP("Loop", 1, .ref = k_loop, .no_grad = "no rule yet"),
+    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .no_grad = "no rule yet"),
+    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .no_grad = "no rule yet"),
     NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .no_grad = "no rule yet"), /* batched form, sequence_lens first */
     NBL_OP("Scan", 9, .ref = k_scan, .no_grad = "no rule yet"),
 };

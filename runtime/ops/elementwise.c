@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ types */
 
@@ -1017,6 +1017,77 @@ static nbl_status k_clip(nbl_kctx *c) {
   return unary_p(c, U_CLIP, T_NUM, NBL_DT_UNDEFINED, &p);
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* Elementwise on the side table: Add/Sub/Mul/Div of small integer tensors. */
+static nbl_status kd_arith(nbl_shape_ctx *c, const char *op) {
+  nbl_kdata a, b, r;
+  if (!nbl_shp_in_kd(c, 0, &a) || !nbl_shp_in_kd(c, 1, &b)) return NBL_OK;
+  if (a.n != b.n && a.n != 1 && b.n != 1) return NBL_OK;
+  r.n = a.n > b.n ? a.n : b.n;
+  r.rank = a.rank > b.rank ? a.rank : b.rank;
+  for (int i = 0; i < r.n; i++) {
+    nbl_kel x = a.e[a.n == 1 ? 0 : i], y = b.e[b.n == 1 ? 0 : i], z = {NBL_KD_UNK, 0, NULL};
+    if (x.kind == NBL_KD_VAL && y.kind == NBL_KD_VAL) {
+      z.kind = NBL_KD_VAL;
+      if (!strcmp(op, "Add")) z.v = x.v + y.v;
+      else if (!strcmp(op, "Sub")) z.v = x.v - y.v;
+      else if (!strcmp(op, "Mul")) z.v = x.v * y.v;
+      else if (y.v != 0) {
+        z.v = x.v / y.v;
+      } else
+        z.kind = NBL_KD_UNK;
+    } else if (!strcmp(op, "Mul") && y.kind == NBL_KD_VAL && y.v == 1)
+      z = x;
+    else if (!strcmp(op, "Mul") && x.kind == NBL_KD_VAL && x.v == 1)
+      z = y;
+    else if (!strcmp(op, "Div") && y.kind == NBL_KD_VAL && y.v == 1)
+      z = x;
+    else if ((!strcmp(op, "Add") || !strcmp(op, "Sub")) && y.kind == NBL_KD_VAL && y.v == 0)
+      z = x;
+    else if (!strcmp(op, "Add") && x.kind == NBL_KD_VAL && x.v == 0)
+      z = y;
+    r.e[i] = z;
+  }
+  return nbl_shp_set_kd(c, 0, &r);
+}
+
+/* Add, Sub, Mul, Div: numpy broadcasting; known small integer data computed. */
+static nbl_status shape_arith(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_bcast(c);
+  return st ? st : kd_arith(c, c->node->op_type);
+}
+
+/* Neg: the input's type; known small integer data negated. */
+static nbl_status shape_neg(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  nbl_kdata k;
+  if (!st && nbl_shp_in_kd(c, 0, &k)) {
+    for (int i = 0; i < k.n; i++)
+      if (k.e[i].kind == NBL_KD_VAL) k.e[i].v = -k.e[i].v;
+      else k.e[i].kind = NBL_KD_UNK;
+    st = nbl_shp_set_kd(c, 0, &k);
+  }
+  return st;
+}
+
+/* IsNaN, IsInf: the input's shape, bool. */
+static nbl_status shape_bool_same(nbl_shape_ctx *c) {
+  nbl_shp s;
+  nbl_shp_in(c, 0, &s);
+  s.dt = NBL_DT_BOOL;
+  return nbl_shp_set(c, 0, &s);
+}
+
+/* Where: condition, X and Y broadcast; X's type. */
+static nbl_status shape_where(nbl_shape_ctx *c) {
+  nbl_shp o;
+  nbl_status st = nbl_shp_bcast_inputs(c, 0, 3, &o);
+  if (st) return st;
+  o.dt = nbl_shp_in_dtype(c, 1);
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h). Broadcast operands get the output gradient summed
  * down to their shape (nbl_grad_unbroadcast). */
@@ -1192,71 +1263,71 @@ static nbl_status g_mean(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_elementwise[] = {
-    NBL_OP("Add", 1, .ref = k_add, .grad = g_add),
-    NBL_OP("Sub", 1, .ref = k_sub, .grad = g_sub),
-    NBL_OP("Mul", 1, .ref = k_mul, .grad = g_mul),
-    NBL_OP("Div", 1, .ref = k_div, .grad = g_div),
-    NBL_OP("Pow", 1, .ref = k_pow, .grad = g_pow),
-    NBL_OP("Mod", 10, .ref = k_mod, .no_grad = "no rule yet"),
-    NBL_OP("Abs", 1, .ref = k_abs, .grad = g_abs),
-    NBL_OP("Neg", 1, .ref = k_neg, .grad = g_neg),
-    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .grad = g_reciprocal),
-    NBL_OP("Sqrt", 1, .ref = k_sqrt, .grad = g_sqrt),
-    NBL_OP("Exp", 1, .ref = k_exp, .grad = g_exp),
-    NBL_OP("Log", 1, .ref = k_log, .grad = g_log),
-    NBL_OP("Floor", 1, .ref = k_floor, .grad = nbl_grad_zero),
-    NBL_OP("Ceil", 1, .ref = k_ceil, .grad = nbl_grad_zero),
-    NBL_OP("Round", 11, .ref = k_round, .grad = nbl_grad_zero),
-    NBL_OP("Sign", 9, .ref = k_sign, .grad = nbl_grad_zero),
-    NBL_OP("Sin", 7, .ref = k_sin, .grad = g_sin),
-    NBL_OP("Cos", 7, .ref = k_cos, .grad = g_cos),
-    NBL_OP("Tan", 7, .ref = k_tan, .no_grad = "no rule yet"),
-    NBL_OP("Asin", 7, .ref = k_asin, .no_grad = "no rule yet"),
-    NBL_OP("Acos", 7, .ref = k_acos, .no_grad = "no rule yet"),
-    NBL_OP("Atan", 7, .ref = k_atan, .no_grad = "no rule yet"),
-    NBL_OP("Sinh", 9, .ref = k_sinh, .no_grad = "no rule yet"),
-    NBL_OP("Cosh", 9, .ref = k_cosh, .no_grad = "no rule yet"),
-    NBL_OP("Asinh", 9, .ref = k_asinh, .no_grad = "no rule yet"),
-    NBL_OP("Acosh", 9, .ref = k_acosh, .no_grad = "no rule yet"),
-    NBL_OP("Atanh", 9, .ref = k_atanh, .no_grad = "no rule yet"),
-    NBL_OP("Erf", 9, .ref = k_erf, .grad = g_erf),
-    NBL_OP("Equal", 1, .ref = k_equal, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Less", 1, .ref = k_less, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Greater", 1, .ref = k_greater, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("GreaterOrEqual", 12, .ref = k_greaterequal, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("And", 1, .ref = k_and, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Or", 1, .ref = k_or, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Xor", 1, .ref = k_xor, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Not", 1, .ref = k_not, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("BitShift", 11, .ref = k_bitshift, .no_grad = NOT_DIFF_INT),
-    NBL_OP("BitwiseAnd", 18, .ref = k_bitand, .no_grad = NOT_DIFF_INT),
-    NBL_OP("BitwiseOr", 18, .ref = k_bitor, .no_grad = NOT_DIFF_INT),
-    NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .no_grad = NOT_DIFF_INT),
-    NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .no_grad = NOT_DIFF_INT),
-    NBL_OP("IsNaN", 9, .ref = k_isnan, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("IsInf", 10, .ref = k_isinf, .no_grad = NOT_DIFF_BOOL),
-    NBL_OP("Where", 9, .ref = k_where, .grad = g_where),
-    NBL_OP("Clip", 1, .ref = k_clip, .grad = g_clip),
-    NBL_OP("Max", 1, .ref = k_max, .no_grad = "no rule yet"),
-    NBL_OP("Min", 1, .ref = k_min, .no_grad = "no rule yet"),
-    NBL_OP("Sum", 1, .ref = k_sum, .grad = g_sum),
-    NBL_OP("Mean", 1, .ref = k_mean, .grad = g_mean),
-    NBL_OP("Relu", 1, .ref = k_relu, .grad = g_relu),
-    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .grad = g_leakyrelu),
-    NBL_OP("PRelu", 1, .ref = k_prelu, .no_grad = "no rule yet"),
-    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .grad = g_sigmoid),
-    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .no_grad = "no rule yet"),
-    NBL_OP("HardSwish", 14, .ref = k_hardswish, .no_grad = "no rule yet"),
-    NBL_OP("Tanh", 1, .ref = k_tanh, .grad = g_tanh),
-    NBL_OP("Elu", 1, .ref = k_elu, .no_grad = "no rule yet"),
-    NBL_OP("Selu", 1, .ref = k_selu, .no_grad = "no rule yet"),
-    NBL_OP("Celu", 12, .ref = k_celu, .no_grad = "no rule yet"),
-    NBL_OP("Softplus", 1, .ref = k_softplus, .grad = g_softplus),
-    NBL_OP("Softsign", 1, .ref = k_softsign, .grad = g_softsign),
-    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .no_grad = "no rule yet"),
-    NBL_OP("Mish", 18, .ref = k_mish, .no_grad = "no rule yet"),
-    NBL_OP("Shrink", 9, .ref = k_shrink, .no_grad = "no rule yet"),
-    NBL_OP("Gelu", 20, .ref = k_gelu, .grad = g_gelu),
+    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, .grad = g_add),
+    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, .grad = g_sub),
+    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, .grad = g_mul),
+    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, .grad = g_div),
+    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, .grad = g_pow),
+    NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .no_grad = "no rule yet"),
+    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, .grad = g_abs),
+    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, .grad = g_neg),
+    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, .grad = g_reciprocal),
+    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, .grad = g_sqrt),
+    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, .grad = g_exp),
+    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, .grad = g_log),
+    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("Round", 11, .ref = k_round, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .grad = g_sin),
+    NBL_OP("Cos", 7, .ref = k_cos, .shape = nbl_shape_same, .grad = g_cos),
+    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .grad = g_erf),
+    NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Greater", 1, .ref = k_greater, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("GreaterOrEqual", 12, .ref = k_greaterequal, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("And", 1, .ref = k_and, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Or", 1, .ref = k_or, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Xor", 1, .ref = k_xor, .shape = nbl_shape_bcast_bool, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Not", 1, .ref = k_not, .shape = nbl_shape_same, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("BitShift", 11, .ref = k_bitshift, .shape = nbl_shape_bcast, .no_grad = NOT_DIFF_INT),
+    NBL_OP("BitwiseAnd", 18, .ref = k_bitand, .shape = nbl_shape_bcast, .no_grad = NOT_DIFF_INT),
+    NBL_OP("BitwiseOr", 18, .ref = k_bitor, .shape = nbl_shape_bcast, .no_grad = NOT_DIFF_INT),
+    NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .shape = nbl_shape_bcast, .no_grad = NOT_DIFF_INT),
+    NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .shape = nbl_shape_same, .no_grad = NOT_DIFF_INT),
+    NBL_OP("IsNaN", 9, .ref = k_isnan, .shape = shape_bool_same, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("IsInf", 10, .ref = k_isinf, .shape = shape_bool_same, .no_grad = NOT_DIFF_BOOL),
+    NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .grad = g_where),
+    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .grad = g_clip),
+    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, .no_grad = "no rule yet"),
+    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, .no_grad = "no rule yet"),
+    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, .grad = g_sum),
+    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, .grad = g_mean),
+    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .grad = g_relu),
+    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, .grad = g_leakyrelu),
+    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .no_grad = "no rule yet"), /* the slope broadcasts to X */
+    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, .grad = g_sigmoid),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, .grad = g_tanh),
+    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .grad = g_softplus),
+    NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .grad = g_softsign),
+    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .grad = g_gelu),
 };
 const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
 #include "runtime/ops/nibble.h"
 
@@ -87,6 +87,7 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   return NBL_OK;
 }
 
+
 /* ------------------------------------------------------------------ gradient rule
  * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
  * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)). */
@@ -103,6 +104,6 @@ static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .grad = g_quantize_int4),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .shape = nbl_shape_same, .grad = g_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

@@ -1,5 +1,6 @@
-/* runtime/ops/nn.c - op family 'nn': convolution, matrix products, pooling,
- * normalization, Einsum (see kernel.h for the kernel contract).
+/* runtime/ops/nn.c - op family 'nn': matrix products, convolution,
+ * ConvTranspose, Einsum (see kernel.h for the kernel contract); pooling is in
+ * nn_pool.c, normalization in nn_norm.c.
  *
  * Reference kernels convert their inputs to double, compute in double and
  * convert the result back to the input's element type; fast kernels handle
@@ -10,68 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "runtime/core/grad.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
-#include "runtime/core/grad.h"
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
+#include "runtime/ops/nn_common.h"
 #include "runtime/ops/nn.h"
-
-/* ------------------------------------------------------------------ helpers */
-
-static const nbl_rt_tensor *in_at(nbl_kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }
-static int want_out(nbl_kctx *c, int i) { return i < c->n_out && c->out[i] != NULL; }
-
-static int is_float(nbl_dtype t) {
-  return t == NBL_DT_FLOAT || t == NBL_DT_DOUBLE || t == NBL_DT_FLOAT16 || t == NBL_DT_BFLOAT16;
-}
-static int is_int(nbl_dtype t) {
-  return t == NBL_DT_INT8 || t == NBL_DT_UINT8 || t == NBL_DT_INT16 || t == NBL_DT_UINT16 ||
-         t == NBL_DT_INT32 || t == NBL_DT_UINT32 || t == NBL_DT_INT64 || t == NBL_DT_UINT64;
-}
-
-static nbl_status need_input(nbl_kctx *c, int i, const char *what) {
-  if (!in_at(c, i)) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input %d (%s) is missing", i, what);
-  return NBL_OK;
-}
-
-static nbl_status need_float(nbl_kctx *c, const nbl_rt_tensor *t, const char *what) {
-  if (!is_float(t->dtype))
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input %s has element type %s; supported: float, double, "
-                    "float16, bfloat16", what, nbl_dtype_name(t->dtype));
-  return NBL_OK;
-}
-
-static nbl_status same_type(nbl_kctx *c, const nbl_rt_tensor *a, const nbl_rt_tensor *b,
-                            const char *what) {
-  if (a->dtype != b->dtype)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s has element type %s, expected %s", what,
-                    nbl_dtype_name(b->dtype), nbl_dtype_name(a->dtype));
-  return NBL_OK;
-}
-
-static nbl_status oom(nbl_kctx *c) { return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory"); }
-
-/* Convert inputs to double arrays; all-or-nothing. */
-static int conv_inputs(int n, const nbl_rt_tensor **ts, double **out) {
-  int ok = 1;
-  for (int i = 0; i < n; i++) {
-    out[i] = NULL;
-    if (ts[i] && !(out[i] = nbl_to_f64(ts[i]))) ok = 0;
-  }
-  if (!ok)
-    for (int i = 0; i < n; i++) {
-      free(out[i]);
-      out[i] = NULL;
-    }
-  return ok;
-}
-static void free_all(int n, double **p) {
-  for (int i = 0; i < n; i++) free(p[i]);
-}
 
 /* ------------------------------------------------------------------ Gemm */
 
@@ -580,593 +525,6 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
   return NBL_OK;
 }
 
-/* ------------------------------------------------------------------ pooling */
-
-enum { POOL_MAX, POOL_AVG, POOL_LP };
-
-typedef struct pool_task {
-  const nbl_conv_geom *g;
-  const float *x;
-  float *y;
-} pool_task;
-
-/* Float 2-D max pooling without indices, one (n, c) plane per item; same
- * result as the reference (NaN in a window gives NaN, an empty window -inf). */
-/* max that lets NaN through from either side */
-static inline float nan_max(float m, float v) { return v > m || v != v ? v : m; }
-
-/* m[i] = nan_max(m[i], v[i]) for i < n */
-static void nan_max_row_c(float *m, const float *v, int64_t n) {
-  for (int64_t i = 0; i < n; i++) m[i] = nan_max(m[i], v[i]);
-}
-#if defined(__x86_64__)
-__attribute__((target("avx"))) static void nan_max_row_avx(float *m, const float *v, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 a = _mm256_loadu_ps(m + i), b = _mm256_loadu_ps(v + i);
-    /* vmaxps(b, a) is b > a ? b : a (a when either is NaN); a NaN b is
-     * then OR-ed in: all-ones exponent and a nonzero mantissa stay NaN */
-    __m256 r = _mm256_max_ps(b, a);
-    r = _mm256_or_ps(r, _mm256_and_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q), b));
-    _mm256_storeu_ps(m + i, r);
-  }
-  nan_max_row_c(m + i, v + i, n - i);
-}
-#endif
-
-/* nan_max_row_c, 8 lanes at a time when avx */
-static void nan_max_row(float *m, const float *v, int64_t n, int avx) {
-#if defined(__x86_64__)
-  if (avx) {
-    nan_max_row_avx(m, v, n);
-    return;
-  }
-#endif
-  (void)avx;
-  nan_max_row_c(m, v, n);
-}
-
-/* 2-D max pooling, one (n, c) plane per item: for each output row, the max
- * over the window's input rows (a vector pass over whole rows, into a row
- * padded with -inf), then over the window's columns at every column (vector
- * passes over shifted copies), of which every stride-th is an output. NaN
- * anywhere in a window gives NaN, as in the reference kernel. */
-static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
-  const pool_task *t = arg;
-  const nbl_conv_geom *g = t->g;
-  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
-  int64_t pl = g->pb[1], KW = g->k[1], dw = g->d[1], sw = g->s[1];
-  /* columns of the padded row: every window column in range */
-  int64_t Wp = (OW - 1) * sw + (KW - 1) * dw + 1;
-  if (Wp < pl + W) Wp = pl + W;
-  float *row = malloc(sizeof(float) * (size_t)(2 * Wp)), *hm = row + Wp;
-  if (!row) { /* out of memory: the direct loop */
-    for (int64_t q = begin; q < end; q++) {
-      const float *xp = t->x + q * H * W;
-      float *yp = t->y + q * OH * OW;
-      for (int64_t oh = 0; oh < OH; oh++)
-        for (int64_t ow = 0; ow < OW; ow++) {
-          float m = -INFINITY;
-          for (int64_t kh = 0; kh < g->k[0]; kh++) {
-            int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
-            for (int64_t kw = 0; ih >= 0 && ih < H && kw < KW; kw++) {
-              int64_t iw = ow * sw - pl + kw * dw;
-              if (iw >= 0 && iw < W) m = nan_max(m, xp[ih * W + iw]);
-            }
-          }
-          yp[oh * OW + ow] = m;
-        }
-    }
-    return;
-  }
-  int avx = 0;
-#if defined(__x86_64__)
-  avx = __builtin_cpu_supports("avx");
-#endif
-  for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
-  for (int64_t q = begin; q < end; q++) {
-    const float *xp = t->x + q * H * W;
-    float *yp = t->y + q * OH * OW;
-    for (int64_t oh = 0; oh < OH; oh++) {
-      float *mid = row + pl; /* the input columns; the padding stays -inf */
-      int first = 1;
-      for (int64_t kh = 0; kh < g->k[0]; kh++) {
-        int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
-        if (ih < 0 || ih >= H) continue;
-        if (first) {
-          memcpy(mid, xp + ih * W, sizeof(float) * (size_t)W);
-          first = 0;
-        } else {
-          nan_max_row(mid, xp + ih * W, W, avx);
-        }
-      }
-      if (first)
-        for (int64_t i = 0; i < W; i++) mid[i] = -INFINITY;
-      /* window max at every column start, then every sw-th of them */
-      int64_t nh = (OW - 1) * sw + 1;
-      memcpy(hm, row, sizeof(float) * (size_t)nh);
-      for (int64_t kw = 1; kw < KW; kw++) nan_max_row(hm, row + kw * dw, nh, avx);
-      float *yr = yp + oh * OW;
-      for (int64_t ow = 0; ow < OW; ow++) yr[ow] = hm[ow * sw];
-    }
-  }
-  free(row);
-}
-
-static nbl_status k_pool(nbl_kctx *c, int kind) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "X"))) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  const nbl_node *n = c->node;
-  nbl_dtype dt = X->dtype;
-  int int_ok = kind == POOL_MAX && (dt == NBL_DT_INT8 || dt == NBL_DT_UINT8);
-  if (!is_float(dt) && !int_ok)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "pooling on element type %s", nbl_dtype_name(dt));
-  int ceil_mode = (int)nbl_attr_int(n, "ceil_mode", 0);
-  nbl_conv_geom g;
-  if ((st = nbl_conv_geom_init(c, &g, X, NULL, ceil_mode))) return st;
-  int include_pad = (int)nbl_attr_int(n, "count_include_pad", 0);
-  double p = kind == POOL_LP ? (double)nbl_attr_int(n, "p", 2) : 0;
-  int storage_order = (int)nbl_attr_int(n, "storage_order", 0);
-  int64_t od[NBL_MAX_RANK] = {g.N, g.C};
-  for (int i = 0; i < g.ns; i++) od[2 + i] = g.out[i];
-  if ((st = nbl_kctx_alloc_out(c, 0, dt, X->rank, od))) return st;
-  int with_idx = kind == POOL_MAX && want_out(c, 1);
-  if (with_idx && (st = nbl_kctx_alloc_out(c, 1, NBL_DT_INT64, X->rank, od))) return st;
-  if (with_idx && storage_order && g.ns != 2)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=1 is supported for 2-D pooling only");
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  if (kind == POOL_MAX && dt == NBL_DT_FLOAT && !with_idx && !c->reference && g.ns == 2) {
-    pool_task t = {&g, X->data, Y->data};
-    nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
-    return NBL_OK;
-  }
-  int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
-  double *x = nbl_to_f64(X);
-  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
-  if (!x || !y) {
-    free(x);
-    free(y);
-    return oom(c);
-  }
-  int ns = g.ns;
-  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP], pos[NBL_CONV_MAX_SP];
-  for (int64_t pl = 0; pl < g.N * g.C; pl++) {
-    const double *xp = x + pl * g.in_sz;
-    for (int64_t oi = 0; oi < g.out_sz; oi++) {
-      int64_t r = oi;
-      for (int i = ns - 1; i >= 0; i--) {
-        o[i] = r % g.out[i];
-        r /= g.out[i];
-      }
-      double acc = kind == POOL_MAX ? -INFINITY : 0.0;
-      int64_t best = -1, cnt_in = 0, cnt_pad = 0;
-      int nan = 0;
-      for (int64_t ki = 0; ki < g.k_sz; ki++) {
-        int64_t rk = ki;
-        for (int i = ns - 1; i >= 0; i--) {
-          kk[i] = rk % g.k[i];
-          rk /= g.k[i];
-        }
-        int inside = 1, in_pad = 1;
-        int64_t xi = 0;
-        for (int i = 0; i < ns; i++) {
-          pos[i] = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
-          if (pos[i] < 0 || pos[i] >= g.in[i]) inside = 0;
-          if (pos[i] < -g.pb[i] || pos[i] >= g.in[i] + g.pe[i]) in_pad = 0;
-          xi = xi * g.in[i] + pos[i];
-        }
-        cnt_pad += in_pad;
-        if (!inside) continue;
-        cnt_in++;
-        double v = xp[xi];
-        if (kind == POOL_MAX) {
-          if (isnan(v)) nan = 1;
-          if (best < 0 || v > xp[best]) best = xi;
-        } else if (kind == POOL_AVG) {
-          acc += v;
-        } else {
-          acc += pow(fabs(v), p);
-        }
-      }
-      double out;
-      if (kind == POOL_MAX) {
-        out = nan ? NAN : best >= 0 ? xp[best] : -INFINITY;
-      } else if (kind == POOL_AVG) {
-        int64_t div = include_pad ? cnt_pad : cnt_in;
-        out = div ? acc / (double)div : NAN;
-      } else {
-        out = pow(acc, 1.0 / p);
-      }
-      y[pl * g.out_sz + oi] = out;
-      if (idx) {
-        int64_t b = best < 0 ? 0 : best;
-        if (storage_order) { /* column-major within the plane: w * H + h */
-          int64_t h = b / g.in[1], w = b % g.in[1];
-          b = w * g.in[0] + h;
-        }
-        idx[pl * g.out_sz + oi] = pl * g.in_sz + b;
-      }
-    }
-  }
-  nbl_from_f64(Y, y);
-  free(x);
-  free(y);
-  return NBL_OK;
-}
-
-static nbl_status k_maxpool(nbl_kctx *c) { return k_pool(c, POOL_MAX); }
-static nbl_status k_avgpool(nbl_kctx *c) { return k_pool(c, POOL_AVG); }
-static nbl_status k_lppool(nbl_kctx *c) { return k_pool(c, POOL_LP); }
-
-static nbl_status k_global_pool(nbl_kctx *c, int kind) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "X"))) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  if ((st = need_float(c, X, "X"))) return st;
-  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input rank %d < 2", X->rank);
-  int64_t od[NBL_MAX_RANK];
-  int64_t sp = 1;
-  for (int i = 0; i < X->rank; i++) {
-    od[i] = i < 2 ? X->dims[i] : 1;
-    if (i >= 2) sp *= X->dims[i];
-  }
-  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od))) return st;
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  double p = kind == POOL_LP ? (double)nbl_attr_int(c->node, "p", 2) : 0;
-  int64_t planes = X->dims[0] * X->dims[1];
-  if (X->dtype == NBL_DT_FLOAT && kind != POOL_LP) {
-    const float *x = X->data;
-    float *y = Y->data;
-    int64_t pl = 0;
-    if (kind == POOL_AVG) /* 8 planes at a time: independent sums, each in its own order */
-      for (; pl + 8 <= planes; pl += 8) {
-        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t i = 0; i < sp; i++)
-          for (int k = 0; k < 8; k++) s[k] += x[(pl + k) * sp + i];
-        for (int k = 0; k < 8; k++) y[pl + k] = (float)(s[k] / (double)sp);
-      }
-    for (; pl < planes; pl++) {
-      const float *xp = x + pl * sp;
-      if (kind == POOL_AVG) {
-        double s = 0;
-        for (int64_t i = 0; i < sp; i++) s += xp[i];
-        y[pl] = (float)(s / (double)sp);
-      } else {
-        float m = sp ? xp[0] : -INFINITY;
-        for (int64_t i = 1; i < sp; i++)
-          if (xp[i] > m || isnan(xp[i])) m = isnan(m) ? m : xp[i];
-        y[pl] = m;
-      }
-    }
-    return NBL_OK;
-  }
-  double *x = nbl_to_f64(X), *y = malloc((size_t)(planes ? planes : 1) * sizeof(double));
-  if (!x || !y) {
-    free(x);
-    free(y);
-    return oom(c);
-  }
-  for (int64_t pl = 0; pl < planes; pl++) {
-    const double *xp = x + pl * sp;
-    double acc = kind == POOL_MAX ? -INFINITY : 0.0;
-    int nan = 0;
-    for (int64_t i = 0; i < sp; i++) {
-      if (isnan(xp[i])) nan = 1;
-      if (kind == POOL_MAX) acc = xp[i] > acc ? xp[i] : acc;
-      else if (kind == POOL_AVG) acc += xp[i];
-      else acc += pow(fabs(xp[i]), p);
-    }
-    if (kind == POOL_AVG) acc /= (double)sp;
-    if (kind == POOL_LP) acc = pow(acc, 1.0 / p);
-    y[pl] = nan ? NAN : acc;
-  }
-  nbl_from_f64(Y, y);
-  free(x);
-  free(y);
-  return NBL_OK;
-}
-static nbl_status k_gmaxpool(nbl_kctx *c) { return k_global_pool(c, POOL_MAX); }
-static nbl_status k_gavgpool(nbl_kctx *c) { return k_global_pool(c, POOL_AVG); }
-static nbl_status k_glppool(nbl_kctx *c) { return k_global_pool(c, POOL_LP); }
-
-/* MaxUnpool: scatter X into zeros at the flat indices I (as MaxPool returned them). */
-static nbl_status k_maxunpool(nbl_kctx *c) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "I"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *I = c->in[1], *OS = in_at(c, 2);
-  if ((st = need_float(c, X, "X"))) return st;
-  if (I->dtype != NBL_DT_INT64 || I->numel != X->numel)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "I must be int64 with X's shape");
-  nbl_conv_geom g;
-  if ((st = nbl_conv_geom_init(c, &g, X, NULL, 0))) return st;
-  int64_t od[NBL_MAX_RANK] = {X->dims[0], X->dims[1]};
-  for (int i = 0; i < g.ns; i++) {
-    int cnt;
-    const int64_t *pd = nbl_attr_ints(c->node, "pads", &cnt);
-    od[2 + i] = (g.in[i] - 1) * g.s[i] + g.k[i] - (pd ? pd[i] + pd[g.ns + i] : 0);
-  }
-  int64_t dd[NBL_MAX_RANK]; /* default shape: the layout the indices refer to */
-  memcpy(dd, od, sizeof dd);
-  int64_t dnum = nbl_shape_numel(X->rank, dd);
-  if (OS) {
-    if (OS->numel != X->rank || !is_int(OS->dtype))
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output_shape must hold %d integers", X->rank);
-    for (int i = 0; i < X->rank; i++) od[i] = nbl_rt_get_i64(OS, i);
-  }
-  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od))) return st;
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  if (Y->nbytes) memset(Y->data, 0, Y->nbytes);
-  const int64_t *idx = I->data;
-  for (int64_t i = 0; i < X->numel; i++) {
-    if (idx[i] < 0 || idx[i] >= dnum)
-      return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld out of range [0, %lld)", (long long)idx[i],
-                      (long long)dnum);
-    /* decode in the default shape, re-encode in the requested output shape */
-    int64_t r = idx[i], co[NBL_MAX_RANK], yi = 0;
-    int inside = 1;
-    for (int d = X->rank - 1; d >= 0; d--) {
-      co[d] = r % dd[d];
-      r /= dd[d];
-    }
-    for (int d = 0; d < X->rank; d++) {
-      if (co[d] >= od[d]) inside = 0;
-      yi = yi * od[d] + co[d];
-    }
-    if (inside) nbl_rt_set_f64(Y, yi, nbl_rt_get_f64(X, i));
-  }
-  return NBL_OK;
-}
-
-/* ------------------------------------------------------------------ BatchNormalization */
-
-static nbl_status bn_check(nbl_kctx *c, int *training) {
-  nbl_status st;
-  const char *names[5] = {"X", "scale", "B", "mean", "var"};
-  for (int i = 0; i < 5; i++)
-    if ((st = need_input(c, i, names[i]))) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  if ((st = need_float(c, X, "X"))) return st;
-  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
-  for (int i = 1; i < 5; i++) {
-    if ((st = need_float(c, c->in[i], names[i]))) return st;
-    if (c->in[i]->rank != 1 || c->in[i]->dims[0] != X->dims[1])
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have shape [%lld]", names[i],
-                      (long long)X->dims[1]);
-  }
-  if (c->opset < 9 && nbl_attr_int(c->node, "spatial", 1) == 0)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "spatial=0 is not supported");
-  *training = c->opset >= 14 ? (int)nbl_attr_int(c->node, "training_mode", 0) : 0;
-  if (c->opset < 14 && (want_out(c, 1) || want_out(c, 2) || want_out(c, 3) || want_out(c, 4)))
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED,
-                    "training-mode outputs before opset 14 are not supported");
-  if (!*training && c->opset >= 14 && (want_out(c, 1) || want_out(c, 2)))
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL,
-                    "running_mean/var outputs are only allowed with training_mode=1");
-  return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims);
-}
-
-static nbl_status k_bn_ref(nbl_kctx *c) {
-  int training;
-  nbl_status st = bn_check(c, &training);
-  if (st) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  int64_t N = X->dims[0], C = X->dims[1], sp = X->numel / (N * C != 0 ? N * C : 1);
-  if (N * C == 0) sp = 0;
-  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
-  double mom = nbl_attr_float(c->node, "momentum", 0.9f);
-  const nbl_rt_tensor *ts[5] = {c->in[0], c->in[1], c->in[2], c->in[3], c->in[4]};
-  double *v[5];
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
-  double *bm = malloc((size_t)(C ? C : 1) * sizeof(double) * 2);
-  if (!y || !bm || !conv_inputs(5, ts, v)) {
-    free(y);
-    free(bm);
-    return oom(c);
-  }
-  double *bv = bm + C;
-  for (int64_t ch = 0; ch < C; ch++) {
-    double mean = v[3][ch], var = v[4][ch];
-    if (training) {
-      double s = 0, s2 = 0;
-      for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < sp; i++) s += v[0][(n * C + ch) * sp + i];
-      double cntd = (double)(N * sp);
-      mean = s / cntd;
-      for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < sp; i++) {
-          double d = v[0][(n * C + ch) * sp + i] - mean;
-          s2 += d * d;
-        }
-      var = s2 / cntd;
-    }
-    bm[ch] = mean;
-    bv[ch] = var;
-    double a = v[1][ch] / sqrt(var + eps);
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t i = 0; i < sp; i++) {
-        int64_t k = (n * C + ch) * sp + i;
-        y[k] = (v[0][k] - mean) * a + v[2][ch];
-      }
-  }
-  nbl_from_f64(Y, y);
-  for (int o = 1; o <= 2 && training; o++) {
-    if (!want_out(c, o)) continue;
-    if ((st = nbl_kctx_alloc_out(c, o, c->in[2 + o]->dtype, 1, &C))) break;
-    nbl_rt_tensor *R = nbl_kctx_out(c, o);
-    double *src = o == 1 ? bm : bv, *run = v[2 + o];
-    for (int64_t ch = 0; ch < C; ch++) nbl_rt_set_f64(R, ch, run[ch] * mom + src[ch] * (1 - mom));
-  }
-  free(y);
-  free(bm);
-  free_all(5, v);
-  return st;
-}
-
-static nbl_status k_bn_fast(nbl_kctx *c) {
-  for (int i = 0; i < 5; i++)
-    if (!in_at(c, i) || c->in[i]->dtype != NBL_DT_FLOAT) return k_bn_ref(c);
-  if (c->opset >= 14 && nbl_attr_int(c->node, "training_mode", 0)) return k_bn_ref(c);
-  int training;
-  nbl_status st = bn_check(c, &training);
-  if (st) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
-  float eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
-  const float *x = X->data, *sc = c->in[1]->data, *b = c->in[2]->data, *mu = c->in[3]->data,
-              *var = c->in[4]->data;
-  float *y = nbl_kctx_out(c, 0)->data;
-  for (int64_t ch = 0; ch < C; ch++) {
-    double a = sc[ch] / sqrt((double)var[ch] + eps);
-    float fa = (float)a, fb = (float)(b[ch] - mu[ch] * a);
-    for (int64_t n = 0; n < N; n++) {
-      const float *xp = x + (n * C + ch) * sp;
-      float *yp = y + (n * C + ch) * sp;
-      for (int64_t i = 0; i < sp; i++) yp[i] = xp[i] * fa + fb;
-    }
-  }
-  return NBL_OK;
-}
-
-/* ------------------------------------------------------------------ InstanceNormalization */
-
-static nbl_status k_instnorm(nbl_kctx *c) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "input")) || (st = need_input(c, 1, "scale")) ||
-      (st = need_input(c, 2, "B")))
-    return st;
-  const nbl_rt_tensor *X = c->in[0];
-  if ((st = need_float(c, X, "input"))) return st;
-  if (X->rank < 3) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input has rank %d, expected >= 3", X->rank);
-  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
-  for (int i = 1; i < 3; i++)
-    if (c->in[i]->rank != 1 || c->in[i]->dims[0] != C)
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d must have shape [%lld]", i, (long long)C);
-  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
-  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
-  const nbl_rt_tensor *ts[3] = {X, c->in[1], c->in[2]};
-  double *v[3];
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
-  if (!y || !conv_inputs(3, ts, v)) {
-    free(y);
-    return oom(c);
-  }
-  for (int64_t pl = 0; pl < N * C; pl++) {
-    int64_t ch = pl % C;
-    const double *xp = v[0] + pl * sp;
-    double s = 0, s2 = 0;
-    for (int64_t i = 0; i < sp; i++) s += xp[i];
-    double mean = s / (double)sp;
-    for (int64_t i = 0; i < sp; i++) s2 += (xp[i] - mean) * (xp[i] - mean);
-    double a = v[1][ch] / sqrt(s2 / (double)sp + eps);
-    for (int64_t i = 0; i < sp; i++) y[pl * sp + i] = (xp[i] - mean) * a + v[2][ch];
-  }
-  nbl_from_f64(Y, y);
-  free(y);
-  free_all(3, v);
-  return NBL_OK;
-}
-
-/* ------------------------------------------------------------------ LayerNormalization */
-
-static nbl_status k_layernorm(nbl_kctx *c) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "Scale"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *S = c->in[1], *B = in_at(c, 2);
-  if ((st = need_float(c, X, "X")) || (st = need_float(c, S, "Scale"))) return st;
-  if (B && (st = need_float(c, B, "B"))) return st;
-  int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), X->rank);
-  if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis out of range for rank %d", X->rank);
-  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
-  int nr = X->rank - axis;
-  const int64_t *nd = X->dims + axis;
-  int64_t outer = 1, inner = 1;
-  for (int i = 0; i < axis; i++) outer *= X->dims[i];
-  for (int i = axis; i < X->rank; i++) inner *= X->dims[i];
-  int64_t tmp[NBL_MAX_RANK];
-  int r;
-  if (S->rank > nr || nbl_broadcast_shape(nr, nd, S->rank, S->dims, &r, tmp) || r != nr ||
-      memcmp(tmp, nd, (size_t)nr * sizeof(int64_t)) ||
-      (B && (B->rank > nr || nbl_broadcast_shape(nr, nd, B->rank, B->dims, &r, tmp) || r != nr ||
-             memcmp(tmp, nd, (size_t)nr * sizeof(int64_t)))))
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "Scale/B do not broadcast to the normalized shape");
-  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
-  int64_t sd[NBL_MAX_RANK];
-  for (int i = 0; i < X->rank; i++) sd[i] = i < axis ? X->dims[i] : 1;
-  nbl_dtype stash = nbl_attr_int(c->node, "stash_type", 1) == 1 ? NBL_DT_FLOAT : X->dtype;
-  if (want_out(c, 1) && (st = nbl_kctx_alloc_out(c, 1, stash, X->rank, sd))) return st;
-  if (want_out(c, 2) && (st = nbl_kctx_alloc_out(c, 2, stash, X->rank, sd))) return st;
-  const nbl_rt_tensor *ts[3] = {X, S, B};
-  double *v[3];
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
-  if (!y || !conv_inputs(3, ts, v)) {
-    free(y);
-    return oom(c);
-  }
-  for (int64_t o = 0; o < outer; o++) {
-    const double *xp = v[0] + o * inner;
-    double s = 0, s2 = 0;
-    for (int64_t i = 0; i < inner; i++) s += xp[i];
-    double mean = s / (double)inner;
-    for (int64_t i = 0; i < inner; i++) s2 += (xp[i] - mean) * (xp[i] - mean);
-    double inv = 1.0 / sqrt(s2 / (double)inner + eps);
-    for (int64_t i = 0; i < inner; i++) {
-      double sc = v[1][nbl_broadcast_index(nr, nd, i, S->rank, S->dims)];
-      double bb = B ? v[2][nbl_broadcast_index(nr, nd, i, B->rank, B->dims)] : 0.0;
-      y[o * inner + i] = (xp[i] - mean) * inv * sc + bb;
-    }
-    if (want_out(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), o, mean);
-    if (want_out(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), o, inv);
-  }
-  nbl_from_f64(Y, y);
-  free(y);
-  free_all(3, v);
-  return NBL_OK;
-}
-
-/* ------------------------------------------------------------------ LRN */
-
-static nbl_status k_lrn(nbl_kctx *c) {
-  nbl_status st;
-  if ((st = need_input(c, 0, "X"))) return st;
-  const nbl_rt_tensor *X = c->in[0];
-  if ((st = need_float(c, X, "X"))) return st;
-  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
-  int64_t size = nbl_attr_int(c->node, "size", 0);
-  if (size <= 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'size' must be positive");
-  double alpha = nbl_attr_float(c->node, "alpha", 1e-4f), beta = nbl_attr_float(c->node, "beta", 0.75f),
-         bias = nbl_attr_float(c->node, "bias", 1.0f);
-  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
-  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  double *x = nbl_to_f64(X), *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
-  if (!x || !y) {
-    free(x);
-    free(y);
-    return oom(c);
-  }
-  int64_t lo = (size - 1) / 2, hi = size - 1 - lo;
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t ch = 0; ch < C; ch++)
-      for (int64_t i = 0; i < sp; i++) {
-        double ss = 0;
-        for (int64_t cc = ch - lo; cc <= ch + hi; cc++)
-          if (cc >= 0 && cc < C) {
-            double v = x[(n * C + cc) * sp + i];
-            ss += v * v;
-          }
-        int64_t k = (n * C + ch) * sp + i;
-        y[k] = x[k] / pow(bias + alpha / (double)size * ss, beta);
-      }
-  nbl_from_f64(Y, y);
-  free(x);
-  free(y);
-  return NBL_OK;
-}
-
 /* ------------------------------------------------------------------ Einsum */
 
 #define EIN_MAX_OPS 8
@@ -1368,6 +726,114 @@ static nbl_status k_einsum(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_gemm(nbl_shape_ctx *c) {
+  nbl_shp a, b, o;
+  nbl_shp_in(c, 0, &a);
+  nbl_shp_in(c, 1, &b);
+  nbl_shp_rank(&o, a.dt, 2);
+  int ta = (int)nbl_attr_int(c->node, "transA", 0), tb = (int)nbl_attr_int(c->node, "transB", 0);
+  if (a.rank == 2) o.d[0] = a.d[ta ? 1 : 0];
+  if (b.rank == 2) o.d[1] = b.d[tb ? 0 : 1];
+  return nbl_shp_set(c, 0, &o);
+}
+
+static nbl_status shape_matmul(nbl_shape_ctx *c) { return nbl_shape_matmul(c, 0, 1, NBL_DT_UNDEFINED); }
+static nbl_status shape_conv(nbl_shape_ctx *c) { return nbl_shape_conv(c, 0, 1, NBL_DT_UNDEFINED, false); }
+static nbl_status shape_convtranspose(nbl_shape_ctx *c) {
+  return nbl_shape_conv(c, 0, 1, NBL_DT_UNDEFINED, true);
+}
+
+/* Einsum: letters to dims per operand, "..." broadcast. */
+static nbl_status shape_einsum(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  const char *eq = nbl_attr_string(n, "equation", NULL);
+  nbl_dtype dt = nbl_shp_in_dtype(c, 0);
+  if (!eq) return nbl_shp_set_dt(c, 0, dt, -1);
+  nbl_dim letter[128];
+  bool seen[128] = {false};
+  int count[128] = {0};
+  nbl_shp ell;
+  ell.rank = -1;
+  const char *p = eq;
+  int op = 0;
+  bool ok = true;
+  while (*p && !(p[0] == '-' && p[1] == '>')) {
+    nbl_shp s;
+    nbl_shp_in(c, op, &s);
+    const char *q = p;
+    int nl = 0;
+    bool has_ell = false;
+    while (*q && *q != ',' && !(q[0] == '-' && q[1] == '>')) {
+      if (*q == '.') {
+        has_ell = true;
+        q += 3;
+        continue;
+      }
+      if (*q != ' ') nl++;
+      q++;
+    }
+    int ne = s.rank >= 0 ? s.rank - nl : -1;
+    if (s.rank < 0 || ne < 0) ok = false;
+    int di = 0;
+    for (const char *r = p; r < q && ok;) {
+      if (*r == '.') {
+        nbl_shp e;
+        e.rank = ne;
+        for (int i = 0; i < ne; i++) e.d[i] = s.d[di + i];
+        if (ell.rank < 0) ell = e;
+        else {
+          nbl_shp m;
+          if (!nbl_shp_bcast(&m, &ell, &e)) return nbl_shp_bcast_err(c, &ell, &e);
+          ell = m;
+        }
+        di += ne;
+        r += 3;
+        continue;
+      }
+      unsigned ch = (unsigned char)*r++;
+      if (ch == ' ' || ch >= 128) continue;
+      nbl_dim d = s.d[di++];
+      if (!seen[ch] || (!nbl_dim_known(letter[ch]) && nbl_dim_known(d))) letter[ch] = d;
+      else if (nbl_dim_known(letter[ch]) && nbl_dim_known(d) && letter[ch].value != d.value &&
+               d.value != 1 && letter[ch].value != 1)
+        return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Einsum): label '%c' has sizes %lld and %lld",
+                          n->name, ch, (long long)letter[ch].value, (long long)d.value);
+      else if (nbl_dim_known(letter[ch]) && letter[ch].value == 1 && nbl_dim_known(d))
+        letter[ch] = d;
+      seen[ch] = true;
+      count[ch]++;
+    }
+    if (!has_ell && ne > 0) ok = false;
+    op++;
+    p = q;
+    if (*p == ',') p++;
+  }
+  if (!ok) return nbl_shp_set_dt(c, 0, dt, -1);
+  nbl_shp o;
+  o.dt = dt;
+  o.rank = 0;
+  if (p[0] == '-') {
+    for (p += 2; *p; p++) {
+      if (*p == '.') {
+        for (int i = 0; i < ell.rank && o.rank < NBL_SHP_MAXR; i++) o.d[o.rank++] = ell.d[i];
+        p += 2;
+        continue;
+      }
+      unsigned ch = (unsigned char)*p;
+      if (ch == ' ' || ch >= 128) continue;
+      if (!seen[ch] || o.rank >= NBL_SHP_MAXR) return nbl_shp_set_dt(c, 0, dt, -1);
+      o.d[o.rank++] = letter[ch];
+    }
+  } else {
+    for (int i = 0; i < ell.rank; i++) o.d[o.rank++] = ell.d[i];
+    for (int ch = 0; ch < 128; ch++)
+      if (seen[ch] && count[ch] == 1 && o.rank < NBL_SHP_MAXR) o.d[o.rank++] = letter[ch];
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h; the backward ops are com.microsoft training ops,
  * runtime/ops/grad_conv.c and grad_pool_norm.c, or standard ops) */
@@ -1524,113 +990,13 @@ static nbl_status g_matmul(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
-/* MaxPool: com.microsoft MaxPoolGrad (dY, Indices, shape of X); the forward
- * node is made to produce its Indices output. */
-static nbl_status g_maxpool(nbl_grad_ctx *gc) {
-  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
-  if (nbl_grad_opset(gc, "") < 8)
-    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
-                         "gradient of MaxPool needs opset >= 8 (the Indices output)");
-  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
-  nbl_id dx = nbl_grad_op(gc, "MaxPoolGrad", "com.microsoft", 3, in);
-  nbl_grad_attr_copy(gc, NULL);
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
-}
-
-/* AveragePool: com.microsoft AveragePoolGrad (dY, shape of X), same attributes. */
-static nbl_status g_avgpool(nbl_grad_ctx *gc) {
-  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
-  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
-  nbl_id dx = nbl_grad_op(gc, "AveragePoolGrad", "com.microsoft", 2, in);
-  nbl_grad_attr_copy(gc, NULL);
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
-}
-
-/* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
-static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
-  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
-  nbl_id X = nbl_grad_x(gc, 0);
-  nbl_id g = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_count_ratio(gc, X, nbl_grad_y(gc, 0)));
-  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, X)));
-  return nbl_grad_status(gc);
-}
-
-/* BatchNormalization in inference mode (running statistics as constants):
- * dX = dY scale inv_std, dscale = sum dY (x - mean) inv_std, dB = sum dY, the
- * sums over every axis but 1. Training mode is com.microsoft BatchNormInternal
- * (its rule is on its own table line, runtime/ops/grad_pool_norm.c). */
-static nbl_status g_batchnorm(nbl_grad_ctx *gc) {
-  const nbl_node *n = nbl_grad_node(gc);
-  if (nbl_attr_int(n, "training_mode", 0) != 0)
-    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
-                         "gradient of BatchNormalization with training_mode=1 is not supported: "
-                         "the build-training pass makes it com.microsoft BatchNormInternal");
-  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
-  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
-  nbl_id X = nbl_grad_x(gc, 0);
-  int r = nbl_grad_rank(gc, X);
-  if (r < 2 || r > NBL_MAX_RANK)
-    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of X must be known and >= 2");
-  nbl_dtype dt = nbl_grad_dtype(gc, X);
-  float eps = nbl_attr_float(n, "epsilon", 1e-5f);
-  int64_t sp[NBL_MAX_RANK], red[NBL_MAX_RANK];
-  int nsp = 0, nred = 0;
-  for (int k = 0; k < r; k++) {
-    if (k >= 2) sp[nsp++] = k - 1;
-    if (k != 1) red[nred++] = k;
-  }
-  nbl_id dY = nbl_grad_dy(gc, 0);
-  nbl_id eps_c = nbl_grad_const(gc, dt, (double)eps);
-  nbl_id inv = nbl_grad_un(gc, "Reciprocal",
-                           nbl_grad_un(gc, "Sqrt", nbl_grad_bin(gc, "Add", nbl_grad_x(gc, 4), eps_c)));
-  if (nbl_grad_wants(gc, 0)) {
-    nbl_id f = nbl_grad_unsqueeze(gc, nbl_grad_bin(gc, "Mul", nbl_grad_x(gc, 1), inv), nsp, sp);
-    nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", dY, f));
-  }
-  if (nbl_grad_wants(gc, 1)) {
-    nbl_id xc = nbl_grad_bin(gc, "Sub", X, nbl_grad_unsqueeze(gc, nbl_grad_x(gc, 3), nsp, sp));
-    nbl_id xh = nbl_grad_bin(gc, "Mul", xc, nbl_grad_unsqueeze(gc, inv, nsp, sp));
-    nbl_grad_set_dx(gc, 1, nbl_grad_reduce_sum(gc, nbl_grad_bin(gc, "Mul", dY, xh), nred, red, 0));
-  }
-  if (nbl_grad_wants(gc, 2)) nbl_grad_set_dx(gc, 2, nbl_grad_reduce_sum(gc, dY, nred, red, 0));
-  return nbl_grad_status(gc);
-}
-
-/* LayerNormalization: com.microsoft LayerNormalizationGrad (dY, X, scale, mean,
- * inv_std_dev -> dX, dscale, dbias); the forward node is made to produce its
- * Mean and InvStdDev outputs. */
-static nbl_status g_layernorm(nbl_grad_ctx *gc) {
-  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
-  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
-  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1),
-                  nbl_grad_y_need(gc, 1), nbl_grad_y_need(gc, 2)};
-  nbl_id out[3];
-  nbl_grad_opn(gc, "LayerNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
-  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", -1));
-  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
-  return nbl_grad_status(gc);
-}
-
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn[] = {
-    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .grad = g_conv),
-    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .grad = g_convt),
-    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .grad = g_gemm),
-    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .grad = g_matmul),
-    NBL_OP("MaxPool", 1, .ref = k_maxpool, .grad = g_maxpool),
-    NBL_OP("AveragePool", 1, .ref = k_avgpool, .grad = g_avgpool),
-    NBL_OP("LpPool", 1, .ref = k_lppool, .no_grad = "no rule yet"),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .no_grad = "no rule yet"),
-    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .no_grad = "no rule yet"),
-    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .grad = g_gavgpool),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .no_grad = "no rule yet"),
-    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .grad = g_batchnorm),
-    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .no_grad = "no rule yet"),
-    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .grad = g_layernorm),
-    NBL_OP("LRN", 1, .ref = k_lrn, .no_grad = "no rule yet"),
-    NBL_OP("Einsum", 12, .ref = k_einsum, .no_grad = "no rule yet"),
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv, .grad = g_conv),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .shape = shape_convtranspose, .grad = g_convt),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm, .grad = g_gemm),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul, .grad = g_matmul),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

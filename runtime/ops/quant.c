@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 
 static const nbl_rt_tensor *in_at(nbl_kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }
 
@@ -486,15 +486,65 @@ done:
   return st;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_quantize(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  nbl_dtype dt = NBL_DT_UINT8;
+  int64_t od = c->opset >= 21 ? nbl_attr_int(c->node, "output_dtype", 0) : 0;
+  if (od) dt = (nbl_dtype)od;
+  else if (nbl_shp_has_in(c, 2)) dt = nbl_shp_in_dtype(c, 2);
+  x.dt = dt;
+  return nbl_shp_set(c, 0, &x);
+}
+
+static nbl_status shape_dequantize(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  nbl_dtype dt = nbl_shp_in_dtype(c, 1);
+  x.dt = dt ? dt : NBL_DT_FLOAT;
+  return nbl_shp_set(c, 0, &x);
+}
+
+static nbl_status shape_dynquant(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  x.dt = NBL_DT_UINT8;
+  nbl_status st = nbl_shp_set(c, 0, &x);
+  if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  if (!st) st = nbl_shp_set_dt(c, 2, NBL_DT_UINT8, 0);
+  return st;
+}
+
+static nbl_status shape_matmulinteger(nbl_shape_ctx *c) {
+  return nbl_shape_matmul(c, 0, 1, NBL_DT_INT32);
+}
+
+/* QLinearMatMul / QLinearConv: the output zero point's type, else A's / X's. */
+static nbl_status shape_qlinearmatmul(nbl_shape_ctx *c) {
+  nbl_dtype dt = nbl_shp_in_dtype(c, 7);
+  return nbl_shape_matmul(c, 0, 3, dt ? dt : nbl_shp_in_dtype(c, 0));
+}
+
+static nbl_status shape_convinteger(nbl_shape_ctx *c) {
+  return nbl_shape_conv(c, 0, 1, NBL_DT_INT32, false);
+}
+
+static nbl_status shape_qlinearconv(nbl_shape_ctx *c) {
+  nbl_dtype dt = nbl_shp_in_dtype(c, 7);
+  return nbl_shape_conv(c, 0, 3, dt ? dt : nbl_shp_in_dtype(c, 0), false);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_quant[] = {
-    NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .no_grad = "not differentiable: integer output"),
-    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .no_grad = "not differentiable: integer input (the scale: no rule yet)"),
-    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .no_grad = "not differentiable: integer output"),
-    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .no_grad = "not differentiable: integer operands and output"),
-    NBL_OP_DEF("", "QLinearMatMul", 10, 20, .ref = k_qlinearmatmul, .no_grad = "not differentiable: integer operands and output"),
-    NBL_OP("ConvInteger", 10, .ref = k_convinteger, .no_grad = "not differentiable: integer operands and output"),
-    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .shape = shape_quantize, .no_grad = "not differentiable: integer output"),
+    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .shape = shape_dequantize, .no_grad = "not differentiable: integer input (the scale: no rule yet)"),
+    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .shape = shape_dynquant, .no_grad = "not differentiable: integer output"),
+    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .shape = shape_matmulinteger, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP_DEF("", "QLinearMatMul", 10, 20, .ref = k_qlinearmatmul, .shape = shape_qlinearmatmul, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP("ConvInteger", 10, .ref = k_convinteger, .shape = shape_convinteger, .no_grad = "not differentiable: integer operands and output"),
+    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv, .shape = shape_qlinearconv, .no_grad = "not differentiable: integer operands and output"),
 };
 const size_t nbl_ops_quant_count = sizeof nbl_ops_quant / sizeof nbl_ops_quant[0];

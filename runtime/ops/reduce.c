@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 
 
 #define TM(dt) (1u << (dt))
@@ -795,6 +795,90 @@ static nbl_status k_sce(nbl_kctx *c) {
   return st;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* Reduce*: axes from the attribute, or from input 1 when axes_input. */
+static nbl_status shape_reduce_axes(nbl_shape_ctx *c, bool axes_input) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  const nbl_node *n = c->node;
+  int64_t keep = nbl_attr_int(n, "keepdims", 1), noop = nbl_attr_int(n, "noop_with_empty_axes", 0);
+  int64_t axes[NBL_SHP_MAXK];
+  int na = 0;
+  bool known = true;
+  if (axes_input) {
+    if (nbl_shp_has_in(c, 1)) {
+      if (!nbl_shp_in_ints(c, 1, axes, &na)) known = false;
+    }
+  } else {
+    const int64_t *a = nbl_attr_ints(n, "axes", &na);
+    if (na > NBL_SHP_MAXK) return nbl_shp_set_dt(c, 0, x.dt, -1);
+    if (na) memcpy(axes, a, sizeof(int64_t) * (size_t)na);
+  }
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  if (!known) return nbl_shp_set_dt(c, 0, x.dt, keep ? x.rank : -1);
+  if (na == 0 && noop) return nbl_shp_set(c, 0, &x);
+  bool red[NBL_SHP_MAXR] = {false};
+  for (int i = 0; i < na; i++) {
+    int a = nbl_norm_axis(axes[i], x.rank);
+    if (a < 0)
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (%s): axis %lld out of range for rank %d",
+                        nbl_model_label(c->model), n->name, n->op_type, (long long)axes[i], x.rank);
+    red[a] = true;
+  }
+  o.dt = x.dt;
+  o.rank = 0;
+  for (int i = 0; i < x.rank; i++) {
+    bool r = na == 0 || red[i];
+    if (!r)
+      o.d[o.rank++] = x.d[i];
+    else if (keep)
+      o.d[o.rank++] = nbl_dim_val(1);
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* Reduce* take axes as an input from opset 18, ReduceSum from opset 13. */
+static nbl_status shape_reduce(nbl_shape_ctx *c) { return shape_reduce_axes(c, c->opset >= 18); }
+static nbl_status shape_reducesum(nbl_shape_ctx *c) { return shape_reduce_axes(c, c->opset >= 13); }
+
+static nbl_status shape_argmax(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t keep = nbl_attr_int(c->node, "keepdims", 1);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, -1);
+  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", 0), x.rank);
+  if (a < 0) return nbl_shp_set_dt(c, 0, NBL_DT_INT64, keep ? x.rank : x.rank - 1);
+  o = x;
+  o.dt = NBL_DT_INT64;
+  if (keep)
+    o.d[a] = nbl_dim_val(1);
+  else {
+    for (int i = a; i + 1 < x.rank; i++) o.d[i] = x.d[i + 1];
+    o.rank--;
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+static nbl_status shape_topk(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t k = -1;
+  if (c->opset < 10)
+    k = nbl_attr_int(c->node, "k", -1);
+  else if (!nbl_shp_in_scalar_i64(c, 1, &k))
+    k = -1;
+  o = x;
+  if (x.rank >= 0) {
+    int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), x.rank);
+    if (a >= 0) o.d[a] = k >= 0 ? nbl_dim_val(k) : nbl_dim_unk();
+  }
+  nbl_status st = nbl_shp_set(c, 0, &o);
+  if (st) return st;
+  o.dt = NBL_DT_INT64;
+  return nbl_shp_set(c, 1, &o);
+}
+
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h; softmax and loss backward ops are com.microsoft
  * training ops, runtime/ops/grad_reduce.c) */
@@ -962,25 +1046,25 @@ static nbl_status g_nll(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
-    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .grad = g_reduce),
-    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .grad = g_reduce),
-    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .no_grad = "no rule yet"),
-    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .grad = g_reduce),
-    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .grad = g_reduce),
-    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .grad = g_reduce),
-    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .grad = g_reduce),
-    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .grad = g_reduce),
-    NBL_OP("ArgMax", 1, .ref = k_argmax, .no_grad = "not differentiable: integer output"),
-    NBL_OP("ArgMin", 1, .ref = k_argmin, .no_grad = "not differentiable: integer output"),
-    NBL_OP("Softmax", 1, .ref = k_softmax, .grad = g_softmax),
-    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .grad = g_logsoftmax),
-    NBL_OP("Hardmax", 1, .ref = k_hardmax, .grad = nbl_grad_zero),
-    NBL_OP("CumSum", 11, .ref = k_cumsum, .grad = g_cumsum),
-    NBL_OP("TopK", 1, .ref = k_topk, .no_grad = "no rule yet"),
-    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .no_grad = "no rule yet"),
-    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .no_grad = "no rule yet"),
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .grad = g_reduce),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .no_grad = "no rule yet"),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce, .grad = g_reduce),
+    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .no_grad = "not differentiable: integer output"),
+    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .no_grad = "not differentiable: integer output"),
+    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .grad = g_softmax),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .grad = g_logsoftmax),
+    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .grad = g_cumsum),
+    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .no_grad = "no rule yet"),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
     NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .grad = g_nll),
     NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .grad = g_sce),
 };

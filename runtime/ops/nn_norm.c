@@ -1,0 +1,372 @@
+/* runtime/ops/nn_norm.c - op family 'nn_norm': normalization
+ * (BatchNormalization in inference and training mode, InstanceNormalization,
+ * LayerNormalization, LRN). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/core/grad.h"
+#include "runtime/core/shape.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/ops/nn_common.h"
+
+/* ------------------------------------------------------------------ BatchNormalization */
+
+static nbl_status bn_check(nbl_kctx *c, int *training) {
+  nbl_status st;
+  const char *names[5] = {"X", "scale", "B", "mean", "var"};
+  for (int i = 0; i < 5; i++)
+    if ((st = need_input(c, i, names[i]))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = need_float(c, X, "X"))) return st;
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
+  for (int i = 1; i < 5; i++) {
+    if ((st = need_float(c, c->in[i], names[i]))) return st;
+    if (c->in[i]->rank != 1 || c->in[i]->dims[0] != X->dims[1])
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have shape [%lld]", names[i],
+                      (long long)X->dims[1]);
+  }
+  if (c->opset < 9 && nbl_attr_int(c->node, "spatial", 1) == 0)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "spatial=0 is not supported");
+  *training = c->opset >= 14 ? (int)nbl_attr_int(c->node, "training_mode", 0) : 0;
+  if (c->opset < 14 && (want_out(c, 1) || want_out(c, 2) || want_out(c, 3) || want_out(c, 4)))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED,
+                    "training-mode outputs before opset 14 are not supported");
+  if (!*training && c->opset >= 14 && (want_out(c, 1) || want_out(c, 2)))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL,
+                    "running_mean/var outputs are only allowed with training_mode=1");
+  return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims);
+}
+
+static nbl_status k_bn_ref(nbl_kctx *c) {
+  int training;
+  nbl_status st = bn_check(c, &training);
+  if (st) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  int64_t N = X->dims[0], C = X->dims[1], sp = X->numel / (N * C != 0 ? N * C : 1);
+  if (N * C == 0) sp = 0;
+  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
+  double mom = nbl_attr_float(c->node, "momentum", 0.9f);
+  const nbl_rt_tensor *ts[5] = {c->in[0], c->in[1], c->in[2], c->in[3], c->in[4]};
+  double *v[5];
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
+  double *bm = malloc((size_t)(C ? C : 1) * sizeof(double) * 2);
+  if (!y || !bm || !conv_inputs(5, ts, v)) {
+    free(y);
+    free(bm);
+    return oom(c);
+  }
+  double *bv = bm + C;
+  for (int64_t ch = 0; ch < C; ch++) {
+    double mean = v[3][ch], var = v[4][ch];
+    if (training) {
+      double s = 0, s2 = 0;
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < sp; i++) s += v[0][(n * C + ch) * sp + i];
+      double cntd = (double)(N * sp);
+      mean = s / cntd;
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < sp; i++) {
+          double d = v[0][(n * C + ch) * sp + i] - mean;
+          s2 += d * d;
+        }
+      var = s2 / cntd;
+    }
+    bm[ch] = mean;
+    bv[ch] = var;
+    double a = v[1][ch] / sqrt(var + eps);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t i = 0; i < sp; i++) {
+        int64_t k = (n * C + ch) * sp + i;
+        y[k] = (v[0][k] - mean) * a + v[2][ch];
+      }
+  }
+  nbl_from_f64(Y, y);
+  for (int o = 1; o <= 2 && training; o++) {
+    if (!want_out(c, o)) continue;
+    if ((st = nbl_kctx_alloc_out(c, o, c->in[2 + o]->dtype, 1, &C))) break;
+    nbl_rt_tensor *R = nbl_kctx_out(c, o);
+    double *src = o == 1 ? bm : bv, *run = v[2 + o];
+    for (int64_t ch = 0; ch < C; ch++) nbl_rt_set_f64(R, ch, run[ch] * mom + src[ch] * (1 - mom));
+  }
+  free(y);
+  free(bm);
+  free_all(5, v);
+  return st;
+}
+
+static nbl_status k_bn_fast(nbl_kctx *c) {
+  for (int i = 0; i < 5; i++)
+    if (!in_at(c, i) || c->in[i]->dtype != NBL_DT_FLOAT) return k_bn_ref(c);
+  if (c->opset >= 14 && nbl_attr_int(c->node, "training_mode", 0)) return k_bn_ref(c);
+  int training;
+  nbl_status st = bn_check(c, &training);
+  if (st) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
+  float eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
+  const float *x = X->data, *sc = c->in[1]->data, *b = c->in[2]->data, *mu = c->in[3]->data,
+              *var = c->in[4]->data;
+  float *y = nbl_kctx_out(c, 0)->data;
+  for (int64_t ch = 0; ch < C; ch++) {
+    double a = sc[ch] / sqrt((double)var[ch] + eps);
+    float fa = (float)a, fb = (float)(b[ch] - mu[ch] * a);
+    for (int64_t n = 0; n < N; n++) {
+      const float *xp = x + (n * C + ch) * sp;
+      float *yp = y + (n * C + ch) * sp;
+      for (int64_t i = 0; i < sp; i++) yp[i] = xp[i] * fa + fb;
+    }
+  }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ InstanceNormalization */
+
+static nbl_status k_instnorm(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "input")) || (st = need_input(c, 1, "scale")) ||
+      (st = need_input(c, 2, "B")))
+    return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = need_float(c, X, "input"))) return st;
+  if (X->rank < 3) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input has rank %d, expected >= 3", X->rank);
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
+  for (int i = 1; i < 3; i++)
+    if (c->in[i]->rank != 1 || c->in[i]->dims[0] != C)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d must have shape [%lld]", i, (long long)C);
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
+  const nbl_rt_tensor *ts[3] = {X, c->in[1], c->in[2]};
+  double *v[3];
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
+  if (!y || !conv_inputs(3, ts, v)) {
+    free(y);
+    return oom(c);
+  }
+  for (int64_t pl = 0; pl < N * C; pl++) {
+    int64_t ch = pl % C;
+    const double *xp = v[0] + pl * sp;
+    double s = 0, s2 = 0;
+    for (int64_t i = 0; i < sp; i++) s += xp[i];
+    double mean = s / (double)sp;
+    for (int64_t i = 0; i < sp; i++) s2 += (xp[i] - mean) * (xp[i] - mean);
+    double a = v[1][ch] / sqrt(s2 / (double)sp + eps);
+    for (int64_t i = 0; i < sp; i++) y[pl * sp + i] = (xp[i] - mean) * a + v[2][ch];
+  }
+  nbl_from_f64(Y, y);
+  free(y);
+  free_all(3, v);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ LayerNormalization */
+
+static nbl_status k_layernorm(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "Scale"))) return st;
+  const nbl_rt_tensor *X = c->in[0], *S = c->in[1], *B = in_at(c, 2);
+  if ((st = need_float(c, X, "X")) || (st = need_float(c, S, "Scale"))) return st;
+  if (B && (st = need_float(c, B, "B"))) return st;
+  int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), X->rank);
+  if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis out of range for rank %d", X->rank);
+  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
+  int nr = X->rank - axis;
+  const int64_t *nd = X->dims + axis;
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < axis; i++) outer *= X->dims[i];
+  for (int i = axis; i < X->rank; i++) inner *= X->dims[i];
+  int64_t tmp[NBL_MAX_RANK];
+  int r;
+  if (S->rank > nr || nbl_broadcast_shape(nr, nd, S->rank, S->dims, &r, tmp) || r != nr ||
+      memcmp(tmp, nd, (size_t)nr * sizeof(int64_t)) ||
+      (B && (B->rank > nr || nbl_broadcast_shape(nr, nd, B->rank, B->dims, &r, tmp) || r != nr ||
+             memcmp(tmp, nd, (size_t)nr * sizeof(int64_t)))))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "Scale/B do not broadcast to the normalized shape");
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  int64_t sd[NBL_MAX_RANK];
+  for (int i = 0; i < X->rank; i++) sd[i] = i < axis ? X->dims[i] : 1;
+  nbl_dtype stash = nbl_attr_int(c->node, "stash_type", 1) == 1 ? NBL_DT_FLOAT : X->dtype;
+  if (want_out(c, 1) && (st = nbl_kctx_alloc_out(c, 1, stash, X->rank, sd))) return st;
+  if (want_out(c, 2) && (st = nbl_kctx_alloc_out(c, 2, stash, X->rank, sd))) return st;
+  const nbl_rt_tensor *ts[3] = {X, S, B};
+  double *v[3];
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
+  if (!y || !conv_inputs(3, ts, v)) {
+    free(y);
+    return oom(c);
+  }
+  for (int64_t o = 0; o < outer; o++) {
+    const double *xp = v[0] + o * inner;
+    double s = 0, s2 = 0;
+    for (int64_t i = 0; i < inner; i++) s += xp[i];
+    double mean = s / (double)inner;
+    for (int64_t i = 0; i < inner; i++) s2 += (xp[i] - mean) * (xp[i] - mean);
+    double inv = 1.0 / sqrt(s2 / (double)inner + eps);
+    for (int64_t i = 0; i < inner; i++) {
+      double sc = v[1][nbl_broadcast_index(nr, nd, i, S->rank, S->dims)];
+      double bb = B ? v[2][nbl_broadcast_index(nr, nd, i, B->rank, B->dims)] : 0.0;
+      y[o * inner + i] = (xp[i] - mean) * inv * sc + bb;
+    }
+    if (want_out(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), o, mean);
+    if (want_out(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), o, inv);
+  }
+  nbl_from_f64(Y, y);
+  free(y);
+  free_all(3, v);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ LRN */
+
+static nbl_status k_lrn(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = need_float(c, X, "X"))) return st;
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
+  int64_t size = nbl_attr_int(c->node, "size", 0);
+  if (size <= 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'size' must be positive");
+  double alpha = nbl_attr_float(c->node, "alpha", 1e-4f), beta = nbl_attr_float(c->node, "beta", 0.75f),
+         bias = nbl_attr_float(c->node, "bias", 1.0f);
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double *x = nbl_to_f64(X), *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
+  if (!x || !y) {
+    free(x);
+    free(y);
+    return oom(c);
+  }
+  int64_t lo = (size - 1) / 2, hi = size - 1 - lo;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = 0; ch < C; ch++)
+      for (int64_t i = 0; i < sp; i++) {
+        double ss = 0;
+        for (int64_t cc = ch - lo; cc <= ch + hi; cc++)
+          if (cc >= 0 && cc < C) {
+            double v = x[(n * C + cc) * sp + i];
+            ss += v * v;
+          }
+        int64_t k = (n * C + ch) * sp + i;
+        y[k] = x[k] / pow(bias + alpha / (double)size * ss, beta);
+      }
+  nbl_from_f64(Y, y);
+  free(x);
+  free(y);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_batchnorm(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (st) return st;
+  nbl_shp s;
+  if (c->opset >= 14) {
+    nbl_shp_in(c, 3, &s);
+    st = nbl_shp_set(c, 1, &s);
+    if (!st) {
+      nbl_shp_in(c, 4, &s);
+      st = nbl_shp_set(c, 2, &s);
+    }
+    return st;
+  }
+  for (int k = 1; k < 5 && !st; k++) {
+    nbl_shp_in(c, k < 3 ? k + 2 : 1, &s);
+    st = nbl_shp_set(c, k, &s);
+  }
+  return st;
+}
+
+static nbl_status shape_layernorm(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (st) return st;
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  nbl_dtype sdt = (nbl_dtype)nbl_attr_int(c->node, "stash_type", NBL_DT_FLOAT);
+  if (x.rank < 0) {
+    st = nbl_shp_set_dt(c, 1, sdt, -1);
+    return st ? st : nbl_shp_set_dt(c, 2, sdt, -1);
+  }
+  int a = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), x.rank);
+  nbl_shp o = x;
+  o.dt = sdt;
+  if (a >= 0)
+    for (int i = a; i < x.rank; i++) o.d[i] = nbl_dim_val(1);
+  else
+    nbl_shp_rank(&o, sdt, x.rank);
+  st = nbl_shp_set(c, 1, &o);
+  return st ? st : nbl_shp_set(c, 2, &o);
+}
+
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* BatchNormalization in inference mode (running statistics as constants):
+ * dX = dY scale inv_std, dscale = sum dY (x - mean) inv_std, dB = sum dY, the
+ * sums over every axis but 1. Training mode is com.microsoft BatchNormInternal
+ * (its rule is on its own table line, runtime/ops/grad_pool_norm.c). */
+static nbl_status g_batchnorm(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  if (nbl_attr_int(n, "training_mode", 0) != 0)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of BatchNormalization with training_mode=1 is not supported: "
+                         "the build-training pass makes it com.microsoft BatchNormInternal");
+  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
+  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
+  nbl_id X = nbl_grad_x(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (r < 2 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of X must be known and >= 2");
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  float eps = nbl_attr_float(n, "epsilon", 1e-5f);
+  int64_t sp[NBL_MAX_RANK], red[NBL_MAX_RANK];
+  int nsp = 0, nred = 0;
+  for (int k = 0; k < r; k++) {
+    if (k >= 2) sp[nsp++] = k - 1;
+    if (k != 1) red[nred++] = k;
+  }
+  nbl_id dY = nbl_grad_dy(gc, 0);
+  nbl_id eps_c = nbl_grad_const(gc, dt, (double)eps);
+  nbl_id inv = nbl_grad_un(gc, "Reciprocal",
+                           nbl_grad_un(gc, "Sqrt", nbl_grad_bin(gc, "Add", nbl_grad_x(gc, 4), eps_c)));
+  if (nbl_grad_wants(gc, 0)) {
+    nbl_id f = nbl_grad_unsqueeze(gc, nbl_grad_bin(gc, "Mul", nbl_grad_x(gc, 1), inv), nsp, sp);
+    nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", dY, f));
+  }
+  if (nbl_grad_wants(gc, 1)) {
+    nbl_id xc = nbl_grad_bin(gc, "Sub", X, nbl_grad_unsqueeze(gc, nbl_grad_x(gc, 3), nsp, sp));
+    nbl_id xh = nbl_grad_bin(gc, "Mul", xc, nbl_grad_unsqueeze(gc, inv, nsp, sp));
+    nbl_grad_set_dx(gc, 1, nbl_grad_reduce_sum(gc, nbl_grad_bin(gc, "Mul", dY, xh), nred, red, 0));
+  }
+  if (nbl_grad_wants(gc, 2)) nbl_grad_set_dx(gc, 2, nbl_grad_reduce_sum(gc, dY, nred, red, 0));
+  return nbl_grad_status(gc);
+}
+
+/* LayerNormalization: com.microsoft LayerNormalizationGrad (dY, X, scale, mean,
+ * inv_std_dev -> dX, dscale, dbias); the forward node is made to produce its
+ * Mean and InvStdDev outputs. */
+static nbl_status g_layernorm(nbl_grad_ctx *gc) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1),
+                  nbl_grad_y_need(gc, 1), nbl_grad_y_need(gc, 2)};
+  nbl_id out[3];
+  nbl_grad_opn(gc, "LayerNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", -1));
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_nn_norm[] = {
+    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm, .grad = g_batchnorm),
+    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm, .grad = g_layernorm),
+    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+};
+const size_t nbl_ops_nn_norm_count = sizeof nbl_ops_nn_norm / sizeof nbl_ops_nn_norm[0];

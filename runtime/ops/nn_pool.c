@@ -1,0 +1,428 @@
+/* runtime/ops/nn_pool.c - op family 'nn_pool': pooling (MaxPool with
+ * indices, AveragePool, LpPool, their global forms, MaxUnpool). The window
+ * geometry is the convolution's (nbl_conv_geom_init, kernels/gemm.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/core/grad.h"
+#include "runtime/core/shape.h"
+#include "runtime/kernels/gemm.h"
+#include "runtime/ops/nn_common.h"
+
+/* ------------------------------------------------------------------ pooling */
+
+enum { POOL_MAX, POOL_AVG, POOL_LP };
+
+typedef struct pool_task {
+  const nbl_conv_geom *g;
+  const float *x;
+  float *y;
+} pool_task;
+
+/* Float 2-D max pooling without indices, one (n, c) plane per item; same
+ * result as the reference (NaN in a window gives NaN, an empty window -inf). */
+/* max that lets NaN through from either side */
+static inline float nan_max(float m, float v) { return v > m || v != v ? v : m; }
+
+/* m[i] = nan_max(m[i], v[i]) for i < n */
+static void nan_max_row_c(float *m, const float *v, int64_t n) {
+  for (int64_t i = 0; i < n; i++) m[i] = nan_max(m[i], v[i]);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx"))) static void nan_max_row_avx(float *m, const float *v, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 a = _mm256_loadu_ps(m + i), b = _mm256_loadu_ps(v + i);
+    /* vmaxps(b, a) is b > a ? b : a (a when either is NaN); a NaN b is
+     * then OR-ed in: all-ones exponent and a nonzero mantissa stay NaN */
+    __m256 r = _mm256_max_ps(b, a);
+    r = _mm256_or_ps(r, _mm256_and_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q), b));
+    _mm256_storeu_ps(m + i, r);
+  }
+  nan_max_row_c(m + i, v + i, n - i);
+}
+#endif
+
+/* nan_max_row_c, 8 lanes at a time when avx */
+static void nan_max_row(float *m, const float *v, int64_t n, int avx) {
+#if defined(__x86_64__)
+  if (avx) {
+    nan_max_row_avx(m, v, n);
+    return;
+  }
+#endif
+  (void)avx;
+  nan_max_row_c(m, v, n);
+}
+
+/* 2-D max pooling, one (n, c) plane per item: for each output row, the max
+ * over the window's input rows (a vector pass over whole rows, into a row
+ * padded with -inf), then over the window's columns at every column (vector
+ * passes over shifted copies), of which every stride-th is an output. NaN
+ * anywhere in a window gives NaN, as in the reference kernel. */
+static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
+  const pool_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t pl = g->pb[1], KW = g->k[1], dw = g->d[1], sw = g->s[1];
+  /* columns of the padded row: every window column in range */
+  int64_t Wp = (OW - 1) * sw + (KW - 1) * dw + 1;
+  if (Wp < pl + W) Wp = pl + W;
+  float *row = malloc(sizeof(float) * (size_t)(2 * Wp)), *hm = row + Wp;
+  if (!row) { /* out of memory: the direct loop */
+    for (int64_t q = begin; q < end; q++) {
+      const float *xp = t->x + q * H * W;
+      float *yp = t->y + q * OH * OW;
+      for (int64_t oh = 0; oh < OH; oh++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+          float m = -INFINITY;
+          for (int64_t kh = 0; kh < g->k[0]; kh++) {
+            int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+            for (int64_t kw = 0; ih >= 0 && ih < H && kw < KW; kw++) {
+              int64_t iw = ow * sw - pl + kw * dw;
+              if (iw >= 0 && iw < W) m = nan_max(m, xp[ih * W + iw]);
+            }
+          }
+          yp[oh * OW + ow] = m;
+        }
+    }
+    return;
+  }
+  int avx = 0;
+#if defined(__x86_64__)
+  avx = __builtin_cpu_supports("avx");
+#endif
+  for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
+  for (int64_t q = begin; q < end; q++) {
+    const float *xp = t->x + q * H * W;
+    float *yp = t->y + q * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      float *mid = row + pl; /* the input columns; the padding stays -inf */
+      int first = 1;
+      for (int64_t kh = 0; kh < g->k[0]; kh++) {
+        int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+        if (ih < 0 || ih >= H) continue;
+        if (first) {
+          memcpy(mid, xp + ih * W, sizeof(float) * (size_t)W);
+          first = 0;
+        } else {
+          nan_max_row(mid, xp + ih * W, W, avx);
+        }
+      }
+      if (first)
+        for (int64_t i = 0; i < W; i++) mid[i] = -INFINITY;
+      /* window max at every column start, then every sw-th of them */
+      int64_t nh = (OW - 1) * sw + 1;
+      memcpy(hm, row, sizeof(float) * (size_t)nh);
+      for (int64_t kw = 1; kw < KW; kw++) nan_max_row(hm, row + kw * dw, nh, avx);
+      float *yr = yp + oh * OW;
+      for (int64_t ow = 0; ow < OW; ow++) yr[ow] = hm[ow * sw];
+    }
+  }
+  free(row);
+}
+
+static nbl_status k_pool(nbl_kctx *c, int kind) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  const nbl_node *n = c->node;
+  nbl_dtype dt = X->dtype;
+  int int_ok = kind == POOL_MAX && (dt == NBL_DT_INT8 || dt == NBL_DT_UINT8);
+  if (!is_float(dt) && !int_ok)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "pooling on element type %s", nbl_dtype_name(dt));
+  int ceil_mode = (int)nbl_attr_int(n, "ceil_mode", 0);
+  nbl_conv_geom g;
+  if ((st = nbl_conv_geom_init(c, &g, X, NULL, ceil_mode))) return st;
+  int include_pad = (int)nbl_attr_int(n, "count_include_pad", 0);
+  double p = kind == POOL_LP ? (double)nbl_attr_int(n, "p", 2) : 0;
+  int storage_order = (int)nbl_attr_int(n, "storage_order", 0);
+  int64_t od[NBL_MAX_RANK] = {g.N, g.C};
+  for (int i = 0; i < g.ns; i++) od[2 + i] = g.out[i];
+  if ((st = nbl_kctx_alloc_out(c, 0, dt, X->rank, od))) return st;
+  int with_idx = kind == POOL_MAX && want_out(c, 1);
+  if (with_idx && (st = nbl_kctx_alloc_out(c, 1, NBL_DT_INT64, X->rank, od))) return st;
+  if (with_idx && storage_order && g.ns != 2)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=1 is supported for 2-D pooling only");
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (kind == POOL_MAX && dt == NBL_DT_FLOAT && !with_idx && !c->reference && g.ns == 2) {
+    pool_task t = {&g, X->data, Y->data};
+    nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
+    return NBL_OK;
+  }
+  int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
+  double *x = nbl_to_f64(X);
+  double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
+  if (!x || !y) {
+    free(x);
+    free(y);
+    return oom(c);
+  }
+  int ns = g.ns;
+  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP], pos[NBL_CONV_MAX_SP];
+  for (int64_t pl = 0; pl < g.N * g.C; pl++) {
+    const double *xp = x + pl * g.in_sz;
+    for (int64_t oi = 0; oi < g.out_sz; oi++) {
+      int64_t r = oi;
+      for (int i = ns - 1; i >= 0; i--) {
+        o[i] = r % g.out[i];
+        r /= g.out[i];
+      }
+      double acc = kind == POOL_MAX ? -INFINITY : 0.0;
+      int64_t best = -1, cnt_in = 0, cnt_pad = 0;
+      int nan = 0;
+      for (int64_t ki = 0; ki < g.k_sz; ki++) {
+        int64_t rk = ki;
+        for (int i = ns - 1; i >= 0; i--) {
+          kk[i] = rk % g.k[i];
+          rk /= g.k[i];
+        }
+        int inside = 1, in_pad = 1;
+        int64_t xi = 0;
+        for (int i = 0; i < ns; i++) {
+          pos[i] = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
+          if (pos[i] < 0 || pos[i] >= g.in[i]) inside = 0;
+          if (pos[i] < -g.pb[i] || pos[i] >= g.in[i] + g.pe[i]) in_pad = 0;
+          xi = xi * g.in[i] + pos[i];
+        }
+        cnt_pad += in_pad;
+        if (!inside) continue;
+        cnt_in++;
+        double v = xp[xi];
+        if (kind == POOL_MAX) {
+          if (isnan(v)) nan = 1;
+          if (best < 0 || v > xp[best]) best = xi;
+        } else if (kind == POOL_AVG) {
+          acc += v;
+        } else {
+          acc += pow(fabs(v), p);
+        }
+      }
+      double out;
+      if (kind == POOL_MAX) {
+        out = nan ? NAN : best >= 0 ? xp[best] : -INFINITY;
+      } else if (kind == POOL_AVG) {
+        int64_t div = include_pad ? cnt_pad : cnt_in;
+        out = div ? acc / (double)div : NAN;
+      } else {
+        out = pow(acc, 1.0 / p);
+      }
+      y[pl * g.out_sz + oi] = out;
+      if (idx) {
+        int64_t b = best < 0 ? 0 : best;
+        if (storage_order) { /* column-major within the plane: w * H + h */
+          int64_t h = b / g.in[1], w = b % g.in[1];
+          b = w * g.in[0] + h;
+        }
+        idx[pl * g.out_sz + oi] = pl * g.in_sz + b;
+      }
+    }
+  }
+  nbl_from_f64(Y, y);
+  free(x);
+  free(y);
+  return NBL_OK;
+}
+
+static nbl_status k_maxpool(nbl_kctx *c) { return k_pool(c, POOL_MAX); }
+static nbl_status k_avgpool(nbl_kctx *c) { return k_pool(c, POOL_AVG); }
+static nbl_status k_lppool(nbl_kctx *c) { return k_pool(c, POOL_LP); }
+
+static nbl_status k_global_pool(nbl_kctx *c, int kind) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = need_float(c, X, "X"))) return st;
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input rank %d < 2", X->rank);
+  int64_t od[NBL_MAX_RANK];
+  int64_t sp = 1;
+  for (int i = 0; i < X->rank; i++) {
+    od[i] = i < 2 ? X->dims[i] : 1;
+    if (i >= 2) sp *= X->dims[i];
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od))) return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  double p = kind == POOL_LP ? (double)nbl_attr_int(c->node, "p", 2) : 0;
+  int64_t planes = X->dims[0] * X->dims[1];
+  if (X->dtype == NBL_DT_FLOAT && kind != POOL_LP) {
+    const float *x = X->data;
+    float *y = Y->data;
+    int64_t pl = 0;
+    if (kind == POOL_AVG) /* 8 planes at a time: independent sums, each in its own order */
+      for (; pl + 8 <= planes; pl += 8) {
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = 0; i < sp; i++)
+          for (int k = 0; k < 8; k++) s[k] += x[(pl + k) * sp + i];
+        for (int k = 0; k < 8; k++) y[pl + k] = (float)(s[k] / (double)sp);
+      }
+    for (; pl < planes; pl++) {
+      const float *xp = x + pl * sp;
+      if (kind == POOL_AVG) {
+        double s = 0;
+        for (int64_t i = 0; i < sp; i++) s += xp[i];
+        y[pl] = (float)(s / (double)sp);
+      } else {
+        float m = sp ? xp[0] : -INFINITY;
+        for (int64_t i = 1; i < sp; i++)
+          if (xp[i] > m || isnan(xp[i])) m = isnan(m) ? m : xp[i];
+        y[pl] = m;
+      }
+    }
+    return NBL_OK;
+  }
+  double *x = nbl_to_f64(X), *y = malloc((size_t)(planes ? planes : 1) * sizeof(double));
+  if (!x || !y) {
+    free(x);
+    free(y);
+    return oom(c);
+  }
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const double *xp = x + pl * sp;
+    double acc = kind == POOL_MAX ? -INFINITY : 0.0;
+    int nan = 0;
+    for (int64_t i = 0; i < sp; i++) {
+      if (isnan(xp[i])) nan = 1;
+      if (kind == POOL_MAX) acc = xp[i] > acc ? xp[i] : acc;
+      else if (kind == POOL_AVG) acc += xp[i];
+      else acc += pow(fabs(xp[i]), p);
+    }
+    if (kind == POOL_AVG) acc /= (double)sp;
+    if (kind == POOL_LP) acc = pow(acc, 1.0 / p);
+    y[pl] = nan ? NAN : acc;
+  }
+  nbl_from_f64(Y, y);
+  free(x);
+  free(y);
+  return NBL_OK;
+}
+static nbl_status k_gmaxpool(nbl_kctx *c) { return k_global_pool(c, POOL_MAX); }
+static nbl_status k_gavgpool(nbl_kctx *c) { return k_global_pool(c, POOL_AVG); }
+static nbl_status k_glppool(nbl_kctx *c) { return k_global_pool(c, POOL_LP); }
+
+/* MaxUnpool: scatter X into zeros at the flat indices I (as MaxPool returned them). */
+static nbl_status k_maxunpool(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "I"))) return st;
+  const nbl_rt_tensor *X = c->in[0], *I = c->in[1], *OS = in_at(c, 2);
+  if ((st = need_float(c, X, "X"))) return st;
+  if (I->dtype != NBL_DT_INT64 || I->numel != X->numel)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "I must be int64 with X's shape");
+  nbl_conv_geom g;
+  if ((st = nbl_conv_geom_init(c, &g, X, NULL, 0))) return st;
+  int64_t od[NBL_MAX_RANK] = {X->dims[0], X->dims[1]};
+  for (int i = 0; i < g.ns; i++) {
+    int cnt;
+    const int64_t *pd = nbl_attr_ints(c->node, "pads", &cnt);
+    od[2 + i] = (g.in[i] - 1) * g.s[i] + g.k[i] - (pd ? pd[i] + pd[g.ns + i] : 0);
+  }
+  int64_t dd[NBL_MAX_RANK]; /* default shape: the layout the indices refer to */
+  memcpy(dd, od, sizeof dd);
+  int64_t dnum = nbl_shape_numel(X->rank, dd);
+  if (OS) {
+    if (OS->numel != X->rank || !is_int(OS->dtype))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output_shape must hold %d integers", X->rank);
+    for (int i = 0; i < X->rank; i++) od[i] = nbl_rt_get_i64(OS, i);
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od))) return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (Y->nbytes) memset(Y->data, 0, Y->nbytes);
+  const int64_t *idx = I->data;
+  for (int64_t i = 0; i < X->numel; i++) {
+    if (idx[i] < 0 || idx[i] >= dnum)
+      return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld out of range [0, %lld)", (long long)idx[i],
+                      (long long)dnum);
+    /* decode in the default shape, re-encode in the requested output shape */
+    int64_t r = idx[i], co[NBL_MAX_RANK], yi = 0;
+    int inside = 1;
+    for (int d = X->rank - 1; d >= 0; d--) {
+      co[d] = r % dd[d];
+      r /= dd[d];
+    }
+    for (int d = 0; d < X->rank; d++) {
+      if (co[d] >= od[d]) inside = 0;
+      yi = yi * od[d] + co[d];
+    }
+    if (inside) nbl_rt_set_f64(Y, yi, nbl_rt_get_f64(X, i));
+  }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_pool(nbl_shape_ctx *c, bool global) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  if (x.rank < 2) return nbl_shp_set(c, 0, &x);
+  o = x;
+  int nsp = x.rank - 2;
+  if (global) {
+    for (int i = 0; i < nsp; i++) o.d[2 + i] = nbl_dim_val(1);
+  } else {
+    int nk = 0;
+    const int64_t *ks = nbl_attr_ints(c->node, "kernel_shape", &nk);
+    bool ceil_mode = nbl_attr_int(c->node, "ceil_mode", 0) != 0;
+    nbl_shp_window(c, &x, nsp, nk == nsp ? ks : NULL, false, ceil_mode, o.d + 2);
+  }
+  nbl_status st = nbl_shp_set(c, 0, &o);
+  if (st) return st;
+  o.dt = NBL_DT_INT64; /* MaxPool Indices */
+  return nbl_shp_set(c, 1, &o);
+}
+
+static nbl_status shape_window_pool(nbl_shape_ctx *c) { return shape_pool(c, false); }
+static nbl_status shape_global_pool(nbl_shape_ctx *c) { return shape_pool(c, true); }
+
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* MaxPool: com.microsoft MaxPoolGrad (dY, Indices, shape of X); the forward
+ * node is made to produce its Indices output. */
+static nbl_status g_maxpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  if (nbl_grad_opset(gc, "") < 8)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of MaxPool needs opset >= 8 (the Indices output)");
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "MaxPoolGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* AveragePool: com.microsoft AveragePoolGrad (dY, shape of X), same attributes. */
+static nbl_status g_avgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "AveragePoolGrad", "com.microsoft", 2, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
+static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0);
+  nbl_id g = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_count_ratio(gc, X, nbl_grad_y(gc, 0)));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, X)));
+  return nbl_grad_status(gc);
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_nn_pool[] = {
+    NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .grad = g_maxpool),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .grad = g_avgpool),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .no_grad = "no rule yet"),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool, .grad = g_gavgpool),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .no_grad = "no rule yet"),
+};
+const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

@@ -1,0 +1,862 @@
+/*
+ * runtime/ops/shape_resize.c - op family 'shape_resize': ops that change the
+ * extent of a tensor's dims by padding or resampling.
+ *
+ * Pad (constant, reflect, edge, wrap), Resize and Upsample (nearest, linear,
+ * cubic, with every coordinate transformation mode).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/core/grad.h"
+#include "runtime/core/shape.h"
+#include "runtime/ops/movement.h"
+
+/* ------------------------------------------------------------------ Pad */
+
+enum { PAD_CONSTANT, PAD_REFLECT, PAD_EDGE, PAD_WRAP };
+
+/* Source index for output position i of a padded axis (input length n, pad
+ * before pb); -1 means "constant". */
+static inline int64_t pad_src(int64_t i, int64_t pb, int64_t n, int mode) {
+  int64_t s = i - pb;
+  if (s >= 0 && s < n) return s;
+  switch (mode) {
+  case PAD_EDGE: return s < 0 ? 0 : n - 1;
+  case PAD_WRAP: {
+    int64_t m = s % n;
+    return m < 0 ? m + n : m;
+  }
+  case PAD_REFLECT: {
+    if (n == 1) return 0;
+    int64_t p = 2 * (n - 1);
+    int64_t m = s % p;
+    if (m < 0) m += p;
+    return m >= n ? p - m : m;
+  }
+  default: return -1;
+  }
+}
+
+static nbl_status k_pad(nbl_kctx *c) {
+  const nbl_rt_tensor *x;
+  nbl_status st = need_in(c, 0, "data", &x);
+  if (st) return st;
+  size_t es = esize(c, x, "data");
+  if (!es) return NBL_ERR_UNSUPPORTED;
+  int r = x->rank;
+  const char *ms = nbl_attr_string(c->node, "mode", "constant");
+  int mode;
+  if (!strcmp(ms, "constant")) mode = PAD_CONSTANT;
+  else if (!strcmp(ms, "reflect")) mode = PAD_REFLECT;
+  else if (!strcmp(ms, "edge")) mode = PAD_EDGE;
+  else if (!strcmp(ms, "wrap")) mode = PAD_WRAP;
+  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "pad mode '%s' is not supported", ms);
+  int64_t pads[2 * NBL_MAX_RANK], axes[NBL_MAX_RANK];
+  int np = 0, na = -1;
+  /* the constant, as one element of x's type */
+  char cval[16] = {0};
+  const char *empty = "";
+  if (x->dtype == NBL_DT_STRING) memcpy(cval, &empty, sizeof empty);
+  if (c->opset < 11) {
+    if ((st = attr_ints(c, c->opset < 2 ? "paddings" : "pads", pads, 2 * NBL_MAX_RANK, &np))) return st;
+    if (np < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'pads' is missing");
+    float v = nbl_attr_float(c->node, "value", 0.0f);
+    if (x->dtype != NBL_DT_STRING) {
+      nbl_rt_tensor tmp = {0};
+      tmp.dtype = x->dtype;
+      tmp.data = cval;
+      nbl_rt_set_f64(&tmp, 0, v);
+    }
+  } else {
+    const nbl_rt_tensor *p, *cv = opt_in(c, 2), *ax = c->opset >= 18 ? opt_in(c, 3) : NULL;
+    if ((st = need_in(c, 1, "pads", &p)) || (st = read_ints(c, p, "pads", pads, 2 * NBL_MAX_RANK, &np)))
+      return st;
+    if (cv && cv->numel > 0) {
+      if (cv->dtype != x->dtype)
+        return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "constant_value type %s differs from data type %s",
+                        nbl_dtype_name(cv->dtype), nbl_dtype_name(x->dtype));
+      memcpy(cval, cv->data, es);
+    }
+    if (ax && (st = read_ints(c, ax, "axes", axes, NBL_MAX_RANK, &na))) return st;
+  }
+  int64_t pb[NBL_MAX_RANK] = {0}, pe[NBL_MAX_RANK] = {0};
+  if (na >= 0) {
+    if (np != 2 * na) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "pads has %d entries for %d axes", np, na);
+    for (int i = 0; i < na; i++) {
+      int a = nbl_norm_axis(axes[i], r);
+      if (a < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)axes[i], r);
+      pb[a] = pads[i];
+      pe[a] = pads[na + i];
+    }
+  } else {
+    if (np != 2 * r) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "pads has %d entries, expected %d", np, 2 * r);
+    for (int i = 0; i < r; i++) {
+      pb[i] = pads[i];
+      pe[i] = pads[r + i];
+    }
+  }
+  int64_t od[NBL_MAX_RANK];
+  for (int d = 0; d < r; d++) {
+    od[d] = x->dims[d] + pb[d] + pe[d];
+    if (od[d] < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "pads make axis %d negative", d);
+    if (mode != PAD_CONSTANT && x->dims[d] == 0 && od[d] > 0)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot %s-pad empty axis %d", ms, d);
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, r, od))) return st;
+  nbl_rt_tensor *o = nbl_kctx_out(c, 0);
+  if (o->numel == 0) return NBL_OK;
+  if (r == 0) {
+    memcpy(o->data, x->data, es);
+    return dup_strings(c, o);
+  }
+  int64_t str[NBL_MAX_RANK], idx[NBL_MAX_RANK] = {0};
+  nbl_strides(r, x->dims, str);
+  int L = r - 1;
+  int64_t orow = od[L], n = x->dims[L];
+  int64_t rows = o->numel / orow;
+  /* middle part of each row copied with memcpy */
+  int64_t j0 = pb[L] > 0 ? pb[L] : 0, j1 = pb[L] + n < orow ? pb[L] + n : orow;
+  char *dp = o->data;
+  for (int64_t q = 0; q < rows; q++, dp += orow * (int64_t)es) {
+    int64_t off = 0;
+    int cst = 0;
+    for (int d = 0; d < L; d++) {
+      int64_t s = pad_src(idx[d], pb[d], x->dims[d], mode);
+      if (s < 0) cst = 1;
+      else off += s * str[d];
+    }
+    next_idx(L, idx, od);
+    const char *sp = (const char *)x->data + off * (int64_t)es;
+    if (cst) {
+      for (int64_t j = 0; j < orow; j++) memcpy(dp + j * (int64_t)es, cval, es);
+      continue;
+    }
+    for (int64_t j = 0; j < orow; j++) {
+      if (j == j0 && j1 > j0) {
+        memcpy(dp + j * (int64_t)es, sp + (j - pb[L]) * (int64_t)es, (size_t)(j1 - j0) * es);
+        j = j1 - 1;
+        continue;
+      }
+      int64_t s = pad_src(j, pb[L], n, mode);
+      memcpy(dp + j * (int64_t)es, s < 0 ? cval : sp + s * (int64_t)es, es);
+    }
+  }
+  return dup_strings(c, o);
+}
+
+/* ------------------------------------------------------------------ Resize / Upsample */
+
+enum { RS_NEAREST, RS_LINEAR, RS_CUBIC };
+enum { CT_HALF_PIXEL, CT_HALF_PIXEL_SYM, CT_PYTORCH_HALF_PIXEL, CT_ALIGN_CORNERS, CT_ASYMMETRIC,
+       CT_TF_HALF_PIXEL_NN, CT_TF_CROP_AND_RESIZE };
+enum { NM_ROUND_PREFER_FLOOR, NM_ROUND_PREFER_CEIL, NM_FLOOR, NM_CEIL, NM_SIMPLE };
+
+typedef struct rs_params {
+  int mode, ctm, nearest, exclude_outside, antialias;
+  double cubic_a, extrapolation;
+} rs_params;
+
+/* Taps of one output position along one axis. */
+typedef struct rs_taps {
+  int n;       /* 0: extrapolate */
+  int64_t first; /* index of the first tap (window may extend outside; clamp on use) */
+  double w[1];   /* n weights follow (flexible) */
+} rs_taps;
+
+static double cubic_w(double x, double A) {
+  x = fabs(x);
+  if (x <= 1) return ((A + 2) * x - (A + 3)) * x * x + 1;
+  if (x < 2) return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+  return 0;
+}
+
+/* Original coordinate of output position x along an axis. */
+static double rs_coord(const rs_params *p, double x, double scale, int64_t in, int64_t out,
+                       double roi0, double roi1) {
+  double ow = scale * (double)in; /* the reference uses the unrounded output length */
+  switch (p->ctm) {
+  case CT_HALF_PIXEL: return (x + 0.5) / scale - 0.5;
+  case CT_HALF_PIXEL_SYM: {
+    double adj = (double)out / ow, center = (double)in / 2, off = center * (1 - adj);
+    return off + (x + 0.5) / scale - 0.5;
+  }
+  case CT_PYTORCH_HALF_PIXEL: return ow > 1 ? (x + 0.5) / scale - 0.5 : -0.5;
+  case CT_ALIGN_CORNERS: return ow == 1 ? 0 : x * (double)(in - 1) / (ow - 1);
+  case CT_ASYMMETRIC: return x / scale;
+  case CT_TF_HALF_PIXEL_NN: return (x + 0.5) / scale;
+  default: /* tf_crop_and_resize */
+    if (ow == 1) return (roi1 - roi0) * (double)(in - 1) / 2 + roi0 * (double)(in - 1);
+    return x * (roi1 - roi0) * (double)(in - 1) / (ow - 1) + roi0 * (double)(in - 1);
+  }
+}
+
+/* Fill taps for one output position; returns the tap count (0: extrapolate). */
+static int rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int64_t out,
+                        double roi0, double roi1, int maxn, int64_t *first, double *w) {
+  double xo = rs_coord(p, x, scale, in, out, roi0, roi1);
+  if (p->ctm == CT_TF_CROP_AND_RESIZE && (xo < 0 || xo > (double)(in - 1))) return 0;
+  double fl = floor(xo);
+  int64_t xi = (int64_t)fl;
+  double ratio = xo - fl;
+  if (ratio == 0) { /* prefer the left neighbour: ratio in (0, 1] */
+    xi -= 1;
+    ratio = 1;
+  }
+  if (p->mode == RS_NEAREST) {
+    int right;
+    if (ratio == 1) right = 1;
+    else switch (p->nearest) {
+      case NM_ROUND_PREFER_FLOOR: right = ratio > 0.5; break;
+      case NM_ROUND_PREFER_CEIL: right = ratio >= 0.5; break;
+      case NM_FLOOR: right = 0; break;
+      case NM_CEIL: right = 1; break;
+      default: right = scale < 1; break; /* simple: ceil when downsampling, else floor */
+      }
+    *first = xi + right;
+    w[0] = 1;
+    return 1;
+  }
+  double s = p->antialias && scale < 1 ? scale : 1;
+  int n;
+  if (p->mode == RS_LINEAR) {
+    int64_t start = (int64_t)floor(-1 / s) + 1;
+    n = (int)(2 - 2 * start);
+    if (n > maxn) n = maxn;
+    for (int i = 0; i < n; i++) {
+      double a = fabs(((double)(start + i) - ratio) * s);
+      w[i] = a < 1 ? 1 - a : 0;
+    }
+    *first = xi + start;
+  } else {
+    int64_t start = (int64_t)floor(-2 / s) + 1;
+    n = (int)(2 - 2 * start);
+    if (n > maxn) n = maxn;
+    for (int i = 0; i < n; i++) w[i] = cubic_w(((double)(start + i) - ratio) * s, p->cubic_a);
+    *first = xi + start;
+  }
+  if (p->exclude_outside)
+    for (int i = 0; i < n; i++)
+      if (*first + i < 0 || *first + i >= in) w[i] = 0;
+  if (p->exclude_outside || s < 1) {
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += w[i];
+    if (sum != 0)
+      for (int i = 0; i < n; i++) w[i] /= sum;
+  }
+  return n;
+}
+
+
+/* One separable pass along an axis: a [outer][in][inner] -> b [outer][out][inner]. */
+typedef struct rs_pass {
+  const double *a;
+  double *b;
+  const int64_t *first;
+  const int *cnt;
+  const double *w;
+  int maxt;
+  int64_t in, out, inner;
+  double extrapolation;
+} rs_pass;
+
+static void rs_pass_rows(void *arg, int64_t q0, int64_t q1) {
+  const rs_pass *ps = arg;
+  int64_t in = ps->in, out = ps->out, inner = ps->inner;
+  for (int64_t q = q0; q < q1; q++)
+    for (int64_t i = 0; i < out; i++) {
+      double *bp = ps->b + (q * out + i) * inner;
+      const double *wi = ps->w + i * ps->maxt;
+      int n = ps->cnt[i];
+      if (n == 0) {
+        for (int64_t e = 0; e < inner; e++) bp[e] = ps->extrapolation;
+        continue;
+      }
+      if (inner == 1) { /* innermost axis: a dot product per output */
+        const double *ap = ps->a + q * in;
+        double acc = 0;
+        for (int k = 0; k < n; k++)
+          if (wi[k] != 0) acc += wi[k] * ap[clampi(ps->first[i] + k, 0, in - 1)];
+        bp[0] = acc;
+        continue;
+      }
+      int started = 0;
+      for (int k = 0; k < n; k++) {
+        double wk = wi[k];
+        if (wk == 0) continue;
+        const double *ap = ps->a + (q * in + clampi(ps->first[i] + k, 0, in - 1)) * inner;
+        if (!started) {
+          for (int64_t e = 0; e < inner; e++) bp[e] = wk * ap[e];
+          started = 1;
+        } else {
+          for (int64_t e = 0; e < inner; e++) bp[e] += wk * ap[e];
+        }
+      }
+      if (!started)
+        for (int64_t e = 0; e < inner; e++) bp[e] = 0;
+    }
+}
+
+/* Direct (non-separable) linear/cubic: each output is the tensor-product sum
+ * over the taps of the resized axes. No intermediate buffers; used when the
+ * taps per output are few (the common 2-4 taps per axis). */
+typedef struct rs_direct {
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *o;
+  int r, k;             /* rank, number of resized axes */
+  int ax[NBL_MAX_RANK]; /* the resized axes */
+  int64_t istr[NBL_MAX_RANK];
+  const int64_t *od;
+  int64_t *first[NBL_MAX_RANK];
+  int *cnt[NBL_MAX_RANK];
+  double *w[NBL_MAX_RANK];
+  int64_t *src[NBL_MAX_RANK]; /* clamped tap index times the input stride */
+  int maxt;
+  int resized[NBL_MAX_RANK];
+  double extrapolation;
+  int int_out;
+} rs_direct;
+
+static void rs_direct_rows(void *arg, int64_t q0, int64_t q1) {
+  const rs_direct *j = arg;
+  int r = j->r, L = r - 1, M = j->maxt;
+  int64_t olast = j->od[L], idx[NBL_MAX_RANK] = {0};
+  int64_t rem = q0;
+  for (int d = L - 1; d >= 0; d--) {
+    idx[d] = rem % j->od[d];
+    rem /= j->od[d];
+  }
+  const float *xf = j->x->dtype == NBL_DT_FLOAT ? j->x->data : NULL;
+  float *of = j->o->dtype == NBL_DT_FLOAT ? j->o->data : NULL;
+  int64_t roff[64];
+  double rw[64];
+  int kr = j->k - (j->resized[L] ? 1 : 0); /* resized axes before the last one */
+  for (int64_t q = q0; q < q1; q++) {
+    /* the row's combinations over the resized outer axes */
+    int64_t base = 0;
+    int ext = 0, nrc = 0;
+    for (int d = 0; d < L; d++)
+      if (!j->resized[d]) base += idx[d] * j->istr[d];
+      else if (j->cnt[d][idx[d]] == 0) ext = 1;
+    if (!ext) {
+      int t[NBL_MAX_RANK] = {0};
+      for (;;) {
+        double wt = 1;
+        int64_t off = base;
+        for (int a = 0; a < kr; a++) {
+          int d = j->ax[a];
+          wt *= j->w[d][idx[d] * M + t[a]];
+          off += j->src[d][idx[d] * M + t[a]];
+        }
+        if (wt != 0 && nrc < 64) {
+          roff[nrc] = off;
+          rw[nrc++] = wt;
+        }
+        int a = kr - 1;
+        while (a >= 0 && ++t[a] >= j->cnt[j->ax[a]][idx[j->ax[a]]]) t[a--] = 0;
+        if (a < 0) break;
+      }
+    }
+    for (int64_t e = 0; e < olast; e++) {
+      double acc = j->extrapolation;
+      if (!ext && (!j->resized[L] || j->cnt[L][e] > 0)) {
+        acc = 0;
+        for (int rc = 0; rc < nrc; rc++) {
+          int64_t o0 = roff[rc];
+          double v;
+          if (!j->resized[L]) {
+            int64_t off = o0 + e * j->istr[L];
+            v = xf ? (double)xf[off] : nbl_rt_get_f64(j->x, off);
+          } else {
+            v = 0;
+            const double *we = j->w[L] + e * M;
+            const int64_t *se = j->src[L] + e * M;
+            for (int t = 0; t < j->cnt[L][e]; t++)
+              if (we[t] != 0) v += we[t] * (xf ? (double)xf[o0 + se[t]] : nbl_rt_get_f64(j->x, o0 + se[t]));
+          }
+          acc += rw[rc] * v;
+        }
+      }
+      int64_t oi = q * olast + e;
+      if (of) {
+        of[oi] = (float)acc;
+      } else {
+        if (j->int_out) {
+          acc = nearbyint(acc);
+          nbl_dtype dt = j->o->dtype;
+          double lo = dt == NBL_DT_UINT8 ? 0 : dt == NBL_DT_INT8 ? -128 : -INFINITY;
+          double hi = dt == NBL_DT_UINT8 ? 255 : dt == NBL_DT_INT8 ? 127 : INFINITY;
+          acc = acc < lo ? lo : acc > hi ? hi : acc;
+        }
+        nbl_rt_set_f64(j->o, oi, acc);
+      }
+    }
+    next_idx(L, idx, j->od);
+  }
+}
+
+/* Core of Resize/Upsample once output sizes and per-axis scales are known. */
+static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_params *p,
+                             const int64_t *od, const double *scales, const double *roi) {
+  int r = x->rank;
+  nbl_status st = nbl_kctx_alloc_out(c, 0, x->dtype, r, od);
+  if (st) return st;
+  nbl_rt_tensor *o = nbl_kctx_out(c, 0);
+  if (o->numel == 0) return NBL_OK;
+  if (r == 0) {
+    memcpy(o->data, x->data, o->nbytes);
+    return dup_strings(c, o);
+  }
+  for (int d = 0; d < r; d++)
+    if (x->dims[d] == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot resize empty axis %d to %lld", d, (long long)od[d]);
+  if (p->mode == RS_NEAREST) {
+    size_t es = esize(c, x, "X");
+    if (!es) return NBL_ERR_UNSUPPORTED;
+    /* per-axis source index maps (-1: extrapolate) */
+    int64_t tot = 0;
+    for (int d = 0; d < r; d++) tot += od[d];
+    int64_t *map = malloc((size_t)(tot ? tot : 1) * sizeof *map), *mp[NBL_MAX_RANK];
+    if (!map) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    int64_t str[NBL_MAX_RANK], off = 0;
+    nbl_strides(r, x->dims, str);
+    for (int d = 0; d < r; d++) {
+      mp[d] = map + off;
+      off += od[d];
+      for (int64_t i = 0; i < od[d]; i++) {
+        int64_t f;
+        double w;
+        int n = rs_make_taps(p, (double)i, scales[d], x->dims[d], od[d], roi[d], roi[r + d], 1, &f, &w);
+        mp[d][i] = n ? clampi(f, 0, x->dims[d] - 1) * str[d] : -1;
+      }
+    }
+    char ext[16] = {0};
+    if (x->dtype == NBL_DT_STRING) {
+      const char *e = "";
+      memcpy(ext, &e, sizeof e);
+    } else {
+      nbl_rt_tensor tmp = {0};
+      tmp.dtype = x->dtype;
+      tmp.data = ext;
+      nbl_rt_set_f64(&tmp, 0, p->extrapolation);
+    }
+    int64_t idx[NBL_MAX_RANK] = {0};
+    int L = r - 1;
+    char *dp = o->data;
+    if (r == 0) {
+      memcpy(dp, x->data, es);
+    } else {
+      int64_t rows = o->numel / od[L];
+      for (int64_t q = 0; q < rows; q++) {
+        int64_t base = 0;
+        int e = 0;
+        for (int d = 0; d < L; d++) {
+          if (mp[d][idx[d]] < 0) e = 1;
+          else base += mp[d][idx[d]];
+        }
+        next_idx(L, idx, od);
+        for (int64_t j = 0; j < od[L]; j++, dp += es) {
+          int64_t m = mp[L][j];
+          ecpy(dp, (e || m < 0) ? ext : (const char *)x->data + (base + m) * (int64_t)es, es);
+        }
+      }
+    }
+    free(map);
+    return dup_strings(c, o);
+  }
+  /* linear / cubic: separable passes in double precision */
+  if (!(is_float_type(x->dtype) || is_int_type(x->dtype)))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "%s interpolation of element type %s",
+                    p->mode == RS_LINEAR ? "linear" : "cubic", nbl_dtype_name(x->dtype));
+  {
+    enum { DT = 16 };
+    rs_direct j = {0};
+    j.x = x;
+    j.o = o;
+    j.r = r;
+    j.od = od;
+    j.maxt = DT;
+    j.extrapolation = p->extrapolation;
+    j.int_out = is_int_type(o->dtype);
+    nbl_strides(r, x->dims, j.istr);
+    int64_t combos = 1;
+    nbl_status dst = NBL_OK;
+    for (int d = 0; d < r && combos <= 64; d++) {
+      int64_t in = x->dims[d], out = od[d];
+      j.first[d] = malloc((size_t)out * sizeof(int64_t));
+      j.cnt[d] = malloc((size_t)out * sizeof(int));
+      j.w[d] = malloc((size_t)out * DT * sizeof(double));
+      j.src[d] = malloc((size_t)out * DT * sizeof(int64_t));
+      if (!j.first[d] || !j.cnt[d] || !j.w[d] || !j.src[d]) {
+        dst = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+        break;
+      }
+      int identity = in == out, maxn = 1;
+      for (int64_t i = 0; i < out; i++) {
+        int n = rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], DT + 1, &j.first[d][i],
+                             j.w[d] + i * DT);
+        if (n > DT) { /* too many taps: use the separable passes */
+          combos = 65;
+          break;
+        }
+        j.cnt[d][i] = n;
+        for (int k = 0; k < n; k++) j.src[d][i * DT + k] = clampi(j.first[d][i] + k, 0, in - 1) * j.istr[d];
+        if (n > maxn) maxn = n;
+        if (n == 0) identity = 0;
+        for (int k = 0; k < n && identity; k++) {
+          double wk = j.w[d][i * DT + k];
+          if (wk != 0 && (clampi(j.first[d][i] + k, 0, in - 1) != i || wk != 1)) identity = 0;
+        }
+      }
+      if (!identity) {
+        j.resized[d] = 1;
+        j.ax[j.k++] = d;
+        combos *= maxn;
+      }
+    }
+    if (!dst && combos <= 64) {
+      int64_t rows = o->numel / od[r - 1];
+      if (o->numel < (1 << 14) || c->threads <= 1) rs_direct_rows(&j, 0, rows);
+      else nbl_parallel_for(c, rows, 1, rs_direct_rows, &j);
+    }
+    for (int d = 0; d < r; d++) free(j.first[d]), free(j.cnt[d]), free(j.w[d]), free(j.src[d]);
+    if (dst || combos <= 64) return dst;
+  }
+  int64_t cur[NBL_MAX_RANK];
+  int64_t n0 = x->numel;
+  double *a = malloc((size_t)n0 * sizeof *a);
+  if (!a) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (x->dtype == NBL_DT_FLOAT)
+    for (int64_t i = 0; i < n0; i++) a[i] = ((const float *)x->data)[i];
+  else
+    for (int64_t i = 0; i < n0; i++) a[i] = nbl_rt_get_f64(x, i);
+  for (int d = 0; d < r; d++) cur[d] = x->dims[d];
+  enum { MAXT = 64 };
+  for (int d = 0; d < r; d++) {
+    int64_t in = x->dims[d], out = od[d];
+    /* taps for this axis */
+    int64_t *first = malloc((size_t)out * sizeof *first);
+    int *cnt = malloc((size_t)out * sizeof *cnt);
+    double *w = malloc((size_t)out * MAXT * sizeof *w);
+    if (!first || !cnt || !w) {
+      free(first), free(cnt), free(w), free(a);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    int identity = in == out;
+    for (int64_t i = 0; i < out; i++) {
+      cnt[i] = rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], MAXT, &first[i], w + i * MAXT);
+      if (identity) { /* one weight of 1 on index i, all others 0 */
+        for (int k = 0; k < cnt[i] && identity; k++) {
+          int64_t src = clampi(first[i] + k, 0, in - 1);
+          double wk = w[i * MAXT + k];
+          if (wk != 0 && (src != i || wk != 1)) identity = 0;
+        }
+        if (cnt[i] == 0) identity = 0;
+      }
+    }
+    if (identity) {
+      free(first), free(cnt), free(w);
+      continue;
+    }
+    int64_t outer = 1, inner = 1;
+    for (int k = 0; k < d; k++) outer *= cur[k];
+    for (int k = d + 1; k < r; k++) inner *= cur[k];
+    int64_t nb = outer * out * inner;
+    double *b = malloc((size_t)(nb > 0 ? nb : 1) * sizeof *b);
+    if (!b) {
+      free(first), free(cnt), free(w), free(a);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    rs_pass ps = {a, b, first, cnt, w, MAXT, in, out, inner, p->extrapolation};
+    if (outer * out * inner < (1 << 16) || c->threads <= 1) rs_pass_rows(&ps, 0, outer);
+    else nbl_parallel_for(c, outer, 1, rs_pass_rows, &ps);
+    free(first), free(cnt), free(w), free(a);
+    a = b;
+    cur[d] = out;
+  }
+  if (o->dtype == NBL_DT_FLOAT) {
+    float *op = o->data;
+    for (int64_t i = 0; i < o->numel; i++) op[i] = (float)a[i];
+    free(a);
+    return NBL_OK;
+  }
+  for (int64_t i = 0; i < o->numel; i++) {
+    double v = a[i];
+    if (is_int_type(o->dtype)) { /* round to nearest and saturate like the reference runtimes */
+      v = nearbyint(v);
+      double lo = o->dtype == NBL_DT_UINT8 ? 0 : o->dtype == NBL_DT_INT8 ? -128 : -INFINITY;
+      double hi = o->dtype == NBL_DT_UINT8 ? 255 : o->dtype == NBL_DT_INT8 ? 127 : INFINITY;
+      v = v < lo ? lo : v > hi ? hi : v;
+    }
+    nbl_rt_set_f64(o, i, v);
+  }
+  free(a);
+  return NBL_OK;
+}
+
+static nbl_status k_resize(nbl_kctx *c) {
+  const nbl_rt_tensor *x;
+  nbl_status st = need_in(c, 0, "X", &x);
+  if (st) return st;
+  int r = x->rank;
+  rs_params p = {0};
+  const char *m = nbl_attr_string(c->node, "mode", "nearest");
+  if (!strcmp(m, "nearest")) p.mode = RS_NEAREST;
+  else if (!strcmp(m, "linear") || !strcmp(m, "bilinear") || !strcmp(m, "trilinear")) p.mode = RS_LINEAR;
+  else if (!strcmp(m, "cubic") && c->opset >= 11) p.mode = RS_CUBIC;
+  else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "mode '%s' is not supported", m);
+  int upsample = strcmp(c->node->op_type, "Upsample") == 0;
+  const nbl_rt_tensor *roi_t = NULL, *sc_t = NULL, *sz_t = NULL;
+  double scales[NBL_MAX_RANK], roi[2 * NBL_MAX_RANK];
+  int64_t od[NBL_MAX_RANK];
+  for (int d = 0; d < r; d++) {
+    scales[d] = 1;
+    roi[d] = 0;
+    roi[r + d] = 1;
+    od[d] = x->dims[d];
+  }
+  if (upsample || c->opset < 11) {
+    p.ctm = CT_ASYMMETRIC;
+    p.nearest = upsample ? NM_FLOOR : NM_SIMPLE;
+    if (upsample && c->opset < 9) {
+      int n = 0;
+      const float *f = nbl_attr_floats(c->node, "scales", &n);
+      if (!f || n != r) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'scales' must have %d values", r);
+      for (int d = 0; d < r; d++) scales[d] = f[d];
+    } else {
+      if ((st = need_in(c, 1, "scales", &sc_t))) return st;
+    }
+  } else {
+    const char *ct = nbl_attr_string(c->node, "coordinate_transformation_mode", "half_pixel");
+    if (!strcmp(ct, "half_pixel")) p.ctm = CT_HALF_PIXEL;
+    else if (!strcmp(ct, "half_pixel_symmetric") && c->opset >= 19) p.ctm = CT_HALF_PIXEL_SYM;
+    else if (!strcmp(ct, "pytorch_half_pixel")) p.ctm = CT_PYTORCH_HALF_PIXEL;
+    else if (!strcmp(ct, "align_corners")) p.ctm = CT_ALIGN_CORNERS;
+    else if (!strcmp(ct, "asymmetric")) p.ctm = CT_ASYMMETRIC;
+    else if (!strcmp(ct, "tf_half_pixel_for_nn") && c->opset < 13) p.ctm = CT_TF_HALF_PIXEL_NN;
+    else if (!strcmp(ct, "tf_crop_and_resize")) p.ctm = CT_TF_CROP_AND_RESIZE;
+    else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "coordinate_transformation_mode '%s' is not valid at opset %d", ct, c->opset);
+    const char *nm = nbl_attr_string(c->node, "nearest_mode", "round_prefer_floor");
+    if (!strcmp(nm, "round_prefer_floor")) p.nearest = NM_ROUND_PREFER_FLOOR;
+    else if (!strcmp(nm, "round_prefer_ceil")) p.nearest = NM_ROUND_PREFER_CEIL;
+    else if (!strcmp(nm, "floor")) p.nearest = NM_FLOOR;
+    else if (!strcmp(nm, "ceil")) p.nearest = NM_CEIL;
+    else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "nearest_mode '%s' is not valid", nm);
+    p.cubic_a = nbl_attr_float(c->node, "cubic_coeff_a", -0.75f);
+    p.exclude_outside = (int)nbl_attr_int(c->node, "exclude_outside", 0);
+    p.extrapolation = nbl_attr_float(c->node, "extrapolation_value", 0.0f);
+    p.antialias = c->opset >= 18 ? (int)nbl_attr_int(c->node, "antialias", 0) : 0;
+    roi_t = opt_in(c, 1);
+    sc_t = opt_in(c, 2);
+    sz_t = opt_in(c, 3);
+    if (sc_t && sc_t->numel == 0) sc_t = NULL;
+    if (roi_t && roi_t->numel == 0) roi_t = NULL;
+    if (sz_t && sz_t->numel == 0) sz_t = NULL;
+    if (!!sc_t == !!sz_t)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "exactly one of 'scales' and 'sizes' must be given");
+  }
+  /* axes (opset 18) */
+  int axes[NBL_MAX_RANK], na = r;
+  for (int d = 0; d < r; d++) axes[d] = d;
+  if (!upsample && c->opset >= 18) {
+    int64_t av[NBL_MAX_RANK];
+    int n;
+    if ((st = attr_ints(c, "axes", av, NBL_MAX_RANK, &n))) return st;
+    if (n >= 0) {
+      na = n;
+      int seen[NBL_MAX_RANK] = {0};
+      for (int i = 0; i < n; i++) {
+        axes[i] = nbl_norm_axis(av[i], r);
+        if (axes[i] < 0 || seen[axes[i]])
+          return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axes[%d] = %lld is invalid for rank %d", i, (long long)av[i], r);
+        seen[axes[i]] = 1;
+      }
+    }
+  }
+  if (roi_t && p.ctm == CT_TF_CROP_AND_RESIZE) {
+    if (roi_t->numel != 2 * na || !is_float_type(roi_t->dtype))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "roi must hold %d floats", 2 * na);
+    for (int i = 0; i < na; i++) {
+      roi[axes[i]] = nbl_rt_get_f64(roi_t, i);
+      roi[r + axes[i]] = nbl_rt_get_f64(roi_t, na + i);
+    }
+  }
+  if (sc_t) {
+    if (sc_t->dtype != NBL_DT_FLOAT && sc_t->dtype != NBL_DT_DOUBLE && sc_t->dtype != NBL_DT_FLOAT16)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scales must be float, got %s", nbl_dtype_name(sc_t->dtype));
+    if (sc_t->numel != na)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scales has %lld values, expected %d", (long long)sc_t->numel, na);
+    for (int i = 0; i < na; i++) scales[axes[i]] = nbl_rt_get_f64(sc_t, i);
+  }
+  if (!sz_t) {
+    for (int d = 0; d < r; d++) {
+      if (!(scales[d] > 0)) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale %g for axis %d is not positive", scales[d], d);
+      double len = (double)x->dims[d] * scales[d];
+      /* the spec text multiplies by the roi extent; the ONNX reference and
+       * ONNX Runtime do not, and they decide the test data */
+      od[d] = (int64_t)floor(len);
+    }
+  } else {
+    int64_t sz[NBL_MAX_RANK];
+    int n;
+    if ((st = read_ints(c, sz_t, "sizes", sz, NBL_MAX_RANK, &n))) return st;
+    if (n != na) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "sizes has %d values, expected %d", n, na);
+    const char *pol = c->opset >= 18 ? nbl_attr_string(c->node, "keep_aspect_ratio_policy", "stretch") : "stretch";
+    int stretch = !strcmp(pol, "stretch"), nl = !strcmp(pol, "not_larger"), ns = !strcmp(pol, "not_smaller");
+    if (!stretch && !nl && !ns)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "keep_aspect_ratio_policy '%s' is not valid", pol);
+    for (int i = 0; i < na; i++)
+      if (sz[i] < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "sizes[%d] is negative", i);
+    if (stretch) {
+      for (int i = 0; i < na; i++) {
+        int d = axes[i];
+        od[d] = sz[i];
+        if (x->dims[d] > 0) scales[d] = (double)sz[i] / (double)x->dims[d];
+      }
+    } else {
+      double s = nl ? INFINITY : 0;
+      for (int i = 0; i < na; i++) {
+        double v = x->dims[axes[i]] > 0 ? (double)sz[i] / (double)x->dims[axes[i]] : 1;
+        s = nl ? (v < s ? v : s) : (v > s ? v : s);
+      }
+      for (int i = 0; i < na; i++) {
+        int d = axes[i];
+        scales[d] = s;
+        od[d] = (int64_t)floor(s * (double)x->dims[d] + 0.5);
+      }
+    }
+  }
+  return resize_run(c, x, &p, od, scales, roi);
+}
+
+/* ------------------------------------------------------------------ shape rules */
+
+static nbl_status shape_pad(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t pads[NBL_SHP_MAXK], axes[NBL_SHP_MAXK];
+  int np = 0, na = 0;
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  bool known = true;
+  if (c->opset < 11) {
+    const int64_t *p = nbl_attr_ints(c->node, "pads", &np);
+    if (np > NBL_SHP_MAXK) known = false; else if (np) memcpy(pads, p, sizeof(int64_t) * (size_t)np);
+  } else {
+    if (!nbl_shp_in_ints(c, 1, pads, &np)) known = false;
+    if (nbl_shp_has_in(c, 3) && !nbl_shp_in_ints(c, 3, axes, &na)) known = false;
+  }
+  if (!known) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  if (!na) {
+    na = x.rank;
+    for (int i = 0; i < na; i++) axes[i] = i;
+  }
+  if (np != 2 * na)
+    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Pad): %d pads for %d axes", c->node->name, np, na);
+  o = x;
+  for (int i = 0; i < na; i++) {
+    int a = nbl_norm_axis(axes[i], x.rank);
+    if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+    int64_t add = pads[i] + pads[na + i];
+    o.d[a] = nbl_dim_known(x.d[a]) ? nbl_dim_val(x.d[a].value + add) : add == 0 ? x.d[a] : nbl_dim_unk();
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+static nbl_status shape_resize(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  int64_t sizes[NBL_SHP_MAXK], axes[NBL_SHP_MAXK];
+  double scales[NBL_SHP_MAXK];
+  int nsz = 0, nsc = 0, na = 0;
+  const int64_t *ax = nbl_attr_ints(c->node, "axes", &na);
+  if (na > NBL_SHP_MAXK) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  for (int i = 0; i < na; i++) axes[i] = ax[i];
+  if (!na) {
+    na = x.rank;
+    for (int i = 0; i < na; i++) axes[i] = i;
+  }
+  const char *policy = nbl_attr_string(c->node, "keep_aspect_ratio_policy", "stretch");
+  int iscales = c->opset >= 11 ? 2 : 1, isizes = 3;
+  o = x;
+  if (c->opset >= 11 && nbl_shp_in_ints(c, isizes, sizes, &nsz) && nsz > 0) {
+    if (nsz != na || strcmp(policy, "stretch") != 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+    for (int i = 0; i < na; i++) {
+      int a = nbl_norm_axis(axes[i], x.rank);
+      if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+      o.d[a] = nbl_dim_val(sizes[i]);
+    }
+    return nbl_shp_set(c, 0, &o);
+  }
+  if (nbl_shp_in_floats(c, iscales, scales, &nsc, NBL_SHP_MAXK) && nsc > 0) {
+    if (nsc != na) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+    for (int i = 0; i < na; i++) {
+      int a = nbl_norm_axis(axes[i], x.rank);
+      if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+      if (nbl_dim_known(x.d[a]))
+        o.d[a] = nbl_dim_val((int64_t)floor((double)x.d[a].value * scales[i] + 1e-9));
+      else
+        o.d[a] = scales[i] == 1.0 ? x.d[a] : nbl_dim_unk();
+    }
+    return nbl_shp_set(c, 0, &o);
+  }
+  return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+}
+
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* Pad (constant mode, pads >= 0): dX is dY with the padding sliced off. */
+static nbl_status g_pad(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 2, "the pad value gets no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  const nbl_node *n = nbl_grad_node(gc);
+  const char *mode = nbl_attr_string(n, "mode", "constant");
+  if (strcmp(mode, "constant"))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of Pad mode '%s': no rule yet", mode);
+  int r = nbl_grad_rank(gc, nbl_grad_x(gc, 0)), np = 0, na = 0;
+  if (r < 1 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t pads[2 * NBL_MAX_RANK], axes[NBL_MAX_RANK];
+  if (nbl_grad_opset(gc, "") < 11) {
+    const int64_t *p = nbl_attr_ints(n, "pads", &np);
+    if (p && np <= 2 * NBL_MAX_RANK) memcpy(pads, p, sizeof(int64_t) * (size_t)np);
+  } else {
+    np = nbl_grad_const_ints(gc, nbl_grad_x(gc, 1), pads, 2 * NBL_MAX_RANK);
+    if (np < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "pads must be a constant");
+  }
+  na = nbl_grad_x(gc, 3) == NBL_NONE ? r : nbl_grad_const_ints(gc, nbl_grad_x(gc, 3), axes, NBL_MAX_RANK);
+  if (na < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "axes must be a constant");
+  if (nbl_grad_x(gc, 3) == NBL_NONE)
+    for (int k = 0; k < r; k++) axes[k] = k;
+  if (np != 2 * na) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "pads has %d values for %d axes", np, na);
+  int64_t st[NBL_MAX_RANK], en[NBL_MAX_RANK];
+  for (int k = 0; k < na; k++) {
+    if (pads[k] < 0 || pads[na + k] < 0)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of negative pads: no rule yet");
+    st[k] = pads[k];
+    en[k] = pads[na + k] > 0 ? -pads[na + k] : INT64_MAX;
+  }
+  nbl_id dx;
+  if (nbl_grad_opset(gc, "") < 10) {
+    dx = nbl_grad_un(gc, "Slice", nbl_grad_dy(gc, 0));
+    nbl_grad_attr_ints(gc, "starts", na, st);
+    nbl_grad_attr_ints(gc, "ends", na, en);
+    nbl_grad_attr_ints(gc, "axes", na, axes);
+  } else {
+    nbl_id in[4] = {nbl_grad_dy(gc, 0), nbl_grad_const_i64(gc, na, st),
+                    nbl_grad_const_i64(gc, na, en), nbl_grad_const_i64(gc, na, axes)};
+    dx = nbl_grad_op(gc, "Slice", "", 4, in);
+  }
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_shape_resize[] = {
+    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .grad = g_pad),
+    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .no_grad = "no rule yet"),
+    NBL_OP("Upsample", 7, .ref = k_resize, .no_grad = "no rule yet"),
+};
+const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];
