@@ -285,6 +285,7 @@ static nbl_status copy_node(bt *b, nbl_id nid, int dropout_seed) {
   if (is_bn) {
     float eps = nbl_attr_float(n, "epsilon", 1e-5f), mom = nbl_attr_float(n, "momentum", 0.9f);
     cn->n_attrs = 0;
+    if (nbl_model_opset(b->m, "com.microsoft") == 0) nbl_model_set_opset(b->m, "com.microsoft", 1);
     nbl_node_set_attr_float(alg, c, "epsilon", eps);
     nbl_node_set_attr_float(alg, c, "momentum", mom);
     b->n_bn++;
@@ -369,6 +370,8 @@ static nbl_id build_loss(bt *b, nbl_id out_main, const char *loss, const char *l
   nbl_id d = nbl_graph_add_value(alg, nbl_graph_unique_name(alg, "loss_diff"));
   nbl_id sq = nbl_graph_add_value(alg, nbl_graph_unique_name(alg, "loss_sq"));
   if (d == NBL_NONE || sq == NBL_NONE) return NBL_NONE;
+  nbl_type_copy(b->m->arena, &alg->values[d].type, &ov->type);
+  nbl_type_copy(b->m->arena, &alg->values[sq].type, &ov->type);
   nbl_id in[2] = {y, lab};
   if (add_node(alg, "Sub", "", "loss_diff", 2, in, d) == NBL_NONE) return NBL_NONE;
   in[0] = in[1] = d;

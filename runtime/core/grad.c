@@ -436,9 +436,10 @@ void nbl_grad_set_dx(nbl_grad_ctx *gc, int i, nbl_id v) {
  * once and not consumed yet. */
 static int exclusive(nbl_grad_ctx *gc, nbl_id v) {
   if (v < gc->n_fwd_values) return 0;
-  if (gc->made[v]) return 1;
   const nbl_value *val = &gc->g->values[v];
-  return gc->ccount[v] == 1 && val->n_consumers == 0 && !(val->flags & NBL_VAL_OUTPUT);
+  if (val->n_consumers != 0 || (val->flags & NBL_VAL_OUTPUT)) return 0;
+  /* a driver-made sum may have been handed on once (Identity, Reshape, ...) */
+  return gc->made[v] ? gc->ccount[v] <= 1 : gc->ccount[v] == 1;
 }
 
 /* The summed gradient of forward value y. name: the exact name it must get
@@ -627,6 +628,11 @@ nbl_id nbl_grad_unbroadcast(nbl_grad_ctx *gc, nbl_id g, nbl_id x, nbl_id y) {
 nbl_id nbl_grad_count_ratio(nbl_grad_ctx *gc, nbl_id X, nbl_id Y) {
   int r = nbl_grad_rank(gc, X), ry = nbl_grad_rank(gc, Y);
   nbl_dtype dt = nbl_grad_dtype(gc, X);
+  if (dt == NBL_DT_UNDEFINED) {
+    nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the element type of '%s' is unknown (run infer-shapes)",
+                  gc->g->values[X].name);
+    return NBL_NONE;
+  }
   if (r >= 0) {
     double cnt = 1;
     int known = 1;

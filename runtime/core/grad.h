@@ -54,6 +54,9 @@
 typedef struct nbl_grad_ctx nbl_grad_ctx;
 typedef nbl_status (*nbl_grad_fn)(nbl_grad_ctx *gc);
 
+/* The no_grad reason of the backward ops' table lines (second-order gradients). */
+#define NBL_NO_GRAD_BACKWARD "backward op: no rule yet for second-order gradients"
+
 /* ------------------------------------------------------------------ the driver */
 
 typedef struct nbl_grad_spec {

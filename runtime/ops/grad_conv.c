@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 #include "runtime/ops/nn.h"
 
@@ -280,7 +281,7 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_conv[] = {
-    {NBL_MS_DOMAIN, "ConvGrad", 1, 1, k_conv_grad_ref, k_conv_grad_fast},
-    {NBL_MS_DOMAIN, "ConvTransposeGrad", 1, 1, k_convt_grad_ref, NULL},
+    {NBL_MS_DOMAIN, "ConvGrad", 1, 1, k_conv_grad_ref, k_conv_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "ConvTransposeGrad", 1, 1, k_convt_grad_ref, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
 };
 const size_t nbl_ops_grad_conv_count = sizeof nbl_ops_grad_conv / sizeof nbl_ops_grad_conv[0];

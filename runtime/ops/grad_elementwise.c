@@ -63,6 +63,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 #include "runtime/ops/nibble.h"
 
@@ -265,16 +266,16 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_elementwise[] = {
-    {NBL_MS_DOMAIN, "ReluGrad", 1, 1, k_relu_grad, NULL},
-    {NBL_MS_DOMAIN, "SigmoidGrad", 1, 1, k_sigmoid_grad, NULL},
-    {NBL_MS_DOMAIN, "TanhGrad", 1, 1, k_tanh_grad, NULL},
-    {NBL_MS_DOMAIN, "GeluGrad", 1, 1, k_gelu_grad, NULL},
-    {NBL_MS_DOMAIN, "FastGeluGrad", 1, 1, k_fastgelu_grad, NULL},
-    {NBL_MS_DOMAIN, "LeakyReluGrad", 1, 1, k_leakyrelu_grad, NULL},
-    {NBL_MS_DOMAIN, "DropoutGrad", 1, 1, k_dropout_grad, NULL},
-    {NBL_MS_DOMAIN, "BitmaskDropoutGrad", 1, 1, k_bitmask_dropout_grad, NULL},
-    {NBL_MS_DOMAIN, "BroadcastGradientArgs", 1, 1, k_broadcast_grad_args, NULL},
-    {"ai.nibble", "QuantizeInt4Grad", 1, 1, k_quantize_int4_grad, NULL},
+    {NBL_MS_DOMAIN, "ReluGrad", 1, 1, k_relu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SigmoidGrad", 1, 1, k_sigmoid_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "TanhGrad", 1, 1, k_tanh_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "GeluGrad", 1, 1, k_gelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "FastGeluGrad", 1, 1, k_fastgelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "LeakyReluGrad", 1, 1, k_leakyrelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "DropoutGrad", 1, 1, k_dropout_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "BitmaskDropoutGrad", 1, 1, k_bitmask_dropout_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "BroadcastGradientArgs", 1, 1, k_broadcast_grad_args, NULL, .no_grad = "not differentiable: integer output"},
+    {"ai.nibble", "QuantizeInt4Grad", 1, 1, k_quantize_int4_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
 };
 const size_t nbl_ops_grad_elementwise_count =
     sizeof nbl_ops_grad_elementwise / sizeof nbl_ops_grad_elementwise[0];

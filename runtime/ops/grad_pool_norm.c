@@ -61,6 +61,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 
 /* ------------------------------------------------------------------ MaxPoolGrad */
@@ -451,13 +452,35 @@ done:
   return st;
 }
 
+/* ------------------------------------------------------------------ gradient rule */
+
+/* BatchNormInternal (BatchNormalization in training mode): com.microsoft
+ * BatchNormalizationGrad (dY, X, scale, saved mean, saved inv_std -> dX,
+ * dscale, dB), the forward node made to produce its saved statistics. The
+ * running statistics get no gradient. (runtime/core/grad.h) */
+static nbl_status g_bn_internal(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
+  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return nbl_grad_status(gc);
+  if (!nbl_attr_int(nbl_grad_node(gc), "training_mode", 1))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient with training_mode=0: no rule yet");
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1), nbl_grad_y_need(gc, 3),
+                  nbl_grad_y_need(gc, 4)};
+  nbl_id out[3];
+  nbl_grad_opn(gc, "BatchNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
+  nbl_grad_attr_float(gc, "epsilon", nbl_attr_float(nbl_grad_node(gc), "epsilon", 1e-5f));
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_pool_norm[] = {
-    {NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, k_maxpool_grad_ref, k_maxpool_grad_fast},
-    {NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, k_avgpool_grad_ref, k_avgpool_grad_fast},
-    {NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, k_bn_internal, k_bn_internal},
-    {NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, k_bn_grad, k_bn_grad},
-    {NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, k_layernorm_grad, NULL},
+    {NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, k_maxpool_grad_ref, k_maxpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, k_avgpool_grad_ref, k_avgpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, k_bn_internal, k_bn_internal, .grad = g_bn_internal},
+    {NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, k_bn_grad, k_bn_grad, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, k_layernorm_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
 };
 const size_t nbl_ops_grad_pool_norm_count = sizeof nbl_ops_grad_pool_norm / sizeof nbl_ops_grad_pool_norm[0];

@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 
 /* ------------------------------------------------------------------ softmax */
@@ -208,11 +209,11 @@ static nbl_status k_sce_internal_grad(nbl_kctx *c) { return sce_grad(c, 1); }
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_reduce[] = {
-    {NBL_MS_DOMAIN, "SoftmaxGrad_13", 1, 1, k_softmax_grad13, NULL},
-    {NBL_MS_DOMAIN, "LogSoftmaxGrad_13", 1, 1, k_logsoftmax_grad13, NULL},
-    {NBL_MS_DOMAIN, "SoftmaxGrad", 1, 1, k_softmax_grad, NULL},
-    {NBL_MS_DOMAIN, "LogSoftmaxGrad", 1, 1, k_logsoftmax_grad, NULL},
-    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossGrad", 1, 1, k_sce_grad, NULL},
-    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossInternalGrad", 1, 1, k_sce_internal_grad, NULL},
+    {NBL_MS_DOMAIN, "SoftmaxGrad_13", 1, 1, k_softmax_grad13, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "LogSoftmaxGrad_13", 1, 1, k_logsoftmax_grad13, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SoftmaxGrad", 1, 1, k_softmax_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "LogSoftmaxGrad", 1, 1, k_logsoftmax_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossGrad", 1, 1, k_sce_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossInternalGrad", 1, 1, k_sce_internal_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
 };
 const size_t nbl_ops_grad_reduce_count = sizeof nbl_ops_grad_reduce / sizeof nbl_ops_grad_reduce[0];

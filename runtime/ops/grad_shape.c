@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 #include "runtime/ops/shape.h"
 
@@ -140,7 +141,7 @@ static nbl_status k_slice_grad(nbl_kctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_shape[] = {
-    {NBL_MS_DOMAIN, "GatherGrad", 1, 1, k_gather_grad, NULL},
-    {NBL_MS_DOMAIN, "SliceGrad", 1, 1, k_slice_grad, NULL},
+    {NBL_MS_DOMAIN, "GatherGrad", 1, 1, k_gather_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SliceGrad", 1, 1, k_slice_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
 };
 const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];

@@ -860,6 +860,24 @@ static nbl_status shape_argmax(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
+/* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: a scalar (reduction
+ * mean or sum) or the target's shape (none), the scores' type; SCE's log_prob
+ * (output 1) is shaped like the scores. */
+static nbl_status shape_loss(nbl_shape_ctx *c) {
+  nbl_shp x, t;
+  nbl_shp_in(c, 0, &x);
+  nbl_status st;
+  if (!strcmp(nbl_attr_string(c->node, "reduction", "mean"), "none")) {
+    nbl_shp_in(c, 1, &t);
+    t.dt = x.dt;
+    st = nbl_shp_set(c, 0, &t);
+  } else {
+    st = nbl_shp_set_dt(c, 0, x.dt, 0);
+  }
+  if (st || c->node->n_outputs < 2 || c->node->outputs[1] == NBL_NONE) return st;
+  return nbl_shp_set(c, 1, &x);
+}
+
 static nbl_status shape_topk(nbl_shape_ctx *c) {
   nbl_shp x, o;
   nbl_shp_in(c, 0, &x);
@@ -1065,7 +1083,7 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .no_grad = "no rule yet"),
     NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
     NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .grad = g_nll),
-    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .grad = g_sce),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss, .grad = g_nll),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss, .grad = g_sce),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];
