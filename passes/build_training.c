@@ -280,6 +280,12 @@ static nbl_status copy_node(bt *b, nbl_id nid, int dropout_seed) {
     cn->attrs = nbl_arena_memdup(b->m->arena, n->attrs, sizeof(nbl_attr) * (size_t)n->n_attrs);
     if (!cn->attrs) return oom();
     cn->n_attrs = n->n_attrs;
+    for (int k = 0; k < cn->n_attrs; k++) { /* each node holds its own references */
+      nbl_attr *at = &cn->attrs[k];
+      if (at->type == NBL_ATTR_TENSOR && at->t && at->t->buf) nbl_buffer_ref(at->t->buf);
+      for (int j = 0; at->type == NBL_ATTR_TENSORS && j < at->n; j++)
+        if (at->tensors[j] && at->tensors[j]->buf) nbl_buffer_ref(at->tensors[j]->buf);
+    }
   }
   cn->doc_string = n->doc_string;
   if (is_bn) {

@@ -360,6 +360,9 @@ void nbl_grad_attr_copy(nbl_grad_ctx *gc, const char *const *except) {
       return;
     }
     *a = src; /* arrays live in the model's arena and are never changed in place */
+    if (src.type == NBL_ATTR_TENSOR && src.t && src.t->buf) nbl_buffer_ref(src.t->buf);
+    for (int j = 0; src.type == NBL_ATTR_TENSORS && j < src.n; j++)
+      if (src.tensors[j] && src.tensors[j]->buf) nbl_buffer_ref(src.tensors[j]->buf);
   }
 }
 
