@@ -117,17 +117,63 @@ static nbl_status k_identity(nbl_kctx *ctx) {
   return nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
 }
 
+/* splitmix64: the mixer behind Dropout's training-mode mask. */
+static uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Dropout in training mode (opset >= 12, training_mode true, ratio in (0, 1)):
+ * element i is kept when u_i >= ratio, u_i uniform in [0, 1) from splitmix64
+ * of (seed attribute, a 64-bit hash of the input's bytes, i); kept elements are
+ * scaled by 1 / (1 - ratio), mask (output 1, bool) says which. So the mask is
+ * a function of the seed and the data: a fresh mask whenever the input
+ * changes, the same one for the same input (nothing to checkpoint). */
+static nbl_status dropout_train(nbl_kctx *ctx, double ratio) {
+  const nbl_rt_tensor *x = ctx->in[0];
+  if (!(ratio >= 0 && ratio < 1))
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "ratio %g is outside [0, 1)", ratio);
+  if (x->dtype != NBL_DT_FLOAT && x->dtype != NBL_DT_DOUBLE)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "training mode on %s data is not supported",
+                    nbl_dtype_name(x->dtype));
+  uint64_t h = (uint64_t)nbl_attr_int(ctx->node, "seed", 0) * 0x9e3779b97f4a7c15ull;
+  const unsigned char *b = x->data;
+  for (size_t k = 0; k + 8 <= x->nbytes; k += 8) {
+    uint64_t w;
+    memcpy(&w, b + k, 8);
+    h = mix64(h ^ w);
+  }
+  for (size_t k = x->nbytes & ~(size_t)7; k < x->nbytes; k++) h = mix64(h ^ b[k]);
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, x->dtype, x->rank, x->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0), *m = NULL;
+  if (ctx->n_out > 1 && ctx->out[1]) {
+    if ((st = nbl_kctx_alloc_out(ctx, 1, NBL_DT_BOOL, x->rank, x->dims)) != NBL_OK) return st;
+    m = nbl_kctx_out(ctx, 1);
+  }
+  double scale = 1.0 / (1.0 - ratio);
+  for (int64_t i = 0; i < x->numel; i++) {
+    double u = (double)(mix64(h + (uint64_t)i) >> 11) * 0x1.0p-53;
+    int keep = u >= ratio;
+    if (x->dtype == NBL_DT_FLOAT)
+      ((float *)y->data)[i] = keep ? (float)(((const float *)x->data)[i] * scale) : 0.0f;
+    else
+      ((double *)y->data)[i] = keep ? ((const double *)x->data)[i] * scale : 0.0;
+    if (m) ((uint8_t *)m->data)[i] = (uint8_t)keep;
+  }
+  return NBL_OK;
+}
+
 static nbl_status k_dropout(nbl_kctx *ctx) {
   if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
-  /* training_mode (opset 12+: input 2) must be false for inference semantics */
+  /* training_mode (opset 12+: input 2) true: random dropout (ratio 0: the identity) */
   if (ctx->opset >= 12 && ctx->n_in > 2 && ctx->in[2] && ctx->in[2]->numel > 0 &&
       nbl_rt_get_i64(ctx->in[2], 0) != 0) {
-    /* ratio 0 in training mode is still the identity */
     double ratio = ctx->n_in > 1 && ctx->in[1] && ctx->in[1]->numel ? nbl_rt_get_f64(ctx->in[1], 0)
                                                                      : 0.5;
-    if (ratio != 0)
-      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED,
-                      "training_mode=true with ratio %g (random dropout) is not supported", ratio);
+    if (ratio != 0) return dropout_train(ctx, ratio);
   }
   if (ctx->opset < 7 && nbl_attr_int(ctx->node, "is_test", 0) == 0 &&
       nbl_attr_float(ctx->node, "ratio", 0.5f) != 0)
