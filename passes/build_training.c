@@ -203,8 +203,10 @@ static nbl_id mapped(bt *b, nbl_id v) {
   const nbl_value *src = &b->g->values[v];
   nbl_id a = nbl_graph_add_value(b->alg, src->name);
   if (a == NBL_NONE) return NBL_NONE;
-  nbl_type_copy(b->m->arena, &b->alg->values[a].type, &b->g->values[v].type);
-  if (b->g->values[v].init) b->alg->values[a].flags |= NBL_VAL_OUTER;
+  if (b->g->values[v].init) /* typed by the main graph's tensor */
+    b->alg->values[a].flags |= NBL_VAL_OUTER;
+  else
+    nbl_type_copy(b->m->arena, &b->alg->values[a].type, &b->g->values[v].type);
   b->map[v] = a;
   return a;
 }
@@ -410,12 +412,10 @@ static nbl_id add_state(bt *b, param *p, const char *suffix, nbl_id *alg_v) {
   nbl_tensor *t = nbl_tensor_new(b->m->arena, nm, pt->dtype, pt->rank, pt->dims, NULL);
   nbl_id v = t ? nbl_graph_add_value(g, nm) : NBL_NONE;
   if (v == NBL_NONE) return NBL_NONE;
-  nbl_type_set_tensor(b->m->arena, &g->values[v].type, pt->dtype, pt->rank, pt->dims);
-  nbl_graph_set_initializer(g, v, t);
+  nbl_graph_set_initializer(g, v, t); /* typed by its tensor, as loaded initializers are */
   /* algorithm: outer value */
   *alg_v = nbl_graph_add_value(b->alg, nm);
   if (*alg_v == NBL_NONE) return NBL_NONE;
-  nbl_type_set_tensor(b->m->arena, &b->alg->values[*alg_v].type, pt->dtype, pt->rank, pt->dims);
   b->alg->values[*alg_v].flags |= NBL_VAL_OUTER;
   /* initialization: ConstantOfShape(shape) = 0 */
   char hint[620];
@@ -678,18 +678,32 @@ static nbl_status bt_run(bt *b) {
     snprintf(nm, sizeof nm, "%s_grad", g->values[b->p[i].v].name);
     names[i] = nbl_arena_strdup(m->arena, nm);
   }
+  unsigned char *blocked = calloc((size_t)b->n_p + 1, 1);
+  if (!blocked) {
+    free(xs);
+    free(names);
+    return oom();
+  }
+  /* without trainable=, a float initializer fed only to inputs that take no
+   * gradient (Dropout's ratio, Clip's bounds, ...) is simply not trained */
   nbl_grad_spec gs = {.g = b->alg, .n_y = 1, .y = &lossv, .n_x = b->n_p, .x = xs,
-                      .dx_names = (const char *const *)names, .dx = xs + b->n_p};
+                      .dx_names = (const char *const *)names, .dx = xs + b->n_p,
+                      .lenient = !*trainable, .blocked = blocked};
   st = nbl_grad_build(&gs);
   if (st) {
     nbl_error_prefix("build-training");
     free(xs);
     free(names);
+    free(blocked);
     return st;
   }
   int kept = 0;
   char unreached[400] = "";
   for (int i = 0; i < b->n_p; i++) {
+    if (blocked[i]) { /* feeds an input without a gradient: a constant, not a parameter */
+      b->n_frozen++;
+      continue;
+    }
     if (xs[b->n_p + i] == NBL_NONE) { /* no differentiable path to the loss */
       size_t l = strlen(unreached);
       if (l + 80 < sizeof unreached)
@@ -703,6 +717,7 @@ static nbl_status bt_run(bt *b) {
   b->n_p = kept;
   free(xs);
   free(names);
+  free(blocked);
   if (b->n_p == 0)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
                       "build-training: no trainable parameter reaches the loss through "
@@ -713,6 +728,15 @@ static nbl_status bt_run(bt *b) {
   nbl_graph_add_output(b->alg, lossv);
   for (int i = 0; i < b->n_outs; i++) nbl_graph_add_output(b->alg, b->outs[i]);
   nbl_graph_dce(b->alg);
+  /* the types known here are saved with the model (value_info) */
+  nbl_graph *tg[2] = {b->alg, b->ini};
+  for (int k = 0; k < 2; k++)
+    for (nbl_id v = 0; v < tg[k]->n_values; v++) {
+      const nbl_value *val = &tg[k]->values[v];
+      if (!val->dead && val->type.kind == NBL_TYPE_TENSOR &&
+          !(val->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT | NBL_VAL_OUTER | NBL_VAL_VALUE_INFO)))
+        nbl_graph_add_value_info(tg[k], v);
+    }
   nbl_training_info *ti = nbl_arena_alloc(m->arena, sizeof *ti);
   if (!ti) return oom();
   ti->algorithm = b->alg;

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
@@ -581,6 +582,348 @@ START_TEST(test_fd_chain_shared_values) {
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------ the training model (contract) */
+
+static char *src_path(const char *rel) {
+  static char buf[1024];
+  const char *root = getenv("NBL_SOURCE_ROOT");
+  snprintf(buf, sizeof buf, "%s/%s", root ? root : "..", rel);
+  return buf;
+}
+
+static nbl_status run_spec(nbl_model *m, const char *spec) {
+  nbl_pipeline *p = NULL;
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options po = {.out = devnull, .log = devnull, .verify_each = 1};
+  nbl_status st = nbl_pipeline_parse(spec, &p);
+  if (!st) st = nbl_pipeline_run(p, m, &po);
+  nbl_pipeline_free(p);
+  fclose(devnull);
+  return st;
+}
+
+static int is_opt_node(const nbl_node *n) {
+  return !strcmp(n->domain, "ai.onnx.preview.training") || !strcmp(n->op_type, "Mul") ||
+         !strcmp(n->op_type, "Sub") || !strcmp(n->op_type, "Add");
+}
+
+static const char *binding(const nbl_kv *kv, int n, const char *key) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(kv[i].key, key)) return kv[i].value;
+  return NULL;
+}
+
+START_TEST(test_lenet_training_model) {
+  nbl_model *m = NULL, *orig = NULL;
+  ck_assert_int_eq(nbl_model_load(src_path("models/lenet5.onnx"), &m), NBL_OK);
+  ck_assert_int_eq(nbl_model_load(src_path("models/lenet5.onnx"), &orig), NBL_OK);
+  nbl_status st = run_spec(m, "build-training{optimizer=momentum,trainable=classifier.*|features.3.*,"
+                              "frozen=classifier.5.bias,weight-decay=0.0005}");
+  ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(m->n_training, 1);
+  const nbl_training_info *ti = &m->training[0];
+  const nbl_graph *alg = ti->algorithm, *g = m->graph;
+  /* inputs: data, label, lr, step; output 0: the float scalar loss */
+  ck_assert_int_eq(alg->n_inputs, 4);
+  const char *want_in[4] = {"input", "label", "lr", "step"};
+  for (int i = 0; i < 4; i++) ck_assert_str_eq(alg->values[alg->inputs[i]].name, want_in[i]);
+  ck_assert_int_eq(alg->values[alg->inputs[1]].type.elem, NBL_DT_INT64);
+  ck_assert_int_eq(alg->values[alg->inputs[3]].type.elem, NBL_DT_INT64);
+  const nbl_value *loss = &alg->values[alg->outputs[0]];
+  ck_assert_str_eq(loss->name, "loss");
+  ck_assert_int_eq(loss->type.elem, NBL_DT_FLOAT);
+  ck_assert_int_eq(loss->type.rank, 0);
+  ck_assert_int_eq(alg->n_outputs, 1 + ti->n_update_binding);
+  /* the inference graph is unchanged, the state is added next to it */
+  ck_assert_int_eq(g->n_nodes, orig->graph->n_nodes);
+  for (int i = 0; i < g->n_nodes; i++) ck_assert_str_eq(g->nodes[i].op_type, orig->graph->nodes[i].op_type);
+  int n_train = 0;
+  for (int i = 0; i < orig->graph->n_initializers; i++) {
+    const char *p = orig->graph->values[orig->graph->initializers[i]].name;
+    int trained = (!strncmp(p, "classifier.", 11) || !strncmp(p, "features.3.", 11)) &&
+                  strcmp(p, "classifier.5.bias") != 0;
+    char gname[256], sname[256], nname[256];
+    snprintf(gname, sizeof gname, "%s_grad", p);
+    snprintf(sname, sizeof sname, "%s.momentum", p);
+    snprintf(nname, sizeof nname, "%s.new", p);
+    nbl_id gv = nbl_graph_find(alg, gname);
+    if (!trained) {
+      ck_assert_msg(gv == NBL_NONE && !binding(ti->update_binding, ti->n_update_binding, p),
+                    "frozen '%s' is trained", p);
+      ck_assert_int_eq(nbl_graph_find(g, sname), NBL_NONE);
+      continue;
+    }
+    n_train++;
+    ck_assert_msg(gv != NBL_NONE, "no '%s'", gname);
+    /* gradients are read by the optimizer part only */
+    for (int k = 0; k < alg->values[gv].n_consumers; k++)
+      ck_assert_msg(is_opt_node(&alg->nodes[alg->values[gv].consumers[k]]), "'%s' read by %s", gname,
+                    alg->nodes[alg->values[gv].consumers[k]].op_type);
+    ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, p), nname);
+    char snew[300];
+    snprintf(snew, sizeof snew, "%s.new", sname);
+    ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, sname), snew);
+    nbl_id sv = nbl_graph_find(g, sname);
+    ck_assert_int_ne(sv, NBL_NONE);
+    const nbl_tensor *st_t = g->values[sv].init, *p_t = g->values[nbl_graph_find(g, p)].init;
+    ck_assert_ptr_nonnull(st_t);
+    ck_assert_int_eq(nbl_tensor_numel(st_t), nbl_tensor_numel(p_t));
+    for (int64_t k = 0; k < nbl_tensor_numel(st_t); k++) ck_assert(nbl_tensor_get_f64(st_t, k) == 0.0);
+    ck_assert_ptr_nonnull(binding(ti->init_binding, ti->n_init_binding, sname));
+  }
+  ck_assert_int_eq(n_train, 7);
+  ck_assert_int_eq(ti->n_update_binding, 2 * n_train);
+  /* Momentum nodes: PyTorch's SGD momentum (dampening 0) with L2 decay */
+  int n_mom = 0;
+  for (int i = 0; i < alg->n_nodes; i++) {
+    const nbl_node *n = &alg->nodes[i];
+    if (n->dead || strcmp(n->op_type, "Momentum")) continue;
+    n_mom++;
+    ck_assert_str_eq(nbl_attr_string(n, "mode", ""), "standard");
+    ck_assert(fabsf(nbl_attr_float(n, "alpha", 0) - 0.9f) < 1e-7f);
+    ck_assert(nbl_attr_float(n, "beta", 0) == 1.0f);
+    ck_assert(fabsf(nbl_attr_float(n, "norm_coefficient", 0) - 0.0005f) < 1e-9f);
+    ck_assert_str_eq(alg->values[n->inputs[0]].name, "lr");
+    ck_assert_str_eq(alg->values[n->inputs[1]].name, "step");
+  }
+  ck_assert_int_eq(n_mom, n_train);
+  /* saved as ONNX and loaded back: the same model */
+  char path[] = "/tmp/nbl_test_grad_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  char why[512];
+  ck_assert_msg(nbl_model_equal(m, back, why, sizeof why), "round trip: %s", why);
+  /* a pass pipeline after it keeps the state (dce knows what training reads) */
+  ck_assert_int_eq(run_spec(back, "default"), NBL_OK);
+  ck_assert_int_ne(nbl_graph_find(back->graph, "classifier.1.weight.momentum"), NBL_NONE);
+  unlink(path);
+  nbl_model_free(back);
+  nbl_model_free(m);
+  nbl_model_free(orig);
+}
+END_TEST
+
+START_TEST(test_every_optimizer_builds) {
+  const char *opts[] = {"sgd", "momentum", "nesterov", "adam", "adamw", "adagrad"};
+  const char *state[] = {NULL, ".momentum", ".momentum", ".adam_v", ".adam_m", ".adagrad_h"};
+  for (int k = 0; k < 6; k++) {
+    nbl_model *m = NULL;
+    ck_assert_int_eq(nbl_model_load(src_path("models/lenet5.onnx"), &m), NBL_OK);
+    char spec[200];
+    snprintf(spec, sizeof spec, "build-training{optimizer=%s,weight-decay=0.01}", opts[k]);
+    nbl_status st = run_spec(m, spec);
+    ck_assert_msg(st == NBL_OK, "%s: %s", opts[k], nbl_last_error());
+    if (state[k]) {
+      char nm[128];
+      snprintf(nm, sizeof nm, "features.0.weight%s", state[k]);
+      ck_assert_msg(nbl_graph_find(m->graph, nm) != NBL_NONE, "%s: no %s", opts[k], nm);
+      ck_assert_ptr_nonnull(m->training[0].initialization);
+    } else {
+      ck_assert_ptr_null(m->training[0].initialization);
+    }
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ QuantizeInt4, Dropout: the formulas */
+
+typedef struct grab {
+  int n;
+  const char *names[6];
+  double *v[6];
+  int64_t len[6];
+} grab;
+
+static void on_grab(void *user, const char *name, const nbl_rt_tensor *t) {
+  grab *g = user;
+  for (int i = 0; i < g->n; i++)
+    if (!strcmp(name, g->names[i])) {
+      free(g->v[i]);
+      g->v[i] = malloc(sizeof(double) * (size_t)(t->numel + 1));
+      for (int64_t k = 0; k < t->numel; k++) g->v[i][k] = nbl_rt_get_f64(t, k);
+      g->len[i] = t->numel;
+    }
+}
+
+/* Run a training model's algorithm graph once (main initializers bound, a
+ * label of zeros); values named in g are caught. */
+static void run_alg(nbl_model *m, grab *g, int times) {
+  nbl_graph *alg = m->training[0].algorithm;
+  nbl_engine_options eo = {.threads = 1, .reference = 1, .on_value = on_grab, .user = g};
+  nbl_engine *e = NULL;
+  ck_assert_msg(nbl_engine_create(m, alg, &eo, &e) == NBL_OK, "%s", nbl_last_error());
+  nbl_rt_tensor views[16];
+  for (int i = 0; i < m->graph->n_initializers && i < 16; i++) {
+    const nbl_value *v = &m->graph->values[m->graph->initializers[i]];
+    if (nbl_graph_find(alg, v->name) == NBL_NONE) continue;
+    ck_assert_int_eq(nbl_rt_from_ir(v->init, &views[i]), NBL_OK);
+    ck_assert_int_eq(nbl_engine_bind(e, v->name, &views[i]), NBL_OK);
+  }
+  static double zeros[256];
+  static float lr = 0;
+  static int64_t step = 1;
+  const nbl_value *lab = NULL;
+  for (int i = 0; i < alg->n_inputs; i++) {
+    const nbl_value *v = &alg->values[alg->inputs[i]];
+    if (strcmp(v->name, "lr") && strcmp(v->name, "step")) lab = v;
+  }
+  ck_assert_ptr_nonnull(lab);
+  nbl_rt_tensor tl = {.dtype = lab->type.elem, .rank = lab->type.rank, .data = zeros};
+  for (int k = 0; k < tl.rank; k++) tl.dims[k] = lab->type.dims[k].value;
+  tl.numel = nbl_shape_numel(tl.rank, tl.dims);
+  tl.nbytes = nbl_dtype_nbytes(tl.dtype, tl.numel);
+  nbl_rt_tensor tr = {.dtype = NBL_DT_FLOAT, .numel = 1, .data = &lr, .nbytes = 4};
+  nbl_rt_tensor ts = {.dtype = NBL_DT_INT64, .numel = 1, .data = &step, .nbytes = 8};
+  ck_assert_int_eq(nbl_engine_bind(e, lab->name, &tl), NBL_OK);
+  ck_assert_int_eq(nbl_engine_bind(e, "lr", &tr), NBL_OK);
+  ck_assert_int_eq(nbl_engine_bind(e, "step", &ts), NBL_OK);
+  for (int r = 0; r < times; r++) ck_assert_msg(nbl_engine_run(e) == NBL_OK, "%s", nbl_last_error());
+  nbl_engine_free(e);
+}
+
+START_TEST(test_quantize_int4_straight_through_and_pact) {
+  /* mse against zeros: dL/dY = 2 Y / n */
+  for (int pact = 0; pact < 2; pact++) {
+    fd_case c;
+    fd_begin(&c, 13);
+    nbl_model_set_opset(c.m, "ai.nibble", 1);
+    float x[16];
+    for (int i = 0; i < 16; i++) x[i] = (float)(1.75 * fd_rand() - 0.875);
+    x[5] = 0.875f; /* max |x| = 7/8: s = 1/8 and 7 s = max exactly (see the report) */
+    fd_const(&c, NBL_DT_FLOAT, D(2, 8), x);
+    if (pact) fd_const(&c, NBL_DT_FLOAT, 0, NULL, (float[]){0.5f});
+    fd_node_dom(&c, "QuantizeInt4", "ai.nibble", 1);
+    if (pact) {
+      attr_s(&c, "mode", "affine");
+      attr_s(&c, "scale_source", "pact");
+    }
+    ck_assert_msg(run_spec(c.m, "build-training{loss=mse,label=lab}") == NBL_OK, "%s", nbl_last_error());
+    grab g = {.n = 3, .names = {"y0", "x0_grad", "x1_grad"}};
+    run_alg(c.m, &g, 1);
+    ck_assert_ptr_nonnull(g.v[0]);
+    ck_assert_ptr_nonnull(g.v[1]);
+    double dalpha = 0;
+    for (int i = 0; i < 16; i++) {
+      double dy = 2 * g.v[0][i] / 16;
+      int inside = pact ? (x[i] >= 0 && x[i] <= 0.5f) : 1; /* symmetric max: every x is inside */
+      ck_assert_msg(fabs(g.v[1][i] - (inside ? dy : 0)) <= 1e-7, "x=%g: dX %g, want %g", x[i],
+                    g.v[1][i], inside ? dy : 0);
+      if (pact && x[i] > 0.5f) dalpha += dy;
+    }
+    if (pact) {
+      ck_assert_ptr_nonnull(g.v[2]);
+      ck_assert_msg(fabs(g.v[2][0] - dalpha) <= 1e-6, "dAlpha %g, want %g", g.v[2][0], dalpha);
+    }
+    printf("QuantizeInt4%s: straight-through%s match the hand formula\n", pact ? " PACT" : "",
+           pact ? " and alpha gradient" : "");
+    for (int i = 0; i < 3; i++) free(g.v[i]);
+    fd_end(&c);
+  }
+}
+END_TEST
+
+START_TEST(test_dropout_training) {
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param(&c, D(16, 16));
+  fd_f64(&c, 0, NULL, (double[]){0.25});
+  fd_node(&c, "Dropout", 1);
+  ck_assert_msg(run_spec(c.m, "build-training{loss=mse,seed=7}") == NBL_OK, "%s", nbl_last_error());
+  nbl_graph *alg = c.m->training[0].algorithm;
+  const nbl_node *dn = NULL;
+  for (int i = 0; i < alg->n_nodes; i++)
+    if (!strcmp(alg->nodes[i].op_type, "Dropout")) dn = &alg->nodes[i];
+  ck_assert_ptr_nonnull(dn);
+  ck_assert_int_eq(nbl_attr_int(dn, "seed", -1), 7);
+  ck_assert_int_eq(dn->n_inputs, 3);
+  ck_assert_int_ge(dn->n_outputs, 2);
+  const char *mask = alg->values[dn->outputs[1]].name;
+  grab g = {.n = 4, .names = {"y0", "", "x0_grad", mask}};
+  const nbl_tensor *xt = c.m->graph->values[nbl_graph_find(c.m->graph, "x0")].init;
+  run_alg(c.m, &g, 1);
+  double *first = malloc(sizeof(double) * 256);
+  memcpy(first, g.v[3], sizeof(double) * 256);
+  run_alg(c.m, &g, 1); /* same input, same seed: the same mask */
+  int kept = 0;
+  for (int i = 0; i < 256; i++) {
+    ck_assert(first[i] == g.v[3][i]);
+    kept += g.v[3][i] != 0;
+    double want_y = g.v[3][i] ? nbl_tensor_get_f64(xt, i) / 0.75 : 0;
+    ck_assert(fabs(g.v[0][i] - want_y) <= 1e-12);
+    double dx = 2 * g.v[0][i] / 256 * (g.v[3][i] ? 1 / 0.75 : 0);
+    ck_assert_msg(fabs(g.v[2][i] - dx) <= 1e-12, "element %d: dX %g, want %g", i, g.v[2][i], dx);
+  }
+  printf("Dropout training (ratio 0.25): %d of 256 kept, dX = dY mask / (1 - ratio) exactly\n", kept);
+  ck_assert(kept > 160 && kept < 224); /* 192 expected; 4 sigma = 28 */
+  free(first);
+  for (int i = 0; i < 4; i++) free(g.v[i]);
+  fd_end(&c);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ bad input */
+
+static void expect_error(nbl_model *m, const char *spec, const char *needle) {
+  nbl_status st = run_spec(m, spec);
+  ck_assert_msg(st != NBL_OK, "%s: accepted", spec);
+  ck_assert_msg(strstr(nbl_last_error(), needle), "%s: message '%s' lacks '%s'", spec, nbl_last_error(), needle);
+}
+
+START_TEST(test_bad_input) {
+  nbl_model *m = NULL;
+  ck_assert_int_eq(nbl_model_load(src_path("models/lenet5.onnx"), &m), NBL_OK);
+  expect_error(m, "build-training{trainable=features.*|nosuch.*}", "trainable glob 'nosuch.*' matches no initializer");
+  expect_error(m, "build-training{frozen=zzz}", "frozen glob 'zzz' matches no initializer");
+  expect_error(m, "build-training{optimizer=lion}", "optimizer 'lion' is not one of");
+  expect_error(m, "build-training{loss=hinge}", "loss 'hinge' is not one of");
+  expect_error(m, "build-training{loss=output}", "does not fit loss=output");
+  expect_error(m, "build-training{label=input}", "the name 'input' is already used");
+  expect_error(m, "build-training{optimizer=adam,beta1=1.5}", "hyper-parameters out of range");
+  expect_error(m, "build-training{trainable=features.0.weight,frozen=features.0.weight}", "no trainable parameter");
+  ck_assert_int_eq(m->n_training, 0);
+  ck_assert_int_eq(run_spec(m, "build-training"), NBL_OK);
+  expect_error(m, "build-training", "already has training_info");
+  nbl_model_free(m);
+  /* an output that does not fit the loss */
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param(&c, D(6));
+  fd_node(&c, "Relu", 1);
+  expect_error(c.m, "build-training", "does not fit loss=cross-entropy: it must be scores of rank >= 2");
+  fd_end(&c);
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3));
+  fd_node(&c, "ArgMax", 1);
+  expect_error(c.m, "build-training{loss=mse}", "it must be a float tensor");
+  fd_end(&c);
+  /* an op without a rule on the path names the node */
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3));
+  fd_param(&c, D(2, 3));
+  fd_node(&c, "Max", 1);
+  expect_error(c.m, "build-training{loss=mse}", "node 'n' (Max, domain 'ai.onnx', opset 13): no gradient (no rule yet)");
+  fd_end(&c);
+  /* a parameter asked for (trainable=) that feeds an input without a gradient
+   * is an error; by default such an initializer is simply not trained */
+  fd_begin(&c, 13);
+  fd_param(&c, D(3, 4));
+  fd_param(&c, 0, NULL);
+  fd_node(&c, "Clip", 1);
+  expect_error(c.m, "build-training{loss=mse,trainable=x0;x1}",
+               "no gradient for input 1 ('x1'): the bounds of Clip get no gradient");
+  ck_assert_int_eq(run_spec(c.m, "build-training{loss=mse}"), NBL_OK);
+  ck_assert_int_eq(nbl_graph_find(c.m->training[0].algorithm, "x1_grad"), NBL_NONE);
+  ck_assert_int_ne(nbl_graph_find(c.m->training[0].algorithm, "x0_grad"), NBL_NONE);
+  fd_end(&c);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ suite */
 
 static Suite *suite(void) {
@@ -604,6 +947,11 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_shape_ops);
   tcase_add_test(t, test_fd_cast);
   tcase_add_test(t, test_fd_chain_shared_values);
+  tcase_add_test(t, test_lenet_training_model);
+  tcase_add_test(t, test_every_optimizer_builds);
+  tcase_add_test(t, test_quantize_int4_straight_through_and_pact);
+  tcase_add_test(t, test_dropout_training);
+  tcase_add_test(t, test_bad_input);
   suite_add_tcase(s, t);
   return s;
 }

@@ -38,6 +38,7 @@ struct nbl_grad_ctx {
   char tags[MAX_TAGS][64];
   int tagc[MAX_TAGS], n_tags;
   int emitted;
+  unsigned char *xblocked; /* per wanted x: fed to an input without a gradient (lenient) */
 };
 
 /* ------------------------------------------------------------------ small utilities */
@@ -258,6 +259,13 @@ nbl_status nbl_grad_status(nbl_grad_ctx *gc) { return gc->err; }
 
 void nbl_grad_no_dx(nbl_grad_ctx *gc, int i, const char *why) {
   if (!nbl_grad_wants(gc, i)) return;
+  nbl_id x = nbl_grad_x(gc, i);
+  if (gc->s->lenient)
+    for (int k = 0; k < gc->s->n_x; k++)
+      if (gc->s->x[k] == x) { /* a parameter fed straight into this input: it is not trained */
+        gc->xblocked[k] = 1;
+        return;
+      }
   nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "no gradient for input %d ('%s'): %s", i,
                 gc->g->values[nbl_grad_x(gc, i)].name, why);
 }
@@ -677,6 +685,7 @@ static void ctx_free(nbl_grad_ctx *gc) {
   free(gc->made);
   free(gc->gy);
   free(gc->own);
+  free(gc->xblocked);
 }
 
 static void set_base(nbl_grad_ctx *gc, nbl_id n) {
@@ -723,8 +732,9 @@ nbl_status nbl_grad_build(nbl_grad_spec *s) {
   gc->src = calloc(nv, sizeof(int));
   gc->useful = calloc(nv, 1);
   gc->acc = calloc(nv, sizeof(vlist));
+  gc->xblocked = calloc((size_t)s->n_x + 1, 1);
   nbl_id *order = NULL;
-  if (!gc->src || !gc->useful || !gc->acc || ensure_v(gc, g->n_values) != 0) {
+  if (!gc->src || !gc->useful || !gc->acc || !gc->xblocked || ensure_v(gc, g->n_values) != 0) {
     ctx_free(gc);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
@@ -819,7 +829,8 @@ nbl_status nbl_grad_build(nbl_grad_spec *s) {
   /* the gradients asked for */
   for (int i = 0; i < s->n_x && !gc->err; i++) {
     nbl_id x = s->x[i];
-    if (x == NBL_NONE) continue;
+    if (s->blocked) s->blocked[i] = gc->xblocked[i];
+    if (x == NBL_NONE || gc->xblocked[i]) continue;
     char name[520];
     if (s->dx_names && s->dx_names[i])
       snprintf(name, sizeof name, "%s", s->dx_names[i]);

@@ -77,6 +77,12 @@ typedef struct nbl_grad_spec {
   nbl_id *dx;
   /* 1: an unreached x gets a zero gradient value (ConstantOfShape) instead of NBL_NONE. */
   int zeros_for_unreached;
+  /* 1: an x that is itself fed to an input a rule cannot differentiate
+   * (nbl_grad_no_dx: Dropout's ratio, Clip's bounds, ...) is not an error:
+   * the x gets no gradient at all (dx NBL_NONE) and blocked[i] = 1 (when
+   * blocked is not NULL). 0: such an input is an error naming the node. */
+  int lenient;
+  unsigned char *blocked;
   /* Out, optional: number of backward nodes emitted. */
   int n_emitted;
 } nbl_grad_spec;
