@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """check_torch_grads.py - nibble's training graph against PyTorch autograd.
 
-usage: check_torch_grads.py lenet|resnet [--keep DIR]
+usage: check_torch_grads.py lenet|resnet|optim [--keep DIR]
 
 lenet:  the shipped models/lenet5.onnx, its weights loaded into the PyTorch
         LeNet5 of models/make_models.py; the batch is the first 64 of the 100
@@ -11,6 +11,20 @@ resnet: a small ResNet with BatchNorm (a 3x3 stem, two basic blocks of which
         linear classifier), seeded weights and randomized BatchNorm statistics,
         exported by PyTorch 1.13 (opset 13, BatchNormalization kept as nodes);
         the batch is 8 seeded random images 3x16x16 with random labels.
+
+optim:  the optimizer part: LeNet, the same batch, 3 updates with each
+        optimizer of build-training (sgd, momentum, nesterov, adam, adamw,
+        adagrad, all with weight decay) against torch.optim (SGD, SGD with
+        momentum / nesterov, Adam, AdamW, Adagrad) from the same weights. The
+        error is max |nibble - torch| / max |torch - initial| over each
+        parameter (relative to the change the updates made); bound 1e-4,
+        except Adam and AdamW, whose ONNX update puts epsilon outside the bias
+        correction (lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v) + eps) where PyTorch
+        has lr/(1-b1^t) m / (sqrt(v/(1-b2^t)) + eps)): they are compared
+        with that formula computed in float64 from PyTorch's gradients, bound
+        1e-4, over the elements whose first gradient is at least 1e-2 of the
+        tensor's largest (Adam moves every element about lr, so an element
+        with a tiny gradient amplifies float32's absolute error).
 
 Both sides compute the mean cross-entropy of the same batch with the same
 weights: PyTorch with the model in train() mode (BatchNorm on batch
@@ -88,10 +102,97 @@ def run(cmd):
         sys.exit(1)
     return r.stdout
 
+OPTIMS = [  # name, build-training options, torch optimizer factory
+    ("sgd", "optimizer=sgd,weight-decay=0.001", lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.001), 0.05),
+    ("momentum", "optimizer=momentum,momentum=0.9,weight-decay=0.001",
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.001), 0.05),
+    ("nesterov", "optimizer=nesterov,momentum=0.9,weight-decay=0.001",
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.001), 0.05),
+    ("adam", "optimizer=adam,beta1=0.9,beta2=0.999,epsilon=1e-8,weight-decay=0.001",
+     lambda p: torch.optim.Adam(p, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.001), 0.001),
+    ("adamw", "optimizer=adamw,beta1=0.9,beta2=0.999,epsilon=1e-8,weight-decay=0.01",
+     lambda p: torch.optim.AdamW(p, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), 0.001),
+    ("adagrad", "optimizer=adagrad,epsilon=1e-10,weight-decay=0.001",
+     lambda p: torch.optim.Adagrad(p, lr=0.05, eps=1e-10, weight_decay=0.001), 0.05),
+]
+STEPS = 3
+
+
+def onnx_adam(p0, grads_fn, lr, wd, decoupled, steps):
+    """ONNX Adam (norm_coefficient = wd, or AdamW's decay X (1 - lr wd) first), float64."""
+    p = {k: v.astype(np.float64).copy() for k, v in p0.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    for t in range(1, steps + 1):
+        g = grads_fn(p)
+        for k in p:
+            x = p[k] * (1 - lr * wd) if decoupled else p[k]
+            gr = g[k] + (0 if decoupled else wd * x)
+            m[k] = 0.9 * m[k] + 0.1 * gr
+            v2[k] = 0.999 * v2[k] + 0.001 * gr * gr
+            r = lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+            p[k] = x - r * m[k] / (np.sqrt(v2[k]) + 1e-8)
+    return p
+
+
+def check_optim(nibble, dump, work):
+    model = lenet_module()
+    src = os.path.join(SRC, "models", "lenet5.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(src).graph.initializer}
+    x = np.load(os.path.join(SRC, "models", "data", "fmnist_test_100.npy"))[:64]
+    y = np.load(os.path.join(SRC, "models", "data", "fmnist_test_100_labels.npy"))[:64].astype(np.int64)
+    np.save(os.path.join(work, "x.npy"), x)
+    np.save(os.path.join(work, "y.npy"), y)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    m64 = lenet_module().double()
+
+    def grads(p):
+        m64.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in p.items()})
+        m64.zero_grad()
+        F.cross_entropy(m64(xt.double()), yt).backward()
+        return {k: q.grad.numpy().copy() for k, q in m64.named_parameters()}
+    g0 = grads(inits)
+    ok = True
+    for name, opts, make, lr in OPTIMS:
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in inits.items()})
+        opt = make(model.parameters())
+        for _ in range(STEPS):
+            opt.zero_grad()
+            F.cross_entropy(model(xt), yt).backward()
+            opt.step()
+        tp = {k: p.detach().double().numpy().copy() for k, p in model.named_parameters()}
+        train = os.path.join(work, "train_%s.onnx" % name)
+        run([nibble, "convert", src, "-o", train, "--verify-each", "--passes",
+             "build-training{loss=cross-entropy,%s}" % opts])
+        out = os.path.join(work, "opt_" + name)
+        os.makedirs(out, exist_ok=True)
+        run([dump, train, out, "--lr", repr(lr), "--steps", str(STEPS), "input=" + os.path.join(work, "x.npy"),
+             "label=" + os.path.join(work, "y.npy")])
+        ref = tp
+        if name in ("adam", "adamw"):
+            ref = onnx_adam(inits, grads, lr, 0.001 if name == "adam" else 0.01, name == "adamw", STEPS)
+        worst = worst_t = 0.0
+        for k in tp:
+            nb = np.load(os.path.join(out, k + ".npy")).astype(np.float64)
+            # Adam normalizes every element's step: an element whose gradient is
+            # tiny against the tensor's largest moves as far as the others on a
+            # gradient known only to float32's absolute precision, so Adam is
+            # compared where |g| >= 1e-2 max |g| (first step)
+            sel = np.abs(g0[k]) >= 1e-2 * np.max(np.abs(g0[k])) if ref is not tp else np.ones(nb.shape, bool)
+            moved = max(np.max(np.abs(ref[k] - inits[k])[sel]), 1e-30)
+            worst = max(worst, np.max(np.abs(nb - ref[k])[sel]) / moved)
+            worst_t = max(worst_t, np.max(np.abs(nb - tp[k])[sel]) / max(np.max(np.abs(tp[k] - inits[k])[sel]), 1e-30))
+        good = worst <= TOL
+        ok &= good
+        print("optim %-9s %d updates: parameters vs %s %.2e%s  %s" %
+              (name, STEPS, "ONNX Adam formula (fp64)" if ref is not tp else "torch.optim", worst,
+               "  (vs torch.optim %.2e)" % worst_t if ref is not tp else "", "OK" if good else "FAIL"))
+    return 0 if ok else 1
+
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["lenet", "resnet"])
+    ap.add_argument("model", choices=["lenet", "resnet", "optim"])
     ap.add_argument("--keep", help="work in this folder and keep it")
     args = ap.parse_args()
     nibble = os.environ.get("NIBBLE", "nibble")
@@ -103,6 +204,8 @@ def main():
     torch.set_num_threads(2)
     work = args.keep or tempfile.mkdtemp(prefix="nbl_torch_grads_")
     os.makedirs(work, exist_ok=True)
+    if args.model == "optim":
+        return check_optim(nibble, dump, work)
     if args.model == "lenet":
         model = lenet_module()
         src = os.path.join(SRC, "models", "lenet5.onnx")
