@@ -4,9 +4,10 @@
  *
  * ONNX Runtime's training ops, domain com.microsoft, version 1. T is float32
  * or float64 (float16/bfloat16 through the double reference path). The
- * reference kernels compute in double; the fast kernels (float32) use
- * nbl_sgemm (BLAS or nibble's own) with im2col / col2im and agree with the
- * reference within the tolerance stated in tests/test_ops_grad.c.
+ * reference kernels compute in double (direct loops); ConvGrad's fast kernel
+ * (float32) uses nbl_sgemm (BLAS or nibble's own) with im2col / col2im and
+ * agrees with the reference within 1e-5 of the largest gradient element
+ * (tests/test_ops_grad.c); ConvTransposeGrad has the reference kernel only.
  *
  * ConvGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, M, out...]), X (T, [N, C, in...]), W (T, [M, C/group, k...])

@@ -7,6 +7,11 @@
  * version 1 (ORT registers MaxPoolGrad/AveragePoolGrad in the default domain
  * at version 9; nibble keeps every backward op in com.microsoft). T is
  * float32 or float64 (float16/bfloat16 through the double reference path).
+ * Reference kernels compute in double. Fast float32 paths: MaxPoolGrad and
+ * AveragePoolGrad (2-D) add in float (within 1e-6 of the reference,
+ * relative to the largest element), BatchNormInternal and
+ * BatchNormalizationGrad take per-channel sums in double and write in float
+ * (within 1e-5); tests/test_ops_grad.c checks both.
  *
  * MaxPoolGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, C, out...]), Indices (int64, dY's shape: MaxPool's
