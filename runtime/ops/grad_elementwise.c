@@ -4,9 +4,11 @@
  *
  * Names and signatures are ONNX Runtime's training ops (domain com.microsoft,
  * version 1) except QuantizeInt4Grad, which is nibble's own (ai.nibble, 1).
- * T is float32 or float64 (float16/bfloat16 go through the double reference
- * path); every input marked T has the element type of dY; dX has dY's shape
- * and type. Each op has one reference kernel (double arithmetic).
+ * T is float32 or float64 (float16/bfloat16 go through the double path);
+ * every input marked T has the element type of dY; dX has dY's shape and
+ * type. The kernels compute in double, except where the result is a
+ * selection or one product (ReluGrad, the dropout masks: float32 directly,
+ * the same values). Shapes must match exactly (no broadcasting).
  *
  * ReluGrad (com.microsoft 1)
  *   inputs:  dY (T), X (T, the Relu input; Relu's output Y works too)

@@ -7,6 +7,11 @@
  * version 1 (ORT registers MaxPoolGrad/AveragePoolGrad in the default domain
  * at version 9; nibble keeps every backward op in com.microsoft). T is
  * float32 or float64 (float16/bfloat16 through the double reference path).
+ * Reference kernels compute in double. Fast float32 paths: MaxPoolGrad and
+ * AveragePoolGrad (2-D) add in float (within 1e-6 of the reference,
+ * relative to the largest element), BatchNormInternal and
+ * BatchNormalizationGrad take per-channel sums in double and write in float
+ * (within 1e-5); tests/test_ops_grad.c checks both.
  *
  * MaxPoolGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, C, out...]), Indices (int64, dY's shape: MaxPool's
@@ -220,20 +225,29 @@ static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
       cpad[ow] += p >= -g.pb[1] && p < W + g.pe[1];
     }
   }
+  /* per output row: the same counts over the window rows */
+  int64_t *rin = malloc(sizeof(int64_t) * (size_t)(2 * (OH > 0 ? OH : 1)));
+  if (!rin) {
+    free(cin);
+    return grad_oom(c);
+  }
+  int64_t *rpad = rin + OH;
   for (int64_t oh = 0; oh < OH; oh++) {
-    int64_t rin = 0, rpad = 0;
+    rin[oh] = rpad[oh] = 0;
     for (int64_t kh = 0; kh < KH; kh++) {
       int64_t p = oh * g.s[0] - g.pb[0] + kh * g.d[0];
-      rin += p >= 0 && p < H;
-      rpad += p >= -g.pb[0] && p < H + g.pe[0];
+      rin[oh] += p >= 0 && p < H;
+      rpad[oh] += p >= -g.pb[0] && p < H + g.pe[0];
     }
-    for (int64_t ow = 0; ow < OW; ow++) {
-      int64_t div = incl ? rpad * cpad[ow] : rin * cin[ow];
-      if (!div) continue;
-      float inv = (float)(1.0 / (double)div);
-      for (int64_t pl = 0; pl < g.N * g.C; pl++) {
-        float v = gy[(pl * OH + oh) * OW + ow] * inv;
-        float *xp = gx + pl * H * W;
+  }
+  for (int64_t pl = 0; pl < g.N * g.C; pl++) {
+    float *xp = gx + pl * H * W;
+    const float *yp = gy + pl * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t div = incl ? rpad[oh] * cpad[ow] : rin[oh] * cin[ow];
+        if (!div) continue;
+        float v = yp[oh * OW + ow] / (float)div;
         for (int64_t kh = 0; kh < KH; kh++) {
           int64_t ih = oh * g.s[0] - g.pb[0] + kh * g.d[0];
           if (ih < 0 || ih >= H) continue;
@@ -243,8 +257,8 @@ static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
           }
         }
       }
-    }
   }
+  free(rin);
   free(cin);
   return NBL_OK;
 }

@@ -79,9 +79,4 @@ static inline nbl_status grad_oom(nbl_kctx *c) {
   return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
 }
 
-/* A kernel listed in a family table before its code lands: a clear error. */
-static inline nbl_status grad_pending(nbl_kctx *c) {
-  return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "this backward op has no kernel yet");
-}
-
 #endif
