@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "lower.h"
+#include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ building helpers */
 
@@ -196,41 +197,12 @@ done:
 
 /* ------------------------------------------------------------------ opset upgrade */
 
-/* Ops whose meaning at opset 21 equals their meaning at every opset >= the
- * given one (later versions only added types or attributes whose defaults keep
- * the old behaviour). */
-static const struct {
-  const char *op;
-  int since;
-} stable_ops[] = {
-    {"Abs", 6}, {"Acos", 7}, {"Add", 7}, {"And", 7}, {"ArgMax", 11}, {"ArgMin", 11},
-    {"Asin", 7}, {"Atan", 7}, {"AveragePool", 7}, {"BatchNormalization", 9}, {"Cast", 6},
-    {"Ceil", 6}, {"Clip", 11}, {"Concat", 4}, {"Constant", 1}, {"ConstantOfShape", 9},
-    {"Conv", 1}, {"ConvTranspose", 1}, {"Cos", 7}, {"CumSum", 11}, {"DepthToSpace", 11},
-    {"DequantizeLinear", 10}, {"Div", 7}, {"Einsum", 12}, {"Elu", 6}, {"Equal", 7},
-    {"Erf", 9}, {"Exp", 6}, {"Expand", 8}, {"Flatten", 1}, {"Floor", 6}, {"Gather", 1},
-    {"GatherElements", 11}, {"GatherND", 11}, {"Gelu", 20}, {"Gemm", 7},
-    {"GlobalAveragePool", 1}, {"GlobalMaxPool", 1}, {"Greater", 7}, {"GreaterOrEqual", 12},
-    {"HardSigmoid", 6}, {"HardSwish", 14}, {"Identity", 1}, {"InstanceNormalization", 6},
-    {"LRN", 1}, {"LayerNormalization", 17}, {"LeakyRelu", 6}, {"Less", 7},
-    {"LessOrEqual", 12}, {"Log", 6}, {"MatMul", 1}, {"Max", 8}, {"MaxPool", 1}, {"Mean", 8},
-    {"Min", 8}, {"Mish", 18}, {"Mod", 10}, {"Mul", 7}, {"Neg", 6}, {"Not", 1}, {"Or", 7},
-    {"PRelu", 9}, {"Pad", 11}, {"Pow", 7}, {"QuantizeLinear", 10}, {"Range", 11},
-    {"Reciprocal", 6}, {"Relu", 6}, {"Reshape", 5}, {"Resize", 11}, {"Round", 11},
-    {"Selu", 6}, {"Shape", 1}, {"Sigmoid", 6}, {"Sign", 9}, {"Sin", 7}, {"Size", 1},
-    {"Slice", 10}, {"Softmax", 13}, {"LogSoftmax", 13}, {"Softplus", 1}, {"Softsign", 1},
-    {"SpaceToDepth", 1}, {"Sqrt", 6}, {"Sub", 7}, {"Sum", 8}, {"Tan", 7}, {"Tanh", 6},
-    {"Tile", 6}, {"TopK", 11}, {"Transpose", 1}, {"Where", 9}, {"Xor", 7},
-    {"Squeeze", 13}, {"Unsqueeze", 13}, {"Split", 18}, {"Dropout", 12},
-    {"ReduceMax", 18}, {"ReduceMin", 18}, {"ReduceMean", 18}, {"ReduceProd", 18},
-    {"ReduceSum", 13}, {"ReduceL1", 18}, {"ReduceL2", 18}, {"ReduceLogSum", 18},
-    {"ReduceLogSumExp", 18}, {"ReduceSumSquare", 18},
-};
-
+/* The opset from which op's meaning equals its meaning at NBL_OPSET_MAX (its
+ * table entry's stable_since: later versions only added types or attributes
+ * whose defaults keep the old behaviour); -1 when not established. */
 static int stable_since(const char *op) {
-  for (size_t i = 0; i < sizeof stable_ops / sizeof stable_ops[0]; i++)
-    if (!strcmp(stable_ops[i].op, op)) return stable_ops[i].since;
-  return -1;
+  const nbl_op_def *d = nbl_op_lookup("", op, NBL_OPSET_MAX);
+  return d && d->stable_since > 0 ? d->stable_since : -1;
 }
 
 /* Drop attribute `name` from node n (no-op if absent). */

@@ -1,6 +1,7 @@
-/* test_optable.c - the op table is consistent: every entry is complete, the
- * opset ranges of one op do not overlap, lookup finds each entry, and no
- * default-domain entry claims an opset above NBL_OPSET_MAX. */
+/* test_optable.c - the op table is consistent: every entry is complete (a
+ * reference kernel and a shape rule), the opset ranges of one op do not
+ * overlap, lookup finds each entry, and no default-domain entry claims an
+ * opset above NBL_OPSET_MAX. */
 #include <check.h>
 #include <string.h>
 
@@ -21,11 +22,21 @@ START_TEST(test_entries_complete) {
     ck_assert_ptr_nonnull(d);
     ck_assert_msg(d->domain && d->name && d->name[0], "entry %zu has no domain or name", i);
     ck_assert_msg(d->ref, "%s: no reference kernel", d->name);
+    ck_assert_msg(d->shape, "%s (domain '%s', opset %d): no shape rule", d->name, d->domain,
+                  d->since_version);
     ck_assert_msg(d->since_version >= 1 && d->since_version <= d->max_version,
                   "%s: opset range %d..%d", d->name, d->since_version, d->max_version);
     if (!d->domain[0])
       ck_assert_msg(d->max_version <= NBL_OPSET_MAX, "%s: max_version %d above NBL_OPSET_MAX %d",
                     d->name, d->max_version, NBL_OPSET_MAX);
+    ck_assert_msg(!(d->grad && d->no_grad), "%s: a gradient rule and a no_grad reason", d->name);
+    ck_assert_msg(!d->no_grad || d->no_grad[0], "%s: empty no_grad reason", d->name);
+    /* stable_since is read at NBL_OPSET_MAX by the opset upgrade */
+    if (d->stable_since)
+      ck_assert_msg(!d->domain[0] && d->max_version == NBL_OPSET_MAX && d->stable_since >= 1 &&
+                        d->stable_since <= NBL_OPSET_MAX,
+                    "%s: stable_since %d on an entry for opsets %d..%d", d->name, d->stable_since,
+                    d->since_version, d->max_version);
     /* each entry is what lookup returns anywhere in its range */
     ck_assert_ptr_eq(nbl_op_lookup(d->domain, d->name, d->since_version), d);
     ck_assert_ptr_eq(nbl_op_lookup(d->domain, d->name, d->max_version), d);
@@ -52,11 +63,48 @@ START_TEST(test_lookup) {
 }
 END_TEST
 
+/* The ONNX ops whose outputs are random: any of them that gets a kernel must
+ * carry NBL_OPF_RANDOM, so fold-constants never evaluates it ahead of time. */
+START_TEST(test_random_flag) {
+  static const char *const random_ops[] = {"RandomNormal", "RandomUniform", "RandomNormalLike",
+                                           "RandomUniformLike", "Bernoulli", "Multinomial"};
+  for (size_t i = 0; i < sizeof random_ops / sizeof random_ops[0]; i++)
+    for (int v = 1; v <= NBL_OPSET_MAX; v++) {
+      const nbl_op_def *d = nbl_op_lookup("", random_ops[i], v);
+      if (d) ck_assert_msg(d->flags & NBL_OPF_RANDOM, "%s has a kernel but no NBL_OPF_RANDOM", d->name);
+    }
+  for (size_t i = 0; i < nbl_op_count(); i++)
+    ck_assert_msg(!(nbl_op_at(i)->flags & NBL_OPF_RANDOM), "%s is flagged random",
+                  nbl_op_at(i)->name); /* none so far: every kernel is deterministic */
+}
+END_TEST
+
+/* A few stable_since values against the ONNX operator changelog: the opset
+ * of the last change of meaning (later ones only added types). */
+START_TEST(test_stable_since) {
+  static const struct {
+    const char *op;
+    int since;
+  } cases[] = {{"Add", 7}, {"Conv", 1}, {"Softmax", 13}, {"Resize", 11}, {"ReduceSum", 13},
+               {"ReduceMean", 18}, {"Split", 18}, {"Clip", 11}, {"Gelu", 20}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const nbl_op_def *d = nbl_op_lookup("", cases[i].op, NBL_OPSET_MAX);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_int_eq(d->stable_since, cases[i].since);
+  }
+  /* not established: the opset upgrade refuses to keep such a node */
+  ck_assert_int_eq(nbl_op_lookup("", "LSTM", NBL_OPSET_MAX)->stable_since, 0);
+  ck_assert_int_eq(nbl_op_lookup("", "Scan", NBL_OPSET_MAX)->stable_since, 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("optable");
   TCase *tc = tcase_create("table");
   tcase_add_test(tc, test_entries_complete);
   tcase_add_test(tc, test_lookup);
+  tcase_add_test(tc, test_random_flag);
+  tcase_add_test(tc, test_stable_since);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -175,6 +175,11 @@ typedef struct nbl_op_def {
   int stable_since;
 } nbl_op_def;
 
+/* The usual reasons for .no_grad (an op that is not differentiable). */
+#define NBL_NO_GRAD_BOOL "its output is boolean"
+#define NBL_NO_GRAD_INT "its output is integer (indices, shapes, counts or codes)"
+#define NBL_NO_GRAD_CONST "its output does not depend on input values"
+
 /* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
  * the other fields follow as designated initializers:
  *   NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6), */
@@ -199,7 +204,9 @@ NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzer
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
 NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
 NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
-NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: RNNs, signal, detection, sampling ops */
+NBL_OP_FAMILY(rnn)         /* runtime/ops/rnn.c: RNN, GRU, LSTM */
+NBL_OP_FAMILY(signal)      /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
+NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
 NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 NBL_OP_FAMILY(grad_elementwise) /* runtime/ops/grad_elementwise.c: activation, dropout, broadcast, QuantizeInt4 backward */
 NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-entropy backward */

@@ -19,6 +19,8 @@ static const struct {
     {nbl_ops_shape_resize, &nbl_ops_shape_resize_count},
     {nbl_ops_control, &nbl_ops_control_count},
     {nbl_ops_train, &nbl_ops_train_count},
+    {nbl_ops_rnn, &nbl_ops_rnn_count},
+    {nbl_ops_signal, &nbl_ops_signal_count},
     {nbl_ops_misc, &nbl_ops_misc_count},
     {nbl_ops_nibble, &nbl_ops_nibble_count},
     {nbl_ops_grad_elementwise, &nbl_ops_grad_elementwise_count},

@@ -15,8 +15,8 @@
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/shape.h"
-#include "runtime/ops/nn_common.h"
 #include "runtime/ops/nn.h"
+#include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ Gemm */
 
@@ -993,10 +993,14 @@ static nbl_status g_matmul(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn[] = {
-    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv, .grad = g_conv),
-    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .shape = shape_convtranspose, .grad = g_convt),
-    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm, .grad = g_gemm),
-    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul, .grad = g_matmul),
-    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .no_grad = "no rule yet"),
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
+        .stable_since = 1, .grad = g_conv),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast,
+        .shape = shape_convtranspose, .stable_since = 1, .grad = g_convt),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
+        .stable_since = 7, .grad = g_gemm),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul,
+        .stable_since = 1, .grad = g_matmul),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

@@ -8,7 +8,7 @@
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
-#include "runtime/ops/nn_common.h"
+#include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ BatchNormalization */
 
@@ -364,9 +364,12 @@ static nbl_status g_layernorm(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn_norm[] = {
-    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm, .grad = g_batchnorm),
-    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm, .grad = g_layernorm),
-    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
+        .stable_since = 9, .grad = g_batchnorm),
+    NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
+        .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
+        .stable_since = 17, .grad = g_layernorm),
+    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_norm_count = sizeof nbl_ops_nn_norm / sizeof nbl_ops_nn_norm[0];

@@ -860,24 +860,6 @@ static nbl_status shape_argmax(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
-/* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: a scalar (reduction
- * mean or sum) or the target's shape (none), the scores' type; SCE's log_prob
- * (output 1) is shaped like the scores. */
-static nbl_status shape_loss(nbl_shape_ctx *c) {
-  nbl_shp x, t;
-  nbl_shp_in(c, 0, &x);
-  nbl_status st;
-  if (!strcmp(nbl_attr_string(c->node, "reduction", "mean"), "none")) {
-    nbl_shp_in(c, 1, &t);
-    t.dt = x.dt;
-    st = nbl_shp_set(c, 0, &t);
-  } else {
-    st = nbl_shp_set_dt(c, 0, x.dt, 0);
-  }
-  if (st || c->node->n_outputs < 2 || c->node->outputs[1] == NBL_NONE) return st;
-  return nbl_shp_set(c, 1, &x);
-}
-
 static nbl_status shape_topk(nbl_shape_ctx *c) {
   nbl_shp x, o;
   nbl_shp_in(c, 0, &x);
@@ -1061,26 +1043,47 @@ static nbl_status g_nll(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: reduction "none" gives
+ * the target's shape, "mean" and "sum" a scalar, of the input's type;
+ * SoftmaxCrossEntropyLoss's log_prob output has the scores' type. */
+static nbl_status shape_loss(nbl_shape_ctx *c) {
+  nbl_shp x, t;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &t);
+  nbl_status st;
+  if (!strcmp(nbl_attr_string(c->node, "reduction", "mean"), "none")) {
+    t.dt = x.dt;
+    st = nbl_shp_set(c, 0, &t);
+  } else {
+    st = nbl_shp_set_dt(c, 0, x.dt, 0);
+  }
+  return st || c->node->n_outputs < 2 ? st : nbl_shp_set(c, 1, &x);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
-    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .grad = g_reduce),
-    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .no_grad = "no rule yet"),
-    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce, .grad = g_reduce),
-    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .no_grad = "not differentiable: integer output"),
-    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .no_grad = "not differentiable: integer output"),
-    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .grad = g_softmax),
-    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .grad = g_logsoftmax),
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13, .grad = g_reduce),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce,
+        .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce,
+        .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .stable_since = 11,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 11,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_softmax),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_logsoftmax),
     NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .grad = nbl_grad_zero),
-    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .grad = g_cumsum),
-    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .no_grad = "no rule yet"),
+    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
+    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 11, .no_grad = "no rule yet"),
     NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
     NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
     NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss, .grad = g_nll),

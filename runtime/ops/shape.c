@@ -1213,17 +1213,19 @@ static nbl_status g_expand(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .grad = g_reshape),
-    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .grad = g_reshape),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .grad = g_reshape),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .grad = g_reshape),
-    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .grad = g_transpose),
-    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .grad = g_concat),
-    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .grad = g_split),
-    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .grad = g_slice),
-    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .grad = g_expand),
-    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .no_grad = "no rule yet"),
-    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space, .no_grad = "no rule yet"),
-    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth, .no_grad = "no rule yet"),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5, .grad = g_reshape),
+    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1, .grad = g_reshape),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13, .grad = g_reshape),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13, .grad = g_reshape),
+    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1, .grad = g_transpose),
+    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4, .grad = g_concat),
+    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18, .grad = g_split),
+    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10, .grad = g_slice),
+    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8, .grad = g_expand),
+    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
+        .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
+        .stable_since = 1, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_count = sizeof nbl_ops_shape / sizeof nbl_ops_shape[0];
