@@ -250,6 +250,7 @@ def main():
     train = os.path.join(work, "train.onnx")
     print(run([nibble, "convert", src, "-o", train, "--verify-each", "--passes",
                "build-training{loss=cross-entropy,optimizer=sgd}"]).strip())
+    onnx.checker.check_model(onnx.load(train))  # the training model is valid ONNX
     out = os.path.join(work, "grads")
     os.makedirs(out, exist_ok=True)
     print(run([dump, train, out, "input=" + os.path.join(work, "x.npy"),
