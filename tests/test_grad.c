@@ -924,6 +924,103 @@ START_TEST(test_bad_input) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ the Gradient op */
+
+/* y = ReduceSum(Mul(Relu(BatchNormalization(x, s, b, mean, var)) , r)) with
+ * BatchNormalization in inference mode (its own rule), Gradient(x, s, b;
+ * xs = [x, s, b], y) beside it in the same graph; the session runs it and
+ * the gradients are checked against central differences of y. */
+START_TEST(test_gradient_op_fd) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 15);
+  nbl_model_set_opset(m, "ai.onnx.preview.training", 1);
+  nbl_graph *g = m->graph;
+  const int64_t xd[4] = {2, 3, 2, 2}, cd[1] = {3};
+  const char *in_names[3] = {"x", "s", "b"};
+  nbl_id in[3];
+  for (int i = 0; i < 3; i++) {
+    in[i] = nbl_graph_add_value(g, in_names[i]);
+    nbl_type_set_tensor(m->arena, &g->values[in[i]].type, NBL_DT_DOUBLE, i ? 1 : 4, i ? cd : xd);
+    nbl_graph_add_input(g, in[i]);
+  }
+  double mean[3] = {0.1, -0.2, 0.05}, var[3] = {0.9, 1.3, 0.7}, r[24];
+  for (int i = 0; i < 24; i++) r[i] = 2 * fd_rand() - 1;
+  nbl_id mv = nbl_graph_add_value(g, "mean"), vv = nbl_graph_add_value(g, "var"), rv = nbl_graph_add_value(g, "r");
+  nbl_graph_set_initializer(g, mv, nbl_tensor_new(m->arena, "mean", NBL_DT_DOUBLE, 1, cd, mean));
+  nbl_graph_set_initializer(g, vv, nbl_tensor_new(m->arena, "var", NBL_DT_DOUBLE, 1, cd, var));
+  nbl_graph_set_initializer(g, rv, nbl_tensor_new(m->arena, "r", NBL_DT_DOUBLE, 4, xd, r));
+  nbl_id bn = nbl_graph_add_value(g, "bn"), rl = nbl_graph_add_value(g, "relu"), pr = nbl_graph_add_value(g, "prod");
+  nbl_id y = nbl_graph_add_value(g, "y");
+  nbl_graph_add_node(g, "BatchNormalization", "", "bn", 5, (nbl_id[]){in[0], in[1], in[2], mv, vv}, 1, &bn);
+  nbl_graph_add_node(g, "Relu", "", "relu", 1, &bn, 1, &rl);
+  nbl_graph_add_node(g, "Mul", "", "mul", 2, (nbl_id[]){rl, rv}, 1, &pr);
+  nbl_id rs = nbl_graph_add_node(g, "ReduceSum", "", "sum", 1, &pr, 1, &y);
+  nbl_node_set_attr_int(g, rs, "keepdims", 0);
+  nbl_id dv[3];
+  for (int i = 0; i < 3; i++) {
+    char nm[16];
+    snprintf(nm, sizeof nm, "d%s", in_names[i]);
+    dv[i] = nbl_graph_add_value(g, nm);
+  }
+  nbl_id gn = nbl_graph_add_node(g, "Gradient", "ai.onnx.preview.training", "grad", 3, in, 3, dv);
+  nbl_attr *a = nbl_node_add_attr(g, gn, "xs", NBL_ATTR_STRINGS);
+  a->n = 3;
+  a->strings = nbl_arena_alloc(m->arena, sizeof(char *) * 3);
+  a->string_lens = nbl_arena_alloc(m->arena, sizeof(size_t) * 3);
+  for (int i = 0; i < 3; i++) {
+    a->strings[i] = nbl_arena_strdup(m->arena, in_names[i]);
+    a->string_lens[i] = 1;
+  }
+  nbl_node_set_attr_string(g, gn, "y", "y");
+  nbl_graph_add_output(g, y);
+  for (int i = 0; i < 3; i++) nbl_graph_add_output(g, dv[i]);
+  ck_assert_msg(nbl_model_verify(m) == NBL_OK, "%s", nbl_last_error());
+  double x[24], sc[3] = {0.8, 1.2, 1.1}, bb[3] = {0.1, -0.3, 0.2};
+  for (int i = 0; i < 24; i++) x[i] = 2 * fd_rand() - 1;
+  double *data[3] = {x, sc, bb};
+  int64_t n[3] = {24, 3, 3};
+  nbl_host_tensor hin[3];
+  for (int i = 0; i < 3; i++) {
+    memset(&hin[i], 0, sizeof hin[i]);
+    hin[i].name = in_names[i];
+    hin[i].dtype = NBL_DT_DOUBLE;
+    hin[i].rank = i ? 1 : 4;
+    memcpy(hin[i].dims, i ? cd : xd, sizeof(int64_t) * (size_t)hin[i].rank);
+    hin[i].data = data[i];
+    hin[i].nbytes = sizeof(double) * (size_t)n[i];
+  }
+  nbl_session_options so = {.threads = 1, .reference = 1};
+  nbl_session *sess = NULL;
+  ck_assert_msg(nbl_session_create(m, &so, &sess) == NBL_OK, "%s", nbl_last_error());
+  const nbl_host_tensor *out = NULL;
+  ck_assert_msg(nbl_session_run(sess, 3, hin, &out) == NBL_OK, "%s", nbl_last_error());
+  double grads[3][24];
+  for (int i = 0; i < 3; i++) memcpy(grads[i], out[1 + i].data, sizeof(double) * (size_t)n[i]);
+  double worst = 0;
+  for (int i = 0; i < 3; i++) {
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < n[i]; j++) {
+      double x0 = data[i][j], h = 1e-5;
+      data[i][j] = x0 + h;
+      ck_assert_int_eq(nbl_session_run(sess, 3, hin, &out), NBL_OK);
+      double lp = ((const double *)out[0].data)[0];
+      data[i][j] = x0 - h;
+      ck_assert_int_eq(nbl_session_run(sess, 3, hin, &out), NBL_OK);
+      double lm = ((const double *)out[0].data)[0];
+      data[i][j] = x0;
+      double fd = (lp - lm) / (2 * h);
+      if (fabs(fd - grads[i][j]) > num) num = fabs(fd - grads[i][j]);
+      if (fabs(fd) > den) den = fabs(fd);
+    }
+    if (num / den > worst) worst = num / den;
+  }
+  printf("FD %-40s max rel err %.2e over 3 gradient(s)\n", "Gradient op (BatchNormalization inference)", worst);
+  ck_assert(worst <= TOL);
+  nbl_session_free(sess);
+  nbl_model_free(m);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ suite */
 
 static Suite *suite(void) {
@@ -952,6 +1049,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_quantize_int4_straight_through_and_pact);
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
+  tcase_add_test(t, test_gradient_op_fd);
   suite_add_tcase(s, t);
   return s;
 }
