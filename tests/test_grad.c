@@ -688,6 +688,31 @@ START_TEST(test_lenet_training_model) {
     ck_assert_str_eq(alg->values[n->inputs[1]].name, "step");
   }
   ck_assert_int_eq(n_mom, n_train);
+  /* room for issue 16: every trained Conv / Gemm gets its output gradient as
+   * a value of its own, "<Y>_grad", read only by its backward nodes, which
+   * are named ".../dX", ".../dW", ".../dXdW" or ".../dB" */
+  int n_prod = 0;
+  for (int i = 0; i < alg->n_nodes; i++) {
+    const nbl_node *n = &alg->nodes[i];
+    if (n->dead || (strcmp(n->op_type, "Conv") && strcmp(n->op_type, "Gemm")) || strstr(n->name, "_grad/")) continue;
+    if (!strncmp(n->name, "/features/features.0", 20)) continue; /* frozen: no backward */
+    char yg[512], pre[512];
+    snprintf(yg, sizeof yg, "%s_grad", alg->values[n->outputs[0]].name);
+    snprintf(pre, sizeof pre, "%s_grad/", n->name);
+    nbl_id v = nbl_graph_find(alg, yg);
+    ck_assert_msg(v != NBL_NONE, "no '%s'", yg);
+    ck_assert_int_gt(alg->values[v].n_consumers, 0);
+    for (int k = 0; k < alg->values[v].n_consumers; k++) {
+      const char *cn = alg->nodes[alg->values[v].consumers[k]].name;
+      ck_assert_msg(!strncmp(cn, pre, strlen(pre)), "'%s' is read by '%s'", yg, cn);
+      const char *tag = cn + strlen(pre);
+      ck_assert_msg(!strcmp(tag, "dX") || !strcmp(tag, "dW") || !strcmp(tag, "dXdW") || !strcmp(tag, "dB") ||
+                        !strncmp(tag, "ReduceSum", 9),
+                    "backward node '%s'", cn);
+    }
+    n_prod++;
+  }
+  ck_assert_int_eq(n_prod, 4);
   /* saved as ONNX and loaded back: the same model */
   char path[] = "/tmp/nbl_test_grad_XXXXXX";
   int fd = mkstemp(path);
