@@ -244,10 +244,20 @@ static nbl_status copy_node(bt *b, nbl_id nid, int dropout_seed) {
     for (int k = 1; k < 5; k++) {
       out[k] = NBL_NONE;
       nbl_id st = k <= 2 ? n->inputs[2 + k] : NBL_NONE;
+      /* a BatchNormalization already in training mode may name its new statistics */
+      nbl_id own = k <= 2 && k < n->n_outputs ? n->outputs[k] : NBL_NONE;
+      if (own != NBL_NONE) {
+        out[k] = mapped(b, own);
+        if (out[k] == NBL_NONE) return NBL_ERR_INVALID_MODEL;
+        n = &g->nodes[nid];
+      }
       if (k <= 2 && st != NBL_NONE && g->values[st].init) { /* bound back by update_binding */
         char nm[600];
         snprintf(nm, sizeof nm, "%s.new", g->values[st].name);
-        out[k] = new_named(b, alg, nm, 0);
+        if (out[k] != NBL_NONE)
+          snprintf(nm, sizeof nm, "%s", alg->values[out[k]].name);
+        else
+          out[k] = new_named(b, alg, nm, 0);
         if (out[k] == NBL_NONE) return NBL_ERR_INVALID_ARGUMENT;
         if (kv_add(b->m->arena, &b->upd, &b->n_upd, &b->cap_upd, g->values[st].name, nm) ||
             out_add(b, out[k]))
