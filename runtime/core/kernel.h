@@ -176,9 +176,9 @@ typedef struct nbl_op_def {
 } nbl_op_def;
 
 /* The usual reasons for .no_grad (an op that is not differentiable). */
-#define NBL_NO_GRAD_BOOL "its output is boolean"
-#define NBL_NO_GRAD_INT "its output is integer (indices, shapes, counts or codes)"
-#define NBL_NO_GRAD_CONST "its output does not depend on input values"
+#define NBL_NO_GRAD_BOOL "boolean output"
+#define NBL_NO_GRAD_INT "integer output (indices, shapes, counts or codes)"
+#define NBL_NO_GRAD_CONST "output independent of input values"
 
 /* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
  * the other fields follow as designated initializers:

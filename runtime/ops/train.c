@@ -643,12 +643,12 @@ static nbl_status shape_gradient(nbl_shape_ctx *c) {
 
 const nbl_op_def nbl_ops_train[] = {
     NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum, .shape = shape_momentum,
-        .no_grad = "an optimizer update: applied to gradients, not differentiated"),
+        .no_grad = "optimizer update, applied to gradients"),
     NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .shape = shape_adam,
-        .no_grad = "an optimizer update: applied to gradients, not differentiated"),
+        .no_grad = "optimizer update, applied to gradients"),
     NBL_OP_DEF(TRAIN_DOMAIN, "Gradient", 1, 1, .ref = k_gradient, .shape = shape_gradient,
         .no_grad = "not differentiated: it is itself a gradient"),
     NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .shape = shape_adagrad,
-        .no_grad = "an optimizer update: applied to gradients, not differentiated"),
+        .no_grad = "optimizer update, applied to gradients"),
 };
 const size_t nbl_ops_train_count = sizeof nbl_ops_train / sizeof nbl_ops_train[0];
