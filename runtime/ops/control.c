@@ -808,10 +808,10 @@ done:
 static nbl_status k_scan(nbl_kctx *ctx) {
   const nbl_graph *body = graph_attr(ctx->node, "body");
   if (!body) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing body graph");
-  int M = (int)nbl_attr_int(ctx->node, "num_scan_inputs", -1);
+  int64_t m = nbl_attr_int(ctx->node, "num_scan_inputs", -1);
   int first = ctx->opset < 9 ? 1 : 0; /* Scan-8: sequence_lens comes first */
-  int N = ctx->n_in - first - M;
-  if (M < 1 || N < 0) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad num_scan_inputs");
+  if (m < 1 || m > ctx->n_in - first) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "bad num_scan_inputs");
+  int M = (int)m, N = ctx->n_in - first - M;
   if (M > 64) return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "more than 64 scan inputs");
   int K = ctx->n_out - N;
   if (K < 0 || body->n_inputs != N + M || body->n_outputs != N + K)
@@ -1229,9 +1229,11 @@ static void insert_dim(nbl_shp *x, int a, nbl_dim d) {
 static nbl_status shape_scan(nbl_shape_ctx *c) {
   const nbl_node *n = c->node;
   nbl_graph *body = (nbl_graph *)graph_attr(n, "body");
-  int M = (int)nbl_attr_int(n, "num_scan_inputs", -1), first = c->opset < 9 ? 1 : 0;
-  int N = n->n_inputs - first - M, K = n->n_outputs - N;
-  if (!body || M < 1 || N < 0 || K < 0 || body->n_inputs != N + M) return nbl_shp_subgraphs(c);
+  int64_t m = nbl_attr_int(n, "num_scan_inputs", -1);
+  int first = c->opset < 9 ? 1 : 0;
+  if (!body || m < 1 || m > n->n_inputs - first) return nbl_shp_subgraphs(c);
+  int M = (int)m, N = n->n_inputs - first - M, K = n->n_outputs - N;
+  if (K < 0 || body->n_inputs != N + M) return nbl_shp_subgraphs(c);
   int cnt = 0;
   const int64_t *in_axes = first ? NULL : nbl_attr_ints(n, "scan_input_axes", &cnt);
   if (in_axes && cnt != M) in_axes = NULL;

@@ -527,8 +527,9 @@ static nbl_status shape_roialign(nbl_shape_ctx *c) {
   if (r.rank == 2) o.d[0] = r.d[0];
   if (b.rank == 1) o.d[0] = nbl_dim_merge(o.d[0], b.d[0]);
   if (x.rank == 4) o.d[1] = x.d[1];
-  o.d[2] = nbl_dim_val(nbl_attr_int(c->node, "output_height", 1));
-  o.d[3] = nbl_dim_val(nbl_attr_int(c->node, "output_width", 1));
+  int64_t oh = nbl_attr_int(c->node, "output_height", 1), ow = nbl_attr_int(c->node, "output_width", 1);
+  o.d[2] = oh >= 0 ? nbl_dim_val(oh) : nbl_dim_unk();
+  o.d[3] = ow >= 0 ? nbl_dim_val(ow) : nbl_dim_unk();
   return nbl_shp_set(c, 0, &o);
 }
 
@@ -540,8 +541,8 @@ static nbl_status shape_tfidf(nbl_shape_ctx *c) {
   int n = 0;
   const int64_t *idx = nbl_attr_ints(c->node, "ngram_indexes", &n);
   int64_t len = n ? 0 : -1;
-  for (int i = 0; i < n; i++)
-    if (idx[i] + 1 > len) len = idx[i] + 1;
+  for (int i = 0; i < n && len >= 0; i++)
+    len = idx[i] < 0 || idx[i] == INT64_MAX ? -1 : idx[i] + 1 > len ? idx[i] + 1 : len;
   if (x.rank != 1 && x.rank != 2) return nbl_shp_set_dt(c, 0, NBL_DT_FLOAT, -1);
   o.dt = NBL_DT_FLOAT;
   o.rank = x.rank;

@@ -673,13 +673,13 @@ static nbl_status shape_reshape(nbl_shape_ctx *c) {
     int nin = 0, nout = 0;
     bool ok = true;
     for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
+      if (nbl_dim_known(x.d[i])) ok = !__builtin_mul_overflow(pin, x.d[i].value, &pin);
       else if (x.d[i].param) sin[nin++] = x.d[i].param;
       else ok = false;
     }
     for (int i = 0; i < o.rank && ok; i++) {
       if (i == neg) continue;
-      if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
+      if (nbl_dim_known(o.d[i])) ok = !__builtin_mul_overflow(pout, o.d[i].value, &pout);
       else if (o.d[i].param) sout[nout++] = o.d[i].param;
       else ok = false;
     }
@@ -701,13 +701,13 @@ static nbl_status shape_reshape(nbl_shape_ctx *c) {
     nbl_dim sym = nbl_dim_unk();
     bool ok = true;
     for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
+      if (nbl_dim_known(x.d[i])) ok = !__builtin_mul_overflow(pin, x.d[i].value, &pin);
       else if (x.d[i].param && nsym == 0) { sym = x.d[i]; nsym++; }
       else ok = false;
     }
     for (int i = 0; i < o.rank && ok; i++)
       if (i != neg) {
-        if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
+        if (nbl_dim_known(o.d[i])) ok = !__builtin_mul_overflow(pout, o.d[i].value, &pout);
         else ok = false;
       }
     if (ok && nsym == 1 && pin == pout) o.d[neg] = sym;

@@ -868,10 +868,12 @@ static nbl_status shape_upsample(nbl_shape_ctx *c) {
   }
   if (n != x.rank) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
   o = x;
-  for (int i = 0; i < x.rank; i++)
-    o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val((int64_t)floor((double)x.d[i].value * scales[i]))
-             : scales[i] == 1.0   ? x.d[i]
-                                  : nbl_dim_unk();
+  for (int i = 0; i < x.rank; i++) {
+    double len = nbl_dim_known(x.d[i]) ? floor((double)x.d[i].value * scales[i]) : -1;
+    o.d[i] = len >= 0 && len < 9.2e18 ? nbl_dim_val((int64_t)len)
+             : scales[i] == 1.0      ? x.d[i]
+                                     : nbl_dim_unk();
+  }
   return nbl_shp_set(c, 0, &o);
 }
 
