@@ -527,6 +527,15 @@ nbl_id nbl_graph_find(const nbl_graph *g, const char *name) {
   return NBL_NONE;
 }
 
+nbl_status nbl_value_rename(nbl_graph *g, nbl_id v, const char *name) {
+  if (nbl_graph_find(g, name) != NBL_NONE)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "graph '%s': cannot rename '%s' to '%s': taken",
+                      g->name, g->values[v].name, name);
+  g->values[v].name = nbl_arena_strdup(g->model->arena, name);
+  index_rebuild(g, g->index_cap);
+  return NBL_OK;
+}
+
 static bool name_taken_in_scope(const nbl_graph *g, const char *name) {
   for (; g; g = g->parent)
     if (nbl_graph_find(g, name) != NBL_NONE) return true;

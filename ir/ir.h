@@ -328,6 +328,8 @@ nbl_id nbl_graph_add_value(nbl_graph *g, const char *name);
 char *nbl_graph_unique_name(nbl_graph *g, const char *hint);
 /* Value id by name in this graph only, or NBL_NONE. Dead values are not found. */
 nbl_id nbl_graph_find(const nbl_graph *g, const char *name);
+/* Rename a value (fails if the new name is taken). */
+nbl_status nbl_value_rename(nbl_graph *g, nbl_id v, const char *name);
 
 /* Add a node; inputs/outputs are value ids (NBL_NONE for omitted optional ones).
  * Sets producers and consumers. Returns the node id, or NBL_NONE if an output

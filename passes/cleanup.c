@@ -32,6 +32,39 @@ static void collect_captures(const nbl_graph *g, char ***names, int *n, int *cap
   }
 }
 
+static void add_name(char ***names, int *n, int *cap, char *name) {
+  if (*n == *cap) {
+    int c = *cap ? 2 * *cap : 16;
+    char **p = realloc(*names, sizeof(char *) * (size_t)c);
+    if (!p) return;
+    *names = p;
+    *cap = c;
+  }
+  (*names)[(*n)++] = name;
+}
+
+/* Names of the main graph a training model's algorithm and initialization
+ * graphs read (their outer values) or write back (binding keys): parameters,
+ * optimizer state and BatchNorm statistics stay even when the inference graph
+ * does not use them. */
+static void collect_training_captures(const nbl_graph *g, char ***names, int *n, int *cap) {
+  const nbl_model *m = g->model;
+  if (!m || g != m->graph) return;
+  for (int i = 0; i < m->n_training; i++) {
+    const nbl_training_info *ti = &m->training[i];
+    const nbl_graph *tg[2] = {ti->algorithm, ti->initialization};
+    for (int k = 0; k < 2; k++) {
+      if (!tg[k]) continue;
+      for (int v = 0; v < tg[k]->n_values; v++)
+        if ((tg[k]->values[v].flags & NBL_VAL_OUTER) && !tg[k]->values[v].dead)
+          add_name(names, n, cap, tg[k]->values[v].name);
+      collect_captures(tg[k], names, n, cap);
+    }
+    for (int k = 0; k < ti->n_update_binding; k++) add_name(names, n, cap, ti->update_binding[k].key);
+    for (int k = 0; k < ti->n_init_binding; k++) add_name(names, n, cap, ti->init_binding[k].key);
+  }
+}
+
 static int captured(char **names, int n, const char *name) {
   for (int i = 0; i < n; i++)
     if (strcmp(names[i], name) == 0) return 1;
@@ -48,6 +81,7 @@ int nbl_graph_dce(nbl_graph *g) {
   char **caps = NULL;
   int ncaps = 0, capc = 0, removed = 0;
   collect_captures(g, &caps, &ncaps, &capc);
+  collect_training_captures(g, &caps, &ncaps, &capc);
   /* Walk nodes in reverse topological order so chains die in one sweep. */
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
@@ -108,6 +142,7 @@ static int eliminate_identity_graph(nbl_pass_ctx *ctx, nbl_graph *g) {
   char **caps = NULL;
   int ncaps = 0, capc = 0, changed = 0;
   collect_captures(g, &caps, &ncaps, &capc);
+  collect_training_captures(g, &caps, &ncaps, &capc);
   for (nbl_id id = 0; id < g->n_nodes; id++) {
     nbl_node *node = &g->nodes[id];
     if (node->dead || strcmp(node->op_type, "Identity") != 0 || node->domain[0]) continue;

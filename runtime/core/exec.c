@@ -653,7 +653,7 @@ static nbl_status check_against_type(const nbl_value *val, const nbl_rt_tensor *
 
 nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor *view) {
   nbl_id v = nbl_graph_find(e->g, name);
-  if (v == NBL_NONE || !(e->g->values[v].flags & NBL_VAL_INPUT))
+  if (v == NBL_NONE || !(e->g->values[v].flags & (NBL_VAL_INPUT | NBL_VAL_OUTER)))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: graph '%s' has no input named '%s'",
                       nbl_model_label(e->m), e->g->name, name);
   if (!view) {
@@ -955,6 +955,11 @@ nbl_status nbl_engine_run(nbl_engine *e) {
     e->vals[v].owns = 0;
     e->set[v] = 1;
   }
+  for (nbl_id v = 0; v < g->n_values; v++) /* outer values of a training graph, bound by the caller */
+    if ((g->values[v].flags & NBL_VAL_OUTER) && e->bound[v]) {
+      e->vals[v] = e->binds[v];
+      e->set[v] = 1;
+    }
   for (int i = 0; i < g->n_inputs; i++) {
     nbl_id v = g->inputs[i];
     if (e->bound[v]) {

@@ -50,7 +50,9 @@ void nbl_engine_free(nbl_engine *e);
 /* Bind graph input `name` to a view of caller memory (not copied, must stay
  * valid through the next nbl_engine_run). Initializer-backed inputs may be
  * bound too (overrides the default for the following runs until unbound by
- * binding NULL). Checks dtype and rank/dims against the declared type. */
+ * binding NULL). An outer value (NBL_VAL_OUTER) of the engine's graph, e.g. a
+ * main-graph parameter a training algorithm graph reads, is bound the same
+ * way. Checks dtype and rank/dims against the declared type. */
 nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor *view);
 
 /* Run the graph once. Every feed must be bound. Outputs stay valid until the

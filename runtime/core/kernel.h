@@ -212,6 +212,11 @@ NBL_OP_FAMILY(rnn)          /* runtime/ops/rnn.c: RNN, GRU, LSTM */
 NBL_OP_FAMILY(signal)       /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
 NBL_OP_FAMILY(misc)         /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
 NBL_OP_FAMILY(nibble)       /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
+NBL_OP_FAMILY(grad_elementwise) /* runtime/ops/grad_elementwise.c: activation, dropout, broadcast, QuantizeInt4 backward */
+NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-entropy backward */
+NBL_OP_FAMILY(grad_shape)       /* runtime/ops/grad_shape.c: Gather, Slice backward */
+NBL_OP_FAMILY(grad_conv)        /* runtime/ops/grad_conv.c: Conv, ConvTranspose backward */
+NBL_OP_FAMILY(grad_pool_norm)   /* runtime/ops/grad_pool_norm.c: pooling, BatchNorm, LayerNorm backward */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);

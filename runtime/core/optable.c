@@ -26,6 +26,11 @@ static const struct {
     {nbl_ops_signal, &nbl_ops_signal_count},
     {nbl_ops_misc, &nbl_ops_misc_count},
     {nbl_ops_nibble, &nbl_ops_nibble_count},
+    {nbl_ops_grad_elementwise, &nbl_ops_grad_elementwise_count},
+    {nbl_ops_grad_reduce, &nbl_ops_grad_reduce_count},
+    {nbl_ops_grad_shape, &nbl_ops_grad_shape_count},
+    {nbl_ops_grad_conv, &nbl_ops_grad_conv_count},
+    {nbl_ops_grad_pool_norm, &nbl_ops_grad_pool_norm_count},
 };
 
 static int same_domain(const char *a, const char *b) {

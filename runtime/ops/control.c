@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/exec.h"
 #include "runtime/core/shape.h"
 
@@ -103,17 +104,63 @@ static nbl_status k_identity(nbl_kctx *ctx) {
   return nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
 }
 
+/* splitmix64: the mixer behind Dropout's training-mode mask. */
+static uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Dropout in training mode (opset >= 12, training_mode true, ratio in (0, 1)):
+ * element i is kept when u_i >= ratio, u_i uniform in [0, 1) from splitmix64
+ * of (seed attribute, a 64-bit hash of the input's bytes, i); kept elements are
+ * scaled by 1 / (1 - ratio), mask (output 1, bool) says which. So the mask is
+ * a function of the seed and the data: a fresh mask whenever the input
+ * changes, the same one for the same input (nothing to checkpoint). */
+static nbl_status dropout_train(nbl_kctx *ctx, double ratio) {
+  const nbl_rt_tensor *x = ctx->in[0];
+  if (!(ratio >= 0 && ratio < 1))
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "ratio %g is outside [0, 1)", ratio);
+  if (x->dtype != NBL_DT_FLOAT && x->dtype != NBL_DT_DOUBLE)
+    return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "training mode on %s data is not supported",
+                    nbl_dtype_name(x->dtype));
+  uint64_t h = (uint64_t)nbl_attr_int(ctx->node, "seed", 0) * 0x9e3779b97f4a7c15ull;
+  const unsigned char *b = x->data;
+  for (size_t k = 0; k + 8 <= x->nbytes; k += 8) {
+    uint64_t w;
+    memcpy(&w, b + k, 8);
+    h = mix64(h ^ w);
+  }
+  for (size_t k = x->nbytes & ~(size_t)7; k < x->nbytes; k++) h = mix64(h ^ b[k]);
+  nbl_status st = nbl_kctx_alloc_out(ctx, 0, x->dtype, x->rank, x->dims);
+  if (st != NBL_OK) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(ctx, 0), *m = NULL;
+  if (ctx->n_out > 1 && ctx->out[1]) {
+    if ((st = nbl_kctx_alloc_out(ctx, 1, NBL_DT_BOOL, x->rank, x->dims)) != NBL_OK) return st;
+    m = nbl_kctx_out(ctx, 1);
+  }
+  double scale = 1.0 / (1.0 - ratio);
+  for (int64_t i = 0; i < x->numel; i++) {
+    double u = (double)(mix64(h + (uint64_t)i) >> 11) * 0x1.0p-53;
+    int keep = u >= ratio;
+    if (x->dtype == NBL_DT_FLOAT)
+      ((float *)y->data)[i] = keep ? (float)(((const float *)x->data)[i] * scale) : 0.0f;
+    else
+      ((double *)y->data)[i] = keep ? ((const double *)x->data)[i] * scale : 0.0;
+    if (m) ((uint8_t *)m->data)[i] = (uint8_t)keep;
+  }
+  return NBL_OK;
+}
+
 static nbl_status k_dropout(nbl_kctx *ctx) {
   if (!ctx->in[0]) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing input");
-  /* training_mode (opset 12+: input 2) must be false for inference semantics */
+  /* training_mode (opset 12+: input 2) true: random dropout (ratio 0: the identity) */
   if (ctx->opset >= 12 && ctx->n_in > 2 && ctx->in[2] && ctx->in[2]->numel > 0 &&
       nbl_rt_get_i64(ctx->in[2], 0) != 0) {
-    /* ratio 0 in training mode is still the identity */
     double ratio = ctx->n_in > 1 && ctx->in[1] && ctx->in[1]->numel ? nbl_rt_get_f64(ctx->in[1], 0)
                                                                      : 0.5;
-    if (ratio != 0)
-      return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED,
-                      "training_mode=true with ratio %g (random dropout) is not supported", ratio);
+    if (ratio != 0) return dropout_train(ctx, ratio);
   }
   if (ctx->opset < 7 && nbl_attr_int(ctx->node, "is_test", 0) == 0 &&
       nbl_attr_float(ctx->node, "ratio", 0.5f) != 0)
@@ -620,6 +667,55 @@ static nbl_status shape_range(nbl_shape_ctx *c) {
   return nbl_shp_set_dt(c, 0, dt, 1);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* Identity (and Dropout in inference mode): the gradient passes through. */
+static nbl_status g_identity(nbl_grad_ctx *gc) {
+  nbl_grad_set_dx(gc, 0, nbl_grad_dy(gc, 0));
+  return nbl_grad_status(gc);
+}
+
+/* Dropout: in training mode (opset >= 12, training_mode a constant true)
+ * com.microsoft DropoutGrad (dY, mask, ratio, training_mode) with the mask
+ * output added to the forward node; otherwise the identity. */
+static nbl_status g_dropout(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "the ratio gets no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id tm = nbl_grad_opset(gc, "") >= 12 ? nbl_grad_x(gc, 2) : NBL_NONE;
+  if (tm == NBL_NONE) return g_identity(gc);
+  int64_t v = 0;
+  if (nbl_grad_const_ints(gc, tm, &v, 1) != 1) {
+    /* a bool constant is not an int64 one: read it from the Constant's tensor */
+    nbl_graph *g = nbl_grad_graph(gc);
+    const nbl_value *val = &g->values[tm];
+    const nbl_tensor *t = val->init;
+    if (!t && val->producer != NBL_NONE && !strcmp(g->nodes[val->producer].op_type, "Constant")) {
+      const nbl_attr *a = nbl_node_attr(&g->nodes[val->producer], "value");
+      t = a && a->type == NBL_ATTR_TENSOR ? a->t : NULL;
+    }
+    if (!t || nbl_tensor_numel(t) != 1)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "training_mode must be a constant");
+    v = nbl_tensor_get_i64(t, 0);
+  }
+  if (!v) return g_identity(gc);
+  nbl_id in[4] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_x(gc, 1), tm};
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "DropoutGrad", "com.microsoft", 4, in));
+  return nbl_grad_status(gc);
+}
+
+/* Cast / CastLike between float types: dY cast back to the input's type. */
+static nbl_status g_cast(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_dtype dt = nbl_grad_dtype(gc, nbl_grad_x(gc, 0));
+  if (dt == NBL_DT_UNDEFINED)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the input's element type must be known");
+  nbl_id dx = nbl_grad_un(gc, "Cast", nbl_grad_dy(gc, 0));
+  nbl_grad_attr_int(gc, "to", dt);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* EyeLike: the input's shape; the 'dtype' attribute, else the input's type. */
 static nbl_status shape_eyelike(nbl_shape_ctx *c) {
   nbl_shp x;
@@ -634,17 +730,17 @@ static nbl_status shape_eyelike(nbl_shape_ctx *c) {
 const nbl_op_def nbl_ops_control[] = {
     NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1),
-    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12),
-    NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .stable_since = 6),
-    NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike),
+    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1, .grad = g_identity),
+    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12, .grad = g_dropout),
+    NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .stable_since = 6, .grad = g_cast),
+    NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike, .grad = g_cast),
     NBL_OP("Shape", 1, .ref = k_shape, .shape = shape_shape, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("Size", 1, .ref = k_size, .shape = shape_size, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape,
         .stable_since = 9, .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP("Range", 11, .ref = k_range, .shape = shape_range, .stable_since = 11),
-    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike, .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("Range", 11, .ref = k_range, .shape = shape_range, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike, .grad = nbl_grad_zero),
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

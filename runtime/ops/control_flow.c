@@ -567,10 +567,10 @@ static nbl_status shape_scan(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control_flow[] = {
-    NBL_OP("If", 1, .ref = k_if, .shape = shape_if),
-    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop),
+    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .no_grad = "no rule yet"),
+    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .no_grad = "no rule yet"),
     /* batched form, sequence_lens first */
-    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan),
-    NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan),
+    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan, .no_grad = "no rule yet"),
+    NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_control_flow_count = sizeof nbl_ops_control_flow / sizeof nbl_ops_control_flow[0];

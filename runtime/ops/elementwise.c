@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ types */
@@ -1087,37 +1088,209 @@ static nbl_status shape_where(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h). Broadcast operands get the output gradient summed
+ * down to their shape (nbl_grad_unbroadcast). */
+
+static nbl_id gx(nbl_grad_ctx *gc, int i) { return nbl_grad_x(gc, i); }
+static nbl_id gy0(nbl_grad_ctx *gc) { return nbl_grad_y(gc, 0); }
+static nbl_id gdy(nbl_grad_ctx *gc) { return nbl_grad_dy(gc, 0); }
+static nbl_id gbin(nbl_grad_ctx *gc, const char *op, nbl_id a, nbl_id b) {
+  return nbl_grad_bin(gc, op, a, b);
+}
+static nbl_id gconst(nbl_grad_ctx *gc, nbl_id like, double v) {
+  return nbl_grad_const(gc, nbl_grad_dtype(gc, like), v);
+}
+/* Hand g (shaped like the output) to input i, summed to its shape. */
+static void dx_bcast(nbl_grad_ctx *gc, int i, nbl_id g) {
+  nbl_grad_set_dx(gc, i, nbl_grad_unbroadcast(gc, g, gx(gc, i), gy0(gc)));
+}
+/* dX = dY * f for a one-input op. */
+static nbl_status dx_times(nbl_grad_ctx *gc, nbl_id f) {
+  nbl_grad_set_dx(gc, 0, gbin(gc, "Mul", gdy(gc), f));
+  return nbl_grad_status(gc);
+}
+
+static nbl_status g_add(nbl_grad_ctx *gc) {
+  for (int i = 0; i < 2; i++)
+    if (nbl_grad_wants(gc, i)) dx_bcast(gc, i, gdy(gc));
+  return nbl_grad_status(gc);
+}
+
+static nbl_status g_sub(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0)) dx_bcast(gc, 0, gdy(gc));
+  if (nbl_grad_wants(gc, 1)) dx_bcast(gc, 1, nbl_grad_un(gc, "Neg", gdy(gc)));
+  return nbl_grad_status(gc);
+}
+
+static nbl_status g_mul(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0)) dx_bcast(gc, 0, gbin(gc, "Mul", gdy(gc), gx(gc, 1)));
+  if (nbl_grad_wants(gc, 1)) dx_bcast(gc, 1, gbin(gc, "Mul", gdy(gc), gx(gc, 0)));
+  return nbl_grad_status(gc);
+}
+
+/* Y = A / B: dA = dY / B, dB = -dY Y / B. */
+static nbl_status g_div(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0)) dx_bcast(gc, 0, gbin(gc, "Div", gdy(gc), gx(gc, 1)));
+  if (nbl_grad_wants(gc, 1)) {
+    nbl_id t = gbin(gc, "Div", gbin(gc, "Mul", gdy(gc), gy0(gc)), gx(gc, 1));
+    dx_bcast(gc, 1, nbl_grad_un(gc, "Neg", t));
+  }
+  return nbl_grad_status(gc);
+}
+
+/* Y = A^B: dA = dY B A^(B-1), dB = dY Y ln A (B of another type is cast). */
+static nbl_status g_pow(nbl_grad_ctx *gc) {
+  nbl_id A = gx(gc, 0), B = gx(gc, 1);
+  if (nbl_grad_wants(gc, 0)) {
+    nbl_id Bf = B;
+    if (nbl_grad_dtype(gc, B) != nbl_grad_dtype(gc, A)) {
+      Bf = nbl_grad_un(gc, "Cast", B);
+      nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, A));
+    }
+    nbl_id p = gbin(gc, "Pow", A, gbin(gc, "Sub", Bf, gconst(gc, A, 1.0)));
+    dx_bcast(gc, 0, gbin(gc, "Mul", gdy(gc), gbin(gc, "Mul", Bf, p)));
+  }
+  if (nbl_grad_wants(gc, 1))
+    dx_bcast(gc, 1, gbin(gc, "Mul", gbin(gc, "Mul", gdy(gc), gy0(gc)), nbl_grad_un(gc, "Log", A)));
+  return nbl_grad_status(gc);
+}
+
+static nbl_status g_neg(nbl_grad_ctx *gc) {
+  nbl_grad_set_dx(gc, 0, nbl_grad_un(gc, "Neg", gdy(gc)));
+  return nbl_grad_status(gc);
+}
+static nbl_status g_abs(nbl_grad_ctx *gc) { return dx_times(gc, nbl_grad_un(gc, "Sign", gx(gc, 0))); }
+/* Y = 1/X: dX = -dY Y^2 */
+static nbl_status g_reciprocal(nbl_grad_ctx *gc) {
+  nbl_id y = gy0(gc);
+  return dx_times(gc, nbl_grad_un(gc, "Neg", gbin(gc, "Mul", y, y)));
+}
+/* Y = sqrt(X): dX = dY 0.5 / Y */
+static nbl_status g_sqrt(nbl_grad_ctx *gc) {
+  nbl_grad_set_dx(gc, 0, gbin(gc, "Div", gbin(gc, "Mul", gdy(gc), gconst(gc, gy0(gc), 0.5)), gy0(gc)));
+  return nbl_grad_status(gc);
+}
+static nbl_status g_exp(nbl_grad_ctx *gc) { return dx_times(gc, gy0(gc)); }
+static nbl_status g_log(nbl_grad_ctx *gc) {
+  nbl_grad_set_dx(gc, 0, gbin(gc, "Div", gdy(gc), gx(gc, 0)));
+  return nbl_grad_status(gc);
+}
+static nbl_status g_sin(nbl_grad_ctx *gc) { return dx_times(gc, nbl_grad_un(gc, "Cos", gx(gc, 0))); }
+static nbl_status g_cos(nbl_grad_ctx *gc) {
+  return dx_times(gc, nbl_grad_un(gc, "Neg", nbl_grad_un(gc, "Sin", gx(gc, 0))));
+}
+/* erf'(x) = 2/sqrt(pi) exp(-x^2) */
+static nbl_status g_erf(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  nbl_id e = nbl_grad_un(gc, "Exp", nbl_grad_un(gc, "Neg", gbin(gc, "Mul", x, x)));
+  return dx_times(gc, gbin(gc, "Mul", e, gconst(gc, x, 1.1283791670955126)));
+}
+/* softplus'(x) = sigmoid(x); softsign'(x) = 1 / (1 + |x|)^2 */
+static nbl_status g_softplus(nbl_grad_ctx *gc) {
+  return dx_times(gc, nbl_grad_un(gc, "Sigmoid", gx(gc, 0)));
+}
+static nbl_status g_softsign(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  nbl_id d = gbin(gc, "Add", gconst(gc, x, 1.0), nbl_grad_un(gc, "Abs", x));
+  nbl_grad_set_dx(gc, 0, gbin(gc, "Div", gdy(gc), gbin(gc, "Mul", d, d)));
+  return nbl_grad_status(gc);
+}
+
+/* A com.microsoft backward op (dY, v) -> dX with the forward's attributes. */
+static nbl_status dx_msop(nbl_grad_ctx *gc, const char *op, nbl_id v) {
+  nbl_id in[2] = {gdy(gc), v};
+  nbl_id dx = nbl_grad_op(gc, op, "com.microsoft", 2, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+/* ReluGrad takes the output: Y > 0 exactly where X > 0, and Y is kept anyway
+ * as the next layer's input. */
+static nbl_status g_relu(nbl_grad_ctx *gc) { return dx_msop(gc, "ReluGrad", gy0(gc)); }
+static nbl_status g_leakyrelu(nbl_grad_ctx *gc) { return dx_msop(gc, "LeakyReluGrad", gy0(gc)); }
+static nbl_status g_sigmoid(nbl_grad_ctx *gc) { return dx_msop(gc, "SigmoidGrad", gy0(gc)); }
+static nbl_status g_tanh(nbl_grad_ctx *gc) { return dx_msop(gc, "TanhGrad", gy0(gc)); }
+static nbl_status g_gelu(nbl_grad_ctx *gc) {
+  const char *a = nbl_attr_string(nbl_grad_node(gc), "approximate", "none");
+  nbl_id in[2] = {gdy(gc), gx(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, !strcmp(a, "tanh") ? "FastGeluGrad" : "GeluGrad", "com.microsoft", 2, in);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Where(C, A, B): dA = dY where C, dB = dY where not C. */
+static nbl_status g_where(nbl_grad_ctx *gc) {
+  nbl_id c = gx(gc, 0), dy = gdy(gc);
+  for (int i = 1; i <= 2; i++) {
+    if (!nbl_grad_wants(gc, i)) continue;
+    nbl_id z = gconst(gc, gx(gc, i), 0.0);
+    nbl_id in[3] = {c, i == 1 ? dy : z, i == 1 ? z : dy};
+    dx_bcast(gc, i, nbl_grad_op(gc, "Where", "", 3, in));
+  }
+  return nbl_grad_status(gc);
+}
+
+/* Clip: dY passes where the input was not clipped (Y == X, bounds included,
+ * as PyTorch's clamp); min and max get none. */
+static nbl_status g_clip(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "the bounds of Clip get no gradient");
+  nbl_grad_no_dx(gc, 2, "the bounds of Clip get no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id x = gx(gc, 0);
+  nbl_id in[3] = {gbin(gc, "Equal", gy0(gc), x), gdy(gc), gconst(gc, x, 0.0)};
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "Where", "", 3, in));
+  return nbl_grad_status(gc);
+}
+
+/* Sum / Mean of n inputs: each gets dY (Mean: dY / n), summed to its shape. */
+static nbl_status g_sum(nbl_grad_ctx *gc) {
+  for (int i = 0; i < nbl_grad_n_in(gc); i++)
+    if (nbl_grad_wants(gc, i)) dx_bcast(gc, i, gdy(gc));
+  return nbl_grad_status(gc);
+}
+static nbl_status g_mean(nbl_grad_ctx *gc) {
+  int n = nbl_grad_n_in(gc);
+  nbl_id g = gbin(gc, "Div", gdy(gc), gconst(gc, gy0(gc), (double)n));
+  for (int i = 0; i < n; i++)
+    if (nbl_grad_wants(gc, i)) dx_bcast(gc, i, g);
+  return nbl_grad_status(gc);
+}
+
+#define NOT_DIFF_BOOL "not differentiable: boolean output"
+#define NOT_DIFF_INT "not differentiable: integer operands and output"
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_elementwise[] = {
-    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, .stable_since = 7),
-    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, .stable_since = 7),
-    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, .stable_since = 7),
-    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, .stable_since = 7),
-    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, .stable_since = 7),
-    NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .stable_since = 10),
-    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, .stable_since = 6),
-    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Round", 11, .ref = k_round, .shape = nbl_shape_same, .stable_since = 11),
-    NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .stable_since = 9),
-    NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Cos", 7, .ref = k_cos, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7),
-    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same),
-    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same),
-    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same),
-    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same),
-    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same),
-    NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .stable_since = 9),
+    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, .stable_since = 7, .grad = g_add),
+    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, .stable_since = 7, .grad = g_sub),
+    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, .stable_since = 7, .grad = g_mul),
+    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, .stable_since = 7, .grad = g_div),
+    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, .stable_since = 7, .grad = g_pow),
+    NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .stable_since = 10, .no_grad = "no rule yet"),
+    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, .stable_since = 6, .grad = g_abs),
+    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, .stable_since = 6, .grad = g_neg),
+    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, .stable_since = 6, .grad = g_reciprocal),
+    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, .stable_since = 6, .grad = g_sqrt),
+    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, .stable_since = 6, .grad = g_exp),
+    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, .stable_since = 6, .grad = g_log),
+    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, .stable_since = 6, .grad = nbl_grad_zero),
+    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, .stable_since = 6, .grad = nbl_grad_zero),
+    NBL_OP("Round", 11, .ref = k_round, .shape = nbl_shape_same, .stable_since = 11, .grad = nbl_grad_zero),
+    NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .stable_since = 9, .grad = nbl_grad_zero),
+    NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .stable_since = 7, .grad = g_sin),
+    NBL_OP("Cos", 7, .ref = k_cos, .shape = nbl_shape_same, .stable_since = 7, .grad = g_cos),
+    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .stable_since = 9, .grad = g_erf),
     NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, .stable_since = 7,
         .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, .stable_since = 7,
@@ -1143,28 +1316,28 @@ const nbl_op_def nbl_ops_elementwise[] = {
     NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .shape = nbl_shape_same, .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("IsNaN", 9, .ref = k_isnan, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("IsInf", 10, .ref = k_isinf, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .stable_since = 9),
-    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .stable_since = 11),
-    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, .stable_since = 8),
-    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, .stable_since = 8),
-    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, .stable_since = 8),
-    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, .stable_since = 8),
-    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, .stable_since = 6),
+    NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .stable_since = 9, .grad = g_where),
+    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .stable_since = 11, .grad = g_clip),
+    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, .stable_since = 8, .no_grad = "no rule yet"),
+    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, .stable_since = 8, .no_grad = "no rule yet"),
+    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, .stable_since = 8, .grad = g_sum),
+    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, .stable_since = 8, .grad = g_mean),
+    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6, .grad = g_relu),
+    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, .stable_since = 6, .grad = g_leakyrelu),
     /* the slope broadcasts to X */
-    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 9),
-    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14),
-    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, .stable_since = 6),
-    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same),
-    NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1),
-    NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1),
-    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same),
-    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18),
-    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same),
-    NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20),
+    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, .stable_since = 6, .grad = g_sigmoid),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .no_grad = "no rule yet"),
+    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, .stable_since = 6, .grad = g_tanh),
+    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softplus),
+    NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softsign),
+    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20, .grad = g_gelu),
 };
 const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

@@ -554,10 +554,10 @@ static nbl_status shape_tfidf(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_misc[] = {
-    NBL_OP("Det", 11, .ref = k_det, .shape = shape_det),
+    NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .no_grad = "no rule yet"),
     NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample, .shape = shape_gridsample),
-    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign),
+    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample, .shape = shape_gridsample, .no_grad = "no rule yet"),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .no_grad = "no rule yet"),
     NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .no_grad = NBL_NO_GRAD_INT),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

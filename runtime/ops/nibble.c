@@ -11,11 +11,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
+#include "runtime/ops/nibble.h"
 
-/* The node's attributes through the one decoder (runtime/formats/int4.h). */
-static nbl_status q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
+/* The node's attributes through the one decoder (runtime/formats/int4.h);
+ * exported for QuantizeInt4Grad (runtime/ops/nibble.h). */
+nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
   char err[256];
   nbl_status st = nbl_q4_config_decode(c->node, cfg, err, sizeof err);
   return st == NBL_OK ? NBL_OK : nbl_kerr(c, st, "%s", err);
@@ -28,7 +31,7 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s",
                     nbl_dtype_name(x->dtype));
   nbl_q4_config cfg;
-  nbl_status st = q4_attrs(c, &cfg);
+  nbl_status st = nbl_q4_attrs(c, &cfg);
   if (st != NBL_OK) return st;
   float alpha = 0.0f;
   if (cfg.scale_source == NBL_Q4_SCALE_PACT) {
@@ -60,6 +63,19 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
 }
 
 
+/* ------------------------------------------------------------------ gradient rule
+ * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
+ * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)). */
+static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
+  int want[2] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1)};
+  if (!want[0] && !want[1]) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[2];
+  nbl_grad_opn(gc, "QuantizeInt4Grad", "ai.nibble", NULL, in[2] == NBL_NONE ? 2 : 3, in, 2, want, out);
+  nbl_grad_attr_copy(gc, NULL);
+  for (int i = 0; i < 2; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* QuantizeInt4: Y like X; scale float32 and zero_point int8 scalars. */
@@ -74,6 +90,6 @@ static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
 
 const nbl_op_def nbl_ops_nibble[] = {
     NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4,
-        .shape = shape_quantize_int4),
+        .shape = shape_quantize_int4, .grad = g_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

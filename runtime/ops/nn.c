@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/shape.h"
+#include "runtime/ops/nn.h"
 #include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ Gemm */
@@ -238,10 +240,10 @@ static nbl_status k_matmul_fast(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Conv */
 
-static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
+/* Conv's geometry and checks (runtime/ops/nn.h). */
+nbl_status nbl_conv_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt_tensor *W,
+                              const nbl_rt_tensor *B, nbl_conv_geom *g) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *W = c->in[1], *B = in_at(c, 2);
   if ((st = need_float(c, X, "X")) || (st = same_type(c, X, W, "W"))) return st;
   if (B && (st = same_type(c, X, B, "B"))) return st;
   if (W->rank != X->rank)
@@ -255,6 +257,14 @@ static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
                     (long long)g->C, (long long)g->M, (long long)W->dims[1], (long long)g->group);
   if (B && (B->rank != 1 || B->dims[0] != g->M))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "B must have shape [%lld]", (long long)g->M);
+  return NBL_OK;
+}
+
+static nbl_status conv_setup(nbl_kctx *c, nbl_conv_geom *g) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = nbl_conv_node_geom(c, X, c->in[1], in_at(c, 2), g))) return st;
   int64_t od[NBL_MAX_RANK] = {g->N, g->M};
   for (int i = 0; i < g->ns; i++) od[2 + i] = g->out[i];
   return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od);
@@ -325,10 +335,10 @@ const nbl_op_def nbl_fused_conv_act_def =
 
 /* ------------------------------------------------------------------ ConvTranspose */
 
-static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
+/* ConvTranspose's geometry and checks (runtime/ops/nn.h). */
+nbl_status nbl_convt_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt_tensor *W,
+                               const nbl_rt_tensor *B, nbl_conv_geom *g) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *W = c->in[1], *B = in_at(c, 2);
   if ((st = need_float(c, X, "X")) || (st = same_type(c, X, W, "W"))) return st;
   if (B && (st = same_type(c, X, B, "B"))) return st;
   if (X->rank < 3 || W->rank != X->rank)
@@ -402,12 +412,21 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
     g->k_sz *= g->k[i];
     g->out_sz *= g->out[i];
   }
+  return NBL_OK;
+}
+
+static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if ((st = nbl_convt_node_geom(c, X, c->in[1], in_at(c, 2), g))) return st;
   int64_t od[NBL_MAX_RANK] = {g->N, g->M};
-  for (int i = 0; i < ns; i++) od[2 + i] = g->out[i];
+  for (int i = 0; i < g->ns; i++) od[2 + i] = g->out[i];
   return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od);
 }
 
-/* Scatter one (image, group) of columns [Mg * k_sz, in_sz] into y [Mg, out...]. */
+/* Scatter-add one (image, group) of columns [Mg * k_sz, in_sz] into y [Mg, out...]
+ * (runtime/ops/nn.h). */
 #define COL2IM_BODY(T)                                                                     \
   int ns = g->ns;                                                                          \
   int64_t ii[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];                                        \
@@ -437,10 +456,10 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
       }                                                                                    \
     }
 
-static void col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y) {
+void nbl_col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y) {
   COL2IM_BODY(double)
 }
-static void col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y) {
+void nbl_col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y) {
   COL2IM_BODY(float)
 }
 
@@ -464,7 +483,7 @@ static nbl_status k_convt_ref(nbl_kctx *c) {
       /* col = W_g^T [Mg*k, Cg] x X_g [Cg, in] */
       nbl_dgemm_ref(1, 0, Mg * g.k_sz, g.in_sz, Cg, 1.0, v[1] + gr * Cg * Mg * g.k_sz, Mg * g.k_sz,
                     v[0] + (n * g.C + gr * Cg) * g.in_sz, g.in_sz, 0.0, col, g.in_sz);
-      col2im_f64(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
+      nbl_col2im_f64(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
     }
   if (v[2])
     for (int64_t n = 0; n < g.N; n++)
@@ -494,7 +513,7 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
     for (int64_t gr = 0; gr < g.group; gr++) {
       nbl_sgemm(c, 1, 0, Mg * g.k_sz, g.in_sz, Cg, 1.0f, w + gr * Cg * Mg * g.k_sz, Mg * g.k_sz,
                 x + (n * g.C + gr * Cg) * g.in_sz, g.in_sz, 0.0f, col, g.in_sz);
-      col2im_f32(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
+      nbl_col2im_f32(&g, Mg, col, y + (n * g.M + gr * Mg) * g.out_sz);
     }
   if (B) {
     const float *b = B->data;
@@ -815,17 +834,173 @@ static nbl_status shape_einsum(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h; the backward ops are com.microsoft training ops,
+ * runtime/ops/grad_conv.c and grad_pool_norm.c, or standard ops) */
+
+/* Conv / ConvTranspose: one ConvGrad / ConvTransposeGrad node (dY, X, W ->
+ * dX, dW, dB) with the forward attributes; named ".../dXdW" when it computes
+ * both products (grad.h). */
+static nbl_status conv_like_grad(nbl_grad_ctx *gc, const char *op) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy_own(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[3];
+  const char *tag = want[0] && (want[1] || want[2]) ? "dXdW" : want[0] ? "dX" : "dW";
+  nbl_grad_opn(gc, op, "com.microsoft", tag, 3, in, 3, want, out);
+  nbl_grad_attr_copy(gc, NULL);
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+static nbl_status g_conv(nbl_grad_ctx *gc) { return conv_like_grad(gc, "ConvGrad"); }
+static nbl_status g_convt(nbl_grad_ctx *gc) { return conv_like_grad(gc, "ConvTransposeGrad"); }
+
+/* alpha * op(p) op(q) as a Gemm without C (a zero C before opset 11). */
+static nbl_id grad_gemm(nbl_grad_ctx *gc, nbl_id p, nbl_id q, int tp, int tq, float alpha,
+                        const char *tag) {
+  nbl_id in[3] = {p, q, NBL_NONE};
+  int n_in = 2;
+  if (nbl_grad_opset(gc, "") < 11) {
+    in[2] = nbl_grad_const(gc, nbl_grad_dtype(gc, p), 0.0);
+    n_in = 3;
+  }
+  nbl_id out = NBL_NONE;
+  nbl_grad_opn(gc, "Gemm", "", tag, n_in, in, 1, NULL, &out);
+  if (tp) nbl_grad_attr_int(gc, "transA", 1);
+  if (tq) nbl_grad_attr_int(gc, "transB", 1);
+  if (alpha != 1.0f) nbl_grad_attr_float(gc, "alpha", alpha);
+  if (n_in == 3) nbl_grad_attr_float(gc, "beta", 0.0f);
+  return out;
+}
+
+/* Gemm: Y = alpha op(A) op(B) + beta C. d op(A) = alpha dY op(B)^T,
+ * d op(B) = alpha op(A)^T dY, dC = beta dY summed to C's shape. */
+static nbl_status g_gemm(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  int ta = nbl_attr_int(n, "transA", 0) != 0, tb = nbl_attr_int(n, "transB", 0) != 0;
+  float alpha = nbl_attr_float(n, "alpha", 1.0f), beta = nbl_attr_float(n, "beta", 1.0f);
+  if (nbl_grad_opset(gc, "") < 7)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of Gemm before opset 7 is not supported");
+  nbl_id A = nbl_grad_x(gc, 0), B = nbl_grad_x(gc, 1), C = nbl_grad_x(gc, 2);
+  nbl_id dY = nbl_grad_dy_own(gc, 0);
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, ta ? grad_gemm(gc, B, dY, tb, 1, alpha, "dX")
+                              : grad_gemm(gc, dY, B, 0, !tb, alpha, "dX"));
+  if (nbl_grad_wants(gc, 1))
+    nbl_grad_set_dx(gc, 1, tb ? grad_gemm(gc, dY, A, 1, ta, alpha, "dW")
+                              : grad_gemm(gc, A, dY, !ta, 0, alpha, "dW"));
+  if (C != NBL_NONE && nbl_grad_wants(gc, 2)) {
+    nbl_id g = dY;
+    if (beta != 1.0f) g = nbl_grad_bin(gc, "Mul", g, nbl_grad_const(gc, nbl_grad_dtype(gc, C), beta));
+    nbl_id dC = nbl_grad_unbroadcast(gc, g, C, nbl_grad_y(gc, 0));
+    if (dC != g) nbl_grad_tag(gc, "dB");
+    nbl_grad_set_dx(gc, 2, dC);
+  }
+  return nbl_grad_status(gc);
+}
+
+/* v with its last two axes swapped (rank r >= 2). */
+static nbl_id swap_last2(nbl_grad_ctx *gc, nbl_id v, int r) {
+  int64_t perm[NBL_MAX_RANK];
+  for (int k = 0; k < r; k++) perm[k] = k;
+  perm[r - 2] = r - 1;
+  perm[r - 1] = r - 2;
+  return nbl_grad_transpose(gc, v, r, perm);
+}
+
+/* g, a product over nb batch dims (those of the MatMul output Y), summed down
+ * to operand X (its 2-D-or-more form X2 has xb batch dims), then shaped as X. */
+static nbl_id matmul_unbatch(nbl_grad_ctx *gc, nbl_id g, nbl_id X, nbl_id X2, int xb, int nb,
+                             nbl_id Y) {
+  int64_t axes[NBL_MAX_RANK];
+  int na = 0, decided = 1;
+  for (int i = 0; i < nb && decided; i++) {
+    int kx = i - (nb - xb);
+    if (kx < 0) {
+      axes[na++] = i;
+      continue;
+    }
+    int64_t xd = nbl_grad_dim(gc, X, kx), yd = nbl_grad_dim(gc, Y, i);
+    if (xd == 1 && yd != 1) axes[na++] = i;
+    else if (xd < 0 && !nbl_grad_dim_same(gc, X, kx, Y, i)) decided = 0;
+  }
+  if (!decided) { /* batch shapes known at run time only */
+    nbl_id in[2] = {nbl_grad_shape(gc, X2), nbl_grad_shape(gc, g)}, ax[2];
+    int want[2] = {1, 0};
+    nbl_grad_opn(gc, "BroadcastGradientArgs", "com.microsoft", NULL, 2, in, 2, want, ax);
+    nbl_id rin[2] = {g, ax[0]};
+    nbl_id r = nbl_grad_op(gc, "ReduceSum", "", 2, rin);
+    nbl_grad_attr_int(gc, "keepdims", 1);
+    nbl_grad_attr_int(gc, "noop_with_empty_axes", 1);
+    return nbl_grad_reshape_like(gc, r, X);
+  }
+  nbl_id r = nbl_grad_reduce_sum(gc, g, na, axes, 1);
+  return (na > 0 && nb > xb) || X2 != X ? nbl_grad_reshape_like(gc, r, X) : r;
+}
+
+/* MatMul (numpy semantics: 1-D operands, batch broadcasting): dA = dY B^T,
+ * dB = A^T dY, each summed over the batch dims its operand was broadcast
+ * along; a 2-D B under a batched A gets one Gemm over the folded rows. */
+static nbl_status g_matmul(nbl_grad_ctx *gc) {
+  nbl_id A = nbl_grad_x(gc, 0), B = nbl_grad_x(gc, 1), Y = nbl_grad_y(gc, 0);
+  int ra = nbl_grad_rank(gc, A), rb = nbl_grad_rank(gc, B);
+  if (ra < 1 || rb < 1)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "the ranks of both operands must be known (run infer-shapes)");
+  nbl_id dY = nbl_grad_dy_own(gc, 0);
+  int wa = nbl_grad_wants(gc, 0), wb = nbl_grad_wants(gc, 1);
+  if (ra == 2 && rb == 2) {
+    if (wa) nbl_grad_set_dx(gc, 0, grad_gemm(gc, dY, B, 0, 1, 1.0f, "dX"));
+    if (wb) nbl_grad_set_dx(gc, 1, grad_gemm(gc, A, dY, 1, 0, 1.0f, "dW"));
+    return nbl_grad_status(gc);
+  }
+  int ry = ra == 1 && rb == 1 ? 0 : ra == 1 ? rb - 1 : rb == 1 ? ra - 1 : (ra > rb ? ra : rb);
+  int64_t z0 = 0, z1 = 1, ax = ra == 1 ? ry - 1 : ry;
+  nbl_id A2 = ra == 1 ? nbl_grad_unsqueeze(gc, A, 1, &z0) : A;
+  nbl_id B2 = rb == 1 ? nbl_grad_unsqueeze(gc, B, 1, &z1) : B;
+  nbl_id dY2 = dY;
+  if (ra == 1 && rb == 1) {
+    int64_t one1[2] = {1, 1};
+    dY2 = nbl_grad_bin(gc, "Reshape", dY, nbl_grad_const_i64(gc, 2, one1));
+  } else if (ra == 1 || rb == 1) {
+    dY2 = nbl_grad_unsqueeze(gc, dY, 1, &ax);
+  }
+  int ra2 = ra < 2 ? 2 : ra, rb2 = rb < 2 ? 2 : rb;
+  int nb = (ra2 > rb2 ? ra2 : rb2) - 2;
+  if (wa) {
+    nbl_id in[2] = {dY2, swap_last2(gc, B2, rb2)};
+    nbl_id p = NBL_NONE;
+    nbl_grad_opn(gc, "MatMul", "", "dX", 2, in, 1, NULL, &p);
+    nbl_grad_set_dx(gc, 0, matmul_unbatch(gc, p, A, A2, ra2 - 2, nb, Y));
+  }
+  if (wb) {
+    int64_t K = nbl_grad_dim(gc, A, ra - 1), N = rb == 2 ? nbl_grad_dim(gc, B, 1) : 1;
+    if (rb <= 2 && ra > 2 && K > 0 && N > 0) { /* fold A's batch into rows: one Gemm */
+      int64_t sa[2] = {-1, K}, sy[2] = {-1, N};
+      nbl_id a2d = nbl_grad_bin(gc, "Reshape", A, nbl_grad_const_i64(gc, 2, sa));
+      nbl_id y2d = nbl_grad_bin(gc, "Reshape", dY2, nbl_grad_const_i64(gc, 2, sy));
+      nbl_id p = grad_gemm(gc, a2d, y2d, 1, 0, 1.0f, "dW");
+      nbl_grad_set_dx(gc, 1, rb == 1 ? nbl_grad_reshape_like(gc, p, B) : p);
+    } else {
+      nbl_id in[2] = {swap_last2(gc, A2, ra2), dY2};
+      nbl_id p = NBL_NONE;
+      nbl_grad_opn(gc, "MatMul", "", "dW", 2, in, 1, NULL, &p);
+      nbl_grad_set_dx(gc, 1, matmul_unbatch(gc, p, B, B2, rb2 - 2, nb, Y));
+    }
+  }
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn[] = {
     NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
-        .stable_since = 1),
+        .stable_since = 1, .grad = g_conv),
     NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast,
-        .shape = shape_convtranspose, .stable_since = 1),
+        .shape = shape_convtranspose, .stable_since = 1, .grad = g_convt),
     NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
-        .stable_since = 7),
+        .stable_since = 7, .grad = g_gemm),
     NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul,
-        .stable_since = 1),
-    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12),
+        .stable_since = 1, .grad = g_matmul),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

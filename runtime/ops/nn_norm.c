@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -301,15 +302,74 @@ static nbl_status shape_layernorm(nbl_shape_ctx *c) {
   return st ? st : nbl_shp_set(c, 2, &o);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* BatchNormalization in inference mode (running statistics as constants):
+ * dX = dY scale inv_std, dscale = sum dY (x - mean) inv_std, dB = sum dY, the
+ * sums over every axis but 1. Training mode is com.microsoft BatchNormInternal
+ * (its rule is on its own table line, runtime/ops/grad_pool_norm.c). */
+static nbl_status g_batchnorm(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  if (nbl_attr_int(n, "training_mode", 0) != 0)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of BatchNormalization with training_mode=1 is not supported: "
+                         "the build-training pass makes it com.microsoft BatchNormInternal");
+  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
+  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
+  nbl_id X = nbl_grad_x(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (r < 2 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of X must be known and >= 2");
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  float eps = nbl_attr_float(n, "epsilon", 1e-5f);
+  int64_t sp[NBL_MAX_RANK], red[NBL_MAX_RANK];
+  int nsp = 0, nred = 0;
+  for (int k = 0; k < r; k++) {
+    if (k >= 2) sp[nsp++] = k - 1;
+    if (k != 1) red[nred++] = k;
+  }
+  nbl_id dY = nbl_grad_dy(gc, 0);
+  nbl_id eps_c = nbl_grad_const(gc, dt, (double)eps);
+  nbl_id inv = nbl_grad_un(gc, "Reciprocal",
+                           nbl_grad_un(gc, "Sqrt", nbl_grad_bin(gc, "Add", nbl_grad_x(gc, 4), eps_c)));
+  if (nbl_grad_wants(gc, 0)) {
+    nbl_id f = nbl_grad_unsqueeze(gc, nbl_grad_bin(gc, "Mul", nbl_grad_x(gc, 1), inv), nsp, sp);
+    nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", dY, f));
+  }
+  if (nbl_grad_wants(gc, 1)) {
+    nbl_id xc = nbl_grad_bin(gc, "Sub", X, nbl_grad_unsqueeze(gc, nbl_grad_x(gc, 3), nsp, sp));
+    nbl_id xh = nbl_grad_bin(gc, "Mul", xc, nbl_grad_unsqueeze(gc, inv, nsp, sp));
+    nbl_grad_set_dx(gc, 1, nbl_grad_reduce_sum(gc, nbl_grad_bin(gc, "Mul", dY, xh), nred, red, 0));
+  }
+  if (nbl_grad_wants(gc, 2)) nbl_grad_set_dx(gc, 2, nbl_grad_reduce_sum(gc, dY, nred, red, 0));
+  return nbl_grad_status(gc);
+}
+
+/* LayerNormalization: com.microsoft LayerNormalizationGrad (dY, X, scale, mean,
+ * inv_std_dev -> dX, dscale, dbias); the forward node is made to produce its
+ * Mean and InvStdDev outputs. */
+static nbl_status g_layernorm(nbl_grad_ctx *gc) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1),
+                  nbl_grad_y_need(gc, 1), nbl_grad_y_need(gc, 2)};
+  nbl_id out[3];
+  nbl_grad_opn(gc, "LayerNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", -1));
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn_norm[] = {
     NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
-        .stable_since = 9),
+        .stable_since = 9, .grad = g_batchnorm),
     NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
-        .stable_since = 6),
+        .stable_since = 6, .no_grad = "no rule yet"),
     NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
-        .stable_since = 17),
-    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1),
+        .stable_since = 17, .grad = g_layernorm),
+    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_norm_count = sizeof nbl_ops_nn_norm / sizeof nbl_ops_nn_norm[0];

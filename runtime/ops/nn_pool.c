@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #endif
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -377,6 +378,42 @@ static nbl_status shape_pool(nbl_shape_ctx *c, bool global) {
 static nbl_status shape_window_pool(nbl_shape_ctx *c) { return shape_pool(c, false); }
 static nbl_status shape_global_pool(nbl_shape_ctx *c) { return shape_pool(c, true); }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* MaxPool: com.microsoft MaxPoolGrad (dY, Indices, shape of X); the forward
+ * node is made to produce its Indices output. */
+static nbl_status g_maxpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  if (nbl_grad_opset(gc, "") < 8)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of MaxPool needs opset >= 8 (the Indices output)");
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "MaxPoolGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* AveragePool: com.microsoft AveragePoolGrad (dY, shape of X), same attributes. */
+static nbl_status g_avgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
+  nbl_id dx = nbl_grad_op(gc, "AveragePoolGrad", "com.microsoft", 2, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
+static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0);
+  nbl_id g = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_count_ratio(gc, X, nbl_grad_y(gc, 0)));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, X)));
+  return nbl_grad_status(gc);
+}
+
 /* MaxUnpool: output_shape (input 2) when it is known, else each spatial dim
  * (in - 1) * stride + kernel - pads, the transposed window. */
 static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
@@ -414,13 +451,13 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn_pool[] = {
-    NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1),
-    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .stable_since = 7),
-    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool),
-    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1),
+    NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_maxpool),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .stable_since = 7, .grad = g_avgpool),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .no_grad = "no rule yet"),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .no_grad = "no rule yet"),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
-        .stable_since = 1),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool),
+        .stable_since = 1, .grad = g_gavgpool),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

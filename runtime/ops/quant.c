@@ -542,7 +542,7 @@ const nbl_op_def nbl_ops_quant[] = {
     NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .shape = shape_quantize, .stable_since = 10,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .shape = shape_dequantize,
-        .stable_since = 10),
+        .stable_since = 10, .no_grad = "not differentiable: integer input (the scale: no rule yet)"),
     NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .shape = shape_dynquant,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .shape = shape_matmulinteger,

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 
 
@@ -878,6 +879,170 @@ static nbl_status shape_topk(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 1, &o);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h; softmax and loss backward ops are com.microsoft
+ * training ops, runtime/ops/grad_reduce.c) */
+
+/* The reduced axes of a Reduce* node, sorted and normalized; *all = 1 when
+ * every axis is reduced, *noop = 1 when the node is an identity. */
+static nbl_status grad_reduce_axes(nbl_grad_ctx *gc, int r, int64_t *axes, int *na, int *all,
+                                   int *noop) {
+  const nbl_node *n = nbl_grad_node(gc);
+  int sum = !strcmp(n->op_type, "ReduceSum"), op = nbl_grad_opset(gc, "");
+  int axes_input = (sum && op >= 13) || op >= 18;
+  *noop = 0;
+  *all = 0;
+  if (axes_input) {
+    nbl_id a = nbl_grad_x(gc, 1);
+    *na = a == NBL_NONE ? 0 : nbl_grad_const_ints(gc, a, axes, NBL_MAX_RANK);
+    if (*na < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "axes must be a constant");
+  } else {
+    const int64_t *v = nbl_attr_ints(n, "axes", na);
+    if (*na > NBL_MAX_RANK) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "too many axes");
+    if (v) memcpy(axes, v, sizeof(int64_t) * (size_t)*na);
+  }
+  if (*na == 0) {
+    if (axes_input && nbl_attr_int(n, "noop_with_empty_axes", 0)) {
+      *noop = 1;
+      return NBL_OK;
+    }
+    *all = 1;
+    if (r < 0) return NBL_OK;
+    for (int k = 0; k < r; k++) axes[k] = k;
+    *na = r;
+    return NBL_OK;
+  }
+  if (r < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  for (int i = 0; i < *na; i++) {
+    if (axes[i] < 0) axes[i] += r;
+    for (int j = i; j > 0 && axes[j] < axes[j - 1]; j--) {
+      int64_t t = axes[j];
+      axes[j] = axes[j - 1];
+      axes[j - 1] = t;
+    }
+  }
+  *all = *na == r;
+  return NBL_OK;
+}
+
+/* g (shaped like the Reduce* output) broadcast back to the input's shape. */
+static nbl_id grad_unreduce(nbl_grad_ctx *gc, nbl_id g, const int64_t *axes, int na, int all) {
+  const nbl_node *n = nbl_grad_node(gc);
+  if (!nbl_attr_int(n, "keepdims", 1) && !all) g = nbl_grad_unsqueeze(gc, g, na, axes);
+  return nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, nbl_grad_x(gc, 0)));
+}
+
+/* ReduceSum, ReduceMean, ReduceSumSquare, ReduceL1, ReduceL2, ReduceLogSum,
+ * ReduceLogSumExp: dY broadcast back, times the derivative of the reduced
+ * function with respect to each element. */
+static nbl_status g_reduce(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0), dY = nbl_grad_dy(gc, 0);
+  int64_t axes[NBL_MAX_RANK];
+  int na = 0, all = 0, noop = 0;
+  if (grad_reduce_axes(gc, nbl_grad_rank(gc, X), axes, &na, &all, &noop)) return nbl_grad_status(gc);
+  const char *op = nbl_grad_node(gc)->op_type;
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  if (noop) { /* the identity, or its elementwise function */
+    if (!strcmp(op, "ReduceSum") || !strcmp(op, "ReduceMean")) {
+      nbl_grad_set_dx(gc, 0, dY);
+      return nbl_grad_status(gc);
+    }
+  }
+  nbl_id back = NBL_NONE, yb = NBL_NONE;
+  if (!strcmp(op, "ReduceMean"))
+    dY = nbl_grad_bin(gc, "Div", dY, nbl_grad_count_ratio(gc, X, Y));
+  if (!noop) back = grad_unreduce(gc, dY, axes, na, all);
+  else back = dY;
+  if (!strcmp(op, "ReduceSum") || !strcmp(op, "ReduceMean")) {
+    nbl_grad_set_dx(gc, 0, back);
+    return nbl_grad_status(gc);
+  }
+  /* functions of x and y: y broadcast back too */
+  yb = noop ? Y : grad_unreduce(gc, Y, axes, na, all);
+  nbl_id f;
+  if (!strcmp(op, "ReduceSumSquare"))
+    f = nbl_grad_bin(gc, "Mul", X, nbl_grad_const(gc, dt, 2.0));
+  else if (!strcmp(op, "ReduceL1"))
+    f = nbl_grad_un(gc, "Sign", X);
+  else if (!strcmp(op, "ReduceL2"))
+    f = nbl_grad_bin(gc, "Div", X, yb);
+  else if (!strcmp(op, "ReduceLogSum"))
+    f = nbl_grad_un(gc, "Reciprocal", nbl_grad_un(gc, "Exp", yb));
+  else /* ReduceLogSumExp */
+    f = nbl_grad_un(gc, "Exp", nbl_grad_bin(gc, "Sub", X, yb));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", back, f));
+  return nbl_grad_status(gc);
+}
+
+/* Softmax / LogSoftmax: com.microsoft SoftmaxGrad_13 / LogSoftmaxGrad_13
+ * (opset >= 13, one axis) or SoftmaxGrad / LogSoftmaxGrad (2-D coercion),
+ * on the output. */
+static nbl_status softmax_grad(nbl_grad_ctx *gc, const char *op) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  int v13 = nbl_grad_opset(gc, "") >= 13;
+  char name[40];
+  snprintf(name, sizeof name, "%s%s", op, v13 ? "_13" : "");
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_y(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, name, "com.microsoft", 2, in);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", v13 ? -1 : 1));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+static nbl_status g_softmax(nbl_grad_ctx *gc) { return softmax_grad(gc, "SoftmaxGrad"); }
+static nbl_status g_logsoftmax(nbl_grad_ctx *gc) { return softmax_grad(gc, "LogSoftmaxGrad"); }
+
+/* CumSum: the gradient is the cumulative sum in the other direction. */
+static nbl_status g_cumsum(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 1)};
+  nbl_id dx = nbl_grad_op(gc, "CumSum", "", 2, in);
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_grad_attr_int(gc, "exclusive", nbl_attr_int(n, "exclusive", 0));
+  nbl_grad_attr_int(gc, "reverse", !nbl_attr_int(n, "reverse", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* The loss gradient with com.microsoft SoftmaxCrossEntropyLossGrad on the
+ * given log-probabilities (reduction, ignore_index copied). */
+static nbl_id sce_grad(nbl_grad_ctx *gc, nbl_id lp) {
+  nbl_id in[4] = {nbl_grad_dy(gc, 0), lp, nbl_grad_x(gc, 1), nbl_grad_x(gc, 2)};
+  nbl_id dx = nbl_grad_op(gc, "SoftmaxCrossEntropyLossGrad", "com.microsoft",
+                          in[3] == NBL_NONE ? 3 : 4, in);
+  nbl_grad_attr_copy(gc, NULL);
+  return dx;
+}
+
+/* SoftmaxCrossEntropyLoss: d scores = g (softmax - onehot(label)) from the
+ * log_prob output (added to the forward node); a gradient reaching log_prob
+ * itself goes back through LogSoftmax over axis 1. */
+static nbl_status g_sce(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 2, "class weights get no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id lp = nbl_grad_y_need(gc, 1);
+  if (nbl_grad_dy(gc, 0) != NBL_NONE) nbl_grad_set_dx(gc, 0, sce_grad(gc, lp));
+  if (nbl_grad_dy(gc, 1) != NBL_NONE) {
+    nbl_id in[2] = {nbl_grad_dy(gc, 1), lp};
+    nbl_id d = nbl_grad_op(gc, nbl_grad_opset(gc, "") >= 13 ? "LogSoftmaxGrad_13" : "LogSoftmaxGrad",
+                           "com.microsoft", 2, in);
+    nbl_grad_attr_int(gc, "axis", 1);
+    nbl_grad_set_dx(gc, 0, d);
+  }
+  return nbl_grad_status(gc);
+}
+
+/* NegativeLogLikelihoodLoss: d input = -g onehot(target) (weights, reduction
+ * and ignore_index as the loss), which is SoftmaxCrossEntropyLossGrad with
+ * log-probabilities of -inf (exp(-inf) = 0 exactly). */
+static nbl_status g_nll(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 2, "class weights get no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id minf = nbl_grad_fill_like(gc, nbl_grad_x(gc, 0), -INFINITY);
+  nbl_grad_set_dx(gc, 0, sce_grad(gc, minf));
+  return nbl_grad_status(gc);
+}
+
 /* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: reduction "none" gives
  * the target's shape, "mean" and "sum" a scalar, of the input's type;
  * SoftmaxCrossEntropyLoss's log_prob output has the scores' type. */
@@ -898,30 +1063,30 @@ static nbl_status shape_loss(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
-    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13),
-    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18),
-    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18),
-    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18),
-    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18),
-    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18),
-    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18),
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13, .grad = g_reduce),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
     NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce,
-        .stable_since = 18),
-    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18),
+        .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
     NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce,
-        .stable_since = 18),
+        .stable_since = 18, .grad = g_reduce),
     NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .stable_since = 11,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 11,
         .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13),
-    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13),
-    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same),
-    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11),
-    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 11),
-    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same),
-    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same),
-    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss),
-    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss),
+    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_softmax),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_logsoftmax),
+    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
+    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss, .grad = g_nll),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss, .grad = g_sce),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];

@@ -19,8 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
+#include "runtime/ops/shape.h"
 
 #define XR (2 * NBL_MAX_RANK + 2) /* rank of internal copy views */
 
@@ -431,6 +433,44 @@ static nbl_status k_split(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Slice */
 
+/* Slice's index arithmetic (runtime/ops/shape.h). */
+nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, const int64_t *starts,
+                              const int64_t *ends, const int64_t *axes, const int64_t *steps,
+                              int64_t *start, int64_t *step_out, int64_t *len_out) {
+  int seen[NBL_MAX_RANK] = {0};
+  for (int d = 0; d < r; d++) {
+    start[d] = 0;
+    step_out[d] = 1;
+    len_out[d] = dims[d];
+  }
+  for (int i = 0; i < ns; i++) {
+    int64_t a = axes ? axes[i] : i;
+    int ax = nbl_norm_axis(a, r);
+    if (ax < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)a, r);
+    if (seen[ax]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %d is sliced twice", ax);
+    seen[ax] = 1;
+    int64_t step = steps ? steps[i] : 1;
+    if (step == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "step for axis %d is 0", ax);
+    int64_t dim = dims[ax], s = starts[i], e = ends[i];
+    if (s < 0) s += dim;
+    if (e < 0) e += dim;
+    int64_t len;
+    if (step > 0) {
+      s = s < 0 ? 0 : s > dim ? dim : s;
+      e = e < 0 ? 0 : e > dim ? dim : e;
+      len = e > s ? (e - s + step - 1) / step : 0;
+    } else {
+      s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
+      e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
+      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
+    }
+    start[ax] = s;
+    step_out[ax] = step;
+    len_out[ax] = len;
+  }
+  return NBL_OK;
+}
+
 static nbl_status k_slice(nbl_kctx *c) {
   const nbl_rt_tensor *x;
   nbl_status st = need_in(c, 0, "data", &x);
@@ -457,37 +497,9 @@ static nbl_status k_slice(nbl_kctx *c) {
   if (ns != ne || (na >= 0 && na != ns) || (nst >= 0 && nst != ns))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "starts, ends, axes and steps differ in length");
   int64_t st_[NBL_MAX_RANK], stp[NBL_MAX_RANK], od[NBL_MAX_RANK];
-  int seen[NBL_MAX_RANK] = {0};
-  for (int d = 0; d < r; d++) {
-    st_[d] = 0;
-    stp[d] = 1;
-    od[d] = x->dims[d];
-  }
-  for (int i = 0; i < ns; i++) {
-    int64_t a = na >= 0 ? axes[i] : i;
-    int ax = nbl_norm_axis(a, r);
-    if (ax < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)a, r);
-    if (seen[ax]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %d is sliced twice", ax);
-    seen[ax] = 1;
-    int64_t step = nst >= 0 ? steps[i] : 1;
-    if (step == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "step for axis %d is 0", ax);
-    int64_t dim = x->dims[ax], s = starts[i], e = ends[i];
-    if (s < 0) s += dim;
-    if (e < 0) e += dim;
-    int64_t len;
-    if (step > 0) {
-      s = s < 0 ? 0 : s > dim ? dim : s;
-      e = e < 0 ? 0 : e > dim ? dim : e;
-      len = e > s ? (e - s + step - 1) / step : 0;
-    } else {
-      s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
-      e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
-      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
-    }
-    st_[ax] = s;
-    stp[ax] = step;
-    od[ax] = len;
-  }
+  if ((st = nbl_slice_geometry(c, r, x->dims, ns, starts, ends, na >= 0 ? axes : NULL,
+                               nst >= 0 ? steps : NULL, st_, stp, od)))
+    return st;
   if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, r, od))) return st;
   nbl_rt_tensor *o = nbl_kctx_out(c, 0);
   if (o->numel == 0) return NBL_OK;
@@ -1070,22 +1082,150 @@ static nbl_status shape_depth_space(nbl_shape_ctx *c, bool to_space) {
 static nbl_status shape_depth_to_space(nbl_shape_ctx *c) { return shape_depth_space(c, true); }
 static nbl_status shape_space_to_depth(nbl_shape_ctx *c) { return shape_depth_space(c, false); }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h): data movement moves the gradient back; Gather and
+ * Slice use com.microsoft GatherGrad / SliceGrad (runtime/ops/grad_shape.c). */
+
+/* Reshape, Flatten, Squeeze, Unsqueeze: dY reshaped to the input's shape. */
+static nbl_status g_reshape(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, nbl_grad_reshape_like(gc, nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0)));
+  return nbl_grad_status(gc);
+}
+
+/* Transpose: dY transposed by the inverse permutation. */
+static nbl_status g_transpose(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  int cnt = 0, r = nbl_grad_rank(gc, nbl_grad_x(gc, 0));
+  const int64_t *perm = nbl_attr_ints(nbl_grad_node(gc), "perm", &cnt);
+  if (!perm) cnt = r;
+  if (cnt <= 0 || cnt > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t inv[NBL_MAX_RANK];
+  for (int i = 0; i < cnt; i++) {
+    int64_t p = perm ? perm[i] : cnt - 1 - i;
+    if (p < 0 || p >= cnt) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "perm is not a permutation");
+    inv[p] = i;
+  }
+  nbl_grad_set_dx(gc, 0, nbl_grad_transpose(gc, nbl_grad_dy(gc, 0), cnt, inv));
+  return nbl_grad_status(gc);
+}
+
+/* Slice of v along one axis [s, e) as 1-D int64 values (Slice opset >= 10) or
+ * numbers (attributes, before 10; then s_n/e_n are used). */
+static nbl_id slice_axis(nbl_grad_ctx *gc, nbl_id v, int64_t axis, nbl_id s, nbl_id e, int64_t s_n,
+                         int64_t e_n) {
+  if (nbl_grad_opset(gc, "") < 10) {
+    nbl_id out = nbl_grad_un(gc, "Slice", v);
+    nbl_grad_attr_ints(gc, "starts", 1, &s_n);
+    nbl_grad_attr_ints(gc, "ends", 1, &e_n);
+    nbl_grad_attr_ints(gc, "axes", 1, &axis);
+    return out;
+  }
+  nbl_id in[4] = {v, s, e, nbl_grad_const_i64(gc, 1, &axis)};
+  return nbl_grad_op(gc, "Slice", "", 4, in);
+}
+
+/* Concat: each input gets its slice of dY along the axis (offsets from the
+ * static sizes, or from Shape at run time). */
+static nbl_status g_concat(nbl_grad_ctx *gc) {
+  int n = nbl_grad_n_in(gc), r = nbl_grad_rank(gc, nbl_grad_y(gc, 0));
+  int64_t axis = nbl_attr_int(nbl_grad_node(gc), "axis", 0);
+  if (r < 1) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the output must be known");
+  if (axis < 0) axis += r;
+  int stat = 1;
+  for (int i = 0; i < n; i++) stat &= nbl_grad_dim(gc, nbl_grad_x(gc, i), (int)axis) >= 0;
+  if (!stat && nbl_grad_opset(gc, "") < 10)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "input sizes along the axis must be known before opset 10");
+  int64_t off = 0;
+  nbl_id start = stat ? NBL_NONE : nbl_grad_const_i64(gc, 1, &off);
+  for (int i = 0; i < n; i++) {
+    nbl_id x = nbl_grad_x(gc, i);
+    if (stat) {
+      int64_t len = nbl_grad_dim(gc, x, (int)axis), end = off + len;
+      if (nbl_grad_wants(gc, i)) {
+        nbl_id s = NBL_NONE, e = NBL_NONE;
+        if (nbl_grad_opset(gc, "") >= 10) {
+          s = nbl_grad_const_i64(gc, 1, &off);
+          e = nbl_grad_const_i64(gc, 1, &end);
+        }
+        nbl_grad_set_dx(gc, i, slice_axis(gc, nbl_grad_dy(gc, 0), axis, s, e, off, end));
+      }
+      off = end;
+      continue;
+    }
+    nbl_id ax = nbl_grad_const_i64(gc, 1, &axis);
+    nbl_id len = nbl_grad_bin(gc, "Gather", nbl_grad_shape(gc, x), ax);
+    nbl_id end = nbl_grad_bin(gc, "Add", start, len);
+    if (nbl_grad_wants(gc, i))
+      nbl_grad_set_dx(gc, i, slice_axis(gc, nbl_grad_dy(gc, 0), axis, start, end, 0, 0));
+    start = end;
+  }
+  return nbl_grad_status(gc);
+}
+
+/* Split: dX = Concat of the outputs' gradients (zeros for an output none
+ * reaches). */
+static nbl_status g_split(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  int n = nbl_grad_n_out(gc);
+  nbl_id parts[64];
+  if (n > 64) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "more than 64 outputs");
+  for (int i = 0; i < n; i++) {
+    parts[i] = nbl_grad_dy(gc, i);
+    if (parts[i] == NBL_NONE) parts[i] = nbl_grad_zeros_like(gc, nbl_grad_y_need(gc, i));
+  }
+  nbl_id dx = nbl_grad_op(gc, "Concat", "", n, parts);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Slice: com.microsoft SliceGrad (dY, shape of X, starts, ends, axes, steps). */
+static nbl_status g_slice(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[6] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), NBL_NONE, NBL_NONE,
+                  NBL_NONE, NBL_NONE};
+  if (nbl_grad_opset(gc, "") >= 10) {
+    for (int i = 1; i < 5; i++) in[i + 1] = nbl_grad_x(gc, i);
+  } else {
+    const char *names[3] = {"starts", "ends", "axes"};
+    for (int k = 0; k < 3; k++) {
+      int cnt = 0;
+      const int64_t *v = nbl_attr_ints(nbl_grad_node(gc), names[k], &cnt);
+      if (v) in[k + 2] = nbl_grad_const_i64(gc, cnt, v);
+    }
+  }
+  int n_in = 6;
+  while (n_in > 4 && in[n_in - 1] == NBL_NONE) n_in--;
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "SliceGrad", "com.microsoft", n_in, in));
+  return nbl_grad_status(gc);
+}
+
+/* Expand: dY summed down to the input's shape. */
+static nbl_status g_expand(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0))
+    nbl_grad_set_dx(gc, 0, nbl_grad_unbroadcast(gc, nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0),
+                                                nbl_grad_y(gc, 0)));
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5),
-    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13),
-    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1),
-    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4),
-    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18),
-    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10),
-    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8),
-    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5, .grad = g_reshape),
+    NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1, .grad = g_reshape),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13, .grad = g_reshape),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13, .grad = g_reshape),
+    NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1, .grad = g_transpose),
+    NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4, .grad = g_concat),
+    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18, .grad = g_split),
+    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10, .grad = g_slice),
+    NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8, .grad = g_expand),
+    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6, .no_grad = "no rule yet"),
     NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
-        .stable_since = 11),
+        .stable_since = 11, .no_grad = "no rule yet"),
     NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
-        .stable_since = 1),
+        .stable_since = 1, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_count = sizeof nbl_ops_shape / sizeof nbl_ops_shape[0];

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 
@@ -764,6 +765,19 @@ static nbl_status shape_onehot(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* Gather: com.microsoft GatherGrad (shape of X, indices, dY), the axis. */
+static nbl_status g_gather(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1), nbl_grad_dy(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "GatherGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* Compress: with an axis, the input's shape with that dim the number of true
  * conditions among its first dim (known when the condition is constant);
  * without an axis, 1-D over the flattened input. */
@@ -823,18 +837,18 @@ static nbl_status shape_unique(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_index[] = {
-    NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1),
+    NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1, .grad = g_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
-        .stable_since = 11),
-    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11),
-    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same),
-    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same),
-    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same),
+        .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .no_grad = "no rule yet"),
     NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot),
-    NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress),
-    NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same),
-    NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique),
-    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same),
+    NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot, .no_grad = "no rule yet"),
+    NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress, .no_grad = "no rule yet"),
+    NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique, .no_grad = "no rule yet"),
+    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_index_count = sizeof nbl_ops_shape_index / sizeof nbl_ops_shape_index[0];

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 
@@ -802,6 +803,55 @@ static nbl_status shape_resize(nbl_shape_ctx *c) {
   return nbl_shp_set_dt(c, 0, x.dt, x.rank);
 }
 
+/* ------------------------------------------------------------------ gradient rules
+ * (runtime/core/grad.h) */
+
+/* Pad (constant mode, pads >= 0): dX is dY with the padding sliced off. */
+static nbl_status g_pad(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 2, "the pad value gets no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  const nbl_node *n = nbl_grad_node(gc);
+  const char *mode = nbl_attr_string(n, "mode", "constant");
+  if (strcmp(mode, "constant"))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of Pad mode '%s': no rule yet", mode);
+  int r = nbl_grad_rank(gc, nbl_grad_x(gc, 0)), np = 0, na = 0;
+  if (r < 1 || r > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t pads[2 * NBL_MAX_RANK], axes[NBL_MAX_RANK];
+  if (nbl_grad_opset(gc, "") < 11) {
+    const int64_t *p = nbl_attr_ints(n, "pads", &np);
+    if (p && np <= 2 * NBL_MAX_RANK) memcpy(pads, p, sizeof(int64_t) * (size_t)np);
+  } else {
+    np = nbl_grad_const_ints(gc, nbl_grad_x(gc, 1), pads, 2 * NBL_MAX_RANK);
+    if (np < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "pads must be a constant");
+  }
+  na = nbl_grad_x(gc, 3) == NBL_NONE ? r : nbl_grad_const_ints(gc, nbl_grad_x(gc, 3), axes, NBL_MAX_RANK);
+  if (na < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "axes must be a constant");
+  if (nbl_grad_x(gc, 3) == NBL_NONE)
+    for (int k = 0; k < r; k++) axes[k] = k;
+  if (np != 2 * na) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "pads has %d values for %d axes", np, na);
+  int64_t st[NBL_MAX_RANK], en[NBL_MAX_RANK];
+  for (int k = 0; k < na; k++) {
+    if (pads[k] < 0 || pads[na + k] < 0)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of negative pads: no rule yet");
+    st[k] = pads[k];
+    en[k] = pads[na + k] > 0 ? -pads[na + k] : INT64_MAX;
+  }
+  nbl_id dx;
+  if (nbl_grad_opset(gc, "") < 10) {
+    dx = nbl_grad_un(gc, "Slice", nbl_grad_dy(gc, 0));
+    nbl_grad_attr_ints(gc, "starts", na, st);
+    nbl_grad_attr_ints(gc, "ends", na, en);
+    nbl_grad_attr_ints(gc, "axes", na, axes);
+  } else {
+    nbl_id in[4] = {nbl_grad_dy(gc, 0), nbl_grad_const_i64(gc, na, st),
+                    nbl_grad_const_i64(gc, na, en), nbl_grad_const_i64(gc, na, axes)};
+    dx = nbl_grad_op(gc, "Slice", "", 4, in);
+  }
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* Upsample (deprecated in opset 10): every dim scaled, floor(dim * scale);
  * the scales are an attribute before opset 9 and input 1 from opset 9. */
 static nbl_status shape_upsample(nbl_shape_ctx *c) {
@@ -830,8 +880,8 @@ static nbl_status shape_upsample(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_resize[] = {
-    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11),
-    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 11),
-    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample),
+    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .grad = g_pad),
+    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

@@ -314,8 +314,8 @@ const nbl_op_def nbl_ops_signal[] = {
         .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window,
         .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .shape = shape_dft),
-    NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft),
+    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .shape = shape_dft, .no_grad = "no rule yet"),
+    NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft, .no_grad = "no rule yet"),
     NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight,
         .no_grad = NBL_NO_GRAD_CONST),
 };

@@ -17,12 +17,19 @@
  * AVX2 when the CPU has it (not in reference mode), with the same operations
  * in the same order, so both paths give bit-identical results.
  *
+ * Gradient (the abstract op of the same domain) is expanded with the op
+ * table's gradient rules (runtime/core/grad.h) into a private model the
+ * kernel keeps; see k_gradient.
+ *
  * The losses NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss are
  * registered in the 'reduce' family (runtime/ops/reduce.c).
  */
 #include <math.h>
 #include <string.h>
 
+#include "runtime/core/exec.h"
+#include "runtime/core/grad.h"
+#include "runtime/core/kernel.h"
 #include "runtime/core/shape.h"
 
 #define TRAIN_DOMAIN "ai.onnx.preview.training"
@@ -333,6 +340,272 @@ static nbl_status k_adagrad(nbl_kctx *c) {
   return opt_run(c, &k, n, 0, 1);
 }
 
+/* ------------------------------------------------------------------ Gradient */
+
+/* Gradient (version 1): outputs d y / d x for every name in the attribute xs,
+ * y the tensor named by attribute y of the enclosing graph; the node's inputs
+ * are the values of xs then zs (attribute zs: the other inputs y depends on).
+ * On the first run, and again whenever the input shapes change, the kernel
+ * builds a private model: inputs xs and zs, the enclosing graph's nodes that
+ * compute y from them (initializers copied by reference), typed by one forward
+ * run; then the backward nodes of the op table's rules (nbl_grad_build, seed
+ * ones: the gradient of sum(y); zeros when y does not depend on x). The model
+ * and its engine stay in the node's cache. */
+
+typedef struct gradop {
+  nbl_model *m;
+  nbl_engine *e;
+  int n_in;
+  int64_t *sig;
+  int sig_len;
+  char **names; /* input names (xs then zs), the model's arena */
+} gradop;
+
+static void gradop_free(void *p) {
+  gradop *g = p;
+  if (!g) return;
+  nbl_engine_free(g->e);
+  nbl_model_free(g->m);
+  free(g->sig);
+  free(g->names);
+  free(g);
+}
+
+/* The inputs' types and shapes as one signature. */
+static int64_t *gradop_sig(nbl_kctx *c, int *len) {
+  int64_t *s = malloc(sizeof(int64_t) * (size_t)(c->n_in * (NBL_MAX_RANK + 2) + 1));
+  if (!s) return NULL;
+  int k = 0;
+  for (int i = 0; i < c->n_in; i++) {
+    const nbl_rt_tensor *t = c->in[i];
+    s[k++] = t ? (int64_t)t->dtype : -1;
+    s[k++] = t ? t->rank : -1;
+    for (int d = 0; t && d < t->rank; d++) s[k++] = t->dims[d];
+  }
+  *len = k;
+  return s;
+}
+
+static void gradop_types(void *user, const char *name, const nbl_rt_tensor *t) {
+  nbl_graph *g = user;
+  nbl_id v = nbl_graph_find(g, name);
+  if (v != NBL_NONE) nbl_type_set_tensor(g->model->arena, &g->values[v].type, t->dtype, t->rank, t->dims);
+}
+
+/* The value of the private graph g named like src value sv, created on first use. */
+static nbl_id gradop_value(nbl_kctx *c, nbl_graph *g, const nbl_graph *src, nbl_id sv,
+                           const unsigned char *need) {
+  const nbl_value *val = &src->values[sv];
+  nbl_id v = nbl_graph_find(g, val->name);
+  if (v != NBL_NONE) return v;
+  const nbl_value *def = val;
+  for (const nbl_graph *p = src; (def->flags & NBL_VAL_OUTER) && p->parent;) { /* captured */
+    p = p->parent;
+    nbl_id pv = nbl_graph_find(p, val->name);
+    if (pv == NBL_NONE) break;
+    def = &p->values[pv];
+  }
+  if (def->init) {
+    v = nbl_graph_add_value(g, val->name);
+    nbl_tensor *t = v == NBL_NONE ? NULL
+                                  : nbl_tensor_new_buf(g->model->arena, val->name, def->init->dtype,
+                                                       def->init->rank, def->init->dims,
+                                                       nbl_buffer_ref(def->init->buf), def->init->data,
+                                                       def->init->nbytes);
+    if (!t) return NBL_NONE;
+    nbl_type_set_tensor(g->model->arena, &g->values[v].type, t->dtype, t->rank, t->dims);
+    nbl_graph_set_initializer(g, v, t);
+    return v;
+  }
+  if (val->producer == NBL_NONE || !need[val->producer]) {
+    nbl_kerr(c, NBL_ERR_INVALID_MODEL, "y depends on '%s', which is neither in xs nor in zs",
+             val->name);
+    return NBL_NONE;
+  }
+  return nbl_graph_add_value(g, val->name);
+}
+
+static nbl_status gradop_build(nbl_kctx *c, gradop *go) {
+  const nbl_node *n = c->node;
+  const nbl_graph *src = c->graph;
+  int nx = 0, nz = 0;
+  const nbl_attr *ax = nbl_node_attr(n, "xs"), *az = nbl_node_attr(n, "zs");
+  const char *yname = nbl_attr_string(n, "y", NULL);
+  if (!ax || ax->type != NBL_ATTR_STRINGS || !yname)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attributes xs (strings) and y (string) are required");
+  nx = ax->n;
+  nz = az && az->type == NBL_ATTR_STRINGS ? az->n : 0;
+  if (c->n_in != nx + nz || c->n_out > nx)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%d inputs and %d outputs for %d xs and %d zs", c->n_in,
+                    c->n_out, nx, nz);
+  nbl_id ysrc = nbl_graph_find(src, yname);
+  if (ysrc == NBL_NONE) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "y '%s' is not a value of the graph", yname);
+  nbl_model *m = nbl_model_new();
+  if (!m) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  go->m = m;
+  for (int i = 0; i < src->model->n_opsets; i++)
+    nbl_model_set_opset(m, src->model->opsets[i].domain, src->model->opsets[i].version);
+  nbl_graph *g = m->graph;
+  go->names = calloc((size_t)(nx + nz) + 1, sizeof(char *));
+  if (!go->names) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_id *xv = malloc(sizeof(nbl_id) * (size_t)(2 * nx + 1));
+  char **dxn = calloc((size_t)nx + 1, sizeof(char *));
+  unsigned char *need = calloc((size_t)src->n_nodes + 1, 1);
+  nbl_id *stack = malloc(sizeof(nbl_id) * (size_t)(src->n_values + 1)), *order = NULL;
+  nbl_status st = NBL_OK;
+  if (!xv || !dxn || !need || !stack) {
+    st = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    goto done;
+  }
+  for (int i = 0; i < nx + nz && !st; i++) {
+    const char *nm = i < nx ? ax->strings[i] : az->strings[i - nx];
+    const nbl_rt_tensor *t = c->in[i];
+    nbl_id v = nbl_graph_add_value(g, nm);
+    if (v == NBL_NONE || !t) {
+      st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d ('%s') is missing or named twice", i, nm);
+      break;
+    }
+    nbl_type_set_tensor(m->arena, &g->values[v].type, t->dtype, t->rank, t->dims);
+    nbl_graph_add_input(g, v);
+    go->names[i] = g->values[v].name;
+    if (i < nx) xv[i] = v;
+  }
+  /* the nodes computing y, back to the inputs */
+  int sp = 0;
+  if (!st && nbl_graph_find(g, yname) == NBL_NONE) stack[sp++] = ysrc;
+  while (!st && sp > 0) {
+    nbl_id v = stack[--sp];
+    nbl_id p = src->values[v].producer;
+    if (p == NBL_NONE || need[p]) continue;
+    need[p] = 1;
+    const nbl_node *pn = &src->nodes[p];
+    for (int k = 0; k < pn->n_attrs; k++)
+      if (pn->attrs[k].type == NBL_ATTR_GRAPH || pn->attrs[k].type == NBL_ATTR_GRAPHS)
+        st = nbl_kerr(c, NBL_ERR_UNSUPPORTED, "y depends on node '%s' (%s), which has a subgraph",
+                      pn->name, pn->op_type);
+    for (int k = 0; k < pn->n_inputs; k++) {
+      nbl_id u = pn->inputs[k];
+      if (u != NBL_NONE && nbl_graph_find(g, src->values[u].name) == NBL_NONE && sp < src->n_values)
+        stack[sp++] = u;
+    }
+  }
+  int no = st ? 0 : nbl_graph_topo_order(src, &order);
+  if (no < 0) st = NBL_ERR_INVALID_MODEL;
+  for (int k = 0; k < no && !st; k++) {
+    if (!need[order[k]]) continue;
+    const nbl_node *sn = &src->nodes[order[k]];
+    nbl_id in[64], out[64];
+    if (sn->n_inputs > 64 || sn->n_outputs > 64) {
+      st = nbl_kerr(c, NBL_ERR_UNSUPPORTED, "node '%s' has too many inputs or outputs", sn->name);
+      break;
+    }
+    for (int i = 0; i < sn->n_inputs && !st; i++) {
+      in[i] = sn->inputs[i] == NBL_NONE ? NBL_NONE : gradop_value(c, g, src, sn->inputs[i], need);
+      if (sn->inputs[i] != NBL_NONE && in[i] == NBL_NONE) st = NBL_ERR_INVALID_MODEL;
+    }
+    for (int i = 0; i < sn->n_outputs && !st; i++) {
+      out[i] = sn->outputs[i] == NBL_NONE ? NBL_NONE : gradop_value(c, g, src, sn->outputs[i], need);
+      if (sn->outputs[i] != NBL_NONE && out[i] == NBL_NONE) st = NBL_ERR_INVALID_MODEL;
+    }
+    if (st) break;
+    nbl_id nn = nbl_graph_add_node(g, sn->op_type, sn->domain, sn->name, sn->n_inputs, in, sn->n_outputs, out);
+    if (nn == NBL_NONE) {
+      st = NBL_ERR_INVALID_MODEL;
+      break;
+    }
+    sn = &src->nodes[order[k]];
+    for (int a = 0; a < sn->n_attrs; a++) {
+      nbl_attr at = sn->attrs[a];
+      nbl_attr *na = nbl_node_add_attr(g, nn, at.name, at.type);
+      if (!na) {
+        st = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+        break;
+      }
+      *na = at;
+      if (at.type == NBL_ATTR_TENSOR && at.t) nbl_buffer_ref(at.t->buf);
+      for (int j = 0; at.type == NBL_ATTR_TENSORS && j < at.n; j++) nbl_buffer_ref(at.tensors[j]->buf);
+    }
+  }
+  nbl_id y = st ? NBL_NONE : nbl_graph_find(g, yname);
+  if (!st && y == NBL_NONE) st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "y '%s' is not computed from xs and zs", yname);
+  if (st) goto done;
+  nbl_graph_add_output(g, y);
+  /* one forward run gives every value its type */
+  nbl_engine_options eo = {.threads = 1, .reference = c->reference, .no_arena = 1,
+                           .on_value = gradop_types, .user = g};
+  nbl_engine *fe = NULL;
+  st = nbl_engine_create(m, NULL, &eo, &fe);
+  for (int i = 0; i < nx + nz && !st; i++) st = nbl_engine_bind(fe, go->names[i], c->in[i]);
+  if (!st) st = nbl_engine_run(fe);
+  if (!st) gradop_types(g, yname, nbl_engine_output(fe, 0));
+  nbl_engine_free(fe);
+  if (st) goto done;
+  for (int i = 0; i < nx; i++) {
+    char hint[512];
+    snprintf(hint, sizeof hint, "%s_grad", ax->strings[i]);
+    dxn[i] = nbl_graph_unique_name(g, hint);
+  }
+  nbl_grad_spec gs = {.g = g, .n_y = 1, .y = &y, .n_x = nx, .x = xv, .dx = xv + nx,
+                      .dx_names = (const char *const *)dxn, .zeros_for_unreached = 1};
+  st = nbl_grad_build(&gs);
+  if (st) {
+    nbl_error_prefix("node '%s' (Gradient)", n->name ? n->name : "");
+    goto done;
+  }
+  for (int i = 0; i < nx; i++) nbl_graph_add_output(g, xv[nx + i]);
+  nbl_engine_options eo2 = {.threads = 1, .reference = c->reference, .no_arena = 1};
+  st = nbl_engine_create(m, NULL, &eo2, &go->e);
+done:
+  free(xv);
+  free(dxn);
+  free(need);
+  free(stack);
+  free(order);
+  return st;
+}
+
+static nbl_status k_gradient(nbl_kctx *c) {
+  nbl_kcache *kc = nbl_kctx_cache(c);
+  gradop *go = kc ? kc->data : NULL;
+  int len = 0;
+  int64_t *sig = gradop_sig(c, &len);
+  if (!sig) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (go && (go->sig_len != len || memcmp(go->sig, sig, sizeof(int64_t) * (size_t)len) != 0)) {
+    gradop_free(go);
+    go = NULL;
+    if (kc) kc->data = NULL;
+  }
+  if (!go) {
+    go = calloc(1, sizeof *go);
+    if (!go) {
+      free(sig);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    go->sig = sig;
+    go->sig_len = len;
+    go->n_in = c->n_in;
+    nbl_status st = gradop_build(c, go);
+    if (st) {
+      gradop_free(go);
+      return st;
+    }
+    if (kc) {
+      kc->data = go;
+      kc->free_fn = gradop_free;
+    }
+  } else {
+    free(sig);
+  }
+  nbl_status st = NBL_OK;
+  for (int i = 0; i < go->n_in && !st; i++) st = nbl_engine_bind(go->e, go->names[i], c->in[i]);
+  if (!st) st = nbl_engine_run(go->e);
+  for (int k = 0; k < c->n_out && !st; k++)
+    if (c->out[k]) st = nbl_kctx_copy_out(c, k, nbl_engine_output(go->e, 1 + k));
+  if (!kc) gradop_free(go);
+  if (st && strncmp(nbl_last_error(), "node '", 6) != 0) nbl_error_prefix("node '%s' (Gradient)", c->node->name);
+  return st;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* The optimizers take R, T, then `groups` lists of n tensors (X..., G...,
@@ -355,6 +628,17 @@ static nbl_status shape_momentum(nbl_shape_ctx *c) { return shape_optimizer(c, 3
 static nbl_status shape_adam(nbl_shape_ctx *c) { return shape_optimizer(c, 4); }
 static nbl_status shape_adagrad(nbl_shape_ctx *c) { return shape_optimizer(c, 3); }
 
+/* Gradient: output k is shaped like input k (x_k). */
+static nbl_status shape_gradient(nbl_shape_ctx *c) {
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < c->node->n_outputs && !st; k++) {
+    nbl_shp s;
+    nbl_shp_in(c, k, &s);
+    st = nbl_shp_set(c, k, &s);
+  }
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_train[] = {
@@ -362,6 +646,8 @@ const nbl_op_def nbl_ops_train[] = {
         .no_grad = "optimizer update, applied to gradients"),
     NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .shape = shape_adam,
         .no_grad = "optimizer update, applied to gradients"),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Gradient", 1, 1, .ref = k_gradient, .shape = shape_gradient,
+        .no_grad = "not differentiated: it is itself a gradient"),
     NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .shape = shape_adagrad,
         .no_grad = "optimizer update, applied to gradients"),
 };

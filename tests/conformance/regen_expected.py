@@ -33,6 +33,14 @@ MANUAL = {
         "test data: input 'like' has shape [1], the model declares [3,4]",
     "test_castlike_BFLOAT16_to_FLOAT_expanded":
         "test data: input 'like' has shape [1], the model declares [3,4]",
+    "test_training_dropout":
+        "random mask: the expected outputs come from NumPy's generator, nibble draws its own seeded mask (scaled by 1/(1-ratio) as ONNX says)",
+    "test_training_dropout_mask":
+        "random mask: the expected outputs come from NumPy's generator, nibble draws its own seeded mask (scaled by 1/(1-ratio) as ONNX says)",
+    "test_training_dropout_default":
+        "random mask: the expected outputs come from NumPy's generator, nibble draws its own seeded mask (scaled by 1/(1-ratio) as ONNX says)",
+    "test_training_dropout_default_mask":
+        "random mask: the expected outputs come from NumPy's generator, nibble draws its own seeded mask (scaled by 1/(1-ratio) as ONNX says)",
 }
 
 

@@ -1,0 +1,99 @@
+/* bench_grad.c - time the backward kernels of training, float32 fast path vs
+ * the float64 reference, at the sizes training meets: LeNet's two convolutions
+ * (batch 64) and a ResNet-18 basic-block convolution (64 -> 64, 3x3, 56x56,
+ * batch 8), plus MaxPoolGrad, AveragePoolGrad and BatchNormalizationGrad.
+ *
+ *   ninja -C BUILD bench/bench_grad && BUILD/bench/bench_grad [threads] [runs]
+ *
+ * Each line: op, case, milliseconds per run (the best of `runs` after a
+ * warm-up: the machine is shared, the minimum is the least disturbed) of the
+ * fast kernel and of the reference kernel, and the ratio. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "grad_check.h"
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double time_node(const char *op, const attr *a, int n_in, tens *in, int n_out, int reference, int threads,
+                        int runs) {
+  runner *r = runner_new("com.microsoft", op, 1, a, n_in, in, n_out, NULL, reference);
+  nbl_session_free(r->s); /* recreate with the requested thread count */
+  nbl_session_options opt = {.threads = threads, .reference = reference};
+  if (nbl_session_create(r->m, &opt, &r->s) || runner_run(r, in)) {
+    fprintf(stderr, "%s: %s\n", op, nbl_last_error());
+    exit(1);
+  }
+  double t[64];
+  for (int i = 0; i < runs; i++) {
+    double t0 = now_ms();
+    runner_run(r, in);
+    t[i] = now_ms() - t0;
+  }
+  qsort(t, (size_t)runs, sizeof t[0], cmp);
+  runner_free(r);
+  return t[0];
+}
+
+static void row(const char *op, const char *what, const attr *a, int n_in, tens *in, int n_out, int threads, int runs) {
+  double f = time_node(op, a, n_in, in, n_out, 0, threads, runs);
+  double r = time_node(op, a, n_in, in, n_out, 1, threads, runs > 3 ? 3 : runs);
+  printf("| %-22s | %-36s | %9.2f | %10.2f | %6.1fx |\n", op, what, f, r, r / f);
+  fflush(stdout);
+}
+
+/* ConvGrad inputs for X [N, C, H, W], W [M, C, K, K], stride 1, pad p: dY, X, W (float32) */
+static void conv(const char *what, int64_t N, int64_t C, int64_t H, int64_t M, int64_t K, int64_t p, int threads,
+                 int runs) {
+  int64_t O = H + 2 * p - K + 1;
+  tens in[3] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(N, M, O, O)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(N, C, H, H)),
+                t_rand(NBL_DT_FLOAT, -1, 1, DIMS(M, C, K, K))};
+  attr a[] = {AV("pads", p, p, p, p), AEND};
+  row("ConvGrad", what, a, 3, in, 3, threads, runs);
+  for (int i = 0; i < 3; i++) t_free(&in[i]);
+}
+
+int main(int argc, char **argv) {
+  int threads = argc > 1 ? atoi(argv[1]) : 1, runs = argc > 2 ? atoi(argv[2]) : 10;
+  if (runs < 1 || runs > 64) runs = 10;
+  printf("threads %d, best of %d runs (reference: of up to 3), ms per run\n\n", threads, runs);
+  printf("| op                     | case                                 |   fast ms |     ref ms |  ratio |\n");
+  printf("|---|---|---:|---:|---:|\n");
+  conv("LeNet conv1 1->6 5x5 p2 28x28, N=64", 64, 1, 28, 6, 5, 2, threads, runs);
+  conv("LeNet conv2 6->16 5x5 14x14, N=64", 64, 6, 14, 16, 5, 0, threads, runs);
+  conv("ResNet block 64->64 3x3 p1 56x56, N=8", 8, 64, 56, 64, 3, 1, threads, runs);
+  tens mp[3];
+  {
+    tens x = t_rand(NBL_DT_DOUBLE, -1, 1, DIMS(8, 64, 112, 112));
+    attr pa[] = {AV("kernel_shape", 3, 3), AV("strides", 2, 2), AV("pads", 1, 1, 1, 1), AEND};
+    runner *f = runner_new("", "MaxPool", 12, pa, 1, &x, 2, NULL, 1);
+    runner_run(f, &x);
+    mp[0] = t_rand(NBL_DT_FLOAT, -1, 1, f->out[0].rank, f->out[0].dims);
+    mp[1] = t_copy_host(&f->out[1]);
+    mp[2] = t_shape(&x);
+    runner_free(f);
+    row("MaxPoolGrad", "ResNet stem 3x3 s2 p1 112x112, N=8", pa, 3, mp, 1, threads, runs);
+    tens ap[2] = {mp[0], mp[2]};
+    row("AveragePoolGrad", "3x3 s2 p1 112x112 64 ch, N=8", pa, 2, ap, 1, threads, runs);
+    for (int i = 0; i < 3; i++) t_free(&mp[i]);
+    t_free(&x);
+  }
+  tens bn[5] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(8, 64, 56, 56)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(8, 64, 56, 56)),
+                t_rand(NBL_DT_FLOAT, 0.5, 1.5, DIMS(64)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64)),
+                t_rand(NBL_DT_FLOAT, 0.5, 1.5, DIMS(64))};
+  row("BatchNormalizationGrad", "64 ch 56x56, N=8", NULL, 5, bn, 3, threads, runs);
+  tens bi[5] = {bn[1], bn[2], bn[3], bn[3], bn[4]};
+  row("BatchNormInternal", "64 ch 56x56, N=8", NULL, 5, bi, 5, threads, runs);
+  for (int i = 0; i < 5; i++) t_free(&bn[i]);
+  return 0;
+}

@@ -1,0 +1,500 @@
+/* runtime/ops/grad_pool_norm.c - op family 'grad_pool_norm': backward ops of
+ * pooling and normalization, and the training-mode BatchNorm forward that
+ * saves the batch statistics (forward ops in runtime/ops/nn.c); kernel
+ * contract in runtime/core/kernel.h.
+ *
+ * ONNX Runtime's training op names and signatures, domain com.microsoft,
+ * version 1 (ORT registers MaxPoolGrad/AveragePoolGrad in the default domain
+ * at version 9; nibble keeps every backward op in com.microsoft). T is
+ * float32 or float64 (float16/bfloat16 through the double reference path).
+ * Reference kernels compute in double. Fast float32 paths: MaxPoolGrad and
+ * AveragePoolGrad (2-D) add in float (within 1e-6 of the reference,
+ * relative to the largest element), BatchNormInternal and
+ * BatchNormalizationGrad take per-channel sums in double and write in float
+ * (within 1e-5); tests/test_ops_grad.c checks both.
+ *
+ * MaxPoolGrad (com.microsoft 1)
+ *   inputs:  dY (T, [N, C, out...]), Indices (int64, dY's shape: MaxPool's
+ *            second output, flat indices into X), X_shape (int64 1-D: the
+ *            shape of MaxPool's input; a nibble addition, ORT takes it from
+ *            static shape inference -- emit it with Shape(X))
+ *   outputs: dX (T, X_shape): zeros, then dY[i] added at Indices[i]
+ *   attributes: storage_order (int, default 0: as MaxPool, how Indices
+ *            encode a 2-D position); MaxPool's other attributes are accepted
+ *            and not needed
+ * AveragePoolGrad (com.microsoft 1)
+ *   inputs:  dY (T, [N, C, out...]), X_shape (int64 1-D: the shape of
+ *            AveragePool's input; nibble addition as above)
+ *   outputs: dX (T, X_shape): each dY element spread evenly over its window's
+ *            input elements (divisor as the forward: window elements inside
+ *            the input, or inside input + pads with count_include_pad=1)
+ *   attributes: those of AveragePool: auto_pad, ceil_mode, count_include_pad,
+ *            dilations, kernel_shape, pads, strides
+ * BatchNormInternal (com.microsoft 1)  -- BatchNormalization in training mode
+ *   inputs:  X (T, [N, C, ...]), scale (T, [C]), B (T, [C]),
+ *            input_mean (T, [C]), input_var (T, [C]) (the running statistics)
+ *   outputs: Y (T, X's shape), running_mean (optional, [C]), running_var
+ *            (optional, [C]), saved_mean (optional, [C]: the batch mean),
+ *            saved_inv_std (optional, [C]: 1 / sqrt(batch_var + epsilon))
+ *   attributes: epsilon (float, default 1e-5), momentum (float, default 0.9),
+ *            training_mode (int, default 1; 0 = inference with the running
+ *            statistics, then only Y may be requested)
+ *   semantics: ONNX BatchNormalization-15 with training_mode=1: batch_var is
+ *            the biased variance over N and the spatial dims; running_x =
+ *            input_x * momentum + batch_x * (1 - momentum)
+ * BatchNormalizationGrad (com.microsoft 1)
+ *   inputs:  dY (T, X's shape), X (T, [N, C, ...]), scale (T, [C]),
+ *            saved_mean (T, [C]), saved_inv_std (T, [C]) (BatchNormInternal outputs 3, 4)
+ *   outputs: X_grad (T, X's shape, optional), scale_grad (T, [C], optional),
+ *            bias_grad (T, [C], optional)
+ *   attributes: epsilon (float; accepted, unused: saved_inv_std carries it)
+ *   semantics: the gradient through the batch statistics (training mode):
+ *            xhat = (x - mean) * inv_std, m = N * spatial,
+ *            bias_grad = sum dY, scale_grad = sum dY * xhat,
+ *            X_grad = scale * inv_std * (dY - bias_grad / m - xhat * scale_grad / m)
+ * LayerNormalizationGrad (com.microsoft 1)
+ *   inputs:  Y_grad (T, X's shape), X (T), scale (T, broadcastable to
+ *            X.shape[axis:]), mean (float/double, X.shape[:axis] + [1]*(rank-axis):
+ *            LayerNormalization's output 1), inv_std_dev (same: output 2)
+ *   outputs: X_grad (T, X's shape, optional), scale_grad (T, scale's shape,
+ *            optional), bias_grad (T, scale's shape, optional)
+ *   attributes: axis (int, default -1)
+ */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
+#include "runtime/ops/grad_util.h"
+
+/* ------------------------------------------------------------------ MaxPoolGrad */
+
+/* dX = zeros(X_shape), dX[Indices[i]] += dY[i]. Reference: sums in double;
+ * fast (float32): sums in float, in the same order. */
+static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *I = dY ? grad_need(c, 1, "Indices", &st) : NULL;
+  const nbl_rt_tensor *S = I ? grad_need(c, 2, "X_shape", &st) : NULL;
+  if (!S) return st;
+  int r;
+  int64_t xd[NBL_MAX_RANK];
+  if ((st = grad_shape_input(c, S, "X_shape", &r, xd)) || (st = grad_check_float(c, dY, "dY"))) return st;
+  if (I->dtype != NBL_DT_INT64) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "Indices must be int64");
+  if ((st = grad_check_same_shape(c, dY, I, "dY", "Indices"))) return st;
+  if (r < 3 || r != dY->rank || xd[0] != dY->dims[0] || xd[1] != dY->dims[1])
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X_shape must be [N, C, ...] with dY's rank, N and C");
+  int so = (int)nbl_attr_int(c->node, "storage_order", 0);
+  if (so != 0 && (so != 1 || r != 4))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=%d (supported: 0, and 1 for 2-D pooling)", so);
+  if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xd))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  int64_t n = dX->numel, plane = n ? n / (xd[0] * xd[1]) : 1;
+  const int64_t *idx = I->data;
+  for (int64_t i = 0; i < I->numel; i++) /* all indices valid before anything is written */
+    if (idx[i] < 0 || idx[i] >= n)
+      return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld at element %lld is outside [0, %lld)", (long long)idx[i],
+                      (long long)i, (long long)n);
+#define TARGET(v) (so ? (v) / plane * plane + (v) % plane % xd[2] * xd[3] + (v) % plane / xd[2] : (v))
+  if (fast && dY->dtype == NBL_DT_FLOAT) {
+    const float *g = dY->data;
+    float *o = dX->data;
+    if (n) memset(o, 0, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < I->numel; i++) o[TARGET(idx[i])] += g[i];
+    return NBL_OK;
+  }
+  double *g = nbl_to_f64(dY), *o = calloc((size_t)(n ? n : 1), sizeof(double));
+  if (!g || !o) {
+    free(g);
+    free(o);
+    return grad_oom(c);
+  }
+  for (int64_t i = 0; i < I->numel; i++) o[TARGET(idx[i])] += g[i];
+#undef TARGET
+  nbl_from_f64(dX, o);
+  free(g);
+  free(o);
+  return NBL_OK;
+}
+
+static nbl_status k_maxpool_grad_ref(nbl_kctx *c) { return maxpool_grad(c, 0); }
+static nbl_status k_maxpool_grad_fast(nbl_kctx *c) { return maxpool_grad(c, !c->reference); }
+
+/* ------------------------------------------------------------------ AveragePoolGrad */
+
+/* Inputs dY and X_shape: AveragePool's geometry (decoded by the forward's
+ * nbl_conv_geom_init from the same attributes) and the check of dY's shape. */
+static nbl_status avgpool_setup(nbl_kctx *c, nbl_conv_geom *g, const nbl_rt_tensor **dY, int *incl) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *S;
+  if (!(*dY = grad_need(c, 0, "dY", &st)) || !(S = grad_need(c, 1, "X_shape", &st))) return st;
+  nbl_rt_tensor xs;
+  memset(&xs, 0, sizeof xs);
+  if ((st = grad_shape_input(c, S, "X_shape", &xs.rank, xs.dims)) || (st = grad_check_float(c, *dY, "dY")))
+    return st;
+  xs.dtype = (*dY)->dtype;
+  xs.numel = nbl_shape_numel(xs.rank, xs.dims);
+  if ((st = nbl_conv_geom_init(c, g, &xs, NULL, (int)nbl_attr_int(c->node, "ceil_mode", 0)))) return st;
+  *incl = (int)nbl_attr_int(c->node, "count_include_pad", 0);
+  int ok = (*dY)->rank == xs.rank && (*dY)->dims[0] == g->N && (*dY)->dims[1] == g->C;
+  for (int i = 0; ok && i < g->ns; i++) ok = (*dY)->dims[2 + i] == g->out[i];
+  if (!ok) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY does not have the AveragePool output shape for X_shape");
+  return nbl_kctx_alloc_out(c, 0, (*dY)->dtype, xs.rank, xs.dims);
+}
+
+/* Reference: for each output element, its window as the forward walks it
+ * (divisor: taps inside the input, or inside input + pads with
+ * count_include_pad), each inside tap getting dY / divisor; in double. */
+static nbl_status k_avgpool_grad_ref(nbl_kctx *c) {
+  nbl_conv_geom g;
+  const nbl_rt_tensor *dY;
+  int incl;
+  nbl_status st = avgpool_setup(c, &g, &dY, &incl);
+  if (st) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  double *gy = nbl_to_f64(dY), *gx = calloc((size_t)(dX->numel ? dX->numel : 1), sizeof(double));
+  int64_t *taps = malloc(sizeof(int64_t) * (size_t)(g.k_sz ? g.k_sz : 1));
+  if (!gy || !gx || !taps) {
+    free(gy);
+    free(gx);
+    free(taps);
+    return grad_oom(c);
+  }
+  int ns = g.ns;
+  for (int64_t oi = 0; oi < g.out_sz; oi++) {
+    int64_t o[NBL_CONV_MAX_SP], r = oi, nt = 0, cnt_pad = 0;
+    for (int i = ns - 1; i >= 0; i--) {
+      o[i] = r % g.out[i];
+      r /= g.out[i];
+    }
+    for (int64_t ki = 0; ki < g.k_sz; ki++) {
+      int64_t rk = ki, xi = 0, kk[NBL_CONV_MAX_SP];
+      int inside = 1, in_pad = 1;
+      for (int i = ns - 1; i >= 0; i--) {
+        kk[i] = rk % g.k[i];
+        rk /= g.k[i];
+      }
+      for (int i = 0; i < ns; i++) {
+        int64_t p = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
+        if (p < 0 || p >= g.in[i]) inside = 0;
+        if (p < -g.pb[i] || p >= g.in[i] + g.pe[i]) in_pad = 0;
+        xi = xi * g.in[i] + p;
+      }
+      cnt_pad += in_pad;
+      if (inside) taps[nt++] = xi;
+    }
+    int64_t div = incl ? cnt_pad : nt;
+    if (!div) continue; /* the forward gives NaN there: nothing flows back */
+    for (int64_t pl = 0; pl < g.N * g.C; pl++) {
+      double v = gy[pl * g.out_sz + oi] / (double)div;
+      for (int64_t t = 0; t < nt; t++) gx[pl * g.in_sz + taps[t]] += v;
+    }
+  }
+  nbl_from_f64(dX, gx);
+  free(gy);
+  free(gx);
+  free(taps);
+  return NBL_OK;
+}
+
+/* Fast float32 2-D: per output row and column, the window's input row and
+ * column ranges and divisor computed once; other cases take the reference. */
+static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *d0 = grad_in(c, 0);
+  if (c->reference || !d0 || d0->dtype != NBL_DT_FLOAT || d0->rank != 4) return k_avgpool_grad_ref(c);
+  nbl_conv_geom g;
+  const nbl_rt_tensor *dY;
+  int incl;
+  nbl_status st = avgpool_setup(c, &g, &dY, &incl);
+  if (st) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  float *gx = dX->data;
+  const float *gy = dY->data;
+  if (dX->numel) memset(gx, 0, sizeof(float) * (size_t)dX->numel);
+  int64_t H = g.in[0], W = g.in[1], OH = g.out[0], OW = g.out[1], KH = g.k[0], KW = g.k[1];
+  /* per output column: how many window columns are inside the input, and inside input + pads */
+  int64_t *cin = malloc(sizeof(int64_t) * (size_t)(2 * (OW > 0 ? OW : 1)));
+  if (!cin) return grad_oom(c);
+  int64_t *cpad = cin + OW;
+  for (int64_t ow = 0; ow < OW; ow++) {
+    cin[ow] = cpad[ow] = 0;
+    for (int64_t kw = 0; kw < KW; kw++) {
+      int64_t p = ow * g.s[1] - g.pb[1] + kw * g.d[1];
+      cin[ow] += p >= 0 && p < W;
+      cpad[ow] += p >= -g.pb[1] && p < W + g.pe[1];
+    }
+  }
+  /* per output row: the same counts over the window rows */
+  int64_t *rin = malloc(sizeof(int64_t) * (size_t)(2 * (OH > 0 ? OH : 1)));
+  if (!rin) {
+    free(cin);
+    return grad_oom(c);
+  }
+  int64_t *rpad = rin + OH;
+  for (int64_t oh = 0; oh < OH; oh++) {
+    rin[oh] = rpad[oh] = 0;
+    for (int64_t kh = 0; kh < KH; kh++) {
+      int64_t p = oh * g.s[0] - g.pb[0] + kh * g.d[0];
+      rin[oh] += p >= 0 && p < H;
+      rpad[oh] += p >= -g.pb[0] && p < H + g.pe[0];
+    }
+  }
+  for (int64_t pl = 0; pl < g.N * g.C; pl++) {
+    float *xp = gx + pl * H * W;
+    const float *yp = gy + pl * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t div = incl ? rpad[oh] * cpad[ow] : rin[oh] * cin[ow];
+        if (!div) continue;
+        float v = yp[oh * OW + ow] / (float)div;
+        for (int64_t kh = 0; kh < KH; kh++) {
+          int64_t ih = oh * g.s[0] - g.pb[0] + kh * g.d[0];
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t kw = 0; kw < KW; kw++) {
+            int64_t iw = ow * g.s[1] - g.pb[1] + kw * g.d[1];
+            if (iw >= 0 && iw < W) xp[ih * W + iw] += v;
+          }
+        }
+      }
+  }
+  free(rin);
+  free(cin);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ BatchNormInternal */
+
+/* Inputs of BatchNormInternal / BatchNormalizationGrad: X [N, C, ...] and
+ * `nper` per-channel inputs starting at input `first`, each [C] and float. */
+static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int nper, const char *const *names) {
+  nbl_status st = NBL_OK;
+  if ((st = grad_check_float(c, X, "X"))) return st;
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
+  for (int i = first; i < first + nper; i++) {
+    const nbl_rt_tensor *t = grad_need(c, i, names[i], &st);
+    if (!t) return st;
+    if ((st = grad_check_float(c, t, names[i]))) return st;
+    if (t->rank != 1 || t->dims[0] != X->dims[1])
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have shape [%lld]", names[i], (long long)X->dims[1]);
+  }
+  return NBL_OK;
+}
+
+static nbl_status k_bn_internal(nbl_kctx *c) {
+  static const char *const names[] = {"X", "scale", "B", "input_mean", "input_var"};
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *X = grad_need(c, 0, "X", &st);
+  if (!X || (st = bn_inputs(c, X, 1, 4, names))) return st;
+  int training = (int)nbl_attr_int(c->node, "training_mode", 1) != 0;
+  if (!training && (grad_want(c, 1) || grad_want(c, 2) || grad_want(c, 3) || grad_want(c, 4)))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "with training_mode=0 only output Y may be requested");
+  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f), mom = nbl_attr_float(c->node, "momentum", 0.9f);
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C > 0 ? X->numel / (N * C) : 0, m = N * sp;
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  for (int o = 1; o <= 4; o++)
+    if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, c->in[o == 2 || o == 4 ? 4 : 3]->dtype, 1, &C)))
+      return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  int fastf = !c->reference && X->dtype == NBL_DT_FLOAT;
+  const float *xf = X->data;
+  float *yf = Y->data;
+  double *x = fastf ? NULL : nbl_to_f64(X);
+  double *y = fastf ? NULL : malloc(sizeof(double) * (size_t)(X->numel ? X->numel : 1));
+  if (!fastf && (!x || !y)) {
+    free(x);
+    free(y);
+    return grad_oom(c);
+  }
+  for (int64_t ch = 0; ch < C; ch++) {
+    double mean = nbl_rt_get_f64(c->in[3], ch), var = nbl_rt_get_f64(c->in[4], ch);
+    if (training) { /* two passes over the channel: mean, then the biased variance */
+      double s = 0, s2 = 0;
+      for (int64_t n = 0; n < N; n++) {
+        int64_t base = (n * C + ch) * sp;
+        for (int64_t i = 0; i < sp; i++) s += fastf ? xf[base + i] : x[base + i];
+      }
+      mean = m ? s / (double)m : 0.0;
+      for (int64_t n = 0; n < N; n++) {
+        int64_t base = (n * C + ch) * sp;
+        for (int64_t i = 0; i < sp; i++) {
+          double d = (fastf ? xf[base + i] : x[base + i]) - mean;
+          s2 += d * d;
+        }
+      }
+      var = m ? s2 / (double)m : 0.0;
+    }
+    double inv = 1.0 / sqrt(var + eps), a = nbl_rt_get_f64(c->in[1], ch) * inv, b = nbl_rt_get_f64(c->in[2], ch);
+    for (int64_t n = 0; n < N; n++) {
+      int64_t base = (n * C + ch) * sp;
+      if (fastf) {
+        float fa = (float)a, fb = (float)(b - mean * a);
+        for (int64_t i = 0; i < sp; i++) yf[base + i] = xf[base + i] * fa + fb;
+      } else {
+        for (int64_t i = 0; i < sp; i++) y[base + i] = (x[base + i] - mean) * a + b;
+      }
+    }
+    if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * mom + mean * (1 - mom));
+    if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, nbl_rt_get_f64(c->in[4], ch) * mom + var * (1 - mom));
+    if (grad_want(c, 3)) nbl_rt_set_f64(nbl_kctx_out(c, 3), ch, mean);
+    if (grad_want(c, 4)) nbl_rt_set_f64(nbl_kctx_out(c, 4), ch, inv);
+  }
+  if (!fastf) nbl_from_f64(Y, y);
+  free(x);
+  free(y);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ BatchNormalizationGrad */
+
+static nbl_status k_bn_grad(nbl_kctx *c) {
+  static const char *const names[] = {"dY", "X", "scale", "saved_mean", "saved_inv_std"};
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *X = dY ? grad_need(c, 1, "X", &st) : NULL;
+  if (!X || (st = bn_inputs(c, X, 2, 3, names))) return st;
+  if ((st = grad_check_type(c, dY, X->dtype, "dY", "X")) || (st = grad_check_same_shape(c, dY, X, "dY", "X")))
+    return st;
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C > 0 ? X->numel / (N * C) : 0, m = N * sp;
+  if (grad_want(c, 0) && (st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  for (int o = 1; o <= 2; o++)
+    if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, c->in[2]->dtype, 1, &C))) return st;
+  nbl_rt_tensor *DX = grad_want(c, 0) ? nbl_kctx_out(c, 0) : NULL;
+  int fastf = !c->reference && X->dtype == NBL_DT_FLOAT;
+  const float *xf = X->data, *gf = dY->data;
+  float *dxf = DX ? DX->data : NULL;
+  double *x = fastf ? NULL : nbl_to_f64(X), *g = fastf ? NULL : nbl_to_f64(dY);
+  if (!fastf && (!x || !g)) {
+    free(x);
+    free(g);
+    return grad_oom(c);
+  }
+  for (int64_t ch = 0; ch < C; ch++) {
+    double mean = nbl_rt_get_f64(c->in[3], ch), inv = nbl_rt_get_f64(c->in[4], ch);
+    double sg = 0, sgx = 0; /* sum dY, sum dY * xhat */
+    for (int64_t n = 0; n < N; n++) {
+      int64_t base = (n * C + ch) * sp;
+      for (int64_t i = 0; i < sp; i++) {
+        double gv = fastf ? gf[base + i] : g[base + i], xv = fastf ? xf[base + i] : x[base + i];
+        sg += gv;
+        sgx += gv * (xv - mean) * inv;
+      }
+    }
+    if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
+    if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg);
+    if (!DX) continue;
+    double k = nbl_rt_get_f64(c->in[2], ch) * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
+    for (int64_t n = 0; n < N; n++) {
+      int64_t base = (n * C + ch) * sp;
+      if (fastf) {
+        /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
+        float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
+        for (int64_t i = 0; i < sp; i++) dxf[base + i] = a * gf[base + i] - b * xf[base + i] + off;
+      } else {
+        for (int64_t i = 0; i < sp; i++) g[base + i] = k * (g[base + i] - mg - (x[base + i] - mean) * inv * mgx);
+      }
+    }
+  }
+  if (DX && !fastf) nbl_from_f64(DX, g);
+  free(x);
+  free(g);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ LayerNormalizationGrad */
+
+static nbl_status k_layernorm_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "Y_grad", &st), *X = dY ? grad_need(c, 1, "X", &st) : NULL;
+  const nbl_rt_tensor *S = X ? grad_need(c, 2, "scale", &st) : NULL, *MU = S ? grad_need(c, 3, "mean", &st) : NULL;
+  const nbl_rt_tensor *IV = MU ? grad_need(c, 4, "inv_std_dev", &st) : NULL;
+  if (!IV) return st;
+  if ((st = grad_check_float(c, X, "X")) || (st = grad_check_float(c, dY, "Y_grad")) ||
+      (st = grad_check_float(c, S, "scale")) || (st = grad_check_float(c, MU, "mean")) ||
+      (st = grad_check_float(c, IV, "inv_std_dev")) || (st = grad_check_same_shape(c, X, dY, "X", "Y_grad")))
+    return st;
+  int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), X->rank);
+  if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis out of range for rank %d", X->rank);
+  int nr = X->rank - axis;
+  const int64_t *nd = X->dims + axis;
+  int64_t outer = 1, inner = 1, tmp[NBL_MAX_RANK];
+  for (int i = 0; i < axis; i++) outer *= X->dims[i];
+  for (int i = axis; i < X->rank; i++) inner *= X->dims[i];
+  int rr;
+  if (S->rank > nr || nbl_broadcast_shape(nr, nd, S->rank, S->dims, &rr, tmp) || rr != nr ||
+      memcmp(tmp, nd, sizeof(int64_t) * (size_t)nr))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale does not broadcast to the normalized shape");
+  if (MU->numel != outer || IV->numel != outer)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "mean and inv_std_dev must have %lld elements (X.shape[:axis])",
+                    (long long)outer);
+  if (grad_want(c, 0) && (st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  for (int o = 1; o <= 2; o++)
+    if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, S->dtype, S->rank, S->dims))) return st;
+  double *x = nbl_to_f64(X), *g = nbl_to_f64(dY), *sc = nbl_to_f64(S);
+  double *ds = calloc((size_t)(S->numel ? S->numel : 1), sizeof(double));
+  double *dbias = calloc((size_t)(S->numel ? S->numel : 1), sizeof(double));
+  int64_t *si = malloc(sizeof(int64_t) * (size_t)(inner ? inner : 1));
+  if (!x || !g || !sc || !ds || !dbias || !si) {
+    st = grad_oom(c);
+    goto done;
+  }
+  for (int64_t i = 0; i < inner; i++) si[i] = nbl_broadcast_index(nr, nd, i, S->rank, S->dims);
+  for (int64_t o = 0; o < outer; o++) {
+    double mu = nbl_rt_get_f64(MU, o), inv = nbl_rt_get_f64(IV, o), mgs = 0, mgsx = 0;
+    double *xp = x + o * inner, *gp = g + o * inner;
+    for (int64_t i = 0; i < inner; i++) {
+      double xh = (xp[i] - mu) * inv, gs = gp[i] * sc[si[i]];
+      ds[si[i]] += gp[i] * xh;
+      dbias[si[i]] += gp[i];
+      mgs += gs;
+      mgsx += gs * xh;
+    }
+    mgs /= (double)inner;
+    mgsx /= (double)inner;
+    for (int64_t i = 0; i < inner; i++) /* g becomes dX */
+      gp[i] = inv * (gp[i] * sc[si[i]] - mgs - (xp[i] - mu) * inv * mgsx);
+  }
+  if (grad_want(c, 0)) nbl_from_f64(nbl_kctx_out(c, 0), g);
+  if (grad_want(c, 1)) nbl_from_f64(nbl_kctx_out(c, 1), ds);
+  if (grad_want(c, 2)) nbl_from_f64(nbl_kctx_out(c, 2), dbias);
+done:
+  free(x);
+  free(g);
+  free(sc);
+  free(ds);
+  free(dbias);
+  free(si);
+  return st;
+}
+
+/* ------------------------------------------------------------------ gradient rule */
+
+/* BatchNormInternal (BatchNormalization in training mode): com.microsoft
+ * BatchNormalizationGrad (dY, X, scale, saved mean, saved inv_std -> dX,
+ * dscale, dB), the forward node made to produce its saved statistics. The
+ * running statistics get no gradient. (runtime/core/grad.h) */
+static nbl_status g_bn_internal(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 3, "the running mean is a statistic, not a parameter");
+  nbl_grad_no_dx(gc, 4, "the running variance is a statistic, not a parameter");
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return nbl_grad_status(gc);
+  if (!nbl_attr_int(nbl_grad_node(gc), "training_mode", 1))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient with training_mode=0: no rule yet");
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1), nbl_grad_y_need(gc, 3),
+                  nbl_grad_y_need(gc, 4)};
+  nbl_id out[3];
+  nbl_grad_opn(gc, "BatchNormalizationGrad", "com.microsoft", NULL, 5, in, 3, want, out);
+  nbl_grad_attr_float(gc, "epsilon", nbl_attr_float(nbl_grad_node(gc), "epsilon", 1e-5f));
+  for (int i = 0; i < 3; i++) nbl_grad_set_dx(gc, i, out[i]);
+  return nbl_grad_status(gc);
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_grad_pool_norm[] = {
+    {NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, k_maxpool_grad_ref, k_maxpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, k_avgpool_grad_ref, k_avgpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, k_bn_internal, k_bn_internal, .grad = g_bn_internal},
+    {NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, k_bn_grad, k_bn_grad, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, k_layernorm_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+};
+const size_t nbl_ops_grad_pool_norm_count = sizeof nbl_ops_grad_pool_norm / sizeof nbl_ops_grad_pool_norm[0];

@@ -1,0 +1,147 @@
+/* runtime/ops/grad_shape.c - op family 'grad_shape': backward ops of Gather and
+ * Slice (forward ops in runtime/ops/shape.c); kernel contract in runtime/core/kernel.h.
+ *
+ * ONNX Runtime's training ops, domain com.microsoft, version 1. GatherGrad
+ * adds (T: float types, accumulated in double); SliceGrad only places
+ * elements (T: any fixed-size type).
+ *
+ * GatherGrad (com.microsoft 1)
+ *   inputs:  shape (int64 1-D: the shape of Gather's data input),
+ *            indices (int32/int64, any rank q: Gather's indices; negative
+ *            values count from the end; out of range is an error),
+ *            dY (T, shape[:axis] + indices.shape + shape[axis+1:])
+ *   outputs: dX (T, `shape`): zeros, then every dY slice added at its index
+ *            (repeated indices accumulate)
+ *   attributes: axis (int, default 0; negative counts from the back)
+ * SliceGrad (com.microsoft 1)
+ *   inputs:  dY (T, the Slice output's shape), shape (int64 1-D: the shape of
+ *            Slice's data input), starts, ends (int32/int64 1-D), axes
+ *            (optional int32/int64 1-D), steps (optional int32/int64 1-D):
+ *            Slice's own inputs (opset >= 10 form)
+ *   outputs: dX (T, `shape`): zeros, with dY written at the positions the
+ *            slice read (starts/ends clamped exactly as Slice does)
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/grad.h"
+#include "runtime/ops/grad_util.h"
+#include "runtime/ops/shape.h"
+
+/* ------------------------------------------------------------------ GatherGrad */
+
+static nbl_status k_gather_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *S = grad_need(c, 0, "shape", &st), *I = S ? grad_need(c, 1, "indices", &st) : NULL;
+  const nbl_rt_tensor *dY = I ? grad_need(c, 2, "dY", &st) : NULL;
+  if (!dY) return st;
+  int r;
+  int64_t xd[NBL_MAX_RANK];
+  if ((st = grad_shape_input(c, S, "shape", &r, xd)) || (st = grad_check_float(c, dY, "dY"))) return st;
+  if (!grad_is_int(I->dtype)) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "indices must be int32 or int64");
+  int64_t a = nbl_attr_int(c->node, "axis", 0);
+  int ax = nbl_norm_axis(a, r);
+  if (ax < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d", (long long)a, r);
+  /* dY must be shape[:axis] + indices.shape + shape[axis+1:] */
+  int ok = dY->rank == r - 1 + I->rank;
+  for (int d = 0; ok && d < dY->rank; d++) {
+    int64_t want = d < ax ? xd[d] : d < ax + I->rank ? I->dims[d - ax] : xd[d - I->rank + 1];
+    ok = dY->dims[d] == want;
+  }
+  if (!ok) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY must have shape shape[:axis] + indices.shape + shape[axis+1:]");
+  int64_t outer = 1, inner = 1, A = xd[ax], nq = I->numel;
+  for (int d = 0; d < ax; d++) outer *= xd[d];
+  for (int d = ax + 1; d < r; d++) inner *= xd[d];
+  if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xd))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  double *g = nbl_to_f64(dY), *x = calloc((size_t)(dX->numel ? dX->numel : 1), sizeof(double));
+  if (!g || !x) {
+    free(g);
+    free(x);
+    return grad_oom(c);
+  }
+  for (int64_t q = 0; q < nq && st == NBL_OK; q++) {
+    int64_t idx = nbl_rt_get_i64(I, q);
+    if (idx < -A || idx >= A) {
+      st = nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld at element %lld is outside [-%lld, %lld)", (long long)idx,
+                    (long long)q, (long long)A, (long long)A);
+      break;
+    }
+    if (idx < 0) idx += A;
+    for (int64_t o = 0; o < outer; o++) {
+      const double *src = g + (o * nq + q) * inner;
+      double *dst = x + (o * A + idx) * inner;
+      for (int64_t i = 0; i < inner; i++) dst[i] += src[i];
+    }
+  }
+  if (st == NBL_OK) nbl_from_f64(dX, x);
+  free(g);
+  free(x);
+  return st;
+}
+
+/* ------------------------------------------------------------------ SliceGrad */
+
+/* A 1-D int32/int64 input into v (at most NBL_MAX_RANK values); *n = count. */
+static nbl_status read_index_list(nbl_kctx *c, const nbl_rt_tensor *t, const char *what, int64_t *v, int *n) {
+  if (!grad_is_int(t->dtype) || t->rank != 1 || t->numel > NBL_MAX_RANK)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s must be a 1-D int32/int64 tensor of at most %d values", what,
+                    NBL_MAX_RANK);
+  *n = (int)t->numel;
+  for (int i = 0; i < *n; i++) v[i] = nbl_rt_get_i64(t, i);
+  return NBL_OK;
+}
+
+static nbl_status k_slice_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *S = dY ? grad_need(c, 1, "shape", &st) : NULL;
+  const nbl_rt_tensor *ST = S ? grad_need(c, 2, "starts", &st) : NULL, *EN = ST ? grad_need(c, 3, "ends", &st) : NULL;
+  if (!EN) return st;
+  const nbl_rt_tensor *AX = grad_in(c, 4), *SP = grad_in(c, 5);
+  int r, ns, ne, na = -1, nst = -1;
+  int64_t xd[NBL_MAX_RANK], starts[NBL_MAX_RANK], ends[NBL_MAX_RANK], axes[NBL_MAX_RANK], steps[NBL_MAX_RANK];
+  if ((st = grad_shape_input(c, S, "shape", &r, xd)) || (st = read_index_list(c, ST, "starts", starts, &ns)) ||
+      (st = read_index_list(c, EN, "ends", ends, &ne)) ||
+      (AX && (st = read_index_list(c, AX, "axes", axes, &na))) ||
+      (SP && (st = read_index_list(c, SP, "steps", steps, &nst))))
+    return st;
+  if (ns != ne || (na >= 0 && na != ns) || (nst >= 0 && nst != ns))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "starts, ends, axes and steps differ in length");
+  size_t es = nbl_rt_elem_size(dY->dtype);
+  if (!es || dY->dtype == NBL_DT_STRING)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "dY of element type %s", nbl_dtype_name(dY->dtype));
+  int64_t s0[NBL_MAX_RANK], stp[NBL_MAX_RANK], len[NBL_MAX_RANK];
+  if ((st = nbl_slice_geometry(c, r, xd, ns, starts, ends, na >= 0 ? axes : NULL, nst >= 0 ? steps : NULL, s0,
+                               stp, len)))
+    return st;
+  if (dY->rank != r || memcmp(dY->dims, len, sizeof(int64_t) * (size_t)r))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY does not have the shape this slice of `shape` gives");
+  if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xd))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  if (dX->nbytes) memset(dX->data, 0, dX->nbytes);
+  if (dY->numel == 0) return NBL_OK;
+  int64_t str[NBL_MAX_RANK], idx[NBL_MAX_RANK] = {0};
+  nbl_strides(r, xd, str);
+  const char *src = dY->data;
+  char *dst = dX->data;
+  for (int64_t i = 0; i < dY->numel; i++) {
+    int64_t off = 0;
+    for (int d = 0; d < r; d++) off += (s0[d] + idx[d] * stp[d]) * str[d];
+    memcpy(dst + off * (int64_t)es, src + i * (int64_t)es, es);
+    for (int d = r - 1; d >= 0; d--) {
+      if (++idx[d] < len[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_grad_shape[] = {
+    {NBL_MS_DOMAIN, "GatherGrad", 1, 1, k_gather_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    {NBL_MS_DOMAIN, "SliceGrad", 1, 1, k_slice_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+};
+const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];

@@ -1,0 +1,18 @@
+/* runtime/ops/shape.h - what the 'shape' family (runtime/ops/shape.c) shares with
+ * other families: Slice's index arithmetic, used by SliceGrad
+ * (runtime/ops/grad_shape.c) so that both clamp starts/ends the same way. */
+#ifndef NBL_OPS_SHAPE_H
+#define NBL_OPS_SHAPE_H
+
+#include "runtime/core/kernel.h"
+
+/* For an input of rank r and dims, and Slice's ns starts/ends (axes and
+ * steps may be NULL: 0..ns-1 and all 1): per dim of the input, the first
+ * index read (start), the step and the output length (len); dims not sliced
+ * get 0, 1, dims[d]. Negative starts/ends count from the end and are clamped
+ * as ONNX Slice specifies. Errors (bad axis, an axis twice, step 0) name the node. */
+nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, const int64_t *starts,
+                              const int64_t *ends, const int64_t *axes, const int64_t *steps,
+                              int64_t *start, int64_t *step, int64_t *len);
+
+#endif
