@@ -429,6 +429,34 @@ nbl_status nbl_shape_same(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &s);
 }
 
+nbl_status nbl_shp_copy_in(nbl_shape_ctx *c, int k, int i) {
+  nbl_shp s;
+  if (!nbl_shp_in(c, i, &s)) return NBL_OK;
+  return nbl_shp_set(c, k, &s);
+}
+
+nbl_status nbl_shp_from_data(nbl_shape_ctx *c, int k, int i, int dt_from) {
+  nbl_dtype dt = nbl_shp_in_dtype(c, dt_from);
+  nbl_kdata kd;
+  if (nbl_shp_in_kd(c, i, &kd) && kd.rank == 1 && kd.n <= NBL_SHP_MAXR) {
+    nbl_shp t;
+    t.dt = dt;
+    t.rank = kd.n;
+    for (int j = 0; j < kd.n; j++) {
+      t.d[j] = nbl_dim_unk();
+      if (kd.e[j].kind == NBL_KD_VAL && kd.e[j].v >= 0) t.d[j] = nbl_dim_val(kd.e[j].v);
+      else if (kd.e[j].kind == NBL_KD_SYM) t.d[j].param = kd.e[j].p;
+    }
+    return nbl_shp_set(c, k, &t);
+  }
+  nbl_shp sh;
+  nbl_shp_in(c, i, &sh);
+  int rank = sh.rank == 1 && nbl_dim_known(sh.d[0]) && sh.d[0].value <= NBL_SHP_MAXR
+                 ? (int)sh.d[0].value
+                 : -1;
+  return nbl_shp_set_dt(c, k, dt, rank);
+}
+
 nbl_status nbl_shape_bcast(nbl_shape_ctx *c) {
   nbl_shp o;
   nbl_status st = nbl_shp_bcast_inputs(c, 0, c->node->n_inputs, &o);

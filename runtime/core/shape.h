@@ -158,6 +158,12 @@ nbl_status nbl_shape_matmul(nbl_shape_ctx *c, int ia, int ib, nbl_dtype dt);
 
 /* Rules shared by many ops. */
 nbl_status nbl_shape_same(nbl_shape_ctx *c);  /* output 0 = input 0 */
+/* Output k takes the type and shape of input i (nothing when input i is omitted). */
+nbl_status nbl_shp_copy_in(nbl_shape_ctx *c, int k, int i);
+/* Output k: element type dt (UNDEFINED: input dt_from's type), shape read from
+ * the values of the 1-D integer input i when they are known, else its length
+ * as the rank when that is known. */
+nbl_status nbl_shp_from_data(nbl_shape_ctx *c, int k, int i, int dt_from);
 nbl_status nbl_shape_bcast(nbl_shape_ctx *c); /* output 0 = broadcast of all inputs */
 nbl_status nbl_shape_bcast_bool(nbl_shape_ctx *c); /* the same, type bool */
 

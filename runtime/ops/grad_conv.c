@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
@@ -380,8 +381,34 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* dX = shape(X), dW = shape(W), dB = [the output channels: W[0] for Conv,
+ * W[1] * group for ConvTranspose]. */
+static nbl_status conv_grad_shapes(nbl_shape_ctx *c, bool transpose) {
+  nbl_status st = nbl_shp_copy_in(c, 0, 1);
+  if (!st) st = nbl_shp_copy_in(c, 1, 2);
+  if (st) return st;
+  nbl_shp w, b;
+  nbl_shp_in(c, 2, &w);
+  nbl_shp_rank(&b, w.dt, 1);
+  if (w.rank >= 2) {
+    nbl_dim d = w.d[transpose ? 1 : 0];
+    int64_t group = nbl_attr_int(c->node, "group", 1);
+    if (transpose && nbl_dim_known(d) && group > 0 && d.value <= INT64_MAX / group)
+      d = nbl_dim_val(d.value * group);
+    else if (transpose && group != 1)
+      d = nbl_dim_unk();
+    b.d[0] = d;
+  }
+  return nbl_shp_set(c, 2, &b);
+}
+
+static nbl_status shape_conv_grad(nbl_shape_ctx *c) { return conv_grad_shapes(c, false); }
+static nbl_status shape_convt_grad(nbl_shape_ctx *c) { return conv_grad_shapes(c, true); }
+
 const nbl_op_def nbl_ops_grad_conv[] = {
-    {NBL_MS_DOMAIN, "ConvGrad", 1, 1, k_conv_grad_ref, k_conv_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "ConvTransposeGrad", 1, 1, k_convt_grad_ref, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    NBL_OP_DEF(NBL_MS_DOMAIN, "ConvGrad", 1, 1, .ref = k_conv_grad_ref, .fast = k_conv_grad_fast, .shape = shape_conv_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "ConvTransposeGrad", 1, 1, .ref = k_convt_grad_ref, .shape = shape_convt_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_conv_count = sizeof nbl_ops_grad_conv / sizeof nbl_ops_grad_conv[0];

@@ -64,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
@@ -267,17 +268,34 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* dX: the shape and type of dY (input 0). */
+static nbl_status shape_dy(nbl_shape_ctx *c) { return nbl_shp_copy_in(c, 0, 0); }
+
+/* a_axes, b_axes: int64 vectors whose lengths depend on the shapes' values. */
+static nbl_status shape_bcast_args(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shp_set_dt(c, 0, NBL_DT_INT64, 1);
+  return st ? st : nbl_shp_set_dt(c, 1, NBL_DT_INT64, 1);
+}
+
+/* dX: the shape of X (input 1), float; dAlpha: a float scalar. */
+static nbl_status shape_q4_grad(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shp_copy_in(c, 0, 1);
+  return st ? st : nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+}
+
 const nbl_op_def nbl_ops_grad_elementwise[] = {
-    {NBL_MS_DOMAIN, "ReluGrad", 1, 1, k_relu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "SigmoidGrad", 1, 1, k_sigmoid_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "TanhGrad", 1, 1, k_tanh_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "GeluGrad", 1, 1, k_gelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "FastGeluGrad", 1, 1, k_fastgelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "LeakyReluGrad", 1, 1, k_leakyrelu_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "DropoutGrad", 1, 1, k_dropout_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "BitmaskDropoutGrad", 1, 1, k_bitmask_dropout_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "BroadcastGradientArgs", 1, 1, k_broadcast_grad_args, NULL, .no_grad = "not differentiable: integer output"},
-    {"ai.nibble", "QuantizeInt4Grad", 1, 1, k_quantize_int4_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    NBL_OP_DEF(NBL_MS_DOMAIN, "ReluGrad", 1, 1, .ref = k_relu_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SigmoidGrad", 1, 1, .ref = k_sigmoid_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "TanhGrad", 1, 1, .ref = k_tanh_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "GeluGrad", 1, 1, .ref = k_gelu_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "FastGeluGrad", 1, 1, .ref = k_fastgelu_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "LeakyReluGrad", 1, 1, .ref = k_leakyrelu_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "DropoutGrad", 1, 1, .ref = k_dropout_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "BitmaskDropoutGrad", 1, 1, .ref = k_bitmask_dropout_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "BroadcastGradientArgs", 1, 1, .ref = k_broadcast_grad_args, .shape = shape_bcast_args, .no_grad = "not differentiable: integer output"),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4Grad", 1, 1, .ref = k_quantize_int4_grad, .shape = shape_q4_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_elementwise_count =
     sizeof nbl_ops_grad_elementwise / sizeof nbl_ops_grad_elementwise[0];

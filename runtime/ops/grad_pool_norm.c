@@ -65,6 +65,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
@@ -490,11 +491,40 @@ static nbl_status g_bn_internal(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* dX: shape from the values of X_shape (input 2 / input 1), type of dY. */
+static nbl_status shape_maxpool_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 2, 0); }
+static nbl_status shape_avgpool_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+
+/* Y = shape(X); running mean/var and saved mean/inv_std: [C] (C = X[1]),
+ * outputs 1 and 3 with input_mean's type, 2 and 4 with input_var's. */
+static nbl_status shape_bn_internal(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shp_copy_in(c, 0, 0);
+  if (st) return st;
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  for (int k = 1; k <= 4 && !st; k++) {
+    nbl_shp s;
+    nbl_shp_rank(&s, nbl_shp_in_dtype(c, k % 2 ? 3 : 4), 1);
+    if (x.rank >= 2) s.d[0] = x.d[1];
+    st = nbl_shp_set(c, k, &s);
+  }
+  return st;
+}
+
+/* X_grad = shape(X) (input 1); scale_grad and bias_grad = shape(scale) (input 2). */
+static nbl_status shape_norm_grad(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shp_copy_in(c, 0, 1);
+  if (!st) st = nbl_shp_copy_in(c, 1, 2);
+  return st ? st : nbl_shp_copy_in(c, 2, 2);
+}
+
 const nbl_op_def nbl_ops_grad_pool_norm[] = {
-    {NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, k_maxpool_grad_ref, k_maxpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, k_avgpool_grad_ref, k_avgpool_grad_fast, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, k_bn_internal, k_bn_internal, .grad = g_bn_internal},
-    {NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, k_bn_grad, k_bn_grad, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, k_layernorm_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    NBL_OP_DEF(NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, .ref = k_maxpool_grad_ref, .fast = k_maxpool_grad_fast, .shape = shape_maxpool_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, .ref = k_avgpool_grad_ref, .fast = k_avgpool_grad_fast, .shape = shape_avgpool_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, .ref = k_bn_internal, .fast = k_bn_internal, .shape = shape_bn_internal, .grad = g_bn_internal),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, .ref = k_bn_grad, .fast = k_bn_grad, .shape = shape_norm_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, .ref = k_layernorm_grad, .shape = shape_norm_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_pool_norm_count = sizeof nbl_ops_grad_pool_norm / sizeof nbl_ops_grad_pool_norm[0];

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
@@ -208,12 +209,26 @@ static nbl_status k_sce_internal_grad(nbl_kctx *c) { return sce_grad(c, 1); }
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* dX: the shape and type of dY (input 0). */
+static nbl_status shape_dy(nbl_shape_ctx *c) { return nbl_shp_copy_in(c, 0, 0); }
+
+/* d_logits: the shape of log_prob (input 1); its type, or output_type when given. */
+static nbl_status shape_logprob(nbl_shape_ctx *c) {
+  nbl_shp s;
+  if (!nbl_shp_in(c, 1, &s)) return NBL_OK;
+  int64_t ot = nbl_attr_int(c->node, "output_type", 0);
+  if (ot > 0 && ot <= NBL_DT_BFLOAT16) s.dt = (nbl_dtype)ot;
+  return nbl_shp_set(c, 0, &s);
+}
+
 const nbl_op_def nbl_ops_grad_reduce[] = {
-    {NBL_MS_DOMAIN, "SoftmaxGrad_13", 1, 1, k_softmax_grad13, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "LogSoftmaxGrad_13", 1, 1, k_logsoftmax_grad13, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "SoftmaxGrad", 1, 1, k_softmax_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "LogSoftmaxGrad", 1, 1, k_logsoftmax_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossGrad", 1, 1, k_sce_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossInternalGrad", 1, 1, k_sce_internal_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SoftmaxGrad_13", 1, 1, .ref = k_softmax_grad13, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "LogSoftmaxGrad_13", 1, 1, .ref = k_logsoftmax_grad13, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SoftmaxGrad", 1, 1, .ref = k_softmax_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "LogSoftmaxGrad", 1, 1, .ref = k_logsoftmax_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossGrad", 1, 1, .ref = k_sce_grad, .shape = shape_logprob, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SoftmaxCrossEntropyLossInternalGrad", 1, 1, .ref = k_sce_internal_grad, .shape = shape_logprob, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_reduce_count = sizeof nbl_ops_grad_reduce / sizeof nbl_ops_grad_reduce[0];

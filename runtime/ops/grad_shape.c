@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
@@ -140,8 +141,16 @@ static nbl_status k_slice_grad(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* dX: shape from the values of input 0 (`shape`), type of dY (input 2). */
+static nbl_status shape_gather_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 0, 2); }
+
+/* dX: shape from the values of input 1 (`shape`), type of dY (input 0). */
+static nbl_status shape_slice_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+
 const nbl_op_def nbl_ops_grad_shape[] = {
-    {NBL_MS_DOMAIN, "GatherGrad", 1, 1, k_gather_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
-    {NBL_MS_DOMAIN, "SliceGrad", 1, 1, k_slice_grad, NULL, .no_grad = NBL_NO_GRAD_BACKWARD},
+    NBL_OP_DEF(NBL_MS_DOMAIN, "GatherGrad", 1, 1, .ref = k_gather_grad, .shape = shape_gather_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "SliceGrad", 1, 1, .ref = k_slice_grad, .shape = shape_slice_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];
