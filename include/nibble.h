@@ -132,6 +132,10 @@ nbl_status nbl_model_verify(const nbl_model *m);
 /* Release a model and everything it owns. NULL is allowed. */
 void nbl_model_free(nbl_model *m);
 
+/* Number of training_info entries: 0 for an inference model, 1 for a
+ * training model (nbl_train_session_create). */
+int nbl_model_training_count(const nbl_model *m);
+
 /* ------------------------------------------------------------------------ */
 /* Printing                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -315,6 +315,26 @@ static nbl_model *mlp_train_model(const mlp_cfg *c) {
       }
   }
 #undef NAME
+  /* types on every graph output (ONNX requires them) */
+  int64_t lg[2] = {-1, K};
+  nbl_id lo = nbl_graph_find(g, "logits");
+  nbl_type_set_tensor(a, &g->values[lo].type, dt, 2, lg);
+  g->values[lo].type.dims[0].param = nbl_arena_strdup(a, "N");
+  for (int i = 0; i < al->n_outputs; i++) {
+    nbl_value *ov = &al->values[al->outputs[i]];
+    if (!strcmp(ov->name, "loss")) {
+      nbl_type_set_tensor(a, &ov->type, dt, 0, NULL);
+      continue;
+    }
+    for (int b2 = 0; b2 < ti->n_update_binding; b2++)
+      if (!strcmp(ti->update_binding[b2].value, ov->name))
+        nbl_type_copy(a, &ov->type, &g->values[nbl_graph_find(g, ti->update_binding[b2].key)].type);
+  }
+  for (int b2 = 0; b2 < ti->n_init_binding; b2++) {
+    nbl_graph *ig = ti->initialization;
+    nbl_type_copy(a, &ig->values[nbl_graph_find(ig, ti->init_binding[b2].value)].type,
+                  &g->values[nbl_graph_find(g, ti->init_binding[b2].key)].type);
+  }
   free(buf);
   return m;
 }
