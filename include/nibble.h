@@ -408,6 +408,15 @@ const char *nbl_train_get_meta(const nbl_train_session *s, const char *key);
 int nbl_train_param_count(const nbl_train_session *s);
 nbl_status nbl_train_param(const nbl_train_session *s, int i, nbl_host_tensor *view);
 
+/* The accumulated gradients (one per `<param>_grad` of the model), summed
+ * since the last nbl_train_reset_grad. The view's data is the session's
+ * accumulator: the caller may change it in place between nbl_train_step and
+ * nbl_optimizer_step (e.g. to all-reduce it across processes); valid until
+ * the next train step or nbl_train_session_free. view->name is the parameter's
+ * name. Fails with NBL_ERR_INVALID_ARGUMENT before the first train step. */
+int nbl_train_grad_count(const nbl_train_session *s);
+nbl_status nbl_train_grad(nbl_train_session *s, int i, nbl_host_tensor *view);
+
 /* Save a checkpoint: the training model with the current parameters and
  * state as initializers and the progress, schedule and user keys as
  * metadata_props "nibble.train.*" (a valid ONNX model: `nibble info` reads

@@ -234,6 +234,24 @@ START_TEST(test_accumulation_and_clipping) {
       sq += (double)acc[k] * acc[k];
     }
   }
+  /* the gradients through the API, changed in place before the optimizer step
+   * (as an all-reduce would): a zeroed b2 gradient leaves b2 as it was (SGD, no decay) */
+  ck_assert_int_eq(nbl_train_grad_count(s), 4);
+  double *b2_before = copy_f64(&s->slots[slot_of(s, "b2")].t);
+  for (int i = 0; i < 4; i++) {
+    nbl_host_tensor v;
+    ck_assert_int_eq(nbl_train_grad(s, i, &v), NBL_OK);
+    ck_assert_ptr_eq(v.data, s->acc[i].data);
+    ck_assert_uint_eq(v.nbytes, s->acc[i].nbytes);
+    if (!strcmp(v.name, "b2")) memset(v.data, 0, v.nbytes);
+  }
+  ck_assert_int_eq(nbl_optimizer_step(s), NBL_OK);
+  const nbl_rt_tensor *b2 = &s->slots[slot_of(s, "b2")].t;
+  for (int64_t k = 0; k < b2->numel; k++) ck_assert_float_eq(((float *)b2->data)[k], (float)b2_before[k]);
+  free(b2_before);
+  ck_assert_int_eq(nbl_train_reset_grad(s), NBL_OK);
+  nbl_host_tensor none;
+  ck_assert_int_eq(nbl_train_grad(s, 0, &none), NBL_ERR_INVALID_ARGUMENT);
   nbl_train_session_free(s);
   /* clipping: with lr 1 and no decay the step is the clipped gradient, whose
    * norm is max_grad_norm (PyTorch's coefficient max / (norm + 1e-6)) */

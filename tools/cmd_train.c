@@ -426,6 +426,12 @@ static int settings(run *r) {
             o->resume, (unsigned long long)p.data_seed);
     return 2;
   }
+  const char *mg = nbl_train_get_meta(r->s, "max_grad_norm");
+  if (mg && strtod(mg, NULL) != o->max_grad_norm) {
+    fprintf(stderr, "nibble train: %s was trained with --max-grad-norm %s; resume with the same\n",
+            o->resume, mg);
+    return 2;
+  }
   r->batch = atoll(nbl_train_get_meta(r->s, "batch"));
   r->drop = !strcmp(nbl_train_get_meta(r->s, "last_batch"), "drop");
   snprintf(r->lrtext, sizeof r->lrtext, "%s", nbl_train_get_meta(r->s, "lr"));
@@ -517,7 +523,8 @@ static int setup(run *r) {
   snprintf(bt, sizeof bt, "%lld", (long long)r->batch);
   if (nbl_train_set_meta(r->s, "batch", bt) || nbl_train_set_meta(r->s, "last_batch", o->last_batch) ||
       nbl_train_set_meta(r->s, "lr", r->lrtext) || nbl_train_set_meta(r->s, "schedule", o->schedule) ||
-      set_meta_num(r->s, "epoch_loss_sum", 0) || set_meta_num(r->s, "epoch_loss_steps", 0)) {
+      set_meta_num(r->s, "max_grad_norm", o->max_grad_norm) || set_meta_num(r->s, "epoch_loss_sum", 0) ||
+      set_meta_num(r->s, "epoch_loss_steps", 0)) {
     fprintf(stderr, "nibble: %s\n", nbl_last_error());
     return 2;
   }

@@ -353,6 +353,25 @@ nbl_status nbl_train_param(const nbl_train_session *s, int i, nbl_host_tensor *v
   return NBL_OK;
 }
 
+int nbl_train_grad_count(const nbl_train_session *s) { return s ? s->cut->n_grads : 0; }
+
+nbl_status nbl_train_grad(nbl_train_session *s, int i, nbl_host_tensor *view) {
+  if (!s || !view || i < 0 || i >= s->cut->n_grads)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "gradient index %d out of range", i);
+  const nbl_rt_tensor *t = &s->acc[i];
+  if (s->n_accum == 0 || !t->data)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "gradient '%s_grad': no train step since the last reset",
+                      s->cut->grad_param[i]);
+  memset(view, 0, sizeof *view);
+  view->name = s->cut->grad_param[i];
+  view->dtype = t->dtype;
+  view->rank = t->rank;
+  for (int d = 0; d < t->rank; d++) view->dims[d] = t->dims[d];
+  view->data = t->data;
+  view->nbytes = t->nbytes;
+  return NBL_OK;
+}
+
 /* Bind the caller's tensors to e's inputs `allowed` (ids of e's graph). */
 static nbl_status bind_feeds(nbl_engine *e, const nbl_id *allowed, int n_allowed, int n,
                              const nbl_host_tensor *in, const char *what) {

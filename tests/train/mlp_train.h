@@ -306,7 +306,7 @@ static nbl_model *mlp_train_model(const mlp_cfg *c) {
       for (int p = 0; p < 4; p++) {
         const nbl_value *pv = &g->values[nbl_graph_find(g, mlp_params[p])];
         const char *key = NAME("%s%s", mlp_params[p], suffix[s]);
-        const char *o = NAME("init/%s", key);
+        const char *o = NAME("init/%s%s", mlp_params[p], suffix[s]);
         nbl_id cn = mlp_node(ig, "Constant", "", o, 0, NULL, 1, &o);
         nbl_node_set_attr_tensor(ig, cn, "value",
                                  nbl_tensor_new(a, o, dt, pv->init->rank, pv->init->dims, NULL));
