@@ -42,7 +42,7 @@ typedef struct opts {
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
   int print_after_all, verify_each, reference, threads;
   long long epochs, batch, ckpt_every, log_every;
-  double lr, max_grad_norm;
+  double lr, max_grad_norm, weight_decay;
   unsigned long long seed;
   int lr_given, schedule_given, batch_given, seed_given, last_given;
 } opts;
@@ -60,6 +60,7 @@ static void train_usage(FILE *f) {
         "  --lr LR                 learning rate (default 0.01)\n"
         "  --schedule S            constant | step:N:G | cosine[:MIN] | warmup:N[,REST] (default constant)\n"
         "  --optimizer O           sgd|momentum|nesterov|adam|adamw|adagrad, for build-training\n"
+        "  --weight-decay X        weight decay, for build-training (adamw: decoupled)\n"
         "  --label NAME            the label input (default label)\n"
         "  --max-grad-norm X       clip the gradients to global L2 norm X\n"
         "  --seed S                seed of the data order (default 0)\n"
@@ -122,7 +123,7 @@ static int parse_args(int argc, char **argv, opts *o) {
       static const char *with_value[] = {"--data", "--epochs", "--batch", "--lr", "--optimizer", "--schedule",
                                          "--seed", "--passes", "--dump-dir", "--checkpoint",
                                          "--checkpoint-every", "--resume", "--metrics", "--export",
-                                         "--threads", "--label", "--max-grad-norm", "--log-every",
+                                         "--threads", "--label", "--max-grad-norm", "--log-every", "--weight-decay",
                                          "--last-batch"};
       int known = 0;
       for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++) known |= !strcmp(a, with_value[k]);
@@ -143,6 +144,7 @@ static int parse_args(int argc, char **argv, opts *o) {
       else if (!strcmp(a, "--batch")) rc = parse_ll(a, v, 1, &o->batch), o->batch_given = 1;
       else if (!strcmp(a, "--lr")) rc = parse_pos_double(a, v, &o->lr), o->lr_given = 1;
       else if (!strcmp(a, "--max-grad-norm")) rc = parse_pos_double(a, v, &o->max_grad_norm);
+      else if (!strcmp(a, "--weight-decay")) rc = parse_pos_double(a, v, &o->weight_decay);
       else if (!strcmp(a, "--schedule")) o->schedule = v, o->schedule_given = 1;
       else if (!strcmp(a, "--passes")) o->passes = v;
       else if (!strcmp(a, "--dump-dir")) o->dump_dir = v;
@@ -206,9 +208,10 @@ static int prepare_model(const opts *o, nbl_model **out) {
   int training = nbl_model_training_count(m) > 0;
   char *spec = NULL;
   const char *passes = o->passes ? o->passes : "";
-  if (training && o->optimizer) {
+  if (training && (o->optimizer || o->weight_decay > 0)) {
     fprintf(stderr, "nibble train: %s is already a training model (its optimizer is part of its "
-                    "algorithm graph); --optimizer applies only when build-training makes one\n", o->model);
+                    "algorithm graph); %s applies only when build-training makes one\n", o->model,
+            o->optimizer ? "--optimizer" : "--weight-decay");
     nbl_model_free(m);
     return 2;
   }
@@ -222,20 +225,19 @@ static int prepare_model(const opts *o, nbl_model **out) {
       return 2;
     }
     nbl_pipeline_free(probe);
-    size_t n = strlen(passes) + 256;
+    size_t n = strlen(passes) + strlen(o->label) + 256;
     spec = malloc(n);
     if (!spec) {
       nbl_model_free(m);
       return 1;
     }
     int k = snprintf(spec, n, "build-training");
-    if (o->optimizer || strcmp(o->label, "label")) {
-      k += snprintf(spec + k, n - (size_t)k, "{");
-      if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "optimizer=%s", o->optimizer);
-      if (strcmp(o->label, "label"))
-        k += snprintf(spec + k, n - (size_t)k, "%slabel=%s", o->optimizer ? "," : "", o->label);
-      k += snprintf(spec + k, n - (size_t)k, "}");
-    }
+    const char *sep = "{";
+    if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "%soptimizer=%s", sep, o->optimizer), sep = ",";
+    if (o->weight_decay > 0)
+      k += snprintf(spec + k, n - (size_t)k, "%sweight-decay=%.9g", sep, o->weight_decay), sep = ",";
+    if (strcmp(o->label, "label")) k += snprintf(spec + k, n - (size_t)k, "%slabel=%s", sep, o->label), sep = ",";
+    if (*sep == ',') k += snprintf(spec + k, n - (size_t)k, "}");
     if (*passes) snprintf(spec + k, n - (size_t)k, ",%s", passes);
     passes = spec;
   }

@@ -140,10 +140,11 @@ static nbl_status parse_meta(const nbl_model *m, const char *label, parsed *p, i
     if (!strcmp(k, PREFIX "lr_base")) { base = v; continue; }
     if (!strcmp(k, PREFIX "lr_total")) { total = v; continue; }
     if (!strncmp(k, USER, strlen(USER))) {
-      if (p->n_user < NBL_TRAIN_MAX_META) {
-        p->ukey[p->n_user] = k + strlen(USER);
-        p->uval[p->n_user++] = v;
-      }
+      if (!nbl_train_meta_key_ok(k + strlen(USER)) || p->n_user == NBL_TRAIN_MAX_META)
+        return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: metadata '%s': %s", label, k,
+                          p->n_user == NBL_TRAIN_MAX_META ? "too many user keys" : "not a valid key");
+      p->ukey[p->n_user] = k + strlen(USER);
+      p->uval[p->n_user++] = v;
       continue;
     }
     int j = 0;

@@ -584,7 +584,7 @@ void nbl_train_set_progress(nbl_train_session *s, const nbl_train_progress *p) {
   if (s && p) s->prog = *p;
 }
 
-static int key_ok(const char *k) {
+int nbl_train_meta_key_ok(const char *k) {
   if (!k || !*k || strlen(k) > 64) return 0;
   for (; *k; k++)
     if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') ||
@@ -595,7 +595,7 @@ static int key_ok(const char *k) {
 
 nbl_status nbl_train_set_meta(nbl_train_session *s, const char *key, const char *value) {
   if (!s || !value) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_train_set_meta: NULL argument");
-  if (!key_ok(key))
+  if (!nbl_train_meta_key_ok(key))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
                       "metadata key '%s': use 1 to 64 letters, digits, '_' or '-'", key ? key : "");
   int i = 0;

@@ -94,6 +94,8 @@ struct nbl_train_session {
   nbl_host_tensor *eval_outs;
 };
 
+/* 1 when k is a valid nbl_train_set_meta key (1-64 of [A-Za-z0-9_-]). */
+int nbl_train_meta_key_ok(const char *k);
 /* Engines for tests: 0 gradient part, 1 optimizer part, 2 inference (NULL until used). */
 nbl_engine *nbl_train_engine(nbl_train_session *s, int which);
 /* Copy every trained tensor of checkpoint model `ck` into the session, or
