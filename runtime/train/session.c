@@ -478,9 +478,12 @@ nbl_status nbl_optimizer_step(nbl_train_session *s) {
   double sq = 0;
   for (int i = 0; i < s->cut->n_grads; i++) {
     const nbl_rt_tensor *a = &s->acc[i];
-    for (int64_t k = 0; k < a->numel; k++) {
-      double x = nbl_rt_get_f64(a, k);
-      sq += x * x;
+    if (a->dtype == NBL_DT_FLOAT) {
+      const float *d = a->data;
+      for (int64_t k = 0; k < a->numel; k++) sq += (double)d[k] * d[k];
+    } else {
+      const double *d = a->data;
+      for (int64_t k = 0; k < a->numel; k++) sq += d[k] * d[k];
     }
   }
   s->last_norm = sqrt(sq);
