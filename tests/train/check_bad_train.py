@@ -12,7 +12,6 @@ Exit 0 pass, 1 fail, 77 skip (no numpy).
 """
 import os
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -23,7 +22,7 @@ except ImportError as e:
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="nbl_bad_train_")
+    tmp = common.tmpdir("nbl_bad_train_")
     model = os.path.join(tmp, "mlp.onnx")
     common.make_model(model, "--input", "1x4x4", "--hidden", 8, "--classes", 3)
     good = os.path.join(tmp, "good")
@@ -121,4 +120,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.cleanup(main()))

@@ -21,7 +21,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 try:
@@ -38,7 +37,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     rnd = random.Random(a.seed)
-    tmp = tempfile.mkdtemp(prefix="nbl_resume_kill_")
+    tmp = common.tmpdir("nbl_resume_kill_")
     model = os.path.join(tmp, "mlp.onnx")
     common.make_model(model, "--input", "1x8x8", "--hidden", 64, "--classes", 5, "--opt", "adam", "--bn")
     data = os.path.join(tmp, "data")
@@ -129,4 +128,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.cleanup(main()))

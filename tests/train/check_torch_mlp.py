@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -152,10 +151,10 @@ def case(tmp, opt, x, y):
 
 def main():
     torch.set_num_threads(1)
-    tmp = tempfile.mkdtemp(prefix="nbl_torch_mlp_")
+    tmp = common.tmpdir("nbl_torch_mlp_")
     x, y = common.make_npy_data(os.path.join(tmp, "data"), N, SHAPE, K, seed=1)
     return max(case(tmp, "momentum", x, y), case(tmp, "adam", x, y))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.cleanup(main()))

@@ -6,7 +6,9 @@ npy folder, and nibble's data order (nbl_data_order, runtime/data/order.c)
 transcribed, for the PyTorch comparison.
 """
 import os
+import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 
@@ -67,3 +69,22 @@ def data_order(seed, epoch, n):
 def run(args, **kw):
     return subprocess.run([NIBBLE] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
+
+
+_tmpdirs = []
+
+
+def tmpdir(prefix):
+    """A new temporary folder, removed by cleanup() (kept when NBL_KEEP_TMP is set)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
+def cleanup(rc):
+    for d in _tmpdirs:
+        if os.environ.get("NBL_KEEP_TMP"):
+            print("kept " + d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return rc
