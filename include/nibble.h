@@ -83,6 +83,10 @@ nbl_status nbl_model_verify(const nbl_model *m);
 /* Release a model and everything it owns. NULL is allowed. */
 void nbl_model_free(nbl_model *m);
 
+/* Number of training_info entries: 0 for an inference model, 1 for a
+ * training model (nbl_train_session_create). */
+int nbl_model_training_count(const nbl_model *m);
+
 /* ------------------------------------------------------------------------ */
 /* Printing                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -259,6 +263,202 @@ nbl_status nbl_tensor_read(const char *path, nbl_host_tensor *out);
 nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *t);
 /* Release data and name of a tensor filled by nbl_tensor_read. */
 void nbl_host_tensor_free(nbl_host_tensor *t);
+
+
+/* ------------------------------------------------------------------------ */
+/* Training (shaped like ONNX Runtime's on-device training API)              */
+/* ------------------------------------------------------------------------ */
+
+/* A training session runs a training model: an ONNX model whose
+ * training_info[0] holds the algorithm graph (forward, loss, backward,
+ * optimizer), the initialization graph of the optimizer state and the
+ * update_binding that writes new parameters and state back (see the README,
+ * "Training"). The session cuts the algorithm graph in two without knowing
+ * op names: the gradient part (everything the loss, the `<param>_grad`
+ * values and the update values that do not depend on a gradient need) and
+ * the optimizer part (the rest). It owns the parameters and the optimizer
+ * state: copies of the model's initializers, updated in place. */
+typedef struct nbl_train_session nbl_train_session;
+
+typedef struct nbl_train_options {
+  int threads;          /* worker threads for kernels; <= 0: one per online core */
+  int reference;        /* 1: plain C reference kernels only */
+  double max_grad_norm; /* > 0: before each optimizer step, scale the accumulated gradients
+                           by max_grad_norm / (norm + 1e-6) when their global L2 norm exceeds
+                           it (as torch.nn.utils.clip_grad_norm_); 0: no clipping */
+} nbl_train_options;
+
+/* Create a session from a training model. `opt` may be NULL (defaults). The
+ * model is copied: it may be freed or changed afterwards. Optimizer state
+ * that is absent (no elements) or all zeros is set from the initialization
+ * graph; other state and the parameters start from the model's initializers.
+ * A checkpoint (nbl_train_save_checkpoint) is a training model too: created
+ * from one, the session also restores its progress and learning-rate
+ * schedule. Fails with NBL_ERR_INVALID_MODEL naming the value at fault when
+ * the model breaks the training-model contract, NBL_ERR_UNSUPPORTED naming
+ * the node when a node has no kernel. On success *out belongs to the caller
+ * (nbl_train_session_free). */
+nbl_status nbl_train_session_create(const nbl_model *m, const nbl_train_options *opt,
+                                    nbl_train_session **out);
+
+/* Release the session, its parameters and every view it handed out. NULL is allowed. */
+void nbl_train_session_free(nbl_train_session *s);
+
+/* The tensors nbl_train_step takes: the algorithm graph's data inputs and the
+ * label, in graph order (not `lr` nor `step`, which the session feeds). The
+ * type is written as by nbl_session_input_info (dims -1 when unknown). */
+int nbl_train_input_count(const nbl_train_session *s);
+const char *nbl_train_input_name(const nbl_train_session *s, int i);
+nbl_status nbl_train_input_info(const nbl_train_session *s, int i, nbl_host_tensor *info);
+
+/* The inference graph's outputs (what nbl_eval_step returns), with their
+ * declared types (dims -1 when unknown). */
+int nbl_eval_output_count(const nbl_train_session *s);
+nbl_status nbl_eval_output_info(const nbl_train_session *s, int i, nbl_host_tensor *info);
+
+/* Forward, loss and backward on one batch (the gradient part). Gradients are
+ * summed into the session's accumulators across calls until
+ * nbl_train_reset_grad; update values that do not depend on a gradient (the
+ * running statistics of BatchNormalization) are written back at once.
+ * `inputs` are matched by name and only read during the call. *loss (may be
+ * NULL) gets this batch's loss. */
+nbl_status nbl_train_step(nbl_train_session *s, int n_inputs, const nbl_host_tensor *inputs,
+                          float *loss);
+
+/* Apply the optimizer part once to the accumulated gradients (clipped first
+ * when max_grad_norm > 0), with `lr` from the schedule and `step` = number of
+ * updates so far + 1, and write every update_binding value back in place.
+ * The gradients stay accumulated (call nbl_train_reset_grad). Fails with
+ * NBL_ERR_INVALID_ARGUMENT if no nbl_train_step ran since the last reset. */
+nbl_status nbl_optimizer_step(nbl_train_session *s);
+
+/* Forget the accumulated gradients: the next nbl_train_step starts a new sum. */
+nbl_status nbl_train_reset_grad(nbl_train_session *s);
+
+/* Run the inference graph (BatchNormalization and Dropout in inference mode)
+ * with the current parameters. Like nbl_session_run: *outputs (may be NULL)
+ * points to views owned by the session, valid until the next eval step, a
+ * parameter change or nbl_train_session_free. */
+nbl_status nbl_eval_step(nbl_train_session *s, int n_inputs, const nbl_host_tensor *inputs,
+                         const nbl_host_tensor **outputs);
+
+/* Learning rate. nbl_train_set_lr sets a constant rate. nbl_train_set_schedule
+ * sets a schedule from its text form:
+ *   constant | step:N:G (times G every N updates) | cosine[:MIN] (from base_lr
+ *   to MIN, default 0, over total_steps) | warmup:N,REST (linear from base_lr/N
+ *   to base_lr over the first N updates, then REST over total_steps - N)
+ * The schedule is evaluated at the number of updates done so far, so it
+ * resumes with the session's progress. Bad text: NBL_ERR_INVALID_ARGUMENT. */
+nbl_status nbl_train_set_lr(nbl_train_session *s, double lr);
+nbl_status nbl_train_set_schedule(nbl_train_session *s, const char *spec, double base_lr,
+                                  int64_t total_steps);
+/* The rate the next optimizer step uses. */
+double nbl_train_lr(const nbl_train_session *s);
+/* The global L2 norm of the gradients at the last optimizer step (before
+ * clipping); 0 before the first. */
+double nbl_train_last_grad_norm(const nbl_train_session *s);
+
+/* Where training stands; saved in checkpoints and restored by loading one.
+ * The session advances global_step (one per optimizer step) and rng_counter
+ * (one per train step); the caller keeps epoch, step_in_epoch and data_seed. */
+typedef struct nbl_train_progress {
+  int64_t epoch;         /* 0-based epoch the next batch belongs to */
+  int64_t step_in_epoch; /* batches of that epoch already trained */
+  int64_t global_step;   /* optimizer updates done */
+  uint64_t data_seed;    /* seed of the data order (nbl_data_order) */
+  uint64_t rng_seed;     /* the session's random stream for stochastic ops: its key ... */
+  uint64_t rng_counter;  /* ... and position */
+} nbl_train_progress;
+void nbl_train_get_progress(const nbl_train_session *s, nbl_train_progress *p);
+void nbl_train_set_progress(nbl_train_session *s, const nbl_train_progress *p);
+
+/* Extra key/value pairs saved with checkpoints (as metadata_props
+ * "nibble.train.user.<key>") and restored by loading one. Keys are letters,
+ * digits, '_' and '-'. The string nbl_train_get_meta returns is owned by the
+ * session, valid until the key is set again; NULL when absent. */
+nbl_status nbl_train_set_meta(nbl_train_session *s, const char *key, const char *value);
+const char *nbl_train_get_meta(const nbl_train_session *s, const char *key);
+
+/* The tensors the session trains and updates (every update_binding key:
+ * parameters, optimizer state, running statistics), in binding order. The
+ * view's data points at the session's live copy (read it, do not write it),
+ * valid until nbl_train_session_free. */
+int nbl_train_param_count(const nbl_train_session *s);
+nbl_status nbl_train_param(const nbl_train_session *s, int i, nbl_host_tensor *view);
+
+/* The accumulated gradients (one per `<param>_grad` of the model), summed
+ * since the last nbl_train_reset_grad. The view's data is the session's
+ * accumulator: the caller may change it in place between nbl_train_step and
+ * nbl_optimizer_step (e.g. to all-reduce it across processes); valid until
+ * the next train step or nbl_train_session_free. view->name is the parameter's
+ * name. Fails with NBL_ERR_INVALID_ARGUMENT before the first train step. */
+int nbl_train_grad_count(const nbl_train_session *s);
+nbl_status nbl_train_grad(nbl_train_session *s, int i, nbl_host_tensor *view);
+
+/* Save a checkpoint: the training model with the current parameters and
+ * state as initializers and the progress, schedule and user keys as
+ * metadata_props "nibble.train.*" (a valid ONNX model: `nibble info` reads
+ * it, nbl_train_session_create resumes from it). Written atomically: a
+ * temporary file in the same folder, fsync, rename over `path`, fsync of the
+ * folder; on any failure `path` keeps its old contents. */
+nbl_status nbl_train_save_checkpoint(nbl_train_session *s, const char *path);
+
+/* Load a checkpoint written by nbl_train_save_checkpoint for the same model:
+ * every trained tensor must be there with the same type and shape. Nothing in
+ * the session changes unless the whole file is good: a missing, truncated or
+ * foreign file (not a nibble checkpoint, or one of another model) fails with
+ * a message naming the file and what is wrong (NBL_ERR_IO, NBL_ERR_PARSE,
+ * NBL_ERR_INVALID_MODEL). */
+nbl_status nbl_train_load_checkpoint(nbl_train_session *s, const char *path);
+
+/* Write the trained inference model: the main graph with the current
+ * parameters and running statistics, without training_info, optimizer state
+ * and nibble.train metadata. Written atomically like a checkpoint. */
+nbl_status nbl_train_export(nbl_train_session *s, const char *path);
+
+/* ------------------------------------------------------------------------ */
+/* Datasets for training                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nbl_dataset nbl_dataset;
+
+/* Open a dataset. `spec`:
+ *   "fashion-mnist"      the IDX files of the Debian package dataset-fashion-mnist
+ *                        (/usr/share/datasets/fashion-mnist)
+ *   "fashion-mnist:DIR"  the same files (.gz or not) in DIR
+ *   "npy:DIR"            DIR/x.npy (float32 [N, ...]) and DIR/y.npy (int64 [N]); the
+ *                        test split is DIR/x_test.npy and DIR/y_test.npy
+ * `test` = 1 opens the test split. Fashion-MNIST images become float32
+ * [N,1,28,28] normalized as (x / 255 - 0.2860) / 0.3530, labels int64.
+ * Missing or malformed files fail with NBL_ERR_IO / NBL_ERR_INVALID_ARGUMENT
+ * naming the file (and the Debian package when the default folder is absent).
+ * On success *out belongs to the caller (nbl_dataset_free). */
+nbl_status nbl_dataset_open(const char *spec, int test, nbl_dataset **out);
+void nbl_dataset_free(nbl_dataset *d);
+/* Number of samples. */
+int64_t nbl_dataset_size(const nbl_dataset *d);
+/* The whole set's types: x [N, ...] and y [N] (data NULL). */
+void nbl_dataset_info(const nbl_dataset *d, nbl_host_tensor *x, nbl_host_tensor *y);
+
+/* Check the dataset against a model's input `x` and label `y` (types as
+ * nbl_train_input_info writes them, dims[0] the batch) and its class count
+ * (<= 0: unknown): element types, the size of one sample (a sample whose
+ * values fit the input's other dims is reshaped to them, e.g. [784] ->
+ * [1,28,28]) and every label in [0, classes). Fails with
+ * NBL_ERR_INVALID_ARGUMENT naming the file, the sample or label at fault. */
+nbl_status nbl_dataset_check(nbl_dataset *d, const nbl_host_tensor *x, const nbl_host_tensor *y,
+                             int64_t classes);
+
+/* Gather the samples idx[0..n) into x and y: caller memory (x->data with
+ * x->nbytes bytes, y->data with y->nbytes); dtype, rank and dims are set
+ * (the sample shape of nbl_dataset_check, or the file's). */
+nbl_status nbl_dataset_batch(const nbl_dataset *d, const int64_t *idx, int64_t n,
+                             nbl_host_tensor *x, nbl_host_tensor *y);
+
+/* The order of the samples in epoch `epoch`: a permutation of 0..n-1 that
+ * depends only on (seed, epoch, n) (a counter-based generator), so a resumed
+ * run sees the same order. */
+void nbl_data_order(uint64_t seed, int64_t epoch, int64_t n, int64_t *perm);
 
 #ifdef __cplusplus
 }

@@ -177,7 +177,12 @@ nbl_status nbl_model_print_info(const nbl_model *m, FILE *out) {
               (long long)a.numel[d], (long long)a.n_init[d], (long long)a.bytes[d]);
   if (m->n_functions) fprintf(out, "functions:   %d\n", m->n_functions);
   if (m->n_training) fprintf(out, "training_info: %d\n", m->n_training);
+  for (int i = 0; i < m->n_metadata; i++) /* e.g. a training checkpoint's progress */
+    fprintf(out, "%s %s = %s\n", i ? "            " : "metadata:   ",
+            m->metadata[i].key ? m->metadata[i].key : "", m->metadata[i].value ? m->metadata[i].value : "");
   free(a.ops);
   if (ferror(out)) return nbl_errorf(NBL_ERR_IO, "%s: write error", nbl_model_label(m));
   return NBL_OK;
 }
+
+int nbl_model_training_count(const nbl_model *m) { return m ? m->n_training : 0; }

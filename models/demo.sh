@@ -32,3 +32,28 @@ logits, labels = np.load(sys.argv[1]), np.load(sys.argv[2])
 print("top-1 accuracy: %d/%d correct" % ((logits.argmax(1) == labels).sum(), len(labels)))
 PY
 done
+
+# Training (issue 15): fine-tune the shipped LeNet-5 for one epoch on Fashion-MNIST with
+# the training graph that build-training makes (progress bar on a terminal), then draw
+# the loss curve from the metrics CSV next to the dumps.
+echo
+if "$NIBBLE" passes | grep -q '^build-training' && [ -d /usr/share/datasets/fashion-mnist ]; then
+  echo "== nibble train $(basename "$MODEL") --data fashion-mnist --epochs 1 (dumps in $OUT/train-dump)"
+  "$NIBBLE" train "$MODEL" --data fashion-mnist --epochs 1 --optimizer momentum --lr 0.01 \
+    --metrics "$OUT/train.csv" --log-every 20 --checkpoint "$OUT/lenet5.ckpt" \
+    --export "$OUT/lenet5.trained.onnx" --dump-dir "$OUT/train-dump"
+  if command -v gnuplot >/dev/null; then
+    gnuplot <<GP
+set terminal pngcairo size 800,480
+set output "$OUT/loss.png"
+set datafile separator ","
+set xlabel "update"
+set ylabel "training loss (mean over 20 updates)"
+set title "nibble train: LeNet-5 on Fashion-MNIST, 1 epoch"
+plot "< grep '^step' $OUT/train.csv" using 4:6 with lines title "loss"
+GP
+    echo "loss curve: $OUT/loss.png"
+  fi
+else
+  echo "== nibble train: skipped (no build-training pass in this build, or Fashion-MNIST not installed)"
+fi

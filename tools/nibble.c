@@ -19,6 +19,7 @@ static const struct {
     {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},
     {"diff", nbl_cmd_diff, "A.onnx B.onnx: nodes, attributes, values, types and weights that differ"},
     {"compare", nbl_cmd_compare, "A.onnx B.onnx [--input NAME=FILE]... [--format text|csv]: error of B vs A"},
+    {"train", nbl_cmd_train, "MODEL --data SPEC [--epochs E] [--batch B] [--lr LR] ...: train on a dataset"},
 };
 
 static void usage(FILE *f) {

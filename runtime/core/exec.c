@@ -627,6 +627,10 @@ void nbl_engine_reset_profile(nbl_engine *e) {
   e->prof_runs = 0;
 }
 
+int nbl_engine_n_feeds(const nbl_engine *e) { return e->n_feeds; }
+nbl_id nbl_engine_feed_value(const nbl_engine *e, int i) { return e->feeds[i]; }
+const nbl_graph *nbl_engine_graph(const nbl_engine *e) { return e->g; }
+
 void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st) {
   *st = e->stats;
   st->arena_bytes = e->arena_bytes;

@@ -47,6 +47,12 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
                              const nbl_engine_options *opt, nbl_engine **out);
 void nbl_engine_free(nbl_engine *e);
 
+/* Graph inputs that are not initializers ("feeds"), in graph order. */
+int nbl_engine_n_feeds(const nbl_engine *e);
+nbl_id nbl_engine_feed_value(const nbl_engine *e, int i);
+/* The graph the engine runs. */
+const nbl_graph *nbl_engine_graph(const nbl_engine *e);
+
 /* Bind graph input `name` to a view of caller memory (not copied, must stay
  * valid through the next nbl_engine_run). Initializer-backed inputs may be
  * bound too (overrides the default for the following runs until unbound by

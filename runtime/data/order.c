@@ -1,0 +1,31 @@
+/*
+ * order.c - the order of the samples in an epoch (nbl_data_order of nibble.h).
+ *
+ * A Fisher-Yates shuffle whose random numbers come from a counter-based
+ * generator: draw i of epoch e is a hash (three splitmix64 finalizer rounds)
+ * of (seed, e, i), so the permutation depends on nothing but (seed, epoch, n)
+ * and a resumed run recomputes the order of its epoch exactly, without any
+ * generator state to save.
+ */
+#include "nibble.h"
+
+static uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void nbl_data_order(uint64_t seed, int64_t epoch, int64_t n, int64_t *perm) {
+  if (!perm || n <= 0) return;
+  for (int64_t i = 0; i < n; i++) perm[i] = i;
+  uint64_t key = mix(mix(seed) ^ (uint64_t)epoch);
+  for (int64_t i = n - 1; i > 0; i--) {
+    uint64_t r = mix(key ^ mix((uint64_t)i));
+    /* j uniform in [0, i]: the high half of r * (i + 1) (bias below 2^-40 for any n < 2^24) */
+    int64_t j = (int64_t)(((unsigned __int128)r * (uint64_t)(i + 1)) >> 64);
+    int64_t t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""check_bad_train.py - bad input to `nibble train`.
+
+Each case must exit with status 2 and a message naming what is at fault on
+its first line (usage may follow), and must leave a good checkpoint given with --checkpoint (and, where it
+applies, --resume) byte-identical with the same modification time: labels of
+the wrong type or out of range, samples of the wrong size, a missing dataset
+(naming the Debian package for Fashion-MNIST), truncated, foreign and missing
+checkpoints, a resume with other settings, an inference model while there is
+no build-training pass, bad options.
+Exit 0 pass, 1 fail, 77 skip (no numpy).
+"""
+import os
+import sys
+
+try:
+    import numpy as np
+    import common
+except ImportError as e:
+    print("check_bad_train: %s: skipped" % e)
+    sys.exit(77)
+
+
+def main():
+    tmp = common.tmpdir("nbl_bad_train_")
+    model = os.path.join(tmp, "mlp.onnx")
+    common.make_model(model, "--input", "1x4x4", "--hidden", 8, "--classes", 3)
+    good = os.path.join(tmp, "good")
+    x, y = common.make_npy_data(good, 60, (1, 4, 4), 3, n_test=20)
+    ckpt = os.path.join(tmp, "good.ckpt")
+    base = ["train", model, "--batch", 16, "--threads", 1]
+    r = common.run(base + ["--data", "npy:" + good, "--checkpoint", ckpt, "--export", os.path.join(tmp, "inf.onnx")])
+    if r.returncode != 0:
+        print("the good run failed: %s" % r.stderr)
+        return 1
+    ck_bytes = open(ckpt, "rb").read()
+
+    def folder(name, xx, yy):
+        d = os.path.join(tmp, name)
+        os.makedirs(d, exist_ok=True)
+        np.save(os.path.join(d, "x.npy"), xx)
+        np.save(os.path.join(d, "y.npy"), yy)
+        return "npy:" + d
+
+    trunc = os.path.join(tmp, "trunc.ckpt")
+    open(trunc, "wb").write(ck_bytes[: len(ck_bytes) // 2])
+    noise = os.path.join(tmp, "noise.ckpt")
+    open(noise, "wb").write(b"\x08\x07garbage" * 50)
+    other = os.path.join(tmp, "other.onnx")
+    common.make_model(other, "--input", "1x4x4", "--hidden", 9, "--classes", 3)
+    other_ck = os.path.join(tmp, "other.ckpt")
+    r = common.run(["train", other, "--data", "npy:" + good, "--batch", 16, "--checkpoint", other_ck])
+    if r.returncode != 0:
+        print("the other run failed: %s" % r.stderr)
+        return 1
+    has_build_training = "build-training" in common.run(["passes"]).stdout
+    cases = [
+        ("labels of type float32", ["--data", folder("yfloat", x, y.astype(np.float32))],
+         "labels are float, the model's label 'label' takes int64"),
+        ("labels of type int32", ["--data", folder("yint32", x, y.astype(np.int32))], "labels are int32"),
+        ("a label out of range", ["--data", folder("yrange", x, np.where(np.arange(60) == 17, 3, y))],
+         "label 3 of sample 17 is outside [0, 3) (the model has 3 classes)"),
+        ("a negative label", ["--data", folder("yneg", x, np.where(np.arange(60) == 5, -1, y))],
+         "label -1 of sample 5"),
+        ("samples of the wrong size", ["--data", folder("xsize", np.zeros((60, 1, 5, 5), np.float32), y)],
+         "samples are 1x5x5 (25 values), the model's input 'input' takes Nx1x4x4"),
+        ("samples of type float64", ["--data", folder("xf64", x.astype(np.float64), y)], "samples are double"),
+        ("as many labels as samples", ["--data", folder("ylen", x, y[:50])], "50 labels for 60 samples"),
+        ("a missing Fashion-MNIST folder", ["--data", "fashion-mnist:" + os.path.join(tmp, "nope")],
+         "dataset-fashion-mnist"),
+        ("a missing npy folder", ["--data", "npy:" + os.path.join(tmp, "nope")], "no such folder"),
+        ("an unknown dataset kind", ["--data", "mnist"], "expected fashion-mnist, fashion-mnist:DIR or npy:DIR"),
+        ("a truncated checkpoint", ["--data", "npy:" + good, "--resume", trunc], "trunc.ckpt"),
+        ("random bytes as a checkpoint", ["--data", "npy:" + good, "--resume", noise], "noise.ckpt"),
+        ("an inference model as a checkpoint", ["--data", "npy:" + good, "--resume", os.path.join(tmp, "inf.onnx")],
+         "not a nibble training checkpoint"),
+        ("a checkpoint of another model", ["--data", "npy:" + good, "--resume", other_ck], "'W1' differs"),
+        ("a missing checkpoint", ["--data", "npy:" + good, "--resume", os.path.join(tmp, "none.ckpt")],
+         "cannot open"),
+        ("a resume with another batch size", ["--data", "npy:" + good, "--resume", ckpt, "--batch", "8"],
+         "was trained with --batch 16"),
+        ("a resume with another seed", ["--data", "npy:" + good, "--resume", ckpt, "--seed", "4"],
+         "was trained with --seed 0"),
+        ("a bad schedule", ["--data", "npy:" + good, "--schedule", "cosine:x"], "schedule 'cosine:x'"),
+        ("--optimizer with a training model", ["--data", "npy:" + good, "--optimizer", "adam"],
+         "already a training model"),
+        ("an unknown optimizer", ["--data", "npy:" + good, "--optimizer", "lion"], "--optimizer must be"),
+        ("a zero batch", ["--data", "npy:" + good, "--batch", "0"], "--batch must be an integer >= 1"),
+        ("no batch with --last-batch drop", ["--data", "npy:" + good, "--batch", "100", "--last-batch", "drop"],
+         "make no batch of 100"),
+        ("an unknown option", ["--data", "npy:" + good, "--frobnicate"], "unknown option"),
+        ("--label naming no input", ["--data", "npy:" + good, "--label", "target"], "(give --label NAME)"),
+    ]
+    if not has_build_training:
+        cases.append(("an inference model without build-training", ["--data", "npy:" + good, "@inference"],
+                      "has no build-training pass"))
+    failures = 0
+    st0 = os.stat(ckpt)
+    for what, args, expect in cases:
+        argv = list(base)
+        if "@inference" in args:
+            args = [a for a in args if a != "@inference"]
+            argv[1] = os.path.join(tmp, "inf.onnx")
+        argv += args
+        if "--resume" not in args or args[args.index("--resume") + 1] != ckpt:
+            argv += ["--checkpoint", ckpt]
+        r = common.run(argv)
+        last = r.stderr.strip().splitlines()[0] if r.stderr.strip() else ""
+        ok = r.returncode == 2 and expect in last and last.startswith("nibble")
+        st = os.stat(ckpt)
+        same = open(ckpt, "rb").read() == ck_bytes and st.st_mtime_ns == st0.st_mtime_ns
+        if not ok or not same:
+            failures += 1
+            print("FAIL %s: exit %d, stderr %r%s" % (what, r.returncode, r.stderr.strip(),
+                                                     "" if same else "; the good checkpoint changed"))
+        else:
+            print("ok   %s: %s" % (what, last))
+    print("%d of %d cases failed" % (failures, len(cases)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(common.cleanup(main()))

@@ -1,0 +1,90 @@
+"""common.py - shared pieces of the command-line training tests (tests/train/).
+
+Paths of the nibble binary and of make_train_model (the hand-built MLP training
+model of mlp_train.h written to a file), a small classification dataset as an
+npy folder, and nibble's data order (nbl_data_order, runtime/data/order.c)
+transcribed, for the PyTorch comparison.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+BUILD = os.environ.get("NBL_BUILD_ROOT", os.path.join(ROOT, "build"))
+NIBBLE = os.environ.get("NIBBLE") or os.path.join(BUILD, "tools", "nibble")
+MAKE_MODEL = os.path.join(BUILD, "tests", "make_train_model")
+
+
+def make_model(path, *args):
+    """Write the hand-built training model (make_train_model options)."""
+    subprocess.run([MAKE_MODEL, path] + [str(a) for a in args], check=True)
+
+
+def make_npy_data(d, n, shape, classes, n_test=0, seed=0):
+    """x.npy float32 [n, *shape] and y.npy int64 [n] in folder d, labels a
+    fixed random linear rule of x (learnable); optional test split."""
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((int(np.prod(shape)), classes)).astype(np.float32)
+
+    def split(m):
+        x = rng.standard_normal((m,) + tuple(shape)).astype(np.float32)
+        y = np.argmax(x.reshape(m, -1) @ w, axis=1).astype(np.int64)
+        return x, y
+
+    x, y = split(n)
+    np.save(os.path.join(d, "x.npy"), x)
+    np.save(os.path.join(d, "y.npy"), y)
+    if n_test:
+        xt, yt = split(n_test)
+        np.save(os.path.join(d, "x_test.npy"), xt)
+        np.save(os.path.join(d, "y_test.npy"), yt)
+    return x, y
+
+
+M64 = (1 << 64) - 1
+
+
+def _mix(z):
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def data_order(seed, epoch, n):
+    """nbl_data_order(seed, epoch, n): Fisher-Yates with counter-based draws."""
+    perm = list(range(n))
+    key = _mix(_mix(seed) ^ (epoch & M64))
+    for i in range(n - 1, 0, -1):
+        r = _mix(key ^ _mix(i))
+        j = (r * (i + 1)) >> 64
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def run(args, **kw):
+    return subprocess.run([NIBBLE] + [str(a) for a in args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, **kw)
+
+
+_tmpdirs = []
+
+
+def tmpdir(prefix):
+    """A new temporary folder, removed by cleanup() (kept when NBL_KEEP_TMP is set)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
+def cleanup(rc):
+    for d in _tmpdirs:
+        if os.environ.get("NBL_KEEP_TMP"):
+            print("kept " + d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return rc
