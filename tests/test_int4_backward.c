@@ -100,6 +100,9 @@ static void fill_grad(tens *t) {
   }
 }
 
+/* in the code tests (loop tests over the variants): the variant of this run */
+#define ISA ((nbl_i4b_isa)_i)
+
 static nbl_i4b_isa g_isas[3];
 static int n_isas(void) {
   int n = 0;
@@ -120,12 +123,13 @@ START_TEST(test_codes_pow2) {
             {4, 2, NBL_LOG_NEAREST, 0}};
   for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
     nbl_log_config cfg = log_cfg(cs[c].radix, cs[c].eb, cs[c].r, cs[c].phase);
-    tens x = t_new(NBL_DT_FLOAT, DIMS(4000));
+    tens x = t_new(NBL_DT_FLOAT, DIMS(4003)); /* vector tails too */
     fill_grad(&x);
-    int16_t *want = malloc(sizeof(int16_t) * 4000), *q = malloc(sizeof(int16_t) * 4000);
+    int16_t *want = malloc(sizeof(int16_t) * 4003), *q = malloc(sizeof(int16_t) * 4003);
+    for (int i = 0; i < 20; i++) ((float *)x.data)[i] = 0.0f; /* leading zeros */
     float unit = log_tensor(&x, &cfg, want);
     nbl_i4b_grid g;
-    ck_assert_int_eq(nbl_i4b_codes_pow2(x.data, x.n, q, &g), 0);
+    ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, x.data, x.n, q, &g), 0);
     int smallest = 0;
     for (int64_t i = 0; i < x.n; i++) {
       ck_assert(((float *)x.data)[i] == g.unit * (float)q[i]); /* exact */
@@ -149,24 +153,35 @@ START_TEST(test_codes_pow2) {
   fill_grad(&x);
   log_tensor(&x, &c10, NULL);
   nbl_i4b_grid g;
-  ck_assert_int_eq(nbl_i4b_codes_pow2(x.data, x.n, NULL, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, x.data, x.n, NULL, &g), -1);
   t_free(&x);
   /* hand cases */
   float ok[] = {0.0f, -0.0f, 0.75f, -3.0f, 0.1875f * 4, 48.0f}; /* 0.75 * 2^{0,2,0,6} */
   int16_t q[8];
-  ck_assert_int_eq(nbl_i4b_codes_pow2(ok, 6, q, &g), 0);
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, ok, 6, q, &g), 0);
   ck_assert(g.unit == 0.75f && g.maxabs == 64);
   ck_assert(q[0] == 0 && q[1] == 0 && q[2] == 1 && q[3] == -4 && q[4] == 1 && q[5] == 64);
   float zeros[3] = {0.0f, -0.0f, 0.0f};
-  ck_assert_int_eq(nbl_i4b_codes_pow2(zeros, 3, q, &g), 0);
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, zeros, 3, q, &g), 0);
   ck_assert(g.unit == 1.0f && g.maxabs == 0 && q[0] == 0 && q[1] == 0);
   float span[2] = {1.0f, 32768.0f}; /* 2^15: beyond int16's safe range */
-  ck_assert_int_eq(nbl_i4b_codes_pow2(span, 2, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, span, 2, q, &g), -1);
   span[1] = 16384.0f;
-  ck_assert_int_eq(nbl_i4b_codes_pow2(span, 2, q, &g), 0);
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, span, 2, q, &g), 0);
   ck_assert_int_eq(g.maxabs, 16384);
   float bad[4][2] = {{1.0f, NAN}, {1.0f, INFINITY}, {1.0f, 1e-40f}, {1.0f, 3.0f}};
-  for (int i = 0; i < 4; i++) ck_assert_int_eq(nbl_i4b_codes_pow2(bad[i], 2, q, &g), -1);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, bad[i], 2, q, &g), -1);
+  /* the same inside a vector block, and in a tail */
+  float v[40];
+  int16_t q40[40];
+  for (int pos = 0; pos < 40; pos += 13)
+    for (int i = 0; i < 4; i++) {
+      for (int k = 0; k < 40; k++) v[k] = k % 3 ? -0.5f : 2.0f;
+      ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, v, 40, q40, &g), 0);
+      ck_assert(g.unit == 0.5f && g.maxabs == 4 && q40[0] == 4 && q40[1] == -1);
+      v[pos] = bad[i][1];
+      ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, v, 40, q40, &g), -1);
+    }
 }
 END_TEST
 
@@ -177,11 +192,11 @@ START_TEST(test_codes_linear) {
   } cs[] = {{4, 0, NBL_Q4_SCALE_MAX}, {4, 1, NBL_Q4_SCALE_MAX}, {4, 0, NBL_Q4_SCALE_SAWB},
             {8, 0, NBL_Q4_SCALE_MAX}, {8, 1, NBL_Q4_SCALE_MAX}, {4, 0, NBL_Q4_SCALE_PACT}};
   for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-    tens x = t_rand(NBL_DT_FLOAT, -1.5, 3, DIMS(3000));
-    int16_t *want = malloc(sizeof(int16_t) * 3000), *q = malloc(sizeof(int16_t) * 3000);
+    tens x = t_rand(NBL_DT_FLOAT, -1.5, 3, DIMS(3001));
+    int16_t *want = malloc(sizeof(int16_t) * 3001), *q = malloc(sizeof(int16_t) * 3001);
     float s = q4_tensor(&x, cs[c].bits, cs[c].affine, cs[c].src, want);
     nbl_i4b_grid g;
-    ck_assert_int_eq(nbl_i4b_codes_linear(x.data, x.n, s, q, &g), 0);
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s, q, &g), 0);
     int mx = 0;
     for (int64_t i = 0; i < x.n; i++) {
       ck_assert_int_eq(q[i], want[i]);
@@ -193,9 +208,9 @@ START_TEST(test_codes_linear) {
     /* one value off the grid, or the wrong scale */
     float *v = x.data, keep = v[17];
     v[17] = nextafterf(v[17] == 0 ? s : v[17], INFINITY);
-    ck_assert_int_eq(nbl_i4b_codes_linear(x.data, x.n, s, q, &g), -1);
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s, q, &g), -1);
     v[17] = keep;
-    ck_assert_int_eq(nbl_i4b_codes_linear(x.data, x.n, s * 1.5f, q, &g), -1);
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s * 1.5f, q, &g), -1);
     free(want);
     free(q);
     t_free(&x);
@@ -203,11 +218,22 @@ START_TEST(test_codes_linear) {
   float v[2] = {1.0f, NAN};
   int16_t q[2];
   nbl_i4b_grid g;
-  ck_assert_int_eq(nbl_i4b_codes_linear(v, 2, 0.5f, q, &g), -1);
-  ck_assert_int_eq(nbl_i4b_codes_linear(v, 1, 0.0f, q, &g), -1);
-  ck_assert_int_eq(nbl_i4b_codes_linear(v, 1, NAN, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 2, 0.5f, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 1, 0.0f, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 1, NAN, q, &g), -1);
   float big[1] = {16385.0f};
-  ck_assert_int_eq(nbl_i4b_codes_linear(big, 1, 1.0f, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, big, 1, 1.0f, q, &g), -1);
+  float w[40];
+  int16_t q40[40];
+  const float bads[4] = {NAN, INFINITY, 16385.0f * 0.25f, 0.3f};
+  for (int pos = 0; pos < 40; pos += 13)
+    for (int i = 0; i < 4; i++) {
+      for (int k = 0; k < 40; k++) w[k] = 0.25f * (float)(k - 20);
+      ck_assert_int_eq(nbl_i4b_codes_linear(ISA, w, 40, 0.25f, q40, &g), 0);
+      ck_assert(g.maxabs == 20 && q40[0] == -20 && q40[39] == 19);
+      w[pos] = bads[i];
+      ck_assert_int_eq(nbl_i4b_codes_linear(ISA, w, 40, 0.25f, q40, &g), -1);
+    }
   ck_assert_int_eq(nbl_i4b_kchunk(4096, 8), 65534);
   ck_assert_int_eq(nbl_i4b_kchunk(16384, 16384), 6);
   ck_assert_int_eq(nbl_i4b_kchunk(0, 0), 2147483646);
@@ -248,21 +274,21 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
     memset(c64, 0, sizeof(int64_t) * (size_t)(M * N));
     nbl_i4b_sink add = {.kind = NBL_I4B_ADD64, .c = c64, .ldc = N};
     /* two row ranges, as threads split them */
-    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M / 2, &B, kchunk, &add);
-    nbl_i4b_gemm(g_isas[v], Ap, Kp, M / 2, M, &B, kchunk, &add);
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M / 2, 0, N, &B, kchunk, &add);
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, M / 2, M, 0, N, &B, kchunk, &add);
     for (int64_t i = 0; i < M * N; i++)
       ck_assert_msg(c64[i] == ref[i], "gemm %lldx%lldx%lld path %d %s: [%lld] %lld != %lld", (long long)M,
                     (long long)N, (long long)K, bpath, nbl_i4b_isa_name(g_isas[v]), (long long)i,
                     (long long)c64[i], (long long)ref[i]);
     if (fits32) {
       nbl_i4b_sink st = {.kind = NBL_I4B_STORE32, .c = c32, .ldc = N};
-      nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, &B, kchunk, &st);
+      nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &st);
       for (int64_t i = 0; i < M * N; i++) ck_assert_int_eq(c32[i], ref[i]);
     }
     nbl_i4b_sink sf = {.kind = NBL_I4B_SCALE_F32, .c = cf, .ldc = N, .scale = scale};
-    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, &B, kchunk, &sf);
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &sf);
     nbl_i4b_sink tf = {.kind = NBL_I4B_SCALE_F32, .c = ct, .ldc = M, .trans = 1, .scale = scale};
-    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, &B, kchunk, &tf);
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &tf);
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) {
         float want = (float)((double)ref[m * N + n] * scale);
@@ -507,6 +533,12 @@ static const ccase conv_cases[] = {
      SP2(0, 0), 4, 4, 4, 3},
     {"tile edges: 33 channels, 45 rows", 2, 1, 5, 33, 1, SP2(6, 6), SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1),
      SP2(1, 1), 4, 4, 4, 3},
+    {"stride 1, pads 1 (ResNet block): dX as a convolution of dY", 2, 2, 16, 16, 1, SP2(10, 10), SP2(3, 3),
+     SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"stride 1, asymmetric pads, dilation 2, 8-bit weights", 2, 3, 7, 5, 1, SP2(9, 8), SP2(3, 2), SP2(1, 1),
+     SP2(2, 1), SP2(2, 0), SP2(1, 1), 4, 8, 4, 3},
+    {"pads past the kernel's extent", 2, 1, 3, 4, 1, SP2(5, 5), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(3, 3),
+     SP2(3, 3), 4, 4, 4, 3},
     {"1-D", 1, 2, 3, 5, 1, {17}, {4}, {3}, {1}, {2}, {1}, 4, 4, 4, 3},
     {"3-D", 3, 1, 2, 3, 1, {5, 4, 6}, {2, 3, 2}, {1, 2, 1}, {1, 1, 1}, {1, 1, 0}, {0, 1, 1}, 4, 4, 4, 3},
     {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
@@ -715,8 +747,8 @@ END_TEST
 int main(void) {
   Suite *s = suite_create("int4_backward");
   TCase *tc = tcase_create("codes");
-  tcase_add_test(tc, test_codes_pow2);
-  tcase_add_test(tc, test_codes_linear);
+  tcase_add_loop_test(tc, test_codes_pow2, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_loop_test(tc, test_codes_linear, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   suite_add_tcase(s, tc);
   tc = tcase_create("gemm");
   tcase_add_test(tc, test_gemm_exact);

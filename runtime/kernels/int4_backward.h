@@ -65,14 +65,16 @@ typedef struct nbl_i4b_grid {
  * non-zero elements share one float mantissa, none subnormal, none NaN or
  * Inf). Writes the codes +-2^e to q (NULL: check only) and the grid (an
  * all-zero x: unit 1, maxabs 0). Returns 0, or -1 when x is not on such a
- * grid (q then partly written). */
-int nbl_i4b_codes_pow2(const float *x, int64_t n, int16_t *q, nbl_i4b_grid *g);
+ * grid (q then partly written). Vectorized per isa; every variant gives
+ * the same result. */
+int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, nbl_i4b_grid *g);
 
 /* Linear codes (QuantizeInt4 outputs): every x[i] must equal the float
  * product scale * (float)c for an integer |c| <= NBL_I4B_MAX_CODE (c =
  * rint(x / scale), checked by multiplying back). scale must be finite and
  * > 0. Writes c to q and the grid (unit = scale). Returns 0 or -1. */
-int nbl_i4b_codes_linear(const float *x, int64_t n, float scale, int16_t *q, nbl_i4b_grid *g);
+int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale, int16_t *q,
+                         nbl_i4b_grid *g);
 
 /* The longest even k such that k * maxa * maxb <= INT32_MAX (so an int32
  * sum of k products never overflows), at least 2; maxa, maxb in
@@ -123,11 +125,12 @@ typedef struct nbl_i4b_sink {
   double scale; /* NBL_I4B_SCALE_F32 */
 } nbl_i4b_sink;
 
-/* Rows [m0, m1) of C = A * B (A: rows of lda >= B->Kp codes; B packed),
- * every sum exact: int32 over chunks of kchunk k (even, from
- * nbl_i4b_kchunk of the operands' maxabs), chunks added in int64. Writes
- * columns [0, B->N) of those rows to the sink. */
-void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1,
+/* Rows [m0, m1) x columns [n0, n1) of C = A * B (A: rows of lda >= B->Kp
+ * codes; B packed; n0 a multiple of NBL_I4B_NR, n1 clamped to B->N), every
+ * sum exact: int32 over chunks of kchunk k (even, from nbl_i4b_kchunk of
+ * the operands' maxabs), chunks added in int64, written to the sink. The
+ * ranges let threads split the rows or the columns. */
+void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                   const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
 
 /* ------------------------------------------------------------------ the backward products

@@ -12,6 +12,13 @@
 
 #include "runtime/kernels/int4_backward.h"
 
+#if defined(__x86_64__)
+#define I4B_X86 1
+#include <immintrin.h>
+#else
+#define I4B_X86 0
+#endif
+
 #define CHUNK_COLS 4096      /* pixels per chunk, as the float path */
 #define CHUNK_CODES (1 << 23) /* col budget per chunk: 16 MB of int16 */
 
@@ -40,11 +47,95 @@ static int64_t *tap_table(const nbl_conv_geom *g) {
   return t;
 }
 
+/* One tap's plane of im2col, OH rows of OW codes at d: row oh is input row
+ * ih = ih0 + oh * sh of plane (H rows of Wd codes; 0 outside), read at
+ * columns ow * sw + off for ow in [ow0, ow1), 0 elsewhere. */
+typedef struct tap_plane {
+  int64_t OH, OW, ih0, sh, H, Wd, off, sw, ow0, ow1;
+} tap_plane;
+
+static void plane_c(int16_t *restrict d, const int16_t *restrict plane, const tap_plane *t) {
+  for (int64_t oh = 0; oh < t->OH; oh++, d += t->OW) {
+    const int64_t ih = t->ih0 + oh * t->sh;
+    if (ih < 0 || ih >= t->H) {
+      for (int64_t ow = 0; ow < t->OW; ow++) d[ow] = 0;
+      continue;
+    }
+    const int16_t *row = plane + ih * t->Wd + t->off;
+    for (int64_t ow = 0; ow < t->ow0; ow++) d[ow] = 0;
+    for (int64_t ow = t->ow0; ow < t->ow1; ow++) d[ow] = row[ow * t->sw];
+    for (int64_t ow = t->ow1; ow < t->OW; ow++) d[ow] = 0;
+  }
+}
+
+#if I4B_X86
+/* AVX-512, strides 1 and 2 (others in C): rows of up to 32 outputs from
+ * one masked load (two and a vpermt2w for stride 2; lanes outside [ow0,
+ * ow1) are neither read nor kept), longer rows in blocks of 32. */
+__attribute__((target("avx512f,avx512bw,avx512vl,bmi2"))) static void plane_512(int16_t *d, const int16_t *plane,
+                                                                                const tap_plane *t) {
+  if (t->sw > 2) {
+    plane_c(d, plane, t);
+    return;
+  }
+  static const int16_t even[32] __attribute__((aligned(64))) = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                                               22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+                                                               44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+  const __m512i ev = _mm512_load_si512(even), z = _mm512_setzero_si512();
+  for (int64_t o = 0; o < t->OW; o += 32) {
+    const int64_t lo = t->ow0 > o ? t->ow0 - o : 0, hi = t->ow1 < o + 32 ? t->ow1 - o : 32; /* valid lanes */
+    const uint32_t keep =
+        hi > lo ? (uint32_t)(((uint64_t)1 << hi) - 1) & ~(uint32_t)(((uint64_t)1 << lo) - 1) : 0;
+    const __mmask32 st = (__mmask32)(t->OW - o >= 32 ? 0xffffffffu : ((uint32_t)1 << (t->OW - o)) - 1);
+    const uint64_t in2 = _pdep_u64(keep, 0x5555555555555555ull); /* stride 2: input lane 2i for output i */
+    int16_t *dd = d + o;
+    for (int64_t oh = 0; oh < t->OH; oh++, dd += t->OW) {
+      const int64_t ih = t->ih0 + oh * t->sh;
+      __m512i v = z;
+      if (ih >= 0 && ih < t->H) {
+        const int16_t *row = plane + ih * t->Wd + t->off;
+        if (t->sw == 1) {
+          v = _mm512_maskz_loadu_epi16((__mmask32)keep, row + o);
+        } else {
+          __m512i a = _mm512_maskz_loadu_epi16((__mmask32)in2, row + 2 * o);
+          __m512i b = _mm512_maskz_loadu_epi16((__mmask32)(in2 >> 32), row + 2 * o + 32);
+          v = _mm512_permutex2var_epi16(a, ev, b);
+        }
+      }
+      _mm512_mask_storeu_epi16(dd, st, v);
+    }
+  }
+}
+
+/* sum of n int16 codes (exact: int32 lanes over at most 2^16 elements, then int64) */
+__attribute__((target("avx512f,avx512bw"))) static int64_t sum_512(const int16_t *p, int64_t n) {
+  int64_t s = 0, i = 0;
+  while (i + 32 <= n) {
+    __m512i acc = _mm512_setzero_si512();
+    const int64_t end = i + 65536 < n ? i + 65536 : n;
+    for (; i + 32 <= end; i += 32)
+      acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_loadu_si512(p + i), _mm512_set1_epi16(1)));
+    s += _mm512_reduce_add_epi32(acc);
+  }
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+#endif
+
+static int64_t sum_i16(nbl_i4b_isa isa, const int16_t *p, int64_t n) {
+#if I4B_X86
+  if (isa == NBL_I4B_AVX512) return sum_512(p, n);
+#endif
+  int64_t s = 0;
+  for (int64_t i = 0; i < n; i++) s += p[i];
+  return s;
+}
+
 /* Columns [0, out_sz) of rows [Cg * k_sz] (stride ld) of col: the
  * im2col of one image's group x [Cg, in...]. tap: tap_table (NULL for 2-D,
  * which walks rows). */
-static void im2col_i16(const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int16_t *col, int64_t ld,
-                       const int64_t *tap) {
+static void im2col_i16(nbl_i4b_isa isa, const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int16_t *col,
+                       int64_t ld, const int64_t *tap) {
   if (tap) {
     for (int64_t ch = 0; ch < Cg; ch++)
       for (int64_t ki = 0; ki < g->k_sz; ki++) {
@@ -67,28 +158,22 @@ static void im2col_i16(const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int
         int64_t off = kw * dw - g->pb[1], ow0 = 0, ow1 = OW;
         while (ow0 < OW && ow0 * sw + off < 0) ow0++;
         while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;
-        for (int64_t oh = 0; oh < OH; oh++) {
-          int16_t *d = dst + oh * OW;
-          int64_t ih = oh * sh - g->pb[0] + kh * dh;
-          if (ih < 0 || ih >= H) {
-            memset(d, 0, sizeof(int16_t) * (size_t)OW);
-            continue;
-          }
-          const int16_t *row = plane + ih * Wd;
-          for (int64_t ow = 0; ow < ow0; ow++) d[ow] = 0;
-          if (sw == 1) memcpy(d + ow0, row + ow0 + off, sizeof(int16_t) * (size_t)(ow1 - ow0));
-          else
-            for (int64_t ow = ow0; ow < ow1; ow++) d[ow] = row[ow * sw + off];
-          for (int64_t ow = ow1; ow < OW; ow++) d[ow] = 0;
+        const tap_plane t = {OH, OW, kh * dh - g->pb[0], sh, H, Wd, off, sw, ow0, ow1};
+#if I4B_X86
+        if (isa == NBL_I4B_AVX512) {
+          plane_512(dst, plane, &t);
+          continue;
         }
+#endif
+        plane_c(dst, plane, &t);
       }
 }
 
 /* col2im: add columns [0, out_sz) of col rows (stride ld) into acc [Cg, in...];
  * CT the column type, AT the accumulator type. */
 #define DEF_COL2IM(NAME, CT, AT)                                                                   \
-  static void NAME(const nbl_conv_geom *g, int64_t Cg, const CT *col, int64_t ld, AT *acc,        \
-                   const int64_t *tap) {                                                           \
+  static void NAME(const nbl_conv_geom *g, int64_t Cg, const CT *restrict col, int64_t ld,        \
+                   AT *restrict acc, const int64_t *tap) {                                         \
     if (tap) {                                                                                     \
       for (int64_t ch = 0; ch < Cg; ch++)                                                          \
         for (int64_t ki = 0; ki < g->k_sz; ki++) {                                                 \
@@ -115,83 +200,24 @@ static void im2col_i16(const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int
           for (int64_t oh = 0; oh < OH; oh++) {                                                    \
             int64_t ih = oh * sh - g->pb[0] + kh * dh;                                             \
             if (ih < 0 || ih >= H) continue;                                                       \
-            AT *row = plane + ih * Wd;                                                             \
-            const CT *s = src + oh * OW;                                                           \
+            AT *restrict row = plane + ih * Wd + off;                                              \
+            const CT *restrict s = src + oh * OW;                                                  \
             if (sw == 1)                                                                           \
-              for (int64_t ow = ow0; ow < ow1; ow++) row[ow + off] += s[ow];                       \
+              for (int64_t ow = ow0; ow < ow1; ow++) row[ow] += s[ow];                             \
             else                                                                                   \
-              for (int64_t ow = ow0; ow < ow1; ow++) row[ow * sw + off] += s[ow];                  \
+              for (int64_t ow = ow0; ow < ow1; ow++) row[ow * sw] += s[ow];                        \
           }                                                                                        \
         }                                                                                          \
   }
 DEF_COL2IM(col2im_32, int32_t, int32_t)
 DEF_COL2IM(col2im_64, int64_t, int64_t)
 
-/* ------------------------------------------------------------------ ConvGrad */
-
-typedef struct cg_job {
-  const nbl_conv_geom *g;
-  nbl_i4b_isa isa;
-  int64_t Cg, Mg, K, L, Lp, n0, gr;
-  const int64_t *tap;
-  const int16_t *x;
-  int16_t *col;               /* dW: [K][Lp] */
-  const int16_t *wt;          /* dX: W_g^T [K][Mgp] */
-  int64_t Mgp;
-  const nbl_i4b_panels *B;
-  int64_t kchunk;
-  nbl_i4b_sink sink;
-  void *colx;                 /* dX: [K][L] int32 or int64 */
-  int wide;                   /* dX sums in int64 */
-  void *acc;                  /* dX: [nb][Cg * in_sz] int32 or int64 */
-  const nbl_i4b_conv_out *out;
-} cg_job;
-
-/* Images [b0, b1) of the chunk: im2col into their columns of col. */
-static void job_im2col(void *arg, int64_t b0, int64_t b1) {
-  const cg_job *j = arg;
-  const nbl_conv_geom *g = j->g;
-  for (int64_t b = b0; b < b1; b++)
-    im2col_i16(g, j->Cg, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz, j->col + b * g->out_sz, j->Lp,
-               j->tap);
+/* y[i] = (float)(acc[i] * s), acc int32 or int64 (exact in double). */
+static void rescale_32(const int32_t *restrict acc, int64_t n, double s, float *restrict y) {
+  for (int64_t i = 0; i < n; i++) y[i] = (float)((double)acc[i] * s);
 }
-
-/* Row blocks [r0, r1) of the GEMM: A = col (dW) or W_g^T (dX). */
-static void job_gemm(void *arg, int64_t r0, int64_t r1) {
-  const cg_job *j = arg;
-  const int64_t m0 = r0 * NBL_I4B_MR, m1 = r1 * NBL_I4B_MR < j->K ? r1 * NBL_I4B_MR : j->K;
-  if (j->col) nbl_i4b_gemm(j->isa, j->col, j->Lp, m0, m1, j->B, j->kchunk, &j->sink);
-  else nbl_i4b_gemm(j->isa, j->wt, j->Mgp, m0, m1, j->B, j->kchunk, &j->sink);
-}
-
-/* Images [b0, b1): col2im of their columns, then dX = acc * scale. */
-static void job_col2im(void *arg, int64_t b0, int64_t b1) {
-  const cg_job *j = arg;
-  const nbl_conv_geom *g = j->g;
-  const int64_t n_acc = j->Cg * g->in_sz;
-  for (int64_t b = b0; b < b1; b++) {
-    const int64_t o = ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz;
-    float *dx = j->out->dx ? j->out->dx + o : NULL;
-    int64_t *dxa = j->out->dx_acc ? j->out->dx_acc + o : NULL;
-    const double s = j->out->dx_scale;
-    if (j->wide) {
-      int64_t *acc = (int64_t *)j->acc + b * n_acc;
-      memset(acc, 0, sizeof(int64_t) * (size_t)n_acc);
-      col2im_64(g, j->Cg, (const int64_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
-      for (int64_t i = 0; i < n_acc; i++) {
-        if (dx) dx[i] = (float)((double)acc[i] * s);
-        if (dxa) dxa[i] = acc[i];
-      }
-    } else {
-      int32_t *acc = (int32_t *)j->acc + b * n_acc;
-      memset(acc, 0, sizeof(int32_t) * (size_t)n_acc);
-      col2im_32(g, j->Cg, (const int32_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
-      for (int64_t i = 0; i < n_acc; i++) {
-        if (dx) dx[i] = (float)((double)acc[i] * s);
-        if (dxa) dxa[i] = acc[i];
-      }
-    }
-  }
+static void rescale_64(const int64_t *restrict acc, int64_t n, double s, float *restrict y) {
+  for (int64_t i = 0; i < n; i++) y[i] = (float)((double)acc[i] * s);
 }
 
 static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), void *arg) {
@@ -200,26 +226,273 @@ static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), 
   else fn(arg, 0, n);
 }
 
+/* A GEMM split over threads by row blocks (rows) or by 32-column blocks. */
+typedef struct gemm_job {
+  nbl_i4b_isa isa;
+  const int16_t *A;
+  int64_t lda, M, N, kchunk;
+  const nbl_i4b_panels *B;
+  nbl_i4b_sink sink;
+  int by_cols;
+} gemm_job;
+
+static void gemm_part(void *arg, int64_t b0, int64_t b1) {
+  const gemm_job *j = arg;
+  if (j->by_cols)
+    nbl_i4b_gemm(j->isa, j->A, j->lda, 0, j->M, b0 * 32, b1 * 32, j->B, j->kchunk, &j->sink);
+  else
+    nbl_i4b_gemm(j->isa, j->A, j->lda, b0 * NBL_I4B_MR, b1 * NBL_I4B_MR < j->M ? b1 * NBL_I4B_MR : j->M, 0, j->N,
+                 j->B, j->kchunk, &j->sink);
+}
+
+static void gemm_par(nbl_kctx *ctx, gemm_job *j) {
+  j->by_cols = j->M < 4 * NBL_I4B_MR && j->N > j->M;
+  run(ctx, j->by_cols ? (j->N + 31) / 32 : (j->M + NBL_I4B_MR - 1) / NBL_I4B_MR, gemm_part, j);
+}
+
+/* ------------------------------------------------------------------ dW */
+
+typedef struct img_job {
+  nbl_i4b_isa isa;
+  const nbl_conv_geom *g;
+  int64_t Cg, n0, gr, ld;
+  const int64_t *tap;
+  const int16_t *x;
+  int16_t *col;
+} img_job;
+
+/* Images [b0, b1) of the chunk: im2col into their columns of col. */
+static void im2col_part(void *arg, int64_t b0, int64_t b1) {
+  const img_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  for (int64_t b = b0; b < b1; b++)
+    im2col_i16(j->isa, g, j->Cg, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz, j->col + b * g->out_sz, j->ld,
+               j->tap);
+}
+
+/* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
+ * A = im2col rows (pixels along the rows, as im2col writes them), B = dY_g
+ * transposed into panels (the smaller operand is the one moved; measured
+ * no slower than the other orientation even for 6 or 16 channels). */
+static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int64_t *tap,
+                          const int16_t *dy, int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  int64_t nb = CHUNK_COLS / osz;
+  if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
+  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
+  const int64_t Lpmax = (nb * osz + 1) & ~(int64_t)1;
+  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax)), *col = malloc(sizeof(int16_t) * (size_t)(K * Lpmax));
+  nbl_i4b_panels B = {0};
+  nbl_status st = NBL_OK;
+  if (!dyg || !col) st = NBL_ERR_OUT_OF_MEMORY;
+  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
+    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz, Lp = (L + 1) & ~(int64_t)1;
+    for (int64_t gr = 0; !st && gr < g->group; gr++) {
+      for (int64_t m = 0; m < Mg; m++) {
+        for (int64_t b = 0; b < cnt; b++)
+          memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
+        if (Lp > L) dyg[m * Lp + L] = 0;
+      }
+      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .gr = gr, .ld = Lp, .tap = tap, .x = x, .col = col};
+      run(ctx, cnt, im2col_part, &ij);
+      if (Lp > L)
+        for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
+      if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
+        st = NBL_ERR_OUT_OF_MEMORY;
+        break;
+      }
+      nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
+      gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
+                    .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
+      gemm_par(ctx, &j);
+    }
+  }
+  free(dyg);
+  free(col);
+  nbl_i4b_panels_free(&B);
+  return st;
+}
+
+/* ------------------------------------------------------------------ dX, strides 1 */
+
+/* With unit strides dX is a convolution of dY (padded) with the flipped,
+ * transposed kernel: dX_g [Cg][in] = W'_g [Cg][Mg * k_sz] x im2col'(dY_g),
+ * W'[c][m * k_sz + t] = W[m][c][k_sz - 1 - t], im2col' that of geometry g2
+ * (dY's dims as input, X's as output, pads (k - 1) * d - pads). One GEMM per
+ * image and group, each output written once. */
+typedef struct dx_job {
+  const nbl_conv_geom *g, *g2;
+  nbl_i4b_isa isa;
+  int64_t Cg, Mg, K2, K2p;
+  const int64_t *tap2;
+  const int16_t *dy, *wf;
+  int64_t kchunk;
+  const nbl_i4b_conv_out *out;
+  int failed;
+} dx_job;
+
+static void dx_direct_part(void *arg, int64_t n0, int64_t n1) {
+  dx_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t isz = g->in_sz;
+  int16_t *col = malloc(sizeof(int16_t) * (size_t)(j->K2 * isz));
+  nbl_i4b_panels B = {0};
+  if (!col || nbl_i4b_panels_reserve(&B, j->K2, isz)) {
+    free(col);
+    nbl_i4b_panels_free(&B);
+    j->failed = 1;
+    return;
+  }
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      im2col_i16(j->isa, j->g2, j->Mg, j->dy + (n * g->M + gr * j->Mg) * g->out_sz, col, isz, j->tap2);
+      nbl_i4b_pack(j->isa, col, isz, 1, &B);
+      const int64_t o = (n * g->C + gr * j->Cg) * isz;
+      nbl_i4b_sink sk = j->out->dx_acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = j->out->dx_acc + o, .ldc = isz}
+                                       : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = j->out->dx + o, .ldc = isz,
+                                                        .scale = j->out->dx_scale};
+      nbl_i4b_gemm(j->isa, j->wf + gr * j->Cg * j->K2p, j->K2p, 0, j->Cg, 0, isz, &B, j->kchunk, &sk);
+      if (j->out->dx_acc && j->out->dx) rescale_64(j->out->dx_acc + o, j->Cg * isz, j->out->dx_scale, j->out->dx + o);
+    }
+  free(col);
+  nbl_i4b_panels_free(&B);
+}
+
+static nbl_status conv_dx_direct(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
+                                 int32_t dy_max, const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K2 = Mg * g->k_sz, K2p = (K2 + 1) & ~(int64_t)1;
+  nbl_conv_geom g2 = *g;
+  g2.C = g->M;
+  g2.M = g->C;
+  memcpy(g2.in, g->out, sizeof g2.in);
+  memcpy(g2.out, g->in, sizeof g2.out);
+  g2.in_sz = g->out_sz;
+  g2.out_sz = g->in_sz;
+  for (int i = 0; i < g->ns; i++) {
+    g2.pb[i] = (g->k[i] - 1) * g->d[i] - g->pb[i];
+    g2.pe[i] = (g->k[i] - 1) * g->d[i] - g->pe[i];
+  }
+  int64_t *tap2 = g->ns == 2 ? NULL : tap_table(&g2);
+  int16_t *wf = malloc(sizeof(int16_t) * (size_t)(g->group * Cg * K2p));
+  if ((g->ns != 2 && !tap2) || !wf) {
+    free(tap2);
+    free(wf);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  for (int64_t gr = 0; gr < g->group; gr++)
+    for (int64_t c = 0; c < Cg; c++) {
+      int16_t *row = wf + (gr * Cg + c) * K2p;
+      for (int64_t m = 0; m < Mg; m++)
+        for (int64_t t = 0; t < g->k_sz; t++) row[m * g->k_sz + t] = w[((gr * Mg + m) * Cg + c) * g->k_sz + g->k_sz - 1 - t];
+      if (K2p > K2) row[K2] = 0;
+    }
+  if (out->dx_acc) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)(g->N * g->C * g->in_sz));
+  dx_job j = {.g = g, .g2 = &g2, .isa = isa, .Cg = Cg, .Mg = Mg, .K2 = K2, .K2p = K2p, .tap2 = tap2, .dy = dy,
+              .wf = wf, .kchunk = nbl_i4b_kchunk(w_max, dy_max), .out = out};
+  run(ctx, g->N, dx_direct_part, &j);
+  free(tap2);
+  free(wf);
+  return j.failed ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+}
+
+/* ------------------------------------------------------------------ dX, other strides */
+
+/* col [K, L] = W_g^T [K, Mg] x dY_g [Mg, L] for a chunk of images, then
+ * col2im of each image into its dX, in int32 (int64 when `wide`). */
+typedef struct c2i_job {
+  const nbl_conv_geom *g;
+  int64_t Cg, L, n0, gr;
+  const int64_t *tap;
+  void *colx, *acc;
+  int wide;
+  const nbl_i4b_conv_out *out;
+} c2i_job;
+
+static void col2im_part(void *arg, int64_t b0, int64_t b1) {
+  const c2i_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t n_acc = j->Cg * g->in_sz;
+  for (int64_t b = b0; b < b1; b++) {
+    const int64_t o = ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz;
+    if (j->wide) {
+      int64_t *acc = j->out->dx_acc ? j->out->dx_acc + o : (int64_t *)j->acc + b * n_acc;
+      memset(acc, 0, sizeof(int64_t) * (size_t)n_acc);
+      col2im_64(g, j->Cg, (const int64_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
+      if (j->out->dx) rescale_64(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+    } else {
+      int32_t *acc = (int32_t *)j->acc + b * n_acc;
+      memset(acc, 0, sizeof(int32_t) * (size_t)n_acc);
+      col2im_32(g, j->Cg, (const int32_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
+      if (j->out->dx) rescale_32(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+      if (j->out->dx_acc)
+        for (int64_t i = 0; i < n_acc; i++) j->out->dx_acc[o + i] = acc[i];
+    }
+  }
+}
+
+static nbl_status conv_dx_col2im(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int64_t *tap,
+                                 const int16_t *dy, int32_t dy_max, const int16_t *w, int32_t w_max,
+                                 const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  int64_t nb = CHUNK_COLS / osz;
+  if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
+  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
+  const int64_t Lmax = nb * osz, Mgp = (Mg + 1) & ~(int64_t)1;
+  /* dX sums: Mg products per col entry, at most k_sz entries per element */
+  const int wide = (double)Mg * (double)g->k_sz * (double)w_max * (double)dy_max > (double)INT32_MAX;
+  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lmax));
+  int16_t *wt = malloc(sizeof(int16_t) * (size_t)(g->group * K * Mgp));
+  void *colx = malloc((wide ? 8 : 4) * (size_t)(K * Lmax));
+  void *acc = malloc((wide ? 8 : 4) * (size_t)(nb * Cg * g->in_sz));
+  nbl_i4b_panels B = {0};
+  nbl_status st = !dyg || !wt || !colx || !acc ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+  if (!st) /* W_g^T [K][Mgp] of each group: A of the product */
+    for (int64_t gr = 0; gr < g->group; gr++)
+      nbl_i4b_pack_rows(w + gr * Mg * K, K, Mg, 1, K, wt + gr * K * Mgp, Mgp);
+  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
+    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz;
+    for (int64_t gr = 0; !st && gr < g->group; gr++) {
+      for (int64_t m = 0; m < Mg; m++)
+        for (int64_t b = 0; b < cnt; b++)
+          memcpy(dyg + m * L + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
+      if (nbl_i4b_panels_reserve(&B, Mg, L)) {
+        st = NBL_ERR_OUT_OF_MEMORY;
+        break;
+      }
+      nbl_i4b_pack(isa, dyg, L, 1, &B); /* B[m][p] = dyg[m][p] */
+      if (wide) memset(colx, 0, sizeof(int64_t) * (size_t)(K * L));
+      gemm_job j = {.isa = isa, .A = wt + gr * K * Mgp, .lda = Mgp, .M = K, .N = L,
+                    .kchunk = nbl_i4b_kchunk(w_max, dy_max), .B = &B,
+                    .sink = {.kind = wide ? NBL_I4B_ADD64 : NBL_I4B_STORE32, .c = colx, .ldc = L}};
+      gemm_par(ctx, &j);
+      c2i_job cj = {.g = g, .Cg = Cg, .L = L, .n0 = n0, .gr = gr, .tap = tap, .colx = colx, .acc = acc,
+                    .wide = wide, .out = out};
+      run(ctx, cnt, col2im_part, &cj);
+    }
+  }
+  free(dyg);
+  free(wt);
+  free(colx);
+  free(acc);
+  nbl_i4b_panels_free(&B);
+  return st;
+}
+
+/* ------------------------------------------------------------------ ConvGrad */
+
 nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
                              int32_t dy_max, const int16_t *x, int32_t x_max, const int16_t *w, int32_t w_max,
                              const nbl_i4b_conv_out *out) {
   const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  const int64_t nx = g->N * g->C * g->in_sz, nw = g->M * K;
   const int want_dx = out->dx || out->dx_acc, want_dw = out->dw || out->dw_acc;
   if (out->db || out->db_acc)
     for (int64_t m = 0; m < g->M; m++) {
       int64_t s = 0;
-      for (int64_t n = 0; n < g->N; n++) {
-        const int16_t *p = dy + (n * g->M + m) * osz;
-        for (int64_t o = 0; o < osz; o++) s += p[o];
-      }
+      for (int64_t n = 0; n < g->N; n++) s += sum_i16(isa, dy + (n * g->M + m) * osz, osz);
       if (out->db) out->db[m] = (float)((double)s * out->db_scale);
       if (out->db_acc) out->db_acc[m] = s;
     }
-  const int64_t nx = g->N * g->C * g->in_sz, nw = g->M * K;
-  if (want_dx) {
-    if (out->dx && nx) memset(out->dx, 0, sizeof(float) * (size_t)nx);
-    if (out->dx_acc && nx) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)nx);
-  }
   int64_t *dw64 = NULL;
   if (want_dw) {
     dw64 = out->dw_acc ? out->dw_acc : malloc(sizeof(int64_t) * (size_t)(nw ? nw : 1));
@@ -227,102 +500,29 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
     if (nw) memset(dw64, 0, sizeof(int64_t) * (size_t)nw);
   }
   nbl_status st = NBL_OK;
-  if ((!want_dx && !want_dw) || g->N == 0 || osz == 0 || K == 0 || Mg == 0) goto finish;
-
-  int64_t nb = CHUNK_COLS / osz;
-  if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
-  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
-  const int64_t Lmax = nb * osz, Lpmax = (Lmax + 1) & ~(int64_t)1, Mgp = (Mg + 1) & ~(int64_t)1;
-  /* dX sums: Mg products per col entry, at most k_sz entries per element */
-  const int wide = want_dx && (double)Mg * (double)g->k_sz * (double)w_max * (double)dy_max > (double)INT32_MAX;
-  int64_t *tap = g->ns == 2 ? NULL : tap_table(g);
-  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax));
-  int16_t *col = want_dw ? malloc(sizeof(int16_t) * (size_t)(K * Lpmax)) : NULL;
-  int16_t *wt = want_dx ? malloc(sizeof(int16_t) * (size_t)(g->group * K * Mgp)) : NULL;
-  void *colx = want_dx ? malloc((wide ? 8 : 4) * (size_t)(K * Lmax)) : NULL;
-  void *acc = want_dx ? malloc((wide ? 8 : 4) * (size_t)(nb * Cg * g->in_sz)) : NULL;
-  nbl_i4b_panels B = {0};
-  if ((g->ns != 2 && !tap) || !dyg || (want_dw && !col) || (want_dx && (!wt || !colx || !acc))) {
-    st = NBL_ERR_OUT_OF_MEMORY;
-    goto done;
+  const int empty = g->N == 0 || osz == 0 || K == 0 || Mg == 0;
+  if (want_dx && empty) { /* no products: zeros */
+    if (out->dx && nx) memset(out->dx, 0, sizeof(float) * (size_t)nx);
+    if (out->dx_acc && nx) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)nx);
   }
-  if (want_dx) /* W_g^T [K][Mgp] of each group: A of the dX product */
-    for (int64_t gr = 0; gr < g->group; gr++)
-      nbl_i4b_pack_rows(w + gr * Mg * K, K, Mg, 1, K, wt + gr * K * Mgp, Mgp);
-  cg_job j = {.g = g, .isa = isa, .Cg = Cg, .Mg = Mg, .K = K, .tap = tap, .x = x, .Mgp = Mgp,
-              .B = &B, .colx = colx, .wide = wide, .acc = acc, .out = out};
-  for (int64_t n0 = 0; n0 < g->N; n0 += nb) {
-    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz, Lp = (L + 1) & ~(int64_t)1;
-    j.n0 = n0;
-    j.L = L;
-    j.Lp = Lp;
-    for (int64_t gr = 0; gr < g->group; gr++) {
-      j.gr = gr;
-      for (int64_t m = 0; m < Mg; m++) {
-        for (int64_t b = 0; b < cnt; b++)
-          memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
-        if (Lp > L) dyg[m * Lp + L] = 0;
-      }
-      if (want_dw) {
-        j.col = col;
-        run(ctx, cnt, job_im2col, &j);
-        if (Lp > L)
-          for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
-        if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
-          st = NBL_ERR_OUT_OF_MEMORY;
-          goto done;
-        }
-        nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
-        j.kchunk = nbl_i4b_kchunk(x_max, dy_max);
-        j.sink = (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1};
-        run(ctx, (K + NBL_I4B_MR - 1) / NBL_I4B_MR, job_gemm, &j);
-      }
-      if (want_dx) {
-        j.col = NULL;
-        j.wt = wt + gr * K * Mgp;
-        if (nbl_i4b_panels_reserve(&B, Mg, L)) {
-          st = NBL_ERR_OUT_OF_MEMORY;
-          goto done;
-        }
-        nbl_i4b_pack(isa, dyg, Lp, 1, &B); /* B[m][p] = dyg[m][p] */
-        j.kchunk = nbl_i4b_kchunk(w_max, dy_max);
-        if (wide) memset(colx, 0, sizeof(int64_t) * (size_t)(K * L));
-        j.sink = (nbl_i4b_sink){.kind = wide ? NBL_I4B_ADD64 : NBL_I4B_STORE32, .c = colx, .ldc = L};
-        run(ctx, (K + NBL_I4B_MR - 1) / NBL_I4B_MR, job_gemm, &j);
-        run(ctx, cnt, job_col2im, &j);
-      }
-    }
-  }
-done:
+  /* dX directly (unit strides) when its im2col of dY (Mg * k_sz x in_sz
+   * codes) costs less than col2im's int32 columns (Cg * k_sz x out_sz,
+   * written, read and scattered: about 3 times the traffic per element) */
+  int unit = (double)Mg * (double)g->in_sz <= 3.0 * (double)Cg * (double)osz;
+  for (int i = 0; i < g->ns; i++) unit &= g->s[i] == 1;
+  int64_t *tap = NULL;
+  if (!empty && (want_dw || (want_dx && !unit)) && g->ns != 2 && !(tap = tap_table(g))) st = NBL_ERR_OUT_OF_MEMORY;
+  if (!st && !empty && want_dw) st = conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);
+  if (!st && !empty && want_dx)
+    st = unit ? conv_dx_direct(ctx, isa, g, dy, dy_max, w, w_max, out)
+              : conv_dx_col2im(ctx, isa, g, tap, dy, dy_max, w, w_max, out);
   free(tap);
-  free(dyg);
-  free(col);
-  free(wt);
-  free(colx);
-  free(acc);
-  nbl_i4b_panels_free(&B);
-finish:
-  if (st == NBL_OK && want_dw && out->dw)
-    for (int64_t i = 0; i < nw; i++) out->dw[i] = (float)((double)dw64[i] * out->dw_scale);
+  if (!st && want_dw && out->dw) rescale_64(dw64, nw, out->dw_scale, out->dw);
   if (dw64 != out->dw_acc) free(dw64);
   return st;
 }
 
 /* ------------------------------------------------------------------ Gemm / MatMul products */
-
-typedef struct mm_job {
-  nbl_i4b_isa isa;
-  const int16_t *A;
-  int64_t lda, M, kchunk;
-  const nbl_i4b_panels *B;
-  nbl_i4b_sink sink;
-} mm_job;
-
-static void mm_rows(void *arg, int64_t r0, int64_t r1) {
-  const mm_job *j = arg;
-  const int64_t m0 = r0 * NBL_I4B_MR, m1 = r1 * NBL_I4B_MR < j->M ? r1 * NBL_I4B_MR : j->M;
-  nbl_i4b_gemm(j->isa, j->A, j->lda, m0, m1, j->B, j->kchunk, &j->sink);
-}
 
 nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, int64_t K, const int16_t *a,
                           int transA, int32_t a_max, const int16_t *b, int transB, int32_t b_max, double scale,
@@ -343,10 +543,10 @@ nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, 
   }
   nbl_i4b_pack_rows(a, M, K, transA ? 1 : K, transA ? M : 1, A, Kp);
   nbl_i4b_pack(isa, b, transB ? 1 : N, transB ? K : 1, &B);
-  mm_job j = {.isa = isa, .A = A, .lda = Kp, .M = M, .kchunk = nbl_i4b_kchunk(a_max, b_max), .B = &B};
+  gemm_job j = {.isa = isa, .A = A, .lda = Kp, .M = M, .N = N, .kchunk = nbl_i4b_kchunk(a_max, b_max), .B = &B};
   j.sink = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = acc, .ldc = N}
                : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = y, .ldc = N, .scale = scale};
-  run(ctx, (M + NBL_I4B_MR - 1) / NBL_I4B_MR, mm_rows, &j);
+  gemm_par(ctx, &j);
   if (acc && y)
     for (int64_t i = 0; i < M * N; i++) y[i] = (float)((double)acc[i] * scale);
   free(A);

@@ -80,7 +80,8 @@ static int codes_of(const nbl_rt_tensor *t, int have, float scale, int16_t **q, 
   *q = malloc(sizeof(int16_t) * (size_t)(t->numel ? t->numel : 1));
   if (!*q) return -1;
   const float *x = t->data;
-  return have ? nbl_i4b_codes_linear(x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(x, t->numel, *q, g);
+  nbl_i4b_isa isa = nbl_i4b_best_isa();
+  return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(isa, x, t->numel, *q, g);
 }
 
 /* ------------------------------------------------------------------ Int4LogConvGrad */
