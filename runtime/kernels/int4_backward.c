@@ -583,6 +583,17 @@ __attribute__((target("avx512f,avx512vl"))) static void scale_row_512(const int3
     _mm256_mask_storeu_ps(y + l, m, _mm512_cvtpd_ps(v));
   }
 }
+
+/* rows r < mr of the tile (32 int32 each, nc <= 32 used) to c + r * ld. */
+__attribute__((target("avx512f"))) static void store_rows_512(const int32_t *T, int mr, int nc, int32_t *c,
+                                                               int64_t ld) {
+  const __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1),
+                  m1 = (__mmask16)(nc >= 32 ? 0xffff : nc > 16 ? (1u << (nc - 16)) - 1 : 0);
+  for (int r = 0; r < mr; r++) {
+    _mm512_mask_storeu_epi32(c + r * ld, m0, _mm512_loadu_si512(T + r * 32));
+    if (m1) _mm512_mask_storeu_epi32(c + r * ld + 16, m1, _mm512_loadu_si512(T + r * 32 + 16));
+  }
+}
 #endif
 
 /* Write the tile's rows [0, mr) x columns [0, nc) (exact sums: T64 when not
@@ -595,6 +606,12 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
   switch (o->kind) {
   case NBL_I4B_STORE32: {
     int32_t *c = (int32_t *)o->c + base;
+#if I4B_X86
+    if (vec && !T64 && sc == 1) {
+      store_rows_512(T, mr, nc, c, sr);
+      break;
+    }
+#endif
     for (int r = 0; r < mr; r++)
       if (!T64 && sc == 1) memcpy(c + r * sr, T + r * 32, sizeof(int32_t) * (size_t)nc);
       else

@@ -212,6 +212,56 @@ static void im2col_i16(nbl_i4b_isa isa, const nbl_conv_geom *g, int64_t Cg, cons
 DEF_COL2IM(col2im_32, int32_t, int32_t)
 DEF_COL2IM(col2im_64, int64_t, int64_t)
 
+#if I4B_X86
+/* col2im_32 for 2-D geometries with column stride 1 or 2 (others: C):
+ * each col row segment (one output row of one tap) is added to its input
+ * row 16 lanes at a time, spread over every other lane for stride 2. */
+__attribute__((target("avx512f,avx512vl"))) static void col2im_32_512(const nbl_conv_geom *g, int64_t Cg, const int32_t *col,
+                                                              int64_t ld, int32_t *acc) {
+  const int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  for (int64_t ch = 0; ch < Cg; ch++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        const int32_t *src = col + ((ch * KH + kh) * KW + kw) * ld;
+        int32_t *plane = acc + ch * H * Wd;
+        int64_t off = kw * dw - g->pb[1], ow0 = 0, ow1 = OW;
+        while (ow0 < OW && ow0 * sw + off < 0) ow0++;
+        while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int64_t ih = oh * sh - g->pb[0] + kh * dh;
+          if (ih < 0 || ih >= H) continue;
+          int32_t *row = plane + ih * Wd + off;
+          const int32_t *s = src + oh * OW;
+          if (sw == 1) {
+            for (int64_t ow = ow0; ow < ow1; ow += 16) {
+              const __mmask16 m = (__mmask16)(ow1 - ow >= 16 ? 0xffff : (1u << (ow1 - ow)) - 1);
+              __m512i a = _mm512_maskz_loadu_epi32(m, row + ow), v = _mm512_maskz_loadu_epi32(m, s + ow);
+              _mm512_mask_storeu_epi32(row + ow, m, _mm512_add_epi32(a, v));
+            }
+          } else { /* sw == 2: 8 outputs ow.. cover input lanes 2 * ow.. (even lanes) */
+            for (int64_t ow = ow0; ow < ow1; ow += 8) {
+              const int64_t c = ow1 - ow >= 8 ? 8 : ow1 - ow;
+              const __mmask16 me = (__mmask16)(0x5555u & ((1u << (2 * c)) - 1));
+              __m512i v = _mm512_maskz_expand_epi32(me, _mm512_castsi256_si512(
+                                                            _mm256_maskz_loadu_epi32((__mmask8)((1u << c) - 1), s + ow)));
+              __m512i a = _mm512_maskz_loadu_epi32(me, row + 2 * ow);
+              _mm512_mask_storeu_epi32(row + 2 * ow, me, _mm512_add_epi32(a, v));
+            }
+          }
+        }
+      }
+}
+
+__attribute__((target("avx512f"))) static void rescale_32_512(const int32_t *acc, int64_t n, double s, float *y) {
+  const __m512d vs = _mm512_set1_pd(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(acc + i))), vs)));
+  for (; i < n; i++) y[i] = (float)((double)acc[i] * s);
+}
+#endif
+
 /* y[i] = (float)(acc[i] * s), acc int32 or int64 (exact in double). */
 static void rescale_32(const int32_t *restrict acc, int64_t n, double s, float *restrict y) {
   for (int64_t i = 0; i < n; i++) y[i] = (float)((double)acc[i] * s);
@@ -400,6 +450,7 @@ static nbl_status conv_dx_direct(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
 /* col [K, L] = W_g^T [K, Mg] x dY_g [Mg, L] for a chunk of images, then
  * col2im of each image into its dX, in int32 (int64 when `wide`). */
 typedef struct c2i_job {
+  nbl_i4b_isa isa;
   const nbl_conv_geom *g;
   int64_t Cg, L, n0, gr;
   const int64_t *tap;
@@ -421,9 +472,18 @@ static void col2im_part(void *arg, int64_t b0, int64_t b1) {
       if (j->out->dx) rescale_64(acc, n_acc, j->out->dx_scale, j->out->dx + o);
     } else {
       int32_t *acc = (int32_t *)j->acc + b * n_acc;
+      const int32_t *colb = (const int32_t *)j->colx + b * g->out_sz;
       memset(acc, 0, sizeof(int32_t) * (size_t)n_acc);
-      col2im_32(g, j->Cg, (const int32_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
-      if (j->out->dx) rescale_32(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+#if I4B_X86
+      if (j->isa == NBL_I4B_AVX512 && !j->tap && g->s[1] <= 2) {
+        col2im_32_512(g, j->Cg, colb, j->L, acc);
+        if (j->out->dx) rescale_32_512(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+      } else
+#endif
+      {
+        col2im_32(g, j->Cg, colb, j->L, acc, j->tap);
+        if (j->out->dx) rescale_32(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+      }
       if (j->out->dx_acc)
         for (int64_t i = 0; i < n_acc; i++) j->out->dx_acc[o + i] = acc[i];
     }
@@ -465,7 +525,7 @@ static nbl_status conv_dx_col2im(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
                     .kchunk = nbl_i4b_kchunk(w_max, dy_max), .B = &B,
                     .sink = {.kind = wide ? NBL_I4B_ADD64 : NBL_I4B_STORE32, .c = colx, .ldc = L}};
       gemm_par(ctx, &j);
-      c2i_job cj = {.g = g, .Cg = Cg, .L = L, .n0 = n0, .gr = gr, .tap = tap, .colx = colx, .acc = acc,
+      c2i_job cj = {.isa = isa, .g = g, .Cg = Cg, .L = L, .n0 = n0, .gr = gr, .tap = tap, .colx = colx, .acc = acc,
                     .wide = wide, .out = out};
       run(ctx, cnt, col2im_part, &cj);
     }
