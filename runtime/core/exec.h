@@ -51,6 +51,8 @@ void nbl_engine_free(nbl_engine *e);
 int nbl_engine_n_feeds(const nbl_engine *e);
 nbl_id nbl_engine_feed_value(const nbl_engine *e, int i);
 const nbl_graph *nbl_engine_graph(const nbl_engine *e);
+/* Threads the engine's kernels may use. */
+int nbl_engine_threads(const nbl_engine *e);
 
 /* Bind graph input `name` to a view of caller memory (not copied, must stay
  * valid through the next nbl_engine_run). Initializer-backed inputs may be
@@ -85,16 +87,9 @@ typedef struct nbl_engine_stats {
 } nbl_engine_stats;
 void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st);
 
-/* Default thread count: online cores (at least 1). */
-int nbl_default_threads(void);
-
 /* ------------------------------------------------------------------ tensors */
 
-/* View an IR tensor as a runtime tensor. Numeric types point at the IR data
- * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
-nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
-/* Deep copy src into dst (dst's old data is not freed). */
-nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
+/* nbl_rt_from_ir and nbl_rt_copy: kernel.h. */
 /* An IR tensor (header in arena a, data in a new buffer) with src's contents. */
 nbl_status nbl_rt_to_ir(const nbl_rt_tensor *src, nbl_arena *a, const char *name,
                         nbl_tensor **out);

@@ -87,6 +87,11 @@ nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
 /* ------------------------------------------------------------------ tensor helpers */
 
 size_t nbl_rt_elem_size(nbl_dtype dt); /* bytes per element; 0 for 4-bit types */
+/* View an IR tensor as a runtime tensor. Numeric types point at the IR data
+ * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
+nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
+/* Deep copy src into dst (dst's old data is not freed). */
+nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
 /* Allocate data for t with the given type/shape (malloc, zeroed). */
 nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
 void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */

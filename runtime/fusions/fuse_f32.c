@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/exec.h"
+#include "runtime/core/kernel.h"
 
 static const char *dom(const char *d) { return d && strcmp(d, "ai.onnx") ? d : ""; }
 

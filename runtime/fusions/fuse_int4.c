@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/exec.h"
+#include "runtime/core/kernel.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/int4_gemm.h"

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/core/exec.h"
+#include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ helpers */
 
