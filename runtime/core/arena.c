@@ -77,7 +77,8 @@ static void build_arena(nbl_engine *e) {
   }
   int n = 0;
   for (int i = 0; i < ns; i++)
-    if (a->slot_size[i]) items[n++] = (slot_item){i, (a->slot_size[i] + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1)};
+    if (a->slot_size[i])
+      items[n++] = (slot_item){i, (a->slot_size[i] + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1)};
   qsort(items, (size_t)n, sizeof *items, cmp_item);
   size_t total = 0;
   int np = 0;

@@ -44,8 +44,26 @@ nbl_status nbl_f32_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, i
  * the activation's output, op type "Conv+Relu" or "Conv+Clip") and its op
  * definition; NULL for any other node. */
 const nbl_node *nbl_f32_fused_node(const nbl_f32_fusion *fu, nbl_id node, const nbl_op_def **def);
-int nbl_f32_fusion_count(const nbl_f32_fusion *fu);
 void nbl_f32_fusion_free(nbl_f32_fusion *fu);
+
+/* The INT4 fusion (fuse_int4.c). For graph g (order[0..*n) its topological
+ * node order), find QuantizeInt4 -> Conv/Gemm/MatMul patterns whose weight
+ * is a constant (QuantizeInt4 of a float initializer, or DequantizeLinear
+ * of an INT4/INT8 initializer with a scalar scale), pack their weights, and
+ * remove from order the quantizer nodes whose outputs only the fused nodes
+ * used (*n shrinks). *out is NULL when nothing was fused. The model must
+ * outlive it. links: 1 lets a fused convolution hand its output to a fused
+ * depthwise consumer as activation bytes instead of floats (0 when
+ * something else must see every intermediate value). */
+typedef struct nbl_i4_fusion nbl_i4_fusion;
+nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n, int links,
+                       nbl_i4_fusion **out);
+/* For a fused consumer node: the synthetic node to run instead (inputs X,
+ * W source, bias, PACT alpha[, residual]; the consumer's attributes, the
+ * last absorbed node's outputs) and its op definition in *def. NULL for any
+ * other node. */
+const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def);
+void nbl_i4_fusion_free(nbl_i4_fusion *fu);
 
 /* The kernel of the fused nodes (runtime/ops/nn.c): Conv, then Clip with the
  * bounds in the synthetic node's float attributes nibble.act_lo / act_hi. */

@@ -5,6 +5,7 @@
  * codes (nbl_conv_dw_hooked). */
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/simd16.h"
 
 #include <stdatomic.h>
@@ -404,17 +405,13 @@ int nbl_dw_blocked_wanted(const nbl_conv_geom *g, int mode) {
   return mode == 1 || (g->out[1] <= 14 && g->C >= 32);
 }
 
-static _Atomic int g_dwb_f32 = -1; /* -1 by plane size, 0 never, 1 always (tests) */
-static _Atomic long g_dwb_f32_runs;
-void nbl_conv_set_dw_blocked(int mode) { atomic_store(&g_dwb_f32, mode < 0 ? -1 : mode != 0); }
-long nbl_conv_dw_blocked_runs(void) { return atomic_load(&g_dwb_f32_runs); }
-
 /* The depthwise layer (multiplier 1) 16 channels at a time when that is
  * the faster way here; 0 when it did not run (the caller runs dw_start). */
 static int dw_blocked_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                           const float *bias, float *y, const nbl_act *act) {
 #if defined(__x86_64__)
-  if (!__builtin_cpu_supports("avx512f") || !nbl_dw_blocked_wanted(g, atomic_load(&g_dwb_f32)))
+  if (!__builtin_cpu_supports("avx512f") ||
+      !nbl_dw_blocked_wanted(g, (int)nbl_kdebug_get(NBL_KS_F32_DW_BLOCKED)))
     return 0;
   dwb_task J = {.g = g, .x = x, .w = w, .bias = bias, .y = y, .act = act,
                 .blocks = (g->C + 15) / 16};
@@ -422,7 +419,7 @@ static int dw_blocked_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x,
   atomic_init(&J.oom, 0);
   nbl_parallel_for(ctx, g->N * J.blocks, 1, dwb_run, &J);
   if (atomic_load(&J.oom)) return 0;
-  atomic_fetch_add(&g_dwb_f32_runs, 1);
+  nbl_kcount(NBL_KC_F32_DW_BLOCKED_RUNS);
   return 1;
 #else
   (void)ctx, (void)g, (void)x, (void)w, (void)bias, (void)y, (void)act;
