@@ -14,7 +14,6 @@
 #include "runtime/core/exec.h"
 #include "runtime/core/threadpool.h"
 #include "runtime/fusions/fuse.h"
-#include "runtime/kernels/int4_gemm.h"
 
 /* One step of a plan: a node of the graph, or the synthetic node a fusion
  * runs in its place. */
@@ -63,8 +62,10 @@ struct nbl_engine {
   nbl_gplan **plans; /* plans[0]: g; then every subgraph */
   int n_plans;
   nbl_pool *pool;
-  nbl_i4_fusion *fusion;     /* INT4 fast path of the main graph (fuse_int4.c), NULL if none */
-  nbl_f32_fusion *f32fusion; /* Conv + activation (fuse_f32.c), NULL if none */
+  /* per entry of the fusion table (runtime/fusions/registry.c): its state
+   * for the main graph, NULL when it fused nothing (the array is NULL for
+   * reference engines) */
+  void **fusion_state;
   /* top frame state */
   nbl_rt_tensor *vals;
   unsigned char *set;

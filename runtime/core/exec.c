@@ -109,8 +109,9 @@ void nbl_engine_free(nbl_engine *e) {
   for (int i = 0; i < e->n_plans; i++) nbl_plan_free(e->plans[i]);
   free(e->plans);
   nbl_pool_free(e->pool);
-  nbl_i4_fusion_free(e->fusion);
-  nbl_f32_fusion_free(e->f32fusion);
+  for (size_t k = 0; e->fusion_state && k < nbl_fusions_count; k++)
+    if (e->fusion_state[k]) nbl_fusions[k].free(e->fusion_state[k]);
+  free(e->fusion_state);
   free(e->vals);
   free(e->set);
   free(e->bound);

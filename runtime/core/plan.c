@@ -47,9 +47,46 @@ static void collect_outer(const nbl_graph *sub, const nbl_graph *g, int s, int *
   }
 }
 
-static int i4_taken(const void *user, nbl_id node) {
-  const nbl_op_def *d;
-  return nbl_i4_fused_node(user, node, &d) != NULL;
+/* The fusion table walked on the main graph: fusion k plans with `taken`
+ * telling it the nodes fusions 0..k-1 replaced. */
+typedef struct fusion_walk {
+  nbl_fusion_env env;
+  const nbl_engine *e;
+  size_t k;
+} fusion_walk;
+
+static int taken_before(const nbl_fusion_env *env, nbl_id node) {
+  const fusion_walk *w = env->planner;
+  for (size_t i = 0; i < w->k; i++)
+    if (w->e->fusion_state[i] && nbl_fusions[i].node(w->e->fusion_state[i], node)) return 1;
+  return 0;
+}
+
+static nbl_status run_fusions(nbl_engine *e, nbl_id *order, int *n) {
+  e->fusion_state = calloc(nbl_fusions_count + 1, sizeof(void *));
+  if (!e->fusion_state) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  fusion_walk w = {.env = {.m = e->m, .g = e->g, .values_watched = e->on_value != NULL,
+                           .taken = taken_before},
+                   .e = e};
+  w.env.planner = &w;
+  for (w.k = 0; w.k < nbl_fusions_count; w.k++) {
+    nbl_status st = nbl_fusions[w.k].plan(&w.env, order, n, &e->fusion_state[w.k]);
+    if (st != NBL_OK) return st;
+  }
+  return NBL_OK;
+}
+
+/* The synthetic node a fusion runs in place of node `node` of the main
+ * graph and its kernel in *def; NULL when no fusion took the node. */
+static const nbl_node *fused_node(const nbl_engine *e, nbl_id node, const nbl_op_def **def) {
+  for (size_t k = 0; e->fusion_state && k < nbl_fusions_count; k++) {
+    const nbl_node *fn = e->fusion_state[k] ? nbl_fusions[k].node(e->fusion_state[k], node) : NULL;
+    if (fn) {
+      *def = nbl_fusions[k].kernel;
+      return fn;
+    }
+  }
+  return NULL;
 }
 
 nbl_status nbl_plan_graph(nbl_engine *e, const nbl_graph *g) {
@@ -66,13 +103,11 @@ nbl_status nbl_plan_graph(nbl_engine *e, const nbl_graph *g) {
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
   if (n < 0) return NBL_ERR_INVALID_MODEL;
-  /* INT4 fast path (runtime/fusions/fuse_int4.c): QuantizeInt4 -> Conv/Gemm/MatMul
-   * become one synthetic node each (steps below take it from fnode), and the
-   * quantizers only they used leave the order. Main graph, non-reference. */
+  /* the plan-time fusions of runtime/fusions/ (registry.c), in table order:
+   * nodes become synthetic ones (steps below take them from fnode), the
+   * nodes they absorb leave the order. Main graph, non-reference. */
   if (g == e->g && !e->reference) {
-    /* intermediates stay floats when a callback sees every value */
-    nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, e->on_value == NULL, &e->fusion);
-    if (fst == NBL_OK) fst = nbl_f32_fuse(e->m, g, order, &n, i4_taken, e->fusion, &e->f32fusion);
+    nbl_status fst = run_fusions(e, order, &n);
     if (fst != NBL_OK) {
       free(order);
       return fst;
@@ -107,8 +142,7 @@ nbl_status nbl_plan_graph(nbl_engine *e, const nbl_graph *g) {
     sp->out_base = slots;
     slots += nd->n_outputs;
     const nbl_op_def *fdef = NULL;
-    sp->fnode = g == e->g ? nbl_i4_fused_node(e->fusion, order[s], &fdef) : NULL;
-    if (!sp->fnode && g == e->g) sp->fnode = nbl_f32_fused_node(e->f32fusion, order[s], &fdef);
+    sp->fnode = g == e->g ? fused_node(e, order[s], &fdef) : NULL;
     if (sp->fnode) nd = sp->fnode;
     sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
     if (!sp->def && st == NBL_OK) {

@@ -38,10 +38,10 @@
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_fused.h"
 
-struct nbl_i4_fusion {
+typedef struct i4_fusion {
   int n_nodes;
-  nbl_i4_fused **by_node;
-};
+  nbl_i4_fused **by_node; /* per node of the graph: the fused node it became, or NULL */
+} i4_fusion;
 
 /* Decode QuantizeInt4 attributes; -1 when the fused path should not take it. */
 static int parse_q4(const nbl_node *n, nbl_q4_config *cfg) {
@@ -77,14 +77,13 @@ static void fused_free(nbl_i4_fused *f) {
   free(f);
 }
 
-void nbl_i4_fusion_free(nbl_i4_fusion *fu) {
+void nbl_fuse_int4_free(void *state) {
+  i4_fusion *fu = state;
   if (!fu) return;
   for (int i = 0; i < fu->n_nodes; i++) fused_free(fu->by_node[i]);
   free(fu->by_node);
   free(fu);
 }
-
-
 
 /* If the op's only output feeds exactly one Relu or constant-bound Clip and
  * nothing else, the fused node produces that node's output directly. */
@@ -260,7 +259,7 @@ static int absorbed(const nbl_graph *g, nbl_id q, nbl_i4_fused *const *by_node) 
  * half-even rounding), the tensor not a graph output nor seen by a
  * subgraph. At run time F sends bytes only when G takes the depthwise path
  * (G packed its weights as such) and the products run on AVX-512 VNNI. */
-static void link_codes(const nbl_graph *g, nbl_i4_fusion *fu) {
+static void link_codes(const nbl_graph *g, i4_fusion *fu) {
   for (int id = 0; id < fu->n_nodes; id++) {
     nbl_i4_fused *F = fu->by_node[id];
     if (!F || F->kind != FK_CONV || F->node.n_outputs < 1 || F->node.outputs[0] == NBL_NONE)
@@ -289,11 +288,19 @@ static void link_codes(const nbl_graph *g, nbl_i4_fusion *fu) {
   }
 }
 
-nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
-                       int links, nbl_i4_fusion **out) {
-  *out = NULL;
+/* QuantizeInt4 -> Conv/Gemm/MatMul patterns whose weight is a constant
+ * (QuantizeInt4 of a float initializer, or DequantizeLinear of an INT4/INT8
+ * initializer with a scalar scale): weights packed now; the quantizer nodes
+ * whose outputs only the fused nodes use, and the activations and residual
+ * Adds they absorb, leave the order. Unless env->values_watched, a fused
+ * convolution may hand its output to a fused depthwise consumer as
+ * activation bytes instead of floats (link_codes). */
+nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  const nbl_model *m = env->m;
+  const nbl_graph *g = env->g;
+  *state = NULL;
   if (!m || !g || g->n_nodes == 0) return NBL_OK;
-  nbl_i4_fusion *fu = calloc(1, sizeof *fu);
+  i4_fusion *fu = calloc(1, sizeof *fu);
   if (!fu) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   fu->n_nodes = g->n_nodes;
   fu->by_node = calloc((size_t)g->n_nodes, sizeof(nbl_i4_fused *));
@@ -304,19 +311,19 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   int any = 0;
   unsigned char *act = calloc((size_t)g->n_nodes, 1);
   if (!act) {
-    nbl_i4_fusion_free(fu);
+    nbl_fuse_int4_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
   if (!pos) {
     free(act);
-    nbl_i4_fusion_free(fu);
+    nbl_fuse_int4_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
   for (int s = 0; s < *n; s++) pos[order[s]] = s;
   for (int s = 0; s < *n; s++) {
-    nbl_i4_fused *f = try_fuse(m, g, order[s]);
+    nbl_i4_fused *f = env->taken(env, order[s]) ? NULL : try_fuse(m, g, order[s]);
     if (f) {
       fu->by_node[order[s]] = f;
       any = 1;
@@ -332,7 +339,7 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   free(pos);
   if (!any) {
     free(act);
-    nbl_i4_fusion_free(fu);
+    nbl_fuse_int4_free(fu);
     return NBL_OK;
   }
   /* drop quantizer nodes nothing else needs */
@@ -340,23 +347,27 @@ nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, in
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s];
     const nbl_node *nd = &g->nodes[id];
-    int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeInt4") || nbl_fuse_is_op(nd, "", "DequantizeLinear");
+    int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeInt4") ||
+                    nbl_fuse_is_op(nd, "", "DequantizeLinear");
     int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
     for (int k = 0; drop && k < nd->n_outputs; k++)
-      if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))
+      if (nd->outputs[k] != NBL_NONE &&
+          nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))
         drop = 0;
     if (act[id]) drop = 1; /* a Relu/Clip or an Add computed by its fused producer */
     if (!drop) order[w++] = id;
   }
   free(act);
   *n = w;
-  if (links) link_codes(g, fu);
-  *out = fu;
+  if (!env->values_watched) link_codes(g, fu);
+  *state = fu;
   return NBL_OK;
 }
 
-const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def) {
+/* The synthetic node (inputs X, W source, bias, PACT alpha[, residual]; the
+ * consumer's attributes, the last absorbed node's outputs). */
+const nbl_node *nbl_fuse_int4_node(const void *state, nbl_id node) {
+  const i4_fusion *fu = state;
   if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  *def = &nbl_i4_fused_def;
   return &fu->by_node[node]->node;
 }
