@@ -187,8 +187,6 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
   nbl_status st = check_against_type(&e->g->values[v], view);
   if (st != NBL_OK) return st;
   nbl_rt_tensor t = *view;
-  t.range_known = 0; /* the caller's data: nothing recorded about it */
-  t.codes_for = NULL;
   t.numel = nbl_shape_numel(t.rank, t.dims);
   if (t.numel < 0)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': negative or overflowing shape", name);

@@ -26,19 +26,6 @@ typedef struct nbl_rt_tensor {
   void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned */
   size_t nbytes; /* bytes of data (numel * element size; INT4/UINT4 packed) */
   int owns;      /* internal: who frees data (executor bookkeeping) */
-  /* internal: range_known = 1 when the producing kernel recorded that every
-   * element is finite and lies in [range_lo, range_hi] (the INT4 kernels do,
-   * so that the next quantizer skips its scan); reset when the slot is
-   * (re)allocated */
-  int range_known;
-  float range_lo, range_hi;
-  /* internal: codes_for != NULL when the producing INT4 kernel stored, for
-   * its one consumer codes_for, the activation bytes code + code_off of the
-   * consumer's quantizer (scale code_scale, zero point code_zero) instead of
-   * the floats (runtime/fusions/fuse_int4.c); cleared with the slot */
-  const void *codes_for;
-  float code_scale;
-  int code_zero, code_qmin, code_qmax, code_off;
 } nbl_rt_tensor;
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */

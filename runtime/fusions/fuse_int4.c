@@ -288,6 +288,25 @@ static void link_codes(const nbl_graph *g, i4_fusion *fu) {
   }
 }
 
+/* Each fused node's xsrc: the fused node whose output 0 is its X and that
+ * hands over what it found out about it (its range, and with link_codes
+ * the activation bytes). -1 when out of memory. */
+static int link_sources(const nbl_graph *g, i4_fusion *fu) {
+  nbl_i4_fused **by_value = calloc((size_t)g->n_values + 1, sizeof *by_value);
+  if (!by_value) return -1;
+  for (int id = 0; id < fu->n_nodes; id++) {
+    nbl_i4_fused *F = fu->by_node[id];
+    if (F && F->node.n_outputs >= 1 && F->node.outputs[0] != NBL_NONE)
+      by_value[F->node.outputs[0]] = F;
+  }
+  for (int id = 0; id < fu->n_nodes; id++) {
+    nbl_i4_fused *G = fu->by_node[id];
+    if (G && G->ins[0] != NBL_NONE) G->xsrc = by_value[G->ins[0]];
+  }
+  free(by_value);
+  return 0;
+}
+
 /* QuantizeInt4 -> Conv/Gemm/MatMul patterns whose weight is a constant
  * (QuantizeInt4 of a float initializer, or DequantizeLinear of an INT4/INT8
  * initializer with a scalar scale): weights packed now; the quantizer nodes
@@ -359,6 +378,10 @@ nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
   }
   free(act);
   *n = w;
+  if (link_sources(g, fu) != 0) {
+    nbl_fuse_int4_free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
   if (!env->values_watched) link_codes(g, fu);
   *state = fu;
   return NBL_OK;

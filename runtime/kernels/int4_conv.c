@@ -242,10 +242,11 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   free(tmp);
 }
 
-/* A node fed activation bytes (X->codes_for == f) has no floats to fall back
- * on: the producer only sends them when this node takes the depthwise path. */
+/* A node fed activation bytes (nbl_i4_x_is_codes) has no floats to fall
+ * back on: the producer only sends them when this node takes the depthwise
+ * path. */
 static nbl_status literal_or_fail(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
-  if (c->in[0]->codes_for == f)
+  if (nbl_i4_x_is_codes(f))
     return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes received where floats are needed");
   return nbl_i4_run_literal(c, f, p);
 }
@@ -260,7 +261,8 @@ static nbl_status literal_or_fail(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_par
  * output, then one writing G's activation bytes in place of the floats (y's
  * buffer), the output tensor marked for G. 0 (nothing written) when the
  * range is not finite: the caller then writes floats. */
-static int emit_codes(nbl_kctx *c, x4_job *xj, nbl_i4_fused *G, int64_t ny, int64_t tasks) {
+static int emit_codes(nbl_kctx *c, x4_job *xj, nbl_i4_fused *G, int64_t ny, int64_t tasks,
+                      nbl_i4_handover *h) {
   /* with a clamp to finite bounds and no way to a NaN (finite scale and
    * biases), the range is final once it spans the bounds */
   const nbl_i4_epi *e = &xj->e;
@@ -284,13 +286,12 @@ static int emit_codes(nbl_kctx *c, x4_job *xj, nbl_i4_fused *G, int64_t ny, int6
   nbl_parallel_for(c, tasks, 1, conv_tasks, xj);
   xj->e.codes = NULL;
   xj->e.q = NULL;
-  nbl_rt_tensor *yt = nbl_kctx_out(c, 0);
-  yt->codes_for = G;
-  yt->code_scale = pg.scale;
-  yt->code_zero = pg.zero;
-  yt->code_qmin = pg.qmin;
-  yt->code_qmax = pg.qmax;
-  yt->code_off = xj->e.off;
+  h->codes_for = G;
+  h->code_scale = pg.scale;
+  h->code_zero = pg.zero;
+  h->code_qmin = pg.qmin;
+  h->code_qmax = pg.qmax;
+  h->code_off = xj->e.off;
   nbl_kcount(NBL_KC_I4_CODE_LINKS);
   return 1;
 }
@@ -336,7 +337,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
     st = nbl_i4_run_depthwise(c, f, &g, p, j.bias, j.sc, y);
     if (st != NBL_ERR_UNSUPPORTED) return st;
   }
-  if (X->codes_for == f)
+  if (nbl_i4_x_is_codes(f))
     return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes received where floats are needed");
   /* the output goes to the linked depthwise consumer as activation bytes:
    * one product pass for the range (the consumer's scale), one writing the
@@ -402,7 +403,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
         xj.phase = 2;
       }
       int64_t tasks = bands ? bands : npb * xj.nmc;
-      if (emit && !xj.oom && emit_codes(c, &xj, G, ny, tasks)) continue;
+      if (emit && !xj.oom && emit_codes(c, &xj, G, ny, tasks, &f->out)) continue;
       nbl_parallel_for(c, tasks, 1, conv_tasks, &xj);
     }
   free(xu);
@@ -410,7 +411,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   if (post) return nbl_i4_finish_residual(c, f);
   if (res) nbl_kcount(NBL_KC_I4_RESIDUAL_RUNS);
-  nbl_i4_range_publish(nbl_kctx_out(c, 0), &xj.range);
+  nbl_i4_range_publish(f, &xj.range);
   return NBL_OK;
 }
 

@@ -420,9 +420,9 @@ nbl_status nbl_i4_run_depthwise(nbl_kctx *c, nbl_i4_fused *f, const nbl_conv_geo
   const nbl_rt_tensor *X = c->in[0];
   dw_job dj = {.f = f, .g = g, .x = X->data, .bias = bias, .C = g->C, .H = g->in[0],
                .W = g->in[1], .sc = sc};
-  if (X->codes_for == f) {
+  if (nbl_i4_x_is_codes(f)) {
     dj.u = X->data;
-    dj.ubias = X->code_off + X->code_zero;
+    dj.ubias = f->xsrc->out.code_off + f->xsrc->out.code_zero;
   }
   nbl_i4_quantizer_init(&dj.q, &f->xcfg, p);
   nbl_i4_range_init(&dj.range);
@@ -433,7 +433,7 @@ nbl_status nbl_i4_run_depthwise(nbl_kctx *c, nbl_i4_fused *f, const nbl_conv_geo
   nbl_status st = blocked ? run_dw_blocked(c, g, &dj, y) : nbl_conv_dw_hooked(c, g, f->dw_w, y, &h);
   if (st == NBL_OK && rows && !blocked) nbl_kcount(NBL_KC_I4_DW_ROWS_RUNS);
   if (st == NBL_OK) {
-    nbl_i4_range_publish(nbl_kctx_out(c, 0), &dj.range);
+    nbl_i4_range_publish(f, &dj.range);
     return NBL_OK;
   }
   if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");

@@ -282,6 +282,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
 
 static nbl_status k_fused_int4(nbl_kctx *c) {
   nbl_i4_fused *f = (nbl_i4_fused *)(void *)c->node;
+  f->out = (nbl_i4_handover){0}; /* nothing known yet about this run's output */
   const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
   if (!X || !W) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X or W is missing");
   if (X->dtype != NBL_DT_FLOAT)
@@ -293,11 +294,12 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "alpha must be a float32 scalar");
     alpha = ((const float *)a->data)[0];
   }
+  const nbl_i4_handover *xh = f->xsrc ? &f->xsrc->out : NULL;
   nbl_q4_params p;
-  if (X->codes_for == f) { /* activation bytes from the producer (link_codes) */
-    p = (nbl_q4_params){.scale = X->code_scale, .zero = X->code_zero, .qmin = X->code_qmin,
-                        .qmax = X->code_qmax};
-    if (W->data != f->wdata || !f->dw_w || nbl_i4_act_offset(&p) != X->code_off)
+  if (nbl_i4_x_is_codes(f)) { /* activation bytes from the producer (link_codes) */
+    p = (nbl_q4_params){.scale = xh->code_scale, .zero = xh->code_zero, .qmin = xh->code_qmin,
+                        .qmax = xh->code_qmax};
+    if (W->data != f->wdata || !f->dw_w || nbl_i4_act_offset(&p) != xh->code_off)
       return nbl_kerr(c, NBL_ERR_INTERNAL, "activation bytes for an unprepared consumer");
     nbl_kcount(NBL_KC_I4_INTEGER_RUNS);
     return nbl_i4_run_conv(c, f, &p);
@@ -306,10 +308,10 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   float lo, hi;
   int finite;
   /* the range recorded by the fused node that wrote X */
-  if (X->range_known && nbl_kdebug_get(NBL_KS_I4_RANGE_REUSE)) {
+  if (xh && xh->range_known && nbl_kdebug_get(NBL_KS_I4_RANGE_REUSE)) {
     finite = 1;
-    lo = X->range_lo;
-    hi = X->range_hi;
+    lo = xh->lo;
+    hi = xh->hi;
     nbl_kcount(NBL_KC_I4_RANGE_REUSES);
   } else {
     finite = nbl_i4_scan(c, X, &lo, &hi);

@@ -22,6 +22,23 @@
 enum { FK_CONV, FK_GEMM, FK_MATMUL };   /* the fused op */
 enum { WS_QUANT, WS_DEQUANT };          /* where the weight codes come from */
 
+struct nbl_i4_fused;
+
+/* What a fused node found out, in its latest run, about the output it
+ * wrote, for the fused node that consumes that output (whose xsrc it is):
+ * cleared when the node starts a run, so a consumer (which runs after it in
+ * the same run) never sees an older run's. */
+typedef struct nbl_i4_handover {
+  int range_known; /* every element is finite and lies in [lo, hi] */
+  float lo, hi;
+  /* non-NULL: the output holds, instead of floats, the activation bytes
+   * code + code_off of the consumer codes_for's quantizer (scale
+   * code_scale, zero point code_zero, codes code_qmin..code_qmax) */
+  const struct nbl_i4_fused *codes_for;
+  float code_scale;
+  int code_zero, code_qmin, code_qmax, code_off;
+} nbl_i4_handover;
+
 typedef struct nbl_i4_fused {
   nbl_node node; /* the synthetic node (first member: the kernel casts back) */
   nbl_id ins[5]; /* X, W source, bias, alpha, residual (NBL_NONE when absent) */
@@ -58,6 +75,10 @@ typedef struct nbl_i4_fused {
   /* the one consumer of this node's output, a fused depthwise convolution
    * quantizing it: fed activation bytes instead of floats (link_codes) */
   struct nbl_i4_fused *link;
+  /* the fused node that writes this node's X (NULL: none), and what this
+   * node hands over about its own output */
+  struct nbl_i4_fused *xsrc;
+  nbl_i4_handover out;
 } nbl_i4_fused;
 
 /* The kernel of every fused node (op type "FusedInt4" in domain ai.nibble;
@@ -92,8 +113,8 @@ int nbl_i4_avx512(void);
 
 /* ------------------------------------------------------------------ output ranges */
 
-/* A range merged from several threads; published on the output tensor when
- * it is finite, for the next fused node's quantizer. */
+/* A range merged from several threads; published in the node's hand-over
+ * when it is finite, for the next fused node's quantizer. */
 typedef struct nbl_i4_shared_range {
   _Atomic float lo, hi;
   _Atomic int nan;
@@ -115,13 +136,19 @@ static inline void nbl_i4_range_merge(nbl_i4_shared_range *r, const nbl_i4_range
   if (v->nan) atomic_store(&r->nan, 1);
 }
 
-static inline void nbl_i4_range_publish(nbl_rt_tensor *y, nbl_i4_shared_range *r) {
+static inline void nbl_i4_range_publish(nbl_i4_fused *f, nbl_i4_shared_range *r) {
   float lo = atomic_load(&r->lo), hi = atomic_load(&r->hi);
   if (!atomic_load(&r->nan) && isfinite(lo) && isfinite(hi) && lo <= hi) {
-    y->range_known = 1;
-    y->range_lo = lo;
-    y->range_hi = hi;
+    f->out.range_known = 1;
+    f->out.lo = lo;
+    f->out.hi = hi;
   }
+}
+
+/* 1 when f's input X holds f's activation bytes (not floats): the fused
+ * node that wrote X sent them (nbl_i4_handover.codes_for). */
+static inline int nbl_i4_x_is_codes(const nbl_i4_fused *f) {
+  return f->xsrc && f->xsrc->out.codes_for == f;
 }
 
 /* ------------------------------------------------------------------ int4_act.c */
