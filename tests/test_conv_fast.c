@@ -10,6 +10,7 @@
 
 #include "include/nibble.h"
 #include "ir/ir.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/kdebug.h"
@@ -202,7 +203,7 @@ START_TEST(test_depthwise_blocked) {
       /* two runs of the session; AVX-512 only */
       nbl_kernel_stats_get(&s1);
       ck_assert_int_eq(s1.n[NBL_KC_F32_DW_BLOCKED_RUNS] - s0.n[NBL_KC_F32_DW_BLOCKED_RUNS],
-                       __builtin_cpu_supports("avx512f") ? 2 : 0);
+                       nbl_cpu_has(NBL_CPU_AVX512F) ? 2 : 0);
       size_t n = g_kept_n;
       float *blocked = g_kept;
       g_kept = NULL;

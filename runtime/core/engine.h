@@ -11,6 +11,7 @@
 #ifndef NBL_ENGINE_H
 #define NBL_ENGINE_H
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 #include "runtime/core/threadpool.h"
 #include "runtime/fusions/fuse.h"
@@ -54,6 +55,7 @@ struct nbl_engine {
   const nbl_model *m;
   const nbl_graph *g;
   int threads, reference, no_arena;
+  nbl_isa isa; /* the engine's ISA cap, in force while it plans and runs (cpu.h) */
   int profile, prof_runs;
   int64_t *prof_ns;           /* per step of plans[0] */
   const nbl_node **prof_node; /* per step of plans[0] */

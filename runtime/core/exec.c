@@ -43,9 +43,12 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
   e->reference = opt ? opt->reference : 0;
   e->no_arena = opt ? opt->no_arena : 0;
   e->profile = opt ? opt->profile : 0;
+  e->isa = opt ? opt->isa : NBL_ISA_DEFAULT;
   e->on_value = opt ? opt->on_value : NULL;
   e->user = opt ? opt->user : NULL;
+  nbl_isa cap = nbl_cpu_set_thread_cap(e->isa); /* fusions choose kernels while planning */
   nbl_status st = nbl_plan_graph(e, g);
+  nbl_cpu_set_thread_cap(cap);
   if (st != NBL_OK) {
     nbl_error_prefix("%s", nbl_model_label(m));
     nbl_engine_free(e);
@@ -378,7 +381,7 @@ nbl_status nbl_frame_run(nbl_frame *f) {
   return st;
 }
 
-nbl_status nbl_engine_run(nbl_engine *e) {
+static nbl_status engine_run(nbl_engine *e) {
   const nbl_graph *g = e->g;
   free_top_values(e);
   e->ran = 0;
@@ -423,4 +426,11 @@ nbl_status nbl_engine_run(nbl_engine *e) {
   e->stats.runs++;
   if (e->prof_ns) e->prof_runs++;
   return NBL_OK;
+}
+
+nbl_status nbl_engine_run(nbl_engine *e) {
+  nbl_isa cap = nbl_cpu_set_thread_cap(e->isa); /* the pool carries it into its workers */
+  nbl_status st = engine_run(e);
+  nbl_cpu_set_thread_cap(cap);
+  return st;
 }

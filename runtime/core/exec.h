@@ -28,6 +28,7 @@ typedef struct nbl_engine_options {
   int reference; /* 1: kernels take their reference paths only */
   int no_arena;  /* 1: never use the planned arena (malloc per tensor) */
   int profile;   /* 1: time every step of the main graph (nbl_engine_profile) */
+  nbl_isa isa;   /* cap on the fast paths' instruction set (runtime/core/cpu.h) */
   nbl_value_cb on_value;
   void *user;
 } nbl_engine_options;

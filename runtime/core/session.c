@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 
 struct nbl_session {
@@ -11,6 +12,7 @@ struct nbl_session {
   nbl_host_tensor *outs;
   nbl_session_value_fn on_value;
   void *user;
+  nbl_isa isa; /* the session's ISA cap (for the profile's kernel line) */
 };
 
 static void session_value_cb(void *user, const char *name, const nbl_rt_tensor *t) {
@@ -32,6 +34,8 @@ nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt
     eo.threads = opt->threads;
     eo.reference = opt->reference;
     eo.profile = opt->profile;
+    eo.isa = opt->isa;
+    s->isa = opt->isa;
     if (opt->on_value) {
       s->on_value = opt->on_value;
       s->user = opt->user;
@@ -187,9 +191,12 @@ nbl_status nbl_session_print_profile(const nbl_session *s, FILE *out, int top) {
     order[i].ns = ns[i];
   }
   qsort(rows, (size_t)nr, sizeof *rows, cmp_row);
+  nbl_isa cap = nbl_cpu_set_thread_cap(s->isa); /* the kernels as this session runs them */
+  const char *info = nbl_kernel_info();
+  nbl_cpu_set_thread_cap(cap);
   double div = runs > 0 ? 1e6 * runs : 1e6;
   fprintf(out, "profile: %d run(s), %d node(s), %.3f ms per run in nodes, %d thread(s)\n%s\n",
-          runs, n, total / div, nbl_engine_threads(s->e), nbl_kernel_info());
+          runs, n, total / div, nbl_engine_threads(s->e), info);
   fprintf(out, "%-24s %6s %12s %7s\n", "op", "nodes", "ms/run", "share");
   for (int r = 0; r < nr; r++)
     fprintf(out, "%-24s %6d %12.3f %6.1f%%\n", rows[r].op, rows[r].count, rows[r].ns / div,

@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/core/cpu.h"
+
 
 /* Workers spin on the job counter for a short while before sleeping on the
  * condition variable: a network runs hundreds of parallel regions of tens of
@@ -31,6 +33,7 @@ struct nbl_pool {
   /* the job, stable while gen is even and a worker is active */
   void (*fn)(void *, int64_t, int64_t);
   void *arg;
+  nbl_isa cap; /* the caller's ISA cap (cpu.h), the workers' during the job */
   int64_t n, chunk;
   int n_chunks, ways; /* chunks, and threads sharing them */
   _Atomic int done_chunks;
@@ -127,7 +130,10 @@ static void *pool_main(void *arg) {
       continue;
     }
     atomic_fetch_add(&p->active, 1);
-    if (atomic_load(&p->gen) == g) pool_do_chunks(p, w->idx);
+    if (atomic_load(&p->gen) == g) {
+      nbl_cpu_set_thread_cap(p->cap);
+      pool_do_chunks(p, w->idx);
+    }
     atomic_fetch_sub(&p->active, 1);
     seen = g;
   }
@@ -187,6 +193,7 @@ int nbl_pool_run(nbl_pool *p, int64_t n, int64_t grain, int ways,
   while (atomic_load(&p->active) != 0) cpu_relax();
   p->fn = fn;
   p->arg = arg;
+  p->cap = nbl_cpu_thread_cap();
   p->n = n;
   p->chunk = (n + chunks - 1) / chunks;
   p->n_chunks = (int)((n + p->chunk - 1) / p->chunk);

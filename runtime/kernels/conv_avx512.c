@@ -1,6 +1,7 @@
 /* conv_avx512.c - the AVX-512 FP32 product kernel of convolutions (and of
  * the Winograd products); see conv_paths.h. */
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 #include "runtime/kernels/simd16.h"
 
@@ -117,7 +118,7 @@ void nbl_c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64
 int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
                             const float *w, const float *bias, float *y, const nbl_act *act) {
   nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
-  if (!kc || !nbl_conv_weights_const(ctx) || !__builtin_cpu_supports("avx512f")) return 0;
+  if (!kc || !nbl_conv_weights_const(ctx) || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
   int64_t Mb = (M + 7) / 8;
   c11_cache *cc = kc->data;
   if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {

@@ -4,6 +4,7 @@
  * (depthwise_f32.c), Winograd (winograd.c), the AVX-512 product kernel
  * (conv_avx512.c), or im2col + GEMM here. */
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 
 #include <stdlib.h>
@@ -240,7 +241,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (g->ns == 2 && Cg == 1 && g->group == g->C) return nbl_conv_dw_f32(ctx, g, x, w, bias, y, act);
 #if defined(__x86_64__)
   /* 1x1 and im2col products with one group: the AVX-512 kernel below */
-  int own = g->group == 1 && ctx && nbl_conv_weights_const(ctx) && __builtin_cpu_supports("avx512f");
+  int own = g->group == 1 && ctx && nbl_conv_weights_const(ctx) && nbl_cpu_has(NBL_CPU_AVX512F);
 #else
   int own = 0;
 #endif

@@ -4,6 +4,7 @@
  * planes, and the hooked entry that the INT4 path feeds with activation
  * codes (nbl_conv_dw_hooked). */
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/simd16.h"
@@ -130,9 +131,8 @@ typedef void (*dw_plane_fn)(const float *, int64_t, const int64_t *, int, const 
                             float, float *, int64_t, int64_t);
 static dw_plane_fn dw_plane_pick(int no_avx512) {
 #if defined(__x86_64__)
-  if (!no_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
-    return dw_plane_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return dw_plane_avx2;
+  if (!no_avx512 && nbl_cpu_has(NBL_CPU_AVX512F | NBL_CPU_FMA)) return dw_plane_avx512;
+  if (nbl_cpu_has(NBL_CPU_AVX2 | NBL_CPU_FMA)) return dw_plane_avx2;
 #endif
   return dw_plane_generic;
 }
@@ -208,7 +208,7 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     free(ph);
     return;
   }
-  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  int avx2 = nbl_cpu_has(NBL_CPU_AVX2 | NBL_CPU_FMA);
   /* a unit of work: one (n, m) plane, or with bands one band of output rows
    * of every plane */
   for (int64_t u = begin; u < end; u++) {
@@ -410,7 +410,7 @@ int nbl_dw_blocked_wanted(const nbl_conv_geom *g, int mode) {
 static int dw_blocked_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                           const float *bias, float *y, const nbl_act *act) {
 #if defined(__x86_64__)
-  if (!__builtin_cpu_supports("avx512f") ||
+  if (!nbl_cpu_has(NBL_CPU_AVX512F) ||
       !nbl_dw_blocked_wanted(g, (int)nbl_kdebug_get(NBL_KS_F32_DW_BLOCKED)))
     return 0;
   dwb_task J = {.g = g, .x = x, .w = w, .bias = bias, .y = y, .act = act,

@@ -4,7 +4,7 @@
  * products are in conv_im2col.c (and the paths it chooses from). */
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/conv_paths.h"
-#include "runtime/kernels/int4_gemm.h"
+#include "runtime/core/cpu.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -65,13 +65,7 @@ static void micro_generic(int64_t kc, const float *a, const float *b, float *C, 
 typedef void (*micro_fn)(int64_t, const float *, const float *, float *, int64_t, int, int, float);
 
 static micro_fn pick_micro(void) {
-  static micro_fn _Atomic fn;
-  if (!fn) {
-    __builtin_cpu_init();
-    fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? micro_avx2
-                                                                         : micro_generic;
-  }
-  return fn;
+  return nbl_cpu_has(NBL_CPU_AVX2 | NBL_CPU_FMA) ? micro_avx2 : micro_generic;
 }
 
 static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
@@ -233,9 +227,11 @@ __attribute__((target("avx"))) static void act_row_avx(float *y, int64_t n, floa
 }
 #endif
 
-static void act_row(float *y, int64_t n, float lo, float hi) {
+/* one row; avx: nbl_cpu_has(NBL_CPU_AVX), asked once per call of
+ * nbl_act_apply_2d */
+static void act_row(float *y, int64_t n, float lo, float hi, int avx) {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx")) {
+  if (avx) {
     act_row_avx(y, n, lo, hi);
     return;
   }
@@ -254,44 +250,31 @@ static void act_row(float *y, int64_t n, float lo, float hi) {
 
 void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld) {
   if (!act || !act->kind) return;
-  for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi);
+  int avx = nbl_cpu_has(NBL_CPU_AVX);
+  for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi, avx);
 }
 
-static char kernel_info[256];
+static char blas_info[160];
 
-static void kernel_info_init(void) {
-  char blas[160];
+static void blas_info_init(void) {
+  char *blas = blas_info;
 #if defined(NBL_HAVE_CBLAS) && defined(OPENBLAS_VERSION)
   const char *core = openblas_get_corename(), *v = OPENBLAS_VERSION; /* " OpenBLAS 0.3.21 " */
   while (*v == ' ') v++;
   int vlen = (int)strlen(v);
   while (vlen > 0 && v[vlen - 1] == ' ') vlen--;
-  snprintf(blas, sizeof blas, "%.*s (%s kernels)", vlen, v, core ? core : "?");
+  snprintf(blas, sizeof blas_info, "%.*s (%s kernels)", vlen, v, core ? core : "?");
 #elif defined(NBL_HAVE_CBLAS)
-  snprintf(blas, sizeof blas, "a cblas library");
+  snprintf(blas, sizeof blas_info, "a cblas library");
 #else
-  snprintf(blas, sizeof blas, "nibble's own blocked kernel (no BLAS)");
+  snprintf(blas, sizeof blas_info, "nibble's own blocked kernel (no BLAS)");
 #endif
-  int conv512 = 0;
-#if defined(__x86_64__)
-  conv512 = __builtin_cpu_supports("avx512f");
-#endif
-  snprintf(kernel_info, sizeof kernel_info, "FP32 products: %s; FP32 convolutions: %s; INT4: %s",
-           blas, conv512 ? "avx512" : "as the products", nbl_i4_isa_name(nbl_i4_best_isa()));
 }
 
-const char *nbl_kernel_info(void) {
+const char *nbl_gemm_info(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, kernel_info_init);
-  return kernel_info;
-}
-
-int nbl_gemm_has_blas(void) {
-#ifdef NBL_HAVE_CBLAS
-  return 1;
-#else
-  return 0;
-#endif
+  pthread_once(&once, blas_info_init);
+  return blas_info;
 }
 
 #ifdef NBL_HAVE_CBLAS

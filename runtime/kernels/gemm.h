@@ -48,8 +48,9 @@ void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, do
                    const double *A, int64_t lda, const double *B, int64_t ldb, double beta,
                    double *C, int64_t ldc);
 
-/* 1 when nbl_sgemm uses a BLAS library. */
-int nbl_gemm_has_blas(void);
+/* What nbl_sgemm runs on, for nbl_kernel_info: "OpenBLAS 0.3.21 (SkylakeX
+ * kernels)", "a cblas library" or "nibble's own blocked kernel (no BLAS)". */
+const char *nbl_gemm_info(void);
 
 /* Layers whose outputs have at least this many pixels per channel split
  * their work across threads by bands of pixels (rows): 2T bands at T threads,

@@ -10,16 +10,7 @@
 #include <immintrin.h>
 #endif
 
-/* cached (every thread computes the same value) */
-int nbl_i4_avx512(void) {
-  static _Atomic int cached = -1;
-  int v = atomic_load_explicit(&cached, memory_order_relaxed);
-  if (v < 0) {
-    v = nbl_i4_best_isa() == NBL_I4_VNNI;
-    atomic_store_explicit(&cached, v, memory_order_relaxed);
-  }
-  return v;
-}
+int nbl_i4_avx512(void) { return nbl_i4_best_isa() == NBL_I4_VNNI; }
 
 /* ------------------------------------------------------------------ activation statistics */
 

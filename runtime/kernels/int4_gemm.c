@@ -3,6 +3,7 @@
  * exact int32 sums finished by the float epilogue; see int4_gemm.h. Weight
  * packing is in int4_pack.c, activation quantization in int4_quant.c. */
 #include "runtime/kernels/int4_gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/kernels/int4_vq.h"
 #include "runtime/kernels/simd16.h"
 
@@ -12,59 +13,30 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define NBL_I4_X86 1
 #else
 #define NBL_I4_X86 0
 #endif
 
-/* ------------------------------------------------------------------ CPU features */
+/* ------------------------------------------------------------------ variants */
 
-static int g_have[3];
-static nbl_i4_isa g_best;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-
-#if NBL_I4_X86
-static unsigned long long xgetbv0(void) {
-  unsigned eax, edx;
-  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
-  return ((unsigned long long)edx << 32) | eax;
-}
-#endif
-
-static void detect(void) {
-  g_have[NBL_I4_SCALAR] = 1;
-#if NBL_I4_X86
-  unsigned a, b, c, d;
-  if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27)) /* OSXSAVE */) {
-    unsigned long long xcr = xgetbv0();
-    int ymm = (xcr & 0x6) == 0x6, zmm = (xcr & 0xe6) == 0xe6;
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-      int avx2 = (b >> 5) & 1, f = (b >> 16) & 1, bw = (b >> 30) & 1, vnni = (c >> 11) & 1;
-      g_have[NBL_I4_AVX2] = ymm && avx2;
-      g_have[NBL_I4_VNNI] = zmm && f && bw && vnni;
-    }
-  }
-#endif
-  g_best = g_have[NBL_I4_VNNI] ? NBL_I4_VNNI : g_have[NBL_I4_AVX2] ? NBL_I4_AVX2 : NBL_I4_SCALAR;
-  const char *cap = getenv("NBL_INT4_ISA");
-  if (cap) {
-    nbl_i4_isa want = !strcmp(cap, "scalar") ? NBL_I4_SCALAR
-                      : !strcmp(cap, "avx2") ? NBL_I4_AVX2
-                                             : NBL_I4_VNNI;
-    if (want < g_best) g_best = want;
-  }
-}
+/* The features each variant needs (the target attributes it is built with). */
+static const unsigned k_needs[3] = {
+    [NBL_I4_SCALAR] = 0,
+    [NBL_I4_AVX2] = NBL_CPU_AVX2 | NBL_CPU_FMA,
+    [NBL_I4_VNNI] = NBL_CPU_AVX512F | NBL_CPU_AVX512BW | NBL_CPU_AVX512VL | NBL_CPU_AVX512VNNI,
+};
 
 nbl_i4_isa nbl_i4_best_isa(void) {
-  pthread_once(&g_once, detect);
-  return g_best;
+  return nbl_cpu_has(k_needs[NBL_I4_VNNI])   ? NBL_I4_VNNI
+         : nbl_cpu_has(k_needs[NBL_I4_AVX2]) ? NBL_I4_AVX2
+                                             : NBL_I4_SCALAR;
 }
 
 int nbl_i4_isa_supported(nbl_i4_isa isa) {
-  pthread_once(&g_once, detect);
-  return isa >= NBL_I4_SCALAR && isa <= NBL_I4_VNNI && g_have[isa];
+  return isa >= NBL_I4_SCALAR && isa <= NBL_I4_VNNI &&
+         (nbl_cpu_features() & k_needs[isa]) == k_needs[isa];
 }
 
 const char *nbl_i4_isa_name(nbl_i4_isa isa) {
@@ -228,13 +200,12 @@ static micro_fn g_micro[3];
 static pthread_once_t g_table_once = PTHREAD_ONCE_INIT;
 
 static void init_table(void) {
-  pthread_once(&g_once, detect);
   g_micro[NBL_I4_SCALAR] = mk_scalar;
   g_micro[NBL_I4_AVX2] = mk_scalar;
   g_micro[NBL_I4_VNNI] = mk_scalar;
 #if NBL_I4_X86
-  if (g_have[NBL_I4_AVX2]) g_micro[NBL_I4_AVX2] = mk_avx2;
-  if (g_have[NBL_I4_VNNI]) g_micro[NBL_I4_VNNI] = mk_vnni;
+  if (nbl_i4_isa_supported(NBL_I4_AVX2)) g_micro[NBL_I4_AVX2] = mk_avx2;
+  if (nbl_i4_isa_supported(NBL_I4_VNNI)) g_micro[NBL_I4_VNNI] = mk_vnni;
 #endif
 }
 
@@ -244,7 +215,7 @@ static void init_table(void) {
 void nbl_i4_gemm(nbl_i4_isa isa, const nbl_i4_weights *W, const uint8_t *A, int64_t lda,
                  int64_t m0, int64_t m1, int32_t a_zero, int32_t *C, int64_t ldc) {
   pthread_once(&g_table_once, init_table);
-  if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
+  if (!nbl_i4_isa_supported(isa)) isa = NBL_I4_SCALAR;
   int split = isa == NBL_I4_AVX2 && W->maxabs > 64; /* vpmaddubsw could saturate */
   if (split && !W->panels_half) isa = NBL_I4_SCALAR, split = 0;
   micro_fn mk = g_micro[isa];
@@ -531,8 +502,7 @@ NBL_TARGET_AVX2 static void tile_avx2(const tile_args *t, int64_t m, int nr, int
 
 void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int32_t a_zero, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci,
                       float *Y, int64_t ld, const nbl_i4_epi *e) {
-  pthread_once(&g_once, detect);
-  if (isa < NBL_I4_SCALAR || isa > NBL_I4_VNNI || !g_have[isa]) isa = NBL_I4_SCALAR;
+  if (!nbl_i4_isa_supported(isa)) isa = NBL_I4_SCALAR;
   if (isa == NBL_I4_AVX2 && W->maxabs > 64 && !W->w_half) isa = NBL_I4_SCALAR;
   tile_args t = {W, X4, ld, a_zero, Ci, Y, e};
   /* m0 is a multiple of NBL_I4_CR and p0 of 32: tiles start at block boundaries */

@@ -12,8 +12,8 @@
  * operand layout of AVX-512 VNNI vpdpbusd; the correction a_zero * sum_k W
  * is subtracted per output column.
  *
- * Three variants share that layout and are chosen at run time from CPUID
- * (init-once table): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd,
+ * Three variants share that layout, chosen at run time by the CPU dispatch
+ * configuration (runtime/core/cpu.h): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd,
  * used only when max|W| <= 64 so the 16-bit pair sums cannot saturate;
  * otherwise scalar), and portable C. All give identical results.
  */
@@ -41,11 +41,10 @@ typedef struct nbl_i4_weights {
   int maxabs;      /* max |W| */
 } nbl_i4_weights;
 
-/* The best variant this CPU supports (CPUID, computed once, thread-safe).
- * The environment variable NBL_INT4_ISA=scalar|avx2|vnni caps it (for tests
- * and benchmarks); a variant the CPU lacks is never chosen. */
+/* The best variant the CPU supports and the ISA cap in force on this thread
+ * allows (runtime/core/cpu.h: at the avx2 cap AVX2, at scalar scalar). */
 nbl_i4_isa nbl_i4_best_isa(void);
-/* 1 if this CPU can run variant isa. */
+/* 1 if this CPU can run variant isa (whatever the cap: tests run every one). */
 int nbl_i4_isa_supported(nbl_i4_isa isa);
 /* "scalar", "avx2" or "avx512vnni". */
 const char *nbl_i4_isa_name(nbl_i4_isa isa);

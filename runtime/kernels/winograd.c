@@ -1,6 +1,7 @@
 /* winograd.c - FP32 3x3 convolutions as Winograd F(2x2, 3x3), with the
  * transformed weights kept in the node's cache; see conv_paths.h. */
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 
 #include <stdatomic.h>
@@ -257,7 +258,7 @@ int nbl_wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const f
     t.U = wc->U;
     nbl_parallel_for(ctx, M, 1, wino_weights, &t);
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f")) {
+    if (nbl_cpu_has(NBL_CPU_AVX512F)) {
       int64_t Mp = (M + 7) / 8 * 8;
       wc->Up = calloc((size_t)(16 * Mp * C), sizeof(float));
       for (int64_t xi = 0; wc->Up && xi < 16; xi++)

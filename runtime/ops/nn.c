@@ -16,6 +16,7 @@
 
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ helpers */
@@ -642,7 +643,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   }
   int avx = 0;
 #if defined(__x86_64__)
-  avx = __builtin_cpu_supports("avx");
+  avx = nbl_cpu_has(NBL_CPU_AVX);
 #endif
   for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
   for (int64_t q = begin; q < end; q++) {
