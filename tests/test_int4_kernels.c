@@ -972,7 +972,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tc, test_gemm_int8_extremes);
   tcase_add_test(tc, test_conv_gemm_tiles);
   suite_add_tcase(s, tc);
-  /* tagged "capped": what depends on the NBL_INT4_ISA cap (the gemm cases
+  /* tagged "capped": what depends on the NBL_ISA cap (the gemm cases
    * above loop over every variant themselves); the suite runs these again
    * with the cap at avx2 and at scalar (CK_INCLUDE_TAGS=capped) */
   TCase *tq = tcase_create("quantize");

@@ -2,6 +2,7 @@
 #include "runtime/core/cpu.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,10 +23,14 @@ static const unsigned k_level_mask[4] = {
 };
 
 static unsigned g_features;
+static unsigned g_allowed[4]; /* per cap: the features it leaves usable */
 static nbl_isa g_env_cap, g_best;
 static const char *g_env_var, *g_env_bad;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static _Thread_local nbl_isa tl_cap;
+static _Atomic int g_ready;
+/* initial-exec: a plain load from the thread pointer, not a call (fast paths
+ * ask for every row block) */
+static _Thread_local nbl_isa tl_cap __attribute__((tls_model("initial-exec")));
 
 #if NBL_CPU_X86
 static unsigned long long xgetbv0(void) {
@@ -91,9 +96,13 @@ static void init(void) {
       g_env_var = name;
     }
   }
+  for (int c = 0; c < 4; c++) g_allowed[c] = g_features & k_level_mask[c];
+  atomic_store_explicit(&g_ready, 1, memory_order_release);
 }
 
-static inline void ready(void) { pthread_once(&g_once, init); }
+static inline void ready(void) {
+  if (!atomic_load_explicit(&g_ready, memory_order_acquire)) pthread_once(&g_once, init);
+}
 
 /* The cap in force on this thread (NBL_ISA_DEFAULT: none). */
 static nbl_isa cap_now(void) {
@@ -104,7 +113,7 @@ static nbl_isa cap_now(void) {
 
 int nbl_cpu_has(unsigned mask) {
   ready();
-  return (g_features & k_level_mask[cap_now()] & mask) == mask;
+  return (g_allowed[cap_now()] & mask) == mask;
 }
 
 unsigned nbl_cpu_features(void) {
