@@ -91,7 +91,8 @@ START_TEST(test_thread_cap) {
     if (eff == NBL_ISA_AVX2) ck_assert_int_le(i4, NBL_I4_AVX2);
     const char *info = nbl_kernel_info();
     ck_assert_msg(strstr(info, nbl_i4_isa_name(i4)) != NULL, "%s", info);
-    if (cap != NBL_ISA_DEFAULT && cap < nbl_cpu_best_level() && (env == NBL_ISA_DEFAULT || cap < env))
+    if (cap != NBL_ISA_DEFAULT && cap < nbl_cpu_best_level() &&
+        (env == NBL_ISA_DEFAULT || cap < env))
       ck_assert_msg(strstr(info, "session option") != NULL, "%s", info);
     nbl_cpu_set_thread_cap(prev);
   }

@@ -111,10 +111,12 @@ static nbl_isa cap_now(void) {
   return cap;
 }
 
-int nbl_cpu_has(unsigned mask) {
+unsigned nbl_cpu_allowed(void) {
   ready();
-  return (g_allowed[cap_now()] & mask) == mask;
+  return g_allowed[cap_now()];
 }
+
+int nbl_cpu_has(unsigned mask) { return (nbl_cpu_allowed() & mask) == mask; }
 
 unsigned nbl_cpu_features(void) {
   ready();

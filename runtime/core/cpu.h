@@ -42,6 +42,9 @@ enum {
  * the path is chosen, not once per process (the cap depends on the session
  * that runs). */
 int nbl_cpu_has(unsigned mask);
+/* The features usable on this thread now (nbl_cpu_has(m) is
+ * (nbl_cpu_allowed() & m) == m), to test several masks with one call. */
+unsigned nbl_cpu_allowed(void);
 
 /* The features the CPU and OS support, ignoring every cap. */
 unsigned nbl_cpu_features(void);

@@ -16,6 +16,7 @@
 #ifndef NBL_EXEC_H
 #define NBL_EXEC_H
 
+#include "nibble.h"
 #include "runtime/core/kernel.h"
 
 typedef struct nbl_engine nbl_engine;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nibble.h"
 #include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 

@@ -97,13 +97,15 @@ __attribute__((target("avx2"))) static void epi_f_avx2(const nbl_i4_fused *f, fl
 }
 #endif
 
-static void epilogue_f(const nbl_i4_fused *f, float *y, int64_t n, float sc, float bv, nbl_i4_range *rg) {
+/* y[i] = act(sc * y[i] + bv) with the variant isa (chosen once per layer). */
+static void epilogue_f(const nbl_i4_fused *f, nbl_i4_isa isa, float *y, int64_t n, float sc,
+                       float bv, nbl_i4_range *rg) {
 #if defined(__x86_64__)
-  if (nbl_i4_avx512()) {
+  if (isa == NBL_I4_VNNI) {
     epi_f_avx512(f, y, n, sc, bv, rg);
     return;
   }
-  if (nbl_i4_best_isa() == NBL_I4_AVX2) {
+  if (isa == NBL_I4_AVX2) {
     epi_f_avx2(f, y, n, sc, bv, rg);
     return;
   }
@@ -113,7 +115,6 @@ static void epilogue_f(const nbl_i4_fused *f, float *y, int64_t n, float sc, flo
     if (rg) nbl_i4_range_widen(rg, y[i], y[i], y[i] != y[i]);
   }
 }
-
 
 /* Depthwise: the FP32 depthwise kernel (depthwise_f32.c) run on the codes. Its input
  * rows are the activation codes minus the zero point as floats, quantized
@@ -133,6 +134,7 @@ typedef struct dw_job {
   const float *bias;
   int64_t C, H, W;
   float sc;
+  nbl_i4_isa isa; /* the epilogue's variant */
   nbl_i4_shared_range range;
 } dw_job;
 
@@ -175,7 +177,7 @@ static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) 
   (void)n;
   dw_job *j = arg;
   nbl_i4_range rg = {INFINITY, -INFINITY, 0};
-  epilogue_f(j->f, y, count, j->sc, j->bias ? j->bias[m] : 0.0f, &rg);
+  epilogue_f(j->f, j->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f, &rg);
   nbl_i4_range_merge(&j->range, &rg);
 }
 
@@ -419,7 +421,7 @@ nbl_status nbl_i4_run_depthwise(nbl_kctx *c, nbl_i4_fused *f, const nbl_conv_geo
                                 const nbl_q4_params *p, const float *bias, float sc, float *y) {
   const nbl_rt_tensor *X = c->in[0];
   dw_job dj = {.f = f, .g = g, .x = X->data, .bias = bias, .C = g->C, .H = g->in[0],
-               .W = g->in[1], .sc = sc};
+               .W = g->in[1], .sc = sc, .isa = nbl_i4_best_isa()};
   if (nbl_i4_x_is_codes(f)) {
     dj.u = X->data;
     dj.ubias = f->xsrc->out.code_off + f->xsrc->out.code_zero;

@@ -29,9 +29,10 @@ static const unsigned k_needs[3] = {
 };
 
 nbl_i4_isa nbl_i4_best_isa(void) {
-  return nbl_cpu_has(k_needs[NBL_I4_VNNI])   ? NBL_I4_VNNI
-         : nbl_cpu_has(k_needs[NBL_I4_AVX2]) ? NBL_I4_AVX2
-                                             : NBL_I4_SCALAR;
+  unsigned a = nbl_cpu_allowed();
+  return (a & k_needs[NBL_I4_VNNI]) == k_needs[NBL_I4_VNNI]   ? NBL_I4_VNNI
+         : (a & k_needs[NBL_I4_AVX2]) == k_needs[NBL_I4_AVX2] ? NBL_I4_AVX2
+                                                             : NBL_I4_SCALAR;
 }
 
 int nbl_i4_isa_supported(nbl_i4_isa isa) {
