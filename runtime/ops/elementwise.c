@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 
@@ -828,9 +829,7 @@ static void clamp_generic(const float *x, float *y, int64_t b, int64_t e, float 
 }
 
 static void clamp_f32(const float *x, float *y, int64_t b, int64_t e, float lo, float hi) {
-  static int _Atomic have = -1;
-  if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
-  if (have)
+  if (nbl_cpu_has(NBL_CPU_AVX2))
     clamp_avx2(x, y, b, e, lo, hi);
   else
     clamp_generic(x, y, b, e, lo, hi);

@@ -14,6 +14,7 @@
 #include "runtime/core/grad.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/nn.h"
 #include "runtime/ops/ref_common.h"
@@ -525,6 +526,7 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
   return NBL_OK;
 }
 
+#include "runtime/core/cpu.h"
 /* ------------------------------------------------------------------ Einsum */
 
 #define EIN_MAX_OPS 8
