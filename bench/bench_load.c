@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 static double now(void) {
   struct timespec ts;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ir.h"
+#include "nibble.h" /* implements nbl_model_diff of the public API */
 
 /* A node's identity across the two models: its name when the name is
  * non-empty and unique in its graph, else op type + first output name. */

@@ -1,5 +1,5 @@
 /*
- * info.c - nbl_model_print_info: a summary of a model for people.
+ * info.c - nbl_model_print_info: a summary of a model for people; nbl_version.
  *
  * Parameters are the initializers of every graph of the model (subgraphs
  * included, training graphs not), counted in elements and bytes per
@@ -9,7 +9,10 @@
 #include <string.h>
 
 #include "ir.h"
+#include "nibble.h" /* implements nbl_model_print_info and nbl_version of the public API */
 #include "print_internal.h"
+
+const char *nbl_version(void) { return NBL_VERSION_STRING; }
 
 typedef struct op_count {
   const char *domain, *op;

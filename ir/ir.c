@@ -29,8 +29,6 @@ void nbl_error_prefix(const char *fmt, ...) {
   snprintf(err_msg, sizeof err_msg, "%s: %s", pre, old);
 }
 
-const char *nbl_version(void) { return NBL_VERSION_STRING; }
-
 const char *nbl_status_name(nbl_status st) {
   switch (st) {
   case NBL_OK: return "ok";
@@ -586,15 +584,6 @@ nbl_id nbl_graph_add_value(nbl_graph *g, const char *name) {
     index_insert(g, id);
   }
   return id;
-}
-
-nbl_status nbl_value_rename(nbl_graph *g, nbl_id v, const char *name) {
-  if (nbl_graph_find(g, name) != NBL_NONE)
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "graph '%s': cannot rename '%s' to '%s': taken",
-                      g->name, g->values[v].name, name);
-  g->values[v].name = nbl_arena_strdup(g->model->arena, name);
-  index_rebuild(g, g->index_cap);
-  return NBL_OK;
 }
 
 static void add_consumer(nbl_graph *g, nbl_id v, nbl_id n) {

@@ -27,8 +27,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "nibble.h"
+#include "nibble_types.h"
 
+typedef struct nbl_model nbl_model; /* opaque in nibble.h; defined below */
 typedef int32_t nbl_id;
 #define NBL_NONE ((nbl_id)-1)
 
@@ -307,6 +308,10 @@ struct nbl_model {
 
 /* An empty model (ir_version 10, no opsets, an empty main graph named "main"). */
 nbl_model *nbl_model_new(void);
+/* Release a model and everything it owns (NULL allowed); also in nibble.h. */
+void nbl_model_free(nbl_model *m);
+/* Check the structural rules of ONNX (ir/verify.c); also in nibble.h. */
+nbl_status nbl_model_verify(const nbl_model *m);
 /* Version of `domain` ("" or "ai.onnx" for the default) imported by the model, or 0. */
 int64_t nbl_model_opset(const nbl_model *m, const char *domain);
 nbl_status nbl_model_set_opset(nbl_model *m, const char *domain, int64_t version);
@@ -323,8 +328,6 @@ nbl_id nbl_graph_add_value(nbl_graph *g, const char *name);
 char *nbl_graph_unique_name(nbl_graph *g, const char *hint);
 /* Value id by name in this graph only, or NBL_NONE. Dead values are not found. */
 nbl_id nbl_graph_find(const nbl_graph *g, const char *name);
-/* Rename a value (fails if the new name is taken). */
-nbl_status nbl_value_rename(nbl_graph *g, nbl_id v, const char *name);
 
 /* Add a node; inputs/outputs are value ids (NBL_NONE for omitted optional ones).
  * Sets producers and consumers. Returns the node id, or NBL_NONE if an output

@@ -39,6 +39,7 @@
 #include <strings.h>
 
 #include "ir.h"
+#include "nibble.h" /* implements nbl_model_print of the public API */
 #include "print_internal.h"
 
 /* ------------------------------------------------------------------ shared helpers */

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "nibble.h" /* implements nbl_model_load(_buffer) of the public API */
 #include "onnx.pb-c.h"
 #include "parser.h"
 

@@ -5,20 +5,33 @@
 #ifndef NBL_PARSER_H
 #define NBL_PARSER_H
 
-#include "../ir/ir.h"
+#include "ir/ir.h"
 
-/* Read a file holding one serialized TensorProto (the ONNX test-data .pb
- * format). The tensor header is allocated in arena `a`; its payload is a new
- * buffer (converted to raw little-endian layout whatever field held it).
- * Errors name the file. */
-nbl_status nbl_tensor_load_pb(const char *path, nbl_arena *a, nbl_tensor **out);
-
-/* Same from memory; `what` names the source in messages. */
+/* One serialized TensorProto (the ONNX test-data .pb format) from memory.
+ * The tensor header is allocated in arena `a`; its payload is a new buffer
+ * (converted to raw little-endian layout whatever field held it), which the
+ * caller releases with nbl_buffer_unref(t->buf). `what` names the source in
+ * messages. Files: nbl_tensor_load_file. */
 nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, nbl_arena *a,
                                nbl_tensor **out);
 
 /* Write t as one serialized TensorProto (raw_data form). */
 nbl_status nbl_tensor_save_pb(const nbl_tensor *t, const char *path);
+
+/* A NumPy .npy file (v1-v3, little-endian, C order, numbers and bool) from
+ * memory: the header in arena `a`, the data copied into a new buffer, name
+ * "". `what` names the source in messages (parser/tensor_file.c). */
+nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, nbl_arena *a,
+                                nbl_tensor **out);
+
+/* Write t as a .npy file (version 1, header padded to 64 bytes as NumPy
+ * does); STRING, INT4 and other types NumPy lacks are NBL_ERR_UNSUPPORTED. */
+nbl_status nbl_tensor_save_npy(const nbl_tensor *t, const char *path);
+
+/* Read a tensor file (a regular file or a pipe): .npy when it starts with
+ * the NumPy magic, otherwise a serialized TensorProto. Same ownership as
+ * nbl_tensor_parse_pb; errors name the file. */
+nbl_status nbl_tensor_load_file(const char *path, nbl_arena *a, nbl_tensor **out);
 
 /* ---- shared between load.c, save.c and tensor_pb.c (protobuf types) ---- */
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "nibble.h" /* implements nbl_model_save(_buffer) of the public API */
 #include "onnx.pb-c.h"
 #include "parser.h"
 

@@ -3,11 +3,9 @@
  * <-> nbl_tensor.
  */
 #include <errno.h>
-#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "onnx.pb-c.h"
 #include "parser.h"
@@ -24,41 +22,6 @@ nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, n
     return nbl_errorf(NBL_ERR_PARSE, "%s: not a valid TensorProto (protobuf parse failed)", what);
   nbl_status st = nbl_pb_tensor_to_ir(tp, NULL, a, what, out);
   onnx__tensor_proto__free_unpacked(tp, NULL);
-  return st;
-}
-
-nbl_status nbl_tensor_load_pb(const char *path, nbl_arena *a, nbl_tensor **out) {
-  if (!path || !a || !out)
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_tensor_load_pb: NULL argument");
-  *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return nbl_errorf(NBL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    close(fd);
-    return nbl_errorf(NBL_ERR_IO, "%s: not a regular file", path);
-  }
-  size_t len = (size_t)sb.st_size;
-  unsigned char *buf = malloc(len ? len : 1);
-  if (!buf) {
-    close(fd);
-    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-  }
-  size_t got = 0;
-  while (got < len) {
-    ssize_t r = read(fd, buf + got, len - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      int err = r < 0 ? errno : EIO;
-      free(buf);
-      close(fd);
-      return nbl_errorf(NBL_ERR_IO, "%s: read failed: %s", path, strerror(err));
-    }
-    got += (size_t)r;
-  }
-  close(fd);
-  nbl_status st = nbl_tensor_parse_pb(buf, len, path, a, out);
-  free(buf);
   return st;
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nibble.h" /* folds a subgraph by running it in a reference session */
 #include "pass.h"
 
 static const char *const nondeterministic[] = {"RandomNormal",     "RandomUniform",

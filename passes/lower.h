@@ -7,11 +7,6 @@
 #include "runtime/formats/int4.h"
 #include "pass.h"
 
-/* Decode the attributes of an ai.nibble QuantizeInt4 node into cfg.
- * Returns NBL_OK or NBL_ERR_UNSUPPORTED / NBL_ERR_INVALID_MODEL with a message
- * naming the node and attribute. */
-nbl_status nbl_q4_node_config(const nbl_model *m, const nbl_node *n, nbl_q4_config *cfg);
-
 /* If QuantizeInt4 node `nid` has a constant float32 initializer X (all
  * finite), no PACT input, and neither its scale nor zero_point output is
  * used, replace it by DequantizeLinear(q, s[, z]) with q a constant code

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "nibble.h" /* implements the pipeline API; prints and saves dumps through it */
 #include "pass.h"
 
 typedef struct pipeline_entry {
@@ -87,16 +88,9 @@ static const char *opt_type_name(nbl_opt_type t) {
   return "?";
 }
 
-static int passes_visible(void) {
-  const char *e = getenv("NBL_TEST_PASSES");
-  return e && strcmp(e, "1") == 0;
-}
-
 void nbl_passes_print(FILE *out) {
-  int show_hidden = passes_visible();
   for (int i = 0; i < nbl_pass_count(); i++) {
     const nbl_pass_def *p = nbl_pass_at(i);
-    if (p->hidden && !show_hidden) continue;
     fprintf(out, "%-20s %s%s\n", p->name, p->description,
             p->changes_numerics ? " [changes numerics]" : "");
     for (int k = 0; k < NBL_PASS_MAX_OPTIONS && p->options[k].name; k++)
@@ -118,9 +112,7 @@ void nbl_pipeline_free(nbl_pipeline *p) {
 static void list_passes(char *buf, size_t len) {
   size_t o = 0;
   buf[0] = 0;
-  int show_hidden = passes_visible();
   for (int i = 0; i < nbl_pass_count() && o < len; i++) {
-    if (nbl_pass_at(i)->hidden && !show_hidden) continue;
     o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", nbl_pass_at(i)->name);
   }
 }
@@ -252,7 +244,7 @@ nbl_status nbl_pipeline_parse(const char *spec, nbl_pipeline **out) {
       continue;
     }
     const nbl_pass_def *def = nbl_pass_find(name);
-    if (!def || (def->hidden && !passes_visible())) {
+    if (!def) {
       char all[2048];
       list_passes(all, sizeof all);
       st = nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "unknown pass '%s' (passes: %s)", name, all);

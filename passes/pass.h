@@ -13,7 +13,7 @@
 #ifndef NBL_PASS_H
 #define NBL_PASS_H
 
-#include "../ir/ir.h"
+#include "ir/ir.h"
 
 typedef enum nbl_opt_type { NBL_OPT_INT, NBL_OPT_FLOAT, NBL_OPT_BOOL, NBL_OPT_STRING } nbl_opt_type;
 
@@ -43,7 +43,6 @@ struct nbl_pass_def {
   const char *description;
   nbl_pass_fn run;
   int changes_numerics; /* 1 if outputs may change beyond float reassociation */
-  int hidden;           /* 1: test-only, listed and usable only with NBL_TEST_PASSES=1 */
   nbl_pass_option options[NBL_PASS_MAX_OPTIONS];
 };
 
@@ -56,10 +55,21 @@ const char *nbl_pass_opt_string(const nbl_pass_ctx *ctx, const char *name);
 /* Write one summary line for the pass (printf-style) to ctx->log, if any. */
 void nbl_pass_logf(nbl_pass_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The registry: every pass, in the order `nibble passes` lists them. */
+/* The registry: every pass, in the order `nibble passes` lists them (the
+ * built-in ones of passes/registry.c, then those added with nbl_pass_register). */
 const nbl_pass_def *nbl_pass_find(const char *name);
 int nbl_pass_count(void);
 const nbl_pass_def *nbl_pass_at(int i);
+
+/* Add a pass after the built-in ones, so that pipelines can name it: for a
+ * test's own pass (one that breaks the IR on purpose, say) or a program
+ * that brings its passes. def must stay valid as long as any pipeline may
+ * use it. Returns NBL_OK (also when this def is already registered), or
+ * NBL_ERR_INVALID_ARGUMENT when def has no name or run function, another pass
+ * has its name, or NBL_PASS_MAX_ADDED passes were added already. Not
+ * thread-safe: register before parsing pipelines. */
+#define NBL_PASS_MAX_ADDED 16
+nbl_status nbl_pass_register(const nbl_pass_def *def);
 
 /* Remove nodes whose outputs are all unused (not consumed, not graph outputs),
  * then unused non-input values and initializers; recursive over the whole

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 typedef void (*attr_fn)(nbl_graph *g, nbl_id n);
 

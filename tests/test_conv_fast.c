@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "include/nibble.h"
+#include "nibble.h"
 #include "ir/ir.h"
 #include "runtime/core/exec.h"
 #include "runtime/kernels/gemm.h"

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 /* x -> Conv(W, pads) -> c [-> Relu -> y] */
 static nbl_model *build(int pad, float w1, int with_relu) {

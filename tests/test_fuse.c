@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "include/nibble.h"
+#include "nibble.h"
 #include "ir/ir.h"
 
 static uint32_t rng = 4242;

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "parser/parser.h"
 #include "passes/pass.h"
 
@@ -512,7 +513,7 @@ static void inputs_as_constants(nbl_model *m, const char *dir) {
     if (v->init) continue;
     snprintf(path, sizeof path, "%s/test_data_set_0/input_%d.pb", dir, i);
     nbl_tensor *t = NULL;
-    if (stat(path, &sb) != 0 || nbl_tensor_load_pb(path, m->arena, &t) != NBL_OK) continue;
+    if (stat(path, &sb) != 0 || nbl_tensor_load_file(path, m->arena, &t) != NBL_OK) continue;
     if (t->dtype == NBL_DT_STRING || nbl_tensor_numel(t) > 64) {
       nbl_buffer_unref(t->buf);
       continue;
@@ -565,7 +566,7 @@ static void check_model(const char *root, const char *sub, const char *test, tal
   for (int i = 0; i < g->n_outputs; i++) {
     snprintf(path, sizeof path, "%s/%s/%s/test_data_set_0/output_%d.pb", root, sub, test, i);
     nbl_tensor *ref = NULL;
-    if (stat(path, &sb) != 0 || nbl_tensor_load_pb(path, a, &ref) != NBL_OK) {
+    if (stat(path, &sb) != 0 || nbl_tensor_load_file(path, a, &ref) != NBL_OK) {
       t->skipped++;
       continue;
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "runtime/kernels/int4_gemm.h"
 #include "runtime/formats/int4.h"
 

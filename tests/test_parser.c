@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "onnx.pb-c.h"
 #include "parser/parser.h"
 
@@ -448,13 +449,13 @@ START_TEST(test_typed_fields) {
     snprintf(p, sizeof p, "%s/v.pb", tmpdir);
     ck_assert_int_eq(nbl_tensor_save_pb(t, p), NBL_OK);
     nbl_tensor *u;
-    ck_assert_int_eq(nbl_tensor_load_pb(p, a, &u), NBL_OK);
+    ck_assert_int_eq(nbl_tensor_load_file(p, a, &u), NBL_OK);
     ck_assert_str_eq(u->name, "v");
     ck_assert(memcmp(u->data, v, 12) == 0);
     nbl_buffer_unref(t->buf);
     nbl_buffer_unref(u->buf);
     write_file(p, "\x0a\x05", 2);
-    ck_assert_int_eq(nbl_tensor_load_pb(p, a, &u), NBL_ERR_PARSE);
+    ck_assert_int_eq(nbl_tensor_load_file(p, a, &u), NBL_ERR_PARSE);
     char want[PATH_MAX + 80];
     snprintf(want, sizeof want, "%s: not a valid TensorProto (protobuf parse failed)", p);
     ck_assert_str_eq(nbl_last_error(), want);

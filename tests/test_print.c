@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 /* Print m in fmt into a malloc'd string (asserts success). */
 static char *print_str(const nbl_model *m, nbl_format fmt, int full) {

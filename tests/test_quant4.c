@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "include/nibble.h"
+#include "nibble.h"
 #include "ir/ir.h"
 #include "runtime/formats/int4.h"
 
@@ -412,6 +412,188 @@ START_TEST(test_quantize_pass) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ attribute decoder */
+
+/* One broken QuantizeInt4 attribute set: applied to the node of q_model. */
+typedef struct bad_attr {
+  const char *what;   /* the attribute the message must name */
+  nbl_status st;      /* the status every consumer must return */
+  void (*apply)(nbl_graph *g, nbl_id q);
+} bad_attr;
+
+static void a_bits9(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "bits", 9); }
+static void a_bits1(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "bits", 1); }
+static void a_bits_str(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "bits", "4"); }
+static void a_mode(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "mode", "asym"); }
+static void a_mode_int(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "mode", 1); }
+static void a_source(nbl_graph *g, nbl_id q) {
+  nbl_node_set_attr_string(g, q, "scale_source", "mse");
+}
+static void a_rounding(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "rounding", "up"); }
+static void a_narrow2(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "narrow", 2); }
+static void a_narrow_float(nbl_graph *g, nbl_id q) { nbl_node_set_attr_float(g, q, "narrow", 1); }
+static void a_seed_str(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "seed", "7"); }
+static void a_fixed_noscale(nbl_graph *g, nbl_id q) {
+  nbl_node_set_attr_string(g, q, "scale_source", "fixed");
+}
+static void fixed_scale(nbl_graph *g, nbl_id q, float s) {
+  nbl_node_set_attr_string(g, q, "scale_source", "fixed");
+  nbl_node_set_attr_float(g, q, "scale", s);
+}
+static void a_fixed_zero(nbl_graph *g, nbl_id q) { fixed_scale(g, q, 0.0f); }
+static void a_fixed_neg(nbl_graph *g, nbl_id q) { fixed_scale(g, q, -1.0f); }
+static void a_fixed_nan(nbl_graph *g, nbl_id q) { fixed_scale(g, q, NAN); }
+static void a_fixed_inf(nbl_graph *g, nbl_id q) { fixed_scale(g, q, INFINITY); }
+static void a_fixed_int(nbl_graph *g, nbl_id q) {
+  nbl_node_set_attr_string(g, q, "scale_source", "fixed");
+  nbl_node_set_attr_int(g, q, "scale", 1);
+}
+static void a_sawb_affine(nbl_graph *g, nbl_id q) {
+  nbl_node_set_attr_string(g, q, "scale_source", "sawb");
+  nbl_node_set_attr_string(g, q, "mode", "affine");
+}
+
+static const bad_attr bad_attrs[] = {
+    {"bits=9", NBL_ERR_UNSUPPORTED, a_bits9},
+    {"bits=1", NBL_ERR_UNSUPPORTED, a_bits1},
+    {"'bits'", NBL_ERR_INVALID_MODEL, a_bits_str},
+    {"mode 'asym'", NBL_ERR_UNSUPPORTED, a_mode},
+    {"'mode'", NBL_ERR_INVALID_MODEL, a_mode_int},
+    {"scale_source 'mse'", NBL_ERR_UNSUPPORTED, a_source},
+    {"rounding 'up'", NBL_ERR_UNSUPPORTED, a_rounding},
+    {"narrow", NBL_ERR_INVALID_MODEL, a_narrow2},
+    {"'narrow'", NBL_ERR_INVALID_MODEL, a_narrow_float},
+    {"'seed'", NBL_ERR_INVALID_MODEL, a_seed_str},
+    {"'scale'", NBL_ERR_INVALID_MODEL, a_fixed_noscale},
+    {"scale=0", NBL_ERR_INVALID_MODEL, a_fixed_zero},
+    {"scale=-1", NBL_ERR_INVALID_MODEL, a_fixed_neg},
+    {"scale=nan", NBL_ERR_INVALID_MODEL, a_fixed_nan},
+    {"scale=inf", NBL_ERR_INVALID_MODEL, a_fixed_inf},
+    {"'scale'", NBL_ERR_INVALID_MODEL, a_fixed_int},
+    {"sawb", NBL_ERR_INVALID_MODEL, a_sawb_affine},
+};
+#define N_BAD_ATTRS ((int)(sizeof bad_attrs / sizeof bad_attrs[0]))
+
+/* q_model(w) with bad attribute set k applied to its QuantizeInt4 node. */
+static nbl_model *bad_model(int k, const float *w) {
+  nbl_model *m = q_model(4, w, "symmetric", "max", 4, 0);
+  nbl_id q = NBL_NONE;
+  for (int i = 0; i < m->graph->n_nodes; i++)
+    if (!strcmp(m->graph->nodes[i].op_type, "QuantizeInt4")) q = i;
+  ck_assert_int_ne(q, NBL_NONE);
+  bad_attrs[k].apply(m->graph, q);
+  return m;
+}
+
+static const nbl_node *q_node(const nbl_model *m) {
+  for (int i = 0; i < m->graph->n_nodes; i++)
+    if (!strcmp(m->graph->nodes[i].op_type, "QuantizeInt4")) return &m->graph->nodes[i];
+  return NULL;
+}
+
+START_TEST(test_decode_attrs) {
+  /* every attribute given: decoded as written */
+  nbl_model *m = q_model(4, NULL, "affine", "fixed", 3, 0);
+  nbl_graph *g = m->graph;
+  nbl_node_set_attr_string(g, 0, "rounding", "stochastic");
+  nbl_node_set_attr_int(g, 0, "seed", -5);
+  nbl_q4_config c;
+  char err[256] = "";
+  ck_assert_int_eq(nbl_q4_config_decode(q_node(m), &c, err, sizeof err), NBL_OK);
+  ck_assert_int_eq(c.bits, 3);
+  ck_assert_int_eq(c.mode, NBL_Q4_AFFINE);
+  ck_assert_int_eq(c.scale_source, NBL_Q4_SCALE_FIXED);
+  ck_assert_float_eq(c.fixed_scale, 0.75f);
+  ck_assert_int_eq(c.narrow, 0);
+  ck_assert_int_eq(c.rounding, NBL_Q4_ROUND_STOCHASTIC);
+  ck_assert_int_eq(c.seed, -5);
+  nbl_model_free(m);
+  /* no attributes at all: the defaults */
+  m = q_model(4, NULL, "symmetric", "max", 4, 1);
+  nbl_node *n = &m->graph->nodes[0];
+  n->n_attrs = 0;
+  ck_assert_int_eq(nbl_q4_config_decode(n, &c, NULL, 0), NBL_OK);
+  ck_assert_int_eq(c.bits, 4);
+  ck_assert_int_eq(c.mode, NBL_Q4_SYMMETRIC);
+  ck_assert_int_eq(c.scale_source, NBL_Q4_SCALE_MAX);
+  ck_assert_int_eq(c.narrow, 0);
+  ck_assert_int_eq(c.rounding, NBL_Q4_ROUND_HALF_EVEN);
+  ck_assert_int_eq(c.seed, 0);
+  /* a scale beside a computed scale_source is not used */
+  nbl_model_free(m);
+  m = q_model(4, NULL, "symmetric", "max", 4, 0);
+  nbl_node_set_attr_float(m->graph, 0, "scale", -1.0f);
+  ck_assert_int_eq(nbl_q4_config_decode(q_node(m), &c, NULL, 0), NBL_OK);
+  nbl_model_free(m);
+}
+END_TEST
+
+START_TEST(test_decode_bad_attrs) {
+  /* each broken attribute: the decoder's status, and a message naming it */
+  nbl_model *m = bad_model(_i, NULL);
+  nbl_q4_config c;
+  char err[256] = "";
+  nbl_status st = nbl_q4_config_decode(q_node(m), &c, err, sizeof err);
+  ck_assert_msg(st == bad_attrs[_i].st, "case %s: status %d", bad_attrs[_i].what, st);
+  ck_assert_msg(strstr(err, bad_attrs[_i].what), "case %s: message '%s'", bad_attrs[_i].what,
+                err);
+  nbl_model_free(m);
+}
+END_TEST
+
+/* Run m once on the reference path; returns the status. */
+static nbl_status try_run(nbl_model *m, int reference) {
+  nbl_session *s = NULL;
+  nbl_session_options o = {.threads = 1, .reference = reference};
+  nbl_status st = nbl_session_create(m, &o, &s);
+  if (st != NBL_OK) return st;
+  const float x[4] = {1, -2, 3, 0.5f};
+  nbl_host_tensor in = {.name = "x", .dtype = NBL_DT_FLOAT, .rank = 1, .dims = {4},
+                        .data = (void *)x, .nbytes = sizeof x};
+  st = nbl_session_run(s, 1, &in, NULL);
+  nbl_session_free(s);
+  return st;
+}
+
+static nbl_status try_pipeline(nbl_model *m, const char *spec) {
+  nbl_pipeline *p = NULL;
+  ck_assert_msg(nbl_pipeline_parse(spec, &p) == NBL_OK, "%s", nbl_last_error());
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options o = {.log = devnull};
+  nbl_status st = nbl_pipeline_run(p, m, &o);
+  fclose(devnull);
+  nbl_pipeline_free(p);
+  return st;
+}
+
+START_TEST(test_lowering_rejects_what_runtime_rejects) {
+  /* The kernel (reference and fast session), lower-to-onnx on a dynamic
+   * input and pack-int4 on a constant weight refuse the same attribute with
+   * the same status and a message naming the node and the attribute. */
+  const bad_attr *b = &bad_attrs[_i];
+  const float w[4] = {0.5f, -1, 2, 0.25f};
+  for (int reference = 0; reference <= 1; reference++) {
+    nbl_model *m = bad_model(_i, NULL);
+    nbl_status st = try_run(m, reference);
+    ck_assert_msg(st == b->st, "case %s, run reference=%d: status %d (%s)", b->what, reference,
+                  st, nbl_last_error());
+    ck_assert_msg(strstr(nbl_last_error(), "'q'") && strstr(nbl_last_error(), b->what),
+                  "case %s: run: %s", b->what, nbl_last_error());
+    nbl_model_free(m);
+  }
+  const char *passes[] = {"lower-to-onnx", "pack-int4"};
+  for (int k = 0; k < 2; k++) {
+    nbl_model *m = bad_model(_i, k == 0 ? NULL : w);
+    nbl_status st = try_pipeline(m, passes[k]);
+    ck_assert_msg(st == b->st, "case %s, %s: status %d (%s)", b->what, passes[k], st,
+                  nbl_last_error());
+    ck_assert_msg(strstr(nbl_last_error(), "'q'") && strstr(nbl_last_error(), b->what),
+                  "case %s: %s: %s", b->what, passes[k], nbl_last_error());
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("quant4");
   TCase *tc = tcase_create("quant4");
@@ -426,6 +608,9 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_kernel_and_lowering);
   tcase_add_test(tc, test_pack_pass);
   tcase_add_test(tc, test_quantize_pass);
+  tcase_add_test(tc, test_decode_attrs);
+  tcase_add_loop_test(tc, test_decode_bad_attrs, 0, N_BAD_ATTRS);
+  tcase_add_loop_test(tc, test_lowering_rejects_what_runtime_rejects, 0, N_BAD_ATTRS);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 static char **exceptions;
 static int n_exceptions;

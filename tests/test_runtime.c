@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
+#include "parser/parser.h"
 #include "runtime/core/exec.h"
 
 /* NumPy 1.x np.save() output for float32 [[1.5,-2,3.25],[0,1e-3,-7]] and int64 [1,-2,300]. */
@@ -392,52 +394,73 @@ START_TEST(test_state_update_in_place) {
 END_TEST
 
 START_TEST(test_npy_against_numpy) {
-  nbl_rt_tensor t;
-  ck_assert_int_eq(nbl_npy_parse(npy_f32, sizeof npy_f32 - 1, "f32", &t), NBL_OK);
-  ck_assert_int_eq(t.dtype, NBL_DT_FLOAT);
-  ck_assert_int_eq(t.rank, 2);
-  ck_assert_int_eq(t.dims[0], 2);
-  ck_assert_int_eq(t.dims[1], 3);
+  nbl_arena *a = nbl_arena_new();
+  nbl_tensor *t = NULL;
+  ck_assert_int_eq(nbl_tensor_parse_npy(npy_f32, sizeof npy_f32 - 1, "f32", a, &t), NBL_OK);
+  ck_assert_int_eq(t->dtype, NBL_DT_FLOAT);
+  ck_assert_int_eq(t->rank, 2);
+  ck_assert_int_eq(t->dims[0], 2);
+  ck_assert_int_eq(t->dims[1], 3);
   const float want[6] = {1.5f, -2.0f, 3.25f, 0.0f, 1e-3f, -7.0f};
-  ck_assert_int_eq(memcmp(t.data, want, sizeof want), 0);
+  ck_assert_uint_eq(t->nbytes, sizeof want);
+  ck_assert_int_eq(memcmp(t->data, want, sizeof want), 0);
   char path[] = "/tmp/nbl_rt_npyXXXXXX";
   int fd = mkstemp(path);
   ck_assert_int_ge(fd, 0);
   close(fd);
   /* writing reproduces NumPy's bytes exactly */
-  ck_assert_int_eq(nbl_npy_write(path, &t), NBL_OK);
+  ck_assert_int_eq(nbl_tensor_save_npy(t, path), NBL_OK);
   FILE *f = fopen(path, "rb");
   unsigned char buf[512];
   size_t n = fread(buf, 1, sizeof buf, f);
   fclose(f);
   ck_assert_uint_eq(n, sizeof npy_f32 - 1);
   ck_assert_int_eq(memcmp(buf, npy_f32, n), 0);
-  nbl_rt_tensor_free(&t);
-  ck_assert_int_eq(nbl_npy_parse(npy_i64, sizeof npy_i64 - 1, "i64", &t), NBL_OK);
-  ck_assert_int_eq(t.dtype, NBL_DT_INT64);
-  ck_assert_int_eq(t.rank, 1);
-  ck_assert_int_eq(((int64_t *)t.data)[2], 300);
-  ck_assert_int_eq(nbl_npy_write(path, &t), NBL_OK);
+  nbl_buffer_unref(t->buf);
+  ck_assert_int_eq(nbl_tensor_parse_npy(npy_i64, sizeof npy_i64 - 1, "i64", a, &t), NBL_OK);
+  ck_assert_int_eq(t->dtype, NBL_DT_INT64);
+  ck_assert_int_eq(t->rank, 1);
+  ck_assert_int_eq(((const int64_t *)t->data)[2], 300);
+  ck_assert_int_eq(nbl_tensor_save_npy(t, path), NBL_OK);
   f = fopen(path, "rb");
   n = fread(buf, 1, sizeof buf, f);
   fclose(f);
   ck_assert_uint_eq(n, sizeof npy_i64 - 1);
   ck_assert_int_eq(memcmp(buf, npy_i64, n), 0);
-  nbl_rt_tensor_free(&t);
+  nbl_buffer_unref(t->buf);
   /* truncated data and big-endian are errors, not crashes */
-  ck_assert_int_eq(nbl_npy_parse(npy_f32, sizeof npy_f32 - 5, "short", &t), NBL_ERR_PARSE);
+  ck_assert_int_eq(nbl_tensor_parse_npy(npy_f32, sizeof npy_f32 - 5, "short", a, &t),
+                   NBL_ERR_PARSE);
   ck_assert_str_eq(nbl_last_error(), "short: .npy data is truncated (20 bytes, 24 needed)");
   unsigned char be[sizeof npy_f32];
   memcpy(be, npy_f32, sizeof be);
   be[21] = '>';
-  ck_assert_int_eq(nbl_npy_parse(be, sizeof be - 1, "be", &t), NBL_ERR_UNSUPPORTED);
+  ck_assert_int_eq(nbl_tensor_parse_npy(be, sizeof be - 1, "be", a, &t), NBL_ERR_UNSUPPORTED);
+  nbl_arena_free(a);
+  /* .npy through the public API: the file written above reads back */
+  nbl_host_tensor r;
+  char npy[64];
+  snprintf(npy, sizeof npy, "%s.npy", path);
+  ck_assert_int_eq(rename(path, npy), 0);
+  ck_assert_msg(nbl_tensor_read(npy, &r) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_ptr_null(r.name);
+  ck_assert_int_eq(r.dtype, NBL_DT_INT64);
+  ck_assert_int_eq(r.rank, 1);
+  ck_assert_int_eq(((const int64_t *)r.data)[2], 300);
+  ck_assert_msg(nbl_tensor_write(npy, &r) == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor_free(&r);
+  f = fopen(npy, "rb");
+  n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  ck_assert_uint_eq(n, sizeof npy_i64 - 1);
+  ck_assert_int_eq(memcmp(buf, npy_i64, n), 0);
+  unlink(npy);
   /* .pb round trip through the public API */
   char pb[64];
   snprintf(pb, sizeof pb, "%s.pb", path);
   int64_t iv[3] = {7, -8, 9};
   nbl_host_tensor h = {.name = "ints", .dtype = NBL_DT_INT64, .rank = 2, .dims = {1, 3}, .data = iv, .nbytes = 24};
   ck_assert_msg(nbl_tensor_write(pb, &h) == NBL_OK, "%s", nbl_last_error());
-  nbl_host_tensor r;
   ck_assert_msg(nbl_tensor_read(pb, &r) == NBL_OK, "%s", nbl_last_error());
   ck_assert_str_eq(r.name, "ints");
   ck_assert_int_eq(r.dtype, NBL_DT_INT64);
@@ -446,7 +469,6 @@ START_TEST(test_npy_against_numpy) {
   ck_assert_int_eq(memcmp(r.data, iv, 24), 0);
   nbl_host_tensor_free(&r);
   unlink(pb);
-  unlink(path);
 }
 END_TEST
 

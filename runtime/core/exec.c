@@ -1,5 +1,6 @@
 /* exec.c - planner, executor, thread pool, the kernel context functions of
  * kernel.h and the public session API of nibble.h. See exec.h. */
+#include "nibble.h" /* implements the session API */
 #include "runtime/core/exec.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_gemm.h"
@@ -625,10 +626,6 @@ void nbl_engine_reset_profile(nbl_engine *e) {
   memset(e->prof_ns, 0, sizeof(int64_t) * (size_t)e->plans[0]->n_steps);
   e->prof_runs = 0;
 }
-
-int nbl_engine_n_feeds(const nbl_engine *e) { return e->n_feeds; }
-nbl_id nbl_engine_feed_value(const nbl_engine *e, int i) { return e->feeds[i]; }
-const nbl_graph *nbl_engine_graph(const nbl_engine *e) { return e->g; }
 
 void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st) {
   *st = e->stats;

@@ -47,11 +47,6 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
                              const nbl_engine_options *opt, nbl_engine **out);
 void nbl_engine_free(nbl_engine *e);
 
-/* Graph inputs that are not initializers ("feeds"), in graph order. */
-int nbl_engine_n_feeds(const nbl_engine *e);
-nbl_id nbl_engine_feed_value(const nbl_engine *e, int i);
-const nbl_graph *nbl_engine_graph(const nbl_engine *e);
-
 /* Bind graph input `name` to a view of caller memory (not copied, must stay
  * valid through the next nbl_engine_run). Initializer-backed inputs may be
  * bound too (overrides the default for the following runs until unbound by
@@ -90,24 +85,7 @@ int nbl_default_threads(void);
 
 /* ------------------------------------------------------------------ tensors */
 
-/* View an IR tensor as a runtime tensor. Numeric types point at the IR data
- * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
-nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
 /* Deep copy src into dst (dst's old data is not freed). */
 nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
-/* An IR tensor (header in arena a, data in a new buffer) with src's contents. */
-nbl_status nbl_rt_to_ir(const nbl_rt_tensor *src, nbl_arena *a, const char *name,
-                        nbl_tensor **out);
-
-/* Read a tensor file: .npy (v1/v2/v3, little-endian, C order) or anything
- * else as a serialized TensorProto (.pb). *out gets owned data. If name is
- * non-NULL it receives the TensorProto name (malloc'd, may be NULL). */
-nbl_status nbl_rt_read_file(const char *path, nbl_rt_tensor *out, char **name);
-/* Write a tensor: .npy if path ends in ".npy", otherwise a TensorProto with
- * the given name (may be NULL). */
-nbl_status nbl_rt_write_file(const char *path, const nbl_rt_tensor *t, const char *name);
-/* .npy from/to memory. */
-nbl_status nbl_npy_parse(const void *data, size_t len, const char *what, nbl_rt_tensor *out);
-nbl_status nbl_npy_write(const char *path, const nbl_rt_tensor *t);
 
 #endif /* NBL_EXEC_H */

@@ -91,6 +91,9 @@ size_t nbl_rt_elem_size(nbl_dtype dt); /* bytes per element; 0 for 4-bit types *
 /* Allocate data for t with the given type/shape (malloc, zeroed). */
 nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
 void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */
+/* View an IR tensor as a runtime tensor. Numeric types point at the IR data
+ * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
+nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
 /* Element i converted to double / int64 (any numeric dtype, bool). */
 double nbl_rt_get_f64(const nbl_rt_tensor *t, int64_t i);
 int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i);

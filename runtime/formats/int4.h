@@ -2,9 +2,10 @@
  * runtime/formats/int4.h - the per-tensor INT4 (2..8 bit) quantizer math behind the
  * ai.nibble QuantizeInt4 op: scale selection (max, SAWB, fixed, PACT),
  * symmetric / affine grids, half-to-even and stochastic rounding, and
- * INT4 nibble packing. Plain C, no IR or kernel-context dependency, so the
- * reference kernel, the packing/lowering passes and the fused integer
- * kernels all share one definition of the numbers.
+ * INT4 nibble packing, and the one decoder of the op's attributes. Plain C
+ * over the IR (no kernel-context dependency), so the reference kernel, the
+ * packing/lowering passes and the fused integer kernels all share one
+ * definition of the numbers and of what a valid QuantizeInt4 node is.
  *
  * Formulas (b bits, qmin = -2^(b-1), qmax = 2^(b-1)-1):
  *   symmetric:  q = clamp(round(x/s), qmin, qmax), y = s*q
@@ -28,6 +29,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "ir/ir.h"
 
 typedef enum { NBL_Q4_SYMMETRIC = 0, NBL_Q4_AFFINE = 1 } nbl_q4_mode;
 typedef enum {
@@ -62,11 +65,24 @@ typedef struct nbl_q4_params {
 /* Fill cfg with the defaults: 4 bits, symmetric, max, half-even, seed 0. */
 void nbl_q4_config_default(nbl_q4_config *cfg);
 
-/* Parse attribute strings into cfg fields. Return 0 on success, -1 if the
- * string is not one of the accepted spellings. */
-int nbl_q4_parse_mode(const char *s, nbl_q4_mode *out);
-int nbl_q4_parse_scale_source(const char *s, nbl_q4_scale_source *out);
-int nbl_q4_parse_rounding(const char *s, nbl_q4_rounding *out);
+/* Decode the attributes of an ai.nibble QuantizeInt4 node n into cfg (the
+ * only decoder: the reference kernel, the fused INT4 path, pack-int4 and
+ * lower-to-onnx all call it). Every attribute is checked, present or not:
+ *   bits          int, 2..8 (default 4)                   else NBL_ERR_UNSUPPORTED
+ *   mode          string symmetric|affine                 else NBL_ERR_UNSUPPORTED
+ *   scale_source  string max|sawb|fixed|pact              else NBL_ERR_UNSUPPORTED
+ *   rounding      string half_even|stochastic             else NBL_ERR_UNSUPPORTED
+ *   narrow        int, 0 or 1                             else NBL_ERR_INVALID_MODEL
+ *   seed          int                                     else NBL_ERR_INVALID_MODEL
+ *   scale         float; with scale_source=fixed required, finite and > 0
+ *                                                         else NBL_ERR_INVALID_MODEL
+ *   sawb with mode=affine (SAWB is symmetric only)        NBL_ERR_INVALID_MODEL
+ * An attribute of the wrong type (an int where a string belongs, ...) is
+ * NBL_ERR_INVALID_MODEL. Returns NBL_OK, or the status with a message in
+ * err[0..errlen) (may be NULL) that names the attribute, e.g.
+ * "bits=9 is not supported (2..8)"; callers prefix the node. Sets no
+ * thread error. cfg is fully written only on NBL_OK. */
+nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *cfg, char *err, size_t errlen);
 
 /* Code range of the configuration: qmin/qmax per the header formulas. */
 void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax);
@@ -86,9 +102,6 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
  * scale <= 0 or not finite, alpha <= 0 or not finite. */
 int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
                   nbl_q4_params *p, const char **why);
-
-/* Round v half to even (v finite). */
-double nbl_q4_round_half_even(double v);
 
 /* Counter-based uniform draw in [0, 1) keyed by (seed, index): the same
  * (seed, index) always gives the same number (splitmix64 of the pair). */

@@ -44,7 +44,6 @@ nbl_status nbl_f32_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, i
  * the activation's output, op type "Conv+Relu" or "Conv+Clip") and its op
  * definition; NULL for any other node. */
 const nbl_node *nbl_f32_fused_node(const nbl_f32_fusion *fu, nbl_id node, const nbl_op_def **def);
-int nbl_f32_fusion_count(const nbl_f32_fusion *fu);
 void nbl_f32_fusion_free(nbl_f32_fusion *fu);
 
 /* The kernel of the fused nodes (runtime/ops/nn.c): Conv, then Clip with the

@@ -207,8 +207,3 @@ const nbl_node *nbl_f32_fused_node(const nbl_f32_fusion *fu, nbl_id node, const 
   return &fu->by_node[node]->node;
 }
 
-int nbl_f32_fusion_count(const nbl_f32_fusion *fu) {
-  int k = 0;
-  for (int i = 0; fu && i < fu->n_nodes; i++) k += fu->by_node[i] != NULL;
-  return k;
-}

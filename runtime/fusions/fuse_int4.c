@@ -101,25 +101,10 @@ struct nbl_i4_fusion {
   fused **by_node;
 };
 
-/* Decode QuantizeInt4 attributes; -1 when the fused path should not take it. */
+/* Decode QuantizeInt4 attributes; -1 when the fused path should not take it
+ * (the reference kernel then reports the bad attribute). */
 static int parse_q4(const nbl_node *n, nbl_q4_config *cfg) {
-  nbl_q4_config_default(cfg);
-  int64_t bits = nbl_attr_int(n, "bits", 4);
-  if (bits < 2 || bits > 8) return -1;
-  cfg->bits = (int)bits;
-  if (nbl_q4_parse_mode(nbl_attr_string(n, "mode", "symmetric"), &cfg->mode) ||
-      nbl_q4_parse_scale_source(nbl_attr_string(n, "scale_source", "max"), &cfg->scale_source) ||
-      nbl_q4_parse_rounding(nbl_attr_string(n, "rounding", "half_even"), &cfg->rounding))
-    return -1;
-  int64_t narrow = nbl_attr_int(n, "narrow", 0);
-  if (narrow != 0 && narrow != 1) return -1;
-  cfg->narrow = (int)narrow;
-  cfg->seed = nbl_attr_int(n, "seed", 0);
-  if (cfg->scale_source == NBL_Q4_SCALE_FIXED) {
-    if (!nbl_node_attr(n, "scale")) return -1;
-    cfg->fixed_scale = nbl_attr_float(n, "scale", 0.0f);
-  }
-  return 0;
+  return nbl_q4_config_decode(n, cfg, NULL, 0) == NBL_OK ? 0 : -1;
 }
 
 static const nbl_node *producer(const nbl_graph *g, nbl_id v) {
@@ -1825,8 +1810,3 @@ const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nb
   return &fu->by_node[node]->node;
 }
 
-int nbl_i4_fusion_count(const nbl_i4_fusion *fu) {
-  int k = 0;
-  for (int i = 0; fu && i < fu->n_nodes; i++) k += fu->by_node[i] != NULL;
-  return k;
-}

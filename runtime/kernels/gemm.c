@@ -285,14 +285,6 @@ const char *nbl_kernel_info(void) {
   return kernel_info;
 }
 
-int nbl_gemm_has_blas(void) {
-#ifdef NBL_HAVE_CBLAS
-  return 1;
-#else
-  return 0;
-#endif
-}
-
 #ifdef NBL_HAVE_CBLAS
 typedef struct blas_task {
   int ta, tb, split_n; /* split_n: chunks are column blocks of C, else row blocks */

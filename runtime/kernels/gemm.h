@@ -48,9 +48,6 @@ void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, do
                    const double *A, int64_t lda, const double *B, int64_t ldb, double beta,
                    double *C, int64_t ldc);
 
-/* 1 when nbl_sgemm uses a BLAS library. */
-int nbl_gemm_has_blas(void);
-
 /* Layers whose outputs have at least this many pixels per channel split
  * their work across threads by bands of pixels (rows): 2T bands at T threads,
  * thread t taking bands 2t and 2t + 1 of every channel first (the pool's

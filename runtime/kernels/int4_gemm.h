@@ -187,8 +187,6 @@ void nbl_i4_set_code_link_min(long long n);
  * W source, bias, PACT alpha; the consumer's outputs and attributes) and its
  * op definition in *def. NULL for any other node. */
 const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def);
-/* Number of fused nodes. */
-int nbl_i4_fusion_count(const nbl_i4_fusion *fu);
 void nbl_i4_fusion_free(nbl_i4_fusion *fu);
 /* Process-wide count of fused kernel runs that took the integer path (the
  * rest ran the literal fake-quant + float composition); for tests. */

@@ -14,38 +14,11 @@
 #include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
 
-/* Decode the QuantizeInt4 attributes of node n into cfg. Returns NBL_OK or
- * an error naming the bad attribute (message set via nbl_kerr). */
+/* The node's attributes through the one decoder (runtime/formats/int4.h). */
 static nbl_status q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
-  const nbl_node *n = c->node;
-  nbl_q4_config_default(cfg);
-  int64_t bits = nbl_attr_int(n, "bits", 4);
-  if (bits < 2 || bits > 8)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "bits=%lld is not supported (2..8)", (long long)bits);
-  cfg->bits = (int)bits;
-  const char *s = nbl_attr_string(n, "mode", "symmetric");
-  if (nbl_q4_parse_mode(s, &cfg->mode) != 0)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (symmetric|affine)", s);
-  s = nbl_attr_string(n, "scale_source", "max");
-  if (nbl_q4_parse_scale_source(s, &cfg->scale_source) != 0)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED,
-                    "scale_source '%s' is not supported (max|sawb|fixed|pact)", s);
-  s = nbl_attr_string(n, "rounding", "half_even");
-  if (nbl_q4_parse_rounding(s, &cfg->rounding) != 0)
-    return nbl_kerr(c, NBL_ERR_UNSUPPORTED,
-                    "rounding '%s' is not supported (half_even|stochastic)", s);
-  int64_t narrow = nbl_attr_int(n, "narrow", 0);
-  if (narrow != 0 && narrow != 1)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "narrow must be 0 or 1, got %lld",
-                    (long long)narrow);
-  cfg->narrow = (int)narrow;
-  cfg->seed = nbl_attr_int(n, "seed", 0);
-  if (cfg->scale_source == NBL_Q4_SCALE_FIXED) {
-    if (!nbl_node_attr(n, "scale"))
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale_source=fixed needs attribute 'scale'");
-    cfg->fixed_scale = nbl_attr_float(n, "scale", 0.0f);
-  }
-  return NBL_OK;
+  char err[256];
+  nbl_status st = nbl_q4_config_decode(c->node, cfg, err, sizeof err);
+  return st == NBL_OK ? NBL_OK : nbl_kerr(c, st, "%s", err);
 }
 
 static nbl_status k_quantize_int4(nbl_kctx *c) {

@@ -8,7 +8,7 @@ fixed scale that is not a positive finite number, a non-float input, packed
 INT4 initializers whose bytes do not match their shape, DequantizeLinear of
 INT4 with a bad scale or zero point, Conv/Gemm whose quantized weight does
 not fit, options of quantize-int4 that do not exist, lowering what ONNX
-cannot express. Each must make `nibble` exit with status 1 or 2 (never a
+cannot express (a failed convert writes no output file). Each must make `nibble` exit with status 1 or 2 (never a
 signal or a sanitizer report) and print a last line starting with "nibble: " (or
 ("nibble run: ", "nibble convert: ") that names what is at fault (the node or tensor, and the attribute or
 option). The fast path (`nibble run`) and the reference path
@@ -137,6 +137,11 @@ def cases():
         ["convert", "--passes", "lower-to-onnx"], ["'q'", "stochastic"]
     yield "lower_bits9", single_q({"bits": 9}), ["convert", "--passes", "lower-to-onnx"], \
         ["'q'", "bits"]
+    # the one attribute decoder: lowering refuses what the kernel refuses
+    yield "lower_narrow2", single_q({"narrow": 2}), ["convert", "--passes", "lower-to-onnx"], \
+        ["'q'", "narrow"]
+    yield "lower_fixed_noscale", single_q({"scale_source": "fixed"}), \
+        ["convert", "--passes", "lower-to-onnx"], ["'q'", "'scale'"]
     yield "pack_bits9", conv_q((2, 2, 3, 3), qattrs={"bits": 9}), \
         ["convert", "--passes", "pack-int4"], ["'qx'"]
     # compare: a second model that cannot be read, or that fails, stops before any row
@@ -166,10 +171,11 @@ def main():
                     xf = os.path.join(d, "%s_in%d.npy" % (tag, i))
                     np.save(xf, (np.arange(int(np.prod(shape))) % 7 - 3).astype(dt).reshape(shape))
                     cmd = cmd + ["--input", "%s=%s" % (vin.name, xf)]
+            out = os.path.join(d, tag + ".out.onnx")
             for extra in variants:
                 full = [NIBBLE, cmd[0], path] + cmd[1:] + extra
                 if cmd[0] == "convert":
-                    full += ["-o", os.path.join(d, tag + ".out.onnx")]
+                    full += ["-o", out, "--verify-each"]
                 r = subprocess.run(full, capture_output=True, text=True)
                 msg = r.stderr.strip()
                 last = msg.splitlines()[-1] if msg else ""
@@ -177,6 +183,7 @@ def main():
                 ok = ok and all(w in last for w in want) and "Sanitizer" not in r.stderr
                 ok = ok and "runtime error" not in r.stderr
                 ok = ok and (cmd[0] != "compare" or r.stdout == "")  # no table begun
+                ok = ok and not os.path.exists(out)  # a failed convert writes nothing
                 print("%-4s %-18s %-12s exit %d  %s" % ("ok" if ok else "FAIL", tag,
                                                         " ".join(extra) or cmd[0], r.returncode,
                                                         last[:150]))

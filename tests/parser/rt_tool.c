@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
+#include "nibble.h"
 #include "parser/parser.h"
 
 /* Positional checksum, easy to recompute with numpy: sum of b[i] * (i * K + 1) mod 2^64. */
@@ -53,7 +54,7 @@ int main(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
       nbl_arena *a = nbl_arena_new();
       nbl_tensor *t;
-      if (nbl_tensor_load_pb(argv[i], a, &t)) {
+      if (nbl_tensor_load_file(argv[i], a, &t)) {
         printf("%s ERROR %s\n", argv[i], nbl_last_error());
         rc = 1;
       } else {
