@@ -454,6 +454,111 @@ START_TEST(test_if_subgraph) {
 }
 END_TEST
 
+/* Rules the op table gained with the move into family files, hand-computed. */
+START_TEST(test_table_rules) {
+  nbl_model *m = new_model(14);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_model_set_opset(m, "ai.onnx.preview.training", 1);
+  nbl_graph *g = m->graph;
+  const char *nsym[] = {"N", NULL}, *bsym[] = {"B", NULL, NULL};
+  int64_t d_n3[] = {-1, 3};
+  nbl_id x = input(g, "x", NBL_DT_FLOAT, 2, d_n3, nsym);
+  /* QuantizeInt4: Y like X, scale float scalar, zero point int8 scalar */
+  nbl_id q[3] = {uval(g, "q"), uval(g, "qs"), uval(g, "qz")};
+  nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4", 1, &x, 3, q);
+  /* LSTM, batch first (layout 1), both directions, hidden size from W: [2, 4 * 8, 4] */
+  int64_t d_x[] = {-1, 5, 4}, d_w[] = {2, 32, 4}, d_r[] = {2, 32, 8};
+  nbl_id lx = input(g, "lx", NBL_DT_FLOAT, 3, d_x, bsym);
+  nbl_id lw = input(g, "lw", NBL_DT_FLOAT, 3, d_w, NULL), lr = input(g, "lr", NBL_DT_FLOAT, 3, d_r, NULL);
+  nbl_id ly[3] = {uval(g, "ly"), uval(g, "lyh"), uval(g, "lyc")};
+  nbl_id n = nbl_graph_add_node(g, "LSTM", "", "lstm", 3, (nbl_id[]){lx, lw, lr}, 3, ly);
+  nbl_node_set_attr_int(g, n, "layout", 1);
+  nbl_node_set_attr_string(g, n, "direction", "bidirectional");
+  /* Compress along axis 1 with a constant condition [1, 0, 1]: 2 of 3 kept */
+  uint8_t cond_v[3] = {1, 0, 1};
+  int64_t d3[] = {3};
+  nbl_id cond = tval(g, "cond", NBL_DT_BOOL, 1, d3, NULL);
+  nbl_graph_set_initializer(g, cond, nbl_tensor_new(m->arena, "cond", NBL_DT_BOOL, 1, d3, cond_v));
+  nbl_id cx = uval(g, "cx");
+  n = node1(g, "Compress", "compress", 2, (nbl_id[]){x, cond}, cx);
+  nbl_node_set_attr_int(g, n, "axis", 1);
+  /* MaxUnpool 2x2 stride 2: [1, 1, 2, 2] -> [1, 1, 4, 4] */
+  int64_t d_p[] = {1, 1, 2, 2};
+  nbl_id px = input(g, "px", NBL_DT_FLOAT, 4, d_p, NULL), pi = input(g, "pi", NBL_DT_INT64, 4, d_p, NULL);
+  nbl_id pu = uval(g, "pu");
+  n = node1(g, "MaxUnpool", "unpool", 2, (nbl_id[]){px, pi}, pu);
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, (int64_t[]){2, 2});
+  nbl_node_set_attr_ints(g, n, "strides", 2, (int64_t[]){2, 2});
+  /* Momentum over two tensors: outputs X1', X2', V1', V2' like X1, X2, V1, V2 */
+  int64_t d22[] = {2, 2}, d5[] = {5};
+  nbl_id r = input(g, "r", NBL_DT_FLOAT, 0, NULL, NULL), t = input(g, "t", NBL_DT_INT64, 0, NULL, NULL);
+  nbl_id x1 = input(g, "x1", NBL_DT_FLOAT, 2, d22, NULL), x2 = input(g, "x2", NBL_DT_FLOAT, 1, d5, NULL);
+  nbl_id g1 = input(g, "g1", NBL_DT_FLOAT, 2, d22, NULL), g2 = input(g, "g2", NBL_DT_FLOAT, 1, d5, NULL);
+  nbl_id v1 = input(g, "v1", NBL_DT_FLOAT, 2, d22, NULL), v2 = input(g, "v2", NBL_DT_FLOAT, 1, d5, NULL);
+  nbl_id mo[4] = {uval(g, "x1n"), uval(g, "x2n"), uval(g, "v1n"), uval(g, "v2n")};
+  nbl_graph_add_node(g, "Momentum", "ai.onnx.preview.training", "mom", 8,
+                     (nbl_id[]){r, t, x1, x2, g1, g2, v1, v2}, 4, mo);
+  ck_assert_msg(run_pass(m, NULL) == NBL_OK, "%s", nbl_last_error());
+  TYPE_IS(g, q[0], "float[N,3]");
+  TYPE_IS(g, q[1], "float[]");
+  TYPE_IS(g, q[2], "int8[]");
+  TYPE_IS(g, ly[0], "float[B,5,2,8]");
+  TYPE_IS(g, ly[1], "float[B,2,8]");
+  TYPE_IS(g, ly[2], "float[B,2,8]");
+  TYPE_IS(g, cx, "float[N,2]");
+  TYPE_IS(g, pu, "float[1,1,4,4]");
+  TYPE_IS(g, mo[0], "float[2,2]");
+  TYPE_IS(g, mo[1], "float[5]");
+  TYPE_IS(g, mo[2], "float[2,2]");
+  TYPE_IS(g, mo[3], "float[5]");
+  nbl_model_free(m);
+
+  /* Dropout before opset 10: the mask has the input's type */
+  m = new_model(7);
+  g = m->graph;
+  x = input(g, "x", NBL_DT_FLOAT, 2, d_n3, nsym);
+  nbl_id dr[2] = {uval(g, "y"), uval(g, "mask")};
+  nbl_graph_add_node(g, "Dropout", "", "drop", 1, &x, 2, dr);
+  ck_assert_int_eq(run_pass(m, NULL), NBL_OK);
+  TYPE_IS(g, dr[1], "float[N,3]");
+  nbl_model_free(m);
+}
+END_TEST
+
+/* Scan (opset 9): the body's inputs are typed from the node's (the scan input
+ * without its scan axis), and the scan output stacks the body's along
+ * scan_output_axes with the sequence length. */
+START_TEST(test_scan_body) {
+  nbl_model *m = new_model(11);
+  nbl_graph *g = m->graph;
+  int64_t d3[] = {3}, d63[] = {6, 3};
+  nbl_id s0 = input(g, "s0", NBL_DT_FLOAT, 1, d3, NULL), xs = input(g, "xs", NBL_DT_FLOAT, 2, d63, NULL);
+  nbl_id out[3] = {uval(g, "s_final"), uval(g, "ys"), uval(g, "ys_t")};
+  nbl_id n = nbl_graph_add_node(g, "Scan", "", "scan", 2, (nbl_id[]){s0, xs}, 3, out);
+  nbl_node_set_attr_int(g, n, "num_scan_inputs", 1);
+  nbl_node_set_attr_ints(g, n, "scan_output_axes", 2, (int64_t[]){0, 1});
+  nbl_graph *b = nbl_graph_new(m, g, "body");
+  nbl_id bs = nbl_graph_add_value(b, "s"), bx = nbl_graph_add_value(b, "x");
+  nbl_id bo = nbl_graph_add_value(b, "s_next"), by = nbl_graph_add_value(b, "y"), bt = nbl_graph_add_value(b, "y2");
+  nbl_graph_add_input(b, bs);
+  nbl_graph_add_input(b, bx);
+  nbl_graph_add_node(b, "Add", "", "add", 2, (nbl_id[]){bs, bx}, 1, &bo);
+  nbl_graph_add_node(b, "Identity", "", "id", 1, &bo, 1, &by);
+  nbl_graph_add_node(b, "Identity", "", "id2", 1, &bo, 1, &bt);
+  nbl_graph_add_output(b, bo);
+  nbl_graph_add_output(b, by);
+  nbl_graph_add_output(b, bt);
+  nbl_node_set_attr_graph(g, n, "body", b);
+  ck_assert_msg(run_pass(m, NULL) == NBL_OK, "%s", nbl_last_error());
+  TYPE_IS(b, bx, "float[3]");
+  TYPE_IS(b, by, "float[3]");
+  TYPE_IS(g, out[0], "float[3]");
+  TYPE_IS(g, out[1], "float[6,3]");
+  TYPE_IS(g, out[2], "float[3,6]");
+  nbl_model_free(m);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ ONNX test data */
 
 static const char *const coverage_ops[] = {
@@ -695,6 +800,8 @@ int main(void) {
   tcase_add_test(tc, test_opset_rules_and_unknown);
   tcase_add_test(tc, test_misc_ops);
   tcase_add_test(tc, test_if_subgraph);
+  tcase_add_test(tc, test_table_rules);
+  tcase_add_test(tc, test_scan_body);
   suite_add_tcase(s, tc);
   TCase *td = tcase_create("testdata");
   tcase_set_timeout(td, 600);

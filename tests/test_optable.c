@@ -1,6 +1,7 @@
-/* test_optable.c - the op table is consistent: every entry is complete, the
- * opset ranges of one op do not overlap, lookup finds each entry, and no
- * default-domain entry claims an opset above NBL_OPSET_MAX. */
+/* test_optable.c - the op table is consistent: every entry is complete (a
+ * reference kernel and a shape rule), the opset ranges of one op do not
+ * overlap, lookup finds each entry, and no default-domain entry claims an
+ * opset above NBL_OPSET_MAX. */
 #include <check.h>
 #include <string.h>
 
@@ -21,6 +22,8 @@ START_TEST(test_entries_complete) {
     ck_assert_ptr_nonnull(d);
     ck_assert_msg(d->domain && d->name && d->name[0], "entry %zu has no domain or name", i);
     ck_assert_msg(d->ref, "%s: no reference kernel", d->name);
+    ck_assert_msg(d->shape, "%s (domain '%s', opset %d): no shape rule", d->name, d->domain,
+                  d->since_version);
     ck_assert_msg(d->since_version >= 1 && d->since_version <= d->max_version,
                   "%s: opset range %d..%d", d->name, d->since_version, d->max_version);
     if (!d->domain[0])

@@ -241,6 +241,35 @@ nbl_status nbl_shp_subgraphs(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ writing outputs */
 
+/* The IR type of r (dims and symbols copied into arena a). */
+static nbl_status shp_to_type(nbl_arena *a, const nbl_shp *r, char *denotation, nbl_type *nt) {
+  memset(nt, 0, sizeof *nt);
+  nt->kind = NBL_TYPE_TENSOR;
+  nt->elem = r->dt;
+  nt->rank = r->rank;
+  nt->denotation = denotation;
+  if (r->rank > 0) {
+    nt->dims = nbl_arena_alloc(a, sizeof(nbl_dim) * (size_t)r->rank);
+    if (!nt->dims) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < r->rank; i++) {
+      nt->dims[i].value = r->d[i].value;
+      nt->dims[i].param =
+          r->d[i].param && !nbl_dim_known(r->d[i]) ? nbl_arena_strdup(a, r->d[i].param) : NULL;
+      nt->dims[i].denotation = nbl_arena_strdup(a, r->d[i].denotation);
+    }
+  }
+  return NBL_OK;
+}
+
+nbl_status nbl_shp_seed(nbl_shape_ctx *c, nbl_graph *g, nbl_id v, const nbl_shp *s) {
+  nbl_value *val = &g->values[v];
+  if (val->type.kind != NBL_TYPE_NONE || !s->dt) return NBL_OK;
+  nbl_type nt;
+  if (shp_to_type(c->model->arena, s, NULL, &nt)) return NBL_ERR_OUT_OF_MEMORY;
+  val->type = nt;
+  return NBL_OK;
+}
+
 nbl_status nbl_shp_set(nbl_shape_ctx *c, int k, const nbl_shp *s) {
   const nbl_node *n = c->node;
   if (k >= n->n_outputs || n->outputs[k] == NBL_NONE) return NBL_OK;
@@ -293,23 +322,8 @@ nbl_status nbl_shp_set(nbl_shape_ctx *c, int k, const nbl_shp *s) {
            (r.d[i].param == old.d[i].param ||
             (r.d[i].param && old.d[i].param && !strcmp(r.d[i].param, old.d[i].param)));
   if (same) return NBL_OK;
-  nbl_arena *a = g->model->arena;
   nbl_type nt;
-  memset(&nt, 0, sizeof nt);
-  nt.kind = NBL_TYPE_TENSOR;
-  nt.elem = r.dt;
-  nt.rank = r.rank;
-  nt.denotation = t->denotation;
-  if (r.rank > 0) {
-    nt.dims = nbl_arena_alloc(a, sizeof(nbl_dim) * (size_t)r.rank);
-    if (!nt.dims) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i < r.rank; i++) {
-      nt.dims[i].value = r.d[i].value;
-      nt.dims[i].param =
-          r.d[i].param && !nbl_dim_known(r.d[i]) ? nbl_arena_strdup(a, r.d[i].param) : NULL;
-      nt.dims[i].denotation = nbl_arena_strdup(a, r.d[i].denotation);
-    }
-  }
+  if (shp_to_type(g->model->arena, &r, t->denotation, &nt)) return NBL_ERR_OUT_OF_MEMORY;
   v->type = nt;
   (*c->changed)++;
   if (!(v->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT | NBL_VAL_VALUE_INFO)) && !v->init)

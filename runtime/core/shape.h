@@ -120,6 +120,9 @@ bool nbl_shp_in_floats(const nbl_shape_ctx *c, int i, double *v, int *n, int max
  * it knows them. The driver infers subgraphs a rule did not ask for after the
  * rule. */
 nbl_status nbl_shp_subgraphs(nbl_shape_ctx *c);
+/* Give value v of subgraph g the type s unless it has a type already (a rule
+ * seeding a body's inputs before nbl_shp_subgraphs). */
+nbl_status nbl_shp_seed(nbl_shape_ctx *c, nbl_graph *g, nbl_id v, const nbl_shp *s);
 
 /* ------------------------------------------------------------------ outputs */
 

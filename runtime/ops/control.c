@@ -887,13 +887,13 @@ static nbl_status shape_identity(nbl_shape_ctx *c) {
   return st;
 }
 
-/* Dropout: the input's type; the mask bool. */
+/* Dropout: the input's type; the mask bool (before opset 10 the input's type). */
 static nbl_status shape_dropout(nbl_shape_ctx *c) {
   nbl_status st = nbl_shape_same(c);
   if (st) return st;
   nbl_shp s;
   nbl_shp_in(c, 0, &s);
-  s.dt = NBL_DT_BOOL;
+  if (c->opset >= 10) s.dt = NBL_DT_BOOL;
   return nbl_shp_set(c, 1, &s);
 }
 
@@ -1093,6 +1093,91 @@ static nbl_status shape_loop(nbl_shape_ctx *c) {
   return NBL_OK;
 }
 
+/* EyeLike: the input's shape; the 'dtype' attribute, else the input's type. */
+static nbl_status shape_eyelike(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  const nbl_attr *a = nbl_node_attr(c->node, "dtype");
+  if (a) x.dt = nbl_dtype_valid((int)a->i) ? (nbl_dtype)a->i : NBL_DT_UNDEFINED;
+  return nbl_shp_set(c, 0, &x);
+}
+
+/* x without dims [from, from + n). */
+static void drop_dims(nbl_shp *x, int from, int n) {
+  if (x->rank < from + n) {
+    x->rank = -1;
+    return;
+  }
+  for (int i = from; i + n < x->rank; i++) x->d[i] = x->d[i + n];
+  x->rank -= n;
+}
+
+/* x with dim d inserted at axis a (a in [0, rank]). */
+static void insert_dim(nbl_shp *x, int a, nbl_dim d) {
+  if (x->rank < 0 || x->rank >= NBL_SHP_MAXR || a < 0 || a > x->rank) {
+    x->rank = -1;
+    return;
+  }
+  for (int i = x->rank; i > a; i--) x->d[i] = x->d[i - 1];
+  x->d[a] = d;
+  x->rank++;
+}
+
+/* Scan: the body's inputs are seeded (state variables as the initial states,
+ * scan elements without the scan axis), the body inferred; the outputs are the
+ * final states (the initial states' types) and the scan outputs, the body's
+ * scan output elements stacked along scan_output_axes with the sequence
+ * length. Opset 8 is the batched form: sequence_lens first, every state and
+ * input with a batch axis 0, the sequence axis 1; scan outputs
+ * [batch, sequence, ...]. */
+static nbl_status shape_scan(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  nbl_graph *body = (nbl_graph *)graph_attr(n, "body");
+  int M = (int)nbl_attr_int(n, "num_scan_inputs", -1), first = c->opset < 9 ? 1 : 0;
+  int N = n->n_inputs - first - M, K = n->n_outputs - N;
+  if (!body || M < 1 || N < 0 || K < 0 || body->n_inputs != N + M) return nbl_shp_subgraphs(c);
+  int cnt = 0;
+  const int64_t *in_axes = first ? NULL : nbl_attr_ints(n, "scan_input_axes", &cnt);
+  if (in_axes && cnt != M) in_axes = NULL;
+  const int64_t *out_axes = first ? NULL : nbl_attr_ints(n, "scan_output_axes", &cnt);
+  if (out_axes && cnt != K) out_axes = NULL;
+  nbl_dim T = nbl_dim_unk(), B = nbl_dim_unk();
+  nbl_status st = NBL_OK;
+  for (int i = 0; i < N + M && !st; i++) {
+    nbl_shp s;
+    nbl_shp_in(c, first + i, &s);
+    if (first) {
+      if (s.rank >= 1) B = nbl_dim_merge(B, s.d[0]);
+      if (i >= N && s.rank >= 2) T = nbl_dim_merge(T, s.d[1]);
+      drop_dims(&s, 0, i >= N ? 2 : 1);
+    } else if (i >= N && s.rank >= 1) {
+      int a = nbl_norm_axis(in_axes ? in_axes[i - N] : 0, s.rank);
+      if (a >= 0) T = nbl_dim_merge(T, s.d[a]);
+      if (a >= 0) drop_dims(&s, a, 1);
+      else s.rank = -1;
+    }
+    st = nbl_shp_seed(c, body, body->inputs[i], &s);
+  }
+  if (!st) st = nbl_shp_subgraphs(c);
+  for (int k = 0; k < N && !st; k++) {
+    nbl_shp s;
+    nbl_shp_in(c, first + k, &s);
+    st = nbl_shp_set(c, k, &s);
+  }
+  for (int k = 0; k < K && N + k < body->n_outputs && !st; k++) {
+    nbl_shp s;
+    nbl_shp_from_type(&body->values[body->outputs[N + k]].type, &s);
+    if (first) {
+      insert_dim(&s, 0, T);
+      insert_dim(&s, 0, B);
+    } else {
+      insert_dim(&s, s.rank >= 0 ? nbl_norm_axis(out_axes ? out_axes[k] : 0, s.rank + 1) : 0, T);
+    }
+    st = nbl_shp_set(c, N + k, &s);
+  }
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_control[] = {
@@ -1105,10 +1190,10 @@ const nbl_op_def nbl_ops_control[] = {
     NBL_OP("Size", 1, .ref = k_size, .shape = shape_size),
     NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape),
     NBL_OP("Range", 11, .ref = k_range, .shape = shape_range),
-    NBL_OP("EyeLike", 9, .ref = k_eyelike),
+    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike),
     NBL_OP("If", 1, .ref = k_if, .shape = shape_if),
     NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop),
-    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan), /* batched form, sequence_lens first */
-    NBL_OP("Scan", 9, .ref = k_scan),
+    NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan), /* batched form, sequence_lens first */
+    NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan),
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

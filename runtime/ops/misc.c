@@ -478,13 +478,85 @@ static nbl_status k_tfidf(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* Det: [*, M, M] -> [*]. */
+static nbl_status shape_det(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 2) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  x.rank -= 2;
+  return nbl_shp_set(c, 0, &x);
+}
+
+/* NonMaxSuppression: selected_indices int64 [?, 3]. */
+static nbl_status shape_nms(nbl_shape_ctx *c) {
+  nbl_shp o;
+  nbl_shp_rank(&o, NBL_DT_INT64, 2);
+  o.d[1] = nbl_dim_val(3);
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* GridSample: X [N, C, spatial...], grid [N, out spatial..., rank - 2] ->
+ * [N, C, out spatial...]. */
+static nbl_status shape_gridsample(nbl_shape_ctx *c) {
+  nbl_shp x, g, o;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &g);
+  int rank = x.rank >= 0 ? x.rank : g.rank;
+  if (rank < 3) return nbl_shp_set_dt(c, 0, x.dt, rank);
+  nbl_shp_rank(&o, x.dt, rank);
+  if (x.rank == rank) {
+    o.d[0] = x.d[0];
+    o.d[1] = x.d[1];
+  }
+  if (g.rank == rank) {
+    o.d[0] = nbl_dim_merge(o.d[0], g.d[0]);
+    for (int i = 2; i < rank; i++) o.d[i] = g.d[i - 1];
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* RoiAlign: [num_rois, C, output_height, output_width]. */
+static nbl_status shape_roialign(nbl_shape_ctx *c) {
+  nbl_shp x, r, b, o;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &r);
+  nbl_shp_in(c, 2, &b);
+  nbl_shp_rank(&o, x.dt, 4);
+  if (r.rank == 2) o.d[0] = r.d[0];
+  if (b.rank == 1) o.d[0] = nbl_dim_merge(o.d[0], b.d[0]);
+  if (x.rank == 4) o.d[1] = x.d[1];
+  o.d[2] = nbl_dim_val(nbl_attr_int(c->node, "output_height", 1));
+  o.d[3] = nbl_dim_val(nbl_attr_int(c->node, "output_width", 1));
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* TfIdfVectorizer: float [max(ngram_indexes) + 1] for a 1-D input, [B, that]
+ * for a 2-D one. */
+static nbl_status shape_tfidf(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int n = 0;
+  const int64_t *idx = nbl_attr_ints(c->node, "ngram_indexes", &n);
+  int64_t len = n ? 0 : -1;
+  for (int i = 0; i < n; i++)
+    if (idx[i] + 1 > len) len = idx[i] + 1;
+  if (x.rank != 1 && x.rank != 2) return nbl_shp_set_dt(c, 0, NBL_DT_FLOAT, -1);
+  o.dt = NBL_DT_FLOAT;
+  o.rank = x.rank;
+  o.d[0] = x.d[0];
+  o.d[x.rank - 1] = len >= 0 ? nbl_dim_val(len) : nbl_dim_unk();
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_misc[] = {
-    NBL_OP("Det", 11, .ref = k_det),
-    NBL_OP("NonMaxSuppression", 10, .ref = k_nms),
-    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample),
-    NBL_OP("RoiAlign", 10, .ref = k_roialign),
-    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf),
+    NBL_OP("Det", 11, .ref = k_det, .shape = shape_det),
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms),
+    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample, .shape = shape_gridsample),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign),
+    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

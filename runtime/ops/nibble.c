@@ -60,9 +60,19 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
 }
 
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* QuantizeInt4: Y like X; scale float32 and zero_point int8 scalars. */
+static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  if (!st) st = nbl_shp_set_dt(c, 2, NBL_DT_INT8, 0);
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .shape = nbl_shape_same),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .shape = shape_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

@@ -317,7 +317,7 @@ static nbl_status k_maxunpool(nbl_kctx *c) {
   for (int i = 0; i < g.ns; i++) {
     int cnt;
     const int64_t *pd = nbl_attr_ints(c->node, "pads", &cnt);
-    od[2 + i] = (g.in[i] - 1) * g.s[i] + g.k[i] - (pd ? pd[i] + pd[g.ns + i] : 0);
+    od[2 + i] = nbl_window_out_t(g.in[i], g.k[i], g.s[i], 1, 0, pd ? pd[i] : 0, pd ? pd[g.ns + i] : 0);
   }
   int64_t dd[NBL_MAX_RANK]; /* default shape: the layout the indices refer to */
   memcpy(dd, od, sizeof dd);
@@ -377,13 +377,42 @@ static nbl_status shape_pool(nbl_shape_ctx *c, bool global) {
 static nbl_status shape_window_pool(nbl_shape_ctx *c) { return shape_pool(c, false); }
 static nbl_status shape_global_pool(nbl_shape_ctx *c) { return shape_pool(c, true); }
 
+/* MaxUnpool: output_shape (input 2) when it is known, else each spatial dim
+ * (in - 1) * stride + kernel - pads, the transposed window. */
+static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  int64_t os[NBL_SHP_MAXK];
+  int nos = 0;
+  if (nbl_shp_in_ints(c, 2, os, &nos) && nos <= NBL_SHP_MAXR && (x.rank < 0 || nos == x.rank)) {
+    o.dt = x.dt;
+    o.rank = nos;
+    for (int i = 0; i < nos; i++) o.d[i] = os[i] >= 0 ? nbl_dim_val(os[i]) : nbl_dim_unk();
+    return nbl_shp_set(c, 0, &o);
+  }
+  if (x.rank < 3 || nbl_shp_has_in(c, 2)) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  int nsp = x.rank - 2, nk = 0, ns = 0, np = 0;
+  const int64_t *k = nbl_attr_ints(c->node, "kernel_shape", &nk);
+  const int64_t *s = nbl_attr_ints(c->node, "strides", &ns);
+  const int64_t *p = nbl_attr_ints(c->node, "pads", &np);
+  o = x;
+  for (int i = 0; i < nsp; i++) {
+    nbl_dim in = x.d[2 + i];
+    o.d[2 + i] = nbl_dim_unk();
+    if (nk != nsp || !nbl_dim_known(in)) continue;
+    int64_t st = ns == nsp ? s[i] : 1, pb = np == 2 * nsp ? p[i] : 0, pe = np == 2 * nsp ? p[nsp + i] : 0;
+    o.d[2 + i] = nbl_dim_val(nbl_window_out_t(in.value, k[i], st, 1, 0, pb, pe));
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool),
     NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool),
     NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool),
     NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool),

@@ -878,6 +878,23 @@ static nbl_status shape_topk(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 1, &o);
 }
 
+/* NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss: reduction "none" gives
+ * the target's shape, "mean" and "sum" a scalar, of the input's type;
+ * SoftmaxCrossEntropyLoss's log_prob output has the scores' type. */
+static nbl_status shape_loss(nbl_shape_ctx *c) {
+  nbl_shp x, t;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &t);
+  nbl_status st;
+  if (!strcmp(nbl_attr_string(c->node, "reduction", "mean"), "none")) {
+    t.dt = x.dt;
+    st = nbl_shp_set(c, 0, &t);
+  } else {
+    st = nbl_shp_set_dt(c, 0, x.dt, 0);
+  }
+  return st || c->node->n_outputs < 2 ? st : nbl_shp_set(c, 1, &x);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_reduce[] = {
@@ -900,7 +917,7 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk),
     NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same),
     NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same),
-    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss),
-    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];

@@ -406,11 +406,62 @@ static nbl_status k_rnn_fast(nbl_kctx *c) { return k_rnn_common(c, RK_RNN, 1); }
 static nbl_status k_gru_fast(nbl_kctx *c) { return k_rnn_common(c, RK_GRU, 1); }
 static nbl_status k_lstm_fast(nbl_kctx *c) { return k_rnn_common(c, RK_LSTM, 1); }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* RNN (G = 1), GRU (3), LSTM (4): X is [seq, batch, input] (layout 0) or
+ * [batch, seq, input] (layout 1); hidden_size from the attribute or W
+ * ([dirs, G * hidden, input]). Y is [seq, dirs, batch, hidden] (layout 0) or
+ * [batch, seq, dirs, hidden]; Y_h and LSTM's Y_c [dirs, batch, hidden] or
+ * [batch, dirs, hidden]. */
+static nbl_status shape_recurrent(nbl_shape_ctx *c, int G) {
+  nbl_shp x, w, r, y, h;
+  nbl_shp_in(c, 0, &x);
+  nbl_shp_in(c, 1, &w);
+  nbl_shp_in(c, 2, &r);
+  int64_t layout = nbl_attr_int(c->node, "layout", 0);
+  const char *dir = nbl_attr_string(c->node, "direction", "forward");
+  if (layout != 0 && layout != 1) {
+    nbl_status st = nbl_shp_set_dt(c, 0, x.dt, 4);
+    for (int k = 1; k < 3 && !st; k++) st = nbl_shp_set_dt(c, k, x.dt, 3);
+    return st;
+  }
+  nbl_dim nd = !strcmp(dir, "bidirectional") ? nbl_dim_val(2)
+               : !strcmp(dir, "forward") || !strcmp(dir, "reverse") ? nbl_dim_val(1)
+                                                                    : nbl_dim_unk();
+  nbl_dim H = nbl_dim_unk(), S = nbl_dim_unk(), B = nbl_dim_unk();
+  const nbl_attr *hs = nbl_node_attr(c->node, "hidden_size");
+  if (hs) H = nbl_dim_val(hs->i);
+  else if (w.rank == 3 && nbl_dim_known(w.d[1])) H = nbl_dim_val(w.d[1].value / G);
+  else if (r.rank == 3) H = r.d[2];
+  if (x.rank == 3) {
+    S = x.d[layout ? 1 : 0];
+    B = x.d[layout ? 0 : 1];
+  }
+  y.dt = h.dt = x.dt;
+  y.rank = 4;
+  h.rank = 3;
+  if (layout) {
+    y.d[0] = B, y.d[1] = S, y.d[2] = nd, y.d[3] = H;
+    h.d[0] = B, h.d[1] = nd, h.d[2] = H;
+  } else {
+    y.d[0] = S, y.d[1] = nd, y.d[2] = B, y.d[3] = H;
+    h.d[0] = nd, h.d[1] = B, h.d[2] = H;
+  }
+  nbl_status st = nbl_shp_set(c, 0, &y);
+  if (!st) st = nbl_shp_set(c, 1, &h);
+  if (!st && G == 4) st = nbl_shp_set(c, 2, &h);
+  return st;
+}
+
+static nbl_status shape_rnn(nbl_shape_ctx *c) { return shape_recurrent(c, 1); }
+static nbl_status shape_gru(nbl_shape_ctx *c) { return shape_recurrent(c, 3); }
+static nbl_status shape_lstm(nbl_shape_ctx *c) { return shape_recurrent(c, 4); }
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_rnn[] = {
-    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast),
-    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast),
-    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast),
+    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .shape = shape_rnn),
+    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .shape = shape_gru),
+    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .shape = shape_lstm),
 };
 const size_t nbl_ops_rnn_count = sizeof nbl_ops_rnn / sizeof nbl_ops_rnn[0];

@@ -764,20 +764,76 @@ static nbl_status shape_onehot(nbl_shape_ctx *c) {
   return nbl_shp_set(c, 0, &o);
 }
 
+/* Compress: with an axis, the input's shape with that dim the number of true
+ * conditions among its first dim (known when the condition is constant);
+ * without an axis, 1-D over the flattened input. */
+static nbl_status shape_compress(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  const nbl_attr *aa = nbl_node_attr(c->node, "axis");
+  int axis = aa && x.rank >= 0 ? nbl_norm_axis(aa->i, x.rank) : -1;
+  if (aa && axis < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  nbl_dim len = aa ? x.d[axis] : x.rank >= 0 ? nbl_dim_prod(x.d, x.rank) : nbl_dim_unk();
+  nbl_dim kept = nbl_dim_unk();
+  const nbl_tensor *cond = nbl_shp_in_const(c, 1);
+  if (cond && cond->dtype == NBL_DT_BOOL && cond->rank == 1 && nbl_dim_known(len) &&
+      nbl_shp_payload_ok(cond, cond->dims[0])) {
+    int64_t n = cond->dims[0] < len.value ? cond->dims[0] : len.value, k = 0;
+    for (int64_t i = 0; i < n; i++) k += nbl_tensor_get_i64(cond, i) != 0;
+    kept = nbl_dim_val(k);
+  }
+  if (aa) {
+    o = x;
+    o.d[axis] = kept;
+  } else {
+    o.dt = x.dt;
+    o.rank = 1;
+    o.d[0] = kept;
+  }
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* Unique: Y is 1-D (no axis) or the input's shape with the axis dim unknown;
+ * indices and counts 1-D int64 of Y's length along the axis; inverse_indices
+ * 1-D int64 with one entry per input element (or slice along the axis). */
+static nbl_status shape_unique(nbl_shape_ctx *c) {
+  nbl_shp x, o, inv;
+  nbl_shp_in(c, 0, &x);
+  const nbl_attr *aa = nbl_node_attr(c->node, "axis");
+  int axis = aa && x.rank >= 0 ? nbl_norm_axis(aa->i, x.rank) : -1;
+  nbl_shp_rank(&inv, NBL_DT_INT64, 1);
+  nbl_status st;
+  if (!aa) {
+    st = nbl_shp_set_dt(c, 0, x.dt, 1);
+    if (x.rank >= 0) inv.d[0] = nbl_dim_prod(x.d, x.rank);
+  } else if (axis < 0) {
+    st = nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  } else {
+    o = x;
+    o.d[axis] = nbl_dim_unk();
+    st = nbl_shp_set(c, 0, &o);
+    inv.d[0] = x.d[axis];
+  }
+  if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_INT64, 1);
+  if (!st) st = nbl_shp_set(c, 2, &inv);
+  if (!st) st = nbl_shp_set_dt(c, 3, NBL_DT_INT64, 1);
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements),
     NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd),
-    NBL_OP("Scatter", 9, .ref = k_scatter_elements),
-    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements),
-    NBL_OP("ScatterND", 11, .ref = k_scatter_nd),
+    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same),
+    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same),
+    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same),
     NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero),
     NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot),
-    NBL_OP("Compress", 9, .ref = k_compress),
+    NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress),
     NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same),
-    NBL_OP("Unique", 11, .ref = k_unique),
-    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence),
+    NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique),
+    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same),
 };
 const size_t nbl_ops_shape_index_count = sizeof nbl_ops_shape_index / sizeof nbl_ops_shape_index[0];

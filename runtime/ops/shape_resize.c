@@ -802,11 +802,34 @@ static nbl_status shape_resize(nbl_shape_ctx *c) {
   return nbl_shp_set_dt(c, 0, x.dt, x.rank);
 }
 
+/* Upsample (deprecated in opset 10): every dim scaled, floor(dim * scale);
+ * the scales are an attribute before opset 9 and input 1 from opset 9. */
+static nbl_status shape_upsample(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
+  double scales[NBL_SHP_MAXK];
+  int n = 0;
+  if (c->opset < 9) {
+    const float *f = nbl_attr_floats(c->node, "scales", &n);
+    for (int i = 0; i < n && i < NBL_SHP_MAXK; i++) scales[i] = f[i];
+  } else if (!nbl_shp_in_floats(c, 1, scales, &n, NBL_SHP_MAXK)) {
+    n = 0;
+  }
+  if (n != x.rank) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  o = x;
+  for (int i = 0; i < x.rank; i++)
+    o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val((int64_t)floor((double)x.d[i].value * scales[i]))
+             : scales[i] == 1.0   ? x.d[i]
+                                  : nbl_dim_unk();
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_resize[] = {
     NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad),
     NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize),
-    NBL_OP("Upsample", 7, .ref = k_resize),
+    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

@@ -233,14 +233,87 @@ static nbl_status k_melweight(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* The 'output_datatype' attribute (default float). */
+static nbl_dtype out_dtype(nbl_shape_ctx *c) {
+  int64_t v = nbl_attr_int(c->node, "output_datatype", NBL_DT_FLOAT);
+  return nbl_dtype_valid((int)v) ? (nbl_dtype)v : NBL_DT_UNDEFINED;
+}
+
+/* A known integer scalar at input i as a dim. */
+static nbl_dim in_dim(nbl_shape_ctx *c, int i) {
+  int64_t v;
+  return nbl_shp_in_scalar_i64(c, i, &v) && v >= 0 ? nbl_dim_val(v) : nbl_dim_unk();
+}
+
+/* HannWindow, HammingWindow, BlackmanWindow: [size] of output_datatype. */
+static nbl_status shape_window(nbl_shape_ctx *c) {
+  nbl_shp o;
+  o.dt = out_dtype(c);
+  o.rank = 1;
+  o.d[0] = in_dim(c, 0);
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* DFT: the input's shape with the axis dim the DFT length (dft_length or the
+ * signal's length; onesided: length / 2 + 1) and the last dim 2 (complex). */
+static nbl_status shape_dft(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank < 2) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  int64_t axis = nbl_attr_int(c->node, "axis", 1);
+  if (axis < 0) axis += x.rank;
+  nbl_shp o = x;
+  o.d[x.rank - 1] = nbl_dim_val(2);
+  if (axis < 0 || axis >= x.rank - 1) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  nbl_dim n = nbl_shp_has_in(c, 1) ? in_dim(c, 1) : x.d[axis];
+  if (nbl_attr_int(c->node, "onesided", 0))
+    n = nbl_dim_known(n) ? nbl_dim_val(n.value / 2 + 1) : nbl_dim_unk();
+  o.d[axis] = n;
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* STFT: [batch, frames, bins, 2]: frames = (length - frame_length) / frame_step
+ * + 1, bins = frame_length (onesided, the default: frame_length / 2 + 1);
+ * frame_length from input 3 or the window's length. */
+static nbl_status shape_stft(nbl_shape_ctx *c) {
+  nbl_shp x, win, o;
+  nbl_shp_in(c, 0, &x);
+  nbl_dim step = in_dim(c, 1), flen = in_dim(c, 3);
+  if (!nbl_dim_known(flen) && nbl_shp_in(c, 2, &win) && win.rank == 1) flen = win.d[0];
+  nbl_shp_rank(&o, x.dt, 4);
+  o.d[3] = nbl_dim_val(2);
+  if (x.rank == 3) {
+    o.d[0] = x.d[0];
+    if (nbl_dim_known(x.d[1]) && nbl_dim_known(flen) && nbl_dim_known(step) && step.value > 0 &&
+        x.d[1].value >= flen.value)
+      o.d[1] = nbl_dim_val((x.d[1].value - flen.value) / step.value + 1);
+  }
+  if (nbl_dim_known(flen))
+    o.d[2] = nbl_attr_int(c->node, "onesided", 1) ? nbl_dim_val(flen.value / 2 + 1) : flen;
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* MelWeightMatrix: [dft_length / 2 + 1, num_mel_bins] of output_datatype. */
+static nbl_status shape_melweight(nbl_shape_ctx *c) {
+  nbl_shp o;
+  nbl_dim dl = in_dim(c, 1);
+  o.dt = out_dtype(c);
+  o.rank = 2;
+  o.d[0] = nbl_dim_known(dl) ? nbl_dim_val(dl.value / 2 + 1) : nbl_dim_unk();
+  o.d[1] = in_dim(c, 0);
+  return nbl_shp_set(c, 0, &o);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_signal[] = {
-    NBL_OP("HannWindow", 17, .ref = k_hann),
-    NBL_OP("HammingWindow", 17, .ref = k_hamming),
-    NBL_OP("BlackmanWindow", 17, .ref = k_blackman),
-    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft),
-    NBL_OP("STFT", 17, .ref = k_stft),
-    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight),
+    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window),
+    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window),
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window),
+    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .shape = shape_dft),
+    NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight),
 };
 const size_t nbl_ops_signal_count = sizeof nbl_ops_signal / sizeof nbl_ops_signal[0];

@@ -23,7 +23,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "runtime/core/kernel.h"
+#include "runtime/core/shape.h"
 
 #define TRAIN_DOMAIN "ai.onnx.preview.training"
 #define GRAIN 16384 /* elements per parallel chunk */
@@ -333,11 +333,33 @@ static nbl_status k_adagrad(nbl_kctx *c) {
   return opt_run(c, &k, n, 0, 1);
 }
 
+/* ------------------------------------------------------------------ shape rules */
+
+/* The optimizers take R, T, then `groups` lists of n tensors (X..., G...,
+ * state...) and return the new X... followed by the new state lists, each of
+ * the type of the input it replaces. */
+static nbl_status shape_optimizer(nbl_shape_ctx *c, int groups) {
+  int n = (c->node->n_inputs - 2) / groups;
+  if (n <= 0) return NBL_OK;
+  for (int k = 0; k < c->node->n_outputs; k++) {
+    int g = k / n, in = 2 + (g == 0 ? 0 : g + 1) * n + k % n;
+    nbl_shp s;
+    nbl_shp_in(c, in, &s);
+    nbl_status st = nbl_shp_set(c, k, &s);
+    if (st) return st;
+  }
+  return NBL_OK;
+}
+
+static nbl_status shape_momentum(nbl_shape_ctx *c) { return shape_optimizer(c, 3); }
+static nbl_status shape_adam(nbl_shape_ctx *c) { return shape_optimizer(c, 4); }
+static nbl_status shape_adagrad(nbl_shape_ctx *c) { return shape_optimizer(c, 3); }
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_train[] = {
-    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum, .shape = shape_momentum),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .shape = shape_adam),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .shape = shape_adagrad),
 };
 const size_t nbl_ops_train_count = sizeof nbl_ops_train / sizeof nbl_ops_train[0];
