@@ -26,7 +26,8 @@
  * graph optimizations disabled ORT reproduces nibble to float rounding.
  * Dynamic (max) scales are not fused.
  *
- * The default-domain opset is upgraded to 21 first (nbl_upgrade_opset). */
+ * The default-domain opset is converted to 21 first (nbl_convert_opset, the
+ * convert-opset pass). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,181 +177,6 @@ done:
   free(q);
   free(packed);
   return st;
-}
-
-/* ------------------------------------------------------------------ opset upgrade */
-
-/* Ops whose meaning at opset 21 equals their meaning at every opset >= the
- * given one (later versions only added types or attributes whose defaults keep
- * the old behaviour). */
-static const struct {
-  const char *op;
-  int since;
-} stable_ops[] = {
-    {"Abs", 6}, {"Acos", 7}, {"Add", 7}, {"And", 7}, {"ArgMax", 11}, {"ArgMin", 11},
-    {"Asin", 7}, {"Atan", 7}, {"AveragePool", 7}, {"BatchNormalization", 9}, {"Cast", 6},
-    {"Ceil", 6}, {"Clip", 11}, {"Concat", 4}, {"Constant", 1}, {"ConstantOfShape", 9},
-    {"Conv", 1}, {"ConvTranspose", 1}, {"Cos", 7}, {"CumSum", 11}, {"DepthToSpace", 11},
-    {"DequantizeLinear", 10}, {"Div", 7}, {"Einsum", 12}, {"Elu", 6}, {"Equal", 7},
-    {"Erf", 9}, {"Exp", 6}, {"Expand", 8}, {"Flatten", 1}, {"Floor", 6}, {"Gather", 1},
-    {"GatherElements", 11}, {"GatherND", 11}, {"Gelu", 20}, {"Gemm", 7},
-    {"GlobalAveragePool", 1}, {"GlobalMaxPool", 1}, {"Greater", 7}, {"GreaterOrEqual", 12},
-    {"HardSigmoid", 6}, {"HardSwish", 14}, {"Identity", 1}, {"InstanceNormalization", 6},
-    {"LRN", 1}, {"LayerNormalization", 17}, {"LeakyRelu", 6}, {"Less", 7},
-    {"LessOrEqual", 12}, {"Log", 6}, {"MatMul", 1}, {"Max", 8}, {"MaxPool", 1}, {"Mean", 8},
-    {"Min", 8}, {"Mish", 18}, {"Mod", 10}, {"Mul", 7}, {"Neg", 6}, {"Not", 1}, {"Or", 7},
-    {"PRelu", 9}, {"Pad", 11}, {"Pow", 7}, {"QuantizeLinear", 10}, {"Range", 11},
-    {"Reciprocal", 6}, {"Relu", 6}, {"Reshape", 5}, {"Resize", 11}, {"Round", 11},
-    {"Selu", 6}, {"Shape", 1}, {"Sigmoid", 6}, {"Sign", 9}, {"Sin", 7}, {"Size", 1},
-    {"Slice", 10}, {"Softmax", 13}, {"LogSoftmax", 13}, {"Softplus", 1}, {"Softsign", 1},
-    {"SpaceToDepth", 1}, {"Sqrt", 6}, {"Sub", 7}, {"Sum", 8}, {"Tan", 7}, {"Tanh", 6},
-    {"Tile", 6}, {"TopK", 11}, {"Transpose", 1}, {"Where", 9}, {"Xor", 7},
-    {"Squeeze", 13}, {"Unsqueeze", 13}, {"Split", 18}, {"Dropout", 12},
-    {"ReduceMax", 18}, {"ReduceMin", 18}, {"ReduceMean", 18}, {"ReduceProd", 18},
-    {"ReduceSum", 13}, {"ReduceL1", 18}, {"ReduceL2", 18}, {"ReduceLogSum", 18},
-    {"ReduceLogSumExp", 18}, {"ReduceSumSquare", 18},
-};
-
-static int stable_since(const char *op) {
-  for (size_t i = 0; i < sizeof stable_ops / sizeof stable_ops[0]; i++)
-    if (!strcmp(stable_ops[i].op, op)) return stable_ops[i].since;
-  return -1;
-}
-
-/* Drop attribute `name` from node n (no-op if absent). */
-static void drop_attr(nbl_node *n, const char *name) {
-  for (int i = 0; i < n->n_attrs; i++)
-    if (!strcmp(n->attrs[i].name, name)) {
-      memmove(&n->attrs[i], &n->attrs[i + 1], sizeof(nbl_attr) * (size_t)(n->n_attrs - i - 1));
-      n->n_attrs--;
-      return;
-    }
-}
-
-/* Append input v to node nid at position idx (padding omitted inputs). */
-static nbl_status set_input_at(nbl_graph *g, nbl_id nid, int idx, nbl_id v) {
-  nbl_node *n = &g->nodes[nid];
-  if (idx >= n->n_inputs) {
-    nbl_id *in = nbl_arena_alloc(g->model->arena, sizeof(nbl_id) * (size_t)(idx + 1));
-    if (!in) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i <= idx; i++) in[i] = i < n->n_inputs ? n->inputs[i] : NBL_NONE;
-    n->inputs = in;
-    n->n_inputs = idx + 1;
-  }
-  nbl_node_set_input(g, nid, idx, v);
-  return NBL_OK;
-}
-
-/* Move INTS attribute `attr` of node nid into input `idx` as an int64 initializer. */
-static nbl_status attr_to_input(nbl_graph *g, nbl_id nid, const char *attr, int idx) {
-  nbl_node *n = &g->nodes[nid];
-  int cnt = 0;
-  const int64_t *v = nbl_attr_ints(n, attr, &cnt);
-  if (!nbl_node_attr(n, attr)) return NBL_OK;
-  char hint[512];
-  snprintf(hint, sizeof hint, "%s_%s", n->name[0] ? n->name : n->op_type, attr);
-  int64_t d = cnt;
-  nbl_id c = add_const(g, hint, NBL_DT_INT64, 1, &d, v);
-  if (c == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  n = &g->nodes[nid];
-  if (idx > n->n_inputs) return NBL_ERR_INTERNAL;
-  drop_attr(n, attr);
-  return set_input_at(g, nid, idx, c);
-}
-
-static nbl_status upgrade_node(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int from) {
-  nbl_node *n = &g->nodes[nid];
-  const char *op = n->op_type;
-  int since = stable_since(op);
-  if (since >= 0 && from >= since) return NBL_OK;
-  const char *lbl = nbl_model_label(ctx->model);
-  if (!strncmp(op, "Reduce", 6) && since >= 0 && from >= 1) {
-    if (n->n_inputs > 1) return NBL_ERR_INTERNAL;
-    return attr_to_input(g, nid, "axes", 1);
-  }
-  if ((!strcmp(op, "Squeeze") || !strcmp(op, "Unsqueeze")) && from >= 1)
-    return attr_to_input(g, nid, "axes", 1);
-  if (!strcmp(op, "Split") && from >= 2) {
-    if (from < 13) {
-      nbl_status st = attr_to_input(g, nid, "split", 1);
-      if (st) return st;
-      n = &g->nodes[nid];
-    }
-    if (n->n_inputs < 2 || n->inputs[1] == NBL_NONE)
-      nbl_node_set_attr_int(g, nid, "num_outputs", n->n_outputs);
-    return NBL_OK;
-  }
-  if (!strcmp(op, "Clip") && from >= 6) {
-    float lo = nbl_attr_float(n, "min", -INFINITY), hi = nbl_attr_float(n, "max", INFINITY);
-    char hint[512];
-    snprintf(hint, sizeof hint, "%s_min", n->name[0] ? n->name : "clip");
-    nbl_id a = const_f32(g, hint, lo);
-    snprintf(hint, sizeof hint, "%s_max", g->nodes[nid].name[0] ? g->nodes[nid].name : "clip");
-    nbl_id b = const_f32(g, hint, hi);
-    if (a == NBL_NONE || b == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    drop_attr(&g->nodes[nid], "min");
-    drop_attr(&g->nodes[nid], "max");
-    nbl_status st = set_input_at(g, nid, 1, a);
-    return st ? st : set_input_at(g, nid, 2, b);
-  }
-  if (!strcmp(op, "Dropout") && from >= 7) {
-    /* inference: identity when the mask output is unused */
-    if (output_used(g, n, 1))
-      return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                        "%s: node '%s' (Dropout, opset %d): mask output used; cannot upgrade to "
-                        "opset 21", lbl, n->name, from);
-    if (n->n_outputs > 1 && n->outputs[1] != NBL_NONE) {
-      g->values[n->outputs[1]].producer = NBL_NONE;
-      g->values[n->outputs[1]].dead = true;
-    }
-    n->n_outputs = 1;
-    n->n_inputs = 1;
-    n->op_type = nbl_arena_strdup(g->model->arena, "Identity");
-    drop_attr(n, "ratio");
-    drop_attr(n, "is_test");
-    return NBL_OK;
-  }
-  if ((!strcmp(op, "Softmax") || !strcmp(op, "LogSoftmax")) && from >= 1) {
-    /* before 13 the input is coerced to 2-D at axis: equal when axis is the last one */
-    nbl_id x = n->inputs[0];
-    const nbl_type *t = &g->values[x].type;
-    int64_t axis = nbl_attr_int(n, "axis", 1);
-    if (t->kind == NBL_TYPE_TENSOR && t->rank > 0) {
-      if (axis < 0) axis += t->rank;
-      if (axis == t->rank - 1) {
-        nbl_node_set_attr_int(g, nid, "axis", -1);
-        return NBL_OK;
-      }
-    }
-    return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                      "%s: node '%s' (%s, opset %d): axis is not known to be the last one; "
-                      "cannot prove it equivalent at opset 21",
-                      lbl, n->name, op, from);
-  }
-  return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                    "%s: node '%s' (%s, opset %d): cannot prove it equivalent at opset 21; "
-                    "upgrade refused",
-                    lbl, n->name, op, from);
-}
-
-nbl_status nbl_upgrade_opset(nbl_pass_ctx *ctx, int target) {
-  nbl_model *m = ctx->model;
-  int from = (int)nbl_model_opset(m, "");
-  if (!from) from = (int)nbl_model_opset(m, "ai.onnx");
-  if (m->ir_version < 10) m->ir_version = 10;
-  if (from >= target) return NBL_OK;
-  nbl_graph *g = m->graph;
-  int nn = g->n_nodes;
-  for (nbl_id i = 0; i < nn; i++) {
-    if (g->nodes[i].dead || (g->nodes[i].domain[0] && strcmp(g->nodes[i].domain, "ai.onnx")))
-      continue;
-    nbl_status st = upgrade_node(ctx, g, i, from);
-    if (st) return st;
-  }
-  nbl_pass_logf(ctx, "default-domain opset %d -> %d", from, target);
-  for (int i = 0; i < m->n_opsets; i++)
-    if (!strcmp(m->opsets[i].domain, "ai.onnx")) m->opsets[i].version = target;
-  return nbl_model_set_opset(m, "", target);
 }
 
 /* ------------------------------------------------------------------ dynamic quantizers */
@@ -537,7 +363,7 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
     any = 1;
   }
   if (!any) return NBL_OK;
-  st = nbl_upgrade_opset(ctx, 21);
+  st = nbl_convert_opset(ctx, 21);
   if (st) return st;
   int folded = 0, dynamic = 0, nn = g->n_nodes;
   size_t qb = 0, fb = 0;

@@ -5,7 +5,7 @@
  * for 4-bit symmetric weights, INT8 (with an INT8 zero point if affine) for
  * the layers kept in 8 bits -- the scale s a float scalar initializer, and the
  * node a standard DequantizeLinear(q, s[, z]), which needs default-domain
- * opset 21 (the model is upgraded, see nbl_upgrade_opset). Outputs are
+ * opset 21 (the model is converted, see nbl_convert_opset). Outputs are
  * unchanged: DequantizeLinear computes s*(q-z) exactly as the fake quantizer did. */
 #include <string.h>
 
@@ -45,7 +45,7 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
   }
   if (st) return st;
   if (packed) {
-    st = nbl_upgrade_opset(ctx, 21);
+    st = nbl_convert_opset(ctx, 21);
     if (st) return st;
     nbl_graph_dce(g);
     nbl_graph_compact(g);

@@ -13,6 +13,7 @@
 
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/ref_common.h"
 
@@ -817,11 +818,18 @@ static nbl_status shape_einsum(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* Gemm before opset 7: a broadcast attribute (C broadcast to A*B when 1,
+ * else C is M x N); from 7 C always broadcasts that way. */
+static const nbl_op_adapter gemm_steps[] = {
+    {.from = 1, .to = 7, .up = nbl_adapt_drop_attrs, .attr = "broadcast"},
+    {0},
+};
+
 const nbl_op_def nbl_ops_nn[] = {
-    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv),
-    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .shape = shape_convtranspose),
-    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm),
-    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul),
-    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum),
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv, .stable_since = 1),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .shape = shape_convtranspose, .stable_since = 1),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm, .stable_since = 7, .adapters = gemm_steps),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul, .stable_since = 1),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];
