@@ -149,6 +149,35 @@ nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipel
 void nbl_passes_print(FILE *out);
 
 /* ------------------------------------------------------------------------ */
+/* Op table                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* One entry of the op table: what nibble implements for one op over one range
+ * of opset versions (`nibble ops`). Strings are static. */
+typedef struct nbl_op_info {
+  const char *domain;  /* "" for ai.onnx */
+  const char *name;    /* op type */
+  int since_version;   /* the opset range this entry implements, inclusive */
+  int max_version;
+  int shape_rule;      /* 1: infer-shapes has a rule for it */
+  int grad_rule;       /* 1: it has a gradient rule */
+  const char *no_grad; /* when it is not differentiable: why; else NULL */
+  int fast_kernel;     /* 1: an optimized kernel beside the reference one */
+  int stable_since;    /* ai.onnx: the opset from which its meaning is unchanged
+                          up to the highest implemented one; 0 when not established */
+  int convert_from;    /* ai.onnx: the oldest opset of the op that convert-opset converts
+                          from (its adapters' history); 0 when none is known */
+  int random;          /* 1: its outputs are random */
+} nbl_op_info;
+
+/* Number of entries in the op table. */
+int nbl_op_table_size(void);
+
+/* Entry i (0 <= i < nbl_op_table_size()) into *out; NBL_ERR_INVALID_ARGUMENT
+ * when i is out of range or out is NULL. */
+nbl_status nbl_op_table_entry(int i, nbl_op_info *out);
+
+/* ------------------------------------------------------------------------ */
 /* Runtime                                                                   */
 /* ------------------------------------------------------------------------ */
 

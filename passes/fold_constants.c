@@ -7,15 +7,14 @@
 
 #include "nibble.h" /* folds a subgraph by running it in a reference session */
 #include "pass.h"
+#include "runtime/core/kernel.h"
 
-static const char *const nondeterministic[] = {"RandomNormal",     "RandomUniform",
-                                               "RandomNormalLike", "RandomUniformLike",
-                                               "Bernoulli",        "Multinomial"};
-
-static int foldable_op(const nbl_node *n) {
+/* A default-domain node without subgraphs whose op is not flagged random in
+ * the op table (an op without a kernel is tried, and kept as not evaluable). */
+static int foldable_op(const nbl_model *m, const nbl_node *n) {
   if (n->domain[0] && strcmp(n->domain, "ai.onnx") != 0) return 0;
-  for (size_t i = 0; i < sizeof nondeterministic / sizeof nondeterministic[0]; i++)
-    if (strcmp(n->op_type, nondeterministic[i]) == 0) return 0;
+  const nbl_op_def *d = nbl_op_lookup(n->domain, n->op_type, (int)nbl_model_opset(m, n->domain));
+  if (d && (d->flags & NBL_OPF_RANDOM)) return 0;
   for (int a = 0; a < n->n_attrs; a++)
     if (n->attrs[a].type == NBL_ATTR_GRAPH || n->attrs[a].type == NBL_ATTR_GRAPHS) return 0;
   return 1;
@@ -90,7 +89,7 @@ static nbl_status fold_run(nbl_pass_ctx *ctx) {
   for (int k = 0; k < n; k++) {
     nbl_id id = order[k];
     const nbl_node *node = &g->nodes[id];
-    if (node->dead || !foldable_op(node)) continue;
+    if (node->dead || !foldable_op(m, node)) continue;
     int ok = 1;
     for (int i = 0; i < node->n_inputs && ok; i++)
       if (node->inputs[i] != NBL_NONE && !is_constant(g, node->inputs[i])) ok = 0;

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "lower.h"
+#include "runtime/core/kernel.h"
 
 /* ------------------------------------------------------------------ building helpers */
 

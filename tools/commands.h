@@ -12,5 +12,6 @@ int nbl_cmd_run(int argc, char **argv);     /* cmd_run.c */
 int nbl_cmd_test(int argc, char **argv);    /* cmd_run.c */
 int nbl_cmd_diff(int argc, char **argv);    /* cmd_diff.c */
 int nbl_cmd_compare(int argc, char **argv); /* cmd_compare.c */
+int nbl_cmd_ops(int argc, char **argv);     /* cmd_ops.c */
 
 #endif

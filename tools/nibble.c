@@ -13,6 +13,7 @@ static const struct {
     {"info", nbl_cmd_info, "MODEL: versions, inputs/outputs, op histogram, parameters"},
     {"dump", nbl_cmd_dump, "MODEL [--format text|dot|json] [--full] [-o FILE]"},
     {"passes", nbl_cmd_passes, "list every pass with its description and options"},
+    {"ops", nbl_cmd_ops, "[--format text|md]: the op table (opsets, shape rule, gradient, fast paths)"},
     {"convert", nbl_cmd_convert, "MODEL -o OUT [--passes P1,P2{opt=v}] [dump options]"},
     {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N]"},
     {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},

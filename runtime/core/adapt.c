@@ -129,17 +129,22 @@ bool nbl_adapt_output_used(const nbl_adapt_ctx *c, int k) {
 
 /* ------------------------------------------------------------------ rewriting */
 
-/* A name starting with `hint` used by no graph of the model. */
+/* Whether a value or node of any graph of the model is named `name`. */
+static bool name_taken(const nbl_model *m, const char *name) {
+  for (const nbl_graph *g = m->owned_graphs; g; g = g->next_owned) {
+    if (nbl_graph_find(g, name) != NBL_NONE) return true;
+    for (int i = 0; i < g->n_nodes; i++)
+      if (!g->nodes[i].dead && !strcmp(g->nodes[i].name, name)) return true;
+  }
+  return false;
+}
+
+/* A name starting with `hint` that no value or node of the model has. */
 static char *unique_name(nbl_adapt_ctx *c, const char *hint) {
   char buf[600];
   snprintf(buf, sizeof buf, "%s", hint);
-  for (int k = 1;; k++) {
-    bool taken = false;
-    for (const nbl_graph *g = c->model->owned_graphs; g && !taken; g = g->next_owned)
-      taken = nbl_graph_find(g, buf) != NBL_NONE;
-    if (!taken) return nbl_arena_strdup(c->model->arena, buf);
-    snprintf(buf, sizeof buf, "%s_%d", hint, k);
-  }
+  for (int k = 1; name_taken(c->model, buf); k++) snprintf(buf, sizeof buf, "%s_%d", hint, k);
+  return nbl_arena_strdup(c->model->arena, buf);
 }
 
 static char *name_for(nbl_adapt_ctx *c, const char *hint) {

@@ -207,6 +207,11 @@ typedef struct nbl_op_def {
   const nbl_op_adapter *adapters;
 } nbl_op_def;
 
+/* The usual reasons for .no_grad (an op that is not differentiable). */
+#define NBL_NO_GRAD_BOOL "boolean output"
+#define NBL_NO_GRAD_INT "integer output (indices, shapes, counts or codes)"
+#define NBL_NO_GRAD_CONST "output independent of input values"
+
 /* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
  * the other fields follow as designated initializers:
  *   NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6), */
@@ -229,7 +234,8 @@ NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer 
 NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
 NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
-NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, If, Loop, Cast, ... */
+NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */
+NBL_OP_FAMILY(control_flow) /* runtime/ops/control_flow.c: If, Loop, Scan */
 NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
 NBL_OP_FAMILY(rnn)         /* runtime/ops/rnn.c: RNN, GRU, LSTM */
 NBL_OP_FAMILY(signal)      /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */

@@ -1,7 +1,9 @@
 /* optable.c - the one op table: the families' arrays, looked up by domain,
- * op type and opset version (the highest since_version <= the model's import). */
+ * op type and opset version (the highest since_version <= the model's import),
+ * and its public view (nbl_op_table_entry, for `nibble ops`). */
 #include <string.h>
 
+#include "nibble.h"
 #include "runtime/core/kernel.h"
 
 static const struct {
@@ -18,6 +20,7 @@ static const struct {
     {nbl_ops_shape_index, &nbl_ops_shape_index_count},
     {nbl_ops_shape_resize, &nbl_ops_shape_resize_count},
     {nbl_ops_control, &nbl_ops_control_count},
+    {nbl_ops_control_flow, &nbl_ops_control_flow_count},
     {nbl_ops_train, &nbl_ops_train_count},
     {nbl_ops_rnn, &nbl_ops_rnn_count},
     {nbl_ops_signal, &nbl_ops_signal_count},
@@ -69,4 +72,26 @@ const nbl_op_def *nbl_op_at(size_t i) {
     i -= *families[f].count;
   }
   return NULL;
+}
+
+int nbl_op_table_size(void) { return (int)nbl_op_count(); }
+
+nbl_status nbl_op_table_entry(int i, nbl_op_info *out) {
+  const nbl_op_def *d = i >= 0 ? nbl_op_at((size_t)i) : NULL;
+  if (!d || !out)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "op table entry %d: out of range [0, %d)", i,
+                      nbl_op_table_size());
+  *out = (nbl_op_info){.domain = d->domain,
+                       .name = d->name,
+                       .since_version = d->since_version,
+                       .max_version = d->max_version,
+                       .shape_rule = d->shape != NULL,
+                       .grad_rule = d->grad != NULL,
+                       .no_grad = d->grad ? NULL : d->no_grad,
+                       .fast_kernel = d->fast != NULL,
+                       .stable_since = d->stable_since,
+                       .convert_from = d->adapters && d->adapters[0].to ? d->adapters[0].from
+                                                                        : d->stable_since,
+                       .random = (d->flags & NBL_OPF_RANDOM) != 0};
+  return NBL_OK;
 }

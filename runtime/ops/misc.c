@@ -529,8 +529,9 @@ static nbl_status shape_roialign(nbl_shape_ctx *c) {
   if (r.rank == 2) o.d[0] = r.d[0];
   if (b.rank == 1) o.d[0] = nbl_dim_merge(o.d[0], b.d[0]);
   if (x.rank == 4) o.d[1] = x.d[1];
-  o.d[2] = nbl_dim_val(nbl_attr_int(c->node, "output_height", 1));
-  o.d[3] = nbl_dim_val(nbl_attr_int(c->node, "output_width", 1));
+  int64_t oh = nbl_attr_int(c->node, "output_height", 1), ow = nbl_attr_int(c->node, "output_width", 1);
+  o.d[2] = oh >= 0 ? nbl_dim_val(oh) : nbl_dim_unk();
+  o.d[3] = ow >= 0 ? nbl_dim_val(ow) : nbl_dim_unk();
   return nbl_shp_set(c, 0, &o);
 }
 
@@ -542,8 +543,8 @@ static nbl_status shape_tfidf(nbl_shape_ctx *c) {
   int n = 0;
   const int64_t *idx = nbl_attr_ints(c->node, "ngram_indexes", &n);
   int64_t len = n ? 0 : -1;
-  for (int i = 0; i < n; i++)
-    if (idx[i] + 1 > len) len = idx[i] + 1;
+  for (int i = 0; i < n && len >= 0; i++)
+    len = idx[i] < 0 || idx[i] == INT64_MAX ? -1 : idx[i] + 1 > len ? idx[i] + 1 : len;
   if (x.rank != 1 && x.rank != 2) return nbl_shp_set_dt(c, 0, NBL_DT_FLOAT, -1);
   o.dt = NBL_DT_FLOAT;
   o.rank = x.rank;
@@ -595,9 +596,13 @@ static const nbl_op_adapter gridsample_steps[] = {{.from = 16, .to = 20, .up = g
 
 const nbl_op_def nbl_ops_misc[] = {
     NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .stable_since = 11),
-    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .stable_since = 10),
-    NBL_OP("GridSample", 16, .ref = k_gridsample, .shape = shape_gridsample, .stable_since = 20, .adapters = gridsample_steps),
-    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .stable_since = 16, .adapters = roialign_steps),
-    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .stable_since = 9),
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("GridSample", 16, .ref = k_gridsample, .shape = shape_gridsample, .stable_since = 20,
+        .adapters = gridsample_steps),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .stable_since = 16,
+        .adapters = roialign_steps),
+    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .stable_since = 9,
+        .no_grad = NBL_NO_GRAD_INT),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

@@ -73,6 +73,7 @@ static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .shape = shape_quantize_int4),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4,
+        .shape = shape_quantize_int4),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

@@ -322,14 +322,18 @@ static nbl_status k_conv_act(nbl_kctx *c) {
 }
 
 const nbl_op_def nbl_fused_conv_act_def =
-    NBL_OP_DEF("ai.nibble", "Conv+act", 1, 1, .ref = k_conv_act, .fast = k_conv_act);
+    NBL_OP_DEF("ai.nibble", "Conv+act", 1, 1, .ref = k_conv_act,
+        .fast = k_conv_act);
 
 /* ------------------------------------------------------------------ ConvTranspose */
 
-static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
+static nbl_status convt_setup(nbl_kctx *c,
+        nbl_conv_geom *g) {
   nbl_status st;
   if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "W"))) return st;
-  const nbl_rt_tensor *X = c->in[0], *W = c->in[1], *B = in_at(c, 2);
+  const nbl_rt_tensor *X = c->in[0],
+        *W = c->in[1],
+        *B = in_at(c, 2);
   if ((st = need_float(c, X, "X")) || (st = same_type(c, X, W, "W"))) return st;
   if (B && (st = same_type(c, X, B, "B"))) return st;
   if (X->rank < 3 || W->rank != X->rank)
@@ -337,7 +341,8 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
                     X->rank, W->rank);
   const nbl_node *n = c->node;
   memset(g, 0, sizeof *g);
-  int ns = X->rank - 2, cnt;
+  int ns = X->rank - 2,
+        cnt;
   g->ns = ns;
   g->N = X->dims[0];
   g->C = X->dims[1];
@@ -408,7 +413,9 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
   return nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, od);
 }
 
-/* Scatter one (image, group) of columns [Mg * k_sz, in_sz] into y [Mg, out...]. */
+/* Scatter one (image,
+        group) of columns [Mg * k_sz, in_sz] into y [Mg,
+        out...]. */
 #define COL2IM_BODY(T)                                                                     \
   int ns = g->ns;                                                                          \
   int64_t ii[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];                                        \
@@ -438,10 +445,14 @@ static nbl_status convt_setup(nbl_kctx *c, nbl_conv_geom *g) {
       }                                                                                    \
     }
 
-static void col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y) {
+static void col2im_f64(const nbl_conv_geom *g,
+        int64_t Mg, const double *col,
+        double *y) {
   COL2IM_BODY(double)
 }
-static void col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y) {
+static void col2im_f32(const nbl_conv_geom *g,
+        int64_t Mg, const float *col,
+        float *y) {
   COL2IM_BODY(float)
 }
 
@@ -452,7 +463,8 @@ static nbl_status k_convt_ref(nbl_kctx *c) {
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
   const nbl_rt_tensor *ts[3] = {c->in[0], c->in[1], in_at(c, 2)};
   double *v[3];
-  int64_t Cg = g.C / g.group, Mg = g.M / g.group;
+  int64_t Cg = g.C / g.group,
+        Mg = g.M / g.group;
   double *y = calloc((size_t)(Y->numel ? Y->numel : 1), sizeof(double));
   double *col = malloc((size_t)(Mg * g.k_sz * g.in_sz != 0 ? Mg * g.k_sz * g.in_sz : 1) * sizeof(double));
   if (!y || !col || !conv_inputs(3, ts, v)) {
@@ -484,10 +496,12 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
   nbl_status st = convt_setup(c, &g);
   if (st) return st;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  const float *x = c->in[0]->data, *w = c->in[1]->data;
+  const float *x = c->in[0]->data,
+        *w = c->in[1]->data;
   const nbl_rt_tensor *B = in_at(c, 2);
   float *y = Y->data;
-  int64_t Cg = g.C / g.group, Mg = g.M / g.group;
+  int64_t Cg = g.C / g.group,
+        Mg = g.M / g.group;
   float *col = malloc((size_t)(Mg * g.k_sz * g.in_sz != 0 ? Mg * g.k_sz * g.in_sz : 1) * sizeof(float));
   if (!col) return oom(c);
   if (Y->numel) memset(y, 0, (size_t)Y->numel * sizeof(float));
@@ -538,8 +552,10 @@ static nbl_status k_einsum(nbl_kctx *c) {
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "Einsum on element type %s", nbl_dtype_name(dt));
   /* parse: terms[i] = list of labels of operand i; ellipsis expanded later */
   int term_lab[EIN_MAX_OPS + 1][NBL_MAX_RANK + 1];
-  int term_n[EIN_MAX_OPS + 1], term_ell[EIN_MAX_OPS + 1]; /* position of "..." or -1 */
-  int nterms = 0, explicit_out = 0;
+  int term_n[EIN_MAX_OPS + 1],
+        term_ell[EIN_MAX_OPS + 1]; /* position of "..." or -1 */
+  int nterms = 0,
+        explicit_out = 0;
   memset(term_n, 0, sizeof term_n);
   for (int i = 0; i <= EIN_MAX_OPS; i++) term_ell[i] = -1;
   const char *p = eq;
@@ -580,7 +596,8 @@ static nbl_status k_einsum(nbl_kctx *c) {
   if (!explicit_out && nterms != nops)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "equation has %d operands, node has %d inputs", nterms,
                     nops);
-  /* expand ellipsis: each operand's ellipsis covers rank - named dims, right-aligned to ell_rank */
+  /* expand ellipsis: each operand's ellipsis covers rank - named dims,
+        right-aligned to ell_rank */
   int ell_rank = 0;
   int64_t size[EIN_MAX_LABELS];
   for (int l = 0; l < EIN_MAX_LABELS; l++) size[l] = -1;
@@ -826,10 +843,14 @@ static const nbl_op_adapter gemm_steps[] = {
 };
 
 const nbl_op_def nbl_ops_nn[] = {
-    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv, .stable_since = 1),
-    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast, .shape = shape_convtranspose, .stable_since = 1),
-    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm, .stable_since = 7, .adapters = gemm_steps),
-    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul, .stable_since = 1),
+    NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
+        .stable_since = 1),
+    NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast,
+        .shape = shape_convtranspose, .stable_since = 1),
+    NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
+        .stable_since = 7, .adapters = gemm_steps),
+    NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul,
+        .stable_since = 1),
     NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

@@ -401,7 +401,12 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
     o.d[2 + i] = nbl_dim_unk();
     if (nk != nsp || !nbl_dim_known(in)) continue;
     int64_t st = ns == nsp ? s[i] : 1, pb = np == 2 * nsp ? p[i] : 0, pe = np == 2 * nsp ? p[nsp + i] : 0;
-    o.d[2 + i] = nbl_dim_val(nbl_window_out_t(in.value, k[i], st, 1, 0, pb, pe));
+    const int64_t lim = (int64_t)1 << 31; /* keeps the formula in range; larger is not a real model */
+    if (in.value >= lim || k[i] < 1 || k[i] >= lim || st < 1 || st >= lim || pb < 0 || pb >= lim ||
+        pe < 0 || pe >= lim)
+      continue;
+    int64_t v = nbl_window_out_t(in.value, k[i], st, 1, 0, pb, pe);
+    if (v >= 0) o.d[2 + i] = nbl_dim_val(v);
   }
   return nbl_shp_set(c, 0, &o);
 }
@@ -414,7 +419,8 @@ const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2),
     NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1),
-    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool, .stable_since = 1),
+    NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
+        .stable_since = 1),
     NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2),
 };
 const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

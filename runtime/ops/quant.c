@@ -539,12 +539,19 @@ static nbl_status shape_qlinearconv(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_quant[] = {
-    NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .shape = shape_quantize, .stable_since = 10),
-    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .shape = shape_dequantize, .stable_since = 10),
-    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .shape = shape_dynquant, .stable_since = 11),
-    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .shape = shape_matmulinteger, .stable_since = 10),
-    NBL_OP("QLinearMatMul", 10, .ref = k_qlinearmatmul, .shape = shape_qlinearmatmul, .stable_since = 10),
-    NBL_OP("ConvInteger", 10, .ref = k_convinteger, .shape = shape_convinteger, .stable_since = 10),
-    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv, .shape = shape_qlinearconv, .stable_since = 10),
+    NBL_OP("QuantizeLinear", 10, .ref = k_quantize, .shape = shape_quantize, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("DequantizeLinear", 10, .ref = k_dequantize, .shape = shape_dequantize,
+        .stable_since = 10),
+    NBL_OP("DynamicQuantizeLinear", 11, .ref = k_dynquant, .shape = shape_dynquant,
+        .stable_since = 11, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("MatMulInteger", 10, .ref = k_matmulinteger, .shape = shape_matmulinteger,
+        .stable_since = 10, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("QLinearMatMul", 10, .ref = k_qlinearmatmul, .shape = shape_qlinearmatmul,
+        .stable_since = 10, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("ConvInteger", 10, .ref = k_convinteger, .shape = shape_convinteger, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("QLinearConv", 10, .ref = k_qlinearconv, .shape = shape_qlinearconv, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_INT),
 };
 const size_t nbl_ops_quant_count = sizeof nbl_ops_quant / sizeof nbl_ops_quant[0];

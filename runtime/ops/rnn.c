@@ -430,7 +430,7 @@ static nbl_status shape_recurrent(nbl_shape_ctx *c, int G) {
                                                                     : nbl_dim_unk();
   nbl_dim H = nbl_dim_unk(), S = nbl_dim_unk(), B = nbl_dim_unk();
   const nbl_attr *hs = nbl_node_attr(c->node, "hidden_size");
-  if (hs) H = nbl_dim_val(hs->i);
+  if (hs) H = hs->i >= 0 ? nbl_dim_val(hs->i) : nbl_dim_unk();
   else if (w.rank == 3 && nbl_dim_known(w.d[1])) H = nbl_dim_val(w.d[1].value / G);
   else if (r.rank == 3) H = r.d[2];
   if (x.rank == 3) {

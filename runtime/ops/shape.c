@@ -662,13 +662,13 @@ static nbl_status shape_reshape(nbl_shape_ctx *c) {
     int nin = 0, nout = 0;
     bool ok = true;
     for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
+      if (nbl_dim_known(x.d[i])) ok = !__builtin_mul_overflow(pin, x.d[i].value, &pin);
       else if (x.d[i].param) sin[nin++] = x.d[i].param;
       else ok = false;
     }
     for (int i = 0; i < o.rank && ok; i++) {
       if (i == neg) continue;
-      if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
+      if (nbl_dim_known(o.d[i])) ok = !__builtin_mul_overflow(pout, o.d[i].value, &pout);
       else if (o.d[i].param) sout[nout++] = o.d[i].param;
       else ok = false;
     }
@@ -690,13 +690,13 @@ static nbl_status shape_reshape(nbl_shape_ctx *c) {
     nbl_dim sym = nbl_dim_unk();
     bool ok = true;
     for (int i = 0; i < x.rank && ok; i++) {
-      if (nbl_dim_known(x.d[i])) pin *= x.d[i].value;
+      if (nbl_dim_known(x.d[i])) ok = !__builtin_mul_overflow(pin, x.d[i].value, &pin);
       else if (x.d[i].param && nsym == 0) { sym = x.d[i]; nsym++; }
       else ok = false;
     }
     for (int i = 0; i < o.rank && ok; i++)
       if (i != neg) {
-        if (nbl_dim_known(o.d[i])) pout *= o.d[i].value;
+        if (nbl_dim_known(o.d[i])) ok = !__builtin_mul_overflow(pout, o.d[i].value, &pout);
         else ok = false;
       }
     if (ok && nsym == 1 && pin == pout) o.d[neg] = sym;
@@ -1136,17 +1136,24 @@ static const nbl_op_adapter slice_steps[] = {
 };
 
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5, .adapters = reshape_steps),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5,
+        .adapters = reshape_steps),
     NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13, .adapters = axes13_steps),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13, .adapters = axes13_steps),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13,
+        .adapters = axes13_steps),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13,
+        .adapters = axes13_steps),
     NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1),
     NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4),
-    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18, .adapters = split_steps),
-    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10, .adapters = slice_steps),
+    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18,
+        .adapters = split_steps),
+    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10,
+        .adapters = slice_steps),
     NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8),
     NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6),
-    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space, .stable_since = 1),
-    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth, .stable_since = 1),
+    NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
+        .stable_since = 1),
+    NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
+        .stable_since = 1),
 };
 const size_t nbl_ops_shape_count = sizeof nbl_ops_shape / sizeof nbl_ops_shape[0];

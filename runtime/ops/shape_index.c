@@ -830,16 +830,21 @@ static const nbl_op_adapter scatter_steps[] = {{.from = 9, .to = 11, .up = scatt
 
 const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1),
-    NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements, .stable_since = 11),
+    NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
+        .stable_since = 11),
     NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11),
-    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same, .adapters = scatter_steps),
-    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same, .stable_since = 11),
+    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
+        .adapters = scatter_steps),
+    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same,
+        .stable_since = 11),
     NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .stable_since = 11),
-    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .stable_since = 9),
+    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .stable_since = 9,
+        .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot, .stable_since = 9),
     NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress, .stable_since = 9),
     NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same, .stable_since = 14),
     NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique, .stable_since = 11),
-    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same, .stable_since = 10),
+    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same,
+        .stable_since = 10),
 };
 const size_t nbl_ops_shape_index_count = sizeof nbl_ops_shape_index / sizeof nbl_ops_shape_index[0];

@@ -819,10 +819,12 @@ static nbl_status shape_upsample(nbl_shape_ctx *c) {
   }
   if (n != x.rank) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
   o = x;
-  for (int i = 0; i < x.rank; i++)
-    o.d[i] = nbl_dim_known(x.d[i]) ? nbl_dim_val((int64_t)floor((double)x.d[i].value * scales[i]))
-             : scales[i] == 1.0   ? x.d[i]
-                                  : nbl_dim_unk();
+  for (int i = 0; i < x.rank; i++) {
+    double len = nbl_dim_known(x.d[i]) ? floor((double)x.d[i].value * scales[i]) : -1;
+    o.d[i] = len >= 0 && len < 9.2e18 ? nbl_dim_val((int64_t)len)
+             : scales[i] == 1.0      ? x.d[i]
+                                     : nbl_dim_unk();
+  }
   return nbl_shp_set(c, 0, &o);
 }
 
@@ -1015,7 +1017,8 @@ static const nbl_op_adapter upsample_steps[] = {
 
 const nbl_op_def nbl_ops_shape_resize[] = {
     NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .adapters = pad_steps),
-    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 13, .adapters = resize_steps),
+    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 13,
+        .adapters = resize_steps),
     NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .adapters = upsample_steps),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

@@ -342,11 +342,15 @@ static nbl_status dft_down(nbl_adapt_ctx *c) {
 static const nbl_op_adapter dft_steps[] = {{.from = 17, .to = 20, .up = dft_up, .down = dft_down}, {0}};
 
 const nbl_op_def nbl_ops_signal[] = {
-    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window, .stable_since = 17),
-    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window, .stable_since = 17),
-    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window, .stable_since = 17),
+    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window, .stable_since = 17,
+        .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window, .stable_since = 17,
+        .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window, .stable_since = 17,
+        .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP("DFT", 17, .ref = k_dft, .shape = shape_dft, .stable_since = 20, .adapters = dft_steps),
     NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft, .stable_since = 17),
-    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight, .stable_since = 17),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight, .stable_since = 17,
+        .no_grad = NBL_NO_GRAD_CONST),
 };
 const size_t nbl_ops_signal_count = sizeof nbl_ops_signal / sizeof nbl_ops_signal[0];

@@ -358,8 +358,11 @@ static nbl_status shape_adagrad(nbl_shape_ctx *c) { return shape_optimizer(c, 3)
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_train[] = {
-    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum, .shape = shape_momentum),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .shape = shape_adam),
-    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .shape = shape_adagrad),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Momentum", 1, 1, .ref = k_momentum, .shape = shape_momentum,
+        .no_grad = "optimizer update, applied to gradients"),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adam", 1, 1, .ref = k_adam, .shape = shape_adam,
+        .no_grad = "optimizer update, applied to gradients"),
+    NBL_OP_DEF(TRAIN_DOMAIN, "Adagrad", 1, 1, .ref = k_adagrad, .shape = shape_adagrad,
+        .no_grad = "optimizer update, applied to gradients"),
 };
 const size_t nbl_ops_train_count = sizeof nbl_ops_train / sizeof nbl_ops_train[0];

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLI contract of `nibble info/dump/convert/passes` and `run --profile`: exit codes (0 ok, 1 run failure,
+# CLI contract of `nibble info/dump/convert/passes/ops` and `run --profile`: exit codes (0 ok, 1 run failure,
 # 2 bad usage or bad input), messages, --help, --version, and a convert round trip.
 # Environment: NIBBLE (the binary), NBL_TESTDATA (libonnx-testdata data folder).
 set -u
@@ -41,7 +41,7 @@ expect 2 'usage: nibble COMMAND' --
 expect 2 "nibble: unknown command 'frobnicate'" -- frobnicate
 
 # --help of each command
-for c in info dump convert passes; do
+for c in info dump convert passes ops; do
   expect 0 "usage: nibble $c" -- "$c" --help
 done
 
@@ -71,6 +71,27 @@ if ! $PY -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["graph"][
   echo "FAIL: JSON dump does not load"; fails=$((fails + 1))
 fi
 expect 0 '^digraph ' -- dump --format dot "$CONV"
+
+# ops: real rows of the op table (text and Markdown), every entry with a shape rule
+expect 2 "nibble ops: unknown format 'xml'" -- ops --format xml
+expect 2 "nibble ops: unexpected argument 'extra'" -- ops extra
+expect 0 '^ai\.onnx +Conv +1-21 +yes +yes +stable since 1 +missing$' -- ops
+expect 0 '^ai\.onnx +Scan +8 +yes +no +missing$' -- ops
+expect 0 '^ai\.onnx +Equal +1-21 +yes +no +stable since 7, converts from 1 +no: boolean output$' -- ops
+expect 0 '^ai\.onnx +DFT +17-21 +yes +no +stable since 20, converts from 17 +missing$' -- ops
+expect 0 '^ai\.onnx\.preview\.training +Adam +1 +yes +no +no: optimizer update' -- ops
+expect 0 '^ai\.nibble +QuantizeInt4 +1 +yes +no +missing$' -- ops
+expect 0 '^\| ai\.onnx \| Gemm \| 1-21 \| yes \| yes \| stable since 7, converts from 1 \| missing \|$' -- ops --format md
+expect 0 '^\| domain \| op \| opsets \| shape rule \| fast kernel \| flags \| gradient \|$' -- ops --format md
+n=$((n + 1))
+summary=$("$NIBBLE" ops | tail -1)
+if ! echo "$summary" | grep -qE '^[0-9]+ ops in ([0-9]+) entries: \1 with a shape rule,'; then
+  echo "FAIL: nibble ops: not every entry has a shape rule: $summary"; fails=$((fails + 1))
+fi
+rows=$("$NIBBLE" ops --format md | grep -c '^| ai\.')
+if [ "$rows" != "$(echo "$summary" | sed -E 's/^[0-9]+ ops in ([0-9]+) entries.*/\1/')" ]; then
+  echo "FAIL: nibble ops --format md: $rows rows for: $summary"; fails=$((fails + 1))
+fi
 
 # passes
 expect 0 'passes' -- passes
