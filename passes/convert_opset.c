@@ -175,7 +175,8 @@ static nbl_status convert_node(conv *cv, nbl_graph *g, nbl_id id, vers *vs, int 
       else return node_error(cv, n, ver, "no exact downgrade to opset %d", cv->target);
       if (cv->target >= start) return NBL_OK;
       const nbl_op_adapter *b = step_to(d, start);
-      if (!b || !b->down) return node_error(cv, n, ver, "no exact downgrade to opset %d", cv->target);
+      if (!b || !b->down)
+        return node_error(cv, n, ver, "no exact downgrade to opset %d", cv->target);
       nbl_status st = apply(cv, g, id, vs, b, b->down, ver, start - 1);
       if (st) return st;
       ver = start - 1;
@@ -220,36 +221,95 @@ static int64_t ir_for_opset(int op) {
   return op < (int)(sizeof ir / sizeof ir[0]) ? ir[op] : 10;
 }
 
-/* Element types and ranks for the adapters: the shape rules over the whole
- * model, their value_info entries dropped afterwards (types stay on the IR
- * values). A model the rules reject is converted with the types it declares. */
-typedef struct vi_mark {
+/* What the driver notes of each graph before rewriting: its value_info count
+ * (the shape rules' additions are dropped again) and its unused
+ * initializers (those stay; initializers the conversion left unused go). */
+typedef struct gmark {
   nbl_graph *g;
-  int n;
-} vi_mark;
+  int n_value_infos, n_values;
+  unsigned char *unused;
+} gmark;
 
-static void infer_types(nbl_pass_ctx *ctx, vi_mark **marks, int *n_marks) {
-  const nbl_pass_def *inf = nbl_pass_find("infer-shapes");
+typedef struct marks {
+  gmark *g;
+  int n;
+  char **outer; /* names captured by some subgraph, sorted */
+  int n_outer;
+} marks;
+
+static int cmp_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void collect_outer(nbl_model *m, marks *mk) {
+  int cap = 0;
+  mk->n_outer = 0;
+  free(mk->outer);
+  mk->outer = NULL;
+  for (nbl_graph *g = m->owned_graphs; g; g = g->next_owned)
+    for (int v = 0; v < g->n_values; v++)
+      if ((g->values[v].flags & NBL_VAL_OUTER) && !g->values[v].dead) {
+        if (mk->n_outer == cap) {
+          cap = cap ? 2 * cap : 64;
+          char **p = realloc(mk->outer, sizeof(char *) * (size_t)cap);
+          if (!p) return;
+          mk->outer = p;
+        }
+        mk->outer[mk->n_outer++] = g->values[v].name;
+      }
+  if (mk->n_outer) qsort(mk->outer, (size_t)mk->n_outer, sizeof(char *), cmp_name);
+}
+
+static bool unused_init(const marks *mk, const nbl_graph *g, nbl_id v) {
+  const nbl_value *val = &g->values[v];
+  if (!val->init || val->dead || val->n_consumers || (val->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT)))
+    return false;
+  return !mk->n_outer || !bsearch(&val->name, mk->outer, (size_t)mk->n_outer, sizeof(char *), cmp_name);
+}
+
+static void take_marks(nbl_model *m, marks *mk) {
   int cnt = 0;
-  for (nbl_graph *g = ctx->model->owned_graphs; g; g = g->next_owned) cnt++;
-  *marks = calloc((size_t)(cnt ? cnt : 1), sizeof(vi_mark));
-  *n_marks = 0;
-  if (!inf || !*marks) return;
-  for (nbl_graph *g = ctx->model->owned_graphs; g; g = g->next_owned)
-    (*marks)[(*n_marks)++] = (vi_mark){g, g->n_value_infos};
+  for (nbl_graph *g = m->owned_graphs; g; g = g->next_owned) cnt++;
+  mk->g = calloc((size_t)(cnt ? cnt : 1), sizeof(gmark));
+  mk->n = 0;
+  collect_outer(m, mk);
+  for (nbl_graph *g = m->owned_graphs; g && mk->g; g = g->next_owned) {
+    gmark *k = &mk->g[mk->n++];
+    *k = (gmark){g, g->n_value_infos, g->n_values, calloc((size_t)(g->n_values + 1), 1)};
+    for (nbl_id v = 0; k->unused && v < g->n_values; v++) k->unused[v] = unused_init(mk, g, v);
+  }
+}
+
+static void apply_marks(nbl_model *m, marks *mk) {
+  collect_outer(m, mk);
+  for (int i = 0; i < mk->n; i++) {
+    gmark *k = &mk->g[i];
+    nbl_graph *g = k->g;
+    for (int j = k->n_value_infos; j < g->n_value_infos; j++)
+      g->values[g->value_infos[j]].flags &= ~(unsigned)NBL_VAL_VALUE_INFO;
+    if (g->n_value_infos > k->n_value_infos) g->n_value_infos = k->n_value_infos;
+    for (nbl_id v = 0; k->unused && v < g->n_values; v++)
+      if ((v >= k->n_values || !k->unused[v]) && unused_init(mk, g, v)) g->values[v].dead = true;
+    nbl_graph_compact(g);
+  }
+}
+
+static void free_marks(marks *mk) {
+  for (int i = 0; i < mk->n; i++) free(mk->g[i].unused);
+  free(mk->g);
+  free(mk->outer);
+}
+
+/* Element types and ranks for the adapters: the shape rules (infer-shapes)
+ * over the whole model. A model the rules reject is converted with the types
+ * it declares. */
+static void infer_types(nbl_pass_ctx *ctx) {
+  const nbl_pass_def *inf = nbl_pass_find("infer-shapes");
+  if (!inf) return;
   nbl_pass_ctx sub = {.model = ctx->model, .pass = inf};
   for (int i = 0; i < NBL_PASS_MAX_OPTIONS && inf->options[i].name; i++)
     sub.values[i] = inf->options[i].dflt;
   inf->run(&sub);
-}
-
-static void drop_inferred_value_info(vi_mark *marks, int n_marks) {
-  for (int k = 0; k < n_marks; k++) {
-    nbl_graph *g = marks[k].g;
-    for (int i = marks[k].n; i < g->n_value_infos; i++)
-      g->values[g->value_infos[i]].flags &= ~(unsigned)NBL_VAL_VALUE_INFO;
-    if (g->n_value_infos > marks[k].n) g->n_value_infos = marks[k].n;
-  }
 }
 
 nbl_status nbl_convert_opset(nbl_pass_ctx *ctx, int target) {
@@ -267,19 +327,17 @@ nbl_status nbl_convert_opset(nbl_pass_ctx *ctx, int target) {
   nbl_status st = convert_model(&cv); /* every node first, before anything changes */
   if (st) return st;
   int planned = cv.rewrites;
-  vi_mark *marks = NULL;
-  int n_marks = 0;
   if (planned) {
-    infer_types(ctx, &marks, &n_marks);
+    marks mk = {0};
+    take_marks(m, &mk);
+    infer_types(ctx);
     nbl_errorf(NBL_OK, "%s", ""); /* a model the shape rules reject still converts */
     cv.dry = 0;
     cv.rewrites = 0;
     st = convert_model(&cv);
-    drop_inferred_value_info(marks, n_marks);
-    free(marks);
+    if (!st) apply_marks(m, &mk);
+    free_marks(&mk);
     if (st) return st;
-    /* initializers adapters moved into attributes went dead */
-    for (nbl_graph *g = m->owned_graphs; g; g = g->next_owned) nbl_graph_compact(g);
   }
   if (m->ir_version < ir_for_opset(target)) m->ir_version = ir_for_opset(target);
   for (int i = 0; i < m->n_opsets; i++)

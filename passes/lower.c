@@ -96,24 +96,46 @@ static int output_used(const nbl_graph *g, const nbl_node *n, int i) {
   return v->n_consumers > 0 || (v->flags & NBL_VAL_OUTPUT);
 }
 
+/* Whether QuantizeInt4 node nid qualifies for folding (nbl_q4_fold_constant),
+ * its config decoded into *cfg; *st set on a bad config. */
+static int q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                       nbl_q4_config *cfg, nbl_status *st) {
+  const nbl_node *n = &g->nodes[nid];
+  *st = q4_node_config(ctx->model, n, cfg);
+  if (*st) return 0;
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return 0;
+  if (n->n_inputs > 1 && n->inputs[1] != NBL_NONE) return 0; /* PACT input */
+  if (output_used(g, n, 1) || output_used(g, n, 2)) return 0;
+  const nbl_value *xv = &g->values[n->inputs[0]];
+  const nbl_tensor *xt = xv->init;
+  if (!xt || (xv->flags & NBL_VAL_INPUT) || xt->dtype != NBL_DT_FLOAT) return 0;
+  if (cfg->scale_source == NBL_Q4_SCALE_PACT) return 0;
+  if (only_int4 && !(cfg->bits == 4 && cfg->mode == NBL_Q4_SYMMETRIC)) return 0;
+  int64_t numel = nbl_tensor_numel(xt);
+  if (numel < 0) return 0;
+  const float *x = xt->data;
+  for (int64_t i = 0; i < numel; i++)
+    if (!isfinite(x[i])) return 0; /* NaN/Inf must propagate: keep the dynamic form */
+  return 1;
+}
+
+int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                    nbl_status *st) {
+  nbl_q4_config cfg;
+  return q4_foldable(ctx, g, nid, only_int4, &cfg, st);
+}
+
 nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int only_int4,
                                 int *folded, size_t *q_bytes, size_t *f32_bytes) {
   *folded = 0;
-  const nbl_node *n = &g->nodes[nid];
   nbl_q4_config cfg;
-  nbl_status st = q4_node_config(ctx->model, n, &cfg);
-  if (st) return st;
-  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return NBL_OK;
-  if (n->n_inputs > 1 && n->inputs[1] != NBL_NONE) return NBL_OK; /* PACT input */
-  if (output_used(g, n, 1) || output_used(g, n, 2)) return NBL_OK;
+  nbl_status st;
+  if (!q4_foldable(ctx, g, nid, only_int4, &cfg, &st)) return st;
+  const nbl_node *n = &g->nodes[nid];
   const nbl_value *xv = &g->values[n->inputs[0]];
   const nbl_tensor *xt = xv->init;
-  if (!xt || (xv->flags & NBL_VAL_INPUT) || xt->dtype != NBL_DT_FLOAT) return NBL_OK;
-  if (cfg.scale_source == NBL_Q4_SCALE_PACT) return NBL_OK;
   int int4 = cfg.bits == 4 && cfg.mode == NBL_Q4_SYMMETRIC;
-  if (only_int4 && !int4) return NBL_OK;
   int64_t numel = nbl_tensor_numel(xt);
-  if (numel < 0) return NBL_OK;
   float *x = malloc(sizeof(float) * (size_t)(numel ? numel : 1));
   int8_t *q = malloc((size_t)(numel ? numel : 1));
   uint8_t *packed = malloc((size_t)(numel / 2 + 1));
@@ -124,11 +146,8 @@ nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   if (numel) memcpy(x, xt->data, sizeof(float) * (size_t)numel);
-  int finite = 1;
-  for (int64_t i = 0; i < numel; i++) finite &= isfinite(x[i]) != 0;
   nbl_q4_params p;
   const char *why = NULL;
-  if (!finite) goto done; /* NaN/Inf must propagate: keep the dynamic form */
   if (nbl_q4_choose(&cfg, x, (size_t)numel, 0.0f, &p, &why) != 0) {
     st = nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (QuantizeInt4): %s",
                     nbl_model_label(ctx->model), n->name, why);

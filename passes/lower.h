@@ -18,4 +18,9 @@
 nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int only_int4,
                                 int *folded, size_t *q_bytes, size_t *f32_bytes);
 
+/* Whether nbl_q4_fold_constant would fold node `nid` (nothing changes); 0
+ * with *st set when its attributes are bad. */
+int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                    nbl_status *st);
+
 #endif /* NBL_PASSES_LOWER_H */

@@ -174,15 +174,9 @@ nbl_id nbl_adapt_const(nbl_adapt_ctx *c, const char *hint, nbl_dtype dt, int ran
 nbl_status nbl_adapt_set_input(nbl_adapt_ctx *c, int i, nbl_id v) {
   nbl_node *n = nbl_adapt_node(c);
   if (i >= n->n_inputs && v == NBL_NONE) return NBL_OK;
-  nbl_id old = i < n->n_inputs ? n->inputs[i] : NBL_NONE;
   nbl_node_set_input(c->graph, c->node, i, v);
   n = nbl_adapt_node(c);
   while (n->n_inputs > 0 && n->inputs[n->n_inputs - 1] == NBL_NONE) n->n_inputs--;
-  /* an initializer only this input used goes with it (compacted by the driver) */
-  nbl_value *ov = old != NBL_NONE ? &c->graph->values[old] : NULL;
-  if (ov && ov->init && !ov->n_consumers && !(ov->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT)) &&
-      !captured(c->graph, ov->name))
-    ov->dead = true;
   return NBL_OK;
 }
 
@@ -407,7 +401,8 @@ nbl_status nbl_adapt_mask_bool(nbl_adapt_ctx *c) {
   const nbl_node *n = nbl_adapt_node(c);
   if (!nbl_adapt_output_used(c, 1)) return NBL_OK;
   nbl_dtype t = n->n_inputs ? nbl_adapt_elem(c, n->inputs[0]) : NBL_DT_UNDEFINED;
-  if (!t) return nbl_adapt_refuse(c, "output 1 is used and the element type of input 0 is not known");
+  if (!t)
+    return nbl_adapt_refuse(c, "output 1 is used and the element type of input 0 is unknown");
   return mask_cast(c, t);
 }
 

@@ -71,7 +71,8 @@ bool nbl_adapt_output_used(const nbl_adapt_ctx *c, int k);
 nbl_id nbl_adapt_const(nbl_adapt_ctx *c, const char *hint, nbl_dtype dt, int rank,
                        const int64_t *dims, const void *data);
 /* Set input i of the node to v (NBL_NONE: omitted), growing the input list;
- * trailing omitted inputs are dropped. */
+ * trailing omitted inputs are dropped. An initializer no node uses any more
+ * after the conversion is removed by the driver. */
 nbl_status nbl_adapt_set_input(nbl_adapt_ctx *c, int i, nbl_id v);
 /* Drop attribute `name` of the node (nothing when absent). */
 void nbl_adapt_drop_attr(nbl_adapt_ctx *c, const char *name);

@@ -591,8 +591,14 @@ static nbl_status roialign_down(nbl_adapt_ctx *c) {
   return NBL_OK;
 }
 
-static const nbl_op_adapter gridsample_steps[] = {{.from = 16, .to = 20, .up = gridsample_up, .down = gridsample_down}, {0}},
-                            roialign_steps[] = {{.from = 10, .to = 16, .up = roialign_up, .down = roialign_down}, {0}};
+static const nbl_op_adapter gridsample_steps[] = {
+    {.from = 16, .to = 20, .up = gridsample_up, .down = gridsample_down},
+    {0},
+};
+static const nbl_op_adapter roialign_steps[] = {
+    {.from = 10, .to = 16, .up = roialign_up, .down = roialign_down},
+    {0},
+};
 
 const nbl_op_def nbl_ops_misc[] = {
     NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .stable_since = 11),

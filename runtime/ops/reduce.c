@@ -957,7 +957,7 @@ static nbl_status softmax_down(nbl_adapt_ctx *c) {
   int rank = n->n_inputs ? nbl_adapt_rank(c, n->inputs[0]) : -1;
   if (axis != -1 && !(rank >= 0 && (axis < 0 ? axis + rank : axis) == rank - 1))
     return nbl_adapt_refuse(c, "axis %lld is not known to be the last one", (long long)axis);
-  if (axis < 0 && c->to < 11) {
+  if (axis < 0 && c->target < 11) { /* negative axes came in opset 11 */
     if (rank < 0) return nbl_adapt_refuse(c, "axis -1 needs the rank before opset 11");
     axis += rank;
   }

@@ -873,7 +873,10 @@ static nbl_status pad_down(nbl_adapt_ctx *c) {
   return st;
 }
 
-static const nbl_op_adapter pad_steps[] = {{.from = 2, .to = 11, .up = pad_up, .down = pad_down}, {0}};
+static const nbl_op_adapter pad_steps[] = {
+    {.from = 2, .to = 11, .up = pad_up, .down = pad_down},
+    {0},
+};
 
 /* Constant scales of Resize/Upsample node input i: 1 if all >= 1, -1 if all
  * <= 1, 0 if mixed or not constant. */
@@ -924,8 +927,8 @@ static nbl_status resize_down11(nbl_adapt_ctx *c) {
     return nbl_adapt_refuse(c, "only asymmetric nearest/linear resizing by constant scales has a "
                                "form before opset 11");
   nbl_id scales = n->inputs[2];
-  nbl_adapt_set_input(c, 2, NBL_NONE);
   nbl_adapt_set_input(c, 1, scales);
+  nbl_adapt_set_input(c, 2, NBL_NONE);
   const char *drop[] = {"coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
                         "exclude_outside", "extrapolation_value"};
   for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++) nbl_adapt_drop_attr(c, drop[i]);

@@ -129,6 +129,27 @@ def outputs_match(outdir, dataset, rtol, atol):
     return None
 
 
+def ort_same(dir_a, dir_b):
+    """Largest difference between the ORT outputs in two folders (None: not comparable)."""
+    worst = 0.0
+    for fa in sorted(glob.glob(os.path.join(dir_a, "out_*.npy"))):
+        fb = os.path.join(dir_b, os.path.basename(fa))
+        if not os.path.exists(fb):
+            return None
+        a, b = np.load(fa), np.load(fb)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return None
+        if a.dtype.kind in "fc":
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            both_nan = np.isnan(a) & np.isnan(b)
+            d = np.where(both_nan, 0, np.abs(a - b) / np.maximum(1.0, np.abs(b)))
+            if d.size:
+                worst = max(worst, float(np.nanmax(np.where(np.isnan(d), np.inf, d))))
+        elif not np.array_equal(a, b):
+            return None
+    return worst
+
+
 def run_ort(jobs, tmp):
     """Run jobs [(key, model, outdir, inputs)] in one node process: {key: None or error}."""
     jf = os.path.join(tmp, "jobs.tsv")
@@ -270,6 +291,27 @@ def main():
                                            len([n for n in conv_only if n in sel]),
                                            len([n for n in worse if n in sel]),
                                            len([n for n in neither if n in sel])))
+            # converted vs original, both in ONNX Runtime, where both run
+            same, diff, worst = 0, [], 0.0
+            for (key, model, outdir, _) in jobs:
+                kind, name, d = key
+                if kind != "conv" or res.get(model, "x") is not None:
+                    continue
+                orig_model = os.path.join(a.data, next(f for f, n, _ in models if n == name), name,
+                                          "model.onnx")
+                if res.get(orig_model, "x") is not None:
+                    continue
+                w = ort_same(outdir, outdir.replace(os.sep + "conv" + os.sep, os.sep + "orig" + os.sep, 1))
+                if w is not None and w <= 1e-5:
+                    same += 1
+                    worst = max(worst, w)
+                else:
+                    diff.append((name, d, w))
+            print("  ONNX Runtime, converted vs unconverted model on the same inputs: %d test data "
+                  "sets give the same outputs (largest relative difference %.2g), %d differ"
+                  % (same, worst, len(diff)))
+            for name, d, w in diff:
+                print("    differ: %s/%s: %s" % (name, d, "not comparable" if w is None else "%.3g" % w))
             for n in neither:
                 print("    ONNX Runtime fails either way: %s: %s" % (n, verdict[("conv", n)][:150]))
         else:
