@@ -136,5 +136,8 @@ nbl_status nbl_adapt_legacy_broadcast(nbl_adapt_ctx *c);
 extern const nbl_op_adapter nbl_adapt_consumed_inputs6[];
 /* The binary ops with the legacy broadcast before opset 7 (stable_since 7). */
 extern const nbl_op_adapter nbl_adapt_broadcast7[];
+/* Their table fields, for short table lines. */
+#define NBL_SINCE6_CONSUMED .stable_since = 6, .adapters = nbl_adapt_consumed_inputs6
+#define NBL_SINCE7_BROADCAST .stable_since = 7, .adapters = nbl_adapt_broadcast7
 
 #endif /* NBL_ADAPT_H */

@@ -350,7 +350,7 @@ const nbl_op_def nbl_ops_nn_norm[] = {
     NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
         .stable_since = 14, .adapters = bn_steps),
     NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
-        .stable_since = 6, .adapters = nbl_adapt_consumed_inputs6),
+        NBL_SINCE6_CONSUMED),
     NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
         .stable_since = 17),
     NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1),
