@@ -225,22 +225,22 @@ typedef struct nbl_op_def {
   extern const nbl_op_def nbl_ops_##fam[];   \
   extern const size_t nbl_ops_##fam##_count;
 
-NBL_OP_FAMILY(elementwise) /* runtime/ops/elementwise.c: math, compare, logic, activations */
-NBL_OP_FAMILY(reduce)      /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
-NBL_OP_FAMILY(nn)          /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
-NBL_OP_FAMILY(nn_pool)     /* runtime/ops/nn_pool.c: pooling */
-NBL_OP_FAMILY(nn_norm)     /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
-NBL_OP_FAMILY(quant)       /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
-NBL_OP_FAMILY(shape)       /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
-NBL_OP_FAMILY(shape_index) /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
+NBL_OP_FAMILY(elementwise)  /* runtime/ops/elementwise.c: math, compare, logic, activations */
+NBL_OP_FAMILY(reduce)       /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
+NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
+NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */
+NBL_OP_FAMILY(nn_norm)      /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
+NBL_OP_FAMILY(quant)        /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
+NBL_OP_FAMILY(shape)        /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
+NBL_OP_FAMILY(shape_index)  /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
-NBL_OP_FAMILY(control)     /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */
+NBL_OP_FAMILY(control)      /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */
 NBL_OP_FAMILY(control_flow) /* runtime/ops/control_flow.c: If, Loop, Scan */
-NBL_OP_FAMILY(train)       /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
-NBL_OP_FAMILY(rnn)         /* runtime/ops/rnn.c: RNN, GRU, LSTM */
-NBL_OP_FAMILY(signal)      /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
-NBL_OP_FAMILY(misc)        /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
-NBL_OP_FAMILY(nibble)      /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
+NBL_OP_FAMILY(train)        /* runtime/ops/train.c: optimizers (ai.onnx.preview.training) */
+NBL_OP_FAMILY(rnn)          /* runtime/ops/rnn.c: RNN, GRU, LSTM */
+NBL_OP_FAMILY(signal)       /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
+NBL_OP_FAMILY(misc)         /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
+NBL_OP_FAMILY(nibble)       /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4) */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);
