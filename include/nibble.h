@@ -172,6 +172,8 @@ typedef struct nbl_op_info {
   int fast_kernel;     /* 1: an optimized kernel beside the reference one */
   int stable_since;    /* ai.onnx: the opset from which its meaning is unchanged
                           up to the highest implemented one; 0 when not established */
+  int convert_from;    /* ai.onnx: the oldest opset of the op that convert-opset converts
+                          from (its adapters' history); 0 when none is known */
   int random;          /* 1: its outputs are random */
 } nbl_op_info;
 

@@ -142,6 +142,30 @@ typedef nbl_status (*nbl_shape_fn)(nbl_shape_ctx *ctx);
 typedef struct nbl_grad_ctx nbl_grad_ctx;
 typedef nbl_status (*nbl_grad_fn)(nbl_grad_ctx *ctx);
 
+/* Opset adapter: rewrite one node in the IR from the form its op has before
+ * an opset to the form it has from that opset on (or back). The context and
+ * the services an adapter calls are in runtime/core/adapt.h; the pass
+ * convert-opset (passes/convert_opset.c) is the driver. */
+typedef struct nbl_adapt_ctx nbl_adapt_ctx;
+typedef nbl_status (*nbl_adapt_fn)(nbl_adapt_ctx *ctx);
+
+/* One step of an op's history: the op's form is the same for every opset in
+ * [from, to) and changes at opset `to`. up rewrites a node of the old form
+ * into the new one; down rewrites the new form back where that is exact
+ * (NULL: no downgrade). attr, input, attr_type and dtype parameterize the
+ * shared adapters of adapt.h (which attribute moves to which input). An op's steps
+ * are listed oldest first and join up: each step's `to` is the next one's
+ * `from`, and the last `to` is the entry's stable_since (or 0: the op ends
+ * there, renamed or removed by the last step's up). The array ends with {0}. */
+typedef struct nbl_op_adapter {
+  int from, to;
+  nbl_adapt_fn up, down;
+  const char *attr;         /* parameters of the shared adapters */
+  int input;
+  nbl_attr_type attr_type;
+  nbl_dtype dtype;
+} nbl_op_adapter;
+
 /* Flags of a table entry (nbl_op_def.flags). */
 enum {
   /* outputs depend on a random source: never evaluated ahead of time
@@ -165,6 +189,11 @@ typedef struct nbl_op_def {
    * attributes whose defaults keep the old meaning), so the opset upgrade
    * keeps such a node as it is; 0 when not established */
   int stable_since;
+  /* ai.onnx ops: the op's history before stable_since, as adapters (see
+   * nbl_op_adapter); NULL when the op has not changed since its first
+   * version nibble converts. Only the entry reaching NBL_OPSET_MAX, or the
+   * newest entry of the op, is read. */
+  const nbl_op_adapter *adapters;
 } nbl_op_def;
 
 /* The usual reasons for .no_grad (an op that is not differentiable). */
