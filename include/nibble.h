@@ -32,9 +32,12 @@ extern "C" {
 const char *nbl_version(void);
 
 /* The kernels the fast path uses on this machine, one line, for example
- * "FP32 products: OpenBLAS 0.3.21 (Haswell kernels); INT4: avx512-vnni".
- * OpenBLAS picks its kernels at load time from the CPU, or from the
- * OPENBLAS_CORETYPE environment variable when that is set. */
+ * "FP32 products: OpenBLAS 0.3.21 (Haswell kernels); FP32 convolutions:
+ * avx512; INT4: avx512vnni", with "; ISA cap: avx2 (NBL_ISA)" appended when
+ * a cap (nbl_isa) keeps the fast paths below what the CPU has. OpenBLAS picks
+ * its kernels at load time from the CPU, or from the OPENBLAS_CORETYPE
+ * environment variable when that is set. The string is valid until the next
+ * call on the same thread. */
 const char *nbl_kernel_info(void);
 
 /* ------------------------------------------------------------------------ */
@@ -169,6 +172,8 @@ typedef struct nbl_op_info {
   int fast_kernel;     /* 1: an optimized kernel beside the reference one */
   int stable_since;    /* ai.onnx: the opset from which its meaning is unchanged
                           up to the highest implemented one; 0 when not established */
+  int convert_from;    /* ai.onnx: the oldest opset of the op that convert-opset converts
+                          from (its adapters' history); 0 when none is known */
   int random;          /* 1: its outputs are random */
 } nbl_op_info;
 
@@ -203,12 +208,28 @@ typedef struct nbl_session nbl_session;
  * intermediates). The tensor is only valid during the call. */
 typedef void (*nbl_session_value_fn)(void *user, const nbl_host_tensor *t);
 
+/* The highest instruction set the fast paths may use. NBL_ISA_SCALAR: the
+ * x86-64 baseline only (as on a CPU without AVX); NBL_ISA_AVX2: AVX, AVX2 and
+ * FMA, no AVX-512; NBL_ISA_AVX512: all the CPU has. A level the CPU lacks is
+ * never used. The environment variable NBL_ISA=scalar|avx2|avx512 caps every
+ * session of the process (NBL_INT4_ISA=scalar|avx2|vnni, its older name, when
+ * NBL_ISA is not set); a session's own cap can only lower it. OpenBLAS is not
+ * capped (OPENBLAS_CORETYPE does that). Outputs do not depend on the cap for
+ * INT4 layers; FP32 ones may differ in rounding (summation order). */
+typedef enum nbl_isa {
+  NBL_ISA_DEFAULT = 0, /* no cap of the session's own */
+  NBL_ISA_SCALAR = 1,
+  NBL_ISA_AVX2 = 2,
+  NBL_ISA_AVX512 = 3
+} nbl_isa;
+
 typedef struct nbl_session_options {
   int threads;   /* worker threads for kernels; <= 0: one per online core */
   int reference; /* 1: plain C reference kernels only (no fast paths) */
   nbl_session_value_fn on_value; /* may be NULL */
   void *user;
   int profile;   /* 1: time every node of the main graph (nbl_session_print_profile) */
+  nbl_isa isa;   /* cap on the instruction set of the fast paths (NBL_ISA_DEFAULT: none) */
 } nbl_session_options;
 
 /* Plan the model's main graph for execution: resolve a kernel for every node

@@ -26,7 +26,8 @@
  * graph optimizations disabled ORT reproduces nibble to float rounding.
  * Dynamic (max) scales are not fused.
  *
- * The default-domain opset is upgraded to 21 first (nbl_upgrade_opset). */
+ * The default-domain opset is converted to 21 first (nbl_convert_opset, the
+ * convert-opset pass). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,24 +96,46 @@ static int output_used(const nbl_graph *g, const nbl_node *n, int i) {
   return v->n_consumers > 0 || (v->flags & NBL_VAL_OUTPUT);
 }
 
+/* Whether QuantizeInt4 node nid qualifies for folding (nbl_q4_fold_constant),
+ * its config decoded into *cfg; *st set on a bad config. */
+static int q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                       nbl_q4_config *cfg, nbl_status *st) {
+  const nbl_node *n = &g->nodes[nid];
+  *st = q4_node_config(ctx->model, n, cfg);
+  if (*st) return 0;
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return 0;
+  if (n->n_inputs > 1 && n->inputs[1] != NBL_NONE) return 0; /* PACT input */
+  if (output_used(g, n, 1) || output_used(g, n, 2)) return 0;
+  const nbl_value *xv = &g->values[n->inputs[0]];
+  const nbl_tensor *xt = xv->init;
+  if (!xt || (xv->flags & NBL_VAL_INPUT) || xt->dtype != NBL_DT_FLOAT) return 0;
+  if (cfg->scale_source == NBL_Q4_SCALE_PACT) return 0;
+  if (only_int4 && !(cfg->bits == 4 && cfg->mode == NBL_Q4_SYMMETRIC)) return 0;
+  int64_t numel = nbl_tensor_numel(xt);
+  if (numel < 0) return 0;
+  const float *x = xt->data;
+  for (int64_t i = 0; i < numel; i++)
+    if (!isfinite(x[i])) return 0; /* NaN/Inf must propagate: keep the dynamic form */
+  return 1;
+}
+
+int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                    nbl_status *st) {
+  nbl_q4_config cfg;
+  return q4_foldable(ctx, g, nid, only_int4, &cfg, st);
+}
+
 nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int only_int4,
                                 int *folded, size_t *q_bytes, size_t *f32_bytes) {
   *folded = 0;
-  const nbl_node *n = &g->nodes[nid];
   nbl_q4_config cfg;
-  nbl_status st = q4_node_config(ctx->model, n, &cfg);
-  if (st) return st;
-  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return NBL_OK;
-  if (n->n_inputs > 1 && n->inputs[1] != NBL_NONE) return NBL_OK; /* PACT input */
-  if (output_used(g, n, 1) || output_used(g, n, 2)) return NBL_OK;
+  nbl_status st;
+  if (!q4_foldable(ctx, g, nid, only_int4, &cfg, &st)) return st;
+  const nbl_node *n = &g->nodes[nid];
   const nbl_value *xv = &g->values[n->inputs[0]];
   const nbl_tensor *xt = xv->init;
-  if (!xt || (xv->flags & NBL_VAL_INPUT) || xt->dtype != NBL_DT_FLOAT) return NBL_OK;
-  if (cfg.scale_source == NBL_Q4_SCALE_PACT) return NBL_OK;
   int int4 = cfg.bits == 4 && cfg.mode == NBL_Q4_SYMMETRIC;
-  if (only_int4 && !int4) return NBL_OK;
   int64_t numel = nbl_tensor_numel(xt);
-  if (numel < 0) return NBL_OK;
   float *x = malloc(sizeof(float) * (size_t)(numel ? numel : 1));
   int8_t *q = malloc((size_t)(numel ? numel : 1));
   uint8_t *packed = malloc((size_t)(numel / 2 + 1));
@@ -123,11 +146,8 @@ nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   if (numel) memcpy(x, xt->data, sizeof(float) * (size_t)numel);
-  int finite = 1;
-  for (int64_t i = 0; i < numel; i++) finite &= isfinite(x[i]) != 0;
   nbl_q4_params p;
   const char *why = NULL;
-  if (!finite) goto done; /* NaN/Inf must propagate: keep the dynamic form */
   if (nbl_q4_choose(&cfg, x, (size_t)numel, 0.0f, &p, &why) != 0) {
     st = nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (QuantizeInt4): %s",
                     nbl_model_label(ctx->model), n->name, why);
@@ -177,152 +197,6 @@ done:
   free(q);
   free(packed);
   return st;
-}
-
-/* ------------------------------------------------------------------ opset upgrade */
-
-/* The opset from which op's meaning equals its meaning at NBL_OPSET_MAX (its
- * table entry's stable_since: later versions only added types or attributes
- * whose defaults keep the old behaviour); -1 when not established. */
-static int stable_since(const char *op) {
-  const nbl_op_def *d = nbl_op_lookup("", op, NBL_OPSET_MAX);
-  return d && d->stable_since > 0 ? d->stable_since : -1;
-}
-
-/* Drop attribute `name` from node n (no-op if absent). */
-static void drop_attr(nbl_node *n, const char *name) {
-  for (int i = 0; i < n->n_attrs; i++)
-    if (!strcmp(n->attrs[i].name, name)) {
-      memmove(&n->attrs[i], &n->attrs[i + 1], sizeof(nbl_attr) * (size_t)(n->n_attrs - i - 1));
-      n->n_attrs--;
-      return;
-    }
-}
-
-/* Append input v to node nid at position idx (padding omitted inputs). */
-static nbl_status set_input_at(nbl_graph *g, nbl_id nid, int idx, nbl_id v) {
-  nbl_node *n = &g->nodes[nid];
-  if (idx >= n->n_inputs) {
-    nbl_id *in = nbl_arena_alloc(g->model->arena, sizeof(nbl_id) * (size_t)(idx + 1));
-    if (!in) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i <= idx; i++) in[i] = i < n->n_inputs ? n->inputs[i] : NBL_NONE;
-    n->inputs = in;
-    n->n_inputs = idx + 1;
-  }
-  nbl_node_set_input(g, nid, idx, v);
-  return NBL_OK;
-}
-
-/* Move INTS attribute `attr` of node nid into input `idx` as an int64 initializer. */
-static nbl_status attr_to_input(nbl_graph *g, nbl_id nid, const char *attr, int idx) {
-  nbl_node *n = &g->nodes[nid];
-  int cnt = 0;
-  const int64_t *v = nbl_attr_ints(n, attr, &cnt);
-  if (!nbl_node_attr(n, attr)) return NBL_OK;
-  char hint[512];
-  snprintf(hint, sizeof hint, "%s_%s", n->name[0] ? n->name : n->op_type, attr);
-  int64_t d = cnt;
-  nbl_id c = add_const(g, hint, NBL_DT_INT64, 1, &d, v);
-  if (c == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  n = &g->nodes[nid];
-  if (idx > n->n_inputs) return NBL_ERR_INTERNAL;
-  drop_attr(n, attr);
-  return set_input_at(g, nid, idx, c);
-}
-
-static nbl_status upgrade_node(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int from) {
-  nbl_node *n = &g->nodes[nid];
-  const char *op = n->op_type;
-  int since = stable_since(op);
-  if (since >= 0 && from >= since) return NBL_OK;
-  const char *lbl = nbl_model_label(ctx->model);
-  if (!strncmp(op, "Reduce", 6) && since >= 0 && from >= 1) {
-    if (n->n_inputs > 1) return NBL_ERR_INTERNAL;
-    return attr_to_input(g, nid, "axes", 1);
-  }
-  if ((!strcmp(op, "Squeeze") || !strcmp(op, "Unsqueeze")) && from >= 1)
-    return attr_to_input(g, nid, "axes", 1);
-  if (!strcmp(op, "Split") && from >= 2) {
-    if (from < 13) {
-      nbl_status st = attr_to_input(g, nid, "split", 1);
-      if (st) return st;
-      n = &g->nodes[nid];
-    }
-    if (n->n_inputs < 2 || n->inputs[1] == NBL_NONE)
-      nbl_node_set_attr_int(g, nid, "num_outputs", n->n_outputs);
-    return NBL_OK;
-  }
-  if (!strcmp(op, "Clip") && from >= 6) {
-    float lo = nbl_attr_float(n, "min", -INFINITY), hi = nbl_attr_float(n, "max", INFINITY);
-    char hint[512];
-    snprintf(hint, sizeof hint, "%s_min", n->name[0] ? n->name : "clip");
-    nbl_id a = const_f32(g, hint, lo);
-    snprintf(hint, sizeof hint, "%s_max", g->nodes[nid].name[0] ? g->nodes[nid].name : "clip");
-    nbl_id b = const_f32(g, hint, hi);
-    if (a == NBL_NONE || b == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    drop_attr(&g->nodes[nid], "min");
-    drop_attr(&g->nodes[nid], "max");
-    nbl_status st = set_input_at(g, nid, 1, a);
-    return st ? st : set_input_at(g, nid, 2, b);
-  }
-  if (!strcmp(op, "Dropout") && from >= 7) {
-    /* inference: identity when the mask output is unused */
-    if (output_used(g, n, 1))
-      return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                        "%s: node '%s' (Dropout, opset %d): mask output used; cannot upgrade to "
-                        "opset 21", lbl, n->name, from);
-    if (n->n_outputs > 1 && n->outputs[1] != NBL_NONE) {
-      g->values[n->outputs[1]].producer = NBL_NONE;
-      g->values[n->outputs[1]].dead = true;
-    }
-    n->n_outputs = 1;
-    n->n_inputs = 1;
-    n->op_type = nbl_arena_strdup(g->model->arena, "Identity");
-    drop_attr(n, "ratio");
-    drop_attr(n, "is_test");
-    return NBL_OK;
-  }
-  if ((!strcmp(op, "Softmax") || !strcmp(op, "LogSoftmax")) && from >= 1) {
-    /* before 13 the input is coerced to 2-D at axis: equal when axis is the last one */
-    nbl_id x = n->inputs[0];
-    const nbl_type *t = &g->values[x].type;
-    int64_t axis = nbl_attr_int(n, "axis", 1);
-    if (t->kind == NBL_TYPE_TENSOR && t->rank > 0) {
-      if (axis < 0) axis += t->rank;
-      if (axis == t->rank - 1) {
-        nbl_node_set_attr_int(g, nid, "axis", -1);
-        return NBL_OK;
-      }
-    }
-    return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                      "%s: node '%s' (%s, opset %d): axis is not known to be the last one; "
-                      "cannot prove it equivalent at opset 21",
-                      lbl, n->name, op, from);
-  }
-  return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                    "%s: node '%s' (%s, opset %d): cannot prove it equivalent at opset 21; "
-                    "upgrade refused",
-                    lbl, n->name, op, from);
-}
-
-nbl_status nbl_upgrade_opset(nbl_pass_ctx *ctx, int target) {
-  nbl_model *m = ctx->model;
-  int from = (int)nbl_model_opset(m, "");
-  if (!from) from = (int)nbl_model_opset(m, "ai.onnx");
-  if (m->ir_version < 10) m->ir_version = 10;
-  if (from >= target) return NBL_OK;
-  nbl_graph *g = m->graph;
-  int nn = g->n_nodes;
-  for (nbl_id i = 0; i < nn; i++) {
-    if (g->nodes[i].dead || (g->nodes[i].domain[0] && strcmp(g->nodes[i].domain, "ai.onnx")))
-      continue;
-    nbl_status st = upgrade_node(ctx, g, i, from);
-    if (st) return st;
-  }
-  nbl_pass_logf(ctx, "default-domain opset %d -> %d", from, target);
-  for (int i = 0; i < m->n_opsets; i++)
-    if (!strcmp(m->opsets[i].domain, "ai.onnx")) m->opsets[i].version = target;
-  return nbl_model_set_opset(m, "", target);
 }
 
 /* ------------------------------------------------------------------ dynamic quantizers */
@@ -509,7 +383,7 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
     any = 1;
   }
   if (!any) return NBL_OK;
-  st = nbl_upgrade_opset(ctx, 21);
+  st = nbl_convert_opset(ctx, 21);
   if (st) return st;
   int folded = 0, dynamic = 0, nn = g->n_nodes;
   size_t qb = 0, fb = 0;

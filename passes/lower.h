@@ -18,12 +18,9 @@
 nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int only_int4,
                                 int *folded, size_t *q_bytes, size_t *f32_bytes);
 
-/* Upgrade the default-domain ("") opset of the model to `target` (>= the
- * current one), rewriting nodes whose signature changed (Reduce* axes
- * attribute -> input at 18, Squeeze/Unsqueeze axes at 13, Split at 13/18,
- * Clip min/max at 11, ...). An op not known to be equivalent at `target` is
- * a clear NBL_ERR_UNSUPPORTED naming the node and op; then the model may be
- * partly rewritten (callers fail the pass). Raises ir_version to >= 10. */
-nbl_status nbl_upgrade_opset(nbl_pass_ctx *ctx, int target);
+/* Whether nbl_q4_fold_constant would fold node `nid` (nothing changes); 0
+ * with *st set when its attributes are bad. */
+int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
+                    nbl_status *st);
 
 #endif /* NBL_PASSES_LOWER_H */

@@ -5,7 +5,7 @@
  * for 4-bit symmetric weights, INT8 (with an INT8 zero point if affine) for
  * the layers kept in 8 bits -- the scale s a float scalar initializer, and the
  * node a standard DequantizeLinear(q, s[, z]), which needs default-domain
- * opset 21 (the model is upgraded, see nbl_upgrade_opset). Outputs are
+ * opset 21 (the model is converted first, see nbl_convert_opset). Outputs are
  * unchanged: DequantizeLinear computes s*(q-z) exactly as the fake quantizer did. */
 #include <string.h>
 
@@ -21,10 +21,20 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
       candidates++;
   }
   if (!candidates) return NBL_OK;
+  /* the DequantizeLinear nodes need opset 21: the model goes there first
+   * (convert-opset), when something will be packed */
+  int foldable = 0;
+  nbl_status st = NBL_OK;
+  for (int i = 0; i < g->n_nodes && !st; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (!n->dead && !strcmp(n->domain, "ai.nibble") && !strcmp(n->op_type, "QuantizeInt4"))
+      foldable += nbl_q4_foldable(ctx, g, i, 0, &st);
+  }
+  if (!st && foldable) st = nbl_convert_opset(ctx, 21);
+  if (st) return st;
   int packed = 0, n4 = 0;
   size_t qb = 0, fb = 0, qb4 = 0, fb4 = 0; /* all packed weights; the 4-bit ones */
   int nn = g->n_nodes;
-  nbl_status st = NBL_OK;
   for (nbl_id i = 0; i < nn && !st; i++) {
     const nbl_node *n = &g->nodes[i];
     if (n->dead || strcmp(n->domain, "ai.nibble") || strcmp(n->op_type, "QuantizeInt4")) continue;
@@ -45,8 +55,6 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
   }
   if (st) return st;
   if (packed) {
-    st = nbl_upgrade_opset(ctx, 21);
-    if (st) return st;
     nbl_graph_dce(g);
     nbl_graph_compact(g);
   }

@@ -71,6 +71,15 @@ const nbl_pass_def *nbl_pass_at(int i);
 #define NBL_PASS_MAX_ADDED 16
 nbl_status nbl_pass_register(const nbl_pass_def *def);
 
+/* Convert the model's default-domain (ai.onnx) opset to `target` with the op
+ * table's adapters (passes/convert_opset.c, the pass convert-opset): a node
+ * whose op changed between the two opsets is rewritten into its form at
+ * target; one no adapter covers is an NBL_ERR_UNSUPPORTED naming the node,
+ * op and opset, and then nothing was changed (an adapter's own refusal may
+ * come after earlier nodes were rewritten: callers fail the pass). Raises
+ * ir_version to what target needs. Writes a summary line to ctx->log. */
+nbl_status nbl_convert_opset(nbl_pass_ctx *ctx, int target);
+
 /* Remove nodes whose outputs are all unused (not consumed, not graph outputs),
  * then unused non-input values and initializers; recursive over the whole
  * graph. Returns the number of nodes removed. Shared by passes. */

@@ -8,7 +8,7 @@
 extern const nbl_pass_def nbl_pass_dce, nbl_pass_eliminate_identity, nbl_pass_fold_batchnorm,
     nbl_pass_fuse_bias, nbl_pass_lower_to_onnx;
 extern const nbl_pass_def nbl_pass_infer_shapes, nbl_pass_fold_constants;
-extern const nbl_pass_def nbl_pass_quantize_int4, nbl_pass_pack_int4;
+extern const nbl_pass_def nbl_pass_quantize_int4, nbl_pass_pack_int4, nbl_pass_convert_opset;
 extern const nbl_pass_def nbl_pass_build_training;
 extern const nbl_pass_def nbl_pass_int4_backward;
 
@@ -19,6 +19,7 @@ static const nbl_pass_def *const registry[] = {
     &nbl_pass_eliminate_identity,
     &nbl_pass_fold_batchnorm,
     &nbl_pass_fuse_bias,
+    &nbl_pass_convert_opset,
     &nbl_pass_quantize_int4,
     &nbl_pass_pack_int4,
     &nbl_pass_lower_to_onnx,

@@ -10,8 +10,10 @@
 
 #include "nibble.h"
 #include "ir/ir.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/kdebug.h"
 
 static uint32_t rng = 777;
 static float frand(void) {
@@ -194,19 +196,21 @@ START_TEST(test_depthwise_blocked) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) {
       uint32_t seed = rng; /* the same data both ways */
-      long r0 = nbl_conv_dw_blocked_runs();
-      nbl_conv_set_dw_blocked(1);
+      nbl_kernel_stats s0, s1;
+      nbl_kernel_stats_get(&s0);
+      nbl_kdebug_set(NBL_KS_F32_DW_BLOCKED, 1);
       check_conv(&cases[i], t);
       /* two runs of the session; AVX-512 only */
-      ck_assert_int_eq(nbl_conv_dw_blocked_runs() - r0,
-                       __builtin_cpu_supports("avx512f") ? 2 : 0);
+      nbl_kernel_stats_get(&s1);
+      ck_assert_int_eq(s1.n[NBL_KC_F32_DW_BLOCKED_RUNS] - s0.n[NBL_KC_F32_DW_BLOCKED_RUNS],
+                       nbl_cpu_has(NBL_CPU_AVX512F) ? 2 : 0);
       size_t n = g_kept_n;
       float *blocked = g_kept;
       g_kept = NULL;
       rng = seed;
-      nbl_conv_set_dw_blocked(0);
+      nbl_kdebug_set(NBL_KS_F32_DW_BLOCKED, 0);
       check_conv(&cases[i], t);
-      nbl_conv_set_dw_blocked(-1);
+      nbl_kdebug_set(NBL_KS_F32_DW_BLOCKED, -1);
       ck_assert_uint_eq(n, g_kept_n);
       for (size_t k = 0; k < n; k++)
         ck_assert_msg(memcmp(&blocked[k], &g_kept[k], sizeof(float)) == 0,

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "grad_check.h"
+#include "runtime/core/cpu.h"
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/int4_backward.h"
@@ -239,6 +240,24 @@ START_TEST(test_codes_linear) {
   ck_assert_int_eq(nbl_i4b_kchunk(4096, 8), 65534);
   ck_assert_int_eq(nbl_i4b_kchunk(16384, 16384), 6);
   ck_assert_int_eq(nbl_i4b_kchunk(0, 0), 2147483646);
+}
+END_TEST
+
+/* The variant follows the calling thread's CPU cap (runtime/core/cpu.h), a
+ * forced one (tests) overrides it, and a variant the CPU lacks is never used. */
+START_TEST(test_isa_choice) {
+  nbl_i4b_set_isa(-1);
+  const nbl_isa prev = nbl_cpu_set_thread_cap(NBL_ISA_SCALAR);
+  ck_assert_int_eq(nbl_i4b_best_isa(), NBL_I4B_SCALAR);
+  nbl_cpu_set_thread_cap(NBL_ISA_AVX2);
+  ck_assert_int_eq(nbl_i4b_best_isa(), nbl_i4b_isa_supported(NBL_I4B_AVX2) ? NBL_I4B_AVX2 : NBL_I4B_SCALAR);
+  nbl_i4b_set_isa(NBL_I4B_AVX512);
+  ck_assert_int_eq(nbl_i4b_best_isa(), nbl_i4b_isa_supported(NBL_I4B_AVX512) ? NBL_I4B_AVX512
+                                       : nbl_i4b_isa_supported(NBL_I4B_AVX2) ? NBL_I4B_AVX2
+                                                                              : NBL_I4B_SCALAR);
+  nbl_i4b_set_isa(-1);
+  nbl_cpu_set_thread_cap(prev);
+  ck_assert_str_eq(nbl_i4b_isa_name(NBL_I4B_AVX512), "avx512");
 }
 END_TEST
 
@@ -1008,6 +1027,7 @@ int main(void) {
   TCase *tc = tcase_create("codes");
   tcase_add_loop_test(tc, test_codes_pow2, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_loop_test(tc, test_codes_linear, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_test(tc, test_isa_choice);
   suite_add_tcase(s, tc);
   tc = tcase_create("gemm");
   tcase_add_test(tc, test_gemm_exact);

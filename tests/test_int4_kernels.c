@@ -11,7 +11,19 @@
 #include "ir/ir.h"
 #include "nibble.h"
 #include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/formats/int4.h"
+
+/* Counter c of the fast paths (runtime/kernels/kdebug.h) so far. */
+static long kstat(nbl_kcounter c) {
+  nbl_kernel_stats st;
+  nbl_kernel_stats_get(&st);
+  return st.n[c];
+}
+
+/* Setters of the paths compared by check_path_identical. */
+static void set_dw_blocked(int mode) { nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, mode); }
+static void set_dw_rows(int on) { nbl_kdebug_set(NBL_KS_I4_DW_ROWS, on); }
 
 static uint32_t rng = 2024;
 static uint32_t next_u32(void) {
@@ -438,10 +450,10 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
   for (int64_t i = 0; i < bn; i++) b[i] = frand();
   if (with_nan && xn > 1) x[xn / 2] = NAN;
   nbl_model *m = build_model(sp, w, b);
-  long before = nbl_i4_integer_runs();
+  long before = kstat(NBL_KC_I4_INTEGER_RUNS);
   size_t nf, nr;
   float *yf = run_model(m, sp, x, 0, &nf);
-  long after = nbl_i4_integer_runs();
+  long after = kstat(NBL_KC_I4_INTEGER_RUNS);
   float *yr = run_model(m, sp, x, 1, &nr);
   ck_assert_msg(after - before == expect_int, "%s: integer path runs %ld, expected %d", sp->op,
                 after - before, expect_int);
@@ -615,12 +627,12 @@ START_TEST(test_dw_blocked) {
   int vnni = nbl_i4_best_isa() == NBL_I4_VNNI;
   for (int i = 0; i < ns; i++) {
     const mspec *sp = &sps[i];
-    long b0 = nbl_i4_dw_blocked_runs();
-    nbl_i4_set_dw_blocked(1);
+    long b0 = kstat(NBL_KC_I4_DW_BLOCKED_RUNS);
+    nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, 1);
     check_model(sp, 1, 0);
-    ck_assert_int_eq(nbl_i4_dw_blocked_runs() - b0, vnni);
-    check_path_identical(sp, i, nbl_i4_set_dw_blocked, 1, 0, "blocked");
-    nbl_i4_set_dw_blocked(-1);
+    ck_assert_int_eq(kstat(NBL_KC_I4_DW_BLOCKED_RUNS) - b0, vnni);
+    check_path_identical(sp, i, set_dw_blocked, 1, 0, "blocked");
+    nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, -1);
   }
 }
 END_TEST
@@ -653,15 +665,15 @@ START_TEST(test_dw_rows) {
   sps[ns].act = "Clip", sps[ns].clo = -0.25f, sps[ns++].chi = 0.5f;
   sps[ns++] = conv_spec(1, 2, 1, 16, 2, 3, 2, 1, 1, 2);   /* one input row */
   int vnni = nbl_i4_best_isa() == NBL_I4_VNNI;
-  nbl_i4_set_dw_blocked(0); /* small planes here too */
+  nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, 0); /* small planes here too */
   for (int i = 0; i < ns; i++) {
     const mspec *sp = &sps[i];
-    long r0 = nbl_i4_dw_rows_runs();
+    long r0 = kstat(NBL_KC_I4_DW_ROWS_RUNS);
     check_model(sp, 1, 0);
-    ck_assert_int_eq(nbl_i4_dw_rows_runs() - r0, vnni);
-    check_path_identical(sp, i, nbl_i4_set_dw_rows, 1, 0, "rows");
+    ck_assert_int_eq(kstat(NBL_KC_I4_DW_ROWS_RUNS) - r0, vnni);
+    check_path_identical(sp, i, set_dw_rows, 1, 0, "rows");
   }
-  nbl_i4_set_dw_blocked(-1);
+  nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, -1);
 }
 END_TEST
 
@@ -808,12 +820,12 @@ START_TEST(test_fused_residual) {
     /* epilogue runs expected: same shape 1, broadcast 0, r scheduled after the conv 0 */
     int want = cs[ci].kind == 1 || cs[ci].kind == 5 ? 0 : 1;
     size_t n1, n2, nr;
-    long r0 = nbl_i4_residual_runs(), i0 = nbl_i4_integer_runs();
+    long r0 = kstat(NBL_KC_I4_RESIDUAL_RUNS), i0 = kstat(NBL_KC_I4_INTEGER_RUNS);
     g_fast_threads = 2;
     float *y2 = run_model(m, &sp, xv, 0, &n2);
-    ck_assert_int_eq(nbl_i4_integer_runs() - i0, 1);
-    ck_assert_msg(nbl_i4_residual_runs() - r0 == want,
-                  "case %zu: %ld residual epilogue runs", ci, nbl_i4_residual_runs() - r0);
+    ck_assert_int_eq(kstat(NBL_KC_I4_INTEGER_RUNS) - i0, 1);
+    ck_assert_msg(kstat(NBL_KC_I4_RESIDUAL_RUNS) - r0 == want,
+                  "case %zu: %ld residual epilogue runs", ci, kstat(NBL_KC_I4_RESIDUAL_RUNS) - r0);
     g_fast_threads = 1;
     float *y1 = run_model(m, &sp, xv, 0, &n1);
     g_fast_threads = 2;
@@ -868,32 +880,33 @@ START_TEST(test_fused_chain_ranges) {
     /* expand hands the depthwise layer activation bytes (AVX-512 VNNI
      * only), whose output range the projection reuses; without reuse every
      * quantizer scans the floats */
-    nbl_i4_set_code_link_min(0); /* small tensors too */
-    long r0 = nbl_i4_range_reuses(), i0 = nbl_i4_integer_runs(), l0 = nbl_i4_code_links();
-    long s0 = nbl_i4_range_stops();
+    nbl_kdebug_set(NBL_KS_I4_CODE_LINK_MIN, 0); /* small tensors too */
+    long r0 = kstat(NBL_KC_I4_RANGE_REUSES), i0 = kstat(NBL_KC_I4_INTEGER_RUNS);
+    long l0 = kstat(NBL_KC_I4_CODE_LINKS);
+    long s0 = kstat(NBL_KC_I4_RANGE_STOPS);
     int links = nbl_i4_best_isa() == NBL_I4_VNNI;
     float *y1 = run_model(m, &sp, xv, 0, &n1);
-    if (big && links) ck_assert_int_gt(nbl_i4_range_stops() - s0, 0);
-    ck_assert_int_eq(nbl_i4_integer_runs() - i0, 3);
-    ck_assert_int_eq(nbl_i4_code_links() - l0, links);
-    ck_assert_int_eq(nbl_i4_range_reuses() - r0, 2 - links);
-    nbl_i4_set_range_reuse(0);
+    if (big && links) ck_assert_int_gt(kstat(NBL_KC_I4_RANGE_STOPS) - s0, 0);
+    ck_assert_int_eq(kstat(NBL_KC_I4_INTEGER_RUNS) - i0, 3);
+    ck_assert_int_eq(kstat(NBL_KC_I4_CODE_LINKS) - l0, links);
+    ck_assert_int_eq(kstat(NBL_KC_I4_RANGE_REUSES) - r0, 2 - links);
+    nbl_kdebug_set(NBL_KS_I4_RANGE_REUSE, 0);
     float *y2 = run_model(m, &sp, xv, 0, &n2);
-    nbl_i4_set_range_reuse(1);
-    ck_assert_int_eq(nbl_i4_range_reuses() - r0, 2 - links);
-    ck_assert_int_eq(nbl_i4_code_links() - l0, links);
+    nbl_kdebug_set(NBL_KS_I4_RANGE_REUSE, 1);
+    ck_assert_int_eq(kstat(NBL_KC_I4_RANGE_REUSES) - r0, 2 - links);
+    ck_assert_int_eq(kstat(NBL_KC_I4_CODE_LINKS) - l0, links);
     ck_assert_uint_eq(n1, n2);
     for (size_t i = 0; i < n1; i++)
       ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "variant %d elem %zu: %.9g vs %.9g",
                     v, i, y1[i], y2[i]);
     /* the depthwise layer 16 channels at a time, fed the same bytes */
-    long b0 = nbl_i4_dw_blocked_runs();
-    nbl_i4_set_dw_blocked(1);
+    long b0 = kstat(NBL_KC_I4_DW_BLOCKED_RUNS);
+    nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, 1);
     size_t n3;
     float *y3 = run_model(m, &sp, xv, 0, &n3);
-    nbl_i4_set_dw_blocked(-1);
-    ck_assert_int_eq(nbl_i4_dw_blocked_runs() - b0, links);
-    ck_assert_int_eq(nbl_i4_code_links() - l0, 2 * links);
+    nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, -1);
+    ck_assert_int_eq(kstat(NBL_KC_I4_DW_BLOCKED_RUNS) - b0, links);
+    ck_assert_int_eq(kstat(NBL_KC_I4_CODE_LINKS) - l0, 2 * links);
     ck_assert(n3 == n1 && memcmp(y3, y1, n1 * sizeof(float)) == 0);
     free(y3);
     l0 += links;
@@ -903,7 +916,7 @@ START_TEST(test_fused_chain_ranges) {
     size_t nw;
     float *yw = run_model(m, &sp, xv, 0, &nw);
     g_watch_values = 0;
-    ck_assert_int_eq(nbl_i4_code_links() - l0, links);
+    ck_assert_int_eq(kstat(NBL_KC_I4_CODE_LINKS) - l0, links);
     ck_assert_int_ge(g_values_seen, 3);
     ck_assert_uint_eq(nw, n1);
     ck_assert(memcmp(yw, y1, n1 * sizeof(float)) == 0);
@@ -922,7 +935,7 @@ START_TEST(test_fused_chain_ranges) {
   }
   g_dw_stride = 1;
   g_fast_threads = 2;
-  nbl_i4_set_code_link_min(1 << 20);
+  nbl_kdebug_reset(); /* the default link size again */
 }
 END_TEST
 
@@ -960,7 +973,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tc, test_gemm_int8_extremes);
   tcase_add_test(tc, test_conv_gemm_tiles);
   suite_add_tcase(s, tc);
-  /* tagged "capped": what depends on the NBL_INT4_ISA cap (the gemm cases
+  /* tagged "capped": what depends on the NBL_ISA cap (the gemm cases
    * above loop over every variant themselves); the suite runs these again
    * with the cap at avx2 and at scalar (CK_INCLUDE_TAGS=capped) */
   TCase *tq = tcase_create("quantize");

@@ -1,7 +1,8 @@
 /* test_optable.c - the op table is consistent: every entry is complete (a
  * reference kernel and a shape rule), the opset ranges of one op do not
  * overlap, lookup finds each entry, and no default-domain entry claims an
- * opset above NBL_OPSET_MAX. */
+ * opset above NBL_OPSET_MAX, and each op's opset history (stable_since and the
+ * adapter steps convert-opset reads) is well-formed. */
 #include <check.h>
 #include <string.h>
 
@@ -85,16 +86,48 @@ START_TEST(test_stable_since) {
   static const struct {
     const char *op;
     int since;
-  } cases[] = {{"Add", 7}, {"Conv", 1}, {"Softmax", 13}, {"Resize", 11}, {"ReduceSum", 13},
-               {"ReduceMean", 18}, {"Split", 18}, {"Clip", 11}, {"Gelu", 20}};
+  } cases[] = {{"Add", 7},        {"Conv", 1},   {"Softmax", 13}, {"ReduceSum", 13},
+               {"ReduceMean", 18}, {"Split", 18}, {"Clip", 11},    {"Gelu", 20},
+               /* tf_half_pixel_for_nn went at 13; LSTM's output_sequence at 7; Scan's batch at 9 */
+               {"Resize", 13},     {"LSTM", 7},   {"Scan", 9}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const nbl_op_def *d = nbl_op_lookup("", cases[i].op, NBL_OPSET_MAX);
     ck_assert_ptr_nonnull(d);
     ck_assert_int_eq(d->stable_since, cases[i].since);
   }
-  /* not established: the opset upgrade refuses to keep such a node */
-  ck_assert_int_eq(nbl_op_lookup("", "LSTM", NBL_OPSET_MAX)->stable_since, 0);
-  ck_assert_int_eq(nbl_op_lookup("", "Scan", NBL_OPSET_MAX)->stable_since, 0);
+}
+END_TEST
+
+/* Every default-domain op has a history convert-opset can read (on the entry
+ * reaching NBL_OPSET_MAX): a stable_since within its opsets, adapter steps
+ * that join up (each step's `to` is the next one's `from`, the last `to` is
+ * stable_since), each with an up function, and only Upsample and Scatter end
+ * (stable_since 0: their last step renames them). */
+START_TEST(test_histories) {
+  for (size_t i = 0; i < nbl_op_count(); i++) {
+    const nbl_op_def *d = nbl_op_at(i);
+    if (d->domain[0] || d->max_version != NBL_OPSET_MAX) {
+      ck_assert_msg(!d->adapters, "%s (%d..%d): adapters on an entry that is not the newest",
+                    d->name, d->since_version, d->max_version);
+      continue;
+    }
+    int ends = !strcmp(d->name, "Upsample") || !strcmp(d->name, "Scatter");
+    ck_assert_msg(ends ? d->stable_since == 0 : d->stable_since >= 1, "%s: stable_since %d",
+                  d->name, d->stable_since);
+    ck_assert_msg(d->stable_since <= NBL_OPSET_MAX, "%s: stable_since %d", d->name, d->stable_since);
+    int prev = 0;
+    const nbl_op_adapter *a = d->adapters;
+    for (; a && a->to; a++) {
+      ck_assert_msg(a->from >= 1 && a->from < a->to && a->up, "%s: step %d..%d", d->name, a->from,
+                    a->to);
+      ck_assert_msg(!prev || a->from == prev, "%s: step from %d does not join %d", d->name,
+                    a->from, prev);
+      prev = a->to;
+    }
+    if (prev) ck_assert_msg(ends || prev == d->stable_since, "%s: last step ends at %d, stable "
+                            "since %d", d->name, prev, d->stable_since);
+    ck_assert_msg(!ends || prev, "%s ends without a step", d->name);
+  }
 }
 END_TEST
 
@@ -105,6 +138,7 @@ int main(void) {
   tcase_add_test(tc, test_lookup);
   tcase_add_test(tc, test_random_flag);
   tcase_add_test(tc, test_stable_since);
+  tcase_add_test(tc, test_histories);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

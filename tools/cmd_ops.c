@@ -14,7 +14,8 @@ static void ops_usage(FILE *f) {
         "  --format F   text: aligned columns (default); md: a Markdown table\n"
         "Columns: domain, op, opsets (the range implemented), shape (infer-shapes has a\n"
         "rule), fast (an optimized kernel beside the reference one), flags (stable since\n"
-        "N: the opset from which its meaning is unchanged; random), gradient (yes; no:\n"
+        "N: the opset from which its meaning is unchanged; converts from N: the oldest\n"
+        "opset convert-opset rewrites it from; random), gradient (yes; no:\n"
         "why the op is not differentiable; missing).\n",
         f);
 }
@@ -42,6 +43,8 @@ static void flags_cell(const nbl_op_info *o, char *buf, size_t n) {
   size_t k = 0;
   buf[0] = 0;
   if (o->stable_since) k += (size_t)snprintf(buf + k, n - k, "stable since %d", o->stable_since);
+  if (o->convert_from && o->convert_from != o->stable_since && k < n)
+    k += (size_t)snprintf(buf + k, n - k, "%sconverts from %d", k ? ", " : "", o->convert_from);
   if (o->random && k < n) snprintf(buf + k, n - k, "%srandom", k ? ", " : "");
 }
 

@@ -18,7 +18,7 @@ For each model (torchvision export of tests/ref/export_models.py, batch 1, 3x224
   the machine's speed drifts between runs);
 - sizes: bytes of FP32 model.onnx, of the INT4 file, and their ratio; also of the file with
   every layer in 4 bits (quantize-int4{skip-first-last=0}), timed in the same rounds;
-- the default INT4 model again with the kernels capped to AVX2 (NBL_INT4_ISA=avx2: what a
+- the default INT4 model again with the kernels capped to AVX2 (NBL_ISA=avx2: what a
   CPU without AVX-512 VNNI runs), in the same rounds, unless the cap is already set;
 - agreement: top-1 class of the INT4 fast path vs the INT4 reference path (`--reference`)
   and vs FP32, on the exported input.
@@ -41,11 +41,15 @@ import bench_models as bm  # noqa: E402  (shares the timing helpers)
 
 @contextlib.contextmanager
 def isa_cap(isa):
-    """Child processes started inside see NBL_INT4_ISA=isa (the variable is unset before)."""
+    """Child processes started inside see NBL_ISA=isa (the variable is unset before); also
+    NBL_INT4_ISA, its older name, which is what binaries built before NBL_ISA read (they
+    capped only the INT4 path with it)."""
+    os.environ["NBL_ISA"] = isa
     os.environ["NBL_INT4_ISA"] = isa
     try:
         yield
     finally:
+        del os.environ["NBL_ISA"]
         del os.environ["NBL_INT4_ISA"]
 
 
@@ -86,7 +90,7 @@ def main():
         print("bench_int4.py: --threads takes a list like 1,2", file=sys.stderr)
         return 2
     work = args.workdir or os.path.join(args.refdir, "int4")
-    avx2_col = "NBL_INT4_ISA" not in os.environ
+    avx2_col = "NBL_ISA" not in os.environ and "NBL_INT4_ISA" not in os.environ
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(args.refdir, "manifest.json")) as f:
         manifest = {e["name"]: e for e in json.load(f)["models"]}
@@ -148,7 +152,7 @@ def main():
         print("bench_int4.py: %s" % ex, file=sys.stderr)
         return 1
 
-    isa = os.environ.get("NBL_INT4_ISA", "best available (CPUID)")
+    isa = os.environ.get("NBL_ISA", os.environ.get("NBL_INT4_ISA", "best available (CPUID)"))
     L = ["# INT4 fast path vs FP32: latency and file size\n",
          "Machine: %s, %d logical CPUs (%s). ONNX Runtime %s (npm onnxruntime-node, CPU). "
          "Batch 1, 3x224x224, random weights (tests/ref/export_models.py). %d rounds of "
@@ -182,7 +186,7 @@ def main():
           "last layers in 8 bits, per-tensor activation scales recomputed every run).",
           "- all-INT4 model: the same with `quantize-int4{skip-first-last=0}`: every Conv, "
           "Gemm and MatMul in 4 bits, weights and activations.",
-          "- INT4 AVX2 kernels: the INT4 model with `NBL_INT4_ISA=avx2`, the code a CPU without "
+          "- INT4 AVX2 kernels: the INT4 model with `NBL_ISA=avx2`, the code a CPU without "
           "AVX-512 VNNI runs (ONNX Runtime still uses AVX-512 here, so this ratio is "
           "pessimistic for such a CPU); whether its output is byte-identical to the default "
           "one is in the last table.",

@@ -16,6 +16,7 @@
 #ifndef NBL_EXEC_H
 #define NBL_EXEC_H
 
+#include "nibble.h"
 #include "runtime/core/kernel.h"
 
 typedef struct nbl_engine nbl_engine;
@@ -28,6 +29,7 @@ typedef struct nbl_engine_options {
   int reference; /* 1: kernels take their reference paths only */
   int no_arena;  /* 1: never use the planned arena (malloc per tensor) */
   int profile;   /* 1: time every step of the main graph (nbl_engine_profile) */
+  nbl_isa isa;   /* cap on the fast paths' instruction set (runtime/core/cpu.h) */
   nbl_value_cb on_value;
   void *user;
 } nbl_engine_options;
@@ -52,6 +54,8 @@ int nbl_engine_n_feeds(const nbl_engine *e);
 nbl_id nbl_engine_feed_value(const nbl_engine *e, int i);
 /* The graph the engine runs. */
 const nbl_graph *nbl_engine_graph(const nbl_engine *e);
+/* Threads the engine's kernels may use. */
+int nbl_engine_threads(const nbl_engine *e);
 
 /* Bind graph input `name` to a view of caller memory (not copied, must stay
  * valid through the next nbl_engine_run). Initializer-backed inputs may be
@@ -88,12 +92,8 @@ typedef struct nbl_engine_stats {
 } nbl_engine_stats;
 void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st);
 
-/* Default thread count: online cores (at least 1). */
-int nbl_default_threads(void);
-
 /* ------------------------------------------------------------------ tensors */
 
-/* Deep copy src into dst (dst's old data is not freed). */
-nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
+/* nbl_rt_from_ir and nbl_rt_copy: kernel.h; tensor files: the parser (nibble.h). */
 
 #endif /* NBL_EXEC_H */

@@ -27,19 +27,6 @@ typedef struct nbl_rt_tensor {
   void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned */
   size_t nbytes; /* bytes of data (numel * element size; INT4/UINT4 packed) */
   int owns;      /* internal: who frees data (executor bookkeeping) */
-  /* internal: range_known = 1 when the producing kernel recorded that every
-   * element is finite and lies in [range_lo, range_hi] (the INT4 kernels do,
-   * so that the next quantizer skips its scan); reset when the slot is
-   * (re)allocated */
-  int range_known;
-  float range_lo, range_hi;
-  /* internal: codes_for != NULL when the producing INT4 kernel stored, for
-   * its one consumer codes_for, the activation bytes code + code_off of the
-   * consumer's quantizer (scale code_scale, zero point code_zero) instead of
-   * the floats (runtime/fusions/fuse_int4.c); cleared with the slot */
-  const void *codes_for;
-  float code_scale;
-  int code_zero, code_qmin, code_qmax, code_off;
 } nbl_rt_tensor;
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */
@@ -88,12 +75,14 @@ nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
 /* ------------------------------------------------------------------ tensor helpers */
 
 size_t nbl_rt_elem_size(nbl_dtype dt); /* bytes per element; 0 for 4-bit types */
-/* Allocate data for t with the given type/shape (malloc, zeroed). */
-nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
-void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */
 /* View an IR tensor as a runtime tensor. Numeric types point at the IR data
  * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
 nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
+/* Deep copy src into dst (dst's old data is not freed). */
+nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
+/* Allocate data for t with the given type/shape (malloc, zeroed). */
+nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
+void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */
 /* Element i converted to double / int64 (any numeric dtype, bool). */
 double nbl_rt_get_f64(const nbl_rt_tensor *t, int64_t i);
 int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i);
@@ -153,6 +142,30 @@ typedef nbl_status (*nbl_shape_fn)(nbl_shape_ctx *ctx);
 typedef struct nbl_grad_ctx nbl_grad_ctx;
 typedef nbl_status (*nbl_grad_fn)(nbl_grad_ctx *ctx);
 
+/* Opset adapter: rewrite one node in the IR from the form its op has before
+ * an opset to the form it has from that opset on (or back). The context and
+ * the services an adapter calls are in runtime/core/adapt.h; the pass
+ * convert-opset (passes/convert_opset.c) is the driver. */
+typedef struct nbl_adapt_ctx nbl_adapt_ctx;
+typedef nbl_status (*nbl_adapt_fn)(nbl_adapt_ctx *ctx);
+
+/* One step of an op's history: the op's form is the same for every opset in
+ * [from, to) and changes at opset `to`. up rewrites a node of the old form
+ * into the new one; down rewrites the new form back where that is exact
+ * (NULL: no downgrade). attr, input, attr_type and dtype parameterize the
+ * shared adapters of adapt.h (which attribute moves to which input). An op's steps
+ * are listed oldest first and join up: each step's `to` is the next one's
+ * `from`, and the last `to` is the entry's stable_since (or 0: the op ends
+ * there, renamed or removed by the last step's up). The array ends with {0}. */
+typedef struct nbl_op_adapter {
+  int from, to;
+  nbl_adapt_fn up, down;
+  const char *attr;         /* parameters of the shared adapters */
+  int input;
+  nbl_attr_type attr_type;
+  nbl_dtype dtype;
+} nbl_op_adapter;
+
 /* Flags of a table entry (nbl_op_def.flags). */
 enum {
   /* outputs depend on a random source: never evaluated ahead of time
@@ -176,6 +189,11 @@ typedef struct nbl_op_def {
    * attributes whose defaults keep the old meaning), so the opset upgrade
    * keeps such a node as it is; 0 when not established */
   int stable_since;
+  /* ai.onnx ops: the op's history before stable_since, as adapters (see
+   * nbl_op_adapter); NULL when the op has not changed since its first
+   * version nibble converts. Only the entry reaching NBL_OPSET_MAX, or the
+   * newest entry of the op, is read. */
+  const nbl_op_adapter *adapters;
 } nbl_op_def;
 
 /* The usual reasons for .no_grad (an op that is not differentiable). */

@@ -222,3 +222,23 @@ int nbl_norm_axis(int64_t axis, int rank) {
   if (axis < -rank || axis >= rank) return -1;
   return (int)(axis < 0 ? axis + rank : axis);
 }
+
+nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src) {
+  nbl_rt_tensor t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, src->dtype, src->rank, src->dims);
+  if (st != NBL_OK) return st;
+  if (src->dtype == NBL_DT_STRING) {
+    char **d = t.data, *const *s = src->data;
+    for (int64_t i = 0; i < t.numel; i++) {
+      d[i] = strdup(s[i] ? s[i] : "");
+      if (!d[i]) {
+        nbl_rt_tensor_free(&t);
+        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory copying strings");
+      }
+    }
+  } else if (t.nbytes && src->data) {
+    memcpy(t.data, src->data, t.nbytes < src->nbytes ? t.nbytes : src->nbytes);
+  }
+  *dst = t;
+  return NBL_OK;
+}

@@ -96,6 +96,8 @@ nbl_status nbl_op_table_entry(int i, nbl_op_info *out) {
                        .no_grad = d->grad ? NULL : d->no_grad,
                        .fast_kernel = d->fast != NULL,
                        .stable_since = d->stable_since,
+                       .convert_from = d->adapters && d->adapters[0].to ? d->adapters[0].from
+                                                                        : d->stable_since,
                        .random = (d->flags & NBL_OPF_RANDOM) != 0};
   return NBL_OK;
 }

@@ -1,20 +1,82 @@
 /*
- * fuse.h - plan-time fusions of the executor (sessions without `reference`).
+ * fuse.h - plan-time fusions of the executor (engines without `reference`),
+ * registered in one table (registry.c) that the planner walks in order.
  *
  * A fusion replaces a node of the schedule by a synthetic node that the
- * executor runs instead (exec.c takes it as the step's node) and removes from
- * the schedule the nodes it absorbed. The model is never modified. Two
- * fusions exist: the INT4 integer path (fuse_int4.c, int4_gemm.h) and the
- * FP32 one here: Conv followed by Relu or a constant-bound Clip, the
- * activation applied to each block of the convolution's output while it is
- * still in cache (nbl_conv_f32_act), as ONNX Runtime's Conv+activation fusion
- * does. Both give the same numbers as the unfused nodes: the activation is
- * the same float operation on the same values.
+ * executor runs instead (the step's node, with the fusion's kernel) and
+ * removes from the schedule the nodes it absorbed. The model is never
+ * modified, and a fused node gives the same numbers as the nodes it
+ * replaces. The fusions, in table order:
+ *   int4      fuse_int4.c: QuantizeInt4 -> Conv/Gemm/MatMul with constant
+ *             quantized weights (+ Relu/Clip, + a residual Add) as one
+ *             integer kernel (runtime/kernels/int4_fused.h)
+ *   conv-act  fuse_f32.c: an FP32 Conv followed by Relu or a constant-bound
+ *             Clip, the activation applied to each block of the output
+ *             while it is in cache (nbl_conv_f32_act), as ONNX Runtime's
+ *             Conv+activation fusion does
+ * A fusion sees only the nodes no earlier fusion of the table replaced.
+ *
+ * Adding a fusion: a file here with its plan, node and free functions (the
+ * shapes below, shared matching helpers in match.c), its fused node's
+ * kernel (an nbl_op_def, usually in runtime/kernels/), and one line in
+ * registry.c.
  */
 #ifndef NBL_FUSE_H
 #define NBL_FUSE_H
 
+#include <stddef.h>
+
 #include "runtime/core/kernel.h"
+
+/* What a fusion plans on. */
+typedef struct nbl_fusion_env {
+  const nbl_model *m;
+  const nbl_graph *g; /* the main graph */
+  /* 1 when a callback sees every value (nbl_engine_options.on_value): a
+   * fused node must then still leave each value it writes as the floats
+   * the graph says (no hand-over of other data in their place) */
+  int values_watched;
+  /* 1 when an earlier fusion of the table replaced node `node` */
+  int (*taken)(const struct nbl_fusion_env *env, nbl_id node);
+  const void *planner; /* the planner's state for taken */
+} nbl_fusion_env;
+
+typedef struct nbl_fusion_def {
+  const char *name;
+  /* Find the fusion's patterns in env->g along its schedule order[0..*n)
+   * (nodes taken by an earlier fusion are left alone) and remove the nodes
+   * the fused nodes absorb from order (*n shrinks, the order of the rest
+   * kept). *state is NULL when nothing was fused; else it belongs to the
+   * caller (free) and refers to the model, which must outlive it. */
+  nbl_status (*plan)(const nbl_fusion_env *env, nbl_id *order, int *n, void **state);
+  /* The synthetic node to run in place of node `node` (NULL: not fused). */
+  const nbl_node *(*node)(const void *state, nbl_id node);
+  void (*free)(void *state);
+  /* The kernel of the fused nodes. */
+  const nbl_op_def *kernel;
+} nbl_fusion_def;
+
+/* The table (registry.c), in the order the planner runs the fusions. */
+extern const nbl_fusion_def nbl_fusions[];
+extern const size_t nbl_fusions_count;
+
+/* Each fusion file defines nbl_fuse_NAME_plan, _node and _free with the
+ * shapes of nbl_fusion_def's members. */
+#define NBL_FUSION(name)                                                                  \
+  nbl_status nbl_fuse_##name##_plan(const nbl_fusion_env *env, nbl_id *order, int *n,    \
+                                    void **state);                                       \
+  const nbl_node *nbl_fuse_##name##_node(const void *state, nbl_id node);                \
+  void nbl_fuse_##name##_free(void *state);
+
+NBL_FUSION(int4)     /* fuse_int4.c */
+NBL_FUSION(conv_act) /* fuse_f32.c */
+
+/* The kernel of the conv-act fused nodes (runtime/ops/nn.c): Conv, then Clip
+ * with the bounds in the synthetic node's float attributes nibble.act_lo /
+ * act_hi. The INT4 one is nbl_i4_fused_def (runtime/kernels/int4_fused.h). */
+extern const nbl_op_def nbl_fused_conv_act_def;
+
+/* ------------------------------------------------------------------ matching helpers (match.c) */
 
 /* 1 if n is a live node of op type `op` in `domain` ("" for ai.onnx, which
  * matches a node that names its domain "ai.onnx" too). */
@@ -30,24 +92,4 @@ int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_n
 /* 1 if a subgraph of any node of g captures the outer value `name`. */
 int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name);
 
-typedef struct nbl_f32_fusion nbl_f32_fusion;
-
-/* For graph g (order[0..*n) its schedule): fuse each float32 Conv with its
- * activation (nbl_fuse_find_activation) unless `taken(user, node)` says the
- * node already has a fused replacement; the activation nodes leave order (*n
- * shrinks). *out is NULL when nothing was fused. The model must outlive it. */
-nbl_status nbl_f32_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n,
-                        int (*taken)(const void *user, nbl_id node), const void *user,
-                        nbl_f32_fusion **out);
-
-/* The synthetic node to run for node `node` (Conv's inputs and attributes,
- * the activation's output, op type "Conv+Relu" or "Conv+Clip") and its op
- * definition; NULL for any other node. */
-const nbl_node *nbl_f32_fused_node(const nbl_f32_fusion *fu, nbl_id node, const nbl_op_def **def);
-void nbl_f32_fusion_free(nbl_f32_fusion *fu);
-
-/* The kernel of the fused nodes (runtime/ops/nn.c): Conv, then Clip with the
- * bounds in the synthetic node's float attributes nibble.act_lo / act_hi. */
-extern const nbl_op_def nbl_fused_conv_act_def;
-
-#endif
+#endif /* NBL_FUSE_H */

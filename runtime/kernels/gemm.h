@@ -48,6 +48,10 @@ void nbl_dgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, do
                    const double *A, int64_t lda, const double *B, int64_t ldb, double beta,
                    double *C, int64_t ldc);
 
+/* What nbl_sgemm runs on, for nbl_kernel_info: "OpenBLAS 0.3.21 (SkylakeX
+ * kernels)", "a cblas library" or "nibble's own blocked kernel (no BLAS)". */
+const char *nbl_gemm_info(void);
+
 /* Layers whose outputs have at least this many pixels per channel split
  * their work across threads by bands of pixels (rows): 2T bands at T threads,
  * thread t taking bands 2t and 2t + 1 of every channel first (the pool's
@@ -138,16 +142,14 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
 #define NBL_DW_MAX_TAPS 64
 
 /* Depthwise layers (multiplier 1) 16 channels at a time, FP32 here and
- * INT4 in fuse_int4.c: whether geometry g takes that path under `mode`
+ * INT4 in int4_depthwise.c: whether geometry g takes that path under `mode`
  * (0 never; 1 always, for tests; -1 where it measured faster: at most 14
- * output columns and 32 channels), the ISA check left to the caller. */
+ * output columns and 32 channels; the switches of kdebug.h), the ISA check
+ * left to the caller. */
 int nbl_dw_blocked_wanted(const nbl_conv_geom *g, int mode);
 /* The zero-padded input tile of such a layer: Hp rows of Wp pixels cover
  * the pads and every tap of every output. */
 void nbl_dw_tile_dims(const nbl_conv_geom *g, int64_t *Hp, int64_t *Wp);
-/* Tests: the mode of the FP32 path (default -1), and how many layers took it. */
-void nbl_conv_set_dw_blocked(int mode);
-long nbl_conv_dw_blocked_runs(void);
 
 /* The zero-padded input plane as dw_run lays it out for strides (R, S):
  * padded row r (input row r - pad top), column q (input column q - pad

@@ -5,10 +5,11 @@
 #include "runtime/kernels/int4_backward.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "runtime/core/cpu.h"
 
 #if defined(__x86_64__)
 #define I4B_X86 1
@@ -19,50 +20,32 @@
 #define I4B_X86 0
 #endif
 
-/* ------------------------------------------------------------------ CPU variant */
+/* ------------------------------------------------------------------ CPU variant
+ * Through the one CPU dispatch configuration (runtime/core/cpu.h): what the
+ * CPU has, and what the cap in force on the calling thread allows. */
 
-static int g_have[3];
-static nbl_i4b_isa g_best;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static const unsigned k_need[3] = {0, NBL_CPU_AVX2,
+                                   NBL_CPU_AVX512F | NBL_CPU_AVX512BW | NBL_CPU_AVX512VL | NBL_CPU_AVX512VNNI};
 static _Atomic int g_forced = -1;
 
-/* The one place that asks the CPU (init-once). */
-static void detect(void) {
-  g_have[NBL_I4B_SCALAR] = 1;
-#if I4B_X86
-  __builtin_cpu_init();
-  g_have[NBL_I4B_AVX2] = __builtin_cpu_supports("avx2");
-  g_have[NBL_I4B_AVX512] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-#endif
-  g_best = g_have[NBL_I4B_AVX512] ? NBL_I4B_AVX512 : g_have[NBL_I4B_AVX2] ? NBL_I4B_AVX2 : NBL_I4B_SCALAR;
-  const char *cap = getenv("NBL_ISA");
-  if (!cap || !*cap) cap = getenv("NBL_INT4_ISA");
-  if (cap) {
-    nbl_i4b_isa want = !strcmp(cap, "scalar") ? NBL_I4B_SCALAR
-                       : !strcmp(cap, "avx2") ? NBL_I4B_AVX2
-                                              : NBL_I4B_AVX512;
-    if (want < g_best) g_best = want;
-  }
-}
-
 int nbl_i4b_isa_supported(nbl_i4b_isa isa) {
-  pthread_once(&g_once, detect);
-  return isa >= NBL_I4B_SCALAR && isa <= NBL_I4B_AVX512 && g_have[isa];
+  return isa >= NBL_I4B_SCALAR && isa <= NBL_I4B_AVX512 && (nbl_cpu_features() & k_need[isa]) == k_need[isa];
 }
 
-/* isa, or the best supported variant below it. */
+/* isa, or the best variant below it that the CPU has. */
 static nbl_i4b_isa usable(int isa) {
-  pthread_once(&g_once, detect);
   if (isa > NBL_I4B_AVX512) isa = NBL_I4B_AVX512;
-  while (isa > NBL_I4B_SCALAR && !g_have[isa]) isa--;
+  while (isa > NBL_I4B_SCALAR && !nbl_i4b_isa_supported((nbl_i4b_isa)isa)) isa--;
   return isa < NBL_I4B_SCALAR ? NBL_I4B_SCALAR : (nbl_i4b_isa)isa;
 }
 
 nbl_i4b_isa nbl_i4b_best_isa(void) {
-  pthread_once(&g_once, detect);
   int f = atomic_load(&g_forced);
-  return f >= 0 ? usable(f) : g_best;
+  if (f >= 0) return usable(f);
+  const unsigned ok = nbl_cpu_allowed();
+  return (ok & k_need[NBL_I4B_AVX512]) == k_need[NBL_I4B_AVX512] ? NBL_I4B_AVX512
+         : (ok & k_need[NBL_I4B_AVX2]) == k_need[NBL_I4B_AVX2]     ? NBL_I4B_AVX2
+                                                                  : NBL_I4B_SCALAR;
 }
 
 void nbl_i4b_set_isa(int isa) { atomic_store(&g_forced, isa < 0 ? -1 : isa); }

@@ -22,8 +22,8 @@
  * pair of k (2j, 2j+1) the 16 columns' two codes side by side, the operand
  * of vpdpwssd / vpmaddwd (one 32-bit lane = one column's pair).
  *
- * Three variants, chosen at run time (nbl_i4b_best_isa, init-once CPUID
- * check): AVX-512 (F+BW+VNNI, vpdpwssd, tiles of 6 x 32), AVX2 (vpmaddwd +
+ * Three variants, chosen at run time (nbl_i4b_best_isa, through
+ * runtime/core/cpu.h): AVX-512 (F+BW+VNNI, vpdpwssd, tiles of 6 x 32), AVX2 (vpmaddwd +
  * vpaddd, tiles of 6 x 16) and portable C. All accumulate the same integers
  * exactly, so all give identical results; the variants differ in speed only.
  */
@@ -38,12 +38,13 @@
 
 typedef enum { NBL_I4B_SCALAR = 0, NBL_I4B_AVX2 = 1, NBL_I4B_AVX512 = 2 } nbl_i4b_isa;
 
-/* The best variant of this CPU (CPUID through __builtin_cpu_supports, read
- * once, thread-safe), capped by the environment like every fast path:
- * NBL_ISA=scalar|avx2|avx512, or NBL_INT4_ISA=scalar|avx2|vnni when NBL_ISA
- * is not set. nbl_i4b_set_isa (tests, benchmarks) overrides it for the
- * process: a variant, or -1 for the detected one; a variant the CPU lacks
- * is never used (the next lower one is). */
+/* The variant to use on the calling thread: the best one that the one CPU
+ * dispatch configuration allows (runtime/core/cpu.h: the CPU, the process
+ * cap NBL_ISA=scalar|avx2|avx512, the session's cap), chosen where a kernel
+ * starts and passed to the threads it runs. nbl_i4b_set_isa (tests,
+ * benchmarks) overrides it for the process: a variant, or -1 for the
+ * dispatch's choice; a variant the CPU lacks is never used (the next lower
+ * one is). nbl_i4b_isa_supported: whether the CPU has the variant (no cap). */
 nbl_i4b_isa nbl_i4b_best_isa(void);
 int nbl_i4b_isa_supported(nbl_i4b_isa isa);
 void nbl_i4b_set_isa(int isa);

@@ -72,7 +72,7 @@ static void plane_c(int16_t *restrict d, const int16_t *restrict plane, const ta
 /* AVX-512, strides 1 and 2 (others in C): rows of up to 32 outputs from
  * one masked load (two and a vpermt2w for stride 2; lanes outside [ow0,
  * ow1) are neither read nor kept), longer rows in blocks of 32. */
-__attribute__((target("avx512f,avx512bw,avx512vl,bmi2"))) static void plane_512(int16_t *d, const int16_t *plane,
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void plane_512(int16_t *d, const int16_t *plane,
                                                                                 const tap_plane *t) {
   if (t->sw > 2) {
     plane_c(d, plane, t);
@@ -87,7 +87,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,bmi2"))) static void plane_512(
     const uint32_t keep =
         hi > lo ? (uint32_t)(((uint64_t)1 << hi) - 1) & ~(uint32_t)(((uint64_t)1 << lo) - 1) : 0;
     const __mmask32 st = (__mmask32)(t->OW - o >= 32 ? 0xffffffffu : ((uint32_t)1 << (t->OW - o)) - 1);
-    const uint64_t in2 = _pdep_u64(keep, 0x5555555555555555ull); /* stride 2: input lane 2i for output i */
+    /* stride 2: input lane 2i for output lane i in [lo, hi) */
+    const uint64_t in2 = hi > lo ? 0x5555555555555555ull & (2 * hi >= 64 ? ~0ull : ((uint64_t)1 << (2 * hi)) - 1) &
+                                       ~(((uint64_t)1 << (2 * lo)) - 1)
+                                 : 0;
     int16_t *dd = d + o;
     for (int64_t oh = 0; oh < t->OH; oh++, dd += t->OW) {
       const int64_t ih = t->ih0 + oh * t->sh;

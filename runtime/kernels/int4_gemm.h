@@ -12,8 +12,8 @@
  * operand layout of AVX-512 VNNI vpdpbusd; the correction a_zero * sum_k W
  * is subtracted per output column.
  *
- * Three variants share that layout and are chosen at run time from CPUID
- * (init-once table): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd,
+ * Three variants share that layout, chosen at run time by the CPU dispatch
+ * configuration (runtime/core/cpu.h): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd,
  * used only when max|W| <= 64 so the 16-bit pair sums cannot saturate;
  * otherwise scalar), and portable C. All give identical results.
  */
@@ -41,11 +41,10 @@ typedef struct nbl_i4_weights {
   int maxabs;      /* max |W| */
 } nbl_i4_weights;
 
-/* The best variant this CPU supports (CPUID, computed once, thread-safe).
- * The environment variable NBL_INT4_ISA=scalar|avx2|vnni caps it (for tests
- * and benchmarks); a variant the CPU lacks is never chosen. */
+/* The best variant the CPU supports and the ISA cap in force on this thread
+ * allows (runtime/core/cpu.h: at the avx2 cap AVX2, at scalar scalar). */
 nbl_i4_isa nbl_i4_best_isa(void);
-/* 1 if this CPU can run variant isa. */
+/* 1 if this CPU can run variant isa (whatever the cap: tests run every one). */
 int nbl_i4_isa_supported(nbl_i4_isa isa);
 /* "scalar", "avx2" or "avx512vnni". */
 const char *nbl_i4_isa_name(nbl_i4_isa isa);
@@ -161,53 +160,5 @@ void nbl_i4_quantize_centered_deint2(const nbl_i4_quantizer *q, const float *x, 
 /* The byte offset for codes of p: off with qmin+off >= 0, qmax+off <= 255
  * and zero+off in 0..255 (always exists for bits <= 8, |zero| <= 128). */
 int nbl_i4_act_offset(const nbl_q4_params *p);
-
-/* ------------------------------------------------------------------ fusion (fuse_int4.c) */
-
-/* The planner's hook. For graph g (order[0..*n) its topological node order),
- * find QuantizeInt4 -> Conv/Gemm/MatMul patterns whose weight is a constant
- * (QuantizeInt4 of a float initializer, or DequantizeLinear of an INT4/INT8
- * initializer with a scalar scale), pack their weights, and remove from
- * order the quantizer nodes whose outputs only the fused nodes used (*n
- * shrinks). *out is NULL when nothing was fused. The model must outlive it.
- * links: 1 lets a fused convolution hand its output to a fused depthwise
- * consumer as activation bytes instead of floats (0 when something else
- * must see every intermediate value). */
-typedef struct nbl_i4_fusion nbl_i4_fusion;
-nbl_status nbl_i4_fuse(const nbl_model *m, const nbl_graph *g, nbl_id *order, int *n, int links,
-                       nbl_i4_fusion **out);
-/* Runs so far (all sessions) that handed activation bytes to their consumer. */
-long nbl_i4_code_links(void);
-/* Runs so far whose range-only pass (before sending bytes) stopped early,
- * its range already spanning the clamp bounds; for tests. */
-long nbl_i4_range_stops(void);
-/* Tests: the least output size (elements) sent as bytes (default 2^20). */
-void nbl_i4_set_code_link_min(long long n);
-/* For a fused consumer node: the synthetic node to run instead (inputs X,
- * W source, bias, PACT alpha; the consumer's outputs and attributes) and its
- * op definition in *def. NULL for any other node. */
-const nbl_node *nbl_i4_fused_node(const nbl_i4_fusion *fu, nbl_id node, const nbl_op_def **def);
-void nbl_i4_fusion_free(nbl_i4_fusion *fu);
-/* Process-wide count of fused kernel runs that took the integer path (the
- * rest ran the literal fake-quant + float composition); for tests. */
-long nbl_i4_integer_runs(void);
-/* Process-wide count of fused runs whose activation range came from the
- * node that wrote the activations (no scan); for tests. */
-long nbl_i4_range_reuses(void);
-/* Tests: depthwise layers 16 channels at a time (-1: on small planes, the
- * default; 0: never; 1: whenever AVX-512 is there), and how many runs took
- * that path. */
-void nbl_i4_set_dw_blocked(int mode);
-long nbl_i4_dw_blocked_runs(void);
-/* Tests: 3x3 depthwise layers of strides 1 or 2 straight from their input
- * rows in blocks of output rows (1, the default) or through the plane
- * kernel (0), and how many layer runs took the former. */
-void nbl_i4_set_dw_rows(int on);
-long nbl_i4_dw_rows_runs(void);
-/* Tests: how many fused Conv runs added a residual (a fused Add) in their
- * epilogue (the rest of the fused Adds ran as the Add kernel after). */
-long nbl_i4_residual_runs(void);
-/* 0: every fused run scans its activations (tests compare both ways). */
-void nbl_i4_set_range_reuse(int on);
 
 #endif /* NBL_INT4_GEMM_H */

@@ -1,13 +1,17 @@
 /* simd16.h - small AVX-512 (and AVX2) helpers: lane masks and partial
  * loads/stores for the vector loops, and
  * the tile layout of the depthwise kernels that work 16 channels at a time
- * (gemm.c FP32, fuse_int4.c INT4). */
+ * (depthwise_f32.c FP32, int4_depthwise.c INT4). */
 #ifndef NBL_SIMD16_H
 #define NBL_SIMD16_H
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <stdint.h>
+
+/* The target attributes of the INT4 kernels' AVX-512 VNNI and AVX2 variants. */
+#define NBL_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define NBL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 /* The mask of the first min(n, 16) lanes. */
 static inline __mmask16 nbl_tail_mask(int64_t n) {

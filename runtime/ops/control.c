@@ -13,6 +13,7 @@
 
 #include "runtime/core/grad.h"
 #include "runtime/core/exec.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ helpers */
@@ -727,13 +728,24 @@ static nbl_status shape_eyelike(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* Dropout: is_test before 7; the mask has X's type before 10, bool from 10;
+ * ratio is an attribute before 12, input 1 from 12 (with training_mode). */
+static const nbl_op_adapter dropout_steps[] = {
+    {.from = 1, .to = 7, .up = nbl_adapt_is_test, .down = nbl_adapt_is_test_down},
+    {.from = 7, .to = 10, .up = nbl_adapt_mask_bool, .down = nbl_adapt_mask_bool_down},
+    {.from = 10, .to = 12, .up = nbl_adapt_attrs_to_inputs, .down = nbl_adapt_inputs_to_attrs,
+     .attr = "ratio", .input = 1, .attr_type = NBL_ATTR_FLOAT, .dtype = NBL_DT_FLOAT},
+    {0},
+};
+
 const nbl_op_def nbl_ops_control[] = {
     NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1, .grad = g_identity),
-    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12, .grad = g_dropout),
+    NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12,
+        .adapters = dropout_steps, .grad = g_dropout),
     NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .stable_since = 6, .grad = g_cast),
-    NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike, .grad = g_cast),
+    NBL_OP("CastLike", 15, .ref = k_castlike, .shape = shape_castlike, .stable_since = 15, .grad = g_cast),
     NBL_OP("Shape", 1, .ref = k_shape, .shape = shape_shape, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("Size", 1, .ref = k_size, .shape = shape_size, .stable_since = 1,
@@ -741,6 +753,7 @@ const nbl_op_def nbl_ops_control[] = {
     NBL_OP("ConstantOfShape", 9, .ref = k_constant_of_shape, .shape = shape_constant_of_shape,
         .stable_since = 9, .no_grad = NBL_NO_GRAD_CONST),
     NBL_OP("Range", 11, .ref = k_range, .shape = shape_range, .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike, .grad = nbl_grad_zero),
+    NBL_OP("EyeLike", 9, .ref = k_eyelike, .shape = shape_eyelike, .stable_since = 9,
+        .grad = nbl_grad_zero),
 };
 const size_t nbl_ops_control_count = sizeof nbl_ops_control / sizeof nbl_ops_control[0];

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "runtime/core/exec.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ helpers */
@@ -566,11 +567,60 @@ static nbl_status shape_scan(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ opset adapters */
+
+/* Scan 8 -> 9. Scan-8 is batched: an optional sequence_lens first, then the
+ * states [B, ...] and scan inputs [B, T, ...]; outputs [B, ...] and
+ * [B, T, ...]; `directions` for the scan inputs. Scan-9 has no batch axis nor
+ * sequence_lens. With B known to be 1 and no sequence_lens the body is the
+ * same: every input loses its batch axis (Squeeze), every output gets it back
+ * (Unsqueeze), and directions becomes scan_input_directions. */
+static nbl_status scan_up9(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs > 0 && n->inputs[0] != NBL_NONE)
+    return nbl_adapt_refuse(c, "sequence_lens has no form from opset 9 on");
+  int ni = n->n_inputs - 1;
+  nbl_id ins[64];
+  if (ni < 1 || ni > 64) return nbl_adapt_refuse(c, "%d inputs", ni);
+  for (int i = 0; i < ni; i++) {
+    ins[i] = n->inputs[i + 1];
+    if (ins[i] == NBL_NONE || nbl_adapt_dim(c, ins[i], 0) != 1)
+      return nbl_adapt_refuse(c, "the batch size of input %d is not known to be 1 (the only batch "
+                                 "Scan-9 can express)", i + 1);
+  }
+  const int64_t zero = 0;
+  for (int i = 0; i < ni; i++) {
+    nbl_id sq = nbl_adapt_add_node(c, "Squeeze", "unbatched", 1, &ins[i], NBL_NONE);
+    if (sq == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    nbl_node_set_attr_ints(c->graph, c->graph->values[sq].producer, "axes", 1, &zero);
+    ins[i] = sq;
+  }
+  for (int i = 0; i <= ni; i++) nbl_node_set_input(c->graph, c->node, i, NBL_NONE);
+  for (int i = 0; i < ni; i++) nbl_node_set_input(c->graph, c->node, i, ins[i]);
+  nbl_adapt_node(c)->n_inputs = ni;
+  int cnt = 0;
+  const int64_t *dirs = nbl_attr_ints(nbl_adapt_node(c), "directions", &cnt);
+  if (dirs) nbl_node_set_attr_ints(c->graph, c->node, "scan_input_directions", cnt, dirs);
+  nbl_adapt_drop_attr(c, "directions");
+  for (int k = 0; k < nbl_adapt_node(c)->n_outputs; k++) {
+    nbl_id y = nbl_adapt_node(c)->outputs[k];
+    if (y == NBL_NONE) continue;
+    nbl_id y9 = nbl_adapt_detach_output(c, k, "unbatched");
+    if (y9 == NBL_NONE || nbl_adapt_add_node(c, "Unsqueeze", "batched", 1, &y9, y) == NBL_NONE)
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    nbl_node_set_attr_ints(c->graph, c->graph->values[y].producer, "axes", 1, &zero);
+  }
+  return NBL_OK;
+}
+
+static const nbl_op_adapter scan_steps[] = {{.from = 8, .to = 9, .up = scan_up9}, {0}};
+
 const nbl_op_def nbl_ops_control_flow[] = {
-    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .no_grad = "no rule yet"),
-    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .no_grad = "no rule yet"),
+    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .stable_since = 1, .no_grad = "no rule yet"),
     /* batched form, sequence_lens first */
     NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan, .no_grad = "no rule yet"),
-    NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan, .no_grad = "no rule yet"),
+    NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan, .stable_since = 9,
+        .adapters = scan_steps, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_control_flow_count = sizeof nbl_ops_control_flow / sizeof nbl_ops_control_flow[0];

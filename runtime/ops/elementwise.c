@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 
 /* ------------------------------------------------------------------ types */
@@ -828,9 +830,7 @@ static void clamp_generic(const float *x, float *y, int64_t b, int64_t e, float 
 }
 
 static void clamp_f32(const float *x, float *y, int64_t b, int64_t e, float lo, float hi) {
-  static int _Atomic have = -1;
-  if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
-  if (have)
+  if (nbl_cpu_has(NBL_CPU_AVX2))
     clamp_avx2(x, y, b, e, lo, hi);
   else
     clamp_generic(x, y, b, e, lo, hi);
@@ -1262,21 +1262,40 @@ static nbl_status g_mean(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ table */
 
+/* Clip: min and max are float attributes before opset 11, inputs of X's type from 11. */
+static const nbl_op_adapter clip_steps[] = {
+    {.from = 1, .to = 11, .up = nbl_adapt_attrs_to_inputs, .down = nbl_adapt_inputs_to_attrs,
+     .attr = "min,max", .input = 1, .attr_type = NBL_ATTR_FLOAT},
+    {0}};
+
+/* PRelu before opset 7: a 1-D slope of X's channel count (dim 1) is per channel; from
+ * 7 the slope broadcasts numpy-style (from the right). */
+static nbl_status prelu_up7(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  nbl_adapt_drop_attr(c, "consumed_inputs");
+  if (n->n_inputs < 2 || nbl_adapt_rank(c, n->inputs[1]) != 1) return NBL_OK;
+  int64_t k = nbl_adapt_dim(c, n->inputs[1], 0), ch = nbl_adapt_dim(c, n->inputs[0], 1);
+  if (k == 1 || (k >= 0 && ch >= 0 && k != ch)) return NBL_OK;
+  if (k < 0) return nbl_adapt_refuse(c, "the length of the 1-D slope is not known");
+  return nbl_adapt_align_input(c, 1, 1);
+}
+static const nbl_op_adapter prelu_steps[] = {{.from = 1, .to = 7, .up = prelu_up7}, {0}};
+
 const nbl_op_def nbl_ops_elementwise[] = {
-    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, .stable_since = 7, .grad = g_add),
-    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, .stable_since = 7, .grad = g_sub),
-    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, .stable_since = 7, .grad = g_mul),
-    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, .stable_since = 7, .grad = g_div),
-    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, .stable_since = 7, .grad = g_pow),
+    NBL_OP("Add", 1, .ref = k_add, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_add),
+    NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_sub),
+    NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_mul),
+    NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_div),
+    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, NBL_SINCE7_BROADCAST, .grad = g_pow),
     NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .stable_since = 10, .no_grad = "no rule yet"),
-    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, .stable_since = 6, .grad = g_abs),
-    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, .stable_since = 6, .grad = g_neg),
-    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, .stable_since = 6, .grad = g_reciprocal),
-    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, .stable_since = 6, .grad = g_sqrt),
-    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, .stable_since = 6, .grad = g_exp),
-    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, .stable_since = 6, .grad = g_log),
-    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, .stable_since = 6, .grad = nbl_grad_zero),
-    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, .stable_since = 6, .grad = nbl_grad_zero),
+    NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_abs),
+    NBL_OP("Neg", 1, .ref = k_neg, .shape = shape_neg, NBL_SINCE6_CONSUMED, .grad = g_neg),
+    NBL_OP("Reciprocal", 1, .ref = k_reciprocal, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_reciprocal),
+    NBL_OP("Sqrt", 1, .ref = k_sqrt, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_sqrt),
+    NBL_OP("Exp", 1, .ref = k_exp, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_exp),
+    NBL_OP("Log", 1, .ref = k_log, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_log),
+    NBL_OP("Floor", 1, .ref = k_floor, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = nbl_grad_zero),
+    NBL_OP("Ceil", 1, .ref = k_ceil, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = nbl_grad_zero),
     NBL_OP("Round", 11, .ref = k_round, .shape = nbl_shape_same, .stable_since = 11, .grad = nbl_grad_zero),
     NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .stable_since = 9, .grad = nbl_grad_zero),
     NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .stable_since = 7, .grad = g_sin),
@@ -1285,59 +1304,69 @@ const nbl_op_def nbl_ops_elementwise[] = {
     NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
     NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
     NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
     NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .stable_since = 9, .grad = g_erf),
-    NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Greater", 1, .ref = k_greater, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("Greater", 1, .ref = k_greater, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .shape = nbl_shape_bcast_bool,
-        .stable_since = 12, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .shape = nbl_shape_bcast_bool, .stable_since = 12,
+        .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("GreaterOrEqual", 12, .ref = k_greaterequal, .shape = nbl_shape_bcast_bool,
         .stable_since = 12, .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("And", 1, .ref = k_and, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("And", 1, .ref = k_and, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Or", 1, .ref = k_or, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("Or", 1, .ref = k_or, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Xor", 1, .ref = k_xor, .shape = nbl_shape_bcast_bool, .stable_since = 7,
+    NBL_OP("Xor", 1, .ref = k_xor, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("Not", 1, .ref = k_not, .shape = nbl_shape_same, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("BitShift", 11, .ref = k_bitshift, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("BitwiseAnd", 18, .ref = k_bitand, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("BitwiseOr", 18, .ref = k_bitor, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .shape = nbl_shape_bcast, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .shape = nbl_shape_same, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("IsNaN", 9, .ref = k_isnan, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("IsInf", 10, .ref = k_isinf, .shape = shape_bool_same, .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("BitShift", 11, .ref = k_bitshift, .shape = nbl_shape_bcast, .stable_since = 11,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseAnd", 18, .ref = k_bitand, .shape = nbl_shape_bcast, .stable_since = 18,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseOr", 18, .ref = k_bitor, .shape = nbl_shape_bcast, .stable_since = 18,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .shape = nbl_shape_bcast, .stable_since = 18,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("BitwiseNot", 18, .ref = k_bitnot, .shape = nbl_shape_same, .stable_since = 18,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("IsNaN", 9, .ref = k_isnan, .shape = shape_bool_same, .stable_since = 9,
+        .no_grad = NBL_NO_GRAD_BOOL),
+    NBL_OP("IsInf", 10, .ref = k_isinf, .shape = shape_bool_same, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .stable_since = 9, .grad = g_where),
-    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .stable_since = 11, .grad = g_clip),
-    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, .stable_since = 8, .no_grad = "no rule yet"),
-    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, .stable_since = 8, .no_grad = "no rule yet"),
-    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, .stable_since = 8, .grad = g_sum),
-    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, .stable_since = 8, .grad = g_mean),
-    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, .stable_since = 6, .grad = g_relu),
-    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, .stable_since = 6, .grad = g_leakyrelu),
+    NBL_OP("Clip", 1, .ref = k_clip, .shape = nbl_shape_same, .stable_since = 11,
+        .adapters = clip_steps, .grad = g_clip),
+    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+    NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_sum),
+    NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_mean),
+    NBL_OP("Relu", 1, .ref = k_relu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_relu),
+    NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_leakyrelu),
     /* the slope broadcasts to X */
-    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, .stable_since = 6, .grad = g_sigmoid),
-    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 7,
+        .adapters = prelu_steps, .no_grad = "no rule yet"),
+    NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_sigmoid),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
     NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .no_grad = "no rule yet"),
-    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, .stable_since = 6, .grad = g_tanh),
-    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
-    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, .stable_since = 6, .no_grad = "no rule yet"),
-    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_tanh),
+    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .stable_since = 12, .no_grad = "no rule yet"),
     NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softplus),
     NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softsign),
-    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same,
+        .stable_since = 10, .no_grad = "no rule yet"),
     NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18, .no_grad = "no rule yet"),
-    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
     NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20, .grad = g_gelu),
 };
 const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -217,12 +218,13 @@ static nbl_status k_gridsample(nbl_kctx *c) {
     return st;
   if (Gd->dims[0] != X->dims[0] || Gd->dims[3] != 2)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "grid must have shape [%lld, H_out, W_out, 2]", (long long)X->dims[0]);
-  const char *ms = nbl_attr_string(c->node, "mode", "bilinear"), *ps = nbl_attr_string(c->node, "padding_mode", "zeros");
+  const char *lin = c->opset >= 20 ? "linear" : "bilinear", *cub = c->opset >= 20 ? "cubic" : "bicubic";
+  const char *ms = nbl_attr_string(c->node, "mode", lin), *ps = nbl_attr_string(c->node, "padding_mode", "zeros");
   int mode, pad, ac = nbl_attr_int(c->node, "align_corners", 0) != 0;
-  if (strcmp(ms, "bilinear") == 0) mode = GS_BILINEAR;
+  if (strcmp(ms, lin) == 0) mode = GS_BILINEAR;
   else if (strcmp(ms, "nearest") == 0) mode = GS_NEAREST;
-  else if (strcmp(ms, "bicubic") == 0) mode = GS_BICUBIC;
-  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (bilinear, nearest, bicubic)", ms);
+  else if (strcmp(ms, cub) == 0) mode = GS_BICUBIC;
+  else return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (%s, nearest, %s)", ms, lin, cub);
   if (strcmp(ps, "zeros") == 0) pad = GS_ZEROS;
   else if (strcmp(ps, "border") == 0) pad = GS_BORDER;
   else if (strcmp(ps, "reflection") == 0) pad = GS_REFLECTION;
@@ -553,11 +555,60 @@ static nbl_status shape_tfidf(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* GridSample: the modes bilinear and bicubic are linear and cubic from opset
+ * 20 (which also takes volumetric inputs: the old form is 4-D only). */
+static nbl_status gridsample_rename(nbl_adapt_ctx *c, const char *a, const char *b,
+                                    const char *dflt) {
+  const char *m = nbl_attr_string(nbl_adapt_node(c), "mode", dflt);
+  if (!strcmp(m, a)) nbl_node_set_attr_string(c->graph, c->node, "mode", b);
+  return NBL_OK;
+}
+
+static nbl_status gridsample_up(nbl_adapt_ctx *c) {
+  gridsample_rename(c, "bilinear", "linear", "bilinear");
+  return gridsample_rename(c, "bicubic", "cubic", "");
+}
+
+static nbl_status gridsample_down(nbl_adapt_ctx *c) {
+  if (nbl_adapt_rank(c, nbl_adapt_node(c)->inputs[0]) != 4)
+    return nbl_adapt_refuse(c, "X is not known to be 4-D (the only form before opset 20)");
+  gridsample_rename(c, "linear", "bilinear", "linear");
+  return gridsample_rename(c, "cubic", "bicubic", "");
+}
+
+/* RoiAlign: coordinate_transformation_mode came in opset 16 with the default
+ * half_pixel; before, the pixel shift was output_half_pixel. */
+static nbl_status roialign_up(nbl_adapt_ctx *c) {
+  nbl_node_set_attr_string(c->graph, c->node, "coordinate_transformation_mode", "output_half_pixel");
+  return NBL_OK;
+}
+
+static nbl_status roialign_down(nbl_adapt_ctx *c) {
+  if (strcmp(nbl_attr_string(nbl_adapt_node(c), "coordinate_transformation_mode", "half_pixel"),
+             "output_half_pixel"))
+    return nbl_adapt_refuse(c, "coordinate_transformation_mode half_pixel has no form before opset 16");
+  nbl_adapt_drop_attr(c, "coordinate_transformation_mode");
+  return NBL_OK;
+}
+
+static const nbl_op_adapter gridsample_steps[] = {
+    {.from = 16, .to = 20, .up = gridsample_up, .down = gridsample_down},
+    {0},
+};
+static const nbl_op_adapter roialign_steps[] = {
+    {.from = 10, .to = 16, .up = roialign_up, .down = roialign_down},
+    {0},
+};
+
 const nbl_op_def nbl_ops_misc[] = {
-    NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .no_grad = "no rule yet"),
-    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP_DEF("", "GridSample", 16, 19, .ref = k_gridsample, .shape = shape_gridsample, .no_grad = "no rule yet"),
-    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .no_grad = "no rule yet"),
-    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .stable_since = 10,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("GridSample", 16, .ref = k_gridsample, .shape = shape_gridsample, .stable_since = 20,
+        .adapters = gridsample_steps, .no_grad = "no rule yet"),
+    NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .stable_since = 16,
+        .adapters = roialign_steps, .no_grad = "no rule yet"),
+    NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .stable_since = 9,
+        .no_grad = NBL_NO_GRAD_INT),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

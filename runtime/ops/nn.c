@@ -14,6 +14,8 @@
 #include "runtime/core/grad.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/nn.h"
 #include "runtime/ops/ref_common.h"
@@ -331,7 +333,8 @@ static nbl_status k_conv_act(nbl_kctx *c) {
 }
 
 const nbl_op_def nbl_fused_conv_act_def =
-    NBL_OP_DEF("ai.nibble", "Conv+act", 1, 1, .ref = k_conv_act, .fast = k_conv_act);
+    NBL_OP_DEF("ai.nibble", "Conv+act", 1, 1, .ref = k_conv_act,
+        .fast = k_conv_act);
 
 /* ------------------------------------------------------------------ ConvTranspose */
 
@@ -346,7 +349,8 @@ nbl_status nbl_convt_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt
                     X->rank, W->rank);
   const nbl_node *n = c->node;
   memset(g, 0, sizeof *g);
-  int ns = X->rank - 2, cnt;
+  int ns = X->rank - 2,
+        cnt;
   g->ns = ns;
   g->N = X->dims[0];
   g->C = X->dims[1];
@@ -470,7 +474,8 @@ static nbl_status k_convt_ref(nbl_kctx *c) {
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
   const nbl_rt_tensor *ts[3] = {c->in[0], c->in[1], in_at(c, 2)};
   double *v[3];
-  int64_t Cg = g.C / g.group, Mg = g.M / g.group;
+  int64_t Cg = g.C / g.group,
+        Mg = g.M / g.group;
   double *y = calloc((size_t)(Y->numel ? Y->numel : 1), sizeof(double));
   double *col = malloc((size_t)(Mg * g.k_sz * g.in_sz != 0 ? Mg * g.k_sz * g.in_sz : 1) * sizeof(double));
   if (!y || !col || !conv_inputs(3, ts, v)) {
@@ -502,10 +507,12 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
   nbl_status st = convt_setup(c, &g);
   if (st) return st;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  const float *x = c->in[0]->data, *w = c->in[1]->data;
+  const float *x = c->in[0]->data,
+        *w = c->in[1]->data;
   const nbl_rt_tensor *B = in_at(c, 2);
   float *y = Y->data;
-  int64_t Cg = g.C / g.group, Mg = g.M / g.group;
+  int64_t Cg = g.C / g.group,
+        Mg = g.M / g.group;
   float *col = malloc((size_t)(Mg * g.k_sz * g.in_sz != 0 ? Mg * g.k_sz * g.in_sz : 1) * sizeof(float));
   if (!col) return oom(c);
   if (Y->numel) memset(y, 0, (size_t)Y->numel * sizeof(float));
@@ -525,6 +532,7 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
   return NBL_OK;
 }
 
+#include "runtime/core/cpu.h"
 /* ------------------------------------------------------------------ Einsum */
 
 #define EIN_MAX_OPS 8
@@ -556,8 +564,10 @@ static nbl_status k_einsum(nbl_kctx *c) {
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "Einsum on element type %s", nbl_dtype_name(dt));
   /* parse: terms[i] = list of labels of operand i; ellipsis expanded later */
   int term_lab[EIN_MAX_OPS + 1][NBL_MAX_RANK + 1];
-  int term_n[EIN_MAX_OPS + 1], term_ell[EIN_MAX_OPS + 1]; /* position of "..." or -1 */
-  int nterms = 0, explicit_out = 0;
+  int term_n[EIN_MAX_OPS + 1],
+        term_ell[EIN_MAX_OPS + 1]; /* position of "..." or -1 */
+  int nterms = 0,
+        explicit_out = 0;
   memset(term_n, 0, sizeof term_n);
   for (int i = 0; i <= EIN_MAX_OPS; i++) term_ell[i] = -1;
   const char *p = eq;
@@ -598,7 +608,8 @@ static nbl_status k_einsum(nbl_kctx *c) {
   if (!explicit_out && nterms != nops)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "equation has %d operands, node has %d inputs", nterms,
                     nops);
-  /* expand ellipsis: each operand's ellipsis covers rank - named dims, right-aligned to ell_rank */
+  /* expand ellipsis: each operand's ellipsis covers rank - named dims,
+        right-aligned to ell_rank */
   int ell_rank = 0;
   int64_t size[EIN_MAX_LABELS];
   for (int l = 0; l < EIN_MAX_LABELS; l++) size[l] = -1;
@@ -992,13 +1003,20 @@ static nbl_status g_matmul(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ table */
 
+/* Gemm before opset 7: a broadcast attribute (C broadcast to A*B when 1,
+ * else C is M x N); from 7 C always broadcasts that way. */
+static const nbl_op_adapter gemm_steps[] = {
+    {.from = 1, .to = 7, .up = nbl_adapt_drop_attrs, .attr = "broadcast"},
+    {0},
+};
+
 const nbl_op_def nbl_ops_nn[] = {
     NBL_OP("Conv", 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
         .stable_since = 1, .grad = g_conv),
     NBL_OP("ConvTranspose", 1, .ref = k_convt_ref, .fast = k_convt_fast,
         .shape = shape_convtranspose, .stable_since = 1, .grad = g_convt),
     NBL_OP("Gemm", 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
-        .stable_since = 7, .grad = g_gemm),
+        .stable_since = 7, .adapters = gemm_steps, .grad = g_gemm),
     NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul,
         .stable_since = 1, .grad = g_matmul),
     NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .no_grad = "no rule yet"),

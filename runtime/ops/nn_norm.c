@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -363,11 +364,53 @@ static nbl_status g_layernorm(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ opset adapters */
+
+/* BatchNormalization is in training mode before opset 14 when it has more
+ * outputs than Y (mean, var, saved_mean, saved_var); from 14 by its
+ * training_mode attribute, with other outputs. Only inference converts. */
+static nbl_status bn_no_training(nbl_adapt_ctx *c) {
+  for (int k = 1; k < 5; k++)
+    if (nbl_adapt_output_used(c, k))
+      return nbl_adapt_refuse(c, "output %d is used (training mode) before opset 14", k);
+  for (int k = 1; k < 5; k++) nbl_adapt_drop_output(c, k);
+  return NBL_OK;
+}
+
+/* Opset 6 -> 7: is_test and consumed_inputs go (shared), in inference only. */
+static nbl_status bn_up7(nbl_adapt_ctx *c) {
+  nbl_status st = bn_no_training(c);
+  return st ? st : nbl_adapt_is_test(c);
+}
+
+/* Opset 7 -> 9: spatial goes (the per-channel form, spatial=1, stays). */
+static nbl_status bn_up9(nbl_adapt_ctx *c) {
+  if (nbl_attr_int(nbl_adapt_node(c), "spatial", 1) == 0)
+    return nbl_adapt_refuse(c, "spatial=0 has no form from opset 9 on");
+  nbl_adapt_drop_attr(c, "spatial");
+  return NBL_OK;
+}
+
+/* Opset 14 -> 9..13: training_mode must be off and the outputs unused. */
+static nbl_status bn_down14(nbl_adapt_ctx *c) {
+  if (nbl_attr_int(nbl_adapt_node(c), "training_mode", 0))
+    return nbl_adapt_refuse(c, "training_mode=1 has no form before opset 14");
+  nbl_adapt_drop_attr(c, "training_mode");
+  return bn_no_training(c);
+}
+
+static const nbl_op_adapter bn_steps[] = {
+    {.from = 1, .to = 7, .up = bn_up7, .down = nbl_adapt_is_test_down},
+    {.from = 7, .to = 9, .up = bn_up9, .down = nbl_adapt_keep},
+    {.from = 9, .to = 14, .up = bn_no_training, .down = bn_down14},
+    {0},
+};
+
 const nbl_op_def nbl_ops_nn_norm[] = {
     NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
-        .stable_since = 9, .grad = g_batchnorm),
+        .stable_since = 14, .adapters = bn_steps, .grad = g_batchnorm),
     NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
-        .stable_since = 6, .no_grad = "no rule yet"),
+        NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
     NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
         .stable_since = 17, .grad = g_layernorm),
     NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),

@@ -452,12 +452,12 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
 
 const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_maxpool),
-    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .stable_since = 7, .grad = g_avgpool),
-    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .no_grad = "no rule yet"),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .no_grad = "no rule yet"),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .no_grad = "no rule yet"),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .no_grad = "no rule yet"),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .no_grad = "no rule yet"),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
         .stable_since = 1, .grad = g_gavgpool),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .no_grad = "no rule yet"),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

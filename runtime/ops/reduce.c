@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 
 
@@ -1062,31 +1063,134 @@ static nbl_status shape_loss(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ opset adapters */
+
+/* Reduce*: axes back to an attribute; an empty constant axes means all axes,
+ * which the old form says by leaving the attribute out. noop_with_empty_axes
+ * has no old form. */
+static nbl_status reduce_axes_down(nbl_adapt_ctx *c) {
+  if (nbl_attr_int(nbl_adapt_node(c), "noop_with_empty_axes", 0))
+    return nbl_adapt_refuse(c, "noop_with_empty_axes=1 has no form before opset %d", c->step->to);
+  const nbl_tensor *t = nbl_adapt_const_input(c, 1);
+  nbl_adapt_drop_attr(c, "noop_with_empty_axes");
+  if (t && nbl_tensor_numel(t) == 0) return nbl_adapt_set_input(c, 1, NBL_NONE);
+  return nbl_adapt_inputs_to_attrs(c);
+}
+
+#define REDUCE_AXES(to_)                                                                    \
+  {{.from = 1, .to = (to_), .up = nbl_adapt_attrs_to_inputs, .down = reduce_axes_down,       \
+    .attr = "axes", .input = 1, .attr_type = NBL_ATTR_INTS},                                 \
+   {0}}
+/* ReduceSum takes its axes as an input from opset 13, the other reductions from 18 */
+static const nbl_op_adapter reduce_axes13[] = REDUCE_AXES(13), reduce_axes18[] = REDUCE_AXES(18);
+
+/* Softmax, LogSoftmax, Hardmax before opset 13 coerce the input to 2-D at
+ * `axis` (default 1): [d0*..*d(axis-1), d(axis)*..*d(n-1)], and normalize
+ * each row; from 13 they normalize along the one axis (default -1). The same
+ * when axis is the last one; otherwise Flatten(axis) -> op(axis 1) ->
+ * Reshape to Shape(x) (allowzero when the target has it, for zero dims). */
+static nbl_status softmax_up(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE || n->n_outputs < 1 || n->outputs[0] == NBL_NONE)
+    return nbl_adapt_refuse(c, "needs its input and output");
+  nbl_id x = n->inputs[0], y = n->outputs[0];
+  int64_t axis = nbl_attr_int(n, "axis", 1);
+  int rank = nbl_adapt_rank(c, x);
+  if (rank >= 0 && (axis < -rank || axis >= (rank ? rank : 1)))
+    return nbl_adapt_refuse(c, "axis %lld is out of range for rank %d", (long long)axis, rank);
+  if (axis == -1 || (rank >= 0 && (axis < 0 ? axis + rank : axis) >= rank - 1)) {
+    nbl_node_set_attr_int(c->graph, c->node, "axis", axis); /* explicit: the default changed */
+    return NBL_OK;
+  }
+  nbl_id shape = nbl_adapt_add_node(c, "Shape", "shape", 1, &x, NBL_NONE);
+  nbl_id flat = nbl_adapt_add_node(c, "Flatten", "2d_in", 1, &x, NBL_NONE);
+  nbl_id y2 = shape == NBL_NONE || flat == NBL_NONE ? NBL_NONE : nbl_adapt_detach_output(c, 0, "2d");
+  nbl_id rin[2] = {y2, shape};
+  if (y2 == NBL_NONE || nbl_adapt_add_node(c, "Reshape", "nd", 2, rin, y) == NBL_NONE)
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_node_set_attr_int(c->graph, c->graph->values[flat].producer, "axis", axis);
+  if (c->target >= 14) nbl_node_set_attr_int(c->graph, c->graph->values[y].producer, "allowzero", 1);
+  nbl_node_set_input(c->graph, c->node, 0, flat);
+  nbl_node_set_attr_int(c->graph, c->node, "axis", 1);
+  return NBL_OK;
+}
+
+/* Back: exact only when the axis is the last one (both forms agree there). */
+static nbl_status softmax_down(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  int64_t axis = nbl_attr_int(n, "axis", -1);
+  int rank = n->n_inputs ? nbl_adapt_rank(c, n->inputs[0]) : -1;
+  if (axis != -1 && !(rank >= 0 && (axis < 0 ? axis + rank : axis) == rank - 1))
+    return nbl_adapt_refuse(c, "axis %lld is not known to be the last one", (long long)axis);
+  if (axis < 0 && c->target < 11) { /* negative axes came in opset 11 */
+    if (rank < 0) return nbl_adapt_refuse(c, "axis -1 needs the rank before opset 11");
+    axis += rank;
+  }
+  nbl_node_set_attr_int(c->graph, c->node, "axis", axis);
+  return NBL_OK;
+}
+
+static const nbl_op_adapter softmax_steps[] = {
+    {.from = 1, .to = 13, .up = softmax_up, .down = softmax_down},
+    {0},
+};
+
+/* TopK: k is an attribute before opset 10, input 1 from 10; largest and
+ * sorted (opset 11, default 1) have no older form. */
+static nbl_status topk_down(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (!nbl_attr_int(n, "largest", 1) || !nbl_attr_int(n, "sorted", 1) || nbl_attr_int(n, "axis", -1) < -1)
+    return nbl_adapt_refuse(c, "largest=0, sorted=0 or a negative axis have no form before opset 11");
+  nbl_adapt_drop_attr(c, "largest");
+  nbl_adapt_drop_attr(c, "sorted");
+  return nbl_adapt_inputs_to_attrs(c);
+}
+
+static const nbl_op_adapter topk_steps[] = {
+    {.from = 1, .to = 10, .up = nbl_adapt_attrs_to_inputs, .down = topk_down, .attr = "k",
+     .input = 1, .attr_type = NBL_ATTR_INT},
+    {0},
+};
+
 const nbl_op_def nbl_ops_reduce[] = {
-    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13, .grad = g_reduce),
-    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
-    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
-    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18, .no_grad = "no rule yet"),
-    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
-    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+    NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13,
+        .adapters = reduce_axes13, .grad = g_reduce),
+    NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .grad = g_reduce),
+    NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+    NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .grad = g_reduce),
+    NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceSumSquare", 1, .ref = k_reducesumsquare, .shape = shape_reduce,
-        .stable_since = 18, .grad = g_reduce),
-    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18, .grad = g_reduce),
+        .stable_since = 18, .adapters = reduce_axes18, .grad = g_reduce),
+    NBL_OP("ReduceLogSum", 1, .ref = k_reducelogsum, .shape = shape_reduce, .stable_since = 18,
+        .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceLogSumExp", 1, .ref = k_reducelogsumexp, .shape = shape_reduce,
-        .stable_since = 18, .grad = g_reduce),
-    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .stable_since = 11,
+        .stable_since = 18, .adapters = reduce_axes18, .grad = g_reduce),
+    NBL_OP("ArgMax", 1, .ref = k_argmax, .shape = shape_argmax, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 11,
+    NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_softmax),
-    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13, .grad = g_logsoftmax),
-    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .grad = nbl_grad_zero),
+    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13,
+        .adapters = softmax_steps, .grad = g_softmax),
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13,
+        .adapters = softmax_steps, .grad = g_logsoftmax),
+    NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .stable_since = 13,
+        .adapters = softmax_steps, .grad = nbl_grad_zero),
     NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
-    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss, .grad = g_nll),
-    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss, .grad = g_sce),
+    NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 10,
+        .adapters = topk_steps, .no_grad = "no rule yet"),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same,
+        .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("NegativeLogLikelihoodLoss", 12, .ref = k_nllloss, .shape = shape_loss,
+        .stable_since = 12, .grad = g_nll),
+    NBL_OP("SoftmaxCrossEntropyLoss", 12, .ref = k_sce, .shape = shape_loss, .stable_since = 12, .grad = g_sce),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];

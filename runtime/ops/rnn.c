@@ -460,8 +460,8 @@ static nbl_status shape_lstm(nbl_shape_ctx *c) { return shape_recurrent(c, 4); }
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_rnn[] = {
-    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .shape = shape_rnn, .no_grad = "no rule yet"),
-    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .shape = shape_gru, .no_grad = "no rule yet"),
-    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .shape = shape_lstm, .no_grad = "no rule yet"),
+    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .shape = shape_rnn, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .shape = shape_gru, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .shape = shape_lstm, .stable_since = 7, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_rnn_count = sizeof nbl_ops_rnn / sizeof nbl_ops_rnn[0];

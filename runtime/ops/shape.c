@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 #include "runtime/ops/shape.h"
@@ -1212,19 +1213,86 @@ static nbl_status g_expand(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ opset adapters */
+
+/* An attribute that became input 1 (Reshape's shape at 5, Squeeze's and
+ * Unsqueeze's axes at 13). */
+#define ATTR_TO_INPUT1(from_, to_, name)                                                 \
+  {{.from = (from_), .to = (to_), .up = nbl_adapt_attrs_to_inputs,                        \
+    .down = nbl_adapt_inputs_to_attrs, .attr = (name), .input = 1, .attr_type = NBL_ATTR_INTS}, \
+   {0}}
+static const nbl_op_adapter reshape_steps[] = ATTR_TO_INPUT1(1, 5, "shape"),
+                            axes13_steps[] = ATTR_TO_INPUT1(1, 13, "axes");
+
+/* Split: `split` is an attribute from opset 2 to 12, input 1 from 13; from
+ * 18 a split without it names its part count (num_outputs), the last part
+ * taking what is left where 13 needed equal parts. */
+static nbl_status split_up18(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if ((n->n_inputs < 2 || n->inputs[1] == NBL_NONE) && !nbl_node_attr(n, "num_outputs"))
+    nbl_node_set_attr_int(c->graph, c->node, "num_outputs", n->n_outputs);
+  return NBL_OK;
+}
+
+static nbl_status split_down18(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  const nbl_attr *no = nbl_node_attr(n, "num_outputs");
+  if (no) {
+    int64_t d = n->n_inputs ? nbl_adapt_dim(c, n->inputs[0], nbl_attr_int(n, "axis", 0)) : -1;
+    if (d < 0 || no->i <= 0 || d % no->i)
+      return nbl_adapt_refuse(c, "num_outputs=%lld needs a dim known to divide evenly before "
+                                 "opset 18", (long long)no->i);
+    nbl_adapt_drop_attr(c, "num_outputs");
+  }
+  return NBL_OK;
+}
+
+static const nbl_op_adapter split_steps[] = {
+    {.from = 2, .to = 13, .up = nbl_adapt_attrs_to_inputs, .down = nbl_adapt_inputs_to_attrs,
+     .attr = "split", .input = 1, .attr_type = NBL_ATTR_INTS},
+    {.from = 13, .to = 18, .up = split_up18, .down = split_down18},
+    {0},
+};
+
+/* Slice: starts, ends, axes are attributes before opset 10, inputs 1..3
+ * from 10 (with steps, input 4, which the old form cannot say). */
+static nbl_status slice_down(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs > 4 && n->inputs[4] != NBL_NONE) {
+    const nbl_tensor *t = nbl_adapt_const_input(c, 4);
+    for (int64_t i = 0; t && i < nbl_tensor_numel(t); i++)
+      if (nbl_tensor_get_i64(t, i) != 1) t = NULL;
+    if (!t) return nbl_adapt_refuse(c, "steps other than 1 have no form before opset 10");
+    nbl_status st = nbl_adapt_set_input(c, 4, NBL_NONE);
+    if (st) return st;
+  }
+  return nbl_adapt_inputs_to_attrs(c);
+}
+
+static const nbl_op_adapter slice_steps[] = {
+    {.from = 1, .to = 10, .up = nbl_adapt_attrs_to_inputs, .down = slice_down,
+     .attr = "starts,ends,axes", .input = 1, .attr_type = NBL_ATTR_INTS},
+    {0},
+};
+
 const nbl_op_def nbl_ops_shape[] = {
-    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5, .grad = g_reshape),
+    NBL_OP("Reshape", 1, .ref = k_reshape, .shape = shape_reshape, .stable_since = 5,
+        .adapters = reshape_steps, .grad = g_reshape),
     NBL_OP("Flatten", 1, .ref = k_flatten, .shape = shape_flatten, .stable_since = 1, .grad = g_reshape),
-    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13, .grad = g_reshape),
-    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13, .grad = g_reshape),
+    NBL_OP("Squeeze", 1, .ref = k_squeeze, .shape = shape_squeeze, .stable_since = 13,
+        .adapters = axes13_steps, .grad = g_reshape),
+    NBL_OP("Unsqueeze", 1, .ref = k_unsqueeze, .shape = shape_unsqueeze, .stable_since = 13,
+        .adapters = axes13_steps, .grad = g_reshape),
     NBL_OP("Transpose", 1, .ref = k_transpose, .shape = shape_transpose, .stable_since = 1, .grad = g_transpose),
     NBL_OP("Concat", 1, .ref = k_concat, .shape = shape_concat, .stable_since = 4, .grad = g_concat),
-    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18, .grad = g_split),
-    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10, .grad = g_slice),
+    NBL_OP("Split", 1, .ref = k_split, .shape = shape_split, .stable_since = 18,
+        .adapters = split_steps, .grad = g_split),
+    NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10,
+        .adapters = slice_steps, .grad = g_slice),
     NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8, .grad = g_expand),
     NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6, .no_grad = "no rule yet"),
     NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
-        .stable_since = 11, .no_grad = "no rule yet"),
+        .stable_since = 1, .no_grad = "no rule yet"),
     NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
         .stable_since = 1, .no_grad = "no rule yet"),
 };

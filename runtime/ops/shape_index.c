@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 
@@ -836,19 +837,28 @@ static nbl_status shape_unique(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* Scatter (opset 9 and 10; deprecated in 11) is ScatterElements, its new name. */
+static nbl_status scatter_up(nbl_adapt_ctx *c) { return nbl_adapt_rename(c, "ScatterElements"); }
+
+static const nbl_op_adapter scatter_steps[] = {{.from = 9, .to = 11, .up = scatter_up}, {0}};
+
 const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1, .grad = g_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
         .stable_since = 11, .no_grad = "no rule yet"),
     NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot, .no_grad = "no rule yet"),
-    NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress, .no_grad = "no rule yet"),
-    NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same, .no_grad = "no rule yet"),
-    NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique, .no_grad = "no rule yet"),
-    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same, .no_grad = "no rule yet"),
+    NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
+        .adapters = scatter_steps, .no_grad = "no rule yet"),
+    NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same,
+        .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .stable_since = 9,
+        .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Compress", 9, .ref = k_compress, .shape = shape_compress, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Trilu", 14, .ref = k_trilu, .shape = nbl_shape_same, .stable_since = 14, .no_grad = "no rule yet"),
+    NBL_OP("Unique", 11, .ref = k_unique, .shape = shape_unique, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("ReverseSequence", 10, .ref = k_reverse_sequence, .shape = nbl_shape_same,
+        .stable_since = 10, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_index_count = sizeof nbl_ops_shape_index / sizeof nbl_ops_shape_index[0];

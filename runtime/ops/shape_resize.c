@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 
@@ -879,9 +880,198 @@ static nbl_status shape_upsample(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ opset adapters */
+
+/* Pad: pads and value are attributes from opset 2 to 10, inputs 1 and 2
+ * (constant_value of the data's type) from 11. A value of 0 is the default
+ * and needs no input (nor the data's type). */
+static nbl_status pad_up(nbl_adapt_ctx *c) {
+  static const nbl_op_adapter pads = {.attr = "pads", .input = 1, .attr_type = NBL_ATTR_INTS},
+                              value = {.attr = "value", .input = 2, .attr_type = NBL_ATTR_FLOAT};
+  const nbl_node *n = nbl_adapt_node(c);
+  if (!nbl_node_attr(n, "pads")) return nbl_adapt_refuse(c, "attribute 'pads' is missing");
+  if (nbl_attr_float(n, "value", 0.0f) == 0.0f) nbl_adapt_drop_attr(c, "value");
+  else if (!nbl_adapt_elem(c, n->inputs[0]))
+    return nbl_adapt_refuse(c, "the element type of input 0 is not known (value becomes an input "
+                               "of that type)");
+  const nbl_op_adapter *step = c->step;
+  c->step = &pads;
+  nbl_status st = nbl_adapt_attrs_to_inputs(c);
+  c->step = &value;
+  if (!st) st = nbl_adapt_attrs_to_inputs(c);
+  c->step = step;
+  return st;
+}
+
+static nbl_status pad_down(nbl_adapt_ctx *c) {
+  static const nbl_op_adapter pads = {.attr = "pads", .input = 1, .attr_type = NBL_ATTR_INTS},
+                              value = {.attr = "value", .input = 2, .attr_type = NBL_ATTR_FLOAT};
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs > 3 && n->inputs[3] != NBL_NONE)
+    return nbl_adapt_refuse(c, "input 'axes' (opset 18) has no form before opset 11");
+  if (!strcmp(nbl_attr_string(n, "mode", "constant"), "wrap"))
+    return nbl_adapt_refuse(c, "mode 'wrap' (opset 19) has no form before opset 11");
+  if (!nbl_adapt_const_input(c, 1) || (n->n_inputs > 2 && n->inputs[2] != NBL_NONE &&
+                                       !nbl_adapt_const_input(c, 2)))
+    return nbl_adapt_refuse(c, "pads and constant_value must be constants");
+  const nbl_op_adapter *step = c->step;
+  c->step = &value;
+  nbl_status st = nbl_adapt_inputs_to_attrs(c);
+  c->step = &pads;
+  if (!st) st = nbl_adapt_inputs_to_attrs(c);
+  c->step = step;
+  return st;
+}
+
+static const nbl_op_adapter pad_steps[] = {
+    {.from = 2, .to = 11, .up = pad_up, .down = pad_down},
+    {0},
+};
+
+/* Constant scales of Resize/Upsample node input i: 1 if all >= 1, -1 if all
+ * <= 1, 0 if mixed or not constant. */
+static int scales_direction(nbl_adapt_ctx *c, int i) {
+  const nbl_tensor *t = nbl_adapt_const_input(c, i);
+  if (!t) return 0;
+  int up = 0, down = 0;
+  for (int64_t k = 0; k < nbl_tensor_numel(t); k++) {
+    double v = nbl_tensor_get_f64(t, k);
+    up |= v > 1;
+    down |= v < 1;
+  }
+  return up && down ? 0 : down ? -1 : 1;
+}
+
+/* Resize 10 -> 11: (X, scales) -> (X, roi, scales). Opset 10 maps output
+ * coordinates asymmetrically (x / scale) and rounds nearest down when
+ * upsampling, up when downsampling; 11 says asymmetric and one nearest_mode
+ * for all axes, so constant scales must not mix the two directions. */
+static nbl_status resize_up11(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs != 2 || n->inputs[1] == NBL_NONE) return nbl_adapt_refuse(c, "needs X and scales");
+  int nearest = !strcmp(nbl_attr_string(n, "mode", "nearest"), "nearest");
+  int dir = nearest ? scales_direction(c, 1) : 1;
+  if (!dir)
+    return nbl_adapt_refuse(c, "nearest mode with scales that are not constant or that up- and "
+                               "downsample at once has no form from opset 11 on");
+  nbl_id scales = n->inputs[1];
+  int64_t zero = 0;
+  nbl_id roi = nbl_adapt_const(c, "roi", NBL_DT_FLOAT, 1, &zero, NULL);
+  if (roi == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_adapt_set_input(c, 2, scales);
+  nbl_adapt_set_input(c, 1, roi);
+  nbl_node_set_attr_string(c->graph, c->node, "coordinate_transformation_mode", "asymmetric");
+  if (nearest) nbl_node_set_attr_string(c->graph, c->node, "nearest_mode", dir > 0 ? "floor" : "ceil");
+  return NBL_OK;
+}
+
+static nbl_status resize_down11(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  const char *mode = nbl_attr_string(n, "mode", "nearest");
+  const char *nm = nbl_attr_string(n, "nearest_mode", "round_prefer_floor");
+  int nearest = !strcmp(mode, "nearest");
+  int dir = nearest ? scales_direction(c, 2) : 1;
+  if (strcmp(nbl_attr_string(n, "coordinate_transformation_mode", "half_pixel"), "asymmetric") ||
+      (n->n_inputs > 3 && n->inputs[3] != NBL_NONE) || n->n_inputs < 3 || !strcmp(mode, "cubic") ||
+      (nearest && !((dir > 0 && !strcmp(nm, "floor")) || (dir < 0 && !strcmp(nm, "ceil")))))
+    return nbl_adapt_refuse(c, "only asymmetric nearest/linear resizing by constant scales has a "
+                               "form before opset 11");
+  nbl_id scales = n->inputs[2];
+  nbl_adapt_set_input(c, 1, scales);
+  nbl_adapt_set_input(c, 2, NBL_NONE);
+  const char *drop[] = {"coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
+                        "exclude_outside", "extrapolation_value"};
+  for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++) nbl_adapt_drop_attr(c, drop[i]);
+  return NBL_OK;
+}
+
+/* Resize 11/12 -> 13: roi and scales become optional (empty constant
+ * tensors are dropped), and tf_half_pixel_for_nn goes: x_orig = (x + 0.5) /
+ * scale is half_pixel + 0.5, so nearest_mode floor of it is round_prefer_ceil
+ * of half_pixel and round_prefer_floor of it is ceil (the other two have no
+ * form). */
+static nbl_status resize_up13(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  const char *ct = nbl_attr_string(n, "coordinate_transformation_mode", "half_pixel");
+  const char *nm = nbl_attr_string(n, "nearest_mode", "round_prefer_floor");
+  const char *nm13 = NULL;
+  if (!strcmp(ct, "tf_half_pixel_for_nn")) {
+    if (strcmp(nbl_attr_string(n, "mode", "nearest"), "nearest"))
+      return nbl_adapt_refuse(c, "tf_half_pixel_for_nn outside nearest mode has no form from "
+                                 "opset 13 on");
+    nm13 = !strcmp(nm, "floor") ? "round_prefer_ceil" : !strcmp(nm, "round_prefer_floor") ? "ceil" : NULL;
+    if (!nm13)
+      return nbl_adapt_refuse(c, "tf_half_pixel_for_nn with nearest_mode '%s' has no form from "
+                                 "opset 13 on", nm);
+  }
+  if (nm13) {
+    nbl_node_set_attr_string(c->graph, c->node, "coordinate_transformation_mode", "half_pixel");
+    nbl_node_set_attr_string(c->graph, c->node, "nearest_mode", nm13);
+  }
+  for (int i = 1; i <= 2; i++) {
+    const nbl_tensor *t = nbl_adapt_const_input(c, i);
+    if (t && nbl_tensor_numel(t) == 0) nbl_adapt_set_input(c, i, NBL_NONE);
+  }
+  return NBL_OK;
+}
+
+static nbl_status resize_down13(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (nbl_attr_int(n, "antialias", 0) || nbl_node_attr(n, "axes") ||
+      strcmp(nbl_attr_string(n, "keep_aspect_ratio_policy", "stretch"), "stretch") ||
+      !strcmp(nbl_attr_string(n, "coordinate_transformation_mode", ""), "half_pixel_symmetric"))
+    return nbl_adapt_refuse(c, "antialias, axes, keep_aspect_ratio_policy or half_pixel_symmetric "
+                               "(opsets 18, 19) have no form before opset 13");
+  int64_t zero = 0;
+  for (int i = 1; i <= 2; i++) {
+    n = nbl_adapt_node(c);
+    if (i < n->n_inputs && n->inputs[i] != NBL_NONE) continue;
+    nbl_id e = nbl_adapt_const(c, i == 1 ? "roi" : "scales", NBL_DT_FLOAT, 1, &zero, NULL);
+    if (e == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    nbl_node_set_input(c->graph, c->node, i, e);
+  }
+  return NBL_OK;
+}
+
+static const nbl_op_adapter resize_steps[] = {
+    {.from = 10, .to = 11, .up = resize_up11, .down = resize_down11},
+    {.from = 11, .to = 13, .up = resize_up13, .down = resize_down13},
+    {0},
+};
+
+/* Upsample: scales is an attribute in opsets 7 and 8, input 1 from 9; it
+ * ends at 10 (deprecated) and is Resize from 11: asymmetric coordinates,
+ * nearest rounded down (X, empty roi, scales). */
+static nbl_status upsample_up(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs != 2 || n->inputs[1] == NBL_NONE) return nbl_adapt_refuse(c, "needs X and scales");
+  const char *mode = nbl_attr_string(n, "mode", "nearest");
+  if (strcmp(mode, "nearest") && strcmp(mode, "linear") && strcmp(mode, "bilinear"))
+    return nbl_adapt_refuse(c, "mode '%s' is not nearest or linear", mode);
+  int nearest = !strcmp(mode, "nearest");
+  nbl_id scales = n->inputs[1];
+  int64_t zero = 0;
+  nbl_id roi = nbl_adapt_const(c, "roi", NBL_DT_FLOAT, 1, &zero, NULL);
+  if (roi == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_adapt_set_input(c, 2, scales);
+  nbl_adapt_set_input(c, 1, roi);
+  nbl_node_set_attr_string(c->graph, c->node, "mode", nearest ? "nearest" : "linear");
+  nbl_node_set_attr_string(c->graph, c->node, "coordinate_transformation_mode", "asymmetric");
+  if (nearest) nbl_node_set_attr_string(c->graph, c->node, "nearest_mode", "floor");
+  return nbl_adapt_rename(c, "Resize");
+}
+
+static const nbl_op_adapter upsample_steps[] = {
+    {.from = 7, .to = 9, .up = nbl_adapt_attrs_to_inputs, .down = nbl_adapt_inputs_to_attrs,
+     .attr = "scales", .input = 1, .attr_type = NBL_ATTR_FLOATS},
+    {.from = 9, .to = 11, .up = upsample_up},
+    {0},
+};
+
 const nbl_op_def nbl_ops_shape_resize[] = {
-    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .grad = g_pad),
-    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .no_grad = "no rule yet"),
+    NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .adapters = pad_steps, .grad = g_pad),
+    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 13,
+        .adapters = resize_steps, .no_grad = "no rule yet"),
+    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .adapters = upsample_steps, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

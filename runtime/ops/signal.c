@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -84,7 +85,10 @@ static nbl_status k_dft(nbl_kctx *c) {
   int r = X->rank;
   if (r < 2 || (X->dims[r - 1] != 1 && X->dims[r - 1] != 2))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input must have rank >= 2 and a last dimension of 1 or 2");
-  int64_t axis = nbl_attr_int(c->node, "axis", 1);
+  int64_t axis = nbl_attr_int(c->node, "axis", 1); /* opset 20: input 2, default -2 */
+  const nbl_rt_tensor *A = c->opset >= 20 ? in_at(c, 2) : NULL;
+  if (c->opset >= 20 && !A) axis = -2;
+  if (A && (st = scalar_i64(c, A, "axis", &axis))) return st;
   if (axis < 0) axis += r;
   if (axis < 0 || axis >= r - 1)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for rank %d", (long long)axis, r);
@@ -262,7 +266,12 @@ static nbl_status shape_dft(nbl_shape_ctx *c) {
   nbl_shp x;
   nbl_shp_in(c, 0, &x);
   if (x.rank < 2) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
-  int64_t axis = nbl_attr_int(c->node, "axis", 1);
+  int64_t axis = nbl_attr_int(c->node, "axis", 1), av[1];
+  int na = 0;
+  if (c->opset >= 20 && !nbl_shp_has_in(c, 2)) axis = -2;
+  else if (c->opset >= 20 && !(nbl_shp_in_ints(c, 2, av, &na) && na == 1))
+    return nbl_shp_set_dt(c, 0, x.dt, x.rank);
+  else if (c->opset >= 20) axis = av[0];
   if (axis < 0) axis += x.rank;
   nbl_shp o = x;
   o.d[x.rank - 1] = nbl_dim_val(2);
@@ -308,15 +317,40 @@ static nbl_status shape_melweight(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* DFT: axis is an attribute (default 1) before opset 20, scalar input 2
+ * (default -2) from 20; the same axis of the input either way. */
+static nbl_status dft_up(nbl_adapt_ctx *c) {
+  int64_t axis = nbl_attr_int(nbl_adapt_node(c), "axis", 1);
+  nbl_id a = nbl_adapt_const(c, "axis", NBL_DT_INT64, 0, NULL, &axis);
+  if (a == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_adapt_drop_attr(c, "axis");
+  return nbl_adapt_set_input(c, 2, a);
+}
+
+static nbl_status dft_down(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  int64_t axis = -2;
+  if (n->n_inputs > 2 && n->inputs[2] != NBL_NONE) {
+    const nbl_tensor *t = nbl_adapt_const_input(c, 2);
+    if (!t || nbl_tensor_numel(t) != 1) return nbl_adapt_refuse(c, "axis is not a constant scalar");
+    axis = nbl_tensor_get_i64(t, 0);
+  }
+  nbl_node_set_attr_int(c->graph, c->node, "axis", axis);
+  return nbl_adapt_set_input(c, 2, NBL_NONE);
+}
+
+static const nbl_op_adapter dft_steps[] = {{.from = 17, .to = 20, .up = dft_up, .down = dft_down}, {0}};
+
 const nbl_op_def nbl_ops_signal[] = {
-    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window, .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window,
+    NBL_OP("HannWindow", 17, .ref = k_hann, .shape = shape_window, .stable_since = 17,
         .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window,
+    NBL_OP("HammingWindow", 17, .ref = k_hamming, .shape = shape_window, .stable_since = 17,
         .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP_DEF("", "DFT", 17, 19, .ref = k_dft, .shape = shape_dft, .no_grad = "no rule yet"),
-    NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft, .no_grad = "no rule yet"),
-    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight,
+    NBL_OP("BlackmanWindow", 17, .ref = k_blackman, .shape = shape_window, .stable_since = 17,
+        .no_grad = NBL_NO_GRAD_CONST),
+    NBL_OP("DFT", 17, .ref = k_dft, .shape = shape_dft, .stable_since = 20, .adapters = dft_steps, .no_grad = "no rule yet"),
+    NBL_OP("STFT", 17, .ref = k_stft, .shape = shape_stft, .stable_since = 17, .no_grad = "no rule yet"),
+    NBL_OP("MelWeightMatrix", 17, .ref = k_melweight, .shape = shape_melweight, .stable_since = 17,
         .no_grad = NBL_NO_GRAD_CONST),
 };
 const size_t nbl_ops_signal_count = sizeof nbl_ops_signal / sizeof nbl_ops_signal[0];

@@ -27,6 +27,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
@@ -230,7 +231,7 @@ __attribute__((target("avx2"))) static int64_t opt_avx2(const opt_job *j, int64_
 /* 1 when the CPU can run opt_avx2. */
 static int have_avx2(void) {
 #ifdef HAVE_AVX2_PATH
-  return __builtin_cpu_supports("avx2");
+  return nbl_cpu_has(NBL_CPU_AVX2);
 #else
   return 0;
 #endif

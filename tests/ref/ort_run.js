@@ -5,6 +5,7 @@
 //   node ort_run.js run  MODEL [--input [NAME=]FILE]... [--output-dir DIR] [--threads N]
 //   node ort_run.js time MODEL [--input [NAME=]FILE]... [--threads N] [--warmup W] [--runs N]
 //   node ort_run.js info MODEL
+//   node ort_run.js batch JOBS [--threads N]
 //
 // Inputs are NumPy .npy files or ONNX TensorProto .pb files (as in the ONNX
 // test data). An input without NAME= is bound to the model inputs in order.
@@ -12,6 +13,10 @@
 // [A-Za-z0-9_.-] in the name become '_') and prints one line per output.
 // `time` runs W warmup runs and N timed runs and prints one JSON line
 // {"ort_version", "threads", "runs", "median_ms", "min_ms", "mean_ms"}.
+// `batch` runs many models in one process: JOBS has one job a line, fields
+// separated by tabs: MODEL, OUTDIR, then the input files (bound in order);
+// outputs go to OUTDIR/out_<i>.npy (i the output's index) and each job prints
+// "OK MODEL" or "ERR MODEL: message" (a failed job does not stop the batch).
 // Exit status: 0 success, 1 the run failed, 2 bad usage or bad input.
 'use strict';
 
@@ -312,12 +317,30 @@ async function cmdInfo(opt) {
                                inputs: session.inputNames, outputs: session.outputNames }));
 }
 
+async function cmdBatch(opt) {
+  const lines = fs.readFileSync(opt.model, 'utf8').split('\n').filter((l) => l.trim());
+  for (const line of lines) {
+    const [model, outDir, ...inputs] = line.split('\t');
+    try {
+      const session = await openSession({ ...opt, model });
+      const feeds = bindInputs(session, { model, inputs });
+      const out = await session.run(feeds);
+      fs.mkdirSync(outDir, { recursive: true });
+      session.outputNames.forEach((name, i) => writeNpy(path.join(outDir, `out_${i}.npy`), out[name]));
+      console.log(`OK ${model}`);
+    } catch (e) {
+      console.log(`ERR ${model}: ${String((e && e.message) || e).split('\n')[0]}`);
+    }
+  }
+}
+
 async function main() {
   const [cmd, ...rest] = process.argv.slice(2);
-  const cmds = { run: cmdRun, time: cmdTime, info: cmdInfo };
+  const cmds = { run: cmdRun, time: cmdTime, info: cmdInfo, batch: cmdBatch };
   if (!cmds[cmd]) {
     throw new UsageError('usage: ort_run.js run|time|info MODEL [--input [NAME=]FILE]... ' +
-                         '[--output-dir DIR] [--threads N] [--warmup W] [--runs N]');
+                         '[--output-dir DIR] [--threads N] [--warmup W] [--runs N]\n' +
+                         '       ort_run.js batch JOBS [--threads N]');
   }
   await cmds[cmd](parseArgs(rest));
 }

@@ -1,0 +1,71 @@
+/*
+ * cpu.h - the one CPU dispatch configuration that every fast path asks.
+ *
+ * CPUID (and XGETBV, whether the OS saves the vector registers) is read
+ * once per process. A fast path may use a feature when the CPU has it and
+ * the cap in force allows it. The cap is the lowest of
+ *   - the process cap: the environment variable NBL_ISA=scalar|avx2|avx512,
+ *     read once (NBL_INT4_ISA=scalar|avx2|vnni, its older name, when NBL_ISA
+ *     is not set; other values: no cap, noted in nbl_kernel_info);
+ *   - the thread's cap: that of the session running on it
+ *     (nbl_session_options.isa), which the executor sets around planning
+ *     and runs and the thread pool carries into its workers for each job.
+ * Levels:
+ *   scalar  the x86-64 baseline only (SSE2, which the compiler may use in
+ *           any C code): every AVX, AVX2, FMA and AVX-512 path is off, as
+ *           on a CPU without AVX;
+ *   avx2    AVX, AVX2 and FMA (and F16C), no AVX-512 code at all;
+ *   avx512  everything the CPU has (AVX-512 F/BW/VL/DQ, VNNI).
+ * OpenBLAS, when nibble is built with it, is not capped: it picks its own
+ * kernels from the CPU (or from OPENBLAS_CORETYPE, which caps it).
+ */
+#ifndef NBL_CPU_H
+#define NBL_CPU_H
+
+#include "nibble.h"
+
+/* CPU features, as a bit mask. */
+enum {
+  NBL_CPU_AVX = 1u << 0,
+  NBL_CPU_AVX2 = 1u << 1,
+  NBL_CPU_FMA = 1u << 2,
+  NBL_CPU_F16C = 1u << 3,
+  NBL_CPU_AVX512F = 1u << 4,
+  NBL_CPU_AVX512BW = 1u << 5,
+  NBL_CPU_AVX512VL = 1u << 6,
+  NBL_CPU_AVX512DQ = 1u << 7,
+  NBL_CPU_AVX512VNNI = 1u << 8,
+};
+
+/* 1 when every feature of `mask` may be used on this thread now: the CPU
+ * (and OS) support it and the cap in force allows it. Cheap: call it where
+ * the path is chosen, not once per process (the cap depends on the session
+ * that runs). */
+int nbl_cpu_has(unsigned mask);
+/* The features usable on this thread now (nbl_cpu_has(m) is
+ * (nbl_cpu_allowed() & m) == m), to test several masks with one call. */
+unsigned nbl_cpu_allowed(void);
+
+/* The features the CPU and OS support, ignoring every cap. */
+unsigned nbl_cpu_features(void);
+
+/* The level in force on this thread (the CPU's best, lowered by the caps). */
+nbl_isa nbl_cpu_level(void);
+/* The CPU's best level, no cap. */
+nbl_isa nbl_cpu_best_level(void);
+
+/* This thread's cap (NBL_ISA_DEFAULT: none); set returns the previous one,
+ * to be restored by the caller when its scope ends. */
+nbl_isa nbl_cpu_thread_cap(void);
+nbl_isa nbl_cpu_set_thread_cap(nbl_isa cap);
+
+/* The process cap from the environment (NBL_ISA_DEFAULT: none), and the
+ * variable it came from ("NBL_ISA", "NBL_INT4_ISA", or NULL). *bad (may be
+ * NULL) receives the value of a variable that is set but not understood
+ * (NULL if none). */
+nbl_isa nbl_cpu_env_cap(const char **var, const char **bad);
+
+/* "scalar", "avx2", "avx512" ("default" for NBL_ISA_DEFAULT). */
+const char *nbl_isa_name(nbl_isa isa);
+
+#endif /* NBL_CPU_H */

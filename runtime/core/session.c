@@ -1,0 +1,222 @@
+/* session.c - the public session API of nibble.h, on top of the engine of
+ * exec.h (nothing here reaches into the engine's state). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nibble.h"
+#include "runtime/core/cpu.h"
+#include "runtime/core/exec.h"
+
+struct nbl_session {
+  nbl_engine *e;
+  nbl_host_tensor *outs;
+  nbl_session_value_fn on_value;
+  void *user;
+  nbl_isa isa; /* the session's ISA cap (for the profile's kernel line) */
+};
+
+static void session_value_cb(void *user, const char *name, const nbl_rt_tensor *t) {
+  nbl_session *s = user;
+  nbl_host_tensor h = {.name = name, .dtype = t->dtype, .rank = t->rank, .data = t->data,
+                       .nbytes = t->nbytes};
+  for (int d = 0; d < t->rank && d < NBL_MAX_DIMS; d++) h.dims[d] = t->dims[d];
+  s->on_value(s->user, &h);
+}
+
+nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt,
+                              nbl_session **out) {
+  if (!m || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_session_create: NULL argument");
+  *out = NULL;
+  nbl_session *s = calloc(1, sizeof *s);
+  if (!s) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_engine_options eo = {0};
+  if (opt) {
+    eo.threads = opt->threads;
+    eo.reference = opt->reference;
+    eo.profile = opt->profile;
+    eo.isa = opt->isa;
+    s->isa = opt->isa;
+    if (opt->on_value) {
+      s->on_value = opt->on_value;
+      s->user = opt->user;
+      eo.on_value = session_value_cb;
+      eo.user = s;
+    }
+  }
+  nbl_status st = nbl_engine_create(m, NULL, &eo, &s->e);
+  if (st != NBL_OK) {
+    free(s);
+    return st;
+  }
+  s->outs = calloc((size_t)(m->graph->n_outputs + 1), sizeof(nbl_host_tensor));
+  if (!s->outs) {
+    nbl_session_free(s);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  *out = s;
+  return NBL_OK;
+}
+
+int nbl_session_input_count(const nbl_session *s) { return s ? nbl_engine_n_feeds(s->e) : 0; }
+
+const char *nbl_session_input_name(const nbl_session *s, int i) {
+  if (!s || i < 0 || i >= nbl_engine_n_feeds(s->e)) return NULL;
+  return nbl_engine_graph(s->e)->values[nbl_engine_feed_value(s->e, i)].name;
+}
+
+nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info) {
+  if (!s || !info || i < 0 || i >= nbl_engine_n_feeds(s->e))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session input index %d out of range", i);
+  const nbl_value *v = &nbl_engine_graph(s->e)->values[nbl_engine_feed_value(s->e, i)];
+  memset(info, 0, sizeof *info);
+  info->name = v->name;
+  info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
+  info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
+  for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
+    info->dims[d] = v->type.dims[d].param ? -1 : v->type.dims[d].value;
+  return NBL_OK;
+}
+
+int nbl_session_output_count(const nbl_session *s) {
+  return s ? nbl_engine_graph(s->e)->n_outputs : 0;
+}
+
+const char *nbl_session_output_name(const nbl_session *s, int i) {
+  const nbl_graph *g = s ? nbl_engine_graph(s->e) : NULL;
+  if (!g || i < 0 || i >= g->n_outputs) return NULL;
+  return g->values[g->outputs[i]].name;
+}
+
+nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *inputs,
+                           const nbl_host_tensor **outputs) {
+  if (!s || (n_inputs && !inputs))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_session_run: NULL argument");
+  nbl_engine *e = s->e;
+  const nbl_graph *g = nbl_engine_graph(e);
+  for (int i = 0; i < g->n_inputs; i++) /* inputs of earlier runs: unbound */
+    nbl_engine_bind(e, g->values[g->inputs[i]].name, NULL);
+  for (int i = 0; i < n_inputs; i++) {
+    const nbl_host_tensor *h = &inputs[i];
+    if (!h->name) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input %d has no name", i);
+    if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
+      return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
+                        h->name, h->rank, NBL_MAX_DIMS);
+    nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
+    for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
+    nbl_status st = nbl_engine_bind(e, h->name, &t);
+    if (st != NBL_OK) return st;
+  }
+  nbl_status st = nbl_engine_run(e);
+  if (st != NBL_OK) return st;
+  for (int i = 0; i < g->n_outputs; i++) {
+    const nbl_rt_tensor *t = nbl_engine_output(e, i);
+    nbl_host_tensor *h = &s->outs[i];
+    memset(h, 0, sizeof *h);
+    h->name = g->values[g->outputs[i]].name;
+    h->dtype = t->dtype;
+    h->rank = t->rank;
+    for (int d = 0; d < t->rank; d++) h->dims[d] = t->dims[d];
+    h->data = t->data;
+    h->nbytes = t->nbytes;
+  }
+  if (outputs) *outputs = s->outs;
+  return NBL_OK;
+}
+
+nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_t cap) {
+  if (!s || i < 0 || i >= nbl_session_output_count(s))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session output index %d out of range", i);
+  const nbl_rt_tensor *t = nbl_engine_output(s->e, i);
+  if (!t) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "no output: the session has not run");
+  if (t->dtype == NBL_DT_STRING)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "output '%s' holds strings; read the view instead",
+                      nbl_session_output_name(s, i));
+  if (cap < t->nbytes)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "output '%s' needs %zu bytes, buffer has %zu",
+                      nbl_session_output_name(s, i), t->nbytes, cap);
+  if (t->nbytes) memcpy(buf, t->data, t->nbytes);
+  return NBL_OK;
+}
+
+void nbl_session_free(nbl_session *s) {
+  if (!s) return;
+  nbl_engine_free(s->e);
+  free(s->outs);
+  free(s);
+}
+
+typedef struct prof_row {
+  const char *op;
+  int64_t ns;
+  int count;
+} prof_row;
+
+static int cmp_row(const void *a, const void *b) {
+  int64_t x = ((const prof_row *)a)->ns, y = ((const prof_row *)b)->ns;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+typedef struct { int s; int64_t ns; } step_ns;
+
+static int cmp_step(const void *a, const void *b) {
+  int64_t x = ((const step_ns *)a)->ns, y = ((const step_ns *)b)->ns;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+nbl_status nbl_session_print_profile(const nbl_session *s, FILE *out, int top) {
+  int n = 0, runs = 0;
+  const nbl_node *const *nodes = NULL;
+  const int64_t *ns = NULL;
+  if (!s || !out || !nbl_engine_profile(s->e, &n, &nodes, &ns, &runs))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
+                      "nbl_session_print_profile: the session was created without profiling");
+  prof_row *rows = calloc((size_t)n + 1, sizeof *rows);
+  step_ns *order = calloc((size_t)n + 1, sizeof *order);
+  if (!rows || !order) {
+    free(rows);
+    free(order);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  int nr = 0;
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    const char *op = nodes[i]->op_type ? nodes[i]->op_type : "?";
+    int r = 0;
+    while (r < nr && strcmp(rows[r].op, op) != 0) r++;
+    if (r == nr) rows[nr++].op = op;
+    rows[r].ns += ns[i];
+    rows[r].count++;
+    total += ns[i];
+    order[i].s = i;
+    order[i].ns = ns[i];
+  }
+  qsort(rows, (size_t)nr, sizeof *rows, cmp_row);
+  nbl_isa cap = nbl_cpu_set_thread_cap(s->isa); /* the kernels as this session runs them */
+  const char *info = nbl_kernel_info();
+  nbl_cpu_set_thread_cap(cap);
+  double div = runs > 0 ? 1e6 * runs : 1e6;
+  fprintf(out, "profile: %d run(s), %d node(s), %.3f ms per run in nodes, %d thread(s)\n%s\n",
+          runs, n, total / div, nbl_engine_threads(s->e), info);
+  fprintf(out, "%-24s %6s %12s %7s\n", "op", "nodes", "ms/run", "share");
+  for (int r = 0; r < nr; r++)
+    fprintf(out, "%-24s %6d %12.3f %6.1f%%\n", rows[r].op, rows[r].count, rows[r].ns / div,
+            total ? 100.0 * (double)rows[r].ns / (double)total : 0.0);
+  if (top > 0) {
+    qsort(order, (size_t)n, sizeof *order, cmp_step);
+    if (top > n) top = n;
+    fprintf(out, "slowest nodes:\n%-40s %-20s %12s\n", "node", "op", "ms/run");
+    for (int i = 0; i < top; i++) {
+      const nbl_node *nd = nodes[order[i].s];
+      fprintf(out, "%-40s %-20s %12.3f\n", nd->name && *nd->name ? nd->name : "(unnamed)",
+              nd->op_type ? nd->op_type : "?", order[i].ns / div);
+    }
+  }
+  free(rows);
+  free(order);
+  return NBL_OK;
+}
+
+void nbl_session_reset_profile(nbl_session *s) {
+  if (s) nbl_engine_reset_profile(s->e);
+}

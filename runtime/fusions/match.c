@@ -1,0 +1,97 @@
+/* match.c - matching helpers shared by the plan-time fusions; see fuse.h. */
+#include <math.h>
+#include <string.h>
+
+#include "runtime/fusions/fuse.h"
+
+static const char *dom(const char *d) { return d && strcmp(d, "ai.onnx") ? d : ""; }
+
+int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op) {
+  return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
+}
+
+static int graph_uses(const nbl_graph *sub, const char *name) {
+  for (int v = 0; v < sub->n_values; v++)
+    if (!sub->values[v].dead && (sub->values[v].flags & NBL_VAL_OUTER) &&
+        !strcmp(sub->values[v].name, name))
+      return 1;
+  return nbl_fuse_used_in_subgraphs(sub, name);
+}
+
+int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++) {
+    const nbl_node *nd = &g->nodes[i];
+    if (nd->dead) continue;
+    for (int a = 0; a < nd->n_attrs; a++) {
+      if (nd->attrs[a].type == NBL_ATTR_GRAPH && nd->attrs[a].g && graph_uses(nd->attrs[a].g, name))
+        return 1;
+      if (nd->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < nd->attrs[a].n; k++)
+          if (graph_uses(nd->attrs[a].graphs[k], name)) return 1;
+    }
+  }
+  return 0;
+}
+
+/* The value of a float32 scalar that is an initializer (not overridable by a
+ * graph input) or the output of a Constant node; 0 if v is neither. */
+static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
+  if (v == NBL_NONE || (g->values[v].flags & NBL_VAL_INPUT)) return 0;
+  const nbl_tensor *t = g->values[v].init;
+  if (!t && g->values[v].producer != NBL_NONE) {
+    const nbl_node *c = &g->nodes[g->values[v].producer];
+    if (!nbl_fuse_is_op(c, "", "Constant") || c->n_attrs != 1) return 0;
+    if (c->attrs[0].type == NBL_ATTR_FLOAT && !strcmp(c->attrs[0].name, "value_float")) {
+      *out = c->attrs[0].f;
+      return 1;
+    }
+    if (c->attrs[0].type != NBL_ATTR_TENSOR || strcmp(c->attrs[0].name, "value")) return 0;
+    t = c->attrs[0].t;
+  }
+  if (!t) return 0;
+  nbl_rt_tensor r;
+  if (t->dtype != NBL_DT_FLOAT || nbl_shape_numel(t->rank, t->dims) != 1 ||
+      nbl_rt_from_ir(t, &r) != NBL_OK || !r.data)
+    return 0;
+  *out = ((const float *)r.data)[0];
+  return 1;
+}
+
+int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_node *n,
+                             nbl_id *act, float *lo, float *hi) {
+  if (n->n_outputs != 1 || n->outputs[0] == NBL_NONE) return 0;
+  nbl_id y = n->outputs[0];
+  const nbl_value *yv = &g->values[y];
+  if ((yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || yv->n_consumers != 1) return 0;
+  nbl_id an = yv->consumers[0];
+  const nbl_node *a = &g->nodes[an];
+  if (a->n_inputs < 1 || a->inputs[0] != y || a->n_outputs != 1 || a->outputs[0] == NBL_NONE)
+    return 0;
+  for (int k = 1; k < a->n_inputs; k++)
+    if (a->inputs[k] == y) return 0;
+  int64_t opset = nbl_model_opset(m, "");
+  if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
+  float l = -INFINITY, h = INFINITY;
+  if (nbl_fuse_is_op(a, "", "Relu")) {
+    if (a->n_inputs != 1) return 0;
+    l = 0.0f;
+  } else if (nbl_fuse_is_op(a, "", "Clip")) {
+    if (opset < 11) {
+      l = nbl_attr_float(a, "min", -INFINITY);
+      h = nbl_attr_float(a, "max", INFINITY);
+    } else {
+      if (a->n_inputs > 1 && a->inputs[1] != NBL_NONE && !const_scalar(g, a->inputs[1], &l))
+        return 0;
+      if (a->n_inputs > 2 && a->inputs[2] != NBL_NONE && !const_scalar(g, a->inputs[2], &h))
+        return 0;
+      if (a->n_inputs > 3) return 0;
+    }
+  } else {
+    return 0;
+  }
+  if (nbl_fuse_used_in_subgraphs(g, yv->name)) return 0;
+  *act = an;
+  *lo = l;
+  *hi = h;
+  return 1;
+}

@@ -1,0 +1,15 @@
+/* registry.c - the plan-time fusions, in the order the planner runs them
+ * (see fuse.h). A new fused path is a file in runtime/fusions/ plus a line
+ * here. */
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/int4_fused.h"
+
+const nbl_fusion_def nbl_fusions[] = {
+    /* first, so that a quantized Conv is never taken as an FP32 one */
+    {"int4", nbl_fuse_int4_plan, nbl_fuse_int4_node, nbl_fuse_int4_free, &nbl_i4_fused_def},
+    /* then on the Convs left */
+    {"conv-act", nbl_fuse_conv_act_plan, nbl_fuse_conv_act_node, nbl_fuse_conv_act_free,
+     &nbl_fused_conv_act_def},
+};
+
+const size_t nbl_fusions_count = sizeof nbl_fusions / sizeof nbl_fusions[0];

@@ -1,0 +1,149 @@
+/* conv_avx512.c - the AVX-512 FP32 product kernel of convolutions (and of
+ * the Winograd products); see conv_paths.h. */
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
+#include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/simd16.h"
+
+#include <stdlib.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* ------------------------------------------------------------------ convolution products, AVX-512
+ * y[m][p] = act(bias[m] + sum_k w[m][k] x[k][p]), x the NCHW input of a 1x1
+ * convolution or the im2col matrix of any other one (one group): tiles of
+ * 8 output channels x 32 pixels in registers (x rows loaded 16 pixels at a
+ * time, weights broadcast from a copy packed [M/8][K][8] and kept in the
+ * node's cache), bias and activation applied before the single store. For
+ * the 1x1 layers of mobile networks (small K, large P) this reads x once per
+ * 8 output channels from cache and writes y once; a BLAS call needs the bias
+ * fill and the activation as passes of their own, and an environment that
+ * pins OpenBLAS to its AVX2 kernels leaves half of this CPU's vector width
+ * unused. */
+#if defined(__x86_64__)
+typedef struct c11_cache {
+  const float *w; /* the weights it was packed from */
+  int64_t M, K;
+  float wp[]; /* [M/8 rounded up][K][8], rows past M zero */
+} c11_cache;
+
+static void c11_cache_free(void *p) { free(p); }
+
+typedef struct c11_task {
+  const float *x, *wp, *bias;
+  float *y;
+  const nbl_act *act;
+  int64_t M, K, P;
+  int bands;       /* > 0: thread t takes pixel band t, all channels */
+  int64_t nmc, mc; /* else: 32-pixel tiles x nmc chunks of mc channels */
+  int m_outer;     /* or nmc chunks of mc channels, each over all pixels */
+} c11_task;
+
+__attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
+  int np = t->P - p < 32 ? (int)(t->P - p) : 32, nr = t->M - m < 8 ? (int)(t->M - m) : 8;
+  __mmask16 k0 = nbl_tail_mask(np), k1 = np > 16 ? nbl_tail_mask(np - 16) : 0;
+  const float *x = t->x + p, *wb = t->wp + m * t->K;
+  int64_t P = t->P, K = t->K;
+  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
+         a60 = a00, a70 = a00;
+  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
+  for (int64_t k = 0; k < K; k++, x += P, wb += 8) {
+    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
+#define C11_ROW(r)                           \
+  w = _mm512_set1_ps(wb[r]);                 \
+  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
+  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
+    C11_ROW(0) C11_ROW(1) C11_ROW(2) C11_ROW(3) C11_ROW(4) C11_ROW(5) C11_ROW(6) C11_ROW(7)
+#undef C11_ROW
+  }
+  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  const nbl_act *act = t->act;
+  for (int r = 0; r < nr; r++) {
+    __m512 b = _mm512_set1_ps(t->bias ? t->bias[m + r] : 0.0f);
+    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
+    if (act) { /* Clip's semantics, NaN passing through */
+      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
+      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
+      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
+    }
+    float *y = t->y + (m + r) * P + p;
+    _mm512_mask_storeu_ps(y, k0, v0);
+    if (k1) _mm512_mask_storeu_ps(y + 16, k1, v1);
+  }
+}
+
+static void c11_run(void *arg, int64_t begin, int64_t end) {
+  const c11_task *t = arg;
+  for (int64_t u = begin; u < end; u++) {
+    if (t->bands) {
+      int64_t p0, p1;
+      nbl_band(t->P, u, t->bands, 32, &p0, &p1);
+      for (int64_t p = p0; p < p1; p += 32)
+        for (int64_t m = 0; m < t->M; m += 8) c11_tile(t, m, p);
+    } else if (t->m_outer) { /* chunk u of channels over every pixel: weights read once */
+      int64_t m0 = u * t->mc, m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
+      for (int64_t m = m0; m < m1; m += 8)
+        for (int64_t p = 0; p < t->P; p += 32) c11_tile(t, m, p);
+    } else {
+      int64_t p = u / t->nmc * 32, m0 = u % t->nmc * t->mc;
+      int64_t m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
+      for (int64_t m = m0; m < m1; m += 8) c11_tile(t, m, p);
+    }
+  }
+}
+
+/* wp = w[M][K] packed for c11_tile: [M/8 rounded up][K][8], wp zeroed by the caller. */
+void nbl_c11_pack(const float *w, int64_t M, int64_t K, float *wp) {
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) wp[(m / 8 * K + k) * 8 + m % 8] = w[m * K + k];
+}
+
+/* Few pixels and weights past the L2: each weight block once, over every
+ * pixel tile (ResNet-18's last layers: 9.4 MB of weights, 49 pixels). */
+static int c11_m_outer(int64_t M, int64_t K, int64_t P) {
+  return (P + 31) / 32 <= 8 && M * K >= 32768;
+}
+
+/* y[M][P] = wp x[K][P] on the calling thread, wp packed by nbl_c11_pack. */
+void nbl_c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64_t P,
+                       float *y) {
+  c11_task t = {x, wp, NULL, y, NULL, M, K, P, 0, 1, (M + 7) / 8 * 8, c11_m_outer(M, K, P)};
+  c11_run(&t, 0, t.m_outer ? 1 : (P + 31) / 32);
+}
+
+/* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
+ * 1 when it ran (AVX-512, constant weights, the node's cache usable). */
+int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
+                            const float *w, const float *bias, float *y, const nbl_act *act) {
+  nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
+  if (!kc || !nbl_conv_weights_const(ctx) || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
+  int64_t Mb = (M + 7) / 8;
+  c11_cache *cc = kc->data;
+  if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
+    if (kc->free_fn) kc->free_fn(kc->data);
+    kc->data = NULL;
+    kc->free_fn = NULL;
+    cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+    if (!cc) return 0;
+    cc->w = w, cc->M = M, cc->K = K;
+    nbl_c11_pack(w, M, K, cc->wp);
+    kc->data = cc;
+    kc->free_fn = c11_cache_free;
+  }
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  c11_task t = {x, cc->wp, bias, y, act, M, K, P, nbl_pixel_bands(threads, P), 1, Mb * 8, 0};
+  int64_t tiles = (P + 31) / 32;
+  if (!t.bands && c11_m_outer(M, K, P)) {
+    t.m_outer = 1;
+    nbl_split_rows(M, 8, 2 * threads, &t.nmc, &t.mc);
+    nbl_parallel_for(ctx, t.nmc, 1, c11_run, &t);
+    return 1;
+  }
+  if (!t.bands && threads > 1 && tiles < 2 * threads) /* few pixels: split the channels too */
+    nbl_split_rows(M, 8, (2 * threads + tiles - 1) / tiles, &t.nmc, &t.mc);
+  nbl_parallel_for(ctx, t.bands ? t.bands : tiles * t.nmc, 1, c11_run, &t);
+  return 1;
+}
+#endif
