@@ -3,13 +3,36 @@
  *
  * bytes -> nbl_model_load_buffer (no external data allowed). A model the
  * loader accepts must then verify, save to a buffer, load back, compare equal
- * to the first (nbl_model_equal) and save to the very same bytes again. A
+ * to the first (nbl_model_equal; only when its nodes were in a topological
+ * order, which save establishes) and save to the very same bytes again. A
  * rejected input must leave nothing behind (the leak checker sees it).
  */
 #include <string.h>
 
 #include "fuzz_common.h"
 #include "ir/ir.h"
+
+/* Nodes stored in a topological order, in g and every subgraph? The loader
+ * accepts any order; save writes a topological one, so only then must the
+ * reloaded model equal the first. */
+static int sorted(const nbl_graph *g) {
+  for (int n = 0; n < g->n_nodes; n++) {
+    const nbl_node *nd = &g->nodes[n];
+    for (int i = 0; i < nd->n_inputs; i++) {
+      nbl_id v = nd->inputs[i];
+      if (v != NBL_NONE && g->values[v].producer != NBL_NONE && g->values[v].producer >= n)
+        return 0;
+    }
+    for (int a = 0; a < nd->n_attrs; a++) {
+      const nbl_attr *at = &nd->attrs[a];
+      if (at->type == NBL_ATTR_GRAPH && at->g && !sorted(at->g)) return 0;
+      if (at->type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < at->n; k++)
+          if (at->graphs[k] && !sorted(at->graphs[k])) return 0;
+    }
+  }
+  return 1;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   nbl_model *m = NULL;
@@ -28,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (nbl_model_load_buffer(b1, l1, "saved.onnx", NULL, &m2) != NBL_OK)
     fuzz_fail("a saved model does not load back: %s", nbl_last_error());
   char why[512];
-  if (!nbl_model_equal(m, m2, why, sizeof why))
+  if (sorted(m->graph) && !nbl_model_equal(m, m2, why, sizeof why))
     fuzz_fail("the model changed through save and load: %s", why);
   if (nbl_model_save_buffer(m2, &b2, &l2) != NBL_OK)
     fuzz_fail("a reloaded model does not save: %s", nbl_last_error());

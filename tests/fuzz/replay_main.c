@@ -16,6 +16,11 @@
 
 #include "fuzz_common.h"
 
+/* Under UBSan a report stops the replay (as a finding stops libFuzzer);
+ * UBSAN_OPTIONS in the environment still wins. */
+const char *__ubsan_default_options(void);
+const char *__ubsan_default_options(void) { return "halt_on_error=1:print_stacktrace=1"; }
+
 static int n_inputs;
 
 static int replay_file(const char *path) {

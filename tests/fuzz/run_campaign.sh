@@ -12,6 +12,9 @@
 #     --jobs N        targets fuzzed at once, one process each (default 2: one per core)
 #     --nice N        niceness of the fuzzers (default 10)
 #     --no-seeds      fuzz from the committed corpus only (no conformance seeds)
+#     --keep-going    do not stop at the first finding: libFuzzer's fork mode
+#                     (-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1),
+#                     every finding is written to the artifacts folder
 #     --ci            CI: 2,000 executions or 20 s per target (whichever comes
 #                     first), a fresh output corpus, exit 77 without clang's libFuzzer
 # Targets: load print tensor_pb npy run (the training issue's dataset and
@@ -26,7 +29,7 @@ set -uo pipefail
 ALL_TARGETS=(load print tensor_pb npy run) # later: dataset checkpoint
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${NBL_FUZZ_BUILD:-$src/build-fuzz}
-runs=1000000 max_time=0 jobs=2 nice_level=10 seeds=1 ci=0
+runs=1000000 max_time=0 jobs=2 nice_level=10 seeds=1 ci=0 keep_going=0
 targets=()
 while (($#)); do
   case $1 in
@@ -36,8 +39,9 @@ while (($#)); do
     --jobs) jobs=$2; shift ;;
     --nice) nice_level=$2; shift ;;
     --no-seeds) seeds=0 ;;
+    --keep-going) keep_going=1 ;;
     --ci) ci=1 runs=2000 max_time=20 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     -*) echo "run_campaign: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1") ;;
   esac
@@ -98,6 +102,8 @@ run_one() {
   local args=(-runs="$runs" -max_len="$(max_len "$t")" -rss_limit_mb=2048 -timeout=10
     -print_final_stats=1 -artifact_prefix="$art/")
   ((max_time > 0)) && args+=(-max_total_time="$max_time")
+  ((keep_going)) && args+=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+  touch "$log.start"
   local start end
   start=$(date +%s%N)
   nice -n "$nice_level" "$build/tests/fuzz/fuzz_$t" "${args[@]}" "${dirs[@]}" >"$log" 2>&1
@@ -123,21 +129,21 @@ printf '\n%-10s %10s %8s %7s %8s %7s %6s  %s\n' target executions exec/s cov ft 
 for t in "${targets[@]}"; do
   log=$build/logs/$t.log
   read -r rc ms <"$log.rc"
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  last=$(grep -E '^#[0-9]+.*cov: [0-9]+' "$log" | tail -1)
+  execs=$(grep -a -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+  last=$(grep -a -E '^#[0-9]+.*cov: [0-9]+' "$log" | tail -1)
   [ -n "$execs" ] || execs=$(sed -E 's/^#([0-9]+).*/\1/' <<<"$last")
   eps=$( ((ms > 0)) && [ -n "$execs" ] && echo $((execs * 1000 / ms)))
   secs=$(printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)))
   cov=$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+')
   ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+')
   corp=$(grep -oE 'corp: [0-9]+' <<<"$last" | grep -oE '[0-9]+')
-  if [ "$rc" = 0 ]; then
+  found=$(find "$build/artifacts/$t" -type f -newer "$log.start" | wc -l)
+  if [ "$rc" = 0 ] && [ "$found" = 0 ]; then
     result=ok
   else
     status=1
-    what=$(grep -m1 -oE 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer): [a-zA-Z -]+|runtime error: .*|fuzz invariant: .*' "$log" | head -1)
-    art=$(grep -oE "Test unit written to .*" "$log" | tail -1 | sed 's/Test unit written to //')
-    result="FOUND (exit $rc): ${what:-see $log} ${art:+-> $art}"
+    what=$(grep -a -m1 -oE 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer): [a-zA-Z -]+|runtime error: .*|fuzz invariant: .*' "$log" | head -1)
+    result="FOUND $found (exit $rc): ${what:-see $log} -> $build/artifacts/$t/"
   fi
   printf '%-10s %10s %8s %7s %8s %7s %6s  %s\n' "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" \
     "${corp:-?}" "$secs" "$result"
