@@ -17,9 +17,13 @@
 #include "fuzz_common.h"
 
 /* Under UBSan a report stops the replay (as a finding stops libFuzzer);
- * UBSAN_OPTIONS in the environment still wins. */
+ * under ASan an allocation over 2 GB is a finding (as libFuzzer's
+ * -malloc_limit_mb, which follows -rss_limit_mb=2048). UBSAN_OPTIONS and
+ * ASAN_OPTIONS in the environment still win. */
 const char *__ubsan_default_options(void);
 const char *__ubsan_default_options(void) { return "halt_on_error=1:print_stacktrace=1"; }
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "max_allocation_size_mb=2048"; }
 
 static int n_inputs;
 
