@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(meson ninja-build pkg-config gcc libprotobuf-c-dev protobuf-c-compiler check
   libonnx-dev libonnx-testdata dataset-fashion-mnist libopenblas-dev libopenblas0-pthread
-  python3-onnx python3-torch python3-torchvision python3-numpy graphviz)
+  python3-onnx python3-torch python3-torchvision python3-numpy graphviz
+  clang) # clang with libFuzzer: the fuzz targets' short CI run (tests/fuzz/README.md)
 
 deps() {
   local missing=()
