@@ -236,6 +236,15 @@ static void check_model(nbl_model *(*build)(void), expect_fn expect) {
   ck_assert_msg(nbl_pipeline_run(p, m, &po) == NBL_OK, "%s", nbl_last_error());
   fclose(po.log);
   nbl_pipeline_free(p);
+  /* infer-shapes typed the output through every level (the shape too
+   * through If in If; a Loop's carried value keeps an open shape) */
+  const nbl_value *ov = &m->graph->values[nbl_graph_find(m->graph, "out")];
+  ck_assert_int_eq(ov->type.kind, NBL_TYPE_TENSOR);
+  ck_assert_int_eq(ov->type.elem, NBL_DT_FLOAT);
+  if (nbl_graph_find(m->graph, "a2") != NBL_NONE) {
+    ck_assert_int_eq(ov->type.rank, 1);
+    ck_assert_int_eq(ov->type.dims[0].value, 2);
+  }
   check_runs(m, expect, "after default,dce");
   back = round_trip(m);
   check_runs(back, expect, "after default,dce and save/load");
