@@ -451,11 +451,14 @@ static void collect_captures(const nbl_graph *g, const nbl_graph *sub, id_list *
   for (int i = 0; i < sub->n_values; i++) {
     const nbl_value *v = &sub->values[i];
     if (v->dead || !(v->flags & NBL_VAL_OUTER)) continue;
-    /* resolve upwards until g */
+    /* resolve upwards until g: through graphs that capture the name too or
+     * do not mention it, stopping at the first one that defines it */
     const nbl_graph *p = sub->parent;
-    while (p && p != g && nbl_graph_find(p, v->name) != NBL_NONE &&
-           (p->values[nbl_graph_find(p, v->name)].flags & NBL_VAL_OUTER))
+    while (p && p != g) {
+      nbl_id pv = nbl_graph_find(p, v->name);
+      if (pv != NBL_NONE && !(p->values[pv].flags & NBL_VAL_OUTER)) break;
       p = p->parent;
+    }
     if (p == g) {
       nbl_id id = nbl_graph_find(g, v->name);
       if (id != NBL_NONE) id_push(out, id);

@@ -294,6 +294,11 @@ nbl_status nbl_frame_run(nbl_frame *f) {
   for (int s = 0; s < p->n_steps && st == NBL_OK; s++) {
     const nbl_step *sp = &p->steps[s];
     const nbl_node *nd = sp->fnode ? sp->fnode : &g->nodes[sp->node];
+    st = nbl_engine_check_terminate(e);
+    if (st != NBL_OK) {
+      nbl_error_prefix("before node '%s' (%s)", nd->name ? nd->name : "", nd->op_type);
+      break;
+    }
     /* at least NBL_KCTX_MIN_IN entries, NULL past the node's inputs (kernel.h) */
     if (nd->n_inputs > cap_in || !ins) {
       cap_in = nd->n_inputs > NBL_KCTX_MIN_IN ? nd->n_inputs : NBL_KCTX_MIN_IN;
@@ -432,6 +437,16 @@ static nbl_status engine_run(nbl_engine *e) {
   e->ran = 1;
   e->stats.runs++;
   if (e->prof_ns) e->prof_runs++;
+  return NBL_OK;
+}
+
+void nbl_engine_terminate(nbl_engine *e, int on) {
+  if (e) atomic_store(&e->terminate, on ? 1 : 0);
+}
+
+nbl_status nbl_engine_check_terminate(nbl_engine *e) {
+  if (atomic_load_explicit(&e->terminate, memory_order_relaxed))
+    return nbl_errorf(NBL_ERR_TERMINATED, "run terminated");
   return NBL_OK;
 }
 
