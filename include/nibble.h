@@ -258,6 +258,15 @@ const char *nbl_session_output_name(const nbl_session *s, int i);
 nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *inputs,
                            const nbl_host_tensor **outputs);
 
+/* Stop runs of s from another thread (as ONNX Runtime's RunOptions.terminate):
+ * with terminate != 0, a run under way stops before its next node or its next
+ * Loop/Scan iteration (at any depth of subgraphs) and nbl_session_run fails
+ * with NBL_ERR_TERMINATED, message "run terminated" naming where it stopped;
+ * later runs fail the same way until nbl_session_terminate(s, 0). Safe to
+ * call from any thread while s runs; NULL is allowed. A single kernel is not
+ * interrupted. */
+void nbl_session_terminate(nbl_session *s, int terminate);
+
 /* Copy output i of the last run into caller memory of `cap` bytes (fails
  * with NBL_ERR_INVALID_ARGUMENT if too small). Not for STRING outputs. */
 nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_t cap);

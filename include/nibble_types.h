@@ -26,7 +26,8 @@ typedef enum nbl_status {
   NBL_ERR_OUT_OF_MEMORY = 6,
   NBL_ERR_RUNTIME = 7,          /* a kernel failed on the data it was given */
   NBL_ERR_MISMATCH = 8,         /* results differ from an expected value */
-  NBL_ERR_INTERNAL = 9          /* a broken internal invariant (a nibble bug) */
+  NBL_ERR_INTERNAL = 9,         /* a broken internal invariant (a nibble bug) */
+  NBL_ERR_TERMINATED = 10       /* a run stopped on request (nbl_session_terminate) */
 } nbl_status;
 
 /* Element types: the numbers of ONNX TensorProto.DataType. */

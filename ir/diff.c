@@ -246,6 +246,16 @@ static void diff_graph(diff_ctx *d, const nbl_graph *ga, const nbl_graph *gb) {
   }
 }
 
+/* Does m import `domain` ("" and "ai.onnx" alike), at any version, 0 included? */
+static bool imports(const nbl_model *m, const char *domain) {
+  if (strcmp(domain, "ai.onnx") == 0) domain = "";
+  for (int i = 0; i < m->n_opsets; i++) {
+    const char *d = m->opsets[i].domain ? m->opsets[i].domain : "";
+    if (strcmp(d, domain) == 0 || (!*domain && strcmp(d, "ai.onnx") == 0)) return true;
+  }
+  return false;
+}
+
 nbl_status nbl_model_diff(const nbl_model *a, const nbl_model *b, FILE *out, int *n_differences) {
   if (!a || !b || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_model_diff: NULL argument");
   diff_ctx d = {out, 0};
@@ -256,7 +266,7 @@ nbl_status nbl_model_diff(const nbl_model *a, const nbl_model *b, FILE *out, int
           (long long)a->opsets[i].version, (long long)vb);
   }
   for (int i = 0; i < b->n_opsets; i++)
-    if (nbl_model_opset(a, b->opsets[i].domain) == 0)
+    if (!imports(a, b->opsets[i].domain))
       say(&d, "+ opset '%s': %lld", b->opsets[i].domain, (long long)b->opsets[i].version);
   if (a->ir_version != b->ir_version)
     say(&d, "~ ir_version %lld -> %lld", (long long)a->ir_version, (long long)b->ir_version);

@@ -157,7 +157,7 @@ nbl_status nbl_model_print_info(const nbl_model *m, FILE *out) {
   fprintf(out, "nodes:       %lld", (long long)a.nodes);
   if (a.graphs > 1) fprintf(out, " (in %lld graphs)", (long long)a.graphs);
   fputc('\n', out);
-  qsort(a.ops, (size_t)a.n_ops, sizeof(op_count), cmp_ops);
+  if (a.n_ops) qsort(a.ops, (size_t)a.n_ops, sizeof(op_count), cmp_ops); /* a.ops may be NULL */
   fprintf(out, "ops (%d kinds):\n", a.n_ops);
   for (int i = 0; i < a.n_ops; i++)
     fprintf(out, "  %-24s%s%s %lld\n", a.ops[i].op, *a.ops[i].domain ? " " : "",

@@ -41,6 +41,7 @@ const char *nbl_status_name(nbl_status st) {
   case NBL_ERR_RUNTIME: return "runtime";
   case NBL_ERR_MISMATCH: return "mismatch";
   case NBL_ERR_INTERNAL: return "internal";
+  case NBL_ERR_TERMINATED: return "terminated";
   }
   return "?";
 }
@@ -925,18 +926,107 @@ const char *nbl_attr_type_name(nbl_attr_type t) {
 
 /* ------------------------------------------------------------------ analysis */
 
+/* Edges "producer -> node" of g from values its subgraphs capture (at any
+ * depth) that a live node of g produces. */
+typedef struct cap_edges {
+  nbl_id *from, *to;
+  int n, cap;
+  bool oom;
+} cap_edges;
+
+static void cap_edge_push(cap_edges *e, nbl_id from, nbl_id to) {
+  if (e->n == e->cap) {
+    int c = e->cap ? 2 * e->cap : 16;
+    nbl_id *f = realloc(e->from, sizeof(nbl_id) * (size_t)c);
+    if (!f) {
+      e->oom = true;
+      return;
+    }
+    e->from = f;
+    nbl_id *t = realloc(e->to, sizeof(nbl_id) * (size_t)c);
+    if (!t) {
+      e->oom = true;
+      return;
+    }
+    e->to = t;
+    e->cap = c;
+  }
+  e->from[e->n] = from;
+  e->to[e->n++] = to;
+}
+
+static void cap_edges_of(const nbl_graph *g, const nbl_graph *sub, nbl_id node, cap_edges *e,
+                         int depth) {
+  if (!sub || depth > 64) return;
+  for (int v = 0; v < sub->n_values; v++) {
+    const nbl_value *val = &sub->values[v];
+    if (val->dead || !(val->flags & NBL_VAL_OUTER)) continue;
+    /* the name resolves in g unless a graph between sub and g defines it */
+    const nbl_graph *p = sub->parent;
+    while (p && p != g) {
+      nbl_id pv = nbl_graph_find(p, val->name);
+      if (pv != NBL_NONE && !(p->values[pv].flags & NBL_VAL_OUTER)) break;
+      p = p->parent;
+    }
+    if (p != g) continue;
+    nbl_id gv = nbl_graph_find(g, val->name);
+    if (gv == NBL_NONE) continue;
+    nbl_id prod = g->values[gv].producer;
+    if (prod != NBL_NONE && prod != node && !g->nodes[prod].dead) cap_edge_push(e, prod, node);
+  }
+  for (int i = 0; i < sub->n_nodes; i++) {
+    const nbl_node *n = &sub->nodes[i];
+    if (n->dead) continue;
+    for (int a = 0; a < n->n_attrs; a++) {
+      if (n->attrs[a].type == NBL_ATTR_GRAPH) cap_edges_of(g, n->attrs[a].g, node, e, depth + 1);
+      if (n->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < n->attrs[a].n; k++) cap_edges_of(g, n->attrs[a].graphs[k], node, e, depth + 1);
+    }
+  }
+}
+
 int nbl_graph_topo_order(const nbl_graph *g, nbl_id **order) {
   int nn = g->n_nodes;
   nbl_id *out = malloc(sizeof(nbl_id) * (size_t)(nn ? nn : 1));
   int *indeg = calloc((size_t)(nn ? nn : 1), sizeof(int));
   nbl_id *queue = malloc(sizeof(nbl_id) * (size_t)(nn ? nn : 1));
-  if (!out || !indeg || !queue) {
+  /* a node with subgraphs also waits for the producers of the values they
+   * capture (a capture is an input the node's input list does not show) */
+  cap_edges ce = {0};
+  for (int i = 0; i < nn; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (n->dead) continue;
+    for (int a = 0; a < n->n_attrs; a++) {
+      if (n->attrs[a].type == NBL_ATTR_GRAPH) cap_edges_of(g, n->attrs[a].g, i, &ce, 0);
+      if (n->attrs[a].type == NBL_ATTR_GRAPHS)
+        for (int k = 0; k < n->attrs[a].n; k++) cap_edges_of(g, n->attrs[a].graphs[k], i, &ce, 0);
+    }
+  }
+  /* the capture edges by producer: cap_start[p] .. cap_start[p + 1] in cap_to */
+  int *cap_start = calloc((size_t)nn + 1, sizeof(int));
+  nbl_id *cap_to = malloc(sizeof(nbl_id) * (size_t)(ce.n ? ce.n : 1));
+  if (!out || !indeg || !queue || ce.oom || !cap_start || !cap_to) {
     free(out);
     free(indeg);
     free(queue);
+    free(ce.from);
+    free(ce.to);
+    free(cap_start);
+    free(cap_to);
     nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
     return -1;
   }
+  for (int k = 0; k < ce.n; k++) cap_start[ce.from[k] + 1]++;
+  for (int i = 0; i < nn; i++) cap_start[i + 1] += cap_start[i];
+  for (int k = 0; k < ce.n; k++) {
+    int pos = cap_start[ce.from[k]]++;
+    cap_to[pos] = ce.to[k];
+    indeg[ce.to[k]]++;
+  }
+  for (int i = nn; i > 0; i--) cap_start[i] = cap_start[i - 1];
+  cap_start[0] = 0;
+  free(ce.from);
+  free(ce.to);
   int live = 0;
   for (int i = 0; i < nn; i++) {
     const nbl_node *n = &g->nodes[i];
@@ -965,7 +1055,11 @@ int nbl_graph_topo_order(const nbl_graph *g, nbl_id **order) {
         if (!g->nodes[cn].dead && --indeg[cn] == 0) queue[qt++] = cn;
       }
     }
+    for (int k = cap_start[i]; k < cap_start[i + 1]; k++)
+      if (--indeg[cap_to[k]] == 0) queue[qt++] = cap_to[k];
   }
+  free(cap_start);
+  free(cap_to);
   if (cnt != live) {
     for (int i = 0; i < nn; i++)
       if (!g->nodes[i].dead && indeg[i] > 0) {

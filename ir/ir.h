@@ -383,8 +383,10 @@ const char *nbl_attr_type_name(nbl_attr_type t);
 
 /* ------------------------------------------------------------------ analysis */
 
-/* Node ids in a topological order (dead nodes skipped). Returns the count, or
- * -1 if there is a cycle (message names a node on it). *order is malloc'd. */
+/* Node ids in a topological order (dead nodes skipped): a node follows the
+ * producers of its inputs and of the values its subgraphs capture from g (at
+ * any depth). Returns the count, or -1 if there is a cycle (message names a
+ * node on it). *order is malloc'd. */
 int nbl_graph_topo_order(const nbl_graph *g, nbl_id **order);
 
 /* Verify a graph (and its subgraphs), see nbl_model_verify. `what` names it in messages. */

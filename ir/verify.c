@@ -288,8 +288,10 @@ static nbl_status verify_model(const nbl_model *m) {
     for (int k = 0; k < i; k++) {
       const char *a = m->opsets[i].domain ? m->opsets[i].domain : "";
       const char *b = m->opsets[k].domain ? m->opsets[k].domain : "";
-      if (strcmp(a, b) == 0)
-        return nbl_errorf(NBL_ERR_INVALID_MODEL, "opset_import lists domain '%s' twice", a);
+      /* "" and "ai.onnx" name the same domain (nbl_model_opset) */
+      if (strcmp(a, b) == 0 || (!strcmp(a, "ai.onnx") && !*b) || (!*a && !strcmp(b, "ai.onnx")))
+        return nbl_errorf(NBL_ERR_INVALID_MODEL, "opset_import lists domain '%s' twice",
+                          *a ? a : "ai.onnx");
     }
   char w[512];
   snprintf(w, sizeof w, "graph '%s'", m->graph->name ? m->graph->name : "");

@@ -457,7 +457,10 @@ static nbl_status inner_from_pb(load_ctx *c, const Onnx__TypeProto *tp, nbl_type
   if (!tp) return NBL_OK;
   t->inner = nbl_arena_alloc(c->m->arena, sizeof(nbl_type));
   if (!t->inner) return oom(c);
-  return type_from_pb(c, tp, t->inner, depth + 1);
+  nbl_status st = type_from_pb(c, tp, t->inner, depth + 1);
+  /* an empty element type says nothing: no inner type, as save writes it */
+  if (st == NBL_OK && t->inner->kind == NBL_TYPE_NONE && !t->inner->denotation) t->inner = NULL;
+  return st;
 }
 
 static nbl_status type_from_pb(load_ctx *c, const Onnx__TypeProto *tp, nbl_type *t, int depth) {

@@ -331,6 +331,18 @@ static nbl_status vi_to_pb(save_ctx *c, const nbl_value *v, Onnx__ValueInfoProto
 
 static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto **out, int depth);
 
+/* A type held by an attribute: written even when empty (type_to_pb leaves
+ * an empty type out, but an attribute's type list may not hold a gap). */
+static nbl_status attr_type_to_pb(save_ctx *c, const nbl_type *t, Onnx__TypeProto **out) {
+  nbl_status st = type_to_pb(c, t, out, 0);
+  if (st == NBL_OK && !*out) {
+    *out = nbl_arena_alloc(c->a, sizeof **out);
+    if (!*out) return oom(c);
+    onnx__type_proto__init(*out);
+  }
+  return st;
+}
+
 static nbl_status attr_to_pb(save_ctx *c, const nbl_attr *at, Onnx__AttributeProto **out,
                              int depth) {
   Onnx__AttributeProto *ap = nbl_arena_alloc(c->a, sizeof *ap);
@@ -363,7 +375,7 @@ static nbl_status attr_to_pb(save_ctx *c, const nbl_attr *at, Onnx__AttributePro
                        (void **)&ap->sparse_tensor);
   case NBL_ATTR_TYPE_PROTO:
     if (at->n < 1 || !at->types) return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: attribute '%s' has no type", c->label, at->name);
-    return type_to_pb(c, &at->types[0], &ap->tp, 0);
+    return attr_type_to_pb(c, &at->types[0], &ap->tp);
   case NBL_ATTR_FLOATS:
     ap->n_floats = (size_t)at->n;
     ap->floats = at->floats;
@@ -405,7 +417,7 @@ static nbl_status attr_to_pb(save_ctx *c, const nbl_attr *at, Onnx__AttributePro
     ap->n_type_protos = (size_t)at->n;
     ap->type_protos = alloc_arr(c, (size_t)at->n, sizeof(*ap->type_protos));
     if (!ap->type_protos) return oom(c);
-    for (int i = 0; i < at->n && !st; i++) st = type_to_pb(c, &at->types[i], &ap->type_protos[i], 0);
+    for (int i = 0; i < at->n && !st; i++) st = attr_type_to_pb(c, &at->types[i], &ap->type_protos[i]);
     break;
   default:
     return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: attribute '%s' has unknown type %d", c->label,
@@ -439,11 +451,14 @@ static void collect_captures(const nbl_graph *g, const nbl_graph *sub, id_list *
   for (int i = 0; i < sub->n_values; i++) {
     const nbl_value *v = &sub->values[i];
     if (v->dead || !(v->flags & NBL_VAL_OUTER)) continue;
-    /* resolve upwards until g */
+    /* resolve upwards until g: through graphs that capture the name too or
+     * do not mention it, stopping at the first one that defines it */
     const nbl_graph *p = sub->parent;
-    while (p && p != g && nbl_graph_find(p, v->name) != NBL_NONE &&
-           (p->values[nbl_graph_find(p, v->name)].flags & NBL_VAL_OUTER))
+    while (p && p != g) {
+      nbl_id pv = nbl_graph_find(p, v->name);
+      if (pv != NBL_NONE && !(p->values[pv].flags & NBL_VAL_OUTER)) break;
       p = p->parent;
+    }
     if (p == g) {
       nbl_id id = nbl_graph_find(g, v->name);
       if (id != NBL_NONE) id_push(out, id);

@@ -55,6 +55,49 @@ static const char *npy_key(const char *h, size_t hl, const char *key) {
   return NULL;
 }
 
+/* The header dict: h is a NUL-terminated copy of its hl bytes, so that no
+ * scan (strtoll, strncmp, memchr) can run past it into the data or past the
+ * end of the buffer. */
+static nbl_status npy_header(const char *h, size_t hl, const char *what, nbl_dtype *dt,
+                             int *rank, int64_t *dims) {
+  const char *p = npy_key(h, hl, "descr");
+  if (!p || (*p != '\'' && *p != '"'))
+    return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'descr'", what);
+  const char *q = memchr(p + 1, *p, hl - (size_t)(p + 1 - h));
+  if (!q) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'descr' in .npy header", what);
+  *dt = npy_dtype(p + 1, (size_t)(q - p - 1));
+  if (*dt == NBL_DT_UNDEFINED)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED,
+                      "%s: .npy element type '%.*s' is not supported (little-endian numbers and "
+                      "bool only)",
+                      what, (int)(q - p - 1), p + 1);
+  p = npy_key(h, hl, "fortran_order");
+  if (!p) return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'fortran_order'", what);
+  if (strncmp(p, "True", 4) == 0)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: Fortran-ordered .npy arrays are not supported",
+                      what);
+  p = npy_key(h, hl, "shape");
+  if (!p || *p != '(') return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'shape'", what);
+  p++;
+  *rank = 0;
+  const char *end = h + hl;
+  while (p < end && *p != ')') {
+    while (p < end && (*p == ' ' || *p == ',')) p++;
+    if (p < end && *p == ')') break;
+    char *e;
+    long long v = strtoll(p, &e, 10);
+    if (e == p || v < 0) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'shape' in .npy header", what);
+    if (*rank >= NBL_MAX_DIMS)
+      return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: rank exceeds the supported maximum %d", what,
+                        NBL_MAX_DIMS);
+    dims[(*rank)++] = v;
+    p = e;
+    while (p < end && *p == 'L') p++;
+  }
+  if (p >= end) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'shape' in .npy header", what);
+  return NBL_OK;
+}
+
 nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, nbl_arena *a,
                                 nbl_tensor **out) {
   if (!a || !out || (!data && len))
@@ -78,43 +121,16 @@ nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, 
                       major);
   }
   if (hl > len - ho) return nbl_errorf(NBL_ERR_PARSE, "%s: truncated .npy header", what);
-  const char *h = (const char *)b + ho;
-  const char *p = npy_key(h, hl, "descr");
-  if (!p || (*p != '\'' && *p != '"'))
-    return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'descr'", what);
-  const char *q = memchr(p + 1, *p, hl - (size_t)(p + 1 - h));
-  if (!q) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'descr' in .npy header", what);
-  nbl_dtype dt = npy_dtype(p + 1, (size_t)(q - p - 1));
-  if (dt == NBL_DT_UNDEFINED)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                      "%s: .npy element type '%.*s' is not supported (little-endian numbers and "
-                      "bool only)",
-                      what, (int)(q - p - 1), p + 1);
-  p = npy_key(h, hl, "fortran_order");
-  if (!p) return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'fortran_order'", what);
-  if (strncmp(p, "True", 4) == 0)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: Fortran-ordered .npy arrays are not supported",
-                      what);
-  p = npy_key(h, hl, "shape");
-  if (!p || *p != '(') return nbl_errorf(NBL_ERR_PARSE, "%s: .npy header has no 'shape'", what);
-  p++;
+  char *h = malloc(hl + 1);
+  if (!h) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+  memcpy(h, b + ho, hl);
+  h[hl] = 0;
+  nbl_dtype dt = NBL_DT_UNDEFINED;
   int rank = 0;
   int64_t dims[NBL_MAX_DIMS];
-  const char *end = h + hl;
-  while (p < end && *p != ')') {
-    while (p < end && (*p == ' ' || *p == ',')) p++;
-    if (p < end && *p == ')') break;
-    char *e;
-    long long v = strtoll(p, &e, 10);
-    if (e == p || v < 0) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'shape' in .npy header", what);
-    if (rank >= NBL_MAX_DIMS)
-      return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: rank exceeds the supported maximum %d", what,
-                        NBL_MAX_DIMS);
-    dims[rank++] = v;
-    p = e;
-    while (p < end && *p == 'L') p++;
-  }
-  if (p >= end) return nbl_errorf(NBL_ERR_PARSE, "%s: bad 'shape' in .npy header", what);
+  nbl_status st = npy_header(h, hl, what, &dt, &rank, dims);
+  free(h);
+  if (st) return st;
   int64_t n = nbl_shape_numel(rank, dims);
   if (n < 0)
     return nbl_errorf(NBL_ERR_RUNTIME, "%s: tensor shape has a negative or overflowing size",

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,12 +152,72 @@ static void run_usage(FILE *f) {
              "                  [--threads N] [--repeat N] [--dump-tensors DIR] [--reference]\n"
              "                  [--profile[=N]] time per op type and the N (default 15)\n"
              "                                slowest nodes (runs after the first when\n"
-             "                                --repeat > 1)\n");
+             "                                --repeat > 1)\n"
+             "                  [--timeout SECONDS] stop the run(s) after SECONDS (exit 1)\n");
+}
+
+/* --timeout: a thread that terminates the session when the deadline passes
+ * before the runs end (watchdog_stop). */
+typedef struct watchdog {
+  nbl_session *s;
+  struct timespec deadline; /* CLOCK_REALTIME, for pthread_cond_timedwait */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, fired;
+  pthread_t th;
+} watchdog;
+
+static void *watchdog_main(void *arg) {
+  watchdog *w = arg;
+  pthread_mutex_lock(&w->mu);
+  while (!w->done) {
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &w->deadline) == ETIMEDOUT && !w->done) {
+      w->fired = 1;
+      nbl_session_terminate(w->s, 1);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+static int watchdog_start(watchdog *w, nbl_session *s, double seconds) {
+  memset(w, 0, sizeof *w);
+  w->s = s;
+  clock_gettime(CLOCK_REALTIME, &w->deadline);
+  double whole = floor(seconds);
+  w->deadline.tv_sec += (time_t)whole;
+  w->deadline.tv_nsec += (long)((seconds - whole) * 1e9);
+  if (w->deadline.tv_nsec >= 1000000000L) {
+    w->deadline.tv_sec++;
+    w->deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  if (pthread_create(&w->th, NULL, watchdog_main, w) != 0) {
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    return -1;
+  }
+  return 0;
+}
+
+/* End the watchdog; returns 1 if it terminated the session. */
+static int watchdog_stop(watchdog *w) {
+  pthread_mutex_lock(&w->mu);
+  w->done = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->th, NULL);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  return w->fired;
 }
 
 int nbl_cmd_run(int argc, char **argv) {
   const char *model_path = NULL, *out_dir = NULL, *dump_dir = NULL;
   int threads = 0, repeat = 1, reference = 0, profile = 0, profile_top = 15;
+  double timeout = 0;
   int n_in = 0;
   char **in_specs = calloc((size_t)argc + 1, sizeof(char *));
   if (!in_specs) return 2;
@@ -184,6 +245,15 @@ int nbl_cmd_run(int argc, char **argv) {
       repeat = atoi(argv[++i]);
       if (repeat < 1) {
         fprintf(stderr, "nibble run: --repeat needs a positive number\n");
+        free(in_specs);
+        return 2;
+      }
+    } else if (strcmp(a, "--timeout") == 0 && has_next) {
+      char *end = NULL;
+      const char *v = argv[++i];
+      timeout = strtod(v, &end);
+      if (!*v || *end || !(timeout > 0) || timeout > 1e9) {
+        fprintf(stderr, "nibble run: --timeout wants a positive number of seconds, got '%s'\n", v);
         free(in_specs);
         return 2;
       }
@@ -265,9 +335,23 @@ int nbl_cmd_run(int argc, char **argv) {
   }
   const nbl_host_tensor *outs = NULL;
   double t0 = now_ms(), first = 0;
+  watchdog wd;
+  int watching = timeout > 0;
+  if (watching && watchdog_start(&wd, s, timeout) != 0) {
+    fprintf(stderr, "nibble run: cannot start the --timeout thread\n");
+    rc = 1;
+    goto out;
+  }
   for (int r = 0; r < repeat; r++) {
     st = nbl_session_run(s, n_in, ins, &outs);
     if (st != NBL_OK) {
+      int fired = watching && watchdog_stop(&wd);
+      watching = 0;
+      if (fired && st == NBL_ERR_TERMINATED) {
+        fprintf(stderr, "nibble run: timed out after %g s (%s)\n", timeout, nbl_last_error());
+        rc = 1;
+        goto out;
+      }
       fprintf(stderr, "nibble run: %s\n", nbl_last_error());
       rc = st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
       goto out;
@@ -278,6 +362,7 @@ int nbl_cmd_run(int argc, char **argv) {
     }
     so.on_value = NULL;
   }
+  if (watching) watchdog_stop(&wd);
   double total = now_ms() - t0;
   if (dc.failed) {
     rc = 1;

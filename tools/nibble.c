@@ -15,7 +15,7 @@ static const struct {
     {"passes", nbl_cmd_passes, "list every pass with its description and options"},
     {"ops", nbl_cmd_ops, "[--format text|md]: the op table (opsets, shape rule, gradient, fast paths)"},
     {"convert", nbl_cmd_convert, "MODEL -o OUT [--passes P1,P2{opt=v}] [dump options]"},
-    {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N]"},
+    {"run", nbl_cmd_run, "MODEL [--input NAME=FILE]... [--output-dir DIR] [--threads N] [--timeout S]"},
     {"test", nbl_cmd_test, "DIR...: run ONNX backend-test folders"},
     {"diff", nbl_cmd_diff, "A.onnx B.onnx: nodes, attributes, values, types and weights that differ"},
     {"compare", nbl_cmd_compare, "A.onnx B.onnx [--input NAME=FILE]... [--format text|csv]: error of B vs A"},

@@ -11,6 +11,8 @@
 #ifndef NBL_ENGINE_H
 #define NBL_ENGINE_H
 
+#include <stdatomic.h>
+
 #include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
 #include "runtime/core/threadpool.h"
@@ -79,6 +81,7 @@ struct nbl_engine {
   int ran;
   nbl_out_arena ar;
   nbl_engine_stats stats;
+  atomic_int terminate; /* set from any thread: runs stop between nodes (nbl_engine_terminate) */
 };
 
 /* The values of one graph while it runs: the main graph (top), or a

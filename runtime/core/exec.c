@@ -294,8 +294,14 @@ nbl_status nbl_frame_run(nbl_frame *f) {
   for (int s = 0; s < p->n_steps && st == NBL_OK; s++) {
     const nbl_step *sp = &p->steps[s];
     const nbl_node *nd = sp->fnode ? sp->fnode : &g->nodes[sp->node];
-    if (nd->n_inputs > cap_in) {
-      cap_in = nd->n_inputs;
+    st = nbl_engine_check_terminate(e);
+    if (st != NBL_OK) {
+      nbl_error_prefix("before node '%s' (%s)", nd->name ? nd->name : "", nd->op_type);
+      break;
+    }
+    /* at least NBL_KCTX_MIN_IN entries, NULL past the node's inputs (kernel.h) */
+    if (nd->n_inputs > cap_in || !ins) {
+      cap_in = nd->n_inputs > NBL_KCTX_MIN_IN ? nd->n_inputs : NBL_KCTX_MIN_IN;
       free(ins);
       ins = malloc(sizeof(*ins) * (size_t)cap_in);
     }
@@ -304,10 +310,11 @@ nbl_status nbl_frame_run(nbl_frame *f) {
       free(outs);
       outs = malloc(sizeof(*outs) * (size_t)cap_out);
     }
-    if ((nd->n_inputs && !ins) || (nd->n_outputs && !outs)) {
+    if (!ins || (nd->n_outputs && !outs)) {
       st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
       break;
     }
+    for (int k = nd->n_inputs; k < cap_in; k++) ins[k] = NULL;
     for (int k = 0; k < nd->n_inputs; k++) {
       nbl_id v = nd->inputs[k];
       ins[k] = NULL;
@@ -430,6 +437,16 @@ static nbl_status engine_run(nbl_engine *e) {
   e->ran = 1;
   e->stats.runs++;
   if (e->prof_ns) e->prof_runs++;
+  return NBL_OK;
+}
+
+void nbl_engine_terminate(nbl_engine *e, int on) {
+  if (e) atomic_store(&e->terminate, on ? 1 : 0);
+}
+
+nbl_status nbl_engine_check_terminate(nbl_engine *e) {
+  if (atomic_load_explicit(&e->terminate, memory_order_relaxed))
+    return nbl_errorf(NBL_ERR_TERMINATED, "run terminated");
   return NBL_OK;
 }
 

@@ -69,6 +69,16 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
  * next run or nbl_engine_free. */
 nbl_status nbl_engine_run(nbl_engine *e);
 
+/* Ask runs of e to stop (on != 0) or allow them again (on == 0); safe to call
+ * from any thread while a run is under way. While set, a run stops before its
+ * next node, Loop or Scan iteration or subgraph (at any depth) and fails with
+ * NBL_ERR_TERMINATED ("run terminated"); the flag stays set until cleared. */
+void nbl_engine_terminate(nbl_engine *e, int on);
+
+/* NBL_ERR_TERMINATED with the message "run terminated" if e was asked to
+ * stop, else NBL_OK. */
+nbl_status nbl_engine_check_terminate(nbl_engine *e);
+
 /* The value of graph output i after a run (NULL before). */
 const nbl_rt_tensor *nbl_engine_output(const nbl_engine *e, int i);
 

@@ -116,6 +116,10 @@ nbl_status nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
   struct nbl_exec *x = ctx ? ctx->exec : NULL;
   if (!x || !sub) return nbl_kerr(ctx, NBL_ERR_INTERNAL, "subgraph run outside an executor");
   nbl_engine *e = x->f->e;
+  /* every Loop/Scan iteration and If branch passes here: a request to stop
+   * ends even an iteration whose body has no node */
+  nbl_status tst = nbl_engine_check_terminate(e);
+  if (tst != NBL_OK) return nbl_node_error_context(ctx->node, tst);
   const nbl_gplan *p = nbl_plan_find(e, sub);
   if (!p) return nbl_kerr(ctx, NBL_ERR_INTERNAL, "subgraph '%s' was not planned", sub->name);
   if (n_in != sub->n_inputs)

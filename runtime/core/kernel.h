@@ -31,12 +31,17 @@ typedef struct nbl_rt_tensor {
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */
 
+#define NBL_KCTX_MIN_IN 16
+
 typedef struct nbl_kctx {
   const nbl_graph *graph;
   const nbl_node *node;
   int opset; /* version of the node's domain imported by the model */
   int n_in;
-  const nbl_rt_tensor *const *in; /* in[i] NULL when input i is omitted */
+  /* in[i] NULL when input i is omitted; the array has at least
+   * NBL_KCTX_MIN_IN entries, NULL from n_in on, so that a kernel reading an
+   * input a malformed node lacks sees it omitted, never past the array */
+  const nbl_rt_tensor *const *in;
   int n_out;
   nbl_rt_tensor **out; /* out[i] NULL when output i is not requested ("" name) */
   int reference;       /* 1: only reference code paths */

@@ -88,6 +88,10 @@ const char *nbl_session_output_name(const nbl_session *s, int i) {
   return g->values[g->outputs[i]].name;
 }
 
+void nbl_session_terminate(nbl_session *s, int terminate) {
+  if (s) nbl_engine_terminate(s->e, terminate);
+}
+
 nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *inputs,
                            const nbl_host_tensor **outputs) {
   if (!s || (n_inputs && !inputs))

@@ -316,8 +316,8 @@ static nbl_status k_roialign(nbl_kctx *c) {
                       (long long)b, (long long)N);
   }
   for (int64_t i = 0; i < nr && sr == 0; i++) { /* the adaptive grid must stay finite */
-    double rw = (nbl_rt_get_f64(Ro, 4 * i + 2) - nbl_rt_get_f64(Ro, 4 * i)) * scale,
-           rh = (nbl_rt_get_f64(Ro, 4 * i + 3) - nbl_rt_get_f64(Ro, 4 * i + 1)) * scale;
+    double rw = nbl_rt_get_f64(Ro, 4 * i + 2) * scale - nbl_rt_get_f64(Ro, 4 * i) * scale,
+           rh = nbl_rt_get_f64(Ro, 4 * i + 3) * scale - nbl_rt_get_f64(Ro, 4 * i + 1) * scale;
     if (!(rh / (double)PH <= 65536.0 && rw / (double)PW <= 65536.0))
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "roi %lld is not finite or too large for adaptive sampling",
                       (long long)i);
@@ -337,9 +337,9 @@ static nbl_status k_roialign(nbl_kctx *c) {
     double rw = ew - sw, rh = eh - sh;
     if (!half_pixel) rw = fmax(rw, 1.0), rh = fmax(rh, 1.0);
     double bh = rh / (double)PH, bw = rw / (double)PW;
-    int64_t gh = sr > 0 ? sr : (int64_t)ceil(rh / (double)PH), gw = sr > 0 ? sr : (int64_t)ceil(rw / (double)PW);
-    if (gh < 0) gh = 0;
-    if (gw < 0) gw = 0;
+    /* at most 65536 (checked above); negative, or NaN from inf - inf: no samples */
+    double qh = ceil(rh / (double)PH), qw = ceil(rw / (double)PW);
+    int64_t gh = sr > 0 ? sr : qh > 0 ? (int64_t)qh : 0, gw = sr > 0 ? sr : qw > 0 ? (int64_t)qw : 0;
     double count = (double)(gh * gw > 1 ? gh * gw : 1);
     for (int64_t ch = 0; ch < C; ch++) {
       const double *img = x + (b * C + ch) * H * W;

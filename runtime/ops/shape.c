@@ -154,6 +154,8 @@ static nbl_status k_reshape(nbl_kctx *c) {
         return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "shape[%d] = 0 copies a dimension the input (rank %d) lacks", i, x->rank);
       shp[i] = x->dims[i];
     }
+    if (shp[i] != 0 && known > INT64_MAX / shp[i])
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "shape has more elements than fit in 64 bits");
     known *= shp[i];
   }
   if (neg >= 0) {
@@ -557,6 +559,9 @@ static nbl_status k_tile(nbl_kctx *c) {
   nbl_strides(x->rank, x->dims, str);
   for (int d = 0; d < n; d++) {
     if (rep[d] < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "repeats[%d] is negative", d);
+    if (x->dims[d] && rep[d] > INT64_MAX / x->dims[d])
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "repeats[%d] = %lld: output too large", d,
+                      (long long)rep[d]);
     od[d] = x->dims[d] * rep[d];
     vd[2 * d] = rep[d];
     vs[2 * d] = 0;

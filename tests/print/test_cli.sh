@@ -137,5 +137,57 @@ if [ -f "$LENET" ]; then
   expect 2 'wants a count of nodes' -- run "$LENET" --input "input=$SRC/models/data/fmnist_test_100.npy" --profile=x
 fi
 
+# nibble run --timeout: a Loop of 2^40 iterations (endless), alone and inside
+# another Loop, stops after about a second with exit 1
+if [ -x "$PY" ] && $PY - "$T/endless.onnx" "$T/nested_endless.onnx" <<'EOF'
+import sys
+import onnx
+from onnx import TensorProto, helper as h
+
+def body(name, nodes):
+    return h.make_graph(
+        nodes, name + "_body",
+        [h.make_tensor_value_info(name + "_it", TensorProto.INT64, []),
+         h.make_tensor_value_info(name + "_ci", TensorProto.BOOL, []),
+         h.make_tensor_value_info(name + "_vi", TensorProto.FLOAT, [1])],
+        [h.make_tensor_value_info(name + "_co", TensorProto.BOOL, []),
+         h.make_tensor_value_info(name + "_vo", TensorProto.FLOAT, [1])])
+
+inits = [h.make_tensor("M", TensorProto.INT64, [], [2 ** 40]),
+         h.make_tensor("M1", TensorProto.INT64, [], [1]),
+         h.make_tensor("t", TensorProto.BOOL, [], [True]),
+         h.make_tensor("one", TensorProto.FLOAT, [1], [1.0])]
+io = ([h.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+      [h.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+inner = body("in", [h.make_node("Identity", ["in_ci"], ["in_co"]),
+                    h.make_node("Add", ["in_vi", "one"], ["in_vo"])])
+g = h.make_graph([h.make_node("Loop", ["M", "t", "x"], ["y"], body=inner)], "endless",
+                 *io, initializer=inits)
+onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), sys.argv[1])
+outer = body("out", [h.make_node("Identity", ["out_ci"], ["out_co"]),
+                     h.make_node("Loop", ["M", "t", "out_vi"], ["out_vo"], body=inner)])
+g = h.make_graph([h.make_node("Loop", ["M1", "t", "x"], ["y"], body=outer)], "nested_endless",
+                 *io, initializer=inits)
+onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), sys.argv[2])
+EOF
+then
+  $PY -c 'import numpy as np, sys; np.save(sys.argv[1], np.zeros([1], np.float32))' "$T/x1.npy"
+  for mdl in endless nested_endless; do
+    t0=$(date +%s%N)
+    expect 1 '^nibble run: timed out after 1 s \(.*run terminated\)' -- run "$T/$mdl.onnx" --input "x=$T/x1.npy" --timeout 1
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    n=$((n + 1))
+    if [ "$ms" -gt 3000 ]; then
+      echo "FAIL: nibble run $mdl.onnx --timeout 1 took $ms ms"; fails=$((fails + 1))
+    fi
+  done
+  expect 2 'wants a positive number of seconds' -- run "$T/endless.onnx" --input "x=$T/x1.npy" --timeout 0
+  expect 2 'wants a positive number of seconds' -- run "$T/endless.onnx" --input "x=$T/x1.npy" --timeout x
+  # a run that ends in time is not affected
+  expect 0 'time: ' -- run "$CONV" --input "0=$DATA/pytorch-converted/test_Conv2d/test_data_set_0/input_0.pb" --timeout 60
+else
+  echo "FAIL: could not build the endless Loop models"; fails=$((fails + 1))
+fi
+
 echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
 [ "$fails" -eq 0 ]

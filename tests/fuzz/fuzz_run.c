@@ -1,0 +1,240 @@
+/*
+ * fuzz_run.c - fuzz target: load -> plan -> run of small models.
+ *
+ * A model the loader accepts is planned (nbl_session_create, one thread,
+ * reference or fast kernels chosen by the input's hash) and run twice (the
+ * second run takes the planned-arena path) on inputs synthesized from the
+ * declared input types. Everything is bounded so that one input costs at
+ * most about a second and a few MB:
+ *  - models are refused (not run) when an input type is not a tensor, its
+ *    rank exceeds 8, a declared dimension exceeds FUZZ_MAX_DIM, an input
+ *    would exceed FUZZ_MAX_FEED_ELEMS elements, or the initializers hold more
+ *    than FUZZ_MAX_INIT_ELEMS elements; unknown and symbolic dimensions are
+ *    fed as FUZZ_UNKNOWN_DIM;
+ *  - at run time every tensor the runtime allocates goes through
+ *    nbl_rt_tensor_alloc and every If/Loop/Scan body run through
+ *    nbl_kctx_run_subgraph; the link wraps both (-Wl,--wrap=...) and makes
+ *    them fail with a clear "fuzz budget" error once one tensor exceeds
+ *    FUZZ_MAX_TENSOR_ELEMS elements, the tensors of a run together exceed
+ *    FUZZ_MAX_RUN_ELEMS, the body runs exceed FUZZ_MAX_SUBGRAPH_RUNS (this is
+ *    what bounds Loop trip counts, including endless ones) or the run has
+ *    taken FUZZ_MAX_RUN_MS. Kernels see an ordinary allocation failure, so the
+ *    error paths after a failed allocation are fuzzed too.
+ * A run may fail with any status and message; only crashes, sanitizer
+ * reports, leaks and a failure without a message are findings.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "fuzz_common.h"
+#include "include/nibble.h"
+#include "ir/ir.h"
+#include "runtime/core/kernel.h"
+
+#define FUZZ_MAX_DIM 64
+#define FUZZ_UNKNOWN_DIM 2
+#define FUZZ_MAX_FEED_ELEMS 4096
+#define FUZZ_MAX_INIT_ELEMS 65536
+#define FUZZ_MAX_TENSOR_ELEMS 65536
+#define FUZZ_MAX_RUN_ELEMS (1 << 22)
+#define FUZZ_MAX_SUBGRAPH_RUNS 256
+#define FUZZ_MAX_RUN_MS 1000
+
+/* ---- the run budget, enforced by the wrapped allocation and subgraph calls */
+
+static struct {
+  int active;
+  int64_t elems;
+  int subgraph_runs;
+  struct timespec start;
+} budget;
+
+static void budget_start(void) {
+  budget.active = 1;
+  budget.elems = 0;
+  budget.subgraph_runs = 0;
+  clock_gettime(CLOCK_MONOTONIC, &budget.start);
+}
+
+static int64_t budget_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)(now.tv_sec - budget.start.tv_sec) * 1000 +
+         (now.tv_nsec - budget.start.tv_nsec) / 1000000;
+}
+
+nbl_status __real_nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank,
+                                      const int64_t *dims);
+nbl_status __wrap_nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank,
+                                      const int64_t *dims);
+nbl_status __real_nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
+                                        const nbl_rt_tensor *const *in, int n_out,
+                                        nbl_rt_tensor **out);
+nbl_status __wrap_nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
+                                        const nbl_rt_tensor *const *in, int n_out,
+                                        nbl_rt_tensor **out);
+
+nbl_status __wrap_nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank,
+                                      const int64_t *dims) {
+  if (budget.active && rank >= 0 && rank <= NBL_MAX_RANK) {
+    int64_t n = nbl_shape_numel(rank, dims);
+    if (n > FUZZ_MAX_TENSOR_ELEMS)
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "fuzz budget: a tensor of %lld elements",
+                        (long long)n);
+    if (n > 0) budget.elems += n;
+    if (budget.elems > FUZZ_MAX_RUN_ELEMS)
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "fuzz budget: %lld elements allocated in one run",
+                        (long long)budget.elems);
+    if (budget_ms() > FUZZ_MAX_RUN_MS)
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "fuzz budget: the run took over %d ms",
+                        FUZZ_MAX_RUN_MS);
+  }
+  return __real_nbl_rt_tensor_alloc(t, dt, rank, dims);
+}
+
+nbl_status __wrap_nbl_kctx_run_subgraph(nbl_kctx *ctx, const nbl_graph *sub, int n_in,
+                                        const nbl_rt_tensor *const *in, int n_out,
+                                        nbl_rt_tensor **out) {
+  if (budget.active) {
+    if (++budget.subgraph_runs > FUZZ_MAX_SUBGRAPH_RUNS)
+      return nbl_kerr(ctx, NBL_ERR_RUNTIME, "fuzz budget: over %d subgraph runs",
+                      FUZZ_MAX_SUBGRAPH_RUNS);
+    if (budget_ms() > FUZZ_MAX_RUN_MS)
+      return nbl_kerr(ctx, NBL_ERR_RUNTIME, "fuzz budget: the run took over %d ms",
+                      FUZZ_MAX_RUN_MS);
+  }
+  return __real_nbl_kctx_run_subgraph(ctx, sub, n_in, in, n_out, out);
+}
+
+/* ---- input synthesis */
+
+static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Fill n elements of type dt: small values, so that they also make sense as
+ * indices, axes, shapes and counts (integers 0..3); floats in [-2, 2), in
+ * [0, 4) or whole numbers 0..3, chosen per tensor. */
+static int fill(nbl_host_tensor *h, int64_t n, uint64_t *seed) {
+  int mode = (int)(rng_next(seed) % 3);
+  size_t es = nbl_dtype_nbytes(h->dtype, 1);
+  if (h->dtype == NBL_DT_STRING) {
+    char **s = calloc((size_t)(n ? n : 1), sizeof *s);
+    if (!s) return -1;
+    static char *const words[] = {"", "a", "nibble", "A b"};
+    for (int64_t i = 0; i < n; i++) s[i] = words[rng_next(seed) % 4];
+    h->data = s;
+    h->nbytes = (size_t)n * sizeof *s;
+    return 0;
+  }
+  if (nbl_dtype_bits(h->dtype) == 0) return -1;
+  h->nbytes = nbl_dtype_nbytes(h->dtype, n);
+  unsigned char *d = calloc(h->nbytes ? h->nbytes : 1, 1);
+  if (!d) return -1;
+  h->data = d;
+  for (int64_t i = 0; i < n; i++) {
+    uint64_t r = rng_next(seed);
+    int64_t k = (int64_t)(r % 4);
+    double f = mode == 2 ? (double)k : (double)(int64_t)(r % 4096) / 1024.0 - (mode ? 0.0 : 2.0);
+    switch (h->dtype) {
+    case NBL_DT_FLOAT: ((float *)d)[i] = (float)f; break;
+    case NBL_DT_DOUBLE: ((double *)d)[i] = f; break;
+    case NBL_DT_FLOAT16: ((uint16_t *)d)[i] = nbl_float_to_half((float)f); break;
+    case NBL_DT_BFLOAT16: ((uint16_t *)d)[i] = nbl_float_to_bf16((float)f); break;
+    case NBL_DT_BOOL: d[i] = (unsigned char)(r & 1); break;
+    case NBL_DT_INT4:
+    case NBL_DT_UINT4: d[i / 2] |= (unsigned char)((r & 15) << (i % 2 ? 4 : 0)); break;
+    default: /* integers, float8 and complex types: bytes of the small value k */
+      for (size_t b = 0; b < es; b++)
+        d[(size_t)i * es + b] = b == 0 ? (unsigned char)k : 0;
+      if (h->dtype == NBL_DT_COMPLEX64) ((float *)d)[2 * i] = (float)f;
+      if (h->dtype == NBL_DT_COMPLEX128) ((double *)d)[2 * i] = f;
+      break;
+    }
+  }
+  return 0;
+}
+
+static int64_t init_elems(const nbl_graph *g) {
+  int64_t n = 0;
+  for (int i = 0; i < g->n_initializers; i++) {
+    const nbl_tensor *t = g->values[g->initializers[i]].init;
+    int64_t k = t ? nbl_tensor_numel(t) : 0;
+    if (k < 0) return INT64_MAX;
+    n += k;
+  }
+  return n;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  nbl_model *m = NULL;
+  if (nbl_model_load_buffer(data, size, "fuzz.onnx", NULL, &m) != NBL_OK) return 0;
+  uint64_t seed = 1469598103934665603ull; /* FNV-1a of the input: reproducible */
+  for (size_t i = 0; i < size; i++) seed = (seed ^ data[i]) * 1099511628211ull;
+  nbl_session *s = NULL;
+  nbl_host_tensor *in = NULL;
+  int n_in = 0;
+  nbl_status st = NBL_OK;
+  if (init_elems(m->graph) > FUZZ_MAX_INIT_ELEMS) goto done;
+  nbl_session_options opt = {.threads = 1, .reference = (int)(seed & 1)};
+  budget_start();
+  st = nbl_session_create(m, &opt, &s);
+  budget.active = 0;
+  if (st != NBL_OK) {
+    if (s) fuzz_fail("a failed session_create returned a session");
+    if (!nbl_last_error()[0]) fuzz_fail("session_create failed without a message");
+    goto done;
+  }
+  int n = nbl_session_input_count(s);
+  in = calloc((size_t)(n ? n : 1), sizeof *in);
+  if (!in) goto done;
+  for (; n_in < n; n_in++) {
+    nbl_host_tensor *h = &in[n_in];
+    if (nbl_session_input_info(s, n_in, h) != NBL_OK)
+      fuzz_fail("input %d of %d has no info: %s", n_in, n, nbl_last_error());
+    if (h->dtype == NBL_DT_UNDEFINED || h->rank > NBL_MAX_DIMS) goto done;
+    if (h->rank < 0) { /* shape not declared: feed a vector */
+      h->rank = 1;
+      h->dims[0] = -1;
+    }
+    int64_t numel = 1;
+    for (int d = 0; d < h->rank; d++) {
+      if (h->dims[d] < 0) h->dims[d] = FUZZ_UNKNOWN_DIM;
+      if (h->dims[d] > FUZZ_MAX_DIM) goto done;
+      numel *= h->dims[d];
+    }
+    if (numel > FUZZ_MAX_FEED_ELEMS) goto done;
+    if (fill(h, numel, &seed) != 0) goto done;
+  }
+  for (int run = 0; run < 2; run++) {
+    const nbl_host_tensor *outs = NULL;
+    budget_start();
+    st = nbl_session_run(s, n_in, in, &outs);
+    budget.active = 0;
+    if (st != NBL_OK) {
+      if (!nbl_last_error()[0]) fuzz_fail("a run failed without a message");
+      break;
+    }
+    int n_out = nbl_session_output_count(s);
+    for (int i = 0; i < n_out; i++) {
+      const nbl_host_tensor *o = &outs[i];
+      /* the output views must be readable: touch every byte */
+      volatile unsigned char sink = 0;
+      if (o->dtype != NBL_DT_STRING)
+        for (size_t b = 0; b < o->nbytes; b++) sink ^= ((const unsigned char *)o->data)[b];
+      (void)sink;
+    }
+  }
+done:
+  if (getenv("NBL_FUZZ_VERBOSE")) /* replay_main: which models ran, which were refused */
+    fprintf(stderr, "  %s\n", !s ? "not planned" : n_in < nbl_session_input_count(s) ? "refused"
+                               : st == NBL_OK ? "ran" : nbl_last_error());
+  for (int i = 0; i < n_in; i++) free(in[i].data);
+  free(in);
+  nbl_session_free(s);
+  nbl_model_free(m);
+  return 0;
+}
