@@ -240,6 +240,7 @@ NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-
 NBL_OP_FAMILY(grad_shape)       /* runtime/ops/grad_shape.c: Gather, Slice backward */
 NBL_OP_FAMILY(grad_conv)        /* runtime/ops/grad_conv.c: Conv, ConvTranspose backward */
 NBL_OP_FAMILY(grad_pool_norm)   /* runtime/ops/grad_pool_norm.c: pooling, BatchNorm, LayerNorm backward */
+NBL_OP_FAMILY(grad_int4)        /* runtime/ops/grad_int4.c: 4-bit training's backward products in integers */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */
 const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int opset);

@@ -31,6 +31,7 @@ static const struct {
     {nbl_ops_grad_shape, &nbl_ops_grad_shape_count},
     {nbl_ops_grad_conv, &nbl_ops_grad_conv_count},
     {nbl_ops_grad_pool_norm, &nbl_ops_grad_pool_norm_count},
+    {nbl_ops_grad_int4, &nbl_ops_grad_int4_count},
 };
 
 static int same_domain(const char *a, const char *b) {

@@ -1,0 +1,211 @@
+/* int4_backward.c - int4-backward: run the backward products of 4-bit
+ * layers in integers. In the main graph and every training algorithm graph:
+ *   - a com.microsoft ConvGrad whose dY is the output of an ai.nibble
+ *     QuantizeLog with radix 2 or 4 (levels within 2^14 of each other) and
+ *     whose X (when dW is computed) and W (when dX is computed) are outputs
+ *     of ai.nibble QuantizeInt4 becomes ai.nibble Int4LogConvGrad
+ *     (runtime/ops/grad_int4.c), with the quantizers' scale outputs (named
+ *     "<Y>_scale" when the node had none) as its X_scale and W_scale inputs;
+ *   - a Gemm without C (or with beta = 0: C dropped), or a MatMul of two
+ *     2-D operands, multiplying a QuantizeLog output by a QuantizeInt4
+ *     output becomes ai.nibble Int4LogGemm (A_scale or B_scale on the
+ *     INT4 side).
+ * With linear=1, gradients quantized by QuantizeInt4 (linear INT4 codes,
+ * quantize-grad-log4{format=int4}) count too: ConvGrad gets dY_scale, and a
+ * product of two QuantizeInt4 outputs is taken (a bias-less forward Gemm of
+ * two quantized operands as well: the same product).
+ * The results are those of the float ops to float rounding (the integer
+ * sums are exact and each output is rounded once; an operand off its grid
+ * at run time falls back to the float kernel), so the pass does not change
+ * numerics beyond reassociation. Run it after quantize-grad-log4:
+ *   nibble train --int4 --log4-grad --passes int4-backward MODEL ... */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pass.h"
+
+enum { K_NONE = 0, K_LOG = 1, K_INT = 2 };
+
+typedef struct ib_state {
+  nbl_pass_ctx *ctx;
+  nbl_model *m;
+  int linear;
+  int n_conv, n_gemm, n_kept;
+  char kept[512];
+} ib_state;
+
+static int op_is(const nbl_node *n, const char *dom, const char *op) {
+  return !n->dead && !strcmp(n->domain, dom) && !strcmp(n->op_type, op);
+}
+
+static nbl_node *producer(nbl_graph *g, nbl_id v) {
+  if (v == NBL_NONE || g->values[v].producer == NBL_NONE) return NULL;
+  return &g->nodes[g->values[v].producer];
+}
+
+/* How value v is coded: the output 0 of a QuantizeLog with power-of-two
+ * levels (radix 2 or 4, the span radix^(L-1) at most 2^14), or of a
+ * QuantizeInt4 (any bits: its codes are at most 8-bit). */
+static int kind_of(nbl_graph *g, nbl_id v, nbl_id *qnode) {
+  nbl_node *p = producer(g, v);
+  *qnode = NBL_NONE;
+  if (!p || p->n_outputs < 1 || p->outputs[0] != v) return K_NONE;
+  *qnode = g->values[v].producer;
+  if (op_is(p, "ai.nibble", "QuantizeInt4")) return K_INT;
+  if (!op_is(p, "ai.nibble", "QuantizeLog")) return K_NONE;
+  int64_t radix = nbl_attr_int(p, "radix", 4), eb = nbl_attr_int(p, "exp_bits", 3);
+  int shift = radix == 4 ? 2 : radix == 2 ? 1 : 0;
+  if (!shift || eb < 1 || eb > 4 || shift * (((int64_t)1 << eb) - 2) > 14) return K_NONE;
+  return K_LOG;
+}
+
+/* The scale output (output 1) of QuantizeInt4 node q, added when absent. */
+static nbl_id scale_of(ib_state *s, nbl_graph *g, nbl_id q) {
+  nbl_node *n = &g->nodes[q];
+  if (n->n_outputs > 1 && n->outputs[1] != NBL_NONE) return n->outputs[1];
+  char hint[300];
+  snprintf(hint, sizeof hint, "%s_scale", g->values[n->outputs[0]].name);
+  nbl_id v = nbl_graph_add_value(g, nbl_graph_unique_name(g, hint));
+  if (v == NBL_NONE) return NBL_NONE;
+  nbl_type_set_tensor(s->m->arena, &g->values[v].type, NBL_DT_FLOAT, 0, NULL);
+  nbl_graph_add_value_info(g, v); /* its type survives a save (build-training's graphs keep theirs) */
+  n = &g->nodes[q];
+  if (n->n_outputs < 2) {
+    nbl_id *o = nbl_arena_alloc(s->m->arena, sizeof(nbl_id) * 2);
+    if (!o) return NBL_NONE;
+    o[0] = n->outputs[0];
+    o[1] = NBL_NONE;
+    n->outputs = o;
+    n->n_outputs = 2;
+  }
+  n->outputs[1] = v;
+  g->values[v].producer = q;
+  return v;
+}
+
+static void keep(ib_state *s, const nbl_node *n, const char *why) {
+  s->n_kept++;
+  size_t k = strlen(s->kept);
+  if (k < sizeof s->kept - 80)
+    snprintf(s->kept + k, sizeof s->kept - k, "%s%s (%s)", k ? ", " : "", n->name[0] ? n->name : n->op_type, why);
+}
+
+static void retype(ib_state *s, nbl_node *n, const char *op) {
+  n->op_type = nbl_arena_strdup(s->m->arena, op);
+  n->domain = nbl_arena_strdup(s->m->arena, "ai.nibble");
+}
+
+/* Remove attribute `name` of node n, if present. */
+static void drop_attr(nbl_node *n, const char *name) {
+  for (int i = 0; i < n->n_attrs; i++)
+    if (!strcmp(n->attrs[i].name, name)) {
+      memmove(n->attrs + i, n->attrs + i + 1, sizeof(nbl_attr) * (size_t)(n->n_attrs - i - 1));
+      n->n_attrs--;
+      return;
+    }
+}
+
+static nbl_status conv_grad(ib_state *s, nbl_graph *g, nbl_id id) {
+  nbl_node *n = &g->nodes[id];
+  if (n->n_inputs < 3) return NBL_OK;
+  nbl_id qd, qx, qw;
+  const int kd = kind_of(g, n->inputs[0], &qd), kx = kind_of(g, n->inputs[1], &qx),
+            kw = kind_of(g, n->inputs[2], &qw);
+  const int want_dx = n->n_outputs > 0 && n->outputs[0] != NBL_NONE,
+            want_dw = n->n_outputs > 1 && n->outputs[1] != NBL_NONE;
+  if (kd == K_NONE || (kd == K_INT && !s->linear)) {
+    if (kx == K_INT || kw == K_INT) keep(s, n, kd == K_INT ? "linear dY; linear=1 takes it" : "dY not log-quantized");
+    return NBL_OK;
+  }
+  if ((want_dw && kx != K_INT) || (want_dx && kw != K_INT)) {
+    keep(s, n, want_dw && kx != K_INT ? "X not from QuantizeInt4" : "W not from QuantizeInt4");
+    return NBL_OK;
+  }
+  nbl_id sc[3] = {kx == K_INT ? scale_of(s, g, qx) : NBL_NONE, kw == K_INT ? scale_of(s, g, qw) : NBL_NONE,
+                  kd == K_INT ? scale_of(s, g, qd) : NBL_NONE};
+  for (int i = 0; i < 3; i++)
+    if ((i == 0 ? kx : i == 1 ? kw : kd) == K_INT && sc[i] == NBL_NONE)
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
+  int last = sc[2] != NBL_NONE ? 2 : sc[1] != NBL_NONE ? 1 : 0;
+  for (int i = 0; i <= last; i++) nbl_node_set_input(g, id, 3 + i, sc[i]);
+  retype(s, &g->nodes[id], "Int4LogConvGrad");
+  s->n_conv++;
+  return NBL_OK;
+}
+
+static nbl_status product(ib_state *s, nbl_graph *g, nbl_id id, int matmul) {
+  nbl_node *n = &g->nodes[id];
+  if (n->n_inputs < 2) return NBL_OK;
+  nbl_id qa, qb;
+  const int ka = kind_of(g, n->inputs[0], &qa), kb = kind_of(g, n->inputs[1], &qb);
+  const int ok = (ka == K_LOG && kb == K_INT) || (ka == K_INT && kb == K_LOG) ||
+                 (s->linear && ka == K_INT && kb == K_INT);
+  if (!ok) {
+    if (ka == K_LOG || kb == K_LOG) keep(s, n, "the other operand not from QuantizeInt4");
+    return NBL_OK;
+  }
+  if (matmul) {
+    const nbl_type *ta = &g->values[n->inputs[0]].type, *tb = &g->values[n->inputs[1]].type;
+    if (ta->rank != 2 || tb->rank != 2) {
+      keep(s, n, "MatMul operands not known to be 2-D");
+      return NBL_OK;
+    }
+  } else if (n->n_inputs > 2 && n->inputs[2] != NBL_NONE) {
+    if (nbl_attr_float(n, "beta", 1.0f) != 0.0f) {
+      if (ka == K_LOG || kb == K_LOG) keep(s, n, "Gemm with a C term");
+      return NBL_OK;
+    }
+  }
+  nbl_id sa = ka == K_INT ? scale_of(s, g, qa) : NBL_NONE, sb = kb == K_INT ? scale_of(s, g, qb) : NBL_NONE;
+  if ((ka == K_INT && sa == NBL_NONE) || (kb == K_INT && sb == NBL_NONE))
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
+  nbl_node_set_input(g, id, 2, sa); /* replaces C, if any */
+  if (sb != NBL_NONE || g->nodes[id].n_inputs > 3) nbl_node_set_input(g, id, 3, sb);
+  n = &g->nodes[id];
+  while (n->n_inputs > 2 && n->inputs[n->n_inputs - 1] == NBL_NONE) n->n_inputs--; /* no trailing "" */
+  drop_attr(n, "beta");
+  retype(s, &g->nodes[id], "Int4LogGemm");
+  s->n_gemm++;
+  return NBL_OK;
+}
+
+static nbl_status run_graph(ib_state *s, nbl_graph *g) {
+  const int n0 = g->n_nodes; /* the nodes to look at (scale values add none) */
+  for (nbl_id id = 0; id < n0; id++) {
+    nbl_status st = NBL_OK;
+    const nbl_node *n = &g->nodes[id];
+    if (op_is(n, "com.microsoft", "ConvGrad")) st = conv_grad(s, g, id);
+    else if (op_is(n, "", "Gemm")) st = product(s, g, id, 0);
+    else if (op_is(n, "", "MatMul")) st = product(s, g, id, 1);
+    if (st) return st;
+  }
+  return NBL_OK;
+}
+
+static nbl_status ib_run(nbl_pass_ctx *ctx) {
+  ib_state s = {.ctx = ctx, .m = ctx->model, .linear = nbl_pass_opt_bool(ctx, "linear")};
+  nbl_status st = run_graph(&s, ctx->model->graph);
+  for (int t = 0; !st && t < ctx->model->n_training; t++)
+    if (ctx->model->training[t].algorithm) st = run_graph(&s, ctx->model->training[t].algorithm);
+  if (st) return st;
+  if ((s.n_conv || s.n_gemm) && nbl_model_opset(ctx->model, "ai.nibble") < 1)
+    nbl_model_set_opset(ctx->model, "ai.nibble", 1);
+  ctx->changed = s.n_conv + s.n_gemm;
+  nbl_pass_logf(ctx, "%d ConvGrad and %d Gemm/MatMul backward products to integer kernels%s%s", s.n_conv,
+                s.n_gemm, s.n_kept ? "; kept in float: " : "", s.kept);
+  return NBL_OK;
+}
+
+const nbl_pass_def nbl_pass_int4_backward = {
+    .name = "int4-backward",
+    .description = "run the backward products of QuantizeInt4 x QuantizeLog operands (ConvGrad, Gemm, 2-D "
+                   "MatMul) as ai.nibble integer kernels",
+    .run = ib_run,
+    .changes_numerics = 0,
+    .options =
+        {
+            {"linear", NBL_OPT_BOOL, "0",
+             "also gradients quantized by QuantizeInt4 (linear INT4 codes, quantize-grad-log4{format=int4})"},
+        },
+};

@@ -1,0 +1,170 @@
+/*
+ * int4_backward.h - integer kernels for the backward products of 4-bit
+ * training (issue 16): the input gradient dX = dY * W^T and the weight
+ * gradient dW = X^T * dY of Conv and Gemm/MatMul when every operand is a
+ * tensor of small integer codes times one float per tensor:
+ *   - INT4/INT8 activations and weights from QuantizeInt4: v = fl(s * n),
+ *     n = q - z (runtime/formats/int4.h), the scale s known;
+ *   - gradients from QuantizeLog with radix 2 or 4 (runtime/formats/log.h):
+ *     v = 0 or +-top * r^-k, i.e. +-unit * 2^e with unit the smallest
+ *     level, so the integer code is a power of two (radix 4, 3 exponent
+ *     bits: 4^6 = 4096 at most), recovered from the values themselves
+ *     (every non-zero element shares one float mantissa).
+ * Codes are int16 (|code| <= NBL_I4B_MAX_CODE = 2^14), products int16 x
+ * int16 summed exactly in int32 over at most nbl_i4b_kchunk(max|a|, max|b|)
+ * terms (K * max|a| * max|b| <= INT32_MAX; longer sums are split and added
+ * in int64), and each output is rescaled once: y = (float)(acc * u_a * u_b)
+ * with the product taken in double (acc and the units are exact there).
+ *
+ * GEMM layout: C[m][n] = sum_k A[m][k] * B[k][n]. A is int16 rows, k
+ * contiguous, the row length padded to an even Kp with zeros; B is packed
+ * in panels of NBL_I4B_NR = 16 columns, each [Kp/2][16][2] int16: for the
+ * pair of k (2j, 2j+1) the 16 columns' two codes side by side, the operand
+ * of vpdpwssd / vpmaddwd (one 32-bit lane = one column's pair).
+ *
+ * Three variants, chosen at run time (nbl_i4b_best_isa, through
+ * runtime/core/cpu.h): AVX-512 (F+BW+VNNI, vpdpwssd, tiles of 6 x 32), AVX2 (vpmaddwd +
+ * vpaddd, tiles of 6 x 16) and portable C. All accumulate the same integers
+ * exactly, so all give identical results; the variants differ in speed only.
+ */
+#ifndef NBL_INT4_BACKWARD_H
+#define NBL_INT4_BACKWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/core/kernel.h"
+#include "runtime/kernels/gemm.h"
+
+typedef enum { NBL_I4B_SCALAR = 0, NBL_I4B_AVX2 = 1, NBL_I4B_AVX512 = 2 } nbl_i4b_isa;
+
+/* The variant to use on the calling thread: the best one that the one CPU
+ * dispatch configuration allows (runtime/core/cpu.h: the CPU, the process
+ * cap NBL_ISA=scalar|avx2|avx512, the session's cap), chosen where a kernel
+ * starts and passed to the threads it runs. nbl_i4b_set_isa (tests,
+ * benchmarks) overrides it for the process: a variant, or -1 for the
+ * dispatch's choice; a variant the CPU lacks is never used (the next lower
+ * one is). nbl_i4b_isa_supported: whether the CPU has the variant (no cap). */
+nbl_i4b_isa nbl_i4b_best_isa(void);
+int nbl_i4b_isa_supported(nbl_i4b_isa isa);
+void nbl_i4b_set_isa(int isa);
+/* "scalar", "avx2", "avx512". */
+const char *nbl_i4b_isa_name(nbl_i4b_isa isa);
+
+/* ------------------------------------------------------------------ codes */
+
+#define NBL_I4B_MAX_CODE 16384 /* 2^14: pair sums of products stay far inside int32 */
+
+/* An operand's grid: value = unit * code, |code| <= maxabs. */
+typedef struct nbl_i4b_grid {
+  float unit;
+  int32_t maxabs;
+} nbl_i4b_grid;
+
+/* Power-of-two codes (log-quantized gradients): every x[i] must be +-0 or
+ * +-unit * 2^e with 0 <= e <= 14, unit the smallest non-zero magnitude (all
+ * non-zero elements share one float mantissa, none subnormal, none NaN or
+ * Inf). Writes the codes +-2^e to q (NULL: check only) and the grid (an
+ * all-zero x: unit 1, maxabs 0). Returns 0, or -1 when x is not on such a
+ * grid (q then partly written). Vectorized per isa; every variant gives
+ * the same result. */
+int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, nbl_i4b_grid *g);
+
+/* Linear codes (QuantizeInt4 outputs): every x[i] must equal the float
+ * product scale * (float)c for an integer |c| <= NBL_I4B_MAX_CODE (c =
+ * rint(x / scale), checked by multiplying back). scale must be finite and
+ * > 0. Writes c to q and the grid (unit = scale). Returns 0 or -1. */
+int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale, int16_t *q,
+                         nbl_i4b_grid *g);
+
+/* The longest even k such that k * maxa * maxb <= INT32_MAX (so an int32
+ * sum of k products never overflows), at least 2; maxa, maxb in
+ * 0..NBL_I4B_MAX_CODE. */
+int64_t nbl_i4b_kchunk(int32_t maxa, int32_t maxb);
+
+/* ------------------------------------------------------------------ operands */
+
+#define NBL_I4B_NR 16 /* columns per B panel */
+#define NBL_I4B_MR 6  /* rows per micro-tile */
+
+/* B packed in panels (see the header comment); p is 64-byte aligned and
+ * reused between calls (nbl_i4b_panels_reserve grows it). */
+typedef struct nbl_i4b_panels {
+  int64_t K, N;   /* logical B[K][N] */
+  int64_t Kp, np; /* K rounded up to even, number of panels ceil(N / 16) */
+  int16_t *p;     /* np * Kp * 16 codes */
+  size_t cap;     /* codes allocated */
+} nbl_i4b_panels;
+
+/* Make b hold a K x N operand (contents undefined). 0, or -1 out of memory. */
+int nbl_i4b_panels_reserve(nbl_i4b_panels *b, int64_t K, int64_t N);
+void nbl_i4b_panels_free(nbl_i4b_panels *b);
+/* Pack B[k][n] = src[k * sk + n * sn] into b (reserved for K x N), zeros in
+ * the padding; vectorized for sn == 1 (row pairs interleaved) and sk == 1
+ * (32-bit units transposed) on AVX-512. Any isa gives the same bytes. */
+void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, nbl_i4b_panels *b);
+/* A operand: dst[m * lda + k] = src[m * sm + k * sk] for m < M, k < K, and
+ * zeros for k in [K, lda) (lda >= K rounded up to even). */
+void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int64_t sk,
+                       int16_t *dst, int64_t lda);
+
+/* ------------------------------------------------------------------ GEMM */
+
+typedef enum {
+  NBL_I4B_STORE32,  /* int32 c[m][n] = acc (the caller guarantees it fits) */
+  NBL_I4B_ADD64,    /* int64 c[m][n] += acc */
+  NBL_I4B_SCALE_F32 /* float c[m][n] = (float)((double)acc * scale) */
+} nbl_i4b_sink_kind;
+
+/* Where the GEMM's exact sums go: element (m, n) at c[m * ldc + n], or at
+ * c[n * ldc + m] when trans is set. */
+typedef struct nbl_i4b_sink {
+  nbl_i4b_sink_kind kind;
+  void *c;
+  int64_t ldc;
+  int trans;
+  double scale; /* NBL_I4B_SCALE_F32 */
+} nbl_i4b_sink;
+
+/* Rows [m0, m1) x columns [n0, n1) of C = A * B (A: rows of lda >= B->Kp
+ * codes; B packed; n0 a multiple of NBL_I4B_NR, n1 clamped to B->N), every
+ * sum exact: int32 over chunks of kchunk k (even, from nbl_i4b_kchunk of
+ * the operands' maxabs), chunks added in int64, written to the sink. The
+ * ranges let threads split the rows or the columns. */
+void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                  const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
+
+/* ------------------------------------------------------------------ the backward products
+ * (runtime/kernels/int4_backward_conv.c) */
+
+/* Results of nbl_i4b_conv_grad: each float output y = (float)(acc * s)
+ * (NULL: not computed), and/or the exact accumulators (tests; NULL: not
+ * kept). dx: X's shape, dw: W's, db: [M]. */
+typedef struct nbl_i4b_conv_out {
+  float *dx, *dw, *db;
+  int64_t *dx_acc, *dw_acc, *db_acc;
+  double dx_scale, dw_scale, db_scale;
+} nbl_i4b_conv_out;
+
+/* ConvGrad in integers for geometry g (any spatial rank, groups,
+ * depthwise): dy codes [N, M, out...], x codes [N, C, in...] (needed for
+ * dW), w codes [M, C/group, k...] (needed for dX), with their maxabs;
+ *   dB[m] = sum dY,  dW = sum over images and pixels of dY * im2col(X),
+ *   dX = col2im(W^T * dY),
+ * as ConvGrad's fast float path (runtime/ops/grad_conv.c) but exact; the
+ * caller sets the scales (dx: u_dy * u_w, dw: u_dy * u_x, db: u_dy).
+ * Threads of ctx (may be NULL: one thread). Returns NBL_OK or
+ * NBL_ERR_OUT_OF_MEMORY (no message set). */
+nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g,
+                             const int16_t *dy, int32_t dy_max, const int16_t *x, int32_t x_max,
+                             const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out);
+
+/* Y[M][N] = op(A) * op(B) in integers, Y = (float)(acc * scale) (y NULL:
+ * not stored) and/or the exact accumulators acc[M][N] (NULL: not kept).
+ * op(A)[m][k] = a[transA ? k * M + m : m * K + k], likewise B (K x N).
+ * Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY (no message set). */
+nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, int64_t K,
+                          const int16_t *a, int transA, int32_t a_max, const int16_t *b,
+                          int transB, int32_t b_max, double scale, float *y, int64_t *acc);
+
+#endif /* NBL_INT4_BACKWARD_H */

@@ -1,0 +1,641 @@
+/* int4_backward_conv.c - the backward products of Conv and Gemm/MatMul in
+ * integers (contracts in int4_backward.h): im2col / col2im over int16 codes
+ * in chunks of images, as ConvGrad's float path (runtime/ops/grad_conv.c)
+ * arranges them,
+ *   dW_g^T [K, Mg] += col [K, L] x dyg^T [L, Mg]   (A = col: rows of pixels)
+ *   col [K, L]      = W_g^T [K, Mg] x dyg [Mg, L]  (then col2im into dX)
+ * with K = C/group * taps and L the pixels of the chunk's images side by
+ * side; dW sums in int64 over chunks, dX's col2im in int32 (int64 when
+ * Mg * taps * max|w| * max|dy| could pass INT32_MAX). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/int4_backward.h"
+
+#if defined(__x86_64__)
+#define I4B_X86 1
+#include <immintrin.h>
+#else
+#define I4B_X86 0
+#endif
+
+#define CHUNK_COLS 4096      /* pixels per chunk, as the float path */
+#define CHUNK_CODES (1 << 23) /* col budget per chunk: 16 MB of int16 */
+
+/* ------------------------------------------------------------------ im2col / col2im */
+
+/* For each (output position a, tap ki) the input linear index of a * s - pb
+ * + k * d, or -1 in the padding: [out_sz * k_sz] (any spatial rank). */
+static int64_t *tap_table(const nbl_conv_geom *g) {
+  int64_t *t = malloc(sizeof(int64_t) * (size_t)(g->out_sz * g->k_sz > 0 ? g->out_sz * g->k_sz : 1));
+  if (!t) return NULL;
+  for (int64_t a = 0; a < g->out_sz; a++)
+    for (int64_t ki = 0; ki < g->k_sz; ki++) {
+      int64_t ra = a, rk = ki, idx = 0, ac[NBL_CONV_MAX_SP], kc[NBL_CONV_MAX_SP];
+      for (int i = g->ns - 1; i >= 0; i--) {
+        ac[i] = ra % g->out[i];
+        ra /= g->out[i];
+        kc[i] = rk % g->k[i];
+        rk /= g->k[i];
+      }
+      for (int i = 0; i < g->ns && idx >= 0; i++) {
+        int64_t p = ac[i] * g->s[i] - g->pb[i] + kc[i] * g->d[i];
+        idx = p < 0 || p >= g->in[i] ? -1 : idx * g->in[i] + p;
+      }
+      t[a * g->k_sz + ki] = idx;
+    }
+  return t;
+}
+
+/* One tap's plane of im2col, OH rows of OW codes at d: row oh is input row
+ * ih = ih0 + oh * sh of plane (H rows of Wd codes; 0 outside), read at
+ * columns ow * sw + off for ow in [ow0, ow1), 0 elsewhere. */
+typedef struct tap_plane {
+  int64_t OH, OW, ih0, sh, H, Wd, off, sw, ow0, ow1;
+} tap_plane;
+
+static inline __attribute__((always_inline)) void plane_body(int16_t *restrict d, const int16_t *restrict plane,
+                                                             const tap_plane *t) {
+  for (int64_t oh = 0; oh < t->OH; oh++, d += t->OW) {
+    const int64_t ih = t->ih0 + oh * t->sh;
+    if (ih < 0 || ih >= t->H) {
+      for (int64_t ow = 0; ow < t->OW; ow++) d[ow] = 0;
+      continue;
+    }
+    const int16_t *row = plane + ih * t->Wd + t->off;
+    for (int64_t ow = 0; ow < t->ow0; ow++) d[ow] = 0;
+    for (int64_t ow = t->ow0; ow < t->ow1; ow++) d[ow] = row[ow * t->sw];
+    for (int64_t ow = t->ow1; ow < t->OW; ow++) d[ow] = 0;
+  }
+}
+
+/* plane_body compiled with the loop vectorizer's full cost model (-O2's
+ * keeps these short copies scalar): SSE2 for the C variant, AVX2 for its own
+ * (GCC; other compilers compile them as the rest). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define I4B_VECTORIZE __attribute__((optimize("O3")))
+#else
+#define I4B_VECTORIZE
+#endif
+I4B_VECTORIZE static void plane_c(int16_t *d, const int16_t *plane, const tap_plane *t) {
+  plane_body(d, plane, t);
+}
+#if I4B_X86
+I4B_VECTORIZE __attribute__((target("avx2"))) static void plane_256(int16_t *d, const int16_t *plane,
+                                                                      const tap_plane *t) {
+  plane_body(d, plane, t);
+}
+#endif
+
+#if I4B_X86
+/* AVX-512, strides 1 and 2 (others in C): rows of up to 32 outputs from
+ * one masked load (two and a vpermt2w for stride 2; lanes outside [ow0,
+ * ow1) are neither read nor kept), longer rows in blocks of 32. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void plane_512(int16_t *d, const int16_t *plane,
+                                                                                const tap_plane *t) {
+  if (t->sw > 2) {
+    plane_c(d, plane, t);
+    return;
+  }
+  static const int16_t even[32] __attribute__((aligned(64))) = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                                               22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+                                                               44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+  const __m512i ev = _mm512_load_si512(even), z = _mm512_setzero_si512();
+  for (int64_t o = 0; o < t->OW; o += 32) {
+    const int64_t lo = t->ow0 > o ? t->ow0 - o : 0, hi = t->ow1 < o + 32 ? t->ow1 - o : 32; /* valid lanes */
+    const uint32_t keep =
+        hi > lo ? (uint32_t)(((uint64_t)1 << hi) - 1) & ~(uint32_t)(((uint64_t)1 << lo) - 1) : 0;
+    const __mmask32 st = (__mmask32)(t->OW - o >= 32 ? 0xffffffffu : ((uint32_t)1 << (t->OW - o)) - 1);
+    /* stride 2: input lane 2i for output lane i in [lo, hi) */
+    const uint64_t in2 = hi > lo ? 0x5555555555555555ull & (2 * hi >= 64 ? ~0ull : ((uint64_t)1 << (2 * hi)) - 1) &
+                                       ~(((uint64_t)1 << (2 * lo)) - 1)
+                                 : 0;
+    int16_t *dd = d + o;
+    for (int64_t oh = 0; oh < t->OH; oh++, dd += t->OW) {
+      const int64_t ih = t->ih0 + oh * t->sh;
+      __m512i v = z;
+      if (ih >= 0 && ih < t->H) {
+        const int16_t *row = plane + ih * t->Wd + t->off;
+        if (t->sw == 1) {
+          v = _mm512_maskz_loadu_epi16((__mmask32)keep, row + o);
+        } else {
+          __m512i a = _mm512_maskz_loadu_epi16((__mmask32)in2, row + 2 * o);
+          __m512i b = _mm512_maskz_loadu_epi16((__mmask32)(in2 >> 32), row + 2 * o + 32);
+          v = _mm512_permutex2var_epi16(a, ev, b);
+        }
+      }
+      _mm512_mask_storeu_epi16(dd, st, v);
+    }
+  }
+}
+
+/* sum of n int16 codes (exact: int32 lanes over at most 2^16 elements, then int64) */
+__attribute__((target("avx512f,avx512bw"))) static int64_t sum_512(const int16_t *p, int64_t n) {
+  int64_t s = 0, i = 0;
+  while (i + 32 <= n) {
+    __m512i acc = _mm512_setzero_si512();
+    const int64_t end = i + 65536 < n ? i + 65536 : n;
+    for (; i + 32 <= end; i += 32)
+      acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_loadu_si512(p + i), _mm512_set1_epi16(1)));
+    s += _mm512_reduce_add_epi32(acc);
+  }
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+#endif
+
+static int64_t sum_i16(nbl_i4b_isa isa, const int16_t *p, int64_t n) {
+#if I4B_X86
+  if (isa == NBL_I4B_AVX512) return sum_512(p, n);
+#endif
+  int64_t s = 0;
+  for (int64_t i = 0; i < n; i++) s += p[i];
+  return s;
+}
+
+/* Columns [0, out_sz) of rows [Cg * k_sz] (stride ld) of col: the
+ * im2col of one image's group x [Cg, in...]. tap: tap_table (NULL for 2-D,
+ * which walks rows). */
+static void im2col_i16(nbl_i4b_isa isa, const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int16_t *col,
+                       int64_t ld, const int64_t *tap) {
+  if (tap) {
+    for (int64_t ch = 0; ch < Cg; ch++)
+      for (int64_t ki = 0; ki < g->k_sz; ki++) {
+        int16_t *d = col + (ch * g->k_sz + ki) * ld;
+        const int16_t *xp = x + ch * g->in_sz;
+        for (int64_t a = 0; a < g->out_sz; a++) {
+          int64_t i = tap[a * g->k_sz + ki];
+          d[a] = i < 0 ? 0 : xp[i];
+        }
+      }
+    return;
+  }
+  const int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  for (int64_t ch = 0; ch < Cg; ch++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int16_t *dst = col + ((ch * KH + kh) * KW + kw) * ld;
+        const int16_t *plane = x + ch * H * Wd;
+        int64_t off = kw * dw - g->pb[1], ow0 = 0, ow1 = OW;
+        while (ow0 < OW && ow0 * sw + off < 0) ow0++;
+        while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;
+        const tap_plane t = {OH, OW, kh * dh - g->pb[0], sh, H, Wd, off, sw, ow0, ow1};
+#if I4B_X86
+        if (isa == NBL_I4B_AVX512) {
+          plane_512(dst, plane, &t);
+          continue;
+        }
+        if (isa == NBL_I4B_AVX2) {
+          plane_256(dst, plane, &t);
+          continue;
+        }
+#endif
+        plane_c(dst, plane, &t);
+      }
+}
+
+/* col2im: add columns [0, out_sz) of col rows (stride ld) into acc [Cg, in...];
+ * CT the column type, AT the accumulator type. */
+#define DEF_COL2IM(NAME, CT, AT)                                                                   \
+  static void NAME(const nbl_conv_geom *g, int64_t Cg, const CT *restrict col, int64_t ld,        \
+                   AT *restrict acc, const int64_t *tap) {                                         \
+    if (tap) {                                                                                     \
+      for (int64_t ch = 0; ch < Cg; ch++)                                                          \
+        for (int64_t ki = 0; ki < g->k_sz; ki++) {                                                 \
+          const CT *s = col + (ch * g->k_sz + ki) * ld;                                            \
+          AT *ap = acc + ch * g->in_sz;                                                            \
+          for (int64_t a = 0; a < g->out_sz; a++) {                                                \
+            int64_t i = tap[a * g->k_sz + ki];                                                     \
+            if (i >= 0) ap[i] += s[a];                                                             \
+          }                                                                                        \
+        }                                                                                          \
+      return;                                                                                      \
+    }                                                                                              \
+    const int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];                    \
+    const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0],            \
+                  dw = g->d[1];                                                                    \
+    for (int64_t ch = 0; ch < Cg; ch++)                                                            \
+      for (int64_t kh = 0; kh < KH; kh++)                                                          \
+        for (int64_t kw = 0; kw < KW; kw++) {                                                      \
+          const CT *src = col + ((ch * KH + kh) * KW + kw) * ld;                                   \
+          AT *plane = acc + ch * H * Wd;                                                           \
+          int64_t off = kw * dw - g->pb[1], ow0 = 0, ow1 = OW;                                     \
+          while (ow0 < OW && ow0 * sw + off < 0) ow0++;                                            \
+          while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;                                   \
+          for (int64_t oh = 0; oh < OH; oh++) {                                                    \
+            int64_t ih = oh * sh - g->pb[0] + kh * dh;                                             \
+            if (ih < 0 || ih >= H) continue;                                                       \
+            AT *restrict row = plane + ih * Wd + off;                                              \
+            const CT *restrict s = src + oh * OW;                                                  \
+            if (sw == 1)                                                                           \
+              for (int64_t ow = ow0; ow < ow1; ow++) row[ow] += s[ow];                             \
+            else                                                                                   \
+              for (int64_t ow = ow0; ow < ow1; ow++) row[ow * sw] += s[ow];                        \
+          }                                                                                        \
+        }                                                                                          \
+  }
+DEF_COL2IM(col2im_32, int32_t, int32_t)
+DEF_COL2IM(col2im_64, int64_t, int64_t)
+
+#if I4B_X86
+/* col2im_32 for 2-D geometries with column stride 1 or 2 (others: C):
+ * each col row segment (one output row of one tap) is added to its input
+ * row 16 lanes at a time, spread over every other lane for stride 2. */
+__attribute__((target("avx512f,avx512vl"))) static void col2im_32_512(const nbl_conv_geom *g, int64_t Cg, const int32_t *col,
+                                                              int64_t ld, int32_t *acc) {
+  const int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  for (int64_t ch = 0; ch < Cg; ch++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        const int32_t *src = col + ((ch * KH + kh) * KW + kw) * ld;
+        int32_t *plane = acc + ch * H * Wd;
+        int64_t off = kw * dw - g->pb[1], ow0 = 0, ow1 = OW;
+        while (ow0 < OW && ow0 * sw + off < 0) ow0++;
+        while (ow1 > ow0 && (ow1 - 1) * sw + off >= Wd) ow1--;
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int64_t ih = oh * sh - g->pb[0] + kh * dh;
+          if (ih < 0 || ih >= H) continue;
+          int32_t *row = plane + ih * Wd + off;
+          const int32_t *s = src + oh * OW;
+          if (sw == 1) {
+            for (int64_t ow = ow0; ow < ow1; ow += 16) {
+              const __mmask16 m = (__mmask16)(ow1 - ow >= 16 ? 0xffff : (1u << (ow1 - ow)) - 1);
+              __m512i a = _mm512_maskz_loadu_epi32(m, row + ow), v = _mm512_maskz_loadu_epi32(m, s + ow);
+              _mm512_mask_storeu_epi32(row + ow, m, _mm512_add_epi32(a, v));
+            }
+          } else { /* sw == 2: 8 outputs ow.. cover input lanes 2 * ow.. (even lanes) */
+            for (int64_t ow = ow0; ow < ow1; ow += 8) {
+              const int64_t c = ow1 - ow >= 8 ? 8 : ow1 - ow;
+              const __mmask16 me = (__mmask16)(0x5555u & ((1u << (2 * c)) - 1));
+              __m512i v = _mm512_maskz_expand_epi32(me, _mm512_castsi256_si512(
+                                                            _mm256_maskz_loadu_epi32((__mmask8)((1u << c) - 1), s + ow)));
+              __m512i a = _mm512_maskz_loadu_epi32(me, row + 2 * ow);
+              _mm512_mask_storeu_epi32(row + 2 * ow, me, _mm512_add_epi32(a, v));
+            }
+          }
+        }
+      }
+}
+
+__attribute__((target("avx512f"))) static void rescale_32_512(const int32_t *acc, int64_t n, double s, float *y) {
+  const __m512d vs = _mm512_set1_pd(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(acc + i))), vs)));
+  for (; i < n; i++) y[i] = (float)((double)acc[i] * s);
+}
+#endif
+
+/* y[i] = (float)(acc[i] * s), acc int32 or int64 (exact in double). */
+static void rescale_32(const int32_t *restrict acc, int64_t n, double s, float *restrict y) {
+  for (int64_t i = 0; i < n; i++) y[i] = (float)((double)acc[i] * s);
+}
+static void rescale_64(const int64_t *restrict acc, int64_t n, double s, float *restrict y) {
+  for (int64_t i = 0; i < n; i++) y[i] = (float)((double)acc[i] * s);
+}
+
+static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), void *arg) {
+  if (n <= 0) return;
+  if (ctx) nbl_parallel_for(ctx, n, 1, fn, arg);
+  else fn(arg, 0, n);
+}
+
+/* A GEMM split over threads by row blocks (rows) or by 32-column blocks. */
+typedef struct gemm_job {
+  nbl_i4b_isa isa;
+  const int16_t *A;
+  int64_t lda, M, N, kchunk;
+  const nbl_i4b_panels *B;
+  nbl_i4b_sink sink;
+  int by_cols;
+} gemm_job;
+
+static void gemm_part(void *arg, int64_t b0, int64_t b1) {
+  const gemm_job *j = arg;
+  if (j->by_cols)
+    nbl_i4b_gemm(j->isa, j->A, j->lda, 0, j->M, b0 * 32, b1 * 32, j->B, j->kchunk, &j->sink);
+  else
+    nbl_i4b_gemm(j->isa, j->A, j->lda, b0 * NBL_I4B_MR, b1 * NBL_I4B_MR < j->M ? b1 * NBL_I4B_MR : j->M, 0, j->N,
+                 j->B, j->kchunk, &j->sink);
+}
+
+static void gemm_par(nbl_kctx *ctx, gemm_job *j) {
+  j->by_cols = j->M < 4 * NBL_I4B_MR && j->N > j->M;
+  run(ctx, j->by_cols ? (j->N + 31) / 32 : (j->M + NBL_I4B_MR - 1) / NBL_I4B_MR, gemm_part, j);
+}
+
+/* ------------------------------------------------------------------ dW */
+
+typedef struct img_job {
+  nbl_i4b_isa isa;
+  const nbl_conv_geom *g;
+  int64_t Cg, n0, gr, ld;
+  const int64_t *tap;
+  const int16_t *x;
+  int16_t *col;
+} img_job;
+
+/* Images [b0, b1) of the chunk: im2col into their columns of col. */
+static void im2col_part(void *arg, int64_t b0, int64_t b1) {
+  const img_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  for (int64_t b = b0; b < b1; b++)
+    im2col_i16(j->isa, g, j->Cg, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz, j->col + b * g->out_sz, j->ld,
+               j->tap);
+}
+
+/* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
+ * A = im2col rows (pixels along the rows, as im2col writes them), B = dY_g
+ * transposed into panels (the smaller operand is the one moved; measured
+ * no slower than the other orientation even for 6 or 16 channels). */
+static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int64_t *tap,
+                          const int16_t *dy, int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  int64_t nb = CHUNK_COLS / osz;
+  if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
+  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
+  const int64_t Lpmax = (nb * osz + 1) & ~(int64_t)1;
+  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax)), *col = malloc(sizeof(int16_t) * (size_t)(K * Lpmax));
+  nbl_i4b_panels B = {0};
+  nbl_status st = NBL_OK;
+  if (!dyg || !col) st = NBL_ERR_OUT_OF_MEMORY;
+  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
+    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz, Lp = (L + 1) & ~(int64_t)1;
+    for (int64_t gr = 0; !st && gr < g->group; gr++) {
+      for (int64_t m = 0; m < Mg; m++) {
+        for (int64_t b = 0; b < cnt; b++)
+          memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
+        if (Lp > L) dyg[m * Lp + L] = 0;
+      }
+      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .gr = gr, .ld = Lp, .tap = tap, .x = x, .col = col};
+      run(ctx, cnt, im2col_part, &ij);
+      if (Lp > L)
+        for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
+      if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
+        st = NBL_ERR_OUT_OF_MEMORY;
+        break;
+      }
+      nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
+      gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
+                    .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
+      gemm_par(ctx, &j);
+    }
+  }
+  free(dyg);
+  free(col);
+  nbl_i4b_panels_free(&B);
+  return st;
+}
+
+/* ------------------------------------------------------------------ dX, strides 1 */
+
+/* With unit strides dX is a convolution of dY (padded) with the flipped,
+ * transposed kernel: dX_g [Cg][in] = W'_g [Cg][Mg * k_sz] x im2col'(dY_g),
+ * W'[c][m * k_sz + t] = W[m][c][k_sz - 1 - t], im2col' that of geometry g2
+ * (dY's dims as input, X's as output, pads (k - 1) * d - pads). One GEMM per
+ * image and group, each output written once. */
+typedef struct dx_job {
+  const nbl_conv_geom *g, *g2;
+  nbl_i4b_isa isa;
+  int64_t Cg, Mg, K2, K2p;
+  const int64_t *tap2;
+  const int16_t *dy, *wf;
+  int64_t kchunk;
+  const nbl_i4b_conv_out *out;
+  int failed;
+} dx_job;
+
+static void dx_direct_part(void *arg, int64_t n0, int64_t n1) {
+  dx_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t isz = g->in_sz;
+  int16_t *col = malloc(sizeof(int16_t) * (size_t)(j->K2 * isz));
+  nbl_i4b_panels B = {0};
+  if (!col || nbl_i4b_panels_reserve(&B, j->K2, isz)) {
+    free(col);
+    nbl_i4b_panels_free(&B);
+    j->failed = 1;
+    return;
+  }
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      im2col_i16(j->isa, j->g2, j->Mg, j->dy + (n * g->M + gr * j->Mg) * g->out_sz, col, isz, j->tap2);
+      nbl_i4b_pack(j->isa, col, isz, 1, &B);
+      const int64_t o = (n * g->C + gr * j->Cg) * isz;
+      nbl_i4b_sink sk = j->out->dx_acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = j->out->dx_acc + o, .ldc = isz}
+                                       : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = j->out->dx + o, .ldc = isz,
+                                                        .scale = j->out->dx_scale};
+      nbl_i4b_gemm(j->isa, j->wf + gr * j->Cg * j->K2p, j->K2p, 0, j->Cg, 0, isz, &B, j->kchunk, &sk);
+      if (j->out->dx_acc && j->out->dx) rescale_64(j->out->dx_acc + o, j->Cg * isz, j->out->dx_scale, j->out->dx + o);
+    }
+  free(col);
+  nbl_i4b_panels_free(&B);
+}
+
+static nbl_status conv_dx_direct(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
+                                 int32_t dy_max, const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K2 = Mg * g->k_sz, K2p = (K2 + 1) & ~(int64_t)1;
+  nbl_conv_geom g2 = *g;
+  g2.C = g->M;
+  g2.M = g->C;
+  memcpy(g2.in, g->out, sizeof g2.in);
+  memcpy(g2.out, g->in, sizeof g2.out);
+  g2.in_sz = g->out_sz;
+  g2.out_sz = g->in_sz;
+  for (int i = 0; i < g->ns; i++) {
+    g2.pb[i] = (g->k[i] - 1) * g->d[i] - g->pb[i];
+    g2.pe[i] = (g->k[i] - 1) * g->d[i] - g->pe[i];
+  }
+  int64_t *tap2 = g->ns == 2 ? NULL : tap_table(&g2);
+  int16_t *wf = malloc(sizeof(int16_t) * (size_t)(g->group * Cg * K2p));
+  if ((g->ns != 2 && !tap2) || !wf) {
+    free(tap2);
+    free(wf);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  for (int64_t gr = 0; gr < g->group; gr++)
+    for (int64_t c = 0; c < Cg; c++) {
+      int16_t *row = wf + (gr * Cg + c) * K2p;
+      for (int64_t m = 0; m < Mg; m++)
+        for (int64_t t = 0; t < g->k_sz; t++) row[m * g->k_sz + t] = w[((gr * Mg + m) * Cg + c) * g->k_sz + g->k_sz - 1 - t];
+      if (K2p > K2) row[K2] = 0;
+    }
+  if (out->dx_acc) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)(g->N * g->C * g->in_sz));
+  dx_job j = {.g = g, .g2 = &g2, .isa = isa, .Cg = Cg, .Mg = Mg, .K2 = K2, .K2p = K2p, .tap2 = tap2, .dy = dy,
+              .wf = wf, .kchunk = nbl_i4b_kchunk(w_max, dy_max), .out = out};
+  run(ctx, g->N, dx_direct_part, &j);
+  free(tap2);
+  free(wf);
+  return j.failed ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+}
+
+/* ------------------------------------------------------------------ dX, other strides */
+
+/* col [K, L] = W_g^T [K, Mg] x dY_g [Mg, L] for a chunk of images, then
+ * col2im of each image into its dX, in int32 (int64 when `wide`). */
+typedef struct c2i_job {
+  nbl_i4b_isa isa;
+  const nbl_conv_geom *g;
+  int64_t Cg, L, n0, gr;
+  const int64_t *tap;
+  void *colx, *acc;
+  int wide;
+  const nbl_i4b_conv_out *out;
+} c2i_job;
+
+static void col2im_part(void *arg, int64_t b0, int64_t b1) {
+  const c2i_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t n_acc = j->Cg * g->in_sz;
+  for (int64_t b = b0; b < b1; b++) {
+    const int64_t o = ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz;
+    if (j->wide) {
+      int64_t *acc = j->out->dx_acc ? j->out->dx_acc + o : (int64_t *)j->acc + b * n_acc;
+      memset(acc, 0, sizeof(int64_t) * (size_t)n_acc);
+      col2im_64(g, j->Cg, (const int64_t *)j->colx + b * g->out_sz, j->L, acc, j->tap);
+      if (j->out->dx) rescale_64(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+    } else {
+      int32_t *acc = (int32_t *)j->acc + b * n_acc;
+      const int32_t *colb = (const int32_t *)j->colx + b * g->out_sz;
+      memset(acc, 0, sizeof(int32_t) * (size_t)n_acc);
+#if I4B_X86
+      if (j->isa == NBL_I4B_AVX512 && !j->tap && g->s[1] <= 2) {
+        col2im_32_512(g, j->Cg, colb, j->L, acc);
+        if (j->out->dx) rescale_32_512(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+      } else
+#endif
+      {
+        col2im_32(g, j->Cg, colb, j->L, acc, j->tap);
+        if (j->out->dx) rescale_32(acc, n_acc, j->out->dx_scale, j->out->dx + o);
+      }
+      if (j->out->dx_acc)
+        for (int64_t i = 0; i < n_acc; i++) j->out->dx_acc[o + i] = acc[i];
+    }
+  }
+}
+
+static nbl_status conv_dx_col2im(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int64_t *tap,
+                                 const int16_t *dy, int32_t dy_max, const int16_t *w, int32_t w_max,
+                                 const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  int64_t nb = CHUNK_COLS / osz;
+  if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
+  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
+  const int64_t Lmax = nb * osz, Mgp = (Mg + 1) & ~(int64_t)1;
+  /* dX sums: Mg products per col entry, at most k_sz entries per element */
+  const int wide = (double)Mg * (double)g->k_sz * (double)w_max * (double)dy_max > (double)INT32_MAX;
+  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lmax));
+  int16_t *wt = malloc(sizeof(int16_t) * (size_t)(g->group * K * Mgp));
+  void *colx = malloc((wide ? 8 : 4) * (size_t)(K * Lmax));
+  void *acc = malloc((wide ? 8 : 4) * (size_t)(nb * Cg * g->in_sz));
+  nbl_i4b_panels B = {0};
+  nbl_status st = !dyg || !wt || !colx || !acc ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+  if (!st) /* W_g^T [K][Mgp] of each group: A of the product */
+    for (int64_t gr = 0; gr < g->group; gr++)
+      nbl_i4b_pack_rows(w + gr * Mg * K, K, Mg, 1, K, wt + gr * K * Mgp, Mgp);
+  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
+    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz;
+    for (int64_t gr = 0; !st && gr < g->group; gr++) {
+      for (int64_t m = 0; m < Mg; m++)
+        for (int64_t b = 0; b < cnt; b++)
+          memcpy(dyg + m * L + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
+      if (nbl_i4b_panels_reserve(&B, Mg, L)) {
+        st = NBL_ERR_OUT_OF_MEMORY;
+        break;
+      }
+      nbl_i4b_pack(isa, dyg, L, 1, &B); /* B[m][p] = dyg[m][p] */
+      if (wide) memset(colx, 0, sizeof(int64_t) * (size_t)(K * L));
+      gemm_job j = {.isa = isa, .A = wt + gr * K * Mgp, .lda = Mgp, .M = K, .N = L,
+                    .kchunk = nbl_i4b_kchunk(w_max, dy_max), .B = &B,
+                    .sink = {.kind = wide ? NBL_I4B_ADD64 : NBL_I4B_STORE32, .c = colx, .ldc = L}};
+      gemm_par(ctx, &j);
+      c2i_job cj = {.isa = isa, .g = g, .Cg = Cg, .L = L, .n0 = n0, .gr = gr, .tap = tap, .colx = colx, .acc = acc,
+                    .wide = wide, .out = out};
+      run(ctx, cnt, col2im_part, &cj);
+    }
+  }
+  free(dyg);
+  free(wt);
+  free(colx);
+  free(acc);
+  nbl_i4b_panels_free(&B);
+  return st;
+}
+
+/* ------------------------------------------------------------------ ConvGrad */
+
+nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
+                             int32_t dy_max, const int16_t *x, int32_t x_max, const int16_t *w, int32_t w_max,
+                             const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
+  const int64_t nx = g->N * g->C * g->in_sz, nw = g->M * K;
+  const int want_dx = out->dx || out->dx_acc, want_dw = out->dw || out->dw_acc;
+  if (out->db || out->db_acc)
+    for (int64_t m = 0; m < g->M; m++) {
+      int64_t s = 0;
+      for (int64_t n = 0; n < g->N; n++) s += sum_i16(isa, dy + (n * g->M + m) * osz, osz);
+      if (out->db) out->db[m] = (float)((double)s * out->db_scale);
+      if (out->db_acc) out->db_acc[m] = s;
+    }
+  int64_t *dw64 = NULL;
+  if (want_dw) {
+    dw64 = out->dw_acc ? out->dw_acc : malloc(sizeof(int64_t) * (size_t)(nw ? nw : 1));
+    if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
+    if (nw) memset(dw64, 0, sizeof(int64_t) * (size_t)nw);
+  }
+  nbl_status st = NBL_OK;
+  const int empty = g->N == 0 || osz == 0 || K == 0 || Mg == 0;
+  if (want_dx && empty) { /* no products: zeros */
+    if (out->dx && nx) memset(out->dx, 0, sizeof(float) * (size_t)nx);
+    if (out->dx_acc && nx) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)nx);
+  }
+  /* dX directly (unit strides) when its im2col of dY (Mg * k_sz x in_sz
+   * codes) costs less than col2im's int32 columns (Cg * k_sz x out_sz,
+   * written, read and scattered: about 3 times the traffic per element) */
+  int unit = (double)Mg * (double)g->in_sz <= 3.0 * (double)Cg * (double)osz;
+  for (int i = 0; i < g->ns; i++) unit &= g->s[i] == 1;
+  int64_t *tap = NULL;
+  if (!empty && (want_dw || (want_dx && !unit)) && g->ns != 2 && !(tap = tap_table(g))) st = NBL_ERR_OUT_OF_MEMORY;
+  if (!st && !empty && want_dw) st = conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);
+  if (!st && !empty && want_dx)
+    st = unit ? conv_dx_direct(ctx, isa, g, dy, dy_max, w, w_max, out)
+              : conv_dx_col2im(ctx, isa, g, tap, dy, dy_max, w, w_max, out);
+  free(tap);
+  if (!st && want_dw && out->dw) rescale_64(dw64, nw, out->dw_scale, out->dw);
+  if (dw64 != out->dw_acc) free(dw64);
+  return st;
+}
+
+/* ------------------------------------------------------------------ Gemm / MatMul products */
+
+nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, int64_t K, const int16_t *a,
+                          int transA, int32_t a_max, const int16_t *b, int transB, int32_t b_max, double scale,
+                          float *y, int64_t *acc) {
+  if (M == 0 || N == 0) return NBL_OK;
+  if (acc) memset(acc, 0, sizeof(int64_t) * (size_t)(M * N));
+  if (K == 0) {
+    if (y) memset(y, 0, sizeof(float) * (size_t)(M * N));
+    return NBL_OK;
+  }
+  const int64_t Kp = (K + 1) & ~(int64_t)1;
+  int16_t *A = malloc(sizeof(int16_t) * (size_t)(M * Kp));
+  nbl_i4b_panels B = {0};
+  if (!A || nbl_i4b_panels_reserve(&B, K, N)) {
+    free(A);
+    nbl_i4b_panels_free(&B);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  nbl_i4b_pack_rows(a, M, K, transA ? 1 : K, transA ? M : 1, A, Kp);
+  nbl_i4b_pack(isa, b, transB ? 1 : N, transB ? K : 1, &B);
+  gemm_job j = {.isa = isa, .A = A, .lda = Kp, .M = M, .N = N, .kchunk = nbl_i4b_kchunk(a_max, b_max), .B = &B};
+  j.sink = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = acc, .ldc = N}
+               : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = y, .ldc = N, .scale = scale};
+  gemm_par(ctx, &j);
+  if (acc && y)
+    for (int64_t i = 0; i < M * N; i++) y[i] = (float)((double)acc[i] * scale);
+  free(A);
+  nbl_i4b_panels_free(&B);
+  return NBL_OK;
+}

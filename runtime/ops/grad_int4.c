@@ -1,0 +1,209 @@
+/* runtime/ops/grad_int4.c - op family 'grad_int4': the backward products of
+ * 4-bit training run in integers (issue 16), nibble's own ops in domain
+ * ai.nibble, version 1. Kernels: runtime/kernels/int4_backward.h; the pass
+ * that emits them: passes/int4_backward.c.
+ *
+ * Each operand is a float32 tensor of coded values, and the op computes
+ * exactly what its float counterpart computes on those values (to float
+ * rounding: the integer sums are exact, each output is rounded once):
+ *   - an operand with its scale input given holds linear codes,
+ *     v = scale * c (QuantizeInt4's output Y with its `scale` output:
+ *     c = q - zero_point, INT4 or INT8);
+ *   - an operand without a scale holds power-of-two codes, v = 0 or
+ *     +-unit * 2^e, 0 <= e <= 14 (QuantizeLog with radix 2 or 4:
+ *     runtime/formats/log.h; the grid is read off the values).
+ * The fast kernel turns the operands into int16 codes, multiplies them in
+ * int32 (int64 across long sums) and rescales once per output; when an
+ * operand is not on its grid (a NaN, a value off the scale, a radix-10
+ * gradient, a scale input missing for a product that needs it) it runs the
+ * float kernel of the counterpart instead, so results never depend on the
+ * path beyond float rounding. The reference kernel is the counterpart's
+ * reference kernel.
+ *
+ * Int4LogConvGrad (ai.nibble 1) -- com.microsoft ConvGrad on coded operands
+ *   inputs:  dY (float32, [N, M, out...]), X (float32, [N, C, in...]),
+ *            W (float32, [M, C/group, k...]), X_scale, W_scale, dY_scale
+ *            (optional float32 scalars: the scales of linear codes; dY_scale
+ *            omitted for a log-quantized gradient)
+ *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
+ *            optional: needs X's codes), dB ([M], optional)
+ *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads, strides)
+ * Int4LogGemm (ai.nibble 1) -- Gemm without C on coded operands (a backward
+ *   product dY * W^T or X^T * dY as build-training writes them)
+ *   inputs:  A (float32 2-D), B (float32 2-D), A_scale, B_scale (optional
+ *            float32 scalars, as above)
+ *   outputs: Y = alpha * op(A) * op(B)
+ *   attributes: transA, transB (int, default 0), alpha (float, default 1)
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "runtime/core/grad.h"
+#include "runtime/kernels/int4_backward.h"
+#include "runtime/ops/grad_int4.h"
+#include "runtime/ops/grad_util.h"
+#include "runtime/ops/nn.h"
+
+static _Atomic long g_int_runs, g_float_runs;
+
+long nbl_i4b_integer_runs(void) { return atomic_load(&g_int_runs); }
+long nbl_i4b_float_runs(void) { return atomic_load(&g_float_runs); }
+
+/* The float counterpart's table entry. */
+static const nbl_op_def *conv_grad_def(void) { return nbl_op_lookup(NBL_MS_DOMAIN, "ConvGrad", 1); }
+static const nbl_op_def *gemm_def(void) { return nbl_op_lookup("", "Gemm", NBL_OPSET_MAX); }
+
+/* Run the counterpart's kernel (fast or ref) on the first n operands. */
+static nbl_status counterpart(nbl_kctx *c, const nbl_op_def *d, int n, int fast) {
+  if (!d) return nbl_kerr(c, NBL_ERR_INTERNAL, "the float counterpart of this op is not in the op table");
+  nbl_kctx c2 = *c;
+  if (c2.n_in > n) c2.n_in = n;
+  return fast && d->fast ? d->fast(&c2) : d->ref(&c2);
+}
+
+/* Optional scale input i: *have = 0 when omitted; a float32 scalar else. */
+static nbl_status scale_in(nbl_kctx *c, int i, const char *what, float *s, int *have) {
+  const nbl_rt_tensor *t = grad_in(c, i);
+  *have = 0;
+  if (!t) return NBL_OK;
+  if (t->dtype != NBL_DT_FLOAT || t->numel != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d (%s) must be a float32 scalar, got %s with %lld elements", i,
+                    what, nbl_dtype_name(t->dtype), (long long)t->numel);
+  *s = ((const float *)t->data)[0];
+  *have = 1;
+  return NBL_OK;
+}
+
+/* The codes of operand t (linear with a scale, powers of two without); 0 or -1. */
+static int codes_of(const nbl_rt_tensor *t, int have, float scale, int16_t **q, nbl_i4b_grid *g) {
+  *q = malloc(sizeof(int16_t) * (size_t)(t->numel ? t->numel : 1));
+  if (!*q) return -1;
+  const float *x = t->data;
+  nbl_i4b_isa isa = nbl_i4b_best_isa();
+  return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(isa, x, t->numel, *q, g);
+}
+
+/* ------------------------------------------------------------------ Int4LogConvGrad */
+
+static nbl_status k_conv_ref(nbl_kctx *c) {
+  float s;
+  int have;
+  nbl_status st;
+  static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
+  for (int i = 0; i < 3; i++)
+    if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
+  return counterpart(c, conv_grad_def(), 3, 0);
+}
+
+static nbl_status k_conv_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1), *W = grad_in(c, 2);
+  if (c->reference || !dY || !X || !W || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
+      W->dtype != NBL_DT_FLOAT)
+    return k_conv_ref(c);
+  float sc[3] = {0};
+  int have[3];
+  nbl_status st;
+  static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
+  for (int i = 0; i < 3; i++)
+    if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
+  nbl_conv_geom g;
+  if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
+  int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
+  for (int i = 0; shape_ok && i < g.ns; i++) shape_ok = dY->dims[2 + i] == g.out[i];
+  const int wdx = grad_want(c, 0), wdw = grad_want(c, 1), wdb = grad_want(c, 2);
+  int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
+  nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
+  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(dY, have[2], sc[2], &dyq, &gdy) == 0 &&
+           (!wdw || codes_of(X, 1, sc[0], &xq, &gx) == 0) && (!wdx || codes_of(W, 1, sc[1], &wq, &gw) == 0);
+  if (!ok) { /* not on the grids (or a shape error the counterpart reports) */
+    free(dyq);
+    free(xq);
+    free(wq);
+    atomic_fetch_add(&g_float_runs, 1);
+    return counterpart(c, conv_grad_def(), 3, 1);
+  }
+  nbl_i4b_conv_out out = {.dx_scale = (double)gdy.unit * (double)gw.unit,
+                          .dw_scale = (double)gdy.unit * (double)gx.unit,
+                          .db_scale = (double)gdy.unit};
+  if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) out.dx = nbl_kctx_out(c, 0)->data;
+  if (!st && wdw && !(st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, W->rank, W->dims)))
+    out.dw = nbl_kctx_out(c, 1)->data;
+  if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
+  if (!st) {
+    st = nbl_i4b_conv_grad(c, nbl_i4b_best_isa(), &g, dyq, gdy.maxabs, xq, gx.maxabs, wq, gw.maxabs, &out);
+    if (st) st = grad_oom(c);
+    else atomic_fetch_add(&g_int_runs, 1);
+  }
+  free(dyq);
+  free(xq);
+  free(wq);
+  return st;
+}
+
+/* ------------------------------------------------------------------ Int4LogGemm */
+
+static nbl_status k_gemm_ref(nbl_kctx *c) {
+  float s;
+  int have;
+  nbl_status st;
+  if ((st = scale_in(c, 2, "A_scale", &s, &have)) || (st = scale_in(c, 3, "B_scale", &s, &have))) return st;
+  return counterpart(c, gemm_def(), 2, 0);
+}
+
+static nbl_status k_gemm_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *A = grad_in(c, 0), *B = grad_in(c, 1);
+  if (c->reference || !A || !B || A->dtype != NBL_DT_FLOAT || B->dtype != NBL_DT_FLOAT || A->rank != 2 ||
+      B->rank != 2)
+    return k_gemm_ref(c);
+  float sa = 0, sb = 0;
+  int ha, hb;
+  nbl_status st;
+  if ((st = scale_in(c, 2, "A_scale", &sa, &ha)) || (st = scale_in(c, 3, "B_scale", &sb, &hb))) return st;
+  const int ta = nbl_attr_int(c->node, "transA", 0) != 0, tb = nbl_attr_int(c->node, "transB", 0) != 0;
+  const float alpha = nbl_attr_float(c->node, "alpha", 1.0f);
+  const int64_t M = ta ? A->dims[1] : A->dims[0], K = ta ? A->dims[0] : A->dims[1];
+  const int64_t N = tb ? B->dims[0] : B->dims[1], kb = tb ? B->dims[1] : B->dims[0];
+  int16_t *aq = NULL, *bq = NULL;
+  nbl_i4b_grid ga, gb;
+  int ok = kb == K && isfinite(alpha) && codes_of(A, ha, sa, &aq, &ga) == 0 && codes_of(B, hb, sb, &bq, &gb) == 0;
+  if (!ok) {
+    free(aq);
+    free(bq);
+    atomic_fetch_add(&g_float_runs, 1);
+    return counterpart(c, gemm_def(), 2, 1);
+  }
+  int64_t od[2] = {M, N};
+  if (!(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 2, od))) {
+    double scale = (double)alpha * ((double)ga.unit * (double)gb.unit);
+    st = nbl_i4b_matmul(c, nbl_i4b_best_isa(), M, N, K, aq, ta, ga.maxabs, bq, tb, gb.maxabs, scale,
+                        nbl_kctx_out(c, 0)->data, NULL);
+    if (st) st = grad_oom(c);
+    else atomic_fetch_add(&g_int_runs, 1);
+  }
+  free(aq);
+  free(bq);
+  return st;
+}
+
+/* ------------------------------------------------------------------ shape rules: the counterparts' */
+
+static nbl_status shape_conv(nbl_shape_ctx *c) {
+  const nbl_op_def *d = conv_grad_def();
+  return d ? d->shape(c) : NBL_ERR_INTERNAL;
+}
+
+static nbl_status shape_gemm(nbl_shape_ctx *c) {
+  const nbl_op_def *d = gemm_def();
+  return d ? d->shape(c) : NBL_ERR_INTERNAL;
+}
+
+/* ------------------------------------------------------------------ table */
+
+const nbl_op_def nbl_ops_grad_int4[] = {
+    NBL_OP_DEF("ai.nibble", "Int4LogConvGrad", 1, 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
+               .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "Int4LogGemm", 1, 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
+               .no_grad = NBL_NO_GRAD_BACKWARD),
+};
+const size_t nbl_ops_grad_int4_count = sizeof nbl_ops_grad_int4 / sizeof nbl_ops_grad_int4[0];

@@ -1,0 +1,1052 @@
+/* test_int4_backward.c - the integer backward products of 4-bit training
+ * (runtime/kernels/int4_backward.h, runtime/ops/grad_int4.c):
+ *   - code recovery: QuantizeLog values (runtime/formats/log.h, every
+ *     rounding mode, radix 2 and 4) give power-of-two codes with value ==
+ *     unit * code exactly, QuantizeInt4 values (runtime/formats/int4.h) give
+ *     their codes q - z; anything off the grid is refused;
+ *   - the int16 GEMM: exact against a plain-C int64 product at tile-boundary
+ *     sizes, every packing path, long sums split in int32 chunks;
+ *   - ConvGrad and Gemm: the exact accumulators equal a plain-C integer
+ *     reference (direct loops over the codes), and the ops' float outputs
+ *     agree with the float reference kernels (ConvGrad / Gemm in double on
+ *     the dequantized operands) within float rounding: |y - ref| <= 2^-21 *
+ *     sum |terms| (the sum of |products| behind each output, from the
+ *     reference kernel run on |operands|); on strides, pads, dilations,
+ *     groups, depthwise, 1-D/3-D, and under each CPU variant, whose
+ *     outputs must be bit-identical;
+ *   - fallbacks (values off the grid, NaN, a missing scale) run the float
+ *     kernel, bad scale inputs are errors naming the node;
+ *   - the int4-backward pass rewrites exactly the matching backward nodes. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "grad_check.h"
+#include "runtime/core/cpu.h"
+#include "runtime/formats/int4.h"
+#include "runtime/formats/log.h"
+#include "runtime/kernels/int4_backward.h"
+#include "runtime/ops/grad_int4.h"
+
+#define MS "com.microsoft"
+#define TOL_EPS (1.0 / (1 << 21)) /* 2^-21 relative to the sum of |terms| */
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (uint32_t)(rng >> 32);
+}
+static int32_t rnd_code(int32_t maxabs) { return (int32_t)(rnd() % (uint32_t)(2 * maxabs + 1)) - maxabs; }
+
+/* ------------------------------------------------------------------ quantized operands */
+
+/* x (float32) fake-quantized by QuantizeInt4 with `bits` and scale source
+ * src (affine when affine != 0), in place; the scale, and the codes q - z
+ * when codes != NULL. */
+static float q4_tensor(tens *x, int bits, int affine, nbl_q4_scale_source src, int16_t *codes) {
+  nbl_q4_config cfg;
+  nbl_q4_config_default(&cfg);
+  cfg.bits = bits;
+  cfg.mode = affine ? NBL_Q4_AFFINE : NBL_Q4_SYMMETRIC;
+  cfg.scale_source = src;
+  nbl_q4_params p;
+  const char *why = NULL;
+  float *v = x->data;
+  ck_assert_int_eq(nbl_q4_choose(&cfg, v, (size_t)x->n, 2.0f, &p, &why), 0);
+  int8_t *q = malloc((size_t)x->n + 1);
+  nbl_q4_quantize_codes(&cfg, &p, v, q, (size_t)x->n, 0);
+  nbl_q4_fake_quant(&cfg, &p, v, v, (size_t)x->n, 0);
+  for (int64_t i = 0; i < x->n; i++) {
+    ck_assert(v[i] == p.scale * (float)(q[i] - p.zero));
+    if (codes) codes[i] = (int16_t)(q[i] - p.zero);
+  }
+  free(q);
+  return p.scale;
+}
+
+/* x fake-quantized by the log quantizer cfg, in place; the smallest level
+ * (the unit of the integer form) and the codes nbl_log_code_int. */
+static float log_tensor(tens *x, const nbl_log_config *cfg, int16_t *codes) {
+  nbl_log_params p;
+  float *v = x->data;
+  nbl_log_choose(cfg, v, (size_t)x->n, &p);
+  for (int64_t i = 0; i < x->n; i++) {
+    int c = nbl_log_code(cfg, &p, v[i], (uint64_t)i);
+    v[i] = nbl_log_value(cfg, &p, c);
+    if (codes) codes[i] = (int16_t)nbl_log_code_int(cfg, c);
+  }
+  return nbl_log_level(cfg, &p, p.levels - 1);
+}
+
+static nbl_log_config log_cfg(int radix, int exp_bits, nbl_log_rounding r, int phase) {
+  nbl_log_config c;
+  nbl_log_config_default(&c);
+  c.radix = radix;
+  c.exp_bits = exp_bits;
+  c.rounding = r;
+  c.phase = phase;
+  c.seed = 7;
+  const char *why = NULL;
+  ck_assert_msg(nbl_log_validate(&c, &why) == 0, "%s", why ? why : "");
+  return c;
+}
+
+/* Gradient-like data: a spread of magnitudes over several decades, some zeros. */
+static void fill_grad(tens *t) {
+  float *v = t->data;
+  for (int64_t i = 0; i < t->n; i++) {
+    double m = pow(10.0, -3.0 * gc_rand()) * (gc_rand() < 0.5 ? -1 : 1);
+    v[i] = gc_rand() < 0.05 ? 0.0f : (float)m;
+  }
+}
+
+/* in the code tests (loop tests over the variants): the variant of this run */
+#define ISA ((nbl_i4b_isa)_i)
+
+static nbl_i4b_isa g_isas[3];
+static int n_isas(void) {
+  int n = 0;
+  for (int i = NBL_I4B_SCALAR; i <= NBL_I4B_AVX512; i++)
+    if (nbl_i4b_isa_supported((nbl_i4b_isa)i)) g_isas[n++] = (nbl_i4b_isa)i;
+  return n;
+}
+
+/* ------------------------------------------------------------------ code recovery */
+
+START_TEST(test_codes_pow2) {
+  const struct {
+    int radix, eb;
+    nbl_log_rounding r;
+    int phase;
+  } cs[] = {{4, 3, NBL_LOG_NEAREST, 0}, {4, 3, NBL_LOG_STOCHASTIC, 0}, {4, 3, NBL_LOG_TPR, 0},
+            {4, 3, NBL_LOG_TPR, 1},     {2, 3, NBL_LOG_LUQ, 0},        {2, 4, NBL_LOG_NEAREST, 0},
+            {4, 2, NBL_LOG_NEAREST, 0}};
+  for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+    nbl_log_config cfg = log_cfg(cs[c].radix, cs[c].eb, cs[c].r, cs[c].phase);
+    tens x = t_new(NBL_DT_FLOAT, DIMS(4003)); /* vector tails too */
+    fill_grad(&x);
+    int16_t *want = malloc(sizeof(int16_t) * 4003), *q = malloc(sizeof(int16_t) * 4003);
+    for (int i = 0; i < 20; i++) ((float *)x.data)[i] = 0.0f; /* leading zeros */
+    float unit = log_tensor(&x, &cfg, want);
+    nbl_i4b_grid g;
+    ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, x.data, x.n, q, &g), 0);
+    int smallest = 0;
+    for (int64_t i = 0; i < x.n; i++) {
+      ck_assert(((float *)x.data)[i] == g.unit * (float)q[i]); /* exact */
+      ck_assert(q[i] == 0 || (abs(q[i]) & (abs(q[i]) - 1)) == 0);
+      ck_assert(abs(q[i]) <= g.maxabs);
+      smallest |= abs(want[i]) == 1;
+    }
+    int L = (1 << cs[c].eb) - 1;
+    ck_assert_int_le(g.maxabs, 1 << ((cs[c].radix == 4 ? 2 : 1) * (L - 1)));
+    if (smallest) { /* the recovered grid is the quantizer's own integer form */
+      ck_assert(g.unit == unit);
+      for (int64_t i = 0; i < x.n; i++) ck_assert_int_eq(q[i], want[i]);
+    }
+    free(want);
+    free(q);
+    t_free(&x);
+  }
+  /* radix 10 levels have different mantissas */
+  nbl_log_config c10 = log_cfg(10, 3, NBL_LOG_NEAREST, 0);
+  tens x = t_new(NBL_DT_FLOAT, DIMS(500));
+  fill_grad(&x);
+  log_tensor(&x, &c10, NULL);
+  nbl_i4b_grid g;
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, x.data, x.n, NULL, &g), -1);
+  t_free(&x);
+  /* hand cases */
+  float ok[] = {0.0f, -0.0f, 0.75f, -3.0f, 0.1875f * 4, 48.0f}; /* 0.75 * 2^{0,2,0,6} */
+  int16_t q[8];
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, ok, 6, q, &g), 0);
+  ck_assert(g.unit == 0.75f && g.maxabs == 64);
+  ck_assert(q[0] == 0 && q[1] == 0 && q[2] == 1 && q[3] == -4 && q[4] == 1 && q[5] == 64);
+  float zeros[3] = {0.0f, -0.0f, 0.0f};
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, zeros, 3, q, &g), 0);
+  ck_assert(g.unit == 1.0f && g.maxabs == 0 && q[0] == 0 && q[1] == 0);
+  float span[2] = {1.0f, 32768.0f}; /* 2^15: beyond int16's safe range */
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, span, 2, q, &g), -1);
+  span[1] = 16384.0f;
+  ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, span, 2, q, &g), 0);
+  ck_assert_int_eq(g.maxabs, 16384);
+  float bad[4][2] = {{1.0f, NAN}, {1.0f, INFINITY}, {1.0f, 1e-40f}, {1.0f, 3.0f}};
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, bad[i], 2, q, &g), -1);
+  /* the same inside a vector block, and in a tail */
+  float v[40];
+  int16_t q40[40];
+  for (int pos = 0; pos < 40; pos += 13)
+    for (int i = 0; i < 4; i++) {
+      for (int k = 0; k < 40; k++) v[k] = k % 3 ? -0.5f : 2.0f;
+      ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, v, 40, q40, &g), 0);
+      ck_assert(g.unit == 0.5f && g.maxabs == 4 && q40[0] == 4 && q40[1] == -1);
+      v[pos] = bad[i][1];
+      ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, v, 40, q40, &g), -1);
+    }
+}
+END_TEST
+
+START_TEST(test_codes_linear) {
+  const struct {
+    int bits, affine;
+    nbl_q4_scale_source src;
+  } cs[] = {{4, 0, NBL_Q4_SCALE_MAX}, {4, 1, NBL_Q4_SCALE_MAX}, {4, 0, NBL_Q4_SCALE_SAWB},
+            {8, 0, NBL_Q4_SCALE_MAX}, {8, 1, NBL_Q4_SCALE_MAX}, {4, 0, NBL_Q4_SCALE_PACT}};
+  for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+    tens x = t_rand(NBL_DT_FLOAT, -1.5, 3, DIMS(3001));
+    int16_t *want = malloc(sizeof(int16_t) * 3001), *q = malloc(sizeof(int16_t) * 3001);
+    float s = q4_tensor(&x, cs[c].bits, cs[c].affine, cs[c].src, want);
+    nbl_i4b_grid g;
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s, q, &g), 0);
+    int mx = 0;
+    for (int64_t i = 0; i < x.n; i++) {
+      ck_assert_int_eq(q[i], want[i]);
+      mx = abs(want[i]) > mx ? abs(want[i]) : mx;
+    }
+    ck_assert(g.unit == s);
+    ck_assert_int_eq(g.maxabs, mx);
+    ck_assert_int_le(mx, cs[c].bits == 8 ? 255 : 15);
+    /* one value off the grid, or the wrong scale */
+    float *v = x.data, keep = v[17];
+    v[17] = nextafterf(v[17] == 0 ? s : v[17], INFINITY);
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s, q, &g), -1);
+    v[17] = keep;
+    ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s * 1.5f, q, &g), -1);
+    free(want);
+    free(q);
+    t_free(&x);
+  }
+  float v[2] = {1.0f, NAN};
+  int16_t q[2];
+  nbl_i4b_grid g;
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 2, 0.5f, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 1, 0.0f, q, &g), -1);
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, v, 1, NAN, q, &g), -1);
+  float big[1] = {16385.0f};
+  ck_assert_int_eq(nbl_i4b_codes_linear(ISA, big, 1, 1.0f, q, &g), -1);
+  float w[40];
+  int16_t q40[40];
+  const float bads[4] = {NAN, INFINITY, 16385.0f * 0.25f, 0.3f};
+  for (int pos = 0; pos < 40; pos += 13)
+    for (int i = 0; i < 4; i++) {
+      for (int k = 0; k < 40; k++) w[k] = 0.25f * (float)(k - 20);
+      ck_assert_int_eq(nbl_i4b_codes_linear(ISA, w, 40, 0.25f, q40, &g), 0);
+      ck_assert(g.maxabs == 20 && q40[0] == -20 && q40[39] == 19);
+      w[pos] = bads[i];
+      ck_assert_int_eq(nbl_i4b_codes_linear(ISA, w, 40, 0.25f, q40, &g), -1);
+    }
+  ck_assert_int_eq(nbl_i4b_kchunk(4096, 8), 65534);
+  ck_assert_int_eq(nbl_i4b_kchunk(16384, 16384), 6);
+  ck_assert_int_eq(nbl_i4b_kchunk(0, 0), 2147483646);
+}
+END_TEST
+
+/* The variant follows the calling thread's CPU cap (runtime/core/cpu.h), a
+ * forced one (tests) overrides it, and a variant the CPU lacks is never used. */
+START_TEST(test_isa_choice) {
+  nbl_i4b_set_isa(-1);
+  const nbl_isa prev = nbl_cpu_set_thread_cap(NBL_ISA_SCALAR);
+  ck_assert_int_eq(nbl_i4b_best_isa(), NBL_I4B_SCALAR);
+  nbl_cpu_set_thread_cap(NBL_ISA_AVX2);
+  ck_assert_int_eq(nbl_i4b_best_isa(), nbl_i4b_isa_supported(NBL_I4B_AVX2) ? NBL_I4B_AVX2 : NBL_I4B_SCALAR);
+  nbl_i4b_set_isa(NBL_I4B_AVX512);
+  ck_assert_int_eq(nbl_i4b_best_isa(), nbl_i4b_isa_supported(NBL_I4B_AVX512) ? NBL_I4B_AVX512
+                                       : nbl_i4b_isa_supported(NBL_I4B_AVX2) ? NBL_I4B_AVX2
+                                                                              : NBL_I4B_SCALAR);
+  nbl_i4b_set_isa(-1);
+  nbl_cpu_set_thread_cap(prev);
+  ck_assert_str_eq(nbl_i4b_isa_name(NBL_I4B_AVX512), "avx512");
+}
+END_TEST
+
+/* ------------------------------------------------------------------ the GEMM */
+
+/* C = A * B for random codes, every sink and packing path, all variants. */
+static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bmax, int bpath) {
+  int16_t *A = malloc(sizeof(int16_t) * (size_t)(M * K)), *Bsrc;
+  const int64_t sk = bpath == 0 ? N : bpath == 1 ? 1 : 2 * N + 1, sn = bpath == 0 ? 1 : bpath == 1 ? K : 2;
+  const int64_t nsrc = (K - 1) * sk + (N - 1) * sn + 1;
+  Bsrc = malloc(sizeof(int16_t) * (size_t)nsrc);
+  for (int64_t i = 0; i < M * K; i++) A[i] = (int16_t)rnd_code(amax);
+  for (int64_t i = 0; i < nsrc; i++) Bsrc[i] = (int16_t)rnd_code(bmax);
+  int64_t *ref = calloc((size_t)(M * N), sizeof(int64_t));
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      int64_t s = 0;
+      for (int64_t k = 0; k < K; k++) s += (int64_t)A[m * K + k] * Bsrc[k * sk + n * sn];
+      ref[m * N + n] = s;
+    }
+  const int64_t Kp = (K + 1) & ~(int64_t)1;
+  int16_t *Ap = malloc(sizeof(int16_t) * (size_t)(M * Kp));
+  nbl_i4b_pack_rows(A, M, K, K, 1, Ap, Kp);
+  const int64_t kchunk = nbl_i4b_kchunk(amax, bmax);
+  const int fits32 = (double)K * amax * bmax <= (double)INT32_MAX;
+  const double scale = 0.375e-3;
+  int64_t *c64 = malloc(sizeof(int64_t) * (size_t)(M * N));
+  int32_t *c32 = malloc(sizeof(int32_t) * (size_t)(M * N));
+  float *cf = malloc(sizeof(float) * (size_t)(M * N)), *ct = malloc(sizeof(float) * (size_t)(M * N));
+  int ni = n_isas();
+  for (int v = 0; v < ni; v++) {
+    nbl_i4b_panels B = {0};
+    ck_assert_int_eq(nbl_i4b_panels_reserve(&B, K, N), 0);
+    nbl_i4b_pack(g_isas[v], Bsrc, sk, sn, &B);
+    memset(c64, 0, sizeof(int64_t) * (size_t)(M * N));
+    nbl_i4b_sink add = {.kind = NBL_I4B_ADD64, .c = c64, .ldc = N};
+    /* two row ranges, as threads split them */
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M / 2, 0, N, &B, kchunk, &add);
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, M / 2, M, 0, N, &B, kchunk, &add);
+    for (int64_t i = 0; i < M * N; i++)
+      ck_assert_msg(c64[i] == ref[i], "gemm %lldx%lldx%lld path %d %s: [%lld] %lld != %lld", (long long)M,
+                    (long long)N, (long long)K, bpath, nbl_i4b_isa_name(g_isas[v]), (long long)i,
+                    (long long)c64[i], (long long)ref[i]);
+    if (fits32) {
+      nbl_i4b_sink st = {.kind = NBL_I4B_STORE32, .c = c32, .ldc = N};
+      nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &st);
+      for (int64_t i = 0; i < M * N; i++) ck_assert_int_eq(c32[i], ref[i]);
+    }
+    nbl_i4b_sink sf = {.kind = NBL_I4B_SCALE_F32, .c = cf, .ldc = N, .scale = scale};
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &sf);
+    nbl_i4b_sink tf = {.kind = NBL_I4B_SCALE_F32, .c = ct, .ldc = M, .trans = 1, .scale = scale};
+    nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &tf);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) {
+        float want = (float)((double)ref[m * N + n] * scale);
+        ck_assert(cf[m * N + n] == want);
+        ck_assert(ct[n * M + m] == want);
+      }
+    nbl_i4b_panels_free(&B);
+  }
+  free(A);
+  free(Bsrc);
+  free(Ap);
+  free(ref);
+  free(c64);
+  free(c32);
+  free(cf);
+  free(ct);
+}
+
+START_TEST(test_gemm_exact) {
+  const int64_t Ms[] = {1, 5, 6, 7, 12, 13};
+  const int64_t Ns[] = {1, 15, 16, 17, 32, 33, 48};
+  const int64_t Ks[] = {1, 2, 3, 32, 33, 64};
+  for (size_t a = 0; a < 6; a++)
+    for (size_t b = 0; b < 7; b++)
+      for (size_t c = 0; c < 6; c++) gemm_case(Ms[a], Ns[b], Ks[c], 4096, 8, (int)((a + b + c) % 3));
+  /* long and wide sums: 8-bit codes times 2^12, and the largest codes
+   * (int32 chunks of 6 products, added in int64) */
+  gemm_case(13, 33, 9000, 4096, 255, 0);
+  gemm_case(7, 17, 101, 16384, 16384, 1);
+  gemm_case(6, 32, 250, 16384, 16384, 2);
+  gemm_case(19, 40, 96, 16384, 16384, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ ConvGrad */
+
+typedef struct ccase {
+  const char *what;
+  int ns;
+  int64_t N, C, M, group;
+  int64_t in[3], k[3], s[3], d[3], pb[3], pe[3];
+  int xbits, wbits;
+  int radix, eb; /* dY's log quantizer */
+} ccase;
+
+static nbl_conv_geom geom_of(const ccase *c) {
+  nbl_conv_geom g;
+  memset(&g, 0, sizeof g);
+  g.ns = c->ns;
+  g.N = c->N;
+  g.C = c->C;
+  g.M = c->M;
+  g.group = c->group;
+  g.in_sz = g.k_sz = g.out_sz = 1;
+  for (int i = 0; i < c->ns; i++) {
+    g.in[i] = c->in[i];
+    g.k[i] = c->k[i];
+    g.s[i] = c->s[i];
+    g.d[i] = c->d[i];
+    g.pb[i] = c->pb[i];
+    g.pe[i] = c->pe[i];
+    g.out[i] = (c->in[i] + c->pb[i] + c->pe[i] - (c->k[i] - 1) * c->d[i] - 1) / c->s[i] + 1;
+    g.in_sz *= g.in[i];
+    g.k_sz *= g.k[i];
+    g.out_sz *= g.out[i];
+  }
+  return g;
+}
+
+/* The plain-C integer ConvGrad: direct loops over images, channels, output
+ * positions and taps (multi-indices decoded here, independently of the kernels). */
+static void conv_ref_int(const nbl_conv_geom *g, const int16_t *dy, const int16_t *x, const int16_t *w, int64_t *dx,
+                         int64_t *dw, int64_t *db) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group;
+  memset(dx, 0, sizeof(int64_t) * (size_t)(g->N * g->C * g->in_sz));
+  memset(dw, 0, sizeof(int64_t) * (size_t)(g->M * Cg * g->k_sz));
+  memset(db, 0, sizeof(int64_t) * (size_t)g->M);
+  for (int64_t n = 0; n < g->N; n++)
+    for (int64_t m = 0; m < g->M; m++)
+      for (int64_t a = 0; a < g->out_sz; a++) {
+        const int64_t yv = dy[(n * g->M + m) * g->out_sz + a];
+        db[m] += yv;
+        for (int64_t ki = 0; ki < g->k_sz; ki++) {
+          int64_t ra = a, rk = ki, idx = 0, inside = 1, o[3], kk[3];
+          for (int i = g->ns - 1; i >= 0; i--) {
+            o[i] = ra % g->out[i];
+            ra /= g->out[i];
+            kk[i] = rk % g->k[i];
+            rk /= g->k[i];
+          }
+          for (int i = 0; i < g->ns; i++) {
+            int64_t p = o[i] * g->s[i] - g->pb[i] + kk[i] * g->d[i];
+            inside &= p >= 0 && p < g->in[i];
+            idx = idx * g->in[i] + p;
+          }
+          if (!inside) continue;
+          for (int64_t cc = 0; cc < Cg; cc++) {
+            const int64_t ch = (m / Mg) * Cg + cc, xi = (n * g->C + ch) * g->in_sz + idx;
+            const int64_t wi = (m * Cg + cc) * g->k_sz + ki;
+            dx[xi] += yv * w[wi];
+            dw[wi] += yv * x[xi];
+          }
+        }
+      }
+}
+
+static attr *conv_attrs(const ccase *c, attr *a) {
+  int n = 0;
+  a[n] = (attr){.name = "kernel_shape", .kind = 'v', .n = c->ns};
+  a[n + 1] = (attr){.name = "strides", .kind = 'v', .n = c->ns};
+  a[n + 2] = (attr){.name = "dilations", .kind = 'v', .n = c->ns};
+  a[n + 3] = (attr){.name = "pads", .kind = 'v', .n = 2 * c->ns};
+  for (int i = 0; i < c->ns; i++) {
+    a[0].v[i] = c->k[i];
+    a[1].v[i] = c->s[i];
+    a[2].v[i] = c->d[i];
+    a[3].v[i] = c->pb[i];
+    a[3].v[c->ns + i] = c->pe[i];
+  }
+  a[4] = AI("group", c->group);
+  a[5] = AEND;
+  return a;
+}
+
+/* |y - ref| <= TOL_EPS * abs_sum for every element of output o */
+static void expect_close(const char *what, const char *out, const nbl_host_tensor *y, const nbl_host_tensor *ref,
+                         const nbl_host_tensor *abs_sum) {
+  const int64_t n = (int64_t)(ref->nbytes / sizeof(float));
+  ck_assert_int_eq((int64_t)(y->nbytes / sizeof(float)), n);
+  for (int64_t i = 0; i < n; i++) {
+    double a = h_get(y, i), b = h_get(ref, i), t = TOL_EPS * h_get(abs_sum, i) + 1e-30;
+    ck_assert_msg(fabs(a - b) <= t, "%s %s[%lld]: %.9g vs reference %.9g (tolerance %.3g)", what, out, (long long)i, a,
+                  b, t);
+  }
+}
+
+static void conv_case(const ccase *c) {
+  const nbl_conv_geom g = geom_of(c);
+  const int64_t Cg = c->C / c->group;
+  tens x = t_rand(NBL_DT_FLOAT, -1, 2, 2 + c->ns, (int64_t[]){c->N, c->C, c->in[0], c->in[1], c->in[2]});
+  tens w = t_rand(NBL_DT_FLOAT, -0.5, 0.5, 2 + c->ns, (int64_t[]){c->M, Cg, c->k[0], c->k[1], c->k[2]});
+  tens dy = t_new(NBL_DT_FLOAT, 2 + c->ns, (int64_t[]){c->N, c->M, g.out[0], g.out[1], g.out[2]});
+  fill_grad(&dy);
+  int16_t *xq = malloc(sizeof(int16_t) * (size_t)x.n), *wq = malloc(sizeof(int16_t) * (size_t)w.n);
+  int16_t *dyq = malloc(sizeof(int16_t) * (size_t)dy.n);
+  float sx = q4_tensor(&x, c->xbits, 1, NBL_Q4_SCALE_MAX, xq);
+  float sw = q4_tensor(&w, c->wbits, 0, c->wbits == 4 ? NBL_Q4_SCALE_SAWB : NBL_Q4_SCALE_MAX, wq);
+  nbl_log_config lc = log_cfg(c->radix, c->eb, NBL_LOG_NEAREST, 0);
+  float u = log_tensor(&dy, &lc, dyq);
+  int32_t xm = 0, wm = 0, dm = 0;
+  for (int64_t i = 0; i < x.n; i++) xm = abs(xq[i]) > xm ? abs(xq[i]) : xm;
+  for (int64_t i = 0; i < w.n; i++) wm = abs(wq[i]) > wm ? abs(wq[i]) : wm;
+  for (int64_t i = 0; i < dy.n; i++) dm = abs(dyq[i]) > dm ? abs(dyq[i]) : dm;
+
+  /* 1. the exact accumulators against the integer reference, every variant */
+  int64_t *rdx = malloc(sizeof(int64_t) * (size_t)x.n), *rdw = malloc(sizeof(int64_t) * (size_t)w.n);
+  int64_t *rdb = malloc(sizeof(int64_t) * (size_t)c->M);
+  conv_ref_int(&g, dyq, xq, wq, rdx, rdw, rdb);
+  int64_t *adx = malloc(sizeof(int64_t) * (size_t)x.n), *adw = malloc(sizeof(int64_t) * (size_t)w.n);
+  int64_t *adb = malloc(sizeof(int64_t) * (size_t)c->M);
+  const int ni = n_isas();
+  for (int v = 0; v < ni; v++) {
+    nbl_i4b_conv_out o = {.dx_acc = adx, .dw_acc = adw, .db_acc = adb};
+    ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
+    for (int64_t i = 0; i < x.n; i++)
+      ck_assert_msg(adx[i] == rdx[i], "%s (%s) dX acc[%lld] %lld != %lld", c->what, nbl_i4b_isa_name(g_isas[v]),
+                    (long long)i, (long long)adx[i], (long long)rdx[i]);
+    for (int64_t i = 0; i < w.n; i++)
+      ck_assert_msg(adw[i] == rdw[i], "%s (%s) dW acc[%lld] %lld != %lld", c->what, nbl_i4b_isa_name(g_isas[v]),
+                    (long long)i, (long long)adw[i], (long long)rdw[i]);
+    for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
+  }
+
+  /* 2. the op against the float reference ConvGrad on the dequantized operands */
+  attr a[8];
+  conv_attrs(c, a);
+  tens in[6] = {dy, x, w, t_scalar(NBL_DT_FLOAT, sx), t_scalar(NBL_DT_FLOAT, sw), NONE};
+  runner *ref = runner_new(MS, "ConvGrad", 1, a, 3, in, 3, NULL, 1);
+  ck_assert_msg(runner_run(ref, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+  tens ab[3] = {t_clone(&dy), t_clone(&x), t_clone(&w)};
+  for (int t = 0; t < 3; t++)
+    for (int64_t i = 0; i < ab[t].n; i++) ((float *)ab[t].data)[i] = fabsf(((float *)ab[t].data)[i]);
+  runner *abs_r = runner_new(MS, "ConvGrad", 1, a, 3, ab, 3, NULL, 1);
+  ck_assert(runner_run(abs_r, ab) == NBL_OK);
+  nbl_host_tensor first[3];
+  void *keep[3] = {0};
+  for (int v = 0; v < ni; v++) {
+    nbl_i4b_set_isa(g_isas[v]);
+    long runs = nbl_i4b_integer_runs();
+    runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, NULL, 0);
+    ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 1);
+    static const char *const names[3] = {"dX", "dW", "dB"};
+    for (int o = 0; o < 3; o++) {
+      expect_close(c->what, names[o], &r->out[o], &ref->out[o], &abs_r->out[o]);
+      if (v == 0) {
+        first[o] = r->out[o];
+        first[o].data = keep[o] = malloc(r->out[o].nbytes + 1);
+        memcpy(keep[o], r->out[o].data, r->out[o].nbytes);
+      } else { /* every variant: the same bits */
+        ck_assert(memcmp(first[o].data, r->out[o].data, first[o].nbytes) == 0);
+      }
+    }
+    /* the float outputs are the accumulators rescaled once */
+    const float *dxo = r->out[0].data, *dwo = r->out[1].data;
+    for (int64_t i = 0; i < x.n; i++) ck_assert(dxo[i] == (float)((double)rdx[i] * ((double)u * (double)sw)));
+    for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
+    runner_free(r);
+  }
+  nbl_i4b_set_isa(-1);
+  for (int o = 0; o < 3; o++) free(keep[o]);
+  runner_free(ref);
+  runner_free(abs_r);
+  for (int t = 0; t < 3; t++) t_free(&ab[t]);
+  t_free(&in[3]);
+  t_free(&in[4]);
+  t_free(&x);
+  t_free(&w);
+  t_free(&dy);
+  free(xq);
+  free(wq);
+  free(dyq);
+  free(rdx);
+  free(rdw);
+  free(rdb);
+  free(adx);
+  free(adw);
+  free(adb);
+}
+
+#define SP2(a, b) {a, b, 1}
+static const ccase conv_cases[] = {
+    {"LeNet conv2", 2, 3, 6, 16, 1, SP2(12, 12), SP2(5, 5), SP2(1, 1), SP2(1, 1), SP2(0, 0), SP2(0, 0), 4, 4, 4, 3},
+    {"LeNet conv1, 8-bit input, two image chunks", 2, 9, 1, 6, 1, SP2(28, 28), SP2(5, 5), SP2(1, 1), SP2(1, 1),
+     SP2(0, 0), SP2(0, 0), 8, 4, 4, 3},
+    {"strided, asymmetric pads, odd sizes", 2, 3, 3, 17, 1, SP2(9, 11), SP2(3, 3), SP2(2, 2), SP2(1, 1), SP2(1, 0),
+     SP2(1, 2), 4, 4, 4, 3},
+    {"groups and dilations", 2, 2, 8, 12, 4, SP2(7, 7), SP2(3, 3), SP2(1, 1), SP2(2, 2), SP2(1, 1), SP2(1, 1), 4, 4, 4,
+     3},
+    {"depthwise", 2, 2, 5, 5, 5, SP2(10, 10), SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"pointwise stride 2 (ResNet shortcut)", 2, 3, 16, 32, 1, SP2(14, 14), SP2(1, 1), SP2(2, 2), SP2(1, 1), SP2(0, 0),
+     SP2(0, 0), 4, 4, 4, 3},
+    {"tile edges: 33 channels, 45 rows", 2, 1, 5, 33, 1, SP2(6, 6), SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1),
+     SP2(1, 1), 4, 4, 4, 3},
+    {"stride 1, pads 1 (ResNet block): dX as a convolution of dY", 2, 2, 16, 16, 1, SP2(10, 10), SP2(3, 3),
+     SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"stride 1, asymmetric pads, dilation 2, 8-bit weights", 2, 3, 7, 5, 1, SP2(9, 8), SP2(3, 2), SP2(1, 1),
+     SP2(2, 1), SP2(2, 0), SP2(1, 1), 4, 8, 4, 3},
+    {"pads past the kernel's extent", 2, 1, 3, 4, 1, SP2(5, 5), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(3, 3),
+     SP2(3, 3), 4, 4, 4, 3},
+    {"1-D", 1, 2, 3, 5, 1, {17}, {4}, {3}, {1}, {2}, {1}, 4, 4, 4, 3},
+    {"3-D", 3, 1, 2, 3, 1, {5, 4, 6}, {2, 3, 2}, {1, 2, 1}, {1, 1, 1}, {1, 1, 0}, {0, 1, 1}, 4, 4, 4, 3},
+    {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
+     SP2(1, 1), SP2(1, 1), 4, 8, 2, 4},
+};
+
+START_TEST(test_conv_grad) { conv_case(&conv_cases[_i]); }
+END_TEST
+
+/* ------------------------------------------------------------------ Gemm */
+
+typedef struct gcase {
+  int64_t M, N, K;
+  int ta, tb;
+  float alpha;
+  int a_log; /* A is the log-quantized gradient (else both linear) */
+} gcase;
+
+static void gemm_op_case(const gcase *c) {
+  const int64_t ar = c->ta ? c->K : c->M, ac = c->ta ? c->M : c->K, br = c->tb ? c->N : c->K,
+                bc = c->tb ? c->K : c->N;
+  tens A = t_new(NBL_DT_FLOAT, DIMS(ar, ac)), B = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(br, bc));
+  int16_t *aq = malloc(sizeof(int16_t) * (size_t)A.n), *bq = malloc(sizeof(int16_t) * (size_t)B.n);
+  float sa = 0, ua;
+  if (c->a_log) {
+    fill_grad(&A);
+    nbl_log_config lc = log_cfg(4, 3, NBL_LOG_STOCHASTIC, 0);
+    ua = log_tensor(&A, &lc, aq);
+  } else {
+    for (int64_t i = 0; i < A.n; i++) ((float *)A.data)[i] = (float)gc_uni(-2, 2);
+    ua = sa = q4_tensor(&A, 4, 0, NBL_Q4_SCALE_MAX, aq);
+  }
+  float sb = q4_tensor(&B, 4, 0, NBL_Q4_SCALE_SAWB, bq);
+  int32_t am = 0, bm = 0;
+  for (int64_t i = 0; i < A.n; i++) am = abs(aq[i]) > am ? abs(aq[i]) : am;
+  for (int64_t i = 0; i < B.n; i++) bm = abs(bq[i]) > bm ? abs(bq[i]) : bm;
+  int64_t *ref = calloc((size_t)(c->M * c->N), sizeof(int64_t)), *acc = malloc(sizeof(int64_t) * (size_t)(c->M * c->N));
+  for (int64_t m = 0; m < c->M; m++)
+    for (int64_t n = 0; n < c->N; n++)
+      for (int64_t k = 0; k < c->K; k++)
+        ref[m * c->N + n] += (int64_t)aq[c->ta ? k * c->M + m : m * c->K + k] * bq[c->tb ? n * c->K + k : k * c->N + n];
+  const int ni = n_isas();
+  for (int v = 0; v < ni; v++) {
+    ck_assert_int_eq(nbl_i4b_matmul(NULL, g_isas[v], c->M, c->N, c->K, aq, c->ta, am, bq, c->tb, bm, 1.0, NULL, acc),
+                     NBL_OK);
+    for (int64_t i = 0; i < c->M * c->N; i++) ck_assert(acc[i] == ref[i]);
+  }
+  attr a[4] = {AI("transA", c->ta), AI("transB", c->tb), AF("alpha", c->alpha), AEND};
+  tens in[4] = {A, B, c->a_log ? NONE : t_scalar(NBL_DT_FLOAT, sa), t_scalar(NBL_DT_FLOAT, sb)};
+  runner *rr = runner_new("", "Gemm", 13, a, 2, in, 1, NULL, 1);
+  ck_assert(runner_run(rr, in) == NBL_OK);
+  tens ab[2] = {t_clone(&A), t_clone(&B)};
+  for (int t = 0; t < 2; t++)
+    for (int64_t i = 0; i < ab[t].n; i++) ((float *)ab[t].data)[i] = fabsf(((float *)ab[t].data)[i]);
+  attr aa[4] = {AI("transA", c->ta), AI("transB", c->tb), AF("alpha", fabsf(c->alpha)), AEND};
+  runner *ra = runner_new("", "Gemm", 13, aa, 2, ab, 1, NULL, 1);
+  ck_assert(runner_run(ra, ab) == NBL_OK);
+  void *first = NULL;
+  char what[96];
+  snprintf(what, sizeof what, "Gemm %lldx%lldx%lld ta %d tb %d", (long long)c->M, (long long)c->N, (long long)c->K,
+           c->ta, c->tb);
+  for (int v = 0; v < ni; v++) {
+    nbl_i4b_set_isa(g_isas[v]);
+    long runs = nbl_i4b_integer_runs();
+    runner *r = runner_new("ai.nibble", "Int4LogGemm", 1, a, 4, in, 1, NULL, 0);
+    ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", what, nbl_last_error());
+    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 1);
+    expect_close(what, "Y", &r->out[0], &rr->out[0], &ra->out[0]);
+    const float *y = r->out[0].data;
+    const double s = (double)c->alpha * ((double)ua * (double)sb);
+    for (int64_t i = 0; i < c->M * c->N; i++) ck_assert(y[i] == (float)((double)ref[i] * s));
+    if (!first) {
+      first = malloc(r->out[0].nbytes + 1);
+      memcpy(first, y, r->out[0].nbytes);
+    } else {
+      ck_assert(memcmp(first, y, r->out[0].nbytes) == 0);
+    }
+    runner_free(r);
+  }
+  nbl_i4b_set_isa(-1);
+  free(first);
+  runner_free(rr);
+  runner_free(ra);
+  t_free(&ab[0]);
+  t_free(&ab[1]);
+  t_free(&in[2]);
+  t_free(&in[3]);
+  t_free(&A);
+  t_free(&B);
+  free(aq);
+  free(bq);
+  free(ref);
+  free(acc);
+}
+
+static const gcase gemm_cases[] = {
+    {64, 256, 120, 0, 0, 1.0f, 1}, /* LeNet fc1 dX = dY * W */
+    {120, 256, 64, 1, 0, 1.0f, 1}, /* LeNet fc1 dW = dY^T * X */
+    {7, 17, 33, 0, 1, 0.5f, 1},    {6, 32, 64, 1, 1, 1.0f, 1}, {13, 33, 65, 0, 0, -2.0f, 1},
+    {1, 1, 1, 0, 0, 1.0f, 1},      {5, 16, 2, 1, 0, 1.0f, 0},  {12, 48, 31, 0, 1, 1.0f, 0},
+};
+
+START_TEST(test_gemm_op) { gemm_op_case(&gemm_cases[_i]); }
+END_TEST
+
+/* ------------------------------------------------------------------ fallbacks and errors */
+
+/* A LeNet-conv2-like case; variant: 0 on the grids, 1 a dY value off the
+ * grid, 2 a NaN in dY, 3 X's scale wrong, 4 W_scale omitted (dX wanted),
+ * 5 W_scale omitted with dX not requested (still integer). */
+static void fallback_case(int variant) {
+  tens x = t_rand(NBL_DT_FLOAT, -1, 2, DIMS(2, 3, 8, 8)), w = t_rand(NBL_DT_FLOAT, -0.5, 0.5, DIMS(4, 3, 3, 3));
+  tens dy = t_new(NBL_DT_FLOAT, DIMS(2, 4, 6, 6));
+  fill_grad(&dy);
+  float sx = q4_tensor(&x, 4, 1, NBL_Q4_SCALE_MAX, NULL), sw = q4_tensor(&w, 4, 0, NBL_Q4_SCALE_MAX, NULL);
+  nbl_log_config lc = log_cfg(4, 3, NBL_LOG_NEAREST, 0);
+  log_tensor(&dy, &lc, NULL);
+  float *d = dy.data;
+  if (variant == 1) d[5] = d[5] * 3.0f + 1e-3f;
+  if (variant == 2) d[7] = NAN;
+  tens in[5] = {dy, x, w, t_scalar(NBL_DT_FLOAT, variant == 3 ? sx * 1.25f : sx),
+                variant >= 4 ? NONE : t_scalar(NBL_DT_FLOAT, sw)};
+  attr a[3] = {AV("kernel_shape", 3, 3), AEND};
+  int want5[3] = {0, 1, 1};
+  const int *want = variant == 5 ? want5 : NULL;
+  runner *f = runner_new(MS, "ConvGrad", 1, a, 3, in, 3, want, 0);
+  ck_assert(runner_run(f, in) == NBL_OK);
+  long ir = nbl_i4b_integer_runs(), fr = nbl_i4b_float_runs();
+  runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, want, 0);
+  ck_assert_msg(runner_run(r, in) == NBL_OK, "%s", nbl_last_error());
+  const int integer = variant == 0 || variant == 5;
+  ck_assert_int_eq(nbl_i4b_integer_runs(), ir + integer);
+  ck_assert_int_eq(nbl_i4b_float_runs(), fr + !integer);
+  if (!integer) /* the float kernel itself: the same bits (NaN where it gives NaN) */
+    for (int o = 0; o < 3; o++) {
+      ck_assert_int_eq(r->out[o].nbytes, f->out[o].nbytes);
+      const float *p = r->out[o].data, *q = f->out[o].data;
+      for (size_t i = 0; i < f->out[o].nbytes / 4; i++) ck_assert(p[i] == q[i] || (isnan(p[i]) && isnan(q[i])));
+    }
+  if (variant == 2) ck_assert(isnan(((const float *)r->out[2].data)[0]) || isnan(((const float *)r->out[2].data)[1]));
+  runner_free(f);
+  runner_free(r);
+  t_free(&x);
+  t_free(&w);
+  t_free(&dy);
+  t_free(&in[3]);
+  t_free(&in[4]);
+}
+
+START_TEST(test_fallbacks) { fallback_case(_i); }
+END_TEST
+
+START_TEST(test_bad_inputs_and_reference) {
+  tens x = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(1, 2, 5, 5)), w = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(3, 2, 3, 3));
+  tens dy = t_new(NBL_DT_FLOAT, DIMS(1, 3, 3, 3));
+  fill_grad(&dy);
+  float sx = q4_tensor(&x, 4, 0, NBL_Q4_SCALE_MAX, NULL), sw = q4_tensor(&w, 4, 0, NBL_Q4_SCALE_MAX, NULL);
+  nbl_log_config lc = log_cfg(4, 3, NBL_LOG_NEAREST, 0);
+  log_tensor(&dy, &lc, NULL);
+  attr a[2] = {AV("kernel_shape", 3, 3), AEND};
+  /* a scale that is not a float32 scalar: an error naming the node and input */
+  tens bad[5] = {dy, x, w, t_scalar(NBL_DT_INT64, 1), t_scalar(NBL_DT_FLOAT, sw)};
+  for (int reference = 0; reference < 2; reference++) {
+    runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, bad, 3, NULL, reference);
+    ck_assert_int_eq(runner_run(r, bad), NBL_ERR_INVALID_MODEL);
+    ck_assert_msg(strstr(nbl_last_error(), "n0") && strstr(nbl_last_error(), "X_scale"), "%s", nbl_last_error());
+    runner_free(r);
+  }
+  /* a dY of the wrong shape: the counterpart's message */
+  tens dy2 = t_new(NBL_DT_FLOAT, DIMS(1, 3, 4, 4));
+  tens in2[5] = {dy2, x, w, t_scalar(NBL_DT_FLOAT, sx), t_scalar(NBL_DT_FLOAT, sw)};
+  runner *r2 = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in2, 3, NULL, 0);
+  ck_assert_int_eq(runner_run(r2, in2), NBL_ERR_INVALID_MODEL);
+  ck_assert_msg(strstr(nbl_last_error(), "forward output's shape"), "%s", nbl_last_error());
+  runner_free(r2);
+  /* Gemm scale of the wrong type */
+  tens ga[4] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(2, 3)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(3, 4)), NONE,
+                t_scalar(NBL_DT_DOUBLE, 1)};
+  runner *r3 = runner_new("ai.nibble", "Int4LogGemm", 1, NULL, 4, ga, 1, NULL, 0);
+  ck_assert_int_eq(runner_run(r3, ga), NBL_ERR_INVALID_MODEL);
+  ck_assert_msg(strstr(nbl_last_error(), "B_scale"), "%s", nbl_last_error());
+  runner_free(r3);
+  /* a reference session runs ConvGrad's reference kernel: the same bits */
+  tens in[5] = {dy, x, w, t_scalar(NBL_DT_FLOAT, sx), t_scalar(NBL_DT_FLOAT, sw)};
+  runner *rr = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, NULL, 1);
+  runner *cr = runner_new(MS, "ConvGrad", 1, a, 3, in, 3, NULL, 1);
+  long ir = nbl_i4b_integer_runs();
+  ck_assert(runner_run(rr, in) == NBL_OK && runner_run(cr, in) == NBL_OK);
+  ck_assert_int_eq(nbl_i4b_integer_runs(), ir);
+  for (int o = 0; o < 3; o++) ck_assert(memcmp(rr->out[o].data, cr->out[o].data, cr->out[o].nbytes) == 0);
+  runner_free(rr);
+  runner_free(cr);
+  for (int i = 3; i < 5; i++) {
+    t_free(&bad[i]);
+    t_free(&in2[i]);
+    t_free(&in[i]);
+  }
+  for (int i = 0; i < 4; i++) t_free(&ga[i]);
+  t_free(&dy2);
+  t_free(&x);
+  t_free(&w);
+  t_free(&dy);
+}
+END_TEST
+
+
+/* ------------------------------------------------------------------ the int4-backward pass */
+
+typedef struct pm {
+  nbl_model *m;
+  nbl_graph *g;
+  tens feed[6];
+  const char *feed_name[6];
+  int n_feed;
+  int n_out;
+} pm;
+
+static nbl_id pm_input(pm *p, const char *name, int rank, const int64_t *dims, double lo, double hi) {
+  nbl_id v = nbl_graph_add_value(p->g, name);
+  nbl_type_set_tensor(p->m->arena, &p->g->values[v].type, NBL_DT_FLOAT, rank, dims);
+  nbl_graph_add_input(p->g, v);
+  p->feed[p->n_feed] = t_rand(NBL_DT_FLOAT, lo, hi, rank, dims);
+  p->feed_name[p->n_feed++] = name;
+  return v;
+}
+
+/* A node with one output named `out` (typed when rank >= 0), NULL attrs ok. */
+static nbl_id pm_node(pm *p, const char *op, const char *dom, const char *name, int n_in, const nbl_id *in,
+                      const char *out, int rank, const int64_t *dims, int graph_out) {
+  nbl_id o = nbl_graph_add_value(p->g, out);
+  if (rank >= 0) nbl_type_set_tensor(p->m->arena, &p->g->values[o].type, NBL_DT_FLOAT, rank, dims);
+  nbl_id n = nbl_graph_add_node(p->g, op, dom, name, n_in, in, 1, &o);
+  ck_assert(n != NBL_NONE);
+  if (graph_out) {
+    nbl_graph_add_output(p->g, o);
+    p->n_out++;
+  } else if (rank >= 0) {
+    nbl_graph_add_value_info(p->g, o);
+  }
+  return o;
+}
+
+static nbl_id pm_find_node(const nbl_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!g->nodes[i].dead && !strcmp(g->nodes[i].name, name)) return i;
+  return NBL_NONE;
+}
+
+/* The hand-built backward of a quantized Conv and a quantized Gemm layer,
+ * the gradients quantized by grad_op ("QuantizeLog", or "QuantizeInt4"):
+ *   cg:    ConvGrad(Q(G), Q4(X), Q4(W))             -> Int4LogConvGrad
+ *   cg_f:  ConvGrad(G, Q4(X), Q4(W)), float dY       -> kept
+ *   cg_10: ConvGrad(radix-10 QuantizeLog(G), ...)    -> kept (log only)
+ *   g_dx:  Gemm(Q(Gd), Q4(Wg))                       -> Int4LogGemm
+ *   g_dw:  Gemm(Q(Gd), Q4(A), transA=1)              -> Int4LogGemm
+ *   g_c0:  Gemm(Q(Gd), Q4(Wg), C=0, beta=0)          -> Int4LogGemm, C dropped
+ *   g_c1:  Gemm(Q(Gd), Q4(Wg), C, beta=1)            -> kept
+ *   mm:    MatMul(Q(Gd), Q4(Wg)) (2-D)               -> Int4LogGemm */
+static pm pm_build(const char *grad_op) {
+  pm p;
+  memset(&p, 0, sizeof p);
+  p.m = nbl_model_new();
+  nbl_model_set_opset(p.m, "", 17);
+  nbl_model_set_opset(p.m, "ai.nibble", 1);
+  nbl_model_set_opset(p.m, MS, 1);
+  p.g = p.m->graph;
+  const int64_t dx[4] = {2, 3, 8, 8}, dw[4] = {4, 3, 3, 3}, dg[4] = {2, 4, 6, 6}, da[2] = {5, 7}, dwg[2] = {6, 7},
+                dgd[2] = {5, 6}, dy2[2] = {5, 7}, dw2[2] = {6, 7};
+  nbl_id X = pm_input(&p, "X", 4, dx, -1, 2), W = pm_input(&p, "W", 4, dw, -1, 1), G = pm_input(&p, "G", 4, dg, -1, 1);
+  nbl_id A = pm_input(&p, "A", 2, da, -1, 2), Wg = pm_input(&p, "Wg", 2, dwg, -1, 1),
+         Gd = pm_input(&p, "Gd", 2, dgd, -1, 1);
+  nbl_id xq = pm_node(&p, "QuantizeInt4", "ai.nibble", "q_x", 1, &X, "Xq", 4, dx, 0);
+  nbl_node_set_attr_string(p.g, p.g->values[xq].producer, "mode", "affine");
+  nbl_id wq = pm_node(&p, "QuantizeInt4", "ai.nibble", "q_w", 1, &W, "Wq", 4, dw, 0);
+  nbl_node_set_attr_string(p.g, p.g->values[wq].producer, "scale_source", "sawb");
+  nbl_id gq = pm_node(&p, grad_op, "ai.nibble", "q_g", 1, &G, "Gq", 4, dg, 0);
+  nbl_id aq = pm_node(&p, "QuantizeInt4", "ai.nibble", "q_a", 1, &A, "Aq", 2, da, 0);
+  nbl_id wgq = pm_node(&p, "QuantizeInt4", "ai.nibble", "q_wg", 1, &Wg, "Wgq", 2, dwg, 0);
+  nbl_id gdq = pm_node(&p, grad_op, "ai.nibble", "q_gd", 1, &Gd, "Gdq", 2, dgd, 0);
+  const int64_t ks[2] = {3, 3};
+  nbl_id o3[3] = {nbl_graph_add_value(p.g, "dX"), nbl_graph_add_value(p.g, "dW"), nbl_graph_add_value(p.g, "dB")};
+  nbl_id in3[3] = {gq, xq, wq};
+  nbl_id cg = nbl_graph_add_node(p.g, "ConvGrad", MS, "cg", 3, in3, 3, o3);
+  nbl_node_set_attr_ints(p.g, cg, "kernel_shape", 2, ks);
+  for (int i = 0; i < 3; i++) nbl_graph_add_output(p.g, o3[i]), p.n_out++;
+  nbl_id f3[3] = {G, xq, wq}, fo[1] = {nbl_graph_add_value(p.g, "dX_f")};
+  nbl_id cgf = nbl_graph_add_node(p.g, "ConvGrad", MS, "cg_f", 3, f3, 1, fo);
+  nbl_node_set_attr_ints(p.g, cgf, "kernel_shape", 2, ks);
+  nbl_graph_add_output(p.g, fo[0]), p.n_out++;
+  if (!strcmp(grad_op, "QuantizeLog")) {
+    nbl_id g10 = pm_node(&p, "QuantizeLog", "ai.nibble", "q_g10", 1, &G, "G10", 4, dg, 0);
+    nbl_node_set_attr_int(p.g, p.g->values[g10].producer, "radix", 10);
+    nbl_id t3[3] = {g10, xq, wq}, to[1] = {nbl_graph_add_value(p.g, "dX_10")};
+    nbl_id c10 = nbl_graph_add_node(p.g, "ConvGrad", MS, "cg_10", 3, t3, 1, to);
+    nbl_node_set_attr_ints(p.g, c10, "kernel_shape", 2, ks);
+    nbl_graph_add_output(p.g, to[0]), p.n_out++;
+  }
+  nbl_id i2[2] = {gdq, wgq};
+  pm_node(&p, "Gemm", "", "g_dx", 2, i2, "Y_dx", 2, dy2, 1);
+  nbl_id i2w[2] = {gdq, aq};
+  nbl_id y = pm_node(&p, "Gemm", "", "g_dw", 2, i2w, "Y_dw", 2, dw2, 1);
+  nbl_node_set_attr_int(p.g, p.g->values[y].producer, "transA", 1);
+  float zeros[35] = {0};
+  nbl_id C = nbl_graph_add_value(p.g, "C0");
+  nbl_graph_set_initializer(p.g, C, nbl_tensor_new(p.m->arena, "C0", NBL_DT_FLOAT, 2, dy2, zeros));
+  nbl_id i3[3] = {gdq, wgq, C};
+  y = pm_node(&p, "Gemm", "", "g_c0", 3, i3, "Y_c0", 2, dy2, 1);
+  nbl_node_set_attr_float(p.g, p.g->values[y].producer, "beta", 0.0f);
+  y = pm_node(&p, "Gemm", "", "g_c1", 3, i3, "Y_c1", 2, dy2, 1);
+  pm_node(&p, "MatMul", "", "mm", 2, i2, "Y_mm", 2, dy2, 1);
+  return p;
+}
+
+static void pm_free(pm *p) {
+  for (int i = 0; i < p->n_feed; i++) t_free(&p->feed[i]);
+  nbl_model_free(p->m);
+}
+
+/* Run p's model (fast kernels) and copy its outputs into out[]. */
+static void pm_run(pm *p, tens *out) {
+  nbl_session *s = NULL;
+  nbl_session_options opt = {.threads = 2};
+  ck_assert_msg(nbl_session_create(p->m, &opt, &s) == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor f[6];
+  memset(f, 0, sizeof f);
+  for (int i = 0; i < p->n_feed; i++) {
+    f[i].name = p->feed_name[i];
+    f[i].dtype = NBL_DT_FLOAT;
+    f[i].rank = p->feed[i].rank;
+    memcpy(f[i].dims, p->feed[i].dims, sizeof(int64_t) * 8);
+    f[i].data = p->feed[i].data;
+    f[i].nbytes = sizeof(float) * (size_t)p->feed[i].n;
+  }
+  const nbl_host_tensor *o = NULL;
+  ck_assert_msg(nbl_session_run(s, p->n_feed, f, &o) == NBL_OK, "%s", nbl_last_error());
+  for (int i = 0; i < p->n_out; i++) out[i] = t_copy_host(&o[i]);
+  nbl_session_free(s);
+}
+
+static nbl_status pm_pass(pm *p, const char *spec, char *log, size_t loglen) {
+  nbl_pipeline *pl;
+  nbl_status st = nbl_pipeline_parse(spec, &pl);
+  ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
+  FILE *lf = fmemopen(log, loglen, "w");
+  nbl_pipeline_options o = {.verify_each = 1, .log = lf, .out = lf};
+  st = nbl_pipeline_run(pl, p->m, &o);
+  fclose(lf);
+  nbl_pipeline_free(pl);
+  return st;
+}
+
+/* The rewritten nodes: op types, inputs (the scale outputs of the operands'
+ * quantizers), C and beta dropped; the kept nodes untouched. */
+static void pm_expect_rewrite(pm *p, int log) {
+  nbl_graph *g = p->g;
+  const nbl_node *n = &g->nodes[pm_find_node(g, "cg")];
+  ck_assert_str_eq(n->op_type, "Int4LogConvGrad");
+  ck_assert_str_eq(n->domain, "ai.nibble");
+  const nbl_node *qx = &g->nodes[pm_find_node(g, "q_x")], *qw = &g->nodes[pm_find_node(g, "q_w")];
+  const nbl_node *qg = &g->nodes[pm_find_node(g, "q_g")];
+  ck_assert_int_eq(qx->n_outputs, 2);
+  ck_assert_int_eq(qw->n_outputs, 2);
+  ck_assert_int_eq(n->n_inputs, log ? 5 : 6);
+  ck_assert_int_eq(n->inputs[3], qx->outputs[1]);
+  ck_assert_int_eq(n->inputs[4], qw->outputs[1]);
+  if (!log) ck_assert_int_eq(n->inputs[5], qg->outputs[1]);
+  else ck_assert_int_eq(qg->n_outputs, 1); /* the log quantizer is left as it is */
+  ck_assert_str_eq(g->values[qx->outputs[1]].name, "Xq_scale");
+  ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_f")].op_type, "ConvGrad");
+  if (log) ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_10")].op_type, "ConvGrad");
+  const nbl_node *qa = &g->nodes[pm_find_node(g, "q_a")], *qwg = &g->nodes[pm_find_node(g, "q_wg")],
+                 *qgd = &g->nodes[pm_find_node(g, "q_gd")];
+  static const char *const prods[3] = {"g_dx", "g_c0", "mm"};
+  for (int i = 0; i < 3; i++) {
+    const nbl_node *q = &g->nodes[pm_find_node(g, prods[i])];
+    ck_assert_str_eq(q->op_type, "Int4LogGemm");
+    ck_assert_int_eq(q->n_inputs, 4);
+    ck_assert_int_eq(q->inputs[2], log ? NBL_NONE : qgd->outputs[1]);
+    ck_assert_int_eq(q->inputs[3], qwg->outputs[1]);
+    ck_assert_ptr_null(nbl_node_attr(q, "beta"));
+  }
+  const nbl_node *q = &g->nodes[pm_find_node(g, "g_dw")];
+  ck_assert_str_eq(q->op_type, "Int4LogGemm");
+  ck_assert_int_eq(nbl_attr_int(q, "transA", 0), 1);
+  ck_assert_int_eq(q->inputs[3], qa->outputs[1]);
+  ck_assert_str_eq(g->nodes[pm_find_node(g, "g_c1")].op_type, "Gemm");
+  ck_assert_int_eq(g->values[nbl_graph_find(g, "C0")].n_consumers, 1); /* g_c1 only */
+}
+
+START_TEST(test_pass_log) {
+  pm p = pm_build("QuantizeLog");
+  /* runs when the QuantizeLog op is in the table (it comes with quantize-grad-log4) */
+  const int runnable = nbl_op_lookup("ai.nibble", "QuantizeLog", 1) != NULL;
+  tens a[16], b[16];
+  if (runnable) pm_run(&p, a);
+  char log[2048] = {0};
+  ck_assert_int_eq(pm_pass(&p, "int4-backward", log, sizeof log), NBL_OK);
+  pm_expect_rewrite(&p, 1);
+  ck_assert_msg(strstr(log, "1 ConvGrad and 4 Gemm/MatMul backward products to integer kernels") &&
+                    strstr(log, "cg_f (dY not log-quantized)") && strstr(log, "cg_10 (dY not log-quantized)") &&
+                    strstr(log, "g_c1 (Gemm with a C term)"),
+                "%s", log);
+  if (runnable) {
+    long runs = nbl_i4b_integer_runs();
+    pm_run(&p, b);
+    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 5);
+    for (int o = 0; o < p.n_out; o++) {
+      double mx = 0;
+      for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
+      for (int64_t i = 0; i < a[o].n; i++)
+        ck_assert_msg(fabs(t_get(&a[o], i) - t_get(&b[o], i)) <= 1e-5 * mx, "output %d [%lld]: %g vs %g", o,
+                      (long long)i, t_get(&b[o], i), t_get(&a[o], i));
+      t_free(&a[o]);
+      t_free(&b[o]);
+    }
+  }
+  pm_free(&p);
+}
+END_TEST
+
+/* Linear INT4 gradients (QuantizeInt4 on dY): only with linear=1; the
+ * model runs before and after with the same results to float rounding, the
+ * five products on the integer path. */
+START_TEST(test_pass_linear_runs) {
+  pm p = pm_build("QuantizeInt4");
+  char log[2048] = {0};
+  ck_assert_int_eq(pm_pass(&p, "int4-backward", log, sizeof log), NBL_OK);
+  ck_assert_str_eq(p.g->nodes[pm_find_node(p.g, "cg")].op_type, "ConvGrad"); /* not without linear=1 */
+  ck_assert_msg(strstr(log, "0 ConvGrad and 0 Gemm") && strstr(log, "linear dY"), "%s", log);
+  tens a[16], b[16];
+  pm_run(&p, a);
+  ck_assert_int_eq(pm_pass(&p, "int4-backward{linear=1}", log, sizeof log), NBL_OK);
+  pm_expect_rewrite(&p, 0);
+  long runs = nbl_i4b_integer_runs(), fl = nbl_i4b_float_runs();
+  pm_run(&p, b);
+  ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 5);
+  ck_assert_int_eq(nbl_i4b_float_runs(), fl);
+  for (int o = 0; o < p.n_out; o++) {
+    double mx = 0;
+    for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
+    for (int64_t i = 0; i < a[o].n; i++)
+      ck_assert_msg(fabs(t_get(&a[o], i) - t_get(&b[o], i)) <= 1e-5 * mx, "output %d [%lld]: %g vs %g", o,
+                    (long long)i, t_get(&b[o], i), t_get(&a[o], i));
+    t_free(&a[o]);
+    t_free(&b[o]);
+  }
+  /* the rewritten model saves and loads back equal */
+  char path[] = "/tmp/nbl_i4b_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(p.m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  char why[256] = {0};
+  ck_assert_msg(nbl_model_equal(p.m, back, why, sizeof why), "%s", why);
+  nbl_model_free(back);
+  unlink(path);
+  pm_free(&p);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("int4_backward");
+  TCase *tc = tcase_create("codes");
+  tcase_add_loop_test(tc, test_codes_pow2, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_loop_test(tc, test_codes_linear, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_test(tc, test_isa_choice);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("gemm");
+  tcase_add_test(tc, test_gemm_exact);
+  tcase_add_loop_test(tc, test_gemm_op, 0, (int)(sizeof gemm_cases / sizeof gemm_cases[0]));
+  suite_add_tcase(s, tc);
+  tc = tcase_create("conv");
+  tcase_add_loop_test(tc, test_conv_grad, 0, (int)(sizeof conv_cases / sizeof conv_cases[0]));
+  suite_add_tcase(s, tc);
+  tc = tcase_create("fallback");
+  tcase_add_loop_test(tc, test_fallbacks, 0, 6);
+  tcase_add_test(tc, test_bad_inputs_and_reference);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("pass");
+  tcase_add_test(tc, test_pass_log);
+  tcase_add_test(tc, test_pass_linear_runs);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
