@@ -978,6 +978,7 @@ Suite *int4_suite(void) {
    * with the cap at avx2 and at scalar (CK_INCLUDE_TAGS=capped) */
   TCase *tq = tcase_create("quantize");
   tcase_set_tags(tq, "capped");
+  tcase_set_timeout(tq, 300); /* the sanitizer build on a loaded machine */
   tcase_add_test(tq, test_quantize_bytes);
   suite_add_tcase(s, tq);
   TCase *tf = tcase_create("fused");

@@ -23,14 +23,16 @@ static const unsigned k_level_mask[4] = {
 };
 
 static unsigned g_features;
-static unsigned g_allowed[4]; /* per cap: the features it leaves usable */
-static nbl_isa g_env_cap, g_best;
+static nbl_isa g_best;
 static const char *g_env_var, *g_env_bad;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static _Atomic int g_ready;
-/* initial-exec: a plain load from the thread pointer, not a call (fast paths
- * ask for every row block) */
-static _Thread_local nbl_isa tl_cap __attribute__((tls_model("initial-exec")));
+/* read by the inline queries of cpu.h; the thread's cap with initial-exec
+ * TLS: a load from the thread pointer, not a call (fast paths ask for every
+ * block) */
+unsigned nbl_cpu_allowed_[4];
+nbl_isa nbl_cpu_env_cap_;
+_Thread_local nbl_isa nbl_cpu_tl_cap_ __attribute__((tls_model("initial-exec")));
+_Atomic int nbl_cpu_ready_;
 
 #if NBL_CPU_X86
 static unsigned long long xgetbv0(void) {
@@ -88,35 +90,30 @@ static void init(void) {
     name = "NBL_INT4_ISA";
   }
   if (v && *v) {
-    if (parse_level(v, !strcmp(name, "NBL_INT4_ISA"), &g_env_cap) == 0) {
+    if (parse_level(v, !strcmp(name, "NBL_INT4_ISA"), &nbl_cpu_env_cap_) == 0) {
       g_env_var = name;
     } else {
-      g_env_cap = NBL_ISA_DEFAULT;
+      nbl_cpu_env_cap_ = NBL_ISA_DEFAULT;
       g_env_bad = strdup(v);
       g_env_var = name;
     }
   }
-  for (int c = 0; c < 4; c++) g_allowed[c] = g_features & k_level_mask[c];
-  atomic_store_explicit(&g_ready, 1, memory_order_release);
+  for (int c = 0; c < 4; c++) nbl_cpu_allowed_[c] = g_features & k_level_mask[c];
+  atomic_store_explicit(&nbl_cpu_ready_, 1, memory_order_release);
 }
 
+void nbl_cpu_init_(void) { pthread_once(&g_once, init); }
+
 static inline void ready(void) {
-  if (!atomic_load_explicit(&g_ready, memory_order_acquire)) pthread_once(&g_once, init);
+  if (!atomic_load_explicit(&nbl_cpu_ready_, memory_order_acquire)) nbl_cpu_init_();
 }
 
 /* The cap in force on this thread (NBL_ISA_DEFAULT: none). */
 static nbl_isa cap_now(void) {
-  nbl_isa cap = g_env_cap;
-  if (tl_cap != NBL_ISA_DEFAULT && (cap == NBL_ISA_DEFAULT || tl_cap < cap)) cap = tl_cap;
+  nbl_isa cap = nbl_cpu_env_cap_, tl = nbl_cpu_tl_cap_;
+  if (tl != NBL_ISA_DEFAULT && (cap == NBL_ISA_DEFAULT || tl < cap)) cap = tl;
   return cap;
 }
-
-unsigned nbl_cpu_allowed(void) {
-  ready();
-  return g_allowed[cap_now()];
-}
-
-int nbl_cpu_has(unsigned mask) { return (nbl_cpu_allowed() & mask) == mask; }
 
 unsigned nbl_cpu_features(void) {
   ready();
@@ -134,11 +131,11 @@ nbl_isa nbl_cpu_best_level(void) {
   return g_best;
 }
 
-nbl_isa nbl_cpu_thread_cap(void) { return tl_cap; }
+nbl_isa nbl_cpu_thread_cap(void) { return nbl_cpu_tl_cap_; }
 
 nbl_isa nbl_cpu_set_thread_cap(nbl_isa cap) {
-  nbl_isa prev = tl_cap;
-  tl_cap = cap >= NBL_ISA_SCALAR && cap <= NBL_ISA_AVX512 ? cap : NBL_ISA_DEFAULT;
+  nbl_isa prev = nbl_cpu_tl_cap_;
+  nbl_cpu_tl_cap_ = cap >= NBL_ISA_SCALAR && cap <= NBL_ISA_AVX512 ? cap : NBL_ISA_DEFAULT;
   return prev;
 }
 
@@ -146,7 +143,7 @@ nbl_isa nbl_cpu_env_cap(const char **var, const char **bad) {
   ready();
   if (var) *var = g_env_var;
   if (bad) *bad = g_env_bad;
-  return g_env_cap;
+  return nbl_cpu_env_cap_;
 }
 
 const char *nbl_isa_name(nbl_isa isa) {

@@ -37,14 +37,26 @@ enum {
   NBL_CPU_AVX512VNNI = 1u << 8,
 };
 
+/* internal: the state the inline queries below read (cpu.c) */
+extern unsigned nbl_cpu_allowed_[4]; /* per cap (nbl_isa): the features it leaves usable */
+extern nbl_isa nbl_cpu_env_cap_;
+extern _Thread_local nbl_isa nbl_cpu_tl_cap_ __attribute__((tls_model("initial-exec")));
+extern _Atomic int nbl_cpu_ready_;
+void nbl_cpu_init_(void);
+
+/* The features usable on this thread now: the CPU's, lowered by the cap in
+ * force. A few instructions, no call once initialized: ask where the path is
+ * chosen (the cap depends on the session that runs), not once per process. */
+static inline unsigned nbl_cpu_allowed(void) {
+  if (!__atomic_load_n(&nbl_cpu_ready_, __ATOMIC_ACQUIRE)) nbl_cpu_init_();
+  nbl_isa cap = nbl_cpu_env_cap_, tl = nbl_cpu_tl_cap_;
+  if (tl != NBL_ISA_DEFAULT && (cap == NBL_ISA_DEFAULT || tl < cap)) cap = tl;
+  return nbl_cpu_allowed_[cap];
+}
+
 /* 1 when every feature of `mask` may be used on this thread now: the CPU
- * (and OS) support it and the cap in force allows it. Cheap: call it where
- * the path is chosen, not once per process (the cap depends on the session
- * that runs). */
-int nbl_cpu_has(unsigned mask);
-/* The features usable on this thread now (nbl_cpu_has(m) is
- * (nbl_cpu_allowed() & m) == m), to test several masks with one call. */
-unsigned nbl_cpu_allowed(void);
+ * (and OS) support it and the cap in force allows it. */
+static inline int nbl_cpu_has(unsigned mask) { return (nbl_cpu_allowed() & mask) == mask; }
 
 /* The features the CPU and OS support, ignoring every cap. */
 unsigned nbl_cpu_features(void);
