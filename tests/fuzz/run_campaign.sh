@@ -51,8 +51,8 @@ done
 
 max_len() { # inputs longer than this are cut: the largest seeds of each kind
   case $1 in
-    load|print) echo 262144 ;;
-    run|tensor_pb) echo 65536 ;;
+    load) echo 262144 ;;
+    print|run|tensor_pb) echo 65536 ;;
     *) echo 16384 ;;
   esac
 }
