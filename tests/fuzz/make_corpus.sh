@@ -2,9 +2,10 @@
 # Assemble the seed corpora of the fuzz targets into a folder (not committed):
 #   tests/fuzz/make_corpus.sh OUT [TESTDATA]
 # OUT/<target>/ gets copies of
-#   load, print: every conformance model.onnx and the shipped models/*.onnx
+#   load:        every conformance model.onnx and the shipped models/*.onnx
 #                up to 256 KB (the campaign's -max_len for them)
-#   run:         every conformance model.onnx up to 64 KB
+#   print, run:  every conformance model.onnx up to 64 KB (printing every
+#                weight of a bigger model costs time, not coverage)
 #   tensor_pb:   every conformance test_data_set_*/*.pb up to 64 KB
 #   npy:         models/data/*.npy, and .npy versions 1.0/2.0/3.0 of the small
 #                .pb tensors (needs python3 with onnx and numpy; skipped otherwise)
@@ -27,11 +28,11 @@ if [ -d "$testdata" ]; then
     name=${rel%/model.onnx}
     name=${name//\//__}.onnx
     size=$(stat -c %s "$f")
-    if [ "$size" -le 262144 ]; then
-      cp "$f" "$out/load/$name"
+    [ "$size" -le 262144 ] && cp "$f" "$out/load/$name"
+    if [ "$size" -le 65536 ]; then
       cp "$f" "$out/print/$name"
+      cp "$f" "$out/run/$name"
     fi
-    [ "$size" -le 65536 ] && cp "$f" "$out/run/$name"
   done < <(find "$testdata" -name model.onnx | sort)
   while IFS= read -r f; do
     rel=${f#"$testdata"/}
@@ -43,10 +44,7 @@ fi
 
 for f in "$src"/models/*.onnx; do
   [ -e "$f" ] || continue
-  if [ "$(stat -c %s "$f")" -le 262144 ]; then
-    cp "$f" "$out/load/shipped__$(basename "$f")"
-    cp "$f" "$out/print/shipped__$(basename "$f")"
-  fi
+  [ "$(stat -c %s "$f")" -le 262144 ] && cp "$f" "$out/load/shipped__$(basename "$f")"
 done
 for f in "$src"/models/data/*.npy; do
   [ -e "$f" ] && cp "$f" "$out/npy/shipped__$(basename "$f")"
