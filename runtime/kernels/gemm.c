@@ -578,7 +578,7 @@ static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, in
         const float *srow = src + ih * W;
         for (int64_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
         if (sw == 1) {
-          if (hi > lo) memcpy(d + lo, srow + lo + off, (size_t)(hi - lo) * sizeof(float));
+          if (hi > lo) nbl_copy_row(d + lo, srow + lo + off, hi - lo);
         } else {
           for (int64_t ow = lo; ow < hi; ow++) d[ow] = srow[ow * sw + off];
         }
@@ -1510,14 +1510,35 @@ static void c11_serial(const float *wp, const float *x, int64_t M, int64_t K, in
   c11_run(&t, 0, t.m_outer ? 1 : (P + 31) / 32);
 }
 
+static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P, const float *x,
+                       const float *bias, float *y, const nbl_act *act);
+
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
- * 1 when it ran (AVX-512, constant weights, the node's cache usable). */
+ * 1 when it ran (AVX-512 and memory for the packed weights). Constant weights
+ * are packed once into the node's cache; weights that change between runs
+ * (a training graph's parameters, a backward op's operands) are packed into
+ * *scratch, which the caller keeps across the images of one call and frees
+ * (packing costs M K copies against the product's M K P multiply-adds). */
 static int conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
-                            const float *w, const float *bias, float *y, const nbl_act *act) {
-  nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
-  if (!kc || !weights_const(ctx) || !__builtin_cpu_supports("avx512f")) return 0;
+                            const float *w, const float *bias, float *y, const nbl_act *act,
+                            c11_cache **scratch) {
+  if (!ctx || !__builtin_cpu_supports("avx512f")) return 0;
   int64_t Mb = (M + 7) / 8;
-  c11_cache *cc = kc->data;
+  c11_cache *cc;
+  if (!weights_const(ctx)) {
+    cc = *scratch;
+    if (!cc || cc->w != w || cc->M != M || cc->K != K) {
+      free(cc);
+      *scratch = cc = malloc(sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+      if (!cc) return 0;
+      cc->w = w, cc->M = M, cc->K = K;
+      c11_pack(w, M, K, cc->wp);
+    }
+    return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+  }
+  nbl_kcache *kc = nbl_kctx_cache(ctx);
+  if (!kc) return 0;
+  cc = kc->data;
   if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
     if (kc->free_fn) kc->free_fn(kc->data);
     kc->data = NULL;
@@ -1529,6 +1550,13 @@ static int conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, cons
     kc->data = cc;
     kc->free_fn = c11_cache_free;
   }
+  return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+}
+
+/* The product of conv_gemm_avx512 with the packed weights cc. */
+static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P, const float *x,
+                       const float *bias, float *y, const nbl_act *act) {
+  int64_t Mb = (M + 7) / 8;
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   c11_task t = {x, cc->wp, bias, y, act, M, K, P, nbl_pixel_bands(threads, P), 1, Mb * 8, 0};
   int64_t tiles = (P + 31) / 32;
@@ -1563,7 +1591,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   }
 #if defined(__x86_64__)
   /* 1x1 and im2col products with one group: the AVX-512 kernel below */
-  int own = g->group == 1 && ctx && weights_const(ctx) && __builtin_cpu_supports("avx512f");
+  int own = g->group == 1 && ctx && __builtin_cpu_supports("avx512f");
+  c11_cache *scratch = NULL; /* weights packed for this call when they are not constant */
 #else
   int own = 0;
 #endif
@@ -1577,9 +1606,12 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)
       if (!conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,
-                            y + n * g->M * g->out_sz, act))
+                            y + n * g->M * g->out_sz, act, &scratch))
         own = 0;
-    if (own) return NBL_OK;
+    if (own) {
+      free(scratch);
+      return NBL_OK;
+    }
   }
 #endif
   int64_t kdim = Cg * g->k_sz;
@@ -1607,7 +1639,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
         b = col;
       }
 #if defined(__x86_64__)
-      if (own && conv_gemm_avx512(ctx, Mg, kdim, g->out_sz, b, wg, bias, yg, act)) continue;
+      if (own && conv_gemm_avx512(ctx, Mg, kdim, g->out_sz, b, wg, bias, yg, act, &scratch)) continue;
 #endif
       /* the bias goes into C first and the product adds to it (beta 1): one
        * pass over the output instead of a zeroing pass and an add pass */
@@ -1615,6 +1647,9 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
                      g->out_sz, bias ? bias + gr * Mg : NULL, act);
     }
   free(col);
+#if defined(__x86_64__)
+  free(scratch);
+#endif
   return NBL_OK;
 }
 
