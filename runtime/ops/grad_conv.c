@@ -322,6 +322,10 @@ static void cg_serial(const cg_task *t, int64_t nb, int to_col, float *tmp) {
  * memory. */
 static int dx_by_conv(nbl_kctx *c, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
   if (g->group != 1 || nbl_conv_pointwise(g)) return 0;
+  /* its im2col has M k_sz in_sz elements per image against the product's C
+   * k_sz out_sz: not when it is much larger (LeNet's second 5x5 layer: 16
+   * channels of 8x8 padded by 4 to 12x12 for 6 channels, 6 times the work) */
+  if (g->M * g->in_sz > 2 * g->C * g->out_sz) return 0;
   nbl_conv_geom t = *g;
   for (int i = 0; i < g->ns; i++) {
     int64_t span = g->d[i] * (g->k[i] - 1);
