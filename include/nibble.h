@@ -316,6 +316,8 @@ typedef struct nbl_train_options {
   double max_grad_norm; /* > 0: before each optimizer step, scale the accumulated gradients
                            by max_grad_norm / (norm + 1e-6) when their global L2 norm exceeds
                            it (as torch.nn.utils.clip_grad_norm_); 0: no clipping */
+  int profile;          /* 1: time every node of the gradient and optimizer parts
+                           (nbl_train_print_profile) */
 } nbl_train_options;
 
 /* Create a session from a training model. `opt` may be NULL (defaults). The
@@ -424,6 +426,14 @@ nbl_status nbl_train_param(const nbl_train_session *s, int i, nbl_host_tensor *v
  * name. Fails with NBL_ERR_INVALID_ARGUMENT before the first train step. */
 int nbl_train_grad_count(const nbl_train_session *s);
 nbl_status nbl_train_grad(nbl_train_session *s, int i, nbl_host_tensor *view);
+
+/* With nbl_train_options.profile: print where the train and optimizer steps
+ * spent their time since creation or the last reset - per op type (backward
+ * ops by their own names, e.g. ConvGrad) for the gradient part and the
+ * optimizer part, then the `top` slowest nodes (top <= 0: none) - to `out`.
+ * NBL_ERR_INVALID_ARGUMENT when the session was created without profiling. */
+nbl_status nbl_train_print_profile(const nbl_train_session *s, FILE *out, int top);
+void nbl_train_reset_profile(nbl_train_session *s);
 
 /* Save a checkpoint: the training model with the current parameters and
  * state as initializers and the progress, schedule and user keys as

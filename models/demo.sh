@@ -2,7 +2,9 @@
 # The main job on the shipped default model and data: load the LeNet-5
 # Fashion-MNIST classifier, show it, rewrite it with the cleanup pipeline while
 # dumping every stage, run the rewritten model on the shipped test batch and
-# report its accuracy next to the original's. Usage: models/demo.sh [NIBBLE]
+# report its accuracy next to the original's; then train LeNet-5 from its
+# initial weights for one epoch and draw the loss curve (build/demo/loss.png).
+# Usage: models/demo.sh [NIBBLE]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 NIBBLE=${1:-$here/../build/tools/nibble}
@@ -33,25 +35,19 @@ print("top-1 accuracy: %d/%d correct" % ((logits.argmax(1) == labels).sum(), len
 PY
 done
 
-# Training (issue 15): fine-tune the shipped LeNet-5 for one epoch on Fashion-MNIST with
-# the training graph that build-training makes (progress bar on a terminal), then draw
-# the loss curve from the metrics CSV next to the dumps.
+# Training (issue 15): train the shipped LeNet-5 from its initial weights (lenet5_init.onnx,
+# PyTorch's initialization) for one epoch on Fashion-MNIST with the training graph that
+# build-training makes (progress bar on a terminal), then draw the loss curve from the
+# metrics CSV next to the dumps (models/plot_train.sh, gnuplot).
 echo
 if "$NIBBLE" passes | grep -q '^build-training' && [ -d /usr/share/datasets/fashion-mnist ]; then
-  echo "== nibble train $(basename "$MODEL") --data fashion-mnist --epochs 1 (dumps in $OUT/train-dump)"
-  "$NIBBLE" train "$MODEL" --data fashion-mnist --epochs 1 --optimizer momentum --lr 0.01 \
+  echo "== nibble train lenet5_init.onnx --data fashion-mnist --epochs 1 (training graph dumped to $OUT/train-dump)"
+  "$NIBBLE" train "$here/lenet5_init.onnx" --data fashion-mnist --epochs 1 --optimizer momentum \
+    --lr 0.05 --schedule cosine --weight-decay 0.0005 \
     --metrics "$OUT/train.csv" --log-every 20 --checkpoint "$OUT/lenet5.ckpt" \
     --export "$OUT/lenet5.trained.onnx" --dump-dir "$OUT/train-dump"
   if command -v gnuplot >/dev/null; then
-    gnuplot <<GP
-set terminal pngcairo size 800,480
-set output "$OUT/loss.png"
-set datafile separator ","
-set xlabel "update"
-set ylabel "training loss (mean over 20 updates)"
-set title "nibble train: LeNet-5 on Fashion-MNIST, 1 epoch"
-plot "< grep '^step' $OUT/train.csv" using 4:6 with lines title "loss"
-GP
+    "$here/plot_train.sh" "$OUT/train.csv" "$OUT/loss.png" "nibble train: LeNet-5 on Fashion-MNIST, 1 epoch"
     echo "loss curve: $OUT/loss.png"
   fi
 else

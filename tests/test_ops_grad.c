@@ -669,6 +669,20 @@ START_TEST(test_pool_hand) {
   const double *o = b->out[0].data;
   ck_assert(o[0] == 7 && o[1] == 0 && o[2] == 0 && o[3] == 5);
   runner_free(b);
+  /* float32 (the fast kernel, 2 threads) with indices that cross (n, c)
+   * planes: X [1, 2, 1, 2], dY [1, 2, 1, 1]; same routing */
+  {
+    tens mf[3] = {t_new(NBL_DT_FLOAT, DIMS(1, 2, 1, 1)), t_i64(4, (const int64_t[]){1, 2, 1, 1}, (const int64_t[]){3, 0}),
+                  T_I64(1, 2, 1, 2)};
+    ((float *)mf[0].data)[0] = 5;
+    ((float *)mf[0].data)[1] = 7;
+    runner *bf = runner_new(MS, "MaxPoolGrad", 1, NULL, 3, mf, 1, NULL, 0);
+    ck_assert_int_eq(runner_run(bf, mf), NBL_OK);
+    const float *of = bf->out[0].data;
+    ck_assert(of[0] == 7 && of[1] == 0 && of[2] == 0 && of[3] == 5);
+    runner_free(bf);
+    free_all(mf, 3);
+  }
   /* an index outside X: clear error, nothing written */
   ((int64_t *)m[1].data)[0] = 4;
   runner *e = runner_new(MS, "MaxPoolGrad", 1, NULL, 3, m, 1, NULL, 1);

@@ -292,6 +292,43 @@ START_TEST(test_maxpool_vector) {
 }
 END_TEST
 
+static void attr_pool33s2_col(nbl_graph *g, nbl_id n) {
+  attr_pool33s2(g, n);
+  nbl_node_set_attr_int(g, n, "storage_order", 1);
+}
+
+/* MaxPool with its Indices output (training graphs): the float fast kernel
+ * against the reference, values and indices exactly, with NaN, ties (equal
+ * values: the first in window order wins), padding, dilation and both
+ * storage orders. */
+START_TEST(test_maxpool_indices) {
+  int64_t d[4] = {2, 3, 13, 11};
+  int64_t n = 2 * 3 * 13 * 11;
+  float *x = frandv(n);
+  for (int64_t i = 0; i < n; i += 53) x[i] = NAN;
+  for (int64_t i = 5; i < n; i += 7) x[i] = 0.5f; /* ties */
+  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
+  attr_fn attrs[4] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col};
+  for (int a = 0; a < 4; a++) {
+    nbl_host_tensor f[2], r[2];
+    ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, f, 0, 2) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, r, 1, 1) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_uint_eq(f[0].nbytes, r[0].nbytes);
+    ck_assert_uint_eq(f[1].nbytes, r[1].nbytes);
+    ck_assert_int_eq(f[1].dtype, NBL_DT_INT64);
+    const float *fy = f[0].data, *ry = r[0].data;
+    const int64_t *fi = f[1].data, *ri = r[1].data;
+    for (size_t i = 0; i < f[0].nbytes / 4; i++) {
+      ck_assert_msg(fy[i] == ry[i] || (isnan(fy[i]) && isnan(ry[i])), "attrs %d elem %zu: %g vs %g", a, i,
+                    fy[i], ry[i]);
+      ck_assert_msg(fi[i] == ri[i], "attrs %d index %zu: %lld vs %lld", a, i, (long long)fi[i], (long long)ri[i]);
+    }
+    for (int k = 0; k < 2; k++) free(f[k].data), free(r[k].data);
+  }
+  free(x);
+}
+END_TEST
+
 START_TEST(test_pooling_hand) {
   /* x = [[1,2,3],[4,NaN,6],[7,8,9]], kernel 2 stride 2, pads top/left 1 -> 2x2 windows:
    * (0,0): {1}; (0,1): {2,3}; (1,0): {4,7}; (1,1): {NaN,6,8,9} */
@@ -508,6 +545,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_matmul_shapes);
   tcase_add_test(tc, test_pooling_hand);
   tcase_add_test(tc, test_maxpool_vector);
+  tcase_add_test(tc, test_maxpool_indices);
   tcase_add_test(tc, test_batchnorm_layernorm_hand);
   tcase_add_test(tc, test_einsum_hand);
   tcase_add_test(tc, test_quantize_hand);

@@ -412,6 +412,50 @@ START_TEST(test_memory_reuse_forward_backward) {
 }
 END_TEST
 
+/* The training profile: refused without profiling; with it, both parts'
+ * step counts and op types (Gemm in the gradient part, Momentum in the
+ * optimizer part) and the slowest nodes; a reset forgets the runs. */
+START_TEST(test_profile) {
+  mlp_cfg c = cfg_default();
+  nbl_train_session *s = session(&c, NULL);
+  FILE *f = tmpfile();
+  ck_assert_int_eq(nbl_train_print_profile(s, f, 5), NBL_ERR_INVALID_ARGUMENT);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "without profiling"));
+  nbl_train_session_free(s);
+  nbl_train_options o = {.threads = 2, .profile = 1};
+  s = session(&c, &o);
+  batch b = make_batch(&c, 8, 3);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(nbl_train_step(s, 2, b.t, NULL), NBL_OK);
+    ck_assert_int_eq(nbl_optimizer_step(s), NBL_OK);
+    ck_assert_int_eq(nbl_train_reset_grad(s), NBL_OK);
+  }
+  rewind(f);
+  ck_assert_int_eq(nbl_train_print_profile(s, f, 3), NBL_OK);
+  long n = ftell(f);
+  char *text = calloc(1, (size_t)n + 1);
+  rewind(f);
+  ck_assert_uint_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+  ck_assert_msg(strstr(text, "3 train step(s)") && strstr(text, "3 optimizer step(s)"), "%s", text);
+  ck_assert_msg(strstr(text, "Gemm ") && strstr(text, "gradient"), "%s", text);
+  ck_assert_msg(strstr(text, "Momentum ") && strstr(text, "optimizer"), "%s", text);
+  ck_assert_msg(strstr(text, "slowest nodes:"), "%s", text);
+  free(text);
+  nbl_train_reset_profile(s);
+  rewind(f);
+  ck_assert_int_eq(nbl_train_print_profile(s, f, 0), NBL_OK);
+  n = ftell(f);
+  text = calloc(1, (size_t)n + 1);
+  rewind(f);
+  ck_assert_uint_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+  ck_assert_msg(strstr(text, "0 train step(s)") && !strstr(text, "slowest"), "%s", text);
+  free(text);
+  fclose(f);
+  free_batch(&b);
+  nbl_train_session_free(s);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ schedules */
 
 START_TEST(test_schedules) {
@@ -740,6 +784,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_accumulation_and_clipping);
   tcase_add_test(tc, test_running_stats_eval_and_export);
   tcase_add_test(tc, test_memory_reuse_forward_backward);
+  tcase_add_test(tc, test_profile);
   tcase_add_test(tc, test_schedules);
   tcase_add_test(tc, test_checkpoint_resume_exact);
   tcase_add_test(tc, test_checkpoint_bad_files);

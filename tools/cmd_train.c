@@ -40,7 +40,7 @@
 typedef struct opts {
   const char *model, *data, *optimizer, *schedule, *passes, *dump_dir, *label;
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
-  int print_after_all, verify_each, reference, threads;
+  int print_after_all, verify_each, reference, threads, profile, profile_top;
   long long epochs, batch, ckpt_every, log_every;
   double lr, max_grad_norm, weight_decay;
   unsigned long long seed;
@@ -78,6 +78,8 @@ static void train_usage(FILE *f) {
         "  --export OUT.onnx       write the trained inference model\n"
         "  --threads N             kernel threads (default: one per core)\n"
         "  --reference             plain C reference kernels only\n"
+        "  --profile[=N]           time every node of the train and optimizer steps; print the\n"
+        "                          time per op type and the N slowest nodes (default 15) at the end\n"
         "exit status: 0 trained, 1 training failed, 2 bad usage or bad input\n",
         f);
 }
@@ -119,6 +121,13 @@ static int parse_args(int argc, char **argv, opts *o) {
     if (!strcmp(a, "--print-after-all")) { o->print_after_all = 1; continue; }
     if (!strcmp(a, "--verify-each")) { o->verify_each = 1; continue; }
     if (!strcmp(a, "--reference")) { o->reference = 1; continue; }
+    if (!strcmp(a, "--profile")) { o->profile = 1, o->profile_top = 15; continue; }
+    if (!strncmp(a, "--profile=", 10)) {
+      long long top;
+      if (parse_ll("--profile", a + 10, 0, &top)) return 2;
+      o->profile = 1, o->profile_top = (int)(top > 1000 ? 1000 : top);
+      continue;
+    }
     if (a[0] == '-' && a[1]) {
       static const char *with_value[] = {"--data", "--epochs", "--batch", "--lr", "--optimizer", "--schedule",
                                          "--seed", "--passes", "--dump-dir", "--checkpoint",
@@ -640,7 +649,8 @@ int nbl_cmd_train(int argc, char **argv) {
   nbl_model *m = NULL;
   if ((rc = prepare_model(&o, &m))) return rc;
   run r = {.o = &o, .tty = isatty(STDOUT_FILENO)};
-  nbl_train_options to = {.threads = o.threads, .reference = o.reference, .max_grad_norm = o.max_grad_norm};
+  nbl_train_options to = {.threads = o.threads, .reference = o.reference, .max_grad_norm = o.max_grad_norm,
+                          .profile = o.profile};
   nbl_status st = nbl_train_session_create(m, &to, &r.s);
   nbl_model_free(m);
   if (st != NBL_OK) {
@@ -670,6 +680,7 @@ int nbl_cmd_train(int argc, char **argv) {
   fflush(stdout);
   r.t0 = now();
   if ((rc = train(&r))) goto out;
+  if (o.profile) nbl_train_print_profile(r.s, stdout, o.profile_top);
   if (o.export_path) {
     if (nbl_train_export(r.s, o.export_path) != NBL_OK) {
       fprintf(stderr, "nibble: %s\n", nbl_last_error());

@@ -219,7 +219,8 @@ typedef struct nbl_op_def {
   extern const nbl_op_def nbl_ops_##fam[];   \
   extern const size_t nbl_ops_##fam##_count;
 
-NBL_OP_FAMILY(elementwise)  /* runtime/ops/elementwise.c: math, compare, logic, activations */
+NBL_OP_FAMILY(elementwise)  /* runtime/ops/elementwise.c: arithmetic, compare, logic, Where, Max/Min/Sum/Mean */
+NBL_OP_FAMILY(elementwise_unary) /* runtime/ops/elementwise_unary.c: math functions, activations, Clip */
 NBL_OP_FAMILY(reduce)       /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
 NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
 NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */

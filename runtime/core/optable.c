@@ -11,6 +11,7 @@ static const struct {
   const size_t *count;
 } families[] = {
     {nbl_ops_elementwise, &nbl_ops_elementwise_count},
+    {nbl_ops_elementwise_unary, &nbl_ops_elementwise_unary_count},
     {nbl_ops_reduce, &nbl_ops_reduce_count},
     {nbl_ops_nn, &nbl_ops_nn_count},
     {nbl_ops_nn_pool, &nbl_ops_nn_pool_count},

@@ -113,14 +113,35 @@ void nbl_c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64
   c11_run(&t, 0, t.m_outer ? 1 : (P + 31) / 32);
 }
 
+static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P,
+                       const float *x, const float *bias, float *y, const nbl_act *act);
+
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
- * 1 when it ran (AVX-512, constant weights, the node's cache usable). */
+ * 1 when it ran (AVX-512 and memory for the packed weights). Constant weights
+ * are packed once into the node's cache; weights that change between runs
+ * (a training graph's parameters, a backward op's operands) are packed into
+ * *scratch, which the caller keeps across the images of one call and frees
+ * (packing costs M K copies against the product's M K P multiply-adds). */
 int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
-                            const float *w, const float *bias, float *y, const nbl_act *act) {
-  nbl_kcache *kc = ctx ? nbl_kctx_cache(ctx) : NULL;
-  if (!kc || !nbl_conv_weights_const(ctx) || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
+                         const float *w, const float *bias, float *y, const nbl_act *act,
+                         void **scratch) {
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
   int64_t Mb = (M + 7) / 8;
-  c11_cache *cc = kc->data;
+  c11_cache *cc;
+  if (!nbl_conv_weights_const(ctx)) {
+    cc = *scratch;
+    if (!cc || cc->w != w || cc->M != M || cc->K != K) {
+      free(cc);
+      *scratch = cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+      if (!cc) return 0;
+      cc->w = w, cc->M = M, cc->K = K;
+      nbl_c11_pack(w, M, K, cc->wp);
+    }
+    return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+  }
+  nbl_kcache *kc = nbl_kctx_cache(ctx);
+  if (!kc) return 0;
+  cc = kc->data;
   if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
     if (kc->free_fn) kc->free_fn(kc->data);
     kc->data = NULL;
@@ -132,6 +153,13 @@ int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const f
     kc->data = cc;
     kc->free_fn = c11_cache_free;
   }
+  return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+}
+
+/* The product of nbl_conv_gemm_avx512 with the packed weights cc. */
+static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P,
+                       const float *x, const float *bias, float *y, const nbl_act *act) {
+  int64_t Mb = (M + 7) / 8;
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   c11_task t = {x, cc->wp, bias, y, act, M, K, P, nbl_pixel_bands(threads, P), 1, Mb * 8, 0};
   int64_t tiles = (P + 31) / 32;

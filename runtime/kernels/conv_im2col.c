@@ -159,7 +159,7 @@ static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, in
         const float *srow = src + ih * W;
         for (int64_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
         if (sw == 1) {
-          if (hi > lo) memcpy(d + lo, srow + lo + off, (size_t)(hi - lo) * sizeof(float));
+          if (hi > lo) nbl_copy_row(d + lo, srow + lo + off, hi - lo);
         } else {
           for (int64_t ow = lo; ow < hi; ow++) d[ow] = srow[ow * sw + off];
         }
@@ -236,7 +236,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (g->ns == 2 && Cg == 1 && g->group == g->C) return nbl_conv_dw_f32(ctx, g, x, w, bias, y, act);
 #if defined(__x86_64__)
   /* 1x1 and im2col products with one group: the AVX-512 kernel below */
-  int own = g->group == 1 && ctx && nbl_conv_weights_const(ctx) && nbl_cpu_has(NBL_CPU_AVX512F);
+  int own = g->group == 1 && ctx && nbl_cpu_has(NBL_CPU_AVX512F);
+  void *scratch = NULL; /* weights packed for this call when they are not constant */
 #else
   int own = 0;
 #endif
@@ -250,9 +251,12 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)
       if (!nbl_conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,
-                            y + n * g->M * g->out_sz, act))
+                                y + n * g->M * g->out_sz, act, &scratch))
         own = 0;
-    if (own) return NBL_OK;
+    if (own) {
+      free(scratch);
+      return NBL_OK;
+    }
   }
 #endif
   int64_t kdim = Cg * g->k_sz;
@@ -280,7 +284,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
         b = col;
       }
 #if defined(__x86_64__)
-      if (own && nbl_conv_gemm_avx512(ctx, Mg, kdim, g->out_sz, b, wg, bias, yg, act)) continue;
+      if (own && nbl_conv_gemm_avx512(ctx, Mg, kdim, g->out_sz, b, wg, bias, yg, act, &scratch))
+        continue;
 #endif
       /* the bias goes into C first and the product adds to it (beta 1): one
        * pass over the output instead of a zeroing pass and an add pass */
@@ -288,5 +293,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
                          g->out_sz, bias ? bias + gr * Mg : NULL, act);
     }
   free(col);
+#if defined(__x86_64__)
+  free(scratch);
+#endif
   return NBL_OK;
 }

@@ -39,10 +39,13 @@ int nbl_wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const f
 
 #if defined(__x86_64__)
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the AVX-512
- * tile kernel, weights packed once into the node's cache; 1 when it ran
- * (AVX-512 here, constant weights, the cache usable). conv_avx512.c. */
+ * tile kernel; 1 when it ran (AVX-512 here, memory for the packed weights).
+ * Constant weights are packed once into the node's cache, others into
+ * *scratch (NULL at first), which the caller frees after its last image.
+ * conv_avx512.c. */
 int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
-                         const float *w, const float *bias, float *y, const nbl_act *act);
+                         const float *w, const float *bias, float *y, const nbl_act *act,
+                         void **scratch);
 /* wp = w[M][K] packed for that kernel: [M/8 rounded up][K][8], wp zeroed by
  * the caller. */
 void nbl_c11_pack(const float *w, int64_t M, int64_t K, float *wp);

@@ -120,6 +120,24 @@ static inline int nbl_conv_pointwise(const nbl_conv_geom *g) {
   return 1;
 }
 
+/* Copy n floats (an im2col row: often a few dozen) without a library call
+ * for short rows: the call's overhead dominates a copy of 7 to 56 floats. */
+static inline void nbl_copy_row(float *d, const float *s, int64_t n) {
+  if (n >= 64) {
+    __builtin_memcpy(d, s, sizeof(float) * (size_t)n);
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) __builtin_memcpy(d + i, s + i, 32);
+  if (i + 4 <= n) __builtin_memcpy(d + i, s + i, 16), i += 4;
+  switch (n - i) { /* 0 to 3 left; a loop here would become a memcpy call again */
+  case 3: d[i + 2] = s[i + 2]; /* fall through */
+  case 2: d[i + 1] = s[i + 1]; /* fall through */
+  case 1: d[i] = s[i]; /* fall through */
+  default: break;
+  }
+}
+
 /* Direct reference convolution in double: x [N,C,in...], w [M,C/group,k...],
  * bias [M] or NULL, y [N,M,out...]. */
 void nbl_conv_ref_f64(const nbl_conv_geom *g, const double *x, const double *w, const double *bias,

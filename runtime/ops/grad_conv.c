@@ -221,7 +221,7 @@ static void im2col2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *x, floa
           }
           const float *row = plane + ih * Wd;
           for (int64_t ow = 0; ow < ow0; ow++) d[ow] = 0.0f;
-          if (sw == 1) memcpy(d + ow0, row + ow0 + off, sizeof(float) * (size_t)(ow1 - ow0));
+          if (sw == 1) nbl_copy_row(d + ow0, row + ow0 + off, ow1 - ow0);
           else
             for (int64_t ow = ow0; ow < ow1; ow++) d[ow] = row[ow * sw + off];
           for (int64_t ow = ow1; ow < OW; ow++) d[ow] = 0.0f;
@@ -311,6 +311,49 @@ static void cg_serial(const cg_task *t, int64_t nb, int to_col, float *tmp) {
   }
 }
 
+/* dX of a stride-1 convolution is itself a convolution: dY convolved with W
+ * transposed (input and output channels swapped) and flipped in every
+ * spatial dim, with the same dilation and pads d (k - 1) - p on each side
+ * (the output then has X's spatial dims). It runs on the forward path's
+ * kernels (AVX-512 product or im2col + BLAS, many taps per product) instead
+ * of a product of inner dimension M and a col2im scatter. One group, any
+ * spatial rank, pads at most d (k - 1). Returns 1 when it wrote dx (fully:
+ * no zeroing needed), 0 when the layer does not qualify, -1 when out of
+ * memory. */
+static int dx_by_conv(nbl_kctx *c, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
+  if (g->group != 1 || nbl_conv_pointwise(g)) return 0;
+  /* its im2col has M k_sz in_sz elements per image against the product's C
+   * k_sz out_sz: not when it is much larger (LeNet's second 5x5 layer: 16
+   * channels of 8x8 padded by 4 to 12x12 for 6 channels, 6 times the work) */
+  if (g->M * g->in_sz > 2 * g->C * g->out_sz) return 0;
+  nbl_conv_geom t = *g;
+  for (int i = 0; i < g->ns; i++) {
+    int64_t span = g->d[i] * (g->k[i] - 1);
+    if (g->s[i] != 1 || g->pb[i] > span || g->pe[i] > span) return 0;
+    t.in[i] = g->out[i];
+    t.out[i] = g->in[i];
+    t.pb[i] = span - g->pb[i];
+    t.pe[i] = span - g->pe[i];
+  }
+  t.C = g->M;
+  t.M = g->C;
+  t.in_sz = g->out_sz;
+  t.out_sz = g->in_sz;
+  int64_t K = g->k_sz;
+  float *wt = malloc(sizeof(float) * (size_t)(g->M * g->C * K + 1));
+  if (!wt) return -1;
+  for (int64_t m = 0; m < g->M; m++)
+    for (int64_t ch = 0; ch < g->C; ch++)
+      for (int64_t k = 0; k < K; k++) wt[(ch * g->M + m) * K + k] = w[(m * g->C + ch) * K + K - 1 - k];
+  /* the forward kernels must not cache the packed weights by node: wt is new
+   * every call (a context without the graph: its weights count as changing) */
+  nbl_kctx cc = *c;
+  cc.graph = NULL;
+  nbl_status st = nbl_conv_f32(&cc, &t, dy, wt, NULL, dx);
+  free(wt);
+  return st == NBL_OK ? 1 : -1;
+}
+
 static nbl_status k_conv_grad_fast(nbl_kctx *c) {
   const nbl_rt_tensor *x0 = grad_in(c, 1);
   if (c->reference || !x0 || x0->dtype != NBL_DT_FLOAT) return k_conv_grad_ref(c);
@@ -333,7 +376,12 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
       db[m] = (float)s;
     }
   }
-  if (DX && X->numel) memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
+  if (DX && X->numel) {
+    int done = g.N && out && K ? dx_by_conv(c, &g, dy, w, DX->data) : 0;
+    if (done < 0) return grad_oom(c);
+    if (done) DX = NULL; /* written */
+    else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
+  }
   if (DW && W->numel) memset(DW->data, 0, sizeof(float) * (size_t)W->numel);
   if ((!DX && !DW) || g.N == 0 || out == 0 || K == 0) return NBL_OK;
   /* images per chunk: about CG_COLS columns (measured best for LeNet-sized

@@ -64,6 +64,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
@@ -92,6 +97,36 @@ static double act_factor(int kind, double v, double alpha) {
   }
 }
 
+/* ReluGrad in float32: o = x > 0 ? g : 0 (a selection: the reference's
+ * values exactly), 8 lanes at a time where the CPU has AVX, in parallel. */
+typedef struct relu_task {
+  const float *g, *x;
+  float *o;
+} relu_task;
+
+#if defined(__x86_64__)
+__attribute__((target("avx"))) static void relu_grad_avx(const float *g, const float *x, float *o, int64_t n) {
+  int64_t i = 0;
+  __m256 z = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 m = _mm256_cmp_ps(_mm256_loadu_ps(x + i), z, _CMP_GT_OQ);
+    _mm256_storeu_ps(o + i, _mm256_and_ps(m, _mm256_loadu_ps(g + i)));
+  }
+  for (; i < n; i++) o[i] = x[i] > 0 ? g[i] : 0.0f;
+}
+#endif
+
+static void relu_grad_run(void *arg, int64_t b, int64_t e) {
+  const relu_task *t = arg;
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) {
+    relu_grad_avx(t->g + b, t->x + b, t->o + b, e - b);
+    return;
+  }
+#endif
+  for (int64_t i = b; i < e; i++) t->o[i] = t->x[i] > 0 ? t->g[i] : 0.0f;
+}
+
 /* dX = dY * factor(V): inputs dY (0) and V (1) of equal type and shape. */
 static nbl_status act_grad(nbl_kctx *c, int kind, const char *vname) {
   nbl_status st = NBL_OK;
@@ -105,10 +140,8 @@ static nbl_status act_grad(nbl_kctx *c, int kind, const char *vname) {
   nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
   int64_t n = dY->numel;
   if (kind == A_RELU && dY->dtype == NBL_DT_FLOAT && !c->reference) {
-    /* selection only: the same values as the reference */
-    const float *g = dY->data, *x = V->data;
-    float *o = dX->data;
-    for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? g[i] : 0.0f;
+    relu_task t = {dY->data, V->data, dX->data};
+    nbl_parallel_for(c, n, 1 << 14, relu_grad_run, &t);
     return NBL_OK;
   }
   double *g = nbl_to_f64(dY), *v = nbl_to_f64(V);

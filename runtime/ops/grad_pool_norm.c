@@ -65,12 +65,43 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 
 /* ------------------------------------------------------------------ MaxPoolGrad */
+
+/* The fast MaxPoolGrad over planes [begin, end): each zeroed, then dY's
+ * elements of the plane added at their indices in order (one plane: the
+ * whole tensor when some index leaves its plane). */
+typedef struct mpg_task {
+  const float *g;
+  const int64_t *idx;
+  float *o;
+  int64_t plane_in, plane_out;
+  int so;
+  int64_t H, W;
+} mpg_task;
+
+static void mpg_run(void *arg, int64_t begin, int64_t end) {
+  const mpg_task *t = arg;
+  int64_t pin = t->plane_in, H = t->H, W = t->W, pl = t->so ? H * W : 1;
+  for (int64_t p = begin; p < end; p++) {
+    float *o = t->o + p * pin;
+    memset(o, 0, sizeof(float) * (size_t)pin);
+    for (int64_t i = p * t->plane_out; i < (p + 1) * t->plane_out; i++) {
+      int64_t v = t->idx[i] - p * pin;
+      if (t->so) v = v / pl * pl + v % pl % H * W + v % pl / H; /* column-major within a plane */
+      o[v] += t->g[i];
+    }
+  }
+}
 
 /* dX = zeros(X_shape), dX[Indices[i]] += dY[i]. Reference: sums in double;
  * fast (float32): sums in float, in the same order. */
@@ -93,16 +124,23 @@ static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
   nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
   int64_t n = dX->numel, plane = n ? n / (xd[0] * xd[1]) : 1;
   const int64_t *idx = I->data;
-  for (int64_t i = 0; i < I->numel; i++) /* all indices valid before anything is written */
+  int64_t planes = xd[0] * xd[1], oplane = planes ? I->numel / planes : 0;
+  int own = 1; /* every index in its own (n, c) plane, as MaxPool makes them */
+  for (int64_t i = 0; i < I->numel; i++) { /* all indices valid before anything is written */
     if (idx[i] < 0 || idx[i] >= n)
       return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld at element %lld is outside [0, %lld)", (long long)idx[i],
                       (long long)i, (long long)n);
+    own &= idx[i] / plane == i / oplane;
+  }
 #define TARGET(v) (so ? (v) / plane * plane + (v) % plane % xd[2] * xd[3] + (v) % plane / xd[2] : (v))
   if (fast && dY->dtype == NBL_DT_FLOAT) {
-    const float *g = dY->data;
-    float *o = dX->data;
-    if (n) memset(o, 0, sizeof(float) * (size_t)n);
-    for (int64_t i = 0; i < I->numel; i++) o[TARGET(idx[i])] += g[i];
+    mpg_task t = {dY->data, idx, dX->data, plane, oplane, so, xd[2], r == 4 ? xd[3] : 1};
+    if (own) {
+      nbl_parallel_for(c, planes, 1, mpg_run, &t); /* planes apart: the same sums in the same order */
+    } else {
+      t.plane_in = n, t.plane_out = I->numel;
+      mpg_run(&t, 0, 1);
+    }
     return NBL_OK;
   }
   double *g = nbl_to_f64(dY), *o = calloc((size_t)(n ? n : 1), sizeof(double));
@@ -282,6 +320,180 @@ static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int 
   return NBL_OK;
 }
 
+/* Per-channel sums of the fast (float32) BatchNorm kernels, accumulated in
+ * double: over a channel's N planes of sp floats at stride C * sp. Eight
+ * double lanes with AVX (4-cycle add latency hidden, so the loop runs at the
+ * loads' pace instead of one add per 4 cycles); the order of additions
+ * differs from the reference's, the sums agree within double rounding. */
+#if defined(__x86_64__)
+__attribute__((target("avx"))) static double hsum_pd(__m256d a) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+/* s1 += sum x, s2 += sum (x - mean)^2 (when s2), over n floats */
+__attribute__((target("avx"))) static void bn_sums_avx(const float *x, int64_t n, double mean, double *s1,
+                                                       double *s2) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, m = _mm256_set1_pd(mean);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    if (s2) {
+      lo = _mm256_sub_pd(lo, m);
+      hi = _mm256_sub_pd(hi, m);
+      lo = _mm256_mul_pd(lo, lo);
+      hi = _mm256_mul_pd(hi, hi);
+    }
+    a0 = _mm256_add_pd(a0, lo);
+    a1 = _mm256_add_pd(a1, hi);
+  }
+  double t = hsum_pd(_mm256_add_pd(a0, a1));
+  for (; i < n; i++) t += s2 ? ((double)x[i] - mean) * ((double)x[i] - mean) : (double)x[i];
+  *(s2 ? s2 : s1) += t;
+}
+
+/* sg += sum g, sgx += sum g * (x - mean), over n floats */
+__attribute__((target("avx"))) static void bn_grad_sums_avx(const float *g, const float *x, int64_t n, double mean,
+                                                            double *sg, double *sgx) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, m = _mm256_set1_pd(mean);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gv = _mm256_loadu_ps(g + i), xv = _mm256_loadu_ps(x + i);
+    __m256d glo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
+    __m256d xlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), m);
+    __m256d xhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), m);
+    a0 = _mm256_add_pd(a0, glo);
+    a1 = _mm256_add_pd(a1, ghi);
+    b0 = _mm256_add_pd(b0, _mm256_mul_pd(glo, xlo));
+    b1 = _mm256_add_pd(b1, _mm256_mul_pd(ghi, xhi));
+  }
+  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(b0, b1));
+  for (; i < n; i++) t += g[i], u += (double)g[i] * ((double)x[i] - mean);
+  *sg += t;
+  *sgx += u;
+}
+
+/* y = x a + b (BatchNormInternal's output), and d = a g - b x + off
+ * (BatchNormalizationGrad's X_grad), over n floats: 8 lanes with AVX, the
+ * same operations in the same order as the scalar tails. */
+__attribute__((target("avx"))) static void bn_axpb_avx(float *y, const float *x, float a, float b, int64_t n) {
+  __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), va), vb));
+  for (; i < n; i++) y[i] = x[i] * a + b;
+}
+
+__attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, const float *x, float a, float b,
+                                                     float off, int64_t n) {
+  __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vo = _mm256_set1_ps(off);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 t = _mm256_sub_ps(_mm256_mul_ps(va, _mm256_loadu_ps(g + i)), _mm256_mul_ps(vb, _mm256_loadu_ps(x + i)));
+    _mm256_storeu_ps(d + i, _mm256_add_ps(t, vo));
+  }
+  for (; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+}
+#endif
+
+static void bn_axpb(float *y, const float *x, float a, float b, int64_t n) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) {
+    bn_axpb_avx(y, x, a, b, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] * a + b;
+}
+
+static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) {
+    bn_dx_avx(d, g, x, a, b, off, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+}
+
+static void bn_sums(const float *x, int64_t n, double mean, double *s1, double *s2) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) {
+    bn_sums_avx(x, n, mean, s1, s2);
+    return;
+  }
+#endif
+  double t = 0;
+  for (int64_t i = 0; i < n; i++) t += s2 ? ((double)x[i] - mean) * ((double)x[i] - mean) : (double)x[i];
+  *(s2 ? s2 : s1) += t;
+}
+
+static void bn_grad_sums(const float *g, const float *x, int64_t n, double mean, double *sg, double *sgx) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) {
+    bn_grad_sums_avx(g, x, n, mean, sg, sgx);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) *sg += g[i], *sgx += (double)g[i] * ((double)x[i] - mean);
+}
+
+/* The fast kernels' work, one channel per item (nbl_parallel_for). */
+typedef struct bn_task {
+  nbl_kctx *c;
+  int64_t N, C, sp;
+  int training;
+  double eps, mom;
+  const float *x, *g; /* X; dY (gradient) */
+  float *y;           /* Y (forward) or X_grad (gradient, NULL when not wanted) */
+} bn_task;
+
+static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
+  const bn_task *t = arg;
+  nbl_kctx *c = t->c;
+  int64_t N = t->N, C = t->C, sp = t->sp, m = N * sp;
+  for (int64_t ch = begin; ch < end; ch++) {
+    double mean = nbl_rt_get_f64(c->in[3], ch), var = nbl_rt_get_f64(c->in[4], ch);
+    if (t->training) { /* two passes over the channel: mean, then the biased variance */
+      double s = 0, s2 = 0;
+      for (int64_t n = 0; n < N; n++) bn_sums(t->x + (n * C + ch) * sp, sp, 0, &s, NULL);
+      mean = m ? s / (double)m : 0.0;
+      for (int64_t n = 0; n < N; n++) bn_sums(t->x + (n * C + ch) * sp, sp, mean, NULL, &s2);
+      var = m ? s2 / (double)m : 0.0;
+    }
+    double inv = 1.0 / sqrt(var + t->eps), a = nbl_rt_get_f64(c->in[1], ch) * inv, b = nbl_rt_get_f64(c->in[2], ch);
+    float fa = (float)a, fb = (float)(b - mean * a);
+    for (int64_t n = 0; n < N; n++) bn_axpb(t->y + (n * C + ch) * sp, t->x + (n * C + ch) * sp, fa, fb, sp);
+    if (grad_want(c, 1))
+      nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean * (1 - t->mom));
+    if (grad_want(c, 2))
+      nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, nbl_rt_get_f64(c->in[4], ch) * t->mom + var * (1 - t->mom));
+    if (grad_want(c, 3)) nbl_rt_set_f64(nbl_kctx_out(c, 3), ch, mean);
+    if (grad_want(c, 4)) nbl_rt_set_f64(nbl_kctx_out(c, 4), ch, inv);
+  }
+}
+
+static void bn_grad_run(void *arg, int64_t begin, int64_t end) {
+  const bn_task *t = arg;
+  nbl_kctx *c = t->c;
+  int64_t N = t->N, C = t->C, sp = t->sp, m = N * sp;
+  for (int64_t ch = begin; ch < end; ch++) {
+    double mean = nbl_rt_get_f64(c->in[3], ch), inv = nbl_rt_get_f64(c->in[4], ch);
+    double sg = 0, sgx = 0; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
+    for (int64_t n = 0; n < N; n++)
+      bn_grad_sums(t->g + (n * C + ch) * sp, t->x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
+    sgx *= inv;
+    if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
+    if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg);
+    if (!t->y) continue;
+    double k = nbl_rt_get_f64(c->in[2], ch) * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
+    /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
+    float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
+    for (int64_t n = 0; n < N; n++)
+      bn_dx(t->y + (n * C + ch) * sp, t->g + (n * C + ch) * sp, t->x + (n * C + ch) * sp, a, b, off, sp);
+  }
+}
+
 static nbl_status k_bn_internal(nbl_kctx *c) {
   static const char *const names[] = {"X", "scale", "B", "input_mean", "input_var"};
   nbl_status st = NBL_OK;
@@ -297,12 +509,14 @@ static nbl_status k_bn_internal(nbl_kctx *c) {
     if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, c->in[o == 2 || o == 4 ? 4 : 3]->dtype, 1, &C)))
       return st;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
-  int fastf = !c->reference && X->dtype == NBL_DT_FLOAT;
-  const float *xf = X->data;
-  float *yf = Y->data;
-  double *x = fastf ? NULL : nbl_to_f64(X);
-  double *y = fastf ? NULL : malloc(sizeof(double) * (size_t)(X->numel ? X->numel : 1));
-  if (!fastf && (!x || !y)) {
+  if (!c->reference && X->dtype == NBL_DT_FLOAT) {
+    bn_task t = {c, N, C, sp, training, eps, mom, X->data, NULL, Y->data};
+    nbl_parallel_for(c, C, 1, bn_internal_run, &t);
+    return NBL_OK;
+  }
+  double *x = nbl_to_f64(X);
+  double *y = malloc(sizeof(double) * (size_t)(X->numel ? X->numel : 1));
+  if (!x || !y) {
     free(x);
     free(y);
     return grad_oom(c);
@@ -313,13 +527,13 @@ static nbl_status k_bn_internal(nbl_kctx *c) {
       double s = 0, s2 = 0;
       for (int64_t n = 0; n < N; n++) {
         int64_t base = (n * C + ch) * sp;
-        for (int64_t i = 0; i < sp; i++) s += fastf ? xf[base + i] : x[base + i];
+        for (int64_t i = 0; i < sp; i++) s += x[base + i];
       }
       mean = m ? s / (double)m : 0.0;
       for (int64_t n = 0; n < N; n++) {
         int64_t base = (n * C + ch) * sp;
         for (int64_t i = 0; i < sp; i++) {
-          double d = (fastf ? xf[base + i] : x[base + i]) - mean;
+          double d = x[base + i] - mean;
           s2 += d * d;
         }
       }
@@ -328,19 +542,14 @@ static nbl_status k_bn_internal(nbl_kctx *c) {
     double inv = 1.0 / sqrt(var + eps), a = nbl_rt_get_f64(c->in[1], ch) * inv, b = nbl_rt_get_f64(c->in[2], ch);
     for (int64_t n = 0; n < N; n++) {
       int64_t base = (n * C + ch) * sp;
-      if (fastf) {
-        float fa = (float)a, fb = (float)(b - mean * a);
-        for (int64_t i = 0; i < sp; i++) yf[base + i] = xf[base + i] * fa + fb;
-      } else {
-        for (int64_t i = 0; i < sp; i++) y[base + i] = (x[base + i] - mean) * a + b;
-      }
+      for (int64_t i = 0; i < sp; i++) y[base + i] = (x[base + i] - mean) * a + b;
     }
     if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * mom + mean * (1 - mom));
     if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, nbl_rt_get_f64(c->in[4], ch) * mom + var * (1 - mom));
     if (grad_want(c, 3)) nbl_rt_set_f64(nbl_kctx_out(c, 3), ch, mean);
     if (grad_want(c, 4)) nbl_rt_set_f64(nbl_kctx_out(c, 4), ch, inv);
   }
-  if (!fastf) nbl_from_f64(Y, y);
+  nbl_from_f64(Y, y);
   free(x);
   free(y);
   return NBL_OK;
@@ -360,11 +569,13 @@ static nbl_status k_bn_grad(nbl_kctx *c) {
   for (int o = 1; o <= 2; o++)
     if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, c->in[2]->dtype, 1, &C))) return st;
   nbl_rt_tensor *DX = grad_want(c, 0) ? nbl_kctx_out(c, 0) : NULL;
-  int fastf = !c->reference && X->dtype == NBL_DT_FLOAT;
-  const float *xf = X->data, *gf = dY->data;
-  float *dxf = DX ? DX->data : NULL;
-  double *x = fastf ? NULL : nbl_to_f64(X), *g = fastf ? NULL : nbl_to_f64(dY);
-  if (!fastf && (!x || !g)) {
+  if (!c->reference && X->dtype == NBL_DT_FLOAT) {
+    bn_task t = {c, N, C, sp, 1, 0, 0, X->data, dY->data, DX ? DX->data : NULL};
+    nbl_parallel_for(c, C, 1, bn_grad_run, &t);
+    return NBL_OK;
+  }
+  double *x = nbl_to_f64(X), *g = nbl_to_f64(dY);
+  if (!x || !g) {
     free(x);
     free(g);
     return grad_oom(c);
@@ -375,9 +586,8 @@ static nbl_status k_bn_grad(nbl_kctx *c) {
     for (int64_t n = 0; n < N; n++) {
       int64_t base = (n * C + ch) * sp;
       for (int64_t i = 0; i < sp; i++) {
-        double gv = fastf ? gf[base + i] : g[base + i], xv = fastf ? xf[base + i] : x[base + i];
-        sg += gv;
-        sgx += gv * (xv - mean) * inv;
+        sg += g[base + i];
+        sgx += g[base + i] * (x[base + i] - mean) * inv;
       }
     }
     if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
@@ -386,16 +596,10 @@ static nbl_status k_bn_grad(nbl_kctx *c) {
     double k = nbl_rt_get_f64(c->in[2], ch) * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
     for (int64_t n = 0; n < N; n++) {
       int64_t base = (n * C + ch) * sp;
-      if (fastf) {
-        /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
-        float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
-        for (int64_t i = 0; i < sp; i++) dxf[base + i] = a * gf[base + i] - b * xf[base + i] + off;
-      } else {
-        for (int64_t i = 0; i < sp; i++) g[base + i] = k * (g[base + i] - mg - (x[base + i] - mean) * inv * mgx);
-      }
+      for (int64_t i = 0; i < sp; i++) g[base + i] = k * (g[base + i] - mg - (x[base + i] - mean) * inv * mgx);
     }
   }
-  if (DX && !fastf) nbl_from_f64(DX, g);
+  if (DX) nbl_from_f64(DX, g);
   free(x);
   free(g);
   return NBL_OK;

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #endif
 
+#include "runtime/core/cpu.h"
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
@@ -95,7 +96,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   }
   int avx = 0;
 #if defined(__x86_64__)
-  avx = __builtin_cpu_supports("avx");
+  avx = nbl_cpu_has(NBL_CPU_AVX);
 #endif
   for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
   for (int64_t q = begin; q < end; q++) {
@@ -127,6 +128,66 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   free(row);
 }
 
+typedef struct pool_idx_task {
+  const nbl_conv_geom *g;
+  const float *x;
+  float *y;
+  int64_t *idx;
+  int storage_order;
+} pool_idx_task;
+
+/* 2-D float max pooling with the Indices output (MaxPool in training graphs:
+ * MaxPoolGrad reads them), one (n, c) plane per item. The same choice as the
+ * reference loop below: the first window element in (kh, kw) order unless a
+ * later one is strictly greater; NaN in a window gives NaN and keeps the
+ * index the scan holds; an empty window gives -inf and index 0 of the plane. */
+static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
+  const pool_idx_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  for (int64_t q = begin; q < end; q++) {
+    const float *xp = t->x + q * H * W;
+    float *yp = t->y + q * OH * OW;
+    int64_t *ip = t->idx + q * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      /* the window rows and columns inside the plane: [kh0, kh1) x [kw0, kw1) */
+      int64_t h0 = oh * sh - g->pb[0], kh0 = 0, kh1 = KH;
+      while (kh0 < KH && h0 + kh0 * dh < 0) kh0++;
+      while (kh1 > kh0 && h0 + (kh1 - 1) * dh >= H) kh1--;
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t w0 = ow * sw - g->pb[1], kw0 = 0, kw1 = KW;
+        while (kw0 < KW && w0 + kw0 * dw < 0) kw0++;
+        while (kw1 > kw0 && w0 + (kw1 - 1) * dw >= W) kw1--;
+        float bv = -INFINITY;
+        int64_t best = 0;
+        int nan = 0;
+        if (kh0 < kh1 && kw0 < kw1) {
+          best = (h0 + kh0 * dh) * W + w0 + kw0 * dw;
+          bv = xp[best];
+          nan = bv != bv;
+          /* branch-free scan (a data-dependent branch mispredicts on every
+           * other element): a later element wins only when strictly greater */
+          for (int64_t kh = kh0; kh < kh1; kh++) {
+            int64_t r = (h0 + kh * dh) * W + w0;
+            for (int64_t kw = kh == kh0 ? kw0 + 1 : kw0; kw < kw1; kw++) {
+              int64_t at = r + kw * dw;
+              float v = xp[at];
+              int gt = v > bv;
+              nan |= v != v;
+              bv = gt ? v : bv;
+              best = gt ? at : best;
+            }
+          }
+        }
+        yp[oh * OW + ow] = nan ? NAN : bv;
+        if (t->storage_order) best = (best % W) * H + best / W; /* column-major within the plane */
+        ip[oh * OW + ow] = q * H * W + best;
+      }
+    }
+  }
+}
+
 static nbl_status k_pool(nbl_kctx *c, int kind) {
   nbl_status st;
   if ((st = need_input(c, 0, "X"))) return st;
@@ -156,6 +217,11 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
     return NBL_OK;
   }
   int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
+  if (kind == POOL_MAX && dt == NBL_DT_FLOAT && with_idx && !c->reference && g.ns == 2) {
+    pool_idx_task t = {&g, X->data, Y->data, idx, storage_order};
+    nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_idx_f32, &t);
+    return NBL_OK;
+  }
   double *x = nbl_to_f64(X);
   double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
   if (!x || !y) {

@@ -243,6 +243,7 @@ nbl_status nbl_train_session_create(const nbl_model *m, const nbl_train_options 
   if (opt) {
     s->eopt.threads = opt->threads;
     s->eopt.reference = opt->reference;
+    s->eopt.profile = opt->profile ? 1 : 0;
     s->max_grad_norm = opt->max_grad_norm > 0 ? opt->max_grad_norm : 0;
   }
   nbl_status st = nbl_schedule_parse("constant", DEFAULT_LR, 0, &s->sched);

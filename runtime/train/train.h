@@ -6,6 +6,7 @@
  *   session.c     the session: parameters, engines, train/optimizer/eval steps
  *   schedule.c    learning-rate schedules
  *   checkpoint.c  checkpoints (atomic writes, metadata) and export
+ *   profile.c     per-node times of the two parts (nbl_train_print_profile)
  *
  * The session keeps a private copy of the training model (`work`): its main
  * graph initializers that are update_binding keys hold the live parameters

@@ -7,7 +7,9 @@ applies, --resume) byte-identical with the same modification time: labels of
 the wrong type or out of range, samples of the wrong size, a missing dataset
 (naming the Debian package for Fashion-MNIST), truncated, foreign and missing
 checkpoints, a resume with other settings, an inference model while there is
-no build-training pass, bad options.
+no build-training pass, bad options; with build-training, a frozen or
+trainable glob that matches nothing and models whose output does not fit the
+loss (loss=output on LeNet-5's logits, cross-entropy on a rank-1 output).
 Exit 0 pass, 1 fail, 77 skip (no numpy).
 """
 import os
@@ -54,6 +56,24 @@ def main():
         print("the other run failed: %s" % r.stderr)
         return 1
     has_build_training = "build-training" in common.run(["passes"]).stdout
+    # inference models for build-training: the shipped LeNet-5, and one whose
+    # output (one score per sample, rank 1) does not fit cross-entropy
+    lenet = os.path.join(common.ROOT, "models", "lenet5.onnx")
+    rank1 = os.path.join(tmp, "rank1.onnx")
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+        g = helper.make_graph(
+            [helper.make_node("Flatten", ["input"], ["f"]),
+             helper.make_node("MatMul", ["f", "W"], ["s"]),
+             helper.make_node("ReduceSum", ["s", "axes"], ["logits"], keepdims=0)],
+            "rank1", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"])],
+            [helper.make_tensor("W", TensorProto.FLOAT, [16, 3], [0.1] * 48),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), rank1)
+    except ImportError:
+        rank1 = None
     cases = [
         ("labels of type float32", ["--data", folder("yfloat", x, y.astype(np.float32))],
          "labels are float, the model's label 'label' takes int64"),
@@ -91,6 +111,21 @@ def main():
         ("an unknown option", ["--data", "npy:" + good, "--frobnicate"], "unknown option"),
         ("--label naming no input", ["--data", "npy:" + good, "--label", "target"], "(give --label NAME)"),
     ]
+    if has_build_training:
+        cases += [
+            ("a frozen glob that matches nothing", ["@model=" + lenet, "--data", "npy:" + good, "--passes",
+                                                    "build-training{frozen=classifier.9.*}"],
+             "frozen glob 'classifier.9.*' matches no initializer"),
+            ("a trainable glob that matches nothing", ["@model=" + lenet, "--data", "npy:" + good, "--passes",
+                                                       "build-training{trainable=conv*}"],
+             "trainable glob 'conv*' matches no initializer"),
+            ("loss=output on a model whose output is not a scalar",
+             ["@model=" + lenet, "--data", "npy:" + good, "--passes", "build-training{loss=output}"],
+             "does not fit loss=output"),
+        ]
+        if rank1:
+            cases.append(("a model whose output does not fit cross-entropy", ["@model=" + rank1, "--data", "npy:" + good],
+                          "does not fit loss=cross-entropy"))
     if not has_build_training:
         cases.append(("an inference model without build-training", ["--data", "npy:" + good, "@inference"],
                       "has no build-training pass"))
@@ -101,6 +136,9 @@ def main():
         if "@inference" in args:
             args = [a for a in args if a != "@inference"]
             argv[1] = os.path.join(tmp, "inf.onnx")
+        for a in [a for a in args if a.startswith("@model=")]:
+            args = [b for b in args if b != a]
+            argv[1] = a[len("@model="):]
         argv += args
         if "--resume" not in args or args[args.index("--resume") + 1] != ckpt:
             argv += ["--checkpoint", ckpt]
