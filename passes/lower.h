@@ -1,5 +1,6 @@
 /*
- * lower.h - helpers shared by pack-int4 and lower-to-onnx (passes/lower.c).
+ * lower.h - helpers shared by pack-int4 and lower-to-onnx (passes/lower.c,
+ * passes/lower_log.c).
  */
 #ifndef NBL_PASSES_LOWER_H
 #define NBL_PASSES_LOWER_H
@@ -25,5 +26,10 @@ nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int
  * a clear NBL_ERR_UNSUPPORTED naming the node and op; then the model may be
  * partly rewritten (callers fail the pass). Raises ir_version to >= 10. */
 nbl_status nbl_upgrade_opset(nbl_pass_ctx *ctx, int target);
+
+/* Replace QuantizeLog node `nid` of g by standard ops (opset 21) computing
+ * the same values (passes/lower_log.c). Stochastic rounding is a clear
+ * NBL_ERR_UNSUPPORTED naming the node; a bad attribute names it too. */
+nbl_status nbl_lower_quantize_log(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid);
 
 #endif /* NBL_PASSES_LOWER_H */
