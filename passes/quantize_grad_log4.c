@@ -27,6 +27,10 @@
  * nodes, ".../dX" keeping output 0 and ".../dW" outputs 1 and 2. A layer
  * whose dY also feeds a backward node of unknown role is skipped under tpr.
  *
+ * format=int4 puts a QuantizeInt4 (4-bit symmetric, per-tensor max scale,
+ * half-even) there instead: linear INT4 gradients, the comparison that shows
+ * why the log format exists.
+ *
  * The stochastic modes read the algorithm graph's int64 input `step`, so
  * each training step draws new numbers (the node's seed is the pass's seed
  * plus the layer's position). With skip-first-last (the default, as the
@@ -99,6 +103,7 @@ typedef struct lq {
   nbl_graph *g; /* the algorithm graph */
   nbl_log_config cfg;
   nbl_id step;  /* the algorithm's int64 input `step`, or NBL_NONE */
+  int linear;   /* format=int4: QuantizeInt4 (linear INT4, the comparison) instead */
   int n_nodes, n_split, n_layers;
   sbuf done, kept, skipped, float_readers;
 } lq;
@@ -181,6 +186,15 @@ static nbl_id add_qlog(lq *s, const nbl_node *f, nbl_id dy, int phase, int seed_
   nbl_type_copy(g->model->arena, &g->values[out].type, &g->values[dy].type);
   snprintf(hint, sizeof hint, "%s_grad/%s", f->name, tag);
   nbl_id in[2] = {dy, s->step};
+  if (s->linear) { /* 4-bit symmetric codes, max scale, half-even: the attribute defaults */
+    snprintf(hint, sizeof hint, "%s_grad/int4", f->name);
+    nbl_id nid = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", nbl_graph_unique_name(g, hint), 1, in, 1, &out);
+    if (nid == NBL_NONE) return NBL_NONE;
+    nbl_node_set_attr_int(g, nid, "bits", 4);
+    if (g->values[out].type.kind == NBL_TYPE_TENSOR) nbl_graph_add_value_info(g, out);
+    s->n_nodes++;
+    return out;
+  }
   int stoch = s->cfg.rounding == NBL_LOG_STOCHASTIC || s->cfg.rounding == NBL_LOG_LUQ;
   nbl_id nid = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", nbl_graph_unique_name(g, hint),
                                   stoch && s->step != NBL_NONE ? 2 : 1, in, 1, &out);
@@ -262,7 +276,8 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     for (int j = 0; j < n; j++) dup |= cons[j] == ci;
     if (dup) continue;
     const nbl_node *c = &g->nodes[ci];
-    if (!strcmp(c->op_type, "QuantizeLog") && !strcmp(c->domain, "ai.nibble")) {
+    if ((!strcmp(c->op_type, "QuantizeLog") || !strcmp(c->op_type, "QuantizeInt4")) &&
+        !strcmp(c->domain, "ai.nibble")) {
       why = "its output gradient is already log-quantized";
       break;
     }
@@ -303,7 +318,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     if (need[1]) q1 = add_qlog(s, &fcopy, dy, 1, idx, "log4_dW");
     if ((need[0] && q0 == NBL_NONE) || (need[1] && q1 == NBL_NONE)) st = NBL_ERR_INTERNAL;
   } else {
-    q0 = q1 = add_qlog(s, &fcopy, dy, 0, idx, "log4");
+    q0 = q1 = add_qlog(s, &fcopy, dy, 0, idx, s->linear ? "int4" : "log4");
     if (q0 == NBL_NONE) st = NBL_ERR_INTERNAL;
   }
   for (int k = 0; k < n && !st; k++) {
@@ -349,6 +364,14 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
   if (nbl_log_validate(&s.cfg, &why) != 0)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-grad-log4: radix=%lld exp-bits=%lld rounding=%s: %s",
                       (long long)radix, (long long)eb, rounding, why);
+  const char *format = nbl_pass_opt_string(ctx, "format");
+  if (strcmp(format, "log") && strcmp(format, "int4"))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-grad-log4: format='%s' (want log or int4)", format);
+  s.linear = !strcmp(format, "int4");
+  if (s.linear && s.cfg.rounding != NBL_LOG_NEAREST)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
+                      "quantize-grad-log4: format=int4 rounds half to even; rounding=%s applies to "
+                      "format=log only", rounding);
   const char *ops = nbl_pass_opt_string(ctx, "ops"), *layers = nbl_pass_opt_string(ctx, "layers");
   int first_last = nbl_pass_opt_bool(ctx, "skip-first-last");
   if (g->n_outputs < 1) return nbl_errorf(NBL_ERR_INVALID_MODEL, "quantize-grad-log4: the algorithm graph has no output");
@@ -405,14 +428,19 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
     ctx->changed += s.n_nodes + s.n_split;
     char split[64] = "";
     if (s.n_split) snprintf(split, sizeof split, "; split %d ConvGrad into dX and dW nodes", s.n_split);
-    nbl_pass_logf(ctx,
-                  "log-quantized the output gradients of %d layers with %d QuantizeLog (radix %d, %d "
-                  "exponent bits, rounding %s%s): %s%s",
-                  s.n_layers, s.n_nodes, s.cfg.radix, s.cfg.exp_bits, nbl_log_rounding_name(s.cfg.rounding),
-                  s.cfg.rounding == NBL_LOG_TPR ? ": phase 0 to the input-gradient products, phase 1 to "
-                                                  "the weight-gradient products"
-                                                : "",
-                  s.done.s ? s.done.s : "none", split);
+    if (s.linear) {
+      nbl_pass_logf(ctx, "linear INT4 gradients (format=int4: QuantizeInt4, 4-bit symmetric, max scale, "
+                         "half-even) at %d layers: %s", s.n_layers, s.done.s ? s.done.s : "none");
+    } else {
+      nbl_pass_logf(ctx,
+                    "log-quantized the output gradients of %d layers with %d QuantizeLog (radix %d, %d "
+                    "exponent bits, rounding %s%s): %s%s",
+                    s.n_layers, s.n_nodes, s.cfg.radix, s.cfg.exp_bits, nbl_log_rounding_name(s.cfg.rounding),
+                    s.cfg.rounding == NBL_LOG_TPR ? ": phase 0 to the input-gradient products, phase 1 to "
+                                                    "the weight-gradient products"
+                                                  : "",
+                    s.done.s ? s.done.s : "none", split);
+    }
     nbl_pass_logf(ctx, "kept in float (first/last): %s; skipped: %s", s.kept.s ? s.kept.s : "none",
                   s.skipped.s ? s.skipped.s : "none");
     if (s.float_readers.s) nbl_pass_logf(ctx, "not this layer's backward: %s", s.float_readers.s);
@@ -444,5 +472,8 @@ const nbl_pass_def nbl_pass_quantize_grad_log4 = {
             {"skip-first-last", NBL_OPT_BOOL, "1",
              "keep float gradients at the first and last selected layers (as the paper)"},
             {"seed", NBL_OPT_INT, "0", "seed of the stochastic modes (layer i gets seed + i)"},
+            {"format", NBL_OPT_STRING, "log",
+             "log (QuantizeLog), or int4: linear INT4 gradients (QuantizeInt4, max scale, "
+             "half-even) for comparison"},
         },
 };

@@ -348,6 +348,21 @@ START_TEST(test_pass_build_training_graph) {
   ck_assert_ptr_nonnull(strstr(log, "conv2 (its output gradient is already log-quantized)"));
   nbl_model_free(m);
 
+  /* format=int4: linear INT4 gradients (QuantizeInt4 with its defaults: symmetric, max, half-even) */
+  m = small_cnn();
+  run_pipe(m, "build-training,quantize-grad-log4{format=int4}", log, sizeof log);
+  al = m->training[0].algorithm;
+  ck_assert_int_eq(count_op(al, "QuantizeLog"), 0);
+  const nbl_node *q4 = node_named(al, "conv2_grad/int4");
+  ck_assert_ptr_nonnull(q4);
+  ck_assert_str_eq(q4->op_type, "QuantizeInt4");
+  ck_assert_int_eq(nbl_attr_int(q4, "bits", 0), 4);
+  ck_assert_str_eq(vname(al, q4->inputs[0]), "c2_grad");
+  ck_assert_int_eq(al->values[q4->outputs[0]].n_consumers, 1);
+  ck_assert_str_eq(al->nodes[al->values[q4->outputs[0]].consumers[0]].name, "conv2_grad/dXdW");
+  ck_assert_ptr_nonnull(strstr(log, "linear INT4 gradients (format=int4"));
+  nbl_model_free(m);
+
   /* luq: radix 2 by default; an inference model and bad options are clear errors */
   m = small_cnn();
   run_pipe(m, "build-training,quantize-grad-log4{rounding=luq,skip-first-last=0}", log, sizeof log);
@@ -356,7 +371,9 @@ START_TEST(test_pass_build_training_graph) {
   const char *bad[][2] = {{"quantize-grad-log4", "no training graph"},
                           {"build-training,quantize-grad-log4{radix=3}", "radix must be 2, 4 or 10"},
                           {"build-training,quantize-grad-log4{rounding=luq,radix=4}", "luq needs radix=2"},
-                          {"build-training,quantize-grad-log4{rounding=even}", "rounding='even'"}};
+                          {"build-training,quantize-grad-log4{rounding=even}", "rounding='even'"},
+                          {"build-training,quantize-grad-log4{format=int4,rounding=tpr}", "format=log only"},
+                          {"build-training,quantize-int4", "run quantize-int4 before build-training"}};
   for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
     m = small_cnn();
     nbl_pipeline *p = NULL;
