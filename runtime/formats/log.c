@@ -146,13 +146,11 @@ static int stochastic(const nbl_log_config *cfg) {
   return cfg->rounding == NBL_LOG_STOCHASTIC || cfg->rounding == NBL_LOG_LUQ;
 }
 
-int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
+/* The code of finite x on the levels lev[0..L) (the grid's levels as doubles
+ * of their float values): the one rounding rule of every caller. */
+static int code_on(const nbl_log_config *cfg, const double *lev, int L, float x, uint64_t index) {
   double a = fabs((double)x);
   int sign = x < 0.0f ? -1 : 1;
-  int L = p->levels;
-  double lev[LOG_MAX_LEVELS] = {0};
-  if (L < 1 || L > LOG_MAX_LEVELS) return 0;
-  for (int k = 0; k < L; k++) lev[k] = (double)nbl_log_level(cfg, p, k);
   if (a >= lev[0]) return sign;
   /* the first level below a: lev[k] <= a < lev[k-1] (k = L: below the grid) */
   int k = 1;
@@ -168,6 +166,20 @@ int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, ui
   int up = stochastic(cfg) ? nbl_q4_uniform(cfg->seed, index) < (a - lo) / (hi - lo)
                            : a >= sqrt(lo * hi);
   return sign * (up ? k : k + 1);
+}
+
+/* The levels of p as doubles; L, or 0 when p has no valid level count. */
+static int levels_of(const nbl_log_config *cfg, const nbl_log_params *p, double *lev) {
+  int L = p->levels;
+  if (L < 1 || L > LOG_MAX_LEVELS) return 0;
+  for (int k = 0; k < L; k++) lev[k] = (double)nbl_log_level(cfg, p, k);
+  return L;
+}
+
+int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
+  double lev[LOG_MAX_LEVELS];
+  int L = levels_of(cfg, p, lev);
+  return L ? code_on(cfg, lev, L, x, index) : 0;
 }
 
 float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code) {
@@ -201,8 +213,18 @@ void nbl_log_table(const nbl_log_config *cfg, const nbl_log_params *p, float *le
 
 void nbl_log_fake_quant(const nbl_log_config *cfg, const nbl_log_params *p, const float *x,
                         float *y, size_t n, uint64_t index0) {
+  double lev[LOG_MAX_LEVELS];
+  float levf[LOG_MAX_LEVELS];
+  int L = levels_of(cfg, p, lev); /* once per call, not per element */
+  for (int k = 0; k < L; k++) levf[k] = (float)lev[k];
   for (size_t i = 0; i < n; i++) {
     float v = x[i];
-    y[i] = isfinite(v) ? nbl_log_value(cfg, p, nbl_log_code(cfg, p, v, index0 + i)) : v;
+    if (!isfinite(v)) {
+      y[i] = v;
+      continue;
+    }
+    int code = L ? code_on(cfg, lev, L, v, index0 + i) : 0;
+    float mag = code ? levf[(code < 0 ? -code : code) - 1] : 0.0f;
+    y[i] = code < 0 ? -mag : mag; /* nbl_log_value */
   }
 }
