@@ -261,7 +261,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     return NBL_OK;
   }
   /* the readers of dY and their roles (a node reading it twice is listed once) */
-  int nc = dv->n_consumers, n_role = 0, n_other = 0, need[3] = {0, 0, 0};
+  int nc = dv->n_consumers, n_role = 0, need[2] = {0, 0};
   nbl_id *cons = malloc(sizeof(nbl_id) * (size_t)(nc ? nc : 1));
   int *role = malloc(sizeof(int) * (size_t)(nc ? nc : 1));
   if (!cons || !role) {
@@ -290,7 +290,6 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     }
     if (role[n] == ROLE_UNKNOWN) role[n] = ROLE_BOTH;
     if (role[n] == ROLE_NONE) {
-      n_other++;
       sb_addf(&s->float_readers, "'%s' (%s) keeps the float '%s'", c->name, c->op_type, dv->name);
     } else {
       n_role++;
@@ -306,7 +305,6 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     free(role);
     return NBL_OK;
   }
-  (void)n_other;
   nbl_status st = NBL_OK;
   nbl_id q0 = NBL_NONE, q1 = NBL_NONE;
   char fname[600];
