@@ -7,7 +7,9 @@
  * (with a value summary), values captured from an enclosing graph dashed
  * ellipses. Every edge carries the tensor's name, element type and shape.
  * Subgraphs (If/Loop/Scan bodies) are clusters; a dotted edge joins the
- * owning node to its body.
+ * owning node to its body. The graphs of training_info (initialization,
+ * algorithm: forward, loss, backward, optimizer) follow as clusters of their
+ * own; values they read from the main graph are dashed "outer scope" ellipses.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -271,6 +273,20 @@ nbl_status nbl_print_dot(const nbl_model *m, int full, FILE *out) {
   fputs("\" {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n"
         "  edge [fontname=\"Helvetica\", fontsize=8];\n", out);
   put_graph(&p, m->graph, "", 1);
+  for (int i = 0; i < m->n_training; i++) {
+    const nbl_graph *tg[2] = {m->training[i].initialization, m->training[i].algorithm};
+    static const char *const what[2] = {"initialization", "algorithm"};
+    for (int k = 0; k < 2; k++) {
+      if (!tg[k]) continue;
+      char pre[32];
+      int id = ++p.n_graphs;
+      snprintf(pre, sizeof pre, "g%d_", id);
+      fprintf(out, "  subgraph \"cluster_%d\" {\n    label=\"training_info[%d].%s\"; style=dashed; "
+                   "color=\"#888888\";\n", id, i, what[k]);
+      put_graph(&p, tg[k], pre, 2);
+      fputs("  }\n", out);
+    }
+  }
   fputs("}\n", out);
   if (ferror(out))
     return nbl_errorf(NBL_ERR_IO, "%s: write error while printing", nbl_model_label(m));

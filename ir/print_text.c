@@ -28,9 +28,12 @@
  *    ("seq(float[3])", "map(int64, float)", "optional(...)",
  *    "sparse_tensor(...)"), empty list attributes ("a: ints = []"),
  *    "nan"/"inf" values, backslash escapes in strings, float16/bfloat16 data
- *    as raw 16-bit patterns. Sparse tensor attributes, sparse initializers,
- *    model functions and training info have no textual syntax: a comment
- *    says what is not shown.
+ *    as raw 16-bit patterns. Sparse tensor attributes, sparse initializers
+ *    and model functions have no textual syntax: a comment says what is not
+ *    shown. Training info has none either: its graphs (initialization,
+ *    algorithm) and bindings follow the model as comment lines ("# "), in
+ *    the graph syntax, so the file still parses and the training graph can
+ *    be read.
  */
 #include <ctype.h>
 #include <math.h>
@@ -845,10 +848,61 @@ static nbl_status put_graph(tp *p, const nbl_graph *g, int ind) {
   return NBL_OK;
 }
 
+/* Training info i as comment lines: each graph printed into memory, then
+ * every line prefixed with "# ". */
+static nbl_status put_training(tp *p, const nbl_model *m, int i) {
+  const nbl_training_info *ti = &m->training[i];
+  FILE *out = p->f;
+  fprintf(out, "# training_info[%d] (no textual syntax: shown as comments)\n", i);
+  const nbl_graph *tg[2] = {ti->initialization, ti->algorithm};
+  static const char *const what[2] = {"initialization", "algorithm"};
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < 2 && st == NBL_OK; k++) {
+    if (!tg[k]) continue;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mf = open_memstream(&buf, &len);
+    if (!mf) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory while printing", nbl_model_label(m));
+    p->f = mf;
+    st = put_graph(p, tg[k], 0);
+    p->f = out;
+    fclose(mf);
+    fprintf(out, "# %s:\n# ", what[k]);
+    for (size_t j = 0; j < len; j++) {
+      fputc(buf[j], out);
+      if (buf[j] == '\n' && j + 1 < len) fputs("# ", out);
+    }
+    fputc('\n', out);
+    free(buf);
+  }
+  const struct {
+    const char *name;
+    int n;
+    const nbl_kv *kv;
+  } b[2] = {{"initialization_binding", ti->n_init_binding, ti->init_binding},
+            {"update_binding", ti->n_update_binding, ti->update_binding}};
+  for (int k = 0; k < 2; k++) {
+    if (!b[k].n) continue;
+    fprintf(out, "# %s:", b[k].name);
+    for (int j = 0; j < b[k].n; j++)
+      fprintf(out, "%s %s <- %s", j ? "," : "", b[k].kv[j].key ? b[k].kv[j].key : "",
+              b[k].kv[j].value ? b[k].kv[j].value : "");
+    fputc('\n', out);
+  }
+  return st;
+}
+
 nbl_status nbl_print_text(const nbl_model *m, int full, FILE *out) {
   tp p = {.f = out, .full = full, .m = m};
   walk_names(&p, m->graph, reserve_plain);
   walk_names(&p, m->graph, assign_mangled);
+  for (int i = 0; i < m->n_training; i++) { /* after the main graph: its spelling stays */
+    const nbl_graph *tg[2] = {m->training[i].initialization, m->training[i].algorithm};
+    for (int k = 0; k < 2; k++)
+      if (tg[k]) walk_names(&p, tg[k], reserve_plain);
+    for (int k = 0; k < 2; k++)
+      if (tg[k]) walk_names(&p, tg[k], assign_mangled);
+  }
   if (p.oom) {
     strmap_free(&p.names);
     strmap_free(&p.used);
@@ -899,9 +953,7 @@ nbl_status nbl_print_text(const nbl_model *m, int full, FILE *out) {
             g->n_quantization_annotation);
   if (m->n_functions)
     fprintf(out, "# %d model-local function(s) not shown\n", m->n_functions);
-  if (m->n_training)
-    fprintf(out, "# %d training info entr%s not shown (no textual syntax)\n", m->n_training,
-            m->n_training == 1 ? "y" : "ies");
+  for (int i = 0; i < m->n_training && st == NBL_OK; i++) st = put_training(&p, m, i);
   strmap_free(&p.names);
   strmap_free(&p.used);
   if (st != NBL_OK) return st;

@@ -17,7 +17,9 @@
  * quantizer. Not lowered (clear error): stochastic rounding and SAWB on a
  * non-constant tensor, uses of the scale / zero_point outputs of a dynamic
  * quantizer. Statistics differ from nibble's only for tensors holding
- * NaN/Inf (nibble skips them). Other ai.nibble ops are an error.
+ * NaN/Inf (nibble skips them). QuantizeLog is lowered by passes/lower_log.c
+ * (nearest and tpr; the stochastic modes are an error). Other ai.nibble ops
+ * are an error.
  *
  * Note for ONNX Runtime users: when a scale is constant (PACT with an
  * initializer alpha, fixed scales), ORT's QDQ optimizer fuses
@@ -376,7 +378,7 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
   for (int i = 0; i < g->n_nodes; i++) {
     const nbl_node *n = &g->nodes[i];
     if (n->dead || strcmp(n->domain, "ai.nibble")) continue;
-    if (strcmp(n->op_type, "QuantizeInt4"))
+    if (strcmp(n->op_type, "QuantizeInt4") && strcmp(n->op_type, "QuantizeLog"))
       return nbl_errorf(NBL_ERR_UNSUPPORTED,
                         "%s: node '%s' (%s, domain ai.nibble): no lowering to standard ONNX",
                         nbl_model_label(m), n->name, n->op_type);
@@ -385,11 +387,16 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
   if (!any) return NBL_OK;
   st = nbl_convert_opset(ctx, 21);
   if (st) return st;
-  int folded = 0, dynamic = 0, nn = g->n_nodes;
+  int folded = 0, dynamic = 0, nlog = 0, nn = g->n_nodes;
   size_t qb = 0, fb = 0;
   for (nbl_id i = 0; i < nn && !st; i++) {
     const nbl_node *n = &g->nodes[i];
     if (n->dead || strcmp(n->domain, "ai.nibble")) continue;
+    if (!strcmp(n->op_type, "QuantizeLog")) { /* passes/lower_log.c */
+      st = nbl_lower_quantize_log(ctx, g, i);
+      nlog++;
+      continue;
+    }
     int f = 0;
     size_t a = 0, b = 0;
     st = nbl_q4_fold_constant(ctx, g, i, 0, &f, &a, &b);
@@ -404,24 +411,35 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
     dynamic++;
   }
   if (st) return st;
-  /* drop the ai.nibble import when nothing uses it any more */
+  /* drop the ai.nibble import when nothing uses it any more (a training
+   * graph may still hold ai.nibble ops: then it stays) */
+  int used = 0;
+  for (int t = 0; t < m->n_training; t++)
+    for (const nbl_graph *tg = m->training[t].algorithm; tg && !used; tg = NULL)
+      for (int i = 0; i < tg->n_nodes && !used; i++)
+        used = !tg->nodes[i].dead && !strcmp(tg->nodes[i].domain, "ai.nibble");
   int k = 0;
   for (int i = 0; i < m->n_opsets; i++)
-    if (strcmp(m->opsets[i].domain, "ai.nibble")) m->opsets[k++] = m->opsets[i];
+    if (used || strcmp(m->opsets[i].domain, "ai.nibble")) m->opsets[k++] = m->opsets[i];
   m->n_opsets = k;
   nbl_graph_dce(g);
   nbl_graph_compact(g);
-  ctx->changed += folded + dynamic;
-  nbl_pass_logf(ctx,
-                "lowered %d QuantizeInt4: %d constant (codes %zu bytes, FP32 %zu bytes), %d "
-                "dynamic (QuantizeLinear/DequantizeLinear)",
-                folded + dynamic, folded, qb, fb, dynamic);
+  ctx->changed += folded + dynamic + nlog;
+  if (folded + dynamic)
+    nbl_pass_logf(ctx,
+                  "lowered %d QuantizeInt4: %d constant (codes %zu bytes, FP32 %zu bytes), %d "
+                  "dynamic (QuantizeLinear/DequantizeLinear)",
+                  folded + dynamic, folded, qb, fb, dynamic);
+  if (nlog)
+    nbl_pass_logf(ctx, "lowered %d QuantizeLog (threshold table: Abs, ReduceMax, Cast, Sqrt, "
+                       "GreaterOrEqual, ReduceSum, Gather, Where)", nlog);
   return NBL_OK;
 }
 
 const nbl_pass_def nbl_pass_lower_to_onnx = {
     .name = "lower-to-onnx",
-    .description = "rewrite nibble's own ops (ai.nibble QuantizeInt4) into standard ONNX "
-                   "(opset 21: INT4 DequantizeLinear, QuantizeLinear) for other runtimes",
+    .description = "rewrite nibble's own ops (ai.nibble QuantizeInt4, QuantizeLog with nearest/tpr "
+                   "rounding) into standard ONNX (opset 21: INT4 DequantizeLinear, QuantizeLinear; "
+                   "QuantizeLog as a threshold table) for other runtimes",
     .run = lower_run,
 };

@@ -1,5 +1,6 @@
 /*
- * lower.h - helpers shared by pack-int4 and lower-to-onnx (passes/lower.c).
+ * lower.h - helpers shared by pack-int4 and lower-to-onnx (passes/lower.c,
+ * passes/lower_log.c).
  */
 #ifndef NBL_PASSES_LOWER_H
 #define NBL_PASSES_LOWER_H
@@ -22,5 +23,10 @@ nbl_status nbl_q4_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int
  * with *st set when its attributes are bad. */
 int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_int4,
                     nbl_status *st);
+
+/* Replace QuantizeLog node `nid` of g by standard ops (opset 21) computing
+ * the same values (passes/lower_log.c). Stochastic rounding is a clear
+ * NBL_ERR_UNSUPPORTED naming the node; a bad attribute names it too. */
+nbl_status nbl_lower_quantize_log(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid);
 
 #endif /* NBL_PASSES_LOWER_H */

@@ -3,7 +3,11 @@
  * activation input (input 0) of every Conv, ConvTranspose, Gemm and MatMul.
  * Changes numerics. The first and last quantized layers (topological order)
  * get bits=8 by default ("kept in 8 bits"). A value feeding several layers
- * gets one quantizer per bit width. */
+ * gets one quantizer per bit width. On a model that already has a training
+ * graph it is an error: the quantizers belong in the inference graph before
+ * build-training, which copies them into the forward part and differentiates
+ * through them (QuantizeInt4's rule: QuantizeInt4Grad; a PACT alpha is a
+ * parameter like any other). */
 #include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +178,13 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
                       s.w_mode);
   if (!(s.pact_alpha > 0))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-int4: pact-alpha must be > 0");
+  if (m->n_training)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
+                      "quantize-int4: %s already has a training graph, whose backward was derived "
+                      "without the quantizers; run quantize-int4 before build-training (then the "
+                      "forward copy holds the quantizers, their straight-through rule is in the "
+                      "backward and a PACT clip is trained; nibble train --int4 does so)",
+                      nbl_model_label(m));
 
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);

@@ -1,12 +1,18 @@
 /* test_format_log.c - the logarithmic quantizer (runtime/formats/log.c) on
  * hand-computed cases: the exact levels of radix 4 with 3 exponent bits, ties,
  * zero, underflow, the two TPR grids, radix 2 and 10, NaN/Inf, all-zero
- * tensors, the integer form, and the stochastic modes' unbiasedness. */
+ * tensors, the integer form, and the stochastic modes' unbiasedness; the
+ * threshold table and the vectorized kernels (runtime/kernels/log_quant.c,
+ * every variant the CPU runs) bit for bit against nbl_log_code; the
+ * attribute decoder and the step key. */
 #include <check.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/formats/log.h"
+#include "runtime/kernels/log_quant.h"
 
 static nbl_log_config cfg_of(int radix, nbl_log_rounding r, int phase) {
   nbl_log_config c;
@@ -203,6 +209,180 @@ START_TEST(test_validate) {
 }
 END_TEST
 
+/* xorshift for test data */
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_u64(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return rng;
+}
+
+/* Values that probe every decision of the grid p: each level and threshold
+ * and their float neighbours, both signs, zero, NaN, Inf, random magnitudes
+ * over the whole range and above the top. */
+static size_t probe_values(const nbl_log_config *c, const nbl_log_params *p, float *x, size_t cap) {
+  float lev[NBL_LOG_MAX_LEVELS], thr[NBL_LOG_MAX_LEVELS];
+  nbl_log_table(c, p, lev, thr);
+  size_t n = 0;
+  for (int j = 0; j < p->levels; j++) {
+    const float pts[2] = {lev[j], thr[j]};
+    for (int k = 0; k < 2; k++) {
+      const float cand[3] = {nextafterf(pts[k], 0.0f), pts[k], nextafterf(pts[k], INFINITY)};
+      for (int q = 0; q < 3 && n + 2 <= cap; q++) {
+        x[n++] = cand[q];
+        x[n++] = -cand[q];
+      }
+    }
+  }
+  const float special[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY, p->top * 3.0f, -p->top * 1.5f};
+  for (size_t k = 0; k < sizeof special / sizeof *special && n < cap; k++) x[n++] = special[k];
+  while (n < cap) {
+    double e = (double)(next_u64() % 100000) / 100000.0 * (p->levels + 2) * log2((double)c->radix);
+    double v = (double)p->top * exp2(-e) * ((next_u64() & 1) ? -1.0 : 1.0);
+    x[n++] = (float)v;
+  }
+  return n;
+}
+
+START_TEST(test_table_and_vector_kernels) {
+  /* every radix, exponent width and tpr phase; the top from a first element
+   * (ordinary, tiny and huge scales) */
+  const int radices[] = {2, 4, 10};
+  const float tops[] = {1.0f, 3.3e-3f, 7.1e5f, 2.5e-30f, 1.2e-38f, 3.0e38f};
+  const size_t N = 1003; /* not a multiple of 8 or 16: the vector tails too */
+  float *x = malloc(sizeof(float) * N), *want = malloc(sizeof(float) * N), *got = malloc(sizeof(float) * N);
+  int checked = 0;
+  for (int ri = 0; ri < 3; ri++)
+    for (int eb = 1; eb <= 4; eb++)
+      for (int ph = 0; ph < 3; ph++)
+        for (size_t ti = 0; ti < sizeof tops / sizeof *tops; ti++) {
+          nbl_log_config c;
+          nbl_log_config_default(&c);
+          c.radix = radices[ri];
+          c.exp_bits = eb;
+          c.rounding = ph == 0 ? NBL_LOG_NEAREST : NBL_LOG_TPR;
+          c.phase = ph == 2;
+          nbl_log_params p;
+          nbl_log_choose_max(&c, tops[ti], &p);
+          size_t n = probe_values(&c, &p, x, N);
+          x[0] = tops[ti]; /* the max: the grid of the kernels is p */
+          for (size_t i = 1; i < n; i++)
+            if (isfinite(x[i]) && fabsf(x[i]) > tops[ti]) x[i] = nextafterf(tops[ti], 0.0f);
+          nbl_log_params pc;
+          nbl_log_choose(&c, x, n, &pc);
+          ck_assert_float_eq(pc.top, p.top);
+          nbl_log_fake_quant(&c, &p, x, want, n, 0);
+          float lev[NBL_LOG_MAX_LEVELS], thr[NBL_LOG_MAX_LEVELS];
+          nbl_log_table(&c, &p, lev, thr);
+          for (int isa = NBL_LOGQ_SCALAR; isa <= NBL_LOGQ_AVX512; isa++) {
+            if (!nbl_logq_isa_ok((nbl_logq_isa)isa)) continue;
+            ck_assert_float_eq(nbl_logq_absmax((nbl_logq_isa)isa, x, n), tops[ti]);
+            memset(got, 0x55, sizeof(float) * N);
+            nbl_logq_nearest((nbl_logq_isa)isa, lev, thr, p.levels, x, got, n);
+            for (size_t i = 0; i < n; i++) {
+              uint32_t a, b;
+              memcpy(&a, &want[i], 4);
+              memcpy(&b, &got[i], 4);
+              ck_assert_msg(a == b || (isnan(want[i]) && isnan(got[i])),
+                            "isa %d radix %d exp_bits %d phase %d top %g: x=%a -> %a, reference %a", isa,
+                            c.radix, eb, c.phase, (double)tops[ti], (double)x[i], (double)got[i],
+                            (double)want[i]);
+            }
+            checked++;
+          }
+        }
+  ck_assert_int_ge(checked, 3 * 4 * 3 * 6);
+  /* fake_quant (levels computed once per call) equals the element-wise
+   * definition nbl_log_value(nbl_log_code(x, index)) in the stochastic modes too */
+  for (int mode = 0; mode < 2; mode++)
+    for (int eb = 1; eb <= 4; eb++) {
+      nbl_log_config c;
+      nbl_log_config_default(&c);
+      c.rounding = mode ? NBL_LOG_LUQ : NBL_LOG_STOCHASTIC;
+      c.radix = mode ? 2 : 4;
+      c.exp_bits = eb;
+      c.seed = 77 + eb;
+      nbl_log_params p;
+      nbl_log_choose_max(&c, 1.0f, &p);
+      size_t n = probe_values(&c, &p, x, N);
+      x[0] = 1.0f;
+      for (size_t i = 1; i < n; i++)
+        if (isfinite(x[i]) && fabsf(x[i]) > 1.0f) x[i] = 0.999f;
+      nbl_log_fake_quant(&c, &p, x, got, n, 1000);
+      for (size_t i = 0; i < n; i++) {
+        float w = isfinite(x[i]) ? nbl_log_value(&c, &p, nbl_log_code(&c, &p, x[i], 1000 + i)) : x[i];
+        ck_assert_msg(memcmp(&w, &got[i], 4) == 0 || (isnan(w) && isnan(got[i])), "mode %d: x=%a -> %a, want %a",
+                      mode, (double)x[i], (double)got[i], (double)w);
+      }
+    }
+  /* in place (y == x) */
+  nbl_log_config c;
+  nbl_log_config_default(&c);
+  nbl_log_params p;
+  const float v[5] = {1.0f, -0.3f, 0.0f, 0.01f, -1e-9f};
+  float w[5], t[5];
+  memcpy(t, v, sizeof v);
+  nbl_log_choose(&c, v, 5, &p);
+  nbl_log_fake_quant(&c, &p, v, w, 5, 0);
+  float lev[NBL_LOG_MAX_LEVELS], thr[NBL_LOG_MAX_LEVELS];
+  nbl_log_table(&c, &p, lev, thr);
+  nbl_logq_nearest(nbl_logq_best_isa(), lev, thr, p.levels, t, t, 5);
+  ck_assert_int_eq(memcmp(t, w, sizeof w), 0);
+  /* all NaN / no finite element: the max is 0 */
+  const float nn[3] = {NAN, INFINITY, -NAN};
+  for (int isa = NBL_LOGQ_SCALAR; isa <= NBL_LOGQ_AVX512; isa++)
+    if (nbl_logq_isa_ok((nbl_logq_isa)isa)) ck_assert_float_eq(nbl_logq_absmax((nbl_logq_isa)isa, nn, 3), 0.0f);
+  free(x);
+  free(want);
+  free(got);
+}
+END_TEST
+
+/* A model with one QuantizeLog node carrying the given attributes. */
+static nbl_status decode_attrs(const char *k1, int64_t i1, const char *s1, nbl_log_config *cfg, char *err) {
+  nbl_model *m = nbl_model_new();
+  nbl_graph *g = m->graph;
+  nbl_id x = nbl_graph_add_value(g, "x"), y = nbl_graph_add_value(g, "y");
+  nbl_id n = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", "q", 1, &x, 1, &y);
+  if (k1 && s1) nbl_node_set_attr_string(g, n, k1, s1);
+  else if (k1) nbl_node_set_attr_int(g, n, k1, i1);
+  nbl_status st = nbl_log_config_decode(&g->nodes[n], cfg, err, 256);
+  nbl_model_free(m);
+  return st;
+}
+
+START_TEST(test_decode) {
+  nbl_log_config c;
+  char err[256] = "";
+  ck_assert_int_eq(decode_attrs(NULL, 0, NULL, &c, err), NBL_OK);
+  ck_assert_int_eq(c.radix, 4);
+  ck_assert_int_eq(c.exp_bits, 3);
+  ck_assert_int_eq(c.rounding, NBL_LOG_NEAREST);
+  ck_assert_int_eq(decode_attrs("radix", 10, NULL, &c, err), NBL_OK);
+  ck_assert_int_eq(c.radix, 10);
+  ck_assert_int_eq(decode_attrs("rounding", 0, "tpr", &c, err), NBL_OK);
+  ck_assert_int_eq(c.rounding, NBL_LOG_TPR);
+  ck_assert_int_eq(decode_attrs("radix", 3, NULL, &c, err), NBL_ERR_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(err, "radix=3"));
+  ck_assert_int_eq(decode_attrs("exp_bits", 5, NULL, &c, err), NBL_ERR_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(err, "exp_bits=5"));
+  ck_assert_int_eq(decode_attrs("rounding", 0, "even", &c, err), NBL_ERR_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(err, "'even'"));
+  ck_assert_int_eq(decode_attrs("phase", 1, NULL, &c, err), NBL_ERR_INVALID_MODEL); /* without tpr */
+  ck_assert_ptr_nonnull(strstr(err, "phase"));
+  ck_assert_int_eq(decode_attrs("rounding", 0, "luq", &c, err), NBL_ERR_INVALID_MODEL); /* radix 4 */
+  ck_assert_ptr_nonnull(strstr(err, "luq"));
+  ck_assert_int_eq(decode_attrs("radix", 0, "four", &c, err), NBL_ERR_INVALID_MODEL); /* a string */
+  ck_assert_ptr_nonnull(strstr(err, "'radix' must be"));
+  /* the step key: the seed itself at no step, new keys per step, reproducible */
+  ck_assert(nbl_log_step_seed(7, 0) == 7);
+  ck_assert(nbl_log_step_seed(7, 1) != nbl_log_step_seed(7, 2));
+  ck_assert(nbl_log_step_seed(7, 5) == nbl_log_step_seed(7, 5));
+  ck_assert(nbl_log_step_seed(7, 5) != nbl_log_step_seed(8, 5));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("format_log");
   TCase *tc = tcase_create("log");
@@ -213,6 +393,8 @@ int main(void) {
   tcase_add_test(tc, test_zero_nan_inf);
   tcase_add_test(tc, test_stochastic_unbiased);
   tcase_add_test(tc, test_validate);
+  tcase_add_test(tc, test_table_and_vector_kernels);
+  tcase_add_test(tc, test_decode);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

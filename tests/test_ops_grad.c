@@ -244,10 +244,13 @@ END_TEST
 
 /* ------------------------------------------------------------------ QuantizeInt4Grad */
 
-/* The straight-through gradient is the derivative of the clip the quantizer
- * applies: PACT clips to [0, alpha] (dX = dY inside, dAlpha = sum of dY above
- * alpha), a fixed scale clips to [s qmin, s qmax]: finite differences of
- * Clip(X, lo, hi) on the same values (float32 values in double). */
+/* The straight-through gradient is the derivative of a clip: PACT clips to
+ * [0, alpha] (dX = dY inside, dAlpha = sum of dY above alpha); the other
+ * modes pass where the code before the clamp, round(X/s) + z, lies in
+ * [qmin, qmax] (PyTorch's fake-quantize mask), i.e. for a fixed scale
+ * X in [s (qmin - 1/2), s (qmax + 1/2)) (half-even: -8.5 rounds to -8, 7.5 to
+ * 8): finite differences of Clip(X, lo, hi) on the same values (float32
+ * values in double, none on a boundary). */
 static void q4_case(const char *what, const attr *a, double lo, double hi, int pact) {
   tens xf = t_rand(NBL_DT_FLOAT, -1, 2.2, DIMS(4, 9));
   tens fin[3] = {t_convert(&xf, NBL_DT_DOUBLE), t_scalar(NBL_DT_DOUBLE, lo), t_scalar(NBL_DT_DOUBLE, hi)};
@@ -268,16 +271,30 @@ static void q4_case(const char *what, const attr *a, double lo, double hi, int p
 
 START_TEST(test_quantize_int4_grad) {
   q4_case("pact dX", (attr[]){AS("scale_source", "pact"), AEND}, 0.0, 1.3, 1);
-  /* fixed scale 0.25, 4-bit symmetric: codes -8..7, clip [-2, 1.75]; the data reaches 2.2 */
-  q4_case("fixed scale dX", (attr[]){AS("scale_source", "fixed"), AF("scale", 0.25f), AEND}, -2.0, 1.75, 0);
+  /* fixed scale 0.25, 4-bit symmetric: codes -8..7, mask [-2.125, 1.875); the data reaches 2.2 */
+  q4_case("fixed scale dX", (attr[]){AS("scale_source", "fixed"), AF("scale", 0.25f), AEND}, -2.125, 1.875, 0);
   q4_case("fixed narrow affine dX",
-          (attr[]){AS("scale_source", "fixed"), AF("scale", 0.125f), AS("mode", "affine"), AI("bits", 3), AEND}, -0.5,
-          0.375, 0);
+          (attr[]){AS("scale_source", "fixed"), AF("scale", 0.125f), AS("mode", "affine"), AI("bits", 3), AEND},
+          -0.5625, 0.4375, 0);
   /* max scale: every element is representable, dX = dY exactly */
   tens in[2] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(17)), t_rand(NBL_DT_FLOAT, -3, 3, DIMS(17))};
   runner *b = bwd_run("!QuantizeInt4Grad", NULL, 2, in, 1, NULL);
   ck_assert_int_eq(memcmp(b->out[0].data, in[0].data, 17 * sizeof(float)), 0);
   runner_free(b);
+  /* the element that sets a max scale: s = 0.6024338/7 in float, s*7 = 0.60243378... is just
+   * below it; the forward's code round(x/s) = 7 is unclamped, so the gradient passes
+   * (the mask of PyTorch's fake_quantize), for symmetric and affine max scales */
+  const float top[3] = {0.6024338f, -0.21f, 0.05f}, bot[3] = {-0.6024338f, 0.31f, 0.0f};
+  for (int k = 0; k < 4; k++) {
+    tens q[2] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(3)), t_new(NBL_DT_FLOAT, DIMS(3))};
+    memcpy(q[1].data, k % 2 ? bot : top, sizeof top);
+    const attr *qa = k < 2 ? NULL : (attr[]){AS("mode", "affine"), AEND};
+    runner *m = bwd_run("!QuantizeInt4Grad", qa, 2, q, 1, NULL);
+    ck_assert_msg(memcmp(m->out[0].data, q[0].data, sizeof top) == 0, "case %d: %g %g %g", k,
+                  ((float *)m->out[0].data)[0], ((float *)m->out[0].data)[1], ((float *)m->out[0].data)[2]);
+    runner_free(m);
+    free_all(q, 2);
+  }
   /* pact without alpha: clear error */
   runner *e = runner_new("ai.nibble", "QuantizeInt4Grad", 1, (attr[]){AS("scale_source", "pact"), AEND}, 2, in, 1,
                          NULL, 1);
@@ -867,6 +884,27 @@ START_TEST(test_against_pytorch) {
   free_all(cf, 3);
   free_all(cin, 3);
   free_all(cw, 3);
+  /* QuantizeInt4Grad's mask against torch.fake_quantize_per_tensor_affine's (exactly) */
+  static const char *const fq[2] = {"fq_fixed", "fq_max"};
+  for (int k = 0; k < 2; k++) {
+    char nm[64];
+    snprintf(nm, sizeof nm, "%s_dy", fq[k]);
+    tens d64 = fixture(dir, nm);
+    snprintf(nm, sizeof nm, "%s_x", fq[k]);
+    tens x64 = fixture(dir, nm);
+    snprintf(nm, sizeof nm, "%s_dx", fq[k]);
+    tens want = fixture(dir, nm);
+    tens qin[2] = {t_convert(&d64, NBL_DT_FLOAT), t_convert(&x64, NBL_DT_FLOAT)};
+    const attr *qa = k == 0 ? (attr[]){AS("scale_source", "fixed"), AF("scale", 0.25f), AEND} : NULL;
+    runner *r = bwd_run("!QuantizeInt4Grad", qa, 2, qin, 1, NULL);
+    snprintf(nm, sizeof nm, "QuantizeInt4Grad %s", fq[k]);
+    ck_close(nm, &r->out[0], &want, 0.0);
+    runner_free(r);
+    free_all(qin, 2);
+    t_free(&d64);
+    t_free(&x64);
+    t_free(&want);
+  }
   /* BatchNormInternal + BatchNormalizationGrad in training mode */
   tens x = fixture(dir, "bn_x"), sc = fixture(dir, "bn_scale"), bi = fixture(dir, "bn_bias");
   tens fin[5] = {x, sc, bi, t_new(NBL_DT_DOUBLE, DIMS(3)), t_new(NBL_DT_DOUBLE, DIMS(3))};

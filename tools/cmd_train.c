@@ -4,6 +4,12 @@
  * MODEL is a training model (training_info, see the README "Training"), or an
  * inference model that the pass pipeline `build-training{...}` (with --passes
  * appended) turns into one; the pipeline prints and dumps as `convert` does.
+ * --int4 puts quantize-int4 before build-training (the quantizers are then in
+ * the forward copy and the backward goes through their straight-through
+ * rule), --log4-grad[=MODE] puts quantize-grad-log4{rounding=MODE} after it:
+ *   [quantize-int4,]build-training{...}[,quantize-grad-log4{rounding=MODE}][,--passes]
+ * (a training MODEL: quantize-grad-log4{rounding=MODE}[,--passes]; --int4
+ * needs the inference model).
  * Every input is checked before the first step (model, dataset against the
  * model's input and classes, checkpoint to resume), so bad input exits with
  * 2 before anything is written. A checkpoint holds the progress (epoch, step
@@ -40,6 +46,8 @@
 typedef struct opts {
   const char *model, *data, *optimizer, *schedule, *passes, *dump_dir, *label;
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
+  const char *log4; /* --log4-grad[=MODE]: the rounding mode, NULL when not given */
+  int int4;         /* --int4 */
   int print_after_all, verify_each, reference, threads, profile, profile_top;
   long long epochs, batch, ckpt_every, log_every;
   double lr, max_grad_norm, weight_decay;
@@ -64,6 +72,11 @@ static void train_usage(FILE *f) {
         "  --label NAME            the label input (default label)\n"
         "  --max-grad-norm X       clip the gradients to global L2 norm X\n"
         "  --seed S                seed of the data order (default 0)\n"
+        "  --int4                  INT4 weights and activations: quantize-int4 (SAWB weights,\n"
+        "                          affine activations, first and last layers in 8 bits) before\n"
+        "                          build-training, so the forward copy quantizes every step\n"
+        "  --log4-grad[=MODE]      log radix-4 gradients: quantize-grad-log4{rounding=MODE} after\n"
+        "                          build-training; MODE nearest (default), tpr, stochastic or luq\n"
         "  --passes LIST           passes after build-training (a LIST naming build-training\n"
         "                          is the whole pipeline)\n"
         "  --dump-dir DIR          write NN-<pass>.onnxtxt/.dot/.onnx after every pass\n"
@@ -126,6 +139,17 @@ static int parse_args(int argc, char **argv, opts *o) {
       long long top;
       if (parse_ll("--profile", a + 10, 0, &top)) return 2;
       o->profile = 1, o->profile_top = (int)(top > 1000 ? 1000 : top);
+      continue;
+    }
+    if (!strcmp(a, "--int4")) { o->int4 = 1; continue; }
+    if (!strcmp(a, "--log4-grad") || !strncmp(a, "--log4-grad=", 12)) {
+      o->log4 = a[11] == '=' ? a + 12 : "nearest";
+      if (strcmp(o->log4, "nearest") && strcmp(o->log4, "tpr") && strcmp(o->log4, "stochastic") &&
+          strcmp(o->log4, "luq")) {
+        fprintf(stderr, "nibble train: --log4-grad=MODE: MODE must be nearest, tpr, stochastic or luq, not '%s'\n",
+                o->log4);
+        return 2;
+      }
       continue;
     }
     if (a[0] == '-' && a[1]) {
@@ -217,12 +241,36 @@ static int prepare_model(const opts *o, nbl_model **out) {
   int training = nbl_model_training_count(m) > 0;
   char *spec = NULL;
   const char *passes = o->passes ? o->passes : "";
+  if (training && o->int4) {
+    fprintf(stderr, "nibble train: %s is already a training model; --int4 needs the inference model "
+                    "(quantize-int4 must run before build-training, so the backward goes through the "
+                    "quantizers)\n", o->model);
+    nbl_model_free(m);
+    return 2;
+  }
+  if ((o->int4 || o->log4) && strstr(passes, "build-training")) {
+    fprintf(stderr, "nibble train: a --passes list naming build-training is the whole pipeline: write "
+                    "quantize-int4 (before build-training) and quantize-grad-log4 (after it) into it "
+                    "instead of %s\n", o->int4 ? "--int4" : "--log4-grad");
+    nbl_model_free(m);
+    return 2;
+  }
   if (training && (o->optimizer || o->weight_decay > 0)) {
     fprintf(stderr, "nibble train: %s is already a training model (its optimizer is part of its "
                     "algorithm graph); %s applies only when build-training makes one\n", o->model,
             o->optimizer ? "--optimizer" : "--weight-decay");
     nbl_model_free(m);
     return 2;
+  }
+  if (training && o->log4) { /* a training model: quantize its gradients, then --passes */
+    size_t n = strlen(passes) + 64;
+    spec = malloc(n);
+    if (!spec) {
+      nbl_model_free(m);
+      return 1;
+    }
+    snprintf(spec, n, "quantize-grad-log4{rounding=%s}%s%s", o->log4, *passes ? "," : "", passes);
+    passes = spec;
   }
   if (!training && !strstr(passes, "build-training")) {
     nbl_pipeline *probe = NULL;
@@ -234,19 +282,20 @@ static int prepare_model(const opts *o, nbl_model **out) {
       return 2;
     }
     nbl_pipeline_free(probe);
-    size_t n = strlen(passes) + strlen(o->label) + 256;
+    size_t n = strlen(passes) + strlen(o->label) + 320;
     spec = malloc(n);
     if (!spec) {
       nbl_model_free(m);
       return 1;
     }
-    int k = snprintf(spec, n, "build-training");
+    int k = snprintf(spec, n, "%sbuild-training", o->int4 ? "quantize-int4," : "");
     const char *sep = "{";
     if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "%soptimizer=%s", sep, o->optimizer), sep = ",";
     if (o->weight_decay > 0)
       k += snprintf(spec + k, n - (size_t)k, "%sweight-decay=%.9g", sep, o->weight_decay), sep = ",";
     if (strcmp(o->label, "label")) k += snprintf(spec + k, n - (size_t)k, "%slabel=%s", sep, o->label), sep = ",";
     if (*sep == ',') k += snprintf(spec + k, n - (size_t)k, "}");
+    if (o->log4) k += snprintf(spec + k, n - (size_t)k, ",quantize-grad-log4{rounding=%s}", o->log4);
     if (*passes) snprintf(spec + k, n - (size_t)k, ",%s", passes);
     passes = spec;
   }

@@ -244,7 +244,9 @@ double nbl_q4_uniform(int64_t seed, uint64_t index) {
   return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
-int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index) {
+/* The code of x before the clamp to [qmin, qmax] (PACT's input clip applied). */
+static float code_unclamped(const nbl_q4_config *cfg, const nbl_q4_params *p, float x,
+                            uint64_t index) {
   if (p->clip) x = x < p->clip_lo ? p->clip_lo : x > p->clip_hi ? p->clip_hi : x;
   float v = x / p->scale;
   float r;
@@ -255,10 +257,20 @@ int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint6
   } else {
     r = nearbyintf(v);
   }
-  r += (float)p->zero;
+  return r + (float)p->zero;
+}
+
+int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index) {
+  float r = code_unclamped(cfg, p, x, index);
   if (r < (float)p->qmin) r = (float)p->qmin;
   if (r > (float)p->qmax) r = (float)p->qmax;
   return (int)r;
+}
+
+int nbl_q4_passes(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index) {
+  if (p->clip) return x >= p->clip_lo && x <= p->clip_hi;
+  float r = code_unclamped(cfg, p, x, index);
+  return r >= (float)p->qmin && r <= (float)p->qmax;
 }
 
 void nbl_q4_fake_quant(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,

@@ -111,6 +111,14 @@ double nbl_q4_uniform(int64_t seed, uint64_t index);
  * (including the zero point), under p and the rounding mode of cfg. */
 int nbl_q4_code(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index);
 
+/* The straight-through mask of the quantizer at finite x (the derivative of
+ * its clamp): 1 when the code of x before the clamp, round(x/s) + z with the
+ * rounding (and the same draw) of nbl_q4_code, lies in [qmin, qmax], as
+ * PyTorch's fake_quantize computes its mask; PACT: 1 when 0 <= x <= alpha.
+ * The element that sets a max scale passes (round(max/s) = qmax even when
+ * s*qmax rounds just below max). */
+int nbl_q4_passes(const nbl_q4_config *cfg, const nbl_q4_params *p, float x, uint64_t index);
+
 /* Fake-quantize x[0..n) into y[0..n) (y may equal x): y = s*(q - z); NaN
  * stays NaN, +-Inf stays +-Inf. index0 is the linear index of x[0] (for the
  * stochastic generator, so chunked/threaded calls match a single call). */

@@ -3,11 +3,13 @@
 #include "runtime/formats/log.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "runtime/formats/int4.h" /* nbl_q4_uniform: the one counter-based generator */
 
-#define LOG_MAX_LEVELS 15 /* exp_bits <= 4 */
+#define LOG_MAX_LEVELS NBL_LOG_MAX_LEVELS
 
 void nbl_log_config_default(nbl_log_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
@@ -60,12 +62,75 @@ int nbl_log_validate(const nbl_log_config *cfg, const char **why) {
   return 0;
 }
 
+/* Write the message into err and return st. */
+static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return st;
+}
+
+nbl_status nbl_log_config_decode(const nbl_node *n, nbl_log_config *out, char *err, size_t errlen) {
+  static const char *const names[] = {"radix", "exp_bits", "rounding", "phase", "seed"};
+  static const nbl_attr_type types[] = {NBL_ATTR_INT, NBL_ATTR_INT, NBL_ATTR_STRING, NBL_ATTR_INT,
+                                        NBL_ATTR_INT};
+  const nbl_attr *a[5];
+  for (int i = 0; i < 5; i++) {
+    a[i] = nbl_node_attr(n, names[i]);
+    if (a[i] && a[i]->type != types[i])
+      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s",
+                        names[i], nbl_attr_type_name(types[i]), nbl_attr_type_name(a[i]->type));
+  }
+  nbl_log_config cfg;
+  nbl_log_config_default(&cfg);
+  if (a[0]) {
+    if (a[0]->i != 2 && a[0]->i != 4 && a[0]->i != 10)
+      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "radix=%lld is not supported (2, 4 or 10)",
+                        (long long)a[0]->i);
+    cfg.radix = (int)a[0]->i;
+  }
+  if (a[1]) {
+    if (a[1]->i < 1 || a[1]->i > 4)
+      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "exp_bits=%lld is not supported (1..4)",
+                        (long long)a[1]->i);
+    cfg.exp_bits = (int)a[1]->i;
+  }
+  if (a[2] && nbl_log_parse_rounding(a[2]->s, &cfg.rounding) != 0)
+    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+                      "rounding '%s' is not supported (nearest|stochastic|tpr|luq)", a[2]->s);
+  if (a[3]) {
+    if (a[3]->i != 0 && a[3]->i != 1)
+      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "phase must be 0 or 1, got %lld",
+                        (long long)a[3]->i);
+    cfg.phase = (int)a[3]->i;
+  }
+  if (a[4]) cfg.seed = a[4]->i;
+  const char *why = NULL;
+  if (nbl_log_validate(&cfg, &why) != 0)
+    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "%s", why);
+  *out = cfg;
+  return NBL_OK;
+}
+
+int64_t nbl_log_step_seed(int64_t seed, int64_t step) {
+  return (int64_t)((uint64_t)seed ^ ((uint64_t)step * 0x9E3779B97F4A7C15ull));
+}
+
 void nbl_log_choose(const nbl_log_config *cfg, const float *x, size_t n, nbl_log_params *p) {
   float mx = 0.0f;
   for (size_t i = 0; i < n; i++) {
     float a = fabsf(x[i]);
     if (isfinite(a) && a > mx) mx = a;
   }
+  nbl_log_choose_max(cfg, mx, p);
+}
+
+void nbl_log_choose_max(const nbl_log_config *cfg, float mx, nbl_log_params *p) {
   double top = mx > 0.0f ? (double)mx : 1.0;
   if (cfg->rounding == NBL_LOG_TPR && cfg->phase == 1) top *= sqrt((double)cfg->radix);
   p->top = (float)top;
@@ -81,13 +146,11 @@ static int stochastic(const nbl_log_config *cfg) {
   return cfg->rounding == NBL_LOG_STOCHASTIC || cfg->rounding == NBL_LOG_LUQ;
 }
 
-int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
+/* The code of finite x on the levels lev[0..L) (the grid's levels as doubles
+ * of their float values): the one rounding rule of every caller. */
+static int code_on(const nbl_log_config *cfg, const double *lev, int L, float x, uint64_t index) {
   double a = fabs((double)x);
   int sign = x < 0.0f ? -1 : 1;
-  int L = p->levels;
-  double lev[LOG_MAX_LEVELS] = {0};
-  if (L < 1 || L > LOG_MAX_LEVELS) return 0;
-  for (int k = 0; k < L; k++) lev[k] = (double)nbl_log_level(cfg, p, k);
   if (a >= lev[0]) return sign;
   /* the first level below a: lev[k] <= a < lev[k-1] (k = L: below the grid) */
   int k = 1;
@@ -105,6 +168,20 @@ int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, ui
   return sign * (up ? k : k + 1);
 }
 
+/* The levels of p as doubles; L, or 0 when p has no valid level count. */
+static int levels_of(const nbl_log_config *cfg, const nbl_log_params *p, double *lev) {
+  int L = p->levels;
+  if (L < 1 || L > LOG_MAX_LEVELS) return 0;
+  for (int k = 0; k < L; k++) lev[k] = (double)nbl_log_level(cfg, p, k);
+  return L;
+}
+
+int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
+  double lev[LOG_MAX_LEVELS];
+  int L = levels_of(cfg, p, lev);
+  return L ? code_on(cfg, lev, L, x, index) : 0;
+}
+
 float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code) {
   if (code == 0) return 0.0f;
   float v = nbl_log_level(cfg, p, (code < 0 ? -code : code) - 1);
@@ -120,10 +197,34 @@ int32_t nbl_log_code_int(const nbl_log_config *cfg, int code) {
   return code < 0 ? -v : v;
 }
 
+/* The smallest float >= t (t >= 0 finite). */
+static float float_ceil(double t) {
+  float f = (float)t;
+  if ((double)f < t) f = nextafterf(f, INFINITY);
+  return f;
+}
+
+void nbl_log_table(const nbl_log_config *cfg, const nbl_log_params *p, float *lev, float *thr) {
+  int L = p->levels < 1 ? 1 : p->levels > LOG_MAX_LEVELS ? LOG_MAX_LEVELS : p->levels;
+  for (int k = 0; k < L; k++) lev[k] = nbl_log_level(cfg, p, k);
+  for (int k = 1; k < L; k++) thr[k - 1] = float_ceil(sqrt((double)lev[k - 1] * (double)lev[k]));
+  thr[L - 1] = float_ceil(0.5 * (double)lev[L - 1]);
+}
+
 void nbl_log_fake_quant(const nbl_log_config *cfg, const nbl_log_params *p, const float *x,
                         float *y, size_t n, uint64_t index0) {
+  double lev[LOG_MAX_LEVELS];
+  float levf[LOG_MAX_LEVELS];
+  int L = levels_of(cfg, p, lev); /* once per call, not per element */
+  for (int k = 0; k < L; k++) levf[k] = (float)lev[k];
   for (size_t i = 0; i < n; i++) {
     float v = x[i];
-    y[i] = isfinite(v) ? nbl_log_value(cfg, p, nbl_log_code(cfg, p, v, index0 + i)) : v;
+    if (!isfinite(v)) {
+      y[i] = v;
+      continue;
+    }
+    int code = L ? code_on(cfg, lev, L, v, index0 + i) : 0;
+    float mag = code ? levf[(code < 0 ? -code : code) - 1] : 0.0f;
+    y[i] = code < 0 ? -mag : mag; /* nbl_log_value */
   }
 }

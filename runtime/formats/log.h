@@ -1,9 +1,10 @@
 /*
  * runtime/formats/log.h - the per-tensor logarithmic quantizer behind the
  * ai.nibble QuantizeLog op (gradients in 4 bits: "FP4 [1,3,0]", a sign and an
- * exponent, no mantissa). Plain C, no IR or kernel-context dependency: the
- * reference kernel, the vectorized kernel, the lowering and the integer
- * backward kernels share this one definition of the numbers.
+ * exponent, no mantissa). Plain C over the IR (no kernel-context dependency;
+ * the IR only for the one attribute decoder): the reference kernel, the
+ * vectorized kernel, the quantize-grad-log4 pass, the lowering and the
+ * integer backward kernels share this one definition of the numbers.
  *
  * Levels. With radix r (2, 4 or 10) and e exponent bits there are
  * L = 2^e - 1 non-zero magnitudes (one exponent code is zero):
@@ -34,7 +35,20 @@
  *               a mode of its own so that graphs say what they mean.
  * Random draws are counter-based: uniform(seed, index) for element `index`
  * (nbl_q4_uniform), so chunked, threaded and vectorized runs give the same
- * numbers and a run is reproducible from its seed.
+ * numbers and a run is reproducible from its seed. The op's optional `step`
+ * input (the training step) changes the key every step:
+ *     key = seed                                   without step
+ *     key = seed XOR (step * 0x9E3779B97F4A7C15)   with step (nbl_log_step_seed)
+ * so each step draws new numbers and a rerun draws the same ones.
+ *
+ * Nearest rounding as a table (what the vectorized kernel and the lowering
+ * compute, equal to nbl_log_code for every finite x): with the levels
+ * lev[j] = level_j (non-increasing floats) and the thresholds (in double)
+ *     T[j] = sqrt(lev[j] * lev[j+1])  (j = 0..L-2),   T[L-1] = lev[L-1] / 2,
+ * the magnitude of x is lev[j] for the smallest j with |x| >= T[j], and 0
+ * when there is none or x = 0 (|x| above the top level takes j = 0).
+ * nbl_log_table gives lev[] and thr[j] = the smallest float >= T[j], so the
+ * comparisons can run in float: (double)a >= T  <=>  a >= thr for a float a.
  *
  * Integer form. A code is 0 or sign*(k+1) (|code| in 1..L). For radix 2^j the
  * level is top * 2^(-j*k): relative to the smallest level it is the integer
@@ -47,12 +61,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ir/ir.h"
+
 typedef enum {
   NBL_LOG_NEAREST = 0,
   NBL_LOG_STOCHASTIC = 1,
   NBL_LOG_TPR = 2,
   NBL_LOG_LUQ = 3
 } nbl_log_rounding;
+
+/* The most levels a grid has (exp_bits <= 4: 2^4 - 1). */
+#define NBL_LOG_MAX_LEVELS 15
 
 /* The op's attributes, decoded. */
 typedef struct nbl_log_config {
@@ -72,6 +91,24 @@ typedef struct nbl_log_params {
 /* Defaults: radix 4, 3 exponent bits, nearest, phase 0, seed 0. */
 void nbl_log_config_default(nbl_log_config *cfg);
 
+/* Decode the attributes of an ai.nibble QuantizeLog node n into cfg (the only
+ * decoder: the kernels, quantize-grad-log4 and lower-to-onnx call it). Every
+ * attribute is checked, present or not:
+ *   radix     int 2, 4 or 10 (default 4)                   else NBL_ERR_UNSUPPORTED
+ *   exp_bits  int 1..4 (default 3)                         else NBL_ERR_UNSUPPORTED
+ *   rounding  string nearest|stochastic|tpr|luq            else NBL_ERR_UNSUPPORTED
+ *   phase     int 0 or 1 (1 only with tpr; default 0)      else NBL_ERR_INVALID_MODEL
+ *   seed      int (default 0)
+ *   luq with a radix other than 2                          NBL_ERR_INVALID_MODEL
+ * An attribute of the wrong type is NBL_ERR_INVALID_MODEL. Returns NBL_OK, or
+ * the status with a message in err[0..errlen) (may be NULL) naming the
+ * attribute, e.g. "radix=3 is not supported (2, 4 or 10)"; callers prefix the
+ * node. Sets no thread error. cfg is fully written only on NBL_OK. */
+nbl_status nbl_log_config_decode(const nbl_node *n, nbl_log_config *cfg, char *err, size_t errlen);
+
+/* The key of the random draws at training step `step` (see the top). */
+int64_t nbl_log_step_seed(int64_t seed, int64_t step);
+
 /* Parse a rounding attribute (nearest|stochastic|tpr|luq); 0 or -1. */
 int nbl_log_parse_rounding(const char *s, nbl_log_rounding *out);
 const char *nbl_log_rounding_name(nbl_log_rounding r);
@@ -83,6 +120,9 @@ int nbl_log_validate(const nbl_log_config *cfg, const char **why);
 
 /* The grid for x[0..n) under cfg (cfg valid). */
 void nbl_log_choose(const nbl_log_config *cfg, const float *x, size_t n, nbl_log_params *p);
+/* The same from max|x| over the finite elements (0 when there is none), for
+ * callers that scanned the tensor themselves. */
+void nbl_log_choose_max(const nbl_log_config *cfg, float max_abs, nbl_log_params *p);
 
 /* level_k of p (k in 0..L-1), computed in double and rounded to float once. */
 float nbl_log_level(const nbl_log_config *cfg, const nbl_log_params *p, int k);
@@ -96,6 +136,10 @@ float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code
 /* For radix 2 or 4: the code as an integer multiple of the smallest level,
  * sign * radix^(L-1-k) (0 for code 0). */
 int32_t nbl_log_code_int(const nbl_log_config *cfg, int code);
+
+/* Nearest rounding as a table (see the top): lev[0..L) and thr[0..L) for the
+ * grid p (L = p->levels <= 15). */
+void nbl_log_table(const nbl_log_config *cfg, const nbl_log_params *p, float *lev, float *thr);
 
 /* Fake-quantize x[0..n) into y[0..n) (y may equal x); index0 is the linear
  * index of x[0] (for the stochastic draws). NaN and +-Inf pass through. */

@@ -55,9 +55,11 @@
  *   attributes: those of QuantizeInt4 (bits, mode, scale_source, scale, narrow,
  *            rounding, seed), read the same way so the clip range is the forward's
  *   semantics: the quantization parameters are chosen from X exactly as the
- *            forward does (runtime/formats/int4.h); dX = dY inside the
- *            representable range [s (qmin - z), s (qmax - z)] (PACT: [0, alpha])
- *            and 0 outside; PACT: dAlpha = sum(dY * (X > alpha)), other modes: 0.
+ *            forward does (runtime/formats/int4.h); dX = dY where the
+ *            forward's code before its clamp, round(X/s) + z, lies in
+ *            [qmin, qmax] (nbl_q4_passes: PyTorch's fake-quantize mask; PACT:
+ *            0 <= X <= alpha) and 0 elsewhere; PACT: dAlpha = sum(dY * (X > alpha)),
+ *            other modes: 0.
  */
 
 #include <math.h>
@@ -280,17 +282,13 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   const char *why = NULL;
   if (nbl_q4_choose(&cfg, (const float *)X->data, (size_t)X->numel, alpha, &p, &why) != 0)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s", why);
-  /* the representable range: what the forward passes through unchanged
-   * (up to rounding); PACT: its clip [0, alpha] */
-  double lo = pact ? p.clip_lo : (double)p.scale * (p.qmin - p.zero);
-  double hi = pact ? p.clip_hi : (double)p.scale * (p.qmax - p.zero);
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
   const float *g = dY->data, *x = X->data;
   float *dx = nbl_kctx_out(c, 0)->data;
   double da = 0.0;
   for (int64_t i = 0; i < X->numel; i++) {
-    dx[i] = x[i] >= lo && x[i] <= hi ? g[i] : 0.0f;
-    if (pact && x[i] > hi) da += g[i];
+    dx[i] = isfinite(x[i]) && nbl_q4_passes(&cfg, &p, x[i], (uint64_t)i) ? g[i] : 0.0f; /* NaN, Inf: 0 */
+    if (pact && x[i] > p.clip_hi) da += g[i];
   }
   if (grad_want(c, 1)) {
     if ((st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, 0, NULL))) return st;

@@ -44,3 +44,23 @@ y.backward(dy)
 for n, t in (("bn_x", x), ("bn_scale", g), ("bn_bias", bb), ("bn_dy", dy), ("bn_dx", x.grad),
              ("bn_dscale", g.grad), ("bn_dbias", bb.grad)):
     save(n, t)
+
+# fake quantization's straight-through mask (QuantizeInt4Grad): float32 data,
+# a fixed scale 0.25 with codes -8..7 (the mask ends at round(x/s) in
+# [-8, 7], i.e. x in [-2.125, 1.875)), and a max scale whose largest element
+# has s*7 just below it (0.6024338: the code is still 7, so it passes)
+xq = (torch.rand(64, dtype=torch.float64) * 5 - 2.5).float()
+xq[:6] = torch.tensor([1.8, 1.874, 1.876, -2.1, -2.13, 0.6024338], dtype=torch.float32)
+for name, data, scale in (("fq_fixed", xq, 0.25),
+                          ("fq_max", xq[5:] * 0 + xq[5:].clamp(-0.6, 0.6), None)):
+    data = data.clone()
+    if scale is None:
+        data[0] = 0.6024338
+        scale = float(np.float32(data.abs().max().item()) / np.float32(7))
+    data.requires_grad_(True)
+    y = torch.fake_quantize_per_tensor_affine(data, scale, 0, -8, 7)
+    dy = torch.randn(data.shape, dtype=torch.float32)
+    y.backward(dy)
+    save(name + "_x", data)
+    save(name + "_dy", dy)
+    save(name + "_dx", data.grad)

@@ -7,9 +7,11 @@ applies, --resume) byte-identical with the same modification time: labels of
 the wrong type or out of range, samples of the wrong size, a missing dataset
 (naming the Debian package for Fashion-MNIST), truncated, foreign and missing
 checkpoints, a resume with other settings, an inference model while there is
-no build-training pass, bad options; with build-training, a frozen or
-trainable glob that matches nothing and models whose output does not fit the
-loss (loss=output on LeNet-5's logits, cross-entropy on a rank-1 output).
+no build-training pass, bad options (--int4 with a training model, an unknown
+--log4-grad mode); with build-training, a frozen or trainable glob that matches
+nothing, models whose output does not fit the loss (loss=output on LeNet-5's
+logits, cross-entropy on a rank-1 output) and --int4 with a --passes list
+naming build-training.
 Exit 0 pass, 1 fail, 77 skip (no numpy).
 """
 import os
@@ -110,6 +112,9 @@ def main():
          "make no batch of 100"),
         ("an unknown option", ["--data", "npy:" + good, "--frobnicate"], "unknown option"),
         ("--label naming no input", ["--data", "npy:" + good, "--label", "target"], "(give --label NAME)"),
+        ("--int4 with a training model", ["--data", "npy:" + good, "--int4"], "already a training model; --int4"),
+        ("an unknown --log4-grad mode", ["--data", "npy:" + good, "--log4-grad=even"],
+         "MODE must be nearest, tpr, stochastic or luq, not 'even'"),
     ]
     if has_build_training:
         cases += [
@@ -126,6 +131,9 @@ def main():
         if rank1:
             cases.append(("a model whose output does not fit cross-entropy", ["@model=" + rank1, "--data", "npy:" + good],
                           "does not fit loss=cross-entropy"))
+        cases.append(("--int4 with a --passes list naming build-training",
+                      ["--data", "npy:" + good, "@inference", "--int4", "--passes", "build-training"],
+                      "write quantize-int4 (before build-training)"))
     if not has_build_training:
         cases.append(("an inference model without build-training", ["--data", "npy:" + good, "@inference"],
                       "has no build-training pass"))

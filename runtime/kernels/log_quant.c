@@ -1,0 +1,163 @@
+/* log_quant.c - vectorized max scan and nearest rounding of the logarithmic
+ * quantizer; see runtime/kernels/log_quant.h. */
+#include "runtime/kernels/log_quant.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The one CPU question of this file (see the header). */
+nbl_logq_isa nbl_logq_best_isa(void) {
+  static int best = -1;
+  if (best < 0) {
+    __builtin_cpu_init();
+    best = __builtin_cpu_supports("avx512f")          ? NBL_LOGQ_AVX512
+           : __builtin_cpu_supports("avx2")           ? NBL_LOGQ_AVX2
+                                                      : NBL_LOGQ_SCALAR;
+  }
+  return (nbl_logq_isa)best;
+}
+
+int nbl_logq_isa_ok(nbl_logq_isa isa) { return isa <= nbl_logq_best_isa(); }
+
+/* ------------------------------------------------------------------ scalar */
+
+static float absmax_scalar(const float *x, size_t n) {
+  float m = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float a = fabsf(x[i]);
+    if (a < INFINITY && a > m) m = a; /* NaN compares false */
+  }
+  return m;
+}
+
+static inline uint32_t bits_of(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static inline float float_of(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static void nearest_scalar(const float *lev, const float *thr, int L, const float *x, float *y,
+                           size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i], a = fabsf(v);
+    if (!(a < INFINITY)) { /* NaN, +-Inf */
+      y[i] = v;
+      continue;
+    }
+    float mag = 0.0f;
+    for (int j = L - 1; j >= 0; j--)
+      if (a >= thr[j]) mag = lev[j];
+    int nz = a > 0.0f && a >= thr[L - 1];
+    y[i] = nz ? float_of(bits_of(mag) | (bits_of(v) & 0x80000000u)) : 0.0f;
+  }
+}
+
+/* ------------------------------------------------------------------ AVX2 */
+
+__attribute__((target("avx2"))) static float absmax_avx2(const float *x, size_t n) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 m = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), absm);
+    __m256 fin = _mm256_cmp_ps(a, inf, _CMP_LT_OQ);
+    m = _mm256_max_ps(m, _mm256_and_ps(a, fin));
+  }
+  float t[8];
+  _mm256_storeu_ps(t, m);
+  float r = absmax_scalar(x + i, n - i);
+  for (int k = 0; k < 8; k++)
+    if (t[k] > r) r = t[k];
+  return r;
+}
+
+__attribute__((target("avx2"))) static void nearest_avx2(const float *lev, const float *thr, int L,
+                                                         const float *x, float *y, size_t n) {
+  __m256 vl[15], vt[15];
+  for (int j = 0; j < L; j++) {
+    vl[j] = _mm256_set1_ps(lev[j]);
+    vt[j] = _mm256_set1_ps(thr[j]);
+  }
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 sgnm = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+  const __m256 inf = _mm256_set1_ps(INFINITY), zero = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256 a = _mm256_and_ps(v, absm);
+    __m256 mag = zero;
+    for (int j = L - 1; j >= 0; j--) mag = _mm256_blendv_ps(mag, vl[j], _mm256_cmp_ps(a, vt[j], _CMP_GE_OQ));
+    __m256 nz = _mm256_and_ps(_mm256_cmp_ps(a, zero, _CMP_GT_OQ), _mm256_cmp_ps(a, vt[L - 1], _CMP_GE_OQ));
+    __m256 r = _mm256_and_ps(_mm256_or_ps(mag, _mm256_and_ps(v, sgnm)), nz);
+    r = _mm256_blendv_ps(v, r, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
+    _mm256_storeu_ps(y + i, r);
+  }
+  nearest_scalar(lev, thr, L, x + i, y + i, n - i);
+}
+
+/* ------------------------------------------------------------------ AVX-512 */
+
+__attribute__((target("avx512f"))) static float absmax_avx512(const float *x, size_t n) {
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 m = _mm512_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i));
+    m = _mm512_mask_max_ps(m, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), m, a);
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+__attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, const float *thr,
+                                                              int L, const float *x, float *y,
+                                                              size_t n) {
+  __m512 vl[15], vt[15];
+  for (int j = 0; j < L; j++) {
+    vl[j] = _mm512_set1_ps(lev[j]);
+    vt[j] = _mm512_set1_ps(thr[j]);
+  }
+  const __m512i sgnm = _mm512_set1_epi32((int)0x80000000u);
+  const __m512 inf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+    __m512 a = _mm512_abs_ps(v);
+    __m512 mag = zero;
+    for (int j = L - 1; j >= 0; j--) mag = _mm512_mask_mov_ps(mag, _mm512_cmp_ps_mask(a, vt[j], _CMP_GE_OQ), vl[j]);
+    __mmask16 nz = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(a, vt[L - 1], _CMP_GE_OQ);
+    __m512i r = _mm512_or_si512(_mm512_castps_si512(mag), _mm512_and_si512(_mm512_castps_si512(v), sgnm));
+    __m512 out = _mm512_maskz_mov_ps(nz, _mm512_castsi512_ps(r));
+    out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), out);
+    _mm512_mask_storeu_ps(y + i, k, out);
+  }
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+float nbl_logq_absmax(nbl_logq_isa isa, const float *x, size_t n) {
+  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  switch (isa) {
+  case NBL_LOGQ_AVX512: return absmax_avx512(x, n);
+  case NBL_LOGQ_AVX2: return absmax_avx2(x, n);
+  default: return absmax_scalar(x, n);
+  }
+}
+
+void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
+                      float *y, size_t n) {
+  if (L < 1 || L > 15) return;
+  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  switch (isa) {
+  case NBL_LOGQ_AVX512: nearest_avx512(lev, thr, L, x, y, n); break;
+  case NBL_LOGQ_AVX2: nearest_avx2(lev, thr, L, x, y, n); break;
+  default: nearest_scalar(lev, thr, L, x, y, n); break;
+  }
+}

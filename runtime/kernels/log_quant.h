@@ -1,0 +1,36 @@
+/*
+ * log_quant.h - vectorized pieces of the logarithmic quantizer (ai.nibble
+ * QuantizeLog's fast kernel): the max-|x| scan and nearest rounding through
+ * the threshold table of runtime/formats/log.h (nbl_log_table). Each has an
+ * AVX-512, an AVX2 and a scalar variant; all three give bit-identical results,
+ * equal to nbl_log_fake_quant's nearest / tpr rounding (tests/test_format_log.c).
+ *
+ * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
+ * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch
+ * is in this tree; then it becomes a call to nbl_cpu_has). Tests call each
+ * variant explicitly.
+ */
+#ifndef NBL_KERNELS_LOG_QUANT_H
+#define NBL_KERNELS_LOG_QUANT_H
+
+#include <stddef.h>
+
+typedef enum { NBL_LOGQ_SCALAR = 0, NBL_LOGQ_AVX2 = 1, NBL_LOGQ_AVX512 = 2 } nbl_logq_isa;
+
+/* The best variant this CPU runs (AVX-512F, else AVX2, else scalar). */
+nbl_logq_isa nbl_logq_best_isa(void);
+/* 1 when the CPU can run variant isa. */
+int nbl_logq_isa_ok(nbl_logq_isa isa);
+
+/* max |x[i]| over the finite elements of x[0..n) (0 when there is none). */
+float nbl_logq_absmax(nbl_logq_isa isa, const float *x, size_t n);
+
+/* y[i] = nearest rounding of x[i] on the table lev[0..L), thr[0..L)
+ * (nbl_log_table; 1 <= L <= 15): sign(x) * lev[j] for the smallest j with
+ * |x| >= thr[j], +0 when none or x = 0, x itself when x is NaN or +-Inf.
+ * The sign is x's when some threshold was passed (as nbl_log_value's code),
+ * so -0 and negatives rounding to zero give +0. y may equal x. */
+void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
+                      float *y, size_t n);
+
+#endif /* NBL_KERNELS_LOG_QUANT_H */
