@@ -3,6 +3,7 @@
 #include "nibble.h" /* implements the session API */
 #include "runtime/core/exec.h"
 #include "runtime/fusions/fuse.h"
+#include "runtime/kernels/ternary_fused.h" /* TERNARY HOOK */
 #include "runtime/kernels/int4_gemm.h"
 
 #include <limits.h>
@@ -257,6 +258,7 @@ struct nbl_engine {
   pool *pool;
   nbl_i4_fusion *fusion; /* INT4 fast path of the main graph (fuse_int4.c), NULL if none */
   nbl_f32_fusion *f32fusion; /* Conv + activation (fuse_f32.c), NULL if none */
+  void *tern_fusion;         /* TERNARY HOOK: ternary fast path (fuse_ternary.c), NULL if none */
   /* top frame state */
   nbl_rt_tensor *vals;
   unsigned char *set;
@@ -344,6 +346,12 @@ static int i4_taken(const void *user, nbl_id node) {
   return nbl_i4_fused_node(user, node, &d) != NULL;
 }
 
+/* TERNARY HOOK: what the INT4 or the ternary fusion took (for the FP32 one) */
+static int fused_taken(const void *user, nbl_id node) {
+  const nbl_engine *e = user;
+  return i4_taken(e->fusion, node) || nbl_fuse_ternary_node(e->tern_fusion, node) != NULL;
+}
+
 static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   gplan *p = calloc(1, sizeof *p);
   if (!p) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory planning graph '%s'", g->name);
@@ -364,7 +372,10 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
   if (g == e->g && !e->reference) {
     /* intermediates stay floats when a callback sees every value */
     nbl_status fst = nbl_i4_fuse(e->m, g, order, &n, e->on_value == NULL, &e->fusion);
-    if (fst == NBL_OK) fst = nbl_f32_fuse(e->m, g, order, &n, i4_taken, e->fusion, &e->f32fusion);
+    /* TERNARY HOOK (runtime/fusions/fuse_ternary.c): after INT4, before the FP32 Conv+act */
+    if (fst == NBL_OK)
+      fst = nbl_fuse_ternary_plan(e->m, g, order, &n, i4_taken, e->fusion, &e->tern_fusion);
+    if (fst == NBL_OK) fst = nbl_f32_fuse(e->m, g, order, &n, fused_taken, e, &e->f32fusion);
     if (fst != NBL_OK) {
       free(order);
       return fst;
@@ -400,6 +411,8 @@ static nbl_status plan_graph(nbl_engine *e, const nbl_graph *g) {
     slots += nd->n_outputs;
     const nbl_op_def *fdef = NULL;
     sp->fnode = g == e->g ? nbl_i4_fused_node(e->fusion, order[s], &fdef) : NULL;
+    if (!sp->fnode && g == e->g && (sp->fnode = nbl_fuse_ternary_node(e->tern_fusion, order[s])))
+      fdef = &nbl_t_fused_def; /* TERNARY HOOK */
     if (!sp->fnode && g == e->g) sp->fnode = nbl_f32_fused_node(e->f32fusion, order[s], &fdef);
     if (sp->fnode) nd = sp->fnode;
     sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
@@ -591,6 +604,7 @@ void nbl_engine_free(nbl_engine *e) {
   pool_free(e->pool);
   nbl_i4_fusion_free(e->fusion);
   nbl_f32_fusion_free(e->f32fusion);
+  nbl_fuse_ternary_free(e->tern_fusion); /* TERNARY HOOK */
   free(e->vals);
   free(e->set);
   free(e->bound);
