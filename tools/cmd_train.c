@@ -40,7 +40,7 @@
 typedef struct opts {
   const char *model, *data, *optimizer, *schedule, *passes, *dump_dir, *label;
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
-  int print_after_all, verify_each, reference, threads;
+  int print_after_all, verify_each, reference, threads, ternary;
   long long epochs, batch, ckpt_every, log_every;
   double lr, max_grad_norm, weight_decay;
   unsigned long long seed;
@@ -66,6 +66,8 @@ static void train_usage(FILE *f) {
         "  --seed S                seed of the data order (default 0)\n"
         "  --passes LIST           passes after build-training (a LIST naming build-training\n"
         "                          is the whole pipeline)\n"
+        "  --ternary               ternary weights, INT8 activations (BitNet b1.58): the pass\n"
+        "                          quantize-ternary before build-training (training from scratch)\n"
         "  --dump-dir DIR          write NN-<pass>.onnxtxt/.dot/.onnx after every pass\n"
         "  --print-after-all       print the IR after every pass\n"
         "  --verify-each           run the verifier after every pass\n"
@@ -119,6 +121,7 @@ static int parse_args(int argc, char **argv, opts *o) {
     if (!strcmp(a, "--print-after-all")) { o->print_after_all = 1; continue; }
     if (!strcmp(a, "--verify-each")) { o->verify_each = 1; continue; }
     if (!strcmp(a, "--reference")) { o->reference = 1; continue; }
+    if (!strcmp(a, "--ternary")) { o->ternary = 1; continue; }
     if (a[0] == '-' && a[1]) {
       static const char *with_value[] = {"--data", "--epochs", "--batch", "--lr", "--optimizer", "--schedule",
                                          "--seed", "--passes", "--dump-dir", "--checkpoint",
@@ -215,6 +218,12 @@ static int prepare_model(const opts *o, nbl_model **out) {
     nbl_model_free(m);
     return 2;
   }
+  if (training && o->ternary) {
+    fprintf(stderr, "nibble train: %s is already a training model; --ternary applies only when "
+                    "build-training makes one (quantize-ternary runs before it)\n", o->model);
+    nbl_model_free(m);
+    return 2;
+  }
   if (!training && !strstr(passes, "build-training")) {
     nbl_pipeline *probe = NULL;
     if (nbl_pipeline_parse("build-training", &probe) != NBL_OK) {
@@ -231,7 +240,7 @@ static int prepare_model(const opts *o, nbl_model **out) {
       nbl_model_free(m);
       return 1;
     }
-    int k = snprintf(spec, n, "build-training");
+    int k = snprintf(spec, n, "%sbuild-training", o->ternary ? "quantize-ternary," : "");
     const char *sep = "{";
     if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "%soptimizer=%s", sep, o->optimizer), sep = ",";
     if (o->weight_decay > 0)
@@ -239,6 +248,15 @@ static int prepare_model(const opts *o, nbl_model **out) {
     if (strcmp(o->label, "label")) k += snprintf(spec + k, n - (size_t)k, "%slabel=%s", sep, o->label), sep = ",";
     if (*sep == ',') k += snprintf(spec + k, n - (size_t)k, "}");
     if (*passes) snprintf(spec + k, n - (size_t)k, ",%s", passes);
+    passes = spec;
+  } else if (o->ternary) { /* a whole pipeline of the caller's: quantize-ternary first */
+    size_t n = strlen(passes) + 32;
+    spec = malloc(n);
+    if (!spec) {
+      nbl_model_free(m);
+      return 1;
+    }
+    snprintf(spec, n, "quantize-ternary,%s", passes);
     passes = spec;
   }
   if (*passes || o->dump_dir || o->print_after_all) {
