@@ -73,7 +73,18 @@ static void product_case(int64_t M, int64_t P, int64_t K, int extreme) {
       ck_assert_msg(Ci[j] == ref[j], "%s tile M=%lld P=%lld K=%lld elem %lld: %d, reference %d",
                     nbl_t_isa_name(isa), (long long)M, (long long)P, (long long)K, (long long)j,
                     Ci[j], ref[j]);
+    uint32_t amax = 0;
+    e.amax = &amax;
     nbl_t_tile(isa, &W, X4, 0, M, 0, P, NULL, Y, P, &e);
+    e.amax = NULL;
+    uint32_t want_max = 0;
+    for (int64_t j = 0; j < M * P; j++) {
+      uint32_t bits;
+      memcpy(&bits, Y + j, 4);
+      bits &= 0x7fffffffu;
+      want_max = bits > want_max ? bits : want_max;
+    }
+    ck_assert_uint_eq(amax, want_max);
     for (int64_t m = 0; m < M; m++)
       for (int64_t p = 0; p < P; p++) {
         float v = e.sc * (float)ref[m * P + p];
@@ -149,6 +160,37 @@ START_TEST(test_quant_bytes) {
         if (n < N) ck_assert_uint_eq(u[n], 0xAA);
       }
     }
+    /* the codes as floats */
+    float fq[N];
+    nbl_t_quant_f(isas[v], x, fq, N, s);
+    for (int i = 0; i < N; i++) ck_assert_msg(s * fq[i] == y[i], "%s quant_f x[%d]", nbl_t_isa_name(isas[v]), i);
+    /* a denormal scale (1 / s overflows): still the codes of x / s */
+    float tiny[40], ty[40];
+    for (int i = 0; i < 40; i++) tiny[i] = 1e-40f * (float)(i - 20);
+    float ts = nbl_absmax8_scale(tiny, 40);
+    nbl_absmax8_fake_quant(tiny, ty, 40, 0, 0);
+    nbl_t_quant_f(isas[v], tiny, fq, 40, ts);
+    for (int i = 0; i < 40; i++) ck_assert_msg(ts * fq[i] == ty[i], "%s tiny x[%d]", nbl_t_isa_name(isas[v]), i);
+    /* the epilogue on floats against the scalar formula, and its max |y| bits */
+    for (int n = 1; n <= 70; n += 3) {
+      float yv[70], rv[70], want[70];
+      uint32_t wmax = 0;
+      for (int i = 0; i < n; i++) {
+        yv[i] = (float)irange(-300, 300), rv[i] = frand();
+        float t = 0.037f * yv[i];
+        t = t + 0.25f;
+        t = t + rv[i];
+        t = t < -1.0f ? -1.0f : t > 4.0f ? 4.0f : t;
+        want[i] = t;
+        uint32_t bits;
+        memcpy(&bits, &t, 4);
+        bits &= 0x7fffffffu;
+        wmax = bits > wmax ? bits : wmax;
+      }
+      uint32_t got = nbl_t_finish(isas[v], yv, n, 0.037f, 0.25f, rv, 1, -1.0f, 4.0f);
+      ck_assert_uint_eq(got, wmax);
+      for (int i = 0; i < n; i++) ck_assert_msg(yv[i] == want[i], "%s finish n=%d [%d]", nbl_t_isa_name(isas[v]), n, i);
+    }
     float mx;
     ck_assert_int_eq(nbl_t_absmax(isas[v], x, N, &mx), 1);
     ck_assert_float_eq(mx, 3.0f);
@@ -178,6 +220,11 @@ typedef struct mspec {
   int trans_b;
   float alpha, beta;
   const char *act; /* NULL, "Relu" or "Clip" */
+  /* Conv only: an Add of the output and a second graph input r before the
+   * activation: 1 r of the output's shape, 2 r of shape [1, M, 1, 1]
+   * (broadcast); res_first: r is the Add's first operand */
+  int res, res_first;
+  int64_t rd[4];
 } mspec;
 
 static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
@@ -222,8 +269,17 @@ static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
     n_in = 3;
   }
   nbl_id y = nbl_graph_add_value(g, "y");
-  nbl_id y0 = sp->act ? nbl_graph_add_value(g, "y0") : y;
+  nbl_id y0 = sp->act || sp->res ? nbl_graph_add_value(g, "y0") : y;
   nbl_id n = nbl_graph_add_node(g, sp->op, "", "op", n_in, in, 1, &y0);
+  if (sp->res) {
+    nbl_id r = nbl_graph_add_value(g, "r");
+    nbl_type_set_tensor(m->arena, &g->values[r].type, NBL_DT_FLOAT, 4, sp->rd);
+    nbl_graph_add_input(g, r);
+    nbl_id sum = sp->act ? nbl_graph_add_value(g, "sum") : y;
+    nbl_id ai[2] = {sp->res_first ? r : y0, sp->res_first ? y0 : r};
+    nbl_graph_add_node(g, "Add", "", "add", 2, ai, 1, &sum);
+    y0 = sum;
+  }
   if (sp->act && !strcmp(sp->act, "Relu")) {
     nbl_graph_add_node(g, "Relu", "", "act", 1, &y0, 1, &y);
   } else if (sp->act) {
@@ -248,22 +304,32 @@ static nbl_model *build_model(const mspec *sp, const float *w, const float *b) {
   return m;
 }
 
+static const float *g_r; /* the residual input's data, when the model has one */
+
 static float *run_model(nbl_model *m, const mspec *sp, const float *x, int reference, int threads,
                         size_t *ny) {
   nbl_session_options opt = {.threads = threads, .reference = reference};
   nbl_session *s = NULL;
   nbl_status st = nbl_session_create(m, &opt, &s);
   ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
-  nbl_host_tensor in;
-  memset(&in, 0, sizeof in);
-  in.name = "x";
-  in.dtype = NBL_DT_FLOAT;
-  in.rank = sp->xrank;
-  for (int i = 0; i < sp->xrank; i++) in.dims[i] = sp->xd[i];
-  in.data = (void *)x;
-  in.nbytes = sizeof(float) * (size_t)nbl_shape_numel(sp->xrank, sp->xd);
+  nbl_host_tensor in[2];
+  memset(in, 0, sizeof in);
+  in[0].name = "x";
+  in[0].dtype = NBL_DT_FLOAT;
+  in[0].rank = sp->xrank;
+  for (int i = 0; i < sp->xrank; i++) in[0].dims[i] = sp->xd[i];
+  in[0].data = (void *)x;
+  in[0].nbytes = sizeof(float) * (size_t)nbl_shape_numel(sp->xrank, sp->xd);
+  if (sp->res) {
+    in[1].name = "r";
+    in[1].dtype = NBL_DT_FLOAT;
+    in[1].rank = 4;
+    for (int i = 0; i < 4; i++) in[1].dims[i] = sp->rd[i];
+    in[1].data = (void *)g_r;
+    in[1].nbytes = sizeof(float) * (size_t)nbl_shape_numel(4, sp->rd);
+  }
   const nbl_host_tensor *out = NULL;
-  st = nbl_session_run(s, 1, &in, &out);
+  st = nbl_session_run(s, sp->res ? 2 : 1, in, &out);
   ck_assert_msg(st == NBL_OK, "%s: %s", reference ? "reference" : "fast", nbl_last_error());
   *ny = out[0].nbytes / sizeof(float);
   float *y = malloc(out[0].nbytes + 4);
@@ -283,6 +349,10 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
   for (int64_t i = 0; i < wn; i++) w[i] = 0.5f * frand();
   for (int64_t i = 0; i < bn; i++) b[i] = frand();
   if (with_nan && xn > 1) x[xn / 2] = NAN;
+  int64_t rn = sp->res ? nbl_shape_numel(4, sp->rd) : 0;
+  float *r = malloc(sizeof(float) * (size_t)(rn + 1));
+  for (int64_t i = 0; i < rn; i++) r[i] = 3.0f * frand();
+  g_r = r;
   nbl_model *m = build_model(sp, w, b);
   size_t nr;
   float *yr = run_model(m, sp, x, 1, 1, &nr);
@@ -311,7 +381,7 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
     }
     free(yf);
   }
-  free(yr), free(x), free(w), free(b);
+  free(yr), free(x), free(w), free(b), free(r);
   nbl_model_free(m);
 }
 
@@ -365,6 +435,95 @@ START_TEST(test_fused_conv) {
 }
 END_TEST
 
+/* A Conv's residual Add (and the Relu/Clip after it) in the epilogue; a
+ * residual that broadcasts goes through the Add kernel after the Conv. */
+START_TEST(test_fused_residual) {
+  static const struct { int64_t C, H, M, k, s, pad, group; } L[] = {
+      {8, 9, 16, 3, 1, 1, 1}, {16, 7, 8, 1, 1, 0, 1}, {6, 10, 12, 3, 2, 1, 1},
+      {16, 8, 16, 3, 1, 1, 16} /* depthwise */};
+  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++)
+    for (int kind = 1; kind <= 2; kind++)
+      for (int first = 0; first <= 1; first++) {
+        mspec sp = conv_spec(2, L[i].C, L[i].H, L[i].H, L[i].M, L[i].k, L[i].s, L[i].pad, 1,
+                             L[i].group);
+        int64_t oh = (L[i].H + 2 * L[i].pad - L[i].k) / L[i].s + 1;
+        sp.res = kind;
+        sp.res_first = first;
+        int64_t rd[4] = {kind == 1 ? 2 : 1, L[i].M, kind == 1 ? oh : 1, kind == 1 ? oh : 1};
+        memcpy(sp.rd, rd, sizeof rd);
+        sp.act = first ? "Clip" : "Relu";
+        sp.packed = (int)(i % 3);
+        check_model(&sp, 1, 0);
+      }
+}
+END_TEST
+
+/* A chain of convolutions made by the quantize-ternary pass: each fused
+ * layer takes its scale from the one before it (no scan), with the same
+ * outputs as the reference path. */
+static nbl_id chain_conv(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                         int64_t group, int relu) {
+  nbl_graph *g = m->graph;
+  char nm[64];
+  int64_t wd[4] = {M, C / group, 3, 3};
+  int64_t wn = nbl_shape_numel(4, wd);
+  float *w = malloc(sizeof(float) * (size_t)wn), b[64];
+  for (int64_t i = 0; i < wn; i++) w[i] = 0.3f * frand();
+  for (int64_t i = 0; i < M; i++) b[i] = 0.1f * frand();
+  snprintf(nm, sizeof nm, "%s_w", name);
+  nbl_id wv = nbl_graph_add_value(g, nm);
+  nbl_graph_set_initializer(g, wv, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 4, wd, w));
+  snprintf(nm, sizeof nm, "%s_b", name);
+  nbl_id bv = nbl_graph_add_value(g, nm);
+  nbl_graph_set_initializer(g, bv, nbl_tensor_new(m->arena, nm, NBL_DT_FLOAT, 1, &M, b));
+  snprintf(nm, sizeof nm, "%s_y", name);
+  nbl_id y = nbl_graph_add_value(g, nm);
+  nbl_id in[3] = {x, wv, bv};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", name, 3, in, 1, &y);
+  int64_t pads[4] = {1, 1, 1, 1};
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_node_set_attr_int(g, n, "group", group);
+  free(w);
+  if (!relu) return y;
+  snprintf(nm, sizeof nm, "%s_r", name);
+  nbl_id r = nbl_graph_add_value(g, nm);
+  nbl_graph_add_node(g, "Relu", "", nm, 1, &y, 1, &r);
+  return r;
+}
+
+START_TEST(test_fused_chain_handover) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  nbl_id x = nbl_graph_add_value(g, "x");
+  mspec sp = {.xrank = 4, .xd = {1, 8, 12, 12}};
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, sp.xd);
+  nbl_graph_add_input(g, x);
+  nbl_id v = chain_conv(m, x, "c1", 16, 8, 1, 1);
+  v = chain_conv(m, v, "c2", 16, 16, 16, 1); /* depthwise */
+  v = chain_conv(m, v, "c3", 24, 16, 1, 0);
+  nbl_graph_add_output(g, v);
+  nbl_pipeline *pipe = NULL;
+  ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary{skip-first-last=0}", &pipe), NBL_OK);
+  ck_assert_msg(nbl_pipeline_run(pipe, m, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_pipeline_free(pipe);
+  float xin[8 * 12 * 12];
+  for (size_t i = 0; i < sizeof xin / sizeof xin[0]; i++) xin[i] = frand();
+  size_t nr, nf;
+  float *yr = run_model(m, &sp, xin, 1, 1, &nr);
+  long runs = nbl_t_integer_runs(), reuses = nbl_t_amax_reuses();
+  float *yf = run_model(m, &sp, xin, 0, 2, &nf);
+  ck_assert_int_eq(nbl_t_integer_runs() - runs, 3);
+  ck_assert_int_eq(nbl_t_amax_reuses() - reuses, 2);
+  double mx = 0;
+  for (size_t i = 0; i < nr; i++) mx = fabs(yr[i]) > mx ? fabs(yr[i]) : mx;
+  for (size_t i = 0; i < nr; i++)
+    ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx, "elem %zu: %g vs %g", i, yf[i], yr[i]);
+  free(yr), free(yf);
+  nbl_model_free(m);
+}
+END_TEST
+
 START_TEST(test_fused_gemm_matmul) {
   static const int64_t gs[] = {1, 7, 8, 9, 33, 65};
   int i = 0;
@@ -413,6 +572,8 @@ int main(void) {
   tcase_set_timeout(tf, 600);
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
+  tcase_add_test(tf, test_fused_residual);
+  tcase_add_test(tf, test_fused_chain_handover);
   suite_add_tcase(s, tf);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -8,10 +8,12 @@
  * W a float32 initializer, or instead of its quantizer a DequantizeTernary
  * of constant packed codes and scale (pack-ternary's form). The consumer
  * then runs a synthetic node (runtime/kernels/ternary_fused.h, the state
- * and its kernel) with inputs [X, W source, bias, packed scale]; the
- * weights are packed here once; a Relu or constant-bound Clip that alone
- * consumes Y is applied in its epilogue. The quantizer and activation nodes
- * only the fused nodes used leave the schedule.
+ * and its kernel) with inputs [X, W source, bias, packed scale, residual];
+ * the weights are packed here once; a Relu or constant-bound Clip that alone
+ * consumes Y is applied in its epilogue, and so is, for a Conv, an Add of Y
+ * and a value ready before the Conv runs (a residual), with a Relu/Clip
+ * after that Add. The quantizer, activation and Add nodes only the fused
+ * nodes used leave the schedule.
  *
  * Taken: 2-D Conv (per-tensor activations; strides, pads, dilations,
  * groups, depthwise), Gemm with transA = 0, MatMul with a rank-2 weight
@@ -50,6 +52,56 @@ static void fused_free(nbl_t_fused *f) {
   free(f);
 }
 
+/* A Relu or constant-bound Clip that alone consumes node n's output: the
+ * fused node writes its output instead, applying it in the epilogue. */
+static void fuse_activation(const nbl_model *m, const nbl_graph *g, nbl_t_fused *f,
+                            const nbl_node *n) {
+  nbl_id an;
+  float lo, hi;
+  if (!nbl_fuse_find_activation(m, g, n, &an, &lo, &hi)) return;
+  f->act = 1;
+  f->act_lo = lo;
+  f->act_hi = hi;
+  f->act_node = an;
+  f->node.n_outputs = g->nodes[an].n_outputs;
+  f->node.outputs = g->nodes[an].outputs;
+}
+
+/* A fused Conv without an activation of its own whose output's only use is
+ * an Add with another value r takes that Add into its epilogue (r its fifth
+ * input), and with it a Relu/Clip that alone consumes the Add's output. r
+ * must be ready where the Conv runs: a graph input or initializer, or made
+ * by a node before the Conv in the schedule (pos: node -> position). */
+static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_t_fused *f, const int *pos) {
+  if (f->kind != NBL_TF_CONV || f->act || f->node.n_outputs != 1) return;
+  nbl_id v = f->node.outputs[0];
+  if (v == NBL_NONE) return;
+  const nbl_value *val = &g->values[v];
+  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
+      nbl_fuse_used_in_subgraphs(g, val->name))
+    return;
+  nbl_id an = val->consumers[0];
+  const nbl_node *a = &g->nodes[an];
+  if (!nbl_fuse_is_op(a, "", "Add") || a->n_inputs != 2 || a->n_outputs != 1 ||
+      a->outputs[0] == NBL_NONE || a->inputs[0] == a->inputs[1])
+    return;
+  nbl_id r = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
+  if (r == NBL_NONE) return;
+  nbl_id rp = g->values[r].producer;
+  nbl_id conv = (nbl_id)(f->orig - g->nodes);
+  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return;
+  f->res_add = a;
+  f->res_node = an;
+  f->conv_out = v;
+  f->ins[4] = r;
+  f->node.n_inputs = 5;
+  f->node.outputs = a->outputs;
+  f->node.n_outputs = a->n_outputs;
+  fuse_activation(m, g, f, a);
+  snprintf(f->op, sizeof f->op, "Ternary%s+Add%s%s", f->orig->op_type, f->act ? "+" : "",
+           f->act ? g->nodes[f->act_node].op_type : "");
+}
+
 /* The fused state for consumer node id; NULL when the pattern does not apply. */
 static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
   const nbl_node *n = &g->nodes[id];
@@ -77,6 +129,8 @@ static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) 
   f->ins[0] = qx->inputs[0];
   f->ins[2] = kind != NBL_TF_MATMUL && n->n_inputs > 2 ? n->inputs[2] : NBL_NONE;
   f->ins[3] = NBL_NONE;
+  f->ins[4] = NBL_NONE;
+  f->res_node = NBL_NONE;
   const nbl_tensor *wt = const_init(g, wn->inputs[0]), *scale = NULL;
   if (!wt || nbl_tern_attrs_decode(wn, &wa, NULL, 0) != NBL_OK) goto no;
   if (nbl_fuse_is_op(wn, "ai.nibble", "QuantizeTernary")) {
@@ -118,18 +172,9 @@ static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) 
   f->node.n_inputs = 4;
   f->node.inputs = f->ins;
   f->act_node = NBL_NONE;
-  nbl_id an;
-  float lo, hi;
-  if (nbl_fuse_find_activation(m, g, n, &an, &lo, &hi)) {
-    f->act = 1;
-    f->act_lo = lo;
-    f->act_hi = hi;
-    f->act_node = an;
-    f->node.n_outputs = g->nodes[an].n_outputs;
-    f->node.outputs = g->nodes[an].outputs;
-  }
+  fuse_activation(m, g, f, n);
   snprintf(f->op, sizeof f->op, "Ternary%s%s%s", n->op_type, f->act ? "+" : "",
-           f->act ? g->nodes[an].op_type : "");
+           f->act ? g->nodes[f->act_node].op_type : "");
   f->node.op_type = f->op;
   return f;
 no:
@@ -179,14 +224,41 @@ nbl_status nbl_fuse_ternary_plan(const nbl_model *m, const nbl_graph *g, nbl_id 
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   fu->n_nodes = g->n_nodes;
+  int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
+  if (!pos) {
+    free(drop);
+    nbl_fuse_ternary_free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
+  for (int s = 0; s < *n; s++) pos[order[s]] = s;
   int any = 0;
   for (int s = 0; s < *n; s++) {
     if (taken && taken(user, order[s])) continue;
     nbl_t_fused *f = try_fuse(m, g, order[s]);
     if (!f) continue;
     fu->by_node[order[s]] = f;
-    if (f->act) drop[f->act_node] = 1;
     any = 1;
+  }
+  for (int s = 0; s < *n; s++) { /* residual Adds, once every fused node is known */
+    nbl_t_fused *f = fu->by_node[order[s]];
+    if (!f) continue;
+    fuse_residual(m, g, f, pos);
+    if (f->res_add) drop[f->res_node] = 1;
+    if (f->act) drop[f->act_node] = 1;
+  }
+  free(pos);
+  /* hand-over links: X of a fused node written by a fused Conv (whose
+   * synthetic node writes the output of its last absorbed node) */
+  for (int s = 0; any && s < *n; s++) {
+    nbl_t_fused *f = fu->by_node[order[s]];
+    if (!f || f->ins[0] == NBL_NONE) continue;
+    for (int t = 0; t < *n; t++) {
+      nbl_t_fused *src = fu->by_node[order[t]];
+      if (src && src != f && src->kind == NBL_TF_CONV && src->node.n_outputs >= 1 &&
+          src->node.outputs[0] == f->ins[0])
+        f->xsrc = src;
+    }
   }
   if (!any) {
     free(drop);

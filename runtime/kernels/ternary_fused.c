@@ -14,8 +14,16 @@
 #include <immintrin.h>
 #endif
 
-static _Atomic long g_int_runs;
+static _Atomic long g_int_runs, g_amax_reuses;
 long nbl_t_integer_runs(void) { return atomic_load(&g_int_runs); }
+long nbl_t_amax_reuses(void) { return atomic_load(&g_amax_reuses); }
+
+/* *m = max(*m, v) for the bits of the written |y| (several threads). */
+static void amax_merge(_Atomic uint32_t *m, uint32_t v) {
+  uint32_t cur = atomic_load(m);
+  while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
+  }
+}
 
 /* Clip's float semantics (Relu: lo = 0, hi = +inf); NaN passes. */
 static inline float act_apply(const nbl_t_fused *f, float v) {
@@ -111,6 +119,40 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
 
 /* ------------------------------------------------------------------ the literal composition */
 
+/* The fused Add (and activation) the slow way: output 0 holds conv + bias; it
+ * becomes Add(conv, residual) by the Add kernel itself (any broadcast, the
+ * operands in the Add's order), then the activation. */
+static nbl_status finish_residual(nbl_kctx *c, const nbl_t_fused *f) {
+  const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+  if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual input of the fused Add is missing");
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
+  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
+  memcpy(t.data, y->data, t.nbytes);
+  const nbl_rt_tensor *ins[2];
+  int ci = f->res_add->inputs[0] == f->conv_out ? 0 : 1;
+  ins[ci] = &t;
+  ins[1 - ci] = R;
+  nbl_node an = *f->res_add;
+  an.outputs = f->node.outputs;
+  an.n_outputs = f->node.n_outputs;
+  nbl_kctx c2 = *c;
+  c2.node = &an;
+  c2.n_in = 2;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
+  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
+  nbl_rt_tensor_free(&t);
+  if (st == NBL_OK && f->act) {
+    y = nbl_kctx_out(c, 0);
+    if (y->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Add's output is not float32");
+    float *yv = y->data;
+    for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
+  }
+  return st;
+}
+
 static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
   const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
   nbl_rt_tensor xh = {0}, wh = {0};
@@ -162,7 +204,9 @@ static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
     st = def ? def->ref(&c2)
              : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
                         c->opset);
-    if (st == NBL_OK && f->act) {
+    if (st == NBL_OK && f->res_add) {
+      st = finish_residual(c, f);
+    } else if (st == NBL_OK && f->act) {
       nbl_rt_tensor *y = nbl_kctx_out(c, 0);
       float *yv = y->data;
       for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
@@ -240,6 +284,7 @@ typedef struct conv_job {
   nbl_t_epi e;
   int64_t pb, nmc, mc;
   _Atomic int oom;
+  _Atomic uint32_t amax; /* the largest |y| written, as bits */
 } conv_job;
 
 /* dst[4i + j] = r_j[i] for i < n */
@@ -321,13 +366,18 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     j->oom = 1;
     return;
   }
+  uint32_t amax = 0;
   for (int64_t t = b; t < e; t++) {
     int64_t pi = t / j->nmc, mi = t % j->nmc;
     int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
     int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
     fill_block(j, p0, p1, X4, tmp);
-    nbl_t_tile(j->f->isa, j->W, X4, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, &j->e);
+    nbl_t_epi ep = j->e; /* the residual is indexed like y */
+    if (ep.res) ep.res += p0;
+    ep.amax = &amax;
+    nbl_t_tile(j->f->isa, j->W, X4, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, &ep);
   }
+  amax_merge(&j->amax, amax);
   free(X4);
   free(tmp);
 }
@@ -338,27 +388,31 @@ typedef struct dw_job {
   const float *x, *bias;
   int64_t C, H, W;
   float s, sc;
+  const float *res; /* a fused residual [N, M, out...], or NULL */
+  int64_t M, P;
+  int act; /* apply the fused activation (not when the Add comes after) */
+  _Atomic uint32_t amax;
 } dw_job;
 
 static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
   const dw_job *j = arg;
-  const float *x = j->x + ((n * j->C + c) * j->H + ih) * j->W;
-  uint8_t buf[512];
-  for (int64_t i0 = 0; i0 < j->W; i0 += (int64_t)sizeof buf) {
-    int64_t m = j->W - i0 < (int64_t)sizeof buf ? j->W - i0 : (int64_t)sizeof buf;
-    nbl_t_quant(j->f->isa, x + i0, buf, m, j->s, 128);
-    for (int64_t i = 0; i < m; i++) row[i0 + i] = (float)((int)buf[i] - 128);
-  }
+  nbl_t_quant_f(j->f->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, row, j->W, j->s);
 }
 
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
-  (void)n;
-  const dw_job *j = arg;
-  float b = j->bias ? j->bias[m] : 0.0f;
-  for (int64_t i = 0; i < count; i++) {
-    float v = j->sc * y[i];
-    y[i] = act_apply(j->f, v + b);
-  }
+  dw_job *j = arg;
+  const nbl_t_fused *f = j->f;
+  uint32_t b = nbl_t_finish(f->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f,
+                            j->res ? j->res + (n * j->M + m) * j->P : NULL, j->act, f->act_lo,
+                            f->act_hi);
+  amax_merge(&j->amax, b);
+}
+
+/* Record the largest |y| written (bits) for the fused node reading y. */
+static void hand_over(nbl_t_fused *f, const float *y, uint32_t amax) {
+  f->amax_bits = amax;
+  f->amax_data = y;
+  f->amax_ok = 1;
 }
 
 static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
@@ -378,14 +432,28 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   const float *bias = B ? B->data : NULL;
   float sc = s * f->w_scale;
   int64_t Cg = g.C / g.group, Mg = g.M / g.group, P = g.out_sz;
+  /* a fused Add: in the epilogue when the residual has the output's shape,
+   * else conv + bias here and the Add (broadcasting) and activation after */
+  const float *res = NULL;
+  int post = 0;
+  if (f->res_add) {
+    const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+    int same = R && R->dtype == NBL_DT_FLOAT && R->rank == 4 && R->data != y;
+    for (int d = 0; same && d < 4; d++) same = R->dims[d] == od[d];
+    if (same) res = R->data;
+    else post = 1;
+  }
+  int act = f->act && !post;
   if (f->dw_w) {
-    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc};
+    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act};
     nbl_dw_hooks h = {.load_row = dw_load_row, .finish = dw_finish, .arg = &dj,
                       .no_avx512 = f->isa != NBL_T_AVX512};
     st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
     if (st != NBL_OK) return run_literal(c, f);
     atomic_fetch_add(&g_int_runs, 1);
+    if (post) return finish_residual(c, f);
+    hand_over(f, y, atomic_load(&dj.amax));
     return NBL_OK;
   }
   if (!f->tw) return run_literal(c, f);
@@ -406,7 +474,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   int threads = c->threads > 0 ? c->threads : 1;
   conv_job j = {.f = f, .g = &g, .Hp = Hp, .Wp = Wp, .Kg = Cg * g.k_sz, .P = P,
                 .pointwise = pointwise};
-  j.e = (nbl_t_epi){sc, NULL, f->act, f->act_lo, f->act_hi};
+  j.e = (nbl_t_epi){sc, NULL, act, f->act_lo, f->act_hi, NULL};
   /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 across the
    * channels; the channels split too when the blocks alone leave a thread idle */
   int64_t pb = (int64_t)(192 * 1024) / f->tw[0].Kp / 32 * 32;
@@ -420,11 +488,14 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
       j.W = &f->tw[gi];
       j.y = y + (n * g.M + gi * Mg) * P;
       j.e.bias = bias ? bias + gi * Mg : NULL;
+      j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
       nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
     }
   free(xu);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   atomic_fetch_add(&g_int_runs, 1);
+  if (post) return finish_residual(c, f);
+  hand_over(f, y, atomic_load(&j.amax));
   return NBL_OK;
 }
 
@@ -595,8 +666,14 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
   if (W->data != f->wdata || (!f->tw && !f->dw_w))
     if (nbl_t_fused_pack(f, W, S) != 0) return run_literal(c, f);
+  f->amax_ok = 0; /* until this run's output is written by the integer path */
   float mx = 0.0f;
-  if (!f->per_row || f->kind == NBL_TF_CONV) {
+  const nbl_t_fused *src = f->xsrc;
+  if (src && src->amax_ok && src->amax_data == X->data && src->amax_bits < 0x7f800000u &&
+      (!f->per_row || f->kind == NBL_TF_CONV)) {
+    memcpy(&mx, &src->amax_bits, 4); /* written by the producer: no scan */
+    atomic_fetch_add(&g_amax_reuses, 1);
+  } else if (!f->per_row || f->kind == NBL_TF_CONV) {
     if (!scan_x(c, f->isa, X->data, X->numel, &mx)) return run_literal(c, f);
   }
   float s = act_scale(mx);

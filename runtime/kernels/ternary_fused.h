@@ -9,7 +9,8 @@
  * A for Gemm/MatMul with per_row) is recomputed, X becomes INT8 codes
  * (bit-identical to QuantizeAbsmax8's), the weight codes were packed once,
  * and each output is sc * acc + bias (sc = s_x * s_w, times alpha for Gemm)
- * with a fused Relu/Clip after it. Depthwise convolutions run the FP32
+ * with a fused Relu/Clip after it; a Conv may also take the residual Add
+ * that alone consumes its output (+ r before the activation). Depthwise convolutions run the FP32
  * depthwise kernel on the codes as floats (every sum is an integer below
  * 2^24, so exact). A non-finite X, or a shape the integer path does not
  * take, runs the literal composition (fake-quantize X and W, the float op's
@@ -28,7 +29,7 @@ enum { NBL_TF_WQUANT, NBL_TF_WPACKED };
 
 typedef struct nbl_t_fused {
   nbl_node node;  /* the synthetic node (first member: the kernel casts back) */
-  nbl_id ins[4];  /* X, W source (float W or packed codes), bias, packed scale */
+  nbl_id ins[5];  /* X, W source (float W or packed codes), bias, packed scale, residual */
   const nbl_node *orig;
   nbl_id qx, wnode; /* the quantizer nodes */
   int kind;
@@ -46,10 +47,23 @@ typedef struct nbl_t_fused {
   nbl_t_weights *tw; /* Conv: one per group; Gemm/MatMul: one (W rows = output columns) */
   float *dw_w;       /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_t_isa isa;
-  /* a Relu/Clip consuming the op's only output, applied in the epilogue */
+  /* a Relu/Clip consuming the op's only output (or the fused Add's), applied in the epilogue */
   int act;
   float act_lo, act_hi;
   nbl_id act_node;
+  /* a Conv's only consumer, an Add of its output (conv_out) and a residual
+   * (ins[4]) computed before the Conv, done in the epilogue before the
+   * activation, which then follows the Add */
+  const nbl_node *res_add;
+  nbl_id res_node, conv_out;
+  /* hand-over of the activation statistic: a Conv's epilogue records the
+   * largest |y| it wrote (amax_bits, for the tensor at amax_data), and the
+   * fused node reading that tensor (xsrc = the producer, linked at plan
+   * time) takes its scale from it instead of scanning the tensor again */
+  struct nbl_t_fused *xsrc;
+  int amax_ok;
+  uint32_t amax_bits;
+  const void *amax_data;
   char op[40]; /* the synthetic node's op type, for profiles: "TernaryConv+Relu" */
 } nbl_t_fused;
 
@@ -67,6 +81,9 @@ extern const nbl_op_def nbl_t_fused_def;
 /* Process-wide count of fused runs that took the integer path (the rest ran
  * the literal composition); for tests. */
 long nbl_t_integer_runs(void);
+/* Process-wide count of fused runs whose activation scale came from the
+ * producer's hand-over (no scan); for tests. */
+long nbl_t_amax_reuses(void);
 
 /* ------------------------------------------------------------------ the fusion (fuse_ternary.c) */
 

@@ -131,15 +131,34 @@ void nbl_t_ref(const int8_t *q, const int8_t *w, int64_t P, int64_t M, int64_t K
 
 /* ------------------------------------------------------------------ tiles */
 
-/* The epilogue of one value: sc * acc, then + bias, then the activation. */
-static inline float epi1(const nbl_t_epi *e, int32_t acc, float bias) {
+/* Four weight codes as one int32 (unaligned). */
+static inline int32_t load4(const int8_t *p) {
+  int32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+/* The epilogue of one value: sc * acc, then + bias, + the residual r, then the activation. */
+static inline float epi1(const nbl_t_epi *e, int32_t acc, float bias, float r) {
   float v = e->sc * (float)acc;
   v = v + bias;
+  if (e->res) v = v + r;
   if (e->act) {
     v = v < e->lo ? e->lo : v;
     v = v > e->hi ? e->hi : v;
   }
   return v;
+}
+
+/* The largest of m and the bits of |y[i]|, i < n. */
+static uint32_t amax_bits(const float *y, int64_t n, uint32_t m) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, y + i, 4);
+    b &= 0x7fffffffu;
+    m = b > m ? b : m;
+  }
+  return m;
 }
 
 /* Writes the tile's accumulators a[r][p] (r < nm, p < np), already
@@ -153,7 +172,9 @@ static void tile_store(const int32_t a[NBL_T_CR][NBL_T_PX], int nm, int np, int6
     }
     float b = e->bias ? e->bias[m + r] : 0.0f;
     float *y = Y + (m + r) * ld + p;
-    for (int q = 0; q < np; q++) y[q] = epi1(e, a[r][q], b);
+    const float *rr = e->res ? e->res + (m + r) * ld + p : NULL;
+    for (int q = 0; q < np; q++) y[q] = epi1(e, a[r][q], b, rr ? rr[q] : 0.0f);
+    if (e->amax) *e->amax = amax_bits(y, np, *e->amax);
   }
 }
 
@@ -186,32 +207,50 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
           a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00,
           a70 = a00, a71 = a00;
   int64_t K4 = W->Kp / 4;
-  for (int64_t k4 = 0; k4 < K4; k4++) {
-    __m512i x0 = _mm512_loadu_si512(x + k4 * 128), x1 = _mm512_loadu_si512(x + k4 * 128 + 64);
-    const int8_t *wk = w + k4 * 32;
-    int32_t wd[8];
-    memcpy(wd, wk, 32);
+  /* the weights broadcast straight from memory (a load, no shuffle) */
 #define T_ROW(r)                                                                                   \
   do {                                                                                             \
-    __m512i wb = _mm512_set1_epi32(wd[r]);                                                         \
+    __m512i wb = _mm512_set1_epi32(load4(wk + 4 * (r)));                                           \
     a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, wb);                                                \
     a##r##1 = _mm512_dpbusd_epi32(a##r##1, x1, wb);                                                \
   } while (0)
-    T_ROW(0);
-    T_ROW(1);
-    T_ROW(2);
-    T_ROW(3);
-    T_ROW(4);
-    T_ROW(5);
-    T_ROW(6);
-    T_ROW(7);
-#undef T_ROW
+#define T_ROW1(r) a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, _mm512_set1_epi32(load4(wk + 4 * (r))))
+  if (np > 16) {
+    for (int64_t k4 = 0; k4 < K4; k4++) {
+      __m512i x0 = _mm512_loadu_si512(x + k4 * 128), x1 = _mm512_loadu_si512(x + k4 * 128 + 64);
+      const int8_t *wk = w + k4 * 32;
+      T_ROW(0);
+      T_ROW(1);
+      T_ROW(2);
+      T_ROW(3);
+      T_ROW(4);
+      T_ROW(5);
+      T_ROW(6);
+      T_ROW(7);
+    }
+  } else { /* a last panel of at most 16 pixels: half the work */
+    for (int64_t k4 = 0; k4 < K4; k4++) {
+      __m512i x0 = _mm512_loadu_si512(x + k4 * 128);
+      const int8_t *wk = w + k4 * 32;
+      T_ROW1(0);
+      T_ROW1(1);
+      T_ROW1(2);
+      T_ROW1(3);
+      T_ROW1(4);
+      T_ROW1(5);
+      T_ROW1(6);
+      T_ROW1(7);
+    }
   }
+#undef T_ROW
+#undef T_ROW1
   __m512i acc[NBL_T_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
                               {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
   __mmask16 k0 = np >= 16 ? 0xFFFF : (__mmask16)((1u << np) - 1);
   __mmask16 k1 = np >= 32 ? 0xFFFF : np <= 16 ? 0 : (__mmask16)((1u << (np - 16)) - 1);
   __m512 sc = _mm512_set1_ps(e ? e->sc : 0.0f);
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  __m512i vmax = _mm512_setzero_si512();
   for (int r = 0; r < nm; r++) {
     __m512i corr = _mm512_set1_epi32(128 * rowsum[r]);
     __m512i v0 = _mm512_sub_epi32(acc[r][0], corr), v1 = _mm512_sub_epi32(acc[r][1], corr);
@@ -223,6 +262,11 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
     __m512 b = _mm512_set1_ps(e->bias ? e->bias[m + r] : 0.0f);
     __m512 f0 = _mm512_add_ps(_mm512_mul_ps(sc, _mm512_cvtepi32_ps(v0)), b);
     __m512 f1 = _mm512_add_ps(_mm512_mul_ps(sc, _mm512_cvtepi32_ps(v1)), b);
+    if (e->res) {
+      const float *rr = e->res + (m + r) * ld + p;
+      f0 = _mm512_add_ps(f0, _mm512_maskz_loadu_ps(k0, rr));
+      f1 = _mm512_add_ps(f1, _mm512_maskz_loadu_ps(k1, rr + 16));
+    }
     if (e->act) { /* Clip's semantics: v < lo ? lo : v, then > hi ? hi (NaN passes) */
       __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
       f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, lo, _CMP_LT_OQ), f0, lo);
@@ -232,6 +276,12 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
     }
     _mm512_mask_storeu_ps(Y + (m + r) * ld + p, k0, f0);
     _mm512_mask_storeu_ps(Y + (m + r) * ld + p + 16, k1, f1);
+    vmax = _mm512_mask_max_epu32(vmax, k0, vmax, _mm512_and_si512(_mm512_castps_si512(f0), abs));
+    vmax = _mm512_mask_max_epu32(vmax, k1, vmax, _mm512_and_si512(_mm512_castps_si512(f1), abs));
+  }
+  if (!Ci && e->amax) {
+    uint32_t b = _mm512_reduce_max_epu32(vmax);
+    if (b > *e->amax) *e->amax = b;
   }
 }
 
@@ -253,11 +303,10 @@ __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, co
           const uint8_t *xk = x + k4 * 128 + ph * 64;
           __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)xk);
           __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(xk + 32));
-          int32_t wd[4];
-          memcpy(wd, w + k4 * 32 + rh * 16, 16);
+          const int8_t *wk = w + k4 * 32 + rh * 16;
 #define T_ROW2(r)                                                                                  \
   do {                                                                                             \
-    __m256i wb = _mm256_set1_epi32(wd[r]);                                                         \
+    __m256i wb = _mm256_set1_epi32(load4(wk + 4 * (r)));                                           \
     h##r##0 = _mm256_add_epi16(h##r##0, _mm256_maddubs_epi16(x0, wb));                             \
     h##r##1 = _mm256_add_epi16(h##r##1, _mm256_maddubs_epi16(x1, wb));                             \
   } while (0)
@@ -290,13 +339,15 @@ __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, co
 
 /* The AVX2 epilogue of one row of np <= 32 values (the correction applied). */
 __attribute__((target("avx2"))) static void epi_row_avx2(const int32_t *a, int np, int32_t corr,
-                                                         float *y, const nbl_t_epi *e, float bias) {
+                                                         float *y, const nbl_t_epi *e, float bias,
+                                                         const float *rr) {
   __m256 sc = _mm256_set1_ps(e->sc), b = _mm256_set1_ps(bias);
   __m256i c = _mm256_set1_epi32(corr);
   int q = 0;
   for (; q + 8 <= np; q += 8) {
     __m256i v = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(a + q)), c);
     __m256 f = _mm256_add_ps(_mm256_mul_ps(sc, _mm256_cvtepi32_ps(v)), b);
+    if (rr) f = _mm256_add_ps(f, _mm256_loadu_ps(rr + q));
     if (e->act) {
       __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi);
       f = _mm256_blendv_ps(f, lo, _mm256_cmp_ps(f, lo, _CMP_LT_OQ));
@@ -304,7 +355,8 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const int32_t *a, int n
     }
     _mm256_storeu_ps(y + q, f);
   }
-  for (; q < np; q++) y[q] = epi1(e, a[q] - corr, bias);
+  for (; q < np; q++) y[q] = epi1(e, a[q] - corr, bias, rr ? rr[q] : 0.0f);
+  if (e->amax) *e->amax = amax_bits(y, np, *e->amax);
 }
 #endif
 
@@ -330,7 +382,8 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
           if (Ci) {
             for (int q = 0; q < np; q++) Ci[(m + r) * ld + p + q] = a[r][q] - corr;
           } else {
-            epi_row_avx2(a[r], np, corr, Y + (m + r) * ld + p, e, e->bias ? e->bias[m + r] : 0.0f);
+            epi_row_avx2(a[r], np, corr, Y + (m + r) * ld + p, e, e->bias ? e->bias[m + r] : 0.0f,
+                         e->res ? e->res + (m + r) * ld + p : NULL);
           }
         }
         continue;
@@ -481,81 +534,185 @@ static int absmax_scalar(const float *x, int64_t n, float *mx) {
   return ok;
 }
 
-static inline uint8_t quant1(float x, float s, int off) {
+static inline float code1(float x, float s) {
   float r = rintf(x / s);
-  r = r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
-  return (uint8_t)((int)r + off);
+  return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
 }
+
+/* The vector quantizers multiply by 1 / s and round; where the product lies
+ * within TIE_BAND of a half (where x * (1/s) and x / s might round apart:
+ * they differ by a few ulps of a value below 128.5, far less than the band)
+ * they divide instead, so every code equals rint(x / s). */
+#define TIE_BAND 1e-3f
 
 #if T_X86
 __attribute__((target("avx512f"))) static int absmax_avx512(const float *x, int64_t n, float *mx) {
-  const __m512i abs = _mm512_set1_epi32(0x7fffffff), em = _mm512_set1_epi32(0x7f800000);
-  __m512 m = _mm512_setzero_ps();
-  __mmask16 bad = 0;
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512i v = _mm512_and_si512(_mm512_loadu_si512(x + i), abs);
-    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, em), em);
-    m = _mm512_max_ps(m, _mm512_castsi512_ps(v));
+  /* max of the absolute values' bits: a non-finite value has bits >= 0x7f800000 */
+  for (; i + 64 <= n; i += 64) {
+    m0 = _mm512_max_epu32(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), abs));
+    m1 = _mm512_max_epu32(m1, _mm512_and_si512(_mm512_loadu_si512(x + i + 16), abs));
+    m2 = _mm512_max_epu32(m2, _mm512_and_si512(_mm512_loadu_si512(x + i + 32), abs));
+    m3 = _mm512_max_epu32(m3, _mm512_and_si512(_mm512_loadu_si512(x + i + 48), abs));
   }
-  float r = _mm512_reduce_max_ps(m), t;
-  int ok = absmax_scalar(x + i, n - i, &t);
-  *mx = t > r ? t : r;
-  return ok && !bad;
+  for (; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    m0 = _mm512_max_epu32(m0, _mm512_and_si512(_mm512_maskz_loadu_epi32(k, x + i), abs));
+  }
+  uint32_t b = _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(m0, m1),
+                                                        _mm512_max_epu32(m2, m3)));
+  memcpy(mx, &b, 4);
+  return b < 0x7f800000u;
+}
+
+/* 16 codes of v (rint(v / s) clamped to -128..127) as floats */
+__attribute__((target("avx512f"))) static inline __m512 codes16(__m512 v, __m512 vs, __m512 inv) {
+  __m512 t = _mm512_mul_ps(v, inv);
+  __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 d = _mm512_abs_ps(_mm512_sub_ps(t, r));
+  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
+  if (near)
+    r = _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(v, vs),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
 }
 
 __attribute__((target("avx512f,avx512bw"))) static void quant_avx512(const float *x, uint8_t *u,
                                                                      int64_t n, float s, int off) {
-  const __m512 vs = _mm512_set1_ps(s);
-  const __m512i lo = _mm512_set1_epi32(-128), hi = _mm512_set1_epi32(127),
-                vo = _mm512_set1_epi32(off);
-  int64_t i = 0;
-  for (; i < n; i += 16) {
+  const __m512 vs = _mm512_set1_ps(s), inv = _mm512_set1_ps(1.0f / s);
+  const __m512i vo = _mm512_set1_epi32(off);
+  for (int64_t i = 0; i < n; i += 16) {
     __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
     __m512 v = _mm512_maskz_loadu_ps(k, x + i);
-    /* the default rounding (to nearest, ties to even) of the quotient: rint(x / s) */
-    __m512i q = _mm512_cvtps_epi32(_mm512_div_ps(v, vs));
-    q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), vo);
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(codes16(v, vs, inv)), vo);
     _mm512_mask_cvtepi32_storeu_epi8(u + i, k, q);
   }
 }
 
-__attribute__((target("avx2"))) static int absmax_avx2(const float *x, int64_t n, float *mx) {
-  const __m256i abs = _mm256_set1_epi32(0x7fffffff), em = _mm256_set1_epi32(0x7f800000);
-  __m256 m = _mm256_setzero_ps();
-  __m256i bad = _mm256_setzero_si256();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + i)), abs);
-    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(v, em), em));
-    m = _mm256_max_ps(m, _mm256_castsi256_ps(v));
+__attribute__((target("avx512f"))) static void quantf_avx512(const float *x, float *f, int64_t n,
+                                                             float s) {
+  const __m512 vs = _mm512_set1_ps(s), inv = _mm512_set1_ps(1.0f / s);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(f + i, k, codes16(_mm512_maskz_loadu_ps(k, x + i), vs, inv));
   }
-  float b[8], r = 0.0f, t;
-  _mm256_storeu_ps(b, m);
+}
+
+__attribute__((target("avx512f"))) static uint32_t finish_avx512(float *y, int64_t n, float sc,
+                                                                 float bias, const float *res,
+                                                                 int act, float lo, float hi) {
+  const __m512 vs = _mm512_set1_ps(sc), vb = _mm512_set1_ps(bias), vl = _mm512_set1_ps(lo),
+               vh = _mm512_set1_ps(hi);
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  __m512i mx = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(vs, _mm512_maskz_loadu_ps(k, y + i)), vb);
+    if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, res + i));
+    if (act) {
+      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, vl, _CMP_LT_OQ), v, vl);
+      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, vh, _CMP_GT_OQ), v, vh);
+    }
+    _mm512_mask_storeu_ps(y + i, k, v);
+    mx = _mm512_mask_max_epu32(mx, k, mx, _mm512_and_si512(_mm512_castps_si512(v), abs));
+  }
+  return _mm512_reduce_max_epu32(mx);
+}
+
+__attribute__((target("avx2"))) static int absmax_avx2(const float *x, int64_t n, float *mx) {
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+  __m256i m0 = _mm256_setzero_si256(), m1 = m0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + i)), abs));
+    m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + i + 8)), abs));
+  }
+  uint32_t b[8], r = 0;
+  _mm256_storeu_si256((__m256i *)(void *)b, _mm256_max_epu32(m0, m1));
   for (int j = 0; j < 8; j++) r = b[j] > r ? b[j] : r;
-  int ok = absmax_scalar(x + i, n - i, &t);
-  *mx = t > r ? t : r;
-  return ok && _mm256_testz_si256(bad, bad);
+  for (; i < n; i++) {
+    uint32_t v;
+    memcpy(&v, x + i, 4);
+    v &= 0x7fffffffu;
+    r = v > r ? v : r;
+  }
+  memcpy(mx, &r, 4);
+  return r < 0x7f800000u;
+}
+
+__attribute__((target("avx2"))) static inline __m256 codes8(__m256 v, __m256 vs, __m256 inv) {
+  __m256 t = _mm256_mul_ps(v, inv);
+  __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 d = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(t, r));
+  __m256 near = _mm256_cmp_ps(d, _mm256_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
+  if (_mm256_movemask_ps(near))
+    r = _mm256_blendv_ps(r, _mm256_round_ps(_mm256_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT |
+                                                                     _MM_FROUND_NO_EXC), near);
+  return _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-128.0f)), _mm256_set1_ps(127.0f));
 }
 
 __attribute__((target("avx2"))) static void quant_avx2(const float *x, uint8_t *u, int64_t n,
                                                        float s, int off) {
-  const __m256 vs = _mm256_set1_ps(s);
-  const __m256i lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127),
-                vo = _mm256_set1_epi32(off), perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256 vs = _mm256_set1_ps(s), inv = _mm256_set1_ps(1.0f / s);
+  const __m256i vo = _mm256_set1_epi32(off), perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     __m256i q[4];
-    for (int j = 0; j < 4; j++) {
-      __m256 v = _mm256_loadu_ps(x + i + 8 * j);
-      __m256i t = _mm256_cvtps_epi32(_mm256_div_ps(v, vs));
-      q[j] = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(t, lo), hi), vo);
-    }
+    for (int j = 0; j < 4; j++)
+      q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(codes8(_mm256_loadu_ps(x + i + 8 * j), vs, inv)), vo);
     __m256i ab = _mm256_packs_epi32(q[0], q[1]), cd = _mm256_packs_epi32(q[2], q[3]);
     __m256i r = off ? _mm256_packus_epi16(ab, cd) : _mm256_packs_epi16(ab, cd);
     _mm256_storeu_si256((__m256i *)(void *)(u + i), _mm256_permutevar8x32_epi32(r, perm));
   }
-  for (; i < n; i++) u[i] = quant1(x[i], s, off);
+  for (; i < n; i++) u[i] = (uint8_t)((int)code1(x[i], s) + off);
+}
+
+__attribute__((target("avx2"))) static void quantf_avx2(const float *x, float *f, int64_t n,
+                                                        float s) {
+  const __m256 vs = _mm256_set1_ps(s), inv = _mm256_set1_ps(1.0f / s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, codes8(_mm256_loadu_ps(x + i), vs, inv));
+  for (; i < n; i++) f[i] = code1(x[i], s);
+}
+
+__attribute__((target("avx2"))) static uint32_t finish_avx2(float *y, int64_t n, float sc,
+                                                            float bias, const float *res, int act,
+                                                            float lo, float hi) {
+  const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bias), vl = _mm256_set1_ps(lo),
+               vh = _mm256_set1_ps(hi);
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+  __m256i mx = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(y + i)), vb);
+    if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + i));
+    if (act) {
+      v = _mm256_blendv_ps(v, vl, _mm256_cmp_ps(v, vl, _CMP_LT_OQ));
+      v = _mm256_blendv_ps(v, vh, _mm256_cmp_ps(v, vh, _CMP_GT_OQ));
+    }
+    _mm256_storeu_ps(y + i, v);
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), abs));
+  }
+  uint32_t b[8], r = 0;
+  _mm256_storeu_si256((__m256i *)(void *)b, mx);
+  for (int j = 0; j < 8; j++) r = b[j] > r ? b[j] : r;
+  for (; i < n; i++) {
+    float v = sc * y[i];
+    v = v + bias;
+    if (res) v = v + res[i];
+    if (act) {
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+    }
+    y[i] = v;
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits &= 0x7fffffffu;
+    r = bits > r ? bits : r;
+  }
+  return r;
 }
 #endif
 
@@ -569,7 +726,7 @@ int nbl_t_absmax(nbl_t_isa isa, const float *x, int64_t n, float *mx) {
 }
 
 void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, int off) {
-  if (!nbl_t_isa_supported(isa)) isa = NBL_T_SCALAR;
+  if (!nbl_t_isa_supported(isa) || !isfinite(1.0f / s)) isa = NBL_T_SCALAR; /* tiny s: divide */
 #if T_X86
   if (isa == NBL_T_AVX512) {
     quant_avx512(x, u, n, s, off);
@@ -580,5 +737,45 @@ void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, 
     return;
   }
 #endif
-  for (int64_t i = 0; i < n; i++) u[i] = quant1(x[i], s, off);
+  for (int64_t i = 0; i < n; i++) u[i] = (uint8_t)((int)code1(x[i], s) + off);
+}
+
+void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s) {
+  if (!nbl_t_isa_supported(isa) || !isfinite(1.0f / s)) isa = NBL_T_SCALAR;
+#if T_X86
+  if (isa == NBL_T_AVX512) {
+    quantf_avx512(x, f, n, s);
+    return;
+  }
+  if (isa == NBL_T_AVX2) {
+    quantf_avx2(x, f, n, s);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) f[i] = code1(x[i], s);
+}
+
+uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, const float *res,
+                      int act, float lo, float hi) {
+  if (!nbl_t_isa_supported(isa)) isa = NBL_T_SCALAR;
+#if T_X86
+  if (isa == NBL_T_AVX512) return finish_avx512(y, n, sc, bias, res, act, lo, hi);
+  if (isa == NBL_T_AVX2) return finish_avx2(y, n, sc, bias, res, act, lo, hi);
+#endif
+  uint32_t r = 0;
+  for (int64_t i = 0; i < n; i++) {
+    float v = sc * y[i];
+    v = v + bias;
+    if (res) v = v + res[i];
+    if (act) {
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+    }
+    y[i] = v;
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits &= 0x7fffffffu;
+    r = bits > r ? bits : r;
+  }
+  return r;
 }

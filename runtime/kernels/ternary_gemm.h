@@ -75,14 +75,19 @@ int nbl_t_pack(const int8_t *q, int64_t M, int64_t K, int64_t sm, int64_t sk, in
                nbl_t_weights *out);
 void nbl_t_weights_free(nbl_t_weights *w);
 
-/* What a tile's accumulators become: y = act(sc * acc + bias[m]) (the
- * multiply, then the add; act: Clip's float semantics on [lo, hi] when act;
- * bias may be NULL). */
+/* What a tile's accumulators become: y = act(sc * acc + bias[m] + res)
+ * (the multiply, then the adds in that order; act: Clip's float semantics
+ * on [lo, hi] when act; bias may be NULL; res, when not NULL, a residual
+ * indexed like Y: res[m * ld + p]). With amax the tile also records the
+ * largest |y| it stored, as bits (0x7f800000 or more: not finite), which the
+ * next fused layer's quantizer takes instead of scanning its input. */
 typedef struct nbl_t_epi {
   float sc;
   const float *bias;
   int act;
   float lo, hi;
+  const float *res;
+  uint32_t *amax; /* non-NULL: raised to the largest bit pattern of a |y| stored */
 } nbl_t_epi;
 
 /* Output channels [m0, m1) (m0 a multiple of 8) x pixels [p0, p1) (p0 a
@@ -112,5 +117,14 @@ int nbl_t_absmax(nbl_t_isa isa, const float *x, int64_t n, float *mx);
  * the tiles; 0: the signed codes as bytes), the codes of
  * nbl_absmax8_fake_quant; x finite, s > 0. */
 void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, int off);
+
+/* f[i] = clamp(rint(x[i] / s), -128, 127) as a float (the same codes); x finite. */
+void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s);
+/* The epilogue on floats in place: y[i] = act(sc * y[i] + bias + res[i])
+ * (res may be NULL; act: Clip's semantics on [lo, hi]), the same operations
+ * in the same order as the tiles' epilogue. Returns the largest bit pattern
+ * of |y[i]| written (0x7f800000 or more: some value is not finite). */
+uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, const float *res,
+                      int act, float lo, float hi);
 
 #endif /* NBL_TERNARY_GEMM_H */
