@@ -228,6 +228,52 @@ START_TEST(test_op_dequantize_ternary) {
 }
 END_TEST
 
+/* The shape rules, through infer-shapes: DequantizeTernary's `shape`, the
+ * per-row scale of QuantizeAbsmax8, QuantizeTernary's scalar scale. */
+START_TEST(test_op_shapes) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  int64_t xd[3] = {2, 5, 7}, nb = 3, shape[2] = {3, 4};
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 3, xd);
+  nbl_graph_add_input(g, x);
+  uint8_t codes[3] = {121, 121, 121};
+  float sc = 1.0f;
+  nbl_id c = nbl_graph_add_value(g, "c"), s = nbl_graph_add_value(g, "s");
+  nbl_graph_set_initializer(g, c, nbl_tensor_new(m->arena, "c", NBL_DT_UINT8, 1, &nb, codes));
+  nbl_graph_set_initializer(g, s, nbl_tensor_new(m->arena, "s", NBL_DT_FLOAT, 0, NULL, &sc));
+  nbl_id a[2] = {nbl_graph_add_value(g, "a"), nbl_graph_add_value(g, "as")};
+  nbl_id q = nbl_graph_add_node(g, "QuantizeAbsmax8", "ai.nibble", "qa", 1, &x, 2, a);
+  nbl_node_set_attr_int(g, q, "per_row", 1);
+  nbl_id t[2] = {nbl_graph_add_value(g, "t"), nbl_graph_add_value(g, "ts")};
+  nbl_graph_add_node(g, "QuantizeTernary", "ai.nibble", "qt", 1, &x, 2, t);
+  nbl_id d = nbl_graph_add_value(g, "d"), ds[2] = {c, s};
+  nbl_id dn = nbl_graph_add_node(g, "DequantizeTernary", "ai.nibble", "dq", 2, ds, 1, &d);
+  nbl_node_set_attr_ints(g, dn, "shape", 2, shape);
+  nbl_id outs[5] = {a[0], a[1], t[0], t[1], d};
+  for (int i = 0; i < 5; i++) nbl_graph_add_output(g, outs[i]);
+  nbl_pipeline *p = NULL;
+  ck_assert_int_eq(nbl_pipeline_parse("infer-shapes", &p), NBL_OK);
+  ck_assert_msg(nbl_pipeline_run(p, m, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_pipeline_free(p);
+  const nbl_type *ty = &g->values[a[1]].type;
+  ck_assert_int_eq(ty->elem, NBL_DT_FLOAT);
+  ck_assert_int_eq(ty->rank, 3);
+  ck_assert_int_eq(ty->dims[0].value, 2);
+  ck_assert_int_eq(ty->dims[2].value, 1);
+  ck_assert_int_eq(g->values[t[1]].type.rank, 0);
+  ck_assert_int_eq(g->values[t[0]].type.dims[1].value, 5);
+  ty = &g->values[d].type;
+  ck_assert_int_eq(ty->elem, NBL_DT_FLOAT);
+  ck_assert_int_eq(ty->rank, 2);
+  ck_assert_int_eq(ty->dims[0].value, 3);
+  ck_assert_int_eq(ty->dims[1].value, 4);
+  nbl_model_free(m);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("format_ternary");
   TCase *tc = tcase_create("ternary");
@@ -238,6 +284,7 @@ int main(void) {
   tcase_add_test(tc, test_op_quantize_ternary);
   tcase_add_test(tc, test_op_absmax8_and_grad);
   tcase_add_test(tc, test_op_dequantize_ternary);
+  tcase_add_test(tc, test_op_shapes);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
