@@ -427,6 +427,11 @@ START_TEST(test_fused_conv) {
   sp = conv_spec(1, 24, 13, 13, 24, 3, 2, 1, 1, 24); /* depthwise, stride 2 */
   sp.packed = 2;
   check_model(&sp, 1, 0);
+  sp = conv_spec(2, 16, 15, 15, 16, 3, 1, 2, 2, 16); /* depthwise, dilated */
+  check_model(&sp, 1, 0);
+  sp = conv_spec(1, 16, 17, 17, 16, 5, 2, 2, 1, 16); /* depthwise 5x5, stride 2 */
+  sp.act = "Relu";
+  check_model(&sp, 1, 0);
   sp = conv_spec(1, 8, 40, 40, 16, 3, 1, 1, 1, 1); /* several pixel blocks */
   check_model(&sp, 1, 0);
   /* a NaN in X: the literal path (NaN propagates as in the reference) */

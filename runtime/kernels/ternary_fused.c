@@ -392,11 +392,31 @@ typedef struct dw_job {
   int64_t M, P;
   int act; /* apply the fused activation (not when the Add comes after) */
   _Atomic uint32_t amax;
+  const nbl_conv_geom *g;
 } dw_job;
 
 static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
   const dw_job *j = arg;
   nbl_t_quant_f(j->f->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, row, j->W, j->s);
+}
+
+/* Output rows straight from the loaded phase planes, the epilogue on the
+ * sums in registers (AVX-512; else the plane kernel and dw_finish). */
+static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
+                   int64_t oh1, float *y) {
+  dw_job *j = arg;
+  const nbl_t_fused *f = j->f;
+  const nbl_conv_geom *g = j->g;
+  uint32_t amax = 0;
+  int64_t OW = g->out[1];
+  nbl_t_epi e = {j->sc, NULL, j->act, f->act_lo, f->act_hi,
+                 j->res ? j->res + (n * j->M + m) * j->P + oh0 * OW : NULL, &amax};
+  if (!nbl_t_dw_rows(f->isa, p->ph, p->plane, p->Wp, p->R, p->S, g->k[0], g->k[1], g->d[0],
+                     g->d[1], f->dw_w + m * g->k_sz, oh0, oh1, OW, y, &e,
+                     j->bias ? j->bias[m] : 0.0f))
+    return 0;
+  amax_merge(&j->amax, amax);
+  return 1;
 }
 
 static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
@@ -445,9 +465,10 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   }
   int act = f->act && !post;
   if (f->dw_w) {
-    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act};
+    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act, 0, &g};
     nbl_dw_hooks h = {.load_row = dw_load_row, .finish = dw_finish, .arg = &dj,
                       .no_avx512 = f->isa != NBL_T_AVX512};
+    if (f->isa == NBL_T_AVX512 && g.ns == 2) h.rows = dw_rows;
     st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
     if (st != NBL_OK) return run_literal(c, f);

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@
 static int g_have[3];
 static nbl_t_isa g_best;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static _Atomic int g_ready; /* detect() has run: the kernels' checks skip pthread_once */
 
 #if T_X86
 static unsigned long long xgetbv0(void) {
@@ -59,6 +61,7 @@ static void detect(void) {
   g_best = g_have[NBL_T_AVX512] ? NBL_T_AVX512 : g_have[NBL_T_AVX2] ? NBL_T_AVX2 : NBL_T_SCALAR;
   int cap = env_cap();
   if (cap >= 0 && (nbl_t_isa)cap < g_best) g_best = (nbl_t_isa)cap;
+  atomic_store(&g_ready, 1);
 }
 
 nbl_t_isa nbl_t_best_isa(void) {
@@ -67,7 +70,7 @@ nbl_t_isa nbl_t_best_isa(void) {
 }
 
 int nbl_t_isa_supported(nbl_t_isa isa) {
-  pthread_once(&g_once, detect);
+  if (!atomic_load_explicit(&g_ready, memory_order_acquire)) pthread_once(&g_once, detect);
   return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 && g_have[isa];
 }
 
@@ -778,4 +781,66 @@ uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, 
     r = bits > r ? bits : r;
   }
   return r;
+}
+
+/* ------------------------------------------------------------------ depthwise rows */
+
+#if T_X86
+__attribute__((target("avx512f"))) static void dw_rows_avx512(
+    const float *const *tap, const int *sign, int nt, int64_t Wp, int64_t oh0, int64_t oh1,
+    int64_t OW, float *y, const nbl_t_epi *e, float bias) {
+  const __m512 vs = _mm512_set1_ps(e->sc), vb = _mm512_set1_ps(bias),
+               vl = _mm512_set1_ps(e->lo), vh = _mm512_set1_ps(e->hi);
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  __m512i mx = _mm512_setzero_si512();
+  for (int64_t oh = oh0; oh < oh1; oh++) {
+    float *yr = y + (oh - oh0) * OW;
+    const float *rr = e->res ? e->res + (oh - oh0) * OW : NULL;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      __mmask16 k = OW - ow >= 16 ? 0xFFFF : (__mmask16)((1u << (OW - ow)) - 1);
+      __m512 acc = _mm512_setzero_ps();
+      for (int t = 0; t < nt; t++) {
+        __m512 v = _mm512_maskz_loadu_ps(k, tap[t] + oh * Wp + ow);
+        acc = sign[t] > 0 ? _mm512_add_ps(acc, v) : _mm512_sub_ps(acc, v);
+      }
+      __m512 f = _mm512_add_ps(_mm512_mul_ps(vs, acc), vb);
+      if (rr) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(k, rr + ow));
+      if (e->act) {
+        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vl, _CMP_LT_OQ), f, vl);
+        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vh, _CMP_GT_OQ), f, vh);
+      }
+      _mm512_mask_storeu_ps(yr + ow, k, f);
+      mx = _mm512_mask_max_epu32(mx, k, mx, _mm512_and_si512(_mm512_castps_si512(f), abs));
+    }
+  }
+  if (e->amax) {
+    uint32_t b = _mm512_reduce_max_epu32(mx);
+    if (b > *e->amax) *e->amax = b;
+  }
+}
+#endif
+
+int nbl_t_dw_rows(nbl_t_isa isa, const float *ph, int64_t plane, int64_t Wp, int64_t R, int64_t S,
+                  int64_t KH, int64_t KW, int64_t dh, int64_t dw, const float *w, int64_t oh0,
+                  int64_t oh1, int64_t OW, float *y, const nbl_t_epi *e, float bias) {
+#if T_X86
+  /* narrow planes: the plane kernel (a 16-lane row would be mostly masked) */
+  if (isa != NBL_T_AVX512 || !nbl_t_isa_supported(isa) || KH * KW > 64 || OW < 16) return 0;
+  const float *tap[64];
+  int sign[64], nt = 0;
+  for (int64_t kh = 0; kh < KH; kh++)
+    for (int64_t kw = 0; kw < KW; kw++) {
+      float c = w[kh * KW + kw];
+      if (c == 0.0f) continue; /* a zero weight: nothing to add */
+      int64_t ro = kh * dh, co = kw * dw;
+      tap[nt] = ph + ((ro % R) * S + co % S) * plane + (ro / R) * Wp + co / S;
+      sign[nt++] = c > 0.0f ? 1 : -1;
+    }
+  dw_rows_avx512(tap, sign, nt, Wp, oh0, oh1, OW, y, e, bias);
+  return 1;
+#else
+  (void)isa, (void)ph, (void)plane, (void)Wp, (void)R, (void)S, (void)KH, (void)KW, (void)dh;
+  (void)dw, (void)w, (void)oh0, (void)oh1, (void)OW, (void)y, (void)e, (void)bias;
+  return 0;
+#endif
 }

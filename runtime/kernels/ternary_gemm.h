@@ -127,4 +127,17 @@ void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s);
 uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, const float *res,
                       int act, float lo, float hi);
 
+/* Depthwise rows: output rows [oh0, oh1) (OW columns each) of one channel
+ * from the zero-padded phase planes of the FP32 depthwise kernel (gemm.h
+ * nbl_dw_phases: padded row r, column q at ph[((r % R) * S + q % S) * plane
+ * + (r / R) * Wp + q / S]) holding activation codes as floats: acc = the sum
+ * over the KH x KW taps (dilations dh, dw) of w[t] * x, each weight -1, 0 or
+ * 1 an add, nothing or a subtract (exact integer sums, so equal to any other
+ * order), then the epilogue e with the channel's bias (e->res and e->amax as
+ * for the tiles, res indexed like y) to y[(oh - oh0) * OW + ow]. Returns 1,
+ * or 0 when isa has no such kernel (AVX-512 only; nothing written). */
+int nbl_t_dw_rows(nbl_t_isa isa, const float *ph, int64_t plane, int64_t Wp, int64_t R, int64_t S,
+                  int64_t KH, int64_t KW, int64_t dh, int64_t dw, const float *w, int64_t oh0,
+                  int64_t oh1, int64_t OW, float *y, const nbl_t_epi *e, float bias);
+
 #endif /* NBL_TERNARY_GEMM_H */
