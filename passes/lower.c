@@ -28,6 +28,10 @@
  * graph optimizations disabled ORT reproduces nibble to float rounding.
  * Dynamic (max) scales are not fused.
  *
+ * The ternary ops (QuantizeTernary, QuantizeAbsmax8, DequantizeTernary) are
+ * lowered by lower_ternary.c: constant ternary weights to INT4 codes feeding
+ * DequantizeLinear, dynamic ones to standard ops; QuantizeLog by lower_log.c.
+ *
  * The default-domain opset is converted to 21 first (nbl_convert_opset, the
  * convert-opset pass). */
 #include <math.h>
@@ -77,6 +81,16 @@ static nbl_id emit(nbl_graph *g, const char *op, const char *base, int n_in, con
   char *nname = nbl_graph_unique_name(g, hint);
   if (nbl_graph_add_node(g, op, "", nname, n_in, ins, 1, &out) == NBL_NONE) return NBL_NONE;
   return out;
+}
+
+nbl_id nbl_lower_const(nbl_graph *g, const char *hint, nbl_dtype dt, int rank, const int64_t *dims,
+                       const void *data) {
+  return add_const(g, hint, dt, rank, dims, data);
+}
+
+nbl_id nbl_lower_emit(nbl_graph *g, const char *op, const char *base, int n_in, const nbl_id *ins,
+                      nbl_id out) {
+  return emit(g, op, base, n_in, ins, out);
 }
 
 /* ------------------------------------------------------------------ QuantizeInt4 attributes */
@@ -378,7 +392,9 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
   for (int i = 0; i < g->n_nodes; i++) {
     const nbl_node *n = &g->nodes[i];
     if (n->dead || strcmp(n->domain, "ai.nibble")) continue;
-    if (strcmp(n->op_type, "QuantizeInt4") && strcmp(n->op_type, "QuantizeLog"))
+    if (strcmp(n->op_type, "QuantizeInt4") && strcmp(n->op_type, "QuantizeLog") &&
+        strcmp(n->op_type, "QuantizeTernary") && strcmp(n->op_type, "QuantizeAbsmax8") &&
+        strcmp(n->op_type, "DequantizeTernary"))
       return nbl_errorf(NBL_ERR_UNSUPPORTED,
                         "%s: node '%s' (%s, domain ai.nibble): no lowering to standard ONNX",
                         nbl_model_label(m), n->name, n->op_type);
@@ -397,9 +413,11 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
       nlog++;
       continue;
     }
-    int f = 0;
+    int f = 0, q4 = !strcmp(n->op_type, "QuantizeInt4");
     size_t a = 0, b = 0;
-    st = nbl_q4_fold_constant(ctx, g, i, 0, &f, &a, &b);
+    /* the ternary ops: lower_ternary.c */
+    st = q4 ? nbl_q4_fold_constant(ctx, g, i, 0, &f, &a, &b)
+            : nbl_tern_fold_constant(ctx, g, i, 1, 0, &f, &a, &b);
     if (st) break;
     if (f) {
       folded++;
@@ -407,7 +425,7 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
       fb += b;
       continue;
     }
-    st = lower_dynamic(ctx, g, i);
+    st = q4 ? lower_dynamic(ctx, g, i) : nbl_tern_lower_dynamic(ctx, g, i);
     dynamic++;
   }
   if (st) return st;
@@ -427,7 +445,7 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
   ctx->changed += folded + dynamic + nlog;
   if (folded + dynamic)
     nbl_pass_logf(ctx,
-                  "lowered %d QuantizeInt4: %d constant (codes %zu bytes, FP32 %zu bytes), %d "
+                  "lowered %d quantizers: %d constant (codes %zu bytes, FP32 %zu bytes), %d "
                   "dynamic (QuantizeLinear/DequantizeLinear)",
                   folded + dynamic, folded, qb, fb, dynamic);
   if (nlog)
@@ -438,8 +456,9 @@ static nbl_status lower_run(nbl_pass_ctx *ctx) {
 
 const nbl_pass_def nbl_pass_lower_to_onnx = {
     .name = "lower-to-onnx",
-    .description = "rewrite nibble's own ops (ai.nibble QuantizeInt4, QuantizeLog with nearest/tpr "
-                   "rounding) into standard ONNX (opset 21: INT4 DequantizeLinear, QuantizeLinear; "
-                   "QuantizeLog as a threshold table) for other runtimes",
+    .description = "rewrite nibble's own ops (ai.nibble QuantizeInt4, QuantizeTernary, "
+                   "QuantizeAbsmax8, DequantizeTernary, QuantizeLog with nearest/tpr rounding) into "
+                   "standard ONNX (opset 21: INT4 DequantizeLinear, QuantizeLinear; QuantizeLog as "
+                   "a threshold table) for other runtimes",
     .run = lower_run,
 };

@@ -29,4 +29,30 @@ int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_
  * NBL_ERR_UNSUPPORTED naming the node; a bad attribute names it too. */
 nbl_status nbl_lower_quantize_log(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid);
 
+/* Building blocks of the lowerings (lower.c): a new initializer named after
+ * hint holding a copy of data; node op(ins) of the default domain writing a
+ * fresh value (or `out` when != NBL_NONE), named after base. NBL_NONE on
+ * failure. */
+nbl_id nbl_lower_const(nbl_graph *g, const char *hint, nbl_dtype dt, int rank, const int64_t *dims,
+                       const void *data);
+nbl_id nbl_lower_emit(nbl_graph *g, const char *op, const char *base, int n_in, const nbl_id *ins,
+                      nbl_id out);
+
+/* ------------------------------------------------------------------ ternary (lower_ternary.c) */
+
+/* If node nid is a QuantizeTernary of a finite float32 initializer (scale
+ * output unused), or with to_int4 a DequantizeTernary of constant codes and
+ * scale: replace it by DequantizeLinear(INT4 codes, scale) (to_int4, for
+ * lower-to-onnx) or by ai.nibble DequantizeTernary(codes packed as `packing`
+ * (nbl_tern_packing), scale) (pack-ternary). *folded is 1 when it did (then
+ * *q_bytes / *f32_bytes, may be NULL, get the code bytes and the FP32 bytes),
+ * 0 when the node does not qualify (nothing changed). An invalid
+ * DequantizeTernary is an error naming the node. */
+nbl_status nbl_tern_fold_constant(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid, int to_int4,
+                                  int packing, int *folded, size_t *q_bytes, size_t *f32_bytes);
+/* Lower a non-constant QuantizeTernary or QuantizeAbsmax8 into standard ops
+ * (opset 21; formulas in lower_ternary.c). Another op, or a used scale
+ * output, is a clear NBL_ERR_UNSUPPORTED naming the node. */
+nbl_status nbl_tern_lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid);
+
 #endif /* NBL_PASSES_LOWER_H */

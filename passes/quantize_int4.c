@@ -12,55 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pass.h"
-
-#define LIST_SEPS ",;:| "
-
-/* 1 if `word` is one of the items of the separated list `list`. */
-static int list_has(const char *list, const char *word, int glob) {
-  size_t wl = strlen(word);
-  const char *p = list;
-  while (p && *p) {
-    size_t n = strcspn(p, LIST_SEPS);
-    if (n > 0) {
-      char item[256];
-      size_t k = n < sizeof item - 1 ? n : sizeof item - 1;
-      memcpy(item, p, k);
-      item[k] = 0;
-      if (glob ? fnmatch(item, word, 0) == 0 : (n == wl && strncmp(p, word, n) == 0)) return 1;
-    }
-    p += n;
-    while (*p && strchr(LIST_SEPS, *p)) p++;
-  }
-  return 0;
-}
-
-/* Growable text for the summary lists. */
-typedef struct sbuf {
-  char *s;
-  size_t n, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *fmt, const char *a, const char *r) {
-  char tmp[600];
-  int len = snprintf(tmp, sizeof tmp, fmt, a, r);
-  if (len < 0) return;
-  if ((size_t)len >= sizeof tmp) len = (int)sizeof tmp - 1;
-  if (b->n + (size_t)len + 3 > b->cap) {
-    size_t cap = (b->cap ? b->cap * 2 : 256) + (size_t)len;
-    char *s = realloc(b->s, cap);
-    if (!s) return;
-    b->s = s;
-    b->cap = cap;
-  }
-  if (b->n) {
-    memcpy(b->s + b->n, ", ", 2);
-    b->n += 2;
-  }
-  memcpy(b->s + b->n, tmp, (size_t)len);
-  b->n += (size_t)len;
-  b->s[b->n] = 0;
-}
+#include "select.h"
 
 /* A quantizer already inserted: (source value, bits) -> quantized value. */
 typedef struct qmemo {
@@ -186,36 +138,14 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
                       "backward and a PACT clip is trained; nibble train --int4 does so)",
                       nbl_model_label(m));
 
-  nbl_id *order = NULL;
-  int n = nbl_graph_topo_order(g, &order);
-  if (n < 0) return NBL_ERR_INVALID_MODEL;
-  /* Pass 1: the layers to quantize, in topological order. */
-  nbl_id *layers = malloc(sizeof(nbl_id) * (size_t)(n ? n : 1));
-  if (!layers) {
-    free(order);
-    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  /* Pass 1: the layers to quantize, in topological order (passes/select.c). */
+  nbl_textlist skipped = {0}, kept8 = {0};
+  nbl_id *layers = NULL;
+  int nl = nbl_select_layers(g, ops, include, exclude, skip_reason, &layers, &skipped);
+  if (nl < 0) {
+    free(skipped.s);
+    return NBL_ERR_INVALID_MODEL;
   }
-  int nl = 0;
-  sbuf skipped = {0}, kept8 = {0};
-  for (int i = 0; i < n; i++) {
-    const nbl_node *nd = &g->nodes[order[i]];
-    if (nd->domain[0] || !list_has(ops, nd->op_type, 0)) continue;
-    if (include[0] && !list_has(include, nd->name, 1)) {
-      sb_add(&skipped, "%s (%s)", nd->name, "not included");
-      continue;
-    }
-    if (exclude[0] && list_has(exclude, nd->name, 1)) {
-      sb_add(&skipped, "%s (%s)", nd->name, "excluded");
-      continue;
-    }
-    const char *why = skip_reason(g, nd);
-    if (why) {
-      sb_add(&skipped, "%s (%s)", nd->name, why);
-      continue;
-    }
-    layers[nl++] = order[i];
-  }
-  free(order);
   nbl_status st = NBL_OK;
   if (nl > 0 && nbl_model_opset(m, "ai.nibble") == 0) st = nbl_model_set_opset(m, "ai.nibble", 1);
   /* Pass 2: insert the quantizers. */
@@ -224,7 +154,7 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
     int bits = 4;
     if (first_last && (i == 0 || i == nl - 1)) {
       bits = 8;
-      sb_add(&kept8, "%s%s", g->nodes[nid].name, "");
+      nbl_textlist_add(&kept8, "%s%s", g->nodes[nid].name, "");
     }
     nbl_id w = g->nodes[nid].inputs[1];
     int w_const = g->values[w].init != NULL && !(g->values[w].flags & NBL_VAL_INPUT);

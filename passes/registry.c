@@ -9,6 +9,7 @@ extern const nbl_pass_def nbl_pass_dce, nbl_pass_eliminate_identity, nbl_pass_fo
     nbl_pass_fuse_bias, nbl_pass_lower_to_onnx;
 extern const nbl_pass_def nbl_pass_infer_shapes, nbl_pass_fold_constants;
 extern const nbl_pass_def nbl_pass_quantize_int4, nbl_pass_pack_int4, nbl_pass_convert_opset;
+extern const nbl_pass_def nbl_pass_quantize_ternary, nbl_pass_pack_ternary;
 extern const nbl_pass_def nbl_pass_build_training, nbl_pass_quantize_grad_log4;
 extern const nbl_pass_def nbl_pass_int4_backward;
 
@@ -22,6 +23,8 @@ static const nbl_pass_def *const registry[] = {
     &nbl_pass_convert_opset,
     &nbl_pass_quantize_int4,
     &nbl_pass_pack_int4,
+    &nbl_pass_quantize_ternary,
+    &nbl_pass_pack_ternary,
     &nbl_pass_lower_to_onnx,
     &nbl_pass_build_training,
     &nbl_pass_quantize_grad_log4,

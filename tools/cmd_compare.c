@@ -101,7 +101,7 @@ static void print_row(cmp_ctx *c, const char *kind, const char *name, const char
   c->rows++;
 }
 
-/* Source name of a quantized value "X_q4" / "X_q8" / "X_q4_3" into out; 0 if none. */
+/* Source name of a quantized value "X_q4" / "X_q8" / "X_qt" / "X_q4_3" into out; 0 if none. */
 static int quant_source(const char *name, char *out, size_t cap) {
   const char *p = strstr(name, "_q");
   const char *last = NULL;
@@ -109,7 +109,7 @@ static int quant_source(const char *name, char *out, size_t cap) {
     last = p;
     p = strstr(p + 1, "_q");
   }
-  if (!last || (last[2] != '4' && last[2] != '8')) return 0;
+  if (!last || (last[2] != '4' && last[2] != '8' && last[2] != 't')) return 0;
   const char *t = last + 3;
   if (*t == '_') {
     t++;

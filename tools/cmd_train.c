@@ -48,6 +48,7 @@ typedef struct opts {
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
   const char *log4; /* --log4-grad[=MODE]: the rounding mode, NULL when not given */
   int int4;         /* --int4 */
+  int ternary;      /* --ternary */
   int print_after_all, verify_each, reference, threads, profile, profile_top;
   long long epochs, batch, ckpt_every, log_every;
   double lr, max_grad_norm, weight_decay;
@@ -79,6 +80,8 @@ static void train_usage(FILE *f) {
         "                          build-training; MODE nearest (default), tpr, stochastic or luq\n"
         "  --passes LIST           passes after build-training (a LIST naming build-training\n"
         "                          is the whole pipeline)\n"
+        "  --ternary               ternary weights, INT8 activations (BitNet b1.58): the pass\n"
+        "                          quantize-ternary before build-training (training from scratch)\n"
         "  --dump-dir DIR          write NN-<pass>.onnxtxt/.dot/.onnx after every pass\n"
         "  --print-after-all       print the IR after every pass\n"
         "  --verify-each           run the verifier after every pass\n"
@@ -152,6 +155,7 @@ static int parse_args(int argc, char **argv, opts *o) {
       }
       continue;
     }
+    if (!strcmp(a, "--ternary")) { o->ternary = 1; continue; }
     if (a[0] == '-' && a[1]) {
       static const char *with_value[] = {"--data", "--epochs", "--batch", "--lr", "--optimizer", "--schedule",
                                          "--seed", "--passes", "--dump-dir", "--checkpoint",
@@ -241,6 +245,11 @@ static int prepare_model(const opts *o, nbl_model **out) {
   int training = nbl_model_training_count(m) > 0;
   char *spec = NULL;
   const char *passes = o->passes ? o->passes : "";
+  if (o->int4 && o->ternary) {
+    fprintf(stderr, "nibble train: --int4 and --ternary both quantize the weights; give one\n");
+    nbl_model_free(m);
+    return 2;
+  }
   if (training && o->int4) {
     fprintf(stderr, "nibble train: %s is already a training model; --int4 needs the inference model "
                     "(quantize-int4 must run before build-training, so the backward goes through the "
@@ -259,6 +268,12 @@ static int prepare_model(const opts *o, nbl_model **out) {
     fprintf(stderr, "nibble train: %s is already a training model (its optimizer is part of its "
                     "algorithm graph); %s applies only when build-training makes one\n", o->model,
             o->optimizer ? "--optimizer" : "--weight-decay");
+    nbl_model_free(m);
+    return 2;
+  }
+  if (training && o->ternary) {
+    fprintf(stderr, "nibble train: %s is already a training model; --ternary applies only when "
+                    "build-training makes one (quantize-ternary runs before it)\n", o->model);
     nbl_model_free(m);
     return 2;
   }
@@ -288,7 +303,8 @@ static int prepare_model(const opts *o, nbl_model **out) {
       nbl_model_free(m);
       return 1;
     }
-    int k = snprintf(spec, n, "%sbuild-training", o->int4 ? "quantize-int4," : "");
+    int k = snprintf(spec, n, "%sbuild-training",
+                     o->int4 ? "quantize-int4," : o->ternary ? "quantize-ternary," : "");
     const char *sep = "{";
     if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "%soptimizer=%s", sep, o->optimizer), sep = ",";
     if (o->weight_decay > 0)
@@ -297,6 +313,15 @@ static int prepare_model(const opts *o, nbl_model **out) {
     if (*sep == ',') k += snprintf(spec + k, n - (size_t)k, "}");
     if (o->log4) k += snprintf(spec + k, n - (size_t)k, ",quantize-grad-log4{rounding=%s}", o->log4);
     if (*passes) snprintf(spec + k, n - (size_t)k, ",%s", passes);
+    passes = spec;
+  } else if (o->ternary) { /* a whole pipeline of the caller's: quantize-ternary first */
+    size_t n = strlen(passes) + 32;
+    spec = malloc(n);
+    if (!spec) {
+      nbl_model_free(m);
+      return 1;
+    }
+    snprintf(spec, n, "quantize-ternary,%s", passes);
     passes = spec;
   }
   if (*passes || o->dump_dir || o->print_after_all) {

@@ -3,6 +3,9 @@
 #include "runtime/formats/ternary.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 
 float nbl_tern_scale(const float *w, size_t n) {
   double sum = 0.0;
@@ -97,4 +100,108 @@ int nbl_tern_unpack3(const uint8_t *src, size_t n, int8_t *q) {
     }
   }
   return 0;
+}
+
+int nbl_tern_grad_pass(float w, float s) {
+  if (!isfinite(w)) return 0;
+  return fabsf(rintf(w / s)) <= 1.0f;
+}
+
+/* ------------------------------------------------------------------ the ops' attributes */
+
+static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return st;
+}
+
+/* Attribute `name` of n (NULL when absent); an error when it has another type. */
+static nbl_status attr_typed(const nbl_node *n, const char *name, nbl_attr_type want,
+                             const nbl_attr **out, char *err, size_t errlen) {
+  const nbl_attr *a = nbl_node_attr(n, name);
+  *out = a;
+  if (a && a->type != want)
+    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
+                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
+  return NBL_OK;
+}
+
+nbl_status nbl_tern_attrs_decode(const nbl_node *n, nbl_tern_attrs *out, char *err, size_t errlen) {
+  nbl_tern_attrs a;
+  memset(&a, 0, sizeof a);
+  a.packing = NBL_TERN_PACK_BASE3;
+  const char *op = n->op_type;
+  nbl_status st;
+  if (!strcmp(op, "QuantizeTernary") || !strcmp(op, "QuantizeTernaryGrad")) {
+    *out = a;
+    return NBL_OK;
+  }
+  if (!strcmp(op, "QuantizeAbsmax8")) {
+    const nbl_attr *pr;
+    if ((st = attr_typed(n, "per_row", NBL_ATTR_INT, &pr, err, errlen))) return st;
+    if (pr && pr->i != 0 && pr->i != 1)
+      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "per_row must be 0 or 1, got %lld",
+                        (long long)pr->i);
+    a.per_row = pr ? (int)pr->i : 0;
+    *out = a;
+    return NBL_OK;
+  }
+  if (!strcmp(op, "DequantizeTernary")) {
+    const nbl_attr *shape, *packing;
+    if ((st = attr_typed(n, "shape", NBL_ATTR_INTS, &shape, err, errlen))) return st;
+    if ((st = attr_typed(n, "packing", NBL_ATTR_STRING, &packing, err, errlen))) return st;
+    if (!shape)
+      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute 'shape' is required");
+    if (shape->n > NBL_TERN_MAX_RANK)
+      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape has %d dims (at most %d)",
+                        shape->n, NBL_TERN_MAX_RANK);
+    int64_t numel = 1;
+    for (int i = 0; i < shape->n; i++) {
+      int64_t d = shape->ints[i];
+      if (d < 0 || d >= ((int64_t)1 << 48))
+        return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape[%d] = %lld is not a size", i,
+                          (long long)d);
+      if (d && numel > ((int64_t)1 << 48) / d)
+        return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape has more than 2^48 elements");
+      numel *= d;
+      a.dims[i] = d;
+    }
+    a.rank = shape->n;
+    a.numel = numel;
+    if (packing) {
+      if (!strcmp(packing->s, "base3")) a.packing = NBL_TERN_PACK_BASE3;
+      else if (!strcmp(packing->s, "2bit")) a.packing = NBL_TERN_PACK_2BIT;
+      else
+        return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+                          "packing '%s' is not supported (base3|2bit)", packing->s);
+    }
+    *out = a;
+    return NBL_OK;
+  }
+  return decode_err(err, errlen, NBL_ERR_INTERNAL, "op '%s' is not a ternary op", op);
+}
+
+size_t nbl_tern_packed_bytes(nbl_tern_packing packing, size_t n) {
+  return packing == NBL_TERN_PACK_2BIT ? nbl_tern_pack2_bytes(n) : nbl_tern_pack3_bytes(n);
+}
+
+int nbl_tern_unpack(nbl_tern_packing packing, const uint8_t *src, size_t n, int8_t *q) {
+  if (packing == NBL_TERN_PACK_BASE3) return nbl_tern_unpack3(src, n, q);
+  for (size_t i = 0; i < n; i++) {
+    int u = (src[i / 4] >> (2 * (i % 4))) & 3;
+    if (u == 3) return -1;
+    q[i] = (int8_t)(u - 1);
+  }
+  return 0;
+}
+
+void nbl_tern_pack(nbl_tern_packing packing, const int8_t *q, size_t n, uint8_t *dst) {
+  if (packing == NBL_TERN_PACK_BASE3) nbl_tern_pack3(q, n, dst);
+  else nbl_tern_pack2(q, n, dst);
 }

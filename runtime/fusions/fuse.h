@@ -69,6 +69,7 @@ extern const size_t nbl_fusions_count;
   void nbl_fuse_##name##_free(void *state);
 
 NBL_FUSION(int4)     /* fuse_int4.c */
+NBL_FUSION(ternary)  /* fuse_ternary.c */
 NBL_FUSION(conv_act) /* fuse_f32.c */
 
 /* The kernel of the conv-act fused nodes (runtime/ops/nn.c): Conv, then Clip

@@ -3,10 +3,13 @@
  * here. */
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_fused.h"
+#include "runtime/kernels/ternary_fused.h"
 
 const nbl_fusion_def nbl_fusions[] = {
     /* first, so that a quantized Conv is never taken as an FP32 one */
     {"int4", nbl_fuse_int4_plan, nbl_fuse_int4_node, nbl_fuse_int4_free, &nbl_i4_fused_def},
+    /* ternary weights x INT8 activations (QuantizeAbsmax8 + QuantizeTernary) */
+    {"ternary", nbl_fuse_ternary_plan, nbl_fuse_ternary_node, nbl_fuse_ternary_free, &nbl_t_fused_def},
     /* then on the Convs left */
     {"conv-act", nbl_fuse_conv_act_plan, nbl_fuse_conv_act_node, nbl_fuse_conv_act_free,
      &nbl_fused_conv_act_def},

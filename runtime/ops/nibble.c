@@ -24,8 +24,35 @@
  * runtime/kernels/log_quant.h (bit-identical), the stochastic modes in
  * threaded chunks of the reference code (counter-based draws: identical).
  * Gradient: straight-through, dX = dY (the op sits on gradients in training
- * graphs; the rule exists so that a graph holding it stays differentiable). */
+ * graphs; the rule exists so that a graph holding it stays differentiable).
+ *
+ * The ternary family (BitNet b1.58; formulas and attributes in
+ * runtime/formats/ternary.h, decoded by nbl_tern_attrs_decode):
+ * QuantizeTernary (version 1): ternary weights, fake quantization.
+ *   inputs:  X (float32)
+ *   outputs: Y = s * clamp(rint(X / s), -1, 1) (X's shape), scale (optional
+ *            float32 scalar s = mean|X| over the finite elements, 1 when 0)
+ *   gradient: QuantizeTernaryGrad (straight through where the clamp does not act)
+ * QuantizeTernaryGrad (version 1): the gradient of QuantizeTernary.
+ *   inputs:  dY (float32), X (float32, the forward input, dY's shape)
+ *   outputs: dX = dY where |rint(X / s)| <= 1 (s from X as the forward), else 0
+ * QuantizeAbsmax8 (version 1): INT8 absmax activations, fake quantization.
+ *   inputs:  X (float32)
+ *   outputs: Y = s * clamp(rint(X / s), -128, 127), s = max|X| / 127 (1 when 0),
+ *            scale (optional float32: a scalar, or with per_row=1 X's shape
+ *            with the last dim 1)
+ *   attributes: per_row (0|1, default 0): one scale per row of the last axis
+ *            (BitNet's per-token scale); a rank-0 X has one row
+ *   gradient: dY itself (the clamp never acts on a finite value)
+ * DequantizeTernary (version 1): packed ternary codes to floats, the stored
+ *   form of pack-ternary.
+ *   inputs:  codes (uint8, 1-D, the packed bytes), scale (float32 scalar)
+ *   outputs: Y (float32, `shape`) = scale * code
+ *   attributes: shape (ints, required), packing (base3|2bit, default base3):
+ *            base3 five codes a byte, 2bit four (runtime/formats/ternary.h)
+ *   no gradient (its input is integer codes) */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/core/grad.h"
@@ -33,6 +60,7 @@
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/log_quant.h"
+#include "runtime/formats/ternary.h"
 #include "runtime/ops/nibble.h"
 
 /* The node's attributes through the one decoder (runtime/formats/int4.h);
@@ -163,6 +191,126 @@ static nbl_status k_quantize_log_fast(nbl_kctx *c) {
   return qlog_top(c, &p);
 }
 
+/* ------------------------------------------------------------------ the ternary family */
+
+/* The node's ternary attributes through the one decoder (runtime/formats/ternary.h). */
+static nbl_status tern_attrs(nbl_kctx *c, nbl_tern_attrs *a) {
+  char err[256];
+  nbl_status st = nbl_tern_attrs_decode(c->node, a, err, sizeof err);
+  return st == NBL_OK ? NBL_OK : nbl_kerr(c, st, "%s", err);
+}
+
+/* Input i as a float32 tensor (NULL with the error in *st). */
+static const nbl_rt_tensor *in_f32(nbl_kctx *c, int i, const char *name, nbl_status *st) {
+  const nbl_rt_tensor *t = c->n_in > i ? c->in[i] : NULL;
+  if (!t) {
+    *st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s is missing", name);
+    return NULL;
+  }
+  if (t->dtype != NBL_DT_FLOAT) {
+    *st = nbl_kerr(c, NBL_ERR_UNSUPPORTED, "%s must be float32, got %s", name,
+                   nbl_dtype_name(t->dtype));
+    return NULL;
+  }
+  return t;
+}
+
+/* Output i (when requested) as a float32 tensor of rank/dims holding v[0..n). */
+static nbl_status out_floats(nbl_kctx *c, int i, int rank, const int64_t *dims, const float *v,
+                             int64_t n) {
+  if (c->n_out <= i || !c->out[i]) return NBL_OK;
+  nbl_status st = nbl_kctx_alloc_out(c, i, NBL_DT_FLOAT, rank, dims);
+  if (st != NBL_OK) return st;
+  if (n) memcpy(nbl_kctx_out(c, i)->data, v, sizeof(float) * (size_t)n);
+  return NBL_OK;
+}
+
+static nbl_status k_quantize_ternary(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  nbl_tern_attrs a;
+  const nbl_rt_tensor *x = in_f32(c, 0, "X", &st);
+  if (!x) return st;
+  if ((st = tern_attrs(c, &a))) return st;
+  float s = nbl_tern_scale((const float *)x->data, (size_t)x->numel);
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
+  nbl_tern_fake_quant((const float *)x->data, (float *)nbl_kctx_out(c, 0)->data, (size_t)x->numel, s);
+  return out_floats(c, 1, 0, NULL, &s, 1);
+}
+
+static nbl_status k_quantize_ternary_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  nbl_tern_attrs a;
+  const nbl_rt_tensor *dy = in_f32(c, 0, "dY", &st), *x = dy ? in_f32(c, 1, "X", &st) : NULL;
+  if (!x) return st;
+  if ((st = tern_attrs(c, &a))) return st;
+  if (dy->rank != x->rank || memcmp(dy->dims, x->dims, sizeof(int64_t) * (size_t)x->rank))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY and X must have the same shape");
+  const float *xv = x->data, *g = dy->data;
+  float s = nbl_tern_scale(xv, (size_t)x->numel);
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
+  float *o = nbl_kctx_out(c, 0)->data;
+  for (int64_t i = 0; i < x->numel; i++) o[i] = nbl_tern_grad_pass(xv[i], s) ? g[i] : 0.0f;
+  return NBL_OK;
+}
+
+static nbl_status k_quantize_absmax8(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  nbl_tern_attrs a;
+  const nbl_rt_tensor *x = in_f32(c, 0, "X", &st);
+  if (!x) return st;
+  if ((st = tern_attrs(c, &a))) return st;
+  int per_row = a.per_row && x->rank > 0;
+  int64_t row = per_row ? x->dims[x->rank - 1] : x->numel;
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
+  const float *xv = x->data;
+  if (x->numel)
+    nbl_absmax8_fake_quant(xv, (float *)nbl_kctx_out(c, 0)->data, (size_t)x->numel, (size_t)row,
+                           per_row);
+  if (c->n_out <= 1 || !c->out[1]) return NBL_OK;
+  if (!per_row) {
+    float s = nbl_absmax8_scale(xv, (size_t)x->numel);
+    return out_floats(c, 1, 0, NULL, &s, 1);
+  }
+  int64_t dims[NBL_MAX_RANK];
+  memcpy(dims, x->dims, sizeof(int64_t) * (size_t)x->rank);
+  dims[x->rank - 1] = 1;
+  if ((st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, x->rank, dims))) return st;
+  float *sv = nbl_kctx_out(c, 1)->data;
+  for (int64_t r = 0; row && r < x->numel / row; r++)
+    sv[r] = nbl_absmax8_scale(xv + r * row, (size_t)row);
+  return NBL_OK;
+}
+
+static nbl_status k_dequantize_ternary(nbl_kctx *c) {
+  nbl_tern_attrs a;
+  nbl_status st = tern_attrs(c, &a);
+  if (st) return st;
+  const nbl_rt_tensor *q = c->n_in > 0 ? c->in[0] : NULL, *s = c->n_in > 1 ? c->in[1] : NULL;
+  if (!q || !s) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s is missing", q ? "scale" : "codes");
+  if (q->dtype != NBL_DT_UINT8 || q->rank != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "codes must be a 1-D uint8 tensor, got %s of rank %d",
+                    nbl_dtype_name(q->dtype), q->rank);
+  if (s->dtype != NBL_DT_FLOAT || s->numel != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale must be a float32 scalar");
+  size_t want = nbl_tern_packed_bytes(a.packing, (size_t)a.numel);
+  if ((size_t)q->numel != want)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL,
+                    "codes has %lld bytes, shape of %lld %s codes needs %zu", (long long)q->numel,
+                    (long long)a.numel, a.packing == NBL_TERN_PACK_2BIT ? "2-bit" : "base-3", want);
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, a.rank, a.dims))) return st;
+  float *y = nbl_kctx_out(c, 0)->data, sc = ((const float *)s->data)[0];
+  int8_t *codes = malloc((size_t)(a.numel ? a.numel : 1));
+  if (!codes) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (nbl_tern_unpack(a.packing, q->data, (size_t)a.numel, codes) != 0) {
+    free(codes);
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "codes holds a byte that is not a %s group",
+                    a.packing == NBL_TERN_PACK_2BIT ? "2-bit" : "base-3");
+  }
+  for (int64_t i = 0; i < a.numel; i++) y[i] = sc * (float)codes[i];
+  free(codes);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ gradient rule
  * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
  * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)). */
@@ -178,6 +326,21 @@ static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
 
 /* QuantizeLog: straight-through, dX = dY (step is an integer: no gradient). */
 static nbl_status g_quantize_log(nbl_grad_ctx *gc) {
+  if (nbl_grad_wants(gc, 0)) nbl_grad_set_dx(gc, 0, nbl_grad_dy(gc, 0));
+  return nbl_grad_status(gc);
+}
+
+/* QuantizeTernary: QuantizeTernaryGrad(dY, X), straight through inside the clip. */
+static nbl_status g_quantize_ternary(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0)};
+  if (in[0] == NBL_NONE) return NBL_OK;
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "QuantizeTernaryGrad", "ai.nibble", 2, in));
+  return nbl_grad_status(gc);
+}
+
+/* QuantizeAbsmax8: the clamp never acts on a finite value, so dX = dY. */
+static nbl_status g_quantize_absmax8(nbl_grad_ctx *gc) {
   if (nbl_grad_wants(gc, 0)) nbl_grad_set_dx(gc, 0, nbl_grad_dy(gc, 0));
   return nbl_grad_status(gc);
 }
@@ -198,6 +361,38 @@ static nbl_status shape_quantize_log(nbl_shape_ctx *c) {
   return st ? st : nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
 }
 
+/* QuantizeTernary: Y like X, scale a float32 scalar. */
+static nbl_status shape_quantize_ternary(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  return st ? st : nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+}
+
+/* QuantizeAbsmax8: Y like X; scale a scalar, or (per_row) X's shape with the last dim 1. */
+static nbl_status shape_quantize_absmax8(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shape_same(c);
+  if (st) return st;
+  nbl_tern_attrs a;
+  char err[256];
+  if ((st = nbl_tern_attrs_decode(c->node, &a, err, sizeof err))) return nbl_shp_err(c, "%s", err);
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (!a.per_row || x.rank == 0) return nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  x.dt = NBL_DT_FLOAT;
+  if (x.rank > 0) x.d[x.rank - 1] = nbl_dim_val(1);
+  return nbl_shp_set(c, 1, &x);
+}
+
+/* DequantizeTernary: float32 of the `shape` attribute. */
+static nbl_status shape_dequantize_ternary(nbl_shape_ctx *c) {
+  nbl_tern_attrs a;
+  char err[256];
+  if (nbl_tern_attrs_decode(c->node, &a, err, sizeof err)) return nbl_shp_err(c, "%s", err);
+  nbl_shp y;
+  nbl_shp_rank(&y, NBL_DT_FLOAT, a.rank);
+  for (int i = 0; i < a.rank; i++) y.d[i] = nbl_dim_val(a.dims[i]);
+  return nbl_shp_set(c, 0, &y);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
@@ -205,5 +400,13 @@ const nbl_op_def nbl_ops_nibble[] = {
         .shape = shape_quantize_int4, .grad = g_quantize_int4),
     NBL_OP_DEF("ai.nibble", "QuantizeLog", 1, 1, .ref = k_quantize_log_ref,
         .fast = k_quantize_log_fast, .shape = shape_quantize_log, .grad = g_quantize_log),
+    NBL_OP_DEF("ai.nibble", "QuantizeTernary", 1, 1, .ref = k_quantize_ternary,
+        .shape = shape_quantize_ternary, .grad = g_quantize_ternary),
+    NBL_OP_DEF("ai.nibble", "QuantizeTernaryGrad", 1, 1, .ref = k_quantize_ternary_grad,
+        .shape = nbl_shape_same, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "QuantizeAbsmax8", 1, 1, .ref = k_quantize_absmax8,
+        .shape = shape_quantize_absmax8, .grad = g_quantize_absmax8),
+    NBL_OP_DEF("ai.nibble", "DequantizeTernary", 1, 1, .ref = k_dequantize_ternary,
+        .shape = shape_dequantize_ternary, .no_grad = "input is packed integer codes"),
 };
 const size_t nbl_ops_nibble_count = sizeof nbl_ops_nibble / sizeof nbl_ops_nibble[0];

@@ -1,0 +1,84 @@
+/* select.c - the layers a quantization pass works on; see select.h. */
+#include "select.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LIST_SEPS ",;:| "
+
+int nbl_list_has(const char *list, const char *word, int glob) {
+  size_t wl = strlen(word);
+  const char *p = list;
+  while (p && *p) {
+    size_t n = strcspn(p, LIST_SEPS);
+    if (n > 0) {
+      char item[256];
+      size_t k = n < sizeof item - 1 ? n : sizeof item - 1;
+      memcpy(item, p, k);
+      item[k] = 0;
+      if (glob ? fnmatch(item, word, 0) == 0 : (n == wl && strncmp(p, word, n) == 0)) return 1;
+    }
+    p += n;
+    while (*p && strchr(LIST_SEPS, *p)) p++;
+  }
+  return 0;
+}
+
+void nbl_textlist_add(nbl_textlist *b, const char *fmt, const char *a, const char *r) {
+  char tmp[600];
+  int len = snprintf(tmp, sizeof tmp, fmt, a, r);
+  if (len < 0) return;
+  if ((size_t)len >= sizeof tmp) len = (int)sizeof tmp - 1;
+  if (b->n + (size_t)len + 3 > b->cap) {
+    size_t cap = (b->cap ? b->cap * 2 : 256) + (size_t)len;
+    char *s = realloc(b->s, cap);
+    if (!s) return;
+    b->s = s;
+    b->cap = cap;
+  }
+  if (b->n) {
+    memcpy(b->s + b->n, ", ", 2);
+    b->n += 2;
+  }
+  memcpy(b->s + b->n, tmp, (size_t)len);
+  b->n += (size_t)len;
+  b->s[b->n] = 0;
+}
+
+int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const char *exclude,
+                      const char *(*skip)(const nbl_graph *g, const nbl_node *n), nbl_id **layers,
+                      nbl_textlist *skipped) {
+  nbl_id *order = NULL;
+  int n = nbl_graph_topo_order(g, &order);
+  if (n < 0) return -1;
+  nbl_id *out = malloc(sizeof(nbl_id) * (size_t)(n ? n : 1));
+  if (!out) {
+    free(order);
+    nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    return -1;
+  }
+  int nl = 0;
+  for (int i = 0; i < n; i++) {
+    const nbl_node *nd = &g->nodes[order[i]];
+    if (nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0)) continue;
+    if (include[0] && !nbl_list_has(include, nd->name, 1)) {
+      nbl_textlist_add(skipped, "%s (%s)", nd->name, "not included");
+      continue;
+    }
+    if (exclude[0] && nbl_list_has(exclude, nd->name, 1)) {
+      nbl_textlist_add(skipped, "%s (%s)", nd->name, "excluded");
+      continue;
+    }
+    const char *why = skip ? skip(g, nd) : NULL;
+    if (why) {
+      nbl_textlist_add(skipped, "%s (%s)", nd->name, why);
+      continue;
+    }
+    out[nl++] = order[i];
+  }
+  free(order);
+  *layers = out;
+  return nl;
+}

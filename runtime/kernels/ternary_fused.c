@@ -1,0 +1,705 @@
+/* ternary_fused.c - the kernel of the fused ternary nodes (see
+ * ternary_fused.h): activation codes, im2col panels, the integer products
+ * of ternary_gemm.h and the epilogue. */
+#include "runtime/kernels/ternary_fused.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static _Atomic long g_int_runs, g_amax_reuses;
+long nbl_t_integer_runs(void) { return atomic_load(&g_int_runs); }
+long nbl_t_amax_reuses(void) { return atomic_load(&g_amax_reuses); }
+
+/* *m = max(*m, v) for the bits of the written |y| (several threads). */
+static void amax_merge(_Atomic uint32_t *m, uint32_t v) {
+  uint32_t cur = atomic_load(m);
+  while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
+  }
+}
+
+/* Clip's float semantics (Relu: lo = 0, hi = +inf); NaN passes. */
+static inline float act_apply(const nbl_t_fused *f, float v) {
+  if (!f->act) return v;
+  float t = v < f->act_lo ? f->act_lo : v;
+  return t > f->act_hi ? f->act_hi : t;
+}
+
+/* The per-tensor activation scale of max|x| = mx, as nbl_absmax8_scale. */
+static inline float act_scale(float mx) { return mx > 0.0f ? mx / 127.0f : 1.0f; }
+
+/* ------------------------------------------------------------------ weights */
+
+static int64_t wnumel(const nbl_t_fused *f) {
+  int64_t n = 1;
+  for (int i = 0; i < f->wrank; i++) n *= f->wdims[i];
+  return n;
+}
+
+void nbl_t_fused_release(nbl_t_fused *f) {
+  int n = f->kind == NBL_TF_CONV ? f->groups : 1;
+  if (f->tw)
+    for (int i = 0; i < n; i++) nbl_t_weights_free(&f->tw[i]);
+  free(f->tw);
+  free(f->dw_w);
+  f->tw = NULL;
+  f->dw_w = NULL;
+  f->wdata = NULL;
+}
+
+/* The weight codes (malloc'd) and scale from the W source w (and the packed
+ * scale tensor); 0, or -1 when the integer path cannot take them. */
+static int weight_codes(const nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor *scale,
+                        int8_t **codes, float *s) {
+  int64_t n = wnumel(f);
+  int8_t *q = malloc((size_t)(n ? n : 1));
+  if (!q) return -1;
+  if (f->wsrc == NBL_TF_WQUANT) {
+    if (w->dtype != NBL_DT_FLOAT || w->numel != n) goto fail;
+    const float *x = w->data;
+    for (int64_t i = 0; i < n; i++)
+      if (!isfinite(x[i])) goto fail;
+    *s = nbl_tern_scale(x, (size_t)n);
+    nbl_tern_codes(x, q, (size_t)n, *s);
+  } else {
+    if (!scale || scale->dtype != NBL_DT_FLOAT || scale->numel != 1 || w->dtype != NBL_DT_UINT8 ||
+        (size_t)w->numel != nbl_tern_packed_bytes(f->packing, (size_t)n))
+      goto fail;
+    *s = ((const float *)scale->data)[0];
+    if (!isfinite(*s) || nbl_tern_unpack(f->packing, w->data, (size_t)n, q) != 0) goto fail;
+  }
+  *codes = q;
+  return 0;
+fail:
+  free(q);
+  return -1;
+}
+
+int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor *scale) {
+  nbl_t_fused_release(f);
+  int8_t *q = NULL;
+  float s = 0.0f;
+  if (weight_codes(f, w, scale, &q, &s) != 0) return -1;
+  int ok = 1;
+  if (f->kind == NBL_TF_CONV) {
+    int64_t Mg = f->wdims[0] / f->groups, Kg = f->wdims[1] * f->wdims[2] * f->wdims[3];
+    if (Mg == 1 && f->wdims[1] == 1) { /* depthwise: the FP32 kernel on codes */
+      f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
+      ok = f->dw_w != NULL;
+      for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
+    } else {
+      f->tw = calloc((size_t)f->groups, sizeof(nbl_t_weights));
+      ok = f->tw != NULL;
+      for (int gi = 0; ok && gi < f->groups; gi++)
+        ok = nbl_t_pack(q + gi * Mg * Kg, Mg, Kg, Kg, 1, 0, &f->tw[gi]) == 0;
+    }
+  } else {
+    /* rows of the packed form are the output columns n */
+    int64_t K = f->trans_b ? f->wdims[1] : f->wdims[0], N = f->trans_b ? f->wdims[0] : f->wdims[1];
+    f->tw = calloc(1, sizeof(nbl_t_weights));
+    ok = f->tw != NULL;
+    if (ok) ok = nbl_t_pack(q, N, K, f->trans_b ? K : 1, f->trans_b ? 1 : N, 1, &f->tw[0]) == 0;
+  }
+  free(q);
+  if (!ok) {
+    nbl_t_fused_release(f);
+    return -1;
+  }
+  f->w_scale = s;
+  f->wdata = w->data;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ the literal composition */
+
+/* The fused Add (and activation) the slow way: output 0 holds conv + bias; it
+ * becomes Add(conv, residual) by the Add kernel itself (any broadcast, the
+ * operands in the Add's order), then the activation. */
+static nbl_status finish_residual(nbl_kctx *c, const nbl_t_fused *f) {
+  const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+  if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual input of the fused Add is missing");
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
+  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
+  memcpy(t.data, y->data, t.nbytes);
+  const nbl_rt_tensor *ins[2];
+  int ci = f->res_add->inputs[0] == f->conv_out ? 0 : 1;
+  ins[ci] = &t;
+  ins[1 - ci] = R;
+  nbl_node an = *f->res_add;
+  an.outputs = f->node.outputs;
+  an.n_outputs = f->node.n_outputs;
+  nbl_kctx c2 = *c;
+  c2.node = &an;
+  c2.n_in = 2;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
+  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
+  nbl_rt_tensor_free(&t);
+  if (st == NBL_OK && f->act) {
+    y = nbl_kctx_out(c, 0);
+    if (y->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Add's output is not float32");
+    float *yv = y->data;
+    for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
+  }
+  return st;
+}
+
+static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
+  const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
+  nbl_rt_tensor xh = {0}, wh = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&xh, NBL_DT_FLOAT, X->rank, X->dims);
+  if (st == NBL_OK) st = nbl_rt_tensor_alloc(&wh, NBL_DT_FLOAT, f->wrank, f->wdims);
+  if (st != NBL_OK) {
+    nbl_rt_tensor_free(&xh);
+    return nbl_kerr(c, st, "out of memory");
+  }
+  int per_row = f->per_row && X->rank > 0;
+  int64_t row = per_row ? X->dims[X->rank - 1] : X->numel;
+  if (X->numel) nbl_absmax8_fake_quant(X->data, xh.data, (size_t)X->numel, (size_t)row, per_row);
+  int64_t n = wnumel(f);
+  float *wv = wh.data;
+  if (f->wsrc == NBL_TF_WQUANT) {
+    if (W->dtype != NBL_DT_FLOAT || W->numel != n) {
+      st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "W must be float32 of the planned shape");
+      goto done;
+    }
+    nbl_tern_fake_quant(W->data, wv, (size_t)n, nbl_tern_scale(W->data, (size_t)n));
+  } else {
+    const nbl_rt_tensor *S = c->n_in > 3 ? c->in[3] : NULL;
+    int8_t *q = malloc((size_t)(n ? n : 1));
+    if (!q) {
+      st = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+      goto done;
+    }
+    if (!S || S->dtype != NBL_DT_FLOAT || S->numel != 1 || W->dtype != NBL_DT_UINT8 ||
+        (size_t)W->numel != nbl_tern_packed_bytes(f->packing, (size_t)n) ||
+        nbl_tern_unpack(f->packing, W->data, (size_t)n, q) != 0) {
+      free(q);
+      st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the packed ternary weight or its scale is invalid");
+      goto done;
+    }
+    float s = ((const float *)S->data)[0];
+    for (int64_t i = 0; i < n; i++) wv[i] = s * (float)q[i];
+    free(q);
+  }
+  {
+    const nbl_rt_tensor *ins[3] = {&xh, &wh, c->n_in > 2 ? c->in[2] : NULL};
+    nbl_kctx c2 = *c;
+    nbl_node on = *f->orig; /* its attributes; the fused node's outputs */
+    on.outputs = f->node.outputs;
+    on.n_outputs = f->node.n_outputs;
+    c2.node = &on;
+    c2.n_in = f->orig->n_inputs < 3 ? f->orig->n_inputs : 3;
+    c2.in = ins;
+    const nbl_op_def *def = nbl_op_lookup("", f->orig->op_type, c->opset);
+    st = def ? def->ref(&c2)
+             : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
+                        c->opset);
+    if (st == NBL_OK && f->res_add) {
+      st = finish_residual(c, f);
+    } else if (st == NBL_OK && f->act) {
+      nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+      float *yv = y->data;
+      for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
+    }
+  }
+done:
+  nbl_rt_tensor_free(&xh);
+  nbl_rt_tensor_free(&wh);
+  return st;
+}
+
+/* ------------------------------------------------------------------ activation statistics */
+
+#define SCAN_CHUNKS 64
+
+typedef struct scan_job {
+  nbl_t_isa isa;
+  const float *x;
+  int64_t n;
+  float mx[SCAN_CHUNKS];
+  int ok[SCAN_CHUNKS];
+} scan_job;
+
+static void scan_chunks(void *arg, int64_t b, int64_t e) {
+  scan_job *j = arg;
+  for (int64_t t = b; t < e; t++) {
+    int64_t lo = j->n * t / SCAN_CHUNKS, hi = j->n * (t + 1) / SCAN_CHUNKS;
+    j->ok[t] = nbl_t_absmax(j->isa, j->x + lo, hi - lo, &j->mx[t]);
+  }
+}
+
+/* max|x| over x[0..n) with the executor's threads; 0 when some x is not finite. */
+static int scan_x(nbl_kctx *c, nbl_t_isa isa, const float *x, int64_t n, float *mx) {
+  if (n < (1 << 16) || c->threads <= 1) return nbl_t_absmax(isa, x, n, mx);
+  scan_job j = {.isa = isa, .x = x, .n = n};
+  nbl_parallel_for(c, SCAN_CHUNKS, 1, scan_chunks, &j);
+  float m = 0.0f;
+  int ok = 1;
+  for (int t = 0; t < SCAN_CHUNKS; t++) {
+    ok &= j.ok[t];
+    if (j.mx[t] > m) m = j.mx[t];
+  }
+  *mx = m;
+  return ok;
+}
+
+/* ------------------------------------------------------------------ Conv */
+
+typedef struct qpad_job {
+  nbl_t_isa isa;
+  const float *x;
+  uint8_t *u;
+  int64_t H, W, Hp, Wp, pt, pl;
+  float s;
+} qpad_job;
+
+/* Rows [b, e) of every plane (row r: plane r / H, row r % H) into the padded bytes. */
+static void qpad_rows(void *arg, int64_t b, int64_t e) {
+  const qpad_job *j = arg;
+  for (int64_t r = b; r < e; r++) {
+    int64_t q = r / j->H, ih = r % j->H;
+    nbl_t_quant(j->isa, j->x + r * j->W, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl, j->W,
+                j->s, 128);
+  }
+}
+
+typedef struct conv_job {
+  const nbl_t_fused *f;
+  const nbl_conv_geom *g;
+  const uint8_t *x; /* the image group's channels: padded bytes [Cg][Hp][Wp] (pointwise: [Cg][P]) */
+  int64_t Hp, Wp, Kg, P;
+  int pointwise;
+  const nbl_t_weights *W;
+  float *y; /* [Mg][P] */
+  nbl_t_epi e;
+  int64_t pb, nmc, mc;
+  _Atomic int oom;
+  _Atomic uint32_t amax; /* the largest |y| written, as bits */
+} conv_job;
+
+/* dst[4i + j] = r_j[i] for i < n */
+static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
+                        uint8_t *dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i + 16 <= n; i += 16) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
+    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
+    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(r3 + i));
+    __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+    __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i), _mm_unpacklo_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
+  }
+#endif
+  for (; i < n; i++) {
+    dst[4 * i] = r0[i];
+    dst[4 * i + 1] = r1[i];
+    dst[4 * i + 2] = r2[i];
+    dst[4 * i + 3] = r3[i];
+  }
+}
+
+/* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
+static void im2col_row(const conv_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
+  const nbl_conv_geom *g = j->g;
+  int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
+  int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+  const uint8_t *xc = j->x + c * j->Hp * j->Wp + kh * g->d[0] * j->Wp + kw * g->d[1];
+  for (int64_t pix = p0; pix < p1;) {
+    int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
+    const uint8_t *src = xc + oh * s0 * j->Wp + ow * s1;
+    uint8_t *dst = row + (pix - p0);
+    if (s1 == 1) memcpy(dst, src, (size_t)n);
+    else
+      for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
+    pix += n;
+  }
+}
+
+/* The panels of pixels [p0, p1) (p0 a multiple of 32) into X4; tmp holds 4 * pb bytes. */
+static void fill_block(const conv_job *j, int64_t p0, int64_t p1, uint8_t *X4, uint8_t *tmp) {
+  int64_t n = (p1 - p0 + 31) / 32 * 32, nv = p1 - p0, Kp = j->W->Kp;
+  for (int64_t k4 = 0; k4 < Kp / 4; k4++) {
+    const uint8_t *r[4];
+    for (int q = 0; q < 4; q++) {
+      int64_t k = 4 * k4 + q;
+      uint8_t *row = tmp + q * j->pb;
+      r[q] = row;
+      if (k >= j->Kg) {
+        memset(row, 128, (size_t)n);
+        continue;
+      }
+      if (j->pointwise && nv == n) {
+        r[q] = j->x + k * j->P + p0;
+        continue;
+      }
+      if (j->pointwise) memcpy(row, j->x + k * j->P + p0, (size_t)nv);
+      else im2col_row(j, k, p0, p1, row);
+      if (n > nv) memset(row + nv, 128, (size_t)(n - nv));
+    }
+    for (int64_t q = 0; q < n; q += 32)
+      interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (Kp / 4) + k4) * 128, 32);
+  }
+}
+
+static void conv_tasks(void *arg, int64_t b, int64_t e) {
+  conv_job *j = arg;
+  int64_t Kp = j->W->Kp;
+  uint8_t *X4 = malloc((size_t)(Kp * j->pb)), *tmp = malloc((size_t)(4 * j->pb));
+  if (!X4 || !tmp) {
+    free(X4);
+    free(tmp);
+    j->oom = 1;
+    return;
+  }
+  uint32_t amax = 0;
+  for (int64_t t = b; t < e; t++) {
+    int64_t pi = t / j->nmc, mi = t % j->nmc;
+    int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->P ? p0 + j->pb : j->P;
+    int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
+    fill_block(j, p0, p1, X4, tmp);
+    nbl_t_epi ep = j->e; /* the residual is indexed like y */
+    if (ep.res) ep.res += p0;
+    ep.amax = &amax;
+    nbl_t_tile(j->f->isa, j->W, X4, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, &ep);
+  }
+  amax_merge(&j->amax, amax);
+  free(X4);
+  free(tmp);
+}
+
+/* Depthwise: the FP32 depthwise kernel fed the codes as floats. */
+typedef struct dw_job {
+  const nbl_t_fused *f;
+  const float *x, *bias;
+  int64_t C, H, W;
+  float s, sc;
+  const float *res; /* a fused residual [N, M, out...], or NULL */
+  int64_t M, P;
+  int act; /* apply the fused activation (not when the Add comes after) */
+  _Atomic uint32_t amax;
+  const nbl_conv_geom *g;
+} dw_job;
+
+static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
+  const dw_job *j = arg;
+  nbl_t_quant_f(j->f->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, row, j->W, j->s);
+}
+
+/* Output rows straight from the loaded phase planes, the epilogue on the
+ * sums in registers (AVX-512; else the plane kernel and dw_finish). */
+static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
+                   int64_t oh1, float *y) {
+  dw_job *j = arg;
+  const nbl_t_fused *f = j->f;
+  const nbl_conv_geom *g = j->g;
+  uint32_t amax = 0;
+  int64_t OW = g->out[1];
+  nbl_t_epi e = {j->sc, NULL, j->act, f->act_lo, f->act_hi,
+                 j->res ? j->res + (n * j->M + m) * j->P + oh0 * OW : NULL, &amax};
+  if (!nbl_t_dw_rows(f->isa, p->ph, p->plane, p->Wp, p->R, p->S, g->k[0], g->k[1], g->d[0],
+                     g->d[1], f->dw_w + m * g->k_sz, oh0, oh1, OW, y, &e,
+                     j->bias ? j->bias[m] : 0.0f))
+    return 0;
+  amax_merge(&j->amax, amax);
+  return 1;
+}
+
+static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
+  dw_job *j = arg;
+  const nbl_t_fused *f = j->f;
+  uint32_t b = nbl_t_finish(f->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f,
+                            j->res ? j->res + (n * j->M + m) * j->P : NULL, j->act, f->act_lo,
+                            f->act_hi);
+  amax_merge(&j->amax, b);
+}
+
+/* Record the largest |y| written (bits) for the fused node reading y. */
+static void hand_over(nbl_t_fused *f, const float *y, uint32_t amax) {
+  f->amax_bits = amax;
+  f->amax_data = y;
+  f->amax_ok = 1;
+}
+
+static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
+  const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
+  nbl_conv_geom g;
+  if (X->rank != 4) return run_literal(c, f);
+  nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
+  if (st != NBL_OK) return st;
+  g.group = f->groups;
+  g.M = f->wdims[0];
+  if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
+    return run_literal(c, f);
+  int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
+  float *y = nbl_kctx_out(c, 0)->data;
+  if (g.N * g.M * g.out_sz == 0) return NBL_OK;
+  const float *bias = B ? B->data : NULL;
+  float sc = s * f->w_scale;
+  int64_t Cg = g.C / g.group, Mg = g.M / g.group, P = g.out_sz;
+  /* a fused Add: in the epilogue when the residual has the output's shape,
+   * else conv + bias here and the Add (broadcasting) and activation after */
+  const float *res = NULL;
+  int post = 0;
+  if (f->res_add) {
+    const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
+    int same = R && R->dtype == NBL_DT_FLOAT && R->rank == 4 && R->data != y;
+    for (int d = 0; same && d < 4; d++) same = R->dims[d] == od[d];
+    if (same) res = R->data;
+    else post = 1;
+  }
+  int act = f->act && !post;
+  if (f->dw_w) {
+    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act, 0, &g};
+    nbl_dw_hooks h = {.load_row = dw_load_row, .finish = dw_finish, .arg = &dj,
+                      .no_avx512 = f->isa != NBL_T_AVX512};
+    if (f->isa == NBL_T_AVX512 && g.ns == 2) h.rows = dw_rows;
+    st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
+    if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
+    if (st != NBL_OK) return run_literal(c, f);
+    atomic_fetch_add(&g_int_runs, 1);
+    if (post) return finish_residual(c, f);
+    hand_over(f, y, atomic_load(&dj.amax));
+    return NBL_OK;
+  }
+  if (!f->tw) return run_literal(c, f);
+  int pointwise = nbl_conv_pointwise(&g);
+  int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
+  int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
+  int64_t need_w = (g.out[1] - 1) * g.s[1] + (g.k[1] - 1) * g.d[1] + 1;
+  if (Hp < need_h) Hp = need_h;
+  if (Wp < need_w) Wp = need_w;
+  if (pointwise) Hp = g.in[0], Wp = g.in[1];
+  size_t xbytes = (size_t)(g.N * g.C * Hp * Wp);
+  uint8_t *xu = malloc(xbytes ? xbytes : 1);
+  if (!xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  if (!pointwise) memset(xu, 128, xbytes);
+  qpad_job qj = {f->isa, X->data, xu, g.in[0], g.in[1], Hp, Wp, pointwise ? 0 : g.pb[0],
+                 pointwise ? 0 : g.pb[1], s};
+  nbl_parallel_for(c, g.N * g.C * g.in[0], 16, qpad_rows, &qj);
+  int threads = c->threads > 0 ? c->threads : 1;
+  conv_job j = {.f = f, .g = &g, .Hp = Hp, .Wp = Wp, .Kg = Cg * g.k_sz, .P = P,
+                .pointwise = pointwise};
+  j.e = (nbl_t_epi){sc, NULL, act, f->act_lo, f->act_hi, NULL};
+  /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 across the
+   * channels; the channels split too when the blocks alone leave a thread idle */
+  int64_t pb = (int64_t)(192 * 1024) / f->tw[0].Kp / 32 * 32;
+  j.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
+  int64_t npb = (P + j.pb - 1) / j.pb;
+  nbl_split_rows(Mg, NBL_T_CR, npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb,
+                 &j.nmc, &j.mc);
+  for (int64_t n = 0; n < g.N && !j.oom; n++)
+    for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
+      j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
+      j.W = &f->tw[gi];
+      j.y = y + (n * g.M + gi * Mg) * P;
+      j.e.bias = bias ? bias + gi * Mg : NULL;
+      j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
+      nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+    }
+  free(xu);
+  if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  atomic_fetch_add(&g_int_runs, 1);
+  if (post) return finish_residual(c, f);
+  hand_over(f, y, atomic_load(&j.amax));
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ Gemm / MatMul */
+
+#define GEMV_ROWS 8 /* fewer rows of A than this: the vector kernel, a row at a time */
+
+typedef struct mm_job {
+  const nbl_t_fused *f;
+  const nbl_t_weights *W;
+  const uint8_t *X4;  /* tiles: the panels of A */
+  int32_t *Ci;        /* tiles: [N][Mp] */
+  int64_t Mp, npn;    /* rows of A rounded up to 32; panels */
+  const int8_t *a;    /* vectors: the prepared row */
+  int32_t qsum, *acc; /* vectors: [N] */
+} mm_job;
+
+static void mm_tiles(void *arg, int64_t b, int64_t e) {
+  const mm_job *j = arg;
+  int64_t nblk = (j->W->M + NBL_T_CR - 1) / NBL_T_CR;
+  for (int64_t t = b; t < e; t++) {
+    int64_t mb = t % nblk, pp = t / nblk; /* channel block, panel of 32 rows */
+    int64_t m0 = mb * NBL_T_CR, m1 = m0 + NBL_T_CR < j->W->M ? m0 + NBL_T_CR : j->W->M;
+    nbl_t_tile(j->f->isa, j->W, j->X4, m0, m1, pp * 32, pp * 32 + 32, j->Ci, NULL, j->Mp, NULL);
+  }
+}
+
+static void mm_vec(void *arg, int64_t b, int64_t e) {
+  const mm_job *j = arg;
+  nbl_t_gemv(j->f->isa, j->W, j->a, j->qsum, b, e, j->acc + b);
+}
+
+static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
+  const nbl_rt_tensor *X = c->in[0], *Cb = f->kind == NBL_TF_GEMM && c->n_in > 2 ? c->in[2] : NULL;
+  const nbl_t_weights *W = &f->tw[0];
+  int64_t K = W->K, N = W->M, M;
+  int64_t od[NBL_MAX_RANK];
+  int orank;
+  if (f->kind == NBL_TF_GEMM) {
+    if (X->rank != 2 || X->dims[1] != K) return run_literal(c, f);
+    M = X->dims[0];
+    od[0] = M;
+    od[1] = N;
+    orank = 2;
+  } else {
+    if (X->rank < 1 || X->dims[X->rank - 1] != K) return run_literal(c, f);
+    M = 1;
+    for (int i = 0; i < X->rank - 1; i++) M *= X->dims[i];
+    orank = X->rank;
+    for (int i = 0; i < X->rank - 1; i++) od[i] = X->dims[i];
+    od[orank - 1] = N;
+  }
+  int cmode = 0; /* Gemm C: 0 none, 1 scalar, 2 a row [N], 3 full [M, N] */
+  if (Cb && f->beta != 0.0f) {
+    if (Cb->dtype != NBL_DT_FLOAT) return run_literal(c, f);
+    if (Cb->numel == 1) cmode = 1;
+    else if (Cb->rank >= 1 && Cb->dims[Cb->rank - 1] == N && Cb->numel == N) cmode = 2;
+    else if (Cb->rank == 2 && Cb->dims[0] == M && Cb->dims[1] == N) cmode = 3;
+    else return run_literal(c, f);
+  }
+  const float *x = X->data, *cv = Cb ? Cb->data : NULL;
+  /* the activation scales: one, or one per row */
+  float *sx = malloc(sizeof(float) * (size_t)(M ? M : 1));
+  if (!sx) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int64_t m = 0; m < M; m++) {
+    float mx;
+    if (!f->per_row) {
+      sx[m] = s_tensor;
+      continue;
+    }
+    if (!nbl_t_absmax(f->isa, x + m * K, K, &mx)) {
+      free(sx);
+      return run_literal(c, f);
+    }
+    sx[m] = act_scale(mx);
+  }
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, orank, od);
+  if (st) {
+    free(sx);
+    return st;
+  }
+  float *y = nbl_kctx_out(c, 0)->data;
+  float wsc = f->w_scale * (f->kind == NBL_TF_GEMM ? f->alpha : 1.0f);
+  mm_job j = {.f = f, .W = W};
+  if (M * N == 0) goto out;
+  if (M < GEMV_ROWS) {
+    int8_t *q = malloc((size_t)K + 1), *a = malloc((size_t)W->Kv + 1);
+    j.acc = malloc(sizeof(int32_t) * (size_t)N);
+    if (!q || !a || !j.acc) {
+      free(q);
+      free(a);
+      free(j.acc);
+      free(sx);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    j.a = a;
+    for (int64_t m = 0; m < M; m++) {
+      nbl_t_quant(f->isa, x + m * K, (uint8_t *)q, K, sx[m], 0);
+      j.qsum = nbl_t_gemv_prep(q, K, W->Kv, a);
+      nbl_parallel_for(c, N, 64, mm_vec, &j);
+      float sc = sx[m] * wsc;
+      for (int64_t n = 0; n < N; n++) {
+        float v = sc * (float)j.acc[n];
+        if (cmode == 1) v += f->beta * cv[0];
+        else if (cmode == 2) v += f->beta * cv[n];
+        else if (cmode == 3) v += f->beta * cv[m * N + n];
+        y[m * N + n] = act_apply(f, v);
+      }
+    }
+    free(q);
+    free(a);
+    free(j.acc);
+    goto out;
+  }
+  /* tiles: the rows of A are the pixels */
+  j.Mp = (M + 31) / 32 * 32;
+  j.npn = j.Mp / 32;
+  int64_t Kp = W->Kp;
+  uint8_t *rowb = malloc((size_t)Kp + 1), *X4 = malloc((size_t)(Kp * j.Mp));
+  j.Ci = malloc(sizeof(int32_t) * (size_t)(N * j.Mp));
+  if (!rowb || !X4 || !j.Ci) {
+    free(rowb);
+    free(X4);
+    free(j.Ci);
+    free(sx);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  for (int64_t m = 0; m < j.Mp; m++) { /* row m's codes to its lane of its panel */
+    if (m < M) {
+      nbl_t_quant(f->isa, x + m * K, rowb, K, sx[m], 128);
+      memset(rowb + K, 128, (size_t)(Kp - K));
+    } else {
+      memset(rowb, 128, (size_t)Kp);
+    }
+    uint8_t *pan = X4 + (m / 32) * Kp * 32 + (m % 32) * 4;
+    for (int64_t k4 = 0; k4 < Kp / 4; k4++) memcpy(pan + k4 * 128, rowb + 4 * k4, 4);
+  }
+  j.X4 = X4;
+  int64_t nblk = (N + NBL_T_CR - 1) / NBL_T_CR;
+  nbl_parallel_for(c, nblk * j.npn, 1, mm_tiles, &j);
+  for (int64_t m = 0; m < M; m++) {
+    float sc = sx[m] * wsc;
+    for (int64_t n = 0; n < N; n++) {
+      float v = sc * (float)j.Ci[n * j.Mp + m];
+      if (cmode == 1) v += f->beta * cv[0];
+      else if (cmode == 2) v += f->beta * cv[n];
+      else if (cmode == 3) v += f->beta * cv[m * N + n];
+      y[m * N + n] = act_apply(f, v);
+    }
+  }
+  free(rowb);
+  free(X4);
+  free(j.Ci);
+out:
+  free(sx);
+  atomic_fetch_add(&g_int_runs, 1);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ the kernel */
+
+static nbl_status k_fused_ternary(nbl_kctx *c) {
+  nbl_t_fused *f = (nbl_t_fused *)(void *)c->node;
+  const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
+  const nbl_rt_tensor *S = f->wsrc == NBL_TF_WPACKED && c->n_in > 3 ? c->in[3] : NULL;
+  if (!X || !W) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X or W is missing");
+  if (X->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
+  if (W->data != f->wdata || (!f->tw && !f->dw_w))
+    if (nbl_t_fused_pack(f, W, S) != 0) return run_literal(c, f);
+  f->amax_ok = 0; /* until this run's output is written by the integer path */
+  float mx = 0.0f;
+  const nbl_t_fused *src = f->xsrc;
+  if (src && src->amax_ok && src->amax_data == X->data && src->amax_bits < 0x7f800000u &&
+      (!f->per_row || f->kind == NBL_TF_CONV)) {
+    memcpy(&mx, &src->amax_bits, 4); /* written by the producer: no scan */
+    atomic_fetch_add(&g_amax_reuses, 1);
+  } else if (!f->per_row || f->kind == NBL_TF_CONV) {
+    if (!scan_x(c, f->isa, X->data, X->numel, &mx)) return run_literal(c, f);
+  }
+  float s = act_scale(mx);
+  return f->kind == NBL_TF_CONV ? run_conv(c, f, s) : run_mm(c, f, s);
+}
+
+const nbl_op_def nbl_t_fused_def = {"ai.nibble", "FusedTernary", 1, 1, k_fused_ternary,
+                                    k_fused_ternary};

@@ -1,0 +1,88 @@
+/*
+ * ternary_fused.h - the fused ternary node: QuantizeAbsmax8(X) and a
+ * constant ternary weight (QuantizeTernary of a float initializer, or
+ * DequantizeTernary of packed codes) into Conv / Gemm / MatMul, run as one
+ * integer kernel (ternary_fused.c over ternary_gemm.h). The pattern is found
+ * at plan time by runtime/fusions/fuse_ternary.c, which fills this state.
+ *
+ * Per run: the activation scale s_x = max|X| / 127 (per tensor; per row of
+ * A for Gemm/MatMul with per_row) is recomputed, X becomes INT8 codes
+ * (bit-identical to QuantizeAbsmax8's), the weight codes were packed once,
+ * and each output is sc * acc + bias (sc = s_x * s_w, times alpha for Gemm)
+ * with a fused Relu/Clip after it; a Conv may also take the residual Add
+ * that alone consumes its output (+ r before the activation). Depthwise convolutions run the FP32
+ * depthwise kernel on the codes as floats (every sum is an integer below
+ * 2^24, so exact). A non-finite X, or a shape the integer path does not
+ * take, runs the literal composition (fake-quantize X and W, the float op's
+ * reference kernel, the activation): results never depend on the path
+ * beyond float rounding.
+ */
+#ifndef NBL_TERNARY_FUSED_H
+#define NBL_TERNARY_FUSED_H
+
+#include "runtime/core/kernel.h"
+#include "runtime/formats/ternary.h"
+#include "runtime/kernels/ternary_gemm.h"
+
+enum { NBL_TF_CONV, NBL_TF_GEMM, NBL_TF_MATMUL };
+enum { NBL_TF_WQUANT, NBL_TF_WPACKED };
+
+typedef struct nbl_t_fused {
+  nbl_node node;  /* the synthetic node (first member: the kernel casts back) */
+  nbl_id ins[5];  /* X, W source (float W or packed codes), bias, packed scale, residual */
+  const nbl_node *orig;
+  nbl_id qx, wnode; /* the quantizer nodes */
+  int kind;
+  int per_row;      /* Gemm/MatMul: one activation scale per row */
+  int wsrc;
+  nbl_tern_packing packing; /* NBL_TF_WPACKED */
+  int64_t wdims[NBL_TERN_MAX_RANK];
+  int wrank;
+  int trans_b;
+  float alpha, beta;
+  int groups;
+  /* packed state */
+  const void *wdata; /* the W data it was packed from */
+  float w_scale;
+  nbl_t_weights *tw; /* Conv: one per group; Gemm/MatMul: one (W rows = output columns) */
+  float *dw_w;       /* depthwise Conv: the weight codes as floats, [C][k_sz] */
+  nbl_t_isa isa;
+  /* a Relu/Clip consuming the op's only output (or the fused Add's), applied in the epilogue */
+  int act;
+  float act_lo, act_hi;
+  nbl_id act_node;
+  /* a Conv's only consumer, an Add of its output (conv_out) and a residual
+   * (ins[4]) computed before the Conv, done in the epilogue before the
+   * activation, which then follows the Add */
+  const nbl_node *res_add;
+  nbl_id res_node, conv_out;
+  /* hand-over of the activation statistic: a Conv's epilogue records the
+   * largest |y| it wrote (amax_bits, for the tensor at amax_data), and the
+   * fused node reading that tensor (xsrc = the producer, linked at plan
+   * time) takes its scale from it instead of scanning the tensor again */
+  struct nbl_t_fused *xsrc;
+  int amax_ok;
+  uint32_t amax_bits;
+  const void *amax_data;
+  char op[40]; /* the synthetic node's op type, for profiles: "TernaryConv+Relu" */
+} nbl_t_fused;
+
+/* (Re)pack f's weights from the W source tensor w (and the scale tensor of
+ * a packed weight, else NULL). 0, or -1 when the integer path cannot take
+ * it (a non-finite float weight, bad codes, out of memory); f is then left
+ * without packed weights. */
+int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor *scale);
+/* Free f's packed weights (not f). */
+void nbl_t_fused_release(nbl_t_fused *f);
+
+/* The kernel of the fused nodes. */
+extern const nbl_op_def nbl_t_fused_def;
+
+/* Process-wide count of fused runs that took the integer path (the rest ran
+ * the literal composition); for tests. */
+long nbl_t_integer_runs(void);
+/* Process-wide count of fused runs whose activation scale came from the
+ * producer's hand-over (no scan); for tests. */
+long nbl_t_amax_reuses(void);
+
+#endif /* NBL_TERNARY_FUSED_H */
