@@ -81,13 +81,18 @@ static int stochastic(const nbl_log_config *cfg) {
   return cfg->rounding == NBL_LOG_STOCHASTIC || cfg->rounding == NBL_LOG_LUQ;
 }
 
-int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
-  double a = fabs((double)x);
-  int sign = x < 0.0f ? -1 : 1;
+/* The levels of p in double (each rounded to float once, as nbl_log_level). */
+static int levels_of(const nbl_log_config *cfg, const nbl_log_params *p, double *lev) {
   int L = p->levels;
-  double lev[LOG_MAX_LEVELS] = {0};
   if (L < 1 || L > LOG_MAX_LEVELS) return 0;
   for (int k = 0; k < L; k++) lev[k] = (double)nbl_log_level(cfg, p, k);
+  return L;
+}
+
+/* The code of finite x on the grid lev[0..L) (L >= 1). */
+static int code_on(const nbl_log_config *cfg, const double *lev, int L, float x, uint64_t index) {
+  double a = fabs((double)x);
+  int sign = x < 0.0f ? -1 : 1;
   if (a >= lev[0]) return sign;
   /* the first level below a: lev[k] <= a < lev[k-1] (k = L: below the grid) */
   int k = 1;
@@ -103,6 +108,20 @@ int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, ui
   int up = stochastic(cfg) ? nbl_q4_uniform(cfg->seed, index) < (a - lo) / (hi - lo)
                            : a >= sqrt(lo * hi);
   return sign * (up ? k : k + 1);
+}
+
+int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index) {
+  double lev[LOG_MAX_LEVELS] = {0};
+  int L = levels_of(cfg, p, lev);
+  return L ? code_on(cfg, lev, L, x, index) : 0;
+}
+
+void nbl_log_codes(const nbl_log_config *cfg, const nbl_log_params *p, const float *x, int8_t *codes,
+                   size_t n, uint64_t index0) {
+  double lev[LOG_MAX_LEVELS] = {0};
+  int L = levels_of(cfg, p, lev);
+  for (size_t i = 0; i < n; i++)
+    codes[i] = (int8_t)(L && isfinite(x[i]) ? code_on(cfg, lev, L, x[i], index0 + i) : 0);
 }
 
 float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code) {
