@@ -4,7 +4,7 @@
  *   [mpirun -np N] dist_check MODEL --data SPEC [--steps S] [--batch B] [--lr LR]
  *       [--optimizer O] [--exchange fp32|log4] [--no-ef] [--scale-per-bucket]
  *       [--no-overlap] [--bucket-kb K] [--seed S] [--threads T] [--out FILE]
- *       [--accuracy]
+ *       [--accuracy] [--micro K]
  *
  * MODEL is an inference model (build-training{optimizer=O} makes the training
  * model) or a training model. Every step takes the next global batch of B
@@ -14,7 +14,11 @@
  * are compared across ranks (exchanged as 16-bit pieces through
  * nbl_train_dist_sum, which is exact for them). Rank 0 prints one line:
  *   dist_check: ranks N steps S identical_steps K loss L [accuracy A] sent_bytes X payload_bytes Y
- * and writes every trained tensor's float32 values, concatenated in
+ * --micro K trains each shard as K accumulated micro-batches and scales the
+ * summed gradients by 1/K through the writable gradient views (K = 2 and
+ * even shards: the same mean gradient, summed in another order - the
+ * rounding-only reference for the equivalence figure).
+ * Rank 0 also writes every trained tensor's float32 values, concatenated in
  * nbl_train_param order, to FILE (raw). Exit 0 when the parameters were
  * bit-identical on all ranks after every step, 1 otherwise or on a failure,
  * 2 on bad usage.
@@ -43,7 +47,7 @@ static size_t esize(nbl_dtype dt) {
 
 int main(int argc, char **argv) {
   const char *model = NULL, *data = NULL, *out = NULL, *optimizer = "sgd";
-  long steps = 50, batch = 64, threads = 1;
+  long steps = 50, batch = 64, threads = 1, micro = 1;
   double lr = 0.05;
   int accuracy = 0;
   nbl_train_dist_options d = {0};
@@ -68,6 +72,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--bucket-kb")) d.bucket_bytes = 1024 * atol(v);
       else if (!strcmp(a, "--seed")) d.seed = strtoull(v, NULL, 10);
       else if (!strcmp(a, "--threads")) threads = atol(v);
+      else if (!strcmp(a, "--micro")) micro = atol(v);
       else if (!strcmp(a, "--out")) out = v;
       else {
         fprintf(stderr, "dist_check: unknown option %s\n", a);
@@ -119,7 +124,7 @@ int main(int argc, char **argv) {
     if (!strcmp(nm, "label")) nbl_train_input_info(s, i, &yi), yname = nm;
     else nbl_train_input_info(s, i, &xi), xname = nm;
   }
-  if (!xname || !yname || nbl_dataset_check(ds, &xi, &yi, 10) || (test && nbl_dataset_check(test, &xi, &yi, 10)))
+  if (!xname || !yname || nbl_dataset_check(ds, &xi, &yi, 0) || (test && nbl_dataset_check(test, &xi, &yi, 0)))
     return fail(s, "dataset check");
   int64_t n = nbl_dataset_size(ds), spe = n / batch;
   if (spe < 1) return fail(s, "the dataset is smaller than one batch");
@@ -145,8 +150,31 @@ int main(int argc, char **argv) {
     if (lc > 0 && nbl_dataset_batch(ds, perm + b + lb, lc, &in[0], &in[1])) return fail(s, "batch");
     in[0].nbytes = sample * (size_t)lc;
     in[1].nbytes = 8 * (size_t)lc;
-    if (nbl_train_reset_grad(s) || (lc > 0 && nbl_train_step(s, 2, in, &loss)) || nbl_optimizer_step(s))
+    if (nbl_train_reset_grad(s)) return fail(s, "reset");
+    if (micro > 1 && lc >= micro) { /* the shard as `micro` accumulated micro-batches, mean taken by hand */
+      size_t xs = in[0].nbytes / (size_t)lc;
+      for (long k = 0; k < micro; k++) {
+        int64_t mb = lc * k / micro, me = lc * (k + 1) / micro;
+        nbl_host_tensor mi[2] = {in[0], in[1]};
+        mi[0].data = (char *)xb + xs * (size_t)mb;
+        mi[0].nbytes = xs * (size_t)(me - mb);
+        mi[0].dims[0] = me - mb;
+        mi[1].data = yb + mb;
+        mi[1].nbytes = 8 * (size_t)(me - mb);
+        mi[1].dims[0] = me - mb;
+        float l = 0;
+        if (nbl_train_step(s, 2, mi, &l)) return fail(s, "micro step");
+        loss += l * (float)(me - mb) / (float)lc;
+      }
+      for (int i = 0; i < nbl_train_grad_count(s); i++) {
+        nbl_host_tensor g;
+        if (nbl_train_grad(s, i, &g)) return fail(s, "gradient view");
+        for (size_t e = 0; e < g.nbytes / 4; e++) ((float *)g.data)[e] *= 1.0f / (float)micro;
+      }
+    } else if (lc > 0 && nbl_train_step(s, 2, in, &loss)) {
       return fail(s, "step");
+    }
+    if (nbl_optimizer_step(s)) return fail(s, "step");
     double lv = lc > 0 ? (double)loss * (double)lc / (double)batch : 0;
     if (nbl_train_dist_sum(s, &lv, 1)) return fail(s, "loss sum");
     if (step >= steps - 10) loss_sum += lv, loss_n++;
