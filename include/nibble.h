@@ -517,7 +517,8 @@ typedef struct nbl_train_dist_stats {
   int64_t steps;          /* exchanges done */
   int64_t launched_early; /* buckets sent during a backward pass */
   double wait_s;          /* seconds the optimizer steps waited for the exchange */
-  double codec_s;         /* seconds spent packing, quantizing, decoding */
+  double codec_s;         /* seconds spent packing, quantizing, decoding ... */
+  double codec_cpu_s;     /* ... and the CPU time of it (the same on an idle core) */
 } nbl_train_dist_stats;
 void nbl_train_dist_get_stats(const nbl_train_session *s, nbl_train_dist_stats *st);
 

@@ -343,7 +343,8 @@ typedef struct run {
   FILE *csv;
   int tty;
   int rank, size; /* data-parallel: this process's rank, the job's ranks (0 and 1 alone) */
-  double step_s;  /* seconds in train + optimizer steps (with the exchange), over ... */
+  double step_s;  /* seconds in train + optimizer steps (with the exchange), ... */
+  double step_cpu_s; /* ... the process's CPU time in them, over ... */
   int64_t steps;  /* ... this many steps */
   double t0;
   char lrtext[64];
@@ -352,6 +353,12 @@ typedef struct run {
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double cpu_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -627,7 +634,7 @@ static int train(run *r) {
     ep_t = 0;
     ep_samples = 0;
     for (; p.step_in_epoch < r->spe; p.step_in_epoch++) {
-      double t1 = now();
+      double t1 = now(), c1 = cpu_now();
       int64_t b = p.step_in_epoch * r->batch, cnt = r->n - b < r->batch ? r->n - b : r->batch;
       int64_t lb = 0, lc = cnt; /* this rank's shard of the global batch */
       if (r->size > 1) nbl_train_dist_shard(r->s, cnt, &lb, &lc);
@@ -662,6 +669,7 @@ static int train(run *r) {
       ep_t += dt;
       done_t += dt;
       r->step_s += dt;
+      r->step_cpu_s += cpu_now() - c1;
       r->steps++;
       done++;
       ep_samples += cnt;
@@ -729,9 +737,11 @@ static void dist_summary(run *r) {
          "sent (ring model)", st.n_buckets, st.n_buckets == 1 ? "" : "s", (long long)st.grad_elements,
          (long long)st.payload_bytes, st.sent_bytes);
   if (st.steps && r->steps)
-    printf(", step %.2f ms, exchange wait %.2f ms, codec %.2f ms, %.1f of %d buckets sent during the "
-           "backward pass", 1e3 * r->step_s / (double)r->steps, 1e3 * st.wait_s / (double)st.steps,
-           1e3 * st.codec_s / (double)st.steps, (double)st.launched_early / (double)st.steps, st.n_buckets);
+    printf(", step %.2f ms (CPU %.2f ms), exchange wait %.2f ms, codec %.2f ms (CPU %.2f ms), %.1f of %d "
+           "buckets sent during the backward pass", 1e3 * r->step_s / (double)r->steps,
+           1e3 * r->step_cpu_s / (double)r->steps, 1e3 * st.wait_s / (double)st.steps,
+           1e3 * st.codec_s / (double)st.steps, 1e3 * st.codec_cpu_s / (double)st.steps,
+           (double)st.launched_early / (double)st.steps, st.n_buckets);
   printf("\n");
   fflush(stdout);
 }

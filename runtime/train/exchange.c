@@ -96,6 +96,13 @@ static double now_s(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* CPU time of this thread: what the codec costs on an idle core */
+static double cpu_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -350,9 +357,10 @@ static nbl_status launch_log4(nbl_train_session *s, nbl_ddp *p, bucket *b, int k
 
 static nbl_status launch(nbl_train_session *s, nbl_ddp *p, int k) {
   bucket *b = &p->b[k];
-  double t0 = now_s();
+  double t0 = now_s(), c0 = cpu_s();
   nbl_status st = p->o.exchange == NBL_GRAD_EXCHANGE_LOG4 ? launch_log4(s, p, b, k) : launch_fp32(s, p, b);
   p->st.codec_s += now_s() - t0;
+  p->st.codec_cpu_s += cpu_s() - c0;
   if (st) return st;
   b->launched = 1;
   b->done = 0;
@@ -504,7 +512,7 @@ nbl_status nbl_ddp_finish(nbl_train_session *s) {
     else backoff(&spins);
   }
   if (st) return st;
-  double t1 = now_s();
+  double t1 = now_s(), c1 = cpu_s();
   for (int k = 0; k < p->n_buckets; k++) unpack(s, p, &p->b[k]);
   if (p->stat_n) {
     int64_t o = 0;
@@ -517,6 +525,7 @@ nbl_status nbl_ddp_finish(nbl_train_session *s) {
   double t2 = now_s();
   p->st.wait_s += (t1 - t0) - (p->st.codec_s - codec0); /* minus the packing of buckets started here */
   p->st.codec_s += t2 - t1;
+  p->st.codec_cpu_s += cpu_s() - c1;
   p->st.steps++;
   /* the optimizer reads the accumulators: for it, this rank trained on its share */
   if (s->n_accum == 0) s->n_accum = 1;
