@@ -457,6 +457,126 @@ nbl_status nbl_train_load_checkpoint(nbl_train_session *s, const char *path);
 nbl_status nbl_train_export(nbl_train_session *s, const char *path);
 
 /* ------------------------------------------------------------------------ */
+/* Data-parallel training (MPI)                                              */
+/* ------------------------------------------------------------------------ */
+
+/* A session can be one rank of a data-parallel job started by `mpirun -np N`
+ * (Open MPI): every rank creates a session from the same model and calls
+ * nbl_train_dist_init, which broadcasts rank 0's parameters and state; each
+ * rank trains on its shard of every global batch (nbl_train_dist_shard);
+ * nbl_optimizer_step then exchanges the gradients and weights them so that
+ * every rank updates with the gradient of the whole global batch, and every
+ * rank holds bit-identical parameters after every step.
+ *
+ * Exchange. The gradients go in buckets of about bucket_bytes (FP32 bytes),
+ * filled in the order the backward pass finishes them; by default a bucket
+ * is sent the moment its last gradient is final, while the backward pass is
+ * still running (as PyTorch's DistributedDataParallel), and the optimizer
+ * step waits for what is still in flight.
+ *   NBL_GRAD_EXCHANGE_FP32: one in-place all-reduce (sum) per bucket of the
+ *     weighted gradients.
+ *   NBL_GRAD_EXCHANGE_LOG4: each rank quantizes its weighted gradient (plus
+ *     its error-feedback residual) with the radix-4 log quantizer (4 bits: a
+ *     sign and a 3-bit exponent, levels top * 4^-k, k = 0..6, top = max|x|
+ *     of the tensor or the bucket, stochastic rounding), keeps the rounding
+ *     error for the next step (error feedback), packs two codes per byte and
+ *     all-gathers codes and scales; every rank then decodes every rank's
+ *     codes and sums them in rank order, so all ranks get the same bits.
+ * The weights: rank r's gradient counts count_r / n of the global batch
+ * (from nbl_train_dist_shard; 1 / size when it was not called), which gives
+ * the global batch's gradient exactly when the loss is a mean over the batch
+ * (the losses build-training makes are). Values the train step updates
+ * without a gradient (BatchNormalization's running statistics) are averaged
+ * with the same weights (FP32) at every optimizer step.
+ *
+ * A rank whose shard of a batch is empty skips nbl_train_step and still
+ * calls nbl_optimizer_step (it contributes zeros). With the overlap on, a
+ * second nbl_train_step before the optimizer step is an error (the first
+ * one's gradients are already on the wire): accumulate with no_overlap.
+ * Every collective polls with a deadline: a rank that stops answering makes
+ * the others fail after timeout_s with a message naming the operation, never
+ * hang (a rank that dies is also noticed by mpirun, which stops the job). A
+ * rank that fails should call nbl_train_dist_abort so that the others stop.
+ *
+ * Without MPI (a build with -Dmpi=disabled, or a process not started by a
+ * launcher) the session is a job of one rank: the calls work and exchange
+ * nothing (the LOG4 exchange still quantizes the gradients, with error
+ * feedback, which simulates its effect on training). */
+typedef enum nbl_grad_exchange {
+  NBL_GRAD_EXCHANGE_FP32 = 0,
+  NBL_GRAD_EXCHANGE_LOG4 = 1
+} nbl_grad_exchange;
+
+typedef struct nbl_train_dist_options {
+  nbl_grad_exchange exchange;
+  int64_t bucket_bytes;  /* FP32 gradient bytes per bucket; <= 0: 262144 */
+  int no_overlap;        /* 1: send the buckets in nbl_optimizer_step, after the backward pass */
+  int no_error_feedback; /* LOG4: 1 drops the rounding error instead of carrying it over */
+  int scale_per_bucket;  /* LOG4: 1 one scale per bucket; 0 one per gradient tensor */
+  uint64_t seed;         /* LOG4: key of the stochastic rounding (mixed with rank, step, bucket) */
+  double timeout_s;      /* <= 0: 120. A collective that does not complete in this time fails */
+} nbl_train_dist_options;
+
+/* Join the job: the MPI world when the process was started by a launcher
+ * (mpirun) or MPI is already initialized (MPI is initialized if needed and
+ * finalized at exit), else a job of one. Then rank 0's parameters and
+ * optimizer state (every nbl_train_param) are broadcast to every rank and
+ * the buckets are planned. Call once, after creating (or loading into) the
+ * session and before the first train step; every rank must call it. Fails
+ * with NBL_ERR_UNSUPPORTED when the process was started by a launcher of N >
+ * 1 processes and this build has no MPI, or when a gradient is not float32;
+ * NBL_ERR_RUNTIME when a collective fails or times out. */
+nbl_status nbl_train_dist_init(nbl_train_session *s, const nbl_train_dist_options *opt);
+
+/* This process's rank and the number of ranks (0 and 1 before init). */
+int nbl_train_dist_rank(const nbl_train_session *s);
+int nbl_train_dist_size(const nbl_train_session *s);
+
+/* This rank's shard of a global batch of n samples: *begin and *count
+ * (ranks in order, sizes n / size rounded so that they differ by at most
+ * one; count may be 0 when n < size). Also sets this rank's weight for the
+ * next exchange to count / n. */
+void nbl_train_dist_shard(nbl_train_session *s, int64_t n, int64_t *begin, int64_t *count);
+
+/* Sum v[0..n) across ranks in place (blocking, with the deadline): for
+ * metrics such as the global loss or the right answers of an evaluation. */
+nbl_status nbl_train_dist_sum(nbl_train_session *s, double *v, int n);
+
+/* What the exchange did so far. "Sent" bytes are those a rank puts on the
+ * wire per step with bandwidth-optimal ring algorithms: FP32 all-reduce
+ * 2 (N-1)/N * payload, all-gather (N-1) * payload (payload: this rank's
+ * bytes per step); 0 on one rank. */
+typedef struct nbl_train_dist_stats {
+  int rank, size;
+  const char *transport;  /* "mpi" or "none" */
+  int n_buckets;
+  int64_t grad_elements;  /* gradient elements exchanged per step */
+  int64_t payload_bytes;  /* this rank's bytes per step: 4 per element (FP32); scales + half a
+                             byte per element (LOG4); plus the FP32 running statistics */
+  double sent_bytes;      /* per step, the ring-algorithm model above */
+  int64_t steps;          /* exchanges done */
+  int64_t launched_early; /* buckets sent during a backward pass */
+  double wait_s;          /* seconds the optimizer steps waited for the exchange */
+  double codec_s;         /* seconds spent packing, quantizing, decoding ... */
+  double codec_cpu_s;     /* ... and the CPU time of it (the same on an idle core) */
+} nbl_train_dist_stats;
+void nbl_train_dist_get_stats(const nbl_train_session *s, nbl_train_dist_stats *st);
+
+/* Stop every rank of the job with exit status `code` (MPI_Abort); exit(code)
+ * on one rank. Does not return. */
+void nbl_train_dist_abort(nbl_train_session *s, int code);
+
+/* 1 when this build has MPI. */
+int nbl_train_dist_mpi_built(void);
+
+/* The number of processes a launcher announced in the environment
+ * (OMPI_COMM_WORLD_SIZE, PMI_SIZE), 0 when the process was not started by
+ * one; *local (may be NULL) gets those on this machine (0 unknown), *rank
+ * (may be NULL) this process's rank (0 when unset). Readable before MPI is
+ * initialized, and in a build without MPI. */
+int nbl_train_dist_launcher_size(int *local, int *rank);
+
+/* ------------------------------------------------------------------------ */
 /* Datasets for training                                                     */
 /* ------------------------------------------------------------------------ */
 

@@ -187,6 +187,31 @@ START_TEST(test_stochastic_unbiased) {
 }
 END_TEST
 
+START_TEST(test_codes_batch) {
+  /* nbl_log_codes is nbl_log_code element by element (its draws at index0 + i) */
+  const nbl_log_rounding modes[] = {NBL_LOG_NEAREST, NBL_LOG_STOCHASTIC};
+  float x[2000];
+  int8_t codes[2000];
+  srand(7);
+  for (int i = 0; i < 2000; i++)
+    x[i] = (float)((rand() / (double)RAND_MAX - 0.5) * pow(4.0, -(double)(rand() % 9)));
+  x[5] = NAN;
+  x[6] = -INFINITY;
+  x[7] = 0.0f;
+  for (int mi = 0; mi < 2; mi++) {
+    nbl_log_config c = cfg_of(4, modes[mi], 0);
+    c.seed = 12345;
+    nbl_log_params p;
+    nbl_log_choose(&c, x, 2000, &p);
+    nbl_log_codes(&c, &p, x, codes, 2000, 1000);
+    for (int i = 0; i < 2000; i++) {
+      int want = isfinite(x[i]) ? nbl_log_code(&c, &p, x[i], 1000 + (uint64_t)i) : 0;
+      ck_assert_msg(codes[i] == want, "mode %d x[%d] = %g: code %d, want %d", mi, i, x[i], codes[i], want);
+    }
+  }
+}
+END_TEST
+
 START_TEST(test_validate) {
   nbl_log_config c;
   const char *why;
@@ -395,6 +420,7 @@ int main(void) {
   tcase_add_test(tc, test_validate);
   tcase_add_test(tc, test_table_and_vector_kernels);
   tcase_add_test(tc, test_decode);
+  tcase_add_test(tc, test_codes_batch);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -29,6 +29,16 @@
  *   test_accuracy  fraction of the test split classified right (epoch rows; empty
  *                  without a test split)
  *   seconds        wall time since this process started training
+ *
+ * Data-parallel (`mpirun -np N nibble train ...`, a build with MPI): every
+ * rank loads the same model and joins the job (nbl_train_dist_init: rank 0's
+ * weights are broadcast); each global batch of --batch samples, in the order
+ * one process would use, is split into N contiguous shards; the gradients are
+ * exchanged in the optimizer step; the loss and the test accuracy are summed
+ * over the ranks; rank 0 alone prints, writes metrics, checkpoints and the
+ * export. A checkpoint holds no rank count, so it resumes on any number of
+ * ranks. Once training runs, a rank that fails stops the whole job
+ * (MPI_Abort) so that no rank waits forever.
  */
 #include <errno.h>
 #include <math.h>
@@ -49,6 +59,10 @@ typedef struct opts {
   const char *log4; /* --log4-grad[=MODE]: the rounding mode, NULL when not given */
   int int4;         /* --int4 */
   int ternary;      /* --ternary */
+  const char *grad_exchange, *grad_scale;
+  int no_overlap, no_error_feedback, dist_flags;
+  long long bucket_kb;
+  double dist_timeout;
   int print_after_all, verify_each, reference, threads, profile, profile_top;
   long long epochs, batch, ckpt_every, log_every;
   double lr, max_grad_norm, weight_decay;
@@ -92,7 +106,16 @@ static void train_usage(FILE *f) {
         "                          samples_per_s,test_accuracy,seconds)\n"
         "  --log-every N           steps between metrics rows (default 100)\n"
         "  --export OUT.onnx       write the trained inference model\n"
-        "  --threads N             kernel threads (default: one per core)\n"
+        "  --threads N             kernel threads (default: one per core; under mpirun the cores\n"
+        "                          shared among the ranks of this machine)\n"
+        "data-parallel training (mpirun -np N nibble train ...; --batch is the global batch):\n"
+        "  --grad-exchange fp32|log4  gradient exchange: FP32 all-reduce (default), or 4-bit\n"
+        "                          radix-4 log codes with error feedback, all-gathered\n"
+        "  --bucket-kb N           gradient bucket size in KiB of FP32 (default 256)\n"
+        "  --no-overlap            exchange after the backward pass, not during it\n"
+        "  --no-error-feedback     log4: drop the rounding error instead of carrying it\n"
+        "  --grad-scale tensor|bucket  log4: one scale per gradient tensor (default) or per bucket\n"
+        "  --dist-timeout S        a collective that takes longer fails the job (default 120)\n"
         "  --reference             plain C reference kernels only\n"
         "  --profile[=N]           time every node of the train and optimizer steps; print the\n"
         "                          time per op type and the N slowest nodes (default 15) at the end\n"
@@ -156,12 +179,15 @@ static int parse_args(int argc, char **argv, opts *o) {
       continue;
     }
     if (!strcmp(a, "--ternary")) { o->ternary = 1; continue; }
+    if (!strcmp(a, "--no-overlap")) { o->no_overlap = o->dist_flags = 1; continue; }
+    if (!strcmp(a, "--no-error-feedback")) { o->no_error_feedback = o->dist_flags = 1; continue; }
     if (a[0] == '-' && a[1]) {
       static const char *with_value[] = {"--data", "--epochs", "--batch", "--lr", "--optimizer", "--schedule",
                                          "--seed", "--passes", "--dump-dir", "--checkpoint",
                                          "--checkpoint-every", "--resume", "--metrics", "--export",
                                          "--threads", "--label", "--max-grad-norm", "--log-every", "--weight-decay",
-                                         "--last-batch"};
+                                         "--last-batch", "--grad-exchange", "--bucket-kb", "--grad-scale",
+                                         "--dist-timeout"};
       int known = 0;
       for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++) known |= !strcmp(a, with_value[k]);
       if (!known) {
@@ -194,7 +220,23 @@ static int parse_args(int argc, char **argv, opts *o) {
       else if (!strcmp(a, "--log-every")) rc = parse_ll(a, v, 1, &o->log_every);
       else if (!strcmp(a, "--threads")) rc = parse_ll(a, v, 1, &t), o->threads = (int)t;
       else if (!strcmp(a, "--seed")) rc = parse_ll(a, v, 0, &t), o->seed = (unsigned long long)t, o->seed_given = 1;
-      else if (!strcmp(a, "--last-batch")) {
+      else if (!strcmp(a, "--bucket-kb")) rc = parse_ll(a, v, 1, &o->bucket_kb), o->dist_flags = 1;
+      else if (!strcmp(a, "--dist-timeout")) rc = parse_pos_double(a, v, &o->dist_timeout), o->dist_flags = 1;
+      else if (!strcmp(a, "--grad-exchange")) {
+        o->grad_exchange = v;
+        o->dist_flags = 1;
+        if (strcmp(v, "fp32") && strcmp(v, "log4")) {
+          fprintf(stderr, "nibble train: --grad-exchange must be fp32 or log4, not '%s'\n", v);
+          rc = 2;
+        }
+      } else if (!strcmp(a, "--grad-scale")) {
+        o->grad_scale = v;
+        o->dist_flags = 1;
+        if (strcmp(v, "tensor") && strcmp(v, "bucket")) {
+          fprintf(stderr, "nibble train: --grad-scale must be tensor or bucket, not '%s'\n", v);
+          rc = 2;
+        }
+      } else if (!strcmp(a, "--last-batch")) {
         o->last_batch = v;
         o->last_given = 1;
         if (strcmp(v, "keep") && strcmp(v, "drop")) {
@@ -225,6 +267,12 @@ static int parse_args(int argc, char **argv, opts *o) {
     train_usage(stderr);
     return 2;
   }
+  int log4 = o->grad_exchange && !strcmp(o->grad_exchange, "log4");
+  if ((o->no_error_feedback || o->grad_scale) && !log4) {
+    fprintf(stderr, "nibble train: %s applies to --grad-exchange log4 only\n",
+            o->no_error_feedback ? "--no-error-feedback" : "--grad-scale");
+    return 2;
+  }
   if (o->ckpt_every && !o->checkpoint) {
     fputs("nibble train: --checkpoint-every needs --checkpoint FILE\n", stderr);
     return 2;
@@ -236,7 +284,7 @@ static int parse_args(int argc, char **argv, opts *o) {
 
 /* Load MODEL and run the pipeline: build-training{...} when it is an
  * inference model, then --passes. */
-static int prepare_model(const opts *o, nbl_model **out) {
+static int prepare_model(const opts *o, int rank, nbl_model **out) {
   nbl_model *m = NULL;
   if (nbl_model_load(o->model, &m) != NBL_OK) {
     fprintf(stderr, "nibble: %s\n", nbl_last_error());
@@ -334,7 +382,14 @@ static int prepare_model(const opts *o, nbl_model **out) {
     }
     nbl_pipeline_options po = {.verify_each = o->verify_each, .print_after_all = o->print_after_all,
                                .dump_dir = o->dump_dir};
+    FILE *null = NULL;
+    if (rank > 0) { /* one rank prints and dumps */
+      po.print_after_all = 0;
+      po.dump_dir = NULL;
+      po.log = null = fopen("/dev/null", "w");
+    }
     nbl_status st = nbl_pipeline_run(pipe, m, &po);
+    if (null) fclose(null);
     nbl_pipeline_free(pipe);
     if (st != NBL_OK) {
       fprintf(stderr, "nibble: %s: %s\n", o->model, nbl_last_error());
@@ -370,6 +425,10 @@ typedef struct run {
   int64_t *perm, *tidx;
   FILE *csv;
   int tty;
+  int rank, size; /* data-parallel: this process's rank, the job's ranks (0 and 1 alone) */
+  double step_s;  /* seconds in train + optimizer steps (with the exchange), ... */
+  double step_cpu_s; /* ... the process's CPU time in them, over ... */
+  int64_t steps;  /* ... this many steps */
   double t0;
   char lrtext[64];
 } run;
@@ -377,6 +436,12 @@ typedef struct run {
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double cpu_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -414,13 +479,17 @@ static nbl_status gather(run *r, nbl_dataset *d, const int64_t *idx, int64_t cnt
   return st;
 }
 
-/* Test accuracy in [0, 1]; -1 without a test split. Returns an exit status. */
+/* Test accuracy in [0, 1]; -1 without a test split. Returns an exit status.
+ * Data-parallel: each rank classifies a contiguous share of the test split
+ * and the right answers are summed. */
 static int evaluate(run *r, double *acc) {
   *acc = -1;
   if (!r->test) return 0;
   int64_t n = nbl_dataset_size(r->test), right = 0, B = r->batch;
-  for (int64_t b = 0; b < n; b += B) {
-    int64_t cnt = n - b < B ? n - b : B;
+  int64_t q = n / r->size, rem = n % r->size;
+  int64_t first = r->rank * q + (r->rank < rem ? r->rank : rem), end = first + q + (r->rank < rem);
+  for (int64_t b = first; b < end; b += B) {
+    int64_t cnt = end - b < B ? end - b : B;
     for (int64_t i = 0; i < cnt; i++) r->tidx[i] = b + i;
     nbl_host_tensor in[2];
     const nbl_host_tensor *out;
@@ -442,7 +511,12 @@ static int evaluate(run *r, double *acc) {
       right += best == label_at(&in[1], i);
     }
   }
-  *acc = n ? (double)right / (double)n : 0;
+  double sum = (double)right;
+  if (r->size > 1 && nbl_train_dist_sum(r->s, &sum, 1) != NBL_OK) {
+    fprintf(stderr, "nibble: evaluation: %s\n", nbl_last_error());
+    return 1;
+  }
+  *acc = n ? sum / (double)n : 0;
   return 0;
 }
 
@@ -617,7 +691,7 @@ static int setup(run *r) {
 }
 
 static int save_checkpoint(run *r, double loss_sum, int64_t loss_steps) {
-  if (!r->o->checkpoint) return 0;
+  if (!r->o->checkpoint || r->rank != 0) return 0;
   if (set_meta_num(r->s, "epoch_loss_sum", loss_sum) || set_meta_num(r->s, "epoch_loss_steps", (double)loss_steps) ||
       nbl_train_save_checkpoint(r->s, r->o->checkpoint) != NBL_OK) {
     fprintf(stderr, "\nnibble: %s\n", nbl_last_error());
@@ -643,19 +717,31 @@ static int train(run *r) {
     ep_t = 0;
     ep_samples = 0;
     for (; p.step_in_epoch < r->spe; p.step_in_epoch++) {
-      double t1 = now();
+      double t1 = now(), c1 = cpu_now();
       int64_t b = p.step_in_epoch * r->batch, cnt = r->n - b < r->batch ? r->n - b : r->batch;
+      int64_t lb = 0, lc = cnt; /* this rank's shard of the global batch */
+      if (r->size > 1) nbl_train_dist_shard(r->s, cnt, &lb, &lc);
       nbl_host_tensor in[2];
       float loss = 0;
-      if (gather(r, r->train, r->perm + b, cnt, in) != NBL_OK) {
+      if (lc > 0 && gather(r, r->train, r->perm + b + lb, lc, in) != NBL_OK) {
         fprintf(stderr, "\nnibble: %s\n", nbl_last_error());
         return 1;
       }
       lr = nbl_train_lr(r->s);
-      if (nbl_train_reset_grad(r->s) || nbl_train_step(r->s, 2, in, &loss) || nbl_optimizer_step(r->s)) {
+      if (nbl_train_reset_grad(r->s) || (lc > 0 && nbl_train_step(r->s, 2, in, &loss)) ||
+          nbl_optimizer_step(r->s)) {
         fprintf(stderr, "\nnibble: epoch %lld step %lld: %s\n", (long long)p.epoch + 1,
                 (long long)p.step_in_epoch + 1, nbl_last_error());
         return 1;
+      }
+      if (r->size > 1) { /* the global batch's loss: the shards' losses weighted by their sizes */
+        double v = lc > 0 ? (double)loss * (double)lc / (double)cnt : 0;
+        if (nbl_train_dist_sum(r->s, &v, 1) != NBL_OK) {
+          fprintf(stderr, "\nnibble: epoch %lld step %lld: %s\n", (long long)p.epoch + 1,
+                  (long long)p.step_in_epoch + 1, nbl_last_error());
+          return 1;
+        }
+        loss = (float)v;
       }
       if (!isfinite(loss)) {
         fprintf(stderr, "\nnibble train: epoch %lld step %lld: the loss is %g; stopping (the last "
@@ -665,6 +751,9 @@ static int train(run *r) {
       double dt = now() - t1;
       ep_t += dt;
       done_t += dt;
+      r->step_s += dt;
+      r->step_cpu_s += cpu_now() - c1;
+      r->steps++;
       done++;
       ep_samples += cnt;
       win_samples += cnt;
@@ -699,11 +788,13 @@ static int train(run *r) {
     if (evaluate(r, &acc)) return 1;
     double mean = ep_steps ? ep_loss / (double)ep_steps : 0, sps = ep_t > 0 ? (double)ep_samples / ep_t : 0;
     nbl_train_get_progress(r->s, &p);
-    if (r->tty) printf("\r\033[K");
-    printf("epoch %lld/%lld: loss %.4f", (long long)p.epoch + 1, o->epochs, mean);
-    if (acc >= 0) printf(", test accuracy %.2f%%", 100 * acc);
-    printf(", %.0f samples/s, %.1f s\n", sps, now() - t_ep0);
-    fflush(stdout);
+    if (r->rank == 0) {
+      if (r->tty) printf("\r\033[K");
+      printf("epoch %lld/%lld: loss %.4f", (long long)p.epoch + 1, o->epochs, mean);
+      if (acc >= 0) printf(", test accuracy %.2f%%", 100 * acc);
+      printf(", %.0f samples/s, %.1f s\n", sps, now() - t_ep0);
+      fflush(stdout);
+    }
     csv_row(r, "epoch", p.epoch + 1, p.step_in_epoch, p.global_step, lr, mean, sps, acc);
     ep_loss = 0;
     ep_steps = 0;
@@ -716,13 +807,47 @@ static int train(run *r) {
   return 0;
 }
 
+/* One line about the data-parallel run (rank 0). */
+static void dist_summary(run *r) {
+  nbl_train_dist_stats st;
+  nbl_train_dist_get_stats(r->s, &st);
+  const char *x = r->o->grad_exchange ? r->o->grad_exchange : "fp32";
+  printf("data-parallel: %d rank%s (%s), %s exchange", st.size, st.size == 1 ? "" : "s", st.transport, x);
+  if (!strcmp(x, "log4"))
+    printf(" (%s scales, %s error feedback)", r->o->grad_scale ? r->o->grad_scale : "tensor",
+           r->o->no_error_feedback ? "without" : "with");
+  printf(", %d bucket%s, %lld gradient values; per rank and step: %lld bytes payload, %.0f bytes "
+         "sent (ring model)", st.n_buckets, st.n_buckets == 1 ? "" : "s", (long long)st.grad_elements,
+         (long long)st.payload_bytes, st.sent_bytes);
+  if (st.steps && r->steps)
+    printf(", step %.2f ms (CPU %.2f ms), exchange wait %.2f ms, codec %.2f ms (CPU %.2f ms), %.1f of %d "
+           "buckets sent during the backward pass", 1e3 * r->step_s / (double)r->steps,
+           1e3 * r->step_cpu_s / (double)r->steps, 1e3 * st.wait_s / (double)st.steps,
+           1e3 * st.codec_s / (double)st.steps, 1e3 * st.codec_cpu_s / (double)st.steps,
+           (double)st.launched_early / (double)st.steps, st.n_buckets);
+  printf("\n");
+  fflush(stdout);
+}
+
 int nbl_cmd_train(int argc, char **argv) {
   opts o;
   int rc = parse_args(argc, argv, &o);
   if (rc) return rc < 0 ? 0 : rc;
+  int local = 0, lrank = 0, launched = nbl_train_dist_launcher_size(&local, &lrank);
+  if (launched > 1 && !nbl_train_dist_mpi_built()) {
+    fprintf(stderr, "nibble train: started by mpirun (or another MPI launcher) as one of %d processes, "
+                    "but this nibble was built without MPI, so every process would train alone; "
+                    "rebuild with meson -Dmpi=enabled (Open MPI: apt-get install libopenmpi-dev)\n", launched);
+    return 2;
+  }
+  if (launched > 1 && o.threads == 0) { /* share this machine's cores among its ranks */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int here = local > 0 ? local : launched;
+    o.threads = cores > here ? (int)(cores / here) : 1;
+  }
   nbl_model *m = NULL;
-  if ((rc = prepare_model(&o, &m))) return rc;
-  run r = {.o = &o, .tty = isatty(STDOUT_FILENO)};
+  if ((rc = prepare_model(&o, lrank, &m))) return rc;
+  run r = {.o = &o, .size = 1};
   nbl_train_options to = {.threads = o.threads, .reference = o.reference, .max_grad_norm = o.max_grad_norm,
                           .profile = o.profile};
   nbl_status st = nbl_train_session_create(m, &to, &r.s);
@@ -732,8 +857,25 @@ int nbl_cmd_train(int argc, char **argv) {
     rc = st == NBL_ERR_OUT_OF_MEMORY || st == NBL_ERR_INTERNAL ? 1 : 2;
     goto out;
   }
+  if (launched > 0 || o.dist_flags) {
+    nbl_train_dist_options d = {
+        .exchange = o.grad_exchange && !strcmp(o.grad_exchange, "log4") ? NBL_GRAD_EXCHANGE_LOG4
+                                                                          : NBL_GRAD_EXCHANGE_FP32,
+        .bucket_bytes = o.bucket_kb * 1024, .no_overlap = o.no_overlap,
+        .no_error_feedback = o.no_error_feedback,
+        .scale_per_bucket = o.grad_scale && !strcmp(o.grad_scale, "bucket"), .seed = o.seed,
+        .timeout_s = o.dist_timeout};
+    if (nbl_train_dist_init(r.s, &d) != NBL_OK) {
+      fprintf(stderr, "nibble: %s\n", nbl_last_error());
+      rc = 2;
+      goto out;
+    }
+    r.rank = nbl_train_dist_rank(r.s);
+    r.size = nbl_train_dist_size(r.s);
+  }
+  r.tty = r.rank == 0 && isatty(STDOUT_FILENO);
   if ((rc = setup(&r))) goto out;
-  if (o.metrics) {
+  if (o.metrics && r.rank == 0) {
     r.csv = fopen(o.metrics, o.resume ? "a" : "w");
     if (!r.csv) {
       fprintf(stderr, "nibble train: %s: %s\n", o.metrics, strerror(errno));
@@ -744,18 +886,29 @@ int nbl_cmd_train(int argc, char **argv) {
   }
   nbl_train_progress p;
   nbl_train_get_progress(r.s, &p);
-  printf("nibble train: %s: %lld training samples, %lld test, batch %lld (%lld steps per epoch), "
-         "epochs %lld, lr %g, schedule %s",
-         o.model, (long long)r.n, (long long)(r.test ? nbl_dataset_size(r.test) : 0), (long long)r.batch,
-         (long long)r.spe, o.epochs, strtod(r.lrtext, NULL), o.resume ? nbl_train_get_meta(r.s, "schedule") : o.schedule);
-  if (o.resume)
-    printf("; resuming at epoch %lld step %lld", (long long)p.epoch + 1, (long long)p.step_in_epoch);
-  printf("\n");
-  fflush(stdout);
+  if (r.rank == 0) {
+    printf("nibble train: %s: %lld training samples, %lld test, batch %lld (%lld steps per epoch), "
+           "epochs %lld, lr %g, schedule %s",
+           o.model, (long long)r.n, (long long)(r.test ? nbl_dataset_size(r.test) : 0), (long long)r.batch,
+           (long long)r.spe, o.epochs, strtod(r.lrtext, NULL), o.resume ? nbl_train_get_meta(r.s, "schedule") : o.schedule);
+    if (r.size > 1) printf(", %d ranks (%lld samples each per batch)", r.size, (long long)(r.batch / r.size));
+    if (o.resume)
+      printf("; resuming at epoch %lld step %lld", (long long)p.epoch + 1, (long long)p.step_in_epoch);
+    printf("\n");
+    fflush(stdout);
+  }
   r.t0 = now();
-  if ((rc = train(&r))) goto out;
-  if (o.profile) nbl_train_print_profile(r.s, stdout, o.profile_top);
-  if (o.export_path) {
+  if ((rc = train(&r))) {
+    if (r.size > 1) { /* the other ranks would wait for this one forever */
+      fprintf(stderr, "nibble train: rank %d of %d failed; stopping the job\n", r.rank, r.size);
+      fflush(stderr);
+      nbl_train_dist_abort(r.s, rc);
+    }
+    goto out;
+  }
+  if (o.profile && r.rank == 0) nbl_train_print_profile(r.s, stdout, o.profile_top);
+  if (r.rank == 0 && (launched > 0 || o.dist_flags)) dist_summary(&r);
+  if (o.export_path && r.rank == 0) {
     if (nbl_train_export(r.s, o.export_path) != NBL_OK) {
       fprintf(stderr, "nibble: %s\n", nbl_last_error());
       rc = 1;

@@ -182,6 +182,14 @@ int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, ui
   return L ? code_on(cfg, lev, L, x, index) : 0;
 }
 
+void nbl_log_codes(const nbl_log_config *cfg, const nbl_log_params *p, const float *x, int8_t *codes,
+                   size_t n, uint64_t index0) {
+  double lev[LOG_MAX_LEVELS] = {0};
+  int L = levels_of(cfg, p, lev);
+  for (size_t i = 0; i < n; i++)
+    codes[i] = (int8_t)(L && isfinite(x[i]) ? code_on(cfg, lev, L, x[i], index0 + i) : 0);
+}
+
 float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code) {
   if (code == 0) return 0.0f;
   float v = nbl_log_level(cfg, p, (code < 0 ? -code : code) - 1);

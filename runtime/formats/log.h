@@ -130,6 +130,12 @@ float nbl_log_level(const nbl_log_config *cfg, const nbl_log_params *p, int k);
 /* The code of finite x at linear index `index`: 0 or sign*(k+1). */
 int nbl_log_code(const nbl_log_config *cfg, const nbl_log_params *p, float x, uint64_t index);
 
+/* The codes of x[0..n) into codes[0..n): element i gets
+ * nbl_log_code(cfg, p, x[i], index0 + i) (the levels are computed once);
+ * NaN and +-Inf get code 0. */
+void nbl_log_codes(const nbl_log_config *cfg, const nbl_log_params *p, const float *x, int8_t *codes,
+                   size_t n, uint64_t index0);
+
 /* The value of a code: 0 or sign * level_{|code|-1}. */
 float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code);
 

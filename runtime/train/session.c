@@ -286,6 +286,8 @@ void nbl_train_session_free(nbl_train_session *s) {
   nbl_engine_free(s->eg);
   nbl_engine_free(s->eo);
   nbl_engine_free(s->ee);
+  nbl_ddp_free(s);
+  free(s->grad_done);
   for (int i = 0; s->acc && s->cut && i < s->cut->n_grads; i++) nbl_rt_tensor_free(&s->acc[i]);
   free(s->acc);
   free(s->feeds);
@@ -302,6 +304,26 @@ void nbl_train_session_free(nbl_train_session *s) {
 
 nbl_engine *nbl_train_engine(nbl_train_session *s, int which) {
   return which == 0 ? s->eg : which == 1 ? s->eo : s->ee;
+}
+
+nbl_status nbl_train_hook_grad_engine(nbl_train_session *s, nbl_value_cb cb) {
+  nbl_engine_options o = s->eopt;
+  o.on_value = cb;
+  o.user = s;
+  nbl_engine *e = NULL;
+  nbl_status st = nbl_engine_create(s->cut->m, s->cut->grad, &o, &e);
+  if (!st) st = bind_constants(s, e);
+  if (st) {
+    nbl_engine_free(e);
+    return st;
+  }
+  if (!s->grad_done && !(s->grad_done = calloc((size_t)s->cut->n_grads + 1, 1))) {
+    nbl_engine_free(e);
+    return oom();
+  }
+  nbl_engine_free(s->eg);
+  s->eg = e;
+  return NBL_OK;
 }
 
 /* ------------------------------------------------------------------ inputs and outputs */
@@ -405,6 +427,36 @@ static nbl_status bind_feeds(nbl_engine *e, const nbl_id *allowed, int n_allowed
 
 /* ------------------------------------------------------------------ steps */
 
+nbl_status nbl_train_accumulate(nbl_train_session *s, int i, const nbl_rt_tensor *g) {
+  nbl_rt_tensor *a = &s->acc[i];
+  nbl_status st;
+  if (!g || (g->dtype != NBL_DT_FLOAT && g->dtype != NBL_DT_DOUBLE))
+    return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: gradient '%s_grad' has element type %s",
+                      nbl_model_label(s->work), s->cut->grad_param[i],
+                      nbl_dtype_name(g ? g->dtype : NBL_DT_UNDEFINED));
+  if (s->n_accum == 0 || !same_shape(a, g)) {
+    if (s->n_accum && !same_shape(a, g))
+      return nbl_errorf(NBL_ERR_RUNTIME, "%s: gradient '%s_grad' changed shape between steps",
+                        nbl_model_label(s->work), s->cut->grad_param[i]);
+    if (!same_shape(a, g) || !a->data) {
+      nbl_rt_tensor_free(a);
+      memset(a, 0, sizeof *a);
+      if ((st = nbl_rt_copy(a, g))) return st;
+    } else if (g->nbytes) {
+      memcpy(a->data, g->data, g->nbytes);
+    }
+  } else if (g->dtype == NBL_DT_FLOAT) {
+    float *d = a->data;
+    const float *x = g->data;
+    for (int64_t k = 0; k < a->numel; k++) d[k] += x[k];
+  } else {
+    double *d = a->data;
+    const double *x = g->data;
+    for (int64_t k = 0; k < a->numel; k++) d[k] += x[k];
+  }
+  return NBL_OK;
+}
+
 nbl_status nbl_train_step(nbl_train_session *s, int n_inputs, const nbl_host_tensor *inputs,
                           float *loss) {
   if (!s || (n_inputs && !inputs))
@@ -414,40 +466,22 @@ nbl_status nbl_train_step(nbl_train_session *s, int n_inputs, const nbl_host_ten
   int64_t step;
   nbl_status st = bind_feeds(s->eg, s->feeds, s->n_feeds, n_inputs, inputs, "train step");
   if (!st) st = bind_scalars(s, s->eg, &lr64, &lr32, &step);
+  if (!st && s->ddp) st = nbl_ddp_before_step(s);
   if (!st) st = nbl_engine_run(s->eg);
+  if (s->ddp) {
+    nbl_status hs = nbl_ddp_after_run(s, st);
+    if (!st) st = hs;
+  }
   if (st) return st;
   const nbl_rt_tensor *l = nbl_engine_output(s->eg, 0);
   if (!l || l->numel != 1 || (l->dtype != NBL_DT_FLOAT && l->dtype != NBL_DT_DOUBLE))
     return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: the loss '%s' is not a float scalar",
                       nbl_model_label(s->work), s->cut->grad->values[s->cut->grad->outputs[0]].name);
   if (loss) *loss = (float)nbl_rt_get_f64(l, 0);
-  /* sum the gradients */
+  /* sum the gradients (those the exchange's hook saw during the run are summed already) */
   for (int i = 0; i < s->cut->n_grads; i++) {
-    const nbl_rt_tensor *g = nbl_engine_output(s->eg, 1 + i);
-    nbl_rt_tensor *a = &s->acc[i];
-    if (g->dtype != NBL_DT_FLOAT && g->dtype != NBL_DT_DOUBLE)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: gradient '%s_grad' has element type %s",
-                        nbl_model_label(s->work), s->cut->grad_param[i], nbl_dtype_name(g->dtype));
-    if (s->n_accum == 0 || !same_shape(a, g)) {
-      if (s->n_accum && !same_shape(a, g))
-        return nbl_errorf(NBL_ERR_RUNTIME, "%s: gradient '%s_grad' changed shape between steps",
-                          nbl_model_label(s->work), s->cut->grad_param[i]);
-      if (!same_shape(a, g) || !a->data) {
-        nbl_rt_tensor_free(a);
-        memset(a, 0, sizeof *a);
-        if ((st = nbl_rt_copy(a, g))) return st;
-      } else if (g->nbytes) {
-        memcpy(a->data, g->data, g->nbytes);
-      }
-    } else if (g->dtype == NBL_DT_FLOAT) {
-      float *d = a->data;
-      const float *x = g->data;
-      for (int64_t k = 0; k < a->numel; k++) d[k] += x[k];
-    } else {
-      double *d = a->data;
-      const double *x = g->data;
-      for (int64_t k = 0; k < a->numel; k++) d[k] += x[k];
-    }
+    if (s->grad_done && s->grad_done[i]) continue;
+    if ((st = nbl_train_accumulate(s, i, nbl_engine_output(s->eg, 1 + i)))) return st;
   }
   /* running statistics and other update values without a gradient */
   int wrote = 0;
@@ -459,7 +493,7 @@ nbl_status nbl_train_step(nbl_train_session *s, int n_inputs, const nbl_host_ten
   if (wrote) s->version++;
   s->n_accum++;
   s->prog.rng_counter++;
-  return NBL_OK;
+  return s->ddp ? nbl_ddp_after_step(s) : NBL_OK;
 }
 
 nbl_status nbl_train_reset_grad(nbl_train_session *s) {
@@ -473,9 +507,13 @@ nbl_status nbl_optimizer_step(nbl_train_session *s) {
   if (!s->eo)
     return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: no update_binding value depends on a gradient "
                       "(the model has no optimizer)", nbl_model_label(s->work));
-  if (s->n_accum == 0)
+  if (s->n_accum == 0 && !s->ddp)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
                       "nbl_optimizer_step: no gradients (no train step since the last reset)");
+  if (s->ddp) { /* the gradients of the global batch, the same on every rank */
+    nbl_status xs = nbl_ddp_finish(s);
+    if (xs) return xs;
+  }
   double sq = 0;
   for (int i = 0; i < s->cut->n_grads; i++) {
     const nbl_rt_tensor *a = &s->acc[i];

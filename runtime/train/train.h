@@ -7,6 +7,9 @@
  *   schedule.c    learning-rate schedules
  *   checkpoint.c  checkpoints (atomic writes, metadata) and export
  *   profile.c     per-node times of the two parts (nbl_train_print_profile)
+ *   exchange.c    data-parallel training: buckets, FP32 / 4-bit gradient
+ *                 exchange, the nbl_train_dist_* API, over the transport of
+ *                 dist.h (dist_mpi.c with MPI, dist_none.c for one process)
  *
  * The session keeps a private copy of the training model (`work`): its main
  * graph initializers that are update_binding keys hold the live parameters
@@ -94,6 +97,8 @@ struct nbl_train_session {
   int n_meta;
   char *meta_key[NBL_TRAIN_MAX_META], *meta_val[NBL_TRAIN_MAX_META];
   nbl_host_tensor *eval_outs;
+  struct nbl_ddp *ddp;       /* data-parallel state (exchange.c); NULL when not joined */
+  unsigned char *grad_done;  /* per gradient: summed during this train step's run (by the hook) */
 };
 
 /* 1 when k is a valid nbl_train_set_meta key (1-64 of [A-Za-z0-9_-]). */
@@ -103,6 +108,28 @@ nbl_engine *nbl_train_engine(nbl_train_session *s, int which);
 /* Copy every trained tensor of checkpoint model `ck` into the session, or
  * nothing when one is missing or differs in type or shape (message names it). */
 nbl_status nbl_train_adopt(nbl_train_session *s, const nbl_model *ck, const char *label);
+
+/* Sum gradient output g of this train step into accumulator i (a copy on the
+ * first step since the reset). */
+nbl_status nbl_train_accumulate(nbl_train_session *s, int i, const nbl_rt_tensor *g);
+/* Re-create the gradient engine with `cb` as its per-value callback (user =
+ * the session), so the exchange sees each gradient the moment it is final. */
+nbl_status nbl_train_hook_grad_engine(nbl_train_session *s, nbl_value_cb cb);
+
+/* ------------------------------------------------------------------ exchange.c */
+
+/* Called by session.c when s->ddp is set: before the gradient engine runs
+ * (errors if the previous step's exchange is still open); after it ran
+ * (`run` its status: surfaces an error of the hook); at the end of a train
+ * step (launches what the hook did not); at the start of the optimizer step
+ * (completes the exchange: s->acc then holds the global batch's gradient,
+ * the running statistics the ranks' weighted mean). nbl_ddp_free releases
+ * s->ddp (NULL allowed). */
+nbl_status nbl_ddp_before_step(nbl_train_session *s);
+nbl_status nbl_ddp_after_run(nbl_train_session *s, nbl_status run);
+nbl_status nbl_ddp_after_step(nbl_train_session *s);
+nbl_status nbl_ddp_finish(nbl_train_session *s);
+void nbl_ddp_free(nbl_train_session *s);
 
 /* ------------------------------------------------------------------ checkpoint.c */
 
