@@ -14,68 +14,9 @@
 
 #include "ir/ir.h"
 #include "nibble.h"
+#include "one_node.h"
 
-/* ------------------------------------------------------------------ one-node graphs */
-
-typedef struct one {
-  nbl_model *m;
-  nbl_id node;
-  nbl_session *s;
-  const nbl_host_tensor *out;
-  int n_out;
-} one;
-
-/* Model with one node `op` at `opset`; inputs named by `ins` ("" = omitted),
- * n_out outputs "y0".."yN". */
-static one mk(const char *op, int opset, int n_in, const char *const *ins, int n_out) {
-  one o = {0};
-  o.m = nbl_model_new();
-  nbl_model_set_opset(o.m, "", opset);
-  nbl_graph *g = o.m->graph;
-  nbl_id in[8], out[8];
-  for (int i = 0; i < n_in; i++) {
-    if (!ins[i][0]) {
-      in[i] = NBL_NONE;
-      continue;
-    }
-    in[i] = nbl_graph_add_value(g, ins[i]);
-    nbl_graph_add_input(g, in[i]);
-  }
-  for (int i = 0; i < n_out; i++) {
-    char nm[8];
-    snprintf(nm, sizeof nm, "y%d", i);
-    out[i] = nbl_graph_add_value(g, nm);
-  }
-  o.node = nbl_graph_add_node(g, op, "", "n0", n_in, in, n_out, out);
-  for (int i = 0; i < n_out; i++) nbl_graph_add_output(g, out[i]);
-  o.n_out = n_out;
-  return o;
-}
-
-static nbl_host_tensor ht(const char *name, nbl_dtype dt, int rank, const int64_t *dims, const void *data) {
-  nbl_host_tensor t = {0};
-  t.name = name;
-  t.dtype = dt;
-  t.rank = rank;
-  int64_t n = 1;
-  for (int i = 0; i < rank; i++) n *= (t.dims[i] = dims[i]);
-  t.data = (void *)data;
-  t.nbytes = dt == NBL_DT_STRING ? (size_t)n * sizeof(char *) : nbl_dtype_nbytes(dt, n);
-  return t;
-}
-
-static nbl_status run(one *o, int n, const nbl_host_tensor *in) {
-  nbl_status st = nbl_session_create(o->m, NULL, &o->s);
-  if (st) return st;
-  return nbl_session_run(o->s, n, in, &o->out);
-}
-
-static void done(one *o) {
-  nbl_session_free(o->s);
-  nbl_model_free(o->m);
-}
-
-#define G(o) ((o).m->graph)
+/* ------------------------------------------------------------------ checks */
 
 static void check_shape(const nbl_host_tensor *t, int rank, const int64_t *dims) {
   ck_assert_int_eq(t->rank, rank);
@@ -105,28 +46,31 @@ static void check_i64(const nbl_host_tensor *t, const int64_t *want, int64_t n) 
 START_TEST(test_reshape_zero_neg_allowzero) {
   float x[6] = {1, 2, 3, 4, 5, 6};
   int64_t xd[] = {2, 3}, sd[] = {3}, shp[] = {0, -1, 1};
-  one o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, sd, shp)};
-  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-  check_shape(&o.out[0], 3, (int64_t[]){2, 3, 1});
-  check_f32(&o.out[0], x, 6);
-  done(&o);
+  one *o = one_new("Reshape", 14, 2, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, sd, shp)};
+  one_ins(o, 2, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 3, (int64_t[]){2, 3, 1});
+  check_f32(&o->out[0], x, 6);
+  one_free(o);
   /* allowzero=1: a 0 is a real zero; an empty tensor reshaped to [0, 4] */
   int64_t ed[] = {0, 2}, s2[] = {0, 4};
   int64_t s2d[] = {2};
-  o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "allowzero", 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, ed, x), ht("s", NBL_DT_INT64, 1, s2d, s2)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){0, 4});
-  done(&o);
+  o = one_new("Reshape", 14, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "allowzero", 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, ed, x), ht(NBL_DT_INT64, 1, s2d, s2)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){0, 4});
+  one_free(o);
   /* mismatch is an error, not a crash */
   int64_t bad[] = {4, -1};
-  o = mk("Reshape", 14, 2, (const char *[]){"x", "s"}, 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, s2d, bad)};
-  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_INVALID_MODEL);
-  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "n0"));
-  done(&o);
+  o = one_new("Reshape", 14, 2, 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, s2d, bad)};
+  one_ins(o, 2, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "'n0'"));
+  one_free(o);
 }
 END_TEST
 
@@ -141,25 +85,28 @@ START_TEST(test_transpose_dtypes) {
   for (int k = 0; k < 2; k++)
     for (int i = 0; i < 2; i++)
       for (int j = 0; j < 3; j++) want[q++] = i * 6 + j * 2 + k;
-  one o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 0, 1});
-  nbl_host_tensor in[] = {ht("x", NBL_DT_INT64, 3, d, x)};
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_shape(&o.out[0], 3, (int64_t[]){2, 2, 3});
-  check_i64(&o.out[0], want, 12);
-  done(&o);
-  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 0, 1});
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT16, 3, d, h)};
-  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
-  const uint16_t *p = o.out[0].data;
+  one *o = one_new("Transpose", 13, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "perm", 3, (int64_t[]){2, 0, 1});
+  nbl_host_tensor in[] = {ht(NBL_DT_INT64, 3, d, x)};
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 3, (int64_t[]){2, 2, 3});
+  check_i64(&o->out[0], want, 12);
+  one_free(o);
+  o = one_new("Transpose", 13, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "perm", 3, (int64_t[]){2, 0, 1});
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT16, 3, d, h)};
+  one_ins(o, 1, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  const uint16_t *p = o->out[0].data;
   for (int i = 0; i < 12; i++) ck_assert_int_eq(p[i], 0x3c00 + want[i]);
-  done(&o);
+  one_free(o);
   /* a bad perm is an error */
-  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "perm", 3, (int64_t[]){2, 2, 1});
-  ck_assert_int_eq(run(&o, 1, in), NBL_ERR_INVALID_MODEL);
-  done(&o);
+  o = one_new("Transpose", 13, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "perm", 3, (int64_t[]){2, 2, 1});
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  one_free(o);
 }
 END_TEST
 
@@ -169,90 +116,100 @@ START_TEST(test_slice_negative_steps_clamp) {
   int64_t xd[] = {10}, one_d[] = {1};
   /* start 100 clamps to 9, end -100 clamps to -1 (before the start), step -3: 9 6 3 0 */
   int64_t s[] = {100}, e[] = {-100}, a[] = {0}, st[] = {-3};
-  one o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "a", "t"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s),
-                          ht("e", NBL_DT_INT64, 1, one_d, e), ht("a", NBL_DT_INT64, 1, one_d, a),
-                          ht("t", NBL_DT_INT64, 1, one_d, st)};
-  ck_assert_int_eq(run(&o, 5, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){9, 6, 3, 0}, 4);
-  done(&o);
+  one *o = one_new("Slice", 13, 5, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 1, xd, x), ht(NBL_DT_INT64, 1, one_d, s),
+                          ht(NBL_DT_INT64, 1, one_d, e), ht(NBL_DT_INT64, 1, one_d, a),
+                          ht(NBL_DT_INT64, 1, one_d, st)};
+  one_ins(o, 5, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){9, 6, 3, 0}, 4);
+  one_free(o);
   /* INT64_MAX end with step 2 from -4: 6 8 ; empty when start >= end */
   int64_t s2[] = {-4}, e2[] = {INT64_MAX}, t2[] = {2}, s3[] = {5}, e3[] = {2};
-  o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "", "t"}, 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s2),
-                           ht("e", NBL_DT_INT64, 1, one_d, e2), ht("t", NBL_DT_INT64, 1, one_d, t2)};
-  ck_assert_int_eq(run(&o, 4, in2), NBL_OK);
-  check_f32(&o.out[0], (float[]){6, 8}, 2);
-  done(&o);
-  o = mk("Slice", 13, 3, (const char *[]){"x", "s", "e"}, 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s3),
-                           ht("e", NBL_DT_INT64, 1, one_d, e3)};
-  ck_assert_int_eq(run(&o, 3, in3), NBL_OK);
-  check_shape(&o.out[0], 1, (int64_t[]){0});
-  done(&o);
+  o = one_new("Slice", 13, 5, 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 1, xd, x), ht(NBL_DT_INT64, 1, one_d, s2),
+                           ht(NBL_DT_INT64, 1, one_d, e2), ONE_NONE, ht(NBL_DT_INT64, 1, one_d, t2)};
+  one_ins(o, 5, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){6, 8}, 2);
+  one_free(o);
+  o = one_new("Slice", 13, 3, 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_FLOAT, 1, xd, x), ht(NBL_DT_INT64, 1, one_d, s3),
+                           ht(NBL_DT_INT64, 1, one_d, e3)};
+  one_ins(o, 3, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 1, (int64_t[]){0});
+  one_free(o);
   /* step 0 is an error */
   int64_t z[] = {0};
-  o = mk("Slice", 13, 5, (const char *[]){"x", "s", "e", "a", "t"}, 1);
-  nbl_host_tensor in4[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_INT64, 1, one_d, s),
-                           ht("e", NBL_DT_INT64, 1, one_d, e), ht("a", NBL_DT_INT64, 1, one_d, a),
-                           ht("t", NBL_DT_INT64, 1, one_d, z)};
-  ck_assert_int_eq(run(&o, 5, in4), NBL_ERR_INVALID_MODEL);
-  done(&o);
+  o = one_new("Slice", 13, 5, 1);
+  nbl_host_tensor in4[] = {ht(NBL_DT_FLOAT, 1, xd, x), ht(NBL_DT_INT64, 1, one_d, s),
+                           ht(NBL_DT_INT64, 1, one_d, e), ht(NBL_DT_INT64, 1, one_d, a),
+                           ht(NBL_DT_INT64, 1, one_d, z)};
+  one_ins(o, 5, in4);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  one_free(o);
 }
 END_TEST
 
 START_TEST(test_concat_empty_and_split_uneven) {
   float a[4] = {1, 2, 3, 4}, b[1] = {0};
   int64_t ad[] = {2, 2}, bd[] = {2, 0};
-  one o = mk("Concat", 13, 3, (const char *[]){"a", "b", "c"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "axis", -1);
-  nbl_host_tensor in[] = {ht("a", NBL_DT_FLOAT, 2, ad, a), ht("b", NBL_DT_FLOAT, 2, bd, b),
-                          ht("c", NBL_DT_FLOAT, 2, ad, a)};
-  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){2, 4});
-  check_f32(&o.out[0], (float[]){1, 2, 1, 2, 3, 4, 3, 4}, 8);
-  done(&o);
+  one *o = one_new("Concat", 13, 3, 1);
+  nbl_node_set_attr_int(G(o), o->node, "axis", -1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, ad, a), ht(NBL_DT_FLOAT, 2, bd, b),
+                          ht(NBL_DT_FLOAT, 2, ad, a)};
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){2, 4});
+  check_f32(&o->out[0], (float[]){1, 2, 1, 2, 3, 4, 3, 4}, 8);
+  one_free(o);
   /* opset 18 num_outputs=3 on 7 elements: 3, 3, 1 */
   float x[7] = {0, 1, 2, 3, 4, 5, 6};
   int64_t xd[] = {7};
-  o = mk("Split", 18, 1, (const char *[]){"x"}, 3);
-  nbl_node_set_attr_int(G(o), o.node, "num_outputs", 3);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
-  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
-  check_f32(&o.out[0], (float[]){0, 1, 2}, 3);
-  check_f32(&o.out[1], (float[]){3, 4, 5}, 3);
-  check_f32(&o.out[2], (float[]){6}, 1);
-  done(&o);
+  o = one_new("Split", 18, 1, 3);
+  nbl_node_set_attr_int(G(o), o->node, "num_outputs", 3);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 1, xd, x)};
+  one_ins(o, 1, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){0, 1, 2}, 3);
+  check_f32(&o->out[1], (float[]){3, 4, 5}, 3);
+  check_f32(&o->out[2], (float[]){6}, 1);
+  one_free(o);
   /* before 18, an uneven split without sizes is an error */
-  o = mk("Split", 13, 1, (const char *[]){"x"}, 3);
-  ck_assert_int_eq(run(&o, 1, in2), NBL_ERR_INVALID_MODEL);
-  done(&o);
+  o = one_new("Split", 13, 1, 3);
+  one_ins(o, 1, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  one_free(o);
 }
 END_TEST
 
 START_TEST(test_gather_negative_and_out_of_range) {
   float x[6] = {1, 2, 3, 4, 5, 6};
   int64_t xd[] = {3, 2}, id[] = {2}, ind[] = {-1, 0}, bad[] = {3, 0};
-  one o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 1, id, ind)};
-  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){5, 6, 1, 2}, 4);
-  done(&o);
-  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 1, id, bad)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_ERR_RUNTIME);
+  one *o = one_new("Gather", 13, 2, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, id, ind)};
+  one_ins(o, 2, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){5, 6, 1, 2}, 4);
+  one_free(o);
+  o = one_new("Gather", 13, 2, 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, id, bad)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_RUNTIME);
   ck_assert_ptr_nonnull(strstr(nbl_last_error(), "out of range"));
-  done(&o);
+  one_free(o);
   /* GatherND with batch_dims=1: data [2,2,2], indices [2,1] -> rows data[b][idx[b]] */
   float d[8] = {0, 1, 2, 3, 4, 5, 6, 7};
   int64_t dd[] = {2, 2, 2}, gd[] = {2, 1}, gi[] = {1, 0};
-  o = mk("GatherND", 13, 2, (const char *[]){"x", "i"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "batch_dims", 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 3, dd, d), ht("i", NBL_DT_INT64, 2, gd, gi)};
-  ck_assert_int_eq(run(&o, 2, in3), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){2, 2});
-  check_f32(&o.out[0], (float[]){2, 3, 4, 5}, 4);
-  done(&o);
+  o = one_new("GatherND", 13, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "batch_dims", 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_FLOAT, 3, dd, d), ht(NBL_DT_INT64, 2, gd, gi)};
+  one_ins(o, 2, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){2, 2});
+  check_f32(&o->out[0], (float[]){2, 3, 4, 5}, 4);
+  one_free(o);
 }
 END_TEST
 
@@ -260,29 +217,32 @@ START_TEST(test_strings_move) {
   /* strings: Transpose + Gather copy them (ASan checks ownership) */
   const char *s[6] = {"a", "bb", "", "dddd", "e", "ff"};
   int64_t sd[] = {2, 3};
-  one o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_STRING, 2, sd, s)};
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
+  one *o = one_new("Transpose", 13, 1, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_STRING, 2, sd, s)};
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
   const char *want[6] = {"a", "dddd", "bb", "e", "", "ff"};
-  char *const *p = o.out[0].data;
+  char *const *p = o->out[0].data;
   for (int i = 0; i < 6; i++) ck_assert_str_eq(p[i], want[i]);
-  done(&o);
+  one_free(o);
   int64_t id[] = {3}, ind[] = {2, 0, 2};
-  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_STRING, 2, sd, s), ht("i", NBL_DT_INT64, 1, id, ind)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  o = one_new("Gather", 13, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_STRING, 2, sd, s), ht(NBL_DT_INT64, 1, id, ind)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
   const char *want2[6] = {"", "a", "", "ff", "dddd", "ff"};
-  p = o.out[0].data;
+  p = o->out[0].data;
   for (int i = 0; i < 6; i++) ck_assert_str_eq(p[i], want2[i]);
-  done(&o);
+  one_free(o);
   /* an out-of-range index on strings fails cleanly (no double free) */
   int64_t bad[] = {2, 9, 0};
-  o = mk("Gather", 13, 2, (const char *[]){"x", "i"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_STRING, 2, sd, s), ht("i", NBL_DT_INT64, 1, id, bad)};
-  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_RUNTIME);
-  done(&o);
+  o = one_new("Gather", 13, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_STRING, 2, sd, s), ht(NBL_DT_INT64, 1, id, bad)};
+  one_ins(o, 2, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_RUNTIME);
+  one_free(o);
 }
 END_TEST
 
@@ -293,47 +253,52 @@ START_TEST(test_pad_modes) {
   const char *modes[] = {"reflect", "edge", "wrap"};
   float want[3][9] = {{1, 2, 3, 2, 1, 2, 3, 2, 1}, {1, 1, 1, 1, 1, 2, 3, 3, 3}, {3, 1, 2, 3, 1, 2, 3, 1, 2}};
   for (int m = 0; m < 3; m++) {
-    one o = mk("Pad", m == 2 ? 19 : 13, 2, (const char *[]){"x", "p"}, 1);
-    nbl_node_set_attr_string(G(o), o.node, "mode", modes[m]);
-    nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("p", NBL_DT_INT64, 1, pd, pads)};
-    ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-    check_f32(&o.out[0], want[m], 9);
-    done(&o);
+    one *o = one_new("Pad", m == 2 ? 19 : 13, 2, 1);
+    nbl_node_set_attr_string(G(o), o->node, "mode", modes[m]);
+    nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 1, xd, x), ht(NBL_DT_INT64, 1, pd, pads)};
+    one_ins(o, 2, in);
+    ck_assert_int_eq(one_run(o, 0), NBL_OK);
+    check_f32(&o->out[0], want[m], 9);
+    one_free(o);
   }
   /* negative pads crop; constant value from input; NaN passes through */
   float y[4] = {NAN, 2, INFINITY, 4}, cv[1] = {-1};
   int64_t yd[] = {2, 2}, p4d[] = {4}, p4[] = {0, -1, 1, 1};
-  one o = mk("Pad", 13, 3, (const char *[]){"x", "p", "c"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, yd, y), ht("p", NBL_DT_INT64, 1, p4d, p4),
-                          ht("c", NBL_DT_FLOAT, 0, NULL, cv)};
-  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){3, 2});
-  check_f32(&o.out[0], (float[]){2, -1, 4, -1, -1, -1}, 6);
-  done(&o);
+  one *o = one_new("Pad", 13, 3, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, yd, y), ht(NBL_DT_INT64, 1, p4d, p4),
+                          ht(NBL_DT_FLOAT, 0, NULL, cv)};
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){3, 2});
+  check_f32(&o->out[0], (float[]){2, -1, 4, -1, -1, -1}, 6);
+  one_free(o);
 }
 END_TEST
 
 START_TEST(test_expand_tile_broadcast) {
   float x[3] = {1, 2, 3};
   int64_t xd[] = {3, 1}, sd[] = {3}, shp[] = {2, 1, 2};
-  one o = mk("Expand", 13, 2, (const char *[]){"x", "s"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("s", NBL_DT_INT64, 1, sd, shp)};
-  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-  check_shape(&o.out[0], 3, (int64_t[]){2, 3, 2});
-  check_f32(&o.out[0], (float[]){1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}, 12);
-  done(&o);
+  one *o = one_new("Expand", 13, 2, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, sd, shp)};
+  one_ins(o, 2, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 3, (int64_t[]){2, 3, 2});
+  check_f32(&o->out[0], (float[]){1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}, 12);
+  one_free(o);
   int64_t rd[] = {2}, rep[] = {2, 0};
-  o = mk("Tile", 13, 2, (const char *[]){"x", "r"}, 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("r", NBL_DT_INT64, 1, rd, rep)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){6, 0});
-  done(&o);
+  o = one_new("Tile", 13, 2, 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, rd, rep)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){6, 0});
+  one_free(o);
   int64_t rep2[] = {2, 3};
-  o = mk("Tile", 13, 2, (const char *[]){"x", "r"}, 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("r", NBL_DT_INT64, 1, rd, rep2)};
-  ck_assert_int_eq(run(&o, 2, in3), NBL_OK);
-  check_f32(&o.out[0], (float[]){1, 1, 1, 2, 2, 2, 3, 3, 3, 1, 1, 1, 2, 2, 2, 3, 3, 3}, 18);
-  done(&o);
+  o = one_new("Tile", 13, 2, 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 1, rd, rep2)};
+  one_ins(o, 2, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){1, 1, 1, 2, 2, 2, 3, 3, 3, 1, 1, 1, 2, 2, 2, 3, 3, 3}, 18);
+  one_free(o);
 }
 END_TEST
 
@@ -341,49 +306,54 @@ START_TEST(test_scatter_reductions) {
   /* ScatterND opset 18, reduction max with duplicate indices; int32 data */
   int32_t d[4] = {5, 1, -3, 7}, u[3] = {2, 9, -4};
   int64_t dd[] = {4}, id[] = {3, 1}, ind[] = {1, 1, 2}, ud[] = {3};
-  one o = mk("ScatterND", 18, 3, (const char *[]){"x", "i", "u"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "reduction", "max");
-  nbl_host_tensor in[] = {ht("x", NBL_DT_INT32, 1, dd, d), ht("i", NBL_DT_INT64, 2, id, ind),
-                          ht("u", NBL_DT_INT32, 1, ud, u)};
-  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
-  const int32_t *p = o.out[0].data;
+  one *o = one_new("ScatterND", 18, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "reduction", "max");
+  nbl_host_tensor in[] = {ht(NBL_DT_INT32, 1, dd, d), ht(NBL_DT_INT64, 2, id, ind),
+                          ht(NBL_DT_INT32, 1, ud, u)};
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  const int32_t *p = o->out[0].data;
   int32_t want[4] = {5, 9, -3, 7};
   for (int i = 0; i < 4; i++) ck_assert_int_eq(p[i], want[i]);
-  done(&o);
+  one_free(o);
   /* ScatterElements mul on float with NaN update */
   float x[4] = {1, 2, 3, 4}, uu[2] = {NAN, 10};
   int64_t xd[] = {2, 2}, ed[] = {2, 1}, ei[] = {1, -2};
-  o = mk("ScatterElements", 16, 3, (const char *[]){"x", "i", "u"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "reduction", "mul");
-  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, xd, x), ht("i", NBL_DT_INT64, 2, ed, ei),
-                           ht("u", NBL_DT_FLOAT, 2, ed, uu)};
-  ck_assert_int_eq(run(&o, 3, in2), NBL_OK);
-  check_f32(&o.out[0], (float[]){1, NAN, 30, 4}, 4);
-  done(&o);
+  o = one_new("ScatterElements", 16, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "reduction", "mul");
+  nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, xd, x), ht(NBL_DT_INT64, 2, ed, ei),
+                           ht(NBL_DT_FLOAT, 2, ed, uu)};
+  one_ins(o, 3, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){1, NAN, 30, 4}, 4);
+  one_free(o);
   /* min/max only exist from opset 18 */
-  o = mk("ScatterND", 16, 3, (const char *[]){"x", "i", "u"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "reduction", "max");
-  ck_assert_int_eq(run(&o, 3, in), NBL_ERR_INVALID_MODEL);
-  done(&o);
+  o = one_new("ScatterND", 16, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "reduction", "max");
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  one_free(o);
 }
 END_TEST
 
 START_TEST(test_nonzero_nan_negzero) {
   float x[5] = {0.0f, -0.0f, NAN, 1, INFINITY};
   int64_t xd[] = {5};
-  one o = mk("NonZero", 13, 1, (const char *[]){"x"}, 1);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){1, 3});
-  check_i64(&o.out[0], (int64_t[]){2, 3, 4}, 3);
-  done(&o);
+  one *o = one_new("NonZero", 13, 1, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 1, xd, x)};
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){1, 3});
+  check_i64(&o->out[0], (int64_t[]){2, 3, 4}, 3);
+  one_free(o);
   int64_t ed[] = {2, 0};
-  o = mk("NonZero", 13, 1, (const char *[]){"x"}, 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, ed, x)};
-  ck_assert_int_eq(run(&o, 1, in2), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){2, 0});
-  done(&o);
+  o = one_new("NonZero", 13, 1, 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, ed, x)};
+  one_ins(o, 1, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){2, 0});
+  one_free(o);
 }
 END_TEST
 
@@ -392,15 +362,16 @@ START_TEST(test_unique_unsorted) {
    * reordered by first occurrence: Y=[2,1,3,4], idx=[0,1,3,4], inv=[0,1,1,2,3,2], counts=[1,2,2,1] */
   float x[6] = {2, 1, 1, 3, 4, 3};
   int64_t xd[] = {6};
-  one o = mk("Unique", 11, 1, (const char *[]){"x"}, 4);
-  nbl_node_set_attr_int(G(o), o.node, "sorted", 0);
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 1, xd, x)};
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){2, 1, 3, 4}, 4);
-  check_i64(&o.out[1], (int64_t[]){0, 1, 3, 4}, 4);
-  check_i64(&o.out[2], (int64_t[]){0, 1, 1, 2, 3, 2}, 6);
-  check_i64(&o.out[3], (int64_t[]){1, 2, 2, 1}, 4);
-  done(&o);
+  one *o = one_new("Unique", 11, 1, 4);
+  nbl_node_set_attr_int(G(o), o->node, "sorted", 0);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 1, xd, x)};
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){2, 1, 3, 4}, 4);
+  check_i64(&o->out[1], (int64_t[]){0, 1, 3, 4}, 4);
+  check_i64(&o->out[2], (int64_t[]){0, 1, 1, 2, 3, 2}, 6);
+  check_i64(&o->out[3], (int64_t[]){1, 2, 2, 1}, 4);
+  one_free(o);
 }
 END_TEST
 
@@ -409,34 +380,37 @@ START_TEST(test_resize_int_nearest_and_linear_nan) {
   uint8_t u[2] = {10, 20};
   int64_t ud[] = {1, 2}, sd[] = {2};
   float sc[2] = {1, 2};
-  one o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "coordinate_transformation_mode", "asymmetric");
-  nbl_node_set_attr_string(G(o), o.node, "nearest_mode", "floor");
-  nbl_host_tensor in[] = {ht("x", NBL_DT_UINT8, 2, ud, u), ht("s", NBL_DT_FLOAT, 1, sd, sc)};
-  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-  ck_assert_int_eq(o.out[0].dtype, NBL_DT_UINT8);
-  const uint8_t *p = o.out[0].data;
+  one *o = one_new("Resize", 13, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "coordinate_transformation_mode", "asymmetric");
+  nbl_node_set_attr_string(G(o), o->node, "nearest_mode", "floor");
+  nbl_host_tensor in[] = {ht(NBL_DT_UINT8, 2, ud, u), ONE_NONE, ht(NBL_DT_FLOAT, 1, sd, sc)};
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  ck_assert_int_eq(o->out[0].dtype, NBL_DT_UINT8);
+  const uint8_t *p = o->out[0].data;
   uint8_t want[4] = {10, 10, 20, 20};
   for (int i = 0; i < 4; i++) ck_assert_int_eq(p[i], want[i]);
-  done(&o);
+  one_free(o);
   /* linear half_pixel x2 of [1, 3, 5]; the same with a NaN in the middle: the NaN
    * reaches exactly the outputs whose two taps include it (1 and 5 stay) */
   float x[3] = {1, 3, 5};
   int64_t xd[] = {3}, s1[] = {1};
   float two[1] = {2};
-  o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "mode", "linear");
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 1, xd, x), ht("s", NBL_DT_FLOAT, 1, s1, two)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
+  o = one_new("Resize", 13, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "mode", "linear");
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 1, xd, x), ONE_NONE, ht(NBL_DT_FLOAT, 1, s1, two)};
+  one_ins(o, 3, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
   /* torch: [1.0, 1.5, 2.5, 3.5, 4.5, 5.0] */
-  check_f32(&o.out[0], (float[]){1, 1.5f, 2.5f, 3.5f, 4.5f, 5}, 6);
-  done(&o);
+  check_f32(&o->out[0], (float[]){1, 1.5f, 2.5f, 3.5f, 4.5f, 5}, 6);
+  one_free(o);
   x[1] = NAN;
-  o = mk("Resize", 13, 3, (const char *[]){"x", "", "s"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "mode", "linear");
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
-  check_f32(&o.out[0], (float[]){1, NAN, NAN, NAN, NAN, 5}, 6);
-  done(&o);
+  o = one_new("Resize", 13, 3, 1);
+  nbl_node_set_attr_string(G(o), o->node, "mode", "linear");
+  one_ins(o, 3, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){1, NAN, NAN, NAN, NAN, 5}, 6);
+  one_free(o);
 }
 END_TEST
 
@@ -450,89 +424,98 @@ START_TEST(test_resize_opset18_antialias_axes_aspect) {
   float want[2][3] = {{2.1710526943206787f, 8.773809432983398f, 20.3157901763916f},
                       {1.5963616371154785f, 8.408522605895996f, 21.389434814453125f}};
   for (int m = 0; m < 2; m++) {
-    one o = mk("Resize", 18, 4, (const char *[]){"x", "", "", "s"}, 1);
-    nbl_node_set_attr_string(G(o), o.node, "mode", modes[m]);
-    nbl_node_set_attr_int(G(o), o.node, "antialias", 1);
-    nbl_node_set_attr_int(G(o), o.node, "exclude_outside", 1);
-    nbl_node_set_attr_float(G(o), o.node, "cubic_coeff_a", -0.5f);
-    nbl_node_set_attr_ints(G(o), o.node, "axes", 2, (int64_t[]){2, -1});
-    nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 4, xd, x), ht("s", NBL_DT_INT64, 1, szd, sz)};
-    ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-    check_shape(&o.out[0], 4, (int64_t[]){1, 1, 1, 3});
-    check_f32(&o.out[0], want[m], 3);
-    done(&o);
+    one *o = one_new("Resize", 18, 4, 1);
+    nbl_node_set_attr_string(G(o), o->node, "mode", modes[m]);
+    nbl_node_set_attr_int(G(o), o->node, "antialias", 1);
+    nbl_node_set_attr_int(G(o), o->node, "exclude_outside", 1);
+    nbl_node_set_attr_float(G(o), o->node, "cubic_coeff_a", -0.5f);
+    nbl_node_set_attr_ints(G(o), o->node, "axes", 2, (int64_t[]){2, -1});
+    nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 4, xd, x), ONE_NONE, ONE_NONE, ht(NBL_DT_INT64, 1, szd, sz)};
+    one_ins(o, 4, in);
+    ck_assert_int_eq(one_run(o, 0), NBL_OK);
+    check_shape(&o->out[0], 4, (int64_t[]){1, 1, 1, 3});
+    check_f32(&o->out[0], want[m], 3);
+    one_free(o);
   }
   /* keep_aspect_ratio_policy not_smaller: [3,5] to sizes (6,6) -> scale 2 -> [6,10]
    * (the case of ONNX's shape-inference test); nearest keeps every value */
   float y[15];
   for (int i = 0; i < 15; i++) y[i] = (float)i;
   int64_t yd[] = {3, 5}, s6[] = {6, 6};
-  one o = mk("Resize", 18, 4, (const char *[]){"x", "", "", "s"}, 1);
-  nbl_node_set_attr_string(G(o), o.node, "keep_aspect_ratio_policy", "not_smaller");
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, yd, y), ht("s", NBL_DT_INT64, 1, szd, s6)};
-  ck_assert_int_eq(run(&o, 2, in), NBL_OK);
-  check_shape(&o.out[0], 2, (int64_t[]){6, 10});
-  const float *p = o.out[0].data;
+  one *o = one_new("Resize", 18, 4, 1);
+  nbl_node_set_attr_string(G(o), o->node, "keep_aspect_ratio_policy", "not_smaller");
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, yd, y), ONE_NONE, ONE_NONE, ht(NBL_DT_INT64, 1, szd, s6)};
+  one_ins(o, 4, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 2, (int64_t[]){6, 10});
+  const float *p = o->out[0].data;
   /* half_pixel, scale 2, round_prefer_floor: output i -> input floor(i/2) */
   for (int i = 0; i < 6; i++)
     for (int j = 0; j < 10; j++) ck_assert_float_eq(p[i * 10 + j], y[(i / 2) * 5 + j / 2]);
-  done(&o);
+  one_free(o);
 }
 END_TEST
 
 START_TEST(test_attribute_forms_old_opsets) {
   float x[6] = {1, 2, 3, 4, 5, 6};
   int64_t xd[] = {2, 3};
-  nbl_host_tensor in[] = {ht("x", NBL_DT_FLOAT, 2, xd, x)};
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 2, xd, x)};
   /* Upsample-7 nearest, scales attribute [1, 2]: each column twice */
-  one o = mk("Upsample", 7, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_floats(G(o), o.node, "scales", 2, (float[]){1, 2});
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6}, 12);
-  done(&o);
+  one *o = one_new("Upsample", 7, 1, 1);
+  nbl_node_set_attr_floats(G(o), o->node, "scales", 2, (float[]){1, 2});
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6}, 12);
+  one_free(o);
   /* Slice-1: starts/ends/axes attributes; x[:, 1:100] */
-  o = mk("Slice", 1, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "starts", 1, (int64_t[]){1});
-  nbl_node_set_attr_ints(G(o), o.node, "ends", 1, (int64_t[]){100});
-  nbl_node_set_attr_ints(G(o), o.node, "axes", 1, (int64_t[]){1});
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){2, 3, 5, 6}, 4);
-  done(&o);
+  o = one_new("Slice", 1, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "starts", 1, (int64_t[]){1});
+  nbl_node_set_attr_ints(G(o), o->node, "ends", 1, (int64_t[]){100});
+  nbl_node_set_attr_ints(G(o), o->node, "axes", 1, (int64_t[]){1});
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){2, 3, 5, 6}, 4);
+  one_free(o);
   /* Pad-2: pads and value attributes */
-  o = mk("Pad", 2, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "pads", 4, (int64_t[]){1, 0, 0, 0});
-  nbl_node_set_attr_float(G(o), o.node, "value", 9.5f);
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){9.5f, 9.5f, 9.5f, 1, 2, 3, 4, 5, 6}, 9);
-  done(&o);
+  o = one_new("Pad", 2, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "pads", 4, (int64_t[]){1, 0, 0, 0});
+  nbl_node_set_attr_float(G(o), o->node, "value", 9.5f);
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){9.5f, 9.5f, 9.5f, 1, 2, 3, 4, 5, 6}, 9);
+  one_free(o);
   /* Split-2 with the split attribute */
-  o = mk("Split", 2, 1, (const char *[]){"x"}, 2);
-  nbl_node_set_attr_int(G(o), o.node, "axis", 1);
-  nbl_node_set_attr_ints(G(o), o.node, "split", 2, (int64_t[]){1, 2});
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){1, 4}, 2);
-  check_f32(&o.out[1], (float[]){2, 3, 5, 6}, 4);
-  done(&o);
+  o = one_new("Split", 2, 1, 2);
+  nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+  nbl_node_set_attr_ints(G(o), o->node, "split", 2, (int64_t[]){1, 2});
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){1, 4}, 2);
+  check_f32(&o->out[1], (float[]){2, 3, 5, 6}, 4);
+  one_free(o);
   /* Unsqueeze-11 axes attribute, then an INT4 tensor through Reshape (packed bytes kept) */
-  o = mk("Unsqueeze", 11, 1, (const char *[]){"x"}, 1);
-  nbl_node_set_attr_ints(G(o), o.node, "axes", 1, (int64_t[]){1});
-  ck_assert_int_eq(run(&o, 1, in), NBL_OK);
-  check_shape(&o.out[0], 3, (int64_t[]){2, 1, 3});
-  done(&o);
+  o = one_new("Unsqueeze", 11, 1, 1);
+  nbl_node_set_attr_ints(G(o), o->node, "axes", 1, (int64_t[]){1});
+  one_ins(o, 1, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 3, (int64_t[]){2, 1, 3});
+  one_free(o);
   uint8_t q[3] = {0x21, 0x43, 0x65};
   int64_t qd[] = {6}, sd[] = {2}, shp[] = {3, 2};
-  o = mk("Reshape", 21, 2, (const char *[]){"x", "s"}, 1);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_INT4, 1, qd, q), ht("s", NBL_DT_INT64, 1, sd, shp)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
-  ck_assert_int_eq(o.out[0].dtype, NBL_DT_INT4);
-  ck_assert_uint_eq(o.out[0].nbytes, 3);
-  ck_assert_int_eq(memcmp(o.out[0].data, q, 3), 0);
-  done(&o);
+  o = one_new("Reshape", 21, 2, 1);
+  nbl_host_tensor in2[] = {ht(NBL_DT_INT4, 1, qd, q), ht(NBL_DT_INT64, 1, sd, shp)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  ck_assert_int_eq(o->out[0].dtype, NBL_DT_INT4);
+  ck_assert_uint_eq(o->out[0].nbytes, 3);
+  ck_assert_int_eq(memcmp(o->out[0].data, q, 3), 0);
+  one_free(o);
   /* ... but a Transpose of INT4 is a clear error */
-  o = mk("Transpose", 13, 1, (const char *[]){"x"}, 1);
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_INT4, 1, qd, q)};
-  ck_assert_int_eq(run(&o, 1, in3), NBL_ERR_UNSUPPORTED);
-  done(&o);
+  o = one_new("Transpose", 13, 1, 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_INT4, 1, qd, q)};
+  one_ins(o, 1, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_UNSUPPORTED);
+  one_free(o);
 }
 END_TEST
 
@@ -542,33 +525,37 @@ START_TEST(test_misc_small) {
   int64_t idd[] = {3};
   float depth[1] = {3}, vals[2] = {0, 7};
   int64_t vd[] = {2};
-  one o = mk("OneHot", 11, 3, (const char *[]){"i", "d", "v"}, 1);
-  nbl_host_tensor in[] = {ht("i", NBL_DT_FLOAT, 1, idd, ind), ht("d", NBL_DT_FLOAT, 0, NULL, depth),
-                          ht("v", NBL_DT_FLOAT, 1, vd, vals)};
-  ck_assert_int_eq(run(&o, 3, in), NBL_OK);
-  check_f32(&o.out[0], (float[]){0, 0, 7, 0, 0, 0, 7, 0, 0}, 9);
-  done(&o);
+  one *o = one_new("OneHot", 11, 3, 1);
+  nbl_host_tensor in[] = {ht(NBL_DT_FLOAT, 1, idd, ind), ht(NBL_DT_FLOAT, 0, NULL, depth),
+                          ht(NBL_DT_FLOAT, 1, vd, vals)};
+  one_ins(o, 3, in);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){0, 0, 7, 0, 0, 0, 7, 0, 0}, 9);
+  one_free(o);
   /* Trilu lower with k=-1 on 3x3 */
   float m[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
   int64_t md[] = {3, 3}, k[1] = {-1};
-  o = mk("Trilu", 14, 2, (const char *[]){"x", "k"}, 1);
-  nbl_node_set_attr_int(G(o), o.node, "upper", 0);
-  nbl_host_tensor in2[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("k", NBL_DT_INT64, 0, NULL, k)};
-  ck_assert_int_eq(run(&o, 2, in2), NBL_OK);
-  check_f32(&o.out[0], (float[]){0, 0, 0, 4, 0, 0, 7, 8, 0}, 9);
-  done(&o);
+  o = one_new("Trilu", 14, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "upper", 0);
+  nbl_host_tensor in2[] = {ht(NBL_DT_FLOAT, 2, md, m), ht(NBL_DT_INT64, 0, NULL, k)};
+  one_ins(o, 2, in2);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_f32(&o->out[0], (float[]){0, 0, 0, 4, 0, 0, 7, 8, 0}, 9);
+  one_free(o);
   /* Squeeze of a non-1 axis is an error; Unsqueeze with negative axes */
-  o = mk("Squeeze", 13, 2, (const char *[]){"x", "a"}, 1);
+  o = one_new("Squeeze", 13, 2, 1);
   int64_t ad[] = {1}, ax[] = {0};
-  nbl_host_tensor in3[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("a", NBL_DT_INT64, 1, ad, ax)};
-  ck_assert_int_eq(run(&o, 2, in3), NBL_ERR_INVALID_MODEL);
-  done(&o);
-  o = mk("Unsqueeze", 13, 2, (const char *[]){"x", "a"}, 1);
+  nbl_host_tensor in3[] = {ht(NBL_DT_FLOAT, 2, md, m), ht(NBL_DT_INT64, 1, ad, ax)};
+  one_ins(o, 2, in3);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  one_free(o);
+  o = one_new("Unsqueeze", 13, 2, 1);
   int64_t ad2[] = {2}, ax2[] = {-1, 0};
-  nbl_host_tensor in4[] = {ht("x", NBL_DT_FLOAT, 2, md, m), ht("a", NBL_DT_INT64, 1, ad2, ax2)};
-  ck_assert_int_eq(run(&o, 2, in4), NBL_OK);
-  check_shape(&o.out[0], 4, (int64_t[]){1, 3, 3, 1});
-  done(&o);
+  nbl_host_tensor in4[] = {ht(NBL_DT_FLOAT, 2, md, m), ht(NBL_DT_INT64, 1, ad2, ax2)};
+  one_ins(o, 2, in4);
+  ck_assert_int_eq(one_run(o, 0), NBL_OK);
+  check_shape(&o->out[0], 4, (int64_t[]){1, 3, 3, 1});
+  one_free(o);
 }
 END_TEST
 
