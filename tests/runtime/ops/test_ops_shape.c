@@ -1,4 +1,4 @@
-/* test_ops_shape.c - shape and data-movement kernels (runtime/ops/shape.c).
+/* test_ops_shape.c - shape and data-movement kernels (runtime/ops/shape.c, shape_strided.c).
  *
  * Each case builds a one-node graph, runs it through the session API and
  * compares with values computed by hand (or, where marked, by PyTorch / NumPy
