@@ -111,6 +111,16 @@ typedef struct nbl_tensor {
 /* Product of dims, -1 on overflow or negative dim. */
 int64_t nbl_shape_numel(int rank, const int64_t *dims);
 int64_t nbl_tensor_numel(const nbl_tensor *t);
+/* Checks that t can be handed out as a flat tensor of at most max_rank dims:
+ * a valid shape, a supported element type, and data to match (its byte count,
+ * or for STRING its string count). *numel gets the element count. Errors
+ * name the tensor; the parser's tensor files and the runtime's initializers
+ * both go through here. */
+nbl_status nbl_tensor_check_data(const nbl_tensor *t, int max_rank, int64_t *numel);
+/* STRING tensor t (checked by nbl_tensor_check_data, numel elements) as a
+ * malloc'd array of malloc'd NUL-terminated copies of its strings, which the
+ * caller frees. */
+nbl_status nbl_tensor_dup_strings(const nbl_tensor *t, int64_t numel, char ***out);
 /* A new tensor in the model's arena; data is copied into a new malloc'd buffer
  * (data may be NULL: zero-filled). */
 nbl_tensor *nbl_tensor_new(nbl_arena *a, const char *name, nbl_dtype dt, int rank,
