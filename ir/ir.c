@@ -11,6 +11,16 @@ static _Thread_local char err_msg[4096];
 
 const char *nbl_last_error(void) { return err_msg; }
 
+nbl_status nbl_errbuf(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return st;
+}
+
 nbl_status nbl_errorf(nbl_status st, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -855,6 +865,16 @@ const nbl_attr *nbl_node_attr(const nbl_node *n, const char *name) {
   for (int i = 0; i < n->n_attrs; i++)
     if (strcmp(n->attrs[i].name, name) == 0) return &n->attrs[i];
   return NULL;
+}
+
+nbl_status nbl_node_attr_typed(const nbl_node *n, const char *name, nbl_attr_type want,
+                               const nbl_attr **out, char *err, size_t errlen) {
+  const nbl_attr *a = nbl_node_attr(n, name);
+  *out = a;
+  if (a && a->type != want)
+    return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
+                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
+  return NBL_OK;
 }
 
 int64_t nbl_attr_int(const nbl_node *n, const char *name, int64_t dflt) {

@@ -2,7 +2,6 @@
 #include "runtime/formats/int4.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,31 +40,6 @@ static int parse_rounding(const char *s, nbl_q4_rounding *out) {
   return 0;
 }
 
-/* Write the message into err and return st. */
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return st;
-}
-
-/* The attribute `name` of n if present; NBL_OK, or an error when it has
- * another type than `want`. */
-static nbl_status attr_of_type(const nbl_node *n, const char *name, nbl_attr_type want,
-                               const nbl_attr **out, char *err, size_t errlen) {
-  const nbl_attr *a = nbl_node_attr(n, name);
-  *out = a;
-  if (a && a->type != want)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
-                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
-  return NBL_OK;
-}
-
 nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err, size_t errlen) {
   static const char *const names[] = {"bits", "mode", "scale_source", "rounding",
                                       "narrow", "seed", "scale"};
@@ -74,7 +48,7 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
                                         NBL_ATTR_FLOAT};
   const nbl_attr *a[sizeof names / sizeof names[0]];
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    nbl_status st = attr_of_type(n, names[i], types[i], &a[i], err, errlen);
+    nbl_status st = nbl_node_attr_typed(n, names[i], types[i], &a[i], err, errlen);
     if (st != NBL_OK) return st;
   }
   const nbl_attr *bits = a[0], *mode = a[1], *source = a[2], *rounding = a[3], *narrow = a[4],
@@ -83,38 +57,38 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
   nbl_q4_config_default(&cfg);
   if (bits) {
     if (bits->i < 2 || bits->i > 8)
-      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "bits=%lld is not supported (2..8)",
+      return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED, "bits=%lld is not supported (2..8)",
                         (long long)bits->i);
     cfg.bits = (int)bits->i;
   }
   if (mode && parse_mode(mode->s, &cfg.mode) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "mode '%s' is not supported (symmetric|affine)", mode->s);
   if (source && parse_scale_source(source->s, &cfg.scale_source) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "scale_source '%s' is not supported (max|sawb|fixed|pact)", source->s);
   if (rounding && parse_rounding(rounding->s, &cfg.rounding) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "rounding '%s' is not supported (half_even|stochastic)", rounding->s);
   if (narrow) {
     if (narrow->i != 0 && narrow->i != 1)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "narrow must be 0 or 1, got %lld",
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "narrow must be 0 or 1, got %lld",
                         (long long)narrow->i);
     cfg.narrow = (int)narrow->i;
   }
   if (seed) cfg.seed = seed->i;
   if (cfg.scale_source == NBL_Q4_SCALE_FIXED) {
     if (!scale)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                         "scale_source=fixed needs attribute 'scale'");
     if (!isfinite(scale->f) || scale->f <= 0)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                         "scale_source=fixed needs a finite scale > 0, got scale=%g",
                         (double)scale->f);
     cfg.fixed_scale = scale->f;
   }
   if (cfg.scale_source == NBL_Q4_SCALE_SAWB && cfg.mode != NBL_Q4_SYMMETRIC)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+    return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                       "scale_source=sawb is symmetric only (mode 'affine')");
   *out = cfg;
   return NBL_OK;
