@@ -93,4 +93,16 @@ int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_n
 /* 1 if a subgraph of any node of g captures the outer value `name`. */
 int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name);
 
+/* The node that produces value v; NULL for none (graph input, initializer,
+ * outer value) or v == NBL_NONE. */
+const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
+
+/* The residual pattern of the fused convolutions: value v, the only output
+ * of node conv, is used once only, by an Add (two distinct operands, one
+ * output) whose other operand *r is ready where conv runs (a graph input or
+ * initializer, or made by a node before conv in the schedule; pos: node ->
+ * position, -1 for a node not in it); v is not a graph output nor captured
+ * by a subgraph. Returns the Add's node id, or NBL_NONE. */
+nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
+
 #endif /* NBL_FUSE_H */
