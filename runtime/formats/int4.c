@@ -139,6 +139,29 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
   return c > 0 ? c : mx;
 }
 
+void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p) {
+  memset(p, 0, sizeof *p);
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  if (lo > hi) lo = hi = 0.0f; /* no finite element */
+  float s;
+  if (cfg->mode == NBL_Q4_SYMMETRIC) {
+    float m = 0.0f; /* max |x| over the finite elements */
+    if (-lo > m) m = -lo;
+    if (hi > m) m = hi;
+    s = m / (float)p->qmax;
+    if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+    p->scale = s;
+    return;
+  }
+  s = (hi - lo) / (float)(p->qmax - p->qmin);
+  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+  float z = nearbyintf((float)p->qmin - lo / s);
+  if (z < -128.0f) z = -128.0f;
+  if (z > 127.0f) z = 127.0f;
+  p->scale = s;
+  p->zero = (int)z;
+}
+
 int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
                   nbl_q4_params *p, const char **why) {
   static const char *dummy;
@@ -176,27 +199,16 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
     }
     s = (float)nbl_q4_sawb_clip(x, n, cfg->bits) / (float)p->qmax;
     break;
-  case NBL_Q4_SCALE_MAX:
-    if (cfg->mode == NBL_Q4_SYMMETRIC) {
-      s = max_abs_finite(x, n) / (float)p->qmax;
-    } else {
-      float lo = INFINITY, hi = -INFINITY;
-      for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i])) continue;
-        if (x[i] < lo) lo = x[i];
-        if (x[i] > hi) hi = x[i];
-      }
-      if (lo > hi) lo = hi = 0.0f; /* no finite element */
-      s = (hi - lo) / (float)(p->qmax - p->qmin);
-      if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
-      float z = nearbyintf((float)p->qmin - lo / s);
-      if (z < -128.0f) z = -128.0f;
-      if (z > 127.0f) z = 127.0f;
-      p->scale = s;
-      p->zero = (int)z;
-      return 0;
+  case NBL_Q4_SCALE_MAX: {
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+      if (!isfinite(x[i])) continue;
+      if (x[i] < lo) lo = x[i];
+      if (x[i] > hi) hi = x[i];
     }
-    break;
+    nbl_q4_params_from_range(cfg, lo, hi, p);
+    return 0;
+  }
   default:
     *why = "unknown scale_source";
     return -1;
