@@ -185,7 +185,7 @@ typedef struct nbl_op_def {
   int max_version;      /* highest opset version it is correct for (inclusive) */
   nbl_kernel_fn ref;    /* plain C reference kernel (required) */
   nbl_kernel_fn fast;   /* optional fast kernel; must agree with ref */
-  nbl_shape_fn shape;   /* shape rule (required; tests/test_optable.c checks) */
+  nbl_shape_fn shape;   /* shape rule (required; tests/runtime/core/test_optable.c checks) */
   nbl_grad_fn grad;     /* gradient rule, or NULL */
   const char *no_grad;  /* when grad is NULL on purpose: why the op has no gradient */
   unsigned flags;       /* NBL_OPF_* */
