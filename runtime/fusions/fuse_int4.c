@@ -202,22 +202,11 @@ static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_i4_fused *
            f->act ? g->nodes[f->act_node].op_type : "");
 }
 
-/* 1 if every use of node q's outputs is by a fused node that absorbs it. */
-static int absorbed(const nbl_graph *g, nbl_id q, nbl_i4_fused *const *by_node) {
-  const nbl_node *n = &g->nodes[q];
-  for (int k = 0; k < n->n_outputs; k++) {
-    nbl_id v = n->outputs[k];
-    if (v == NBL_NONE) continue;
-    const nbl_value *val = &g->values[v];
-    if (val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) return 0;
-    for (int i = 0; i < val->n_consumers; i++) {
-      const nbl_i4_fused *f = by_node[val->consumers[i]];
-      if (!f || k != 0 || (f->qx != q && f->wnode != q)) return 0;
-      for (int a = 0; a < f->orig->n_inputs; a++) /* only as the fused X or W operand */
-        if (f->orig->inputs[a] == v && !(a == 0 && f->qx == q) && !(a == 1 && f->wnode == q))
-          return 0;
-    }
-  }
+/* nbl_fuse_absorbed's view of the fused nodes (state: by_node). */
+static int i4_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
+  const nbl_i4_fused *f = ((nbl_i4_fused *const *)state)[node];
+  if (!f) return 0;
+  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
   return 1;
 }
 
@@ -336,7 +325,8 @@ nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
     const nbl_node *nd = &g->nodes[id];
     int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeInt4") ||
                     nbl_fuse_is_op(nd, "", "DequantizeLinear");
-    int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
+    int drop = quantizer && !fu->by_node[id] &&
+               nbl_fuse_absorbed(g, id, i4_operands, fu->by_node);
     for (int k = 0; drop && k < nd->n_outputs; k++)
       if (nd->outputs[k] != NBL_NONE &&
           nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))

@@ -164,23 +164,11 @@ no:
   return NULL;
 }
 
-/* 1 if every use of node q's outputs is as the X or W operand of a fused node that absorbs q. */
-static int absorbed(const nbl_graph *g, nbl_id q, nbl_t_fused *const *by_node) {
-  const nbl_node *n = &g->nodes[q];
-  for (int k = 0; k < n->n_outputs; k++) {
-    nbl_id v = n->outputs[k];
-    if (v == NBL_NONE) continue;
-    const nbl_value *val = &g->values[v];
-    if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || nbl_fuse_used_in_subgraphs(g, val->name))
-      return 0;
-    for (int i = 0; i < val->n_consumers; i++) {
-      const nbl_t_fused *f = by_node[val->consumers[i]];
-      if (!f || k != 0 || (f->qx != q && f->wnode != q)) return 0;
-      for (int a = 0; a < f->orig->n_inputs; a++)
-        if (f->orig->inputs[a] == v && !(a == 0 && f->qx == q) && !(a == 1 && f->wnode == q))
-          return 0;
-    }
-  }
+/* nbl_fuse_absorbed's view of the fused nodes (state: by_node). */
+static int t_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
+  const nbl_t_fused *f = ((nbl_t_fused *const *)state)[node];
+  if (!f) return 0;
+  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
   return 1;
 }
 
@@ -254,7 +242,7 @@ nbl_status nbl_fuse_ternary_plan(const nbl_fusion_env *env, nbl_id *order, int *
     int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeAbsmax8") ||
                     nbl_fuse_is_op(nd, "ai.nibble", "QuantizeTernary") ||
                     nbl_fuse_is_op(nd, "ai.nibble", "DequantizeTernary");
-    if (quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node)) {
+    if (quantizer && !fu->by_node[id] && nbl_fuse_absorbed(g, id, t_operands, fu->by_node)) {
       int keep = 0; /* a subgraph may still read the quantizer's output */
       for (int k = 0; k < nd->n_outputs; k++)
         if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))

@@ -119,3 +119,23 @@ nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const i
   *r = other;
   return an;
 }
+
+int nbl_fuse_absorbed(const nbl_graph *g, nbl_id q,
+                      int (*operands)(const void *state, nbl_id node, nbl_fuse_operands *o),
+                      const void *state) {
+  const nbl_node *n = &g->nodes[q];
+  for (int k = 0; k < n->n_outputs; k++) {
+    nbl_id v = n->outputs[k];
+    if (v == NBL_NONE) continue;
+    const nbl_value *val = &g->values[v];
+    if (val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) return 0;
+    for (int i = 0; i < val->n_consumers; i++) {
+      nbl_fuse_operands f;
+      if (!operands(state, val->consumers[i], &f) || k != 0 || (f.qx != q && f.wnode != q)) return 0;
+      for (int a = 0; a < f.orig->n_inputs; a++) /* only as the fused X or W operand */
+        if (f.orig->inputs[a] == v && !(a == 0 && f.qx == q) && !(a == 1 && f.wnode == q))
+          return 0;
+    }
+  }
+  return 1;
+}
