@@ -14,8 +14,17 @@
 #include <immintrin.h>
 #endif
 
-static _Atomic long g_int_runs, g_amax_reuses;
+static _Atomic long g_int_runs, g_amax_reuses, g_isa_runs[3];
 long nbl_t_integer_runs(void) { return atomic_load(&g_int_runs); }
+long nbl_t_isa_runs(nbl_t_isa isa) {
+  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 ? atomic_load(&g_isa_runs[isa]) : 0;
+}
+
+/* One more run of f on the integer path. */
+static void count_run(const nbl_t_fused *f) {
+  atomic_fetch_add(&g_int_runs, 1);
+  atomic_fetch_add(&g_isa_runs[f->isa], 1);
+}
 long nbl_t_amax_reuses(void) { return atomic_load(&g_amax_reuses); }
 
 /* *m = max(*m, v) for the bits of the written |y| (several threads). */
@@ -266,6 +275,10 @@ typedef struct qpad_job {
 /* Rows [b, e) of every plane (row r: plane r / H, row r % H) into the padded bytes. */
 static void qpad_rows(void *arg, int64_t b, int64_t e) {
   const qpad_job *j = arg;
+  if (j->Hp == j->H && j->Wp == j->W) { /* no padding: the rows follow each other */
+    nbl_t_quant(j->isa, j->x + b * j->W, j->u + b * j->W, (e - b) * j->W, j->s, 128);
+    return;
+  }
   for (int64_t r = b; r < e; r++) {
     int64_t q = r / j->H, ih = r % j->H;
     nbl_t_quant(j->isa, j->x + r * j->W, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl, j->W,
@@ -382,52 +395,6 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   free(tmp);
 }
 
-/* Depthwise: the FP32 depthwise kernel fed the codes as floats. */
-typedef struct dw_job {
-  const nbl_t_fused *f;
-  const float *x, *bias;
-  int64_t C, H, W;
-  float s, sc;
-  const float *res; /* a fused residual [N, M, out...], or NULL */
-  int64_t M, P;
-  int act; /* apply the fused activation (not when the Add comes after) */
-  _Atomic uint32_t amax;
-  const nbl_conv_geom *g;
-} dw_job;
-
-static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
-  const dw_job *j = arg;
-  nbl_t_quant_f(j->f->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, row, j->W, j->s);
-}
-
-/* Output rows straight from the loaded phase planes, the epilogue on the
- * sums in registers (AVX-512; else the plane kernel and dw_finish). */
-static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
-                   int64_t oh1, float *y) {
-  dw_job *j = arg;
-  const nbl_t_fused *f = j->f;
-  const nbl_conv_geom *g = j->g;
-  uint32_t amax = 0;
-  int64_t OW = g->out[1];
-  nbl_t_epi e = {j->sc, NULL, j->act, f->act_lo, f->act_hi,
-                 j->res ? j->res + (n * j->M + m) * j->P + oh0 * OW : NULL, &amax};
-  if (!nbl_t_dw_rows(f->isa, p->ph, p->plane, p->Wp, p->R, p->S, g->k[0], g->k[1], g->d[0],
-                     g->d[1], f->dw_w + m * g->k_sz, oh0, oh1, OW, y, &e,
-                     j->bias ? j->bias[m] : 0.0f))
-    return 0;
-  amax_merge(&j->amax, amax);
-  return 1;
-}
-
-static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
-  dw_job *j = arg;
-  const nbl_t_fused *f = j->f;
-  uint32_t b = nbl_t_finish(f->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f,
-                            j->res ? j->res + (n * j->M + m) * j->P : NULL, j->act, f->act_lo,
-                            f->act_hi);
-  amax_merge(&j->amax, b);
-}
-
 /* Record the largest |y| written (bits) for the fused node reading y. */
 static void hand_over(nbl_t_fused *f, const float *y, uint32_t amax) {
   f->amax_bits = amax;
@@ -465,16 +432,13 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   }
   int act = f->act && !post;
   if (f->dw_w) {
-    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act, 0, &g};
-    nbl_dw_hooks h = {.load_row = dw_load_row, .finish = dw_finish, .arg = &dj,
-                      .no_avx512 = f->isa != NBL_T_AVX512};
-    if (f->isa == NBL_T_AVX512 && g.ns == 2) h.rows = dw_rows;
-    st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
+    uint32_t amax = 0;
+    st = nbl_t_run_depthwise(c, f, &g, X->data, NULL, s, sc, bias, res, act, y, &amax);
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
     if (st != NBL_OK) return run_literal(c, f);
-    atomic_fetch_add(&g_int_runs, 1);
+    count_run(f);
     if (post) return finish_residual(c, f);
-    hand_over(f, y, atomic_load(&dj.amax));
+    hand_over(f, y, amax);
     return NBL_OK;
   }
   if (!f->tw) return run_literal(c, f);
@@ -514,7 +478,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
     }
   free(xu);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  atomic_fetch_add(&g_int_runs, 1);
+  count_run(f);
   if (post) return finish_residual(c, f);
   hand_over(f, y, atomic_load(&j.amax));
   return NBL_OK;
@@ -672,7 +636,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
   free(j.Ci);
 out:
   free(sx);
-  atomic_fetch_add(&g_int_runs, 1);
+  count_run(f);
   return NBL_OK;
 }
 

@@ -21,6 +21,7 @@
 #define NBL_TERNARY_FUSED_H
 
 #include "runtime/core/kernel.h"
+#include "runtime/kernels/gemm.h"
 #include "runtime/formats/ternary.h"
 #include "runtime/kernels/ternary_gemm.h"
 
@@ -75,12 +76,27 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
 /* Free f's packed weights (not f). */
 void nbl_t_fused_release(nbl_t_fused *f);
 
+/* ternary_depthwise.c: the depthwise Conv of f (geometry g, multiplier 1)
+ * on the input's codes, from its floats x quantized with scale s or (x
+ * NULL) its INT8 codes xq: y = act(sc * acc + bias[m] + res) (bias and res
+ * may be NULL; res indexed like y; act: apply f's activation), *amax the
+ * largest bits of a |y| written. NBL_OK, NBL_ERR_OUT_OF_MEMORY, or another
+ * status when no depthwise kernel takes the shape (nothing written; no
+ * message set). */
+nbl_status nbl_t_run_depthwise(nbl_kctx *c, const nbl_t_fused *f, const nbl_conv_geom *g,
+                               const float *x, const int8_t *xq, float s, float sc,
+                               const float *bias, const float *res, int act, float *y,
+                               uint32_t *amax);
+
 /* The kernel of the fused nodes. */
 extern const nbl_op_def nbl_t_fused_def;
 
 /* Process-wide count of fused runs that took the integer path (the rest ran
  * the literal composition); for tests. */
 long nbl_t_integer_runs(void);
+/* Of them, the runs whose products ran variant isa (the variant chosen
+ * when the session was planned, under its cap); for tests. */
+long nbl_t_isa_runs(nbl_t_isa isa);
 /* Process-wide count of fused runs whose activation scale came from the
  * producer's hand-over (no scan); for tests. */
 long nbl_t_amax_reuses(void);

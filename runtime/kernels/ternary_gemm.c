@@ -5,6 +5,7 @@
 #include "runtime/core/cpu.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,8 +35,12 @@ nbl_t_isa nbl_t_best_isa(void) {
 }
 
 int nbl_t_isa_supported(nbl_t_isa isa) {
-  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 &&
-         (nbl_cpu_features() & k_needs[isa]) == k_needs[isa];
+  /* asked on every call of the activation kernels (once a row): the CPU's
+   * features kept after the first call, not asked for again */
+  static _Atomic unsigned feats; /* the features | 1u << 31 once read */
+  unsigned f = atomic_load_explicit(&feats, memory_order_relaxed);
+  if (!f) atomic_store_explicit(&feats, f = nbl_cpu_features() | 1u << 31, memory_order_relaxed);
+  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 && (f & k_needs[isa]) == k_needs[isa];
 }
 
 const char *nbl_t_isa_name(nbl_t_isa isa) {
@@ -567,6 +572,14 @@ __attribute__((target("avx512f"))) static void quantf_avx512(const float *x, flo
   }
 }
 
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void codes_f_avx512(const int8_t *q, float *f, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m128i b = _mm_maskz_loadu_epi8(k, q + i);
+    _mm512_mask_storeu_ps(f + i, k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
+  }
+}
+
 __attribute__((target("avx512f"))) static uint32_t finish_avx512(float *y, int64_t n, float sc,
                                                                  float bias, const float *res,
                                                                  int act, float lo, float hi) {
@@ -644,6 +657,16 @@ __attribute__((target("avx2"))) static void quantf_avx2(const float *x, float *f
   for (; i < n; i++) f[i] = code1(x[i], s);
 }
 
+/* f[i] = q[i] for whole vectors of 8; returns how many were done. */
+__attribute__((target("avx2"))) static int64_t codes_f_avx2(const int8_t *q, float *f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(q + i));
+    _mm256_storeu_ps(f + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+  }
+  return i;
+}
+
 __attribute__((target("avx2"))) static uint32_t finish_avx2(float *y, int64_t n, float sc,
                                                             float bias, const float *res, int act,
                                                             float lo, float hi) {
@@ -707,6 +730,18 @@ void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, 
   for (int64_t i = 0; i < n; i++) u[i] = (uint8_t)((int)code1(x[i], s) + off);
 }
 
+void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n) {
+  int64_t i = 0;
+#if T_X86
+  if (isa == NBL_T_AVX512 && nbl_t_isa_supported(isa)) {
+    codes_f_avx512(q, f, n);
+    return;
+  }
+  if (isa == NBL_T_AVX2 && nbl_t_isa_supported(isa)) i = codes_f_avx2(q, f, n);
+#endif
+  for (; i < n; i++) f[i] = (float)q[i];
+}
+
 void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s) {
   if (!nbl_t_isa_supported(isa) || !isfinite(1.0f / s)) isa = NBL_T_SCALAR;
 #if T_X86
@@ -750,6 +785,10 @@ uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, 
 /* ------------------------------------------------------------------ depthwise rows */
 
 #if T_X86
+/* Up to 4 vectors of output (row, 16 columns) at a time, in independent
+ * accumulators (one chain of adds would wait on each add's latency): a
+ * row's vectors in groups of 4, or for rows of 1 or 2 vectors, 4 or 2 rows
+ * together. */
 __attribute__((target("avx512f"))) static void dw_rows_avx512(
     const float *const *tap, const int *sign, int nt, int64_t Wp, int64_t oh0, int64_t oh1,
     int64_t OW, float *y, const nbl_t_epi *e, float bias) {
@@ -757,24 +796,48 @@ __attribute__((target("avx512f"))) static void dw_rows_avx512(
                vl = _mm512_set1_ps(e->lo), vh = _mm512_set1_ps(e->hi);
   const __m512i abs = _mm512_set1_epi32(0x7fffffff);
   __m512i mx = _mm512_setzero_si512();
-  for (int64_t oh = oh0; oh < oh1; oh++) {
-    float *yr = y + (oh - oh0) * OW;
-    const float *rr = e->res ? e->res + (oh - oh0) * OW : NULL;
-    for (int64_t ow = 0; ow < OW; ow += 16) {
-      __mmask16 k = OW - ow >= 16 ? 0xFFFF : (__mmask16)((1u << (OW - ow)) - 1);
-      __m512 acc = _mm512_setzero_ps();
+  int64_t nv = (OW + 15) / 16, rg = nv >= 3 ? 1 : 4 / nv;
+  for (int64_t oh = oh0; oh < oh1; oh += rg) {
+    int64_t nr = oh1 - oh < rg ? oh1 - oh : rg;
+    for (int64_t v0 = 0; v0 < nv * nr; v0 += 4) {
+      /* slot i: vector v0 + i of the nr rows' nv vectors each */
+      int64_t src[4], dst[4];
+      __mmask16 k[4];
+      const float *rr[4];
+      for (int i = 0; i < 4; i++) {
+        int64_t v = v0 + i, r = v / nv, ow = v % nv * 16;
+        k[i] = v < nv * nr ? (OW - ow >= 16 ? 0xFFFF : (__mmask16)((1u << (OW - ow)) - 1)) : 0;
+        if (!k[i]) r = 0, ow = 0;
+        src[i] = (oh + r) * Wp + ow;
+        dst[i] = (oh + r - oh0) * OW + ow;
+        rr[i] = e->res ? e->res + dst[i] : NULL;
+      }
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int t = 0; t < nt; t++) {
-        __m512 v = _mm512_maskz_loadu_ps(k, tap[t] + oh * Wp + ow);
-        acc = sign[t] > 0 ? _mm512_add_ps(acc, v) : _mm512_sub_ps(acc, v);
+        const float *p = tap[t];
+        __m512 x0 = _mm512_maskz_loadu_ps(k[0], p + src[0]);
+        __m512 x1 = _mm512_maskz_loadu_ps(k[1], p + src[1]);
+        __m512 x2 = _mm512_maskz_loadu_ps(k[2], p + src[2]);
+        __m512 x3 = _mm512_maskz_loadu_ps(k[3], p + src[3]);
+        if (sign[t] > 0) {
+          a0 = _mm512_add_ps(a0, x0), a1 = _mm512_add_ps(a1, x1);
+          a2 = _mm512_add_ps(a2, x2), a3 = _mm512_add_ps(a3, x3);
+        } else {
+          a0 = _mm512_sub_ps(a0, x0), a1 = _mm512_sub_ps(a1, x1);
+          a2 = _mm512_sub_ps(a2, x2), a3 = _mm512_sub_ps(a3, x3);
+        }
       }
-      __m512 f = _mm512_add_ps(_mm512_mul_ps(vs, acc), vb);
-      if (rr) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(k, rr + ow));
-      if (e->act) {
-        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vl, _CMP_LT_OQ), f, vl);
-        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vh, _CMP_GT_OQ), f, vh);
+      __m512 acc[4] = {a0, a1, a2, a3};
+      for (int i = 0; i < 4 && k[i]; i++) {
+        __m512 f = _mm512_add_ps(_mm512_mul_ps(vs, acc[i]), vb);
+        if (rr[i]) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(k[i], rr[i]));
+        if (e->act) {
+          f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vl, _CMP_LT_OQ), f, vl);
+          f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vh, _CMP_GT_OQ), f, vh);
+        }
+        _mm512_mask_storeu_ps(y + dst[i], k[i], f);
+        mx = _mm512_mask_max_epu32(mx, k[i], mx, _mm512_and_si512(_mm512_castps_si512(f), abs));
       }
-      _mm512_mask_storeu_ps(yr + ow, k, f);
-      mx = _mm512_mask_max_epu32(mx, k, mx, _mm512_and_si512(_mm512_castps_si512(f), abs));
     }
   }
   if (e->amax) {

@@ -117,6 +117,8 @@ int nbl_t_absmax(nbl_t_isa isa, const float *x, int64_t n, float *mx);
  * nbl_absmax8_fake_quant; x finite, s > 0. */
 void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, int off);
 
+/* f[i] = q[i] as a float (codes handed over as bytes). */
+void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n);
 /* f[i] = clamp(rint(x[i] / s), -128, 127) as a float (the same codes); x finite. */
 void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s);
 /* The epilogue on floats in place: y[i] = act(sc * y[i] + bias + res[i])
