@@ -488,13 +488,21 @@ END_TEST
 /* A chain of convolutions made by the quantize-ternary pass: each fused
  * layer takes its scale from the one before it (no scan), with the same
  * outputs as the reference path. */
+static nbl_id chain_conv_k(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                           int64_t group, int relu, int64_t k);
 static nbl_id chain_conv(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
                          int64_t group, int relu) {
+  return chain_conv_k(m, x, name, M, C, group, relu, 3);
+}
+
+/* Conv k x k (pads (k - 1) / 2) of x [C channels] -> M channels, [+ Relu]. */
+static nbl_id chain_conv_k(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                           int64_t group, int relu, int64_t k) {
   nbl_graph *g = m->graph;
   char nm[64];
-  int64_t wd[4] = {M, C / group, 3, 3};
+  int64_t wd[4] = {M, C / group, k, k};
   int64_t wn = nbl_shape_numel(4, wd);
-  float *w = malloc(sizeof(float) * (size_t)wn), b[64];
+  float *w = malloc(sizeof(float) * (size_t)wn), b[128];
   for (int64_t i = 0; i < wn; i++) w[i] = 0.3f * frand();
   for (int64_t i = 0; i < M; i++) b[i] = 0.1f * frand();
   snprintf(nm, sizeof nm, "%s_w", name);
@@ -507,7 +515,7 @@ static nbl_id chain_conv(nbl_model *m, nbl_id x, const char *name, int64_t M, in
   nbl_id y = nbl_graph_add_value(g, nm);
   nbl_id in[3] = {x, wv, bv};
   nbl_id n = nbl_graph_add_node(g, "Conv", "", name, 3, in, 1, &y);
-  int64_t pads[4] = {1, 1, 1, 1};
+  int64_t pp = (k - 1) / 2, pads[4] = {pp, pp, pp, pp};
   nbl_node_set_attr_ints(g, n, "pads", 4, pads);
   nbl_node_set_attr_int(g, n, "group", group);
   free(w);
@@ -624,6 +632,63 @@ START_TEST(test_fused_depthwise_paths) {
 }
 END_TEST
 
+/* A fused 1x1 Conv handing its output to the fused depthwise Conv after it
+ * as that layer's INT8 codes (forced for every size here): the same outputs
+ * bit for bit as through the floats, within the tolerance of the reference
+ * path, at channel and pixel tile boundaries; only where AVX-512 runs. */
+START_TEST(test_fused_code_handover) {
+  static const struct { int64_t N, C, M, H, W; int relu; } L[] = {
+      {1, 5, 1, 5, 6, 1},  {1, 8, 7, 4, 8, 1},  {2, 3, 8, 3, 11, 0}, {1, 16, 9, 9, 9, 1},
+      {1, 4, 17, 7, 9, 1}, {2, 9, 33, 6, 6, 1}, {1, 12, 96, 14, 14, 1}};
+  int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
+  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
+    nbl_model *m = nbl_model_new();
+    nbl_model_set_opset(m, "", 13);
+    nbl_graph *g = m->graph;
+    nbl_id x = nbl_graph_add_value(g, "x");
+    mspec sp = {.xrank = 4, .xd = {L[i].N, L[i].C, L[i].H, L[i].W}};
+    nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, sp.xd);
+    nbl_graph_add_input(g, x);
+    nbl_id v = chain_conv_k(m, x, "f", L[i].M, L[i].C, 1, L[i].relu, 1);
+    v = chain_conv_k(m, v, "g", L[i].M, L[i].M, L[i].M, 1, 3); /* depthwise */
+    nbl_graph_add_output(g, v);
+    nbl_pipeline *pipe = NULL;
+    ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary{skip-first-last=0}", &pipe), NBL_OK);
+    ck_assert_msg(nbl_pipeline_run(pipe, m, NULL) == NBL_OK, "%s", nbl_last_error());
+    nbl_pipeline_free(pipe);
+    int64_t xn = nbl_shape_numel(4, sp.xd);
+    float *xin = malloc(sizeof(float) * (size_t)xn);
+    for (int64_t k = 0; k < xn; k++) xin[k] = 2.0f * frand();
+    size_t nr, n0, n1;
+    float *yr = run_model(m, &sp, xin, 1, 1, &nr);
+    double mx = 0;
+    for (size_t k = 0; k < nr; k++) mx = fabs(yr[k]) > mx ? fabs(yr[k]) : mx;
+    for (int threads = 1; threads <= 2; threads++) {
+      nbl_kdebug_set(NBL_KS_T_CODE_LINK_MIN, 1LL << 40); /* never: floats */
+      float *y0 = run_model(m, &sp, xin, 0, threads, &n0);
+      nbl_kernel_stats k0, k1;
+      nbl_kernel_stats_get(&k0);
+      nbl_kdebug_set(NBL_KS_T_CODE_LINK_MIN, 0); /* always: codes */
+      long runs = nbl_t_integer_runs();
+      float *y1 = run_model(m, &sp, xin, 0, threads, &n1);
+      nbl_kernel_stats_get(&k1);
+      nbl_kdebug_reset();
+      ck_assert_int_eq(nbl_t_integer_runs() - runs, 2);
+      ck_assert_int_eq(k1.n[NBL_KC_T_CODE_LINKS] - k0.n[NBL_KC_T_CODE_LINKS], avx512 ? 1 : 0);
+      ck_assert_uint_eq(n0, nr);
+      ck_assert_uint_eq(n1, nr);
+      ck_assert_msg(!memcmp(y0, y1, nr * sizeof(float)), "case %zu: codes differ from floats", i);
+      for (size_t k = 0; k < nr; k++)
+        ck_assert_msg(fabs(y1[k] - yr[k]) <= 1e-5 * mx, "case %zu elem %zu: %g vs %g", i, k,
+                      y1[k], yr[k]);
+      free(y0), free(y1);
+    }
+    free(yr), free(xin);
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
 START_TEST(test_fused_gemm_matmul) {
   static const int64_t gs[] = {1, 7, 8, 9, 33, 65};
   int i = 0;
@@ -676,6 +741,7 @@ int main(void) {
   tcase_add_test(tf, test_fused_residual);
   tcase_add_test(tf, test_fused_depthwise_paths);
   tcase_add_test(tf, test_fused_chain_handover);
+  tcase_add_test(tf, test_fused_code_handover);
   suite_add_tcase(s, tf);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -35,6 +35,9 @@ typedef enum nbl_kswitch {
   /* fused ternary 3x3 depthwise layers of strides 1 or 2 in blocks of 4
    * output rows: 1 (default), 0 through nbl_t_dw_rows (a vector a tap) */
   NBL_KS_T_DW_ROWS3,
+  /* the least output size (elements) that a fused ternary convolution hands
+   * to its fused depthwise consumer as INT8 codes */
+  NBL_KS_T_CODE_LINK_MIN,
   NBL_KS_COUNT_
 } nbl_kswitch;
 
@@ -58,6 +61,7 @@ typedef enum nbl_kcounter {
   NBL_KC_I4_RESIDUAL_RUNS,    /* fused INT4 convolutions that added their fused residual in
                                * the epilogue (the others ran the Add kernel after) */
   NBL_KC_T_DW_BLOCKED_RUNS,   /* fused ternary depthwise layers run 16 channels at a time */
+  NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
   NBL_KC_COUNT_
 } nbl_kcounter;
 

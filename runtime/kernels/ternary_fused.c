@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/kdebug.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -387,6 +388,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     fill_block(j, p0, p1, X4, tmp);
     nbl_t_epi ep = j->e; /* the residual is indexed like y */
     if (ep.res) ep.res += p0;
+    if (ep.codes) ep.codes += p0;
     ep.amax = &amax;
     nbl_t_tile(j->f->isa, j->W, X4, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, &ep);
   }
@@ -402,16 +404,32 @@ static void hand_over(nbl_t_fused *f, const float *y, uint32_t amax) {
   f->amax_ok = 1;
 }
 
-static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
+/* A node fed INT8 codes (codes_in: its producer wrote them in place of the
+ * floats, see run_conv) has no floats to fall back on: the producer sends
+ * them only to a depthwise layer, which takes them. */
+static nbl_status literal_or_fail(nbl_kctx *c, nbl_t_fused *f, int codes_in) {
+  if (codes_in)
+    return nbl_kerr(c, NBL_ERR_INTERNAL, "activation codes received where floats are needed");
+  return run_literal(c, f);
+}
+
+/* Outputs of at least NBL_KS_T_CODE_LINK_MIN elements go to a linked
+ * depthwise consumer as its INT8 codes: a first pass of the products finds
+ * the output's max|y| (the consumer's scale), a second writes the codes
+ * clamp(rint(y / s), -128, 127) where the floats would go. The second pass
+ * costs about what the consumer saves (the quantization of the floats, and
+ * 4 bytes an element written and read again, 1 instead) only where the
+ * floats would go out to memory. */
+static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
-  if (X->rank != 4) return run_literal(c, f);
+  if (X->rank != 4) return literal_or_fail(c, f, codes_in);
   nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
   if (st != NBL_OK) return st;
   g.group = f->groups;
   g.M = f->wdims[0];
   if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
-    return run_literal(c, f);
+    return literal_or_fail(c, f, codes_in);
   int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
   float *y = nbl_kctx_out(c, 0)->data;
@@ -433,15 +451,17 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   int act = f->act && !post;
   if (f->dw_w) {
     uint32_t amax = 0;
-    st = nbl_t_run_depthwise(c, f, &g, X->data, NULL, s, sc, bias, res, act, y, &amax);
+    st = nbl_t_run_depthwise(c, f, &g, codes_in ? NULL : X->data,
+                             codes_in ? (const int8_t *)X->data : NULL, s, sc, bias, res, act, y,
+                             &amax);
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
-    if (st != NBL_OK) return run_literal(c, f);
+    if (st != NBL_OK) return literal_or_fail(c, f, codes_in);
     count_run(f);
     if (post) return finish_residual(c, f);
     hand_over(f, y, amax);
     return NBL_OK;
   }
-  if (!f->tw) return run_literal(c, f);
+  if (!f->tw || codes_in) return literal_or_fail(c, f, codes_in);
   int pointwise = nbl_conv_pointwise(&g);
   int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
   int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
@@ -467,19 +487,45 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   int64_t npb = (P + j.pb - 1) / j.pb;
   nbl_split_rows(Mg, NBL_T_CR, npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb,
                  &j.nmc, &j.mc);
-  for (int64_t n = 0; n < g.N && !j.oom; n++)
-    for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
-      j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
-      j.W = &f->tw[gi];
-      j.y = y + (n * g.M + gi * Mg) * P;
-      j.e.bias = bias ? bias + gi * Mg : NULL;
-      j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
-      nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+  /* the output as codes for the linked depthwise consumer G: a pass for
+   * max|y| (G's scale), then one writing G's codes */
+  nbl_t_fused *G = f->link;
+  int64_t ny = g.N * g.M * P;
+  int emit = G && !post && g.group == 1 && f->isa == NBL_T_AVX512 &&
+             ny >= nbl_kdebug_get(NBL_KS_T_CODE_LINK_MIN);
+  float cs = 0.0f;
+  for (int pass = emit ? 0 : 1; pass < 2; pass++) {
+    j.e.no_store = pass == 0;
+    for (int64_t n = 0; n < g.N && !j.oom; n++)
+      for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
+        j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
+        j.W = &f->tw[gi];
+        j.y = y + (n * g.M + gi * Mg) * P;
+        j.e.codes = cs > 0.0f ? (int8_t *)(void *)y + (n * g.M + gi * Mg) * P : NULL;
+        j.e.cs = cs;
+        j.e.bias = bias ? bias + gi * Mg : NULL;
+        j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
+        nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+      }
+    if (pass == 0) { /* G's scale, as G would find it in the floats */
+      uint32_t b = atomic_load(&j.amax);
+      float mx;
+      memcpy(&mx, &b, 4);
+      if (b < 0x7f800000u && isfinite(1.0f / act_scale(mx))) cs = act_scale(mx);
+      else j.e.no_store = 0; /* not finite: the floats after all */
     }
+  }
   free(xu);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   count_run(f);
   if (post) return finish_residual(c, f);
+  if (cs > 0.0f) {
+    f->codes_for = G;
+    f->code_scale = cs;
+    f->code_data = y;
+    nbl_kcount(NBL_KC_T_CODE_LINKS);
+    return NBL_OK;
+  }
   hand_over(f, y, atomic_load(&j.amax));
   return NBL_OK;
 }
@@ -649,11 +695,18 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
   if (!X || !W) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X or W is missing");
   if (X->dtype != NBL_DT_FLOAT)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
-  if (W->data != f->wdata || (!f->tw && !f->dw_w))
-    if (nbl_t_fused_pack(f, W, S) != 0) return run_literal(c, f);
-  f->amax_ok = 0; /* until this run's output is written by the integer path */
-  float mx = 0.0f;
   const nbl_t_fused *src = f->xsrc;
+  int codes_in = src && src->codes_for == f && src->code_data == X->data;
+  if (W->data != f->wdata || (!f->tw && !f->dw_w))
+    if (nbl_t_fused_pack(f, W, S) != 0) return literal_or_fail(c, f, codes_in);
+  f->amax_ok = 0; /* until this run's output is written by the integer path */
+  f->codes_for = NULL;
+  float mx = 0.0f;
+  if (codes_in) {
+    float s = src->code_scale; /* X holds this node's codes (run_conv) */
+    atomic_fetch_add(&g_amax_reuses, 1);
+    return run_conv(c, f, s, 1);
+  }
   if (src && src->amax_ok && src->amax_data == X->data && src->amax_bits < 0x7f800000u &&
       (!f->per_row || f->kind == NBL_TF_CONV)) {
     memcpy(&mx, &src->amax_bits, 4); /* written by the producer: no scan */
@@ -662,7 +715,7 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
     if (!scan_x(c, f->isa, X->data, X->numel, &mx)) return run_literal(c, f);
   }
   float s = act_scale(mx);
-  return f->kind == NBL_TF_CONV ? run_conv(c, f, s) : run_mm(c, f, s);
+  return f->kind == NBL_TF_CONV ? run_conv(c, f, s, 0) : run_mm(c, f, s);
 }
 
 const nbl_op_def nbl_t_fused_def = {"ai.nibble", "FusedTernary", 1, 1, k_fused_ternary,

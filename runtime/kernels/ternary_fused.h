@@ -65,6 +65,15 @@ typedef struct nbl_t_fused {
   int amax_ok;
   uint32_t amax_bits;
   const void *amax_data;
+  /* hand-over of the codes: the one consumer of this node's output, a
+   * fused depthwise Conv quantizing it (linked at plan time, unless the
+   * values are watched), may receive its INT8 codes instead of the floats
+   * (code_scale its scale, code_data the tensor, codes_for the consumer;
+   * codes_for is cleared when a run starts) */
+  struct nbl_t_fused *link;
+  const struct nbl_t_fused *codes_for;
+  float code_scale;
+  const void *code_data;
   char op[40]; /* the synthetic node's op type, for profiles: "TernaryConv+Relu" */
 } nbl_t_fused;
 

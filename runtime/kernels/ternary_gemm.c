@@ -110,6 +110,11 @@ static inline int32_t load4(const int8_t *p) {
   return v;
 }
 
+static inline float code1(float x, float s) {
+  float r = rintf(x / s);
+  return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
+}
+
 /* The epilogue of one value: sc * acc, then + bias, + the residual r, then the activation. */
 static inline float epi1(const nbl_t_epi *e, int32_t acc, float bias, float r) {
   float v = e->sc * (float)acc;
@@ -134,7 +139,8 @@ static uint32_t amax_bits(const float *y, int64_t n, uint32_t m) {
 }
 
 /* Writes the tile's accumulators a[r][p] (r < nm, p < np), already
- * corrected, for channels m.. and pixels p.. */
+ * corrected, for channels m.. and pixels p..: as they are (Ci), or their
+ * epilogue as floats, as codes (e->codes) or nowhere (e->no_store). */
 static void tile_store(const int32_t a[NBL_T_CR][NBL_T_PX], int nm, int np, int64_t m, int64_t p,
                        int32_t *Ci, float *Y, int64_t ld, const nbl_t_epi *e) {
   for (int r = 0; r < nm; r++) {
@@ -144,9 +150,19 @@ static void tile_store(const int32_t a[NBL_T_CR][NBL_T_PX], int nm, int np, int6
     }
     float b = e->bias ? e->bias[m + r] : 0.0f;
     float *y = Y + (m + r) * ld + p;
+    int8_t *cq = e->codes ? e->codes + (m + r) * ld + p : NULL;
     const float *rr = e->res ? e->res + (m + r) * ld + p : NULL;
-    for (int q = 0; q < np; q++) y[q] = epi1(e, a[r][q], b, rr ? rr[q] : 0.0f);
-    if (e->amax) *e->amax = amax_bits(y, np, *e->amax);
+    uint32_t mx = e->amax ? *e->amax : 0;
+    for (int q = 0; q < np; q++) {
+      float v = epi1(e, a[r][q], b, rr ? rr[q] : 0.0f);
+      if (cq) cq[q] = (int8_t)code1(v, e->cs);
+      else if (!e->no_store) y[q] = v;
+      uint32_t bits;
+      memcpy(&bits, &v, 4);
+      bits &= 0x7fffffffu;
+      mx = bits > mx ? bits : mx;
+    }
+    if (e->amax) *e->amax = mx;
   }
 }
 
@@ -169,7 +185,25 @@ static void tile_scalar(const nbl_t_weights *W, const uint8_t *x, const int8_t *
   }
 }
 
+/* The vector quantizers multiply by 1 / s and round; where the product lies
+ * within TIE_BAND of a half (where x * (1/s) and x / s might round apart:
+ * they differ by a few ulps of a value below 128.5, far less than the band)
+ * they divide instead, so every code equals rint(x / s). */
+#define TIE_BAND 1e-3f
+
 #if T_X86
+/* 16 codes of v (rint(v / s) clamped to -128..127) as floats */
+__attribute__((target("avx512f"))) static inline __m512 codes16(__m512 v, __m512 vs, __m512 inv) {
+  __m512 t = _mm512_mul_ps(v, inv);
+  __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 d = _mm512_abs_ps(_mm512_sub_ps(t, r));
+  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
+  if (near)
+    r = _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(v, vs),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+}
+
 /* AVX-512 VNNI: 8 channels x 32 pixels in 16 accumulators. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
 tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int32_t *rowsum,
@@ -221,6 +255,8 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
   __mmask16 k0 = np >= 16 ? 0xFFFF : (__mmask16)((1u << np) - 1);
   __mmask16 k1 = np >= 32 ? 0xFFFF : np <= 16 ? 0 : (__mmask16)((1u << (np - 16)) - 1);
   __m512 sc = _mm512_set1_ps(e ? e->sc : 0.0f);
+  const __m512 vcs = _mm512_set1_ps(e && e->codes ? e->cs : 1.0f),
+               vinv = _mm512_set1_ps(e && e->codes ? 1.0f / e->cs : 1.0f);
   const __m512i abs = _mm512_set1_epi32(0x7fffffff);
   __m512i vmax = _mm512_setzero_si512();
   for (int r = 0; r < nm; r++) {
@@ -246,8 +282,14 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
       f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, hi, _CMP_GT_OQ), f0, hi);
       f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, hi, _CMP_GT_OQ), f1, hi);
     }
-    _mm512_mask_storeu_ps(Y + (m + r) * ld + p, k0, f0);
-    _mm512_mask_storeu_ps(Y + (m + r) * ld + p + 16, k1, f1);
+    if (e->codes) {
+      int8_t *cq = e->codes + (m + r) * ld + p;
+      _mm512_mask_cvtepi32_storeu_epi8(cq, k0, _mm512_cvtps_epi32(codes16(f0, vcs, vinv)));
+      _mm512_mask_cvtepi32_storeu_epi8(cq + 16, k1, _mm512_cvtps_epi32(codes16(f1, vcs, vinv)));
+    } else if (!e->no_store) {
+      _mm512_mask_storeu_ps(Y + (m + r) * ld + p, k0, f0);
+      _mm512_mask_storeu_ps(Y + (m + r) * ld + p + 16, k1, f1);
+    }
     vmax = _mm512_mask_max_epu32(vmax, k0, vmax, _mm512_and_si512(_mm512_castps_si512(f0), abs));
     vmax = _mm512_mask_max_epu32(vmax, k1, vmax, _mm512_and_si512(_mm512_castps_si512(f1), abs));
   }
@@ -351,13 +393,15 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
         tile_avx2(W, x, w, a);
         for (int r = 0; r < nm; r++) {
           int32_t corr = 128 * W->rowsum[m + r];
-          if (Ci) {
-            for (int q = 0; q < np; q++) Ci[(m + r) * ld + p + q] = a[r][q] - corr;
+          if (Ci || e->codes || e->no_store) {
+            for (int q = 0; q < np; q++) a[r][q] -= corr;
           } else {
             epi_row_avx2(a[r], np, corr, Y + (m + r) * ld + p, e, e->bias ? e->bias[m + r] : 0.0f,
                          e->res ? e->res + (m + r) * ld + p : NULL);
           }
         }
+        if (Ci || e->codes || e->no_store)
+          tile_store((const int32_t(*)[NBL_T_PX])a, nm, np, m, p, Ci, Y, ld, e);
         continue;
       }
 #endif
@@ -506,16 +550,7 @@ static int absmax_scalar(const float *x, int64_t n, float *mx) {
   return ok;
 }
 
-static inline float code1(float x, float s) {
-  float r = rintf(x / s);
-  return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
-}
 
-/* The vector quantizers multiply by 1 / s and round; where the product lies
- * within TIE_BAND of a half (where x * (1/s) and x / s might round apart:
- * they differ by a few ulps of a value below 128.5, far less than the band)
- * they divide instead, so every code equals rint(x / s). */
-#define TIE_BAND 1e-3f
 
 #if T_X86
 __attribute__((target("avx512f"))) static int absmax_avx512(const float *x, int64_t n, float *mx) {
@@ -537,18 +572,6 @@ __attribute__((target("avx512f"))) static int absmax_avx512(const float *x, int6
                                                         _mm512_max_epu32(m2, m3)));
   memcpy(mx, &b, 4);
   return b < 0x7f800000u;
-}
-
-/* 16 codes of v (rint(v / s) clamped to -128..127) as floats */
-__attribute__((target("avx512f"))) static inline __m512 codes16(__m512 v, __m512 vs, __m512 inv) {
-  __m512 t = _mm512_mul_ps(v, inv);
-  __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 d = _mm512_abs_ps(_mm512_sub_ps(t, r));
-  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
-  if (near)
-    r = _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(v, vs),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
 }
 
 __attribute__((target("avx512f,avx512bw"))) static void quant_avx512(const float *x, uint8_t *u,

@@ -86,7 +86,13 @@ typedef struct nbl_t_epi {
   int act;
   float lo, hi;
   const float *res;
-  uint32_t *amax; /* non-NULL: raised to the largest bit pattern of a |y| stored */
+  uint32_t *amax; /* non-NULL: raised to the largest bit pattern of a |y| (stored or not) */
+  /* instead of the floats y: nothing (no_store; for amax), or (codes not
+   * NULL) the INT8 codes clamp(rint(y / cs), -128, 127) to codes[m * ld + p]
+   * (cs > 0 with 1 / cs finite): those nbl_t_quant makes of the floats */
+  int no_store;
+  int8_t *codes;
+  float cs;
 } nbl_t_epi;
 
 /* Output channels [m0, m1) (m0 a multiple of 8) x pixels [p0, p1) (p0 a
