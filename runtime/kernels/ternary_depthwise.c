@@ -78,6 +78,17 @@ static void dw3_run(struct dw_job *j, const nbl_dw_phases *p, int64_t n, int64_t
                     int64_t oh1, float *y);
 #endif
 
+static void dw_load_rows2(void *arg, int64_t n, int64_t c, int64_t ih0, int64_t count,
+                          int64_t step, float *ev, float *od, int64_t ld) {
+  const dw_job *j = arg;
+  int64_t i0 = ((n * j->C + c) * j->H + ih0) * j->W;
+  for (int64_t i = 0; i < count; i++) {
+    int64_t at = i0 + i * step * j->W;
+    nbl_t_deint2_f(j->f->isa, j->xq ? NULL : j->x + at, j->xq ? j->xq + at : NULL, j->W, j->s,
+                   ev + i * ld, od + i * ld);
+  }
+}
+
 /* Output rows straight from the loaded phase planes, the epilogue on the
  * sums in registers (AVX-512; else the plane kernel and dw_finish). */
 static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
@@ -368,7 +379,8 @@ nbl_status nbl_t_run_depthwise(nbl_kctx *c, const nbl_t_fused *f, const nbl_conv
     st = NBL_ERR_UNSUPPORTED;
 #endif
   } else {
-    nbl_dw_hooks h = {.load_row = dw_load_row, .load_rows = dw_load_rows, .finish = dw_finish,
+    nbl_dw_hooks h = {.load_row = dw_load_row, .load_rows = dw_load_rows,
+                      .load_rows2 = dw_load_rows2, .finish = dw_finish,
                       .arg = &dj, .no_avx512 = f->isa != NBL_T_AVX512};
     if (f->isa == NBL_T_AVX512 && g->ns == 2) {
       h.rows = dw_rows;

@@ -115,6 +115,11 @@ static inline float code1(float x, float s) {
   return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
 }
 
+/* The mask of the first n lanes of 16 (n <= 0: none). */
+static inline uint16_t nbl_tmask(int64_t n) {
+  return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (uint16_t)((1u << n) - 1);
+}
+
 /* The epilogue of one value: sc * acc, then + bias, + the residual r, then the activation. */
 static inline float epi1(const nbl_t_epi *e, int32_t acc, float bias, float r) {
   float v = e->sc * (float)acc;
@@ -763,6 +768,46 @@ void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n) {
   if (isa == NBL_T_AVX2 && nbl_t_isa_supported(isa)) i = codes_f_avx2(q, f, n);
 #endif
   for (; i < n; i++) f[i] = (float)q[i];
+}
+
+#if T_X86
+/* Row x (W values; floats quantized with scale s, or codes q) as float
+ * codes, even columns to ev, odd ones to od. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+deint2_avx512(const float *x, const int8_t *q, int64_t W, float s, float *ev, float *od) {
+  const __m512 vs = _mm512_set1_ps(s), inv = _mm512_set1_ps(x ? 1.0f / s : 1.0f);
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+  for (int64_t i = 0; i < W; i += 32) {
+    __mmask16 k0 = nbl_tmask(W - i), k1 = nbl_tmask(W - i - 16);
+    __m512 a, b;
+    if (x) {
+      a = codes16(_mm512_maskz_loadu_ps(k0, x + i), vs, inv);
+      b = codes16(_mm512_maskz_loadu_ps(k1, x + i + 16), vs, inv);
+    } else {
+      a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k0, q + i)));
+      b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k1, q + i + 16)));
+    }
+    int64_t left = W - i; /* evens: (left + 1) / 2 of them, odds: left / 2 */
+    _mm512_mask_storeu_ps(ev + i / 2, nbl_tmask((left + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
+    _mm512_mask_storeu_ps(od + i / 2, nbl_tmask(left / 2), _mm512_permutex2var_ps(a, io, b));
+  }
+}
+#endif
+
+void nbl_t_deint2_f(nbl_t_isa isa, const float *x, const int8_t *q, int64_t W, float s, float *ev,
+                    float *od) {
+#if T_X86
+  if (isa == NBL_T_AVX512 && nbl_t_isa_supported(isa) && (!x || isfinite(1.0f / s))) {
+    deint2_avx512(x, q, W, s, ev, od);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < W; i++) {
+    float v = x ? code1(x[i], s) : (float)q[i];
+    if (i % 2) od[i / 2] = v;
+    else ev[i / 2] = v;
+  }
 }
 
 void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s) {

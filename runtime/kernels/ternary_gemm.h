@@ -123,6 +123,11 @@ int nbl_t_absmax(nbl_t_isa isa, const float *x, int64_t n, float *mx);
  * nbl_absmax8_fake_quant; x finite, s > 0. */
 void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, int off);
 
+/* Row of W values as float codes (from floats x with scale s as
+ * nbl_t_quant_f, or when x is NULL from the codes q), the even columns to
+ * ev[0..], the odd ones to od[0..]: a stride-2 depthwise layer's phases. */
+void nbl_t_deint2_f(nbl_t_isa isa, const float *x, const int8_t *q, int64_t W, float s, float *ev,
+                    float *od);
 /* f[i] = q[i] as a float (codes handed over as bytes). */
 void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n);
 /* f[i] = clamp(rint(x[i] / s), -128, 127) as a float (the same codes); x finite. */
