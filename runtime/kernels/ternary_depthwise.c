@@ -380,8 +380,11 @@ nbl_status nbl_t_run_depthwise(nbl_kctx *c, const nbl_t_fused *f, const nbl_conv
 #endif
   } else {
     nbl_dw_hooks h = {.load_row = dw_load_row, .load_rows = dw_load_rows,
-                      .load_rows2 = dw_load_rows2, .finish = dw_finish,
+                      .finish = dw_finish,
                       .arg = &dj, .no_avx512 = f->isa != NBL_T_AVX512};
+    /* stride-2 rows straight into their phases (AVX-512; else the kernel
+     * splits the rows load_row quantized, with AVX2 where it runs) */
+    if (f->isa == NBL_T_AVX512) h.load_rows2 = dw_load_rows2;
     if (f->isa == NBL_T_AVX512 && g->ns == 2) {
       h.rows = dw_rows;
       dj.rows3 = dw3_wanted(g);

@@ -10,9 +10,11 @@
  * (bit-identical to QuantizeAbsmax8's), the weight codes were packed once,
  * and each output is sc * acc + bias (sc = s_x * s_w, times alpha for Gemm)
  * with a fused Relu/Clip after it; a Conv may also take the residual Add
- * that alone consumes its output (+ r before the activation). Depthwise convolutions run the FP32
- * depthwise kernel on the codes as floats (every sum is an integer below
- * 2^24, so exact). A non-finite X, or a shape the integer path does not
+ * that alone consumes its output (+ r before the activation). Depthwise
+ * convolutions sum the codes as floats (every sum is an integer below 2^24,
+ * so exact; ternary_depthwise.c). A fused Conv may hand its output to the
+ * fused depthwise layer that alone quantizes it as that layer's INT8 codes
+ * (link, codes_for). A non-finite X, or a shape the integer path does not
  * take, runs the literal composition (fake-quantize X and W, the float op's
  * reference kernel, the activation): results never depend on the path
  * beyond float rounding.
