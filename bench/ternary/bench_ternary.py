@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,25 @@ def output(nibble, model, inputs, outdir, reference):
     return np.load(os.path.join(outdir, files[0]))
 
 
+def cpu_ms(nibble, model, inputs, runs, env_cap=False):
+    """CPU time (user + system, ms) of one run on 1 thread: that of `nibble run --repeat
+    1 + runs` minus that of `--repeat 1` (loading, planning, the first run), over runs.
+    Unlike the wall time it leaves out the time other jobs hold the CPU."""
+    base = [nibble, "run", model, "--threads", "1"]
+    for n, f in inputs.items():
+        base += ["--input", "%s=%s" % (n, f)]
+
+    def child_cpu(cmd):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        bm.run(cmd, 1, "nibble run (CPU time)")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    long_ = child_cpu(base + ["--repeat", str(1 + runs)])
+    short = child_cpu(base + ["--repeat", "1"])
+    return max(long_ - short, 0.0) / runs * 1000.0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nibble", required=True)
@@ -91,9 +111,10 @@ def main():
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(args.refdir, "manifest.json")) as f:
         manifest = {e["name"]: e for e in json.load(f)["models"]}
-    rows, sizes, agree, ops = [], [], [], {}
+    rows, sizes, agree, ops, cpu_rows = [], [], [], {}, []
     ort_version = "?"
     t_start = time.time()
+    load_start = os.getloadavg()
     try:
         if args.ops:
             for t in threads:
@@ -152,16 +173,33 @@ def main():
                             r["i42"].append(lat(p("int4")))
                 med = {k: statistics.median(v) if v else None for k, v in r.items()}
                 ratio = [a / b for a, b in zip(r["t"], r["i4"])]
-                rows.append((name, t, med, min(ratio), max(ratio)))
+                rows.append((name, t, med, min(ratio), max(ratio), os.getloadavg()[0]))
+                if t != 1:
+                    continue
+                # CPU time per run, 1 thread: INT4 and ternary alternating, default and AVX2
+                cpu_runs = max(args.runs, 100)
+                c = {k: [] for k in ("i4", "t", "i42", "t2")}
+                for _ in range(args.rounds):
+                    c["i4"].append(cpu_ms(args.nibble, p("int4"), inputs, cpu_runs))
+                    c["t"].append(cpu_ms(args.nibble, p("tern"), inputs, cpu_runs))
+                    if not capped:
+                        with avx2_cap():
+                            c["i42"].append(cpu_ms(args.nibble, p("int4"), inputs, cpu_runs))
+                            c["t2"].append(cpu_ms(args.nibble, p("tern"), inputs, cpu_runs))
+                cpu_rows.append((name, {k: statistics.median(v) if v else None
+                                        for k, v in c.items()}, os.getloadavg()[0]))
     except bm.BenchError as ex:
         print("bench_ternary.py: %s" % ex, file=sys.stderr)
         return 1
 
     L = ["# Ternary weights vs INT4 vs FP32: throughput, latency and file size\n",
          "Machine: %s, %d logical CPUs (%s); %s. ONNX Runtime %s (npm onnxruntime-node, CPU). "
-         "One run of `bench/ternary/run_ternary_bench.sh` (%d s).\n"
-         % (os.uname().machine, os.cpu_count() or 0, bm.cpu_name(), time.strftime("%Y-%m-%d"),
-            ort_version, int(time.time() - t_start))]
+         "One run of `bench/ternary/run_ternary_bench.sh` (%d s). Load average (1, 5, 15 min) "
+         "at the start %.2f, %.2f, %.2f and at the end %.2f, %.2f, %.2f: other jobs shared the "
+         "CPUs, so the times below carry their noise; the ratios of one round are measured "
+         "side by side.\n"
+         % ((os.uname().machine, os.cpu_count() or 0, bm.cpu_name(), time.strftime("%Y-%m-%d"),
+             ort_version, int(time.time() - t_start)) + tuple(load_start) + tuple(os.getloadavg()))]
     for t in sorted(k for k in ops if k > 0):
         L += ["## One op, %d thread(s), the CPU's best kernels\n" % t, ops[t]]
         if -t in ops:
@@ -173,14 +211,28 @@ def main():
             args.runs),
          "| model | threads | ORT FP32 ms | nibble FP32 ms | INT4 ms | ternary ms | ternary / INT4 "
          "(per round) | ternary / ORT FP32 | ternary / nibble FP32 | ternary every layer ms | "
-         "ternary AVX2 ms | INT4 AVX2 ms |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, t, m, lo, hi in rows:
+         "ternary AVX2 ms | INT4 AVX2 ms | load |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t, m, lo, hi, load in rows:
         f = lambda v: "%.2f" % v if v is not None else "-"
-        L.append("| %s | %d | %s | %s | %s | %s | %.2fx (%.2f-%.2fx) | %.2fx | %.2fx | %s | %s | %s |"
+        L.append("| %s | %d | %s | %s | %s | %s | %.2fx (%.2f-%.2fx) | %.2fx | %.2fx | %s | %s | %s "
+                 "| %.1f |"
                  % (name, t, f(m["ort"]), f(m["f32"]), f(m["i4"]), f(m["t"]), m["t"] / m["i4"],
                     lo, hi, m["t"] / m["ort"], m["t"] / m["f32"], f(m["ta"]), f(m["t2"]),
-                    f(m["i42"])))
+                    f(m["i42"]), load))
+    L += ["", "## CPU time per run, 1 thread\n",
+          "User + system CPU time of a run (`nibble run --repeat %d` minus `--repeat 1`, over "
+          "%d), INT4 and ternary alternating, %d rounds, medians: the time the kernels take, "
+          "without the waits for the CPU that the load adds to the latencies above.\n"
+          % (1 + max(args.runs, 100), max(args.runs, 100), args.rounds),
+          "| model | INT4 ms | ternary ms | ternary / INT4 | INT4 AVX2 ms | ternary AVX2 ms | "
+          "ternary / INT4, AVX2 | load |", "|---|---|---|---|---|---|---|---|"]
+    for name, c, load in cpu_rows:
+        f = lambda v: "%.2f" % v if v is not None else "-"
+        r2 = "%.2fx" % (c["t2"] / c["i42"]) if c["t2"] and c["i42"] else "-"
+        L.append("| %s | %s | %s | %.2fx | %s | %s | %s | %.1f |"
+                 % (name, f(c["i4"]), f(c["t"]), c["t"] / c["i4"], f(c["i42"]), f(c["t2"]), r2,
+                    load))
     L += ["", "## File sizes\n",
           "| model | FP32 bytes | INT4 (pack-int4) | ternary, first/last 8-bit (pack-ternary) | "
           "ternary, every layer | ternary, 2 bits a weight |", "|---|---|---|---|---|---|"]
@@ -195,6 +247,7 @@ def main():
                                                         "-" if s2 is None else "%.3g" % s2))
     L += ["",
           "- ratios below 1: ternary is faster / the file smaller.",
+          "- load: the 1-minute load average when the row's rounds ended (2 logical CPUs).",
           "- ternary model: `nibble convert --passes default,quantize-ternary,pack-ternary`; the "
           "first and last layers stay 8-bit (QuantizeInt4 bits=8, run by the INT4 kernels).",
           "- fast vs reference: the integer kernels are exact, but the reference path sums float "

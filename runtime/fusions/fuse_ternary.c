@@ -13,7 +13,9 @@
  * consumes Y is applied in its epilogue, and so is, for a Conv, an Add of Y
  * and a value ready before the Conv runs (a residual), with a Relu/Clip
  * after that Add. The quantizer, activation and Add nodes only the fused
- * nodes used leave the schedule.
+ * nodes used leave the schedule. Unless the values are watched, a fused
+ * Conv may hand its output to a fused depthwise consumer as that
+ * consumer's INT8 codes instead of floats (link_codes).
  *
  * Taken: 2-D Conv (per-tensor activations; strides, pads, dilations,
  * groups, depthwise), Gemm with transA = 0, MatMul with a rank-2 weight
@@ -172,6 +174,40 @@ static int t_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
   return 1;
 }
 
+/* Pairs whose tensor between them can travel as INT8 codes: F, a fused
+ * Conv on the tiles, whose output's only use is the QuantizeAbsmax8 of G, a
+ * fused depthwise Conv with per-tensor activations, reading nothing else of
+ * it; the tensor is not a graph output nor seen by a subgraph. At run time
+ * F sends codes only above a size and on AVX-512 (run_conv in
+ * ternary_fused.c). */
+static void link_codes(const nbl_graph *g, tern_fusion *fu) {
+  for (int id = 0; id < fu->n_nodes; id++) {
+    nbl_t_fused *F = fu->by_node[id];
+    if (!F || F->kind != NBL_TF_CONV || !F->tw || F->node.n_outputs < 1 ||
+        F->node.outputs[0] == NBL_NONE)
+      continue;
+    nbl_id v = F->node.outputs[0];
+    const nbl_value *val = &g->values[v];
+    if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
+        nbl_fuse_used_in_subgraphs(g, val->name))
+      continue;
+    nbl_id q = val->consumers[0];
+    const nbl_node *qn = &g->nodes[q];
+    if (!nbl_fuse_is_op(qn, "ai.nibble", "QuantizeAbsmax8") || qn->n_outputs < 1 ||
+        qn->outputs[0] == NBL_NONE)
+      continue;
+    const nbl_value *qv = &g->values[qn->outputs[0]];
+    if ((qv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || qv->n_consumers != 1 ||
+        nbl_fuse_used_in_subgraphs(g, qv->name))
+      continue;
+    nbl_t_fused *G = fu->by_node[qv->consumers[0]];
+    if (!G || G == F || G->kind != NBL_TF_CONV || !G->dw_w || G->per_row || G->qx != q ||
+        G->ins[0] != v || G->xsrc != F)
+      continue;
+    F->link = G;
+  }
+}
+
 void nbl_fuse_ternary_free(void *state) {
   tern_fusion *fu = state;
   if (!fu) return;
@@ -235,6 +271,7 @@ nbl_status nbl_fuse_ternary_plan(const nbl_fusion_env *env, nbl_id *order, int *
     nbl_fuse_ternary_free(fu);
     return NBL_OK;
   }
+  if (!env->values_watched) link_codes(g, fu);
   int w = 0;
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s];

@@ -29,6 +29,15 @@ typedef enum nbl_kswitch {
   /* the least output size (elements) that a fused INT4 convolution hands to
    * its fused depthwise consumer as activation bytes (default 2^20) */
   NBL_KS_I4_CODE_LINK_MIN,
+  /* fused ternary depthwise layers 16 channels at a time: -1 where it
+   * measured faster (the FP32 rule), 0 never, 1 whenever AVX-512 runs */
+  NBL_KS_T_DW_BLOCKED,
+  /* fused ternary 3x3 depthwise layers of strides 1 or 2 in blocks of 4
+   * output rows: 1 (default), 0 through nbl_t_dw_rows (a vector a tap) */
+  NBL_KS_T_DW_ROWS3,
+  /* the least output size (elements) that a fused ternary convolution hands
+   * to its fused depthwise consumer as INT8 codes */
+  NBL_KS_T_CODE_LINK_MIN,
   NBL_KS_COUNT_
 } nbl_kswitch;
 
@@ -51,6 +60,8 @@ typedef enum nbl_kcounter {
   NBL_KC_I4_DW_ROWS_RUNS,     /* fused INT4 3x3 depthwise layers run from input rows */
   NBL_KC_I4_RESIDUAL_RUNS,    /* fused INT4 convolutions that added their fused residual in
                                * the epilogue (the others ran the Add kernel after) */
+  NBL_KC_T_DW_BLOCKED_RUNS,   /* fused ternary depthwise layers run 16 channels at a time */
+  NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
   NBL_KC_COUNT_
 } nbl_kcounter;
 

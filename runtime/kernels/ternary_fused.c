@@ -10,13 +10,23 @@
 #include <string.h>
 
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/kdebug.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-static _Atomic long g_int_runs, g_amax_reuses;
+static _Atomic long g_int_runs, g_amax_reuses, g_isa_runs[3];
 long nbl_t_integer_runs(void) { return atomic_load(&g_int_runs); }
+long nbl_t_isa_runs(nbl_t_isa isa) {
+  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 ? atomic_load(&g_isa_runs[isa]) : 0;
+}
+
+/* One more run of f on the integer path. */
+static void count_run(const nbl_t_fused *f) {
+  atomic_fetch_add(&g_int_runs, 1);
+  atomic_fetch_add(&g_isa_runs[f->isa], 1);
+}
 long nbl_t_amax_reuses(void) { return atomic_load(&g_amax_reuses); }
 
 /* *m = max(*m, v) for the bits of the written |y| (several threads). */
@@ -235,6 +245,10 @@ typedef struct qpad_job {
 /* Rows [b, e) of every plane (row r: plane r / H, row r % H) into the padded bytes. */
 static void qpad_rows(void *arg, int64_t b, int64_t e) {
   const qpad_job *j = arg;
+  if (j->Hp == j->H && j->Wp == j->W) { /* no padding: the rows follow each other */
+    nbl_t_quant(j->isa, j->x + b * j->W, j->u + b * j->W, (e - b) * j->W, j->s, 128);
+    return;
+  }
   for (int64_t r = b; r < e; r++) {
     int64_t q = r / j->H, ih = r % j->H;
     nbl_t_quant(j->isa, j->x + r * j->W, j->u + (q * j->Hp + ih + j->pt) * j->Wp + j->pl, j->W,
@@ -301,58 +315,13 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
     fill_block(j, p0, p1, X4, tmp);
     nbl_t_epi ep = j->e; /* the residual is indexed like y */
     if (ep.res) ep.res += p0;
+    if (ep.codes) ep.codes += p0;
     ep.amax = &amax;
     nbl_t_tile(j->f->isa, j->W, X4, m0, m1, 0, p1 - p0, NULL, j->y + p0, j->P, &ep);
   }
   amax_merge(&j->amax, amax);
   free(X4);
   free(tmp);
-}
-
-/* Depthwise: the FP32 depthwise kernel fed the codes as floats. */
-typedef struct dw_job {
-  const nbl_t_fused *f;
-  const float *x, *bias;
-  int64_t C, H, W;
-  float s, sc;
-  const float *res; /* a fused residual [N, M, out...], or NULL */
-  int64_t M, P;
-  int act; /* apply the fused activation (not when the Add comes after) */
-  _Atomic uint32_t amax;
-  const nbl_conv_geom *g;
-} dw_job;
-
-static void dw_load_row(void *arg, int64_t n, int64_t c, int64_t ih, float *row) {
-  const dw_job *j = arg;
-  nbl_t_quant_f(j->f->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, row, j->W, j->s);
-}
-
-/* Output rows straight from the loaded phase planes, the epilogue on the
- * sums in registers (AVX-512; else the plane kernel and dw_finish). */
-static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
-                   int64_t oh1, float *y) {
-  dw_job *j = arg;
-  const nbl_t_fused *f = j->f;
-  const nbl_conv_geom *g = j->g;
-  uint32_t amax = 0;
-  int64_t OW = g->out[1];
-  nbl_t_epi e = {j->sc, NULL, j->act, f->act_lo, f->act_hi,
-                 j->res ? j->res + (n * j->M + m) * j->P + oh0 * OW : NULL, &amax};
-  if (!nbl_t_dw_rows(f->isa, p->ph, p->plane, p->Wp, p->R, p->S, g->k[0], g->k[1], g->d[0],
-                     g->d[1], f->dw_w + m * g->k_sz, oh0, oh1, OW, y, &e,
-                     j->bias ? j->bias[m] : 0.0f))
-    return 0;
-  amax_merge(&j->amax, amax);
-  return 1;
-}
-
-static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) {
-  dw_job *j = arg;
-  const nbl_t_fused *f = j->f;
-  uint32_t b = nbl_t_finish(f->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f,
-                            j->res ? j->res + (n * j->M + m) * j->P : NULL, j->act, f->act_lo,
-                            f->act_hi);
-  amax_merge(&j->amax, b);
 }
 
 /* Record the largest |y| written (bits) for the fused node reading y. */
@@ -362,16 +331,32 @@ static void hand_over(nbl_t_fused *f, const float *y, uint32_t amax) {
   f->amax_ok = 1;
 }
 
-static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
+/* A node fed INT8 codes (codes_in: its producer wrote them in place of the
+ * floats, see run_conv) has no floats to fall back on: the producer sends
+ * them only to a depthwise layer, which takes them. */
+static nbl_status literal_or_fail(nbl_kctx *c, nbl_t_fused *f, int codes_in) {
+  if (codes_in)
+    return nbl_kerr(c, NBL_ERR_INTERNAL, "activation codes received where floats are needed");
+  return run_literal(c, f);
+}
+
+/* Outputs of at least NBL_KS_T_CODE_LINK_MIN elements go to a linked
+ * depthwise consumer as its INT8 codes: a first pass of the products finds
+ * the output's max|y| (the consumer's scale), a second writes the codes
+ * clamp(rint(y / s), -128, 127) where the floats would go. The second pass
+ * costs about what the consumer saves (the quantization of the floats, and
+ * 4 bytes an element written and read again, 1 instead) only where the
+ * floats would go out to memory. */
+static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
-  if (X->rank != 4) return run_literal(c, f);
+  if (X->rank != 4) return literal_or_fail(c, f, codes_in);
   nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
   if (st != NBL_OK) return st;
   g.group = f->groups;
   g.M = f->wdims[0];
   if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
-    return run_literal(c, f);
+    return literal_or_fail(c, f, codes_in);
   int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
   float *y = nbl_kctx_out(c, 0)->data;
@@ -392,21 +377,20 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   }
   int act = f->act && !post;
   if (f->dw_w) {
-    dw_job dj = {f, X->data, bias, g.C, g.in[0], g.in[1], s, sc, res, g.M, P, act, 0, &g};
-    nbl_dw_hooks h = {.load_row = dw_load_row, .finish = dw_finish, .arg = &dj,
-                      .no_avx512 = f->isa != NBL_T_AVX512};
-    if (f->isa == NBL_T_AVX512 && g.ns == 2) h.rows = dw_rows;
-    st = nbl_conv_dw_hooked(c, &g, f->dw_w, y, &h);
+    uint32_t amax = 0;
+    st = nbl_t_run_depthwise(c, f, &g, codes_in ? NULL : X->data,
+                             codes_in ? (const int8_t *)X->data : NULL, s, sc, bias, res, act, y,
+                             &amax);
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
-    if (st != NBL_OK) return run_literal(c, f);
-    atomic_fetch_add(&g_int_runs, 1);
+    if (st != NBL_OK) return literal_or_fail(c, f, codes_in);
+    count_run(f);
     if (post)
       return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
                                       f->act_hi);
-    hand_over(f, y, atomic_load(&dj.amax));
+    hand_over(f, y, amax);
     return NBL_OK;
   }
-  if (!f->tw) return run_literal(c, f);
+  if (!f->tw || codes_in) return literal_or_fail(c, f, codes_in);
   int pointwise = nbl_conv_pointwise(&g);
   int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
   int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
@@ -432,21 +416,47 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   int64_t npb = (P + j.pb - 1) / j.pb;
   nbl_split_rows(Mg, NBL_T_CR, npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb,
                  &j.nmc, &j.mc);
-  for (int64_t n = 0; n < g.N && !j.oom; n++)
-    for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
-      j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
-      j.W = &f->tw[gi];
-      j.y = y + (n * g.M + gi * Mg) * P;
-      j.e.bias = bias ? bias + gi * Mg : NULL;
-      j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
-      nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+  /* the output as codes for the linked depthwise consumer G: a pass for
+   * max|y| (G's scale), then one writing G's codes */
+  nbl_t_fused *G = f->link;
+  int64_t ny = g.N * g.M * P;
+  int emit = G && !post && g.group == 1 && f->isa == NBL_T_AVX512 &&
+             ny >= nbl_kdebug_get(NBL_KS_T_CODE_LINK_MIN);
+  float cs = 0.0f;
+  for (int pass = emit ? 0 : 1; pass < 2; pass++) {
+    j.e.no_store = pass == 0;
+    for (int64_t n = 0; n < g.N && !j.oom; n++)
+      for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
+        j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
+        j.W = &f->tw[gi];
+        j.y = y + (n * g.M + gi * Mg) * P;
+        j.e.codes = cs > 0.0f ? (int8_t *)(void *)y + (n * g.M + gi * Mg) * P : NULL;
+        j.e.cs = cs;
+        j.e.bias = bias ? bias + gi * Mg : NULL;
+        j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
+        nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+      }
+    if (pass == 0) { /* G's scale, as G would find it in the floats */
+      uint32_t b = atomic_load(&j.amax);
+      float mx;
+      memcpy(&mx, &b, 4);
+      if (b < 0x7f800000u && isfinite(1.0f / act_scale(mx))) cs = act_scale(mx);
+      else j.e.no_store = 0; /* not finite: the floats after all */
     }
+  }
   free(xu);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  atomic_fetch_add(&g_int_runs, 1);
+  count_run(f);
   if (post)
     return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
                                     f->act_hi);
+  if (cs > 0.0f) {
+    f->codes_for = G;
+    f->code_scale = cs;
+    f->code_data = y;
+    nbl_kcount(NBL_KC_T_CODE_LINKS);
+    return NBL_OK;
+  }
   hand_over(f, y, atomic_load(&j.amax));
   return NBL_OK;
 }
@@ -603,7 +613,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
   free(j.Ci);
 out:
   free(sx);
-  atomic_fetch_add(&g_int_runs, 1);
+  count_run(f);
   return NBL_OK;
 }
 
@@ -616,11 +626,18 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
   if (!X || !W) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X or W is missing");
   if (X->dtype != NBL_DT_FLOAT)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
-  if (W->data != f->wdata || (!f->tw && !f->dw_w))
-    if (nbl_t_fused_pack(f, W, S) != 0) return run_literal(c, f);
-  f->amax_ok = 0; /* until this run's output is written by the integer path */
-  float mx = 0.0f;
   const nbl_t_fused *src = f->xsrc;
+  int codes_in = src && src->codes_for == f && src->code_data == X->data;
+  if (W->data != f->wdata || (!f->tw && !f->dw_w))
+    if (nbl_t_fused_pack(f, W, S) != 0) return literal_or_fail(c, f, codes_in);
+  f->amax_ok = 0; /* until this run's output is written by the integer path */
+  f->codes_for = NULL;
+  float mx = 0.0f;
+  if (codes_in) {
+    float s = src->code_scale; /* X holds this node's codes (run_conv) */
+    atomic_fetch_add(&g_amax_reuses, 1);
+    return run_conv(c, f, s, 1);
+  }
   if (src && src->amax_ok && src->amax_data == X->data && src->amax_bits < 0x7f800000u &&
       (!f->per_row || f->kind == NBL_TF_CONV)) {
     memcpy(&mx, &src->amax_bits, 4); /* written by the producer: no scan */
@@ -629,7 +646,7 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
     if (!scan_x(c, f->isa, X->data, X->numel, &mx)) return run_literal(c, f);
   }
   float s = act_scale(mx);
-  return f->kind == NBL_TF_CONV ? run_conv(c, f, s) : run_mm(c, f, s);
+  return f->kind == NBL_TF_CONV ? run_conv(c, f, s, 0) : run_mm(c, f, s);
 }
 
 const nbl_op_def nbl_t_fused_def = {"ai.nibble", "FusedTernary", 1, 1, k_fused_ternary,

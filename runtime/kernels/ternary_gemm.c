@@ -5,6 +5,7 @@
 #include "runtime/core/cpu.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,8 +35,12 @@ nbl_t_isa nbl_t_best_isa(void) {
 }
 
 int nbl_t_isa_supported(nbl_t_isa isa) {
-  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 &&
-         (nbl_cpu_features() & k_needs[isa]) == k_needs[isa];
+  /* asked on every call of the activation kernels (once a row): the CPU's
+   * features kept after the first call, not asked for again */
+  static _Atomic unsigned feats; /* the features | 1u << 31 once read */
+  unsigned f = atomic_load_explicit(&feats, memory_order_relaxed);
+  if (!f) atomic_store_explicit(&feats, f = nbl_cpu_features() | 1u << 31, memory_order_relaxed);
+  return isa >= NBL_T_SCALAR && isa <= NBL_T_AVX512 && (f & k_needs[isa]) == k_needs[isa];
 }
 
 const char *nbl_t_isa_name(nbl_t_isa isa) {
@@ -105,6 +110,16 @@ static inline int32_t load4(const int8_t *p) {
   return v;
 }
 
+static inline float code1(float x, float s) {
+  float r = rintf(x / s);
+  return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
+}
+
+/* The mask of the first n lanes of 16 (n <= 0: none). */
+static inline uint16_t nbl_tmask(int64_t n) {
+  return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (uint16_t)((1u << n) - 1);
+}
+
 /* The epilogue of one value: sc * acc, then + bias, + the residual r, then the activation. */
 static inline float epi1(const nbl_t_epi *e, int32_t acc, float bias, float r) {
   float v = e->sc * (float)acc;
@@ -129,7 +144,8 @@ static uint32_t amax_bits(const float *y, int64_t n, uint32_t m) {
 }
 
 /* Writes the tile's accumulators a[r][p] (r < nm, p < np), already
- * corrected, for channels m.. and pixels p.. */
+ * corrected, for channels m.. and pixels p..: as they are (Ci), or their
+ * epilogue as floats, as codes (e->codes) or nowhere (e->no_store). */
 static void tile_store(const int32_t a[NBL_T_CR][NBL_T_PX], int nm, int np, int64_t m, int64_t p,
                        int32_t *Ci, float *Y, int64_t ld, const nbl_t_epi *e) {
   for (int r = 0; r < nm; r++) {
@@ -139,9 +155,19 @@ static void tile_store(const int32_t a[NBL_T_CR][NBL_T_PX], int nm, int np, int6
     }
     float b = e->bias ? e->bias[m + r] : 0.0f;
     float *y = Y + (m + r) * ld + p;
+    int8_t *cq = e->codes ? e->codes + (m + r) * ld + p : NULL;
     const float *rr = e->res ? e->res + (m + r) * ld + p : NULL;
-    for (int q = 0; q < np; q++) y[q] = epi1(e, a[r][q], b, rr ? rr[q] : 0.0f);
-    if (e->amax) *e->amax = amax_bits(y, np, *e->amax);
+    uint32_t mx = e->amax ? *e->amax : 0;
+    for (int q = 0; q < np; q++) {
+      float v = epi1(e, a[r][q], b, rr ? rr[q] : 0.0f);
+      if (cq) cq[q] = (int8_t)code1(v, e->cs);
+      else if (!e->no_store) y[q] = v;
+      uint32_t bits;
+      memcpy(&bits, &v, 4);
+      bits &= 0x7fffffffu;
+      mx = bits > mx ? bits : mx;
+    }
+    if (e->amax) *e->amax = mx;
   }
 }
 
@@ -164,7 +190,25 @@ static void tile_scalar(const nbl_t_weights *W, const uint8_t *x, const int8_t *
   }
 }
 
+/* The vector quantizers multiply by 1 / s and round; where the product lies
+ * within TIE_BAND of a half (where x * (1/s) and x / s might round apart:
+ * they differ by a few ulps of a value below 128.5, far less than the band)
+ * they divide instead, so every code equals rint(x / s). */
+#define TIE_BAND 1e-3f
+
 #if T_X86
+/* 16 codes of v (rint(v / s) clamped to -128..127) as floats */
+__attribute__((target("avx512f"))) static inline __m512 codes16(__m512 v, __m512 vs, __m512 inv) {
+  __m512 t = _mm512_mul_ps(v, inv);
+  __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 d = _mm512_abs_ps(_mm512_sub_ps(t, r));
+  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
+  if (near)
+    r = _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(v, vs),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+}
+
 /* AVX-512 VNNI: 8 channels x 32 pixels in 16 accumulators. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
 tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int32_t *rowsum,
@@ -216,6 +260,8 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
   __mmask16 k0 = np >= 16 ? 0xFFFF : (__mmask16)((1u << np) - 1);
   __mmask16 k1 = np >= 32 ? 0xFFFF : np <= 16 ? 0 : (__mmask16)((1u << (np - 16)) - 1);
   __m512 sc = _mm512_set1_ps(e ? e->sc : 0.0f);
+  const __m512 vcs = _mm512_set1_ps(e && e->codes ? e->cs : 1.0f),
+               vinv = _mm512_set1_ps(e && e->codes ? 1.0f / e->cs : 1.0f);
   const __m512i abs = _mm512_set1_epi32(0x7fffffff);
   __m512i vmax = _mm512_setzero_si512();
   for (int r = 0; r < nm; r++) {
@@ -241,8 +287,14 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
       f0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f0, hi, _CMP_GT_OQ), f0, hi);
       f1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f1, hi, _CMP_GT_OQ), f1, hi);
     }
-    _mm512_mask_storeu_ps(Y + (m + r) * ld + p, k0, f0);
-    _mm512_mask_storeu_ps(Y + (m + r) * ld + p + 16, k1, f1);
+    if (e->codes) {
+      int8_t *cq = e->codes + (m + r) * ld + p;
+      _mm512_mask_cvtepi32_storeu_epi8(cq, k0, _mm512_cvtps_epi32(codes16(f0, vcs, vinv)));
+      _mm512_mask_cvtepi32_storeu_epi8(cq + 16, k1, _mm512_cvtps_epi32(codes16(f1, vcs, vinv)));
+    } else if (!e->no_store) {
+      _mm512_mask_storeu_ps(Y + (m + r) * ld + p, k0, f0);
+      _mm512_mask_storeu_ps(Y + (m + r) * ld + p + 16, k1, f1);
+    }
     vmax = _mm512_mask_max_epu32(vmax, k0, vmax, _mm512_and_si512(_mm512_castps_si512(f0), abs));
     vmax = _mm512_mask_max_epu32(vmax, k1, vmax, _mm512_and_si512(_mm512_castps_si512(f1), abs));
   }
@@ -346,13 +398,15 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
         tile_avx2(W, x, w, a);
         for (int r = 0; r < nm; r++) {
           int32_t corr = 128 * W->rowsum[m + r];
-          if (Ci) {
-            for (int q = 0; q < np; q++) Ci[(m + r) * ld + p + q] = a[r][q] - corr;
+          if (Ci || e->codes || e->no_store) {
+            for (int q = 0; q < np; q++) a[r][q] -= corr;
           } else {
             epi_row_avx2(a[r], np, corr, Y + (m + r) * ld + p, e, e->bias ? e->bias[m + r] : 0.0f,
                          e->res ? e->res + (m + r) * ld + p : NULL);
           }
         }
+        if (Ci || e->codes || e->no_store)
+          tile_store((const int32_t(*)[NBL_T_PX])a, nm, np, m, p, Ci, Y, ld, e);
         continue;
       }
 #endif
@@ -501,16 +555,7 @@ static int absmax_scalar(const float *x, int64_t n, float *mx) {
   return ok;
 }
 
-static inline float code1(float x, float s) {
-  float r = rintf(x / s);
-  return r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r;
-}
 
-/* The vector quantizers multiply by 1 / s and round; where the product lies
- * within TIE_BAND of a half (where x * (1/s) and x / s might round apart:
- * they differ by a few ulps of a value below 128.5, far less than the band)
- * they divide instead, so every code equals rint(x / s). */
-#define TIE_BAND 1e-3f
 
 #if T_X86
 __attribute__((target("avx512f"))) static int absmax_avx512(const float *x, int64_t n, float *mx) {
@@ -534,18 +579,6 @@ __attribute__((target("avx512f"))) static int absmax_avx512(const float *x, int6
   return b < 0x7f800000u;
 }
 
-/* 16 codes of v (rint(v / s) clamped to -128..127) as floats */
-__attribute__((target("avx512f"))) static inline __m512 codes16(__m512 v, __m512 vs, __m512 inv) {
-  __m512 t = _mm512_mul_ps(v, inv);
-  __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 d = _mm512_abs_ps(_mm512_sub_ps(t, r));
-  __mmask16 near = _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - TIE_BAND), _CMP_GT_OQ);
-  if (near)
-    r = _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(v, vs),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
-}
-
 __attribute__((target("avx512f,avx512bw"))) static void quant_avx512(const float *x, uint8_t *u,
                                                                      int64_t n, float s, int off) {
   const __m512 vs = _mm512_set1_ps(s), inv = _mm512_set1_ps(1.0f / s);
@@ -564,6 +597,14 @@ __attribute__((target("avx512f"))) static void quantf_avx512(const float *x, flo
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
     _mm512_mask_storeu_ps(f + i, k, codes16(_mm512_maskz_loadu_ps(k, x + i), vs, inv));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void codes_f_avx512(const int8_t *q, float *f, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m128i b = _mm_maskz_loadu_epi8(k, q + i);
+    _mm512_mask_storeu_ps(f + i, k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)));
   }
 }
 
@@ -644,6 +685,16 @@ __attribute__((target("avx2"))) static void quantf_avx2(const float *x, float *f
   for (; i < n; i++) f[i] = code1(x[i], s);
 }
 
+/* f[i] = q[i] for whole vectors of 8; returns how many were done. */
+__attribute__((target("avx2"))) static int64_t codes_f_avx2(const int8_t *q, float *f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(q + i));
+    _mm256_storeu_ps(f + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+  }
+  return i;
+}
+
 __attribute__((target("avx2"))) static uint32_t finish_avx2(float *y, int64_t n, float sc,
                                                             float bias, const float *res, int act,
                                                             float lo, float hi) {
@@ -707,6 +758,58 @@ void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, 
   for (int64_t i = 0; i < n; i++) u[i] = (uint8_t)((int)code1(x[i], s) + off);
 }
 
+void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n) {
+  int64_t i = 0;
+#if T_X86
+  if (isa == NBL_T_AVX512 && nbl_t_isa_supported(isa)) {
+    codes_f_avx512(q, f, n);
+    return;
+  }
+  if (isa == NBL_T_AVX2 && nbl_t_isa_supported(isa)) i = codes_f_avx2(q, f, n);
+#endif
+  for (; i < n; i++) f[i] = (float)q[i];
+}
+
+#if T_X86
+/* Row x (W values; floats quantized with scale s, or codes q) as float
+ * codes, even columns to ev, odd ones to od. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+deint2_avx512(const float *x, const int8_t *q, int64_t W, float s, float *ev, float *od) {
+  const __m512 vs = _mm512_set1_ps(s), inv = _mm512_set1_ps(x ? 1.0f / s : 1.0f);
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+  for (int64_t i = 0; i < W; i += 32) {
+    __mmask16 k0 = nbl_tmask(W - i), k1 = nbl_tmask(W - i - 16);
+    __m512 a, b;
+    if (x) {
+      a = codes16(_mm512_maskz_loadu_ps(k0, x + i), vs, inv);
+      b = codes16(_mm512_maskz_loadu_ps(k1, x + i + 16), vs, inv);
+    } else {
+      a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k0, q + i)));
+      b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k1, q + i + 16)));
+    }
+    int64_t left = W - i; /* evens: (left + 1) / 2 of them, odds: left / 2 */
+    _mm512_mask_storeu_ps(ev + i / 2, nbl_tmask((left + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
+    _mm512_mask_storeu_ps(od + i / 2, nbl_tmask(left / 2), _mm512_permutex2var_ps(a, io, b));
+  }
+}
+#endif
+
+void nbl_t_deint2_f(nbl_t_isa isa, const float *x, const int8_t *q, int64_t W, float s, float *ev,
+                    float *od) {
+#if T_X86
+  if (isa == NBL_T_AVX512 && nbl_t_isa_supported(isa) && (!x || isfinite(1.0f / s))) {
+    deint2_avx512(x, q, W, s, ev, od);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < W; i++) {
+    float v = x ? code1(x[i], s) : (float)q[i];
+    if (i % 2) od[i / 2] = v;
+    else ev[i / 2] = v;
+  }
+}
+
 void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s) {
   if (!nbl_t_isa_supported(isa) || !isfinite(1.0f / s)) isa = NBL_T_SCALAR;
 #if T_X86
@@ -750,6 +853,10 @@ uint32_t nbl_t_finish(nbl_t_isa isa, float *y, int64_t n, float sc, float bias, 
 /* ------------------------------------------------------------------ depthwise rows */
 
 #if T_X86
+/* Up to 4 vectors of output (row, 16 columns) at a time, in independent
+ * accumulators (one chain of adds would wait on each add's latency): a
+ * row's vectors in groups of 4, or for rows of 1 or 2 vectors, 4 or 2 rows
+ * together. */
 __attribute__((target("avx512f"))) static void dw_rows_avx512(
     const float *const *tap, const int *sign, int nt, int64_t Wp, int64_t oh0, int64_t oh1,
     int64_t OW, float *y, const nbl_t_epi *e, float bias) {
@@ -757,24 +864,48 @@ __attribute__((target("avx512f"))) static void dw_rows_avx512(
                vl = _mm512_set1_ps(e->lo), vh = _mm512_set1_ps(e->hi);
   const __m512i abs = _mm512_set1_epi32(0x7fffffff);
   __m512i mx = _mm512_setzero_si512();
-  for (int64_t oh = oh0; oh < oh1; oh++) {
-    float *yr = y + (oh - oh0) * OW;
-    const float *rr = e->res ? e->res + (oh - oh0) * OW : NULL;
-    for (int64_t ow = 0; ow < OW; ow += 16) {
-      __mmask16 k = OW - ow >= 16 ? 0xFFFF : (__mmask16)((1u << (OW - ow)) - 1);
-      __m512 acc = _mm512_setzero_ps();
+  int64_t nv = (OW + 15) / 16, rg = nv >= 3 ? 1 : 4 / nv;
+  for (int64_t oh = oh0; oh < oh1; oh += rg) {
+    int64_t nr = oh1 - oh < rg ? oh1 - oh : rg;
+    for (int64_t v0 = 0; v0 < nv * nr; v0 += 4) {
+      /* slot i: vector v0 + i of the nr rows' nv vectors each */
+      int64_t src[4], dst[4];
+      __mmask16 k[4];
+      const float *rr[4];
+      for (int i = 0; i < 4; i++) {
+        int64_t v = v0 + i, r = v / nv, ow = v % nv * 16;
+        k[i] = v < nv * nr ? (OW - ow >= 16 ? 0xFFFF : (__mmask16)((1u << (OW - ow)) - 1)) : 0;
+        if (!k[i]) r = 0, ow = 0;
+        src[i] = (oh + r) * Wp + ow;
+        dst[i] = (oh + r - oh0) * OW + ow;
+        rr[i] = e->res ? e->res + dst[i] : NULL;
+      }
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int t = 0; t < nt; t++) {
-        __m512 v = _mm512_maskz_loadu_ps(k, tap[t] + oh * Wp + ow);
-        acc = sign[t] > 0 ? _mm512_add_ps(acc, v) : _mm512_sub_ps(acc, v);
+        const float *p = tap[t];
+        __m512 x0 = _mm512_maskz_loadu_ps(k[0], p + src[0]);
+        __m512 x1 = _mm512_maskz_loadu_ps(k[1], p + src[1]);
+        __m512 x2 = _mm512_maskz_loadu_ps(k[2], p + src[2]);
+        __m512 x3 = _mm512_maskz_loadu_ps(k[3], p + src[3]);
+        if (sign[t] > 0) {
+          a0 = _mm512_add_ps(a0, x0), a1 = _mm512_add_ps(a1, x1);
+          a2 = _mm512_add_ps(a2, x2), a3 = _mm512_add_ps(a3, x3);
+        } else {
+          a0 = _mm512_sub_ps(a0, x0), a1 = _mm512_sub_ps(a1, x1);
+          a2 = _mm512_sub_ps(a2, x2), a3 = _mm512_sub_ps(a3, x3);
+        }
       }
-      __m512 f = _mm512_add_ps(_mm512_mul_ps(vs, acc), vb);
-      if (rr) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(k, rr + ow));
-      if (e->act) {
-        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vl, _CMP_LT_OQ), f, vl);
-        f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vh, _CMP_GT_OQ), f, vh);
+      __m512 acc[4] = {a0, a1, a2, a3};
+      for (int i = 0; i < 4 && k[i]; i++) {
+        __m512 f = _mm512_add_ps(_mm512_mul_ps(vs, acc[i]), vb);
+        if (rr[i]) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(k[i], rr[i]));
+        if (e->act) {
+          f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vl, _CMP_LT_OQ), f, vl);
+          f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, vh, _CMP_GT_OQ), f, vh);
+        }
+        _mm512_mask_storeu_ps(y + dst[i], k[i], f);
+        mx = _mm512_mask_max_epu32(mx, k[i], mx, _mm512_and_si512(_mm512_castps_si512(f), abs));
       }
-      _mm512_mask_storeu_ps(yr + ow, k, f);
-      mx = _mm512_mask_max_epu32(mx, k, mx, _mm512_and_si512(_mm512_castps_si512(f), abs));
     }
   }
   if (e->amax) {

@@ -86,7 +86,13 @@ typedef struct nbl_t_epi {
   int act;
   float lo, hi;
   const float *res;
-  uint32_t *amax; /* non-NULL: raised to the largest bit pattern of a |y| stored */
+  uint32_t *amax; /* non-NULL: raised to the largest bit pattern of a |y| (stored or not) */
+  /* instead of the floats y: nothing (no_store; for amax), or (codes not
+   * NULL) the INT8 codes clamp(rint(y / cs), -128, 127) to codes[m * ld + p]
+   * (cs > 0 with 1 / cs finite): those nbl_t_quant makes of the floats */
+  int no_store;
+  int8_t *codes;
+  float cs;
 } nbl_t_epi;
 
 /* Output channels [m0, m1) (m0 a multiple of 8) x pixels [p0, p1) (p0 a
@@ -117,6 +123,13 @@ int nbl_t_absmax(nbl_t_isa isa, const float *x, int64_t n, float *mx);
  * nbl_absmax8_fake_quant; x finite, s > 0. */
 void nbl_t_quant(nbl_t_isa isa, const float *x, uint8_t *u, int64_t n, float s, int off);
 
+/* Row of W values as float codes (from floats x with scale s as
+ * nbl_t_quant_f, or when x is NULL from the codes q), the even columns to
+ * ev[0..], the odd ones to od[0..]: a stride-2 depthwise layer's phases. */
+void nbl_t_deint2_f(nbl_t_isa isa, const float *x, const int8_t *q, int64_t W, float s, float *ev,
+                    float *od);
+/* f[i] = q[i] as a float (codes handed over as bytes). */
+void nbl_t_codes_f(nbl_t_isa isa, const int8_t *q, float *f, int64_t n);
 /* f[i] = clamp(rint(x[i] / s), -128, 127) as a float (the same codes); x finite. */
 void nbl_t_quant_f(nbl_t_isa isa, const float *x, float *f, int64_t n, float s);
 /* The epilogue on floats in place: y[i] = act(sc * y[i] + bias + res[i])

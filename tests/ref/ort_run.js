@@ -23,9 +23,11 @@
 const fs = require('fs');
 const path = require('path');
 
+// NBL_ORT_MODULE: another onnxruntime-node to load (the path of its package
+// folder), to check a model against another ONNX Runtime version.
 let ort;
 try {
-  ort = require('onnxruntime-node');
+  ort = require(process.env.NBL_ORT_MODULE || 'onnxruntime-node');
 } catch (e) {
   process.stderr.write('ort_run.js: onnxruntime-node is not installed ' +
                        '(npm install --ignore-scripts onnxruntime-node)\n');

@@ -145,6 +145,49 @@ START_TEST(test_op_quantize_ternary) {
 }
 END_TEST
 
+/* QuantizeAbsmax8 (per tensor) on hand-computed edge cases, through the
+ * op (reference and default kernels) and the format function. */
+static void absmax8_case(const float *x, int64_t n, const float *want, float want_s) {
+  float y[16];
+  nbl_absmax8_fake_quant(x, y, (size_t)n, 0, 0);
+  for (int64_t i = 0; i < n; i++)
+    ck_assert_msg(y[i] == want[i] || (isnan(y[i]) && isnan(want[i])), "x=%g -> %g, want %g", x[i],
+                  y[i], want[i]);
+  ck_assert_float_eq(nbl_absmax8_scale(x, (size_t)n), want_s);
+  for (int ref = 0; ref <= 1; ref++) {
+    one *o = one_new_domain("QuantizeAbsmax8", "ai.nibble", 1, 1, 2);
+    one_in(o, 0, NBL_DT_FLOAT, 1, &n, x);
+    ck_assert_int_eq(one_run(o, ref), NBL_OK);
+    for (int64_t i = 0; i < n; i++)
+      ck_assert_msg(outf(o, 0)[i] == want[i] || (isnan(outf(o, 0)[i]) && isnan(want[i])),
+                    "op: x=%g -> %g, want %g", x[i], outf(o, 0)[i], want[i]);
+    ck_assert_float_eq(outf(o, 1)[0], want_s);
+    one_free(o);
+  }
+}
+
+START_TEST(test_absmax8_edges) {
+  /* max|x| = 254 -> s = 2: +-1 = +-0.5 s and 5 = 2.5 s are exact ties (half to even: 0, 2),
+   * 3 = 1.5 s rounds to 2, 1.0001 just above the tie to 1 */
+  const float t[] = {254.0f, 1.0f, -1.0f, 3.0f, 5.0f, -5.0f, 1.0001f};
+  const float tw[] = {254.0f, 0.0f, -0.0f, 4.0f, 4.0f, -4.0f, 2.0f};
+  absmax8_case(t, 7, tw, 2.0f);
+  /* all zero: scale 1, codes 0 */
+  const float z[] = {0.0f, -0.0f, 0.0f, 0.0f};
+  const float zw[] = {0.0f, -0.0f, 0.0f, 0.0f};
+  absmax8_case(z, 4, zw, 1.0f);
+  /* NaN and +-Inf stay out of max|x| (127 here: s = 1) and pass through */
+  const float nf[] = {NAN, INFINITY, -127.0f, 63.5f, -INFINITY, 0.25f};
+  const float nfw[] = {NAN, INFINITY, -127.0f, 64.0f, -INFINITY, 0.0f};
+  absmax8_case(nf, 6, nfw, 1.0f);
+  /* one huge outlier: max|x| = 1.27e8 -> s = 1e6 (exact); 5e5 = 0.5 s -> 0,
+   * 1.5e6 -> 2, 2.5e6 -> 2 (ties to even), every small value -> 0 */
+  const float o[] = {1.27e8f, 5e5f, 1.5e6f, 2.5e6f, -3.0f, 1000.0f, -4.9e5f};
+  const float ow[] = {1.27e8f, 0.0f, 2e6f, 2e6f, -0.0f, 0.0f, -0.0f};
+  absmax8_case(o, 7, ow, 1e6f);
+}
+END_TEST
+
 START_TEST(test_op_absmax8_and_grad) {
   /* per row of the last axis: row 0 max 254 -> s 2; row 1 max 127 -> s 1 */
   const float x[] = {254.0f, 1.0f, 3.0f, 127.0f, 0.5f, -1.5f};
@@ -280,6 +323,7 @@ int main(void) {
   tcase_add_test(tc, test_scale_and_codes);
   tcase_add_test(tc, test_zero_nan_outlier);
   tcase_add_test(tc, test_absmax8);
+  tcase_add_test(tc, test_absmax8_edges);
   tcase_add_test(tc, test_packing);
   tcase_add_test(tc, test_op_quantize_ternary);
   tcase_add_test(tc, test_op_absmax8_and_grad);

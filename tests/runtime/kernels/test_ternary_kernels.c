@@ -14,6 +14,7 @@
 #include "nibble.h"
 #include "runtime/formats/ternary.h"
 #include "runtime/kernels/ternary_fused.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/ternary_gemm.h"
 
 static uint32_t rng = 1158;
@@ -338,6 +339,24 @@ static float *run_model(nbl_model *m, const mspec *sp, const float *x, int refer
   return y;
 }
 
+/* The variant the fused nodes must take under this process's NBL_ISA cap
+ * (the suite runs the "capped" cases with avx2 and scalar): the best the
+ * CPU has at or below the cap. */
+static nbl_t_isa expected_isa(void) {
+  const char *cap = getenv("NBL_ISA");
+  nbl_t_isa want = cap && !strcmp(cap, "scalar") ? NBL_T_SCALAR
+                   : cap && !strcmp(cap, "avx2") ? NBL_T_AVX2
+                                                 : NBL_T_AVX512;
+  while (want > NBL_T_SCALAR && !nbl_t_isa_supported(want)) want = (nbl_t_isa)(want - 1);
+  return want;
+}
+
+START_TEST(test_capped_variant) {
+  /* the cap in force is the one the suite asked for */
+  ck_assert_str_eq(nbl_t_isa_name(nbl_t_best_isa()), nbl_t_isa_name(expected_isa()));
+}
+END_TEST
+
 /* Fast (fused, 1 and 2 threads) vs reference path within 1e-5 of the
  * largest output; expect_int: the integer path ran (per fast run). */
 static void check_model(const mspec *sp, int expect_int, int with_nan) {
@@ -360,12 +379,15 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
   for (size_t i = 0; i < nr; i++)
     if (isfinite(yr[i]) && fabs(yr[i]) > mx) mx = fabs(yr[i]);
   for (int threads = 1; threads <= 2; threads++) {
-    long before = nbl_t_integer_runs();
+    long before = nbl_t_integer_runs(), before_isa = nbl_t_isa_runs(expected_isa());
     size_t nf;
     float *yf = run_model(m, sp, x, 0, threads, &nf);
     long runs = nbl_t_integer_runs() - before;
     ck_assert_msg(runs == expect_int, "%s: integer path runs %ld, expected %d", sp->op, runs,
                   expect_int);
+    ck_assert_msg(nbl_t_isa_runs(expected_isa()) - before_isa == expect_int,
+                  "%s: the integer runs did not take the %s variant", sp->op,
+                  nbl_t_isa_name(expected_isa()));
     ck_assert_uint_eq(nf, nr);
     for (size_t i = 0; i < nr; i++) {
       if (isnan(yr[i])) {
@@ -373,9 +395,9 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
         continue;
       }
       ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
-                    "%s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] packed %d elem %zu: fast %.9g "
+                    "%s (threads %d) x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] packed %d elem %zu: fast %.9g "
                     "ref %.9g",
-                    sp->op, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
+                    sp->op, threads, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
                     (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
                     (long long)sp->wd[2], (long long)sp->wd[3], sp->packed, i, yf[i], yr[i]);
     }
@@ -466,13 +488,21 @@ END_TEST
 /* A chain of convolutions made by the quantize-ternary pass: each fused
  * layer takes its scale from the one before it (no scan), with the same
  * outputs as the reference path. */
+static nbl_id chain_conv_k(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                           int64_t group, int relu, int64_t k);
 static nbl_id chain_conv(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
                          int64_t group, int relu) {
+  return chain_conv_k(m, x, name, M, C, group, relu, 3);
+}
+
+/* Conv k x k (pads (k - 1) / 2) of x [C channels] -> M channels, [+ Relu]. */
+static nbl_id chain_conv_k(nbl_model *m, nbl_id x, const char *name, int64_t M, int64_t C,
+                           int64_t group, int relu, int64_t k) {
   nbl_graph *g = m->graph;
   char nm[64];
-  int64_t wd[4] = {M, C / group, 3, 3};
+  int64_t wd[4] = {M, C / group, k, k};
   int64_t wn = nbl_shape_numel(4, wd);
-  float *w = malloc(sizeof(float) * (size_t)wn), b[64];
+  float *w = malloc(sizeof(float) * (size_t)wn), b[128];
   for (int64_t i = 0; i < wn; i++) w[i] = 0.3f * frand();
   for (int64_t i = 0; i < M; i++) b[i] = 0.1f * frand();
   snprintf(nm, sizeof nm, "%s_w", name);
@@ -485,7 +515,7 @@ static nbl_id chain_conv(nbl_model *m, nbl_id x, const char *name, int64_t M, in
   nbl_id y = nbl_graph_add_value(g, nm);
   nbl_id in[3] = {x, wv, bv};
   nbl_id n = nbl_graph_add_node(g, "Conv", "", name, 3, in, 1, &y);
-  int64_t pads[4] = {1, 1, 1, 1};
+  int64_t pp = (k - 1) / 2, pads[4] = {pp, pp, pp, pp};
   nbl_node_set_attr_ints(g, n, "pads", 4, pads);
   nbl_node_set_attr_int(g, n, "group", group);
   free(w);
@@ -526,6 +556,136 @@ START_TEST(test_fused_chain_handover) {
     ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx, "elem %zu: %g vs %g", i, yf[i], yr[i]);
   free(yr), free(yf);
   nbl_model_free(m);
+}
+END_TEST
+
+/* The fused depthwise layers' three ways (the plane kernel and its rows,
+ * 16 channels at a time, 3x3 blocks of 4 rows) give bit-identical outputs,
+ * each within the tolerance of the reference path, at the boundaries of
+ * their blocks: channels around 16, columns around 4, 16 and 32, rows
+ * around 4, strides 1 and 2, with activations and a residual. Under an
+ * AVX2 or scalar cap only the plane kernel runs (the others need AVX-512). */
+static float *run_switched(nbl_model *m, const mspec *sp, const float *x, int blocked, int rows3,
+                           int threads, size_t *ny) {
+  nbl_kdebug_set(NBL_KS_T_DW_BLOCKED, blocked);
+  nbl_kdebug_set(NBL_KS_T_DW_ROWS3, rows3);
+  float *y = run_model(m, sp, x, 0, threads, ny);
+  nbl_kdebug_reset();
+  return y;
+}
+
+START_TEST(test_fused_depthwise_paths) {
+  static const struct { int64_t C, H, W, k, s, pad, d; } L[] = {
+      {1, 5, 5, 3, 1, 1, 1},    {15, 7, 7, 3, 1, 1, 1},  {16, 14, 14, 3, 2, 1, 1},
+      {17, 9, 3, 3, 1, 1, 1},   {33, 4, 6, 3, 2, 1, 1},  {20, 33, 33, 3, 1, 1, 1},
+      {18, 65, 64, 3, 2, 1, 1}, {16, 10, 31, 3, 1, 1, 1}, {16, 16, 36, 3, 1, 0, 1},
+      {24, 11, 17, 5, 2, 2, 1}, {17, 13, 20, 3, 1, 2, 2}, {32, 6, 6, 3, 1, 1, 1}};
+  int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
+  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++)
+    for (int variant = 0; variant < 3; variant++) {
+      mspec sp = conv_spec(1 + (int64_t)(i % 2), L[i].C, L[i].H, L[i].W, L[i].C, L[i].k, L[i].s,
+                           L[i].pad, L[i].d, L[i].C);
+      int64_t oh = (L[i].H + 2 * L[i].pad - L[i].d * (L[i].k - 1) - 1) / L[i].s + 1;
+      int64_t ow = (L[i].W + 2 * L[i].pad - L[i].d * (L[i].k - 1) - 1) / L[i].s + 1;
+      sp.act = variant == 0 ? "Clip" : variant == 1 ? "Relu" : NULL;
+      sp.packed = (int)((i + (size_t)variant) % 3);
+      if (variant == 2) { /* a residual of the output's shape, then the Add in the epilogue */
+        sp.res = 1;
+        int64_t rd[4] = {sp.xd[0], L[i].C, oh, ow};
+        memcpy(sp.rd, rd, sizeof rd);
+        sp.act = "Relu";
+      }
+      check_model(&sp, 1, 0); /* the default choice against the reference */
+      int64_t xn = nbl_shape_numel(4, sp.xd), wn = nbl_shape_numel(4, sp.wd);
+      int64_t rn = sp.res ? nbl_shape_numel(4, sp.rd) : 0;
+      float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
+      float *b = malloc(sizeof(float) * (size_t)L[i].C), *r = malloc(sizeof(float) * (size_t)(rn + 1));
+      for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
+      for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
+      for (int64_t k = 0; k < L[i].C; k++) b[k] = frand();
+      for (int64_t k = 0; k < rn; k++) r[k] = 3.0f * frand();
+      g_r = r;
+      nbl_model *m = build_model(&sp, w, b);
+      size_t n0, n1, n2;
+      for (int threads = 1; threads <= 2; threads++) {
+        nbl_kernel_stats k0, k1;
+        float *y0 = run_switched(m, &sp, x, 0, 0, threads, &n0); /* plane kernel, its rows */
+        nbl_kernel_stats_get(&k0);
+        float *y1 = run_switched(m, &sp, x, 1, 0, threads, &n1); /* 16 channels at a time */
+        nbl_kernel_stats_get(&k1);
+        float *y2 = run_switched(m, &sp, x, 0, 1, threads, &n2); /* 3x3: blocks of rows */
+        ck_assert_int_eq(k1.n[NBL_KC_T_DW_BLOCKED_RUNS] - k0.n[NBL_KC_T_DW_BLOCKED_RUNS],
+                         avx512 ? 1 : 0);
+        ck_assert_uint_eq(n0, n1);
+        ck_assert_uint_eq(n0, n2);
+        ck_assert_msg(!memcmp(y0, y1, n0 * sizeof(float)),
+                      "layer %zu variant %d: 16 channels at a time differs from the plane kernel",
+                      i, variant);
+        ck_assert_msg(!memcmp(y0, y2, n0 * sizeof(float)),
+                      "layer %zu variant %d: 3x3 row blocks differ from the plane kernel", i,
+                      variant);
+        free(y0), free(y1), free(y2);
+      }
+      nbl_model_free(m);
+      free(x), free(w), free(b), free(r);
+    }
+}
+END_TEST
+
+/* A fused 1x1 Conv handing its output to the fused depthwise Conv after it
+ * as that layer's INT8 codes (forced for every size here): the same outputs
+ * bit for bit as through the floats, within the tolerance of the reference
+ * path, at channel and pixel tile boundaries; only where AVX-512 runs. */
+START_TEST(test_fused_code_handover) {
+  static const struct { int64_t N, C, M, H, W; int relu; } L[] = {
+      {1, 5, 1, 5, 6, 1},  {1, 8, 7, 4, 8, 1},  {2, 3, 8, 3, 11, 0}, {1, 16, 9, 9, 9, 1},
+      {1, 4, 17, 7, 9, 1}, {2, 9, 33, 6, 6, 1}, {1, 12, 96, 14, 14, 1}};
+  int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
+  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
+    nbl_model *m = nbl_model_new();
+    nbl_model_set_opset(m, "", 13);
+    nbl_graph *g = m->graph;
+    nbl_id x = nbl_graph_add_value(g, "x");
+    mspec sp = {.xrank = 4, .xd = {L[i].N, L[i].C, L[i].H, L[i].W}};
+    nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, sp.xd);
+    nbl_graph_add_input(g, x);
+    nbl_id v = chain_conv_k(m, x, "f", L[i].M, L[i].C, 1, L[i].relu, 1);
+    v = chain_conv_k(m, v, "g", L[i].M, L[i].M, L[i].M, 1, 3); /* depthwise */
+    nbl_graph_add_output(g, v);
+    nbl_pipeline *pipe = NULL;
+    ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary{skip-first-last=0}", &pipe), NBL_OK);
+    ck_assert_msg(nbl_pipeline_run(pipe, m, NULL) == NBL_OK, "%s", nbl_last_error());
+    nbl_pipeline_free(pipe);
+    int64_t xn = nbl_shape_numel(4, sp.xd);
+    float *xin = malloc(sizeof(float) * (size_t)xn);
+    for (int64_t k = 0; k < xn; k++) xin[k] = 2.0f * frand();
+    size_t nr, n0, n1;
+    float *yr = run_model(m, &sp, xin, 1, 1, &nr);
+    double mx = 0;
+    for (size_t k = 0; k < nr; k++) mx = fabs(yr[k]) > mx ? fabs(yr[k]) : mx;
+    for (int threads = 1; threads <= 2; threads++) {
+      nbl_kdebug_set(NBL_KS_T_CODE_LINK_MIN, 1LL << 40); /* never: floats */
+      float *y0 = run_model(m, &sp, xin, 0, threads, &n0);
+      nbl_kernel_stats k0, k1;
+      nbl_kernel_stats_get(&k0);
+      nbl_kdebug_set(NBL_KS_T_CODE_LINK_MIN, 0); /* always: codes */
+      long runs = nbl_t_integer_runs();
+      float *y1 = run_model(m, &sp, xin, 0, threads, &n1);
+      nbl_kernel_stats_get(&k1);
+      nbl_kdebug_reset();
+      ck_assert_int_eq(nbl_t_integer_runs() - runs, 2);
+      ck_assert_int_eq(k1.n[NBL_KC_T_CODE_LINKS] - k0.n[NBL_KC_T_CODE_LINKS], avx512 ? 1 : 0);
+      ck_assert_uint_eq(n0, nr);
+      ck_assert_uint_eq(n1, nr);
+      ck_assert_msg(!memcmp(y0, y1, nr * sizeof(float)), "case %zu: codes differ from floats", i);
+      for (size_t k = 0; k < nr; k++)
+        ck_assert_msg(fabs(y1[k] - yr[k]) <= 1e-5 * mx, "case %zu elem %zu: %g vs %g", i, k,
+                      y1[k], yr[k]);
+      free(y0), free(y1);
+    }
+    free(yr), free(xin);
+    nbl_model_free(m);
+  }
 }
 END_TEST
 
@@ -575,10 +735,13 @@ int main(void) {
   TCase *tf = tcase_create("fused");
   tcase_set_tags(tf, "capped");
   tcase_set_timeout(tf, 600);
+  tcase_add_test(tf, test_capped_variant);
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
   tcase_add_test(tf, test_fused_residual);
+  tcase_add_test(tf, test_fused_depthwise_paths);
   tcase_add_test(tf, test_fused_chain_handover);
+  tcase_add_test(tf, test_fused_code_handover);
   suite_add_tcase(s, tf);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
