@@ -42,6 +42,7 @@
 #include "include/nibble.h"
 #include "ir/ir.h"
 #include "runtime/core/exec.h"
+#include "runtime/kernels/q4_train.h"
 #include "runtime/ops/grad_int4.h"
 
 static char *src_path(const char *rel) {
@@ -324,8 +325,82 @@ START_TEST(test_sessions) {
 }
 END_TEST
 
+/* The training kernels of QuantizeInt4 / QuantizeInt4Grad (q4_train.h)
+ * against runtime/formats/int4.c bit for bit: parameters, fake-quantized
+ * values and the straight-through mask, on random tensors with exact
+ * half-way points, values on the clip edges and sizes off the vector width,
+ * for symmetric (max, sawb, fixed) and affine quantizers of 4 and 8 bits.
+ * Tagged "capped": the suite runs it again as AVX2 and scalar (NBL_ISA). */
+START_TEST(test_q4_kernels) {
+  uint64_t r = 0x9e3779b97f4a7c15ull;
+  const int64_t sizes[] = {1, 15, 16, 17, 1000, 40007};
+  struct {
+    int bits;
+    nbl_q4_mode mode;
+    nbl_q4_scale_source src;
+  } cfgs[] = {{4, NBL_Q4_SYMMETRIC, NBL_Q4_SCALE_MAX}, {4, NBL_Q4_AFFINE, NBL_Q4_SCALE_MAX},
+              {8, NBL_Q4_AFFINE, NBL_Q4_SCALE_MAX}, {4, NBL_Q4_SYMMETRIC, NBL_Q4_SCALE_SAWB},
+              {8, NBL_Q4_SYMMETRIC, NBL_Q4_SCALE_SAWB}, {4, NBL_Q4_SYMMETRIC, NBL_Q4_SCALE_FIXED}};
+  nbl_kctx kc = {.threads = 1};
+  for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++)
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+      for (int relu = 0; relu < 2; relu++) {
+        int64_t n = sizes[si];
+        float *x = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+        float *y0 = malloc(sizeof(float) * (size_t)n), *y1 = malloc(sizeof(float) * (size_t)n);
+        float *d1 = malloc(sizeof(float) * (size_t)n);
+        ck_assert(x && g && y0 && y1 && d1);
+        for (int64_t i = 0; i < n; i++) {
+          r = r * 6364136223846793005ull + 1442695040888963407ull;
+          float u = (float)((r >> 40) & 0xffffff) / 16777216.0f; /* [0, 1) */
+          x[i] = relu ? u * 3.0f : (u - 0.4f) * 2.0f;
+          g[i] = u - 0.5f;
+        }
+        nbl_q4_config cfg;
+        nbl_q4_config_default(&cfg);
+        cfg.bits = cfgs[ci].bits, cfg.mode = cfgs[ci].mode, cfg.scale_source = cfgs[ci].src;
+        cfg.rounding = NBL_Q4_ROUND_HALF_EVEN;
+        cfg.fixed_scale = 0.125f;
+        nbl_q4_params p0, p1;
+        const char *why = NULL;
+        ck_assert_int_eq(nbl_q4_choose(&cfg, x, (size_t)n, 0.0f, &p0, &why), 0);
+        /* half-way points and the clip edges of these parameters */
+        for (int64_t i = 0; i + 7 < n; i += 7) x[i] = ((float)((i / 7) % 19) - 9.0f + 0.5f) * p0.scale;
+        if (n > 3) x[3] = (float)(p0.qmax - p0.zero) * p0.scale + 0.5f * p0.scale;
+        ck_assert_int_eq(nbl_q4_choose(&cfg, x, (size_t)n, 0.0f, &p0, &why), 0);
+        nbl_rt_tensor X = {.dtype = NBL_DT_FLOAT, .rank = 1, .dims = {n}, .numel = n, .data = x,
+                           .nbytes = sizeof(float) * (size_t)n};
+        ck_assert_int_eq(nbl_q4t_params(&kc, &cfg, &X, &p1), 0);
+        ck_assert(p0.scale == p1.scale && p0.zero == p1.zero && p0.qmin == p1.qmin && p0.qmax == p1.qmax);
+        nbl_q4_fake_quant(&cfg, &p0, x, y0, (size_t)n, 0);
+        nbl_q4t_fake_quant(&kc, &cfg, &p1, x, y1, n);
+        nbl_q4t_ste(&kc, &cfg, &p1, x, g, d1, n);
+        int64_t dropped = 0;
+        for (int64_t i = 0; i < n; i++) {
+          ck_assert_msg(memcmp(&y0[i], &y1[i], sizeof(float)) == 0, "cfg %zu n %lld [%lld]: %a vs %a", ci,
+                        (long long)n, (long long)i, y1[i], y0[i]);
+          float want = nbl_q4_passes(&cfg, &p0, x[i], (uint64_t)i) ? g[i] : 0.0f;
+          ck_assert_msg(memcmp(&want, &d1[i], sizeof(float)) == 0, "ste cfg %zu n %lld [%lld]: %a vs %a", ci,
+                        (long long)n, (long long)i, d1[i], want);
+          dropped += d1[i] == 0.0f && g[i] != 0.0f;
+        }
+        if (cfgs[ci].src == NBL_Q4_SCALE_FIXED && n > 3) ck_assert_int_gt(dropped, 0); /* the mask acts */
+        /* a NaN: the reference path */
+        if (n > 1) {
+          x[1] = NAN;
+          ck_assert_int_eq(nbl_q4t_params(&kc, &cfg, &X, &p1), -1);
+        }
+        free(x), free(g), free(y0), free(y1), free(d1);
+      }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("train_int4");
+  TCase *tq = tcase_create("q4_kernels");
+  tcase_set_tags(tq, "capped");
+  tcase_add_test(tq, test_q4_kernels);
+  suite_add_tcase(s, tq);
   TCase *tc = tcase_create("models");
   tcase_set_timeout(tc, 600);
   tcase_add_loop_test(tc, test_products, 0, (int)(sizeof cases / sizeof cases[0]));
