@@ -101,7 +101,7 @@ def main():
     version = subprocess.run([os.path.join(build, "tools", "nibble"), "--version"], capture_output=True,
                              text=True).stdout.strip().replace("\n", "; ")
     load0, date = uptime(), datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")
-    times, best = {}, {}
+    times, best, cpu = {}, {}, {}
     torch_version = "?"
     for rnd in range(args.rounds):
         for t in threads:
@@ -111,6 +111,7 @@ def main():
                     torch_version = res.get("torch_version", torch_version)
                     times.setdefault((m, t, key), []).append(res["median_ms"])
                     best[(m, t, key)] = min(best.get((m, t, key), float("inf")), res["min_ms"])
+                    cpu.setdefault((m, t, key), []).append(res["cpu_median_ms"])
                     print("round %d  %-8s %d thread(s)  %-18s %9.2f ms" %
                           (rnd + 1, m, t, dict((k, n) for k, n, _ in SETTINGS)[key], res["median_ms"]), flush=True)
     load1 = uptime()
@@ -143,6 +144,16 @@ def main():
             tp, f, q, qf = (best[(m, t, k)] for k in ("torch", "fp32", "int4", "int4f"))
             out.append("| %s | %d | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f |" %
                        (m, t, tp, f, q, qf, q / tp, q / f, f / tp))
+    out.append("\nCPU time per step at 1 thread (median over the rounds of the median; at one thread the "
+               "CPU time is what the step costs, whatever else runs on the machine):\n")
+    out.append("| model | PyTorch FP32 | nibble FP32 | nibble 4-bit | 4-bit, float bwd | "
+               "4-bit / PyTorch | 4-bit / nibble FP32 | nibble FP32 / PyTorch |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for m in models:
+        if 1 not in threads:
+            continue
+        tp, f, q, qf = (statistics.median(cpu[(m, 1, k)]) for k in ("torch", "fp32", "int4", "int4f"))
+        out.append("| %s | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f |" % (m, tp, f, q, qf, q / tp, q / f, f / tp))
     out.append("\nTarget (issue 16): the 4-bit step at most 0.5 of PyTorch's FP32 step.")
     out.append("\nAll rounds (ms): " + "; ".join(
         "%s/%dt/%s %s" % (m, t, k, ",".join("%.1f" % v for v in times[(m, t, k)]))
