@@ -11,6 +11,16 @@ static _Thread_local char err_msg[4096];
 
 const char *nbl_last_error(void) { return err_msg; }
 
+nbl_status nbl_errbuf(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return st;
+}
+
 nbl_status nbl_errorf(nbl_status st, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -266,6 +276,48 @@ int64_t nbl_shape_numel(int rank, const int64_t *dims) {
 }
 
 int64_t nbl_tensor_numel(const nbl_tensor *t) { return nbl_shape_numel(t->rank, t->dims); }
+
+nbl_status nbl_tensor_check_data(const nbl_tensor *t, int max_rank, int64_t *numel) {
+  const char *tn = t->name ? t->name : "";
+  if (t->rank < 0 || t->rank > max_rank)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': rank %d exceeds the supported maximum %d",
+                      tn, t->rank, max_rank);
+  int64_t n = nbl_shape_numel(t->rank, t->dims);
+  if (n < 0) return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': negative or overflowing shape", tn);
+  if (t->dtype == NBL_DT_STRING) {
+    if (t->n_strings != n)
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %lld strings for %lld elements", tn,
+                        (long long)t->n_strings, (long long)n);
+  } else {
+    if (nbl_dtype_bits(t->dtype) == 0)
+      return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': element type %s is not supported", tn,
+                        nbl_dtype_name(t->dtype));
+    size_t need = nbl_dtype_nbytes(t->dtype, n);
+    if (t->nbytes < need || (need && !t->data))
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %zu bytes of data, its shape needs %zu",
+                        tn, t->nbytes, need);
+  }
+  *numel = n;
+  return NBL_OK;
+}
+
+nbl_status nbl_tensor_dup_strings(const nbl_tensor *t, int64_t numel, char ***out) {
+  char **s = calloc((size_t)(numel ? numel : 1), sizeof(char *));
+  if (!s) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int64_t i = 0; i < numel; i++) {
+    size_t len = t->string_lens ? t->string_lens[i] : strlen(t->strings[i]);
+    s[i] = malloc(len + 1);
+    if (!s[i]) {
+      for (int64_t j = 0; j < i; j++) free(s[j]);
+      free(s);
+      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    if (len) memcpy(s[i], t->strings[i], len);
+    s[i][len] = 0;
+  }
+  *out = s;
+  return NBL_OK;
+}
 
 /* Every buffer a model holds must be released at nbl_model_free; tensors are
  * tracked in a per-model list kept in the arena. */
@@ -813,6 +865,16 @@ const nbl_attr *nbl_node_attr(const nbl_node *n, const char *name) {
   for (int i = 0; i < n->n_attrs; i++)
     if (strcmp(n->attrs[i].name, name) == 0) return &n->attrs[i];
   return NULL;
+}
+
+nbl_status nbl_node_attr_typed(const nbl_node *n, const char *name, nbl_attr_type want,
+                               const nbl_attr **out, char *err, size_t errlen) {
+  const nbl_attr *a = nbl_node_attr(n, name);
+  *out = a;
+  if (a && a->type != want)
+    return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
+                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
+  return NBL_OK;
 }
 
 int64_t nbl_attr_int(const nbl_node *n, const char *name, int64_t dflt) {

@@ -43,6 +43,12 @@ nbl_status nbl_errorf(nbl_status st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Prepend "prefix: " to the current message (used to add file/node context). */
 void nbl_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Write the message (printf-style) into err[0..errlen) when err and errlen
+ * are set, and return `st`: how decoders that report into a caller's buffer
+ * (the number formats' attribute decoders) fail, leaving the thread's
+ * message alone. */
+nbl_status nbl_errbuf(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ------------------------------------------------------------------ arena */
 
@@ -111,6 +117,16 @@ typedef struct nbl_tensor {
 /* Product of dims, -1 on overflow or negative dim. */
 int64_t nbl_shape_numel(int rank, const int64_t *dims);
 int64_t nbl_tensor_numel(const nbl_tensor *t);
+/* Checks that t can be handed out as a flat tensor of at most max_rank dims:
+ * a valid shape, a supported element type, and data to match (its byte count,
+ * or for STRING its string count). *numel gets the element count. Errors
+ * name the tensor; the parser's tensor files and the runtime's initializers
+ * both go through here. */
+nbl_status nbl_tensor_check_data(const nbl_tensor *t, int max_rank, int64_t *numel);
+/* STRING tensor t (checked by nbl_tensor_check_data, numel elements) as a
+ * malloc'd array of malloc'd NUL-terminated copies of its strings, which the
+ * caller frees. */
+nbl_status nbl_tensor_dup_strings(const nbl_tensor *t, int64_t numel, char ***out);
 /* A new tensor in the model's arena; data is copied into a new malloc'd buffer
  * (data may be NULL: zero-filled). */
 nbl_tensor *nbl_tensor_new(nbl_arena *a, const char *name, nbl_dtype dt, int rank,
@@ -360,6 +376,11 @@ static inline nbl_node *nbl_nod(const nbl_graph *g, nbl_id n) { return &g->nodes
 
 /* Lookup by name, NULL if absent. */
 const nbl_attr *nbl_node_attr(const nbl_node *n, const char *name);
+/* Attribute `name` of n into *out (NULL when absent); NBL_OK, or
+ * NBL_ERR_INVALID_MODEL with "attribute 'NAME' must be TYPE, got TYPE"
+ * written into err (nbl_errbuf) when it has another type than `want`. */
+nbl_status nbl_node_attr_typed(const nbl_node *n, const char *name, nbl_attr_type want,
+                               const nbl_attr **out, char *err, size_t errlen);
 int64_t nbl_attr_int(const nbl_node *n, const char *name, int64_t dflt);
 float nbl_attr_float(const nbl_node *n, const char *name, float dflt);
 const char *nbl_attr_string(const nbl_node *n, const char *name, const char *dflt);

@@ -59,8 +59,7 @@ static void ext_ctx_clear(nbl_ext_ctx *e) {
   e->base_real = NULL;
 }
 
-/* True if `loc` is absolute or has a ".." path component. */
-static bool location_escapes_lexically(const char *loc) {
+bool nbl_ext_location_escapes(const char *loc) {
   if (loc[0] == '/') return true;
   const char *p = loc;
   while (*p) {
@@ -76,7 +75,7 @@ static bool location_escapes_lexically(const char *loc) {
 /* Map (once) the external file `loc` and return a borrowed buffer. */
 static nbl_status ext_get(nbl_ext_ctx *e, const char *label, const char *tname, const char *loc,
                           nbl_buffer **out) {
-  if (location_escapes_lexically(loc))
+  if (nbl_ext_location_escapes(loc))
     return nbl_errorf(NBL_ERR_INVALID_MODEL,
                       "%s: tensor '%s': external data location '%s' escapes the model folder",
                       label, tname, loc);

@@ -39,6 +39,11 @@ struct Onnx__TensorProto;
 /* Where external data is looked up while loading; NULL when none is allowed. */
 typedef struct nbl_ext_ctx nbl_ext_ctx;
 
+/* True if the external-data location `loc` is absolute or has a ".." path
+ * component: it would name a file outside the model's folder (load.c
+ * refuses to read it, save.c to write it). */
+bool nbl_ext_location_escapes(const char *loc);
+
 /* Convert an unpacked TensorProto into an IR tensor in arena `a`. Payloads
  * held in raw_data or a typed field of the right layout are taken over (the
  * field is cleared, so free_unpacked does not free it); others are converted

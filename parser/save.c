@@ -104,26 +104,13 @@ static nbl_status unpack_blob(save_ctx *c, const ProtobufCMessageDescriptor *d, 
   return NBL_OK;
 }
 
-static bool loc_escapes(const char *loc) {
-  if (!loc || !*loc || loc[0] == '/') return true;
-  const char *p = loc;
-  while (*p) {
-    const char *s = strchr(p, '/');
-    size_t n = s ? (size_t)(s - p) : strlen(p);
-    if (n == 2 && p[0] == '.' && p[1] == '.') return true;
-    if (!s) break;
-    p = s + 1;
-  }
-  return false;
-}
-
 static nbl_status ext_file(save_ctx *c, const char *loc, ext_out **out) {
   for (ext_out *e = c->files; e; e = e->next)
     if (strcmp(e->location, loc) == 0) {
       *out = e;
       return NBL_OK;
     }
-  if (loc_escapes(loc))
+  if (!loc || !*loc || nbl_ext_location_escapes(loc))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
                       "%s: external data location '%s' escapes the model folder", c->label, loc);
   ext_out *e = calloc(1, sizeof *e);

@@ -246,43 +246,20 @@ static nbl_status save_file(const nbl_tensor *t, const char *path) {
 
 /* Copy IR tensor t into *out (malloc'd data; STRING: a char*[] of copies). */
 static nbl_status host_from_ir(const nbl_tensor *t, nbl_host_tensor *out) {
-  const char *tn = t->name ? t->name : "";
-  if (t->rank < 0 || t->rank > NBL_MAX_DIMS)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': rank %d exceeds the supported maximum %d",
-                      tn, t->rank, NBL_MAX_DIMS);
-  int64_t n = nbl_shape_numel(t->rank, t->dims);
-  if (n < 0) return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': negative or overflowing shape", tn);
+  int64_t n;
+  nbl_status st = nbl_tensor_check_data(t, NBL_MAX_DIMS, &n);
+  if (st != NBL_OK) return st;
   out->dtype = t->dtype;
   out->rank = t->rank;
   for (int d = 0; d < t->rank; d++) out->dims[d] = t->dims[d];
   if (t->dtype == NBL_DT_STRING) {
-    if (t->n_strings != n)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %lld strings for %lld elements", tn,
-                        (long long)t->n_strings, (long long)n);
-    char **s = calloc((size_t)(n ? n : 1), sizeof(char *));
-    if (!s) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int64_t i = 0; i < n; i++) {
-      size_t len = t->string_lens ? t->string_lens[i] : strlen(t->strings[i]);
-      s[i] = malloc(len + 1);
-      if (!s[i]) {
-        for (int64_t j = 0; j < i; j++) free(s[j]);
-        free(s);
-        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-      }
-      if (len) memcpy(s[i], t->strings[i], len);
-      s[i][len] = 0;
-    }
+    char **s;
+    if ((st = nbl_tensor_dup_strings(t, n, &s)) != NBL_OK) return st;
     out->data = s;
     out->nbytes = (size_t)n * sizeof(char *);
     return NBL_OK;
   }
-  if (nbl_dtype_bits(t->dtype) == 0)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': element type %s is not supported", tn,
-                      nbl_dtype_name(t->dtype));
   size_t need = nbl_dtype_nbytes(t->dtype, n);
-  if (t->nbytes < need || (need && !t->data))
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %zu bytes of data, its shape needs %zu",
-                      tn, t->nbytes, need);
   out->data = malloc(need ? need : 1);
   if (!out->data) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   if (need) memcpy(out->data, t->data, need);

@@ -35,68 +35,16 @@
  * each training step draws new numbers (the node's seed is the pass's seed
  * plus the layer's position). With skip-first-last (the default, as the
  * paper) the first and last selected layers keep float gradients. */
-#include <fnmatch.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "pass.h"
+#include "select.h"
 #include "runtime/formats/log.h"
 
-#define LIST_SEPS ",;:| "
 
 enum { ROLE_NONE = 0, ROLE_X = 1, ROLE_W = 2, ROLE_BOTH = 3, ROLE_UNKNOWN = 4 };
-
-/* 1 if `word` matches one of the items (globs when glob) of the list. */
-static int list_has(const char *list, const char *word, int glob) {
-  size_t wl = strlen(word);
-  const char *p = list;
-  while (p && *p) {
-    size_t n = strcspn(p, LIST_SEPS);
-    if (n > 0) {
-      char item[256];
-      size_t k = n < sizeof item - 1 ? n : sizeof item - 1;
-      memcpy(item, p, k);
-      item[k] = 0;
-      if (glob ? fnmatch(item, word, 0) == 0 : (n == wl && strncmp(p, word, n) == 0)) return 1;
-    }
-    p += n;
-    while (*p && strchr(LIST_SEPS, *p)) p++;
-  }
-  return 0;
-}
-
-/* Growable text for the summary. */
-typedef struct sbuf {
-  char *s;
-  size_t n, cap;
-} sbuf;
-
-static void sb_addf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_addf(sbuf *b, const char *fmt, ...) {
-  char tmp[700];
-  va_list ap;
-  va_start(ap, fmt);
-  int len = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (len < 0) return;
-  if ((size_t)len >= sizeof tmp) len = (int)sizeof tmp - 1;
-  if (b->n + (size_t)len + 3 > b->cap) {
-    size_t cap = (b->cap ? b->cap * 2 : 256) + (size_t)len;
-    char *s = realloc(b->s, cap);
-    if (!s) return;
-    b->s = s;
-    b->cap = cap;
-  }
-  if (b->n) {
-    memcpy(b->s + b->n, ", ", 2);
-    b->n += 2;
-  }
-  memcpy(b->s + b->n, tmp, (size_t)len);
-  b->n += (size_t)len;
-  b->s[b->n] = 0;
-}
 
 typedef struct lq {
   nbl_pass_ctx *ctx;
@@ -105,7 +53,7 @@ typedef struct lq {
   nbl_id step;  /* the algorithm's int64 input `step`, or NBL_NONE */
   int linear;   /* format=int4: QuantizeInt4 (linear INT4, the comparison) instead */
   int n_nodes, n_split, n_layers;
-  sbuf done, kept, skipped, float_readers;
+  nbl_textlist done, kept, skipped, float_readers;
 } lq;
 
 static int is_product(const nbl_node *c) {
@@ -251,13 +199,13 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   if (f->n_inputs < 2 || f->inputs[0] == NBL_NONE || f->inputs[1] == NBL_NONE) why = "missing input";
   nbl_id dy = why ? NBL_NONE : find_dy(g, f, fwd, &why);
   if (dy == NBL_NONE) {
-    sb_addf(&s->skipped, "%s (%s)", f->name, why);
+    nbl_textlist_add(&s->skipped, "%s (%s)", f->name, why);
     return NBL_OK;
   }
   const nbl_value *dv = &g->values[dy];
   nbl_dtype dt = dv->type.kind == NBL_TYPE_TENSOR ? dv->type.elem : NBL_DT_UNDEFINED;
   if (dt != NBL_DT_FLOAT && dt != NBL_DT_UNDEFINED) {
-    sb_addf(&s->skipped, "%s (gradient '%s' is %s, not float32)", f->name, dv->name, nbl_dtype_name(dt));
+    nbl_textlist_add(&s->skipped, "%s (gradient '%s' is %s, not float32)", f->name, dv->name, nbl_dtype_name(dt));
     return NBL_OK;
   }
   /* the readers of dY and their roles (a node reading it twice is listed once) */
@@ -284,13 +232,13 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     cons[n] = ci;
     role[n] = role_of(g, f, c);
     if (role[n] == ROLE_UNKNOWN && s->cfg.rounding == NBL_LOG_TPR) {
-      sb_addf(&s->skipped, "%s (tpr: backward node '%s' of unknown role reads '%s')", f->name, c->name, dv->name);
+      nbl_textlist_add(&s->skipped, "%s (tpr: backward node '%s' of unknown role reads '%s')", f->name, c->name, dv->name);
       why = "";
       break;
     }
     if (role[n] == ROLE_UNKNOWN) role[n] = ROLE_BOTH;
     if (role[n] == ROLE_NONE) {
-      sb_addf(&s->float_readers, "'%s' (%s) keeps the float '%s'", c->name, c->op_type, dv->name);
+      nbl_textlist_add(&s->float_readers, "'%s' (%s) keeps the float '%s'", c->name, c->op_type, dv->name);
     } else {
       n_role++;
       if (role[n] & ROLE_X) need[0] = 1;
@@ -300,7 +248,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   }
   if (!why && n_role == 0) why = "no backward product reads its output gradient";
   if (why) {
-    if (*why) sb_addf(&s->skipped, "%s (%s)", f->name, why);
+    if (*why) nbl_textlist_add(&s->skipped, "%s (%s)", f->name, why);
     free(cons);
     free(role);
     return NBL_OK;
@@ -334,7 +282,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   free(role);
   if (!st) {
     s->n_layers++;
-    sb_addf(&s->done, "%s", fname);
+    nbl_textlist_add(&s->done, "%s", fname);
   }
   return st;
 }
@@ -403,9 +351,9 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
   int nl = 0;
   for (int i = 0; i < n; i++) {
     const nbl_node *nd = &g->nodes[order[i]];
-    if (!fwd[order[i]] || nd->domain[0] || !list_has(ops, nd->op_type, 0)) continue;
-    if (!list_has(layers, nd->name, 1)) {
-      sb_addf(&s.skipped, "%s (not in layers)", nd->name);
+    if (!fwd[order[i]] || nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0)) continue;
+    if (!nbl_list_has(layers, nd->name, 1)) {
+      nbl_textlist_add(&s.skipped, "%s (not in layers)", nd->name);
       continue;
     }
     order[nl++] = order[i];
@@ -414,7 +362,7 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
   if (nl > 0 && nbl_model_opset(m, "ai.nibble") == 0) st = nbl_model_set_opset(m, "ai.nibble", 1);
   for (int i = 0; i < nl && !st; i++) {
     if (first_last && (i == 0 || i == nl - 1)) {
-      sb_addf(&s.kept, "%s", g->nodes[order[i]].name);
+      nbl_textlist_add(&s.kept, "%s", g->nodes[order[i]].name);
       continue;
     }
     st = do_layer(&s, order[i], i, fwd);

@@ -2,6 +2,7 @@
 #include "select.h"
 
 #include <fnmatch.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,12 @@ int nbl_list_has(const char *list, const char *word, int glob) {
   return 0;
 }
 
-void nbl_textlist_add(nbl_textlist *b, const char *fmt, const char *a, const char *r) {
-  char tmp[600];
-  int len = snprintf(tmp, sizeof tmp, fmt, a, r);
+void nbl_textlist_add(nbl_textlist *b, const char *fmt, ...) {
+  char tmp[700];
+  va_list ap;
+  va_start(ap, fmt);
+  int len = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
   if (len < 0) return;
   if ((size_t)len >= sizeof tmp) len = (int)sizeof tmp - 1;
   if (b->n + (size_t)len + 3 > b->cap) {

@@ -13,9 +13,9 @@ typedef struct nbl_textlist {
   char *s;
   size_t n, cap;
 } nbl_textlist;
-/* Append one item formatted from fmt with the strings a and r; on OOM the
+/* Append one item formatted printf-style (at most 699 bytes); on OOM the
  * item is dropped (the list is only a log). */
-void nbl_textlist_add(nbl_textlist *b, const char *fmt, const char *a, const char *r);
+void nbl_textlist_add(nbl_textlist *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* 1 if `word` is one of the items of `list` (items separated by ',', ';',
  * ':', '|' or ' '); glob: items are fnmatch patterns. */

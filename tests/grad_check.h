@@ -1,6 +1,6 @@
-/* grad_check.h - test helper for the backward-op kernels (tests/test_ops_grad.c):
- * owned tensors, attribute lists, a one-node runner that keeps its session so
- * a node can be rerun on changed input data, and the central finite-difference
+/* grad_check.h - test helper for the backward-op kernels (tests/runtime/ops/test_ops_grad.c):
+ * owned tensors, attribute lists, a one-node runner (one_node.h) that keeps its
+ * session so a node can be rerun on changed input data, and the central finite-difference
  * check of a backward kernel against the forward kernel. Header-only, static
  * functions.
  *
@@ -21,6 +21,7 @@
 
 #include "ir/ir.h"
 #include "nibble.h"
+#include "one_node.h"
 
 /* ------------------------------------------------------------------ random numbers */
 
@@ -149,81 +150,40 @@ typedef struct attr {
 
 /* ------------------------------------------------------------------ a rerunnable node */
 
-typedef struct runner {
-  nbl_model *m;
-  nbl_session *s;
-  int n_in, n_feed;
-  int feed_of[12]; /* feed index of input i, -1 when omitted */
-  nbl_host_tensor feeds[12];
-  const nbl_host_tensor *out; /* the last run's outputs (requested ones, in order) */
-  nbl_status st;
-} runner;
+/* A runner is a one-node harness (one_node.h) kept with its session, so the
+ * node can be rerun on changed input data. */
+typedef one runner;
 
-/* A model with one node op of `domain` (version `opset`; a non-default
- * domain also imports ai.onnx 17), inputs typed as ins (dt UNDEFINED:
- * omitted), n_out outputs of which want[i] == 0 are not requested (want
- * NULL: all), and its session (reference kernels when reference != 0). */
+/* A model with one node op of `domain` (version `opset`), inputs typed as ins
+ * (dt UNDEFINED: omitted), n_out outputs of which want[i] == 0 are not
+ * requested (want NULL: all), its attributes from the list attrs; its session
+ * (reference kernels when reference != 0) is made at the first runner_run. */
 static inline runner *runner_new(const char *domain, const char *op, int opset, const attr *attrs, int n_in,
                                  const tens *ins, int n_out, const int *want, int reference) {
-  runner *r = calloc(1, sizeof *r);
-  r->m = nbl_model_new();
-  int dflt = domain[0] == 0;
-  nbl_model_set_opset(r->m, "", dflt ? opset : 17);
-  if (!dflt) nbl_model_set_opset(r->m, domain, opset);
-  nbl_graph *g = r->m->graph;
-  nbl_id iv[12], ov[8];
-  char name[32];
-  r->n_in = n_in;
-  for (int i = 0; i < n_in; i++) {
-    r->feed_of[i] = -1;
-    iv[i] = NBL_NONE;
-    if (ins[i].dt == NBL_DT_UNDEFINED) continue;
-    snprintf(name, sizeof name, "in%d", i);
-    iv[i] = nbl_graph_add_value(g, name);
-    nbl_type_set_tensor(r->m->arena, &g->values[iv[i]].type, ins[i].dt, ins[i].rank, ins[i].dims);
-    nbl_graph_add_input(g, iv[i]);
-    r->feed_of[i] = r->n_feed;
-    nbl_host_tensor *f = &r->feeds[r->n_feed++];
-    f->name = g->values[iv[i]].name;
-    f->dtype = ins[i].dt;
-    f->rank = ins[i].rank;
-    memcpy(f->dims, ins[i].dims, sizeof(int64_t) * (size_t)ins[i].rank);
-    f->nbytes = nbl_dtype_nbytes(ins[i].dt, ins[i].n);
-  }
-  for (int i = 0; i < n_out; i++) {
-    ov[i] = NBL_NONE;
-    if (want && !want[i]) continue;
-    snprintf(name, sizeof name, "out%d", i);
-    ov[i] = nbl_graph_add_value(g, name);
-  }
-  nbl_id n = nbl_graph_add_node(g, op, domain, "n0", n_in, iv, n_out, ov);
+  one *o = one_new_domain(op, domain, opset, n_in, n_out);
+  nbl_graph *g = G(o);
   for (const attr *a = attrs; a && a->name; a++) {
-    if (a->kind == 'i') nbl_node_set_attr_int(g, n, a->name, a->i);
-    else if (a->kind == 'f') nbl_node_set_attr_float(g, n, a->name, a->f);
-    else if (a->kind == 's') nbl_node_set_attr_string(g, n, a->name, a->s);
-    else nbl_node_set_attr_ints(g, n, a->name, a->n, a->v);
+    if (a->kind == 'i') nbl_node_set_attr_int(g, o->node, a->name, a->i);
+    else if (a->kind == 'f') nbl_node_set_attr_float(g, o->node, a->name, a->f);
+    else if (a->kind == 's') nbl_node_set_attr_string(g, o->node, a->name, a->s);
+    else nbl_node_set_attr_ints(g, o->node, a->name, a->n, a->v);
   }
+  for (int i = 0; i < n_in; i++) one_in(o, i, ins[i].dt, ins[i].rank, ins[i].dims, ins[i].data);
   for (int i = 0; i < n_out; i++)
-    if (ov[i] != NBL_NONE) nbl_graph_add_output(g, ov[i]);
-  nbl_session_options opt = {.threads = 2, .reference = reference};
-  r->st = nbl_session_create(r->m, &opt, &r->s);
-  return r;
+    if (want && !want[i]) one_skip_out(o, i);
+  o->reference = reference;
+  return o;
 }
 
-/* Run on the data of ins (same types and shapes as at creation). */
+/* Run on the data of ins (same types and shapes as at creation): the
+ * session of the first run is kept for the later ones. */
 static inline nbl_status runner_run(runner *r, const tens *ins) {
-  if (r->st) return r->st;
   for (int i = 0; i < r->n_in; i++)
-    if (r->feed_of[i] >= 0) r->feeds[r->feed_of[i]].data = ins[i].data;
-  return nbl_session_run(r->s, r->n_feed, r->feeds, &r->out);
+    if (ins[i].dt != NBL_DT_UNDEFINED) r->in[i].data = ins[i].data;
+  return one_rerun(r);
 }
 
-static inline void runner_free(runner *r) {
-  if (!r) return;
-  nbl_session_free(r->s);
-  nbl_model_free(r->m);
-  free(r);
-}
+static inline void runner_free(runner *r) { one_free(r); }
 
 /* ------------------------------------------------------------------ the check */
 

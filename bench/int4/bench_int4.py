@@ -194,7 +194,7 @@ def main():
           "float products in float32; a 1-ulp difference upstream can move an activation code "
           "across a rounding boundary and the change propagates, so the whole-model outputs "
           "differ by more than float rounding while each fused layer agrees to 1e-5 "
-          "(tests/test_int4_kernels.c).",
+          "(tests/runtime/kernels/test_int4_kernels.c).",
           "- made by `bench/int4/run_int4_bench.sh` on %s." % time.strftime("%Y-%m-%d")]
     text = "\n".join(L) + "\n"
     sys.stdout.write(text)

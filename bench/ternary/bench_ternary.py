@@ -200,7 +200,7 @@ def main():
           "- fast vs reference: the integer kernels are exact, but the reference path sums float "
           "products in float32; a 1-ulp difference upstream can move an activation code across a "
           "rounding boundary, so random-weight networks differ by more than float rounding while "
-          "each fused layer agrees to 1e-5 (tests/test_ternary_kernels.c).",
+          "each fused layer agrees to 1e-5 (tests/runtime/kernels/test_ternary_kernels.c).",
           "- made by `bench/ternary/run_ternary_bench.sh`."]
     text = "\n".join(L) + "\n"
     sys.stdout.write(text)

@@ -626,14 +626,21 @@ nbl_id nbl_grad_unbroadcast(nbl_grad_ctx *gc, nbl_id g, nbl_id x, nbl_id y) {
                   gc->g->values[x].name);
     return NBL_NONE;
   }
-  nbl_id in[2] = {nbl_grad_shape(gc, x), nbl_grad_shape(gc, y)}, axes[2];
+  nbl_id xs;
+  nbl_id r = nbl_grad_sum_broadcast_axes(gc, g, x, y, &xs);
+  return nbl_grad_bin(gc, "Reshape", r, xs);
+}
+
+nbl_id nbl_grad_sum_broadcast_axes(nbl_grad_ctx *gc, nbl_id g, nbl_id a, nbl_id b, nbl_id *a_shape) {
+  nbl_id in[2] = {nbl_grad_shape(gc, a), nbl_grad_shape(gc, b)}, axes[2];
   int want[2] = {1, 0};
   nbl_grad_opn(gc, "BroadcastGradientArgs", "com.microsoft", NULL, 2, in, 2, want, axes);
   nbl_id rin[2] = {g, axes[0]};
   nbl_id r = nbl_grad_op(gc, "ReduceSum", "", 2, rin);
   nbl_grad_attr_int(gc, "keepdims", 1);
   nbl_grad_attr_int(gc, "noop_with_empty_axes", 1);
-  return nbl_grad_bin(gc, "Reshape", r, in[0]);
+  *a_shape = in[0];
+  return r;
 }
 
 nbl_id nbl_grad_count_ratio(nbl_grad_ctx *gc, nbl_id X, nbl_id Y) {

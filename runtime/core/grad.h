@@ -178,6 +178,10 @@ nbl_id nbl_grad_reshape_like(nbl_grad_ctx *gc, nbl_id g, nbl_id like);
  * gradient of a broadcast operand. Static axes when the shapes tell, else
  * Shape + com.microsoft BroadcastGradientArgs + ReduceSum + Reshape. */
 nbl_id nbl_grad_unbroadcast(nbl_grad_ctx *gc, nbl_id g, nbl_id x, nbl_id y);
+/* The run-time half of that: g summed (ReduceSum, keepdims, opset >= 13)
+ * over the axes com.microsoft BroadcastGradientArgs finds between the shapes
+ * of a (the operand) and b (the broadcast result); *a_shape gets Shape(a). */
+nbl_id nbl_grad_sum_broadcast_axes(nbl_grad_ctx *gc, nbl_id g, nbl_id a, nbl_id b, nbl_id *a_shape);
 /* ReduceSum / Unsqueeze / Transpose with constant axes, in the form of the
  * model's opset (axes as attribute before 13, as input from 13). */
 nbl_id nbl_grad_reduce_sum(nbl_grad_ctx *gc, nbl_id v, int n_axes, const int64_t *axes,

@@ -185,7 +185,7 @@ typedef struct nbl_op_def {
   int max_version;      /* highest opset version it is correct for (inclusive) */
   nbl_kernel_fn ref;    /* plain C reference kernel (required) */
   nbl_kernel_fn fast;   /* optional fast kernel; must agree with ref */
-  nbl_shape_fn shape;   /* shape rule (required; tests/test_optable.c checks) */
+  nbl_shape_fn shape;   /* shape rule (required; tests/runtime/core/test_optable.c checks) */
   nbl_grad_fn grad;     /* gradient rule, or NULL */
   const char *no_grad;  /* when grad is NULL on purpose: why the op has no gradient */
   unsigned flags;       /* NBL_OPF_* */
@@ -226,7 +226,8 @@ NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
 NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */
 NBL_OP_FAMILY(nn_norm)      /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
 NBL_OP_FAMILY(quant)        /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
-NBL_OP_FAMILY(shape)        /* runtime/ops/shape.c: reshape, transpose, concat, split, slice, ... */
+NBL_OP_FAMILY(shape)        /* runtime/ops/shape.c: reshape, flatten, squeeze, unsqueeze, concat, split */
+NBL_OP_FAMILY(shape_strided) /* runtime/ops/shape_strided.c: transpose, slice, expand, tile, depth/space */
 NBL_OP_FAMILY(shape_index)  /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */
 NBL_OP_FAMILY(shape_resize) /* runtime/ops/shape_resize.c: pad, resize, upsample */
 NBL_OP_FAMILY(control)      /* runtime/ops/control.c: Constant, Identity, Cast, Shape, Range, ... */

@@ -37,48 +37,23 @@ nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const i
 
 nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out) {
   memset(out, 0, sizeof *out);
-  if (t->rank < 0 || t->rank > NBL_MAX_RANK)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': rank %d exceeds the supported maximum %d",
-                      t->name ? t->name : "", t->rank, NBL_MAX_RANK);
-  int64_t n = nbl_shape_numel(t->rank, t->dims);
-  if (n < 0)
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': negative or overflowing shape",
-                      t->name ? t->name : "");
+  int64_t n;
+  nbl_status st = nbl_tensor_check_data(t, NBL_MAX_RANK, &n);
+  if (st != NBL_OK) return st;
   out->dtype = t->dtype;
   out->rank = t->rank;
   for (int d = 0; d < t->rank; d++) out->dims[d] = t->dims[d];
   out->numel = n;
   if (t->dtype == NBL_DT_STRING) {
-    if (t->n_strings != n)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %lld strings for %lld elements",
-                        t->name ? t->name : "", (long long)t->n_strings, (long long)n);
-    char **s = calloc((size_t)(n ? n : 1), sizeof(char *));
-    if (!s) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int64_t i = 0; i < n; i++) {
-      size_t len = t->string_lens ? t->string_lens[i] : strlen(t->strings[i]);
-      s[i] = malloc(len + 1);
-      if (!s[i]) {
-        for (int64_t j = 0; j < i; j++) free(s[j]);
-        free(s);
-        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-      }
-      if (len) memcpy(s[i], t->strings[i], len);
-      s[i][len] = 0;
-    }
+    char **s;
+    if ((st = nbl_tensor_dup_strings(t, n, &s)) != NBL_OK) return st;
     out->data = s;
     out->nbytes = (size_t)n * sizeof(char *);
     out->owns = 1;
     return NBL_OK;
   }
-  if (nbl_dtype_bits(t->dtype) == 0)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "tensor '%s': element type %s is not supported",
-                      t->name ? t->name : "", nbl_dtype_name(t->dtype));
-  size_t need = nbl_dtype_nbytes(t->dtype, n);
-  if (t->nbytes < need || (need && !t->data))
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "tensor '%s': %zu bytes of data, its shape needs %zu",
-                      t->name ? t->name : "", t->nbytes, need);
   out->data = (void *)t->data; /* zero-copy view; kernels never write inputs */
-  out->nbytes = need;
+  out->nbytes = nbl_dtype_nbytes(t->dtype, n);
   out->owns = 0;
   return NBL_OK;
 }

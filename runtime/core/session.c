@@ -7,6 +7,7 @@
 #include "nibble.h"
 #include "runtime/core/cpu.h"
 #include "runtime/core/exec.h"
+#include "runtime/core/session.h"
 
 struct nbl_session {
   nbl_engine *e;
@@ -16,11 +17,49 @@ struct nbl_session {
   nbl_isa isa; /* the session's ISA cap (for the profile's kernel line) */
 };
 
+/* ------------------------------------------------------------------ shared with runtime/train/session.c */
+
+nbl_host_tensor nbl_host_view(const char *name, const nbl_rt_tensor *t) {
+  nbl_host_tensor h;
+  memset(&h, 0, sizeof h);
+  h.name = name;
+  h.dtype = t->dtype;
+  h.rank = t->rank;
+  for (int d = 0; d < t->rank && d < NBL_MAX_DIMS; d++) h.dims[d] = t->dims[d];
+  h.data = t->data;
+  h.nbytes = t->nbytes;
+  return h;
+}
+
+nbl_status nbl_engine_bind_host(nbl_engine *e, const nbl_host_tensor *h) {
+  if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
+                      h->name, h->rank, NBL_MAX_DIMS);
+  nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
+  for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
+  return nbl_engine_bind(e, h->name, &t);
+}
+
+void nbl_engine_host_outputs(const nbl_engine *e, nbl_host_tensor *outs) {
+  const nbl_graph *g = nbl_engine_graph(e);
+  for (int i = 0; i < g->n_outputs; i++)
+    outs[i] = nbl_host_view(g->values[g->outputs[i]].name, nbl_engine_output(e, i));
+}
+
+void nbl_host_info(const nbl_value *v, nbl_host_tensor *info) {
+  memset(info, 0, sizeof *info);
+  info->name = v->name;
+  info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
+  info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
+  for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
+    info->dims[d] = v->type.dims[d].param ? -1 : v->type.dims[d].value;
+}
+
+/* ------------------------------------------------------------------ the inference session */
+
 static void session_value_cb(void *user, const char *name, const nbl_rt_tensor *t) {
   nbl_session *s = user;
-  nbl_host_tensor h = {.name = name, .dtype = t->dtype, .rank = t->rank, .data = t->data,
-                       .nbytes = t->nbytes};
-  for (int d = 0; d < t->rank && d < NBL_MAX_DIMS; d++) h.dims[d] = t->dims[d];
+  nbl_host_tensor h = nbl_host_view(name, t);
   s->on_value(s->user, &h);
 }
 
@@ -68,13 +107,7 @@ const char *nbl_session_input_name(const nbl_session *s, int i) {
 nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info) {
   if (!s || !info || i < 0 || i >= nbl_engine_n_feeds(s->e))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session input index %d out of range", i);
-  const nbl_value *v = &nbl_engine_graph(s->e)->values[nbl_engine_feed_value(s->e, i)];
-  memset(info, 0, sizeof *info);
-  info->name = v->name;
-  info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
-  info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
-  for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
-    info->dims[d] = v->type.dims[d].param ? -1 : v->type.dims[d].value;
+  nbl_host_info(&nbl_engine_graph(s->e)->values[nbl_engine_feed_value(s->e, i)], info);
   return NBL_OK;
 }
 
@@ -103,27 +136,12 @@ nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *
   for (int i = 0; i < n_inputs; i++) {
     const nbl_host_tensor *h = &inputs[i];
     if (!h->name) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input %d has no name", i);
-    if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
-      return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
-                        h->name, h->rank, NBL_MAX_DIMS);
-    nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
-    for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
-    nbl_status st = nbl_engine_bind(e, h->name, &t);
+    nbl_status st = nbl_engine_bind_host(e, h);
     if (st != NBL_OK) return st;
   }
   nbl_status st = nbl_engine_run(e);
   if (st != NBL_OK) return st;
-  for (int i = 0; i < g->n_outputs; i++) {
-    const nbl_rt_tensor *t = nbl_engine_output(e, i);
-    nbl_host_tensor *h = &s->outs[i];
-    memset(h, 0, sizeof *h);
-    h->name = g->values[g->outputs[i]].name;
-    h->dtype = t->dtype;
-    h->rank = t->rank;
-    for (int d = 0; d < t->rank; d++) h->dims[d] = t->dims[d];
-    h->data = t->data;
-    h->nbytes = t->nbytes;
-  }
+  nbl_engine_host_outputs(e, s->outs);
   if (outputs) *outputs = s->outs;
   return NBL_OK;
 }

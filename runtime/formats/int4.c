@@ -2,7 +2,6 @@
 #include "runtime/formats/int4.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,31 +40,6 @@ static int parse_rounding(const char *s, nbl_q4_rounding *out) {
   return 0;
 }
 
-/* Write the message into err and return st. */
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return st;
-}
-
-/* The attribute `name` of n if present; NBL_OK, or an error when it has
- * another type than `want`. */
-static nbl_status attr_of_type(const nbl_node *n, const char *name, nbl_attr_type want,
-                               const nbl_attr **out, char *err, size_t errlen) {
-  const nbl_attr *a = nbl_node_attr(n, name);
-  *out = a;
-  if (a && a->type != want)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
-                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
-  return NBL_OK;
-}
-
 nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err, size_t errlen) {
   static const char *const names[] = {"bits", "mode", "scale_source", "rounding",
                                       "narrow", "seed", "scale"};
@@ -74,7 +48,7 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
                                         NBL_ATTR_FLOAT};
   const nbl_attr *a[sizeof names / sizeof names[0]];
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    nbl_status st = attr_of_type(n, names[i], types[i], &a[i], err, errlen);
+    nbl_status st = nbl_node_attr_typed(n, names[i], types[i], &a[i], err, errlen);
     if (st != NBL_OK) return st;
   }
   const nbl_attr *bits = a[0], *mode = a[1], *source = a[2], *rounding = a[3], *narrow = a[4],
@@ -83,38 +57,38 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
   nbl_q4_config_default(&cfg);
   if (bits) {
     if (bits->i < 2 || bits->i > 8)
-      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "bits=%lld is not supported (2..8)",
+      return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED, "bits=%lld is not supported (2..8)",
                         (long long)bits->i);
     cfg.bits = (int)bits->i;
   }
   if (mode && parse_mode(mode->s, &cfg.mode) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "mode '%s' is not supported (symmetric|affine)", mode->s);
   if (source && parse_scale_source(source->s, &cfg.scale_source) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "scale_source '%s' is not supported (max|sawb|fixed|pact)", source->s);
   if (rounding && parse_rounding(rounding->s, &cfg.rounding) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "rounding '%s' is not supported (half_even|stochastic)", rounding->s);
   if (narrow) {
     if (narrow->i != 0 && narrow->i != 1)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "narrow must be 0 or 1, got %lld",
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "narrow must be 0 or 1, got %lld",
                         (long long)narrow->i);
     cfg.narrow = (int)narrow->i;
   }
   if (seed) cfg.seed = seed->i;
   if (cfg.scale_source == NBL_Q4_SCALE_FIXED) {
     if (!scale)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                         "scale_source=fixed needs attribute 'scale'");
     if (!isfinite(scale->f) || scale->f <= 0)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                         "scale_source=fixed needs a finite scale > 0, got scale=%g",
                         (double)scale->f);
     cfg.fixed_scale = scale->f;
   }
   if (cfg.scale_source == NBL_Q4_SCALE_SAWB && cfg.mode != NBL_Q4_SYMMETRIC)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL,
+    return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL,
                       "scale_source=sawb is symmetric only (mode 'affine')");
   *out = cfg;
   return NBL_OK;
@@ -165,6 +139,29 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
   return c > 0 ? c : mx;
 }
 
+void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p) {
+  memset(p, 0, sizeof *p);
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  if (lo > hi) lo = hi = 0.0f; /* no finite element */
+  float s;
+  if (cfg->mode == NBL_Q4_SYMMETRIC) {
+    float m = 0.0f; /* max |x| over the finite elements */
+    if (-lo > m) m = -lo;
+    if (hi > m) m = hi;
+    s = m / (float)p->qmax;
+    if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+    p->scale = s;
+    return;
+  }
+  s = (hi - lo) / (float)(p->qmax - p->qmin);
+  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+  float z = nearbyintf((float)p->qmin - lo / s);
+  if (z < -128.0f) z = -128.0f;
+  if (z > 127.0f) z = 127.0f;
+  p->scale = s;
+  p->zero = (int)z;
+}
+
 int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
                   nbl_q4_params *p, const char **why) {
   static const char *dummy;
@@ -202,27 +199,16 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
     }
     s = (float)nbl_q4_sawb_clip(x, n, cfg->bits) / (float)p->qmax;
     break;
-  case NBL_Q4_SCALE_MAX:
-    if (cfg->mode == NBL_Q4_SYMMETRIC) {
-      s = max_abs_finite(x, n) / (float)p->qmax;
-    } else {
-      float lo = INFINITY, hi = -INFINITY;
-      for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i])) continue;
-        if (x[i] < lo) lo = x[i];
-        if (x[i] > hi) hi = x[i];
-      }
-      if (lo > hi) lo = hi = 0.0f; /* no finite element */
-      s = (hi - lo) / (float)(p->qmax - p->qmin);
-      if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
-      float z = nearbyintf((float)p->qmin - lo / s);
-      if (z < -128.0f) z = -128.0f;
-      if (z > 127.0f) z = 127.0f;
-      p->scale = s;
-      p->zero = (int)z;
-      return 0;
+  case NBL_Q4_SCALE_MAX: {
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+      if (!isfinite(x[i])) continue;
+      if (x[i] < lo) lo = x[i];
+      if (x[i] > hi) hi = x[i];
     }
-    break;
+    nbl_q4_params_from_range(cfg, lo, hi, p);
+    return 0;
+  }
   default:
     *why = "unknown scale_source";
     return -1;

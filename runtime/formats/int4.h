@@ -95,6 +95,13 @@ int nbl_q4_sawb_coeffs(int bits, double *c1, double *c2);
  * when c <= 0 or bits has no coefficients. */
 double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
 
+/* The scale/zero point of scale_source=max for data whose finite elements
+ * span [lo, hi] (lo > hi: there are none): symmetric max(|lo|, |hi|) / qmax,
+ * affine (hi - lo) / (qmax - qmin) with its zero point; a scale that is not
+ * finite and > 0 becomes 1. nbl_q4_choose and the fused INT4 path (which
+ * knows the range from its own scan) both use it. */
+void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p);
+
 /* Choose the scale/zero point for x[0..n) under cfg. alpha is the PACT clip
  * (ignored unless scale_source == PACT). PACT is always affine on [0, alpha]
  * (the mode attribute is ignored for it). Returns 0, or -1 with the reason in

@@ -3,7 +3,6 @@
 #include "runtime/formats/log.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -62,57 +61,42 @@ int nbl_log_validate(const nbl_log_config *cfg, const char **why) {
   return 0;
 }
 
-/* Write the message into err and return st. */
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return st;
-}
-
 nbl_status nbl_log_config_decode(const nbl_node *n, nbl_log_config *out, char *err, size_t errlen) {
   static const char *const names[] = {"radix", "exp_bits", "rounding", "phase", "seed"};
   static const nbl_attr_type types[] = {NBL_ATTR_INT, NBL_ATTR_INT, NBL_ATTR_STRING, NBL_ATTR_INT,
                                         NBL_ATTR_INT};
   const nbl_attr *a[5];
   for (int i = 0; i < 5; i++) {
-    a[i] = nbl_node_attr(n, names[i]);
-    if (a[i] && a[i]->type != types[i])
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s",
-                        names[i], nbl_attr_type_name(types[i]), nbl_attr_type_name(a[i]->type));
+    nbl_status st = nbl_node_attr_typed(n, names[i], types[i], &a[i], err, errlen);
+    if (st != NBL_OK) return st;
   }
   nbl_log_config cfg;
   nbl_log_config_default(&cfg);
   if (a[0]) {
     if (a[0]->i != 2 && a[0]->i != 4 && a[0]->i != 10)
-      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "radix=%lld is not supported (2, 4 or 10)",
+      return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED, "radix=%lld is not supported (2, 4 or 10)",
                         (long long)a[0]->i);
     cfg.radix = (int)a[0]->i;
   }
   if (a[1]) {
     if (a[1]->i < 1 || a[1]->i > 4)
-      return decode_err(err, errlen, NBL_ERR_UNSUPPORTED, "exp_bits=%lld is not supported (1..4)",
+      return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED, "exp_bits=%lld is not supported (1..4)",
                         (long long)a[1]->i);
     cfg.exp_bits = (int)a[1]->i;
   }
   if (a[2] && nbl_log_parse_rounding(a[2]->s, &cfg.rounding) != 0)
-    return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+    return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "rounding '%s' is not supported (nearest|stochastic|tpr|luq)", a[2]->s);
   if (a[3]) {
     if (a[3]->i != 0 && a[3]->i != 1)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "phase must be 0 or 1, got %lld",
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "phase must be 0 or 1, got %lld",
                         (long long)a[3]->i);
     cfg.phase = (int)a[3]->i;
   }
   if (a[4]) cfg.seed = a[4]->i;
   const char *why = NULL;
   if (nbl_log_validate(&cfg, &why) != 0)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "%s", why);
+    return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "%s", why);
   *out = cfg;
   return NBL_OK;
 }

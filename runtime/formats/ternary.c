@@ -3,7 +3,6 @@
 #include "runtime/formats/ternary.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -109,29 +108,6 @@ int nbl_tern_grad_pass(float w, float s) {
 
 /* ------------------------------------------------------------------ the ops' attributes */
 
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static nbl_status decode_err(char *err, size_t errlen, nbl_status st, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return st;
-}
-
-/* Attribute `name` of n (NULL when absent); an error when it has another type. */
-static nbl_status attr_typed(const nbl_node *n, const char *name, nbl_attr_type want,
-                             const nbl_attr **out, char *err, size_t errlen) {
-  const nbl_attr *a = nbl_node_attr(n, name);
-  *out = a;
-  if (a && a->type != want)
-    return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute '%s' must be %s, got %s", name,
-                      nbl_attr_type_name(want), nbl_attr_type_name(a->type));
-  return NBL_OK;
-}
-
 nbl_status nbl_tern_attrs_decode(const nbl_node *n, nbl_tern_attrs *out, char *err, size_t errlen) {
   nbl_tern_attrs a;
   memset(&a, 0, sizeof a);
@@ -144,9 +120,9 @@ nbl_status nbl_tern_attrs_decode(const nbl_node *n, nbl_tern_attrs *out, char *e
   }
   if (!strcmp(op, "QuantizeAbsmax8")) {
     const nbl_attr *pr;
-    if ((st = attr_typed(n, "per_row", NBL_ATTR_INT, &pr, err, errlen))) return st;
+    if ((st = nbl_node_attr_typed(n, "per_row", NBL_ATTR_INT, &pr, err, errlen))) return st;
     if (pr && pr->i != 0 && pr->i != 1)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "per_row must be 0 or 1, got %lld",
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "per_row must be 0 or 1, got %lld",
                         (long long)pr->i);
     a.per_row = pr ? (int)pr->i : 0;
     *out = a;
@@ -154,21 +130,21 @@ nbl_status nbl_tern_attrs_decode(const nbl_node *n, nbl_tern_attrs *out, char *e
   }
   if (!strcmp(op, "DequantizeTernary")) {
     const nbl_attr *shape, *packing;
-    if ((st = attr_typed(n, "shape", NBL_ATTR_INTS, &shape, err, errlen))) return st;
-    if ((st = attr_typed(n, "packing", NBL_ATTR_STRING, &packing, err, errlen))) return st;
+    if ((st = nbl_node_attr_typed(n, "shape", NBL_ATTR_INTS, &shape, err, errlen))) return st;
+    if ((st = nbl_node_attr_typed(n, "packing", NBL_ATTR_STRING, &packing, err, errlen))) return st;
     if (!shape)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "attribute 'shape' is required");
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "attribute 'shape' is required");
     if (shape->n > NBL_TERN_MAX_RANK)
-      return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape has %d dims (at most %d)",
+      return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "shape has %d dims (at most %d)",
                         shape->n, NBL_TERN_MAX_RANK);
     int64_t numel = 1;
     for (int i = 0; i < shape->n; i++) {
       int64_t d = shape->ints[i];
       if (d < 0 || d >= ((int64_t)1 << 48))
-        return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape[%d] = %lld is not a size", i,
+        return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "shape[%d] = %lld is not a size", i,
                           (long long)d);
       if (d && numel > ((int64_t)1 << 48) / d)
-        return decode_err(err, errlen, NBL_ERR_INVALID_MODEL, "shape has more than 2^48 elements");
+        return nbl_errbuf(err, errlen, NBL_ERR_INVALID_MODEL, "shape has more than 2^48 elements");
       numel *= d;
       a.dims[i] = d;
     }
@@ -178,13 +154,13 @@ nbl_status nbl_tern_attrs_decode(const nbl_node *n, nbl_tern_attrs *out, char *e
       if (!strcmp(packing->s, "base3")) a.packing = NBL_TERN_PACK_BASE3;
       else if (!strcmp(packing->s, "2bit")) a.packing = NBL_TERN_PACK_2BIT;
       else
-        return decode_err(err, errlen, NBL_ERR_UNSUPPORTED,
+        return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                           "packing '%s' is not supported (base3|2bit)", packing->s);
     }
     *out = a;
     return NBL_OK;
   }
-  return decode_err(err, errlen, NBL_ERR_INTERNAL, "op '%s' is not a ternary op", op);
+  return nbl_errbuf(err, errlen, NBL_ERR_INTERNAL, "op '%s' is not a ternary op", op);
 }
 
 size_t nbl_tern_packed_bytes(nbl_tern_packing packing, size_t n) {

@@ -93,4 +93,33 @@ int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_n
 /* 1 if a subgraph of any node of g captures the outer value `name`. */
 int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name);
 
+/* What a fused node takes over from the graph: its original node and the
+ * quantizer nodes whose output 0 it reads as input 0 (qx) and input 1
+ * (wnode), NBL_NONE when none. */
+typedef struct nbl_fuse_operands {
+  const nbl_node *orig;
+  nbl_id qx, wnode;
+} nbl_fuse_operands;
+
+/* 1 if every use of node q's outputs is by a fused node, as its input 0
+ * when q is that node's qx or as its input 1 when q is its wnode, and none
+ * of them is a graph output or outer value: q can leave the schedule (the
+ * caller still checks subgraph captures). operands(state, node, &o) fills o
+ * and returns 1 for a fused node, 0 for another. */
+int nbl_fuse_absorbed(const nbl_graph *g, nbl_id q,
+                      int (*operands)(const void *state, nbl_id node, nbl_fuse_operands *o),
+                      const void *state);
+
+/* The node that produces value v; NULL for none (graph input, initializer,
+ * outer value) or v == NBL_NONE. */
+const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
+
+/* The residual pattern of the fused convolutions: value v, the only output
+ * of node conv, is used once only, by an Add (two distinct operands, one
+ * output) whose other operand *r is ready where conv runs (a graph input or
+ * initializer, or made by a node before conv in the schedule; pos: node ->
+ * position, -1 for a node not in it); v is not a graph output nor captured
+ * by a subgraph. Returns the Add's node id, or NBL_NONE. */
+nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
+
 #endif /* NBL_FUSE_H */

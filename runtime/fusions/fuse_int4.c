@@ -49,11 +49,6 @@ static int parse_q4(const nbl_node *n, nbl_q4_config *cfg) {
   return nbl_q4_config_decode(n, cfg, NULL, 0) == NBL_OK ? 0 : -1;
 }
 
-static const nbl_node *producer(const nbl_graph *g, nbl_id v) {
-  if (v == NBL_NONE || g->values[v].producer == NBL_NONE) return NULL;
-  return &g->nodes[g->values[v].producer];
-}
-
 /* ------------------------------------------------------------------ planning */
 
 static void fused_free(nbl_i4_fused *f) {
@@ -94,8 +89,8 @@ static nbl_i4_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id)
   else if (nbl_fuse_is_op(n, "", "MatMul")) kind = FK_MATMUL;
   else return NULL;
   if (n->n_inputs < 2 || n->n_outputs < 1) return NULL;
-  const nbl_node *qx = producer(g, n->inputs[0]);
-  const nbl_node *wn = producer(g, n->inputs[1]);
+  const nbl_node *qx = nbl_fuse_producer(g, n->inputs[0]);
+  const nbl_node *wn = nbl_fuse_producer(g, n->inputs[1]);
   if (!nbl_fuse_is_op(qx, "ai.nibble", "QuantizeInt4") || !wn || qx->n_inputs < 1 ||
       qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0])
     return NULL;
@@ -191,22 +186,10 @@ no:
  * fused away runs with its producer, earlier still). */
 static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_i4_fused *f, const int *pos) {
   if (f->kind != FK_CONV || f->groups != 1 || f->act || f->node.n_outputs != 1) return;
-  nbl_id v = f->node.outputs[0];
-  if (v == NBL_NONE) return;
-  const nbl_value *val = &g->values[v];
-  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
-      nbl_fuse_used_in_subgraphs(g, val->name))
-    return;
-  nbl_id an = val->consumers[0];
+  nbl_id v = f->node.outputs[0], r = NBL_NONE;
+  nbl_id an = nbl_fuse_find_residual(g, (nbl_id)(f->orig - g->nodes), v, pos, &r);
+  if (an == NBL_NONE) return;
   const nbl_node *a = &g->nodes[an];
-  if (!nbl_fuse_is_op(a, "", "Add") || a->n_inputs != 2 || a->n_outputs != 1 ||
-      a->outputs[0] == NBL_NONE || a->inputs[0] == a->inputs[1])
-    return;
-  nbl_id r = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
-  if (r == NBL_NONE) return;
-  nbl_id rp = g->values[r].producer;
-  nbl_id conv = (nbl_id)(f->orig - g->nodes);
-  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return;
   f->res_add = a;
   f->res_node = an;
   f->conv_out = v;
@@ -219,22 +202,11 @@ static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_i4_fused *
            f->act ? g->nodes[f->act_node].op_type : "");
 }
 
-/* 1 if every use of node q's outputs is by a fused node that absorbs it. */
-static int absorbed(const nbl_graph *g, nbl_id q, nbl_i4_fused *const *by_node) {
-  const nbl_node *n = &g->nodes[q];
-  for (int k = 0; k < n->n_outputs; k++) {
-    nbl_id v = n->outputs[k];
-    if (v == NBL_NONE) continue;
-    const nbl_value *val = &g->values[v];
-    if (val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) return 0;
-    for (int i = 0; i < val->n_consumers; i++) {
-      const nbl_i4_fused *f = by_node[val->consumers[i]];
-      if (!f || k != 0 || (f->qx != q && f->wnode != q)) return 0;
-      for (int a = 0; a < f->orig->n_inputs; a++) /* only as the fused X or W operand */
-        if (f->orig->inputs[a] == v && !(a == 0 && f->qx == q) && !(a == 1 && f->wnode == q))
-          return 0;
-    }
-  }
+/* nbl_fuse_absorbed's view of the fused nodes (state: by_node). */
+static int i4_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
+  const nbl_i4_fused *f = ((nbl_i4_fused *const *)state)[node];
+  if (!f) return 0;
+  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
   return 1;
 }
 
@@ -353,7 +325,8 @@ nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
     const nbl_node *nd = &g->nodes[id];
     int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeInt4") ||
                     nbl_fuse_is_op(nd, "", "DequantizeLinear");
-    int drop = quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node);
+    int drop = quantizer && !fu->by_node[id] &&
+               nbl_fuse_absorbed(g, id, i4_operands, fu->by_node);
     for (int k = 0; drop && k < nd->n_outputs; k++)
       if (nd->outputs[k] != NBL_NONE &&
           nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))

@@ -34,11 +34,6 @@ typedef struct tern_fusion {
   nbl_t_fused **by_node;
 } tern_fusion;
 
-static const nbl_node *producer(const nbl_graph *g, nbl_id v) {
-  if (v == NBL_NONE || g->values[v].producer == NBL_NONE) return NULL;
-  return &g->nodes[g->values[v].producer];
-}
-
 /* The constant initializer behind v (not a graph input), or NULL. */
 static const nbl_tensor *const_init(const nbl_graph *g, nbl_id v) {
   if (v == NBL_NONE || (g->values[v].flags & NBL_VAL_INPUT)) return NULL;
@@ -73,22 +68,10 @@ static void fuse_activation(const nbl_model *m, const nbl_graph *g, nbl_t_fused 
  * by a node before the Conv in the schedule (pos: node -> position). */
 static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_t_fused *f, const int *pos) {
   if (f->kind != NBL_TF_CONV || f->act || f->node.n_outputs != 1) return;
-  nbl_id v = f->node.outputs[0];
-  if (v == NBL_NONE) return;
-  const nbl_value *val = &g->values[v];
-  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
-      nbl_fuse_used_in_subgraphs(g, val->name))
-    return;
-  nbl_id an = val->consumers[0];
+  nbl_id v = f->node.outputs[0], r = NBL_NONE;
+  nbl_id an = nbl_fuse_find_residual(g, (nbl_id)(f->orig - g->nodes), v, pos, &r);
+  if (an == NBL_NONE) return;
   const nbl_node *a = &g->nodes[an];
-  if (!nbl_fuse_is_op(a, "", "Add") || a->n_inputs != 2 || a->n_outputs != 1 ||
-      a->outputs[0] == NBL_NONE || a->inputs[0] == a->inputs[1])
-    return;
-  nbl_id r = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
-  if (r == NBL_NONE) return;
-  nbl_id rp = g->values[r].producer;
-  nbl_id conv = (nbl_id)(f->orig - g->nodes);
-  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return;
   f->res_add = a;
   f->res_node = an;
   f->conv_out = v;
@@ -110,7 +93,7 @@ static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) 
   else if (nbl_fuse_is_op(n, "", "MatMul")) kind = NBL_TF_MATMUL;
   else return NULL;
   if (n->n_inputs < 2 || n->n_outputs < 1 || nbl_model_opset(m, "ai.nibble") != 1) return NULL;
-  const nbl_node *qx = producer(g, n->inputs[0]), *wn = producer(g, n->inputs[1]);
+  const nbl_node *qx = nbl_fuse_producer(g, n->inputs[0]), *wn = nbl_fuse_producer(g, n->inputs[1]);
   if (!nbl_fuse_is_op(qx, "ai.nibble", "QuantizeAbsmax8") || qx->n_inputs < 1 ||
       qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0] || !wn ||
       wn->outputs[0] != n->inputs[1] || wn->n_inputs < 1)
@@ -181,23 +164,11 @@ no:
   return NULL;
 }
 
-/* 1 if every use of node q's outputs is as the X or W operand of a fused node that absorbs q. */
-static int absorbed(const nbl_graph *g, nbl_id q, nbl_t_fused *const *by_node) {
-  const nbl_node *n = &g->nodes[q];
-  for (int k = 0; k < n->n_outputs; k++) {
-    nbl_id v = n->outputs[k];
-    if (v == NBL_NONE) continue;
-    const nbl_value *val = &g->values[v];
-    if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || nbl_fuse_used_in_subgraphs(g, val->name))
-      return 0;
-    for (int i = 0; i < val->n_consumers; i++) {
-      const nbl_t_fused *f = by_node[val->consumers[i]];
-      if (!f || k != 0 || (f->qx != q && f->wnode != q)) return 0;
-      for (int a = 0; a < f->orig->n_inputs; a++)
-        if (f->orig->inputs[a] == v && !(a == 0 && f->qx == q) && !(a == 1 && f->wnode == q))
-          return 0;
-    }
-  }
+/* nbl_fuse_absorbed's view of the fused nodes (state: by_node). */
+static int t_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
+  const nbl_t_fused *f = ((nbl_t_fused *const *)state)[node];
+  if (!f) return 0;
+  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
   return 1;
 }
 
@@ -271,7 +242,7 @@ nbl_status nbl_fuse_ternary_plan(const nbl_fusion_env *env, nbl_id *order, int *
     int quantizer = nbl_fuse_is_op(nd, "ai.nibble", "QuantizeAbsmax8") ||
                     nbl_fuse_is_op(nd, "ai.nibble", "QuantizeTernary") ||
                     nbl_fuse_is_op(nd, "ai.nibble", "DequantizeTernary");
-    if (quantizer && !fu->by_node[id] && absorbed(g, id, fu->by_node)) {
+    if (quantizer && !fu->by_node[id] && nbl_fuse_absorbed(g, id, t_operands, fu->by_node)) {
       int keep = 0; /* a subgraph may still read the quantizer's output */
       for (int k = 0; k < nd->n_outputs; k++)
         if (nd->outputs[k] != NBL_NONE && nbl_fuse_used_in_subgraphs(g, g->values[nd->outputs[k]].name))

@@ -95,3 +95,47 @@ int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_n
   *hi = h;
   return 1;
 }
+
+const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v) {
+  if (v == NBL_NONE || g->values[v].producer == NBL_NONE) return NULL;
+  return &g->nodes[g->values[v].producer];
+}
+
+nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r) {
+  if (v == NBL_NONE) return NBL_NONE;
+  const nbl_value *val = &g->values[v];
+  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
+      nbl_fuse_used_in_subgraphs(g, val->name))
+    return NBL_NONE;
+  nbl_id an = val->consumers[0];
+  const nbl_node *a = &g->nodes[an];
+  if (!nbl_fuse_is_op(a, "", "Add") || a->n_inputs != 2 || a->n_outputs != 1 ||
+      a->outputs[0] == NBL_NONE || a->inputs[0] == a->inputs[1])
+    return NBL_NONE;
+  nbl_id other = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
+  if (other == NBL_NONE) return NBL_NONE;
+  nbl_id rp = g->values[other].producer;
+  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return NBL_NONE;
+  *r = other;
+  return an;
+}
+
+int nbl_fuse_absorbed(const nbl_graph *g, nbl_id q,
+                      int (*operands)(const void *state, nbl_id node, nbl_fuse_operands *o),
+                      const void *state) {
+  const nbl_node *n = &g->nodes[q];
+  for (int k = 0; k < n->n_outputs; k++) {
+    nbl_id v = n->outputs[k];
+    if (v == NBL_NONE) continue;
+    const nbl_value *val = &g->values[v];
+    if (val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) return 0;
+    for (int i = 0; i < val->n_consumers; i++) {
+      nbl_fuse_operands f;
+      if (!operands(state, val->consumers[i], &f) || k != 0 || (f.qx != q && f.wnode != q)) return 0;
+      for (int a = 0; a < f.orig->n_inputs; a++) /* only as the fused X or W operand */
+        if (f.orig->inputs[a] == v && !(a == 0 && f.qx == q) && !(a == 1 && f.wnode == q))
+          return 0;
+    }
+  }
+  return 1;
+}

@@ -56,30 +56,13 @@ static int scan_x(const float *x, int64_t n, float *lo, float *hi) {
   return ok;
 }
 
-/* nbl_q4_choose for scale_source=max on finite data with known min/max: the
- * same float operations (see runtime/formats/int4.c), without a second pass over x. */
+/* nbl_q4_choose for scale_source=max on finite data with known min/max:
+ * the format's own computation (nbl_q4_params_from_range), without a second
+ * pass over x. */
 void nbl_i4_params_from_range(const nbl_q4_config *cfg, int64_t n, float lo, float hi,
                               nbl_q4_params *p) {
-  memset(p, 0, sizeof *p);
-  nbl_q4_range(cfg, &p->qmin, &p->qmax);
   if (n == 0) lo = hi = 0.0f;
-  float s;
-  if (cfg->mode == NBL_Q4_SYMMETRIC) {
-    float m = 0.0f;
-    if (-lo > m) m = -lo;
-    if (hi > m) m = hi;
-    s = m / (float)p->qmax;
-    if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
-    p->scale = s;
-    return;
-  }
-  s = (hi - lo) / (float)(p->qmax - p->qmin);
-  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
-  float z = nearbyintf((float)p->qmin - lo / s);
-  if (z < -128.0f) z = -128.0f;
-  if (z > 127.0f) z = 127.0f;
-  p->scale = s;
-  p->zero = (int)z;
+  nbl_q4_params_from_range(cfg, lo, hi, p);
 }
 
 

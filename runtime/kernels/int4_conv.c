@@ -2,6 +2,7 @@
  * bytes laid out in panels (im2col) block by block, the integer tiles of
  * int4_gemm.c with the float epilogue into the NCHW output, and the hand-over
  * of activation bytes to a linked depthwise consumer; see int4_fused.h. */
+#include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/kdebug.h"
 
@@ -56,75 +57,6 @@ typedef struct x4_job {
   _Atomic int oom;
 } x4_job;
 
-/* dst[4i + j] = r_j[i] for i < n */
-static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
-                        uint8_t *dst, int64_t n) {
-  int64_t i = 0;
-#if defined(__x86_64__)
-  for (; i + 16 <= n; i += 16) {
-    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
-    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
-    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
-    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(r3 + i));
-    __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-    __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i), _mm_unpacklo_epi16(ab0, cd0));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
-  }
-#endif
-  for (; i < n; i++) {
-    dst[4 * i] = r0[i];
-    dst[4 * i + 1] = r1[i];
-    dst[4 * i + 2] = r2[i];
-    dst[4 * i + 3] = r3[i];
-  }
-}
-
-/* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
-#if defined(__x86_64__)
-/* dst[q] = src[2q] for q < n: the low bytes of 16-bit lanes (vpmovwb), 32 at
- * a time; the loads are masked to the bytes read. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void gather2_avx512(const uint8_t *src,
-                                                                      int64_t n, uint8_t *dst) {
-  int64_t q = 0;
-  for (; q + 32 <= n; q += 32)
-    _mm256_storeu_si256((__m256i *)(void *)(dst + q),
-                        _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi8(~0ull >> 1, src + 2 * q)));
-  if (q < n) {
-    int64_t r = n - q; /* 1..31 */
-    __m512i v = _mm512_maskz_loadu_epi8((1ull << (2 * r - 1)) - 1, src + 2 * q);
-    _mm256_mask_storeu_epi8(dst + q, (__mmask32)((1u << r) - 1), _mm512_cvtepi16_epi8(v));
-  }
-}
-#endif
-
-static void im2col_row(const x4_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
-  const nbl_conv_geom *g = j->g;
-  int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
-  int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-  /* the padded image: output (oh, ow) of tap (kh, kw) reads (oh*s0 + kh*d0, ow*s1 + kw*d1) */
-  const uint8_t *xc = j->x + c * j->Hp * j->Wp + kh * g->d[0] * j->Wp + kw * g->d[1];
-  for (int64_t pix = p0; pix < p1;) {
-    int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
-    const uint8_t *src = xc + oh * s0 * j->Wp + ow * s1;
-    uint8_t *dst = row + (pix - p0);
-    if (s1 == 1) {
-      memcpy(dst, src, (size_t)n);
-    } else {
-#if defined(__x86_64__)
-      if (s1 == 2 && j->gather2) {
-        gather2_avx512(src, n, dst);
-        pix += n;
-        continue;
-      }
-#endif
-      for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
-    }
-    pix += n;
-  }
-}
 
 /* Group k4 of pixels [p0, p1) (p1 - p0 a multiple of 32, at most j->pb)
  * into the panels at X4 (pixel p0 first); tmp holds 4 * j->pb bytes. */
@@ -150,11 +82,11 @@ static void x4_fill(const x4_job *j, int64_t k4, int64_t p0, int64_t p1, uint8_t
     else if (j->pointwise)
       memcpy(row, j->x + k * g->in_sz + p0, (size_t)nv);
     else
-      im2col_row(j, k, p0, p0 + nv, row);
+      nbl_code_im2col_row(g, j->x, j->Hp, j->Wp, j->gather2, k, p0, p0 + nv, row);
     if (n > nv) memset(row + nv, j->pad, (size_t)(n - nv));
   }
   for (int64_t q = 0; q < n; q += 32)
-    interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (j->Kp / 4) + k4) * 128,
+    nbl_code_interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (j->Kp / 4) + k4) * 128,
                 32);
 }
 
@@ -409,7 +341,9 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   free(xu);
   free(xj.X4all);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  if (post) return nbl_i4_finish_residual(c, f);
+  if (post)
+    return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                    f->act_hi);
   if (res) nbl_kcount(NBL_KC_I4_RESIDUAL_RUNS);
   nbl_i4_range_publish(f, &xj.range);
   return NBL_OK;

@@ -5,6 +5,7 @@
  * for anything the integer path cannot take exactly; convolutions go to
  * int4_conv.c. See int4_fused.h; the pattern matching is in
  * runtime/fusions/fuse_int4.c. */
+#include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/kdebug.h"
 
@@ -105,38 +106,6 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
 
 /* ------------------------------------------------------------------ literal fallback */
 
-/* Output 0 holds conv + bias; it becomes Add(conv, residual) by the Add
- * kernel itself (the operands in the Add's order), then the activation. */
-nbl_status nbl_i4_finish_residual(nbl_kctx *c, const nbl_i4_fused *f) {
-  const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
-  if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual input of the fused Add is missing");
-  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
-  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
-  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
-  memcpy(t.data, y->data, t.nbytes);
-  const nbl_rt_tensor *ins[2];
-  int ci = f->res_add->inputs[0] == f->conv_out ? 0 : 1;
-  ins[ci] = &t;
-  ins[1 - ci] = R;
-  nbl_node an = *f->res_add;
-  an.outputs = f->node.outputs;
-  an.n_outputs = f->node.n_outputs;
-  nbl_kctx c2 = *c;
-  c2.node = &an;
-  c2.n_in = 2;
-  c2.in = ins;
-  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
-  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
-  nbl_rt_tensor_free(&t);
-  if (st == NBL_OK && f->act) {
-    y = nbl_kctx_out(c, 0);
-    if (y->dtype != NBL_DT_FLOAT)
-      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Add's output is not float32");
-    float *yv = y->data;
-    for (int64_t i = 0; i < y->numel; i++) yv[i] = nbl_i4_act(f, yv[i]);
-  }
-  return st;
-}
 
 /* Fake-quantize X (params p) and W, then the float op's reference kernel. */
 nbl_status nbl_i4_run_literal(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
@@ -178,7 +147,8 @@ nbl_status nbl_i4_run_literal(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params 
            : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
                       c->opset);
   if (st == NBL_OK && f->res_add) {
-    st = nbl_i4_finish_residual(c, f);
+    st = nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                  f->act_hi);
   } else if (st == NBL_OK && f->act) {
     nbl_rt_tensor *y = nbl_kctx_out(c, 0);
     float *yv = y->data;

@@ -184,8 +184,5 @@ nbl_status nbl_i4_run_depthwise(nbl_kctx *c, nbl_i4_fused *f, const nbl_conv_geo
  * parameters p: the path for anything the integer kernels cannot take
  * exactly (int4_fused.c). */
 nbl_status nbl_i4_run_literal(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p);
-/* The fused Add (and activation) the slow way, after output 0 holds
- * conv + bias: the Add kernel itself (any broadcast), then the activation. */
-nbl_status nbl_i4_finish_residual(nbl_kctx *c, const nbl_i4_fused *f);
 
 #endif /* NBL_INT4_FUSED_H */

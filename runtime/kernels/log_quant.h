@@ -3,7 +3,7 @@
  * QuantizeLog's fast kernel): the max-|x| scan and nearest rounding through
  * the threshold table of runtime/formats/log.h (nbl_log_table). Each has an
  * AVX-512, an AVX2 and a scalar variant; all three give bit-identical results,
- * equal to nbl_log_fake_quant's nearest / tpr rounding (tests/test_format_log.c).
+ * equal to nbl_log_fake_quant's nearest / tpr rounding (tests/runtime/formats/test_format_log.c).
  *
  * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
  * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch

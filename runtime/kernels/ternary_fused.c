@@ -2,6 +2,7 @@
  * ternary_fused.h): activation codes, im2col panels, the integer products
  * of ternary_gemm.h and the epilogue. */
 #include "runtime/kernels/ternary_fused.h"
+#include "runtime/kernels/code_conv.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -119,39 +120,6 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
 
 /* ------------------------------------------------------------------ the literal composition */
 
-/* The fused Add (and activation) the slow way: output 0 holds conv + bias; it
- * becomes Add(conv, residual) by the Add kernel itself (any broadcast, the
- * operands in the Add's order), then the activation. */
-static nbl_status finish_residual(nbl_kctx *c, const nbl_t_fused *f) {
-  const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
-  if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual input of the fused Add is missing");
-  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
-  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
-  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
-  memcpy(t.data, y->data, t.nbytes);
-  const nbl_rt_tensor *ins[2];
-  int ci = f->res_add->inputs[0] == f->conv_out ? 0 : 1;
-  ins[ci] = &t;
-  ins[1 - ci] = R;
-  nbl_node an = *f->res_add;
-  an.outputs = f->node.outputs;
-  an.n_outputs = f->node.n_outputs;
-  nbl_kctx c2 = *c;
-  c2.node = &an;
-  c2.n_in = 2;
-  c2.in = ins;
-  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
-  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
-  nbl_rt_tensor_free(&t);
-  if (st == NBL_OK && f->act) {
-    y = nbl_kctx_out(c, 0);
-    if (y->dtype != NBL_DT_FLOAT)
-      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Add's output is not float32");
-    float *yv = y->data;
-    for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
-  }
-  return st;
-}
 
 static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
   const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
@@ -205,7 +173,8 @@ static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
              : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
                         c->opset);
     if (st == NBL_OK && f->res_add) {
-      st = finish_residual(c, f);
+      st = nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                  f->act_hi);
     } else if (st == NBL_OK && f->act) {
       nbl_rt_tensor *y = nbl_kctx_out(c, 0);
       float *yv = y->data;
@@ -287,48 +256,6 @@ typedef struct conv_job {
   _Atomic uint32_t amax; /* the largest |y| written, as bits */
 } conv_job;
 
-/* dst[4i + j] = r_j[i] for i < n */
-static void interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
-                        uint8_t *dst, int64_t n) {
-  int64_t i = 0;
-#if defined(__x86_64__)
-  for (; i + 16 <= n; i += 16) {
-    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
-    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
-    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
-    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(r3 + i));
-    __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-    __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i), _mm_unpacklo_epi16(ab0, cd0));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
-    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
-  }
-#endif
-  for (; i < n; i++) {
-    dst[4 * i] = r0[i];
-    dst[4 * i + 1] = r1[i];
-    dst[4 * i + 2] = r2[i];
-    dst[4 * i + 3] = r3[i];
-  }
-}
-
-/* Pixels [p0, p1) of im2col row k (c, kh, kw) into row. */
-static void im2col_row(const conv_job *j, int64_t k, int64_t p0, int64_t p1, uint8_t *row) {
-  const nbl_conv_geom *g = j->g;
-  int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
-  int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-  const uint8_t *xc = j->x + c * j->Hp * j->Wp + kh * g->d[0] * j->Wp + kw * g->d[1];
-  for (int64_t pix = p0; pix < p1;) {
-    int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
-    const uint8_t *src = xc + oh * s0 * j->Wp + ow * s1;
-    uint8_t *dst = row + (pix - p0);
-    if (s1 == 1) memcpy(dst, src, (size_t)n);
-    else
-      for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
-    pix += n;
-  }
-}
 
 /* The panels of pixels [p0, p1) (p0 a multiple of 32) into X4; tmp holds 4 * pb bytes. */
 static void fill_block(const conv_job *j, int64_t p0, int64_t p1, uint8_t *X4, uint8_t *tmp) {
@@ -348,11 +275,11 @@ static void fill_block(const conv_job *j, int64_t p0, int64_t p1, uint8_t *X4, u
         continue;
       }
       if (j->pointwise) memcpy(row, j->x + k * j->P + p0, (size_t)nv);
-      else im2col_row(j, k, p0, p1, row);
+      else nbl_code_im2col_row(j->g, j->x, j->Hp, j->Wp, 0, k, p0, p1, row);
       if (n > nv) memset(row + nv, 128, (size_t)(n - nv));
     }
     for (int64_t q = 0; q < n; q += 32)
-      interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (Kp / 4) + k4) * 128, 32);
+      nbl_code_interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (Kp / 4) + k4) * 128, 32);
   }
 }
 
@@ -473,7 +400,9 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
     if (st == NBL_ERR_OUT_OF_MEMORY) return nbl_kerr(c, st, "out of memory");
     if (st != NBL_OK) return run_literal(c, f);
     atomic_fetch_add(&g_int_runs, 1);
-    if (post) return finish_residual(c, f);
+    if (post)
+      return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                      f->act_hi);
     hand_over(f, y, atomic_load(&dj.amax));
     return NBL_OK;
   }
@@ -515,7 +444,9 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s) {
   free(xu);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   atomic_fetch_add(&g_int_runs, 1);
-  if (post) return finish_residual(c, f);
+  if (post)
+    return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                    f->act_hi);
   hand_over(f, y, atomic_load(&j.amax));
   return NBL_OK;
 }

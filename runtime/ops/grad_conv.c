@@ -7,7 +7,7 @@
  * reference kernels compute in double (direct loops); ConvGrad's fast kernel
  * (float32) uses nbl_sgemm (BLAS or nibble's own) with im2col / col2im and
  * agrees with the reference within 1e-5 of the largest gradient element
- * (tests/test_ops_grad.c); ConvTransposeGrad has the reference kernel only.
+ * (tests/runtime/ops/test_ops_grad.c); ConvTransposeGrad has the reference kernel only.
  *
  * ConvGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, M, out...]), X (T, [N, C, in...]), W (T, [M, C/group, k...])

@@ -270,19 +270,9 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   if ((st = grad_check_same_shape(c, dY, X, "dY", "X"))) return st;
   nbl_q4_config cfg;
   if ((st = nbl_q4_attrs(c, &cfg))) return st;
-  float alpha = 0.0f;
   int pact = cfg.scale_source == NBL_Q4_SCALE_PACT;
-  if (pact) {
-    const nbl_rt_tensor *a = grad_in(c, 2);
-    if (!a) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale_source=pact needs input alpha");
-    if (a->dtype != NBL_DT_FLOAT || a->numel != 1)
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "alpha must be a float32 scalar");
-    alpha = ((const float *)a->data)[0];
-  }
   nbl_q4_params p;
-  const char *why = NULL;
-  if (nbl_q4_choose(&cfg, (const float *)X->data, (size_t)X->numel, alpha, &p, &why) != 0)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s", why);
+  if ((st = nbl_q4_kernel_params(c, &cfg, X, grad_in(c, 2), &p))) return st;
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
   const float *g = dY->data, *x = X->data;
   float *dx = nbl_kctx_out(c, 0)->data;

@@ -11,7 +11,7 @@
  * AveragePoolGrad (2-D) add in float (within 1e-6 of the reference,
  * relative to the largest element), BatchNormInternal and
  * BatchNormalizationGrad take per-channel sums in double and write in float
- * (within 1e-5); tests/test_ops_grad.c checks both.
+ * (within 1e-5); tests/runtime/ops/test_ops_grad.c checks both.
  *
  * MaxPoolGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, C, out...]), Indices (int64, dY's shape: MaxPool's

@@ -1,5 +1,6 @@
 /* runtime/ops/grad_shape.c - op family 'grad_shape': backward ops of Gather and
- * Slice (forward ops in runtime/ops/shape.c); kernel contract in runtime/core/kernel.h.
+ * Slice (forward ops in runtime/ops/shape_index.c, shape_strided.c); kernel
+ * contract in runtime/core/kernel.h.
  *
  * ONNX Runtime's training ops, domain com.microsoft, version 1. GatherGrad
  * adds (T: float types, accumulated in double); SliceGrad only places

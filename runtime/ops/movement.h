@@ -1,6 +1,6 @@
 /*
  * runtime/ops/movement.h - helpers shared by the data-movement op files
- * (shape.c, shape_index.c, shape_resize.c): required and optional inputs,
+ * (shape.c, shape_strided.c, shape_index.c, shape_resize.c): required and optional inputs,
  * element sizes, small integer inputs and attributes, STRING ownership, and
  * row-major index arithmetic. Header-only (static inline): internal to those
  * files.

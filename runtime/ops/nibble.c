@@ -86,6 +86,21 @@ static nbl_status q4_side_outputs(nbl_kctx *c, const nbl_q4_params *p) {
   return NBL_OK;
 }
 
+nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
+                                const nbl_rt_tensor *alpha, nbl_q4_params *p) {
+  float a = 0.0f;
+  if (cfg->scale_source == NBL_Q4_SCALE_PACT) {
+    if (!alpha) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale_source=pact needs input alpha");
+    if (alpha->dtype != NBL_DT_FLOAT || alpha->numel != 1)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "alpha must be a float32 scalar");
+    a = ((const float *)alpha->data)[0];
+  }
+  const char *why = NULL;
+  if (nbl_q4_choose(cfg, (const float *)x->data, (size_t)x->numel, a, p, &why) != 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s", why);
+  return NBL_OK;
+}
+
 static nbl_status k_quantize_int4(nbl_kctx *c) {
   const nbl_rt_tensor *x = c->n_in > 0 ? c->in[0] : NULL;
   if (!x) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X is missing");
@@ -95,18 +110,9 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   nbl_q4_config cfg;
   nbl_status st = nbl_q4_attrs(c, &cfg);
   if (st != NBL_OK) return st;
-  float alpha = 0.0f;
-  if (cfg.scale_source == NBL_Q4_SCALE_PACT) {
-    const nbl_rt_tensor *a = c->n_in > 1 ? c->in[1] : NULL;
-    if (!a) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "scale_source=pact needs input alpha");
-    if (a->dtype != NBL_DT_FLOAT || a->numel != 1)
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "alpha must be a float32 scalar");
-    alpha = ((const float *)a->data)[0];
-  }
   nbl_q4_params p;
-  const char *why = NULL;
-  if (nbl_q4_choose(&cfg, (const float *)x->data, (size_t)x->numel, alpha, &p, &why) != 0)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s", why);
+  st = nbl_q4_kernel_params(c, &cfg, x, c->n_in > 1 ? c->in[1] : NULL, &p);
+  if (st != NBL_OK) return st;
   st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
   if (st != NBL_OK) return st;
   nbl_rt_tensor *y = nbl_kctx_out(c, 0);

@@ -1,6 +1,7 @@
 /* runtime/ops/nibble.h - what the ai.nibble family (runtime/ops/nibble.c) shares
- * with other families: the QuantizeInt4 attribute decoder, so that
- * QuantizeInt4Grad (runtime/ops/grad_elementwise.c) reads the attributes
+ * with other families: the QuantizeInt4 attribute decoder and its choice of
+ * quantization parameters, so that QuantizeInt4Grad
+ * (runtime/ops/grad_elementwise.c) reads the attributes and finds the scale
  * exactly as the forward op does. */
 #ifndef NBL_OPS_NIBBLE_H
 #define NBL_OPS_NIBBLE_H
@@ -12,5 +13,12 @@
  * scale_source, scale, narrow, rounding, seed) into cfg. Returns NBL_OK or an
  * error naming the bad attribute (message set via nbl_kerr). */
 nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg);
+
+/* QuantizeInt4's parameters (scale, zero point) for float32 data x under
+ * cfg: nbl_q4_choose, with PACT's clip read from `alpha` (input alpha of
+ * the node, NULL when absent; needed for scale_source=pact, a float32
+ * scalar). Errors name the node (nbl_kerr). */
+nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
+                                const nbl_rt_tensor *alpha, nbl_q4_params *p);
 
 #endif

@@ -935,13 +935,8 @@ static nbl_id matmul_unbatch(nbl_grad_ctx *gc, nbl_id g, nbl_id X, nbl_id X2, in
     else if (xd < 0 && !nbl_grad_dim_same(gc, X, kx, Y, i)) decided = 0;
   }
   if (!decided) { /* batch shapes known at run time only */
-    nbl_id in[2] = {nbl_grad_shape(gc, X2), nbl_grad_shape(gc, g)}, ax[2];
-    int want[2] = {1, 0};
-    nbl_grad_opn(gc, "BroadcastGradientArgs", "com.microsoft", NULL, 2, in, 2, want, ax);
-    nbl_id rin[2] = {g, ax[0]};
-    nbl_id r = nbl_grad_op(gc, "ReduceSum", "", 2, rin);
-    nbl_grad_attr_int(gc, "keepdims", 1);
-    nbl_grad_attr_int(gc, "noop_with_empty_axes", 1);
+    nbl_id x2s;
+    nbl_id r = nbl_grad_sum_broadcast_axes(gc, g, X2, g, &x2s);
     return nbl_grad_reshape_like(gc, r, X);
   }
   nbl_id r = nbl_grad_reduce_sum(gc, g, na, axes, 1);

@@ -1,5 +1,5 @@
-/* runtime/ops/shape.h - what the 'shape' family (runtime/ops/shape.c) shares with
- * other families: Slice's index arithmetic, used by SliceGrad
+/* runtime/ops/shape.h - what the 'shape_strided' family (runtime/ops/shape_strided.c)
+ * shares with other families: Slice's index arithmetic, used by SliceGrad
  * (runtime/ops/grad_shape.c) so that both clamp starts/ends the same way. */
 #ifndef NBL_OPS_SHAPE_H
 #define NBL_OPS_SHAPE_H

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/session.h"
 #include "runtime/train/train.h"
 
 #define DEFAULT_LR 0.01
@@ -328,15 +329,6 @@ nbl_status nbl_train_hook_grad_engine(nbl_train_session *s, nbl_value_cb cb) {
 
 /* ------------------------------------------------------------------ inputs and outputs */
 
-static void type_info(const nbl_value *v, nbl_host_tensor *info) {
-  memset(info, 0, sizeof *info);
-  info->name = v->name;
-  info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
-  info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
-  for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
-    info->dims[d] = v->type.dims[d].param ? -1 : v->type.dims[d].value;
-}
-
 int nbl_train_input_count(const nbl_train_session *s) { return s ? s->n_feeds : 0; }
 
 const char *nbl_train_input_name(const nbl_train_session *s, int i) {
@@ -347,7 +339,7 @@ const char *nbl_train_input_name(const nbl_train_session *s, int i) {
 nbl_status nbl_train_input_info(const nbl_train_session *s, int i, nbl_host_tensor *info) {
   if (!s || !info || i < 0 || i >= s->n_feeds)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "training input index %d out of range", i);
-  type_info(&s->cut->grad->values[s->feeds[i]], info);
+  nbl_host_info(&s->cut->grad->values[s->feeds[i]], info);
   return NBL_OK;
 }
 
@@ -356,7 +348,7 @@ int nbl_eval_output_count(const nbl_train_session *s) { return s ? s->work->grap
 nbl_status nbl_eval_output_info(const nbl_train_session *s, int i, nbl_host_tensor *info) {
   if (!s || !info || i < 0 || i >= s->work->graph->n_outputs)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "eval output index %d out of range", i);
-  type_info(&s->work->graph->values[s->work->graph->outputs[i]], info);
+  nbl_host_info(&s->work->graph->values[s->work->graph->outputs[i]], info);
   return NBL_OK;
 }
 
@@ -365,14 +357,7 @@ int nbl_train_param_count(const nbl_train_session *s) { return s ? s->n_slots : 
 nbl_status nbl_train_param(const nbl_train_session *s, int i, nbl_host_tensor *view) {
   if (!s || !view || i < 0 || i >= s->n_slots)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "trained tensor index %d out of range", i);
-  const nbl_rt_tensor *t = &s->slots[i].t;
-  memset(view, 0, sizeof *view);
-  view->name = s->slots[i].name;
-  view->dtype = t->dtype;
-  view->rank = t->rank;
-  for (int d = 0; d < t->rank; d++) view->dims[d] = t->dims[d];
-  view->data = t->data;
-  view->nbytes = t->nbytes;
+  *view = nbl_host_view(s->slots[i].name, &s->slots[i].t);
   return NBL_OK;
 }
 
@@ -385,13 +370,7 @@ nbl_status nbl_train_grad(nbl_train_session *s, int i, nbl_host_tensor *view) {
   if (s->n_accum == 0 || !t->data)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "gradient '%s_grad': no train step since the last reset",
                       s->cut->grad_param[i]);
-  memset(view, 0, sizeof *view);
-  view->name = s->cut->grad_param[i];
-  view->dtype = t->dtype;
-  view->rank = t->rank;
-  for (int d = 0; d < t->rank; d++) view->dims[d] = t->dims[d];
-  view->data = t->data;
-  view->nbytes = t->nbytes;
+  *view = nbl_host_view(s->cut->grad_param[i], t);
   return NBL_OK;
 }
 
@@ -407,12 +386,7 @@ static nbl_status bind_feeds(nbl_engine *e, const nbl_id *allowed, int n_allowed
     if (!ok)
       return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: '%s' is not an input of the model%s", what,
                         h->name ? h->name : "(no name)", n_allowed ? "" : " (it takes none)");
-    if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
-      return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
-                        h->name, h->rank, NBL_MAX_DIMS);
-    nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
-    for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
-    nbl_status st = nbl_engine_bind(e, h->name, &t);
+    nbl_status st = nbl_engine_bind_host(e, h);
     if (st) return st;
   }
   for (int i = 0; i < n_allowed; i++) {
@@ -583,18 +557,7 @@ nbl_status nbl_eval_step(nbl_train_session *s, int n_inputs, const nbl_host_tens
   free(f);
   if (!st) st = nbl_engine_run(e);
   if (st) return st;
-  const nbl_graph *g = s->work->graph;
-  for (int i = 0; i < g->n_outputs; i++) {
-    const nbl_rt_tensor *t = nbl_engine_output(e, i);
-    nbl_host_tensor *h = &s->eval_outs[i];
-    memset(h, 0, sizeof *h);
-    h->name = g->values[g->outputs[i]].name;
-    h->dtype = t->dtype;
-    h->rank = t->rank;
-    for (int d = 0; d < t->rank; d++) h->dims[d] = t->dims[d];
-    h->data = t->data;
-    h->nbytes = t->nbytes;
-  }
+  nbl_engine_host_outputs(e, s->eval_outs);
   if (outputs) *outputs = s->eval_outs;
   return NBL_OK;
 }

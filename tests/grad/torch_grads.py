@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Fixtures for tests/test_ops_grad.c: PyTorch autograd gradients (float64) of a
+"""Fixtures for tests/runtime/ops/test_ops_grad.c: PyTorch autograd gradients (float64) of a
 grouped, strided, padded, dilated conv2d with bias and of training-mode
 batch_norm, written as .npy files into the folder given as argv[1].
 

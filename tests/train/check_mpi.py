@@ -4,9 +4,10 @@
 Through the C API (tests/train/dist_check.c) on LeNet-5 (models/lenet5_init.onnx,
 plain SGD, Fashion-MNIST in the single-process data order):
   - equivalence: 2 ranks with global batch 64 against 1 process with batch 64,
-    50 steps: relative L2 difference of all weights <= 1e-5 (the figure is
-    printed), and the weights bit-identical on both ranks after every step
-    (hashes compared every step);
+    50 steps, the weights compared after every step (dist_check --trace):
+    relative L2 difference of all weights <= 1e-5 after each step, and of
+    each tensor (the figures are printed), and the weights bit-identical on
+    both ranks after every step (hashes compared every step);
   - uneven shards (global batch 63: 32 + 31 samples, weighted 32/63, 31/63):
     the same bound against one process;
   - the buckets sent during the backward pass give the same bits as the ones
@@ -19,7 +20,8 @@ Through `mpirun -np 2 nibble train` on the hand-built MLP:
   - one progress line, one metrics file and checkpoint (rank 0 writes);
   - rank 1 killed with SIGKILL after a checkpoint: mpirun stops the job at
     once and says which rank died; resuming from the checkpoint on 2 ranks
-    ends byte-identical to the uninterrupted run, on 1 rank within 1e-5;
+    ends byte-identical to the uninterrupted run, on 1 process and on 4
+    ranks within 1e-5 of it;
   - rank 1 stopped with SIGSTOP: rank 0 gives up after --dist-timeout with a
     message naming the exchange, and the job ends (no hang).
 
@@ -83,6 +85,15 @@ def dist_check(n, out, *extra, steps=50, batch=64, lr=0.05):
     return vals
 
 
+def read_trace(path):
+    """dist_check --trace: (element count per tensor, [steps + 1, values] float64)."""
+    b = open(path, "rb").read()
+    nt = int(np.frombuffer(b[:4], np.int32)[0])
+    sizes = np.frombuffer(b[4:4 + 8 * nt], np.int64)
+    w = np.frombuffer(b[4 + 8 * nt:], np.float32).astype(np.float64)
+    return sizes, w.reshape(-1, int(sizes.sum()))
+
+
 def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
@@ -118,16 +129,28 @@ def rank_pids(mpirun_pid):
 
 def api_checks(tmp):
     w = lambda name: os.path.join(tmp, name)
-    one = dist_check(1, w("one.bin"), lr=0.01)
-    two = dist_check(2, w("two.bin"), lr=0.01)
+    one = dist_check(1, w("one.bin"), "--trace", w("one.trace"), lr=0.01)
+    two = dist_check(2, w("two.bin"), "--trace", w("two.trace"), lr=0.01)
     micro = dist_check(1, w("micro.bin"), "--micro", 2, lr=0.01)
     if not one or not two or not micro:
         check(False, "dist_check runs")
         return
-    d = rel(one["w"], two["w"])
+    sizes, ta = read_trace(w("one.trace"))
+    _, tb = read_trace(w("two.trace"))
+    check(ta.shape == (51, sizes.sum()) and tb.shape == ta.shape and np.array_equal(ta[-1], one["w"])
+          and np.array_equal(tb[-1], two["w"]), "the traces hold the weights before and after each of the 50 steps")
+    per_step = np.linalg.norm(ta - tb, axis=1) / np.linalg.norm(ta, axis=1)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    per_tensor = max(float(np.linalg.norm(ta[k, i:j] - tb[k, i:j]) / np.linalg.norm(ta[k, i:j]))
+                     for k in range(len(ta)) for i, j in zip(edges[:-1], edges[1:]))
+    upd = float(np.linalg.norm(ta[-1] - tb[-1]) / np.linalg.norm(ta[-1] - ta[0]))
     print("equivalence (LeNet-5, 50 SGD steps, lr 0.01, batch 64): 2 ranks vs 1 process: relative L2 "
-          "difference of the weights %.2e, max |diff| %.2e" % (d, np.abs(one["w"] - two["w"]).max()))
-    check(d <= 1e-5, "2 ranks = 1 process within 1e-5 (%.2e)" % d)
+          "difference of the weights after step 50 %.2e (max over the 50 steps %.2e, max over steps and "
+          "tensors %.2e), max |diff| %.2e; of the change since the start %.2e"
+          % (per_step[-1], per_step.max(), per_tensor, np.abs(one["w"] - two["w"]).max(), upd))
+    check(per_step.max() <= 1e-5 and per_tensor <= 1e-5,
+          "2 ranks = 1 process within 1e-5 after every step, all weights and each tensor (%.2e, %.2e)"
+          % (per_step.max(), per_tensor))
     check(two["identical_steps"] == "50", "weights bit-identical on both ranks after each of the 50 steps")
     check(np.array_equal(two["w"], micro["w"]),
           "2 ranks = 1 process summing the same two half-batches, bit for bit (the difference above is "
@@ -242,20 +265,25 @@ def cli_checks(tmp):
     step = [l for l in info.splitlines() if "nibble.train.global_step" in l]
     print("resuming from the checkpoint at %s" % (step[0].split("=")[1].strip() if step else "?"))
     shutil.copy(ck, ck + ".one")
+    shutil.copy(ck, ck + ".four")
     r2 = subprocess.run(cmd(2, ck, out, resume=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         universal_newlines=True, env=env(), timeout=300)
     check(r2.returncode == 0 and open(out, "rb").read() == open(ref_out, "rb").read(),
           "resumed on 2 ranks: the export is byte-identical to the uninterrupted run's")
-    out1 = os.path.join(tmp, "run1.onnx")
-    r1 = subprocess.run(cmd(1, ck + ".one", out1, resume=True), stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, universal_newlines=True, env=env(), timeout=300)
-    if r1.returncode != 0:
-        check(False, "resumed on 1 process: exit %d: %s" % (r1.returncode, r1.stderr))
-    else:
-        a = np.concatenate([numpy_helper.to_array(t).ravel() for t in onnx.load(ref_out).graph.initializer])
-        b = np.concatenate([numpy_helper.to_array(t).ravel() for t in onnx.load(out1).graph.initializer])
-        d = rel(a.astype(np.float64), b.astype(np.float64))
-        check(d <= 1e-5, "resumed on 1 process: weights within 1e-5 of the 2-rank run (%.2e)" % d)
+    weights = lambda path: np.concatenate([numpy_helper.to_array(t).ravel().astype(np.float64)
+                                           for t in onnx.load(path).graph.initializer])
+    # on another number of ranks: fewer (1 process) and more (4 ranks, 6 samples each)
+    for n, suffix in ((1, ".one"), (4, ".four")):
+        outn = os.path.join(tmp, "run%d.onnx" % n)
+        rn = subprocess.run(cmd(n, ck + suffix, outn, resume=True), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, env=env(), timeout=300)
+        what = "1 process" if n == 1 else "%d ranks" % n
+        if rn.returncode != 0:
+            check(False, "resumed on %s: exit %d: %s" % (what, rn.returncode, rn.stderr))
+            continue
+        d = rel(weights(ref_out), weights(outn))
+        check(d <= 1e-5 and (n == 1 or "data-parallel: %d ranks" % n in rn.stdout),
+              "resumed on %s: weights within 1e-5 of the 2-rank run (%.2e)" % (what, d))
 
     # a stopped rank: the others give up after the deadline, the job ends
     ck3, out3 = os.path.join(tmp, "stop.ckpt"), os.path.join(tmp, "stop.onnx")

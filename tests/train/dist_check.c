@@ -4,7 +4,7 @@
  *   [mpirun -np N] dist_check MODEL --data SPEC [--steps S] [--batch B] [--lr LR]
  *       [--optimizer O] [--exchange fp32|log4] [--no-ef] [--scale-per-bucket]
  *       [--no-overlap] [--bucket-kb K] [--seed S] [--threads T] [--out FILE]
- *       [--accuracy] [--micro K]
+ *       [--accuracy] [--micro K] [--trace FILE]
  *
  * MODEL is an inference model (build-training{optimizer=O} makes the training
  * model) or a training model. Every step takes the next global batch of B
@@ -19,7 +19,10 @@
  * even shards: the same mean gradient, summed in another order - the
  * rounding-only reference for the equivalence figure).
  * Rank 0 also writes every trained tensor's float32 values, concatenated in
- * nbl_train_param order, to FILE (raw). Exit 0 when the parameters were
+ * nbl_train_param order, to FILE (raw). --trace FILE: rank 0 writes the same
+ * values before the first step and after every step to FILE, preceded by the tensor count (int32) and
+ * each float tensor's element count (int64), so that a run can be compared
+ * with another step by step and tensor by tensor. Exit 0 when the parameters were
  * bit-identical on all ranks after every step, 1 otherwise or on a failure,
  * 2 on bad usage.
  */
@@ -46,7 +49,7 @@ static size_t esize(nbl_dtype dt) {
 }
 
 int main(int argc, char **argv) {
-  const char *model = NULL, *data = NULL, *out = NULL, *optimizer = "sgd";
+  const char *model = NULL, *data = NULL, *out = NULL, *trace_path = NULL, *optimizer = "sgd";
   long steps = 50, batch = 64, threads = 1, micro = 1;
   double lr = 0.05;
   int accuracy = 0;
@@ -74,6 +77,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--threads")) threads = atol(v);
       else if (!strcmp(a, "--micro")) micro = atol(v);
       else if (!strcmp(a, "--out")) out = v;
+      else if (!strcmp(a, "--trace")) trace_path = v;
       else {
         fprintf(stderr, "dist_check: unknown option %s\n", a);
         return 2;
@@ -136,6 +140,28 @@ int main(int argc, char **argv) {
   int64_t *yb = malloc(8 * (size_t)batch), *perm = malloc(8 * (size_t)n);
   double *hv = calloc((size_t)N * 4, sizeof(double));
   if (!xb || !yb || !perm || !hv) return fail(s, "out of memory");
+  FILE *trace = NULL;
+  if (trace_path && rank == 0) {
+    if (!(trace = fopen(trace_path, "wb"))) return fail(s, "cannot write the trace file");
+    int32_t nt = 0;
+    for (int i = 0; i < nbl_train_param_count(s); i++) {
+      nbl_host_tensor t;
+      nbl_train_param(s, i, &t);
+      nt += t.dtype == NBL_DT_FLOAT;
+    }
+    fwrite(&nt, 4, 1, trace);
+    for (int i = 0; i < nbl_train_param_count(s); i++) {
+      nbl_host_tensor t;
+      nbl_train_param(s, i, &t);
+      int64_t ne = (int64_t)(t.nbytes / 4);
+      if (t.dtype == NBL_DT_FLOAT) fwrite(&ne, 8, 1, trace);
+    }
+  }
+  for (int i = 0; trace && i < nbl_train_param_count(s); i++) {
+    nbl_host_tensor t;
+    nbl_train_param(s, i, &t);
+    if (t.dtype == NBL_DT_FLOAT) fwrite(t.data, 4, t.nbytes / 4, trace);
+  }
   long identical = 0;
   double loss_sum = 0;
   int64_t loss_n = 0;
@@ -191,7 +217,13 @@ int main(int argc, char **argv) {
     for (int r = 1; r < N; r++)
       for (int k = 0; k < 4; k++) same &= hv[4 * r + k] == hv[k];
     identical += same;
+    for (int i = 0; trace && i < nbl_train_param_count(s); i++) {
+      nbl_host_tensor t;
+      nbl_train_param(s, i, &t);
+      if (t.dtype == NBL_DT_FLOAT) fwrite(t.data, 4, t.nbytes / 4, trace);
+    }
   }
+  if (trace && fclose(trace)) return fail(s, "cannot write the trace file");
   double acc = -1;
   if (test) { /* each rank classifies a share of the test split */
     int64_t tn = nbl_dataset_size(test), right = 0, first, cnt;

@@ -1,4 +1,4 @@
-/* grad_fd.h - test helper for the gradient rules (tests/test_grad.c): a
+/* grad_fd.h - test helper for the gradient rules (tests/runtime/core/test_grad.c): a
  * one-node model whose float inputs are float64 initializers (the
  * parameters), turned into a training model by the build-training pass and
  * run end to end: the algorithm graph on the engine, main-graph initializers

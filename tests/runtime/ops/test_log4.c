@@ -140,7 +140,7 @@ START_TEST(test_qlog_step_and_levels) {
   one_in(s, 1, NBL_DT_FLOAT, 0, NULL, &fstep);
   ck_assert_int_eq(one_run(s, 0), NBL_ERR_INVALID_MODEL);
   ck_assert_ptr_nonnull(strstr(nbl_last_error(), "step must be an int64 scalar"));
-  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "'n'"));
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "'n0'"));
   one_free(s);
   /* a bad attribute: the node and the attribute */
   one *b = one_new_domain("QuantizeLog", "ai.nibble", 1, 1, 1);

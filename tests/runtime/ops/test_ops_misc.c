@@ -8,26 +8,20 @@
 #include <string.h>
 
 #include "ir/ir.h"
-#include "tests/node_run.h"
+#include "one_node.h"
 
 /* ------------------------------------------------------------------ helpers */
 
-static nbl_host_tensor none(void) {
-  nbl_host_tensor t;
-  memset(&t, 0, sizeof t);
-  return t;
-}
-
-/* Run one node (node_run.h) on the reference kernels, or on the fast ones
+/* Run one node (one_node.h) on the reference kernels, or on the fast ones
  * with two threads when use_ref is 0; want[i] == 0 leaves output i unrequested. */
 static int use_ref = 1; /* 1: reference kernels, 0: fast kernels where they exist */
 
-static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins,
+static nbl_status run_node(const char *op, int opset, one_attr_fn af, int n_in, const nbl_host_tensor *ins,
                            int n_out, const int *want, nbl_host_tensor *outs) {
-  return node_run(op, opset, af, n_in, ins, n_out, want, outs, use_ref, use_ref ? 1 : 2);
+  return one_call(op, opset, af, n_in, ins, n_out, want, outs, use_ref, use_ref ? 1 : 2);
 }
 
-static nbl_host_tensor run1(const char *op, int opset, attr_fn af, int n_in, const nbl_host_tensor *ins) {
+static nbl_host_tensor run1(const char *op, int opset, one_attr_fn af, int n_in, const nbl_host_tensor *ins) {
   nbl_host_tensor o;
   nbl_status st = run_node(op, opset, af, n_in, ins, 1, NULL, &o);
   ck_assert_msg(st == NBL_OK, "%s: %s", op, nbl_last_error());
@@ -74,7 +68,7 @@ START_TEST(test_lstm_one_step) {
   int64_t dx[3] = {1, 1, 1}, dw[3] = {1, 8, 1}, dr[3] = {1, 8, 2}, db[2] = {1, 16}, dh[3] = {1, 1, 2},
           dp[2] = {1, 6};
   nbl_host_tensor in[8] = {ht(NBL_DT_FLOAT, 3, dx, X),  ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dr, R),
-                           ht(NBL_DT_FLOAT, 2, db, B),  none(),                     ht(NBL_DT_FLOAT, 3, dh, H0),
+                           ht(NBL_DT_FLOAT, 2, db, B),  ONE_NONE,                     ht(NBL_DT_FLOAT, 3, dh, H0),
                            ht(NBL_DT_FLOAT, 3, dh, C0), ht(NBL_DT_FLOAT, 2, dp, P)};
   nbl_host_tensor o[3];
   ck_assert_msg(run_node("LSTM", 14, a_hidden2, 8, in, 3, NULL, o) == NBL_OK, "%s", nbl_last_error());
@@ -99,7 +93,7 @@ START_TEST(test_gru_one_step) {
   float X[1] = {1.5f}, H0[1] = {0.6f};
   int64_t d1[3] = {1, 1, 1}, dw[3] = {1, 3, 1}, db[2] = {1, 6};
   nbl_host_tensor in[6] = {ht(NBL_DT_FLOAT, 3, d1, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
-                           ht(NBL_DT_FLOAT, 2, db, B), none(), ht(NBL_DT_FLOAT, 3, d1, H0)};
+                           ht(NBL_DT_FLOAT, 2, db, B), ONE_NONE, ht(NBL_DT_FLOAT, 3, d1, H0)};
   const float want[2] = {0.6945006296603289f, 0.685815463126132f};
   for (lbr_flag = 0; lbr_flag < 2; lbr_flag++) {
     nbl_host_tensor o[2];
@@ -131,7 +125,7 @@ START_TEST(test_rnn_seq_lens_directions) {
     rnn_dir = "forward";
     int64_t dw[3] = {1, 1, 1};
     nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
-                             none(), ht(NBL_DT_INT32, 1, dl, L)};
+                             ONE_NONE, ht(NBL_DT_INT32, 1, dl, L)};
     nbl_host_tensor o[2];
     ck_assert_msg(run_node("RNN", 14, a_rnn_relu, 5, in, 2, NULL, o) == NBL_OK, "%s", nbl_last_error());
     const float y[6] = {1, 10, 3, 0, 6, 0}, yh[2] = {6, 10};
@@ -145,7 +139,7 @@ START_TEST(test_rnn_seq_lens_directions) {
     rnn_dir = "bidirectional";
     int64_t dw[3] = {2, 1, 1};
     nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, dx, X), ht(NBL_DT_FLOAT, 3, dw, W), ht(NBL_DT_FLOAT, 3, dw, R),
-                             none(), ht(NBL_DT_INT32, 1, dl, L)};
+                             ONE_NONE, ht(NBL_DT_INT32, 1, dl, L)};
     nbl_host_tensor o[2];
     ck_assert_msg(run_node("RNN", 14, a_rnn_relu, 5, in, 2, NULL, o) == NBL_OK, "%s", nbl_last_error());
     /* Y[t][dir][b]: fwd b0 1,3,6 b1 10,0,0; rev b0 6,5,3 b1 10,0,0 */
@@ -195,7 +189,7 @@ START_TEST(test_rnn_fast_vs_ref) {
                                ht(NBL_DT_FLOAT, 2, db, B), ht(NBL_DT_INT32, 1, dl, L), ht(NBL_DT_FLOAT, 3, dh, H0),
                                ht(NBL_DT_FLOAT, 3, dh, C0), ht(NBL_DT_FLOAT, 2, dp, P)};
       int n_in = op == 2 ? 8 : 6, n_out = op == 2 ? 3 : 2;
-      if (cfg_i % 2) in[4] = none(); /* no sequence_lens */
+      if (cfg_i % 2) in[4] = ONE_NONE; /* no sequence_lens */
       nbl_host_tensor f[3], r[3];
       use_ref = 0;
       ck_assert_msg(run_node(ops[op], 14, a_rnn_cfg, n_in, in, n_out, NULL, f) == NBL_OK, "%s", nbl_last_error());
@@ -371,7 +365,7 @@ START_TEST(test_dft_hand) {
   /* fft([1,2,3,4]) = [10, -2+2i, -2, -2-2i] */
   float x[4] = {1, 2, 3, 4};
   int64_t dx[3] = {1, 4, 1}, dy[3] = {1, 4, 2};
-  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 3, dx, x), none()};
+  nbl_host_tensor in[2] = {ht(NBL_DT_FLOAT, 3, dx, x), ONE_NONE};
   dft_inverse = 0, dft_onesided = 0;
   nbl_host_tensor o = run1("DFT", 17, a_dft, 1, in);
   const float y[8] = {10, 0, -2, 2, -2, 0, -2, -2};

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
-#include "tests/node_run.h"
+#include "one_node.h"
 #include "runtime/kernels/gemm.h"
 
 /* ------------------------------------------------------------------ helpers */
@@ -24,15 +24,15 @@ static float *frandv(int64_t n) {
   return v;
 }
 
-/* Run one node (node_run.h) with every output requested. */
-static nbl_status run_node(const char *op, int opset, attr_fn af, int n_in,
+/* Run one node (one_node.h) with every output requested. */
+static nbl_status run_node(const char *op, int opset, one_attr_fn af, int n_in,
                            const nbl_host_tensor *ins, int n_out, nbl_host_tensor *outs,
                            int reference, int threads) {
-  return node_run(op, opset, af, n_in, ins, n_out, NULL, outs, reference, threads);
+  return one_call(op, opset, af, n_in, ins, n_out, NULL, outs, reference, threads);
 }
 
 /* Run on both paths; both must succeed and agree to rtol; returns the fast output 0. */
-static nbl_host_tensor run_both(const char *op, int opset, attr_fn af, int n_in,
+static nbl_host_tensor run_both(const char *op, int opset, one_attr_fn af, int n_in,
                                 const nbl_host_tensor *ins, double tol) {
   nbl_host_tensor f, r;
   nbl_status st = run_node(op, opset, af, n_in, ins, 1, &f, 0, 2);
@@ -308,7 +308,7 @@ START_TEST(test_maxpool_indices) {
   for (int64_t i = 0; i < n; i += 53) x[i] = NAN;
   for (int64_t i = 5; i < n; i += 7) x[i] = 0.5f; /* ties */
   nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
-  attr_fn attrs[4] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col};
+  one_attr_fn attrs[4] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col};
   for (int a = 0; a < 4; a++) {
     nbl_host_tensor f[2], r[2];
     ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, f, 0, 2) == NBL_OK, "%s", nbl_last_error());

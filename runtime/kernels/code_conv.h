@@ -1,0 +1,104 @@
+/*
+ * code_conv.h - what the two fused integer paths (INT4: int4_fused.c,
+ * int4_conv.c; ternary: ternary_fused.c) share: building the 4-row panels
+ * of activation bytes their convolution products read, and the literal
+ * composition of a fused residual Add. Internal to runtime/kernels/.
+ */
+#ifndef NBL_CODE_CONV_H
+#define NBL_CODE_CONV_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "runtime/core/kernel.h"
+#include "runtime/kernels/gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* dst[4i + j] = r_j[i] for i < n: four rows of bytes interleaved, as the
+ * 4-deep integer dot products read them. */
+static inline void nbl_code_interleave4(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
+                                        const uint8_t *r3, uint8_t *dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i + 16 <= n; i += 16) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
+    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
+    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(r3 + i));
+    __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+    __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i), _mm_unpacklo_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
+    _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
+  }
+#endif
+  for (; i < n; i++) {
+    dst[4 * i] = r0[i];
+    dst[4 * i + 1] = r1[i];
+    dst[4 * i + 2] = r2[i];
+    dst[4 * i + 3] = r3[i];
+  }
+}
+
+#if defined(__x86_64__)
+/* dst[q] = src[2q] for q < n: the low bytes of 16-bit lanes (vpmovwb), 32 at
+ * a time; the loads are masked to the bytes read. The caller checks that the
+ * CPU has AVX-512 BW. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void
+nbl_code_gather2_avx512(const uint8_t *src, int64_t n, uint8_t *dst) {
+  int64_t q = 0;
+  for (; q + 32 <= n; q += 32)
+    _mm256_storeu_si256((__m256i *)(void *)(dst + q),
+                        _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi8(~0ull >> 1, src + 2 * q)));
+  if (q < n) {
+    int64_t r = n - q; /* 1..31 */
+    __m512i v = _mm512_maskz_loadu_epi8((1ull << (2 * r - 1)) - 1, src + 2 * q);
+    _mm256_mask_storeu_epi8(dst + q, (__mmask32)((1u << r) - 1), _mm512_cvtepi16_epi8(v));
+  }
+}
+#endif
+
+/* Pixels [p0, p1) of im2col row k (channel c, tap kh, kw) of a convolution of
+ * geometry g into row, from x: the image group's channels as padded bytes
+ * [C][Hp][Wp]. gather2: rows of column stride 2 by AVX-512 BW (only when the
+ * CPU has it). */
+static inline void nbl_code_im2col_row(const nbl_conv_geom *g, const uint8_t *x, int64_t Hp,
+                                       int64_t Wp, int gather2, int64_t k, int64_t p0, int64_t p1,
+                                       uint8_t *row) {
+  int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1];
+  int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+  /* the padded image: output (oh, ow) of tap (kh, kw) reads (oh*s0 + kh*d0, ow*s1 + kw*d1) */
+  const uint8_t *xc = x + c * Hp * Wp + kh * g->d[0] * Wp + kw * g->d[1];
+  for (int64_t pix = p0; pix < p1;) {
+    int64_t oh = pix / OW, ow = pix % OW, n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
+    const uint8_t *src = xc + oh * s0 * Wp + ow * s1;
+    uint8_t *dst = row + (pix - p0);
+    if (s1 == 1) {
+      memcpy(dst, src, (size_t)n);
+    } else {
+#if defined(__x86_64__)
+      if (s1 == 2 && gather2) {
+        nbl_code_gather2_avx512(src, n, dst);
+        pix += n;
+        continue;
+      }
+#endif
+      for (int64_t q = 0; q < n; q++) dst[q] = src[q * s1];
+    }
+    pix += n;
+  }
+}
+
+/* The literal composition of a fused residual Add (kernel c of a fused node
+ * whose synthetic node is `fused`): output 0 holds conv + bias (value
+ * conv_out of the model); it becomes Add(conv, residual input 4) by the Add
+ * kernel itself (any broadcast, the operands in the order of res_add, the
+ * model's Add node), then, when act, clamped to [lo, hi]. */
+nbl_status nbl_code_finish_residual(nbl_kctx *c, const nbl_node *fused, const nbl_node *res_add,
+                                    nbl_id conv_out, int act, float lo, float hi);
+
+#endif
