@@ -6,10 +6,13 @@
  * appended) turns into one; the pipeline prints and dumps as `convert` does.
  * --int4 puts quantize-int4 before build-training (the quantizers are then in
  * the forward copy and the backward goes through their straight-through
- * rule), --log4-grad[=MODE] puts quantize-grad-log4{rounding=MODE} after it:
- *   [quantize-int4,]build-training{...}[,quantize-grad-log4{rounding=MODE}][,--passes]
- * (a training MODEL: quantize-grad-log4{rounding=MODE}[,--passes]; --int4
- * needs the inference model).
+ * rule), --log4-grad[=MODE] puts quantize-grad-log4{rounding=MODE} after it,
+ * and then int4-backward (the backward products of INT4 x log operands in
+ * integers; same results to float rounding) unless --no-int4-backward or
+ * --passes names int4-backward itself:
+ *   [quantize-int4,]build-training{...}[,quantize-grad-log4{rounding=MODE}[,int4-backward]][,--passes]
+ * (a training MODEL: quantize-grad-log4{rounding=MODE}[,int4-backward][,--passes];
+ * --int4 needs the inference model).
  * Every input is checked before the first step (model, dataset against the
  * model's input and classes, checkpoint to resume), so bad input exits with
  * 2 before anything is written. A checkpoint holds the progress (epoch, step
@@ -58,6 +61,7 @@ typedef struct opts {
   const char *checkpoint, *resume, *metrics, *export_path, *last_batch;
   const char *log4; /* --log4-grad[=MODE]: the rounding mode, NULL when not given */
   int int4;         /* --int4 */
+  int no_i4b;       /* --no-int4-backward */
   int ternary;      /* --ternary */
   const char *grad_exchange, *grad_scale;
   int no_overlap, no_error_feedback, dist_flags;
@@ -91,7 +95,10 @@ static void train_usage(FILE *f) {
         "                          affine activations, first and last layers in 8 bits) before\n"
         "                          build-training, so the forward copy quantizes every step\n"
         "  --log4-grad[=MODE]      log radix-4 gradients: quantize-grad-log4{rounding=MODE} after\n"
-        "                          build-training; MODE nearest (default), tpr, stochastic or luq\n"
+        "                          build-training; MODE nearest (default), tpr, stochastic or luq;\n"
+        "                          then int4-backward: the backward products of INT4 x log codes\n"
+        "                          run as integer kernels (same results to float rounding)\n"
+        "  --no-int4-backward      with --log4-grad: keep those products in float\n"
         "  --passes LIST           passes after build-training (a LIST naming build-training\n"
         "                          is the whole pipeline)\n"
         "  --ternary               ternary weights, INT8 activations (BitNet b1.58): the pass\n"
@@ -179,6 +186,7 @@ static int parse_args(int argc, char **argv, opts *o) {
       continue;
     }
     if (!strcmp(a, "--ternary")) { o->ternary = 1; continue; }
+    if (!strcmp(a, "--no-int4-backward")) { o->no_i4b = 1; continue; }
     if (!strcmp(a, "--no-overlap")) { o->no_overlap = o->dist_flags = 1; continue; }
     if (!strcmp(a, "--no-error-feedback")) { o->no_error_feedback = o->dist_flags = 1; continue; }
     if (a[0] == '-' && a[1]) {
@@ -325,14 +333,21 @@ static int prepare_model(const opts *o, int rank, nbl_model **out) {
     nbl_model_free(m);
     return 2;
   }
+  if (o->no_i4b && !o->log4) {
+    fprintf(stderr, "nibble train: --no-int4-backward applies with --log4-grad only\n");
+    nbl_model_free(m);
+    return 2;
+  }
+  /* int4-backward after quantize-grad-log4, unless turned off or in --passes */
+  const char *i4b = o->log4 && !o->no_i4b && !strstr(passes, "int4-backward") ? ",int4-backward" : "";
   if (training && o->log4) { /* a training model: quantize its gradients, then --passes */
-    size_t n = strlen(passes) + 64;
+    size_t n = strlen(passes) + 80;
     spec = malloc(n);
     if (!spec) {
       nbl_model_free(m);
       return 1;
     }
-    snprintf(spec, n, "quantize-grad-log4{rounding=%s}%s%s", o->log4, *passes ? "," : "", passes);
+    snprintf(spec, n, "quantize-grad-log4{rounding=%s}%s%s%s", o->log4, i4b, *passes ? "," : "", passes);
     passes = spec;
   }
   if (!training && !strstr(passes, "build-training")) {
@@ -359,7 +374,7 @@ static int prepare_model(const opts *o, int rank, nbl_model **out) {
       k += snprintf(spec + k, n - (size_t)k, "%sweight-decay=%.9g", sep, o->weight_decay), sep = ",";
     if (strcmp(o->label, "label")) k += snprintf(spec + k, n - (size_t)k, "%slabel=%s", sep, o->label), sep = ",";
     if (*sep == ',') k += snprintf(spec + k, n - (size_t)k, "}");
-    if (o->log4) k += snprintf(spec + k, n - (size_t)k, ",quantize-grad-log4{rounding=%s}", o->log4);
+    if (o->log4) k += snprintf(spec + k, n - (size_t)k, ",quantize-grad-log4{rounding=%s}%s", o->log4, i4b);
     if (*passes) snprintf(spec + k, n - (size_t)k, ",%s", passes);
     passes = spec;
   } else if (o->ternary) { /* a whole pipeline of the caller's: quantize-ternary first */

@@ -75,6 +75,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
+#include "runtime/kernels/q4_train.h"
 #include "runtime/ops/nibble.h"
 
 /* ------------------------------------------------------------------ activations */
@@ -287,6 +288,23 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* The fast kernel (training graphs run it every step): a parallel vector
+ * range scan and mask, the same values as the reference
+ * (runtime/kernels/q4_train.h); pact, stochastic rounding and non-finite
+ * elements take the reference. */
+static nbl_status k_quantize_int4_grad_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1);
+  nbl_q4_config cfg;
+  nbl_q4_params p;
+  if (c->reference || !dY || !X || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
+      dY->numel != X->numel || grad_want(c, 1) || nbl_q4_attrs(c, &cfg) || nbl_q4t_params(c, &cfg, X, &p))
+    return k_quantize_int4_grad(c);
+  nbl_status st = grad_check_same_shape(c, dY, X, "dY", "X");
+  if (st || (st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  nbl_q4t_ste(c, &cfg, &p, X->data, dY->data, nbl_kctx_out(c, 0)->data, X->numel);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ table */
 
 /* ------------------------------------------------------------------ shape rules */
@@ -316,7 +334,7 @@ const nbl_op_def nbl_ops_grad_elementwise[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "DropoutGrad", 1, 1, .ref = k_dropout_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "BitmaskDropoutGrad", 1, 1, .ref = k_bitmask_dropout_grad, .shape = shape_dy, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "BroadcastGradientArgs", 1, 1, .ref = k_broadcast_grad_args, .shape = shape_bcast_args, .no_grad = "not differentiable: integer output"),
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4Grad", 1, 1, .ref = k_quantize_int4_grad, .shape = shape_q4_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4Grad", 1, 1, .ref = k_quantize_int4_grad, .fast = k_quantize_int4_grad_fast, .shape = shape_q4_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_elementwise_count =
     sizeof nbl_ops_grad_elementwise / sizeof nbl_ops_grad_elementwise[0];

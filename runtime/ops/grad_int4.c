@@ -75,13 +75,85 @@ static nbl_status scale_in(nbl_kctx *c, int i, const char *what, float *s, int *
   return NBL_OK;
 }
 
+/* Code recovery split across the kernel's threads: chunk k of the operand
+ * gets its own grid (a power-of-two chunk finds its own smallest level);
+ * the grids are then merged into the one grid of the whole operand and the
+ * chunks whose unit was coarser have their codes shifted, which gives the
+ * codes and grid of one call over the whole operand (or its -1). */
+#define CODES_CHUNKS 16
+#define CODES_GRAIN (1 << 15)
+
+typedef struct codes_job {
+  const float *x;
+  int16_t *q;
+  int64_t n, per;
+  float scale;
+  int linear;
+  nbl_i4b_isa isa;
+  nbl_i4b_grid g[CODES_CHUNKS];
+  int st[CODES_CHUNKS], shift[CODES_CHUNKS];
+} codes_job;
+
+static void codes_chunks(void *arg, int64_t b, int64_t e) {
+  codes_job *j = arg;
+  for (int64_t k = b; k < e; k++) {
+    int64_t i0 = k * j->per, n = j->n - i0 < j->per ? j->n - i0 : j->per;
+    j->st[k] = j->linear ? nbl_i4b_codes_linear(j->isa, j->x + i0, n, j->scale, j->q + i0, &j->g[k])
+                         : nbl_i4b_codes_pow2(j->isa, j->x + i0, n, j->q + i0, &j->g[k]);
+  }
+}
+
+static void codes_shift(void *arg, int64_t b, int64_t e) {
+  codes_job *j = arg;
+  for (int64_t k = b; k < e; k++) {
+    if (!j->shift[k]) continue;
+    int64_t i0 = k * j->per, n = j->n - i0 < j->per ? j->n - i0 : j->per;
+    int16_t *q = j->q + i0;
+    for (int64_t i = 0; i < n; i++) q[i] = (int16_t)(q[i] * (1 << j->shift[k]));
+  }
+}
+
 /* The codes of operand t (linear with a scale, powers of two without); 0 or -1. */
-static int codes_of(const nbl_rt_tensor *t, int have, float scale, int16_t **q, nbl_i4b_grid *g) {
+static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, int16_t **q, nbl_i4b_grid *g) {
   *q = malloc(sizeof(int16_t) * (size_t)(t->numel ? t->numel : 1));
   if (!*q) return -1;
   const float *x = t->data;
   nbl_i4b_isa isa = nbl_i4b_best_isa();
-  return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(isa, x, t->numel, *q, g);
+  int64_t chunks = c->threads > 1 ? t->numel / CODES_GRAIN : 1;
+  if (chunks > CODES_CHUNKS) chunks = CODES_CHUNKS;
+  if (chunks < 2)
+    return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(isa, x, t->numel, *q, g);
+  codes_job *j = malloc(sizeof *j);
+  if (!j) return -1;
+  j->x = x, j->q = *q, j->n = t->numel, j->scale = scale, j->linear = have, j->isa = isa;
+  j->per = (t->numel + chunks - 1) / chunks;
+  chunks = (t->numel + j->per - 1) / j->per;
+  nbl_parallel_for(c, chunks, 1, codes_chunks, j);
+  int ok = 1, any_shift = 0;
+  float unit = INFINITY;
+  int32_t maxabs = 0;
+  for (int64_t k = 0; k < chunks; k++) {
+    ok = ok && j->st[k] == 0;
+    if (j->g[k].maxabs > 0 && j->g[k].unit < unit) unit = j->g[k].unit;
+  }
+  if (have) unit = scale;
+  for (int64_t k = 0; ok && k < chunks; k++) { /* every chunk's unit: unit * 2^shift, the same mantissa */
+    j->shift[k] = 0;
+    if (j->g[k].maxabs == 0) continue;
+    int e;
+    float m = frexpf(j->g[k].unit / unit, &e);
+    if (m != 0.5f || e < 1 || j->g[k].unit != ldexpf(unit, e - 1)) ok = 0;
+    else if ((int64_t)j->g[k].maxabs << (e - 1) > NBL_I4B_MAX_CODE) ok = 0;
+    else {
+      j->shift[k] = e - 1;
+      any_shift |= e > 1;
+      if ((j->g[k].maxabs << (e - 1)) > maxabs) maxabs = j->g[k].maxabs << (e - 1);
+    }
+  }
+  if (ok && any_shift) nbl_parallel_for(c, chunks, 1, codes_shift, j);
+  if (ok) g->unit = maxabs ? unit : have ? scale : 1.0f, g->maxabs = maxabs;
+  free(j);
+  return ok ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ Int4LogConvGrad */
@@ -114,8 +186,8 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const int wdx = grad_want(c, 0), wdw = grad_want(c, 1), wdb = grad_want(c, 2);
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
-  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(dY, have[2], sc[2], &dyq, &gdy) == 0 &&
-           (!wdw || codes_of(X, 1, sc[0], &xq, &gx) == 0) && (!wdx || codes_of(W, 1, sc[1], &wq, &gw) == 0);
+  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0 &&
+           (!wdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0) && (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
   if (!ok) { /* not on the grids (or a shape error the counterpart reports) */
     free(dyq);
     free(xq);
@@ -166,7 +238,7 @@ static nbl_status k_gemm_fast(nbl_kctx *c) {
   const int64_t N = tb ? B->dims[0] : B->dims[1], kb = tb ? B->dims[1] : B->dims[0];
   int16_t *aq = NULL, *bq = NULL;
   nbl_i4b_grid ga, gb;
-  int ok = kb == K && isfinite(alpha) && codes_of(A, ha, sa, &aq, &ga) == 0 && codes_of(B, hb, sb, &bq, &gb) == 0;
+  int ok = kb == K && isfinite(alpha) && codes_of(c, A, ha, sa, &aq, &ga) == 0 && codes_of(c, B, hb, sb, &bq, &gb) == 0;
   if (!ok) {
     free(aq);
     free(bq);

@@ -60,6 +60,7 @@
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/log_quant.h"
+#include "runtime/kernels/q4_train.h"
 #include "runtime/formats/ternary.h"
 #include "runtime/ops/nibble.h"
 
@@ -69,6 +70,20 @@ nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg) {
   char err[256];
   nbl_status st = nbl_q4_config_decode(c->node, cfg, err, sizeof err);
   return st == NBL_OK ? NBL_OK : nbl_kerr(c, st, "%s", err);
+}
+
+/* The outputs scale and zero_point, when asked for. */
+static nbl_status q4_side_outputs(nbl_kctx *c, const nbl_q4_params *p) {
+  nbl_status st;
+  if (c->n_out > 1 && c->out[1]) {
+    if ((st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, 0, NULL))) return st;
+    ((float *)nbl_kctx_out(c, 1)->data)[0] = p->scale;
+  }
+  if (c->n_out > 2 && c->out[2]) {
+    if ((st = nbl_kctx_alloc_out(c, 2, NBL_DT_INT8, 0, NULL))) return st;
+    ((int8_t *)nbl_kctx_out(c, 2)->data)[0] = (int8_t)p->zero;
+  }
+  return NBL_OK;
 }
 
 nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
@@ -102,17 +117,23 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   if (st != NBL_OK) return st;
   nbl_rt_tensor *y = nbl_kctx_out(c, 0);
   nbl_q4_fake_quant(&cfg, &p, (const float *)x->data, (float *)y->data, (size_t)x->numel, 0);
-  if (c->n_out > 1 && c->out[1]) {
-    st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, 0, NULL);
-    if (st != NBL_OK) return st;
-    ((float *)nbl_kctx_out(c, 1)->data)[0] = p.scale;
-  }
-  if (c->n_out > 2 && c->out[2]) {
-    st = nbl_kctx_alloc_out(c, 2, NBL_DT_INT8, 0, NULL);
-    if (st != NBL_OK) return st;
-    ((int8_t *)nbl_kctx_out(c, 2)->data)[0] = (int8_t)p.zero;
-  }
-  return NBL_OK;
+  return q4_side_outputs(c, &p);
+}
+
+/* The fast kernel (as training graphs run it, on tensors that change every
+ * step): a parallel vector range scan and the vector quantizer, the same
+ * values as the reference (runtime/kernels/q4_train.h); other cases (pact,
+ * stochastic rounding, non-finite elements) take the reference. */
+static nbl_status k_quantize_int4_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *x = c->n_in > 0 ? c->in[0] : NULL;
+  nbl_q4_config cfg;
+  nbl_q4_params p;
+  if (c->reference || !x || x->dtype != NBL_DT_FLOAT || nbl_q4_attrs(c, &cfg) || nbl_q4t_params(c, &cfg, x, &p))
+    return k_quantize_int4(c);
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
+  if (st != NBL_OK) return st;
+  nbl_q4t_fake_quant(c, &cfg, &p, x->data, nbl_kctx_out(c, 0)->data, x->numel);
+  return q4_side_outputs(c, &p);
 }
 
 /* ------------------------------------------------------------------ QuantizeLog */
@@ -402,7 +423,7 @@ static nbl_status shape_dequantize_ternary(nbl_shape_ctx *c) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_nibble[] = {
-    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4,
+    NBL_OP_DEF("ai.nibble", "QuantizeInt4", 1, 1, .ref = k_quantize_int4, .fast = k_quantize_int4_fast,
         .shape = shape_quantize_int4, .grad = g_quantize_int4),
     NBL_OP_DEF("ai.nibble", "QuantizeLog", 1, 1, .ref = k_quantize_log_ref,
         .fast = k_quantize_log_fast, .shape = shape_quantize_log, .grad = g_quantize_log),

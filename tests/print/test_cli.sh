@@ -80,7 +80,7 @@ expect 0 '^ai\.onnx +Scan +8 +yes +no +no: no rule yet$' -- ops
 expect 0 '^ai\.onnx +Equal +1-21 +yes +no +stable since 7, converts from 1 +no: boolean output$' -- ops
 expect 0 '^ai\.onnx +DFT +17-21 +yes +no +stable since 20, converts from 17 +no: no rule yet$' -- ops
 expect 0 '^ai\.onnx\.preview\.training +Adam +1 +yes +no +no: optimizer update' -- ops
-expect 0 '^ai\.nibble +QuantizeInt4 +1 +yes +no +yes$' -- ops
+expect 0 '^ai\.nibble +QuantizeInt4 +1 +yes +yes +yes$' -- ops
 expect 0 '^\| ai\.onnx \| Gemm \| 1-21 \| yes \| yes \| stable since 7, converts from 1 \| yes \|$' -- ops --format md
 expect 0 '^\| domain \| op \| opsets \| shape rule \| fast kernel \| flags \| gradient \|$' -- ops --format md
 n=$((n + 1))

@@ -560,6 +560,8 @@ static const ccase conv_cases[] = {
      SP2(2, 1), SP2(2, 0), SP2(1, 1), 4, 8, 4, 3},
     {"pads past the kernel's extent", 2, 1, 3, 4, 1, SP2(5, 5), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(3, 3),
      SP2(3, 3), 4, 4, 4, 3},
+    {"row stride 2, column stride 1 and dilation 2, 37 columns (col2im by rows of 16)", 2, 2, 3, 5, 1, SP2(9, 37),
+     SP2(3, 3), {2, 1}, {1, 2}, {1, 2}, {0, 1}, 4, 4, 4, 3},
     {"1-D", 1, 2, 3, 5, 1, {17}, {4}, {3}, {1}, {2}, {1}, 4, 4, 4, 3},
     {"3-D", 3, 1, 2, 3, 1, {5, 4, 6}, {2, 3, 2}, {1, 2, 1}, {1, 1, 1}, {1, 1, 0}, {0, 1, 1}, 4, 4, 4, 3},
     {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
