@@ -23,6 +23,7 @@
 #define NBL_CPU_H
 
 #include "nibble.h"
+#include <stdatomic.h>
 
 /* CPU features, as a bit mask. */
 enum {
@@ -48,7 +49,7 @@ void nbl_cpu_init_(void);
  * force. A few instructions, no call once initialized: ask where the path is
  * chosen (the cap depends on the session that runs), not once per process. */
 static inline unsigned nbl_cpu_allowed(void) {
-  if (!__atomic_load_n(&nbl_cpu_ready_, __ATOMIC_ACQUIRE)) nbl_cpu_init_();
+  if (!atomic_load_explicit(&nbl_cpu_ready_, memory_order_acquire)) nbl_cpu_init_();
   nbl_isa cap = nbl_cpu_env_cap_, tl = nbl_cpu_tl_cap_;
   if (tl != NBL_ISA_DEFAULT && (cap == NBL_ISA_DEFAULT || tl < cap)) cap = tl;
   return nbl_cpu_allowed_[cap];
