@@ -105,14 +105,18 @@ static nbl_status read_idx(const char *path, int ndim, nbl_rt_tensor *t) {
                       "%s: not an IDX file of unsigned bytes with %d dimension%s (bad header)", path,
                       ndim, ndim > 1 ? "s" : "");
   }
-  int64_t dims[NBL_MAX_RANK], numel = 1;
+  int64_t dims[NBL_MAX_RANK];
   for (int d = 0; d < ndim; d++) {
     const unsigned char *p = b + 4 + 4 * d;
     dims[d] = ((int64_t)p[0] << 24) | ((int64_t)p[1] << 16) | ((int64_t)p[2] << 8) | p[3];
-    numel *= dims[d];
   }
-  if ((size_t)numel != len - hdr) {
+  /* dimensions of up to 2^32 - 1 each: their product may exceed 64 bits */
+  int64_t numel = nbl_shape_numel(ndim, dims);
+  if (numel < 0 || (uint64_t)numel != len - hdr) {
     free(b);
+    if (numel < 0)
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: the header announces more than 2^63 bytes of data, the file has %zu",
+                        path, len - hdr);
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: the header announces %lld bytes of data, the file has %zu (truncated?)",
                       path, (long long)numel, len - hdr);
   }
