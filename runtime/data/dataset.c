@@ -261,8 +261,13 @@ nbl_status nbl_dataset_open(const char *spec, int test, nbl_dataset **out) {
     nbl_dataset_free(d);
     return st;
   }
-  d->snumel = 1;
-  for (int k = 0; k < d->srank; k++) d->snumel *= d->sdims[k];
+  /* with no samples (N = 0) the other dimensions are not bounded by the file */
+  d->snumel = nbl_shape_numel(d->srank, d->sdims);
+  if (d->snumel < 0) {
+    nbl_status e = nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: a sample has more elements than 2^63", d->xname);
+    nbl_dataset_free(d);
+    return e;
+  }
   *out = d;
   return NBL_OK;
 }
@@ -320,7 +325,7 @@ nbl_status nbl_dataset_check(nbl_dataset *d, const nbl_host_tensor *x, const nbl
     int64_t prod = 1;
     for (int k = 1; k < x->rank; k++) {
       if (x->dims[k] < 0) known = 0;
-      else prod *= x->dims[k];
+      else if (__builtin_mul_overflow(prod, x->dims[k], &prod)) known = 0; /* more than any sample */
       if (same && x->dims[k] >= 0 && x->dims[k] != d->sdims[k - 1]) same = 0;
     }
     if (!same) {
