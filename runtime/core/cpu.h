@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 
 #include "nibble.h"
+#include <stdatomic.h>
 
 /* CPU features, as a bit mask. */
 enum {

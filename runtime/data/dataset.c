@@ -105,14 +105,18 @@ static nbl_status read_idx(const char *path, int ndim, nbl_rt_tensor *t) {
                       "%s: not an IDX file of unsigned bytes with %d dimension%s (bad header)", path,
                       ndim, ndim > 1 ? "s" : "");
   }
-  int64_t dims[NBL_MAX_RANK], numel = 1;
+  int64_t dims[NBL_MAX_RANK];
   for (int d = 0; d < ndim; d++) {
     const unsigned char *p = b + 4 + 4 * d;
     dims[d] = ((int64_t)p[0] << 24) | ((int64_t)p[1] << 16) | ((int64_t)p[2] << 8) | p[3];
-    numel *= dims[d];
   }
-  if ((size_t)numel != len - hdr) {
+  /* dimensions of up to 2^32 - 1 each: their product may exceed 64 bits */
+  int64_t numel = nbl_shape_numel(ndim, dims);
+  if (numel < 0 || (uint64_t)numel != len - hdr) {
     free(b);
+    if (numel < 0)
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: the header announces more than 2^63 bytes of data, the file has %zu",
+                        path, len - hdr);
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: the header announces %lld bytes of data, the file has %zu (truncated?)",
                       path, (long long)numel, len - hdr);
   }
@@ -257,8 +261,13 @@ nbl_status nbl_dataset_open(const char *spec, int test, nbl_dataset **out) {
     nbl_dataset_free(d);
     return st;
   }
-  d->snumel = 1;
-  for (int k = 0; k < d->srank; k++) d->snumel *= d->sdims[k];
+  /* with no samples (N = 0) the other dimensions are not bounded by the file */
+  d->snumel = nbl_shape_numel(d->srank, d->sdims);
+  if (d->snumel < 0) {
+    nbl_status e = nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: a sample has more elements than 2^63", d->xname);
+    nbl_dataset_free(d);
+    return e;
+  }
   *out = d;
   return NBL_OK;
 }
@@ -316,7 +325,7 @@ nbl_status nbl_dataset_check(nbl_dataset *d, const nbl_host_tensor *x, const nbl
     int64_t prod = 1;
     for (int k = 1; k < x->rank; k++) {
       if (x->dims[k] < 0) known = 0;
-      else prod *= x->dims[k];
+      else if (__builtin_mul_overflow(prod, x->dims[k], &prod)) known = 0; /* more than any sample */
       if (same && x->dims[k] >= 0 && x->dims[k] != d->sdims[k - 1]) same = 0;
     }
     if (!same) {

@@ -16,7 +16,7 @@
 static const char *tmp_path(void) {
   static char path[64];
   if (!path[0]) {
-    snprintf(path, sizeof path, "/tmp/nbl-fuzz-npy-%ld.npy", (long)getpid());
+    snprintf(path, sizeof path, "%s/nbl-fuzz-npy-%ld.npy", fuzz_tmp_dir(), (long)getpid());
   }
   return path;
 }

@@ -17,16 +17,15 @@
 #                     every finding is written to the artifacts folder
 #     --ci            CI: 2,000 executions or 20 s per target (whichever comes
 #                     first), a fresh output corpus, exit 77 without clang's libFuzzer
-# Targets: load print tensor_pb npy run (the training issue's dataset and
-# checkpoint readers are added to ALL_TARGETS and tests/fuzz/meson.build when
-# they exist).
+# Targets: load print tensor_pb npy run dataset checkpoint (one line each in
+# tests/fuzz/meson.build too).
 # Per target: the corpus grows in DIR/corpus/TARGET (kept between campaigns),
 # findings go to DIR/artifacts/TARGET/ (crash-*, leak-*, timeout-*, oom-*),
 # the log to DIR/logs/TARGET.log. Exit status 0 when no target found anything,
 # 1 otherwise, 77 (--ci) when libFuzzer is unavailable.
 set -uo pipefail
 
-ALL_TARGETS=(load print tensor_pb npy run) # later: dataset checkpoint
+ALL_TARGETS=(load print tensor_pb npy run dataset checkpoint)
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${NBL_FUZZ_BUILD:-$src/build-fuzz}
 runs=1000000 max_time=0 jobs=2 nice_level=10 seeds=1 ci=0 keep_going=0
@@ -53,6 +52,7 @@ max_len() { # inputs longer than this are cut: the largest seeds of each kind
   case $1 in
     load) echo 262144 ;;
     print|run|tensor_pb) echo 65536 ;;
+    checkpoint) echo 32768 ;;
     *) echo 16384 ;;
   esac
 }
@@ -79,7 +79,7 @@ nice -n "$nice_level" ninja -C "$build" >"$probe/build.log" 2>&1 || { cat "$prob
 seed_dir=$build/seeds
 if ((seeds)) && [ ! -d "$seed_dir" ]; then
   echo "== assembling the seed corpora in $seed_dir"
-  "$src/tests/fuzz/make_corpus.sh" "$seed_dir.tmp" >/dev/null && mv "$seed_dir.tmp" "$seed_dir"
+  NBL_FUZZ_BIN=$build/tests/fuzz "$src/tests/fuzz/make_corpus.sh" "$seed_dir.tmp" >/dev/null && mv "$seed_dir.tmp" "$seed_dir"
 fi
 
 mkdir -p "$build/logs"
