@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def main():
                       (rnd + 1, m, t, res[(m, t, "nibble")][-1]["median_ms"], res[(m, t, "torch")][-1]["median_ms"]),
                       file=sys.stderr)
     load1, minutes = load(), (time.time() - t0) / 60
+    shutil.rmtree(tmp, ignore_errors=True)
     tv = res[(models[0], threads[0], "torch")][0]["torch_version"]
     kern = [ln for ln in version.splitlines() if "FP32" in ln or "kernels" in ln]
     out = ["# Training step: nibble vs PyTorch (batch 64, SGD with momentum)", "",
