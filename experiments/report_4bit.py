@@ -2,13 +2,15 @@
 """report_4bit.py - the table and the loss-curve plot of experiments/run_4bit.sh.
 
 usage: report_4bit.py RESULTS_DIR OUT.md OUT.png [--note TEXT] [--configs "..."] [--models "..."]
+                      [--ptq PTQ.csv]
 
 Reads RESULTS_DIR/<model>_<config>_s<seed>.csv (nibble train --metrics) and
 writes OUT.md: per setting and model the final test accuracy, mean +- sample
 standard deviation over the seeds (and min..max), its difference from FP32,
 and the mean wall time of a run; plus the machine and the date. OUT.png: the
 training loss (mean over the seeds of each logged window) against the update
-count, one panel per model, one line per setting."""
+count, one panel per model, one line per setting. With --ptq, a second table:
+the post-training accuracy of the trained models (columns model,setting,accuracy)."""
 import argparse
 import csv
 import datetime
@@ -29,6 +31,13 @@ NAMES = {
     "linear": "INT4 + linear INT4 gradients",
     "radix2": "INT4 + radix-2 gradients (nearest)",
     "radix10": "INT4 + radix-10 gradients (nearest)",
+    "ternary": "ternary weights, INT8 activations",
+}
+PTQ_NAMES = {
+    "fp32": "FP32",
+    "int4": "INT4 (`quantize-int4`, first/last 8-bit)",
+    "ternary": "ternary (`quantize-ternary`, first/last 8-bit)",
+    "ternary-all": "ternary, every layer (`skip-first-last=0`)",
 }
 MODEL_NAMES = {"lenet5": "LeNet-5", "resnet8": "ResNet-8"}
 
@@ -64,6 +73,7 @@ def main():
     ap.add_argument("--note", default="")
     ap.add_argument("--configs", default=" ".join(NAMES))
     ap.add_argument("--models", default="lenet5 resnet8")
+    ap.add_argument("--ptq", default="")
     a = ap.parse_args()
     configs, models = a.configs.split(), a.models.split()
     data = {}
@@ -108,6 +118,21 @@ def main():
         lines.append(row)
     lines += ["", "± is the sample standard deviation over the seeds; the range is min–max. "
               "\"vs FP32\" is the difference of the means in percentage points.", ""]
+    if a.ptq:
+        with open(a.ptq) as f:
+            ptq = list(csv.DictReader(f))
+        lines += ["## Post-training quantization of the trained models", "",
+                  "`models/lenet5.onnx` and `models/resnet8.onnx` (trained in FP32), quantized "
+                  "without training; accuracy (%) on the 10,000 test images.", "",
+                  "| model | " + " | ".join(PTQ_NAMES.values()) + " |",
+                  "|---|" + "---|" * len(PTQ_NAMES)]
+        for m in models:
+            cells = []
+            for s in PTQ_NAMES:
+                r = [x for x in ptq if x["model"] == m and x["setting"] == s]
+                cells.append("%.2f" % (100.0 * float(r[0]["accuracy"])) if r else "")
+            lines.append("| %s | %s |" % (MODEL_NAMES.get(m, m), " | ".join(cells)))
+        lines.append("")
     with open(a.md, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
@@ -128,7 +153,7 @@ def main():
             xs = [runs[0]["steps"][i][0] for i in range(n)]
             ys = [statistics.mean(r["steps"][i][1] for r in runs) for i in range(n)]
             ax.plot(xs, ys, label=NAMES.get(c, c), linewidth=1.2 if c != "fp32" else 2.0,
-                    linestyle="--" if c in ("linear", "radix2", "radix10") else "-")
+                    linestyle="--" if c in ("linear", "radix2", "radix10") else ":" if c == "ternary" else "-")
         ax.set_title("%s on Fashion-MNIST" % MODEL_NAMES.get(m, m))
         ax.set_xlabel("update")
         ax.set_ylabel("training loss (mean of %d seeds)" % len(data[m, configs[0]] or [0]))
@@ -136,7 +161,12 @@ def main():
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(a.png, dpi=80)
+    fig.savefig(a.png, dpi=72)
+    try:  # a palette PNG: a third of the bytes, for the repository
+        from PIL import Image
+        Image.open(a.png).convert("RGB").quantize(colors=64).save(a.png, optimize=True)
+    except ImportError:
+        pass
     print("plot: %s" % a.png)
     return 0
 
