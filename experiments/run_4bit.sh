@@ -25,10 +25,9 @@
 # 0.2 ms, ResNet-8 2.3 ms in FP32, INT4 and the log quantizers add 25-60 %;
 # about 45 minutes for the 60 runs on 2 idle cores, hours at nice 19 on a
 # loaded machine):
-#   LeNet-5   the first 20,000 images of a fixed shuffle (seed 0), 2 epochs,
-#             lr 0.02; test: all 10,000 test images
-#   ResNet-8  the first 10,000 images of the same shuffle, 1 epoch, lr 0.05;
-#             test: the first 5,000 test images
+#   LeNet-5   all 60,000 training images, 2 epochs, lr 0.02; test: all 10,000
+#   ResNet-8  the first 10,000 images of a fixed shuffle (seed 0), 1 epoch,
+#             lr 0.05; test: the first 5,000 test images
 # A run whose metrics CSV already ends with its last epoch's row is not run
 # again (so an interrupted table resumes); FRESH=1, or an empty RESULTS
 # folder, reruns everything.
@@ -61,7 +60,7 @@ WORK=${WORK:-$root/build/experiments}
 SEEDS=${SEEDS:-"1 2 3"}
 JOBS=${JOBS:-2}
 LENET_EPOCHS=${LENET_EPOCHS:-2}
-LENET_TRAIN=${LENET_TRAIN:-20000}
+LENET_TRAIN=${LENET_TRAIN:-60000}
 LENET_TEST=${LENET_TEST:-10000}
 PTQ=${PTQ:-1}
 FRESH=${FRESH:-0}
