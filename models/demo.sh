@@ -42,7 +42,7 @@ done
 # build-training makes (progress bar on a terminal), then draw the loss curve from the
 # metrics CSV next to the dumps (models/plot_train.sh, gnuplot).
 echo
-if "$NIBBLE" passes | grep -q '^build-training' && [ -d /usr/share/datasets/fashion-mnist ]; then
+if "$NIBBLE" passes | grep '^build-training' >/dev/null && [ -d /usr/share/datasets/fashion-mnist ]; then
   echo "== nibble train lenet5_init.onnx --data fashion-mnist --epochs 1 (training graph dumped to $OUT/train-dump)"
   "$NIBBLE" train "$here/lenet5_init.onnx" --data fashion-mnist --epochs 1 --optimizer momentum \
     --lr 0.05 --schedule cosine --weight-decay 0.0005 \
