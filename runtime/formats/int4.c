@@ -135,8 +135,12 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
     cnt++;
   }
   if (cnt == 0) return mx;
-  double c = c1 * sqrt(s2 / (double)cnt) + c2 * (s1 / (double)cnt);
-  return c > 0 ? c : mx;
+  double mean_abs = s1 / (double)cnt;
+  double c = c1 * sqrt(s2 / (double)cnt) + c2 * mean_abs;
+  /* The fit is for bell-shaped tensors; on flat ones (E[x^2] / E|x|^2 near
+   * (c2 / c1)^2, which 8-bit weights reach in training) it falls towards 0
+   * and a clip below E|x| would saturate most elements: max|x| there. */
+  return c >= mean_abs && c > 0 ? c : mx;
 }
 
 void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p) {

@@ -13,7 +13,8 @@
  *   max:   symmetric s = max|x| / qmax; affine s = (max-min)/(qmax-qmin),
  *          z = round(qmin - min/s) (min, max taken over finite x and 0 included
  *          only if present in the data; see nbl_q4_params)
- *   sawb:  c = c1*sqrt(E[x^2]) + c2*E|x| (coefficients per b), c <= 0 -> max|x|,
+ *   sawb:  c = c1*sqrt(E[x^2]) + c2*E|x| (coefficients per b), c < E|x| (the
+ *          fit degenerating to 0 on flat tensors) or c <= 0 -> max|x|,
  *          s = c / qmax (symmetric only)
  *   pact:  x is first clamped to [0, alpha], then s = alpha/(qmax-qmin), z = qmin
  *   fixed: s given (z = 0 symmetric; affine with fixed scale uses z = 0 too)
@@ -92,7 +93,8 @@ void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax);
 int nbl_q4_sawb_coeffs(int bits, double *c1, double *c2);
 
 /* The SAWB clip c for x[0..n) (finite elements only); falls back to max|x|
- * when c <= 0 or bits has no coefficients. */
+ * when c <= 0, c < E|x| (outside the fit's domain) or bits has no
+ * coefficients. */
 double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
 
 /* The scale/zero point of scale_source=max for data whose finite elements

@@ -140,7 +140,29 @@ START_TEST(test_sawb) {
   }
   /* 8-bit coefficients */
   double c8 = 31.76 * sqrt(s2 / N) - 35.04 * (s1 / N);
-  ck_assert_double_eq_tol(nbl_q4_sawb_clip(x, N, 8), c8 > 0 ? c8 : 1.0, 1e-9);
+  ck_assert(c8 > s1 / N); /* inside the fit's domain: the formula itself */
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(x, N, 8), c8, 1e-9);
+  /* A flat tensor (|x| spread evenly over [0.1, 1]): E[x^2] / E|x|^2 = 1.223,
+   * just above (35.04 / 31.76)^2 = 1.217, so the 8-bit formula gives a clip
+   * of 0.05 (5 % of max|x|, below E|x| = 0.55) that would saturate every
+   * weight to +-0.05 (a first layer whose outputs are then its bias alone,
+   * the LeNet-5 run that never trained). A clip below E|x| is outside the
+   * fit's domain: max|x|. */
+  enum { NF = 901 };
+  float xf[NF];
+  double f2 = 0, f1 = 0;
+  for (int i = 0; i < NF; i++) {
+    xf[i] = (float)(100 + i) / 1000.0f * (i % 2 ? -1.0f : 1.0f);
+    f2 += (double)xf[i] * xf[i];
+    f1 += fabs(xf[i]);
+  }
+  double cf8 = 31.76 * sqrt(f2 / NF) - 35.04 * (f1 / NF);
+  ck_assert(cf8 > 0.0 && cf8 < 0.1 && cf8 < f1 / NF); /* the degenerate fit */
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(xf, NF, 8), 1.0, 1e-12);
+  /* the 4-bit fit stays in its domain there (E|x| = 0.55 < c < max) */
+  double cf4 = 12.68 * sqrt(f2 / NF) - 12.80 * (f1 / NF);
+  ck_assert(cf4 > f1 / NF && cf4 < 1.0);
+  ck_assert_double_eq_tol(nbl_q4_sawb_clip(xf, NF, 4), cf4, 1e-9);
   /* c <= 0 falls back to max|x|: |x| constant gives 12.68 - 12.80 < 0 */
   const float pm[] = {0.5f, -0.5f, 0.5f, -0.5f};
   ck_assert_double_eq_tol(nbl_q4_sawb_clip(pm, 4, 4), 0.5, 1e-12);
