@@ -167,4 +167,22 @@ nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, 
                           const int16_t *a, int transA, int32_t a_max, const int16_t *b,
                           int transB, int32_t b_max, double scale, float *y, int64_t *acc);
 
+/* ------------------------------------------------------------------ the forward product
+ * (runtime/kernels/int4_coded_conv.c) */
+
+/* Conv of geometry g (2 spatial dims, any strides, pads, dilations, groups)
+ * on coded operands: x = sx * cx with integer codes cx spanning at most 256
+ * values, 0 among them (4-bit or 8-bit, signed, unsigned or affine: |cx| <=
+ * 255), w = sw * cw with cw in -128..127 (checked here: the codes are
+ * recovered as nbl_i4b_codes_linear does, the weights packed on every
+ * call), as exact int32 sums acc = sum cx * cw on the AVX-512 VNNI (or AVX2,
+ * scalar) tiles of int4_gemm.h; y (NULL: not stored) gets fl(sx * sw) * acc
+ * + bias[m] in float (mul, then add; bias may be NULL), acc (NULL: not
+ * kept; tests) the sums, both [N, M, out...]. *off_grid = 1 (nothing
+ * meaningful written) when an operand is not on such a grid or the rank is
+ * not 2: the caller runs the float Conv instead. Threads of ctx (may be
+ * NULL). Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY (no message set). */
+nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
+                                float sw, const float *bias, float *y, int32_t *acc, int *off_grid);
+
 #endif /* NBL_INT4_BACKWARD_H */
