@@ -103,6 +103,9 @@ void nbl_i4b_panels_free(nbl_i4b_panels *b);
  * the padding; vectorized for sn == 1 (row pairs interleaved) and sk == 1
  * (32-bit units transposed) on AVX-512. Any isa gives the same bytes. */
 void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, nbl_i4b_panels *b);
+/* The same with B's rows by pointer: B[k][n] = rows[k][n] for k < K, n < N
+ * (reserved for K x N). Any isa gives the same bytes. */
+void nbl_i4b_pack_ptrs(nbl_i4b_isa isa, const int16_t *const *rows, nbl_i4b_panels *b);
 /* A operand: dst[m * lda + k] = src[m * sm + k * sk] for m < M, k < K, and
  * zeros for k in [K, lda) (lda >= K rounded up to even). */
 void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int64_t sk,
@@ -133,6 +136,11 @@ typedef struct nbl_i4b_sink {
  * ranges let threads split the rows or the columns. */
 void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                   const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
+
+/* nbl_i4b_gemm with A's rows by pointer: row m at rows[m] (B->Kp codes
+ * readable from it; no lda). */
+void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, int64_t m1, int64_t n0,
+                       int64_t n1, const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
 
 /* ------------------------------------------------------------------ the backward products
  * (runtime/kernels/int4_backward_conv.c) */
