@@ -7,7 +7,10 @@
  * the image's activation codes as padded bytes (c + off), their im2col
  * panels block by block of output pixels (as int4_conv.c lays them out, with
  * code_conv.h's helpers), and the exact int32 products with the float
- * epilogue y = sc * acc + bias straight into the NCHW output. */
+ * epilogue y = sc * acc + bias straight into the NCHW output. With unit
+ * strides the outputs are computed over the padded width instead, so that
+ * the im2col rows are the padded planes themselves, read in place by the
+ * panel interleave (fill_wide), and the valid columns copied out. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -29,7 +32,6 @@ typedef struct fwd_job {
   int32_t *acc;
   int64_t Cg, Mg, Kg, Kp, Hp, Wp, pb;
   nbl_i4_isa isa;
-  nbl_i4b_isa bisa;
   int gather2;
   _Atomic int bad, oom;
 } fwd_job;
@@ -291,7 +293,7 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
     if (pb > P32) pb = P32;
     fwd_job j = {.g = g, .x = x, .sx = sx, .rows = rows, .bias = bias, .sc = sx * sw, .y = y, .acc = acc,
                  .Cg = Cg, .Mg = Mg, .Kg = Kg, .Kp = Kp, .Hp = Hp, .Wp = Wp, .pb = pb, .isa = nbl_i4_best_isa(),
-                 .bisa = bisa, .gather2 = nbl_i4_avx512()};
+                 .gather2 = nbl_i4_avx512()};
     if (ctx) nbl_parallel_for(ctx, g->N, 1, fwd_images, &j);
     else fwd_images(&j, 0, g->N);
     if (atomic_load(&j.oom)) st = NBL_ERR_OUT_OF_MEMORY;
