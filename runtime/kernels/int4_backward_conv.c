@@ -736,10 +736,12 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
   for (int i = 0; i < g->ns; i++) unit &= g->s[i] == 1;
   int64_t *tap = NULL;
   if (!empty && (want_dw || (want_dx && !unit)) && g->ns != 2 && !(tap = tap_table(g))) st = NBL_ERR_OUT_OF_MEMORY;
-  /* dW without im2col when the padded planes add few positions */
+  /* dW without im2col when the padded planes add few positions (and X's
+   * padded codes, all images at once, stay within 128 MB; else im2col by
+   * chunks of images) */
+  const double xplane = (double)(g->in[0] + g->pb[0] + g->pe[0]) * (double)(g->in[1] + g->pb[1] + g->pe[1]);
   int dw_wide = g->ns == 2 && g->s[0] == 1 && g->s[1] == 1 && nbl_kdebug_get(NBL_KS_I4B_WIDE) &&
-                (double)(g->in[0] + g->pb[0] + g->pe[0]) * (double)(g->in[1] + g->pb[1] + g->pe[1]) <=
-                    1.4 * (double)osz;
+                xplane <= 1.4 * (double)osz && xplane * (double)g->C * (double)g->N <= (double)(1 << 26);
   if (!st && !empty && want_dw)
     st = dw_wide ? conv_dw_wide(ctx, isa, g, dy, dy_max, x, x_max, dw64)
                  : conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);
