@@ -10,6 +10,12 @@
  *     2-D operands, multiplying a QuantizeLog output by a QuantizeInt4
  *     output becomes ai.nibble Int4LogGemm (A_scale or B_scale on the
  *     INT4 side).
+ * and in every training algorithm graph (forward=1, the default) the forward
+ *   - Conv of two QuantizeInt4 outputs (X and W, 2 spatial dims) becomes
+ *     ai.nibble Int4CodedConv with the two scales as inputs 3 and 4: exact
+ *     integer sums of the codes on the VNNI tiles, weights packed every step
+ *     (the main graph, which inference runs, keeps its Conv for the fused
+ *     INT4 path of constant weights).
  * With linear=1, gradients quantized by QuantizeInt4 (linear INT4 codes,
  * quantize-grad-log4{format=int4}) count too: ConvGrad gets dY_scale, and a
  * product of two QuantizeInt4 outputs is taken (a bias-less forward Gemm of
@@ -30,8 +36,8 @@ enum { K_NONE = 0, K_LOG = 1, K_INT = 2 };
 typedef struct ib_state {
   nbl_pass_ctx *ctx;
   nbl_model *m;
-  int linear;
-  int n_conv, n_gemm, n_kept;
+  int linear, forward;
+  int n_conv, n_gemm, n_fwd, n_kept;
   char kept[512];
 } ib_state;
 
@@ -170,7 +176,28 @@ static nbl_status product(ib_state *s, nbl_graph *g, nbl_id id, int matmul) {
   return NBL_OK;
 }
 
-static nbl_status run_graph(ib_state *s, nbl_graph *g) {
+/* A forward Conv of two QuantizeInt4 outputs (2 spatial dims). */
+static nbl_status fwd_conv(ib_state *s, nbl_graph *g, nbl_id id) {
+  nbl_node *n = &g->nodes[id];
+  if (n->n_inputs < 2 || n->n_outputs < 1) return NBL_OK;
+  nbl_id qx, qw;
+  if (kind_of(g, n->inputs[0], &qx) != K_INT || kind_of(g, n->inputs[1], &qw) != K_INT) return NBL_OK;
+  const nbl_type *tx = &g->values[n->inputs[0]].type;
+  if (tx->rank != 4) {
+    keep(s, n, "forward Conv input not known to be 4-D");
+    return NBL_OK;
+  }
+  nbl_id sx = scale_of(s, g, qx), sw = scale_of(s, g, qw);
+  if (sx == NBL_NONE || sw == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
+  if (g->nodes[id].n_inputs < 3) nbl_node_set_input(g, id, 2, NBL_NONE);
+  nbl_node_set_input(g, id, 3, sx);
+  nbl_node_set_input(g, id, 4, sw);
+  retype(s, &g->nodes[id], "Int4CodedConv");
+  s->n_fwd++;
+  return NBL_OK;
+}
+
+static nbl_status run_graph(ib_state *s, nbl_graph *g, int training) {
   const int n0 = g->n_nodes; /* the nodes to look at (scale values add none) */
   for (nbl_id id = 0; id < n0; id++) {
     nbl_status st = NBL_OK;
@@ -178,34 +205,39 @@ static nbl_status run_graph(ib_state *s, nbl_graph *g) {
     if (op_is(n, "com.microsoft", "ConvGrad")) st = conv_grad(s, g, id);
     else if (op_is(n, "", "Gemm")) st = product(s, g, id, 0);
     else if (op_is(n, "", "MatMul")) st = product(s, g, id, 1);
+    else if (training && s->forward && op_is(n, "", "Conv")) st = fwd_conv(s, g, id);
     if (st) return st;
   }
   return NBL_OK;
 }
 
 static nbl_status ib_run(nbl_pass_ctx *ctx) {
-  ib_state s = {.ctx = ctx, .m = ctx->model, .linear = nbl_pass_opt_bool(ctx, "linear")};
-  nbl_status st = run_graph(&s, ctx->model->graph);
+  ib_state s = {.ctx = ctx, .m = ctx->model, .linear = nbl_pass_opt_bool(ctx, "linear"),
+                .forward = nbl_pass_opt_bool(ctx, "forward")};
+  nbl_status st = run_graph(&s, ctx->model->graph, 0);
   for (int t = 0; !st && t < ctx->model->n_training; t++)
-    if (ctx->model->training[t].algorithm) st = run_graph(&s, ctx->model->training[t].algorithm);
+    if (ctx->model->training[t].algorithm) st = run_graph(&s, ctx->model->training[t].algorithm, 1);
   if (st) return st;
-  if ((s.n_conv || s.n_gemm) && nbl_model_opset(ctx->model, "ai.nibble") < 1)
+  if ((s.n_conv || s.n_gemm || s.n_fwd) && nbl_model_opset(ctx->model, "ai.nibble") < 1)
     nbl_model_set_opset(ctx->model, "ai.nibble", 1);
-  ctx->changed = s.n_conv + s.n_gemm;
-  nbl_pass_logf(ctx, "%d ConvGrad and %d Gemm/MatMul backward products to integer kernels%s%s", s.n_conv,
-                s.n_gemm, s.n_kept ? "; kept in float: " : "", s.kept);
+  ctx->changed = s.n_conv + s.n_gemm + s.n_fwd;
+  nbl_pass_logf(ctx, "%d ConvGrad and %d Gemm/MatMul backward products, %d forward Conv to integer kernels%s%s",
+                s.n_conv, s.n_gemm, s.n_fwd, s.n_kept ? "; kept in float: " : "", s.kept);
   return NBL_OK;
 }
 
 const nbl_pass_def nbl_pass_int4_backward = {
     .name = "int4-backward",
     .description = "run the backward products of QuantizeInt4 x QuantizeLog operands (ConvGrad, Gemm, 2-D "
-                   "MatMul) as ai.nibble integer kernels",
+                   "MatMul), and the forward Conv of QuantizeInt4 operands in training graphs, as ai.nibble "
+                   "integer kernels",
     .run = ib_run,
     .changes_numerics = 0,
     .options =
         {
             {"linear", NBL_OPT_BOOL, "0",
              "also gradients quantized by QuantizeInt4 (linear INT4 codes, quantize-grad-log4{format=int4})"},
+            {"forward", NBL_OPT_BOOL, "1",
+             "also the forward Conv of two QuantizeInt4 outputs in training graphs (ai.nibble Int4CodedConv)"},
         },
 };

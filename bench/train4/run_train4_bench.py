@@ -13,7 +13,8 @@ Settings (models/lenet5_init.onnx, models/resnet8_init.onnx, SGD):
                  int4-backward (what `nibble train --int4 --log4-grad=tpr` runs):
                  INT4 weights (SAWB) and activations, first/last layers 8 bits,
                  radix-4 log gradients with two-phase rounding, the backward
-                 products of the inner layers in integers
+                 products of the inner layers and the forward convolutions of
+                 quantized operands in integers
   4-bit, float backward products: the same without int4-backward (context)
 A step is forward, loss, backward, optimizer update, gradients reset, on the
 first 64 shipped Fashion-MNIST test images (models/data). Each setting

@@ -425,6 +425,58 @@ void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, n
   }
 }
 
+#if I4B_X86
+/* Panel columns [n0, n0 + nc) (nc <= 16), pairs [0, jn): rows 2j and 2j+1
+ * (by pointer) interleaved, as pack_rows_interleave_512. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void pack_ptrs_interleave_512(
+    const int16_t *const *rows, int64_t n0, int nc, int64_t jn, int16_t *dst) {
+  const __mmask16 cm = (__mmask16)((1u << nc) - 1);
+  static const int16_t idx[32] __attribute__((aligned(64))) = {
+      0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i perm = _mm512_load_si512(idx);
+  for (int64_t j = 0; j < jn; j++) {
+    __m256i a = _mm256_maskz_loadu_epi16(cm, rows[2 * j] + n0);
+    __m256i c = _mm256_maskz_loadu_epi16(cm, rows[2 * j + 1] + n0);
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+    _mm512_store_si512(dst + 32 * j, _mm512_permutexvar_epi16(perm, v));
+  }
+}
+
+/* AVX2: the same for whole panels (nc == 16). */
+__attribute__((target("avx2"))) static void pack_ptrs_interleave_256(const int16_t *const *rows, int64_t n0,
+                                                                     int64_t jn, int16_t *dst) {
+  for (int64_t j = 0; j < jn; j++) {
+    __m256i a = _mm256_loadu_si256((const __m256i *)(rows[2 * j] + n0));
+    __m256i c = _mm256_loadu_si256((const __m256i *)(rows[2 * j + 1] + n0));
+    __m256i lo = _mm256_unpacklo_epi16(a, c), hi = _mm256_unpackhi_epi16(a, c);
+    _mm256_store_si256((__m256i *)(dst + 32 * j), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_store_si256((__m256i *)(dst + 32 * j + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
+}
+#endif
+
+void nbl_i4b_pack_ptrs(nbl_i4b_isa isa, const int16_t *const *rows, nbl_i4b_panels *b) {
+  const int64_t K = b->K, N = b->N, Kp = b->Kp, kfull = K / 2;
+  isa = usable(isa);
+  for (int64_t P = 0; P < b->np; P++) {
+    int16_t *dst = b->p + P * Kp * NBL_I4B_NR;
+    const int64_t n0 = P * NBL_I4B_NR;
+    const int nc = (int)(N - n0 < NBL_I4B_NR ? N - n0 : NBL_I4B_NR);
+    int64_t j0 = 0;
+#if I4B_X86
+    if (isa == NBL_I4B_AVX512) pack_ptrs_interleave_512(rows, n0, nc, kfull, dst), j0 = kfull;
+    else if (isa == NBL_I4B_AVX2 && nc == NBL_I4B_NR) pack_ptrs_interleave_256(rows, n0, kfull, dst), j0 = kfull;
+#endif
+    for (int64_t j = j0; j < Kp / 2; j++)
+      for (int l = 0; l < NBL_I4B_NR; l++)
+        for (int t = 0; t < 2; t++) {
+          int64_t k = 2 * j + t, n = n0 + l;
+          dst[(j * NBL_I4B_NR + l) * 2 + t] = k < K && n < N ? rows[k][n] : 0;
+        }
+  }
+}
+
 void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int64_t sk, int16_t *dst,
                        int64_t lda) {
   for (int64_t m = 0; m < M; m++) {
@@ -443,16 +495,16 @@ void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int
  * T[r][c] (r < mr, c < 16 * np; row stride 32) = sum over pairs j < kp of
  * A[r][2j] * B[2j][c] + A[r][2j+1] * B[2j+1][c], B at panel p + ps * panel. */
 
-typedef void (*mk_fn)(const int16_t *A, int64_t lda, int mr, const int16_t *B, int64_t ps, int np,
+typedef void (*mk_fn)(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, int np,
                       int64_t kp, int32_t *T);
 
-static void mk_scalar(const int16_t *A, int64_t lda, int mr, const int16_t *B, int64_t ps, int np, int64_t kp,
+static void mk_scalar(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, int np, int64_t kp,
                       int32_t *T) {
   int32_t acc[NBL_I4B_MR][2 * NBL_I4B_NR];
   memset(acc, 0, sizeof acc);
   for (int64_t j = 0; j < kp; j++)
     for (int r = 0; r < mr; r++) {
-      const int32_t a0 = A[r * lda + 2 * j], a1 = A[r * lda + 2 * j + 1];
+      const int32_t a0 = A[r][2 * j], a1 = A[r][2 * j + 1];
       for (int p = 0; p < np; p++) {
         const int16_t *b = B + p * ps + 32 * j;
         for (int l = 0; l < NBL_I4B_NR; l++) acc[r][p * 16 + l] += a0 * b[2 * l] + a1 * b[2 * l + 1];
@@ -469,7 +521,7 @@ static inline int32_t pair_at(const int16_t *p) {
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void mk512_body(
-    const int16_t *A, int64_t lda, const int16_t *B, int64_t ps, int64_t kp, int32_t *T, const int MR,
+    const int16_t *const *Ar, const int16_t *B, int64_t ps, int64_t kp, int32_t *T, const int MR,
     const int NP) {
   __m512i c[NBL_I4B_MR][2];
 #pragma GCC unroll 6
@@ -479,7 +531,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inl
     const __m512i b1 = NP == 2 ? _mm512_load_si512(B + ps + 32 * j) : b0;
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
-      const __m512i a = _mm512_set1_epi32(pair_at(A + r * lda + 2 * j));
+      const __m512i a = _mm512_set1_epi32(pair_at(Ar[r] + 2 * j));
       c[r][0] = _mm512_dpwssd_epi32(c[r][0], a, b0);
       if (NP == 2) c[r][1] = _mm512_dpwssd_epi32(c[r][1], a, b1);
     }
@@ -491,13 +543,13 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inl
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(const int16_t *A, int64_t lda, int mr,
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(const int16_t *const *A, int mr,
                                                                              const int16_t *B, int64_t ps, int np,
                                                                              int64_t kp, int32_t *T) {
 #define MK512(R)                                              \
   case R:                                                     \
-    if (np == 2) mk512_body(A, lda, B, ps, kp, T, R, 2);      \
-    else mk512_body(A, lda, B, ps, kp, T, R, 1);              \
+    if (np == 2) mk512_body(A, B, ps, kp, T, R, 2);           \
+    else mk512_body(A, B, ps, kp, T, R, 1);                   \
     break;
   switch (mr) {
     MK512(1)
@@ -510,7 +562,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(con
 #undef MK512
 }
 
-__attribute__((target("avx2"), always_inline)) static inline void mk256_body(const int16_t *A, int64_t lda,
+__attribute__((target("avx2"), always_inline)) static inline void mk256_body(const int16_t *const *Ar,
                                                                               const int16_t *B, int64_t kp,
                                                                               int32_t *T, const int MR) {
   __m256i c[NBL_I4B_MR][2];
@@ -521,7 +573,7 @@ __attribute__((target("avx2"), always_inline)) static inline void mk256_body(con
     const __m256i b1 = _mm256_load_si256((const __m256i *)(B + 32 * j + 16));
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
-      const __m256i a = _mm256_set1_epi32(pair_at(A + r * lda + 2 * j));
+      const __m256i a = _mm256_set1_epi32(pair_at(Ar[r] + 2 * j));
       c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(a, b0));
       c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(a, b1));
     }
@@ -534,13 +586,13 @@ __attribute__((target("avx2"), always_inline)) static inline void mk256_body(con
 }
 
 /* One panel per call (np is always 1 for this variant). */
-__attribute__((target("avx2"))) static void mk_avx2(const int16_t *A, int64_t lda, int mr, const int16_t *B,
+__attribute__((target("avx2"))) static void mk_avx2(const int16_t *const *A, int mr, const int16_t *B,
                                                      int64_t ps, int np, int64_t kp, int32_t *T) {
   (void)ps;
   (void)np;
 #define MK256(R)                         \
   case R:                                \
-    mk256_body(A, lda, B, kp, T, R);     \
+    mk256_body(A, B, kp, T, R);          \
     break;
   switch (mr) {
     MK256(1)
@@ -628,6 +680,7 @@ typedef struct gemm_ctx {
   mk_fn mk;
   int vec; /* AVX-512 epilogue */
   const int16_t *A;
+  const int16_t *const *rows; /* or A's rows by pointer */
   int64_t lda, Kp, ps, kchunk, m1, n1;
   const nbl_i4b_panels *B;
   const nbl_i4b_sink *out;
@@ -640,27 +693,44 @@ static void gemm_tile(const gemm_ctx *g, int64_t m, int64_t n0, int two) {
   const int mr = (int)(g->m1 - m < NBL_I4B_MR ? g->m1 - m : NBL_I4B_MR);
   const int np = two && n0 + NBL_I4B_NR < g->n1 ? 2 : 1;
   const int nc = (int)(g->n1 - n0 < 16 * np ? g->n1 - n0 : 16 * np);
-  const int16_t *Bp = g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Am = g->A + m * g->lda;
+  const int16_t *Bp = g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Ar[NBL_I4B_MR];
+  for (int r = 0; r < mr; r++) Ar[r] = g->rows ? g->rows[m + r] : g->A + (m + r) * g->lda;
   if (g->Kp <= g->kchunk) {
-    g->mk(Am, g->lda, mr, Bp, g->ps, np, g->Kp / 2, T);
+    g->mk(Ar, mr, Bp, g->ps, np, g->Kp / 2, T);
     sink_tile(g->out, m, mr, n0, nc, T, NULL, g->vec);
     return;
   }
   memset(T64, 0, sizeof T64);
   for (int64_t k0 = 0; k0 < g->Kp; k0 += g->kchunk) {
     const int64_t kk = g->Kp - k0 < g->kchunk ? g->Kp - k0 : g->kchunk;
-    g->mk(Am + k0, g->lda, mr, Bp + k0 * NBL_I4B_NR, g->ps, np, kk / 2, T);
+    const int16_t *Ak[NBL_I4B_MR];
+    for (int r = 0; r < mr; r++) Ak[r] = Ar[r] + k0;
+    g->mk(Ak, mr, Bp + k0 * NBL_I4B_NR, g->ps, np, kk / 2, T);
     for (int r = 0; r < mr; r++)
       for (int l = 0; l < nc; l++) T64[r * 32 + l] += T[r * 32 + l];
   }
   sink_tile(g->out, m, mr, n0, nc, NULL, T64, g->vec);
 }
 
+static void gemm_run(gemm_ctx *g, nbl_i4b_isa isa, int64_t m0, int64_t m1, int64_t n0, int64_t kchunk);
+
 void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                   const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out) {
-  isa = usable(isa);
   gemm_ctx g = {.mk = mk_scalar, .A = A, .lda = lda, .Kp = B->Kp, .ps = B->Kp * NBL_I4B_NR, .m1 = m1,
                 .n1 = n1 < B->N ? n1 : B->N, .B = B, .out = out};
+  gemm_run(&g, isa, m0, m1, n0, kchunk);
+}
+
+void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, int64_t m1, int64_t n0,
+                       int64_t n1, const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out) {
+  gemm_ctx g = {.mk = mk_scalar, .rows = rows, .Kp = B->Kp, .ps = B->Kp * NBL_I4B_NR, .m1 = m1,
+                .n1 = n1 < B->N ? n1 : B->N, .B = B, .out = out};
+  gemm_run(&g, isa, m0, m1, n0, kchunk);
+}
+
+static void gemm_run(gemm_ctx *gp, nbl_i4b_isa isa, int64_t m0, int64_t m1, int64_t n0, int64_t kchunk) {
+  gemm_ctx g = *gp;
+  isa = usable(isa);
   int nr = NBL_I4B_NR;
 #if I4B_X86
   if (isa == NBL_I4B_AVX512) g.mk = mk_avx512, nr = 2 * NBL_I4B_NR, g.vec = 1;

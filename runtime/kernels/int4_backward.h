@@ -103,6 +103,9 @@ void nbl_i4b_panels_free(nbl_i4b_panels *b);
  * the padding; vectorized for sn == 1 (row pairs interleaved) and sk == 1
  * (32-bit units transposed) on AVX-512. Any isa gives the same bytes. */
 void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, nbl_i4b_panels *b);
+/* The same with B's rows by pointer: B[k][n] = rows[k][n] for k < K, n < N
+ * (reserved for K x N). Any isa gives the same bytes. */
+void nbl_i4b_pack_ptrs(nbl_i4b_isa isa, const int16_t *const *rows, nbl_i4b_panels *b);
 /* A operand: dst[m * lda + k] = src[m * sm + k * sk] for m < M, k < K, and
  * zeros for k in [K, lda) (lda >= K rounded up to even). */
 void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int64_t sk,
@@ -133,6 +136,11 @@ typedef struct nbl_i4b_sink {
  * ranges let threads split the rows or the columns. */
 void nbl_i4b_gemm(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                   const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
+
+/* nbl_i4b_gemm with A's rows by pointer: row m at rows[m] (B->Kp codes
+ * readable from it; no lda). */
+void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, int64_t m1, int64_t n0,
+                       int64_t n1, const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out);
 
 /* ------------------------------------------------------------------ the backward products
  * (runtime/kernels/int4_backward_conv.c) */
@@ -166,5 +174,23 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
 nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, int64_t K,
                           const int16_t *a, int transA, int32_t a_max, const int16_t *b,
                           int transB, int32_t b_max, double scale, float *y, int64_t *acc);
+
+/* ------------------------------------------------------------------ the forward product
+ * (runtime/kernels/int4_coded_conv.c) */
+
+/* Conv of geometry g (2 spatial dims, any strides, pads, dilations, groups)
+ * on coded operands: x = sx * cx with integer codes cx spanning at most 256
+ * values, 0 among them (4-bit or 8-bit, signed, unsigned or affine: |cx| <=
+ * 255), w = sw * cw with cw in -128..127 (checked here: the codes are
+ * recovered as nbl_i4b_codes_linear does, the weights packed on every
+ * call), as exact int32 sums acc = sum cx * cw on the AVX-512 VNNI (or AVX2,
+ * scalar) tiles of int4_gemm.h; y (NULL: not stored) gets fl(sx * sw) * acc
+ * + bias[m] in float (mul, then add; bias may be NULL), acc (NULL: not
+ * kept; tests) the sums, both [N, M, out...]. *off_grid = 1 (nothing
+ * meaningful written) when an operand is not on such a grid or the rank is
+ * not 2: the caller runs the float Conv instead. Threads of ctx (may be
+ * NULL). Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY (no message set). */
+nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
+                                float sw, const float *bias, float *y, int32_t *acc, int *off_grid);
 
 #endif /* NBL_INT4_BACKWARD_H */

@@ -29,6 +29,10 @@ typedef enum nbl_kswitch {
   /* the least output size (elements) that a fused INT4 convolution hands to
    * its fused depthwise consumer as activation bytes (default 2^20) */
   NBL_KS_I4_CODE_LINK_MIN,
+  /* the 4-bit training backward products of unit-stride 2-D convolutions
+   * read the padded planes in place (int4_backward_conv.c): 1 (default), 0
+   * through im2col */
+  NBL_KS_I4B_WIDE,
   /* fused ternary depthwise layers 16 channels at a time: -1 where it
    * measured faster (the FP32 rule), 0 never, 1 whenever AVX-512 runs */
   NBL_KS_T_DW_BLOCKED,

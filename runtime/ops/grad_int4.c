@@ -34,6 +34,14 @@
  *            float32 scalars, as above)
  *   outputs: Y = alpha * op(A) * op(B)
  *   attributes: transA, transB (int, default 0), alpha (float, default 1)
+ * Int4CodedConv (ai.nibble 1) -- the forward Conv of two QuantizeInt4
+ *   outputs (weights that change every step): exact int32 sums of the
+ *   8-bit codes on the VNNI tiles (runtime/kernels/int4_coded_conv.c), each
+ *   output fl(X_scale * W_scale) * acc + B[m]
+ *   inputs:  X (float32, [N, C, H, W]), W (float32, [M, C/group, kh, kw]),
+ *            B (optional float32 [M]), X_scale, W_scale (float32 scalars)
+ *   outputs: Y (Conv's)
+ *   attributes: Conv's
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -258,10 +266,53 @@ static nbl_status k_gemm_fast(nbl_kctx *c) {
   return st;
 }
 
+/* ------------------------------------------------------------------ Int4CodedConv */
+
+static const nbl_op_def *conv_def(void) { return nbl_op_lookup("", "Conv", NBL_OPSET_MAX); }
+
+static nbl_status k_fconv_ref(nbl_kctx *c) {
+  float s;
+  int have;
+  nbl_status st;
+  if ((st = scale_in(c, 3, "X_scale", &s, &have)) || (st = scale_in(c, 4, "W_scale", &s, &have))) return st;
+  return counterpart(c, conv_def(), 3, 0);
+}
+
+static nbl_status k_fconv_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *X = grad_in(c, 0), *W = grad_in(c, 1), *B = grad_in(c, 2);
+  if (c->reference || !X || !W || X->dtype != NBL_DT_FLOAT || W->dtype != NBL_DT_FLOAT || X->rank != 4)
+    return k_fconv_ref(c);
+  float sx = 0, sw = 0;
+  int hx, hw;
+  nbl_status st;
+  if ((st = scale_in(c, 3, "X_scale", &sx, &hx)) || (st = scale_in(c, 4, "W_scale", &sw, &hw))) return st;
+  nbl_conv_geom g;
+  if ((st = nbl_conv_node_geom(c, X, W, B, &g))) return st;
+  int off_grid = !hx || !hw;
+  if (!off_grid) {
+    int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
+    if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
+    st = nbl_i4b_conv_forward(c, &g, X->data, sx, W->data, sw, B ? B->data : NULL, nbl_kctx_out(c, 0)->data,
+                              NULL, &off_grid);
+    if (st) return grad_oom(c);
+  }
+  if (off_grid) {
+    atomic_fetch_add(&g_float_runs, 1);
+    return counterpart(c, conv_def(), 3, 1);
+  }
+  atomic_fetch_add(&g_int_runs, 1);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules: the counterparts' */
 
 static nbl_status shape_conv(nbl_shape_ctx *c) {
   const nbl_op_def *d = conv_grad_def();
+  return d ? d->shape(c) : NBL_ERR_INTERNAL;
+}
+
+static nbl_status shape_fconv(nbl_shape_ctx *c) {
+  const nbl_op_def *d = conv_def();
   return d ? d->shape(c) : NBL_ERR_INTERNAL;
 }
 
@@ -275,6 +326,8 @@ static nbl_status shape_gemm(nbl_shape_ctx *c) {
 const nbl_op_def nbl_ops_grad_int4[] = {
     NBL_OP_DEF("ai.nibble", "Int4LogConvGrad", 1, 1, .ref = k_conv_ref, .fast = k_conv_fast, .shape = shape_conv,
                .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "Int4CodedConv", 1, 1, .ref = k_fconv_ref, .fast = k_fconv_fast, .shape = shape_fconv,
+               .no_grad = "made by int4-backward after build-training: no gradient rule"),
     NBL_OP_DEF("ai.nibble", "Int4LogGemm", 1, 1, .ref = k_gemm_ref, .fast = k_gemm_fast, .shape = shape_gemm,
                .no_grad = NBL_NO_GRAD_BACKWARD),
 };

@@ -126,11 +126,17 @@ static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
   const int64_t *idx = I->data;
   int64_t planes = xd[0] * xd[1], oplane = planes ? I->numel / planes : 0;
   int own = 1; /* every index in its own (n, c) plane, as MaxPool makes them */
-  for (int64_t i = 0; i < I->numel; i++) { /* all indices valid before anything is written */
-    if (idx[i] < 0 || idx[i] >= n)
-      return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld at element %lld is outside [0, %lld)", (long long)idx[i],
-                      (long long)i, (long long)n);
-    own &= idx[i] / plane == i / oplane;
+  /* all indices valid before anything is written; plane by plane (no
+   * division per element): index i of plane i / oplane stays in its own
+   * plane when it lies in [lo, lo + plane) */
+  for (int64_t i = 0, lo = 0; i < I->numel; lo += plane) {
+    const int64_t e = oplane > 0 && I->numel - i > oplane ? i + oplane : I->numel;
+    for (; i < e; i++) {
+      if (idx[i] < 0 || idx[i] >= n)
+        return nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld at element %lld is outside [0, %lld)", (long long)idx[i],
+                        (long long)i, (long long)n);
+      own &= idx[i] >= lo && idx[i] - lo < plane;
+    }
   }
 #define TARGET(v) (so ? (v) / plane * plane + (v) % plane % xd[2] * xd[3] + (v) % plane / xd[2] : (v))
   if (fast && dY->dtype == NBL_DT_FLOAT) {

@@ -141,12 +141,46 @@ typedef struct pool_idx_task {
  * reference loop below: the first window element in (kh, kw) order unless a
  * later one is strictly greater; NaN in a window gives NaN and keeps the
  * index the scan holds; an empty window gives -inf and index 0 of the plane. */
+/* The 2 x 2 windows of stride 2 without padding or dilation that lie inside
+ * the plane (all of them but a last odd row or column), as the general scan
+ * below computes them: the scan over (0,0), (0,1), (1,0), (1,1). */
+static void maxpool2x2_idx_rows(const float *xp, int64_t W, int64_t OW, int64_t oh, int64_t ow1, int64_t base,
+                                float *yr, int64_t *ir) {
+  const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+  for (int64_t ow = 0; ow < ow1; ow++) {
+    const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+    int64_t best = 2 * oh * W + 2 * ow;
+    float bv = a;
+    int gt = b > bv;
+    bv = gt ? b : bv, best = gt ? best + 1 : best;
+    gt = c > bv;
+    bv = gt ? c : bv, best = gt ? (2 * oh + 1) * W + 2 * ow : best;
+    gt = d > bv;
+    bv = gt ? d : bv, best = gt ? (2 * oh + 1) * W + 2 * ow + 1 : best;
+    const int nan = (a != a) | (b != b) | (c != c) | (d != d);
+    yr[ow] = nan ? NAN : bv;
+    ir[ow] = base + best;
+  }
+  (void)OW;
+}
+
 static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   const pool_idx_task *t = arg;
   const nbl_conv_geom *g = t->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  /* 2 x 2, stride 2, no padding, row-major indices: the windows inside the
+   * plane by the short loop, the rest (a ceil_mode edge) by the scan */
+  const int two = KH == 2 && KW == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && g->pb[0] == 0 &&
+                  g->pb[1] == 0 && !t->storage_order;
+  const int64_t oh_in = two ? (H / 2 < OH ? H / 2 : OH) : 0, ow_in = two ? (W / 2 < OW ? W / 2 : OW) : 0;
   for (int64_t q = begin; q < end; q++) {
+    if (two) {
+      const float *xp = t->x + q * H * W;
+      for (int64_t oh = 0; oh < oh_in; oh++)
+        maxpool2x2_idx_rows(xp, W, OW, oh, ow_in, q * H * W, t->y + (q * OH + oh) * OW, t->idx + (q * OH + oh) * OW);
+      if (oh_in == OH && ow_in == OW) continue;
+    }
     const float *xp = t->x + q * H * W;
     float *yp = t->y + q * OH * OW;
     int64_t *ip = t->idx + q * OH * OW;
@@ -155,7 +189,7 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
       int64_t h0 = oh * sh - g->pb[0], kh0 = 0, kh1 = KH;
       while (kh0 < KH && h0 + kh0 * dh < 0) kh0++;
       while (kh1 > kh0 && h0 + (kh1 - 1) * dh >= H) kh1--;
-      for (int64_t ow = 0; ow < OW; ow++) {
+      for (int64_t ow = oh < oh_in ? ow_in : 0; ow < OW; ow++) {
         int64_t w0 = ow * sw - g->pb[1], kw0 = 0, kw1 = KW;
         while (kw0 < KW && w0 + kw0 * dw < 0) kw0++;
         while (kw1 > kw0 && w0 + (kw1 - 1) * dw >= W) kw1--;

@@ -27,6 +27,7 @@
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/int4_backward.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/ops/grad_int4.h"
 
 #define MS "com.microsoft"
@@ -471,17 +472,20 @@ static void conv_case(const ccase *c) {
   int64_t *adx = malloc(sizeof(int64_t) * (size_t)x.n), *adw = malloc(sizeof(int64_t) * (size_t)w.n);
   int64_t *adb = malloc(sizeof(int64_t) * (size_t)c->M);
   const int ni = n_isas();
-  for (int v = 0; v < ni; v++) {
-    nbl_i4b_conv_out o = {.dx_acc = adx, .dw_acc = adw, .db_acc = adb};
-    ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
-    for (int64_t i = 0; i < x.n; i++)
-      ck_assert_msg(adx[i] == rdx[i], "%s (%s) dX acc[%lld] %lld != %lld", c->what, nbl_i4b_isa_name(g_isas[v]),
-                    (long long)i, (long long)adx[i], (long long)rdx[i]);
-    for (int64_t i = 0; i < w.n; i++)
-      ck_assert_msg(adw[i] == rdw[i], "%s (%s) dW acc[%lld] %lld != %lld", c->what, nbl_i4b_isa_name(g_isas[v]),
-                    (long long)i, (long long)adw[i], (long long)rdw[i]);
-    for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
-  }
+  for (int v = 0; v < ni; v++)
+    for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
+      nbl_kdebug_set(NBL_KS_I4B_WIDE, wide);
+      nbl_i4b_conv_out o = {.dx_acc = adx, .dw_acc = adw, .db_acc = adb};
+      ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
+      for (int64_t i = 0; i < x.n; i++)
+        ck_assert_msg(adx[i] == rdx[i], "%s (%s, wide %d) dX acc[%lld] %lld != %lld", c->what,
+                      nbl_i4b_isa_name(g_isas[v]), wide, (long long)i, (long long)adx[i], (long long)rdx[i]);
+      for (int64_t i = 0; i < w.n; i++)
+        ck_assert_msg(adw[i] == rdw[i], "%s (%s, wide %d) dW acc[%lld] %lld != %lld", c->what,
+                      nbl_i4b_isa_name(g_isas[v]), wide, (long long)i, (long long)adw[i], (long long)rdw[i]);
+      for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
+    }
+  nbl_kdebug_reset();
 
   /* 2. the op against the float reference ConvGrad on the dequantized operands */
   attr a[8];
@@ -556,6 +560,10 @@ static const ccase conv_cases[] = {
      SP2(1, 1), 4, 4, 4, 3},
     {"stride 1, pads 1 (ResNet block): dX as a convolution of dY", 2, 2, 16, 16, 1, SP2(10, 10), SP2(3, 3),
      SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"ResNet block at 28 x 28: dW from the padded planes, two image chunks", 2, 6, 16, 16, 1, SP2(28, 28),
+     SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"padded planes with groups, dilation 2, asymmetric pads, 10 channels", 2, 2, 4, 10, 2, {30, 29}, SP2(3, 3),
+     SP2(1, 1), SP2(2, 2), {2, 1}, {1, 2}, 4, 4, 4, 3},
     {"stride 1, asymmetric pads, dilation 2, 8-bit weights", 2, 3, 7, 5, 1, SP2(9, 8), SP2(3, 2), SP2(1, 1),
      SP2(2, 1), SP2(2, 0), SP2(1, 1), 4, 8, 4, 3},
     {"pads past the kernel's extent", 2, 1, 3, 4, 1, SP2(5, 5), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(3, 3),
@@ -960,7 +968,7 @@ START_TEST(test_pass_log) {
   char log[2048] = {0};
   ck_assert_int_eq(pm_pass(&p, "int4-backward", log, sizeof log), NBL_OK);
   pm_expect_rewrite(&p, 1);
-  ck_assert_msg(strstr(log, "1 ConvGrad and 4 Gemm/MatMul backward products to integer kernels") &&
+  ck_assert_msg(strstr(log, "1 ConvGrad and 4 Gemm/MatMul backward products, 0 forward Conv to integer kernels") &&
                     strstr(log, "cg_f (dY not log-quantized)") && strstr(log, "cg_10 (dY not log-quantized)") &&
                     strstr(log, "g_c1 (Gemm with a C term)"),
                 "%s", log);

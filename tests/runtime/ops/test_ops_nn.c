@@ -256,6 +256,17 @@ static void attr_pool22(nbl_graph *g, nbl_id n) {
   nbl_node_set_attr_ints(g, n, "strides", 2, k);
   nbl_node_set_attr_ints(g, n, "pads", 4, p);
 }
+/* 2 x 2, stride 2, no padding (LeNet's pooling): the short loop, and with
+ * ceil_mode the last row and column of windows past the plane by the scan */
+static void attr_pool22_nopad(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {2, 2};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, k);
+}
+static void attr_pool22_ceil(nbl_graph *g, nbl_id n) {
+  attr_pool22_nopad(g, n);
+  nbl_node_set_attr_int(g, n, "ceil_mode", 1);
+}
 static void attr_pool22_incl(nbl_graph *g, nbl_id n) {
   attr_pool22(g, n);
   nbl_node_set_attr_int(g, n, "count_include_pad", 1);
@@ -299,17 +310,20 @@ static void attr_pool33s2_col(nbl_graph *g, nbl_id n) {
 
 /* MaxPool with its Indices output (training graphs): the float fast kernel
  * against the reference, values and indices exactly, with NaN, ties (equal
- * values: the first in window order wins), padding, dilation and both
- * storage orders. */
+ * values: the first in window order wins), padding, dilation, both storage
+ * orders, and 2 x 2 windows of stride 2 without padding on odd planes (with
+ * and without ceil_mode). */
 START_TEST(test_maxpool_indices) {
   int64_t d[4] = {2, 3, 13, 11};
   int64_t n = 2 * 3 * 13 * 11;
   float *x = frandv(n);
   for (int64_t i = 0; i < n; i += 53) x[i] = NAN;
   for (int64_t i = 5; i < n; i += 7) x[i] = 0.5f; /* ties */
+  for (int64_t i = 300; i < 360; i++) x[i] = 0.25f; /* whole windows of ties */
   nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
-  one_attr_fn attrs[4] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col};
-  for (int a = 0; a < 4; a++) {
+  one_attr_fn attrs[6] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col, attr_pool22_nopad,
+                          attr_pool22_ceil};
+  for (int a = 0; a < 6; a++) {
     nbl_host_tensor f[2], r[2];
     ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, f, 0, 2) == NBL_OK, "%s", nbl_last_error());
     ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, r, 1, 1) == NBL_OK, "%s", nbl_last_error());

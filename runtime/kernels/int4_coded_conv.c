@@ -1,0 +1,307 @@
+/* int4_coded_conv.c - the forward Conv of 4-bit training as an integer
+ * product (contract in int4_backward.h): X and W are QuantizeInt4 outputs,
+ * float tensors of linear codes (v = scale * c), whose weights change every
+ * step, so the fused INT4 path's once-packed weights do not apply. Each call
+ * recovers the weight codes (M * K) and packs them for the VNNI tiles of
+ * int4_gemm.c (nbl_i4_pack_rows), then, image by image on the threads:
+ * the image's activation codes as padded bytes (c + off), their im2col
+ * panels block by block of output pixels (as int4_conv.c lays them out, with
+ * code_conv.h's helpers), and the exact int32 products with the float
+ * epilogue y = sc * acc + bias straight into the NCHW output. With unit
+ * strides the outputs are computed over the padded width instead, so that
+ * the im2col rows are the padded planes themselves, read in place by the
+ * panel interleave (fill_wide), and the valid columns copied out. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/kernels/code_conv.h"
+#include "runtime/kernels/int4_backward.h"
+#include "runtime/kernels/int4_fused.h"
+#include "runtime/kernels/int4_gemm.h"
+
+typedef struct fwd_job {
+  const nbl_conv_geom *g;
+  const float *x;
+  float sx;
+  const nbl_i4_rows *rows; /* one per group */
+  const float *bias;
+  float sc;
+  float *y;
+  int32_t *acc;
+  int64_t Cg, Mg, Kg, Kp, Hp, Wp, pb;
+  nbl_i4_isa isa;
+  int gather2;
+  _Atomic int bad, oom;
+} fwd_job;
+
+/* The padded bytes of one image (C planes of H x W floats at x, codes
+ * c = x / sx checked exact): u = c + 128 (mod 256), the padding 128; the
+ * codes' min and max to *lo, *hi. Returns 0, or -1 when a value is off the
+ * grid (or its code beyond -255..255). */
+static int pad_bytes_c(const fwd_job *j, const float *x, uint8_t *u, int32_t *lo, int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1];
+  const float inv = 1.0f / j->sx;
+  int32_t mn = 0, mx = 0;
+  memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t h = 0; h < H; h++) {
+      const float *s = x + (c * H + h) * W;
+      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
+      for (int64_t w = 0; w < W; w++) {
+        const float r = rintf(s[w] * inv);
+        if (!(fabsf(r) <= 255.0f) || j->sx * r != s[w]) return -1;
+        const int32_t v = (int32_t)r;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        d[w] = (uint8_t)(v + 128);
+      }
+    }
+  *lo = mn, *hi = mx;
+  return 0;
+}
+
+#if defined(__x86_64__)
+/* pad_bytes_c on AVX-512 (F, BW, VL): rows in blocks of 16 lanes, masked. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_bytes_512(const fwd_job *j, const float *x,
+                                                                                  uint8_t *u, int32_t *lo,
+                                                                                  int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1];
+  const __m512 vinv = _mm512_set1_ps(1.0f / j->sx), vs = _mm512_set1_ps(j->sx), lim = _mm512_set1_ps(255.0f);
+  const __m512i absm = _mm512_set1_epi32(0x7fffffff), v128 = _mm512_set1_epi32(128);
+  __m512i mn = _mm512_setzero_si512(), mx = mn;
+  __mmask16 bad = 0;
+  memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t h = 0; h < H; h++) {
+      const float *s = x + (c * H + h) * W;
+      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
+      for (int64_t w = 0; w < W; w += 16) {
+        const __mmask16 m = (__mmask16)(W - w >= 16 ? 0xffff : (1u << (W - w)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, s + w);
+        const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 ra = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r), absm));
+        const __mmask16 in = _mm512_cmp_ps_mask(ra, lim, _CMP_LE_OQ);
+        const __m512i q = _mm512_maskz_cvtps_epi32(in, r);
+        const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_mul_ps(vs, _mm512_cvtepi32_ps(q)), v, _CMP_EQ_OQ);
+        bad |= (__mmask16)(m & ~(in & eq));
+        mn = _mm512_min_epi32(mn, q);
+        mx = _mm512_max_epi32(mx, q);
+        _mm_mask_storeu_epi8(d + w, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(q, v128)));
+      }
+    }
+  *lo = _mm512_reduce_min_epi32(mn), *hi = _mm512_reduce_max_epi32(mx);
+  return bad ? -1 : 0;
+}
+
+/* nbl_code_im2col_row for column strides 1 and 2 on AVX-512 (BW): each
+ * output row's run of bytes by masked 64-byte moves, no library call. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void im2col_row_512(const fwd_job *j, const uint8_t *x,
+                                                                                   int64_t k, int64_t p0, int64_t p1,
+                                                                                   uint8_t *row) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t OW = g->out[1], s0 = g->s[0], s1 = g->s[1], Wp = j->Wp;
+  const int64_t c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+  const uint8_t *xc = x + c * j->Hp * Wp + kh * g->d[0] * Wp + kw * g->d[1];
+  int64_t oh = p0 / OW, ow = p0 % OW; /* one division per row, not per run */
+  for (int64_t pix = p0; pix < p1; oh++, ow = 0) {
+    const int64_t n = OW - ow < p1 - pix ? OW - ow : p1 - pix;
+    const uint8_t *src = xc + oh * s0 * Wp + ow * s1;
+    uint8_t *dst = row + (pix - p0);
+    if (s1 == 1) {
+      for (int64_t q = 0; q < n; q += 64) {
+        const __mmask64 m = n - q >= 64 ? ~0ull : (1ull << (n - q)) - 1;
+        _mm512_mask_storeu_epi8(dst + q, m, _mm512_maskz_loadu_epi8(m, src + q));
+      }
+    } else {
+      nbl_code_gather2_avx512(src, n, dst);
+    }
+    pix += n;
+  }
+}
+#endif
+
+/* Panels of output pixels [p0, p0 + n32) (n32 a multiple of 32, nv of them
+ * real) of group gi's im2col from the padded bytes xg into X4. */
+static void fill_panels(const fwd_job *j, const uint8_t *xg, int64_t p0, int64_t nv, int64_t n32, uint8_t pad,
+                        uint8_t *X4, uint8_t *tmp) {
+  for (int64_t k4 = 0; k4 < j->Kp / 4; k4++) {
+    const uint8_t *r[4];
+    for (int q = 0; q < 4; q++) {
+      const int64_t k = 4 * k4 + q;
+      uint8_t *row = tmp + q * j->pb;
+      r[q] = row;
+      if (k >= j->Kg) {
+        memset(row, pad, (size_t)n32);
+        continue;
+      }
+#if defined(__x86_64__)
+      if (j->gather2 && j->g->s[1] <= 2) im2col_row_512(j, xg, k, p0, p0 + nv, row);
+      else
+#endif
+        nbl_code_im2col_row(j->g, xg, j->Hp, j->Wp, j->gather2, k, p0, p0 + nv, row);
+      if (n32 > nv) memset(row + nv, pad, (size_t)(n32 - nv));
+    }
+    for (int64_t q = 0; q < n32; q += 32)
+      nbl_code_interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (j->Kp / 4) + k4) * 128, 32);
+  }
+}
+
+/* Unit strides: outputs computed over the padded width Wp (pixel oh * Wp +
+ * ow, the columns ow >= OW wasted), so that each im2col row is the padded
+ * plane itself from the tap's offset, read in place by the interleave (no
+ * im2col copy); the block's outputs go to scratch and their valid columns
+ * to y (or acc). */
+static void fill_wide(const fwd_job *j, const uint8_t *xg, int64_t p0, int64_t n32, const uint8_t *padrow,
+                      uint8_t *X4) {
+  const nbl_conv_geom *g = j->g;
+  for (int64_t k4 = 0; k4 < j->Kp / 4; k4++) {
+    const uint8_t *r[4];
+    for (int q = 0; q < 4; q++) {
+      const int64_t k = 4 * k4 + q, c = k / g->k_sz, t = k % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+      r[q] = k < j->Kg ? xg + (c * j->Hp + kh * g->d[0]) * j->Wp + kw * g->d[1] + p0 : padrow;
+    }
+    for (int64_t q = 0; q < n32; q += 32)
+      nbl_code_interleave4(r[0] + q, r[1] + q, r[2] + q, r[3] + q, X4 + (q / 32 * (j->Kp / 4) + k4) * 128, 32);
+  }
+}
+
+/* Scratch rows [Mg][ld] of wide pixels [p0, p0 + nv) to their places in
+ * out (rows of P = OH * OW elements of 4 bytes). */
+static void scatter_wide(const fwd_job *j, const void *scr, int64_t ld, int64_t p0, int64_t nv, void *out) {
+  const int64_t OW = j->g->out[1], P = j->g->out_sz, Wp = j->Wp;
+  for (int64_t m = 0; m < j->Mg; m++) {
+    const char *src = (const char *)scr + 4 * m * ld;
+    char *dst = (char *)out + 4 * m * P;
+    int64_t oh = p0 / Wp, ow = p0 % Wp;
+    for (int64_t p = p0; p < p0 + nv; oh++, ow = 0) {
+      const int64_t run = Wp - ow < p0 + nv - p ? Wp - ow : p0 + nv - p;
+      if (ow < OW) memcpy(dst + 4 * (oh * OW + ow), src + 4 * (p - p0), (size_t)(4 * ((OW - ow < run ? OW - ow : run))));
+      p += run;
+    }
+  }
+}
+
+static void fwd_images(void *arg, int64_t n0, int64_t n1) {
+  fwd_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t nx = g->C * g->in_sz, P = g->out_sz, plane = g->C * j->Hp * j->Wp;
+  const int wide = g->s[0] == 1 && g->s[1] == 1;
+  const int64_t Pw = wide ? g->out[0] * j->Wp : P; /* the pixels computed */
+  /* slack past the planes: the wide rows of the last taps read up to a row
+   * and a panel beyond */
+  uint8_t *u = malloc((size_t)(plane + j->Wp + 128));
+  uint8_t *X4 = aligned_alloc(64, (size_t)(j->Kp * j->pb + 64) / 64 * 64), *tmp = malloc((size_t)(4 * j->pb));
+  float *scr = wide ? malloc(sizeof(float) * (size_t)(j->Mg * j->pb)) : NULL;
+  if (!u || !X4 || !tmp || (wide && !scr)) {
+    atomic_store(&j->oom, 1);
+    n1 = n0;
+  } else {
+    memset(u + plane, 0, (size_t)(j->Wp + 128));
+  }
+  for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
+    int32_t lo, hi;
+    const float *xn = j->x + n * nx;
+#if defined(__x86_64__)
+    int r = j->gather2 ? pad_bytes_512(j, xn, u, &lo, &hi) : pad_bytes_c(j, xn, u, &lo, &hi);
+#else
+    int r = pad_bytes_c(j, xn, u, &lo, &hi);
+#endif
+    /* codes in -128..127: bytes c + 128 as written; else (8-bit codes, lo
+     * <= 0 <= hi) bytes c - lo when they span at most 256 values */
+    int off = 128;
+    if (r == 0 && (lo < -128 || hi > 127)) {
+      if (hi - lo > 255) r = -1;
+      else {
+        off = -lo;
+        const uint8_t delta = (uint8_t)(off - 128);
+        for (int64_t i = 0; i < plane; i++) u[i] = (uint8_t)(u[i] + delta);
+      }
+    }
+    if (r) {
+      atomic_store(&j->bad, 1);
+      break;
+    }
+    if (wide) memset(tmp, off, (size_t)j->pb); /* the rows of k >= K */
+    for (int64_t gi = 0; gi < g->group; gi++) {
+      const uint8_t *xg = u + gi * j->Cg * j->Hp * j->Wp;
+      const int64_t o = (n * g->M + gi * j->Mg) * P;
+      nbl_i4_epi e = {.sc = j->sc, .bias = j->bias ? j->bias + gi * j->Mg : NULL};
+      for (int64_t p0 = 0; p0 < Pw; p0 += j->pb) {
+        const int64_t nv = Pw - p0 < j->pb ? Pw - p0 : j->pb, n32 = (nv + 31) / 32 * 32;
+        if (wide) {
+          fill_wide(j, xg, p0, n32, tmp, X4);
+          if (j->y) {
+            nbl_i4_conv_gemm(j->isa, &j->rows[gi], X4, off, 0, j->Mg, 0, nv, NULL, scr, j->pb, &e);
+            scatter_wide(j, scr, j->pb, p0, nv, j->y + o);
+          }
+          if (j->acc) {
+            nbl_i4_conv_gemm(j->isa, &j->rows[gi], X4, off, 0, j->Mg, 0, nv, (int32_t *)(void *)scr, NULL, j->pb,
+                             &e);
+            scatter_wide(j, scr, j->pb, p0, nv, j->acc + o);
+          }
+          continue;
+        }
+        fill_panels(j, xg, p0, nv, n32, (uint8_t)off, X4, tmp);
+        if (j->y) nbl_i4_conv_gemm(j->isa, &j->rows[gi], X4, off, 0, j->Mg, 0, nv, NULL, j->y + o + p0, P, &e);
+        if (j->acc) nbl_i4_conv_gemm(j->isa, &j->rows[gi], X4, off, 0, j->Mg, 0, nv, j->acc + o + p0, NULL, P, &e);
+      }
+    }
+  }
+  free(u);
+  free(X4);
+  free(tmp);
+  free(scr);
+}
+
+nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
+                                float sw, const float *bias, float *y, int32_t *acc, int *off_grid) {
+  *off_grid = 0;
+  if (g->ns != 2) {
+    *off_grid = 1;
+    return NBL_OK;
+  }
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, Kg = Cg * g->k_sz, nw = g->M * Kg;
+  if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
+  const nbl_i4b_isa bisa = nbl_i4b_best_isa();
+  /* the weight codes, int8 */
+  int16_t *wq = malloc(sizeof(int16_t) * (size_t)(nw ? nw : 1));
+  int8_t *w8 = malloc((size_t)(nw ? nw : 1));
+  nbl_i4_rows *rows = calloc((size_t)g->group, sizeof *rows);
+  nbl_status st = NBL_OK;
+  if (!wq || !w8 || !rows) st = NBL_ERR_OUT_OF_MEMORY;
+  nbl_i4b_grid gw;
+  if (!st && (nbl_i4b_codes_linear(bisa, w, nw, sw, wq, &gw) || gw.maxabs > 128)) *off_grid = 1;
+  for (int64_t i = 0; !st && !*off_grid && gw.maxabs == 128 && i < nw; i++) *off_grid = wq[i] == 128;
+  for (int64_t gi = 0; !st && !*off_grid && gi < g->group; gi++) {
+    for (int64_t i = gi * Mg * Kg; i < (gi + 1) * Mg * Kg; i++) w8[i] = (int8_t)wq[i];
+    if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
+  }
+  if (!st && !*off_grid) {
+    int64_t Hp = g->in[0] + g->pb[0], Wp = g->in[1] + g->pb[1];
+    const int64_t need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
+    const int64_t need_w = (g->out[1] - 1) * g->s[1] + (g->k[1] - 1) * g->d[1] + 1;
+    if (Hp < need_h) Hp = need_h;
+    if (Wp < need_w) Wp = need_w;
+    const int64_t Kp = rows[0].Kp, P32 = (g->out_sz + 31) / 32 * 32;
+    /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 */
+    int64_t pb = (int64_t)(192 * 1024) / (Kp ? Kp : 4) / 32 * 32;
+    pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
+    if (pb > P32) pb = P32;
+    fwd_job j = {.g = g, .x = x, .sx = sx, .rows = rows, .bias = bias, .sc = sx * sw, .y = y, .acc = acc,
+                 .Cg = Cg, .Mg = Mg, .Kg = Kg, .Kp = Kp, .Hp = Hp, .Wp = Wp, .pb = pb, .isa = nbl_i4_best_isa(),
+                 .gather2 = nbl_i4_avx512()};
+    if (ctx) nbl_parallel_for(ctx, g->N, 1, fwd_images, &j);
+    else fwd_images(&j, 0, g->N);
+    if (atomic_load(&j.oom)) st = NBL_ERR_OUT_OF_MEMORY;
+    else if (atomic_load(&j.bad)) *off_grid = 1;
+  }
+  for (int64_t gi = 0; rows && gi < g->group; gi++) nbl_i4_rows_free(&rows[gi]);
+  free(rows);
+  free(wq);
+  free(w8);
+  return st;
+}
