@@ -248,6 +248,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
     return NBL_OK;
   int direct = nbl_conv_pointwise(g);
 #if defined(__x86_64__)
+  /* other 2-D layers: the shifted-rows kernel, no im2col */
+  if (own && !direct && nbl_conv_shift_f32(ctx, g, x, w, bias, y, act)) return NBL_OK;
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)
       if (!nbl_conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,

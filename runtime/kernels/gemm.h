@@ -156,6 +156,14 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
 nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                             const float *bias, float *y, const nbl_act *act);
 
+/* The weight gradient of a 2-D convolution with one group, FP32, by the
+ * AVX-512 shifted-rows kernel (conv_shift.c): dw [M, C, KH, KW] = the sum
+ * over the batch of dy [N, M, out] correlated with x [N, C, in] (overwritten).
+ * 1 when it ran; 0 when the layer does not qualify (other ranks, groups, no
+ * AVX-512) or memory ran out, dw then untouched. */
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw);
+
 /* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
 #define NBL_DW_MAX_TAPS 64
 

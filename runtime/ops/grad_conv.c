@@ -386,6 +386,8 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
     if (done) DX = NULL; /* written */
     else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
   }
+  /* dW of 2-D layers without im2col where AVX-512 runs */
+  if (DW && W->numel && g.N && out && nbl_conv_shift_dw(c, &g, X->data, dy, DW->data)) DW = NULL;
   if (DW && W->numel) memset(DW->data, 0, sizeof(float) * (size_t)W->numel);
   if ((!DX && !DW) || g.N == 0 || out == 0 || K == 0) return NBL_OK;
   /* images per chunk: about CG_COLS columns (measured best for LeNet-sized

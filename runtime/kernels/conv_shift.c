@@ -1,0 +1,396 @@
+/* conv_shift.c - 2-D FP32 convolutions without im2col ("shifted rows"),
+ * AVX-512: the forward product (nbl_conv_shift_f32, conv_paths.h) and the
+ * weight gradient (nbl_conv_shift_dw, gemm.h).
+ *
+ * Each image is copied once into zero-padded planes, one per channel and
+ * stride phase: plane (c, a, b), row r, column j holds the input's row
+ * r sh + a - pb[0], column j sw + b - pb[1] (zero outside the image). All
+ * planes have R = OH + (KH - 1) dh / sh rows of Wq = OW + (KW - 1) dw / sw
+ * columns, and kernel tap (kh, kw) reads, for output (oh, ow), plane
+ * (c, kh dh % sh, kw dw % sw) at row oh + kh dh / sh, column ow + kw dw / sw.
+ * Numbering the outputs q = oh Wq + ow ("padded width": columns OW..Wq-1 of
+ * every row are junk, computed and dropped), tap k = (c, kh, kw) is the plane
+ * shifted by a constant off[k], so that
+ *   y[m][q]  = sum_k w[m][k] plane[q + off[k]]             (forward)
+ *   dW[m][k] = sum_n sum_q dy[n][m][q] plane_n[q + off[k]] (dy zero in the junk)
+ * are products of contiguous rows: the im2col matrix (KH KW times the
+ * input, written and read back per image) is never made. Only the phases
+ * some tap reads are stored (one for 1x1 strided layers).
+ */
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
+#include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/simd16.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define SH_MAX_PHASES 16 /* strides up to 4 x 4 */
+
+typedef struct shift_geom {
+  const nbl_conv_geom *g;
+  int64_t R, Wq, PS;   /* plane rows, columns, floats */
+  int64_t np;          /* planes per channel (phases read by some tap) */
+  int64_t img;         /* floats per image: C np PS */
+  int64_t Q, Qp;       /* outputs per channel in padded width, rounded up to 16 */
+  int64_t K;           /* C KH KW */
+  int slot[SH_MAX_PHASES]; /* phase a sw + b -> its plane among the channel's, or -1 */
+  int64_t *off;        /* [K]: tap k's offset from the image's first plane */
+} shift_geom;
+
+/* The layout for geometry g; 0 when the layer does not qualify. */
+static int shift_init(const nbl_conv_geom *g, shift_geom *s) {
+  memset(s, 0, sizeof *s);
+  if (g->ns != 2 || g->group != 1 || g->s[0] * g->s[1] > SH_MAX_PHASES) return 0;
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  s->g = g;
+  s->R = g->out[0] + (KH - 1) * dh / sh;
+  s->Wq = g->out[1] + (KW - 1) * dw / sw;
+  s->PS = s->R * s->Wq;
+  s->Q = g->out[0] * s->Wq;
+  s->Qp = (s->Q + 15) / 16 * 16;
+  s->K = g->C * KH * KW;
+  if (s->PS <= 0 || s->PS > ((int64_t)1 << 28) || s->K <= 0 || s->K > ((int64_t)1 << 24)) return 0;
+  for (int i = 0; i < SH_MAX_PHASES; i++) s->slot[i] = -1;
+  for (int64_t kh = 0; kh < KH; kh++)
+    for (int64_t kw = 0; kw < KW; kw++) {
+      int ph = (int)((kh * dh % sh) * sw + kw * dw % sw);
+      if (s->slot[ph] < 0) s->slot[ph] = (int)s->np++;
+    }
+  s->img = g->C * s->np * s->PS;
+  if (s->img > ((int64_t)1 << 30)) return 0;
+  s->off = malloc(sizeof(int64_t) * (size_t)s->K);
+  if (!s->off) return 0;
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int ph = (int)((kh * dh % sh) * sw + kw * dw % sw);
+        s->off[(c * KH + kh) * KW + kw] =
+            (c * s->np + s->slot[ph]) * s->PS + kh * dh / sh * s->Wq + kw * dw / sw;
+      }
+  return 1;
+}
+
+/* The mask of lanes i < 16 with lo <= i < hi. */
+static inline __mmask16 lanes(int64_t lo, int64_t hi) {
+  if (lo < 0) lo = 0;
+  if (hi > 16) hi = 16;
+  if (hi <= lo) return 0;
+  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* The planes of one image x [C, H, W] into dst [C][np][PS]: row j of a
+ * plane is src[j sw] for j0 <= j < j1, 0 for the other j < Wq, 16 columns
+ * per step with the lane masks of each step computed once per phase
+ * (strides 1 and 2; masked-off lanes are not read). Pads may be negative
+ * (the phase convolutions of nbl_conv_shift_dx): rows and columns outside
+ * the image are zero either way. */
+__attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, const float *x, float *dst) {
+  const nbl_conv_geom *g = s->g;
+  int64_t H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], Wq = s->Wq, nv = (Wq + 15) / 16;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __mmask16 m0[64], m1[64], ms[64]; /* per 16 columns: load masks (2 for stride 2), store mask */
+  int vec = (sw == 1 || sw == 2) && nv <= 64;
+  for (int64_t a = 0; a < sh; a++)
+    for (int64_t b = 0; b < sw; b++) {
+      int sl = s->slot[a * sw + b];
+      if (sl < 0) continue;
+      /* columns j with 0 <= j sw + b - pb[1] < W: [j0, j1) */
+      int64_t lo = g->pb[1] - b, hi = W + g->pb[1] - b;
+      int64_t j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw, j1 = hi <= 0 ? 0 : (hi + sw - 1) / sw;
+      if (j1 > Wq) j1 = Wq;
+      if (j0 > j1) j0 = j1;
+      for (int64_t v = 0; vec && v < nv; v++) {
+        int64_t j = 16 * v;
+        ms[v] = nbl_tail_mask(Wq - j);
+        if (sw == 1) {
+          m0[v] = lanes(j0 - j, j1 - j);
+          m1[v] = 0;
+        } else { /* source floats 2 j + e, e < 32: e in [2 (j0 - j), 2 (j1 - j) - 1) */
+          m0[v] = lanes(2 * (j0 - j), 2 * (j1 - j) - 1);
+          m1[v] = lanes(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
+        }
+      }
+      for (int64_t c = 0; c < g->C; c++) {
+        float *p = dst + (c * s->np + sl) * s->PS;
+        const float *xc = x + c * H * W;
+        for (int64_t r = 0; r < s->R; r++) {
+          float *row = p + r * Wq;
+          int64_t ih = r * sh + a - g->pb[0];
+          const float *src = xc + ih * W + b - g->pb[1];
+          if (ih < 0 || ih >= H || j0 == j1) memset(row, 0, sizeof(float) * (size_t)Wq);
+          else if (vec && sw == 1)
+            for (int64_t v = 0; v < nv; v++)
+              _mm512_mask_storeu_ps(row + 16 * v, ms[v], _mm512_maskz_loadu_ps(m0[v], src + 16 * v));
+          else if (vec)
+            for (int64_t v = 0; v < nv; v++) {
+              __m512 v0 = _mm512_maskz_loadu_ps(m0[v], src + 32 * v);
+              __m512 v1 = _mm512_maskz_loadu_ps(m1[v], src + 32 * v + 16);
+              _mm512_mask_storeu_ps(row + 16 * v, ms[v], _mm512_permutex2var_ps(v0, even, v1));
+            }
+          else
+            for (int64_t j = 0; j < Wq; j++) row[j] = j >= j0 && j < j1 ? src[j * sw] : 0.0f;
+        }
+      }
+    }
+}
+
+typedef struct pack_task {
+  const shift_geom *s;
+  const float *x;
+  float *planes;
+} pack_task;
+
+static void pack_run(void *arg, int64_t begin, int64_t end) {
+  const pack_task *t = arg;
+  const nbl_conv_geom *g = t->s->g;
+  for (int64_t n = begin; n < end; n++) shift_pack(t->s, t->x + n * g->C * g->in_sz, t->planes + n * t->s->img);
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* 8 output channels x nq (<= 32) outputs q.. of one image: xb = its planes
+ * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
+ * get act(bias + sum). The loop of c11_tile (conv_avx512.c) with the rows
+ * of x found through off[] instead of im2col's k P. */
+__attribute__((target("avx512f"))) static void fwd_tile(const float *xb, const int64_t *off,
+                                                        const float *wb, int64_t K, int nq,
+                                                        float *y, int64_t ldy, int nr,
+                                                        const float *bias, const nbl_act *act) {
+  __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
+  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
+         a60 = a00, a70 = a00;
+  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
+  for (int64_t k = 0; k < K; k++, wb += 8) {
+    const float *x = xb + off[k];
+    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
+#define SH_ROW(r)                            \
+  w = _mm512_set1_ps(wb[r]);                 \
+  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
+  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
+    SH_ROW(0) SH_ROW(1) SH_ROW(2) SH_ROW(3) SH_ROW(4) SH_ROW(5) SH_ROW(6) SH_ROW(7)
+#undef SH_ROW
+  }
+  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  for (int r = 0; r < nr; r++) {
+    __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
+    if (act) { /* Clip's semantics, NaN passing through */
+      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
+      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
+      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
+    }
+    _mm512_mask_storeu_ps(y + r * ldy, k0, v0);
+    if (k1) _mm512_mask_storeu_ps(y + r * ldy + 16, k1, v1);
+  }
+}
+
+typedef struct fwd_task {
+  const shift_geom *s;
+  const float *x, *wp, *bias;
+  const nbl_act *act;
+  float *planes, *yp, *y;
+  int64_t bands; /* units per image (row bands) */
+  int pack;      /* 1: each unit packs its image's planes (bands == 1) */
+} fwd_task;
+
+static void fwd_run(void *arg, int64_t begin, int64_t end) {
+  const fwd_task *t = arg;
+  const shift_geom *s = t->s;
+  const nbl_conv_geom *g = s->g;
+  int64_t M = g->M, OH = g->out[0], OW = g->out[1], Wq = s->Wq;
+  for (int64_t u = begin; u < end; u++) {
+    int64_t n = u / t->bands, oh0, oh1;
+    nbl_band(OH, u % t->bands, t->bands, 1, &oh0, &oh1);
+    if (oh0 >= oh1) continue;
+    float *pl = t->planes + n * s->img;
+    if (t->pack) shift_pack(s, t->x + n * g->C * g->in_sz, pl);
+    /* straight into y when rows have no junk, else into yp and compacted */
+    float *yn = t->yp ? t->yp + n * M * s->Qp : t->y + n * M * g->out_sz;
+    int64_t ld = t->yp ? s->Qp : g->out_sz, q1 = (oh1 - 1) * Wq + OW;
+    for (int64_t q = oh0 * Wq; q < q1; q += 32) {
+      int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
+      for (int64_t m = 0; m < M; m += 8)
+        fwd_tile(pl + q, s->off, t->wp + m * s->K, s->K, nq, yn + m * ld + q, ld,
+                 M - m < 8 ? (int)(M - m) : 8, t->bias ? t->bias + m : NULL, t->act);
+    }
+    if (t->yp)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t oh = oh0; oh < oh1; oh++)
+          memcpy(t->y + ((n * M + m) * OH + oh) * OW, yn + m * ld + oh * Wq, sizeof(float) * (size_t)OW);
+  }
+}
+
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act) {
+  /* weights past the L2 (ResNet-18's last layers): each q tile and band
+   * would read them again; the im2col product reads them once */
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->M * g->C * g->k_sz > 131072) return 0;
+  shift_geom s;
+  if (!shift_init(g, &s)) return 0;
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  int64_t bands = 1;
+  if (threads > 1 && g->N < 2 * threads) {
+    bands = (2 * threads + g->N - 1) / g->N;
+    if (bands > g->out[0]) bands = g->out[0];
+  }
+  void *scratch = NULL;
+  const float *wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
+  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img));
+  float *yp = s.Wq == g->out[1] ? NULL : malloc(sizeof(float) * (size_t)(g->N * g->M * s.Qp));
+  int ok = wp && planes && (yp || s.Wq == g->out[1]);
+  if (ok) {
+    fwd_task t = {&s, x, wp, bias, act, planes, yp, y, bands, bands == 1};
+    if (bands > 1) {
+      pack_task pt = {&s, x, planes};
+      nbl_parallel_for(ctx, g->N, 1, pack_run, &pt);
+    }
+    nbl_parallel_for(ctx, g->N * bands, 1, fwd_run, &t);
+  }
+  free(planes);
+  free(yp);
+  free(scratch);
+  free(s.off);
+  return ok;
+}
+
+/* ------------------------------------------------------------------ weight gradient */
+
+typedef struct dw_task {
+  const shift_geom *s;
+  const float *planes, *dyp, *zero; /* dyp [N][M][Qp], zero: Qp zeros */
+  float *dw;
+  int64_t kblk, ktiles, chunk; /* k tiles (of 6) per unit, in all; images per pass */
+} dw_task;
+
+/* dw[m + i][k + j] += sum over images [n0, n1) and q < Qp of
+ * dy[n][m + i][q] plane_n[q + off[k + j]], i < 4, j < 6 (rows past M read
+ * zeros, taps past K repeat the last one; neither is stored): 24 sums in
+ * registers, 4 dy rows and 6 shifted plane rows loaded per 16 outputs. */
+__attribute__((target("avx512f"))) static void dw_tile(const dw_task *t, int64_t n0, int64_t n1,
+                                                       int64_t m, int64_t k) {
+  const shift_geom *s = t->s;
+  int64_t M = s->g->M, K = s->K, Qp = s->Qp, ob[6];
+  for (int j = 0; j < 6; j++) ob[j] = s->off[k + j < K ? k + j : K - 1];
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c04 = c00, c05 = c00;
+  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
+  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c24 = c00, c25 = c00;
+  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00, c34 = c00, c35 = c00;
+  for (int64_t n = n0; n < n1; n++) {
+    const float *d = t->dyp + (n * M + m) * Qp, *pl = t->planes + n * s->img;
+    const float *a0 = d, *a1 = m + 1 < M ? d + Qp : t->zero, *a2 = m + 2 < M ? d + 2 * Qp : t->zero,
+                *a3 = m + 3 < M ? d + 3 * Qp : t->zero;
+    const float *b0 = pl + ob[0], *b1 = pl + ob[1], *b2 = pl + ob[2], *b3 = pl + ob[3],
+                *b4 = pl + ob[4], *b5 = pl + ob[5];
+    for (int64_t q = 0; q < Qp; q += 16) {
+      __m512 x0 = _mm512_load_ps(a0 + q), x1 = _mm512_load_ps(a1 + q), x2 = _mm512_load_ps(a2 + q),
+             x3 = _mm512_load_ps(a3 + q), v;
+#define SH_COL(j)                          \
+  v = _mm512_loadu_ps(b##j + q);           \
+  c0##j = _mm512_fmadd_ps(x0, v, c0##j);   \
+  c1##j = _mm512_fmadd_ps(x1, v, c1##j);   \
+  c2##j = _mm512_fmadd_ps(x2, v, c2##j);   \
+  c3##j = _mm512_fmadd_ps(x3, v, c3##j);
+      SH_COL(0) SH_COL(1) SH_COL(2) SH_COL(3) SH_COL(4) SH_COL(5)
+#undef SH_COL
+    }
+  }
+  __m512 c[4][6] = {{c00, c01, c02, c03, c04, c05},
+                    {c10, c11, c12, c13, c14, c15},
+                    {c20, c21, c22, c23, c24, c25},
+                    {c30, c31, c32, c33, c34, c35}};
+  for (int i = 0; i < 4 && m + i < M; i++)
+    for (int j = 0; j < 6 && k + j < K; j++) t->dw[(m + i) * K + k + j] += _mm512_reduce_add_ps(c[i][j]);
+}
+
+static void dw_run(void *arg, int64_t begin, int64_t end) {
+  const dw_task *t = arg;
+  const nbl_conv_geom *g = t->s->g;
+  for (int64_t u = begin; u < end; u++) {
+    int64_t kt0 = u * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
+    for (int64_t n0 = 0; n0 < g->N; n0 += t->chunk) {
+      int64_t n1 = n0 + t->chunk < g->N ? n0 + t->chunk : g->N;
+      for (int64_t m = 0; m < g->M; m += 4)
+        for (int64_t kt = kt0; kt < kt1; kt++) dw_tile(t, n0, n1, m, kt * 6);
+    }
+  }
+}
+
+typedef struct dyp_task {
+  const shift_geom *s;
+  const float *x, *dy;
+  float *planes, *dyp;
+} dyp_task;
+
+/* Images [begin, end): their planes, and dy in padded width (junk columns
+ * and the tail to Qp zero). */
+static void dyp_run(void *arg, int64_t begin, int64_t end) {
+  const dyp_task *t = arg;
+  const shift_geom *s = t->s;
+  const nbl_conv_geom *g = s->g;
+  int64_t OH = g->out[0], OW = g->out[1], Wq = s->Wq;
+  for (int64_t n = begin; n < end; n++) {
+    shift_pack(s, t->x + n * g->C * g->in_sz, t->planes + n * s->img);
+    for (int64_t m = 0; m < g->M; m++) {
+      float *d = t->dyp + (n * g->M + m) * s->Qp;
+      const float *src = t->dy + (n * g->M + m) * g->out_sz;
+      for (int64_t oh = 0; oh < OH; oh++) {
+        memcpy(d + oh * Wq, src + oh * OW, sizeof(float) * (size_t)OW);
+        for (int64_t j = OW; j < Wq; j++) d[oh * Wq + j] = 0.0f;
+      }
+      for (int64_t q = s->Q; q < s->Qp; q++) d[q] = 0.0f;
+    }
+  }
+}
+
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw) {
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->N <= 0 || g->M <= 0) return 0;
+  shift_geom s;
+  if (!shift_init(g, &s)) return 0;
+  /* the dW loop reads up to Wq + 14 floats past the last plane: zeros */
+  int64_t slack = s.Wq + 16;
+  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img + slack));
+  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((g->N * g->M + 1) * s.Qp));
+  if (!planes || !dyp) {
+    free(planes);
+    free(dyp);
+    free(s.off);
+    return 0;
+  }
+  memset(planes + g->N * s.img, 0, sizeof(float) * (size_t)slack);
+  memset(dyp + g->N * g->M * s.Qp, 0, sizeof(float) * (size_t)s.Qp);
+  dyp_task pt = {&s, x, dy, planes, dyp};
+  nbl_parallel_for(ctx, g->N, 1, dyp_run, &pt);
+  memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  dw_task t = {&s, planes, dyp, dyp + g->N * g->M * s.Qp, dw, 0, (s.K + 5) / 6, 1};
+  /* images per pass: their planes and dy rows within about 1 MB (the L2) */
+  int64_t per = (s.img + g->M * s.Qp) * (int64_t)sizeof(float);
+  t.chunk = ((int64_t)1 << 20) / (per > 0 ? per : 1);
+  if (t.chunk < 1) t.chunk = 1;
+  int64_t units;
+  nbl_split_rows(t.ktiles, 1, threads > 1 ? 2 * threads : 1, &units, &t.kblk);
+  nbl_parallel_for(ctx, units, 1, dw_run, &t);
+  free(planes);
+  free(dyp);
+  free(s.off);
+  return 1;
+}
+
+#else
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act) {
+  (void)ctx, (void)g, (void)x, (void)w, (void)bias, (void)y, (void)act;
+  return 0;
+}
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw) {
+  (void)ctx, (void)g, (void)x, (void)dy, (void)dw;
+  return 0;
+}
+#endif
