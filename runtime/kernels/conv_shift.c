@@ -32,13 +32,15 @@
 
 typedef struct shift_geom {
   const nbl_conv_geom *g;
-  int64_t R, Wq, PS;   /* plane rows, columns, floats */
+  int64_t R, Wq, PS;   /* plane rows, row stride (columns), floats (rows and a zero guard) */
   int64_t np;          /* planes per channel (phases read by some tap) */
   int64_t img;         /* floats per image: C np PS */
   int64_t Q, Qp;       /* outputs per channel in padded width, rounded up to 16 */
   int64_t K;           /* C KH KW */
   int slot[SH_MAX_PHASES]; /* phase a sw + b -> its plane among the channel's, or -1 */
   int64_t *off;        /* [K]: tap k's offset from the image's first plane */
+  uint16_t *vm;        /* forward: [Q + 16] lanes q.. of a vector that are outputs (q % Wq < OW) */
+  int32_t *yb;         /* forward: [Q + 16] the output index of the first such lane */
 } shift_geom;
 
 /* The layout for geometry g; 0 when the layer does not qualify. */
@@ -47,19 +49,37 @@ static int shift_init(const nbl_conv_geom *g, shift_geom *s) {
   if (g->ns != 2 || g->group != 1 || g->s[0] * g->s[1] > SH_MAX_PHASES) return 0;
   int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
   s->g = g;
-  s->R = g->out[0] + (KH - 1) * dh / sh;
-  s->Wq = g->out[1] + (KW - 1) * dw / sw;
-  s->PS = s->R * s->Wq;
-  s->Q = g->out[0] * s->Wq;
-  s->Qp = (s->Q + 15) / 16 * 16;
-  s->K = g->C * KH * KW;
-  if (s->PS <= 0 || s->PS > ((int64_t)1 << 28) || s->K <= 0 || s->K > ((int64_t)1 << 24)) return 0;
   for (int i = 0; i < SH_MAX_PHASES; i++) s->slot[i] = -1;
   for (int64_t kh = 0; kh < KH; kh++)
     for (int64_t kw = 0; kw < KW; kw++) {
       int ph = (int)((kh * dh % sh) * sw + kw * dw % sw);
       if (s->slot[ph] < 0) s->slot[ph] = (int)s->np++;
     }
+  /* Rows share their pads: a read past the end of a row (columns >= Wq)
+   * lands on the next row's leading zeros, so Wq needs to cover the data
+   * the outputs read (columns < min(j1, OW + tmax)) and the reach past it
+   * (OW + tmax - j0) only: 29 columns for 28 with 3x3 pad 1, not 30. The
+   * last row's reach goes into a zero guard. */
+  int64_t OW = g->out[1], tmax = (KW - 1) * dw / sw, wq = OW, guard = 0;
+  for (int64_t b = 0; b < sw; b++) {
+    int used = 0;
+    for (int64_t a = 0; a < sh; a++) used |= s->slot[a * sw + b] >= 0;
+    if (!used) continue;
+    int64_t lo = g->pb[1] - b, hi = g->in[1] + g->pb[1] - b;
+    int64_t j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw, j1 = hi <= 0 ? 0 : (hi + sw - 1) / sw;
+    if (j1 > OW + tmax) j1 = OW + tmax;
+    if (wq < j1) wq = j1;
+    if (wq < OW + tmax - j0) wq = OW + tmax - j0;
+  }
+  if (wq < 1) wq = 1;
+  guard = OW + tmax - wq > 0 ? OW + tmax - wq : 0;
+  s->R = g->out[0] + (KH - 1) * dh / sh;
+  s->Wq = wq;
+  s->PS = s->R * s->Wq + guard;
+  s->Q = g->out[0] * s->Wq;
+  s->Qp = (s->Q + 15) / 16 * 16;
+  s->K = g->C * KH * KW;
+  if (s->PS <= 0 || s->PS > ((int64_t)1 << 28) || s->K <= 0 || s->K > ((int64_t)1 << 24)) return 0;
   s->img = g->C * s->np * s->PS;
   if (s->img > ((int64_t)1 << 30)) return 0;
   s->off = malloc(sizeof(int64_t) * (size_t)s->K);
@@ -98,7 +118,8 @@ __attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, c
     for (int64_t b = 0; b < sw; b++) {
       int sl = s->slot[a * sw + b];
       if (sl < 0) continue;
-      /* columns j with 0 <= j sw + b - pb[1] < W: [j0, j1) */
+      /* columns j with 0 <= j sw + b - pb[1] < W: [j0, j1); columns past
+       * the row (j >= Wq) are never read as such */
       int64_t lo = g->pb[1] - b, hi = W + g->pb[1] - b;
       int64_t j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw, j1 = hi <= 0 ? 0 : (hi + sw - 1) / sw;
       if (j1 > Wq) j1 = Wq;
@@ -134,6 +155,7 @@ __attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, c
           else
             for (int64_t j = 0; j < Wq; j++) row[j] = j >= j0 && j < j1 ? src[j * sw] : 0.0f;
         }
+        for (int64_t i = s->R * Wq; i < s->PS; i++) p[i] = 0.0f; /* the guard */
       }
     }
 }
@@ -156,10 +178,10 @@ static void pack_run(void *arg, int64_t begin, int64_t end) {
  * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
  * get act(bias + sum). The loop of c11_tile (conv_avx512.c) with the rows
  * of x found through off[] instead of im2col's k P. */
-__attribute__((target("avx512f"))) static void fwd_tile(const float *xb, const int64_t *off,
-                                                        const float *wb, int64_t K, int nq,
-                                                        float *y, int64_t ldy, int nr,
-                                                        const float *bias, const nbl_act *act) {
+__attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const float *xb, int64_t q,
+                                                        const float *wb, int nq, float *y, int64_t ldy,
+                                                        int nr, const float *bias, const nbl_act *act) {
+  const int64_t *off = s->off, K = s->K;
   __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
   __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
          a60 = a00, a70 = a00;
@@ -176,6 +198,11 @@ __attribute__((target("avx512f"))) static void fwd_tile(const float *xb, const i
   }
   __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
                     {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  /* the output lanes of each vector, packed to the front, stored at the
+   * output index of the first: the junk columns are dropped here */
+  __mmask16 v0m = s->vm[q] & k0, v1m = k1 ? s->vm[q + 16] & k1 : 0;
+  __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
+  float *y0 = y + s->yb[q], *y1 = y + s->yb[q + 16];
   for (int r = 0; r < nr; r++) {
     __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
     __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
@@ -184,8 +211,8 @@ __attribute__((target("avx512f"))) static void fwd_tile(const float *xb, const i
       v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
       v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
     }
-    _mm512_mask_storeu_ps(y + r * ldy, k0, v0);
-    if (k1) _mm512_mask_storeu_ps(y + r * ldy + 16, k1, v1);
+    if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
+    if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
   }
 }
 
@@ -193,7 +220,7 @@ typedef struct fwd_task {
   const shift_geom *s;
   const float *x, *wp, *bias;
   const nbl_act *act;
-  float *planes, *yp, *y;
+  float *planes, *y;
   int64_t bands; /* units per image (row bands) */
   int pack;      /* 1: each unit packs its image's planes (bands == 1) */
 } fwd_task;
@@ -209,19 +236,14 @@ static void fwd_run(void *arg, int64_t begin, int64_t end) {
     if (oh0 >= oh1) continue;
     float *pl = t->planes + n * s->img;
     if (t->pack) shift_pack(s, t->x + n * g->C * g->in_sz, pl);
-    /* straight into y when rows have no junk, else into yp and compacted */
-    float *yn = t->yp ? t->yp + n * M * s->Qp : t->y + n * M * g->out_sz;
-    int64_t ld = t->yp ? s->Qp : g->out_sz, q1 = (oh1 - 1) * Wq + OW;
+    float *yn = t->y + n * M * g->out_sz;
+    int64_t q1 = (oh1 - 1) * Wq + OW;
     for (int64_t q = oh0 * Wq; q < q1; q += 32) {
       int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
       for (int64_t m = 0; m < M; m += 8)
-        fwd_tile(pl + q, s->off, t->wp + m * s->K, s->K, nq, yn + m * ld + q, ld,
+        fwd_tile(s, pl + q, q, t->wp + m * s->K, nq, yn + m * g->out_sz, g->out_sz,
                  M - m < 8 ? (int)(M - m) : 8, t->bias ? t->bias + m : NULL, t->act);
     }
-    if (t->yp)
-      for (int64_t m = 0; m < M; m++)
-        for (int64_t oh = oh0; oh < oh1; oh++)
-          memcpy(t->y + ((n * M + m) * OH + oh) * OW, yn + m * ld + oh * Wq, sizeof(float) * (size_t)OW);
   }
 }
 
@@ -240,11 +262,22 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
   }
   void *scratch = NULL;
   const float *wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
-  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img));
-  float *yp = s.Wq == g->out[1] ? NULL : malloc(sizeof(float) * (size_t)(g->N * g->M * s.Qp));
-  int ok = wp && planes && (yp || s.Wq == g->out[1]);
+  int64_t slack = s.Wq + 32; /* zeros past the last plane: the masked loads' reach stays short of it */
+  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img + slack));
+  s.vm = malloc(sizeof(uint16_t) * (size_t)(s.Q + 32));
+  s.yb = malloc(sizeof(int32_t) * (size_t)(s.Q + 32));
+  int ok = wp && planes && s.vm && s.yb && g->out_sz < INT32_MAX;
   if (ok) {
-    fwd_task t = {&s, x, wp, bias, act, planes, yp, y, bands, bands == 1};
+    memset(planes + g->N * s.img, 0, sizeof(float) * (size_t)slack);
+    /* lane i of the vector at q is an output when (q + i) % Wq < OW (and q + i < Q) */
+    for (int64_t q = 0; q < s.Q + 32; q++) {
+      unsigned m = 0;
+      for (int i = 0; i < 16; i++) m |= (unsigned)(q + i < s.Q && (q + i) % s.Wq < g->out[1]) << i;
+      s.vm[q] = (uint16_t)m;
+      int64_t c = q % s.Wq < g->out[1] ? q % s.Wq : g->out[1];
+      s.yb[q] = (int32_t)(q / s.Wq * g->out[1] + c);
+    }
+    fwd_task t = {&s, x, wp, bias, act, planes, y, bands, bands == 1};
     if (bands > 1) {
       pack_task pt = {&s, x, planes};
       nbl_parallel_for(ctx, g->N, 1, pack_run, &pt);
@@ -252,7 +285,8 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
     nbl_parallel_for(ctx, g->N * bands, 1, fwd_run, &t);
   }
   free(planes);
-  free(yp);
+  free(s.vm);
+  free(s.yb);
   free(scratch);
   free(s.off);
   return ok;
@@ -382,6 +416,99 @@ int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, con
   return 1;
 }
 
+
+/* ------------------------------------------------------------------ input gradient of strided layers */
+
+typedef struct dx_task {
+  const nbl_conv_geom *g;
+  float *const *ph; /* [sh sw] phase outputs [N][C][Rh][Jw], NULL: no tap (zero) */
+  int64_t Rh, Jw;
+  float *dx;
+} dx_task;
+
+/* Images [begin, end) of dx from the phase outputs: padded position
+ * (ihp, iwp) = (ih + pb[0], iw + pb[1]) is phase (ihp % sh, iwp % sw) at
+ * (ihp / sh, iwp / sw); with column stride 2 the two phases of a row are
+ * interleaved 16 + 16 columns at a time. */
+__attribute__((target("avx512f"))) static void dx_run(void *arg, int64_t begin, int64_t end) {
+  const dx_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pt = g->pb[0], pl = g->pb[1];
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t n = begin; n < end; n++)
+    for (int64_t c = 0; c < g->C; c++)
+      for (int64_t ih = 0; ih < H; ih++) {
+        int64_t a = (ih + pt) % sh, r = (ih + pt) / sh;
+        float *d = t->dx + ((n * g->C + c) * H + ih) * W;
+        const float *p[4] = {NULL, NULL, NULL, NULL};
+        for (int64_t b = 0; b < sw && b < 4; b++)
+          if (t->ph[a * sw + b]) p[b] = t->ph[a * sw + b] + ((n * g->C + c) * t->Rh + r) * t->Jw;
+        if (sw == 2) { /* dx[iw] = p[iwp % 2][iwp / 2], iwp = iw + pl: 32 columns from 16 j */
+          __m512 z = _mm512_setzero_ps();
+          for (int64_t j = 0; 2 * j - pl < W; j += 16) {
+            __mmask16 m = nbl_tail_mask(t->Jw - j);
+            __m512 e = p[0] ? _mm512_maskz_loadu_ps(m, p[0] + j) : z, o = p[1] ? _mm512_maskz_loadu_ps(m, p[1] + j) : z;
+            __m512 v0 = _mm512_permutex2var_ps(e, lo, o), v1 = _mm512_permutex2var_ps(e, hi, o);
+            int64_t iw = 2 * j - pl; /* column of v0's lane 0 */
+            _mm512_mask_storeu_ps(d + iw, lanes(-iw, W - iw), v0);
+            _mm512_mask_storeu_ps(d + iw + 16, lanes(-iw - 16, W - iw - 16), v1);
+          }
+        } else {
+          for (int64_t iw = 0; iw < W; iw++) {
+            int64_t b = (iw + pl) % sw;
+            const float *q = t->ph[a * sw + b];
+            d[iw] = q ? q[((n * g->C + c) * t->Rh + r) * t->Jw + (iw + pl) / sw] : 0.0f;
+          }
+        }
+      }
+}
+
+int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], C = g->C, M = g->M;
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->ns != 2 || g->group != 1 || g->d[0] != 1 ||
+      g->d[1] != 1 || sh * sw > SH_MAX_PHASES || M * C * KH * KW > 131072 || g->N <= 0)
+    return 0;
+  /* phase (a, b) rows r < Rh, columns j < Jw: padded positions (r sh + a, j sw + b) */
+  int64_t Rh = (g->in[0] + g->pb[0] + sh - 1) / sh, Jw = (g->in[1] + g->pb[1] + sw - 1) / sw;
+  float *ph[SH_MAX_PHASES] = {NULL};
+  float *buf = malloc(sizeof(float) * (size_t)(sh * sw * g->N * C * Rh * Jw));
+  float *wsub = malloc(sizeof(float) * (size_t)(C * M * KH * KW));
+  int ok = buf && wsub;
+  nbl_kctx cc = *ctx;
+  cc.graph = NULL; /* wsub is new every call: no weight cache by node */
+  for (int64_t a = 0; ok && a < sh; a++)
+    for (int64_t b = 0; ok && b < sw; b++) {
+      /* taps kh = a + sh t (t < KHs) reach phase a from dy row r - t */
+      int64_t KHs = a < KH ? (KH - a + sh - 1) / sh : 0, KWs = b < KW ? (KW - b + sw - 1) / sw : 0;
+      if (!KHs || !KWs) continue;
+      float *y = ph[a * sw + b] = buf + (a * sw + b) * g->N * C * Rh * Jw;
+      /* a convolution of dy (M channels) with the sub-kernel flipped,
+       * channels swapped: wsub[c][m][u][v] = w[m][c][a + sh (KHs-1-u)][b + sw (KWs-1-v)] */
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t u = 0; u < KHs; u++)
+            for (int64_t v = 0; v < KWs; v++)
+              wsub[((c * M + m) * KHs + u) * KWs + v] =
+                  w[((m * C + c) * KH + a + sh * (KHs - 1 - u)) * KW + b + sw * (KWs - 1 - v)];
+      nbl_conv_geom t = *g;
+      t.C = M, t.M = C;
+      t.in[0] = g->out[0], t.in[1] = g->out[1], t.in_sz = g->out_sz;
+      t.k[0] = KHs, t.k[1] = KWs, t.k_sz = KHs * KWs;
+      t.s[0] = t.s[1] = 1;
+      t.pb[0] = KHs - 1, t.pb[1] = KWs - 1, t.pe[0] = t.pe[1] = 0; /* pe: not read */
+      t.out[0] = Rh, t.out[1] = Jw, t.out_sz = Rh * Jw;
+      ok = nbl_conv_shift_f32(&cc, &t, dy, wsub, NULL, y, NULL);
+    }
+  if (ok) {
+    dx_task dt = {g, ph, Rh, Jw, dx};
+    nbl_parallel_for(ctx, g->N, 1, dx_run, &dt);
+  }
+  free(buf);
+  free(wsub);
+  return ok;
+}
+
 #else
 int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                        const float *bias, float *y, const nbl_act *act) {
@@ -391,6 +518,10 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
 int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
                       float *dw) {
   (void)ctx, (void)g, (void)x, (void)dy, (void)dw;
+  return 0;
+}
+int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
+  (void)ctx, (void)g, (void)dy, (void)w, (void)dx;
   return 0;
 }
 #endif

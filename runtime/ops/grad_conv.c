@@ -382,6 +382,9 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
   }
   if (DX && X->numel) {
     int done = g.N && out && K ? dx_by_conv(c, &g, dy, w, DX->data) : 0;
+    /* strided 2-D layers: one stride-1 convolution per phase of dX */
+    if (!done && g.N && out && K && g.s[0] * (g.ns == 2 ? g.s[1] : 1) > 1)
+      done = nbl_conv_shift_dx(c, &g, dy, w, DX->data);
     if (done < 0) return grad_oom(c);
     if (done) DX = NULL; /* written */
     else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
