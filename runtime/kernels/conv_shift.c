@@ -178,10 +178,10 @@ static void pack_run(void *arg, int64_t begin, int64_t end) {
  * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
  * get act(bias + sum). The loop of c11_tile (conv_avx512.c) with the rows
  * of x found through off[] instead of im2col's k P. */
-__attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const float *xb, int64_t q,
-                                                        const float *wb, int nq, float *y, int64_t ldy,
-                                                        int nr, const float *bias, const nbl_act *act) {
-  const int64_t *off = s->off, K = s->K;
+__attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const int64_t *off, int64_t K,
+                                                        const float *xb, int64_t q, const float *wb, int nq,
+                                                        float *y, int64_t ldy, int nr, const float *bias,
+                                                        const nbl_act *act) {
   __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
   __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
          a60 = a00, a70 = a00;
@@ -216,35 +216,90 @@ __attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, con
   }
 }
 
+/* One product over the planes: taps off[K], packed weights, output y. */
+typedef struct fwd_prod {
+  const int64_t *off;
+  int64_t K, M;
+  const float *wp, *bias;
+  const nbl_act *act;
+  float *y; /* [N][M][OH][OW] */
+} fwd_prod;
+
 typedef struct fwd_task {
   const shift_geom *s;
-  const float *x, *wp, *bias;
-  const nbl_act *act;
-  float *planes, *y;
+  const float *x;
+  float *planes;
   int64_t bands; /* units per image (row bands) */
   int pack;      /* 1: each unit packs its image's planes (bands == 1) */
+  int nprod;     /* products over the same planes (the phases of nbl_conv_shift_dx) */
+  fwd_prod prod[SH_MAX_PHASES];
 } fwd_task;
 
 static void fwd_run(void *arg, int64_t begin, int64_t end) {
   const fwd_task *t = arg;
   const shift_geom *s = t->s;
   const nbl_conv_geom *g = s->g;
-  int64_t M = g->M, OH = g->out[0], OW = g->out[1], Wq = s->Wq;
+  int64_t OH = g->out[0], OW = g->out[1], Wq = s->Wq;
   for (int64_t u = begin; u < end; u++) {
     int64_t n = u / t->bands, oh0, oh1;
     nbl_band(OH, u % t->bands, t->bands, 1, &oh0, &oh1);
     if (oh0 >= oh1) continue;
     float *pl = t->planes + n * s->img;
     if (t->pack) shift_pack(s, t->x + n * g->C * g->in_sz, pl);
-    float *yn = t->y + n * M * g->out_sz;
     int64_t q1 = (oh1 - 1) * Wq + OW;
-    for (int64_t q = oh0 * Wq; q < q1; q += 32) {
-      int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
-      for (int64_t m = 0; m < M; m += 8)
-        fwd_tile(s, pl + q, q, t->wp + m * s->K, nq, yn + m * g->out_sz, g->out_sz,
-                 M - m < 8 ? (int)(M - m) : 8, t->bias ? t->bias + m : NULL, t->act);
+    for (int i = 0; i < t->nprod; i++) {
+      const fwd_prod *p = &t->prod[i];
+      float *yn = p->y + n * p->M * g->out_sz;
+      for (int64_t q = oh0 * Wq; q < q1; q += 32) {
+        int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
+        for (int64_t m = 0; m < p->M; m += 8)
+          fwd_tile(s, p->off, p->K, pl + q, q, p->wp + m * p->K, nq, yn + m * g->out_sz, g->out_sz,
+                   p->M - m < 8 ? (int)(p->M - m) : 8, p->bias ? p->bias + m : NULL, p->act);
+      }
     }
   }
+}
+
+/* The store tables of the forward (s->vm, s->yb) and the planes of N images
+ * with their zero slack; 0 when out of memory (s->vm, s->yb freed by the
+ * caller either way). */
+static float *fwd_alloc(shift_geom *s, int64_t N) {
+  const nbl_conv_geom *g = s->g;
+  int64_t slack = s->Wq + 32; /* zeros past the last plane: the masked loads' reach stays short of it */
+  s->vm = malloc(sizeof(uint16_t) * (size_t)(s->Q + 32));
+  s->yb = malloc(sizeof(int32_t) * (size_t)(s->Q + 32));
+  float *planes = malloc(sizeof(float) * (size_t)(N * s->img + slack));
+  if (!s->vm || !s->yb || !planes || g->out_sz >= INT32_MAX) {
+    free(planes);
+    return NULL;
+  }
+  memset(planes + N * s->img, 0, sizeof(float) * (size_t)slack);
+  /* lane i of the vector at q is an output when (q + i) % Wq < OW (and q + i < Q) */
+  for (int64_t q = 0; q < s->Q + 32; q++) {
+    unsigned m = 0;
+    for (int i = 0; i < 16; i++) m |= (unsigned)(q + i < s->Q && (q + i) % s->Wq < g->out[1]) << i;
+    s->vm[q] = (uint16_t)m;
+    int64_t c = q % s->Wq < g->out[1] ? q % s->Wq : g->out[1];
+    s->yb[q] = (int32_t)(q / s->Wq * g->out[1] + c);
+  }
+  return planes;
+}
+
+/* Run the products of t (planes from fwd_alloc) over the batch. */
+static void fwd_products(nbl_kctx *ctx, fwd_task *t) {
+  const nbl_conv_geom *g = t->s->g;
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  t->bands = 1;
+  if (threads > 1 && g->N < 2 * threads) {
+    t->bands = (2 * threads + g->N - 1) / g->N;
+    if (t->bands > g->out[0]) t->bands = g->out[0];
+  }
+  t->pack = t->bands == 1;
+  if (!t->pack) {
+    pack_task pt = {t->s, t->x, t->planes};
+    nbl_parallel_for(ctx, g->N, 1, pack_run, &pt);
+  }
+  nbl_parallel_for(ctx, g->N * t->bands, 1, fwd_run, t);
 }
 
 int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
@@ -254,42 +309,19 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
   if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->M * g->C * g->k_sz > 131072) return 0;
   shift_geom s;
   if (!shift_init(g, &s)) return 0;
-  int threads = ctx->threads > 1 ? ctx->threads : 1;
-  int64_t bands = 1;
-  if (threads > 1 && g->N < 2 * threads) {
-    bands = (2 * threads + g->N - 1) / g->N;
-    if (bands > g->out[0]) bands = g->out[0];
-  }
   void *scratch = NULL;
   const float *wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
-  int64_t slack = s.Wq + 32; /* zeros past the last plane: the masked loads' reach stays short of it */
-  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img + slack));
-  s.vm = malloc(sizeof(uint16_t) * (size_t)(s.Q + 32));
-  s.yb = malloc(sizeof(int32_t) * (size_t)(s.Q + 32));
-  int ok = wp && planes && s.vm && s.yb && g->out_sz < INT32_MAX;
-  if (ok) {
-    memset(planes + g->N * s.img, 0, sizeof(float) * (size_t)slack);
-    /* lane i of the vector at q is an output when (q + i) % Wq < OW (and q + i < Q) */
-    for (int64_t q = 0; q < s.Q + 32; q++) {
-      unsigned m = 0;
-      for (int i = 0; i < 16; i++) m |= (unsigned)(q + i < s.Q && (q + i) % s.Wq < g->out[1]) << i;
-      s.vm[q] = (uint16_t)m;
-      int64_t c = q % s.Wq < g->out[1] ? q % s.Wq : g->out[1];
-      s.yb[q] = (int32_t)(q / s.Wq * g->out[1] + c);
-    }
-    fwd_task t = {&s, x, wp, bias, act, planes, y, bands, bands == 1};
-    if (bands > 1) {
-      pack_task pt = {&s, x, planes};
-      nbl_parallel_for(ctx, g->N, 1, pack_run, &pt);
-    }
-    nbl_parallel_for(ctx, g->N * bands, 1, fwd_run, &t);
+  float *planes = wp ? fwd_alloc(&s, g->N) : NULL;
+  if (planes) {
+    fwd_task t = {&s, x, planes, 1, 1, 1, {{s.off, s.K, g->M, wp, bias, act, y}}};
+    fwd_products(ctx, &t);
   }
   free(planes);
   free(s.vm);
   free(s.yb);
   free(scratch);
   free(s.off);
-  return ok;
+  return planes != NULL;
 }
 
 /* ------------------------------------------------------------------ weight gradient */
@@ -469,44 +501,68 @@ int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, co
   if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->ns != 2 || g->group != 1 || g->d[0] != 1 ||
       g->d[1] != 1 || sh * sw > SH_MAX_PHASES || M * C * KH * KW > 131072 || g->N <= 0)
     return 0;
-  /* phase (a, b) rows r < Rh, columns j < Jw: padded positions (r sh + a, j sw + b) */
+  /* phase (a, b) of dx: rows r < Rh, columns j < Jw at padded positions
+   * (r sh + a, j sw + b); its taps kh = a + sh t (t < KHs) read dy row
+   * r - t: a stride-1 convolution of dy (M channels) with the sub-kernel
+   * flipped and pads KHs - 1. Phase 0 has the most taps (KHm x KWm): all
+   * phases read the planes of dy packed once with its pads, each its own
+   * taps among them. */
   int64_t Rh = (g->in[0] + g->pb[0] + sh - 1) / sh, Jw = (g->in[1] + g->pb[1] + sw - 1) / sw;
+  int64_t KHm = (KH + sh - 1) / sh, KWm = (KW + sw - 1) / sw;
+  nbl_conv_geom t = *g;
+  t.C = M, t.M = C;
+  t.in[0] = g->out[0], t.in[1] = g->out[1], t.in_sz = g->out_sz;
+  t.k[0] = KHm, t.k[1] = KWm, t.k_sz = KHm * KWm;
+  t.s[0] = t.s[1] = 1;
+  t.pb[0] = KHm - 1, t.pb[1] = KWm - 1, t.pe[0] = t.pe[1] = 0; /* pe: not read */
+  t.out[0] = Rh, t.out[1] = Jw, t.out_sz = Rh * Jw;
+  shift_geom s;
+  if (!shift_init(&t, &s)) return 0;
   float *ph[SH_MAX_PHASES] = {NULL};
   float *buf = malloc(sizeof(float) * (size_t)(sh * sw * g->N * C * Rh * Jw));
-  float *wsub = malloc(sizeof(float) * (size_t)(C * M * KH * KW));
-  int ok = buf && wsub;
-  nbl_kctx cc = *ctx;
-  cc.graph = NULL; /* wsub is new every call: no weight cache by node */
-  for (int64_t a = 0; ok && a < sh; a++)
-    for (int64_t b = 0; ok && b < sw; b++) {
-      /* taps kh = a + sh t (t < KHs) reach phase a from dy row r - t */
+  float *wsub = malloc(sizeof(float) * (size_t)(C * M * KHm * KWm));
+  /* per phase: its taps' offsets [M KHm KWm] and packed weights [C/8 up][M KHm KWm][8] */
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(sh * sw * M * KHm * KWm));
+  float *wps = calloc((size_t)(sh * sw * (C + 7) / 8 * 8 * M * KHm * KWm), sizeof(float));
+  float *planes = buf && wsub && offs && wps ? fwd_alloc(&s, g->N) : NULL;
+  fwd_task ft = {&s, dy, planes, 1, 1, 0, {{0}}};
+  for (int64_t a = 0; planes && a < sh; a++)
+    for (int64_t b = 0; b < sw; b++) {
       int64_t KHs = a < KH ? (KH - a + sh - 1) / sh : 0, KWs = b < KW ? (KW - b + sw - 1) / sw : 0;
       if (!KHs || !KWs) continue;
-      float *y = ph[a * sw + b] = buf + (a * sw + b) * g->N * C * Rh * Jw;
-      /* a convolution of dy (M channels) with the sub-kernel flipped,
-       * channels swapped: wsub[c][m][u][v] = w[m][c][a + sh (KHs-1-u)][b + sw (KWs-1-v)] */
+      int64_t i = a * sw + b, K = M * KHs * KWs;
+      int64_t *off = offs + i * M * KHm * KWm;
+      float *wp = wps + i * (C + 7) / 8 * 8 * M * KHm * KWm;
+      /* wsub[c][m][u][v] = w[m][c][a + sh (KHs-1-u)][b + sw (KWs-1-v)]; tap
+       * (u, v) is tap (u + KHm - KHs, v + KWm - KWs) of the planes' pads */
       for (int64_t c = 0; c < C; c++)
         for (int64_t m = 0; m < M; m++)
           for (int64_t u = 0; u < KHs; u++)
             for (int64_t v = 0; v < KWs; v++)
               wsub[((c * M + m) * KHs + u) * KWs + v] =
                   w[((m * C + c) * KH + a + sh * (KHs - 1 - u)) * KW + b + sw * (KWs - 1 - v)];
-      nbl_conv_geom t = *g;
-      t.C = M, t.M = C;
-      t.in[0] = g->out[0], t.in[1] = g->out[1], t.in_sz = g->out_sz;
-      t.k[0] = KHs, t.k[1] = KWs, t.k_sz = KHs * KWs;
-      t.s[0] = t.s[1] = 1;
-      t.pb[0] = KHs - 1, t.pb[1] = KWs - 1, t.pe[0] = t.pe[1] = 0; /* pe: not read */
-      t.out[0] = Rh, t.out[1] = Jw, t.out_sz = Rh * Jw;
-      ok = nbl_conv_shift_f32(&cc, &t, dy, wsub, NULL, y, NULL);
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t u = 0; u < KHs; u++)
+          for (int64_t v = 0; v < KWs; v++)
+            off[(m * KHs + u) * KWs + v] = s.off[(m * KHm + u + KHm - KHs) * KWm + v + KWm - KWs];
+      nbl_c11_pack(wsub, C, K, wp);
+      ph[i] = buf + i * g->N * C * Rh * Jw;
+      ft.prod[ft.nprod++] = (fwd_prod){off, K, C, wp, NULL, NULL, ph[i]};
     }
-  if (ok) {
+  if (planes) {
+    fwd_products(ctx, &ft);
     dx_task dt = {g, ph, Rh, Jw, dx};
     nbl_parallel_for(ctx, g->N, 1, dx_run, &dt);
   }
+  free(planes);
+  free(s.vm);
+  free(s.yb);
+  free(s.off);
   free(buf);
   free(wsub);
-  return ok;
+  free(offs);
+  free(wps);
+  return planes != NULL;
 }
 
 #else
