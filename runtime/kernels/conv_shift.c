@@ -333,6 +333,19 @@ typedef struct dw_task {
   int64_t kblk, ktiles, chunk; /* k tiles (of 6) per unit, in all; images per pass */
 } dw_task;
 
+/* The sums of the lanes of a, b, c, d. */
+__attribute__((target("avx512f"), always_inline)) static inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], the same of c, d */
+  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  /* per lane: the lane's sums of a, b, c, d; then the 4 lanes added */
+  __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(v);
+}
+
 /* dw[m + i][k + j] += sum over images [n0, n1) and q < Qp of
  * dy[n][m + i][q] plane_n[q + off[k + j]], i < 4, j < 6 (rows past M read
  * zeros, taps past K repeat the last one; neither is stored): 24 sums in
@@ -365,12 +378,19 @@ __attribute__((target("avx512f"))) static void dw_tile(const dw_task *t, int64_t
 #undef SH_COL
     }
   }
-  __m512 c[4][6] = {{c00, c01, c02, c03, c04, c05},
-                    {c10, c11, c12, c13, c14, c15},
-                    {c20, c21, c22, c23, c24, c25},
-                    {c30, c31, c32, c33, c34, c35}};
-  for (int i = 0; i < 4 && m + i < M; i++)
-    for (int j = 0; j < 6 && k + j < K; j++) t->dw[(m + i) * K + k + j] += _mm512_reduce_add_ps(c[i][j]);
+  /* the 24 sums, 4 at a time: dw row m + i, taps k..k+3, then the last 2
+   * taps of rows m + i and m + i + 1 */
+  float r[4][8];
+  _mm_storeu_ps(r[0], sum4(c00, c01, c02, c03));
+  _mm_storeu_ps(r[1], sum4(c10, c11, c12, c13));
+  _mm_storeu_ps(r[2], sum4(c20, c21, c22, c23));
+  _mm_storeu_ps(r[3], sum4(c30, c31, c32, c33));
+  _mm_storeu_ps(r[0] + 4, sum4(c04, c05, c14, c15));
+  _mm_storeu_ps(r[2] + 4, sum4(c24, c25, c34, c35));
+  for (int i = 0; i < 4 && m + i < M; i++) {
+    const float *ri = r[i & ~1] + (i & 1 ? 2 : 0); /* rows 1 and 3: their taps 4, 5 at 6, 7 */
+    for (int j = 0; j < 6 && k + j < K; j++) t->dw[(m + i) * K + k + j] += j < 4 ? r[i][j] : ri[j];
+  }
 }
 
 static void dw_run(void *arg, int64_t begin, int64_t end) {
