@@ -5,8 +5,11 @@
  * ONNX Runtime's training ops, domain com.microsoft, version 1. T is float32
  * or float64 (float16/bfloat16 through the double reference path). The
  * reference kernels compute in double (direct loops); ConvGrad's fast kernel
- * (float32) uses nbl_sgemm (BLAS or nibble's own) with im2col / col2im and
- * agrees with the reference within 1e-5 of the largest gradient element
+ * (float32) takes, for 2-D layers with one group where AVX-512 runs, the
+ * shifted-rows kernels of runtime/kernels/conv_shift.c (dW, and dX of
+ * strided layers by stride phases; dX of stride-1 layers is the forward
+ * convolution of dY), else nbl_sgemm (BLAS or nibble's own) with im2col /
+ * col2im, and agrees with the reference within 1e-5 of the largest gradient element
  * (tests/runtime/ops/test_ops_grad.c); ConvTransposeGrad has the reference kernel only.
  *
  * ConvGrad (com.microsoft 1)
