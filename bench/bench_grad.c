@@ -3,13 +3,18 @@
  * (batch 64) and a ResNet-18 basic-block convolution (64 -> 64, 3x3, 56x56,
  * batch 8), plus MaxPoolGrad, AveragePoolGrad and BatchNormalizationGrad.
  *
- *   ninja -C BUILD bench/bench_grad && BUILD/bench/bench_grad [threads] [runs]
+ *   ninja -C BUILD bench/bench_grad && BUILD/bench/bench_grad [threads] [runs] [resnet8 [NAME]]
+ *
+ * With "resnet8": ResNet-8's convolutions at batch 64 (Fashion-MNIST 28x28)
+ * one by one instead: forward Conv, ConvGrad's dW alone and dX alone, fast
+ * kernels only (NAME: the layers whose name contains it), with their rate in GFLOPS (2 M C k out multiply-adds each).
  *
  * Each line: op, case, milliseconds per run (the best of `runs` after a
  * warm-up: the machine is shared, the minimum is the least disturbed) of the
  * fast kernel and of the reference kernel, and the ratio. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "grad_check.h"
@@ -25,9 +30,9 @@ static int cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static double time_node(const char *op, const attr *a, int n_in, tens *in, int n_out, int reference, int threads,
-                        int runs) {
-  runner *r = runner_new("com.microsoft", op, 1, a, n_in, in, n_out, NULL, reference);
+static double time_node_want(const char *domain, const char *op, int opset, const attr *a, int n_in, tens *in,
+                             int n_out, const int *want, int reference, int threads, int runs) {
+  runner *r = runner_new(domain, op, opset, a, n_in, in, n_out, want, reference);
   nbl_session_free(r->s); /* recreate with the requested thread count */
   nbl_session_options opt = {.threads = threads, .reference = reference};
   if (nbl_session_create(r->m, &opt, &r->s) || runner_run(r, in)) {
@@ -43,6 +48,32 @@ static double time_node(const char *op, const attr *a, int n_in, tens *in, int n
   qsort(t, (size_t)runs, sizeof t[0], cmp);
   runner_free(r);
   return t[0];
+}
+
+static double time_node(const char *op, const attr *a, int n_in, tens *in, int n_out, int reference, int threads,
+                        int runs) {
+  return time_node_want("com.microsoft", op, 1, a, n_in, in, n_out, NULL, reference, threads, runs);
+}
+
+/* One ResNet-8 layer at batch 64: X [64, C, H, H], W [M, C, K, K], stride s, pad p. */
+static const char *r8_only; /* the layers whose name contains it (NULL: all) */
+
+static void r8_layer(const char *what, int64_t C, int64_t H, int64_t M, int64_t K, int64_t s, int64_t p, int threads,
+                     int runs) {
+  if (r8_only && !strstr(what, r8_only)) return;
+  int64_t N = 64, O = (H + 2 * p - K) / s + 1;
+  double gf = 2.0 * N * M * C * K * K * O * O / 1e9;
+  tens in[3] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(N, M, O, O)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(N, C, H, H)),
+                t_rand(NBL_DT_FLOAT, -1, 1, DIMS(M, C, K, K))};
+  attr a[] = {AV("pads", p, p, p, p), AV("strides", s, s), AV("kernel_shape", K, K), AEND};
+  int only_dw[3] = {0, 1, 0}, only_dx[3] = {1, 0, 0};
+  double f = time_node_want("", "Conv", 11, a, 2, in + 1, 1, NULL, 0, threads, runs);
+  double w = time_node_want("com.microsoft", "ConvGrad", 1, a, 3, in, 3, only_dw, 0, threads, runs);
+  double x = time_node_want("com.microsoft", "ConvGrad", 1, a, 3, in, 3, only_dx, 0, threads, runs);
+  printf("| %-34s | %6.3f | %5.0f | %6.3f | %5.0f | %6.3f | %5.0f |\n", what, f, gf / f * 1e3, w, gf / w * 1e3, x,
+         gf / x * 1e3);
+  fflush(stdout);
+  for (int i = 0; i < 3; i++) t_free(&in[i]);
 }
 
 static void row(const char *op, const char *what, const attr *a, int n_in, tens *in, int n_out, int threads, int runs) {
@@ -66,6 +97,21 @@ static void conv(const char *what, int64_t N, int64_t C, int64_t H, int64_t M, i
 int main(int argc, char **argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 1, runs = argc > 2 ? atoi(argv[2]) : 10;
   if (runs < 1 || runs > 64) runs = 10;
+  if (argc > 3 && !strcmp(argv[3], "resnet8")) {
+    r8_only = argc > 4 ? argv[4] : NULL;
+    printf("threads %d, best of %d runs, ms per run and GFLOPS, batch 64\n\n", threads, runs);
+    printf("| layer                              | fwd ms | GF/s  | dW ms  | GF/s  | dX ms  | GF/s  |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|\n");
+    r8_layer("stem 1->16 3x3 p1 28x28", 1, 28, 16, 3, 1, 1, threads, runs);
+    r8_layer("block0 16->16 3x3 p1 28x28", 16, 28, 16, 3, 1, 1, threads, runs);
+    r8_layer("block1 16->32 3x3 s2 p1 28->14", 16, 28, 32, 3, 2, 1, threads, runs);
+    r8_layer("block1 32->32 3x3 p1 14x14", 32, 14, 32, 3, 1, 1, threads, runs);
+    r8_layer("block1 short 16->32 1x1 s2", 16, 28, 32, 1, 2, 0, threads, runs);
+    r8_layer("block2 32->64 3x3 s2 p1 14->7", 32, 14, 64, 3, 2, 1, threads, runs);
+    r8_layer("block2 64->64 3x3 p1 7x7", 64, 7, 64, 3, 1, 1, threads, runs);
+    r8_layer("block2 short 32->64 1x1 s2", 32, 14, 64, 1, 2, 0, threads, runs);
+    return 0;
+  }
   printf("threads %d, best of %d runs (reference: of up to 3), ms per run\n\n", threads, runs);
   printf("| op                     | case                                 |   fast ms |     ref ms |  ratio |\n");
   printf("|---|---|---:|---:|---:|\n");

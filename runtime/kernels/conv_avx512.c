@@ -116,16 +116,13 @@ void nbl_c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64
 static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P,
                        const float *x, const float *bias, float *y, const nbl_act *act);
 
-/* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
- * 1 when it ran (AVX-512 and memory for the packed weights). Constant weights
- * are packed once into the node's cache; weights that change between runs
- * (a training graph's parameters, a backward op's operands) are packed into
- * *scratch, which the caller keeps across the images of one call and frees
- * (packing costs M K copies against the product's M K P multiply-adds). */
-int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
-                         const float *w, const float *bias, float *y, const nbl_act *act,
-                         void **scratch) {
-  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
+/* The weights w[M][K] packed for c11_tile (nbl_c11_pack): constant weights
+ * once into the node's cache; weights that change between runs (a training
+ * graph's parameters, a backward op's operands) into *scratch, which the
+ * caller keeps across the images of one call and frees (packing costs M K
+ * copies against the product's M K P multiply-adds). NULL when out of memory. */
+static const c11_cache *c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K,
+                                    void **scratch) {
   int64_t Mb = (M + 7) / 8;
   c11_cache *cc;
   if (!nbl_conv_weights_const(ctx)) {
@@ -133,27 +130,43 @@ int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const f
     if (!cc || cc->w != w || cc->M != M || cc->K != K) {
       free(cc);
       *scratch = cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
-      if (!cc) return 0;
+      if (!cc) return NULL;
       cc->w = w, cc->M = M, cc->K = K;
       nbl_c11_pack(w, M, K, cc->wp);
     }
-    return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+    return cc;
   }
   nbl_kcache *kc = nbl_kctx_cache(ctx);
-  if (!kc) return 0;
+  if (!kc) return NULL;
   cc = kc->data;
   if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
     if (kc->free_fn) kc->free_fn(kc->data);
     kc->data = NULL;
     kc->free_fn = NULL;
     cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
-    if (!cc) return 0;
+    if (!cc) return NULL;
     cc->w = w, cc->M = M, cc->K = K;
     nbl_c11_pack(w, M, K, cc->wp);
     kc->data = cc;
     kc->free_fn = c11_cache_free;
   }
-  return c11_product(ctx, cc, M, K, P, x, bias, y, act);
+  return cc;
+}
+
+const float *nbl_c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, void **scratch) {
+  const c11_cache *cc = c11_weights(ctx, w, M, K, scratch);
+  return cc ? cc->wp : NULL;
+}
+
+/* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the kernel above;
+ * 1 when it ran (AVX-512 and memory for the packed weights); the weights as
+ * c11_weights packs them. */
+int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
+                         const float *w, const float *bias, float *y, const nbl_act *act,
+                         void **scratch) {
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
+  const c11_cache *cc = c11_weights(ctx, w, M, K, scratch);
+  return cc ? c11_product(ctx, cc, M, K, P, x, bias, y, act) : 0;
 }
 
 /* The product of nbl_conv_gemm_avx512 with the packed weights cc. */

@@ -1,8 +1,10 @@
 /* conv_im2col.c - FP32 convolution: the geometry of a window (shared with
  * pooling and the INT4 path), the double reference, im2col, and
  * nbl_conv_f32_act, which picks the path for a layer: depthwise
- * (depthwise_f32.c), Winograd (winograd.c), the AVX-512 product kernel
- * (conv_avx512.c), or im2col + GEMM here. */
+ * (depthwise_f32.c), Winograd (winograd.c), the AVX-512 shifted-rows kernel
+ * without im2col (conv_shift.c; 2-D, one group), the AVX-512 product kernel
+ * (conv_avx512.c: 1x1 layers and the im2col of the others), or im2col +
+ * GEMM here. */
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
@@ -248,6 +250,8 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
     return NBL_OK;
   int direct = nbl_conv_pointwise(g);
 #if defined(__x86_64__)
+  /* other 2-D layers: the shifted-rows kernel, no im2col */
+  if (own && !direct && nbl_conv_shift_f32(ctx, g, x, w, bias, y, act)) return NBL_OK;
   if (direct && own) {
     for (int64_t n = 0; n < g->N; n++)
       if (!nbl_conv_gemm_avx512(ctx, g->M, g->C, g->out_sz, x + n * g->C * g->in_sz, w, bias,

@@ -46,6 +46,16 @@ int nbl_wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const f
 int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const float *x,
                          const float *w, const float *bias, float *y, const nbl_act *act,
                          void **scratch);
+/* w[M][K] packed for that kernel as nbl_conv_gemm_avx512 keeps it (constant
+ * weights in the node's cache, others in *scratch, which the caller frees);
+ * NULL when out of memory. conv_avx512.c. */
+const float *nbl_c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, void **scratch);
+/* The layer (2-D, one group, AVX-512) by the shifted-rows kernel of
+ * conv_shift.c, with the same sums in the same order as the im2col product
+ * of nbl_conv_gemm_avx512 (bitwise the same outputs); 1 when it ran, 0 when
+ * the layer does not qualify or memory ran out (nothing written). */
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act);
 /* wp = w[M][K] packed for that kernel: [M/8 rounded up][K][8], wp zeroed by
  * the caller. */
 void nbl_c11_pack(const float *w, int64_t M, int64_t K, float *wp);

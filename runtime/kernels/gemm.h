@@ -156,6 +156,22 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
 nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                             const float *bias, float *y, const nbl_act *act);
 
+/* The weight gradient of a 2-D convolution with one group, FP32, by the
+ * AVX-512 shifted-rows kernel (conv_shift.c): dw [M, C, KH, KW] = the sum
+ * over the batch of dy [N, M, out] correlated with x [N, C, in] (overwritten).
+ * 1 when it ran; 0 when the layer does not qualify (other ranks, groups, no
+ * AVX-512) or memory ran out, dw then untouched. */
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw);
+
+/* The input gradient of a 2-D convolution with one group and dilation 1,
+ * FP32, by the same kernel (conv_shift.c): dx [N, C, in] (overwritten) from
+ * dy [N, M, out] and w [M, C, KH, KW], as one stride-1 convolution of dy
+ * per stride phase of dx (its taps kh = a + sh t, kw = b + sw t': no col2im
+ * scatter). 1 when it ran; 0 when the layer does not qualify or memory ran
+ * out, dx then untouched or partly written. */
+int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, const float *w, float *dx);
+
 /* Most taps (KH x KW) of a depthwise kernel the fast kernels take. */
 #define NBL_DW_MAX_TAPS 64
 

@@ -5,8 +5,11 @@
  * ONNX Runtime's training ops, domain com.microsoft, version 1. T is float32
  * or float64 (float16/bfloat16 through the double reference path). The
  * reference kernels compute in double (direct loops); ConvGrad's fast kernel
- * (float32) uses nbl_sgemm (BLAS or nibble's own) with im2col / col2im and
- * agrees with the reference within 1e-5 of the largest gradient element
+ * (float32) takes, for 2-D layers with one group where AVX-512 runs, the
+ * shifted-rows kernels of runtime/kernels/conv_shift.c (dW, and dX of
+ * strided layers by stride phases; dX of stride-1 layers is the forward
+ * convolution of dY), else nbl_sgemm (BLAS or nibble's own) with im2col /
+ * col2im, and agrees with the reference within 1e-5 of the largest gradient element
  * (tests/runtime/ops/test_ops_grad.c); ConvTransposeGrad has the reference kernel only.
  *
  * ConvGrad (com.microsoft 1)
@@ -382,10 +385,15 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
   }
   if (DX && X->numel) {
     int done = g.N && out && K ? dx_by_conv(c, &g, dy, w, DX->data) : 0;
+    /* strided 2-D layers: one stride-1 convolution per phase of dX */
+    if (!done && g.N && out && K && g.s[0] * (g.ns == 2 ? g.s[1] : 1) > 1)
+      done = nbl_conv_shift_dx(c, &g, dy, w, DX->data);
     if (done < 0) return grad_oom(c);
     if (done) DX = NULL; /* written */
     else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
   }
+  /* dW of 2-D layers without im2col where AVX-512 runs */
+  if (DW && W->numel && g.N && out && nbl_conv_shift_dw(c, &g, X->data, dy, DW->data)) DW = NULL;
   if (DW && W->numel) memset(DW->data, 0, sizeof(float) * (size_t)W->numel);
   if ((!DX && !DW) || g.N == 0 || out == 0 || K == 0) return NBL_OK;
   /* images per chunk: about CG_COLS columns (measured best for LeNet-sized

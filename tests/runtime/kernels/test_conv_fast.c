@@ -159,6 +159,30 @@ START_TEST(test_conv1x1) {
 }
 END_TEST
 
+/* The shifted-rows kernel (conv_shift.c: 2-D, one group, AVX-512; the
+ * im2col product elsewhere), weights changing (a graph input: training) or
+ * constant, at every layout branch: strides 1, 2 (vector phase packing) and
+ * 3 (scalar), 5x5, channel counts off the 8-channel tile, batch 1 and 3
+ * (row bands at 2 threads), pads past the kernel's reach (rows whose pads
+ * are not shared), rows of several vectors and of over 64 (scalar packing),
+ * 1x1 stride 2 (one phase, no junk columns). */
+START_TEST(test_shift_rows) {
+  static const ccase cases[] = {
+      {3, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* ResNet-8's 16-channel layer, batch 3 */
+      {1, 5, 13, 11, 7, 5, 1, 1, 2, 2, 2, 2, 1, 1},    /* 5x5, 7 outputs, batch 1 */
+      {2, 16, 15, 15, 32, 3, 1, 2, 1, 1, 1, 1, 0, 1},  /* stride 2, odd input */
+      {1, 3, 20, 21, 9, 3, 1, 3, 0, 2, 1, 0, 1, 1},    /* stride 3, asymmetric pads */
+      {2, 6, 9, 9, 10, 3, 1, 1, 3, 3, 3, 3, 1, 1},     /* pads 3 with a 3x3 kernel */
+      {1, 4, 3, 70, 12, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* wide rows, constant weights */
+      {4, 8, 14, 14, 20, 1, 1, 2, 0, 0, 0, 0, 1, 1},   /* 1x1 stride 2 */
+      {1, 2, 2, 1030, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* rows of 1032 columns */
+      {2, 9, 7, 7, 64, 3, 1, 2, 1, 1, 1, 1, 1, 1},     /* 4x4 output, 64 channels */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
+}
+END_TEST
+
 START_TEST(test_depthwise) {
   static const ccase cases[] = {
       {1, 8, 9, 11, 8, 3, 8, 1, 1, 1, 1, 1, 1, 0},   /* stride 1 */
@@ -288,6 +312,7 @@ int main(void) {
   tcase_add_test(tc, test_depthwise);
   tcase_add_test(tc, test_depthwise_blocked);
   tcase_add_test(tc, test_conv1x1);
+  tcase_add_test(tc, test_shift_rows);
   tcase_add_test(tc, test_state_write_refreshes_cache);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);

@@ -574,6 +574,20 @@ START_TEST(test_conv_grad_fast) {
       {"1-D k5 s2", T_D(3, 6, 31), T_D(5, 6, 5), {AV("strides", 2), AV("pads", 2, 1), AEND}},
       {"3-D 3x3x3", T_D(1, 3, 6, 5, 4), T_D(4, 3, 3, 3, 3), {AV("pads", 1, 1, 1, 1, 1, 1), AEND}},
       {"LeNet conv2 6->16 5x5", T_D(4, 6, 14, 14), T_D(16, 6, 5, 5), {AEND}},
+      /* the shifted-rows dW and the phase dX (conv_shift.c) at their branches */
+      {"ResNet-8 16->32 3x3 s2 p1", T_D(3, 16, 12, 12), T_D(32, 16, 3, 3),
+       {AV("strides", 2, 2), AV("pads", 1, 1, 1, 1), AEND}},
+      {"5x5 s2 p2, 19 -> 13 ch, odd", T_D(2, 19, 11, 13), T_D(13, 19, 5, 5),
+       {AV("strides", 2, 2), AV("pads", 2, 2, 2, 2), AEND}},
+      {"s2 pads past the kernel", T_D(1, 3, 9, 10), T_D(5, 3, 3, 3),
+       {AV("strides", 2, 2), AV("pads", 3, 0, 1, 3), AEND}},
+      {"s1 pads 3 with 3x3", T_D(2, 5, 8, 7), T_D(6, 5, 3, 3), {AV("pads", 3, 3, 3, 3), AEND}},
+      {"wide rows 70", T_D(1, 2, 3, 70), T_D(3, 2, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
+      {"rows of 1032 columns", T_D(1, 1, 2, 1030), T_D(2, 1, 1, 3), {AV("pads", 0, 1, 0, 1), AEND}},
+      {"strides 2 x 1", T_D(2, 4, 9, 8), T_D(6, 4, 3, 3), {AV("strides", 2, 1), AV("pads", 1, 1, 1, 1), AEND}},
+      {"strides 3, 2x2", T_D(1, 3, 10, 11), T_D(4, 3, 2, 2), {AV("strides", 3, 3), AEND}},
+      {"1x1 s2 odd, batch 1", T_D(1, 5, 7, 9), T_D(9, 5, 1, 1), {AV("strides", 2, 2), AEND}},
+      {"ResNet-8 64 ch 7x7", T_D(2, 64, 7, 7), T_D(64, 64, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
   };
   for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
     runner *sh = runner_new("", "Conv", 11, cs[i].a, 2, (tens[]){cs[i].x, cs[i].w}, 1, NULL, 1);

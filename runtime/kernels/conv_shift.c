@@ -1,0 +1,603 @@
+/* conv_shift.c - 2-D FP32 convolutions without im2col ("shifted rows"),
+ * AVX-512: the forward product (nbl_conv_shift_f32, conv_paths.h) and the
+ * weight gradient (nbl_conv_shift_dw, gemm.h).
+ *
+ * Each image is copied once into zero-padded planes, one per channel and
+ * stride phase: plane (c, a, b), row r, column j holds the input's row
+ * r sh + a - pb[0], column j sw + b - pb[1] (zero outside the image). All
+ * planes have R = OH + (KH - 1) dh / sh rows of Wq = OW + (KW - 1) dw / sw
+ * columns, and kernel tap (kh, kw) reads, for output (oh, ow), plane
+ * (c, kh dh % sh, kw dw % sw) at row oh + kh dh / sh, column ow + kw dw / sw.
+ * Numbering the outputs q = oh Wq + ow ("padded width": columns OW..Wq-1 of
+ * every row are junk, computed and dropped), tap k = (c, kh, kw) is the plane
+ * shifted by a constant off[k], so that
+ *   y[m][q]  = sum_k w[m][k] plane[q + off[k]]             (forward)
+ *   dW[m][k] = sum_n sum_q dy[n][m][q] plane_n[q + off[k]] (dy zero in the junk)
+ * are products of contiguous rows: the im2col matrix (KH KW times the
+ * input, written and read back per image) is never made. Only the phases
+ * some tap reads are stored (one for 1x1 strided layers).
+ */
+#include "runtime/kernels/gemm.h"
+#include "runtime/core/cpu.h"
+#include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/simd16.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define SH_MAX_PHASES 16 /* strides up to 4 x 4 */
+
+typedef struct shift_geom {
+  const nbl_conv_geom *g;
+  int64_t R, Wq, PS;   /* plane rows, row stride (columns), floats (rows and a zero guard) */
+  int64_t np;          /* planes per channel (phases read by some tap) */
+  int64_t img;         /* floats per image: C np PS */
+  int64_t Q, Qp;       /* outputs per channel in padded width, rounded up to 16 */
+  int64_t K;           /* C KH KW */
+  int slot[SH_MAX_PHASES]; /* phase a sw + b -> its plane among the channel's, or -1 */
+  int64_t *off;        /* [K]: tap k's offset from the image's first plane */
+  uint16_t *vm;        /* forward: [Q + 16] lanes q.. of a vector that are outputs (q % Wq < OW) */
+  int32_t *yb;         /* forward: [Q + 16] the output index of the first such lane */
+} shift_geom;
+
+/* The layout for geometry g; 0 when the layer does not qualify. */
+static int shift_init(const nbl_conv_geom *g, shift_geom *s) {
+  memset(s, 0, sizeof *s);
+  if (g->ns != 2 || g->group != 1 || g->s[0] * g->s[1] > SH_MAX_PHASES) return 0;
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  s->g = g;
+  for (int i = 0; i < SH_MAX_PHASES; i++) s->slot[i] = -1;
+  for (int64_t kh = 0; kh < KH; kh++)
+    for (int64_t kw = 0; kw < KW; kw++) {
+      int ph = (int)((kh * dh % sh) * sw + kw * dw % sw);
+      if (s->slot[ph] < 0) s->slot[ph] = (int)s->np++;
+    }
+  /* Rows share their pads: a read past the end of a row (columns >= Wq)
+   * lands on the next row's leading zeros, so Wq needs to cover the data
+   * the outputs read (columns < min(j1, OW + tmax)) and the reach past it
+   * (OW + tmax - j0) only: 29 columns for 28 with 3x3 pad 1, not 30. The
+   * last row's reach goes into a zero guard. */
+  int64_t OW = g->out[1], tmax = (KW - 1) * dw / sw, wq = OW, guard = 0;
+  for (int64_t b = 0; b < sw; b++) {
+    int used = 0;
+    for (int64_t a = 0; a < sh; a++) used |= s->slot[a * sw + b] >= 0;
+    if (!used) continue;
+    int64_t lo = g->pb[1] - b, hi = g->in[1] + g->pb[1] - b;
+    int64_t j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw, j1 = hi <= 0 ? 0 : (hi + sw - 1) / sw;
+    if (j1 > OW + tmax) j1 = OW + tmax;
+    if (wq < j1) wq = j1;
+    if (wq < OW + tmax - j0) wq = OW + tmax - j0;
+  }
+  if (wq < 1) wq = 1;
+  guard = OW + tmax - wq > 0 ? OW + tmax - wq : 0;
+  s->R = g->out[0] + (KH - 1) * dh / sh;
+  s->Wq = wq;
+  s->PS = s->R * s->Wq + guard;
+  s->Q = g->out[0] * s->Wq;
+  s->Qp = (s->Q + 15) / 16 * 16;
+  s->K = g->C * KH * KW;
+  if (s->PS <= 0 || s->PS > ((int64_t)1 << 28) || s->K <= 0 || s->K > ((int64_t)1 << 24)) return 0;
+  s->img = g->C * s->np * s->PS;
+  if (s->img > ((int64_t)1 << 30)) return 0;
+  s->off = malloc(sizeof(int64_t) * (size_t)s->K);
+  if (!s->off) return 0;
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int ph = (int)((kh * dh % sh) * sw + kw * dw % sw);
+        s->off[(c * KH + kh) * KW + kw] =
+            (c * s->np + s->slot[ph]) * s->PS + kh * dh / sh * s->Wq + kw * dw / sw;
+      }
+  return 1;
+}
+
+/* The mask of lanes i < 16 with lo <= i < hi. */
+static inline __mmask16 lanes(int64_t lo, int64_t hi) {
+  if (lo < 0) lo = 0;
+  if (hi > 16) hi = 16;
+  if (hi <= lo) return 0;
+  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* The planes of one image x [C, H, W] into dst [C][np][PS]: row j of a
+ * plane is src[j sw] for j0 <= j < j1, 0 for the other j < Wq, 16 columns
+ * per step with the lane masks of each step computed once per phase
+ * (strides 1 and 2; masked-off lanes are not read). Pads may be negative
+ * (the phase convolutions of nbl_conv_shift_dx): rows and columns outside
+ * the image are zero either way. */
+__attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, const float *x, float *dst) {
+  const nbl_conv_geom *g = s->g;
+  int64_t H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], Wq = s->Wq, nv = (Wq + 15) / 16;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __mmask16 m0[64], m1[64], ms[64]; /* per 16 columns: load masks (2 for stride 2), store mask */
+  int vec = (sw == 1 || sw == 2) && nv <= 64;
+  for (int64_t a = 0; a < sh; a++)
+    for (int64_t b = 0; b < sw; b++) {
+      int sl = s->slot[a * sw + b];
+      if (sl < 0) continue;
+      /* columns j with 0 <= j sw + b - pb[1] < W: [j0, j1); columns past
+       * the row (j >= Wq) are never read as such */
+      int64_t lo = g->pb[1] - b, hi = W + g->pb[1] - b;
+      int64_t j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw, j1 = hi <= 0 ? 0 : (hi + sw - 1) / sw;
+      if (j1 > Wq) j1 = Wq;
+      if (j0 > j1) j0 = j1;
+      for (int64_t v = 0; vec && v < nv; v++) {
+        int64_t j = 16 * v;
+        ms[v] = nbl_tail_mask(Wq - j);
+        if (sw == 1) {
+          m0[v] = lanes(j0 - j, j1 - j);
+          m1[v] = 0;
+        } else { /* source floats 2 j + e, e < 32: e in [2 (j0 - j), 2 (j1 - j) - 1) */
+          m0[v] = lanes(2 * (j0 - j), 2 * (j1 - j) - 1);
+          m1[v] = lanes(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
+        }
+      }
+      for (int64_t c = 0; c < g->C; c++) {
+        float *p = dst + (c * s->np + sl) * s->PS;
+        const float *xc = x + c * H * W;
+        for (int64_t r = 0; r < s->R; r++) {
+          float *row = p + r * Wq;
+          int64_t ih = r * sh + a - g->pb[0];
+          const float *src = xc + ih * W + b - g->pb[1];
+          if (ih < 0 || ih >= H || j0 == j1) memset(row, 0, sizeof(float) * (size_t)Wq);
+          else if (vec && sw == 1)
+            for (int64_t v = 0; v < nv; v++)
+              _mm512_mask_storeu_ps(row + 16 * v, ms[v], _mm512_maskz_loadu_ps(m0[v], src + 16 * v));
+          else if (vec)
+            for (int64_t v = 0; v < nv; v++) {
+              __m512 v0 = _mm512_maskz_loadu_ps(m0[v], src + 32 * v);
+              __m512 v1 = _mm512_maskz_loadu_ps(m1[v], src + 32 * v + 16);
+              _mm512_mask_storeu_ps(row + 16 * v, ms[v], _mm512_permutex2var_ps(v0, even, v1));
+            }
+          else
+            for (int64_t j = 0; j < Wq; j++) row[j] = j >= j0 && j < j1 ? src[j * sw] : 0.0f;
+        }
+        for (int64_t i = s->R * Wq; i < s->PS; i++) p[i] = 0.0f; /* the guard */
+      }
+    }
+}
+
+typedef struct pack_task {
+  const shift_geom *s;
+  const float *x;
+  float *planes;
+} pack_task;
+
+static void pack_run(void *arg, int64_t begin, int64_t end) {
+  const pack_task *t = arg;
+  const nbl_conv_geom *g = t->s->g;
+  for (int64_t n = begin; n < end; n++) shift_pack(t->s, t->x + n * g->C * g->in_sz, t->planes + n * t->s->img);
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* 8 output channels x nq (<= 32) outputs q.. of one image: xb = its planes
+ * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
+ * get act(bias + sum). The loop of c11_tile (conv_avx512.c) with the rows
+ * of x found through off[] instead of im2col's k P. */
+__attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const int64_t *off, int64_t K,
+                                                        const float *xb, int64_t q, const float *wb, int nq,
+                                                        float *y, int64_t ldy, int nr, const float *bias,
+                                                        const nbl_act *act) {
+  __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
+  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
+         a60 = a00, a70 = a00;
+  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
+  for (int64_t k = 0; k < K; k++, wb += 8) {
+    const float *x = xb + off[k];
+    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
+#define SH_ROW(r)                            \
+  w = _mm512_set1_ps(wb[r]);                 \
+  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
+  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
+    SH_ROW(0) SH_ROW(1) SH_ROW(2) SH_ROW(3) SH_ROW(4) SH_ROW(5) SH_ROW(6) SH_ROW(7)
+#undef SH_ROW
+  }
+  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  /* the output lanes of each vector, packed to the front, stored at the
+   * output index of the first: the junk columns are dropped here */
+  __mmask16 v0m = s->vm[q] & k0, v1m = k1 ? s->vm[q + 16] & k1 : 0;
+  __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
+  float *y0 = y + s->yb[q], *y1 = y + s->yb[q + 16];
+  for (int r = 0; r < nr; r++) {
+    __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
+    if (act) { /* Clip's semantics, NaN passing through */
+      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
+      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
+      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
+    }
+    if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
+    if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
+  }
+}
+
+/* One product over the planes: taps off[K], packed weights, output y. */
+typedef struct fwd_prod {
+  const int64_t *off;
+  int64_t K, M;
+  const float *wp, *bias;
+  const nbl_act *act;
+  float *y; /* [N][M][OH][OW] */
+} fwd_prod;
+
+typedef struct fwd_task {
+  const shift_geom *s;
+  const float *x;
+  float *planes;
+  int64_t bands; /* units per image (row bands) */
+  int pack;      /* 1: each unit packs its image's planes (bands == 1) */
+  int nprod;     /* products over the same planes (the phases of nbl_conv_shift_dx) */
+  fwd_prod prod[SH_MAX_PHASES];
+} fwd_task;
+
+static void fwd_run(void *arg, int64_t begin, int64_t end) {
+  const fwd_task *t = arg;
+  const shift_geom *s = t->s;
+  const nbl_conv_geom *g = s->g;
+  int64_t OH = g->out[0], OW = g->out[1], Wq = s->Wq;
+  for (int64_t u = begin; u < end; u++) {
+    int64_t n = u / t->bands, oh0, oh1;
+    nbl_band(OH, u % t->bands, t->bands, 1, &oh0, &oh1);
+    if (oh0 >= oh1) continue;
+    float *pl = t->planes + n * s->img;
+    if (t->pack) shift_pack(s, t->x + n * g->C * g->in_sz, pl);
+    int64_t q1 = (oh1 - 1) * Wq + OW;
+    for (int i = 0; i < t->nprod; i++) {
+      const fwd_prod *p = &t->prod[i];
+      float *yn = p->y + n * p->M * g->out_sz;
+      for (int64_t q = oh0 * Wq; q < q1; q += 32) {
+        int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
+        for (int64_t m = 0; m < p->M; m += 8)
+          fwd_tile(s, p->off, p->K, pl + q, q, p->wp + m * p->K, nq, yn + m * g->out_sz, g->out_sz,
+                   p->M - m < 8 ? (int)(p->M - m) : 8, p->bias ? p->bias + m : NULL, p->act);
+      }
+    }
+  }
+}
+
+/* The store tables of the forward (s->vm, s->yb) and the planes of N images
+ * with their zero slack; 0 when out of memory (s->vm, s->yb freed by the
+ * caller either way). */
+static float *fwd_alloc(shift_geom *s, int64_t N) {
+  const nbl_conv_geom *g = s->g;
+  int64_t slack = s->Wq + 32; /* zeros past the last plane: the masked loads' reach stays short of it */
+  s->vm = malloc(sizeof(uint16_t) * (size_t)(s->Q + 32));
+  s->yb = malloc(sizeof(int32_t) * (size_t)(s->Q + 32));
+  float *planes = malloc(sizeof(float) * (size_t)(N * s->img + slack));
+  if (!s->vm || !s->yb || !planes || g->out_sz >= INT32_MAX) {
+    free(planes);
+    return NULL;
+  }
+  memset(planes + N * s->img, 0, sizeof(float) * (size_t)slack);
+  /* lane i of the vector at q is an output when (q + i) % Wq < OW (and q + i < Q) */
+  for (int64_t q = 0; q < s->Q + 32; q++) {
+    unsigned m = 0;
+    for (int i = 0; i < 16; i++) m |= (unsigned)(q + i < s->Q && (q + i) % s->Wq < g->out[1]) << i;
+    s->vm[q] = (uint16_t)m;
+    int64_t c = q % s->Wq < g->out[1] ? q % s->Wq : g->out[1];
+    s->yb[q] = (int32_t)(q / s->Wq * g->out[1] + c);
+  }
+  return planes;
+}
+
+/* Run the products of t (planes from fwd_alloc) over the batch. */
+static void fwd_products(nbl_kctx *ctx, fwd_task *t) {
+  const nbl_conv_geom *g = t->s->g;
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  t->bands = 1;
+  if (threads > 1 && g->N < 2 * threads) {
+    t->bands = (2 * threads + g->N - 1) / g->N;
+    if (t->bands > g->out[0]) t->bands = g->out[0];
+  }
+  t->pack = t->bands == 1;
+  if (!t->pack) {
+    pack_task pt = {t->s, t->x, t->planes};
+    nbl_parallel_for(ctx, g->N, 1, pack_run, &pt);
+  }
+  nbl_parallel_for(ctx, g->N * t->bands, 1, fwd_run, t);
+}
+
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act) {
+  /* weights past the L2 (ResNet-18's last layers): each q tile and band
+   * would read them again; the im2col product reads them once */
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->M * g->C * g->k_sz > 131072) return 0;
+  shift_geom s;
+  if (!shift_init(g, &s)) return 0;
+  void *scratch = NULL;
+  const float *wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
+  float *planes = wp ? fwd_alloc(&s, g->N) : NULL;
+  if (planes) {
+    fwd_task t = {&s, x, planes, 1, 1, 1, {{s.off, s.K, g->M, wp, bias, act, y}}};
+    fwd_products(ctx, &t);
+  }
+  free(planes);
+  free(s.vm);
+  free(s.yb);
+  free(scratch);
+  free(s.off);
+  return planes != NULL;
+}
+
+/* ------------------------------------------------------------------ weight gradient */
+
+typedef struct dw_task {
+  const shift_geom *s;
+  const float *planes, *dyp, *zero; /* dyp [N][M][Qp], zero: Qp zeros */
+  float *dw;
+  int64_t kblk, ktiles, chunk; /* k tiles (of 6) per unit, in all; images per pass */
+} dw_task;
+
+/* The sums of the lanes of a, b, c, d. */
+__attribute__((target("avx512f"), always_inline)) static inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], the same of c, d */
+  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  /* per lane: the lane's sums of a, b, c, d; then the 4 lanes added */
+  __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(v);
+}
+
+/* dw[m + i][k + j] += sum over images [n0, n1) and q < Qp of
+ * dy[n][m + i][q] plane_n[q + off[k + j]], i < 4, j < 6 (rows past M read
+ * zeros, taps past K repeat the last one; neither is stored): 24 sums in
+ * registers, 4 dy rows and 6 shifted plane rows loaded per 16 outputs. */
+__attribute__((target("avx512f"))) static void dw_tile(const dw_task *t, int64_t n0, int64_t n1,
+                                                       int64_t m, int64_t k) {
+  const shift_geom *s = t->s;
+  int64_t M = s->g->M, K = s->K, Qp = s->Qp, ob[6];
+  for (int j = 0; j < 6; j++) ob[j] = s->off[k + j < K ? k + j : K - 1];
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c04 = c00, c05 = c00;
+  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
+  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c24 = c00, c25 = c00;
+  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00, c34 = c00, c35 = c00;
+  for (int64_t n = n0; n < n1; n++) {
+    const float *d = t->dyp + (n * M + m) * Qp, *pl = t->planes + n * s->img;
+    const float *a0 = d, *a1 = m + 1 < M ? d + Qp : t->zero, *a2 = m + 2 < M ? d + 2 * Qp : t->zero,
+                *a3 = m + 3 < M ? d + 3 * Qp : t->zero;
+    const float *b0 = pl + ob[0], *b1 = pl + ob[1], *b2 = pl + ob[2], *b3 = pl + ob[3],
+                *b4 = pl + ob[4], *b5 = pl + ob[5];
+    for (int64_t q = 0; q < Qp; q += 16) {
+      __m512 x0 = _mm512_load_ps(a0 + q), x1 = _mm512_load_ps(a1 + q), x2 = _mm512_load_ps(a2 + q),
+             x3 = _mm512_load_ps(a3 + q), v;
+#define SH_COL(j)                          \
+  v = _mm512_loadu_ps(b##j + q);           \
+  c0##j = _mm512_fmadd_ps(x0, v, c0##j);   \
+  c1##j = _mm512_fmadd_ps(x1, v, c1##j);   \
+  c2##j = _mm512_fmadd_ps(x2, v, c2##j);   \
+  c3##j = _mm512_fmadd_ps(x3, v, c3##j);
+      SH_COL(0) SH_COL(1) SH_COL(2) SH_COL(3) SH_COL(4) SH_COL(5)
+#undef SH_COL
+    }
+  }
+  /* the 24 sums, 4 at a time: dw row m + i, taps k..k+3, then the last 2
+   * taps of rows m + i and m + i + 1 */
+  float r[4][8];
+  _mm_storeu_ps(r[0], sum4(c00, c01, c02, c03));
+  _mm_storeu_ps(r[1], sum4(c10, c11, c12, c13));
+  _mm_storeu_ps(r[2], sum4(c20, c21, c22, c23));
+  _mm_storeu_ps(r[3], sum4(c30, c31, c32, c33));
+  _mm_storeu_ps(r[0] + 4, sum4(c04, c05, c14, c15));
+  _mm_storeu_ps(r[2] + 4, sum4(c24, c25, c34, c35));
+  for (int i = 0; i < 4 && m + i < M; i++) {
+    const float *ri = r[i & ~1] + (i & 1 ? 2 : 0); /* rows 1 and 3: their taps 4, 5 at 6, 7 */
+    for (int j = 0; j < 6 && k + j < K; j++) t->dw[(m + i) * K + k + j] += j < 4 ? r[i][j] : ri[j];
+  }
+}
+
+static void dw_run(void *arg, int64_t begin, int64_t end) {
+  const dw_task *t = arg;
+  const nbl_conv_geom *g = t->s->g;
+  for (int64_t u = begin; u < end; u++) {
+    int64_t kt0 = u * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
+    for (int64_t n0 = 0; n0 < g->N; n0 += t->chunk) {
+      int64_t n1 = n0 + t->chunk < g->N ? n0 + t->chunk : g->N;
+      for (int64_t m = 0; m < g->M; m += 4)
+        for (int64_t kt = kt0; kt < kt1; kt++) dw_tile(t, n0, n1, m, kt * 6);
+    }
+  }
+}
+
+typedef struct dyp_task {
+  const shift_geom *s;
+  const float *x, *dy;
+  float *planes, *dyp;
+} dyp_task;
+
+/* Images [begin, end): their planes, and dy in padded width (junk columns
+ * and the tail to Qp zero). */
+static void dyp_run(void *arg, int64_t begin, int64_t end) {
+  const dyp_task *t = arg;
+  const shift_geom *s = t->s;
+  const nbl_conv_geom *g = s->g;
+  int64_t OH = g->out[0], OW = g->out[1], Wq = s->Wq;
+  for (int64_t n = begin; n < end; n++) {
+    shift_pack(s, t->x + n * g->C * g->in_sz, t->planes + n * s->img);
+    for (int64_t m = 0; m < g->M; m++) {
+      float *d = t->dyp + (n * g->M + m) * s->Qp;
+      const float *src = t->dy + (n * g->M + m) * g->out_sz;
+      for (int64_t oh = 0; oh < OH; oh++) {
+        memcpy(d + oh * Wq, src + oh * OW, sizeof(float) * (size_t)OW);
+        for (int64_t j = OW; j < Wq; j++) d[oh * Wq + j] = 0.0f;
+      }
+      for (int64_t q = s->Q; q < s->Qp; q++) d[q] = 0.0f;
+    }
+  }
+}
+
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw) {
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->N <= 0 || g->M <= 0) return 0;
+  shift_geom s;
+  if (!shift_init(g, &s)) return 0;
+  /* the dW loop reads up to Wq + 14 floats past the last plane: zeros */
+  int64_t slack = s.Wq + 16;
+  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img + slack));
+  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((g->N * g->M + 1) * s.Qp));
+  if (!planes || !dyp) {
+    free(planes);
+    free(dyp);
+    free(s.off);
+    return 0;
+  }
+  memset(planes + g->N * s.img, 0, sizeof(float) * (size_t)slack);
+  memset(dyp + g->N * g->M * s.Qp, 0, sizeof(float) * (size_t)s.Qp);
+  dyp_task pt = {&s, x, dy, planes, dyp};
+  nbl_parallel_for(ctx, g->N, 1, dyp_run, &pt);
+  memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
+  int threads = ctx->threads > 1 ? ctx->threads : 1;
+  dw_task t = {&s, planes, dyp, dyp + g->N * g->M * s.Qp, dw, 0, (s.K + 5) / 6, 1};
+  /* images per pass: their planes and dy rows within about 1 MB (the L2) */
+  int64_t per = (s.img + g->M * s.Qp) * (int64_t)sizeof(float);
+  t.chunk = ((int64_t)1 << 20) / (per > 0 ? per : 1);
+  if (t.chunk < 1) t.chunk = 1;
+  int64_t units;
+  nbl_split_rows(t.ktiles, 1, threads > 1 ? 2 * threads : 1, &units, &t.kblk);
+  nbl_parallel_for(ctx, units, 1, dw_run, &t);
+  free(planes);
+  free(dyp);
+  free(s.off);
+  return 1;
+}
+
+
+/* ------------------------------------------------------------------ input gradient of strided layers */
+
+typedef struct dx_task {
+  const nbl_conv_geom *g;
+  float *const *ph; /* [sh sw] phase outputs [N][C][Rh][Jw], NULL: no tap (zero) */
+  int64_t Rh, Jw;
+  float *dx;
+} dx_task;
+
+/* Images [begin, end) of dx from the phase outputs: padded position
+ * (ihp, iwp) = (ih + pb[0], iw + pb[1]) is phase (ihp % sh, iwp % sw) at
+ * (ihp / sh, iwp / sw); with column stride 2 the two phases of a row are
+ * interleaved 16 + 16 columns at a time. */
+__attribute__((target("avx512f"))) static void dx_run(void *arg, int64_t begin, int64_t end) {
+  const dx_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  int64_t H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pt = g->pb[0], pl = g->pb[1];
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t n = begin; n < end; n++)
+    for (int64_t c = 0; c < g->C; c++)
+      for (int64_t ih = 0; ih < H; ih++) {
+        int64_t a = (ih + pt) % sh, r = (ih + pt) / sh;
+        float *d = t->dx + ((n * g->C + c) * H + ih) * W;
+        const float *p[4] = {NULL, NULL, NULL, NULL};
+        for (int64_t b = 0; b < sw && b < 4; b++)
+          if (t->ph[a * sw + b]) p[b] = t->ph[a * sw + b] + ((n * g->C + c) * t->Rh + r) * t->Jw;
+        if (sw == 2) { /* dx[iw] = p[iwp % 2][iwp / 2], iwp = iw + pl: 32 columns from 16 j */
+          __m512 z = _mm512_setzero_ps();
+          for (int64_t j = 0; 2 * j - pl < W; j += 16) {
+            __mmask16 m = nbl_tail_mask(t->Jw - j);
+            __m512 e = p[0] ? _mm512_maskz_loadu_ps(m, p[0] + j) : z, o = p[1] ? _mm512_maskz_loadu_ps(m, p[1] + j) : z;
+            __m512 v0 = _mm512_permutex2var_ps(e, lo, o), v1 = _mm512_permutex2var_ps(e, hi, o);
+            int64_t iw = 2 * j - pl; /* column of v0's lane 0 */
+            _mm512_mask_storeu_ps(d + iw, lanes(-iw, W - iw), v0);
+            _mm512_mask_storeu_ps(d + iw + 16, lanes(-iw - 16, W - iw - 16), v1);
+          }
+        } else {
+          for (int64_t iw = 0; iw < W; iw++) {
+            int64_t b = (iw + pl) % sw;
+            const float *q = t->ph[a * sw + b];
+            d[iw] = q ? q[((n * g->C + c) * t->Rh + r) * t->Jw + (iw + pl) / sw] : 0.0f;
+          }
+        }
+      }
+}
+
+int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
+  int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], C = g->C, M = g->M;
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->ns != 2 || g->group != 1 || g->d[0] != 1 ||
+      g->d[1] != 1 || sh * sw > SH_MAX_PHASES || M * C * KH * KW > 131072 || g->N <= 0)
+    return 0;
+  /* phase (a, b) of dx: rows r < Rh, columns j < Jw at padded positions
+   * (r sh + a, j sw + b); its taps kh = a + sh t (t < KHs) read dy row
+   * r - t: a stride-1 convolution of dy (M channels) with the sub-kernel
+   * flipped and pads KHs - 1. Phase 0 has the most taps (KHm x KWm): all
+   * phases read the planes of dy packed once with its pads, each its own
+   * taps among them. */
+  int64_t Rh = (g->in[0] + g->pb[0] + sh - 1) / sh, Jw = (g->in[1] + g->pb[1] + sw - 1) / sw;
+  int64_t KHm = (KH + sh - 1) / sh, KWm = (KW + sw - 1) / sw;
+  nbl_conv_geom t = *g;
+  t.C = M, t.M = C;
+  t.in[0] = g->out[0], t.in[1] = g->out[1], t.in_sz = g->out_sz;
+  t.k[0] = KHm, t.k[1] = KWm, t.k_sz = KHm * KWm;
+  t.s[0] = t.s[1] = 1;
+  t.pb[0] = KHm - 1, t.pb[1] = KWm - 1, t.pe[0] = t.pe[1] = 0; /* pe: not read */
+  t.out[0] = Rh, t.out[1] = Jw, t.out_sz = Rh * Jw;
+  shift_geom s;
+  if (!shift_init(&t, &s)) return 0;
+  float *ph[SH_MAX_PHASES] = {NULL};
+  float *buf = malloc(sizeof(float) * (size_t)(sh * sw * g->N * C * Rh * Jw));
+  float *wsub = malloc(sizeof(float) * (size_t)(C * M * KHm * KWm));
+  /* per phase: its taps' offsets [M KHm KWm] and packed weights [C/8 up][M KHm KWm][8] */
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(sh * sw * M * KHm * KWm));
+  float *wps = calloc((size_t)(sh * sw * (C + 7) / 8 * 8 * M * KHm * KWm), sizeof(float));
+  float *planes = buf && wsub && offs && wps ? fwd_alloc(&s, g->N) : NULL;
+  fwd_task ft = {&s, dy, planes, 1, 1, 0, {{0}}};
+  for (int64_t a = 0; planes && a < sh; a++)
+    for (int64_t b = 0; b < sw; b++) {
+      int64_t KHs = a < KH ? (KH - a + sh - 1) / sh : 0, KWs = b < KW ? (KW - b + sw - 1) / sw : 0;
+      if (!KHs || !KWs) continue;
+      int64_t i = a * sw + b, K = M * KHs * KWs;
+      int64_t *off = offs + i * M * KHm * KWm;
+      float *wp = wps + i * (C + 7) / 8 * 8 * M * KHm * KWm;
+      /* wsub[c][m][u][v] = w[m][c][a + sh (KHs-1-u)][b + sw (KWs-1-v)]; tap
+       * (u, v) is tap (u + KHm - KHs, v + KWm - KWs) of the planes' pads */
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t u = 0; u < KHs; u++)
+            for (int64_t v = 0; v < KWs; v++)
+              wsub[((c * M + m) * KHs + u) * KWs + v] =
+                  w[((m * C + c) * KH + a + sh * (KHs - 1 - u)) * KW + b + sw * (KWs - 1 - v)];
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t u = 0; u < KHs; u++)
+          for (int64_t v = 0; v < KWs; v++)
+            off[(m * KHs + u) * KWs + v] = s.off[(m * KHm + u + KHm - KHs) * KWm + v + KWm - KWs];
+      nbl_c11_pack(wsub, C, K, wp);
+      ph[i] = buf + i * g->N * C * Rh * Jw;
+      ft.prod[ft.nprod++] = (fwd_prod){off, K, C, wp, NULL, NULL, ph[i]};
+    }
+  if (planes) {
+    fwd_products(ctx, &ft);
+    dx_task dt = {g, ph, Rh, Jw, dx};
+    nbl_parallel_for(ctx, g->N, 1, dx_run, &dt);
+  }
+  free(planes);
+  free(s.vm);
+  free(s.yb);
+  free(s.off);
+  free(buf);
+  free(wsub);
+  free(offs);
+  free(wps);
+  return planes != NULL;
+}
+
+#else
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act) {
+  (void)ctx, (void)g, (void)x, (void)w, (void)bias, (void)y, (void)act;
+  return 0;
+}
+int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *dy,
+                      float *dw) {
+  (void)ctx, (void)g, (void)x, (void)dy, (void)dw;
+  return 0;
+}
+int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, const float *w, float *dx) {
+  (void)ctx, (void)g, (void)dy, (void)w, (void)dx;
+  return 0;
+}
+#endif
