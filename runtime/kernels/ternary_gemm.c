@@ -305,29 +305,41 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
 }
 
 /* AVX2: 4 channels x 16 pixels at a time in int16 (vpmaddubsw), widened
- * every 64 k-quads; the int32 sums of the whole 8 x 32 tile go to a. */
+ * every 64 k-quads into the int32 sums of the whole 8 x 32 tile in a. The
+ * sums stay in a (memory) rather than in registers: with 8 int16
+ * accumulators, two activation vectors and the broadcast weights the inner
+ * loop needs 12 of the 16 registers, and 8 more int32 accumulators made the
+ * compiler spill and copy inside it. Panels of at most 16 pixels skip the
+ * second half (its sums are left 0). */
+/* *h += v in int16, in h's register (GCC otherwise adds into v's register
+ * and copies it back, a move per product in the loop below). */
+__attribute__((target("avx2"), always_inline)) static inline void acc16(__m256i *h, __m256i v) {
+  __asm__("vpaddw %1, %0, %0" : "+x"(*h) : "x"(v));
+}
+
 __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, const uint8_t *x,
-                                                      const int8_t *w, int32_t a[NBL_T_CR][NBL_T_PX]) {
+                                                      const int8_t *w, int np,
+                                                      int32_t a[NBL_T_CR][NBL_T_PX]) {
   int64_t K4 = W->Kp / 4;
   const __m256i ones = _mm256_set1_epi16(1);
+  memset(a, 0, sizeof(int32_t) * NBL_T_CR * NBL_T_PX);
   for (int rh = 0; rh < 2; rh++)
-    for (int ph = 0; ph < 2; ph++) {
-      __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00,
-              s30 = s00, s31 = s00; /* int32 sums: channel r, pixels 8h.. */
+    for (int ph = 0; ph < (np > 16 ? 2 : 1); ph++) {
+      int32_t *o = &a[rh * 4][ph * 16];
       for (int64_t c0 = 0; c0 < K4; c0 += 64) {
         int64_t c1 = c0 + 64 < K4 ? c0 + 64 : K4;
         __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00, h20 = h00,
                 h21 = h00, h30 = h00, h31 = h00;
-        for (int64_t k4 = c0; k4 < c1; k4++) {
-          const uint8_t *xk = x + k4 * 128 + ph * 64;
+        const uint8_t *xk = x + c0 * 128 + ph * 64;
+        const int8_t *wk = w + c0 * 32 + rh * 16;
+        for (int64_t k4 = c0; k4 < c1; k4++, xk += 128, wk += 32) {
           __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)xk);
           __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(xk + 32));
-          const int8_t *wk = w + k4 * 32 + rh * 16;
 #define T_ROW2(r)                                                                                  \
   do {                                                                                             \
     __m256i wb = _mm256_set1_epi32(load4(wk + 4 * (r)));                                           \
-    h##r##0 = _mm256_add_epi16(h##r##0, _mm256_maddubs_epi16(x0, wb));                             \
-    h##r##1 = _mm256_add_epi16(h##r##1, _mm256_maddubs_epi16(x1, wb));                             \
+    acc16(&h##r##0, _mm256_maddubs_epi16(x0, wb));                                                \
+    acc16(&h##r##1, _mm256_maddubs_epi16(x1, wb));                                                \
   } while (0)
           T_ROW2(0);
           T_ROW2(1);
@@ -335,24 +347,18 @@ __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, co
           T_ROW2(3);
 #undef T_ROW2
         }
-        s00 = _mm256_add_epi32(s00, _mm256_madd_epi16(h00, ones));
-        s01 = _mm256_add_epi32(s01, _mm256_madd_epi16(h01, ones));
-        s10 = _mm256_add_epi32(s10, _mm256_madd_epi16(h10, ones));
-        s11 = _mm256_add_epi32(s11, _mm256_madd_epi16(h11, ones));
-        s20 = _mm256_add_epi32(s20, _mm256_madd_epi16(h20, ones));
-        s21 = _mm256_add_epi32(s21, _mm256_madd_epi16(h21, ones));
-        s30 = _mm256_add_epi32(s30, _mm256_madd_epi16(h30, ones));
-        s31 = _mm256_add_epi32(s31, _mm256_madd_epi16(h31, ones));
+#define T_WIDEN(r)                                                                                 \
+  do {                                                                                             \
+    __m256i *d0 = (__m256i *)(void *)(o + (r)*NBL_T_PX), *d1 = (__m256i *)(void *)(o + (r)*NBL_T_PX + 8); \
+    _mm256_storeu_si256(d0, _mm256_add_epi32(_mm256_loadu_si256(d0), _mm256_madd_epi16(h##r##0, ones))); \
+    _mm256_storeu_si256(d1, _mm256_add_epi32(_mm256_loadu_si256(d1), _mm256_madd_epi16(h##r##1, ones))); \
+  } while (0)
+        T_WIDEN(0);
+        T_WIDEN(1);
+        T_WIDEN(2);
+        T_WIDEN(3);
+#undef T_WIDEN
       }
-      int32_t *o = &a[rh * 4][ph * 16];
-      _mm256_storeu_si256((__m256i *)(void *)(o + 0 * NBL_T_PX), s00);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 0 * NBL_T_PX + 8), s01);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 1 * NBL_T_PX), s10);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 1 * NBL_T_PX + 8), s11);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 2 * NBL_T_PX), s20);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 2 * NBL_T_PX + 8), s21);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 3 * NBL_T_PX), s30);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 3 * NBL_T_PX + 8), s31);
     }
 }
 
@@ -395,7 +401,7 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
         continue;
       }
       if (isa == NBL_T_AVX2) {
-        tile_avx2(W, x, w, a);
+        tile_avx2(W, x, w, np, a);
         for (int r = 0; r < nm; r++) {
           int32_t corr = 128 * W->rowsum[m + r];
           if (Ci || e->codes || e->no_store) {
