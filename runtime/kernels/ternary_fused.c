@@ -289,7 +289,7 @@ static void fill_block(const conv_job *j, int64_t p0, int64_t p1, uint8_t *X4, u
         continue;
       }
       if (j->pointwise) memcpy(row, j->x + k * j->P + p0, (size_t)nv);
-      else nbl_code_im2col_row(j->g, j->x, j->Hp, j->Wp, 0, k, p0, p1, row);
+      else nbl_code_im2col_row(j->g, j->x, j->Hp, j->Wp, j->f->isa == NBL_T_AVX512, k, p0, p1, row);
       if (n > nv) memset(row + nv, 128, (size_t)(n - nv));
     }
     for (int64_t q = 0; q < n; q += 32)
