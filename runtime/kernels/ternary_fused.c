@@ -59,8 +59,11 @@ void nbl_t_fused_release(nbl_t_fused *f) {
   if (f->tw)
     for (int i = 0; i < n; i++) nbl_t_weights_free(&f->tw[i]);
   free(f->tw);
+  if (f->tdirect) nbl_t_weights_free(f->tdirect);
+  free(f->tdirect);
   free(f->dw_w);
   f->tw = NULL;
+  f->tdirect = NULL;
   f->dw_w = NULL;
   f->wdata = NULL;
 }
@@ -93,6 +96,28 @@ fail:
   return -1;
 }
 
+/* The weights of a Conv of one group W[m][c][t] (C x taps codes a row) for
+ * nbl_t_tile_direct: row m as k = t * 4 * C4 + c, channels past C zero. */
+static int pack_direct(nbl_t_fused *f, const int8_t *q) {
+  int64_t M = f->wdims[0], C = f->wdims[1], T = f->wdims[2] * f->wdims[3], C4 = (C + 3) / 4;
+  int64_t K = T * 4 * C4;
+  int8_t *r = calloc((size_t)(M * K + 1), 1);
+  f->tdirect = calloc(1, sizeof(nbl_t_weights));
+  int rc = -1;
+  if (r && f->tdirect) {
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t t = 0; t < T; t++) r[m * K + t * 4 * C4 + c] = q[(m * C + c) * T + t];
+    rc = nbl_t_pack(r, M, K, K, 1, 0, f->tdirect);
+  }
+  if (rc != 0) {
+    free(f->tdirect);
+    f->tdirect = NULL;
+  }
+  free(r);
+  return rc;
+}
+
 int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor *scale) {
   nbl_t_fused_release(f);
   int8_t *q = NULL;
@@ -110,6 +135,8 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
       ok = f->tw != NULL;
       for (int gi = 0; ok && gi < f->groups; gi++)
         ok = nbl_t_pack(q + gi * Mg * Kg, Mg, Kg, Kg, 1, 0, &f->tw[gi]) == 0;
+      /* without it (out of memory) the convolution takes the im2col tiles */
+      if (ok && f->groups == 1 && f->wrank == 4 && f->isa == NBL_T_AVX512) (void)pack_direct(f, q);
     }
   } else {
     /* rows of the packed form are the output columns n */
@@ -266,6 +293,8 @@ typedef struct conv_job {
   float *y; /* [Mg][P] */
   nbl_t_epi e;
   int64_t pb, nmc, mc;
+  const nbl_t_direct *d; /* the direct kernel's input (NULL: im2col panels) */
+  int64_t PP;            /* its padded pixels */
   _Atomic int oom;
   _Atomic uint32_t amax; /* the largest |y| written, as bits */
 } conv_job;
@@ -322,6 +351,59 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   amax_merge(&j->amax, amax);
   free(X4);
   free(tmp);
+}
+
+/* Blocks of padded pixels x chunks of channels by nbl_t_tile_direct (the
+ * epilogue's residual and codes indexed like y, from the image's start). */
+static void direct_tasks(void *arg, int64_t b, int64_t e) {
+  conv_job *j = arg;
+  uint32_t amax = 0;
+  for (int64_t t = b; t < e; t++) {
+    int64_t pi = t / j->nmc, mi = t % j->nmc;
+    int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->PP ? p0 + j->pb : j->PP;
+    int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
+    nbl_t_epi ep = j->e;
+    ep.amax = &amax;
+    nbl_t_tile_direct(j->f->isa, j->W, j->d, m0, m1, p0, p1, j->y, j->P, &ep);
+  }
+  amax_merge(&j->amax, amax);
+}
+
+typedef struct dquant_job {
+  nbl_t_isa isa;
+  const float *x;
+  uint8_t *u; /* [N][C4][plane][4] */
+  int64_t C, C4, H, W, Wp, plane, pt, pl;
+  float s;
+  _Atomic int oom;
+} dquant_job;
+
+/* Rows [b, e) of (image, channel quad, input row): the 4 channels' codes
+ * u = q + 128 interleaved into the padded pixels of the quad. */
+static void dquant_rows(void *arg, int64_t b, int64_t e) {
+  dquant_job *j = arg;
+  uint8_t *tmp = malloc((size_t)(4 * j->W));
+  if (!tmp) {
+    j->oom = 1;
+    return;
+  }
+  for (int64_t r = b; r < e; r++) {
+    int64_t ih = r % j->H, c4 = r / j->H % j->C4, n = r / j->H / j->C4;
+    for (int q = 0; q < 4; q++) {
+      int64_t c = 4 * c4 + q;
+      if (c < j->C) nbl_t_quant(j->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, tmp + q * j->W, j->W, j->s, 128);
+      else memset(tmp + q * j->W, 128, (size_t)j->W);
+    }
+    uint8_t *dst = j->u + ((n * j->C4 + c4) * j->plane + (ih + j->pt) * j->Wp + j->pl) * 4;
+    nbl_code_interleave4(tmp, tmp + j->W, tmp + 2 * j->W, tmp + 3 * j->W, dst, j->W);
+  }
+  free(tmp);
+}
+
+/* 1 when the convolution g of f runs nbl_t_tile_direct: one group, strides 1. */
+static int direct_wanted(const nbl_t_fused *f, const nbl_conv_geom *g) {
+  return f->tdirect && g->ns == 2 && g->group == 1 && g->s[0] == 1 && g->s[1] == 1 &&
+         nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
 }
 
 /* Record the largest |y| written (bits) for the fused node reading y. */
@@ -391,29 +473,56 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
     return NBL_OK;
   }
   if (!f->tw || codes_in) return literal_or_fail(c, f, codes_in);
-  int pointwise = nbl_conv_pointwise(&g);
+  int direct = direct_wanted(f, &g);
+  int pointwise = !direct && nbl_conv_pointwise(&g);
   int64_t Hp = g.in[0] + g.pb[0], Wp = g.in[1] + g.pb[1];
   int64_t need_h = (g.out[0] - 1) * g.s[0] + (g.k[0] - 1) * g.d[0] + 1;
   int64_t need_w = (g.out[1] - 1) * g.s[1] + (g.k[1] - 1) * g.d[1] + 1;
   if (Hp < need_h) Hp = need_h;
   if (Wp < need_w) Wp = need_w;
   if (pointwise) Hp = g.in[0], Wp = g.in[1];
-  size_t xbytes = (size_t)(g.N * g.C * Hp * Wp);
+  /* the direct kernel's input: quads of channels [C4][plane][4], every
+   * padded pixel's 4 bytes together; plane covers the reads of the last
+   * panel (32 padded pixels) at the last tap */
+  int64_t C4 = (g.C + 3) / 4, taps = g.k_sz, PP = g.out[0] * Wp;
+  int64_t plane = (PP + 31) / 32 * 32 + (g.k[0] - 1) * g.d[0] * Wp + (g.k[1] - 1) * g.d[1];
+  int64_t *off = direct ? malloc(sizeof(int64_t) * (size_t)taps) : NULL;
+  size_t xbytes = direct ? (size_t)(g.N * C4 * plane * 4) : (size_t)(g.N * g.C * Hp * Wp);
   uint8_t *xu = malloc(xbytes ? xbytes : 1);
-  if (!xu) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  if (!pointwise) memset(xu, 128, xbytes);
-  qpad_job qj = {f->isa, X->data, xu, g.in[0], g.in[1], Hp, Wp, pointwise ? 0 : g.pb[0],
-                 pointwise ? 0 : g.pb[1], s};
-  nbl_parallel_for(c, g.N * g.C * g.in[0], 16, qpad_rows, &qj);
+  if (!xu || (direct && !off)) {
+    free(xu);
+    free(off);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  nbl_t_direct dd = {0};
+  if (direct) {
+    for (int64_t t = 0; t < taps; t++)
+      off[t] = t / g.k[1] * g.d[0] * Wp + t % g.k[1] * g.d[1];
+    dd = (nbl_t_direct){NULL, plane, C4, taps, off, Wp, g.out[1], PP};
+    memset(xu, 128, xbytes);
+    dquant_job dq = {f->isa, X->data, xu, g.C, C4, g.in[0], g.in[1], Wp, plane, g.pb[0], g.pb[1], s};
+    atomic_init(&dq.oom, 0);
+    nbl_parallel_for(c, g.N * C4 * g.in[0], 16, dquant_rows, &dq);
+    if (atomic_load(&dq.oom)) {
+      free(xu);
+      free(off);
+      return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  } else {
+    if (!pointwise) memset(xu, 128, xbytes);
+    qpad_job qj = {f->isa, X->data, xu, g.in[0], g.in[1], Hp, Wp, pointwise ? 0 : g.pb[0],
+                   pointwise ? 0 : g.pb[1], s};
+    nbl_parallel_for(c, g.N * g.C * g.in[0], 16, qpad_rows, &qj);
+  }
   int threads = c->threads > 0 ? c->threads : 1;
   conv_job j = {.f = f, .g = &g, .Hp = Hp, .Wp = Wp, .Kg = Cg * g.k_sz, .P = P,
-                .pointwise = pointwise};
+                .pointwise = pointwise, .d = direct ? &dd : NULL, .PP = PP};
   j.e = (nbl_t_epi){sc, NULL, act, f->act_lo, f->act_hi, NULL};
   /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 across the
    * channels; the channels split too when the blocks alone leave a thread idle */
-  int64_t pb = (int64_t)(192 * 1024) / f->tw[0].Kp / 32 * 32;
+  int64_t pb = (int64_t)(192 * 1024) / (direct ? f->tdirect : &f->tw[0])->Kp / 32 * 32;
   j.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
-  int64_t npb = (P + j.pb - 1) / j.pb;
+  int64_t npb = ((direct ? PP : P) + j.pb - 1) / j.pb;
   nbl_split_rows(Mg, NBL_T_CR, npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb,
                  &j.nmc, &j.mc);
   /* the output as codes for the linked depthwise consumer G: a pass for
@@ -429,12 +538,16 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
       for (int64_t gi = 0; gi < g.group && !j.oom; gi++) {
         j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
         j.W = &f->tw[gi];
+        if (direct) {
+          dd.x = xu + n * C4 * plane * 4;
+          j.W = f->tdirect;
+        }
         j.y = y + (n * g.M + gi * Mg) * P;
         j.e.codes = cs > 0.0f ? (int8_t *)(void *)y + (n * g.M + gi * Mg) * P : NULL;
         j.e.cs = cs;
         j.e.bias = bias ? bias + gi * Mg : NULL;
         j.e.res = res ? res + (n * g.M + gi * Mg) * P : NULL;
-        nbl_parallel_for(c, npb * j.nmc, 1, conv_tasks, &j);
+        nbl_parallel_for(c, npb * j.nmc, 1, direct ? direct_tasks : conv_tasks, &j);
       }
     if (pass == 0) { /* G's scale, as G would find it in the floats */
       uint32_t b = atomic_load(&j.amax);
@@ -445,8 +558,10 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
     }
   }
   free(xu);
+  free(off);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   count_run(f);
+  if (direct) nbl_kcount(NBL_KC_T_DIRECT_RUNS);
   if (post)
     return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
                                     f->act_hi);

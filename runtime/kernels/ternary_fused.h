@@ -48,6 +48,7 @@ typedef struct nbl_t_fused {
   const void *wdata; /* the W data it was packed from */
   float w_scale;
   nbl_t_weights *tw; /* Conv: one per group; Gemm/MatMul: one (W rows = output columns) */
+  nbl_t_weights *tdirect; /* Conv of one group: W packed for nbl_t_tile_direct (k = tap, channel) */
   float *dw_w;       /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_t_isa isa;
   /* a Relu/Clip consuming the op's only output (or the fused Add's), applied in the epilogue */

@@ -422,6 +422,118 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
   }
 }
 
+/* ------------------------------------------------------------------ direct convolutions */
+
+#if T_X86
+/* The valid lanes of the 16 padded pixels q0.. (column q % Wp < OW, q < PP)
+ * and the output index of the first of them. */
+static inline __mmask16 direct_lanes(const nbl_t_direct *d, int64_t q0, int64_t *idx) {
+  int64_t oh = q0 / d->Wp, ow = q0 % d->Wp;
+  *idx = oh * d->OW + (ow < d->OW ? ow : d->OW);
+  unsigned k = 0;
+  for (int i = 0; i < 16 && q0 + i < d->PP; i++) {
+    if (ow < d->OW) k |= 1u << i;
+    if (++ow == d->Wp) ow = 0;
+  }
+  return (__mmask16)k;
+}
+
+/* The epilogue of tile_avx512 on the valid lanes k of one vector of
+ * corrected sums, written packed from out index idx on (the valid lanes
+ * are consecutive outputs); the bits of |y| into *vmax. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline void
+direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, float bias,
+             __m512 vcs, __m512 vinv, __m512i *vmax) {
+  __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e->sc), _mm512_cvtepi32_ps(v)),
+                           _mm512_set1_ps(bias));
+  f = _mm512_maskz_compress_ps(k, f); /* the valid lanes first, in order */
+  __mmask16 t = (__mmask16)((1u << __builtin_popcount(k)) - 1);
+  if (e->res) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(t, e->res + at));
+  if (e->act) {
+    __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+    f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, lo, _CMP_LT_OQ), f, lo);
+    f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, hi, _CMP_GT_OQ), f, hi);
+  }
+  if (e->codes)
+    _mm512_mask_cvtepi32_storeu_epi8(e->codes + at, t, _mm512_cvtps_epi32(codes16(f, vcs, vinv)));
+  else if (!e->no_store)
+    _mm512_mask_storeu_ps(Y + at, t, f);
+  *vmax = _mm512_mask_max_epu32(*vmax, t, *vmax,
+                                _mm512_and_si512(_mm512_castps_si512(f), _mm512_set1_epi32(0x7fffffff)));
+}
+
+/* 8 channels x 32 padded pixels from p on, as tile_avx512 but reading the
+ * quads of channels of the padded input at each tap's offset. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
+direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int nm, int64_t m,
+              int64_t p, float *Y, int64_t ld, const nbl_t_epi *e) {
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+          a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00,
+          a70 = a00, a71 = a00;
+  const int8_t *wk = w;
+  int64_t qs = d->plane * 4; /* bytes a quad of channels */
+#define T_ROW(r)                                                                                   \
+  do {                                                                                             \
+    __m512i wb = _mm512_set1_epi32(load4(wk + 4 * (r)));                                           \
+    a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, wb);                                                \
+    a##r##1 = _mm512_dpbusd_epi32(a##r##1, x1, wb);                                                \
+  } while (0)
+  for (int64_t t = 0; t < d->taps; t++) {
+    const uint8_t *xk = d->x + (p + d->off[t]) * 4;
+    for (int64_t c4 = 0; c4 < d->C4; c4++, xk += qs, wk += 32) {
+      __m512i x0 = _mm512_loadu_si512(xk), x1 = _mm512_loadu_si512(xk + 64);
+      T_ROW(0);
+      T_ROW(1);
+      T_ROW(2);
+      T_ROW(3);
+      T_ROW(4);
+      T_ROW(5);
+      T_ROW(6);
+      T_ROW(7);
+    }
+  }
+#undef T_ROW
+  __m512i acc[NBL_T_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                              {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  int64_t i0, i1;
+  __mmask16 k0 = direct_lanes(d, p, &i0), k1 = direct_lanes(d, p + 16, &i1);
+  const __m512 vcs = _mm512_set1_ps(e->codes ? e->cs : 1.0f),
+               vinv = _mm512_set1_ps(e->codes ? 1.0f / e->cs : 1.0f);
+  __m512i vmax = _mm512_setzero_si512();
+  for (int r = 0; r < nm; r++) {
+    __m512i corr = _mm512_set1_epi32(128 * rowsum[r]);
+    float b = e->bias ? e->bias[m + r] : 0.0f;
+    int64_t row = (m + r) * ld;
+    if (k0)
+      direct_store(e, _mm512_sub_epi32(acc[r][0], corr), k0, row + i0, Y, b, vcs, vinv, &vmax);
+    if (k1)
+      direct_store(e, _mm512_sub_epi32(acc[r][1], corr), k1, row + i1, Y, b, vcs, vinv, &vmax);
+  }
+  if (e->amax) {
+    uint32_t b = _mm512_reduce_max_epu32(vmax);
+    if (b > *e->amax) *e->amax = b;
+  }
+}
+#endif
+
+int nbl_t_tile_direct(nbl_t_isa isa, const nbl_t_weights *W, const nbl_t_direct *d, int64_t m0,
+                      int64_t m1, int64_t p0, int64_t p1, float *Y, int64_t ld,
+                      const nbl_t_epi *e) {
+#if T_X86
+  if (isa != NBL_T_AVX512 || !nbl_t_isa_supported(NBL_T_AVX512) || W->Kp != d->taps * d->C4 * 4)
+    return 0;
+  for (int64_t m = m0; m < m1; m += NBL_T_CR) {
+    int nm = (int)(m1 - m < NBL_T_CR ? m1 - m : NBL_T_CR);
+    const int8_t *w = W->w + (m / NBL_T_CR) * (W->Kp / 4) * 32;
+    for (int64_t p = p0; p < p1; p += NBL_T_PX) direct_avx512(d, w, W->rowsum + m, nm, m, p, Y, ld, e);
+  }
+  return 1;
+#else
+  (void)isa, (void)W, (void)d, (void)m0, (void)m1, (void)p0, (void)p1, (void)Y, (void)ld, (void)e;
+  return 0;
+#endif
+}
+
 /* ------------------------------------------------------------------ vectors */
 
 int32_t nbl_t_gemv_prep(const int8_t *q, int64_t K, int64_t Kv, int8_t *a) {
