@@ -378,32 +378,42 @@ typedef struct dquant_job {
   _Atomic int oom;
 } dquant_job;
 
-/* Rows [b, e) of (image, channel quad, input row): the 4 channels' codes
- * u = q + 128 interleaved into the padded pixels of the quad. */
-static void dquant_rows(void *arg, int64_t b, int64_t e) {
+/* Quads [b, e) of (image, channel quad): the 4 channels' codes u = q + 128
+ * (whole planes at a time), interleaved into the padded pixels of the quad. */
+static void dquant_quads(void *arg, int64_t b, int64_t e) {
   dquant_job *j = arg;
-  uint8_t *tmp = malloc((size_t)(4 * j->W));
+  int64_t HW = j->H * j->W;
+  uint8_t *tmp = malloc((size_t)(4 * HW));
   if (!tmp) {
     j->oom = 1;
     return;
   }
   for (int64_t r = b; r < e; r++) {
-    int64_t ih = r % j->H, c4 = r / j->H % j->C4, n = r / j->H / j->C4;
+    int64_t c4 = r % j->C4, n = r / j->C4;
     for (int q = 0; q < 4; q++) {
       int64_t c = 4 * c4 + q;
-      if (c < j->C) nbl_t_quant(j->isa, j->x + ((n * j->C + c) * j->H + ih) * j->W, tmp + q * j->W, j->W, j->s, 128);
-      else memset(tmp + q * j->W, 128, (size_t)j->W);
+      if (c < j->C) nbl_t_quant(j->isa, j->x + (n * j->C + c) * HW, tmp + q * HW, HW, j->s, 128);
+      else memset(tmp + q * HW, 128, (size_t)HW);
     }
-    uint8_t *dst = j->u + ((n * j->C4 + c4) * j->plane + (ih + j->pt) * j->Wp + j->pl) * 4;
-    nbl_code_interleave4(tmp, tmp + j->W, tmp + 2 * j->W, tmp + 3 * j->W, dst, j->W);
+    uint8_t *dst = j->u + ((n * j->C4 + c4) * j->plane + j->pt * j->Wp + j->pl) * 4;
+    if (j->Wp == j->W) { /* no padded columns: the rows follow each other */
+      nbl_code_interleave4(tmp, tmp + HW, tmp + 2 * HW, tmp + 3 * HW, dst, HW);
+      continue;
+    }
+    for (int64_t ih = 0; ih < j->H; ih++) {
+      const uint8_t *t = tmp + ih * j->W;
+      nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, dst + ih * j->Wp * 4, j->W);
+    }
   }
   free(tmp);
 }
 
-/* 1 when the convolution g of f runs nbl_t_tile_direct: one group, strides 1. */
+/* 1 when the convolution g of f runs nbl_t_tile_direct: one group, strides
+ * 1, not a pointwise layer without pads (whose panels need no im2col: there
+ * the direct kernel measured 5-10% slower, its epilogue packing the lanes) */
 static int direct_wanted(const nbl_t_fused *f, const nbl_conv_geom *g) {
   return f->tdirect && g->ns == 2 && g->group == 1 && g->s[0] == 1 && g->s[1] == 1 &&
-         nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
+         !nbl_conv_pointwise(g) && nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
 }
 
 /* Record the largest |y| written (bits) for the fused node reading y. */
@@ -502,7 +512,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
     memset(xu, 128, xbytes);
     dquant_job dq = {f->isa, X->data, xu, g.C, C4, g.in[0], g.in[1], Wp, plane, g.pb[0], g.pb[1], s};
     atomic_init(&dq.oom, 0);
-    nbl_parallel_for(c, g.N * C4 * g.in[0], 16, dquant_rows, &dq);
+    nbl_parallel_for(c, g.N * C4, 1, dquant_quads, &dq);
     if (atomic_load(&dq.oom)) {
       free(xu);
       free(off);

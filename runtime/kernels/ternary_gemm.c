@@ -425,17 +425,20 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
 /* ------------------------------------------------------------------ direct convolutions */
 
 #if T_X86
-/* The valid lanes of the 16 padded pixels q0.. (column q % Wp < OW, q < PP)
- * and the output index of the first of them. */
-static inline __mmask16 direct_lanes(const nbl_t_direct *d, int64_t q0, int64_t *idx) {
-  int64_t oh = q0 / d->Wp, ow = q0 % d->Wp;
-  *idx = oh * d->OW + (ow < d->OW ? ow : d->OW);
-  unsigned k = 0;
-  for (int i = 0; i < 16 && q0 + i < d->PP; i++) {
-    if (ow < d->OW) k |= 1u << i;
-    if (++ow == d->Wp) ow = 0;
+/* The valid lanes of the 16-pixel groups of padded pixels q0.. (column q %
+ * Wp < OW, q < PP), ng groups, to k[], and the output index of the first
+ * valid pixel of each to idx[]. */
+static void direct_lanes(const nbl_t_direct *d, int64_t q0, int ng, __mmask16 *k, int64_t *idx) {
+  int64_t oh = q0 / d->Wp, ow = q0 % d->Wp, q = q0;
+  for (int gi = 0; gi < ng; gi++) {
+    idx[gi] = oh * d->OW + (ow < d->OW ? ow : d->OW);
+    unsigned m = 0;
+    for (int i = 0; i < 16; i++, q++) {
+      if (q < d->PP && ow < d->OW) m |= 1u << i;
+      if (++ow == d->Wp) ow = 0, oh++;
+    }
+    k[gi] = (__mmask16)m;
   }
-  return (__mmask16)k;
 }
 
 /* The epilogue of tile_avx512 on the valid lanes k of one vector of
@@ -446,8 +449,11 @@ direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, f
              __m512 vcs, __m512 vinv, __m512i *vmax) {
   __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e->sc), _mm512_cvtepi32_ps(v)),
                            _mm512_set1_ps(bias));
-  f = _mm512_maskz_compress_ps(k, f); /* the valid lanes first, in order */
-  __mmask16 t = (__mmask16)((1u << __builtin_popcount(k)) - 1);
+  __mmask16 t = k;
+  if (k != 0xFFFF) { /* the valid lanes first, in order */
+    f = _mm512_maskz_compress_ps(k, f);
+    t = (__mmask16)((1u << __builtin_popcount(k)) - 1);
+  }
   if (e->res) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(t, e->res + at));
   if (e->act) {
     __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
@@ -466,7 +472,8 @@ direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, f
  * quads of channels of the padded input at each tap's offset. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
 direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int nm, int64_t m,
-              int64_t p, float *Y, int64_t ld, const nbl_t_epi *e) {
+              int64_t p, const __mmask16 *lk, const int64_t *li, float *Y, int64_t ld,
+              const nbl_t_epi *e) {
   __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
           a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00,
           a70 = a00, a71 = a00;
@@ -495,8 +502,8 @@ direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int
 #undef T_ROW
   __m512i acc[NBL_T_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
                               {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
-  int64_t i0, i1;
-  __mmask16 k0 = direct_lanes(d, p, &i0), k1 = direct_lanes(d, p + 16, &i1);
+  int64_t i0 = li[0], i1 = li[1];
+  __mmask16 k0 = lk[0], k1 = lk[1];
   const __m512 vcs = _mm512_set1_ps(e->codes ? e->cs : 1.0f),
                vinv = _mm512_set1_ps(e->codes ? 1.0f / e->cs : 1.0f);
   __m512i vmax = _mm512_setzero_si512();
@@ -522,10 +529,18 @@ int nbl_t_tile_direct(nbl_t_isa isa, const nbl_t_weights *W, const nbl_t_direct 
 #if T_X86
   if (isa != NBL_T_AVX512 || !nbl_t_isa_supported(NBL_T_AVX512) || W->Kp != d->taps * d->C4 * 4)
     return 0;
-  for (int64_t m = m0; m < m1; m += NBL_T_CR) {
-    int nm = (int)(m1 - m < NBL_T_CR ? m1 - m : NBL_T_CR);
-    const int8_t *w = W->w + (m / NBL_T_CR) * (W->Kp / 4) * 32;
-    for (int64_t p = p0; p < p1; p += NBL_T_PX) direct_avx512(d, w, W->rowsum + m, nm, m, p, Y, ld, e);
+  enum { CHUNK = 1024 }; /* padded pixels whose lanes are worked out at once */
+  __mmask16 lk[CHUNK / 16];
+  int64_t li[CHUNK / 16];
+  for (int64_t c0 = p0; c0 < p1; c0 += CHUNK) {
+    int64_t c1 = c0 + CHUNK < p1 ? c0 + CHUNK : p1;
+    direct_lanes(d, c0, (int)((c1 - c0 + 31) / 32 * 2), lk, li);
+    for (int64_t m = m0; m < m1; m += NBL_T_CR) {
+      int nm = (int)(m1 - m < NBL_T_CR ? m1 - m : NBL_T_CR);
+      const int8_t *w = W->w + (m / NBL_T_CR) * (W->Kp / 4) * 32;
+      for (int64_t p = c0; p < c1; p += NBL_T_PX)
+        direct_avx512(d, w, W->rowsum + m, nm, m, p, lk + (p - c0) / 16, li + (p - c0) / 16, Y, ld, e);
+    }
   }
   return 1;
 #else
