@@ -160,7 +160,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
 #define NBL_DW_MAX_TAPS 64
 
 /* Depthwise layers (multiplier 1) 16 channels at a time, FP32 here and
- * INT4 in int4_depthwise.c: whether geometry g takes that path under `mode`
+ * INT4/ternary codes in code_depthwise.c: whether geometry g takes that path under `mode`
  * (0 never; 1 always, for tests; -1 where it measured faster: at most 14
  * output columns and 32 channels; the switches of kdebug.h), the ISA check
  * left to the caller. */

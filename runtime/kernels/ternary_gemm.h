@@ -25,6 +25,11 @@
  *                 INT4 kernels need three;
  *   scalar:       acc += (q & -(w > 0)) - (q & -(w < 0)), adds and subtracts.
  *
+ * Direct convolutions (one group, strides 1, AVX-512 VNNI; nbl_t_tile_direct):
+ * the tiles' products and epilogue without im2col panels: the activation
+ * bytes in quads of channels per padded pixel, each tap a constant offset,
+ * the outputs computed at every padded column and the valid ones written.
+ *
  * Vectors (Gemm/MatMul rows one at a time, for few rows, where the weights'
  * bytes dominate): the weights stay 2 bits a code, [M][Kv/64][16] bytes
  * (byte i of block b holds k = 64b + 4i + j in bits 2j..2j+1 as u = w + 1);
