@@ -372,22 +372,26 @@ static void direct_tasks(void *arg, int64_t b, int64_t e) {
 typedef struct dquant_job {
   nbl_t_isa isa;
   const float *x;
-  uint8_t *u; /* [N][C4][plane][4] */
-  int64_t C, C4, H, W, Wp, plane, pt, pl;
+  uint8_t *u; /* [N][C4][S * S phases][plane][4] */
+  int64_t C, C4, H, W;
+  int64_t S, Wq, plane; /* stride (1 or 2), row and size of a phase plane */
+  int64_t pt, pl;
   float s;
   _Atomic int oom;
 } dquant_job;
 
 /* Quads [b, e) of (image, channel quad): the 4 channels' codes u = q + 128
- * (whole planes at a time), interleaved into the padded pixels of the quad. */
+ * (whole planes at a time), interleaved into the padded pixels of the quad:
+ * padded pixel (r, q) to phase (r % S, q % S) at (r / S) * Wq + q / S. */
 static void dquant_quads(void *arg, int64_t b, int64_t e) {
   dquant_job *j = arg;
-  int64_t HW = j->H * j->W;
-  uint8_t *tmp = malloc((size_t)(4 * HW));
+  int64_t HW = j->H * j->W, S = j->S;
+  uint8_t *tmp = malloc((size_t)(4 * HW + 4 * j->W));
   if (!tmp) {
     j->oom = 1;
     return;
   }
+  uint8_t *row = tmp + 4 * HW; /* one input row's 4-byte pixels */
   for (int64_t r = b; r < e; r++) {
     int64_t c4 = r % j->C4, n = r / j->C4;
     for (int q = 0; q < 4; q++) {
@@ -395,25 +399,33 @@ static void dquant_quads(void *arg, int64_t b, int64_t e) {
       if (c < j->C) nbl_t_quant(j->isa, j->x + (n * j->C + c) * HW, tmp + q * HW, HW, j->s, 128);
       else memset(tmp + q * HW, 128, (size_t)HW);
     }
-    uint8_t *dst = j->u + ((n * j->C4 + c4) * j->plane + j->pt * j->Wp + j->pl) * 4;
-    if (j->Wp == j->W) { /* no padded columns: the rows follow each other */
-      nbl_code_interleave4(tmp, tmp + HW, tmp + 2 * HW, tmp + 3 * HW, dst, HW);
-      continue;
-    }
+    uint8_t *quad = j->u + (n * j->C4 + c4) * S * S * j->plane * 4;
     for (int64_t ih = 0; ih < j->H; ih++) {
       const uint8_t *t = tmp + ih * j->W;
-      nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, dst + ih * j->Wp * 4, j->W);
+      int64_t pr = ih + j->pt; /* padded row */
+      if (S == 1) {
+        nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, quad + (pr * j->Wq + j->pl) * 4, j->W);
+        continue;
+      }
+      nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, row, j->W);
+      for (int64_t iw = 0; iw < j->W; iw++) {
+        int64_t pc = iw + j->pl, ph = (pr % S) * S + pc % S;
+        memcpy(quad + (ph * j->plane + pr / S * j->Wq + pc / S) * 4, row + 4 * iw, 4);
+      }
     }
   }
   free(tmp);
 }
 
 /* 1 when the convolution g of f runs nbl_t_tile_direct: one group, strides
- * 1, not a pointwise layer without pads (whose panels need no im2col: there
- * the direct kernel measured 5-10% slower, its epilogue packing the lanes) */
+ * 1, or 2 both ways with more than one tap; not a pointwise layer without
+ * pads (whose panels need no im2col: there the direct kernel measured 5-10%
+ * slower, its epilogue packing the lanes), nor a 1x1 stride-2 layer (which
+ * reads a quarter of the input that the phases split whole) */
 static int direct_wanted(const nbl_t_fused *f, const nbl_conv_geom *g) {
-  return f->tdirect && g->ns == 2 && g->group == 1 && g->s[0] == 1 && g->s[1] == 1 &&
-         !nbl_conv_pointwise(g) && nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
+  return f->tdirect && g->ns == 2 && g->group == 1 && g->s[0] == g->s[1] &&
+         (g->s[0] == 1 || (g->s[0] == 2 && g->k_sz > 1)) && !nbl_conv_pointwise(g) &&
+         nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
 }
 
 /* Record the largest |y| written (bits) for the fused node reading y. */
@@ -491,13 +503,19 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   if (Hp < need_h) Hp = need_h;
   if (Wp < need_w) Wp = need_w;
   if (pointwise) Hp = g.in[0], Wp = g.in[1];
-  /* the direct kernel's input: quads of channels [C4][plane][4], every
-   * padded pixel's 4 bytes together; plane covers the reads of the last
-   * panel (32 padded pixels) at the last tap */
-  int64_t C4 = (g.C + 3) / 4, taps = g.k_sz, PP = g.out[0] * Wp;
-  int64_t plane = (PP + 31) / 32 * 32 + (g.k[0] - 1) * g.d[0] * Wp + (g.k[1] - 1) * g.d[1];
+  /* the direct kernel's input: quads of channels, every padded pixel's 4
+   * bytes together, in S x S phase planes (stride S: padded pixel (r, q) in
+   * phase (r % S, q % S) at (r / S) * Wq + q / S), so that output (oh, ow),
+   * at oh * Wq + ow, reads tap (kh, kw) at a constant offset; a phase plane
+   * covers the reads of the last panel (32 pixels) at the last tap */
+  int64_t S = direct ? g.s[0] : 1, C4 = (g.C + 3) / 4, taps = g.k_sz;
+  int64_t sh = (g.k[0] - 1) * g.d[0] / S, sw = (g.k[1] - 1) * g.d[1] / S; /* largest shifts */
+  int64_t Hq = (Hp + S - 1) / S > g.out[0] + sh ? (Hp + S - 1) / S : g.out[0] + sh;
+  int64_t Wq = (Wp + S - 1) / S > g.out[1] + sw ? (Wp + S - 1) / S : g.out[1] + sw;
+  int64_t PP = g.out[0] * Wq, plane = (PP + 31) / 32 * 32 + sh * Wq + sw;
+  if (plane < Hq * Wq) plane = Hq * Wq;
   int64_t *off = direct ? malloc(sizeof(int64_t) * (size_t)taps) : NULL;
-  size_t xbytes = direct ? (size_t)(g.N * C4 * plane * 4) : (size_t)(g.N * g.C * Hp * Wp);
+  size_t xbytes = direct ? (size_t)(g.N * C4 * S * S * plane * 4) : (size_t)(g.N * g.C * Hp * Wp);
   uint8_t *xu = malloc(xbytes ? xbytes : 1);
   if (!xu || (direct && !off)) {
     free(xu);
@@ -506,11 +524,13 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   }
   nbl_t_direct dd = {0};
   if (direct) {
-    for (int64_t t = 0; t < taps; t++)
-      off[t] = t / g.k[1] * g.d[0] * Wp + t % g.k[1] * g.d[1];
-    dd = (nbl_t_direct){NULL, plane, C4, taps, off, Wp, g.out[1], PP};
+    for (int64_t t = 0; t < taps; t++) {
+      int64_t r = t / g.k[1] * g.d[0], q = t % g.k[1] * g.d[1];
+      off[t] = ((r % S) * S + q % S) * plane + r / S * Wq + q / S;
+    }
+    dd = (nbl_t_direct){NULL, S * S * plane, C4, taps, off, Wq, g.out[1], PP};
     memset(xu, 128, xbytes);
-    dquant_job dq = {f->isa, X->data, xu, g.C, C4, g.in[0], g.in[1], Wp, plane, g.pb[0], g.pb[1], s};
+    dquant_job dq = {f->isa, X->data, xu, g.C, C4, g.in[0], g.in[1], S, Wq, plane, g.pb[0], g.pb[1], s};
     atomic_init(&dq.oom, 0);
     nbl_parallel_for(c, g.N * C4, 1, dquant_quads, &dq);
     if (atomic_load(&dq.oom)) {
@@ -549,7 +569,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
         j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
         j.W = &f->tw[gi];
         if (direct) {
-          dd.x = xu + n * C4 * plane * 4;
+          dd.x = xu + n * C4 * S * S * plane * 4;
           j.W = f->tdirect;
         }
         j.y = y + (n * g.M + gi * Mg) * P;

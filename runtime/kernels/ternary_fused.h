@@ -18,9 +18,9 @@
  * take, runs the literal composition (fake-quantize X and W, the float op's
  * reference kernel, the activation): results never depend on the path
  * beyond float rounding. Convolutions of one group and strides 1 (not
- * unpadded 1x1) run the direct kernel on AVX-512 VNNI (nbl_t_tile_direct:
- * no im2col; weights packed a second time, tdirect), bit-identical to the
- * im2col tiles.
+ * unpadded 1x1) or 2 (not 1x1) run the direct kernel on AVX-512 VNNI
+ * (nbl_t_tile_direct: no im2col; weights packed a second time, tdirect),
+ * bit-identical to the im2col tiles.
  */
 #ifndef NBL_TERNARY_FUSED_H
 #define NBL_TERNARY_FUSED_H

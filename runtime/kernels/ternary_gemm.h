@@ -25,10 +25,11 @@
  *                 INT4 kernels need three;
  *   scalar:       acc += (q & -(w > 0)) - (q & -(w < 0)), adds and subtracts.
  *
- * Direct convolutions (one group, strides 1, AVX-512 VNNI; nbl_t_tile_direct):
- * the tiles' products and epilogue without im2col panels: the activation
- * bytes in quads of channels per padded pixel, each tap a constant offset,
- * the outputs computed at every padded column and the valid ones written.
+ * Direct convolutions (one group, AVX-512 VNNI; nbl_t_tile_direct): the
+ * tiles' products and epilogue without im2col panels: the activation bytes
+ * in quads of channels per padded pixel (stride 2: in four phase planes),
+ * each tap a constant offset, the outputs computed at every padded column
+ * and the valid ones written.
  *
  * Vectors (Gemm/MatMul rows one at a time, for few rows, where the weights'
  * bytes dominate): the weights stay 2 bits a code, [M][Kv/64][16] bytes
@@ -108,17 +109,18 @@ typedef struct nbl_t_epi {
 void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_t m0, int64_t m1,
                 int64_t p0, int64_t p1, int32_t *Ci, float *Y, int64_t ld, const nbl_t_epi *e);
 
-/* Direct convolutions (stride 1; AVX-512 VNNI): no im2col. The input's
- * bytes u = q + 128 lie in quads of channels, x[((c / 4) * plane + r) * 4 +
- * c % 4] for pixel r of the zero-padded image (rows of Wp pixels; bytes past
- * the image up to plane pixels: anything), and the output is computed at
- * every padded column: padded pixel q = oh * Wp + ow reads tap t at q +
- * off[t], and the columns ow >= OW are dropped (computed, not written). The
+/* Direct convolutions (AVX-512 VNNI): no im2col. The input's bytes u = q +
+ * 128 lie in quads of channels, x[((c / 4) * plane + r) * 4 + c % 4] for
+ * position r of the quad (the caller lays the zero-padded image out so that
+ * output (oh, ow), padded pixel q = oh * Wp + ow, reads tap t at r = q +
+ * off[t]: at stride 1 rows of Wp pixels, at stride 2 four phase planes; bytes
+ * no valid output reads: anything). The output is computed at every padded
+ * column and the columns ow >= OW are dropped (computed, not written). The
  * weights are packed by nbl_t_pack with k = t * 4 * C4 + c (channels past C:
  * zero codes), so Kp = taps * 4 * C4. */
 typedef struct nbl_t_direct {
   const uint8_t *x;
-  int64_t plane;      /* pixels of a quad of channels: at least PP + 31 + max off */
+  int64_t plane; /* positions from one quad to the next: at least max off + PP rounded up to 32 */
   int64_t C4, taps;
   const int64_t *off; /* [taps]: tap t's offset in pixels */
   int64_t Wp, OW, PP; /* padded row, output row, OH * Wp padded pixels */

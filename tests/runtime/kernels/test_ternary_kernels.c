@@ -485,29 +485,33 @@ START_TEST(test_fused_residual) {
 }
 END_TEST
 
-/* Convolutions of one group and strides 1 by the direct kernel (no
+/* Convolutions of one group and strides 1 or 2 by the direct kernel (no
  * im2col; AVX-512 VNNI) against the im2col tiles: the same outputs bit for
  * bit (exact sums, the same epilogue), at channel quads (C), channel blocks
  * (M), padded rows crossing the 16-lane vectors and the 32-pixel panels,
  * pads, dilations, taps 1 to 5 x 3, long K, residuals, 1 and 2 threads;
  * and the direct kernel ran (only where AVX-512 runs, not on an unpadded
- * pointwise layer). */
+ * or stride-2 1x1 layer). */
 START_TEST(test_fused_direct) {
-  static const struct { int64_t N, C, H, W, M, kh, kw, pad, d; int res; const char *act; } L[] = {
-      {1, 2, 5, 5, 1, 3, 3, 1, 1, 0, NULL},      {1, 3, 9, 7, 8, 3, 3, 1, 1, 0, "Relu"},
-      {2, 5, 6, 11, 9, 3, 3, 0, 1, 1, "Clip"},   {1, 4, 7, 7, 7, 1, 1, 0, 1, 0, "Relu"},
-      {1, 17, 14, 14, 33, 1, 1, 1, 1, 1, "Relu"}, {1, 8, 10, 13, 17, 3, 3, 2, 2, 0, NULL},
-      {1, 6, 12, 9, 16, 5, 3, 2, 1, 1, "Clip"},  {1, 70, 9, 9, 12, 3, 3, 1, 1, 0, "Relu"},
-      {1, 16, 40, 40, 16, 3, 3, 1, 1, 1, "Relu"}, {2, 9, 3, 33, 24, 1, 3, 0, 1, 0, NULL}};
+  static const struct { int64_t N, C, H, W, M, kh, kw, pad, d, s; int res; const char *act; } L[] = {
+      {1, 2, 5, 5, 1, 3, 3, 1, 1, 1, 0, NULL},       {1, 3, 9, 7, 8, 3, 3, 1, 1, 1, 0, "Relu"},
+      {2, 5, 6, 11, 9, 3, 3, 0, 1, 1, 1, "Clip"},    {1, 4, 7, 7, 7, 1, 1, 0, 1, 1, 0, "Relu"},
+      {1, 17, 14, 14, 33, 1, 1, 1, 1, 1, 1, "Relu"}, {1, 8, 10, 13, 17, 3, 3, 2, 2, 1, 0, NULL},
+      {1, 6, 12, 9, 16, 5, 3, 2, 1, 1, 1, "Clip"},   {1, 70, 9, 9, 12, 3, 3, 1, 1, 1, 0, "Relu"},
+      {1, 16, 40, 40, 16, 3, 3, 1, 1, 1, 1, "Relu"}, {2, 9, 3, 33, 24, 1, 3, 0, 1, 1, 0, NULL},
+      /* strides 2: the input in four phase planes */
+      {1, 8, 14, 14, 16, 3, 3, 1, 1, 2, 1, "Relu"},  {2, 5, 9, 11, 9, 3, 3, 1, 1, 2, 0, "Clip"},
+      {1, 6, 10, 7, 8, 1, 1, 0, 1, 2, 0, NULL},      {1, 3, 13, 12, 17, 5, 3, 2, 1, 2, 1, NULL},
+      {1, 7, 15, 16, 8, 3, 3, 2, 2, 2, 0, "Relu"},   {1, 64, 56, 56, 16, 3, 3, 1, 1, 2, 0, "Relu"}};
   int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
   for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
-    mspec sp = conv_spec(L[i].N, L[i].C, L[i].H, L[i].W, L[i].M, L[i].kh, 1, L[i].pad, L[i].d, 1);
+    mspec sp = conv_spec(L[i].N, L[i].C, L[i].H, L[i].W, L[i].M, L[i].kh, L[i].s, L[i].pad, L[i].d, 1);
     sp.wd[3] = L[i].kw;
     sp.pads[1] = sp.pads[3] = L[i].kw == 1 ? 0 : L[i].pad;
     sp.act = L[i].act;
     sp.packed = (int)(i % 3);
-    int64_t oh = L[i].H + 2 * L[i].pad - (L[i].kh - 1) * L[i].d;
-    int64_t ow = L[i].W + 2 * sp.pads[1] - (L[i].kw - 1) * L[i].d;
+    int64_t oh = (L[i].H + 2 * L[i].pad - (L[i].kh - 1) * L[i].d - 1) / L[i].s + 1;
+    int64_t ow = (L[i].W + 2 * sp.pads[1] - (L[i].kw - 1) * L[i].d - 1) / L[i].s + 1;
     if (L[i].res) {
       sp.res = 1;
       int64_t rd[4] = {L[i].N, L[i].M, oh, ow};
@@ -534,8 +538,8 @@ START_TEST(test_fused_direct) {
       float *y1 = run_model(m, &sp, x, 0, threads, &n1);
       nbl_kernel_stats_get(&k1);
       nbl_kdebug_reset();
-      /* unpadded pointwise layers keep their panels (no im2col there) */
-      int pointwise = L[i].kh == 1 && L[i].kw == 1 && L[i].pad == 0;
+      /* unpadded pointwise layers keep their panels (no im2col there), and 1x1 stride-2 ones */
+      int pointwise = L[i].kh == 1 && L[i].kw == 1 && (L[i].pad == 0 || L[i].s == 2);
       ck_assert_int_eq(k1.n[NBL_KC_T_DIRECT_RUNS] - k0.n[NBL_KC_T_DIRECT_RUNS],
                        avx512 && !pointwise ? 1 : 0);
       ck_assert_uint_eq(n0, (size_t)(L[i].N * L[i].M * oh * ow));
