@@ -712,16 +712,18 @@ START_TEST(test_fused_code_handover) {
       {1, 5, 1, 5, 6, 1},  {1, 8, 7, 4, 8, 1},  {2, 3, 8, 3, 11, 0}, {1, 16, 9, 9, 9, 1},
       {1, 4, 17, 7, 9, 1}, {2, 9, 33, 6, 6, 1}, {1, 12, 96, 14, 14, 1}};
   int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
-  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
+  /* the producer 1x1 (its panels) or 3x3 (the direct kernel) */
+  for (size_t i = 0; i < 2 * (sizeof L / sizeof L[0]); i++) {
+    int64_t ks = i % 2 ? 3 : 1;
     nbl_model *m = nbl_model_new();
     nbl_model_set_opset(m, "", 13);
     nbl_graph *g = m->graph;
     nbl_id x = nbl_graph_add_value(g, "x");
-    mspec sp = {.xrank = 4, .xd = {L[i].N, L[i].C, L[i].H, L[i].W}};
+    mspec sp = {.xrank = 4, .xd = {L[i / 2].N, L[i / 2].C, L[i / 2].H, L[i / 2].W}};
     nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, sp.xd);
     nbl_graph_add_input(g, x);
-    nbl_id v = chain_conv_k(m, x, "f", L[i].M, L[i].C, 1, L[i].relu, 1);
-    v = chain_conv_k(m, v, "g", L[i].M, L[i].M, L[i].M, 1, 3); /* depthwise */
+    nbl_id v = chain_conv_k(m, x, "f", L[i / 2].M, L[i / 2].C, 1, L[i / 2].relu, ks);
+    v = chain_conv_k(m, v, "g", L[i / 2].M, L[i / 2].M, L[i / 2].M, 1, 3); /* depthwise */
     nbl_graph_add_output(g, v);
     nbl_pipeline *pipe = NULL;
     ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary{skip-first-last=0}", &pipe), NBL_OK);
