@@ -150,8 +150,8 @@ static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) 
   nbl_rt_tensor w, s;
   if (nbl_rt_from_ir(wt, &w) != NBL_OK) goto no;
   if (scale && nbl_rt_from_ir(scale, &s) != NBL_OK) goto no;
+  f->isa = nbl_t_best_isa(); /* before packing: the direct convolutions' weights need it */
   if (nbl_t_fused_pack(f, &w, scale ? &s : NULL) != 0) goto no;
-  f->isa = nbl_t_best_isa();
   f->node = *n;
   f->node.n_inputs = 4;
   f->node.inputs = f->ins;

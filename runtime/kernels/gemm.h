@@ -176,7 +176,7 @@ int nbl_conv_shift_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const float *dy, co
 #define NBL_DW_MAX_TAPS 64
 
 /* Depthwise layers (multiplier 1) 16 channels at a time, FP32 here and
- * INT4 in int4_depthwise.c: whether geometry g takes that path under `mode`
+ * INT4/ternary codes in code_depthwise.c: whether geometry g takes that path under `mode`
  * (0 never; 1 always, for tests; -1 where it measured faster: at most 14
  * output columns and 32 channels; the switches of kdebug.h), the ISA check
  * left to the caller. */

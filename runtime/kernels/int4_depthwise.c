@@ -1,8 +1,10 @@
 /* int4_depthwise.c - fused INT4 depthwise convolutions on the codes: the
- * FP32 plane kernel fed centered codes (nbl_conv_dw_hooked), 3x3 layers
- * straight from their input rows, small planes 16 channels at a time, and
- * the float epilogues they share (sc * acc + bias, activation, range);
- * see int4_fused.h. */
+ * FP32 plane kernel fed centered codes (nbl_conv_dw_hooked) and finished by
+ * the float epilogues here (sc * acc + bias, activation, range), 3x3 layers
+ * straight from their input rows and small planes 16 channels at a time
+ * (the kernels of code_depthwise.c, shared with the ternary path); see
+ * int4_fused.h. */
+#include "runtime/kernels/code_depthwise.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/simd16.h"
@@ -182,239 +184,58 @@ static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) 
 }
 
 /* 3x3 depthwise layers (dilation 1, strides 1 or 2 both ways) on larger
- * planes: output rows straight from the loaded phase planes, a block of 4
- * rows x 32 columns in registers. Each input vector is loaded once for all
- * the block's rows that read it (a stride-1 row serves up to three), where
- * the plane kernel loads it once per tap and output row; the epilogue of
- * epi_f_avx512 then runs on the sums in registers and the block is stored
- * once, with no pass over the plane to copy it out and another to finish
- * it. The sums are exact integers (codes times weight codes), so the order
- * and the fused multiply-adds change nothing: bit-identical to the plane
- * kernel and finish. */
-
-#if defined(__x86_64__)
-typedef struct dw3_epi {
-  __m512 w[9];
-  i4_epi ep;
-} dw3_epi;
-
-/* Output rows oh..oh+RB-1 (of the phase planes p), columns ow..ow+31 (the
- * lanes of m0, m1), to y (row oh, column 0) with OW columns a row. */
-__attribute__((target("avx512f"), always_inline)) static inline void
-dw3_block(const nbl_dw_phases *p, const int R, const int S, const int RB, int64_t oh, int64_t ow,
-          __mmask16 m0, __mmask16 m1, dw3_epi *e, float *y, int64_t OW) {
-  __m512 a0[4], a1[4];
-#pragma GCC unroll 4
-  for (int o = 0; o < RB; o++) a0[o] = a1[o] = _mm512_setzero_ps();
-#pragma GCC unroll 16
-  for (int pr = 0; pr < (RB - 1) * R + 3; pr++) { /* padded row oh * R + pr */
-    const float *row = p->ph + (pr % R) * S * p->plane + (oh + pr / R) * p->Wp + ow;
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; kw++) {
-      const float *src = row + (kw % S) * p->plane + kw / S;
-      __m512 x0 = _mm512_maskz_loadu_ps(m0, src), x1 = _mm512_maskz_loadu_ps(m1, src + 16);
-#pragma GCC unroll 4
-      for (int o = 0; o < RB; o++) {
-        int kh = pr - o * R;
-        if (kh >= 0 && kh < 3) {
-          a0[o] = _mm512_fmadd_ps(x0, e->w[kh * 3 + kw], a0[o]);
-          a1[o] = _mm512_fmadd_ps(x1, e->w[kh * 3 + kw], a1[o]);
-        }
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int o = 0; o < RB; o++) {
-    float *yr = y + o * OW + ow;
-    _mm512_mask_storeu_ps(yr, m0, i4_epi_apply(&e->ep, a0[o], m0));
-    _mm512_mask_storeu_ps(yr + 16, m1, i4_epi_apply(&e->ep, a1[o], m1));
-  }
-}
-
-/* Rows oh0..oh1-1 in blocks of 4 (the last block moved back to end at oh1,
- * recomputing rows of the block before: the same values again), fewer
- * than 4 rows one at a time. */
-__attribute__((target("avx512f"), always_inline)) static inline void
-dw3_rows(const nbl_dw_phases *p, const int R, int64_t oh0, int64_t oh1, dw3_epi *e, float *y,
-         int64_t OW) {
-  int64_t nr = oh1 - oh0;
-  for (int64_t o = 0; o < nr; o += 4) {
-    int64_t ob = nr < 4 ? o : o + 4 <= nr ? o : nr - 4;
-    for (int64_t ow = 0; ow < OW; ow += 32) {
-      __mmask16 m0 = nbl_tail_mask(OW - ow), m1 = nbl_tail_mask(OW - ow > 16 ? OW - ow - 16 : 0);
-      if (nr < 4)
-        for (int64_t i = o; i < nr; i++) dw3_block(p, R, R, 1, oh0 + i, ow, m0, m1, e, y + i * OW, OW);
-      else
-        dw3_block(p, R, R, 4, oh0 + ob, ow, m0, m1, e, y + ob * OW, OW);
-    }
-  }
-}
-
-__attribute__((target("avx512f"))) static void dw3_rows_s1(const nbl_dw_phases *p, int64_t oh0,
-                                                          int64_t oh1, dw3_epi *e, float *y,
-                                                          int64_t OW) {
-  dw3_rows(p, 1, oh0, oh1, e, y, OW);
-}
-
-__attribute__((target("avx512f"))) static void dw3_rows_s2(const nbl_dw_phases *p, int64_t oh0,
-                                                          int64_t oh1, dw3_epi *e, float *y,
-                                                          int64_t OW) {
-  dw3_rows(p, 2, oh0, oh1, e, y, OW);
-}
-#endif
-
-/* nbl_dw_hooks.rows for the geometries above (set only where AVX-512 runs) */
-#if defined(__x86_64__)
-__attribute__((target("avx512f"))) static int dw_rows(void *arg, const nbl_dw_phases *p,
-                                                      int64_t n, int64_t m, int64_t oh0,
-                                                      int64_t oh1, float *y) {
+ * planes: output rows straight from the loaded phase planes
+ * (nbl_dwc_rows3), the epilogue of epi_f_avx512 on the sums in registers:
+ * no pass over the plane to copy it out and another to finish it. The sums
+ * are exact integers (codes times weight codes), so bit-identical to the
+ * plane kernel and finish. nbl_dw_hooks.rows, set only where AVX-512 runs. */
+static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
+                   int64_t oh1, float *y) {
   (void)n;
   dw_job *j = arg;
-  const nbl_conv_geom *g = j->g;
   const nbl_i4_fused *f = j->f;
-  float bias = j->bias ? j->bias[m] : 0.0f;
-  dw3_epi e;
-  for (int k = 0; k < 9; k++) e.w[k] = _mm512_set1_ps(f->dw_w[m * 9 + k]);
-  i4_epi_init(&e.ep, f, j->sc, bias);
-  if (p->R == 1) dw3_rows_s1(p, oh0, oh1, &e, y, g->out[1]);
-  else dw3_rows_s2(p, oh0, oh1, &e, y, g->out[1]);
-  nbl_i4_range rg = i4_epi_range(&e.ep);
+  nbl_dwc_epi e = {j->sc, f->act != 0, f->act_lo, f->act_hi, NBL_DWC_RANGE};
+  nbl_dwc_stats st;
+  nbl_dwc_stats_init(&st);
+  nbl_dwc_rows3(p, f->dw_w + m * 9, oh0, oh1, j->g->out[1], &e, j->bias ? j->bias[m] : 0.0f,
+                NULL, y, &st);
+  nbl_i4_range rg = {st.lo, st.hi, st.nan};
   nbl_i4_range_merge(&j->range, &rg);
   return 1;
 }
-#else
-static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int64_t oh0,
-                   int64_t oh1, float *y) {
-  (void)arg, (void)p, (void)n, (void)m, (void)oh0, (void)oh1, (void)y;
-  return 0;
-}
-#endif
 
 /* 1 when dw_rows takes the layer of geometry g */
 static int dw_rows_wanted(const nbl_conv_geom *g) {
-  return nbl_i4_avx512() && nbl_kdebug_get(NBL_KS_I4_DW_ROWS) && g->k[0] == 3 && g->k[1] == 3 &&
-         g->d[0] == 1 && g->d[1] == 1 && g->s[0] == g->s[1] && (g->s[0] == 1 || g->s[0] == 2);
+  return nbl_i4_avx512() && nbl_kdebug_get(NBL_KS_I4_DW_ROWS) && nbl_dwc_rows3_fits(g);
 }
 
-/* Depthwise on small planes, 16 channels at a time. The plane kernel above
- * pays per plane (row loads, tap set-up, copy-out) what a 7x7 or 14x14
- * plane barely amortizes, and MobileNetV2's late layers have hundreds of
- * them. Here one task takes a block of 16 channels: their input codes go
- * (same loaders, same values) into a padded tile laid out [row][col][16],
- * every output pixel is then one vector of 16 channels summed over the taps
- * with per-channel weight vectors, and the epilogue (sc * acc + bias,
- * activation, range) runs on those vectors before they are written back
- * plane by plane. The sums are the same exact integers as in the plane
- * kernel, so the outputs are bit-identical. */
-
-typedef struct dwb_job {
-  dw_job *dj;
-  const nbl_conv_geom *g;
-  float *y;
-  int64_t Hp, Wp, blocks; /* padded tile rows and columns; channel blocks per image */
-  _Atomic int oom;
-} dwb_job;
-
-#if defined(__x86_64__)
-__attribute__((target("avx512f"))) static void dwb_tasks(void *arg, int64_t b, int64_t e) {
-  dwb_job *J = arg;
-  dw_job *dj = J->dj;
-  const nbl_conv_geom *g = J->g;
-  const nbl_i4_fused *f = dj->f;
-  int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1], C = g->C;
-  int64_t KH = g->k[0], KW = g->k[1], HW = H * W, P = OH * OW, Wp = J->Wp;
-  int64_t sh = g->s[0] * Wp, sw = g->s[1];
-  int nt = (int)(KH * KW);
-  float *in = malloc(sizeof(float) * (size_t)(16 * HW));
-  float *T = calloc((size_t)(J->Hp * Wp * 16), sizeof(float)); /* the padding stays 0 */
-  float *O = malloc(sizeof(float) * (size_t)(16 * P));
-  if (!in || !T || !O) {
-    atomic_store(&J->oom, 1);
-    free(in), free(T), free(O);
-    return;
-  }
-  int64_t off[NBL_DW_MAX_TAPS]; /* tap (kh, kw) of output (0, 0), in tile pixels */
-  for (int64_t kh = 0; kh < KH; kh++)
-    for (int64_t kw = 0; kw < KW; kw++) off[kh * KW + kw] = kh * g->d[0] * Wp + kw * g->d[1];
-  const __m512 zero = _mm512_setzero_ps();
-  i4_epi ep; /* the bias and NaN flag set per block of channels */
-  i4_epi_init(&ep, f, dj->sc, 0.0f);
-  __m512 wv[NBL_DW_MAX_TAPS];
-  for (int64_t u = b; u < e; u++) {
-    int64_t n = u / J->blocks, c0 = u % J->blocks * 16, nc = C - c0 < 16 ? C - c0 : 16;
-    __mmask16 cm = nbl_tail_mask(nc);
-    dw_load_rows(dj, n, c0, 0, nc * H, in, W); /* the nc planes follow each other */
-    nbl_planes_to_tile(in, nc, H, W, T, Wp, g->pb[0], g->pb[1]);
-    for (int k = 0; k < nt; k++) wv[k] = _mm512_loadu_ps(f->dw_wt + (c0 * nt + k * 16));
-    ep.vb = dj->bias ? _mm512_maskz_loadu_ps(cm, dj->bias + c0) : zero;
-    /* a NaN needs a non-finite scale or bias (b - b is NaN for +-inf, NaN) */
-    ep.maybe_nan = !isfinite(dj->sc) ||
-                   _mm512_mask_cmp_ps_mask(cm, _mm512_sub_ps(ep.vb, ep.vb), zero, _CMP_NEQ_UQ);
-    for (int64_t oh = 0; oh < OH; oh++) {
-      const float *trow = T + oh * sh * 16;
-      float *orow = O + oh * OW * 16;
-      int64_t ow = 0;
-      for (; ow < OW; ow += 4) {
-        /* a last block of fewer than 4 pixels moves back to end at OW
-         * (pixels of the block before computed again: the same values) */
-        if (ow + 4 > OW && OW >= 4) ow = OW - 4;
-        int64_t cnt = OW - ow < 4 ? OW - ow : 4;
-        __m512 a[4] = {zero, zero, zero, zero};
-        const float *t0 = trow + ow * sw * 16;
-#define DWB_TAPS4(NT)                                                          \
-  for (int k = 0; k < (NT); k++) {                                             \
-    const float *t = t0 + off[k] * 16;                                         \
-    a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(t), wv[k], a[0]);                   \
-    a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(t + sw * 16), wv[k], a[1]);         \
-    a[2] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 2 * sw * 16), wv[k], a[2]);     \
-    a[3] = _mm512_fmadd_ps(_mm512_loadu_ps(t + 3 * sw * 16), wv[k], a[3]);     \
-  }
-        if (cnt == 4 && nt == 9) { /* 3x3: the taps unrolled, weights in registers */
-#pragma GCC unroll 9
-          DWB_TAPS4(9)
-        } else if (cnt == 4) {
-          DWB_TAPS4(nt)
-        } else {
-          for (int64_t i = 0; i < cnt; i++)
-            for (int k = 0; k < nt; k++)
-              a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(t0 + (off[k] + i * sw) * 16), wv[k], a[i]);
-        }
-#undef DWB_TAPS4
-        for (int64_t i = 0; i < cnt; i++)
-          _mm512_storeu_ps(orow + (ow + i) * 16, i4_epi_apply(&ep, a[i], cm));
-      }
-    }
-    nbl_tile_to_planes(O, P, nc, J->y + (n * C + c0) * P);
-  }
-  nbl_i4_range rg = i4_epi_range(&ep);
-  nbl_i4_range_merge(&dj->range, &rg);
-  free(in), free(T), free(O);
+/* Depthwise on small planes, 16 channels at a time (nbl_dwc_blocked): the
+ * plane kernel pays per plane (row loads, tap set-up, copy-out) what a 7x7
+ * or 14x14 plane barely amortizes, and MobileNetV2's late layers have
+ * hundreds of them. Same loaders, same exact sums: bit-identical. */
+static void dwb_load(void *arg, int64_t n, int64_t c0, int64_t nc, float *dst) {
+  const dw_job *j = arg;
+  dw_load_rows(arg, n, c0, 0, nc * j->H, dst, j->W); /* the nc planes follow each other */
 }
-#endif
+
+static void dwb_merge(void *arg, const nbl_dwc_stats *st) {
+  dw_job *j = arg;
+  nbl_i4_range rg = {st->lo, st->hi, st->nan};
+  nbl_i4_range_merge(&j->range, &rg);
+}
 
 /* 1 when the depthwise layer of geometry g runs 16 channels at a time. */
 static int dw_blocked(const nbl_conv_geom *g) {
-#if defined(__x86_64__)
   return nbl_i4_avx512() && nbl_dw_blocked_wanted(g, (int)nbl_kdebug_get(NBL_KS_I4_DW_BLOCKED));
-#else
-  (void)g;
-  return 0;
-#endif
 }
 
 static nbl_status run_dw_blocked(nbl_kctx *c, const nbl_conv_geom *g, dw_job *dj, float *y) {
-#if defined(__x86_64__)
-  dwb_job J = {.dj = dj, .g = g, .y = y, .blocks = (g->C + 15) / 16};
-  nbl_dw_tile_dims(g, &J.Hp, &J.Wp);
-  atomic_init(&J.oom, 0);
-  nbl_parallel_for(c, g->N * J.blocks, 1, dwb_tasks, &J);
-  if (atomic_load(&J.oom)) return NBL_ERR_OUT_OF_MEMORY;
-  nbl_kcount(NBL_KC_I4_DW_BLOCKED_RUNS);
-  return NBL_OK;
-#else
-  (void)c, (void)g, (void)dj, (void)y;
-  return NBL_ERR_UNSUPPORTED;
-#endif
+  const nbl_i4_fused *f = dj->f;
+  nbl_dwc_epi e = {dj->sc, f->act != 0, f->act_lo, f->act_hi, NBL_DWC_RANGE};
+  nbl_dwc_io io = {dwb_load, NULL, dwb_merge, dj};
+  nbl_status st = nbl_dwc_blocked(c, g, f->dw_w, dj->bias, &e, &io, y);
+  if (st == NBL_OK) nbl_kcount(NBL_KC_I4_DW_BLOCKED_RUNS);
+  return st;
 }
 
 nbl_status nbl_i4_run_depthwise(nbl_kctx *c, nbl_i4_fused *f, const nbl_conv_geom *g,

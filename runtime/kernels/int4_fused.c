@@ -21,11 +21,9 @@ void nbl_i4_fused_unpack(nbl_i4_fused *f) {
   free(f->packed);
   free(f->rows);
   free(f->dw_w);
-  free(f->dw_wt);
   f->packed = NULL;
   f->rows = NULL;
   f->dw_w = NULL;
-  f->dw_wt = NULL;
 }
 
 /* Integer weight codes (q - z) of tensor w (the W source) into *codes
@@ -80,11 +78,6 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
       f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
       ok = f->dw_w != NULL;
       for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
-      int64_t C16 = (f->groups + 15) / 16 * 16;
-      f->dw_wt = ok ? calloc((size_t)(C16 * Kg), sizeof(float)) : NULL;
-      ok = f->dw_wt != NULL;
-      for (int64_t c = 0; ok && c < f->groups; c++)
-        for (int64_t k = 0; k < Kg; k++) f->dw_wt[(c / 16 * Kg + k) * 16 + c % 16] = q[c * Kg + k];
     }
   } else {
     f->packed = calloc(1, sizeof(nbl_i4_weights));

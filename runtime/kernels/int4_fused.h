@@ -61,7 +61,6 @@ typedef struct nbl_i4_fused {
   nbl_i4_weights *packed; /* Gemm/MatMul */
   nbl_i4_rows *rows;      /* Conv: one per group */
   float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
-  float *dw_wt;           /* the same as [C / 16][k_sz][16], zero-padded to whole blocks */
   nbl_i4_isa isa;
   /* a Relu/Clip consuming the op's only output, applied in the epilogue */
   int act;

@@ -42,6 +42,9 @@ typedef enum nbl_kswitch {
   /* the least output size (elements) that a fused ternary convolution hands
    * to its fused depthwise consumer as INT8 codes */
   NBL_KS_T_CODE_LINK_MIN,
+  /* fused ternary convolutions of one group and strides 1 by the direct
+   * kernel (nbl_t_tile_direct, AVX-512 VNNI): 1 (default), 0 through im2col */
+  NBL_KS_T_DIRECT,
   NBL_KS_COUNT_
 } nbl_kswitch;
 
@@ -66,6 +69,7 @@ typedef enum nbl_kcounter {
                                * the epilogue (the others ran the Add kernel after) */
   NBL_KC_T_DW_BLOCKED_RUNS,   /* fused ternary depthwise layers run 16 channels at a time */
   NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
+  NBL_KC_T_DIRECT_RUNS,       /* fused ternary convolutions run by the direct kernel */
   NBL_KC_COUNT_
 } nbl_kcounter;
 

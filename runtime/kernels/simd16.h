@@ -1,7 +1,7 @@
 /* simd16.h - small AVX-512 (and AVX2) helpers: lane masks and partial
  * loads/stores for the vector loops, and
  * the tile layout of the depthwise kernels that work 16 channels at a time
- * (depthwise_f32.c FP32, int4_depthwise.c INT4). */
+ * (depthwise_f32.c FP32, code_depthwise.c INT4 and ternary codes). */
 #ifndef NBL_SIMD16_H
 #define NBL_SIMD16_H
 

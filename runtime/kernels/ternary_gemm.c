@@ -305,29 +305,41 @@ tile_avx512(const nbl_t_weights *W, const uint8_t *x, const int8_t *w, const int
 }
 
 /* AVX2: 4 channels x 16 pixels at a time in int16 (vpmaddubsw), widened
- * every 64 k-quads; the int32 sums of the whole 8 x 32 tile go to a. */
+ * every 64 k-quads into the int32 sums of the whole 8 x 32 tile in a. The
+ * sums stay in a (memory) rather than in registers: with 8 int16
+ * accumulators, two activation vectors and the broadcast weights the inner
+ * loop needs 12 of the 16 registers, and 8 more int32 accumulators made the
+ * compiler spill and copy inside it. Panels of at most 16 pixels skip the
+ * second half (its sums are left 0). */
+/* *h += v in int16, in h's register (GCC otherwise adds into v's register
+ * and copies it back, a move per product in the loop below). */
+__attribute__((target("avx2"), always_inline)) static inline void acc16(__m256i *h, __m256i v) {
+  __asm__("vpaddw %1, %0, %0" : "+x"(*h) : "x"(v));
+}
+
 __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, const uint8_t *x,
-                                                      const int8_t *w, int32_t a[NBL_T_CR][NBL_T_PX]) {
+                                                      const int8_t *w, int np,
+                                                      int32_t a[NBL_T_CR][NBL_T_PX]) {
   int64_t K4 = W->Kp / 4;
   const __m256i ones = _mm256_set1_epi16(1);
+  memset(a, 0, sizeof(int32_t) * NBL_T_CR * NBL_T_PX);
   for (int rh = 0; rh < 2; rh++)
-    for (int ph = 0; ph < 2; ph++) {
-      __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00,
-              s30 = s00, s31 = s00; /* int32 sums: channel r, pixels 8h.. */
+    for (int ph = 0; ph < (np > 16 ? 2 : 1); ph++) {
+      int32_t *o = &a[rh * 4][ph * 16];
       for (int64_t c0 = 0; c0 < K4; c0 += 64) {
         int64_t c1 = c0 + 64 < K4 ? c0 + 64 : K4;
         __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00, h20 = h00,
                 h21 = h00, h30 = h00, h31 = h00;
-        for (int64_t k4 = c0; k4 < c1; k4++) {
-          const uint8_t *xk = x + k4 * 128 + ph * 64;
+        const uint8_t *xk = x + c0 * 128 + ph * 64;
+        const int8_t *wk = w + c0 * 32 + rh * 16;
+        for (int64_t k4 = c0; k4 < c1; k4++, xk += 128, wk += 32) {
           __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)xk);
           __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(xk + 32));
-          const int8_t *wk = w + k4 * 32 + rh * 16;
 #define T_ROW2(r)                                                                                  \
   do {                                                                                             \
     __m256i wb = _mm256_set1_epi32(load4(wk + 4 * (r)));                                           \
-    h##r##0 = _mm256_add_epi16(h##r##0, _mm256_maddubs_epi16(x0, wb));                             \
-    h##r##1 = _mm256_add_epi16(h##r##1, _mm256_maddubs_epi16(x1, wb));                             \
+    acc16(&h##r##0, _mm256_maddubs_epi16(x0, wb));                                                \
+    acc16(&h##r##1, _mm256_maddubs_epi16(x1, wb));                                                \
   } while (0)
           T_ROW2(0);
           T_ROW2(1);
@@ -335,24 +347,18 @@ __attribute__((target("avx2"))) static void tile_avx2(const nbl_t_weights *W, co
           T_ROW2(3);
 #undef T_ROW2
         }
-        s00 = _mm256_add_epi32(s00, _mm256_madd_epi16(h00, ones));
-        s01 = _mm256_add_epi32(s01, _mm256_madd_epi16(h01, ones));
-        s10 = _mm256_add_epi32(s10, _mm256_madd_epi16(h10, ones));
-        s11 = _mm256_add_epi32(s11, _mm256_madd_epi16(h11, ones));
-        s20 = _mm256_add_epi32(s20, _mm256_madd_epi16(h20, ones));
-        s21 = _mm256_add_epi32(s21, _mm256_madd_epi16(h21, ones));
-        s30 = _mm256_add_epi32(s30, _mm256_madd_epi16(h30, ones));
-        s31 = _mm256_add_epi32(s31, _mm256_madd_epi16(h31, ones));
+#define T_WIDEN(r)                                                                                 \
+  do {                                                                                             \
+    __m256i *d0 = (__m256i *)(void *)(o + (r)*NBL_T_PX), *d1 = (__m256i *)(void *)(o + (r)*NBL_T_PX + 8); \
+    _mm256_storeu_si256(d0, _mm256_add_epi32(_mm256_loadu_si256(d0), _mm256_madd_epi16(h##r##0, ones))); \
+    _mm256_storeu_si256(d1, _mm256_add_epi32(_mm256_loadu_si256(d1), _mm256_madd_epi16(h##r##1, ones))); \
+  } while (0)
+        T_WIDEN(0);
+        T_WIDEN(1);
+        T_WIDEN(2);
+        T_WIDEN(3);
+#undef T_WIDEN
       }
-      int32_t *o = &a[rh * 4][ph * 16];
-      _mm256_storeu_si256((__m256i *)(void *)(o + 0 * NBL_T_PX), s00);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 0 * NBL_T_PX + 8), s01);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 1 * NBL_T_PX), s10);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 1 * NBL_T_PX + 8), s11);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 2 * NBL_T_PX), s20);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 2 * NBL_T_PX + 8), s21);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 3 * NBL_T_PX), s30);
-      _mm256_storeu_si256((__m256i *)(void *)(o + 3 * NBL_T_PX + 8), s31);
     }
 }
 
@@ -395,7 +401,7 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
         continue;
       }
       if (isa == NBL_T_AVX2) {
-        tile_avx2(W, x, w, a);
+        tile_avx2(W, x, w, np, a);
         for (int r = 0; r < nm; r++) {
           int32_t corr = 128 * W->rowsum[m + r];
           if (Ci || e->codes || e->no_store) {
@@ -414,6 +420,133 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
       tile_store((const int32_t(*)[NBL_T_PX])a, nm, np, m, p, Ci, Y, ld, e);
     }
   }
+}
+
+/* ------------------------------------------------------------------ direct convolutions */
+
+#if T_X86
+/* The valid lanes of the 16-pixel groups of padded pixels q0.. (column q %
+ * Wp < OW, q < PP), ng groups, to k[], and the output index of the first
+ * valid pixel of each to idx[]. */
+static void direct_lanes(const nbl_t_direct *d, int64_t q0, int ng, __mmask16 *k, int64_t *idx) {
+  int64_t oh = q0 / d->Wp, ow = q0 % d->Wp, q = q0;
+  for (int gi = 0; gi < ng; gi++) {
+    idx[gi] = oh * d->OW + (ow < d->OW ? ow : d->OW);
+    unsigned m = 0;
+    for (int i = 0; i < 16; i++, q++) {
+      if (q < d->PP && ow < d->OW) m |= 1u << i;
+      if (++ow == d->Wp) ow = 0, oh++;
+    }
+    k[gi] = (__mmask16)m;
+  }
+}
+
+/* The epilogue of tile_avx512 on the valid lanes k of one vector of
+ * corrected sums, written packed from out index idx on (the valid lanes
+ * are consecutive outputs); the bits of |y| into *vmax. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline void
+direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, float bias,
+             __m512 vcs, __m512 vinv, __m512i *vmax) {
+  __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e->sc), _mm512_cvtepi32_ps(v)),
+                           _mm512_set1_ps(bias));
+  __mmask16 t = k;
+  if (k != 0xFFFF) { /* the valid lanes first, in order */
+    f = _mm512_maskz_compress_ps(k, f);
+    t = (__mmask16)((1u << __builtin_popcount(k)) - 1);
+  }
+  if (e->res) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(t, e->res + at));
+  if (e->act) {
+    __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+    f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, lo, _CMP_LT_OQ), f, lo);
+    f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, hi, _CMP_GT_OQ), f, hi);
+  }
+  if (e->codes)
+    _mm512_mask_cvtepi32_storeu_epi8(e->codes + at, t, _mm512_cvtps_epi32(codes16(f, vcs, vinv)));
+  else if (!e->no_store)
+    _mm512_mask_storeu_ps(Y + at, t, f);
+  *vmax = _mm512_mask_max_epu32(*vmax, t, *vmax,
+                                _mm512_and_si512(_mm512_castps_si512(f), _mm512_set1_epi32(0x7fffffff)));
+}
+
+/* 8 channels x 32 padded pixels from p on, as tile_avx512 but reading the
+ * quads of channels of the padded input at each tap's offset. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
+direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int nm, int64_t m,
+              int64_t p, const __mmask16 *lk, const int64_t *li, float *Y, int64_t ld,
+              const nbl_t_epi *e) {
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+          a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00,
+          a70 = a00, a71 = a00;
+  const int8_t *wk = w;
+  int64_t qs = d->plane * 4; /* bytes a quad of channels */
+#define T_ROW(r)                                                                                   \
+  do {                                                                                             \
+    __m512i wb = _mm512_set1_epi32(load4(wk + 4 * (r)));                                           \
+    a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, wb);                                                \
+    a##r##1 = _mm512_dpbusd_epi32(a##r##1, x1, wb);                                                \
+  } while (0)
+  for (int64_t t = 0; t < d->taps; t++) {
+    const uint8_t *xk = d->x + (p + d->off[t]) * 4;
+    for (int64_t c4 = 0; c4 < d->C4; c4++, xk += qs, wk += 32) {
+      __m512i x0 = _mm512_loadu_si512(xk), x1 = _mm512_loadu_si512(xk + 64);
+      T_ROW(0);
+      T_ROW(1);
+      T_ROW(2);
+      T_ROW(3);
+      T_ROW(4);
+      T_ROW(5);
+      T_ROW(6);
+      T_ROW(7);
+    }
+  }
+#undef T_ROW
+  __m512i acc[NBL_T_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                              {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  int64_t i0 = li[0], i1 = li[1];
+  __mmask16 k0 = lk[0], k1 = lk[1];
+  const __m512 vcs = _mm512_set1_ps(e->codes ? e->cs : 1.0f),
+               vinv = _mm512_set1_ps(e->codes ? 1.0f / e->cs : 1.0f);
+  __m512i vmax = _mm512_setzero_si512();
+  for (int r = 0; r < nm; r++) {
+    __m512i corr = _mm512_set1_epi32(128 * rowsum[r]);
+    float b = e->bias ? e->bias[m + r] : 0.0f;
+    int64_t row = (m + r) * ld;
+    if (k0)
+      direct_store(e, _mm512_sub_epi32(acc[r][0], corr), k0, row + i0, Y, b, vcs, vinv, &vmax);
+    if (k1)
+      direct_store(e, _mm512_sub_epi32(acc[r][1], corr), k1, row + i1, Y, b, vcs, vinv, &vmax);
+  }
+  if (e->amax) {
+    uint32_t b = _mm512_reduce_max_epu32(vmax);
+    if (b > *e->amax) *e->amax = b;
+  }
+}
+#endif
+
+int nbl_t_tile_direct(nbl_t_isa isa, const nbl_t_weights *W, const nbl_t_direct *d, int64_t m0,
+                      int64_t m1, int64_t p0, int64_t p1, float *Y, int64_t ld,
+                      const nbl_t_epi *e) {
+#if T_X86
+  if (isa != NBL_T_AVX512 || !nbl_t_isa_supported(NBL_T_AVX512) || W->Kp != d->taps * d->C4 * 4)
+    return 0;
+  enum { CHUNK = 1024 }; /* padded pixels whose lanes are worked out at once */
+  __mmask16 lk[CHUNK / 16];
+  int64_t li[CHUNK / 16];
+  for (int64_t c0 = p0; c0 < p1; c0 += CHUNK) {
+    int64_t c1 = c0 + CHUNK < p1 ? c0 + CHUNK : p1;
+    direct_lanes(d, c0, (int)((c1 - c0 + 31) / 32 * 2), lk, li);
+    for (int64_t m = m0; m < m1; m += NBL_T_CR) {
+      int nm = (int)(m1 - m < NBL_T_CR ? m1 - m : NBL_T_CR);
+      const int8_t *w = W->w + (m / NBL_T_CR) * (W->Kp / 4) * 32;
+      for (int64_t p = c0; p < c1; p += NBL_T_PX)
+        direct_avx512(d, w, W->rowsum + m, nm, m, p, lk + (p - c0) / 16, li + (p - c0) / 16, Y, ld, e);
+    }
+  }
+  return 1;
+#else
+  (void)isa, (void)W, (void)d, (void)m0, (void)m1, (void)p0, (void)p1, (void)Y, (void)ld, (void)e;
+  return 0;
+#endif
 }
 
 /* ------------------------------------------------------------------ vectors */

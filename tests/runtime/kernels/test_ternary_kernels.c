@@ -485,6 +485,77 @@ START_TEST(test_fused_residual) {
 }
 END_TEST
 
+/* Convolutions of one group and strides 1 or 2 by the direct kernel (no
+ * im2col; AVX-512 VNNI) against the im2col tiles: the same outputs bit for
+ * bit (exact sums, the same epilogue), at channel quads (C), channel blocks
+ * (M), padded rows crossing the 16-lane vectors and the 32-pixel panels,
+ * pads, dilations, taps 1 to 5 x 3, long K, residuals, 1 and 2 threads;
+ * and the direct kernel ran (only where AVX-512 runs, not on an unpadded
+ * or stride-2 1x1 layer). */
+START_TEST(test_fused_direct) {
+  static const struct { int64_t N, C, H, W, M, kh, kw, pad, d, s; int res; const char *act; } L[] = {
+      {1, 2, 5, 5, 1, 3, 3, 1, 1, 1, 0, NULL},       {1, 3, 9, 7, 8, 3, 3, 1, 1, 1, 0, "Relu"},
+      {2, 5, 6, 11, 9, 3, 3, 0, 1, 1, 1, "Clip"},    {1, 4, 7, 7, 7, 1, 1, 0, 1, 1, 0, "Relu"},
+      {1, 17, 14, 14, 33, 1, 1, 1, 1, 1, 1, "Relu"}, {1, 8, 10, 13, 17, 3, 3, 2, 2, 1, 0, NULL},
+      {1, 6, 12, 9, 16, 5, 3, 2, 1, 1, 1, "Clip"},   {1, 70, 9, 9, 12, 3, 3, 1, 1, 1, 0, "Relu"},
+      {1, 16, 40, 40, 16, 3, 3, 1, 1, 1, 1, "Relu"}, {2, 9, 3, 33, 24, 1, 3, 0, 1, 1, 0, NULL},
+      /* strides 2: the input in four phase planes */
+      {1, 8, 14, 14, 16, 3, 3, 1, 1, 2, 1, "Relu"},  {2, 5, 9, 11, 9, 3, 3, 1, 1, 2, 0, "Clip"},
+      {1, 6, 10, 7, 8, 1, 1, 0, 1, 2, 0, NULL},      {1, 3, 13, 12, 17, 5, 3, 2, 1, 2, 1, NULL},
+      {1, 7, 15, 16, 8, 3, 3, 2, 2, 2, 0, "Relu"},   {1, 64, 56, 56, 16, 3, 3, 1, 1, 2, 0, "Relu"}};
+  int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
+  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
+    mspec sp = conv_spec(L[i].N, L[i].C, L[i].H, L[i].W, L[i].M, L[i].kh, L[i].s, L[i].pad, L[i].d, 1);
+    sp.wd[3] = L[i].kw;
+    sp.pads[1] = sp.pads[3] = L[i].kw == 1 ? 0 : L[i].pad;
+    sp.act = L[i].act;
+    sp.packed = (int)(i % 3);
+    int64_t oh = (L[i].H + 2 * L[i].pad - (L[i].kh - 1) * L[i].d - 1) / L[i].s + 1;
+    int64_t ow = (L[i].W + 2 * sp.pads[1] - (L[i].kw - 1) * L[i].d - 1) / L[i].s + 1;
+    if (L[i].res) {
+      sp.res = 1;
+      int64_t rd[4] = {L[i].N, L[i].M, oh, ow};
+      memcpy(sp.rd, rd, sizeof rd);
+    }
+    int64_t xn = nbl_shape_numel(4, sp.xd), wn = nbl_shape_numel(4, sp.wd);
+    float *x = malloc(sizeof(float) * (size_t)xn), *w = malloc(sizeof(float) * (size_t)wn);
+    float *b = malloc(sizeof(float) * (size_t)L[i].M);
+    for (int64_t k = 0; k < xn; k++) x[k] = 2.0f * frand();
+    for (int64_t k = 0; k < wn; k++) w[k] = 0.5f * frand();
+    for (int64_t k = 0; k < L[i].M; k++) b[k] = frand();
+    int64_t rn = L[i].N * L[i].M * oh * ow;
+    float *r = malloc(sizeof(float) * (size_t)rn);
+    for (int64_t k = 0; k < rn; k++) r[k] = 3.0f * frand();
+    g_r = r;
+    nbl_model *m = build_model(&sp, w, b);
+    for (int threads = 1; threads <= 2; threads++) {
+      size_t n0, n1;
+      nbl_kdebug_set(NBL_KS_T_DIRECT, 0);
+      float *y0 = run_model(m, &sp, x, 0, threads, &n0);
+      nbl_kernel_stats k0, k1;
+      nbl_kernel_stats_get(&k0);
+      nbl_kdebug_set(NBL_KS_T_DIRECT, 1);
+      float *y1 = run_model(m, &sp, x, 0, threads, &n1);
+      nbl_kernel_stats_get(&k1);
+      nbl_kdebug_reset();
+      /* unpadded pointwise layers keep their panels (no im2col there), and 1x1 stride-2 ones */
+      int pointwise = L[i].kh == 1 && L[i].kw == 1 && (L[i].pad == 0 || L[i].s == 2);
+      ck_assert_int_eq(k1.n[NBL_KC_T_DIRECT_RUNS] - k0.n[NBL_KC_T_DIRECT_RUNS],
+                       avx512 && !pointwise ? 1 : 0);
+      ck_assert_uint_eq(n0, (size_t)(L[i].N * L[i].M * oh * ow));
+      ck_assert_uint_eq(n1, n0);
+      for (size_t k = 0; k < n0; k++)
+        ck_assert_msg(!memcmp(y0 + k, y1 + k, sizeof(float)),
+                      "case %zu (threads %d) elem %zu: direct %.9g, im2col %.9g", i, threads, k,
+                      y1[k], y0[k]);
+      free(y0), free(y1);
+    }
+    nbl_model_free(m);
+    free(x), free(w), free(b), free(r);
+  }
+}
+END_TEST
+
 /* A chain of convolutions made by the quantize-ternary pass: each fused
  * layer takes its scale from the one before it (no scan), with the same
  * outputs as the reference path. */
@@ -641,16 +712,18 @@ START_TEST(test_fused_code_handover) {
       {1, 5, 1, 5, 6, 1},  {1, 8, 7, 4, 8, 1},  {2, 3, 8, 3, 11, 0}, {1, 16, 9, 9, 9, 1},
       {1, 4, 17, 7, 9, 1}, {2, 9, 33, 6, 6, 1}, {1, 12, 96, 14, 14, 1}};
   int avx512 = nbl_t_best_isa() == NBL_T_AVX512;
-  for (size_t i = 0; i < sizeof L / sizeof L[0]; i++) {
+  /* the producer 1x1 (its panels) or 3x3 (the direct kernel) */
+  for (size_t i = 0; i < 2 * (sizeof L / sizeof L[0]); i++) {
+    int64_t ks = i % 2 ? 3 : 1;
     nbl_model *m = nbl_model_new();
     nbl_model_set_opset(m, "", 13);
     nbl_graph *g = m->graph;
     nbl_id x = nbl_graph_add_value(g, "x");
-    mspec sp = {.xrank = 4, .xd = {L[i].N, L[i].C, L[i].H, L[i].W}};
+    mspec sp = {.xrank = 4, .xd = {L[i / 2].N, L[i / 2].C, L[i / 2].H, L[i / 2].W}};
     nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 4, sp.xd);
     nbl_graph_add_input(g, x);
-    nbl_id v = chain_conv_k(m, x, "f", L[i].M, L[i].C, 1, L[i].relu, 1);
-    v = chain_conv_k(m, v, "g", L[i].M, L[i].M, L[i].M, 1, 3); /* depthwise */
+    nbl_id v = chain_conv_k(m, x, "f", L[i / 2].M, L[i / 2].C, 1, L[i / 2].relu, ks);
+    v = chain_conv_k(m, v, "g", L[i / 2].M, L[i / 2].M, L[i / 2].M, 1, 3); /* depthwise */
     nbl_graph_add_output(g, v);
     nbl_pipeline *pipe = NULL;
     ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary{skip-first-last=0}", &pipe), NBL_OK);
@@ -739,6 +812,7 @@ int main(void) {
   tcase_add_test(tf, test_fused_conv);
   tcase_add_test(tf, test_fused_gemm_matmul);
   tcase_add_test(tf, test_fused_residual);
+  tcase_add_test(tf, test_fused_direct);
   tcase_add_test(tf, test_fused_depthwise_paths);
   tcase_add_test(tf, test_fused_chain_handover);
   tcase_add_test(tf, test_fused_code_handover);
