@@ -43,7 +43,7 @@ typedef enum nbl_kswitch {
    * to its fused depthwise consumer as INT8 codes */
   NBL_KS_T_CODE_LINK_MIN,
   /* fused ternary convolutions of one group and strides 1 by the direct
-   * kernel (nbl_t_tile_direct, AVX-512 VNNI): 1 (default), 0 through im2col */
+   * kernel (code_direct.h, AVX-512 VNNI): 1 (default), 0 through im2col */
   NBL_KS_T_DIRECT,
   NBL_KS_COUNT_
 } nbl_kswitch;
