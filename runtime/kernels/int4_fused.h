@@ -60,6 +60,8 @@ typedef struct nbl_i4_fused {
   int groups;
   nbl_i4_weights *packed; /* Gemm/MatMul */
   nbl_i4_rows *rows;      /* Conv: one per group */
+  nbl_i4_rows *direct;    /* Conv of one group on AVX-512 VNNI: W packed for the direct
+                           * kernel (code_direct.h; k = tap, channel) */
   float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_i4_isa isa;
   /* a Relu/Clip consuming the op's only output, applied in the epilogue */
