@@ -1,7 +1,9 @@
 /* int4_conv.c - fused INT4 dense and grouped convolutions: activation
  * bytes laid out in panels (im2col) block by block, the integer tiles of
- * int4_gemm.c with the float epilogue into the NCHW output, and the hand-over
- * of activation bytes to a linked depthwise consumer; see int4_fused.h. */
+ * int4_gemm.c with the float epilogue into the NCHW output, one-group layers
+ * on AVX-512 VNNI by the direct kernel shared with the ternary path
+ * (code_direct.h, no im2col), and the hand-over of activation bytes to a
+ * linked depthwise consumer; see int4_fused.h. */
 #include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/code_direct.h"
 #include "runtime/kernels/int4_fused.h"

@@ -6,7 +6,8 @@
  *   int4_fused.c      the kernel: activation parameters, weight packing,
  *                     Gemm/MatMul, the literal fallback
  *   int4_act.c        activation statistics and quantization to bytes
- *   int4_conv.c       dense and grouped Conv on the integer tiles
+ *   int4_conv.c       dense and grouped Conv on the integer tiles, one-group
+ *                     Conv by the direct kernel shared with ternary (code_direct.h)
  *   int4_depthwise.c  depthwise Conv on the codes, and the float epilogues
  * Internal to the INT4 path.
  */
