@@ -161,8 +161,8 @@ static nbl_i4_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id)
   }
   nbl_rt_tensor w;
   if (nbl_rt_from_ir(wt, &w) != NBL_OK) goto no;
+  f->isa = nbl_i4_best_isa(); /* before packing: the direct kernel's weights need VNNI */
   if (nbl_i4_fused_pack(f, &w) != 0) goto no;
-  f->isa = nbl_i4_best_isa();
   /* the synthetic node */
   f->node = *n;
   f->node.n_inputs = 4;

@@ -1,8 +1,11 @@
 /* int4_conv.c - fused INT4 dense and grouped convolutions: activation
  * bytes laid out in panels (im2col) block by block, the integer tiles of
- * int4_gemm.c with the float epilogue into the NCHW output, and the hand-over
- * of activation bytes to a linked depthwise consumer; see int4_fused.h. */
+ * int4_gemm.c with the float epilogue into the NCHW output, one-group layers
+ * on AVX-512 VNNI by the direct kernel shared with the ternary path
+ * (code_direct.h, no im2col), and the hand-over of activation bytes to a
+ * linked depthwise consumer; see int4_fused.h. */
 #include "runtime/kernels/code_conv.h"
+#include "runtime/kernels/code_direct.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/kdebug.h"
 
@@ -229,6 +232,97 @@ static int emit_codes(nbl_kctx *c, x4_job *xj, nbl_i4_fused *G, int64_t ny, int6
 }
 
 
+/* ------------------------------------------------------------------ direct convolutions */
+
+/* One group on AVX-512 VNNI without im2col: the kernel shared with the
+ * ternary path (code_direct.h), the input's bytes laid out once in quads
+ * of channels per padded pixel, nbl_i4_direct_store as the epilogue. */
+typedef struct direct_job {
+  const nbl_cd_plan *d;
+  const uint8_t *x; /* the image's bytes in the plan's layout */
+  const nbl_i4_rows *W;
+  int32_t a_zero;
+  float *y;
+  int64_t P, pb, nmc, mc;
+  nbl_i4_epi e;
+  nbl_i4_shared_range range; /* of everything written */
+} direct_job;
+
+typedef struct dquant_ctx {
+  nbl_i4_quantizer q;
+  const float *x;
+  int64_t C, HW;
+  int off;
+} dquant_ctx;
+
+/* The direct kernel's quantizer: channel c of image n as activation bytes
+ * (index0 its first element's, for stochastic rounding). */
+static void dquant_plane(const void *ctx, int64_t n, int64_t c, uint8_t *dst) {
+  const dquant_ctx *q = ctx;
+  int64_t i0 = (n * q->C + c) * q->HW;
+  nbl_i4_quantize_u8(&q->q, q->x + i0, dst, (size_t)q->HW, (uint64_t)i0, q->off);
+}
+
+/* Blocks of padded pixels x chunks of output channels. */
+static void direct_tasks(void *arg, int64_t b, int64_t e) {
+  direct_job *j = arg;
+  nbl_i4_range rg = {INFINITY, -INFINITY, 0};
+  nbl_i4_epi ep = j->e;
+  ep.range = &rg;
+  nbl_i4_direct_out o = {&ep, j->y, j->P};
+  for (int64_t t = b; t < e; t++) {
+    int64_t pi = t / j->nmc, mi = t % j->nmc;
+    int64_t p0 = pi * j->pb, p1 = p0 + j->pb < j->d->PP ? p0 + j->pb : j->d->PP;
+    int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
+    nbl_cd_tile(j->d, j->x, j->W->w, j->W->rowsum, j->W->Kp, j->a_zero, m0, m1, p0, p1,
+                nbl_i4_direct_store, &o);
+  }
+  nbl_i4_range_merge(&j->range, &rg);
+}
+
+/* The convolution g of f (one group, nbl_cd_eligible) by the direct kernel:
+ * y = act(sc * acc + bias + res) with the range of what it wrote in *range.
+ * NBL_OK, or NBL_ERR_OUT_OF_MEMORY (no message set). */
+static nbl_status run_direct(nbl_kctx *c, const nbl_i4_fused *f, const nbl_conv_geom *g,
+                             const nbl_q4_params *p, const nbl_i4_epi *e, int32_t a_zero, int off,
+                             float *y, nbl_i4_shared_range *range) {
+  nbl_cd_plan d;
+  if (nbl_cd_plan_init(&d, g) != 0) return NBL_ERR_OUT_OF_MEMORY;
+  size_t xbytes = (size_t)g->N * nbl_cd_image_bytes(&d);
+  uint8_t *xu = malloc(xbytes ? xbytes : 1);
+  dquant_ctx dq = {.x = c->in[0]->data, .C = g->C, .HW = g->in_sz, .off = off};
+  nbl_i4_quantizer_init(&dq.q, &f->xcfg, p);
+  if (!xu || nbl_cd_pack_input(c, &d, g->N, (uint8_t)a_zero, dquant_plane, &dq, xu) != 0) {
+    free(xu);
+    nbl_cd_plan_free(&d);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  const nbl_i4_rows *W = f->direct;
+  direct_job j = {.d = &d, .W = W, .a_zero = a_zero, .P = g->out_sz, .e = *e};
+  nbl_i4_range_init(&j.range);
+  /* blocks of padded pixels whose reads stay in L2 across the channels; the
+   * channels split too when the blocks alone leave a thread idle */
+  int threads = c->threads > 0 ? c->threads : 1;
+  int64_t pb = (int64_t)(192 * 1024) / W->Kp / 32 * 32;
+  j.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
+  int64_t npb = (d.PP + j.pb - 1) / j.pb;
+  nbl_split_rows(g->M, NBL_I4_CR,
+                 npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb, &j.nmc,
+                 &j.mc);
+  for (int64_t n = 0; n < g->N; n++) {
+    j.x = xu + n * nbl_cd_image_bytes(&d);
+    j.y = y + n * g->M * g->out_sz;
+    j.e.res = e->res ? e->res + n * g->M * g->out_sz : NULL;
+    nbl_parallel_for(c, npb * j.nmc, 1, direct_tasks, &j);
+  }
+  free(xu);
+  nbl_cd_plan_free(&d);
+  nbl_i4_range rg = {atomic_load(&j.range.lo), atomic_load(&j.range.hi),
+                          atomic_load(&j.range.nan)};
+  nbl_i4_range_merge(range, &rg);
+  return NBL_OK;
+}
+
 nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
@@ -277,6 +371,24 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   nbl_i4_fused *G = f->link;
   int emit = G && !post && G->dw_w && g.N == 1 && g.group == 1 && f->isa == NBL_I4_VNNI &&
              nbl_kdebug_get(NBL_KS_I4_RANGE_REUSE) && ny >= nbl_kdebug_get(NBL_KS_I4_CODE_LINK_MIN);
+  /* one group on AVX-512 VNNI: the direct kernel (not for the bytes sent
+   * to a linked consumer, whose two passes share the im2col panels) */
+  if (f->direct && !emit && f->isa == NBL_I4_VNNI && nbl_cd_eligible(&g) &&
+      nbl_kdebug_get(NBL_KS_I4_DIRECT) != 0) {
+    nbl_i4_epi e = {j.sc, j.bias, f->act && !post, f->act_lo, f->act_hi, NULL};
+    e.res = res;
+    nbl_i4_shared_range range;
+    nbl_i4_range_init(&range);
+    st = run_direct(c, f, &g, p, &e, j.a_zero, off, y, &range);
+    if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
+    nbl_kcount(NBL_KC_I4_DIRECT_RUNS);
+    if (post)
+      return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
+                                      f->act_hi);
+    if (res) nbl_kcount(NBL_KC_I4_RESIDUAL_RUNS);
+    nbl_i4_range_publish(f, &range);
+    return NBL_OK;
+  }
   int threads = c->threads > 0 ? c->threads : 1;
   int bands = nbl_pixel_bands(threads, j.P);
   int direct = nbl_conv_pointwise(&g);

@@ -6,6 +6,7 @@
  * int4_conv.c. See int4_fused.h; the pattern matching is in
  * runtime/fusions/fuse_int4.c. */
 #include "runtime/kernels/code_conv.h"
+#include "runtime/kernels/code_direct.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/kdebug.h"
 
@@ -18,6 +19,9 @@ void nbl_i4_fused_unpack(nbl_i4_fused *f) {
   if (f->packed) nbl_i4_weights_free(&f->packed[0]);
   if (f->rows)
     for (int i = 0; i < f->groups; i++) nbl_i4_rows_free(&f->rows[i]);
+  if (f->direct) nbl_i4_rows_free(f->direct);
+  free(f->direct);
+  f->direct = NULL;
   free(f->packed);
   free(f->rows);
   free(f->dw_w);
@@ -61,6 +65,20 @@ fail:
   return -1;
 }
 
+/* The weights of a Conv of one group for the direct kernel (code_direct.h):
+ * row m as k = t * 4 * C4 + c, channels past C zero; f->direct stays NULL
+ * when out of memory. */
+static void pack_direct(nbl_i4_fused *f, const int8_t *q) {
+  int64_t K;
+  int8_t *r = nbl_cd_order_weights(q, f->wdims[0], f->wdims[1], f->wdims[2] * f->wdims[3], &K);
+  f->direct = calloc(1, sizeof(nbl_i4_rows));
+  if (!r || !f->direct || nbl_i4_pack_rows(r, f->wdims[0], K, K, 1, f->direct) != 0) {
+    free(f->direct);
+    f->direct = NULL;
+  }
+  free(r);
+}
+
 int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
   nbl_i4_fused_unpack(f);
   int8_t *q = NULL;
@@ -74,6 +92,8 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
     ok = f->rows != NULL;
     for (int gi = 0; ok && gi < f->groups; gi++)
       ok = nbl_i4_pack_rows(q + gi * Mg * Kg, Mg, Kg, Kg, 1, &f->rows[gi]) == 0;
+    /* without it (out of memory) the convolution takes the im2col tiles */
+    if (ok && f->groups == 1 && f->wrank == 4 && f->isa == NBL_I4_VNNI) pack_direct(f, q);
     if (ok && Mg == 1 && f->wdims[1] == 1) { /* depthwise */
       f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
       ok = f->dw_w != NULL;

@@ -6,7 +6,8 @@
  *   int4_fused.c      the kernel: activation parameters, weight packing,
  *                     Gemm/MatMul, the literal fallback
  *   int4_act.c        activation statistics and quantization to bytes
- *   int4_conv.c       dense and grouped Conv on the integer tiles
+ *   int4_conv.c       dense and grouped Conv on the integer tiles, one-group
+ *                     Conv by the direct kernel shared with ternary (code_direct.h)
  *   int4_depthwise.c  depthwise Conv on the codes, and the float epilogues
  * Internal to the INT4 path.
  */
@@ -60,6 +61,8 @@ typedef struct nbl_i4_fused {
   int groups;
   nbl_i4_weights *packed; /* Gemm/MatMul */
   nbl_i4_rows *rows;      /* Conv: one per group */
+  nbl_i4_rows *direct;    /* Conv of one group on AVX-512 VNNI: W packed for the direct
+                           * kernel (code_direct.h; k = tap, channel) */
   float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_i4_isa isa;
   /* a Relu/Clip consuming the op's only output, applied in the epilogue */

@@ -416,6 +416,58 @@ NBL_TARGET_VNNI static void tile_vnni(const tile_args *t, int64_t m, int nr, int
   if (rg) nbl_i4_range_widen(rg, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
 }
 
+/* The direct kernel's epilogue (code_direct.h) on the valid lanes k of one
+ * vector of corrected sums, packed to the consecutive outputs from o on:
+ * tile_vnni's operations in its order. */
+NBL_TARGET_VNNI static inline void direct_vec(const nbl_i4_epi *e, const quant_consts *qk,
+                                              __m512i v, __mmask16 k, int64_t o, float *Y,
+                                              float bias, __m512 *vmin, __m512 *vmax,
+                                              __mmask16 *nan) {
+  const __m512 vs = _mm512_set1_ps(e->sc), vb = _mm512_set1_ps(bias);
+  __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), vs), vb);
+  __mmask16 t = k;
+  if (k != 0xFFFF) { /* the valid lanes first, in order */
+    f = _mm512_maskz_compress_ps(k, f);
+    t = (__mmask16)((1u << __builtin_popcount(k)) - 1);
+  }
+  if (e->res) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(t, e->res + o));
+  if (e->act)
+    f = _mm512_min_ps(_mm512_set1_ps(e->hi), _mm512_max_ps(_mm512_set1_ps(e->lo), f));
+  if (e->codes) {
+    __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(quant_centered16(qk, f)),
+                                 _mm512_set1_epi32(e->off + e->q->p->zero));
+    _mm_mask_storeu_epi8(e->codes + o, t, _mm512_cvtepi32_epi8(c));
+  } else if (!e->no_store) {
+    _mm512_mask_storeu_ps(Y + o, t, f);
+  }
+  if (e->range) {
+    *vmin = _mm512_mask_min_ps(*vmin, t, *vmin, f);
+    *vmax = _mm512_mask_max_ps(*vmax, t, *vmax, f);
+    *nan |= _mm512_mask_cmp_ps_mask(t, f, f, _CMP_UNORD_Q);
+  }
+}
+
+NBL_TARGET_VNNI static void direct_store_vnni(const nbl_i4_direct_out *o, int64_t m, int nm,
+                                              const int32_t *acc, const uint16_t k[2],
+                                              const int64_t at[2]) {
+  const nbl_i4_epi *e = o->e;
+  quant_consts qk;
+  if (e->codes) qk = quant_consts_of(e->q);
+  else memset(&qk, 0, sizeof qk);
+  __m512 vmin = _mm512_set1_ps(INFINITY), vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan = 0;
+  for (int r = 0; r < nm; r++) {
+    float bias = e->bias ? e->bias[m + r] : 0.0f;
+    int64_t row = (m + r) * o->ld;
+    for (int h = 0; h < 2; h++)
+      if (k[h])
+        direct_vec(e, &qk, _mm512_loadu_si512(acc + r * 32 + 16 * h), (__mmask16)k[h],
+                   row + at[h], o->Y, bias, &vmin, &vmax, &nan);
+  }
+  if (e->range)
+    nbl_i4_range_widen(e->range, _mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax), nan != 0);
+}
+
 /* AVX2: 8 pixels per vector, vpmaddubsw and vpmaddwd with ones. vpmaddubsw
  * adds two u8 * s8 products into an int16, exact while max|W| <= 64; larger
  * weights (8-bit layers) are split as W = h + (W - h), h = W >> 1 (packed as
@@ -524,4 +576,13 @@ void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, i
       tile_scalar(&t, m, nr, p, np);
     }
   }
+}
+
+void nbl_i4_direct_store(const void *ctx, int64_t m, int nm, const int32_t *acc,
+                         const uint16_t k[2], const int64_t at[2]) {
+#if NBL_I4_X86
+  direct_store_vnni(ctx, m, nm, acc, k, at);
+#else
+  (void)ctx, (void)m, (void)nm, (void)acc, (void)k, (void)at;
+#endif
 }

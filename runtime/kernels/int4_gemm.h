@@ -119,6 +119,19 @@ static inline void nbl_i4_range_widen(nbl_i4_range *r, float lo, float hi, int n
 void nbl_i4_conv_gemm(nbl_i4_isa isa, const nbl_i4_rows *W, const uint8_t *X4, int32_t a_zero,
                       int64_t m0, int64_t m1, int64_t p0, int64_t p1, int32_t *Ci, float *Y,
                       int64_t ld, const nbl_i4_epi *e);
+/* The epilogue hook of the direct convolution kernel (code_direct.h) for
+ * the INT4 path: nbl_i4_conv_gemm's epilogue e (AVX-512 VNNI's operations in
+ * its order: the same floats, codes and range) on the valid lanes of a
+ * tile's corrected sums, to Y[(m + r) * ld + at...] (e's res and codes
+ * indexed the same). ctx: an nbl_i4_direct_out; AVX-512 VNNI only (the
+ * caller's nbl_cd_tile checks). */
+typedef struct nbl_i4_direct_out {
+  const nbl_i4_epi *e;
+  float *Y;
+  int64_t ld;
+} nbl_i4_direct_out;
+void nbl_i4_direct_store(const void *ctx, int64_t m, int nm, const int32_t *acc,
+                         const uint16_t k[2], const int64_t at[2]);
 /* A prepared activation quantizer: the parameters, and what the vector path
  * derives from them, computed once per tensor (nbl_i4_quantizer_init) rather
  * than per row. It points to cfg and p, which must outlive it. */

@@ -43,8 +43,11 @@ typedef enum nbl_kswitch {
    * to its fused depthwise consumer as INT8 codes */
   NBL_KS_T_CODE_LINK_MIN,
   /* fused ternary convolutions of one group and strides 1 by the direct
-   * kernel (nbl_t_tile_direct, AVX-512 VNNI): 1 (default), 0 through im2col */
+   * kernel (code_direct.h, AVX-512 VNNI): 1 (default), 0 through im2col */
   NBL_KS_T_DIRECT,
+  /* fused INT4 convolutions of one group by the direct kernel
+   * (code_direct.h, AVX-512 VNNI): 1 (default), 0 through im2col */
+  NBL_KS_I4_DIRECT,
   NBL_KS_COUNT_
 } nbl_kswitch;
 
@@ -70,6 +73,7 @@ typedef enum nbl_kcounter {
   NBL_KC_T_DW_BLOCKED_RUNS,   /* fused ternary depthwise layers run 16 channels at a time */
   NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
   NBL_KC_T_DIRECT_RUNS,       /* fused ternary convolutions run by the direct kernel */
+  NBL_KC_I4_DIRECT_RUNS,      /* fused INT4 convolutions run by the direct kernel */
   NBL_KC_COUNT_
 } nbl_kcounter;
 

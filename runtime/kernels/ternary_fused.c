@@ -3,6 +3,7 @@
  * of ternary_gemm.h and the epilogue. */
 #include "runtime/kernels/ternary_fused.h"
 #include "runtime/kernels/code_conv.h"
+#include "runtime/kernels/code_direct.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -96,20 +97,13 @@ fail:
   return -1;
 }
 
-/* The weights of a Conv of one group W[m][c][t] (C x taps codes a row) for
- * nbl_t_tile_direct: row m as k = t * 4 * C4 + c, channels past C zero. */
+/* The weights of a Conv of one group for the direct kernel (code_direct.h):
+ * row m as k = t * 4 * C4 + c, channels past C zero. */
 static int pack_direct(nbl_t_fused *f, const int8_t *q) {
-  int64_t M = f->wdims[0], C = f->wdims[1], T = f->wdims[2] * f->wdims[3], C4 = (C + 3) / 4;
-  int64_t K = T * 4 * C4;
-  int8_t *r = calloc((size_t)(M * K + 1), 1);
+  int64_t K;
+  int8_t *r = nbl_cd_order_weights(q, f->wdims[0], f->wdims[1], f->wdims[2] * f->wdims[3], &K);
   f->tdirect = calloc(1, sizeof(nbl_t_weights));
-  int rc = -1;
-  if (r && f->tdirect) {
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t c = 0; c < C; c++)
-        for (int64_t t = 0; t < T; t++) r[m * K + t * 4 * C4 + c] = q[(m * C + c) * T + t];
-    rc = nbl_t_pack(r, M, K, K, 1, 0, f->tdirect);
-  }
+  int rc = r && f->tdirect ? nbl_t_pack(r, f->wdims[0], K, K, 1, 0, f->tdirect) : -1;
   if (rc != 0) {
     free(f->tdirect);
     f->tdirect = NULL;
@@ -293,7 +287,8 @@ typedef struct conv_job {
   float *y; /* [Mg][P] */
   nbl_t_epi e;
   int64_t pb, nmc, mc;
-  const nbl_t_direct *d; /* the direct kernel's input (NULL: im2col panels) */
+  const nbl_cd_plan *d; /* the direct kernel's plan (NULL: im2col panels) */
+  const uint8_t *dx;     /* its input: the image's bytes in the plan's layout */
   int64_t PP;            /* its padded pixels */
   _Atomic int oom;
   _Atomic uint32_t amax; /* the largest |y| written, as bits */
@@ -353,7 +348,7 @@ static void conv_tasks(void *arg, int64_t b, int64_t e) {
   free(tmp);
 }
 
-/* Blocks of padded pixels x chunks of channels by nbl_t_tile_direct (the
+/* Blocks of padded pixels x chunks of channels by the direct kernel (the
  * epilogue's residual and codes indexed like y, from the image's start). */
 static void direct_tasks(void *arg, int64_t b, int64_t e) {
   conv_job *j = arg;
@@ -364,68 +359,30 @@ static void direct_tasks(void *arg, int64_t b, int64_t e) {
     int64_t m0 = mi * j->mc, m1 = m0 + j->mc < j->W->M ? m0 + j->mc : j->W->M;
     nbl_t_epi ep = j->e;
     ep.amax = &amax;
-    nbl_t_tile_direct(j->f->isa, j->W, j->d, m0, m1, p0, p1, j->y, j->P, &ep);
+    nbl_t_direct_out o = {&ep, j->y, j->P};
+    nbl_cd_tile(j->d, j->dx, j->W->w, j->W->rowsum, j->W->Kp, 128, m0, m1, p0, p1,
+                nbl_t_direct_store, &o);
   }
   amax_merge(&j->amax, amax);
 }
 
-typedef struct dquant_job {
+typedef struct dquant_ctx {
   nbl_t_isa isa;
   const float *x;
-  uint8_t *u; /* [N][C4][S * S phases][plane][4] */
-  int64_t C, C4, H, W;
-  int64_t S, Wq, plane; /* stride (1 or 2), row and size of a phase plane */
-  int64_t pt, pl;
+  int64_t C, HW;
   float s;
-  _Atomic int oom;
-} dquant_job;
+} dquant_ctx;
 
-/* Quads [b, e) of (image, channel quad): the 4 channels' codes u = q + 128
- * (whole planes at a time), interleaved into the padded pixels of the quad:
- * padded pixel (r, q) to phase (r % S, q % S) at (r / S) * Wq + q / S. */
-static void dquant_quads(void *arg, int64_t b, int64_t e) {
-  dquant_job *j = arg;
-  int64_t HW = j->H * j->W, S = j->S;
-  uint8_t *tmp = malloc((size_t)(4 * HW + 4 * j->W));
-  if (!tmp) {
-    j->oom = 1;
-    return;
-  }
-  uint8_t *row = tmp + 4 * HW; /* one input row's 4-byte pixels */
-  for (int64_t r = b; r < e; r++) {
-    int64_t c4 = r % j->C4, n = r / j->C4;
-    for (int q = 0; q < 4; q++) {
-      int64_t c = 4 * c4 + q;
-      if (c < j->C) nbl_t_quant(j->isa, j->x + (n * j->C + c) * HW, tmp + q * HW, HW, j->s, 128);
-      else memset(tmp + q * HW, 128, (size_t)HW);
-    }
-    uint8_t *quad = j->u + (n * j->C4 + c4) * S * S * j->plane * 4;
-    for (int64_t ih = 0; ih < j->H; ih++) {
-      const uint8_t *t = tmp + ih * j->W;
-      int64_t pr = ih + j->pt; /* padded row */
-      if (S == 1) {
-        nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, quad + (pr * j->Wq + j->pl) * 4, j->W);
-        continue;
-      }
-      nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, row, j->W);
-      for (int64_t iw = 0; iw < j->W; iw++) {
-        int64_t pc = iw + j->pl, ph = (pr % S) * S + pc % S;
-        memcpy(quad + (ph * j->plane + pr / S * j->Wq + pc / S) * 4, row + 4 * iw, 4);
-      }
-    }
-  }
-  free(tmp);
+/* The direct kernel's quantizer: channel c of image n as bytes u = q + 128. */
+static void dquant_plane(const void *ctx, int64_t n, int64_t c, uint8_t *dst) {
+  const dquant_ctx *q = ctx;
+  nbl_t_quant(q->isa, q->x + (n * q->C + c) * q->HW, dst, q->HW, q->s, 128);
 }
 
-/* 1 when the convolution g of f runs nbl_t_tile_direct: one group, strides
- * 1, or 2 both ways with more than one tap; not a pointwise layer without
- * pads (whose panels need no im2col: there the direct kernel measured 5-10%
- * slower, its epilogue packing the lanes), nor a 1x1 stride-2 layer (which
- * reads a quarter of the input that the phases split whole) */
+/* 1 when the convolution g of f runs the direct kernel (code_direct.h:
+ * nbl_cd_eligible, on AVX-512 VNNI, unless switched off). */
 static int direct_wanted(const nbl_t_fused *f, const nbl_conv_geom *g) {
-  return f->tdirect && g->ns == 2 && g->group == 1 && g->s[0] == g->s[1] &&
-         (g->s[0] == 1 || (g->s[0] == 2 && g->k_sz > 1)) && !nbl_conv_pointwise(g) &&
-         nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
+  return f->tdirect && nbl_cd_eligible(g) && nbl_kdebug_get(NBL_KS_T_DIRECT) != 0;
 }
 
 /* Record the largest |y| written (bits) for the fused node reading y. */
@@ -504,38 +461,20 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   if (Wp < need_w) Wp = need_w;
   if (pointwise) Hp = g.in[0], Wp = g.in[1];
   /* the direct kernel's input: quads of channels, every padded pixel's 4
-   * bytes together, in S x S phase planes (stride S: padded pixel (r, q) in
-   * phase (r % S, q % S) at (r / S) * Wq + q / S), so that output (oh, ow),
-   * at oh * Wq + ow, reads tap (kh, kw) at a constant offset; a phase plane
-   * covers the reads of the last panel (32 pixels) at the last tap */
-  int64_t S = direct ? g.s[0] : 1, C4 = (g.C + 3) / 4, taps = g.k_sz;
-  int64_t sh = (g.k[0] - 1) * g.d[0] / S, sw = (g.k[1] - 1) * g.d[1] / S; /* largest shifts */
-  int64_t Hq = (Hp + S - 1) / S > g.out[0] + sh ? (Hp + S - 1) / S : g.out[0] + sh;
-  int64_t Wq = (Wp + S - 1) / S > g.out[1] + sw ? (Wp + S - 1) / S : g.out[1] + sw;
-  int64_t PP = g.out[0] * Wq, plane = (PP + 31) / 32 * 32 + sh * Wq + sw;
-  if (plane < Hq * Wq) plane = Hq * Wq;
-  int64_t *off = direct ? malloc(sizeof(int64_t) * (size_t)taps) : NULL;
-  size_t xbytes = direct ? (size_t)(g.N * C4 * S * S * plane * 4) : (size_t)(g.N * g.C * Hp * Wp);
+   * bytes together, in phase planes (code_direct.h) */
+  nbl_cd_plan dd = {0};
+  if (direct && nbl_cd_plan_init(&dd, &g) != 0) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  size_t xbytes = direct ? (size_t)g.N * nbl_cd_image_bytes(&dd) : (size_t)(g.N * g.C * Hp * Wp);
   uint8_t *xu = malloc(xbytes ? xbytes : 1);
-  if (!xu || (direct && !off)) {
-    free(xu);
-    free(off);
+  if (!xu) {
+    nbl_cd_plan_free(&dd);
     return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  nbl_t_direct dd = {0};
   if (direct) {
-    for (int64_t t = 0; t < taps; t++) {
-      int64_t r = t / g.k[1] * g.d[0], q = t % g.k[1] * g.d[1];
-      off[t] = ((r % S) * S + q % S) * plane + r / S * Wq + q / S;
-    }
-    dd = (nbl_t_direct){NULL, S * S * plane, C4, taps, off, Wq, g.out[1], PP};
-    memset(xu, 128, xbytes);
-    dquant_job dq = {f->isa, X->data, xu, g.C, C4, g.in[0], g.in[1], S, Wq, plane, g.pb[0], g.pb[1], s};
-    atomic_init(&dq.oom, 0);
-    nbl_parallel_for(c, g.N * C4, 1, dquant_quads, &dq);
-    if (atomic_load(&dq.oom)) {
+    dquant_ctx dq = {f->isa, X->data, g.C, g.in_sz, s};
+    if (nbl_cd_pack_input(c, &dd, g.N, 128, dquant_plane, &dq, xu) != 0) {
       free(xu);
-      free(off);
+      nbl_cd_plan_free(&dd);
       return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
     }
   } else {
@@ -546,13 +485,13 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   }
   int threads = c->threads > 0 ? c->threads : 1;
   conv_job j = {.f = f, .g = &g, .Hp = Hp, .Wp = Wp, .Kg = Cg * g.k_sz, .P = P,
-                .pointwise = pointwise, .d = direct ? &dd : NULL, .PP = PP};
+                .pointwise = pointwise, .d = direct ? &dd : NULL, .PP = dd.PP};
   j.e = (nbl_t_epi){sc, NULL, act, f->act_lo, f->act_hi, NULL};
   /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 across the
    * channels; the channels split too when the blocks alone leave a thread idle */
   int64_t pb = (int64_t)(192 * 1024) / (direct ? f->tdirect : &f->tw[0])->Kp / 32 * 32;
   j.pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
-  int64_t npb = ((direct ? PP : P) + j.pb - 1) / j.pb;
+  int64_t npb = ((direct ? dd.PP : P) + j.pb - 1) / j.pb;
   nbl_split_rows(Mg, NBL_T_CR, npb >= 2 * threads || threads == 1 ? 1 : (2 * threads + npb - 1) / npb,
                  &j.nmc, &j.mc);
   /* the output as codes for the linked depthwise consumer G: a pass for
@@ -569,7 +508,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
         j.x = xu + (n * g.C + gi * Cg) * Hp * Wp;
         j.W = &f->tw[gi];
         if (direct) {
-          dd.x = xu + n * C4 * S * S * plane * 4;
+          j.dx = xu + n * nbl_cd_image_bytes(&dd);
           j.W = f->tdirect;
         }
         j.y = y + (n * g.M + gi * Mg) * P;
@@ -588,7 +527,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
     }
   }
   free(xu);
-  free(off);
+  nbl_cd_plan_free(&dd);
   if (j.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   count_run(f);
   if (direct) nbl_kcount(NBL_KC_T_DIRECT_RUNS);

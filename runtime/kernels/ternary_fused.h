@@ -19,7 +19,8 @@
  * reference kernel, the activation): results never depend on the path
  * beyond float rounding. Convolutions of one group and strides 1 (not
  * unpadded 1x1) or 2 (not 1x1) run the direct kernel on AVX-512 VNNI
- * (nbl_t_tile_direct: no im2col; weights packed a second time, tdirect),
+ * (code_direct.h, the kernel shared with INT4: no im2col; weights packed a
+ * second time, tdirect),
  * bit-identical to the im2col tiles.
  */
 #ifndef NBL_TERNARY_FUSED_H
@@ -51,7 +52,7 @@ typedef struct nbl_t_fused {
   const void *wdata; /* the W data it was packed from */
   float w_scale;
   nbl_t_weights *tw; /* Conv: one per group; Gemm/MatMul: one (W rows = output columns) */
-  nbl_t_weights *tdirect; /* Conv of one group: W packed for nbl_t_tile_direct (k = tap, channel) */
+  nbl_t_weights *tdirect; /* Conv of one group: W packed for the direct kernel (k = tap, channel) */
   float *dw_w;       /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_t_isa isa;
   /* a Relu/Clip consuming the op's only output (or the fused Add's), applied in the epilogue */

@@ -425,25 +425,9 @@ void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_
 /* ------------------------------------------------------------------ direct convolutions */
 
 #if T_X86
-/* The valid lanes of the 16-pixel groups of padded pixels q0.. (column q %
- * Wp < OW, q < PP), ng groups, to k[], and the output index of the first
- * valid pixel of each to idx[]. */
-static void direct_lanes(const nbl_t_direct *d, int64_t q0, int ng, __mmask16 *k, int64_t *idx) {
-  int64_t oh = q0 / d->Wp, ow = q0 % d->Wp, q = q0;
-  for (int gi = 0; gi < ng; gi++) {
-    idx[gi] = oh * d->OW + (ow < d->OW ? ow : d->OW);
-    unsigned m = 0;
-    for (int i = 0; i < 16; i++, q++) {
-      if (q < d->PP && ow < d->OW) m |= 1u << i;
-      if (++ow == d->Wp) ow = 0, oh++;
-    }
-    k[gi] = (__mmask16)m;
-  }
-}
-
 /* The epilogue of tile_avx512 on the valid lanes k of one vector of
- * corrected sums, written packed from out index idx on (the valid lanes
- * are consecutive outputs); the bits of |y| into *vmax. */
+ * corrected sums, written packed from out index at on (the valid lanes are
+ * consecutive outputs); the bits of |y| into *vmax. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline void
 direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, float bias,
              __m512 vcs, __m512 vinv, __m512i *vmax) {
@@ -468,53 +452,20 @@ direct_store(const nbl_t_epi *e, __m512i v, __mmask16 k, int64_t at, float *Y, f
                                 _mm512_and_si512(_mm512_castps_si512(f), _mm512_set1_epi32(0x7fffffff)));
 }
 
-/* 8 channels x 32 padded pixels from p on, as tile_avx512 but reading the
- * quads of channels of the padded input at each tap's offset. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
-direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int nm, int64_t m,
-              int64_t p, const __mmask16 *lk, const int64_t *li, float *Y, int64_t ld,
-              const nbl_t_epi *e) {
-  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
-          a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00,
-          a70 = a00, a71 = a00;
-  const int8_t *wk = w;
-  int64_t qs = d->plane * 4; /* bytes a quad of channels */
-#define T_ROW(r)                                                                                   \
-  do {                                                                                             \
-    __m512i wb = _mm512_set1_epi32(load4(wk + 4 * (r)));                                           \
-    a##r##0 = _mm512_dpbusd_epi32(a##r##0, x0, wb);                                                \
-    a##r##1 = _mm512_dpbusd_epi32(a##r##1, x1, wb);                                                \
-  } while (0)
-  for (int64_t t = 0; t < d->taps; t++) {
-    const uint8_t *xk = d->x + (p + d->off[t]) * 4;
-    for (int64_t c4 = 0; c4 < d->C4; c4++, xk += qs, wk += 32) {
-      __m512i x0 = _mm512_loadu_si512(xk), x1 = _mm512_loadu_si512(xk + 64);
-      T_ROW(0);
-      T_ROW(1);
-      T_ROW(2);
-      T_ROW(3);
-      T_ROW(4);
-      T_ROW(5);
-      T_ROW(6);
-      T_ROW(7);
-    }
-  }
-#undef T_ROW
-  __m512i acc[NBL_T_CR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
-                              {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
-  int64_t i0 = li[0], i1 = li[1];
-  __mmask16 k0 = lk[0], k1 = lk[1];
+direct_store_avx512(const nbl_t_direct_out *o, int64_t m, int nm, const int32_t *acc,
+                    const uint16_t k[2], const int64_t at[2]) {
+  const nbl_t_epi *e = o->e;
   const __m512 vcs = _mm512_set1_ps(e->codes ? e->cs : 1.0f),
                vinv = _mm512_set1_ps(e->codes ? 1.0f / e->cs : 1.0f);
   __m512i vmax = _mm512_setzero_si512();
   for (int r = 0; r < nm; r++) {
-    __m512i corr = _mm512_set1_epi32(128 * rowsum[r]);
     float b = e->bias ? e->bias[m + r] : 0.0f;
-    int64_t row = (m + r) * ld;
-    if (k0)
-      direct_store(e, _mm512_sub_epi32(acc[r][0], corr), k0, row + i0, Y, b, vcs, vinv, &vmax);
-    if (k1)
-      direct_store(e, _mm512_sub_epi32(acc[r][1], corr), k1, row + i1, Y, b, vcs, vinv, &vmax);
+    int64_t row = (m + r) * o->ld;
+    for (int h = 0; h < 2; h++)
+      if (k[h])
+        direct_store(e, _mm512_loadu_si512(acc + r * 32 + 16 * h), (__mmask16)k[h], row + at[h],
+                     o->Y, b, vcs, vinv, &vmax);
   }
   if (e->amax) {
     uint32_t b = _mm512_reduce_max_epu32(vmax);
@@ -523,29 +474,12 @@ direct_avx512(const nbl_t_direct *d, const int8_t *w, const int32_t *rowsum, int
 }
 #endif
 
-int nbl_t_tile_direct(nbl_t_isa isa, const nbl_t_weights *W, const nbl_t_direct *d, int64_t m0,
-                      int64_t m1, int64_t p0, int64_t p1, float *Y, int64_t ld,
-                      const nbl_t_epi *e) {
+void nbl_t_direct_store(const void *ctx, int64_t m, int nm, const int32_t *acc,
+                        const uint16_t k[2], const int64_t at[2]) {
 #if T_X86
-  if (isa != NBL_T_AVX512 || !nbl_t_isa_supported(NBL_T_AVX512) || W->Kp != d->taps * d->C4 * 4)
-    return 0;
-  enum { CHUNK = 1024 }; /* padded pixels whose lanes are worked out at once */
-  __mmask16 lk[CHUNK / 16];
-  int64_t li[CHUNK / 16];
-  for (int64_t c0 = p0; c0 < p1; c0 += CHUNK) {
-    int64_t c1 = c0 + CHUNK < p1 ? c0 + CHUNK : p1;
-    direct_lanes(d, c0, (int)((c1 - c0 + 31) / 32 * 2), lk, li);
-    for (int64_t m = m0; m < m1; m += NBL_T_CR) {
-      int nm = (int)(m1 - m < NBL_T_CR ? m1 - m : NBL_T_CR);
-      const int8_t *w = W->w + (m / NBL_T_CR) * (W->Kp / 4) * 32;
-      for (int64_t p = c0; p < c1; p += NBL_T_PX)
-        direct_avx512(d, w, W->rowsum + m, nm, m, p, lk + (p - c0) / 16, li + (p - c0) / 16, Y, ld, e);
-    }
-  }
-  return 1;
+  direct_store_avx512(ctx, m, nm, acc, k, at);
 #else
-  (void)isa, (void)W, (void)d, (void)m0, (void)m1, (void)p0, (void)p1, (void)Y, (void)ld, (void)e;
-  return 0;
+  (void)ctx, (void)m, (void)nm, (void)acc, (void)k, (void)at;
 #endif
 }
 

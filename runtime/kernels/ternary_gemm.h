@@ -25,11 +25,9 @@
  *                 INT4 kernels need three;
  *   scalar:       acc += (q & -(w > 0)) - (q & -(w < 0)), adds and subtracts.
  *
- * Direct convolutions (one group, AVX-512 VNNI; nbl_t_tile_direct): the
- * tiles' products and epilogue without im2col panels: the activation bytes
- * in quads of channels per padded pixel (stride 2: in four phase planes),
- * each tap a constant offset, the outputs computed at every padded column
- * and the valid ones written.
+ * Direct convolutions (one group, AVX-512 VNNI): the kernel shared with the
+ * INT4 path (code_direct.h), with the tiles' epilogue as its hook
+ * (nbl_t_direct_store).
  *
  * Vectors (Gemm/MatMul rows one at a time, for few rows, where the weights'
  * bytes dominate): the weights stay 2 bits a code, [M][Kv/64][16] bytes
@@ -109,30 +107,19 @@ typedef struct nbl_t_epi {
 void nbl_t_tile(nbl_t_isa isa, const nbl_t_weights *W, const uint8_t *X4, int64_t m0, int64_t m1,
                 int64_t p0, int64_t p1, int32_t *Ci, float *Y, int64_t ld, const nbl_t_epi *e);
 
-/* Direct convolutions (AVX-512 VNNI): no im2col. The input's bytes u = q +
- * 128 lie in quads of channels, x[((c / 4) * plane + r) * 4 + c % 4] for
- * position r of the quad (the caller lays the zero-padded image out so that
- * output (oh, ow), padded pixel q = oh * Wp + ow, reads tap t at r = q +
- * off[t]: at stride 1 rows of Wp pixels, at stride 2 four phase planes; bytes
- * no valid output reads: anything). The output is computed at every padded
- * column and the columns ow >= OW are dropped (computed, not written). The
- * weights are packed by nbl_t_pack with k = t * 4 * C4 + c (channels past C:
- * zero codes), so Kp = taps * 4 * C4. */
-typedef struct nbl_t_direct {
-  const uint8_t *x;
-  int64_t plane; /* positions from one quad to the next: at least max off + PP rounded up to 32 */
-  int64_t C4, taps;
-  const int64_t *off; /* [taps]: tap t's offset in pixels */
-  int64_t Wp, OW, PP; /* padded row, output row, OH * Wp padded pixels */
-} nbl_t_direct;
-/* Output channels [m0, m1) (m0 a multiple of 8) x padded pixels [p0, p1)
- * (p0 a multiple of 32) of the epilogue e of the sums to Y[m * ld + oh * OW
- * + ow] (e's res and codes indexed the same), as nbl_t_tile would write
- * them from the im2col panels. Returns 1, or 0 when isa is not AVX-512
- * VNNI here or W is not packed for d (nothing written). */
-int nbl_t_tile_direct(nbl_t_isa isa, const nbl_t_weights *W, const nbl_t_direct *d, int64_t m0,
-                      int64_t m1, int64_t p0, int64_t p1, float *Y, int64_t ld,
-                      const nbl_t_epi *e);
+/* The epilogue hook of the direct convolution kernel (code_direct.h) for
+ * the ternary path: tile_avx512's epilogue e (the same operations in the
+ * same order) on the valid lanes of a tile's corrected sums, to Y[(m + r) *
+ * ld + at...] (e's res and codes indexed the same), so the direct kernel
+ * writes what nbl_t_tile writes from the im2col panels. ctx: an
+ * nbl_t_direct_out; AVX-512 VNNI only (the caller's nbl_cd_tile checks). */
+typedef struct nbl_t_direct_out {
+  const nbl_t_epi *e;
+  float *Y;
+  int64_t ld;
+} nbl_t_direct_out;
+void nbl_t_direct_store(const void *ctx, int64_t m, int nm, const int32_t *acc,
+                        const uint16_t k[2], const int64_t at[2]);
 
 /* The activation row for nbl_t_gemv: a[64b + 16j + i] = q[64b + 4i + j] for
  * k < K, 0 up to Kv; returns sum_k q[k]. */

@@ -604,6 +604,61 @@ static void check_path_identical(const mspec *sp, int i, void (*set_path)(int), 
   free(x), free(w), free(b);
 }
 
+static void set_direct(int on) { nbl_kdebug_set(NBL_KS_I4_DIRECT, on); }
+
+/* Convolutions of one group and strides 1 or 2 by the direct kernel shared
+ * with the ternary path (code_direct.h: no im2col; AVX-512 VNNI) against the
+ * im2col tiles: the same outputs bit for bit (exact sums, the same
+ * epilogue), at 1 and 2 threads; within float rounding of the reference
+ * path; and the direct kernel ran (where AVX-512 VNNI runs, not on an
+ * unpadded or stride-2 1x1 layer, nor a grouped one). Channel counts off the
+ * quads and the blocks of 8, rows crossing the 16-lane vectors and the
+ * 32-pixel panels, pads (asymmetric too), dilations, 5x5 and 7x7 taps,
+ * 8-bit layers (codes up to 255 x -128), affine codes (zero point far from
+ * 0), Relu and Clip, two images. */
+START_TEST(test_fused_direct) {
+  mspec sps[20];
+  int ns = 0;
+  sps[ns++] = conv_spec(1, 2, 5, 5, 1, 3, 1, 1, 1, 1);
+  sps[ns++] = conv_spec(1, 3, 9, 7, 8, 3, 1, 1, 1, 1);
+  sps[ns++] = conv_spec(2, 5, 6, 11, 9, 3, 1, 0, 1, 1);
+  sps[ns++] = conv_spec(1, 17, 14, 14, 33, 1, 1, 1, 1, 1);  /* padded 1x1 */
+  sps[ns++] = conv_spec(1, 8, 10, 13, 17, 3, 1, 2, 2, 1);   /* dilation */
+  sps[ns++] = conv_spec(1, 70, 9, 9, 12, 3, 1, 1, 1, 1);    /* long K */
+  sps[ns++] = conv_spec(1, 16, 40, 40, 16, 3, 1, 1, 1, 1);
+  sps[ns++] = conv_spec(1, 8, 14, 14, 16, 3, 2, 1, 1, 1);   /* stride 2: phase planes */
+  sps[ns++] = conv_spec(2, 5, 9, 11, 9, 3, 2, 1, 1, 1);
+  sps[ns++] = conv_spec(1, 3, 13, 12, 17, 5, 2, 2, 1, 1);
+  sps[ns++] = conv_spec(1, 7, 15, 16, 8, 3, 2, 2, 2, 1);
+  sps[ns] = conv_spec(1, 3, 35, 37, 16, 7, 2, 3, 1, 1);     /* a stem: 8-bit, Relu */
+  sps[ns].xbits = 8, sps[ns].wbits = 8, sps[ns++].act = "Relu";
+  sps[ns] = conv_spec(1, 8, 6, 6, 17, 3, 1, 1, 1, 1);
+  sps[ns].xmode = "affine", sps[ns].xbits = 8, sps[ns++].wbits = 8;
+  sps[ns] = conv_spec(1, 12, 11, 19, 24, 3, 1, 1, 1, 1);
+  sps[ns].xmode = "affine", sps[ns].act = "Clip", sps[ns].clo = 0.0f, sps[ns++].chi = 6.0f;
+  sps[ns] = conv_spec(1, 6, 10, 9, 8, 3, 2, 0, 1, 1);
+  sps[ns].pads[0] = 0, sps[ns].pads[1] = 1, sps[ns].pads[2] = 2, sps[ns++].pads[3] = 0;
+  sps[ns] = conv_spec(1, 64, 28, 28, 16, 3, 2, 1, 1, 1);
+  sps[ns].act = "Relu", sps[ns++].brank = -1;
+  /* not taken: unpadded 1x1, 1x1 stride 2, groups */
+  sps[ns++] = conv_spec(1, 16, 7, 7, 33, 1, 1, 0, 1, 1);
+  sps[ns++] = conv_spec(1, 6, 10, 7, 8, 1, 2, 0, 1, 1);
+  sps[ns++] = conv_spec(1, 8, 12, 12, 8, 3, 1, 1, 1, 2);
+  int vnni = nbl_i4_best_isa() == NBL_I4_VNNI;
+  for (int i = 0; i < ns; i++) {
+    const mspec *sp = &sps[i];
+    int eligible = sp->group == 1 && !(sp->wd[2] == 1 && sp->wd[3] == 1 &&
+                                       (sp->strides[0] == 2 || sp->pads[0] + sp->pads[2] == 0));
+    long d0 = kstat(NBL_KC_I4_DIRECT_RUNS);
+    check_model(sp, 1, 0);
+    ck_assert_msg(kstat(NBL_KC_I4_DIRECT_RUNS) - d0 == (vnni && eligible), "case %d: %ld direct runs",
+                  i, kstat(NBL_KC_I4_DIRECT_RUNS) - d0);
+    check_path_identical(sp, i, set_direct, 1, 0, "direct");
+  }
+  nbl_kdebug_reset();
+}
+END_TEST
+
 /* Depthwise layers 16 channels at a time (channel tiles, AVX-512) against the
  * plane-at-a-time kernel: the same exact integer sums, so bit-identical
  * outputs; and both within float rounding of the reference path. Channel
@@ -830,6 +885,16 @@ START_TEST(test_fused_residual) {
     float *y1 = run_model(m, &sp, xv, 0, &n1);
     g_fast_threads = 2;
     float *yr = run_model(m, &sp, xv, 1, &nr);
+    /* the im2col tiles (the direct kernel off): the same bits */
+    size_t n0;
+    nbl_kdebug_set(NBL_KS_I4_DIRECT, 0);
+    float *y0 = run_model(m, &sp, xv, 0, &n0);
+    nbl_kdebug_set(NBL_KS_I4_DIRECT, 1);
+    ck_assert_uint_eq(n0, nr);
+    for (size_t i = 0; i < nr; i++)
+      ck_assert_msg(memcmp(&y0[i], &y2[i], sizeof(float)) == 0 || (isnan(y0[i]) && isnan(y2[i])),
+                    "case %zu elem %zu: im2col %.9g direct %.9g", ci, i, y0[i], y2[i]);
+    free(y0);
     ck_assert_uint_eq(n1, nr);
     ck_assert_uint_eq(n2, nr);
     double mx = 0;
@@ -990,6 +1055,7 @@ Suite *int4_suite(void) {
   tcase_add_test(tf, test_dw_blocked);
   tcase_add_test(tf, test_dw_rows);
   tcase_add_test(tf, test_fused_residual);
+  tcase_add_test(tf, test_fused_direct);
   suite_add_tcase(s, tf);
   return s;
 }
