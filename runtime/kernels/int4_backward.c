@@ -321,27 +321,29 @@ void nbl_i4b_panels_free(nbl_i4b_panels *b) {
 }
 
 #if I4B_X86
+/* Row k of a panel's source: rows[k] when rows is given (nbl_i4b_pack_ptrs),
+ * else src + k * sk (nbl_i4b_pack). */
+static inline const int16_t *src_row(const int16_t *const *rows, const int16_t *src, int64_t sk, int64_t k) {
+  return rows ? rows[k] : src + k * sk;
+}
+
 /* Panel columns [n0, n0 + nc) (nc <= 16; the other lanes 0), pairs [0, jn):
- * rows 2j and 2j+1 of src (n contiguous) interleaved, one vpermw per pair. */
+ * rows 2j and 2j+1 (src_row) interleaved, one vpermw per pair. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void pack_rows_interleave_512(
-    const int16_t *src, int64_t sk, int64_t n0, int nc, int64_t jn, int16_t *dst) {
+    const int16_t *const *rows, const int16_t *src, int64_t sk, int64_t n0, int nc, int64_t jn, int16_t *dst) {
   const __mmask16 cm = (__mmask16)((1u << nc) - 1);
   static const int16_t idx[32] __attribute__((aligned(64))) = {
       0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i perm = _mm512_load_si512(idx);
   for (int64_t j = 0; j < jn; j++) {
-    const int16_t *r0 = src + 2 * j * sk + n0;
-    __m256i a = _mm256_maskz_loadu_epi16(cm, r0);
-    __m256i c = _mm256_maskz_loadu_epi16(cm, r0 + sk);
+    __m256i a = _mm256_maskz_loadu_epi16(cm, src_row(rows, src, sk, 2 * j) + n0);
+    __m256i c = _mm256_maskz_loadu_epi16(cm, src_row(rows, src, sk, 2 * j + 1) + n0);
     __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
     _mm512_store_si512(dst + 32 * j, _mm512_permutexvar_epi16(perm, v));
   }
 }
 
-/* Panel rows [n0, n0 + nc) (nc <= 16; the other lanes 0), pairs [0, jn) in
- * blocks of 16: the 32-bit units (k pairs) of the source rows (k
- * contiguous, row n at src + n * sn) transposed. */
 __attribute__((target("avx512f,avx512bw"))) static int64_t pack_units_transpose_512(
     const int16_t *src, int64_t sn, int64_t n0, int nc, int64_t jn, int16_t *dst) {
   int64_t j = 0;
@@ -356,12 +358,11 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t pack_units_transpose_
 }
 
 /* AVX2: the same interleave, 16 columns per pair from two 256-bit rows. */
-__attribute__((target("avx2"))) static void pack_rows_interleave_256(const int16_t *src, int64_t sk,
-                                                                     int64_t n0, int64_t jn, int16_t *dst) {
+__attribute__((target("avx2"))) static void pack_rows_interleave_256(const int16_t *const *rows, const int16_t *src,
+                                                                     int64_t sk, int64_t n0, int64_t jn, int16_t *dst) {
   for (int64_t j = 0; j < jn; j++) {
-    const int16_t *r0 = src + 2 * j * sk + n0;
-    __m256i a = _mm256_loadu_si256((const __m256i *)r0);
-    __m256i c = _mm256_loadu_si256((const __m256i *)(r0 + sk));
+    __m256i a = _mm256_loadu_si256((const __m256i *)(src_row(rows, src, sk, 2 * j) + n0));
+    __m256i c = _mm256_loadu_si256((const __m256i *)(src_row(rows, src, sk, 2 * j + 1) + n0));
     __m256i lo = _mm256_unpacklo_epi16(a, c), hi = _mm256_unpackhi_epi16(a, c);
     _mm256_store_si256((__m256i *)(dst + 32 * j), _mm256_permute2x128_si256(lo, hi, 0x20));
     _mm256_store_si256((__m256i *)(dst + 32 * j + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
@@ -408,8 +409,8 @@ void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, n
 #if I4B_X86
     const int nc = (int)(N - n0 < NBL_I4B_NR ? N - n0 : NBL_I4B_NR);
     if (isa != NBL_I4B_SCALAR && sn == 1 && (isa == NBL_I4B_AVX512 || nc == NBL_I4B_NR)) {
-      if (isa == NBL_I4B_AVX512) pack_rows_interleave_512(src, sk, n0, nc, kfull, dst);
-      else pack_rows_interleave_256(src, sk, n0, kfull, dst);
+      if (isa == NBL_I4B_AVX512) pack_rows_interleave_512(NULL, src, sk, n0, nc, kfull, dst);
+      else pack_rows_interleave_256(NULL, src, sk, n0, kfull, dst);
       j0 = kfull;
     } else if (isa != NBL_I4B_SCALAR && sk == 1) {
       j0 = isa == NBL_I4B_AVX512 ? pack_units_transpose_512(src, sn, n0, nc, kfull, dst)
@@ -425,37 +426,6 @@ void nbl_i4b_pack(nbl_i4b_isa isa, const int16_t *src, int64_t sk, int64_t sn, n
   }
 }
 
-#if I4B_X86
-/* Panel columns [n0, n0 + nc) (nc <= 16), pairs [0, jn): rows 2j and 2j+1
- * (by pointer) interleaved, as pack_rows_interleave_512. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void pack_ptrs_interleave_512(
-    const int16_t *const *rows, int64_t n0, int nc, int64_t jn, int16_t *dst) {
-  const __mmask16 cm = (__mmask16)((1u << nc) - 1);
-  static const int16_t idx[32] __attribute__((aligned(64))) = {
-      0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i perm = _mm512_load_si512(idx);
-  for (int64_t j = 0; j < jn; j++) {
-    __m256i a = _mm256_maskz_loadu_epi16(cm, rows[2 * j] + n0);
-    __m256i c = _mm256_maskz_loadu_epi16(cm, rows[2 * j + 1] + n0);
-    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
-    _mm512_store_si512(dst + 32 * j, _mm512_permutexvar_epi16(perm, v));
-  }
-}
-
-/* AVX2: the same for whole panels (nc == 16). */
-__attribute__((target("avx2"))) static void pack_ptrs_interleave_256(const int16_t *const *rows, int64_t n0,
-                                                                     int64_t jn, int16_t *dst) {
-  for (int64_t j = 0; j < jn; j++) {
-    __m256i a = _mm256_loadu_si256((const __m256i *)(rows[2 * j] + n0));
-    __m256i c = _mm256_loadu_si256((const __m256i *)(rows[2 * j + 1] + n0));
-    __m256i lo = _mm256_unpacklo_epi16(a, c), hi = _mm256_unpackhi_epi16(a, c);
-    _mm256_store_si256((__m256i *)(dst + 32 * j), _mm256_permute2x128_si256(lo, hi, 0x20));
-    _mm256_store_si256((__m256i *)(dst + 32 * j + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
-  }
-}
-#endif
-
 void nbl_i4b_pack_ptrs(nbl_i4b_isa isa, const int16_t *const *rows, nbl_i4b_panels *b) {
   const int64_t K = b->K, N = b->N, Kp = b->Kp, kfull = K / 2;
   isa = usable(isa);
@@ -465,8 +435,8 @@ void nbl_i4b_pack_ptrs(nbl_i4b_isa isa, const int16_t *const *rows, nbl_i4b_pane
     const int nc = (int)(N - n0 < NBL_I4B_NR ? N - n0 : NBL_I4B_NR);
     int64_t j0 = 0;
 #if I4B_X86
-    if (isa == NBL_I4B_AVX512) pack_ptrs_interleave_512(rows, n0, nc, kfull, dst), j0 = kfull;
-    else if (isa == NBL_I4B_AVX2 && nc == NBL_I4B_NR) pack_ptrs_interleave_256(rows, n0, kfull, dst), j0 = kfull;
+    if (isa == NBL_I4B_AVX512) pack_rows_interleave_512(rows, NULL, 0, n0, nc, kfull, dst), j0 = kfull;
+    else if (isa == NBL_I4B_AVX2 && nc == NBL_I4B_NR) pack_rows_interleave_256(rows, NULL, 0, n0, kfull, dst), j0 = kfull;
 #endif
     for (int64_t j = j0; j < Kp / 2; j++)
       for (int l = 0; l < NBL_I4B_NR; l++)
