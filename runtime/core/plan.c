@@ -62,6 +62,21 @@ static int taken_before(const nbl_fusion_env *env, nbl_id node) {
   return 0;
 }
 
+/* 1 if the environment variable NBL_NO_FUSION lists fusion `name` (names
+ * separated by commas) or says "all". */
+static int fusion_disabled(const char *name) {
+  const char *v = getenv("NBL_NO_FUSION");
+  if (!v) return 0;
+  size_t len = strlen(name);
+  for (const char *p = v; *p;) {
+    size_t k = strcspn(p, ",");
+    if ((k == 3 && !strncmp(p, "all", 3)) || (k == len && !strncmp(p, name, len))) return 1;
+    p += k;
+    if (*p == ',') p++;
+  }
+  return 0;
+}
+
 static nbl_status run_fusions(nbl_engine *e, nbl_id *order, int *n) {
   e->fusion_state = calloc(nbl_fusions_count + 1, sizeof(void *));
   if (!e->fusion_state) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
@@ -70,6 +85,7 @@ static nbl_status run_fusions(nbl_engine *e, nbl_id *order, int *n) {
                    .e = e};
   w.env.planner = &w;
   for (w.k = 0; w.k < nbl_fusions_count; w.k++) {
+    if (fusion_disabled(nbl_fusions[w.k].name)) continue;
     nbl_status st = nbl_fusions[w.k].plan(&w.env, order, n, &e->fusion_state[w.k]);
     if (st != NBL_OK) return st;
   }
@@ -139,11 +155,13 @@ nbl_status nbl_plan_graph(nbl_engine *e, const nbl_graph *g) {
     nbl_step *sp = &p->steps[s];
     sp->node = order[s];
     sp->opset = node_opset(e->m, nd);
-    sp->out_base = slots;
-    slots += nd->n_outputs;
     const nbl_op_def *fdef = NULL;
     sp->fnode = g == e->g ? fused_node(e, order[s], &fdef) : NULL;
     if (sp->fnode) nd = sp->fnode;
+    /* the arena slots of the node run (a fused node may have more outputs
+     * than the node it replaces) */
+    sp->out_base = slots;
+    slots += nd->n_outputs;
     sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
     if (!sp->def && st == NBL_OK) {
       if (sp->opset == 0)

@@ -14,7 +14,13 @@
  *             Clip, the activation applied to each block of the output
  *             while it is in cache (nbl_conv_f32_act), as ONNX Runtime's
  *             Conv+activation fusion does
+ *   bn-grad   fuse_bn_grad.c: a training graph's backward chain [Add ->]
+ *             [QuantizeInt4Grad ->] ReluGrad -> BatchNormalizationGrad as
+ *             one sweep per channel
  * A fusion sees only the nodes no earlier fusion of the table replaced.
+ * The environment variable NBL_NO_FUSION (a comma-separated list of the
+ * names above, or "all") turns fusions off for the engines planned after it
+ * is set: the unfused graph is the reference they are tested against.
  *
  * Adding a fusion: a file here with its plan, node and free functions (the
  * shapes below, shared matching helpers in match.c), its fused node's
@@ -71,11 +77,14 @@ extern const size_t nbl_fusions_count;
 NBL_FUSION(int4)     /* fuse_int4.c */
 NBL_FUSION(ternary)  /* fuse_ternary.c */
 NBL_FUSION(conv_act) /* fuse_f32.c */
+NBL_FUSION(bn_grad)  /* fuse_bn_grad.c */
 
 /* The kernel of the conv-act fused nodes (runtime/ops/nn.c): Conv, then Clip
  * with the bounds in the synthetic node's float attributes nibble.act_lo /
  * act_hi. The INT4 one is nbl_i4_fused_def (runtime/kernels/int4_fused.h). */
 extern const nbl_op_def nbl_fused_conv_act_def;
+/* The kernel of the bn-grad fused nodes (fuse_bn_grad.c). */
+extern const nbl_op_def nbl_fused_bn_grad_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 

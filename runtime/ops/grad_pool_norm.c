@@ -73,6 +73,7 @@
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
+#include "runtime/ops/grad_norm.h"
 #include "runtime/ops/grad_util.h"
 
 /* ------------------------------------------------------------------ MaxPoolGrad */
@@ -479,24 +480,32 @@ static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
   }
 }
 
+void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp,
+                             int64_t ch, double mean, double inv, double scale, double *sg_out,
+                             double *sgx_out) {
+  int64_t m = N * sp;
+  double sg = 0, sgx = 0; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
+  for (int64_t n = 0; n < N; n++) bn_grad_sums(g + (n * C + ch) * sp, x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
+  sgx *= inv;
+  *sg_out = sg;
+  *sgx_out = sgx;
+  if (!dx) return;
+  double k = scale * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
+  /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
+  float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
+  for (int64_t n = 0; n < N; n++)
+    bn_dx(dx + (n * C + ch) * sp, g + (n * C + ch) * sp, x + (n * C + ch) * sp, a, b, off, sp);
+}
+
 static void bn_grad_run(void *arg, int64_t begin, int64_t end) {
   const bn_task *t = arg;
   nbl_kctx *c = t->c;
-  int64_t N = t->N, C = t->C, sp = t->sp, m = N * sp;
   for (int64_t ch = begin; ch < end; ch++) {
-    double mean = nbl_rt_get_f64(c->in[3], ch), inv = nbl_rt_get_f64(c->in[4], ch);
-    double sg = 0, sgx = 0; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
-    for (int64_t n = 0; n < N; n++)
-      bn_grad_sums(t->g + (n * C + ch) * sp, t->x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
-    sgx *= inv;
+    double sg, sgx;
+    nbl_bn_grad_f32_channel(t->g, t->x, t->y, t->N, t->C, t->sp, ch, nbl_rt_get_f64(c->in[3], ch),
+                            nbl_rt_get_f64(c->in[4], ch), nbl_rt_get_f64(c->in[2], ch), &sg, &sgx);
     if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
     if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg);
-    if (!t->y) continue;
-    double k = nbl_rt_get_f64(c->in[2], ch) * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
-    /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
-    float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
-    for (int64_t n = 0; n < N; n++)
-      bn_dx(t->y + (n * C + ch) * sp, t->g + (n * C + ch) * sp, t->x + (n * C + ch) * sp, a, b, off, sp);
   }
 }
 

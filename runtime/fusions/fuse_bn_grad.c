@@ -1,0 +1,459 @@
+/* fuse_bn_grad.c - the bn-grad fusion of training graphs: the backward chain
+ * that build-training leaves after every Conv -> BatchNormalization -> Relu,
+ *
+ *   [Add (the gradient sum)] -> [QuantizeInt4Grad] -> ReluGrad -> BatchNormalizationGrad
+ *
+ * (the bracketed nodes when present) runs as one node, channel by channel:
+ * the masked gradient g = (d0 + d1) where the straight-through estimator
+ * passes and the Relu output is positive (else +0) is built plane by plane
+ * while the channel's data is in cache, then BatchNormalizationGrad's fast
+ * kernel for that channel (nbl_bn_grad_f32_channel) takes its sums and writes
+ * dX over g. The unfused chain sweeps the memory of each of these tensors
+ * once per node (and QuantizeInt4Grad once more for its range): about 11
+ * reads and 4 writes of an activation-sized tensor against 7 and 2 here.
+ *
+ * Same numbers as the unfused nodes bit for bit: g is the same selection of
+ * the same float sum (a + b is exact IEEE addition in either kernel; the
+ * masks are the STE's and ReluGrad's comparisons, the STE's division and
+ * half-even rounding as nbl_q4t_ste, or nbl_q4_passes where the quantizer's
+ * fast kernel declines: a NaN or Inf, stochastic rounding), and the sums and
+ * dX come from the op's own per-channel kernel in its order. See fuse.h;
+ * NBL_NO_FUSION=bn-grad (runtime/core/plan.c) turns it off.
+ *
+ * The fused node (op type "Add+Q4Grad+ReluGrad+BNGrad" and shorter forms)
+ * runs at ReluGrad's place in the schedule:
+ *   inputs:  d0, d1 (the Add's operands; d1 omitted without an Add: d0 is
+ *            then the gradient QuantizeInt4Grad or ReluGrad reads), V (the
+ *            Relu output, input 1 of ReluGrad and QuantizeInt4Grad), X,
+ *            scale, saved_mean, saved_inv_std (BatchNormalizationGrad's)
+ *   outputs: BatchNormalizationGrad's three, then ReluGrad's output when
+ *            another node (or the graph) reads it, else omitted
+ *   attributes: QuantizeInt4Grad's (bits, mode, scale_source, ...) and the
+ *            int nibble.q4 (1 when it is part of the chain)
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/core/cpu.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/int4_fused.h"
+#include "runtime/kernels/q4_train.h"
+#include "runtime/ops/grad_norm.h"
+#include "runtime/ops/nibble.h"
+
+/* ------------------------------------------------------------------ plan */
+
+typedef struct bg_fused {
+  nbl_node node;
+  nbl_id in[7], out[4];
+  nbl_attr *attrs;
+  char op[48];
+} bg_fused;
+
+typedef struct bg_fusion {
+  int n_nodes;
+  bg_fused **by_node; /* per node of the graph: its fused node (keyed by the ReluGrad), or NULL */
+} bg_fusion;
+
+void nbl_fuse_bn_grad_free(void *state) {
+  bg_fusion *fu = state;
+  if (!fu) return;
+  for (int i = 0; i < fu->n_nodes; i++)
+    if (fu->by_node[i]) {
+      free(fu->by_node[i]->attrs);
+      free(fu->by_node[i]);
+    }
+  free(fu->by_node);
+  free(fu);
+}
+
+/* 1 if value v (output of a node of the chain) is read only once, by node
+ * `by` as its input `slot` and by no other input of it, and is no graph
+ * output, outer value or subgraph capture: the fused node may skip it. */
+static int only_feeds(const nbl_graph *g, nbl_id v, nbl_id by, int slot) {
+  if (v == NBL_NONE) return 0;
+  const nbl_value *val = &g->values[v];
+  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 || val->consumers[0] != by)
+    return 0;
+  const nbl_node *n = &g->nodes[by];
+  for (int k = 0; k < n->n_inputs; k++)
+    if (n->inputs[k] == v && k != slot) return 0;
+  return !nbl_fuse_used_in_subgraphs(g, val->name);
+}
+
+/* 1 if no output but output 0 of node n is read by anything. */
+static int only_output0_used(const nbl_graph *g, const nbl_node *n) {
+  for (int k = 1; k < n->n_outputs; k++) {
+    nbl_id v = n->outputs[k];
+    if (v != NBL_NONE && (g->values[v].n_consumers || (g->values[v].flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER))))
+      return 0;
+  }
+  return n->n_outputs >= 1 && n->outputs[0] != NBL_NONE;
+}
+
+static int is_float(const nbl_graph *g, nbl_id v) {
+  const nbl_type *t = &g->values[v].type;
+  return t->kind == NBL_TYPE_TENSOR && t->elem == NBL_DT_FLOAT;
+}
+
+/* 0 where the IR says value v is something else than a float32 tensor (the
+ * gradients of a training graph are often untyped: they have the type of
+ * the forward value, checked when the kernel runs). */
+static int maybe_float(const nbl_graph *g, nbl_id v) {
+  const nbl_type *t = &g->values[v].type;
+  return t->kind == NBL_TYPE_NONE || (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
+}
+
+/* Where value v is ready: -1 for a graph input, initializer or outer value,
+ * else its producer's position in the schedule (INT32_MAX when not in it). */
+static int ready_at(const nbl_graph *g, const int *pos, nbl_id v) {
+  nbl_id p = g->values[v].producer;
+  if (p == NBL_NONE) return -1;
+  return pos[p] < 0 ? INT32_MAX : pos[p];
+}
+
+/* 1 if QuantizeInt4Grad node q's attributes decode and its mask needs no
+ * clip input (not scale_source=pact). */
+static int q4_fusable(const nbl_node *q) {
+  nbl_q4_config cfg;
+  char err[160];
+  return nbl_q4_config_decode(q, &cfg, err, sizeof err) == NBL_OK && cfg.scale_source != NBL_Q4_SCALE_PACT;
+}
+
+/* The chain ending at BatchNormalizationGrad node b, or NULL. Absorbed nodes
+ * in *relu, *q4, *add (NBL_NONE when absent). */
+static bg_fused *try_fuse(const nbl_fusion_env *env, const int *pos, nbl_id b, nbl_id *relu, nbl_id *q4,
+                          nbl_id *add) {
+  const nbl_graph *g = env->g;
+  const nbl_node *B = &g->nodes[b];
+  if (!nbl_fuse_is_op(B, "com.microsoft", "BatchNormalizationGrad") || B->n_inputs != 5 || B->n_outputs < 1 ||
+      B->n_outputs > 3 || B->outputs[0] == NBL_NONE)
+    return NULL;
+  for (int k = 0; k < 5; k++)
+    if (B->inputs[k] == NBL_NONE || !maybe_float(g, B->inputs[k])) return NULL;
+  if (!is_float(g, B->inputs[1])) return NULL; /* X: a forward value, its type known */
+  const nbl_node *R = nbl_fuse_producer(g, B->inputs[0]);
+  if (!nbl_fuse_is_op(R, "com.microsoft", "ReluGrad") || R->n_inputs != 2 || R->n_outputs != 1 ||
+      R->inputs[0] == NBL_NONE || R->inputs[1] == NBL_NONE || R->inputs[0] == R->inputs[1] ||
+      env->taken(env, g->values[B->inputs[0]].producer))
+    return NULL;
+  *relu = g->values[B->inputs[0]].producer;
+  nbl_id rout = R->outputs[0], v = R->inputs[1];
+  for (int k = 1; k < 5; k++)
+    if (B->inputs[k] == rout) return NULL;
+  /* R's output also read elsewhere: the fused node writes it */
+  int keep_rout = !only_feeds(g, rout, b, 0);
+  for (int k = 1; k < 5; k++) /* B's other inputs ready where R runs */
+    if (ready_at(g, pos, B->inputs[k]) >= pos[*relu]) return NULL;
+  *q4 = *add = NBL_NONE;
+  nbl_id d = R->inputs[0];
+  const nbl_node *Q = nbl_fuse_producer(g, d);
+  if (nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs == 2 && Q->inputs[1] == v &&
+      Q->inputs[0] != NBL_NONE && Q->inputs[0] != v && only_output0_used(g, Q) && only_feeds(g, d, *relu, 0) &&
+      !env->taken(env, g->values[d].producer) && q4_fusable(Q)) {
+    *q4 = g->values[d].producer;
+    d = Q->inputs[0];
+  }
+  nbl_id d1 = NBL_NONE;
+  const nbl_node *A = nbl_fuse_producer(g, d);
+  if (nbl_fuse_is_op(A, "", "Add") && A->n_inputs == 2 && A->n_outputs == 1 && A->inputs[0] != NBL_NONE &&
+      A->inputs[1] != NBL_NONE && A->inputs[0] != A->inputs[1] &&
+      only_feeds(g, d, *q4 != NBL_NONE ? *q4 : *relu, 0) &&
+      !env->taken(env, g->values[d].producer)) {
+    *add = g->values[d].producer;
+    d1 = A->inputs[1];
+    d = A->inputs[0];
+  }
+  if (!maybe_float(g, d) || (d1 != NBL_NONE && !maybe_float(g, d1)) || !is_float(g, v)) return NULL;
+  bg_fused *f = calloc(1, sizeof *f);
+  const nbl_node *src = *q4 != NBL_NONE ? Q : NULL;
+  int na = src ? src->n_attrs : 0;
+  if (f) f->attrs = calloc((size_t)na + 1, sizeof(nbl_attr));
+  if (!f || !f->attrs) {
+    free(f);
+    return NULL;
+  }
+  if (na) memcpy(f->attrs, src->attrs, sizeof(nbl_attr) * (size_t)na);
+  f->attrs[na] = (nbl_attr){.name = "nibble.q4", .type = NBL_ATTR_INT, .i = src != NULL};
+  nbl_id in[7] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4]};
+  memcpy(f->in, in, sizeof in);
+  for (int k = 0; k < 3; k++) f->out[k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
+  f->out[3] = keep_rout ? rout : NBL_NONE;
+  f->node = *B;
+  f->node.inputs = f->in;
+  f->node.n_inputs = 7;
+  f->node.outputs = f->out;
+  f->node.n_outputs = 4;
+  f->node.attrs = f->attrs;
+  f->node.n_attrs = na + 1;
+  snprintf(f->op, sizeof f->op, "%s%sReluGrad+BNGrad", *add != NBL_NONE ? "Add+" : "",
+           src ? "Q4Grad+" : "");
+  f->node.op_type = f->op;
+  return f;
+}
+
+/* Each BatchNormalizationGrad fed by a ReluGrad (through QuantizeInt4Grad
+ * and an Add when there), unless an earlier fusion took one of them; the
+ * fused node takes ReluGrad's place and the other nodes leave the order. */
+nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  const nbl_graph *g = env->g;
+  *state = NULL;
+  /* a value callback sees every intermediate: keep them all */
+  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
+  bg_fusion *fu = calloc(1, sizeof *fu);
+  unsigned char *drop = calloc((size_t)g->n_nodes, 1);
+  int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
+  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(bg_fused *));
+  if (!fu || !drop || !pos || !fu->by_node) {
+    free(drop);
+    free(pos);
+    if (fu) free(fu->by_node);
+    free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  fu->n_nodes = g->n_nodes;
+  for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
+  for (int s = 0; s < *n; s++) pos[order[s]] = s;
+  int any = 0;
+  for (int s = 0; s < *n; s++) {
+    nbl_id id = order[s], r, q, a;
+    if (drop[id] || env->taken(env, id)) continue;
+    bg_fused *f = try_fuse(env, pos, id, &r, &q, &a);
+    if (!f) continue;
+    if (drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a])) {
+      free(f->attrs);
+      free(f);
+      continue;
+    }
+    fu->by_node[r] = f;
+    drop[id] = 1;
+    if (q != NBL_NONE) drop[q] = 1;
+    if (a != NBL_NONE) drop[a] = 1;
+    any = 1;
+  }
+  free(pos);
+  if (!any) {
+    free(drop);
+    nbl_fuse_bn_grad_free(fu);
+    return NBL_OK;
+  }
+  int w = 0;
+  for (int s = 0; s < *n; s++)
+    if (!drop[order[s]]) order[w++] = order[s];
+  *n = w;
+  free(drop);
+  *state = fu;
+  return NBL_OK;
+}
+
+const nbl_node *nbl_fuse_bn_grad_node(const void *state, nbl_id node) {
+  const bg_fusion *fu = state;
+  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
+  return &fu->by_node[node]->node;
+}
+
+/* ------------------------------------------------------------------ kernel */
+
+enum { MASK_RELU, MASK_Q4_FAST, MASK_Q4_REF };
+
+typedef struct bg_job {
+  nbl_kctx *c;
+  int64_t N, C, sp;
+  const float *d0, *d1, *v, *x, *scale, *mean, *inv;
+  float *g, *dx, *dscale, *dbias;
+  int mask;
+  nbl_q4_config cfg;
+  nbl_q4_params p;
+  float s, z, qmin, qmax; /* the STE's parameters as nbl_q4t_ste */
+} bg_job;
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, float *g, const float *d0,
+                                                           const float *d1, const float *v, int64_t n) {
+  const __m512 s = _mm512_set1_ps(j->s), z = _mm512_set1_ps(j->z), lo = _mm512_set1_ps(j->qmin),
+               hi = _mm512_set1_ps(j->qmax), zero = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 vv = _mm512_loadu_ps(v + i), t = _mm512_loadu_ps(d0 + i);
+    if (d1) t = _mm512_add_ps(t, _mm512_loadu_ps(d1 + i));
+    __mmask16 ok = _mm512_cmp_ps_mask(vv, zero, _CMP_GT_OQ);
+    if (j->mask == MASK_Q4_FAST) {
+      __m512 r = _mm512_add_ps(
+          _mm512_roundscale_ps(_mm512_div_ps(vv, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
+      ok &= _mm512_cmp_ps_mask(r, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r, hi, _CMP_LE_OQ);
+    }
+    _mm512_storeu_ps(g + i, _mm512_maskz_mov_ps(ok, t));
+  }
+  return i;
+}
+
+__attribute__((target("avx2"))) static int64_t g_avx2(const bg_job *j, float *g, const float *d0,
+                                                      const float *d1, const float *v, int64_t n) {
+  const __m256 s = _mm256_set1_ps(j->s), z = _mm256_set1_ps(j->z), lo = _mm256_set1_ps(j->qmin),
+               hi = _mm256_set1_ps(j->qmax), zero = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 vv = _mm256_loadu_ps(v + i), t = _mm256_loadu_ps(d0 + i);
+    if (d1) t = _mm256_add_ps(t, _mm256_loadu_ps(d1 + i));
+    __m256 ok = _mm256_cmp_ps(vv, zero, _CMP_GT_OQ);
+    if (j->mask == MASK_Q4_FAST) {
+      __m256 r = _mm256_add_ps(_mm256_round_ps(_mm256_div_ps(vv, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
+      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(r, lo, _CMP_GE_OQ), _mm256_cmp_ps(r, hi, _CMP_LE_OQ)));
+    }
+    _mm256_storeu_ps(g + i, _mm256_and_ps(ok, t));
+  }
+  return i;
+}
+#endif
+
+/* g[i] = (d0[i] + d1[i]) where V passes both masks, else +0, over the n
+ * floats of one plane starting at flat index `at` (stochastic rounding's
+ * element index). */
+static void make_g(const bg_job *j, int64_t at, int64_t n) {
+  float *g = j->g + at;
+  const float *d0 = j->d0 + at, *d1 = j->d1 ? j->d1 + at : NULL, *v = j->v + at;
+  int64_t i = 0;
+#if defined(__x86_64__)
+  if (j->mask != MASK_Q4_REF) {
+    if (nbl_cpu_has(NBL_CPU_AVX512F)) i = g_avx512(j, g, d0, d1, v, n);
+    else if (nbl_cpu_has(NBL_CPU_AVX2)) i = g_avx2(j, g, d0, d1, v, n);
+  }
+#endif
+  for (; i < n; i++) {
+    float t = d1 ? d0[i] + d1[i] : d0[i];
+    int ok = v[i] > 0;
+    if (ok && j->mask == MASK_Q4_FAST) {
+      float r = nearbyintf(v[i] / j->s) + j->z;
+      ok = r >= j->qmin && r <= j->qmax;
+    } else if (ok && j->mask == MASK_Q4_REF) {
+      ok = isfinite(v[i]) && nbl_q4_passes(&j->cfg, &j->p, v[i], (uint64_t)(at + i));
+    }
+    g[i] = ok ? t : 0.0f;
+  }
+}
+
+static void bg_run(void *arg, int64_t b, int64_t e) {
+  const bg_job *j = arg;
+  for (int64_t ch = b; ch < e; ch++) {
+    for (int64_t n = 0; n < j->N; n++) make_g(j, (n * j->C + ch) * j->sp, j->sp);
+    double sg, sgx;
+    nbl_bn_grad_f32_channel(j->g, j->x, j->dx, j->N, j->C, j->sp, ch, j->mean[ch], j->inv[ch], j->scale[ch], &sg,
+                            &sgx);
+    if (j->dscale) j->dscale[ch] = (float)sgx;
+    if (j->dbias) j->dbias[ch] = (float)sg;
+  }
+}
+
+static int same_dims(const nbl_rt_tensor *a, const nbl_rt_tensor *b) {
+  if (a->rank != b->rank) return 0;
+  for (int i = 0; i < a->rank; i++)
+    if (a->dims[i] != b->dims[i]) return 0;
+  return 1;
+}
+
+/* Numpy-style strides of tensor t aligned to the rank-r shape dims (0 along
+ * a broadcast axis); 0 if t does not broadcast to dims. */
+static int bcast_strides(const nbl_rt_tensor *t, int r, const int64_t *dims, int64_t *st) {
+  if (t->rank > r) return 0;
+  int64_t s = 1;
+  for (int i = r - 1; i >= 0; i--) {
+    int k = i - (r - t->rank);
+    int64_t d = k >= 0 ? t->dims[k] : 1;
+    if (d != dims[i] && d != 1) return 0;
+    st[i] = d == 1 ? 0 : s;
+    s *= d;
+  }
+  return 1;
+}
+
+/* out = a + b broadcast to X's shape (the Add's output when its operands
+ * are not both X's shape; a float sum as the Add kernel's, which computes in
+ * double and rounds: the same float). 0 if they do not broadcast to it. */
+static int bcast_add(const nbl_rt_tensor *a, const nbl_rt_tensor *b, const nbl_rt_tensor *X, float *out) {
+  int r = X->rank;
+  int64_t sa[NBL_MAX_DIMS], sb[NBL_MAX_DIMS], idx[NBL_MAX_DIMS] = {0};
+  if (!bcast_strides(a, r, X->dims, sa) || !bcast_strides(b, r, X->dims, sb)) return 0;
+  const float *pa = a->data, *pb = b->data;
+  int64_t ia = 0, ib = 0;
+  for (int64_t i = 0; i < X->numel; i++) {
+    out[i] = pa[ia] + pb[ib];
+    for (int k = r - 1; k >= 0; k--) { /* next multi-index */
+      ia += sa[k];
+      ib += sb[k];
+      if (++idx[k] < X->dims[k]) break;
+      ia -= sa[k] * idx[k];
+      ib -= sb[k] * idx[k];
+      idx[k] = 0;
+    }
+  }
+  return 1;
+}
+
+static nbl_status k_bn_grad_fused(nbl_kctx *c) {
+  static const char *const names[] = {"dY", "dY (second Add operand)", "V", "X", "scale", "saved_mean",
+                                      "saved_inv_std"};
+  for (int k = 0; k < 7; k++) {
+    const nbl_rt_tensor *t = c->in[k];
+    if (k == 1 && !t) continue;
+    if (!t) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "missing input %s", names[k]);
+    if (t->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input %s must be float32 (got %s)", names[k],
+                      nbl_dtype_name(t->dtype));
+  }
+  const nbl_rt_tensor *X = c->in[3];
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X must have rank >= 2");
+  /* operands of another shape than X's: the Add broadcast them (below) */
+  int bcast = c->in[1] && (!same_dims(c->in[0], X) || !same_dims(c->in[1], X));
+  for (int k = bcast ? 2 : 0; k < 3; k++)
+    if (c->in[k] && !same_dims(c->in[k], X))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have the shape of X", names[k]);
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C > 0 ? X->numel / (N * C) : 0;
+  for (int k = 4; k < 7; k++)
+    if (c->in[k]->rank != 1 || c->in[k]->dims[0] != C)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have shape [%lld]", names[k], (long long)C);
+  bg_job j = {.c = c, .N = N, .C = C, .sp = sp, .d0 = c->in[0]->data, .d1 = c->in[1] ? c->in[1]->data : NULL,
+              .v = c->in[2]->data, .x = X->data, .scale = c->in[4]->data, .mean = c->in[5]->data,
+              .inv = c->in[6]->data, .mask = MASK_RELU};
+  if (nbl_attr_int(c->node, "nibble.q4", 0)) {
+    nbl_status st = nbl_q4_attrs(c, &j.cfg);
+    if (st) return st;
+    if (j.cfg.scale_source == NBL_Q4_SCALE_PACT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "scale_source=pact is not fused"); /* never planned */
+    if (nbl_q4t_params(c, &j.cfg, c->in[2], &j.p) == 0) {
+      j.mask = MASK_Q4_FAST;
+      j.s = j.p.scale;
+      j.z = (float)j.p.zero;
+      j.qmin = (float)j.p.qmin;
+      j.qmax = (float)j.p.qmax;
+    } else {
+      if ((st = nbl_q4_kernel_params(c, &j.cfg, c->in[2], NULL, &j.p))) return st;
+      j.mask = MASK_Q4_REF;
+    }
+  }
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims);
+  for (int o = 1; !st && o <= 2; o++)
+    if (c->out[o]) st = nbl_kctx_alloc_out(c, o, NBL_DT_FLOAT, 1, &C);
+  if (!st && c->out[3]) st = nbl_kctx_alloc_out(c, 3, NBL_DT_FLOAT, X->rank, X->dims);
+  if (st) return st;
+  j.dx = nbl_kctx_out(c, 0)->data;
+  j.g = c->out[3] ? nbl_kctx_out(c, 3)->data : j.dx; /* without ReluGrad's output: dX is built over g */
+  j.dscale = c->out[1] ? nbl_kctx_out(c, 1)->data : NULL;
+  j.dbias = c->out[2] ? nbl_kctx_out(c, 2)->data : NULL;
+  if (bcast) { /* the Add's output first, masked in place */
+    if (!bcast_add(c->in[0], c->in[1], X, j.g))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the gradients added do not broadcast to the shape of X");
+    j.d0 = j.g;
+    j.d1 = NULL;
+  }
+  nbl_parallel_for(c, C, 1, bg_run, &j);
+  return NBL_OK;
+}
+
+const nbl_op_def nbl_fused_bn_grad_def = NBL_OP_DEF("ai.nibble", "BNGradChain", 1, 1, .ref = k_bn_grad_fused,
+                                                    .fast = k_bn_grad_fused);
