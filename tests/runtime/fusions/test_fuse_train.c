@@ -172,12 +172,162 @@ START_TEST(test_sessions) {
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------ one chain, hand-built */
+
+typedef struct chain_case {
+  int64_t N, C, H, W;
+  int add;       /* 0: none; 1: Add of two X-shaped gradients; 2: the second broadcast from [C, 1, 1] */
+  int q4;        /* 0: none; 1: QuantizeInt4Grad affine/max; 2: symmetric/max; 3: affine/max, stochastic */
+  int keep_r;    /* ReluGrad's output is a graph output too */
+  int specials;  /* zeros, NaN and Inf among V and the gradients */
+} chain_case;
+
+static float urand(unsigned *st) {
+  *st = *st * 1664525u + 1013904223u;
+  return (float)((*st >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+/* The chain's outputs (dX, dscale, dbias[, ReluGrad's]) concatenated
+ * (malloc'd, *n floats); *fused: the profile showed a fused node. */
+static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n, int *was_fused) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "com.microsoft", 1);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  int64_t dims[4] = {c->N, c->C, c->H, c->W}, cd[1] = {c->C}, bd[3] = {c->C, 1, 1};
+  int64_t numel = c->N * c->C * c->H * c->W;
+  const char *names[7] = {"d0", "d1", "v", "x", "scale", "mean", "inv"};
+  nbl_id in[7];
+  float *data[7];
+  unsigned st = 12345u + (unsigned)(c->C * 7 + c->H);
+  nbl_host_tensor feeds[7];
+  memset(feeds, 0, sizeof feeds);
+  int nf = 0;
+  for (int k = 0; k < 7; k++) {
+    int per_c = k >= 4, bc = k == 1 && c->add == 2;
+    int rank = per_c ? 1 : bc ? 3 : 4;
+    const int64_t *d = per_c ? cd : bc ? bd : dims;
+    int64_t cnt = per_c || bc ? c->C : numel;
+    data[k] = malloc(sizeof(float) * (size_t)cnt);
+    for (int64_t i = 0; i < cnt; i++) {
+      float r = urand(&st);
+      if (k == 6) r = 0.5f + fabsf(r) * 2; /* inverse std > 0 */
+      if (k == 2 && i % 5 == 0) r = 0.0f;  /* Relu outputs: zeros, and some negatives */
+      if (c->specials && k == 2 && i % 97 == 3) r = NAN;
+      if (c->specials && k == 2 && i % 131 == 7) r = INFINITY;
+      if (c->specials && k == 0 && i % 89 == 5) r = NAN;
+      if (c->specials && k == 0 && i % 61 == 1) r = 0.0f;
+      data[k][i] = r;
+    }
+    in[k] = nbl_graph_add_value(g, names[k]);
+    if (k == 1 && !c->add) continue;
+    nbl_type_set_tensor(m->arena, &g->values[in[k]].type, NBL_DT_FLOAT, rank, d);
+    nbl_graph_add_input(g, in[k]);
+    feeds[nf] = (nbl_host_tensor){.name = names[k], .dtype = NBL_DT_FLOAT, .rank = rank, .data = data[k],
+                                  .nbytes = sizeof(float) * (size_t)cnt};
+    memcpy(feeds[nf].dims, d, sizeof(int64_t) * (size_t)rank);
+    nf++;
+  }
+  nbl_id gsum = in[0];
+  if (c->add) {
+    gsum = nbl_graph_add_value(g, "gsum");
+    nbl_graph_add_node(g, "Add", "", "sum", 2, in, 1, &gsum);
+  }
+  nbl_id gq = gsum;
+  if (c->q4) {
+    gq = nbl_graph_add_value(g, "gq");
+    nbl_id qin[2] = {gsum, in[2]};
+    nbl_id q = nbl_graph_add_node(g, "QuantizeInt4Grad", "ai.nibble", "q4grad", 2, qin, 1, &gq);
+    nbl_node_set_attr_int(g, q, "bits", 4);
+    nbl_node_set_attr_string(g, q, "mode", c->q4 == 2 ? "symmetric" : "affine");
+    nbl_node_set_attr_string(g, q, "scale_source", "max");
+    if (c->q4 == 3) nbl_node_set_attr_string(g, q, "rounding", "stochastic");
+  }
+  nbl_id gr = nbl_graph_add_value(g, "gr");
+  nbl_id rin[2] = {gq, in[2]};
+  nbl_graph_add_node(g, "ReluGrad", "com.microsoft", "relugrad", 2, rin, 1, &gr);
+  nbl_id outs[3] = {nbl_graph_add_value(g, "dx"), nbl_graph_add_value(g, "dscale"), nbl_graph_add_value(g, "dbias")};
+  nbl_id bin[5] = {gr, in[3], in[4], in[5], in[6]};
+  nbl_graph_add_node(g, "BatchNormalizationGrad", "com.microsoft", "bngrad", 5, bin, 3, outs);
+  for (int k = 0; k < 3; k++) nbl_graph_add_output(g, outs[k]);
+  if (c->keep_r) nbl_graph_add_output(g, gr);
+  ck_assert_msg(nbl_graph_verify(g, "chain") == NBL_OK, "%s", nbl_last_error());
+  if (!fused) setenv("NBL_NO_FUSION", "all", 1);
+  nbl_session_options opt = {.threads = threads, .profile = 1};
+  nbl_session *s = NULL;
+  nbl_status cst = nbl_session_create(m, &opt, &s);
+  unsetenv("NBL_NO_FUSION");
+  ck_assert_msg(cst == NBL_OK, "%s", nbl_last_error());
+  float *out = NULL;
+  for (int run = 0; run < 2; run++) { /* the second run in the planned arena */
+    const nbl_host_tensor *res = NULL;
+    ck_assert_msg(nbl_session_run(s, nf, feeds, &res) == NBL_OK, "%s", nbl_last_error());
+    int no = nbl_session_output_count(s);
+    size_t total = 0;
+    for (int o = 0; o < no; o++) total += res[o].nbytes;
+    float *cat = malloc(total);
+    size_t at = 0;
+    for (int o = 0; o < no; o++) {
+      memcpy((char *)cat + at, res[o].data, res[o].nbytes);
+      at += res[o].nbytes;
+    }
+    *n = (int64_t)(total / sizeof(float));
+    if (run == 0) {
+      out = cat;
+    } else {
+      ck_assert(memcmp(out, cat, total) == 0);
+      free(cat);
+    }
+  }
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
+  fclose(f);
+  *was_fused = strstr(text, "BNGrad") != NULL;
+  free(text);
+  nbl_session_free(s);
+  nbl_model_free(m);
+  for (int k = 0; k < 7; k++) free(data[k]);
+  return out;
+}
+
+static const chain_case ccases[] = {
+    {3, 5, 7, 9, 1, 1, 0, 0},  {3, 5, 7, 9, 1, 1, 1, 1},  {2, 17, 5, 5, 0, 1, 0, 1}, {2, 17, 5, 5, 1, 0, 0, 0},
+    {2, 3, 11, 3, 0, 0, 1, 1}, {2, 3, 11, 3, 2, 1, 0, 0}, {4, 6, 4, 5, 2, 2, 1, 1},  {3, 5, 6, 7, 1, 3, 0, 0},
+    {1, 1, 1, 1, 1, 1, 0, 0},  {64, 3, 4, 4, 1, 1, 0, 1},
+};
+
+START_TEST(test_chain) {
+  const chain_case *c = &ccases[_i / 2];
+  int threads = 1 + _i % 2, fu, fr;
+  int64_t nf_, nu;
+  float *yf = run_chain(c, 1, threads, &nf_, &fu), *yu = run_chain(c, 0, threads, &nu, &fr);
+  ck_assert_int_eq(fu, 1);
+  ck_assert_int_eq(fr, 0);
+  ck_assert_int_eq(nf_, nu);
+  for (int64_t i = 0; i < nu; i++)
+    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)),
+                  "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d), %d thread(s): [%lld] fused %.9g "
+                  "vs %.9g",
+                  _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
+                  c->keep_r, c->specials, threads, (long long)i, yf[i], yu[i]);
+  free(yf);
+  free(yu);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("fuse_train");
   TCase *tc = tcase_create("sessions");
   tcase_set_timeout(tc, 300);
   tcase_add_loop_test(tc, test_sessions, 0, (int)(2 * sizeof tcases / sizeof tcases[0]));
   suite_add_tcase(s, tc);
+  TCase *tk = tcase_create("chain");
+  tcase_add_loop_test(tk, test_chain, 0, (int)(2 * sizeof ccases / sizeof ccases[0]));
+  suite_add_tcase(s, tk);
   return s;
 }
 
