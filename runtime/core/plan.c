@@ -77,11 +77,20 @@ static int fusion_disabled(const char *name) {
   return 0;
 }
 
+static const nbl_node *fused_before(const nbl_fusion_env *env, nbl_id node) {
+  const fusion_walk *w = env->planner;
+  for (size_t i = 0; i < w->k; i++) {
+    const nbl_node *f = w->e->fusion_state[i] ? nbl_fusions[i].node(w->e->fusion_state[i], node) : NULL;
+    if (f) return f;
+  }
+  return NULL;
+}
+
 static nbl_status run_fusions(nbl_engine *e, nbl_id *order, int *n) {
   e->fusion_state = calloc(nbl_fusions_count + 1, sizeof(void *));
   if (!e->fusion_state) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   fusion_walk w = {.env = {.m = e->m, .g = e->g, .values_watched = e->on_value != NULL,
-                           .taken = taken_before},
+                           .taken = taken_before, .fused = fused_before},
                    .e = e};
   w.env.planner = &w;
   for (w.k = 0; w.k < nbl_fusions_count; w.k++) {

@@ -14,9 +14,14 @@
  *             Clip, the activation applied to each block of the output
  *             while it is in cache (nbl_conv_f32_act), as ONNX Runtime's
  *             Conv+activation fusion does
+ *   bn-act    fuse_bn_act.c: a training graph's forward chain
+ *             BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 as one node
+ *             (statistics, then one sweep; the quantizer's range kept)
  *   bn-grad   fuse_bn_grad.c: a training graph's backward chain [Add ->]
  *             [QuantizeInt4Grad ->] ReluGrad -> BatchNormalizationGrad as
  *             one sweep per channel
+ *   log-pair  fuse_log_pair.c: the two QuantizeLog (tpr phases) of one
+ *             gradient as one scan and one sweep
  * A fusion sees only the nodes no earlier fusion of the table replaced.
  * The environment variable NBL_NO_FUSION (a comma-separated list of the
  * names above, or "all") turns fusions off for the engines planned after it
@@ -44,6 +49,9 @@ typedef struct nbl_fusion_env {
   int values_watched;
   /* 1 when an earlier fusion of the table replaced node `node` */
   int (*taken)(const struct nbl_fusion_env *env, nbl_id node);
+  /* the synthetic node an earlier fusion runs in place of node `node`, or
+   * NULL */
+  const nbl_node *(*fused)(const struct nbl_fusion_env *env, nbl_id node);
   const void *planner; /* the planner's state for taken */
 } nbl_fusion_env;
 
@@ -77,14 +85,20 @@ extern const size_t nbl_fusions_count;
 NBL_FUSION(int4)     /* fuse_int4.c */
 NBL_FUSION(ternary)  /* fuse_ternary.c */
 NBL_FUSION(conv_act) /* fuse_f32.c */
+NBL_FUSION(bn_act)   /* fuse_bn_act.c */
 NBL_FUSION(bn_grad)  /* fuse_bn_grad.c */
+NBL_FUSION(log_pair) /* fuse_log_pair.c */
 
 /* The kernel of the conv-act fused nodes (runtime/ops/nn.c): Conv, then Clip
  * with the bounds in the synthetic node's float attributes nibble.act_lo /
  * act_hi. The INT4 one is nbl_i4_fused_def (runtime/kernels/int4_fused.h). */
 extern const nbl_op_def nbl_fused_conv_act_def;
-/* The kernel of the bn-grad fused nodes (fuse_bn_grad.c). */
+/* The kernels of the bn-act and bn-grad fused nodes (fuse_bn_act.c,
+ * fuse_bn_grad.c). */
+extern const nbl_op_def nbl_fused_bn_act_def;
 extern const nbl_op_def nbl_fused_bn_grad_def;
+/* The kernel of the log-pair fused nodes (fuse_log_pair.c). */
+extern const nbl_op_def nbl_fused_log_pair_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 
@@ -130,5 +144,21 @@ const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
  * position, -1 for a node not in it); v is not a graph output nor captured
  * by a subgraph. Returns the Add's node id, or NBL_NONE. */
 nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
+
+/* 1 if value v is read once only, by node `by` as its input `slot` (and by
+ * no other input of it), and is no graph output, outer value or subgraph
+ * capture: a fused node that absorbs both ends may skip it. */
+int nbl_fuse_only_feeds(const nbl_graph *g, nbl_id v, nbl_id by, int slot);
+
+/* The step of the schedule order[0..n) (as earlier fusions left it: their
+ * synthetic nodes in place of the nodes they replaced) that writes value v:
+ * -1 when nothing has to (a graph input, initializer or outer value),
+ * INT_MAX when no step does. */
+int nbl_fuse_written_at(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_id v);
+
+/* 1 if a step s <= at of order[0..n) (as earlier fusions left it) reads
+ * value v, not counting the nodes skip[0..ns). */
+int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_id v, int at,
+                     const nbl_id *skip, int ns);
 
 #endif /* NBL_FUSE_H */

@@ -73,20 +73,6 @@ void nbl_fuse_bn_grad_free(void *state) {
   free(fu);
 }
 
-/* 1 if value v (output of a node of the chain) is read only once, by node
- * `by` as its input `slot` and by no other input of it, and is no graph
- * output, outer value or subgraph capture: the fused node may skip it. */
-static int only_feeds(const nbl_graph *g, nbl_id v, nbl_id by, int slot) {
-  if (v == NBL_NONE) return 0;
-  const nbl_value *val = &g->values[v];
-  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 || val->consumers[0] != by)
-    return 0;
-  const nbl_node *n = &g->nodes[by];
-  for (int k = 0; k < n->n_inputs; k++)
-    if (n->inputs[k] == v && k != slot) return 0;
-  return !nbl_fuse_used_in_subgraphs(g, val->name);
-}
-
 /* 1 if no output but output 0 of node n is read by anything. */
 static int only_output0_used(const nbl_graph *g, const nbl_node *n) {
   for (int k = 1; k < n->n_outputs; k++) {
@@ -110,14 +96,6 @@ static int maybe_float(const nbl_graph *g, nbl_id v) {
   return t->kind == NBL_TYPE_NONE || (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
 }
 
-/* Where value v is ready: -1 for a graph input, initializer or outer value,
- * else its producer's position in the schedule (INT32_MAX when not in it). */
-static int ready_at(const nbl_graph *g, const int *pos, nbl_id v) {
-  nbl_id p = g->values[v].producer;
-  if (p == NBL_NONE) return -1;
-  return pos[p] < 0 ? INT32_MAX : pos[p];
-}
-
 /* 1 if QuantizeInt4Grad node q's attributes decode and its mask needs no
  * clip input (not scale_source=pact). */
 static int q4_fusable(const nbl_node *q) {
@@ -128,7 +106,7 @@ static int q4_fusable(const nbl_node *q) {
 
 /* The chain ending at BatchNormalizationGrad node b, or NULL. Absorbed nodes
  * in *relu, *q4, *add (NBL_NONE when absent). */
-static bg_fused *try_fuse(const nbl_fusion_env *env, const int *pos, nbl_id b, nbl_id *relu, nbl_id *q4,
+static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id b, nbl_id *relu, nbl_id *q4,
                           nbl_id *add) {
   const nbl_graph *g = env->g;
   const nbl_node *B = &g->nodes[b];
@@ -148,14 +126,12 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const int *pos, nbl_id b, n
   for (int k = 1; k < 5; k++)
     if (B->inputs[k] == rout) return NULL;
   /* R's output also read elsewhere: the fused node writes it */
-  int keep_rout = !only_feeds(g, rout, b, 0);
-  for (int k = 1; k < 5; k++) /* B's other inputs ready where R runs */
-    if (ready_at(g, pos, B->inputs[k]) >= pos[*relu]) return NULL;
+  int keep_rout = !nbl_fuse_only_feeds(g, rout, b, 0);
   *q4 = *add = NBL_NONE;
   nbl_id d = R->inputs[0];
   const nbl_node *Q = nbl_fuse_producer(g, d);
   if (nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs == 2 && Q->inputs[1] == v &&
-      Q->inputs[0] != NBL_NONE && Q->inputs[0] != v && only_output0_used(g, Q) && only_feeds(g, d, *relu, 0) &&
+      Q->inputs[0] != NBL_NONE && Q->inputs[0] != v && only_output0_used(g, Q) && nbl_fuse_only_feeds(g, d, *relu, 0) &&
       !env->taken(env, g->values[d].producer) && q4_fusable(Q)) {
     *q4 = g->values[d].producer;
     d = Q->inputs[0];
@@ -164,13 +140,18 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const int *pos, nbl_id b, n
   const nbl_node *A = nbl_fuse_producer(g, d);
   if (nbl_fuse_is_op(A, "", "Add") && A->n_inputs == 2 && A->n_outputs == 1 && A->inputs[0] != NBL_NONE &&
       A->inputs[1] != NBL_NONE && A->inputs[0] != A->inputs[1] &&
-      only_feeds(g, d, *q4 != NBL_NONE ? *q4 : *relu, 0) &&
+      nbl_fuse_only_feeds(g, d, *q4 != NBL_NONE ? *q4 : *relu, 0) &&
       !env->taken(env, g->values[d].producer)) {
     *add = g->values[d].producer;
     d1 = A->inputs[1];
     d = A->inputs[0];
   }
   if (!maybe_float(g, d) || (d1 != NBL_NONE && !maybe_float(g, d1)) || !is_float(g, v)) return NULL;
+  /* every input ready where R runs (B's are forward values, written by a
+   * node or a fused node of the forward) */
+  nbl_id need[7] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4]};
+  for (int k = 0; k < 7; k++)
+    if (need[k] != NBL_NONE && nbl_fuse_written_at(env, order, n_order, need[k]) >= pos[*relu]) return NULL;
   bg_fused *f = calloc(1, sizeof *f);
   const nbl_node *src = *q4 != NBL_NONE ? Q : NULL;
   int na = src ? src->n_attrs : 0;
@@ -224,7 +205,7 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s], r, q, a;
     if (drop[id] || env->taken(env, id)) continue;
-    bg_fused *f = try_fuse(env, pos, id, &r, &q, &a);
+    bg_fused *f = try_fuse(env, order, *n, pos, id, &r, &q, &a);
     if (!f) continue;
     if (drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a])) {
       free(f->attrs);

@@ -1,4 +1,5 @@
 /* match.c - matching helpers shared by the plan-time fusions; see fuse.h. */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -138,4 +139,44 @@ int nbl_fuse_absorbed(const nbl_graph *g, nbl_id q,
     }
   }
   return 1;
+}
+
+int nbl_fuse_only_feeds(const nbl_graph *g, nbl_id v, nbl_id by, int slot) {
+  if (v == NBL_NONE) return 0;
+  const nbl_value *val = &g->values[v];
+  if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 || val->consumers[0] != by)
+    return 0;
+  const nbl_node *n = &g->nodes[by];
+  for (int k = 0; k < n->n_inputs; k++)
+    if (n->inputs[k] == v && k != slot) return 0;
+  return !nbl_fuse_used_in_subgraphs(g, val->name);
+}
+
+/* The node step `id` runs: an earlier fusion's, or the graph's. */
+static const nbl_node *run_node(const nbl_fusion_env *env, nbl_id id) {
+  const nbl_node *f = env->fused ? env->fused(env, id) : NULL;
+  return f ? f : &env->g->nodes[id];
+}
+
+int nbl_fuse_written_at(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_id v) {
+  if (v == NBL_NONE || env->g->values[v].producer == NBL_NONE) return -1;
+  for (int s = 0; s < n; s++) {
+    const nbl_node *nd = run_node(env, order[s]);
+    for (int k = 0; k < nd->n_outputs; k++)
+      if (nd->outputs[k] == v) return s;
+  }
+  return INT_MAX;
+}
+
+int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_id v, int at,
+                     const nbl_id *skip, int ns) {
+  for (int s = 0; s < n && s <= at; s++) {
+    int skipped = 0;
+    for (int k = 0; k < ns; k++) skipped |= skip[k] == order[s];
+    if (skipped) continue;
+    const nbl_node *nd = run_node(env, order[s]);
+    for (int k = 0; k < nd->n_inputs; k++)
+      if (nd->inputs[k] == v) return 1;
+  }
+  return 0;
 }

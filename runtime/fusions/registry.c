@@ -13,8 +13,12 @@ const nbl_fusion_def nbl_fusions[] = {
     /* then on the Convs left */
     {"conv-act", nbl_fuse_conv_act_plan, nbl_fuse_conv_act_node, nbl_fuse_conv_act_free,
      &nbl_fused_conv_act_def},
+    /* training graphs: BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 */
+    {"bn-act", nbl_fuse_bn_act_plan, nbl_fuse_bn_act_node, nbl_fuse_bn_act_free, &nbl_fused_bn_act_def},
     /* training graphs: [Add ->] [QuantizeInt4Grad ->] ReluGrad -> BatchNormalizationGrad */
     {"bn-grad", nbl_fuse_bn_grad_plan, nbl_fuse_bn_grad_node, nbl_fuse_bn_grad_free, &nbl_fused_bn_grad_def},
+    /* training graphs: two QuantizeLog (nearest, tpr) of one gradient */
+    {"log-pair", nbl_fuse_log_pair_plan, nbl_fuse_log_pair_node, nbl_fuse_log_pair_free, &nbl_fused_log_pair_def},
 };
 
 const size_t nbl_fusions_count = sizeof nbl_fusions / sizeof nbl_fusions[0];

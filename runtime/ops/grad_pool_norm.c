@@ -455,21 +455,35 @@ typedef struct bn_task {
   float *y;           /* Y (forward) or X_grad (gradient, NULL when not wanted) */
 } bn_task;
 
+void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double *mean,
+                              double *var) {
+  int64_t m = N * sp;
+  double s = 0, s2 = 0; /* two passes over the channel: mean, then the biased variance */
+  for (int64_t n = 0; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, 0, &s, NULL);
+  *mean = m ? s / (double)m : 0.0;
+  for (int64_t n = 0; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, *mean, NULL, &s2);
+  *var = m ? s2 / (double)m : 0.0;
+}
+
+double nbl_bn_affine_f32(double mean, double var, double eps, double scale, double bias, float *fa, float *fb) {
+  double inv = 1.0 / sqrt(var + eps), a = scale * inv;
+  *fa = (float)a;
+  *fb = (float)(bias - mean * a);
+  return inv;
+}
+
+void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n) { bn_axpb(y, x, fa, fb, n); }
+
 static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
   const bn_task *t = arg;
   nbl_kctx *c = t->c;
-  int64_t N = t->N, C = t->C, sp = t->sp, m = N * sp;
+  int64_t N = t->N, C = t->C, sp = t->sp;
   for (int64_t ch = begin; ch < end; ch++) {
     double mean = nbl_rt_get_f64(c->in[3], ch), var = nbl_rt_get_f64(c->in[4], ch);
-    if (t->training) { /* two passes over the channel: mean, then the biased variance */
-      double s = 0, s2 = 0;
-      for (int64_t n = 0; n < N; n++) bn_sums(t->x + (n * C + ch) * sp, sp, 0, &s, NULL);
-      mean = m ? s / (double)m : 0.0;
-      for (int64_t n = 0; n < N; n++) bn_sums(t->x + (n * C + ch) * sp, sp, mean, NULL, &s2);
-      var = m ? s2 / (double)m : 0.0;
-    }
-    double inv = 1.0 / sqrt(var + t->eps), a = nbl_rt_get_f64(c->in[1], ch) * inv, b = nbl_rt_get_f64(c->in[2], ch);
-    float fa = (float)a, fb = (float)(b - mean * a);
+    if (t->training) nbl_bn_stats_f32_channel(t->x, N, C, sp, ch, &mean, &var);
+    float fa, fb;
+    double inv = nbl_bn_affine_f32(mean, var, t->eps, nbl_rt_get_f64(c->in[1], ch), nbl_rt_get_f64(c->in[2], ch),
+                                   &fa, &fb);
     for (int64_t n = 0; n < N; n++) bn_axpb(t->y + (n * C + ch) * sp, t->x + (n * C + ch) * sp, fa, fb, sp);
     if (grad_want(c, 1))
       nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean * (1 - t->mom));

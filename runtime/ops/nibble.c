@@ -59,6 +59,7 @@
 #include "runtime/core/shape.h"
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
+#include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/log_quant.h"
 #include "runtime/kernels/q4_train.h"
 #include "runtime/formats/ternary.h"
@@ -133,6 +134,23 @@ static nbl_status k_quantize_int4_fast(nbl_kctx *c) {
   nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
   if (st != NBL_OK) return st;
   nbl_q4t_fake_quant(c, &cfg, &p, x->data, nbl_kctx_out(c, 0)->data, x->numel);
+  return q4_side_outputs(c, &p);
+}
+
+nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range) {
+  if (cfg->scale_source == NBL_Q4_SCALE_PACT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "scale_source=pact needs input alpha");
+  nbl_q4_params p;
+  int fast = !c->reference && cfg->rounding == NBL_Q4_ROUND_HALF_EVEN;
+  if (fast && range && cfg->scale_source == NBL_Q4_SCALE_MAX)
+    nbl_i4_params_from_range(cfg, x->numel, range[0], range[1], &p); /* as nbl_q4t_params after its scan */
+  else if (fast)
+    fast = nbl_q4t_params(c, cfg, x, &p) == 0;
+  nbl_status st;
+  if (!fast && (st = nbl_q4_kernel_params(c, cfg, x, NULL, &p))) return st;
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
+  if (fast) nbl_q4t_fake_quant(c, cfg, &p, x->data, nbl_kctx_out(c, 0)->data, x->numel);
+  else nbl_q4_fake_quant(cfg, &p, (const float *)x->data, (float *)nbl_kctx_out(c, 0)->data, (size_t)x->numel, 0);
   return q4_side_outputs(c, &p);
 }
 

@@ -21,4 +21,11 @@ nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg);
 nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
                                 const nbl_rt_tensor *alpha, nbl_q4_params *p);
 
+/* QuantizeInt4 of float32 x (cfg not scale_source=pact) into outputs 0
+ * (Y), 1 (scale) and 2 (zero_point, when requested) of c, with the values of
+ * the op's kernels: the fast path where it applies, else the reference.
+ * range: NULL, or x's minimum and maximum when every element of x is finite
+ * (for scale_source=max the scan over x is then skipped). */
+nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range);
+
 #endif

@@ -1,5 +1,6 @@
-/* test_fuse_train.c - the training-graph fusions (runtime/fusions/fuse_bn_grad.c)
- * against the unfused graph, which stays the reference (NBL_NO_FUSION).
+/* test_fuse_train.c - the training-graph fusions (runtime/fusions/fuse_bn_act.c,
+ * fuse_bn_grad.c, fuse_log_pair.c) against the unfused graph, which stays
+ * the reference (NBL_NO_FUSION).
  *
  * sessions: the shipped LeNet-5 and ResNet-8 training graphs, FP32
  *   (build-training) and 4-bit (quantize-int4, build-training,
@@ -11,9 +12,12 @@
  *   they replace (selections of the same float sums, then
  *   BatchNormalizationGrad's own per-channel kernel), so there is no
  *   rounding to allow for: any difference is a bug. The profile must show
- *   the fused nodes (ResNet-8: every BatchNormalizationGrad but the two of
- *   the projection shortcuts; LeNet-5 has no BatchNorm: nothing fuses and
- *   the runs must still agree).
+ *   the fused nodes: on ResNet-8 bn-grad takes every BatchNormalizationGrad
+ *   but the two of the projection shortcuts (their ReluGrad is shared),
+ *   bn-act (4-bit) every quantized BatchNorm -> [Add ->] Relu (6; the
+ *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
+ *   too, and only one of them is taken), log-pair the 8 pairs of tpr
+ *   QuantizeLog; LeNet-5 has no BatchNorm (log-pair only, 3 pairs).
  * kernel: a hand-built chain Add -> QuantizeInt4Grad -> ReluGrad ->
  *   BatchNormalizationGrad (and the shorter chains) on odd sizes (channels
  *   and planes off the vector widths), with zeros, NaN and Inf among the
@@ -87,8 +91,8 @@ static void run_open(run *r, const nbl_model *m, int fused, int threads, const n
   ck_assert_int_eq(nbl_train_set_lr(r->s, 0.05), NBL_OK);
 }
 
-/* Fused nodes of the session's profile (op types with "BNGrad"). */
-static int fused_nodes(const run *r) {
+/* Nodes of the session's profile whose op type contains `what`. */
+static int fused_nodes(const run *r, const char *what) {
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -99,7 +103,7 @@ static int fused_nodes(const run *r) {
   for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
     char op[128];
     int cnt;
-    if (strstr(line, "BNGrad") && sscanf(line, "%127s %*s %d", op, &cnt) == 2) n += cnt;
+    if (sscanf(line, "%127[^ ] %*s %d", op, &cnt) == 2 && strstr(op, what)) n += cnt;
   }
   free(buf);
   return n;
@@ -116,15 +120,15 @@ static void same_bits(const nbl_host_tensor *a, const nbl_host_tensor *b, const 
 
 typedef struct train_case {
   const char *model, *spec;
-  int fused; /* fused nodes expected */
+  int bn_act, bn_grad, log_pair; /* fused nodes expected of each fusion */
 } train_case;
 
 #define Q4 "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 7},
-    {"models/resnet8_init.onnx", Q4, 7},
-    {"models/lenet5_init.onnx", "build-training", 0},
-    {"models/lenet5_init.onnx", Q4, 0},
+    {"models/resnet8_init.onnx", "build-training", 0, 7, 0},
+    {"models/resnet8_init.onnx", Q4, 6, 7, 8},
+    {"models/lenet5_init.onnx", "build-training", 0, 0, 0},
+    {"models/lenet5_init.onnx", Q4, 0, 0, 3},
 };
 
 START_TEST(test_sessions) {
@@ -162,8 +166,10 @@ START_TEST(test_sessions) {
       same_bits(&a, &b, "parameter", c->model, threads, step);
     }
   }
-  ck_assert_int_eq(fused_nodes(&rf), c->fused);
-  ck_assert_int_eq(fused_nodes(&ru), 0);
+  ck_assert_int_eq(fused_nodes(&rf, "Relu+Q4"), c->bn_act);
+  ck_assert_int_eq(fused_nodes(&rf, "BNGrad"), c->bn_grad);
+  ck_assert_int_eq(fused_nodes(&rf, "QuantizeLog*2"), c->log_pair);
+  ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
   nbl_train_session_free(ru.s);
   nbl_host_tensor_free(&x);

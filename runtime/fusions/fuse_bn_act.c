@@ -1,0 +1,405 @@
+/* fuse_bn_act.c - the bn-act fusion of training graphs: the forward chain
+ * around every quantized convolution of a training graph,
+ *
+ *   BatchNormInternal -> [Add (a residual) ->] Relu -> QuantizeInt4
+ *
+ * runs as one node. Per channel (in parallel): the batch statistics (the
+ * op's own two passes in double), then, while the channel is in cache,
+ * Y = x * fa + fb, the residual added, Relu, written once as the Relu output
+ * (which the backward reads) with its minimum and maximum; then the
+ * quantizer with the range known (no scan) writes the quantized output. The
+ * unfused chain writes Y and the Add's sum to memory and reads them back,
+ * and scans the Relu output once more for the quantizer's range.
+ *
+ * Same numbers as the unfused nodes bit for bit: the statistics and Y come
+ * from BatchNormInternal's per-channel kernel pieces (runtime/ops/grad_norm.h),
+ * the sum is the same float addition, Relu the same selection (v < 0 ? 0 : v),
+ * the quantizer's parameters come from the same range (its minimum and
+ * maximum; the sign of a zero bound does not change them) and its values
+ * from the op's own path (nbl_q4_forward: the fast one, or the reference for
+ * NaN, Inf or stochastic rounding). See fuse.h; NBL_NO_FUSION=bn-act turns
+ * it off.
+ *
+ * The fused node runs at the QuantizeInt4's place in the schedule:
+ *   inputs:  X, scale, B, input_mean, input_var (BatchNormInternal's), R
+ *            (the Add's other operand; omitted without an Add)
+ *   outputs: QuantizeInt4's three, Relu's output, BatchNormInternal's
+ *            outputs 1-4 (running mean and variance, saved mean and inverse
+ *            standard deviation); BatchNormInternal's Y and the Add's sum are
+ *            not written
+ *   attributes: QuantizeInt4's, and nibble.bn_epsilon, nibble.bn_momentum
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/core/cpu.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/ops/grad_norm.h"
+#include "runtime/ops/nibble.h"
+
+/* ------------------------------------------------------------------ plan */
+
+typedef struct ba_fused {
+  nbl_node node;
+  nbl_id in[6], out[8];
+  nbl_attr *attrs;
+  char op[40];
+} ba_fused;
+
+typedef struct ba_fusion {
+  int n_nodes;
+  ba_fused **by_node; /* per node of the graph: its fused node (keyed by the QuantizeInt4), or NULL */
+} ba_fusion;
+
+void nbl_fuse_bn_act_free(void *state) {
+  ba_fusion *fu = state;
+  if (!fu) return;
+  for (int i = 0; i < fu->n_nodes; i++)
+    if (fu->by_node[i]) {
+      free(fu->by_node[i]->attrs);
+      free(fu->by_node[i]);
+    }
+  free(fu->by_node);
+  free(fu);
+}
+
+static int is_float(const nbl_graph *g, nbl_id v) {
+  const nbl_type *t = &g->values[v].type;
+  return v != NBL_NONE && t->kind == NBL_TYPE_TENSOR && t->elem == NBL_DT_FLOAT;
+}
+
+/* 1 if values a and b are declared with the same fully known shape (each dim
+ * the same number or the same symbol): the Add does not broadcast. */
+static int same_static_shape(const nbl_graph *g, nbl_id a, nbl_id b) {
+  const nbl_type *x = &g->values[a].type, *y = &g->values[b].type;
+  if (!is_float(g, a) || !is_float(g, b) || x->rank < 2 || x->rank != y->rank) return 0;
+  for (int i = 0; i < x->rank; i++) {
+    const nbl_dim *p = &x->dims[i], *q = &y->dims[i];
+    if (p->value >= 0 ? p->value != q->value : (!p->param || !q->param || strcmp(p->param, q->param)))
+      return 0;
+  }
+  return 1;
+}
+
+/* The BatchNormInternal node (training mode, float32, all inputs) whose only
+ * use of output 0 is input `slot` of node `by`, or NBL_NONE. */
+static nbl_id bn_feeding(const nbl_fusion_env *env, nbl_id v, nbl_id by, int slot) {
+  const nbl_graph *g = env->g;
+  const nbl_node *B = nbl_fuse_producer(g, v);
+  if (!nbl_fuse_is_op(B, "com.microsoft", "BatchNormInternal") || B->n_inputs != 5 || B->n_outputs < 1 ||
+      B->n_outputs > 5 || B->outputs[0] != v || nbl_attr_int(B, "training_mode", 1) == 0 ||
+      !nbl_fuse_only_feeds(g, v, by, slot) || env->taken(env, g->values[v].producer))
+    return NBL_NONE;
+  for (int k = 0; k < 5; k++)
+    if (!is_float(g, B->inputs[k])) return NBL_NONE;
+  return g->values[v].producer;
+}
+
+/* The chain ending at QuantizeInt4 node q, or NULL; the nodes it absorbs in
+ * nodes[0..3) (BatchNormInternal, Relu, Add or NBL_NONE). */
+static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id q,
+                          nbl_id nodes[3]) {
+  const nbl_graph *g = env->g;
+  const nbl_node *Q = &g->nodes[q];
+  nbl_q4_config cfg;
+  char err[160];
+  if (!nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") || Q->n_inputs != 1 || Q->inputs[0] == NBL_NONE ||
+      Q->n_outputs < 1 || Q->n_outputs > 3 || Q->outputs[0] == NBL_NONE ||
+      nbl_q4_config_decode(Q, &cfg, err, sizeof err) != NBL_OK || cfg.scale_source != NBL_Q4_SCALE_MAX)
+    return NULL;
+  nbl_id v = Q->inputs[0];
+  const nbl_node *R = nbl_fuse_producer(g, v);
+  if (!nbl_fuse_is_op(R, "", "Relu") || R->n_inputs != 1 || R->n_outputs != 1 || R->inputs[0] == NBL_NONE ||
+      env->taken(env, g->values[v].producer) || nbl_fuse_used_in_subgraphs(g, g->values[v].name))
+    return NULL;
+  nodes[1] = g->values[v].producer;
+  nbl_id u = R->inputs[0], res = NBL_NONE;
+  nodes[2] = NBL_NONE;
+  nodes[0] = bn_feeding(env, u, nodes[1], 0);
+  if (nodes[0] == NBL_NONE) { /* BatchNormInternal -> Add(., residual) -> Relu */
+    const nbl_node *A = nbl_fuse_producer(g, u);
+    if (!nbl_fuse_is_op(A, "", "Add") || A->n_inputs != 2 || A->n_outputs != 1 || A->inputs[0] == A->inputs[1] ||
+        !nbl_fuse_only_feeds(g, u, nodes[1], 0) || env->taken(env, g->values[u].producer) ||
+        !same_static_shape(g, A->inputs[0], A->inputs[1]))
+      return NULL;
+    nodes[2] = g->values[u].producer;
+    for (int k = 0; k < 2 && nodes[0] == NBL_NONE; k++) {
+      nodes[0] = bn_feeding(env, A->inputs[k], nodes[2], k);
+      res = A->inputs[1 - k];
+    }
+    if (nodes[0] == NBL_NONE) return NULL;
+  }
+  const nbl_node *B = &g->nodes[nodes[0]];
+  if (!same_static_shape(g, B->inputs[0], v)) return NULL;
+  /* the node runs where QuantizeInt4 did: what it writes is read later */
+  nbl_id skip[4] = {q, nodes[0], nodes[1], nodes[2]};
+  for (int k = 1; k < B->n_outputs; k++)
+    if (B->outputs[k] != NBL_NONE && nbl_fuse_read_by(env, order, n_order, B->outputs[k], pos[q], skip, 4))
+      return NULL;
+  if (nbl_fuse_read_by(env, order, n_order, v, pos[q], skip, 4) ||
+      (res != NBL_NONE && nbl_fuse_written_at(env, order, n_order, res) >= pos[q]))
+    return NULL;
+  ba_fused *f = calloc(1, sizeof *f);
+  if (f) f->attrs = calloc((size_t)Q->n_attrs + 2, sizeof(nbl_attr));
+  if (!f || !f->attrs) {
+    free(f);
+    return NULL;
+  }
+  if (Q->n_attrs) memcpy(f->attrs, Q->attrs, sizeof(nbl_attr) * (size_t)Q->n_attrs);
+  f->attrs[Q->n_attrs] = (nbl_attr){.name = "nibble.bn_epsilon", .type = NBL_ATTR_FLOAT,
+                                    .f = nbl_attr_float(B, "epsilon", 1e-5f)};
+  f->attrs[Q->n_attrs + 1] = (nbl_attr){.name = "nibble.bn_momentum", .type = NBL_ATTR_FLOAT,
+                                        .f = nbl_attr_float(B, "momentum", 0.9f)};
+  for (int k = 0; k < 5; k++) f->in[k] = B->inputs[k];
+  f->in[5] = res;
+  for (int k = 0; k < 3; k++) f->out[k] = k < Q->n_outputs ? Q->outputs[k] : NBL_NONE;
+  f->out[3] = v;
+  for (int k = 1; k < 5; k++) f->out[3 + k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
+  f->node = *Q;
+  f->node.inputs = f->in;
+  f->node.n_inputs = 6;
+  f->node.outputs = f->out;
+  f->node.n_outputs = 8;
+  f->node.attrs = f->attrs;
+  f->node.n_attrs = Q->n_attrs + 2;
+  snprintf(f->op, sizeof f->op, "BN+%sRelu+Q4", nodes[2] != NBL_NONE ? "Add+" : "");
+  f->node.op_type = f->op;
+  return f;
+}
+
+/* Each QuantizeInt4 (scale_source=max) of a Relu of a BatchNormInternal
+ * (through a residual Add when there), unless an earlier fusion took one of
+ * them; the fused node takes the QuantizeInt4's place, the other nodes
+ * leave the order. */
+nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  const nbl_graph *g = env->g;
+  *state = NULL;
+  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
+  ba_fusion *fu = calloc(1, sizeof *fu);
+  unsigned char *drop = calloc((size_t)g->n_nodes, 1);
+  int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
+  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(ba_fused *));
+  if (!fu || !drop || !pos || !fu->by_node) {
+    free(drop);
+    free(pos);
+    if (fu) free(fu->by_node);
+    free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  fu->n_nodes = g->n_nodes;
+  for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
+  for (int s = 0; s < *n; s++) pos[order[s]] = s;
+  int any = 0;
+  for (int s = 0; s < *n; s++) {
+    nbl_id id = order[s], nodes[3];
+    if (drop[id] || env->taken(env, id)) continue;
+    ba_fused *f = try_fuse(env, order, *n, pos, id, nodes);
+    if (!f) continue;
+    int clash = 0;
+    for (int k = 0; k < 3; k++) clash |= nodes[k] != NBL_NONE && (drop[nodes[k]] || fu->by_node[nodes[k]]);
+    if (clash) {
+      free(f->attrs);
+      free(f);
+      continue;
+    }
+    fu->by_node[id] = f;
+    for (int k = 0; k < 3; k++)
+      if (nodes[k] != NBL_NONE) drop[nodes[k]] = 1;
+    any = 1;
+  }
+  free(pos);
+  if (!any) {
+    free(drop);
+    nbl_fuse_bn_act_free(fu);
+    return NBL_OK;
+  }
+  int w = 0;
+  for (int s = 0; s < *n; s++)
+    if (!drop[order[s]]) order[w++] = order[s];
+  *n = w;
+  free(drop);
+  *state = fu;
+  return NBL_OK;
+}
+
+const nbl_node *nbl_fuse_bn_act_node(const void *state, nbl_id node) {
+  const ba_fusion *fu = state;
+  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
+  return &fu->by_node[node]->node;
+}
+
+/* ------------------------------------------------------------------ kernel */
+
+typedef struct ba_job {
+  nbl_kctx *c;
+  int64_t N, C, sp;
+  double eps, mom;
+  const float *x, *scale, *bias, *mean_in, *var_in, *res;
+  float *v; /* the Relu output */
+  float *run_mean, *run_var, *saved_mean, *saved_inv;
+  float *lo, *hi; /* per channel: the minimum and maximum of its Relu outputs */
+  unsigned char *bad; /* per channel: 1 when one is NaN or Inf */
+} ba_job;
+
+/* v = relu(v + r) (r may be NULL) over n floats, with their minimum and
+ * maximum; returns 1 if one of them is NaN or Inf (lo, hi then undefined). */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static int relu_range_avx2(float *v, const float *r, int64_t n, float *lo,
+                                                           float *hi) {
+  __m256 z = _mm256_setzero_ps(), mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY), chk = z;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 t = _mm256_loadu_ps(v + i);
+    if (r) t = _mm256_add_ps(t, _mm256_loadu_ps(r + i));
+    t = _mm256_blendv_ps(t, z, _mm256_cmp_ps(t, z, _CMP_LT_OQ)); /* t < 0 ? 0 : t */
+    _mm256_storeu_ps(v + i, t);
+    chk = _mm256_add_ps(chk, _mm256_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
+    mn = _mm256_min_ps(mn, t);
+    mx = _mm256_max_ps(mx, t);
+  }
+  float a[8], b[8], k[8];
+  _mm256_storeu_ps(a, mn);
+  _mm256_storeu_ps(b, mx);
+  _mm256_storeu_ps(k, chk);
+  int bad = 0;
+  float l = INFINITY, h = -INFINITY;
+  for (int j = 0; j < 8; j++) {
+    bad |= k[j] != 0.0f;
+    l = a[j] < l ? a[j] : l;
+    h = b[j] > h ? b[j] : h;
+  }
+  for (; i < n; i++) {
+    float t = r ? v[i] + r[i] : v[i];
+    t = t < 0 ? 0.0f : t;
+    v[i] = t;
+    bad |= !isfinite(t);
+    l = t < l ? t : l;
+    h = t > h ? t : h;
+  }
+  *lo = l;
+  *hi = h;
+  return bad;
+}
+#endif
+
+static int relu_range(float *v, const float *r, int64_t n, float *lo, float *hi) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX2)) return relu_range_avx2(v, r, n, lo, hi);
+#endif
+  int bad = 0;
+  float l = INFINITY, h = -INFINITY;
+  for (int64_t i = 0; i < n; i++) {
+    float t = r ? v[i] + r[i] : v[i];
+    t = t < 0 ? 0.0f : t;
+    v[i] = t;
+    bad |= !isfinite(t);
+    l = t < l ? t : l;
+    h = t > h ? t : h;
+  }
+  *lo = l;
+  *hi = h;
+  return bad;
+}
+
+static void ba_run(void *arg, int64_t b, int64_t e) {
+  const ba_job *j = arg;
+  int64_t N = j->N, C = j->C, sp = j->sp;
+  for (int64_t ch = b; ch < e; ch++) {
+    double mean, var;
+    nbl_bn_stats_f32_channel(j->x, N, C, sp, ch, &mean, &var);
+    float fa, fb;
+    double inv = nbl_bn_affine_f32(mean, var, j->eps, j->scale[ch], j->bias[ch], &fa, &fb);
+    float lo = INFINITY, hi = -INFINITY;
+    int bad = 0;
+    for (int64_t n = 0; n < N; n++) {
+      int64_t o = (n * C + ch) * sp;
+      float l, h;
+      nbl_bn_apply_f32(j->v + o, j->x + o, fa, fb, sp);
+      bad |= relu_range(j->v + o, j->res ? j->res + o : NULL, sp, &l, &h);
+      lo = l < lo ? l : lo;
+      hi = h > hi ? h : hi;
+    }
+    j->lo[ch] = lo;
+    j->hi[ch] = hi;
+    j->bad[ch] = (unsigned char)bad;
+    /* BatchNormInternal's other outputs, as its kernel writes them (float) */
+    if (j->run_mean) j->run_mean[ch] = (float)(j->mean_in[ch] * j->mom + mean * (1 - j->mom));
+    if (j->run_var) j->run_var[ch] = (float)(j->var_in[ch] * j->mom + var * (1 - j->mom));
+    if (j->saved_mean) j->saved_mean[ch] = (float)mean;
+    if (j->saved_inv) j->saved_inv[ch] = (float)inv;
+  }
+}
+
+static int same_dims(const nbl_rt_tensor *a, const nbl_rt_tensor *b) {
+  if (a->rank != b->rank) return 0;
+  for (int i = 0; i < a->rank; i++)
+    if (a->dims[i] != b->dims[i]) return 0;
+  return 1;
+}
+
+static nbl_status k_bn_act_fused(nbl_kctx *c) {
+  static const char *const names[] = {"X", "scale", "B", "input_mean", "input_var", "the residual"};
+  for (int k = 0; k < 6; k++) {
+    const nbl_rt_tensor *t = c->in[k];
+    if (k == 5 && !t) continue;
+    if (!t) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "missing input %s", names[k]);
+    if (t->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input %s must be float32 (got %s)", names[k],
+                      nbl_dtype_name(t->dtype));
+  }
+  const nbl_rt_tensor *X = c->in[0];
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X must have rank >= 2");
+  int64_t N = X->dims[0], C = X->dims[1], sp = N * C > 0 ? X->numel / (N * C) : 0;
+  for (int k = 1; k < 5; k++)
+    if (c->in[k]->rank != 1 || c->in[k]->dims[0] != C)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have shape [%lld]", names[k], (long long)C);
+  if (c->in[5] && !same_dims(c->in[5], X))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual must have the shape of X");
+  nbl_q4_config cfg;
+  nbl_status st = nbl_q4_attrs(c, &cfg);
+  if (st) return st;
+  ba_job j = {.c = c, .N = N, .C = C, .sp = sp, .eps = nbl_attr_float(c->node, "nibble.bn_epsilon", 1e-5f),
+              .mom = nbl_attr_float(c->node, "nibble.bn_momentum", 0.9f), .x = X->data,
+              .scale = c->in[1]->data, .bias = c->in[2]->data, .mean_in = c->in[3]->data,
+              .var_in = c->in[4]->data, .res = c->in[5] ? c->in[5]->data : NULL};
+  if ((st = nbl_kctx_alloc_out(c, 3, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  j.v = nbl_kctx_out(c, 3)->data;
+  float **side[4] = {&j.run_mean, &j.run_var, &j.saved_mean, &j.saved_inv};
+  for (int k = 0; k < 4; k++)
+    if (c->out[4 + k]) {
+      if ((st = nbl_kctx_alloc_out(c, 4 + k, NBL_DT_FLOAT, 1, &C))) return st;
+      *side[k] = nbl_kctx_out(c, 4 + k)->data;
+    }
+  size_t nc = (size_t)(C > 0 ? C : 1);
+  j.lo = malloc(sizeof(float) * nc);
+  j.hi = malloc(sizeof(float) * nc);
+  j.bad = malloc(nc);
+  if (!j.lo || !j.hi || !j.bad) {
+    free(j.lo);
+    free(j.hi);
+    free(j.bad);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  nbl_parallel_for(c, C, 1, ba_run, &j);
+  float range[2] = {INFINITY, -INFINITY};
+  int bad = 0;
+  for (int64_t ch = 0; ch < C; ch++) {
+    bad |= j.bad[ch];
+    range[0] = j.lo[ch] < range[0] ? j.lo[ch] : range[0];
+    range[1] = j.hi[ch] > range[1] ? j.hi[ch] : range[1];
+  }
+  free(j.lo);
+  free(j.hi);
+  free(j.bad);
+  /* no element: nbl_i4_params_from_range takes n = 0 as the range [0, 0] */
+  return nbl_q4_forward(c, &cfg, nbl_kctx_out(c, 3), bad ? NULL : range);
+}
+
+const nbl_op_def nbl_fused_bn_act_def = NBL_OP_DEF("ai.nibble", "BNActChain", 1, 1, .ref = k_bn_act_fused,
+                                                   .fast = k_bn_act_fused);

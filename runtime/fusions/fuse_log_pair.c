@@ -1,0 +1,198 @@
+/* fuse_log_pair.c - the log-pair fusion of training graphs: the two
+ * QuantizeLog nodes that quantize-grad-log4 puts on one gradient (with
+ * rounding=tpr, phase 0 for the input-gradient product and phase 1 for the
+ * weight-gradient product; any two nearest/tpr QuantizeLog of one tensor)
+ * run as one node: one max|x| scan (split across the threads: a maximum does
+ * not depend on the order) and one sweep that writes both outputs chunk by
+ * chunk while the chunk is in cache. Unfused, each node scans the tensor
+ * and then sweeps it (four reads, two writes; here two reads, two writes).
+ *
+ * Same numbers as the unfused nodes bit for bit: the same maximum, each
+ * node's own parameters and threshold table from it (nbl_log_choose_max,
+ * nbl_log_table) and the op's nearest-rounding kernel (nbl_logq_nearest).
+ * See fuse.h; NBL_NO_FUSION=log-pair turns it off.
+ *
+ * The fused node runs at the first QuantizeLog's place:
+ *   inputs:  X
+ *   outputs: the first node's Y, the second node's Y
+ *   (the nodes' optional second output, top, must be unused)
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/formats/log.h"
+#include "runtime/fusions/fuse.h"
+#include "runtime/kernels/log_quant.h"
+
+/* ------------------------------------------------------------------ plan */
+
+typedef struct lp_fused {
+  nbl_node node; /* first: the kernel sees the whole struct through c->node */
+  const nbl_node *orig[2];
+  nbl_id out[2];
+  char op[24];
+} lp_fused;
+
+typedef struct lp_fusion {
+  int n_nodes;
+  lp_fused **by_node;
+} lp_fusion;
+
+void nbl_fuse_log_pair_free(void *state) {
+  lp_fusion *fu = state;
+  if (!fu) return;
+  for (int i = 0; i < fu->n_nodes; i++) free(fu->by_node[i]);
+  free(fu->by_node);
+  free(fu);
+}
+
+/* 1 if n is a QuantizeLog of one float32 (or untyped) input with nearest or
+ * tpr rounding whose output top is unused. */
+static int pairable(const nbl_graph *g, const nbl_node *n) {
+  nbl_log_config cfg;
+  char err[160];
+  if (!nbl_fuse_is_op(n, "ai.nibble", "QuantizeLog") || n->n_inputs != 1 || n->inputs[0] == NBL_NONE ||
+      n->n_outputs < 1 || n->n_outputs > 2 || n->outputs[0] == NBL_NONE ||
+      nbl_log_config_decode(n, &cfg, err, sizeof err) != NBL_OK ||
+      (cfg.rounding != NBL_LOG_NEAREST && cfg.rounding != NBL_LOG_TPR))
+    return 0;
+  if (n->n_outputs == 2 && n->outputs[1] != NBL_NONE) {
+    const nbl_value *t = &g->values[n->outputs[1]];
+    if (t->n_consumers || (t->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER))) return 0;
+  }
+  const nbl_type *t = &g->values[n->inputs[0]].type;
+  return t->kind == NBL_TYPE_NONE ||
+         (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
+}
+
+nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  const nbl_graph *g = env->g;
+  *state = NULL;
+  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
+  lp_fusion *fu = calloc(1, sizeof *fu);
+  unsigned char *drop = calloc((size_t)g->n_nodes, 1);
+  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(lp_fused *));
+  if (!fu || !drop || !fu->by_node) {
+    free(drop);
+    if (fu) free(fu->by_node);
+    free(fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  fu->n_nodes = g->n_nodes;
+  int any = 0;
+  for (int s = 0; s < *n; s++) {
+    nbl_id a = order[s];
+    const nbl_node *A = &g->nodes[a];
+    if (drop[a] || fu->by_node[a] || env->taken(env, a) || !pairable(g, A)) continue;
+    for (int t = s + 1; t < *n; t++) { /* the next QuantizeLog of the same input */
+      nbl_id b = order[t];
+      const nbl_node *Bn = &g->nodes[b];
+      if (drop[b] || fu->by_node[b] || env->taken(env, b) || !pairable(g, Bn) || Bn->inputs[0] != A->inputs[0])
+        continue;
+      lp_fused *f = calloc(1, sizeof *f);
+      if (!f) break;
+      f->orig[0] = A;
+      f->orig[1] = Bn;
+      f->out[0] = A->outputs[0];
+      f->out[1] = Bn->outputs[0];
+      f->node = *A;
+      f->node.outputs = f->out;
+      f->node.n_outputs = 2;
+      snprintf(f->op, sizeof f->op, "QuantizeLog*2");
+      f->node.op_type = f->op;
+      fu->by_node[a] = f;
+      drop[b] = 1;
+      any = 1;
+      break;
+    }
+  }
+  if (!any) {
+    free(drop);
+    nbl_fuse_log_pair_free(fu);
+    return NBL_OK;
+  }
+  int w = 0;
+  for (int s = 0; s < *n; s++)
+    if (!drop[order[s]]) order[w++] = order[s];
+  *n = w;
+  free(drop);
+  *state = fu;
+  return NBL_OK;
+}
+
+const nbl_node *nbl_fuse_log_pair_node(const void *state, nbl_id node) {
+  const lp_fusion *fu = state;
+  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
+  return &fu->by_node[node]->node;
+}
+
+/* ------------------------------------------------------------------ kernel */
+
+#define LP_CHUNK 32768 /* floats per sweep chunk (128 KiB, in L2 for the second table) */
+
+typedef struct lp_job {
+  nbl_logq_isa isa;
+  const float *x;
+  int64_t n, parts;
+  float *part_max;
+  float lev[2][NBL_LOG_MAX_LEVELS], thr[2][NBL_LOG_MAX_LEVELS];
+  int levels[2];
+  float *y[2];
+} lp_job;
+
+static void lp_max(void *arg, int64_t b, int64_t e) {
+  lp_job *j = arg;
+  for (int64_t p = b; p < e; p++) {
+    int64_t lo = j->n * p / j->parts, hi = j->n * (p + 1) / j->parts;
+    j->part_max[p] = nbl_logq_absmax(j->isa, j->x + lo, (size_t)(hi - lo));
+  }
+}
+
+static void lp_sweep(void *arg, int64_t b, int64_t e) {
+  const lp_job *j = arg;
+  for (int64_t at = b; at < e; at += LP_CHUNK) { /* both outputs of a chunk while it is in cache */
+    int64_t len = e - at < LP_CHUNK ? e - at : LP_CHUNK;
+    for (int k = 0; k < 2; k++)
+      nbl_logq_nearest(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at, j->y[k] + at, (size_t)len);
+  }
+}
+
+static nbl_status k_log_pair(nbl_kctx *c) {
+  const lp_fused *f = (const lp_fused *)c->node;
+  const nbl_rt_tensor *X = c->n_in > 0 ? c->in[0] : NULL;
+  if (!X) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X is missing");
+  if (X->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
+  nbl_log_config cfg[2];
+  for (int k = 0; k < 2; k++) {
+    char err[256];
+    nbl_status st = nbl_log_config_decode(f->orig[k], &cfg[k], err, sizeof err);
+    if (st != NBL_OK) return nbl_kerr(c, st, "%s", err);
+  }
+  lp_job j = {.isa = nbl_logq_best_isa(), .x = X->data, .n = X->numel};
+  /* max |x| over the finite elements: the maximum of the parts' maxima */
+  j.parts = c->threads > 1 && X->numel >= 2 * LP_CHUNK ? 4 * c->threads : 1;
+  float one;
+  j.part_max = j.parts > 1 ? malloc(sizeof(float) * (size_t)j.parts) : &one;
+  if (!j.part_max) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_parallel_for(c, j.parts, 1, lp_max, &j);
+  float m = 0.0f;
+  for (int64_t p = 0; p < j.parts; p++) m = j.part_max[p] > m ? j.part_max[p] : m;
+  if (j.part_max != &one) free(j.part_max);
+  for (int k = 0; k < 2; k++) {
+    nbl_log_params p;
+    nbl_log_choose_max(&cfg[k], m, &p);
+    nbl_log_table(&cfg[k], &p, j.lev[k], j.thr[k]);
+    j.levels[k] = p.levels;
+    nbl_status st = nbl_kctx_alloc_out(c, k, NBL_DT_FLOAT, X->rank, X->dims);
+    if (st) return st;
+    j.y[k] = nbl_kctx_out(c, k)->data;
+  }
+  nbl_parallel_for(c, X->numel, LP_CHUNK, lp_sweep, &j);
+  return NBL_OK;
+}
+
+const nbl_op_def nbl_fused_log_pair_def = NBL_OP_DEF("ai.nibble", "QuantizeLogPair", 1, 1, .ref = k_log_pair,
+                                                     .fast = k_log_pair);
