@@ -18,7 +18,11 @@
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
  *   too, and only one of them is taken), log-pair the 8 pairs of tpr
  *   QuantizeLog; LeNet-5 has no BatchNorm (log-pair only, 3 pairs).
- * kernel: a hand-built chain Add -> QuantizeInt4Grad -> ReluGrad ->
+ * fwd: hand-built BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 (affine,
+ *   symmetric, stochastic) and two QuantizeLog beside them, odd sizes, NaN
+ *   and -Inf in X (the quantizer's reference path), 1 and 2 threads; and two
+ *   QuantizeLog alone on sizes around the kernel's chunk: the same bits.
+ * chain: a hand-built chain Add -> QuantizeInt4Grad -> ReluGrad ->
  *   BatchNormalizationGrad (and the shorter chains) on odd sizes (channels
  *   and planes off the vector widths), with zeros, NaN and Inf among the
  *   inputs, a broadcast Add operand and a ReluGrad output that is also a
@@ -194,6 +198,50 @@ static float urand(unsigned *st) {
   return (float)((*st >> 8) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
+/* Runs model m twice (the second run in the planned arena, which must give
+ * the same bits) on feeds[0..nf), planned with the fusions or with
+ * NBL_NO_FUSION=all; returns its outputs concatenated (malloc'd, *n floats)
+ * and in *hit whether the profile names an op type containing `pattern`. */
+static float *exec_model(nbl_model *m, const nbl_host_tensor *feeds, int nf, int fused, int threads,
+                         const char *pattern, int64_t *n, int *hit) {
+  if (!fused) setenv("NBL_NO_FUSION", "all", 1);
+  nbl_session_options opt = {.threads = threads, .profile = 1};
+  nbl_session *s = NULL;
+  nbl_status cst = nbl_session_create(m, &opt, &s);
+  unsetenv("NBL_NO_FUSION");
+  ck_assert_msg(cst == NBL_OK, "%s", nbl_last_error());
+  float *out = NULL;
+  for (int run = 0; run < 2; run++) {
+    const nbl_host_tensor *res = NULL;
+    ck_assert_msg(nbl_session_run(s, nf, feeds, &res) == NBL_OK, "%s", nbl_last_error());
+    int no = nbl_session_output_count(s);
+    size_t total = 0;
+    for (int o = 0; o < no; o++) total += res[o].nbytes;
+    float *cat = malloc(total ? total : 1);
+    size_t at = 0;
+    for (int o = 0; o < no; o++) {
+      memcpy((char *)cat + at, res[o].data, res[o].nbytes);
+      at += res[o].nbytes;
+    }
+    *n = (int64_t)(total / sizeof(float));
+    if (run == 0) {
+      out = cat;
+    } else {
+      ck_assert(memcmp(out, cat, total) == 0);
+      free(cat);
+    }
+  }
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
+  fclose(f);
+  *hit = strstr(text, pattern) != NULL;
+  free(text);
+  nbl_session_free(s);
+  return out;
+}
+
 /* The chain's outputs (dX, dscale, dbias[, ReluGrad's]) concatenated
  * (malloc'd, *n floats); *fused: the profile showed a fused node. */
 static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n, int *was_fused) {
@@ -260,41 +308,7 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
   for (int k = 0; k < 3; k++) nbl_graph_add_output(g, outs[k]);
   if (c->keep_r) nbl_graph_add_output(g, gr);
   ck_assert_msg(nbl_graph_verify(g, "chain") == NBL_OK, "%s", nbl_last_error());
-  if (!fused) setenv("NBL_NO_FUSION", "all", 1);
-  nbl_session_options opt = {.threads = threads, .profile = 1};
-  nbl_session *s = NULL;
-  nbl_status cst = nbl_session_create(m, &opt, &s);
-  unsetenv("NBL_NO_FUSION");
-  ck_assert_msg(cst == NBL_OK, "%s", nbl_last_error());
-  float *out = NULL;
-  for (int run = 0; run < 2; run++) { /* the second run in the planned arena */
-    const nbl_host_tensor *res = NULL;
-    ck_assert_msg(nbl_session_run(s, nf, feeds, &res) == NBL_OK, "%s", nbl_last_error());
-    int no = nbl_session_output_count(s);
-    size_t total = 0;
-    for (int o = 0; o < no; o++) total += res[o].nbytes;
-    float *cat = malloc(total);
-    size_t at = 0;
-    for (int o = 0; o < no; o++) {
-      memcpy((char *)cat + at, res[o].data, res[o].nbytes);
-      at += res[o].nbytes;
-    }
-    *n = (int64_t)(total / sizeof(float));
-    if (run == 0) {
-      out = cat;
-    } else {
-      ck_assert(memcmp(out, cat, total) == 0);
-      free(cat);
-    }
-  }
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
-  *was_fused = strstr(text, "BNGrad") != NULL;
-  free(text);
-  nbl_session_free(s);
+  float *out = exec_model(m, feeds, nf, fused, threads, "BNGrad", n, was_fused);
   nbl_model_free(m);
   for (int k = 0; k < 7; k++) free(data[k]);
   return out;
@@ -325,6 +339,178 @@ START_TEST(test_chain) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ bn-act and log-pair, hand-built */
+
+typedef struct fwd_case {
+  int64_t N, C, H, W;
+  int add;      /* a residual Add between BatchNormInternal and Relu (the BatchNorm as operand `add - 1`) */
+  int q4;       /* 1: affine/max; 2: symmetric/max; 3: affine/max, stochastic */
+  int specials; /* NaN and Inf in X */
+  int threads;
+} fwd_case;
+
+static float *run_fwd(const fwd_case *c, int fused, int64_t *n, int *was_fused) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "com.microsoft", 1);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  int64_t dims[4] = {c->N, c->C, c->H, c->W}, cd[1] = {c->C}, numel = c->N * c->C * c->H * c->W;
+  const char *names[6] = {"x", "scale", "bias", "mean", "var", "res"};
+  nbl_id in[6];
+  float *data[6];
+  nbl_host_tensor feeds[6];
+  memset(feeds, 0, sizeof feeds);
+  unsigned st = 777u + (unsigned)(c->C * 3 + c->W);
+  int nf = 0;
+  for (int k = 0; k < 6; k++) {
+    int per_c = k >= 1 && k <= 4;
+    int64_t cnt = per_c ? c->C : numel;
+    data[k] = malloc(sizeof(float) * (size_t)cnt);
+    for (int64_t i = 0; i < cnt; i++) {
+      float r = urand(&st) * (k == 0 ? 3.0f : 1.0f) + (k == 0 ? 0.5f : 0.0f);
+      if (k == 4) r = fabsf(r) + 0.1f;
+      if (c->specials && k == 0 && i % 211 == 17) r = NAN;
+      if (c->specials && k == 0 && i % 307 == 5) r = -INFINITY;
+      data[k][i] = r;
+    }
+    in[k] = nbl_graph_add_value(g, names[k]);
+    if (k == 5 && !c->add) continue;
+    nbl_type_set_tensor(m->arena, &g->values[in[k]].type, NBL_DT_FLOAT, per_c ? 1 : 4, per_c ? cd : dims);
+    nbl_graph_add_input(g, in[k]);
+    feeds[nf] = (nbl_host_tensor){.name = names[k], .dtype = NBL_DT_FLOAT, .rank = per_c ? 1 : 4, .data = data[k],
+                                  .nbytes = sizeof(float) * (size_t)cnt};
+    memcpy(feeds[nf].dims, per_c ? cd : dims, sizeof(int64_t) * (per_c ? 1 : 4));
+    nf++;
+  }
+  nbl_id bo[5];
+  const char *bn_out[5] = {"y", "run_mean", "run_var", "saved_mean", "saved_inv"};
+  for (int k = 0; k < 5; k++) bo[k] = nbl_graph_add_value(g, bn_out[k]);
+  nbl_type_set_tensor(m->arena, &g->values[bo[0]].type, NBL_DT_FLOAT, 4, dims);
+  nbl_id b = nbl_graph_add_node(g, "BatchNormInternal", "com.microsoft", "bn", 5, in, 5, bo);
+  nbl_node_set_attr_float(g, b, "epsilon", 1e-3f);
+  nbl_node_set_attr_float(g, b, "momentum", 0.8f);
+  nbl_id u = bo[0];
+  if (c->add) {
+    u = nbl_graph_add_value(g, "sum");
+    nbl_type_set_tensor(m->arena, &g->values[u].type, NBL_DT_FLOAT, 4, dims);
+    nbl_id ain[2] = {c->add == 1 ? bo[0] : in[5], c->add == 1 ? in[5] : bo[0]};
+    nbl_graph_add_node(g, "Add", "", "add", 2, ain, 1, &u);
+  }
+  nbl_id v = nbl_graph_add_value(g, "relu");
+  nbl_type_set_tensor(m->arena, &g->values[v].type, NBL_DT_FLOAT, 4, dims);
+  nbl_graph_add_node(g, "Relu", "", "relu", 1, &u, 1, &v);
+  nbl_id qo[2] = {nbl_graph_add_value(g, "q"), nbl_graph_add_value(g, "qscale")};
+  nbl_id q = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4", 1, &v, 2, qo);
+  nbl_node_set_attr_int(g, q, "bits", 4);
+  nbl_node_set_attr_string(g, q, "mode", c->q4 == 2 ? "symmetric" : "affine");
+  nbl_node_set_attr_string(g, q, "scale_source", "max");
+  if (c->q4 == 3) nbl_node_set_attr_string(g, q, "rounding", "stochastic");
+  /* two tpr QuantizeLog beside the chain (of X, which the fused node reads too) */
+  nbl_id lo[2] = {nbl_graph_add_value(g, "log0"), nbl_graph_add_value(g, "log1")};
+  for (int k = 0; k < 2; k++) {
+    nbl_id l = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", k ? "log1" : "log0", 1, &in[0], 1, &lo[k]);
+    nbl_node_set_attr_int(g, l, "radix", 4);
+    nbl_node_set_attr_string(g, l, "rounding", "tpr");
+    nbl_node_set_attr_int(g, l, "phase", k);
+  }
+  nbl_graph_add_output(g, qo[0]);
+  nbl_graph_add_output(g, qo[1]);
+  nbl_graph_add_output(g, v);
+  for (int k = 1; k < 5; k++) nbl_graph_add_output(g, bo[k]);
+  ck_assert_msg(nbl_graph_verify(g, "fwd") == NBL_OK, "%s", nbl_last_error());
+  nbl_graph_add_output(g, lo[0]);
+  nbl_graph_add_output(g, lo[1]);
+  float *out = exec_model(m, feeds, nf, fused, c->threads, "Relu+Q4", n, was_fused);
+  nbl_model_free(m);
+  for (int k = 0; k < 6; k++) free(data[k]);
+  return out;
+}
+
+static const fwd_case fcases[] = {
+    {3, 5, 7, 9, 0, 1, 0, 1},  {3, 5, 7, 9, 1, 1, 0, 2},  {2, 17, 5, 5, 2, 2, 0, 1}, {2, 17, 5, 5, 0, 1, 1, 2},
+    {2, 3, 11, 3, 1, 3, 0, 1}, {2, 3, 11, 3, 2, 1, 1, 2}, {1, 1, 1, 1, 0, 1, 0, 1},  {16, 4, 33, 35, 1, 1, 0, 2},
+};
+
+START_TEST(test_fwd) {
+  const fwd_case *c = &fcases[_i];
+  int fu, fr;
+  int64_t nf_, nu;
+  float *yf = run_fwd(c, 1, &nf_, &fu), *yu = run_fwd(c, 0, &nu, &fr);
+  ck_assert_int_eq(fu, 1);
+  ck_assert_int_eq(fr, 0);
+  ck_assert_int_eq(nf_, nu);
+  for (int64_t i = 0; i < nu; i++)
+    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)),
+                  "case %d (%lldx%lldx%lldx%lld add %d q4 %d specials %d), %d thread(s): [%lld] fused %.9g vs %.9g", _i,
+                  (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4, c->specials,
+                  c->threads, (long long)i, yf[i], yu[i]);
+  free(yf);
+  free(yu);
+}
+END_TEST
+
+/* log-pair alone: two QuantizeLog (tpr phases, and nearest with 2 exponent
+ * bits) of one input with zeros, NaN and Inf, sizes around the sweep's chunk
+ * (32768) and the parallel scan's threshold (65536). */
+static float *run_logs(int64_t numel, int threads, int specials, int fused, int64_t *n, int *hit) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "ai.nibble", 1);
+  nbl_graph *g = m->graph;
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 1, &numel);
+  nbl_graph_add_input(g, x);
+  float *d = malloc(sizeof(float) * (size_t)numel);
+  unsigned st = 99u;
+  for (int64_t i = 0; i < numel; i++) {
+    d[i] = urand(&st) * 0.01f;
+    if (i % 13 == 0) d[i] = 0.0f;
+    if (specials && i % 1001 == 7) d[i] = NAN;
+    if (specials && i % 4099 == 3) d[i] = INFINITY;
+  }
+  if (numel > 50000) d[50000] = -0.5f; /* the maximum late, in another part */
+  nbl_id y[2] = {nbl_graph_add_value(g, "y0"), nbl_graph_add_value(g, "y1")};
+  for (int k = 0; k < 2; k++) {
+    nbl_id l = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", k ? "l1" : "l0", 1, &x, 1, &y[k]);
+    nbl_node_set_attr_int(g, l, "radix", 4);
+    if (specials) {
+      nbl_node_set_attr_string(g, l, "rounding", "tpr");
+      nbl_node_set_attr_int(g, l, "phase", k);
+    } else {
+      nbl_node_set_attr_string(g, l, "rounding", "nearest");
+      nbl_node_set_attr_int(g, l, "exp_bits", 2 + k);
+    }
+    nbl_graph_add_output(g, y[k]);
+  }
+  ck_assert_msg(nbl_graph_verify(g, "logs") == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor feed = {.name = "x", .dtype = NBL_DT_FLOAT, .rank = 1, .data = d,
+                          .nbytes = sizeof(float) * (size_t)numel};
+  feed.dims[0] = numel;
+  float *out = exec_model(m, &feed, 1, fused, threads, "QuantizeLog*2", n, hit);
+  nbl_model_free(m);
+  free(d);
+  return out;
+}
+
+START_TEST(test_log_pair) {
+  static const int64_t sizes[] = {1, 37, 32768 + 5, 65536 + 9, 200003};
+  int64_t numel = sizes[_i % 5];
+  int threads = 1 + (_i / 5) % 2, specials = _i / 10;
+  int fu, fr;
+  int64_t nf_, nu;
+  float *yf = run_logs(numel, threads, specials, 1, &nf_, &fu), *yu = run_logs(numel, threads, specials, 0, &nu, &fr);
+  ck_assert_int_eq(fu, 1);
+  ck_assert_int_eq(fr, 0);
+  ck_assert_int_eq(nf_, nu);
+  for (int64_t i = 0; i < nu; i++)
+    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "%lld floats, %d thread(s), specials %d: [%lld] %.9g vs %.9g",
+                  (long long)numel, threads, specials, (long long)i, yf[i], yu[i]);
+  free(yf);
+  free(yu);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("fuse_train");
   TCase *tc = tcase_create("sessions");
@@ -334,6 +520,10 @@ static Suite *suite(void) {
   TCase *tk = tcase_create("chain");
   tcase_add_loop_test(tk, test_chain, 0, (int)(2 * sizeof ccases / sizeof ccases[0]));
   suite_add_tcase(s, tk);
+  TCase *tf = tcase_create("fwd");
+  tcase_add_loop_test(tf, test_fwd, 0, (int)(sizeof fcases / sizeof fcases[0]));
+  tcase_add_loop_test(tf, test_log_pair, 0, 20);
+  suite_add_tcase(s, tf);
   return s;
 }
 
