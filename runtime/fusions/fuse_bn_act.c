@@ -1,15 +1,16 @@
 /* fuse_bn_act.c - the bn-act fusion of training graphs: the forward chain
- * around every quantized convolution of a training graph,
+ * around every convolution with BatchNorm of a training graph,
  *
- *   BatchNormInternal -> [Add (a residual) ->] Relu -> QuantizeInt4
+ *   BatchNormInternal -> [Add (a residual) ->] Relu [-> QuantizeInt4]
  *
  * runs as one node. Per channel (in parallel): the batch statistics (the
  * op's own two passes in double), then, while the channel is in cache,
  * Y = x * fa + fb, the residual added, Relu, written once as the Relu output
- * (which the backward reads) with its minimum and maximum; then the
- * quantizer with the range known (no scan) writes the quantized output. The
- * unfused chain writes Y and the Add's sum to memory and reads them back,
- * and scans the Relu output once more for the quantizer's range.
+ * (which the backward reads) with its minimum and maximum; then, in 4-bit
+ * graphs, the quantizer with the range known (no scan) writes the quantized
+ * output. The unfused chain writes Y and the Add's sum to memory and reads
+ * them back, and the quantizer scans the Relu output once more for its
+ * range.
  *
  * Same numbers as the unfused nodes bit for bit: the statistics and Y come
  * from BatchNormInternal's per-channel kernel pieces (runtime/ops/grad_norm.h),
@@ -20,14 +21,16 @@
  * NaN, Inf or stochastic rounding). See fuse.h; NBL_NO_FUSION=bn-act turns
  * it off.
  *
- * The fused node runs at the QuantizeInt4's place in the schedule:
+ * The fused node runs at the QuantizeInt4's place in the schedule (without
+ * one, at the Relu's):
  *   inputs:  X, scale, B, input_mean, input_var (BatchNormInternal's), R
  *            (the Add's other operand; omitted without an Add)
- *   outputs: QuantizeInt4's three, Relu's output, BatchNormInternal's
- *            outputs 1-4 (running mean and variance, saved mean and inverse
- *            standard deviation); BatchNormInternal's Y and the Add's sum are
- *            not written
- *   attributes: QuantizeInt4's, and nibble.bn_epsilon, nibble.bn_momentum
+ *   outputs: QuantizeInt4's three (omitted without one), Relu's output,
+ *            BatchNormInternal's outputs 1-4 (running mean and variance,
+ *            saved mean and inverse standard deviation); BatchNormInternal's
+ *            Y and the Add's sum are not written
+ *   attributes: QuantizeInt4's, nibble.bn_epsilon, nibble.bn_momentum and
+ *            nibble.q4 (1 with a QuantizeInt4)
  */
 #include <math.h>
 #include <stdio.h>
@@ -101,24 +104,38 @@ static nbl_id bn_feeding(const nbl_fusion_env *env, nbl_id v, nbl_id by, int slo
   return g->values[v].producer;
 }
 
-/* The chain ending at QuantizeInt4 node q, or NULL; the nodes it absorbs in
- * nodes[0..3) (BatchNormInternal, Relu, Add or NBL_NONE). */
-static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id q,
-                          nbl_id nodes[3]) {
-  const nbl_graph *g = env->g;
-  const nbl_node *Q = &g->nodes[q];
+/* 1 if node q is a QuantizeInt4 of value v alone (scale_source=max) that
+ * the fused node can run. */
+static int q4_fusable(const nbl_fusion_env *env, const int *pos, nbl_id q, nbl_id v) {
+  const nbl_node *Q = &env->g->nodes[q];
   nbl_q4_config cfg;
   char err[160];
-  if (!nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") || Q->n_inputs != 1 || Q->inputs[0] == NBL_NONE ||
-      Q->n_outputs < 1 || Q->n_outputs > 3 || Q->outputs[0] == NBL_NONE ||
-      nbl_q4_config_decode(Q, &cfg, err, sizeof err) != NBL_OK || cfg.scale_source != NBL_Q4_SCALE_MAX)
-    return NULL;
-  nbl_id v = Q->inputs[0];
-  const nbl_node *R = nbl_fuse_producer(g, v);
+  return nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") && Q->n_inputs == 1 && Q->inputs[0] == v &&
+         Q->n_outputs >= 1 && Q->n_outputs <= 3 && Q->outputs[0] != NBL_NONE && pos[q] >= 0 &&
+         !env->taken(env, q) && nbl_q4_config_decode(Q, &cfg, err, sizeof err) == NBL_OK &&
+         cfg.scale_source == NBL_Q4_SCALE_MAX;
+}
+
+/* The chain through Relu node r, or NULL; the nodes it absorbs in nodes[]
+ * (BatchNormInternal, Relu, the Add or NBL_NONE, the QuantizeInt4 or
+ * NBL_NONE) and in *key the node whose place the fused node takes (the
+ * QuantizeInt4, else the Relu). */
+static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id r,
+                          nbl_id nodes[4], nbl_id *key) {
+  const nbl_graph *g = env->g;
+  const nbl_node *R = &g->nodes[r];
   if (!nbl_fuse_is_op(R, "", "Relu") || R->n_inputs != 1 || R->n_outputs != 1 || R->inputs[0] == NBL_NONE ||
-      env->taken(env, g->values[v].producer) || nbl_fuse_used_in_subgraphs(g, g->values[v].name))
+      R->outputs[0] == NBL_NONE || env->taken(env, r))
     return NULL;
-  nodes[1] = g->values[v].producer;
+  nbl_id v = R->outputs[0];
+  if ((g->values[v].flags & NBL_VAL_OUTER) || nbl_fuse_used_in_subgraphs(g, g->values[v].name)) return NULL;
+  nodes[3] = NBL_NONE;
+  for (int i = 0; i < g->values[v].n_consumers && nodes[3] == NBL_NONE; i++)
+    if (q4_fusable(env, pos, g->values[v].consumers[i], v)) nodes[3] = g->values[v].consumers[i];
+  const nbl_node *Q = nodes[3] != NBL_NONE ? &g->nodes[nodes[3]] : NULL;
+  *key = Q ? nodes[3] : r;
+  int q = *key;
+  nodes[1] = r;
   nbl_id u = R->inputs[0], res = NBL_NONE;
   nodes[2] = NBL_NONE;
   nodes[0] = bn_feeding(env, u, nodes[1], 0);
@@ -138,45 +155,49 @@ static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   const nbl_node *B = &g->nodes[nodes[0]];
   if (!same_static_shape(g, B->inputs[0], v)) return NULL;
   /* the node runs where QuantizeInt4 did: what it writes is read later */
-  nbl_id skip[4] = {q, nodes[0], nodes[1], nodes[2]};
+  nbl_id skip[4] = {nodes[3], nodes[0], nodes[1], nodes[2]};
   for (int k = 1; k < B->n_outputs; k++)
-    if (B->outputs[k] != NBL_NONE && nbl_fuse_read_by(env, order, n_order, B->outputs[k], pos[q], skip, 4))
+    if (B->outputs[k] != NBL_NONE && (nbl_fuse_read_by(env, order, n_order, B->outputs[k], pos[q], skip, 4) ||
+                                      (g->values[B->outputs[k]].flags & NBL_VAL_OUTER) ||
+                                      nbl_fuse_used_in_subgraphs(g, g->values[B->outputs[k]].name)))
       return NULL;
   if (nbl_fuse_read_by(env, order, n_order, v, pos[q], skip, 4) ||
       (res != NBL_NONE && nbl_fuse_written_at(env, order, n_order, res) >= pos[q]))
     return NULL;
   ba_fused *f = calloc(1, sizeof *f);
-  if (f) f->attrs = calloc((size_t)Q->n_attrs + 2, sizeof(nbl_attr));
+  int na = Q ? Q->n_attrs : 0;
+  if (f) f->attrs = calloc((size_t)na + 3, sizeof(nbl_attr));
   if (!f || !f->attrs) {
     free(f);
     return NULL;
   }
-  if (Q->n_attrs) memcpy(f->attrs, Q->attrs, sizeof(nbl_attr) * (size_t)Q->n_attrs);
-  f->attrs[Q->n_attrs] = (nbl_attr){.name = "nibble.bn_epsilon", .type = NBL_ATTR_FLOAT,
-                                    .f = nbl_attr_float(B, "epsilon", 1e-5f)};
-  f->attrs[Q->n_attrs + 1] = (nbl_attr){.name = "nibble.bn_momentum", .type = NBL_ATTR_FLOAT,
-                                        .f = nbl_attr_float(B, "momentum", 0.9f)};
+  if (na) memcpy(f->attrs, Q->attrs, sizeof(nbl_attr) * (size_t)na);
+  f->attrs[na] = (nbl_attr){.name = "nibble.bn_epsilon", .type = NBL_ATTR_FLOAT,
+                            .f = nbl_attr_float(B, "epsilon", 1e-5f)};
+  f->attrs[na + 1] = (nbl_attr){.name = "nibble.bn_momentum", .type = NBL_ATTR_FLOAT,
+                                .f = nbl_attr_float(B, "momentum", 0.9f)};
+  f->attrs[na + 2] = (nbl_attr){.name = "nibble.q4", .type = NBL_ATTR_INT, .i = Q != NULL};
   for (int k = 0; k < 5; k++) f->in[k] = B->inputs[k];
   f->in[5] = res;
-  for (int k = 0; k < 3; k++) f->out[k] = k < Q->n_outputs ? Q->outputs[k] : NBL_NONE;
+  for (int k = 0; k < 3; k++) f->out[k] = Q && k < Q->n_outputs ? Q->outputs[k] : NBL_NONE;
   f->out[3] = v;
   for (int k = 1; k < 5; k++) f->out[3 + k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
-  f->node = *Q;
+  f->node = g->nodes[*key];
   f->node.inputs = f->in;
   f->node.n_inputs = 6;
   f->node.outputs = f->out;
   f->node.n_outputs = 8;
   f->node.attrs = f->attrs;
-  f->node.n_attrs = Q->n_attrs + 2;
-  snprintf(f->op, sizeof f->op, "BN+%sRelu+Q4", nodes[2] != NBL_NONE ? "Add+" : "");
+  f->node.n_attrs = na + 3;
+  snprintf(f->op, sizeof f->op, "BN+%sRelu%s", nodes[2] != NBL_NONE ? "Add+" : "", Q ? "+Q4" : "");
   f->node.op_type = f->op;
   return f;
 }
 
-/* Each QuantizeInt4 (scale_source=max) of a Relu of a BatchNormInternal
- * (through a residual Add when there), unless an earlier fusion took one of
- * them; the fused node takes the QuantizeInt4's place, the other nodes
- * leave the order. */
+/* Each Relu of a BatchNormInternal (through a residual Add when there) with
+ * the QuantizeInt4 (scale_source=max) of its output when there is one,
+ * unless an earlier fusion took one of them; the fused node takes the
+ * QuantizeInt4's place (else the Relu's), the other nodes leave the order. */
 nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
   const nbl_graph *g = env->g;
   *state = NULL;
@@ -197,20 +218,20 @@ nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n
   for (int s = 0; s < *n; s++) pos[order[s]] = s;
   int any = 0;
   for (int s = 0; s < *n; s++) {
-    nbl_id id = order[s], nodes[3];
+    nbl_id id = order[s], nodes[4], key;
     if (drop[id] || env->taken(env, id)) continue;
-    ba_fused *f = try_fuse(env, order, *n, pos, id, nodes);
+    ba_fused *f = try_fuse(env, order, *n, pos, id, nodes, &key);
     if (!f) continue;
     int clash = 0;
-    for (int k = 0; k < 3; k++) clash |= nodes[k] != NBL_NONE && (drop[nodes[k]] || fu->by_node[nodes[k]]);
+    for (int k = 0; k < 4; k++) clash |= nodes[k] != NBL_NONE && (drop[nodes[k]] || fu->by_node[nodes[k]]);
     if (clash) {
       free(f->attrs);
       free(f);
       continue;
     }
-    fu->by_node[id] = f;
-    for (int k = 0; k < 3; k++)
-      if (nodes[k] != NBL_NONE) drop[nodes[k]] = 1;
+    fu->by_node[key] = f;
+    for (int k = 0; k < 4; k++)
+      if (nodes[k] != NBL_NONE && nodes[k] != key) drop[nodes[k]] = 1;
     any = 1;
   }
   free(pos);
@@ -362,7 +383,8 @@ static nbl_status k_bn_act_fused(nbl_kctx *c) {
   if (c->in[5] && !same_dims(c->in[5], X))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the residual must have the shape of X");
   nbl_q4_config cfg;
-  nbl_status st = nbl_q4_attrs(c, &cfg);
+  int q4 = nbl_attr_int(c->node, "nibble.q4", 1) != 0;
+  nbl_status st = q4 ? nbl_q4_attrs(c, &cfg) : NBL_OK;
   if (st) return st;
   ba_job j = {.c = c, .N = N, .C = C, .sp = sp, .eps = nbl_attr_float(c->node, "nibble.bn_epsilon", 1e-5f),
               .mom = nbl_attr_float(c->node, "nibble.bn_momentum", 0.9f), .x = X->data,
@@ -398,7 +420,7 @@ static nbl_status k_bn_act_fused(nbl_kctx *c) {
   free(j.hi);
   free(j.bad);
   /* no element: nbl_i4_params_from_range takes n = 0 as the range [0, 0] */
-  return nbl_q4_forward(c, &cfg, nbl_kctx_out(c, 3), bad ? NULL : range);
+  return q4 ? nbl_q4_forward(c, &cfg, nbl_kctx_out(c, 3), bad ? NULL : range) : NBL_OK;
 }
 
 const nbl_op_def nbl_fused_bn_act_def = NBL_OP_DEF("ai.nibble", "BNActChain", 1, 1, .ref = k_bn_act_fused,

@@ -14,11 +14,11 @@
  *   rounding to allow for: any difference is a bug. The profile must show
  *   the fused nodes: on ResNet-8 bn-grad takes every BatchNormalizationGrad
  *   but the two of the projection shortcuts (their ReluGrad is shared),
- *   bn-act (4-bit) every quantized BatchNorm -> [Add ->] Relu (6; the
+ *   bn-act every BatchNorm -> [Add ->] Relu [-> QuantizeInt4] (7; the
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
  *   too, and only one of them is taken), log-pair the 8 pairs of tpr
  *   QuantizeLog; LeNet-5 has no BatchNorm (log-pair only, 3 pairs).
- * fwd: hand-built BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 (affine,
+ * fwd: hand-built BatchNormInternal -> [Add ->] Relu [-> QuantizeInt4] (affine,
  *   symmetric, stochastic) and two QuantizeLog beside them, odd sizes, NaN
  *   and -Inf in X (the quantizer's reference path), 1 and 2 threads; and two
  *   QuantizeLog alone on sizes around the kernel's chunk: the same bits.
@@ -129,8 +129,8 @@ typedef struct train_case {
 
 #define Q4 "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 0, 7, 0},
-    {"models/resnet8_init.onnx", Q4, 6, 7, 8},
+    {"models/resnet8_init.onnx", "build-training", 7, 7, 0},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 8},
     {"models/lenet5_init.onnx", "build-training", 0, 0, 0},
     {"models/lenet5_init.onnx", Q4, 0, 0, 3},
 };
@@ -170,7 +170,7 @@ START_TEST(test_sessions) {
       same_bits(&a, &b, "parameter", c->model, threads, step);
     }
   }
-  ck_assert_int_eq(fused_nodes(&rf, "Relu+Q4"), c->bn_act);
+  ck_assert_int_eq(fused_nodes(&rf, "BN+"), c->bn_act);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad"), c->bn_grad);
   ck_assert_int_eq(fused_nodes(&rf, "QuantizeLog*2"), c->log_pair);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
@@ -344,7 +344,7 @@ END_TEST
 typedef struct fwd_case {
   int64_t N, C, H, W;
   int add;      /* a residual Add between BatchNormInternal and Relu (the BatchNorm as operand `add - 1`) */
-  int q4;       /* 1: affine/max; 2: symmetric/max; 3: affine/max, stochastic */
+  int q4;       /* 0: none (FP32); 1: affine/max; 2: symmetric/max; 3: affine/max, stochastic */
   int specials; /* NaN and Inf in X */
   int threads;
 } fwd_case;
@@ -401,11 +401,13 @@ static float *run_fwd(const fwd_case *c, int fused, int64_t *n, int *was_fused) 
   nbl_type_set_tensor(m->arena, &g->values[v].type, NBL_DT_FLOAT, 4, dims);
   nbl_graph_add_node(g, "Relu", "", "relu", 1, &u, 1, &v);
   nbl_id qo[2] = {nbl_graph_add_value(g, "q"), nbl_graph_add_value(g, "qscale")};
-  nbl_id q = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4", 1, &v, 2, qo);
-  nbl_node_set_attr_int(g, q, "bits", 4);
-  nbl_node_set_attr_string(g, q, "mode", c->q4 == 2 ? "symmetric" : "affine");
-  nbl_node_set_attr_string(g, q, "scale_source", "max");
-  if (c->q4 == 3) nbl_node_set_attr_string(g, q, "rounding", "stochastic");
+  if (c->q4) {
+    nbl_id q = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4", 1, &v, 2, qo);
+    nbl_node_set_attr_int(g, q, "bits", 4);
+    nbl_node_set_attr_string(g, q, "mode", c->q4 == 2 ? "symmetric" : "affine");
+    nbl_node_set_attr_string(g, q, "scale_source", "max");
+    if (c->q4 == 3) nbl_node_set_attr_string(g, q, "rounding", "stochastic");
+  }
   /* two tpr QuantizeLog beside the chain (of X, which the fused node reads too) */
   nbl_id lo[2] = {nbl_graph_add_value(g, "log0"), nbl_graph_add_value(g, "log1")};
   for (int k = 0; k < 2; k++) {
@@ -414,14 +416,16 @@ static float *run_fwd(const fwd_case *c, int fused, int64_t *n, int *was_fused) 
     nbl_node_set_attr_string(g, l, "rounding", "tpr");
     nbl_node_set_attr_int(g, l, "phase", k);
   }
-  nbl_graph_add_output(g, qo[0]);
-  nbl_graph_add_output(g, qo[1]);
+  if (c->q4) {
+    nbl_graph_add_output(g, qo[0]);
+    nbl_graph_add_output(g, qo[1]);
+  }
   nbl_graph_add_output(g, v);
   for (int k = 1; k < 5; k++) nbl_graph_add_output(g, bo[k]);
   ck_assert_msg(nbl_graph_verify(g, "fwd") == NBL_OK, "%s", nbl_last_error());
   nbl_graph_add_output(g, lo[0]);
   nbl_graph_add_output(g, lo[1]);
-  float *out = exec_model(m, feeds, nf, fused, c->threads, "Relu+Q4", n, was_fused);
+  float *out = exec_model(m, feeds, nf, fused, c->threads, "BN+", n, was_fused);
   nbl_model_free(m);
   for (int k = 0; k < 6; k++) free(data[k]);
   return out;
@@ -430,6 +434,7 @@ static float *run_fwd(const fwd_case *c, int fused, int64_t *n, int *was_fused) 
 static const fwd_case fcases[] = {
     {3, 5, 7, 9, 0, 1, 0, 1},  {3, 5, 7, 9, 1, 1, 0, 2},  {2, 17, 5, 5, 2, 2, 0, 1}, {2, 17, 5, 5, 0, 1, 1, 2},
     {2, 3, 11, 3, 1, 3, 0, 1}, {2, 3, 11, 3, 2, 1, 1, 2}, {1, 1, 1, 1, 0, 1, 0, 1},  {16, 4, 33, 35, 1, 1, 0, 2},
+    {3, 5, 7, 9, 0, 0, 0, 1},  {2, 17, 5, 5, 1, 0, 1, 2}, {4, 6, 4, 5, 2, 0, 0, 2},
 };
 
 START_TEST(test_fwd) {
