@@ -161,4 +161,18 @@ int nbl_fuse_written_at(const nbl_fusion_env *env, const nbl_id *order, int n, n
 int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_id v, int at,
                      const nbl_id *skip, int ns);
 
+/* ------------------------------------------------------------------ shared by fused paths */
+
+/* 1 if node n is a QuantizeLog of one float32 (or untyped) input with
+ * nearest or tpr rounding whose output top is unused: two of them on one
+ * tensor run as one sweep (fuse_log_pair.c). */
+int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n);
+
+/* The QuantizeLog nodes orig[0], orig[1] (nbl_fuse_log_pairable) of X into
+ * outputs out and out + 1 of c, the same bits as the nodes: absmax is
+ * max |x| over X's finite elements when the caller has it, else negative
+ * (then scanned, in parallel). */
+nbl_status nbl_fuse_log_pair_run(nbl_kctx *c, const nbl_node *const orig[2], const nbl_rt_tensor *X, float absmax,
+                                 int out);
+
 #endif /* NBL_FUSE_H */

@@ -43,6 +43,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_fused.h"
+#include "runtime/kernels/log_quant.h"
 #include "runtime/kernels/q4_train.h"
 #include "runtime/ops/grad_norm.h"
 #include "runtime/ops/nibble.h"
@@ -50,8 +51,9 @@
 /* ------------------------------------------------------------------ plan */
 
 typedef struct bg_fused {
-  nbl_node node;
-  nbl_id in[7], out[4];
+  nbl_node node; /* first: the kernel sees the whole struct through c->node */
+  const nbl_node *logs[2]; /* the QuantizeLog pair of dX it runs too, or NULL */
+  nbl_id in[7], out[6];
   nbl_attr *attrs;
   char op[48];
 } bg_fused;
@@ -106,8 +108,8 @@ static int q4_fusable(const nbl_node *q) {
 
 /* The chain ending at BatchNormalizationGrad node b, or NULL. Absorbed nodes
  * in *relu, *q4, *add (NBL_NONE when absent). */
-static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id b, nbl_id *relu, nbl_id *q4,
-                          nbl_id *add) {
+static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id b,
+                          nbl_id *relu, nbl_id *q4, nbl_id *add, nbl_id logs[2]) {
   const nbl_graph *g = env->g;
   const nbl_node *B = &g->nodes[b];
   if (!nbl_fuse_is_op(B, "com.microsoft", "BatchNormalizationGrad") || B->n_inputs != 5 || B->n_outputs < 1 ||
@@ -166,15 +168,33 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   memcpy(f->in, in, sizeof in);
   for (int k = 0; k < 3; k++) f->out[k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
   f->out[3] = keep_rout ? rout : NBL_NONE;
+  /* dX read only by two QuantizeLog (quantize-grad-log4's tpr pair): run
+   * them too, with dX's max |x| taken per channel while it is in cache */
+  logs[0] = logs[1] = NBL_NONE;
+  f->out[4] = f->out[5] = NBL_NONE;
+  const nbl_value *dxv = &g->values[B->outputs[0]];
+  if (dxv->n_consumers == 2 && !(dxv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) &&
+      !nbl_fuse_used_in_subgraphs(g, dxv->name)) {
+    nbl_id l0 = dxv->consumers[0], l1 = dxv->consumers[1];
+    if (l0 != l1 && nbl_fuse_log_pairable(g, &g->nodes[l0]) && nbl_fuse_log_pairable(g, &g->nodes[l1]) &&
+        !env->taken(env, l0) && !env->taken(env, l1)) {
+      logs[0] = l0;
+      logs[1] = l1;
+      f->logs[0] = &g->nodes[l0];
+      f->logs[1] = &g->nodes[l1];
+      f->out[4] = g->nodes[l0].outputs[0];
+      f->out[5] = g->nodes[l1].outputs[0];
+    }
+  }
   f->node = *B;
   f->node.inputs = f->in;
   f->node.n_inputs = 7;
   f->node.outputs = f->out;
-  f->node.n_outputs = 4;
+  f->node.n_outputs = 6;
   f->node.attrs = f->attrs;
   f->node.n_attrs = na + 1;
-  snprintf(f->op, sizeof f->op, "%s%sReluGrad+BNGrad", *add != NBL_NONE ? "Add+" : "",
-           src ? "Q4Grad+" : "");
+  snprintf(f->op, sizeof f->op, "%s%sReluGrad+BNGrad%s", *add != NBL_NONE ? "Add+" : "", src ? "Q4Grad+" : "",
+           f->logs[0] ? "+Log*2" : "");
   f->node.op_type = f->op;
   return f;
 }
@@ -203,11 +223,12 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
   for (int s = 0; s < *n; s++) pos[order[s]] = s;
   int any = 0;
   for (int s = 0; s < *n; s++) {
-    nbl_id id = order[s], r, q, a;
+    nbl_id id = order[s], r, q, a, lg[2];
     if (drop[id] || env->taken(env, id)) continue;
-    bg_fused *f = try_fuse(env, order, *n, pos, id, &r, &q, &a);
+    bg_fused *f = try_fuse(env, order, *n, pos, id, &r, &q, &a, lg);
     if (!f) continue;
-    if (drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a])) {
+    if (drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a]) ||
+        (lg[0] != NBL_NONE && (drop[lg[0]] || drop[lg[1]] || fu->by_node[lg[0]] || fu->by_node[lg[1]]))) {
       free(f->attrs);
       free(f);
       continue;
@@ -216,6 +237,7 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
     drop[id] = 1;
     if (q != NBL_NONE) drop[q] = 1;
     if (a != NBL_NONE) drop[a] = 1;
+    if (lg[0] != NBL_NONE) drop[lg[0]] = drop[lg[1]] = 1;
     any = 1;
   }
   free(pos);
@@ -252,6 +274,8 @@ typedef struct bg_job {
   nbl_q4_config cfg;
   nbl_q4_params p;
   float s, z, qmin, qmax; /* the STE's parameters as nbl_q4t_ste */
+  float *cmax;            /* per channel: max |dX| over its finite elements (NULL: not needed) */
+  nbl_logq_isa isa;
 } bg_job;
 
 #if defined(__x86_64__)
@@ -328,6 +352,14 @@ static void bg_run(void *arg, int64_t b, int64_t e) {
                             &sgx);
     if (j->dscale) j->dscale[ch] = (float)sgx;
     if (j->dbias) j->dbias[ch] = (float)sg;
+    if (j->cmax) {
+      float m = 0.0f;
+      for (int64_t n = 0; n < j->N; n++) {
+        float t = nbl_logq_absmax(j->isa, j->dx + (n * j->C + ch) * j->sp, (size_t)j->sp);
+        m = t > m ? t : m;
+      }
+      j->cmax[ch] = m;
+    }
   }
 }
 
@@ -432,8 +464,18 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
     j.d0 = j.g;
     j.d1 = NULL;
   }
+  const bg_fused *f = (const bg_fused *)c->node;
+  if (f->logs[0]) {
+    j.isa = nbl_logq_best_isa();
+    j.cmax = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+    if (!j.cmax) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
   nbl_parallel_for(c, C, 1, bg_run, &j);
-  return NBL_OK;
+  if (!f->logs[0]) return NBL_OK;
+  float m = 0.0f; /* max |dX| over the finite elements: the channels' maximum */
+  for (int64_t ch = 0; ch < C; ch++) m = j.cmax[ch] > m ? j.cmax[ch] : m;
+  free(j.cmax);
+  return nbl_fuse_log_pair_run(c, f->logs, nbl_kctx_out(c, 0), m, 4);
 }
 
 const nbl_op_def nbl_fused_bn_grad_def = NBL_OP_DEF("ai.nibble", "BNGradChain", 1, 1, .ref = k_bn_grad_fused,

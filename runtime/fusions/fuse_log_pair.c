@@ -48,9 +48,7 @@ void nbl_fuse_log_pair_free(void *state) {
   free(fu);
 }
 
-/* 1 if n is a QuantizeLog of one float32 (or untyped) input with nearest or
- * tpr rounding whose output top is unused. */
-static int pairable(const nbl_graph *g, const nbl_node *n) {
+int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
   nbl_log_config cfg;
   char err[160];
   if (!nbl_fuse_is_op(n, "ai.nibble", "QuantizeLog") || n->n_inputs != 1 || n->inputs[0] == NBL_NONE ||
@@ -85,11 +83,11 @@ nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int 
   for (int s = 0; s < *n; s++) {
     nbl_id a = order[s];
     const nbl_node *A = &g->nodes[a];
-    if (drop[a] || fu->by_node[a] || env->taken(env, a) || !pairable(g, A)) continue;
+    if (drop[a] || fu->by_node[a] || env->taken(env, a) || !nbl_fuse_log_pairable(g, A)) continue;
     for (int t = s + 1; t < *n; t++) { /* the next QuantizeLog of the same input */
       nbl_id b = order[t];
       const nbl_node *Bn = &g->nodes[b];
-      if (drop[b] || fu->by_node[b] || env->taken(env, b) || !pairable(g, Bn) || Bn->inputs[0] != A->inputs[0])
+      if (drop[b] || fu->by_node[b] || env->taken(env, b) || !nbl_fuse_log_pairable(g, Bn) || Bn->inputs[0] != A->inputs[0])
         continue;
       lp_fused *f = calloc(1, sizeof *f);
       if (!f) break;
@@ -159,39 +157,46 @@ static void lp_sweep(void *arg, int64_t b, int64_t e) {
   }
 }
 
-static nbl_status k_log_pair(nbl_kctx *c) {
-  const lp_fused *f = (const lp_fused *)c->node;
-  const nbl_rt_tensor *X = c->n_in > 0 ? c->in[0] : NULL;
-  if (!X) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X is missing");
+nbl_status nbl_fuse_log_pair_run(nbl_kctx *c, const nbl_node *const orig[2], const nbl_rt_tensor *X, float absmax,
+                                 int out) {
   if (X->dtype != NBL_DT_FLOAT)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "X must be float32, got %s", nbl_dtype_name(X->dtype));
   nbl_log_config cfg[2];
   for (int k = 0; k < 2; k++) {
     char err[256];
-    nbl_status st = nbl_log_config_decode(f->orig[k], &cfg[k], err, sizeof err);
+    nbl_status st = nbl_log_config_decode(orig[k], &cfg[k], err, sizeof err);
     if (st != NBL_OK) return nbl_kerr(c, st, "%s", err);
   }
   lp_job j = {.isa = nbl_logq_best_isa(), .x = X->data, .n = X->numel};
-  /* max |x| over the finite elements: the maximum of the parts' maxima */
-  j.parts = c->threads > 1 && X->numel >= 2 * LP_CHUNK ? 4 * c->threads : 1;
-  float one;
-  j.part_max = j.parts > 1 ? malloc(sizeof(float) * (size_t)j.parts) : &one;
-  if (!j.part_max) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  nbl_parallel_for(c, j.parts, 1, lp_max, &j);
-  float m = 0.0f;
-  for (int64_t p = 0; p < j.parts; p++) m = j.part_max[p] > m ? j.part_max[p] : m;
-  if (j.part_max != &one) free(j.part_max);
+  float m = absmax;
+  if (!(m >= 0)) { /* max |x| over the finite elements: the maximum of the parts' maxima */
+    j.parts = c->threads > 1 && X->numel >= 2 * LP_CHUNK ? 4 * c->threads : 1;
+    float one;
+    j.part_max = j.parts > 1 ? malloc(sizeof(float) * (size_t)j.parts) : &one;
+    if (!j.part_max) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    nbl_parallel_for(c, j.parts, 1, lp_max, &j);
+    m = 0.0f;
+    for (int64_t p = 0; p < j.parts; p++) m = j.part_max[p] > m ? j.part_max[p] : m;
+    if (j.part_max != &one) free(j.part_max);
+  }
   for (int k = 0; k < 2; k++) {
     nbl_log_params p;
     nbl_log_choose_max(&cfg[k], m, &p);
     nbl_log_table(&cfg[k], &p, j.lev[k], j.thr[k]);
     j.levels[k] = p.levels;
-    nbl_status st = nbl_kctx_alloc_out(c, k, NBL_DT_FLOAT, X->rank, X->dims);
+    nbl_status st = nbl_kctx_alloc_out(c, out + k, NBL_DT_FLOAT, X->rank, X->dims);
     if (st) return st;
-    j.y[k] = nbl_kctx_out(c, k)->data;
+    j.y[k] = nbl_kctx_out(c, out + k)->data;
   }
   nbl_parallel_for(c, X->numel, LP_CHUNK, lp_sweep, &j);
   return NBL_OK;
+}
+
+static nbl_status k_log_pair(nbl_kctx *c) {
+  const lp_fused *f = (const lp_fused *)c->node;
+  const nbl_rt_tensor *X = c->n_in > 0 ? c->in[0] : NULL;
+  if (!X) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input X is missing");
+  return nbl_fuse_log_pair_run(c, f->orig, X, -1.0f, 0);
 }
 
 const nbl_op_def nbl_fused_log_pair_def = NBL_OP_DEF("ai.nibble", "QuantizeLogPair", 1, 1, .ref = k_log_pair,

@@ -16,8 +16,10 @@
  *   but the two of the projection shortcuts (their ReluGrad is shared),
  *   bn-act every BatchNorm -> [Add ->] Relu [-> QuantizeInt4] (7; the
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
- *   too, and only one of them is taken), log-pair the 8 pairs of tpr
- *   QuantizeLog; LeNet-5 has no BatchNorm (log-pair only, 3 pairs).
+ *   too, and only one of them is taken); of the 8 pairs of tpr QuantizeLog
+ *   the 6 on a fused BatchNormalizationGrad's dX run in that node, the 2 of
+ *   the shortcuts as log-pair nodes; LeNet-5 has no BatchNorm (log-pair
+ *   only, 3 pairs).
  * fwd: hand-built BatchNormInternal -> [Add ->] Relu [-> QuantizeInt4] (affine,
  *   symmetric, stochastic) and two QuantizeLog beside them, odd sizes, NaN
  *   and -Inf in X (the quantizer's reference path), 1 and 2 threads; and two
@@ -26,7 +28,8 @@
  *   BatchNormalizationGrad (and the shorter chains) on odd sizes (channels
  *   and planes off the vector widths), with zeros, NaN and Inf among the
  *   inputs, a broadcast Add operand and a ReluGrad output that is also a
- *   graph output: fused and unfused engines give the same bits.
+ *   graph output, and dX read by a tpr QuantizeLog pair (which the fused
+ *   node then runs too): fused and unfused engines give the same bits.
  */
 #include <check.h>
 #include <math.h>
@@ -125,14 +128,15 @@ static void same_bits(const nbl_host_tensor *a, const nbl_host_tensor *b, const 
 typedef struct train_case {
   const char *model, *spec;
   int bn_act, bn_grad, log_pair; /* fused nodes expected of each fusion */
+  int grad_log;                  /* bn-grad nodes that run the QuantizeLog pair of their dX too */
 } train_case;
 
 #define Q4 "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 7, 7, 0},
-    {"models/resnet8_init.onnx", Q4, 7, 7, 8},
-    {"models/lenet5_init.onnx", "build-training", 0, 0, 0},
-    {"models/lenet5_init.onnx", Q4, 0, 0, 3},
+    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 6},
+    {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 0},
+    {"models/lenet5_init.onnx", Q4, 0, 0, 3, 0},
 };
 
 START_TEST(test_sessions) {
@@ -173,6 +177,7 @@ START_TEST(test_sessions) {
   ck_assert_int_eq(fused_nodes(&rf, "BN+"), c->bn_act);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad"), c->bn_grad);
   ck_assert_int_eq(fused_nodes(&rf, "QuantizeLog*2"), c->log_pair);
+  ck_assert_int_eq(fused_nodes(&rf, "BNGrad+Log*2"), c->grad_log);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
   nbl_train_session_free(ru.s);
@@ -191,6 +196,7 @@ typedef struct chain_case {
   int q4;        /* 0: none; 1: QuantizeInt4Grad affine/max; 2: symmetric/max; 3: affine/max, stochastic */
   int keep_r;    /* ReluGrad's output is a graph output too */
   int specials;  /* zeros, NaN and Inf among V and the gradients */
+  int logs;      /* dX read by two QuantizeLog (tpr phases 0 and 1) instead of being an output */
 } chain_case;
 
 static float urand(unsigned *st) {
@@ -305,10 +311,18 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
   nbl_id outs[3] = {nbl_graph_add_value(g, "dx"), nbl_graph_add_value(g, "dscale"), nbl_graph_add_value(g, "dbias")};
   nbl_id bin[5] = {gr, in[3], in[4], in[5], in[6]};
   nbl_graph_add_node(g, "BatchNormalizationGrad", "com.microsoft", "bngrad", 5, bin, 3, outs);
-  for (int k = 0; k < 3; k++) nbl_graph_add_output(g, outs[k]);
+  for (int k = c->logs ? 1 : 0; k < 3; k++) nbl_graph_add_output(g, outs[k]);
   if (c->keep_r) nbl_graph_add_output(g, gr);
+  for (int k = 0; c->logs && k < 2; k++) {
+    nbl_id y = nbl_graph_add_value(g, k ? "log1" : "log0");
+    nbl_id l = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", k ? "l1" : "l0", 1, &outs[0], 1, &y);
+    nbl_node_set_attr_int(g, l, "radix", 4);
+    nbl_node_set_attr_string(g, l, "rounding", "tpr");
+    nbl_node_set_attr_int(g, l, "phase", k);
+    nbl_graph_add_output(g, y);
+  }
   ck_assert_msg(nbl_graph_verify(g, "chain") == NBL_OK, "%s", nbl_last_error());
-  float *out = exec_model(m, feeds, nf, fused, threads, "BNGrad", n, was_fused);
+  float *out = exec_model(m, feeds, nf, fused, threads, c->logs ? "BNGrad+Log*2" : "BNGrad", n, was_fused);
   nbl_model_free(m);
   for (int k = 0; k < 7; k++) free(data[k]);
   return out;
@@ -317,7 +331,8 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
 static const chain_case ccases[] = {
     {3, 5, 7, 9, 1, 1, 0, 0},  {3, 5, 7, 9, 1, 1, 1, 1},  {2, 17, 5, 5, 0, 1, 0, 1}, {2, 17, 5, 5, 1, 0, 0, 0},
     {2, 3, 11, 3, 0, 0, 1, 1}, {2, 3, 11, 3, 2, 1, 0, 0}, {4, 6, 4, 5, 2, 2, 1, 1},  {3, 5, 6, 7, 1, 3, 0, 0},
-    {1, 1, 1, 1, 1, 1, 0, 0},  {64, 3, 4, 4, 1, 1, 0, 1},
+    {1, 1, 1, 1, 1, 1, 0, 0},  {64, 3, 4, 4, 1, 1, 0, 1},  {3, 5, 7, 9, 1, 1, 0, 0, 1}, {2, 17, 5, 5, 0, 1, 1, 1, 1},
+    {2, 3, 11, 3, 2, 0, 0, 1, 1}, {64, 3, 4, 4, 1, 3, 1, 0, 1},
 };
 
 START_TEST(test_chain) {
