@@ -15,7 +15,8 @@
  * Same numbers as the unfused nodes bit for bit: g is the same selection of
  * the same float sum (a + b is exact IEEE addition in either kernel; the
  * masks are the STE's and ReluGrad's comparisons, the STE's division and
- * half-even rounding as nbl_q4t_ste, or nbl_q4_passes where the quantizer's
+ * half-even rounding as nbl_q4t_ste (as the interval of V they pass,
+ * nbl_q4t_ste_bounds: two comparisons), or nbl_q4_passes where the quantizer's
  * fast kernel declines: a NaN or Inf, stochastic rounding), and the sums and
  * dX come from the op's own per-channel kernel in its order. See fuse.h;
  * NBL_NO_FUSION=bn-grad (runtime/core/plan.c) turns it off.
@@ -273,7 +274,7 @@ typedef struct bg_job {
   int mask;
   nbl_q4_config cfg;
   nbl_q4_params p;
-  float s, z, qmin, qmax; /* the STE's parameters as nbl_q4t_ste */
+  float lo, hi; /* the STE passes exactly lo <= v <= hi (nbl_q4t_ste_bounds) */
   float *cmax;            /* per channel: max |dX| over its finite elements (NULL: not needed) */
   nbl_logq_isa isa;
 } bg_job;
@@ -281,18 +282,14 @@ typedef struct bg_job {
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, float *g, const float *d0,
                                                            const float *d1, const float *v, int64_t n) {
-  const __m512 s = _mm512_set1_ps(j->s), z = _mm512_set1_ps(j->z), lo = _mm512_set1_ps(j->qmin),
-               hi = _mm512_set1_ps(j->qmax), zero = _mm512_setzero_ps();
+  const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi), zero = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     __m512 vv = _mm512_loadu_ps(v + i), t = _mm512_loadu_ps(d0 + i);
     if (d1) t = _mm512_add_ps(t, _mm512_loadu_ps(d1 + i));
     __mmask16 ok = _mm512_cmp_ps_mask(vv, zero, _CMP_GT_OQ);
-    if (j->mask == MASK_Q4_FAST) {
-      __m512 r = _mm512_add_ps(
-          _mm512_roundscale_ps(_mm512_div_ps(vv, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
-      ok &= _mm512_cmp_ps_mask(r, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r, hi, _CMP_LE_OQ);
-    }
+    if (j->mask == MASK_Q4_FAST)
+      ok &= _mm512_cmp_ps_mask(vv, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(vv, hi, _CMP_LE_OQ);
     _mm512_storeu_ps(g + i, _mm512_maskz_mov_ps(ok, t));
   }
   return i;
@@ -300,17 +297,14 @@ __attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, floa
 
 __attribute__((target("avx2"))) static int64_t g_avx2(const bg_job *j, float *g, const float *d0,
                                                       const float *d1, const float *v, int64_t n) {
-  const __m256 s = _mm256_set1_ps(j->s), z = _mm256_set1_ps(j->z), lo = _mm256_set1_ps(j->qmin),
-               hi = _mm256_set1_ps(j->qmax), zero = _mm256_setzero_ps();
+  const __m256 lo = _mm256_set1_ps(j->lo), hi = _mm256_set1_ps(j->hi), zero = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 vv = _mm256_loadu_ps(v + i), t = _mm256_loadu_ps(d0 + i);
     if (d1) t = _mm256_add_ps(t, _mm256_loadu_ps(d1 + i));
     __m256 ok = _mm256_cmp_ps(vv, zero, _CMP_GT_OQ);
-    if (j->mask == MASK_Q4_FAST) {
-      __m256 r = _mm256_add_ps(_mm256_round_ps(_mm256_div_ps(vv, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
-      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(r, lo, _CMP_GE_OQ), _mm256_cmp_ps(r, hi, _CMP_LE_OQ)));
-    }
+    if (j->mask == MASK_Q4_FAST)
+      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(vv, lo, _CMP_GE_OQ), _mm256_cmp_ps(vv, hi, _CMP_LE_OQ)));
     _mm256_storeu_ps(g + i, _mm256_and_ps(ok, t));
   }
   return i;
@@ -334,8 +328,7 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
     float t = d1 ? d0[i] + d1[i] : d0[i];
     int ok = v[i] > 0;
     if (ok && j->mask == MASK_Q4_FAST) {
-      float r = nearbyintf(v[i] / j->s) + j->z;
-      ok = r >= j->qmin && r <= j->qmax;
+      ok = v[i] >= j->lo && v[i] <= j->hi;
     } else if (ok && j->mask == MASK_Q4_REF) {
       ok = isfinite(v[i]) && nbl_q4_passes(&j->cfg, &j->p, v[i], (uint64_t)(at + i));
     }
@@ -439,11 +432,8 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
     if (j.cfg.scale_source == NBL_Q4_SCALE_PACT)
       return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "scale_source=pact is not fused"); /* never planned */
     if (nbl_q4t_params(c, &j.cfg, c->in[2], &j.p) == 0) {
-      j.mask = MASK_Q4_FAST;
-      j.s = j.p.scale;
-      j.z = (float)j.p.zero;
-      j.qmin = (float)j.p.qmin;
-      j.qmax = (float)j.p.qmax;
+      j.mask = MASK_Q4_FAST; /* V all finite: the mask is an interval of V */
+      nbl_q4t_ste_bounds(&j.p, &j.lo, &j.hi);
     } else {
       if ((st = nbl_q4_kernel_params(c, &j.cfg, c->in[2], NULL, &j.p))) return st;
       j.mask = MASK_Q4_REF;

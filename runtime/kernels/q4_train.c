@@ -5,6 +5,7 @@
  * division and rounding as nbl_q4_passes, vectorized; see q4_train.h. */
 #include "runtime/kernels/q4_train.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -112,4 +113,48 @@ void nbl_q4t_ste(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, 
   ste_job j = {.x = x, .g = g, .dx = dx, .scale = p->scale, .zero = (float)p->zero, .qmin = (float)p->qmin,
                .qmax = (float)p->qmax};
   nbl_parallel_for(c, n, GRAIN, ste_chunk, &j);
+}
+
+/* Floats in their order as integers (-0 and +0 both 0) and back. */
+static int64_t f_key(float f) {
+  uint32_t b;
+  memcpy(&b, &f, sizeof b);
+  return (b & 0x80000000u) ? -(int64_t)(b & 0x7FFFFFFFu) : (int64_t)b;
+}
+
+static float key_f(int64_t k) {
+  uint32_t b = k < 0 ? (uint32_t)(-k) | 0x80000000u : (uint32_t)k;
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+/* The code nbl_q4t_ste compares (volatile: the same float division and
+ * rounding as the kernels, never folded or contracted). */
+static float ste_code(float x, float s, float z) {
+  volatile float q = x / s;
+  return nearbyintf(q) + z;
+}
+
+void nbl_q4t_ste_bounds(const nbl_q4_params *p, float *lo, float *hi) {
+  const float s = p->scale, z = (float)p->zero, qmin = (float)p->qmin, qmax = (float)p->qmax;
+  const int64_t kmin = f_key(-FLT_MAX), kmax = f_key(FLT_MAX);
+  /* lo: the first float whose code is >= qmin (codes rise with x) */
+  int64_t a = kmin, b = kmax + 1; /* answer in [a, b]; b = none */
+  while (a < b) {
+    int64_t m = a + (b - a) / 2;
+    if (ste_code(key_f(m), s, z) >= qmin) b = m;
+    else a = m + 1;
+  }
+  *lo = a > kmax ? INFINITY : key_f(a);
+  /* hi: the last float whose code is <= qmax */
+  a = kmin - 1;
+  b = kmax; /* answer in [a, b]; a = none */
+  while (a < b) {
+    int64_t m = b - (b - a) / 2;
+    if (ste_code(key_f(m), s, z) <= qmax) a = m;
+    else b = m - 1;
+  }
+  *hi = a < kmin ? -INFINITY : key_f(a);
+  if (!(*lo <= *hi)) *lo = INFINITY, *hi = -INFINITY;
 }

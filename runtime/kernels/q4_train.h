@@ -27,4 +27,12 @@ void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_para
 void nbl_q4t_ste(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                  const float *g, float *dx, int64_t n);
 
+/* The straight-through mask of nbl_q4t_ste as an interval: for every finite
+ * float x, nearbyintf(x / p->scale) + p->zero lies in [p->qmin, p->qmax]
+ * exactly when *lo <= x <= *hi (the division and rounding are monotone in
+ * x, so the passing floats are an interval; its ends are found by bisection
+ * over the floats with the same float operations). *lo = +Inf when no float
+ * passes. Needs p->scale > 0 (nbl_q4t_params' parameters). */
+void nbl_q4t_ste_bounds(const nbl_q4_params *p, float *lo, float *hi);
+
 #endif /* NBL_Q4_TRAIN_H */

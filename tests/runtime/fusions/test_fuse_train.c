@@ -40,6 +40,8 @@
 #include "include/nibble.h"
 #include "ir/ir.h"
 #include "runtime/core/exec.h"
+#include "runtime/formats/int4.h"
+#include "runtime/kernels/q4_train.h"
 
 static char *src_path(const char *rel) {
   const char *root = getenv("NBL_SOURCE_ROOT");
@@ -531,6 +533,50 @@ START_TEST(test_log_pair) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ nbl_q4t_ste_bounds */
+
+/* The interval against the STE's own formula: random parameters of every
+ * mode, the floats around both ends, and random floats over many scales. */
+START_TEST(test_ste_bounds) {
+  unsigned st = 4242u;
+  for (int t = 0; t < 300; t++) {
+    nbl_q4_config cfg = {.bits = 2 + t % 7, .mode = t % 3 ? NBL_Q4_AFFINE : NBL_Q4_SYMMETRIC,
+                         .scale_source = NBL_Q4_SCALE_MAX, .rounding = NBL_Q4_ROUND_HALF_EVEN};
+    float a = urand(&st) * powf(10.0f, (float)(t % 9 - 4)), b = urand(&st) * powf(10.0f, (float)(t % 7 - 3));
+    if (t % 5 == 0) a = 0.0f;
+    nbl_q4_params p;
+    nbl_q4_params_from_range(&cfg, a < b ? a : b, a < b ? b : a, &p);
+    float lo, hi;
+    nbl_q4t_ste_bounds(&p, &lo, &hi);
+    float probes[64];
+    int np = 0;
+    for (int e = 0; e < 2; e++) {
+      float x = e ? hi : lo;
+      if (!isfinite(x)) continue;
+      float d = x, u = x;
+      for (int k = 0; k < 4; k++) {
+        probes[np++] = d;
+        probes[np++] = u;
+        d = nextafterf(d, -INFINITY);
+        u = nextafterf(u, INFINITY);
+      }
+    }
+    for (int k = 0; k < 24; k++) probes[np++] = urand(&st) * p.scale * (float)(1 << (k % 8)) * 4.0f;
+    probes[np++] = 0.0f;
+    probes[np++] = -0.0f;
+    for (int k = 0; k < np; k++) {
+      float x = probes[k];
+      if (!isfinite(x)) continue;
+      volatile float q = x / p.scale;
+      float r = nearbyintf(q) + (float)p.zero;
+      int pass = r >= (float)p.qmin && r <= (float)p.qmax;
+      ck_assert_msg(pass == (x >= lo && x <= hi), "scale %g zero %d [%d, %d]: x %.9g passes %d, interval [%.9g, %.9g]",
+                    (double)p.scale, p.zero, p.qmin, p.qmax, (double)x, pass, (double)lo, (double)hi);
+    }
+  }
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("fuse_train");
   TCase *tc = tcase_create("sessions");
@@ -540,6 +586,9 @@ static Suite *suite(void) {
   TCase *tk = tcase_create("chain");
   tcase_add_loop_test(tk, test_chain, 0, (int)(2 * sizeof ccases / sizeof ccases[0]));
   suite_add_tcase(s, tk);
+  TCase *tb = tcase_create("ste_bounds");
+  tcase_add_test(tb, test_ste_bounds);
+  suite_add_tcase(s, tb);
   TCase *tf = tcase_create("fwd");
   tcase_add_loop_test(tf, test_fwd, 0, (int)(sizeof fcases / sizeof fcases[0]));
   tcase_add_loop_test(tf, test_log_pair, 0, 20);
