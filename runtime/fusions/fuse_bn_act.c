@@ -307,10 +307,48 @@ __attribute__((target("avx2"))) static int relu_range_avx2(float *v, const float
   *hi = h;
   return bad;
 }
+
+__attribute__((target("avx512f"))) static int relu_range_avx512(float *v, const float *r, int64_t n, float *lo,
+                                                               float *hi) {
+  __m512 z = _mm512_setzero_ps(), mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 t = _mm512_loadu_ps(v + i);
+    if (r) t = _mm512_add_ps(t, _mm512_loadu_ps(r + i));
+    t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
+    _mm512_storeu_ps(v + i, t);
+    chk = _mm512_add_ps(chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
+    mn = _mm512_min_ps(mn, t);
+    mx = _mm512_max_ps(mx, t);
+  }
+  float a[16], b[16], k[16];
+  _mm512_storeu_ps(a, mn);
+  _mm512_storeu_ps(b, mx);
+  _mm512_storeu_ps(k, chk);
+  int bad = 0;
+  float l = INFINITY, h = -INFINITY;
+  for (int j = 0; j < 16; j++) {
+    bad |= k[j] != 0.0f;
+    l = a[j] < l ? a[j] : l;
+    h = b[j] > h ? b[j] : h;
+  }
+  for (; i < n; i++) {
+    float t = r ? v[i] + r[i] : v[i];
+    t = t < 0 ? 0.0f : t;
+    v[i] = t;
+    bad |= !isfinite(t);
+    l = t < l ? t : l;
+    h = t > h ? t : h;
+  }
+  *lo = l;
+  *hi = h;
+  return bad;
+}
 #endif
 
 static int relu_range(float *v, const float *r, int64_t n, float *lo, float *hi) {
 #if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) return relu_range_avx512(v, r, n, lo, hi);
   if (nbl_cpu_has(NBL_CPU_AVX2)) return relu_range_avx2(v, r, n, lo, hi);
 #endif
   int bad = 0;

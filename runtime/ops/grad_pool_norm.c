@@ -401,10 +401,34 @@ __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, c
   }
   for (; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
 }
+
+/* The same with 16 lanes (AVX-512F): the same operations per element. */
+__attribute__((target("avx512f"))) static void bn_axpb_avx512(float *y, const float *x, float a, float b, int64_t n) {
+  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), va), vb));
+  for (; i < n; i++) y[i] = x[i] * a + b;
+}
+
+__attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
+                                                            float off, int64_t n) {
+  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vo = _mm512_set1_ps(off);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_loadu_ps(g + i)), _mm512_mul_ps(vb, _mm512_loadu_ps(x + i)));
+    _mm512_storeu_ps(d + i, _mm512_add_ps(t, vo));
+  }
+  for (; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+}
 #endif
 
 static void bn_axpb(float *y, const float *x, float a, float b, int64_t n) {
 #if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) {
+    bn_axpb_avx512(y, x, a, b, n);
+    return;
+  }
   if (nbl_cpu_has(NBL_CPU_AVX)) {
     bn_axpb_avx(y, x, a, b, n);
     return;
@@ -415,6 +439,10 @@ static void bn_axpb(float *y, const float *x, float a, float b, int64_t n) {
 
 static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n) {
 #if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) {
+    bn_dx_avx512(d, g, x, a, b, off, n);
+    return;
+  }
   if (nbl_cpu_has(NBL_CPU_AVX)) {
     bn_dx_avx(d, g, x, a, b, off, n);
     return;
