@@ -381,6 +381,76 @@ __attribute__((target("avx"))) static void bn_grad_sums_avx(const float *g, cons
   *sgx += u;
 }
 
+/* The same two sums for two planes at once (x0 and x1; g0, g1 and x0, x1):
+ * each plane's sum *t0, *t1 (*u0, *u1) computed with exactly the operations
+ * and order of the one-plane functions above (their t and u), the two
+ * planes' instructions interleaved so that their add chains overlap; the
+ * caller adds them to its running sums in plane order, as the one-plane
+ * functions do. */
+__attribute__((target("avx"))) static void bn_sums2_avx(const float *x0, const float *x1, int64_t n, double mean,
+                                                        int sq, double *t0, double *t1) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, c0 = a0, c1 = a0, m = _mm256_set1_pd(mean);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x0 + i), w = _mm256_loadu_ps(x1 + i);
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    __m256d lo1 = _mm256_cvtps_pd(_mm256_castps256_ps128(w)), hi1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+    if (sq) {
+      lo = _mm256_sub_pd(lo, m);
+      hi = _mm256_sub_pd(hi, m);
+      lo1 = _mm256_sub_pd(lo1, m);
+      hi1 = _mm256_sub_pd(hi1, m);
+      lo = _mm256_mul_pd(lo, lo);
+      hi = _mm256_mul_pd(hi, hi);
+      lo1 = _mm256_mul_pd(lo1, lo1);
+      hi1 = _mm256_mul_pd(hi1, hi1);
+    }
+    a0 = _mm256_add_pd(a0, lo);
+    a1 = _mm256_add_pd(a1, hi);
+    c0 = _mm256_add_pd(c0, lo1);
+    c1 = _mm256_add_pd(c1, hi1);
+  }
+  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(c0, c1));
+  for (int64_t k = i; k < n; k++) t += sq ? ((double)x0[k] - mean) * ((double)x0[k] - mean) : (double)x0[k];
+  for (int64_t k = i; k < n; k++) u += sq ? ((double)x1[k] - mean) * ((double)x1[k] - mean) : (double)x1[k];
+  *t0 = t;
+  *t1 = u;
+}
+
+__attribute__((target("avx"))) static void bn_grad_sums2_avx(const float *g0, const float *x0, const float *g1,
+                                                             const float *x1, int64_t n, double mean, double *t0,
+                                                             double *u0, double *t1, double *u1) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+  __m256d m = _mm256_set1_pd(mean);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gv = _mm256_loadu_ps(g0 + i), xv = _mm256_loadu_ps(x0 + i);
+    __m256 gw = _mm256_loadu_ps(g1 + i), xw = _mm256_loadu_ps(x1 + i);
+    __m256d glo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
+    __m256d xlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), m);
+    __m256d xhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), m);
+    __m256d glo1 = _mm256_cvtps_pd(_mm256_castps256_ps128(gw)), ghi1 = _mm256_cvtps_pd(_mm256_extractf128_ps(gw, 1));
+    __m256d xlo1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xw)), m);
+    __m256d xhi1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xw, 1)), m);
+    a0 = _mm256_add_pd(a0, glo);
+    a1 = _mm256_add_pd(a1, ghi);
+    b0 = _mm256_add_pd(b0, _mm256_mul_pd(glo, xlo));
+    b1 = _mm256_add_pd(b1, _mm256_mul_pd(ghi, xhi));
+    c0 = _mm256_add_pd(c0, glo1);
+    c1 = _mm256_add_pd(c1, ghi1);
+    d0 = _mm256_add_pd(d0, _mm256_mul_pd(glo1, xlo1));
+    d1 = _mm256_add_pd(d1, _mm256_mul_pd(ghi1, xhi1));
+  }
+  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(b0, b1));
+  double tt = hsum_pd(_mm256_add_pd(c0, c1)), uu = hsum_pd(_mm256_add_pd(d0, d1));
+  for (int64_t k = i; k < n; k++) t += g0[k], u += (double)g0[k] * ((double)x0[k] - mean);
+  for (int64_t k = i; k < n; k++) tt += g1[k], uu += (double)g1[k] * ((double)x1[k] - mean);
+  *t0 = t;
+  *u0 = u;
+  *t1 = tt;
+  *u1 = uu;
+}
+
 /* y = x a + b (BatchNormInternal's output), and d = a g - b x + off
  * (BatchNormalizationGrad's X_grad), over n floats: 8 lanes with AVX, the
  * same operations in the same order as the scalar tails. */
@@ -485,11 +555,30 @@ typedef struct bn_task {
 
 void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double *mean,
                               double *var) {
-  int64_t m = N * sp;
+  int64_t m = N * sp, n = 0;
   double s = 0, s2 = 0; /* two passes over the channel: mean, then the biased variance */
-  for (int64_t n = 0; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, 0, &s, NULL);
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) /* two planes at a time, added in plane order */
+    for (; n + 2 <= N; n += 2) {
+      double t0, t1;
+      bn_sums2_avx(x + (n * C + ch) * sp, x + ((n + 1) * C + ch) * sp, sp, 0, 0, &t0, &t1);
+      s += t0;
+      s += t1;
+    }
+#endif
+  for (; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, 0, &s, NULL);
   *mean = m ? s / (double)m : 0.0;
-  for (int64_t n = 0; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, *mean, NULL, &s2);
+  n = 0;
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX))
+    for (; n + 2 <= N; n += 2) {
+      double t0, t1;
+      bn_sums2_avx(x + (n * C + ch) * sp, x + ((n + 1) * C + ch) * sp, sp, *mean, 1, &t0, &t1);
+      s2 += t0;
+      s2 += t1;
+    }
+#endif
+  for (; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, *mean, NULL, &s2);
   *var = m ? s2 / (double)m : 0.0;
 }
 
@@ -527,7 +616,20 @@ void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t 
                              double *sgx_out) {
   int64_t m = N * sp;
   double sg = 0, sgx = 0; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
-  for (int64_t n = 0; n < N; n++) bn_grad_sums(g + (n * C + ch) * sp, x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
+  int64_t n0 = 0;
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX)) /* two planes at a time, added in plane order */
+    for (; n0 + 2 <= N; n0 += 2) {
+      double t0, u0, t1, u1;
+      int64_t o0 = (n0 * C + ch) * sp, o1 = ((n0 + 1) * C + ch) * sp;
+      bn_grad_sums2_avx(g + o0, x + o0, g + o1, x + o1, sp, mean, &t0, &u0, &t1, &u1);
+      sg += t0;
+      sgx += u0;
+      sg += t1;
+      sgx += u1;
+    }
+#endif
+  for (int64_t n = n0; n < N; n++) bn_grad_sums(g + (n * C + ch) * sp, x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
   sgx *= inv;
   *sg_out = sg;
   *sgx_out = sgx;
