@@ -7,7 +7,11 @@ the fusions (default) and without (NBL_NO_FUSION=all: the unfused graph, the
 same build); interleaved rounds, a fresh process each. Then one profiled run
 of each setting for the time per op type. Writes a Markdown report.
 
-usage: bench/train4/run_fusion_ab.py BUILD [--rounds R] [--runs N] [--threads 1,2] [--out FILE]
+usage: bench/train4/run_fusion_ab.py BUILD [--base BASE_BUILD] [--rounds R] [--runs N] [--threads 1,2]
+                                      [--out FILE]
+
+--base: a build of the code before the fusions (its bench_train4), run as a
+third setting in the same rounds.
 """
 import argparse
 import json
@@ -29,7 +33,7 @@ OPS = ["BatchNormInternal", "Relu", "QuantizeInt4", "Add", "QuantizeInt4Grad", "
 def run(build, model, pipe, threads, fused, runs, profile):
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     env.pop("NBL_NO_FUSION", None)
-    if not fused:
+    if fused == 0:
         env["NBL_NO_FUSION"] = "all"
     cmd = [os.path.join(build, "bench", "bench_train4"), os.path.join(ROOT, "models", model + "_init.onnx"), pipe,
            os.path.join(ROOT, "models/data/fmnist_test_100.npy"),
@@ -58,6 +62,7 @@ def uptime():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
+    ap.add_argument("--base", default=None)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", default="1,2")
@@ -65,13 +70,15 @@ def main():
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
     keys = [(m, p, t) for m in MODELS for p in PIPES for t in threads]
-    wall = {(k, f): [] for k in keys for f in (0, 1)}
-    cpu = {(k, f): [] for k in keys for f in (0, 1)}
+    variants = (0, 1, 2) if a.base else (0, 1)  # unfused, fused, base build
+    builds = {0: a.build, 1: a.build, 2: a.base}
+    wall = {(k, f): [] for k in keys for f in variants}
+    cpu = {(k, f): [] for k in keys for f in variants}
     up0 = uptime()
     for r in range(a.rounds):
         for k in keys:
-            for f in (0, 1) if r % 2 == 0 else (1, 0):
-                res, _ = run(a.build, k[0], k[1][1], k[2], f, a.runs, False)
+            for f in variants if r % 2 == 0 else tuple(reversed(variants)):
+                res, _ = run(builds[f], k[0], k[1][1], k[2], f, a.runs, False)
                 wall[(k, f)].append(res["median_ms"])
                 cpu[(k, f)].append(res.get("cpu_median_ms", float("nan")))
         print("round", r + 1, "done", file=sys.stderr)
@@ -87,12 +94,16 @@ def main():
              " (alternating order) of the median of %d steps (after 3 warm-up steps), fresh process each" %
              (a.rounds, a.runs), "",
              "| model | pipeline | threads | unfused ms | fused ms | fused / unfused | fastest unfused | fastest fused |"
-             " CPU ms unfused | CPU ms fused |", "|---|---|---|---|---|---|---|---|---|---|"]
+             " CPU ms unfused | CPU ms fused |" + (" base ms | fastest base | CPU ms base | fused / base |" if a.base else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.base else "")]
     for k in keys:
         u, f = med(wall[(k, 0)]), med(wall[(k, 1)])
-        lines.append("| %s | %s | %d | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f | %.2f |" %
-                     (k[0], k[1][0], k[2], u, f, f / u, min(wall[(k, 0)]), min(wall[(k, 1)]), med(cpu[(k, 0)]),
-                      med(cpu[(k, 1)])))
+        line = "| %s | %s | %d | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f | %.2f |" % (
+            k[0], k[1][0], k[2], u, f, f / u, min(wall[(k, 0)]), min(wall[(k, 1)]), med(cpu[(k, 0)]), med(cpu[(k, 1)]))
+        if a.base:
+            b = med(wall[(k, 2)])
+            line += " %.2f | %.2f | %.2f | **%.2f** |" % (b, min(wall[(k, 2)]), med(cpu[(k, 2)]), f / b)
+        lines.append(line)
     lines += ["", "Time per op type (ms per step, one profiled run of %d steps each; fused nodes by their op type):" %
               a.runs, ""]
     for k in keys:
@@ -113,9 +124,9 @@ def main():
             lines.append("| %s | %d | %.3f | %d | %.3f |" % (o, nu, mu, nf, mf))
         lines.append("| **sum** | | **%.3f** | | **%.3f** |" % (tu, tf))
         lines.append("")
-    lines.append("All rounds (ms): " + "; ".join("%s/%s/%dt/%s %s" % (k[0], k[1][0], k[2], "fused" if f else "unfused",
+    lines.append("All rounds (ms): " + "; ".join("%s/%s/%dt/%s %s" % (k[0], k[1][0], k[2], ("unfused", "fused", "base")[f],
                                                                      ",".join("%.1f" % x for x in wall[(k, f)]))
-                                              for k in keys for f in (0, 1)))
+                                              for k in keys for f in variants))
     with open(a.out, "w") as fo:
         fo.write("\n".join(lines) + "\n")
     print("\n".join(lines))
