@@ -19,6 +19,7 @@
 #include "runtime/core/threadpool.h"
 #include "runtime/kernels/int4_gemm.h"
 #include "runtime/kernels/kdebug.h"
+#include "test_data.h"
 
 /* The process cap the environment asks for, decoded here independently. */
 static nbl_isa env_expect(const char **var, int *bad) {
@@ -138,10 +139,7 @@ START_TEST(test_pool_carries_cap) {
 END_TEST
 
 static uint32_t rng = 4242;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+static float frand(void) { return td_lcg_float(&rng); }
 
 /* A 3x3 depthwise Conv, 32 channels of 14 x 14 (the planes on which the
  * FP32 path takes its AVX-512 kernel 16 channels at a time), run in a

@@ -34,12 +34,7 @@
 #define TOL_EPS (1.0 / (1 << 21)) /* 2^-21 relative to the sum of |terms| */
 
 static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (uint32_t)(rng >> 32);
-}
+static uint32_t rnd(void) { return (uint32_t)(td_xs64(&rng) >> 32); }
 static int32_t rnd_code(int32_t maxabs) { return (int32_t)(rnd() % (uint32_t)(2 * maxabs + 1)) - maxabs; }
 
 /* ------------------------------------------------------------------ quantized operands */
@@ -357,27 +352,7 @@ typedef struct ccase {
 } ccase;
 
 static nbl_conv_geom geom_of(const ccase *c) {
-  nbl_conv_geom g;
-  memset(&g, 0, sizeof g);
-  g.ns = c->ns;
-  g.N = c->N;
-  g.C = c->C;
-  g.M = c->M;
-  g.group = c->group;
-  g.in_sz = g.k_sz = g.out_sz = 1;
-  for (int i = 0; i < c->ns; i++) {
-    g.in[i] = c->in[i];
-    g.k[i] = c->k[i];
-    g.s[i] = c->s[i];
-    g.d[i] = c->d[i];
-    g.pb[i] = c->pb[i];
-    g.pe[i] = c->pe[i];
-    g.out[i] = (c->in[i] + c->pb[i] + c->pe[i] - (c->k[i] - 1) * c->d[i] - 1) / c->s[i] + 1;
-    g.in_sz *= g.in[i];
-    g.k_sz *= g.k[i];
-    g.out_sz *= g.out[i];
-  }
-  return g;
+  return td_conv_geom(c->ns, c->N, c->C, c->M, c->group, c->in, c->k, c->s, c->d, c->pb, c->pe);
 }
 
 /* The plain-C integer ConvGrad: direct loops over images, channels, output

@@ -19,14 +19,10 @@
 #include <string.h>
 
 #include "runtime/kernels/int4_backward.h"
+#include "test_data.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(td_xs64(&rng) >> 11); }
 static int32_t rnd_in(int32_t lo, int32_t hi) { return lo + (int32_t)(rnd() % (uint32_t)(hi - lo + 1)); }
 
 typedef struct fcase {
@@ -36,16 +32,9 @@ typedef struct fcase {
 } fcase;
 
 static nbl_conv_geom geom_of(const fcase *c) {
-  nbl_conv_geom g = {.ns = 2, .N = c->N, .C = c->C, .M = c->M, .group = c->group};
   const int64_t in[2] = {c->H, c->W}, k[2] = {c->kh, c->kw}, s[2] = {c->sh, c->sw}, d[2] = {c->dh, c->dw},
                 pb[2] = {c->pt, c->pl}, pe[2] = {c->pbot, c->pr};
-  g.in_sz = g.k_sz = g.out_sz = 1;
-  for (int i = 0; i < 2; i++) {
-    g.in[i] = in[i], g.k[i] = k[i], g.s[i] = s[i], g.d[i] = d[i], g.pb[i] = pb[i], g.pe[i] = pe[i];
-    g.out[i] = (in[i] + pb[i] + pe[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1;
-    g.in_sz *= in[i], g.k_sz *= k[i], g.out_sz *= g.out[i];
-  }
-  return g;
+  return td_conv_geom(2, c->N, c->C, c->M, c->group, in, k, s, d, pb, pe);
 }
 
 /* acc[n][m][oh][ow] = sum over the group's channels and taps of cx * cw */
