@@ -81,8 +81,8 @@ static nbl_i4_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id)
   /* weight source */
   const nbl_value *wv;
   if (nbl_fuse_is_op(wn, "ai.nibble", "QuantizeInt4")) {
-    if (wn->inputs[0] == NBL_NONE || (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) || parse_q4(wn, &f->wcfg) != 0 ||
-        f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
+    if (wn->inputs[0] == NBL_NONE || (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) ||
+        parse_q4(wn, &f->wcfg) != 0 || f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
       goto no;
     f->wsrc = WS_QUANT;
     wv = &g->values[wn->inputs[0]];

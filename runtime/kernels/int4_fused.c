@@ -70,7 +70,8 @@ fail:
  * when out of memory. */
 static void pack_direct(nbl_i4_fused *f, const int8_t *q) {
   int64_t K;
-  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1], f->cons.wdims[2] * f->cons.wdims[3], &K);
+  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1],
+                                   f->cons.wdims[2] * f->cons.wdims[3], &K);
   f->direct = calloc(1, sizeof(nbl_i4_rows));
   if (!r || !f->direct || nbl_i4_pack_rows(r, f->cons.wdims[0], K, K, 1, f->direct) != 0) {
     free(f->direct);
@@ -87,7 +88,8 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
   int ok;
   if (f->cons.kind == NBL_CODE_CONV) {
     /* per group: W[m][k] with k over (c, kh, kw), the weight's own order */
-    int64_t Mg = f->cons.wdims[0] / f->cons.groups, Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
+    int64_t Mg = f->cons.wdims[0] / f->cons.groups;
+    int64_t Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
     f->rows = calloc((size_t)f->cons.groups, sizeof(nbl_i4_rows));
     ok = f->rows != NULL;
     for (int gi = 0; ok && gi < f->cons.groups; gi++)
@@ -103,9 +105,11 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
     f->packed = calloc(1, sizeof(nbl_i4_weights));
     ok = f->packed != NULL;
     if (ok && f->cons.kind == NBL_CODE_GEMM && f->cons.trans_b)
-      ok = nbl_i4_pack_weights(q, f->cons.wdims[1], f->cons.wdims[0], 1, f->cons.wdims[1], &f->packed[0]) == 0;
+      ok = nbl_i4_pack_weights(q, f->cons.wdims[1], f->cons.wdims[0], 1, f->cons.wdims[1],
+                               &f->packed[0]) == 0;
     else if (ok)
-      ok = nbl_i4_pack_weights(q, f->cons.wdims[0], f->cons.wdims[1], f->cons.wdims[1], 1, &f->packed[0]) == 0;
+      ok = nbl_i4_pack_weights(q, f->cons.wdims[0], f->cons.wdims[1], f->cons.wdims[1], 1,
+                               &f->packed[0]) == 0;
   }
   free(q);
   if (!ok) {

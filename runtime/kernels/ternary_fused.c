@@ -97,7 +97,8 @@ fail:
  * row m as k = t * 4 * C4 + c, channels past C zero. */
 static int pack_direct(nbl_t_fused *f, const int8_t *q) {
   int64_t K;
-  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1], f->cons.wdims[2] * f->cons.wdims[3], &K);
+  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1],
+                                   f->cons.wdims[2] * f->cons.wdims[3], &K);
   f->tdirect = calloc(1, sizeof(nbl_t_weights));
   int rc = r && f->tdirect ? nbl_t_pack(r, f->cons.wdims[0], K, K, 1, 0, f->tdirect) : -1;
   if (rc != 0) {
@@ -115,7 +116,8 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
   if (weight_codes(f, w, scale, &q, &s) != 0) return -1;
   int ok = 1;
   if (f->cons.kind == NBL_CODE_CONV) {
-    int64_t Mg = f->cons.wdims[0] / f->cons.groups, Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
+    int64_t Mg = f->cons.wdims[0] / f->cons.groups;
+    int64_t Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
     if (Mg == 1 && f->cons.wdims[1] == 1) { /* depthwise: the FP32 kernel on codes */
       f->dw_w = malloc(sizeof(float) * (size_t)(f->cons.groups * Kg + 1));
       ok = f->dw_w != NULL;
@@ -130,7 +132,8 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
     }
   } else {
     /* rows of the packed form are the output columns n */
-    int64_t K = f->cons.trans_b ? f->cons.wdims[1] : f->cons.wdims[0], N = f->cons.trans_b ? f->cons.wdims[0] : f->cons.wdims[1];
+    int64_t K = f->cons.trans_b ? f->cons.wdims[1] : f->cons.wdims[0];
+    int64_t N = f->cons.trans_b ? f->cons.wdims[0] : f->cons.wdims[1];
     f->tw = calloc(1, sizeof(nbl_t_weights));
     ok = f->tw != NULL;
     if (ok) ok = nbl_t_pack(q, N, K, f->cons.trans_b ? K : 1, f->cons.trans_b ? 1 : N, 1, &f->tw[0]) == 0;
