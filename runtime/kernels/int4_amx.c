@@ -51,7 +51,10 @@ static _Atomic long g_runs;
 
 long nbl_i4b_amx_runs(void) { return atomic_load(&g_runs); }
 
-int nbl_i4b_amx_supported(void) { return I4B_AMX && (nbl_cpu_features() & NBL_CPU_AMX) != 0; }
+int nbl_i4b_amx_supported(void) {
+  const unsigned need = NBL_CPU_AMX | NBL_CPU_AVX512F | NBL_CPU_AVX512BW | NBL_CPU_AVX512VL | NBL_CPU_AVX512DQ;
+  return I4B_AMX && (nbl_cpu_features() & need) == need;
+}
 
 void nbl_i4b_set_amx(int on) { atomic_store(&g_amx, on < 0 ? -1 : on ? 1 : 0); }
 
@@ -90,11 +93,12 @@ AMX_FN static void amx_config(void) { _tile_loadconfig(&k_cfg); }
 #define STEP_OFF(arr, step, s) ((arr) ? (arr)[s] : (s) * (step))
 
 /* Four 16 x 16 int32 tiles c[i] = sum over steps s of A_i(s) x B_j(s):
- * 2x2: (a0, b0), (a0, b1), (a1, b0), (a1, b1); 4x1: (a_i, b0). A_i(s) is
- * 16 rows lda bytes apart from a_i + aoff[s] (or s * astep), B(s) 16 rows of
- * 64 bytes from b + boff[s] (or s * bstep). Written to c[4][16][16]. */
+ * (a0, b0), (a0, b1), (a1, b0), (a1, b1). A_i(s) is the rows (lda bytes
+ * apart) from a_i + aoff[s] (or s * astep), B_j(s) the rows (ldb bytes
+ * apart) from b_j + boff[s] (or s * bstep), shapes as configured. Written
+ * to c[4][16][16]. */
 AMX_FN static void k2x2(const int8_t *a0, const int8_t *a1, int64_t lda, const int8_t *b0, const int8_t *b1,
-                        int64_t n, const int64_t *aoff, int64_t astep, const int64_t *boff, int64_t bstep,
+                        int64_t ldb, int64_t n, const int64_t *aoff, int64_t astep, const int64_t *boff, int64_t bstep,
                         int32_t *c) {
   _tile_zero(0);
   _tile_zero(1);
@@ -103,37 +107,13 @@ AMX_FN static void k2x2(const int8_t *a0, const int8_t *a1, int64_t lda, const i
   for (int64_t s = 0; s < n; s++) {
     const int64_t ao = STEP_OFF(aoff, astep, s), bo = STEP_OFF(boff, bstep, s);
     _tile_loadd(4, a0 + ao, lda);
-    _tile_loadd(6, b0 + bo, 64);
-    _tile_loadd(7, b1 + bo, 64);
+    _tile_loadd(6, b0 + bo, ldb);
+    _tile_loadd(7, b1 + bo, ldb);
     _tile_loadd(5, a1 + ao, lda);
     _tile_dpbssd(0, 4, 6);
     _tile_dpbssd(1, 4, 7);
     _tile_dpbssd(2, 5, 6);
     _tile_dpbssd(3, 5, 7);
-  }
-  _tile_stored(0, c, 64);
-  _tile_stored(1, c + 256, 64);
-  _tile_stored(2, c + 512, 64);
-  _tile_stored(3, c + 768, 64);
-}
-
-AMX_FN static void k4x1(const int8_t *const a[4], int64_t lda, const int8_t *b, int64_t n, const int64_t *aoff,
-                        const int64_t *boff, int32_t *c) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t s = 0; s < n; s++) {
-    const int64_t ao = aoff[s];
-    _tile_loadd(6, b + boff[s], 64);
-    _tile_loadd(4, a[0] + ao, lda);
-    _tile_loadd(5, a[1] + ao, lda);
-    _tile_dpbssd(0, 4, 6);
-    _tile_loadd(4, a[2] + ao, lda);
-    _tile_dpbssd(1, 5, 6);
-    _tile_loadd(5, a[3] + ao, lda);
-    _tile_dpbssd(2, 4, 6);
-    _tile_dpbssd(3, 5, 6);
   }
   _tile_stored(0, c, 64);
   _tile_stored(1, c + 256, 64);
@@ -151,6 +131,69 @@ static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), 
 
 #define KSTEPS 1024 /* 64-byte k steps per int32 sum: 2^16 products */
 
+/* Packing loops: AVX-512 (AMX implies it), the loop vectorizer's full
+ * cost model (GCC; -O2's keeps short copies scalar). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), optimize("O3")))
+#else
+#define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#endif
+
+static inline __mmask32 first_n32(int64_t n) { return n >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << n) - 1); }
+
+/* dst[i] = src[i] for i < n, narrowed (|src| <= 127) */
+PACK_FN static void narrow(int8_t *restrict dst, const int16_t *restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 k = first_n32(n - i);
+    _mm256_mask_storeu_epi8(dst + i, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, src + i)));
+  }
+}
+
+/* the two planes of 32 codes: c = lo + 256 hi */
+PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
+  const __m512i l = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
+  *lo = _mm512_cvtepi16_epi8(l);
+  *hi = _mm512_cvtepi16_epi8(_mm512_srai_epi16(_mm512_sub_epi16(c, l), 8));
+}
+
+/* lo[i], hi[i] = the planes of src[i], i < n */
+PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 k = first_n32(n - i);
+    __m256i l, h;
+    split32(_mm512_maskz_loadu_epi16(k, src + i), &l, &h);
+    _mm256_mask_storeu_epi8(lo + i, k, l);
+    _mm256_mask_storeu_epi8(hi + i, k, h);
+  }
+}
+
+/* The planes of four rows of codes (NULL: zeros) interleaved by pixel:
+ * lo[4 i + b], hi[4 i + b] = the planes of r[b][i], i < n */
+PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const int16_t *const r[4], int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i < 16 ? n - i : 16;
+    const __mmask32 k = first_n32(m);
+    __m128i pl[4], ph[4];
+    for (int b = 0; b < 4; b++) {
+      __m256i l, h;
+      split32(r[b] ? _mm512_maskz_loadu_epi16(k, r[b] + i) : _mm512_setzero_si512(), &l, &h);
+      pl[b] = _mm256_castsi256_si128(l);
+      ph[b] = _mm256_castsi256_si128(h);
+    }
+    const __mmask64 st = m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1);
+    for (int p = 0; p < 2; p++) {
+      const __m128i *v = p ? ph : pl;
+      const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
+      const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
+      __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
+      o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
+      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, o);
+    }
+  }
+}
+
 /* ------------------------------------------------------------------ dW */
 
 typedef struct dw_job {
@@ -158,6 +201,7 @@ typedef struct dw_job {
   const int8_t *xq, *bq;
   int64_t Cp, nmb, ncb, nu, npair, LX, KP, Wq, sh, sw;
   int64_t *dw;
+  _Atomic int failed; /* a worker's scratch allocation failed */
 } dw_job;
 
 /* A's base for unit u = (tap, channel block) */
@@ -168,30 +212,89 @@ static const int8_t *dw_unit(const dw_job *j, int64_t u) {
   return j->xq + (ph * j->Cp + cb * 16) * j->LX + (kh / j->sh) * j->Wq + kw / j->sw;
 }
 
-static void dw_part(void *arg, int64_t i0, int64_t i1) {
-  const dw_job *j = arg;
+/* dW's items [i0, i1): the pixels in chunks of DW_CHUNK steps, every item
+ * over a chunk before the next chunk (the chunk's codes stay in cache), the
+ * items' int32 tiles kept in memory between chunks and added to dW in int64
+ * every KSTEPS steps. */
+#define DW_CHUNK 32
+
+AMX_FN static void dw_chunk(const int8_t *a0, const int8_t *a1, int64_t lda, const int8_t *b0, const int8_t *b1,
+                            int64_t n, int32_t *c) {
+  _tile_loadd(0, c, 64);
+  _tile_loadd(1, c + 256, 64);
+  _tile_loadd(2, c + 512, 64);
+  _tile_loadd(3, c + 768, 64);
+  for (int64_t s = 0; s < n; s++) {
+    _tile_loadd(4, a0 + s * 64, lda);
+    _tile_loadd(6, b0 + s * 1024, 64);
+    _tile_loadd(7, b1 + s * 1024, 64);
+    _tile_loadd(5, a1 + s * 64, lda);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+static void dw_flush(dw_job *j, int64_t it, int32_t *c) {
   const nbl_conv_geom *g = j->g;
-  int32_t c[4 * 256] __attribute__((aligned(64)));
-  amx_config();
+  const int64_t mb = it / j->npair, u0 = 2 * (it % j->npair), u1 = u0 + 1 < j->nu ? u0 + 1 : u0;
+  for (int h = 0; h < (u1 != u0 ? 2 : 1); h++) {
+    const int64_t u = h ? u1 : u0, t = u / j->ncb, cb = u % j->ncb;
+    const int32_t *lo = c + 512 * h, *hi = lo + 256;
+    for (int64_t r = 0; r < 16 && cb * 16 + r < g->C; r++)
+      for (int64_t q = 0; q < 16 && mb * 16 + q < g->M; q++)
+        j->dw[((mb * 16 + q) * g->C + cb * 16 + r) * g->k_sz + t] +=
+            (int64_t)lo[r * 16 + q] + 256 * (int64_t)hi[r * 16 + q];
+  }
+  memset(c, 0, sizeof(int32_t) * 1024);
+}
+
+static void dw_part(void *arg, int64_t i0, int64_t i1) {
+  dw_job *j = arg;
+  int32_t *acc = aligned_alloc(64, sizeof(int32_t) * 1024 * (size_t)(i1 - i0));
+  const int8_t **a = malloc(sizeof(*a) * 2 * (size_t)(i1 - i0));
+  if (!acc || !a) {
+    free(acc);
+    free(a);
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  memset(acc, 0, sizeof(int32_t) * 1024 * (size_t)(i1 - i0));
   for (int64_t it = i0; it < i1; it++) {
-    const int64_t mb = it / j->npair, u0 = 2 * (it % j->npair), u1 = u0 + 1 < j->nu ? u0 + 1 : u0;
-    const int8_t *a0 = dw_unit(j, u0), *a1 = dw_unit(j, u1);
-    const int8_t *blo = j->bq + mb * (j->KP * 16), *bhi = j->bq + (j->nmb + mb) * (j->KP * 16);
-    const int64_t nsteps = j->KP / 64;
-    for (int64_t s0 = 0; s0 < nsteps; s0 += KSTEPS) {
-      const int64_t ns = nsteps - s0 < KSTEPS ? nsteps - s0 : KSTEPS;
-      k2x2(a0 + s0 * 64, a1 + s0 * 64, j->LX, blo + s0 * 1024, bhi + s0 * 1024, ns, NULL, 64, NULL, 1024, c);
-      for (int h = 0; h < (u1 != u0 ? 2 : 1); h++) {
-        const int64_t u = h ? u1 : u0, t = u / j->ncb, cb = u % j->ncb;
-        const int32_t *lo = c + 512 * h, *hi = lo + 256;
-        for (int64_t r = 0; r < 16 && cb * 16 + r < g->C; r++)
-          for (int64_t q = 0; q < 16 && mb * 16 + q < g->M; q++)
-            j->dw[((mb * 16 + q) * g->C + cb * 16 + r) * g->k_sz + t] +=
-                (int64_t)lo[r * 16 + q] + 256 * (int64_t)hi[r * 16 + q];
-      }
+    const int64_t u0 = 2 * (it % j->npair), u1 = u0 + 1 < j->nu ? u0 + 1 : u0;
+    a[2 * (it - i0)] = dw_unit(j, u0);
+    a[2 * (it - i0) + 1] = dw_unit(j, u1);
+  }
+  amx_config();
+  const int64_t nsteps = j->KP / 64;
+  for (int64_t s0 = 0; s0 < nsteps; s0 += DW_CHUNK) {
+    const int64_t ns = nsteps - s0 < DW_CHUNK ? nsteps - s0 : DW_CHUNK;
+    for (int64_t it = i0; it < i1; it++) {
+      const int64_t mb = it / j->npair;
+      const int8_t *blo = j->bq + mb * (j->KP * 16) + s0 * 1024, *bhi = blo + j->nmb * (j->KP * 16);
+      dw_chunk(a[2 * (it - i0)] + s0 * 64, a[2 * (it - i0) + 1] + s0 * 64, j->LX, blo, bhi, ns,
+               acc + 1024 * (it - i0));
     }
+    if ((s0 + ns) % KSTEPS == 0 || s0 + ns == nsteps)
+      for (int64_t it = i0; it < i1; it++) dw_flush(j, it, acc + 1024 * (it - i0));
   }
   amx_release();
+  free(acc);
+  free(a);
+}
+
+/* B of dW: rows [16 m][KP] of int8 (m block mb of plane pl) into the VNNI
+ * layout [KP / 4][16][4]: a 16 x 16 transpose of 32-bit units, by gathers */
+PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32((int)KP));
+  for (int64_t q = 0; q < KP / 4; q++)
+    _mm512_store_si512(dst + q * 64, _mm512_i32gather_epi32(idx, rows + q * 4, 1));
 }
 
 nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
@@ -206,99 +309,164 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   if (OH <= 0 || OW <= 0 || (OH - 1) * sh + g->k[0] > Hp || (OW - 1) * sw + g->k[1] > Wp) return NBL_OK;
   const int64_t KP = (N * Pq + 63) & ~(int64_t)63, Cp = (C + 15) & ~(int64_t)15, nmb = (M + 15) / 16;
   const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64, nph = sh * sw;
-  if ((double)nph * (double)Cp * (double)LX + 2.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
+  if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
     return NBL_OK; /* 256 MB: leave it to the chunked paths */
-  int8_t *xq = calloc((size_t)(nph * Cp * LX), 1), *bq = calloc((size_t)(2 * nmb * 16 * KP), 1);
-  if (!xq || !bq) {
+  const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
+  int8_t *xq = malloc(nxq), *bq = aligned_alloc(64, nb), *rows = malloc(nb);
+  if (!xq || !bq || !rows) {
     free(xq);
     free(bq);
+    free(rows);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  for (int64_t c = 0; c < C; c++)
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t ih = 0; ih < H; ih++) {
-        const int64_t R = ih + g->pb[0];
-        const int16_t *src = x + ((n * C + c) * H + ih) * W;
-        for (int64_t iw = 0; iw < W; iw++) {
-          const int64_t Q = iw + g->pb[1];
-          xq[((R % sh) * sw + Q % sw) * Cp * LX + c * LX + n * Pq + (R / sh) * Wq + Q / sw] = (int8_t)src[iw];
+  memset(xq, 0, nxq);
+  memset(rows, 0, nb);
+  /* X's stride-phase planes: padded row R, column Q at phase (R % sh, Q % sw),
+   * pixel n * Pq + (R / sh) * Wq + Q / sw */
+  for (int64_t ih = 0; ih < H; ih++) {
+    const int64_t R = ih + g->pb[0], roff = (R % sh) * sw * Cp * LX + (R / sh) * Wq;
+    for (int64_t px = 0; px < sw; px++) {
+      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
+      if (iw0 >= W) continue;
+      const int64_t off = roff + px * Cp * LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t n = 0; n < N; n++) {
+          const int16_t *src = x + ((n * C + c) * H + ih) * W + iw0;
+          int8_t *d = xq + off + c * LX + n * Pq;
+          if (sw == 1) narrow(d, src, cnt);
+          else
+            for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
         }
-      }
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t m = 0; m < M; m++) {
-      int8_t *lo = bq + (m / 16) * 16 * KP + (m % 16) * 4, *hi = lo + nmb * 16 * KP;
-      for (int64_t oh = 0; oh < OH; oh++) {
-        const int16_t *src = dy + ((n * M + m) * OH + oh) * OW;
-        for (int64_t ow = 0; ow < OW; ow++) {
-          const int64_t p = n * Pq + oh * Wq + ow, o = (p / 4) * 64 + p % 4;
-          split(src[ow], lo + o, hi + o);
-        }
-      }
     }
+  }
+  /* dY over the grid: rows [2][nmb * 16][KP] (lo planes, then hi), then VNNI */
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t oh = 0; oh < OH; oh++) {
+        int8_t *lo = rows + m * KP + n * Pq + oh * Wq;
+        split_row(lo, lo + nmb * 16 * KP, dy + ((n * M + m) * OH + oh) * OW, OW);
+      }
+  for (int64_t b = 0; b < 2 * nmb; b++) vnni_rows(bq + b * 16 * KP, rows + b * 16 * KP, KP);
+  free(rows);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
               .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .dw = dw64};
   run(ctx, nmb * j.npair, dw_part, &j);
   free(xq);
   free(bq);
+  if (atomic_load(&j.failed)) return NBL_ERR_OUT_OF_MEMORY;
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
   return NBL_OK;
 }
 
-/* ------------------------------------------------------------------ dX, unit strides */
+/* ------------------------------------------------------------------ dX, unit strides
+ * dY in quads of channels: [Mqp][N * Hp2 * Wp2 + slack][4] (channel 4 mq + b
+ * of pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A = the
+ * flipped, transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. A
+ * tile of dX^T: [16 c][16 pixels q] = sum over taps and chunks of A [16 c]
+ * [4 KB] x B [KB quads][16 pixels x 4] (rows S4 * 4 bytes apart). */
 
 typedef struct dx_job {
   const nbl_conv_geom *g;
-  const int8_t *dq, *wb;
-  int64_t Wp2, IS, PS, ncb, nch, nsteps;
+  const int8_t *dq, *wa;
+  int64_t Wp2, Pimg, S4, PL, KB, ncb, nsteps, nq;
   const int64_t *aoff, *boff;
+  tilecfg cfg;
   const nbl_i4b_conv_out *out;
 } dx_job;
 
-/* the 16 rows of q block q0 (lo and hi tiles lo, hi) into dX of image n,
- * channel block cb */
-static void dx_store(const dx_job *j, int64_t n, int64_t q0, int64_t cb, const int32_t *lo, const int32_t *hi) {
+/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of image n:
+ * lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64 accumulators) */
+PACK_FN static void dx_store(const dx_job *j, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
+                             const int32_t *hi) {
   const nbl_conv_geom *g = j->g;
-  const int64_t H = g->in[0], W = g->in[1];
-  for (int64_t r = 0; r < 16; r++) {
-    const int64_t q = q0 + r, ih = q / j->Wp2, iw = q % j->Wp2;
-    if (ih >= H) break;
-    if (iw >= W) continue;
-    for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
-      const int64_t acc = (int64_t)lo[r * 16 + cc] + 256 * (int64_t)hi[r * 16 + cc];
-      const int64_t d = ((n * g->C + cb * 16 + cc) * H + ih) * W + iw;
-      if (j->out->dx_acc) j->out->dx_acc[d] = acc;
-      if (j->out->dx) j->out->dx[d] = (float)((double)acc * j->out->dx_scale);
+  const int64_t H = g->in[0], W = g->in[1], HW = H * W;
+  uint32_t valid = 0;
+  int64_t first = -1, ih = q0 / j->Wp2, iw = q0 % j->Wp2;
+  for (int r = 0; r < 16 && ih < H; r++) {
+    if (iw < W) {
+      valid |= 1u << r;
+      if (first < 0) first = ih * W + iw;
+    }
+    if (++iw == j->Wp2) iw = 0, ih++;
+  }
+  if (!valid) return;
+  const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
+  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
+    const int64_t o = (n * g->C + cb * 16 + cc) * HW + first;
+    const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+    if (j->out->dx) {
+      const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
+                                         _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
+      const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
+                                         _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
+      const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
+                                          _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
+      _mm512_mask_compressstoreu_ps(j->out->dx + o, (__mmask16)valid, y);
+    }
+    if (j->out->dx_acc) {
+      int64_t *d = j->out->dx_acc + o;
+      for (int r = 0; r < 16; r++)
+        if (valid >> r & 1) *d++ = (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r];
     }
   }
 }
 
+/* Four tiles c[i] = sum over steps of A(s) x B_i(s): one A (16 rows, lda),
+ * four B (KB rows S4 * 4 bytes apart, at b_i + boff[s]) */
+AMX_FN static void k1x4(const int8_t *a, int64_t lda, const int8_t *const b[4], int64_t ldb, int64_t n,
+                        const int64_t *aoff, const int64_t *boff, int32_t *c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < n; s++) {
+    const int64_t bo = boff[s];
+    _tile_loadd(4, a + aoff[s], lda);
+    _tile_loadd(5, b[0] + bo, ldb);
+    _tile_loadd(6, b[1] + bo, ldb);
+    _tile_dpbssd(0, 4, 5);
+    _tile_loadd(7, b[2] + bo, ldb);
+    _tile_dpbssd(1, 4, 6);
+    _tile_loadd(5, b[3] + bo, ldb);
+    _tile_dpbssd(2, 4, 7);
+    _tile_dpbssd(3, 4, 5);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+AMX_FN static void dx_config(const tilecfg *cfg) {
+  __asm__ volatile("" : : "r"(cfg) : "memory"); /* the configuration's stores happen first */
+  _tile_loadconfig(cfg);
+}
+
 static void dx_part(void *arg, int64_t n0, int64_t n1) {
   const dx_job *j = arg;
-  const nbl_conv_geom *g = j->g;
-  const int64_t M = g->M, nq = g->in[0] * j->Wp2, bsz = j->nsteps * 1024;
+  const int64_t lda = j->KB * 4, ldb = j->S4 * 4, wsz = j->nsteps * 16 * lda;
   int32_t c[4 * 256] __attribute__((aligned(64)));
-  amx_config();
+  dx_config(&j->cfg);
   for (int64_t n = n0; n < n1; n++) {
-    const int8_t *lo = j->dq + n * j->IS, *hi = lo + j->PS;
-    if (j->ncb == 1) { /* two q blocks x (lo, hi) */
-      for (int64_t q0 = 0; q0 < nq; q0 += 32) {
-        const int8_t *a[4] = {lo + q0 * M, hi + q0 * M, lo + (q0 + 16) * M, hi + (q0 + 16) * M};
-        k4x1(a, M, j->wb, j->nsteps, j->aoff, j->boff, c);
+    const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
+    if (j->ncb == 1) /* one channel block: (lo, hi) x two pixel blocks */
+      for (int64_t q0 = 0; q0 < j->nq; q0 += 32) {
+        const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
+        k1x4(j->wa, lda, b, ldb, j->nsteps, j->aoff, j->boff, c);
         dx_store(j, n, q0, 0, c, c + 256);
-        if (q0 + 16 < nq) dx_store(j, n, q0 + 16, 0, c + 512, c + 768);
+        if (q0 + 16 < j->nq) dx_store(j, n, q0 + 16, 0, c + 512, c + 768);
       }
-    } else { /* (lo, hi) x two channel blocks */
-      for (int64_t q0 = 0; q0 < nq; q0 += 16)
+    else /* two channel blocks x (lo, hi) */
+      for (int64_t q0 = 0; q0 < j->nq; q0 += 16)
         for (int64_t cb = 0; cb < j->ncb; cb += 2) {
           const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
-          k2x2(lo + q0 * M, hi + q0 * M, M, j->wb + cb * bsz, j->wb + cb1 * bsz, j->nsteps, j->aoff, 0, j->boff, 0,
-               c);
-          dx_store(j, n, q0, cb, c, c + 512);
-          if (cb1 != cb) dx_store(j, n, q0, cb1, c + 256, c + 768);
+          k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, j->nsteps, j->aoff, 0, j->boff,
+               0, c);
+          dx_store(j, n, q0, cb, c, c + 256);
+          if (cb1 != cb) dx_store(j, n, q0, cb1, c + 512, c + 768);
         }
-    }
   }
   amx_release();
 }
@@ -312,51 +480,57 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], pt = KH - 1 - g->pb[0], pl = KW - 1 - g->pb[1];
-  const int64_t Hp2 = H + KH - 1, Wp2 = W + KW - 1, nch = (KW * M + 63) / 64, nsteps = KH * nch;
-  if (nsteps * 64 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
-  const int64_t IS = Hp2 * Wp2 * M, PS = N * IS + 48 * M + nch * 64 + 64, ncb = (C + 15) / 16;
-  if (2.0 * (double)PS > (double)(1 << 28)) return NBL_OK;
-  int8_t *dq = calloc((size_t)(2 * PS), 1), *wb = calloc((size_t)(ncb * nsteps * 1024), 1);
+  const int64_t Hp2 = H + KH - 1, Wp2 = W + KW - 1, Pimg = Hp2 * Wp2;
+  const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
+  const int64_t nsteps = KH * KW * nchunk, ncb = (C + 15) / 16;
+  if (nsteps * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
+  const int64_t S4 = N * Pimg + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
+  if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
+  int8_t *dq = malloc((size_t)(2 * PL)), *wa = aligned_alloc(64, (size_t)(ncb * nsteps * 16 * KB * 4));
   int64_t *aoff = malloc(sizeof(int64_t) * (size_t)(2 * nsteps));
-  if (!dq || !wb || !aoff) {
+  if (!dq || !wa || !aoff) {
     free(dq);
-    free(wb);
+    free(wa);
     free(aoff);
     return NBL_ERR_OUT_OF_MEMORY;
   }
+  memset(dq, 0, (size_t)(2 * PL));
+  memset(wa, 0, (size_t)(ncb * nsteps * 16 * KB * 4));
   int64_t *boff = aoff + nsteps;
-  for (int64_t kh = 0; kh < KH; kh++)
-    for (int64_t ch = 0; ch < nch; ch++) {
-      aoff[kh * nch + ch] = kh * Wp2 * M + ch * 64;
-      boff[kh * nch + ch] = (kh * nch + ch) * 1024;
+  for (int64_t t = 0; t < KH * KW; t++)
+    for (int64_t ch = 0; ch < nchunk; ch++) {
+      aoff[t * nchunk + ch] = (t * nchunk + ch) * 16 * KB * 4;
+      boff[t * nchunk + ch] = ch * KB * S4 * 4 + ((t / KW) * Wp2 + t % KW) * 4;
     }
-  /* dY, channels last, padded: lo planes of all images, then hi */
   for (int64_t n = 0; n < N; n++)
-    for (int64_t m = 0; m < M; m++)
+    for (int64_t mq = 0; mq < Mq; mq++)
       for (int64_t oh = 0; oh < OH; oh++) {
-        const int16_t *src = dy + ((n * M + m) * OH + oh) * OW;
-        int8_t *lo = dq + n * IS + ((oh + pt) * Wp2 + pl) * M + m, *hi = lo + PS;
-        for (int64_t ow = 0; ow < OW; ow++) split(src[ow], lo + ow * M, hi + ow * M);
+        const int16_t *r[4];
+        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+        int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + pt) * Wp2 + pl) * 4;
+        split_quad(lo, lo + PL, r, OW);
       }
-  /* B of (cb, kh, ch): row jr, column cc, byte b: k byte e = ch * 64 + 4 jr + b
-   * is tap kw = e / M of channel m = e % M: W[m][c][KH-1-kh][KW-1-kw] */
+  /* A of (cb, tap (kh, kw), chunk): row cc, byte e: channel m = chunk * 4 KB + e,
+   * W[m][c][KH-1-kh][KW-1-kw] */
   for (int64_t cb = 0; cb < ncb; cb++)
-    for (int64_t kh = 0; kh < KH; kh++)
-      for (int64_t ch = 0; ch < nch; ch++) {
-        int8_t *b = wb + (cb * nsteps + kh * nch + ch) * 1024;
-        for (int64_t e = 0; e < 64; e++) {
-          const int64_t kb = ch * 64 + e, kw = kb / M, m = kb % M;
-          if (kw >= KW) break;
-          for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++)
-            b[(e / 4) * 64 + cc * 4 + e % 4] =
-                (int8_t)w[((m * C + cb * 16 + cc) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-        }
+    for (int64_t t = 0; t < KH * KW; t++)
+      for (int64_t ch = 0; ch < nchunk; ch++) {
+        int8_t *a = wa + ((cb * KH * KW + t) * nchunk + ch) * 16 * KB * 4;
+        for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++)
+          for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < M; e++)
+            a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + KH * KW - 1 - t];
       }
-  dx_job j = {.g = g, .dq = dq, .wb = wb, .Wp2 = Wp2, .IS = IS, .PS = PS, .ncb = ncb, .nch = nch, .nsteps = nsteps,
-              .aoff = aoff, .boff = boff, .out = out};
+  dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
+              .nsteps = nsteps, .nq = H * Wp2, .aoff = aoff, .boff = boff, .out = out};
+  j.cfg.palette = 1;
+  for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
+  /* A: 16 rows of 4 KB bytes; B: KB rows of 64 (k1x4: tile 4 A, 5-7 B; k2x2: 4-5 A, 6-7 B) */
+  j.cfg.colsb[4] = (uint16_t)(KB * 4), j.cfg.rows[4] = 16;
+  j.cfg.colsb[5] = (uint16_t)(j.ncb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(j.ncb == 1 ? KB : 16);
+  for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
   run(ctx, N, dx_part, &j);
   free(dq);
-  free(wb);
+  free(wa);
   free(aoff);
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
