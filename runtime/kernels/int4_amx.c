@@ -199,7 +199,7 @@ PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const i
 typedef struct dw_job {
   const nbl_conv_geom *g;
   const int8_t *xq, *bq;
-  int64_t Cp, nmb, ncb, nu, npair, LX, KP, Wq, sh, sw;
+  int64_t Cp, nmb, ncb, nu, npair, LX, KP, Wq, sh, sw, pw;
   int64_t *dw;
   _Atomic int failed; /* a worker's scratch allocation failed */
 } dw_job;
@@ -208,7 +208,7 @@ typedef struct dw_job {
 static const int8_t *dw_unit(const dw_job *j, int64_t u) {
   const nbl_conv_geom *g = j->g;
   const int64_t t = u / j->ncb, cb = u % j->ncb, kh = t / g->k[1], kw = t % g->k[1];
-  const int64_t ph = (kh % j->sh) * j->sw + kw % j->sw;
+  const int64_t ph = (kh % j->sh) * j->pw + kw % j->sw;
   return j->xq + (ph * j->Cp + cb * 16) * j->LX + (kh / j->sh) * j->Wq + kw / j->sw;
 }
 
@@ -300,7 +300,8 @@ PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows,
 nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE)
+  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE ||
+      g->C < 4) /* (fewer channels: mostly padding in the tiles; the other paths are faster) */
     return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
@@ -308,7 +309,9 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw, Pq = Hq * Wq;
   if (OH <= 0 || OW <= 0 || (OH - 1) * sh + g->k[0] > Hp || (OW - 1) * sw + g->k[1] > Wp) return NBL_OK;
   const int64_t KP = (N * Pq + 63) & ~(int64_t)63, Cp = (C + 15) & ~(int64_t)15, nmb = (M + 15) / 16;
-  const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64, nph = sh * sw;
+  const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64;
+  /* the phases the taps read: rows 0 .. min(k, s) - 1, likewise columns */
+  const int64_t phh = g->k[0] < sh ? g->k[0] : sh, pw = g->k[1] < sw ? g->k[1] : sw, nph = phh * pw;
   if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
     return NBL_OK; /* 256 MB: leave it to the chunked paths */
   const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
@@ -324,8 +327,9 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   /* X's stride-phase planes: padded row R, column Q at phase (R % sh, Q % sw),
    * pixel n * Pq + (R / sh) * Wq + Q / sw */
   for (int64_t ih = 0; ih < H; ih++) {
-    const int64_t R = ih + g->pb[0], roff = (R % sh) * sw * Cp * LX + (R / sh) * Wq;
-    for (int64_t px = 0; px < sw; px++) {
+    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * Cp * LX + (R / sh) * Wq;
+    if (R % sh >= phh) continue;
+    for (int64_t px = 0; px < pw; px++) {
       const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
       if (iw0 >= W) continue;
       const int64_t off = roff + px * Cp * LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
@@ -350,7 +354,7 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   free(rows);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
-              .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .dw = dw64};
+              .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .pw = pw, .dw = dw64};
   run(ctx, nmb * j.npair, dw_part, &j);
   free(xq);
   free(bq);
@@ -360,56 +364,77 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   return NBL_OK;
 }
 
-/* ------------------------------------------------------------------ dX, unit strides
+/* ------------------------------------------------------------------ dX
  * dY in quads of channels: [Mqp][N * Hp2 * Wp2 + slack][4] (channel 4 mq + b
- * of pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A = the
- * flipped, transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. A
- * tile of dX^T: [16 c][16 pixels q] = sum over taps and chunks of A [16 c]
- * [4 KB] x B [KB quads][16 pixels x 4] (rows S4 * 4 bytes apart). */
+ * of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
+ * the transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. With
+ * strides, dX is split by output phase (ih % sh, iw % sw): the phase's
+ * pixels (a, b), ih = a sh + py, take the taps kh = py + pb - sh dh (any
+ * integer dh), from dY's row a + dh: a stride-1 correlation of dY with the
+ * phase's taps. A tile of dX^T: [16 c][16 pixels q] (q = a * Wp2 + b over
+ * the padded width, b >= the phase's width wasted) = sum over the phase's
+ * taps and chunks of A [16 c][4 KB] x B [KB quads][16 pixels x 4] (rows S4
+ * * 4 bytes apart, from q + (dh + T) * Wp2 + dw + L). */
+
+typedef struct dx_phase {
+  int64_t py, px, Ha, Wa, nsteps;
+  int64_t *aoff, *boff;
+} dx_phase;
 
 typedef struct dx_job {
   const nbl_conv_geom *g;
   const int8_t *dq, *wa;
-  int64_t Wp2, Pimg, S4, PL, KB, ncb, nsteps, nq;
-  const int64_t *aoff, *boff;
+  int64_t Wp2, Pimg, S4, PL, KB, ncb, nph, wa_cb_stride;
+  const dx_phase *ph;
   tilecfg cfg;
   const nbl_i4b_conv_out *out;
 } dx_job;
 
-/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of image n:
- * lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64 accumulators) */
-PACK_FN static void dx_store(const dx_job *j, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
+/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase f of
+ * image n: lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64
+ * accumulators); lo NULL: zeros (a phase without taps) */
+PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
                              const int32_t *hi) {
   const nbl_conv_geom *g = j->g;
-  const int64_t H = g->in[0], W = g->in[1], HW = H * W;
+  const int64_t H = g->in[0], W = g->in[1], HW = H * W, sh = g->s[0], sw = g->s[1];
   uint32_t valid = 0;
-  int64_t first = -1, ih = q0 / j->Wp2, iw = q0 % j->Wp2;
-  for (int r = 0; r < 16 && ih < H; r++) {
-    if (iw < W) {
+  int32_t at[16]; /* lane r: its offset in the channel's plane */
+  int64_t a = q0 / j->Wp2, b = q0 % j->Wp2;
+  for (int r = 0; r < 16 && a < f->Ha; r++) {
+    if (b < f->Wa) {
       valid |= 1u << r;
-      if (first < 0) first = ih * W + iw;
+      at[r] = (int32_t)((a * sh + f->py) * W + b * sw + f->px);
     }
-    if (++iw == j->Wp2) iw = 0, ih++;
+    if (++b == j->Wp2) b = 0, a++;
   }
   if (!valid) return;
+  const int dense = sh == 1 && sw == 1; /* valid lanes land on consecutive elements */
   const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
   for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
-    const int64_t o = (n * g->C + cb * 16 + cc) * HW + first;
-    const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+    const int64_t o = (n * g->C + cb * 16 + cc) * HW;
     if (j->out->dx) {
-      const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
-                                         _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
-      const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
-                                         _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
-      const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
-                                          _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
-      _mm512_mask_compressstoreu_ps(j->out->dx + o, (__mmask16)valid, y);
+      __m512 y = _mm512_setzero_ps();
+      if (lo) {
+        const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+        const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
+                                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
+        const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
+                                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
+        y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
+                               _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
+      }
+      if (dense) {
+        _mm512_mask_compressstoreu_ps(j->out->dx + o + at[__builtin_ctz(valid)], (__mmask16)valid, y);
+      } else {
+        float t[16];
+        _mm512_storeu_ps(t, y);
+        for (int r = 0; r < 16; r++)
+          if (valid >> r & 1) j->out->dx[o + at[r]] = t[r];
+      }
     }
-    if (j->out->dx_acc) {
-      int64_t *d = j->out->dx_acc + o;
+    if (j->out->dx_acc)
       for (int r = 0; r < 16; r++)
-        if (valid >> r & 1) *d++ = (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r];
-    }
+        if (valid >> r & 1) j->out->dx_acc[o + at[r]] = lo ? (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r] : 0;
   }
 }
 
@@ -446,82 +471,129 @@ AMX_FN static void dx_config(const tilecfg *cfg) {
 
 static void dx_part(void *arg, int64_t n0, int64_t n1) {
   const dx_job *j = arg;
-  const int64_t lda = j->KB * 4, ldb = j->S4 * 4, wsz = j->nsteps * 16 * lda;
+  const int64_t lda = j->KB * 4, ldb = j->S4 * 4;
   int32_t c[4 * 256] __attribute__((aligned(64)));
   dx_config(&j->cfg);
   for (int64_t n = n0; n < n1; n++) {
     const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
-    if (j->ncb == 1) /* one channel block: (lo, hi) x two pixel blocks */
-      for (int64_t q0 = 0; q0 < j->nq; q0 += 32) {
-        const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
-        k1x4(j->wa, lda, b, ldb, j->nsteps, j->aoff, j->boff, c);
-        dx_store(j, n, q0, 0, c, c + 256);
-        if (q0 + 16 < j->nq) dx_store(j, n, q0 + 16, 0, c + 512, c + 768);
-      }
-    else /* two channel blocks x (lo, hi) */
-      for (int64_t q0 = 0; q0 < j->nq; q0 += 16)
-        for (int64_t cb = 0; cb < j->ncb; cb += 2) {
-          const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
-          k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, j->nsteps, j->aoff, 0, j->boff,
-               0, c);
-          dx_store(j, n, q0, cb, c, c + 256);
-          if (cb1 != cb) dx_store(j, n, q0, cb1, c + 512, c + 768);
+    for (int64_t pi = 0; pi < j->nph; pi++) {
+      const dx_phase *f = &j->ph[pi];
+      const int64_t nq = f->Ha * j->Wp2;
+      if (f->nsteps == 0) { /* no tap reaches these pixels: zeros */
+        for (int64_t q0 = 0; q0 < nq; q0 += 16)
+          for (int64_t cb = 0; cb < j->ncb; cb++) dx_store(j, f, n, q0, cb, NULL, NULL);
+      } else if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
+        for (int64_t q0 = 0; q0 < nq; q0 += 32) {
+          const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
+          k1x4(j->wa, lda, b, ldb, f->nsteps, f->aoff, f->boff, c);
+          dx_store(j, f, n, q0, 0, c, c + 256);
+          if (q0 + 16 < nq) dx_store(j, f, n, q0 + 16, 0, c + 512, c + 768);
         }
+      } else { /* two channel blocks x (lo, hi) */
+        const int64_t wsz = j->wa_cb_stride;
+        for (int64_t q0 = 0; q0 < nq; q0 += 16)
+          for (int64_t cb = 0; cb < j->ncb; cb += 2) {
+            const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
+            k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, f->nsteps, f->aoff, 0,
+                 f->boff, 0, c);
+            dx_store(j, f, n, q0, cb, c, c + 256);
+            if (cb1 != cb) dx_store(j, f, n, q0, cb1, c + 512, c + 768);
+          }
+      }
+    }
   }
   amx_release();
 }
 
+/* floor division */
+static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || w_max > 127 || dy_max > NBL_I4B_MAX_CODE) return NBL_OK;
-  for (int i = 0; i < 2; i++)
-    if (g->s[i] != 1 || g->d[i] != 1 || g->pb[i] > g->k[i] - 1 || g->pe[i] > g->k[i] - 1) return NBL_OK;
+  if (g->ns != 2 || g->group != 1 || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || g->d[0] != 1 || g->d[1] != 1)
+    return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
-  const int64_t KH = g->k[0], KW = g->k[1], pt = KH - 1 - g->pb[0], pl = KW - 1 - g->pb[1];
-  const int64_t Hp2 = H + KH - 1, Wp2 = W + KW - 1, Pimg = Hp2 * Wp2;
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
   const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
-  const int64_t nsteps = KH * KW * nchunk, ncb = (C + 15) / 16;
-  if (nsteps * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
-  const int64_t S4 = N * Pimg + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
+  const int64_t ncb = (C + 15) / 16;
+  if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
+  /* dY rows a + dh for a in [0, Ha), dh = (py + pb - kh) / sh: padding T above, below up to Hp2 */
+  int64_t T = 0, Lp = 0, Hp2 = OH, Wp2 = OW;
+  for (int64_t py = 0; py < sh && py < H; py++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      if ((py + g->pb[0] - kh) % sh == 0) {
+        const int64_t dh = fdiv(py + g->pb[0] - kh, sh), Ha = (H - py + sh - 1) / sh;
+        T = -dh > T ? -dh : T;
+        Hp2 = Ha + dh > Hp2 ? Ha + dh : Hp2;
+      }
+  for (int64_t px = 0; px < sw && px < W; px++)
+    for (int64_t kw = 0; kw < KW; kw++)
+      if ((px + g->pb[1] - kw) % sw == 0) {
+        const int64_t dw = fdiv(px + g->pb[1] - kw, sw), Wa = (W - px + sw - 1) / sw;
+        Lp = -dw > Lp ? -dw : Lp;
+        Wp2 = Wa + dw > Wp2 ? Wa + dw : Wp2;
+      }
+  Hp2 += T, Wp2 += Lp;
+  const int64_t Pimg = Hp2 * Wp2;
+  const int64_t S4 = N * Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
   if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
-  int8_t *dq = malloc((size_t)(2 * PL)), *wa = aligned_alloc(64, (size_t)(ncb * nsteps * 16 * KB * 4));
-  int64_t *aoff = malloc(sizeof(int64_t) * (size_t)(2 * nsteps));
-  if (!dq || !wa || !aoff) {
+  const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
+  int8_t *dq = malloc((size_t)(2 * PL)), *wa = aligned_alloc(64, wsz);
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(2 * KH * KW * nchunk + 1));
+  dx_phase *ph = malloc(sizeof(dx_phase) * (size_t)nph);
+  if (!dq || !wa || !offs || !ph) {
     free(dq);
     free(wa);
-    free(aoff);
+    free(offs);
+    free(ph);
     return NBL_ERR_OUT_OF_MEMORY;
   }
   memset(dq, 0, (size_t)(2 * PL));
-  memset(wa, 0, (size_t)(ncb * nsteps * 16 * KB * 4));
-  int64_t *boff = aoff + nsteps;
-  for (int64_t t = 0; t < KH * KW; t++)
-    for (int64_t ch = 0; ch < nchunk; ch++) {
-      aoff[t * nchunk + ch] = (t * nchunk + ch) * 16 * KB * 4;
-      boff[t * nchunk + ch] = ch * KB * S4 * 4 + ((t / KW) * Wp2 + t % KW) * 4;
+  memset(wa, 0, wsz);
+  /* each phase's steps: its taps x chunks (every tap in exactly one phase) */
+  int64_t used = 0;
+  for (int64_t py = 0; py < sh; py++)
+    for (int64_t px = 0; px < sw; px++) {
+      dx_phase *f = &ph[py * sw + px];
+      f->py = py, f->px = px, f->Ha = py < H ? (H - py + sh - 1) / sh : 0, f->Wa = px < W ? (W - px + sw - 1) / sw : 0;
+      f->aoff = offs + used, f->nsteps = 0;
+      for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++)
+          if ((py + g->pb[0] - kh) % sh == 0 && (px + g->pb[1] - kw) % sw == 0) f->nsteps += nchunk;
+      f->boff = f->aoff + f->nsteps;
+      int64_t s = 0;
+      for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++) {
+          if ((py + g->pb[0] - kh) % sh != 0 || (px + g->pb[1] - kw) % sw != 0) continue;
+          const int64_t dh = fdiv(py + g->pb[0] - kh, sh), dw = fdiv(px + g->pb[1] - kw, sw);
+          for (int64_t ch = 0; ch < nchunk; ch++, s++) {
+            f->aoff[s] = ((kh * KW + kw) * nchunk + ch) * 16 * KB * 4;
+            f->boff[s] = ch * KB * S4 * 4 + ((dh + T) * Wp2 + dw + Lp) * 4;
+          }
+        }
+      used += 2 * f->nsteps;
     }
   for (int64_t n = 0; n < N; n++)
     for (int64_t mq = 0; mq < Mq; mq++)
       for (int64_t oh = 0; oh < OH; oh++) {
         const int16_t *r[4];
         for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-        int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + pt) * Wp2 + pl) * 4;
+        int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + T) * Wp2 + Lp) * 4;
         split_quad(lo, lo + PL, r, OW);
       }
-  /* A of (cb, tap (kh, kw), chunk): row cc, byte e: channel m = chunk * 4 KB + e,
-   * W[m][c][KH-1-kh][KW-1-kw] */
+  /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t t = 0; t < KH * KW; t++)
       for (int64_t ch = 0; ch < nchunk; ch++) {
         int8_t *a = wa + ((cb * KH * KW + t) * nchunk + ch) * 16 * KB * 4;
         for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++)
           for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < M; e++)
-            a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + KH * KW - 1 - t];
+            a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + t];
       }
   dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
-              .nsteps = nsteps, .nq = H * Wp2, .aoff = aoff, .boff = boff, .out = out};
+              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out};
   j.cfg.palette = 1;
   for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
   /* A: 16 rows of 4 KB bytes; B: KB rows of 64 (k1x4: tile 4 A, 5-7 B; k2x2: 4-5 A, 6-7 B) */
@@ -531,7 +603,8 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   run(ctx, N, dx_part, &j);
   free(dq);
   free(wa);
-  free(aoff);
+  free(offs);
+  free(ph);
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
   return NBL_OK;

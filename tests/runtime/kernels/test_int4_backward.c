@@ -473,12 +473,10 @@ static void conv_case(const ccase *c) {
   int64_t *adb = malloc(sizeof(int64_t) * (size_t)c->M);
   const int ni = n_isas();
   /* the AMX tiles take dW of 2-D one-group undilated layers with 7-bit
-   * activation codes, and dX when the strides are 1 and the pads within the
-   * kernel's extent */
-  int amx_dw = c->ns == 2 && c->group == 1 && c->d[0] == 1 && c->d[1] == 1 && xm <= 127;
-  int amx_dx = c->ns == 2 && c->group == 1 && wm <= 127;
-  for (int i = 0; i < c->ns; i++)
-    amx_dx &= c->s[i] == 1 && c->d[i] == 1 && c->pb[i] <= c->k[i] - 1 && c->pe[i] <= c->k[i] - 1;
+   * activation codes and 4 channels or more, and dX of 2-D one-group
+   * undilated layers with 7-bit weight codes */
+  const int amx_geom = c->ns == 2 && c->group == 1 && c->d[0] == 1 && c->d[1] == 1;
+  const int amx_dw = amx_geom && xm <= 127 && c->C >= 4, amx_dx = amx_geom && wm <= 127;
   for (int v = 0; v < ni; v++)
     for (int amx = 0; amx <= (g_isas[v] == NBL_I4B_AVX512 && nbl_i4b_amx_supported()); amx++)
       for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
