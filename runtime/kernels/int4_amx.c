@@ -30,6 +30,7 @@
  *     apart (overlapping); the flipped, transposed weights are packed to
  *     match (zeros past the last tap).
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +128,53 @@ static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), 
   if (n <= 0) return;
   if (ctx) nbl_parallel_for(ctx, n, 1, fn, arg);
   else fn(arg, 0, n);
+}
+
+/* Scratch buffers kept between calls: the planes are megabytes, and a fresh
+ * allocation of that size is fresh pages from the kernel on every call (a
+ * page fault per 4 KB: a third of the products' time in a training step). A
+ * few buffers, 64-byte aligned, under a lock; scratch_put keeps the largest. */
+#define SCRATCH_SLOTS 6
+static pthread_mutex_t g_scratch_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *g_scratch[SCRATCH_SLOTS];
+static size_t g_scratch_cap[SCRATCH_SLOTS];
+
+/* A buffer of at least n bytes (NULL: out of memory); *cap its size. */
+static void *scratch_get(size_t n, size_t *cap) {
+  n = (n + 63) & ~(size_t)63;
+  pthread_mutex_lock(&g_scratch_mu);
+  int best = -1;
+  for (int i = 0; i < SCRATCH_SLOTS; i++)
+    if (g_scratch[i] && g_scratch_cap[i] >= n && (best < 0 || g_scratch_cap[i] < g_scratch_cap[best])) best = i;
+  void *p = NULL;
+  if (best >= 0) {
+    p = g_scratch[best], *cap = g_scratch_cap[best];
+    g_scratch[best] = NULL;
+  }
+  pthread_mutex_unlock(&g_scratch_mu);
+  if (!p) p = aligned_alloc(64, n ? n : 64), *cap = n;
+  return p;
+}
+
+static void scratch_put(void *p, size_t cap) {
+  if (!p) return;
+  pthread_mutex_lock(&g_scratch_mu);
+  int slot = -1;
+  for (int i = 0; i < SCRATCH_SLOTS && slot < 0; i++)
+    if (!g_scratch[i]) slot = i;
+  if (slot < 0) { /* full: replace the smallest if this one is larger */
+    slot = 0;
+    for (int i = 1; i < SCRATCH_SLOTS; i++)
+      if (g_scratch_cap[i] < g_scratch_cap[slot]) slot = i;
+    if (g_scratch_cap[slot] >= cap) {
+      pthread_mutex_unlock(&g_scratch_mu);
+      free(p);
+      return;
+    }
+    free(g_scratch[slot]);
+  }
+  g_scratch[slot] = p, g_scratch_cap[slot] = cap;
+  pthread_mutex_unlock(&g_scratch_mu);
 }
 
 #define KSTEPS 1024 /* 64-byte k steps per int32 sum: 2^16 products */
@@ -315,11 +363,12 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
     return NBL_OK; /* 256 MB: leave it to the chunked paths */
   const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
-  int8_t *xq = malloc(nxq), *bq = aligned_alloc(64, nb), *rows = malloc(nb);
+  size_t cx = 0, cb = 0, cr = 0;
+  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb), *rows = scratch_get(nb, &cr);
   if (!xq || !bq || !rows) {
-    free(xq);
-    free(bq);
-    free(rows);
+    scratch_put(xq, cx);
+    scratch_put(bq, cb);
+    scratch_put(rows, cr);
     return NBL_ERR_OUT_OF_MEMORY;
   }
   memset(xq, 0, nxq);
@@ -351,13 +400,13 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
         split_row(lo, lo + nmb * 16 * KP, dy + ((n * M + m) * OH + oh) * OW, OW);
       }
   for (int64_t b = 0; b < 2 * nmb; b++) vnni_rows(bq + b * 16 * KP, rows + b * 16 * KP, KP);
-  free(rows);
+  scratch_put(rows, cr);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
               .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .pw = pw, .dw = dw64};
   run(ctx, nmb * j.npair, dw_part, &j);
-  free(xq);
-  free(bq);
+  scratch_put(xq, cx);
+  scratch_put(bq, cb);
   if (atomic_load(&j.failed)) return NBL_ERR_OUT_OF_MEMORY;
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
@@ -540,12 +589,13 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t S4 = N * Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
   if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
   const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
-  int8_t *dq = malloc((size_t)(2 * PL)), *wa = aligned_alloc(64, wsz);
+  size_t cdq = 0, cwa = 0;
+  int8_t *dq = scratch_get((size_t)(2 * PL), &cdq), *wa = scratch_get(wsz, &cwa);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(2 * KH * KW * nchunk + 1));
   dx_phase *ph = malloc(sizeof(dx_phase) * (size_t)nph);
   if (!dq || !wa || !offs || !ph) {
-    free(dq);
-    free(wa);
+    scratch_put(dq, cdq);
+    scratch_put(wa, cwa);
     free(offs);
     free(ph);
     return NBL_ERR_OUT_OF_MEMORY;
@@ -601,8 +651,8 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   j.cfg.colsb[5] = (uint16_t)(j.ncb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(j.ncb == 1 ? KB : 16);
   for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
   run(ctx, N, dx_part, &j);
-  free(dq);
-  free(wa);
+  scratch_put(dq, cdq);
+  scratch_put(wa, cwa);
   free(offs);
   free(ph);
   atomic_fetch_add(&g_runs, 1);
