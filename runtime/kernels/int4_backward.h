@@ -203,6 +203,16 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
 nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done);
 
+/* The forward product of nbl_i4b_conv_forward on AMX tiles (2-D, one group,
+ * unit dilations, column stride 1 or 2, C >= 4): x's codes recovered as
+ * there and required in -128..127, w8 the weight codes [M][C][k] (int8),
+ * y = sc * (float)acc + bias[m] (mul, then add; bias NULL: + 0.0f) and/or
+ * acc, as the VNNI path writes them. *done = 0 (whatever was written is to
+ * be overwritten) when the layer or the codes do not fit: the caller runs
+ * its own path, which also judges the grid. */
+nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done);
+
 /* ------------------------------------------------------------------ the forward product
  * (runtime/kernels/int4_coded_conv.c) */
 
