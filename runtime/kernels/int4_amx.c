@@ -201,7 +201,9 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
 
 #endif
 
-static inline __mmask32 first_n32(int64_t n) { return n >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << n) - 1); }
+static inline __mmask32 first_n32(int64_t n) {
+  return n >= 32 ? ~(__mmask32)0 : n <= 0 ? 0 : (__mmask32)((1u << n) - 1);
+}
 
 /* dst[i] = src[i] for i < n, narrowed (|src| <= 127) */
 PACK_FN static void narrow(int8_t *restrict dst, const int16_t *restrict src, int64_t n) {
@@ -219,13 +221,14 @@ PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
 }
 
 /* lo[i], hi[i] = the planes of src[i], i < n */
-PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src, int64_t n) {
-  for (int64_t i = 0; i < n; i += 32) {
-    const __mmask32 k = first_n32(n - i);
+PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src, int64_t n,
+                              int64_t nz) { /* and zeros in [n, nz) */
+  for (int64_t i = 0; i < nz; i += 32) {
+    const __mmask32 k = first_n32(n - i), kz = first_n32(nz - i);
     __m256i l, h;
-    split32(_mm512_maskz_loadu_epi16(k, src + i), &l, &h);
-    _mm256_mask_storeu_epi8(lo + i, k, l);
-    _mm256_mask_storeu_epi8(hi + i, k, h);
+    split32(_mm512_maskz_loadu_epi16(i < n ? k : 0, src + i), &l, &h);
+    _mm256_mask_storeu_epi8(lo + i, kz, l);
+    _mm256_mask_storeu_epi8(hi + i, kz, h);
   }
 }
 
@@ -386,7 +389,6 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
     return NBL_ERR_OUT_OF_MEMORY;
   }
   memset(xq, 0, nxq);
-  memset(rows, 0, nb);
   /* X's stride-phase planes: padded row R, column Q at phase (R % sh, Q % sw),
    * pixel n * Pq + (R / sh) * Wq + Q / sw */
   for (int64_t ih = 0; ih < H; ih++) {
@@ -407,12 +409,22 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
     }
   }
   /* dY over the grid: rows [2][nmb * 16][KP] (lo planes, then hi), then VNNI */
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t oh = 0; oh < OH; oh++) {
-        int8_t *lo = rows + m * KP + n * Pq + oh * Wq;
-        split_row(lo, lo + nmb * 16 * KP, dy + ((n * M + m) * OH + oh) * OW, OW);
-      }
+  const int64_t hiofs = nmb * 16 * KP;
+  for (int64_t m = 0; m < M; m++) {
+    for (int64_t n = 0; n < N; n++) {
+      int8_t *lo = rows + m * KP + n * Pq;
+      for (int64_t oh = 0; oh < OH; oh++)
+        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
+      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+    }
+    memset(rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+    memset(rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+  }
+  if (M < nmb * 16) { /* the last block's missing channels */
+    memset(rows + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
+    memset(rows + hiofs + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
+  }
   for (int64_t b = 0; b < 2 * nmb; b++) vnni_rows(bq + b * 16 * KP, rows + b * 16 * KP, KP);
   scratch_put(rows, cr);
   const int64_t nu = g->k_sz * (Cp / 16);
@@ -472,6 +484,7 @@ PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int6
   }
   if (!valid) return;
   const int dense = sh == 1 && sw == 1; /* valid lanes land on consecutive elements */
+  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
   const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
   for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
     const int64_t o = (n * g->C + cb * 16 + cc) * HW;
@@ -487,7 +500,9 @@ PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int6
                                _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
       }
       if (dense) {
-        _mm512_mask_compressstoreu_ps(j->out->dx + o + at[__builtin_ctz(valid)], (__mmask16)valid, y);
+        /* (compress in a register, then a masked store: the compressing store is microcoded) */
+        _mm512_mask_storeu_ps(j->out->dx + o + at[__builtin_ctz(valid)], packed,
+                              valid == 0xffff ? y : _mm512_maskz_compress_ps((__mmask16)valid, y));
       } else {
         float t[16];
         _mm512_storeu_ps(t, y);
@@ -614,7 +629,6 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
     free(ph);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  memset(dq, 0, (size_t)(2 * PL));
   memset(wa, 0, wsz);
   /* each phase's steps: its taps x chunks (every tap in exactly one phase) */
   int64_t used = 0;
@@ -639,14 +653,31 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
         }
       used += 2 * f->nsteps;
     }
+  /* each image's padded plane: zeros around the rows split_quad writes */
+  const int64_t R = Wp2 - Lp - OW, B = Hp2 - T - OH;
   for (int64_t n = 0; n < N; n++)
-    for (int64_t mq = 0; mq < Mq; mq++)
+    for (int64_t mq = 0; mq < Mq; mq++) {
+      int8_t *img = dq + (mq * S4 + n * Pimg) * 4;
+      for (int p = 0; p < 2; p++, img += PL) {
+        memset(img, 0, (size_t)(T * Wp2 * 4));
+        memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int8_t *row = img + (oh + T) * Wp2 * 4;
+          if (Lp) memset(row, 0, (size_t)(Lp * 4));
+          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
+        }
+      }
       for (int64_t oh = 0; oh < OH; oh++) {
         const int16_t *r[4];
         for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
         int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + T) * Wp2 + Lp) * 4;
         split_quad(lo, lo + PL, r, OW);
       }
+    }
+  for (int p = 0; p < 2; p++) { /* the slack past the images, the padding quads */
+    for (int64_t mq = 0; mq < Mq; mq++) memset(dq + p * PL + (mq * S4 + N * Pimg) * 4, 0, (size_t)((S4 - N * Pimg) * 4));
+    if (Mqp > Mq) memset(dq + p * PL + Mq * S4 * 4, 0, (size_t)((Mqp - Mq) * S4 * 4));
+  }
   /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t t = 0; t < KH * KW; t++)
@@ -757,6 +788,7 @@ PACK_FN static void fw_store(const fw_job *j, int64_t n, int64_t q0, int64_t mb,
     if (++ow == j->Wq) ow = 0, oh++;
   }
   if (!valid) return;
+  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
   const __m512 vs = _mm512_set1_ps(j->sc);
   for (int64_t mm = 0; mm < 16 && mb * 16 + mm < g->M; mm++) {
     const int64_t m = mb * 16 + mm, o = (n * g->M + m) * P + first;
@@ -764,9 +796,10 @@ PACK_FN static void fw_store(const fw_job *j, int64_t n, int64_t q0, int64_t mb,
     if (j->y) {
       const __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vs),
                                      _mm512_set1_ps(j->bias ? j->bias[m] : 0.0f));
-      _mm512_mask_compressstoreu_ps(j->y + o, (__mmask16)valid, f);
+      _mm512_mask_storeu_ps(j->y + o, packed, valid == 0xffff ? f : _mm512_maskz_compress_ps((__mmask16)valid, f));
     }
-    if (j->acc) _mm512_mask_compressstoreu_epi32(j->acc + o, (__mmask16)valid, a);
+    if (j->acc)
+      _mm512_mask_storeu_epi32(j->acc + o, packed, valid == 0xffff ? a : _mm512_maskz_compress_epi32((__mmask16)valid, a));
   }
 }
 
