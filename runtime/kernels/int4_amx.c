@@ -45,13 +45,6 @@
 #define AMX_FN __attribute__((target("amx-tile,amx-int8")))
 #else
 #define I4B_AMX 0
-nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
-                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
-  (void)ctx, (void)g, (void)x, (void)sx, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
-  *done = 0;
-  return NBL_OK;
-}
-
 #endif
 
 static _Atomic int g_amx = -1;
@@ -73,13 +66,6 @@ int nbl_i4b_amx_on(nbl_i4b_isa isa) {
 }
 
 #if I4B_AMX
-
-/* c = lo + 256 * hi, lo = the low byte signed */
-static inline void split(int16_t c, int8_t *lo, int8_t *hi) {
-  const int8_t l = (int8_t)(uint8_t)((unsigned)c & 0xffu);
-  *lo = l;
-  *hi = (int8_t)((c - l) / 256);
-}
 
 typedef struct tilecfg {
   uint8_t palette, start;
@@ -192,13 +178,6 @@ static void scratch_put(void *p, size_t cap) {
 #define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), optimize("O3")))
 #else
 #define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
-                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
-  (void)ctx, (void)g, (void)x, (void)sx, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
-  *done = 0;
-  return NBL_OK;
-}
-
 #endif
 
 static inline __mmask32 first_n32(int64_t n) {
