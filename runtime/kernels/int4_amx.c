@@ -345,8 +345,9 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
                                const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
   *done = 0;
   if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE ||
-      g->C < 4) /* (fewer channels: mostly padding in the tiles; the other paths are faster) */
-    return NBL_OK;
+      g->C < 4 || g->k[0] < g->s[0] || g->k[1] < g->s[1])
+    return NBL_OK; /* (fewer channels: mostly padding in the tiles; a kernel smaller than its stride
+                      skips pixels: the other paths, faster there) */
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
   const int64_t Hp = H + g->pb[0] + g->pe[0], Wp = W + g->pb[1] + g->pe[1];
@@ -573,6 +574,7 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
+  if (KH < sh || KW < sw) return NBL_OK; /* phases without taps (1x1 stride 2): col2im is cheaper there */
   const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
   const int64_t ncb = (C + 15) / 16;
   if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */

@@ -191,15 +191,17 @@ void nbl_i4b_set_amx(int on);
 long nbl_i4b_amx_runs(void);
 
 /* dW [M][C][k] += the exact products of nbl_i4b_conv_grad on AMX tiles (2-D,
- * one group, unit dilations, any strides and pads; x_max <= 127). *done = 0
+ * one group, unit dilations, any pads, strides up to the kernel's size, C >=
+ * 4; x_max <= 127). *done = 0
  * (nothing written) when the geometry or the codes do not fit, or when the
  * padded planes would pass 256 MB: the caller takes another path. Call only
  * when nbl_i4b_amx_on. Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY. */
 nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *x, int32_t x_max, int64_t *dw64, int *done);
 /* dX of nbl_i4b_conv_grad (out->dx and/or out->dx_acc, every element
- * written) on AMX tiles: 2-D, one group, unit strides and dilations, pads <=
- * kernel - 1, w_max <= 127; *done = 0 otherwise (nothing written). */
+ * written) on AMX tiles: 2-D, one group, unit dilations, any pads, strides
+ * up to the kernel's size (every output phase has taps), w_max <= 127;
+ * *done = 0 otherwise (nothing written). */
 nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done);
 

@@ -476,7 +476,9 @@ static void conv_case(const ccase *c) {
    * activation codes and 4 channels or more, and dX of 2-D one-group
    * undilated layers with 7-bit weight codes */
   const int amx_geom = c->ns == 2 && c->group == 1 && c->d[0] == 1 && c->d[1] == 1;
-  const int amx_dw = amx_geom && xm <= 127 && c->C >= 4, amx_dx = amx_geom && wm <= 127;
+  const int amx_cover = c->ns == 2 && c->k[0] >= c->s[0] && c->k[1] >= c->s[1]; /* every stride phase has taps */
+  const int amx_dw = amx_geom && amx_cover && xm <= 127 && c->C >= 4;
+  const int amx_dx = amx_geom && amx_cover && wm <= 127;
   for (int v = 0; v < ni; v++)
     for (int amx = 0; amx <= (g_isas[v] == NBL_I4B_AVX512 && nbl_i4b_amx_supported()); amx++)
       for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
