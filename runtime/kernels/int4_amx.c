@@ -1,11 +1,13 @@
-/* int4_amx.c - the backward products of 4-bit training on AMX-INT8 tiles
- * (contracts in int4_backward.h), where the CPU has them (runtime/core/cpu.h,
+/* int4_amx.c - the integer products of 4-bit training on AMX-INT8 tiles
+ * (contracts in int4_backward.h): ConvGrad's dW and dX and the forward
+ * Int4CodedConv, where the CPU has the tiles (runtime/core/cpu.h,
  * NBL_CPU_AMX; the cap NBL_ISA=avx512 or lower turns them off).
  *
- * TDPBSSD multiplies 16 x 64 signed bytes by 64 x 16 signed bytes (B in the
- * VNNI layout: 16 rows of 16 columns x 4 consecutive k) into 16 x 16 int32,
- * 16K products per instruction (about 1 TMAC/s per core here, 20x the
- * int16 vpdpwssd path). The operands are int8:
+ * TDPBSSD multiplies 16 x K signed bytes (K <= 64) by K x 16 signed bytes (B
+ * in the VNNI layout: K / 4 rows of 16 columns x 4 consecutive k) into 16 x
+ * 16 int32: up to 16K products per instruction (bench/amx_peak.c: about
+ * 2 TMAC/s on one core here, 6-8x vpdpbusd, 10x vpdpwssd). The operands are
+ * int8:
  *   - INT4/INT8 codes of activations and weights: |code| <= 127, as they are;
  *   - gradient codes (|c| <= NBL_I4B_MAX_CODE = 2^14) in two planes,
  *     c = lo + 256 * hi, lo = c's low byte read signed (-128..127), hi =
@@ -15,20 +17,24 @@
  * (< 2^31: exact int32), longer sums are split and added in int64.
  *
  * No im2col: the tiles read shifted windows of padded code planes.
- *   dW (any strides): X's codes padded and split into stride-phase planes
- *     [phase][C][N * Hq * Wq] (phase (kh % sh, kw % sw) of the padded
- *     pixel), dY laid over the same Hq x Wq grid (zeros where no output).
- *     The tap (kh, kw) is the phase plane from offset (kh / sh) * Wq + kw /
- *     sw, so dW^T[c][m] of the tap = A [16 channels][64 pixels] (a phase
- *     plane, rows C planes apart) x B [64 pixels][16 m] (dY in the VNNI
- *     layout), K the pixels of all images.
- *   dX (unit strides): dY padded by (k - 1 - pad) per side, channels last
- *     ([N][Hp2 * Wp2][M]), outputs over the padded width (q = ih * Wp2 +
- *     iw, the columns iw >= W wasted); for each kernel row kh the k[1] taps
- *     x M channels of pixel q + kh * Wp2 are consecutive bytes, so one tile
- *     row is one output pixel's K chunk and 16 pixels are 16 rows M bytes
- *     apart (overlapping); the flipped, transposed weights are packed to
- *     match (zeros past the last tap).
+ *   dW: X's codes padded and split into stride-phase planes [phase][C][N *
+ *     Hq * Wq] (phase (R % sh, Q % sw) of padded pixel (R, Q)), dY laid over
+ *     the same Hq x Wq grid (zeros where no output). The tap (kh, kw) is its
+ *     phase plane from offset (kh / sh) * Wq + kw / sw, so dW^T[c][m] of the
+ *     tap = A [16 channels][64 pixels] (a phase plane, rows a plane apart) x
+ *     B [64 pixels][16 m] (dY in the VNNI layout), K the pixels of all
+ *     images, in chunks that stay in cache while every tap's tiles pass.
+ *   dX and the forward: the weights are A ([16 out channels][4 KB in
+ *     channels] per tap and chunk of KB <= 16 channel quads) and the input
+ *     (dY, or X's codes) is B in quads of channels, [quad][pixels][4], so
+ *     that a B row is 16 consecutive pixels x 4 channels and the KB rows are
+ *     the quads (a plane apart): the output tile is 16 channels x 16 pixels,
+ *     rows of pixels stored straight to NCHW. The forward reads X's
+ *     stride-phase planes (as dW); dX, a transposed convolution, is split by
+ *     output phase (ih % sh, iw % sw), each phase a stride-1 correlation of
+ *     padded dY with the taps that reach it. With 16 channels a step is K =
+ *     16 (a quarter of the tile); a layout with the taps in K would need a
+ *     transposed (channels-last) input and output.
  */
 #include <pthread.h>
 #include <stdatomic.h>
