@@ -74,11 +74,25 @@ static void run_case(const fcase *c, int ci) {
   cw[0] = c->wlo, cw[nw - 1] = c->whi, w[0] = sw * (float)c->wlo, w[nw - 1] = sw * (float)c->whi;
   for (int64_t m = 0; m < g.M; m++) b[m] = c->bias ? (float)rnd_in(-100, 100) * 0.01f : 0.0f;
   ref_int(&g, cx, cw, ref);
+  /* the AMX tiles (where the CPU has them) take one-group undilated layers of
+   * 4 channels or more, column stride <= 2, activation codes in -128..127;
+   * their floats are the VNNI path's bit for bit */
+  const int amx_ok = nbl_i4b_amx_supported() && nbl_i4b_best_isa() == NBL_I4B_AVX512;
+  const int amx_takes = c->group == 1 && c->dh == 1 && c->dw == 1 && c->C >= 4 && c->sw <= 2 && c->xlo >= -128 &&
+                        c->xhi <= 127;
+  float *y_vnni = malloc(sizeof(float) * (size_t)ny);
+  ck_assert_ptr_nonnull(y_vnni);
+  for (int amx = 0; amx <= amx_ok; amx++) {
+  nbl_i4b_set_amx(amx);
+  const long runs = nbl_i4b_amx_runs();
   nbl_kctx kc = {.threads = 2};
   int off = -1;
   for (int64_t i = 0; i < ny; i++) acc[i] = -7, y[i] = NAN;
   ck_assert_int_eq(nbl_i4b_conv_forward(&kc, &g, x, sx, w, sw, c->bias ? b : NULL, y, acc, &off), NBL_OK);
   ck_assert_msg(off == 0, "case %d: refused", ci);
+  ck_assert_int_eq(nbl_i4b_amx_runs() - runs, amx && amx_takes);
+  if (amx) ck_assert(memcmp(y, y_vnni, sizeof(float) * (size_t)ny) == 0);
+  else memcpy(y_vnni, y, sizeof(float) * (size_t)ny);
   const float sc = sx * sw;
   for (int64_t i = 0; i < ny; i++) {
     ck_assert_msg(acc[i] == ref[i], "case %d [%lld]: acc %d, reference %lld", ci, (long long)i, acc[i],
@@ -95,7 +109,11 @@ static void run_case(const fcase *c, int ci) {
   ck_assert_int_eq(nbl_i4b_conv_forward(NULL, &g, x, sx, w, sw, c->bias ? b : NULL, y1, NULL, &off), NBL_OK);
   ck_assert_int_eq(off, 0);
   ck_assert(memcmp(y, y1, sizeof(float) * (size_t)ny) == 0);
-  free(cx), free(cw), free(x), free(w), free(b), free(y), free(y1), free(acc), free(ref);
+  free(y1);
+  }
+  nbl_i4b_set_amx(-1);
+  free(y_vnni);
+  free(cx), free(cw), free(x), free(w), free(b), free(y), free(acc), free(ref);
 }
 
 static const fcase cases[] = {
@@ -111,6 +129,10 @@ static const fcase cases[] = {
     {1, 7, 33, 1, 33, 31, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 1},       /* mixed strides, 33 channels */
     {2, 8, 8, 1, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, -8, 7, 1},           /* all-zero activations */
     {1, 16, 16, 1, 8, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},        /* pointwise */
+    {3, 32, 64, 1, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 1},      /* ResNet downsample 32 -> 64 */
+    {2, 16, 32, 1, 28, 28, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},      /* ResNet shortcut 1x1 s2 */
+    {2, 64, 64, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -8, 7, -8, 7, 1},        /* 64 channels: one full chunk */
+    {2, 70, 40, 1, 9, 10, 3, 2, 1, 2, 1, 1, 2, 1, 0, 0, -128, 127, -128, 127, 1}, /* 18 quads, odd pad, 3 m blocks */
 };
 
 START_TEST(test_exact) { run_case(&cases[_i], _i); }
