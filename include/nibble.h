@@ -210,8 +210,9 @@ typedef void (*nbl_session_value_fn)(void *user, const nbl_host_tensor *t);
 
 /* The highest instruction set the fast paths may use. NBL_ISA_SCALAR: the
  * x86-64 baseline only (as on a CPU without AVX); NBL_ISA_AVX2: AVX, AVX2 and
- * FMA, no AVX-512; NBL_ISA_AVX512: all the CPU has. A level the CPU lacks is
- * never used. The environment variable NBL_ISA=scalar|avx2|avx512 caps every
+ * FMA, no AVX-512; NBL_ISA_AVX512: all the CPU has but the AMX tiles;
+ * NBL_ISA_AMX: all the CPU has. A level the CPU lacks is never used. The
+ * environment variable NBL_ISA=scalar|avx2|avx512|amx caps every
  * session of the process (NBL_INT4_ISA=scalar|avx2|vnni, its older name, when
  * NBL_ISA is not set); a session's own cap can only lower it. OpenBLAS is not
  * capped (OPENBLAS_CORETYPE does that). Outputs do not depend on the cap for
@@ -220,7 +221,8 @@ typedef enum nbl_isa {
   NBL_ISA_DEFAULT = 0, /* no cap of the session's own */
   NBL_ISA_SCALAR = 1,
   NBL_ISA_AVX2 = 2,
-  NBL_ISA_AVX512 = 3
+  NBL_ISA_AVX512 = 3,
+  NBL_ISA_AMX = 4
 } nbl_isa;
 
 typedef struct nbl_session_options {

@@ -22,16 +22,12 @@
 #include "ir/ir.h"
 #include "nibble.h"
 #include "one_node.h"
+#include "test_data.h"
 
 /* ------------------------------------------------------------------ random numbers */
 
 static uint64_t gc_seed = 0x9E3779B97F4A7C15ull;
-static inline double gc_rand(void) { /* uniform [0, 1) */
-  gc_seed ^= gc_seed << 13;
-  gc_seed ^= gc_seed >> 7;
-  gc_seed ^= gc_seed << 17;
-  return (double)(gc_seed >> 11) / 9007199254740992.0;
-}
+static inline double gc_rand(void) { return td_xs64_unit(&gc_seed); } /* uniform [0, 1) */
 static inline double gc_uni(double lo, double hi) { return lo + (hi - lo) * gc_rand(); }
 
 /* ------------------------------------------------------------------ tensors */

@@ -9,17 +9,22 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #define NBL_CPU_X86 1
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define NBL_CPU_X86 0
 #endif
 
 /* Features each level allows. */
 #define LEVEL_AVX2_MASK (NBL_CPU_AVX | NBL_CPU_AVX2 | NBL_CPU_FMA | NBL_CPU_F16C)
-static const unsigned k_level_mask[4] = {
+static const unsigned k_level_mask[5] = {
     [NBL_ISA_DEFAULT] = ~0u,
     [NBL_ISA_SCALAR] = 0,
     [NBL_ISA_AVX2] = LEVEL_AVX2_MASK,
-    [NBL_ISA_AVX512] = ~0u,
+    [NBL_ISA_AVX512] = ~(unsigned)NBL_CPU_AMX,
+    [NBL_ISA_AMX] = ~0u,
 };
 
 static unsigned g_features;
@@ -29,7 +34,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 /* read by the inline queries of cpu.h; the thread's cap with initial-exec
  * TLS: a load from the thread pointer, not a call (fast paths ask for every
  * block) */
-unsigned nbl_cpu_allowed_[4];
+unsigned nbl_cpu_allowed_[5];
 nbl_isa nbl_cpu_env_cap_;
 _Thread_local nbl_isa nbl_cpu_tl_cap_ __attribute__((tls_model("initial-exec")));
 _Atomic int nbl_cpu_ready_;
@@ -62,6 +67,14 @@ static unsigned detect(void) {
       if (b & (1u << 31)) f |= NBL_CPU_AVX512VL;
       if (c & (1u << 11)) f |= NBL_CPU_AVX512VNNI;
     }
+#if defined(__linux__) && defined(__x86_64__)
+    /* AMX-TILE (EDX 24) and AMX-INT8 (EDX 25), the tile state in XCR0 (bits
+     * 17, 18) and Linux's leave to use it (ARCH_REQ_XCOMP_PERM 0x1023 for
+     * XFEATURE_XTILEDATA 18; it fails on kernels before 5.16: no AMX) */
+    if ((d & (3u << 24)) == (3u << 24) && (xcr & 0x60000) == 0x60000 && (f & NBL_CPU_AVX512F) &&
+        syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+      f |= NBL_CPU_AMX;
+#endif
   }
   if (!(f & NBL_CPU_AVX512F)) f &= ~(unsigned)(NBL_CPU_AVX512DQ | NBL_CPU_AVX512BW |
                                                NBL_CPU_AVX512VL | NBL_CPU_AVX512VNNI);
@@ -73,6 +86,7 @@ static int parse_level(const char *s, int alias, nbl_isa *out) {
   if (!strcmp(s, "scalar")) *out = NBL_ISA_SCALAR;
   else if (!strcmp(s, "avx2")) *out = NBL_ISA_AVX2;
   else if (!strcmp(s, "avx512") || (alias && !strcmp(s, "vnni"))) *out = NBL_ISA_AVX512;
+  else if (!strcmp(s, "amx")) *out = NBL_ISA_AMX;
   else return -1;
   return 0;
 }
@@ -98,7 +112,7 @@ static void init(void) {
       g_env_var = name;
     }
   }
-  for (int c = 0; c < 4; c++) nbl_cpu_allowed_[c] = g_features & k_level_mask[c];
+  for (int c = 0; c < 5; c++) nbl_cpu_allowed_[c] = g_features & k_level_mask[c];
   atomic_store_explicit(&nbl_cpu_ready_, 1, memory_order_release);
 }
 
@@ -135,7 +149,7 @@ nbl_isa nbl_cpu_thread_cap(void) { return nbl_cpu_tl_cap_; }
 
 nbl_isa nbl_cpu_set_thread_cap(nbl_isa cap) {
   nbl_isa prev = nbl_cpu_tl_cap_;
-  nbl_cpu_tl_cap_ = cap >= NBL_ISA_SCALAR && cap <= NBL_ISA_AVX512 ? cap : NBL_ISA_DEFAULT;
+  nbl_cpu_tl_cap_ = cap >= NBL_ISA_SCALAR && cap <= NBL_ISA_AMX ? cap : NBL_ISA_DEFAULT;
   return prev;
 }
 
@@ -151,6 +165,7 @@ const char *nbl_isa_name(nbl_isa isa) {
   case NBL_ISA_SCALAR: return "scalar";
   case NBL_ISA_AVX2: return "avx2";
   case NBL_ISA_AVX512: return "avx512";
+  case NBL_ISA_AMX: return "amx";
   default: return "default";
   }
 }

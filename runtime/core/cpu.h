@@ -4,7 +4,7 @@
  * CPUID (and XGETBV, whether the OS saves the vector registers) is read
  * once per process. A fast path may use a feature when the CPU has it and
  * the cap in force allows it. The cap is the lowest of
- *   - the process cap: the environment variable NBL_ISA=scalar|avx2|avx512,
+ *   - the process cap: the environment variable NBL_ISA=scalar|avx2|avx512|amx,
  *     read once (NBL_INT4_ISA=scalar|avx2|vnni, its older name, when NBL_ISA
  *     is not set; other values: no cap, noted in nbl_kernel_info);
  *   - the thread's cap: that of the session running on it
@@ -15,7 +15,10 @@
  *           any C code): every AVX, AVX2, FMA and AVX-512 path is off, as
  *           on a CPU without AVX;
  *   avx2    AVX, AVX2 and FMA (and F16C), no AVX-512 code at all;
- *   avx512  everything the CPU has (AVX-512 F/BW/VL/DQ, VNNI).
+ *   avx512  AVX-512 F/BW/VL/DQ and VNNI, no AMX tiles;
+ *   amx     everything the CPU has, the AMX tiles too (AMX-TILE and
+ *           AMX-INT8, usable only when Linux granted the process the tile
+ *           state, asked for once by the detection).
  * OpenBLAS, when nibble is built with it, is not capped: it picks its own
  * kernels from the CPU (or from OPENBLAS_CORETYPE, which caps it).
  */
@@ -38,10 +41,11 @@ enum {
   NBL_CPU_AVX512VL = 1u << 6,
   NBL_CPU_AVX512DQ = 1u << 7,
   NBL_CPU_AVX512VNNI = 1u << 8,
+  NBL_CPU_AMX = 1u << 9, /* AMX-TILE + AMX-INT8, the OS saving and granting the tile state */
 };
 
 /* internal: the state the inline queries below read (cpu.c) */
-extern unsigned nbl_cpu_allowed_[4]; /* per cap (nbl_isa): the features it leaves usable */
+extern unsigned nbl_cpu_allowed_[5]; /* per cap (nbl_isa): the features it leaves usable */
 extern nbl_isa nbl_cpu_env_cap_;
 extern _Thread_local nbl_isa nbl_cpu_tl_cap_ __attribute__((tls_model("initial-exec")));
 extern _Atomic int nbl_cpu_ready_;
@@ -80,7 +84,7 @@ nbl_isa nbl_cpu_set_thread_cap(nbl_isa cap);
  * (NULL if none). */
 nbl_isa nbl_cpu_env_cap(const char **var, const char **bad);
 
-/* "scalar", "avx2", "avx512" ("default" for NBL_ISA_DEFAULT). */
+/* "scalar", "avx2", "avx512", "amx" ("default" for NBL_ISA_DEFAULT). */
 const char *nbl_isa_name(nbl_isa isa);
 
 #endif /* NBL_CPU_H */

@@ -35,7 +35,7 @@
 #include <string.h>
 
 #include "runtime/core/kernel.h"
-#include "runtime/fusions/fuse.h"
+#include "runtime/fusions/fuse_coded.h"
 #include "runtime/kernels/int4_fused.h"
 
 typedef struct i4_fusion {
@@ -65,65 +65,29 @@ void nbl_fuse_int4_free(void *state) {
   free(fu);
 }
 
-/* If the op's only output feeds exactly one Relu or constant-bound Clip and
- * nothing else, the fused node produces that node's output directly. */
-static void fuse_activation(const nbl_model *m, const nbl_graph *g, nbl_i4_fused *f, const nbl_node *n) {
-  nbl_id an;
-  float lo, hi;
-  if (!nbl_fuse_find_activation(m, g, n, &an, &lo, &hi)) return;
-  const nbl_node *a = &g->nodes[an];
-  f->act = 1;
-  f->act_lo = lo;
-  f->act_hi = hi;
-  f->act_node = an;
-  f->node.n_outputs = a->n_outputs;
-  f->node.outputs = a->outputs;
-}
-
 /* Try to build the fused state for consumer node id; NULL if the pattern does not apply. */
 static nbl_i4_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
-  const nbl_node *n = &g->nodes[id];
-  int kind;
-  if (nbl_fuse_is_op(n, "", "Conv")) kind = FK_CONV;
-  else if (nbl_fuse_is_op(n, "", "Gemm")) kind = FK_GEMM;
-  else if (nbl_fuse_is_op(n, "", "MatMul")) kind = FK_MATMUL;
-  else return NULL;
-  if (n->n_inputs < 2 || n->n_outputs < 1) return NULL;
-  const nbl_node *qx = nbl_fuse_producer(g, n->inputs[0]);
-  const nbl_node *wn = nbl_fuse_producer(g, n->inputs[1]);
-  if (!nbl_fuse_is_op(qx, "ai.nibble", "QuantizeInt4") || !wn || qx->n_inputs < 1 ||
-      qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0])
-    return NULL;
-  if (nbl_model_opset(m, "ai.nibble") != 1) return NULL;
+  nbl_code_consumer o = {0};
+  if (nbl_fuse_coded_match(m, g, id, "QuantizeInt4", &o) != 0) return NULL;
+  const nbl_node *qx = &g->nodes[o.qx], *wn = &g->nodes[o.wnode];
   nbl_i4_fused *f = calloc(1, sizeof *f);
   if (!f) return NULL;
-  f->kind = kind;
-  f->orig = n;
-  f->qx = (nbl_id)(qx - g->nodes);
-  f->wnode = (nbl_id)(wn - g->nodes);
+  f->cons = o;
   if (parse_q4(qx, &f->xcfg) != 0) goto no;
-  f->ins[0] = qx->inputs[0];
-  f->ins[2] = kind != FK_MATMUL && n->n_inputs > 2 ? n->inputs[2] : NBL_NONE;
-  f->ins[3] = NBL_NONE;
-  f->ins[4] = NBL_NONE;
-  f->res_node = NBL_NONE;
   if (f->xcfg.scale_source == NBL_Q4_SCALE_PACT) {
     if (qx->n_inputs < 2 || qx->inputs[1] == NBL_NONE) goto no;
-    f->ins[3] = qx->inputs[1];
+    f->cons.ins[3] = qx->inputs[1];
   }
   /* weight source */
   const nbl_value *wv;
   if (nbl_fuse_is_op(wn, "ai.nibble", "QuantizeInt4")) {
-    if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 1 || wn->inputs[0] == NBL_NONE ||
-        (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) || parse_q4(wn, &f->wcfg) != 0 ||
-        f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
+    if (wn->inputs[0] == NBL_NONE || (wn->n_inputs > 1 && wn->inputs[1] != NBL_NONE) ||
+        parse_q4(wn, &f->wcfg) != 0 || f->wcfg.scale_source == NBL_Q4_SCALE_PACT)
       goto no;
     f->wsrc = WS_QUANT;
     wv = &g->values[wn->inputs[0]];
   } else if (nbl_fuse_is_op(wn, "", "DequantizeLinear")) {
-    if (wn->outputs[0] != n->inputs[1] || wn->n_inputs < 2 || wn->inputs[0] == NBL_NONE ||
-        wn->inputs[1] == NBL_NONE)
-      goto no;
+    if (wn->n_inputs < 2 || wn->inputs[0] == NBL_NONE || wn->inputs[1] == NBL_NONE) goto no;
     const nbl_tensor *st = g->values[wn->inputs[1]].init;
     if (!st || st->dtype != NBL_DT_FLOAT || nbl_shape_numel(st->rank, st->dims) != 1) goto no;
     nbl_rt_tensor t;
@@ -141,72 +105,32 @@ static nbl_i4_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id)
     goto no;
   }
   if (!wv->init) goto no;
-  f->ins[1] = (nbl_id)(wv - g->values);
+  f->cons.ins[1] = (nbl_id)(wv - g->values);
   const nbl_tensor *wt = wv->init;
-  f->wrank = wt->rank;
-  for (int i = 0; i < wt->rank && i < NBL_MAX_RANK; i++) f->wdims[i] = wt->dims[i];
-  f->groups = 1;
-  if (kind == FK_CONV) {
-    if (wt->rank != 4) goto no;
-    int64_t grp = nbl_attr_int(n, "group", 1);
-    if (grp <= 0 || grp > (1 << 20) || f->wdims[0] % grp) goto no;
-    f->groups = (int)grp;
-  } else if (kind == FK_GEMM) {
-    if (wt->rank != 2 || nbl_attr_int(n, "transA", 0) != 0) goto no;
-    f->trans_b = nbl_attr_int(n, "transB", 0) != 0;
-    f->alpha = nbl_attr_float(n, "alpha", 1.0f);
-    f->beta = nbl_attr_float(n, "beta", 1.0f);
-  } else {
-    if (wt->rank != 2) goto no;
-  }
+  f->cons.wrank = wt->rank;
+  for (int i = 0; i < wt->rank && i < NBL_MAX_RANK; i++) f->cons.wdims[i] = wt->dims[i];
+  if (nbl_fuse_coded_attrs(&f->cons) != 0) goto no;
   nbl_rt_tensor w;
   if (nbl_rt_from_ir(wt, &w) != NBL_OK) goto no;
   f->isa = nbl_i4_best_isa(); /* before packing: the direct kernel's weights need VNNI */
   if (nbl_i4_fused_pack(f, &w) != 0) goto no;
-  /* the synthetic node */
-  f->node = *n;
-  f->node.n_inputs = 4;
-  f->node.inputs = f->ins;
-  f->act_node = NBL_NONE;
-  fuse_activation(m, g, f, n);
-  snprintf(f->op, sizeof f->op, "Int4%s%s%s", n->op_type, f->act ? "+" : "",
-           f->act ? g->nodes[f->act_node].op_type : "");
-  f->node.op_type = f->op;
+  nbl_fuse_coded_node(m, g, &f->cons, "Int4");
   return f;
 no:
   fused_free(f);
   return NULL;
 }
 
-/* A dense fused Conv (no activation of its own) whose output's only use is
- * an Add with another value r takes that Add into its epilogue, r as a fifth
- * input, and with it a Relu/Clip that alone consumes the Add's output. r
- * must be ready where the Conv runs: a graph input or initializer, or made
- * by a node before the Conv in the order (pos: node -> position; a node
- * fused away runs with its producer, earlier still). */
+/* The residual Add of a dense fused Conv (nbl_fuse_coded_residual). */
 static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_i4_fused *f, const int *pos) {
-  if (f->kind != FK_CONV || f->groups != 1 || f->act || f->node.n_outputs != 1) return;
-  nbl_id v = f->node.outputs[0], r = NBL_NONE;
-  nbl_id an = nbl_fuse_find_residual(g, (nbl_id)(f->orig - g->nodes), v, pos, &r);
-  if (an == NBL_NONE) return;
-  const nbl_node *a = &g->nodes[an];
-  f->res_add = a;
-  f->res_node = an;
-  f->conv_out = v;
-  f->ins[4] = r;
-  f->node.n_inputs = 5;
-  f->node.outputs = a->outputs;
-  f->node.n_outputs = a->n_outputs;
-  fuse_activation(m, g, f, a);
-  snprintf(f->op, sizeof f->op, "Int4%s+Add%s%s", f->orig->op_type, f->act ? "+" : "",
-           f->act ? g->nodes[f->act_node].op_type : "");
+  if (f->cons.groups == 1) nbl_fuse_coded_residual(m, g, &f->cons, pos, "Int4");
 }
 
 /* nbl_fuse_absorbed's view of the fused nodes (state: by_node). */
 static int i4_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
   const nbl_i4_fused *f = ((nbl_i4_fused *const *)state)[node];
   if (!f) return 0;
-  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
+  *o = (nbl_fuse_operands){.orig = f->cons.orig, .qx = f->cons.qx, .wnode = f->cons.wnode};
   return 1;
 }
 
@@ -219,28 +143,15 @@ static int i4_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
 static void link_codes(const nbl_graph *g, i4_fusion *fu) {
   for (int id = 0; id < fu->n_nodes; id++) {
     nbl_i4_fused *F = fu->by_node[id];
-    if (!F || F->kind != FK_CONV || F->node.n_outputs < 1 || F->node.outputs[0] == NBL_NONE)
-      continue;
-    nbl_id v = F->node.outputs[0];
-    const nbl_value *val = &g->values[v];
-    if ((val->flags & NBL_VAL_OUTPUT) || val->n_consumers != 1 ||
-        nbl_fuse_used_in_subgraphs(g, val->name))
-      continue;
-    nbl_id q = val->consumers[0];
-    const nbl_node *qn = &g->nodes[q];
-    if (!nbl_fuse_is_op(qn, "ai.nibble", "QuantizeInt4") || qn->n_outputs < 1 ||
-        qn->outputs[0] == NBL_NONE)
-      continue;
-    const nbl_value *qv = &g->values[qn->outputs[0]];
-    if ((qv->flags & NBL_VAL_OUTPUT) || qv->n_consumers != 1 ||
-        nbl_fuse_used_in_subgraphs(g, qv->name))
-      continue;
-    nbl_i4_fused *G = fu->by_node[qv->consumers[0]];
-    if (!G || G == F || G->kind != FK_CONV || G->qx != q || G->ins[0] != v) continue;
+    nbl_id q = NBL_NONE, gid = F ? nbl_fuse_coded_next(g, &F->cons, "QuantizeInt4", NBL_VAL_OUTPUT, &q)
+                                 : NBL_NONE;
+    if (gid == NBL_NONE) continue;
+    nbl_i4_fused *G = fu->by_node[gid];
+    if (!G || !nbl_fuse_coded_pair(&F->cons, &G->cons, q)) continue;
     if (G->xcfg.scale_source != NBL_Q4_SCALE_MAX || G->xcfg.rounding != NBL_Q4_ROUND_HALF_EVEN ||
         G->xcfg.bits < 2 || G->xcfg.bits > 8)
       continue;
-    if (G->ins[1] == NBL_NONE || !g->values[G->ins[1]].init) continue;
+    if (G->cons.ins[1] == NBL_NONE || !g->values[G->cons.ins[1]].init) continue;
     F->link = G;
   }
 }
@@ -253,12 +164,12 @@ static int link_sources(const nbl_graph *g, i4_fusion *fu) {
   if (!by_value) return -1;
   for (int id = 0; id < fu->n_nodes; id++) {
     nbl_i4_fused *F = fu->by_node[id];
-    if (F && F->node.n_outputs >= 1 && F->node.outputs[0] != NBL_NONE)
-      by_value[F->node.outputs[0]] = F;
+    if (F && F->cons.node.n_outputs >= 1 && F->cons.node.outputs[0] != NBL_NONE)
+      by_value[F->cons.node.outputs[0]] = F;
   }
   for (int id = 0; id < fu->n_nodes; id++) {
     nbl_i4_fused *G = fu->by_node[id];
-    if (G && G->ins[0] != NBL_NONE) G->xsrc = by_value[G->ins[0]];
+    if (G && G->cons.ins[0] != NBL_NONE) G->xsrc = by_value[G->cons.ins[0]];
   }
   free(by_value);
   return 0;
@@ -309,8 +220,8 @@ nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
     nbl_i4_fused *f = fu->by_node[order[s]];
     if (!f) continue;
     fuse_residual(m, g, f, pos);
-    if (f->res_add) act[f->res_node] = 1;
-    if (f->act) act[f->act_node] = 1;
+    if (f->cons.res_add) act[f->cons.res_node] = 1;
+    if (f->cons.act) act[f->cons.act_node] = 1;
   }
   free(pos);
   if (!any) {
@@ -350,5 +261,5 @@ nbl_status nbl_fuse_int4_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
 const nbl_node *nbl_fuse_int4_node(const void *state, nbl_id node) {
   const i4_fusion *fu = state;
   if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
+  return &fu->by_node[node]->cons.node;
 }

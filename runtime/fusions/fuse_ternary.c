@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/fusions/fuse.h"
+#include "runtime/fusions/fuse_coded.h"
 #include "runtime/kernels/ternary_fused.h"
 
 typedef struct tern_fusion {
@@ -48,118 +48,43 @@ static void fused_free(nbl_t_fused *f) {
   free(f);
 }
 
-/* A Relu or constant-bound Clip that alone consumes node n's output: the
- * fused node writes its output instead, applying it in the epilogue. */
-static void fuse_activation(const nbl_model *m, const nbl_graph *g, nbl_t_fused *f,
-                            const nbl_node *n) {
-  nbl_id an;
-  float lo, hi;
-  if (!nbl_fuse_find_activation(m, g, n, &an, &lo, &hi)) return;
-  f->act = 1;
-  f->act_lo = lo;
-  f->act_hi = hi;
-  f->act_node = an;
-  f->node.n_outputs = g->nodes[an].n_outputs;
-  f->node.outputs = g->nodes[an].outputs;
-}
-
-/* A fused Conv without an activation of its own whose output's only use is
- * an Add with another value r takes that Add into its epilogue (r its fifth
- * input), and with it a Relu/Clip that alone consumes the Add's output. r
- * must be ready where the Conv runs: a graph input or initializer, or made
- * by a node before the Conv in the schedule (pos: node -> position). */
-static void fuse_residual(const nbl_model *m, const nbl_graph *g, nbl_t_fused *f, const int *pos) {
-  if (f->kind != NBL_TF_CONV || f->act || f->node.n_outputs != 1) return;
-  nbl_id v = f->node.outputs[0], r = NBL_NONE;
-  nbl_id an = nbl_fuse_find_residual(g, (nbl_id)(f->orig - g->nodes), v, pos, &r);
-  if (an == NBL_NONE) return;
-  const nbl_node *a = &g->nodes[an];
-  f->res_add = a;
-  f->res_node = an;
-  f->conv_out = v;
-  f->ins[4] = r;
-  f->node.n_inputs = 5;
-  f->node.outputs = a->outputs;
-  f->node.n_outputs = a->n_outputs;
-  fuse_activation(m, g, f, a);
-  snprintf(f->op, sizeof f->op, "Ternary%s+Add%s%s", f->orig->op_type, f->act ? "+" : "",
-           f->act ? g->nodes[f->act_node].op_type : "");
-}
-
 /* The fused state for consumer node id; NULL when the pattern does not apply. */
 static nbl_t_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id) {
-  const nbl_node *n = &g->nodes[id];
-  int kind;
-  if (nbl_fuse_is_op(n, "", "Conv")) kind = NBL_TF_CONV;
-  else if (nbl_fuse_is_op(n, "", "Gemm")) kind = NBL_TF_GEMM;
-  else if (nbl_fuse_is_op(n, "", "MatMul")) kind = NBL_TF_MATMUL;
-  else return NULL;
-  if (n->n_inputs < 2 || n->n_outputs < 1 || nbl_model_opset(m, "ai.nibble") != 1) return NULL;
-  const nbl_node *qx = nbl_fuse_producer(g, n->inputs[0]), *wn = nbl_fuse_producer(g, n->inputs[1]);
-  if (!nbl_fuse_is_op(qx, "ai.nibble", "QuantizeAbsmax8") || qx->n_inputs < 1 ||
-      qx->inputs[0] == NBL_NONE || qx->outputs[0] != n->inputs[0] || !wn ||
-      wn->outputs[0] != n->inputs[1] || wn->n_inputs < 1)
-    return NULL;
+  nbl_code_consumer o = {0};
+  if (nbl_fuse_coded_match(m, g, id, "QuantizeAbsmax8", &o) != 0) return NULL;
+  const nbl_node *qx = &g->nodes[o.qx], *wn = &g->nodes[o.wnode];
   nbl_tern_attrs xa, wa;
   if (nbl_tern_attrs_decode(qx, &xa, NULL, 0) != NBL_OK) return NULL;
-  if (xa.per_row && kind == NBL_TF_CONV) return NULL;
+  if (xa.per_row && o.kind == NBL_CODE_CONV) return NULL;
   nbl_t_fused *f = calloc(1, sizeof *f);
   if (!f) return NULL;
-  f->kind = kind;
-  f->orig = n;
+  f->cons = o;
   f->per_row = xa.per_row;
-  f->qx = (nbl_id)(qx - g->nodes);
-  f->wnode = (nbl_id)(wn - g->nodes);
-  f->ins[0] = qx->inputs[0];
-  f->ins[2] = kind != NBL_TF_MATMUL && n->n_inputs > 2 ? n->inputs[2] : NBL_NONE;
-  f->ins[3] = NBL_NONE;
-  f->ins[4] = NBL_NONE;
-  f->res_node = NBL_NONE;
   const nbl_tensor *wt = const_init(g, wn->inputs[0]), *scale = NULL;
   if (!wt || nbl_tern_attrs_decode(wn, &wa, NULL, 0) != NBL_OK) goto no;
   if (nbl_fuse_is_op(wn, "ai.nibble", "QuantizeTernary")) {
     if (wt->dtype != NBL_DT_FLOAT || wt->rank > NBL_TERN_MAX_RANK) goto no;
     f->wsrc = NBL_TF_WQUANT;
-    f->wrank = wt->rank;
-    for (int i = 0; i < wt->rank; i++) f->wdims[i] = wt->dims[i];
+    f->cons.wrank = wt->rank;
+    for (int i = 0; i < wt->rank; i++) f->cons.wdims[i] = wt->dims[i];
   } else if (nbl_fuse_is_op(wn, "ai.nibble", "DequantizeTernary")) {
     if (wn->n_inputs < 2 || !(scale = const_init(g, wn->inputs[1]))) goto no;
     f->wsrc = NBL_TF_WPACKED;
     f->packing = wa.packing;
-    f->wrank = wa.rank;
-    for (int i = 0; i < wa.rank; i++) f->wdims[i] = wa.dims[i];
-    f->ins[3] = wn->inputs[1];
+    f->cons.wrank = wa.rank;
+    for (int i = 0; i < wa.rank; i++) f->cons.wdims[i] = wa.dims[i];
+    f->cons.ins[3] = wn->inputs[1];
   } else {
     goto no;
   }
-  f->ins[1] = wn->inputs[0];
-  f->groups = 1;
-  if (kind == NBL_TF_CONV) {
-    if (f->wrank != 4) goto no;
-    int64_t grp = nbl_attr_int(n, "group", 1);
-    if (grp <= 0 || grp > (1 << 20) || f->wdims[0] % grp) goto no;
-    f->groups = (int)grp;
-  } else if (kind == NBL_TF_GEMM) {
-    if (f->wrank != 2 || nbl_attr_int(n, "transA", 0) != 0) goto no;
-    f->trans_b = nbl_attr_int(n, "transB", 0) != 0;
-    f->alpha = nbl_attr_float(n, "alpha", 1.0f);
-    f->beta = nbl_attr_float(n, "beta", 1.0f);
-  } else if (f->wrank != 2) {
-    goto no;
-  }
+  f->cons.ins[1] = wn->inputs[0];
+  if (nbl_fuse_coded_attrs(&f->cons) != 0) goto no;
   nbl_rt_tensor w, s;
   if (nbl_rt_from_ir(wt, &w) != NBL_OK) goto no;
   if (scale && nbl_rt_from_ir(scale, &s) != NBL_OK) goto no;
   f->isa = nbl_t_best_isa(); /* before packing: the direct convolutions' weights need it */
   if (nbl_t_fused_pack(f, &w, scale ? &s : NULL) != 0) goto no;
-  f->node = *n;
-  f->node.n_inputs = 4;
-  f->node.inputs = f->ins;
-  f->act_node = NBL_NONE;
-  fuse_activation(m, g, f, n);
-  snprintf(f->op, sizeof f->op, "Ternary%s%s%s", n->op_type, f->act ? "+" : "",
-           f->act ? g->nodes[f->act_node].op_type : "");
-  f->node.op_type = f->op;
+  nbl_fuse_coded_node(m, g, &f->cons, "Ternary");
   return f;
 no:
   fused_free(f);
@@ -170,7 +95,7 @@ no:
 static int t_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
   const nbl_t_fused *f = ((nbl_t_fused *const *)state)[node];
   if (!f) return 0;
-  *o = (nbl_fuse_operands){.orig = f->orig, .qx = f->qx, .wnode = f->wnode};
+  *o = (nbl_fuse_operands){.orig = f->cons.orig, .qx = f->cons.qx, .wnode = f->cons.wnode};
   return 1;
 }
 
@@ -183,26 +108,14 @@ static int t_operands(const void *state, nbl_id node, nbl_fuse_operands *o) {
 static void link_codes(const nbl_graph *g, tern_fusion *fu) {
   for (int id = 0; id < fu->n_nodes; id++) {
     nbl_t_fused *F = fu->by_node[id];
-    if (!F || F->kind != NBL_TF_CONV || !F->tw || F->node.n_outputs < 1 ||
-        F->node.outputs[0] == NBL_NONE)
-      continue;
-    nbl_id v = F->node.outputs[0];
-    const nbl_value *val = &g->values[v];
-    if ((val->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || val->n_consumers != 1 ||
-        nbl_fuse_used_in_subgraphs(g, val->name))
-      continue;
-    nbl_id q = val->consumers[0];
-    const nbl_node *qn = &g->nodes[q];
-    if (!nbl_fuse_is_op(qn, "ai.nibble", "QuantizeAbsmax8") || qn->n_outputs < 1 ||
-        qn->outputs[0] == NBL_NONE)
-      continue;
-    const nbl_value *qv = &g->values[qn->outputs[0]];
-    if ((qv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) || qv->n_consumers != 1 ||
-        nbl_fuse_used_in_subgraphs(g, qv->name))
-      continue;
-    nbl_t_fused *G = fu->by_node[qv->consumers[0]];
-    if (!G || G == F || G->kind != NBL_TF_CONV || !G->dw_w || G->per_row || G->qx != q ||
-        G->ins[0] != v || G->xsrc != F)
+    nbl_id q = NBL_NONE;
+    nbl_id gid = F && F->tw ? nbl_fuse_coded_next(g, &F->cons, "QuantizeAbsmax8",
+                                                  NBL_VAL_OUTPUT | NBL_VAL_OUTER, &q)
+                            : NBL_NONE;
+    if (gid == NBL_NONE) continue;
+    nbl_t_fused *G = fu->by_node[gid];
+    if (!G || !nbl_fuse_coded_pair(&F->cons, &G->cons, q) || !G->dw_w || G->per_row ||
+        G->xsrc != F)
       continue;
     F->link = G;
   }
@@ -249,20 +162,20 @@ nbl_status nbl_fuse_ternary_plan(const nbl_fusion_env *env, nbl_id *order, int *
   for (int s = 0; s < *n; s++) { /* residual Adds, once every fused node is known */
     nbl_t_fused *f = fu->by_node[order[s]];
     if (!f) continue;
-    fuse_residual(m, g, f, pos);
-    if (f->res_add) drop[f->res_node] = 1;
-    if (f->act) drop[f->act_node] = 1;
+    nbl_fuse_coded_residual(m, g, &f->cons, pos, "Ternary");
+    if (f->cons.res_add) drop[f->cons.res_node] = 1;
+    if (f->cons.act) drop[f->cons.act_node] = 1;
   }
   free(pos);
   /* hand-over links: X of a fused node written by a fused Conv (whose
    * synthetic node writes the output of its last absorbed node) */
   for (int s = 0; any && s < *n; s++) {
     nbl_t_fused *f = fu->by_node[order[s]];
-    if (!f || f->ins[0] == NBL_NONE) continue;
+    if (!f || f->cons.ins[0] == NBL_NONE) continue;
     for (int t = 0; t < *n; t++) {
       nbl_t_fused *src = fu->by_node[order[t]];
-      if (src && src != f && src->kind == NBL_TF_CONV && src->node.n_outputs >= 1 &&
-          src->node.outputs[0] == f->ins[0])
+      if (src && src != f && src->cons.kind == NBL_CODE_CONV && src->cons.node.n_outputs >= 1 &&
+          src->cons.node.outputs[0] == f->cons.ins[0])
         f->xsrc = src;
     }
   }
@@ -297,5 +210,5 @@ nbl_status nbl_fuse_ternary_plan(const nbl_fusion_env *env, nbl_id *order, int *
 const nbl_node *nbl_fuse_ternary_node(const void *state, nbl_id node) {
   const tern_fusion *fu = state;
   if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
+  return &fu->by_node[node]->cons.node;
 }

@@ -1,8 +1,11 @@
 /*
  * code_conv.h - what the two fused integer paths (INT4: int4_fused.c,
- * int4_conv.c; ternary: ternary_fused.c) share: building the 4-row panels
- * of activation bytes their convolution products read, and the literal
- * composition of a fused residual Add. Internal to runtime/kernels/.
+ * int4_conv.c; ternary: ternary_fused.c) share: the consumer part of their
+ * fused node (nbl_code_consumer, filled at plan time by
+ * runtime/fusions/fuse_coded.c), building the 4-row panels of activation
+ * bytes their convolution products read, and the literal composition of the
+ * consumer with its fused activation and residual Add. Internal to
+ * runtime/kernels/.
  */
 #ifndef NBL_CODE_CONV_H
 #define NBL_CODE_CONV_H
@@ -16,6 +19,45 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+enum { NBL_CODE_CONV, NBL_CODE_GEMM, NBL_CODE_MATMUL }; /* the fused op */
+
+/* The first member of a fused integer node (INT4 nbl_i4_fused, ternary
+ * nbl_t_fused): the consumer Conv / Gemm / MatMul whose quantized inputs the
+ * node takes, with the Relu/Clip and the residual Add it absorbed. The same
+ * attributes parsed once for both formats (fuse_coded.c). */
+typedef struct nbl_code_consumer {
+  nbl_node node;  /* the synthetic node (first member: the kernel casts back) */
+  nbl_id ins[5];  /* X, W source, bias, the format's own (INT4: PACT alpha; ternary: packed
+                   * scale), residual (NBL_NONE when absent) */
+  const nbl_node *orig; /* the consumer */
+  nbl_id qx, wnode;     /* the quantizer nodes of X and W */
+  int kind;             /* NBL_CODE_CONV, _GEMM, _MATMUL */
+  int64_t wdims[NBL_MAX_RANK];
+  int wrank;
+  int groups;  /* Conv's group (1 otherwise) */
+  int trans_b; /* Gemm's transB, alpha, beta */
+  float alpha, beta;
+  /* a Relu/Clip consuming the op's only output (or the fused Add's),
+   * applied in the epilogue: Clip's float semantics, Relu is [0, +inf] */
+  int act;
+  float act_lo, act_hi;
+  nbl_id act_node;
+  /* an Add of the conv's output (conv_out) and a residual (ins[4]) ready
+   * before the Conv, computed in the epilogue before the activation, which
+   * then follows the Add */
+  const nbl_node *res_add;
+  nbl_id res_node, conv_out;
+  char op[40]; /* the synthetic node's op type, for profiles: "Int4Conv+Clip" */
+} nbl_code_consumer;
+
+/* The fused activation: Clip's float semantics (t = v < lo ? lo : v; t > hi ? hi : t),
+ * Relu being lo = 0, hi = +inf; NaN passes through as in the elementwise kernels. */
+static inline float nbl_code_act(const nbl_code_consumer *o, float v) {
+  if (!o->act) return v;
+  float t = v < o->act_lo ? o->act_lo : v;
+  return t > o->act_hi ? o->act_hi : t;
+}
 
 /* dst[4i + j] = r_j[i] for i < n: four rows of bytes interleaved, as the
  * 4-deep integer dot products read them. */
@@ -93,12 +135,26 @@ static inline void nbl_code_im2col_row(const nbl_conv_geom *g, const uint8_t *x,
   }
 }
 
-/* The literal composition of a fused residual Add (kernel c of a fused node
- * whose synthetic node is `fused`): output 0 holds conv + bias (value
- * conv_out of the model); it becomes Add(conv, residual input 4) by the Add
- * kernel itself (any broadcast, the operands in the order of res_add, the
- * model's Add node), then, when act, clamped to [lo, hi]. */
-nbl_status nbl_code_finish_residual(nbl_kctx *c, const nbl_node *fused, const nbl_node *res_add,
-                                    nbl_id conv_out, int act, float lo, float hi);
+/* The literal composition of the residual Add that fused node o absorbed
+ * (kernel c): output 0 holds conv + bias (value o->conv_out of the model);
+ * it becomes Add(conv, residual input 4) by the Add kernel itself (any
+ * broadcast, the operands in the order of o->res_add, the model's Add
+ * node), then, when o->act, clamped to [o->act_lo, o->act_hi]. */
+nbl_status nbl_code_finish_residual(nbl_kctx *c, const nbl_code_consumer *o);
+
+/* The float part of a fused node's literal composition (kernel c of the
+ * node whose consumer part is o): the consumer's reference kernel on the
+ * fake-quantized X and W (xh, wh) and the bias input, into the fused node's
+ * outputs, then the fused residual Add and activation. */
+nbl_status nbl_code_run_consumer(nbl_kctx *c, const nbl_code_consumer *o, const nbl_rt_tensor *xh,
+                                 const nbl_rt_tensor *wh);
+
+/* The geometry of fused Conv o on input X (rank 4; o's weight dims and
+ * groups; bias B may be NULL) into *g, *take = 1; *take = 0 (NBL_OK) when the
+ * shapes do not suit the integer kernels (X not rank 4, channels or bias not
+ * matching: the literal composition decides); another status on a bad
+ * attribute (message set). */
+nbl_status nbl_code_conv_geom(nbl_kctx *c, const nbl_code_consumer *o, const nbl_rt_tensor *X,
+                              const nbl_rt_tensor *B, nbl_conv_geom *g, int *take);
 
 #endif

@@ -3,6 +3,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/c11_tile.h"
 #include "runtime/kernels/simd16.h"
 
 #include <stdlib.h>
@@ -43,31 +44,12 @@ typedef struct c11_task {
 __attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
   int np = t->P - p < 32 ? (int)(t->P - p) : 32, nr = t->M - m < 8 ? (int)(t->M - m) : 8;
   __mmask16 k0 = nbl_tail_mask(np), k1 = np > 16 ? nbl_tail_mask(np - 16) : 0;
-  const float *x = t->x + p, *wb = t->wp + m * t->K;
-  int64_t P = t->P, K = t->K;
-  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
-         a60 = a00, a70 = a00;
-  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
-  for (int64_t k = 0; k < K; k++, x += P, wb += 8) {
-    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
-#define C11_ROW(r)                           \
-  w = _mm512_set1_ps(wb[r]);                 \
-  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
-  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
-    C11_ROW(0) C11_ROW(1) C11_ROW(2) C11_ROW(3) C11_ROW(4) C11_ROW(5) C11_ROW(6) C11_ROW(7)
-#undef C11_ROW
-  }
-  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
-                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
-  const nbl_act *act = t->act;
+  int64_t P = t->P;
+  __m512 a[8][2];
+  nbl_c11_sums(t->x + p, NULL, P, t->K, t->wp + m * t->K, k0, k1, a);
   for (int r = 0; r < nr; r++) {
-    __m512 b = _mm512_set1_ps(t->bias ? t->bias[m + r] : 0.0f);
-    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
-    if (act) { /* Clip's semantics, NaN passing through */
-      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
-      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
-      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
-    }
+    __m512 v0 = a[r][0], v1 = a[r][1];
+    nbl_c11_bias_act(&v0, &v1, t->bias ? t->bias[m + r] : 0.0f, t->act);
     float *y = t->y + (m + r) * P + p;
     _mm512_mask_storeu_ps(y, k0, v0);
     if (k1) _mm512_mask_storeu_ps(y + 16, k1, v1);

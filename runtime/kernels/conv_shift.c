@@ -20,6 +20,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
+#include "runtime/kernels/c11_tile.h"
 #include "runtime/kernels/simd16.h"
 
 #include <stdlib.h>
@@ -176,41 +177,23 @@ static void pack_run(void *arg, int64_t begin, int64_t end) {
 
 /* 8 output channels x nq (<= 32) outputs q.. of one image: xb = its planes
  * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
- * get act(bias + sum). The loop of c11_tile (conv_avx512.c) with the rows
- * of x found through off[] instead of im2col's k P. */
+ * get act(bias + sum). The sums of c11_tile (conv_avx512.c, c11_tile.h)
+ * with the rows of x found through off[] instead of im2col's k P. */
 __attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const int64_t *off, int64_t K,
                                                         const float *xb, int64_t q, const float *wb, int nq,
                                                         float *y, int64_t ldy, int nr, const float *bias,
                                                         const nbl_act *act) {
   __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
-  __m512 a00 = _mm512_setzero_ps(), a10 = a00, a20 = a00, a30 = a00, a40 = a00, a50 = a00,
-         a60 = a00, a70 = a00;
-  __m512 a01 = a00, a11 = a00, a21 = a00, a31 = a00, a41 = a00, a51 = a00, a61 = a00, a71 = a00;
-  for (int64_t k = 0; k < K; k++, wb += 8) {
-    const float *x = xb + off[k];
-    __m512 x0 = _mm512_maskz_loadu_ps(k0, x), x1 = _mm512_maskz_loadu_ps(k1, x + 16), w;
-#define SH_ROW(r)                            \
-  w = _mm512_set1_ps(wb[r]);                 \
-  a##r##0 = _mm512_fmadd_ps(x0, w, a##r##0); \
-  a##r##1 = _mm512_fmadd_ps(x1, w, a##r##1);
-    SH_ROW(0) SH_ROW(1) SH_ROW(2) SH_ROW(3) SH_ROW(4) SH_ROW(5) SH_ROW(6) SH_ROW(7)
-#undef SH_ROW
-  }
-  __m512 a[8][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
-                    {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
+  __m512 a[8][2];
+  nbl_c11_sums(xb, off, 0, K, wb, k0, k1, a);
   /* the output lanes of each vector, packed to the front, stored at the
    * output index of the first: the junk columns are dropped here */
   __mmask16 v0m = s->vm[q] & k0, v1m = k1 ? s->vm[q + 16] & k1 : 0;
   __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
   float *y0 = y + s->yb[q], *y1 = y + s->yb[q + 16];
   for (int r = 0; r < nr; r++) {
-    __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
-    __m512 v0 = _mm512_add_ps(a[r][0], b), v1 = _mm512_add_ps(a[r][1], b);
-    if (act) { /* Clip's semantics, NaN passing through */
-      __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
-      v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
-      v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
-    }
+    __m512 v0 = a[r][0], v1 = a[r][1];
+    nbl_c11_bias_act(&v0, &v1, bias ? bias[r] : 0.0f, act);
     if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
     if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
   }

@@ -175,6 +175,46 @@ nbl_status nbl_i4b_matmul(nbl_kctx *ctx, nbl_i4b_isa isa, int64_t M, int64_t N, 
                           const int16_t *a, int transA, int32_t a_max, const int16_t *b,
                           int transB, int32_t b_max, double scale, float *y, int64_t *acc);
 
+/* ------------------------------------------------------------------ AMX tiles
+ * (runtime/kernels/int4_amx.c) */
+
+/* Whether the CPU has AMX-INT8 and Linux granted the tile state (no cap). */
+int nbl_i4b_amx_supported(void);
+/* Whether nbl_i4b_conv_grad called with isa takes the AMX products: isa is
+ * NBL_I4B_AVX512, the CPU has AMX, and the cap in force on the calling
+ * thread allows it (runtime/core/cpu.h: NBL_ISA=amx or no cap) - or, after
+ * nbl_i4b_set_amx(1) (tests, benchmarks), whatever the cap; after
+ * nbl_i4b_set_amx(0) never; nbl_i4b_set_amx(-1) restores the default. */
+int nbl_i4b_amx_on(nbl_i4b_isa isa);
+void nbl_i4b_set_amx(int on);
+/* How many products (a dW or a dX) the AMX tiles computed in this process. */
+long nbl_i4b_amx_runs(void);
+
+/* dW [M][C][k] += the exact products of nbl_i4b_conv_grad on AMX tiles (2-D,
+ * one group, unit dilations, any pads, strides up to the kernel's size, C >=
+ * 4; x_max <= 127). *done = 0
+ * (nothing written) when the geometry or the codes do not fit, or when the
+ * padded planes would pass 256 MB: the caller takes another path. Call only
+ * when nbl_i4b_amx_on. Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY. */
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done);
+/* dX of nbl_i4b_conv_grad (out->dx and/or out->dx_acc, every element
+ * written) on AMX tiles: 2-D, one group, unit dilations, any pads, strides
+ * up to the kernel's size (every output phase has taps), w_max <= 127;
+ * *done = 0 otherwise (nothing written). */
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done);
+
+/* The forward product of nbl_i4b_conv_forward on AMX tiles (2-D, one group,
+ * unit dilations, column stride 1 or 2, C >= 4): x's codes recovered as
+ * there and required in -128..127, w8 the weight codes [M][C][k] (int8),
+ * y = sc * (float)acc + bias[m] (mul, then add; bias NULL: + 0.0f) and/or
+ * acc, as the VNNI path writes them. *done = 0 (whatever was written is to
+ * be overwritten) when the layer or the codes do not fit: the caller runs
+ * its own path, which also judges the grid. */
+nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done);
+
 /* ------------------------------------------------------------------ the forward product
  * (runtime/kernels/int4_coded_conv.c) */
 

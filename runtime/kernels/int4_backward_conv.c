@@ -742,10 +742,16 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
   const double xplane = (double)(g->in[0] + g->pb[0] + g->pe[0]) * (double)(g->in[1] + g->pb[1] + g->pe[1]);
   int dw_wide = g->ns == 2 && g->s[0] == 1 && g->s[1] == 1 && nbl_kdebug_get(NBL_KS_I4B_WIDE) &&
                 xplane <= 1.4 * (double)osz && xplane * (double)g->C * (double)g->N <= (double)(1 << 26);
-  if (!st && !empty && want_dw)
+  /* AMX tiles first where the CPU has them (int4_amx.c; they decline what
+   * they do not cover) */
+  const int amx = nbl_i4b_amx_on(isa);
+  int dw_done = 0, dx_done = 0;
+  if (!st && !empty && want_dw && amx) st = nbl_i4b_amx_conv_dw(ctx, g, dy, dy_max, x, x_max, dw64, &dw_done);
+  if (!st && !empty && want_dx && amx) st = nbl_i4b_amx_conv_dx(ctx, g, dy, dy_max, w, w_max, out, &dx_done);
+  if (!st && !empty && want_dw && !dw_done)
     st = dw_wide ? conv_dw_wide(ctx, isa, g, dy, dy_max, x, x_max, dw64)
                  : conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);
-  if (!st && !empty && want_dx)
+  if (!st && !empty && want_dx && !dx_done)
     st = unit ? conv_dx_direct(ctx, isa, g, dy, dy_max, w, w_max, out)
               : conv_dx_col2im(ctx, isa, g, tap, dy, dy_max, w, w_max, out);
   free(tap);

@@ -280,7 +280,10 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
     for (int64_t i = gi * Mg * Kg; i < (gi + 1) * Mg * Kg; i++) w8[i] = (int8_t)wq[i];
     if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
   }
-  if (!st && !*off_grid) {
+  int amx_done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
+  if (!st && !*off_grid && nbl_i4b_amx_on(bisa))
+    st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &amx_done);
+  if (!st && !*off_grid && !amx_done) {
     int64_t Hp = g->in[0] + g->pb[0], Wp = g->in[1] + g->pb[1];
     const int64_t need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
     const int64_t need_w = (g->out[1] - 1) * g->s[1] + (g->k[1] - 1) * g->d[1] + 1;

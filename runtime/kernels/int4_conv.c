@@ -326,13 +326,10 @@ static nbl_status run_direct(nbl_kctx *c, const nbl_i4_fused *f, const nbl_conv_
 nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
-  if (X->rank != 4) return literal_or_fail(c, f, p);
-  nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
+  int take;
+  nbl_status st = nbl_code_conv_geom(c, &f->cons, X, B, &g, &take);
   if (st != NBL_OK) return st;
-  g.group = f->groups;
-  g.M = f->wdims[0];
-  if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
-    return literal_or_fail(c, f, p);
+  if (!take) return literal_or_fail(c, f, p);
   int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
   float *y = nbl_kctx_out(c, 0)->data;
@@ -342,7 +339,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
    * else conv + bias here and the Add (broadcasting) and activation after */
   const float *res = NULL;
   int post = 0;
-  if (f->res_add) {
+  if (f->cons.res_add) {
     const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
     int same = R && R->dtype == NBL_DT_FLOAT && R->rank == 4 && R->data != y;
     for (int d = 0; same && d < 4; d++) same = R->dims[d] == od[d];
@@ -359,7 +356,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   } j = {B ? B->data : NULL, p->scale * f->w_scale, p->zero + off, (uint8_t)(p->zero + off),
          g.C / g.group, g.M / g.group, 0, g.out_sz};
   j.Kg = j.Cg * g.k_sz;
-  if (j.Cg == 1 && j.Mg == 1 && f->dw_w && !f->res_add) {
+  if (j.Cg == 1 && j.Mg == 1 && f->dw_w && !f->cons.res_add) {
     st = nbl_i4_run_depthwise(c, f, &g, p, j.bias, j.sc, y);
     if (st != NBL_ERR_UNSUPPORTED) return st;
   }
@@ -375,7 +372,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
    * to a linked consumer, whose two passes share the im2col panels) */
   if (f->direct && !emit && f->isa == NBL_I4_VNNI && nbl_cd_eligible(&g) &&
       nbl_kdebug_get(NBL_KS_I4_DIRECT) != 0) {
-    nbl_i4_epi e = {j.sc, j.bias, f->act && !post, f->act_lo, f->act_hi, NULL};
+    nbl_i4_epi e = {j.sc, j.bias, f->cons.act && !post, f->cons.act_lo, f->cons.act_hi, NULL};
     e.res = res;
     nbl_i4_shared_range range;
     nbl_i4_range_init(&range);
@@ -383,8 +380,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
     if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
     nbl_kcount(NBL_KC_I4_DIRECT_RUNS);
     if (post)
-      return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                      f->act_hi);
+      return nbl_code_finish_residual(c, &f->cons);
     if (res) nbl_kcount(NBL_KC_I4_RESIDUAL_RUNS);
     nbl_i4_range_publish(f, &range);
     return NBL_OK;
@@ -408,7 +404,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   const nbl_i4_rows *W0 = &f->rows[0];
   x4_job xj = {.g = &g, .off = off, .Kg = j.Kg, .Kp = W0->Kp,
                .P = j.P, .Hp = Hp, .Wp = Wp, .pointwise = direct, .pad = j.pad, .f = f, .a_zero = j.a_zero,
-               .e = {j.sc, NULL, f->act && !post, f->act_lo, f->act_hi, NULL}, .bands = bands};
+               .e = {j.sc, NULL, f->cons.act && !post, f->cons.act_lo, f->cons.act_hi, NULL}, .bands = bands};
   nbl_i4_quantizer_init(&xj.q, &f->xcfg, p);
   nbl_i4_range_init(&xj.range);
   xj.gather2 = nbl_i4_avx512();
@@ -454,8 +450,7 @@ nbl_status nbl_i4_run_conv(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p)
   free(xj.X4all);
   if (xj.oom) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   if (post)
-    return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                    f->act_hi);
+    return nbl_code_finish_residual(c, &f->cons);
   if (res) nbl_kcount(NBL_KC_I4_RESIDUAL_RUNS);
   nbl_i4_range_publish(f, &xj.range);
   return NBL_OK;

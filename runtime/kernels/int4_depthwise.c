@@ -32,12 +32,12 @@ typedef struct i4_epi {
 
 __attribute__((target("avx512f"), always_inline)) static inline void
 i4_epi_init(i4_epi *e, const nbl_i4_fused *f, float sc, float bias) {
-  e->act = f->act != 0;
+  e->act = f->cons.act != 0;
   e->maybe_nan = !isfinite(sc) || !isfinite(bias);
   e->vs = _mm512_set1_ps(sc);
   e->vb = _mm512_set1_ps(bias);
-  e->clo = _mm512_set1_ps(e->act ? f->act_lo : -INFINITY);
-  e->chi = _mm512_set1_ps(e->act ? f->act_hi : INFINITY);
+  e->clo = _mm512_set1_ps(e->act ? f->cons.act_lo : -INFINITY);
+  e->chi = _mm512_set1_ps(e->act ? f->cons.act_hi : INFINITY);
   e->vmin = _mm512_set1_ps(INFINITY);
   e->vmax = _mm512_set1_ps(-INFINITY);
   e->nan = 0;
@@ -82,10 +82,10 @@ __attribute__((target("avx512f"))) static void epi_f_avx512(const nbl_i4_fused *
 /* epi_f_avx512 on AVX2, 8 lanes: the same operations and operand orders. */
 __attribute__((target("avx2"))) static void epi_f_avx2(const nbl_i4_fused *f, float *y, int64_t n,
                                                        float sc, float bv, nbl_i4_range *rg) {
-  const int act = f->act != 0, maybe_nan = !isfinite(sc) || !isfinite(bv);
+  const int act = f->cons.act != 0, maybe_nan = !isfinite(sc) || !isfinite(bv);
   const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bv);
-  const __m256 clo = _mm256_set1_ps(act ? f->act_lo : -INFINITY),
-               chi = _mm256_set1_ps(act ? f->act_hi : INFINITY);
+  const __m256 clo = _mm256_set1_ps(act ? f->cons.act_lo : -INFINITY),
+               chi = _mm256_set1_ps(act ? f->cons.act_hi : INFINITY);
   __m256 vmin = _mm256_set1_ps(INFINITY), vmax = _mm256_set1_ps(-INFINITY);
   int nan = 0;
   for (int64_t i = 0; i < n; i += 8) {
@@ -194,7 +194,7 @@ static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int6
   (void)n;
   dw_job *j = arg;
   const nbl_i4_fused *f = j->f;
-  nbl_dwc_epi e = {j->sc, f->act != 0, f->act_lo, f->act_hi, NBL_DWC_RANGE};
+  nbl_dwc_epi e = {j->sc, f->cons.act != 0, f->cons.act_lo, f->cons.act_hi, NBL_DWC_RANGE};
   nbl_dwc_stats st;
   nbl_dwc_stats_init(&st);
   nbl_dwc_rows3(p, f->dw_w + m * 9, oh0, oh1, j->g->out[1], &e, j->bias ? j->bias[m] : 0.0f,
@@ -231,7 +231,7 @@ static int dw_blocked(const nbl_conv_geom *g) {
 
 static nbl_status run_dw_blocked(nbl_kctx *c, const nbl_conv_geom *g, dw_job *dj, float *y) {
   const nbl_i4_fused *f = dj->f;
-  nbl_dwc_epi e = {dj->sc, f->act != 0, f->act_lo, f->act_hi, NBL_DWC_RANGE};
+  nbl_dwc_epi e = {dj->sc, f->cons.act != 0, f->cons.act_lo, f->cons.act_hi, NBL_DWC_RANGE};
   nbl_dwc_io io = {dwb_load, NULL, dwb_merge, dj};
   nbl_status st = nbl_dwc_blocked(c, g, f->dw_w, dj->bias, &e, &io, y);
   if (st == NBL_OK) nbl_kcount(NBL_KC_I4_DW_BLOCKED_RUNS);

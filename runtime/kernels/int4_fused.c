@@ -18,7 +18,7 @@
 void nbl_i4_fused_unpack(nbl_i4_fused *f) {
   if (f->packed) nbl_i4_weights_free(&f->packed[0]);
   if (f->rows)
-    for (int i = 0; i < f->groups; i++) nbl_i4_rows_free(&f->rows[i]);
+    for (int i = 0; i < f->cons.groups; i++) nbl_i4_rows_free(&f->rows[i]);
   if (f->direct) nbl_i4_rows_free(f->direct);
   free(f->direct);
   f->direct = NULL;
@@ -70,9 +70,10 @@ fail:
  * when out of memory. */
 static void pack_direct(nbl_i4_fused *f, const int8_t *q) {
   int64_t K;
-  int8_t *r = nbl_cd_order_weights(q, f->wdims[0], f->wdims[1], f->wdims[2] * f->wdims[3], &K);
+  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1],
+                                   f->cons.wdims[2] * f->cons.wdims[3], &K);
   f->direct = calloc(1, sizeof(nbl_i4_rows));
-  if (!r || !f->direct || nbl_i4_pack_rows(r, f->wdims[0], K, K, 1, f->direct) != 0) {
+  if (!r || !f->direct || nbl_i4_pack_rows(r, f->cons.wdims[0], K, K, 1, f->direct) != 0) {
     free(f->direct);
     f->direct = NULL;
   }
@@ -85,27 +86,30 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w) {
   float s = 0;
   if (weight_codes(f, w, &q, &s) != 0) return -1;
   int ok;
-  if (f->kind == FK_CONV) {
+  if (f->cons.kind == NBL_CODE_CONV) {
     /* per group: W[m][k] with k over (c, kh, kw), the weight's own order */
-    int64_t Mg = f->wdims[0] / f->groups, Kg = f->wdims[1] * f->wdims[2] * f->wdims[3];
-    f->rows = calloc((size_t)f->groups, sizeof(nbl_i4_rows));
+    int64_t Mg = f->cons.wdims[0] / f->cons.groups;
+    int64_t Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
+    f->rows = calloc((size_t)f->cons.groups, sizeof(nbl_i4_rows));
     ok = f->rows != NULL;
-    for (int gi = 0; ok && gi < f->groups; gi++)
+    for (int gi = 0; ok && gi < f->cons.groups; gi++)
       ok = nbl_i4_pack_rows(q + gi * Mg * Kg, Mg, Kg, Kg, 1, &f->rows[gi]) == 0;
     /* without it (out of memory) the convolution takes the im2col tiles */
-    if (ok && f->groups == 1 && f->wrank == 4 && f->isa == NBL_I4_VNNI) pack_direct(f, q);
-    if (ok && Mg == 1 && f->wdims[1] == 1) { /* depthwise */
-      f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
+    if (ok && f->cons.groups == 1 && f->cons.wrank == 4 && f->isa == NBL_I4_VNNI) pack_direct(f, q);
+    if (ok && Mg == 1 && f->cons.wdims[1] == 1) { /* depthwise */
+      f->dw_w = malloc(sizeof(float) * (size_t)(f->cons.groups * Kg + 1));
       ok = f->dw_w != NULL;
-      for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
+      for (int64_t i = 0; ok && i < f->cons.groups * Kg; i++) f->dw_w[i] = q[i];
     }
   } else {
     f->packed = calloc(1, sizeof(nbl_i4_weights));
     ok = f->packed != NULL;
-    if (ok && f->kind == FK_GEMM && f->trans_b)
-      ok = nbl_i4_pack_weights(q, f->wdims[1], f->wdims[0], 1, f->wdims[1], &f->packed[0]) == 0;
+    if (ok && f->cons.kind == NBL_CODE_GEMM && f->cons.trans_b)
+      ok = nbl_i4_pack_weights(q, f->cons.wdims[1], f->cons.wdims[0], 1, f->cons.wdims[1],
+                               &f->packed[0]) == 0;
     else if (ok)
-      ok = nbl_i4_pack_weights(q, f->wdims[0], f->wdims[1], f->wdims[1], 1, &f->packed[0]) == 0;
+      ok = nbl_i4_pack_weights(q, f->cons.wdims[0], f->cons.wdims[1], f->cons.wdims[1], 1,
+                               &f->packed[0]) == 0;
   }
   free(q);
   if (!ok) {
@@ -147,26 +151,7 @@ nbl_status nbl_i4_run_literal(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params 
     for (int64_t i = 0; i < W->numel; i++)
       wv[i] = (float)(nbl_rt_get_i64(W, i) - f->dq_zero) * f->dq_scale;
   }
-  const nbl_rt_tensor *ins[3] = {&xh, &wh, c->n_in > 2 ? c->in[2] : NULL};
-  nbl_kctx c2 = *c;
-  nbl_node on = *f->orig; /* its attributes; the fused node's outputs (for the arena) */
-  on.outputs = f->node.outputs;
-  on.n_outputs = f->node.n_outputs;
-  c2.node = &on;
-  c2.n_in = f->orig->n_inputs < 3 ? f->orig->n_inputs : 3;
-  c2.in = ins;
-  const nbl_op_def *def = nbl_op_lookup("", f->orig->op_type, c->opset);
-  st = def ? def->ref(&c2)
-           : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
-                      c->opset);
-  if (st == NBL_OK && f->res_add) {
-    st = nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                  f->act_hi);
-  } else if (st == NBL_OK && f->act) {
-    nbl_rt_tensor *y = nbl_kctx_out(c, 0);
-    float *yv = y->data;
-    for (int64_t i = 0; i < y->numel; i++) yv[i] = nbl_i4_act(f, yv[i]);
-  }
+  st = nbl_code_run_consumer(c, &f->cons, &xh, &wh);
   nbl_rt_tensor_free(&xh);
   nbl_rt_tensor_free(&wh);
   return st;
@@ -188,12 +173,12 @@ static void mm_rows(void *arg, int64_t b, int64_t e) {
 }
 
 static nbl_status run_mm(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
-  const nbl_rt_tensor *X = c->in[0], *Cb = f->kind == FK_GEMM && c->n_in > 2 ? c->in[2] : NULL;
+  const nbl_rt_tensor *X = c->in[0], *Cb = f->cons.kind == NBL_CODE_GEMM && c->n_in > 2 ? c->in[2] : NULL;
   const nbl_i4_weights *W = &f->packed[0];
   int64_t K = W->K, N = W->N, M;
   int64_t od[NBL_MAX_RANK];
   int orank;
-  if (f->kind == FK_GEMM) {
+  if (f->cons.kind == NBL_CODE_GEMM) {
     if (X->rank != 2 || X->dims[1] != K) return nbl_i4_run_literal(c, f, p);
     M = X->dims[0];
     od[0] = M;
@@ -212,7 +197,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
   }
   /* Gemm C: scalar, [N], [1,N] or [M,N]; anything else takes the literal path */
   int cmode = 0; /* 0 none, 1 scalar, 2 row, 3 full */
-  if (Cb && f->beta != 0.0f) {
+  if (Cb && f->cons.beta != 0.0f) {
     if (Cb->dtype != NBL_DT_FLOAT) return nbl_i4_run_literal(c, f, p);
     if (Cb->numel == 1) cmode = 1;
     else if (Cb->rank >= 1 && Cb->dims[Cb->rank - 1] == N && Cb->numel == N) cmode = 2;
@@ -246,14 +231,14 @@ static nbl_status run_mm(nbl_kctx *c, nbl_i4_fused *f, const nbl_q4_params *p) {
   mm_job j = {f, A, lda, N, p->zero + off, C};
   nbl_parallel_for(c, M, NBL_I4_MR * 2, mm_rows, &j);
   float sc = p->scale * f->w_scale;
-  if (f->kind == FK_GEMM) sc *= f->alpha;
+  if (f->cons.kind == NBL_CODE_GEMM) sc *= f->cons.alpha;
   const float *cv = Cb ? Cb->data : NULL;
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) {
       float v = sc * (float)C[m * N + n];
-      if (cmode == 1) v += f->beta * cv[0];
-      else if (cmode == 2) v += f->beta * cv[n];
-      else if (cmode == 3) v += f->beta * cv[m * N + n];
+      if (cmode == 1) v += f->cons.beta * cv[0];
+      else if (cmode == 2) v += f->cons.beta * cv[n];
+      else if (cmode == 3) v += f->cons.beta * cv[m * N + n];
       y[m * N + n] = nbl_i4_act(f, v);
     }
   free(A);
@@ -308,7 +293,7 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   }
   if (!finite) return nbl_i4_run_literal(c, f, &p);
   nbl_kcount(NBL_KC_I4_INTEGER_RUNS);
-  return f->kind == FK_CONV ? nbl_i4_run_conv(c, f, &p) : run_mm(c, f, &p);
+  return f->cons.kind == NBL_CODE_CONV ? nbl_i4_run_conv(c, f, &p) : run_mm(c, f, &p);
 }
 
 const nbl_op_def nbl_i4_fused_def = {.domain = "ai.nibble",

@@ -17,10 +17,10 @@
 #include <math.h>
 #include <stdatomic.h>
 
+#include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/int4_gemm.h"
 
-enum { FK_CONV, FK_GEMM, FK_MATMUL };   /* the fused op */
 enum { WS_QUANT, WS_DEQUANT };          /* where the weight codes come from */
 
 struct nbl_i4_fused;
@@ -41,39 +41,21 @@ typedef struct nbl_i4_handover {
 } nbl_i4_handover;
 
 typedef struct nbl_i4_fused {
-  nbl_node node; /* the synthetic node (first member: the kernel casts back) */
-  nbl_id ins[5]; /* X, W source, bias, alpha, residual (NBL_NONE when absent) */
-  const nbl_node *orig;
-  nbl_id qx, wnode; /* the quantizer nodes */
-  int kind;
+  nbl_code_consumer cons; /* first member: the synthetic node; ins[3] the PACT alpha */
   nbl_q4_config xcfg;
   int wsrc;
   nbl_q4_config wcfg; /* WS_QUANT */
   float dq_scale;     /* WS_DEQUANT */
   int dq_zero;
-  int64_t wdims[NBL_MAX_RANK];
-  int wrank;
-  int trans_b;
-  float alpha, beta;
   /* packed state */
   const void *wdata; /* W data the packing was made from */
   float w_scale;
-  int groups;
   nbl_i4_weights *packed; /* Gemm/MatMul */
   nbl_i4_rows *rows;      /* Conv: one per group */
   nbl_i4_rows *direct;    /* Conv of one group on AVX-512 VNNI: W packed for the direct
                            * kernel (code_direct.h; k = tap, channel) */
   float *dw_w;            /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_i4_isa isa;
-  /* a Relu/Clip consuming the op's only output, applied in the epilogue */
-  int act;
-  float act_lo, act_hi;
-  nbl_id act_node;
-  /* an Add of the conv's output (conv_out) and a residual (ins[4]) computed
-   * in the epilogue, before the activation, which then follows the Add */
-  const nbl_node *res_add;
-  nbl_id res_node, conv_out;
-  char op[32]; /* the synthetic node's op type, for profiles: "Int4Conv+Clip" */
   /* the one consumer of this node's output, a fused depthwise convolution
    * quantizing it: fed activation bytes instead of floats (link_codes) */
   struct nbl_i4_fused *link;
@@ -93,13 +75,8 @@ int nbl_i4_fused_pack(nbl_i4_fused *f, const nbl_rt_tensor *w);
 /* Free f's packed weights (f itself stays). */
 void nbl_i4_fused_unpack(nbl_i4_fused *f);
 
-/* The fused activation: Clip's float semantics (t = v < lo ? lo : v; t > hi ? hi : t),
- * Relu being lo = 0, hi = +inf; NaN passes through as in the elementwise kernels. */
-static inline float nbl_i4_act(const nbl_i4_fused *f, float v) {
-  if (!f->act) return v;
-  float t = v < f->act_lo ? f->act_lo : v;
-  return t > f->act_hi ? f->act_hi : t;
-}
+/* The fused activation (nbl_code_act). */
+static inline float nbl_i4_act(const nbl_i4_fused *f, float v) { return nbl_code_act(&f->cons, v); }
 
 /* 1 when every x[i] is finite. */
 static inline int nbl_i4_all_finite(const float *x, int64_t n) {

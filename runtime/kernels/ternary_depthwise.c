@@ -89,7 +89,7 @@ static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int6
   const nbl_conv_geom *g = j->g;
   int64_t OW = g->out[1];
   if (j->rows3 && p->R == p->S) {
-    nbl_dwc_epi e = {j->sc, j->act, f->act_lo, f->act_hi, NBL_DWC_AMAX};
+    nbl_dwc_epi e = {j->sc, j->act, f->cons.act_lo, f->cons.act_hi, NBL_DWC_AMAX};
     nbl_dwc_stats st;
     nbl_dwc_stats_init(&st);
     nbl_dwc_rows3(p, f->dw_w + m * 9, oh0, oh1, OW, &e, j->bias ? j->bias[m] : 0.0f,
@@ -98,7 +98,7 @@ static int dw_rows(void *arg, const nbl_dw_phases *p, int64_t n, int64_t m, int6
     return 1;
   }
   uint32_t amax = 0;
-  nbl_t_epi e = {j->sc, NULL, j->act, f->act_lo, f->act_hi,
+  nbl_t_epi e = {j->sc, NULL, j->act, f->cons.act_lo, f->cons.act_hi,
                  j->res ? j->res + (n * j->M + m) * j->P + oh0 * OW : NULL, &amax};
   if (!nbl_t_dw_rows(f->isa, p->ph, p->plane, p->Wp, p->R, p->S, g->k[0], g->k[1], g->d[0],
                      g->d[1], f->dw_w + m * g->k_sz, oh0, oh1, OW, y, &e,
@@ -115,7 +115,7 @@ static void dw_finish(void *arg, int64_t n, int64_t m, float *y, int64_t count) 
    * is read at the same position */
   const float *r = j->res ? j->res + (y - j->y) : NULL;
   uint32_t b = nbl_t_finish(f->isa, y, count, j->sc, j->bias ? j->bias[m] : 0.0f, r, j->act,
-                            f->act_lo, f->act_hi);
+                            f->cons.act_lo, f->cons.act_hi);
   amax_merge(&j->amax, b);
 }
 
@@ -152,7 +152,7 @@ nbl_status nbl_t_run_depthwise(nbl_kctx *c, const nbl_t_fused *f, const nbl_conv
   nbl_status st;
   if (dw_blocked(f, g)) {
     /* with a residual the sums go out raw and dw_finish adds it plane by plane */
-    nbl_dwc_epi e = {sc, act, f->act_lo, f->act_hi, NBL_DWC_AMAX};
+    nbl_dwc_epi e = {sc, act, f->cons.act_lo, f->cons.act_hi, NBL_DWC_AMAX};
     nbl_dwc_io io = {dwb_load, res ? dw_finish : NULL, dwb_merge, &dj};
     st = nbl_dwc_blocked(c, g, f->dw_w, bias, &e, &io, y);
     if (st == NBL_OK) nbl_kcount(NBL_KC_T_DW_BLOCKED_RUNS);

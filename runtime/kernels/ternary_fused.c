@@ -37,12 +37,8 @@ static void amax_merge(_Atomic uint32_t *m, uint32_t v) {
   }
 }
 
-/* Clip's float semantics (Relu: lo = 0, hi = +inf); NaN passes. */
-static inline float act_apply(const nbl_t_fused *f, float v) {
-  if (!f->act) return v;
-  float t = v < f->act_lo ? f->act_lo : v;
-  return t > f->act_hi ? f->act_hi : t;
-}
+/* The fused activation (nbl_code_act). */
+static inline float act_apply(const nbl_t_fused *f, float v) { return nbl_code_act(&f->cons, v); }
 
 /* The per-tensor activation scale of max|x| = mx, as nbl_absmax8_scale. */
 static inline float act_scale(float mx) { return mx > 0.0f ? mx / 127.0f : 1.0f; }
@@ -51,12 +47,12 @@ static inline float act_scale(float mx) { return mx > 0.0f ? mx / 127.0f : 1.0f;
 
 static int64_t wnumel(const nbl_t_fused *f) {
   int64_t n = 1;
-  for (int i = 0; i < f->wrank; i++) n *= f->wdims[i];
+  for (int i = 0; i < f->cons.wrank; i++) n *= f->cons.wdims[i];
   return n;
 }
 
 void nbl_t_fused_release(nbl_t_fused *f) {
-  int n = f->kind == NBL_TF_CONV ? f->groups : 1;
+  int n = f->cons.kind == NBL_CODE_CONV ? f->cons.groups : 1;
   if (f->tw)
     for (int i = 0; i < n; i++) nbl_t_weights_free(&f->tw[i]);
   free(f->tw);
@@ -101,9 +97,10 @@ fail:
  * row m as k = t * 4 * C4 + c, channels past C zero. */
 static int pack_direct(nbl_t_fused *f, const int8_t *q) {
   int64_t K;
-  int8_t *r = nbl_cd_order_weights(q, f->wdims[0], f->wdims[1], f->wdims[2] * f->wdims[3], &K);
+  int8_t *r = nbl_cd_order_weights(q, f->cons.wdims[0], f->cons.wdims[1],
+                                   f->cons.wdims[2] * f->cons.wdims[3], &K);
   f->tdirect = calloc(1, sizeof(nbl_t_weights));
-  int rc = r && f->tdirect ? nbl_t_pack(r, f->wdims[0], K, K, 1, 0, f->tdirect) : -1;
+  int rc = r && f->tdirect ? nbl_t_pack(r, f->cons.wdims[0], K, K, 1, 0, f->tdirect) : -1;
   if (rc != 0) {
     free(f->tdirect);
     f->tdirect = NULL;
@@ -118,26 +115,28 @@ int nbl_t_fused_pack(nbl_t_fused *f, const nbl_rt_tensor *w, const nbl_rt_tensor
   float s = 0.0f;
   if (weight_codes(f, w, scale, &q, &s) != 0) return -1;
   int ok = 1;
-  if (f->kind == NBL_TF_CONV) {
-    int64_t Mg = f->wdims[0] / f->groups, Kg = f->wdims[1] * f->wdims[2] * f->wdims[3];
-    if (Mg == 1 && f->wdims[1] == 1) { /* depthwise: the FP32 kernel on codes */
-      f->dw_w = malloc(sizeof(float) * (size_t)(f->groups * Kg + 1));
+  if (f->cons.kind == NBL_CODE_CONV) {
+    int64_t Mg = f->cons.wdims[0] / f->cons.groups;
+    int64_t Kg = f->cons.wdims[1] * f->cons.wdims[2] * f->cons.wdims[3];
+    if (Mg == 1 && f->cons.wdims[1] == 1) { /* depthwise: the FP32 kernel on codes */
+      f->dw_w = malloc(sizeof(float) * (size_t)(f->cons.groups * Kg + 1));
       ok = f->dw_w != NULL;
-      for (int64_t i = 0; ok && i < f->groups * Kg; i++) f->dw_w[i] = q[i];
+      for (int64_t i = 0; ok && i < f->cons.groups * Kg; i++) f->dw_w[i] = q[i];
     } else {
-      f->tw = calloc((size_t)f->groups, sizeof(nbl_t_weights));
+      f->tw = calloc((size_t)f->cons.groups, sizeof(nbl_t_weights));
       ok = f->tw != NULL;
-      for (int gi = 0; ok && gi < f->groups; gi++)
+      for (int gi = 0; ok && gi < f->cons.groups; gi++)
         ok = nbl_t_pack(q + gi * Mg * Kg, Mg, Kg, Kg, 1, 0, &f->tw[gi]) == 0;
       /* without it (out of memory) the convolution takes the im2col tiles */
-      if (ok && f->groups == 1 && f->wrank == 4 && f->isa == NBL_T_AVX512) (void)pack_direct(f, q);
+      if (ok && f->cons.groups == 1 && f->cons.wrank == 4 && f->isa == NBL_T_AVX512) (void)pack_direct(f, q);
     }
   } else {
     /* rows of the packed form are the output columns n */
-    int64_t K = f->trans_b ? f->wdims[1] : f->wdims[0], N = f->trans_b ? f->wdims[0] : f->wdims[1];
+    int64_t K = f->cons.trans_b ? f->cons.wdims[1] : f->cons.wdims[0];
+    int64_t N = f->cons.trans_b ? f->cons.wdims[0] : f->cons.wdims[1];
     f->tw = calloc(1, sizeof(nbl_t_weights));
     ok = f->tw != NULL;
-    if (ok) ok = nbl_t_pack(q, N, K, f->trans_b ? K : 1, f->trans_b ? 1 : N, 1, &f->tw[0]) == 0;
+    if (ok) ok = nbl_t_pack(q, N, K, f->cons.trans_b ? K : 1, f->cons.trans_b ? 1 : N, 1, &f->tw[0]) == 0;
   }
   free(q);
   if (!ok) {
@@ -156,7 +155,7 @@ static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
   const nbl_rt_tensor *X = c->in[0], *W = c->in[1];
   nbl_rt_tensor xh = {0}, wh = {0};
   nbl_status st = nbl_rt_tensor_alloc(&xh, NBL_DT_FLOAT, X->rank, X->dims);
-  if (st == NBL_OK) st = nbl_rt_tensor_alloc(&wh, NBL_DT_FLOAT, f->wrank, f->wdims);
+  if (st == NBL_OK) st = nbl_rt_tensor_alloc(&wh, NBL_DT_FLOAT, f->cons.wrank, f->cons.wdims);
   if (st != NBL_OK) {
     nbl_rt_tensor_free(&xh);
     return nbl_kerr(c, st, "out of memory");
@@ -190,28 +189,7 @@ static nbl_status run_literal(nbl_kctx *c, nbl_t_fused *f) {
     for (int64_t i = 0; i < n; i++) wv[i] = s * (float)q[i];
     free(q);
   }
-  {
-    const nbl_rt_tensor *ins[3] = {&xh, &wh, c->n_in > 2 ? c->in[2] : NULL};
-    nbl_kctx c2 = *c;
-    nbl_node on = *f->orig; /* its attributes; the fused node's outputs */
-    on.outputs = f->node.outputs;
-    on.n_outputs = f->node.n_outputs;
-    c2.node = &on;
-    c2.n_in = f->orig->n_inputs < 3 ? f->orig->n_inputs : 3;
-    c2.in = ins;
-    const nbl_op_def *def = nbl_op_lookup("", f->orig->op_type, c->opset);
-    st = def ? def->ref(&c2)
-             : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s at opset %d", f->orig->op_type,
-                        c->opset);
-    if (st == NBL_OK && f->res_add) {
-      st = nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                  f->act_hi);
-    } else if (st == NBL_OK && f->act) {
-      nbl_rt_tensor *y = nbl_kctx_out(c, 0);
-      float *yv = y->data;
-      for (int64_t i = 0; i < y->numel; i++) yv[i] = act_apply(f, yv[i]);
-    }
-  }
+  st = nbl_code_run_consumer(c, &f->cons, &xh, &wh);
 done:
   nbl_rt_tensor_free(&xh);
   nbl_rt_tensor_free(&wh);
@@ -411,13 +389,10 @@ static nbl_status literal_or_fail(nbl_kctx *c, nbl_t_fused *f, int codes_in) {
 static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   const nbl_rt_tensor *X = c->in[0], *B = c->n_in > 2 ? c->in[2] : NULL;
   nbl_conv_geom g;
-  if (X->rank != 4) return literal_or_fail(c, f, codes_in);
-  nbl_status st = nbl_conv_geom_init(c, &g, X, f->wdims + 2, 0);
+  int take;
+  nbl_status st = nbl_code_conv_geom(c, &f->cons, X, B, &g, &take);
   if (st != NBL_OK) return st;
-  g.group = f->groups;
-  g.M = f->wdims[0];
-  if (g.C != f->wdims[1] * g.group || (B && (B->dtype != NBL_DT_FLOAT || B->numel != g.M)))
-    return literal_or_fail(c, f, codes_in);
+  if (!take) return literal_or_fail(c, f, codes_in);
   int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
   float *y = nbl_kctx_out(c, 0)->data;
@@ -429,14 +404,14 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
    * else conv + bias here and the Add (broadcasting) and activation after */
   const float *res = NULL;
   int post = 0;
-  if (f->res_add) {
+  if (f->cons.res_add) {
     const nbl_rt_tensor *R = c->n_in > 4 ? c->in[4] : NULL;
     int same = R && R->dtype == NBL_DT_FLOAT && R->rank == 4 && R->data != y;
     for (int d = 0; same && d < 4; d++) same = R->dims[d] == od[d];
     if (same) res = R->data;
     else post = 1;
   }
-  int act = f->act && !post;
+  int act = f->cons.act && !post;
   if (f->dw_w) {
     uint32_t amax = 0;
     st = nbl_t_run_depthwise(c, f, &g, codes_in ? NULL : X->data,
@@ -446,8 +421,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
     if (st != NBL_OK) return literal_or_fail(c, f, codes_in);
     count_run(f);
     if (post)
-      return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                      f->act_hi);
+      return nbl_code_finish_residual(c, &f->cons);
     hand_over(f, y, amax);
     return NBL_OK;
   }
@@ -486,7 +460,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   int threads = c->threads > 0 ? c->threads : 1;
   conv_job j = {.f = f, .g = &g, .Hp = Hp, .Wp = Wp, .Kg = Cg * g.k_sz, .P = P,
                 .pointwise = pointwise, .d = direct ? &dd : NULL, .PP = dd.PP};
-  j.e = (nbl_t_epi){sc, NULL, act, f->act_lo, f->act_hi, NULL};
+  j.e = (nbl_t_epi){sc, NULL, act, f->cons.act_lo, f->cons.act_hi, NULL};
   /* blocks of pixels whose panels (Kp x pb bytes) stay in L2 across the
    * channels; the channels split too when the blocks alone leave a thread idle */
   int64_t pb = (int64_t)(192 * 1024) / (direct ? f->tdirect : &f->tw[0])->Kp / 32 * 32;
@@ -532,8 +506,7 @@ static nbl_status run_conv(nbl_kctx *c, nbl_t_fused *f, float s, int codes_in) {
   count_run(f);
   if (direct) nbl_kcount(NBL_KC_T_DIRECT_RUNS);
   if (post)
-    return nbl_code_finish_residual(c, &f->node, f->res_add, f->conv_out, f->act, f->act_lo,
-                                    f->act_hi);
+    return nbl_code_finish_residual(c, &f->cons);
   if (cs > 0.0f) {
     f->codes_for = G;
     f->code_scale = cs;
@@ -575,12 +548,12 @@ static void mm_vec(void *arg, int64_t b, int64_t e) {
 }
 
 static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
-  const nbl_rt_tensor *X = c->in[0], *Cb = f->kind == NBL_TF_GEMM && c->n_in > 2 ? c->in[2] : NULL;
+  const nbl_rt_tensor *X = c->in[0], *Cb = f->cons.kind == NBL_CODE_GEMM && c->n_in > 2 ? c->in[2] : NULL;
   const nbl_t_weights *W = &f->tw[0];
   int64_t K = W->K, N = W->M, M;
   int64_t od[NBL_MAX_RANK];
   int orank;
-  if (f->kind == NBL_TF_GEMM) {
+  if (f->cons.kind == NBL_CODE_GEMM) {
     if (X->rank != 2 || X->dims[1] != K) return run_literal(c, f);
     M = X->dims[0];
     od[0] = M;
@@ -595,7 +568,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
     od[orank - 1] = N;
   }
   int cmode = 0; /* Gemm C: 0 none, 1 scalar, 2 a row [N], 3 full [M, N] */
-  if (Cb && f->beta != 0.0f) {
+  if (Cb && f->cons.beta != 0.0f) {
     if (Cb->dtype != NBL_DT_FLOAT) return run_literal(c, f);
     if (Cb->numel == 1) cmode = 1;
     else if (Cb->rank >= 1 && Cb->dims[Cb->rank - 1] == N && Cb->numel == N) cmode = 2;
@@ -624,7 +597,7 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
     return st;
   }
   float *y = nbl_kctx_out(c, 0)->data;
-  float wsc = f->w_scale * (f->kind == NBL_TF_GEMM ? f->alpha : 1.0f);
+  float wsc = f->w_scale * (f->cons.kind == NBL_CODE_GEMM ? f->cons.alpha : 1.0f);
   mm_job j = {.f = f, .W = W};
   if (M * N == 0) goto out;
   if (M < GEMV_ROWS) {
@@ -645,9 +618,9 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
       float sc = sx[m] * wsc;
       for (int64_t n = 0; n < N; n++) {
         float v = sc * (float)j.acc[n];
-        if (cmode == 1) v += f->beta * cv[0];
-        else if (cmode == 2) v += f->beta * cv[n];
-        else if (cmode == 3) v += f->beta * cv[m * N + n];
+        if (cmode == 1) v += f->cons.beta * cv[0];
+        else if (cmode == 2) v += f->cons.beta * cv[n];
+        else if (cmode == 3) v += f->cons.beta * cv[m * N + n];
         y[m * N + n] = act_apply(f, v);
       }
     }
@@ -686,9 +659,9 @@ static nbl_status run_mm(nbl_kctx *c, nbl_t_fused *f, float s_tensor) {
     float sc = sx[m] * wsc;
     for (int64_t n = 0; n < N; n++) {
       float v = sc * (float)j.Ci[n * j.Mp + m];
-      if (cmode == 1) v += f->beta * cv[0];
-      else if (cmode == 2) v += f->beta * cv[n];
-      else if (cmode == 3) v += f->beta * cv[m * N + n];
+      if (cmode == 1) v += f->cons.beta * cv[0];
+      else if (cmode == 2) v += f->cons.beta * cv[n];
+      else if (cmode == 3) v += f->cons.beta * cv[m * N + n];
       y[m * N + n] = act_apply(f, v);
     }
   }
@@ -723,14 +696,14 @@ static nbl_status k_fused_ternary(nbl_kctx *c) {
     return run_conv(c, f, s, 1);
   }
   if (src && src->amax_ok && src->amax_data == X->data && src->amax_bits < 0x7f800000u &&
-      (!f->per_row || f->kind == NBL_TF_CONV)) {
+      (!f->per_row || f->cons.kind == NBL_CODE_CONV)) {
     memcpy(&mx, &src->amax_bits, 4); /* written by the producer: no scan */
     atomic_fetch_add(&g_amax_reuses, 1);
-  } else if (!f->per_row || f->kind == NBL_TF_CONV) {
+  } else if (!f->per_row || f->cons.kind == NBL_CODE_CONV) {
     if (!scan_x(c, f->isa, X->data, X->numel, &mx)) return run_literal(c, f);
   }
   float s = act_scale(mx);
-  return f->kind == NBL_TF_CONV ? run_conv(c, f, s, 0) : run_mm(c, f, s);
+  return f->cons.kind == NBL_CODE_CONV ? run_conv(c, f, s, 0) : run_mm(c, f, s);
 }
 
 const nbl_op_def nbl_t_fused_def = {"ai.nibble", "FusedTernary", 1, 1, k_fused_ternary,

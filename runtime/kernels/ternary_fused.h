@@ -27,27 +27,19 @@
 #define NBL_TERNARY_FUSED_H
 
 #include "runtime/core/kernel.h"
+#include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/formats/ternary.h"
 #include "runtime/kernels/ternary_gemm.h"
 
-enum { NBL_TF_CONV, NBL_TF_GEMM, NBL_TF_MATMUL };
 enum { NBL_TF_WQUANT, NBL_TF_WPACKED };
 
 typedef struct nbl_t_fused {
-  nbl_node node;  /* the synthetic node (first member: the kernel casts back) */
-  nbl_id ins[5];  /* X, W source (float W or packed codes), bias, packed scale, residual */
-  const nbl_node *orig;
-  nbl_id qx, wnode; /* the quantizer nodes */
-  int kind;
+  nbl_code_consumer cons; /* first member: the synthetic node; ins[1] float W or packed
+                           * codes, ins[3] the packed scale */
   int per_row;      /* Gemm/MatMul: one activation scale per row */
   int wsrc;
   nbl_tern_packing packing; /* NBL_TF_WPACKED */
-  int64_t wdims[NBL_TERN_MAX_RANK];
-  int wrank;
-  int trans_b;
-  float alpha, beta;
-  int groups;
   /* packed state */
   const void *wdata; /* the W data it was packed from */
   float w_scale;
@@ -55,15 +47,6 @@ typedef struct nbl_t_fused {
   nbl_t_weights *tdirect; /* Conv of one group: W packed for the direct kernel (k = tap, channel) */
   float *dw_w;       /* depthwise Conv: the weight codes as floats, [C][k_sz] */
   nbl_t_isa isa;
-  /* a Relu/Clip consuming the op's only output (or the fused Add's), applied in the epilogue */
-  int act;
-  float act_lo, act_hi;
-  nbl_id act_node;
-  /* a Conv's only consumer, an Add of its output (conv_out) and a residual
-   * (ins[4]) computed before the Conv, done in the epilogue before the
-   * activation, which then follows the Add */
-  const nbl_node *res_add;
-  nbl_id res_node, conv_out;
   /* hand-over of the activation statistic: a Conv's epilogue records the
    * largest |y| it wrote (amax_bits, for the tensor at amax_data), and the
    * fused node reading that tensor (xsrc = the producer, linked at plan
@@ -81,7 +64,6 @@ typedef struct nbl_t_fused {
   const struct nbl_t_fused *codes_for;
   float code_scale;
   const void *code_data;
-  char op[40]; /* the synthetic node's op type, for profiles: "TernaryConv+Relu" */
 } nbl_t_fused;
 
 /* (Re)pack f's weights from the W source tensor w (and the scale tensor of

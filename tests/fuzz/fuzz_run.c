@@ -30,6 +30,7 @@
 #include "include/nibble.h"
 #include "ir/ir.h"
 #include "fuzz_budget.h"
+#include "tests/test_data.h"
 
 #define FUZZ_MAX_DIM 64
 #define FUZZ_MAX_FEED_ELEMS 4096
@@ -37,12 +38,7 @@
 
 /* ---- input synthesis */
 
-static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+static uint64_t rng_next(uint64_t *s) { return td_splitmix64(s); }
 
 /* Fill n elements of type dt: small values, so that they also make sense as
  * indices, axes, shapes and counts (integers 0..3); floats in [-2, 2), in

@@ -13,6 +13,7 @@
 #include "nibble.h"
 #include "onnx.pb-c.h"
 #include "parser/parser.h"
+#include "tests/test_data.h"
 
 static char tmpdir[PATH_MAX];
 
@@ -232,10 +233,7 @@ START_TEST(test_empty_random_truncated) {
   /* random bytes (fixed LCG) */
   unsigned char rnd[4096];
   uint32_t s = 12345;
-  for (size_t i = 0; i < sizeof rnd; i++) {
-    s = s * 1664525u + 1013904223u;
-    rnd[i] = (unsigned char)(s >> 24);
-  }
+  for (size_t i = 0; i < sizeof rnd; i++) rnd[i] = (unsigned char)(td_lcg(&s) >> 24);
   snprintf(p, sizeof p, "%s/random.onnx", tmpdir);
   write_file(p, rnd, sizeof rnd);
   expect_fail(p, NBL_ERR_PARSE, "not a valid ONNX model (protobuf parse failed)");

@@ -7,7 +7,12 @@
 # (npm install --ignore-scripts: the package ships its CPU library), then runs
 # export_models.py OUTDIR (models, inputs, PyTorch and ONNX Runtime outputs).
 # The export is skipped when OUTDIR/manifest.json is newer than the scripts,
-# unless --force is given.
+# unless --force is given. When OUTDIR is a symbolic link (a reference set
+# shared by several checkouts, e.g. BUILD/ref-models -> a common folder) and
+# has a manifest, a stale one is not rewritten through the link without
+# --force: other checkouts may be reading it while the export replaces its
+# files one by one, and a checkout's fresh file times alone (not a change of
+# the scripts) make it look stale. The set is used as it is, with a warning.
 # Exit status: 0 ready, 1 a step failed, 2 bad usage, 77 node or torch missing.
 set -eu
 
@@ -41,6 +46,12 @@ manifest="$out/manifest.json"
 if [ "$force" != "--force" ] && [ -f "$manifest" ] &&
    [ "$manifest" -nt "$here/export_models.py" ] && [ "$manifest" -nt "$here/ort_run.js" ]; then
   echo "prepare.sh: $manifest is up to date" >&2
+  exit 0
+fi
+if [ "$force" != "--force" ] && [ -L "$out" ] && [ -f "$manifest" ]; then
+  echo "prepare.sh: $out links to $(readlink "$out"), whose manifest is older than" \
+    "export_models.py or ort_run.js; not rewriting a shared set through the link" \
+    "(rerun with --force to rewrite it, or remove the link for a set of this checkout)" >&2
   exit 0
 fi
 mkdir -p "$out"

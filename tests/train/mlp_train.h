@@ -23,6 +23,7 @@
 
 #include "include/nibble.h"
 #include "ir/ir.h"
+#include "tests/test_data.h"
 
 typedef struct mlp_cfg {
   nbl_dtype dt;        /* NBL_DT_FLOAT or NBL_DT_DOUBLE */
@@ -35,11 +36,10 @@ typedef struct mlp_cfg {
   unsigned long long seed;
 } mlp_cfg;
 
-static unsigned long long mlp_rng(unsigned long long *s) {
-  unsigned long long z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+static unsigned long long mlp_rng(unsigned long long *s) { /* splitmix64 */
+  uint64_t v = *s, z = td_splitmix64(&v);
+  *s = v;
+  return z;
 }
 
 /* uniform in [-a, a) */

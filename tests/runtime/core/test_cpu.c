@@ -17,8 +17,10 @@
 #include "ir/ir.h"
 #include "runtime/core/cpu.h"
 #include "runtime/core/threadpool.h"
+#include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/int4_gemm.h"
 #include "runtime/kernels/kdebug.h"
+#include "test_data.h"
 
 /* The process cap the environment asks for, decoded here independently. */
 static nbl_isa env_expect(const char **var, int *bad) {
@@ -38,6 +40,7 @@ static nbl_isa env_expect(const char **var, int *bad) {
   if (!strcmp(v, "scalar")) return NBL_ISA_SCALAR;
   if (!strcmp(v, "avx2")) return NBL_ISA_AVX2;
   if (!strcmp(v, "avx512") || (alias && !strcmp(v, "vnni"))) return NBL_ISA_AVX512;
+  if (!strcmp(v, "amx")) return NBL_ISA_AMX;
   *bad = 1;
   return NBL_ISA_DEFAULT;
 }
@@ -80,7 +83,7 @@ START_TEST(test_thread_cap) {
     ck_assert_int_eq(prev, NBL_ISA_DEFAULT);
     nbl_isa eff = min_cap(env, cap);
     for (unsigned f = 1; f <= NBL_CPU_AVX512VNNI; f <<= 1) {
-      int allowed = eff == NBL_ISA_DEFAULT || eff == NBL_ISA_AVX512 ||
+      int allowed = eff == NBL_ISA_DEFAULT || eff >= NBL_ISA_AVX512 ||
                     (eff == NBL_ISA_AVX2 &&
                      (f & (NBL_CPU_AVX | NBL_CPU_AVX2 | NBL_CPU_FMA | NBL_CPU_F16C)));
       ck_assert_msg(nbl_cpu_has(f) == ((hw & f) && allowed), "cap %d feature %#x", cap, f);
@@ -96,6 +99,33 @@ START_TEST(test_thread_cap) {
       ck_assert_msg(strstr(info, "session option") != NULL, "%s", info);
     nbl_cpu_set_thread_cap(prev);
   }
+}
+END_TEST
+
+/* The AMX tiles: only with no cap or the amx level (avx512 and lower turn
+ * them off), never on a CPU (or kernel) without them; the 4-bit training
+ * products follow. */
+START_TEST(test_amx_cap) {
+  const unsigned hw = nbl_cpu_features();
+  const char *var;
+  int bad;
+  nbl_isa env = env_expect(&var, &bad);
+  if (!(hw & NBL_CPU_AVX512F)) ck_assert(!(hw & NBL_CPU_AMX));
+  for (nbl_isa cap = NBL_ISA_DEFAULT; cap <= NBL_ISA_AMX; cap++) {
+    nbl_isa prev = nbl_cpu_set_thread_cap(cap);
+    ck_assert_int_eq(nbl_cpu_thread_cap(), cap);
+    nbl_isa eff = min_cap(env, cap);
+    const int want = (hw & NBL_CPU_AMX) && (eff == NBL_ISA_DEFAULT || eff == NBL_ISA_AMX);
+    ck_assert_msg(nbl_cpu_has(NBL_CPU_AMX) == want, "cap %d", cap);
+    nbl_i4b_set_amx(-1);
+    ck_assert_int_eq(nbl_i4b_amx_on(NBL_I4B_AVX512), want && nbl_i4b_amx_supported());
+    ck_assert_int_eq(nbl_i4b_amx_on(NBL_I4B_AVX2), 0);
+    nbl_i4b_set_amx(0);
+    ck_assert_int_eq(nbl_i4b_amx_on(NBL_I4B_AVX512), 0);
+    nbl_i4b_set_amx(-1);
+    nbl_cpu_set_thread_cap(prev);
+  }
+  ck_assert_str_eq(nbl_isa_name(NBL_ISA_AMX), "amx");
 }
 END_TEST
 
@@ -138,10 +168,7 @@ START_TEST(test_pool_carries_cap) {
 END_TEST
 
 static uint32_t rng = 4242;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+static float frand(void) { return td_lcg_float(&rng); }
 
 /* A 3x3 depthwise Conv, 32 channels of 14 x 14 (the planes on which the
  * FP32 path takes its AVX-512 kernel 16 channels at a time), run in a
@@ -217,7 +244,7 @@ START_TEST(test_session_cap_fp32) {
     long blocked_default, blocked;
     float *y0 = run_depthwise(NBL_ISA_DEFAULT, t, &blocked_default);
     int avx512 = (nbl_cpu_features() & NBL_CPU_AVX512F) &&
-                 (env == NBL_ISA_DEFAULT || env == NBL_ISA_AVX512);
+                 (env == NBL_ISA_DEFAULT || env >= NBL_ISA_AVX512);
     ck_assert_int_eq(blocked_default, avx512);
     for (nbl_isa cap = NBL_ISA_SCALAR; cap <= NBL_ISA_AVX512; cap++) {
       float *y = run_depthwise(cap, t, &blocked);
@@ -307,6 +334,7 @@ static Suite *suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_env_cap);
   tcase_add_test(tc, test_thread_cap);
+  tcase_add_test(tc, test_amx_cap);
   tcase_add_test(tc, test_pool_carries_cap);
   tcase_add_test(tc, test_session_cap_fp32);
   tcase_add_test(tc, test_session_cap_int4);

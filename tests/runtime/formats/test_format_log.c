@@ -13,6 +13,7 @@
 
 #include "runtime/formats/log.h"
 #include "runtime/kernels/log_quant.h"
+#include "test_data.h"
 
 static nbl_log_config cfg_of(int radix, nbl_log_rounding r, int phase) {
   nbl_log_config c;
@@ -236,12 +237,7 @@ END_TEST
 
 /* xorshift for test data */
 static uint64_t rng = 88172645463325252ull;
-static uint64_t next_u64(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return rng;
-}
+static uint64_t next_u64(void) { return td_xs64(&rng); }
 
 /* Values that probe every decision of the grid p: each level and threshold
  * and their float neighbours, both signs, zero, NaN, Inf, random magnitudes

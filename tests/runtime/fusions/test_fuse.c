@@ -14,12 +14,10 @@
 
 #include "nibble.h"
 #include "ir/ir.h"
+#include "test_data.h"
 
 static uint32_t rng = 4242;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+static float frand(void) { return td_lcg_float(&rng); }
 
 enum { ACT_RELU, ACT_CLIP_CONST_NODES, ACT_CLIP_INITS, ACT_CLIP_ATTRS, ACT_CLIP_INPUT_BOUND };
 

@@ -14,12 +14,10 @@
 #include "runtime/core/exec.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/kdebug.h"
+#include "test_data.h"
 
 static uint32_t rng = 777;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+static float frand(void) { return td_lcg_float(&rng); }
 
 typedef struct ccase {
   int64_t N, C, H, W, M, K, group, s, pt, pl, pb, pr;

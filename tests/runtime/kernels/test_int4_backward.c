@@ -34,12 +34,7 @@
 #define TOL_EPS (1.0 / (1 << 21)) /* 2^-21 relative to the sum of |terms| */
 
 static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (uint32_t)(rng >> 32);
-}
+static uint32_t rnd(void) { return (uint32_t)(td_xs64(&rng) >> 32); }
 static int32_t rnd_code(int32_t maxabs) { return (int32_t)(rnd() % (uint32_t)(2 * maxabs + 1)) - maxabs; }
 
 /* ------------------------------------------------------------------ quantized operands */
@@ -357,27 +352,7 @@ typedef struct ccase {
 } ccase;
 
 static nbl_conv_geom geom_of(const ccase *c) {
-  nbl_conv_geom g;
-  memset(&g, 0, sizeof g);
-  g.ns = c->ns;
-  g.N = c->N;
-  g.C = c->C;
-  g.M = c->M;
-  g.group = c->group;
-  g.in_sz = g.k_sz = g.out_sz = 1;
-  for (int i = 0; i < c->ns; i++) {
-    g.in[i] = c->in[i];
-    g.k[i] = c->k[i];
-    g.s[i] = c->s[i];
-    g.d[i] = c->d[i];
-    g.pb[i] = c->pb[i];
-    g.pe[i] = c->pe[i];
-    g.out[i] = (c->in[i] + c->pb[i] + c->pe[i] - (c->k[i] - 1) * c->d[i] - 1) / c->s[i] + 1;
-    g.in_sz *= g.in[i];
-    g.k_sz *= g.k[i];
-    g.out_sz *= g.out[i];
-  }
-  return g;
+  return td_conv_geom(c->ns, c->N, c->C, c->M, c->group, c->in, c->k, c->s, c->d, c->pb, c->pe);
 }
 
 /* The plain-C integer ConvGrad: direct loops over images, channels, output
@@ -472,19 +447,31 @@ static void conv_case(const ccase *c) {
   int64_t *adx = malloc(sizeof(int64_t) * (size_t)x.n), *adw = malloc(sizeof(int64_t) * (size_t)w.n);
   int64_t *adb = malloc(sizeof(int64_t) * (size_t)c->M);
   const int ni = n_isas();
+  /* the AMX tiles take dW of 2-D one-group undilated layers with 7-bit
+   * activation codes and 4 channels or more, and dX of 2-D one-group
+   * undilated layers with 7-bit weight codes */
+  const int amx_geom = c->ns == 2 && c->group == 1 && c->d[0] == 1 && c->d[1] == 1;
+  const int amx_cover = c->ns == 2 && c->k[0] >= c->s[0] && c->k[1] >= c->s[1]; /* every stride phase has taps */
+  const int amx_dw = amx_geom && amx_cover && xm <= 127 && c->C >= 4;
+  const int amx_dx = amx_geom && amx_cover && wm <= 127;
   for (int v = 0; v < ni; v++)
-    for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
-      nbl_kdebug_set(NBL_KS_I4B_WIDE, wide);
-      nbl_i4b_conv_out o = {.dx_acc = adx, .dw_acc = adw, .db_acc = adb};
-      ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
-      for (int64_t i = 0; i < x.n; i++)
-        ck_assert_msg(adx[i] == rdx[i], "%s (%s, wide %d) dX acc[%lld] %lld != %lld", c->what,
-                      nbl_i4b_isa_name(g_isas[v]), wide, (long long)i, (long long)adx[i], (long long)rdx[i]);
-      for (int64_t i = 0; i < w.n; i++)
-        ck_assert_msg(adw[i] == rdw[i], "%s (%s, wide %d) dW acc[%lld] %lld != %lld", c->what,
-                      nbl_i4b_isa_name(g_isas[v]), wide, (long long)i, (long long)adw[i], (long long)rdw[i]);
-      for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
-    }
+    for (int amx = 0; amx <= (g_isas[v] == NBL_I4B_AVX512 && nbl_i4b_amx_supported()); amx++)
+      for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
+        nbl_kdebug_set(NBL_KS_I4B_WIDE, wide);
+        nbl_i4b_set_amx(amx);
+        const long runs = nbl_i4b_amx_runs();
+        nbl_i4b_conv_out o = {.dx_acc = adx, .dw_acc = adw, .db_acc = adb};
+        ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
+        ck_assert_int_eq(nbl_i4b_amx_runs() - runs, amx ? amx_dw + amx_dx : 0);
+        for (int64_t i = 0; i < x.n; i++)
+          ck_assert_msg(adx[i] == rdx[i], "%s (%s, amx %d, wide %d) dX acc[%lld] %lld != %lld", c->what,
+                        nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adx[i], (long long)rdx[i]);
+        for (int64_t i = 0; i < w.n; i++)
+          ck_assert_msg(adw[i] == rdw[i], "%s (%s, amx %d, wide %d) dW acc[%lld] %lld != %lld", c->what,
+                        nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adw[i], (long long)rdw[i]);
+        for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
+      }
+  nbl_i4b_set_amx(-1);
   nbl_kdebug_reset();
 
   /* 2. the op against the float reference ConvGrad on the dequantized operands */
@@ -500,8 +487,10 @@ static void conv_case(const ccase *c) {
   ck_assert(runner_run(abs_r, ab) == NBL_OK);
   nbl_host_tensor first[3];
   void *keep[3] = {0};
-  for (int v = 0; v < ni; v++) {
-    nbl_i4b_set_isa(g_isas[v]);
+  const int amx_ok = ni > 0 && g_isas[ni - 1] == NBL_I4B_AVX512 && nbl_i4b_amx_supported();
+  for (int v = 0; v < ni + amx_ok; v++) { /* the last: AVX-512 with the AMX tiles */
+    nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
+    nbl_i4b_set_amx(v == ni);
     long runs = nbl_i4b_integer_runs();
     runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, NULL, 0);
     ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
@@ -524,6 +513,7 @@ static void conv_case(const ccase *c) {
     runner_free(r);
   }
   nbl_i4b_set_isa(-1);
+  nbl_i4b_set_amx(-1);
   for (int o = 0; o < 3; o++) free(keep[o]);
   runner_free(ref);
   runner_free(abs_r);
@@ -572,6 +562,16 @@ static const ccase conv_cases[] = {
      SP2(3, 3), {2, 1}, {1, 2}, {1, 2}, {0, 1}, 4, 4, 4, 3},
     {"1-D", 1, 2, 3, 5, 1, {17}, {4}, {3}, {1}, {2}, {1}, 4, 4, 4, 3},
     {"3-D", 3, 1, 2, 3, 1, {5, 4, 6}, {2, 3, 2}, {1, 2, 1}, {1, 1, 1}, {1, 1, 0}, {0, 1, 1}, 4, 4, 4, 3},
+    {"ResNet downsample 16 -> 32, 3 x 3 stride 2 at 28 x 28 (dW over stride-phase planes)", 2, 2, 16, 32, 1,
+     SP2(28, 28), SP2(3, 3), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"ResNet block 32 -> 32 at 14 x 14: two channel blocks", 2, 2, 32, 32, 1, SP2(14, 14), SP2(3, 3), SP2(1, 1),
+     SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"ResNet block 64 -> 64 at 7 x 7, three images", 2, 3, 64, 64, 1, SP2(7, 7), SP2(3, 3), SP2(1, 1), SP2(1, 1),
+     SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"tile edges: 40 -> 20 channels, 3 x 2 kernel, stride (1, 3), 9 x 20", 2, 2, 40, 20, 1, SP2(9, 20), {3, 2},
+     {1, 3}, SP2(1, 1), {1, 0}, {2, 1}, 4, 4, 4, 3},
+    {"tile edges: 40 -> 20 channels, 3 x 2 kernel, unit strides, pads (2, 1) / (0, 1), 9 x 20", 2, 2, 40, 20, 1,
+     SP2(9, 20), {3, 2}, SP2(1, 1), SP2(1, 1), {2, 1}, {0, 1}, 4, 4, 4, 3},
     {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
      SP2(1, 1), SP2(1, 1), 4, 8, 2, 4},
 };

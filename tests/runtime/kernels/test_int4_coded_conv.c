@@ -19,14 +19,10 @@
 #include <string.h>
 
 #include "runtime/kernels/int4_backward.h"
+#include "test_data.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(td_xs64(&rng) >> 11); }
 static int32_t rnd_in(int32_t lo, int32_t hi) { return lo + (int32_t)(rnd() % (uint32_t)(hi - lo + 1)); }
 
 typedef struct fcase {
@@ -36,16 +32,9 @@ typedef struct fcase {
 } fcase;
 
 static nbl_conv_geom geom_of(const fcase *c) {
-  nbl_conv_geom g = {.ns = 2, .N = c->N, .C = c->C, .M = c->M, .group = c->group};
   const int64_t in[2] = {c->H, c->W}, k[2] = {c->kh, c->kw}, s[2] = {c->sh, c->sw}, d[2] = {c->dh, c->dw},
                 pb[2] = {c->pt, c->pl}, pe[2] = {c->pbot, c->pr};
-  g.in_sz = g.k_sz = g.out_sz = 1;
-  for (int i = 0; i < 2; i++) {
-    g.in[i] = in[i], g.k[i] = k[i], g.s[i] = s[i], g.d[i] = d[i], g.pb[i] = pb[i], g.pe[i] = pe[i];
-    g.out[i] = (in[i] + pb[i] + pe[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1;
-    g.in_sz *= in[i], g.k_sz *= k[i], g.out_sz *= g.out[i];
-  }
-  return g;
+  return td_conv_geom(2, c->N, c->C, c->M, c->group, in, k, s, d, pb, pe);
 }
 
 /* acc[n][m][oh][ow] = sum over the group's channels and taps of cx * cw */
@@ -85,11 +74,25 @@ static void run_case(const fcase *c, int ci) {
   cw[0] = c->wlo, cw[nw - 1] = c->whi, w[0] = sw * (float)c->wlo, w[nw - 1] = sw * (float)c->whi;
   for (int64_t m = 0; m < g.M; m++) b[m] = c->bias ? (float)rnd_in(-100, 100) * 0.01f : 0.0f;
   ref_int(&g, cx, cw, ref);
+  /* the AMX tiles (where the CPU has them) take one-group undilated layers of
+   * 4 channels or more, column stride <= 2, activation codes in -128..127;
+   * their floats are the VNNI path's bit for bit */
+  const int amx_ok = nbl_i4b_amx_supported() && nbl_i4b_best_isa() == NBL_I4B_AVX512;
+  const int amx_takes = c->group == 1 && c->dh == 1 && c->dw == 1 && c->C >= 4 && c->sw <= 2 && c->xlo >= -128 &&
+                        c->xhi <= 127;
+  float *y_vnni = malloc(sizeof(float) * (size_t)ny);
+  ck_assert_ptr_nonnull(y_vnni);
+  for (int amx = 0; amx <= amx_ok; amx++) {
+  nbl_i4b_set_amx(amx);
+  const long runs = nbl_i4b_amx_runs();
   nbl_kctx kc = {.threads = 2};
   int off = -1;
   for (int64_t i = 0; i < ny; i++) acc[i] = -7, y[i] = NAN;
   ck_assert_int_eq(nbl_i4b_conv_forward(&kc, &g, x, sx, w, sw, c->bias ? b : NULL, y, acc, &off), NBL_OK);
   ck_assert_msg(off == 0, "case %d: refused", ci);
+  ck_assert_int_eq(nbl_i4b_amx_runs() - runs, amx && amx_takes);
+  if (amx) ck_assert(memcmp(y, y_vnni, sizeof(float) * (size_t)ny) == 0);
+  else memcpy(y_vnni, y, sizeof(float) * (size_t)ny);
   const float sc = sx * sw;
   for (int64_t i = 0; i < ny; i++) {
     ck_assert_msg(acc[i] == ref[i], "case %d [%lld]: acc %d, reference %lld", ci, (long long)i, acc[i],
@@ -106,7 +109,11 @@ static void run_case(const fcase *c, int ci) {
   ck_assert_int_eq(nbl_i4b_conv_forward(NULL, &g, x, sx, w, sw, c->bias ? b : NULL, y1, NULL, &off), NBL_OK);
   ck_assert_int_eq(off, 0);
   ck_assert(memcmp(y, y1, sizeof(float) * (size_t)ny) == 0);
-  free(cx), free(cw), free(x), free(w), free(b), free(y), free(y1), free(acc), free(ref);
+  free(y1);
+  }
+  nbl_i4b_set_amx(-1);
+  free(y_vnni);
+  free(cx), free(cw), free(x), free(w), free(b), free(y), free(acc), free(ref);
 }
 
 static const fcase cases[] = {
@@ -122,6 +129,10 @@ static const fcase cases[] = {
     {1, 7, 33, 1, 33, 31, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 1},       /* mixed strides, 33 channels */
     {2, 8, 8, 1, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, -8, 7, 1},           /* all-zero activations */
     {1, 16, 16, 1, 8, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},        /* pointwise */
+    {3, 32, 64, 1, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 1},      /* ResNet downsample 32 -> 64 */
+    {2, 16, 32, 1, 28, 28, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},      /* ResNet shortcut 1x1 s2 */
+    {2, 64, 64, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -8, 7, -8, 7, 1},        /* 64 channels: one full chunk */
+    {2, 70, 40, 1, 9, 10, 3, 2, 1, 2, 1, 1, 2, 1, 0, 0, -128, 127, -128, 127, 1}, /* 18 quads, odd pad, 3 m blocks */
 };
 
 START_TEST(test_exact) { run_case(&cases[_i], _i); }

@@ -13,6 +13,7 @@
 #include "runtime/kernels/int4_gemm.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/formats/int4.h"
+#include "test_data.h"
 
 /* Counter c of the fast paths (runtime/kernels/kdebug.h) so far. */
 static long kstat(nbl_kcounter c) {
@@ -26,14 +27,8 @@ static void set_dw_blocked(int mode) { nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, mode
 static void set_dw_rows(int on) { nbl_kdebug_set(NBL_KS_I4_DW_ROWS, on); }
 
 static uint32_t rng = 2024;
-static uint32_t next_u32(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 17;
-  rng ^= rng << 5;
-  return rng;
-}
-static int irange(int lo, int hi) { return lo + (int)(next_u32() % (uint32_t)(hi - lo + 1)); }
-static float frand(void) { return (float)(next_u32() >> 8) / 8388608.0f - 1.0f; }
+static int irange(int lo, int hi) { return td_xs32_range(&rng, lo, hi); }
+static float frand(void) { return td_xs32_float(&rng); }
 
 static const int64_t tsizes[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65};
 #define NTS (sizeof tsizes / sizeof tsizes[0])

@@ -16,16 +16,11 @@
 #include "runtime/kernels/ternary_fused.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/ternary_gemm.h"
+#include "test_data.h"
 
 static uint32_t rng = 1158;
-static uint32_t next_u32(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 17;
-  rng ^= rng << 5;
-  return rng;
-}
-static int irange(int lo, int hi) { return lo + (int)(next_u32() % (uint32_t)(hi - lo + 1)); }
-static float frand(void) { return (float)(next_u32() >> 8) / 8388608.0f - 1.0f; }
+static int irange(int lo, int hi) { return td_xs32_range(&rng, lo, hi); }
+static float frand(void) { return td_xs32_float(&rng); }
 
 static const int64_t tsizes[] = {1, 7, 8, 9, 31, 32, 33, 63, 64, 65};
 #define NTS (sizeof tsizes / sizeof tsizes[0])

@@ -13,15 +13,11 @@
 
 #include "nibble.h"
 #include "one_node.h"
+#include "test_data.h"
 #include "runtime/formats/log.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static float frand(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (float)((double)(rng >> 11) / 9007199254740992.0);
-}
+static float frand(void) { return (float)td_xs64_unit(&rng); }
 
 /* Gradient-like data: signed, magnitudes spread over many octaves, some
  * exact zeros. */

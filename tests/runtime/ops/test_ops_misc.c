@@ -9,6 +9,7 @@
 
 #include "ir/ir.h"
 #include "one_node.h"
+#include "test_data.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -153,10 +154,7 @@ START_TEST(test_rnn_seq_lens_directions) {
 END_TEST
 
 static uint32_t rng = 777;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+static float frand(void) { return td_lcg_float(&rng); }
 
 static int cfg_i;
 static void a_rnn_cfg(nbl_graph *g, nbl_id n) {

@@ -9,20 +9,13 @@
 
 #include "ir/ir.h"
 #include "one_node.h"
+#include "test_data.h"
 #include "runtime/kernels/gemm.h"
 
 /* ------------------------------------------------------------------ helpers */
 
 static uint32_t rng = 12345;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-static float *frandv(int64_t n) {
-  float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-  for (int64_t i = 0; i < n; i++) v[i] = frand();
-  return v;
-}
+static float *frandv(int64_t n) { return td_lcg_floats(&rng, n); }
 
 /* Run one node (one_node.h) with every output requested. */
 static nbl_status run_node(const char *op, int opset, one_attr_fn af, int n_in,

@@ -7,11 +7,11 @@ the fusions (default) and without (NBL_NO_FUSION=all: the unfused graph, the
 same build); interleaved rounds, a fresh process each. Then one profiled run
 of each setting for the time per op type. Writes a Markdown report.
 
-usage: bench/train4/run_fusion_ab.py BUILD [--base BASE_BUILD] [--rounds R] [--runs N] [--threads 1,2]
+usage: bench/train/run_fusion_ab.py BUILD [--base BASE_BUILD] [--rounds R] [--runs N] [--threads 1,2]
                                       [--out FILE]
 
---base: a build of the code before the fusions (its bench_train4), run as a
-third setting in the same rounds.
+--base: a build of the code before the fusions (its bench/bench_train), run
+as a third setting in the same rounds.
 """
 import argparse
 import json
@@ -35,8 +35,8 @@ def run(build, model, pipe, threads, fused, runs, profile):
     env.pop("NBL_NO_FUSION", None)
     if fused == 0:
         env["NBL_NO_FUSION"] = "all"
-    cmd = [os.path.join(build, "bench", "bench_train4"), os.path.join(ROOT, "models", model + "_init.onnx"), pipe,
-           os.path.join(ROOT, "models/data/fmnist_test_100.npy"),
+    cmd = [os.path.join(build, "bench", "bench_train"), os.path.join(ROOT, "models", model + "_init.onnx"),
+           "--passes", pipe, "--data", os.path.join(ROOT, "models/data/fmnist_test_100.npy"),
            os.path.join(ROOT, "models/data/fmnist_test_100_labels.npy"), "--threads", str(threads), "--runs",
            str(runs), "--warmup", "3"]
     if profile:
@@ -88,7 +88,7 @@ def main():
             prof[(k, f)] = run(a.build, k[0], k[1][1], k[2], f, a.runs, True)[1]
     up1 = uptime()
     med = statistics.median
-    lines = ["# Training-graph fusions on and off (bench/train4/run_fusion_ab.py)", "",
+    lines = ["# Training-graph fusions on and off (bench/train/run_fusion_ab.py)", "",
              "- load before: `%s`" % up0, "- load after: `%s`" % up1,
              "- batch 64; unfused = the same build with NBL_NO_FUSION=all; each figure is the median over %d rounds"
              " (alternating order) of the median of %d steps (after 3 warm-up steps), fresh process each" %

@@ -1,0 +1,944 @@
+/* int4_amx.c - the integer products of 4-bit training on AMX-INT8 tiles
+ * (contracts in int4_backward.h): ConvGrad's dW and dX and the forward
+ * Int4CodedConv, where the CPU has the tiles (runtime/core/cpu.h,
+ * NBL_CPU_AMX; the cap NBL_ISA=avx512 or lower turns them off).
+ *
+ * TDPBSSD multiplies 16 x K signed bytes (K <= 64) by K x 16 signed bytes (B
+ * in the VNNI layout: K / 4 rows of 16 columns x 4 consecutive k) into 16 x
+ * 16 int32: up to 16K products per instruction (bench/amx_peak.c: about
+ * 2 TMAC/s on one core here, 6-8x vpdpbusd, 10x vpdpwssd). The operands are
+ * int8:
+ *   - INT4/INT8 codes of activations and weights: |code| <= 127, as they are;
+ *   - gradient codes (|c| <= NBL_I4B_MAX_CODE = 2^14) in two planes,
+ *     c = lo + 256 * hi, lo = c's low byte read signed (-128..127), hi =
+ *     (c - lo) / 256 (|hi| <= 64); each plane's product is its own tile
+ *     and the two are combined in int64: acc = lo + 256 * hi, exact.
+ * Every tile sums at most 2^16 products of magnitude <= 128 * 127 per plane
+ * (< 2^31: exact int32), longer sums are split and added in int64.
+ *
+ * No im2col: the tiles read shifted windows of padded code planes.
+ *   dW: X's codes padded and split into stride-phase planes [phase][C][N *
+ *     Hq * Wq] (phase (R % sh, Q % sw) of padded pixel (R, Q)), dY laid over
+ *     the same Hq x Wq grid (zeros where no output). The tap (kh, kw) is its
+ *     phase plane from offset (kh / sh) * Wq + kw / sw, so dW^T[c][m] of the
+ *     tap = A [16 channels][64 pixels] (a phase plane, rows a plane apart) x
+ *     B [64 pixels][16 m] (dY in the VNNI layout), K the pixels of all
+ *     images, in chunks that stay in cache while every tap's tiles pass.
+ *   dX and the forward: the weights are A ([16 out channels][4 KB in
+ *     channels] per tap and chunk of KB <= 16 channel quads) and the input
+ *     (dY, or X's codes) is B in quads of channels, [quad][pixels][4], so
+ *     that a B row is 16 consecutive pixels x 4 channels and the KB rows are
+ *     the quads (a plane apart): the output tile is 16 channels x 16 pixels,
+ *     rows of pixels stored straight to NCHW. The forward reads X's
+ *     stride-phase planes (as dW); dX, a transposed convolution, is split by
+ *     output phase (ih % sh, iw % sw), each phase a stride-1 correlation of
+ *     padded dY with the taps that reach it. With 16 channels a step is K =
+ *     16 (a quarter of the tile); a layout with the taps in K would need a
+ *     transposed (channels-last) input and output.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/core/cpu.h"
+#include "runtime/kernels/int4_backward.h"
+
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define I4B_AMX 1
+#include <immintrin.h>
+#define AMX_FN __attribute__((target("amx-tile,amx-int8")))
+#else
+#define I4B_AMX 0
+#endif
+
+static _Atomic int g_amx = -1;
+static _Atomic long g_runs;
+
+long nbl_i4b_amx_runs(void) { return atomic_load(&g_runs); }
+
+int nbl_i4b_amx_supported(void) {
+  const unsigned need = NBL_CPU_AMX | NBL_CPU_AVX512F | NBL_CPU_AVX512BW | NBL_CPU_AVX512VL | NBL_CPU_AVX512DQ;
+  return I4B_AMX && (nbl_cpu_features() & need) == need;
+}
+
+void nbl_i4b_set_amx(int on) { atomic_store(&g_amx, on < 0 ? -1 : on ? 1 : 0); }
+
+int nbl_i4b_amx_on(nbl_i4b_isa isa) {
+  if (!nbl_i4b_amx_supported() || isa != NBL_I4B_AVX512) return 0;
+  const int f = atomic_load(&g_amx);
+  return f >= 0 ? f : nbl_cpu_has(NBL_CPU_AMX);
+}
+
+#if I4B_AMX
+
+typedef struct tilecfg {
+  uint8_t palette, start;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} tilecfg;
+
+/* Tiles 0..7 all 16 rows x 64 bytes. (A static object: GCC 12 drops the
+ * stores to a local one before ldtilecfg, which it does not see read them.) */
+static const tilecfg k_cfg __attribute__((aligned(64))) = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+AMX_FN static void amx_config(void) { _tile_loadconfig(&k_cfg); }
+
+#define STEP_OFF(arr, step, s) ((arr) ? (arr)[s] : (s) * (step))
+
+/* Four 16 x 16 int32 tiles c[i] = sum over steps s of A_i(s) x B_j(s):
+ * (a0, b0), (a0, b1), (a1, b0), (a1, b1). A_i(s) is the rows (lda bytes
+ * apart) from a_i + aoff[s] (or s * astep), B_j(s) the rows (ldb bytes
+ * apart) from b_j + boff[s] (or s * bstep), shapes as configured. Written
+ * to c[4][16][16]. */
+AMX_FN static void k2x2(const int8_t *a0, const int8_t *a1, int64_t lda, const int8_t *b0, const int8_t *b1,
+                        int64_t ldb, int64_t n, const int64_t *aoff, int64_t astep, const int64_t *boff, int64_t bstep,
+                        int32_t *c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < n; s++) {
+    const int64_t ao = STEP_OFF(aoff, astep, s), bo = STEP_OFF(boff, bstep, s);
+    _tile_loadd(4, a0 + ao, lda);
+    _tile_loadd(6, b0 + bo, ldb);
+    _tile_loadd(7, b1 + bo, ldb);
+    _tile_loadd(5, a1 + ao, lda);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+AMX_FN static void amx_release(void) { _tile_release(); }
+
+static void run(nbl_kctx *ctx, int64_t n, void (*fn)(void *, int64_t, int64_t), void *arg) {
+  if (n <= 0) return;
+  if (ctx) nbl_parallel_for(ctx, n, 1, fn, arg);
+  else fn(arg, 0, n);
+}
+
+/* Scratch buffers kept between calls: the planes are megabytes, and a fresh
+ * allocation of that size is fresh pages from the kernel on every call (a
+ * page fault per 4 KB: a third of the products' time in a training step). A
+ * few buffers, 64-byte aligned, under a lock; scratch_put keeps the largest. */
+#define SCRATCH_SLOTS 6
+static pthread_mutex_t g_scratch_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *g_scratch[SCRATCH_SLOTS];
+static size_t g_scratch_cap[SCRATCH_SLOTS];
+
+/* A buffer of at least n bytes (NULL: out of memory); *cap its size. */
+static void *scratch_get(size_t n, size_t *cap) {
+  n = (n + 63) & ~(size_t)63;
+  pthread_mutex_lock(&g_scratch_mu);
+  int best = -1;
+  for (int i = 0; i < SCRATCH_SLOTS; i++)
+    if (g_scratch[i] && g_scratch_cap[i] >= n && (best < 0 || g_scratch_cap[i] < g_scratch_cap[best])) best = i;
+  void *p = NULL;
+  if (best >= 0) {
+    p = g_scratch[best], *cap = g_scratch_cap[best];
+    g_scratch[best] = NULL;
+  }
+  pthread_mutex_unlock(&g_scratch_mu);
+  if (!p) p = aligned_alloc(64, n ? n : 64), *cap = n;
+  return p;
+}
+
+static void scratch_put(void *p, size_t cap) {
+  if (!p) return;
+  pthread_mutex_lock(&g_scratch_mu);
+  int slot = -1;
+  for (int i = 0; i < SCRATCH_SLOTS && slot < 0; i++)
+    if (!g_scratch[i]) slot = i;
+  if (slot < 0) { /* full: replace the smallest if this one is larger */
+    slot = 0;
+    for (int i = 1; i < SCRATCH_SLOTS; i++)
+      if (g_scratch_cap[i] < g_scratch_cap[slot]) slot = i;
+    if (g_scratch_cap[slot] >= cap) {
+      pthread_mutex_unlock(&g_scratch_mu);
+      free(p);
+      return;
+    }
+    free(g_scratch[slot]);
+  }
+  g_scratch[slot] = p, g_scratch_cap[slot] = cap;
+  pthread_mutex_unlock(&g_scratch_mu);
+}
+
+#define KSTEPS 1024 /* 64-byte k steps per int32 sum: 2^16 products */
+
+/* Packing loops: AVX-512 (AMX implies it), the loop vectorizer's full
+ * cost model (GCC; -O2's keeps short copies scalar). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), optimize("O3")))
+#else
+#define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#endif
+
+static inline __mmask32 first_n32(int64_t n) {
+  return n >= 32 ? ~(__mmask32)0 : n <= 0 ? 0 : (__mmask32)((1u << n) - 1);
+}
+
+/* dst[i] = src[i] for i < n, narrowed (|src| <= 127) */
+PACK_FN static void narrow(int8_t *restrict dst, const int16_t *restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 k = first_n32(n - i);
+    _mm256_mask_storeu_epi8(dst + i, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, src + i)));
+  }
+}
+
+/* the two planes of 32 codes: c = lo + 256 hi */
+PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
+  const __m512i l = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
+  *lo = _mm512_cvtepi16_epi8(l);
+  *hi = _mm512_cvtepi16_epi8(_mm512_srai_epi16(_mm512_sub_epi16(c, l), 8));
+}
+
+/* lo[i], hi[i] = the planes of src[i], i < n */
+PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src, int64_t n,
+                              int64_t nz) { /* and zeros in [n, nz) */
+  for (int64_t i = 0; i < nz; i += 32) {
+    const __mmask32 k = first_n32(n - i), kz = first_n32(nz - i);
+    __m256i l, h;
+    split32(_mm512_maskz_loadu_epi16(i < n ? k : 0, src + i), &l, &h);
+    _mm256_mask_storeu_epi8(lo + i, kz, l);
+    _mm256_mask_storeu_epi8(hi + i, kz, h);
+  }
+}
+
+/* The planes of four rows of codes (NULL: zeros) interleaved by pixel:
+ * lo[4 i + b], hi[4 i + b] = the planes of r[b][i], i < n */
+PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const int16_t *const r[4], int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i < 16 ? n - i : 16;
+    const __mmask32 k = first_n32(m);
+    __m128i pl[4], ph[4];
+    for (int b = 0; b < 4; b++) {
+      __m256i l, h;
+      split32(r[b] ? _mm512_maskz_loadu_epi16(k, r[b] + i) : _mm512_setzero_si512(), &l, &h);
+      pl[b] = _mm256_castsi256_si128(l);
+      ph[b] = _mm256_castsi256_si128(h);
+    }
+    const __mmask64 st = m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1);
+    for (int p = 0; p < 2; p++) {
+      const __m128i *v = p ? ph : pl;
+      const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
+      const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
+      __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
+      o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
+      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, o);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ dW */
+
+typedef struct dw_job {
+  const nbl_conv_geom *g;
+  const int8_t *xq, *bq;
+  int64_t Cp, nmb, ncb, nu, npair, LX, KP, Wq, sh, sw, pw;
+  int64_t *dw;
+  _Atomic int failed; /* a worker's scratch allocation failed */
+} dw_job;
+
+/* A's base for unit u = (tap, channel block) */
+static const int8_t *dw_unit(const dw_job *j, int64_t u) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t t = u / j->ncb, cb = u % j->ncb, kh = t / g->k[1], kw = t % g->k[1];
+  const int64_t ph = (kh % j->sh) * j->pw + kw % j->sw;
+  return j->xq + (ph * j->Cp + cb * 16) * j->LX + (kh / j->sh) * j->Wq + kw / j->sw;
+}
+
+/* dW's items [i0, i1): the pixels in chunks of DW_CHUNK steps, every item
+ * over a chunk before the next chunk (the chunk's codes stay in cache), the
+ * items' int32 tiles kept in memory between chunks and added to dW in int64
+ * every KSTEPS steps. */
+#define DW_CHUNK 32
+
+AMX_FN static void dw_chunk(const int8_t *a0, const int8_t *a1, int64_t lda, const int8_t *b0, const int8_t *b1,
+                            int64_t n, int32_t *c) {
+  _tile_loadd(0, c, 64);
+  _tile_loadd(1, c + 256, 64);
+  _tile_loadd(2, c + 512, 64);
+  _tile_loadd(3, c + 768, 64);
+  for (int64_t s = 0; s < n; s++) {
+    _tile_loadd(4, a0 + s * 64, lda);
+    _tile_loadd(6, b0 + s * 1024, 64);
+    _tile_loadd(7, b1 + s * 1024, 64);
+    _tile_loadd(5, a1 + s * 64, lda);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+static void dw_flush(dw_job *j, int64_t it, int32_t *c) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t mb = it / j->npair, u0 = 2 * (it % j->npair), u1 = u0 + 1 < j->nu ? u0 + 1 : u0;
+  for (int h = 0; h < (u1 != u0 ? 2 : 1); h++) {
+    const int64_t u = h ? u1 : u0, t = u / j->ncb, cb = u % j->ncb;
+    const int32_t *lo = c + 512 * h, *hi = lo + 256;
+    for (int64_t r = 0; r < 16 && cb * 16 + r < g->C; r++)
+      for (int64_t q = 0; q < 16 && mb * 16 + q < g->M; q++)
+        j->dw[((mb * 16 + q) * g->C + cb * 16 + r) * g->k_sz + t] +=
+            (int64_t)lo[r * 16 + q] + 256 * (int64_t)hi[r * 16 + q];
+  }
+  memset(c, 0, sizeof(int32_t) * 1024);
+}
+
+static void dw_part(void *arg, int64_t i0, int64_t i1) {
+  dw_job *j = arg;
+  int32_t *acc = aligned_alloc(64, sizeof(int32_t) * 1024 * (size_t)(i1 - i0));
+  const int8_t **a = malloc(sizeof(*a) * 2 * (size_t)(i1 - i0));
+  if (!acc || !a) {
+    free(acc);
+    free(a);
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  memset(acc, 0, sizeof(int32_t) * 1024 * (size_t)(i1 - i0));
+  for (int64_t it = i0; it < i1; it++) {
+    const int64_t u0 = 2 * (it % j->npair), u1 = u0 + 1 < j->nu ? u0 + 1 : u0;
+    a[2 * (it - i0)] = dw_unit(j, u0);
+    a[2 * (it - i0) + 1] = dw_unit(j, u1);
+  }
+  amx_config();
+  const int64_t nsteps = j->KP / 64;
+  for (int64_t s0 = 0; s0 < nsteps; s0 += DW_CHUNK) {
+    const int64_t ns = nsteps - s0 < DW_CHUNK ? nsteps - s0 : DW_CHUNK;
+    for (int64_t it = i0; it < i1; it++) {
+      const int64_t mb = it / j->npair;
+      const int8_t *blo = j->bq + mb * (j->KP * 16) + s0 * 1024, *bhi = blo + j->nmb * (j->KP * 16);
+      dw_chunk(a[2 * (it - i0)] + s0 * 64, a[2 * (it - i0) + 1] + s0 * 64, j->LX, blo, bhi, ns,
+               acc + 1024 * (it - i0));
+    }
+    if ((s0 + ns) % KSTEPS == 0 || s0 + ns == nsteps)
+      for (int64_t it = i0; it < i1; it++) dw_flush(j, it, acc + 1024 * (it - i0));
+  }
+  amx_release();
+  free(acc);
+  free(a);
+}
+
+/* B of dW: rows [16 m][KP] of int8 (m block mb of plane pl) into the VNNI
+ * layout [KP / 4][16][4]: a 16 x 16 transpose of 32-bit units, by gathers */
+PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32((int)KP));
+  for (int64_t q = 0; q < KP / 4; q++)
+    _mm512_store_si512(dst + q * 64, _mm512_i32gather_epi32(idx, rows + q * 4, 1));
+}
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
+  *done = 0;
+  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE ||
+      g->C < 4 || g->k[0] < g->s[0] || g->k[1] < g->s[1])
+    return NBL_OK; /* (fewer channels: mostly padding in the tiles; a kernel smaller than its stride
+                      skips pixels: the other paths, faster there) */
+  const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t sh = g->s[0], sw = g->s[1];
+  const int64_t Hp = H + g->pb[0] + g->pe[0], Wp = W + g->pb[1] + g->pe[1];
+  const int64_t Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw, Pq = Hq * Wq;
+  if (OH <= 0 || OW <= 0 || (OH - 1) * sh + g->k[0] > Hp || (OW - 1) * sw + g->k[1] > Wp) return NBL_OK;
+  const int64_t KP = (N * Pq + 63) & ~(int64_t)63, Cp = (C + 15) & ~(int64_t)15, nmb = (M + 15) / 16;
+  const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64;
+  /* the phases the taps read: rows 0 .. min(k, s) - 1, likewise columns */
+  const int64_t phh = g->k[0] < sh ? g->k[0] : sh, pw = g->k[1] < sw ? g->k[1] : sw, nph = phh * pw;
+  if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
+    return NBL_OK; /* 256 MB: leave it to the chunked paths */
+  const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
+  size_t cx = 0, cb = 0, cr = 0;
+  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb), *rows = scratch_get(nb, &cr);
+  if (!xq || !bq || !rows) {
+    scratch_put(xq, cx);
+    scratch_put(bq, cb);
+    scratch_put(rows, cr);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  memset(xq, 0, nxq);
+  /* X's stride-phase planes: padded row R, column Q at phase (R % sh, Q % sw),
+   * pixel n * Pq + (R / sh) * Wq + Q / sw */
+  for (int64_t ih = 0; ih < H; ih++) {
+    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * Cp * LX + (R / sh) * Wq;
+    if (R % sh >= phh) continue;
+    for (int64_t px = 0; px < pw; px++) {
+      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
+      if (iw0 >= W) continue;
+      const int64_t off = roff + px * Cp * LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t n = 0; n < N; n++) {
+          const int16_t *src = x + ((n * C + c) * H + ih) * W + iw0;
+          int8_t *d = xq + off + c * LX + n * Pq;
+          if (sw == 1) narrow(d, src, cnt);
+          else
+            for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
+        }
+    }
+  }
+  /* dY over the grid: rows [2][nmb * 16][KP] (lo planes, then hi), then VNNI */
+  const int64_t hiofs = nmb * 16 * KP;
+  for (int64_t m = 0; m < M; m++) {
+    for (int64_t n = 0; n < N; n++) {
+      int8_t *lo = rows + m * KP + n * Pq;
+      for (int64_t oh = 0; oh < OH; oh++)
+        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
+      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+    }
+    memset(rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+    memset(rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+  }
+  if (M < nmb * 16) { /* the last block's missing channels */
+    memset(rows + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
+    memset(rows + hiofs + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
+  }
+  for (int64_t b = 0; b < 2 * nmb; b++) vnni_rows(bq + b * 16 * KP, rows + b * 16 * KP, KP);
+  scratch_put(rows, cr);
+  const int64_t nu = g->k_sz * (Cp / 16);
+  dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
+              .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .pw = pw, .dw = dw64};
+  run(ctx, nmb * j.npair, dw_part, &j);
+  scratch_put(xq, cx);
+  scratch_put(bq, cb);
+  if (atomic_load(&j.failed)) return NBL_ERR_OUT_OF_MEMORY;
+  atomic_fetch_add(&g_runs, 1);
+  *done = 1;
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ dX
+ * dY in quads of channels: [Mqp][N * Hp2 * Wp2 + slack][4] (channel 4 mq + b
+ * of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
+ * the transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. With
+ * strides, dX is split by output phase (ih % sh, iw % sw): the phase's
+ * pixels (a, b), ih = a sh + py, take the taps kh = py + pb - sh dh (any
+ * integer dh), from dY's row a + dh: a stride-1 correlation of dY with the
+ * phase's taps. A tile of dX^T: [16 c][16 pixels q] (q = a * Wp2 + b over
+ * the padded width, b >= the phase's width wasted) = sum over the phase's
+ * taps and chunks of A [16 c][4 KB] x B [KB quads][16 pixels x 4] (rows S4
+ * * 4 bytes apart, from q + (dh + T) * Wp2 + dw + L). */
+
+typedef struct dx_phase {
+  int64_t py, px, Ha, Wa, nsteps;
+  int64_t *aoff, *boff;
+} dx_phase;
+
+typedef struct dx_job {
+  const nbl_conv_geom *g;
+  const int8_t *dq, *wa;
+  int64_t Wp2, Pimg, S4, PL, KB, ncb, nph, wa_cb_stride;
+  const dx_phase *ph;
+  tilecfg cfg;
+  const nbl_i4b_conv_out *out;
+} dx_job;
+
+/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase f of
+ * image n: lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64
+ * accumulators); lo NULL: zeros (a phase without taps) */
+PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
+                             const int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1], HW = H * W, sh = g->s[0], sw = g->s[1];
+  uint32_t valid = 0;
+  int32_t at[16]; /* lane r: its offset in the channel's plane */
+  int64_t a = q0 / j->Wp2, b = q0 % j->Wp2;
+  for (int r = 0; r < 16 && a < f->Ha; r++) {
+    if (b < f->Wa) {
+      valid |= 1u << r;
+      at[r] = (int32_t)((a * sh + f->py) * W + b * sw + f->px);
+    }
+    if (++b == j->Wp2) b = 0, a++;
+  }
+  if (!valid) return;
+  const int dense = sh == 1 && sw == 1; /* valid lanes land on consecutive elements */
+  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
+  const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
+  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
+    const int64_t o = (n * g->C + cb * 16 + cc) * HW;
+    if (j->out->dx) {
+      __m512 y = _mm512_setzero_ps();
+      if (lo) {
+        const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+        const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
+                                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
+        const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
+                                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
+        y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
+                               _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
+      }
+      if (dense) {
+        /* (compress in a register, then a masked store: the compressing store is microcoded) */
+        _mm512_mask_storeu_ps(j->out->dx + o + at[__builtin_ctz(valid)], packed,
+                              valid == 0xffff ? y : _mm512_maskz_compress_ps((__mmask16)valid, y));
+      } else {
+        float t[16];
+        _mm512_storeu_ps(t, y);
+        for (int r = 0; r < 16; r++)
+          if (valid >> r & 1) j->out->dx[o + at[r]] = t[r];
+      }
+    }
+    if (j->out->dx_acc)
+      for (int r = 0; r < 16; r++)
+        if (valid >> r & 1) j->out->dx_acc[o + at[r]] = lo ? (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r] : 0;
+  }
+}
+
+/* Four tiles c[i] = sum over steps of A(s) x B_i(s): one A (16 rows, lda),
+ * four B (KB rows S4 * 4 bytes apart, at b_i + boff[s]) */
+AMX_FN static void k1x4(const int8_t *a, int64_t lda, const int8_t *const b[4], int64_t ldb, int64_t n,
+                        const int64_t *aoff, const int64_t *boff, int32_t *c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < n; s++) {
+    const int64_t bo = boff[s];
+    _tile_loadd(4, a + aoff[s], lda);
+    _tile_loadd(5, b[0] + bo, ldb);
+    _tile_loadd(6, b[1] + bo, ldb);
+    _tile_dpbssd(0, 4, 5);
+    _tile_loadd(7, b[2] + bo, ldb);
+    _tile_dpbssd(1, 4, 6);
+    _tile_loadd(5, b[3] + bo, ldb);
+    _tile_dpbssd(2, 4, 7);
+    _tile_dpbssd(3, 4, 5);
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+AMX_FN static void dx_config(const tilecfg *cfg) {
+  __asm__ volatile("" : : "r"(cfg) : "memory"); /* the configuration's stores happen first */
+  _tile_loadconfig(cfg);
+}
+
+static void dx_part(void *arg, int64_t n0, int64_t n1) {
+  const dx_job *j = arg;
+  const int64_t lda = j->KB * 4, ldb = j->S4 * 4;
+  int32_t c[4 * 256] __attribute__((aligned(64)));
+  dx_config(&j->cfg);
+  for (int64_t n = n0; n < n1; n++) {
+    const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
+    for (int64_t pi = 0; pi < j->nph; pi++) {
+      const dx_phase *f = &j->ph[pi];
+      const int64_t nq = f->Ha * j->Wp2;
+      if (f->nsteps == 0) { /* no tap reaches these pixels: zeros */
+        for (int64_t q0 = 0; q0 < nq; q0 += 16)
+          for (int64_t cb = 0; cb < j->ncb; cb++) dx_store(j, f, n, q0, cb, NULL, NULL);
+      } else if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
+        for (int64_t q0 = 0; q0 < nq; q0 += 32) {
+          const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
+          k1x4(j->wa, lda, b, ldb, f->nsteps, f->aoff, f->boff, c);
+          dx_store(j, f, n, q0, 0, c, c + 256);
+          if (q0 + 16 < nq) dx_store(j, f, n, q0 + 16, 0, c + 512, c + 768);
+        }
+      } else { /* two channel blocks x (lo, hi) */
+        const int64_t wsz = j->wa_cb_stride;
+        for (int64_t q0 = 0; q0 < nq; q0 += 16)
+          for (int64_t cb = 0; cb < j->ncb; cb += 2) {
+            const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
+            k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, f->nsteps, f->aoff, 0,
+                 f->boff, 0, c);
+            dx_store(j, f, n, q0, cb, c, c + 256);
+            if (cb1 != cb) dx_store(j, f, n, q0, cb1, c + 512, c + 768);
+          }
+      }
+    }
+  }
+  amx_release();
+}
+
+/* floor division */
+static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+  *done = 0;
+  if (g->ns != 2 || g->group != 1 || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || g->d[0] != 1 || g->d[1] != 1)
+    return NBL_OK;
+  const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
+  if (KH < sh || KW < sw) return NBL_OK; /* phases without taps (1x1 stride 2): col2im is cheaper there */
+  const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
+  const int64_t ncb = (C + 15) / 16;
+  if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
+  /* dY rows a + dh for a in [0, Ha), dh = (py + pb - kh) / sh: padding T above, below up to Hp2 */
+  int64_t T = 0, Lp = 0, Hp2 = OH, Wp2 = OW;
+  for (int64_t py = 0; py < sh && py < H; py++)
+    for (int64_t kh = 0; kh < KH; kh++)
+      if ((py + g->pb[0] - kh) % sh == 0) {
+        const int64_t dh = fdiv(py + g->pb[0] - kh, sh), Ha = (H - py + sh - 1) / sh;
+        T = -dh > T ? -dh : T;
+        Hp2 = Ha + dh > Hp2 ? Ha + dh : Hp2;
+      }
+  for (int64_t px = 0; px < sw && px < W; px++)
+    for (int64_t kw = 0; kw < KW; kw++)
+      if ((px + g->pb[1] - kw) % sw == 0) {
+        const int64_t dw = fdiv(px + g->pb[1] - kw, sw), Wa = (W - px + sw - 1) / sw;
+        Lp = -dw > Lp ? -dw : Lp;
+        Wp2 = Wa + dw > Wp2 ? Wa + dw : Wp2;
+      }
+  Hp2 += T, Wp2 += Lp;
+  const int64_t Pimg = Hp2 * Wp2;
+  const int64_t S4 = N * Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
+  if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
+  const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
+  size_t cdq = 0, cwa = 0;
+  int8_t *dq = scratch_get((size_t)(2 * PL), &cdq), *wa = scratch_get(wsz, &cwa);
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(2 * KH * KW * nchunk + 1));
+  dx_phase *ph = malloc(sizeof(dx_phase) * (size_t)nph);
+  if (!dq || !wa || !offs || !ph) {
+    scratch_put(dq, cdq);
+    scratch_put(wa, cwa);
+    free(offs);
+    free(ph);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  memset(wa, 0, wsz);
+  /* each phase's steps: its taps x chunks (every tap in exactly one phase) */
+  int64_t used = 0;
+  for (int64_t py = 0; py < sh; py++)
+    for (int64_t px = 0; px < sw; px++) {
+      dx_phase *f = &ph[py * sw + px];
+      f->py = py, f->px = px, f->Ha = py < H ? (H - py + sh - 1) / sh : 0, f->Wa = px < W ? (W - px + sw - 1) / sw : 0;
+      f->aoff = offs + used, f->nsteps = 0;
+      for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++)
+          if ((py + g->pb[0] - kh) % sh == 0 && (px + g->pb[1] - kw) % sw == 0) f->nsteps += nchunk;
+      f->boff = f->aoff + f->nsteps;
+      int64_t s = 0;
+      for (int64_t kh = 0; kh < KH; kh++)
+        for (int64_t kw = 0; kw < KW; kw++) {
+          if ((py + g->pb[0] - kh) % sh != 0 || (px + g->pb[1] - kw) % sw != 0) continue;
+          const int64_t dh = fdiv(py + g->pb[0] - kh, sh), dw = fdiv(px + g->pb[1] - kw, sw);
+          for (int64_t ch = 0; ch < nchunk; ch++, s++) {
+            f->aoff[s] = ((kh * KW + kw) * nchunk + ch) * 16 * KB * 4;
+            f->boff[s] = ch * KB * S4 * 4 + ((dh + T) * Wp2 + dw + Lp) * 4;
+          }
+        }
+      used += 2 * f->nsteps;
+    }
+  /* each image's padded plane: zeros around the rows split_quad writes */
+  const int64_t R = Wp2 - Lp - OW, B = Hp2 - T - OH;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t mq = 0; mq < Mq; mq++) {
+      int8_t *img = dq + (mq * S4 + n * Pimg) * 4;
+      for (int p = 0; p < 2; p++, img += PL) {
+        memset(img, 0, (size_t)(T * Wp2 * 4));
+        memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int8_t *row = img + (oh + T) * Wp2 * 4;
+          if (Lp) memset(row, 0, (size_t)(Lp * 4));
+          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
+        }
+      }
+      for (int64_t oh = 0; oh < OH; oh++) {
+        const int16_t *r[4];
+        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+        int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + T) * Wp2 + Lp) * 4;
+        split_quad(lo, lo + PL, r, OW);
+      }
+    }
+  for (int p = 0; p < 2; p++) { /* the slack past the images, the padding quads */
+    for (int64_t mq = 0; mq < Mq; mq++) memset(dq + p * PL + (mq * S4 + N * Pimg) * 4, 0, (size_t)((S4 - N * Pimg) * 4));
+    if (Mqp > Mq) memset(dq + p * PL + Mq * S4 * 4, 0, (size_t)((Mqp - Mq) * S4 * 4));
+  }
+  /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
+  for (int64_t cb = 0; cb < ncb; cb++)
+    for (int64_t t = 0; t < KH * KW; t++)
+      for (int64_t ch = 0; ch < nchunk; ch++) {
+        int8_t *a = wa + ((cb * KH * KW + t) * nchunk + ch) * 16 * KB * 4;
+        for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++)
+          for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < M; e++)
+            a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + t];
+      }
+  dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
+              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out};
+  j.cfg.palette = 1;
+  for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
+  /* A: 16 rows of 4 KB bytes; B: KB rows of 64 (k1x4: tile 4 A, 5-7 B; k2x2: 4-5 A, 6-7 B) */
+  j.cfg.colsb[4] = (uint16_t)(KB * 4), j.cfg.rows[4] = 16;
+  j.cfg.colsb[5] = (uint16_t)(j.ncb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(j.ncb == 1 ? KB : 16);
+  for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
+  run(ctx, N, dx_part, &j);
+  scratch_put(dq, cdq);
+  scratch_put(wa, cwa);
+  free(offs);
+  free(ph);
+  atomic_fetch_add(&g_runs, 1);
+  *done = 1;
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ the forward Conv
+ * y = fl(sx sw) * acc + bias, acc = sum cx * cw over the taps: x's codes
+ * (recovered here from the floats, as int4_coded_conv.c does: c = rint(x /
+ * sx), sx * c == x) in quads of channels over X's stride-phase planes,
+ * [Cq][phase][N * Hq * Wq + slack][4] (padded pixel (R, Q) at phase (R % sh,
+ * Q % sw), pixel (R / sh) * Wq + Q / sw); outputs over the phase grid, q =
+ * oh * Wq + ow (ow >= OW wasted); tap (kh, kw) reads its phase from q + (kh
+ * / sh) * Wq + kw / sw. A tile of Y^T: [16 m][16 q] = sum over taps and
+ * chunks of A [16 m][4 KB c] (weights) x B [KB quads][16 pixels x 4]. The
+ * codes must be -128..127 (s8; other codes: the VNNI path). */
+
+typedef struct fw_job {
+  const nbl_conv_geom *g;
+  const float *x;
+  float sx, sc;
+  const float *bias;
+  float *y;
+  int32_t *acc;
+  int8_t *xq;
+  const int8_t *wa;
+  int64_t Cq, Hq, Wq, Pq, PS, nph, pw, phh, KB, nmb, nsteps, wstride;
+  const int64_t *aoff, *boff;
+  tilecfg cfg;
+  _Atomic int bad; /* a value off the grid or a code past -128..127 */
+} fw_job;
+
+/* The codes of four rows of floats (r[b] NULL: zeros), n pixels, as quads
+ * of bytes: with sw == 1 to d0 (pixel i at 4 i); with sw == 2, the even
+ * pixels to d0 and the odd ones to d1, each at 4 (i / 2) (NULL: not
+ * stored). Returns 1 when a value is off the grid or its code past
+ * -128..127. */
+PACK_FN static int codes_quad(int8_t *d0, int8_t *d1, int64_t sw, const float *const r[4], int64_t n, float sx) {
+  const __m512 vinv = _mm512_set1_ps(1.0f / sx), vs = _mm512_set1_ps(sx), lim = _mm512_set1_ps(127.0f);
+  const __m512 nlim = _mm512_set1_ps(-128.0f);
+  const __m128i sel = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15); /* even lanes first */
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i < 16 ? n - i : 16;
+    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
+    __m128i v[4];
+    for (int b = 0; b < 4; b++) {
+      const __m512 f = r[b] ? _mm512_maskz_loadu_ps(k, r[b] + i) : _mm512_setzero_ps();
+      const __m512 c = _mm512_roundscale_ps(_mm512_mul_ps(f, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      bad |= _mm512_mask_cmp_ps_mask(k, _mm512_mul_ps(vs, c), f, _CMP_NEQ_UQ);
+      bad |= _mm512_mask_cmp_ps_mask(k, c, lim, _CMP_GT_OQ) | _mm512_mask_cmp_ps_mask(k, c, nlim, _CMP_LT_OQ);
+      v[b] = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c));
+      if (sw == 2) v[b] = _mm_shuffle_epi8(v[b], sel);
+    }
+    const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
+    const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
+    __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
+    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
+    o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
+    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
+    if (sw == 1) {
+      _mm512_mask_storeu_epi8(d0 + 4 * i, m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1), o);
+    } else { /* first half: the (m + 1) / 2 even pixels, second: the odd ones */
+      const int64_t m0 = (m + 1) / 2, m1 = m / 2;
+      if (d0)
+        _mm256_mask_storeu_epi8(d0 + 2 * i, (__mmask32)(m0 >= 8 ? 0xffffffffu : (1u << (4 * m0)) - 1),
+                                _mm512_castsi512_si256(o));
+      if (d1 && m1)
+        _mm256_mask_storeu_epi8(d1 + 2 * i, (__mmask32)(m1 >= 8 ? 0xffffffffu : (1u << (4 * m1)) - 1),
+                                _mm512_extracti64x4_epi64(o, 1));
+    }
+  }
+  return bad != 0;
+}
+
+/* the tiles of Y^T for m block mb, outputs [q0, q0 + 16) of image n */
+PACK_FN static void fw_store(const fw_job *j, int64_t n, int64_t q0, int64_t mb, const int32_t *t) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t OH = g->out[0], OW = g->out[1], P = g->out_sz;
+  uint32_t valid = 0;
+  int64_t first = -1, oh = q0 / j->Wq, ow = q0 % j->Wq;
+  for (int r = 0; r < 16 && oh < OH; r++) {
+    if (ow < OW) {
+      valid |= 1u << r;
+      if (first < 0) first = oh * OW + ow;
+    }
+    if (++ow == j->Wq) ow = 0, oh++;
+  }
+  if (!valid) return;
+  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
+  const __m512 vs = _mm512_set1_ps(j->sc);
+  for (int64_t mm = 0; mm < 16 && mb * 16 + mm < g->M; mm++) {
+    const int64_t m = mb * 16 + mm, o = (n * g->M + m) * P + first;
+    const __m512i a = _mm512_load_si512(t + mm * 16);
+    if (j->y) {
+      const __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vs),
+                                     _mm512_set1_ps(j->bias ? j->bias[m] : 0.0f));
+      _mm512_mask_storeu_ps(j->y + o, packed, valid == 0xffff ? f : _mm512_maskz_compress_ps((__mmask16)valid, f));
+    }
+    if (j->acc)
+      _mm512_mask_storeu_epi32(j->acc + o, packed, valid == 0xffff ? a : _mm512_maskz_compress_epi32((__mmask16)valid, a));
+  }
+}
+
+/* Image n's codes into its part of the planes (zeros around). 0, or 1 off
+ * the grid. */
+static int fw_pack(fw_job *j, int64_t n) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1];
+  for (int64_t cq = 0; cq < j->Cq; cq++)
+    for (int64_t ph = 0; ph < j->nph; ph++) memset(j->xq + ((cq * j->nph + ph) * j->PS + n * j->Pq) * 4, 0, (size_t)(4 * j->Pq));
+  for (int64_t cq = 0; cq < j->Cq; cq++)
+    for (int64_t ih = 0; ih < H; ih++) {
+      const int64_t R = ih + g->pb[0];
+      if (R % sh >= j->phh) continue;
+      const float *r[4];
+      for (int b = 0; b < 4; b++) r[b] = 4 * cq + b < C ? j->x + ((n * C + 4 * cq + b) * H + ih) * W : NULL;
+      int8_t *base = j->xq + ((cq * j->nph + (R % sh) * j->pw) * j->PS + n * j->Pq + (R / sh) * j->Wq) * 4;
+      int bad;
+      if (sw == 1) {
+        bad = codes_quad(base + g->pb[1] * 4, NULL, 1, r, W, j->sx);
+      } else { /* column Q = iw + pb: phase Q % 2 at Q / 2 */
+        const int64_t a = g->pb[1] / 2;
+        int8_t *p0 = base + a * 4, *p1 = j->pw > 1 ? base + (j->PS + a) * 4 : NULL;
+        bad = g->pb[1] % 2 == 0 ? codes_quad(p0, p1, 2, r, W, j->sx)
+                                : codes_quad(p1, p0 + 4, 2, r, W, j->sx); /* even iw: phase 1; odd: phase 0, a + 1 */
+      }
+      if (bad) return 1;
+    }
+  return 0;
+}
+
+static void fw_part(void *arg, int64_t n0, int64_t n1) {
+  fw_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t lda = j->KB * 4, ldb = j->nph * j->PS * 4, nq = g->out[0] * j->Wq;
+  int32_t c[4 * 256] __attribute__((aligned(64)));
+  dx_config(&j->cfg);
+  for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
+    if (fw_pack(j, n)) {
+      atomic_store(&j->bad, 1);
+      break;
+    }
+    const int8_t *xb = j->xq + n * j->Pq * 4;
+    if (j->nmb == 1)
+      for (int64_t q0 = 0; q0 < nq; q0 += 64) {
+        const int8_t *b[4] = {xb + q0 * 4, xb + (q0 + 16) * 4, xb + (q0 + 32) * 4, xb + (q0 + 48) * 4};
+        k1x4(j->wa, lda, b, ldb, j->nsteps, j->aoff, j->boff, c);
+        for (int h = 0; h < 4 && q0 + 16 * h < nq; h++) fw_store(j, n, q0 + 16 * h, 0, c + 256 * h);
+      }
+    else
+      for (int64_t q0 = 0; q0 < nq; q0 += 32)
+        for (int64_t mb = 0; mb < j->nmb; mb += 2) {
+          const int64_t mb1 = mb + 1 < j->nmb ? mb + 1 : mb;
+          k2x2(j->wa + mb * j->wstride, j->wa + mb1 * j->wstride, lda, xb + q0 * 4, xb + (q0 + 16) * 4, ldb,
+               j->nsteps, j->aoff, 0, j->boff, 0, c);
+          fw_store(j, n, q0, mb, c);
+          if (q0 + 16 < nq) fw_store(j, n, q0 + 16, mb, c + 256);
+          if (mb1 != mb) {
+            fw_store(j, n, q0, mb1, c + 512);
+            if (q0 + 16 < nq) fw_store(j, n, q0 + 16, mb1, c + 768);
+          }
+        }
+  }
+  amx_release();
+}
+
+nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
+  *done = 0;
+  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || g->C < 4 || g->s[1] > 2) return NBL_OK;
+  const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  if (N <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0 || !(sx > 0.0f)) return NBL_OK;
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1];
+  const int64_t Hp = H + g->pb[0] + g->pe[0], Wp = W + g->pb[1] + g->pe[1];
+  if ((OH - 1) * sh + KH > Hp || (OW - 1) * sw + KW > Wp) return NBL_OK;
+  const int64_t Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw, Pq = Hq * Wq;
+  const int64_t phh = KH < sh ? KH : sh, pw = KW < sw ? KW : sw, nph = phh * pw;
+  const int64_t Cq = (C + 3) / 4, KB = Cq < 16 ? Cq : 16, nchunk = (Cq + KB - 1) / KB, Cqp = nchunk * KB;
+  const int64_t nmb = (M + 15) / 16, nsteps = KH * KW * nchunk;
+  if (nsteps * KB * 4 * 128 * 128 > (int64_t)INT32_MAX) return NBL_OK; /* int32 sums */
+  const int64_t PS = N * Pq + ((KH - 1) / sh + 2) * Wq + 64 + KW; /* slack: reads past the last image */
+  if ((double)Cqp * (double)nph * (double)PS * 4.0 > (double)(1 << 28)) return NBL_OK;
+  const int64_t wstride = nsteps * 16 * KB * 4;
+  size_t cxq = 0, cwa = 0;
+  int8_t *xq = scratch_get((size_t)(Cqp * nph * PS * 4), &cxq), *wa = scratch_get((size_t)(nmb * wstride), &cwa);
+  int64_t *aoff = malloc(sizeof(int64_t) * (size_t)(2 * nsteps));
+  if (!xq || !wa || !aoff) {
+    scratch_put(xq, cxq);
+    scratch_put(wa, cwa);
+    free(aoff);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  int64_t *boff = aoff + nsteps;
+  /* the slack past each plane's images, and the planes of the padding quads
+   * (Cq .. Cqp), stay zero; each image's part is written by fw_pack */
+  for (int64_t p = 0; p < Cqp * nph; p++) memset(xq + (p * PS + N * Pq) * 4, 0, (size_t)((PS - N * Pq) * 4));
+  if (Cqp > Cq) memset(xq + Cq * nph * PS * 4, 0, (size_t)((Cqp - Cq) * nph * PS * 4));
+  memset(wa, 0, (size_t)(nmb * wstride));
+  for (int64_t kh = 0; kh < KH; kh++)
+    for (int64_t kw = 0; kw < KW; kw++)
+      for (int64_t ch = 0; ch < nchunk; ch++) {
+        const int64_t s = (kh * KW + kw) * nchunk + ch;
+        aoff[s] = s * 16 * KB * 4;
+        boff[s] = ((ch * KB * nph + (kh % sh) * pw + kw % sw) * PS + (kh / sh) * Wq + kw / sw) * 4;
+      }
+  for (int64_t mb = 0; mb < nmb; mb++)
+    for (int64_t t = 0; t < KH * KW; t++)
+      for (int64_t ch = 0; ch < nchunk; ch++) {
+        int8_t *a = wa + mb * wstride + (t * nchunk + ch) * 16 * KB * 4;
+        for (int64_t mm = 0; mm < 16 && mb * 16 + mm < M; mm++)
+          for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < C; e++)
+            a[mm * KB * 4 + e] = w8[((mb * 16 + mm) * C + ch * KB * 4 + e) * KH * KW + t];
+      }
+  fw_job j = {.g = g, .x = x, .sx = sx, .sc = sc, .bias = bias, .y = y, .acc = acc, .xq = xq, .wa = wa, .Cq = Cq,
+              .Hq = Hq, .Wq = Wq, .Pq = Pq, .PS = PS, .nph = nph, .pw = pw, .phh = phh, .KB = KB, .nmb = nmb,
+              .nsteps = nsteps, .wstride = wstride, .aoff = aoff, .boff = boff};
+  j.cfg.palette = 1;
+  for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
+  j.cfg.colsb[4] = (uint16_t)(KB * 4), j.cfg.rows[4] = 16;
+  j.cfg.colsb[5] = (uint16_t)(nmb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(nmb == 1 ? KB : 16);
+  for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
+  run(ctx, N, fw_part, &j);
+  scratch_put(xq, cxq);
+  scratch_put(wa, cwa);
+  free(aoff);
+  if (atomic_load(&j.bad)) return NBL_OK; /* the other path decides (off the grid, or wider codes) */
+  atomic_fetch_add(&g_runs, 1);
+  *done = 1;
+  return NBL_OK;
+}
+
+#else /* no AMX: the callers take the other paths */
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)x, (void)x_max, (void)dw64;
+  *done = 0;
+  return NBL_OK;
+}
+
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
+                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)w, (void)w_max, (void)out;
+  *done = 0;
+  return NBL_OK;
+}
+
+nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
+  (void)ctx, (void)g, (void)x, (void)sx, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
+  *done = 0;
+  return NBL_OK;
+}
+
+#endif
