@@ -474,7 +474,9 @@ static void conv_case(const ccase *c) {
   nbl_i4b_set_amx(-1);
   nbl_kdebug_reset();
 
-  /* 2. the op against the float reference ConvGrad on the dequantized operands */
+  /* 2. the op (a session of two threads: the packing sweeps and tiles split
+   * between them) against the float reference ConvGrad on the dequantized
+   * operands */
   attr a[8];
   conv_attrs(c, a);
   tens in[6] = {dy, x, w, t_scalar(NBL_DT_FLOAT, sx), t_scalar(NBL_DT_FLOAT, sw), NONE};
