@@ -358,12 +358,16 @@ typedef struct dwp_job {
   int64_t Cp, LX, Wq, Pq, Hq, KP, nmb, phh, pw, nvc;
 } dwp_job;
 
-/* X's stride-phase planes, channels [c0, c1): padded row R, column Q at
- * phase (R % sh, Q % sw), pixel n * Pq + (R / sh) * Wq + Q / sw */
+/* X's stride-phase planes, channels [c0, c1) of the Cp (past C: zeros):
+ * padded row R, column Q at phase (R % sh, Q % sw), pixel n * Pq + (R / sh)
+ * * Wq + Q / sw */
 static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
   const dwp_job *j = arg;
   const nbl_conv_geom *g = j->g;
   const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pw = j->pw;
+  for (int64_t ph = 0; ph < j->phh * pw; ph++)
+    memset(j->xq + (ph * j->Cp + c0) * j->LX, 0, (size_t)((c1 - c0) * j->LX));
+  if (c1 > C) c1 = C;
   for (int64_t ih = 0; ih < H; ih++) {
     const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * j->Cp * j->LX + (R / sh) * j->Wq;
     if (R % sh >= j->phh) continue;
@@ -446,12 +450,11 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
     scratch_put(rows, cr);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  memset(xq, 0, nxq);
   /* the packing sweeps on ctx's threads: X's planes by channels, dY's rows
    * by channels, the VNNI layout by blocks of 16 channels x VN_CHUNK rows */
   dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .rows = rows, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
                 .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK};
-  run(ctx, C, dwp_x_part, &pj);
+  run(ctx, Cp, dwp_x_part, &pj);
   run(ctx, nmb * 16, dwp_dy_part, &pj);
   run(ctx, 2 * nmb * pj.nvc, dwp_vnni_part, &pj);
   scratch_put(rows, cr);
