@@ -198,6 +198,15 @@ PACK_FN static void narrow(int8_t *restrict dst, const int16_t *restrict src, in
   }
 }
 
+/* dst[i] = src[2 i] for i < n, narrowed (|src| <= 127): the low bytes of
+ * the 32-bit pairs */
+PACK_FN static void narrow2(int8_t *restrict dst, const int16_t *restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512i v = _mm512_maskz_loadu_epi16(first_n32(2 * (n - i) - 1), src + 2 * i);
+    _mm_mask_storeu_epi8(dst + i, (__mmask16)first_n32(n - i), _mm512_cvtepi32_epi8(v));
+  }
+}
+
 /* the two planes of 32 codes: c = lo + 256 hi */
 PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
   const __m512i l = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
@@ -380,6 +389,7 @@ static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
           const int16_t *src = j->x + ((n * C + c) * H + ih) * W + iw0;
           int8_t *d = j->xq + off + c * j->LX + n * j->Pq;
           if (sw == 1) narrow(d, src, cnt);
+          else if (sw == 2) narrow2(d, src, cnt);
           else
             for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
         }
