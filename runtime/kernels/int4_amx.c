@@ -198,6 +198,15 @@ PACK_FN static void narrow(int8_t *restrict dst, const int16_t *restrict src, in
   }
 }
 
+/* dst[i] = src[2 i] for i < n, narrowed (|src| <= 127): the low bytes of
+ * the 32-bit pairs */
+PACK_FN static void narrow2(int8_t *restrict dst, const int16_t *restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512i v = _mm512_maskz_loadu_epi16(first_n32(2 * (n - i) - 1), src + 2 * i);
+    _mm_mask_storeu_epi8(dst + i, (__mmask16)first_n32(n - i), _mm512_cvtepi32_epi8(v));
+  }
+}
+
 /* the two planes of 32 codes: c = lo + 256 hi */
 PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
   const __m512i l = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
@@ -339,12 +348,89 @@ static void dw_part(void *arg, int64_t i0, int64_t i1) {
 }
 
 /* B of dW: rows [16 m][KP] of int8 (m block mb of plane pl) into the VNNI
- * layout [KP / 4][16][4]: a 16 x 16 transpose of 32-bit units, by gathers */
-PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP) {
+ * layout [KP / 4][16][4], its first nq rows: a 16 x 16 transpose of 32-bit
+ * units, by gathers */
+PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP, int64_t nq) {
   const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                          _mm512_set1_epi32((int)KP));
-  for (int64_t q = 0; q < KP / 4; q++)
+  for (int64_t q = 0; q < nq; q++)
     _mm512_store_si512(dst + q * 64, _mm512_i32gather_epi32(idx, rows + q * 4, 1));
+}
+
+/* dW's packing sweeps (items split over threads) */
+#define VN_CHUNK 512 /* VNNI rows (of 64 bytes) per item */
+
+typedef struct dwp_job {
+  const nbl_conv_geom *g;
+  const int16_t *x, *dy;
+  int8_t *xq, *rows, *bq;
+  int64_t Cp, LX, Wq, Pq, Hq, KP, nmb, phh, pw, nvc;
+} dwp_job;
+
+/* X's stride-phase planes, channels [c0, c1) of the Cp (past C: zeros):
+ * padded row R, column Q at phase (R % sh, Q % sw), pixel n * Pq + (R / sh)
+ * * Wq + Q / sw */
+static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
+  const dwp_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pw = j->pw;
+  for (int64_t ph = 0; ph < j->phh * pw; ph++)
+    memset(j->xq + (ph * j->Cp + c0) * j->LX, 0, (size_t)((c1 - c0) * j->LX));
+  if (c1 > C) c1 = C;
+  for (int64_t ih = 0; ih < H; ih++) {
+    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * j->Cp * j->LX + (R / sh) * j->Wq;
+    if (R % sh >= j->phh) continue;
+    for (int64_t px = 0; px < pw; px++) {
+      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
+      if (iw0 >= W) continue;
+      const int64_t off = roff + px * j->Cp * j->LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
+      for (int64_t c = c0; c < c1; c++)
+        for (int64_t n = 0; n < N; n++) {
+          const int16_t *src = j->x + ((n * C + c) * H + ih) * W + iw0;
+          int8_t *d = j->xq + off + c * j->LX + n * j->Pq;
+          if (sw == 1) narrow(d, src, cnt);
+          else if (sw == 2) narrow2(d, src, cnt);
+          else
+            for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
+        }
+    }
+  }
+}
+
+/* dY over the grid, channels [m0, m1) of the nmb * 16 (past M: zeros): rows
+ * [2][nmb * 16][KP] (lo planes, then hi) */
+static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
+  const dwp_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq, Hq = j->Hq;
+  const int64_t hiofs = j->nmb * 16 * KP;
+  for (int64_t m = m0; m < m1; m++) {
+    if (m >= M) { /* the last block's missing channels */
+      memset(j->rows + m * KP, 0, (size_t)KP);
+      memset(j->rows + hiofs + m * KP, 0, (size_t)KP);
+      continue;
+    }
+    for (int64_t n = 0; n < N; n++) {
+      int8_t *lo = j->rows + m * KP + n * Pq;
+      for (int64_t oh = 0; oh < OH; oh++)
+        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
+      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
+    }
+    memset(j->rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+    memset(j->rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
+  }
+}
+
+/* the VNNI layout of items [i0, i1): (block b of 16 rows, chunk of VN_CHUNK
+ * VNNI rows) */
+static void dwp_vnni_part(void *arg, int64_t i0, int64_t i1) {
+  const dwp_job *j = arg;
+  for (int64_t it = i0; it < i1; it++) {
+    const int64_t b = it / j->nvc, q0 = (it % j->nvc) * VN_CHUNK;
+    const int64_t nq = j->KP / 4 - q0 < VN_CHUNK ? j->KP / 4 - q0 : VN_CHUNK;
+    vnni_rows(j->bq + b * 16 * j->KP + q0 * 64, j->rows + b * 16 * j->KP + q0 * 4, j->KP, nq);
+  }
 }
 
 nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
@@ -374,44 +460,13 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
     scratch_put(rows, cr);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  memset(xq, 0, nxq);
-  /* X's stride-phase planes: padded row R, column Q at phase (R % sh, Q % sw),
-   * pixel n * Pq + (R / sh) * Wq + Q / sw */
-  for (int64_t ih = 0; ih < H; ih++) {
-    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * Cp * LX + (R / sh) * Wq;
-    if (R % sh >= phh) continue;
-    for (int64_t px = 0; px < pw; px++) {
-      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
-      if (iw0 >= W) continue;
-      const int64_t off = roff + px * Cp * LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
-      for (int64_t c = 0; c < C; c++)
-        for (int64_t n = 0; n < N; n++) {
-          const int16_t *src = x + ((n * C + c) * H + ih) * W + iw0;
-          int8_t *d = xq + off + c * LX + n * Pq;
-          if (sw == 1) narrow(d, src, cnt);
-          else
-            for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
-        }
-    }
-  }
-  /* dY over the grid: rows [2][nmb * 16][KP] (lo planes, then hi), then VNNI */
-  const int64_t hiofs = nmb * 16 * KP;
-  for (int64_t m = 0; m < M; m++) {
-    for (int64_t n = 0; n < N; n++) {
-      int8_t *lo = rows + m * KP + n * Pq;
-      for (int64_t oh = 0; oh < OH; oh++)
-        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
-      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-    }
-    memset(rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-    memset(rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-  }
-  if (M < nmb * 16) { /* the last block's missing channels */
-    memset(rows + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
-    memset(rows + hiofs + M * KP, 0, (size_t)((nmb * 16 - M) * KP));
-  }
-  for (int64_t b = 0; b < 2 * nmb; b++) vnni_rows(bq + b * 16 * KP, rows + b * 16 * KP, KP);
+  /* the packing sweeps on ctx's threads: X's planes by channels, dY's rows
+   * by channels, the VNNI layout by blocks of 16 channels x VN_CHUNK rows */
+  dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .rows = rows, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
+                .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK};
+  run(ctx, Cp, dwp_x_part, &pj);
+  run(ctx, nmb * 16, dwp_dy_part, &pj);
+  run(ctx, 2 * nmb * pj.nvc, dwp_vnni_part, &pj);
   scratch_put(rows, cr);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
@@ -572,6 +627,40 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
 /* floor division */
 static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+/* dY's padded quad planes of images [n0, n1): zeros around the rows
+ * split_quad writes */
+typedef struct dxq_job {
+  const nbl_conv_geom *g;
+  const int16_t *dy;
+  int8_t *dq;
+  int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
+} dxq_job;
+
+static void dxq_part(void *arg, int64_t n0, int64_t n1) {
+  const dxq_job *j = arg;
+  const int64_t M = j->g->M, OH = j->g->out[0], OW = j->g->out[1], Wp2 = j->Wp2, T = j->T, Lp = j->Lp;
+  const int64_t R = Wp2 - Lp - OW, B = j->Hp2 - T - OH;
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t mq = 0; mq < j->Mq; mq++) {
+      int8_t *img = j->dq + (mq * j->S4 + n * j->Pimg) * 4;
+      for (int p = 0; p < 2; p++, img += j->PL) {
+        memset(img, 0, (size_t)(T * Wp2 * 4));
+        memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
+        for (int64_t oh = 0; oh < OH; oh++) {
+          int8_t *row = img + (oh + T) * Wp2 * 4;
+          if (Lp) memset(row, 0, (size_t)(Lp * 4));
+          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
+        }
+      }
+      for (int64_t oh = 0; oh < OH; oh++) {
+        const int16_t *r[4];
+        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+        int8_t *lo = j->dq + (mq * j->S4 + n * j->Pimg + (oh + T) * Wp2 + Lp) * 4;
+        split_quad(lo, lo + j->PL, r, OW);
+      }
+    }
+}
+
 nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
@@ -640,27 +729,10 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
         }
       used += 2 * f->nsteps;
     }
-  /* each image's padded plane: zeros around the rows split_quad writes */
-  const int64_t R = Wp2 - Lp - OW, B = Hp2 - T - OH;
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t mq = 0; mq < Mq; mq++) {
-      int8_t *img = dq + (mq * S4 + n * Pimg) * 4;
-      for (int p = 0; p < 2; p++, img += PL) {
-        memset(img, 0, (size_t)(T * Wp2 * 4));
-        memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
-        for (int64_t oh = 0; oh < OH; oh++) {
-          int8_t *row = img + (oh + T) * Wp2 * 4;
-          if (Lp) memset(row, 0, (size_t)(Lp * 4));
-          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
-        }
-      }
-      for (int64_t oh = 0; oh < OH; oh++) {
-        const int16_t *r[4];
-        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-        int8_t *lo = dq + (mq * S4 + n * Pimg + (oh + T) * Wp2 + Lp) * 4;
-        split_quad(lo, lo + PL, r, OW);
-      }
-    }
+  /* each image's padded planes, images split over ctx's threads */
+  dxq_job qj = {.g = g, .dy = dy, .dq = dq, .Mq = Mq, .S4 = S4, .Pimg = Pimg, .PL = PL, .Wp2 = Wp2, .T = T, .Lp = Lp,
+                .Hp2 = Hp2};
+  run(ctx, N, dxq_part, &qj);
   for (int p = 0; p < 2; p++) { /* the slack past the images, the padding quads */
     for (int64_t mq = 0; mq < Mq; mq++) memset(dq + p * PL + (mq * S4 + N * Pimg) * 4, 0, (size_t)((S4 - N * Pimg) * 4));
     if (Mqp > Mq) memset(dq + p * PL + Mq * S4 * 4, 0, (size_t)((Mqp - Mq) * S4 * 4));

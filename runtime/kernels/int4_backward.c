@@ -125,6 +125,49 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t pow2_scan_512(const f
   return i;
 }
 
+/* pow2_scan_512 that also writes each element's sign and biased exponent
+ * to q (+-e, 0 for a zero): one sweep over the floats, the codes then made
+ * from q in place by pow2_exp_codes_512 (q stays in cache, x is read once) */
+__attribute__((target("avx512f,avx512bw"))) static int64_t pow2_scan_exp_512(const float *x, int64_t i0, int64_t n,
+                                                                              uint32_t mant, uint32_t *emin,
+                                                                              uint32_t *emax, uint32_t *bad,
+                                                                              int16_t *q) {
+  const __m512i vabs = _mm512_set1_epi32(0x7fffffff), vm = _mm512_set1_epi32(0x7fffff),
+                vmant = _mm512_set1_epi32((int)mant), v255 = _mm512_set1_epi32(255), z = _mm512_setzero_si512();
+  __m512i lo = _mm512_set1_epi32((int)*emin), hi = _mm512_set1_epi32((int)*emax);
+  __mmask16 b = 0;
+  int64_t i = i0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i v = _mm512_loadu_si512(x + i), a = _mm512_and_si512(v, vabs), e = _mm512_srli_epi32(a, 23);
+    const __mmask16 nz = _mm512_cmpneq_epi32_mask(a, z), neg = _mm512_cmplt_epi32_mask(v, z);
+    b |= nz & (_mm512_cmpneq_epi32_mask(_mm512_and_si512(a, vm), vmant) | _mm512_cmpeq_epi32_mask(e, z) |
+               _mm512_cmpeq_epi32_mask(e, v255));
+    lo = _mm512_mask_min_epu32(lo, nz, lo, e);
+    hi = _mm512_mask_max_epu32(hi, nz, hi, e);
+    const __m512i t = _mm512_mask_sub_epi32(_mm512_maskz_mov_epi32(nz, e), neg & nz, z, e);
+    _mm256_storeu_si256((__m256i *)(q + i), _mm512_cvtepi32_epi16(t));
+  }
+  *emin = _mm512_reduce_min_epu32(lo);
+  *emax = _mm512_reduce_max_epu32(hi);
+  *bad |= b != 0;
+  return i;
+}
+
+/* q[i] = +-e (pow2_scan_exp_512) -> the code +-2^(e - emin), i in [i0, n);
+ * every e of a valid grid is in [emin, emin + 14] */
+__attribute__((target("avx512f,avx512bw"))) static void pow2_exp_codes_512(int16_t *q, int64_t i0, int64_t n,
+                                                                           uint32_t emin) {
+  const __m512i one = _mm512_set1_epi16(1), ve = _mm512_set1_epi16((short)emin), z = _mm512_setzero_si512();
+  for (int64_t i = i0; i < n; i += 32) {
+    const __mmask32 k = n - i >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (n - i)) - 1);
+    const __m512i t = _mm512_maskz_loadu_epi16(k, q + i);
+    const __mmask32 nz = _mm512_cmpneq_epi16_mask(t, z), neg = _mm512_cmplt_epi16_mask(t, z);
+    __m512i c = _mm512_maskz_sllv_epi16(nz, one, _mm512_sub_epi16(_mm512_abs_epi16(t), ve));
+    c = _mm512_mask_sub_epi16(c, neg, z, c);
+    _mm512_mask_storeu_epi16(q + i, k, c);
+  }
+}
+
 __attribute__((target("avx512f,avx512bw"))) static int64_t pow2_codes_512(const float *x, int64_t i0, int64_t n,
                                                                            uint32_t emin, int16_t *q) {
   const __m512i vabs = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1),
@@ -251,9 +294,10 @@ int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, n
   }
   const uint32_t mant = b & 0x7fffffu;
   uint32_t emin = 255, emax = 0, bad = 0;
-  int64_t i = i0;
+  int64_t i = i0, iexp = i0; /* q[i0, iexp): +-exponents from the scan */
 #if I4B_X86
-  if (isa == NBL_I4B_AVX512) i = pow2_scan_512(x, i0, n, mant, &emin, &emax, &bad);
+  if (isa == NBL_I4B_AVX512 && q) i = iexp = pow2_scan_exp_512(x, i0, n, mant, &emin, &emax, &bad, q);
+  else if (isa == NBL_I4B_AVX512) i = pow2_scan_512(x, i0, n, mant, &emin, &emax, &bad);
   else if (isa == NBL_I4B_AVX2) i = pow2_scan_256(x, i0, n, mant, &emin, &emax, &bad);
 #endif
   pow2_scan_c(x, i, n, mant, &emin, &emax, &bad);
@@ -265,7 +309,8 @@ int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, n
     if (i0 > 0) memset(q, 0, sizeof(int16_t) * (size_t)i0);
     i = i0;
 #if I4B_X86
-    if (isa == NBL_I4B_AVX512) i = pow2_codes_512(x, i0, n, emin, q);
+    if (iexp > i0) pow2_exp_codes_512(q, i0, iexp, emin), i = iexp;
+    else if (isa == NBL_I4B_AVX512) i = pow2_codes_512(x, i0, n, emin, q);
     else if (isa == NBL_I4B_AVX2) i = pow2_codes_256(x, i0, n, emin, q);
 #endif
     pow2_codes_c(x, i, n, emin, q);

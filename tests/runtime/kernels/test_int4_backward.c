@@ -474,7 +474,9 @@ static void conv_case(const ccase *c) {
   nbl_i4b_set_amx(-1);
   nbl_kdebug_reset();
 
-  /* 2. the op against the float reference ConvGrad on the dequantized operands */
+  /* 2. the op (a session of two threads: the packing sweeps and tiles split
+   * between them) against the float reference ConvGrad on the dequantized
+   * operands */
   attr a[8];
   conv_attrs(c, a);
   tens in[6] = {dy, x, w, t_scalar(NBL_DT_FLOAT, sx), t_scalar(NBL_DT_FLOAT, sw), NONE};
@@ -491,10 +493,12 @@ static void conv_case(const ccase *c) {
   for (int v = 0; v < ni + amx_ok; v++) { /* the last: AVX-512 with the AMX tiles */
     nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
     nbl_i4b_set_amx(v == ni);
-    long runs = nbl_i4b_integer_runs();
+    long runs = nbl_i4b_integer_runs(), amx_runs = nbl_i4b_amx_runs();
     runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, NULL, 0);
     ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
     ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 1);
+    /* the op's AMX products: the layers the tiles take */
+    ck_assert_int_eq(nbl_i4b_amx_runs() - amx_runs, v == ni ? amx_dw + amx_dx : 0);
     static const char *const names[3] = {"dX", "dW", "dB"};
     for (int o = 0; o < 3; o++) {
       expect_close(c->what, names[o], &r->out[o], &ref->out[o], &abs_r->out[o]);
@@ -572,6 +576,12 @@ static const ccase conv_cases[] = {
      {1, 3}, SP2(1, 1), {1, 0}, {2, 1}, 4, 4, 4, 3},
     {"tile edges: 40 -> 20 channels, 3 x 2 kernel, unit strides, pads (2, 1) / (0, 1), 9 x 20", 2, 2, 40, 20, 1,
      SP2(9, 20), {3, 2}, SP2(1, 1), SP2(1, 1), {2, 1}, {0, 1}, 4, 4, 4, 3},
+    {"8-bit affine activations, 5 channels: codes past 127 (AMX declines dW: the VNNI path)", 2, 2, 5, 6, 1,
+     SP2(7, 7), SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 8, 4, 4, 3},
+    {"stride 3 with a 3 x 3 kernel, 6 channels (X's phase planes packed element by element)", 2, 2, 6, 8, 1,
+     {11, 13}, SP2(3, 3), SP2(3, 3), SP2(1, 1), {1, 0}, {0, 1}, 4, 4, 4, 3},
+    {"stride 2, 4 channels, 37 columns (phases of 19 and 18 columns: X's planes 16 columns at a time)", 2, 2, 4, 5,
+     1, {9, 37}, SP2(3, 3), SP2(2, 2), SP2(1, 1), {1, 0}, {0, 1}, 4, 4, 4, 3},
     {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
      SP2(1, 1), SP2(1, 1), 4, 8, 2, 4},
 };
@@ -679,9 +689,12 @@ END_TEST
 
 /* A LeNet-conv2-like case; variant: 0 on the grids, 1 a dY value off the
  * grid, 2 a NaN in dY, 3 X's scale wrong, 4 W_scale omitted (dX wanted),
- * 5 W_scale omitted with dX not requested (still integer). */
+ * 5 W_scale omitted with dX not requested (still integer); with 5 input
+ * channels (dW and dX on the AMX tiles where the CPU has them): 6 X's
+ * scale wrong, 7 an X value off the grid, 8 a NaN in X, 9 on the grids. */
 static void fallback_case(int variant) {
-  tens x = t_rand(NBL_DT_FLOAT, -1, 2, DIMS(2, 3, 8, 8)), w = t_rand(NBL_DT_FLOAT, -0.5, 0.5, DIMS(4, 3, 3, 3));
+  const int64_t C = variant >= 6 ? 5 : 3;
+  tens x = t_rand(NBL_DT_FLOAT, -1, 2, DIMS(2, C, 8, 8)), w = t_rand(NBL_DT_FLOAT, -0.5, 0.5, DIMS(4, C, 3, 3));
   tens dy = t_new(NBL_DT_FLOAT, DIMS(2, 4, 6, 6));
   fill_grad(&dy);
   float sx = q4_tensor(&x, 4, 1, NBL_Q4_SCALE_MAX, NULL), sw = q4_tensor(&w, 4, 0, NBL_Q4_SCALE_MAX, NULL);
@@ -690,17 +703,24 @@ static void fallback_case(int variant) {
   float *d = dy.data;
   if (variant == 1) d[5] = d[5] * 3.0f + 1e-3f;
   if (variant == 2) d[7] = NAN;
-  tens in[5] = {dy, x, w, t_scalar(NBL_DT_FLOAT, variant == 3 ? sx * 1.25f : sx),
-                variant >= 4 ? NONE : t_scalar(NBL_DT_FLOAT, sw)};
+  float *xv = x.data;
+  if (variant == 7) xv[2 * 64 + 9] += sx * 0.5f;
+  if (variant == 8) xv[3 * 64 + 63] = NAN;
+  tens in[5] = {dy, x, w, t_scalar(NBL_DT_FLOAT, variant == 3 || variant == 6 ? sx * 1.25f : sx),
+                variant == 4 || variant == 5 ? NONE : t_scalar(NBL_DT_FLOAT, sw)};
   attr a[3] = {AV("kernel_shape", 3, 3), AEND};
   int want5[3] = {0, 1, 1};
   const int *want = variant == 5 ? want5 : NULL;
   runner *f = runner_new(MS, "ConvGrad", 1, a, 3, in, 3, want, 0);
   ck_assert(runner_run(f, in) == NBL_OK);
-  long ir = nbl_i4b_integer_runs(), fr = nbl_i4b_float_runs();
+  long ir = nbl_i4b_integer_runs(), fr = nbl_i4b_float_runs(), ar = nbl_i4b_amx_runs();
+  const int amx = variant >= 6 && nbl_i4b_amx_supported() && nbl_i4b_best_isa() == NBL_I4B_AVX512;
+  if (amx) nbl_i4b_set_amx(1);
   runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, want, 0);
   ck_assert_msg(runner_run(r, in) == NBL_OK, "%s", nbl_last_error());
-  const int integer = variant == 0 || variant == 5;
+  nbl_i4b_set_amx(-1);
+  const int integer = variant == 0 || variant == 5 || variant == 9;
+  if (variant == 9) ck_assert_int_eq(nbl_i4b_amx_runs() - ar, amx ? 2 : 0); /* dW and dX */
   ck_assert_int_eq(nbl_i4b_integer_runs(), ir + integer);
   ck_assert_int_eq(nbl_i4b_float_runs(), fr + !integer);
   if (!integer) /* the float kernel itself: the same bits (NaN where it gives NaN) */
@@ -1047,7 +1067,7 @@ int main(void) {
   tcase_add_loop_test(tc, test_conv_grad, 0, (int)(sizeof conv_cases / sizeof conv_cases[0]));
   suite_add_tcase(s, tc);
   tc = tcase_create("fallback");
-  tcase_add_loop_test(tc, test_fallbacks, 0, 6);
+  tcase_add_loop_test(tc, test_fallbacks, 0, 10);
   tcase_add_test(tc, test_bad_inputs_and_reference);
   suite_add_tcase(s, tc);
   tc = tcase_create("pass");
