@@ -106,6 +106,13 @@ extern const nbl_op_def nbl_fused_log_pair_def;
  * matches a node that names its domain "ai.onnx" too). */
 int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op);
 
+/* The end of a fusion's plan: when it made a fusion (any != 0), removes the
+ * nodes marked in drop[] (indexed by node id) from order[0..*n) and sets
+ * *state = fu; otherwise frees fu with free_state and leaves *state NULL.
+ * Frees drop either way. */
+void nbl_fuse_plan_finish(nbl_id *order, int *n, unsigned char *drop, int any, void *fu,
+                          void (*free_state)(void *), void **state);
+
 /* If node n's only output feeds exactly one Relu or Clip (with constant
  * float32 scalar bounds or none) and nothing else (not a graph output, not
  * captured by a subgraph), store that node's id in *act and Clip's bounds in

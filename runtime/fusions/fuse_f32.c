@@ -99,17 +99,7 @@ nbl_status nbl_fuse_conv_act_plan(const nbl_fusion_env *env, nbl_id *order, int 
     drop[act] = 1;
     any = 1;
   }
-  if (!any) {
-    free(drop);
-    nbl_fuse_conv_act_free(fu);
-    return NBL_OK;
-  }
-  int w = 0;
-  for (int s = 0; s < *n; s++)
-    if (!drop[order[s]]) order[w++] = order[s];
-  *n = w;
-  free(drop);
-  *state = fu;
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_conv_act_free, state);
   return NBL_OK;
 }
 

@@ -106,17 +106,7 @@ nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int 
       break;
     }
   }
-  if (!any) {
-    free(drop);
-    nbl_fuse_log_pair_free(fu);
-    return NBL_OK;
-  }
-  int w = 0;
-  for (int s = 0; s < *n; s++)
-    if (!drop[order[s]]) order[w++] = order[s];
-  *n = w;
-  free(drop);
-  *state = fu;
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_log_pair_free, state);
   return NBL_OK;
 }
 

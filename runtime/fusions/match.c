@@ -1,6 +1,7 @@
 /* match.c - matching helpers shared by the plan-time fusions; see fuse.h. */
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/fusions/fuse.h"
@@ -9,6 +10,21 @@ static const char *dom(const char *d) { return d && strcmp(d, "ai.onnx") ? d : "
 
 int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op) {
   return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
+}
+
+void nbl_fuse_plan_finish(nbl_id *order, int *n, unsigned char *drop, int any, void *fu,
+                          void (*free_state)(void *), void **state) {
+  if (any) {
+    int w = 0;
+    for (int s = 0; s < *n; s++)
+      if (!drop[order[s]]) order[w++] = order[s];
+    *n = w;
+    *state = fu;
+  } else {
+    free_state(fu);
+    *state = NULL;
+  }
+  free(drop);
 }
 
 static int graph_uses(const nbl_graph *sub, const char *name) {
