@@ -74,20 +74,39 @@ typedef struct nbl_fusion_def {
 extern const nbl_fusion_def nbl_fusions[];
 extern const size_t nbl_fusions_count;
 
-/* Each fusion file defines nbl_fuse_NAME_plan, _node and _free with the
- * shapes of nbl_fusion_def's members. */
+/* Each fusion file defines nbl_fuse_NAME_plan with the shape of
+ * nbl_fusion_def's member; a file with a state of its own also defines
+ * nbl_fuse_NAME_node and _free (NBL_FUSION_STATE), the others keep an
+ * nbl_fuse_state (below) and the table names nbl_fuse_state_node/_free. */
 #define NBL_FUSION(name)                                                                  \
   nbl_status nbl_fuse_##name##_plan(const nbl_fusion_env *env, nbl_id *order, int *n,    \
-                                    void **state);                                       \
+                                    void **state);
+#define NBL_FUSION_STATE(name)                                                            \
+  NBL_FUSION(name)                                                                        \
   const nbl_node *nbl_fuse_##name##_node(const void *state, nbl_id node);                \
   void nbl_fuse_##name##_free(void *state);
 
-NBL_FUSION(int4)     /* fuse_int4.c */
-NBL_FUSION(ternary)  /* fuse_ternary.c */
-NBL_FUSION(conv_act) /* fuse_f32.c */
-NBL_FUSION(bn_act)   /* fuse_bn_act.c */
-NBL_FUSION(bn_grad)  /* fuse_bn_grad.c */
-NBL_FUSION(log_pair) /* fuse_log_pair.c */
+NBL_FUSION_STATE(int4)    /* fuse_int4.c */
+NBL_FUSION_STATE(ternary) /* fuse_ternary.c */
+NBL_FUSION(conv_act)      /* fuse_f32.c */
+NBL_FUSION(bn_act)        /* fuse_bn_act.c */
+NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
+NBL_FUSION(log_pair)      /* fuse_log_pair.c */
+
+/* The plan state of most fusions: per node of the graph, its fused node or
+ * NULL. A fused node is a calloc'ed struct whose first member is its
+ * nbl_node (the kernel sees the whole struct through c->node); with
+ * owns_attrs its node.attrs array was calloc'ed too and is freed with it. */
+typedef struct nbl_fuse_state {
+  int n_nodes, owns_attrs;
+  void **by_node;
+} nbl_fuse_state;
+/* A state for n_nodes nodes, none fused; NULL when out of memory. */
+nbl_fuse_state *nbl_fuse_state_new(int n_nodes, int owns_attrs);
+/* Frees the state and its fused nodes (NULL: nothing). */
+void nbl_fuse_state_free(void *state);
+/* The fused node keyed by node (its nbl_node), or NULL. */
+const nbl_node *nbl_fuse_state_node(const void *state, nbl_id node);
 
 /* The kernel of the conv-act fused nodes (runtime/ops/nn.c): Conv, then Clip
  * with the bounds in the synthetic node's float attributes nibble.act_lo /

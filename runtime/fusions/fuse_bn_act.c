@@ -55,23 +55,6 @@ typedef struct ba_fused {
   char op[40];
 } ba_fused;
 
-typedef struct ba_fusion {
-  int n_nodes;
-  ba_fused **by_node; /* per node of the graph: its fused node (keyed by the QuantizeInt4), or NULL */
-} ba_fusion;
-
-void nbl_fuse_bn_act_free(void *state) {
-  ba_fusion *fu = state;
-  if (!fu) return;
-  for (int i = 0; i < fu->n_nodes; i++)
-    if (fu->by_node[i]) {
-      free(fu->by_node[i]->attrs);
-      free(fu->by_node[i]);
-    }
-  free(fu->by_node);
-  free(fu);
-}
-
 static int is_float(const nbl_graph *g, nbl_id v) {
   const nbl_type *t = &g->values[v].type;
   return v != NBL_NONE && t->kind == NBL_TYPE_TENSOR && t->elem == NBL_DT_FLOAT;
@@ -202,18 +185,15 @@ nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n
   const nbl_graph *g = env->g;
   *state = NULL;
   if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
-  ba_fusion *fu = calloc(1, sizeof *fu);
+  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 1);
   unsigned char *drop = calloc((size_t)g->n_nodes, 1);
   int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
-  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(ba_fused *));
-  if (!fu || !drop || !pos || !fu->by_node) {
+  if (!fu || !drop || !pos) {
     free(drop);
     free(pos);
-    if (fu) free(fu->by_node);
-    free(fu);
+    nbl_fuse_state_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  fu->n_nodes = g->n_nodes;
   for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
   for (int s = 0; s < *n; s++) pos[order[s]] = s;
   int any = 0;
@@ -235,14 +215,8 @@ nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n
     any = 1;
   }
   free(pos);
-  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_bn_act_free, state);
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_state_free, state);
   return NBL_OK;
-}
-
-const nbl_node *nbl_fuse_bn_act_node(const void *state, nbl_id node) {
-  const ba_fusion *fu = state;
-  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
 }
 
 /* ------------------------------------------------------------------ kernel */

@@ -59,23 +59,6 @@ typedef struct bg_fused {
   char op[48];
 } bg_fused;
 
-typedef struct bg_fusion {
-  int n_nodes;
-  bg_fused **by_node; /* per node of the graph: its fused node (keyed by the ReluGrad), or NULL */
-} bg_fusion;
-
-void nbl_fuse_bn_grad_free(void *state) {
-  bg_fusion *fu = state;
-  if (!fu) return;
-  for (int i = 0; i < fu->n_nodes; i++)
-    if (fu->by_node[i]) {
-      free(fu->by_node[i]->attrs);
-      free(fu->by_node[i]);
-    }
-  free(fu->by_node);
-  free(fu);
-}
-
 /* 1 if no output but output 0 of node n is read by anything. */
 static int only_output0_used(const nbl_graph *g, const nbl_node *n) {
   for (int k = 1; k < n->n_outputs; k++) {
@@ -208,18 +191,15 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
   *state = NULL;
   /* a value callback sees every intermediate: keep them all */
   if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
-  bg_fusion *fu = calloc(1, sizeof *fu);
+  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 1);
   unsigned char *drop = calloc((size_t)g->n_nodes, 1);
   int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
-  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(bg_fused *));
-  if (!fu || !drop || !pos || !fu->by_node) {
+  if (!fu || !drop || !pos) {
     free(drop);
     free(pos);
-    if (fu) free(fu->by_node);
-    free(fu);
+    nbl_fuse_state_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  fu->n_nodes = g->n_nodes;
   for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
   for (int s = 0; s < *n; s++) pos[order[s]] = s;
   int any = 0;
@@ -242,14 +222,8 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
     any = 1;
   }
   free(pos);
-  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_bn_grad_free, state);
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_state_free, state);
   return NBL_OK;
-}
-
-const nbl_node *nbl_fuse_bn_grad_node(const void *state, nbl_id node) {
-  const bg_fusion *fu = state;
-  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
 }
 
 /* ------------------------------------------------------------------ kernel */

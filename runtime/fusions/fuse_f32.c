@@ -14,23 +14,6 @@ typedef struct f32_fused {
   char op[16];
 } f32_fused;
 
-typedef struct f32_fusion {
-  int n_nodes;
-  f32_fused **by_node; /* per node of the graph: its fused node, or NULL */
-} f32_fusion;
-
-void nbl_fuse_conv_act_free(void *state) {
-  f32_fusion *fu = state;
-  if (!fu) return;
-  for (int i = 0; i < fu->n_nodes; i++)
-    if (fu->by_node[i]) {
-      free(fu->by_node[i]->attrs);
-      free(fu->by_node[i]);
-    }
-  free(fu->by_node);
-  free(fu);
-}
-
 static f32_fused *try_fuse(const nbl_model *m, const nbl_graph *g, nbl_id id, nbl_id *act) {
   const nbl_node *n = &g->nodes[id];
   if (!nbl_fuse_is_op(n, "", "Conv") || n->n_inputs < 2 || n->inputs[0] == NBL_NONE ||
@@ -74,16 +57,13 @@ nbl_status nbl_fuse_conv_act_plan(const nbl_fusion_env *env, nbl_id *order, int 
   const nbl_graph *g = env->g;
   *state = NULL;
   if (!m || !g || g->n_nodes == 0) return NBL_OK;
-  f32_fusion *fu = calloc(1, sizeof *fu);
+  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 1);
   unsigned char *drop = calloc((size_t)g->n_nodes, 1);
-  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(f32_fused *));
-  if (!fu || !drop || !fu->by_node) {
+  if (!fu || !drop) {
     free(drop);
-    if (fu) free(fu->by_node);
-    free(fu);
+    nbl_fuse_state_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  fu->n_nodes = g->n_nodes;
   int any = 0;
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s], act;
@@ -99,15 +79,10 @@ nbl_status nbl_fuse_conv_act_plan(const nbl_fusion_env *env, nbl_id *order, int 
     drop[act] = 1;
     any = 1;
   }
-  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_conv_act_free, state);
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_state_free, state);
   return NBL_OK;
 }
 
 /* The synthetic node: Conv's inputs and attributes (+ nibble.act_lo,
  * nibble.act_hi), the activation's output, op type "Conv+Relu" or
  * "Conv+Clip". */
-const nbl_node *nbl_fuse_conv_act_node(const void *state, nbl_id node) {
-  const f32_fusion *fu = state;
-  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
-}

@@ -35,19 +35,6 @@ typedef struct lp_fused {
   char op[24];
 } lp_fused;
 
-typedef struct lp_fusion {
-  int n_nodes;
-  lp_fused **by_node;
-} lp_fusion;
-
-void nbl_fuse_log_pair_free(void *state) {
-  lp_fusion *fu = state;
-  if (!fu) return;
-  for (int i = 0; i < fu->n_nodes; i++) free(fu->by_node[i]);
-  free(fu->by_node);
-  free(fu);
-}
-
 int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
   nbl_log_config cfg;
   char err[160];
@@ -69,16 +56,13 @@ nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int 
   const nbl_graph *g = env->g;
   *state = NULL;
   if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
-  lp_fusion *fu = calloc(1, sizeof *fu);
+  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 0);
   unsigned char *drop = calloc((size_t)g->n_nodes, 1);
-  if (fu) fu->by_node = calloc((size_t)g->n_nodes, sizeof(lp_fused *));
-  if (!fu || !drop || !fu->by_node) {
+  if (!fu || !drop) {
     free(drop);
-    if (fu) free(fu->by_node);
-    free(fu);
+    nbl_fuse_state_free(fu);
     return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  fu->n_nodes = g->n_nodes;
   int any = 0;
   for (int s = 0; s < *n; s++) {
     nbl_id a = order[s];
@@ -106,14 +90,8 @@ nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int 
       break;
     }
   }
-  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_log_pair_free, state);
+  nbl_fuse_plan_finish(order, n, drop, any, fu, nbl_fuse_state_free, state);
   return NBL_OK;
-}
-
-const nbl_node *nbl_fuse_log_pair_node(const void *state, nbl_id node) {
-  const lp_fusion *fu = state;
-  if (!fu || node < 0 || node >= fu->n_nodes || !fu->by_node[node]) return NULL;
-  return &fu->by_node[node]->node;
 }
 
 /* ------------------------------------------------------------------ kernel */

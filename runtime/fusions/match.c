@@ -12,6 +12,37 @@ int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op) {
   return n && !n->dead && !strcmp(dom(n->domain), domain) && !strcmp(n->op_type, op);
 }
 
+nbl_fuse_state *nbl_fuse_state_new(int n_nodes, int owns_attrs) {
+  nbl_fuse_state *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->by_node = calloc((size_t)(n_nodes > 0 ? n_nodes : 1), sizeof(void *));
+  if (!s->by_node) {
+    free(s);
+    return NULL;
+  }
+  s->n_nodes = n_nodes;
+  s->owns_attrs = owns_attrs;
+  return s;
+}
+
+void nbl_fuse_state_free(void *state) {
+  nbl_fuse_state *s = state;
+  if (!s) return;
+  for (int i = 0; i < s->n_nodes; i++)
+    if (s->by_node[i]) {
+      if (s->owns_attrs) free(((nbl_node *)s->by_node[i])->attrs);
+      free(s->by_node[i]);
+    }
+  free(s->by_node);
+  free(s);
+}
+
+const nbl_node *nbl_fuse_state_node(const void *state, nbl_id node) {
+  const nbl_fuse_state *s = state;
+  if (!s || node < 0 || node >= s->n_nodes || !s->by_node[node]) return NULL;
+  return (const nbl_node *)s->by_node[node];
+}
+
 void nbl_fuse_plan_finish(nbl_id *order, int *n, unsigned char *drop, int any, void *fu,
                           void (*free_state)(void *), void **state) {
   if (any) {

@@ -11,14 +11,14 @@ const nbl_fusion_def nbl_fusions[] = {
     /* ternary weights x INT8 activations (QuantizeAbsmax8 + QuantizeTernary) */
     {"ternary", nbl_fuse_ternary_plan, nbl_fuse_ternary_node, nbl_fuse_ternary_free, &nbl_t_fused_def},
     /* then on the Convs left */
-    {"conv-act", nbl_fuse_conv_act_plan, nbl_fuse_conv_act_node, nbl_fuse_conv_act_free,
+    {"conv-act", nbl_fuse_conv_act_plan, nbl_fuse_state_node, nbl_fuse_state_free,
      &nbl_fused_conv_act_def},
     /* training graphs: BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 */
-    {"bn-act", nbl_fuse_bn_act_plan, nbl_fuse_bn_act_node, nbl_fuse_bn_act_free, &nbl_fused_bn_act_def},
+    {"bn-act", nbl_fuse_bn_act_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_bn_act_def},
     /* training graphs: [Add ->] [QuantizeInt4Grad ->] ReluGrad -> BatchNormalizationGrad */
-    {"bn-grad", nbl_fuse_bn_grad_plan, nbl_fuse_bn_grad_node, nbl_fuse_bn_grad_free, &nbl_fused_bn_grad_def},
+    {"bn-grad", nbl_fuse_bn_grad_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_bn_grad_def},
     /* training graphs: two QuantizeLog (nearest, tpr) of one gradient */
-    {"log-pair", nbl_fuse_log_pair_plan, nbl_fuse_log_pair_node, nbl_fuse_log_pair_free, &nbl_fused_log_pair_def},
+    {"log-pair", nbl_fuse_log_pair_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_log_pair_def},
 };
 
 const size_t nbl_fusions_count = sizeof nbl_fusions / sizeof nbl_fusions[0];
