@@ -4,6 +4,7 @@
 
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/int4_gemm.h"
 
 const char *nbl_kernel_info(void) {
@@ -13,6 +14,10 @@ const char *nbl_kernel_info(void) {
                    nbl_cpu_has(NBL_CPU_AVX512F) ? "avx512" : "as the products",
                    nbl_i4_isa_name(nbl_i4_best_isa()));
   n = k > 0 ? (size_t)k : 0;
+  if (nbl_i4b_amx_on(nbl_i4b_best_isa()) && n < cap) { /* 4-bit training's integer products */
+    k = snprintf(buf + n, cap - n, "; INT4 training products: AMX tiles");
+    n += k > 0 ? (size_t)k : 0;
+  }
   const char *var = NULL, *bad = NULL;
   nbl_isa env = nbl_cpu_env_cap(&var, &bad), level = nbl_cpu_level();
   if (level < nbl_cpu_best_level() && n < cap) {

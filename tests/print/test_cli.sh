@@ -35,7 +35,7 @@ printf 'this is not a protobuf \xff\xff\xff\xff' >"$T/garbage.onnx"
 
 # global
 expect 0 '^nibble [0-9]+\.[0-9]+\.[0-9]+$' -- --version
-expect 0 '^FP32 products: .+; FP32 convolutions: (avx512|as the products); INT4: (avx512vnni|avx2|scalar)$' -- --version
+expect 0 '^FP32 products: .+; FP32 convolutions: (avx512|as the products); INT4: (avx512vnni|avx2|scalar)(; INT4 training products: AMX tiles)?$' -- --version
 expect 0 'usage: nibble COMMAND' -- --help
 expect 2 'usage: nibble COMMAND' --
 expect 2 "nibble: unknown command 'frobnicate'" -- frobnicate

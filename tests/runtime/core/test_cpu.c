@@ -94,6 +94,9 @@ START_TEST(test_thread_cap) {
     if (eff == NBL_ISA_AVX2) ck_assert_int_le(i4, NBL_I4_AVX2);
     const char *info = nbl_kernel_info();
     ck_assert_msg(strstr(info, nbl_i4_isa_name(i4)) != NULL, "%s", info);
+    /* the AMX products of 4-bit training are named when they run (never under an avx512 cap) */
+    ck_assert_msg((strstr(info, "AMX tiles") != NULL) == (nbl_i4b_amx_on(nbl_i4b_best_isa()) != 0), "%s", info);
+    if (eff != NBL_ISA_DEFAULT && eff <= NBL_ISA_AVX512) ck_assert_msg(strstr(info, "AMX tiles") == NULL, "%s", info);
     if (cap != NBL_ISA_DEFAULT && cap < nbl_cpu_best_level() &&
         (env == NBL_ISA_DEFAULT || cap < env))
       ck_assert_msg(strstr(info, "session option") != NULL, "%s", info);
