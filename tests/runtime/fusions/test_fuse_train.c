@@ -42,34 +42,11 @@
 #include "runtime/core/exec.h"
 #include "runtime/formats/int4.h"
 #include "runtime/kernels/q4_train.h"
-
-static char *src_path(const char *rel) {
-  const char *root = getenv("NBL_SOURCE_ROOT");
-  if (!root) root = ".";
-  size_t n = strlen(root) + strlen(rel) + 2;
-  char *p = malloc(n);
-  ck_assert_ptr_nonnull(p);
-  snprintf(p, n, "%s/%s", root, rel);
-  return p;
-}
-
-static nbl_model *prepared(const char *model, const char *spec) {
-  char *path = src_path(model);
-  nbl_model *m = NULL;
-  ck_assert_msg(nbl_model_load(path, &m) == NBL_OK, "%s", nbl_last_error());
-  free(path);
-  nbl_pipeline *p = NULL;
-  ck_assert_msg(nbl_pipeline_parse(spec, &p) == NBL_OK, "%s", nbl_last_error());
-  FILE *null = fopen("/dev/null", "w");
-  nbl_pipeline_options po = {.log = null};
-  ck_assert_msg(nbl_pipeline_run(p, m, &po) == NBL_OK, "%s: %s", spec, nbl_last_error());
-  if (null) fclose(null);
-  nbl_pipeline_free(p);
-  return m;
-}
+#include "test_model.h"
 
 static void batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
-  char *xp = src_path("models/data/fmnist_test_100.npy"), *yp = src_path("models/data/fmnist_test_100_labels.npy");
+  char *xp = tm_src_path("models/data/fmnist_test_100.npy");
+  char *yp = tm_src_path("models/data/fmnist_test_100_labels.npy");
   ck_assert_msg(nbl_tensor_read(xp, x) == NBL_OK, "%s", nbl_last_error());
   ck_assert_msg(nbl_tensor_read(yp, y) == NBL_OK, "%s", nbl_last_error());
   free(xp);
@@ -144,7 +121,7 @@ static const train_case tcases[] = {
 START_TEST(test_sessions) {
   const train_case *c = &tcases[_i / 2];
   int threads = 1 + _i % 2;
-  nbl_model *m = prepared(c->model, c->spec);
+  nbl_model *m = tm_prepared(c->model, c->spec);
   nbl_host_tensor x, y;
   batch(16, &x, &y);
   run rf, ru;

@@ -46,32 +46,7 @@
 #include "runtime/core/exec.h"
 #include "runtime/kernels/q4_train.h"
 #include "runtime/ops/grad_int4.h"
-
-static char *src_path(const char *rel) {
-  const char *root = getenv("NBL_SOURCE_ROOT");
-  if (!root) root = ".";
-  size_t n = strlen(root) + strlen(rel) + 2;
-  char *p = malloc(n);
-  ck_assert_ptr_nonnull(p);
-  snprintf(p, n, "%s/%s", root, rel);
-  return p;
-}
-
-/* The model after the pipeline `spec`. */
-static nbl_model *prepared(const char *model, const char *spec) {
-  char *path = src_path(model);
-  nbl_model *m = NULL;
-  ck_assert_msg(nbl_model_load(path, &m) == NBL_OK, "%s", nbl_last_error());
-  free(path);
-  nbl_pipeline *p = NULL;
-  ck_assert_msg(nbl_pipeline_parse(spec, &p) == NBL_OK, "%s", nbl_last_error());
-  FILE *null = fopen("/dev/null", "w");
-  nbl_pipeline_options po = {.log = null};
-  ck_assert_msg(nbl_pipeline_run(p, m, &po) == NBL_OK, "%s: %s", spec, nbl_last_error());
-  if (null) fclose(null);
-  nbl_pipeline_free(p);
-  return m;
-}
+#include "test_model.h"
 
 /* Nodes of op type `op` in the algorithm graph. */
 static int count_op(const nbl_model *m, const char *op) {
@@ -133,7 +108,8 @@ static const model_case cases[] = {
 
 /* The run's inputs: the first B shipped test images and their labels. */
 static void batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
-  char *xp = src_path("models/data/fmnist_test_100.npy"), *yp = src_path("models/data/fmnist_test_100_labels.npy");
+  char *xp = tm_src_path("models/data/fmnist_test_100.npy");
+  char *yp = tm_src_path("models/data/fmnist_test_100_labels.npy");
   ck_assert_msg(nbl_tensor_read(xp, x) == NBL_OK, "%s", nbl_last_error());
   ck_assert_msg(nbl_tensor_read(yp, y) == NBL_OK, "%s", nbl_last_error());
   free(xp);
@@ -194,7 +170,7 @@ static void check_products(const model_case *c) {
   char spec[300];
   snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s},int4-backward",
            c->rounding);
-  nbl_model *m = prepared(c->model, spec);
+  nbl_model *m = tm_prepared(c->model, spec);
   int first = 0, pairs = add_shadows(m, &first);
   ck_assert_int_ge(pairs, c->n_conv + c->n_gemm + c->n_fwd);
   const nbl_graph *alg = m->training[0].algorithm;
@@ -296,7 +272,7 @@ START_TEST(test_sessions) {
   char spec[256], spec_i[300];
   snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s}", c->rounding);
   snprintf(spec_i, sizeof spec_i, "%s,int4-backward", spec);
-  nbl_model *mf = prepared(c->model, spec), *mi = prepared(c->model, spec_i);
+  nbl_model *mf = tm_prepared(c->model, spec), *mi = tm_prepared(c->model, spec_i);
   ck_assert_int_eq(count_op(mf, "Int4LogConvGrad") + count_op(mf, "Int4LogGemm"), 0);
   ck_assert_int_eq(count_op(mi, "Int4LogConvGrad"), c->n_conv);
   ck_assert_int_eq(count_op(mi, "Int4LogGemm"), c->n_gemm);

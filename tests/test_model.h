@@ -1,0 +1,42 @@
+/* test_model.h - the C tests' way to a prepared model: a path under the
+ * source tree and a model loaded and rewritten by a pass pipeline.
+ * Header-only, static inline functions (Check's assertions on failure). */
+#ifndef NBL_TEST_MODEL_H
+#define NBL_TEST_MODEL_H
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "include/nibble.h"
+
+/* NBL_SOURCE_ROOT/rel (. when unset), malloc'ed. */
+static inline char *tm_src_path(const char *rel) {
+  const char *root = getenv("NBL_SOURCE_ROOT");
+  if (!root) root = ".";
+  size_t n = strlen(root) + strlen(rel) + 2;
+  char *p = malloc(n);
+  ck_assert_ptr_nonnull(p);
+  snprintf(p, n, "%s/%s", root, rel);
+  return p;
+}
+
+/* The model at the source-relative path `model` after the pipeline `spec`
+ * (the passes' log discarded). */
+static inline nbl_model *tm_prepared(const char *model, const char *spec) {
+  char *path = tm_src_path(model);
+  nbl_model *m = NULL;
+  ck_assert_msg(nbl_model_load(path, &m) == NBL_OK, "%s", nbl_last_error());
+  free(path);
+  nbl_pipeline *p = NULL;
+  ck_assert_msg(nbl_pipeline_parse(spec, &p) == NBL_OK, "%s", nbl_last_error());
+  FILE *null = fopen("/dev/null", "w");
+  nbl_pipeline_options po = {.log = null};
+  ck_assert_msg(nbl_pipeline_run(p, m, &po) == NBL_OK, "%s: %s", spec, nbl_last_error());
+  if (null) fclose(null);
+  nbl_pipeline_free(p);
+  return m;
+}
+
+#endif
