@@ -125,6 +125,14 @@ extern const nbl_op_def nbl_fused_log_pair_def;
  * matches a node that names its domain "ai.onnx" too). */
 int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op);
 
+/* The start of a fusion's plan over order[0..n) of g: *fu a new state
+ * (nbl_fuse_state_new(g->n_nodes, owns_attrs)), *drop a zeroed mark per node
+ * and, when pos is not NULL, *pos the position of each node in order (-1
+ * when absent). On NBL_ERR_OUT_OF_MEMORY (message set) nothing is left
+ * allocated. The end is nbl_fuse_plan_finish (the caller frees *pos). */
+nbl_status nbl_fuse_plan_begin(const nbl_graph *g, const nbl_id *order, int n, int owns_attrs,
+                               nbl_fuse_state **fu, unsigned char **drop, int **pos);
+
 /* The end of a fusion's plan: when it made a fusion (any != 0), removes the
  * nodes marked in drop[] (indexed by node id) from order[0..*n) and sets
  * *state = fu; otherwise frees fu with free_state and leaves *state NULL.

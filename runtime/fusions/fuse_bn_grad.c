@@ -191,17 +191,11 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
   *state = NULL;
   /* a value callback sees every intermediate: keep them all */
   if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
-  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 1);
-  unsigned char *drop = calloc((size_t)g->n_nodes, 1);
-  int *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
-  if (!fu || !drop || !pos) {
-    free(drop);
-    free(pos);
-    nbl_fuse_state_free(fu);
-    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  }
-  for (int i = 0; i < g->n_nodes; i++) pos[i] = -1;
-  for (int s = 0; s < *n; s++) pos[order[s]] = s;
+  nbl_fuse_state *fu;
+  unsigned char *drop;
+  int *pos;
+  nbl_status st = nbl_fuse_plan_begin(g, order, *n, 1, &fu, &drop, &pos);
+  if (st != NBL_OK) return st;
   int any = 0;
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s], r, q, a, lg[2];

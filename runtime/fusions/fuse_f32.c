@@ -57,13 +57,10 @@ nbl_status nbl_fuse_conv_act_plan(const nbl_fusion_env *env, nbl_id *order, int 
   const nbl_graph *g = env->g;
   *state = NULL;
   if (!m || !g || g->n_nodes == 0) return NBL_OK;
-  nbl_fuse_state *fu = nbl_fuse_state_new(g->n_nodes, 1);
-  unsigned char *drop = calloc((size_t)g->n_nodes, 1);
-  if (!fu || !drop) {
-    free(drop);
-    nbl_fuse_state_free(fu);
-    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  }
+  nbl_fuse_state *fu;
+  unsigned char *drop;
+  nbl_status st = nbl_fuse_plan_begin(g, order, *n, 1, &fu, &drop, NULL);
+  if (st != NBL_OK) return st;
   int any = 0;
   for (int s = 0; s < *n; s++) {
     nbl_id id = order[s], act;

@@ -43,6 +43,24 @@ const nbl_node *nbl_fuse_state_node(const void *state, nbl_id node) {
   return (const nbl_node *)s->by_node[node];
 }
 
+nbl_status nbl_fuse_plan_begin(const nbl_graph *g, const nbl_id *order, int n, int owns_attrs,
+                               nbl_fuse_state **fu, unsigned char **drop, int **pos) {
+  *fu = nbl_fuse_state_new(g->n_nodes, owns_attrs);
+  *drop = calloc((size_t)g->n_nodes, 1);
+  if (pos) *pos = malloc(sizeof(int) * (size_t)g->n_nodes);
+  if (!*fu || !*drop || (pos && !*pos)) {
+    free(*drop);
+    if (pos) free(*pos);
+    nbl_fuse_state_free(*fu);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  if (pos) {
+    for (int i = 0; i < g->n_nodes; i++) (*pos)[i] = -1;
+    for (int s = 0; s < n; s++) (*pos)[order[s]] = s;
+  }
+  return NBL_OK;
+}
+
 void nbl_fuse_plan_finish(nbl_id *order, int *n, unsigned char *drop, int any, void *fu,
                           void (*free_state)(void *), void **state) {
   if (any) {
