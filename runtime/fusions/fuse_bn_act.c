@@ -4,7 +4,7 @@
  *   BatchNormInternal -> [Add (a residual) ->] Relu [-> QuantizeInt4]
  *
  * runs as one node. Per channel (in parallel): the batch statistics (the
- * op's own two passes in double), then, while the channel is in cache,
+ * op's own pass: sixteen double lanes), then, while the channel is in cache,
  * Y = x * fa + fb, the residual added, Relu, written once as the Relu output
  * (which the backward reads) with its minimum and maximum; then, in 4-bit
  * graphs, the quantizer with the range known (no scan) writes the quantized

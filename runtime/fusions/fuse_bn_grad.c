@@ -3,12 +3,13 @@
  *
  *   [Add (the gradient sum)] -> [QuantizeInt4Grad] -> ReluGrad -> BatchNormalizationGrad
  *
- * (the bracketed nodes when present) runs as one node, channel by channel:
- * the masked gradient g = (d0 + d1) where the straight-through estimator
- * passes and the Relu output is positive (else +0) is built plane by plane
- * while the channel's data is in cache, then BatchNormalizationGrad's fast
- * kernel for that channel (nbl_bn_grad_f32_channel) takes its sums and writes
- * dX over g. The unfused chain sweeps the memory of each of these tensors
+ * (the bracketed nodes when present) runs as one node, channel by channel,
+ * through BatchNormalizationGrad's fast kernel for that channel
+ * (nbl_bn_grad_f32_channel) with hooks: the masked gradient g = (d0 + d1)
+ * where the straight-through estimator passes and the Relu output is
+ * positive (else +0) is built for each plane just before the kernel sums it
+ * (so it is summed from L1), then the kernel writes dX over g, and the max
+ * |dX| the QuantizeLog pair needs is taken from each plane just written. The unfused chain sweeps the memory of each of these tensors
  * once per node (and QuantizeInt4Grad once more for its range): about 11
  * reads and 4 writes of an activation-sized tensor against 7 and 2 here.
  *
@@ -294,23 +295,33 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
   }
 }
 
+/* The chain's work around the BatchNormalizationGrad kernel of a channel,
+ * plane by plane while the plane is in cache (nbl_bn_grad_hooks): g made
+ * just before it is summed, max |dX| taken just after dX is written. */
+typedef struct bg_plane {
+  const bg_job *j;
+  float max;
+} bg_plane;
+
+static void bg_before(void *arg, int64_t at, int64_t n) { make_g(((bg_plane *)arg)->j, at, n); }
+
+static void bg_after(void *arg, int64_t at, int64_t n) {
+  bg_plane *p = arg;
+  float t = nbl_logq_absmax(p->j->isa, p->j->dx + at, (size_t)n);
+  p->max = t > p->max ? t : p->max;
+}
+
 static void bg_run(void *arg, int64_t b, int64_t e) {
   const bg_job *j = arg;
   for (int64_t ch = b; ch < e; ch++) {
-    for (int64_t n = 0; n < j->N; n++) make_g(j, (n * j->C + ch) * j->sp, j->sp);
+    bg_plane pl = {j, 0.0f};
+    nbl_bn_grad_hooks h = {bg_before, j->cmax ? bg_after : NULL, &pl};
     double sg, sgx;
     nbl_bn_grad_f32_channel(j->g, j->x, j->dx, j->N, j->C, j->sp, ch, j->mean[ch], j->inv[ch], j->scale[ch], &sg,
-                            &sgx);
+                            &sgx, &h);
     if (j->dscale) j->dscale[ch] = (float)sgx;
     if (j->dbias) j->dbias[ch] = (float)sg;
-    if (j->cmax) {
-      float m = 0.0f;
-      for (int64_t n = 0; n < j->N; n++) {
-        float t = nbl_logq_absmax(j->isa, j->dx + (n * j->C + ch) * j->sp, (size_t)j->sp);
-        m = t > m ? t : m;
-      }
-      j->cmax[ch] = m;
-    }
+    if (j->cmax) j->cmax[ch] = pl.max;
   }
 }
 

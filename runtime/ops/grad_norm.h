@@ -8,20 +8,56 @@
 
 #include <stdint.h>
 
+/* Sixteen double accumulators per sum, element i of every plane added to
+ * lane i % 16, the lanes added by nbl_bn_acc_total in a fixed tree: the
+ * same bits on every instruction set (AVX-512, AVX2 and the scalar path
+ * run the same double operations per lane) and thread count. Zero it
+ * (memset) before the first call. */
+typedef struct nbl_bn_acc {
+  double a[16], b[16];
+} nbl_bn_acc;
+
+/* a += x - k, b += (x - k)^2 over channel ch of float32 x laid out
+ * [N, C, sp], plane by plane in plane order (the statistics about k). */
+void nbl_bn_acc_stats(nbl_bn_acc *s, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double k);
+
+typedef struct nbl_bn_grad_hooks nbl_bn_grad_hooks;
+
+/* a += g, b += g * (x - mean) over channel ch of g and x laid out
+ * [N, C, sp] (BatchNormalizationGrad's sums), plane by plane in plane
+ * order; h->before (when h and it are not NULL) runs on each plane just
+ * before it is summed. */
+void nbl_bn_acc_grad(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                     double mean, const nbl_bn_grad_hooks *h);
+
+/* The sum of the sixteen lanes as a fixed tree (the upper half added to the
+ * lower lane by lane: 8, then 4, 2, 1). */
+double nbl_bn_acc_total(const double lanes[16]);
+
+/* Work a fused chain does around nbl_bn_grad_f32_channel, plane by plane
+ * while the plane is in cache: before(arg, at, n) writes dY's n floats at
+ * flat index `at` just before they are summed, after(arg, at, n) runs just
+ * after X_grad's are written there. Either may be NULL. */
+struct nbl_bn_grad_hooks {
+  void (*before)(void *arg, int64_t at, int64_t n);
+  void (*after)(void *arg, int64_t at, int64_t n);
+  void *arg;
+};
+
 /* BatchNormalizationGrad of channel ch of float32 tensors laid out
  * [N, C, sp]: dY g, input x, the forward's saved mean and inverse standard
  * deviation and the channel's scale. *sg_out = sum g, *sgx_out = sum g *
- * (x - mean) * inv (the scale and bias gradients), both accumulated in
- * double per plane of sp floats in the fast kernel's order; when dx is not
- * NULL, writes the channel's input gradient there (dx may be g: each element
- * is read before it is written). */
+ * (x - mean) * inv (the scale and bias gradients), summed with
+ * nbl_bn_acc_grad plane by plane in plane order; when dx is not NULL,
+ * writes the channel's input gradient there (dx may be g: each element is
+ * read before it is written). hooks may be NULL. */
 void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp,
                              int64_t ch, double mean, double inv, double scale, double *sg_out,
-                             double *sgx_out);
+                             double *sgx_out, const nbl_bn_grad_hooks *hooks);
 
 /* BatchNormInternal's training statistics of channel ch of float32 x laid
- * out [N, C, sp]: the mean and the biased variance, each a pass summing in
- * double (the fast kernel's order). */
+ * out [N, C, sp]: the mean and the biased variance, from one pass of
+ * nbl_bn_acc_stats about the channel's first element. */
 void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double *mean,
                               double *var);
 

@@ -10,8 +10,11 @@
  * Reference kernels compute in double. Fast float32 paths: MaxPoolGrad and
  * AveragePoolGrad (2-D) add in float (within 1e-6 of the reference,
  * relative to the largest element), BatchNormInternal and
- * BatchNormalizationGrad take per-channel sums in double and write in float
- * (within 1e-5); tests/runtime/ops/test_ops_grad.c checks both.
+ * BatchNormalizationGrad take per-channel sums in sixteen double lanes
+ * (nbl_bn_acc: the same bits on every CPU and thread count; the statistics
+ * in one pass about the channel's first element) and write in float
+ * (within 1e-5); tests/runtime/ops/test_ops_grad.c checks both,
+ * tests/runtime/ops/test_bn_sums.c the sums.
  *
  * MaxPoolGrad (com.microsoft 1)
  *   inputs:  dY (T, [N, C, out...]), Indices (int64, dY's shape: MaxPool's
@@ -327,130 +330,132 @@ static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int 
   return NBL_OK;
 }
 
-/* Per-channel sums of the fast (float32) BatchNorm kernels, accumulated in
- * double: over a channel's N planes of sp floats at stride C * sp. Eight
- * double lanes with AVX (4-cycle add latency hidden, so the loop runs at the
- * loads' pace instead of one add per 4 cycles); the order of additions
- * differs from the reference's, the sums agree within double rounding. */
+/* The per-channel sums of the fast (float32) BatchNorm kernels: sixteen
+ * double lanes per sum (nbl_bn_acc), element i of every plane added to lane
+ * i % 16, the lanes combined by nbl_bn_acc_total in a fixed tree. Each lane
+ * sees the same double operations in the same order on every path (AVX-512:
+ * two registers of eight lanes per sum, a plane's last partial block
+ * masked; AVX2: four registers of four, the partial block blended; scalar:
+ * the lanes one by one), so the sums are the same bits on every CPU and
+ * thread count, and the add chains are sixteen independent ones (the loop
+ * runs at the loads' pace, not one dependent add per element). */
 #if defined(__x86_64__)
-__attribute__((target("avx"))) static double hsum_pd(__m256d a) {
-  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
+/* a[l] += x - k, b[l] += (x - k)^2 (stats, g NULL) or a[l] += g, b[l] +=
+ * g (x - k) (grad) over the planes of channel ch, h->before run on each
+ * plane first */
+/* one block of 16 (the lanes of mask m) into the accumulators */
+#define ACC512_BLOCK(m, xv, gv)                                                                                 \
+  do {                                                                                                          \
+    __m512d x0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(xv)), vk);                                \
+    __m512d x1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xv), 1))), \
+                               vk);                                                                             \
+    __m512d t0 = x0, t1 = x1;                                                                                   \
+    if (gp) {                                                                                                   \
+      t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(gv));                                                         \
+      t1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(gv), 1)));                  \
+    }                                                                                                           \
+    a0 = _mm512_mask_add_pd(a0, (__mmask8)(m), a0, t0);                                                         \
+    a1 = _mm512_mask_add_pd(a1, (__mmask8)((m) >> 8), a1, t1);                                                  \
+    b0 = _mm512_mask_add_pd(b0, (__mmask8)(m), b0, _mm512_mul_pd(t0, x0));                                      \
+    b1 = _mm512_mask_add_pd(b1, (__mmask8)((m) >> 8), b1, _mm512_mul_pd(t1, x1));                               \
+  } while (0)
 
-/* s1 += sum x, s2 += sum (x - mean)^2 (when s2), over n floats */
-__attribute__((target("avx"))) static void bn_sums_avx(const float *x, int64_t n, double mean, double *s1,
-                                                       double *s2) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, m = _mm256_set1_pd(mean);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_loadu_ps(x + i);
-    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    if (s2) {
-      lo = _mm256_sub_pd(lo, m);
-      hi = _mm256_sub_pd(hi, m);
-      lo = _mm256_mul_pd(lo, lo);
-      hi = _mm256_mul_pd(hi, hi);
+__attribute__((target("avx512f"))) static void acc_avx512(nbl_bn_acc *s, const float *g, const float *x,
+                                                         int64_t N, int64_t C, int64_t sp, int64_t ch, double k,
+                                                         const nbl_bn_grad_hooks *h) {
+  __m512d a0 = _mm512_loadu_pd(s->a), a1 = _mm512_loadu_pd(s->a + 8);
+  __m512d b0 = _mm512_loadu_pd(s->b), b1 = _mm512_loadu_pd(s->b + 8), vk = _mm512_set1_pd(k);
+  int pre_g = g && !(h && h->before); /* g of the next plane is there already: fetch it too */
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp, next = n + 1 < N ? C * sp : 0; /* the next plane, fetched while this one is summed */
+    if (h && h->before) h->before(h->arg, o, sp);
+    const float *xp = x + o, *gp = g ? g + o : NULL;
+    int64_t i = 0;
+    for (; i + 16 <= sp; i += 16) {
+      _mm_prefetch((const char *)(xp + next + i), _MM_HINT_T0);
+      if (pre_g) _mm_prefetch((const char *)(gp + next + i), _MM_HINT_T0);
+      __m512 xv = _mm512_loadu_ps(xp + i), gv = gp ? _mm512_loadu_ps(gp + i) : xv;
+      ACC512_BLOCK(0xFFFF, xv, gv);
     }
-    a0 = _mm256_add_pd(a0, lo);
-    a1 = _mm256_add_pd(a1, hi);
-  }
-  double t = hsum_pd(_mm256_add_pd(a0, a1));
-  for (; i < n; i++) t += s2 ? ((double)x[i] - mean) * ((double)x[i] - mean) : (double)x[i];
-  *(s2 ? s2 : s1) += t;
-}
-
-/* sg += sum g, sgx += sum g * (x - mean), over n floats */
-__attribute__((target("avx"))) static void bn_grad_sums_avx(const float *g, const float *x, int64_t n, double mean,
-                                                            double *sg, double *sgx) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, m = _mm256_set1_pd(mean);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 gv = _mm256_loadu_ps(g + i), xv = _mm256_loadu_ps(x + i);
-    __m256d glo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
-    __m256d xlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), m);
-    __m256d xhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), m);
-    a0 = _mm256_add_pd(a0, glo);
-    a1 = _mm256_add_pd(a1, ghi);
-    b0 = _mm256_add_pd(b0, _mm256_mul_pd(glo, xlo));
-    b1 = _mm256_add_pd(b1, _mm256_mul_pd(ghi, xhi));
-  }
-  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(b0, b1));
-  for (; i < n; i++) t += g[i], u += (double)g[i] * ((double)x[i] - mean);
-  *sg += t;
-  *sgx += u;
-}
-
-/* The same two sums for two planes at once (x0 and x1; g0, g1 and x0, x1):
- * each plane's sum *t0, *t1 (*u0, *u1) computed with exactly the operations
- * and order of the one-plane functions above (their t and u), the two
- * planes' instructions interleaved so that their add chains overlap; the
- * caller adds them to its running sums in plane order, as the one-plane
- * functions do. */
-__attribute__((target("avx"))) static void bn_sums2_avx(const float *x0, const float *x1, int64_t n, double mean,
-                                                        int sq, double *t0, double *t1) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, c0 = a0, c1 = a0, m = _mm256_set1_pd(mean);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_loadu_ps(x0 + i), w = _mm256_loadu_ps(x1 + i);
-    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    __m256d lo1 = _mm256_cvtps_pd(_mm256_castps256_ps128(w)), hi1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
-    if (sq) {
-      lo = _mm256_sub_pd(lo, m);
-      hi = _mm256_sub_pd(hi, m);
-      lo1 = _mm256_sub_pd(lo1, m);
-      hi1 = _mm256_sub_pd(hi1, m);
-      lo = _mm256_mul_pd(lo, lo);
-      hi = _mm256_mul_pd(hi, hi);
-      lo1 = _mm256_mul_pd(lo1, lo1);
-      hi1 = _mm256_mul_pd(hi1, hi1);
+    if (i < sp) {
+      __mmask16 m = (__mmask16)((1u << (sp - i)) - 1);
+      __m512 xv = _mm512_maskz_loadu_ps(m, xp + i), gv = gp ? _mm512_maskz_loadu_ps(m, gp + i) : xv;
+      ACC512_BLOCK(m, xv, gv);
     }
-    a0 = _mm256_add_pd(a0, lo);
-    a1 = _mm256_add_pd(a1, hi);
-    c0 = _mm256_add_pd(c0, lo1);
-    c1 = _mm256_add_pd(c1, hi1);
   }
-  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(c0, c1));
-  for (int64_t k = i; k < n; k++) t += sq ? ((double)x0[k] - mean) * ((double)x0[k] - mean) : (double)x0[k];
-  for (int64_t k = i; k < n; k++) u += sq ? ((double)x1[k] - mean) * ((double)x1[k] - mean) : (double)x1[k];
-  *t0 = t;
-  *t1 = u;
+  _mm512_storeu_pd(s->a, a0);
+  _mm512_storeu_pd(s->a + 8, a1);
+  _mm512_storeu_pd(s->b, b0);
+  _mm512_storeu_pd(s->b + 8, b1);
+}
+#undef ACC512_BLOCK
+
+__attribute__((target("avx2"))) static void acc_avx2(nbl_bn_acc *s, const float *g, const float *x, int64_t N,
+                                                    int64_t C, int64_t sp, int64_t ch, double k,
+                                                    const nbl_bn_grad_hooks *h) {
+  __m256d a[4], b[4], vk = _mm256_set1_pd(k);
+  for (int q = 0; q < 4; q++) a[q] = _mm256_loadu_pd(s->a + 4 * q), b[q] = _mm256_loadu_pd(s->b + 4 * q);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+    if (h && h->before) h->before(h->arg, o, sp);
+    const float *xp = x + o, *gp = g ? g + o : NULL;
+    for (int64_t i = 0; i < sp; i += 16)
+      for (int q = 0; q < 4; q++) {
+        int64_t r = sp - i - 4 * q; /* elements left from this quarter on */
+        if (r <= 0) break;
+        __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(r > 4 ? 4 : (int)r), _mm_setr_epi32(0, 1, 2, 3));
+        __m256d xv = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(xp + i + 4 * q, m)), vk);
+        __m256d t = gp ? _mm256_cvtps_pd(_mm_maskload_ps(gp + i + 4 * q, m)) : xv;
+        __m256d md = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m));
+        a[q] = _mm256_blendv_pd(a[q], _mm256_add_pd(a[q], t), md);
+        b[q] = _mm256_blendv_pd(b[q], _mm256_add_pd(b[q], _mm256_mul_pd(t, xv)), md);
+      }
+  }
+  for (int q = 0; q < 4; q++) _mm256_storeu_pd(s->a + 4 * q, a[q]), _mm256_storeu_pd(s->b + 4 * q, b[q]);
+}
+#endif
+
+static void bn_acc(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                   double k, const nbl_bn_grad_hooks *h) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) {
+    acc_avx512(s, g, x, N, C, sp, ch, k, h);
+    return;
+  }
+  if (nbl_cpu_has(NBL_CPU_AVX2)) {
+    acc_avx2(s, g, x, N, C, sp, ch, k, h);
+    return;
+  }
+#endif
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+    if (h && h->before) h->before(h->arg, o, sp);
+    for (int64_t i = 0; i < sp; i++) { /* lane i % 16, the same operations */
+      double d = (double)x[o + i] - k, t = g ? (double)g[o + i] : d;
+      s->a[i & 15] += t;
+      s->b[i & 15] += t * d;
+    }
+  }
 }
 
-__attribute__((target("avx"))) static void bn_grad_sums2_avx(const float *g0, const float *x0, const float *g1,
-                                                             const float *x1, int64_t n, double mean, double *t0,
-                                                             double *u0, double *t1, double *u1) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
-  __m256d m = _mm256_set1_pd(mean);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 gv = _mm256_loadu_ps(g0 + i), xv = _mm256_loadu_ps(x0 + i);
-    __m256 gw = _mm256_loadu_ps(g1 + i), xw = _mm256_loadu_ps(x1 + i);
-    __m256d glo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
-    __m256d xlo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), m);
-    __m256d xhi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), m);
-    __m256d glo1 = _mm256_cvtps_pd(_mm256_castps256_ps128(gw)), ghi1 = _mm256_cvtps_pd(_mm256_extractf128_ps(gw, 1));
-    __m256d xlo1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xw)), m);
-    __m256d xhi1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xw, 1)), m);
-    a0 = _mm256_add_pd(a0, glo);
-    a1 = _mm256_add_pd(a1, ghi);
-    b0 = _mm256_add_pd(b0, _mm256_mul_pd(glo, xlo));
-    b1 = _mm256_add_pd(b1, _mm256_mul_pd(ghi, xhi));
-    c0 = _mm256_add_pd(c0, glo1);
-    c1 = _mm256_add_pd(c1, ghi1);
-    d0 = _mm256_add_pd(d0, _mm256_mul_pd(glo1, xlo1));
-    d1 = _mm256_add_pd(d1, _mm256_mul_pd(ghi1, xhi1));
-  }
-  double t = hsum_pd(_mm256_add_pd(a0, a1)), u = hsum_pd(_mm256_add_pd(b0, b1));
-  double tt = hsum_pd(_mm256_add_pd(c0, c1)), uu = hsum_pd(_mm256_add_pd(d0, d1));
-  for (int64_t k = i; k < n; k++) t += g0[k], u += (double)g0[k] * ((double)x0[k] - mean);
-  for (int64_t k = i; k < n; k++) tt += g1[k], uu += (double)g1[k] * ((double)x1[k] - mean);
-  *t0 = t;
-  *u0 = u;
-  *t1 = tt;
-  *u1 = uu;
+void nbl_bn_acc_stats(nbl_bn_acc *s, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double k) {
+  bn_acc(s, NULL, x, N, C, sp, ch, k, NULL);
 }
 
+void nbl_bn_acc_grad(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                     double mean, const nbl_bn_grad_hooks *h) {
+  bn_acc(s, g, x, N, C, sp, ch, mean, h);
+}
+
+double nbl_bn_acc_total(const double lanes[16]) {
+  double t[16];
+  memcpy(t, lanes, sizeof t);
+  for (int h = 8; h >= 1; h /= 2)
+    for (int l = 0; l < h; l++) t[l] += t[l + h];
+  return t[0];
+}
+
+#if defined(__x86_64__)
 /* y = x a + b (BatchNormInternal's output), and d = a g - b x + off
  * (BatchNormalizationGrad's X_grad), over n floats: 8 lanes with AVX, the
  * same operations in the same order as the scalar tails. */
@@ -521,28 +526,6 @@ static void bn_dx(float *d, const float *g, const float *x, float a, float b, fl
   for (int64_t i = 0; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
 }
 
-static void bn_sums(const float *x, int64_t n, double mean, double *s1, double *s2) {
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX)) {
-    bn_sums_avx(x, n, mean, s1, s2);
-    return;
-  }
-#endif
-  double t = 0;
-  for (int64_t i = 0; i < n; i++) t += s2 ? ((double)x[i] - mean) * ((double)x[i] - mean) : (double)x[i];
-  *(s2 ? s2 : s1) += t;
-}
-
-static void bn_grad_sums(const float *g, const float *x, int64_t n, double mean, double *sg, double *sgx) {
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX)) {
-    bn_grad_sums_avx(g, x, n, mean, sg, sgx);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; i++) *sg += g[i], *sgx += (double)g[i] * ((double)x[i] - mean);
-}
-
 /* The fast kernels' work, one channel per item (nbl_parallel_for). */
 typedef struct bn_task {
   nbl_kctx *c;
@@ -555,31 +538,23 @@ typedef struct bn_task {
 
 void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double *mean,
                               double *var) {
-  int64_t m = N * sp, n = 0;
-  double s = 0, s2 = 0; /* two passes over the channel: mean, then the biased variance */
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX)) /* two planes at a time, added in plane order */
-    for (; n + 2 <= N; n += 2) {
-      double t0, t1;
-      bn_sums2_avx(x + (n * C + ch) * sp, x + ((n + 1) * C + ch) * sp, sp, 0, 0, &t0, &t1);
-      s += t0;
-      s += t1;
-    }
-#endif
-  for (; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, 0, &s, NULL);
-  *mean = m ? s / (double)m : 0.0;
-  n = 0;
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX))
-    for (; n + 2 <= N; n += 2) {
-      double t0, t1;
-      bn_sums2_avx(x + (n * C + ch) * sp, x + ((n + 1) * C + ch) * sp, sp, *mean, 1, &t0, &t1);
-      s2 += t0;
-      s2 += t1;
-    }
-#endif
-  for (; n < N; n++) bn_sums(x + (n * C + ch) * sp, sp, *mean, NULL, &s2);
-  *var = m ? s2 / (double)m : 0.0;
+  int64_t m = N * sp;
+  if (m <= 0) {
+    *mean = *var = 0.0;
+    return;
+  }
+  /* one pass: the sums of x - k and (x - k)^2 about k = the channel's first
+   * element (0 if not finite), then mean = k + d and var = S2 / m - d^2 with
+   * d = S1 / m. k is one of the elements, so (mean - k)^2 <= m var and the
+   * subtraction loses at most log2(m) of double's 53 bits. */
+  double k = x[ch * sp];
+  if (!isfinite(k)) k = 0.0;
+  nbl_bn_acc s;
+  memset(&s, 0, sizeof s);
+  nbl_bn_acc_stats(&s, x, N, C, sp, ch, k);
+  double d = nbl_bn_acc_total(s.a) / (double)m, v = nbl_bn_acc_total(s.b) / (double)m - d * d;
+  *mean = k + d;
+  *var = v < 0 ? 0.0 : v; /* rounding; a NaN stays */
 }
 
 double nbl_bn_affine_f32(double mean, double var, double eps, double scale, double bias, float *fa, float *fb) {
@@ -613,32 +588,23 @@ static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
 
 void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp,
                              int64_t ch, double mean, double inv, double scale, double *sg_out,
-                             double *sgx_out) {
+                             double *sgx_out, const nbl_bn_grad_hooks *hooks) {
   int64_t m = N * sp;
-  double sg = 0, sgx = 0; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
-  int64_t n0 = 0;
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX)) /* two planes at a time, added in plane order */
-    for (; n0 + 2 <= N; n0 += 2) {
-      double t0, u0, t1, u1;
-      int64_t o0 = (n0 * C + ch) * sp, o1 = ((n0 + 1) * C + ch) * sp;
-      bn_grad_sums2_avx(g + o0, x + o0, g + o1, x + o1, sp, mean, &t0, &u0, &t1, &u1);
-      sg += t0;
-      sgx += u0;
-      sg += t1;
-      sgx += u1;
-    }
-#endif
-  for (int64_t n = n0; n < N; n++) bn_grad_sums(g + (n * C + ch) * sp, x + (n * C + ch) * sp, sp, mean, &sg, &sgx);
-  sgx *= inv;
+  nbl_bn_acc s; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
+  memset(&s, 0, sizeof s);
+  nbl_bn_acc_grad(&s, g, x, N, C, sp, ch, mean, hooks);
+  double sg = nbl_bn_acc_total(s.a), sgx = nbl_bn_acc_total(s.b) * inv;
   *sg_out = sg;
   *sgx_out = sgx;
   if (!dx) return;
   double k = scale * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
   /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
   float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
-  for (int64_t n = 0; n < N; n++)
-    bn_dx(dx + (n * C + ch) * sp, g + (n * C + ch) * sp, x + (n * C + ch) * sp, a, b, off, sp);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+    bn_dx(dx + o, g + o, x + o, a, b, off, sp);
+    if (hooks && hooks->after) hooks->after(hooks->arg, o, sp);
+  }
 }
 
 static void bn_grad_run(void *arg, int64_t begin, int64_t end) {
@@ -647,7 +613,7 @@ static void bn_grad_run(void *arg, int64_t begin, int64_t end) {
   for (int64_t ch = begin; ch < end; ch++) {
     double sg, sgx;
     nbl_bn_grad_f32_channel(t->g, t->x, t->y, t->N, t->C, t->sp, ch, nbl_rt_get_f64(c->in[3], ch),
-                            nbl_rt_get_f64(c->in[4], ch), nbl_rt_get_f64(c->in[2], ch), &sg, &sgx);
+                            nbl_rt_get_f64(c->in[4], ch), nbl_rt_get_f64(c->in[2], ch), &sg, &sgx, NULL);
     if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
     if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg);
   }

@@ -1,0 +1,232 @@
+/* test_bn_sums.c - the per-channel sums of the fast float32 BatchNorm
+ * kernels (runtime/ops/grad_norm.h: nbl_bn_acc_stats, nbl_bn_acc_grad,
+ * nbl_bn_acc_total, nbl_bn_stats_f32_channel), which BatchNormInternal,
+ * BatchNormalizationGrad and the fused training chains share:
+ *   - the sixteen lanes equal a plain C model of the documented order (lane
+ *     i % 16 of each plane, planes in order) bit for bit, at every CPU cap
+ *     (scalar, AVX2, AVX-512), at plane sizes around the vector widths;
+ *   - the totals and the statistics against a long double reference (two
+ *     passes), including data far from zero (the one-pass variance about
+ *     the first element) and an outlier as that element;
+ *   - NaN and Inf give NaN / Inf statistics as the reference does;
+ *   - BatchNormInternal and BatchNormalizationGrad (fast path) give the same
+ *     bits with one and two threads. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/ir.h"
+#include "nibble.h"
+#include "one_node.h"
+#include "runtime/core/cpu.h"
+#include "runtime/ops/grad_norm.h"
+
+/* deterministic data in [lo, lo + span) */
+static void fill(float *x, int64_t n, unsigned seed, float lo, float span) {
+  for (int64_t i = 0; i < n; i++) {
+    seed = seed * 1103515245u + 12345u;
+    x[i] = lo + span * (float)((seed >> 8) & 0xFFFF) / 65536.0f;
+  }
+}
+
+/* The lanes as documented, in plain C: element i of every plane into lane
+ * i % 16, planes in order. */
+static void model_lanes(const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double k,
+                        double a[16], double b[16]) {
+  memset(a, 0, 16 * sizeof(double));
+  memset(b, 0, 16 * sizeof(double));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t i = 0; i < sp; i++) {
+      int64_t o = (n * C + ch) * sp + i;
+      double d = (double)x[o] - k, t = g ? (double)g[o] : d;
+      a[i % 16] = a[i % 16] + t;
+      b[i % 16] = b[i % 16] + t * d;
+    }
+}
+
+static const nbl_isa caps[3] = {NBL_ISA_SCALAR, NBL_ISA_AVX2, NBL_ISA_AVX512};
+
+START_TEST(test_lanes_every_cap) {
+  static const int64_t sps[] = {1, 3, 4, 7, 8, 15, 16, 17, 31, 33, 49, 100, 196};
+  for (size_t si = 0; si < sizeof sps / sizeof *sps; si++)
+    for (int64_t N = 1; N <= 3; N += 2) {
+      int64_t C = 3, sp = sps[si], n = N * C * sp;
+      float *x = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+      fill(x, n, (unsigned)(sp * 7 + N), -2.0f, 5.0f);
+      fill(g, n, (unsigned)(sp * 13 + N), -1.0f, 2.0f);
+      for (int64_t ch = 0; ch < C; ch++) {
+        double k = 0.375, ma[16], mb[16], ga[16], gb[16];
+        model_lanes(NULL, x, N, C, sp, ch, k, ma, mb);
+        model_lanes(g, x, N, C, sp, ch, k, ga, gb);
+        for (int c = 0; c < 3; c++) {
+          nbl_isa prev = nbl_cpu_set_thread_cap(caps[c]);
+          nbl_bn_acc s, t;
+          memset(&s, 0, sizeof s);
+          memset(&t, 0, sizeof t);
+          nbl_bn_acc_stats(&s, x, N, C, sp, ch, k);
+          nbl_bn_acc_grad(&t, g, x, N, C, sp, ch, k, NULL);
+          nbl_cpu_set_thread_cap(prev);
+          ck_assert_msg(!memcmp(s.a, ma, sizeof ma) && !memcmp(s.b, mb, sizeof mb),
+                        "stats lanes differ from the model: cap %s, N %lld sp %lld ch %lld", nbl_isa_name(caps[c]),
+                        (long long)N, (long long)sp, (long long)ch);
+          ck_assert_msg(!memcmp(t.a, ga, sizeof ga) && !memcmp(t.b, gb, sizeof gb),
+                        "grad lanes differ from the model: cap %s, N %lld sp %lld ch %lld", nbl_isa_name(caps[c]),
+                        (long long)N, (long long)sp, (long long)ch);
+        }
+      }
+      free(x);
+      free(g);
+    }
+}
+END_TEST
+
+START_TEST(test_total_tree) {
+  double l[16];
+  for (int i = 0; i < 16; i++) l[i] = (double)(i + 1);
+  ck_assert(nbl_bn_acc_total(l) == 136.0);
+  /* the fixed tree: ((l0 + l8) + (l4 + l12)) + ((l2 + l10) + (l6 + l14)) + ...
+   * 1e16 + 1 + ... : lanes 0 and 8 cancel first, the ones survive */
+  for (int i = 0; i < 16; i++) l[i] = 1.0;
+  l[0] = 1e16;
+  l[8] = -1e16;
+  ck_assert(nbl_bn_acc_total(l) == 14.0);
+}
+END_TEST
+
+/* mean and biased variance of channel ch in long double, two passes */
+static void ref_stats(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, long double *mean,
+                      long double *var) {
+  long double s = 0, s2 = 0;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t i = 0; i < sp; i++) s += x[(n * C + ch) * sp + i];
+  *mean = s / (long double)(N * sp);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t i = 0; i < sp; i++) {
+      long double d = x[(n * C + ch) * sp + i] - *mean;
+      s2 += d * d;
+    }
+  *var = s2 / (long double)(N * sp);
+}
+
+START_TEST(test_stats_vs_long_double) {
+  /* {lo, span}: centred data, data far from zero (1000 +- 0.001: a naive
+   * one-pass E[x^2] - E[x]^2 in float would lose everything), tiny values */
+  static const float cases[][2] = {{-1.0f, 2.0f}, {1000.0f, 0.002f}, {-3e-6f, 1e-5f}, {0.0f, 1.0f}};
+  for (size_t cs = 0; cs < sizeof cases / sizeof *cases; cs++)
+    for (int c = 0; c < 3; c++) {
+      int64_t N = 5, C = 2, sp = 37, n = N * C * sp;
+      float *x = malloc(sizeof(float) * (size_t)n);
+      fill(x, n, (unsigned)(cs + 1), cases[cs][0], cases[cs][1]);
+      if (cs == 3) x[1 * sp] = 500.0f; /* an outlier as channel 1's first element (k) */
+      for (int64_t ch = 0; ch < C; ch++) {
+        long double rm, rv;
+        ref_stats(x, N, C, sp, ch, &rm, &rv);
+        double mean, var;
+        nbl_isa prev = nbl_cpu_set_thread_cap(caps[c]);
+        nbl_bn_stats_f32_channel(x, N, C, sp, ch, &mean, &var);
+        nbl_cpu_set_thread_cap(prev);
+        ck_assert_msg(fabsl(mean - rm) <= 1e-14L * fabsl(rm) + 1e-300L, "case %zu ch %lld mean %.17g vs %.17Lg", cs,
+                      (long long)ch, mean, rm);
+        ck_assert_msg(fabsl(var - rv) <= 1e-12L * rv, "case %zu ch %lld var %.17g vs %.17Lg", cs, (long long)ch, var,
+                      rv);
+      }
+      free(x);
+    }
+}
+END_TEST
+
+START_TEST(test_stats_nan_inf) {
+  float x[2 * 20];
+  double mean, var;
+  fill(x, 40, 5, -1.0f, 2.0f);
+  x[3] = NAN; /* channel 0 (N = 1, C = 2, sp = 20) */
+  nbl_bn_stats_f32_channel(x, 1, 2, 20, 0, &mean, &var);
+  ck_assert(isnan(mean) && isnan(var));
+  nbl_bn_stats_f32_channel(x, 1, 2, 20, 1, &mean, &var); /* channel 1 untouched */
+  ck_assert(isfinite(mean) && isfinite(var) && var > 0);
+  x[3] = INFINITY; /* a +Inf: mean +Inf, variance NaN (Inf - Inf), as the reference */
+  nbl_bn_stats_f32_channel(x, 1, 2, 20, 0, &mean, &var);
+  ck_assert(isinf(mean) && mean > 0 && isnan(var));
+  x[3] = 0.5f;
+  x[0] = -INFINITY; /* as the first element: not taken as k */
+  nbl_bn_stats_f32_channel(x, 1, 2, 20, 0, &mean, &var);
+  ck_assert(isinf(mean) && mean < 0 && isnan(var));
+  nbl_bn_stats_f32_channel(x, 0, 2, 20, 0, &mean, &var); /* no element */
+  ck_assert(mean == 0.0 && var == 0.0);
+}
+END_TEST
+
+/* BatchNormInternal then BatchNormalizationGrad on [N, C, H, W] with
+ * `threads` threads (fast path); all outputs copied into out[0..7]. */
+static void run_bn(int threads, int64_t N, int64_t C, int64_t H, int64_t W, float *out[8]) {
+  int64_t n = N * C * H * W, dx[4] = {N, C, H, W}, dc[1] = {C};
+  float *x = malloc(sizeof(float) * (size_t)n), *dy = malloc(sizeof(float) * (size_t)n);
+  float sc[64], b[64], rm[64], rv[64];
+  fill(x, n, 11, -3.0f, 7.0f);
+  fill(dy, n, 12, -1.0f, 2.0f);
+  fill(sc, C, 13, 0.5f, 1.0f);
+  fill(b, C, 14, -0.5f, 1.0f);
+  fill(rm, C, 15, -0.1f, 0.2f);
+  fill(rv, C, 16, 0.9f, 0.2f);
+  one *f = one_new_domain("BatchNormInternal", "com.microsoft", 1, 5, 5);
+  nbl_host_tensor fin[5] = {ht(NBL_DT_FLOAT, 4, dx, x), ht(NBL_DT_FLOAT, 1, dc, sc), ht(NBL_DT_FLOAT, 1, dc, b),
+                            ht(NBL_DT_FLOAT, 1, dc, rm), ht(NBL_DT_FLOAT, 1, dc, rv)};
+  one_ins(f, 5, fin);
+  f->threads = threads;
+  ck_assert_int_eq(one_run(f, 0), NBL_OK);
+  for (int k = 0; k < 5; k++) {
+    out[k] = malloc(f->out[k].nbytes);
+    memcpy(out[k], f->out[k].data, f->out[k].nbytes);
+  }
+  one *g = one_new_domain("BatchNormalizationGrad", "com.microsoft", 1, 5, 3);
+  nbl_host_tensor bin[5] = {ht(NBL_DT_FLOAT, 4, dx, dy), ht(NBL_DT_FLOAT, 4, dx, x), ht(NBL_DT_FLOAT, 1, dc, sc),
+                            ht(NBL_DT_FLOAT, 1, dc, out[3]), ht(NBL_DT_FLOAT, 1, dc, out[4])};
+  one_ins(g, 5, bin);
+  g->threads = threads;
+  ck_assert_int_eq(one_run(g, 0), NBL_OK);
+  for (int k = 0; k < 3; k++) {
+    out[5 + k] = malloc(g->out[k].nbytes);
+    memcpy(out[5 + k], g->out[k].data, g->out[k].nbytes);
+  }
+  one_free(f);
+  one_free(g);
+  free(x);
+  free(dy);
+}
+
+START_TEST(test_threads_same_bits) {
+  int64_t N = 3, C = 5, H = 7, W = 9, n = N * C * H * W;
+  float *one_t[8], *two_t[8];
+  run_bn(1, N, C, H, W, one_t);
+  run_bn(2, N, C, H, W, two_t);
+  static const char *const what[8] = {"Y", "running_mean", "running_var", "saved_mean", "saved_inv_std",
+                                      "dX", "dScale", "dBias"};
+  for (int k = 0; k < 8; k++) {
+    int64_t len = k == 0 || k == 5 ? n : C;
+    ck_assert_msg(!memcmp(one_t[k], two_t[k], sizeof(float) * (size_t)len), "%s differs with 2 threads", what[k]);
+    free(one_t[k]);
+    free(two_t[k]);
+  }
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("bn_sums");
+  TCase *t = tcase_create("bn_sums");
+  tcase_add_test(t, test_lanes_every_cap);
+  tcase_add_test(t, test_total_tree);
+  tcase_add_test(t, test_stats_vs_long_double);
+  tcase_add_test(t, test_stats_nan_inf);
+  tcase_add_test(t, test_threads_same_bits);
+  suite_add_tcase(s, t);
+  return s;
+}
+
+int main(void) {
+  SRunner *r = srunner_create(suite());
+  srunner_run_all(r, CK_NORMAL);
+  int failed = srunner_ntests_failed(r);
+  srunner_free(r);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
