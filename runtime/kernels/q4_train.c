@@ -1,8 +1,9 @@
 /* q4_train.c - QuantizeInt4 and QuantizeInt4Grad in training graphs:
  * parameters from a parallel range scan, fake quantization through the
  * vector activation quantizer (int4_quant.c: codes identical to
- * runtime/formats/int4.c), and the straight-through mask with the same
- * division and rounding as nbl_q4_passes, vectorized; see q4_train.h. */
+ * runtime/formats/int4.c), and the straight-through mask as the interval of
+ * x that the same division and rounding as nbl_q4_passes let through (two
+ * comparisons per element, vectorized); see q4_train.h. */
 #include "runtime/kernels/q4_train.h"
 
 #include <float.h>
@@ -58,35 +59,32 @@ void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_para
   nbl_parallel_for(c, n, GRAIN, fq_chunk, &j);
 }
 
+/* The mask as the interval of x it passes (nbl_q4t_ste_bounds): two
+ * comparisons per element instead of a division and a rounding. */
 typedef struct ste_job {
   const float *x, *g;
   float *dx;
-  float scale, zero, qmin, qmax;
+  float lo, hi;
 } ste_job;
 
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) static int64_t ste_avx512(const ste_job *j, int64_t b, int64_t e) {
-  const __m512 s = _mm512_set1_ps(j->scale), z = _mm512_set1_ps(j->zero), lo = _mm512_set1_ps(j->qmin),
-               hi = _mm512_set1_ps(j->qmax);
+  const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi);
   int64_t i = b;
   for (; i + 16 <= e; i += 16) {
-    __m512 r = _mm512_add_ps(
-        _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(j->x + i), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-        z);
-    __mmask16 ok = _mm512_cmp_ps_mask(r, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r, hi, _CMP_LE_OQ);
+    __m512 x = _mm512_loadu_ps(j->x + i);
+    __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(x, hi, _CMP_LE_OQ);
     _mm512_storeu_ps(j->dx + i, _mm512_maskz_mov_ps(ok, _mm512_loadu_ps(j->g + i)));
   }
   return i;
 }
 
 __attribute__((target("avx2"))) static int64_t ste_avx2(const ste_job *j, int64_t b, int64_t e) {
-  const __m256 s = _mm256_set1_ps(j->scale), z = _mm256_set1_ps(j->zero), lo = _mm256_set1_ps(j->qmin),
-               hi = _mm256_set1_ps(j->qmax);
+  const __m256 lo = _mm256_set1_ps(j->lo), hi = _mm256_set1_ps(j->hi);
   int64_t i = b;
   for (; i + 8 <= e; i += 8) {
-    __m256 r = _mm256_add_ps(
-        _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(j->x + i), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
-    __m256 ok = _mm256_and_ps(_mm256_cmp_ps(r, lo, _CMP_GE_OQ), _mm256_cmp_ps(r, hi, _CMP_LE_OQ));
+    __m256 x = _mm256_loadu_ps(j->x + i);
+    __m256 ok = _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ));
     _mm256_storeu_ps(j->dx + i, _mm256_and_ps(ok, _mm256_loadu_ps(j->g + i)));
   }
   return i;
@@ -101,17 +99,14 @@ static void ste_chunk(void *arg, int64_t b, int64_t e) {
   if (isa == NBL_I4_VNNI) i = ste_avx512(j, b, e);
   else if (isa == NBL_I4_AVX2) i = ste_avx2(j, b, e);
 #endif
-  for (; i < e; i++) {
-    float r = nearbyintf(j->x[i] / j->scale) + j->zero;
-    j->dx[i] = r >= j->qmin && r <= j->qmax ? j->g[i] : 0.0f;
-  }
+  for (; i < e; i++) j->dx[i] = j->x[i] >= j->lo && j->x[i] <= j->hi ? j->g[i] : 0.0f;
 }
 
 void nbl_q4t_ste(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                  const float *g, float *dx, int64_t n) {
   (void)cfg;
-  ste_job j = {.x = x, .g = g, .dx = dx, .scale = p->scale, .zero = (float)p->zero, .qmin = (float)p->qmin,
-               .qmax = (float)p->qmax};
+  ste_job j = {.x = x, .g = g, .dx = dx};
+  nbl_q4t_ste_bounds(p, &j.lo, &j.hi);
   nbl_parallel_for(c, n, GRAIN, ste_chunk, &j);
 }
 
