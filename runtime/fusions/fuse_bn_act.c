@@ -37,11 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "runtime/core/cpu.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/ops/grad_norm.h"
 #include "runtime/ops/nibble.h"
@@ -226,104 +221,6 @@ typedef struct ba_job {
   unsigned char *bad; /* per channel: 1 when one is NaN or Inf */
 } ba_job;
 
-/* v = relu(v + r) (r may be NULL) over n floats, with their minimum and
- * maximum; returns 1 if one of them is NaN or Inf (lo, hi then undefined). */
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static int relu_range_avx2(float *v, const float *r, int64_t n, float *lo,
-                                                           float *hi) {
-  __m256 z = _mm256_setzero_ps(), mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY), chk = z;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 t = _mm256_loadu_ps(v + i);
-    if (r) t = _mm256_add_ps(t, _mm256_loadu_ps(r + i));
-    t = _mm256_blendv_ps(t, z, _mm256_cmp_ps(t, z, _CMP_LT_OQ)); /* t < 0 ? 0 : t */
-    _mm256_storeu_ps(v + i, t);
-    chk = _mm256_add_ps(chk, _mm256_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
-    mn = _mm256_min_ps(mn, t);
-    mx = _mm256_max_ps(mx, t);
-  }
-  float a[8], b[8], k[8];
-  _mm256_storeu_ps(a, mn);
-  _mm256_storeu_ps(b, mx);
-  _mm256_storeu_ps(k, chk);
-  int bad = 0;
-  float l = INFINITY, h = -INFINITY;
-  for (int j = 0; j < 8; j++) {
-    bad |= k[j] != 0.0f;
-    l = a[j] < l ? a[j] : l;
-    h = b[j] > h ? b[j] : h;
-  }
-  for (; i < n; i++) {
-    float t = r ? v[i] + r[i] : v[i];
-    t = t < 0 ? 0.0f : t;
-    v[i] = t;
-    bad |= !isfinite(t);
-    l = t < l ? t : l;
-    h = t > h ? t : h;
-  }
-  *lo = l;
-  *hi = h;
-  return bad;
-}
-
-__attribute__((target("avx512f"))) static int relu_range_avx512(float *v, const float *r, int64_t n, float *lo,
-                                                               float *hi) {
-  __m512 z = _mm512_setzero_ps(), mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 t = _mm512_loadu_ps(v + i);
-    if (r) t = _mm512_add_ps(t, _mm512_loadu_ps(r + i));
-    t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
-    _mm512_storeu_ps(v + i, t);
-    chk = _mm512_add_ps(chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
-    mn = _mm512_min_ps(mn, t);
-    mx = _mm512_max_ps(mx, t);
-  }
-  float a[16], b[16], k[16];
-  _mm512_storeu_ps(a, mn);
-  _mm512_storeu_ps(b, mx);
-  _mm512_storeu_ps(k, chk);
-  int bad = 0;
-  float l = INFINITY, h = -INFINITY;
-  for (int j = 0; j < 16; j++) {
-    bad |= k[j] != 0.0f;
-    l = a[j] < l ? a[j] : l;
-    h = b[j] > h ? b[j] : h;
-  }
-  for (; i < n; i++) {
-    float t = r ? v[i] + r[i] : v[i];
-    t = t < 0 ? 0.0f : t;
-    v[i] = t;
-    bad |= !isfinite(t);
-    l = t < l ? t : l;
-    h = t > h ? t : h;
-  }
-  *lo = l;
-  *hi = h;
-  return bad;
-}
-#endif
-
-static int relu_range(float *v, const float *r, int64_t n, float *lo, float *hi) {
-#if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX512F)) return relu_range_avx512(v, r, n, lo, hi);
-  if (nbl_cpu_has(NBL_CPU_AVX2)) return relu_range_avx2(v, r, n, lo, hi);
-#endif
-  int bad = 0;
-  float l = INFINITY, h = -INFINITY;
-  for (int64_t i = 0; i < n; i++) {
-    float t = r ? v[i] + r[i] : v[i];
-    t = t < 0 ? 0.0f : t;
-    v[i] = t;
-    bad |= !isfinite(t);
-    l = t < l ? t : l;
-    h = t > h ? t : h;
-  }
-  *lo = l;
-  *hi = h;
-  return bad;
-}
-
 static void ba_run(void *arg, int64_t b, int64_t e) {
   const ba_job *j = arg;
   int64_t N = j->N, C = j->C, sp = j->sp;
@@ -336,11 +233,10 @@ static void ba_run(void *arg, int64_t b, int64_t e) {
     int bad = 0;
     for (int64_t n = 0; n < N; n++) {
       int64_t o = (n * C + ch) * sp;
-      float l, h;
-      nbl_bn_apply_f32(j->v + o, j->x + o, fa, fb, sp);
-      bad |= relu_range(j->v + o, j->res ? j->res + o : NULL, sp, &l, &h);
-      lo = l < lo ? l : lo;
-      hi = h > hi ? h : hi;
+      float rg[2];
+      bad |= nbl_bn_apply_relu_f32(j->v + o, j->x + o, fa, fb, j->res ? j->res + o : NULL, sp, rg);
+      lo = rg[0] < lo ? rg[0] : lo;
+      hi = rg[1] > hi ? rg[1] : hi;
     }
     j->lo[ch] = lo;
     j->hi[ch] = hi;

@@ -239,11 +239,17 @@ typedef struct bg_job {
 } bg_job;
 
 #if defined(__x86_64__)
+/* next: the offset of the next plane of the channel (0 for the last),
+ * fetched into the cache while this one is made */
 __attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, float *g, const float *d0,
-                                                           const float *d1, const float *v, int64_t n) {
+                                                           const float *d1, const float *v, int64_t n,
+                                                           int64_t next) {
   const __m512 lo = _mm512_set1_ps(j->lo), hi = _mm512_set1_ps(j->hi), zero = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
+    _mm_prefetch((const char *)(d0 + next + i), _MM_HINT_T0);
+    _mm_prefetch((const char *)(v + next + i), _MM_HINT_T0);
+    if (d1) _mm_prefetch((const char *)(d1 + next + i), _MM_HINT_T0);
     __m512 vv = _mm512_loadu_ps(v + i), t = _mm512_loadu_ps(d0 + i);
     if (d1) t = _mm512_add_ps(t, _mm512_loadu_ps(d1 + i));
     __mmask16 ok = _mm512_cmp_ps_mask(vv, zero, _CMP_GT_OQ);
@@ -279,7 +285,8 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
   int64_t i = 0;
 #if defined(__x86_64__)
   if (j->mask != MASK_Q4_REF) {
-    if (nbl_cpu_has(NBL_CPU_AVX512F)) i = g_avx512(j, g, d0, d1, v, n);
+    int64_t next = at + j->C * j->sp < j->N * j->C * j->sp ? j->C * j->sp : 0;
+    if (nbl_cpu_has(NBL_CPU_AVX512F)) i = g_avx512(j, g, d0, d1, v, n, next);
     else if (nbl_cpu_has(NBL_CPU_AVX2)) i = g_avx2(j, g, d0, d1, v, n);
   }
 #endif

@@ -71,4 +71,12 @@ double nbl_bn_affine_f32(double mean, double var, double eps, double scale, doub
  * kernel (vector and scalar paths give the same floats); y may be x. */
 void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n);
 
+/* The forward chain's sweep of one plane (runtime/fusions/fuse_bn_act.c):
+ * v[i] = relu(x[i] * fa + fb + r[i]) (no r when r is NULL) with the float
+ * operations of nbl_bn_apply_f32, the Add (a float sum) and Relu
+ * (t < 0 ? 0 : t), and range[0], range[1] = the minimum and maximum of the
+ * values written. Returns 1 if one of them is NaN or Inf (range then
+ * undefined), else 0. */
+int nbl_bn_apply_relu_f32(float *v, const float *x, float fa, float fb, const float *r, int64_t n, float range[2]);
+
 #endif

@@ -456,16 +456,9 @@ double nbl_bn_acc_total(const double lanes[16]) {
 }
 
 #if defined(__x86_64__)
-/* y = x a + b (BatchNormInternal's output), and d = a g - b x + off
- * (BatchNormalizationGrad's X_grad), over n floats: 8 lanes with AVX, the
- * same operations in the same order as the scalar tails. */
-__attribute__((target("avx"))) static void bn_axpb_avx(float *y, const float *x, float a, float b, int64_t n) {
-  __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), va), vb));
-  for (; i < n; i++) y[i] = x[i] * a + b;
-}
-
+/* d = a g - b x + off (BatchNormalizationGrad's X_grad), over n floats: 8
+ * lanes with AVX, the same operations in the same order as the scalar
+ * tails. */
 __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, const float *x, float a, float b,
                                                      float off, int64_t n) {
   __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vo = _mm256_set1_ps(off);
@@ -478,14 +471,6 @@ __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, c
 }
 
 /* The same with 16 lanes (AVX-512F): the same operations per element. */
-__attribute__((target("avx512f"))) static void bn_axpb_avx512(float *y, const float *x, float a, float b, int64_t n) {
-  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), va), vb));
-  for (; i < n; i++) y[i] = x[i] * a + b;
-}
-
 __attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
                                                             float off, int64_t n) {
   __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vo = _mm512_set1_ps(off);
@@ -498,18 +483,99 @@ __attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const floa
 }
 #endif
 
-static void bn_axpb(float *y, const float *x, float a, float b, int64_t n) {
+/* BatchNormInternal's output y = x a + b (a product, then a sum, in float)
+ * over n floats, and for the fused chains in the same sweep: + r (when r is
+ * not NULL, a float sum), relu (t < 0 ? 0 : t, when relu) and, when rg is
+ * not NULL, the minimum rg[0] and maximum rg[1] of the values written;
+ * returns 1 when one of them is NaN or Inf (rg then undefined), else 0.
+ * Every path gives the same floats. */
+static int bn_apply_tail(float *y, const float *x, float a, float b, const float *r, int relu, float *rg, int64_t i,
+                         int64_t n, int bad) {
+  for (; i < n; i++) {
+    float t = x[i] * a + b;
+    if (r) t = t + r[i];
+    if (relu) t = t < 0 ? 0.0f : t;
+    y[i] = t;
+    if (rg) {
+      bad |= !isfinite(t);
+      rg[0] = t < rg[0] ? t : rg[0];
+      rg[1] = t > rg[1] ? t : rg[1];
+    }
+  }
+  return bad;
+}
+
 #if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX512F)) {
-    bn_axpb_avx512(y, x, a, b, n);
-    return;
+__attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const float *x, float a, float b,
+                                                             const float *r, int relu, float *rg, int64_t n) {
+  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), z = _mm512_setzero_ps();
+  __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), va), vb);
+    if (r) t = _mm512_add_ps(t, _mm512_loadu_ps(r + i));
+    if (relu) t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
+    _mm512_storeu_ps(y + i, t);
+    if (rg) {
+      chk = _mm512_add_ps(chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
+      mn = _mm512_min_ps(mn, t);
+      mx = _mm512_max_ps(mx, t);
+    }
   }
-  if (nbl_cpu_has(NBL_CPU_AVX)) {
-    bn_axpb_avx(y, x, a, b, n);
-    return;
+  if (!rg) return bn_apply_tail(y, x, a, b, r, relu, NULL, i, n, 0);
+  float l[16], h[16], k[16];
+  _mm512_storeu_ps(l, mn);
+  _mm512_storeu_ps(h, mx);
+  _mm512_storeu_ps(k, chk);
+  int bad = 0;
+  rg[0] = INFINITY, rg[1] = -INFINITY;
+  for (int j = 0; j < 16; j++) {
+    bad |= k[j] != 0.0f;
+    rg[0] = l[j] < rg[0] ? l[j] : rg[0];
+    rg[1] = h[j] > rg[1] ? h[j] : rg[1];
   }
+  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, bad);
+}
+
+__attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x, float a, float b, const float *r,
+                                                      int relu, float *rg, int64_t n) {
+  __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
+  __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY), chk = z;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), va), vb);
+    if (r) t = _mm256_add_ps(t, _mm256_loadu_ps(r + i));
+    if (relu) t = _mm256_blendv_ps(t, z, _mm256_cmp_ps(t, z, _CMP_LT_OQ));
+    _mm256_storeu_ps(y + i, t);
+    if (rg) {
+      chk = _mm256_add_ps(chk, _mm256_mul_ps(t, z));
+      mn = _mm256_min_ps(mn, t);
+      mx = _mm256_max_ps(mx, t);
+    }
+  }
+  if (!rg) return bn_apply_tail(y, x, a, b, r, relu, NULL, i, n, 0);
+  float l[8], h[8], k[8];
+  _mm256_storeu_ps(l, mn);
+  _mm256_storeu_ps(h, mx);
+  _mm256_storeu_ps(k, chk);
+  int bad = 0;
+  rg[0] = INFINITY, rg[1] = -INFINITY;
+  for (int j = 0; j < 8; j++) {
+    bad |= k[j] != 0.0f;
+    rg[0] = l[j] < rg[0] ? l[j] : rg[0];
+    rg[1] = h[j] > rg[1] ? h[j] : rg[1];
+  }
+  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, bad);
+}
 #endif
-  for (int64_t i = 0; i < n; i++) y[i] = x[i] * a + b;
+
+static int bn_apply(float *y, const float *x, float a, float b, const float *r, int relu, float *rg, int64_t n) {
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) return bn_apply_avx512(y, x, a, b, r, relu, rg, n);
+  if (nbl_cpu_has(NBL_CPU_AVX)) return bn_apply_avx(y, x, a, b, r, relu, rg, n);
+#endif
+  if (rg) rg[0] = INFINITY, rg[1] = -INFINITY;
+  return bn_apply_tail(y, x, a, b, r, relu, rg, 0, n, 0);
 }
 
 static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n) {
@@ -564,7 +630,13 @@ double nbl_bn_affine_f32(double mean, double var, double eps, double scale, doub
   return inv;
 }
 
-void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n) { bn_axpb(y, x, fa, fb, n); }
+void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n) {
+  bn_apply(y, x, fa, fb, NULL, 0, NULL, n);
+}
+
+int nbl_bn_apply_relu_f32(float *v, const float *x, float fa, float fb, const float *r, int64_t n, float range[2]) {
+  return bn_apply(v, x, fa, fb, r, 1, range, n);
+}
 
 static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
   const bn_task *t = arg;
@@ -576,7 +648,7 @@ static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
     float fa, fb;
     double inv = nbl_bn_affine_f32(mean, var, t->eps, nbl_rt_get_f64(c->in[1], ch), nbl_rt_get_f64(c->in[2], ch),
                                    &fa, &fb);
-    for (int64_t n = 0; n < N; n++) bn_axpb(t->y + (n * C + ch) * sp, t->x + (n * C + ch) * sp, fa, fb, sp);
+    for (int64_t n = 0; n < N; n++) bn_apply(t->y + (n * C + ch) * sp, t->x + (n * C + ch) * sp, fa, fb, NULL, 0, NULL, sp);
     if (grad_want(c, 1))
       nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean * (1 - t->mom));
     if (grad_want(c, 2))
