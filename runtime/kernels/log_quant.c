@@ -116,16 +116,76 @@ __attribute__((target("avx512f"))) static float absmax_avx512(const float *x, si
   return _mm512_reduce_max_ps(m);
 }
 
+/* The table lookup of nearest_avx512: thresholds spaced at least a factor 2
+ * apart (every radix >= 2) leave at most one threshold in each binade
+ * [2^e, 2^(e+1)). With et the exponent field of thr[0], the binade of a
+ * normal a = |x| is bin = clamp(et - e(a), 0, 31); the magnitude is
+ * hi[bin] when a >= t[bin] (the threshold in that binade, or 0 without
+ * one) and lo[bin] otherwise, both levels (or 0: below every threshold).
+ * Bin 0 also takes every a above thr[0]'s binade, bin 31 everything below
+ * the last threshold's (zero and subnormals included). Returns 0, leaving
+ * the compare chain to do the work, when the table cannot hold the grid:
+ * a threshold or level that is not a normal float, thresholds not
+ * decreasing, two in one binade, more than 30 binades between the first
+ * and the last, or a first threshold below 2^-96. */
+static int binade_table(const float *lev, const float *thr, int L, int *et, float t[32], float hi[32],
+                        float lo[32]) {
+  int e[15] = {0};
+  for (int j = 0; j < L; j++) {
+    if (!isnormal(thr[j]) || !isnormal(lev[j]) || thr[j] < 0 || (j && !(thr[j] < thr[j - 1]))) return 0;
+    e[j] = (int)(bits_of(thr[j]) >> 23);
+    if (j && e[j] == e[j - 1]) return 0;
+  }
+  *et = e[0];
+  if (e[0] < 32 || e[0] - e[L - 1] > 30) return 0;
+  int above = 0; /* the thresholds in the binades above this one */
+  for (int b = 0; b < 32; b++) {
+    int E = e[0] - b;
+    while (above < L && e[above] > E) above++;
+    hi[b] = above < L ? lev[above] : 0.0f;
+    if (above < L && e[above] == E) {
+      t[b] = thr[above];
+      lo[b] = above + 1 < L ? lev[above + 1] : 0.0f;
+    } else {
+      t[b] = 0.0f;
+      lo[b] = hi[b];
+    }
+  }
+  return 1;
+}
+
 __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, const float *thr,
                                                               int L, const float *x, float *y,
                                                               size_t n) {
+  float tt[32], th[32], tl[32];
+  int et;
+  const __m512i sgnm = _mm512_set1_epi32((int)0x80000000u);
+  const __m512 inf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
+  if (binade_table(lev, thr, L, &et, tt, th, tl)) {
+    const __m512 t0 = _mm512_loadu_ps(tt), t1 = _mm512_loadu_ps(tt + 16), h0 = _mm512_loadu_ps(th),
+                 h1 = _mm512_loadu_ps(th + 16), l0 = _mm512_loadu_ps(tl), l1 = _mm512_loadu_ps(tl + 16);
+    const __m512i vet = _mm512_set1_epi32(et), z = _mm512_setzero_si512(), top = _mm512_set1_epi32(31);
+    for (size_t i = 0; i < n; i += 16) {
+      __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+      __m512 a = _mm512_abs_ps(v);
+      __m512i bin = _mm512_sub_epi32(vet, _mm512_srli_epi32(_mm512_castps_si512(a), 23));
+      bin = _mm512_min_epi32(_mm512_max_epi32(bin, z), top);
+      __m512 mag = _mm512_mask_mov_ps(_mm512_permutex2var_ps(l0, bin, l1),
+                                      _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t0, bin, t1), _CMP_GE_OQ),
+                                      _mm512_permutex2var_ps(h0, bin, h1));
+      __m512i r = _mm512_or_si512(_mm512_castps_si512(mag), _mm512_and_si512(_mm512_castps_si512(v), sgnm));
+      __m512 out = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mag, zero, _CMP_NEQ_UQ), _mm512_castsi512_ps(r));
+      out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), out);
+      _mm512_mask_storeu_ps(y + i, k, out);
+    }
+    return;
+  }
   __m512 vl[15], vt[15];
   for (int j = 0; j < L; j++) {
     vl[j] = _mm512_set1_ps(lev[j]);
     vt[j] = _mm512_set1_ps(thr[j]);
   }
-  const __m512i sgnm = _mm512_set1_epi32((int)0x80000000u);
-  const __m512 inf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
   for (size_t i = 0; i < n; i += 16) {
     __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
     __m512 v = _mm512_maskz_loadu_ps(k, x + i);

@@ -8,7 +8,10 @@
  * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
  * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch
  * is in this tree; then it becomes a call to nbl_cpu_has). Tests call each
- * variant explicitly.
+ * variant explicitly. The AVX-512 rounding looks the magnitude up by the
+ * binade of |x| (one threshold per binade at most, for every radix >= 2)
+ * instead of comparing |x| with every threshold; grids the lookup cannot
+ * hold (subnormal levels, more than 30 binades) take the comparisons.
  */
 #ifndef NBL_KERNELS_LOG_QUANT_H
 #define NBL_KERNELS_LOG_QUANT_H
