@@ -8,8 +8,8 @@
  * (nbl_bn_grad_f32_channel) with hooks: the masked gradient g = (d0 + d1)
  * where the straight-through estimator passes and the Relu output is
  * positive (else +0) is built for each plane just before the kernel sums it
- * (so it is summed from L1), then the kernel writes dX over g, and the max
- * |dX| the QuantizeLog pair needs is taken from each plane just written. The unfused chain sweeps the memory of each of these tensors
+ * (so it is summed from L1), then the kernel writes dX over g and takes
+ * the max |dX| the QuantizeLog pair needs in the same sweep. The unfused chain sweeps the memory of each of these tensors
  * once per node (and QuantizeInt4Grad once more for its range): about 11
  * reads and 4 writes of an activation-sized tensor against 7 and 2 here.
  *
@@ -45,7 +45,6 @@
 #include "runtime/core/cpu.h"
 #include "runtime/fusions/fuse.h"
 #include "runtime/kernels/int4_fused.h"
-#include "runtime/kernels/log_quant.h"
 #include "runtime/kernels/q4_train.h"
 #include "runtime/ops/grad_norm.h"
 #include "runtime/ops/nibble.h"
@@ -235,7 +234,6 @@ typedef struct bg_job {
   nbl_q4_params p;
   float lo, hi; /* the STE passes exactly lo <= v <= hi (nbl_q4t_ste_bounds) */
   float *cmax;            /* per channel: max |dX| over its finite elements (NULL: not needed) */
-  nbl_logq_isa isa;
 } bg_job;
 
 #if defined(__x86_64__)
@@ -302,33 +300,24 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
   }
 }
 
-/* The chain's work around the BatchNormalizationGrad kernel of a channel,
- * plane by plane while the plane is in cache (nbl_bn_grad_hooks): g made
- * just before it is summed, max |dX| taken just after dX is written. */
-typedef struct bg_plane {
-  const bg_job *j;
-  float max;
-} bg_plane;
-
-static void bg_before(void *arg, int64_t at, int64_t n) { make_g(((bg_plane *)arg)->j, at, n); }
-
-static void bg_after(void *arg, int64_t at, int64_t n) {
-  bg_plane *p = arg;
-  float t = nbl_logq_absmax(p->j->isa, p->j->dx + at, (size_t)n);
-  p->max = t > p->max ? t : p->max;
+static void bg_before(void *arg, int64_t at, int64_t n) {
+  const bg_job *j = arg;
+  make_g(j, at, n);
 }
 
+/* One channel through BatchNormalizationGrad's kernel, g made plane by plane
+ * just before it is summed (from L1) and max |dX| taken as dX is written. */
 static void bg_run(void *arg, int64_t b, int64_t e) {
   const bg_job *j = arg;
   for (int64_t ch = b; ch < e; ch++) {
-    bg_plane pl = {j, 0.0f};
-    nbl_bn_grad_hooks h = {bg_before, j->cmax ? bg_after : NULL, &pl};
+    float m = 0.0f;
+    nbl_bn_grad_hooks h = {bg_before, (void *)j, j->cmax ? &m : NULL};
     double sg, sgx;
     nbl_bn_grad_f32_channel(j->g, j->x, j->dx, j->N, j->C, j->sp, ch, j->mean[ch], j->inv[ch], j->scale[ch], &sg,
                             &sgx, &h);
     if (j->dscale) j->dscale[ch] = (float)sgx;
     if (j->dbias) j->dbias[ch] = (float)sg;
-    if (j->cmax) j->cmax[ch] = pl.max;
+    if (j->cmax) j->cmax[ch] = m;
   }
 }
 
@@ -432,7 +421,6 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
   }
   const bg_fused *f = (const bg_fused *)c->node;
   if (f->logs[0]) {
-    j.isa = nbl_logq_best_isa();
     j.cmax = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
     if (!j.cmax) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }

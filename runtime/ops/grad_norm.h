@@ -34,14 +34,16 @@ void nbl_bn_acc_grad(nbl_bn_acc *s, const float *g, const float *x, int64_t N, i
  * lower lane by lane: 8, then 4, 2, 1). */
 double nbl_bn_acc_total(const double lanes[16]);
 
-/* Work a fused chain does around nbl_bn_grad_f32_channel, plane by plane
- * while the plane is in cache: before(arg, at, n) writes dY's n floats at
- * flat index `at` just before they are summed, after(arg, at, n) runs just
- * after X_grad's are written there. Either may be NULL. */
+/* What a fused chain adds to nbl_bn_grad_f32_channel, plane by plane while
+ * the plane is in cache: before(arg, at, n) (when not NULL) writes dY's n
+ * floats at flat index `at` just before they are summed; when dx_absmax is
+ * not NULL, *dx_absmax = max(*dx_absmax, |X_grad|) over the finite X_grad
+ * written (taken in the sweep that writes them; 0 stays 0 when there is no
+ * finite one, as nbl_logq_absmax). */
 struct nbl_bn_grad_hooks {
   void (*before)(void *arg, int64_t at, int64_t n);
-  void (*after)(void *arg, int64_t at, int64_t n);
   void *arg;
+  float *dx_absmax;
 };
 
 /* BatchNormalizationGrad of channel ch of float32 tensors laid out

@@ -455,31 +455,67 @@ double nbl_bn_acc_total(const double lanes[16]) {
   return t[0];
 }
 
+/* d[i] = a g[i] - b x[i] + off for i in [i, n) (the scalar path and the
+ * vector tails); with m, *m = max(*m, |d[i]|) over the finite ones */
+static void bn_dx_tail(float *d, const float *g, const float *x, float a, float b, float off, int64_t i, int64_t n,
+                       float *m) {
+  for (; i < n; i++) {
+    d[i] = a * g[i] - b * x[i] + off;
+    float u = fabsf(d[i]);
+    if (m && u < INFINITY && u > *m) *m = u; /* NaN compares false */
+  }
+}
+
 #if defined(__x86_64__)
 /* d = a g - b x + off (BatchNormalizationGrad's X_grad), over n floats: 8
  * lanes with AVX, the same operations in the same order as the scalar
  * tails. */
+/* with *m: *m = max(*m, |d|) over the finite d written (the QuantizeLog
+ * pair's scale, as nbl_logq_absmax takes it) */
 __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, const float *x, float a, float b,
-                                                     float off, int64_t n) {
+                                                     float off, int64_t n, float *m) {
   __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vo = _mm256_set1_ps(off);
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), inf = _mm256_set1_ps(INFINITY);
+  __m256 mx = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 t = _mm256_sub_ps(_mm256_mul_ps(va, _mm256_loadu_ps(g + i)), _mm256_mul_ps(vb, _mm256_loadu_ps(x + i)));
-    _mm256_storeu_ps(d + i, _mm256_add_ps(t, vo));
+    t = _mm256_add_ps(t, vo);
+    _mm256_storeu_ps(d + i, t);
+    if (m) {
+      __m256 u = _mm256_and_ps(t, absm);
+      mx = _mm256_max_ps(mx, _mm256_and_ps(u, _mm256_cmp_ps(u, inf, _CMP_LT_OQ)));
+    }
   }
-  for (; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+  if (m) {
+    float l[8];
+    _mm256_storeu_ps(l, mx);
+    for (int k = 0; k < 8; k++) *m = l[k] > *m ? l[k] : *m;
+  }
+  bn_dx_tail(d, g, x, a, b, off, i, n, m);
 }
 
 /* The same with 16 lanes (AVX-512F): the same operations per element. */
 __attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
-                                                            float off, int64_t n) {
+                                                            float off, int64_t n, float *m) {
   __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vo = _mm512_set1_ps(off);
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 mx = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_loadu_ps(g + i)), _mm512_mul_ps(vb, _mm512_loadu_ps(x + i)));
-    _mm512_storeu_ps(d + i, _mm512_add_ps(t, vo));
+    t = _mm512_add_ps(t, vo);
+    _mm512_storeu_ps(d + i, t);
+    if (m) {
+      __m512 u = _mm512_abs_ps(t);
+      mx = _mm512_mask_max_ps(mx, _mm512_cmp_ps_mask(u, inf, _CMP_LT_OQ), mx, u);
+    }
   }
-  for (; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+  if (m) {
+    float t = _mm512_reduce_max_ps(mx);
+    *m = t > *m ? t : *m;
+  }
+  bn_dx_tail(d, g, x, a, b, off, i, n, m);
 }
 #endif
 
@@ -578,18 +614,18 @@ static int bn_apply(float *y, const float *x, float a, float b, const float *r, 
   return bn_apply_tail(y, x, a, b, r, relu, rg, 0, n, 0);
 }
 
-static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n) {
+static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n, float *m) {
 #if defined(__x86_64__)
   if (nbl_cpu_has(NBL_CPU_AVX512F)) {
-    bn_dx_avx512(d, g, x, a, b, off, n);
+    bn_dx_avx512(d, g, x, a, b, off, n, m);
     return;
   }
   if (nbl_cpu_has(NBL_CPU_AVX)) {
-    bn_dx_avx(d, g, x, a, b, off, n);
+    bn_dx_avx(d, g, x, a, b, off, n, m);
     return;
   }
 #endif
-  for (int64_t i = 0; i < n; i++) d[i] = a * g[i] - b * x[i] + off;
+  bn_dx_tail(d, g, x, a, b, off, 0, n, m);
 }
 
 /* The fast kernels' work, one channel per item (nbl_parallel_for). */
@@ -674,8 +710,7 @@ void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t 
   float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
   for (int64_t n = 0; n < N; n++) {
     int64_t o = (n * C + ch) * sp;
-    bn_dx(dx + o, g + o, x + o, a, b, off, sp);
-    if (hooks && hooks->after) hooks->after(hooks->arg, o, sp);
+    bn_dx(dx + o, g + o, x + o, a, b, off, sp, hooks ? hooks->dx_absmax : NULL);
   }
 }
 

@@ -9,6 +9,9 @@
  *     passes), including data far from zero (the one-pass variance about
  *     the first element) and an outlier as that element;
  *   - NaN and Inf give NaN / Inf statistics as the reference does;
+ *   - the max |X_grad| the gradient kernel takes while it writes X_grad
+ *     (for the QuantizeLog pair) equals nbl_logq_absmax of what it wrote,
+ *     with NaN and Inf among the elements, at every cap;
  *   - BatchNormInternal and BatchNormalizationGrad (fast path) give the same
  *     bits with one and two threads. */
 #include <check.h>
@@ -20,6 +23,7 @@
 #include "nibble.h"
 #include "one_node.h"
 #include "runtime/core/cpu.h"
+#include "runtime/kernels/log_quant.h"
 #include "runtime/ops/grad_norm.h"
 
 /* deterministic data in [lo, lo + span) */
@@ -157,6 +161,39 @@ START_TEST(test_stats_nan_inf) {
 }
 END_TEST
 
+START_TEST(test_dx_absmax) {
+  int64_t N = 3, C = 2, sp = 37, n = N * C * sp;
+  float *x = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+  float *dx = malloc(sizeof(float) * (size_t)n);
+  for (int round = 0; round < 3; round++)
+    for (int c = 0; c < 3; c++) {
+      fill(x, n, 21, -2.0f, 4.0f);
+      fill(g, n, 22, -1.0f, 2.0f);
+      if (round == 1) g[1 * sp + 5] = INFINITY, g[3 * sp + 36] = NAN; /* channel 1, planes 0 and 1 */
+      if (round == 2) g[1 * sp + 17] = 3e38f; /* finite, but its dX (1.2 g) overflows to Inf */
+      for (int64_t ch = 0; ch < C; ch++) {
+        float m = 0.0f;
+        nbl_bn_grad_hooks h = {NULL, NULL, &m};
+        double sg, sgx;
+        nbl_isa prev = nbl_cpu_set_thread_cap(caps[c]);
+        nbl_bn_grad_f32_channel(g, x, dx, N, C, sp, ch, 0.25, 0.8, 1.5, &sg, &sgx, &h);
+        nbl_cpu_set_thread_cap(prev);
+        float want = 0.0f;
+        for (int64_t k = 0; k < N; k++) {
+          float t = nbl_logq_absmax(NBL_LOGQ_SCALAR, dx + (k * C + ch) * sp, (size_t)sp);
+          want = t > want ? t : want;
+        }
+        ck_assert_msg(m == want, "round %d cap %s ch %lld: %a vs %a", round, nbl_isa_name(caps[c]), (long long)ch,
+                      (double)m, (double)want);
+        if (round != 1 || ch == 0) ck_assert(m > 0.0f && m < INFINITY);
+      }
+    }
+  free(x);
+  free(g);
+  free(dx);
+}
+END_TEST
+
 /* BatchNormInternal then BatchNormalizationGrad on [N, C, H, W] with
  * `threads` threads (fast path); all outputs copied into out[0..7]. */
 static void run_bn(int threads, int64_t N, int64_t C, int64_t H, int64_t W, float *out[8]) {
@@ -218,6 +255,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_total_tree);
   tcase_add_test(t, test_stats_vs_long_double);
   tcase_add_test(t, test_stats_nan_inf);
+  tcase_add_test(t, test_dx_absmax);
   tcase_add_test(t, test_threads_same_bits);
   suite_add_tcase(s, t);
   return s;
