@@ -541,6 +541,19 @@ static int bn_apply_tail(float *y, const float *x, float a, float b, const float
   return bad;
 }
 
+/* rg = the range of w lanes' minima l and maxima h; 1 if a lane's check k
+ * (a sum of t * 0) is not 0: an element was NaN or Inf */
+static int lanes_range(const float *l, const float *h, const float *k, int w, float *rg) {
+  int bad = 0;
+  rg[0] = INFINITY, rg[1] = -INFINITY;
+  for (int j = 0; j < w; j++) {
+    bad |= k[j] != 0.0f;
+    rg[0] = l[j] < rg[0] ? l[j] : rg[0];
+    rg[1] = h[j] > rg[1] ? h[j] : rg[1];
+  }
+  return bad;
+}
+
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const float *x, float a, float b,
                                                              const float *r, int relu, float *rg, int64_t n) {
@@ -563,14 +576,7 @@ __attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const fl
   _mm512_storeu_ps(l, mn);
   _mm512_storeu_ps(h, mx);
   _mm512_storeu_ps(k, chk);
-  int bad = 0;
-  rg[0] = INFINITY, rg[1] = -INFINITY;
-  for (int j = 0; j < 16; j++) {
-    bad |= k[j] != 0.0f;
-    rg[0] = l[j] < rg[0] ? l[j] : rg[0];
-    rg[1] = h[j] > rg[1] ? h[j] : rg[1];
-  }
-  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, bad);
+  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, lanes_range(l, h, k, 16, rg));
 }
 
 __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x, float a, float b, const float *r,
@@ -594,14 +600,7 @@ __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x,
   _mm256_storeu_ps(l, mn);
   _mm256_storeu_ps(h, mx);
   _mm256_storeu_ps(k, chk);
-  int bad = 0;
-  rg[0] = INFINITY, rg[1] = -INFINITY;
-  for (int j = 0; j < 8; j++) {
-    bad |= k[j] != 0.0f;
-    rg[0] = l[j] < rg[0] ? l[j] : rg[0];
-    rg[1] = h[j] > rg[1] ? h[j] : rg[1];
-  }
-  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, bad);
+  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, lanes_range(l, h, k, 8, rg));
 }
 #endif
 
