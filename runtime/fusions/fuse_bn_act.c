@@ -229,17 +229,10 @@ static void ba_run(void *arg, int64_t b, int64_t e) {
     nbl_bn_stats_f32_channel(j->x, N, C, sp, ch, &mean, &var);
     float fa, fb;
     double inv = nbl_bn_affine_f32(mean, var, j->eps, j->scale[ch], j->bias[ch], &fa, &fb);
-    float lo = INFINITY, hi = -INFINITY;
-    int bad = 0;
-    for (int64_t n = 0; n < N; n++) {
-      int64_t o = (n * C + ch) * sp;
-      float rg[2];
-      bad |= nbl_bn_apply_relu_f32(j->v + o, j->x + o, fa, fb, j->res ? j->res + o : NULL, sp, rg);
-      lo = rg[0] < lo ? rg[0] : lo;
-      hi = rg[1] > hi ? rg[1] : hi;
-    }
-    j->lo[ch] = lo;
-    j->hi[ch] = hi;
+    float rg[2] = {INFINITY, -INFINITY};
+    int bad = nbl_bn_apply_relu_f32(j->v, j->x, j->res, N, C, sp, ch, fa, fb, rg);
+    j->lo[ch] = rg[0];
+    j->hi[ch] = rg[1];
     j->bad[ch] = (unsigned char)bad;
     /* BatchNormInternal's other outputs, as its kernel writes them (float) */
     if (j->run_mean) j->run_mean[ch] = (float)(j->mean_in[ch] * j->mom + mean * (1 - j->mom));

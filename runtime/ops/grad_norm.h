@@ -69,16 +69,14 @@ void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, 
  * (the saved inverse standard deviation). */
 double nbl_bn_affine_f32(double mean, double var, double eps, double scale, double bias, float *fa, float *fb);
 
-/* y[i] = x[i] * fa + fb for i < n, exactly as BatchNormInternal's fast
- * kernel (vector and scalar paths give the same floats); y may be x. */
-void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n);
-
-/* The forward chain's sweep of one plane (runtime/fusions/fuse_bn_act.c):
- * v[i] = relu(x[i] * fa + fb + r[i]) (no r when r is NULL) with the float
- * operations of nbl_bn_apply_f32, the Add (a float sum) and Relu
+/* The forward chain's sweep of channel ch of float32 tensors laid out
+ * [N, C, sp] (runtime/fusions/fuse_bn_act.c): v = relu(x * fa + fb + r)
+ * (no r when r is NULL) with the float operations of BatchNormInternal's
+ * own apply (a product, then a sum), the Add (a float sum) and Relu
  * (t < 0 ? 0 : t), and range[0], range[1] = the minimum and maximum of the
  * values written. Returns 1 if one of them is NaN or Inf (range then
  * undefined), else 0. */
-int nbl_bn_apply_relu_f32(float *v, const float *x, float fa, float fb, const float *r, int64_t n, float range[2]);
+int nbl_bn_apply_relu_f32(float *v, const float *x, const float *r, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                          float fa, float fb, float range[2]);
 
 #endif

@@ -496,26 +496,33 @@ __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, c
 }
 
 /* The same with 16 lanes (AVX-512F): the same operations per element. */
+
+/* The whole channel (its N planes, plane n at (n C + ch) sp) at once: the
+ * planes' last partial blocks masked, the max kept in a register. */
 __attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
-                                                            float off, int64_t n, float *m) {
+                                                            float off, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                                                            float *m) {
   __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vo = _mm512_set1_ps(off);
   const __m512 inf = _mm512_set1_ps(INFINITY);
   __m512 mx = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_loadu_ps(g + i)), _mm512_mul_ps(vb, _mm512_loadu_ps(x + i)));
-    t = _mm512_add_ps(t, vo);
-    _mm512_storeu_ps(d + i, t);
-    if (m) {
-      __m512 u = _mm512_abs_ps(t);
-      mx = _mm512_mask_max_ps(mx, _mm512_cmp_ps_mask(u, inf, _CMP_LT_OQ), mx, u);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+    for (int64_t i = o; i < o + sp; i += 16) {
+      __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
+      __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_maskz_loadu_ps(k, g + i)),
+                               _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, x + i)));
+      t = _mm512_add_ps(t, vo);
+      _mm512_mask_storeu_ps(d + i, k, t);
+      if (m) {
+        __m512 u = _mm512_abs_ps(t);
+        mx = _mm512_mask_max_ps(mx, k & _mm512_cmp_ps_mask(u, inf, _CMP_LT_OQ), mx, u);
+      }
     }
   }
   if (m) {
     float t = _mm512_reduce_max_ps(mx);
     *m = t > *m ? t : *m;
   }
-  bn_dx_tail(d, g, x, a, b, off, i, n, m);
 }
 #endif
 
@@ -555,28 +562,37 @@ static int lanes_range(const float *l, const float *h, const float *k, int w, fl
 }
 
 #if defined(__x86_64__)
+/* The whole channel (its N planes, plane n at (n C + ch) sp) at once: the
+ * planes' last partial blocks masked, the range kept in registers. */
 __attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const float *x, float a, float b,
-                                                             const float *r, int relu, float *rg, int64_t n) {
+                                                             const float *r, int relu, float *rg, int64_t N,
+                                                             int64_t C, int64_t sp, int64_t ch) {
   __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), z = _mm512_setzero_ps();
   __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), va), vb);
-    if (r) t = _mm512_add_ps(t, _mm512_loadu_ps(r + i));
-    if (relu) t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
-    _mm512_storeu_ps(y + i, t);
-    if (rg) {
-      chk = _mm512_add_ps(chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
-      mn = _mm512_min_ps(mn, t);
-      mx = _mm512_max_ps(mx, t);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp, next = n + 1 < N ? C * sp : 0;
+    for (int64_t i = o; i < o + sp; i += 16) {
+      __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
+      __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), va), vb);
+      if (r) {
+        _mm_prefetch((const char *)(r + i + next), _MM_HINT_T0); /* the residual comes from further away */
+        t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(k, r + i));
+      }
+      if (relu) t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
+      _mm512_mask_storeu_ps(y + i, k, t);
+      if (rg) {
+        chk = _mm512_mask_add_ps(chk, k, chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
+        mn = _mm512_mask_min_ps(mn, k, mn, t);
+        mx = _mm512_mask_max_ps(mx, k, mx, t);
+      }
     }
   }
-  if (!rg) return bn_apply_tail(y, x, a, b, r, relu, NULL, i, n, 0);
-  float l[16], h[16], k[16];
+  if (!rg) return 0;
+  float l[16], h[16], kk[16];
   _mm512_storeu_ps(l, mn);
   _mm512_storeu_ps(h, mx);
-  _mm512_storeu_ps(k, chk);
-  return bn_apply_tail(y, x, a, b, r, relu, rg, i, n, lanes_range(l, h, k, 16, rg));
+  _mm512_storeu_ps(kk, chk);
+  return lanes_range(l, h, kk, 16, rg);
 }
 
 __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x, float a, float b, const float *r,
@@ -604,27 +620,55 @@ __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x,
 }
 #endif
 
-static int bn_apply(float *y, const float *x, float a, float b, const float *r, int relu, float *rg, int64_t n) {
+/* The apply sweep over channel ch's N planes (plane n at (n C + ch) sp;
+ * r's and y's the same), rg the channel's range. */
+static int bn_apply(float *y, const float *x, float a, float b, const float *r, int relu, float *rg, int64_t N,
+                    int64_t C, int64_t sp, int64_t ch) {
 #if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX512F)) return bn_apply_avx512(y, x, a, b, r, relu, rg, n);
-  if (nbl_cpu_has(NBL_CPU_AVX)) return bn_apply_avx(y, x, a, b, r, relu, rg, n);
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) return bn_apply_avx512(y, x, a, b, r, relu, rg, N, C, sp, ch);
 #endif
+  int bad = 0;
+  float p[2];
   if (rg) rg[0] = INFINITY, rg[1] = -INFINITY;
-  return bn_apply_tail(y, x, a, b, r, relu, rg, 0, n, 0);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+    const float *rp = r ? r + o : NULL;
+    float *pp = rg ? p : NULL;
+#if defined(__x86_64__)
+    if (nbl_cpu_has(NBL_CPU_AVX)) bad |= bn_apply_avx(y + o, x + o, a, b, rp, relu, pp, sp);
+    else
+#endif
+    {
+      if (pp) p[0] = INFINITY, p[1] = -INFINITY;
+      bad |= bn_apply_tail(y + o, x + o, a, b, rp, relu, pp, 0, sp, 0);
+    }
+    if (rg) {
+      rg[0] = p[0] < rg[0] ? p[0] : rg[0];
+      rg[1] = p[1] > rg[1] ? p[1] : rg[1];
+    }
+  }
+  return bad;
 }
 
-static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t n, float *m) {
+/* X_grad of channel ch's N planes (plane n at (n C + ch) sp) */
+static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t N, int64_t C,
+                  int64_t sp, int64_t ch, float *m) {
 #if defined(__x86_64__)
   if (nbl_cpu_has(NBL_CPU_AVX512F)) {
-    bn_dx_avx512(d, g, x, a, b, off, n, m);
-    return;
-  }
-  if (nbl_cpu_has(NBL_CPU_AVX)) {
-    bn_dx_avx(d, g, x, a, b, off, n, m);
+    bn_dx_avx512(d, g, x, a, b, off, N, C, sp, ch, m);
     return;
   }
 #endif
-  bn_dx_tail(d, g, x, a, b, off, 0, n, m);
+  for (int64_t n = 0; n < N; n++) {
+    int64_t o = (n * C + ch) * sp;
+#if defined(__x86_64__)
+    if (nbl_cpu_has(NBL_CPU_AVX)) {
+      bn_dx_avx(d + o, g + o, x + o, a, b, off, sp, m);
+      continue;
+    }
+#endif
+    bn_dx_tail(d + o, g + o, x + o, a, b, off, 0, sp, m);
+  }
 }
 
 /* The fast kernels' work, one channel per item (nbl_parallel_for). */
@@ -665,12 +709,9 @@ double nbl_bn_affine_f32(double mean, double var, double eps, double scale, doub
   return inv;
 }
 
-void nbl_bn_apply_f32(float *y, const float *x, float fa, float fb, int64_t n) {
-  bn_apply(y, x, fa, fb, NULL, 0, NULL, n);
-}
-
-int nbl_bn_apply_relu_f32(float *v, const float *x, float fa, float fb, const float *r, int64_t n, float range[2]) {
-  return bn_apply(v, x, fa, fb, r, 1, range, n);
+int nbl_bn_apply_relu_f32(float *v, const float *x, const float *r, int64_t N, int64_t C, int64_t sp, int64_t ch,
+                          float fa, float fb, float range[2]) {
+  return bn_apply(v, x, fa, fb, r, 1, range, N, C, sp, ch);
 }
 
 static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
@@ -683,7 +724,7 @@ static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
     float fa, fb;
     double inv = nbl_bn_affine_f32(mean, var, t->eps, nbl_rt_get_f64(c->in[1], ch), nbl_rt_get_f64(c->in[2], ch),
                                    &fa, &fb);
-    for (int64_t n = 0; n < N; n++) bn_apply(t->y + (n * C + ch) * sp, t->x + (n * C + ch) * sp, fa, fb, NULL, 0, NULL, sp);
+    bn_apply(t->y, t->x, fa, fb, NULL, 0, NULL, N, C, sp, ch);
     if (grad_want(c, 1))
       nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean * (1 - t->mom));
     if (grad_want(c, 2))
@@ -707,10 +748,7 @@ void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t 
   double k = scale * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
   /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
   float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
-    bn_dx(dx + o, g + o, x + o, a, b, off, sp, hooks ? hooks->dx_absmax : NULL);
-  }
+  bn_dx(dx, g, x, a, b, off, N, C, sp, ch, hooks ? hooks->dx_absmax : NULL);
 }
 
 static void bn_grad_run(void *arg, int64_t begin, int64_t end) {

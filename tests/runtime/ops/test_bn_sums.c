@@ -9,6 +9,9 @@
  *     passes), including data far from zero (the one-pass variance about
  *     the first element) and an outlier as that element;
  *   - NaN and Inf give NaN / Inf statistics as the reference does;
+ *   - the forward chain's sweep (nbl_bn_apply_relu_f32: y = x a + b, the
+ *     residual, Relu, the range) equals the same float operations in plain
+ *     C at every cap and plane size, NaN and Inf flagged;
  *   - the max |X_grad| the gradient kernel takes while it writes X_grad
  *     (for the QuantizeLog pair) equals nbl_logq_absmax of what it wrote,
  *     with NaN and Inf among the elements, at every cap;
@@ -194,6 +197,51 @@ START_TEST(test_dx_absmax) {
 }
 END_TEST
 
+START_TEST(test_apply_relu) {
+  static const int64_t sps[] = {1, 5, 16, 17, 49, 196};
+  for (size_t si = 0; si < sizeof sps / sizeof *sps; si++)
+    for (int bad_at = -1; bad_at < 2; bad_at++)
+      for (int c = 0; c < 3; c++) {
+        int64_t N = 3, C = 2, sp = sps[si], n = N * C * sp;
+        float *x = malloc(sizeof(float) * (size_t)n), *r = malloc(sizeof(float) * (size_t)n);
+        float *v = malloc(sizeof(float) * (size_t)n);
+        fill(x, n, (unsigned)sp, -2.0f, 4.0f);
+        fill(r, n, (unsigned)sp + 1, -1.0f, 2.0f);
+        if (bad_at == 0) x[(2 * C + 1) * sp + sp - 1] = NAN; /* channel 1's last element */
+        if (bad_at == 1) r[(1 * C + 1) * sp] = INFINITY;
+        for (int res = 0; res < 2; res++)
+          for (int64_t ch = 0; ch < C; ch++) {
+            const float a = 1.25f, b = -0.375f;
+            float rg[2], lo = INFINITY, hi = -INFINITY;
+            int want_bad = 0;
+            nbl_isa prev = nbl_cpu_set_thread_cap(caps[c]);
+            memset(v, 0, sizeof(float) * (size_t)n);
+            int got_bad = nbl_bn_apply_relu_f32(v, x, res ? r : NULL, N, C, sp, ch, a, b, rg);
+            nbl_cpu_set_thread_cap(prev);
+            for (int64_t k = 0; k < N; k++)
+              for (int64_t i = 0; i < sp; i++) {
+                int64_t o = (k * C + ch) * sp + i;
+                float t = x[o] * a + b;
+                if (res) t = t + r[o];
+                t = t < 0 ? 0.0f : t;
+                ck_assert_msg(!memcmp(&t, &v[o], sizeof t), "cap %s sp %lld res %d [%lld]: %a vs %a",
+                              nbl_isa_name(caps[c]), (long long)sp, res, (long long)o, (double)v[o], (double)t);
+                want_bad |= !isfinite(t);
+                lo = t < lo ? t : lo;
+                hi = t > hi ? t : hi;
+              }
+            ck_assert_int_eq(got_bad, want_bad);
+            if (!want_bad) ck_assert(rg[0] == lo && rg[1] == hi);
+            /* other channel's planes untouched */
+            for (int64_t k = 0; k < N; k++) ck_assert(v[(k * C + (1 - ch)) * sp] == 0.0f);
+          }
+        free(x);
+        free(r);
+        free(v);
+      }
+}
+END_TEST
+
 /* BatchNormInternal then BatchNormalizationGrad on [N, C, H, W] with
  * `threads` threads (fast path); all outputs copied into out[0..7]. */
 static void run_bn(int threads, int64_t N, int64_t C, int64_t H, int64_t W, float *out[8]) {
@@ -256,6 +304,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_stats_vs_long_double);
   tcase_add_test(t, test_stats_nan_inf);
   tcase_add_test(t, test_dx_absmax);
+  tcase_add_test(t, test_apply_relu);
   tcase_add_test(t, test_threads_same_bits);
   suite_add_tcase(s, t);
   return s;
