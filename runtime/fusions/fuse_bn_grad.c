@@ -237,8 +237,8 @@ typedef struct bg_job {
 } bg_job;
 
 #if defined(__x86_64__)
-/* next: the offset of the next plane of the channel (0 for the last),
- * fetched into the cache while this one is made */
+/* next: the offset of the plane fetched into the cache while this one is
+ * made (nbl_bn_ahead) */
 __attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, float *g, const float *d0,
                                                            const float *d1, const float *v, int64_t n,
                                                            int64_t next) {
@@ -283,7 +283,7 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
   int64_t i = 0;
 #if defined(__x86_64__)
   if (j->mask != MASK_Q4_REF) {
-    int64_t next = at + j->C * j->sp < j->N * j->C * j->sp ? j->C * j->sp : 0;
+    int64_t next = nbl_bn_ahead(at / (j->C * j->sp), j->N, j->C, j->sp);
     if (nbl_cpu_has(NBL_CPU_AVX512F)) i = g_avx512(j, g, d0, d1, v, n, next);
     else if (nbl_cpu_has(NBL_CPU_AVX2)) i = g_avx2(j, g, d0, d1, v, n);
   }

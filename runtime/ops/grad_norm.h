@@ -8,6 +8,16 @@
 
 #include <stdint.h>
 
+/* What a sweep over channel ch's planes fetches ahead while it works on
+ * plane n of N (planes of sp floats at stride C sp): the plane about 2 KiB
+ * further (ceil(512 / sp) planes on), as an offset in floats from plane n;
+ * 0 (the plane itself) near the end. Small planes are short streams that the
+ * hardware prefetcher barely starts on. */
+static inline int64_t nbl_bn_ahead(int64_t n, int64_t N, int64_t C, int64_t sp) {
+  int64_t k = sp > 0 ? (512 + sp - 1) / sp : 1;
+  return n + k < N ? k * C * sp : 0;
+}
+
 /* Sixteen double accumulators per sum, element i of every plane added to
  * lane i % 16, the lanes added by nbl_bn_acc_total in a fixed tree: the
  * same bits on every instruction set (AVX-512, AVX2 and the scalar path

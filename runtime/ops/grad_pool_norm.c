@@ -365,9 +365,9 @@ __attribute__((target("avx512f"))) static void acc_avx512(nbl_bn_acc *s, const f
                                                          const nbl_bn_grad_hooks *h) {
   __m512d a0 = _mm512_loadu_pd(s->a), a1 = _mm512_loadu_pd(s->a + 8);
   __m512d b0 = _mm512_loadu_pd(s->b), b1 = _mm512_loadu_pd(s->b + 8), vk = _mm512_set1_pd(k);
-  int pre_g = g && !(h && h->before); /* g of the next plane is there already: fetch it too */
+  int pre_g = g && !(h && h->before); /* g of the planes ahead is there already: fetch it too */
   for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp, next = n + 1 < N ? C * sp : 0; /* the next plane, fetched while this one is summed */
+    int64_t o = (n * C + ch) * sp, next = nbl_bn_ahead(n, N, C, sp); /* fetched while this one is summed */
     if (h && h->before) h->before(h->arg, o, sp);
     const float *xp = x + o, *gp = g ? g + o : NULL;
     int64_t i = 0;
@@ -570,7 +570,7 @@ __attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const fl
   __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), z = _mm512_setzero_ps();
   __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
   for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp, next = n + 1 < N ? C * sp : 0;
+    int64_t o = (n * C + ch) * sp, next = nbl_bn_ahead(n, N, C, sp);
     for (int64_t i = o; i < o + sp; i += 16) {
       __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
       __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), va), vb);
