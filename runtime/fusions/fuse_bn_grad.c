@@ -9,15 +9,16 @@
  * where the straight-through estimator passes and the Relu output is
  * positive (else +0) is built for each plane just before the kernel sums it
  * (so it is summed from L1), then the kernel writes dX over g and takes
- * the max |dX| the QuantizeLog pair needs in the same sweep. The unfused chain sweeps the memory of each of these tensors
- * once per node (and QuantizeInt4Grad once more for its range): about 11
- * reads and 4 writes of an activation-sized tensor against 7 and 2 here.
+ * the max |dX| the QuantizeLog pair needs in the same sweep. The unfused
+ * chain sweeps the memory of each of these tensors once per node (and
+ * QuantizeInt4Grad once more for its range): about 11 reads and 4 writes of
+ * an activation-sized tensor against 7 and 2 here.
  *
  * Same numbers as the unfused nodes bit for bit: g is the same selection of
  * the same float sum (a + b is exact IEEE addition in either kernel; the
  * masks are the STE's and ReluGrad's comparisons, the STE's division and
- * half-even rounding as nbl_q4t_ste (as the interval of V they pass,
- * nbl_q4t_ste_bounds: two comparisons), or nbl_q4_passes where the quantizer's
+ * half-even rounding as the interval of V they pass (nbl_q4t_ste_bounds,
+ * as nbl_q4t_ste: two comparisons), or nbl_q4_passes where the quantizer's
  * fast kernel declines: a NaN or Inf, stochastic rounding), and the sums and
  * dX come from the op's own per-channel kernel in its order. See fuse.h;
  * NBL_NO_FUSION=bn-grad (runtime/core/plan.c) turns it off.

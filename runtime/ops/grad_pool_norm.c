@@ -340,9 +340,6 @@ static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int 
  * thread count, and the add chains are sixteen independent ones (the loop
  * runs at the loads' pace, not one dependent add per element). */
 #if defined(__x86_64__)
-/* a[l] += x - k, b[l] += (x - k)^2 (stats, g NULL) or a[l] += g, b[l] +=
- * g (x - k) (grad) over the planes of channel ch, h->before run on each
- * plane first */
 /* one block of 16 (the lanes of mask m) into the accumulators */
 #define ACC512_BLOCK(m, xv, gv)                                                                                 \
   do {                                                                                                          \
@@ -360,6 +357,9 @@ static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int 
     b1 = _mm512_mask_add_pd(b1, (__mmask8)((m) >> 8), b1, _mm512_mul_pd(t1, x1));                               \
   } while (0)
 
+/* a[l] += x - k, b[l] += (x - k)^2 (stats, g NULL) or a[l] += g, b[l] +=
+ * g (x - k) (grad) over the planes of channel ch, h->before run on each
+ * plane first */
 __attribute__((target("avx512f"))) static void acc_avx512(nbl_bn_acc *s, const float *g, const float *x,
                                                          int64_t N, int64_t C, int64_t sp, int64_t ch, double k,
                                                          const nbl_bn_grad_hooks *h) {
@@ -469,9 +469,8 @@ static void bn_dx_tail(float *d, const float *g, const float *x, float a, float 
 #if defined(__x86_64__)
 /* d = a g - b x + off (BatchNormalizationGrad's X_grad), over n floats: 8
  * lanes with AVX, the same operations in the same order as the scalar
- * tails. */
-/* with *m: *m = max(*m, |d|) over the finite d written (the QuantizeLog
- * pair's scale, as nbl_logq_absmax takes it) */
+ * tails; with m, *m = max(*m, |d|) over the finite d written (the
+ * QuantizeLog pair's scale, as nbl_logq_absmax takes it). */
 __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, const float *x, float a, float b,
                                                      float off, int64_t n, float *m) {
   __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vo = _mm256_set1_ps(off);
@@ -495,9 +494,8 @@ __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, c
   bn_dx_tail(d, g, x, a, b, off, i, n, m);
 }
 
-/* The same with 16 lanes (AVX-512F): the same operations per element. */
-
-/* The whole channel (its N planes, plane n at (n C + ch) sp) at once: the
+/* The same with 16 lanes (AVX-512F), the same operations per element, over
+ * the whole channel (its N planes, plane n at (n C + ch) sp) at once: the
  * planes' last partial blocks masked, the max kept in a register. */
 __attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
                                                             float off, int64_t N, int64_t C, int64_t sp, int64_t ch,
