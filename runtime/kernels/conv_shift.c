@@ -95,14 +95,6 @@ static int shift_init(const nbl_conv_geom *g, shift_geom *s) {
   return 1;
 }
 
-/* The mask of lanes i < 16 with lo <= i < hi. */
-static inline __mmask16 lanes(int64_t lo, int64_t hi) {
-  if (lo < 0) lo = 0;
-  if (hi > 16) hi = 16;
-  if (hi <= lo) return 0;
-  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
-
 /* The planes of one image x [C, H, W] into dst [C][np][PS]: row j of a
  * plane is src[j sw] for j0 <= j < j1, 0 for the other j < Wq, 16 columns
  * per step with the lane masks of each step computed once per phase
@@ -129,11 +121,11 @@ __attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, c
         int64_t j = 16 * v;
         ms[v] = nbl_tail_mask(Wq - j);
         if (sw == 1) {
-          m0[v] = lanes(j0 - j, j1 - j);
+          m0[v] = nbl_lane_range16(j0 - j, j1 - j);
           m1[v] = 0;
         } else { /* source floats 2 j + e, e < 32: e in [2 (j0 - j), 2 (j1 - j) - 1) */
-          m0[v] = lanes(2 * (j0 - j), 2 * (j1 - j) - 1);
-          m1[v] = lanes(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
+          m0[v] = nbl_lane_range16(2 * (j0 - j), 2 * (j1 - j) - 1);
+          m1[v] = nbl_lane_range16(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
         }
       }
       for (int64_t c = 0; c < g->C; c++) {
@@ -486,8 +478,8 @@ __attribute__((target("avx512f"))) static void dx_run(void *arg, int64_t begin, 
             __m512 e = p[0] ? _mm512_maskz_loadu_ps(m, p[0] + j) : z, o = p[1] ? _mm512_maskz_loadu_ps(m, p[1] + j) : z;
             __m512 v0 = _mm512_permutex2var_ps(e, lo, o), v1 = _mm512_permutex2var_ps(e, hi, o);
             int64_t iw = 2 * j - pl; /* column of v0's lane 0 */
-            _mm512_mask_storeu_ps(d + iw, lanes(-iw, W - iw), v0);
-            _mm512_mask_storeu_ps(d + iw + 16, lanes(-iw - 16, W - iw - 16), v1);
+            _mm512_mask_storeu_ps(d + iw, nbl_lane_range16(-iw, W - iw), v0);
+            _mm512_mask_storeu_ps(d + iw + 16, nbl_lane_range16(-iw - 16, W - iw - 16), v1);
           }
         } else {
           for (int64_t iw = 0; iw < W; iw++) {

@@ -18,6 +18,14 @@ static inline __mmask16 nbl_tail_mask(int64_t n) {
   return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
+/* The mask of the lanes i < 16 with lo <= i < hi (any lo, hi). */
+static inline __mmask16 nbl_lane_range16(int64_t lo, int64_t hi) {
+  if (lo < 0) lo = 0;
+  if (hi > 16) hi = 16;
+  if (hi <= lo) return 0;
+  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
 /* AVX2: the mask of the first r lanes (r clamped to 0..8) for maskload/maskstore. */
 __attribute__((target("avx2"), always_inline)) static inline __m256i nbl_tail8(int64_t r) {
   if (r > 8) r = 8;
