@@ -588,6 +588,9 @@ START_TEST(test_conv_grad_fast) {
       {"strides 3, 2x2", T_D(1, 3, 10, 11), T_D(4, 3, 2, 2), {AV("strides", 3, 3), AEND}},
       {"1x1 s2 odd, batch 1", T_D(1, 5, 7, 9), T_D(9, 5, 1, 1), {AV("strides", 2, 2), AEND}},
       {"ResNet-8 64 ch 7x7", T_D(2, 64, 7, 7), T_D(64, 64, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
+      /* the 6 x 4 dW tile: LeNet's first layer; 5 of 6 rows and 9 of 12 taps */
+      {"LeNet conv1 1->6 5x5", T_D(3, 1, 28, 28), T_D(6, 1, 5, 5), {AEND}},
+      {"1->5 3x3, partial 6x4 tile", T_D(2, 1, 9, 10), T_D(5, 1, 3, 3), {AV("pads", 1, 0, 1, 2), AEND}},
   };
   for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
     runner *sh = runner_new("", "Conv", 11, cs[i].a, 2, (tens[]){cs[i].x, cs[i].w}, 1, NULL, 1);
