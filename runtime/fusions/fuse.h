@@ -22,6 +22,8 @@
  *             one sweep per channel
  *   log-pair  fuse_log_pair.c: the two QuantizeLog (tpr phases) of one
  *             gradient as one scan and one sweep
+ *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
+ *             as one node writing the masked gradient once
  * A fusion sees only the nodes no earlier fusion of the table replaced.
  * The environment variable NBL_NO_FUSION (a comma-separated list of the
  * names above, or "all") turns fusions off for the engines planned after it
@@ -92,6 +94,7 @@ NBL_FUSION(conv_act)      /* fuse_f32.c */
 NBL_FUSION(bn_act)        /* fuse_bn_act.c */
 NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
 NBL_FUSION(log_pair)      /* fuse_log_pair.c */
+NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
 /* The plan state of most fusions: per node of the graph, its fused node or
  * NULL. A fused node is a calloc'ed struct whose first member is its
@@ -118,6 +121,8 @@ extern const nbl_op_def nbl_fused_bn_act_def;
 extern const nbl_op_def nbl_fused_bn_grad_def;
 /* The kernel of the log-pair fused nodes (fuse_log_pair.c). */
 extern const nbl_op_def nbl_fused_log_pair_def;
+/* The kernel of the pool-grad fused nodes (fuse_pool_grad.c). */
+extern const nbl_op_def nbl_fused_pool_grad_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 

@@ -7,12 +7,13 @@
 
 #include "runtime/core/kernel.h"
 
-/* ReluGrad(MaxPoolGrad(dY, Indices, X_shape), V) on float32 as the two fast
- * kernels compute it: the node's inputs 0..2 are MaxPoolGrad's (its
- * attributes on the node), V the Relu output (X_shape's shape); output 0
- * is written (allocated here): MaxPoolGrad's float sums where V > 0, else
- * +0. Errors as MaxPoolGrad's (indices out of range, shapes), and
- * NBL_ERR_UNSUPPORTED for another element type. */
-nbl_status nbl_maxpool_relu_grad_f32(nbl_kctx *c, const nbl_rt_tensor *V);
+/* ReluGrad(MaxPoolGrad(dY, Indices, X_shape), V) as the two kernels compute
+ * it: the node's inputs 0..2 are MaxPoolGrad's (its attributes on the
+ * node), V the Relu output (X_shape's shape); output 0 is written
+ * (allocated here): MaxPoolGrad's sums where V > 0, else +0 (float32 on the
+ * fast path: one pass, MaxPoolGrad's float sums; other types or the
+ * reference: MaxPoolGrad's kernel, then the mask). Errors as MaxPoolGrad's
+ * and ReluGrad's (indices out of range, types, shapes). */
+nbl_status nbl_maxpool_relu_grad(nbl_kctx *c, const nbl_rt_tensor *V);
 
 #endif

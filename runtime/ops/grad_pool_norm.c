@@ -313,9 +313,25 @@ static nbl_status maxpool_grad_any(nbl_kctx *c, int fast, const nbl_rt_tensor *V
 
 static nbl_status maxpool_grad(nbl_kctx *c, int fast) { return maxpool_grad_any(c, fast, NULL); }
 
-nbl_status nbl_maxpool_relu_grad_f32(nbl_kctx *c, const nbl_rt_tensor *V) {
+nbl_status nbl_maxpool_relu_grad(nbl_kctx *c, const nbl_rt_tensor *V) {
   if (!V) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ReluGrad's input X is missing");
-  return maxpool_grad_any(c, 1, V);
+  const nbl_rt_tensor *dY = grad_in(c, 0);
+  if (!c->reference && dY && dY->dtype == NBL_DT_FLOAT && V->dtype == NBL_DT_FLOAT) return maxpool_grad_any(c, 1, V);
+  /* another type: MaxPoolGrad's kernel, then ReluGrad's mask in place (its
+   * kept elements as they are, the others a zero of any float type: all
+   * bits 0) */
+  nbl_status st = maxpool_grad_any(c, !c->reference, NULL);
+  if (st) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  if ((st = grad_check_type(c, V, dX->dtype, "X", "dY")) || (st = grad_check_same_shape(c, dX, V, "dX", "X")))
+    return st;
+  double *v = nbl_to_f64(V);
+  if (!v) return grad_oom(c);
+  const size_t es = nbl_dtype_nbytes(dX->dtype, 1);
+  for (int64_t i = 0; i < dX->numel; i++)
+    if (!(v[i] > 0)) memset((char *)dX->data + (size_t)i * es, 0, es);
+  free(v);
+  return NBL_OK;
 }
 
 static nbl_status k_maxpool_grad_ref(nbl_kctx *c) { return maxpool_grad(c, 0); }
