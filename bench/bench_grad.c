@@ -137,8 +137,9 @@ static void lenet_step_ops(int threads, int runs) {
     tens in[3] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, 6, 24, 24)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, 1, 28, 28)),
                   t_rand(NBL_DT_FLOAT, -1, 1, DIMS(6, 1, 5, 5))};
     attr ca[] = {AV("kernel_shape", 5, 5), AEND};
-    int want[3] = {0, 1, 1};
+    int want[3] = {0, 1, 1}, only_db[3] = {0, 0, 1};
     lenet_row("com.microsoft", "ConvGrad", 1, "dW, dB 1->6 5x5 28x28", ca, 3, in, 3, want, threads, runs);
+    lenet_row("com.microsoft", "ConvGrad", 1, "dB alone 1->6 5x5 28x28", ca, 3, in, 3, only_db, threads, runs);
     for (int i = 0; i < 3; i++) t_free(&in[i]);
   }
   {

@@ -163,6 +163,22 @@ typedef struct fq_job {
   float scale;
 } fq_job;
 
+/* y[i] = s * y[i] + 0 for i < n (vector forms: the same products and sums) */
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static int64_t scale_avx512(float *y, int64_t n, float s) {
+  const __m512 vs = _mm512_set1_ps(s), z = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_mul_ps(vs, _mm512_loadu_ps(y + i)), z));
+  return i;
+}
+__attribute__((target("avx"))) static int64_t scale_avx(float *y, int64_t n, float s) {
+  const __m256 vs = _mm256_set1_ps(s), z = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(y + i)), z));
+  return i;
+}
+#endif
+
 static void fq_chunk(void *arg, int64_t b, int64_t e) {
   const fq_job *j = arg;
   float *y = j->y + b;
@@ -170,7 +186,12 @@ static void fq_chunk(void *arg, int64_t b, int64_t e) {
   const float s = j->scale;
   /* scale * (q - zero), as nbl_q4_fake_quant; + 0 turns the vector path's -0 (a
    * negative value rounded to code zero) into the +0 of the integer code */
-  for (int64_t i = 0; i < e - b; i++) y[i] = s * y[i] + 0.0f;
+  int64_t i = 0;
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) i = scale_avx512(y, e - b, s);
+  else if (nbl_cpu_has(NBL_CPU_AVX)) i = scale_avx(y, e - b, s);
+#endif
+  for (; i < e - b; i++) y[i] = s * y[i] + 0.0f;
 }
 
 void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
