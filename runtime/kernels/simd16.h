@@ -13,7 +13,7 @@
 #define NBL_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define NBL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
-/* The mask of the first min(n, 16) lanes. */
+/* The mask of the first min(n, 16) lanes (n >= 0). */
 static inline __mmask16 nbl_tail_mask(int64_t n) {
   return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }

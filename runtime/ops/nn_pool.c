@@ -249,7 +249,7 @@ __attribute__((target("avx512f"))) static void maxpool2x2_idx_row_avx512(const f
   const __m512i vb = _mm512_set1_epi64(base);
   for (int64_t ow0 = 0; ow0 < ow1; ow0 += 16) {
     const int64_t r = ow1 - ow0;
-    const __mmask16 act = nbl_tail_mask(r), l0 = nbl_tail_mask(2 * r), l1 = nbl_tail_mask(2 * r - 16);
+    const __mmask16 act = nbl_tail_mask(r), l0 = nbl_tail_mask(2 * r), l1 = r > 8 ? nbl_tail_mask(2 * r - 16) : 0;
     const float *p0 = r0 + 2 * ow0, *p1 = r1 + 2 * ow0;
     const __m512 t0 = _mm512_maskz_loadu_ps(l0, p0), t1 = _mm512_maskz_loadu_ps(l1, p0 + 16);
     const __m512 u0 = _mm512_maskz_loadu_ps(l0, p1), u1 = _mm512_maskz_loadu_ps(l1, p1 + 16);
