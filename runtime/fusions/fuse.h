@@ -22,6 +22,8 @@
  *             one sweep per channel
  *   log-pair  fuse_log_pair.c: the two QuantizeLog (tpr phases) of one
  *             gradient as one scan and one sweep
+ *   relu-pool fuse_relu_pool.c: a float32 Relu -> 2-D MaxPool as one node
+ *             pooling each plane of the Relu output as it is made
  *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
  *             as one node writing the masked gradient once
  * A fusion sees only the nodes no earlier fusion of the table replaced.
@@ -94,6 +96,7 @@ NBL_FUSION(conv_act)      /* fuse_f32.c */
 NBL_FUSION(bn_act)        /* fuse_bn_act.c */
 NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
 NBL_FUSION(log_pair)      /* fuse_log_pair.c */
+NBL_FUSION(relu_pool)     /* fuse_relu_pool.c */
 NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
 /* The plan state of most fusions: per node of the graph, its fused node or
@@ -121,7 +124,9 @@ extern const nbl_op_def nbl_fused_bn_act_def;
 extern const nbl_op_def nbl_fused_bn_grad_def;
 /* The kernel of the log-pair fused nodes (fuse_log_pair.c). */
 extern const nbl_op_def nbl_fused_log_pair_def;
-/* The kernel of the pool-grad fused nodes (fuse_pool_grad.c). */
+/* The kernels of the relu-pool and pool-grad fused nodes (fuse_relu_pool.c,
+ * fuse_pool_grad.c). */
+extern const nbl_op_def nbl_fused_relu_pool_def;
 extern const nbl_op_def nbl_fused_pool_grad_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */

@@ -14,6 +14,8 @@
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/simd16.h"
+#include "runtime/ops/elementwise.h"
+#include "runtime/ops/nn_pool.h"
 #include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ pooling */
@@ -24,7 +26,14 @@ typedef struct pool_task {
   const nbl_conv_geom *g;
   const float *x;
   float *y;
+  const float *relu; /* the fused Relu -> MaxPool: x = Relu(relu), made plane by plane here */
 } pool_task;
+
+/* The fused Relu -> MaxPool: plane q of x made from plane q of relu (Relu's
+ * own float kernel) while the pooling of the plane follows in cache. */
+static void relu_plane(const float *relu, const float *x, int64_t q, int64_t sz) {
+  if (relu) nbl_relu_f32(relu + q * sz, (float *)x + q * sz, sz);
+}
 
 /* Float 2-D max pooling without indices, one (n, c) plane per item; same
  * result as the reference (NaN in a window gives NaN, an empty window -inf). */
@@ -78,6 +87,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   float *row = malloc(sizeof(float) * (size_t)(2 * Wp)), *hm = row + Wp;
   if (!row) { /* out of memory: the direct loop */
     for (int64_t q = begin; q < end; q++) {
+      relu_plane(t->relu, t->x, q, H * W);
       const float *xp = t->x + q * H * W;
       float *yp = t->y + q * OH * OW;
       for (int64_t oh = 0; oh < OH; oh++)
@@ -101,6 +111,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
 #endif
   for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
   for (int64_t q = begin; q < end; q++) {
+    relu_plane(t->relu, t->x, q, H * W);
     const float *xp = t->x + q * H * W;
     float *yp = t->y + q * OH * OW;
     for (int64_t oh = 0; oh < OH; oh++) {
@@ -135,6 +146,7 @@ typedef struct pool_idx_task {
   float *y;
   int64_t *idx;
   int storage_order;
+  const float *relu; /* as pool_task's */
 } pool_idx_task;
 
 /* 2-D float max pooling with the Indices output (MaxPool in training graphs:
@@ -403,6 +415,7 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   const int vec = maxpool_idx_vec(g);
   for (int64_t q = begin; q < end; q++) {
     const int64_t base = q * H * W;
+    relu_plane(t->relu, t->x, q, H * W);
     if (two) {
       const float *xp = t->x + base;
       for (int64_t oh = 0; oh < oh_in; oh++) {
@@ -469,10 +482,12 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static nbl_status k_pool(nbl_kctx *c, int kind) {
+/* Pooling of X into outputs o0 (Y) and o0 + 1 (MaxPool's Indices, when
+ * requested). With relu (the fused Relu -> MaxPool, float32 only), X is
+ * Relu(relu), written here: plane by plane on the fast paths, whole first
+ * on the others. */
+static nbl_status k_pool_at(nbl_kctx *c, int kind, const nbl_rt_tensor *X, int o0, const float *relu) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X"))) return st;
-  const nbl_rt_tensor *X = c->in[0];
   const nbl_node *n = c->node;
   nbl_dtype dt = X->dtype;
   int int_ok = kind == POOL_MAX && (dt == NBL_DT_INT8 || dt == NBL_DT_UINT8);
@@ -486,23 +501,24 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
   int storage_order = (int)nbl_attr_int(n, "storage_order", 0);
   int64_t od[NBL_MAX_RANK] = {g.N, g.C};
   for (int i = 0; i < g.ns; i++) od[2 + i] = g.out[i];
-  if ((st = nbl_kctx_alloc_out(c, 0, dt, X->rank, od))) return st;
-  int with_idx = kind == POOL_MAX && want_out(c, 1);
-  if (with_idx && (st = nbl_kctx_alloc_out(c, 1, NBL_DT_INT64, X->rank, od))) return st;
+  if ((st = nbl_kctx_alloc_out(c, o0, dt, X->rank, od))) return st;
+  int with_idx = kind == POOL_MAX && want_out(c, o0 + 1);
+  if (with_idx && (st = nbl_kctx_alloc_out(c, o0 + 1, NBL_DT_INT64, X->rank, od))) return st;
   if (with_idx && storage_order && g.ns != 2)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=1 is supported for 2-D pooling only");
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  nbl_rt_tensor *Y = nbl_kctx_out(c, o0);
   if (kind == POOL_MAX && dt == NBL_DT_FLOAT && !with_idx && !c->reference && g.ns == 2) {
-    pool_task t = {&g, X->data, Y->data};
+    pool_task t = {&g, X->data, Y->data, relu};
     nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
     return NBL_OK;
   }
-  int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
+  int64_t *idx = with_idx ? nbl_kctx_out(c, o0 + 1)->data : NULL;
   if (kind == POOL_MAX && dt == NBL_DT_FLOAT && with_idx && !c->reference && g.ns == 2) {
-    pool_idx_task t = {&g, X->data, Y->data, idx, storage_order};
+    pool_idx_task t = {&g, X->data, Y->data, idx, storage_order, relu};
     nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_idx_f32, &t);
     return NBL_OK;
   }
+  if (relu) nbl_relu_f32(relu, X->data, X->numel);
   double *x = nbl_to_f64(X);
   double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
   if (!x || !y) {
@@ -574,6 +590,22 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
   free(x);
   free(y);
   return NBL_OK;
+}
+
+static nbl_status k_pool(nbl_kctx *c, int kind) {
+  nbl_status st = need_input(c, 0, "X");
+  return st ? st : k_pool_at(c, kind, c->in[0], 0, NULL);
+}
+
+nbl_status nbl_relu_maxpool(nbl_kctx *c) {
+  nbl_status st = need_input(c, 0, "X");
+  if (st) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if (X->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Relu -> MaxPool runs on float32 only, got %s",
+                    nbl_dtype_name(X->dtype));
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  return k_pool_at(c, POOL_MAX, nbl_kctx_out(c, 0), 1, X->data);
 }
 
 static nbl_status k_maxpool(nbl_kctx *c) { return k_pool(c, POOL_MAX); }

@@ -19,9 +19,10 @@
  *   too, and only one of them is taken); of the 8 pairs of tpr QuantizeLog
  *   the 6 on a fused BatchNormalizationGrad's dX run in that node, the 2 of
  *   the shortcuts as log-pair nodes; LeNet-5 has no BatchNorm (log-pair,
- *   3 pairs) and two MaxPoolGrad -> ReluGrad (pool-grad); ResNet-8 no
- *   MaxPool.
- * pool: hand-built Relu -> MaxPool ... MaxPoolGrad -> ReluGrad (pool-grad),
+ *   3 pairs), two MaxPoolGrad -> ReluGrad (pool-grad) and, in the 4-bit
+ *   graph (FP32: conv-act takes the Relu), two Relu -> MaxPool
+ *   (relu-pool); ResNet-8 no MaxPool.
+ * pool: hand-built Relu -> MaxPool ... MaxPoolGrad -> ReluGrad (relu-pool, pool-grad),
  *   2 x 2 windows of stride 2 on even, odd and wide planes and 3 x 3 with
  *   pads, NaN, zeros and -0 in X and dY, 1 and 2 threads: the same bits.
  * fwd: hand-built BatchNormInternal -> [Add ->] Relu [-> QuantizeInt4] (affine,
@@ -110,16 +111,16 @@ static void same_bits(const nbl_host_tensor *a, const nbl_host_tensor *b, const 
 
 typedef struct train_case {
   const char *model, *spec;
-  int bn_act, bn_grad, log_pair, pool_grad; /* fused nodes expected of each fusion */
+  int bn_act, bn_grad, log_pair, pool_grad, relu_pool; /* fused nodes expected of each fusion */
   int grad_log;                  /* bn-grad nodes that run the QuantizeLog pair of their dX too */
 } train_case;
 
 #define Q4 "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0},
-    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 6},
-    {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 2, 0},
-    {"models/lenet5_init.onnx", Q4, 0, 0, 3, 2, 0},
+    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0, 0},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 0, 6},
+    {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 2, 0, 0},
+    {"models/lenet5_init.onnx", Q4, 0, 0, 3, 2, 2, 0},
 };
 
 START_TEST(test_sessions) {
@@ -161,6 +162,7 @@ START_TEST(test_sessions) {
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad"), c->bn_grad);
   ck_assert_int_eq(fused_nodes(&rf, "QuantizeLog*2"), c->log_pair);
   ck_assert_int_eq(fused_nodes(&rf, "MaxPoolGrad+ReluGrad"), c->pool_grad);
+  ck_assert_int_eq(fused_nodes(&rf, "Relu+MaxPool"), c->relu_pool);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad+Log*2"), c->grad_log);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
@@ -327,9 +329,10 @@ typedef struct pool_case {
 
 /* V = Relu(X), (Y, I) = MaxPool(V), dX = MaxPoolGrad(dY, I, Shape(V)),
  * out = ReluGrad(dX, V); X with zeros, negatives and NaN, dY with -0 and
- * NaN; returns out (malloc'd, *n floats); *was_fused: the profile showed
- * the fused node. */
-static float *run_pool(const pool_case *c, int fused, int threads, int64_t *n, int *was_fused) {
+ * NaN; returns out, Y and V (malloc'd, *n floats); *was_fused: the profile
+ * showed an op type containing pattern. */
+static float *run_pool(const pool_case *c, int fused, int threads, const char *pattern, int64_t *n,
+                       int *was_fused) {
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
   nbl_model_set_opset(m, "com.microsoft", 1);
@@ -361,12 +364,14 @@ static float *run_pool(const pool_case *c, int fused, int threads, int64_t *n, i
   }
   nbl_graph_add_node(g, "ReluGrad", "com.microsoft", "relugrad", 2, rin, 1, &OUT);
   nbl_graph_add_output(g, OUT);
+  nbl_graph_add_output(g, YI[0]);
+  nbl_graph_add_output(g, V);
   ck_assert_msg(nbl_graph_verify(g, "pool") == NBL_OK, "%s", nbl_last_error());
   nbl_host_tensor feeds[2] = {{.name = "x", .dtype = NBL_DT_FLOAT, .rank = 4, .data = x, .nbytes = sizeof(float) * (size_t)nx},
                               {.name = "dy", .dtype = NBL_DT_FLOAT, .rank = 4, .data = dy, .nbytes = sizeof(float) * (size_t)ny}};
   memcpy(feeds[0].dims, xd, sizeof xd);
   memcpy(feeds[1].dims, yd, sizeof yd);
-  float *out = exec_model(m, feeds, 2, fused, threads, "MaxPoolGrad+ReluGrad", n, was_fused);
+  float *out = exec_model(m, feeds, 2, fused, threads, pattern, n, was_fused);
   nbl_model_free(m);
   free(x);
   free(dy);
@@ -378,22 +383,27 @@ static const pool_case pcases[] = {
     {2, 3, 7, 6, 3, 2, 1}, /* the sparse kernel, masked */
 };
 
-/* The pool-grad fusion against the unfused nodes, bit for bit, at 1 and 2
- * threads: 2 x 2 windows of stride 2 (the dense kernel) on even, odd and
- * wide planes, and 3 x 3 windows of stride 2 with pads (the sparse one). */
+/* The relu-pool and pool-grad fusions against the unfused nodes, bit for
+ * bit, at 1 and 2 threads: 2 x 2 windows of stride 2 (the dense kernel) on
+ * even, odd and wide planes, and 3 x 3 windows of stride 2 with pads (the
+ * sparse one). */
 START_TEST(test_pool_grad) {
   const pool_case *c = &pcases[_i / 2];
-  int threads = 1 + _i % 2, fu, fr;
-  int64_t nf_, nu;
-  float *yf = run_pool(c, 1, threads, &nf_, &fu), *yu = run_pool(c, 0, threads, &nu, &fr);
-  ck_assert_int_eq(fu, 1);
-  ck_assert_int_eq(fr, 0);
-  ck_assert_int_eq(nf_, nu);
-  for (int64_t i = 0; i < nu; i++)
-    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "pool case %d, %d thread(s): [%lld] fused %a vs %a", _i / 2,
-                  threads, (long long)i, yf[i], yu[i]);
-  free(yf);
-  free(yu);
+  int threads = 1 + _i % 2;
+  const char *pat[2] = {"MaxPoolGrad+ReluGrad", "Relu+MaxPool"};
+  for (int k = 0; k < 2; k++) {
+    int fu, fr;
+    int64_t nf_, nu;
+    float *yf = run_pool(c, 1, threads, pat[k], &nf_, &fu), *yu = run_pool(c, 0, threads, pat[k], &nu, &fr);
+    ck_assert_msg(fu == 1, "%s not fused", pat[k]);
+    ck_assert_int_eq(fr, 0);
+    ck_assert_int_eq(nf_, nu);
+    for (int64_t i = 0; i < nu; i++)
+      ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "pool case %d, %d thread(s): [%lld] fused %a vs %a", _i / 2,
+                    threads, (long long)i, yf[i], yu[i]);
+    free(yf);
+    free(yu);
+  }
 }
 END_TEST
 
