@@ -189,6 +189,10 @@ const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
  * by a subgraph. Returns the Add's node id, or NBL_NONE. */
 nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
 
+/* 1 unless the graph types value v as something else than a float32
+ * tensor (untyped values and tensors of unknown element type pass). */
+int nbl_fuse_maybe_f32(const nbl_graph *g, nbl_id v);
+
 /* 1 if value v is read once only, by node `by` as its input `slot` (and by
  * no other input of it), and is no graph output, outer value or subgraph
  * capture: a fused node that absorbs both ends may skip it. */

@@ -31,14 +31,6 @@ typedef struct pg_fused {
   char op[24];
 } pg_fused;
 
-/* 1 unless the graph types value v as a tensor of another type than
- * float32 (the kernel handles the others too, in two passes). */
-static int maybe_f32(const nbl_graph *g, nbl_id v) {
-  const nbl_type *t = &g->values[v].type;
-  return t->kind == NBL_TYPE_NONE ||
-         (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
-}
-
 nbl_status nbl_fuse_pool_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
   const nbl_graph *g = env->g;
   *state = NULL;
@@ -60,7 +52,8 @@ nbl_status nbl_fuse_pool_grad_plan(const nbl_fusion_env *env, nbl_id *order, int
     const nbl_node *P = &g->nodes[p];
     if (!nbl_fuse_is_op(P, "com.microsoft", "MaxPoolGrad") || P->n_inputs != 3 || P->n_outputs != 1 ||
         P->inputs[0] == NBL_NONE || P->inputs[1] == NBL_NONE || P->inputs[2] == NBL_NONE ||
-        !nbl_fuse_only_feeds(g, P->outputs[0], r, 0) || !maybe_f32(g, P->inputs[0]) || !maybe_f32(g, R->inputs[1]))
+        !nbl_fuse_only_feeds(g, P->outputs[0], r, 0) || !nbl_fuse_maybe_f32(g, P->inputs[0]) ||
+        !nbl_fuse_maybe_f32(g, R->inputs[1]))
       continue;
     pg_fused *f = calloc(1, sizeof *f);
     if (!f) break; /* out of memory: the nodes run unfused */

@@ -186,6 +186,17 @@ static void pool_rows_in(const nbl_conv_geom *g, int64_t oh, int64_t *kh0, int64
 }
 
 #if defined(__x86_64__)
+/* base + at[l] for the lanes l of act (AVX-512): lanes 0-7 to ir, 8-15 to
+ * ir8 (ir + 8 for one row of 16 outputs). */
+__attribute__((target("avx512f"), always_inline)) static inline void store_idx16(int64_t *ir, int64_t *ir8,
+                                                                               __mmask16 act, __m512i at,
+                                                                               int64_t base) {
+  const __m512i vb = _mm512_set1_epi64(base);
+  _mm512_mask_storeu_epi64(ir, (__mmask8)act, _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at))));
+  _mm512_mask_storeu_epi64(ir8, (__mmask8)(act >> 8),
+                           _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1))));
+}
+
 /* The vector scans of one output row oh of plane xp (column stride 1 or 2,
  * any window, dilation and pads; positions as int32: the caller checks that
  * H W fits): per lane (output column), the same scan as the scalar loop,
@@ -235,11 +246,7 @@ __attribute__((target("avx512f"))) static void maxpool_idx_row_avx512(const pool
       }
     }
     _mm512_mask_storeu_ps(yr + ow0, act, _mm512_mask_mov_ps(bv, nan, qnan));
-    const __m512i vb = _mm512_set1_epi64(base);
-    _mm512_mask_storeu_epi64(ir + ow0, (__mmask8)act,
-                             _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(best))));
-    _mm512_mask_storeu_epi64(ir + ow0 + 8, (__mmask8)(act >> 8),
-                             _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(best, 1))));
+    store_idx16(ir + ow0, ir + ow0 + 8, act, best, base);
   }
 }
 
@@ -250,37 +257,69 @@ __attribute__((target("avx512f"))) static void maxpool_idx_row_avx512(const pool
  * v only when v > u; in cd also when c is NaN (the scan would not stop at
  * a NaN c: d still wins over ab when greater). Same value and index as the
  * scan. */
+/* The pair-fold of the windows whose elements a, b (top row) and c, d
+ * (bottom row) are in the lanes: the maxima (NaN where a window holds one)
+ * and each one's offset in its window: 0, 1, W or W + 1. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 fold2x2_avx512(__m512 a, __m512 b, __m512 c,
+                                                                                    __m512 d, int64_t W,
+                                                                                    __m512i *off) {
+  const __m512i one = _mm512_set1_epi32(1), vW = _mm512_set1_epi32((int)W), vW1 = _mm512_set1_epi32((int)W + 1);
+  const __mmask16 tb = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
+  const __mmask16 td = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
+  const __m512 ab = _mm512_mask_mov_ps(a, tb, b), cd = _mm512_mask_mov_ps(c, td, d);
+  const __m512i iab = _mm512_maskz_mov_epi32(tb, one), icd = _mm512_mask_mov_epi32(vW, td, vW1);
+  const __mmask16 t2 = _mm512_cmp_ps_mask(cd, ab, _CMP_GT_OQ);
+  const __mmask16 nan = _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+  *off = _mm512_mask_mov_epi32(iab, t2, icd);
+  return _mm512_mask_mov_ps(_mm512_mask_mov_ps(ab, t2, cd), nan, _mm512_set1_ps(NAN));
+}
+
 __attribute__((target("avx512f"))) static void maxpool2x2_idx_row_avx512(const float *xp, int64_t W, int64_t oh,
                                                                          int64_t ow1, int64_t base, float *yr,
                                                                          int64_t *ir) {
   const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i even = _mm512_slli_epi32(lane, 1), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i one = _mm512_set1_epi32(1), vW = _mm512_set1_epi32((int)W), vW1 = _mm512_set1_epi32((int)W + 1);
-  const __m512 qnan = _mm512_set1_ps(NAN);
-  const __m512i vb = _mm512_set1_epi64(base);
   for (int64_t ow0 = 0; ow0 < ow1; ow0 += 16) {
     const int64_t r = ow1 - ow0;
     const __mmask16 act = nbl_tail_mask(r), l0 = nbl_tail_mask(2 * r), l1 = r > 8 ? nbl_tail_mask(2 * r - 16) : 0;
     const float *p0 = r0 + 2 * ow0, *p1 = r1 + 2 * ow0;
     const __m512 t0 = _mm512_maskz_loadu_ps(l0, p0), t1 = _mm512_maskz_loadu_ps(l1, p0 + 16);
     const __m512 u0 = _mm512_maskz_loadu_ps(l0, p1), u1 = _mm512_maskz_loadu_ps(l1, p1 + 16);
-    const __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
-    const __m512 c = _mm512_permutex2var_ps(u0, even, u1), d = _mm512_permutex2var_ps(u0, odd, u1);
-    const __mmask16 tb = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
-    const __mmask16 td = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
-    const __m512 ab = _mm512_mask_mov_ps(a, tb, b), cd = _mm512_mask_mov_ps(c, td, d);
-    const __m512i iab = _mm512_maskz_mov_epi32(tb, one), icd = _mm512_mask_mov_epi32(vW, td, vW1);
-    const __mmask16 t2 = _mm512_cmp_ps_mask(cd, ab, _CMP_GT_OQ);
-    const __mmask16 nan = _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
-    _mm512_mask_storeu_ps(yr + ow0, act, _mm512_mask_mov_ps(_mm512_mask_mov_ps(ab, t2, cd), nan, qnan));
-    const __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow0)),
-                                        _mm512_add_epi32(even, _mm512_mask_mov_epi32(iab, t2, icd)));
-    _mm512_mask_storeu_epi64(ir + ow0, (__mmask8)act,
-                             _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at))));
-    _mm512_mask_storeu_epi64(ir + ow0 + 8, (__mmask8)(act >> 8),
-                             _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1))));
+    __m512i off;
+    const __m512 m = fold2x2_avx512(_mm512_permutex2var_ps(t0, even, t1), _mm512_permutex2var_ps(t0, odd, t1),
+                                    _mm512_permutex2var_ps(u0, even, u1), _mm512_permutex2var_ps(u0, odd, u1), W, &off);
+    _mm512_mask_storeu_ps(yr + ow0, act, m);
+    const __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow0)), _mm512_add_epi32(even, off));
+    store_idx16(ir + ow0, ir + ow0 + 8, act, at, base);
   }
+}
+
+/* Output rows oh and oh + 1 of at most 8 columns (ow1 <= 8) in one vector:
+ * lanes 0-7 the first row's windows, 8-15 the second's (narrow planes, as
+ * LeNet-5's second pooling: 4 columns). */
+__attribute__((target("avx512f"))) static void maxpool2x2_idx_rows2_avx512(const float *xp, int64_t W, int64_t OW,
+                                                                           int64_t oh, int64_t ow1, int64_t base,
+                                                                           float *yr, int64_t *ir) {
+  const float *r0 = xp + 2 * oh * W;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i half = _mm512_srli_epi32(lane, 3), col = _mm512_and_si512(lane, _mm512_set1_epi32(7));
+  /* lane l: element 2 (l % 8) of the first source (l < 8) or the second */
+  const __m512i even = _mm512_add_epi32(_mm512_slli_epi32(col, 1), _mm512_slli_epi32(half, 4));
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __mmask16 l = nbl_tail_mask(2 * ow1), act = (__mmask16)(nbl_tail_mask(ow1) | nbl_tail_mask(ow1) << 8);
+  const __m512 t0 = _mm512_maskz_loadu_ps(l, r0), t1 = _mm512_maskz_loadu_ps(l, r0 + 2 * W);
+  const __m512 u0 = _mm512_maskz_loadu_ps(l, r0 + W), u1 = _mm512_maskz_loadu_ps(l, r0 + 3 * W);
+  __m512i off;
+  const __m512 m = fold2x2_avx512(_mm512_permutex2var_ps(t0, even, t1), _mm512_permutex2var_ps(t0, odd, t1),
+                                  _mm512_permutex2var_ps(u0, even, u1), _mm512_permutex2var_ps(u0, odd, u1), W, &off);
+  /* lane l's window starts at 2 (oh + l / 8) W + 2 (l % 8) */
+  const __m512i start = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W)),
+                                         _mm512_add_epi32(_mm512_mullo_epi32(half, _mm512_set1_epi32((int)(2 * W))),
+                                                          _mm512_slli_epi32(col, 1)));
+  _mm512_mask_storeu_ps(yr, (__mmask16)(act & 0xff), m);
+  _mm512_mask_storeu_ps(yr + OW, (__mmask16)(act & 0xff), _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+  store_idx16(ir, ir + OW, act, _mm512_add_epi32(start, off), base);
 }
 
 /* The same 8 at a time (AVX2). */
@@ -422,7 +461,8 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
         float *yr = t->y + (q * OH + oh) * OW;
         int64_t *ir = t->idx + (q * OH + oh) * OW;
 #if defined(__x86_64__)
-        if (vec == 2) maxpool2x2_idx_row_avx512(xp, W, oh, ow_in, base, yr, ir);
+        if (vec == 2 && ow_in <= 8 && oh + 1 < oh_in) maxpool2x2_idx_rows2_avx512(xp, W, OW, oh++, ow_in, base, yr, ir);
+        else if (vec == 2) maxpool2x2_idx_row_avx512(xp, W, oh, ow_in, base, yr, ir);
         else if (vec == 1) maxpool2x2_idx_row_avx2(xp, W, oh, ow_in, base, yr, ir);
         else
 #endif

@@ -345,12 +345,12 @@ static void maxpool_idx_check(const int64_t *d, const float *x, one_attr_fn af, 
  * dilation, both storage orders, strides 1, 2 and 3, and 2 x 2 windows of
  * stride 2 without padding on odd planes (with and without ceil_mode), on
  * planes narrower than a vector and wider than two (tails of 16 and 8
- * lanes). */
+ * lanes; two output rows of at most 8 columns per AVX-512 vector). */
 START_TEST(test_maxpool_indices) {
   one_attr_fn attrs[8] = {attr_pool22,       attr_pool33s2,     attr_pool_dil, attr_pool33s2_col,
                           attr_pool22_nopad, attr_pool22_ceil, attr_pool32s1, attr_pool_s3};
-  const int64_t shapes[3][4] = {{2, 3, 13, 11}, {1, 2, 9, 70}, {1, 1, 4, 37}};
-  for (int sh = 0; sh < 3; sh++) {
+  const int64_t shapes[4][4] = {{2, 3, 13, 11}, {1, 2, 9, 70}, {1, 1, 4, 37}, {1, 2, 10, 8}};
+  for (int sh = 0; sh < 4; sh++) {
     const int64_t *d = shapes[sh];
     int64_t n = d[0] * d[1] * d[2] * d[3];
     float *x = frandv(n);
@@ -376,6 +376,14 @@ START_TEST(test_maxpool_indices) {
   }
   maxpool_idx_check(d, x, attr_pool22_nopad, "all 2x2 windows");
   maxpool_idx_check(d, x, attr_pool22, "all 2x2 windows, padded");
+  /* the same windows 4 to a row of a plane 128 x 8 (two output rows per
+   * vector on AVX-512) */
+  int64_t dn[4] = {1, 1, 128, 8};
+  for (int w = 0; w < 256; w++) {
+    const int64_t r = 2 * (w / 4) * 8 + 2 * (w % 4);
+    x[r] = val[w & 3], x[r + 1] = val[(w >> 2) & 3], x[r + 8] = val[(w >> 4) & 3], x[r + 9] = val[(w >> 6) & 3];
+  }
+  maxpool_idx_check(dn, x, attr_pool22_nopad, "all 2x2 windows, 4 columns");
   free(x);
 }
 END_TEST
