@@ -9,6 +9,11 @@
  * one by one instead: forward Conv, ConvGrad's dW alone and dX alone, fast
  * kernels only (NAME: the layers whose name contains it), with their rate in GFLOPS (2 M C k out multiply-adds each).
  *
+ * With "lenet": the float and bookkeeping ops of LeNet-5's 4-bit training step
+ * (batch 64) one by one, fast kernels only: MaxPool with Indices,
+ * MaxPoolGrad, ConvGrad of the first layer (dW and dB), QuantizeInt4 and
+ * QuantizeInt4Grad, Relu and ReluGrad.
+ *
  * Each line: op, case, milliseconds per run (the best of `runs` after a
  * warm-up: the machine is shared, the minimum is the least disturbed) of the
  * fast kernel and of the reference kernel, and the ratio. */
@@ -94,9 +99,74 @@ static void conv(const char *what, int64_t N, int64_t C, int64_t H, int64_t M, i
   for (int i = 0; i < 3; i++) t_free(&in[i]);
 }
 
+/* One op of the LeNet-5 step, fast kernel only: best of runs, ms. */
+static void lenet_row(const char *domain, const char *op, int opset, const char *what, const attr *a, int n_in,
+                      tens *in, int n_out, const int *want, int threads, int runs) {
+  double f = time_node_want(domain, op, opset, a, n_in, in, n_out, want, 0, threads, runs);
+  printf("| %-18s | %-40s | %8.4f |\n", op, what, f);
+  fflush(stdout);
+}
+
+static void lenet_step_ops(int threads, int runs) {
+  printf("threads %d, best of %d runs, ms per run, batch 64\n\n", threads, runs);
+  printf("| op                 | case                                     |       ms |\n|---|---|---:|\n");
+  attr pa[] = {AV("kernel_shape", 2, 2), AV("strides", 2, 2), AEND};
+  const int64_t pc[2][2] = {{6, 24}, {16, 8}};
+  for (int l = 0; l < 2; l++) {
+    int64_t C = pc[l][0], H = pc[l][1];
+    tens x = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, C, H, H));
+    char what[64];
+    snprintf(what, sizeof what, "2x2 s2 64x%lldx%lldx%lld", (long long)C, (long long)H, (long long)H);
+    lenet_row("", "MaxPool", 12, what, pa, 1, &x, 2, NULL, threads, runs);
+    tens d64 = t_rand(NBL_DT_DOUBLE, -1, 1, DIMS(64, C, H, H));
+    runner *f = runner_new("", "MaxPool", 12, pa, 1, &d64, 2, NULL, 1);
+    runner_run(f, &d64);
+    tens g[3] = {t_rand(NBL_DT_FLOAT, -1, 1, f->out[0].rank, f->out[0].dims), t_copy_host(&f->out[1]), t_shape(&x)};
+    runner_free(f);
+    lenet_row("com.microsoft", "MaxPoolGrad", 1, what, pa, 3, g, 1, NULL, threads, runs);
+    tens rg[2] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, C, H, H)), x};
+    snprintf(what, sizeof what, "64x%lldx%lldx%lld", (long long)C, (long long)H, (long long)H);
+    lenet_row("", "Relu", 14, what, NULL, 1, &x, 1, NULL, threads, runs);
+    lenet_row("com.microsoft", "ReluGrad", 1, what, NULL, 2, rg, 1, NULL, threads, runs);
+    for (int i = 0; i < 3; i++) t_free(&g[i]);
+    t_free(&rg[0]);
+    t_free(&d64);
+    t_free(&x);
+  }
+  {
+    tens in[3] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, 6, 24, 24)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, 1, 28, 28)),
+                  t_rand(NBL_DT_FLOAT, -1, 1, DIMS(6, 1, 5, 5))};
+    attr ca[] = {AV("kernel_shape", 5, 5), AEND};
+    int want[3] = {0, 1, 1}, only_db[3] = {0, 0, 1};
+    lenet_row("com.microsoft", "ConvGrad", 1, "dW, dB 1->6 5x5 28x28", ca, 3, in, 3, want, threads, runs);
+    lenet_row("com.microsoft", "ConvGrad", 1, "dB alone 1->6 5x5 28x28", ca, 3, in, 3, only_db, threads, runs);
+    for (int i = 0; i < 3; i++) t_free(&in[i]);
+  }
+  {
+    tens w = t_rand(NBL_DT_FLOAT, -0.06, 0.06, DIMS(120, 256)), g = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(120, 256));
+    tens a = t_rand(NBL_DT_FLOAT, 0, 2, DIMS(64, 6, 12, 12)), ga = t_rand(NBL_DT_FLOAT, -1, 1, DIMS(64, 6, 12, 12));
+    attr sa[] = {AI("bits", 4), AS("mode", "symmetric"), AS("scale_source", "sawb"), AEND};
+    attr aa[] = {AI("bits", 4), AS("mode", "affine"), AS("scale_source", "max"), AEND};
+    int w1[2] = {1, 0};
+    lenet_row("ai.nibble", "QuantizeInt4", 1, "sawb 4-bit 120x256", sa, 1, &w, 2, w1, threads, runs);
+    lenet_row("ai.nibble", "QuantizeInt4", 1, "affine max 64x6x12x12", aa, 1, &a, 2, w1, threads, runs);
+    tens gw[2] = {g, w}, gaa[2] = {ga, a};
+    lenet_row("ai.nibble", "QuantizeInt4Grad", 1, "sawb 4-bit 120x256", sa, 2, gw, 1, NULL, threads, runs);
+    lenet_row("ai.nibble", "QuantizeInt4Grad", 1, "affine max 64x6x12x12", aa, 2, gaa, 1, NULL, threads, runs);
+    t_free(&w);
+    t_free(&g);
+    t_free(&a);
+    t_free(&ga);
+  }
+}
+
 int main(int argc, char **argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 1, runs = argc > 2 ? atoi(argv[2]) : 10;
   if (runs < 1 || runs > 64) runs = 10;
+  if (argc > 3 && !strcmp(argv[3], "lenet")) {
+    lenet_step_ops(threads, runs);
+    return 0;
+  }
   if (argc > 3 && !strcmp(argv[3], "resnet8")) {
     r8_only = argc > 4 ? argv[4] : NULL;
     printf("threads %d, best of %d runs, ms per run and GFLOPS, batch 64\n\n", threads, runs);

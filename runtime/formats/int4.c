@@ -121,11 +121,19 @@ static float max_abs_finite(const float *x, size_t n) {
   return m;
 }
 
-double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
+double nbl_q4_sawb_clip_from(double mx, double s1, double s2, size_t cnt, int bits) {
   double c1, c2;
-  double mx = max_abs_finite(x, n);
-  if (nbl_q4_sawb_coeffs(bits, &c1, &c2) != 0) return mx;
-  double s2 = 0, s1 = 0;
+  if (nbl_q4_sawb_coeffs(bits, &c1, &c2) != 0 || cnt == 0) return mx;
+  double mean_abs = s1 / (double)cnt;
+  double c = c1 * sqrt(s2 / (double)cnt) + c2 * mean_abs;
+  /* The fit is for bell-shaped tensors; on flat ones (E[x^2] / E|x|^2 near
+   * (c2 / c1)^2, which 8-bit weights reach in training) it falls towards 0
+   * and a clip below E|x| would saturate most elements: max|x| there. */
+  return c >= mean_abs && c > 0 ? c : mx;
+}
+
+double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
+  double mx = max_abs_finite(x, n), s2 = 0, s1 = 0;
   size_t cnt = 0;
   for (size_t i = 0; i < n; i++) {
     if (!isfinite(x[i])) continue;
@@ -134,13 +142,15 @@ double nbl_q4_sawb_clip(const float *x, size_t n, int bits) {
     s1 += fabs(v);
     cnt++;
   }
-  if (cnt == 0) return mx;
-  double mean_abs = s1 / (double)cnt;
-  double c = c1 * sqrt(s2 / (double)cnt) + c2 * mean_abs;
-  /* The fit is for bell-shaped tensors; on flat ones (E[x^2] / E|x|^2 near
-   * (c2 / c1)^2, which 8-bit weights reach in training) it falls towards 0
-   * and a clip below E|x| would saturate most elements: max|x| there. */
-  return c >= mean_abs && c > 0 ? c : mx;
+  return nbl_q4_sawb_clip_from(mx, s1, s2, cnt, bits);
+}
+
+void nbl_q4_params_from_sawb(const nbl_q4_config *cfg, double clip, nbl_q4_params *p) {
+  memset(p, 0, sizeof *p);
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  float s = (float)clip / (float)p->qmax;
+  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
+  p->scale = s;
 }
 
 void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p) {
@@ -176,7 +186,6 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
     return -1;
   }
   nbl_q4_range(cfg, &p->qmin, &p->qmax);
-  float s = 0.0f;
   switch (cfg->scale_source) {
   case NBL_Q4_SCALE_FIXED:
     if (!isfinite(cfg->fixed_scale) || cfg->fixed_scale <= 0) {
@@ -201,8 +210,8 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
       *why = "scale_source=sawb is symmetric only";
       return -1;
     }
-    s = (float)nbl_q4_sawb_clip(x, n, cfg->bits) / (float)p->qmax;
-    break;
+    nbl_q4_params_from_sawb(cfg, nbl_q4_sawb_clip(x, n, cfg->bits), p);
+    return 0;
   case NBL_Q4_SCALE_MAX: {
     float lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < n; i++) {
@@ -217,9 +226,6 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
     *why = "unknown scale_source";
     return -1;
   }
-  if (!(s > 0.0f) || !isfinite(s)) s = 1.0f;
-  p->scale = s;
-  return 0;
 }
 
 static uint64_t splitmix64(uint64_t z) {

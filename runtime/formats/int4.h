@@ -97,6 +97,16 @@ int nbl_q4_sawb_coeffs(int bits, double *c1, double *c2);
  * coefficients. */
 double nbl_q4_sawb_clip(const float *x, size_t n, int bits);
 
+/* The SAWB clip (as nbl_q4_sawb_clip) from the statistics of the cnt finite
+ * elements: mx = max|x|, s1 = sum |x|, s2 = sum x^2 (in double; a vector
+ * kernel may add them in its own order). */
+double nbl_q4_sawb_clip_from(double mx, double s1, double s2, size_t cnt, int bits);
+
+/* The parameters of scale_source=sawb for clip c: scale c / qmax (a scale
+ * that is not finite and > 0 becomes 1), zero point 0; nbl_q4_choose and
+ * the training kernels (runtime/kernels/q4_train.c) both use it. */
+void nbl_q4_params_from_sawb(const nbl_q4_config *cfg, double clip, nbl_q4_params *p);
+
 /* The scale/zero point of scale_source=max for data whose finite elements
  * span [lo, hi] (lo > hi: there are none): symmetric max(|lo|, |hi|) / qmax,
  * affine (hi - lo) / (qmax - qmin) with its zero point; a scale that is not

@@ -22,6 +22,10 @@
  *             one sweep per channel
  *   log-pair  fuse_log_pair.c: the two QuantizeLog (tpr phases) of one
  *             gradient as one scan and one sweep
+ *   relu-pool fuse_relu_pool.c: a float32 Relu -> 2-D MaxPool as one node
+ *             pooling each plane of the Relu output as it is made
+ *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
+ *             as one node writing the masked gradient once
  * A fusion sees only the nodes no earlier fusion of the table replaced.
  * The environment variable NBL_NO_FUSION (a comma-separated list of the
  * names above, or "all") turns fusions off for the engines planned after it
@@ -92,6 +96,8 @@ NBL_FUSION(conv_act)      /* fuse_f32.c */
 NBL_FUSION(bn_act)        /* fuse_bn_act.c */
 NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
 NBL_FUSION(log_pair)      /* fuse_log_pair.c */
+NBL_FUSION(relu_pool)     /* fuse_relu_pool.c */
+NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
 /* The plan state of most fusions: per node of the graph, its fused node or
  * NULL. A fused node is a calloc'ed struct whose first member is its
@@ -118,6 +124,10 @@ extern const nbl_op_def nbl_fused_bn_act_def;
 extern const nbl_op_def nbl_fused_bn_grad_def;
 /* The kernel of the log-pair fused nodes (fuse_log_pair.c). */
 extern const nbl_op_def nbl_fused_log_pair_def;
+/* The kernels of the relu-pool and pool-grad fused nodes (fuse_relu_pool.c,
+ * fuse_pool_grad.c). */
+extern const nbl_op_def nbl_fused_relu_pool_def;
+extern const nbl_op_def nbl_fused_pool_grad_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 
@@ -178,6 +188,10 @@ const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
  * position, -1 for a node not in it); v is not a graph output nor captured
  * by a subgraph. Returns the Add's node id, or NBL_NONE. */
 nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
+
+/* 1 unless the graph types value v as something else than a float32
+ * tensor (untyped values and tensors of unknown element type pass). */
+int nbl_fuse_maybe_f32(const nbl_graph *g, nbl_id v);
 
 /* 1 if value v is read once only, by node `by` as its input `slot` (and by
  * no other input of it), and is no graph output, outer value or subgraph

@@ -47,9 +47,7 @@ int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
     const nbl_value *t = &g->values[n->outputs[1]];
     if (t->n_consumers || (t->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER))) return 0;
   }
-  const nbl_type *t = &g->values[n->inputs[0]].type;
-  return t->kind == NBL_TYPE_NONE ||
-         (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
+  return nbl_fuse_maybe_f32(g, n->inputs[0]);
 }
 
 nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {

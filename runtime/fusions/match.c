@@ -206,6 +206,12 @@ int nbl_fuse_absorbed(const nbl_graph *g, nbl_id q,
   return 1;
 }
 
+int nbl_fuse_maybe_f32(const nbl_graph *g, nbl_id v) {
+  const nbl_type *t = &g->values[v].type;
+  return t->kind == NBL_TYPE_NONE ||
+         (t->kind == NBL_TYPE_TENSOR && (t->elem == NBL_DT_UNDEFINED || t->elem == NBL_DT_FLOAT));
+}
+
 int nbl_fuse_only_feeds(const nbl_graph *g, nbl_id v, nbl_id by, int slot) {
   if (v == NBL_NONE) return 0;
   const nbl_value *val = &g->values[v];

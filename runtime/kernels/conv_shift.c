@@ -95,14 +95,6 @@ static int shift_init(const nbl_conv_geom *g, shift_geom *s) {
   return 1;
 }
 
-/* The mask of lanes i < 16 with lo <= i < hi. */
-static inline __mmask16 lanes(int64_t lo, int64_t hi) {
-  if (lo < 0) lo = 0;
-  if (hi > 16) hi = 16;
-  if (hi <= lo) return 0;
-  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
-
 /* The planes of one image x [C, H, W] into dst [C][np][PS]: row j of a
  * plane is src[j sw] for j0 <= j < j1, 0 for the other j < Wq, 16 columns
  * per step with the lane masks of each step computed once per phase
@@ -129,11 +121,11 @@ __attribute__((target("avx512f"))) static void shift_pack(const shift_geom *s, c
         int64_t j = 16 * v;
         ms[v] = nbl_tail_mask(Wq - j);
         if (sw == 1) {
-          m0[v] = lanes(j0 - j, j1 - j);
+          m0[v] = nbl_lane_range16(j0 - j, j1 - j);
           m1[v] = 0;
         } else { /* source floats 2 j + e, e < 32: e in [2 (j0 - j), 2 (j1 - j) - 1) */
-          m0[v] = lanes(2 * (j0 - j), 2 * (j1 - j) - 1);
-          m1[v] = lanes(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
+          m0[v] = nbl_lane_range16(2 * (j0 - j), 2 * (j1 - j) - 1);
+          m1[v] = nbl_lane_range16(2 * (j0 - j) - 16, 2 * (j1 - j) - 17);
         }
       }
       for (int64_t c = 0; c < g->C; c++) {
@@ -313,7 +305,8 @@ typedef struct dw_task {
   const shift_geom *s;
   const float *planes, *dyp, *zero; /* dyp [N][M][Qp], zero: Qp zeros */
   float *dw;
-  int64_t kblk, ktiles, chunk; /* k tiles (of 6) per unit, in all; images per pass */
+  int64_t kblk, ktiles, chunk; /* k tiles per unit, in all; images per pass */
+  int mi;                      /* the tile: 4 dy rows x 6 taps, or 6 x 4 */
 } dw_task;
 
 /* The sums of the lanes of a, b, c, d. */
@@ -330,50 +323,52 @@ __attribute__((target("avx512f"), always_inline)) static inline __m128 sum4(__m5
 }
 
 /* dw[m + i][k + j] += sum over images [n0, n1) and q < Qp of
- * dy[n][m + i][q] plane_n[q + off[k + j]], i < 4, j < 6 (rows past M read
- * zeros, taps past K repeat the last one; neither is stored): 24 sums in
- * registers, 4 dy rows and 6 shifted plane rows loaded per 16 outputs. */
-__attribute__((target("avx512f"))) static void dw_tile(const dw_task *t, int64_t n0, int64_t n1,
-                                                       int64_t m, int64_t k) {
+ * dy[n][m + i][q] plane_n[q + off[k + j]], i < MI, j < KJ (MI KJ <= 24 sums
+ * in registers; rows past M read zeros, taps past K repeat the last one;
+ * neither is stored): MI dy rows and KJ shifted plane rows loaded per 16
+ * outputs. Each sum's 16 lanes are added by sum4 (the same tree in any of
+ * its four slots). Instantiated as 4 x 6 and 6 x 4 (dw_tile46, dw_tile64). */
+__attribute__((target("avx512f"), always_inline)) static inline void dw_tile_t(const dw_task *t, int64_t n0,
+                                                                              int64_t n1, int64_t m, int64_t k,
+                                                                              const int MI, const int KJ) {
   const shift_geom *s = t->s;
   int64_t M = s->g->M, K = s->K, Qp = s->Qp, ob[6];
-  for (int j = 0; j < 6; j++) ob[j] = s->off[k + j < K ? k + j : K - 1];
-  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c04 = c00, c05 = c00;
-  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c14 = c00, c15 = c00;
-  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c24 = c00, c25 = c00;
-  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00, c34 = c00, c35 = c00;
+  for (int j = 0; j < KJ; j++) ob[j] = s->off[k + j < K ? k + j : K - 1];
+  __m512 acc[24];
+#pragma GCC unroll 24
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_setzero_ps();
   for (int64_t n = n0; n < n1; n++) {
-    const float *d = t->dyp + (n * M + m) * Qp, *pl = t->planes + n * s->img;
-    const float *a0 = d, *a1 = m + 1 < M ? d + Qp : t->zero, *a2 = m + 2 < M ? d + 2 * Qp : t->zero,
-                *a3 = m + 3 < M ? d + 3 * Qp : t->zero;
-    const float *b0 = pl + ob[0], *b1 = pl + ob[1], *b2 = pl + ob[2], *b3 = pl + ob[3],
-                *b4 = pl + ob[4], *b5 = pl + ob[5];
+    const float *d = t->dyp + (n * M + m) * Qp, *pl = t->planes + n * s->img, *a[6], *b[6];
+#pragma GCC unroll 6
+    for (int i = 0; i < MI; i++) a[i] = m + i < M ? d + i * Qp : t->zero;
+#pragma GCC unroll 6
+    for (int j = 0; j < KJ; j++) b[j] = pl + ob[j];
     for (int64_t q = 0; q < Qp; q += 16) {
-      __m512 x0 = _mm512_load_ps(a0 + q), x1 = _mm512_load_ps(a1 + q), x2 = _mm512_load_ps(a2 + q),
-             x3 = _mm512_load_ps(a3 + q), v;
-#define SH_COL(j)                          \
-  v = _mm512_loadu_ps(b##j + q);           \
-  c0##j = _mm512_fmadd_ps(x0, v, c0##j);   \
-  c1##j = _mm512_fmadd_ps(x1, v, c1##j);   \
-  c2##j = _mm512_fmadd_ps(x2, v, c2##j);   \
-  c3##j = _mm512_fmadd_ps(x3, v, c3##j);
-      SH_COL(0) SH_COL(1) SH_COL(2) SH_COL(3) SH_COL(4) SH_COL(5)
-#undef SH_COL
+      __m512 x[6];
+#pragma GCC unroll 6
+      for (int i = 0; i < MI; i++) x[i] = _mm512_load_ps(a[i] + q);
+#pragma GCC unroll 6
+      for (int j = 0; j < KJ; j++) {
+        const __m512 v = _mm512_loadu_ps(b[j] + q);
+#pragma GCC unroll 6
+        for (int i = 0; i < MI; i++) acc[i * KJ + j] = _mm512_fmadd_ps(x[i], v, acc[i * KJ + j]);
+      }
     }
   }
-  /* the 24 sums, 4 at a time: dw row m + i, taps k..k+3, then the last 2
-   * taps of rows m + i and m + i + 1 */
-  float r[4][8];
-  _mm_storeu_ps(r[0], sum4(c00, c01, c02, c03));
-  _mm_storeu_ps(r[1], sum4(c10, c11, c12, c13));
-  _mm_storeu_ps(r[2], sum4(c20, c21, c22, c23));
-  _mm_storeu_ps(r[3], sum4(c30, c31, c32, c33));
-  _mm_storeu_ps(r[0] + 4, sum4(c04, c05, c14, c15));
-  _mm_storeu_ps(r[2] + 4, sum4(c24, c25, c34, c35));
-  for (int i = 0; i < 4 && m + i < M; i++) {
-    const float *ri = r[i & ~1] + (i & 1 ? 2 : 0); /* rows 1 and 3: their taps 4, 5 at 6, 7 */
-    for (int j = 0; j < 6 && k + j < K; j++) t->dw[(m + i) * K + k + j] += j < 4 ? r[i][j] : ri[j];
-  }
+  float r[24];
+#pragma GCC unroll 6
+  for (int i = 0; i < MI * KJ; i += 4) _mm_storeu_ps(r + i, sum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
+  for (int i = 0; i < MI && m + i < M; i++)
+    for (int j = 0; j < KJ && k + j < K; j++) t->dw[(m + i) * K + k + j] += r[i * KJ + j];
+}
+
+__attribute__((target("avx512f"))) static void dw_tile46(const dw_task *t, int64_t n0, int64_t n1, int64_t m,
+                                                         int64_t k) {
+  dw_tile_t(t, n0, n1, m, k, 4, 6);
+}
+__attribute__((target("avx512f"))) static void dw_tile64(const dw_task *t, int64_t n0, int64_t n1, int64_t m,
+                                                         int64_t k) {
+  dw_tile_t(t, n0, n1, m, k, 6, 4);
 }
 
 static void dw_run(void *arg, int64_t begin, int64_t end) {
@@ -383,8 +378,11 @@ static void dw_run(void *arg, int64_t begin, int64_t end) {
     int64_t kt0 = u * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
     for (int64_t n0 = 0; n0 < g->N; n0 += t->chunk) {
       int64_t n1 = n0 + t->chunk < g->N ? n0 + t->chunk : g->N;
-      for (int64_t m = 0; m < g->M; m += 4)
-        for (int64_t kt = kt0; kt < kt1; kt++) dw_tile(t, n0, n1, m, kt * 6);
+      for (int64_t m = 0; m < g->M; m += t->mi)
+        for (int64_t kt = kt0; kt < kt1; kt++) {
+          if (t->mi == 4) dw_tile46(t, n0, n1, m, kt * 6);
+          else dw_tile64(t, n0, n1, m, kt * 4);
+        }
     }
   }
 }
@@ -437,7 +435,11 @@ int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, con
   nbl_parallel_for(ctx, g->N, 1, dyp_run, &pt);
   memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
   int threads = ctx->threads > 1 ? ctx->threads : 1;
-  dw_task t = {&s, planes, dyp, dyp + g->N * g->M * s.Qp, dw, 0, (s.K + 5) / 6, 1};
+  /* the tile of fewer wasted sums: 6 x 4 for 6 output channels (LeNet's
+   * first layer: 6 x 28 against 8 x 30), 4 x 6 for most layers */
+  int64_t w46 = (g->M + 3) / 4 * 4 * ((s.K + 5) / 6 * 6), w64 = (g->M + 5) / 6 * 6 * ((s.K + 3) / 4 * 4);
+  int mi = w64 < w46 ? 6 : 4;
+  dw_task t = {&s, planes, dyp, dyp + g->N * g->M * s.Qp, dw, 0, mi == 4 ? (s.K + 5) / 6 : (s.K + 3) / 4, 1, mi};
   /* images per pass: their planes and dy rows within about 1 MB (the L2) */
   int64_t per = (s.img + g->M * s.Qp) * (int64_t)sizeof(float);
   t.chunk = ((int64_t)1 << 20) / (per > 0 ? per : 1);
@@ -486,8 +488,8 @@ __attribute__((target("avx512f"))) static void dx_run(void *arg, int64_t begin, 
             __m512 e = p[0] ? _mm512_maskz_loadu_ps(m, p[0] + j) : z, o = p[1] ? _mm512_maskz_loadu_ps(m, p[1] + j) : z;
             __m512 v0 = _mm512_permutex2var_ps(e, lo, o), v1 = _mm512_permutex2var_ps(e, hi, o);
             int64_t iw = 2 * j - pl; /* column of v0's lane 0 */
-            _mm512_mask_storeu_ps(d + iw, lanes(-iw, W - iw), v0);
-            _mm512_mask_storeu_ps(d + iw + 16, lanes(-iw - 16, W - iw - 16), v1);
+            _mm512_mask_storeu_ps(d + iw, nbl_lane_range16(-iw, W - iw), v0);
+            _mm512_mask_storeu_ps(d + iw + 16, nbl_lane_range16(-iw - 16, W - iw - 16), v1);
           }
         } else {
           for (int64_t iw = 0; iw < W; iw++) {

@@ -13,9 +13,17 @@
 #define NBL_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define NBL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
-/* The mask of the first min(n, 16) lanes. */
+/* The mask of the first min(n, 16) lanes (n >= 0). */
 static inline __mmask16 nbl_tail_mask(int64_t n) {
   return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* The mask of the lanes i < 16 with lo <= i < hi (any lo, hi). */
+static inline __mmask16 nbl_lane_range16(int64_t lo, int64_t hi) {
+  if (lo < 0) lo = 0;
+  if (hi > 16) hi = 16;
+  if (hi <= lo) return 0;
+  return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
 /* AVX2: the mask of the first r lanes (r clamped to 0..8) for maskload/maskstore. */

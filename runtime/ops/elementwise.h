@@ -22,6 +22,11 @@
 
 enum { CL_F, CL_S, CL_U }; /* compute class: double, int64, uint64 */
 
+/* Relu's float32 kernel (elementwise_unary.c): y[i] = x[i] < 0 ? 0 : x[i]
+ * for i < n (NaN and -0 kept), vectorized; the fused Relu -> MaxPool
+ * (nn_pool.c) applies it plane by plane. */
+void nbl_relu_f32(const float *x, float *y, int64_t n);
+
 static inline int dt_class(nbl_dtype dt) {
   if (TM(dt) & T_F) return CL_F;
   if (TM(dt) & (T_U | T_B)) return CL_U;

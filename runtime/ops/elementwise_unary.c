@@ -214,6 +214,8 @@ static void clamp_f32(const float *x, float *y, int64_t b, int64_t e, float lo, 
     clamp_generic(x, y, b, e, lo, hi);
 }
 
+void nbl_relu_f32(const float *x, float *y, int64_t n) { clamp_f32(x, y, 0, n, 0.0f, INFINITY); }
+
 static void un_f32(void *arg, int64_t b, int64_t e) {
   const ujob *j = arg;
   const float *x = j->x->data;

@@ -65,6 +65,7 @@
  */
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,18 +76,22 @@
 #include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/simd16.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_norm.h"
+#include "runtime/ops/grad_pool.h"
 #include "runtime/ops/grad_util.h"
 
 /* ------------------------------------------------------------------ MaxPoolGrad */
 
 /* The fast MaxPoolGrad over planes [begin, end): each zeroed, then dY's
  * elements of the plane added at their indices in order (one plane: the
- * whole tensor when some index leaves its plane). */
+ * whole tensor when some index leaves its plane); with v (the fused
+ * MaxPoolGrad -> ReluGrad), then each element kept where v > 0, else 0. */
 typedef struct mpg_task {
   const float *g;
   const int64_t *idx;
+  const float *v;
   float *o;
   int64_t plane_in, plane_out;
   int so;
@@ -104,12 +109,128 @@ static void mpg_run(void *arg, int64_t begin, int64_t end) {
       if (t->so) v = v / pl * pl + v % pl % H * W + v % pl / H; /* column-major within a plane */
       o[v] += t->g[i];
     }
+    if (t->v) {
+      const float *v = t->v + p * pin;
+      for (int64_t i = 0; i < pin; i++) o[i] = v[i] > 0 ? o[i] : 0.0f;
+    }
+  }
+}
+
+/* The dense MaxPoolGrad of 2 x 2 windows of stride 2 (no padding or
+ * dilation, row-major indices, OH = H / 2, OW = W / 2), when every index
+ * lies in its own window: each window's element at its index gets
+ * 0 + dY (the sparse kernel's sum, -0 becoming +0), its other three and a
+ * last odd row or column 0, one row of dX at a time, every element written
+ * once (no zeroing pass, no scatter); with v, kept where v > 0. ok is
+ * cleared (and the output left unfinished) when an index is elsewhere. */
+typedef struct mpg2_task {
+  const float *g, *v;
+  const int64_t *idx;
+  float *o;
+  int64_t H, W, OH, OW;
+  _Atomic int ok;
+} mpg2_task;
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static int mpg2_plane_avx512(const mpg2_task *t, int64_t p) {
+  const int64_t H = t->H, W = t->W, OH = t->OH, OW = t->OW, base = p * H * W;
+  const float *g = t->g + p * OH * OW, *vp = t->v ? t->v + base : NULL;
+  const int64_t *ip = t->idx + p * OH * OW;
+  float *o = t->o + base;
+  const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i par = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+  const __m512i parW = _mm512_add_epi32(par, _mm512_set1_epi32((int)W));
+  const __m512i two = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i vW = _mm512_set1_epi64(W), vW1 = _mm512_set1_epi64(W + 1), one = _mm512_set1_epi64(1);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oh = 0; oh < OH; oh++) { /* input rows 2 oh and 2 oh + 1 */
+    float *orow = o + 2 * oh * W;
+    for (int64_t c0 = 0; c0 < W; c0 += 16) {
+      const int64_t ow0 = c0 / 2, nw = OW - ow0 < 8 ? (OW - ow0 > 0 ? OW - ow0 : 0) : 8;
+      const __mmask8 wm = (__mmask8)((1u << nw) - 1);
+      /* each window's index relative to its first element: 0, 1, W or W + 1 */
+      const __m512i off = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(wm, ip + oh * OW + ow0),
+                                           _mm512_add_epi64(_mm512_set1_epi64(base + 2 * oh * W + 2 * ow0), two));
+      const __mmask8 in = _mm512_cmpeq_epi64_mask(off, _mm512_setzero_si512()) | _mm512_cmpeq_epi64_mask(off, one) |
+                          _mm512_cmpeq_epi64_mask(off, vW) | _mm512_cmpeq_epi64_mask(off, vW1);
+      if ((in & wm) != wm) return 0;
+      const __m512i o16 = _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(_mm512_cvtepi64_epi32(off)));
+      const __m512 g16 = _mm512_add_ps(_mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps((__mmask16)wm, g + oh * OW + ow0)), zero);
+      const __mmask16 cols = nbl_tail_mask(W - c0), inw = nbl_tail_mask(2 * nw);
+      __mmask16 s0 = _mm512_cmpeq_epi32_mask(o16, par) & inw, s1 = _mm512_cmpeq_epi32_mask(o16, parW) & inw;
+      if (vp) {
+        const float *v0 = vp + 2 * oh * W + c0;
+        s0 &= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(cols, v0), zero, _CMP_GT_OQ);
+        s1 &= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(cols, v0 + W), zero, _CMP_GT_OQ);
+      }
+      _mm512_mask_storeu_ps(orow + c0, cols, _mm512_maskz_mov_ps(s0, g16));
+      _mm512_mask_storeu_ps(orow + W + c0, cols, _mm512_maskz_mov_ps(s1, g16));
+    }
+  }
+  if (H > 2 * OH) memset(o + 2 * OH * W, 0, sizeof(float) * (size_t)((H - 2 * OH) * W)); /* a last odd row */
+  return 1;
+}
+
+__attribute__((target("avx2"))) static int mpg2_plane_avx2(const mpg2_task *t, int64_t p) {
+  const int64_t H = t->H, W = t->W, OH = t->OH, OW = t->OW, base = p * H * W;
+  const float *g = t->g + p * OH * OW, *vp = t->v ? t->v + base : NULL;
+  const int64_t *ip = t->idx + p * OH * OW;
+  float *o = t->o + base;
+  const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), lo32 = _mm256_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6);
+  const __m256i lo32s = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256i par = _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1), two = _mm256_setr_epi64x(0, 2, 4, 6);
+  const __m256i parW = _mm256_add_epi32(par, _mm256_set1_epi32((int)W));
+  const __m256i vW = _mm256_set1_epi64x(W), vW1 = _mm256_set1_epi64x(W + 1), one = _mm256_set1_epi64x(1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t oh = 0; oh < OH; oh++) {
+    float *orow = o + 2 * oh * W;
+    for (int64_t c0 = 0; c0 < W; c0 += 8) {
+      const int64_t ow0 = c0 / 2, nw = OW - ow0 < 4 ? (OW - ow0 > 0 ? OW - ow0 : 0) : 4;
+      const __m256i wm = _mm256_cmpgt_epi64(_mm256_set1_epi64x(nw), _mm256_setr_epi64x(0, 1, 2, 3));
+      const __m256i off = _mm256_sub_epi64(_mm256_maskload_epi64((const long long *)(ip + oh * OW + ow0), wm),
+                                           _mm256_add_epi64(_mm256_set1_epi64x(base + 2 * oh * W + 2 * ow0), two));
+      const __m256i in = _mm256_or_si256(
+          _mm256_or_si256(_mm256_cmpeq_epi64(off, _mm256_setzero_si256()), _mm256_cmpeq_epi64(off, one)),
+          _mm256_or_si256(_mm256_cmpeq_epi64(off, vW), _mm256_cmpeq_epi64(off, vW1)));
+      if (!_mm256_testc_si256(in, wm)) return 0; /* a window of wm not in `in` */
+      const __m256i o8 = _mm256_permutevar8x32_epi32(off, lo32); /* low halves, each twice */
+      const __m256i gi = _mm256_castsi128_si256(_mm_castps_si128(
+          _mm_maskload_ps(g + oh * OW + ow0, _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(wm, lo32s)))));
+      const __m256 g8 = _mm256_add_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(gi, dup)), zero);
+      const __m256i inw = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(2 * nw)), lane);
+      __m256 s0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_cmpeq_epi32(o8, par), inw));
+      __m256 s1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_cmpeq_epi32(o8, parW), inw));
+      const int64_t nc = W - c0;
+      if (vp) {
+        const float *v0 = vp + 2 * oh * W + c0;
+        s0 = _mm256_and_ps(s0, _mm256_cmp_ps(nbl_load8(v0, nc), zero, _CMP_GT_OQ));
+        s1 = _mm256_and_ps(s1, _mm256_cmp_ps(nbl_load8(v0 + W, nc), zero, _CMP_GT_OQ));
+      }
+      nbl_store8(orow + c0, nc, _mm256_and_ps(s0, g8));
+      nbl_store8(orow + W + c0, nc, _mm256_and_ps(s1, g8));
+    }
+  }
+  if (H > 2 * OH) memset(o + 2 * OH * W, 0, sizeof(float) * (size_t)((H - 2 * OH) * W));
+  return 1;
+}
+#endif
+
+static void mpg2_run(void *arg, int64_t begin, int64_t end) {
+  mpg2_task *t = arg;
+  for (int64_t p = begin; p < end && atomic_load_explicit(&t->ok, memory_order_relaxed); p++) {
+#if defined(__x86_64__)
+    int done = nbl_cpu_has(NBL_CPU_AVX512F) ? mpg2_plane_avx512(t, p) : mpg2_plane_avx2(t, p);
+    if (!done) atomic_store_explicit(&t->ok, 0, memory_order_relaxed);
+#endif
   }
 }
 
 /* dX = zeros(X_shape), dX[Indices[i]] += dY[i]. Reference: sums in double;
- * fast (float32): sums in float, in the same order. */
-static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
+ * fast (float32): sums in float, in the same order. With V (float32, X's
+ * shape; the fused MaxPoolGrad -> ReluGrad, fast only), dX where V > 0,
+ * else 0. */
+static nbl_status maxpool_grad_any(nbl_kctx *c, int fast, const nbl_rt_tensor *V) {
   nbl_status st = NBL_OK;
   const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *I = dY ? grad_need(c, 1, "Indices", &st) : NULL;
   const nbl_rt_tensor *S = I ? grad_need(c, 2, "X_shape", &st) : NULL;
@@ -124,11 +245,37 @@ static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
   int so = (int)nbl_attr_int(c->node, "storage_order", 0);
   if (so != 0 && (so != 1 || r != 4))
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=%d (supported: 0, and 1 for 2-D pooling)", so);
+  if (V) {
+    if (!fast || dY->dtype != NBL_DT_FLOAT || V->dtype != NBL_DT_FLOAT)
+      return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused MaxPoolGrad -> ReluGrad runs on float32 only");
+    int same = V->rank == r;
+    for (int i = 0; same && i < r; i++) same = V->dims[i] == xd[i];
+    if (!same) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ReluGrad's X must have MaxPool's input shape");
+  }
   if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xd))) return st;
   nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
   int64_t n = dX->numel, plane = n ? n / (xd[0] * xd[1]) : 1;
   const int64_t *idx = I->data;
   int64_t planes = xd[0] * xd[1], oplane = planes ? I->numel / planes : 0;
+#if defined(__x86_64__)
+  /* 2 x 2 windows of stride 2: the dense kernel, which checks every index */
+  int nk = 0, ns = 0, np = 0, nd = 0;
+  const int64_t *ks = nbl_attr_ints(c->node, "kernel_shape", &nk), *ss = nbl_attr_ints(c->node, "strides", &ns);
+  const int64_t *pads = nbl_attr_ints(c->node, "pads", &np), *dil = nbl_attr_ints(c->node, "dilations", &nd);
+  const char *ap = nbl_attr_string(c->node, "auto_pad", "NOTSET");
+  int plain = np == 0 || (np == 4 && !pads[0] && !pads[1] && !pads[2] && !pads[3]);
+  plain = plain && (nd == 0 || (nd == 2 && dil[0] == 1 && dil[1] == 1));
+  plain = plain && ap && (!strcmp(ap, "NOTSET") || !strcmp(ap, "VALID"));
+  if (fast && plain && dY->dtype == NBL_DT_FLOAT && r == 4 && !so && nbl_cpu_has(NBL_CPU_AVX2) && n && ks &&
+      nk == 2 && ks[0] == 2 && ks[1] == 2 && ss && ns == 2 && ss[0] == 2 && ss[1] == 2 &&
+      dY->dims[2] == xd[2] / 2 && dY->dims[3] == xd[3] / 2 && dY->dims[3] > 0 && xd[2] * xd[3] < INT32_MAX) {
+    {
+      mpg2_task t = {dY->data, V ? V->data : NULL, idx, dX->data, xd[2], xd[3], dY->dims[2], dY->dims[3], 1};
+      nbl_parallel_for(c, planes, 1, mpg2_run, &t);
+      if (atomic_load(&t.ok)) return NBL_OK;
+    }
+  }
+#endif
   int own = 1; /* every index in its own (n, c) plane, as MaxPool makes them */
   /* all indices valid before anything is written; plane by plane (no
    * division per element): index i of plane i / oplane stays in its own
@@ -144,7 +291,7 @@ static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
   }
 #define TARGET(v) (so ? (v) / plane * plane + (v) % plane % xd[2] * xd[3] + (v) % plane / xd[2] : (v))
   if (fast && dY->dtype == NBL_DT_FLOAT) {
-    mpg_task t = {dY->data, idx, dX->data, plane, oplane, so, xd[2], r == 4 ? xd[3] : 1};
+    mpg_task t = {dY->data, idx, V ? V->data : NULL, dX->data, plane, oplane, so, xd[2], r == 4 ? xd[3] : 1};
     if (own) {
       nbl_parallel_for(c, planes, 1, mpg_run, &t); /* planes apart: the same sums in the same order */
     } else {
@@ -164,6 +311,29 @@ static nbl_status maxpool_grad(nbl_kctx *c, int fast) {
   nbl_from_f64(dX, o);
   free(g);
   free(o);
+  return NBL_OK;
+}
+
+static nbl_status maxpool_grad(nbl_kctx *c, int fast) { return maxpool_grad_any(c, fast, NULL); }
+
+nbl_status nbl_maxpool_relu_grad(nbl_kctx *c, const nbl_rt_tensor *V) {
+  if (!V) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "ReluGrad's input X is missing");
+  const nbl_rt_tensor *dY = grad_in(c, 0);
+  if (!c->reference && dY && dY->dtype == NBL_DT_FLOAT && V->dtype == NBL_DT_FLOAT) return maxpool_grad_any(c, 1, V);
+  /* another type: MaxPoolGrad's kernel, then ReluGrad's mask in place (its
+   * kept elements as they are, the others a zero of any float type: all
+   * bits 0) */
+  nbl_status st = maxpool_grad_any(c, !c->reference, NULL);
+  if (st) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  if ((st = grad_check_type(c, V, dX->dtype, "X", "dY")) || (st = grad_check_same_shape(c, dX, V, "dX", "X")))
+    return st;
+  double *v = nbl_to_f64(V);
+  if (!v) return grad_oom(c);
+  const size_t es = nbl_dtype_nbytes(dX->dtype, 1);
+  for (int64_t i = 0; i < dX->numel; i++)
+    if (!(v[i] > 0)) memset((char *)dX->data + (size_t)i * es, 0, es);
+  free(v);
   return NBL_OK;
 }
 

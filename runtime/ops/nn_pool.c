@@ -13,6 +13,9 @@
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/simd16.h"
+#include "runtime/ops/elementwise.h"
+#include "runtime/ops/nn_pool.h"
 #include "runtime/ops/ref_common.h"
 
 /* ------------------------------------------------------------------ pooling */
@@ -23,7 +26,14 @@ typedef struct pool_task {
   const nbl_conv_geom *g;
   const float *x;
   float *y;
+  const float *relu; /* the fused Relu -> MaxPool: x = Relu(relu), made plane by plane here */
 } pool_task;
+
+/* The fused Relu -> MaxPool: plane q of x made from plane q of relu (Relu's
+ * own float kernel) while the pooling of the plane follows in cache. */
+static void relu_plane(const float *relu, const float *x, int64_t q, int64_t sz) {
+  if (relu) nbl_relu_f32(relu + q * sz, (float *)x + q * sz, sz);
+}
 
 /* Float 2-D max pooling without indices, one (n, c) plane per item; same
  * result as the reference (NaN in a window gives NaN, an empty window -inf). */
@@ -77,6 +87,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
   float *row = malloc(sizeof(float) * (size_t)(2 * Wp)), *hm = row + Wp;
   if (!row) { /* out of memory: the direct loop */
     for (int64_t q = begin; q < end; q++) {
+      relu_plane(t->relu, t->x, q, H * W);
       const float *xp = t->x + q * H * W;
       float *yp = t->y + q * OH * OW;
       for (int64_t oh = 0; oh < OH; oh++)
@@ -100,6 +111,7 @@ static void maxpool2d_f32(void *arg, int64_t begin, int64_t end) {
 #endif
   for (int64_t i = 0; i < Wp; i++) row[i] = -INFINITY;
   for (int64_t q = begin; q < end; q++) {
+    relu_plane(t->relu, t->x, q, H * W);
     const float *xp = t->x + q * H * W;
     float *yp = t->y + q * OH * OW;
     for (int64_t oh = 0; oh < OH; oh++) {
@@ -134,6 +146,7 @@ typedef struct pool_idx_task {
   float *y;
   int64_t *idx;
   int storage_order;
+  const float *relu; /* as pool_task's */
 } pool_idx_task;
 
 /* 2-D float max pooling with the Indices output (MaxPool in training graphs:
@@ -164,6 +177,270 @@ static void maxpool2x2_idx_rows(const float *xp, int64_t W, int64_t OW, int64_t 
   (void)OW;
 }
 
+/* The window rows of output row oh inside the plane: [*kh0, *kh1). */
+static void pool_rows_in(const nbl_conv_geom *g, int64_t oh, int64_t *kh0, int64_t *kh1) {
+  int64_t h0 = oh * g->s[0] - g->pb[0], a = 0, b = g->k[0];
+  while (a < b && h0 + a * g->d[0] < 0) a++;
+  while (b > a && h0 + (b - 1) * g->d[0] >= g->in[0]) b--;
+  *kh0 = a, *kh1 = b;
+}
+
+#if defined(__x86_64__)
+/* base + at[l] for the lanes l of act (AVX-512): lanes 0-7 to ir, 8-15 to
+ * ir8 (ir + 8 for one row of 16 outputs). */
+__attribute__((target("avx512f"), always_inline)) static inline void store_idx16(int64_t *ir, int64_t *ir8,
+                                                                               __mmask16 act, __m512i at,
+                                                                               int64_t base) {
+  const __m512i vb = _mm512_set1_epi64(base);
+  _mm512_mask_storeu_epi64(ir, (__mmask8)act, _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at))));
+  _mm512_mask_storeu_epi64(ir8, (__mmask8)(act >> 8),
+                           _mm512_add_epi64(vb, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1))));
+}
+
+/* The vector scans of one output row oh of plane xp (column stride 1 or 2,
+ * any window, dilation and pads; positions as int32: the caller checks that
+ * H W fits): per lane (output column), the same scan as the scalar loop,
+ * over the window elements inside the plane in (kh, kw) order: the first one
+ * taken, a later one only when strictly greater (an ordered compare: never a
+ * NaN, never past a NaN), NaN noted on the side. */
+__attribute__((target("avx512f"))) static void maxpool_idx_row_avx512(const pool_idx_task *t, const float *xp,
+                                                                      int64_t oh, int64_t base, float *yr,
+                                                                      int64_t *ir) {
+  const nbl_conv_geom *g = t->g;
+  const int64_t H = g->in[0], W = g->in[1], OW = g->out[1], sw = g->s[1], dw = g->d[1];
+  int64_t kh0, kh1;
+  pool_rows_in(g, oh, &kh0, &kh1);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i even = _mm512_slli_epi32(lane, 1), vsw = _mm512_set1_epi32((int)sw);
+  const __m512i zero = _mm512_setzero_si512(), vW = _mm512_set1_epi32((int)W);
+  const __m512 qnan = _mm512_set1_ps(NAN);
+  for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {
+    const __mmask16 act = nbl_tail_mask(OW - ow0);
+    __m512 bv = _mm512_set1_ps(-INFINITY);
+    __m512i best = zero;
+    __mmask16 seen = 0, nan = 0;
+    for (int64_t kh = kh0; kh < kh1; kh++) {
+      const int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+      const float *row = xp + ih * W;
+      for (int64_t kw = 0; kw < g->k[1]; kw++) {
+        const int64_t c0 = ow0 * sw - g->pb[1] + kw * dw; /* lane 0's column */
+        const __m512i col = _mm512_add_epi32(_mm512_set1_epi32((int)c0), _mm512_mullo_epi32(lane, vsw));
+        const __mmask16 in = act & _mm512_cmpge_epi32_mask(col, zero) & _mm512_cmplt_epi32_mask(col, vW);
+        if (!in) continue;
+        __m512 v;
+        if (sw == 1) {
+          v = _mm512_maskz_loadu_ps(in, row + c0);
+        } else { /* the even ones of 32 floats from c0: the columns in [0, W) loaded */
+          const __m512 lo = _mm512_maskz_loadu_ps(nbl_lane_range16(-c0, W - c0), row + c0);
+          const __m512 hi = _mm512_maskz_loadu_ps(nbl_lane_range16(-c0 - 16, W - c0 - 16), row + c0 + 16);
+          v = _mm512_permutex2var_ps(lo, even, hi);
+        }
+        const __mmask16 take = in & (~seen | _mm512_cmp_ps_mask(v, bv, _CMP_GT_OQ));
+        const __m512i at = t->storage_order ? _mm512_add_epi32(_mm512_mullo_epi32(col, _mm512_set1_epi32((int)H)),
+                                                               _mm512_set1_epi32((int)ih))
+                                            : _mm512_add_epi32(_mm512_set1_epi32((int)(ih * W)), col);
+        bv = _mm512_mask_mov_ps(bv, take, v);
+        best = _mm512_mask_mov_epi32(best, take, at);
+        nan |= _mm512_mask_cmp_ps_mask(in, v, v, _CMP_UNORD_Q);
+        seen |= in;
+      }
+    }
+    _mm512_mask_storeu_ps(yr + ow0, act, _mm512_mask_mov_ps(bv, nan, qnan));
+    store_idx16(ir + ow0, ir + ow0 + 8, act, best, base);
+  }
+}
+
+/* The 2 x 2 windows of stride 2 (no padding or dilation, row-major
+ * indices) of output row oh, columns [0, ow1) (inside the plane), 16 at a
+ * time: the scan a, b, c, d = (0,0), (0,1), (1,0), (1,1) as the pairs
+ * ab = fold(a, b), cd = fold(c, d), then fold(ab, cd), where fold(u, v) takes
+ * v only when v > u; in cd also when c is NaN (the scan would not stop at
+ * a NaN c: d still wins over ab when greater). Same value and index as the
+ * scan. */
+/* The pair-fold of the windows whose elements a, b (top row) and c, d
+ * (bottom row) are in the lanes: the maxima (NaN where a window holds one)
+ * and each one's offset in its window: 0, 1, W or W + 1. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 fold2x2_avx512(__m512 a, __m512 b, __m512 c,
+                                                                                    __m512 d, int64_t W,
+                                                                                    __m512i *off) {
+  const __m512i one = _mm512_set1_epi32(1), vW = _mm512_set1_epi32((int)W), vW1 = _mm512_set1_epi32((int)W + 1);
+  const __mmask16 tb = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
+  const __mmask16 td = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
+  const __m512 ab = _mm512_mask_mov_ps(a, tb, b), cd = _mm512_mask_mov_ps(c, td, d);
+  const __m512i iab = _mm512_maskz_mov_epi32(tb, one), icd = _mm512_mask_mov_epi32(vW, td, vW1);
+  const __mmask16 t2 = _mm512_cmp_ps_mask(cd, ab, _CMP_GT_OQ);
+  const __mmask16 nan = _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+  *off = _mm512_mask_mov_epi32(iab, t2, icd);
+  return _mm512_mask_mov_ps(_mm512_mask_mov_ps(ab, t2, cd), nan, _mm512_set1_ps(NAN));
+}
+
+__attribute__((target("avx512f"))) static void maxpool2x2_idx_row_avx512(const float *xp, int64_t W, int64_t oh,
+                                                                         int64_t ow1, int64_t base, float *yr,
+                                                                         int64_t *ir) {
+  const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i even = _mm512_slli_epi32(lane, 1), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t ow0 = 0; ow0 < ow1; ow0 += 16) {
+    const int64_t r = ow1 - ow0;
+    const __mmask16 act = nbl_tail_mask(r), l0 = nbl_tail_mask(2 * r), l1 = r > 8 ? nbl_tail_mask(2 * r - 16) : 0;
+    const float *p0 = r0 + 2 * ow0, *p1 = r1 + 2 * ow0;
+    const __m512 t0 = _mm512_maskz_loadu_ps(l0, p0), t1 = _mm512_maskz_loadu_ps(l1, p0 + 16);
+    const __m512 u0 = _mm512_maskz_loadu_ps(l0, p1), u1 = _mm512_maskz_loadu_ps(l1, p1 + 16);
+    __m512i off;
+    const __m512 m = fold2x2_avx512(_mm512_permutex2var_ps(t0, even, t1), _mm512_permutex2var_ps(t0, odd, t1),
+                                    _mm512_permutex2var_ps(u0, even, u1), _mm512_permutex2var_ps(u0, odd, u1), W, &off);
+    _mm512_mask_storeu_ps(yr + ow0, act, m);
+    const __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow0)), _mm512_add_epi32(even, off));
+    store_idx16(ir + ow0, ir + ow0 + 8, act, at, base);
+  }
+}
+
+/* Output rows oh and oh + 1 of at most 8 columns (ow1 <= 8) in one vector:
+ * lanes 0-7 the first row's windows, 8-15 the second's (narrow planes, as
+ * LeNet-5's second pooling: 4 columns). */
+__attribute__((target("avx512f"))) static void maxpool2x2_idx_rows2_avx512(const float *xp, int64_t W, int64_t OW,
+                                                                           int64_t oh, int64_t ow1, int64_t base,
+                                                                           float *yr, int64_t *ir) {
+  const float *r0 = xp + 2 * oh * W;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i half = _mm512_srli_epi32(lane, 3), col = _mm512_and_si512(lane, _mm512_set1_epi32(7));
+  /* lane l: element 2 (l % 8) of the first source (l < 8) or the second */
+  const __m512i even = _mm512_add_epi32(_mm512_slli_epi32(col, 1), _mm512_slli_epi32(half, 4));
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __mmask16 l = nbl_tail_mask(2 * ow1), act = (__mmask16)(nbl_tail_mask(ow1) | nbl_tail_mask(ow1) << 8);
+  const __m512 t0 = _mm512_maskz_loadu_ps(l, r0), t1 = _mm512_maskz_loadu_ps(l, r0 + 2 * W);
+  const __m512 u0 = _mm512_maskz_loadu_ps(l, r0 + W), u1 = _mm512_maskz_loadu_ps(l, r0 + 3 * W);
+  __m512i off;
+  const __m512 m = fold2x2_avx512(_mm512_permutex2var_ps(t0, even, t1), _mm512_permutex2var_ps(t0, odd, t1),
+                                  _mm512_permutex2var_ps(u0, even, u1), _mm512_permutex2var_ps(u0, odd, u1), W, &off);
+  /* lane l's window starts at 2 (oh + l / 8) W + 2 (l % 8) */
+  const __m512i start = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W)),
+                                         _mm512_add_epi32(_mm512_mullo_epi32(half, _mm512_set1_epi32((int)(2 * W))),
+                                                          _mm512_slli_epi32(col, 1)));
+  _mm512_mask_storeu_ps(yr, (__mmask16)(act & 0xff), m);
+  _mm512_mask_storeu_ps(yr + OW, (__mmask16)(act & 0xff), _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+  store_idx16(ir, ir + OW, act, _mm512_add_epi32(start, off), base);
+}
+
+/* The same 8 at a time (AVX2). */
+__attribute__((target("avx2"))) static void maxpool2x2_idx_row_avx2(const float *xp, int64_t W, int64_t oh,
+                                                                    int64_t ow1, int64_t base, float *yr,
+                                                                    int64_t *ir) {
+  const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), even = _mm256_slli_epi32(lane, 1);
+  const __m256i one = _mm256_set1_epi32(1), vW = _mm256_set1_epi32((int)W), vW1 = _mm256_set1_epi32((int)W + 1);
+  const __m256 qnan = _mm256_set1_ps(NAN);
+  const __m256i vb = _mm256_set1_epi64x(base);
+  for (int64_t ow0 = 0; ow0 < ow1; ow0 += 8) {
+    const int64_t r = ow1 - ow0;
+    const float *p0 = r0 + 2 * ow0, *p1 = r1 + 2 * ow0;
+    const __m256 t0 = nbl_load8(p0, 2 * r), t1 = nbl_load8(p0 + 8, 2 * r - 8);
+    const __m256 u0 = nbl_load8(p1, 2 * r), u1 = nbl_load8(p1 + 8, 2 * r - 8);
+    /* [t0_0 t0_2 t1_0 t1_2 | t0_4 t0_6 t1_4 t1_6] -> evens in order (0x88), odds (0xDD) */
+#define MP_PICK(x, y, sel) \
+  _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, sel)), _MM_SHUFFLE(3, 1, 2, 0)))
+    const __m256 a = MP_PICK(t0, t1, 0x88), b = MP_PICK(t0, t1, 0xDD);
+    const __m256 c = MP_PICK(u0, u1, 0x88), d = MP_PICK(u0, u1, 0xDD);
+#undef MP_PICK
+    const __m256 tb = _mm256_cmp_ps(b, a, _CMP_GT_OQ);
+    const __m256 td = _mm256_or_ps(_mm256_cmp_ps(d, c, _CMP_GT_OQ), _mm256_cmp_ps(c, c, _CMP_UNORD_Q));
+    const __m256 ab = _mm256_blendv_ps(a, b, tb), cd = _mm256_blendv_ps(c, d, td);
+    const __m256i iab = _mm256_and_si256(_mm256_castps_si256(tb), one);
+    const __m256i icd = _mm256_blendv_epi8(vW, vW1, _mm256_castps_si256(td));
+    const __m256 t2 = _mm256_cmp_ps(cd, ab, _CMP_GT_OQ);
+    const __m256 nan = _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_UNORD_Q), _mm256_cmp_ps(c, d, _CMP_UNORD_Q));
+    nbl_store8(yr + ow0, r, _mm256_blendv_ps(_mm256_blendv_ps(ab, cd, t2), qnan, nan));
+    const __m256i at = _mm256_add_epi32(_mm256_set1_epi32((int)(2 * oh * W + 2 * ow0)),
+                                        _mm256_add_epi32(even, _mm256_blendv_epi8(iab, icd, _mm256_castps_si256(t2))));
+    const __m256i i0 = _mm256_add_epi64(vb, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at)));
+    const __m256i i1 = _mm256_add_epi64(vb, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1)));
+    if (r >= 8) {
+      _mm256_storeu_si256((__m256i *)(ir + ow0), i0);
+      _mm256_storeu_si256((__m256i *)(ir + ow0 + 4), i1);
+    } else {
+      const __m256i act = nbl_tail8(r);
+      _mm256_maskstore_epi64((long long *)(ir + ow0), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(act)), i0);
+      _mm256_maskstore_epi64((long long *)(ir + ow0 + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(act, 1)),
+                             i1);
+    }
+  }
+}
+
+/* The same scans 8 lanes at a time (AVX2: masks as vectors). */
+__attribute__((target("avx2"))) static void maxpool_idx_row_avx2(const pool_idx_task *t, const float *xp,
+                                                                 int64_t oh, int64_t base, float *yr,
+                                                                 int64_t *ir) {
+  const nbl_conv_geom *g = t->g;
+  const int64_t H = g->in[0], W = g->in[1], OW = g->out[1], sw = g->s[1], dw = g->d[1];
+  int64_t kh0, kh1;
+  pool_rows_in(g, oh, &kh0, &kh1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), vsw = _mm256_set1_epi32((int)sw);
+  const __m256i neg1 = _mm256_set1_epi32(-1), vW = _mm256_set1_epi32((int)W);
+  for (int64_t ow0 = 0; ow0 < OW; ow0 += 8) {
+    const __m256i act = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(OW - ow0 < 8 ? OW - ow0 : 8)), lane);
+    __m256 bv = _mm256_set1_ps(-INFINITY);
+    __m256i best = _mm256_setzero_si256(), seen = _mm256_setzero_si256(), nan = seen;
+    for (int64_t kh = kh0; kh < kh1; kh++) {
+      const int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+      const float *row = xp + ih * W;
+      for (int64_t kw = 0; kw < g->k[1]; kw++) {
+        const int64_t c0 = ow0 * sw - g->pb[1] + kw * dw;
+        const __m256i col = _mm256_add_epi32(_mm256_set1_epi32((int)c0), _mm256_mullo_epi32(lane, vsw));
+        const __m256i in = _mm256_and_si256(
+            act, _mm256_and_si256(_mm256_cmpgt_epi32(col, neg1), _mm256_cmpgt_epi32(vW, col)));
+        if (_mm256_testz_si256(in, in)) continue;
+        __m256 v;
+        if (sw == 1) {
+          v = _mm256_maskload_ps(row + c0, in);
+        } else { /* the even ones of 16 floats from c0: the columns in [0, W) loaded */
+          const __m256i e = _mm256_add_epi32(_mm256_set1_epi32((int)c0), lane);
+          const __m256i e8 = _mm256_add_epi32(e, _mm256_set1_epi32(8));
+          const __m256 lo = _mm256_maskload_ps(
+              row + c0, _mm256_and_si256(_mm256_cmpgt_epi32(e, neg1), _mm256_cmpgt_epi32(vW, e)));
+          const __m256 hi = _mm256_maskload_ps(
+              row + c0 + 8, _mm256_and_si256(_mm256_cmpgt_epi32(e8, neg1), _mm256_cmpgt_epi32(vW, e8)));
+          /* [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] -> [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6] */
+          v = _mm256_castpd_ps(
+              _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), _MM_SHUFFLE(3, 1, 2, 0)));
+        }
+        const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(v, bv, _CMP_GT_OQ));
+        const __m256i take = _mm256_and_si256(in, _mm256_or_si256(_mm256_xor_si256(seen, neg1), gt));
+        const __m256i at = t->storage_order
+                               ? _mm256_add_epi32(_mm256_mullo_epi32(col, _mm256_set1_epi32((int)H)),
+                                                  _mm256_set1_epi32((int)ih))
+                               : _mm256_add_epi32(_mm256_set1_epi32((int)(ih * W)), col);
+        bv = _mm256_blendv_ps(bv, v, _mm256_castsi256_ps(take));
+        best = _mm256_blendv_epi8(best, at, take);
+        nan = _mm256_or_si256(nan, _mm256_and_si256(in, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))));
+        seen = _mm256_or_si256(seen, in);
+      }
+    }
+    bv = _mm256_blendv_ps(bv, _mm256_set1_ps(NAN), _mm256_castsi256_ps(nan));
+    _mm256_maskstore_ps(yr + ow0, act, bv);
+    const __m256i vb = _mm256_set1_epi64x(base);
+    const __m256i i0 = _mm256_add_epi64(vb, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(best)));
+    const __m256i i1 = _mm256_add_epi64(vb, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(best, 1)));
+    _mm256_maskstore_epi64((long long *)(ir + ow0), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(act)), i0);
+    _mm256_maskstore_epi64((long long *)(ir + ow0 + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(act, 1)),
+                           i1);
+  }
+}
+#endif
+
+/* The vector row scan usable for geometry g on this thread: 2 (AVX-512),
+ * 1 (AVX2), 0 (none: column stride above 2, or positions past int32). */
+static int maxpool_idx_vec(const nbl_conv_geom *g) {
+#if defined(__x86_64__)
+  int64_t W = g->in[1], reach = g->out[1] * g->s[1] + g->k[1] * g->d[1] + g->pb[1] + 32;
+  if (g->s[1] > 2 || g->in[0] * W >= INT32_MAX || reach >= INT32_MAX || W + reach >= INT32_MAX) return 0;
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) return 2;
+  if (nbl_cpu_has(NBL_CPU_AVX2)) return 1;
+#else
+  (void)g;
+#endif
+  return 0;
+}
+
 static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   const pool_idx_task *t = arg;
   const nbl_conv_geom *g = t->g;
@@ -174,21 +451,44 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   const int two = KH == 2 && KW == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && g->pb[0] == 0 &&
                   g->pb[1] == 0 && !t->storage_order;
   const int64_t oh_in = two ? (H / 2 < OH ? H / 2 : OH) : 0, ow_in = two ? (W / 2 < OW ? W / 2 : OW) : 0;
+  const int vec = maxpool_idx_vec(g);
   for (int64_t q = begin; q < end; q++) {
+    const int64_t base = q * H * W;
+    relu_plane(t->relu, t->x, q, H * W);
     if (two) {
-      const float *xp = t->x + q * H * W;
-      for (int64_t oh = 0; oh < oh_in; oh++)
-        maxpool2x2_idx_rows(xp, W, OW, oh, ow_in, q * H * W, t->y + (q * OH + oh) * OW, t->idx + (q * OH + oh) * OW);
+      const float *xp = t->x + base;
+      for (int64_t oh = 0; oh < oh_in; oh++) {
+        float *yr = t->y + (q * OH + oh) * OW;
+        int64_t *ir = t->idx + (q * OH + oh) * OW;
+#if defined(__x86_64__)
+        if (vec == 2 && ow_in <= 8 && oh + 1 < oh_in) maxpool2x2_idx_rows2_avx512(xp, W, OW, oh++, ow_in, base, yr, ir);
+        else if (vec == 2) maxpool2x2_idx_row_avx512(xp, W, oh, ow_in, base, yr, ir);
+        else if (vec == 1) maxpool2x2_idx_row_avx2(xp, W, oh, ow_in, base, yr, ir);
+        else
+#endif
+          maxpool2x2_idx_rows(xp, W, OW, oh, ow_in, base, yr, ir);
+      }
       if (oh_in == OH && ow_in == OW) continue;
     }
+#if defined(__x86_64__)
+    if (vec && !two) { /* every row by the vector scans */
+      for (int64_t oh = 0; oh < OH; oh++) {
+        const float *xp = t->x + base;
+        float *yr = t->y + (q * OH + oh) * OW;
+        int64_t *ir = t->idx + (q * OH + oh) * OW;
+        if (vec == 2) maxpool_idx_row_avx512(t, xp, oh, base, yr, ir);
+        else maxpool_idx_row_avx2(t, xp, oh, base, yr, ir);
+      }
+      continue;
+    }
+#endif
     const float *xp = t->x + q * H * W;
     float *yp = t->y + q * OH * OW;
     int64_t *ip = t->idx + q * OH * OW;
     for (int64_t oh = 0; oh < OH; oh++) {
       /* the window rows and columns inside the plane: [kh0, kh1) x [kw0, kw1) */
-      int64_t h0 = oh * sh - g->pb[0], kh0 = 0, kh1 = KH;
-      while (kh0 < KH && h0 + kh0 * dh < 0) kh0++;
-      while (kh1 > kh0 && h0 + (kh1 - 1) * dh >= H) kh1--;
+      int64_t h0 = oh * sh - g->pb[0], kh0, kh1;
+      pool_rows_in(g, oh, &kh0, &kh1);
       for (int64_t ow = oh < oh_in ? ow_in : 0; ow < OW; ow++) {
         int64_t w0 = ow * sw - g->pb[1], kw0 = 0, kw1 = KW;
         while (kw0 < KW && w0 + kw0 * dw < 0) kw0++;
@@ -222,10 +522,12 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static nbl_status k_pool(nbl_kctx *c, int kind) {
+/* Pooling of X into outputs o0 (Y) and o0 + 1 (MaxPool's Indices, when
+ * requested). With relu (the fused Relu -> MaxPool, float32 only), X is
+ * Relu(relu), written here: plane by plane on the fast paths, whole first
+ * on the others. */
+static nbl_status k_pool_at(nbl_kctx *c, int kind, const nbl_rt_tensor *X, int o0, const float *relu) {
   nbl_status st;
-  if ((st = need_input(c, 0, "X"))) return st;
-  const nbl_rt_tensor *X = c->in[0];
   const nbl_node *n = c->node;
   nbl_dtype dt = X->dtype;
   int int_ok = kind == POOL_MAX && (dt == NBL_DT_INT8 || dt == NBL_DT_UINT8);
@@ -239,23 +541,24 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
   int storage_order = (int)nbl_attr_int(n, "storage_order", 0);
   int64_t od[NBL_MAX_RANK] = {g.N, g.C};
   for (int i = 0; i < g.ns; i++) od[2 + i] = g.out[i];
-  if ((st = nbl_kctx_alloc_out(c, 0, dt, X->rank, od))) return st;
-  int with_idx = kind == POOL_MAX && want_out(c, 1);
-  if (with_idx && (st = nbl_kctx_alloc_out(c, 1, NBL_DT_INT64, X->rank, od))) return st;
+  if ((st = nbl_kctx_alloc_out(c, o0, dt, X->rank, od))) return st;
+  int with_idx = kind == POOL_MAX && want_out(c, o0 + 1);
+  if (with_idx && (st = nbl_kctx_alloc_out(c, o0 + 1, NBL_DT_INT64, X->rank, od))) return st;
   if (with_idx && storage_order && g.ns != 2)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "storage_order=1 is supported for 2-D pooling only");
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  nbl_rt_tensor *Y = nbl_kctx_out(c, o0);
   if (kind == POOL_MAX && dt == NBL_DT_FLOAT && !with_idx && !c->reference && g.ns == 2) {
-    pool_task t = {&g, X->data, Y->data};
+    pool_task t = {&g, X->data, Y->data, relu};
     nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
     return NBL_OK;
   }
-  int64_t *idx = with_idx ? nbl_kctx_out(c, 1)->data : NULL;
+  int64_t *idx = with_idx ? nbl_kctx_out(c, o0 + 1)->data : NULL;
   if (kind == POOL_MAX && dt == NBL_DT_FLOAT && with_idx && !c->reference && g.ns == 2) {
-    pool_idx_task t = {&g, X->data, Y->data, idx, storage_order};
+    pool_idx_task t = {&g, X->data, Y->data, idx, storage_order, relu};
     nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_idx_f32, &t);
     return NBL_OK;
   }
+  if (relu) nbl_relu_f32(relu, X->data, X->numel);
   double *x = nbl_to_f64(X);
   double *y = malloc((size_t)(Y->numel ? Y->numel : 1) * sizeof(double));
   if (!x || !y) {
@@ -327,6 +630,22 @@ static nbl_status k_pool(nbl_kctx *c, int kind) {
   free(x);
   free(y);
   return NBL_OK;
+}
+
+static nbl_status k_pool(nbl_kctx *c, int kind) {
+  nbl_status st = need_input(c, 0, "X");
+  return st ? st : k_pool_at(c, kind, c->in[0], 0, NULL);
+}
+
+nbl_status nbl_relu_maxpool(nbl_kctx *c) {
+  nbl_status st = need_input(c, 0, "X");
+  if (st) return st;
+  const nbl_rt_tensor *X = c->in[0];
+  if (X->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the fused Relu -> MaxPool runs on float32 only, got %s",
+                    nbl_dtype_name(X->dtype));
+  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  return k_pool_at(c, POOL_MAX, nbl_kctx_out(c, 0), 1, X->data);
 }
 
 static nbl_status k_maxpool(nbl_kctx *c) { return k_pool(c, POOL_MAX); }

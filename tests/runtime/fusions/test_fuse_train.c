@@ -1,6 +1,6 @@
 /* test_fuse_train.c - the training-graph fusions (runtime/fusions/fuse_bn_act.c,
- * fuse_bn_grad.c, fuse_log_pair.c) against the unfused graph, which stays
- * the reference (NBL_NO_FUSION).
+ * fuse_bn_grad.c, fuse_log_pair.c, fuse_pool_grad.c) against the unfused
+ * graph, which stays the reference (NBL_NO_FUSION).
  *
  * sessions: the shipped LeNet-5 and ResNet-8 training graphs, FP32
  *   (build-training) and 4-bit (quantize-int4, build-training,
@@ -18,8 +18,13 @@
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
  *   too, and only one of them is taken); of the 8 pairs of tpr QuantizeLog
  *   the 6 on a fused BatchNormalizationGrad's dX run in that node, the 2 of
- *   the shortcuts as log-pair nodes; LeNet-5 has no BatchNorm (log-pair
- *   only, 3 pairs).
+ *   the shortcuts as log-pair nodes; LeNet-5 has no BatchNorm (log-pair,
+ *   3 pairs), two MaxPoolGrad -> ReluGrad (pool-grad) and, in the 4-bit
+ *   graph (FP32: conv-act takes the Relu), two Relu -> MaxPool
+ *   (relu-pool); ResNet-8 no MaxPool.
+ * pool: hand-built Relu -> MaxPool ... MaxPoolGrad -> ReluGrad (relu-pool, pool-grad),
+ *   2 x 2 windows of stride 2 on even, odd and wide planes and 3 x 3 with
+ *   pads, NaN, zeros and -0 in X and dY, 1 and 2 threads: the same bits.
  * fwd: hand-built BatchNormInternal -> [Add ->] Relu [-> QuantizeInt4] (affine,
  *   symmetric, stochastic) and two QuantizeLog beside them, odd sizes, NaN
  *   and -Inf in X (the quantizer's reference path), 1 and 2 threads; and two
@@ -106,16 +111,16 @@ static void same_bits(const nbl_host_tensor *a, const nbl_host_tensor *b, const 
 
 typedef struct train_case {
   const char *model, *spec;
-  int bn_act, bn_grad, log_pair; /* fused nodes expected of each fusion */
+  int bn_act, bn_grad, log_pair, pool_grad, relu_pool; /* fused nodes expected of each fusion */
   int grad_log;                  /* bn-grad nodes that run the QuantizeLog pair of their dX too */
 } train_case;
 
 #define Q4 "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0},
-    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 6},
-    {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 0},
-    {"models/lenet5_init.onnx", Q4, 0, 0, 3, 0},
+    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0, 0},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 0, 6},
+    {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 2, 0, 0},
+    {"models/lenet5_init.onnx", Q4, 0, 0, 3, 2, 2, 0},
 };
 
 START_TEST(test_sessions) {
@@ -156,6 +161,8 @@ START_TEST(test_sessions) {
   ck_assert_int_eq(fused_nodes(&rf, "BN+"), c->bn_act);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad"), c->bn_grad);
   ck_assert_int_eq(fused_nodes(&rf, "QuantizeLog*2"), c->log_pair);
+  ck_assert_int_eq(fused_nodes(&rf, "MaxPoolGrad+ReluGrad"), c->pool_grad);
+  ck_assert_int_eq(fused_nodes(&rf, "Relu+MaxPool"), c->relu_pool);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad+Log*2"), c->grad_log);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
@@ -313,6 +320,92 @@ static const chain_case ccases[] = {
     {1, 1, 1, 1, 1, 1, 0, 0},  {64, 3, 4, 4, 1, 1, 0, 1},  {3, 5, 7, 9, 1, 1, 0, 0, 1}, {2, 17, 5, 5, 0, 1, 1, 1, 1},
     {2, 3, 11, 3, 2, 0, 0, 1, 1}, {64, 3, 4, 4, 1, 3, 1, 0, 1},
 };
+
+/* ------------------------------------------------------------------ MaxPoolGrad -> ReluGrad, hand-built */
+
+typedef struct pool_case {
+  int64_t N, C, H, W, k, s, p; /* k x k windows, stride s, pads p on every side */
+} pool_case;
+
+/* V = Relu(X), (Y, I) = MaxPool(V), dX = MaxPoolGrad(dY, I, Shape(V)),
+ * out = ReluGrad(dX, V); X with zeros, negatives and NaN, dY with -0 and
+ * NaN; returns out, Y and V (malloc'd, *n floats); *was_fused: the profile
+ * showed an op type containing pattern. */
+static float *run_pool(const pool_case *c, int fused, int threads, const char *pattern, int64_t *n,
+                       int *was_fused) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_model_set_opset(m, "com.microsoft", 1);
+  nbl_graph *g = m->graph;
+  int64_t OH = (c->H + 2 * c->p - c->k) / c->s + 1, OW = (c->W + 2 * c->p - c->k) / c->s + 1;
+  int64_t xd[4] = {c->N, c->C, c->H, c->W}, yd[4] = {c->N, c->C, OH, OW};
+  int64_t nx = c->N * c->C * c->H * c->W, ny = c->N * c->C * OH * OW;
+  float *x = malloc(sizeof(float) * (size_t)nx), *dy = malloc(sizeof(float) * (size_t)ny);
+  unsigned st = 777u + (unsigned)(c->H * 31 + c->k);
+  for (int64_t i = 0; i < nx; i++) x[i] = i % 7 == 0 ? 0.0f : i % 101 == 5 ? NAN : urand(&st);
+  for (int64_t i = 0; i < ny; i++) dy[i] = i % 5 == 0 ? -0.0f : i % 53 == 7 ? NAN : urand(&st);
+  nbl_id X = nbl_graph_add_value(g, "x"), DY = nbl_graph_add_value(g, "dy");
+  nbl_type_set_tensor(m->arena, &g->values[X].type, NBL_DT_FLOAT, 4, xd);
+  nbl_type_set_tensor(m->arena, &g->values[DY].type, NBL_DT_FLOAT, 4, yd);
+  nbl_graph_add_input(g, X);
+  nbl_graph_add_input(g, DY);
+  nbl_id V = nbl_graph_add_value(g, "v"), YI[2] = {nbl_graph_add_value(g, "y"), nbl_graph_add_value(g, "i")};
+  nbl_id S = nbl_graph_add_value(g, "s"), DX = nbl_graph_add_value(g, "dx"), OUT = nbl_graph_add_value(g, "out");
+  nbl_graph_add_node(g, "Relu", "", "relu", 1, &X, 1, &V);
+  int64_t ks[2] = {c->k, c->k}, ss[2] = {c->s, c->s}, ps[4] = {c->p, c->p, c->p, c->p};
+  nbl_id mp = nbl_graph_add_node(g, "MaxPool", "", "pool", 1, &V, 2, YI);
+  nbl_graph_add_node(g, "Shape", "", "shape", 1, &V, 1, &S);
+  nbl_id gin[3] = {DY, YI[1], S}, rin[2] = {DX, V};
+  nbl_id mg = nbl_graph_add_node(g, "MaxPoolGrad", "com.microsoft", "poolgrad", 3, gin, 1, &DX);
+  for (nbl_id node = mp; node != NBL_NONE; node = node == mp ? mg : NBL_NONE) {
+    nbl_node_set_attr_ints(g, node, "kernel_shape", 2, ks);
+    nbl_node_set_attr_ints(g, node, "strides", 2, ss);
+    nbl_node_set_attr_ints(g, node, "pads", 4, ps);
+  }
+  nbl_graph_add_node(g, "ReluGrad", "com.microsoft", "relugrad", 2, rin, 1, &OUT);
+  nbl_graph_add_output(g, OUT);
+  nbl_graph_add_output(g, YI[0]);
+  nbl_graph_add_output(g, V);
+  ck_assert_msg(nbl_graph_verify(g, "pool") == NBL_OK, "%s", nbl_last_error());
+  nbl_host_tensor feeds[2] = {{.name = "x", .dtype = NBL_DT_FLOAT, .rank = 4, .data = x, .nbytes = sizeof(float) * (size_t)nx},
+                              {.name = "dy", .dtype = NBL_DT_FLOAT, .rank = 4, .data = dy, .nbytes = sizeof(float) * (size_t)ny}};
+  memcpy(feeds[0].dims, xd, sizeof xd);
+  memcpy(feeds[1].dims, yd, sizeof yd);
+  float *out = exec_model(m, feeds, 2, fused, threads, pattern, n, was_fused);
+  nbl_model_free(m);
+  free(x);
+  free(dy);
+  return out;
+}
+
+static const pool_case pcases[] = {
+    {4, 6, 8, 8, 2, 2, 0}, {2, 3, 7, 9, 2, 2, 0}, {1, 1, 2, 70, 2, 2, 0}, {2, 3, 24, 24, 2, 2, 0},
+    {2, 3, 7, 6, 3, 2, 1}, /* the sparse kernel, masked */
+};
+
+/* The relu-pool and pool-grad fusions against the unfused nodes, bit for
+ * bit, at 1 and 2 threads: 2 x 2 windows of stride 2 (the dense kernel) on
+ * even, odd and wide planes, and 3 x 3 windows of stride 2 with pads (the
+ * sparse one). */
+START_TEST(test_pool_grad) {
+  const pool_case *c = &pcases[_i / 2];
+  int threads = 1 + _i % 2;
+  const char *pat[2] = {"MaxPoolGrad+ReluGrad", "Relu+MaxPool"};
+  for (int k = 0; k < 2; k++) {
+    int fu, fr;
+    int64_t nf_, nu;
+    float *yf = run_pool(c, 1, threads, pat[k], &nf_, &fu), *yu = run_pool(c, 0, threads, pat[k], &nu, &fr);
+    ck_assert_msg(fu == 1, "%s not fused", pat[k]);
+    ck_assert_int_eq(fr, 0);
+    ck_assert_int_eq(nf_, nu);
+    for (int64_t i = 0; i < nu; i++)
+      ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "pool case %d, %d thread(s): [%lld] fused %a vs %a", _i / 2,
+                    threads, (long long)i, yf[i], yu[i]);
+    free(yf);
+    free(yu);
+  }
+}
+END_TEST
 
 START_TEST(test_chain) {
   const chain_case *c = &ccases[_i / 2];
@@ -562,6 +655,7 @@ static Suite *suite(void) {
   suite_add_tcase(s, tc);
   TCase *tk = tcase_create("chain");
   tcase_add_loop_test(tk, test_chain, 0, (int)(2 * sizeof ccases / sizeof ccases[0]));
+  tcase_add_loop_test(tk, test_pool_grad, 0, (int)(2 * sizeof pcases / sizeof pcases[0]));
   suite_add_tcase(s, tk);
   TCase *tb = tcase_create("ste_bounds");
   tcase_add_test(tb, test_ste_bounds);

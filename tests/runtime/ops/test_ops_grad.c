@@ -588,6 +588,9 @@ START_TEST(test_conv_grad_fast) {
       {"strides 3, 2x2", T_D(1, 3, 10, 11), T_D(4, 3, 2, 2), {AV("strides", 3, 3), AEND}},
       {"1x1 s2 odd, batch 1", T_D(1, 5, 7, 9), T_D(9, 5, 1, 1), {AV("strides", 2, 2), AEND}},
       {"ResNet-8 64 ch 7x7", T_D(2, 64, 7, 7), T_D(64, 64, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
+      /* the 6 x 4 dW tile: LeNet's first layer; 5 of 6 rows and 9 of 12 taps */
+      {"LeNet conv1 1->6 5x5", T_D(3, 1, 28, 28), T_D(6, 1, 5, 5), {AEND}},
+      {"1->5 3x3, partial 6x4 tile", T_D(2, 1, 9, 10), T_D(5, 1, 3, 3), {AV("pads", 1, 0, 1, 2), AEND}},
   };
   for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
     runner *sh = runner_new("", "Conv", 11, cs[i].a, 2, (tens[]){cs[i].x, cs[i].w}, 1, NULL, 1);
@@ -672,6 +675,49 @@ START_TEST(test_avgpool_grad) {
   avgpool_case("3-D", T_D(1, 2, 4, 3, 5), (attr[]){AV("kernel_shape", 2, 2, 3), AV("pads", 1, 0, 1, 0, 1, 1), AEND});
   avgpool_case("SAME_LOWER", T_D(1, 1, 5, 6),
                (attr[]){AV("kernel_shape", 3, 3), AV("strides", 2, 2), AS("auto_pad", "SAME_LOWER"), AEND});
+}
+END_TEST
+
+/* MaxPoolGrad of 2 x 2 windows of stride 2 with its attributes on the node:
+ * the dense kernel (every dX element written once; AVX-512 or AVX2 as the
+ * run's ISA cap allows) against the reference bit for bit (one term per
+ * element: the double sum rounds back to the float), with odd planes (a
+ * last row and column no window covers), planes wider than a vector, dY
+ * with -0 (the sparse kernel's 0 + -0 is +0) and NaN, at 1 and 2 threads;
+ * then with an index moved to another window of its plane (the dense
+ * kernel declines, the sparse one runs: still the reference's values). */
+START_TEST(test_maxpool_grad_dense) {
+  const int64_t shapes[4][4] = {{2, 3, 8, 8}, {1, 2, 7, 9}, {1, 1, 2, 70}, {2, 3, 24, 24}};
+  attr pa[] = {AV("kernel_shape", 2, 2), AV("strides", 2, 2), AEND};
+  for (int si = 0; si < 4; si++)
+    for (int moved = 0; moved < 2; moved++) {
+      const int64_t *d = shapes[si];
+      tens x = t_rand(NBL_DT_DOUBLE, -1, 1, 4, d);
+      runner *f = runner_new("", "MaxPool", 12, pa, 1, &x, 2, NULL, 1);
+      ck_assert_int_eq(runner_run(f, &x), NBL_OK);
+      tens bin[3] = {t_rand(NBL_DT_FLOAT, -1, 1, f->out[0].rank, f->out[0].dims), t_copy_host(&f->out[1]), t_shape(&x)};
+      runner_free(f);
+      float *g = bin[0].data;
+      for (int64_t i = 0; i < bin[0].n; i += 5) g[i] = -0.0f;
+      g[bin[0].n / 2] = NAN;
+      if (moved) ((int64_t *)bin[1].data)[1] = ((int64_t *)bin[1].data)[0]; /* window 1's index in window 0 */
+      runner *r = runner_new(MS, "MaxPoolGrad", 1, pa, 3, bin, 1, NULL, 1);
+      ck_assert_int_eq(runner_run(r, bin), NBL_OK);
+      for (int threads = 1; threads <= 2; threads++) {
+        runner *q = runner_new(MS, "MaxPoolGrad", 1, pa, 3, bin, 1, NULL, 0);
+        q->threads = threads;
+        ck_assert_msg(runner_run(q, bin) == NBL_OK, "%s", nbl_last_error());
+        ck_assert_uint_eq(q->out[0].nbytes, r->out[0].nbytes);
+        const float *a = q->out[0].data, *b = r->out[0].data;
+        for (size_t i = 0; i < q->out[0].nbytes / 4; i++)
+          ck_assert_msg(!memcmp(&a[i], &b[i], 4) || (isnan(a[i]) && isnan(b[i])),
+                        "shape %d moved %d threads %d [%zu]: %a vs %a", si, moved, threads, i, a[i], b[i]);
+        runner_free(q);
+      }
+      runner_free(r);
+      free_all(bin, 3);
+      t_free(&x);
+    }
 }
 END_TEST
 
@@ -1005,6 +1051,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_conv_grad_fd);
   tcase_add_test(t, test_conv_grad_fast);
   tcase_add_test(t, test_maxpool_grad);
+  tcase_add_test(t, test_maxpool_grad_dense);
   tcase_add_test(t, test_avgpool_grad);
   tcase_add_test(t, test_pool_hand);
   tcase_add_test(t, test_batchnorm_grad);

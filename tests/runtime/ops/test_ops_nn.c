@@ -301,37 +301,89 @@ static void attr_pool33s2_col(nbl_graph *g, nbl_id n) {
   nbl_node_set_attr_int(g, n, "storage_order", 1);
 }
 
-/* MaxPool with its Indices output (training graphs): the float fast kernel
- * against the reference, values and indices exactly, with NaN, ties (equal
- * values: the first in window order wins), padding, dilation, both storage
- * orders, and 2 x 2 windows of stride 2 without padding on odd planes (with
- * and without ceil_mode). */
-START_TEST(test_maxpool_indices) {
-  int64_t d[4] = {2, 3, 13, 11};
-  int64_t n = 2 * 3 * 13 * 11;
-  float *x = frandv(n);
-  for (int64_t i = 0; i < n; i += 53) x[i] = NAN;
-  for (int64_t i = 5; i < n; i += 7) x[i] = 0.5f; /* ties */
-  for (int64_t i = 300; i < 360; i++) x[i] = 0.25f; /* whole windows of ties */
-  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
-  one_attr_fn attrs[6] = {attr_pool22, attr_pool33s2, attr_pool_dil, attr_pool33s2_col, attr_pool22_nopad,
-                          attr_pool22_ceil};
-  for (int a = 0; a < 6; a++) {
-    nbl_host_tensor f[2], r[2];
-    ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, f, 0, 2) == NBL_OK, "%s", nbl_last_error());
-    ck_assert_msg(run_node("MaxPool", 12, attrs[a], 1, in, 2, r, 1, 1) == NBL_OK, "%s", nbl_last_error());
+/* Stride 1 x 1 (the vector scans' contiguous loads), 3 x 2 with pads. */
+static void attr_pool32s1(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {3, 2}, p[4] = {1, 0, 1, 1};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+/* Column stride 3: no vector scan (the scalar loop). */
+static void attr_pool_s3(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {2, 3}, st[2] = {2, 3};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+}
+
+/* MaxPool with Indices on x [d]: the fast kernel at 1 and 2 threads against
+ * the reference, values and indices exactly. */
+static void maxpool_idx_check(const int64_t *d, const float *x, one_attr_fn af, const char *what) {
+  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)}, r[2];
+  ck_assert_msg(run_node("MaxPool", 12, af, 1, in, 2, r, 1, 1) == NBL_OK, "%s", nbl_last_error());
+  for (int threads = 1; threads <= 2; threads++) {
+    nbl_host_tensor f[2];
+    ck_assert_msg(run_node("MaxPool", 12, af, 1, in, 2, f, 0, threads) == NBL_OK, "%s", nbl_last_error());
     ck_assert_uint_eq(f[0].nbytes, r[0].nbytes);
     ck_assert_uint_eq(f[1].nbytes, r[1].nbytes);
     ck_assert_int_eq(f[1].dtype, NBL_DT_INT64);
     const float *fy = f[0].data, *ry = r[0].data;
     const int64_t *fi = f[1].data, *ri = r[1].data;
     for (size_t i = 0; i < f[0].nbytes / 4; i++) {
-      ck_assert_msg(fy[i] == ry[i] || (isnan(fy[i]) && isnan(ry[i])), "attrs %d elem %zu: %g vs %g", a, i,
-                    fy[i], ry[i]);
-      ck_assert_msg(fi[i] == ri[i], "attrs %d index %zu: %lld vs %lld", a, i, (long long)fi[i], (long long)ri[i]);
+      ck_assert_msg(fy[i] == ry[i] || (isnan(fy[i]) && isnan(ry[i])), "%s, %d threads, elem %zu: %g vs %g", what,
+                    threads, i, fy[i], ry[i]);
+      ck_assert_msg(fi[i] == ri[i], "%s, %d threads, index %zu: %lld vs %lld", what, threads, i, (long long)fi[i],
+                    (long long)ri[i]);
     }
-    for (int k = 0; k < 2; k++) free(f[k].data), free(r[k].data);
+    for (int k = 0; k < 2; k++) free(f[k].data);
   }
+  for (int k = 0; k < 2; k++) free(r[k].data);
+}
+
+/* MaxPool with its Indices output (training graphs): the float fast kernel
+ * (the vector row scans under the ISA cap of the run, 2 x 2 stride 2 by
+ * their own loop) against the reference, values and indices exactly, with
+ * NaN, ties (equal values: the first in window order wins), padding,
+ * dilation, both storage orders, strides 1, 2 and 3, and 2 x 2 windows of
+ * stride 2 without padding on odd planes (with and without ceil_mode), on
+ * planes narrower than a vector and wider than two (tails of 16 and 8
+ * lanes; two output rows of at most 8 columns per AVX-512 vector). */
+START_TEST(test_maxpool_indices) {
+  one_attr_fn attrs[8] = {attr_pool22,       attr_pool33s2,     attr_pool_dil, attr_pool33s2_col,
+                          attr_pool22_nopad, attr_pool22_ceil, attr_pool32s1, attr_pool_s3};
+  const int64_t shapes[4][4] = {{2, 3, 13, 11}, {1, 2, 9, 70}, {1, 1, 4, 37}, {1, 2, 10, 8}};
+  for (int sh = 0; sh < 4; sh++) {
+    const int64_t *d = shapes[sh];
+    int64_t n = d[0] * d[1] * d[2] * d[3];
+    float *x = frandv(n);
+    for (int64_t i = 0; i < n; i += 53) x[i] = NAN;
+    for (int64_t i = 5; i < n; i += 7) x[i] = 0.5f; /* ties */
+    for (int64_t i = 100; i < 160 && i < n; i++) x[i] = 0.25f; /* whole windows of ties */
+    for (int a = 0; a < 8; a++) {
+      char what[64];
+      snprintf(what, sizeof what, "shape %d attrs %d", sh, a);
+      maxpool_idx_check(d, x, attrs[a], what);
+    }
+    free(x);
+  }
+  /* every 2 x 2 window over the values {NaN, -1, 0, 1}: 256 windows of one
+   * plane 2 x 512 (ties and NaN at each position, e.g. a NaN c before a
+   * greater d) */
+  int64_t d[4] = {1, 1, 2, 512};
+  float *x = malloc(sizeof(float) * 1024);
+  const float val[4] = {NAN, -1.0f, 0.0f, 1.0f};
+  for (int w = 0; w < 256; w++) {
+    x[2 * w] = val[w & 3], x[2 * w + 1] = val[(w >> 2) & 3];
+    x[512 + 2 * w] = val[(w >> 4) & 3], x[512 + 2 * w + 1] = val[(w >> 6) & 3];
+  }
+  maxpool_idx_check(d, x, attr_pool22_nopad, "all 2x2 windows");
+  maxpool_idx_check(d, x, attr_pool22, "all 2x2 windows, padded");
+  /* the same windows 4 to a row of a plane 128 x 8 (two output rows per
+   * vector on AVX-512) */
+  int64_t dn[4] = {1, 1, 128, 8};
+  for (int w = 0; w < 256; w++) {
+    const int64_t r = 2 * (w / 4) * 8 + 2 * (w % 4);
+    x[r] = val[w & 3], x[r + 1] = val[(w >> 2) & 3], x[r + 8] = val[(w >> 4) & 3], x[r + 9] = val[(w >> 6) & 3];
+  }
+  maxpool_idx_check(dn, x, attr_pool22_nopad, "all 2x2 windows, 4 columns");
   free(x);
 }
 END_TEST
