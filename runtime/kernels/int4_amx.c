@@ -32,7 +32,10 @@
  *     rows of pixels stored straight to NCHW. The forward reads X's
  *     stride-phase planes (as dW); dX, a transposed convolution, is split by
  *     output phase (ih % sh, iw % sw), each phase a stride-1 correlation of
- *     padded dY with the taps that reach it. With 16 channels a step is K =
+ *     padded dY with the taps that reach it (a phase no tap reaches is
+ *     zeros). dX's tiles go to an image buffer by phase, whole aligned
+ *     rows, and the image's rows of dX are then written from it in one
+ *     sweep (copied, or two phases interleaved for column stride 2). With 16 channels a step is K =
  *     16 (a quarter of the tile); a layout with the taps in K would need a
  *     transposed (channels-last) input and output.
  */
@@ -501,60 +504,94 @@ typedef struct dx_job {
   const nbl_conv_geom *g;
   const int8_t *dq, *wa;
   int64_t Wp2, Pimg, S4, PL, KB, ncb, nph, wa_cb_stride;
+  int64_t nqp; /* a phase's pixels in the image buffer: the largest Ha * Wp2, rounded up to 32 */
+  int sum32;   /* lo + 256 hi, the exact sum, fits int32 (the bound of the codes) */
   const dx_phase *ph;
   tilecfg cfg;
   const nbl_i4b_conv_out *out;
+  _Atomic int failed; /* a worker's image buffer could not be allocated */
 } dx_job;
 
-/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase f of
- * image n: lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64
- * accumulators); lo NULL: zeros (a phase without taps) */
-PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
-                             const int32_t *hi) {
-  const nbl_conv_geom *g = j->g;
-  const int64_t H = g->in[0], W = g->in[1], HW = H * W, sh = g->s[0], sw = g->s[1];
-  uint32_t valid = 0;
-  int32_t at[16]; /* lane r: its offset in the channel's plane */
-  int64_t a = q0 / j->Wp2, b = q0 % j->Wp2;
-  for (int r = 0; r < 16 && a < f->Ha; r++) {
-    if (b < f->Wa) {
-      valid |= 1u << r;
-      at[r] = (int32_t)((a * sh + f->py) * W + b * sw + f->px);
-    }
-    if (++b == j->Wp2) b = 0, a++;
-  }
-  if (!valid) return;
-  const int dense = sh == 1 && sw == 1; /* valid lanes land on consecutive elements */
-  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
+/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase pi:
+ * lo, hi [16 c][16 q] int32 -> the image buffers, buf [phase][C][nqp]
+ * (float, as dX: (float)(acc * dx_scale)) and abuf (the int64 sums; NULL:
+ * not kept). Whole aligned rows: the pixels past a phase's width land in
+ * the buffer's padding, dx_emit leaves them. */
+PACK_FN static void dx_put(const dx_job *j, float *buf, int64_t *abuf, int64_t pi, int64_t q0, int64_t cb,
+                           const int32_t *lo, const int32_t *hi) {
+  const int64_t C = j->g->C;
   const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
-  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
-    const int64_t o = (n * g->C + cb * 16 + cc) * HW;
-    if (j->out->dx) {
-      __m512 y = _mm512_setzero_ps();
-      if (lo) {
-        const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
-        const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
-                                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
-        const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
-                                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
-        y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
-                               _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
+  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++) {
+    const int64_t o = (pi * C + cb * 16 + cc) * j->nqp + q0;
+    const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+    __m512d a0, a1; /* the exact sums in double (integers: either way the same value) */
+    if (j->sum32) {
+      const __m512i s = _mm512_add_epi32(l, _mm512_slli_epi32(h, 8));
+      a0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s));
+      a1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1));
+    } else {
+      a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
+                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
+      a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
+                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
+    }
+    if (buf)
+      _mm512_store_ps(buf + o, _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
+                                                  _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1));
+    if (abuf)
+      for (int r = 0; r < 16; r++) abuf[o + r] = (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r];
+  }
+}
+
+/* Image n of dX from its buffers (dx_put): row ih of channel c takes phase
+ * row (ih % sh, ih / sh), column iw the phase (.., iw % sw) at iw / sw;
+ * phases without taps give zeros. Unit strides: rows copied; column
+ * stride 2: two phase rows interleaved. */
+PACK_FN static void dx_emit(const dx_job *j, int64_t n, const float *buf, const int64_t *abuf) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], Wp2 = j->Wp2, nqp = j->nqp;
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t ih = 0; ih < H; ih++) {
+      const int64_t py = ih % sh, a = ih / sh, orow = ((n * C + c) * H + ih) * W;
+      if (abuf) { /* the exact sums (tests): element by element */
+        for (int64_t iw = 0; iw < W; iw++) {
+          const int64_t pi = py * sw + iw % sw;
+          j->out->dx_acc[orow + iw] = j->ph[pi].nsteps ? abuf[(pi * C + c) * nqp + a * Wp2 + iw / sw] : 0;
+        }
       }
-      if (dense) {
-        /* (compress in a register, then a masked store: the compressing store is microcoded) */
-        _mm512_mask_storeu_ps(j->out->dx + o + at[__builtin_ctz(valid)], packed,
-                              valid == 0xffff ? y : _mm512_maskz_compress_ps((__mmask16)valid, y));
+      if (!j->out->dx) continue;
+      float *d = j->out->dx + orow;
+      if (sw == 1) {
+        const float *src = j->ph[py].nsteps ? buf + (py * C + c) * nqp + a * Wp2 : NULL;
+        for (int64_t i = 0; i < W; i += 16) {
+          const __mmask16 k = (__mmask16)(W - i >= 16 ? 0xffff : (1u << (W - i)) - 1);
+          _mm512_mask_storeu_ps(d + i, k, src ? _mm512_maskz_loadu_ps(k, src + i) : _mm512_setzero_ps());
+        }
+      } else if (sw == 2) { /* out[2 b] = phase 0's b, out[2 b + 1] = phase 1's b */
+        const float *s0 = j->ph[py * 2].nsteps ? buf + (py * 2 * C + c) * nqp + a * Wp2 : NULL;
+        const float *s1 = j->ph[py * 2 + 1].nsteps ? buf + ((py * 2 + 1) * C + c) * nqp + a * Wp2 : NULL;
+        for (int64_t i = 0; i < W; i += 32) {
+          const int64_t b = i / 2, m0 = (W - i + 1) / 2, m1 = (W - i) / 2;
+          const __mmask16 k0 = (__mmask16)(m0 >= 16 ? 0xffff : (1u << m0) - 1);
+          const __mmask16 k1 = (__mmask16)(m1 >= 16 ? 0xffff : (1u << m1) - 1);
+          const __m512 v0 = s0 ? _mm512_maskz_loadu_ps(k0, s0 + b) : _mm512_setzero_ps();
+          const __m512 v1 = s1 ? _mm512_maskz_loadu_ps(k1, s1 + b) : _mm512_setzero_ps();
+          const int64_t r = W - i;
+          _mm512_mask_storeu_ps(d + i, (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1),
+                                _mm512_permutex2var_ps(v0, ilo, v1));
+          if (r > 16)
+            _mm512_mask_storeu_ps(d + i + 16, (__mmask16)(r - 16 >= 16 ? 0xffff : (1u << (r - 16)) - 1),
+                                  _mm512_permutex2var_ps(v0, ihi, v1));
+        }
       } else {
-        float t[16];
-        _mm512_storeu_ps(t, y);
-        for (int r = 0; r < 16; r++)
-          if (valid >> r & 1) j->out->dx[o + at[r]] = t[r];
+        for (int64_t iw = 0; iw < W; iw++) {
+          const int64_t pi = py * sw + iw % sw;
+          d[iw] = j->ph[pi].nsteps ? buf[(pi * C + c) * nqp + a * Wp2 + iw / sw] : 0.0f;
+        }
       }
     }
-    if (j->out->dx_acc)
-      for (int r = 0; r < 16; r++)
-        if (valid >> r & 1) j->out->dx_acc[o + at[r]] = lo ? (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r] : 0;
-  }
 }
 
 /* Four tiles c[i] = sum over steps of A(s) x B_i(s): one A (16 rows, lda),
@@ -589,24 +626,32 @@ AMX_FN static void dx_config(const tilecfg *cfg) {
 }
 
 static void dx_part(void *arg, int64_t n0, int64_t n1) {
-  const dx_job *j = arg;
-  const int64_t lda = j->KB * 4, ldb = j->S4 * 4;
+  dx_job *j = arg;
+  const int64_t lda = j->KB * 4, ldb = j->S4 * 4, C = j->g->C;
   int32_t c[4 * 256] __attribute__((aligned(64)));
+  const size_t nbuf = (size_t)(j->nph * C * j->nqp);
+  size_t cbuf = 0, cabuf = 0;
+  float *buf = j->out->dx ? scratch_get(sizeof(float) * nbuf, &cbuf) : NULL;
+  int64_t *abuf = j->out->dx_acc ? scratch_get(sizeof(int64_t) * nbuf, &cabuf) : NULL;
+  if ((j->out->dx && !buf) || (j->out->dx_acc && !abuf)) {
+    scratch_put(buf, cbuf);
+    scratch_put(abuf, cabuf);
+    atomic_store(&j->failed, 1);
+    return;
+  }
   dx_config(&j->cfg);
   for (int64_t n = n0; n < n1; n++) {
     const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
     for (int64_t pi = 0; pi < j->nph; pi++) {
       const dx_phase *f = &j->ph[pi];
       const int64_t nq = f->Ha * j->Wp2;
-      if (f->nsteps == 0) { /* no tap reaches these pixels: zeros */
-        for (int64_t q0 = 0; q0 < nq; q0 += 16)
-          for (int64_t cb = 0; cb < j->ncb; cb++) dx_store(j, f, n, q0, cb, NULL, NULL);
-      } else if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
+      if (f->nsteps == 0) continue; /* no tap reaches these pixels: zeros (dx_emit) */
+      if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
         for (int64_t q0 = 0; q0 < nq; q0 += 32) {
           const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
           k1x4(j->wa, lda, b, ldb, f->nsteps, f->aoff, f->boff, c);
-          dx_store(j, f, n, q0, 0, c, c + 256);
-          if (q0 + 16 < nq) dx_store(j, f, n, q0 + 16, 0, c + 512, c + 768);
+          dx_put(j, buf, abuf, pi, q0, 0, c, c + 256);
+          dx_put(j, buf, abuf, pi, q0 + 16, 0, c + 512, c + 768);
         }
       } else { /* two channel blocks x (lo, hi) */
         const int64_t wsz = j->wa_cb_stride;
@@ -615,13 +660,16 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
             const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
             k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, f->nsteps, f->aoff, 0,
                  f->boff, 0, c);
-            dx_store(j, f, n, q0, cb, c, c + 256);
-            if (cb1 != cb) dx_store(j, f, n, q0, cb1, c + 512, c + 768);
+            dx_put(j, buf, abuf, pi, q0, cb, c, c + 256);
+            if (cb1 != cb) dx_put(j, buf, abuf, pi, q0, cb1, c + 512, c + 768);
           }
       }
     }
+    dx_emit(j, n, buf, abuf);
   }
   amx_release();
+  scratch_put(buf, cbuf);
+  scratch_put(abuf, cabuf);
 }
 
 /* floor division */
@@ -669,7 +717,6 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
-  if (KH < sh || KW < sw) return NBL_OK; /* phases without taps (1x1 stride 2): col2im is cheaper there */
   const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
   const int64_t ncb = (C + 15) / 16;
   if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
@@ -746,8 +793,16 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
           for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < M; e++)
             a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + t];
       }
+  int64_t nqp = 0, maxsteps = 0; /* the image buffers' phase size; the longest sum */
+  for (int64_t pi = 0; pi < nph; pi++) {
+    if (ph[pi].nsteps && ph[pi].Ha * Wp2 > nqp) nqp = ph[pi].Ha * Wp2;
+    if (ph[pi].nsteps > maxsteps) maxsteps = ph[pi].nsteps;
+  }
   dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
-              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out};
+              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out,
+              .nqp = (nqp + 31) & ~(int64_t)31,
+              .sum32 = (double)maxsteps * (double)(KB * 4) * ((double)dy_max + 128.0) * (double)w_max <=
+                       (double)INT32_MAX};
   j.cfg.palette = 1;
   for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
   /* A: 16 rows of 4 KB bytes; B: KB rows of 64 (k1x4: tile 4 A, 5-7 B; k2x2: 4-5 A, 6-7 B) */
@@ -759,6 +814,7 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   scratch_put(wa, cwa);
   free(offs);
   free(ph);
+  if (atomic_load(&j.failed)) return NBL_ERR_OUT_OF_MEMORY;
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
   return NBL_OK;

@@ -199,9 +199,9 @@ long nbl_i4b_amx_runs(void);
 nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *x, int32_t x_max, int64_t *dw64, int *done);
 /* dX of nbl_i4b_conv_grad (out->dx and/or out->dx_acc, every element
- * written) on AMX tiles: 2-D, one group, unit dilations, any pads, strides
- * up to the kernel's size (every output phase has taps), w_max <= 127;
- * *done = 0 otherwise (nothing written). */
+ * written) on AMX tiles: 2-D, one group, unit dilations, any pads and
+ * strides (an output phase that no tap reaches is zeros: the 1x1 stride-2
+ * shortcuts), w_max <= 127; *done = 0 otherwise (nothing written). */
 nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
                                const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done);
 
