@@ -39,6 +39,7 @@
  *     16 (a quarter of the tile); a layout with the taps in K would need a
  *     transposed (channels-last) input and output.
  */
+#include <float.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -256,6 +257,107 @@ PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const i
   }
 }
 
+/* Codes straight from the floats of an nbl_i4b_src (int32 lanes). */
+typedef struct src_cvt {
+  __m512 inv, unit, lim;
+  __m512i emin;
+} src_cvt;
+
+PACK_FN static inline src_cvt src_cvt_of(const nbl_i4b_src *s) {
+  uint32_t ub;
+  memcpy(&ub, &s->unit, 4);
+  src_cvt c = {.inv = _mm512_set1_ps(1.0f / s->unit), .unit = _mm512_set1_ps(s->unit),
+               .lim = _mm512_set1_ps(127.0f), .emin = _mm512_set1_epi32((int)(ub >> 23))};
+  return c;
+}
+
+/* a power-of-two gradient (grid checked beforehand): +-2^(e - emin), 0 for +-0 */
+PACK_FN static inline __m512i pow2_16(src_cvt c, __m512 v) {
+  const __m512i b = _mm512_castps_si512(v), a = _mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff));
+  const __m512i z = _mm512_setzero_si512();
+  const __mmask16 nz = _mm512_cmpneq_epi32_mask(a, z), neg = _mm512_cmplt_epi32_mask(b, z);
+  const __m512i e = _mm512_maskz_sllv_epi32(nz, _mm512_set1_epi32(1), _mm512_sub_epi32(_mm512_srli_epi32(a, 23), c.emin));
+  return _mm512_mask_sub_epi32(e, neg & nz, z, e);
+}
+
+/* linear codes rint(v / unit) of the lanes k; *bad |= a lane off the grid
+ * (unit * c != v) or past -127..127 */
+PACK_FN static inline __m512i lin_16(src_cvt c, __m512 v, __mmask16 k, __mmask16 *bad) {
+  const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, c.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  *bad |= _mm512_mask_cmp_ps_mask(k, _mm512_mul_ps(c.unit, r), v, _CMP_NEQ_UQ) |
+          _mm512_mask_cmp_ps_mask(k, _mm512_abs_ps(r), c.lim, _CMP_GT_OQ);
+  return _mm512_maskz_cvtps_epi32(k, r);
+}
+
+/* split_row from the floats of a power-of-two gradient */
+PACK_FN static inline void split_row_f(int8_t *restrict lo, int8_t *restrict hi, const float *restrict src,
+                                       int64_t n, int64_t nz, src_cvt cv) {
+  for (int64_t i = 0; i < nz; i += 32) {
+    const int64_t m = n - i;
+    const __mmask16 k0 = (__mmask16)(m >= 16 ? 0xffff : m <= 0 ? 0 : (1u << m) - 1);
+    const __mmask16 k1 = (__mmask16)(m >= 32 ? 0xffff : m <= 16 ? 0 : (1u << (m - 16)) - 1);
+    const __m512i c0 = pow2_16(cv, _mm512_maskz_loadu_ps(k0, src + i));
+    const __m512i c1 = pow2_16(cv, _mm512_maskz_loadu_ps(k1, src + i + 16));
+    const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(c0)), _mm512_cvtepi32_epi16(c1), 1);
+    const __mmask32 kz = first_n32(nz - i);
+    __m256i l, h;
+    split32(c, &l, &h);
+    _mm256_mask_storeu_epi8(lo + i, kz, l);
+    _mm256_mask_storeu_epi8(hi + i, kz, h);
+  }
+}
+
+/* split_quad from the floats of a power-of-two gradient (r[b] NULL: zeros) */
+PACK_FN static inline void split_quad_f(int8_t *restrict lo, int8_t *restrict hi, const float *const r[4], int64_t n,
+                                        src_cvt cv) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i < 16 ? n - i : 16;
+    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
+    __m128i pl[4], ph[4];
+    for (int b = 0; b < 4; b++) {
+      __m256i l, h;
+      const __m512i c = r[b] ? pow2_16(cv, _mm512_maskz_loadu_ps(k, r[b] + i)) : _mm512_setzero_si512();
+      split32(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(c)), &l, &h);
+      pl[b] = _mm256_castsi256_si128(l);
+      ph[b] = _mm256_castsi256_si128(h);
+    }
+    const __mmask64 st = m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1);
+    for (int p = 0; p < 2; p++) {
+      const __m128i *v = p ? ph : pl;
+      const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
+      const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
+      __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
+      o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
+      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
+      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, o);
+    }
+  }
+}
+
+/* dst[i] = the linear code of src[i * sw], i < n (sw 1 or 2); 1 when one is
+ * off the grid or past -127..127 */
+PACK_FN static inline int narrow_f(int8_t *restrict dst, const float *restrict src, int64_t n, int64_t sw,
+                                   src_cvt cv) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i;
+    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
+    __m512 v;
+    if (sw == 1) {
+      v = _mm512_maskz_loadu_ps(k, src + i);
+    } else { /* elements 2 i .. 2 i + 30 (the last one read: 2 (n - 1)) */
+      const int64_t e = 2 * m - 1;
+      const __mmask16 k0 = (__mmask16)(e >= 16 ? 0xffff : (1u << e) - 1);
+      const __mmask16 k1 = (__mmask16)(e >= 32 ? 0xffff : e <= 16 ? 0 : (1u << (e - 16)) - 1);
+      v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k0, src + 2 * i), even, _mm512_maskz_loadu_ps(k1, src + 2 * i + 16));
+    }
+    _mm_mask_storeu_epi8(dst + i, k, _mm512_cvtepi32_epi8(lin_16(cv, v, k, &bad)));
+  }
+  return bad != 0;
+}
+
 /* ------------------------------------------------------------------ dW */
 
 typedef struct dw_job {
@@ -365,45 +467,54 @@ PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows,
 
 typedef struct dwp_job {
   const nbl_conv_geom *g;
-  const int16_t *x, *dy;
+  const nbl_i4b_src *x, *dy;
   int8_t *xq, *rows, *bq;
   int64_t Cp, LX, Wq, Pq, Hq, KP, nmb, phh, pw, nvc;
+  int64_t *roff, *coff, *ciw0, *ccnt; /* X's rows and column phases: where they go (dwp_x_part) */
+  _Atomic int bad;                    /* an X value off its grid or past -127..127 */
 } dwp_job;
 
 /* X's stride-phase planes, channels [c0, c1) of the Cp (past C: zeros):
  * padded row R, column Q at phase (R % sh, Q % sw), pixel n * Pq + (R / sh)
  * * Wq + Q / sw */
-static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
-  const dwp_job *j = arg;
+PACK_FN static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
+  dwp_job *j = arg;
+  const src_cvt cv = src_cvt_of(j->x);
   const nbl_conv_geom *g = j->g;
-  const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pw = j->pw;
+  const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sw = g->s[1], pw = j->pw;
   for (int64_t ph = 0; ph < j->phh * pw; ph++)
     memset(j->xq + (ph * j->Cp + c0) * j->LX, 0, (size_t)((c1 - c0) * j->LX));
   if (c1 > C) c1 = C;
-  for (int64_t ih = 0; ih < H; ih++) {
-    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * j->Cp * j->LX + (R / sh) * j->Wq;
-    if (R % sh >= j->phh) continue;
-    for (int64_t px = 0; px < pw; px++) {
-      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
-      if (iw0 >= W) continue;
-      const int64_t off = roff + px * j->Cp * j->LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
-      for (int64_t c = c0; c < c1; c++)
-        for (int64_t n = 0; n < N; n++) {
-          const int16_t *src = j->x + ((n * C + c) * H + ih) * W + iw0;
-          int8_t *d = j->xq + off + c * j->LX + n * j->Pq;
+  const int64_t *roff = j->roff, *coff = j->coff, *ciw0 = j->ciw0, *ccnt = j->ccnt;
+  for (int64_t n = 0; n < N; n++) /* plane by plane: X read in order */
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t ih = 0; ih < H; ih++) {
+        if (roff[ih] < 0) continue;
+        for (int64_t px = 0; px < pw; px++) {
+          if (!ccnt[px]) continue;
+          const int64_t at = ((n * C + c) * H + ih) * W + ciw0[px], cnt = ccnt[px];
+          int8_t *d = j->xq + roff[ih] + coff[px] + c * j->LX + n * j->Pq;
+          if (!j->x->q) { /* from the floats (sw 1 or 2: nbl_i4b_amx_conv_dw) */
+            if (narrow_f(d, j->x->f + at, cnt, sw, cv)) {
+              atomic_store(&j->bad, 1);
+              return;
+            }
+            continue;
+          }
+          const int16_t *src = j->x->q + at;
           if (sw == 1) narrow(d, src, cnt);
           else if (sw == 2) narrow2(d, src, cnt);
           else
             for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
         }
-    }
-  }
+      }
 }
 
 /* dY over the grid, channels [m0, m1) of the nmb * 16 (past M: zeros): rows
  * [2][nmb * 16][KP] (lo planes, then hi) */
-static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
+PACK_FN static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
   const dwp_job *j = arg;
+  const src_cvt cv = src_cvt_of(j->dy);
   const nbl_conv_geom *g = j->g;
   const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq, Hq = j->Hq;
   const int64_t hiofs = j->nmb * 16 * KP;
@@ -416,7 +527,8 @@ static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
     for (int64_t n = 0; n < N; n++) {
       int8_t *lo = j->rows + m * KP + n * Pq;
       for (int64_t oh = 0; oh < OH; oh++)
-        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
+        if (j->dy->q) split_row(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy->q + ((n * M + m) * OH + oh) * OW, OW, Wq);
+        else split_row_f(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy->f + ((n * M + m) * OH + oh) * OW, OW, Wq, cv);
       memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
       memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
     }
@@ -436,13 +548,19 @@ static void dwp_vnni_part(void *arg, int64_t i0, int64_t i1) {
   }
 }
 
-nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
+int nbl_i4b_amx_dw_fits(const nbl_conv_geom *g) {
+  /* (fewer channels: mostly padding in the tiles; a kernel smaller than its
+   * stride skips pixels: the other paths, faster there) */
+  return g->ns == 2 && g->group == 1 && g->d[0] == 1 && g->d[1] == 1 && g->C >= 4 && g->k[0] >= g->s[0] &&
+         g->k[1] >= g->s[1];
+}
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const nbl_i4b_src *x,
+                               int64_t *dw64, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE ||
-      g->C < 4 || g->k[0] < g->s[0] || g->k[1] < g->s[1])
-    return NBL_OK; /* (fewer channels: mostly padding in the tiles; a kernel smaller than its stride
-                      skips pixels: the other paths, faster there) */
+  if (!nbl_i4b_amx_dw_fits(g) || (x->q && x->maxabs > 127) || dy->maxabs > NBL_I4B_MAX_CODE ||
+      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || (!dy->q && !dy->pow2))
+    return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
   const int64_t Hp = H + g->pb[0] + g->pe[0], Wp = W + g->pb[1] + g->pe[1];
@@ -457,17 +575,36 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
   size_t cx = 0, cb = 0, cr = 0;
   int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb), *rows = scratch_get(nb, &cr);
-  if (!xq || !bq || !rows) {
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(H + 3 * pw));
+  if (!xq || !bq || !rows || !offs) {
     scratch_put(xq, cx);
     scratch_put(bq, cb);
     scratch_put(rows, cr);
+    free(offs);
     return NBL_ERR_OUT_OF_MEMORY;
   }
   /* the packing sweeps on ctx's threads: X's planes by channels, dY's rows
    * by channels, the VNNI layout by blocks of 16 channels x VN_CHUNK rows */
   dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .rows = rows, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
-                .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK};
+                .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK,
+                .roff = offs, .coff = offs + H, .ciw0 = offs + H + pw, .ccnt = offs + H + 2 * pw};
+  for (int64_t ih = 0; ih < H; ih++) { /* where each row and each column phase of X goes */
+    const int64_t R = ih + g->pb[0];
+    pj.roff[ih] = R % sh >= phh ? -1 : (R % sh) * pw * Cp * LX + (R / sh) * Wq;
+  }
+  for (int64_t px = 0; px < pw; px++) {
+    pj.ciw0[px] = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
+    pj.coff[px] = px * Cp * LX + (pj.ciw0[px] + g->pb[1]) / sw;
+    pj.ccnt[px] = pj.ciw0[px] < W ? (W - pj.ciw0[px] + sw - 1) / sw : 0;
+  }
   run(ctx, Cp, dwp_x_part, &pj);
+  free(offs);
+  if (atomic_load(&pj.bad)) { /* X off its grid: the caller's codes decide */
+    scratch_put(rows, cr);
+    scratch_put(xq, cx);
+    scratch_put(bq, cb);
+    return NBL_OK;
+  }
   run(ctx, nmb * 16, dwp_dy_part, &pj);
   run(ctx, 2 * nmb * pj.nvc, dwp_vnni_part, &pj);
   scratch_put(rows, cr);
@@ -553,8 +690,8 @@ PACK_FN static void dx_emit(const dx_job *j, int64_t n, const float *buf, const 
   const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   for (int64_t c = 0; c < C; c++)
-    for (int64_t ih = 0; ih < H; ih++) {
-      const int64_t py = ih % sh, a = ih / sh, orow = ((n * C + c) * H + ih) * W;
+    for (int64_t ih = 0, py = 0, a = 0; ih < H; ih++, py = py + 1 == sh ? (a++, 0) : py + 1) { /* py = ih % sh, a = ih / sh */
+      const int64_t orow = ((n * C + c) * H + ih) * W;
       if (abuf) { /* the exact sums (tests): element by element */
         for (int64_t iw = 0; iw < W; iw++) {
           const int64_t pi = py * sw + iw % sw;
@@ -679,41 +816,51 @@ static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 
  * split_quad writes */
 typedef struct dxq_job {
   const nbl_conv_geom *g;
-  const int16_t *dy;
+  const nbl_i4b_src *dy;
   int8_t *dq;
   int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
 } dxq_job;
 
-static void dxq_part(void *arg, int64_t n0, int64_t n1) {
+PACK_FN static void dxq_part(void *arg, int64_t n0, int64_t n1) {
   const dxq_job *j = arg;
+  const src_cvt cv = src_cvt_of(j->dy);
   const int64_t M = j->g->M, OH = j->g->out[0], OW = j->g->out[1], Wp2 = j->Wp2, T = j->T, Lp = j->Lp;
   const int64_t R = Wp2 - Lp - OW, B = j->Hp2 - T - OH;
   for (int64_t n = n0; n < n1; n++)
     for (int64_t mq = 0; mq < j->Mq; mq++) {
       int8_t *img = j->dq + (mq * j->S4 + n * j->Pimg) * 4;
       for (int p = 0; p < 2; p++, img += j->PL) {
+        if (Lp || R) { /* the whole image (in cache; then the rows): one call, not two per row */
+          memset(img, 0, (size_t)(j->Pimg * 4));
+          continue;
+        }
         memset(img, 0, (size_t)(T * Wp2 * 4));
         memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
-        for (int64_t oh = 0; oh < OH; oh++) {
-          int8_t *row = img + (oh + T) * Wp2 * 4;
-          if (Lp) memset(row, 0, (size_t)(Lp * 4));
-          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
-        }
       }
       for (int64_t oh = 0; oh < OH; oh++) {
-        const int16_t *r[4];
-        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
         int8_t *lo = j->dq + (mq * j->S4 + n * j->Pimg + (oh + T) * Wp2 + Lp) * 4;
-        split_quad(lo, lo + j->PL, r, OW);
+        if (j->dy->q) {
+          const int16_t *r[4];
+          for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+          split_quad(lo, lo + j->PL, r, OW);
+        } else {
+          const float *r[4];
+          for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->f + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+          split_quad_f(lo, lo + j->PL, r, OW, cv);
+        }
       }
     }
 }
 
-nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+int nbl_i4b_amx_dx_fits(const nbl_conv_geom *g) {
+  return g->ns == 2 && g->group == 1 && g->d[0] == 1 && g->d[1] == 1;
+}
+
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const int16_t *w,
+                               int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || g->d[0] != 1 || g->d[1] != 1)
-    return NBL_OK;
+  const int32_t dy_max = dy->maxabs;
+  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || (!dy->q && !dy->pow2)) return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
@@ -1048,16 +1195,26 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
 
 #else /* no AMX: the callers take the other paths */
 
-nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
-  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)x, (void)x_max, (void)dw64;
+int nbl_i4b_amx_dw_fits(const nbl_conv_geom *g) {
+  (void)g;
+  return 0;
+}
+
+int nbl_i4b_amx_dx_fits(const nbl_conv_geom *g) {
+  (void)g;
+  return 0;
+}
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const nbl_i4b_src *x,
+                               int64_t *dw64, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)x, (void)dw64;
   *done = 0;
   return NBL_OK;
 }
 
-nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
-  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)w, (void)w_max, (void)out;
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const int16_t *w,
+                               int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)w, (void)w_max, (void)out;
   *done = 0;
   return NBL_OK;
 }

@@ -519,6 +519,24 @@ static void conv_case(const ccase *c) {
     for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
     runner_free(r);
   }
+  /* 3. dX alone and dW alone (the nodes of the training graphs): on the AMX
+   * tiles the products then read the floats of dY and X, their codes made
+   * while packing; the same bits as above, every variant */
+  for (int v = 0; v < ni + amx_ok; v++) {
+    nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
+    nbl_i4b_set_amx(v == ni);
+    for (int o = 0; o < 2; o++) {
+      const int want[3] = {o == 0, o == 1, 0};
+      const long amx_runs = nbl_i4b_amx_runs();
+      runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, want, 0);
+      ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+      ck_assert_int_eq((int64_t)r->out[0].nbytes, (int64_t)first[o].nbytes); /* (the one requested output) */
+      ck_assert_msg(memcmp(first[o].data, r->out[0].data, first[o].nbytes) == 0, "%s: %s alone (variant %d)",
+                    c->what, o ? "dW" : "dX", v);
+      ck_assert_int_eq(nbl_i4b_amx_runs() - amx_runs, v == ni ? (o ? amx_dw : amx_dx) : 0);
+      runner_free(r);
+    }
+  }
   nbl_i4b_set_isa(-1);
   nbl_i4b_set_amx(-1);
   for (int o = 0; o < 3; o++) free(keep[o]);
