@@ -621,8 +621,9 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
 }
 
 /* ------------------------------------------------------------------ dX
- * dY in quads of channels: [Mqp][N * Hp2 * Wp2 + slack][4] (channel 4 mq + b
- * of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
+ * dY in quads of channels, one image at a time in each worker's buffer (in
+ * cache for the image's tiles): [Mqp][Hp2 * Wp2 + slack][4] (channel 4 mq +
+ * b of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
  * the transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. With
  * strides, dX is split by output phase (ih % sh, iw % sw): the phase's
  * pixels (a, b), ih = a sh + py, take the taps kh = py + pb - sh dh (any
@@ -637,9 +638,19 @@ typedef struct dx_phase {
   int64_t *aoff, *boff;
 } dx_phase;
 
+/* dY's padded quad planes of image n (dxq_part), at the start of dq: zeros
+ * around the rows split_quad writes */
+typedef struct dxq_job {
+  const nbl_conv_geom *g;
+  const nbl_i4b_src *dy;
+  int8_t *dq;
+  int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
+} dxq_job;
+
 typedef struct dx_job {
   const nbl_conv_geom *g;
-  const int8_t *dq, *wa;
+  dxq_job q; /* each worker's image of dY (q.dq: its own buffer) */
+  const int8_t *wa;
   int64_t Wp2, Pimg, S4, PL, KB, ncb, nph, wa_cb_stride;
   int64_t nqp; /* a phase's pixels in the image buffer: the largest Ha * Wp2, rounded up to 32 */
   int sum32;   /* lo + 256 hi, the exact sum, fits int32 (the bound of the codes) */
@@ -648,6 +659,8 @@ typedef struct dx_job {
   const nbl_i4b_conv_out *out;
   _Atomic int failed; /* a worker's image buffer could not be allocated */
 } dx_job;
+
+PACK_FN static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1);
 
 /* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase pi:
  * lo, hi [16 c][16 q] int32 -> the image buffers, buf [phase][C][nqp]
@@ -768,17 +781,24 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
   int32_t c[4 * 256] __attribute__((aligned(64)));
   const size_t nbuf = (size_t)(j->nph * C * j->nqp);
   size_t cbuf = 0, cabuf = 0;
+  size_t cdq = 0;
   float *buf = j->out->dx ? scratch_get(sizeof(float) * nbuf, &cbuf) : NULL;
   int64_t *abuf = j->out->dx_acc ? scratch_get(sizeof(int64_t) * nbuf, &cabuf) : NULL;
-  if ((j->out->dx && !buf) || (j->out->dx_acc && !abuf)) {
+  int8_t *dq = scratch_get((size_t)(2 * j->PL), &cdq);
+  if ((j->out->dx && !buf) || (j->out->dx_acc && !abuf) || !dq) {
     scratch_put(buf, cbuf);
     scratch_put(abuf, cabuf);
+    scratch_put(dq, cdq);
     atomic_store(&j->failed, 1);
     return;
   }
+  memset(dq, 0, (size_t)(2 * j->PL)); /* the slack past the image and the padding quads stay zero */
+  dxq_job q = j->q;
+  q.dq = dq;
   dx_config(&j->cfg);
   for (int64_t n = n0; n < n1; n++) {
-    const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
+    dxq_part(&q, n, n + 1); /* the image's dY, in cache for its tiles */
+    const int8_t *lo = dq, *hi = lo + j->PL;
     for (int64_t pi = 0; pi < j->nph; pi++) {
       const dx_phase *f = &j->ph[pi];
       const int64_t nq = f->Ha * j->Wp2;
@@ -807,28 +827,20 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
   amx_release();
   scratch_put(buf, cbuf);
   scratch_put(abuf, cabuf);
+  scratch_put(dq, cdq);
 }
 
 /* floor division */
 static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* dY's padded quad planes of images [n0, n1): zeros around the rows
- * split_quad writes */
-typedef struct dxq_job {
-  const nbl_conv_geom *g;
-  const nbl_i4b_src *dy;
-  int8_t *dq;
-  int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
-} dxq_job;
 
-PACK_FN static void dxq_part(void *arg, int64_t n0, int64_t n1) {
-  const dxq_job *j = arg;
+PACK_FN static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
   const src_cvt cv = src_cvt_of(j->dy);
   const int64_t M = j->g->M, OH = j->g->out[0], OW = j->g->out[1], Wp2 = j->Wp2, T = j->T, Lp = j->Lp;
   const int64_t R = Wp2 - Lp - OW, B = j->Hp2 - T - OH;
   for (int64_t n = n0; n < n1; n++)
     for (int64_t mq = 0; mq < j->Mq; mq++) {
-      int8_t *img = j->dq + (mq * j->S4 + n * j->Pimg) * 4;
+      int8_t *img = j->dq + mq * j->S4 * 4;
       for (int p = 0; p < 2; p++, img += j->PL) {
         if (Lp || R) { /* the whole image (in cache; then the rows): one call, not two per row */
           memset(img, 0, (size_t)(j->Pimg * 4));
@@ -838,7 +850,7 @@ PACK_FN static void dxq_part(void *arg, int64_t n0, int64_t n1) {
         memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
       }
       for (int64_t oh = 0; oh < OH; oh++) {
-        int8_t *lo = j->dq + (mq * j->S4 + n * j->Pimg + (oh + T) * Wp2 + Lp) * 4;
+        int8_t *lo = j->dq + (mq * j->S4 + (oh + T) * Wp2 + Lp) * 4;
         if (j->dy->q) {
           const int16_t *r[4];
           for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
@@ -885,15 +897,14 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
       }
   Hp2 += T, Wp2 += Lp;
   const int64_t Pimg = Hp2 * Wp2;
-  const int64_t S4 = N * Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
+  const int64_t S4 = Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* one image; slack: the reads past it */
   if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
   const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
-  size_t cdq = 0, cwa = 0;
-  int8_t *dq = scratch_get((size_t)(2 * PL), &cdq), *wa = scratch_get(wsz, &cwa);
+  size_t cwa = 0;
+  int8_t *wa = scratch_get(wsz, &cwa);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(2 * KH * KW * nchunk + 1));
   dx_phase *ph = malloc(sizeof(dx_phase) * (size_t)nph);
-  if (!dq || !wa || !offs || !ph) {
-    scratch_put(dq, cdq);
+  if (!wa || !offs || !ph) {
     scratch_put(wa, cwa);
     free(offs);
     free(ph);
@@ -923,14 +934,6 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
         }
       used += 2 * f->nsteps;
     }
-  /* each image's padded planes, images split over ctx's threads */
-  dxq_job qj = {.g = g, .dy = dy, .dq = dq, .Mq = Mq, .S4 = S4, .Pimg = Pimg, .PL = PL, .Wp2 = Wp2, .T = T, .Lp = Lp,
-                .Hp2 = Hp2};
-  run(ctx, N, dxq_part, &qj);
-  for (int p = 0; p < 2; p++) { /* the slack past the images, the padding quads */
-    for (int64_t mq = 0; mq < Mq; mq++) memset(dq + p * PL + (mq * S4 + N * Pimg) * 4, 0, (size_t)((S4 - N * Pimg) * 4));
-    if (Mqp > Mq) memset(dq + p * PL + Mq * S4 * 4, 0, (size_t)((Mqp - Mq) * S4 * 4));
-  }
   /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t t = 0; t < KH * KW; t++)
@@ -945,7 +948,9 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
     if (ph[pi].nsteps && ph[pi].Ha * Wp2 > nqp) nqp = ph[pi].Ha * Wp2;
     if (ph[pi].nsteps > maxsteps) maxsteps = ph[pi].nsteps;
   }
-  dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
+  dx_job j = {.g = g, .q = {.g = g, .dy = dy, .Mq = Mq, .S4 = S4, .Pimg = Pimg, .PL = PL, .Wp2 = Wp2, .T = T,
+                           .Lp = Lp, .Hp2 = Hp2},
+              .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
               .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out,
               .nqp = (nqp + 31) & ~(int64_t)31,
               .sum32 = (double)maxsteps * (double)(KB * 4) * ((double)dy_max + 128.0) * (double)w_max <=
@@ -957,7 +962,6 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
   j.cfg.colsb[5] = (uint16_t)(j.ncb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(j.ncb == 1 ? KB : 16);
   for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
   run(ctx, N, dx_part, &j);
-  scratch_put(dq, cdq);
   scratch_put(wa, cwa);
   free(offs);
   free(ph);
