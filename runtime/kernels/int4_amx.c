@@ -452,8 +452,8 @@ static void dw_part(void *arg, int64_t i0, int64_t i1) {
   free(a);
 }
 
-/* B of dW: rows [16 m][KP] of int8 (m block mb of plane pl) into the VNNI
- * layout [KP / 4][16][4], its first nq rows: a 16 x 16 transpose of 32-bit
+/* B of dW: 16 rows of int8 (KP bytes apart) into the VNNI layout
+ * [nq][16][4], the rows' first 4 nq bytes: a 16 x 16 transpose of 32-bit
  * units, by gathers */
 PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP, int64_t nq) {
   const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -463,12 +463,12 @@ PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows,
 }
 
 /* dW's packing sweeps (items split over threads) */
-#define VN_CHUNK 512 /* VNNI rows (of 64 bytes) per item */
+#define VN_CHUNK 256 /* VNNI rows (of 64 bytes) per item */
 
 typedef struct dwp_job {
   const nbl_conv_geom *g;
   const nbl_i4b_src *x, *dy;
-  int8_t *xq, *rows, *bq;
+  int8_t *xq, *bq;
   int64_t Cp, LX, Wq, Pq, Hq, KP, nmb, phh, pw, nvc;
   int64_t *roff, *coff, *ciw0, *ccnt; /* X's rows and column phases: where they go (dwp_x_part) */
   _Atomic int bad;                    /* an X value off its grid or past -127..127 */
@@ -510,41 +510,46 @@ PACK_FN static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
       }
 }
 
-/* dY over the grid, channels [m0, m1) of the nmb * 16 (past M: zeros): rows
- * [2][nmb * 16][KP] (lo planes, then hi) */
-PACK_FN static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
+/* dY in the VNNI layout of items [i0, i1) (block mb of 16 channels, chunk
+ * of VN_CHUNK VNNI rows = 4 VN_CHUNK grid pixels): the chunk's rows over the
+ * Hq x Wq grid of every image (zeros where no output, and channels past M)
+ * split into their two planes in a strip in cache, then transposed into
+ * the lo block mb and the hi block nmb + mb of bq. */
+PACK_FN static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
   const dwp_job *j = arg;
   const src_cvt cv = src_cvt_of(j->dy);
   const nbl_conv_geom *g = j->g;
-  const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq, Hq = j->Hq;
-  const int64_t hiofs = j->nmb * 16 * KP;
-  for (int64_t m = m0; m < m1; m++) {
-    if (m >= M) { /* the last block's missing channels */
-      memset(j->rows + m * KP, 0, (size_t)KP);
-      memset(j->rows + hiofs + m * KP, 0, (size_t)KP);
-      continue;
-    }
-    for (int64_t n = 0; n < N; n++) {
-      int8_t *lo = j->rows + m * KP + n * Pq;
-      for (int64_t oh = 0; oh < OH; oh++)
-        if (j->dy->q) split_row(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy->q + ((n * M + m) * OH + oh) * OW, OW, Wq);
-        else split_row_f(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy->f + ((n * M + m) * OH + oh) * OW, OW, Wq, cv);
-      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-    }
-    memset(j->rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-    memset(j->rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-  }
-}
-
-/* the VNNI layout of items [i0, i1): (block b of 16 rows, chunk of VN_CHUNK
- * VNNI rows) */
-static void dwp_vnni_part(void *arg, int64_t i0, int64_t i1) {
-  const dwp_job *j = arg;
+  const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq;
+  int8_t strip[2][16][VN_CHUNK * 4] __attribute__((aligned(64)));
   for (int64_t it = i0; it < i1; it++) {
-    const int64_t b = it / j->nvc, q0 = (it % j->nvc) * VN_CHUNK;
-    const int64_t nq = j->KP / 4 - q0 < VN_CHUNK ? j->KP / 4 - q0 : VN_CHUNK;
-    vnni_rows(j->bq + b * 16 * j->KP + q0 * 64, j->rows + b * 16 * j->KP + q0 * 4, j->KP, nq);
+    const int64_t mb = it / j->nvc, q0 = (it % j->nvc) * VN_CHUNK;
+    const int64_t nq = KP / 4 - q0 < VN_CHUNK ? KP / 4 - q0 : VN_CHUNK, k0 = q0 * 4, k1 = k0 + nq * 4;
+    for (int64_t mm = 0; mm < 16; mm++) {
+      const int64_t m = mb * 16 + mm;
+      if (m >= M) {
+        memset(strip[0][mm], 0, (size_t)(nq * 4));
+        memset(strip[1][mm], 0, (size_t)(nq * 4));
+        continue;
+      }
+      int64_t k = k0, n = k0 / Pq, r = k0 % Pq, oh = r / Wq, ow = r % Wq; /* then stepped, no division */
+      while (k < k1) {
+        const int64_t len = Wq - ow < k1 - k ? Wq - ow : k1 - k;
+        int8_t *lo = strip[0][mm] + (k - k0), *hi = strip[1][mm] + (k - k0);
+        if (n < N && oh < OH) {
+          const int64_t at = ((n * M + m) * OH + oh) * OW + ow, nv = OW - ow;
+          if (j->dy->q) split_row(lo, hi, j->dy->q + at, nv, len);
+          else split_row_f(lo, hi, j->dy->f + at, nv, len, cv);
+        } else {
+          memset(lo, 0, (size_t)len);
+          memset(hi, 0, (size_t)len);
+        }
+        k += len, ow += len;
+        if (ow == Wq && ++oh == j->Hq) oh = 0, n++;
+        if (ow == Wq) ow = 0;
+      }
+    }
+    vnni_rows(j->bq + mb * 16 * KP + q0 * 64, strip[0][0], VN_CHUNK * 4, nq);
+    vnni_rows(j->bq + (j->nmb + mb) * 16 * KP + q0 * 64, strip[1][0], VN_CHUNK * 4, nq);
   }
 }
 
@@ -570,22 +575,21 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
   const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64;
   /* the phases the taps read: rows 0 .. min(k, s) - 1, likewise columns */
   const int64_t phh = g->k[0] < sh ? g->k[0] : sh, pw = g->k[1] < sw ? g->k[1] : sw, nph = phh * pw;
-  if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
+  if ((double)nph * (double)Cp * (double)LX + 2.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
     return NBL_OK; /* 256 MB: leave it to the chunked paths */
   const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
-  size_t cx = 0, cb = 0, cr = 0;
-  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb), *rows = scratch_get(nb, &cr);
+  size_t cx = 0, cb = 0;
+  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(H + 3 * pw));
-  if (!xq || !bq || !rows || !offs) {
+  if (!xq || !bq || !offs) {
     scratch_put(xq, cx);
     scratch_put(bq, cb);
-    scratch_put(rows, cr);
     free(offs);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  /* the packing sweeps on ctx's threads: X's planes by channels, dY's rows
-   * by channels, the VNNI layout by blocks of 16 channels x VN_CHUNK rows */
-  dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .rows = rows, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
+  /* the packing sweeps on ctx's threads: X's planes by channels, dY in the
+   * VNNI layout by blocks of 16 channels x VN_CHUNK rows */
+  dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
                 .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK,
                 .roff = offs, .coff = offs + H, .ciw0 = offs + H + pw, .ccnt = offs + H + 2 * pw};
   for (int64_t ih = 0; ih < H; ih++) { /* where each row and each column phase of X goes */
@@ -600,14 +604,11 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
   run(ctx, Cp, dwp_x_part, &pj);
   free(offs);
   if (atomic_load(&pj.bad)) { /* X off its grid: the caller's codes decide */
-    scratch_put(rows, cr);
     scratch_put(xq, cx);
     scratch_put(bq, cb);
     return NBL_OK;
   }
-  run(ctx, nmb * 16, dwp_dy_part, &pj);
-  run(ctx, 2 * nmb * pj.nvc, dwp_vnni_part, &pj);
-  scratch_put(rows, cr);
+  run(ctx, nmb * pj.nvc, dwp_dyv_part, &pj);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
               .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .pw = pw, .dw = dw64};
