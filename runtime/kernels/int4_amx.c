@@ -257,27 +257,14 @@ PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const i
   }
 }
 
-/* Codes straight from the floats of an nbl_i4b_src (int32 lanes). */
+/* Linear codes straight from the floats of an nbl_i4b_src (int32 lanes). */
 typedef struct src_cvt {
   __m512 inv, unit, lim;
-  __m512i emin;
 } src_cvt;
 
 PACK_FN static inline src_cvt src_cvt_of(const nbl_i4b_src *s) {
-  uint32_t ub;
-  memcpy(&ub, &s->unit, 4);
-  src_cvt c = {.inv = _mm512_set1_ps(1.0f / s->unit), .unit = _mm512_set1_ps(s->unit),
-               .lim = _mm512_set1_ps(127.0f), .emin = _mm512_set1_epi32((int)(ub >> 23))};
+  src_cvt c = {.inv = _mm512_set1_ps(1.0f / s->unit), .unit = _mm512_set1_ps(s->unit), .lim = _mm512_set1_ps(127.0f)};
   return c;
-}
-
-/* a power-of-two gradient (grid checked beforehand): +-2^(e - emin), 0 for +-0 */
-PACK_FN static inline __m512i pow2_16(src_cvt c, __m512 v) {
-  const __m512i b = _mm512_castps_si512(v), a = _mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff));
-  const __m512i z = _mm512_setzero_si512();
-  const __mmask16 nz = _mm512_cmpneq_epi32_mask(a, z), neg = _mm512_cmplt_epi32_mask(b, z);
-  const __m512i e = _mm512_maskz_sllv_epi32(nz, _mm512_set1_epi32(1), _mm512_sub_epi32(_mm512_srli_epi32(a, 23), c.emin));
-  return _mm512_mask_sub_epi32(e, neg & nz, z, e);
 }
 
 /* linear codes rint(v / unit) of the lanes k; *bad |= a lane off the grid
@@ -287,52 +274,6 @@ PACK_FN static inline __m512i lin_16(src_cvt c, __m512 v, __mmask16 k, __mmask16
   *bad |= _mm512_mask_cmp_ps_mask(k, _mm512_mul_ps(c.unit, r), v, _CMP_NEQ_UQ) |
           _mm512_mask_cmp_ps_mask(k, _mm512_abs_ps(r), c.lim, _CMP_GT_OQ);
   return _mm512_maskz_cvtps_epi32(k, r);
-}
-
-/* split_row from the floats of a power-of-two gradient */
-PACK_FN static inline void split_row_f(int8_t *restrict lo, int8_t *restrict hi, const float *restrict src,
-                                       int64_t n, int64_t nz, src_cvt cv) {
-  for (int64_t i = 0; i < nz; i += 32) {
-    const int64_t m = n - i;
-    const __mmask16 k0 = (__mmask16)(m >= 16 ? 0xffff : m <= 0 ? 0 : (1u << m) - 1);
-    const __mmask16 k1 = (__mmask16)(m >= 32 ? 0xffff : m <= 16 ? 0 : (1u << (m - 16)) - 1);
-    const __m512i c0 = pow2_16(cv, _mm512_maskz_loadu_ps(k0, src + i));
-    const __m512i c1 = pow2_16(cv, _mm512_maskz_loadu_ps(k1, src + i + 16));
-    const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(c0)), _mm512_cvtepi32_epi16(c1), 1);
-    const __mmask32 kz = first_n32(nz - i);
-    __m256i l, h;
-    split32(c, &l, &h);
-    _mm256_mask_storeu_epi8(lo + i, kz, l);
-    _mm256_mask_storeu_epi8(hi + i, kz, h);
-  }
-}
-
-/* split_quad from the floats of a power-of-two gradient (r[b] NULL: zeros) */
-PACK_FN static inline void split_quad_f(int8_t *restrict lo, int8_t *restrict hi, const float *const r[4], int64_t n,
-                                        src_cvt cv) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const int64_t m = n - i < 16 ? n - i : 16;
-    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
-    __m128i pl[4], ph[4];
-    for (int b = 0; b < 4; b++) {
-      __m256i l, h;
-      const __m512i c = r[b] ? pow2_16(cv, _mm512_maskz_loadu_ps(k, r[b] + i)) : _mm512_setzero_si512();
-      split32(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(c)), &l, &h);
-      pl[b] = _mm256_castsi256_si128(l);
-      ph[b] = _mm256_castsi256_si128(h);
-    }
-    const __mmask64 st = m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1);
-    for (int p = 0; p < 2; p++) {
-      const __m128i *v = p ? ph : pl;
-      const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
-      const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
-      __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
-      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
-      o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
-      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
-      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, o);
-    }
-  }
 }
 
 /* dst[i] = the linear code of src[i * sw], i < n (sw 1 or 2); 1 when one is
@@ -515,9 +456,8 @@ PACK_FN static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
  * Hq x Wq grid of every image (zeros where no output, and channels past M)
  * split into their two planes in a strip in cache, then transposed into
  * the lo block mb and the hi block nmb + mb of bq. */
-PACK_FN static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
+static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
   const dwp_job *j = arg;
-  const src_cvt cv = src_cvt_of(j->dy);
   const nbl_conv_geom *g = j->g;
   const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq;
   int8_t strip[2][16][VN_CHUNK * 4] __attribute__((aligned(64)));
@@ -536,9 +476,7 @@ PACK_FN static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
         const int64_t len = Wq - ow < k1 - k ? Wq - ow : k1 - k;
         int8_t *lo = strip[0][mm] + (k - k0), *hi = strip[1][mm] + (k - k0);
         if (n < N && oh < OH) {
-          const int64_t at = ((n * M + m) * OH + oh) * OW + ow, nv = OW - ow;
-          if (j->dy->q) split_row(lo, hi, j->dy->q + at, nv, len);
-          else split_row_f(lo, hi, j->dy->f + at, nv, len, cv);
+          split_row(lo, hi, j->dy->q + ((n * M + m) * OH + oh) * OW + ow, OW - ow, len);
         } else {
           memset(lo, 0, (size_t)len);
           memset(hi, 0, (size_t)len);
@@ -564,7 +502,7 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
                                int64_t *dw64, int *done) {
   *done = 0;
   if (!nbl_i4b_amx_dw_fits(g) || (x->q && x->maxabs > 127) || dy->maxabs > NBL_I4B_MAX_CODE ||
-      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || (!dy->q && !dy->pow2))
+      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || !dy->q)
     return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
@@ -661,7 +599,7 @@ typedef struct dx_job {
   _Atomic int failed; /* a worker's image buffer could not be allocated */
 } dx_job;
 
-PACK_FN static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1);
+static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1);
 
 /* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase pi:
  * lo, hi [16 c][16 q] int32 -> the image buffers, buf [phase][C][nqp]
@@ -835,8 +773,7 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
 static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 
-PACK_FN static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
-  const src_cvt cv = src_cvt_of(j->dy);
+static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
   const int64_t M = j->g->M, OH = j->g->out[0], OW = j->g->out[1], Wp2 = j->Wp2, T = j->T, Lp = j->Lp;
   const int64_t R = Wp2 - Lp - OW, B = j->Hp2 - T - OH;
   for (int64_t n = n0; n < n1; n++)
@@ -852,15 +789,9 @@ PACK_FN static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
       }
       for (int64_t oh = 0; oh < OH; oh++) {
         int8_t *lo = j->dq + (mq * j->S4 + (oh + T) * Wp2 + Lp) * 4;
-        if (j->dy->q) {
-          const int16_t *r[4];
-          for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-          split_quad(lo, lo + j->PL, r, OW);
-        } else {
-          const float *r[4];
-          for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->f + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-          split_quad_f(lo, lo + j->PL, r, OW, cv);
-        }
+        const int16_t *r[4];
+        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
+        split_quad(lo, lo + j->PL, r, OW);
       }
     }
 }
@@ -873,7 +804,7 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
                                int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
   const int32_t dy_max = dy->maxabs;
-  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || (!dy->q && !dy->pow2)) return NBL_OK;
+  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || !dy->q) return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;

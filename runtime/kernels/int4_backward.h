@@ -191,21 +191,18 @@ void nbl_i4b_set_amx(int on);
 long nbl_i4b_amx_runs(void);
 
 /* An operand of the AMX products: its int16 codes q (maxabs their bound),
- * or (q NULL) its float values f, turned into codes while the tiles'
- * planes are packed (no int16 copy):
- *   - pow2 = 1: a gradient on a power-of-two grid that nbl_i4b_codes_pow2
- *     has checked (q NULL there) and whose grid (unit, maxabs) it gave:
- *     code +-2^(e - e_unit) from the float's exponent;
- *   - pow2 = 0: linear codes c = rint(f / unit), checked as
- *     nbl_i4b_codes_linear does (unit * c == f) and required in
- *     -127..127; a value that fails makes the product decline (*done = 0),
- *     and the caller recovers the codes itself (maxabs: unused). */
+ * or (q NULL; X of dW only) its float values f, linear codes c = rint(f /
+ * unit) made while the tiles' planes are packed (no int16 copy), checked as
+ * nbl_i4b_codes_linear does (unit * c == f) and required in -127..127; a
+ * value that fails makes the product decline (*done = 0), and the caller
+ * recovers the codes itself (maxabs: unused). (dY is taken as codes: made
+ * in one sweep over the floats, they stay in cache for the packing, which
+ * a second sweep over the floats does not.) */
 typedef struct nbl_i4b_src {
   const int16_t *q;
   const float *f;
   float unit;
   int32_t maxabs;
-  int pow2;
 } nbl_i4b_src;
 
 /* Whether nbl_i4b_amx_conv_dw / _dx can take layer g (its geometry; the

@@ -106,9 +106,8 @@ static void codes_chunks(void *arg, int64_t b, int64_t e) {
   codes_job *j = arg;
   for (int64_t k = b; k < e; k++) {
     int64_t i0 = k * j->per, n = j->n - i0 < j->per ? j->n - i0 : j->per;
-    int16_t *q = j->q ? j->q + i0 : NULL;
-    j->st[k] = j->linear ? nbl_i4b_codes_linear(j->isa, j->x + i0, n, j->scale, q, &j->g[k])
-                         : nbl_i4b_codes_pow2(j->isa, j->x + i0, n, q, &j->g[k]);
+    j->st[k] = j->linear ? nbl_i4b_codes_linear(j->isa, j->x + i0, n, j->scale, j->q + i0, &j->g[k])
+                         : nbl_i4b_codes_pow2(j->isa, j->x + i0, n, j->q + i0, &j->g[k]);
   }
 }
 
@@ -122,20 +121,19 @@ static void codes_shift(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* The codes of operand t (linear with a scale, powers of two without) to a
- * new *q, or (q NULL) only its grid, checked; 0 or -1. */
+/* The codes of operand t (linear with a scale, powers of two without); 0 or -1. */
 static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, int16_t **q, nbl_i4b_grid *g) {
-  int16_t *qq = NULL;
-  if (q && !(qq = *q = malloc(sizeof(int16_t) * (size_t)(t->numel ? t->numel : 1)))) return -1;
+  *q = malloc(sizeof(int16_t) * (size_t)(t->numel ? t->numel : 1));
+  if (!*q) return -1;
   const float *x = t->data;
   nbl_i4b_isa isa = nbl_i4b_best_isa();
   int64_t chunks = c->threads > 1 ? t->numel / CODES_GRAIN : 1;
   if (chunks > CODES_CHUNKS) chunks = CODES_CHUNKS;
   if (chunks < 2)
-    return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, qq, g) : nbl_i4b_codes_pow2(isa, x, t->numel, qq, g);
+    return have ? nbl_i4b_codes_linear(isa, x, t->numel, scale, *q, g) : nbl_i4b_codes_pow2(isa, x, t->numel, *q, g);
   codes_job *j = malloc(sizeof *j);
   if (!j) return -1;
-  j->x = x, j->q = qq, j->n = t->numel, j->scale = scale, j->linear = have, j->isa = isa;
+  j->x = x, j->q = *q, j->n = t->numel, j->scale = scale, j->linear = have, j->isa = isa;
   j->per = (t->numel + chunks - 1) / chunks;
   chunks = (t->numel + j->per - 1) / j->per;
   nbl_parallel_for(c, chunks, 1, codes_chunks, j);
@@ -160,7 +158,7 @@ static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, 
       if ((j->g[k].maxabs << (e - 1)) > maxabs) maxabs = j->g[k].maxabs << (e - 1);
     }
   }
-  if (ok && any_shift && qq) nbl_parallel_for(c, chunks, 1, codes_shift, j);
+  if (ok && any_shift) nbl_parallel_for(c, chunks, 1, codes_shift, j);
   if (ok) g->unit = maxabs ? unit : have ? scale : 1.0f, g->maxabs = maxabs;
   free(j);
   return ok ? 0 : -1;
@@ -178,49 +176,23 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   return counterpart(c, conv_grad_def(), 3, 0);
 }
 
-/* The AMX products of a log gradient (int4_amx.c) take the floats of dY,
- * its grid checked by a read-only scan, and of X, its codes checked while
- * packed: no int16 copies. Where they decline (the codes do not fit), the
- * codes are recovered here and the other paths run (nbl_i4b_conv_grad). */
-typedef struct conv_ops {
-  const nbl_rt_tensor *dY, *X, *W;
-  float sc[3];
-  int have[3];
-  int16_t *dyq, *xq, *wq;
-  nbl_i4b_grid gdy, gx, gw;
-} conv_ops;
-
-/* dY's and (with_x) X's codes, where not recovered yet; 0 or -1. */
-static int conv_codes(nbl_kctx *c, conv_ops *o, int with_x) {
-  if (!o->dyq && codes_of(c, o->dY, o->have[2], o->sc[2], &o->dyq, &o->gdy)) return -1;
-  if (with_x && !o->xq && codes_of(c, o->X, 1, o->sc[0], &o->xq, &o->gx)) return -1;
-  return 0;
-}
-
-/* dW and/or dX on the AMX tiles from the floats (*left: the outputs still
- * to compute, as nbl_i4b_conv_out pointers cleared when done). */
-static nbl_status conv_amx_floats(nbl_kctx *c, const nbl_conv_geom *g, conv_ops *o, nbl_i4b_conv_out *left) {
-  const nbl_i4b_src sdy = {.f = o->dY->data, .unit = o->gdy.unit, .maxabs = o->gdy.maxabs, .pow2 = 1};
-  nbl_status st = NBL_OK;
-  int done = 0;
-  if (left->dw) {
-    const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
-    int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
-    const nbl_i4b_src sx = {.f = o->X->data, .unit = o->sc[0]};
-    if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-    st = nbl_i4b_amx_conv_dw(c, g, &sdy, &sx, dw64, &done);
-    if (!st && done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
-      const double s = (double)o->gdy.unit * (double)o->sc[0];
-      for (int64_t i = 0; i < nw; i++) left->dw[i] = (float)((double)dw64[i] * s);
-      left->dw = NULL;
-    }
-    free(dw64);
+/* dW on the AMX tiles (int4_amx.c) takes the floats of X, its codes made
+ * and checked while its planes are packed: no int16 copy of X. Where the
+ * tiles decline (the codes do not fit), X's codes are recovered here and the
+ * other paths run (nbl_i4b_conv_grad). dY is taken as codes (made in one
+ * sweep, they stay in cache for the packing). */
+static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
+                                 const int16_t *dyq, nbl_i4b_grid gdy, float *dw, int *done) {
+  const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
+  int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
+  if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
+  const nbl_i4b_src sdy = {.q = dyq, .maxabs = gdy.maxabs}, sxf = {.f = X->data, .unit = sx};
+  nbl_status st = nbl_i4b_amx_conv_dw(c, g, &sdy, &sxf, dw64, done);
+  if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
+    const double s = (double)gdy.unit * (double)sx;
+    for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
   }
-  if (!st && left->dx) {
-    nbl_i4b_conv_out ox = {.dx = left->dx, .dx_scale = left->dx_scale};
-    st = nbl_i4b_amx_conv_dx(c, g, &sdy, o->wq, o->gw.maxabs, &ox, &done);
-    if (!st && done) left->dx = NULL;
-  }
+  free(dw64);
   return st;
 }
 
@@ -229,59 +201,56 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   if (c->reference || !dY || !X || !W || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
       W->dtype != NBL_DT_FLOAT)
     return k_conv_ref(c);
-  conv_ops o = {.dY = dY, .X = X, .W = W, .gdy = {1.0f, 0}, .gx = {1.0f, 0}, .gw = {1.0f, 0}};
+  float sc[3] = {0};
+  int have[3];
   nbl_status st;
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
-    if ((st = scale_in(c, 3 + i, names[i], &o.sc[i], &o.have[i]))) return st;
+    if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
   nbl_conv_geom g;
   if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
   for (int i = 0; shape_ok && i < g.ns; i++) shape_ok = dY->dims[2 + i] == g.out[i];
   const int wdx = grad_want(c, 0), wdw = grad_want(c, 1), wdb = grad_want(c, 2);
   const nbl_i4b_isa isa = nbl_i4b_best_isa();
+  int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
+  nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
+  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0 &&
+           (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
-  const int amx = shape_ok && !empty && nbl_i4b_amx_on(isa) && !o.have[2] && !wdb && dY->numel > 0;
-  const int fdw = amx && wdw && o.have[0] && nbl_i4b_amx_dw_fits(&g);
-  const int fdx = amx && wdx && nbl_i4b_amx_dx_fits(&g);
-  int ok = shape_ok && (!wdx || o.have[1]) && (!wdw || o.have[0]);
-  if (ok && (fdw || fdx)) ok = codes_of(c, dY, 0, 0.0f, NULL, &o.gdy) == 0; /* the grid only */
-  ok = ok && (fdw || fdx || conv_codes(c, &o, wdw) == 0) && (!wdx || codes_of(c, W, 1, o.sc[1], &o.wq, &o.gw) == 0);
-  nbl_i4b_conv_out left = {0};
+  const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
+  ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
+  nbl_i4b_conv_out out = {0};
   if (ok) {
-    if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) left.dx = nbl_kctx_out(c, 0)->data;
+    if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) out.dx = nbl_kctx_out(c, 0)->data;
     if (!st && wdw && !(st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, W->rank, W->dims)))
-      left.dw = nbl_kctx_out(c, 1)->data;
-    if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) left.db = nbl_kctx_out(c, 2)->data;
-    left.dx_scale = (double)o.gdy.unit * (double)o.gw.unit;
-    if (!st && (fdw || fdx)) {
-      nbl_i4b_conv_out fl = left; /* the AMX products from the floats */
-      if (!fdw) fl.dw = NULL;
-      if (!fdx) fl.dx = NULL;
-      st = conv_amx_floats(c, &g, &o, &fl);
-      if (fdw && !fl.dw) left.dw = NULL;
-      if (fdx && !fl.dx) left.dx = NULL;
-      if (!st && (left.dx || left.dw || left.db)) ok = conv_codes(c, &o, left.dw != NULL) == 0;
+      out.dw = nbl_kctx_out(c, 1)->data;
+    if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
+    if (!st && fdw) {
+      int done = 0;
+      st = conv_dw_floats(c, &g, X, sc[0], dyq, gdy, out.dw, &done);
+      if (!st && done) out.dw = NULL; /* dW done */
+      else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
     }
   }
   if (!st && !ok) { /* not on the grids (or a shape error the counterpart reports) */
-    free(o.dyq);
-    free(o.xq);
-    free(o.wq);
+    free(dyq);
+    free(xq);
+    free(wq);
     atomic_fetch_add(&g_float_runs, 1);
     return counterpart(c, conv_grad_def(), 3, 1);
   }
-  if (!st && (left.dx || left.dw || left.db)) {
-    left.dx_scale = (double)o.gdy.unit * (double)o.gw.unit;
-    left.dw_scale = (double)o.gdy.unit * (double)o.gx.unit;
-    left.db_scale = (double)o.gdy.unit;
-    st = nbl_i4b_conv_grad(c, isa, &g, o.dyq, o.gdy.maxabs, o.xq, o.gx.maxabs, o.wq, o.gw.maxabs, &left);
+  if (!st && (out.dx || out.dw || out.db)) {
+    out.dx_scale = (double)gdy.unit * (double)gw.unit;
+    out.dw_scale = (double)gdy.unit * (double)gx.unit;
+    out.db_scale = (double)gdy.unit;
+    st = nbl_i4b_conv_grad(c, isa, &g, dyq, gdy.maxabs, xq, gx.maxabs, wq, gw.maxabs, &out);
   }
   if (st) st = st == NBL_ERR_OUT_OF_MEMORY ? grad_oom(c) : st;
   else atomic_fetch_add(&g_int_runs, 1);
-  free(o.dyq);
-  free(o.xq);
-  free(o.wq);
+  free(dyq);
+  free(xq);
+  free(wq);
   return st;
 }
 
