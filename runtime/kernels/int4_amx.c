@@ -32,10 +32,14 @@
  *     rows of pixels stored straight to NCHW. The forward reads X's
  *     stride-phase planes (as dW); dX, a transposed convolution, is split by
  *     output phase (ih % sh, iw % sw), each phase a stride-1 correlation of
- *     padded dY with the taps that reach it. With 16 channels a step is K =
+ *     padded dY with the taps that reach it (a phase no tap reaches is
+ *     zeros). dX's tiles go to an image buffer by phase, whole aligned
+ *     rows, and the image's rows of dX are then written from it in one
+ *     sweep (copied, or two phases interleaved for column stride 2). With 16 channels a step is K =
  *     16 (a quarter of the tile); a layout with the taps in K would need a
  *     transposed (channels-last) input and output.
  */
+#include <float.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -253,6 +257,48 @@ PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const i
   }
 }
 
+/* Linear codes straight from the floats of an nbl_i4b_src (int32 lanes). */
+typedef struct src_cvt {
+  __m512 inv, unit, lim;
+} src_cvt;
+
+PACK_FN static inline src_cvt src_cvt_of(const nbl_i4b_src *s) {
+  src_cvt c = {.inv = _mm512_set1_ps(1.0f / s->unit), .unit = _mm512_set1_ps(s->unit), .lim = _mm512_set1_ps(127.0f)};
+  return c;
+}
+
+/* linear codes rint(v / unit) of the lanes k; *bad |= a lane off the grid
+ * (unit * c != v) or past -127..127 */
+PACK_FN static inline __m512i lin_16(src_cvt c, __m512 v, __mmask16 k, __mmask16 *bad) {
+  const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, c.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  *bad |= _mm512_mask_cmp_ps_mask(k, _mm512_mul_ps(c.unit, r), v, _CMP_NEQ_UQ) |
+          _mm512_mask_cmp_ps_mask(k, _mm512_abs_ps(r), c.lim, _CMP_GT_OQ);
+  return _mm512_maskz_cvtps_epi32(k, r);
+}
+
+/* dst[i] = the linear code of src[i * sw], i < n (sw 1 or 2); 1 when one is
+ * off the grid or past -127..127 */
+PACK_FN static inline int narrow_f(int8_t *restrict dst, const float *restrict src, int64_t n, int64_t sw,
+                                   src_cvt cv) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t m = n - i;
+    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
+    __m512 v;
+    if (sw == 1) {
+      v = _mm512_maskz_loadu_ps(k, src + i);
+    } else { /* elements 2 i .. 2 i + 30 (the last one read: 2 (n - 1)) */
+      const int64_t e = 2 * m - 1;
+      const __mmask16 k0 = (__mmask16)(e >= 16 ? 0xffff : (1u << e) - 1);
+      const __mmask16 k1 = (__mmask16)(e >= 32 ? 0xffff : e <= 16 ? 0 : (1u << (e - 16)) - 1);
+      v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k0, src + 2 * i), even, _mm512_maskz_loadu_ps(k1, src + 2 * i + 16));
+    }
+    _mm_mask_storeu_epi8(dst + i, k, _mm512_cvtepi32_epi8(lin_16(cv, v, k, &bad)));
+  }
+  return bad != 0;
+}
+
 /* ------------------------------------------------------------------ dW */
 
 typedef struct dw_job {
@@ -347,8 +393,8 @@ static void dw_part(void *arg, int64_t i0, int64_t i1) {
   free(a);
 }
 
-/* B of dW: rows [16 m][KP] of int8 (m block mb of plane pl) into the VNNI
- * layout [KP / 4][16][4], its first nq rows: a 16 x 16 transpose of 32-bit
+/* B of dW: 16 rows of int8 (KP bytes apart) into the VNNI layout
+ * [nq][16][4], the rows' first 4 nq bytes: a 16 x 16 transpose of 32-bit
  * units, by gathers */
 PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows, int64_t KP, int64_t nq) {
   const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -358,88 +404,106 @@ PACK_FN static void vnni_rows(int8_t *restrict dst, const int8_t *restrict rows,
 }
 
 /* dW's packing sweeps (items split over threads) */
-#define VN_CHUNK 512 /* VNNI rows (of 64 bytes) per item */
+#define VN_CHUNK 256 /* VNNI rows (of 64 bytes) per item */
 
 typedef struct dwp_job {
   const nbl_conv_geom *g;
-  const int16_t *x, *dy;
-  int8_t *xq, *rows, *bq;
+  const nbl_i4b_src *x, *dy;
+  int8_t *xq, *bq;
   int64_t Cp, LX, Wq, Pq, Hq, KP, nmb, phh, pw, nvc;
+  int64_t *roff, *coff, *ciw0, *ccnt; /* X's rows and column phases: where they go (dwp_x_part) */
+  _Atomic int bad;                    /* an X value off its grid or past -127..127 */
 } dwp_job;
 
 /* X's stride-phase planes, channels [c0, c1) of the Cp (past C: zeros):
  * padded row R, column Q at phase (R % sh, Q % sw), pixel n * Pq + (R / sh)
  * * Wq + Q / sw */
-static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
-  const dwp_job *j = arg;
+PACK_FN static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
+  dwp_job *j = arg;
+  const src_cvt cv = src_cvt_of(j->x);
   const nbl_conv_geom *g = j->g;
-  const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], pw = j->pw;
+  const int64_t N = g->N, C = g->C, H = g->in[0], W = g->in[1], sw = g->s[1], pw = j->pw;
   for (int64_t ph = 0; ph < j->phh * pw; ph++)
     memset(j->xq + (ph * j->Cp + c0) * j->LX, 0, (size_t)((c1 - c0) * j->LX));
   if (c1 > C) c1 = C;
-  for (int64_t ih = 0; ih < H; ih++) {
-    const int64_t R = ih + g->pb[0], roff = (R % sh) * pw * j->Cp * j->LX + (R / sh) * j->Wq;
-    if (R % sh >= j->phh) continue;
-    for (int64_t px = 0; px < pw; px++) {
-      const int64_t iw0 = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
-      if (iw0 >= W) continue;
-      const int64_t off = roff + px * j->Cp * j->LX + (iw0 + g->pb[1]) / sw, cnt = (W - iw0 + sw - 1) / sw;
-      for (int64_t c = c0; c < c1; c++)
-        for (int64_t n = 0; n < N; n++) {
-          const int16_t *src = j->x + ((n * C + c) * H + ih) * W + iw0;
-          int8_t *d = j->xq + off + c * j->LX + n * j->Pq;
+  const int64_t *roff = j->roff, *coff = j->coff, *ciw0 = j->ciw0, *ccnt = j->ccnt;
+  for (int64_t n = 0; n < N; n++) /* plane by plane: X read in order */
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t ih = 0; ih < H; ih++) {
+        if (roff[ih] < 0) continue;
+        for (int64_t px = 0; px < pw; px++) {
+          if (!ccnt[px]) continue;
+          const int64_t at = ((n * C + c) * H + ih) * W + ciw0[px], cnt = ccnt[px];
+          int8_t *d = j->xq + roff[ih] + coff[px] + c * j->LX + n * j->Pq;
+          if (!j->x->q) { /* from the floats (sw 1 or 2: nbl_i4b_amx_conv_dw) */
+            if (narrow_f(d, j->x->f + at, cnt, sw, cv)) {
+              atomic_store(&j->bad, 1);
+              return;
+            }
+            continue;
+          }
+          const int16_t *src = j->x->q + at;
           if (sw == 1) narrow(d, src, cnt);
           else if (sw == 2) narrow2(d, src, cnt);
           else
             for (int64_t i = 0; i < cnt; i++) d[i] = (int8_t)src[i * sw];
         }
-    }
-  }
+      }
 }
 
-/* dY over the grid, channels [m0, m1) of the nmb * 16 (past M: zeros): rows
- * [2][nmb * 16][KP] (lo planes, then hi) */
-static void dwp_dy_part(void *arg, int64_t m0, int64_t m1) {
+/* dY in the VNNI layout of items [i0, i1) (block mb of 16 channels, chunk
+ * of VN_CHUNK VNNI rows = 4 VN_CHUNK grid pixels): the chunk's rows over the
+ * Hq x Wq grid of every image (zeros where no output, and channels past M)
+ * split into their two planes in a strip in cache, then transposed into
+ * the lo block mb and the hi block nmb + mb of bq. */
+static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
   const dwp_job *j = arg;
   const nbl_conv_geom *g = j->g;
-  const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq, Hq = j->Hq;
-  const int64_t hiofs = j->nmb * 16 * KP;
-  for (int64_t m = m0; m < m1; m++) {
-    if (m >= M) { /* the last block's missing channels */
-      memset(j->rows + m * KP, 0, (size_t)KP);
-      memset(j->rows + hiofs + m * KP, 0, (size_t)KP);
-      continue;
-    }
-    for (int64_t n = 0; n < N; n++) {
-      int8_t *lo = j->rows + m * KP + n * Pq;
-      for (int64_t oh = 0; oh < OH; oh++)
-        split_row(lo + oh * Wq, lo + hiofs + oh * Wq, j->dy + ((n * M + m) * OH + oh) * OW, OW, Wq);
-      memset(lo + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-      memset(lo + hiofs + OH * Wq, 0, (size_t)((Hq - OH) * Wq));
-    }
-    memset(j->rows + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-    memset(j->rows + hiofs + m * KP + N * Pq, 0, (size_t)(KP - N * Pq));
-  }
-}
-
-/* the VNNI layout of items [i0, i1): (block b of 16 rows, chunk of VN_CHUNK
- * VNNI rows) */
-static void dwp_vnni_part(void *arg, int64_t i0, int64_t i1) {
-  const dwp_job *j = arg;
+  const int64_t N = g->N, M = g->M, OH = g->out[0], OW = g->out[1], KP = j->KP, Wq = j->Wq, Pq = j->Pq;
+  int8_t strip[2][16][VN_CHUNK * 4] __attribute__((aligned(64)));
   for (int64_t it = i0; it < i1; it++) {
-    const int64_t b = it / j->nvc, q0 = (it % j->nvc) * VN_CHUNK;
-    const int64_t nq = j->KP / 4 - q0 < VN_CHUNK ? j->KP / 4 - q0 : VN_CHUNK;
-    vnni_rows(j->bq + b * 16 * j->KP + q0 * 64, j->rows + b * 16 * j->KP + q0 * 4, j->KP, nq);
+    const int64_t mb = it / j->nvc, q0 = (it % j->nvc) * VN_CHUNK;
+    const int64_t nq = KP / 4 - q0 < VN_CHUNK ? KP / 4 - q0 : VN_CHUNK, k0 = q0 * 4, k1 = k0 + nq * 4;
+    for (int64_t mm = 0; mm < 16; mm++) {
+      const int64_t m = mb * 16 + mm;
+      if (m >= M) {
+        memset(strip[0][mm], 0, (size_t)(nq * 4));
+        memset(strip[1][mm], 0, (size_t)(nq * 4));
+        continue;
+      }
+      int64_t k = k0, n = k0 / Pq, r = k0 % Pq, oh = r / Wq, ow = r % Wq; /* then stepped, no division */
+      while (k < k1) {
+        const int64_t len = Wq - ow < k1 - k ? Wq - ow : k1 - k;
+        int8_t *lo = strip[0][mm] + (k - k0), *hi = strip[1][mm] + (k - k0);
+        if (n < N && oh < OH) {
+          split_row(lo, hi, j->dy->q + ((n * M + m) * OH + oh) * OW + ow, OW - ow, len);
+        } else {
+          memset(lo, 0, (size_t)len);
+          memset(hi, 0, (size_t)len);
+        }
+        k += len, ow += len;
+        if (ow == Wq && ++oh == j->Hq) oh = 0, n++;
+        if (ow == Wq) ow = 0;
+      }
+    }
+    vnni_rows(j->bq + mb * 16 * KP + q0 * 64, strip[0][0], VN_CHUNK * 4, nq);
+    vnni_rows(j->bq + (j->nmb + mb) * 16 * KP + q0 * 64, strip[1][0], VN_CHUNK * 4, nq);
   }
 }
 
-nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
+int nbl_i4b_amx_dw_fits(const nbl_conv_geom *g) {
+  /* (fewer channels: mostly padding in the tiles; a kernel smaller than its
+   * stride skips pixels: the other paths, faster there) */
+  return g->ns == 2 && g->group == 1 && g->d[0] == 1 && g->d[1] == 1 && g->C >= 4 && g->k[0] >= g->s[0] &&
+         g->k[1] >= g->s[1];
+}
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const nbl_i4b_src *x,
+                               int64_t *dw64, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || x_max > 127 || dy_max > NBL_I4B_MAX_CODE ||
-      g->C < 4 || g->k[0] < g->s[0] || g->k[1] < g->s[1])
-    return NBL_OK; /* (fewer channels: mostly padding in the tiles; a kernel smaller than its stride
-                      skips pixels: the other paths, faster there) */
+  if (!nbl_i4b_amx_dw_fits(g) || (x->q && x->maxabs > 127) || dy->maxabs > NBL_I4B_MAX_CODE ||
+      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || !dy->q)
+    return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
   const int64_t Hp = H + g->pb[0] + g->pe[0], Wp = W + g->pb[1] + g->pe[1];
@@ -449,25 +513,40 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   const int64_t LX = KP + ((g->k[0] - 1) / sh) * Wq + (g->k[1] - 1) / sw + 64;
   /* the phases the taps read: rows 0 .. min(k, s) - 1, likewise columns */
   const int64_t phh = g->k[0] < sh ? g->k[0] : sh, pw = g->k[1] < sw ? g->k[1] : sw, nph = phh * pw;
-  if ((double)nph * (double)Cp * (double)LX + 4.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
+  if ((double)nph * (double)Cp * (double)LX + 2.0 * (double)nmb * 16 * (double)KP > (double)(1 << 28))
     return NBL_OK; /* 256 MB: leave it to the chunked paths */
   const size_t nxq = (size_t)(nph * Cp * LX), nb = (size_t)(2 * nmb * 16 * KP);
-  size_t cx = 0, cb = 0, cr = 0;
-  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb), *rows = scratch_get(nb, &cr);
-  if (!xq || !bq || !rows) {
+  size_t cx = 0, cb = 0;
+  int8_t *xq = scratch_get(nxq, &cx), *bq = scratch_get(nb, &cb);
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(H + 3 * pw));
+  if (!xq || !bq || !offs) {
     scratch_put(xq, cx);
     scratch_put(bq, cb);
-    scratch_put(rows, cr);
+    free(offs);
     return NBL_ERR_OUT_OF_MEMORY;
   }
-  /* the packing sweeps on ctx's threads: X's planes by channels, dY's rows
-   * by channels, the VNNI layout by blocks of 16 channels x VN_CHUNK rows */
-  dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .rows = rows, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
-                .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK};
+  /* the packing sweeps on ctx's threads: X's planes by channels, dY in the
+   * VNNI layout by blocks of 16 channels x VN_CHUNK rows */
+  dwp_job pj = {.g = g, .x = x, .dy = dy, .xq = xq, .bq = bq, .Cp = Cp, .LX = LX, .Wq = Wq, .Pq = Pq,
+                .Hq = Hq, .KP = KP, .nmb = nmb, .phh = phh, .pw = pw, .nvc = (KP / 4 + VN_CHUNK - 1) / VN_CHUNK,
+                .roff = offs, .coff = offs + H, .ciw0 = offs + H + pw, .ccnt = offs + H + 2 * pw};
+  for (int64_t ih = 0; ih < H; ih++) { /* where each row and each column phase of X goes */
+    const int64_t R = ih + g->pb[0];
+    pj.roff[ih] = R % sh >= phh ? -1 : (R % sh) * pw * Cp * LX + (R / sh) * Wq;
+  }
+  for (int64_t px = 0; px < pw; px++) {
+    pj.ciw0[px] = ((px - g->pb[1]) % sw + sw) % sw; /* first iw with (iw + pb) % sw == px */
+    pj.coff[px] = px * Cp * LX + (pj.ciw0[px] + g->pb[1]) / sw;
+    pj.ccnt[px] = pj.ciw0[px] < W ? (W - pj.ciw0[px] + sw - 1) / sw : 0;
+  }
   run(ctx, Cp, dwp_x_part, &pj);
-  run(ctx, nmb * 16, dwp_dy_part, &pj);
-  run(ctx, 2 * nmb * pj.nvc, dwp_vnni_part, &pj);
-  scratch_put(rows, cr);
+  free(offs);
+  if (atomic_load(&pj.bad)) { /* X off its grid: the caller's codes decide */
+    scratch_put(xq, cx);
+    scratch_put(bq, cb);
+    return NBL_OK;
+  }
+  run(ctx, nmb * pj.nvc, dwp_dyv_part, &pj);
   const int64_t nu = g->k_sz * (Cp / 16);
   dw_job j = {.g = g, .xq = xq, .bq = bq, .Cp = Cp, .nmb = nmb, .ncb = Cp / 16, .nu = nu, .npair = (nu + 1) / 2,
               .LX = LX, .KP = KP, .Wq = Wq, .sh = sh, .sw = sw, .pw = pw, .dw = dw64};
@@ -481,8 +560,9 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
 }
 
 /* ------------------------------------------------------------------ dX
- * dY in quads of channels: [Mqp][N * Hp2 * Wp2 + slack][4] (channel 4 mq + b
- * of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
+ * dY in quads of channels, one image at a time in each worker's buffer (in
+ * cache for the image's tiles): [Mqp][Hp2 * Wp2 + slack][4] (channel 4 mq +
+ * b of padded pixel p at (mq * S4 + p) * 4 + b), lo planes then hi planes; A =
  * the transposed weights [cb][tap][chunk][16 c][KB * 4 bytes of m]. With
  * strides, dX is split by output phase (ih % sh, iw % sw): the phase's
  * pixels (a, b), ih = a sh + py, take the taps kh = py + pb - sh dh (any
@@ -497,64 +577,110 @@ typedef struct dx_phase {
   int64_t *aoff, *boff;
 } dx_phase;
 
+/* dY's padded quad planes of image n (dxq_part), at the start of dq: zeros
+ * around the rows split_quad writes */
+typedef struct dxq_job {
+  const nbl_conv_geom *g;
+  const nbl_i4b_src *dy;
+  int8_t *dq;
+  int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
+} dxq_job;
+
 typedef struct dx_job {
   const nbl_conv_geom *g;
-  const int8_t *dq, *wa;
+  dxq_job q; /* each worker's image of dY (q.dq: its own buffer) */
+  const int8_t *wa;
   int64_t Wp2, Pimg, S4, PL, KB, ncb, nph, wa_cb_stride;
+  int64_t nqp; /* a phase's pixels in the image buffer: the largest Ha * Wp2, rounded up to 32 */
+  int sum32;   /* lo + 256 hi, the exact sum, fits int32 (the bound of the codes) */
   const dx_phase *ph;
   tilecfg cfg;
   const nbl_i4b_conv_out *out;
+  _Atomic int failed; /* a worker's image buffer could not be allocated */
 } dx_job;
 
-/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase f of
- * image n: lo, hi [16 c][16 q] int32 -> dX (float, and/or the int64
- * accumulators); lo NULL: zeros (a phase without taps) */
-PACK_FN static void dx_store(const dx_job *j, const dx_phase *f, int64_t n, int64_t q0, int64_t cb, const int32_t *lo,
-                             const int32_t *hi) {
-  const nbl_conv_geom *g = j->g;
-  const int64_t H = g->in[0], W = g->in[1], HW = H * W, sh = g->s[0], sw = g->s[1];
-  uint32_t valid = 0;
-  int32_t at[16]; /* lane r: its offset in the channel's plane */
-  int64_t a = q0 / j->Wp2, b = q0 % j->Wp2;
-  for (int r = 0; r < 16 && a < f->Ha; r++) {
-    if (b < f->Wa) {
-      valid |= 1u << r;
-      at[r] = (int32_t)((a * sh + f->py) * W + b * sw + f->px);
-    }
-    if (++b == j->Wp2) b = 0, a++;
-  }
-  if (!valid) return;
-  const int dense = sh == 1 && sw == 1; /* valid lanes land on consecutive elements */
-  const __mmask16 packed = (__mmask16)((1u << __builtin_popcount(valid)) - 1);
+static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1);
+
+/* The tiles of dX^T for channel block cb, pixels [q0, q0 + 16) of phase pi:
+ * lo, hi [16 c][16 q] int32 -> the image buffers, buf [phase][C][nqp]
+ * (float, as dX: (float)(acc * dx_scale)) and abuf (the int64 sums; NULL:
+ * not kept). Whole aligned rows: the pixels past a phase's width land in
+ * the buffer's padding, dx_emit leaves them. */
+PACK_FN static void dx_put(const dx_job *j, float *buf, int64_t *abuf, int64_t pi, int64_t q0, int64_t cb,
+                           const int32_t *lo, const int32_t *hi) {
+  const int64_t C = j->g->C;
   const __m512d sc = _mm512_set1_pd(j->out->dx_scale), k256 = _mm512_set1_pd(256.0);
-  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < g->C; cc++) {
-    const int64_t o = (n * g->C + cb * 16 + cc) * HW;
-    if (j->out->dx) {
-      __m512 y = _mm512_setzero_ps();
-      if (lo) {
-        const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
-        const __m512d a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
-                                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
-        const __m512d a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
-                                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
-        y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
-                               _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1);
+  for (int64_t cc = 0; cc < 16 && cb * 16 + cc < C; cc++) {
+    const int64_t o = (pi * C + cb * 16 + cc) * j->nqp + q0;
+    const __m512i l = _mm512_load_si512(lo + cc * 16), h = _mm512_load_si512(hi + cc * 16);
+    __m512d a0, a1; /* the exact sums in double (integers: either way the same value) */
+    if (j->sum32) {
+      const __m512i s = _mm512_add_epi32(l, _mm512_slli_epi32(h, 8));
+      a0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s));
+      a1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1));
+    } else {
+      a0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(h)), k256,
+                           _mm512_cvtepi32_pd(_mm512_castsi512_si256(l)));
+      a1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(h, 1)), k256,
+                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(l, 1)));
+    }
+    if (buf)
+      _mm512_store_ps(buf + o, _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(a0, sc))),
+                                                  _mm512_cvtpd_ps(_mm512_mul_pd(a1, sc)), 1));
+    if (abuf)
+      for (int r = 0; r < 16; r++) abuf[o + r] = (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r];
+  }
+}
+
+/* Image n of dX from its buffers (dx_put): row ih of channel c takes phase
+ * row (ih % sh, ih / sh), column iw the phase (.., iw % sw) at iw / sw;
+ * phases without taps give zeros. Unit strides: rows copied; column
+ * stride 2: two phase rows interleaved. */
+PACK_FN static void dx_emit(const dx_job *j, int64_t n, const float *buf, const int64_t *abuf) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t C = g->C, H = g->in[0], W = g->in[1], sh = g->s[0], sw = g->s[1], Wp2 = j->Wp2, nqp = j->nqp;
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t ih = 0, py = 0, a = 0; ih < H; ih++, py = py + 1 == sh ? (a++, 0) : py + 1) { /* py = ih % sh, a = ih / sh */
+      const int64_t orow = ((n * C + c) * H + ih) * W;
+      if (abuf) { /* the exact sums (tests): element by element */
+        for (int64_t iw = 0; iw < W; iw++) {
+          const int64_t pi = py * sw + iw % sw;
+          j->out->dx_acc[orow + iw] = j->ph[pi].nsteps ? abuf[(pi * C + c) * nqp + a * Wp2 + iw / sw] : 0;
+        }
       }
-      if (dense) {
-        /* (compress in a register, then a masked store: the compressing store is microcoded) */
-        _mm512_mask_storeu_ps(j->out->dx + o + at[__builtin_ctz(valid)], packed,
-                              valid == 0xffff ? y : _mm512_maskz_compress_ps((__mmask16)valid, y));
+      if (!j->out->dx) continue;
+      float *d = j->out->dx + orow;
+      if (sw == 1) {
+        const float *src = j->ph[py].nsteps ? buf + (py * C + c) * nqp + a * Wp2 : NULL;
+        for (int64_t i = 0; i < W; i += 16) {
+          const __mmask16 k = (__mmask16)(W - i >= 16 ? 0xffff : (1u << (W - i)) - 1);
+          _mm512_mask_storeu_ps(d + i, k, src ? _mm512_maskz_loadu_ps(k, src + i) : _mm512_setzero_ps());
+        }
+      } else if (sw == 2) { /* out[2 b] = phase 0's b, out[2 b + 1] = phase 1's b */
+        const float *s0 = j->ph[py * 2].nsteps ? buf + (py * 2 * C + c) * nqp + a * Wp2 : NULL;
+        const float *s1 = j->ph[py * 2 + 1].nsteps ? buf + ((py * 2 + 1) * C + c) * nqp + a * Wp2 : NULL;
+        for (int64_t i = 0; i < W; i += 32) {
+          const int64_t b = i / 2, m0 = (W - i + 1) / 2, m1 = (W - i) / 2;
+          const __mmask16 k0 = (__mmask16)(m0 >= 16 ? 0xffff : (1u << m0) - 1);
+          const __mmask16 k1 = (__mmask16)(m1 >= 16 ? 0xffff : (1u << m1) - 1);
+          const __m512 v0 = s0 ? _mm512_maskz_loadu_ps(k0, s0 + b) : _mm512_setzero_ps();
+          const __m512 v1 = s1 ? _mm512_maskz_loadu_ps(k1, s1 + b) : _mm512_setzero_ps();
+          const int64_t r = W - i;
+          _mm512_mask_storeu_ps(d + i, (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1),
+                                _mm512_permutex2var_ps(v0, ilo, v1));
+          if (r > 16)
+            _mm512_mask_storeu_ps(d + i + 16, (__mmask16)(r - 16 >= 16 ? 0xffff : (1u << (r - 16)) - 1),
+                                  _mm512_permutex2var_ps(v0, ihi, v1));
+        }
       } else {
-        float t[16];
-        _mm512_storeu_ps(t, y);
-        for (int r = 0; r < 16; r++)
-          if (valid >> r & 1) j->out->dx[o + at[r]] = t[r];
+        for (int64_t iw = 0; iw < W; iw++) {
+          const int64_t pi = py * sw + iw % sw;
+          d[iw] = j->ph[pi].nsteps ? buf[(pi * C + c) * nqp + a * Wp2 + iw / sw] : 0.0f;
+        }
       }
     }
-    if (j->out->dx_acc)
-      for (int r = 0; r < 16; r++)
-        if (valid >> r & 1) j->out->dx_acc[o + at[r]] = lo ? (int64_t)lo[cc * 16 + r] + 256 * (int64_t)hi[cc * 16 + r] : 0;
-  }
 }
 
 /* Four tiles c[i] = sum over steps of A(s) x B_i(s): one A (16 rows, lda),
@@ -589,24 +715,39 @@ AMX_FN static void dx_config(const tilecfg *cfg) {
 }
 
 static void dx_part(void *arg, int64_t n0, int64_t n1) {
-  const dx_job *j = arg;
-  const int64_t lda = j->KB * 4, ldb = j->S4 * 4;
+  dx_job *j = arg;
+  const int64_t lda = j->KB * 4, ldb = j->S4 * 4, C = j->g->C;
   int32_t c[4 * 256] __attribute__((aligned(64)));
+  const size_t nbuf = (size_t)(j->nph * C * j->nqp);
+  size_t cbuf = 0, cabuf = 0;
+  size_t cdq = 0;
+  float *buf = j->out->dx ? scratch_get(sizeof(float) * nbuf, &cbuf) : NULL;
+  int64_t *abuf = j->out->dx_acc ? scratch_get(sizeof(int64_t) * nbuf, &cabuf) : NULL;
+  int8_t *dq = scratch_get((size_t)(2 * j->PL), &cdq);
+  if ((j->out->dx && !buf) || (j->out->dx_acc && !abuf) || !dq) {
+    scratch_put(buf, cbuf);
+    scratch_put(abuf, cabuf);
+    scratch_put(dq, cdq);
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  memset(dq, 0, (size_t)(2 * j->PL)); /* the slack past the image and the padding quads stay zero */
+  dxq_job q = j->q;
+  q.dq = dq;
   dx_config(&j->cfg);
   for (int64_t n = n0; n < n1; n++) {
-    const int8_t *lo = j->dq + n * j->Pimg * 4, *hi = lo + j->PL;
+    dxq_part(&q, n, n + 1); /* the image's dY, in cache for its tiles */
+    const int8_t *lo = dq, *hi = lo + j->PL;
     for (int64_t pi = 0; pi < j->nph; pi++) {
       const dx_phase *f = &j->ph[pi];
       const int64_t nq = f->Ha * j->Wp2;
-      if (f->nsteps == 0) { /* no tap reaches these pixels: zeros */
-        for (int64_t q0 = 0; q0 < nq; q0 += 16)
-          for (int64_t cb = 0; cb < j->ncb; cb++) dx_store(j, f, n, q0, cb, NULL, NULL);
-      } else if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
+      if (f->nsteps == 0) continue; /* no tap reaches these pixels: zeros (dx_emit) */
+      if (j->ncb == 1) { /* one channel block: (lo, hi) x two pixel blocks */
         for (int64_t q0 = 0; q0 < nq; q0 += 32) {
           const int8_t *b[4] = {lo + q0 * 4, hi + q0 * 4, lo + (q0 + 16) * 4, hi + (q0 + 16) * 4};
           k1x4(j->wa, lda, b, ldb, f->nsteps, f->aoff, f->boff, c);
-          dx_store(j, f, n, q0, 0, c, c + 256);
-          if (q0 + 16 < nq) dx_store(j, f, n, q0 + 16, 0, c + 512, c + 768);
+          dx_put(j, buf, abuf, pi, q0, 0, c, c + 256);
+          dx_put(j, buf, abuf, pi, q0 + 16, 0, c + 512, c + 768);
         }
       } else { /* two channel blocks x (lo, hi) */
         const int64_t wsz = j->wa_cb_stride;
@@ -615,61 +756,58 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
             const int64_t cb1 = cb + 1 < j->ncb ? cb + 1 : cb;
             k2x2(j->wa + cb * wsz, j->wa + cb1 * wsz, lda, lo + q0 * 4, hi + q0 * 4, ldb, f->nsteps, f->aoff, 0,
                  f->boff, 0, c);
-            dx_store(j, f, n, q0, cb, c, c + 256);
-            if (cb1 != cb) dx_store(j, f, n, q0, cb1, c + 512, c + 768);
+            dx_put(j, buf, abuf, pi, q0, cb, c, c + 256);
+            if (cb1 != cb) dx_put(j, buf, abuf, pi, q0, cb1, c + 512, c + 768);
           }
       }
     }
+    dx_emit(j, n, buf, abuf);
   }
   amx_release();
+  scratch_put(buf, cbuf);
+  scratch_put(abuf, cabuf);
+  scratch_put(dq, cdq);
 }
 
 /* floor division */
 static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* dY's padded quad planes of images [n0, n1): zeros around the rows
- * split_quad writes */
-typedef struct dxq_job {
-  const nbl_conv_geom *g;
-  const int16_t *dy;
-  int8_t *dq;
-  int64_t Mq, S4, Pimg, PL, Wp2, T, Lp, Hp2;
-} dxq_job;
 
-static void dxq_part(void *arg, int64_t n0, int64_t n1) {
-  const dxq_job *j = arg;
+static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
   const int64_t M = j->g->M, OH = j->g->out[0], OW = j->g->out[1], Wp2 = j->Wp2, T = j->T, Lp = j->Lp;
   const int64_t R = Wp2 - Lp - OW, B = j->Hp2 - T - OH;
   for (int64_t n = n0; n < n1; n++)
     for (int64_t mq = 0; mq < j->Mq; mq++) {
-      int8_t *img = j->dq + (mq * j->S4 + n * j->Pimg) * 4;
+      int8_t *img = j->dq + mq * j->S4 * 4;
       for (int p = 0; p < 2; p++, img += j->PL) {
+        if (Lp || R) { /* the whole image (in cache; then the rows): one call, not two per row */
+          memset(img, 0, (size_t)(j->Pimg * 4));
+          continue;
+        }
         memset(img, 0, (size_t)(T * Wp2 * 4));
         memset(img + (T + OH) * Wp2 * 4, 0, (size_t)(B * Wp2 * 4));
-        for (int64_t oh = 0; oh < OH; oh++) {
-          int8_t *row = img + (oh + T) * Wp2 * 4;
-          if (Lp) memset(row, 0, (size_t)(Lp * 4));
-          if (R) memset(row + (Lp + OW) * 4, 0, (size_t)(R * 4));
-        }
       }
       for (int64_t oh = 0; oh < OH; oh++) {
+        int8_t *lo = j->dq + (mq * j->S4 + (oh + T) * Wp2 + Lp) * 4;
         const int16_t *r[4];
-        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-        int8_t *lo = j->dq + (mq * j->S4 + n * j->Pimg + (oh + T) * Wp2 + Lp) * 4;
+        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
         split_quad(lo, lo + j->PL, r, OW);
       }
     }
 }
 
-nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+int nbl_i4b_amx_dx_fits(const nbl_conv_geom *g) {
+  return g->ns == 2 && g->group == 1 && g->d[0] == 1 && g->d[1] == 1;
+}
+
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const int16_t *w,
+                               int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
-  if (g->ns != 2 || g->group != 1 || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || g->d[0] != 1 || g->d[1] != 1)
-    return NBL_OK;
+  const int32_t dy_max = dy->maxabs;
+  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || !dy->q) return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;
-  if (KH < sh || KW < sw) return NBL_OK; /* phases without taps (1x1 stride 2): col2im is cheaper there */
   const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
   const int64_t ncb = (C + 15) / 16;
   if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
@@ -691,15 +829,14 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
       }
   Hp2 += T, Wp2 += Lp;
   const int64_t Pimg = Hp2 * Wp2;
-  const int64_t S4 = N * Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* slack: the reads past the last image */
+  const int64_t S4 = Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* one image; slack: the reads past it */
   if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
   const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
-  size_t cdq = 0, cwa = 0;
-  int8_t *dq = scratch_get((size_t)(2 * PL), &cdq), *wa = scratch_get(wsz, &cwa);
+  size_t cwa = 0;
+  int8_t *wa = scratch_get(wsz, &cwa);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(2 * KH * KW * nchunk + 1));
   dx_phase *ph = malloc(sizeof(dx_phase) * (size_t)nph);
-  if (!dq || !wa || !offs || !ph) {
-    scratch_put(dq, cdq);
+  if (!wa || !offs || !ph) {
     scratch_put(wa, cwa);
     free(offs);
     free(ph);
@@ -729,14 +866,6 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
         }
       used += 2 * f->nsteps;
     }
-  /* each image's padded planes, images split over ctx's threads */
-  dxq_job qj = {.g = g, .dy = dy, .dq = dq, .Mq = Mq, .S4 = S4, .Pimg = Pimg, .PL = PL, .Wp2 = Wp2, .T = T, .Lp = Lp,
-                .Hp2 = Hp2};
-  run(ctx, N, dxq_part, &qj);
-  for (int p = 0; p < 2; p++) { /* the slack past the images, the padding quads */
-    for (int64_t mq = 0; mq < Mq; mq++) memset(dq + p * PL + (mq * S4 + N * Pimg) * 4, 0, (size_t)((S4 - N * Pimg) * 4));
-    if (Mqp > Mq) memset(dq + p * PL + Mq * S4 * 4, 0, (size_t)((Mqp - Mq) * S4 * 4));
-  }
   /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t t = 0; t < KH * KW; t++)
@@ -746,8 +875,18 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
           for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < M; e++)
             a[cc * KB * 4 + e] = (int8_t)w[((ch * KB * 4 + e) * C + cb * 16 + cc) * KH * KW + t];
       }
-  dx_job j = {.g = g, .dq = dq, .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
-              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out};
+  int64_t nqp = 0, maxsteps = 0; /* the image buffers' phase size; the longest sum */
+  for (int64_t pi = 0; pi < nph; pi++) {
+    if (ph[pi].nsteps && ph[pi].Ha * Wp2 > nqp) nqp = ph[pi].Ha * Wp2;
+    if (ph[pi].nsteps > maxsteps) maxsteps = ph[pi].nsteps;
+  }
+  dx_job j = {.g = g, .q = {.g = g, .dy = dy, .Mq = Mq, .S4 = S4, .Pimg = Pimg, .PL = PL, .Wp2 = Wp2, .T = T,
+                           .Lp = Lp, .Hp2 = Hp2},
+              .wa = wa, .Wp2 = Wp2, .Pimg = Pimg, .S4 = S4, .PL = PL, .KB = KB, .ncb = ncb,
+              .nph = nph, .ph = ph, .wa_cb_stride = KH * KW * nchunk * 16 * KB * 4, .out = out,
+              .nqp = (nqp + 31) & ~(int64_t)31,
+              .sum32 = (double)maxsteps * (double)(KB * 4) * ((double)dy_max + 128.0) * (double)w_max <=
+                       (double)INT32_MAX};
   j.cfg.palette = 1;
   for (int i = 0; i < 4; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = 16; /* C */
   /* A: 16 rows of 4 KB bytes; B: KB rows of 64 (k1x4: tile 4 A, 5-7 B; k2x2: 4-5 A, 6-7 B) */
@@ -755,10 +894,10 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int1
   j.cfg.colsb[5] = (uint16_t)(j.ncb == 1 ? 64 : KB * 4), j.cfg.rows[5] = (uint8_t)(j.ncb == 1 ? KB : 16);
   for (int i = 6; i < 8; i++) j.cfg.colsb[i] = 64, j.cfg.rows[i] = (uint8_t)KB;
   run(ctx, N, dx_part, &j);
-  scratch_put(dq, cdq);
   scratch_put(wa, cwa);
   free(offs);
   free(ph);
+  if (atomic_load(&j.failed)) return NBL_ERR_OUT_OF_MEMORY;
   atomic_fetch_add(&g_runs, 1);
   *done = 1;
   return NBL_OK;
@@ -992,16 +1131,26 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
 
 #else /* no AMX: the callers take the other paths */
 
-nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done) {
-  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)x, (void)x_max, (void)dw64;
+int nbl_i4b_amx_dw_fits(const nbl_conv_geom *g) {
+  (void)g;
+  return 0;
+}
+
+int nbl_i4b_amx_dx_fits(const nbl_conv_geom *g) {
+  (void)g;
+  return 0;
+}
+
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const nbl_i4b_src *x,
+                               int64_t *dw64, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)x, (void)dw64;
   *done = 0;
   return NBL_OK;
 }
 
-nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
-  (void)ctx, (void)g, (void)dy, (void)dy_max, (void)w, (void)w_max, (void)out;
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const int16_t *w,
+                               int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
+  (void)ctx, (void)g, (void)dy, (void)w, (void)w_max, (void)out;
   *done = 0;
   return NBL_OK;
 }

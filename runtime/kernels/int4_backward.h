@@ -190,20 +190,40 @@ void nbl_i4b_set_amx(int on);
 /* How many products (a dW or a dX) the AMX tiles computed in this process. */
 long nbl_i4b_amx_runs(void);
 
+/* An operand of the AMX products: its int16 codes q (maxabs their bound),
+ * or (q NULL; X of dW only) its float values f, linear codes c = rint(f /
+ * unit) made while the tiles' planes are packed (no int16 copy), checked as
+ * nbl_i4b_codes_linear does (unit * c == f) and required in -127..127; a
+ * value that fails makes the product decline (*done = 0), and the caller
+ * recovers the codes itself (maxabs: unused). (dY is taken as codes: made
+ * in one sweep over the floats, they stay in cache for the packing, which
+ * a second sweep over the floats does not.) */
+typedef struct nbl_i4b_src {
+  const int16_t *q;
+  const float *f;
+  float unit;
+  int32_t maxabs;
+} nbl_i4b_src;
+
+/* Whether nbl_i4b_amx_conv_dw / _dx can take layer g (its geometry; the
+ * codes and the sizes are judged there). */
+int nbl_i4b_amx_dw_fits(const nbl_conv_geom *g);
+int nbl_i4b_amx_dx_fits(const nbl_conv_geom *g);
+
 /* dW [M][C][k] += the exact products of nbl_i4b_conv_grad on AMX tiles (2-D,
  * one group, unit dilations, any pads, strides up to the kernel's size, C >=
- * 4; x_max <= 127). *done = 0
+ * 4; x's codes within -127..127, dy's maxabs <= NBL_I4B_MAX_CODE). *done = 0
  * (nothing written) when the geometry or the codes do not fit, or when the
  * padded planes would pass 256 MB: the caller takes another path. Call only
  * when nbl_i4b_amx_on. Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY. */
-nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *x, int32_t x_max, int64_t *dw64, int *done);
+nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const nbl_i4b_src *x,
+                               int64_t *dw64, int *done);
 /* dX of nbl_i4b_conv_grad (out->dx and/or out->dx_acc, every element
- * written) on AMX tiles: 2-D, one group, unit dilations, any pads, strides
- * up to the kernel's size (every output phase has taps), w_max <= 127;
- * *done = 0 otherwise (nothing written). */
-nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const int16_t *dy, int32_t dy_max,
-                               const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out, int *done);
+ * written) on AMX tiles: 2-D, one group, unit dilations, any pads and
+ * strides (an output phase that no tap reaches is zeros: the 1x1 stride-2
+ * shortcuts), w_max <= 127; *done = 0 otherwise (nothing written). */
+nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_i4b_src *dy, const int16_t *w,
+                               int32_t w_max, const nbl_i4b_conv_out *out, int *done);
 
 /* The forward product of nbl_i4b_conv_forward on AMX tiles (2-D, one group,
  * unit dilations, column stride 1 or 2, C >= 4): x's codes recovered as

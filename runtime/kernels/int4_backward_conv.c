@@ -746,8 +746,9 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
    * they do not cover) */
   const int amx = nbl_i4b_amx_on(isa);
   int dw_done = 0, dx_done = 0;
-  if (!st && !empty && want_dw && amx) st = nbl_i4b_amx_conv_dw(ctx, g, dy, dy_max, x, x_max, dw64, &dw_done);
-  if (!st && !empty && want_dx && amx) st = nbl_i4b_amx_conv_dx(ctx, g, dy, dy_max, w, w_max, out, &dx_done);
+  const nbl_i4b_src sdy = {.q = dy, .maxabs = dy_max}, sx = {.q = x, .maxabs = x_max};
+  if (!st && !empty && want_dw && amx) st = nbl_i4b_amx_conv_dw(ctx, g, &sdy, &sx, dw64, &dw_done);
+  if (!st && !empty && want_dx && amx) st = nbl_i4b_amx_conv_dx(ctx, g, &sdy, w, w_max, out, &dx_done);
   if (!st && !empty && want_dw && !dw_done)
     st = dw_wide ? conv_dw_wide(ctx, isa, g, dy, dy_max, x, x_max, dw64)
                  : conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);

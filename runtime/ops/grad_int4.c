@@ -176,6 +176,26 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   return counterpart(c, conv_grad_def(), 3, 0);
 }
 
+/* dW on the AMX tiles (int4_amx.c) takes the floats of X, its codes made
+ * and checked while its planes are packed: no int16 copy of X. Where the
+ * tiles decline (the codes do not fit), X's codes are recovered here and the
+ * other paths run (nbl_i4b_conv_grad). dY is taken as codes (made in one
+ * sweep, they stay in cache for the packing). */
+static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
+                                 const int16_t *dyq, nbl_i4b_grid gdy, float *dw, int *done) {
+  const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
+  int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
+  if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
+  const nbl_i4b_src sdy = {.q = dyq, .maxabs = gdy.maxabs}, sxf = {.f = X->data, .unit = sx};
+  nbl_status st = nbl_i4b_amx_conv_dw(c, g, &sdy, &sxf, dw64, done);
+  if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
+    const double s = (double)gdy.unit * (double)sx;
+    for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
+  }
+  free(dw64);
+  return st;
+}
+
 static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1), *W = grad_in(c, 2);
   if (c->reference || !dY || !X || !W || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
@@ -192,29 +212,42 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
   for (int i = 0; shape_ok && i < g.ns; i++) shape_ok = dY->dims[2 + i] == g.out[i];
   const int wdx = grad_want(c, 0), wdw = grad_want(c, 1), wdb = grad_want(c, 2);
+  const nbl_i4b_isa isa = nbl_i4b_best_isa();
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
   int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0 &&
-           (!wdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0) && (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
-  if (!ok) { /* not on the grids (or a shape error the counterpart reports) */
+           (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
+  const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
+  const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
+  ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
+  nbl_i4b_conv_out out = {0};
+  if (ok) {
+    if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) out.dx = nbl_kctx_out(c, 0)->data;
+    if (!st && wdw && !(st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, W->rank, W->dims)))
+      out.dw = nbl_kctx_out(c, 1)->data;
+    if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
+    if (!st && fdw) {
+      int done = 0;
+      st = conv_dw_floats(c, &g, X, sc[0], dyq, gdy, out.dw, &done);
+      if (!st && done) out.dw = NULL; /* dW done */
+      else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
+    }
+  }
+  if (!st && !ok) { /* not on the grids (or a shape error the counterpart reports) */
     free(dyq);
     free(xq);
     free(wq);
     atomic_fetch_add(&g_float_runs, 1);
     return counterpart(c, conv_grad_def(), 3, 1);
   }
-  nbl_i4b_conv_out out = {.dx_scale = (double)gdy.unit * (double)gw.unit,
-                          .dw_scale = (double)gdy.unit * (double)gx.unit,
-                          .db_scale = (double)gdy.unit};
-  if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) out.dx = nbl_kctx_out(c, 0)->data;
-  if (!st && wdw && !(st = nbl_kctx_alloc_out(c, 1, NBL_DT_FLOAT, W->rank, W->dims)))
-    out.dw = nbl_kctx_out(c, 1)->data;
-  if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
-  if (!st) {
-    st = nbl_i4b_conv_grad(c, nbl_i4b_best_isa(), &g, dyq, gdy.maxabs, xq, gx.maxabs, wq, gw.maxabs, &out);
-    if (st) st = grad_oom(c);
-    else atomic_fetch_add(&g_int_runs, 1);
+  if (!st && (out.dx || out.dw || out.db)) {
+    out.dx_scale = (double)gdy.unit * (double)gw.unit;
+    out.dw_scale = (double)gdy.unit * (double)gx.unit;
+    out.db_scale = (double)gdy.unit;
+    st = nbl_i4b_conv_grad(c, isa, &g, dyq, gdy.maxabs, xq, gx.maxabs, wq, gw.maxabs, &out);
   }
+  if (st) st = st == NBL_ERR_OUT_OF_MEMORY ? grad_oom(c) : st;
+  else atomic_fetch_add(&g_int_runs, 1);
   free(dyq);
   free(xq);
   free(wq);

@@ -450,12 +450,13 @@ static void conv_case(const ccase *c) {
   int64_t *adb = malloc(sizeof(int64_t) * (size_t)c->M);
   const int ni = n_isas();
   /* the AMX tiles take dW of 2-D one-group undilated layers with 7-bit
-   * activation codes and 4 channels or more, and dX of 2-D one-group
-   * undilated layers with 7-bit weight codes */
+   * activation codes, 4 channels or more and every stride phase reached by
+   * a tap, and dX of 2-D one-group undilated layers with 7-bit weight codes
+   * (phases without taps: zeros) */
   const int amx_geom = c->ns == 2 && c->group == 1 && c->d[0] == 1 && c->d[1] == 1;
   const int amx_cover = c->ns == 2 && c->k[0] >= c->s[0] && c->k[1] >= c->s[1]; /* every stride phase has taps */
   const int amx_dw = amx_geom && amx_cover && xm <= 127 && c->C >= 4;
-  const int amx_dx = amx_geom && amx_cover && wm <= 127;
+  const int amx_dx = amx_geom && wm <= 127;
   for (int v = 0; v < ni; v++)
     for (int amx = 0; amx <= (g_isas[v] == NBL_I4B_AVX512 && nbl_i4b_amx_supported()); amx++)
       for (int wide = 1; wide >= 0; wide--) { /* unit strides: from the padded planes, and through im2col */
@@ -517,6 +518,24 @@ static void conv_case(const ccase *c) {
     for (int64_t i = 0; i < x.n; i++) ck_assert(dxo[i] == (float)((double)rdx[i] * ((double)u * (double)sw)));
     for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
     runner_free(r);
+  }
+  /* 3. dX alone and dW alone (the nodes of the training graphs): on the AMX
+   * tiles the products then read the floats of dY and X, their codes made
+   * while packing; the same bits as above, every variant */
+  for (int v = 0; v < ni + amx_ok; v++) {
+    nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
+    nbl_i4b_set_amx(v == ni);
+    for (int o = 0; o < 2; o++) {
+      const int want[3] = {o == 0, o == 1, 0};
+      const long amx_runs = nbl_i4b_amx_runs();
+      runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 5, in, 3, want, 0);
+      ck_assert_msg(runner_run(r, in) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+      ck_assert_int_eq((int64_t)r->out[0].nbytes, (int64_t)first[o].nbytes); /* (the one requested output) */
+      ck_assert_msg(memcmp(first[o].data, r->out[0].data, first[o].nbytes) == 0, "%s: %s alone (variant %d)",
+                    c->what, o ? "dW" : "dX", v);
+      ck_assert_int_eq(nbl_i4b_amx_runs() - amx_runs, v == ni ? (o ? amx_dw : amx_dx) : 0);
+      runner_free(r);
+    }
   }
   nbl_i4b_set_isa(-1);
   nbl_i4b_set_amx(-1);
@@ -584,6 +603,12 @@ static const ccase conv_cases[] = {
      {11, 13}, SP2(3, 3), SP2(3, 3), SP2(1, 1), {1, 0}, {0, 1}, 4, 4, 4, 3},
     {"stride 2, 4 channels, 37 columns (phases of 19 and 18 columns: X's planes 16 columns at a time)", 2, 2, 4, 5,
      1, {9, 37}, SP2(3, 3), SP2(2, 2), SP2(1, 1), {1, 0}, {0, 1}, 4, 4, 4, 3},
+    {"pointwise stride 2 at odd sizes, 20 -> 36 channels (dX: three phases of zeros, rows interleaved)", 2, 2, 20,
+     36, 1, {9, 13}, SP2(1, 1), SP2(2, 2), SP2(1, 1), SP2(0, 0), SP2(0, 0), 4, 4, 4, 3},
+    {"2 x 1 kernel, strides (3, 2), pads (1, 1) / (0, 1), 35 columns (dX: phases without taps in both directions)",
+     2, 2, 8, 12, 1, {10, 35}, {2, 1}, {3, 2}, SP2(1, 1), SP2(1, 1), {0, 1}, 4, 4, 4, 3},
+    {"512 gradient channels, 8-bit weights: dX's lo + 256 hi past int32 on the tiles (added in double)", 2, 1, 4,
+     512, 1, SP2(4, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 8, 4, 3},
     {"radix 2, 8-bit weights: dX sums past int32", 2, 2, 2, 128, 1, SP2(5, 5), SP2(3, 3), SP2(1, 1), SP2(1, 1),
      SP2(1, 1), SP2(1, 1), 4, 8, 2, 4},
 };
