@@ -19,7 +19,9 @@
  * masks are the STE's and ReluGrad's comparisons, the STE's division and
  * half-even rounding as the interval of V they pass (nbl_q4t_ste_bounds,
  * as nbl_q4t_ste: two comparisons), or nbl_q4_passes where the quantizer's
- * fast kernel declines: a NaN or Inf, stochastic rounding), and the sums and
+ * fast kernel declines: stochastic rounding, a NaN or Inf when V must be
+ * scanned for the parameters: with the forward's scale and zero point
+ * wired there is no scan and the interval excludes them), and the sums and
  * dX come from the op's own per-channel kernel in its order. See fuse.h;
  * NBL_NO_FUSION=bn-grad (runtime/core/plan.c) turns it off.
  *
@@ -28,7 +30,9 @@
  *   inputs:  d0, d1 (the Add's operands; d1 omitted without an Add: d0 is
  *            then the gradient QuantizeInt4Grad or ReluGrad reads), V (the
  *            Relu output, input 1 of ReluGrad and QuantizeInt4Grad), X,
- *            scale, saved_mean, saved_inv_std (BatchNormalizationGrad's)
+ *            scale, saved_mean, saved_inv_std (BatchNormalizationGrad's),
+ *            q_scale, q_zero_point (QuantizeInt4Grad's inputs scale and
+ *            zero_point, the forward quantizer's: omitted when it has none)
  *   outputs: BatchNormalizationGrad's three, then ReluGrad's output when
  *            another node (or the graph) reads it, else omitted
  *   attributes: QuantizeInt4Grad's (bits, mode, scale_source, ...) and the
@@ -55,7 +59,7 @@
 typedef struct bg_fused {
   nbl_node node; /* first: the kernel sees the whole struct through c->node */
   const nbl_node *logs[2]; /* the QuantizeLog pair of dX it runs too, or NULL */
-  nbl_id in[7], out[6];
+  nbl_id in[9], out[6];
   nbl_attr *attrs;
   char op[48];
 } bg_fused;
@@ -117,7 +121,8 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   *q4 = *add = NBL_NONE;
   nbl_id d = R->inputs[0];
   const nbl_node *Q = nbl_fuse_producer(g, d);
-  if (nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs == 2 && Q->inputs[1] == v &&
+  if (nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs >= 2 && Q->n_inputs <= 5 &&
+      (Q->n_inputs < 3 || Q->inputs[2] == NBL_NONE) && Q->inputs[1] == v &&
       Q->inputs[0] != NBL_NONE && Q->inputs[0] != v && only_output0_used(g, Q) && nbl_fuse_only_feeds(g, d, *relu, 0) &&
       !env->taken(env, g->values[d].producer) && q4_fusable(Q)) {
     *q4 = g->values[d].producer;
@@ -136,8 +141,13 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   if (!maybe_float(g, d) || (d1 != NBL_NONE && !maybe_float(g, d1)) || !is_float(g, v)) return NULL;
   /* every input ready where R runs (B's are forward values, written by a
    * node or a fused node of the forward) */
-  nbl_id need[7] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4]};
-  for (int k = 0; k < 7; k++)
+  nbl_id qs = NBL_NONE, qz = NBL_NONE; /* the forward quantizer's scale and zero point */
+  if (*q4 != NBL_NONE) {
+    qs = Q->n_inputs > 3 ? Q->inputs[3] : NBL_NONE;
+    qz = Q->n_inputs > 4 ? Q->inputs[4] : NBL_NONE;
+  }
+  nbl_id need[9] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4], qs, qz};
+  for (int k = 0; k < 9; k++)
     if (need[k] != NBL_NONE && nbl_fuse_written_at(env, order, n_order, need[k]) >= pos[*relu]) return NULL;
   bg_fused *f = calloc(1, sizeof *f);
   const nbl_node *src = *q4 != NBL_NONE ? Q : NULL;
@@ -149,7 +159,7 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   }
   if (na) memcpy(f->attrs, src->attrs, sizeof(nbl_attr) * (size_t)na);
   f->attrs[na] = (nbl_attr){.name = "nibble.q4", .type = NBL_ATTR_INT, .i = src != NULL};
-  nbl_id in[7] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4]};
+  nbl_id in[9] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4], qs, qz};
   memcpy(f->in, in, sizeof in);
   for (int k = 0; k < 3; k++) f->out[k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
   f->out[3] = keep_rout ? rout : NBL_NONE;
@@ -173,7 +183,7 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   }
   f->node = *B;
   f->node.inputs = f->in;
-  f->node.n_inputs = 7;
+  f->node.n_inputs = qs != NBL_NONE || qz != NBL_NONE ? 9 : 7;
   f->node.outputs = f->out;
   f->node.n_outputs = 6;
   f->node.attrs = f->attrs;
@@ -397,9 +407,16 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
     if (st) return st;
     if (j.cfg.scale_source == NBL_Q4_SCALE_PACT)
       return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "scale_source=pact is not fused"); /* never planned */
-    if (nbl_q4t_params(c, &j.cfg, c->in[2], &j.p) == 0) {
-      j.mask = MASK_Q4_FAST; /* V all finite: the mask is an interval of V */
+    int have = 0;
+    if ((st = nbl_q4_grad_given(c, &j.cfg, c->n_in > 7 ? c->in[7] : NULL, c->n_in > 8 ? c->in[8] : NULL, &j.p,
+                                &have)))
+      return st;
+    if (have ? j.cfg.rounding == NBL_Q4_ROUND_HALF_EVEN : nbl_q4t_params(c, &j.cfg, c->in[2], &j.p) == 0) {
+      /* the forward's parameters, or V all finite: the mask is an interval of V */
+      j.mask = MASK_Q4_FAST;
       nbl_q4t_ste_bounds(&j.p, &j.lo, &j.hi);
+    } else if (have) {
+      j.mask = MASK_Q4_REF; /* stochastic rounding */
     } else {
       if ((st = nbl_q4_kernel_params(c, &j.cfg, c->in[2], NULL, &j.p))) return st;
       j.mask = MASK_Q4_REF;

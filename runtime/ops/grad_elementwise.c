@@ -50,12 +50,20 @@
  *            Incompatible shapes are an error.
  * QuantizeInt4Grad (ai.nibble 1)  -- the straight-through gradient of QuantizeInt4
  *   inputs:  dY (float32), X (float32, the QuantizeInt4 input),
- *            alpha (optional float32 scalar; required for scale_source=pact)
+ *            alpha (optional float32 scalar; required for scale_source=pact),
+ *            scale (optional float32 scalar > 0), zero_point (optional int8
+ *            scalar): the forward's outputs 1 and 2, which QuantizeInt4's
+ *            gradient rule wires for scale_source max and sawb
  *   outputs: dX (float32, X's shape), dAlpha (optional float32 scalar)
  *   attributes: those of QuantizeInt4 (bits, mode, scale_source, scale, narrow,
  *            rounding, seed), read the same way so the clip range is the forward's
- *   semantics: the quantization parameters are chosen from X exactly as the
- *            forward does (runtime/formats/int4.h); dX = dY where the
+ *   semantics: the quantization parameters are the forward's: with
+ *            scale_source max or sawb and input scale present (and
+ *            zero_point, required for mode=affine; 0 when absent for
+ *            symmetric) they are those inputs, with no pass over X;
+ *            otherwise they are chosen from X exactly as the forward does
+ *            (runtime/formats/int4.h; the same values, so both give the
+ *            same dX). dX = dY where the
  *            forward's code before its clamp, round(X/s) + z, lies in
  *            [qmin, qmax] (nbl_q4_passes: PyTorch's fake-quantize mask; PACT:
  *            0 <= X <= alpha) and 0 elsewhere; PACT: dAlpha = sum(dY * (X > alpha)),
@@ -260,6 +268,33 @@ static nbl_status k_broadcast_grad_args(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ QuantizeInt4Grad */
 
+nbl_status nbl_q4_grad_given(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *scale,
+                             const nbl_rt_tensor *zero, nbl_q4_params *p, int *have) {
+  *have = 0;
+  if (scale && (scale->dtype != NBL_DT_FLOAT || scale->numel != 1 || !isfinite(((const float *)scale->data)[0]) ||
+                !(((const float *)scale->data)[0] > 0.0f)))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input scale must be a float32 scalar, finite and > 0");
+  if (zero && (zero->dtype != NBL_DT_INT8 || zero->numel != 1))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input zero_point must be an int8 scalar");
+  if (!scale || (cfg->scale_source != NBL_Q4_SCALE_MAX && cfg->scale_source != NBL_Q4_SCALE_SAWB) ||
+      (cfg->mode == NBL_Q4_AFFINE && !zero) || cfg->bits < 2 || cfg->bits > 8)
+    return NBL_OK;
+  memset(p, 0, sizeof *p);
+  nbl_q4_range(cfg, &p->qmin, &p->qmax);
+  p->scale = ((const float *)scale->data)[0];
+  p->zero = zero ? ((const int8_t *)zero->data)[0] : 0;
+  *have = 1;
+  return NBL_OK;
+}
+
+/* The mask's parameters of QuantizeInt4Grad node c: the forward's (inputs 3
+ * and 4, nbl_q4_grad_given) when wired, else chosen from X. */
+static nbl_status q4_grad_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *X, nbl_q4_params *p) {
+  int have;
+  nbl_status st = nbl_q4_grad_given(c, cfg, grad_in(c, 3), grad_in(c, 4), p, &have);
+  return st || have ? st : nbl_q4_kernel_params(c, cfg, X, grad_in(c, 2), p);
+}
+
 static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   nbl_status st = NBL_OK;
   const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *X = dY ? grad_need(c, 1, "X", &st) : NULL;
@@ -272,7 +307,7 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   if ((st = nbl_q4_attrs(c, &cfg))) return st;
   int pact = cfg.scale_source == NBL_Q4_SCALE_PACT;
   nbl_q4_params p;
-  if ((st = nbl_q4_kernel_params(c, &cfg, X, grad_in(c, 2), &p))) return st;
+  if ((st = q4_grad_params(c, &cfg, X, &p))) return st;
   if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
   const float *g = dY->data, *x = X->data;
   float *dx = nbl_kctx_out(c, 0)->data;
@@ -288,16 +323,21 @@ static nbl_status k_quantize_int4_grad(nbl_kctx *c) {
   return NBL_OK;
 }
 
-/* The fast kernel (training graphs run it every step): a parallel vector
- * range scan and mask, the same values as the reference
- * (runtime/kernels/q4_train.h); pact, stochastic rounding and non-finite
- * elements take the reference. */
+/* The fast kernel (training graphs run it every step): the vector mask
+ * with the forward's parameters (inputs scale, zero_point) or those of a
+ * parallel vector range scan, the same values as the reference
+ * (runtime/kernels/q4_train.h); pact and stochastic rounding take the
+ * reference, and so do non-finite elements when X must be scanned (with
+ * given parameters the mask's interval excludes them as the reference). */
 static nbl_status k_quantize_int4_grad_fast(nbl_kctx *c) {
   const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1);
   nbl_q4_config cfg;
   nbl_q4_params p;
+  int have = 0;
   if (c->reference || !dY || !X || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
-      dY->numel != X->numel || grad_want(c, 1) || nbl_q4_attrs(c, &cfg) || nbl_q4t_params(c, &cfg, X, &p))
+      dY->numel != X->numel || grad_want(c, 1) || nbl_q4_attrs(c, &cfg) ||
+      cfg.rounding != NBL_Q4_ROUND_HALF_EVEN || nbl_q4_grad_given(c, &cfg, grad_in(c, 3), grad_in(c, 4), &p, &have) ||
+      (!have && nbl_q4t_params(c, &cfg, X, &p)))
     return k_quantize_int4_grad(c);
   nbl_status st = grad_check_same_shape(c, dY, X, "dY", "X");
   if (st || (st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;

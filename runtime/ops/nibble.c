@@ -358,12 +358,23 @@ static nbl_status k_dequantize_ternary(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ gradient rule
  * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
- * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)). */
+ * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)).
+ * With scale_source max or sawb (parameters that depend on X) the forward's
+ * scale and zero_point outputs are wired too (added to the forward node when
+ * the model omitted them), so that the gradient does not scan X again. */
 static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
   int want[2] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1)};
   if (!want[0] && !want[1]) return NBL_OK;
-  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[2];
-  nbl_grad_opn(gc, "QuantizeInt4Grad", "ai.nibble", NULL, in[2] == NBL_NONE ? 2 : 3, in, 2, want, out);
+  nbl_id in[5] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1), NBL_NONE, NBL_NONE}, out[2];
+  int n_in = in[2] == NBL_NONE ? 2 : 3;
+  nbl_q4_config cfg;
+  if (nbl_q4_config_decode(nbl_grad_node(gc), &cfg, NULL, 0) == NBL_OK &&
+      (cfg.scale_source == NBL_Q4_SCALE_MAX || cfg.scale_source == NBL_Q4_SCALE_SAWB)) {
+    in[3] = nbl_grad_y_need(gc, 1);
+    in[4] = nbl_grad_y_need(gc, 2);
+    n_in = 5;
+  }
+  nbl_grad_opn(gc, "QuantizeInt4Grad", "ai.nibble", NULL, n_in, in, 2, want, out);
   nbl_grad_attr_copy(gc, NULL);
   for (int i = 0; i < 2; i++) nbl_grad_set_dx(gc, i, out[i]);
   return nbl_grad_status(gc);

@@ -2,7 +2,7 @@
  * with other families: the QuantizeInt4 attribute decoder and its choice of
  * quantization parameters, so that QuantizeInt4Grad
  * (runtime/ops/grad_elementwise.c) reads the attributes and finds the scale
- * exactly as the forward op does. */
+ * exactly as the forward op does, or takes the forward's. */
 #ifndef NBL_OPS_NIBBLE_H
 #define NBL_OPS_NIBBLE_H
 
@@ -26,6 +26,16 @@ nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl
  * the op's kernels: the fast path where it applies, else the reference.
  * range: NULL, or x's minimum and maximum when every element of x is finite
  * (for scale_source=max the scan over x is then skipped). */
+/* QuantizeInt4Grad's parameters from the forward's scale and zero_point
+ * outputs (runtime/ops/grad_elementwise.c; either tensor NULL when not
+ * wired): *have = 1 and *p filled as nbl_q4_choose would fill it for the
+ * forward's X when cfg is scale_source max or sawb and scale is present
+ * (zero_point too for mode=affine); *have = 0 otherwise (the caller
+ * chooses from X). A scale that is not a finite float32 scalar > 0, or a
+ * zero_point that is not an int8 scalar, is an error naming the input. */
+nbl_status nbl_q4_grad_given(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *scale,
+                             const nbl_rt_tensor *zero, nbl_q4_params *p, int *have);
+
 nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range);
 
 #endif

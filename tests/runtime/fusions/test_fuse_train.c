@@ -34,7 +34,10 @@
  *   and planes off the vector widths), with zeros, NaN and Inf among the
  *   inputs, a broadcast Add operand and a ReluGrad output that is also a
  *   graph output, and dX read by a tpr QuantizeLog pair (which the fused
- *   node then runs too): fused and unfused engines give the same bits.
+ *   node then runs too): fused and unfused engines give the same bits; and
+ *   with QuantizeInt4Grad given the scale and zero point of a QuantizeInt4
+ *   of V (as build-training wires them), fused and unfused, the same bits
+ *   as the unfused chain that scans V.
  */
 #include <check.h>
 #include <math.h>
@@ -183,6 +186,8 @@ typedef struct chain_case {
   int keep_r;    /* ReluGrad's output is a graph output too */
   int specials;  /* zeros, NaN and Inf among V and the gradients */
   int logs;      /* dX read by two QuantizeLog (tpr phases 0 and 1) instead of being an output */
+  int given;     /* QuantizeInt4Grad takes the scale and zero point of a QuantizeInt4 of V (as
+                    build-training wires them) instead of scanning V */
 } chain_case;
 
 static float urand(unsigned *st) {
@@ -284,12 +289,21 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
   nbl_id gq = gsum;
   if (c->q4) {
     gq = nbl_graph_add_value(g, "gq");
-    nbl_id qin[2] = {gsum, in[2]};
-    nbl_id q = nbl_graph_add_node(g, "QuantizeInt4Grad", "ai.nibble", "q4grad", 2, qin, 1, &gq);
-    nbl_node_set_attr_int(g, q, "bits", 4);
-    nbl_node_set_attr_string(g, q, "mode", c->q4 == 2 ? "symmetric" : "affine");
-    nbl_node_set_attr_string(g, q, "scale_source", "max");
-    if (c->q4 == 3) nbl_node_set_attr_string(g, q, "rounding", "stochastic");
+    nbl_id qin[5] = {gsum, in[2], NBL_NONE, NBL_NONE, NBL_NONE}, fq = NBL_NONE;
+    if (c->given) { /* the forward quantizer of V, its scale and zero point wired as build-training does */
+      nbl_id fo[3] = {nbl_graph_add_value(g, "vq"), nbl_graph_add_value(g, "vq_scale"),
+                      nbl_graph_add_value(g, "vq_zero")};
+      fq = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4fwd", 1, &in[2], 3, fo);
+      qin[3] = fo[1];
+      qin[4] = fo[2];
+    }
+    nbl_id q = nbl_graph_add_node(g, "QuantizeInt4Grad", "ai.nibble", "q4grad", c->given ? 5 : 2, qin, 1, &gq);
+    for (nbl_id qn = q; qn != NBL_NONE; qn = qn == q ? fq : NBL_NONE) {
+      nbl_node_set_attr_int(g, qn, "bits", 4);
+      nbl_node_set_attr_string(g, qn, "mode", c->q4 == 2 ? "symmetric" : "affine");
+      nbl_node_set_attr_string(g, qn, "scale_source", "max");
+      if (c->q4 == 3) nbl_node_set_attr_string(g, qn, "rounding", "stochastic");
+    }
   }
   nbl_id gr = nbl_graph_add_value(g, "gr");
   nbl_id rin[2] = {gq, in[2]};
@@ -319,6 +333,9 @@ static const chain_case ccases[] = {
     {2, 3, 11, 3, 0, 0, 1, 1}, {2, 3, 11, 3, 2, 1, 0, 0}, {4, 6, 4, 5, 2, 2, 1, 1},  {3, 5, 6, 7, 1, 3, 0, 0},
     {1, 1, 1, 1, 1, 1, 0, 0},  {64, 3, 4, 4, 1, 1, 0, 1},  {3, 5, 7, 9, 1, 1, 0, 0, 1}, {2, 17, 5, 5, 0, 1, 1, 1, 1},
     {2, 3, 11, 3, 2, 0, 0, 1, 1}, {64, 3, 4, 4, 1, 3, 1, 0, 1},
+    /* with the forward's scale and zero point */
+    {3, 5, 7, 9, 1, 1, 0, 1, 0, 1}, {2, 17, 5, 5, 0, 2, 1, 1, 1, 1}, {3, 5, 6, 7, 1, 3, 0, 1, 0, 1},
+    {64, 3, 4, 4, 1, 1, 0, 0, 1, 1}, {2, 3, 11, 3, 2, 2, 0, 0, 0, 1},
 };
 
 /* ------------------------------------------------------------------ MaxPoolGrad -> ReluGrad, hand-built */
@@ -411,16 +428,28 @@ START_TEST(test_chain) {
   const chain_case *c = &ccases[_i / 2];
   int threads = 1 + _i % 2, fu, fr;
   int64_t nf_, nu;
-  float *yf = run_chain(c, 1, threads, &nf_, &fu), *yu = run_chain(c, 0, threads, &nu, &fr);
+  /* the reference: unfused, QuantizeInt4Grad scanning V for its parameters */
+  chain_case scan = *c;
+  scan.given = 0;
+  float *yf = run_chain(c, 1, threads, &nf_, &fu), *yu = run_chain(&scan, 0, threads, &nu, &fr);
   ck_assert_int_eq(fu, 1);
   ck_assert_int_eq(fr, 0);
-  ck_assert_int_eq(nf_, nu);
-  for (int64_t i = 0; i < nu; i++)
-    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)),
-                  "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d), %d thread(s): [%lld] fused %.9g "
-                  "vs %.9g",
-                  _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
-                  c->keep_r, c->specials, threads, (long long)i, yf[i], yu[i]);
+  for (int v = 0; v < 1 + c->given; v++) { /* given: the unfused node with the forward's parameters too */
+    float *y = yf;
+    if (v) {
+      y = run_chain(c, 0, threads, &nf_, &fr);
+      ck_assert_int_eq(fr, 0);
+    }
+    ck_assert_int_eq(nf_, nu);
+    for (int64_t i = 0; i < nu; i++)
+      ck_assert_msg(!memcmp(&y[i], &yu[i], sizeof(float)),
+                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d), %d thread(s): [%lld] "
+                    "%s %.9g vs %.9g",
+                    _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
+                    c->keep_r, c->specials, c->given, threads, (long long)i, v ? "unfused given" : "fused", y[i],
+                    yu[i]);
+    if (v) free(y);
+  }
   free(yf);
   free(yu);
 }

@@ -7,7 +7,8 @@
  * (count_include_pad, ceil_mode, dilations, storage_order), BatchNorm with
  * batch statistics, LayerNorm with a broadcast scale, the cross-entropy loss
  * with weights / ignore_index / every reduction. Plus hand-computed cases, the
- * float32 fast kernels against the reference at awkward sizes, PyTorch
+ * float32 fast kernels against the reference at awkward sizes,
+ * QuantizeInt4Grad with the forward's scale against its own scan, PyTorch
  * autograd for ConvGrad and BatchNormalizationGrad (fixtures written by
  * tests/grad/torch_grads.py when torch is there) and clear errors on bad
  * input. Each finite-difference check prints one "gradcheck" line (op, case,
@@ -302,6 +303,77 @@ START_TEST(test_quantize_int4_grad) {
   ck_assert_ptr_nonnull(strstr(nbl_last_error(), "alpha"));
   runner_free(e);
   free_all(in, 2);
+}
+END_TEST
+
+/* QuantizeInt4Grad given the forward's scale and zero_point (inputs 3 and 4,
+ * what build-training wires) against the same node choosing them from X
+ * again: the same bits, fast and reference kernels, for symmetric and
+ * affine max scales of 4 and 8 bits, sawb, narrow, stochastic rounding and
+ * PACT (whose clip is alpha: the extra inputs change nothing), with and
+ * without NaN / +-Inf in X; a bad scale or zero_point is a clear error. */
+START_TEST(test_quantize_int4_grad_given) {
+  const attr *cfgs[] = {
+      NULL,
+      (attr[]){AS("mode", "affine"), AEND},
+      (attr[]){AS("mode", "affine"), AI("bits", 8), AEND},
+      (attr[]){AS("scale_source", "sawb"), AEND},
+      (attr[]){AS("scale_source", "sawb"), AI("bits", 8), AEND},
+      (attr[]){AI("narrow", 1), AEND},
+      (attr[]){AS("mode", "affine"), AS("rounding", "stochastic"), AI("seed", 7), AEND},
+      (attr[]){AS("scale_source", "pact"), AS("mode", "affine"), AEND},
+  };
+  for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++)
+    for (int specials = 0; specials < 2; specials++) {
+      int pact = k == sizeof cfgs / sizeof cfgs[0] - 1;
+      tens x = t_rand(NBL_DT_FLOAT, -2.0, 3.0, DIMS(16, 37));
+      float *xv = x.data;
+      xv[3] = 3.0f; /* an exact top for the max scales */
+      if (specials) xv[5] = NAN, xv[100] = INFINITY, xv[200] = -INFINITY;
+      tens fin[2] = {x, pact ? t_scalar(NBL_DT_FLOAT, 1.7) : NONE};
+      runner *f = runner_new("ai.nibble", "QuantizeInt4", 1, cfgs[k], 2, fin, 3, NULL, 0);
+      ck_assert_msg(runner_run(f, fin) == NBL_OK, "forward: %s", nbl_last_error());
+      tens bin[5] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(16, 37)), x, fin[1], t_copy_host(&f->out[1]),
+                     t_copy_host(&f->out[2])};
+      ck_assert_int_eq(bin[3].dt, NBL_DT_FLOAT);
+      ck_assert_int_eq(bin[4].dt, NBL_DT_INT8);
+      runner *r[4];
+      for (int v = 0; v < 4; v++) { /* v & 1: given; v & 2: reference kernels */
+        r[v] = runner_new("ai.nibble", "QuantizeInt4Grad", 1, cfgs[k], v & 1 ? 5 : 3, bin, 2, (int[]){1, pact},
+                          v >> 1);
+        ck_assert_msg(runner_run(r[v], bin) == NBL_OK, "config %zu variant %d: %s", k, v, nbl_last_error());
+      }
+      int passed = 0;
+      for (int64_t i = 0; i < x.n; i++) passed += ((float *)r[0]->out[0].data)[i] != 0.0f;
+      ck_assert_int_gt(passed, x.n / 4); /* a real mask (PACT passes [0, 1.7] only) */
+      for (int v = 1; v < 4; v++)
+        for (int o = 0; o < 1 + pact; o++)
+          ck_assert_msg(r[v]->out[o].nbytes == r[0]->out[o].nbytes &&
+                            !memcmp(r[v]->out[o].data, r[0]->out[o].data, r[0]->out[o].nbytes),
+                        "config %zu specials %d variant %d output %d differs", k, specials, v, o);
+      for (int v = 0; v < 4; v++) runner_free(r[v]);
+      runner_free(f);
+      t_free(&bin[0]);
+      free_all(bin + 3, 2);
+      free_all(fin, 2);
+    }
+  /* a scale that is not a positive float32 scalar, a zero_point not int8: errors naming the input */
+  tens b[5] = {t_rand(NBL_DT_FLOAT, -1, 1, DIMS(7)), t_rand(NBL_DT_FLOAT, -1, 1, DIMS(7)), NONE,
+               t_scalar(NBL_DT_FLOAT, 0.0), t_new(NBL_DT_INT8, 0, NULL)};
+  for (int ref = 0; ref < 2; ref++) {
+    runner *e = runner_new("ai.nibble", "QuantizeInt4Grad", 1, NULL, 5, b, 1, NULL, ref);
+    ck_assert_int_eq(runner_run(e, b), NBL_ERR_INVALID_MODEL);
+    ck_assert_ptr_nonnull(strstr(nbl_last_error(), "input scale"));
+    runner_free(e);
+  }
+  ((float *)b[3].data)[0] = 0.5f;
+  t_free(&b[4]);
+  b[4] = t_scalar(NBL_DT_FLOAT, 0.0);
+  runner *e = runner_new("ai.nibble", "QuantizeInt4Grad", 1, NULL, 5, b, 1, NULL, 0);
+  ck_assert_int_eq(runner_run(e, b), NBL_ERR_INVALID_MODEL);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "input zero_point"));
+  runner_free(e);
+  free_all(b, 5);
 }
 END_TEST
 
@@ -1043,6 +1115,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_dropout_fd);
   tcase_add_test(t, test_broadcast_grad_args);
   tcase_add_test(t, test_quantize_int4_grad);
+  tcase_add_test(t, test_quantize_int4_grad_given);
   tcase_add_test(t, test_softmax_fd);
   tcase_add_test(t, test_sce_fd);
   tcase_add_test(t, test_sce_hand);

@@ -34,6 +34,9 @@
  *   BatchNorm gradients by up to 40% at step 2), so only the losses of the
  *   following steps are compared, within 1e-2. The strict check is
  *   `products`.
+ * given_scale: build-training wires the forward quantizer's scale and
+ *   zero_point into QuantizeInt4Grad; saved and loaded, the model trains
+ *   bit for bit as without them (QuantizeInt4Grad scanning X).
  */
 #include <check.h>
 #include <math.h>
@@ -307,6 +310,108 @@ START_TEST(test_sessions) {
 }
 END_TEST
 
+/* build-training hands QuantizeInt4Grad the forward quantizer's scale and
+ * zero_point (scale_source max and sawb; PACT's clip is its alpha input):
+ * every such QuantizeInt4Grad reads outputs 1 and 2 of the QuantizeInt4 of
+ * its X with the same bits (4 and the 8-bit first/last layers), the wiring
+ * survives saving and loading the training model, and the loaded model
+ * trains bit for bit as the same model with those inputs removed (the
+ * graphs built before: QuantizeInt4Grad scans X), fused chains included. */
+typedef struct given_case {
+  const char *model, *spec;
+  int wired, wired8, plain; /* QuantizeInt4Grad nodes: wired, of them 8-bit; not wired (pact) */
+} given_case;
+
+static const given_case gcases[] = {
+    /* weights (sawb) and activations (affine max) of every layer but the input's activation */
+    {"models/resnet8_init.onnx", "quantize-int4,build-training,quantize-grad-log4{rounding=tpr},int4-backward", 17,
+     3, 0},
+    {"models/lenet5_init.onnx", "quantize-int4{activations=max,weights=max,narrow=1},build-training", 9, 3, 0},
+    {"models/lenet5_init.onnx", "quantize-int4{activations=pact},build-training", 5, 2, 5},
+};
+
+/* Checks the wiring of every QuantizeInt4Grad of m's algorithm graph and
+ * counts them (see given_case); unwire: remove inputs 3 and 4 instead. */
+static void check_wiring(nbl_model *m, const given_case *c, int unwire) {
+  nbl_graph *g = m->training[0].algorithm;
+  int wired = 0, wired8 = 0, plain = 0;
+  for (nbl_id id = 0; id < g->n_nodes; id++) {
+    const nbl_node *q = &g->nodes[id];
+    if (q->dead || strcmp(q->op_type, "QuantizeInt4Grad")) continue;
+    nbl_q4_config cfg;
+    ck_assert_int_eq(nbl_q4_config_decode(q, &cfg, NULL, 0), NBL_OK);
+    if (cfg.scale_source != NBL_Q4_SCALE_MAX && cfg.scale_source != NBL_Q4_SCALE_SAWB) {
+      ck_assert_int_le(q->n_inputs, 3);
+      plain++;
+      continue;
+    }
+    ck_assert_int_eq(q->n_inputs, 5);
+    nbl_id sv = q->inputs[3], zv = q->inputs[4];
+    ck_assert(sv != NBL_NONE && zv != NBL_NONE && g->values[sv].producer != NBL_NONE);
+    const nbl_node *f = &g->nodes[g->values[sv].producer];
+    ck_assert_str_eq(f->op_type, "QuantizeInt4");
+    ck_assert_msg(f->n_outputs == 3 && f->outputs[1] == sv && f->outputs[2] == zv && f->inputs[0] == q->inputs[1],
+                  "%s: %s is not wired to the quantizer of its X", c->model, q->name);
+    ck_assert_int_eq(nbl_attr_int(f, "bits", 4), cfg.bits);
+    wired++;
+    wired8 += cfg.bits == 8;
+    if (unwire) {
+      nbl_node_set_input(g, id, 3, NBL_NONE);
+      nbl_node_set_input(g, id, 4, NBL_NONE);
+      g->nodes[id].n_inputs = g->nodes[id].inputs[2] == NBL_NONE ? 2 : 3;
+    }
+  }
+  ck_assert_int_eq(wired, c->wired);
+  ck_assert_int_eq(wired8, c->wired8);
+  ck_assert_int_eq(plain, c->plain);
+}
+
+START_TEST(test_given_scale) {
+  const given_case *c = &gcases[_i];
+  nbl_model *m = tm_prepared(c->model, c->spec), *ml = NULL, *mu = NULL;
+  check_wiring(m, c, 0);
+  void *buf = NULL;
+  size_t len = 0;
+  ck_assert_msg(nbl_model_save_buffer(m, &buf, &len) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_msg(nbl_model_load_buffer(buf, len, "saved", NULL, &ml) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_msg(nbl_model_load_buffer(buf, len, "unwired", NULL, &mu) == NBL_OK, "%s", nbl_last_error());
+  free(buf);
+  check_wiring(ml, c, 0);
+  check_wiring(mu, c, 1);
+  nbl_host_tensor x, y;
+  batch(16, &x, &y);
+  run rw, ru;
+  run_open(&rw, ml, 0, &x, &y);
+  run_open(&ru, mu, 0, &x, &y);
+  for (int step = 1; step <= 2; step++) {
+    float lw, lu;
+    ck_assert_msg(nbl_train_step(rw.s, 2, rw.in, &lw) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_msg(nbl_train_step(ru.s, 2, ru.in, &lu) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_msg(!memcmp(&lw, &lu, sizeof lw), "%s step %d: loss %.9g vs %.9g", c->model, step, lw, lu);
+    int n = nbl_train_grad_count(rw.s);
+    ck_assert_int_eq(n, nbl_train_grad_count(ru.s));
+    for (int i = 0; i < n; i++) {
+      nbl_host_tensor a, b;
+      ck_assert_int_eq(nbl_train_grad(rw.s, i, &a), NBL_OK);
+      ck_assert_int_eq(nbl_train_grad(ru.s, i, &b), NBL_OK);
+      ck_assert_msg(a.nbytes == b.nbytes && !memcmp(a.data, b.data, a.nbytes), "%s step %d: gradient of %s differs",
+                    c->model, step, a.name);
+    }
+    for (run *r = &rw; r; r = r == &rw ? &ru : NULL) {
+      ck_assert_msg(nbl_optimizer_step(r->s) == NBL_OK, "%s", nbl_last_error());
+      ck_assert_int_eq(nbl_train_reset_grad(r->s), NBL_OK);
+    }
+  }
+  nbl_train_session_free(rw.s);
+  nbl_train_session_free(ru.s);
+  nbl_host_tensor_free(&x);
+  nbl_host_tensor_free(&y);
+  nbl_model_free(m);
+  nbl_model_free(ml);
+  nbl_model_free(mu);
+}
+END_TEST
+
 /* The training kernels of QuantizeInt4 / QuantizeInt4Grad (q4_train.h)
  * against runtime/formats/int4.c bit for bit: parameters, fake-quantized
  * values and the straight-through mask, on random tensors with exact
@@ -391,6 +496,7 @@ int main(void) {
   tcase_set_timeout(tc, 600);
   tcase_add_loop_test(tc, test_products, 0, (int)(sizeof cases / sizeof cases[0]));
   tcase_add_loop_test(tc, test_sessions, 0, (int)(sizeof cases / sizeof cases[0]));
+  tcase_add_loop_test(tc, test_given_scale, 0, (int)(sizeof gcases / sizeof gcases[0]));
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
