@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "grad_check.h"
 
@@ -960,15 +961,24 @@ END_TEST
 
 /* ------------------------------------------------------------------ against PyTorch */
 
-/* tests/grad/torch_grads.py writes PyTorch's float64 gradients; 77 = no torch. */
+/* tests/grad/torch_grads.py writes PyTorch's float64 gradients; 77 = no torch.
+ * Each process has its own folder (the suite runs this test at several ISA
+ * caps at once: one shared folder was rewritten while another process read
+ * it); torch_fixtures_done removes it. */
 static int torch_fixtures(char *dir, size_t cap) {
   const char *src = getenv("NBL_SOURCE_ROOT"), *bld = getenv("NBL_BUILD_ROOT");
   if (!src || !bld) return 77;
-  snprintf(dir, cap, "%s/grad-torch", bld);
+  snprintf(dir, cap, "%s/grad-torch.%ld", bld, (long)getpid());
   char cmd[2048];
   snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s/tests/grad/torch_grads.py' '%s' > /dev/null 2>&1", src, dir);
   int rc = system(cmd);
   return rc == -1 ? 77 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 77;
+}
+
+static void torch_fixtures_done(const char *dir) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "test_ops_grad: could not remove %s\n", dir);
 }
 
 static tens fixture(const char *dir, const char *name) {
@@ -1057,6 +1067,7 @@ START_TEST(test_against_pytorch) {
   t_free(&bin[4]);
   free_all(fin, 5);
   free_all(bw, 3);
+  torch_fixtures_done(dir); /* (a failed check leaves the folder behind, to look at) */
 }
 END_TEST
 
