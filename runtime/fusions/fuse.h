@@ -135,6 +135,12 @@ extern const nbl_op_def nbl_fused_pool_grad_def;
  * matches a node that names its domain "ai.onnx" too). */
 int nbl_fuse_is_op(const nbl_node *n, const char *domain, const char *op);
 
+/* 1 when a fusion that takes intermediate values out of the graph has nothing
+ * to plan: no model or graph, an empty graph, or a value callback watching
+ * (it must see every intermediate). Sets *state = NULL either way: the first
+ * line of such a fusion's plan function. */
+int nbl_fuse_plan_skip(const nbl_fusion_env *env, void **state);
+
 /* The start of a fusion's plan over order[0..n) of g: *fu a new state
  * (nbl_fuse_state_new(g->n_nodes, owns_attrs)), *drop a zeroed mark per node
  * and, when pos is not NULL, *pos the position of each node in order (-1

@@ -177,9 +177,8 @@ static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
  * unless an earlier fusion took one of them; the fused node takes the
  * QuantizeInt4's place (else the Relu's), the other nodes leave the order. */
 nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  if (nbl_fuse_plan_skip(env, state)) return NBL_OK;
   const nbl_graph *g = env->g;
-  *state = NULL;
-  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
   nbl_fuse_state *fu;
   unsigned char *drop;
   int *pos;

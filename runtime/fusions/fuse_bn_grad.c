@@ -198,10 +198,8 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
  * and an Add when there), unless an earlier fusion took one of them; the
  * fused node takes ReluGrad's place and the other nodes leave the order. */
 nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  if (nbl_fuse_plan_skip(env, state)) return NBL_OK;
   const nbl_graph *g = env->g;
-  *state = NULL;
-  /* a value callback sees every intermediate: keep them all */
-  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
   nbl_fuse_state *fu;
   unsigned char *drop;
   int *pos;

@@ -51,9 +51,8 @@ int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
 }
 
 nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  if (nbl_fuse_plan_skip(env, state)) return NBL_OK;
   const nbl_graph *g = env->g;
-  *state = NULL;
-  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
   nbl_fuse_state *fu;
   unsigned char *drop;
   nbl_status st = nbl_fuse_plan_begin(g, order, *n, 0, &fu, &drop, NULL);

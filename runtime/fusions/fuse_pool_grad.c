@@ -32,9 +32,8 @@ typedef struct pg_fused {
 } pg_fused;
 
 nbl_status nbl_fuse_pool_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {
+  if (nbl_fuse_plan_skip(env, state)) return NBL_OK;
   const nbl_graph *g = env->g;
-  *state = NULL;
-  if (!env->m || !g || g->n_nodes == 0 || env->values_watched) return NBL_OK;
   nbl_fuse_state *fu;
   unsigned char *drop;
   nbl_status st = nbl_fuse_plan_begin(g, order, *n, 0, &fu, &drop, NULL);

@@ -43,6 +43,11 @@ const nbl_node *nbl_fuse_state_node(const void *state, nbl_id node) {
   return (const nbl_node *)s->by_node[node];
 }
 
+int nbl_fuse_plan_skip(const nbl_fusion_env *env, void **state) {
+  *state = NULL;
+  return !env->m || !env->g || env->g->n_nodes == 0 || env->values_watched;
+}
+
 nbl_status nbl_fuse_plan_begin(const nbl_graph *g, const nbl_id *order, int n, int owns_attrs,
                                nbl_fuse_state **fu, unsigned char **drop, int **pos) {
   *fu = nbl_fuse_state_new(g->n_nodes, owns_attrs);
