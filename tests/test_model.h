@@ -1,5 +1,6 @@
 /* test_model.h - the C tests' way to a prepared model: a path under the
- * source tree and a model loaded and rewritten by a pass pipeline.
+ * source tree, a model loaded and rewritten by a pass pipeline, and a batch
+ * of the shipped test images.
  * Header-only, static inline functions (Check's assertions on failure). */
 #ifndef NBL_TEST_MODEL_H
 #define NBL_TEST_MODEL_H
@@ -37,6 +38,20 @@ static inline nbl_model *tm_prepared(const char *model, const char *spec) {
   if (null) fclose(null);
   nbl_pipeline_free(p);
   return m;
+}
+
+/* A run's inputs: the first B (<= 100) shipped Fashion-MNIST test images
+ * (models/data/fmnist_test_100.npy) and their labels. */
+static inline void tm_batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
+  char *xp = tm_src_path("models/data/fmnist_test_100.npy");
+  char *yp = tm_src_path("models/data/fmnist_test_100_labels.npy");
+  ck_assert_msg(nbl_tensor_read(xp, x) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_msg(nbl_tensor_read(yp, y) == NBL_OK, "%s", nbl_last_error());
+  free(xp);
+  free(yp);
+  x->dims[0] = y->dims[0] = B;
+  x->nbytes = (size_t)B * 28 * 28 * sizeof(float);
+  y->nbytes = (size_t)B * sizeof(int64_t);
 }
 
 #endif

@@ -52,18 +52,6 @@
 #include "runtime/kernels/q4_train.h"
 #include "test_model.h"
 
-static void batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
-  char *xp = tm_src_path("models/data/fmnist_test_100.npy");
-  char *yp = tm_src_path("models/data/fmnist_test_100_labels.npy");
-  ck_assert_msg(nbl_tensor_read(xp, x) == NBL_OK, "%s", nbl_last_error());
-  ck_assert_msg(nbl_tensor_read(yp, y) == NBL_OK, "%s", nbl_last_error());
-  free(xp);
-  free(yp);
-  x->dims[0] = y->dims[0] = B;
-  x->nbytes = (size_t)B * 28 * 28 * sizeof(float);
-  y->nbytes = (size_t)B * sizeof(int64_t);
-}
-
 typedef struct run {
   nbl_train_session *s;
   nbl_host_tensor in[2];
@@ -131,7 +119,7 @@ START_TEST(test_sessions) {
   int threads = 1 + _i % 2;
   nbl_model *m = tm_prepared(c->model, c->spec);
   nbl_host_tensor x, y;
-  batch(16, &x, &y);
+  tm_batch(16, &x, &y);
   run rf, ru;
   run_open(&rf, m, 1, threads, &x, &y);
   run_open(&ru, m, 0, threads, &x, &y);

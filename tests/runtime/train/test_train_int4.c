@@ -109,19 +109,6 @@ static const model_case cases[] = {
     {"models/resnet8_init.onnx", "tpr", 16, 0, 9},
 };
 
-/* The run's inputs: the first B shipped test images and their labels. */
-static void batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
-  char *xp = tm_src_path("models/data/fmnist_test_100.npy");
-  char *yp = tm_src_path("models/data/fmnist_test_100_labels.npy");
-  ck_assert_msg(nbl_tensor_read(xp, x) == NBL_OK, "%s", nbl_last_error());
-  ck_assert_msg(nbl_tensor_read(yp, y) == NBL_OK, "%s", nbl_last_error());
-  free(xp);
-  free(yp);
-  x->dims[0] = y->dims[0] = B;
-  x->nbytes = (size_t)B * 28 * 28 * sizeof(float);
-  y->nbytes = (size_t)B * sizeof(int64_t);
-}
-
 static nbl_rt_tensor rt_view(const nbl_host_tensor *h) {
   nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes, .numel = 1};
   for (int i = 0; i < h->rank; i++) t.dims[i] = h->dims[i], t.numel *= h->dims[i];
@@ -193,7 +180,7 @@ static void check_products(const model_case *c) {
     ck_assert_msg(nbl_engine_bind(e, val->name, &params[i]) == NBL_OK, "%s", nbl_last_error());
   }
   nbl_host_tensor x, y;
-  batch(32, &x, &y);
+  tm_batch(32, &x, &y);
   nbl_rt_tensor tx = rt_view(&x), ty = rt_view(&y);
   float lr = 0.05f;
   int64_t step = 1;
@@ -285,7 +272,7 @@ START_TEST(test_sessions) {
     ck_assert_str_ne(mi->graph->nodes[i].op_type, "Int4CodedConv");
   no_float_product_on_log(mi);
   nbl_host_tensor x, y;
-  batch(32, &x, &y);
+  tm_batch(32, &x, &y);
   run ri, rf;
   run_open(&ri, mi, 0, &x, &y);
   run_open(&rf, mf, 0, &x, &y);
@@ -379,7 +366,7 @@ START_TEST(test_given_scale) {
   check_wiring(ml, c, 0);
   check_wiring(mu, c, 1);
   nbl_host_tensor x, y;
-  batch(16, &x, &y);
+  tm_batch(16, &x, &y);
   run rw, ru;
   run_open(&rw, ml, 0, &x, &y);
   run_open(&ru, mu, 0, &x, &y);
