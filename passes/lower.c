@@ -230,10 +230,11 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): stochastic rounding of a non-constant tensor "
                       "has no standard ONNX lowering", lbl, n->name);
-  if (cfg.scale_source == NBL_Q4_SCALE_SAWB)
+  if (cfg.scale_source == NBL_Q4_SCALE_SAWB || cfg.scale_source == NBL_Q4_SCALE_MSE)
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                      "%s: node '%s' (QuantizeInt4): SAWB on a non-constant tensor has no "
-                      "lowering (only constant weights are folded)", lbl, n->name);
+                      "%s: node '%s' (QuantizeInt4): %s on a non-constant tensor has no "
+                      "lowering (only constant weights are folded)", lbl, n->name,
+                      cfg.scale_source == NBL_Q4_SCALE_SAWB ? "SAWB" : "an MSE clip");
   if (output_used(g, n, 1) || output_used(g, n, 2))
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): its scale/zero_point outputs are used; "

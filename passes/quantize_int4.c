@@ -66,8 +66,12 @@ static nbl_id quantized(qstate *s, nbl_id src, int bits, int is_weight) {
   const char *mode = "symmetric", *source = "max";
   if (is_weight) {
     if (!strcmp(s->w_mode, "sawb")) source = "sawb";
+    else if (!strcmp(s->w_mode, "mse")) source = "mse";
   } else if (!strcmp(s->act_mode, "affine")) {
     mode = "affine";
+  } else if (!strcmp(s->act_mode, "mse")) {
+    mode = "affine";
+    source = "mse";
   } else if (!strcmp(s->act_mode, "pact")) {
     mode = "affine";
     source = "pact";
@@ -122,11 +126,12 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
   s.w_mode = nbl_pass_opt_string(ctx, "weights");
   s.narrow = nbl_pass_opt_bool(ctx, "narrow");
   s.pact_alpha = (float)nbl_pass_opt_float(ctx, "pact-alpha");
-  if (strcmp(s.act_mode, "max") && strcmp(s.act_mode, "affine") && strcmp(s.act_mode, "pact"))
+  if (strcmp(s.act_mode, "max") && strcmp(s.act_mode, "affine") && strcmp(s.act_mode, "pact") &&
+      strcmp(s.act_mode, "mse"))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT,
-                      "quantize-int4: activations='%s' (want max, affine or pact)", s.act_mode);
-  if (strcmp(s.w_mode, "max") && strcmp(s.w_mode, "sawb"))
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-int4: weights='%s' (want max or sawb)",
+                      "quantize-int4: activations='%s' (want max, affine, mse or pact)", s.act_mode);
+  if (strcmp(s.w_mode, "max") && strcmp(s.w_mode, "sawb") && strcmp(s.w_mode, "mse"))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-int4: weights='%s' (want max, sawb or mse)",
                       s.w_mode);
   if (!(s.pact_alpha > 0))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "quantize-int4: pact-alpha must be > 0");
@@ -205,8 +210,9 @@ const nbl_pass_def nbl_pass_quantize_int4 = {
              "keep the first and last quantized layers in 8 bits"},
             {"weights-only", NBL_OPT_BOOL, "0", "quantize weights only"},
             {"activations", NBL_OPT_STRING, "affine",
-             "activation quantizer: affine (min..max on all 16 codes), max (symmetric) or pact"},
-            {"weights", NBL_OPT_STRING, "sawb", "weight scale: max or sawb"},
+             "activation quantizer: affine (min..max on all 16 codes), mse (affine, the top "
+             "pulled in to the clip of least squared error, every run), max (symmetric) or pact"},
+            {"weights", NBL_OPT_STRING, "sawb", "weight scale: max, sawb or mse"},
             {"narrow", NBL_OPT_BOOL, "0", "symmetric codes in [-7, 7] instead of [-8, 7]"},
             {"pact-alpha", NBL_OPT_FLOAT, "6.0", "initial PACT clip (activations=pact)"},
         },

@@ -91,8 +91,9 @@ static void train_usage(FILE *f) {
         "  --label NAME            the label input (default label)\n"
         "  --max-grad-norm X       clip the gradients to global L2 norm X\n"
         "  --seed S                seed of the data order (default 0)\n"
-        "  --int4                  INT4 weights and activations: quantize-int4 (SAWB weights,\n"
-        "                          affine activations, first and last layers in 8 bits) before\n"
+        "  --int4                  INT4 weights and activations: quantize-int4{activations=mse}\n"
+        "                          (SAWB weights, affine activations clipped where the squared\n"
+        "                          error is least, first and last layers in 8 bits) before\n"
         "                          build-training, so the forward copy quantizes every step\n"
         "  --log4-grad[=MODE]      log radix-4 gradients: quantize-grad-log4{rounding=MODE} after\n"
         "                          build-training; MODE nearest (default), tpr, stochastic or luq;\n"
@@ -367,7 +368,7 @@ static int prepare_model(const opts *o, int rank, nbl_model **out) {
       return 1;
     }
     int k = snprintf(spec, n, "%sbuild-training",
-                     o->int4 ? "quantize-int4," : o->ternary ? "quantize-ternary," : "");
+                     o->int4 ? "quantize-int4{activations=mse}," : o->ternary ? "quantize-ternary," : "");
     const char *sep = "{";
     if (o->optimizer) k += snprintf(spec + k, n - (size_t)k, "%soptimizer=%s", sep, o->optimizer), sep = ",";
     if (o->weight_decay > 0)

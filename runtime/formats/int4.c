@@ -28,6 +28,7 @@ static int parse_scale_source(const char *s, nbl_q4_scale_source *out) {
   else if (strcmp(s, "sawb") == 0) *out = NBL_Q4_SCALE_SAWB;
   else if (strcmp(s, "fixed") == 0) *out = NBL_Q4_SCALE_FIXED;
   else if (strcmp(s, "pact") == 0) *out = NBL_Q4_SCALE_PACT;
+  else if (strcmp(s, "mse") == 0) *out = NBL_Q4_SCALE_MSE;
   else return -1;
   return 0;
 }
@@ -66,7 +67,7 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
                       "mode '%s' is not supported (symmetric|affine)", mode->s);
   if (source && parse_scale_source(source->s, &cfg.scale_source) != 0)
     return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
-                      "scale_source '%s' is not supported (max|sawb|fixed|pact)", source->s);
+                      "scale_source '%s' is not supported (max|sawb|fixed|pact|mse)", source->s);
   if (rounding && parse_rounding(rounding->s, &cfg.rounding) != 0)
     return nbl_errbuf(err, errlen, NBL_ERR_UNSUPPORTED,
                       "rounding '%s' is not supported (half_even|stochastic)", rounding->s);
@@ -92,6 +93,11 @@ nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *out, char *err
                       "scale_source=sawb is symmetric only (mode 'affine')");
   *out = cfg;
   return NBL_OK;
+}
+
+int nbl_q4_scale_from_data(const nbl_q4_config *cfg) {
+  return cfg->scale_source == NBL_Q4_SCALE_MAX || cfg->scale_source == NBL_Q4_SCALE_SAWB ||
+         cfg->scale_source == NBL_Q4_SCALE_MSE;
 }
 
 void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax) {
@@ -176,6 +182,78 @@ void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_
   p->zero = (int)z;
 }
 
+/* ------------------------------------------------------------------ scale_source=mse */
+
+/* The sample of nbl_q4_mse_clip: every element when n <= NBL_Q4_MSE_SAMPLE,
+ * else blocks of 64 consecutive elements, every step-th block. */
+static size_t mse_step(size_t n) {
+  if (n <= NBL_Q4_MSE_SAMPLE) return 1;
+  size_t blocks = (n + 63) / 64, want = NBL_Q4_MSE_SAMPLE / 64;
+  return (blocks + want - 1) / want;
+}
+
+float nbl_q4_mse_clip(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi) {
+  enum { B = NBL_Q4_MSE_BINS };
+  int affine = cfg->mode == NBL_Q4_AFFINE;
+  float R = affine ? hi - lo : fmaxf(fabsf(lo), fabsf(hi));
+  if (lo > hi || !(R > 0.0f) || !isfinite(R)) return R;
+  int qmin, qmax;
+  nbl_q4_range(cfg, &qmin, &qmax);
+  double L = affine ? (double)(qmax - qmin) : (double)qmax; /* steps between 0 and the clip */
+  uint32_t cnt[B];
+  memset(cnt, 0, sizeof cnt);
+  size_t step = mse_step(n);
+  float inv = (float)B / R;
+  size_t blk = step == 1 ? n : 64;
+  for (size_t i0 = 0; i0 < n; i0 += blk * step) {
+    size_t i1 = n - i0 > blk ? i0 + blk : n;
+    for (size_t i = i0; i < i1; i++) {
+      float v = x[i];
+      if (!isfinite(v)) continue;
+      float d = affine ? v - lo : fabsf(v);
+      if (d == 0.0f) continue; /* on the grid's end: no error */
+      float t = d * inv;
+      int j = t >= (float)B ? B - 1 : t > 0.0f ? (int)t : 0;
+      cnt[j]++;
+    }
+  }
+  /* E(k) * (B/R)^2 = sum_{j>=k} cnt_j (j + 1/2 - k)^2 + below(k) k^2 / (12 L^2), from the
+   * suffix sums S0 = sum cnt_j, S1 = sum cnt_j u_j, S2 = sum cnt_j u_j^2 (u_j = j + 1/2):
+   * every term is a multiple of 1/4 below 2^53, so the sums are exact in double and the
+   * estimate depends on the counts alone. */
+  double S0 = 0, S1 = 0, S2 = 0, total = 0;
+  for (int j = 0; j < B; j++) total += cnt[j];
+  double best = INFINITY;
+  int bestk = B;
+  int j = B - 1;
+  for (int k = B; k >= NBL_Q4_MSE_STEP; k -= NBL_Q4_MSE_STEP) {
+    for (; j >= k; j--) {
+      double u = j + 0.5;
+      S0 += cnt[j], S1 += cnt[j] * u, S2 += cnt[j] * u * u;
+    }
+    double above = S2 - 2.0 * k * S1 + (double)k * k * S0;
+    double e = above + (total - S0) * ((double)k * k) / (12.0 * L * L);
+    if (e < best) best = e, bestk = k; /* ties keep the larger clip */
+  }
+  return bestk == B ? R : R * (float)bestk / (float)B;
+}
+
+void nbl_q4_params_from_mse(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi,
+                            nbl_q4_params *p) {
+  float c = nbl_q4_mse_clip(cfg, x, n, lo, hi);
+  float R = cfg->mode == NBL_Q4_AFFINE ? hi - lo : fmaxf(fabsf(lo), fabsf(hi));
+  if (lo > hi || !(c > 0.0f) || !isfinite(c) || !(c < R)) { /* no clip: max's parameters */
+    nbl_q4_params_from_range(cfg, lo, hi, p);
+    return;
+  }
+  if (cfg->mode == NBL_Q4_AFFINE) {
+    float top = lo + c;
+    nbl_q4_params_from_range(cfg, lo, top < hi ? top : hi, p);
+  } else {
+    nbl_q4_params_from_range(cfg, 0.0f, c, p);
+  }
+}
+
 int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alpha,
                   nbl_q4_params *p, const char **why) {
   static const char *dummy;
@@ -212,14 +290,16 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
     }
     nbl_q4_params_from_sawb(cfg, nbl_q4_sawb_clip(x, n, cfg->bits), p);
     return 0;
-  case NBL_Q4_SCALE_MAX: {
+  case NBL_Q4_SCALE_MAX:
+  case NBL_Q4_SCALE_MSE: {
     float lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < n; i++) {
       if (!isfinite(x[i])) continue;
       if (x[i] < lo) lo = x[i];
       if (x[i] > hi) hi = x[i];
     }
-    nbl_q4_params_from_range(cfg, lo, hi, p);
+    if (cfg->scale_source == NBL_Q4_SCALE_MSE) nbl_q4_params_from_mse(cfg, x, n, lo, hi, p);
+    else nbl_q4_params_from_range(cfg, lo, hi, p);
     return 0;
   }
   default:

@@ -18,6 +18,9 @@
  *          s = c / qmax (symmetric only)
  *   pact:  x is first clamped to [0, alpha], then s = alpha/(qmax-qmin), z = qmin
  *   fixed: s given (z = 0 symmetric; affine with fixed scale uses z = 0 too)
+ *   mse:   the grid of max with its upper end pulled in to the clip that
+ *          minimizes an estimate of the mean squared quantization error
+ *          (nbl_q4_mse_clip): affine [min, min + c], symmetric s = c / qmax
  * Statistics skip NaN/Inf; s = 0 (all-zero tensor) becomes s = 1. NaN inputs
  * give NaN, +-Inf give +-Inf. Narrow range applies to symmetric grids only.
  * The affine zero point is clamped to the int8 range [-128, 127] (it is
@@ -38,7 +41,8 @@ typedef enum {
   NBL_Q4_SCALE_MAX = 0,
   NBL_Q4_SCALE_SAWB = 1,
   NBL_Q4_SCALE_FIXED = 2,
-  NBL_Q4_SCALE_PACT = 3
+  NBL_Q4_SCALE_PACT = 3,
+  NBL_Q4_SCALE_MSE = 4
 } nbl_q4_scale_source;
 typedef enum { NBL_Q4_ROUND_HALF_EVEN = 0, NBL_Q4_ROUND_STOCHASTIC = 1 } nbl_q4_rounding;
 
@@ -71,7 +75,7 @@ void nbl_q4_config_default(nbl_q4_config *cfg);
  * lower-to-onnx all call it). Every attribute is checked, present or not:
  *   bits          int, 2..8 (default 4)                   else NBL_ERR_UNSUPPORTED
  *   mode          string symmetric|affine                 else NBL_ERR_UNSUPPORTED
- *   scale_source  string max|sawb|fixed|pact              else NBL_ERR_UNSUPPORTED
+ *   scale_source  string max|sawb|fixed|pact|mse          else NBL_ERR_UNSUPPORTED
  *   rounding      string half_even|stochastic             else NBL_ERR_UNSUPPORTED
  *   narrow        int, 0 or 1                             else NBL_ERR_INVALID_MODEL
  *   seed          int                                     else NBL_ERR_INVALID_MODEL
@@ -84,6 +88,10 @@ void nbl_q4_config_default(nbl_q4_config *cfg);
  * "bits=9 is not supported (2..8)"; callers prefix the node. Sets no
  * thread error. cfg is fully written only on NBL_OK. */
 nbl_status nbl_q4_config_decode(const nbl_node *n, nbl_q4_config *cfg, char *err, size_t errlen);
+
+/* 1 when cfg's parameters are computed from the data (scale_source max, sawb
+ * or mse), so a gradient can take the forward's instead of recomputing them. */
+int nbl_q4_scale_from_data(const nbl_q4_config *cfg);
 
 /* Code range of the configuration: qmin/qmax per the header formulas. */
 void nbl_q4_range(const nbl_q4_config *cfg, int *qmin, int *qmax);
@@ -113,6 +121,35 @@ void nbl_q4_params_from_sawb(const nbl_q4_config *cfg, double clip, nbl_q4_param
  * finite and > 0 becomes 1. nbl_q4_choose and the fused INT4 path (which
  * knows the range from its own scan) both use it. */
 void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_q4_params *p);
+
+/* scale_source=mse. The clip is found from a histogram of the distance d of
+ * each element from the bottom of the grid (affine: d = x - min, symmetric:
+ * d = |x|; R = the largest d) over a fixed sample: every finite element when
+ * n <= NBL_Q4_MSE_SAMPLE, else blocks of 64 consecutive elements, every k-th
+ * block with k = ceil(ceil(n / 64) / (NBL_Q4_MSE_SAMPLE / 64)). Elements with
+ * d = 0 (on the grid's end) count as exact; the others fall in
+ * NBL_Q4_MSE_BINS equal bins over (0, R] (bin j = (int)(d * (BINS / R)) in
+ * float, the last bin taking d = R). For each candidate clip c_k = R * k /
+ * BINS, k = BINS, BINS - NBL_Q4_MSE_STEP, ..., NBL_Q4_MSE_STEP, the estimate
+ * is: every element above the clip at its bin centre m_j costs (m_j - c_k)^2,
+ * every one below costs the uniform rounding noise s^2 / 12 with s = c_k / L
+ * (L = qmax - qmin affine, qmax symmetric). The smallest estimate wins; ties
+ * keep the larger clip, so data without outliers keeps c = R (max). The
+ * estimate is a function of integer bin counts (computed exactly), so every
+ * path that calls this gets the same clip from the same data and range.
+ * [lo, hi] is the finite range of x (lo > hi: none); returns the clip c (the
+ * distance from the bottom of the grid), R when the range is empty or 0. */
+#define NBL_Q4_MSE_BINS 1024
+#define NBL_Q4_MSE_STEP 16
+#define NBL_Q4_MSE_SAMPLE 32768
+float nbl_q4_mse_clip(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi);
+
+/* The parameters of scale_source=mse for x[0..n) with finite range [lo, hi]:
+ * affine nbl_q4_params_from_range(lo, lo + c), symmetric s = c / qmax (as
+ * the range [0, c]); c = R gives exactly the parameters of max. Shared by
+ * nbl_q4_choose and the fast paths that know the range from their own scan. */
+void nbl_q4_params_from_mse(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi,
+                            nbl_q4_params *p);
 
 /* Choose the scale/zero point for x[0..n) under cfg. alpha is the PACT clip
  * (ignored unless scale_source == PACT). PACT is always affine on [0, alpha]

@@ -82,7 +82,7 @@ static nbl_id bn_feeding(const nbl_fusion_env *env, nbl_id v, nbl_id by, int slo
   return g->values[v].producer;
 }
 
-/* 1 if node q is a QuantizeInt4 of value v alone (scale_source=max) that
+/* 1 if node q is a QuantizeInt4 of value v alone (scale_source max or mse) that
  * the fused node can run. */
 static int q4_fusable(const nbl_fusion_env *env, const int *pos, nbl_id q, nbl_id v) {
   const nbl_node *Q = &env->g->nodes[q];
@@ -91,7 +91,7 @@ static int q4_fusable(const nbl_fusion_env *env, const int *pos, nbl_id q, nbl_i
   return nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") && Q->n_inputs == 1 && Q->inputs[0] == v &&
          Q->n_outputs >= 1 && Q->n_outputs <= 3 && Q->outputs[0] != NBL_NONE && pos[q] >= 0 &&
          !env->taken(env, q) && nbl_q4_config_decode(Q, &cfg, err, sizeof err) == NBL_OK &&
-         cfg.scale_source == NBL_Q4_SCALE_MAX;
+         (cfg.scale_source == NBL_Q4_SCALE_MAX || cfg.scale_source == NBL_Q4_SCALE_MSE);
 }
 
 /* The chain through Relu node r, or NULL; the nodes it absorbs in nodes[]
@@ -173,7 +173,7 @@ static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
 }
 
 /* Each Relu of a BatchNormInternal (through a residual Add when there) with
- * the QuantizeInt4 (scale_source=max) of its output when there is one,
+ * the QuantizeInt4 (scale_source max or mse) of its output when there is one,
  * unless an earlier fusion took one of them; the fused node takes the
  * QuantizeInt4's place (else the Relu's), the other nodes leave the order. */
 nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n, void **state) {

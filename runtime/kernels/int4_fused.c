@@ -286,6 +286,8 @@ static nbl_status k_fused_int4(nbl_kctx *c) {
   }
   if (finite && f->xcfg.scale_source == NBL_Q4_SCALE_MAX && f->xcfg.bits >= 2 && f->xcfg.bits <= 8)
     nbl_i4_params_from_range(&f->xcfg, X->numel, lo, hi, &p);
+  else if (finite && f->xcfg.scale_source == NBL_Q4_SCALE_MSE && f->xcfg.bits >= 2 && f->xcfg.bits <= 8)
+    nbl_q4_params_from_mse(&f->xcfg, X->data, (size_t)X->numel, lo, hi, &p);
   else if (nbl_q4_choose(&f->xcfg, X->data, (size_t)X->numel, alpha, &p, &why) != 0)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "activation quantizer: %s", why);
   if (W->data != f->wdata || (!f->packed && !f->rows)) {

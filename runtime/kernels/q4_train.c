@@ -145,6 +145,12 @@ int nbl_q4t_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *X
     nbl_i4_params_from_range(cfg, X->numel, lo, hi, p);
     return 0;
   }
+  if (cfg->scale_source == NBL_Q4_SCALE_MSE && cfg->bits >= 2 && cfg->bits <= 8) {
+    float lo, hi;
+    if (!nbl_i4_scan(c, X, &lo, &hi)) return -1;
+    nbl_q4_params_from_mse(cfg, x, (size_t)X->numel, lo, hi, p);
+    return 0;
+  }
   if (cfg->scale_source == NBL_Q4_SCALE_SAWB && cfg->mode == NBL_Q4_SYMMETRIC && cfg->bits >= 2 &&
       cfg->bits <= 8) {
     double mx, s1, s2;

@@ -13,7 +13,7 @@
 
 /* The quantizer's parameters for X (nbl_q4_choose's), with a parallel vector
  * scan for scale_source=max. Returns 0 when the fast kernels below apply:
- * half-even rounding, scale_source max, sawb or fixed (not pact), every
+ * half-even rounding, scale_source max, sawb, mse or fixed (not pact), every
  * element of X finite; -1 otherwise (the caller takes the reference path;
  * *p is then undefined). */
 int nbl_q4t_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *X, nbl_q4_params *p);

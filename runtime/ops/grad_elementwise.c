@@ -276,7 +276,7 @@ nbl_status nbl_q4_grad_given(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input scale must be a float32 scalar, finite and > 0");
   if (zero && (zero->dtype != NBL_DT_INT8 || zero->numel != 1))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input zero_point must be an int8 scalar");
-  if (!scale || (cfg->scale_source != NBL_Q4_SCALE_MAX && cfg->scale_source != NBL_Q4_SCALE_SAWB) ||
+  if (!scale || !nbl_q4_scale_from_data(cfg) ||
       (cfg->mode == NBL_Q4_AFFINE && !zero) || cfg->bits < 2 || cfg->bits > 8)
     return NBL_OK;
   memset(p, 0, sizeof *p);

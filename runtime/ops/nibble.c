@@ -5,7 +5,7 @@
  *   outputs: Y = s*(q - z) (same shape), scale (optional float32 scalar),
  *            zero_point (optional int8 scalar)
  *   attributes: bits (2..8, default 4), mode (symmetric|affine),
- *            scale_source (max|sawb|fixed|pact), scale (float, fixed),
+ *            scale_source (max|sawb|fixed|pact|mse), scale (float, fixed),
  *            narrow (0/1), rounding (half_even|stochastic), seed (int)
  * The reference kernel computes the formulas of runtime/formats/int4.h literally.
  *
@@ -144,6 +144,8 @@ nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_te
   int fast = !c->reference && cfg->rounding == NBL_Q4_ROUND_HALF_EVEN;
   if (fast && range && cfg->scale_source == NBL_Q4_SCALE_MAX)
     nbl_i4_params_from_range(cfg, x->numel, range[0], range[1], &p); /* as nbl_q4t_params after its scan */
+  else if (fast && range && cfg->scale_source == NBL_Q4_SCALE_MSE)
+    nbl_q4_params_from_mse(cfg, x->data, (size_t)x->numel, range[0], range[1], &p);
   else if (fast)
     fast = nbl_q4t_params(c, cfg, x, &p) == 0;
   nbl_status st;
@@ -359,7 +361,7 @@ static nbl_status k_dequantize_ternary(nbl_kctx *c) {
 /* ------------------------------------------------------------------ gradient rule
  * (runtime/core/grad.h): ai.nibble QuantizeInt4Grad (runtime/ops/grad_elementwise.c),
  * straight-through inside the clip range; PACT's alpha gets sum(dY * (X > alpha)).
- * With scale_source max or sawb (parameters that depend on X) the forward's
+ * With scale_source max, sawb or mse (parameters that depend on X) the forward's
  * scale and zero_point outputs are wired too (added to the forward node when
  * the model omitted them), so that the gradient does not scan X again. */
 static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
@@ -369,7 +371,7 @@ static nbl_status g_quantize_int4(nbl_grad_ctx *gc) {
   int n_in = in[2] == NBL_NONE ? 2 : 3;
   nbl_q4_config cfg;
   if (nbl_q4_config_decode(nbl_grad_node(gc), &cfg, NULL, 0) == NBL_OK &&
-      (cfg.scale_source == NBL_Q4_SCALE_MAX || cfg.scale_source == NBL_Q4_SCALE_SAWB)) {
+      nbl_q4_scale_from_data(&cfg)) {
     in[3] = nbl_grad_y_need(gc, 1);
     in[4] = nbl_grad_y_need(gc, 2);
     n_in = 5;

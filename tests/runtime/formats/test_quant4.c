@@ -449,7 +449,7 @@ static void a_bits_str(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, 
 static void a_mode(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "mode", "asym"); }
 static void a_mode_int(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "mode", 1); }
 static void a_source(nbl_graph *g, nbl_id q) {
-  nbl_node_set_attr_string(g, q, "scale_source", "mse");
+  nbl_node_set_attr_string(g, q, "scale_source", "entropy");
 }
 static void a_rounding(nbl_graph *g, nbl_id q) { nbl_node_set_attr_string(g, q, "rounding", "up"); }
 static void a_narrow2(nbl_graph *g, nbl_id q) { nbl_node_set_attr_int(g, q, "narrow", 2); }
@@ -481,7 +481,7 @@ static const bad_attr bad_attrs[] = {
     {"'bits'", NBL_ERR_INVALID_MODEL, a_bits_str},
     {"mode 'asym'", NBL_ERR_UNSUPPORTED, a_mode},
     {"'mode'", NBL_ERR_INVALID_MODEL, a_mode_int},
-    {"scale_source 'mse'", NBL_ERR_UNSUPPORTED, a_source},
+    {"scale_source 'entropy'", NBL_ERR_UNSUPPORTED, a_source},
     {"rounding 'up'", NBL_ERR_UNSUPPORTED, a_rounding},
     {"narrow", NBL_ERR_INVALID_MODEL, a_narrow2},
     {"'narrow'", NBL_ERR_INVALID_MODEL, a_narrow_float},
@@ -616,6 +616,131 @@ START_TEST(test_lowering_rejects_what_runtime_rejects) {
 }
 END_TEST
 
+
+/* scale_source=mse on hand-computed cases (runtime/formats/int4.h: bins of
+ * width R/1024, candidates every 16 bins, above the clip (centre - c)^2,
+ * below it s^2/12, d = 0 exact). */
+START_TEST(test_mse_clip) {
+  enum { N = 15002 };
+  static float x[N], y[N];
+  /* 5000 zeros (on the grid's end: no error), 10000 ones (bin 16), one 64
+   * (bin 1023; R = 64): in bin units E(k) = (1023.5 - k)^2 + 10000 k^2 /
+   * (12 * 15^2) for k > 16, least at k = 224 (825037 against 825277 at 208
+   * and 827206 at 240; k = 1024, no clip: 3.9e6): c = 64 * 224 / 1024 = 14.
+   * Counting the zeros as rounding noise would move it to k = 160. */
+  for (int i = 0; i < N; i++) x[i] = i < 5000 ? 0.0f : 1.0f;
+  x[N - 2] = 64.0f;
+  x[N - 1] = NAN; /* skipped */
+  nbl_q4_config c = cfg4();
+  c.mode = NBL_Q4_AFFINE;
+  c.scale_source = NBL_Q4_SCALE_MSE;
+  ck_assert_float_eq(nbl_q4_mse_clip(&c, x, N, 0.0f, 64.0f), 14.0f);
+  nbl_q4_params p = fq(&c, x, y, N);
+  ck_assert_float_eq(p.scale, 14.0f / 15.0f);
+  ck_assert_int_eq(p.zero, -8);
+  ck_assert_float_eq(y[N - 2], 14.0f); /* the outlier saturates at the clip */
+  ck_assert_float_eq(y[5000], 14.0f / 15.0f); /* 1 -> code -7 */
+  ck_assert(isnan(y[N - 1]));
+  /* the actual squared error is smaller than max's (which puts 1 on 0 or s) */
+  nbl_q4_config cm = c;
+  cm.scale_source = NBL_Q4_SCALE_MAX;
+  static float ym[N];
+  fq(&cm, x, ym, N);
+  double e = 0, em = 0;
+  for (int i = 0; i < N - 1; i++) e += (y[i] - x[i]) * (y[i] - x[i]), em += (ym[i] - x[i]) * (ym[i] - x[i]);
+  ck_assert_msg(e < 0.5 * em, "mse %g, max %g", e, em);
+  /* symmetric (L = qmax = 7): E(k) = (1023.5 - k)^2 + 10000 k^2 / (12 * 49),
+   * least at k = 64 (990300; 990784 at 48, 999036 at 80): c = 4, s = 4/7 */
+  c.mode = NBL_Q4_SYMMETRIC;
+  ck_assert_float_eq(nbl_q4_mse_clip(&c, x, N, 0.0f, 64.0f), 4.0f);
+  p = fq(&c, x, y, N);
+  ck_assert_float_eq(p.scale, 4.0f / 7.0f);
+  ck_assert_int_eq(p.zero, 0);
+  /* uniform data (affine, 16 levels): the estimate's optimum is where
+   * c^2 / (4 L^2) = (R - c)^2, c = R * 2L / (2L + 1) = 0.968 R (a clip costs
+   * little but also gains little); candidates every R/64 */
+  for (int i = 0; i < 10000; i++) x[i] = (float)i / 9999.0f;
+  c.mode = NBL_Q4_AFFINE;
+  float cu = nbl_q4_mse_clip(&c, x, 10000, 0.0f, 1.0f);
+  ck_assert_msg(cu >= 0.95f && cu <= 0.985f, "uniform: clip %g", cu);
+  /* all zero: scale 1 as max */
+  memset(x, 0, sizeof(float) * 16);
+  p = fq(&c, x, y, 16);
+  ck_assert_float_eq(p.scale, 1.0f);
+  /* above NBL_Q4_MSE_SAMPLE elements: the clip of the documented sample
+   * (blocks of 64, every k-th), gathered by hand */
+  enum { NB = 100000 };
+  float *big = malloc(sizeof(float) * NB), *smp = malloc(sizeof(float) * NB);
+  ck_assert_ptr_nonnull(big);
+  ck_assert_ptr_nonnull(smp);
+  unsigned st = 7;
+  for (int i = 0; i < NB; i++) {
+    st = st * 1664525u + 1013904223u;
+    float u = (float)(st >> 8) / 16777216.0f;
+    big[i] = u < 0.3f ? 0.0f : u * u * u * 5.0f;
+  }
+  big[64] = 40.0f; /* in an unsampled block: sets the range, not the histogram */
+  size_t k = ((NB + 63) / 64 + 511) / 512, m = 0;
+  ck_assert_int_eq((int)k, 4);
+  for (size_t b = 0; b * 64 < NB; b += k)
+    for (size_t i = b * 64; i < b * 64 + 64 && i < NB; i++) smp[m++] = big[i];
+  ck_assert(m <= NBL_Q4_MSE_SAMPLE);
+  c.mode = NBL_Q4_AFFINE;
+  float cb = nbl_q4_mse_clip(&c, big, NB, 0.0f, 40.0f);
+  ck_assert_float_eq(cb, nbl_q4_mse_clip(&c, smp, m, 0.0f, 40.0f));
+  ck_assert(cb < 10.0f);
+  /* a planted outlier in a sampled block changes it */
+  big[0] = 40.0f;
+  ck_assert_float_ne(nbl_q4_mse_clip(&c, big, NB, 0.0f, 40.0f), cb);
+  free(big);
+  free(smp);
+}
+END_TEST
+
+/* The QuantizeInt4 kernel with scale_source=mse: the fast session (vector
+ * scan, then the format's clip) and the reference give the same bits, on a
+ * tensor above the sample size; lower-to-onnx refuses it on a dynamic input. */
+START_TEST(test_mse_kernel) {
+  enum { N = 70001 };
+  float *x = malloc(sizeof(float) * N), *yf = malloc(sizeof(float) * N), *yr = malloc(sizeof(float) * N);
+  ck_assert_ptr_nonnull(x);
+  ck_assert_ptr_nonnull(yf);
+  ck_assert_ptr_nonnull(yr);
+  unsigned st = 3;
+  for (int i = 0; i < N; i++) {
+    st = st * 1664525u + 1013904223u;
+    float u = (float)(st >> 8) / 16777216.0f;
+    x[i] = u < 0.4f ? 0.0f : (u - 0.4f) * (u - 0.4f) * (i % 997 == 0 ? 30.0f : 3.0f);
+  }
+  const char *modes[] = {"affine", "symmetric"};
+  for (int k = 0; k < 2; k++) {
+    nbl_model *m = q_model(N, NULL, modes[k], "mse", 4, 0);
+    for (int reference = 0; reference <= 1; reference++) {
+      nbl_session *s = NULL;
+      nbl_session_options o = {.threads = 2, .reference = reference};
+      ck_assert_int_eq(nbl_session_create(m, &o, &s), NBL_OK);
+      nbl_host_tensor in = {.name = "x", .dtype = NBL_DT_FLOAT, .rank = 1, .dims = {N},
+                            .data = x, .nbytes = sizeof(float) * N};
+      ck_assert_msg(nbl_session_run(s, 1, &in, NULL) == NBL_OK, "%s", nbl_last_error());
+      ck_assert_int_eq(nbl_session_copy_output(s, 0, reference ? yr : yf, sizeof(float) * N), NBL_OK);
+      nbl_session_free(s);
+    }
+    ck_assert(!memcmp(yf, yr, sizeof(float) * N));
+    float top = 0;
+    for (int i = 0; i < N; i++) top = yf[i] > top ? yf[i] : top;
+    float mx = 0;
+    for (int i = 0; i < N; i++) mx = x[i] > mx ? x[i] : mx;
+    ck_assert_msg(top < 0.5f * mx, "%s: top level %g of max %g: not clipped", modes[k], top, mx);
+    ck_assert_int_eq(try_pipeline(m, "lower-to-onnx"), NBL_ERR_UNSUPPORTED);
+    ck_assert(strstr(nbl_last_error(), "'q'") && strstr(nbl_last_error(), "MSE"));
+    nbl_model_free(m);
+  }
+  free(x);
+  free(yf);
+  free(yr);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("quant4");
   TCase *tc = tcase_create("quant4");
@@ -624,6 +749,8 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_all_zero_outlier_nan);
   tcase_add_test(tc, test_nan_inf);
   tcase_add_test(tc, test_sawb);
+  tcase_add_test(tc, test_mse_clip);
+  tcase_add_test(tc, test_mse_kernel);
   tcase_add_test(tc, test_stochastic_unbiased);
   tcase_add_test(tc, test_pact_and_bits);
   tcase_add_test(tc, test_pack_bytes);
