@@ -12,15 +12,16 @@
  * the im2col rows are the padded planes themselves, read in place by the
  * panel interleave (fill_wide), and the valid columns copied out.
  *
- * Layers with few taps per output (C * KH * KW <= 32 with unit strides and
- * dilations, one group: a first layer on 1 or 3 channels) that the AMX
- * tiles do not take run instead as a direct product in float (small_k_*):
- * the codes as floats in padded planes, each output row's 16-pixel blocks
- * summed tap by tap with FMAs. Every product and partial sum is an integer
- * below 32 * 255 * 128 < 2^24, so the float sums are the int32 sums
- * exactly, and the epilogue is the VNNI path's (mul, then add): the same
- * floats, without the byte panels and the scattered wide rows that cost
- * more than the products there. */
+ * Layers with few taps per output (C * KH * KW <= 18 with unit strides and
+ * dilations, one group: a first layer on 1 or 2 channels, 3x3) that the
+ * AMX tiles do not take run instead as a direct product in float
+ * (small_k_*): the codes as floats in padded planes, blocks of 16 pixels of
+ * two output rows summed tap by tap with FMAs. Every product and partial
+ * sum is an integer below 18 * 255 * 128 < 2^24, so the float sums are the
+ * int32 sums exactly, and the epilogue is the VNNI path's (mul, then add):
+ * the same floats, without the byte panels and the scattered wide rows that
+ * cost more than the products there (LeNet's 5x5 layer, 25 taps, runs as
+ * fast on the VNNI tiles). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -269,7 +270,7 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
 
 /* ------------------------------------------------------------------ small K */
 
-#define SK_MAX 32 /* taps per output (C * KH * KW) of the direct path */
+#define SK_MAX 18 /* taps per output (C * KH * KW) of the direct path */
 
 static _Atomic int g_small_k = -1;
 
@@ -325,32 +326,45 @@ __attribute__((target("avx512f"))) static int small_k_codes(const sk_job *j, con
   return bad || ((lo < -128.0f || hi > 127.0f) && hi - lo > 255.0f) ? -1 : 0;
 }
 
-/* Output channels [m0, m0 + nm) (nm <= 4) of the 16-pixel block at column
- * ow0 of output row oh (lanes k valid): sums over the K taps (rows r[k] of
- * the padded planes, from ow0 on), then the epilogue, to y and/or acc at
- * output offset o of channel m0. */
+/* Output channels [m0, m0 + nm) (nm <= 4) of the 16-pixel blocks at column
+ * ow0 of output rows oh and oh + 1 (lanes k0 and k1 valid; k1 = 0 when
+ * there is no row oh + 1): sums over the K taps (row oh's reads r[t] from
+ * ow0 on, row oh + 1's a plane row further), eight independent FMA chains,
+ * then the epilogue, to y and/or acc at output offset o (channel m0, row
+ * oh, column ow0). */
 __attribute__((target("avx512f"))) static void small_k_block(const sk_job *j, const float *const *r, int64_t K,
-                                                            int64_t ow0, __mmask16 k, int64_t m0, int nm,
-                                                            int64_t o) {
+                                                            int64_t ow0, __mmask16 k0, __mmask16 k1, int64_t m0,
+                                                            int nm, int64_t o) {
+  /* weight rows past nm read the zero rows that j->w carries after its M
+   * rows (their sums are not stored) */
   const float *w = j->w + m0 * K;
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  const int64_t Wr = j->Wr;
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   for (int64_t t = 0; t < K; t++) {
-    const __m512 xv = _mm512_maskz_loadu_ps(k, r[t] + ow0);
-    a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), xv, a0);
-    if (nm > 1) a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[K + t]), xv, a1);
-    if (nm > 2) a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[2 * K + t]), xv, a2);
-    if (nm > 3) a3 = _mm512_fmadd_ps(_mm512_set1_ps(w[3 * K + t]), xv, a3);
+    const __m512 x0 = _mm512_maskz_loadu_ps(k0, r[t] + ow0), x1 = _mm512_maskz_loadu_ps(k1, r[t] + Wr + ow0);
+    const __m512 w0 = _mm512_set1_ps(w[t]), w1 = _mm512_set1_ps(w[K + t]), w2 = _mm512_set1_ps(w[2 * K + t]),
+                 w3 = _mm512_set1_ps(w[3 * K + t]);
+    a0 = _mm512_fmadd_ps(w0, x0, a0);
+    a1 = _mm512_fmadd_ps(w1, x0, a1);
+    a2 = _mm512_fmadd_ps(w2, x0, a2);
+    a3 = _mm512_fmadd_ps(w3, x0, a3);
+    b0 = _mm512_fmadd_ps(w0, x1, b0);
+    b1 = _mm512_fmadd_ps(w1, x1, b1);
+    b2 = _mm512_fmadd_ps(w2, x1, b2);
+    b3 = _mm512_fmadd_ps(w3, x1, b3);
   }
-  const __m512 a[4] = {a0, a1, a2, a3}, vs = _mm512_set1_ps(j->sc);
-  const int64_t P = j->g->out_sz;
-  for (int i = 0; i < nm; i++) {
-    const int64_t at = o + i * P;
-    if (j->y) {
-      const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[m0 + i] : 0.0f);
-      _mm512_mask_storeu_ps(j->y + at, k, _mm512_add_ps(_mm512_mul_ps(a[i], vs), vb));
+  const __m512 a[2][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}}, vs = _mm512_set1_ps(j->sc);
+  const __mmask16 km[2] = {k0, k1};
+  const int64_t P = j->g->out_sz, OW = j->g->out[1];
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < nm && km[h]; i++) {
+      const int64_t at = o + i * P + h * OW;
+      if (j->y) {
+        const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[m0 + i] : 0.0f);
+        _mm512_mask_storeu_ps(j->y + at, km[h], _mm512_add_ps(_mm512_mul_ps(a[h][i], vs), vb));
+      }
+      if (j->acc) _mm512_mask_storeu_epi32(j->acc + at, km[h], _mm512_cvtps_epi32(a[h][i]));
     }
-    if (j->acc) _mm512_mask_storeu_epi32(j->acc + at, k, _mm512_cvtps_epi32(a[i]));
-  }
 }
 
 __attribute__((target("avx512f"))) static void small_k_images(void *arg, int64_t n0, int64_t n1) {
@@ -363,21 +377,23 @@ __attribute__((target("avx512f"))) static void small_k_images(void *arg, int64_t
     return;
   }
   const float *r[SK_MAX];
+  int64_t toff[SK_MAX]; /* tap t's offset in the planes */
+  for (int64_t t = 0; t < K; t++) {
+    const int64_t c = t / g->k_sz, kh = t % g->k_sz / g->k[1], kw = t % g->k[1];
+    toff[t] = (c * j->Hr + kh) * j->Wr + kw;
+  }
   for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
     memset(u, 0, sizeof(float) * (size_t)plane);
     if (small_k_codes(j, j->x + n * g->C * g->in_sz, u)) {
       atomic_store(&j->bad, 1);
       break;
     }
-    for (int64_t oh = 0; oh < OH; oh++) {
-      for (int64_t t = 0; t < K; t++) {
-        const int64_t c = t / g->k_sz, kh = t % g->k_sz / g->k[1], kw = t % g->k[1];
-        r[t] = u + (c * j->Hr + oh + kh) * j->Wr + kw;
-      }
+    for (int64_t oh = 0; oh < OH; oh += 2) { /* two rows at a time */
+      for (int64_t t = 0; t < K; t++) r[t] = u + oh * j->Wr + toff[t];
       for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {
         const __mmask16 k = (__mmask16)(OW - ow0 >= 16 ? 0xffff : (1u << (OW - ow0)) - 1);
         for (int64_t m = 0; m < g->M; m += 4)
-          small_k_block(j, r, K, ow0, k, m, (int)(g->M - m < 4 ? g->M - m : 4),
+          small_k_block(j, r, K, ow0, k, oh + 1 < OH ? k : 0, m, (int)(g->M - m < 4 ? g->M - m : 4),
                         (n * g->M + m) * g->out_sz + oh * OW + ow0);
       }
     }
@@ -397,7 +413,7 @@ static nbl_status small_k_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const f
   int64_t Hr = g->in[0] + g->pb[0], Wr = g->in[1] + g->pb[1];
   if (Hr < g->out[0] + g->k[0] - 1) Hr = g->out[0] + g->k[0] - 1;
   if (Wr < g->out[1] + g->k[1] - 1) Wr = g->out[1] + g->k[1] - 1;
-  float *wf = malloc(sizeof(float) * (size_t)(g->M * K));
+  float *wf = calloc((size_t)((g->M + 3) * K), sizeof(float)); /* 3 zero rows past M (small_k_block) */
   if (!wf) return NBL_ERR_OUT_OF_MEMORY;
   for (int64_t i = 0; i < g->M * K; i++) wf[i] = (float)w8[i];
   sk_job j = {.g = g, .x = x, .w = wf, .bias = bias, .sx = sx, .sc = sc, .y = y, .acc = acc, .Hr = Hr, .Wr = Wr};

@@ -114,7 +114,7 @@ static void run_case(const fcase *c, int ci) {
   free(y1);
   }
   nbl_i4b_set_amx(-1);
-  /* the direct path of layers with few taps (C * KH * KW <= 32, unit
+  /* the direct path of layers with few taps (C * KH * KW <= 18, unit
    * strides) off: the VNNI tiles give the same floats and sums */
   float *y2 = malloc(sizeof(float) * (size_t)ny);
   int32_t *acc2 = malloc(sizeof(int32_t) * (size_t)ny);
@@ -148,11 +148,11 @@ static const fcase cases[] = {
     {2, 16, 32, 1, 28, 28, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},      /* ResNet shortcut 1x1 s2 */
     {2, 64, 64, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -8, 7, -8, 7, 1},        /* 64 channels: one full chunk */
     {2, 70, 40, 1, 9, 10, 3, 2, 1, 2, 1, 1, 2, 1, 0, 0, -128, 127, -128, 127, 1}, /* 18 quads, odd pad, 3 m blocks */
-    /* few taps (C * KH * KW <= 32, unit strides): the direct float path */
+    /* few taps (C * KH * KW <= 18, unit strides): the direct float path */
     {3, 1, 16, 1, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127, -128, 127, 1}, /* ResNet stem, 8-bit */
-    {2, 3, 7, 1, 17, 33, 3, 3, 1, 1, 1, 1, 1, 0, 2, 1, 0, 255, -128, 127, 1},    /* RGB, K = 27, 3 column blocks */
-    {1, 2, 5, 1, 9, 16, 4, 4, 1, 1, 1, 1, 2, 1, 1, 2, -9, 246, -8, 7, 0},        /* K = 32 exactly, 16 columns */
-    {2, 3, 6, 1, 12, 11, 1, 11, 1, 1, 1, 1, 0, 5, 0, 5, 0, 15, -8, 7, 1},        /* K = 33: not taken */
+    {2, 2, 7, 1, 17, 33, 3, 3, 1, 1, 1, 1, 1, 0, 2, 1, 0, 255, -128, 127, 1},    /* K = 18, 3 column blocks */
+    {1, 1, 5, 1, 9, 16, 4, 4, 1, 1, 1, 1, 2, 1, 1, 2, -9, 246, -8, 7, 0},        /* 16 columns, odd rows */
+    {2, 1, 6, 1, 12, 11, 4, 5, 1, 1, 1, 1, 0, 2, 0, 2, 0, 15, -8, 7, 1},         /* K = 20: not taken */
     {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, -8, 7, -8, 7, 1},           /* one pixel, one tap */
 };
 
