@@ -450,15 +450,15 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
   nbl_i4b_grid gw;
   if (!st && (nbl_i4b_codes_linear(bisa, w, nw, sw, wq, &gw) || gw.maxabs > 128)) *off_grid = 1;
   for (int64_t i = 0; !st && !*off_grid && gw.maxabs == 128 && i < nw; i++) *off_grid = wq[i] == 128;
-  for (int64_t gi = 0; !st && !*off_grid && gi < g->group; gi++) {
-    for (int64_t i = gi * Mg * Kg; i < (gi + 1) * Mg * Kg; i++) w8[i] = (int8_t)wq[i];
-    if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
-  }
+  for (int64_t i = 0; !st && !*off_grid && i < nw; i++) w8[i] = (int8_t)wq[i];
   int done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
   if (!st && !*off_grid && nbl_i4b_amx_on(bisa))
     st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done);
   if (!st && !*off_grid && !done && small_k_fits(g))
     st = small_k_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done, off_grid);
+  /* the VNNI tiles' packed weights, only when they run */
+  for (int64_t gi = 0; !st && !*off_grid && !done && gi < g->group; gi++)
+    if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
   if (!st && !*off_grid && !done) {
     int64_t Hp = g->in[0] + g->pb[0], Wp = g->in[1] + g->pb[1];
     const int64_t need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
