@@ -303,10 +303,10 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
 
 typedef struct dw_task {
   const shift_geom *s;
-  const float *planes, *dyp, *zero; /* dyp [N][M][Qp], zero: Qp zeros */
+  const float *planes, *dyp, *zero; /* the images of a pass: dyp [nimg][M][Qp]; zero: Qp zeros */
   float *dw;
-  int64_t kblk, ktiles, chunk; /* k tiles per unit, in all; images per pass */
-  int mi;                      /* the tile: 4 dy rows x 6 taps, or 6 x 4 */
+  int64_t kblk, ktiles, nimg; /* k tiles per unit, in all; images in the pass */
+  int mi;                     /* the tile: 4 dy rows x 6 taps, or 6 x 4 */
 } dw_task;
 
 /* The sums of the lanes of a, b, c, d. */
@@ -371,19 +371,17 @@ __attribute__((target("avx512f"))) static void dw_tile64(const dw_task *t, int64
   dw_tile_t(t, n0, n1, m, k, 6, 4);
 }
 
+/* k-tile units [begin, end) over the pass's images */
 static void dw_run(void *arg, int64_t begin, int64_t end) {
   const dw_task *t = arg;
   const nbl_conv_geom *g = t->s->g;
   for (int64_t u = begin; u < end; u++) {
     int64_t kt0 = u * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
-    for (int64_t n0 = 0; n0 < g->N; n0 += t->chunk) {
-      int64_t n1 = n0 + t->chunk < g->N ? n0 + t->chunk : g->N;
-      for (int64_t m = 0; m < g->M; m += t->mi)
-        for (int64_t kt = kt0; kt < kt1; kt++) {
-          if (t->mi == 4) dw_tile46(t, n0, n1, m, kt * 6);
-          else dw_tile64(t, n0, n1, m, kt * 4);
-        }
-    }
+    for (int64_t m = 0; m < g->M; m += t->mi)
+      for (int64_t kt = kt0; kt < kt1; kt++) {
+        if (t->mi == 4) dw_tile46(t, 0, t->nimg, m, kt * 6);
+        else dw_tile64(t, 0, t->nimg, m, kt * 4);
+      }
   }
 }
 
@@ -394,8 +392,9 @@ typedef struct dyp_task {
 } dyp_task;
 
 /* Images [begin, end): their planes, and dy in padded width (junk columns
- * and the tail to Qp zero). */
-static void dyp_run(void *arg, int64_t begin, int64_t end) {
+ * and the tail to Qp zero), each row by masked moves of 16 floats (short
+ * rows: a library call and a loop per row cost more than the copy). */
+__attribute__((target("avx512f"))) static void dyp_run(void *arg, int64_t begin, int64_t end) {
   const dyp_task *t = arg;
   const shift_geom *s = t->s;
   const nbl_conv_geom *g = s->g;
@@ -405,10 +404,11 @@ static void dyp_run(void *arg, int64_t begin, int64_t end) {
     for (int64_t m = 0; m < g->M; m++) {
       float *d = t->dyp + (n * g->M + m) * s->Qp;
       const float *src = t->dy + (n * g->M + m) * g->out_sz;
-      for (int64_t oh = 0; oh < OH; oh++) {
-        memcpy(d + oh * Wq, src + oh * OW, sizeof(float) * (size_t)OW);
-        for (int64_t j = OW; j < Wq; j++) d[oh * Wq + j] = 0.0f;
-      }
+      for (int64_t oh = 0; oh < OH; oh++)
+        for (int64_t j = 0; j < Wq; j += 16) {
+          const __mmask16 in = nbl_tail_mask(OW > j ? OW - j : 0), out = nbl_tail_mask(Wq - j);
+          _mm512_mask_storeu_ps(d + oh * Wq + j, out, _mm512_maskz_loadu_ps(in, src + oh * OW + j));
+        }
       for (int64_t q = s->Q; q < s->Qp; q++) d[q] = 0.0f;
     }
   }
@@ -419,34 +419,43 @@ int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, con
   if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->N <= 0 || g->M <= 0) return 0;
   shift_geom s;
   if (!shift_init(g, &s)) return 0;
+  /* passes of images whose planes and dy rows fit in about 1 MB (the L2):
+   * each pass packs its images, then sums them while they are in cache */
+  int64_t per = (s.img + g->M * s.Qp) * (int64_t)sizeof(float);
+  int64_t chunk = ((int64_t)1 << 20) / (per > 0 ? per : 1);
+  if (chunk < 1) chunk = 1;
+  if (chunk > g->N) chunk = g->N;
   /* the dW loop reads up to Wq + 14 floats past the last plane: zeros */
   int64_t slack = s.Wq + 16;
-  float *planes = malloc(sizeof(float) * (size_t)(g->N * s.img + slack));
-  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((g->N * g->M + 1) * s.Qp));
+  float *planes = malloc(sizeof(float) * (size_t)(chunk * s.img + slack));
+  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((chunk * g->M + 1) * s.Qp));
   if (!planes || !dyp) {
     free(planes);
     free(dyp);
     free(s.off);
     return 0;
   }
-  memset(planes + g->N * s.img, 0, sizeof(float) * (size_t)slack);
-  memset(dyp + g->N * g->M * s.Qp, 0, sizeof(float) * (size_t)s.Qp);
-  dyp_task pt = {&s, x, dy, planes, dyp};
-  nbl_parallel_for(ctx, g->N, 1, dyp_run, &pt);
   memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   /* the tile of fewer wasted sums: 6 x 4 for 6 output channels (LeNet's
    * first layer: 6 x 28 against 8 x 30), 4 x 6 for most layers */
   int64_t w46 = (g->M + 3) / 4 * 4 * ((s.K + 5) / 6 * 6), w64 = (g->M + 5) / 6 * 6 * ((s.K + 3) / 4 * 4);
   int mi = w64 < w46 ? 6 : 4;
-  dw_task t = {&s, planes, dyp, dyp + g->N * g->M * s.Qp, dw, 0, mi == 4 ? (s.K + 5) / 6 : (s.K + 3) / 4, 1, mi};
-  /* images per pass: their planes and dy rows within about 1 MB (the L2) */
-  int64_t per = (s.img + g->M * s.Qp) * (int64_t)sizeof(float);
-  t.chunk = ((int64_t)1 << 20) / (per > 0 ? per : 1);
-  if (t.chunk < 1) t.chunk = 1;
+  dw_task t = {&s, planes, dyp, dyp + chunk * g->M * s.Qp, dw, 0, mi == 4 ? (s.K + 5) / 6 : (s.K + 3) / 4, 0, mi};
   int64_t units;
   nbl_split_rows(t.ktiles, 1, threads > 1 ? 2 * threads : 1, &units, &t.kblk);
-  nbl_parallel_for(ctx, units, 1, dw_run, &t);
+  /* every dw[m][k] gets the passes' sums in pass order, from one unit */
+  for (int64_t n0 = 0; n0 < g->N; n0 += chunk) {
+    t.nimg = g->N - n0 < chunk ? g->N - n0 : chunk;
+    /* the zeros past the pass's planes and dy rows (a short last pass
+     * leaves them after its own images) */
+    memset(planes + t.nimg * s.img, 0, sizeof(float) * (size_t)slack);
+    t.zero = dyp + t.nimg * g->M * s.Qp;
+    memset(dyp + t.nimg * g->M * s.Qp, 0, sizeof(float) * (size_t)s.Qp);
+    dyp_task pt = {&s, x + n0 * g->C * g->in_sz, dy + n0 * g->M * g->out_sz, planes, dyp};
+    nbl_parallel_for(ctx, t.nimg, 1, dyp_run, &pt);
+    nbl_parallel_for(ctx, units, 1, dw_run, &t);
+  }
   free(planes);
   free(dyp);
   free(s.off);

@@ -252,5 +252,10 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
  * NULL). Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY (no message set). */
 nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
                                 float sw, const float *bias, float *y, int32_t *acc, int *off_grid);
+/* Whether nbl_i4b_conv_forward runs layers with at most 18 taps per output
+ * (C * KH * KW; unit strides and dilations, one group) by its direct float
+ * product (the same outputs as the other paths): 1 or -1 (the default)
+ * where AVX-512 is allowed, 0 never (tests comparing the paths). */
+void nbl_i4b_set_small_k(int on);
 
 #endif /* NBL_INT4_BACKWARD_H */

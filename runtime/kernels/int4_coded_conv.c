@@ -10,7 +10,18 @@
  * epilogue y = sc * acc + bias straight into the NCHW output. With unit
  * strides the outputs are computed over the padded width instead, so that
  * the im2col rows are the padded planes themselves, read in place by the
- * panel interleave (fill_wide), and the valid columns copied out. */
+ * panel interleave (fill_wide), and the valid columns copied out.
+ *
+ * Layers with few taps per output (C * KH * KW <= 18 with unit strides and
+ * dilations, one group: a first layer on 1 or 2 channels, 3x3) that the
+ * AMX tiles do not take run instead as a direct product in float
+ * (small_k_*): the codes as floats in padded planes, blocks of 16 pixels of
+ * two output rows summed tap by tap with FMAs. Every product and partial
+ * sum is an integer below 18 * 255 * 128 < 2^24, so the float sums are the
+ * int32 sums exactly, and the epilogue is the VNNI path's (mul, then add):
+ * the same floats, without the byte panels and the scattered wide rows that
+ * cost more than the products there (LeNet's 5x5 layer, 25 taps, runs as
+ * fast on the VNNI tiles). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -257,6 +268,169 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
   free(scr);
 }
 
+/* ------------------------------------------------------------------ small K */
+
+#define SK_MAX 18 /* taps per output (C * KH * KW) of the direct path */
+
+static _Atomic int g_small_k = -1;
+
+void nbl_i4b_set_small_k(int on) { atomic_store(&g_small_k, on < 0 ? -1 : on ? 1 : 0); }
+
+/* 1 when the direct path takes layer g (AVX-512 where the dispatch allows
+ * it, unless a test turned it off). */
+static int small_k_fits(const nbl_conv_geom *g) {
+  return atomic_load(&g_small_k) != 0 && nbl_i4_avx512() && g->ns == 2 && g->group == 1 && g->s[0] == 1 &&
+         g->s[1] == 1 && g->d[0] == 1 && g->d[1] == 1 && g->C * g->k_sz <= SK_MAX;
+}
+
+typedef struct sk_job {
+  const nbl_conv_geom *g;
+  const float *x, *w, *bias; /* w: the weight codes as floats [M][K] */
+  float sx, sc;
+  float *y;
+  int32_t *acc;
+  int64_t Hr, Wr; /* the padded planes */
+  _Atomic int bad, oom;
+} sk_job;
+
+#if defined(__x86_64__)
+/* The codes of one image (C planes of H x W at x, c = x / sx checked exact,
+ * |c| <= 255) as floats into the zeroed padded planes u [C][Hr][Wr]; the
+ * same test as pad_bytes_512 (and, after it, fwd_images): returns -1 when a
+ * value is off the grid or the codes, 0 among them, span more than 256
+ * values beyond -128..127. */
+__attribute__((target("avx512f"))) static int small_k_codes(const sk_job *j, const float *x, float *u) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1];
+  const __m512 vinv = _mm512_set1_ps(1.0f / j->sx), vs = _mm512_set1_ps(j->sx), lim = _mm512_set1_ps(255.0f);
+  __m512 mn = _mm512_setzero_ps(), mx = mn;
+  __mmask16 bad = 0;
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t h = 0; h < H; h++) {
+      const float *s = x + (c * H + h) * W;
+      float *d = u + (c * j->Hr + h + g->pb[0]) * j->Wr + g->pb[1];
+      for (int64_t w = 0; w < W; w += 16) {
+        const __mmask16 m = (__mmask16)(W - w >= 16 ? 0xffff : (1u << (W - w)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, s + w);
+        const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __mmask16 in = _mm512_cmp_ps_mask(_mm512_abs_ps(r), lim, _CMP_LE_OQ);
+        const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_mul_ps(vs, r), v, _CMP_EQ_OQ);
+        bad |= (__mmask16)(m & ~(in & eq));
+        const __m512 q = _mm512_maskz_mov_ps(m & in, _mm512_add_ps(r, _mm512_setzero_ps())); /* -0 to 0 */
+        mn = _mm512_min_ps(mn, q);
+        mx = _mm512_max_ps(mx, q);
+        _mm512_mask_storeu_ps(d + w, m, q);
+      }
+    }
+  const float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
+  return bad || ((lo < -128.0f || hi > 127.0f) && hi - lo > 255.0f) ? -1 : 0;
+}
+
+/* Output channels [m0, m0 + nm) (nm <= 4) of the 16-pixel blocks at column
+ * ow0 of output rows oh and oh + 1 (lanes k0 and k1 valid; k1 = 0 when
+ * there is no row oh + 1): sums over the K taps (row oh's reads r[t] from
+ * ow0 on, row oh + 1's a plane row further), eight independent FMA chains,
+ * then the epilogue, to y and/or acc at output offset o (channel m0, row
+ * oh, column ow0). */
+__attribute__((target("avx512f"))) static void small_k_block(const sk_job *j, const float *const *r, int64_t K,
+                                                            int64_t ow0, __mmask16 k0, __mmask16 k1, int64_t m0,
+                                                            int nm, int64_t o) {
+  /* weight rows past nm read the zero rows that j->w carries after its M
+   * rows (their sums are not stored) */
+  const float *w = j->w + m0 * K;
+  const int64_t Wr = j->Wr;
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  for (int64_t t = 0; t < K; t++) {
+    const __m512 x0 = _mm512_maskz_loadu_ps(k0, r[t] + ow0), x1 = _mm512_maskz_loadu_ps(k1, r[t] + Wr + ow0);
+    const __m512 w0 = _mm512_set1_ps(w[t]), w1 = _mm512_set1_ps(w[K + t]), w2 = _mm512_set1_ps(w[2 * K + t]),
+                 w3 = _mm512_set1_ps(w[3 * K + t]);
+    a0 = _mm512_fmadd_ps(w0, x0, a0);
+    a1 = _mm512_fmadd_ps(w1, x0, a1);
+    a2 = _mm512_fmadd_ps(w2, x0, a2);
+    a3 = _mm512_fmadd_ps(w3, x0, a3);
+    b0 = _mm512_fmadd_ps(w0, x1, b0);
+    b1 = _mm512_fmadd_ps(w1, x1, b1);
+    b2 = _mm512_fmadd_ps(w2, x1, b2);
+    b3 = _mm512_fmadd_ps(w3, x1, b3);
+  }
+  const __m512 a[2][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}}, vs = _mm512_set1_ps(j->sc);
+  const __mmask16 km[2] = {k0, k1};
+  const int64_t P = j->g->out_sz, OW = j->g->out[1];
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < nm && km[h]; i++) {
+      const int64_t at = o + i * P + h * OW;
+      if (j->y) {
+        const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[m0 + i] : 0.0f);
+        _mm512_mask_storeu_ps(j->y + at, km[h], _mm512_add_ps(_mm512_mul_ps(a[h][i], vs), vb));
+      }
+      if (j->acc) _mm512_mask_storeu_epi32(j->acc + at, km[h], _mm512_cvtps_epi32(a[h][i]));
+    }
+}
+
+__attribute__((target("avx512f"))) static void small_k_images(void *arg, int64_t n0, int64_t n1) {
+  sk_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t K = g->C * g->k_sz, plane = g->C * j->Hr * j->Wr, OH = g->out[0], OW = g->out[1];
+  float *u = malloc(sizeof(float) * (size_t)plane);
+  if (!u) {
+    atomic_store(&j->oom, 1);
+    return;
+  }
+  const float *r[SK_MAX];
+  int64_t toff[SK_MAX]; /* tap t's offset in the planes */
+  for (int64_t t = 0; t < K; t++) {
+    const int64_t c = t / g->k_sz, kh = t % g->k_sz / g->k[1], kw = t % g->k[1];
+    toff[t] = (c * j->Hr + kh) * j->Wr + kw;
+  }
+  for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
+    memset(u, 0, sizeof(float) * (size_t)plane);
+    if (small_k_codes(j, j->x + n * g->C * g->in_sz, u)) {
+      atomic_store(&j->bad, 1);
+      break;
+    }
+    for (int64_t oh = 0; oh < OH; oh += 2) { /* two rows at a time */
+      for (int64_t t = 0; t < K; t++) r[t] = u + oh * j->Wr + toff[t];
+      for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {
+        const __mmask16 k = (__mmask16)(OW - ow0 >= 16 ? 0xffff : (1u << (OW - ow0)) - 1);
+        for (int64_t m = 0; m < g->M; m += 4)
+          small_k_block(j, r, K, ow0, k, oh + 1 < OH ? k : 0, m, (int)(g->M - m < 4 ? g->M - m : 4),
+                        (n * g->M + m) * g->out_sz + oh * OW + ow0);
+      }
+    }
+  }
+  free(u);
+}
+#endif
+
+/* The layer by the direct path (small_k_fits(g)), w8 the weight codes;
+ * *done = 0 when it did not run, *off_grid = 1 when the codes are off the
+ * grid. */
+static nbl_status small_k_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const int8_t *w8,
+                                  float sc, const float *bias, float *y, int32_t *acc, int *done, int *off_grid) {
+  *done = 0;
+#if defined(__x86_64__)
+  const int64_t K = g->C * g->k_sz;
+  int64_t Hr = g->in[0] + g->pb[0], Wr = g->in[1] + g->pb[1];
+  if (Hr < g->out[0] + g->k[0] - 1) Hr = g->out[0] + g->k[0] - 1;
+  if (Wr < g->out[1] + g->k[1] - 1) Wr = g->out[1] + g->k[1] - 1;
+  float *wf = calloc((size_t)((g->M + 3) * K), sizeof(float)); /* 3 zero rows past M (small_k_block) */
+  if (!wf) return NBL_ERR_OUT_OF_MEMORY;
+  for (int64_t i = 0; i < g->M * K; i++) wf[i] = (float)w8[i];
+  sk_job j = {.g = g, .x = x, .w = wf, .bias = bias, .sx = sx, .sc = sc, .y = y, .acc = acc, .Hr = Hr, .Wr = Wr};
+  if (ctx) nbl_parallel_for(ctx, g->N, 1, small_k_images, &j);
+  else small_k_images(&j, 0, g->N);
+  free(wf);
+  if (atomic_load(&j.oom)) return NBL_ERR_OUT_OF_MEMORY;
+  if (atomic_load(&j.bad)) *off_grid = 1;
+  *done = 1;
+#else
+  (void)ctx, (void)g, (void)x, (void)sx, (void)w8, (void)sc, (void)bias, (void)y, (void)acc, (void)off_grid;
+#endif
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ the entry */
+
 nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
                                 float sw, const float *bias, float *y, int32_t *acc, int *off_grid) {
   *off_grid = 0;
@@ -276,14 +450,16 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
   nbl_i4b_grid gw;
   if (!st && (nbl_i4b_codes_linear(bisa, w, nw, sw, wq, &gw) || gw.maxabs > 128)) *off_grid = 1;
   for (int64_t i = 0; !st && !*off_grid && gw.maxabs == 128 && i < nw; i++) *off_grid = wq[i] == 128;
-  for (int64_t gi = 0; !st && !*off_grid && gi < g->group; gi++) {
-    for (int64_t i = gi * Mg * Kg; i < (gi + 1) * Mg * Kg; i++) w8[i] = (int8_t)wq[i];
-    if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
-  }
-  int amx_done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
+  for (int64_t i = 0; !st && !*off_grid && i < nw; i++) w8[i] = (int8_t)wq[i];
+  int done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
   if (!st && !*off_grid && nbl_i4b_amx_on(bisa))
-    st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &amx_done);
-  if (!st && !*off_grid && !amx_done) {
+    st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done);
+  if (!st && !*off_grid && !done && small_k_fits(g))
+    st = small_k_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done, off_grid);
+  /* the VNNI tiles' packed weights, only when they run */
+  for (int64_t gi = 0; !st && !*off_grid && !done && gi < g->group; gi++)
+    if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;
+  if (!st && !*off_grid && !done) {
     int64_t Hp = g->in[0] + g->pb[0], Wp = g->in[1] + g->pb[1];
     const int64_t need_h = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
     const int64_t need_w = (g->out[1] - 1) * g->s[1] + (g->k[1] - 1) * g->d[1] + 1;

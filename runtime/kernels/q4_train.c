@@ -186,19 +186,26 @@ __attribute__((target("avx"))) static int64_t scale_avx(float *y, int64_t n, flo
 }
 #endif
 
+/* Floats quantized, then scaled, at a time: the scale pass reads what the
+ * quantizer wrote from L1, not from memory (a whole tensor at one thread). */
+#define FQ_BLOCK 2048
+
 static void fq_chunk(void *arg, int64_t b, int64_t e) {
   const fq_job *j = arg;
-  float *y = j->y + b;
-  nbl_i4_quantize_centered(&j->q, j->x + b, y, (size_t)(e - b), (uint64_t)b);
   const float s = j->scale;
-  /* scale * (q - zero), as nbl_q4_fake_quant; + 0 turns the vector path's -0 (a
-   * negative value rounded to code zero) into the +0 of the integer code */
-  int64_t i = 0;
+  for (int64_t b0 = b; b0 < e; b0 += FQ_BLOCK) {
+    const int64_t n = e - b0 < FQ_BLOCK ? e - b0 : FQ_BLOCK;
+    float *y = j->y + b0;
+    nbl_i4_quantize_centered(&j->q, j->x + b0, y, (size_t)n, (uint64_t)b0);
+    /* scale * (q - zero), as nbl_q4_fake_quant; + 0 turns the vector path's -0 (a
+     * negative value rounded to code zero) into the +0 of the integer code */
+    int64_t i = 0;
 #if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX512F)) i = scale_avx512(y, e - b, s);
-  else if (nbl_cpu_has(NBL_CPU_AVX)) i = scale_avx(y, e - b, s);
+    if (nbl_cpu_has(NBL_CPU_AVX512F)) i = scale_avx512(y, n, s);
+    else if (nbl_cpu_has(NBL_CPU_AVX)) i = scale_avx(y, n, s);
 #endif
-  for (; i < e - b; i++) y[i] = s * y[i] + 0.0f;
+    for (; i < n; i++) y[i] = s * y[i] + 0.0f;
+  }
 }
 
 void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,

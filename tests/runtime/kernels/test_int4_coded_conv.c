@@ -9,6 +9,8 @@
  *     rows not of 32, pixel blocks split), and 4-bit signed, unsigned and
  *     8-bit affine / unsigned activation codes with 8-bit weights down to
  *     -128;
+ *   - with the direct float path of few-tap layers turned off, the same
+ *     floats and sums bit for bit;
  *   - operands off the grid (a value between levels, a NaN, a weight code
  *     128, activation codes spanning more than 256 values) are refused
  *     (the caller's float fallback), nothing else.
@@ -112,6 +114,19 @@ static void run_case(const fcase *c, int ci) {
   free(y1);
   }
   nbl_i4b_set_amx(-1);
+  /* the direct path of layers with few taps (C * KH * KW <= 18, unit
+   * strides) off: the VNNI tiles give the same floats and sums */
+  float *y2 = malloc(sizeof(float) * (size_t)ny);
+  int32_t *acc2 = malloc(sizeof(int32_t) * (size_t)ny);
+  ck_assert(y2 && acc2);
+  nbl_i4b_set_small_k(0);
+  int off2 = -1;
+  ck_assert_int_eq(nbl_i4b_conv_forward(NULL, &g, x, sx, w, sw, c->bias ? b : NULL, y2, acc2, &off2), NBL_OK);
+  nbl_i4b_set_small_k(-1);
+  ck_assert_int_eq(off2, 0);
+  ck_assert(memcmp(y, y2, sizeof(float) * (size_t)ny) == 0);
+  ck_assert(memcmp(acc, acc2, sizeof(int32_t) * (size_t)ny) == 0);
+  free(y2), free(acc2);
   free(y_vnni);
   free(cx), free(cw), free(x), free(w), free(b), free(y), free(acc), free(ref);
 }
@@ -133,6 +148,12 @@ static const fcase cases[] = {
     {2, 16, 32, 1, 28, 28, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 0, 15, -8, 7, 0},      /* ResNet shortcut 1x1 s2 */
     {2, 64, 64, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -8, 7, -8, 7, 1},        /* 64 channels: one full chunk */
     {2, 70, 40, 1, 9, 10, 3, 2, 1, 2, 1, 1, 2, 1, 0, 0, -128, 127, -128, 127, 1}, /* 18 quads, odd pad, 3 m blocks */
+    /* few taps (C * KH * KW <= 18, unit strides): the direct float path */
+    {3, 1, 16, 1, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127, -128, 127, 1}, /* ResNet stem, 8-bit */
+    {2, 2, 7, 1, 17, 33, 3, 3, 1, 1, 1, 1, 1, 0, 2, 1, 0, 255, -128, 127, 1},    /* K = 18, 3 column blocks */
+    {1, 1, 5, 1, 9, 16, 4, 4, 1, 1, 1, 1, 2, 1, 1, 2, -9, 246, -8, 7, 0},        /* 16 columns, odd rows */
+    {2, 1, 6, 1, 12, 11, 4, 5, 1, 1, 1, 1, 0, 2, 0, 2, 0, 15, -8, 7, 1},         /* K = 20: not taken */
+    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, -8, 7, -8, 7, 1},           /* one pixel, one tap */
 };
 
 START_TEST(test_exact) { run_case(&cases[_i], _i); }
@@ -140,14 +161,15 @@ END_TEST
 
 /* Off the grid: refused (off_grid 1), whatever else. */
 START_TEST(test_refused) {
-  const fcase c = {2, 4, 8, 1, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 0};
+  /* 4 channels (the tiles), 1 (the direct path of few taps) */
+  const fcase c = {2, _i ? 1 : 4, 8, 1, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 15, -8, 7, 0};
   const nbl_conv_geom g = geom_of(&c);
   const int64_t nx = g.N * g.C * g.in_sz, nw = g.M * g.C * g.k_sz, ny = g.N * g.M * g.out_sz;
   float *x = malloc(sizeof(float) * (size_t)nx), *w = malloc(sizeof(float) * (size_t)nw);
   float *y = malloc(sizeof(float) * (size_t)ny);
   ck_assert(x && w && y);
   const float sx = 0.25f, sw = 0.1f;
-  for (int kind = 0; kind < 6; kind++) {
+  for (int kind = 0; kind < 7; kind++) {
     for (int64_t i = 0; i < nx; i++) x[i] = sx * (float)rnd_in(0, 15);
     for (int64_t i = 0; i < nw; i++) w[i] = sw * (float)rnd_in(-8, 7);
     switch (kind) {
@@ -157,6 +179,7 @@ START_TEST(test_refused) {
     case 3: w[3] = sw * 128.0f; break;           /* weight code 128 */
     case 4: x[0] = -sx * 100, x[1] = sx * 200; break; /* 301 activation codes */
     case 5: x[7] = sx * 256.0f; break;           /* a code past 255 */
+    case 6: x[2] = -sx, x[3] = sx * 255.0f; break; /* 257 codes: -1..255 */
     }
     int off = 0;
     ck_assert_int_eq(nbl_i4b_conv_forward(NULL, &g, x, sx, w, sw, NULL, y, NULL, &off), NBL_OK);
@@ -186,7 +209,7 @@ int main(void) {
   Suite *s = suite_create("int4_coded_conv");
   TCase *tc = tcase_create("forward");
   tcase_add_loop_test(tc, test_exact, 0, (int)(sizeof cases / sizeof cases[0]));
-  tcase_add_test(tc, test_refused);
+  tcase_add_loop_test(tc, test_refused, 0, 2);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

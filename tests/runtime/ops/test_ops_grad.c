@@ -664,6 +664,9 @@ START_TEST(test_conv_grad_fast) {
       /* the 6 x 4 dW tile: LeNet's first layer; 5 of 6 rows and 9 of 12 taps */
       {"LeNet conv1 1->6 5x5", T_D(3, 1, 28, 28), T_D(6, 1, 5, 5), {AEND}},
       {"1->5 3x3, partial 6x4 tile", T_D(2, 1, 9, 10), T_D(5, 1, 3, 3), {AV("pads", 1, 0, 1, 2), AEND}},
+      /* the shifted-rows dW in passes of images that fit the L2 (6 of these
+       * a pass): two passes, the last of one image */
+      {"16->32 3x3 28x28, 7 images", T_D(7, 16, 28, 28), T_D(32, 16, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
   };
   for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
     runner *sh = runner_new("", "Conv", 11, cs[i].a, 2, (tens[]){cs[i].x, cs[i].w}, 1, NULL, 1);
