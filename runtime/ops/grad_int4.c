@@ -25,9 +25,17 @@
  *            W (float32, [M, C/group, k...]), X_scale, W_scale, dY_scale
  *            (optional float32 scalars: the scales of linear codes; dY_scale
  *            omitted for a log-quantized gradient)
+ *            dY_codes (optional int8, dY's shape), dY_top (optional float32
+ *            scalar): for a log-quantized dY, the QuantizeLog's codes and
+ *            top outputs (runtime/formats/log.h), which the fast kernel
+ *            reads instead of recovering dY's codes from its floats (dY
+ *            stays the operand: where the codes cannot give dY's grid, or
+ *            mark a NaN or Inf, the floats are read as without them)
  *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
  *            optional: needs X's codes), dB ([M], optional)
- *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads, strides)
+ *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads,
+ *            strides); with dY_codes, log_radix and log_exp_bits (the
+ *            QuantizeLog's radix and exp_bits, defaults 4 and 3)
  * Int4LogGemm (ai.nibble 1) -- Gemm without C on coded operands (a backward
  *   product dY * W^T or X^T * dY as build-training writes them)
  *   inputs:  A (float32 2-D), B (float32 2-D), A_scale, B_scale (optional
@@ -48,6 +56,7 @@
 #include <stdlib.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/formats/log.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/ops/grad_int4.h"
 #include "runtime/ops/grad_util.h"
@@ -166,14 +175,63 @@ static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, 
 
 /* ------------------------------------------------------------------ Int4LogConvGrad */
 
+/* The optional dY_codes and dY_top inputs (6, 7): *codes NULL when absent;
+ * an error when one is given without the other or with the wrong type. */
+static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
+  const nbl_rt_tensor *dY = grad_in(c, 0), *k = grad_in(c, 6);
+  nbl_status st;
+  int have;
+  *codes = NULL;
+  if ((st = scale_in(c, 7, "dY_top", top, &have))) return st;
+  if (!k && !have) return NBL_OK;
+  if (!k || !have) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY_codes (input 6) and dY_top (input 7) go together");
+  if (k->dtype != NBL_DT_INT8 || !dY || k->numel != dY->numel)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 (dY_codes) must be int8 with dY's %lld elements, got %s with %lld",
+                    (long long)(dY ? dY->numel : 0), nbl_dtype_name(k->dtype), (long long)k->numel);
+  *codes = k->data;
+  return NBL_OK;
+}
+
 static nbl_status k_conv_ref(nbl_kctx *c) {
   float s;
   int have;
   nbl_status st;
+  const int8_t *codes;
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
+  if ((st = codes_in(c, &codes, &s))) return st;
   return counterpart(c, conv_grad_def(), 3, 0);
+}
+
+/* dY's codes from the QuantizeLog's codes and top (see the top) into *q
+ * and *g: 0, or -1 when they do not give dY's grid (the caller then reads
+ * the floats). Each value of dY is then exactly its code times g->unit,
+ * the grid's smallest level: the same products as the codes the floats
+ * give (those count from the smallest level present; the sums differ by a
+ * power of two that the rescale takes back exactly). */
+static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *codes, float top, int16_t **q,
+                        nbl_i4b_grid *g) {
+  nbl_log_config cfg;
+  nbl_log_config_default(&cfg);
+  cfg.radix = (int)nbl_attr_int(c->node, "log_radix", 4);
+  cfg.exp_bits = (int)nbl_attr_int(c->node, "log_exp_bits", 3);
+  const char *why;
+  float unit;
+  if (nbl_log_validate(&cfg, &why) || !nbl_log_int_grid(&cfg, top, &unit)) return -1;
+  const int L = (1 << cfg.exp_bits) - 1;
+  int32_t lut[32] = {0};
+  for (int k = -L; k <= L; k++) lut[k + 16] = nbl_log_code_int(&cfg, k);
+  *q = malloc(sizeof(int16_t) * (size_t)(dY->numel ? dY->numel : 1));
+  if (!*q) return -1;
+  int32_t mx = 0;
+  if (nbl_i4b_codes_log(nbl_i4b_best_isa(), codes, dY->numel, L, lut, *q, &mx)) {
+    free(*q);
+    *q = NULL;
+    return -1;
+  }
+  g->unit = unit, g->maxabs = mx;
+  return 0;
 }
 
 /* dW on the AMX tiles (int4_amx.c) takes the floats of X, its codes made
@@ -207,6 +265,9 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
+  const int8_t *dyc;
+  float dytop;
+  if ((st = codes_in(c, &dyc, &dytop))) return st;
   nbl_conv_geom g;
   if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
@@ -215,7 +276,9 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_i4b_isa isa = nbl_i4b_best_isa();
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
-  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0 &&
+  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) &&
+           ((dyc && !have[2] && codes_handed(c, dY, dyc, dytop, &dyq, &gdy) == 0) ||
+            codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0) &&
            (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);

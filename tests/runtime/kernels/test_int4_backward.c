@@ -519,6 +519,54 @@ static void conv_case(const ccase *c) {
     for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
     runner_free(r);
   }
+  /* 4. with the QuantizeLog's codes and top handed over (inputs 6 and 7, as
+   * int4-backward wires them): the same bits, every variant, the floats of
+   * dY not read (a planted wrong code or top changes the outputs); a NaN's
+   * code (or a code past the grid) sends it back to the floats */
+  {
+    nbl_log_params lp;
+    nbl_log_choose(&lc, dy.data, (size_t)dy.n, &lp);
+    tens k8 = t_new(NBL_DT_INT8, dy.rank, dy.dims);
+    int64_t nz = -1;
+    for (int64_t i = 0; i < dy.n; i++) {
+      const int code = nbl_log_code(&lc, &lp, ((float *)dy.data)[i], (uint64_t)i);
+      ((int8_t *)k8.data)[i] = (int8_t)code;
+      if (code && nz < 0) nz = i;
+      ck_assert(nbl_log_value(&lc, &lp, code) == ((float *)dy.data)[i]); /* dY is on its grid */
+    }
+    ck_assert_int_ge(nz, 0);
+    tens in8[8] = {dy, x, w, in[3], in[4], NONE, k8, t_scalar(NBL_DT_FLOAT, lp.top)};
+    attr a8[10];
+    conv_attrs(c, a8);
+    a8[5] = AI("log_radix", c->radix);
+    a8[6] = AI("log_exp_bits", c->eb);
+    a8[7] = AEND;
+    for (int v = 0; v < ni + amx_ok; v++) {
+      nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
+      nbl_i4b_set_amx(v == ni);
+      for (int plant = 0; plant < 4; plant++) { /* 0: as made, 1: one sign flipped, 2: NaN code, 3: top doubled */
+        int8_t *k = k8.data;
+        const int8_t keep8 = k[nz];
+        if (plant == 1) k[nz] = (int8_t)-k[nz];
+        if (plant == 2) k[nz] = NBL_LOG_CODE_NONFINITE;
+        ((float *)in8[7].data)[0] = plant == 3 ? 2.0f * lp.top : lp.top;
+        long runs = nbl_i4b_integer_runs();
+        runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a8, 8, in8, 3, NULL, 0);
+        ck_assert_msg(runner_run(r, in8) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+        ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 1);
+        int same = 1;
+        for (int o = 0; o < 3; o++) same &= memcmp(first[o].data, r->out[o].data, first[o].nbytes) == 0;
+        ck_assert_msg(same == (plant == 0 || plant == 2), "%s: codes handed over (variant %d, plant %d): %s",
+                      c->what, v, plant, same ? "the planted error went unseen" : "outputs differ");
+        k[nz] = keep8;
+        runner_free(r);
+      }
+    }
+    nbl_i4b_set_isa(-1);
+    nbl_i4b_set_amx(-1);
+    t_free(&k8);
+    t_free(&in8[7]);
+  }
   /* 3. dX alone and dW alone (the nodes of the training graphs): on the AMX
    * tiles the products then read the floats of dY and X, their codes made
    * while packing; the same bits as above, every variant */
@@ -979,11 +1027,22 @@ static void pm_expect_rewrite(pm *p, int log) {
   const nbl_node *qg = &g->nodes[pm_find_node(g, "q_g")];
   ck_assert_int_eq(qx->n_outputs, 2);
   ck_assert_int_eq(qw->n_outputs, 2);
-  ck_assert_int_eq(n->n_inputs, log ? 5 : 6);
+  ck_assert_int_eq(n->n_inputs, log ? 8 : 6);
   ck_assert_int_eq(n->inputs[3], qx->outputs[1]);
   ck_assert_int_eq(n->inputs[4], qw->outputs[1]);
   if (!log) ck_assert_int_eq(n->inputs[5], qg->outputs[1]);
-  else ck_assert_int_eq(qg->n_outputs, 1); /* the log quantizer is left as it is */
+  else { /* the log quantizer's codes and top handed over, its grid as attributes */
+    ck_assert_int_eq(qg->n_outputs, 3);
+    ck_assert_int_eq(n->inputs[5], NBL_NONE);
+    ck_assert_int_eq(n->inputs[6], qg->outputs[2]);
+    ck_assert_int_eq(n->inputs[7], qg->outputs[1]);
+    ck_assert_str_eq(g->values[qg->outputs[2]].name, "Gq_codes");
+    ck_assert_str_eq(g->values[qg->outputs[1]].name, "Gq_top");
+    ck_assert_int_eq(g->values[qg->outputs[2]].type.elem, NBL_DT_INT8);
+    ck_assert_int_eq(g->values[qg->outputs[2]].type.rank, 4);
+    ck_assert_int_eq(nbl_attr_int(n, "log_radix", 0), 4);
+    ck_assert_int_eq(nbl_attr_int(n, "log_exp_bits", 0), 3);
+  }
   ck_assert_str_eq(g->values[qx->outputs[1]].name, "Xq_scale");
   ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_f")].op_type, "ConvGrad");
   if (log) ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_10")].op_type, "ConvGrad");

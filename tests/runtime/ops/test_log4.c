@@ -2,7 +2,7 @@
  * sessions: the reference and the fast kernel give the same bits in every
  * mode (threaded chunks, vector tails), the values are those of
  * runtime/formats/log.c, the step input changes the stochastic draws
- * reproducibly, the top output, errors naming the node; and the pass
+ * reproducibly, the top and codes outputs, errors naming the node; and the pass
  * quantize-grad-log4 on a hand-built training graph. */
 #include <check.h>
 #include <math.h>
@@ -32,9 +32,9 @@ static float *grad_data(int64_t n) {
 
 /* One QuantizeLog node with the attributes of cfg (rounding, radix, phase,
  * seed; exp_bits when not 3), with a step input when step >= 0, and the top
- * output when want_top. */
+ * output when want_top (want_top 2: the codes output too). */
 static one *qlog_node(const nbl_log_config *cfg, int with_step, int want_top) {
-  one *o = one_new_domain("QuantizeLog", "ai.nibble", 1, with_step ? 2 : 1, want_top ? 2 : 1);
+  one *o = one_new_domain("QuantizeLog", "ai.nibble", 1, with_step ? 2 : 1, 1 + want_top);
   nbl_graph *g = G(o);
   nbl_node_set_attr_string(g, o->node, "rounding", nbl_log_rounding_name(cfg->rounding));
   nbl_node_set_attr_int(g, o->node, "radix", cfg->radix);
@@ -73,10 +73,21 @@ START_TEST(test_qlog_ref_fast_formats) {
     nbl_log_params p;
     nbl_log_choose(&keyed, x, (size_t)n, &p);
     nbl_log_fake_quant(&keyed, &p, x, want, (size_t)n, 0);
-    one *o = qlog_node(&c, 1, 1);
+    one *o = qlog_node(&c, 1, 2);
     one_in(o, 0, NBL_DT_FLOAT, 1, dims, x);
     one_in(o, 1, NBL_DT_INT64, 0, NULL, &step);
     for (int ref = 0; ref < 2; ref++) {
+      /* the codes output: each element's code, NBL_LOG_CODE_NONFINITE for NaN, Inf */
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      ck_assert_int_eq(o->out[2].dtype, NBL_DT_INT8);
+      ck_assert_int_eq((int64_t)o->out[2].nbytes, n);
+      const int8_t *codes = o->out[2].data;
+      for (int64_t i = 0; i < n; i++) {
+        const int wc = isfinite(x[i]) ? nbl_log_code(&keyed, &p, x[i], (uint64_t)i) : NBL_LOG_CODE_NONFINITE;
+        ck_assert_msg(codes[i] == wc, "mode %zu %s: x[%lld]=%a: code %d, want %d", k, ref ? "reference" : "fast",
+                      (long long)i, (double)x[i], codes[i], wc);
+        ck_assert(wc == NBL_LOG_CODE_NONFINITE || nbl_log_value(&keyed, &p, wc) == want[i]);
+      }
       ck_assert_int_eq(one_run(o, ref), NBL_OK);
       const float *y = outf(o, 0);
       for (int64_t i = 0; i < n; i++) {
