@@ -9,8 +9,9 @@
  *     and (codes=1, the default) the QuantizeLog's codes and top outputs
  *     (outputs 2 and 1, added as "<Y>_codes", "<Y>_top" when absent) as its
  *     dY_codes and dY_top inputs, with the radix and exponent bits as the
- *     attributes log_radix and log_exp_bits: the kernel reads dY's codes
- *     instead of recovering them from its floats;
+ *     attributes log_radix and log_exp_bits, and its dY input omitted: the
+ *     kernel reads dY's codes instead of recovering them from floats, and
+ *     the QuantizeLog drops Y (output 0) when nothing else reads it;
  *   - a Gemm without C (or with beta = 0: C dropped), or a MatMul of two
  *     2-D operands, multiplying a QuantizeLog output by a QuantizeInt4
  *     output becomes ai.nibble Int4LogGemm (A_scale or B_scale on the
@@ -112,6 +113,16 @@ static nbl_status wire_codes(ib_state *s, nbl_graph *g, nbl_id id, nbl_id q) {
   if (top == NBL_NONE || codes == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
   nbl_node_set_input(g, id, 6, codes); /* (inputs 3..5 absent: "") */
   nbl_node_set_input(g, id, 7, top);
+  /* dY itself no longer: the codes and top carry it; the QuantizeLog
+   * drops its Y when nothing else reads it (not written, not read) */
+  const nbl_id y = g->nodes[id].inputs[0];
+  nbl_node_set_input(g, id, 0, NBL_NONE);
+  nbl_value *yv = &g->values[y];
+  if (!yv->n_consumers && !(yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) && g->nodes[q].outputs[0] == y) {
+    g->nodes[q].outputs[0] = NBL_NONE;
+    yv->dead = true;
+    yv->producer = NBL_NONE;
+  }
   nbl_node_set_attr_int(g, id, "log_radix", radix);
   nbl_node_set_attr_int(g, id, "log_exp_bits", eb);
   return NBL_OK;
@@ -239,6 +250,7 @@ static nbl_status run_graph(ib_state *s, nbl_graph *g, int training) {
     else if (training && s->forward && op_is(n, "", "Conv")) st = fwd_conv(s, g, id);
     if (st) return st;
   }
+  nbl_graph_compact(g); /* the dropped Y values */
   return NBL_OK;
 }
 

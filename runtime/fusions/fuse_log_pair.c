@@ -48,7 +48,8 @@ int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
   nbl_log_config cfg;
   char err[160];
   if (!nbl_fuse_is_op(n, "ai.nibble", "QuantizeLog") || n->n_inputs != 1 || n->inputs[0] == NBL_NONE ||
-      n->n_outputs < 1 || n->n_outputs > 3 || n->outputs[0] == NBL_NONE ||
+      n->n_outputs < 1 || n->n_outputs > 3 ||
+      (n->outputs[0] == NBL_NONE && (n->n_outputs < 3 || n->outputs[2] == NBL_NONE)) ||
       nbl_log_config_decode(n, &cfg, err, sizeof err) != NBL_OK ||
       (cfg.rounding != NBL_LOG_NEAREST && cfg.rounding != NBL_LOG_TPR))
     return 0;
@@ -121,8 +122,8 @@ static void lp_sweep(void *arg, int64_t b, int64_t e) {
     int64_t len = e - at < LP_CHUNK ? e - at : LP_CHUNK;
     for (int k = 0; k < 2; k++)
       if (j->codes[k])
-        nbl_logq_nearest_codes(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at, j->y[k] + at,
-                               j->codes[k] + at, (size_t)len);
+        nbl_logq_nearest_codes(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at,
+                               j->y[k] ? j->y[k] + at : NULL, j->codes[k] + at, (size_t)len);
       else
         nbl_logq_nearest(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at, j->y[k] + at, (size_t)len);
   }
@@ -155,14 +156,17 @@ nbl_status nbl_fuse_log_pair_run(nbl_kctx *c, const nbl_node *const orig[2], con
     nbl_log_choose_max(&cfg[k], m, &p);
     nbl_log_table(&cfg[k], &p, j.lev[k], j.thr[k]);
     j.levels[k] = p.levels;
-    nbl_status st = nbl_kctx_alloc_out(c, out + k, NBL_DT_FLOAT, X->rank, X->dims);
-    if (st) return st;
-    j.y[k] = nbl_kctx_out(c, out + k)->data;
+    nbl_status st = NBL_OK;
+    const int want_codes = c->n_out > out + 4 + k && c->out[out + 4 + k];
+    if (c->out[out + k] || !want_codes) { /* Y (omitted with the codes wanted: not written) */
+      if ((st = nbl_kctx_alloc_out(c, out + k, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+      j.y[k] = nbl_kctx_out(c, out + k)->data;
+    }
     if (c->n_out > out + 2 + k && c->out[out + 2 + k]) { /* top */
       if ((st = nbl_kctx_alloc_out(c, out + 2 + k, NBL_DT_FLOAT, 0, NULL))) return st;
       ((float *)nbl_kctx_out(c, out + 2 + k)->data)[0] = p.top;
     }
-    if (c->n_out > out + 4 + k && c->out[out + 4 + k]) { /* codes */
+    if (want_codes) { /* codes */
       if ((st = nbl_kctx_alloc_out(c, out + 4 + k, NBL_DT_INT8, X->rank, X->dims))) return st;
       j.codes[k] = nbl_kctx_out(c, out + 4 + k)->data;
     }

@@ -81,8 +81,8 @@ int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale
  * |c| <= L <= 15; runtime/formats/log.h): q[i] = lut[codes[i] + 16], lut
  * the integers of the codes -15..15 (nbl_log_code_int; entries past +-L
  * unused), and *maxabs the largest |q[i]| (0 when all are zero). Returns
- * 0, or -1 when a code is past +-L (NBL_LOG_CODE_NONFINITE among them: a
- * NaN or Inf that the floats must carry) or its integer past
+ * 0, or -1 when a code is past +-L (the codes of NaN and Inf among them:
+ * the float kernel takes those) or its integer past
  * NBL_I4B_MAX_CODE (q then partly written). Vectorized per isa; every
  * variant gives the same result. */
 int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, const int32_t lut[32], int16_t *q,

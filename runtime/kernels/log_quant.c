@@ -2,6 +2,8 @@
  * quantizer; see runtime/kernels/log_quant.h. */
 #include "runtime/kernels/log_quant.h"
 
+#include "runtime/formats/log.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -65,15 +67,15 @@ static void nearest_codes_scalar(const float *lev, const float *thr, int L, cons
   for (size_t i = 0; i < n; i++) {
     float v = x[i], a = fabsf(v);
     if (!(a < INFINITY)) { /* NaN, +-Inf */
-      y[i] = v;
-      codes[i] = (signed char)-128;
+      if (y) y[i] = v;
+      codes[i] = (signed char)nbl_log_code8_nonfinite(v);
       continue;
     }
     int k = 0;
     for (int j = L - 1; j >= 0; j--)
       if (a >= thr[j]) k = j + 1;
     int nz = a > 0.0f && a >= thr[L - 1];
-    y[i] = nz ? float_of(bits_of(lev[k - 1]) | (bits_of(v) & 0x80000000u)) : 0.0f;
+    if (y) y[i] = nz ? float_of(bits_of(lev[k - 1]) | (bits_of(v) & 0x80000000u)) : 0.0f;
     codes[i] = (signed char)(nz ? (bits_of(v) >> 31 ? -k : k) : 0);
   }
 }
@@ -203,14 +205,19 @@ __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, 
       const __mmask16 nz = _mm512_cmp_ps_mask(mag, zero, _CMP_NEQ_UQ), fin = _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
       __m512 out = _mm512_maskz_mov_ps(nz, _mm512_castsi512_ps(r));
       out = _mm512_mask_mov_ps(v, fin, out);
-      _mm512_mask_storeu_ps(y + i, k, out);
-      if (codes) { /* the chosen level's code, signed as y; -128 where x is not finite */
+      if (y) _mm512_mask_storeu_ps(y + i, k, out);
+      if (codes) { /* the chosen level's code, signed as y; NaN's, +-Inf's where x is not finite */
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(v), z);
         __m512i cd = _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(kl0, bin, kl1), ge,
                                            _mm512_permutex2var_epi32(kh0, bin, kh1));
         cd = _mm512_maskz_mov_epi32(nz, cd);
-        cd = _mm512_mask_sub_epi32(cd, _mm512_cmplt_epi32_mask(_mm512_castps_si512(v), z), z, cd);
-        cd = _mm512_mask_mov_epi32(_mm512_set1_epi32(-128), fin, cd);
-        _mm512_mask_cvtepi32_storeu_epi8(codes + i, k, cd);
+        cd = _mm512_mask_sub_epi32(cd, neg, z, cd);
+        __m512i sp = _mm512_mask_blend_epi32(neg, _mm512_set1_epi32(NBL_LOG_CODE_POS_INF),
+                                             _mm512_set1_epi32(NBL_LOG_CODE_NEG_INF));
+        sp = _mm512_mask_mov_epi32(sp, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(NBL_LOG_CODE_NAN));
+        cd = _mm512_mask_mov_epi32(sp, fin, cd);
+        if (k == 0xFFFF) _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(cd));
+        else _mm512_mask_cvtepi32_storeu_epi8(codes + i, k, cd);
       }
     }
     return;

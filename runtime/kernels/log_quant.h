@@ -38,8 +38,9 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
 
 /* nbl_logq_nearest that also writes codes[i] (int8): the code of y[i], j + 1
  * for y[i] = +lev[j] and -(j + 1) for -lev[j] (the j the rounding chose),
- * 0 for y[i] = +0, NBL_LOG_CODE_NONFINITE (-128) where x[i] is NaN or +-Inf
- * (runtime/formats/log.h: QuantizeLog's codes output). y may equal x. */
+ * 0 for y[i] = +0, and where x[i] is NaN, +Inf or -Inf the codes -128,
+ * 127, -127 (runtime/formats/log.h: QuantizeLog's codes output). y may
+ * equal x, or be NULL (the codes only). */
 void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                             float *y, signed char *codes, size_t n);
 

@@ -21,16 +21,18 @@
  * reference kernel.
  *
  * Int4LogConvGrad (ai.nibble 1) -- com.microsoft ConvGrad on coded operands
- *   inputs:  dY (float32, [N, M, out...]), X (float32, [N, C, in...]),
+ *   inputs:  dY (float32, [N, M, out...]; optional with dY_codes: then
+ *            the codes and top carry it), X (float32, [N, C, in...]),
  *            W (float32, [M, C/group, k...]), X_scale, W_scale, dY_scale
  *            (optional float32 scalars: the scales of linear codes; dY_scale
  *            omitted for a log-quantized gradient)
  *            dY_codes (optional int8, dY's shape), dY_top (optional float32
  *            scalar): for a log-quantized dY, the QuantizeLog's codes and
  *            top outputs (runtime/formats/log.h), which the fast kernel
- *            reads instead of recovering dY's codes from its floats (dY
- *            stays the operand: where the codes cannot give dY's grid, or
- *            mark a NaN or Inf, the floats are read as without them)
+ *            reads instead of recovering dY's codes from its floats (the
+ *            operand is the same: where the codes cannot give dY's grid,
+ *            or mark a NaN or Inf, the float path runs on dY, or without
+ *            dY on the values of the codes, nbl_log_value8)
  *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
  *            optional: needs X's codes), dB ([M], optional)
  *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads,
@@ -54,6 +56,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/core/grad.h"
 #include "runtime/formats/log.h"
@@ -176,7 +179,8 @@ static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, 
 /* ------------------------------------------------------------------ Int4LogConvGrad */
 
 /* The optional dY_codes and dY_top inputs (6, 7): *codes NULL when absent;
- * an error when one is given without the other or with the wrong type. */
+ * an error when one is given without the other, with the wrong type, or
+ * not of dY's shape. */
 static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
   const nbl_rt_tensor *dY = grad_in(c, 0), *k = grad_in(c, 6);
   nbl_status st;
@@ -185,11 +189,45 @@ static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
   if ((st = scale_in(c, 7, "dY_top", top, &have))) return st;
   if (!k && !have) return NBL_OK;
   if (!k || !have) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY_codes (input 6) and dY_top (input 7) go together");
-  if (k->dtype != NBL_DT_INT8 || !dY || k->numel != dY->numel)
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 (dY_codes) must be int8 with dY's %lld elements, got %s with %lld",
-                    (long long)(dY ? dY->numel : 0), nbl_dtype_name(k->dtype), (long long)k->numel);
+  int same = !dY || (dY->rank == k->rank && !memcmp(dY->dims, k->dims, sizeof(int64_t) * (size_t)k->rank));
+  if (k->dtype != NBL_DT_INT8 || !same)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 (dY_codes) must be int8 of dY's shape, got %s with %lld elements",
+                    nbl_dtype_name(k->dtype), (long long)k->numel);
   *codes = k->data;
   return NBL_OK;
+}
+
+/* The grid attributes of the codes (log_radix, log_exp_bits). */
+static nbl_status codes_cfg(nbl_kctx *c, nbl_log_config *cfg) {
+  nbl_log_config_default(cfg);
+  cfg->radix = (int)nbl_attr_int(c->node, "log_radix", 4);
+  cfg->exp_bits = (int)nbl_attr_int(c->node, "log_exp_bits", 3);
+  const char *why;
+  if (nbl_log_validate(cfg, &why)) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "log_radix, log_exp_bits: %s", why);
+  return NBL_OK;
+}
+
+/* Without dY (input 0) but with its codes: kernel fn run on dY made from
+ * the codes and top (the floats the QuantizeLog's Y would hold). */
+static nbl_status with_dy_decoded(nbl_kctx *c, const int8_t *codes, float top, nbl_kernel_fn fn) {
+  const nbl_rt_tensor *k = grad_in(c, 6);
+  nbl_log_config cfg;
+  nbl_status st = codes_cfg(c, &cfg);
+  if (st) return st;
+  const nbl_log_params p = {.top = top, .levels = (1 << cfg.exp_bits) - 1};
+  nbl_rt_tensor d;
+  memset(&d, 0, sizeof d);
+  if (nbl_rt_tensor_alloc(&d, NBL_DT_FLOAT, k->rank, k->dims)) return grad_oom(c);
+  float *v = d.data;
+  for (int64_t i = 0; i < k->numel; i++) v[i] = nbl_log_value8(&cfg, &p, codes[i]);
+  const nbl_rt_tensor *ins[NBL_KCTX_MIN_IN] = {0};
+  for (int i = 0; i < c->n_in && i < NBL_KCTX_MIN_IN; i++) ins[i] = c->in[i];
+  ins[0] = &d;
+  nbl_kctx c2 = *c;
+  c2.in = ins;
+  st = fn(&c2);
+  nbl_rt_tensor_free(&d);
+  return st;
 }
 
 static nbl_status k_conv_ref(nbl_kctx *c) {
@@ -201,6 +239,7 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
   if ((st = codes_in(c, &codes, &s))) return st;
+  if (!grad_in(c, 0) && codes) return with_dy_decoded(c, codes, s, k_conv_ref);
   return counterpart(c, conv_grad_def(), 3, 0);
 }
 
@@ -213,12 +252,8 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
 static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *codes, float top, int16_t **q,
                         nbl_i4b_grid *g) {
   nbl_log_config cfg;
-  nbl_log_config_default(&cfg);
-  cfg.radix = (int)nbl_attr_int(c->node, "log_radix", 4);
-  cfg.exp_bits = (int)nbl_attr_int(c->node, "log_exp_bits", 3);
-  const char *why;
   float unit;
-  if (nbl_log_validate(&cfg, &why) || !nbl_log_int_grid(&cfg, top, &unit)) return -1;
+  if (codes_cfg(c, &cfg) || !nbl_log_int_grid(&cfg, top, &unit)) return -1;
   const int L = (1 << cfg.exp_bits) - 1;
   int32_t lut[32] = {0};
   for (int k = -L; k <= L; k++) lut[k + 16] = nbl_log_code_int(&cfg, k);
@@ -255,8 +290,9 @@ static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_
 }
 
 static nbl_status k_conv_fast(nbl_kctx *c) {
-  const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1), *W = grad_in(c, 2);
-  if (c->reference || !dY || !X || !W || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
+  const nbl_rt_tensor *X = grad_in(c, 1), *W = grad_in(c, 2);
+  const nbl_rt_tensor *dY = grad_in(c, 0) ? grad_in(c, 0) : grad_in(c, 6); /* without dY: its codes' shape */
+  if (c->reference || !dY || !X || !W || (dY->dtype != NBL_DT_FLOAT && grad_in(c, 0)) || X->dtype != NBL_DT_FLOAT ||
       W->dtype != NBL_DT_FLOAT)
     return k_conv_ref(c);
   float sc[3] = {0};
@@ -268,6 +304,8 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const int8_t *dyc;
   float dytop;
   if ((st = codes_in(c, &dyc, &dytop))) return st;
+  const int floats = grad_in(c, 0) != NULL; /* else dY's values are the codes' */
+  if (!floats && !dyc) return k_conv_ref(c);
   nbl_conv_geom g;
   if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
@@ -278,7 +316,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
   int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) &&
            ((dyc && !have[2] && codes_handed(c, dY, dyc, dytop, &dyq, &gdy) == 0) ||
-            codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0) &&
+            (floats && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0)) &&
            (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
@@ -300,6 +338,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     free(dyq);
     free(xq);
     free(wq);
+    if (!floats) return with_dy_decoded(c, dyc, dytop, k_conv_fast); /* the codes' values, then as with dY */
     atomic_fetch_add(&g_float_runs, 1);
     return counterpart(c, conv_grad_def(), 3, 1);
   }

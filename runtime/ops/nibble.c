@@ -15,9 +15,10 @@
  *            mixed into the stochastic key so every step draws new numbers)
  *   outputs: Y = 0 or +-top*radix^-k (same shape), top (optional float32
  *            scalar, the largest level), codes (optional int8, X's shape:
- *            each element's code, 0 or +-(k+1), NBL_LOG_CODE_NONFINITE = -128
- *            where X is NaN or +-Inf: runtime/formats/log.h; int4-backward
- *            hands it to the integer backward products)
+ *            each element's code, 0 or +-(k+1), and codes of their own for NaN,
+ *            +Inf, -Inf: runtime/formats/log.h; int4-backward hands it to
+ *            the integer backward products). Y may be omitted ("") when
+ *            codes is requested: codes and top then carry it
  *   attributes: radix (2|4|10, default 4), exp_bits (1..4, default 3),
  *            rounding (nearest|stochastic|tpr|luq), phase (0|1, tpr's grid),
  *            seed (int)
@@ -159,8 +160,8 @@ nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_te
 
 /* ------------------------------------------------------------------ QuantizeLog */
 
-/* Inputs, attributes and the grid of a QuantizeLog node; allocates Y and the
- * optional top output. */
+/* Inputs, attributes and the grid of a QuantizeLog node; allocates Y (*y
+ * NULL when Y is omitted and codes requested). */
 static nbl_status qlog_setup(nbl_kctx *c, nbl_log_config *cfg, const float **x, float **y,
                              int64_t *n) {
   const nbl_rt_tensor *X = c->n_in > 0 ? c->in[0] : NULL;
@@ -177,9 +178,12 @@ static nbl_status qlog_setup(nbl_kctx *c, nbl_log_config *cfg, const float **x, 
                       nbl_dtype_name(S->dtype), (long long)S->numel);
     cfg->seed = nbl_log_step_seed(cfg->seed, ((const int64_t *)S->data)[0]);
   }
-  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  *y = NULL; /* Y omitted with the codes requested: not written */
+  if (!(c->n_out > 0 && !c->out[0] && c->n_out > 2 && c->out[2])) {
+    if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+    *y = nbl_kctx_out(c, 0)->data;
+  }
   *x = X->data;
-  *y = nbl_kctx_out(c, 0)->data;
   *n = X->numel;
   return NBL_OK;
 }
@@ -202,12 +206,12 @@ static nbl_status qlog_codes_out(nbl_kctx *c, int8_t **codes) {
 }
 
 /* codes[i] of x[i], i < n (index0: x[0]'s index): the format's code, or
- * NBL_LOG_CODE_NONFINITE */
+ * nbl_log_code8_nonfinite's */
 static void qlog_codes(const nbl_log_config *cfg, const nbl_log_params *p, const float *x, int8_t *codes, int64_t n,
                        uint64_t index0) {
   nbl_log_codes(cfg, p, x, codes, (size_t)n, index0);
   for (int64_t i = 0; i < n; i++)
-    if (!isfinite(x[i])) codes[i] = NBL_LOG_CODE_NONFINITE;
+    if (!isfinite(x[i])) codes[i] = (int8_t)nbl_log_code8_nonfinite(x[i]);
 }
 
 static nbl_status k_quantize_log_ref(nbl_kctx *c) {
@@ -222,7 +226,7 @@ static nbl_status k_quantize_log_ref(nbl_kctx *c) {
   nbl_log_params p;
   nbl_log_choose(&cfg, x, (size_t)n, &p);
   if (codes) qlog_codes(&cfg, &p, x, codes, n, 0); /* before Y: y may share x's memory */
-  nbl_log_fake_quant(&cfg, &p, x, y, (size_t)n, 0);
+  if (y) nbl_log_fake_quant(&cfg, &p, x, y, (size_t)n, 0);
   return qlog_top(c, &p);
 }
 
@@ -238,13 +242,13 @@ typedef struct qlog_job {
 static void qlog_range(void *arg, int64_t b, int64_t e) {
   const qlog_job *j = arg;
   if (j->lev && j->codes)
-    nbl_logq_nearest_codes(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y + b, (signed char *)j->codes + b,
-                           (size_t)(e - b));
+    nbl_logq_nearest_codes(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y ? j->y + b : NULL,
+                           (signed char *)j->codes + b, (size_t)(e - b));
   else if (j->lev)
     nbl_logq_nearest(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y + b, (size_t)(e - b));
   else {
     if (j->codes) qlog_codes(j->cfg, j->p, j->x + b, j->codes + b, e - b, (uint64_t)b);
-    nbl_log_fake_quant(j->cfg, j->p, j->x + b, j->y + b, (size_t)(e - b), (uint64_t)b);
+    if (j->y) nbl_log_fake_quant(j->cfg, j->p, j->x + b, j->y + b, (size_t)(e - b), (uint64_t)b);
   }
 }
 

@@ -548,7 +548,7 @@ static void conv_case(const ccase *c) {
         int8_t *k = k8.data;
         const int8_t keep8 = k[nz];
         if (plant == 1) k[nz] = (int8_t)-k[nz];
-        if (plant == 2) k[nz] = NBL_LOG_CODE_NONFINITE;
+        if (plant == 2) k[nz] = NBL_LOG_CODE_NAN;
         ((float *)in8[7].data)[0] = plant == 3 ? 2.0f * lp.top : lp.top;
         long runs = nbl_i4b_integer_runs();
         runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a8, 8, in8, 3, NULL, 0);
@@ -1031,8 +1031,11 @@ static void pm_expect_rewrite(pm *p, int log) {
   ck_assert_int_eq(n->inputs[3], qx->outputs[1]);
   ck_assert_int_eq(n->inputs[4], qw->outputs[1]);
   if (!log) ck_assert_int_eq(n->inputs[5], qg->outputs[1]);
-  else { /* the log quantizer's codes and top handed over, its grid as attributes */
+  else { /* the log quantizer's codes and top handed over in place of its Y
+          * (which nothing else reads: dropped), its grid as attributes */
     ck_assert_int_eq(qg->n_outputs, 3);
+    ck_assert_int_eq(n->inputs[0], NBL_NONE);
+    ck_assert_int_eq(qg->outputs[0], NBL_NONE);
     ck_assert_int_eq(n->inputs[5], NBL_NONE);
     ck_assert_int_eq(n->inputs[6], qg->outputs[2]);
     ck_assert_int_eq(n->inputs[7], qg->outputs[1]);
@@ -1078,11 +1081,33 @@ START_TEST(test_pass_log) {
                     strstr(log, "cg_f (dY not log-quantized)") && strstr(log, "cg_10 (dY not log-quantized)") &&
                     strstr(log, "g_c1 (Gemm with a C term)"),
                 "%s", log);
+  /* the rewritten model saves and loads back equal (the codes, int8, and
+   * the omitted Y as any other tensor and optional output) */
+  char path[] = "/tmp/nbl_i4b_log_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(p.m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  char why[256] = {0};
+  ck_assert_msg(nbl_model_equal(p.m, back, why, sizeof why), "%s", why);
+  unlink(path);
+  tens c2[16];
+  if (runnable) { /* the loaded model runs: the same bits as the one in memory (below) */
+    nbl_model *mem = p.m;
+    p.m = back;
+    pm_run(&p, c2);
+    p.m = mem;
+  }
+  nbl_model_free(back);
   if (runnable) {
-    long runs = nbl_i4b_integer_runs();
+    long runs = nbl_i4b_integer_runs() - 5; /* (the loaded model's five above) */
     pm_run(&p, b);
-    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 5);
+    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 10);
     for (int o = 0; o < p.n_out; o++) {
+      ck_assert(c2[o].n == b[o].n && memcmp(c2[o].data, b[o].data, sizeof(float) * (size_t)b[o].n) == 0);
+      t_free(&c2[o]);
       double mx = 0;
       for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
       for (int64_t i = 0; i < a[o].n; i++)

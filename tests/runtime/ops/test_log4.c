@@ -77,16 +77,17 @@ START_TEST(test_qlog_ref_fast_formats) {
     one_in(o, 0, NBL_DT_FLOAT, 1, dims, x);
     one_in(o, 1, NBL_DT_INT64, 0, NULL, &step);
     for (int ref = 0; ref < 2; ref++) {
-      /* the codes output: each element's code, NBL_LOG_CODE_NONFINITE for NaN, Inf */
+      /* the codes output: each element's code, nbl_log_code8_nonfinite for NaN, Inf */
       ck_assert_int_eq(one_run(o, ref), NBL_OK);
       ck_assert_int_eq(o->out[2].dtype, NBL_DT_INT8);
       ck_assert_int_eq((int64_t)o->out[2].nbytes, n);
       const int8_t *codes = o->out[2].data;
       for (int64_t i = 0; i < n; i++) {
-        const int wc = isfinite(x[i]) ? nbl_log_code(&keyed, &p, x[i], (uint64_t)i) : NBL_LOG_CODE_NONFINITE;
+        const int wc = isfinite(x[i]) ? nbl_log_code(&keyed, &p, x[i], (uint64_t)i) : nbl_log_code8_nonfinite(x[i]);
         ck_assert_msg(codes[i] == wc, "mode %zu %s: x[%lld]=%a: code %d, want %d", k, ref ? "reference" : "fast",
                       (long long)i, (double)x[i], codes[i], wc);
-        ck_assert(wc == NBL_LOG_CODE_NONFINITE || nbl_log_value(&keyed, &p, wc) == want[i]);
+        const float back = nbl_log_value8(&keyed, &p, wc); /* Y from the codes and top */
+        ck_assert(memcmp(&back, &want[i], 4) == 0 || (isnan(back) && isnan(want[i])) || (back == 0 && want[i] == 0));
       }
       ck_assert_int_eq(one_run(o, ref), NBL_OK);
       const float *y = outf(o, 0);
