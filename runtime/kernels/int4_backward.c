@@ -342,6 +342,29 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t log_codes_512(const i
 }
 #endif
 
+#if I4B_X86
+/* The check of nbl_i4b_codes_log without q: the range of |codes| present
+ * (nonzero ones), 64 bytes at a time; elements [0, returned) scanned. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t log_range_512(const int8_t *codes, int64_t n, int *amin,
+                                                                          int *amax) {
+  __m512i hi = _mm512_setzero_si512(), lo = _mm512_set1_epi8(-1), z = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(codes + i)); /* unsigned: |-128| = 128 */
+    hi = _mm512_max_epu8(hi, a);
+    lo = _mm512_min_epu8(lo, _mm512_mask_mov_epi8(a, _mm512_cmpeq_epi8_mask(a, z), _mm512_set1_epi8(-1)));
+  }
+  uint8_t h[64], l[64];
+  _mm512_storeu_si512(h, hi);
+  _mm512_storeu_si512(l, lo);
+  for (int k = 0; k < 64; k++) {
+    *amax = h[k] > *amax ? h[k] : *amax;
+    *amin = l[k] < *amin ? l[k] : *amin;
+  }
+  return i;
+}
+#endif
+
 int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, const int32_t lut[32], int16_t *q,
                       int32_t *maxabs) {
   if (L < 1 || L > 15) return -1;
@@ -355,14 +378,29 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
   int32_t mx = 0;
   int bad = 0;
   int64_t i = 0;
+  if (!q) { /* check only: the range of |code| present, then the bound of its integers */
+    int amin = 255, amax = 0;
+#if I4B_X86
+    if (isa == NBL_I4B_AVX512) i = log_range_512(codes, n, &amin, &amax);
+#endif
+    for (; i < n; i++) {
+      const int a = codes[i] < 0 ? -codes[i] : codes[i];
+      amax = a > amax ? a : amax;
+      if (a) amin = a < amin ? a : amin;
+    }
+    if (amax > L) return -1;
+    for (int a = amin; a <= amax; a++) mx = abs(t16[a + 16]) > mx ? abs(t16[a + 16]) : mx;
+    *maxabs = mx;
+    return 0;
+  }
 #if I4B_X86
   if (isa == NBL_I4B_AVX512) i = log_codes_512(codes, n, L, t16, q, &mx, &bad);
 #endif
   for (; i < n; i++) {
     const int c = codes[i];
     if (c < -L || c > L) return -1;
+    const int32_t a = t16[c + 16] < 0 ? -t16[c + 16] : t16[c + 16];
     q[i] = t16[c + 16];
-    const int32_t a = q[i] < 0 ? -q[i] : q[i];
     mx = a > mx ? a : mx;
   }
   if (bad) return -1;

@@ -243,44 +243,65 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   return counterpart(c, conv_grad_def(), 3, 0);
 }
 
-/* dY's codes from the QuantizeLog's codes and top (see the top) into *q
- * and *g: 0, or -1 when they do not give dY's grid (the caller then reads
- * the floats). Each value of dY is then exactly its code times g->unit,
- * the grid's smallest level: the same products as the codes the floats
- * give (those count from the smallest level present; the sums differ by a
- * power of two that the rescale takes back exactly). */
-static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *codes, float top, int16_t **q,
+/* dY's codes handed over: the QuantizeLog's int8 codes and their integers */
+typedef struct handed {
+  const int8_t *k8;
+  int L;
+  int32_t lut[32]; /* the integer of code k at lut[k + 16] (nbl_log_code_int) */
+  int16_t t16[32]; /* the same as int16 (the AMX packing's table) */
+} handed;
+
+/* The grid of dY's codes handed over (see the top) into *h and *g: 0, or
+ * -1 when they do not give dY's grid (the caller then reads the floats).
+ * Each value of dY is then exactly its code's integer times g->unit, the
+ * grid's smallest level: the same products as the codes the floats give
+ * (those count from the smallest level present; the sums differ by a power
+ * of two that the rescale takes back exactly). The codes are checked here
+ * (one sweep over the bytes, no copy); int16 codes only where a path needs
+ * them (handed_q). */
+static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *codes, float top, handed *h,
                         nbl_i4b_grid *g) {
   nbl_log_config cfg;
   float unit;
   if (codes_cfg(c, &cfg) || !nbl_log_int_grid(&cfg, top, &unit)) return -1;
-  const int L = (1 << cfg.exp_bits) - 1;
-  int32_t lut[32] = {0};
-  for (int k = -L; k <= L; k++) lut[k + 16] = nbl_log_code_int(&cfg, k);
-  *q = malloc(sizeof(int16_t) * (size_t)(dY->numel ? dY->numel : 1));
-  if (!*q) return -1;
-  int32_t mx = 0;
-  if (nbl_i4b_codes_log(nbl_i4b_best_isa(), codes, dY->numel, L, lut, *q, &mx)) {
-    free(*q);
-    *q = NULL;
-    return -1;
+  h->k8 = codes;
+  h->L = (1 << cfg.exp_bits) - 1;
+  memset(h->lut, 0, sizeof h->lut);
+  memset(h->t16, 0, sizeof h->t16);
+  for (int k = -h->L; k <= h->L; k++) {
+    h->lut[k + 16] = nbl_log_code_int(&cfg, k);
+    h->t16[k + 16] = (int16_t)(abs(h->lut[k + 16]) <= NBL_I4B_MAX_CODE ? h->lut[k + 16] : 0);
   }
+  int32_t mx = 0;
+  if (nbl_i4b_codes_log(nbl_i4b_best_isa(), codes, dY->numel, h->L, h->lut, NULL, &mx)) return -1;
   g->unit = unit, g->maxabs = mx;
   return 0;
+}
+
+/* The int16 codes of h (n elements; checked by codes_handed): malloc'd, or NULL. */
+static int16_t *handed_q(const handed *h, int64_t n) {
+  int16_t *q = malloc(sizeof(int16_t) * (size_t)(n ? n : 1));
+  int32_t mx;
+  if (q && nbl_i4b_codes_log(nbl_i4b_best_isa(), h->k8, n, h->L, h->lut, q, &mx)) {
+    free(q);
+    q = NULL;
+  }
+  return q;
 }
 
 /* dW on the AMX tiles (int4_amx.c) takes the floats of X, its codes made
  * and checked while its planes are packed: no int16 copy of X. Where the
  * tiles decline (the codes do not fit), X's codes are recovered here and the
- * other paths run (nbl_i4b_conv_grad). dY is taken as codes (made in one
- * sweep, they stay in cache for the packing). */
+ * other paths run (nbl_i4b_conv_grad). dY is taken as codes (int16, made in
+ * one sweep, they stay in cache for the packing; or the QuantizeLog's int8
+ * codes, through their table). */
 static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
-                                 const int16_t *dyq, nbl_i4b_grid gdy, float *dw, int *done) {
+                                 const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
   const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
   int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
   if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-  const nbl_i4b_src sdy = {.q = dyq, .maxabs = gdy.maxabs}, sxf = {.f = X->data, .unit = sx};
-  nbl_status st = nbl_i4b_amx_conv_dw(c, g, &sdy, &sxf, dw64, done);
+  const nbl_i4b_src sxf = {.f = X->data, .unit = sx};
+  nbl_status st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
   if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
     const double s = (double)gdy.unit * (double)sx;
     for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
@@ -314,10 +335,14 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_i4b_isa isa = nbl_i4b_best_isa();
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
+  handed h;
+  int hand = 0; /* dY's codes handed over: int16 codes only where a path needs them */
   int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) &&
-           ((dyc && !have[2] && codes_handed(c, dY, dyc, dytop, &dyq, &gdy) == 0) ||
+           ((dyc && !have[2] && (hand = codes_handed(c, dY, dyc, dytop, &h, &gdy) == 0)) ||
             (floats && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0)) &&
            (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
+  const nbl_i4b_src sdy = hand ? (nbl_i4b_src){.k8 = h.k8, .t16 = h.t16, .maxabs = gdy.maxabs}
+                               : (nbl_i4b_src){.q = dyq, .maxabs = gdy.maxabs};
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
   ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
@@ -329,10 +354,18 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
     if (!st && fdw) {
       int done = 0;
-      st = conv_dw_floats(c, &g, X, sc[0], dyq, gdy, out.dw, &done);
+      st = conv_dw_floats(c, &g, X, sc[0], &sdy, gdy, out.dw, &done);
       if (!st && done) out.dw = NULL; /* dW done */
       else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
     }
+    if (!st && ok && hand && out.dx && !empty && nbl_i4b_amx_on(isa)) { /* dX on the tiles from the int8 codes */
+      int done = 0;
+      const nbl_i4b_conv_out o = {.dx = out.dx, .dx_scale = (double)gdy.unit * (double)gw.unit};
+      st = nbl_i4b_amx_conv_dx(c, &g, &sdy, wq, gw.maxabs, &o, &done);
+      if (!st && done) out.dx = NULL;
+    }
+    if (!st && ok && hand && (out.dx || out.dw || out.db) && !(dyq = handed_q(&h, dY->numel)))
+      st = NBL_ERR_OUT_OF_MEMORY; /* the other paths: int16 codes */
   }
   if (!st && !ok) { /* not on the grids (or a shape error the counterpart reports) */
     free(dyq);

@@ -522,7 +522,9 @@ static void conv_case(const ccase *c) {
   /* 4. with the QuantizeLog's codes and top handed over (inputs 6 and 7, as
    * int4-backward wires them): the same bits, every variant, the floats of
    * dY not read (a planted wrong code or top changes the outputs); a NaN's
-   * code (or a code past the grid) sends it back to the floats */
+   * code (or a code past the grid) sends it back to the floats; and with
+   * dY omitted (as the pass wires it), the same bits, and a NaN's code
+   * gives the float path on the codes' values (NaN outputs: not the same) */
   {
     nbl_log_params lp;
     nbl_log_choose(&lc, dy.data, (size_t)dy.n, &lp);
@@ -541,23 +543,28 @@ static void conv_case(const ccase *c) {
     a8[5] = AI("log_radix", c->radix);
     a8[6] = AI("log_exp_bits", c->eb);
     a8[7] = AEND;
-    for (int v = 0; v < ni + amx_ok; v++) {
-      nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
-      nbl_i4b_set_amx(v == ni);
+    for (int v = 0; v < 2 * (ni + amx_ok); v++) {
+      const int nody = v >= ni + amx_ok, vi = v % (ni + amx_ok);
+      nbl_i4b_set_isa(g_isas[vi < ni ? vi : ni - 1]);
+      nbl_i4b_set_amx(vi == ni);
+      in8[0] = nody ? NONE : dy;
       for (int plant = 0; plant < 4; plant++) { /* 0: as made, 1: one sign flipped, 2: NaN code, 3: top doubled */
         int8_t *k = k8.data;
         const int8_t keep8 = k[nz];
         if (plant == 1) k[nz] = (int8_t)-k[nz];
         if (plant == 2) k[nz] = NBL_LOG_CODE_NAN;
         ((float *)in8[7].data)[0] = plant == 3 ? 2.0f * lp.top : lp.top;
-        long runs = nbl_i4b_integer_runs();
+        long runs = nbl_i4b_integer_runs(), fruns = nbl_i4b_float_runs();
         runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a8, 8, in8, 3, NULL, 0);
         ck_assert_msg(runner_run(r, in8) == NBL_OK, "%s: %s", c->what, nbl_last_error());
-        ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 1);
+        const int nan_float = nody && plant == 2; /* the float kernel on a NaN */
+        ck_assert_int_eq(nbl_i4b_integer_runs(), runs + !nan_float);
+        ck_assert_int_eq(nbl_i4b_float_runs(), fruns + nan_float);
         int same = 1;
         for (int o = 0; o < 3; o++) same &= memcmp(first[o].data, r->out[o].data, first[o].nbytes) == 0;
-        ck_assert_msg(same == (plant == 0 || plant == 2), "%s: codes handed over (variant %d, plant %d): %s",
-                      c->what, v, plant, same ? "the planted error went unseen" : "outputs differ");
+        ck_assert_msg(same == (plant == 0 || (plant == 2 && !nody)), "%s: codes handed over (variant %d, dY %s, plant %d): %s",
+                      c->what, vi, nody ? "omitted" : "given", plant, same ? "the planted error went unseen" : "outputs differ");
+        if (nan_float) ck_assert(isnan(((float *)r->out[2].data)[((nz / g.out_sz) % c->M)])); /* dB of its channel */
         k[nz] = keep8;
         runner_free(r);
       }
