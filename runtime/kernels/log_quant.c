@@ -178,7 +178,28 @@ static int binade_table(const float *lev, const float *thr, int L, int *et, floa
   return 1;
 }
 
-/* codes NULL: y only; else the codes too (nbl_logq_nearest_codes) */
+/* The codes of 16 elements v in the binade lookup: the chosen table entry
+ * (ge: the upper one), signed as v, the codes of NaN and +-Inf where v is
+ * not finite (fin clear); stored to codes (lanes k). */
+__attribute__((target("avx512f"))) static inline void codes_store(signed char *codes, __mmask16 k, __m512 v,
+                                                                  __mmask16 ge, __mmask16 fin, __m512i bin,
+                                                                  __m512i kl0, __m512i kl1, __m512i kh0,
+                                                                  __m512i kh1) {
+  const __m512i z = _mm512_setzero_si512();
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(v), z);
+  __m512i cd = _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(kl0, bin, kl1), ge,
+                                     _mm512_permutex2var_epi32(kh0, bin, kh1));
+  cd = _mm512_mask_sub_epi32(cd, neg, z, cd);
+  __m512i sp = _mm512_mask_blend_epi32(neg, _mm512_set1_epi32(NBL_LOG_CODE_POS_INF),
+                                       _mm512_set1_epi32(NBL_LOG_CODE_NEG_INF));
+  sp = _mm512_mask_mov_epi32(sp, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(NBL_LOG_CODE_NAN));
+  cd = _mm512_mask_mov_epi32(sp, fin, cd);
+  if (k == 0xFFFF) _mm_storeu_si128((__m128i *)codes, _mm512_cvtepi32_epi8(cd));
+  else _mm512_mask_cvtepi32_storeu_epi8(codes, k, cd);
+}
+
+/* codes NULL: y only; else the codes too (nbl_logq_nearest_codes; y NULL:
+ * the codes only) */
 __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, const float *thr,
                                                               int L, const float *x, float *y,
                                                               signed char *codes, size_t n) {
@@ -193,7 +214,16 @@ __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, 
     const __m512i vet = _mm512_set1_epi32(et), z = _mm512_setzero_si512(), top = _mm512_set1_epi32(31);
     const __m512i kh0 = _mm512_loadu_si512(hk), kh1 = _mm512_loadu_si512(hk + 16), kl0 = _mm512_loadu_si512(lk),
                   kl1 = _mm512_loadu_si512(lk + 16);
-    for (size_t i = 0; i < n; i += 16) {
+    for (size_t i = 0; i < n && !y; i += 16) { /* the codes only (the table's levels are normal: code 0 = level 0) */
+      __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+      __m512 a = _mm512_abs_ps(v);
+      __m512i bin = _mm512_sub_epi32(vet, _mm512_srli_epi32(_mm512_castps_si512(a), 23));
+      bin = _mm512_min_epi32(_mm512_max_epi32(bin, z), top);
+      const __mmask16 ge = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t0, bin, t1), _CMP_GE_OQ);
+      codes_store(codes + i, k, v, ge, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), bin, kl0, kl1, kh0, kh1);
+    }
+    for (size_t i = 0; i < n && y; i += 16) {
       __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
       __m512 v = _mm512_maskz_loadu_ps(k, x + i);
       __m512 a = _mm512_abs_ps(v);
@@ -205,20 +235,8 @@ __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, 
       const __mmask16 nz = _mm512_cmp_ps_mask(mag, zero, _CMP_NEQ_UQ), fin = _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
       __m512 out = _mm512_maskz_mov_ps(nz, _mm512_castsi512_ps(r));
       out = _mm512_mask_mov_ps(v, fin, out);
-      if (y) _mm512_mask_storeu_ps(y + i, k, out);
-      if (codes) { /* the chosen level's code, signed as y; NaN's, +-Inf's where x is not finite */
-        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(v), z);
-        __m512i cd = _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(kl0, bin, kl1), ge,
-                                           _mm512_permutex2var_epi32(kh0, bin, kh1));
-        cd = _mm512_maskz_mov_epi32(nz, cd);
-        cd = _mm512_mask_sub_epi32(cd, neg, z, cd);
-        __m512i sp = _mm512_mask_blend_epi32(neg, _mm512_set1_epi32(NBL_LOG_CODE_POS_INF),
-                                             _mm512_set1_epi32(NBL_LOG_CODE_NEG_INF));
-        sp = _mm512_mask_mov_epi32(sp, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(NBL_LOG_CODE_NAN));
-        cd = _mm512_mask_mov_epi32(sp, fin, cd);
-        if (k == 0xFFFF) _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(cd));
-        else _mm512_mask_cvtepi32_storeu_epi8(codes + i, k, cd);
-      }
+      _mm512_mask_storeu_ps(y + i, k, out);
+      if (codes) codes_store(codes + i, k, v, ge, fin, bin, kl0, kl1, kh0, kh1); /* the chosen level's code */
     }
     return;
   }

@@ -350,6 +350,13 @@ START_TEST(test_table_and_vector_kernels) {
               ck_assert_msg(codes[i] == wc, "isa %d radix %d exp_bits %d phase %d top %g: x=%a: code %d, want %d",
                             isa, c.radix, eb, c.phase, (double)tops[ti], (double)x[i], codes[i], wc);
             }
+            /* the codes alone (Y omitted): the same codes */
+            signed char *alone = malloc(N);
+            memset(alone, 0x55, N);
+            nbl_logq_nearest_codes((nbl_logq_isa)isa, lev, thr, p.levels, x, NULL, alone, n);
+            ck_assert_msg(memcmp(alone, codes, n) == 0, "isa %d radix %d exp_bits %d: codes alone differ", isa,
+                          c.radix, eb);
+            free(alone);
             free(codes);
             checked++;
           }
