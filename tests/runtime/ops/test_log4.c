@@ -226,6 +226,39 @@ static void run_pipe(nbl_model *m, const char *spec, char *log, size_t cap) {
   fclose(f);
 }
 
+/* lower-to-onnx: a QuantizeLog whose codes output is used (or whose Y is
+ * omitted) has no standard form: a clear error naming the node. */
+START_TEST(test_codes_output_not_lowered) {
+  for (int omit_y = 0; omit_y < 2; omit_y++) {
+    nbl_log_config c;
+    nbl_log_config_default(&c);
+    one *o = qlog_node(&c, 0, 2);
+    const int64_t d[1] = {8};
+    const float x[8] = {1, -0.5f, 0.25f, 0, 0.01f, -2, 0.125f, 3};
+    one_in(o, 0, NBL_DT_FLOAT, 1, d, x);
+    if (omit_y) one_skip_out(o, 0);
+    nbl_log_params lp;
+    nbl_log_choose(&c, x, 8, &lp);
+    for (int ref = 0; ref < 2; ref++) { /* it runs (Y omitted: the codes and top) */
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      const nbl_host_tensor *k = &o->out[omit_y ? 1 : 2];
+      ck_assert_int_eq(k->dtype, NBL_DT_INT8);
+      for (int i = 0; i < 8; i++) ck_assert_int_eq(((const int8_t *)k->data)[i], nbl_log_code(&c, &lp, x[i], 0));
+    }
+    nbl_pipeline *p = NULL;
+    ck_assert_int_eq(nbl_pipeline_parse("lower-to-onnx", &p), NBL_OK);
+    FILE *f = tmpfile();
+    nbl_pipeline_options po = {.log = f};
+    ck_assert_int_eq(nbl_pipeline_run(p, o->m, &po), NBL_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(nbl_last_error(), "codes output") && strstr(nbl_last_error(), "QuantizeLog"), "%s",
+                  nbl_last_error());
+    fclose(f);
+    nbl_pipeline_free(p);
+    one_free(o);
+  }
+}
+END_TEST
+
 static const nbl_node *node_named(const nbl_graph *g, const char *name) {
   for (int i = 0; i < g->n_nodes; i++)
     if (!g->nodes[i].dead && !strcmp(g->nodes[i].name, name)) return &g->nodes[i];
@@ -426,6 +459,7 @@ int main(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_qlog_ref_fast_formats);
   tcase_add_test(tc, test_qlog_step_and_levels);
+  tcase_add_test(tc, test_codes_output_not_lowered);
   tcase_add_test(tc, test_pass_build_training_graph);
   tcase_add_test(tc, test_pass_hand_built_training_model);
   suite_add_tcase(s, tc);
