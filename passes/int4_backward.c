@@ -5,7 +5,13 @@
  *     whose X (when dW is computed) and W (when dX is computed) are outputs
  *     of ai.nibble QuantizeInt4 becomes ai.nibble Int4LogConvGrad
  *     (runtime/ops/grad_int4.c), with the quantizers' scale outputs (named
- *     "<Y>_scale" when the node had none) as its X_scale and W_scale inputs;
+ *     "<Y>_scale" when the node had none) as its X_scale and W_scale inputs,
+ *     and (codes=1, the default) the QuantizeLog's codes and top outputs
+ *     (outputs 2 and 1, added as "<Y>_codes", "<Y>_top" when absent) as its
+ *     dY_codes and dY_top inputs, with the radix and exponent bits as the
+ *     attributes log_radix and log_exp_bits, and its dY input omitted: the
+ *     kernel reads dY's codes instead of recovering them from floats, and
+ *     the QuantizeLog drops Y (output 0) when nothing else reads it;
  *   - a Gemm without C (or with beta = 0: C dropped), or a MatMul of two
  *     2-D operands, multiplying a QuantizeLog output by a QuantizeInt4
  *     output becomes ai.nibble Int4LogGemm (A_scale or B_scale on the
@@ -36,7 +42,7 @@ enum { K_NONE = 0, K_LOG = 1, K_INT = 2 };
 typedef struct ib_state {
   nbl_pass_ctx *ctx;
   nbl_model *m;
-  int linear, forward;
+  int linear, forward, codes;
   int n_conv, n_gemm, n_fwd, n_kept;
   char kept[512];
 } ib_state;
@@ -66,28 +72,60 @@ static int kind_of(nbl_graph *g, nbl_id v, nbl_id *qnode) {
   return K_LOG;
 }
 
-/* The scale output (output 1) of QuantizeInt4 node q, added when absent. */
-static nbl_id scale_of(ib_state *s, nbl_graph *g, nbl_id q) {
+/* Output k of node q, added when absent as a value named "<Y>_<suffix>" of
+ * type float32 scalar (like 0: the element type dt and Y's shape). */
+static nbl_id output_of(ib_state *s, nbl_graph *g, nbl_id q, int k, const char *suffix, int like0, nbl_dtype dt) {
   nbl_node *n = &g->nodes[q];
-  if (n->n_outputs > 1 && n->outputs[1] != NBL_NONE) return n->outputs[1];
+  if (n->n_outputs > k && n->outputs[k] != NBL_NONE) return n->outputs[k];
   char hint[300];
-  snprintf(hint, sizeof hint, "%s_scale", g->values[n->outputs[0]].name);
+  snprintf(hint, sizeof hint, "%s_%s", g->values[n->outputs[0]].name, suffix);
   nbl_id v = nbl_graph_add_value(g, nbl_graph_unique_name(g, hint));
   if (v == NBL_NONE) return NBL_NONE;
-  nbl_type_set_tensor(s->m->arena, &g->values[v].type, NBL_DT_FLOAT, 0, NULL);
-  nbl_graph_add_value_info(g, v); /* its type survives a save (build-training's graphs keep theirs) */
   n = &g->nodes[q];
-  if (n->n_outputs < 2) {
-    nbl_id *o = nbl_arena_alloc(s->m->arena, sizeof(nbl_id) * 2);
-    if (!o) return NBL_NONE;
-    o[0] = n->outputs[0];
-    o[1] = NBL_NONE;
-    n->outputs = o;
-    n->n_outputs = 2;
+  if (like0) {
+    nbl_type_copy(s->m->arena, &g->values[v].type, &g->values[n->outputs[0]].type);
+    g->values[v].type.elem = dt;
+  } else {
+    nbl_type_set_tensor(s->m->arena, &g->values[v].type, dt, 0, NULL);
   }
-  n->outputs[1] = v;
+  nbl_graph_add_value_info(g, v); /* its type survives a save (build-training's graphs keep theirs) */
+  if (n->n_outputs <= k) {
+    nbl_id *o = nbl_arena_alloc(s->m->arena, sizeof(nbl_id) * (size_t)(k + 1));
+    if (!o) return NBL_NONE;
+    for (int i = 0; i <= k; i++) o[i] = i < n->n_outputs ? n->outputs[i] : NBL_NONE;
+    n->outputs = o;
+    n->n_outputs = k + 1;
+  }
+  n->outputs[k] = v;
   g->values[v].producer = q;
   return v;
+}
+
+/* The scale output (output 1) of QuantizeInt4 node q, added when absent. */
+static nbl_id scale_of(ib_state *s, nbl_graph *g, nbl_id q) { return output_of(s, g, q, 1, "scale", 0, NBL_DT_FLOAT); }
+
+/* A log-quantized dY's codes for Int4LogConvGrad (node id): QuantizeLog q's
+ * outputs codes and top (added when absent) as inputs 6 and 7, and its
+ * radix and exponent bits as attributes log_radix, log_exp_bits. */
+static nbl_status wire_codes(ib_state *s, nbl_graph *g, nbl_id id, nbl_id q) {
+  const int64_t radix = nbl_attr_int(&g->nodes[q], "radix", 4), eb = nbl_attr_int(&g->nodes[q], "exp_bits", 3);
+  nbl_id top = output_of(s, g, q, 1, "top", 0, NBL_DT_FLOAT), codes = output_of(s, g, q, 2, "codes", 1, NBL_DT_INT8);
+  if (top == NBL_NONE || codes == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
+  nbl_node_set_input(g, id, 6, codes); /* (inputs 3..5 absent: "") */
+  nbl_node_set_input(g, id, 7, top);
+  /* dY itself no longer: the codes and top carry it; the QuantizeLog
+   * drops its Y when nothing else reads it (not written, not read) */
+  const nbl_id y = g->nodes[id].inputs[0];
+  nbl_node_set_input(g, id, 0, NBL_NONE);
+  nbl_value *yv = &g->values[y];
+  if (!yv->n_consumers && !(yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) && g->nodes[q].outputs[0] == y) {
+    g->nodes[q].outputs[0] = NBL_NONE;
+    yv->dead = true;
+    yv->producer = NBL_NONE;
+  }
+  nbl_node_set_attr_int(g, id, "log_radix", radix);
+  nbl_node_set_attr_int(g, id, "log_exp_bits", eb);
+  return NBL_OK;
 }
 
 static void keep(ib_state *s, const nbl_node *n, const char *why) {
@@ -135,6 +173,10 @@ static nbl_status conv_grad(ib_state *s, nbl_graph *g, nbl_id id) {
       return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
   int last = sc[2] != NBL_NONE ? 2 : sc[1] != NBL_NONE ? 1 : 0;
   for (int i = 0; i <= last; i++) nbl_node_set_input(g, id, 3 + i, sc[i]);
+  if (kd == K_LOG && s->codes) {
+    nbl_status st = wire_codes(s, g, id, qd);
+    if (st) return st;
+  }
   retype(s, &g->nodes[id], "Int4LogConvGrad");
   s->n_conv++;
   return NBL_OK;
@@ -208,12 +250,13 @@ static nbl_status run_graph(ib_state *s, nbl_graph *g, int training) {
     else if (training && s->forward && op_is(n, "", "Conv")) st = fwd_conv(s, g, id);
     if (st) return st;
   }
+  nbl_graph_compact(g); /* the dropped Y values */
   return NBL_OK;
 }
 
 static nbl_status ib_run(nbl_pass_ctx *ctx) {
   ib_state s = {.ctx = ctx, .m = ctx->model, .linear = nbl_pass_opt_bool(ctx, "linear"),
-                .forward = nbl_pass_opt_bool(ctx, "forward")};
+                .forward = nbl_pass_opt_bool(ctx, "forward"), .codes = nbl_pass_opt_bool(ctx, "codes")};
   nbl_status st = run_graph(&s, ctx->model->graph, 0);
   for (int t = 0; !st && t < ctx->model->n_training; t++)
     if (ctx->model->training[t].algorithm) st = run_graph(&s, ctx->model->training[t].algorithm, 1);
@@ -239,5 +282,8 @@ const nbl_pass_def nbl_pass_int4_backward = {
              "also gradients quantized by QuantizeInt4 (linear INT4 codes, quantize-grad-log4{format=int4})"},
             {"forward", NBL_OPT_BOOL, "1",
              "also the forward Conv of two QuantizeInt4 outputs in training graphs (ai.nibble Int4CodedConv)"},
+            {"codes", NBL_OPT_BOOL, "1",
+             "hand a log-quantized dY's codes and top (QuantizeLog outputs 2 and 1) to Int4LogConvGrad, "
+             "which then need not recover them from the floats"},
         },
 };

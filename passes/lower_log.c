@@ -104,6 +104,11 @@ nbl_status nbl_lower_quantize_log(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
                       lbl, n->name, nbl_log_rounding_name(cfg.rounding));
   if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE)
     return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: node '%s' (QuantizeLog): input X is missing", lbl, n->name);
+  if (output_used(g, n, 2) || n->n_outputs < 1 || n->outputs[0] == NBL_NONE)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED,
+                      "%s: node '%s' (QuantizeLog): its codes output (for ai.nibble Int4LogConvGrad) has no "
+                      "standard ONNX lowering (Y and top have one)",
+                      lbl, n->name);
   lb b = {.g = g};
   snprintf(b.base, sizeof b.base, "%s", n->name[0] ? n->name : g->values[n->inputs[0]].name);
   nbl_id X = n->inputs[0], Y = n->outputs[0];

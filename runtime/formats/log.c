@@ -189,6 +189,29 @@ int32_t nbl_log_code_int(const nbl_log_config *cfg, int code) {
   return code < 0 ? -v : v;
 }
 
+int nbl_log_code8_nonfinite(float x) {
+  return isnan(x) ? NBL_LOG_CODE_NAN : x > 0 ? NBL_LOG_CODE_POS_INF : NBL_LOG_CODE_NEG_INF;
+}
+
+float nbl_log_value8(const nbl_log_config *cfg, const nbl_log_params *p, int code) {
+  if (code == NBL_LOG_CODE_NAN) return NAN;
+  if (code == NBL_LOG_CODE_POS_INF || code == NBL_LOG_CODE_NEG_INF) return code > 0 ? INFINITY : -INFINITY;
+  return nbl_log_value(cfg, p, code);
+}
+
+int nbl_log_int_grid(const nbl_log_config *cfg, float top, float *unit) {
+  if ((cfg->radix != 2 && cfg->radix != 4) || cfg->exp_bits < 1 || cfg->exp_bits > 4 || !(top > 0.0f) ||
+      !isfinite(top))
+    return 0;
+  const nbl_log_params p = {.top = top, .levels = (1 << cfg->exp_bits) - 1};
+  const float u = nbl_log_level(cfg, &p, p.levels - 1);
+  if (!isnormal(u)) return 0;
+  for (int k = 0; k < p.levels; k++)
+    if (nbl_log_level(cfg, &p, k) != u * (float)nbl_log_code_int(cfg, k + 1)) return 0;
+  *unit = u;
+  return 1;
+}
+
 /* The smallest float >= t (t >= 0 finite). */
 static float float_ceil(double t) {
   float f = (float)t;

@@ -143,6 +143,32 @@ float nbl_log_value(const nbl_log_config *cfg, const nbl_log_params *p, int code
  * sign * radix^(L-1-k) (0 for code 0). */
 int32_t nbl_log_code_int(const nbl_log_config *cfg, int code);
 
+/* The op's optional codes output (QuantizeLog output 2, int8, X's shape):
+ * the code of the value written to Y, 0 or sign*(k+1) for Y = +-level_k
+ * (nbl_log_code's for a finite x), and for an x (and so Y) that is not
+ * finite NBL_LOG_CODE_NAN, NBL_LOG_CODE_POS_INF or NBL_LOG_CODE_NEG_INF
+ * (nbl_log_code8): with the top, Y itself (nbl_log_value8). The
+ * int4-backward pass hands codes and top to the integer backward products
+ * in place of Y's floats. */
+#define NBL_LOG_CODE_NAN (-128)
+#define NBL_LOG_CODE_POS_INF 127
+#define NBL_LOG_CODE_NEG_INF (-127)
+
+/* The codes output's code of a non-finite x (NaN, +Inf, -Inf). */
+int nbl_log_code8_nonfinite(float x);
+
+/* The value of a codes-output code (Y's element): nbl_log_value, or NaN,
+ * +Inf, -Inf for the three codes above. */
+float nbl_log_value8(const nbl_log_config *cfg, const nbl_log_params *p, int code);
+
+/* The integer grid of radix-2/4 codes on top (nbl_log_code_int): when every
+ * level's float is exactly unit * |nbl_log_code_int(cfg, k + 1)|, with unit
+ * = level_{L-1} a normal float (so a code's value is that integer times
+ * unit, exactly), sets *unit and returns 1; else 0 (radix 10, top not
+ * finite and > 0, levels that underflow or round): the caller then reads
+ * the floats. */
+int nbl_log_int_grid(const nbl_log_config *cfg, float top, float *unit);
+
 /* Nearest rounding as a table (see the top): lev[0..L) and thr[0..L) for the
  * grid p (L = p->levels <= 15). */
 void nbl_log_table(const nbl_log_config *cfg, const nbl_log_params *p, float *lev, float *thr);

@@ -218,12 +218,17 @@ int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_
 /* ------------------------------------------------------------------ shared by fused paths */
 
 /* 1 if node n is a QuantizeLog of one float32 (or untyped) input with
- * nearest or tpr rounding whose output top is unused: two of them on one
- * tensor run as one sweep (fuse_log_pair.c). */
+ * nearest or tpr rounding: two of them on one tensor run as one sweep
+ * (fuse_log_pair.c). */
 int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n);
 
+/* The six outputs of a fused pair a, b: Y of a, Y of b, top of a, top of
+ * b, codes of a, codes of b (NBL_NONE where the node has none). */
+void nbl_fuse_log_pair_outputs(const nbl_node *a, const nbl_node *b, nbl_id out[6]);
+
 /* The QuantizeLog nodes orig[0], orig[1] (nbl_fuse_log_pairable) of X into
- * outputs out and out + 1 of c, the same bits as the nodes: absmax is
+ * outputs out .. out + 5 of c (nbl_fuse_log_pair_outputs' order; the tops
+ * and codes when c wants them), the same bits as the nodes: absmax is
  * max |x| over X's finite elements when the caller has it, else negative
  * (then scanned, in parallel). */
 nbl_status nbl_fuse_log_pair_run(nbl_kctx *c, const nbl_node *const orig[2], const nbl_rt_tensor *X, float absmax,

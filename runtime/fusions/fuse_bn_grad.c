@@ -34,7 +34,9 @@
  *            q_scale, q_zero_point (QuantizeInt4Grad's inputs scale and
  *            zero_point, the forward quantizer's: omitted when it has none)
  *   outputs: BatchNormalizationGrad's three, then ReluGrad's output when
- *            another node (or the graph) reads it, else omitted
+ *            another node (or the graph) reads it, else omitted, then the
+ *            six of the QuantizeLog pair when it runs too (Y, Y, top, top,
+ *            codes, codes: nbl_fuse_log_pair_outputs; omitted ones NONE)
  *   attributes: QuantizeInt4Grad's (bits, mode, scale_source, ...) and the
  *            int nibble.q4 (1 when it is part of the chain)
  */
@@ -59,7 +61,7 @@
 typedef struct bg_fused {
   nbl_node node; /* first: the kernel sees the whole struct through c->node */
   const nbl_node *logs[2]; /* the QuantizeLog pair of dX it runs too, or NULL */
-  nbl_id in[9], out[6];
+  nbl_id in[9], out[10];
   nbl_attr *attrs;
   char op[48];
 } bg_fused;
@@ -166,7 +168,7 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   /* dX read only by two QuantizeLog (quantize-grad-log4's tpr pair): run
    * them too, with dX's max |x| taken per channel while it is in cache */
   logs[0] = logs[1] = NBL_NONE;
-  f->out[4] = f->out[5] = NBL_NONE;
+  for (int k = 4; k < 10; k++) f->out[k] = NBL_NONE;
   const nbl_value *dxv = &g->values[B->outputs[0]];
   if (dxv->n_consumers == 2 && !(dxv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) &&
       !nbl_fuse_used_in_subgraphs(g, dxv->name)) {
@@ -177,15 +179,14 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
       logs[1] = l1;
       f->logs[0] = &g->nodes[l0];
       f->logs[1] = &g->nodes[l1];
-      f->out[4] = g->nodes[l0].outputs[0];
-      f->out[5] = g->nodes[l1].outputs[0];
+      nbl_fuse_log_pair_outputs(&g->nodes[l0], &g->nodes[l1], f->out + 4);
     }
   }
   f->node = *B;
   f->node.inputs = f->in;
   f->node.n_inputs = qs != NBL_NONE || qz != NBL_NONE ? 9 : 7;
   f->node.outputs = f->out;
-  f->node.n_outputs = 6;
+  f->node.n_outputs = 10;
   f->node.attrs = f->attrs;
   f->node.n_attrs = na + 1;
   snprintf(f->op, sizeof f->op, "%s%sReluGrad+BNGrad%s", *add != NBL_NONE ? "Add+" : "", src ? "Q4Grad+" : "",

@@ -14,8 +14,10 @@
  *
  * The fused node runs at the first QuantizeLog's place:
  *   inputs:  X
- *   outputs: the first node's Y, the second node's Y
- *   (the nodes' optional second output, top, must be unused)
+ *   outputs: the first node's Y, the second node's Y, then their optional
+ *            outputs: top (first, second), codes (first, second), each
+ *            omitted when the node has none (int4-backward wires top and
+ *            codes into the integer products)
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,10 +30,17 @@
 
 /* ------------------------------------------------------------------ plan */
 
+void nbl_fuse_log_pair_outputs(const nbl_node *a, const nbl_node *b, nbl_id out[6]) {
+  for (int k = 0; k < 3; k++) {
+    out[2 * k] = k < a->n_outputs ? a->outputs[k] : NBL_NONE;
+    out[2 * k + 1] = k < b->n_outputs ? b->outputs[k] : NBL_NONE;
+  }
+}
+
 typedef struct lp_fused {
   nbl_node node; /* first: the kernel sees the whole struct through c->node */
   const nbl_node *orig[2];
-  nbl_id out[2];
+  nbl_id out[6];
   char op[24];
 } lp_fused;
 
@@ -39,14 +48,11 @@ int nbl_fuse_log_pairable(const nbl_graph *g, const nbl_node *n) {
   nbl_log_config cfg;
   char err[160];
   if (!nbl_fuse_is_op(n, "ai.nibble", "QuantizeLog") || n->n_inputs != 1 || n->inputs[0] == NBL_NONE ||
-      n->n_outputs < 1 || n->n_outputs > 2 || n->outputs[0] == NBL_NONE ||
+      n->n_outputs < 1 || n->n_outputs > 3 ||
+      (n->outputs[0] == NBL_NONE && (n->n_outputs < 3 || n->outputs[2] == NBL_NONE)) ||
       nbl_log_config_decode(n, &cfg, err, sizeof err) != NBL_OK ||
       (cfg.rounding != NBL_LOG_NEAREST && cfg.rounding != NBL_LOG_TPR))
     return 0;
-  if (n->n_outputs == 2 && n->outputs[1] != NBL_NONE) {
-    const nbl_value *t = &g->values[n->outputs[1]];
-    if (t->n_consumers || (t->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER))) return 0;
-  }
   return nbl_fuse_maybe_f32(g, n->inputs[0]);
 }
 
@@ -71,11 +77,10 @@ nbl_status nbl_fuse_log_pair_plan(const nbl_fusion_env *env, nbl_id *order, int 
       if (!f) break;
       f->orig[0] = A;
       f->orig[1] = Bn;
-      f->out[0] = A->outputs[0];
-      f->out[1] = Bn->outputs[0];
+      nbl_fuse_log_pair_outputs(A, Bn, f->out);
       f->node = *A;
       f->node.outputs = f->out;
-      f->node.n_outputs = 2;
+      f->node.n_outputs = 6;
       snprintf(f->op, sizeof f->op, "QuantizeLog*2");
       f->node.op_type = f->op;
       fu->by_node[a] = f;
@@ -100,6 +105,7 @@ typedef struct lp_job {
   float lev[2][NBL_LOG_MAX_LEVELS], thr[2][NBL_LOG_MAX_LEVELS];
   int levels[2];
   float *y[2];
+  signed char *codes[2]; /* NULL: not wanted */
 } lp_job;
 
 static void lp_max(void *arg, int64_t b, int64_t e) {
@@ -115,7 +121,11 @@ static void lp_sweep(void *arg, int64_t b, int64_t e) {
   for (int64_t at = b; at < e; at += LP_CHUNK) { /* both outputs of a chunk while it is in cache */
     int64_t len = e - at < LP_CHUNK ? e - at : LP_CHUNK;
     for (int k = 0; k < 2; k++)
-      nbl_logq_nearest(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at, j->y[k] + at, (size_t)len);
+      if (j->codes[k])
+        nbl_logq_nearest_codes(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at,
+                               j->y[k] ? j->y[k] + at : NULL, j->codes[k] + at, (size_t)len);
+      else
+        nbl_logq_nearest(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at, j->y[k] + at, (size_t)len);
   }
 }
 
@@ -146,9 +156,20 @@ nbl_status nbl_fuse_log_pair_run(nbl_kctx *c, const nbl_node *const orig[2], con
     nbl_log_choose_max(&cfg[k], m, &p);
     nbl_log_table(&cfg[k], &p, j.lev[k], j.thr[k]);
     j.levels[k] = p.levels;
-    nbl_status st = nbl_kctx_alloc_out(c, out + k, NBL_DT_FLOAT, X->rank, X->dims);
-    if (st) return st;
-    j.y[k] = nbl_kctx_out(c, out + k)->data;
+    nbl_status st = NBL_OK;
+    const int want_codes = c->n_out > out + 4 + k && c->out[out + 4 + k];
+    if (c->out[out + k] || !want_codes) { /* Y (omitted with the codes wanted: not written) */
+      if ((st = nbl_kctx_alloc_out(c, out + k, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+      j.y[k] = nbl_kctx_out(c, out + k)->data;
+    }
+    if (c->n_out > out + 2 + k && c->out[out + 2 + k]) { /* top */
+      if ((st = nbl_kctx_alloc_out(c, out + 2 + k, NBL_DT_FLOAT, 0, NULL))) return st;
+      ((float *)nbl_kctx_out(c, out + 2 + k)->data)[0] = p.top;
+    }
+    if (want_codes) { /* codes */
+      if ((st = nbl_kctx_alloc_out(c, out + 4 + k, NBL_DT_INT8, X->rank, X->dims))) return st;
+      j.codes[k] = nbl_kctx_out(c, out + 4 + k)->data;
+    }
   }
   nbl_parallel_for(c, X->numel, LP_CHUNK, lp_sweep, &j);
   return NBL_OK;

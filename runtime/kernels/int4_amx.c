@@ -218,28 +218,41 @@ PACK_FN static inline void split32(__m512i c, __m256i *lo, __m256i *hi) {
   *hi = _mm512_cvtepi16_epi8(_mm512_srai_epi16(_mm512_sub_epi16(c, l), 8));
 }
 
-/* lo[i], hi[i] = the planes of src[i], i < n */
-PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src, int64_t n,
+/* 32 codes from src + i (lanes k; the rest 0): int16 codes, or (src NULL)
+ * the table t16's codes of the log codes s8 (t16[s8 + 16], |s8| <= 15) */
+PACK_FN static inline __m512i codes32(const int16_t *src, const int8_t *s8, const int16_t *t16, int64_t i,
+                                      __mmask32 k) {
+  if (src) return _mm512_maskz_loadu_epi16(k, src + i);
+  const __m512i c = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, s8 + i));
+  return _mm512_maskz_permutexvar_epi16(k, _mm512_add_epi16(c, _mm512_set1_epi16(16)), _mm512_loadu_si512(t16));
+}
+
+/* lo[i], hi[i] = the planes of src[i] (src NULL: of s8[i]'s codes, codes32), i < n */
+PACK_FN static void split_row(int8_t *restrict lo, int8_t *restrict hi, const int16_t *restrict src,
+                              const int8_t *restrict s8, const int16_t *t16, int64_t n,
                               int64_t nz) { /* and zeros in [n, nz) */
   for (int64_t i = 0; i < nz; i += 32) {
     const __mmask32 k = first_n32(n - i), kz = first_n32(nz - i);
     __m256i l, h;
-    split32(_mm512_maskz_loadu_epi16(i < n ? k : 0, src + i), &l, &h);
+    split32(codes32(src, s8, t16, i, i < n ? k : 0), &l, &h);
     _mm256_mask_storeu_epi8(lo + i, kz, l);
     _mm256_mask_storeu_epi8(hi + i, kz, h);
   }
 }
 
-/* The planes of four rows of codes (NULL: zeros) interleaved by pixel:
- * lo[4 i + b], hi[4 i + b] = the planes of r[b][i], i < n */
-PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const int16_t *const r[4], int64_t n) {
+/* The planes of four rows of codes (NULL: zeros; with r NULL the log codes
+ * r8[b] through t16, codes32) interleaved by pixel: lo[4 i + b], hi[4 i +
+ * b] = the planes of r[b][i], i < n */
+PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const int16_t *const *r, const int8_t *const *r8,
+                               const int16_t *t16, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const int64_t m = n - i < 16 ? n - i : 16;
     const __mmask32 k = first_n32(m);
     __m128i pl[4], ph[4];
     for (int b = 0; b < 4; b++) {
       __m256i l, h;
-      split32(r[b] ? _mm512_maskz_loadu_epi16(k, r[b] + i) : _mm512_setzero_si512(), &l, &h);
+      const int any = r ? r[b] != NULL : r8[b] != NULL;
+      split32(any ? codes32(r ? r[b] : NULL, r8 ? r8[b] : NULL, t16, i, k) : _mm512_setzero_si512(), &l, &h);
       pl[b] = _mm256_castsi256_si128(l);
       ph[b] = _mm256_castsi256_si128(h);
     }
@@ -476,7 +489,8 @@ static void dwp_dyv_part(void *arg, int64_t i0, int64_t i1) {
         const int64_t len = Wq - ow < k1 - k ? Wq - ow : k1 - k;
         int8_t *lo = strip[0][mm] + (k - k0), *hi = strip[1][mm] + (k - k0);
         if (n < N && oh < OH) {
-          split_row(lo, hi, j->dy->q + ((n * M + m) * OH + oh) * OW + ow, OW - ow, len);
+          const int64_t at = ((n * M + m) * OH + oh) * OW + ow;
+          split_row(lo, hi, j->dy->q ? j->dy->q + at : NULL, j->dy->q ? NULL : j->dy->k8 + at, j->dy->t16, OW - ow, len);
         } else {
           memset(lo, 0, (size_t)len);
           memset(hi, 0, (size_t)len);
@@ -502,7 +516,7 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
                                int64_t *dw64, int *done) {
   *done = 0;
   if (!nbl_i4b_amx_dw_fits(g) || (x->q && x->maxabs > 127) || dy->maxabs > NBL_I4B_MAX_CODE ||
-      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || !dy->q)
+      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || (!dy->q && !dy->k8))
     return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
@@ -790,8 +804,13 @@ static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
       for (int64_t oh = 0; oh < OH; oh++) {
         int8_t *lo = j->dq + (mq * j->S4 + (oh + T) * Wp2 + Lp) * 4;
         const int16_t *r[4];
-        for (int b = 0; b < 4; b++) r[b] = 4 * mq + b < M ? j->dy->q + ((n * M + 4 * mq + b) * OH + oh) * OW : NULL;
-        split_quad(lo, lo + j->PL, r, OW);
+        const int8_t *r8[4];
+        for (int b = 0; b < 4; b++) {
+          const int64_t at = ((n * M + 4 * mq + b) * OH + oh) * OW;
+          r[b] = 4 * mq + b < M && j->dy->q ? j->dy->q + at : NULL;
+          r8[b] = 4 * mq + b < M && !j->dy->q ? j->dy->k8 + at : NULL;
+        }
+        split_quad(lo, lo + j->PL, j->dy->q ? r : NULL, j->dy->q ? NULL : r8, j->dy->t16, OW);
       }
     }
 }
@@ -804,7 +823,7 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
                                int32_t w_max, const nbl_i4b_conv_out *out, int *done) {
   *done = 0;
   const int32_t dy_max = dy->maxabs;
-  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || !dy->q) return NBL_OK;
+  if (!nbl_i4b_amx_dx_fits(g) || w_max > 127 || dy_max > NBL_I4B_MAX_CODE || (!dy->q && !dy->k8)) return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   if (N <= 0 || C <= 0 || M <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0) return NBL_OK;
   const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], nph = sh * sw;

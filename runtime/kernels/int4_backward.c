@@ -318,6 +318,96 @@ int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, n
   return 0;
 }
 
+#if I4B_X86
+/* nbl_i4b_codes_log's 32 codes at a time: the table lookup by vpermw */
+__attribute__((target("avx512f,avx512bw"))) static int64_t log_codes_512(const int8_t *codes, int64_t n, int L,
+                                                                          const int16_t *t16, int16_t *q,
+                                                                          int32_t *mx, int *bad) {
+  const __m512i tab = _mm512_loadu_si512(t16), off = _mm512_set1_epi16(16), lim = _mm512_set1_epi16((short)L);
+  __m512i m = _mm512_setzero_si512();
+  __mmask32 b = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(codes + i)));
+    b |= _mm512_cmpgt_epi16_mask(_mm512_abs_epi16(c), lim);
+    const __m512i v = _mm512_permutexvar_epi16(_mm512_add_epi16(c, off), tab);
+    m = _mm512_max_epi16(m, _mm512_abs_epi16(v));
+    _mm512_storeu_si512(q + i, v);
+  }
+  int16_t t[32];
+  _mm512_storeu_si512(t, m);
+  for (int k = 0; k < 32; k++) *mx = t[k] > *mx ? t[k] : *mx;
+  *bad |= b != 0;
+  return i;
+}
+#endif
+
+#if I4B_X86
+/* The check of nbl_i4b_codes_log without q: the range of |codes| present
+ * (nonzero ones), 64 bytes at a time; elements [0, returned) scanned. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t log_range_512(const int8_t *codes, int64_t n, int *amin,
+                                                                          int *amax) {
+  __m512i hi = _mm512_setzero_si512(), lo = _mm512_set1_epi8(-1), z = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(codes + i)); /* unsigned: |-128| = 128 */
+    hi = _mm512_max_epu8(hi, a);
+    lo = _mm512_min_epu8(lo, _mm512_mask_mov_epi8(a, _mm512_cmpeq_epi8_mask(a, z), _mm512_set1_epi8(-1)));
+  }
+  uint8_t h[64], l[64];
+  _mm512_storeu_si512(h, hi);
+  _mm512_storeu_si512(l, lo);
+  for (int k = 0; k < 64; k++) {
+    *amax = h[k] > *amax ? h[k] : *amax;
+    *amin = l[k] < *amin ? l[k] : *amin;
+  }
+  return i;
+}
+#endif
+
+int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, const int32_t lut[32], int16_t *q,
+                      int32_t *maxabs) {
+  if (L < 1 || L > 15) return -1;
+  int16_t t16[32] = {0};
+  for (int c = -L; c <= L; c++) {
+    const int32_t v = lut[c + 16];
+    if (v > NBL_I4B_MAX_CODE || v < -NBL_I4B_MAX_CODE) return -1;
+    t16[c + 16] = (int16_t)v;
+  }
+  isa = usable(isa);
+  int32_t mx = 0;
+  int bad = 0;
+  int64_t i = 0;
+  if (!q) { /* check only: the range of |code| present, then the bound of its integers */
+    int amin = 255, amax = 0;
+#if I4B_X86
+    if (isa == NBL_I4B_AVX512) i = log_range_512(codes, n, &amin, &amax);
+#endif
+    for (; i < n; i++) {
+      const int a = codes[i] < 0 ? -codes[i] : codes[i];
+      amax = a > amax ? a : amax;
+      if (a) amin = a < amin ? a : amin;
+    }
+    if (amax > L) return -1;
+    for (int a = amin; a <= amax; a++) mx = abs(t16[a + 16]) > mx ? abs(t16[a + 16]) : mx;
+    *maxabs = mx;
+    return 0;
+  }
+#if I4B_X86
+  if (isa == NBL_I4B_AVX512) i = log_codes_512(codes, n, L, t16, q, &mx, &bad);
+#endif
+  for (; i < n; i++) {
+    const int c = codes[i];
+    if (c < -L || c > L) return -1;
+    const int32_t a = t16[c + 16] < 0 ? -t16[c + 16] : t16[c + 16];
+    q[i] = t16[c + 16];
+    mx = a > mx ? a : mx;
+  }
+  if (bad) return -1;
+  *maxabs = mx;
+  return 0;
+}
+
 int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale, int16_t *q, nbl_i4b_grid *g) {
   if (!(scale > 0.0f) || !isfinite(scale)) return -1;
   isa = usable(isa);

@@ -77,6 +77,19 @@ int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, n
 int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale, int16_t *q,
                          nbl_i4b_grid *g);
 
+/* Power-of-two codes from a QuantizeLog's codes output (int8 log codes c,
+ * |c| <= L <= 15; runtime/formats/log.h): q[i] = lut[codes[i] + 16] (q
+ * NULL: check only, and *maxabs then a bound: the largest |lut| over the
+ * range of the |codes| present), lut
+ * the integers of the codes -15..15 (nbl_log_code_int; entries past +-L
+ * unused), and *maxabs the largest |q[i]| (0 when all are zero). Returns
+ * 0, or -1 when a code is past +-L (the codes of NaN and Inf among them:
+ * the float kernel takes those) or its integer past
+ * NBL_I4B_MAX_CODE (q then partly written). Vectorized per isa; every
+ * variant gives the same result. */
+int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, const int32_t lut[32], int16_t *q,
+                      int32_t *maxabs);
+
 /* The longest even k such that k * maxa * maxb <= INT32_MAX (so an int32
  * sum of k products never overflows), at least 2; maxa, maxb in
  * 0..NBL_I4B_MAX_CODE. */
@@ -191,7 +204,9 @@ void nbl_i4b_set_amx(int on);
 long nbl_i4b_amx_runs(void);
 
 /* An operand of the AMX products: its int16 codes q (maxabs their bound),
- * or (q NULL; X of dW only) its float values f, linear codes c = rint(f /
+ * or (q NULL; dY only) a QuantizeLog's int8 codes k8 (every one within the
+ * 32-entry table t16: the code of k8[i] is t16[k8[i] + 16]; maxabs their
+ * bound), or (q NULL; X of dW only) its float values f, linear codes c = rint(f /
  * unit) made while the tiles' planes are packed (no int16 copy), checked as
  * nbl_i4b_codes_linear does (unit * c == f) and required in -127..127; a
  * value that fails makes the product decline (*done = 0), and the caller
@@ -200,6 +215,8 @@ long nbl_i4b_amx_runs(void);
  * a second sweep over the floats does not.) */
 typedef struct nbl_i4b_src {
   const int16_t *q;
+  const int8_t *k8;
+  const int16_t *t16;
   const float *f;
   float unit;
   int32_t maxabs;

@@ -2,6 +2,8 @@
  * quantizer; see runtime/kernels/log_quant.h. */
 #include "runtime/kernels/log_quant.h"
 
+#include "runtime/formats/log.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -56,6 +58,25 @@ static void nearest_scalar(const float *lev, const float *thr, int L, const floa
       if (a >= thr[j]) mag = lev[j];
     int nz = a > 0.0f && a >= thr[L - 1];
     y[i] = nz ? float_of(bits_of(mag) | (bits_of(v) & 0x80000000u)) : 0.0f;
+  }
+}
+
+/* nearest_scalar with the codes (see nbl_logq_nearest_codes) */
+static void nearest_codes_scalar(const float *lev, const float *thr, int L, const float *x, float *y,
+                                 signed char *codes, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i], a = fabsf(v);
+    if (!(a < INFINITY)) { /* NaN, +-Inf */
+      if (y) y[i] = v;
+      codes[i] = (signed char)nbl_log_code8_nonfinite(v);
+      continue;
+    }
+    int k = 0;
+    for (int j = L - 1; j >= 0; j--)
+      if (a >= thr[j]) k = j + 1;
+    int nz = a > 0.0f && a >= thr[L - 1];
+    if (y) y[i] = nz ? float_of(bits_of(lev[k - 1]) | (bits_of(v) & 0x80000000u)) : 0.0f;
+    codes[i] = (signed char)(nz ? (bits_of(v) >> 31 ? -k : k) : 0);
   }
 }
 
@@ -129,7 +150,7 @@ __attribute__((target("avx512f"))) static float absmax_avx512(const float *x, si
  * decreasing, two in one binade, more than 30 binades between the first
  * and the last, or a first threshold below 2^-96. */
 static int binade_table(const float *lev, const float *thr, int L, int *et, float t[32], float hi[32],
-                        float lo[32]) {
+                        float lo[32], int32_t hk[32], int32_t lk[32]) {
   int e[15] = {0};
   for (int j = 0; j < L; j++) {
     if (!isnormal(thr[j]) || !isnormal(lev[j]) || thr[j] < 0 || (j && !(thr[j] < thr[j - 1]))) return 0;
@@ -143,42 +164,84 @@ static int binade_table(const float *lev, const float *thr, int L, int *et, floa
     int E = e[0] - b;
     while (above < L && e[above] > E) above++;
     hi[b] = above < L ? lev[above] : 0.0f;
+    hk[b] = above < L ? above + 1 : 0; /* the codes of hi[b] and lo[b] */
     if (above < L && e[above] == E) {
       t[b] = thr[above];
       lo[b] = above + 1 < L ? lev[above + 1] : 0.0f;
+      lk[b] = above + 1 < L ? above + 2 : 0;
     } else {
       t[b] = 0.0f;
       lo[b] = hi[b];
+      lk[b] = hk[b];
     }
   }
   return 1;
 }
 
+/* The codes of 16 elements v in the binade lookup: the chosen table entry
+ * (ge: the upper one), signed as v, the codes of NaN and +-Inf where v is
+ * not finite (fin clear); stored to codes (lanes k). */
+__attribute__((target("avx512f"))) static inline void codes_store(signed char *codes, __mmask16 k, __m512 v,
+                                                                  __mmask16 ge, __mmask16 fin, __m512i bin,
+                                                                  __m512i kl0, __m512i kl1, __m512i kh0,
+                                                                  __m512i kh1) {
+  const __m512i z = _mm512_setzero_si512();
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(v), z);
+  __m512i cd = _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(kl0, bin, kl1), ge,
+                                     _mm512_permutex2var_epi32(kh0, bin, kh1));
+  cd = _mm512_mask_sub_epi32(cd, neg, z, cd);
+  __m512i sp = _mm512_mask_blend_epi32(neg, _mm512_set1_epi32(NBL_LOG_CODE_POS_INF),
+                                       _mm512_set1_epi32(NBL_LOG_CODE_NEG_INF));
+  sp = _mm512_mask_mov_epi32(sp, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(NBL_LOG_CODE_NAN));
+  cd = _mm512_mask_mov_epi32(sp, fin, cd);
+  if (k == 0xFFFF) _mm_storeu_si128((__m128i *)codes, _mm512_cvtepi32_epi8(cd));
+  else _mm512_mask_cvtepi32_storeu_epi8(codes, k, cd);
+}
+
+/* codes NULL: y only; else the codes too (nbl_logq_nearest_codes; y NULL:
+ * the codes only) */
 __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, const float *thr,
                                                               int L, const float *x, float *y,
-                                                              size_t n) {
+                                                              signed char *codes, size_t n) {
   float tt[32], th[32], tl[32];
+  int32_t hk[32], lk[32];
   int et;
   const __m512i sgnm = _mm512_set1_epi32((int)0x80000000u);
   const __m512 inf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
-  if (binade_table(lev, thr, L, &et, tt, th, tl)) {
+  if (binade_table(lev, thr, L, &et, tt, th, tl, hk, lk)) {
     const __m512 t0 = _mm512_loadu_ps(tt), t1 = _mm512_loadu_ps(tt + 16), h0 = _mm512_loadu_ps(th),
                  h1 = _mm512_loadu_ps(th + 16), l0 = _mm512_loadu_ps(tl), l1 = _mm512_loadu_ps(tl + 16);
     const __m512i vet = _mm512_set1_epi32(et), z = _mm512_setzero_si512(), top = _mm512_set1_epi32(31);
-    for (size_t i = 0; i < n; i += 16) {
+    const __m512i kh0 = _mm512_loadu_si512(hk), kh1 = _mm512_loadu_si512(hk + 16), kl0 = _mm512_loadu_si512(lk),
+                  kl1 = _mm512_loadu_si512(lk + 16);
+    for (size_t i = 0; i < n && !y; i += 16) { /* the codes only (the table's levels are normal: code 0 = level 0) */
       __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
       __m512 v = _mm512_maskz_loadu_ps(k, x + i);
       __m512 a = _mm512_abs_ps(v);
       __m512i bin = _mm512_sub_epi32(vet, _mm512_srli_epi32(_mm512_castps_si512(a), 23));
       bin = _mm512_min_epi32(_mm512_max_epi32(bin, z), top);
-      __m512 mag = _mm512_mask_mov_ps(_mm512_permutex2var_ps(l0, bin, l1),
-                                      _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t0, bin, t1), _CMP_GE_OQ),
-                                      _mm512_permutex2var_ps(h0, bin, h1));
-      __m512i r = _mm512_or_si512(_mm512_castps_si512(mag), _mm512_and_si512(_mm512_castps_si512(v), sgnm));
-      __m512 out = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mag, zero, _CMP_NEQ_UQ), _mm512_castsi512_ps(r));
-      out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), out);
-      _mm512_mask_storeu_ps(y + i, k, out);
+      const __mmask16 ge = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t0, bin, t1), _CMP_GE_OQ);
+      codes_store(codes + i, k, v, ge, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), bin, kl0, kl1, kh0, kh1);
     }
+    for (size_t i = 0; i < n && y; i += 16) {
+      __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+      __m512 a = _mm512_abs_ps(v);
+      __m512i bin = _mm512_sub_epi32(vet, _mm512_srli_epi32(_mm512_castps_si512(a), 23));
+      bin = _mm512_min_epi32(_mm512_max_epi32(bin, z), top);
+      const __mmask16 ge = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t0, bin, t1), _CMP_GE_OQ);
+      __m512 mag = _mm512_mask_mov_ps(_mm512_permutex2var_ps(l0, bin, l1), ge, _mm512_permutex2var_ps(h0, bin, h1));
+      __m512i r = _mm512_or_si512(_mm512_castps_si512(mag), _mm512_and_si512(_mm512_castps_si512(v), sgnm));
+      const __mmask16 nz = _mm512_cmp_ps_mask(mag, zero, _CMP_NEQ_UQ), fin = _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
+      __m512 out = _mm512_maskz_mov_ps(nz, _mm512_castsi512_ps(r));
+      out = _mm512_mask_mov_ps(v, fin, out);
+      _mm512_mask_storeu_ps(y + i, k, out);
+      if (codes) codes_store(codes + i, k, v, ge, fin, bin, kl0, kl1, kh0, kh1); /* the chosen level's code */
+    }
+    return;
+  }
+  if (codes) { /* grids the table cannot hold (subnormal levels, ...): the plain loop */
+    nearest_codes_scalar(lev, thr, L, x, y, codes, n);
     return;
   }
   __m512 vl[15], vt[15];
@@ -216,8 +279,16 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
   if (L < 1 || L > 15) return;
   if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
   switch (isa) {
-  case NBL_LOGQ_AVX512: nearest_avx512(lev, thr, L, x, y, n); break;
+  case NBL_LOGQ_AVX512: nearest_avx512(lev, thr, L, x, y, NULL, n); break;
   case NBL_LOGQ_AVX2: nearest_avx2(lev, thr, L, x, y, n); break;
   default: nearest_scalar(lev, thr, L, x, y, n); break;
   }
+}
+
+void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
+                            float *y, signed char *codes, size_t n) {
+  if (L < 1 || L > 15) return;
+  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa == NBL_LOGQ_AVX512) nearest_avx512(lev, thr, L, x, y, codes, n);
+  else nearest_codes_scalar(lev, thr, L, x, y, codes, n);
 }

@@ -36,4 +36,12 @@ float nbl_logq_absmax(nbl_logq_isa isa, const float *x, size_t n);
 void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                       float *y, size_t n);
 
+/* nbl_logq_nearest that also writes codes[i] (int8): the code of y[i], j + 1
+ * for y[i] = +lev[j] and -(j + 1) for -lev[j] (the j the rounding chose),
+ * 0 for y[i] = +0, and where x[i] is NaN, +Inf or -Inf the codes -128,
+ * 127, -127 (runtime/formats/log.h: QuantizeLog's codes output). y may
+ * equal x, or be NULL (the codes only). */
+void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
+                            float *y, signed char *codes, size_t n);
+
 #endif /* NBL_KERNELS_LOG_QUANT_H */

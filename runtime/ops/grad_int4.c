@@ -21,13 +21,23 @@
  * reference kernel.
  *
  * Int4LogConvGrad (ai.nibble 1) -- com.microsoft ConvGrad on coded operands
- *   inputs:  dY (float32, [N, M, out...]), X (float32, [N, C, in...]),
+ *   inputs:  dY (float32, [N, M, out...]; optional with dY_codes: then
+ *            the codes and top carry it), X (float32, [N, C, in...]),
  *            W (float32, [M, C/group, k...]), X_scale, W_scale, dY_scale
  *            (optional float32 scalars: the scales of linear codes; dY_scale
  *            omitted for a log-quantized gradient)
+ *            dY_codes (optional int8, dY's shape), dY_top (optional float32
+ *            scalar): for a log-quantized dY, the QuantizeLog's codes and
+ *            top outputs (runtime/formats/log.h), which the fast kernel
+ *            reads instead of recovering dY's codes from its floats (the
+ *            operand is the same: where the codes cannot give dY's grid,
+ *            or mark a NaN or Inf, the float path runs on dY, or without
+ *            dY on the values of the codes, nbl_log_value8)
  *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
  *            optional: needs X's codes), dB ([M], optional)
- *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads, strides)
+ *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads,
+ *            strides); with dY_codes, log_radix and log_exp_bits (the
+ *            QuantizeLog's radix and exp_bits, defaults 4 and 3)
  * Int4LogGemm (ai.nibble 1) -- Gemm without C on coded operands (a backward
  *   product dY * W^T or X^T * dY as build-training writes them)
  *   inputs:  A (float32 2-D), B (float32 2-D), A_scale, B_scale (optional
@@ -46,8 +56,10 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/formats/log.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/ops/grad_int4.h"
 #include "runtime/ops/grad_util.h"
@@ -166,28 +178,130 @@ static int codes_of(nbl_kctx *c, const nbl_rt_tensor *t, int have, float scale, 
 
 /* ------------------------------------------------------------------ Int4LogConvGrad */
 
+/* The optional dY_codes and dY_top inputs (6, 7): *codes NULL when absent;
+ * an error when one is given without the other, with the wrong type, or
+ * not of dY's shape. */
+static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
+  const nbl_rt_tensor *dY = grad_in(c, 0), *k = grad_in(c, 6);
+  nbl_status st;
+  int have;
+  *codes = NULL;
+  if ((st = scale_in(c, 7, "dY_top", top, &have))) return st;
+  if (!k && !have) return NBL_OK;
+  if (!k || !have) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY_codes (input 6) and dY_top (input 7) go together");
+  int same = !dY || (dY->rank == k->rank && !memcmp(dY->dims, k->dims, sizeof(int64_t) * (size_t)k->rank));
+  if (k->dtype != NBL_DT_INT8 || !same)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 (dY_codes) must be int8 of dY's shape, got %s with %lld elements",
+                    nbl_dtype_name(k->dtype), (long long)k->numel);
+  *codes = k->data;
+  return NBL_OK;
+}
+
+/* The grid attributes of the codes (log_radix, log_exp_bits). */
+static nbl_status codes_cfg(nbl_kctx *c, nbl_log_config *cfg) {
+  nbl_log_config_default(cfg);
+  cfg->radix = (int)nbl_attr_int(c->node, "log_radix", 4);
+  cfg->exp_bits = (int)nbl_attr_int(c->node, "log_exp_bits", 3);
+  const char *why;
+  if (nbl_log_validate(cfg, &why)) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "log_radix, log_exp_bits: %s", why);
+  return NBL_OK;
+}
+
+/* Without dY (input 0) but with its codes: kernel fn run on dY made from
+ * the codes and top (the floats the QuantizeLog's Y would hold). */
+static nbl_status with_dy_decoded(nbl_kctx *c, const int8_t *codes, float top, nbl_kernel_fn fn) {
+  const nbl_rt_tensor *k = grad_in(c, 6);
+  nbl_log_config cfg;
+  nbl_status st = codes_cfg(c, &cfg);
+  if (st) return st;
+  const nbl_log_params p = {.top = top, .levels = (1 << cfg.exp_bits) - 1};
+  nbl_rt_tensor d;
+  memset(&d, 0, sizeof d);
+  if (nbl_rt_tensor_alloc(&d, NBL_DT_FLOAT, k->rank, k->dims)) return grad_oom(c);
+  float *v = d.data;
+  for (int64_t i = 0; i < k->numel; i++) v[i] = nbl_log_value8(&cfg, &p, codes[i]);
+  const nbl_rt_tensor *ins[NBL_KCTX_MIN_IN] = {0};
+  for (int i = 0; i < c->n_in && i < NBL_KCTX_MIN_IN; i++) ins[i] = c->in[i];
+  ins[0] = &d;
+  nbl_kctx c2 = *c;
+  c2.in = ins;
+  st = fn(&c2);
+  nbl_rt_tensor_free(&d);
+  return st;
+}
+
 static nbl_status k_conv_ref(nbl_kctx *c) {
   float s;
   int have;
   nbl_status st;
+  const int8_t *codes;
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
+  if ((st = codes_in(c, &codes, &s))) return st;
+  if (!grad_in(c, 0) && codes) return with_dy_decoded(c, codes, s, k_conv_ref);
   return counterpart(c, conv_grad_def(), 3, 0);
+}
+
+/* dY's codes handed over: the QuantizeLog's int8 codes and their integers */
+typedef struct handed {
+  const int8_t *k8;
+  int L;
+  int32_t lut[32]; /* the integer of code k at lut[k + 16] (nbl_log_code_int) */
+  int16_t t16[32]; /* the same as int16 (the AMX packing's table) */
+} handed;
+
+/* The grid of dY's codes handed over (see the top) into *h and *g: 0, or
+ * -1 when they do not give dY's grid (the caller then reads the floats).
+ * Each value of dY is then exactly its code's integer times g->unit, the
+ * grid's smallest level: the same products as the codes the floats give
+ * (those count from the smallest level present; the sums differ by a power
+ * of two that the rescale takes back exactly). The codes are checked here
+ * (one sweep over the bytes, no copy); int16 codes only where a path needs
+ * them (handed_q). */
+static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *codes, float top, handed *h,
+                        nbl_i4b_grid *g) {
+  nbl_log_config cfg;
+  float unit;
+  if (codes_cfg(c, &cfg) || !nbl_log_int_grid(&cfg, top, &unit)) return -1;
+  h->k8 = codes;
+  h->L = (1 << cfg.exp_bits) - 1;
+  memset(h->lut, 0, sizeof h->lut);
+  memset(h->t16, 0, sizeof h->t16);
+  for (int k = -h->L; k <= h->L; k++) {
+    h->lut[k + 16] = nbl_log_code_int(&cfg, k);
+    h->t16[k + 16] = (int16_t)(abs(h->lut[k + 16]) <= NBL_I4B_MAX_CODE ? h->lut[k + 16] : 0);
+  }
+  int32_t mx = 0;
+  if (nbl_i4b_codes_log(nbl_i4b_best_isa(), codes, dY->numel, h->L, h->lut, NULL, &mx)) return -1;
+  g->unit = unit, g->maxabs = mx;
+  return 0;
+}
+
+/* The int16 codes of h (n elements; checked by codes_handed): malloc'd, or NULL. */
+static int16_t *handed_q(const handed *h, int64_t n) {
+  int16_t *q = malloc(sizeof(int16_t) * (size_t)(n ? n : 1));
+  int32_t mx;
+  if (q && nbl_i4b_codes_log(nbl_i4b_best_isa(), h->k8, n, h->L, h->lut, q, &mx)) {
+    free(q);
+    q = NULL;
+  }
+  return q;
 }
 
 /* dW on the AMX tiles (int4_amx.c) takes the floats of X, its codes made
  * and checked while its planes are packed: no int16 copy of X. Where the
  * tiles decline (the codes do not fit), X's codes are recovered here and the
- * other paths run (nbl_i4b_conv_grad). dY is taken as codes (made in one
- * sweep, they stay in cache for the packing). */
+ * other paths run (nbl_i4b_conv_grad). dY is taken as codes (int16, made in
+ * one sweep, they stay in cache for the packing; or the QuantizeLog's int8
+ * codes, through their table). */
 static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
-                                 const int16_t *dyq, nbl_i4b_grid gdy, float *dw, int *done) {
+                                 const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
   const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
   int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
   if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-  const nbl_i4b_src sdy = {.q = dyq, .maxabs = gdy.maxabs}, sxf = {.f = X->data, .unit = sx};
-  nbl_status st = nbl_i4b_amx_conv_dw(c, g, &sdy, &sxf, dw64, done);
+  const nbl_i4b_src sxf = {.f = X->data, .unit = sx};
+  nbl_status st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
   if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
     const double s = (double)gdy.unit * (double)sx;
     for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
@@ -197,8 +311,9 @@ static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_
 }
 
 static nbl_status k_conv_fast(nbl_kctx *c) {
-  const nbl_rt_tensor *dY = grad_in(c, 0), *X = grad_in(c, 1), *W = grad_in(c, 2);
-  if (c->reference || !dY || !X || !W || dY->dtype != NBL_DT_FLOAT || X->dtype != NBL_DT_FLOAT ||
+  const nbl_rt_tensor *X = grad_in(c, 1), *W = grad_in(c, 2);
+  const nbl_rt_tensor *dY = grad_in(c, 0) ? grad_in(c, 0) : grad_in(c, 6); /* without dY: its codes' shape */
+  if (c->reference || !dY || !X || !W || (dY->dtype != NBL_DT_FLOAT && grad_in(c, 0)) || X->dtype != NBL_DT_FLOAT ||
       W->dtype != NBL_DT_FLOAT)
     return k_conv_ref(c);
   float sc[3] = {0};
@@ -207,6 +322,11 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
+  const int8_t *dyc;
+  float dytop;
+  if ((st = codes_in(c, &dyc, &dytop))) return st;
+  const int floats = grad_in(c, 0) != NULL; /* else dY's values are the codes' */
+  if (!floats && !dyc) return k_conv_ref(c);
   nbl_conv_geom g;
   if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
@@ -215,8 +335,14 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_i4b_isa isa = nbl_i4b_best_isa();
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
-  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0 &&
+  handed h;
+  int hand = 0; /* dY's codes handed over: int16 codes only where a path needs them */
+  int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) &&
+           ((dyc && !have[2] && (hand = codes_handed(c, dY, dyc, dytop, &h, &gdy) == 0)) ||
+            (floats && codes_of(c, dY, have[2], sc[2], &dyq, &gdy) == 0)) &&
            (!wdx || codes_of(c, W, 1, sc[1], &wq, &gw) == 0);
+  const nbl_i4b_src sdy = hand ? (nbl_i4b_src){.k8 = h.k8, .t16 = h.t16, .maxabs = gdy.maxabs}
+                               : (nbl_i4b_src){.q = dyq, .maxabs = gdy.maxabs};
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
   ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
@@ -228,15 +354,24 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
     if (!st && fdw) {
       int done = 0;
-      st = conv_dw_floats(c, &g, X, sc[0], dyq, gdy, out.dw, &done);
+      st = conv_dw_floats(c, &g, X, sc[0], &sdy, gdy, out.dw, &done);
       if (!st && done) out.dw = NULL; /* dW done */
       else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
     }
+    if (!st && ok && hand && out.dx && !empty && nbl_i4b_amx_on(isa)) { /* dX on the tiles from the int8 codes */
+      int done = 0;
+      const nbl_i4b_conv_out o = {.dx = out.dx, .dx_scale = (double)gdy.unit * (double)gw.unit};
+      st = nbl_i4b_amx_conv_dx(c, &g, &sdy, wq, gw.maxabs, &o, &done);
+      if (!st && done) out.dx = NULL;
+    }
+    if (!st && ok && hand && (out.dx || out.dw || out.db) && !(dyq = handed_q(&h, dY->numel)))
+      st = NBL_ERR_OUT_OF_MEMORY; /* the other paths: int16 codes */
   }
   if (!st && !ok) { /* not on the grids (or a shape error the counterpart reports) */
     free(dyq);
     free(xq);
     free(wq);
+    if (!floats) return with_dy_decoded(c, dyc, dytop, k_conv_fast); /* the codes' values, then as with dY */
     atomic_fetch_add(&g_float_runs, 1);
     return counterpart(c, conv_grad_def(), 3, 1);
   }

@@ -14,7 +14,11 @@
  *   inputs:  X (float32), step (optional int64 scalar: the training step,
  *            mixed into the stochastic key so every step draws new numbers)
  *   outputs: Y = 0 or +-top*radix^-k (same shape), top (optional float32
- *            scalar, the largest level)
+ *            scalar, the largest level), codes (optional int8, X's shape:
+ *            each element's code, 0 or +-(k+1), and codes of their own for NaN,
+ *            +Inf, -Inf: runtime/formats/log.h; int4-backward hands it to
+ *            the integer backward products). Y may be omitted ("") when
+ *            codes is requested: codes and top then carry it
  *   attributes: radix (2|4|10, default 4), exp_bits (1..4, default 3),
  *            rounding (nearest|stochastic|tpr|luq), phase (0|1, tpr's grid),
  *            seed (int)
@@ -158,8 +162,8 @@ nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_te
 
 /* ------------------------------------------------------------------ QuantizeLog */
 
-/* Inputs, attributes and the grid of a QuantizeLog node; allocates Y and the
- * optional top output. */
+/* Inputs, attributes and the grid of a QuantizeLog node; allocates Y (*y
+ * NULL when Y is omitted and codes requested). */
 static nbl_status qlog_setup(nbl_kctx *c, nbl_log_config *cfg, const float **x, float **y,
                              int64_t *n) {
   const nbl_rt_tensor *X = c->n_in > 0 ? c->in[0] : NULL;
@@ -176,9 +180,12 @@ static nbl_status qlog_setup(nbl_kctx *c, nbl_log_config *cfg, const float **x, 
                       nbl_dtype_name(S->dtype), (long long)S->numel);
     cfg->seed = nbl_log_step_seed(cfg->seed, ((const int64_t *)S->data)[0]);
   }
-  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+  *y = NULL; /* Y omitted with the codes requested: not written */
+  if (!(c->n_out > 0 && !c->out[0] && c->n_out > 2 && c->out[2])) {
+    if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) return st;
+    *y = nbl_kctx_out(c, 0)->data;
+  }
   *x = X->data;
-  *y = nbl_kctx_out(c, 0)->data;
   *n = X->numel;
   return NBL_OK;
 }
@@ -190,16 +197,38 @@ static nbl_status qlog_top(nbl_kctx *c, const nbl_log_params *p) {
   return st;
 }
 
+/* The optional codes output (output 2): int8 of X's shape, or NULL. */
+static nbl_status qlog_codes_out(nbl_kctx *c, int8_t **codes) {
+  *codes = NULL;
+  if (c->n_out < 3 || !c->out[2]) return NBL_OK;
+  const nbl_rt_tensor *X = c->in[0];
+  nbl_status st = nbl_kctx_alloc_out(c, 2, NBL_DT_INT8, X->rank, X->dims);
+  if (!st) *codes = nbl_kctx_out(c, 2)->data;
+  return st;
+}
+
+/* codes[i] of x[i], i < n (index0: x[0]'s index): the format's code, or
+ * nbl_log_code8_nonfinite's */
+static void qlog_codes(const nbl_log_config *cfg, const nbl_log_params *p, const float *x, int8_t *codes, int64_t n,
+                       uint64_t index0) {
+  nbl_log_codes(cfg, p, x, codes, (size_t)n, index0);
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite(x[i])) codes[i] = (int8_t)nbl_log_code8_nonfinite(x[i]);
+}
+
 static nbl_status k_quantize_log_ref(nbl_kctx *c) {
   nbl_log_config cfg;
   const float *x;
   float *y;
+  int8_t *codes;
   int64_t n;
   nbl_status st = qlog_setup(c, &cfg, &x, &y, &n);
+  if (!st) st = qlog_codes_out(c, &codes);
   if (st) return st;
   nbl_log_params p;
   nbl_log_choose(&cfg, x, (size_t)n, &p);
-  nbl_log_fake_quant(&cfg, &p, x, y, (size_t)n, 0);
+  if (codes) qlog_codes(&cfg, &p, x, codes, n, 0); /* before Y: y may share x's memory */
+  if (y) nbl_log_fake_quant(&cfg, &p, x, y, (size_t)n, 0);
   return qlog_top(c, &p);
 }
 
@@ -208,15 +237,21 @@ typedef struct qlog_job {
   const nbl_log_params *p;
   const float *x, *lev, *thr;
   float *y;
+  int8_t *codes;
   nbl_logq_isa isa;
 } qlog_job;
 
 static void qlog_range(void *arg, int64_t b, int64_t e) {
   const qlog_job *j = arg;
-  if (j->lev)
+  if (j->lev && j->codes)
+    nbl_logq_nearest_codes(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y ? j->y + b : NULL,
+                           (signed char *)j->codes + b, (size_t)(e - b));
+  else if (j->lev)
     nbl_logq_nearest(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y + b, (size_t)(e - b));
-  else
-    nbl_log_fake_quant(j->cfg, j->p, j->x + b, j->y + b, (size_t)(e - b), (uint64_t)b);
+  else {
+    if (j->codes) qlog_codes(j->cfg, j->p, j->x + b, j->codes + b, e - b, (uint64_t)b);
+    if (j->y) nbl_log_fake_quant(j->cfg, j->p, j->x + b, j->y + b, (size_t)(e - b), (uint64_t)b);
+  }
 }
 
 static nbl_status k_quantize_log_fast(nbl_kctx *c) {
@@ -234,6 +269,7 @@ static nbl_status k_quantize_log_fast(nbl_kctx *c) {
   if (nearest) nbl_log_table(&cfg, &p, lev, thr);
   qlog_job j = {.cfg = &cfg, .p = &p, .x = x, .y = y, .isa = isa, .lev = nearest ? lev : NULL,
                 .thr = thr};
+  if ((st = qlog_codes_out(c, &j.codes))) return st;
   nbl_parallel_for(c, n, nearest ? 32768 : 4096, qlog_range, &j);
   return qlog_top(c, &p);
 }
@@ -413,10 +449,16 @@ static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
   return st;
 }
 
-/* QuantizeLog: Y like X; top a float32 scalar. */
+/* QuantizeLog: Y like X; top a float32 scalar; codes int8 of X's shape. */
 static nbl_status shape_quantize_log(nbl_shape_ctx *c) {
   nbl_status st = nbl_shape_same(c);
-  return st ? st : nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
+  nbl_shp x;
+  if (!st && nbl_shp_in(c, 0, &x)) {
+    x.dt = NBL_DT_INT8;
+    st = nbl_shp_set(c, 2, &x);
+  }
+  return st;
 }
 
 /* QuantizeTernary: Y like X, scale a float32 scalar. */

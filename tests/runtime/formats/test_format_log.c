@@ -266,6 +266,32 @@ static size_t probe_values(const nbl_log_config *c, const nbl_log_params *p, flo
   return n;
 }
 
+/* The integer grid of the codes: every level exactly unit * 2^(j * (L-1-k)),
+ * unit the smallest level; refused where that fails. */
+START_TEST(test_int_grid) {
+  nbl_log_config c;
+  nbl_log_config_default(&c); /* radix 4, 3 bits: 7 levels, 4^6 apart */
+  float u = 0;
+  ck_assert_int_eq(nbl_log_int_grid(&c, 1.0f, &u), 1);
+  ck_assert_float_eq(u, 1.0f / 4096.0f);
+  ck_assert_int_eq(nbl_log_int_grid(&c, 3.0f, &u), 1);
+  ck_assert_float_eq(u, 3.0f / 4096.0f);
+  c.radix = 2;
+  ck_assert_int_eq(nbl_log_int_grid(&c, 0.75f, &u), 1);
+  ck_assert_float_eq(u, 0.75f / 64.0f);
+  c.exp_bits = 4; /* 15 levels, 2^14 apart */
+  ck_assert_int_eq(nbl_log_int_grid(&c, 1.0f, &u), 1);
+  ck_assert_float_eq(u, 1.0f / 16384.0f);
+  ck_assert_int_eq(nbl_log_int_grid(&c, 1e-34f, &u), 0); /* the smallest level subnormal */
+  ck_assert_int_eq(nbl_log_int_grid(&c, INFINITY, &u), 0);
+  ck_assert_int_eq(nbl_log_int_grid(&c, NAN, &u), 0);
+  ck_assert_int_eq(nbl_log_int_grid(&c, 0.0f, &u), 0);
+  c.radix = 10;
+  c.exp_bits = 3;
+  ck_assert_int_eq(nbl_log_int_grid(&c, 1.0f, &u), 0); /* not powers of two */
+}
+END_TEST
+
 START_TEST(test_table_and_vector_kernels) {
   /* every radix, exponent width and tpr phase; the top from a first element
    * (ordinary, tiny and huge scales) */
@@ -310,6 +336,28 @@ START_TEST(test_table_and_vector_kernels) {
                             c.radix, eb, c.phase, (double)tops[ti], (double)x[i], (double)got[i],
                             (double)want[i]);
             }
+            /* with the codes (QuantizeLog's codes output): the same y, and
+             * each code nbl_log_code's (nbl_log_code8_nonfinite for NaN, Inf) */
+            signed char *codes = malloc(N);
+            memset(got, 0x55, sizeof(float) * N);
+            memset(codes, 0x55, N);
+            nbl_logq_nearest_codes((nbl_logq_isa)isa, lev, thr, p.levels, x, got, codes, n);
+            for (size_t i = 0; i < n; i++) {
+              const int wc = isfinite(x[i]) ? nbl_log_code(&c, &p, x[i], i) : nbl_log_code8_nonfinite(x[i]);
+              ck_assert_msg(memcmp(&want[i], &got[i], 4) == 0 || (isnan(want[i]) && isnan(got[i])),
+                            "codes variant, isa %d: x=%a -> %a, reference %a", isa, (double)x[i], (double)got[i],
+                            (double)want[i]);
+              ck_assert_msg(codes[i] == wc, "isa %d radix %d exp_bits %d phase %d top %g: x=%a: code %d, want %d",
+                            isa, c.radix, eb, c.phase, (double)tops[ti], (double)x[i], codes[i], wc);
+            }
+            /* the codes alone (Y omitted): the same codes */
+            signed char *alone = malloc(N);
+            memset(alone, 0x55, N);
+            nbl_logq_nearest_codes((nbl_logq_isa)isa, lev, thr, p.levels, x, NULL, alone, n);
+            ck_assert_msg(memcmp(alone, codes, n) == 0, "isa %d radix %d exp_bits %d: codes alone differ", isa,
+                          c.radix, eb);
+            free(alone);
+            free(codes);
             checked++;
           }
         }
@@ -350,6 +398,12 @@ START_TEST(test_table_and_vector_kernels) {
   nbl_log_table(&c, &p, lev, thr);
   nbl_logq_nearest(nbl_logq_best_isa(), lev, thr, p.levels, t, t, 5);
   ck_assert_int_eq(memcmp(t, w, sizeof w), 0);
+  /* in place with the codes */
+  memcpy(t, v, sizeof v);
+  signed char k5[5];
+  nbl_logq_nearest_codes(nbl_logq_best_isa(), lev, thr, p.levels, t, t, k5, 5);
+  ck_assert_int_eq(memcmp(t, w, sizeof w), 0);
+  for (int i = 0; i < 5; i++) ck_assert_int_eq(k5[i], nbl_log_code(&c, &p, v[i], 0));
   /* all NaN / no finite element: the max is 0 */
   const float nn[3] = {NAN, INFINITY, -NAN};
   for (int isa = NBL_LOGQ_SCALAR; isa <= NBL_LOGQ_AVX512; isa++)
@@ -415,6 +469,7 @@ int main(void) {
   tcase_add_test(tc, test_stochastic_unbiased);
   tcase_add_test(tc, test_validate);
   tcase_add_test(tc, test_table_and_vector_kernels);
+  tcase_add_test(tc, test_int_grid);
   tcase_add_test(tc, test_decode);
   tcase_add_test(tc, test_codes_batch);
   suite_add_tcase(s, tc);

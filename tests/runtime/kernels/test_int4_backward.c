@@ -519,6 +519,61 @@ static void conv_case(const ccase *c) {
     for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
     runner_free(r);
   }
+  /* 4. with the QuantizeLog's codes and top handed over (inputs 6 and 7, as
+   * int4-backward wires them): the same bits, every variant, the floats of
+   * dY not read (a planted wrong code or top changes the outputs); a NaN's
+   * code (or a code past the grid) sends it back to the floats; and with
+   * dY omitted (as the pass wires it), the same bits, and a NaN's code
+   * gives the float path on the codes' values (NaN outputs: not the same) */
+  {
+    nbl_log_params lp;
+    nbl_log_choose(&lc, dy.data, (size_t)dy.n, &lp);
+    tens k8 = t_new(NBL_DT_INT8, dy.rank, dy.dims);
+    int64_t nz = -1;
+    for (int64_t i = 0; i < dy.n; i++) {
+      const int code = nbl_log_code(&lc, &lp, ((float *)dy.data)[i], (uint64_t)i);
+      ((int8_t *)k8.data)[i] = (int8_t)code;
+      if (code && nz < 0) nz = i;
+      ck_assert(nbl_log_value(&lc, &lp, code) == ((float *)dy.data)[i]); /* dY is on its grid */
+    }
+    ck_assert_int_ge(nz, 0);
+    tens in8[8] = {dy, x, w, in[3], in[4], NONE, k8, t_scalar(NBL_DT_FLOAT, lp.top)};
+    attr a8[10];
+    conv_attrs(c, a8);
+    a8[5] = AI("log_radix", c->radix);
+    a8[6] = AI("log_exp_bits", c->eb);
+    a8[7] = AEND;
+    for (int v = 0; v < 2 * (ni + amx_ok); v++) {
+      const int nody = v >= ni + amx_ok, vi = v % (ni + amx_ok);
+      nbl_i4b_set_isa(g_isas[vi < ni ? vi : ni - 1]);
+      nbl_i4b_set_amx(vi == ni);
+      in8[0] = nody ? NONE : dy;
+      for (int plant = 0; plant < 4; plant++) { /* 0: as made, 1: one sign flipped, 2: NaN code, 3: top doubled */
+        int8_t *k = k8.data;
+        const int8_t keep8 = k[nz];
+        if (plant == 1) k[nz] = (int8_t)-k[nz];
+        if (plant == 2) k[nz] = NBL_LOG_CODE_NAN;
+        ((float *)in8[7].data)[0] = plant == 3 ? 2.0f * lp.top : lp.top;
+        long runs = nbl_i4b_integer_runs(), fruns = nbl_i4b_float_runs();
+        runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a8, 8, in8, 3, NULL, 0);
+        ck_assert_msg(runner_run(r, in8) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+        const int nan_float = nody && plant == 2; /* the float kernel on a NaN */
+        ck_assert_int_eq(nbl_i4b_integer_runs(), runs + !nan_float);
+        ck_assert_int_eq(nbl_i4b_float_runs(), fruns + nan_float);
+        int same = 1;
+        for (int o = 0; o < 3; o++) same &= memcmp(first[o].data, r->out[o].data, first[o].nbytes) == 0;
+        ck_assert_msg(same == (plant == 0 || (plant == 2 && !nody)), "%s: codes handed over (variant %d, dY %s, plant %d): %s",
+                      c->what, vi, nody ? "omitted" : "given", plant, same ? "the planted error went unseen" : "outputs differ");
+        if (nan_float) ck_assert(isnan(((float *)r->out[2].data)[((nz / g.out_sz) % c->M)])); /* dB of its channel */
+        k[nz] = keep8;
+        runner_free(r);
+      }
+    }
+    nbl_i4b_set_isa(-1);
+    nbl_i4b_set_amx(-1);
+    t_free(&k8);
+    t_free(&in8[7]);
+  }
   /* 3. dX alone and dW alone (the nodes of the training graphs): on the AMX
    * tiles the products then read the floats of dY and X, their codes made
    * while packing; the same bits as above, every variant */
@@ -979,11 +1034,25 @@ static void pm_expect_rewrite(pm *p, int log) {
   const nbl_node *qg = &g->nodes[pm_find_node(g, "q_g")];
   ck_assert_int_eq(qx->n_outputs, 2);
   ck_assert_int_eq(qw->n_outputs, 2);
-  ck_assert_int_eq(n->n_inputs, log ? 5 : 6);
+  ck_assert_int_eq(n->n_inputs, log ? 8 : 6);
   ck_assert_int_eq(n->inputs[3], qx->outputs[1]);
   ck_assert_int_eq(n->inputs[4], qw->outputs[1]);
   if (!log) ck_assert_int_eq(n->inputs[5], qg->outputs[1]);
-  else ck_assert_int_eq(qg->n_outputs, 1); /* the log quantizer is left as it is */
+  else { /* the log quantizer's codes and top handed over in place of its Y
+          * (which nothing else reads: dropped), its grid as attributes */
+    ck_assert_int_eq(qg->n_outputs, 3);
+    ck_assert_int_eq(n->inputs[0], NBL_NONE);
+    ck_assert_int_eq(qg->outputs[0], NBL_NONE);
+    ck_assert_int_eq(n->inputs[5], NBL_NONE);
+    ck_assert_int_eq(n->inputs[6], qg->outputs[2]);
+    ck_assert_int_eq(n->inputs[7], qg->outputs[1]);
+    ck_assert_str_eq(g->values[qg->outputs[2]].name, "Gq_codes");
+    ck_assert_str_eq(g->values[qg->outputs[1]].name, "Gq_top");
+    ck_assert_int_eq(g->values[qg->outputs[2]].type.elem, NBL_DT_INT8);
+    ck_assert_int_eq(g->values[qg->outputs[2]].type.rank, 4);
+    ck_assert_int_eq(nbl_attr_int(n, "log_radix", 0), 4);
+    ck_assert_int_eq(nbl_attr_int(n, "log_exp_bits", 0), 3);
+  }
   ck_assert_str_eq(g->values[qx->outputs[1]].name, "Xq_scale");
   ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_f")].op_type, "ConvGrad");
   if (log) ck_assert_str_eq(g->nodes[pm_find_node(g, "cg_10")].op_type, "ConvGrad");
@@ -1019,11 +1088,33 @@ START_TEST(test_pass_log) {
                     strstr(log, "cg_f (dY not log-quantized)") && strstr(log, "cg_10 (dY not log-quantized)") &&
                     strstr(log, "g_c1 (Gemm with a C term)"),
                 "%s", log);
+  /* the rewritten model saves and loads back equal (the codes, int8, and
+   * the omitted Y as any other tensor and optional output) */
+  char path[] = "/tmp/nbl_i4b_log_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(p.m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  char why[256] = {0};
+  ck_assert_msg(nbl_model_equal(p.m, back, why, sizeof why), "%s", why);
+  unlink(path);
+  tens c2[16];
+  if (runnable) { /* the loaded model runs: the same bits as the one in memory (below) */
+    nbl_model *mem = p.m;
+    p.m = back;
+    pm_run(&p, c2);
+    p.m = mem;
+  }
+  nbl_model_free(back);
   if (runnable) {
-    long runs = nbl_i4b_integer_runs();
+    long runs = nbl_i4b_integer_runs() - 5; /* (the loaded model's five above) */
     pm_run(&p, b);
-    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 5);
+    ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 10);
     for (int o = 0; o < p.n_out; o++) {
+      ck_assert(c2[o].n == b[o].n && memcmp(c2[o].data, b[o].data, sizeof(float) * (size_t)b[o].n) == 0);
+      t_free(&c2[o]);
       double mx = 0;
       for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
       for (int64_t i = 0; i < a[o].n; i++)

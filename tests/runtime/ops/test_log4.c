@@ -2,7 +2,7 @@
  * sessions: the reference and the fast kernel give the same bits in every
  * mode (threaded chunks, vector tails), the values are those of
  * runtime/formats/log.c, the step input changes the stochastic draws
- * reproducibly, the top output, errors naming the node; and the pass
+ * reproducibly, the top and codes outputs, errors naming the node; and the pass
  * quantize-grad-log4 on a hand-built training graph. */
 #include <check.h>
 #include <math.h>
@@ -32,9 +32,9 @@ static float *grad_data(int64_t n) {
 
 /* One QuantizeLog node with the attributes of cfg (rounding, radix, phase,
  * seed; exp_bits when not 3), with a step input when step >= 0, and the top
- * output when want_top. */
+ * output when want_top (want_top 2: the codes output too). */
 static one *qlog_node(const nbl_log_config *cfg, int with_step, int want_top) {
-  one *o = one_new_domain("QuantizeLog", "ai.nibble", 1, with_step ? 2 : 1, want_top ? 2 : 1);
+  one *o = one_new_domain("QuantizeLog", "ai.nibble", 1, with_step ? 2 : 1, 1 + want_top);
   nbl_graph *g = G(o);
   nbl_node_set_attr_string(g, o->node, "rounding", nbl_log_rounding_name(cfg->rounding));
   nbl_node_set_attr_int(g, o->node, "radix", cfg->radix);
@@ -73,10 +73,22 @@ START_TEST(test_qlog_ref_fast_formats) {
     nbl_log_params p;
     nbl_log_choose(&keyed, x, (size_t)n, &p);
     nbl_log_fake_quant(&keyed, &p, x, want, (size_t)n, 0);
-    one *o = qlog_node(&c, 1, 1);
+    one *o = qlog_node(&c, 1, 2);
     one_in(o, 0, NBL_DT_FLOAT, 1, dims, x);
     one_in(o, 1, NBL_DT_INT64, 0, NULL, &step);
     for (int ref = 0; ref < 2; ref++) {
+      /* the codes output: each element's code, nbl_log_code8_nonfinite for NaN, Inf */
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      ck_assert_int_eq(o->out[2].dtype, NBL_DT_INT8);
+      ck_assert_int_eq((int64_t)o->out[2].nbytes, n);
+      const int8_t *codes = o->out[2].data;
+      for (int64_t i = 0; i < n; i++) {
+        const int wc = isfinite(x[i]) ? nbl_log_code(&keyed, &p, x[i], (uint64_t)i) : nbl_log_code8_nonfinite(x[i]);
+        ck_assert_msg(codes[i] == wc, "mode %zu %s: x[%lld]=%a: code %d, want %d", k, ref ? "reference" : "fast",
+                      (long long)i, (double)x[i], codes[i], wc);
+        const float back = nbl_log_value8(&keyed, &p, wc); /* Y from the codes and top */
+        ck_assert(memcmp(&back, &want[i], 4) == 0 || (isnan(back) && isnan(want[i])) || (back == 0 && want[i] == 0));
+      }
       ck_assert_int_eq(one_run(o, ref), NBL_OK);
       const float *y = outf(o, 0);
       for (int64_t i = 0; i < n; i++) {
@@ -213,6 +225,39 @@ static void run_pipe(nbl_model *m, const char *spec, char *log, size_t cap) {
   log[n] = 0;
   fclose(f);
 }
+
+/* lower-to-onnx: a QuantizeLog whose codes output is used (or whose Y is
+ * omitted) has no standard form: a clear error naming the node. */
+START_TEST(test_codes_output_not_lowered) {
+  for (int omit_y = 0; omit_y < 2; omit_y++) {
+    nbl_log_config c;
+    nbl_log_config_default(&c);
+    one *o = qlog_node(&c, 0, 2);
+    const int64_t d[1] = {8};
+    const float x[8] = {1, -0.5f, 0.25f, 0, 0.01f, -2, 0.125f, 3};
+    one_in(o, 0, NBL_DT_FLOAT, 1, d, x);
+    if (omit_y) one_skip_out(o, 0);
+    nbl_log_params lp;
+    nbl_log_choose(&c, x, 8, &lp);
+    for (int ref = 0; ref < 2; ref++) { /* it runs (Y omitted: the codes and top) */
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      const nbl_host_tensor *k = &o->out[omit_y ? 1 : 2];
+      ck_assert_int_eq(k->dtype, NBL_DT_INT8);
+      for (int i = 0; i < 8; i++) ck_assert_int_eq(((const int8_t *)k->data)[i], nbl_log_code(&c, &lp, x[i], 0));
+    }
+    nbl_pipeline *p = NULL;
+    ck_assert_int_eq(nbl_pipeline_parse("lower-to-onnx", &p), NBL_OK);
+    FILE *f = tmpfile();
+    nbl_pipeline_options po = {.log = f};
+    ck_assert_int_eq(nbl_pipeline_run(p, o->m, &po), NBL_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(nbl_last_error(), "codes output") && strstr(nbl_last_error(), "QuantizeLog"), "%s",
+                  nbl_last_error());
+    fclose(f);
+    nbl_pipeline_free(p);
+    one_free(o);
+  }
+}
+END_TEST
 
 static const nbl_node *node_named(const nbl_graph *g, const char *name) {
   for (int i = 0; i < g->n_nodes; i++)
@@ -414,6 +459,7 @@ int main(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_qlog_ref_fast_formats);
   tcase_add_test(tc, test_qlog_step_and_levels);
+  tcase_add_test(tc, test_codes_output_not_lowered);
   tcase_add_test(tc, test_pass_build_training_graph);
   tcase_add_test(tc, test_pass_hand_built_training_model);
   suite_add_tcase(s, tc);

@@ -132,6 +132,17 @@ static int add_shadows(nbl_model *m, int *first_out) {
     ck_assert_int_le(n_out, 3);
     for (int i = 0; i < n_in; i++) in[i] = n->inputs[i];
     char nm[600];
+    if (conv && in[0] == NBL_NONE) { /* dY handed over as codes: the shadow reads the QuantizeLog's Y, given back */
+      ck_assert_int_ge(n->n_inputs, 8);
+      nbl_node *q = &g->nodes[g->values[n->inputs[6]].producer];
+      ck_assert_str_eq(q->op_type, "QuantizeLog");
+      ck_assert_int_eq(q->outputs[0], NBL_NONE); /* dropped by the pass: nothing else read it */
+      snprintf(nm, sizeof nm, "%s_Y", g->values[q->outputs[2]].name);
+      in[0] = q->outputs[0] = nbl_graph_add_value(g, nm);
+      ck_assert_int_ne(in[0], NBL_NONE);
+      g->values[in[0]].producer = (nbl_id)(q - g->nodes);
+      n = &g->nodes[id];
+    }
     for (int o = 0; o < n_out; o++) {
       mine[o] = n->outputs[o];
       if (mine[o] == NBL_NONE) continue;
