@@ -141,7 +141,7 @@ void nbl_q4_params_from_range(const nbl_q4_config *cfg, float lo, float hi, nbl_
  * distance from the bottom of the grid), R when the range is empty or 0. */
 #define NBL_Q4_MSE_BINS 1024
 #define NBL_Q4_MSE_STEP 16
-#define NBL_Q4_MSE_SAMPLE 32768
+#define NBL_Q4_MSE_SAMPLE 16384
 float nbl_q4_mse_clip(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi);
 
 /* The parameters of scale_source=mse for x[0..n) with finite range [lo, hi]:

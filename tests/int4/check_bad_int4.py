@@ -93,7 +93,7 @@ def cases():
     yield "bits9", single_q({"bits": 9}), run, ["'q'", "bits=9"]
     yield "bits1", single_q({"bits": 1}), run, ["'q'", "bits=1"]
     yield "mode", single_q({"mode": "asymmetric"}), run, ["'q'", "mode 'asymmetric'"]
-    yield "source", single_q({"scale_source": "mse"}), run, ["'q'", "scale_source 'mse'"]
+    yield "source", single_q({"scale_source": "entropy"}), run, ["'q'", "scale_source 'entropy'"]
     yield "rounding", single_q({"rounding": "up"}), run, ["'q'", "rounding 'up'"]
     yield "narrow", single_q({"narrow": 2}), run, ["'q'", "narrow"]
     yield "fixed_noscale", single_q({"scale_source": "fixed"}), run, ["'q'", "'scale'"]
@@ -129,8 +129,8 @@ def cases():
     yield "opt_unknown", good, ["convert", "--passes", "quantize-int4{bitz=3}"], ["bitz"]
     yield "opt_acts", good, ["convert", "--passes", "quantize-int4{activations=log}"], \
         ["activations", "log"]
-    yield "opt_weights", good, ["convert", "--passes", "quantize-int4{weights=mse}"], \
-        ["weights", "mse"]
+    yield "opt_weights", good, ["convert", "--passes", "quantize-int4{weights=entropy}"], \
+        ["weights", "entropy"]
     yield "opt_alpha", good, ["convert", "--passes", "quantize-int4{pact-alpha=-1}"], \
         ["pact-alpha"]
     yield "lower_stochastic", single_q({"rounding": "stochastic"}), \
