@@ -230,11 +230,10 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): stochastic rounding of a non-constant tensor "
                       "has no standard ONNX lowering", lbl, n->name);
-  if (cfg.scale_source == NBL_Q4_SCALE_SAWB || cfg.scale_source == NBL_Q4_SCALE_MSE)
+  if (cfg.scale_source == NBL_Q4_SCALE_SAWB)
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
-                      "%s: node '%s' (QuantizeInt4): %s on a non-constant tensor has no "
-                      "lowering (only constant weights are folded)", lbl, n->name,
-                      cfg.scale_source == NBL_Q4_SCALE_SAWB ? "SAWB" : "an MSE clip");
+                      "%s: node '%s' (QuantizeInt4): SAWB on a non-constant tensor has no "
+                      "lowering (only constant weights are folded)", lbl, n->name);
   if (output_used(g, n, 1) || output_used(g, n, 2))
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): its scale/zero_point outputs are used; "
@@ -286,6 +285,8 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
       nbl_id mx = emit(g, "ReduceMax", base, 1, &ab, NBL_NONE);
       if (mx == NBL_NONE) return oom();
       nbl_node_set_attr_int(g, g->values[mx].producer, "keepdims", 0);
+      if (cfg.scale_source == NBL_Q4_SCALE_MSE && (st = nbl_lower_mse_top(g, base, &cfg, x, NBL_NONE, mx, &mx)))
+        return st;
       snprintf(hint, sizeof hint, "%s_qmax", base);
       nbl_id qm = const_f32(g, hint, (float)qmax);
       if (qm == NBL_NONE) return oom();
@@ -297,6 +298,8 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
       if (mx == NBL_NONE || mn == NBL_NONE) return oom();
       nbl_node_set_attr_int(g, g->values[mx].producer, "keepdims", 0);
       nbl_node_set_attr_int(g, g->values[mn].producer, "keepdims", 0);
+      if (cfg.scale_source == NBL_Q4_SCALE_MSE && (st = nbl_lower_mse_top(g, base, &cfg, x, mn, mx, &mx)))
+        return st;
       nbl_id sin[2] = {mx, mn};
       nbl_id rg = emit(g, "Sub", base, 2, sin, NBL_NONE);
       snprintf(hint, sizeof hint, "%s_levels", base);

@@ -29,6 +29,14 @@ int nbl_q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int only_
  * NBL_ERR_UNSUPPORTED naming the node; a bad attribute names it too. */
 nbl_status nbl_lower_quantize_log(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid);
 
+/* The upper end of QuantizeInt4's scale_source=mse grid in standard ops
+ * (passes/lower_mse.c): for x with lo = ReduceMin(x), hi = ReduceMax(x)
+ * (affine; the value replaces hi) or lo = NBL_NONE, hi = ReduceMax(Abs(x))
+ * (symmetric; the value replaces max|x|), the same numbers as
+ * nbl_q4_params_from_mse. *out gets the value. */
+nbl_status nbl_lower_mse_top(nbl_graph *g, const char *base, const nbl_q4_config *cfg, nbl_id x, nbl_id lo,
+                             nbl_id hi, nbl_id *out);
+
 /* Building blocks of the lowerings (lower.c): a new initializer named after
  * hint holding a copy of data; node op(ins) of the default domain writing a
  * fresh value (or `out` when != NBL_NONE), named after base. NBL_NONE on
