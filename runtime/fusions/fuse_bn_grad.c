@@ -17,12 +17,7 @@
  * operand +0 where the estimator stops it, then +0 where the Relu output
  * is not positive) is built for each plane just before the kernel sums it
  * (so it is summed from L1), then the kernel writes dX over g and takes
- * the max |dX| the QuantizeLog pair needs in the same sweep. When ReluGrad's
- * output is also read by a second BatchNormalizationGrad (a projection
- * shortcut's BatchNorm shares the main branch's gradient), that one runs
- * in the same node channel by channel right after the first, over the
- * channel's g just made (in cache; g is then written to ReluGrad's output,
- * not under dX), with its own dX's QuantizeLog pair. The unfused
+ * the max |dX| the QuantizeLog pair needs in the same sweep. The unfused
  * chain sweeps the memory of each of these tensors once per node (and
  * QuantizeInt4Grad once more for its range): about 11 reads and 4 writes of
  * an activation-sized tensor against 7 and 2 here.
@@ -47,15 +42,10 @@
  *            scale, saved_mean, saved_inv_std (BatchNormalizationGrad's),
  *            q_scale, q_zero_point (QuantizeInt4Grad's inputs scale and
  *            zero_point, the forward quantizer's: omitted when it has none)
- *            then, with a second BatchNormalizationGrad (op type "...+BNGrad2"),
- *            its X, scale, saved_mean, saved_inv_std (inputs 9..12; 7, 8
- *            then NONE when there is no quantizer's scale or zero point)
  *   outputs: BatchNormalizationGrad's three, then ReluGrad's output when
  *            another node (or the graph) reads it, else omitted, then the
  *            six of the QuantizeLog pair when it runs too (Y, Y, top, top,
- *            codes, codes: nbl_fuse_log_pair_outputs; omitted ones NONE),
- *            then the second BatchNormalizationGrad's three (10..12) and
- *            the six of its dX's QuantizeLog pair (13..18)
+ *            codes, codes: nbl_fuse_log_pair_outputs; omitted ones NONE)
  *   attributes: QuantizeInt4Grad's (bits, mode, scale_source, ...) and the
  *            int nibble.q4: 0 without it, 1 on the sum (or the gradient
  *            without an Add), 2 on d0, 3 on d1
@@ -81,10 +71,9 @@
 typedef struct bg_fused {
   nbl_node node; /* first: the kernel sees the whole struct through c->node */
   const nbl_node *logs[2]; /* the QuantizeLog pair of dX it runs too, or NULL */
-  const nbl_node *logs2[2]; /* the same for the second BatchNormalizationGrad's dX */
-  nbl_id in[13], out[19];
+  nbl_id in[9], out[10];
   nbl_attr *attrs;
-  char op[72];
+  char op[48];
 } bg_fused;
 
 /* 1 if no output but output 0 of node n is read by anything. */
@@ -129,64 +118,14 @@ static int q4_absorbable(const nbl_fusion_env *env, const nbl_node *Q, nbl_id d,
          !env->taken(env, g->values[d].producer) && q4_fusable(Q);
 }
 
-/* dX (value dx) read only by two QuantizeLog (quantize-grad-log4's tpr
- * pair) not taken by another fusion: their ids in ids[0..1] and nodes in
- * nodes[0..1], and their six outputs in out[0..5] (nbl_fuse_log_pair_outputs);
- * else ids NBL_NONE, nodes NULL and out NBL_NONE. */
-static void find_log_pair(const nbl_fusion_env *env, nbl_id dx, nbl_id ids[2], const nbl_node *nodes[2],
-                          nbl_id out[6]) {
-  const nbl_graph *g = env->g;
-  ids[0] = ids[1] = NBL_NONE;
-  nodes[0] = nodes[1] = NULL;
-  for (int k = 0; k < 6; k++) out[k] = NBL_NONE;
-  const nbl_value *dxv = &g->values[dx];
-  if (dxv->n_consumers != 2 || (dxv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) ||
-      nbl_fuse_used_in_subgraphs(g, dxv->name))
-    return;
-  nbl_id l0 = dxv->consumers[0], l1 = dxv->consumers[1];
-  if (l0 != l1 && nbl_fuse_log_pairable(g, &g->nodes[l0]) && nbl_fuse_log_pairable(g, &g->nodes[l1]) &&
-      !env->taken(env, l0) && !env->taken(env, l1)) {
-    ids[0] = l0;
-    ids[1] = l1;
-    nodes[0] = &g->nodes[l0];
-    nodes[1] = &g->nodes[l1];
-    nbl_fuse_log_pair_outputs(nodes[0], nodes[1], out);
-  }
-}
-
-/* The second BatchNormalizationGrad of ReluGrad's output rout (the
- * projection shortcut's, beside the main branch's b): rout read by exactly
- * b and one other BatchNormalizationGrad (its input 0 only) not taken, its
- * other inputs float and written before step `at`; its id, or NBL_NONE. */
-static nbl_id find_second_bn_grad(const nbl_fusion_env *env, const nbl_id *order, int n_order, nbl_id rout,
-                                  nbl_id b, int at) {
-  const nbl_graph *g = env->g;
-  const nbl_value *rv = &g->values[rout];
-  if (rv->n_consumers != 2 || (rv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) ||
-      nbl_fuse_used_in_subgraphs(g, rv->name))
-    return NBL_NONE;
-  nbl_id b2 = rv->consumers[0] == b ? rv->consumers[1] : rv->consumers[1] == b ? rv->consumers[0] : NBL_NONE;
-  if (b2 == NBL_NONE || b2 == b || env->taken(env, b2)) return NBL_NONE;
-  const nbl_node *B2 = &g->nodes[b2];
-  if (!nbl_fuse_is_op(B2, "com.microsoft", "BatchNormalizationGrad") || B2->n_inputs != 5 || B2->n_outputs < 1 ||
-      B2->n_outputs > 3 || B2->outputs[0] == NBL_NONE || B2->inputs[0] != rout || !is_float(g, B2->inputs[1]))
-    return NBL_NONE;
-  for (int k = 1; k < 5; k++)
-    if (B2->inputs[k] == NBL_NONE || B2->inputs[k] == rout || !maybe_float(g, B2->inputs[k]) ||
-        nbl_fuse_written_at(env, order, n_order, B2->inputs[k]) >= at)
-      return NBL_NONE;
-  return b2;
-}
-
 /* The chain ending at BatchNormalizationGrad node b, or NULL. Absorbed nodes
- * in *relu, *q4, *add, *b2 and the QuantizeLog pairs logs[0..1] (of b's dX)
- * and logs[2..3] (of b2's) (NBL_NONE when absent). The QuantizeInt4Grad is the
+ * in *relu, *q4, *add (NBL_NONE when absent). The QuantizeInt4Grad is the
  * mask of the Add's sum (between the Add and ReluGrad), or, without one
  * there, the mask of one of the Add's operands (a value that feeds both a
  * quantized and a float consumer, as the stem's Relu output feeding the
  * first block's conv through its quantizer and its identity shortcut). */
 static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id b,
-                          nbl_id *relu, nbl_id *q4, nbl_id *add, nbl_id *b2, nbl_id logs[4]) {
+                          nbl_id *relu, nbl_id *q4, nbl_id *add, nbl_id logs[2]) {
   const nbl_graph *g = env->g;
   const nbl_node *B = &g->nodes[b];
   if (!nbl_fuse_is_op(B, "com.microsoft", "BatchNormalizationGrad") || B->n_inputs != 5 || B->n_outputs < 1 ||
@@ -268,30 +207,30 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   f->out[3] = keep_rout ? rout : NBL_NONE;
   /* dX read only by two QuantizeLog (quantize-grad-log4's tpr pair): run
    * them too, with dX's max |x| taken per channel while it is in cache */
-  find_log_pair(env, B->outputs[0], logs, f->logs, f->out + 4);
-  /* ReluGrad's output also read by a second BatchNormalizationGrad (the
-   * projection shortcut's): run it too, channel by channel after b's, its
-   * gradient then in cache (and its dX's QuantizeLog pair) */
-  *b2 = find_second_bn_grad(env, order, n_order, rout, b, pos[*relu]);
-  logs[2] = logs[3] = NBL_NONE;
-  for (int k = 10; k < 19; k++) f->out[k] = NBL_NONE;
-  for (int k = 9; k < 13; k++) f->in[k] = NBL_NONE;
-  if (*b2 != NBL_NONE) {
-    const nbl_node *B2 = &g->nodes[*b2];
-    for (int k = 0; k < 3; k++) f->out[10 + k] = k < B2->n_outputs ? B2->outputs[k] : NBL_NONE;
-    for (int k = 1; k < 5; k++) f->in[8 + k] = B2->inputs[k];
-    find_log_pair(env, B2->outputs[0], logs + 2, f->logs2, f->out + 13);
+  logs[0] = logs[1] = NBL_NONE;
+  for (int k = 4; k < 10; k++) f->out[k] = NBL_NONE;
+  const nbl_value *dxv = &g->values[B->outputs[0]];
+  if (dxv->n_consumers == 2 && !(dxv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) &&
+      !nbl_fuse_used_in_subgraphs(g, dxv->name)) {
+    nbl_id l0 = dxv->consumers[0], l1 = dxv->consumers[1];
+    if (l0 != l1 && nbl_fuse_log_pairable(g, &g->nodes[l0]) && nbl_fuse_log_pairable(g, &g->nodes[l1]) &&
+        !env->taken(env, l0) && !env->taken(env, l1)) {
+      logs[0] = l0;
+      logs[1] = l1;
+      f->logs[0] = &g->nodes[l0];
+      f->logs[1] = &g->nodes[l1];
+      nbl_fuse_log_pair_outputs(&g->nodes[l0], &g->nodes[l1], f->out + 4);
+    }
   }
   f->node = *B;
   f->node.inputs = f->in;
-  f->node.n_inputs = *b2 != NBL_NONE ? 13 : qs != NBL_NONE || qz != NBL_NONE ? 9 : 7;
+  f->node.n_inputs = qs != NBL_NONE || qz != NBL_NONE ? 9 : 7;
   f->node.outputs = f->out;
-  f->node.n_outputs = 19;
+  f->node.n_outputs = 10;
   f->node.attrs = f->attrs;
   f->node.n_attrs = na + 1;
-  snprintf(f->op, sizeof f->op, "%s%s%sReluGrad+BNGrad%s%s%s", q_on >= 2 ? "Q4Grad+" : "",
-           *add != NBL_NONE ? "Add+" : "", q_on == 1 ? "Q4Grad+" : "", f->logs[0] ? "+Log*2" : "",
-           *b2 != NBL_NONE ? "+BNGrad2" : "", f->logs2[0] ? "+Log*2" : "");
+  snprintf(f->op, sizeof f->op, "%s%s%sReluGrad+BNGrad%s", q_on >= 2 ? "Q4Grad+" : "",
+           *add != NBL_NONE ? "Add+" : "", q_on == 1 ? "Q4Grad+" : "", f->logs[0] ? "+Log*2" : "");
   f->node.op_type = f->op;
   return f;
 }
@@ -309,14 +248,12 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
   if (st != NBL_OK) return st;
   int any = 0;
   for (int s = 0; s < *n; s++) {
-    nbl_id id = order[s], r, q, a, b2, lg[4];
+    nbl_id id = order[s], r, q, a, lg[2];
     if (drop[id] || env->taken(env, id)) continue;
-    bg_fused *f = try_fuse(env, order, *n, pos, id, &r, &q, &a, &b2, lg);
+    bg_fused *f = try_fuse(env, order, *n, pos, id, &r, &q, &a, lg);
     if (!f) continue;
-    int clash = 0;
-    for (int k = 0; k < 4; k++) clash |= lg[k] != NBL_NONE && (drop[lg[k]] || fu->by_node[lg[k]]);
-    if (clash || drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a]) ||
-        (b2 != NBL_NONE && (drop[b2] || fu->by_node[b2]))) {
+    if (drop[r] || fu->by_node[r] || (q != NBL_NONE && drop[q]) || (a != NBL_NONE && drop[a]) ||
+        (lg[0] != NBL_NONE && (drop[lg[0]] || drop[lg[1]] || fu->by_node[lg[0]] || fu->by_node[lg[1]]))) {
       free(f->attrs);
       free(f);
       continue;
@@ -325,9 +262,7 @@ nbl_status nbl_fuse_bn_grad_plan(const nbl_fusion_env *env, nbl_id *order, int *
     drop[id] = 1;
     if (q != NBL_NONE) drop[q] = 1;
     if (a != NBL_NONE) drop[a] = 1;
-    if (b2 != NBL_NONE) drop[b2] = 1;
-    for (int k = 0; k < 4; k++)
-      if (lg[k] != NBL_NONE) drop[lg[k]] = 1;
+    if (lg[0] != NBL_NONE) drop[lg[0]] = drop[lg[1]] = 1;
     any = 1;
   }
   free(pos);
@@ -350,9 +285,6 @@ typedef struct bg_job {
   nbl_q4_params p;
   float lo, hi; /* the STE passes exactly lo <= v <= hi (nbl_q4t_ste_bounds) */
   float *cmax;            /* per channel: max |dX| over its finite elements (NULL: not needed) */
-  /* the second BatchNormalizationGrad of g (x2 NULL without one), as the first */
-  const float *x2, *scale2, *mean2, *inv2;
-  float *dx2, *dscale2, *dbias2, *cmax2;
 } bg_job;
 
 #if defined(__x86_64__)
@@ -453,15 +385,6 @@ static void bg_run(void *arg, int64_t b, int64_t e) {
     if (j->dscale) j->dscale[ch] = (float)sgx;
     if (j->dbias) j->dbias[ch] = (float)sg;
     if (j->cmax) j->cmax[ch] = m;
-    if (!j->x2) continue;
-    /* the second one over the channel's g, just made (in cache) */
-    float m2 = 0.0f;
-    nbl_bn_grad_hooks h2 = {NULL, NULL, j->cmax2 ? &m2 : NULL};
-    nbl_bn_grad_f32_channel(j->g, j->x2, j->dx2, j->N, j->C, j->sp, ch, j->mean2[ch], j->inv2[ch], j->scale2[ch],
-                            &sg, &sgx, &h2);
-    if (j->dscale2) j->dscale2[ch] = (float)sgx;
-    if (j->dbias2) j->dbias2[ch] = (float)sg;
-    if (j->cmax2) j->cmax2[ch] = m2;
   }
 }
 
@@ -559,40 +482,11 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
       j.mask = MASK_Q4_REF;
     }
   }
-  const nbl_rt_tensor *X2 = c->n_in > 9 ? c->in[9] : NULL; /* the second BatchNormalizationGrad's */
-  if (X2) {
-    static const char *const names2[] = {"X (second)", "scale (second)", "saved_mean (second)",
-                                         "saved_inv_std (second)"};
-    for (int k = 9; k < 13; k++) {
-      const nbl_rt_tensor *t = c->n_in > k ? c->in[k] : NULL;
-      if (!t) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "missing input %s", names2[k - 9]);
-      if (t->dtype != NBL_DT_FLOAT)
-        return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "input %s must be float32 (got %s)", names2[k - 9],
-                        nbl_dtype_name(t->dtype));
-      if (k == 9 ? !same_dims(t, X) : t->rank != 1 || t->dims[0] != C)
-        return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s must have the shape of %s", names2[k - 9],
-                        k == 9 ? "X" : "scale");
-    }
-    if (!c->out[3]) /* never planned: g is read by both */
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the second BatchNormalizationGrad needs ReluGrad's output");
-  }
   nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims);
   for (int o = 1; !st && o <= 2; o++)
     if (c->out[o]) st = nbl_kctx_alloc_out(c, o, NBL_DT_FLOAT, 1, &C);
   if (!st && c->out[3]) st = nbl_kctx_alloc_out(c, 3, NBL_DT_FLOAT, X->rank, X->dims);
-  if (!st && X2) st = nbl_kctx_alloc_out(c, 10, NBL_DT_FLOAT, X->rank, X->dims);
-  for (int o = 11; !st && X2 && o <= 12; o++)
-    if (c->out[o]) st = nbl_kctx_alloc_out(c, o, NBL_DT_FLOAT, 1, &C);
   if (st) return st;
-  if (X2) {
-    j.x2 = X2->data;
-    j.scale2 = c->in[10]->data;
-    j.mean2 = c->in[11]->data;
-    j.inv2 = c->in[12]->data;
-    j.dx2 = nbl_kctx_out(c, 10)->data;
-    j.dscale2 = c->out[11] ? nbl_kctx_out(c, 11)->data : NULL;
-    j.dbias2 = c->out[12] ? nbl_kctx_out(c, 12)->data : NULL;
-  }
   j.dx = nbl_kctx_out(c, 0)->data;
   j.g = c->out[3] ? nbl_kctx_out(c, 3)->data : j.dx; /* without ReluGrad's output: dX is built over g */
   j.dscale = c->out[1] ? nbl_kctx_out(c, 1)->data : NULL;
@@ -616,25 +510,16 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
     j.d1 = NULL;
   }
   const bg_fused *f = (const bg_fused *)c->node;
-  int pair2 = X2 && f->logs2[0];
-  if (f->logs[0] || pair2) {
-    float *buf = malloc(sizeof(float) * (size_t)(C > 0 ? 2 * C : 2));
-    if (!buf) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    j.cmax = f->logs[0] ? buf : NULL;
-    j.cmax2 = pair2 ? buf + C : NULL;
+  if (f->logs[0]) {
+    j.cmax = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+    if (!j.cmax) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
   nbl_parallel_for(c, C, 1, bg_run, &j);
-  float *buf = j.cmax ? j.cmax : j.cmax2 ? j.cmax2 - C : NULL;
-  st = NBL_OK;
-  for (int p = 0; p < 2 && !st; p++) { /* the QuantizeLog pairs of dX, then of the second dX */
-    const float *cm = p ? j.cmax2 : j.cmax;
-    if (!cm) continue;
-    float m = 0.0f; /* max |dX| over the finite elements: the channels' maximum */
-    for (int64_t ch = 0; ch < C; ch++) m = cm[ch] > m ? cm[ch] : m;
-    st = nbl_fuse_log_pair_run(c, p ? f->logs2 : f->logs, nbl_kctx_out(c, p ? 10 : 0), m, p ? 13 : 4);
-  }
-  free(buf);
-  return st;
+  if (!f->logs[0]) return NBL_OK;
+  float m = 0.0f; /* max |dX| over the finite elements: the channels' maximum */
+  for (int64_t ch = 0; ch < C; ch++) m = j.cmax[ch] > m ? j.cmax[ch] : m;
+  free(j.cmax);
+  return nbl_fuse_log_pair_run(c, f->logs, nbl_kctx_out(c, 0), m, 4);
 }
 
 const nbl_op_def nbl_fused_bn_grad_def = NBL_OP_DEF("ai.nibble", "BNGradChain", 1, 1, .ref = k_bn_grad_fused,

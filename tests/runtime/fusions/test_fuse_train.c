@@ -13,14 +13,13 @@
  *   BatchNormalizationGrad's own per-channel kernel), so there is no
  *   rounding to allow for: any difference is a bug. The profile must show
  *   the fused nodes: on ResNet-8 bn-grad takes every BatchNormalizationGrad
- *   (the stem's with the QuantizeInt4Grad on its Add's operand, 4-bit; the
- *   two of the projection shortcuts in the node of the main branch's, which
- *   shares their ReluGrad, "BNGrad2"),
+ *   but the two of the projection shortcuts (their ReluGrad is shared; the
+ *   stem's with the QuantizeInt4Grad on its Add's operand, 4-bit),
  *   bn-act every BatchNorm -> [Add ->] Relu [-> QuantizeInt4] (7; the
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
- *   too, and only one of them is taken); the 8 pairs of tpr QuantizeLog
- *   all run in the bn-grad node of the BatchNormalizationGrad whose dX they
- *   read (none left to log-pair); LeNet-5 has no BatchNorm (log-pair,
+ *   too, and only one of them is taken); of the 8 pairs of tpr QuantizeLog
+ *   the 6 on a fused BatchNormalizationGrad's dX run in that node, the 2 of
+ *   the shortcuts as log-pair nodes; LeNet-5 has no BatchNorm (log-pair,
  *   3 pairs), two MaxPoolGrad -> ReluGrad (pool-grad) and, in the 4-bit
  *   graph (FP32: conv-act takes the Relu), two Relu -> MaxPool
  *   (relu-pool); ResNet-8 no MaxPool.
@@ -38,9 +37,7 @@
  *   graph output, and dX read by a tpr QuantizeLog pair (which the fused
  *   node then runs too), and QuantizeInt4Grad on one operand of the Add
  *   instead of its sum (the stem's chain; either operand, with the other
- *   broadcast), and ReluGrad's output read by a second
- *   BatchNormalizationGrad (a projection shortcut's, with or without its
- *   own tpr pair): fused and unfused engines give the same bits; and
+ *   broadcast): fused and unfused engines give the same bits; and
  *   with QuantizeInt4Grad given the scale and zero point of a QuantizeInt4
  *   of V (as build-training wires them), fused and unfused, the same bits
  *   as the unfused chain that scans V.
@@ -111,18 +108,17 @@ typedef struct train_case {
   int bn_act, bn_grad, log_pair, pool_grad, relu_pool; /* fused nodes expected of each fusion */
   int grad_log;                  /* bn-grad nodes that run the QuantizeLog pair of their dX too */
   int q4_operand;                /* bn-grad nodes with QuantizeInt4Grad on an Add operand (the stem's) */
-  int bn2;                       /* bn-grad nodes that run a second BatchNormalizationGrad (the shortcuts') */
 } train_case;
 
 #define Q4_TRAIN "build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 #define Q4 "quantize-int4," Q4_TRAIN
 static const train_case tcases[] = {
-    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0, 0, 0, 2},
-    {"models/resnet8_init.onnx", Q4, 7, 7, 0, 0, 0, 6, 1, 2},
+    {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0, 0},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 0, 6, 1},
     {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 2, 0, 0},
     {"models/lenet5_init.onnx", Q4, 0, 0, 3, 2, 2, 0},
     /* activations clipped where the squared error is least (nibble train --int4) */
-    {"models/resnet8_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 7, 7, 0, 0, 0, 6, 1, 2},
+    {"models/resnet8_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 7, 7, 2, 0, 0, 6, 1},
     {"models/lenet5_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 0, 0, 3, 2, 2, 0},
 };
 
@@ -168,8 +164,6 @@ START_TEST(test_sessions) {
   ck_assert_int_eq(fused_nodes(&rf, "Relu+MaxPool"), c->relu_pool);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad+Log*2"), c->grad_log);
   ck_assert_int_eq(fused_nodes(&rf, "Q4Grad+Add+ReluGrad+BNGrad"), c->q4_operand);
-  ck_assert_int_eq(fused_nodes(&rf, "BNGrad2"), c->bn2);
-  ck_assert_int_eq(fused_nodes(&rf, "BNGrad2+Log*2"), c->bn2 && c->grad_log ? c->bn2 : 0);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
   nbl_train_session_free(ru.s);
@@ -193,8 +187,6 @@ typedef struct chain_case {
                     build-training wires them) instead of scanning V */
   int q_op;      /* 0: QuantizeInt4Grad (when q4) on the Add's sum; 1, 2: on the Add's operand 0, 1
                     (the stem's Relu output feeding a quantized conv and an identity shortcut) */
-  int bn2;       /* ReluGrad's output read by a second BatchNormalizationGrad too (a projection
-                    shortcut's; its outputs graph outputs, or with logs its dX read by a tpr pair) */
 } chain_case;
 
 static float urand(unsigned *st) {
@@ -279,22 +271,22 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
   nbl_graph *g = m->graph;
   int64_t dims[4] = {c->N, c->C, c->H, c->W}, cd[1] = {c->C}, bd[3] = {c->C, 1, 1};
   int64_t numel = c->N * c->C * c->H * c->W;
-  const char *names[11] = {"d0", "d1", "v", "x", "scale", "mean", "inv", "x2", "scale2", "mean2", "inv2"};
-  nbl_id in[11];
-  float *data[11] = {NULL};
+  const char *names[7] = {"d0", "d1", "v", "x", "scale", "mean", "inv"};
+  nbl_id in[7];
+  float *data[7];
   unsigned st = 12345u + (unsigned)(c->C * 7 + c->H);
-  nbl_host_tensor feeds[11];
+  nbl_host_tensor feeds[7];
   memset(feeds, 0, sizeof feeds);
   int nf = 0;
-  for (int k = 0; k < (c->bn2 ? 11 : 7); k++) {
-    int per_c = k >= 4 && k != 7, bc = k == 1 && c->add == 2;
+  for (int k = 0; k < 7; k++) {
+    int per_c = k >= 4, bc = k == 1 && c->add == 2;
     int rank = per_c ? 1 : bc ? 3 : 4;
     const int64_t *d = per_c ? cd : bc ? bd : dims;
     int64_t cnt = per_c || bc ? c->C : numel;
     data[k] = malloc(sizeof(float) * (size_t)cnt);
     for (int64_t i = 0; i < cnt; i++) {
       float r = urand(&st);
-      if (k == 6 || k == 10) r = 0.5f + fabsf(r) * 2; /* inverse std > 0 */
+      if (k == 6) r = 0.5f + fabsf(r) * 2; /* inverse std > 0 */
       if (k == 2 && i % 5 == 0) r = 0.0f;  /* Relu outputs: zeros, and some negatives */
       if (c->specials && k == 2 && i % 97 == 3) r = NAN;
       if (c->specials && k == 2 && i % 131 == 7) r = INFINITY;
@@ -325,33 +317,22 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
   nbl_id outs[3] = {nbl_graph_add_value(g, "dx"), nbl_graph_add_value(g, "dscale"), nbl_graph_add_value(g, "dbias")};
   nbl_id bin[5] = {gr, in[3], in[4], in[5], in[6]};
   nbl_graph_add_node(g, "BatchNormalizationGrad", "com.microsoft", "bngrad", 5, bin, 3, outs);
-  nbl_id outs2[3] = {NBL_NONE, NBL_NONE, NBL_NONE};
-  if (c->bn2) {
-    outs2[0] = nbl_graph_add_value(g, "dx2");
-    outs2[1] = nbl_graph_add_value(g, "dscale2");
-    outs2[2] = nbl_graph_add_value(g, "dbias2");
-    nbl_id bin2[5] = {gr, in[7], in[8], in[9], in[10]};
-    nbl_graph_add_node(g, "BatchNormalizationGrad", "com.microsoft", "bngrad2", 5, bin2, 3, outs2);
-  }
   for (int k = c->logs ? 1 : 0; k < 3; k++) nbl_graph_add_output(g, outs[k]);
-  for (int k = c->logs ? 1 : 0; c->bn2 && k < 3; k++) nbl_graph_add_output(g, outs2[k]);
   if (c->keep_r) nbl_graph_add_output(g, gr);
-  for (int k = 0; c->logs && k < (c->bn2 ? 4 : 2); k++) {
-    static const char *const ln[4][2] = {{"log0", "l0"}, {"log1", "l1"}, {"log2", "l2"}, {"log3", "l3"}};
-    nbl_id y = nbl_graph_add_value(g, ln[k][0]);
-    nbl_id l = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", ln[k][1], 1, k < 2 ? &outs[0] : &outs2[0], 1, &y);
+  for (int k = 0; c->logs && k < 2; k++) {
+    nbl_id y = nbl_graph_add_value(g, k ? "log1" : "log0");
+    nbl_id l = nbl_graph_add_node(g, "QuantizeLog", "ai.nibble", k ? "l1" : "l0", 1, &outs[0], 1, &y);
     nbl_node_set_attr_int(g, l, "radix", 4);
     nbl_node_set_attr_string(g, l, "rounding", "tpr");
-    nbl_node_set_attr_int(g, l, "phase", k % 2);
+    nbl_node_set_attr_int(g, l, "phase", k);
     nbl_graph_add_output(g, y);
   }
   ck_assert_msg(nbl_graph_verify(g, "chain") == NBL_OK, "%s", nbl_last_error());
   const char *pattern = c->logs ? "BNGrad+Log*2" : "BNGrad";
   if (c->q_op) pattern = c->logs ? "Q4Grad+Add+ReluGrad+BNGrad+Log*2" : "Q4Grad+Add+ReluGrad+BNGrad";
-  if (c->bn2) pattern = c->logs ? "BNGrad+Log*2+BNGrad2+Log*2" : "BNGrad+BNGrad2";
   float *out = exec_model(m, feeds, nf, fused, threads, pattern, n, was_fused);
   nbl_model_free(m);
-  for (int k = 0; k < 11; k++) free(data[k]);
+  for (int k = 0; k < 7; k++) free(data[k]);
   return out;
 }
 
@@ -367,10 +348,6 @@ static const chain_case ccases[] = {
     {3, 5, 7, 9, 1, 1, 0, 1, 0, 0, 1}, {2, 17, 5, 5, 1, 2, 1, 1, 1, 1, 2}, {4, 6, 4, 5, 2, 1, 0, 1, 0, 1, 1},
     {3, 5, 6, 7, 1, 3, 0, 1, 0, 0, 2}, {64, 3, 4, 4, 1, 1, 0, 0, 1, 1, 1}, {2, 3, 11, 3, 2, 3, 0, 1, 0, 1, 1},
     {1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 2},
-    /* a second BatchNormalizationGrad of ReluGrad's output */
-    {3, 5, 7, 9, 1, 1, 0, 1, 0, 1, 0, 1}, {2, 17, 5, 5, 0, 0, 0, 1, 1, 0, 0, 1}, {4, 6, 4, 5, 2, 2, 0, 1, 1, 1, 0, 1},
-    {64, 3, 4, 4, 1, 1, 0, 0, 1, 1, 0, 1}, {3, 5, 6, 7, 1, 3, 0, 1, 0, 0, 0, 1}, {3, 5, 7, 9, 1, 1, 0, 1, 1, 1, 2, 1},
-    {1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1},
 };
 
 /* ------------------------------------------------------------------ MaxPoolGrad -> ReluGrad, hand-built */
@@ -478,11 +455,11 @@ START_TEST(test_chain) {
     ck_assert_int_eq(nf_, nu);
     for (int64_t i = 0; i < nu; i++)
       ck_assert_msg(!memcmp(&y[i], &yu[i], sizeof(float)),
-                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d q_op %d bn2 %d), %d "
-                    "thread(s): [%lld] %s %.9g vs %.9g",
+                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d q_op %d), %d thread(s): "
+                    "[%lld] %s %.9g vs %.9g",
                     _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
-                    c->keep_r, c->specials, c->given, c->q_op, c->bn2, threads, (long long)i,
-                    v ? "unfused given" : "fused", y[i], yu[i]);
+                    c->keep_r, c->specials, c->given, c->q_op, threads, (long long)i, v ? "unfused given" : "fused",
+                    y[i], yu[i]);
     if (v) free(y);
   }
   free(yf);
