@@ -241,7 +241,8 @@ NBL_OP_FAMILY(grad_elementwise) /* runtime/ops/grad_elementwise.c: activation, d
 NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-entropy backward */
 NBL_OP_FAMILY(grad_shape)       /* runtime/ops/grad_shape.c: Gather, Slice backward */
 NBL_OP_FAMILY(grad_conv)        /* runtime/ops/grad_conv.c: Conv, ConvTranspose backward */
-NBL_OP_FAMILY(grad_pool_norm)   /* runtime/ops/grad_pool_norm.c: pooling, BatchNorm, LayerNorm backward */
+NBL_OP_FAMILY(grad_pool)        /* runtime/ops/grad_pool.c: MaxPool, AveragePool backward */
+NBL_OP_FAMILY(grad_norm)        /* runtime/ops/grad_norm.c: BatchNorm, LayerNorm backward */
 NBL_OP_FAMILY(grad_int4)        /* runtime/ops/grad_int4.c: 4-bit training's backward products in integers */
 
 /* Find the entry for (domain, op_type) valid at `opset`; NULL if none. */

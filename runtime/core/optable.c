@@ -32,7 +32,8 @@ static const struct {
     {nbl_ops_grad_reduce, &nbl_ops_grad_reduce_count},
     {nbl_ops_grad_shape, &nbl_ops_grad_shape_count},
     {nbl_ops_grad_conv, &nbl_ops_grad_conv_count},
-    {nbl_ops_grad_pool_norm, &nbl_ops_grad_pool_norm_count},
+    {nbl_ops_grad_pool, &nbl_ops_grad_pool_count},
+    {nbl_ops_grad_norm, &nbl_ops_grad_norm_count},
     {nbl_ops_grad_int4, &nbl_ops_grad_int4_count},
 };
 

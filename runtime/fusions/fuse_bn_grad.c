@@ -3,11 +3,19 @@
  *
  *   [Add (the gradient sum)] -> [QuantizeInt4Grad] -> ReluGrad -> BatchNormalizationGrad
  *
+ * or, where the Relu output feeds a quantized and a float consumer (the
+ * stem's Relu: the first block's conv through its quantizer, and its
+ * identity shortcut), the QuantizeInt4Grad on one operand of the Add,
+ *
+ *   QuantizeInt4Grad (of Add's operand 0 or 1) -> Add -> ReluGrad -> BatchNormalizationGrad
+ *
  * (the bracketed nodes when present) runs as one node, channel by channel,
  * through BatchNormalizationGrad's fast kernel for that channel
  * (nbl_bn_grad_f32_channel) with hooks: the masked gradient g = (d0 + d1)
  * where the straight-through estimator passes and the Relu output is
- * positive (else +0) is built for each plane just before the kernel sums it
+ * positive (else +0; with the mask on an operand, (d0 + d1) with that
+ * operand +0 where the estimator stops it, then +0 where the Relu output
+ * is not positive) is built for each plane just before the kernel sums it
  * (so it is summed from L1), then the kernel writes dX over g and takes
  * the max |dX| the QuantizeLog pair needs in the same sweep. The unfused
  * chain sweeps the memory of each of these tensors once per node (and
@@ -25,7 +33,8 @@
  * dX come from the op's own per-channel kernel in its order. See fuse.h;
  * NBL_NO_FUSION=bn-grad (runtime/core/plan.c) turns it off.
  *
- * The fused node (op type "Add+Q4Grad+ReluGrad+BNGrad" and shorter forms)
+ * The fused node (op type "Add+Q4Grad+ReluGrad+BNGrad", "Q4Grad+Add+ReluGrad+BNGrad"
+ * with the mask on an operand, and shorter forms)
  * runs at ReluGrad's place in the schedule:
  *   inputs:  d0, d1 (the Add's operands; d1 omitted without an Add: d0 is
  *            then the gradient QuantizeInt4Grad or ReluGrad reads), V (the
@@ -38,7 +47,8 @@
  *            six of the QuantizeLog pair when it runs too (Y, Y, top, top,
  *            codes, codes: nbl_fuse_log_pair_outputs; omitted ones NONE)
  *   attributes: QuantizeInt4Grad's (bits, mode, scale_source, ...) and the
- *            int nibble.q4 (1 when it is part of the chain)
+ *            int nibble.q4: 0 without it, 1 on the sum (or the gradient
+ *            without an Add), 2 on d0, 3 on d1
  */
 #include <math.h>
 #include <stdio.h>
@@ -97,8 +107,23 @@ static int q4_fusable(const nbl_node *q) {
   return nbl_q4_config_decode(q, &cfg, err, sizeof err) == NBL_OK && cfg.scale_source != NBL_Q4_SCALE_PACT;
 }
 
+/* 1 if QuantizeInt4Grad node Q (or NULL) can be absorbed as the mask of the
+ * gradient value d it makes, d read only by node `by` as input `slot`, V
+ * (its input 1) being v. */
+static int q4_absorbable(const nbl_fusion_env *env, const nbl_node *Q, nbl_id d, nbl_id v, nbl_id by, int slot) {
+  const nbl_graph *g = env->g;
+  return nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs >= 2 && Q->n_inputs <= 5 &&
+         (Q->n_inputs < 3 || Q->inputs[2] == NBL_NONE) && Q->inputs[1] == v && Q->inputs[0] != NBL_NONE &&
+         Q->inputs[0] != v && only_output0_used(g, Q) && nbl_fuse_only_feeds(g, d, by, slot) &&
+         !env->taken(env, g->values[d].producer) && q4_fusable(Q);
+}
+
 /* The chain ending at BatchNormalizationGrad node b, or NULL. Absorbed nodes
- * in *relu, *q4, *add (NBL_NONE when absent). */
+ * in *relu, *q4, *add (NBL_NONE when absent). The QuantizeInt4Grad is the
+ * mask of the Add's sum (between the Add and ReluGrad), or, without one
+ * there, the mask of one of the Add's operands (a value that feeds both a
+ * quantized and a float consumer, as the stem's Relu output feeding the
+ * first block's conv through its quantizer and its identity shortcut). */
 static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_order, const int *pos, nbl_id b,
                           nbl_id *relu, nbl_id *q4, nbl_id *add, nbl_id logs[2]) {
   const nbl_graph *g = env->g;
@@ -123,11 +148,10 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   *q4 = *add = NBL_NONE;
   nbl_id d = R->inputs[0];
   const nbl_node *Q = nbl_fuse_producer(g, d);
-  if (nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4Grad") && Q->n_inputs >= 2 && Q->n_inputs <= 5 &&
-      (Q->n_inputs < 3 || Q->inputs[2] == NBL_NONE) && Q->inputs[1] == v &&
-      Q->inputs[0] != NBL_NONE && Q->inputs[0] != v && only_output0_used(g, Q) && nbl_fuse_only_feeds(g, d, *relu, 0) &&
-      !env->taken(env, g->values[d].producer) && q4_fusable(Q)) {
+  int q_on = 0; /* the mask on: 1 the sum (or the gradient), 2 the Add's operand 0, 3 its operand 1 */
+  if (q4_absorbable(env, Q, d, v, *relu, 0)) {
     *q4 = g->values[d].producer;
+    q_on = 1;
     d = Q->inputs[0];
   }
   nbl_id d1 = NBL_NONE;
@@ -139,6 +163,22 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
     *add = g->values[d].producer;
     d1 = A->inputs[1];
     d = A->inputs[0];
+    for (int k = 0; k < 2 && !q_on; k++) { /* no mask of the sum: one of an operand */
+      nbl_id o = A->inputs[k];
+      const nbl_node *P = nbl_fuse_producer(g, o);
+      if (!q4_absorbable(env, P, o, v, *add, k)) continue;
+      Q = P;
+      *q4 = g->values[o].producer;
+      q_on = 2 + k;
+      if (k) d1 = P->inputs[0];
+      else d = P->inputs[0];
+      if (d == d1) { /* Add(Q4Grad(a), a): two reads of one value, left unfused */
+        *q4 = NBL_NONE;
+        q_on = 0;
+        d = A->inputs[0];
+        d1 = A->inputs[1];
+      }
+    }
   }
   if (!maybe_float(g, d) || (d1 != NBL_NONE && !maybe_float(g, d1)) || !is_float(g, v)) return NULL;
   /* every input ready where R runs (B's are forward values, written by a
@@ -160,7 +200,7 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
     return NULL;
   }
   if (na) memcpy(f->attrs, src->attrs, sizeof(nbl_attr) * (size_t)na);
-  f->attrs[na] = (nbl_attr){.name = "nibble.q4", .type = NBL_ATTR_INT, .i = src != NULL};
+  f->attrs[na] = (nbl_attr){.name = "nibble.q4", .type = NBL_ATTR_INT, .i = q_on};
   nbl_id in[9] = {d, d1, v, B->inputs[1], B->inputs[2], B->inputs[3], B->inputs[4], qs, qz};
   memcpy(f->in, in, sizeof in);
   for (int k = 0; k < 3; k++) f->out[k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
@@ -189,8 +229,8 @@ static bg_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   f->node.n_outputs = 10;
   f->node.attrs = f->attrs;
   f->node.n_attrs = na + 1;
-  snprintf(f->op, sizeof f->op, "%s%sReluGrad+BNGrad%s", *add != NBL_NONE ? "Add+" : "", src ? "Q4Grad+" : "",
-           f->logs[0] ? "+Log*2" : "");
+  snprintf(f->op, sizeof f->op, "%s%s%sReluGrad+BNGrad%s", q_on >= 2 ? "Q4Grad+" : "",
+           *add != NBL_NONE ? "Add+" : "", q_on == 1 ? "Q4Grad+" : "", f->logs[0] ? "+Log*2" : "");
   f->node.op_type = f->op;
   return f;
 }
@@ -240,6 +280,7 @@ typedef struct bg_job {
   const float *d0, *d1, *v, *x, *scale, *mean, *inv;
   float *g, *dx, *dscale, *dbias;
   int mask;
+  int q_on;               /* the Q4 mask on: 1 the sum, 2 d0, 3 d1 (nibble.q4) */
   nbl_q4_config cfg;
   nbl_q4_params p;
   float lo, hi; /* the STE passes exactly lo <= v <= hi (nbl_q4t_ste_bounds) */
@@ -259,10 +300,11 @@ __attribute__((target("avx512f"))) static int64_t g_avx512(const bg_job *j, floa
     _mm_prefetch((const char *)(v + next + i), _MM_HINT_T0);
     if (d1) _mm_prefetch((const char *)(d1 + next + i), _MM_HINT_T0);
     __m512 vv = _mm512_loadu_ps(v + i), t = _mm512_loadu_ps(d0 + i);
-    if (d1) t = _mm512_add_ps(t, _mm512_loadu_ps(d1 + i));
-    __mmask16 ok = _mm512_cmp_ps_mask(vv, zero, _CMP_GT_OQ);
-    if (j->mask == MASK_Q4_FAST)
-      ok &= _mm512_cmp_ps_mask(vv, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(vv, hi, _CMP_LE_OQ);
+    __mmask16 ok = _mm512_cmp_ps_mask(vv, zero, _CMP_GT_OQ), q = 0xFFFF;
+    if (j->mask == MASK_Q4_FAST) q = _mm512_cmp_ps_mask(vv, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(vv, hi, _CMP_LE_OQ);
+    if (j->q_on == 2) t = _mm512_maskz_mov_ps(q, t); /* the operand as QuantizeInt4Grad wrote it */
+    if (d1) t = _mm512_add_ps(t, j->q_on == 3 ? _mm512_maskz_loadu_ps(q, d1 + i) : _mm512_loadu_ps(d1 + i));
+    if (j->q_on == 1) ok &= q;
     _mm512_storeu_ps(g + i, _mm512_maskz_mov_ps(ok, t));
   }
   return i;
@@ -274,19 +316,28 @@ __attribute__((target("avx2"))) static int64_t g_avx2(const bg_job *j, float *g,
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 vv = _mm256_loadu_ps(v + i), t = _mm256_loadu_ps(d0 + i);
-    if (d1) t = _mm256_add_ps(t, _mm256_loadu_ps(d1 + i));
-    __m256 ok = _mm256_cmp_ps(vv, zero, _CMP_GT_OQ);
-    if (j->mask == MASK_Q4_FAST)
-      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(vv, lo, _CMP_GE_OQ), _mm256_cmp_ps(vv, hi, _CMP_LE_OQ)));
+    __m256 ok = _mm256_cmp_ps(vv, zero, _CMP_GT_OQ), q = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    if (j->mask == MASK_Q4_FAST) q = _mm256_and_ps(_mm256_cmp_ps(vv, lo, _CMP_GE_OQ), _mm256_cmp_ps(vv, hi, _CMP_LE_OQ));
+    if (j->q_on == 2) t = _mm256_and_ps(q, t); /* the operand as QuantizeInt4Grad wrote it */
+    if (d1) t = _mm256_add_ps(t, j->q_on == 3 ? _mm256_and_ps(q, _mm256_loadu_ps(d1 + i)) : _mm256_loadu_ps(d1 + i));
+    if (j->q_on == 1) ok = _mm256_and_ps(ok, q);
     _mm256_storeu_ps(g + i, _mm256_and_ps(ok, t));
   }
   return i;
 }
 #endif
 
-/* g[i] = (d0[i] + d1[i]) where V passes both masks, else +0, over the n
- * floats of one plane starting at flat index `at` (stochastic rounding's
- * element index). */
+/* 1 where QuantizeInt4Grad passes element `at` of value x (the interval of
+ * the fast kernel, or the reference's test). */
+static int q_pass(const bg_job *j, float x, int64_t at) {
+  if (j->mask == MASK_Q4_FAST) return x >= j->lo && x <= j->hi;
+  return j->mask != MASK_Q4_REF || (isfinite(x) && nbl_q4_passes(&j->cfg, &j->p, x, (uint64_t)at));
+}
+
+/* g[i] = (d0[i] + d1[i]) where V passes both masks, else +0 (with the Q4
+ * mask on an operand: that operand +0 where it stops it, then the sum where
+ * V > 0, else +0), over the n floats of one plane starting at flat index
+ * `at` (stochastic rounding's element index). */
 static void make_g(const bg_job *j, int64_t at, int64_t n) {
   float *g = j->g + at;
   const float *d0 = j->d0 + at, *d1 = j->d1 ? j->d1 + at : NULL, *v = j->v + at;
@@ -299,8 +350,14 @@ static void make_g(const bg_job *j, int64_t at, int64_t n) {
   }
 #endif
   for (; i < n; i++) {
-    float t = d1 ? d0[i] + d1[i] : d0[i];
     int ok = v[i] > 0;
+    if (j->q_on >= 2) { /* the operand's mask matters only where V > 0 */
+      float a = d0[i], b = d1[i];
+      if (ok && !q_pass(j, v[i], at + i)) *(j->q_on == 2 ? &a : &b) = 0.0f;
+      g[i] = ok ? a + b : 0.0f;
+      continue;
+    }
+    float t = d1 ? d0[i] + d1[i] : d0[i];
     if (ok && j->mask == MASK_Q4_FAST) {
       ok = v[i] >= j->lo && v[i] <= j->hi;
     } else if (ok && j->mask == MASK_Q4_REF) {
@@ -401,7 +458,11 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
   bg_job j = {.c = c, .N = N, .C = C, .sp = sp, .d0 = c->in[0]->data, .d1 = c->in[1] ? c->in[1]->data : NULL,
               .v = c->in[2]->data, .x = X->data, .scale = c->in[4]->data, .mean = c->in[5]->data,
               .inv = c->in[6]->data, .mask = MASK_RELU};
-  if (nbl_attr_int(c->node, "nibble.q4", 0)) {
+  j.q_on = (int)nbl_attr_int(c->node, "nibble.q4", 0);
+  if (j.q_on < 0 || j.q_on > 3 || (j.q_on >= 2 && !c->in[1]))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute nibble.q4=%d: not 0 to 3, or on an Add operand without an Add",
+                    j.q_on); /* never planned */
+  if (j.q_on) {
     nbl_status st = nbl_q4_attrs(c, &j.cfg);
     if (st) return st;
     if (j.cfg.scale_source == NBL_Q4_SCALE_PACT)
@@ -431,7 +492,19 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
   j.dscale = c->out[1] ? nbl_kctx_out(c, 1)->data : NULL;
   j.dbias = c->out[2] ? nbl_kctx_out(c, 2)->data : NULL;
   if (bcast) { /* the Add's output first, masked in place */
-    if (!bcast_add(c->in[0], c->in[1], X, j.g))
+    nbl_rt_tensor a = *c->in[0], b = *c->in[1];
+    if (j.q_on >= 2) { /* QuantizeInt4Grad's output first, into g (its element i only read for element i) */
+      nbl_rt_tensor *q = j.q_on == 2 ? &a : &b;
+      if (!same_dims(q, X))
+        return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %s (QuantizeInt4Grad's dY) must have the shape of X",
+                        names[j.q_on - 2]);
+      const float *src = q->data;
+      for (int64_t i = 0; i < X->numel; i++) j.g[i] = q_pass(&j, j.v[i], i) ? src[i] : 0.0f;
+      q->data = j.g;
+      j.q_on = 0;
+      j.mask = MASK_RELU;
+    }
+    if (!bcast_add(&a, &b, X, j.g))
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the gradients added do not broadcast to the shape of X");
     j.d0 = j.g;
     j.d1 = NULL;

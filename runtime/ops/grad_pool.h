@@ -1,5 +1,5 @@
-/* runtime/ops/grad_pool.h - what the 'grad_pool_norm' family's pooling
- * gradients (runtime/ops/grad_pool_norm.c) share with the fused training
+/* runtime/ops/grad_pool.h - what the 'grad_pool' family's pooling
+ * gradients (runtime/ops/grad_pool.c) share with the fused training
  * path runtime/fusions/fuse_pool_grad.c: MaxPoolGrad with ReluGrad's mask,
  * so that the fused node gives the two ops' numbers bit for bit. */
 #ifndef NBL_OPS_GRAD_POOL_H

@@ -847,7 +847,7 @@ static nbl_status shape_einsum(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h; the backward ops are com.microsoft training ops,
- * runtime/ops/grad_conv.c and grad_pool_norm.c, or standard ops) */
+ * runtime/ops/grad_conv.c, grad_pool.c and grad_norm.c, or standard ops) */
 
 /* Conv / ConvTranspose: one ConvGrad / ConvTransposeGrad node (dY, X, W ->
  * dX, dW, dB) with the forward attributes; named ".../dXdW" when it computes

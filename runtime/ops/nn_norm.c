@@ -309,7 +309,7 @@ static nbl_status shape_layernorm(nbl_shape_ctx *c) {
 /* BatchNormalization in inference mode (running statistics as constants):
  * dX = dY scale inv_std, dscale = sum dY (x - mean) inv_std, dB = sum dY, the
  * sums over every axis but 1. Training mode is com.microsoft BatchNormInternal
- * (its rule is on its own table line, runtime/ops/grad_pool_norm.c). */
+ * (its rule is on its own table line, runtime/ops/grad_norm.c). */
 static nbl_status g_batchnorm(nbl_grad_ctx *gc) {
   const nbl_node *n = nbl_grad_node(gc);
   if (nbl_attr_int(n, "training_mode", 0) != 0)

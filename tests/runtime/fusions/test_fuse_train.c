@@ -13,7 +13,8 @@
  *   BatchNormalizationGrad's own per-channel kernel), so there is no
  *   rounding to allow for: any difference is a bug. The profile must show
  *   the fused nodes: on ResNet-8 bn-grad takes every BatchNormalizationGrad
- *   but the two of the projection shortcuts (their ReluGrad is shared),
+ *   but the two of the projection shortcuts (their ReluGrad is shared; the
+ *   stem's with the QuantizeInt4Grad on its Add's operand, 4-bit),
  *   bn-act every BatchNorm -> [Add ->] Relu [-> QuantizeInt4] (7; the
  *   shortcuts' BatchNorms feed an Add whose other operand is a BatchNorm
  *   too, and only one of them is taken); of the 8 pairs of tpr QuantizeLog
@@ -34,7 +35,9 @@
  *   and planes off the vector widths), with zeros, NaN and Inf among the
  *   inputs, a broadcast Add operand and a ReluGrad output that is also a
  *   graph output, and dX read by a tpr QuantizeLog pair (which the fused
- *   node then runs too): fused and unfused engines give the same bits; and
+ *   node then runs too), and QuantizeInt4Grad on one operand of the Add
+ *   instead of its sum (the stem's chain; either operand, with the other
+ *   broadcast): fused and unfused engines give the same bits; and
  *   with QuantizeInt4Grad given the scale and zero point of a QuantizeInt4
  *   of V (as build-training wires them), fused and unfused, the same bits
  *   as the unfused chain that scans V.
@@ -104,17 +107,18 @@ typedef struct train_case {
   const char *model, *spec;
   int bn_act, bn_grad, log_pair, pool_grad, relu_pool; /* fused nodes expected of each fusion */
   int grad_log;                  /* bn-grad nodes that run the QuantizeLog pair of their dX too */
+  int q4_operand;                /* bn-grad nodes with QuantizeInt4Grad on an Add operand (the stem's) */
 } train_case;
 
 #define Q4_TRAIN "build-training,quantize-grad-log4{rounding=tpr},int4-backward"
 #define Q4 "quantize-int4," Q4_TRAIN
 static const train_case tcases[] = {
     {"models/resnet8_init.onnx", "build-training", 7, 7, 0, 0, 0, 0},
-    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 0, 6},
+    {"models/resnet8_init.onnx", Q4, 7, 7, 2, 0, 0, 6, 1},
     {"models/lenet5_init.onnx", "build-training", 0, 0, 0, 2, 0, 0},
     {"models/lenet5_init.onnx", Q4, 0, 0, 3, 2, 2, 0},
     /* activations clipped where the squared error is least (nibble train --int4) */
-    {"models/resnet8_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 7, 7, 2, 0, 0, 6},
+    {"models/resnet8_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 7, 7, 2, 0, 0, 6, 1},
     {"models/lenet5_init.onnx", "quantize-int4{activations=mse}," Q4_TRAIN, 0, 0, 3, 2, 2, 0},
 };
 
@@ -159,6 +163,7 @@ START_TEST(test_sessions) {
   ck_assert_int_eq(fused_nodes(&rf, "MaxPoolGrad+ReluGrad"), c->pool_grad);
   ck_assert_int_eq(fused_nodes(&rf, "Relu+MaxPool"), c->relu_pool);
   ck_assert_int_eq(fused_nodes(&rf, "BNGrad+Log*2"), c->grad_log);
+  ck_assert_int_eq(fused_nodes(&rf, "Q4Grad+Add+ReluGrad+BNGrad"), c->q4_operand);
   ck_assert_int_eq(fused_nodes(&ru, "+") + fused_nodes(&ru, "*2"), 0);
   nbl_train_session_free(rf.s);
   nbl_train_session_free(ru.s);
@@ -180,6 +185,8 @@ typedef struct chain_case {
   int logs;      /* dX read by two QuantizeLog (tpr phases 0 and 1) instead of being an output */
   int given;     /* QuantizeInt4Grad takes the scale and zero point of a QuantizeInt4 of V (as
                     build-training wires them) instead of scanning V */
+  int q_op;      /* 0: QuantizeInt4Grad (when q4) on the Add's sum; 1, 2: on the Add's operand 0, 1
+                    (the stem's Relu output feeding a quantized conv and an identity shortcut) */
 } chain_case;
 
 static float urand(unsigned *st) {
@@ -231,6 +238,29 @@ static float *exec_model(nbl_model *m, const nbl_host_tensor *feeds, int nf, int
   return out;
 }
 
+/* Adds QuantizeInt4Grad(dy, v) of chain case c (its mode, and with c->given
+ * a QuantizeInt4 of v giving it the scale and zero point) to g; returns its
+ * output. */
+static nbl_id add_q4grad(nbl_graph *g, const chain_case *c, nbl_id dy, nbl_id v) {
+  nbl_id qout = nbl_graph_add_value(g, "gq");
+  nbl_id qin[5] = {dy, v, NBL_NONE, NBL_NONE, NBL_NONE}, fq = NBL_NONE;
+  if (c->given) { /* the forward quantizer of V, its scale and zero point wired as build-training does */
+    nbl_id fo[3] = {nbl_graph_add_value(g, "vq"), nbl_graph_add_value(g, "vq_scale"),
+                    nbl_graph_add_value(g, "vq_zero")};
+    fq = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4fwd", 1, &v, 3, fo);
+    qin[3] = fo[1];
+    qin[4] = fo[2];
+  }
+  nbl_id q = nbl_graph_add_node(g, "QuantizeInt4Grad", "ai.nibble", "q4grad", c->given ? 5 : 2, qin, 1, &qout);
+  for (nbl_id qn = q; qn != NBL_NONE; qn = qn == q ? fq : NBL_NONE) {
+    nbl_node_set_attr_int(g, qn, "bits", 4);
+    nbl_node_set_attr_string(g, qn, "mode", c->q4 == 2 ? "symmetric" : "affine");
+    nbl_node_set_attr_string(g, qn, "scale_source", "max");
+    if (c->q4 == 3) nbl_node_set_attr_string(g, qn, "rounding", "stochastic");
+  }
+  return qout;
+}
+
 /* The chain's outputs (dX, dscale, dbias[, ReluGrad's]) concatenated
  * (malloc'd, *n floats); *fused: the profile showed a fused node. */
 static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n, int *was_fused) {
@@ -273,30 +303,14 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
     memcpy(feeds[nf].dims, d, sizeof(int64_t) * (size_t)rank);
     nf++;
   }
+  nbl_id ain[2] = {in[0], in[1]};
+  if (c->q_op) ain[c->q_op - 1] = add_q4grad(g, c, ain[c->q_op - 1], in[2]);
   nbl_id gsum = in[0];
   if (c->add) {
     gsum = nbl_graph_add_value(g, "gsum");
-    nbl_graph_add_node(g, "Add", "", "sum", 2, in, 1, &gsum);
+    nbl_graph_add_node(g, "Add", "", "sum", 2, ain, 1, &gsum);
   }
-  nbl_id gq = gsum;
-  if (c->q4) {
-    gq = nbl_graph_add_value(g, "gq");
-    nbl_id qin[5] = {gsum, in[2], NBL_NONE, NBL_NONE, NBL_NONE}, fq = NBL_NONE;
-    if (c->given) { /* the forward quantizer of V, its scale and zero point wired as build-training does */
-      nbl_id fo[3] = {nbl_graph_add_value(g, "vq"), nbl_graph_add_value(g, "vq_scale"),
-                      nbl_graph_add_value(g, "vq_zero")};
-      fq = nbl_graph_add_node(g, "QuantizeInt4", "ai.nibble", "q4fwd", 1, &in[2], 3, fo);
-      qin[3] = fo[1];
-      qin[4] = fo[2];
-    }
-    nbl_id q = nbl_graph_add_node(g, "QuantizeInt4Grad", "ai.nibble", "q4grad", c->given ? 5 : 2, qin, 1, &gq);
-    for (nbl_id qn = q; qn != NBL_NONE; qn = qn == q ? fq : NBL_NONE) {
-      nbl_node_set_attr_int(g, qn, "bits", 4);
-      nbl_node_set_attr_string(g, qn, "mode", c->q4 == 2 ? "symmetric" : "affine");
-      nbl_node_set_attr_string(g, qn, "scale_source", "max");
-      if (c->q4 == 3) nbl_node_set_attr_string(g, qn, "rounding", "stochastic");
-    }
-  }
+  nbl_id gq = c->q4 && !c->q_op ? add_q4grad(g, c, gsum, in[2]) : gsum;
   nbl_id gr = nbl_graph_add_value(g, "gr");
   nbl_id rin[2] = {gq, in[2]};
   nbl_graph_add_node(g, "ReluGrad", "com.microsoft", "relugrad", 2, rin, 1, &gr);
@@ -314,7 +328,9 @@ static float *run_chain(const chain_case *c, int fused, int threads, int64_t *n,
     nbl_graph_add_output(g, y);
   }
   ck_assert_msg(nbl_graph_verify(g, "chain") == NBL_OK, "%s", nbl_last_error());
-  float *out = exec_model(m, feeds, nf, fused, threads, c->logs ? "BNGrad+Log*2" : "BNGrad", n, was_fused);
+  const char *pattern = c->logs ? "BNGrad+Log*2" : "BNGrad";
+  if (c->q_op) pattern = c->logs ? "Q4Grad+Add+ReluGrad+BNGrad+Log*2" : "Q4Grad+Add+ReluGrad+BNGrad";
+  float *out = exec_model(m, feeds, nf, fused, threads, pattern, n, was_fused);
   nbl_model_free(m);
   for (int k = 0; k < 7; k++) free(data[k]);
   return out;
@@ -328,6 +344,10 @@ static const chain_case ccases[] = {
     /* with the forward's scale and zero point */
     {3, 5, 7, 9, 1, 1, 0, 1, 0, 1}, {2, 17, 5, 5, 0, 2, 1, 1, 1, 1}, {3, 5, 6, 7, 1, 3, 0, 1, 0, 1},
     {64, 3, 4, 4, 1, 1, 0, 0, 1, 1}, {2, 3, 11, 3, 2, 2, 0, 0, 0, 1},
+    /* QuantizeInt4Grad on one operand of the Add */
+    {3, 5, 7, 9, 1, 1, 0, 1, 0, 0, 1}, {2, 17, 5, 5, 1, 2, 1, 1, 1, 1, 2}, {4, 6, 4, 5, 2, 1, 0, 1, 0, 1, 1},
+    {3, 5, 6, 7, 1, 3, 0, 1, 0, 0, 2}, {64, 3, 4, 4, 1, 1, 0, 0, 1, 1, 1}, {2, 3, 11, 3, 2, 3, 0, 1, 0, 1, 1},
+    {1, 1, 1, 1, 1, 2, 0, 0, 0, 0, 2},
 };
 
 /* ------------------------------------------------------------------ MaxPoolGrad -> ReluGrad, hand-built */
@@ -435,11 +455,11 @@ START_TEST(test_chain) {
     ck_assert_int_eq(nf_, nu);
     for (int64_t i = 0; i < nu; i++)
       ck_assert_msg(!memcmp(&y[i], &yu[i], sizeof(float)),
-                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d), %d thread(s): [%lld] "
-                    "%s %.9g vs %.9g",
+                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d q_op %d), %d thread(s): "
+                    "[%lld] %s %.9g vs %.9g",
                     _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
-                    c->keep_r, c->specials, c->given, threads, (long long)i, v ? "unfused given" : "fused", y[i],
-                    yu[i]);
+                    c->keep_r, c->specials, c->given, c->q_op, threads, (long long)i, v ? "unfused given" : "fused",
+                    y[i], yu[i]);
     if (v) free(y);
   }
   free(yf);
