@@ -33,6 +33,12 @@
  *            operand is the same: where the codes cannot give dY's grid,
  *            or mark a NaN or Inf, the float path runs on dY, or without
  *            dY on the values of the codes, nbl_log_value8)
+ *            X_codes (optional int8, X's shape), X_zero_point (optional
+ *            int8 scalar): X's QuantizeInt4 codes and zero point
+ *            (runtime/formats/int4.h, nbl_q4_codes8), which the AMX dW
+ *            product reads instead of recovering X's codes from its floats
+ *            (X stays: a code that is a non-finite mark, and the other
+ *            paths, read X)
  *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
  *            optional: needs X's codes), dB ([M], optional)
  *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads,
@@ -49,7 +55,9 @@
  *   8-bit codes on the VNNI tiles (runtime/kernels/int4_coded_conv.c), each
  *   output fl(X_scale * W_scale) * acc + B[m]
  *   inputs:  X (float32, [N, C, H, W]), W (float32, [M, C/group, kh, kw]),
- *            B (optional float32 [M]), X_scale, W_scale (float32 scalars)
+ *            B (optional float32 [M]), X_scale, W_scale (float32 scalars),
+ *            X_codes, X_zero_point (optional, as Int4LogConvGrad's: the AMX
+ *            tiles read X's codes from them)
  *   outputs: Y (Conv's)
  *   attributes: Conv's
  */
@@ -197,6 +205,28 @@ static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
   return NBL_OK;
 }
 
+/* X's QuantizeInt4 codes and zero point (inputs ic, ic + 1): *codes NULL
+ * when absent; an error when one is given without the other, or with the
+ * wrong type or shape. */
+static nbl_status xcodes_in(nbl_kctx *c, int ic, const nbl_rt_tensor *X, const int8_t **codes, int *zero) {
+  const nbl_rt_tensor *k = grad_in(c, ic), *z = grad_in(c, ic + 1);
+  *codes = NULL, *zero = 0;
+  if (!k && !z) return NBL_OK;
+  if (!k || !z)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X_codes (input %d) and X_zero_point (input %d) go together", ic,
+                    ic + 1);
+  if (z->dtype != NBL_DT_INT8 || z->numel != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d (X_zero_point) must be an int8 scalar, got %s with %lld elements",
+                    ic + 1, nbl_dtype_name(z->dtype), (long long)z->numel);
+  int same = X && X->rank == k->rank && !memcmp(X->dims, k->dims, sizeof(int64_t) * (size_t)k->rank);
+  if (k->dtype != NBL_DT_INT8 || !same)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d (X_codes) must be int8 of X's shape, got %s with %lld elements",
+                    ic, nbl_dtype_name(k->dtype), (long long)k->numel);
+  *codes = k->data;
+  *zero = ((const int8_t *)z->data)[0];
+  return NBL_OK;
+}
+
 /* The grid attributes of the codes (log_radix, log_exp_bits). */
 static nbl_status codes_cfg(nbl_kctx *c, nbl_log_config *cfg) {
   nbl_log_config_default(cfg);
@@ -239,6 +269,8 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
   if ((st = codes_in(c, &codes, &s))) return st;
+  const int8_t *xk;
+  if ((st = xcodes_in(c, 8, grad_in(c, 1), &xk, &have))) return st;
   if (!grad_in(c, 0) && codes) return with_dy_decoded(c, codes, s, k_conv_ref);
   return counterpart(c, conv_grad_def(), 3, 0);
 }
@@ -296,12 +328,17 @@ static int16_t *handed_q(const handed *h, int64_t n) {
  * one sweep, they stay in cache for the packing; or the QuantizeLog's int8
  * codes, through their table). */
 static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
-                                 const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
+                                 const int8_t *xk, int xz, const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw,
+                                 int *done) {
   const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
   int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
   if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-  const nbl_i4b_src sxf = {.f = X->data, .unit = sx};
+  nbl_i4b_src sxf = {.f = X->data, .c8 = xk, .zero = xz, .unit = sx};
   nbl_status st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
+  if (!st && !*done && xk) { /* a code the tiles declined (a non-finite mark): the floats decide */
+    sxf.c8 = NULL;
+    st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
+  }
   if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
     const double s = (double)gdy.unit * (double)sx;
     for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
@@ -322,9 +359,10 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
-  const int8_t *dyc;
+  const int8_t *dyc, *xk;
   float dytop;
-  if ((st = codes_in(c, &dyc, &dytop))) return st;
+  int xz;
+  if ((st = codes_in(c, &dyc, &dytop)) || (st = xcodes_in(c, 8, X, &xk, &xz))) return st;
   const int floats = grad_in(c, 0) != NULL; /* else dY's values are the codes' */
   if (!floats && !dyc) return k_conv_ref(c);
   nbl_conv_geom g;
@@ -354,7 +392,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
     if (!st && fdw) {
       int done = 0;
-      st = conv_dw_floats(c, &g, X, sc[0], &sdy, gdy, out.dw, &done);
+      st = conv_dw_floats(c, &g, X, sc[0], xk, xz, &sdy, gdy, out.dw, &done);
       if (!st && done) out.dw = NULL; /* dW done */
       else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
     }
@@ -442,7 +480,10 @@ static nbl_status k_fconv_ref(nbl_kctx *c) {
   float s;
   int have;
   nbl_status st;
-  if ((st = scale_in(c, 3, "X_scale", &s, &have)) || (st = scale_in(c, 4, "W_scale", &s, &have))) return st;
+  const int8_t *xk;
+  if ((st = scale_in(c, 3, "X_scale", &s, &have)) || (st = scale_in(c, 4, "W_scale", &s, &have)) ||
+      (st = xcodes_in(c, 5, grad_in(c, 0), &xk, &have)))
+    return st;
   return counterpart(c, conv_def(), 3, 0);
 }
 
@@ -453,15 +494,19 @@ static nbl_status k_fconv_fast(nbl_kctx *c) {
   float sx = 0, sw = 0;
   int hx, hw;
   nbl_status st;
-  if ((st = scale_in(c, 3, "X_scale", &sx, &hx)) || (st = scale_in(c, 4, "W_scale", &sw, &hw))) return st;
+  const int8_t *xk;
+  int xz;
+  if ((st = scale_in(c, 3, "X_scale", &sx, &hx)) || (st = scale_in(c, 4, "W_scale", &sw, &hw)) ||
+      (st = xcodes_in(c, 5, X, &xk, &xz)))
+    return st;
   nbl_conv_geom g;
   if ((st = nbl_conv_node_geom(c, X, W, B, &g))) return st;
   int off_grid = !hx || !hw;
   if (!off_grid) {
     int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
     if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
-    st = nbl_i4b_conv_forward(c, &g, X->data, sx, W->data, sw, B ? B->data : NULL, nbl_kctx_out(c, 0)->data,
-                              NULL, &off_grid);
+    st = nbl_i4b_conv_forward_codes(c, &g, X->data, sx, xk, xz, W->data, sw, B ? B->data : NULL,
+                                    nbl_kctx_out(c, 0)->data, NULL, &off_grid);
     if (st) return grad_oom(c);
   }
   if (off_grid) {

@@ -42,6 +42,8 @@ static int32_t rnd_code(int32_t maxabs) { return (int32_t)(rnd() % (uint32_t)(2 
 /* x (float32) fake-quantized by QuantizeInt4 with `bits` and scale source
  * src (affine when affine != 0), in place; the scale, and the codes q - z
  * when codes != NULL. */
+static int g_q4_zero; /* the zero point of q4_tensor's last call */
+
 static float q4_tensor(tens *x, int bits, int affine, nbl_q4_scale_source src, int16_t *codes) {
   nbl_q4_config cfg;
   nbl_q4_config_default(&cfg);
@@ -60,6 +62,7 @@ static float q4_tensor(tens *x, int bits, int affine, nbl_q4_scale_source src, i
     if (codes) codes[i] = (int16_t)(q[i] - p.zero);
   }
   free(q);
+  g_q4_zero = p.zero;
   return p.scale;
 }
 
@@ -434,6 +437,7 @@ static void conv_case(const ccase *c) {
   int16_t *xq = malloc(sizeof(int16_t) * (size_t)x.n), *wq = malloc(sizeof(int16_t) * (size_t)w.n);
   int16_t *dyq = malloc(sizeof(int16_t) * (size_t)dy.n);
   float sx = q4_tensor(&x, c->xbits, 1, NBL_Q4_SCALE_MAX, xq);
+  const int xz = g_q4_zero;
   float sw = q4_tensor(&w, c->wbits, 0, c->wbits == 4 ? NBL_Q4_SCALE_SAWB : NBL_Q4_SCALE_MAX, wq);
   nbl_log_config lc = log_cfg(c->radix, c->eb, NBL_LOG_NEAREST, 0);
   float u = log_tensor(&dy, &lc, dyq);
@@ -591,6 +595,47 @@ static void conv_case(const ccase *c) {
       ck_assert_int_eq(nbl_i4b_amx_runs() - amx_runs, v == ni ? (o ? amx_dw : amx_dx) : 0);
       runner_free(r);
     }
+  }
+  /* 5. X's QuantizeInt4 codes and zero point handed over (inputs 8 and 9,
+   * as int4-backward wires them; bits <= 6): the same bits, every variant,
+   * all outputs and dW alone; on the AMX tiles (which read them) a planted
+   * wrong code changes dW, and a non-finite mark sends them back to X's
+   * floats (the same bits) */
+  if (c->xbits <= 6) {
+    tens xk = t_new(NBL_DT_INT8, x.rank, x.dims);
+    int64_t at = -1;
+    for (int64_t i = 0; i < x.n; i++) {
+      ((int8_t *)xk.data)[i] = (int8_t)(xq[i] + xz);
+      if (at < 0 && xq[i] + xz > -100 && xq[i] + xz < 100 && xq[i] != 0) at = i;
+    }
+    ck_assert_int_ge(at, 0);
+    tens z8 = t_new(NBL_DT_INT8, 0, NULL);
+    ((int8_t *)z8.data)[0] = (int8_t)xz;
+    tens in10[10] = {dy, x, w, in[3], in[4], NONE, NONE, NONE, xk, z8};
+    for (int v = 0; v < ni + amx_ok; v++) {
+      nbl_i4b_set_isa(g_isas[v < ni ? v : ni - 1]);
+      nbl_i4b_set_amx(v == ni);
+      for (int alone = 0; alone < 2; alone++)
+        for (int plant = 0; plant < 3; plant++) { /* 0: as made, 1: one code + 1, 2: NaN's mark */
+          int8_t *k = xk.data;
+          const int8_t keep8 = k[at];
+          if (plant == 1) k[at] = (int8_t)(k[at] + 1);
+          if (plant == 2) k[at] = NBL_Q4_CODE8_NAN;
+          const int want[3] = {!alone, 1, !alone};
+          runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a, 10, in10, 3, want, 0);
+          ck_assert_msg(runner_run(r, in10) == NBL_OK, "%s: %s", c->what, nbl_last_error());
+          const nbl_host_tensor *dw = &r->out[alone ? 0 : 1];
+          const int same = memcmp(first[1].data, dw->data, first[1].nbytes) == 0;
+          const int seen = plant == 1 && v == ni && amx_dw; /* only the tiles read the codes */
+          ck_assert_msg(same == !seen, "%s: X's codes handed over (variant %d, alone %d, plant %d): %s", c->what, v,
+                        alone, plant, same ? "the planted error went unseen" : "dW differs");
+          if (!alone) ck_assert(memcmp(first[0].data, r->out[0].data, first[0].nbytes) == 0);
+          k[at] = keep8;
+          runner_free(r);
+        }
+    }
+    t_free(&xk);
+    t_free(&in10[9]);
   }
   nbl_i4b_set_isa(-1);
   nbl_i4b_set_amx(-1);
@@ -1032,9 +1077,17 @@ static void pm_expect_rewrite(pm *p, int log) {
   ck_assert_str_eq(n->domain, "ai.nibble");
   const nbl_node *qx = &g->nodes[pm_find_node(g, "q_x")], *qw = &g->nodes[pm_find_node(g, "q_w")];
   const nbl_node *qg = &g->nodes[pm_find_node(g, "q_g")];
-  ck_assert_int_eq(qx->n_outputs, 2);
+  ck_assert_int_eq(qx->n_outputs, 4); /* scale, and (dW: X's codes handed over) zero_point and codes */
   ck_assert_int_eq(qw->n_outputs, 2);
-  ck_assert_int_eq(n->n_inputs, log ? 8 : 6);
+  ck_assert_int_eq(n->n_inputs, 10);
+  ck_assert_int_eq(n->inputs[8], qx->outputs[3]);
+  ck_assert_int_eq(n->inputs[9], qx->outputs[2]);
+  ck_assert_str_eq(g->values[qx->outputs[3]].name, "Xq_codes");
+  ck_assert_str_eq(g->values[qx->outputs[2]].name, "Xq_zero_point");
+  ck_assert_int_eq(g->values[qx->outputs[3]].type.elem, NBL_DT_INT8);
+  ck_assert_int_eq(g->values[qx->outputs[3]].type.rank, 4);
+  ck_assert_int_eq(g->values[qx->outputs[2]].type.rank, 0);
+  if (!log) ck_assert_int_eq(n->inputs[6], NBL_NONE);
   ck_assert_int_eq(n->inputs[3], qx->outputs[1]);
   ck_assert_int_eq(n->inputs[4], qw->outputs[1]);
   if (!log) ck_assert_int_eq(n->inputs[5], qg->outputs[1]);
