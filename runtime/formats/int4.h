@@ -191,7 +191,7 @@ void nbl_q4_quantize_codes(const nbl_q4_config *cfg, const nbl_q4_params *p, con
  * with the zero point (nbl_q4_code: Y = scale * (q - zero_point)), and codes
  * of their own past [qmin, qmax] for the non-finite elements, whose Y is X:
  * NaN NBL_Q4_CODE8_NAN, +Inf NBL_Q4_CODE8_PINF, -Inf NBL_Q4_CODE8_NINF.
- * Defined for bits <= 6 (nbl_q4_codes8_ok: every code within -32..63, clear
+ * Defined for bits <= 6 (nbl_q4_codes8_ok: every code within -32..31, clear
  * of the three). A consumer takes a code outside -126..126 as "not a code":
  * it reads the floats instead. */
 #define NBL_Q4_CODE8_NAN (-128)
