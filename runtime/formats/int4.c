@@ -392,6 +392,13 @@ void nbl_q4_codes8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float
   }
 }
 
+float nbl_q4_value8(float s, int z, int8_t q) {
+  if (q == NBL_Q4_CODE8_NAN) return NAN;
+  if (q == NBL_Q4_CODE8_PINF) return INFINITY;
+  if (q == NBL_Q4_CODE8_NINF) return -INFINITY;
+  return s * (float)(q - z);
+}
+
 void nbl_q4_pack(const int8_t *q, size_t n, uint8_t *dst) {
   for (size_t i = 0; i < n; i += 2) {
     uint8_t lo = (uint8_t)q[i] & 0x0F;

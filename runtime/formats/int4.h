@@ -202,6 +202,9 @@ int nbl_q4_codes8_ok(const nbl_q4_config *cfg);
  * nbl_q4_fake_quant (the same draws). */
 void nbl_q4_codes8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x, int8_t *q, size_t n,
                    uint64_t index0);
+/* The value of codes-output code q under scale s and zero point z: Y's
+ * element, s * (q - z) (+0 for q == z), or the NaN / +-Inf of a mark. */
+float nbl_q4_value8(float s, int z, int8_t q);
 
 /* Pack n signed 4-bit codes (each in [-8, 7]) two per byte, low nibble first
  * (element 2i in bits 0..3 of byte i, element 2i+1 in bits 4..7); an odd

@@ -25,7 +25,8 @@
  * one, at the Relu's):
  *   inputs:  X, scale, B, input_mean, input_var (BatchNormInternal's), R
  *            (the Add's other operand; omitted without an Add)
- *   outputs: QuantizeInt4's first three (omitted without one), Relu's
+ *   outputs: QuantizeInt4's first three (omitted without one; its Y omitted
+ *            when int4-backward dropped it for the codes), Relu's
  *            output, BatchNormInternal's outputs 1-4 (running mean and
  *            variance, saved mean and inverse standard deviation), then
  *            QuantizeInt4's codes (output 3, int4-backward's hand-off to the
@@ -91,7 +92,8 @@ static int q4_fusable(const nbl_fusion_env *env, const int *pos, nbl_id q, nbl_i
   nbl_q4_config cfg;
   char err[160];
   return nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") && Q->n_inputs == 1 && Q->inputs[0] == v &&
-         Q->n_outputs >= 1 && Q->n_outputs <= 4 && Q->outputs[0] != NBL_NONE && pos[q] >= 0 &&
+         Q->n_outputs >= 1 && Q->n_outputs <= 4 &&
+         (Q->outputs[0] != NBL_NONE || (Q->n_outputs > 3 && Q->outputs[3] != NBL_NONE)) && pos[q] >= 0 &&
          !env->taken(env, q) && nbl_q4_config_decode(Q, &cfg, err, sizeof err) == NBL_OK &&
          (cfg.scale_source == NBL_Q4_SCALE_MAX || cfg.scale_source == NBL_Q4_SCALE_MSE);
 }

@@ -281,7 +281,8 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
  * of x's shape, xz the zero point: runtime/formats/int4.h; NULL: none): the
  * AMX tiles read them instead of recovering them from x (the same codes
  * where x is the op's Y, so the same outputs); the other paths, and the
- * tiles where a code is a non-finite mark, read x. */
+ * tiles where a code is a non-finite mark, read x; x NULL (the QuantizeInt4's
+ * Y dropped): the values of the codes, nbl_q4_value8, where x is read). */
 nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
                                       const int8_t *xk, int xz, const float *w, float sw, const float *bias, float *y,
                                       int32_t *acc, int *off_grid);

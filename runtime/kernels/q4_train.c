@@ -205,9 +205,10 @@ __attribute__((target("avx512f"))) static int64_t codes_avx512(int8_t *codes, co
 static void fq_chunk(void *arg, int64_t b, int64_t e) {
   const fq_job *j = arg;
   const float s = j->scale;
+  float tmp[FQ_BLOCK]; /* the centered codes when Y is not written */
   for (int64_t b0 = b; b0 < e; b0 += FQ_BLOCK) {
     const int64_t n = e - b0 < FQ_BLOCK ? e - b0 : FQ_BLOCK;
-    float *y = j->y + b0;
+    float *y = j->y ? j->y + b0 : tmp;
     nbl_i4_quantize_centered(&j->q, j->x + b0, y, (size_t)n, (uint64_t)b0);
     if (j->codes) { /* q = (q - z) + z, exact small integers (the fast path has finite x only) */
       int8_t *k = j->codes + b0;
@@ -217,6 +218,7 @@ static void fq_chunk(void *arg, int64_t b, int64_t e) {
 #endif
       for (; i < n; i++) k[i] = (int8_t)((int)y[i] + j->zero);
     }
+    if (!j->y) continue;
     /* scale * (q - zero), as nbl_q4_fake_quant; + 0 turns the vector path's -0 (a
      * negative value rounded to code zero) into the +0 of the integer code */
     int64_t i = 0;

@@ -20,7 +20,7 @@ int nbl_q4t_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *X
 
 /* y = nbl_q4_fake_quant(x) for parameters nbl_q4t_params accepted, and
  * (codes not NULL) QuantizeInt4's codes output, nbl_q4_codes8(x), in the
- * same sweep. */
+ * same sweep; y NULL (with codes): the codes alone. */
 void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                         float *y, int8_t *codes, int64_t n);
 

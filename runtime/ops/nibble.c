@@ -7,7 +7,10 @@
  *            shape: each element's code q with the zero point, and codes of
  *            their own for NaN, +Inf, -Inf: nbl_q4_codes8 in
  *            runtime/formats/int4.h; bits <= 6 only; int4-backward hands
- *            them to Int4CodedConv and Int4LogConvGrad)
+ *            them to Int4CodedConv and Int4LogConvGrad). Y may be omitted
+ *            ("") when codes is requested: codes, scale and zero_point
+ *            then carry it (Y = scale * (codes - zero_point), the marks
+ *            NaN, +Inf, -Inf)
  *   attributes: bits (2..8, default 4), mode (symmetric|affine),
  *            scale_source (max|sawb|fixed|pact|mse), scale (float, fixed),
  *            narrow (0/1), rounding (half_even|stochastic), seed (int)
@@ -108,6 +111,16 @@ static nbl_status q4_codes_out(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_
   return st;
 }
 
+/* Y (output 0) allocated into *y, or *y NULL when Y is omitted with the
+ * codes requested (codes not NULL: they carry Y; not written). */
+static nbl_status q4_y_out(nbl_kctx *c, const nbl_rt_tensor *x, const int8_t *codes, float **y) {
+  *y = NULL;
+  if (codes && (c->n_out < 1 || !c->out[0])) return NBL_OK;
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
+  if (!st) *y = nbl_kctx_out(c, 0)->data;
+  return st;
+}
+
 nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
                                 const nbl_rt_tensor *alpha, nbl_q4_params *p) {
   float a = 0.0f;
@@ -136,12 +149,10 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   st = nbl_q4_kernel_params(c, &cfg, x, c->n_in > 1 ? c->in[1] : NULL, &p);
   if (st != NBL_OK) return st;
   int8_t *codes;
-  if ((st = q4_codes_out(c, &cfg, x, 3, &codes))) return st;
-  st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
-  if (st != NBL_OK) return st;
-  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+  float *y;
+  if ((st = q4_codes_out(c, &cfg, x, 3, &codes)) || (st = q4_y_out(c, x, codes, &y))) return st;
   if (codes) nbl_q4_codes8(&cfg, &p, x->data, codes, (size_t)x->numel, 0); /* before Y: y may share x's memory */
-  nbl_q4_fake_quant(&cfg, &p, (const float *)x->data, (float *)y->data, (size_t)x->numel, 0);
+  if (y) nbl_q4_fake_quant(&cfg, &p, (const float *)x->data, y, (size_t)x->numel, 0);
   return q4_side_outputs(c, &p);
 }
 
@@ -156,10 +167,11 @@ static nbl_status k_quantize_int4_fast(nbl_kctx *c) {
   if (c->reference || !x || x->dtype != NBL_DT_FLOAT || nbl_q4_attrs(c, &cfg) || nbl_q4t_params(c, &cfg, x, &p))
     return k_quantize_int4(c);
   int8_t *codes;
+  float *y;
   nbl_status st = q4_codes_out(c, &cfg, x, 3, &codes);
-  if (!st) st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
+  if (!st) st = q4_y_out(c, x, codes, &y);
   if (st != NBL_OK) return st;
-  nbl_q4t_fake_quant(c, &cfg, &p, x->data, nbl_kctx_out(c, 0)->data, codes, x->numel);
+  nbl_q4t_fake_quant(c, &cfg, &p, x->data, y, codes, x->numel);
   return q4_side_outputs(c, &p);
 }
 
@@ -178,13 +190,13 @@ nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_te
   nbl_status st;
   if (!fast && (st = nbl_q4_kernel_params(c, cfg, x, NULL, &p))) return st;
   int8_t *codes;
-  if ((st = q4_codes_out(c, cfg, x, codes_out, &codes))) return st;
-  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
+  float *y;
+  if ((st = q4_codes_out(c, cfg, x, codes_out, &codes)) || (st = q4_y_out(c, x, codes, &y))) return st;
   if (fast) {
-    nbl_q4t_fake_quant(c, cfg, &p, x->data, nbl_kctx_out(c, 0)->data, codes, x->numel);
+    nbl_q4t_fake_quant(c, cfg, &p, x->data, y, codes, x->numel);
   } else {
     if (codes) nbl_q4_codes8(cfg, &p, x->data, codes, (size_t)x->numel, 0);
-    nbl_q4_fake_quant(cfg, &p, (const float *)x->data, (float *)nbl_kctx_out(c, 0)->data, (size_t)x->numel, 0);
+    if (y) nbl_q4_fake_quant(cfg, &p, (const float *)x->data, y, (size_t)x->numel, 0);
   }
   return q4_side_outputs(c, &p);
 }

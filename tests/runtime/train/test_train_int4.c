@@ -143,6 +143,20 @@ static int add_shadows(nbl_model *m, int *first_out) {
       g->values[in[0]].producer = (nbl_id)(q - g->nodes);
       n = &g->nodes[id];
     }
+    const int xi = fwd ? 0 : 1, ic = fwd ? 5 : 8;
+    if ((conv || fwd) && in[xi] == NBL_NONE) { /* X handed over as codes: the shadow reads the QuantizeInt4's Y, given back */
+      ck_assert_int_ge(n->n_inputs, ic + 2);
+      nbl_node *q = &g->nodes[g->values[n->inputs[ic]].producer];
+      ck_assert_str_eq(q->op_type, "QuantizeInt4");
+      if (q->outputs[0] == NBL_NONE) { /* dropped by the pass (given back once for all its readers) */
+        snprintf(nm, sizeof nm, "%s_Y", g->values[q->outputs[3]].name);
+        q->outputs[0] = nbl_graph_add_value(g, nm);
+        ck_assert_int_ne(q->outputs[0], NBL_NONE);
+        g->values[q->outputs[0]].producer = (nbl_id)(q - g->nodes);
+      }
+      in[xi] = q->outputs[0];
+      n = &g->nodes[id];
+    }
     for (int o = 0; o < n_out; o++) {
       mine[o] = n->outputs[o];
       if (mine[o] == NBL_NONE) continue;
