@@ -127,6 +127,13 @@ static void run_case(const fcase *c, int ci) {
       const int same = memcmp(y, yk, sizeof(float) * (size_t)ny) == 0;
       ck_assert_msg(same == !(plant == 1 && amx && amx_takes), "case %d (amx %d): codes handed over, plant %d: %s", ci,
                     amx, plant, same ? "the planted error went unseen" : "y differs");
+      /* x omitted (the QuantizeInt4's Y dropped): the same floats from the
+       * codes alone; a NaN's mark makes the paths refuse it (off the grid) */
+      ck_assert_int_eq(nbl_i4b_conv_forward_codes(&kc, &g, NULL, sx, xk, z, w, sw, c->bias ? b : NULL, yk, NULL, &offk),
+                       NBL_OK);
+      ck_assert_int_eq(offk, plant == 2);
+      if (plant == 0) ck_assert(memcmp(y, yk, sizeof(float) * (size_t)ny) == 0);
+      if (plant == 1) ck_assert(memcmp(y, yk, sizeof(float) * (size_t)ny) != 0);
       xk[at] = (int8_t)(cx[at] + z);
     }
     free(xk), free(yk);

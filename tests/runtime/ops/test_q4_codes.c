@@ -4,7 +4,8 @@
  * clamps, ties to even, the marks of NaN and +-Inf); the op's codes, fast
  * and reference, in the modes training uses (affine max, affine mse,
  * symmetric sawb, 2-bit), each Y = scale * (code - zero_point) exactly,
- * inside [qmin, qmax], the two kernels equal; non-finite elements marked;
+ * inside [qmin, qmax], the two kernels equal, Y omitted the same codes;
+ * non-finite elements marked (nbl_q4_value8 gives Y's element back);
  * bits past 6 refused clearly; lower-to-onnx refuses a used codes output. */
 #include <check.h>
 #include <math.h>
@@ -33,6 +34,10 @@ START_TEST(test_codes8_by_hand) {
   nbl_q4_codes8(&c, &p, x, q, 8, 0);
   const int8_t want_a[8] = {-2, -8, -1, -1, 7, -128, 127, -127};
   for (int i = 0; i < 8; i++) ck_assert_int_eq(q[i], want_a[i]);
+  for (int i = 0; i < 8; i++) { /* the values back: Y's elements (the marks: NaN, +-Inf) */
+    const float v = nbl_q4_value8(p.scale, p.zero, q[i]), want = i < 5 ? p.scale * (float)(q[i] - p.zero) : x[i];
+    ck_assert(isnan(want) ? isnan(v) : v == want);
+  }
   ck_assert_int_eq(NBL_Q4_CODE8_NAN, -128);
   ck_assert_int_eq(NBL_Q4_CODE8_PINF, 127);
   ck_assert_int_eq(NBL_Q4_CODE8_NINF, -127);
@@ -91,6 +96,16 @@ START_TEST(test_op_codes) {
         }
         if (ref) memcpy(first, k, (size_t)n);
         else ck_assert(memcmp(first, k, (size_t)n) == 0); /* the fast kernel's codes: the reference's */
+      }
+      one_free(o);
+      /* Y omitted (int4-backward's wiring): the codes alone, the same */
+      o = q4_node(&modes[mi]);
+      one_in(o, 0, NBL_DT_FLOAT, 1, &n, x);
+      one_skip_out(o, 0);
+      for (int ref = 1; ref >= 0; ref--) {
+        ck_assert_msg(one_run(o, ref) == NBL_OK, "%s", nbl_last_error());
+        ck_assert_int_eq(o->out[2].dtype, NBL_DT_INT8);
+        ck_assert(memcmp(first, o->out[2].data, (size_t)n) == 0);
       }
       one_free(o);
     }
