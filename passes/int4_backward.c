@@ -22,6 +22,13 @@
  *     integer sums of the codes on the VNNI tiles, weights packed every step
  *     (the main graph, which inference runs, keeps its Conv for the fused
  *     INT4 path of constant weights).
+ * With codes=1, X's QuantizeInt4 (bits <= 6) also hands its int8 codes and
+ * zero point (outputs 3 and 2, added as "<Y>_codes", "<Y>_zero_point" when
+ * absent) to Int4CodedConv (inputs 5, 6) and Int4LogConvGrad (inputs 8, 9;
+ * for dW, or X's shape alone), in place of X: the AMX tiles read the codes
+ * instead of recovering them from X's floats, the other paths their values;
+ * the QuantizeInt4 drops Y (output 0) when nothing else reads it, writing
+ * one byte per element instead of a float.
  * With linear=1, gradients quantized by QuantizeInt4 (linear INT4 codes,
  * quantize-grad-log4{format=int4}) count too: ConvGrad gets dY_scale, and a
  * product of two QuantizeInt4 outputs is taken (a bias-less forward Gemm of
@@ -104,6 +111,32 @@ static nbl_id output_of(ib_state *s, nbl_graph *g, nbl_id q, int k, const char *
 /* The scale output (output 1) of QuantizeInt4 node q, added when absent. */
 static nbl_id scale_of(ib_state *s, nbl_graph *g, nbl_id q) { return output_of(s, g, q, 1, "scale", 0, NBL_DT_FLOAT); }
 
+/* X's QuantizeInt4 codes for an integer product (node id): QuantizeInt4
+ * q's outputs codes and zero_point (3 and 2, added when absent) as inputs
+ * slot and slot + 1, where q's format has them (bits <= 6:
+ * runtime/formats/int4.h, nbl_q4_codes8) and codes=1. X stays an input:
+ * the other paths, and a non-finite mark, read its floats. */
+static nbl_status wire_x_codes(ib_state *s, nbl_graph *g, nbl_id id, nbl_id q, int xi, int slot) {
+  const int64_t bits = nbl_attr_int(&g->nodes[q], "bits", 4);
+  if (!s->codes || bits < 2 || bits > 6) return NBL_OK;
+  nbl_id zp = output_of(s, g, q, 2, "zero_point", 0, NBL_DT_INT8), codes = output_of(s, g, q, 3, "codes", 1, NBL_DT_INT8);
+  if (zp == NBL_NONE || codes == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "int4-backward: out of memory");
+  for (int i = g->nodes[id].n_inputs; i < slot; i++) nbl_node_set_input(g, id, i, NBL_NONE);
+  nbl_node_set_input(g, id, slot, codes);
+  nbl_node_set_input(g, id, slot + 1, zp);
+  /* X itself no longer: the codes carry it; the QuantizeInt4 drops its Y
+   * when nothing else reads it (not written, not read) */
+  const nbl_id y = g->nodes[id].inputs[xi];
+  nbl_node_set_input(g, id, xi, NBL_NONE);
+  nbl_value *yv = &g->values[y];
+  if (!yv->n_consumers && !(yv->flags & (NBL_VAL_OUTPUT | NBL_VAL_OUTER)) && g->nodes[q].outputs[0] == y) {
+    g->nodes[q].outputs[0] = NBL_NONE;
+    yv->dead = true;
+    yv->producer = NBL_NONE;
+  }
+  return NBL_OK;
+}
+
 /* A log-quantized dY's codes for Int4LogConvGrad (node id): QuantizeLog q's
  * outputs codes and top (added when absent) as inputs 6 and 7, and its
  * radix and exponent bits as attributes log_radix, log_exp_bits. */
@@ -177,6 +210,10 @@ static nbl_status conv_grad(ib_state *s, nbl_graph *g, nbl_id id) {
     nbl_status st = wire_codes(s, g, id, qd);
     if (st) return st;
   }
+  if (kx == K_INT) { /* (without dW: X's shape only) */
+    nbl_status st = wire_x_codes(s, g, id, qx, 1, 8);
+    if (st) return st;
+  }
   retype(s, &g->nodes[id], "Int4LogConvGrad");
   s->n_conv++;
   return NBL_OK;
@@ -234,6 +271,8 @@ static nbl_status fwd_conv(ib_state *s, nbl_graph *g, nbl_id id) {
   if (g->nodes[id].n_inputs < 3) nbl_node_set_input(g, id, 2, NBL_NONE);
   nbl_node_set_input(g, id, 3, sx);
   nbl_node_set_input(g, id, 4, sw);
+  nbl_status st = wire_x_codes(s, g, id, qx, 0, 5);
+  if (st) return st;
   retype(s, &g->nodes[id], "Int4CodedConv");
   s->n_fwd++;
   return NBL_OK;
@@ -283,7 +322,8 @@ const nbl_pass_def nbl_pass_int4_backward = {
             {"forward", NBL_OPT_BOOL, "1",
              "also the forward Conv of two QuantizeInt4 outputs in training graphs (ai.nibble Int4CodedConv)"},
             {"codes", NBL_OPT_BOOL, "1",
-             "hand a log-quantized dY's codes and top (QuantizeLog outputs 2 and 1) to Int4LogConvGrad, "
+             "hand a log-quantized dY's codes and top (QuantizeLog outputs 2 and 1) to Int4LogConvGrad, and "
+             "X's QuantizeInt4 codes and zero point (outputs 3 and 2) to Int4CodedConv and Int4LogConvGrad's dW, "
              "which then need not recover them from the floats"},
         },
 };

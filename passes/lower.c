@@ -121,7 +121,7 @@ static int q4_foldable(nbl_pass_ctx *ctx, const nbl_graph *g, nbl_id nid, int on
   if (*st) return 0;
   if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return 0;
   if (n->n_inputs > 1 && n->inputs[1] != NBL_NONE) return 0; /* PACT input */
-  if (output_used(g, n, 1) || output_used(g, n, 2)) return 0;
+  if (output_used(g, n, 1) || output_used(g, n, 2) || output_used(g, n, 3)) return 0;
   const nbl_value *xv = &g->values[n->inputs[0]];
   const nbl_tensor *xt = xv->init;
   if (!xt || (xv->flags & NBL_VAL_INPUT) || xt->dtype != NBL_DT_FLOAT) return 0;
@@ -234,6 +234,11 @@ static nbl_status lower_dynamic(nbl_pass_ctx *ctx, nbl_graph *g, nbl_id nid) {
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): SAWB on a non-constant tensor has no "
                       "lowering (only constant weights are folded)", lbl, n->name);
+  if (output_used(g, n, 3))
+    return nbl_errorf(NBL_ERR_UNSUPPORTED,
+                      "%s: node '%s' (QuantizeInt4): its codes output (for ai.nibble Int4CodedConv and "
+                      "Int4LogConvGrad) has no standard ONNX lowering",
+                      lbl, n->name);
   if (output_used(g, n, 1) || output_used(g, n, 2))
     return nbl_errorf(NBL_ERR_UNSUPPORTED,
                       "%s: node '%s' (QuantizeInt4): its scale/zero_point outputs are used; "

@@ -380,6 +380,25 @@ void nbl_q4_quantize_codes(const nbl_q4_config *cfg, const nbl_q4_params *p, con
   }
 }
 
+int nbl_q4_codes8_ok(const nbl_q4_config *cfg) { return cfg->bits >= 2 && cfg->bits <= 6; }
+
+void nbl_q4_codes8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x, int8_t *q, size_t n,
+                   uint64_t index0) {
+  for (size_t i = 0; i < n; i++) {
+    const float v = x[i];
+    if (isnan(v)) q[i] = NBL_Q4_CODE8_NAN;
+    else if (isinf(v)) q[i] = v > 0 ? NBL_Q4_CODE8_PINF : NBL_Q4_CODE8_NINF;
+    else q[i] = (int8_t)nbl_q4_code(cfg, p, v, index0 + i);
+  }
+}
+
+float nbl_q4_value8(float s, int z, int8_t q) {
+  if (q == NBL_Q4_CODE8_NAN) return NAN;
+  if (q == NBL_Q4_CODE8_PINF) return INFINITY;
+  if (q == NBL_Q4_CODE8_NINF) return -INFINITY;
+  return s * (float)(q - z);
+}
+
 void nbl_q4_pack(const int8_t *q, size_t n, uint8_t *dst) {
   for (size_t i = 0; i < n; i += 2) {
     uint8_t lo = (uint8_t)q[i] & 0x0F;

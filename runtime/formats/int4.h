@@ -187,6 +187,25 @@ void nbl_q4_fake_quant(const nbl_q4_config *cfg, const nbl_q4_params *p, const f
 void nbl_q4_quantize_codes(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
                            int8_t *q, size_t n, uint64_t index0);
 
+/* QuantizeInt4's codes output (int8, X's shape): each element's code q
+ * with the zero point (nbl_q4_code: Y = scale * (q - zero_point)), and codes
+ * of their own past [qmin, qmax] for the non-finite elements, whose Y is X:
+ * NaN NBL_Q4_CODE8_NAN, +Inf NBL_Q4_CODE8_PINF, -Inf NBL_Q4_CODE8_NINF.
+ * Defined for bits <= 6 (nbl_q4_codes8_ok: every code within -32..31, clear
+ * of the three). A consumer takes a code outside -126..126 as "not a code":
+ * it reads the floats instead. */
+#define NBL_Q4_CODE8_NAN (-128)
+#define NBL_Q4_CODE8_PINF 127
+#define NBL_Q4_CODE8_NINF (-127)
+int nbl_q4_codes8_ok(const nbl_q4_config *cfg);
+/* The codes output of x[0..n) (see above) into q; index0 as for
+ * nbl_q4_fake_quant (the same draws). */
+void nbl_q4_codes8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x, int8_t *q, size_t n,
+                   uint64_t index0);
+/* The value of codes-output code q under scale s and zero point z: Y's
+ * element, s * (q - z) (+0 for q == z), or the NaN / +-Inf of a mark. */
+float nbl_q4_value8(float s, int z, int8_t q);
+
 /* Pack n signed 4-bit codes (each in [-8, 7]) two per byte, low nibble first
  * (element 2i in bits 0..3 of byte i, element 2i+1 in bits 4..7); an odd
  * tail leaves the high nibble of the last byte 0. dst has (n+1)/2 bytes. */

@@ -25,9 +25,12 @@
  * one, at the Relu's):
  *   inputs:  X, scale, B, input_mean, input_var (BatchNormInternal's), R
  *            (the Add's other operand; omitted without an Add)
- *   outputs: QuantizeInt4's three (omitted without one), Relu's output,
- *            BatchNormInternal's outputs 1-4 (running mean and variance,
- *            saved mean and inverse standard deviation); BatchNormInternal's
+ *   outputs: QuantizeInt4's first three (omitted without one; its Y omitted
+ *            when int4-backward dropped it for the codes), Relu's
+ *            output, BatchNormInternal's outputs 1-4 (running mean and
+ *            variance, saved mean and inverse standard deviation), then
+ *            QuantizeInt4's codes (output 3, int4-backward's hand-off to the
+ *            integer products; omitted when not wired); BatchNormInternal's
  *            Y and the Add's sum are not written
  *   attributes: QuantizeInt4's, nibble.bn_epsilon, nibble.bn_momentum and
  *            nibble.q4 (1 with a QuantizeInt4)
@@ -45,7 +48,7 @@
 
 typedef struct ba_fused {
   nbl_node node;
-  nbl_id in[6], out[8];
+  nbl_id in[6], out[9];
   nbl_attr *attrs;
   char op[40];
 } ba_fused;
@@ -89,7 +92,8 @@ static int q4_fusable(const nbl_fusion_env *env, const int *pos, nbl_id q, nbl_i
   nbl_q4_config cfg;
   char err[160];
   return nbl_fuse_is_op(Q, "ai.nibble", "QuantizeInt4") && Q->n_inputs == 1 && Q->inputs[0] == v &&
-         Q->n_outputs >= 1 && Q->n_outputs <= 3 && Q->outputs[0] != NBL_NONE && pos[q] >= 0 &&
+         Q->n_outputs >= 1 && Q->n_outputs <= 4 &&
+         (Q->outputs[0] != NBL_NONE || (Q->n_outputs > 3 && Q->outputs[3] != NBL_NONE)) && pos[q] >= 0 &&
          !env->taken(env, q) && nbl_q4_config_decode(Q, &cfg, err, sizeof err) == NBL_OK &&
          (cfg.scale_source == NBL_Q4_SCALE_MAX || cfg.scale_source == NBL_Q4_SCALE_MSE);
 }
@@ -160,11 +164,12 @@ static ba_fused *try_fuse(const nbl_fusion_env *env, const nbl_id *order, int n_
   for (int k = 0; k < 3; k++) f->out[k] = Q && k < Q->n_outputs ? Q->outputs[k] : NBL_NONE;
   f->out[3] = v;
   for (int k = 1; k < 5; k++) f->out[3 + k] = k < B->n_outputs ? B->outputs[k] : NBL_NONE;
+  f->out[8] = Q && Q->n_outputs > 3 ? Q->outputs[3] : NBL_NONE;
   f->node = g->nodes[*key];
   f->node.inputs = f->in;
   f->node.n_inputs = 6;
   f->node.outputs = f->out;
-  f->node.n_outputs = 8;
+  f->node.n_outputs = 9;
   f->node.attrs = f->attrs;
   f->node.n_attrs = na + 3;
   snprintf(f->op, sizeof f->op, "BN+%sRelu%s", nodes[2] != NBL_NONE ? "Add+" : "", Q ? "+Q4" : "");
@@ -304,7 +309,7 @@ static nbl_status k_bn_act_fused(nbl_kctx *c) {
   free(j.hi);
   free(j.bad);
   /* no element: nbl_i4_params_from_range takes n = 0 as the range [0, 0] */
-  return q4 ? nbl_q4_forward(c, &cfg, nbl_kctx_out(c, 3), bad ? NULL : range) : NBL_OK;
+  return q4 ? nbl_q4_forward(c, &cfg, nbl_kctx_out(c, 3), bad ? NULL : range, 8) : NBL_OK;
 }
 
 const nbl_op_def nbl_fused_bn_act_def = NBL_OP_DEF("ai.nibble", "BNActChain", 1, 1, .ref = k_bn_act_fused,

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "runtime/core/cpu.h"
+#include "runtime/kernels/int4_amx_codes.h"
 #include "runtime/kernels/int4_backward.h"
 
 #if defined(__x86_64__) && defined(__linux__) && \
@@ -448,6 +449,13 @@ PACK_FN static void dwp_x_part(void *arg, int64_t c0, int64_t c1) {
           if (!ccnt[px]) continue;
           const int64_t at = ((n * C + c) * H + ih) * W + ciw0[px], cnt = ccnt[px];
           int8_t *d = j->xq + roff[ih] + coff[px] + c * j->LX + n * j->Pq;
+          if (j->x->c8) { /* QuantizeInt4's codes */
+            if (nbl_i4b_narrow_k8(d, j->x->c8 + at, cnt, sw, j->x->zero)) {
+              atomic_store(&j->bad, 1);
+              return;
+            }
+            continue;
+          }
           if (!j->x->q) { /* from the floats (sw 1 or 2: nbl_i4b_amx_conv_dw) */
             if (narrow_f(d, j->x->f + at, cnt, sw, cv)) {
               atomic_store(&j->bad, 1);
@@ -516,7 +524,7 @@ nbl_status nbl_i4b_amx_conv_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
                                int64_t *dw64, int *done) {
   *done = 0;
   if (!nbl_i4b_amx_dw_fits(g) || (x->q && x->maxabs > 127) || dy->maxabs > NBL_I4B_MAX_CODE ||
-      (!x->q && (g->s[1] > 2 || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || (!dy->q && !dy->k8))
+      (!x->q && ((g->s[1] > 2 && !x->c8) || !(x->unit > 0.0f && x->unit <= FLT_MAX))) || (!dy->q && !dy->k8))
     return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
   const int64_t sh = g->s[0], sw = g->s[1];
@@ -924,8 +932,9 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
 
 /* ------------------------------------------------------------------ the forward Conv
  * y = fl(sx sw) * acc + bias, acc = sum cx * cw over the taps: x's codes
- * (recovered here from the floats, as int4_coded_conv.c does: c = rint(x /
- * sx), sx * c == x) in quads of channels over X's stride-phase planes,
+ * (QuantizeInt4's handed over, c = q - z, or recovered from the floats as
+ * int4_coded_conv.c does: c = rint(x / sx), sx * c == x; int4_amx_codes.c)
+ * in quads of channels over X's stride-phase planes,
  * [Cq][phase][N * Hq * Wq + slack][4] (padded pixel (R, Q) at phase (R % sh,
  * Q % sw), pixel (R / sh) * Wq + Q / sw); outputs over the phase grid, q =
  * oh * Wq + ow (ow >= OW wasted); tap (kh, kw) reads its phase from q + (kh
@@ -936,6 +945,8 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
 typedef struct fw_job {
   const nbl_conv_geom *g;
   const float *x;
+  const int8_t *xk; /* X's QuantizeInt4 codes (NULL: from x), zero point xz */
+  int xz;
   float sx, sc;
   const float *bias;
   float *y;
@@ -947,49 +958,6 @@ typedef struct fw_job {
   tilecfg cfg;
   _Atomic int bad; /* a value off the grid or a code past -128..127 */
 } fw_job;
-
-/* The codes of four rows of floats (r[b] NULL: zeros), n pixels, as quads
- * of bytes: with sw == 1 to d0 (pixel i at 4 i); with sw == 2, the even
- * pixels to d0 and the odd ones to d1, each at 4 (i / 2) (NULL: not
- * stored). Returns 1 when a value is off the grid or its code past
- * -128..127. */
-PACK_FN static int codes_quad(int8_t *d0, int8_t *d1, int64_t sw, const float *const r[4], int64_t n, float sx) {
-  const __m512 vinv = _mm512_set1_ps(1.0f / sx), vs = _mm512_set1_ps(sx), lim = _mm512_set1_ps(127.0f);
-  const __m512 nlim = _mm512_set1_ps(-128.0f);
-  const __m128i sel = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15); /* even lanes first */
-  __mmask16 bad = 0;
-  for (int64_t i = 0; i < n; i += 16) {
-    const int64_t m = n - i < 16 ? n - i : 16;
-    const __mmask16 k = (__mmask16)(m >= 16 ? 0xffff : (1u << m) - 1);
-    __m128i v[4];
-    for (int b = 0; b < 4; b++) {
-      const __m512 f = r[b] ? _mm512_maskz_loadu_ps(k, r[b] + i) : _mm512_setzero_ps();
-      const __m512 c = _mm512_roundscale_ps(_mm512_mul_ps(f, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      bad |= _mm512_mask_cmp_ps_mask(k, _mm512_mul_ps(vs, c), f, _CMP_NEQ_UQ);
-      bad |= _mm512_mask_cmp_ps_mask(k, c, lim, _CMP_GT_OQ) | _mm512_mask_cmp_ps_mask(k, c, nlim, _CMP_LT_OQ);
-      v[b] = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c));
-      if (sw == 2) v[b] = _mm_shuffle_epi8(v[b], sel);
-    }
-    const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
-    const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
-    __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
-    o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
-    if (sw == 1) {
-      _mm512_mask_storeu_epi8(d0 + 4 * i, m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1), o);
-    } else { /* first half: the (m + 1) / 2 even pixels, second: the odd ones */
-      const int64_t m0 = (m + 1) / 2, m1 = m / 2;
-      if (d0)
-        _mm256_mask_storeu_epi8(d0 + 2 * i, (__mmask32)(m0 >= 8 ? 0xffffffffu : (1u << (4 * m0)) - 1),
-                                _mm512_castsi512_si256(o));
-      if (d1 && m1)
-        _mm256_mask_storeu_epi8(d1 + 2 * i, (__mmask32)(m1 >= 8 ? 0xffffffffu : (1u << (4 * m1)) - 1),
-                                _mm512_extracti64x4_epi64(o, 1));
-    }
-  }
-  return bad != 0;
-}
 
 /* the tiles of Y^T for m block mb, outputs [q0, q0 + 16) of image n */
 PACK_FN static void fw_store(const fw_job *j, int64_t n, int64_t q0, int64_t mb, const int32_t *t) {
@@ -1032,17 +1000,20 @@ static int fw_pack(fw_job *j, int64_t n) {
       const int64_t R = ih + g->pb[0];
       if (R % sh >= j->phh) continue;
       const float *r[4];
-      for (int b = 0; b < 4; b++) r[b] = 4 * cq + b < C ? j->x + ((n * C + 4 * cq + b) * H + ih) * W : NULL;
+      const int8_t *rk[4];
+      for (int b = 0; b < 4; b++) {
+        const int64_t at = ((n * C + 4 * cq + b) * H + ih) * W;
+        r[b] = 4 * cq + b < C ? j->x + at : NULL;
+        rk[b] = 4 * cq + b < C && j->xk ? j->xk + at : NULL;
+      }
       int8_t *base = j->xq + ((cq * j->nph + (R % sh) * j->pw) * j->PS + n * j->Pq + (R / sh) * j->Wq) * 4;
-      int bad;
-      if (sw == 1) {
-        bad = codes_quad(base + g->pb[1] * 4, NULL, 1, r, W, j->sx);
-      } else { /* column Q = iw + pb: phase Q % 2 at Q / 2 */
+      int8_t *d0 = base + g->pb[1] * 4, *d1 = NULL;
+      if (sw != 1) { /* column Q = iw + pb: phase Q % 2 at Q / 2 */
         const int64_t a = g->pb[1] / 2;
         int8_t *p0 = base + a * 4, *p1 = j->pw > 1 ? base + (j->PS + a) * 4 : NULL;
-        bad = g->pb[1] % 2 == 0 ? codes_quad(p0, p1, 2, r, W, j->sx)
-                                : codes_quad(p1, p0 + 4, 2, r, W, j->sx); /* even iw: phase 1; odd: phase 0, a + 1 */
+        d0 = g->pb[1] % 2 == 0 ? p0 : p1, d1 = g->pb[1] % 2 == 0 ? p1 : p0 + 4; /* even iw: phase 1; odd: phase 0, a + 1 */
       }
+      const int bad = j->xk ? nbl_i4b_quad_k8(d0, d1, sw, rk, W, j->xz) : nbl_i4b_quad_f(d0, d1, sw, r, W, j->sx);
       if (bad) return 1;
     }
   return 0;
@@ -1084,7 +1055,8 @@ static void fw_part(void *arg, int64_t n0, int64_t n1) {
 }
 
 nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
-                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
+                                    const int8_t *xk, int xz, const int8_t *w8, float sc, const float *bias, float *y,
+                                    int32_t *acc, int *done) {
   *done = 0;
   if (g->ns != 2 || g->group != 1 || g->d[0] != 1 || g->d[1] != 1 || g->C < 4 || g->s[1] > 2) return NBL_OK;
   const int64_t N = g->N, C = g->C, M = g->M, H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
@@ -1130,7 +1102,7 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
           for (int64_t e = 0; e < KB * 4 && ch * KB * 4 + e < C; e++)
             a[mm * KB * 4 + e] = w8[((mb * 16 + mm) * C + ch * KB * 4 + e) * KH * KW + t];
       }
-  fw_job j = {.g = g, .x = x, .sx = sx, .sc = sc, .bias = bias, .y = y, .acc = acc, .xq = xq, .wa = wa, .Cq = Cq,
+  fw_job j = {.g = g, .x = x, .xk = xk, .xz = xz, .sx = sx, .sc = sc, .bias = bias, .y = y, .acc = acc, .xq = xq, .wa = wa, .Cq = Cq,
               .Hq = Hq, .Wq = Wq, .Pq = Pq, .PS = PS, .nph = nph, .pw = pw, .phh = phh, .KB = KB, .nmb = nmb,
               .nsteps = nsteps, .wstride = wstride, .aoff = aoff, .boff = boff};
   j.cfg.palette = 1;
@@ -1175,8 +1147,9 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
 }
 
 nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
-                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done) {
-  (void)ctx, (void)g, (void)x, (void)sx, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
+                                    const int8_t *xk, int xz, const int8_t *w8, float sc, const float *bias, float *y,
+                                    int32_t *acc, int *done) {
+  (void)ctx, (void)g, (void)x, (void)sx, (void)xk, (void)xz, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
   *done = 0;
   return NBL_OK;
 }

@@ -212,12 +212,17 @@ long nbl_i4b_amx_runs(void);
  * value that fails makes the product decline (*done = 0), and the caller
  * recovers the codes itself (maxabs: unused). (dY is taken as codes: made
  * in one sweep over the floats, they stay in cache for the packing, which
- * a second sweep over the floats does not.) */
+ * a second sweep over the floats does not.) X of dW may also come (q NULL)
+ * as QuantizeInt4's int8 codes c8 with its zero point (runtime/formats/int4.h:
+ * codes c = c8 - zero, unit the scale; c8 NULL: the floats): a code that
+ * is not one (a non-finite mark) or a c past -127..127 declines likewise. */
 typedef struct nbl_i4b_src {
   const int16_t *q;
   const int8_t *k8;
   const int16_t *t16;
   const float *f;
+  const int8_t *c8;
+  int32_t zero;
   float unit;
   int32_t maxabs;
 } nbl_i4b_src;
@@ -244,13 +249,16 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
 
 /* The forward product of nbl_i4b_conv_forward on AMX tiles (2-D, one group,
  * unit dilations, column stride 1 or 2, C >= 4): x's codes recovered as
- * there and required in -128..127, w8 the weight codes [M][C][k] (int8),
+ * there (xk NULL) or taken from QuantizeInt4's codes xk, c = xk - xz
+ * (runtime/formats/int4.h: a non-finite mark declines), and required in
+ * -128..127, w8 the weight codes [M][C][k] (int8),
  * y = sc * (float)acc + bias[m] (mul, then add; bias NULL: + 0.0f) and/or
  * acc, as the VNNI path writes them. *done = 0 (whatever was written is to
  * be overwritten) when the layer or the codes do not fit: the caller runs
  * its own path, which also judges the grid. */
 nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
-                                    const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc, int *done);
+                                    const int8_t *xk, int xz, const int8_t *w8, float sc, const float *bias, float *y,
+                                    int32_t *acc, int *done);
 
 /* ------------------------------------------------------------------ the forward product
  * (runtime/kernels/int4_coded_conv.c) */
@@ -269,6 +277,15 @@ nbl_status nbl_i4b_amx_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const
  * NULL). Returns NBL_OK or NBL_ERR_OUT_OF_MEMORY (no message set). */
 nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
                                 float sw, const float *bias, float *y, int32_t *acc, int *off_grid);
+/* nbl_i4b_conv_forward with X's QuantizeInt4 codes handed over as well (xk
+ * of x's shape, xz the zero point: runtime/formats/int4.h; NULL: none): the
+ * AMX tiles read them instead of recovering them from x (the same codes
+ * where x is the op's Y, so the same outputs); the other paths, and the
+ * tiles where a code is a non-finite mark, read x; x NULL (the QuantizeInt4's
+ * Y dropped): the values of the codes, nbl_q4_value8, where x is read). */
+nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                      const int8_t *xk, int xz, const float *w, float sw, const float *bias, float *y,
+                                      int32_t *acc, int *off_grid);
 /* Whether nbl_i4b_conv_forward runs layers with at most 18 taps per output
  * (C * KH * KW; unit strides and dilations, one group) by its direct float
  * product (the same outputs as the other paths): 1 or -1 (the default)

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/formats/int4.h"
 #include "runtime/kernels/code_conv.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/int4_fused.h"
@@ -433,6 +434,12 @@ static nbl_status small_k_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const f
 
 nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
                                 float sw, const float *bias, float *y, int32_t *acc, int *off_grid) {
+  return nbl_i4b_conv_forward_codes(ctx, g, x, sx, NULL, 0, w, sw, bias, y, acc, off_grid);
+}
+
+nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx,
+                                      const int8_t *xk, int xz, const float *w, float sw, const float *bias, float *y,
+                                      int32_t *acc, int *off_grid) {
   *off_grid = 0;
   if (g->ns != 2) {
     *off_grid = 1;
@@ -453,7 +460,14 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
   for (int64_t i = 0; !st && !*off_grid && i < nw; i++) w8[i] = (int8_t)wq[i];
   int done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
   if (!st && !*off_grid && nbl_i4b_amx_on(bisa))
-    st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done);
+    st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, xk, xz, w8, sx * sw, bias, y, acc, &done);
+  float *xbuf = NULL; /* x omitted (QuantizeInt4's Y dropped): made from its codes for the other paths */
+  if (!st && !*off_grid && !done && !x) {
+    const int64_t nx = g->N * g->C * g->in_sz;
+    if (!(xbuf = malloc(sizeof(float) * (size_t)(nx ? nx : 1)))) st = NBL_ERR_OUT_OF_MEMORY;
+    for (int64_t i = 0; !st && i < nx; i++) xbuf[i] = nbl_q4_value8(sx, xz, xk[i]);
+    x = xbuf;
+  }
   if (!st && !*off_grid && !done && small_k_fits(g))
     st = small_k_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done, off_grid);
   /* the VNNI tiles' packed weights, only when they run */
@@ -479,6 +493,7 @@ nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const flo
     else if (atomic_load(&j.bad)) *off_grid = 1;
   }
   for (int64_t gi = 0; rows && gi < g->group; gi++) nbl_i4_rows_free(&rows[gi]);
+  free(xbuf);
   free(rows);
   free(wq);
   free(w8);

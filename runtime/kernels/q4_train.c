@@ -167,7 +167,9 @@ typedef struct fq_job {
   nbl_i4_quantizer q;
   const float *x;
   float *y;
+  int8_t *codes; /* NULL: not written */
   float scale;
+  int zero;
 } fq_job;
 
 /* y[i] = s * y[i] + 0 for i < n (vector forms: the same products and sums) */
@@ -184,6 +186,16 @@ __attribute__((target("avx"))) static int64_t scale_avx(float *y, int64_t n, flo
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(y + i)), z));
   return i;
 }
+
+/* codes[i] = y[i] + z for i < n, y the centered codes q - z (integers) */
+__attribute__((target("avx512f"))) static int64_t codes_avx512(int8_t *codes, const float *y, int64_t n, int z) {
+  const __m512i vz = _mm512_set1_epi32(z);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm_storeu_si128((__m128i *)(codes + i),
+                     _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(y + i)), vz)));
+  return i;
+}
 #endif
 
 /* Floats quantized, then scaled, at a time: the scale pass reads what the
@@ -193,10 +205,20 @@ __attribute__((target("avx"))) static int64_t scale_avx(float *y, int64_t n, flo
 static void fq_chunk(void *arg, int64_t b, int64_t e) {
   const fq_job *j = arg;
   const float s = j->scale;
+  float tmp[FQ_BLOCK]; /* the centered codes when Y is not written */
   for (int64_t b0 = b; b0 < e; b0 += FQ_BLOCK) {
     const int64_t n = e - b0 < FQ_BLOCK ? e - b0 : FQ_BLOCK;
-    float *y = j->y + b0;
+    float *y = j->y ? j->y + b0 : tmp;
     nbl_i4_quantize_centered(&j->q, j->x + b0, y, (size_t)n, (uint64_t)b0);
+    if (j->codes) { /* q = (q - z) + z, exact small integers (the fast path has finite x only) */
+      int8_t *k = j->codes + b0;
+      int64_t i = 0;
+#if defined(__x86_64__)
+      if (nbl_cpu_has(NBL_CPU_AVX512F)) i = codes_avx512(k, y, n, j->zero);
+#endif
+      for (; i < n; i++) k[i] = (int8_t)((int)y[i] + j->zero);
+    }
+    if (!j->y) continue;
     /* scale * (q - zero), as nbl_q4_fake_quant; + 0 turns the vector path's -0 (a
      * negative value rounded to code zero) into the +0 of the integer code */
     int64_t i = 0;
@@ -209,8 +231,8 @@ static void fq_chunk(void *arg, int64_t b, int64_t e) {
 }
 
 void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                        float *y, int64_t n) {
-  fq_job j = {.x = x, .y = y, .scale = p->scale};
+                        float *y, int8_t *codes, int64_t n) {
+  fq_job j = {.x = x, .y = y, .codes = codes, .scale = p->scale, .zero = p->zero};
   nbl_i4_quantizer_init(&j.q, cfg, p);
   nbl_parallel_for(c, n, GRAIN, fq_chunk, &j);
 }

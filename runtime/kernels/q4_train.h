@@ -18,9 +18,11 @@
  * *p is then undefined). */
 int nbl_q4t_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *X, nbl_q4_params *p);
 
-/* y = nbl_q4_fake_quant(x) for parameters nbl_q4t_params accepted. */
+/* y = nbl_q4_fake_quant(x) for parameters nbl_q4t_params accepted, and
+ * (codes not NULL) QuantizeInt4's codes output, nbl_q4_codes8(x), in the
+ * same sweep; y NULL (with codes): the codes alone. */
 void nbl_q4t_fake_quant(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_q4_params *p, const float *x,
-                        float *y, int64_t n);
+                        float *y, int8_t *codes, int64_t n);
 
 /* dx[i] = nbl_q4_passes(x[i]) ? g[i] : 0 for parameters nbl_q4t_params
  * accepted (the rounded x / scale + zero inside [qmin, qmax]). */

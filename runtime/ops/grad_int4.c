@@ -33,6 +33,12 @@
  *            operand is the same: where the codes cannot give dY's grid,
  *            or mark a NaN or Inf, the float path runs on dY, or without
  *            dY on the values of the codes, nbl_log_value8)
+ *            X_codes (optional int8, X's shape), X_zero_point (optional
+ *            int8 scalar): X's QuantizeInt4 codes and zero point
+ *            (runtime/formats/int4.h, nbl_q4_codes8), which the AMX dW
+ *            product reads instead of recovering X's codes from its floats;
+ *            X may then be omitted: where it is read (a non-finite mark,
+ *            the other paths) it is made from the codes, nbl_q4_value8
  *   outputs: dX (X's shape, optional: needs W's codes), dW (W's shape,
  *            optional: needs X's codes), dB ([M], optional)
  *   attributes: Conv's (auto_pad, dilations, group, kernel_shape, pads,
@@ -49,7 +55,9 @@
  *   8-bit codes on the VNNI tiles (runtime/kernels/int4_coded_conv.c), each
  *   output fl(X_scale * W_scale) * acc + B[m]
  *   inputs:  X (float32, [N, C, H, W]), W (float32, [M, C/group, kh, kw]),
- *            B (optional float32 [M]), X_scale, W_scale (float32 scalars)
+ *            B (optional float32 [M]), X_scale, W_scale (float32 scalars),
+ *            X_codes, X_zero_point (optional, as Int4LogConvGrad's: the AMX
+ *            tiles read X's codes from them; X may then be omitted)
  *   outputs: Y (Conv's)
  *   attributes: Conv's
  */
@@ -59,6 +67,8 @@
 #include <string.h>
 
 #include "runtime/core/grad.h"
+#include "runtime/core/shape.h"
+#include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/ops/grad_int4.h"
@@ -197,6 +207,56 @@ static nbl_status codes_in(nbl_kctx *c, const int8_t **codes, float *top) {
   return NBL_OK;
 }
 
+/* X's QuantizeInt4 codes and zero point (inputs ic, ic + 1): *codes NULL
+ * when absent; an error when one is given without the other, or with the
+ * wrong type or shape. */
+static nbl_status xcodes_in(nbl_kctx *c, int ic, const nbl_rt_tensor *X, const int8_t **codes, int *zero) {
+  const nbl_rt_tensor *k = grad_in(c, ic), *z = grad_in(c, ic + 1);
+  *codes = NULL, *zero = 0;
+  if (!k && !z) return NBL_OK;
+  if (!k || !z)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X_codes (input %d) and X_zero_point (input %d) go together", ic,
+                    ic + 1);
+  if (z->dtype != NBL_DT_INT8 || z->numel != 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d (X_zero_point) must be an int8 scalar, got %s with %lld elements",
+                    ic + 1, nbl_dtype_name(z->dtype), (long long)z->numel);
+  int same = !X || (X->rank == k->rank && !memcmp(X->dims, k->dims, sizeof(int64_t) * (size_t)k->rank));
+  if (k->dtype != NBL_DT_INT8 || !same)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d (X_codes) must be int8 of X's shape, got %s with %lld elements",
+                    ic, nbl_dtype_name(k->dtype), (long long)k->numel);
+  *codes = k->data;
+  *zero = ((const int8_t *)z->data)[0];
+  return NBL_OK;
+}
+
+/* Without X (input xi) but with its QuantizeInt4 codes (inputs ic, ic + 1)
+ * and X_scale (input 3): kernel fn run on X made from the codes (the
+ * floats the QuantizeInt4's Y would hold, nbl_q4_value8). */
+static nbl_status with_x_decoded(nbl_kctx *c, int xi, int ic, nbl_kernel_fn fn) {
+  const nbl_rt_tensor *k = grad_in(c, ic);
+  const int8_t *codes;
+  int zero, have;
+  float scale = 0.0f;
+  nbl_status st;
+  if ((st = xcodes_in(c, ic, NULL, &codes, &zero)) || (st = scale_in(c, 3, "X_scale", &scale, &have))) return st;
+  if (!codes || !have)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X (input %d) is omitted: X_codes, X_zero_point and X_scale must be given",
+                    xi);
+  nbl_rt_tensor d;
+  memset(&d, 0, sizeof d);
+  if (nbl_rt_tensor_alloc(&d, NBL_DT_FLOAT, k->rank, k->dims)) return grad_oom(c);
+  float *v = d.data;
+  for (int64_t i = 0; i < k->numel; i++) v[i] = nbl_q4_value8(scale, zero, codes[i]);
+  const nbl_rt_tensor *ins[NBL_KCTX_MIN_IN] = {0};
+  for (int i = 0; i < c->n_in && i < NBL_KCTX_MIN_IN; i++) ins[i] = c->in[i];
+  ins[xi] = &d;
+  nbl_kctx c2 = *c;
+  c2.in = ins;
+  st = fn(&c2);
+  nbl_rt_tensor_free(&d);
+  return st;
+}
+
 /* The grid attributes of the codes (log_radix, log_exp_bits). */
 static nbl_status codes_cfg(nbl_kctx *c, nbl_log_config *cfg) {
   nbl_log_config_default(cfg);
@@ -239,7 +299,10 @@ static nbl_status k_conv_ref(nbl_kctx *c) {
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &s, &have))) return st;
   if ((st = codes_in(c, &codes, &s))) return st;
+  const int8_t *xk;
+  if ((st = xcodes_in(c, 8, grad_in(c, 1), &xk, &have))) return st;
   if (!grad_in(c, 0) && codes) return with_dy_decoded(c, codes, s, k_conv_ref);
+  if (!grad_in(c, 1) && xk) return with_x_decoded(c, 1, 8, k_conv_ref);
   return counterpart(c, conv_grad_def(), 3, 0);
 }
 
@@ -296,12 +359,18 @@ static int16_t *handed_q(const handed *h, int64_t n) {
  * one sweep, they stay in cache for the packing; or the QuantizeLog's int8
  * codes, through their table). */
 static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
-                                 const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
+                                 const int8_t *xk, int xz, const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw,
+                                 int *done) {
   const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
   int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
   if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-  const nbl_i4b_src sxf = {.f = X->data, .unit = sx};
+  const int xfl = X->dtype == NBL_DT_FLOAT; /* (else X is its codes: no floats) */
+  nbl_i4b_src sxf = {.f = xfl ? X->data : NULL, .c8 = xk, .zero = xz, .unit = sx};
   nbl_status st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
+  if (!st && !*done && xk && xfl) { /* a code the tiles declined (a non-finite mark): the floats decide */
+    sxf.c8 = NULL;
+    st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
+  }
   if (!st && *done) { /* X's grid: unit sx (nbl_i4b_codes_linear's) */
     const double s = (double)gdy.unit * (double)sx;
     for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
@@ -311,10 +380,11 @@ static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_
 }
 
 static nbl_status k_conv_fast(nbl_kctx *c) {
-  const nbl_rt_tensor *X = grad_in(c, 1), *W = grad_in(c, 2);
+  const nbl_rt_tensor *X = grad_in(c, 1) ? grad_in(c, 1) : grad_in(c, 8), *W = grad_in(c, 2); /* without X: its codes' shape */
   const nbl_rt_tensor *dY = grad_in(c, 0) ? grad_in(c, 0) : grad_in(c, 6); /* without dY: its codes' shape */
-  if (c->reference || !dY || !X || !W || (dY->dtype != NBL_DT_FLOAT && grad_in(c, 0)) || X->dtype != NBL_DT_FLOAT ||
-      W->dtype != NBL_DT_FLOAT)
+  const int xfl = grad_in(c, 1) != NULL; /* else X's values are its codes' */
+  if (c->reference || !dY || !X || !W || (dY->dtype != NBL_DT_FLOAT && grad_in(c, 0)) ||
+      (X->dtype != NBL_DT_FLOAT && xfl) || W->dtype != NBL_DT_FLOAT)
     return k_conv_ref(c);
   float sc[3] = {0};
   int have[3];
@@ -322,13 +392,16 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   static const char *const names[3] = {"X_scale", "W_scale", "dY_scale"};
   for (int i = 0; i < 3; i++)
     if ((st = scale_in(c, 3 + i, names[i], &sc[i], &have[i]))) return st;
-  const int8_t *dyc;
+  const int8_t *dyc, *xk;
   float dytop;
-  if ((st = codes_in(c, &dyc, &dytop))) return st;
+  int xz;
+  if ((st = codes_in(c, &dyc, &dytop)) || (st = xcodes_in(c, 8, xfl ? X : NULL, &xk, &xz))) return st;
   const int floats = grad_in(c, 0) != NULL; /* else dY's values are the codes' */
   if (!floats && !dyc) return k_conv_ref(c);
   nbl_conv_geom g;
-  if ((st = nbl_conv_node_geom(c, X, W, NULL, &g))) return st;
+  nbl_rt_tensor xs = *X; /* (without X: its codes' shape, read as X's) */
+  xs.dtype = NBL_DT_FLOAT;
+  if ((st = nbl_conv_node_geom(c, &xs, W, NULL, &g))) return st;
   int shape_ok = dY->rank == X->rank && dY->dims[0] == g.N && dY->dims[1] == g.M;
   for (int i = 0; shape_ok && i < g.ns; i++) shape_ok = dY->dims[2 + i] == g.out[i];
   const int wdx = grad_want(c, 0), wdw = grad_want(c, 1), wdb = grad_want(c, 2);
@@ -345,6 +418,11 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
                                : (nbl_i4b_src){.q = dyq, .maxabs = gdy.maxabs};
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
+  if (!xfl && ((ok && wdw && !fdw) || !ok)) { /* X's floats needed: made from its codes */
+    free(dyq);
+    free(wq);
+    return with_x_decoded(c, 1, 8, k_conv_fast);
+  }
   ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
   nbl_i4b_conv_out out = {0};
   if (ok) {
@@ -354,9 +432,16 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
     if (!st && fdw) {
       int done = 0;
-      st = conv_dw_floats(c, &g, X, sc[0], &sdy, gdy, out.dw, &done);
-      if (!st && done) out.dw = NULL; /* dW done */
-      else if (!st) ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
+      st = conv_dw_floats(c, &g, X, sc[0], xk, xz, &sdy, gdy, out.dw, &done);
+      if (!st && done) {
+        out.dw = NULL; /* dW done */
+      } else if (!st && !xfl) { /* the tiles declined X's codes: its floats, made from them */
+        free(dyq);
+        free(wq);
+        return with_x_decoded(c, 1, 8, k_conv_fast);
+      } else if (!st) {
+        ok = codes_of(c, X, 1, sc[0], &xq, &gx) == 0;
+      }
     }
     if (!st && ok && hand && out.dx && !empty && nbl_i4b_amx_on(isa)) { /* dX on the tiles from the int8 codes */
       int done = 0;
@@ -442,28 +527,41 @@ static nbl_status k_fconv_ref(nbl_kctx *c) {
   float s;
   int have;
   nbl_status st;
-  if ((st = scale_in(c, 3, "X_scale", &s, &have)) || (st = scale_in(c, 4, "W_scale", &s, &have))) return st;
+  const int8_t *xk;
+  if ((st = scale_in(c, 3, "X_scale", &s, &have)) || (st = scale_in(c, 4, "W_scale", &s, &have)) ||
+      (st = xcodes_in(c, 5, grad_in(c, 0), &xk, &have)))
+    return st;
+  if (!grad_in(c, 0) && xk) return with_x_decoded(c, 0, 5, k_fconv_ref);
   return counterpart(c, conv_def(), 3, 0);
 }
 
 static nbl_status k_fconv_fast(nbl_kctx *c) {
-  const nbl_rt_tensor *X = grad_in(c, 0), *W = grad_in(c, 1), *B = grad_in(c, 2);
-  if (c->reference || !X || !W || X->dtype != NBL_DT_FLOAT || W->dtype != NBL_DT_FLOAT || X->rank != 4)
+  const nbl_rt_tensor *X = grad_in(c, 0) ? grad_in(c, 0) : grad_in(c, 5), *W = grad_in(c, 1), *B = grad_in(c, 2);
+  const int xfl = grad_in(c, 0) != NULL; /* else X's values are its codes' (X: the codes, for the shape) */
+  if (c->reference || !X || !W || (X->dtype != NBL_DT_FLOAT && xfl) || W->dtype != NBL_DT_FLOAT || X->rank != 4)
     return k_fconv_ref(c);
   float sx = 0, sw = 0;
   int hx, hw;
   nbl_status st;
-  if ((st = scale_in(c, 3, "X_scale", &sx, &hx)) || (st = scale_in(c, 4, "W_scale", &sw, &hw))) return st;
+  const int8_t *xk;
+  int xz;
+  if ((st = scale_in(c, 3, "X_scale", &sx, &hx)) || (st = scale_in(c, 4, "W_scale", &sw, &hw)) ||
+      (st = xcodes_in(c, 5, xfl ? X : NULL, &xk, &xz)))
+    return st;
+  if (!xfl && (!xk || !hx)) return k_fconv_ref(c); /* (reports what is missing) */
   nbl_conv_geom g;
-  if ((st = nbl_conv_node_geom(c, X, W, B, &g))) return st;
+  nbl_rt_tensor xs = *X; /* (without X: its codes' shape, read as X's) */
+  xs.dtype = NBL_DT_FLOAT;
+  if ((st = nbl_conv_node_geom(c, &xs, W, B, &g))) return st;
   int off_grid = !hx || !hw;
   if (!off_grid) {
     int64_t od[4] = {g.N, g.M, g.out[0], g.out[1]};
     if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, 4, od))) return st;
-    st = nbl_i4b_conv_forward(c, &g, X->data, sx, W->data, sw, B ? B->data : NULL, nbl_kctx_out(c, 0)->data,
-                              NULL, &off_grid);
+    st = nbl_i4b_conv_forward_codes(c, &g, xfl ? X->data : NULL, sx, xk, xz, W->data, sw, B ? B->data : NULL,
+                                    nbl_kctx_out(c, 0)->data, NULL, &off_grid);
     if (st) return grad_oom(c);
   }
+  if (off_grid && !xfl) return with_x_decoded(c, 0, 5, k_fconv_fast); /* (then the float Conv on them) */
   if (off_grid) {
     atomic_fetch_add(&g_float_runs, 1);
     return counterpart(c, conv_def(), 3, 1);
@@ -474,15 +572,32 @@ static nbl_status k_fconv_fast(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ shape rules: the counterparts' */
 
-static nbl_status shape_conv(nbl_shape_ctx *c) {
-  const nbl_op_def *d = conv_grad_def();
-  return d ? d->shape(c) : NBL_ERR_INTERNAL;
+/* The counterpart's rule; with X (input xi) omitted, on its codes (input
+ * ic: X's shape) seen as float32 in X's place. */
+static nbl_status shape_x_or_codes(nbl_shape_ctx *c, const nbl_op_def *d, int xi, int ic) {
+  if (!d) return NBL_ERR_INTERNAL;
+  const nbl_node *n = c->node;
+  if (nbl_shp_has_in(c, xi) || !nbl_shp_has_in(c, ic)) return d->shape(c);
+  nbl_id ins[NBL_KCTX_MIN_IN];
+  const int m = n->n_inputs < NBL_KCTX_MIN_IN ? n->n_inputs : NBL_KCTX_MIN_IN;
+  for (int i = 0; i < m; i++) ins[i] = n->inputs[i];
+  ins[xi] = n->inputs[ic];
+  nbl_node n2 = *n;
+  n2.inputs = ins;
+  n2.n_inputs = m;
+  nbl_shape_ctx c2 = *c;
+  c2.node = &n2;
+  nbl_type *t = &c->graph->values[n->inputs[ic]].type;
+  const nbl_dtype keep = t->elem;
+  if (keep == NBL_DT_INT8) t->elem = NBL_DT_FLOAT;
+  nbl_status st = d->shape(&c2);
+  t->elem = keep;
+  return st;
 }
 
-static nbl_status shape_fconv(nbl_shape_ctx *c) {
-  const nbl_op_def *d = conv_def();
-  return d ? d->shape(c) : NBL_ERR_INTERNAL;
-}
+static nbl_status shape_conv(nbl_shape_ctx *c) { return shape_x_or_codes(c, conv_grad_def(), 1, 8); }
+
+static nbl_status shape_fconv(nbl_shape_ctx *c) { return shape_x_or_codes(c, conv_def(), 0, 5); }
 
 static nbl_status shape_gemm(nbl_shape_ctx *c) {
   const nbl_op_def *d = gemm_def();

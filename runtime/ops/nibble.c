@@ -3,7 +3,14 @@
  * QuantizeInt4 (version 1): per-tensor fake quantization, float in, float out.
  *   inputs:  X (float32), alpha (optional float32 scalar, the PACT clip)
  *   outputs: Y = s*(q - z) (same shape), scale (optional float32 scalar),
- *            zero_point (optional int8 scalar)
+ *            zero_point (optional int8 scalar), codes (optional int8, X's
+ *            shape: each element's code q with the zero point, and codes of
+ *            their own for NaN, +Inf, -Inf: nbl_q4_codes8 in
+ *            runtime/formats/int4.h; bits <= 6 only; int4-backward hands
+ *            them to Int4CodedConv and Int4LogConvGrad). Y may be omitted
+ *            ("") when codes is requested: codes, scale and zero_point
+ *            then carry it (Y = scale * (codes - zero_point), the marks
+ *            NaN, +Inf, -Inf)
  *   attributes: bits (2..8, default 4), mode (symmetric|affine),
  *            scale_source (max|sawb|fixed|pact|mse), scale (float, fixed),
  *            narrow (0/1), rounding (half_even|stochastic), seed (int)
@@ -91,6 +98,29 @@ static nbl_status q4_side_outputs(nbl_kctx *c, const nbl_q4_params *p) {
   return NBL_OK;
 }
 
+/* Output k, QuantizeInt4's codes (int8 of x's shape), or NULL when not
+ * asked for; an error for a format it does not cover. */
+static nbl_status q4_codes_out(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, int k,
+                               int8_t **codes) {
+  *codes = NULL;
+  if (k < 0 || c->n_out <= k || !c->out[k]) return NBL_OK;
+  if (!nbl_q4_codes8_ok(cfg))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "the codes output needs bits <= 6 (got bits=%d)", cfg->bits);
+  nbl_status st = nbl_kctx_alloc_out(c, k, NBL_DT_INT8, x->rank, x->dims);
+  if (!st) *codes = nbl_kctx_out(c, k)->data;
+  return st;
+}
+
+/* Y (output 0) allocated into *y, or *y NULL when Y is omitted with the
+ * codes requested (codes not NULL: they carry Y; not written). */
+static nbl_status q4_y_out(nbl_kctx *c, const nbl_rt_tensor *x, const int8_t *codes, float **y) {
+  *y = NULL;
+  if (codes && (c->n_out < 1 || !c->out[0])) return NBL_OK;
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
+  if (!st) *y = nbl_kctx_out(c, 0)->data;
+  return st;
+}
+
 nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
                                 const nbl_rt_tensor *alpha, nbl_q4_params *p) {
   float a = 0.0f;
@@ -118,10 +148,11 @@ static nbl_status k_quantize_int4(nbl_kctx *c) {
   nbl_q4_params p;
   st = nbl_q4_kernel_params(c, &cfg, x, c->n_in > 1 ? c->in[1] : NULL, &p);
   if (st != NBL_OK) return st;
-  st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
-  if (st != NBL_OK) return st;
-  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
-  nbl_q4_fake_quant(&cfg, &p, (const float *)x->data, (float *)y->data, (size_t)x->numel, 0);
+  int8_t *codes;
+  float *y;
+  if ((st = q4_codes_out(c, &cfg, x, 3, &codes)) || (st = q4_y_out(c, x, codes, &y))) return st;
+  if (codes) nbl_q4_codes8(&cfg, &p, x->data, codes, (size_t)x->numel, 0); /* before Y: y may share x's memory */
+  if (y) nbl_q4_fake_quant(&cfg, &p, (const float *)x->data, y, (size_t)x->numel, 0);
   return q4_side_outputs(c, &p);
 }
 
@@ -135,13 +166,17 @@ static nbl_status k_quantize_int4_fast(nbl_kctx *c) {
   nbl_q4_params p;
   if (c->reference || !x || x->dtype != NBL_DT_FLOAT || nbl_q4_attrs(c, &cfg) || nbl_q4t_params(c, &cfg, x, &p))
     return k_quantize_int4(c);
-  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims);
+  int8_t *codes;
+  float *y;
+  nbl_status st = q4_codes_out(c, &cfg, x, 3, &codes);
+  if (!st) st = q4_y_out(c, x, codes, &y);
   if (st != NBL_OK) return st;
-  nbl_q4t_fake_quant(c, &cfg, &p, x->data, nbl_kctx_out(c, 0)->data, x->numel);
+  nbl_q4t_fake_quant(c, &cfg, &p, x->data, y, codes, x->numel);
   return q4_side_outputs(c, &p);
 }
 
-nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range) {
+nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range,
+                          int codes_out) {
   if (cfg->scale_source == NBL_Q4_SCALE_PACT)
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "scale_source=pact needs input alpha");
   nbl_q4_params p;
@@ -154,9 +189,15 @@ nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_te
     fast = nbl_q4t_params(c, cfg, x, &p) == 0;
   nbl_status st;
   if (!fast && (st = nbl_q4_kernel_params(c, cfg, x, NULL, &p))) return st;
-  if ((st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, x->rank, x->dims))) return st;
-  if (fast) nbl_q4t_fake_quant(c, cfg, &p, x->data, nbl_kctx_out(c, 0)->data, x->numel);
-  else nbl_q4_fake_quant(cfg, &p, (const float *)x->data, (float *)nbl_kctx_out(c, 0)->data, (size_t)x->numel, 0);
+  int8_t *codes;
+  float *y;
+  if ((st = q4_codes_out(c, cfg, x, codes_out, &codes)) || (st = q4_y_out(c, x, codes, &y))) return st;
+  if (fast) {
+    nbl_q4t_fake_quant(c, cfg, &p, x->data, y, codes, x->numel);
+  } else {
+    if (codes) nbl_q4_codes8(cfg, &p, x->data, codes, (size_t)x->numel, 0);
+    if (y) nbl_q4_fake_quant(cfg, &p, (const float *)x->data, y, (size_t)x->numel, 0);
+  }
   return q4_side_outputs(c, &p);
 }
 
@@ -441,11 +482,17 @@ static nbl_status g_quantize_absmax8(nbl_grad_ctx *gc) {
 
 /* ------------------------------------------------------------------ shape rules */
 
-/* QuantizeInt4: Y like X; scale float32 and zero_point int8 scalars. */
+/* QuantizeInt4: Y like X; scale float32 and zero_point int8 scalars; codes
+ * int8 of X's shape. */
 static nbl_status shape_quantize_int4(nbl_shape_ctx *c) {
   nbl_status st = nbl_shape_same(c);
   if (!st) st = nbl_shp_set_dt(c, 1, NBL_DT_FLOAT, 0);
   if (!st) st = nbl_shp_set_dt(c, 2, NBL_DT_INT8, 0);
+  nbl_shp x;
+  if (!st && nbl_shp_in(c, 0, &x)) {
+    x.dt = NBL_DT_INT8;
+    st = nbl_shp_set(c, 3, &x);
+  }
   return st;
 }
 

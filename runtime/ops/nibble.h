@@ -21,11 +21,6 @@ nbl_status nbl_q4_attrs(nbl_kctx *c, nbl_q4_config *cfg);
 nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x,
                                 const nbl_rt_tensor *alpha, nbl_q4_params *p);
 
-/* QuantizeInt4 of float32 x (cfg not scale_source=pact) into outputs 0
- * (Y), 1 (scale) and 2 (zero_point, when requested) of c, with the values of
- * the op's kernels: the fast path where it applies, else the reference.
- * range: NULL, or x's minimum and maximum when every element of x is finite
- * (for scale_source=max the scan over x is then skipped). */
 /* QuantizeInt4Grad's parameters from the forward's scale and zero_point
  * outputs (runtime/ops/grad_elementwise.c; either tensor NULL when not
  * wired): *have = 1 and *p filled as nbl_q4_choose would fill it for the
@@ -36,6 +31,13 @@ nbl_status nbl_q4_kernel_params(nbl_kctx *c, const nbl_q4_config *cfg, const nbl
 nbl_status nbl_q4_grad_given(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *scale,
                              const nbl_rt_tensor *zero, nbl_q4_params *p, int *have);
 
-nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range);
+/* QuantizeInt4 of float32 x (cfg not scale_source=pact) into outputs 0
+ * (Y), 1 (scale) and 2 (zero_point, when requested) of c and, codes_out >=
+ * 0, its codes output into c's output codes_out when that is wired, with the
+ * values of the op's kernels: the fast path where it applies, else the
+ * reference. range: NULL, or x's minimum and maximum when every element of
+ * x is finite (for scale_source=max the scan over x is then skipped). */
+nbl_status nbl_q4_forward(nbl_kctx *c, const nbl_q4_config *cfg, const nbl_rt_tensor *x, const float *range,
+                          int codes_out);
 
 #endif

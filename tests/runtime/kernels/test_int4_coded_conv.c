@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/formats/int4.h"
 #include "runtime/kernels/int4_backward.h"
 #include "test_data.h"
 
@@ -104,6 +105,38 @@ static void run_case(const fcase *c, int ci) {
     const double tol = 4.0 * (double)FLT_EPSILON * (fabs((double)sc * (double)ref[i]) + fabs((double)b[m])) + 1e-30;
     ck_assert_msg(fabs((double)y[i] - want) <= tol, "case %d [%lld]: y %.9g, want %.9g", ci, (long long)i, y[i],
                   want);
+  }
+  /* X's QuantizeInt4 codes handed over (nbl_i4b_conv_forward_codes: q =
+   * c + z, the zero point z): the same floats; the AMX tiles read them (a
+   * planted wrong code changes y there, nowhere else), a NaN's mark sends
+   * them back to the floats */
+  const int z = c->xlo >= -120 && c->xhi <= 120 ? 3 : 0;
+  if (c->xlo + z >= -126 && c->xhi + z <= 126) {
+    int8_t *xk = malloc((size_t)nx);
+    float *yk = malloc(sizeof(float) * (size_t)ny);
+    ck_assert(xk && yk);
+    for (int64_t i = 0; i < nx; i++) xk[i] = (int8_t)(cx[i] + z);
+    const int64_t at = nx / 2; /* xlo: + 1 stays a code */
+    for (int plant = 0; plant < 3; plant++) { /* 0: as made, 1: one code + 1, 2: NaN's mark */
+      if (plant == 1) xk[at] = (int8_t)(cx[at] + z + 1);
+      if (plant == 2) xk[at] = NBL_Q4_CODE8_NAN;
+      int offk = -1;
+      ck_assert_int_eq(nbl_i4b_conv_forward_codes(&kc, &g, x, sx, xk, z, w, sw, c->bias ? b : NULL, yk, NULL, &offk),
+                       NBL_OK);
+      ck_assert_int_eq(offk, 0);
+      const int same = memcmp(y, yk, sizeof(float) * (size_t)ny) == 0;
+      ck_assert_msg(same == !(plant == 1 && amx && amx_takes), "case %d (amx %d): codes handed over, plant %d: %s", ci,
+                    amx, plant, same ? "the planted error went unseen" : "y differs");
+      /* x omitted (the QuantizeInt4's Y dropped): the same floats from the
+       * codes alone; a NaN's mark makes the paths refuse it (off the grid) */
+      ck_assert_int_eq(nbl_i4b_conv_forward_codes(&kc, &g, NULL, sx, xk, z, w, sw, c->bias ? b : NULL, yk, NULL, &offk),
+                       NBL_OK);
+      ck_assert_int_eq(offk, plant == 2);
+      if (plant == 0) ck_assert(memcmp(y, yk, sizeof(float) * (size_t)ny) == 0);
+      if (plant == 1) ck_assert(memcmp(y, yk, sizeof(float) * (size_t)ny) != 0);
+      xk[at] = (int8_t)(cx[at] + z);
+    }
+    free(xk), free(yk);
   }
   /* without acc, and single-threaded: the same floats */
   float *y1 = malloc(sizeof(float) * (size_t)ny);
