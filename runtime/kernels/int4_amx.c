@@ -259,14 +259,7 @@ PACK_FN static void split_quad(int8_t *restrict lo, int8_t *restrict hi, const i
     }
     const __mmask64 st = m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1);
     for (int p = 0; p < 2; p++) {
-      const __m128i *v = p ? ph : pl;
-      const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
-      const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
-      __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
-      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
-      o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
-      o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
-      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, o);
+      _mm512_mask_storeu_epi8((p ? hi : lo) + 4 * i, st, nbl_i4b_interleave4(p ? ph : pl));
     }
   }
 }

@@ -16,6 +16,25 @@
 #define PACK_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #endif
 
+/* The m <= 16 pixels at i of four rows' bytes v[] as quads: sw == 1 to d0
+ * (pixel i at 4 i); sw == 2 the even pixels to d0, the odd ones to d1 (each
+ * at 4 (i / 2); with sw == 2 the rows' bytes come even lanes first). */
+PACK_FN static inline void quads_store(const __m128i v[4], int8_t *d0, int8_t *d1, int64_t sw, int64_t i,
+                                       int64_t m) {
+  const __m512i o = nbl_i4b_interleave4(v);
+  if (sw == 1) {
+    _mm512_mask_storeu_epi8(d0 + 4 * i, m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1), o);
+  } else { /* first half: the (m + 1) / 2 even pixels, second: the odd ones */
+    const int64_t m0 = (m + 1) / 2, m1 = m / 2;
+    if (d0)
+      _mm256_mask_storeu_epi8(d0 + 2 * i, (__mmask32)(m0 >= 8 ? 0xffffffffu : (1u << (4 * m0)) - 1),
+                              _mm512_castsi512_si256(o));
+    if (d1 && m1)
+      _mm256_mask_storeu_epi8(d1 + 2 * i, (__mmask32)(m1 >= 8 ? 0xffffffffu : (1u << (4 * m1)) - 1),
+                              _mm512_extracti64x4_epi64(o, 1));
+  }
+}
+
 PACK_FN int nbl_i4b_quad_f(int8_t *d0, int8_t *d1, int64_t sw, const float *const r[4], int64_t n, float sx) {
   const __m512 vinv = _mm512_set1_ps(1.0f / sx), vs = _mm512_set1_ps(sx), lim = _mm512_set1_ps(127.0f);
   const __m512 nlim = _mm512_set1_ps(-128.0f);
@@ -33,23 +52,7 @@ PACK_FN int nbl_i4b_quad_f(int8_t *d0, int8_t *d1, int64_t sw, const float *cons
       v[b] = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c));
       if (sw == 2) v[b] = _mm_shuffle_epi8(v[b], sel);
     }
-    const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
-    const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
-    __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
-    o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
-    if (sw == 1) {
-      _mm512_mask_storeu_epi8(d0 + 4 * i, m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1), o);
-    } else { /* first half: the (m + 1) / 2 even pixels, second: the odd ones */
-      const int64_t m0 = (m + 1) / 2, m1 = m / 2;
-      if (d0)
-        _mm256_mask_storeu_epi8(d0 + 2 * i, (__mmask32)(m0 >= 8 ? 0xffffffffu : (1u << (4 * m0)) - 1),
-                                _mm512_castsi512_si256(o));
-      if (d1 && m1)
-        _mm256_mask_storeu_epi8(d1 + 2 * i, (__mmask32)(m1 >= 8 ? 0xffffffffu : (1u << (4 * m1)) - 1),
-                                _mm512_extracti64x4_epi64(o, 1));
-    }
+    quads_store(v, d0, d1, sw, i, m);
   }
   return bad != 0;
 }
@@ -76,23 +79,7 @@ PACK_FN int nbl_i4b_quad_k8(int8_t *d0, int8_t *d1, int64_t sw, const int8_t *co
       v[b] = _mm512_cvtepi32_epi8(c);
       if (sw == 2) v[b] = _mm_shuffle_epi8(v[b], sel);
     }
-    const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
-    const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
-    __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
-    o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
-    o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
-    if (sw == 1) {
-      _mm512_mask_storeu_epi8(d0 + 4 * i, m >= 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * m)) - 1), o);
-    } else { /* first half: the (m + 1) / 2 even pixels, second: the odd ones */
-      const int64_t m0 = (m + 1) / 2, m1 = m / 2;
-      if (d0)
-        _mm256_mask_storeu_epi8(d0 + 2 * i, (__mmask32)(m0 >= 8 ? 0xffffffffu : (1u << (4 * m0)) - 1),
-                                _mm512_castsi512_si256(o));
-      if (d1 && m1)
-        _mm256_mask_storeu_epi8(d1 + 2 * i, (__mmask32)(m1 >= 8 ? 0xffffffffu : (1u << (4 * m1)) - 1),
-                                _mm512_extracti64x4_epi64(o, 1));
-    }
+    quads_store(v, d0, d1, sw, i, m);
   }
   return bad != 0;
 }

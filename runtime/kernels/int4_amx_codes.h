@@ -9,6 +9,20 @@
 #include <stdint.h>
 
 #if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Four rows of 16 bytes interleaved into quads: byte 4 i + b of the result
+ * is v[b][i] (the layout of the AMX tiles' K groups). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline __m512i
+nbl_i4b_interleave4(const __m128i v[4]) {
+  const __m128i t0 = _mm_unpacklo_epi8(v[0], v[1]), t1 = _mm_unpackhi_epi8(v[0], v[1]);
+  const __m128i t2 = _mm_unpacklo_epi8(v[2], v[3]), t3 = _mm_unpackhi_epi8(v[2], v[3]);
+  __m512i o = _mm512_castsi128_si512(_mm_unpacklo_epi16(t0, t2));
+  o = _mm512_inserti32x4(o, _mm_unpackhi_epi16(t0, t2), 1);
+  o = _mm512_inserti32x4(o, _mm_unpacklo_epi16(t1, t3), 2);
+  return _mm512_inserti32x4(o, _mm_unpackhi_epi16(t1, t3), 3);
+}
+
 /* The codes of four rows of n values (r[b] NULL: zeros) as quads of bytes:
  * with sw == 1 to d0 (pixel i at 4 i); with sw == 2, the even pixels to d0
  * and the odd ones to d1, each at 4 (i / 2) (NULL: not stored).
