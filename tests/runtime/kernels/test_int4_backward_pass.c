@@ -227,6 +227,21 @@ static void pm_expect_rewrite(pm *p, int log) {
   ck_assert_int_eq(g->values[nbl_graph_find(g, "C0")].n_consumers, 1); /* g_c1 only */
 }
 
+/* m saved to a file and loaded back, checked equal to m (the caller frees it). */
+static nbl_model *saved_and_loaded(const nbl_model *m) {
+  char path[] = "/tmp/nbl_i4b_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  unlink(path);
+  char why[256] = {0};
+  ck_assert_msg(nbl_model_equal(m, back, why, sizeof why), "%s", why);
+  return back;
+}
+
 START_TEST(test_pass_log) {
   pm p = pm_build("QuantizeLog");
   /* runs when the QuantizeLog op is in the table (it comes with quantize-grad-log4) */
@@ -242,16 +257,7 @@ START_TEST(test_pass_log) {
                 "%s", log);
   /* the rewritten model saves and loads back equal (the codes, int8, and
    * the omitted Y as any other tensor and optional output) */
-  char path[] = "/tmp/nbl_i4b_log_XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  close(fd);
-  ck_assert_msg(nbl_model_save(p.m, path, NULL) == NBL_OK, "%s", nbl_last_error());
-  nbl_model *back = NULL;
-  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
-  char why[256] = {0};
-  ck_assert_msg(nbl_model_equal(p.m, back, why, sizeof why), "%s", why);
-  unlink(path);
+  nbl_model *back = saved_and_loaded(p.m);
   tens c2[16];
   if (runnable) { /* the loaded model runs: the same bits as the one in memory (below) */
     nbl_model *mem = p.m;
@@ -307,17 +313,7 @@ START_TEST(test_pass_linear_runs) {
     t_free(&b[o]);
   }
   /* the rewritten model saves and loads back equal */
-  char path[] = "/tmp/nbl_i4b_XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  close(fd);
-  ck_assert_msg(nbl_model_save(p.m, path, NULL) == NBL_OK, "%s", nbl_last_error());
-  nbl_model *back = NULL;
-  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
-  char why[256] = {0};
-  ck_assert_msg(nbl_model_equal(p.m, back, why, sizeof why), "%s", why);
-  nbl_model_free(back);
-  unlink(path);
+  nbl_model_free(saved_and_loaded(p.m));
   pm_free(&p);
 }
 END_TEST
