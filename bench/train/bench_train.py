@@ -29,9 +29,10 @@ nibble's 4-bit step against nibble's FP32 step and PyTorch's FP32 step, plain
 SGD (lr 0.01), on the first 64 shipped Fashion-MNIST test images (models/data):
   PyTorch FP32   torch_train_step.py --momentum 0
   nibble FP32    bench_train --passes build-training
-  nibble 4-bit   --passes quantize-int4,build-training,quantize-grad-log4{rounding=tpr},
-                 int4-backward (what `nibble train --int4 --log4-grad=tpr` runs):
-                 INT4 weights (SAWB) and activations, first/last layers 8 bits,
+  nibble 4-bit   --passes quantize-int4{activations=mse},build-training,
+                 quantize-grad-log4{rounding=tpr},int4-backward (what `nibble train
+                 --int4 --log4-grad=tpr` runs): INT4 weights (SAWB) and activations
+                 (affine, clipped where the squared error is least), first/last layers 8 bits,
                  radix-4 log gradients with two-phase rounding, the backward
                  products of the inner layers and the forward convolutions of
                  quantized operands in integers
@@ -64,7 +65,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
-P4 = "quantize-int4,build-training,quantize-grad-log4{rounding=tpr}"
+P4 = "quantize-int4{activations=mse},build-training,quantize-grad-log4{rounding=tpr}"
 SETTINGS4 = [  # --int4: key, column, bench_train --passes (None: PyTorch)
     ("torch", "PyTorch FP32", None),
     ("fp32", "nibble FP32", "build-training"),
