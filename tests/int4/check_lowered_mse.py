@@ -29,6 +29,8 @@ try:
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from lowered_run import run_lowered
 except ImportError:
     print("check_lowered_mse.py: numpy or onnx missing: skipped", file=sys.stderr)
     sys.exit(SKIP)
@@ -63,7 +65,6 @@ def main():
     nibble = os.environ.get("NIBBLE") or os.path.join(ROOT, "build", "tools", "nibble")
     if len(sys.argv) > 2 and sys.argv[1] == "--nibble":
         nibble = sys.argv[2]
-    ort_js = os.path.join(ROOT, "tests", "ref", "ort_run.js")
     if not shutil.which("node"):
         print("check_lowered_mse.py: node not installed: skipped", file=sys.stderr)
         return SKIP
@@ -78,33 +79,16 @@ def main():
         for k, (mode, bits, kind, shape, sym) in enumerate(cases):
             d = os.path.join(tmp, "c%d" % k)
             os.makedirs(d)
-            src, low = os.path.join(d, "q.onnx"), os.path.join(d, "low.onnx")
+            src = os.path.join(d, "q.onnx")
             model(src, mode, bits, [sym] + shape[1:] if sym else shape)
             x = data(rng, kind, shape)
             np.save(os.path.join(d, "x.npy"), x)
-            outs = {}
-            for tag, extra in (("fast", []), ("ref", ["--reference"])):
-                od = os.path.join(d, tag)
-                r = subprocess.run([nibble, "run", src, "--input", "x=" + os.path.join(d, "x.npy"), "--output-dir", od]
-                                   + extra, capture_output=True, text=True)
-                if r.returncode:
-                    raise RuntimeError("nibble run: " + r.stderr)
-                outs[tag] = np.load(os.path.join(od, "y.npy"))
-            r = subprocess.run([nibble, "convert", src, "-o", low, "--passes", "lower-to-onnx"], capture_output=True,
-                               text=True)
-            if r.returncode:
-                raise RuntimeError("nibble convert: " + r.stderr)
-            lm = onnx.load(low)
-            assert all(n.domain in ("", "ai.onnx") for n in lm.graph.node), "ai.nibble op left"
-            od = os.path.join(d, "ort")
-            r = subprocess.run(["node", ort_js, "run", low, "--input", "x=" + os.path.join(d, "x.npy"), "--output-dir",
-                                od], capture_output=True, text=True)
-            if r.returncode == 2 and "not installed" in r.stderr:
+            res = run_lowered(nibble, d, src, ["y"])
+            if res is None:
                 print("check_lowered_mse.py: onnxruntime-node not installed: skipped", file=sys.stderr)
                 return SKIP
-            if r.returncode:
-                raise RuntimeError("ort_run.js: " + r.stderr)
-            ort = np.load(os.path.join(od, "y.npy"))
+            outs = {k: v["y"] for k, v in res[0].items()}
+            lm, ort = res[1], outs["ort"]
             errs = []
             if outs["fast"].tobytes() != outs["ref"].tobytes():
                 errs.append("fast vs reference: %d elements differ" % int((outs["fast"] != outs["ref"]).sum()))

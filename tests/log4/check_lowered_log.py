@@ -28,6 +28,8 @@ try:
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from lowered_run import run_lowered
 except ImportError:
     print("check_lowered_log.py: numpy or onnx missing: skipped", file=sys.stderr)
     sys.exit(SKIP)
@@ -91,7 +93,6 @@ def same(a, b):
 def main():
     build_root = os.environ.get("NBL_BUILD_ROOT", os.path.join(ROOT, "build"))
     nibble = os.environ.get("NIBBLE", os.path.join(build_root, "tools", "nibble"))
-    ort_js = os.path.join(ROOT, "tests", "ref", "ort_run.js")
     if shutil.which("node") is None:
         print("check_lowered_log.py: node not installed: skipped", file=sys.stderr)
         return SKIP
@@ -114,32 +115,14 @@ def main():
             with_top = k % 3 == 0
             d = os.path.join(tmp, "c%d" % k)
             os.makedirs(d)
-            src, low = os.path.join(d, "q.onnx"), os.path.join(d, "low.onnx")
+            src = os.path.join(d, "q.onnx")
             model(src, attrs, with_top, list(x.shape))
             np.save(os.path.join(d, "x.npy"), x)
-            outs = {}
-            for tag, extra in (("fast", []), ("ref", ["--reference"])):
-                od = os.path.join(d, tag)
-                r = subprocess.run([nibble, "run", src, "--input", "x=" + os.path.join(d, "x.npy"), "--output-dir", od]
-                                   + extra, capture_output=True, text=True)
-                if r.returncode:
-                    raise RuntimeError("nibble run: " + r.stderr)
-                outs[tag] = {n: np.load(os.path.join(od, n + ".npy")) for n in (["y", "top"] if with_top else ["y"])}
-            r = subprocess.run([nibble, "convert", src, "-o", low, "--passes", "lower-to-onnx"], capture_output=True,
-                               text=True)
-            if r.returncode:
-                raise RuntimeError("nibble convert: " + r.stderr)
-            lm = onnx.load(low)
-            assert all(n.domain in ("", "ai.onnx") for n in lm.graph.node), "ai.nibble op left"
-            od = os.path.join(d, "ort")
-            r = subprocess.run(["node", ort_js, "run", low, "--input", "x=" + os.path.join(d, "x.npy"), "--output-dir",
-                                od], capture_output=True, text=True)
-            if r.returncode == 2 and "not installed" in r.stderr:
+            res = run_lowered(nibble, d, src, ["y", "top"] if with_top else ["y"])
+            if res is None:
                 print("check_lowered_log.py: onnxruntime-node not installed: skipped", file=sys.stderr)
                 return SKIP
-            if r.returncode:
-                raise RuntimeError("ort_run.js: " + r.stderr)
-            ort = {n: np.load(os.path.join(od, n + ".npy")) for n in outs["fast"]}
+            outs, ort = res[0], res[0]["ort"]
             top, lev, thr = grid(x.ravel(), radix, exp_bits, phase)
             y = outs["fast"]["y"].ravel()
             mags = set(np.abs(y[np.isfinite(y)]).tolist())
