@@ -18,7 +18,6 @@ max|x|: not silently max). Exit 0 pass, 1 fail, 77 skip (no
 node/onnxruntime-node, onnx or numpy)."""
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
