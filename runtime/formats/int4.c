@@ -218,10 +218,15 @@ __attribute__((target("avx512f"))) static size_t mse_bins_avx512(const float *x,
 }
 #endif
 
+/* R of nbl_q4_mse_clip: the largest distance from the bottom of the grid. */
+static float mse_reach(const nbl_q4_config *cfg, float lo, float hi) {
+  return cfg->mode == NBL_Q4_AFFINE ? hi - lo : fmaxf(fabsf(lo), fabsf(hi));
+}
+
 float nbl_q4_mse_clip(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi) {
   enum { B = NBL_Q4_MSE_BINS };
   int affine = cfg->mode == NBL_Q4_AFFINE;
-  float R = affine ? hi - lo : fmaxf(fabsf(lo), fabsf(hi));
+  float R = mse_reach(cfg, lo, hi);
   if (lo > hi || !(R > 0.0f) || !isfinite(R)) return R;
   int qmin, qmax;
   nbl_q4_range(cfg, &qmin, &qmax);
@@ -283,7 +288,7 @@ float nbl_q4_mse_clip(const nbl_q4_config *cfg, const float *x, size_t n, float 
 void nbl_q4_params_from_mse(const nbl_q4_config *cfg, const float *x, size_t n, float lo, float hi,
                             nbl_q4_params *p) {
   float c = nbl_q4_mse_clip(cfg, x, n, lo, hi);
-  float R = cfg->mode == NBL_Q4_AFFINE ? hi - lo : fmaxf(fabsf(lo), fabsf(hi));
+  float R = mse_reach(cfg, lo, hi);
   if (lo > hi || !(c > 0.0f) || !isfinite(c) || !(c < R)) { /* no clip: max's parameters */
     nbl_q4_params_from_range(cfg, lo, hi, p);
     return;
