@@ -408,6 +408,49 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
   return 0;
 }
 
+#if I4B_X86
+/* nbl_i4b_codes_int8's 32 codes at a time */
+__attribute__((target("avx512f,avx512bw"))) static int64_t int8_codes_512(const int8_t *codes, int64_t n, int zero,
+                                                                           int16_t *q, int32_t *mx, int *bad) {
+  const __m512i z = _mm512_set1_epi16((short)zero), lim = _mm512_set1_epi16(126);
+  __m512i m = _mm512_setzero_si512();
+  __mmask32 b = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(codes + i)));
+    b |= _mm512_cmpgt_epi16_mask(_mm512_abs_epi16(c), lim);
+    const __m512i v = _mm512_sub_epi16(c, z);
+    m = _mm512_max_epi16(m, _mm512_abs_epi16(v));
+    _mm512_storeu_si512(q + i, v);
+  }
+  int16_t t[32];
+  _mm512_storeu_si512(t, m);
+  for (int k = 0; k < 32; k++) *mx = t[k] > *mx ? t[k] : *mx;
+  *bad |= b != 0;
+  return i;
+}
+#endif
+
+int nbl_i4b_codes_int8(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int zero, int16_t *q, int32_t *maxabs) {
+  if (zero < -128 || zero > 127) return -1;
+  isa = usable(isa);
+  int32_t mx = 0;
+  int bad = 0;
+  int64_t i = 0;
+#if I4B_X86
+  if (isa == NBL_I4B_AVX512) i = int8_codes_512(codes, n, zero, q, &mx, &bad);
+#endif
+  for (; i < n; i++) {
+    const int c = codes[i], v = c - zero, a = v < 0 ? -v : v;
+    bad |= c < -126 || c > 126;
+    q[i] = (int16_t)v;
+    mx = a > mx ? a : mx;
+  }
+  if (bad) return -1;
+  *maxabs = mx;
+  return 0;
+}
+
 int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale, int16_t *q, nbl_i4b_grid *g) {
   if (!(scale > 0.0f) || !isfinite(scale)) return -1;
   isa = usable(isa);

@@ -90,6 +90,15 @@ int nbl_i4b_codes_linear(nbl_i4b_isa isa, const float *x, int64_t n, float scale
 int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, const int32_t lut[32], int16_t *q,
                       int32_t *maxabs);
 
+/* Linear codes from a QuantizeInt4's codes output (int8 codes c with the
+ * zero point z, runtime/formats/int4.h): q[i] = c[i] - z, *maxabs the largest
+ * |q[i]|. Returns 0, or -1 when a code is outside -126..126 (the marks of
+ * NaN and Inf: the float kernel takes those; q then partly written). With
+ * X = scale * (c - z) these are the codes nbl_i4b_codes_linear recovers from
+ * X's floats, on the grid of unit scale. Vectorized per isa; every variant
+ * gives the same result. */
+int nbl_i4b_codes_int8(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int zero, int16_t *q, int32_t *maxabs);
+
 /* The longest even k such that k * maxa * maxb <= INT32_MAX (so an int32
  * sum of k products never overflows), at least 2; maxa, maxb in
  * 0..NBL_I4B_MAX_CODE. */

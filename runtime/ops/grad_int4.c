@@ -418,12 +418,26 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
                                : (nbl_i4b_src){.q = dyq, .maxabs = gdy.maxabs};
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
   const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
-  if (!xfl && ((ok && wdw && !fdw) || !ok)) { /* X's floats needed: made from its codes */
+  /* dW off the tiles with X's codes handed over: int16 codes straight from
+   * them (the codes the floats give, nbl_i4b_codes_int8), no floats made */
+  int xhand = 0;
+  if (ok && wdw && !fdw && !empty && xk && have[0] && sc[0] > 0.0f && isfinite(sc[0])) {
+    int32_t mx;
+    if (!(xq = malloc(sizeof(int16_t) * (size_t)X->numel))) {
+      free(dyq);
+      free(wq);
+      return grad_oom(c);
+    }
+    if (nbl_i4b_codes_int8(isa, xk, X->numel, xz, xq, &mx) == 0) gx.unit = sc[0], gx.maxabs = mx, xhand = 1;
+    else free(xq), xq = NULL; /* a non-finite mark: the floats decide */
+  }
+  if (!xfl && ((ok && wdw && !fdw && !xhand) || !ok)) { /* X's floats needed: made from its codes */
     free(dyq);
+    free(xq);
     free(wq);
     return with_x_decoded(c, 1, 8, k_conv_fast);
   }
-  ok = ok && (!wdw || fdw || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
+  ok = ok && (!wdw || fdw || xhand || codes_of(c, X, 1, sc[0], &xq, &gx) == 0);
   nbl_i4b_conv_out out = {0};
   if (ok) {
     if (wdx && !(st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims))) out.dx = nbl_kctx_out(c, 0)->data;

@@ -244,6 +244,39 @@ START_TEST(test_codes_linear) {
 }
 END_TEST
 
+/* X's QuantizeInt4 codes as int16 codes: c - z, the largest |c - z|, the
+ * marks of NaN and Inf (and anything past -126..126) refused, at every
+ * length around the vector width and at every position. */
+START_TEST(test_codes_int8) {
+  int8_t c[100];
+  int16_t q[100];
+  for (int n = 0; n <= 100; n += n < 70 ? 1 : 15)
+    for (int z = -8; z <= 15; z += 23) {
+      int want = 0;
+      for (int i = 0; i < n; i++) {
+        c[i] = (int8_t)((i * 37 + n) % 64 - 32); /* -32..31, the codes of bits <= 6 */
+        want = abs(c[i] - z) > want ? abs(c[i] - z) : want;
+      }
+      int32_t mx = -1;
+      ck_assert_int_eq(nbl_i4b_codes_int8(ISA, c, n, z, q, &mx), 0);
+      ck_assert_int_eq(mx, want);
+      for (int i = 0; i < n; i++) ck_assert_int_eq(q[i], c[i] - z);
+      const int8_t bad[5] = {NBL_Q4_CODE8_NAN, NBL_Q4_CODE8_PINF, NBL_Q4_CODE8_NINF, 127, -127};
+      for (int pos = 0; pos < n; pos += 7)
+        for (int b = 0; b < 5; b++) {
+          const int8_t keep = c[pos];
+          c[pos] = bad[b];
+          ck_assert_int_eq(nbl_i4b_codes_int8(ISA, c, n, z, q, &mx), -1);
+          c[pos] = keep;
+        }
+    }
+  c[0] = 126, c[1] = -126;
+  int32_t mx;
+  ck_assert_int_eq(nbl_i4b_codes_int8(ISA, c, 2, -128, q, &mx), 0); /* (the widest: 126 + 128) */
+  ck_assert(q[0] == 254 && q[1] == 2 && mx == 254);
+}
+END_TEST
+
 /* The variant follows the calling thread's CPU cap (runtime/core/cpu.h), a
  * forced one (tests) overrides it, and a variant the CPU lacks is never used. */
 START_TEST(test_isa_choice) {
@@ -601,9 +634,10 @@ static void conv_case(const ccase *c) {
   /* 5. X's QuantizeInt4 codes and zero point handed over (inputs 8 and 9,
    * as int4-backward wires them; bits <= 6), X given or omitted: the same
    * bits, every variant, all outputs and dW alone; planted wrong codes
-   * change dW where they are read (with X: the AMX tiles; without: every
-   * path); with X a non-finite mark sends the tiles back to X's floats (the
-   * same bits), without X it is X's NaN */
+   * change dW (every path reads the codes: the AMX tiles as they pack, the
+   * others as int16 codes, nbl_i4b_codes_int8); with X a non-finite mark
+   * sends the products back to X's floats (the same bits), without X it is
+   * X's NaN */
   if (c->xbits <= 6) {
     tens xk = t_new(NBL_DT_INT8, x.rank, x.dims);
     int64_t at = -1;
@@ -632,9 +666,9 @@ static void conv_case(const ccase *c) {
             ck_assert_msg(runner_run(r, in10) == NBL_OK, "%s: %s", c->what, nbl_last_error());
             const nbl_host_tensor *dw = &r->out[alone ? 0 : 1];
             const int same = memcmp(first[1].data, dw->data, first[1].nbytes) == 0;
-            /* with X: only the tiles read the codes; without: every path (a NaN's
-             * mark: X's NaN, for the float kernel, unless no tap reads it) */
-            const int seen = plant == 1 && (omit || (v == ni && amx_dw));
+            /* (a NaN's mark without X: X's NaN, for the float kernel, unless no
+             * tap reads it) */
+            const int seen = plant == 1;
             if (!(plant == 2 && omit))
               ck_assert_msg(same == !seen, "%s: X's codes handed over (variant %d, X %s, alone %d, plant %d): %s",
                             c->what, v, omit ? "omitted" : "given", alone, plant,
@@ -941,6 +975,7 @@ int main(void) {
   TCase *tc = tcase_create("codes");
   tcase_add_loop_test(tc, test_codes_pow2, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_loop_test(tc, test_codes_linear, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_loop_test(tc, test_codes_int8, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_test(tc, test_isa_choice);
   suite_add_tcase(s, tc);
   tc = tcase_create("gemm");
