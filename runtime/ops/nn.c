@@ -115,10 +115,18 @@ static nbl_status k_gemm_fast(nbl_kctx *c) {
   float beta = 0.0f;
   if (C && s.beta != 0.0f) {
     const float *cv = C->data;
-    int64_t od[2] = {s.M, s.N};
     if (C->numel == Y->numel) memcpy(y, cv, (size_t)Y->numel * sizeof(float));
-    else
-      for (int64_t i = 0; i < Y->numel; i++) y[i] = cv[nbl_broadcast_index(2, od, i, C->rank, C->dims)];
+    else { /* C of rank <= 2 broadcast to [M, N] (gemm_check): row by row */
+      const int64_t cm = C->rank == 2 ? C->dims[0] : 1, cn = C->rank >= 1 ? C->dims[C->rank - 1] : 1;
+      for (int64_t i = 0; i < s.M; i++) {
+        const float *cr = cv + (cm == 1 ? 0 : i * cn);
+        float *yr = y + i * s.N;
+        if (cn == 1)
+          for (int64_t j = 0; j < s.N; j++) yr[j] = cr[0];
+        else
+          memcpy(yr, cr, (size_t)s.N * sizeof(float));
+      }
+    }
     beta = s.beta;
   }
   nbl_sgemm(c, s.ta, s.tb, s.M, s.N, s.K, s.alpha, A->data, s.ta ? s.M : s.K, B->data,
