@@ -620,6 +620,34 @@ END_TEST
 /* scale_source=mse on hand-computed cases (runtime/formats/int4.h: bins of
  * width R/1024, candidates every 16 bins, above the clip (centre - c)^2,
  * below it s^2/12, d = 0 exact). */
+/* Every element of an unsampled tensor is counted once wherever it sits
+ * (the bins are written in chunks and counted apart, four at a time with
+ * tails): ones and one outlier at every position give the same clip at
+ * sizes around the vector width and the chunk (1,024), and it is not the
+ * clip of the ones alone (a dropped outlier would give that). */
+START_TEST(test_mse_positions) {
+  static float x[2100];
+  nbl_q4_config c = cfg4();
+  c.mode = _i ? NBL_Q4_SYMMETRIC : NBL_Q4_AFFINE;
+  c.scale_source = NBL_Q4_SCALE_MSE;
+  const int sizes[] = {1, 2, 3, 5, 15, 16, 17, 31, 33, 47, 63, 65, 1023, 1024, 1025, 1027, 2047, 2049, 2050};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    const int n = sizes[k];
+    for (int i = 0; i < n; i++) x[i] = 1.0f;
+    const float alone = nbl_q4_mse_clip(&c, x, (size_t)n, 0.0f, 64.0f); /* (R = 64 given) */
+    float first = 0.0f;
+    for (int p = 0; p < n; p++) {
+      x[p] = 64.0f;
+      const float got = nbl_q4_mse_clip(&c, x, (size_t)n, 0.0f, 64.0f);
+      x[p] = 1.0f;
+      if (p == 0) first = got;
+      ck_assert_msg(got == first, "n %d: outlier at %d: clip %g, at 0: %g", n, p, got, first);
+    }
+    ck_assert_msg(n == 1 || first != alone, "n %d: clip %g with the outlier, %g without", n, first, alone);
+  }
+}
+END_TEST
+
 START_TEST(test_mse_clip) {
   enum { N = 15002 };
   static float x[N], y[N];
@@ -754,6 +782,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_all_zero_outlier_nan);
   tcase_add_test(tc, test_nan_inf);
   tcase_add_test(tc, test_sawb);
+  tcase_add_loop_test(tc, test_mse_positions, 0, 2);
   tcase_add_test(tc, test_mse_clip);
   tcase_add_test(tc, test_mse_kernel);
   tcase_add_test(tc, test_stochastic_unbiased);
