@@ -358,14 +358,13 @@ static int16_t *handed_q(const handed *h, int64_t n) {
  * other paths run (nbl_i4b_conv_grad). dY is taken as codes (int16, made in
  * one sweep, they stay in cache for the packing; or the QuantizeLog's int8
  * codes, through their table). */
-static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_rt_tensor *X, float sx,
-                                 const int8_t *xk, int xz, const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw,
-                                 int *done) {
+static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const float *xf, float sx, const int8_t *xk,
+                                 int xz, const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
   const int64_t nw = g->M * (g->C / g->group) * g->k_sz;
   int64_t *dw64 = calloc((size_t)(nw ? nw : 1), sizeof(int64_t));
   if (!dw64) return NBL_ERR_OUT_OF_MEMORY;
-  const int xfl = X->dtype == NBL_DT_FLOAT; /* (else X is its codes: no floats) */
-  nbl_i4b_src sxf = {.f = xfl ? X->data : NULL, .c8 = xk, .zero = xz, .unit = sx};
+  const int xfl = xf != NULL; /* (else only X's codes) */
+  nbl_i4b_src sxf = {.f = xf, .c8 = xk, .zero = xz, .unit = sx};
   nbl_status st = nbl_i4b_amx_conv_dw(c, g, sdy, &sxf, dw64, done);
   if (!st && !*done && xk && xfl) { /* a code the tiles declined (a non-finite mark): the floats decide */
     sxf.c8 = NULL;
@@ -376,6 +375,44 @@ static nbl_status conv_dw_floats(nbl_kctx *c, const nbl_conv_geom *g, const nbl_
     for (int64_t i = 0; i < nw; i++) dw[i] = (float)((double)dw64[i] * s);
   }
   free(dw64);
+  return st;
+}
+
+/* A 1x1 layer with strides > 1 and no pads (a ResNet shortcut) reads X
+ * only at the strides: its dW is that of the stride-1 layer over X's codes
+ * at those pixels, which the AMX tiles take (they decline a kernel smaller
+ * than its stride). 1 when g is such a layer of 2-D, one group. */
+static int pointwise_strided(const nbl_conv_geom *g) {
+  int strided = 0;
+  if (g->ns != 2 || g->group != 1) return 0;
+  for (int i = 0; i < 2; i++) {
+    if (g->k[i] != 1 || g->pb[i] || g->pe[i]) return 0;
+    strided |= g->s[i] > 1;
+  }
+  return strided;
+}
+
+/* dW of such a layer on the tiles from X's codes taken at the strides
+ * (*done 0: declined, nothing written). */
+static nbl_status conv_dw_pointwise(nbl_kctx *c, const nbl_conv_geom *g, float sx, const int8_t *xk, int xz,
+                                    const nbl_i4b_src *sdy, nbl_i4b_grid gdy, float *dw, int *done) {
+  nbl_conv_geom g1 = *g;
+  for (int i = 0; i < 2; i++) g1.s[i] = 1, g1.d[i] = 1, g1.in[i] = g->out[i];
+  g1.in_sz = g->out_sz;
+  *done = 0;
+  if (!nbl_i4b_amx_dw_fits(&g1)) return NBL_OK;
+  const int64_t OH = g->out[0], OW = g->out[1], H = g->in[0], W = g->in[1], planes = g->N * g->C;
+  const int64_t nxs = planes * g1.in_sz;
+  int8_t *xs = malloc((size_t)(nxs > 0 ? nxs : 1));
+  if (!xs) return NBL_ERR_OUT_OF_MEMORY;
+  for (int64_t p = 0; p < planes; p++)
+    for (int64_t oh = 0; oh < OH; oh++) {
+      const int8_t *src = xk + (p * H + oh * g->s[0]) * W;
+      int8_t *d = xs + (p * OH + oh) * OW;
+      for (int64_t ow = 0; ow < OW; ow++) d[ow] = src[ow * g->s[1]];
+    }
+  nbl_status st = conv_dw_floats(c, &g1, NULL, sx, xs, xz, sdy, gdy, dw, done);
+  free(xs);
   return st;
 }
 
@@ -417,7 +454,10 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_i4b_src sdy = hand ? (nbl_i4b_src){.k8 = h.k8, .t16 = h.t16, .maxabs = gdy.maxabs}
                                : (nbl_i4b_src){.q = dyq, .maxabs = gdy.maxabs};
   const int empty = g.N == 0 || g.out_sz == 0 || g.C == 0 || g.M == 0 || g.k_sz == 0;
-  const int fdw = ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g);
+  /* dW on the tiles: from X's floats or codes, or for a strided 1x1 layer
+   * from its codes at the strides */
+  const int pws = ok && wdw && !empty && nbl_i4b_amx_on(isa) && xk && have[0] && pointwise_strided(&g);
+  const int fdw = pws || (ok && wdw && !empty && nbl_i4b_amx_on(isa) && nbl_i4b_amx_dw_fits(&g));
   /* dW off the tiles with X's codes handed over: int16 codes straight from
    * them (the codes the floats give, nbl_i4b_codes_int8), no floats made */
   int xhand = 0;
@@ -446,7 +486,8 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     if (!st && wdb && !(st = nbl_kctx_alloc_out(c, 2, NBL_DT_FLOAT, 1, &g.M))) out.db = nbl_kctx_out(c, 2)->data;
     if (!st && fdw) {
       int done = 0;
-      st = conv_dw_floats(c, &g, X, sc[0], xk, xz, &sdy, gdy, out.dw, &done);
+      st = pws ? conv_dw_pointwise(c, &g, sc[0], xk, xz, &sdy, gdy, out.dw, &done)
+               : conv_dw_floats(c, &g, xfl ? X->data : NULL, sc[0], xk, xz, &sdy, gdy, out.dw, &done);
       if (!st && done) {
         out.dw = NULL; /* dW done */
       } else if (!st && !xfl) { /* the tiles declined X's codes: its floats, made from them */
