@@ -455,6 +455,35 @@ float nbl_q4_value8(float s, int z, int8_t q) {
   return s * (float)(q - z);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* nbl_q4_values8 16 at a time: the same float product, the marks' values
+ * blended in; returns where the scalar loop takes over */
+__attribute__((target("avx512f"))) static size_t values8_avx512(float s, int z, const int8_t *q, float *y,
+                                                                size_t n) {
+  const __m512 vs = _mm512_set1_ps(s), nan = _mm512_set1_ps(NAN), pinf = _mm512_set1_ps(INFINITY);
+  const __m512i vz = _mm512_set1_epi32(z), mnan = _mm512_set1_epi32(NBL_Q4_CODE8_NAN),
+                mp = _mm512_set1_epi32(NBL_Q4_CODE8_PINF), mn = _mm512_set1_epi32(NBL_Q4_CODE8_NINF);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i c = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+    __m512 v = _mm512_mul_ps(vs, _mm512_cvtepi32_ps(_mm512_sub_epi32(c, vz)));
+    v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(c, mnan), nan);
+    v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(c, mp), pinf);
+    v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(c, mn), _mm512_sub_ps(_mm512_setzero_ps(), pinf));
+    _mm512_storeu_ps(y + i, v);
+  }
+  return i;
+}
+#endif
+
+void nbl_q4_values8(float s, int z, const int8_t *q, float *y, size_t n) {
+  size_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx512f")) i = values8_avx512(s, z, q, y, n);
+#endif
+  for (; i < n; i++) y[i] = nbl_q4_value8(s, z, q[i]);
+}
+
 void nbl_q4_pack(const int8_t *q, size_t n, uint8_t *dst) {
   for (size_t i = 0; i < n; i += 2) {
     uint8_t lo = (uint8_t)q[i] & 0x0F;

@@ -205,6 +205,8 @@ void nbl_q4_codes8(const nbl_q4_config *cfg, const nbl_q4_params *p, const float
 /* The value of codes-output code q under scale s and zero point z: Y's
  * element, s * (q - z) (+0 for q == z), or the NaN / +-Inf of a mark. */
 float nbl_q4_value8(float s, int z, int8_t q);
+/* y[i] = nbl_q4_value8(s, z, q[i]) for i < n (vectorized; the same floats). */
+void nbl_q4_values8(float s, int z, const int8_t *q, float *y, size_t n);
 
 /* Pack n signed 4-bit codes (each in [-8, 7]) two per byte, low nibble first
  * (element 2i in bits 0..3 of byte i, element 2i+1 in bits 4..7); an odd

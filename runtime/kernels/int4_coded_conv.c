@@ -465,7 +465,7 @@ nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, con
   if (!st && !*off_grid && !done && !x) {
     const int64_t nx = g->N * g->C * g->in_sz;
     if (!(xbuf = malloc(sizeof(float) * (size_t)(nx ? nx : 1)))) st = NBL_ERR_OUT_OF_MEMORY;
-    for (int64_t i = 0; !st && i < nx; i++) xbuf[i] = nbl_q4_value8(sx, xz, xk[i]);
+    if (!st) nbl_q4_values8(sx, xz, xk, xbuf, (size_t)nx);
     x = xbuf;
   }
   if (!st && !*off_grid && !done && small_k_fits(g))

@@ -246,7 +246,7 @@ static nbl_status with_x_decoded(nbl_kctx *c, int xi, int ic, nbl_kernel_fn fn) 
   memset(&d, 0, sizeof d);
   if (nbl_rt_tensor_alloc(&d, NBL_DT_FLOAT, k->rank, k->dims)) return grad_oom(c);
   float *v = d.data;
-  for (int64_t i = 0; i < k->numel; i++) v[i] = nbl_q4_value8(scale, zero, codes[i]);
+  nbl_q4_values8(scale, zero, codes, v, (size_t)k->numel);
   const nbl_rt_tensor *ins[NBL_KCTX_MIN_IN] = {0};
   for (int i = 0; i < c->n_in && i < NBL_KCTX_MIN_IN; i++) ins[i] = c->in[i];
   ins[xi] = &d;

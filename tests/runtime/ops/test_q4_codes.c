@@ -48,6 +48,31 @@ START_TEST(test_codes8_by_hand) {
 }
 END_TEST
 
+/* nbl_q4_values8 (the vector decode X's floats are rebuilt with where a
+ * product needs them) gives nbl_q4_value8's floats bit for bit: every code,
+ * zero points at both ends, scales whose products round, lengths around
+ * the vector width. */
+START_TEST(test_values8) {
+  int8_t q[300];
+  float y[300];
+  const float scales[3] = {0.25f, 0.1f, 3.3e-5f};
+  const int zeros[3] = {0, -8, 15};
+  for (int i = 0; i < 300; i++) q[i] = (int8_t)(i * 7 + 3);
+  for (int si = 0; si < 3; si++)
+    for (int zi = 0; zi < 3; zi++)
+      for (size_t n = 0; n <= 300; n += n < 40 ? 1 : 37) {
+        memset(y, 0, sizeof y);
+        nbl_q4_values8(scales[si], zeros[zi], q, y, n);
+        for (size_t i = 0; i < n; i++) {
+          const float want = nbl_q4_value8(scales[si], zeros[zi], q[i]);
+          ck_assert_msg(isnan(want) ? isnan(y[i]) : memcmp(&want, &y[i], 4) == 0, "code %d: %g, want %g", q[i], y[i],
+                        want);
+        }
+        for (size_t i = n; i < 300; i++) ck_assert(y[i] == 0.0f); /* nothing past n */
+      }
+}
+END_TEST
+
 typedef struct qmode {
   const char *mode, *source;
   int bits;
@@ -149,6 +174,7 @@ int main(void) {
   TCase *tc = tcase_create("codes");
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_codes8_by_hand);
+  tcase_add_test(tc, test_values8);
   tcase_add_test(tc, test_op_codes);
   tcase_add_test(tc, test_codes_refused);
   suite_add_tcase(s, tc);
