@@ -60,16 +60,17 @@ START_TEST(test_values8) {
   for (int i = 0; i < 300; i++) q[i] = (int8_t)(i * 7 + 3);
   for (int si = 0; si < 3; si++)
     for (int zi = 0; zi < 3; zi++)
-      for (size_t n = 0; n <= 300; n += n < 40 ? 1 : 37) {
-        memset(y, 0, sizeof y);
-        nbl_q4_values8(scales[si], zeros[zi], q, y, n);
-        for (size_t i = 0; i < n; i++) {
-          const float want = nbl_q4_value8(scales[si], zeros[zi], q[i]);
-          ck_assert_msg(isnan(want) ? isnan(y[i]) : memcmp(&want, &y[i], 4) == 0, "code %d: %g, want %g", q[i], y[i],
-                        want);
+      for (size_t off = 0; off < 16; off++) /* (every code in every lane) */
+        for (size_t n = 0; n <= 284; n += n < 40 ? 1 : 61) {
+          memset(y, 0, sizeof y);
+          nbl_q4_values8(scales[si], zeros[zi], q + off, y, n);
+          for (size_t i = 0; i < n; i++) {
+            const float want = nbl_q4_value8(scales[si], zeros[zi], q[off + i]);
+            ck_assert_msg(isnan(want) ? isnan(y[i]) : memcmp(&want, &y[i], 4) == 0, "code %d: %g, want %g",
+                          q[off + i], y[i], want);
+          }
+          for (size_t i = n; i < 300; i++) ck_assert(y[i] == 0.0f); /* nothing past n */
         }
-        for (size_t i = n; i < 300; i++) ck_assert(y[i] == 0.0f); /* nothing past n */
-      }
 }
 END_TEST
 
