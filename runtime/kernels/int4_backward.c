@@ -319,18 +319,22 @@ int nbl_i4b_codes_pow2(nbl_i4b_isa isa, const float *x, int64_t n, int16_t *q, n
 }
 
 #if I4B_X86
-/* nbl_i4b_codes_log's 32 codes at a time: the table lookup by vpermw */
-__attribute__((target("avx512f,avx512bw"))) static int64_t log_codes_512(const int8_t *codes, int64_t n, int L,
-                                                                          const int16_t *t16, int16_t *q,
-                                                                          int32_t *mx, int *bad) {
-  const __m512i tab = _mm512_loadu_si512(t16), off = _mm512_set1_epi16(16), lim = _mm512_set1_epi16((short)L);
+/* int8 codes to int16, 32 at a time: the integer of each code by table
+ * lookup (vpermw over t16, indexed by code + 16: nbl_i4b_codes_log), or
+ * without a table the code minus z (nbl_i4b_codes_int8); *bad set when a
+ * |code| is past lim, *mx the largest |integer|. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t codes8_512(const int8_t *codes, int64_t n, int lim,
+                                                                       const int16_t *t16, int z, int16_t *q,
+                                                                       int32_t *mx, int *bad) {
+  const __m512i tab = t16 ? _mm512_loadu_si512(t16) : _mm512_setzero_si512(), off = _mm512_set1_epi16(16);
+  const __m512i vlim = _mm512_set1_epi16((short)lim), vz = _mm512_set1_epi16((short)z);
   __m512i m = _mm512_setzero_si512();
   __mmask32 b = 0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     const __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(codes + i)));
-    b |= _mm512_cmpgt_epi16_mask(_mm512_abs_epi16(c), lim);
-    const __m512i v = _mm512_permutexvar_epi16(_mm512_add_epi16(c, off), tab);
+    b |= _mm512_cmpgt_epi16_mask(_mm512_abs_epi16(c), vlim);
+    const __m512i v = t16 ? _mm512_permutexvar_epi16(_mm512_add_epi16(c, off), tab) : _mm512_sub_epi16(c, vz);
     m = _mm512_max_epi16(m, _mm512_abs_epi16(v));
     _mm512_storeu_si512(q + i, v);
   }
@@ -394,7 +398,7 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
     return 0;
   }
 #if I4B_X86
-  if (isa == NBL_I4B_AVX512) i = log_codes_512(codes, n, L, t16, q, &mx, &bad);
+  if (isa == NBL_I4B_AVX512) i = codes8_512(codes, n, L, t16, 0, q, &mx, &bad);
 #endif
   for (; i < n; i++) {
     const int c = codes[i];
@@ -408,29 +412,6 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
   return 0;
 }
 
-#if I4B_X86
-/* nbl_i4b_codes_int8's 32 codes at a time */
-__attribute__((target("avx512f,avx512bw"))) static int64_t int8_codes_512(const int8_t *codes, int64_t n, int zero,
-                                                                           int16_t *q, int32_t *mx, int *bad) {
-  const __m512i z = _mm512_set1_epi16((short)zero), lim = _mm512_set1_epi16(126);
-  __m512i m = _mm512_setzero_si512();
-  __mmask32 b = 0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(codes + i)));
-    b |= _mm512_cmpgt_epi16_mask(_mm512_abs_epi16(c), lim);
-    const __m512i v = _mm512_sub_epi16(c, z);
-    m = _mm512_max_epi16(m, _mm512_abs_epi16(v));
-    _mm512_storeu_si512(q + i, v);
-  }
-  int16_t t[32];
-  _mm512_storeu_si512(t, m);
-  for (int k = 0; k < 32; k++) *mx = t[k] > *mx ? t[k] : *mx;
-  *bad |= b != 0;
-  return i;
-}
-#endif
-
 int nbl_i4b_codes_int8(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int zero, int16_t *q, int32_t *maxabs) {
   if (zero < -128 || zero > 127) return -1;
   isa = usable(isa);
@@ -438,7 +419,7 @@ int nbl_i4b_codes_int8(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int zero
   int bad = 0;
   int64_t i = 0;
 #if I4B_X86
-  if (isa == NBL_I4B_AVX512) i = int8_codes_512(codes, n, zero, q, &mx, &bad);
+  if (isa == NBL_I4B_AVX512) i = codes8_512(codes, n, 126, NULL, zero, q, &mx, &bad);
 #endif
   for (; i < n; i++) {
     const int c = codes[i], v = c - zero, a = v < 0 ? -v : v;
