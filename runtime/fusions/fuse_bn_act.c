@@ -216,33 +216,38 @@ nbl_status nbl_fuse_bn_act_plan(const nbl_fusion_env *env, nbl_id *order, int *n
 
 typedef struct ba_job {
   nbl_kctx *c;
-  int64_t N, C, sp;
+  int64_t N, C, sp, blk;
   double eps, mom;
   const float *x, *scale, *bias, *mean_in, *var_in, *res;
   float *v; /* the Relu output */
   float *run_mean, *run_var, *saved_mean, *saved_inv;
-  float *lo, *hi; /* per channel: the minimum and maximum of its Relu outputs */
-  unsigned char *bad; /* per channel: 1 when one is NaN or Inf */
+  float *lo, *hi; /* per block of channels (nbl_bn_block): the minimum and maximum of its Relu outputs */
+  unsigned char *bad; /* per block: 1 when one is NaN or Inf */
 } ba_job;
 
 static void ba_run(void *arg, int64_t b, int64_t e) {
   const ba_job *j = arg;
   int64_t N = j->N, C = j->C, sp = j->sp;
-  for (int64_t ch = b; ch < e; ch++) {
-    double mean, var;
-    nbl_bn_stats_f32_channel(j->x, N, C, sp, ch, &mean, &var);
-    float fa, fb;
-    double inv = nbl_bn_affine_f32(mean, var, j->eps, j->scale[ch], j->bias[ch], &fa, &fb);
+  for (int64_t it = b; it < e; it++) {
+    const int64_t c0 = it * j->blk, c1 = c0 + j->blk < C ? c0 + j->blk : C;
+    double mean[NBL_BN_BLOCK_MAX], var[NBL_BN_BLOCK_MAX], inv[NBL_BN_BLOCK_MAX];
+    float fa[NBL_BN_BLOCK_MAX], fb[NBL_BN_BLOCK_MAX];
+    nbl_bn_stats_f32_block(j->x, N, C, sp, c0, c1, mean, var);
+    for (int64_t ch = c0; ch < c1; ch++)
+      inv[ch - c0] = nbl_bn_affine_f32(mean[ch - c0], var[ch - c0], j->eps, j->scale[ch], j->bias[ch], &fa[ch - c0],
+                                       &fb[ch - c0]);
     float rg[2] = {INFINITY, -INFINITY};
-    int bad = nbl_bn_apply_relu_f32(j->v, j->x, j->res, N, C, sp, ch, fa, fb, rg);
-    j->lo[ch] = rg[0];
-    j->hi[ch] = rg[1];
-    j->bad[ch] = (unsigned char)bad;
-    /* BatchNormInternal's other outputs, as its kernel writes them (float) */
-    if (j->run_mean) j->run_mean[ch] = (float)(j->mean_in[ch] * j->mom + mean * (1 - j->mom));
-    if (j->run_var) j->run_var[ch] = (float)(j->var_in[ch] * j->mom + var * (1 - j->mom));
-    if (j->saved_mean) j->saved_mean[ch] = (float)mean;
-    if (j->saved_inv) j->saved_inv[ch] = (float)inv;
+    int bad = nbl_bn_apply_relu_f32_block(j->v, j->x, j->res, N, C, sp, c0, c1, fa, fb, rg);
+    j->lo[it] = rg[0];
+    j->hi[it] = rg[1];
+    j->bad[it] = (unsigned char)bad;
+    for (int64_t ch = c0; ch < c1; ch++) { /* BatchNormInternal's other outputs, as its kernel writes them (float) */
+      const double mu = mean[ch - c0], va = var[ch - c0];
+      if (j->run_mean) j->run_mean[ch] = (float)(j->mean_in[ch] * j->mom + mu * (1 - j->mom));
+      if (j->run_var) j->run_var[ch] = (float)(j->var_in[ch] * j->mom + va * (1 - j->mom));
+      if (j->saved_mean) j->saved_mean[ch] = (float)mu;
+      if (j->saved_inv) j->saved_inv[ch] = (float)inv[ch - c0];
+    }
   }
 }
 
@@ -287,7 +292,9 @@ static nbl_status k_bn_act_fused(nbl_kctx *c) {
       if ((st = nbl_kctx_alloc_out(c, 4 + k, NBL_DT_FLOAT, 1, &C))) return st;
       *side[k] = nbl_kctx_out(c, 4 + k)->data;
     }
-  size_t nc = (size_t)(C > 0 ? C : 1);
+  j.blk = nbl_bn_block(C, sp, c->threads);
+  const int64_t nblk = C > 0 ? (C + j.blk - 1) / j.blk : 0;
+  size_t nc = (size_t)(nblk > 0 ? nblk : 1);
   j.lo = malloc(sizeof(float) * nc);
   j.hi = malloc(sizeof(float) * nc);
   j.bad = malloc(nc);
@@ -297,10 +304,10 @@ static nbl_status k_bn_act_fused(nbl_kctx *c) {
     free(j.bad);
     return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  nbl_parallel_for(c, C, 1, ba_run, &j);
+  nbl_parallel_for(c, nblk, 1, ba_run, &j);
   float range[2] = {INFINITY, -INFINITY};
   int bad = 0;
-  for (int64_t ch = 0; ch < C; ch++) {
+  for (int64_t ch = 0; ch < nblk; ch++) {
     bad |= j.bad[ch];
     range[0] = j.lo[ch] < range[0] ? j.lo[ch] : range[0];
     range[1] = j.hi[ch] > range[1] ? j.hi[ch] : range[1];

@@ -284,7 +284,8 @@ typedef struct bg_job {
   nbl_q4_config cfg;
   nbl_q4_params p;
   float lo, hi; /* the STE passes exactly lo <= v <= hi (nbl_q4t_ste_bounds) */
-  float *cmax;            /* per channel: max |dX| over its finite elements (NULL: not needed) */
+  float *cmax;            /* per block of channels: max |dX| over its finite elements (NULL: not needed) */
+  int64_t blk;            /* channels per block (nbl_bn_block) */
 } bg_job;
 
 #if defined(__x86_64__)
@@ -372,19 +373,25 @@ static void bg_before(void *arg, int64_t at, int64_t n) {
   make_g(j, at, n);
 }
 
-/* One channel through BatchNormalizationGrad's kernel, g made plane by plane
- * just before it is summed (from L1) and max |dX| taken as dX is written. */
+/* A block of channels (nbl_bn_block) through BatchNormalizationGrad's
+ * kernel, g made plane by plane just before it is summed (from L1) and max
+ * |dX| taken as dX is written. */
 static void bg_run(void *arg, int64_t b, int64_t e) {
   const bg_job *j = arg;
-  for (int64_t ch = b; ch < e; ch++) {
+  for (int64_t it = b; it < e; it++) {
+    const int64_t c0 = it * j->blk, c1 = c0 + j->blk < j->C ? c0 + j->blk : j->C;
     float m = 0.0f;
     nbl_bn_grad_hooks h = {bg_before, (void *)j, j->cmax ? &m : NULL};
-    double sg, sgx;
-    nbl_bn_grad_f32_channel(j->g, j->x, j->dx, j->N, j->C, j->sp, ch, j->mean[ch], j->inv[ch], j->scale[ch], &sg,
-                            &sgx, &h);
-    if (j->dscale) j->dscale[ch] = (float)sgx;
-    if (j->dbias) j->dbias[ch] = (float)sg;
-    if (j->cmax) j->cmax[ch] = m;
+    double mean[NBL_BN_BLOCK_MAX], inv[NBL_BN_BLOCK_MAX], scale[NBL_BN_BLOCK_MAX], sg[NBL_BN_BLOCK_MAX],
+        sgx[NBL_BN_BLOCK_MAX];
+    for (int64_t ch = c0; ch < c1; ch++)
+      mean[ch - c0] = j->mean[ch], inv[ch - c0] = j->inv[ch], scale[ch - c0] = j->scale[ch];
+    nbl_bn_grad_f32_block(j->g, j->x, j->dx, j->N, j->C, j->sp, c0, c1, mean, inv, scale, sg, sgx, &h);
+    for (int64_t ch = c0; ch < c1; ch++) {
+      if (j->dscale) j->dscale[ch] = (float)sgx[ch - c0];
+      if (j->dbias) j->dbias[ch] = (float)sg[ch - c0];
+    }
+    if (j->cmax) j->cmax[it] = m;
   }
 }
 
@@ -510,14 +517,16 @@ static nbl_status k_bn_grad_fused(nbl_kctx *c) {
     j.d1 = NULL;
   }
   const bg_fused *f = (const bg_fused *)c->node;
+  j.blk = nbl_bn_block(C, sp, c->threads);
+  const int64_t nblk = C > 0 ? (C + j.blk - 1) / j.blk : 0;
   if (f->logs[0]) {
-    j.cmax = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+    j.cmax = malloc(sizeof(float) * (size_t)(nblk > 0 ? nblk : 1));
     if (!j.cmax) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   }
-  nbl_parallel_for(c, C, 1, bg_run, &j);
+  nbl_parallel_for(c, nblk, 1, bg_run, &j);
   if (!f->logs[0]) return NBL_OK;
-  float m = 0.0f; /* max |dX| over the finite elements: the channels' maximum */
-  for (int64_t ch = 0; ch < C; ch++) m = j.cmax[ch] > m ? j.cmax[ch] : m;
+  float m = 0.0f; /* max |dX| over the finite elements: the blocks' maximum */
+  for (int64_t ch = 0; ch < nblk; ch++) m = j.cmax[ch] > m ? j.cmax[ch] : m;
   free(j.cmax);
   return nbl_fuse_log_pair_run(c, f->logs, nbl_kctx_out(c, 0), m, 4);
 }

@@ -105,93 +105,112 @@ static nbl_status bn_inputs(nbl_kctx *c, const nbl_rt_tensor *X, int first, int 
   } while (0)
 
 /* a[l] += x - k, b[l] += (x - k)^2 (stats, g NULL) or a[l] += g, b[l] +=
- * g (x - k) (grad) over the planes of channel ch, h->before run on each
- * plane first */
+ * g (x - k) (grad) over the planes of channels [c0, c1) (sums s[c - c0],
+ * about k[c - c0]), h->before run on each plane first. The planes go in
+ * the order n, then c (bn_block): each channel's planes in plane order,
+ * so the sums do not depend on the block. With one channel a block, the
+ * plane nbl_bn_ahead is fetched while one is summed. */
 __attribute__((target("avx512f"))) static void acc_avx512(nbl_bn_acc *s, const float *g, const float *x,
-                                                         int64_t N, int64_t C, int64_t sp, int64_t ch, double k,
-                                                         const nbl_bn_grad_hooks *h) {
-  __m512d a0 = _mm512_loadu_pd(s->a), a1 = _mm512_loadu_pd(s->a + 8);
-  __m512d b0 = _mm512_loadu_pd(s->b), b1 = _mm512_loadu_pd(s->b + 8), vk = _mm512_set1_pd(k);
-  int pre_g = g && !(h && h->before); /* g of the planes ahead is there already: fetch it too */
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp, next = nbl_bn_ahead(n, N, C, sp); /* fetched while this one is summed */
-    if (h && h->before) h->before(h->arg, o, sp);
-    const float *xp = x + o, *gp = g ? g + o : NULL;
-    int64_t i = 0;
-    for (; i + 16 <= sp; i += 16) {
-      _mm_prefetch((const char *)(xp + next + i), _MM_HINT_T0);
-      if (pre_g) _mm_prefetch((const char *)(gp + next + i), _MM_HINT_T0);
-      __m512 xv = _mm512_loadu_ps(xp + i), gv = gp ? _mm512_loadu_ps(gp + i) : xv;
-      ACC512_BLOCK(0xFFFF, xv, gv);
+                                                         int64_t N, int64_t C, int64_t sp, int64_t c0, int64_t c1,
+                                                         const double *kk, const nbl_bn_grad_hooks *h) {
+  const int pre_g = g && !(h && h->before), one = c1 - c0 == 1; /* g of the planes ahead is there already */
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      nbl_bn_acc *sc = s + (ch - c0);
+      __m512d a0 = _mm512_loadu_pd(sc->a), a1 = _mm512_loadu_pd(sc->a + 8);
+      __m512d b0 = _mm512_loadu_pd(sc->b), b1 = _mm512_loadu_pd(sc->b + 8), vk = _mm512_set1_pd(kk[ch - c0]);
+      int64_t o = (n * C + ch) * sp, next = one ? nbl_bn_ahead(n, N, C, sp) : 0;
+      if (h && h->before) h->before(h->arg, o, sp);
+      const float *xp = x + o, *gp = g ? g + o : NULL;
+      int64_t i = 0;
+      for (; i + 16 <= sp; i += 16) {
+        if (next) {
+          _mm_prefetch((const char *)(xp + next + i), _MM_HINT_T0);
+          if (pre_g) _mm_prefetch((const char *)(gp + next + i), _MM_HINT_T0);
+        }
+        __m512 xv = _mm512_loadu_ps(xp + i), gv = gp ? _mm512_loadu_ps(gp + i) : xv;
+        ACC512_BLOCK(0xFFFF, xv, gv);
+      }
+      if (i < sp) {
+        __mmask16 m = (__mmask16)((1u << (sp - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, xp + i), gv = gp ? _mm512_maskz_loadu_ps(m, gp + i) : xv;
+        ACC512_BLOCK(m, xv, gv);
+      }
+      _mm512_storeu_pd(sc->a, a0);
+      _mm512_storeu_pd(sc->a + 8, a1);
+      _mm512_storeu_pd(sc->b, b0);
+      _mm512_storeu_pd(sc->b + 8, b1);
     }
-    if (i < sp) {
-      __mmask16 m = (__mmask16)((1u << (sp - i)) - 1);
-      __m512 xv = _mm512_maskz_loadu_ps(m, xp + i), gv = gp ? _mm512_maskz_loadu_ps(m, gp + i) : xv;
-      ACC512_BLOCK(m, xv, gv);
-    }
-  }
-  _mm512_storeu_pd(s->a, a0);
-  _mm512_storeu_pd(s->a + 8, a1);
-  _mm512_storeu_pd(s->b, b0);
-  _mm512_storeu_pd(s->b + 8, b1);
 }
 #undef ACC512_BLOCK
 
 __attribute__((target("avx2"))) static void acc_avx2(nbl_bn_acc *s, const float *g, const float *x, int64_t N,
-                                                    int64_t C, int64_t sp, int64_t ch, double k,
+                                                    int64_t C, int64_t sp, int64_t c0, int64_t c1, const double *kk,
                                                     const nbl_bn_grad_hooks *h) {
-  __m256d a[4], b[4], vk = _mm256_set1_pd(k);
-  for (int q = 0; q < 4; q++) a[q] = _mm256_loadu_pd(s->a + 4 * q), b[q] = _mm256_loadu_pd(s->b + 4 * q);
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
-    if (h && h->before) h->before(h->arg, o, sp);
-    const float *xp = x + o, *gp = g ? g + o : NULL;
-    for (int64_t i = 0; i < sp; i += 16)
-      for (int q = 0; q < 4; q++) {
-        int64_t r = sp - i - 4 * q; /* elements left from this quarter on */
-        if (r <= 0) break;
-        __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(r > 4 ? 4 : (int)r), _mm_setr_epi32(0, 1, 2, 3));
-        __m256d xv = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(xp + i + 4 * q, m)), vk);
-        __m256d t = gp ? _mm256_cvtps_pd(_mm_maskload_ps(gp + i + 4 * q, m)) : xv;
-        __m256d md = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m));
-        a[q] = _mm256_blendv_pd(a[q], _mm256_add_pd(a[q], t), md);
-        b[q] = _mm256_blendv_pd(b[q], _mm256_add_pd(b[q], _mm256_mul_pd(t, xv)), md);
-      }
-  }
-  for (int q = 0; q < 4; q++) _mm256_storeu_pd(s->a + 4 * q, a[q]), _mm256_storeu_pd(s->b + 4 * q, b[q]);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      nbl_bn_acc *sc = s + (ch - c0);
+      __m256d a[4], b[4], vk = _mm256_set1_pd(kk[ch - c0]);
+      for (int q = 0; q < 4; q++) a[q] = _mm256_loadu_pd(sc->a + 4 * q), b[q] = _mm256_loadu_pd(sc->b + 4 * q);
+      int64_t o = (n * C + ch) * sp;
+      if (h && h->before) h->before(h->arg, o, sp);
+      const float *xp = x + o, *gp = g ? g + o : NULL;
+      for (int64_t i = 0; i < sp; i += 16)
+        for (int q = 0; q < 4; q++) {
+          int64_t r = sp - i - 4 * q; /* elements left from this quarter on */
+          if (r <= 0) break;
+          __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(r > 4 ? 4 : (int)r), _mm_setr_epi32(0, 1, 2, 3));
+          __m256d xv = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(xp + i + 4 * q, m)), vk);
+          __m256d t = gp ? _mm256_cvtps_pd(_mm_maskload_ps(gp + i + 4 * q, m)) : xv;
+          __m256d md = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m));
+          a[q] = _mm256_blendv_pd(a[q], _mm256_add_pd(a[q], t), md);
+          b[q] = _mm256_blendv_pd(b[q], _mm256_add_pd(b[q], _mm256_mul_pd(t, xv)), md);
+        }
+      for (int q = 0; q < 4; q++) _mm256_storeu_pd(sc->a + 4 * q, a[q]), _mm256_storeu_pd(sc->b + 4 * q, b[q]);
+    }
 }
 #endif
 
-static void bn_acc(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch,
-                   double k, const nbl_bn_grad_hooks *h) {
+static void bn_acc(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t c0,
+                   int64_t c1, const double *kk, const nbl_bn_grad_hooks *h) {
 #if defined(__x86_64__)
   if (nbl_cpu_has(NBL_CPU_AVX512F)) {
-    acc_avx512(s, g, x, N, C, sp, ch, k, h);
+    acc_avx512(s, g, x, N, C, sp, c0, c1, kk, h);
     return;
   }
   if (nbl_cpu_has(NBL_CPU_AVX2)) {
-    acc_avx2(s, g, x, N, C, sp, ch, k, h);
+    acc_avx2(s, g, x, N, C, sp, c0, c1, kk, h);
     return;
   }
 #endif
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
-    if (h && h->before) h->before(h->arg, o, sp);
-    for (int64_t i = 0; i < sp; i++) { /* lane i % 16, the same operations */
-      double d = (double)x[o + i] - k, t = g ? (double)g[o + i] : d;
-      s->a[i & 15] += t;
-      s->b[i & 15] += t * d;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      int64_t o = (n * C + ch) * sp;
+      nbl_bn_acc *sc = s + (ch - c0);
+      if (h && h->before) h->before(h->arg, o, sp);
+      for (int64_t i = 0; i < sp; i++) { /* lane i % 16, the same operations */
+        double d = (double)x[o + i] - kk[ch - c0], t = g ? (double)g[o + i] : d;
+        sc->a[i & 15] += t;
+        sc->b[i & 15] += t * d;
+      }
     }
-  }
 }
 
 void nbl_bn_acc_stats(nbl_bn_acc *s, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double k) {
-  bn_acc(s, NULL, x, N, C, sp, ch, k, NULL);
+  bn_acc(s, NULL, x, N, C, sp, ch, ch + 1, &k, NULL);
 }
 
 void nbl_bn_acc_grad(nbl_bn_acc *s, const float *g, const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch,
                      double mean, const nbl_bn_grad_hooks *h) {
-  bn_acc(s, g, x, N, C, sp, ch, mean, h);
+  bn_acc(s, g, x, N, C, sp, ch, ch + 1, &mean, h);
+}
+
+int64_t nbl_bn_block(int64_t C, int64_t sp, int threads) {
+  if (C <= 0 || sp >= NBL_BN_BLOCK_PLANE) return 1;
+  int64_t b = (NBL_BN_BLOCK_PLANE + sp - 1) / sp, per = (C + (threads > 1 ? threads : 1) - 1) / (threads > 1 ? threads : 1);
+  b = b > NBL_BN_BLOCK_MAX ? NBL_BN_BLOCK_MAX : b;
+  b = b > per ? per : b;
+  return b < 1 ? 1 : b;
 }
 
 double nbl_bn_acc_total(const double lanes[16]) {
@@ -242,28 +261,30 @@ __attribute__((target("avx"))) static void bn_dx_avx(float *d, const float *g, c
 }
 
 /* The same with 16 lanes (AVX-512F), the same operations per element, over
- * the whole channel (its N planes, plane n at (n C + ch) sp) at once: the
- * planes' last partial blocks masked, the max kept in a register. */
-__attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, float a, float b,
-                                                            float off, int64_t N, int64_t C, int64_t sp, int64_t ch,
-                                                            float *m) {
-  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vo = _mm512_set1_ps(off);
+ * the planes of channels [c0, c1) (their coefficients at [c - c0]) at
+ * once: the planes' last partial blocks masked, the max kept in a
+ * register. */
+__attribute__((target("avx512f"))) static void bn_dx_avx512(float *d, const float *g, const float *x, const float *fa,
+                                                            const float *fb, const float *fo, int64_t N, int64_t C,
+                                                            int64_t sp, int64_t c0, int64_t c1, float *m) {
   const __m512 inf = _mm512_set1_ps(INFINITY);
   __m512 mx = _mm512_setzero_ps();
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
-    for (int64_t i = o; i < o + sp; i += 16) {
-      __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
-      __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_maskz_loadu_ps(k, g + i)),
-                               _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, x + i)));
-      t = _mm512_add_ps(t, vo);
-      _mm512_mask_storeu_ps(d + i, k, t);
-      if (m) {
-        __m512 u = _mm512_abs_ps(t);
-        mx = _mm512_mask_max_ps(mx, k & _mm512_cmp_ps_mask(u, inf, _CMP_LT_OQ), mx, u);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      __m512 va = _mm512_set1_ps(fa[ch - c0]), vb = _mm512_set1_ps(fb[ch - c0]), vo = _mm512_set1_ps(fo[ch - c0]);
+      int64_t o = (n * C + ch) * sp;
+      for (int64_t i = o; i < o + sp; i += 16) {
+        __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
+        __m512 t = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_maskz_loadu_ps(k, g + i)),
+                                 _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, x + i)));
+        t = _mm512_add_ps(t, vo);
+        _mm512_mask_storeu_ps(d + i, k, t);
+        if (m) {
+          __m512 u = _mm512_abs_ps(t);
+          mx = _mm512_mask_max_ps(mx, k & _mm512_cmp_ps_mask(u, inf, _CMP_LT_OQ), mx, u);
+        }
       }
     }
-  }
   if (m) {
     float t = _mm512_reduce_max_ps(mx);
     *m = t > *m ? t : *m;
@@ -307,31 +328,35 @@ static int lanes_range(const float *l, const float *h, const float *k, int w, fl
 }
 
 #if defined(__x86_64__)
-/* The whole channel (its N planes, plane n at (n C + ch) sp) at once: the
+/* The planes of channels [c0, c1) (coefficients at [c - c0]) at once: the
  * planes' last partial blocks masked, the range kept in registers. */
-__attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const float *x, float a, float b,
-                                                             const float *r, int relu, float *rg, int64_t N,
-                                                             int64_t C, int64_t sp, int64_t ch) {
-  __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), z = _mm512_setzero_ps();
+__attribute__((target("avx512f"))) static int bn_apply_avx512(float *y, const float *x, const float *fa,
+                                                             const float *fb, const float *r, int relu, float *rg,
+                                                             int64_t N, int64_t C, int64_t sp, int64_t c0,
+                                                             int64_t c1) {
+  const __m512 z = _mm512_setzero_ps();
   __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY), chk = z;
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp, next = nbl_bn_ahead(n, N, C, sp);
-    for (int64_t i = o; i < o + sp; i += 16) {
-      __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
-      __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), va), vb);
-      if (r) {
-        _mm_prefetch((const char *)(r + i + next), _MM_HINT_T0); /* the residual comes from further away */
-        t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(k, r + i));
-      }
-      if (relu) t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
-      _mm512_mask_storeu_ps(y + i, k, t);
-      if (rg) {
-        chk = _mm512_mask_add_ps(chk, k, chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
-        mn = _mm512_mask_min_ps(mn, k, mn, t);
-        mx = _mm512_mask_max_ps(mx, k, mx, t);
+  const int one = c1 - c0 == 1;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      const __m512 va = _mm512_set1_ps(fa[ch - c0]), vb = _mm512_set1_ps(fb[ch - c0]);
+      int64_t o = (n * C + ch) * sp, next = one ? nbl_bn_ahead(n, N, C, sp) : 0;
+      for (int64_t i = o; i < o + sp; i += 16) {
+        __mmask16 k = o + sp - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o + sp - i)) - 1);
+        __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), va), vb);
+        if (r) {
+          if (next) _mm_prefetch((const char *)(r + i + next), _MM_HINT_T0); /* the residual comes from further away */
+          t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(k, r + i));
+        }
+        if (relu) t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, z, _CMP_LT_OQ), z); /* t < 0 ? 0 : t */
+        _mm512_mask_storeu_ps(y + i, k, t);
+        if (rg) {
+          chk = _mm512_mask_add_ps(chk, k, chk, _mm512_mul_ps(t, z)); /* NaN once an element is NaN or Inf */
+          mn = _mm512_mask_min_ps(mn, k, mn, t);
+          mx = _mm512_mask_max_ps(mx, k, mx, t);
+        }
       }
     }
-  }
   if (!rg) return 0;
   float l[16], h[16], kk[16];
   _mm512_storeu_ps(l, mn);
@@ -365,86 +390,103 @@ __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x,
 }
 #endif
 
-/* The apply sweep over channel ch's N planes (plane n at (n C + ch) sp;
- * r's and y's the same), rg the channel's range. */
-static int bn_apply(float *y, const float *x, float a, float b, const float *r, int relu, float *rg, int64_t N,
-                    int64_t C, int64_t sp, int64_t ch) {
+/* The apply sweep over the planes of channels [c0, c1) (coefficients at
+ * [c - c0]; r's and y's planes where x's are), rg the range over them. */
+static int bn_apply(float *y, const float *x, const float *fa, const float *fb, const float *r, int relu, float *rg,
+                    int64_t N, int64_t C, int64_t sp, int64_t c0, int64_t c1) {
 #if defined(__x86_64__)
-  if (nbl_cpu_has(NBL_CPU_AVX512F)) return bn_apply_avx512(y, x, a, b, r, relu, rg, N, C, sp, ch);
+  if (nbl_cpu_has(NBL_CPU_AVX512F)) return bn_apply_avx512(y, x, fa, fb, r, relu, rg, N, C, sp, c0, c1);
 #endif
   int bad = 0;
   float p[2];
   if (rg) rg[0] = INFINITY, rg[1] = -INFINITY;
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
-    const float *rp = r ? r + o : NULL;
-    float *pp = rg ? p : NULL;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      int64_t o = (n * C + ch) * sp;
+      const float *rp = r ? r + o : NULL;
+      float *pp = rg ? p : NULL, a = fa[ch - c0], b = fb[ch - c0];
 #if defined(__x86_64__)
-    if (nbl_cpu_has(NBL_CPU_AVX)) bad |= bn_apply_avx(y + o, x + o, a, b, rp, relu, pp, sp);
-    else
+      if (nbl_cpu_has(NBL_CPU_AVX)) bad |= bn_apply_avx(y + o, x + o, a, b, rp, relu, pp, sp);
+      else
 #endif
-    {
-      if (pp) p[0] = INFINITY, p[1] = -INFINITY;
-      bad |= bn_apply_tail(y + o, x + o, a, b, rp, relu, pp, 0, sp, 0);
+      {
+        if (pp) p[0] = INFINITY, p[1] = -INFINITY;
+        bad |= bn_apply_tail(y + o, x + o, a, b, rp, relu, pp, 0, sp, 0);
+      }
+      if (rg) {
+        rg[0] = p[0] < rg[0] ? p[0] : rg[0];
+        rg[1] = p[1] > rg[1] ? p[1] : rg[1];
+      }
     }
-    if (rg) {
-      rg[0] = p[0] < rg[0] ? p[0] : rg[0];
-      rg[1] = p[1] > rg[1] ? p[1] : rg[1];
-    }
-  }
   return bad;
 }
 
-/* X_grad of channel ch's N planes (plane n at (n C + ch) sp) */
-static void bn_dx(float *d, const float *g, const float *x, float a, float b, float off, int64_t N, int64_t C,
-                  int64_t sp, int64_t ch, float *m) {
+/* X_grad of the planes of channels [c0, c1) (coefficients at [c - c0]) */
+static void bn_dx(float *d, const float *g, const float *x, const float *fa, const float *fb, const float *fo,
+                  int64_t N, int64_t C, int64_t sp, int64_t c0, int64_t c1, float *m) {
 #if defined(__x86_64__)
   if (nbl_cpu_has(NBL_CPU_AVX512F)) {
-    bn_dx_avx512(d, g, x, a, b, off, N, C, sp, ch, m);
+    bn_dx_avx512(d, g, x, fa, fb, fo, N, C, sp, c0, c1, m);
     return;
   }
 #endif
-  for (int64_t n = 0; n < N; n++) {
-    int64_t o = (n * C + ch) * sp;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t ch = c0; ch < c1; ch++) {
+      int64_t o = (n * C + ch) * sp, j = ch - c0;
 #if defined(__x86_64__)
-    if (nbl_cpu_has(NBL_CPU_AVX)) {
-      bn_dx_avx(d + o, g + o, x + o, a, b, off, sp, m);
-      continue;
-    }
+      if (nbl_cpu_has(NBL_CPU_AVX)) {
+        bn_dx_avx(d + o, g + o, x + o, fa[j], fb[j], fo[j], sp, m);
+        continue;
+      }
 #endif
-    bn_dx_tail(d + o, g + o, x + o, a, b, off, 0, sp, m);
-  }
+      bn_dx_tail(d + o, g + o, x + o, fa[j], fb[j], fo[j], 0, sp, m);
+    }
 }
 
-/* The fast kernels' work, one channel per item (nbl_parallel_for). */
+/* The fast kernels' work, one block of channels per item (nbl_bn_block,
+ * nbl_parallel_for). */
 typedef struct bn_task {
   nbl_kctx *c;
-  int64_t N, C, sp;
+  int64_t N, C, sp, blk;
   int training;
   double eps, mom;
   const float *x, *g; /* X; dY (gradient) */
   float *y;           /* Y (forward) or X_grad (gradient, NULL when not wanted) */
 } bn_task;
 
+void nbl_bn_stats_f32_block(const float *x, int64_t N, int64_t C, int64_t sp, int64_t c0, int64_t c1, double *mean,
+                            double *var) {
+  const int64_t m = N * sp;
+  for (int64_t b0 = c0; b0 < c1; b0 += NBL_BN_BLOCK_MAX) {
+    const int64_t b1 = c1 - b0 > NBL_BN_BLOCK_MAX ? b0 + NBL_BN_BLOCK_MAX : c1, nb = b1 - b0;
+    double *mu = mean + (b0 - c0), *va = var + (b0 - c0);
+    if (m <= 0) {
+      for (int64_t j = 0; j < nb; j++) mu[j] = va[j] = 0.0;
+      continue;
+    }
+    /* one pass: the sums of x - k and (x - k)^2 about k = the channel's first
+     * element (0 if not finite), then mean = k + d and var = S2 / m - d^2 with
+     * d = S1 / m. k is one of the elements, so (mean - k)^2 <= m var and the
+     * subtraction loses at most log2(m) of double's 53 bits. */
+    double k[NBL_BN_BLOCK_MAX];
+    nbl_bn_acc s[NBL_BN_BLOCK_MAX];
+    for (int64_t j = 0; j < nb; j++) {
+      k[j] = x[(b0 + j) * sp];
+      if (!isfinite(k[j])) k[j] = 0.0;
+    }
+    memset(s, 0, sizeof(nbl_bn_acc) * (size_t)nb);
+    bn_acc(s, NULL, x, N, C, sp, b0, b1, k, NULL);
+    for (int64_t j = 0; j < nb; j++) {
+      double d = nbl_bn_acc_total(s[j].a) / (double)m, v = nbl_bn_acc_total(s[j].b) / (double)m - d * d;
+      mu[j] = k[j] + d;
+      va[j] = v < 0 ? 0.0 : v; /* rounding; a NaN stays */
+    }
+  }
+}
+
 void nbl_bn_stats_f32_channel(const float *x, int64_t N, int64_t C, int64_t sp, int64_t ch, double *mean,
                               double *var) {
-  int64_t m = N * sp;
-  if (m <= 0) {
-    *mean = *var = 0.0;
-    return;
-  }
-  /* one pass: the sums of x - k and (x - k)^2 about k = the channel's first
-   * element (0 if not finite), then mean = k + d and var = S2 / m - d^2 with
-   * d = S1 / m. k is one of the elements, so (mean - k)^2 <= m var and the
-   * subtraction loses at most log2(m) of double's 53 bits. */
-  double k = x[ch * sp];
-  if (!isfinite(k)) k = 0.0;
-  nbl_bn_acc s;
-  memset(&s, 0, sizeof s);
-  nbl_bn_acc_stats(&s, x, N, C, sp, ch, k);
-  double d = nbl_bn_acc_total(s.a) / (double)m, v = nbl_bn_acc_total(s.b) / (double)m - d * d;
-  *mean = k + d;
-  *var = v < 0 ? 0.0 : v; /* rounding; a NaN stays */
+  nbl_bn_stats_f32_block(x, N, C, sp, ch, ch + 1, mean, var);
 }
 
 double nbl_bn_affine_f32(double mean, double var, double eps, double scale, double bias, float *fa, float *fb) {
@@ -454,57 +496,88 @@ double nbl_bn_affine_f32(double mean, double var, double eps, double scale, doub
   return inv;
 }
 
+int nbl_bn_apply_relu_f32_block(float *v, const float *x, const float *r, int64_t N, int64_t C, int64_t sp,
+                                int64_t c0, int64_t c1, const float *fa, const float *fb, float range[2]) {
+  return bn_apply(v, x, fa, fb, r, 1, range, N, C, sp, c0, c1);
+}
+
 int nbl_bn_apply_relu_f32(float *v, const float *x, const float *r, int64_t N, int64_t C, int64_t sp, int64_t ch,
                           float fa, float fb, float range[2]) {
-  return bn_apply(v, x, fa, fb, r, 1, range, N, C, sp, ch);
+  return bn_apply(v, x, &fa, &fb, r, 1, range, N, C, sp, ch, ch + 1);
 }
 
 static void bn_internal_run(void *arg, int64_t begin, int64_t end) {
   const bn_task *t = arg;
   nbl_kctx *c = t->c;
   int64_t N = t->N, C = t->C, sp = t->sp;
-  for (int64_t ch = begin; ch < end; ch++) {
-    double mean = nbl_rt_get_f64(c->in[3], ch), var = nbl_rt_get_f64(c->in[4], ch);
-    if (t->training) nbl_bn_stats_f32_channel(t->x, N, C, sp, ch, &mean, &var);
-    float fa, fb;
-    double inv = nbl_bn_affine_f32(mean, var, t->eps, nbl_rt_get_f64(c->in[1], ch), nbl_rt_get_f64(c->in[2], ch),
-                                   &fa, &fb);
-    bn_apply(t->y, t->x, fa, fb, NULL, 0, NULL, N, C, sp, ch);
-    if (grad_want(c, 1))
-      nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean * (1 - t->mom));
-    if (grad_want(c, 2))
-      nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, nbl_rt_get_f64(c->in[4], ch) * t->mom + var * (1 - t->mom));
-    if (grad_want(c, 3)) nbl_rt_set_f64(nbl_kctx_out(c, 3), ch, mean);
-    if (grad_want(c, 4)) nbl_rt_set_f64(nbl_kctx_out(c, 4), ch, inv);
+  for (int64_t it = begin; it < end; it++) {
+    const int64_t c0 = it * t->blk, c1 = c0 + t->blk < C ? c0 + t->blk : C;
+    double mean[NBL_BN_BLOCK_MAX], var[NBL_BN_BLOCK_MAX], inv[NBL_BN_BLOCK_MAX];
+    float fa[NBL_BN_BLOCK_MAX], fb[NBL_BN_BLOCK_MAX];
+    for (int64_t ch = c0; ch < c1; ch++)
+      mean[ch - c0] = nbl_rt_get_f64(c->in[3], ch), var[ch - c0] = nbl_rt_get_f64(c->in[4], ch);
+    if (t->training) nbl_bn_stats_f32_block(t->x, N, C, sp, c0, c1, mean, var);
+    for (int64_t ch = c0; ch < c1; ch++)
+      inv[ch - c0] = nbl_bn_affine_f32(mean[ch - c0], var[ch - c0], t->eps, nbl_rt_get_f64(c->in[1], ch),
+                                       nbl_rt_get_f64(c->in[2], ch), &fa[ch - c0], &fb[ch - c0]);
+    bn_apply(t->y, t->x, fa, fb, NULL, 0, NULL, N, C, sp, c0, c1);
+    for (int64_t ch = c0; ch < c1; ch++) {
+      const int64_t j = ch - c0;
+      if (grad_want(c, 1))
+        nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, nbl_rt_get_f64(c->in[3], ch) * t->mom + mean[j] * (1 - t->mom));
+      if (grad_want(c, 2))
+        nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, nbl_rt_get_f64(c->in[4], ch) * t->mom + var[j] * (1 - t->mom));
+      if (grad_want(c, 3)) nbl_rt_set_f64(nbl_kctx_out(c, 3), ch, mean[j]);
+      if (grad_want(c, 4)) nbl_rt_set_f64(nbl_kctx_out(c, 4), ch, inv[j]);
+    }
+  }
+}
+
+void nbl_bn_grad_f32_block(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp, int64_t c0,
+                           int64_t c1, const double *mean, const double *inv, const double *scale, double *sg_out,
+                           double *sgx_out, const nbl_bn_grad_hooks *hooks) {
+  const int64_t m = N * sp;
+  for (int64_t b0 = c0; b0 < c1; b0 += NBL_BN_BLOCK_MAX) {
+    const int64_t b1 = c1 - b0 > NBL_BN_BLOCK_MAX ? b0 + NBL_BN_BLOCK_MAX : c1, nb = b1 - b0, o = b0 - c0;
+    nbl_bn_acc s[NBL_BN_BLOCK_MAX]; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
+    float fa[NBL_BN_BLOCK_MAX], fb[NBL_BN_BLOCK_MAX], fo[NBL_BN_BLOCK_MAX];
+    memset(s, 0, sizeof(nbl_bn_acc) * (size_t)nb);
+    bn_acc(s, g, x, N, C, sp, b0, b1, mean + o, hooks);
+    for (int64_t j = 0; j < nb; j++) {
+      const double sg = nbl_bn_acc_total(s[j].a), sgx = nbl_bn_acc_total(s[j].b) * inv[o + j];
+      sg_out[o + j] = sg;
+      sgx_out[o + j] = sgx;
+      const double k = scale[o + j] * inv[o + j], mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
+      /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
+      fa[j] = (float)k;
+      fb[j] = (float)(k * inv[o + j] * mgx);
+      fo[j] = (float)(k * inv[o + j] * mgx * mean[o + j] - k * mg);
+    }
+    if (dx) bn_dx(dx, g, x, fa, fb, fo, N, C, sp, b0, b1, hooks ? hooks->dx_absmax : NULL);
   }
 }
 
 void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp,
                              int64_t ch, double mean, double inv, double scale, double *sg_out,
                              double *sgx_out, const nbl_bn_grad_hooks *hooks) {
-  int64_t m = N * sp;
-  nbl_bn_acc s; /* sum dY, sum dY * (x - mean); times inv: sum dY * xhat */
-  memset(&s, 0, sizeof s);
-  nbl_bn_acc_grad(&s, g, x, N, C, sp, ch, mean, hooks);
-  double sg = nbl_bn_acc_total(s.a), sgx = nbl_bn_acc_total(s.b) * inv;
-  *sg_out = sg;
-  *sgx_out = sgx;
-  if (!dx) return;
-  double k = scale * inv, mg = m ? sg / (double)m : 0, mgx = m ? sgx / (double)m : 0;
-  /* dx = k (g - mg - (x - mean) inv mgx) = k g + (k inv mgx) (mean - x) - k mg */
-  float a = (float)k, b = (float)(k * inv * mgx), off = (float)(k * inv * mgx * mean - k * mg);
-  bn_dx(dx, g, x, a, b, off, N, C, sp, ch, hooks ? hooks->dx_absmax : NULL);
+  nbl_bn_grad_f32_block(g, x, dx, N, C, sp, ch, ch + 1, &mean, &inv, &scale, sg_out, sgx_out, hooks);
 }
 
 static void bn_grad_run(void *arg, int64_t begin, int64_t end) {
   const bn_task *t = arg;
   nbl_kctx *c = t->c;
-  for (int64_t ch = begin; ch < end; ch++) {
-    double sg, sgx;
-    nbl_bn_grad_f32_channel(t->g, t->x, t->y, t->N, t->C, t->sp, ch, nbl_rt_get_f64(c->in[3], ch),
-                            nbl_rt_get_f64(c->in[4], ch), nbl_rt_get_f64(c->in[2], ch), &sg, &sgx, NULL);
-    if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx);
-    if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg);
+  for (int64_t it = begin; it < end; it++) {
+    const int64_t c0 = it * t->blk, c1 = c0 + t->blk < t->C ? c0 + t->blk : t->C;
+    double mean[NBL_BN_BLOCK_MAX], inv[NBL_BN_BLOCK_MAX], scale[NBL_BN_BLOCK_MAX], sg[NBL_BN_BLOCK_MAX],
+        sgx[NBL_BN_BLOCK_MAX];
+    for (int64_t ch = c0; ch < c1; ch++)
+      mean[ch - c0] = nbl_rt_get_f64(c->in[3], ch), inv[ch - c0] = nbl_rt_get_f64(c->in[4], ch),
+               scale[ch - c0] = nbl_rt_get_f64(c->in[2], ch);
+    nbl_bn_grad_f32_block(t->g, t->x, t->y, t->N, t->C, t->sp, c0, c1, mean, inv, scale, sg, sgx, NULL);
+    for (int64_t ch = c0; ch < c1; ch++) {
+      if (grad_want(c, 1)) nbl_rt_set_f64(nbl_kctx_out(c, 1), ch, sgx[ch - c0]);
+      if (grad_want(c, 2)) nbl_rt_set_f64(nbl_kctx_out(c, 2), ch, sg[ch - c0]);
+    }
   }
 }
 
@@ -524,8 +597,9 @@ static nbl_status k_bn_internal(nbl_kctx *c) {
       return st;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
   if (!c->reference && X->dtype == NBL_DT_FLOAT) {
-    bn_task t = {c, N, C, sp, training, eps, mom, X->data, NULL, Y->data};
-    nbl_parallel_for(c, C, 1, bn_internal_run, &t);
+    const int64_t blk = nbl_bn_block(C, sp, c->threads);
+    bn_task t = {c, N, C, sp, blk, training, eps, mom, X->data, NULL, Y->data};
+    nbl_parallel_for(c, (C + blk - 1) / blk, 1, bn_internal_run, &t);
     return NBL_OK;
   }
   double *x = nbl_to_f64(X);
@@ -584,8 +658,9 @@ static nbl_status k_bn_grad(nbl_kctx *c) {
     if (grad_want(c, o) && (st = nbl_kctx_alloc_out(c, o, c->in[2]->dtype, 1, &C))) return st;
   nbl_rt_tensor *DX = grad_want(c, 0) ? nbl_kctx_out(c, 0) : NULL;
   if (!c->reference && X->dtype == NBL_DT_FLOAT) {
-    bn_task t = {c, N, C, sp, 1, 0, 0, X->data, dY->data, DX ? DX->data : NULL};
-    nbl_parallel_for(c, C, 1, bn_grad_run, &t);
+    const int64_t blk = nbl_bn_block(C, sp, c->threads);
+    bn_task t = {c, N, C, sp, blk, 1, 0, 0, X->data, dY->data, DX ? DX->data : NULL};
+    nbl_parallel_for(c, (C + blk - 1) / blk, 1, bn_grad_run, &t);
     return NBL_OK;
   }
   double *x = nbl_to_f64(X), *g = nbl_to_f64(dY);

@@ -18,6 +18,22 @@ static inline int64_t nbl_bn_ahead(int64_t n, int64_t N, int64_t C, int64_t sp) 
   return n + k < N ? k * C * sp : 0;
 }
 
+/* The fast kernels and the fused chains work on blocks of channels: planes
+ * of NBL_BN_BLOCK_PLANE floats or more one channel at a time (its planes at
+ * stride C sp, the plane ahead fetched while one is worked on), smaller ones
+ * nbl_bn_block channels at once, the planes in the order n, then c (each
+ * image's planes of the block one run of memory, which the hardware
+ * prefetcher follows; 7x7 planes alone are 196-byte pieces 12 KiB apart).
+ * Each channel's planes are still taken in plane order, so every result is
+ * the same bits whatever the blocks. */
+#define NBL_BN_BLOCK_PLANE 1024
+#define NBL_BN_BLOCK_MAX 64
+
+/* Channels per block for planes of sp floats: enough for a run of at least
+ * NBL_BN_BLOCK_PLANE floats, at most NBL_BN_BLOCK_MAX, and no more than C /
+ * threads (rounded up), so each thread gets a block. */
+int64_t nbl_bn_block(int64_t C, int64_t sp, int threads);
+
 /* Sixteen double accumulators per sum, element i of every plane added to
  * lane i % 16, the lanes added by nbl_bn_acc_total in a fixed tree: the
  * same bits on every instruction set (AVX-512, AVX2 and the scalar path
@@ -66,6 +82,23 @@ struct nbl_bn_grad_hooks {
 void nbl_bn_grad_f32_channel(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp,
                              int64_t ch, double mean, double inv, double scale, double *sg_out,
                              double *sgx_out, const nbl_bn_grad_hooks *hooks);
+
+/* nbl_bn_grad_f32_channel for channels [c0, c1) at once (mean, inv, scale,
+ * sg_out and sgx_out indexed c - c0; the planes in bn_block order, h->before
+ * on each before it is summed, *dx_absmax over the block). */
+void nbl_bn_grad_f32_block(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t sp, int64_t c0,
+                           int64_t c1, const double *mean, const double *inv, const double *scale, double *sg_out,
+                           double *sgx_out, const nbl_bn_grad_hooks *hooks);
+
+/* nbl_bn_stats_f32_channel for channels [c0, c1) at once (mean and var
+ * indexed c - c0). */
+void nbl_bn_stats_f32_block(const float *x, int64_t N, int64_t C, int64_t sp, int64_t c0, int64_t c1, double *mean,
+                            double *var);
+
+/* nbl_bn_apply_relu_f32 for channels [c0, c1) at once (fa and fb indexed
+ * c - c0), range over all of them. */
+int nbl_bn_apply_relu_f32_block(float *v, const float *x, const float *r, int64_t N, int64_t C, int64_t sp,
+                                int64_t c0, int64_t c1, const float *fa, const float *fb, float range[2]);
 
 /* BatchNormInternal's training statistics of channel ch of float32 x laid
  * out [N, C, sp]: the mean and the biased variance, from one pass of
