@@ -242,6 +242,81 @@ START_TEST(test_apply_relu) {
 }
 END_TEST
 
+/* The block functions (several channels at once, planes in the order n,
+ * then c; past NBL_BN_BLOCK_MAX channels in sub-blocks) give each channel
+ * the bits of the per-channel functions: statistics, the gradient's sums
+ * and dX (with a `before` hook writing g plane by plane, and max |dX|), and
+ * the apply with its range; at every cap, plane sizes around the vector
+ * width and the block threshold, blocks that start past channel 0. */
+static const float *g_src; /* the hook's source: g = 2 * src, plane by plane */
+static float *g_dst;
+static void hook_g(void *arg, int64_t at, int64_t n) {
+  (void)arg;
+  for (int64_t i = 0; i < n; i++) g_dst[at + i] = 2.0f * g_src[at + i];
+}
+
+START_TEST(test_blocks_same_bits) {
+  static const int64_t shapes[][3] = {{3, 70, 49}, {2, 5, 7}, {2, 9, 784}, {2, 3, 1500}, {4, 20, 196}, {1, 1, 17}};
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+    for (int c = 0; c < 3; c++) {
+      const int64_t N = shapes[si][0], C = shapes[si][1], sp = shapes[si][2], n = N * C * sp;
+      const int64_t c0 = C > 2 ? 1 : 0, c1 = C > 2 ? C - 1 : C, nb = c1 - c0;
+      float *x = malloc(sizeof(float) * (size_t)n), *d = malloc(sizeof(float) * (size_t)n);
+      float *g1 = calloc((size_t)n, sizeof(float)), *g2 = calloc((size_t)n, sizeof(float));
+      float *dx1 = calloc((size_t)n, sizeof(float)), *dx2 = calloc((size_t)n, sizeof(float));
+      double *mu1 = malloc(sizeof(double) * (size_t)C), *va1 = malloc(sizeof(double) * (size_t)C);
+      double *mu2 = malloc(sizeof(double) * (size_t)C), *va2 = malloc(sizeof(double) * (size_t)C);
+      double *inv = malloc(sizeof(double) * (size_t)C), *scl = malloc(sizeof(double) * (size_t)C);
+      double *sg1 = malloc(sizeof(double) * (size_t)C), *sgx1 = malloc(sizeof(double) * (size_t)C);
+      double *sg2 = malloc(sizeof(double) * (size_t)C), *sgx2 = malloc(sizeof(double) * (size_t)C);
+      float *fa = malloc(sizeof(float) * (size_t)C), *fb = malloc(sizeof(float) * (size_t)C);
+      fill(x, n, 21 + (unsigned)si, -2.0f, 5.0f);
+      fill(d, n, 31 + (unsigned)si, -1.0f, 2.0f);
+      nbl_isa prev = nbl_cpu_set_thread_cap(caps[c]);
+      float m1 = 0.0f, m2 = 0.0f, r1[2] = {INFINITY, -INFINITY}, r2[2];
+      int bad1 = 0;
+      g_src = d;
+      for (int64_t ch = c0; ch < c1; ch++) {
+        nbl_bn_stats_f32_channel(x, N, C, sp, ch, &mu1[ch], &va1[ch]);
+        inv[ch] = 1.0 / sqrt(va1[ch] + 1e-5), scl[ch] = 0.5 + 0.01 * (double)ch;
+        fa[ch] = (float)(scl[ch] * inv[ch]), fb[ch] = (float)(0.1 - mu1[ch] * scl[ch] * inv[ch]);
+        g_dst = g1;
+        float m = 0.0f, rg[2];
+        nbl_bn_grad_hooks h = {hook_g, NULL, &m};
+        nbl_bn_grad_f32_channel(g1, x, dx1, N, C, sp, ch, mu1[ch], inv[ch], scl[ch], &sg1[ch], &sgx1[ch], &h);
+        m1 = m > m1 ? m : m1;
+        bad1 |= nbl_bn_apply_relu_f32(g1, x, d, N, C, sp, ch, fa[ch], fb[ch], rg);
+        r1[0] = rg[0] < r1[0] ? rg[0] : r1[0];
+        r1[1] = rg[1] > r1[1] ? rg[1] : r1[1];
+      }
+      nbl_bn_stats_f32_block(x, N, C, sp, c0, c1, mu2 + c0, va2 + c0);
+      g_dst = g2;
+      nbl_bn_grad_hooks h2 = {hook_g, NULL, &m2};
+      nbl_bn_grad_f32_block(g2, x, dx2, N, C, sp, c0, c1, mu1 + c0, inv + c0, scl + c0, sg2 + c0, sgx2 + c0, &h2);
+      const int bad2 = nbl_bn_apply_relu_f32_block(g2, x, d, N, C, sp, c0, c1, fa + c0, fb + c0, r2);
+      nbl_cpu_set_thread_cap(prev);
+      ck_assert(nb > 0);
+      ck_assert_msg(!memcmp(mu1 + c0, mu2 + c0, sizeof(double) * (size_t)nb) &&
+                        !memcmp(va1 + c0, va2 + c0, sizeof(double) * (size_t)nb),
+                    "statistics differ: cap %s, N %lld C %lld sp %lld", nbl_isa_name(caps[c]), (long long)N,
+                    (long long)C, (long long)sp);
+      ck_assert_msg(!memcmp(sg1 + c0, sg2 + c0, sizeof(double) * (size_t)nb) &&
+                        !memcmp(sgx1 + c0, sgx2 + c0, sizeof(double) * (size_t)nb),
+                    "gradient sums differ: cap %s, sp %lld", nbl_isa_name(caps[c]), (long long)sp);
+      ck_assert_msg(!memcmp(dx1, dx2, sizeof(float) * (size_t)n) && !memcmp(g1, g2, sizeof(float) * (size_t)n),
+                    "dX or the applied planes differ: cap %s, sp %lld", nbl_isa_name(caps[c]), (long long)sp);
+      ck_assert(m1 == m2 && m1 > 0.0f && bad1 == bad2 && !bad1 && r1[0] == r2[0] && r1[1] == r2[1]);
+      free(x), free(d), free(g1), free(g2), free(dx1), free(dx2), free(mu1), free(va1), free(mu2), free(va2);
+      free(inv), free(scl), free(sg1), free(sgx1), free(sg2), free(sgx2), free(fa), free(fb);
+    }
+  ck_assert_int_eq(nbl_bn_block(64, 49, 1), 21); /* ceil(1024 / 49) */
+  ck_assert_int_eq(nbl_bn_block(64, 49, 2), 21);
+  ck_assert_int_eq(nbl_bn_block(16, 49, 2), 8); /* half the channels each */
+  ck_assert_int_eq(nbl_bn_block(512, 1, 1), NBL_BN_BLOCK_MAX);
+  ck_assert_int_eq(nbl_bn_block(64, 1024, 1), 1);
+}
+END_TEST
+
 /* BatchNormInternal then BatchNormalizationGrad on [N, C, H, W] with
  * `threads` threads (fast path); all outputs copied into out[0..7]. */
 static void run_bn(int threads, int64_t N, int64_t C, int64_t H, int64_t W, float *out[8]) {
@@ -305,6 +380,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_stats_nan_inf);
   tcase_add_test(t, test_dx_absmax);
   tcase_add_test(t, test_apply_relu);
+  tcase_add_test(t, test_blocks_same_bits);
   tcase_add_test(t, test_threads_same_bits);
   suite_add_tcase(s, t);
   return s;
