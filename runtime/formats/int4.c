@@ -379,8 +379,10 @@ static uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+uint64_t nbl_q4_uniform_key(int64_t seed) { return splitmix64((uint64_t)seed); }
+
 double nbl_q4_uniform(int64_t seed, uint64_t index) {
-  uint64_t h = splitmix64(splitmix64((uint64_t)seed) ^ index);
+  uint64_t h = splitmix64(nbl_q4_uniform_key(seed) ^ index);
   return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 

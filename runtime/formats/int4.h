@@ -162,6 +162,11 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
 /* Counter-based uniform draw in [0, 1) keyed by (seed, index): the same
  * (seed, index) always gives the same number (splitmix64 of the pair). */
 double nbl_q4_uniform(int64_t seed, uint64_t index);
+/* The key of a seed: nbl_q4_uniform(seed, index) is (h >> 11) * 2^-53 with
+ * h = splitmix64(nbl_q4_uniform_key(seed) ^ index) and the key itself
+ * splitmix64(seed) (what vectorized callers compute lane by lane:
+ * runtime/kernels/log_quant.c). */
+uint64_t nbl_q4_uniform_key(int64_t seed);
 
 /* Quantize element x (finite) at linear index `index` to its integer code
  * (including the zero point), under p and the rounding mode of cfg. */

@@ -1,7 +1,8 @@
-/* log_quant.c - vectorized max scan and nearest rounding of the logarithmic
- * quantizer; see runtime/kernels/log_quant.h. */
+/* log_quant.c - vectorized max scan, nearest and stochastic rounding of the
+ * logarithmic quantizer; see runtime/kernels/log_quant.h. */
 #include "runtime/kernels/log_quant.h"
 
+#include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 
 #include <immintrin.h>
@@ -261,6 +262,100 @@ __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, 
     out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), out);
     _mm512_mask_storeu_ps(y + i, k, out);
   }
+}
+
+/* ------------------------------------------------------------------ stochastic */
+
+/* nbl_log_codes / nbl_log_fake_quant's stochastic rounding (code_on in
+ * runtime/formats/log.c) eight elements at a time, in double as there: with
+ * a = |x| and the levels lev[] (the float levels as doubles, non-increasing),
+ *   a >= lev[0]: code 1; a = 0: 0; else k = 1 + #{j in 1..L-1: a < lev[j]}
+ *   (the first level below a), and with u = the element's draw,
+ *   k = L (below the grid): code L when u < a / lev[L-1], else 0;
+ *   else k when u < (a - lev[k]) / (lev[k-1] - lev[k]), else k + 1 (the
+ *   format's a = lev[k] case is this one with the quotient 0);
+ * the code signed as x (x < 0), Y its level as a float (+0 for code 0), a
+ * NaN or Inf passed to Y and marked in the codes. The draws are
+ * nbl_q4_uniform's splitmix64 of key ^ index in 64-bit lanes. */
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static inline __m512i splitmix_512(__m512i z) {
+  z = _mm512_add_epi64(z, _mm512_set1_epi64((long long)0x9E3779B97F4A7C15ull));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94D049BB133111EBull));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static void stochastic_avx512(
+    const double *lev, const float *levf, int L, uint64_t key, const float *x, float *y, signed char *codes, size_t n,
+    uint64_t index0) {
+  double lt[16] = {0};
+  float lf[16] = {0};
+  for (int j = 0; j < L; j++) lt[j] = lev[j], lf[j + 1] = levf[j]; /* lf[code]: the level of |code| */
+  const __m512d t0 = _mm512_loadu_pd(lt), t1 = _mm512_loadu_pd(lt + 8), top = _mm512_set1_pd(lev[0]);
+  const __m512d m = _mm512_set1_pd(lev[L - 1]), inf = _mm512_set1_pd(INFINITY), zero = _mm512_setzero_pd();
+  const __m512d scale = _mm512_set1_pd(1.0 / 9007199254740992.0);
+  const __m512 lft = _mm512_loadu_ps(lf);
+  const __m512i one = _mm512_set1_epi64(1), vL = _mm512_set1_epi64(L), vkey = _mm512_set1_epi64((long long)key);
+  const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  for (size_t i = 0; i < n; i += 8) {
+    const __mmask8 k8 = n - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - i)) - 1);
+    const __m256 xf = _mm256_maskz_loadu_ps(k8, x + i);
+    const __m512d xd = _mm512_cvtps_pd(xf), a = _mm512_abs_pd(xd);
+    const __mmask8 fin = _mm512_cmp_pd_mask(a, inf, _CMP_LT_OQ), neg = _mm512_cmp_pd_mask(xd, zero, _CMP_LT_OQ);
+    __m512i k = one;
+    for (int j = 1; j < L; j++) k = _mm512_mask_add_epi64(k, _mm512_cmp_pd_mask(a, _mm512_set1_pd(lev[j]), _CMP_LT_OQ), k, one);
+    const __m512d hi = _mm512_permutex2var_pd(t0, _mm512_sub_epi64(k, one), t1), lo = _mm512_permutex2var_pd(t0, k, t1);
+    const __mmask8 under = _mm512_cmpeq_epi64_mask(k, vL);
+    const __m512i h = splitmix_512(_mm512_xor_si512(vkey, _mm512_add_epi64(_mm512_set1_epi64((long long)(index0 + i)), lanes)));
+    const __m512d u = _mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(h, 11)), scale);
+    const __m512d q = _mm512_mask_div_pd(_mm512_div_pd(_mm512_sub_pd(a, lo), _mm512_sub_pd(hi, lo)), under, a, m);
+    const __mmask8 up = _mm512_cmp_pd_mask(u, q, _CMP_LT_OQ);
+    /* the magnitude: under the grid L or 0; else k (up) or k + 1 (a = lev[k]
+     * gives q = 0 or NaN, never up: k + 1, the format's answer for it) */
+    __m512i mag = _mm512_mask_mov_epi64(_mm512_add_epi64(k, one), up, k);
+    mag = _mm512_mask_mov_epi64(mag, under, _mm512_maskz_mov_epi64(up, vL));
+    mag = _mm512_mask_mov_epi64(mag, _mm512_cmp_pd_mask(a, zero, _CMP_EQ_OQ), _mm512_setzero_si512());
+    mag = _mm512_mask_mov_epi64(mag, _mm512_cmp_pd_mask(a, top, _CMP_GE_OQ), one); /* (checked first there) */
+    if (codes) {
+      __m512i c = _mm512_mask_sub_epi64(mag, neg, _mm512_setzero_si512(), mag);
+      const __mmask8 nan = _mm512_cmp_pd_mask(xd, xd, _CMP_UNORD_Q), pinf = _mm512_cmp_pd_mask(xd, inf, _CMP_EQ_OQ);
+      c = _mm512_mask_mov_epi64(c, (__mmask8)~fin, _mm512_set1_epi64(NBL_LOG_CODE_NEG_INF));
+      c = _mm512_mask_mov_epi64(c, pinf, _mm512_set1_epi64(NBL_LOG_CODE_POS_INF));
+      c = _mm512_mask_mov_epi64(c, nan, _mm512_set1_epi64(NBL_LOG_CODE_NAN));
+      _mm_mask_storeu_epi8(codes + i, (__mmask16)k8, _mm512_cvtepi64_epi8(c));
+    }
+    if (y) {
+      const __m256 lv = _mm512_castps512_ps256(_mm512_permutexvar_ps(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(mag)), lft));
+      __m256 out = _mm256_mask_sub_ps(lv, neg, _mm256_setzero_ps(), lv); /* (code 0: 0 - 0 = +0, the format's) */
+      out = _mm256_mask_mov_ps(xf, fin, out);
+      _mm256_mask_storeu_ps(y + i, k8, out);
+    }
+  }
+}
+
+static int has_avx512dq(void) {
+  static int dq = -1;
+  if (dq < 0) dq = __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl");
+  return dq;
+}
+
+void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_log_params *p, const float *x,
+                         float *y, signed char *codes, size_t n, uint64_t index0) {
+  const int L = p->levels;
+  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa == NBL_LOGQ_AVX512 && has_avx512dq() && L >= 1 && L <= NBL_LOG_MAX_LEVELS) {
+    double lev[NBL_LOG_MAX_LEVELS];
+    float levf[NBL_LOG_MAX_LEVELS];
+    for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
+    stochastic_avx512(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
+    return;
+  }
+  if (codes) { /* before Y: y may share x's memory */
+    nbl_log_codes(cfg, p, x, (int8_t *)codes, n, index0);
+    for (size_t i = 0; i < n; i++)
+      if (!isfinite(x[i])) codes[i] = (signed char)nbl_log_code8_nonfinite(x[i]);
+  }
+  if (y) nbl_log_fake_quant(cfg, p, x, y, n, index0);
 }
 
 /* ------------------------------------------------------------------ dispatch */

@@ -1,9 +1,10 @@
 /*
  * log_quant.h - vectorized pieces of the logarithmic quantizer (ai.nibble
- * QuantizeLog's fast kernel): the max-|x| scan and nearest rounding through
- * the threshold table of runtime/formats/log.h (nbl_log_table). Each has an
- * AVX-512, an AVX2 and a scalar variant; all three give bit-identical results,
- * equal to nbl_log_fake_quant's nearest / tpr rounding (tests/runtime/formats/test_format_log.c).
+ * QuantizeLog's fast kernel): the max-|x| scan, nearest rounding through
+ * the threshold table of runtime/formats/log.h (nbl_log_table) and
+ * stochastic rounding. The first two have an AVX-512, an AVX2 and a scalar
+ * variant, the last an AVX-512 one and the format's own functions; all give
+ * bit-identical results, equal to nbl_log_fake_quant's (tests/runtime/formats/test_format_log.c).
  *
  * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
  * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch
@@ -17,6 +18,7 @@
 #define NBL_KERNELS_LOG_QUANT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum { NBL_LOGQ_SCALAR = 0, NBL_LOGQ_AVX2 = 1, NBL_LOGQ_AVX512 = 2 } nbl_logq_isa;
 
@@ -43,5 +45,18 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
  * equal x, or be NULL (the codes only). */
 void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                             float *y, signed char *codes, size_t n);
+
+/* Stochastic rounding (QuantizeLog's rounding stochastic and luq) of
+ * x[0..n) on the levels of cfg and p, element i drawing
+ * nbl_q4_uniform(cfg->seed, index0 + i): y[i] as nbl_log_fake_quant gives
+ * it and codes[i] as nbl_log_codes, with NaN, +Inf and -Inf marked -128,
+ * 127, -127 (either may be NULL). The AVX-512 variant (with AVX512DQ: the
+ * draws' 64-bit products) runs eight elements at a time in double, the
+ * format's operations in its order; AVX2 and scalar take the format's
+ * functions. Every variant gives the same bits. */
+typedef struct nbl_log_config nbl_log_config;
+typedef struct nbl_log_params nbl_log_params;
+void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_log_params *p, const float *x,
+                         float *y, signed char *codes, size_t n, uint64_t index0);
 
 #endif /* NBL_KERNELS_LOG_QUANT_H */

@@ -289,10 +289,9 @@ static void qlog_range(void *arg, int64_t b, int64_t e) {
                            (signed char *)j->codes + b, (size_t)(e - b));
   else if (j->lev)
     nbl_logq_nearest(j->isa, j->lev, j->thr, j->p->levels, j->x + b, j->y + b, (size_t)(e - b));
-  else {
-    if (j->codes) qlog_codes(j->cfg, j->p, j->x + b, j->codes + b, e - b, (uint64_t)b);
-    if (j->y) nbl_log_fake_quant(j->cfg, j->p, j->x + b, j->y + b, (size_t)(e - b), (uint64_t)b);
-  }
+  else /* stochastic, luq */
+    nbl_logq_stochastic(j->isa, j->cfg, j->p, j->x + b, j->y ? j->y + b : NULL,
+                        j->codes ? (signed char *)j->codes + b : NULL, (size_t)(e - b), (uint64_t)b);
 }
 
 static nbl_status k_quantize_log_fast(nbl_kctx *c) {

@@ -266,6 +266,80 @@ static size_t probe_values(const nbl_log_config *c, const nbl_log_params *p, flo
   return n;
 }
 
+/* The stochastic kernel (nbl_logq_stochastic, every variant the CPU runs)
+ * gives nbl_log_fake_quant's Y and nbl_log_codes's codes (NaN and Inf
+ * marked) bit for bit: stochastic and luq, every radix and exponent width,
+ * ordinary, tiny and huge tops (subnormal and zero levels), the probe values
+ * (levels, thresholds and their neighbours, zeros, NaN, Inf, past the top),
+ * several seeds and index offsets, lengths around the vector width; Y in
+ * place of X too. */
+START_TEST(test_stochastic_kernel) {
+  const int radices[] = {2, 4, 10};
+  const float tops[] = {1.0f, 3.3e-3f, 7.1e5f, 2.5e-30f, 1.2e-38f, 3.0e38f};
+  const size_t N = 1003;
+  float *x = malloc(sizeof(float) * N), *want = malloc(sizeof(float) * N), *got = malloc(sizeof(float) * N);
+  int8_t *wc = malloc(N);
+  signed char *gc = malloc(N);
+  int checked = 0;
+  for (int ri = 0; ri < 3; ri++)
+    for (int eb = 1; eb <= 4; eb++)
+      for (int luq = 0; luq < 2; luq++)
+        for (size_t ti = 0; ti < sizeof tops / sizeof *tops; ti++) {
+          if (luq && radices[ri] != 2) continue;
+          nbl_log_config c;
+          nbl_log_config_default(&c);
+          c.radix = radices[ri];
+          c.exp_bits = eb;
+          c.rounding = luq ? NBL_LOG_LUQ : NBL_LOG_STOCHASTIC;
+          c.seed = (int64_t)(ti * 7919 + (size_t)eb) - 3;
+          nbl_log_params p;
+          nbl_log_choose_max(&c, tops[ti], &p);
+          size_t n = probe_values(&c, &p, x, N);
+          const uint64_t index0 = ti * 1000003u;
+          const size_t lens[] = {0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 23, 57, 131, 400, n};
+          for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const size_t len = lens[li] < n ? lens[li] : n;
+            nbl_log_codes(&c, &p, x, wc, len, index0);
+            for (size_t i = 0; i < len; i++)
+              if (!isfinite(x[i])) wc[i] = (int8_t)nbl_log_code8_nonfinite(x[i]);
+            nbl_log_fake_quant(&c, &p, x, want, len, index0);
+            for (int isa = NBL_LOGQ_SCALAR; isa <= NBL_LOGQ_AVX512; isa++) {
+              if (!nbl_logq_isa_ok((nbl_logq_isa)isa)) continue;
+              memset(got, 0x55, sizeof(float) * N);
+              memset(gc, 0x55, N);
+              nbl_logq_stochastic((nbl_logq_isa)isa, &c, &p, x, got, gc, len, index0);
+              for (size_t i = 0; i < len; i++) {
+                uint32_t a, b;
+                memcpy(&a, &want[i], 4);
+                memcpy(&b, &got[i], 4);
+                ck_assert_msg((a == b || (isnan(want[i]) && isnan(got[i]))) && wc[i] == gc[i],
+                              "isa %d radix %d exp_bits %d luq %d top %g [%zu]: x=%a -> %a code %d, reference %a "
+                              "code %d",
+                              isa, c.radix, eb, luq, (double)tops[ti], i, (double)x[i], (double)got[i], gc[i],
+                              (double)want[i], wc[i]);
+              }
+              if (len < N) { /* nothing written past len */
+                uint32_t past;
+                memcpy(&past, &got[len], 4);
+                ck_assert(past == 0x55555555u && (unsigned char)gc[len] == 0x55);
+              }
+              /* Y in place of X, without the codes */
+              memcpy(got, x, sizeof(float) * len);
+              nbl_logq_stochastic((nbl_logq_isa)isa, &c, &p, got, got, NULL, len, index0);
+              for (size_t i = 0; i < len; i++) ck_assert(!memcmp(&got[i], &want[i], 4) || isnan(want[i]));
+              checked++;
+            }
+          }
+        }
+  ck_assert_int_gt(checked, 200);
+  free(x);
+  free(want);
+  free(got);
+  free(wc);
+  free(gc);
+}
+END_TEST
+
 /* The integer grid of the codes: every level exactly unit * 2^(j * (L-1-k)),
  * unit the smallest level; refused where that fails. */
 START_TEST(test_int_grid) {
@@ -467,6 +541,7 @@ int main(void) {
   tcase_add_test(tc, test_radix2_and_10);
   tcase_add_test(tc, test_zero_nan_inf);
   tcase_add_test(tc, test_stochastic_unbiased);
+  tcase_add_test(tc, test_stochastic_kernel);
   tcase_add_test(tc, test_validate);
   tcase_add_test(tc, test_table_and_vector_kernels);
   tcase_add_test(tc, test_int_grid);
