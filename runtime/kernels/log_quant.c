@@ -307,7 +307,8 @@ __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static void stocha
     const __mmask8 under = _mm512_cmpeq_epi64_mask(k, vL);
     const __m512i h = splitmix_512(_mm512_xor_si512(vkey, _mm512_add_epi64(_mm512_set1_epi64((long long)(index0 + i)), lanes)));
     const __m512d u = _mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(h, 11)), scale);
-    const __m512d q = _mm512_mask_div_pd(_mm512_div_pd(_mm512_sub_pd(a, lo), _mm512_sub_pd(hi, lo)), under, a, m);
+    const __m512d num = _mm512_mask_mov_pd(_mm512_sub_pd(a, lo), under, a), den = _mm512_mask_mov_pd(_mm512_sub_pd(hi, lo), under, m);
+    const __m512d q = _mm512_div_pd(num, den); /* (one division: the slow part) */
     const __mmask8 up = _mm512_cmp_pd_mask(u, q, _CMP_LT_OQ);
     /* the magnitude: under the grid L or 0; else k (up) or k + 1 (a = lev[k]
      * gives q = 0 or NaN, never up: k + 1, the format's answer for it) */
