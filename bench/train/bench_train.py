@@ -36,7 +36,10 @@ SGD (lr 0.01), on the first 64 shipped Fashion-MNIST test images (models/data):
                  radix-4 log gradients with two-phase rounding, the backward
                  products of the inner layers and the forward convolutions of
                  quantized operands in integers
-  4-bit, float backward products: the same without int4-backward (context)
+  4-bit, stochastic: the same with stochastic rounding of the gradients
+                 (`--log4-grad=stochastic`, the most accurate radix-4 rule of the
+                 experiments' table)
+  4-bit, float backward products: the TPR pipeline without int4-backward (context)
 A step is forward, loss, backward, optimizer update, gradients reset. Each
 setting reports the median of N timed steps after W warm-up steps; the
 settings run interleaved, R rounds, and the table shows the median over the
@@ -66,10 +69,12 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
 P4 = "quantize-int4{activations=mse},build-training,quantize-grad-log4{rounding=tpr}"
+P4S = "quantize-int4{activations=mse},build-training,quantize-grad-log4{rounding=stochastic},int4-backward"
 SETTINGS4 = [  # --int4: key, column, bench_train --passes (None: PyTorch)
     ("torch", "PyTorch FP32", None),
     ("fp32", "nibble FP32", "build-training"),
     ("int4", "nibble 4-bit", P4 + ",int4-backward"),
+    ("int4s", "4-bit, stochastic", P4S),
     ("int4f", "4-bit, float bwd", P4),
 ]
 
@@ -222,10 +227,11 @@ def main_int4(args, threads, models):
                           (rnd + 1, m, t, names[key], res["median_ms"]), file=sys.stderr, flush=True)
     load1 = uptime()
     med = {k: statistics.median(v) for k, v in times.items()}
-    head = ("| model | threads | PyTorch FP32 | nibble FP32 | nibble 4-bit | 4-bit, float bwd | "
-            "4-bit / PyTorch | 4-bit / nibble FP32 | nibble FP32 / PyTorch |")
-    row = "| %s | %d | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f |"
-    keys = ("torch", "fp32", "int4", "int4f")
+    head = ("| model | threads | PyTorch FP32 | nibble FP32 | nibble 4-bit | 4-bit, stochastic | 4-bit, float bwd | "
+            "4-bit / PyTorch | stochastic / PyTorch | 4-bit / nibble FP32 | nibble FP32 / PyTorch |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
+    row = "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f |"
+    keys = ("torch", "fp32", "int4", "int4s", "int4f")
     out = ["# One training step: nibble 4-bit vs nibble FP32 vs PyTorch FP32\n",
            "Written by `bench/train/bench_train.py --int4` (see its header for the settings).\n",
            "- date: %s" % date,
@@ -236,26 +242,27 @@ def main_int4(args, threads, models):
            "- load after: `%s`" % load1,
            "- batch 64, SGD; each figure is the median over %d rounds of the median of %d steps "
            "(after %d warm-up steps), in ms\n" % (args.rounds, args.runs, args.warmup),
-           head, "|---|---|---|---|---|---|---|---|---|"]
+           head, sep]
     for m in models:
         for t in threads:
-            tp, f, q, qf = (med[(m, t, k)] for k in keys)
-            out.append(row % (m, t, tp, f, q, qf, q / tp, q / f, f / tp))
-    out += ["\nFastest step of all rounds (ms):\n", head, "|---|---|---|---|---|---|---|---|---|"]
+            tp, f, q, qs, qf = (med[(m, t, k)] for k in keys)
+            out.append(row % (m, t, tp, f, q, qs, qf, q / tp, qs / tp, q / f, f / tp))
+    out += ["\nFastest step of all rounds (ms):\n", head, sep]
     for m in models:
         for t in threads:
-            tp, f, q, qf = (best[(m, t, k)] for k in keys)
-            out.append(row % (m, t, tp, f, q, qf, q / tp, q / f, f / tp))
+            tp, f, q, qs, qf = (best[(m, t, k)] for k in keys)
+            out.append(row % (m, t, tp, f, q, qs, qf, q / tp, qs / tp, q / f, f / tp))
     out.append("\nCPU time per step at 1 thread (median over the rounds of the median; at one thread the "
                "CPU time is what the step costs, whatever else runs on the machine):\n")
-    out.append("| model | PyTorch FP32 | nibble FP32 | nibble 4-bit | 4-bit, float bwd | "
-               "4-bit / PyTorch | 4-bit / nibble FP32 | nibble FP32 / PyTorch |")
-    out.append("|---|---|---|---|---|---|---|---|")
+    out.append("| model | PyTorch FP32 | nibble FP32 | nibble 4-bit | 4-bit, stochastic | 4-bit, float bwd | "
+               "4-bit / PyTorch | stochastic / PyTorch | 4-bit / nibble FP32 | nibble FP32 / PyTorch |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for m in models:
         if 1 not in threads:
             continue
-        tp, f, q, qf = (statistics.median(cpu[(m, 1, k)]) for k in keys)
-        out.append("| %s | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f |" % (m, tp, f, q, qf, q / tp, q / f, f / tp))
+        tp, f, q, qs, qf = (statistics.median(cpu[(m, 1, k)]) for k in keys)
+        out.append("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f |" %
+                   (m, tp, f, q, qs, qf, q / tp, qs / tp, q / f, f / tp))
     out.append("\nTarget (issue 16): the 4-bit step at most 0.5 of PyTorch's FP32 step.")
     out.append("\nAll rounds (ms): " + "; ".join(
         "%s/%dt/%s %s" % (m, t, k, ",".join("%.1f" % v for v in times[(m, t, k)]))
