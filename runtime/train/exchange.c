@@ -42,6 +42,7 @@
 #include <time.h>
 
 #include "runtime/formats/log.h"
+#include "runtime/kernels/log_quant.h"
 #include "runtime/train/dist.h"
 #include "runtime/train/train.h"
 
@@ -339,7 +340,11 @@ static nbl_status launch_log4(nbl_train_session *s, nbl_ddp *p, bucket *b, int k
     for (int64_t e = lo; e < hi && finite; e++) finite = isfinite(b->buf[e]);
     nbl_log_params lp;
     nbl_log_choose(&cfg, b->buf + lo, (size_t)(hi - lo), &lp);
-    nbl_log_codes(&cfg, &lp, b->buf + lo, b->codes + lo, (size_t)(hi - lo), (uint64_t)lo);
+    if (finite) /* the vectorized rounding (the same codes; it marks non-finite values, which the format codes 0) */
+      nbl_logq_stochastic(nbl_logq_best_isa(), &cfg, &lp, b->buf + lo, NULL, (signed char *)b->codes + lo,
+                          (size_t)(hi - lo), (uint64_t)lo);
+    else
+      nbl_log_codes(&cfg, &lp, b->buf + lo, b->codes + lo, (size_t)(hi - lo), (uint64_t)lo);
     scales[gi] = finite ? lp.top : NAN;
     if (!b->err) continue;
     float lut[16];
