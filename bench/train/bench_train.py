@@ -238,6 +238,8 @@ def main_int4(args, threads, models):
            "- machine: %s, %d logical CPUs, %s" % (cpu_model(), os.cpu_count() or 0, platform.platform()),
            "- nibble: %s" % version,
            "- PyTorch: %s (eager, `torch.set_num_threads(T)`)" % torch_version,
+           "- NBL_ISA: %s (nibble's kernels capped there)" % os.environ["NBL_ISA"] if os.environ.get("NBL_ISA")
+           else "- NBL_ISA: unset (nibble's best kernels for this CPU)",
            "- load before: `%s`" % load0,
            "- load after: `%s`" % load1,
            "- batch 64, SGD; each figure is the median over %d rounds of the median of %d steps "
