@@ -3,8 +3,9 @@
  *
  *   BatchNormInternal -> [Add (a residual) ->] Relu [-> QuantizeInt4]
  *
- * runs as one node. Per channel (in parallel): the batch statistics (the
- * op's own pass: sixteen double lanes), then, while the channel is in cache,
+ * runs as one node. Per block of channels (nbl_bn_block; in parallel): the
+ * batch statistics (the op's own pass: sixteen double lanes), then, while
+ * the block is in cache,
  * Y = x * fa + fb, the residual added, Relu, written once as the Relu output
  * (which the backward reads) with its minimum and maximum; then, in 4-bit
  * graphs, the quantizer with the range known (no scan) writes the quantized
@@ -13,7 +14,7 @@
  * range.
  *
  * Same numbers as the unfused nodes bit for bit: the statistics and Y come
- * from BatchNormInternal's per-channel kernel pieces (runtime/ops/grad_norm.h),
+ * from BatchNormInternal's kernel pieces (runtime/ops/grad_norm.h),
  * the sum is the same float addition, Relu the same selection (v < 0 ? 0 : v),
  * the quantizer's parameters come from the same range (its minimum and
  * maximum; the sign of a zero bound does not change them) and its values

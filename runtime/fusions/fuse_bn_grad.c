@@ -9,9 +9,9 @@
  *
  *   QuantizeInt4Grad (of Add's operand 0 or 1) -> Add -> ReluGrad -> BatchNormalizationGrad
  *
- * (the bracketed nodes when present) runs as one node, channel by channel,
- * through BatchNormalizationGrad's fast kernel for that channel
- * (nbl_bn_grad_f32_channel) with hooks: the masked gradient g = (d0 + d1)
+ * (the bracketed nodes when present) runs as one node, block of channels by
+ * block (nbl_bn_block), through BatchNormalizationGrad's fast kernel for
+ * those channels (nbl_bn_grad_f32_block) with hooks: the masked gradient g = (d0 + d1)
  * where the straight-through estimator passes and the Relu output is
  * positive (else +0; with the mask on an operand, (d0 + d1) with that
  * operand +0 where the estimator stops it, then +0 where the Relu output

@@ -1,8 +1,9 @@
 /* runtime/ops/grad_norm.h - what the 'grad_norm' family
  * (runtime/ops/grad_norm.c) shares with the fused training paths
  * (runtime/fusions/fuse_bn_grad.c, fuse_bn_act.c): the float32 fast kernels
- * of BatchNormInternal and BatchNormalizationGrad for one channel, so that
- * a fused node gives the ops' numbers bit for bit. */
+ * of BatchNormInternal and BatchNormalizationGrad for one channel or a
+ * block of channels, so that a fused node gives the ops' numbers bit for
+ * bit. */
 #ifndef NBL_OPS_GRAD_NORM_H
 #define NBL_OPS_GRAD_NORM_H
 
