@@ -36,6 +36,8 @@
 typedef struct fwd_job {
   const nbl_conv_geom *g;
   const float *x;
+  const int8_t *xk; /* X's QuantizeInt4 codes (zero point xz), read instead of x when given */
+  int xz;
   float sx;
   const nbl_i4_rows *rows; /* one per group */
   const float *bias;
@@ -66,6 +68,28 @@ static int pad_bytes_c(const fwd_job *j, const float *x, uint8_t *u, int32_t *lo
         const float r = rintf(s[w] * inv);
         if (!(fabsf(r) <= 255.0f) || j->sx * r != s[w]) return -1;
         const int32_t v = (int32_t)r;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        d[w] = (uint8_t)(v + 128);
+      }
+    }
+  *lo = mn, *hi = mx;
+  return 0;
+}
+
+/* pad_bytes_c from X's codes (pad_codes_512's rule, one by one). */
+static int pad_codes_c(const fwd_job *j, const int8_t *k, uint8_t *u, int32_t *lo, int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1];
+  int32_t mn = 0, mx = 0;
+  memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t h = 0; h < H; h++) {
+      const int8_t *s8 = k + (c * H + h) * W;
+      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
+      for (int64_t w = 0; w < W; w++) {
+        const int32_t v = s8[w] - j->xz;
+        if (s8[w] < -126 || s8[w] > 126 || v < -128 || v > 127) return -1;
         mn = v < mn ? v : mn;
         mx = v > mx ? v : mx;
         d[w] = (uint8_t)(v + 128);
@@ -106,6 +130,44 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_bytes_512(co
       }
     }
   *lo = _mm512_reduce_min_epi32(mn), *hi = _mm512_reduce_max_epi32(mx);
+  return bad ? -1 : 0;
+}
+
+/* pad_bytes_c from X's codes k (zero point z) instead of its floats: the
+ * code c = k - z (the value's c = x / sx), so the same bytes; -1 when a code
+ * is a non-finite mark (outside -126..126) or c leaves -128..127. 32 codes
+ * at a time (AVX-512 BW). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_codes_512(const fwd_job *j, const int8_t *k,
+                                                                                  uint8_t *u, int32_t *lo,
+                                                                                  int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1];
+  const __m512i vz = _mm512_set1_epi16((short)j->xz), lim = _mm512_set1_epi16(126), v128 = _mm512_set1_epi16(128);
+  const __m512i cmin = _mm512_set1_epi16(-128), cmax = _mm512_set1_epi16(127);
+  __m512i mn = _mm512_setzero_si512(), mx = mn;
+  __mmask32 bad = 0;
+  memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t h = 0; h < H; h++) {
+      const int8_t *s8 = k + (c * H + h) * W;
+      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
+      for (int64_t w = 0; w < W; w += 32) {
+        const __mmask32 m = W - w >= 32 ? 0xffffffffu : (__mmask32)((1u << (W - w)) - 1);
+        const __m512i kc = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, s8 + w));
+        const __m512i v = _mm512_maskz_sub_epi16(m, kc, vz);
+        bad |= m & (_mm512_cmpgt_epi16_mask(_mm512_abs_epi16(kc), lim) | _mm512_cmplt_epi16_mask(v, cmin) |
+                    _mm512_cmpgt_epi16_mask(v, cmax));
+        mn = _mm512_min_epi16(mn, v);
+        mx = _mm512_max_epi16(mx, v);
+        _mm256_mask_storeu_epi8(d + w, m, _mm512_cvtepi16_epi8(_mm512_add_epi16(v, v128)));
+      }
+    }
+  int16_t l[32], t[32];
+  _mm512_storeu_si512(l, mn);
+  _mm512_storeu_si512(t, mx);
+  int32_t a = 0, b = 0;
+  for (int i = 0; i < 32; i++) a = l[i] < a ? l[i] : a, b = t[i] > b ? t[i] : b;
+  *lo = a, *hi = b;
   return bad ? -1 : 0;
 }
 
@@ -216,12 +278,23 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
   }
   for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
     int32_t lo, hi;
-    const float *xn = j->x + n * nx;
+    int r = -1;
+    if (j->xk) { /* the codes: the bytes without the floats */
+      const int8_t *kn = j->xk + n * nx;
 #if defined(__x86_64__)
-    int r = j->gather2 ? pad_bytes_512(j, xn, u, &lo, &hi) : pad_bytes_c(j, xn, u, &lo, &hi);
+      r = j->gather2 ? pad_codes_512(j, kn, u, &lo, &hi) : pad_codes_c(j, kn, u, &lo, &hi);
 #else
-    int r = pad_bytes_c(j, xn, u, &lo, &hi);
+      r = pad_codes_c(j, kn, u, &lo, &hi);
 #endif
+    }
+    if (r && j->x) { /* no codes, or one not a code (a non-finite mark): the floats decide */
+      const float *xn = j->x + n * nx;
+#if defined(__x86_64__)
+      r = j->gather2 ? pad_bytes_512(j, xn, u, &lo, &hi) : pad_bytes_c(j, xn, u, &lo, &hi);
+#else
+      r = pad_bytes_c(j, xn, u, &lo, &hi);
+#endif
+    }
     /* codes in -128..127: bytes c + 128 as written; else (8-bit codes, lo
      * <= 0 <= hi) bytes c - lo when they span at most 256 values */
     int off = 128;
@@ -461,14 +534,15 @@ nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, con
   int done = 0; /* AMX tiles where the CPU has them (int4_amx.c; they decline what they do not cover) */
   if (!st && !*off_grid && nbl_i4b_amx_on(bisa))
     st = nbl_i4b_amx_conv_forward(ctx, g, x, sx, xk, xz, w8, sx * sw, bias, y, acc, &done);
-  float *xbuf = NULL; /* x omitted (QuantizeInt4's Y dropped): made from its codes for the other paths */
-  if (!st && !*off_grid && !done && !x) {
+  const int small = small_k_fits(g);
+  float *xbuf = NULL; /* x omitted (QuantizeInt4's Y dropped): made from its codes for the small-K path */
+  if (!st && !*off_grid && !done && !x && small) {
     const int64_t nx = g->N * g->C * g->in_sz;
     if (!(xbuf = malloc(sizeof(float) * (size_t)(nx ? nx : 1)))) st = NBL_ERR_OUT_OF_MEMORY;
     if (!st) nbl_q4_values8(sx, xz, xk, xbuf, (size_t)nx);
     x = xbuf;
   }
-  if (!st && !*off_grid && !done && small_k_fits(g))
+  if (!st && !*off_grid && !done && small)
     st = small_k_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done, off_grid);
   /* the VNNI tiles' packed weights, only when they run */
   for (int64_t gi = 0; !st && !*off_grid && !done && gi < g->group; gi++)
@@ -484,7 +558,7 @@ nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, con
     int64_t pb = (int64_t)(192 * 1024) / (Kp ? Kp : 4) / 32 * 32;
     pb = pb < 32 ? 32 : pb > 1024 ? 1024 : pb;
     if (pb > P32) pb = P32;
-    fwd_job j = {.g = g, .x = x, .sx = sx, .rows = rows, .bias = bias, .sc = sx * sw, .y = y, .acc = acc,
+    fwd_job j = {.g = g, .x = x, .xk = xk, .xz = xz, .sx = sx, .rows = rows, .bias = bias, .sc = sx * sw, .y = y, .acc = acc,
                  .Cg = Cg, .Mg = Mg, .Kg = Kg, .Kp = Kp, .Hp = Hp, .Wp = Wp, .pb = pb, .isa = nbl_i4_best_isa(),
                  .gather2 = nbl_i4_avx512()};
     if (ctx) nbl_parallel_for(ctx, g->N, 1, fwd_images, &j);
