@@ -309,11 +309,11 @@ START_TEST(test_blocks_same_bits) {
       free(x), free(d), free(g1), free(g2), free(dx1), free(dx2), free(mu1), free(va1), free(mu2), free(va2);
       free(inv), free(scl), free(sg1), free(sgx1), free(sg2), free(sgx2), free(fa), free(fb);
     }
-  ck_assert_int_eq(nbl_bn_block(64, 49, 1), 21); /* ceil(1024 / 49) */
-  ck_assert_int_eq(nbl_bn_block(64, 49, 2), 21);
+  ck_assert_int_eq(nbl_bn_block(64, 49, 1), 11); /* ceil(512 / 49) */
+  ck_assert_int_eq(nbl_bn_block(64, 49, 2), 11);
   ck_assert_int_eq(nbl_bn_block(16, 49, 2), 8); /* half the channels each */
   ck_assert_int_eq(nbl_bn_block(512, 1, 1), NBL_BN_BLOCK_MAX);
-  ck_assert_int_eq(nbl_bn_block(64, 1024, 1), 1);
+  ck_assert_int_eq(nbl_bn_block(64, 784, 1), 1); /* 28 x 28: channel by channel */
 }
 END_TEST
 
