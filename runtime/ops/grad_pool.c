@@ -382,6 +382,20 @@ static nbl_status k_avgpool_grad_ref(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* For each output position o along spatial axis a of g: in[o] = how many
+ * of the window's positions fall inside the input, pad[o] = inside the
+ * input with its pads. */
+static void window_counts(const nbl_conv_geom *g, int a, int64_t *in, int64_t *pad) {
+  for (int64_t o = 0; o < g->out[a]; o++) {
+    in[o] = pad[o] = 0;
+    for (int64_t k = 0; k < g->k[a]; k++) {
+      int64_t p = o * g->s[a] - g->pb[a] + k * g->d[a];
+      in[o] += p >= 0 && p < g->in[a];
+      pad[o] += p >= -g->pb[a] && p < g->in[a] + g->pe[a];
+    }
+  }
+}
+
 /* Fast float32 2-D: per output row and column, the window's input row and
  * column ranges and divisor computed once; other cases take the reference. */
 static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
@@ -397,33 +411,13 @@ static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
   const float *gy = dY->data;
   if (dX->numel) memset(gx, 0, sizeof(float) * (size_t)dX->numel);
   int64_t H = g.in[0], W = g.in[1], OH = g.out[0], OW = g.out[1], KH = g.k[0], KW = g.k[1];
-  /* per output column: how many window columns are inside the input, and inside input + pads */
-  int64_t *cin = malloc(sizeof(int64_t) * (size_t)(2 * (OW > 0 ? OW : 1)));
+  /* per output column and row: how many window columns (rows) are inside
+   * the input, and inside input + pads */
+  int64_t *cin = malloc(sizeof(int64_t) * (size_t)(2 * (OW > 0 ? OW : 1) + 2 * (OH > 0 ? OH : 1)));
   if (!cin) return grad_oom(c);
-  int64_t *cpad = cin + OW;
-  for (int64_t ow = 0; ow < OW; ow++) {
-    cin[ow] = cpad[ow] = 0;
-    for (int64_t kw = 0; kw < KW; kw++) {
-      int64_t p = ow * g.s[1] - g.pb[1] + kw * g.d[1];
-      cin[ow] += p >= 0 && p < W;
-      cpad[ow] += p >= -g.pb[1] && p < W + g.pe[1];
-    }
-  }
-  /* per output row: the same counts over the window rows */
-  int64_t *rin = malloc(sizeof(int64_t) * (size_t)(2 * (OH > 0 ? OH : 1)));
-  if (!rin) {
-    free(cin);
-    return grad_oom(c);
-  }
-  int64_t *rpad = rin + OH;
-  for (int64_t oh = 0; oh < OH; oh++) {
-    rin[oh] = rpad[oh] = 0;
-    for (int64_t kh = 0; kh < KH; kh++) {
-      int64_t p = oh * g.s[0] - g.pb[0] + kh * g.d[0];
-      rin[oh] += p >= 0 && p < H;
-      rpad[oh] += p >= -g.pb[0] && p < H + g.pe[0];
-    }
-  }
+  int64_t *cpad = cin + OW, *rin = cpad + OW, *rpad = rin + OH;
+  window_counts(&g, 1, cin, cpad);
+  window_counts(&g, 0, rin, rpad);
   for (int64_t pl = 0; pl < g.N * g.C; pl++) {
     float *xp = gx + pl * H * W;
     const float *yp = gy + pl * OH * OW;
@@ -442,8 +436,7 @@ static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
         }
       }
   }
-  free(rin);
-  free(cin);
+  free(cin); /* (rin, cpad, rpad: the same block) */
   return NBL_OK;
 }
 
