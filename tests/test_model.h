@@ -9,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "include/nibble.h"
+#include "ir/ir.h" /* nbl_model_equal */
 
 /* NBL_SOURCE_ROOT/rel (. when unset), malloc'ed. */
 static inline char *tm_src_path(const char *rel) {
@@ -52,6 +54,22 @@ static inline void tm_batch(int B, nbl_host_tensor *x, nbl_host_tensor *y) {
   x->dims[0] = y->dims[0] = B;
   x->nbytes = (size_t)B * 28 * 28 * sizeof(float);
   y->nbytes = (size_t)B * sizeof(int64_t);
+}
+
+/* m saved to a temporary file and loaded back, checked equal to m
+ * (nbl_model_equal); the loaded model, which the caller frees. */
+static inline nbl_model *tm_saved_and_loaded(const nbl_model *m) {
+  char path[] = "/tmp/nbl_test_model_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_msg(nbl_model_save(m, path, NULL) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *back = NULL;
+  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
+  unlink(path);
+  char why[512] = {0};
+  ck_assert_msg(nbl_model_equal(m, back, why, sizeof why), "round trip: %s", why);
+  return back;
 }
 
 #endif

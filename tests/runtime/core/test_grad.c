@@ -7,11 +7,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "runtime/core/grad.h"
 #include "runtime/core/kernel.h"
 #include "train/grad_fd.h"
+#include "test_model.h"
 
 #define D(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), ((const int64_t[]){__VA_ARGS__})
 #define TOL 1e-6
@@ -717,19 +717,10 @@ START_TEST(test_lenet_training_model) {
   }
   ck_assert_int_eq(n_prod, 4);
   /* saved as ONNX and loaded back: the same model */
-  char path[] = "/tmp/nbl_test_grad_XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  close(fd);
-  ck_assert_msg(nbl_model_save(m, path, NULL) == NBL_OK, "%s", nbl_last_error());
-  nbl_model *back = NULL;
-  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
-  char why[512];
-  ck_assert_msg(nbl_model_equal(m, back, why, sizeof why), "round trip: %s", why);
+  nbl_model *back = tm_saved_and_loaded(m);
   /* a pass pipeline after it keeps the state (dce knows what training reads) */
   ck_assert_int_eq(run_spec(back, "default"), NBL_OK);
   ck_assert_int_ne(nbl_graph_find(back->graph, "classifier.1.weight.momentum"), NBL_NONE);
-  unlink(path);
   nbl_model_free(back);
   nbl_model_free(m);
   nbl_model_free(orig);

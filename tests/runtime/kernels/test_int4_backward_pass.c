@@ -8,7 +8,6 @@
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
-#include <unistd.h>
 
 #include "grad_check.h"
 #include "runtime/core/cpu.h"
@@ -17,6 +16,7 @@
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/ops/grad_int4.h"
+#include "test_model.h"
 
 #define MS "com.microsoft"
 
@@ -227,19 +227,18 @@ static void pm_expect_rewrite(pm *p, int log) {
   ck_assert_int_eq(g->values[nbl_graph_find(g, "C0")].n_consumers, 1); /* g_c1 only */
 }
 
-/* m saved to a file and loaded back, checked equal to m (the caller frees it). */
-static nbl_model *saved_and_loaded(const nbl_model *m) {
-  char path[] = "/tmp/nbl_i4b_XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  close(fd);
-  ck_assert_msg(nbl_model_save(m, path, NULL) == NBL_OK, "%s", nbl_last_error());
-  nbl_model *back = NULL;
-  ck_assert_msg(nbl_model_load(path, &back) == NBL_OK, "%s", nbl_last_error());
-  unlink(path);
-  char why[256] = {0};
-  ck_assert_msg(nbl_model_equal(m, back, why, sizeof why), "%s", why);
-  return back;
+/* a[o] and b[o] (o < n) equal to float rounding: within 1e-5 of each output's
+ * largest |a|; frees them. */
+static void expect_close(tens *a, tens *b, int n) {
+  for (int o = 0; o < n; o++) {
+    double mx = 0;
+    for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
+    for (int64_t i = 0; i < a[o].n; i++)
+      ck_assert_msg(fabs(t_get(&a[o], i) - t_get(&b[o], i)) <= 1e-5 * mx, "output %d [%lld]: %g vs %g", o,
+                    (long long)i, t_get(&b[o], i), t_get(&a[o], i));
+    t_free(&a[o]);
+    t_free(&b[o]);
+  }
 }
 
 START_TEST(test_pass_log) {
@@ -257,7 +256,7 @@ START_TEST(test_pass_log) {
                 "%s", log);
   /* the rewritten model saves and loads back equal (the codes, int8, and
    * the omitted Y as any other tensor and optional output) */
-  nbl_model *back = saved_and_loaded(p.m);
+  nbl_model *back = tm_saved_and_loaded(p.m);
   tens c2[16];
   if (runnable) { /* the loaded model runs: the same bits as the one in memory (below) */
     nbl_model *mem = p.m;
@@ -273,14 +272,8 @@ START_TEST(test_pass_log) {
     for (int o = 0; o < p.n_out; o++) {
       ck_assert(c2[o].n == b[o].n && memcmp(c2[o].data, b[o].data, sizeof(float) * (size_t)b[o].n) == 0);
       t_free(&c2[o]);
-      double mx = 0;
-      for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
-      for (int64_t i = 0; i < a[o].n; i++)
-        ck_assert_msg(fabs(t_get(&a[o], i) - t_get(&b[o], i)) <= 1e-5 * mx, "output %d [%lld]: %g vs %g", o,
-                      (long long)i, t_get(&b[o], i), t_get(&a[o], i));
-      t_free(&a[o]);
-      t_free(&b[o]);
     }
+    expect_close(a, b, p.n_out);
   }
   pm_free(&p);
 }
@@ -303,17 +296,9 @@ START_TEST(test_pass_linear_runs) {
   pm_run(&p, b);
   ck_assert_int_eq(nbl_i4b_integer_runs(), runs + 5);
   ck_assert_int_eq(nbl_i4b_float_runs(), fl);
-  for (int o = 0; o < p.n_out; o++) {
-    double mx = 0;
-    for (int64_t i = 0; i < a[o].n; i++) mx = fmax(mx, fabs(t_get(&a[o], i)));
-    for (int64_t i = 0; i < a[o].n; i++)
-      ck_assert_msg(fabs(t_get(&a[o], i) - t_get(&b[o], i)) <= 1e-5 * mx, "output %d [%lld]: %g vs %g", o,
-                    (long long)i, t_get(&b[o], i), t_get(&a[o], i));
-    t_free(&a[o]);
-    t_free(&b[o]);
-  }
+  expect_close(a, b, p.n_out);
   /* the rewritten model saves and loads back equal */
-  nbl_model_free(saved_and_loaded(p.m));
+  nbl_model_free(tm_saved_and_loaded(p.m));
   pm_free(&p);
 }
 END_TEST
