@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "runtime/core/engine.h"
+#include "runtime/kernels/gemm.h"
 
 void nbl_slot_clear(nbl_rt_tensor *t) {
   nbl_rt_tensor_free(t);
@@ -91,6 +92,7 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
       return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
     }
   }
+  nbl_blas_single_thread(); /* before the pool's threads run: OpenBLAS's own would compete with them */
   if (e->threads > 1) e->pool = nbl_pool_new(e->threads);
   *out = e;
   return NBL_OK;

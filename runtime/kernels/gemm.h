@@ -14,6 +14,13 @@
 
 #include "runtime/core/kernel.h"
 
+/* OpenBLAS always runs single-threaded (nibble's pool splits large
+ * products); this sets that once per process and stops OpenBLAS's idle
+ * worker threads, which would spin on the cores the pool uses. Called when
+ * an executor starts and before the first product; a no-op without
+ * OpenBLAS. */
+void nbl_blas_single_thread(void);
+
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, op(X) = X^T when trans_x.
  * A is M x K (K x M when trans_a), B is K x N (N x K when trans_b).
  * beta == 0 means C is written without being read (NaN in C does not leak).

@@ -622,20 +622,22 @@ void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int
 
 /* ------------------------------------------------------------------ micro-kernels
  * T[r][c] (r < mr, c < 16 * np; row stride 32) = sum over pairs j < kp of
- * A[r][2j] * B[2j][c] + A[r][2j+1] * B[2j+1][c], B at panel p + ps * panel. */
+ * A[r][2j] * B[2j][c] + A[r][2j+1] * B[2j+1][c], B's pair j of panel p at
+ * B + ps * p + 32 * j (packed panels), or at Bj[j] + boff + 32 * p (B's
+ * pair rows by pointer, Bj not NULL: nbl_i4b_gemm_pairs). */
 
-typedef void (*mk_fn)(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, int np,
-                      int64_t kp, int32_t *T);
+typedef void (*mk_fn)(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, const int16_t *const *Bj,
+                      int64_t boff, int np, int64_t kp, int32_t *T);
 
-static void mk_scalar(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, int np, int64_t kp,
-                      int32_t *T) {
+static void mk_scalar(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, const int16_t *const *Bj,
+                      int64_t boff, int np, int64_t kp, int32_t *T) {
   int32_t acc[NBL_I4B_MR][2 * NBL_I4B_NR];
   memset(acc, 0, sizeof acc);
   for (int64_t j = 0; j < kp; j++)
     for (int r = 0; r < mr; r++) {
       const int32_t a0 = A[r][2 * j], a1 = A[r][2 * j + 1];
       for (int p = 0; p < np; p++) {
-        const int16_t *b = B + p * ps + 32 * j;
+        const int16_t *b = Bj ? Bj[j] + boff + 32 * p : B + p * ps + 32 * j;
         for (int l = 0; l < NBL_I4B_NR; l++) acc[r][p * 16 + l] += a0 * b[2 * l] + a1 * b[2 * l + 1];
       }
     }
@@ -650,14 +652,15 @@ static inline int32_t pair_at(const int16_t *p) {
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void mk512_body(
-    const int16_t *const *Ar, const int16_t *B, int64_t ps, int64_t kp, int32_t *T, const int MR,
-    const int NP) {
+    const int16_t *const *Ar, const int16_t *B, int64_t ps, const int16_t *const *Bj, int64_t boff, int64_t kp,
+    int32_t *T, const int MR, const int NP, const int BP) {
   __m512i c[NBL_I4B_MR][2];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm512_setzero_si512();
   for (int64_t j = 0; j < kp; j++) {
-    const __m512i b0 = _mm512_load_si512(B + 32 * j);
-    const __m512i b1 = NP == 2 ? _mm512_load_si512(B + ps + 32 * j) : b0;
+    const int16_t *bj = BP ? Bj[j] + boff : B + 32 * j;
+    const __m512i b0 = BP ? _mm512_loadu_si512(bj) : _mm512_load_si512(bj);
+    const __m512i b1 = NP != 2 ? b0 : BP ? _mm512_loadu_si512(bj + 32) : _mm512_load_si512(bj + ps);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
       const __m512i a = _mm512_set1_epi32(pair_at(Ar[r] + 2 * j));
@@ -673,12 +676,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inl
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(const int16_t *const *A, int mr,
-                                                                             const int16_t *B, int64_t ps, int np,
-                                                                             int64_t kp, int32_t *T) {
-#define MK512(R)                                              \
-  case R:                                                     \
-    if (np == 2) mk512_body(A, B, ps, kp, T, R, 2);           \
-    else mk512_body(A, B, ps, kp, T, R, 1);                   \
+                                                                             const int16_t *B, int64_t ps,
+                                                                             const int16_t *const *Bj, int64_t boff,
+                                                                             int np, int64_t kp, int32_t *T) {
+#define MK512(R)                                                                   \
+  case R:                                                                          \
+    if (Bj) {                                                                      \
+      if (np == 2) mk512_body(A, B, ps, Bj, boff, kp, T, R, 2, 1);                 \
+      else mk512_body(A, B, ps, Bj, boff, kp, T, R, 1, 1);                         \
+    } else if (np == 2) mk512_body(A, B, ps, Bj, boff, kp, T, R, 2, 0);            \
+    else mk512_body(A, B, ps, Bj, boff, kp, T, R, 1, 0);                           \
     break;
   switch (mr) {
     MK512(1)
@@ -692,14 +699,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(con
 }
 
 __attribute__((target("avx2"), always_inline)) static inline void mk256_body(const int16_t *const *Ar,
-                                                                              const int16_t *B, int64_t kp,
-                                                                              int32_t *T, const int MR) {
+                                                                              const int16_t *B,
+                                                                              const int16_t *const *Bj, int64_t boff,
+                                                                              int64_t kp, int32_t *T, const int MR) {
   __m256i c[NBL_I4B_MR][2];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm256_setzero_si256();
   for (int64_t j = 0; j < kp; j++) {
-    const __m256i b0 = _mm256_load_si256((const __m256i *)(B + 32 * j));
-    const __m256i b1 = _mm256_load_si256((const __m256i *)(B + 32 * j + 16));
+    const int16_t *bj = Bj ? Bj[j] + boff : B + 32 * j;
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)bj);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bj + 16));
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
       const __m256i a = _mm256_set1_epi32(pair_at(Ar[r] + 2 * j));
@@ -716,12 +725,13 @@ __attribute__((target("avx2"), always_inline)) static inline void mk256_body(con
 
 /* One panel per call (np is always 1 for this variant). */
 __attribute__((target("avx2"))) static void mk_avx2(const int16_t *const *A, int mr, const int16_t *B,
-                                                     int64_t ps, int np, int64_t kp, int32_t *T) {
+                                                     int64_t ps, const int16_t *const *Bj, int64_t boff, int np,
+                                                     int64_t kp, int32_t *T) {
   (void)ps;
   (void)np;
-#define MK256(R)                         \
-  case R:                                \
-    mk256_body(A, B, kp, T, R);          \
+#define MK256(R)                                  \
+  case R:                                         \
+    mk256_body(A, B, Bj, boff, kp, T, R);         \
     break;
   switch (mr) {
     MK256(1)
@@ -812,6 +822,7 @@ typedef struct gemm_ctx {
   const int16_t *const *rows; /* or A's rows by pointer */
   int64_t lda, Kp, ps, kchunk, m1, n1;
   const nbl_i4b_panels *B;
+  const int16_t *const *Bj; /* or B's pair rows by pointer (B NULL) */
   const nbl_i4b_sink *out;
 } gemm_ctx;
 
@@ -822,10 +833,11 @@ static void gemm_tile(const gemm_ctx *g, int64_t m, int64_t n0, int two) {
   const int mr = (int)(g->m1 - m < NBL_I4B_MR ? g->m1 - m : NBL_I4B_MR);
   const int np = two && n0 + NBL_I4B_NR < g->n1 ? 2 : 1;
   const int nc = (int)(g->n1 - n0 < 16 * np ? g->n1 - n0 : 16 * np);
-  const int16_t *Bp = g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Ar[NBL_I4B_MR];
+  const int16_t *Bp = g->Bj ? NULL : g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Ar[NBL_I4B_MR];
+  const int64_t boff = 2 * n0; /* B's pair rows: column n0's pair */
   for (int r = 0; r < mr; r++) Ar[r] = g->rows ? g->rows[m + r] : g->A + (m + r) * g->lda;
   if (g->Kp <= g->kchunk) {
-    g->mk(Ar, mr, Bp, g->ps, np, g->Kp / 2, T);
+    g->mk(Ar, mr, Bp, g->ps, g->Bj, boff, np, g->Kp / 2, T);
     sink_tile(g->out, m, mr, n0, nc, T, NULL, g->vec);
     return;
   }
@@ -834,7 +846,7 @@ static void gemm_tile(const gemm_ctx *g, int64_t m, int64_t n0, int two) {
     const int64_t kk = g->Kp - k0 < g->kchunk ? g->Kp - k0 : g->kchunk;
     const int16_t *Ak[NBL_I4B_MR];
     for (int r = 0; r < mr; r++) Ak[r] = Ar[r] + k0;
-    g->mk(Ak, mr, Bp + k0 * NBL_I4B_NR, g->ps, np, kk / 2, T);
+    g->mk(Ak, mr, Bp ? Bp + k0 * NBL_I4B_NR : NULL, g->ps, g->Bj ? g->Bj + k0 / 2 : NULL, boff, np, kk / 2, T);
     for (int r = 0; r < mr; r++)
       for (int l = 0; l < nc; l++) T64[r * 32 + l] += T[r * 32 + l];
   }
@@ -854,6 +866,12 @@ void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, 
                        int64_t n1, const nbl_i4b_panels *B, int64_t kchunk, const nbl_i4b_sink *out) {
   gemm_ctx g = {.mk = mk_scalar, .rows = rows, .Kp = B->Kp, .ps = B->Kp * NBL_I4B_NR, .m1 = m1,
                 .n1 = n1 < B->N ? n1 : B->N, .B = B, .out = out};
+  gemm_run(&g, isa, m0, m1, n0, kchunk);
+}
+
+void nbl_i4b_gemm_pairs(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0,
+                        int64_t n1, const int16_t *const *Bj, int64_t Kp, int64_t kchunk, const nbl_i4b_sink *out) {
+  gemm_ctx g = {.mk = mk_scalar, .A = A, .lda = lda, .Kp = Kp, .ps = 0, .m1 = m1, .n1 = n1, .Bj = Bj, .out = out};
   gemm_run(&g, isa, m0, m1, n0, kchunk);
 }
 
