@@ -478,71 +478,12 @@ typedef struct dx_job {
   const int16_t *dy, *wf;
   int64_t kchunk;
   const nbl_i4b_conv_out *out;
-  int wide; /* 2-D, g2's pads >= 0: dx_wide_part */
   int failed;
 } dx_job;
-
-/* 2-D without im2col: dY's codes padded by g2's pads into planes of Hp2 x
- * Wp2 per channel, outputs over the padded width (pixel ih * Wp2 + iw, the
- * columns iw >= W wasted), so that each im2col' row is the padded plane
- * from the tap's offset, packed straight from there; the outputs go to
- * scratch and their valid columns to dX. */
-static void dx_wide_part(dx_job *j, int64_t n0, int64_t n1) {
-  const nbl_conv_geom *g = j->g, *g2 = j->g2;
-  const int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1], isz = g->in_sz;
-  const int64_t Hp2 = OH + g2->pb[0] + g2->pe[0], Wp2 = OW + g2->pb[1] + g2->pe[1], plane = Hp2 * Wp2;
-  const int64_t Pw = H * Wp2, slack = Wp2 + 64;
-  const int acc = j->out->dx_acc != NULL;
-  int16_t *dyp = malloc(sizeof(int16_t) * (size_t)(j->Mg * plane + slack));
-  const int16_t **rows = malloc(sizeof(*rows) * (size_t)j->K2);
-  void *scr = malloc((acc ? sizeof(int64_t) : sizeof(float)) * (size_t)(j->Cg * Pw));
-  nbl_i4b_panels B = {0};
-  if (!dyp || !rows || !scr || nbl_i4b_panels_reserve(&B, j->K2, Pw)) {
-    j->failed = 1;
-    n1 = n0;
-  } else {
-    memset(dyp, 0, sizeof(int16_t) * (size_t)(j->Mg * plane + slack));
-    for (int64_t r = 0; r < j->K2; r++) {
-      const int64_t m = r / g->k_sz, t = r % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-      rows[r] = dyp + m * plane + kh * g->d[0] * Wp2 + kw * g->d[1];
-    }
-  }
-  for (int64_t n = n0; n < n1; n++)
-    for (int64_t gr = 0; gr < g->group; gr++) {
-      for (int64_t m = 0; m < j->Mg; m++) /* the borders stay 0 */
-        for (int64_t oh = 0; oh < OH; oh++)
-          memcpy(dyp + m * plane + (oh + g2->pb[0]) * Wp2 + g2->pb[1],
-                 j->dy + (((n * g->M + gr * j->Mg + m) * OH) + oh) * OW, sizeof(int16_t) * (size_t)OW);
-      nbl_i4b_pack_ptrs(j->isa, rows, &B);
-      const int64_t o = (n * g->C + gr * j->Cg) * isz;
-      if (acc) memset(scr, 0, sizeof(int64_t) * (size_t)(j->Cg * Pw));
-      nbl_i4b_sink sk = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = scr, .ldc = Pw}
-                            : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = scr, .ldc = Pw, .scale = j->out->dx_scale};
-      nbl_i4b_gemm(j->isa, j->wf + gr * j->Cg * j->K2p, j->K2p, 0, j->Cg, 0, Pw, &B, j->kchunk, &sk);
-      for (int64_t c = 0; c < j->Cg; c++)
-        for (int64_t ih = 0; ih < H; ih++) {
-          const int64_t d = o + c * isz + ih * W, sidx = c * Pw + ih * Wp2;
-          if (!acc) {
-            memcpy(j->out->dx + d, (const float *)scr + sidx, sizeof(float) * (size_t)W);
-            continue;
-          }
-          memcpy(j->out->dx_acc + d, (const int64_t *)scr + sidx, sizeof(int64_t) * (size_t)W);
-          if (j->out->dx) rescale_64((const int64_t *)scr + sidx, W, j->out->dx_scale, j->out->dx + d);
-        }
-    }
-  free(dyp);
-  free(rows);
-  free(scr);
-  nbl_i4b_panels_free(&B);
-}
 
 static void dx_direct_part(void *arg, int64_t n0, int64_t n1) {
   dx_job *j = arg;
   const nbl_conv_geom *g = j->g;
-  if (j->wide) {
-    dx_wide_part(j, n0, n1);
-    return;
-  }
   const int64_t isz = g->in_sz;
   int16_t *col = malloc(sizeof(int16_t) * (size_t)(j->K2 * isz));
   nbl_i4b_panels B = {0};
@@ -598,11 +539,243 @@ static nbl_status conv_dx_direct(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
   if (out->dx_acc) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)(g->N * g->C * g->in_sz));
   dx_job j = {.g = g, .g2 = &g2, .isa = isa, .Cg = Cg, .Mg = Mg, .K2 = K2, .K2p = K2p, .tap2 = tap2, .dy = dy,
               .wf = wf, .kchunk = nbl_i4b_kchunk(w_max, dy_max), .out = out};
-  j.wide = g->ns == 2 && g2.pb[0] >= 0 && g2.pb[1] >= 0 && g2.pe[0] >= 0 && g2.pe[1] >= 0 && nbl_kdebug_get(NBL_KS_I4B_WIDE);
   run(ctx, g->N, dx_direct_part, &j);
   free(tap2);
   free(wf);
   return j.failed ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+}
+
+/* ------------------------------------------------------------------ dX, 2-D: stride phases over channel pairs */
+
+/* dX of a 2-D convolution (any strides, dilations, pads, groups) split by
+ * output phase (ih % sh, iw % sw) = (a, b): the phase's positions
+ * (sh * i + a, sw * j + b) take the taps (kh, kw) with a + pb_h - kh * dh
+ * and b + pb_w - kw * dw divisible by the strides, reading dY at (i + oh,
+ * j + ow), oh = (a + pb_h - kh * dh) / sh, ow likewise: a unit-stride
+ * correlation (a phase no tap reaches is zeros; unit strides: one phase,
+ * the convolution of dY with the flipped kernel). An image's dY codes (one
+ * group) are laid out once in channel pairs, the codes of channels 2q and
+ * 2q + 1 side by side (vpdpwssd's operand), over planes of Hq x Wq padded
+ * so that every tap of every phase reads inside them; the GEMM of a phase,
+ * dX_phase [Cg][Hph * Wq] = A_phase [Cg][taps * Q pairs] x B, takes B's
+ * pair row of (tap, q) straight from q's plane at the tap's offset
+ * (nbl_i4b_gemm_pairs: no im2col, no packing), over the padded width
+ * (columns j >= the phase's width computed and dropped); the valid columns
+ * go to dX's phase positions. */
+typedef struct ph_axis { /* one spatial axis: its phases' taps and offsets */
+  int64_t s, n_out, len;  /* stride, dY's extent, dX's extent */
+  int64_t pad, ext;       /* dY's plane: leading zeros, extent with them */
+  int64_t *nt, *kt, *ot; /* phase p: nt[p] taps kt[p * k ..], dY offsets ot[p * k ..] */
+} ph_axis;
+
+typedef struct ph_job {
+  const nbl_conv_geom *g;
+  nbl_i4b_isa isa;
+  int64_t Cg, Mg, Q, Hq, Wq, kchunk;
+  const ph_axis *ah, *aw;
+  const int16_t *dy;
+  const int16_t *const *A;     /* per group * phase: [Cg][2 * taps * Q] */
+  const int64_t *const *boff;  /* per phase: B's pair rows, code offsets in the pair planes */
+  const nbl_i4b_conv_out *out;
+  int zeros; /* some phase has no taps */
+  _Atomic int failed;
+} ph_job;
+
+/* The pair planes' interior of one image and group: pp[q][(oh + pad_h) *
+ * Wq + ow + pad_w] = (dy[2q][oh][ow], dy[2q + 1][oh][ow]) as one 32-bit
+ * unit (low half channel 2q; past Mg: 0). */
+static inline __attribute__((always_inline)) void pairs_body(uint32_t *restrict pp, const int16_t *restrict dy,
+                                                             const ph_job *j) {
+  const int64_t OH = j->g->out[0], OW = j->g->out[1], osz = OH * OW, plane = j->Hq * j->Wq;
+  for (int64_t q = 0; q < j->Q; q++) {
+    const int16_t *d0 = dy + 2 * q * osz, *d1 = 2 * q + 1 < j->Mg ? d0 + osz : NULL;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      uint32_t *dst = pp + q * plane + (oh + j->ah->pad) * j->Wq + j->aw->pad;
+      const int16_t *r0 = d0 + oh * OW;
+      if (d1) {
+        const int16_t *r1 = d1 + oh * OW;
+        for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow] | (uint32_t)(uint16_t)r1[ow] << 16;
+      } else {
+        for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow];
+      }
+    }
+  }
+}
+I4B_VECTORIZE static void pairs_c(uint32_t *pp, const int16_t *dy, const ph_job *j) { pairs_body(pp, dy, j); }
+#if I4B_X86
+I4B_VECTORIZE __attribute__((target("avx2"))) static void pairs_256(uint32_t *pp, const int16_t *dy,
+                                                                     const ph_job *j) {
+  pairs_body(pp, dy, j);
+}
+I4B_VECTORIZE __attribute__((target("avx512f,avx512bw,avx512vl"))) static void pairs_512(uint32_t *pp,
+                                                                                           const int16_t *dy,
+                                                                                           const ph_job *j) {
+  pairs_body(pp, dy, j);
+}
+#endif
+
+static void ph_part(void *arg, int64_t n0, int64_t n1) {
+  ph_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const ph_axis *ah = j->ah, *aw = j->aw;
+  const int64_t H = g->in[0], W = g->in[1], isz = g->in_sz, Cg = j->Cg, Wq = j->Wq, plane = j->Hq * Wq;
+  const int64_t np = ah->s * aw->s, ntmax = g->k_sz * j->Q;
+  int64_t maxcols = 0; /* the largest phase's outputs over the padded width */
+  for (int64_t a = 0; a < ah->s; a++) {
+    const int64_t c = (H - a + ah->s - 1) / ah->s * Wq;
+    maxcols = c > maxcols ? c : maxcols;
+  }
+  const int acc = j->out->dx_acc != NULL;
+  /* the pair planes, 64 pairs of slack past the last (reads past a row's
+   * end up to the last 32-column block; those columns are dropped) */
+  uint32_t *pp = aligned_alloc(64, ((size_t)(j->Q * plane + Wq + 64) * sizeof(uint32_t) + 63) & ~(size_t)63);
+  const int16_t **rows = malloc(sizeof(*rows) * (size_t)(ntmax ? ntmax : 1));
+  void *scr = malloc((acc ? sizeof(int64_t) : sizeof(float)) * (size_t)(Cg * maxcols + 1));
+  if (!pp || !rows || !scr) {
+    j->failed = 1;
+    n1 = n0;
+  } else {
+    memset(pp, 0, sizeof(uint32_t) * (size_t)(j->Q * plane + Wq + 64));
+  }
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      const int16_t *dyg = j->dy + (n * g->M + gr * j->Mg) * g->out_sz;
+#if I4B_X86
+      if (j->isa == NBL_I4B_AVX512) pairs_512(pp, dyg, j);
+      else if (j->isa == NBL_I4B_AVX2) pairs_256(pp, dyg, j);
+      else
+#endif
+        pairs_c(pp, dyg, j);
+      const int64_t o = (n * g->C + gr * Cg) * isz;
+      if (j->zeros) {
+        if (j->out->dx) memset(j->out->dx + o, 0, sizeof(float) * (size_t)(Cg * isz));
+        if (acc) memset(j->out->dx_acc + o, 0, sizeof(int64_t) * (size_t)(Cg * isz));
+      }
+      for (int64_t a = 0; a < ah->s; a++)
+        for (int64_t b = 0; b < aw->s; b++) {
+          const int64_t ph = a * aw->s + b, nt = ah->nt[a] * aw->nt[b];
+          const int64_t Hph = (H - a + ah->s - 1) / ah->s, Wph = (W - b + aw->s - 1) / aw->s, cols = Hph * Wq;
+          if (nt == 0 || Hph <= 0 || Wph <= 0) continue;
+          for (int64_t r = 0; r < nt * j->Q; r++) rows[r] = (const int16_t *)(const void *)pp + j->boff[ph][r];
+          if (acc) memset(scr, 0, sizeof(int64_t) * (size_t)(Cg * cols));
+          nbl_i4b_sink sk = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = scr, .ldc = cols}
+                                : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = scr, .ldc = cols,
+                                                 .scale = j->out->dx_scale};
+          const int64_t Kp = 2 * nt * j->Q;
+          nbl_i4b_gemm_pairs(j->isa, j->A[gr * np + ph], Kp, 0, Cg, 0, cols, rows, Kp, j->kchunk, &sk);
+          for (int64_t c = 0; c < Cg; c++)
+            for (int64_t i = 0; i < Hph; i++) {
+              const int64_t d = o + c * isz + (ah->s * i + a) * W + b, si = c * cols + i * Wq;
+              if (acc) {
+                const int64_t *sv = (const int64_t *)scr + si;
+                for (int64_t q = 0; q < Wph; q++) j->out->dx_acc[d + aw->s * q] = sv[q];
+                if (j->out->dx)
+                  for (int64_t q = 0; q < Wph; q++)
+                    j->out->dx[d + aw->s * q] = (float)((double)sv[q] * j->out->dx_scale);
+              } else if (aw->s == 1) {
+                memcpy(j->out->dx + d, (const float *)scr + si, sizeof(float) * (size_t)Wph);
+              } else {
+                const float *sv = (const float *)scr + si;
+                for (int64_t q = 0; q < Wph; q++) j->out->dx[d + aw->s * q] = sv[q];
+              }
+            }
+        }
+    }
+  free(pp);
+  free(rows);
+  free(scr);
+}
+
+/* One axis: the phases' taps and dY offsets, and dY's padded extent. */
+static int ph_axis_init(ph_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb, int64_t n_out, int64_t len) {
+  x->s = s;
+  x->n_out = n_out;
+  x->len = len;
+  x->nt = malloc(sizeof(int64_t) * (size_t)s);
+  x->kt = malloc(sizeof(int64_t) * (size_t)(s * k));
+  x->ot = malloc(sizeof(int64_t) * (size_t)(s * k));
+  if (!x->nt || !x->kt || !x->ot) return -1;
+  int64_t lo = 0, hi = n_out; /* dY positions read, [lo, hi) */
+  for (int64_t p = 0; p < s; p++) {
+    x->nt[p] = 0;
+    const int64_t cnt = p < len ? (len - p + s - 1) / s : 0; /* the phase's dX positions */
+    for (int64_t kk = 0; kk < k; kk++) {
+      const int64_t t = p + pb - kk * d;
+      if (((t % s) + s) % s) continue;
+      const int64_t off = (t - (((t % s) + s) % s)) / s; /* exact */
+      x->kt[p * k + x->nt[p]] = kk;
+      x->ot[p * k + x->nt[p]++] = off;
+      if (cnt > 0) {
+        lo = off < lo ? off : lo;
+        hi = off + cnt > hi ? off + cnt : hi;
+      }
+    }
+  }
+  x->pad = -lo;
+  x->ext = hi - lo;
+  return 0;
+}
+
+static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
+                                 int32_t dy_max, const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, Q = (Mg + 1) / 2, KW = g->k[1];
+  ph_axis ah = {0}, aw = {0};
+  nbl_status st = NBL_OK;
+  const int64_t np = g->s[0] * g->s[1];
+  int16_t **A = calloc((size_t)(g->group * np), sizeof(*A));
+  int64_t **boff = calloc((size_t)np, sizeof(*boff));
+  if (!A || !boff || ph_axis_init(&ah, g->s[0], g->k[0], g->d[0], g->pb[0], g->out[0], g->in[0]) ||
+      ph_axis_init(&aw, g->s[1], g->k[1], g->d[1], g->pb[1], g->out[1], g->in[1]))
+    st = NBL_ERR_OUT_OF_MEMORY;
+  const int64_t Hq = ah.ext, Wq = aw.ext;
+  int zeros = 0;
+  for (int64_t a = 0; !st && a < g->s[0]; a++)
+    for (int64_t b = 0; !st && b < g->s[1]; b++) {
+      const int64_t ph = a * g->s[1] + b, nt = ah.nt[a] * aw.nt[b];
+      zeros |= nt == 0 && a < g->in[0] && b < g->in[1];
+      boff[ph] = malloc(sizeof(int64_t) * (size_t)(nt * Q + 1));
+      if (!boff[ph]) {
+        st = NBL_ERR_OUT_OF_MEMORY;
+        break;
+      }
+      for (int64_t t = 0; t < nt; t++) { /* tap t = (th, tw) of the phase, then the channel pairs */
+        const int64_t th = t / aw.nt[b], tw = t % aw.nt[b];
+        const int64_t pos = (ah.ot[a * g->k[0] + th] + ah.pad) * Wq + aw.ot[b * KW + tw] + aw.pad;
+        for (int64_t q = 0; q < Q; q++) boff[ph][t * Q + q] = 2 * (q * Hq * Wq + pos);
+      }
+      for (int64_t gr = 0; gr < g->group; gr++) {
+        int16_t *Ap = A[gr * np + ph] = malloc(sizeof(int16_t) * (size_t)(Cg * 2 * nt * Q + 1));
+        if (!Ap) {
+          st = NBL_ERR_OUT_OF_MEMORY;
+          break;
+        }
+        for (int64_t c = 0; c < Cg; c++)
+          for (int64_t t = 0; t < nt; t++) {
+            const int64_t kh = ah.kt[a * g->k[0] + t / aw.nt[b]], kw = aw.kt[b * KW + t % aw.nt[b]];
+            for (int64_t e = 0; e < 2 * Q; e++)
+              Ap[c * 2 * nt * Q + 2 * t * Q + e] =
+                  e < Mg ? w[((gr * Mg + e) * Cg + c) * g->k_sz + kh * KW + kw] : 0;
+          }
+      }
+    }
+  if (!st) {
+    ph_job j = {.g = g, .isa = isa, .Cg = Cg, .Mg = Mg, .Q = Q, .Hq = Hq, .Wq = Wq,
+                .kchunk = nbl_i4b_kchunk(w_max, dy_max), .ah = &ah, .aw = &aw, .dy = dy,
+                .A = (const int16_t *const *)A, .boff = (const int64_t *const *)boff, .out = out, .zeros = zeros};
+    run(ctx, g->N, ph_part, &j);
+    if (j.failed) st = NBL_ERR_OUT_OF_MEMORY;
+  }
+  for (int64_t i = 0; A && i < g->group * np; i++) free(A[i]);
+  for (int64_t i = 0; boff && i < np; i++) free(boff[i]);
+  free(A);
+  free(boff);
+  free(ah.nt);
+  free(ah.kt);
+  free(ah.ot);
+  free(aw.nt);
+  free(aw.kt);
+  free(aw.ot);
+  return st;
 }
 
 /* ------------------------------------------------------------------ dX, other strides */
@@ -730,9 +903,8 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
    * written, read and scattered: about 3 times the traffic per element);
    * always from the padded planes (2-D, pads within the kernel's extent:
    * no im2col; LeNet-5's second layer 1.15 -> 0.81 ms for dX and dW) */
-  int wide_dx = g->ns == 2 && nbl_kdebug_get(NBL_KS_I4B_WIDE);
-  for (int i = 0; i < g->ns; i++) wide_dx &= g->pb[i] <= (g->k[i] - 1) * g->d[i] && g->pe[i] <= (g->k[i] - 1) * g->d[i];
-  int unit = wide_dx || (double)Mg * (double)g->in_sz <= 3.0 * (double)Cg * (double)osz;
+  const int dx_phases = g->ns == 2 && nbl_kdebug_get(NBL_KS_I4B_WIDE);
+  int unit = (double)Mg * (double)g->in_sz <= 3.0 * (double)Cg * (double)osz;
   for (int i = 0; i < g->ns; i++) unit &= g->s[i] == 1;
   int64_t *tap = NULL;
   if (!empty && (want_dw || (want_dx && !unit)) && g->ns != 2 && !(tap = tap_table(g))) st = NBL_ERR_OUT_OF_MEMORY;
@@ -753,8 +925,9 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
     st = dw_wide ? conv_dw_wide(ctx, isa, g, dy, dy_max, x, x_max, dw64)
                  : conv_dw(ctx, isa, g, tap, dy, dy_max, x, x_max, dw64);
   if (!st && !empty && want_dx && !dx_done)
-    st = unit ? conv_dx_direct(ctx, isa, g, dy, dy_max, w, w_max, out)
-              : conv_dx_col2im(ctx, isa, g, tap, dy, dy_max, w, w_max, out);
+    st = dx_phases ? conv_dx_phases(ctx, isa, g, dy, dy_max, w, w_max, out)
+         : unit    ? conv_dx_direct(ctx, isa, g, dy, dy_max, w, w_max, out)
+                   : conv_dx_col2im(ctx, isa, g, tap, dy, dy_max, w, w_max, out);
   free(tap);
   if (!st && want_dw && out->dw) rescale_64(dw64, nw, out->dw_scale, out->dw);
   if (dw64 != out->dw_acc) free(dw64);
