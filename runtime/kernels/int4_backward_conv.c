@@ -577,7 +577,6 @@ typedef struct ph_job {
   const int16_t *const *A;     /* per group * phase: [Cg][2 * taps * Q] */
   const int64_t *const *boff;  /* per phase: B's pair rows, code offsets in the pair planes */
   const nbl_i4b_conv_out *out;
-  int zeros; /* some phase has no taps */
   _Atomic int failed;
 } ph_job;
 
@@ -607,10 +606,63 @@ I4B_VECTORIZE __attribute__((target("avx2"))) static void pairs_256(uint32_t *pp
                                                                      const ph_job *j) {
   pairs_body(pp, dy, j);
 }
-I4B_VECTORIZE __attribute__((target("avx512f,avx512bw,avx512vl"))) static void pairs_512(uint32_t *pp,
-                                                                                           const int16_t *dy,
-                                                                                           const ph_job *j) {
-  pairs_body(pp, dy, j);
+/* AVX-512: 16 units at a time (a row's tail masked). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void pairs_512(uint32_t *pp, const int16_t *dy,
+                                                                             const ph_job *j) {
+  const int64_t OH = j->g->out[0], OW = j->g->out[1], osz = OH * OW, plane = j->Hq * j->Wq;
+  for (int64_t q = 0; q < j->Q; q++) {
+    const int16_t *d0 = dy + 2 * q * osz, *d1 = 2 * q + 1 < j->Mg ? d0 + osz : NULL;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      uint32_t *dst = pp + q * plane + (oh + j->ah->pad) * j->Wq + j->aw->pad;
+      const int16_t *r0 = d0 + oh * OW, *r1 = d1 ? d1 + oh * OW : NULL;
+      for (int64_t ow = 0; ow < OW; ow += 16) {
+        const __mmask16 k = (__mmask16)(OW - ow >= 16 ? 0xffff : (1u << (OW - ow)) - 1);
+        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r0 + ow));
+        const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r1 + ow)), 16)
+                              : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst + ow, k, _mm512_or_si512(lo, hi));
+      }
+    }
+  }
+}
+#endif
+
+/* One row of dX from its column phases' rows src[b] (b < sw; NULL: a phase
+ * no tap reaches, zeros): d[sw * q + b] = src[b][q] for sw * q + b < W. */
+static void emit_row_c(float *d, const float *const *src, int64_t W, int64_t sw) {
+  for (int64_t iw = 0; iw < W; iw++) {
+    const float *s = src[iw % sw];
+    d[iw] = s ? s[iw / sw] : 0.0f;
+  }
+}
+#if I4B_X86
+/* AVX-512, column strides 1 and 2 (two phase rows interleaved). */
+__attribute__((target("avx512f"))) static void emit_row_512(float *d, const float *const *src, int64_t W,
+                                                            int64_t sw) {
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  if (sw == 1) {
+    for (int64_t i = 0; i < W; i += 16) {
+      const __mmask16 k = (__mmask16)(W - i >= 16 ? 0xffff : (1u << (W - i)) - 1);
+      _mm512_mask_storeu_ps(d + i, k, src[0] ? _mm512_maskz_loadu_ps(k, src[0] + i) : _mm512_setzero_ps());
+    }
+    return;
+  }
+  if (sw != 2) {
+    emit_row_c(d, src, W, sw);
+    return;
+  }
+  for (int64_t i = 0; i < W; i += 32) { /* d[i + 2l] = src[0][i/2 + l], d[i + 2l + 1] = src[1][i/2 + l] */
+    const int64_t b = i / 2, m0 = (W - i + 1) / 2, m1 = (W - i) / 2, r = W - i;
+    const __mmask16 k0 = (__mmask16)(m0 >= 16 ? 0xffff : (1u << m0) - 1);
+    const __mmask16 k1 = (__mmask16)(m1 >= 16 ? 0xffff : (1u << m1) - 1);
+    const __m512 v0 = src[0] ? _mm512_maskz_loadu_ps(k0, src[0] + b) : _mm512_setzero_ps();
+    const __m512 v1 = src[1] ? _mm512_maskz_loadu_ps(k1, src[1] + b) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(d + i, (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1), _mm512_permutex2var_ps(v0, ilo, v1));
+    if (r > 16)
+      _mm512_mask_storeu_ps(d + i + 16, (__mmask16)(r - 16 >= 16 ? 0xffff : (1u << (r - 16)) - 1),
+                            _mm512_permutex2var_ps(v0, ihi, v1));
+  }
 }
 #endif
 
@@ -619,19 +671,16 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
   const nbl_conv_geom *g = j->g;
   const ph_axis *ah = j->ah, *aw = j->aw;
   const int64_t H = g->in[0], W = g->in[1], isz = g->in_sz, Cg = j->Cg, Wq = j->Wq, plane = j->Hq * Wq;
-  const int64_t np = ah->s * aw->s, ntmax = g->k_sz * j->Q;
-  int64_t maxcols = 0; /* the largest phase's outputs over the padded width */
-  for (int64_t a = 0; a < ah->s; a++) {
-    const int64_t c = (H - a + ah->s - 1) / ah->s * Wq;
-    maxcols = c > maxcols ? c : maxcols;
-  }
+  const int64_t sh = ah->s, sw = aw->s, np = sh * sw, ntmax = g->k_sz * j->Q;
+  const int64_t slot = Cg * ((H + sh - 1) / sh) * Wq; /* one phase's outputs over the padded width */
   const int acc = j->out->dx_acc != NULL;
   /* the pair planes, 64 pairs of slack past the last (reads past a row's
    * end up to the last 32-column block; those columns are dropped) */
   uint32_t *pp = aligned_alloc(64, ((size_t)(j->Q * plane + Wq + 64) * sizeof(uint32_t) + 63) & ~(size_t)63);
   const int16_t **rows = malloc(sizeof(*rows) * (size_t)(ntmax ? ntmax : 1));
-  void *scr = malloc((acc ? sizeof(int64_t) : sizeof(float)) * (size_t)(Cg * maxcols + 1));
-  if (!pp || !rows || !scr) {
+  void *scr = malloc((acc ? sizeof(int64_t) : sizeof(float)) * (size_t)(sw * slot + 1)); /* a row phase's column phases */
+  const void **src = malloc(sizeof(*src) * (size_t)sw);
+  if (!pp || !rows || !scr || !src) {
     j->failed = 1;
     n1 = n0;
   } else {
@@ -647,43 +696,52 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
 #endif
         pairs_c(pp, dyg, j);
       const int64_t o = (n * g->C + gr * Cg) * isz;
-      if (j->zeros) {
-        if (j->out->dx) memset(j->out->dx + o, 0, sizeof(float) * (size_t)(Cg * isz));
-        if (acc) memset(j->out->dx_acc + o, 0, sizeof(int64_t) * (size_t)(Cg * isz));
-      }
-      for (int64_t a = 0; a < ah->s; a++)
-        for (int64_t b = 0; b < aw->s; b++) {
-          const int64_t ph = a * aw->s + b, nt = ah->nt[a] * aw->nt[b];
-          const int64_t Hph = (H - a + ah->s - 1) / ah->s, Wph = (W - b + aw->s - 1) / aw->s, cols = Hph * Wq;
-          if (nt == 0 || Hph <= 0 || Wph <= 0) continue;
+      for (int64_t a = 0; a < sh && a < H; a++) {
+        const int64_t Hph = (H - a + sh - 1) / sh, cols = Hph * Wq;
+        for (int64_t b = 0; b < sw; b++) { /* phase (a, b) into slot b */
+          const int64_t ph = a * sw + b, nt = ah->nt[a] * aw->nt[b];
+          void *out = (char *)scr + (size_t)(b * slot) * (acc ? sizeof(int64_t) : sizeof(float));
+          src[b] = nt && b < W ? out : NULL;
+          if (!src[b]) continue;
           for (int64_t r = 0; r < nt * j->Q; r++) rows[r] = (const int16_t *)(const void *)pp + j->boff[ph][r];
-          if (acc) memset(scr, 0, sizeof(int64_t) * (size_t)(Cg * cols));
-          nbl_i4b_sink sk = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = scr, .ldc = cols}
-                                : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = scr, .ldc = cols,
+          if (acc) memset(out, 0, sizeof(int64_t) * (size_t)(Cg * cols));
+          nbl_i4b_sink sk = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = out, .ldc = cols}
+                                : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = out, .ldc = cols,
                                                  .scale = j->out->dx_scale};
           const int64_t Kp = 2 * nt * j->Q;
           nbl_i4b_gemm_pairs(j->isa, j->A[gr * np + ph], Kp, 0, Cg, 0, cols, rows, Kp, j->kchunk, &sk);
-          for (int64_t c = 0; c < Cg; c++)
-            for (int64_t i = 0; i < Hph; i++) {
-              const int64_t d = o + c * isz + (ah->s * i + a) * W + b, si = c * cols + i * Wq;
-              if (acc) {
-                const int64_t *sv = (const int64_t *)scr + si;
-                for (int64_t q = 0; q < Wph; q++) j->out->dx_acc[d + aw->s * q] = sv[q];
-                if (j->out->dx)
-                  for (int64_t q = 0; q < Wph; q++)
-                    j->out->dx[d + aw->s * q] = (float)((double)sv[q] * j->out->dx_scale);
-              } else if (aw->s == 1) {
-                memcpy(j->out->dx + d, (const float *)scr + si, sizeof(float) * (size_t)Wph);
-              } else {
-                const float *sv = (const float *)scr + si;
-                for (int64_t q = 0; q < Wph; q++) j->out->dx[d + aw->s * q] = sv[q];
-              }
-            }
         }
+        for (int64_t c = 0; c < Cg; c++) /* rows sh * i + a of dX: the column phases interleaved */
+          for (int64_t i = 0; i < Hph; i++) {
+            const int64_t d = o + c * isz + (sh * i + a) * W, si = c * cols + i * Wq;
+            if (acc) {
+              for (int64_t iw = 0; iw < W; iw++) {
+                const int64_t *sv = src[iw % sw];
+                const int64_t v = sv ? sv[si + iw / sw] : 0;
+                j->out->dx_acc[d + iw] = v;
+                if (j->out->dx) j->out->dx[d + iw] = (float)((double)v * j->out->dx_scale);
+              }
+              continue;
+            }
+            const float *rs[8], **rp = sw <= 8 ? rs : malloc(sizeof(*rp) * (size_t)sw);
+            if (!rp) {
+              j->failed = 1;
+              continue;
+            }
+            for (int64_t b = 0; b < sw; b++) rp[b] = src[b] ? (const float *)src[b] + si : NULL;
+#if I4B_X86
+            if (j->isa == NBL_I4B_AVX512) emit_row_512(j->out->dx + d, rp, W, sw);
+            else
+#endif
+              emit_row_c(j->out->dx + d, rp, W, sw);
+            if (rp != rs) free(rp);
+          }
+      }
     }
   free(pp);
   free(rows);
   free(scr);
+  free(src);
 }
 
 /* One axis: the phases' taps and dY offsets, and dY's padded extent. */
@@ -728,11 +786,9 @@ static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
       ph_axis_init(&aw, g->s[1], g->k[1], g->d[1], g->pb[1], g->out[1], g->in[1]))
     st = NBL_ERR_OUT_OF_MEMORY;
   const int64_t Hq = ah.ext, Wq = aw.ext;
-  int zeros = 0;
   for (int64_t a = 0; !st && a < g->s[0]; a++)
     for (int64_t b = 0; !st && b < g->s[1]; b++) {
       const int64_t ph = a * g->s[1] + b, nt = ah.nt[a] * aw.nt[b];
-      zeros |= nt == 0 && a < g->in[0] && b < g->in[1];
       boff[ph] = malloc(sizeof(int64_t) * (size_t)(nt * Q + 1));
       if (!boff[ph]) {
         st = NBL_ERR_OUT_OF_MEMORY;
@@ -761,7 +817,7 @@ static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
   if (!st) {
     ph_job j = {.g = g, .isa = isa, .Cg = Cg, .Mg = Mg, .Q = Q, .Hq = Hq, .Wq = Wq,
                 .kchunk = nbl_i4b_kchunk(w_max, dy_max), .ah = &ah, .aw = &aw, .dy = dy,
-                .A = (const int16_t *const *)A, .boff = (const int64_t *const *)boff, .out = out, .zeros = zeros};
+                .A = (const int16_t *const *)A, .boff = (const int64_t *const *)boff, .out = out};
     run(ctx, g->N, ph_part, &j);
     if (j.failed) st = NBL_ERR_OUT_OF_MEMORY;
   }
