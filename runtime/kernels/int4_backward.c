@@ -626,6 +626,8 @@ void nbl_i4b_pack_rows(const int16_t *src, int64_t M, int64_t K, int64_t sm, int
  * B + ps * p + 32 * j (packed panels), or at Bj[j] + boff + 32 * p (B's
  * pair rows by pointer, Bj not NULL: nbl_i4b_gemm_pairs). */
 
+#define I4B_MR1 12 /* rows of a one-panel AVX-512 tile */
+
 typedef void (*mk_fn)(const int16_t *const *A, int mr, const int16_t *B, int64_t ps, const int16_t *const *Bj,
                       int64_t boff, int np, int64_t kp, int32_t *T);
 
@@ -654,21 +656,21 @@ static inline int32_t pair_at(const int16_t *p) {
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void mk512_body(
     const int16_t *const *Ar, const int16_t *B, int64_t ps, const int16_t *const *Bj, int64_t boff, int64_t kp,
     int32_t *T, const int MR, const int NP, const int BP) {
-  __m512i c[NBL_I4B_MR][2];
-#pragma GCC unroll 6
+  __m512i c[I4B_MR1][2];
+#pragma GCC unroll 12
   for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm512_setzero_si512();
   for (int64_t j = 0; j < kp; j++) {
     const int16_t *bj = BP ? Bj[j] + boff : B + 32 * j;
     const __m512i b0 = BP ? _mm512_loadu_si512(bj) : _mm512_load_si512(bj);
     const __m512i b1 = NP != 2 ? b0 : BP ? _mm512_loadu_si512(bj + 32) : _mm512_load_si512(bj + ps);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int r = 0; r < MR; r++) {
       const __m512i a = _mm512_set1_epi32(pair_at(Ar[r] + 2 * j));
       c[r][0] = _mm512_dpwssd_epi32(c[r][0], a, b0);
       if (NP == 2) c[r][1] = _mm512_dpwssd_epi32(c[r][1], a, b1);
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int r = 0; r < MR; r++) {
     _mm512_storeu_si512(T + r * 32, c[r][0]);
     if (NP == 2) _mm512_storeu_si512(T + r * 32 + 16, c[r][1]);
@@ -694,6 +696,12 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(con
     MK512(4)
     MK512(5)
     MK512(6)
+    MK512(7) /* 7..12 rows: one panel (gemm_run) */
+    MK512(8)
+    MK512(9)
+    MK512(10)
+    MK512(11)
+    MK512(12)
   }
 #undef MK512
 }
@@ -824,16 +832,17 @@ typedef struct gemm_ctx {
   const nbl_i4b_panels *B;
   const int16_t *const *Bj; /* or B's pair rows by pointer (B NULL) */
   const nbl_i4b_sink *out;
+  int mrmax; /* rows per tile: NBL_I4B_MR, or I4B_MR1 (AVX-512, one panel) */
 } gemm_ctx;
 
-/* The tile of rows m.. (up to 6) and columns n0.. (one or two panels). */
+/* The tile of rows m.. (up to g->mrmax) and columns n0.. (one or two panels). */
 static void gemm_tile(const gemm_ctx *g, int64_t m, int64_t n0, int two) {
-  int32_t T[NBL_I4B_MR * 32];
-  int64_t T64[NBL_I4B_MR * 32];
-  const int mr = (int)(g->m1 - m < NBL_I4B_MR ? g->m1 - m : NBL_I4B_MR);
+  int32_t T[I4B_MR1 * 32];
+  int64_t T64[I4B_MR1 * 32];
+  const int mr = (int)(g->m1 - m < g->mrmax ? g->m1 - m : g->mrmax);
   const int np = two && n0 + NBL_I4B_NR < g->n1 ? 2 : 1;
   const int nc = (int)(g->n1 - n0 < 16 * np ? g->n1 - n0 : 16 * np);
-  const int16_t *Bp = g->Bj ? NULL : g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Ar[NBL_I4B_MR];
+  const int16_t *Bp = g->Bj ? NULL : g->B->p + (n0 / NBL_I4B_NR) * g->ps, *Ar[I4B_MR1];
   const int64_t boff = 2 * n0; /* B's pair rows: column n0's pair */
   for (int r = 0; r < mr; r++) Ar[r] = g->rows ? g->rows[m + r] : g->A + (m + r) * g->lda;
   if (g->Kp <= g->kchunk) {
@@ -844,7 +853,7 @@ static void gemm_tile(const gemm_ctx *g, int64_t m, int64_t n0, int two) {
   memset(T64, 0, sizeof T64);
   for (int64_t k0 = 0; k0 < g->Kp; k0 += g->kchunk) {
     const int64_t kk = g->Kp - k0 < g->kchunk ? g->Kp - k0 : g->kchunk;
-    const int16_t *Ak[NBL_I4B_MR];
+    const int16_t *Ak[I4B_MR1];
     for (int r = 0; r < mr; r++) Ak[r] = Ar[r] + k0;
     g->mk(Ak, mr, Bp ? Bp + k0 * NBL_I4B_NR : NULL, g->ps, g->Bj ? g->Bj + k0 / 2 : NULL, boff, np, kk / 2, T);
     for (int r = 0; r < mr; r++)
@@ -886,13 +895,16 @@ static void gemm_run(gemm_ctx *gp, nbl_i4b_isa isa, int64_t m0, int64_t m1, int6
   g.kchunk = kchunk & ~(int64_t)1;
   if (g.kchunk < 2) g.kchunk = 2;
   n0 -= n0 % NBL_I4B_NR;
+  /* one panel of columns: tiles of 12 rows on AVX-512 (12 accumulators,
+   * each B load shared by twice the rows as with 6) */
+  g.mrmax = isa == NBL_I4B_AVX512 && g.n1 - n0 <= NBL_I4B_NR ? I4B_MR1 : NBL_I4B_MR;
   /* keep in cache whichever operand is reused: a short panel (all row
    * blocks run against it), else the row block (all panels run against it) */
   if (g.Kp * nr * (int64_t)sizeof(int16_t) <= 32768) {
     for (int64_t n = n0; n < g.n1; n += nr)
-      for (int64_t m = m0; m < m1; m += NBL_I4B_MR) gemm_tile(&g, m, n, nr == 32);
+      for (int64_t m = m0; m < m1; m += g.mrmax) gemm_tile(&g, m, n, nr == 32);
   } else {
-    for (int64_t m = m0; m < m1; m += NBL_I4B_MR)
+    for (int64_t m = m0; m < m1; m += g.mrmax)
       for (int64_t n = n0; n < g.n1; n += nr) gemm_tile(&g, m, n, nr == 32);
   }
 }
