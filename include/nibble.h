@@ -40,6 +40,19 @@ const char *nbl_version(void);
  * call on the same thread. */
 const char *nbl_kernel_info(void);
 
+/* The OPENBLAS_CORETYPE this CPU wants when OpenBLAS did not recognize it:
+ * an OpenBLAS older than the CPU (Debian 12's 0.3.21 on Intel family 6 model
+ * 207, for one) falls back to its Prescott kernels, SSE3 without FMA, which
+ * run nibble's FP32 products several times slower and round every product
+ * apart from its sum (training then drifts from an FMA implementation such
+ * as PyTorch's by more than their rounding). Returns "SkylakeX" on a CPU
+ * with AVX-512 (F, BW, DQ, VL), "Haswell" with AVX2 and FMA, when OpenBLAS
+ * runs that fallback and OPENBLAS_CORETYPE is unset; NULL otherwise (and
+ * without OpenBLAS). OpenBLAS reads the variable only when it loads: a
+ * program applies the hint by setting it and executing itself again, as the
+ * nibble command does before anything else. */
+const char *nbl_blas_coretype_hint(void);
+
 /* ------------------------------------------------------------------------ */
 /* Models                                                                    */
 /* ------------------------------------------------------------------------ */

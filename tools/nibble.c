@@ -1,6 +1,8 @@
 /* nibble - the command-line tool. Subcommands live in cmd_*.c (commands.h). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "nibble.h"
@@ -32,6 +34,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  /* OpenBLAS fell back to its SSE3 kernels on a CPU it does not know: run
+   * again with the kernels that fit (nbl_blas_coretype_hint); if that
+   * fails, go on as we are */
+  const char *blas_core = nbl_blas_coretype_hint();
+  if (blas_core && setenv("OPENBLAS_CORETYPE", blas_core, 1) == 0) execv("/proc/self/exe", argv);
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -31,6 +31,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include <unistd.h>
+
 #include "nibble.h"
 
 static double now_ms(clockid_t id) {
@@ -80,6 +82,11 @@ static int fail(const char *what, int code) {
 }
 
 int main(int argc, char **argv) {
+  /* OpenBLAS fell back to its SSE3 kernels on a CPU it does not know: run
+   * again with the kernels that fit (nbl_blas_coretype_hint); if that
+   * fails, go on as we are */
+  const char *blas_core = nbl_blas_coretype_hint();
+  if (blas_core && setenv("OPENBLAS_CORETYPE", blas_core, 1) == 0) execv("/proc/self/exe", argv);
   int threads = 1, batch = 64, warmup = 5, runs = 50, profile = 0, top = 15;
   const char *path = NULL, *passes = NULL, *xpath = NULL, *ypath = NULL;
   for (int i = 1; i < argc; i++) {

@@ -271,6 +271,17 @@ static void blas_info_init(void) {
 #endif
 }
 
+const char *nbl_blas_coretype_hint(void) {
+#if defined(NBL_HAVE_CBLAS) && defined(OPENBLAS_VERSION)
+  const char *core = openblas_get_corename();
+  if (!core || strcmp(core, "Prescott") != 0 || getenv("OPENBLAS_CORETYPE")) return NULL;
+  const unsigned f = nbl_cpu_features(), avx512 = NBL_CPU_AVX512F | NBL_CPU_AVX512BW | NBL_CPU_AVX512DQ | NBL_CPU_AVX512VL;
+  if ((f & avx512) == avx512) return "SkylakeX";
+  if ((f & (NBL_CPU_AVX2 | NBL_CPU_FMA)) == (NBL_CPU_AVX2 | NBL_CPU_FMA)) return "Haswell";
+#endif
+  return NULL;
+}
+
 const char *nbl_gemm_info(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, blas_info_init);
