@@ -304,8 +304,9 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
 typedef struct dw_task {
   const shift_geom *s;
   const float *planes, *dyp, *zero; /* the images of a pass: dyp [nimg][M][Qp]; zero: Qp zeros */
-  float *dw;
+  float *dw;                  /* [groups][M][K]: each image group's sums */
   int64_t kblk, ktiles, nimg; /* k tiles per unit, in all; images in the pass */
+  int64_t kunits, groups;     /* units: groups x kunits (a group's images, a block of k tiles) */
   int mi;                     /* the tile: 4 dy rows x 6 taps, or 6 x 4 */
 } dw_task;
 
@@ -328,9 +329,9 @@ __attribute__((target("avx512f"), always_inline)) static inline __m128 sum4(__m5
  * neither is stored): MI dy rows and KJ shifted plane rows loaded per 16
  * outputs. Each sum's 16 lanes are added by sum4 (the same tree in any of
  * its four slots). Instantiated as 4 x 6 and 6 x 4 (dw_tile46, dw_tile64). */
-__attribute__((target("avx512f"), always_inline)) static inline void dw_tile_t(const dw_task *t, int64_t n0,
-                                                                              int64_t n1, int64_t m, int64_t k,
-                                                                              const int MI, const int KJ) {
+__attribute__((target("avx512f"), always_inline)) static inline void dw_tile_t(const dw_task *t, float *dw,
+                                                                              int64_t n0, int64_t n1, int64_t m,
+                                                                              int64_t k, const int MI, const int KJ) {
   const shift_geom *s = t->s;
   int64_t M = s->g->M, K = s->K, Qp = s->Qp, ob[6];
   for (int j = 0; j < KJ; j++) ob[j] = s->off[k + j < K ? k + j : K - 1];
@@ -359,28 +360,32 @@ __attribute__((target("avx512f"), always_inline)) static inline void dw_tile_t(c
 #pragma GCC unroll 6
   for (int i = 0; i < MI * KJ; i += 4) _mm_storeu_ps(r + i, sum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
   for (int i = 0; i < MI && m + i < M; i++)
-    for (int j = 0; j < KJ && k + j < K; j++) t->dw[(m + i) * K + k + j] += r[i * KJ + j];
+    for (int j = 0; j < KJ && k + j < K; j++) dw[(m + i) * K + k + j] += r[i * KJ + j];
 }
 
-__attribute__((target("avx512f"))) static void dw_tile46(const dw_task *t, int64_t n0, int64_t n1, int64_t m,
-                                                         int64_t k) {
-  dw_tile_t(t, n0, n1, m, k, 4, 6);
+__attribute__((target("avx512f"))) static void dw_tile46(const dw_task *t, float *dw, int64_t n0, int64_t n1,
+                                                         int64_t m, int64_t k) {
+  dw_tile_t(t, dw, n0, n1, m, k, 4, 6);
 }
-__attribute__((target("avx512f"))) static void dw_tile64(const dw_task *t, int64_t n0, int64_t n1, int64_t m,
-                                                         int64_t k) {
-  dw_tile_t(t, n0, n1, m, k, 6, 4);
+__attribute__((target("avx512f"))) static void dw_tile64(const dw_task *t, float *dw, int64_t n0, int64_t n1,
+                                                         int64_t m, int64_t k) {
+  dw_tile_t(t, dw, n0, n1, m, k, 6, 4);
 }
 
-/* k-tile units [begin, end) over the pass's images */
+/* units [begin, end): unit u sums image group u / kunits of the pass (the
+ * group's share of the images, in order) over k-tile block u % kunits */
 static void dw_run(void *arg, int64_t begin, int64_t end) {
   const dw_task *t = arg;
   const nbl_conv_geom *g = t->s->g;
   for (int64_t u = begin; u < end; u++) {
-    int64_t kt0 = u * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
+    const int64_t gi = u / t->kunits, ku = u % t->kunits;
+    const int64_t n0 = t->nimg * gi / t->groups, n1 = t->nimg * (gi + 1) / t->groups;
+    float *dw = t->dw + gi * g->M * t->s->K;
+    int64_t kt0 = ku * t->kblk, kt1 = kt0 + t->kblk < t->ktiles ? kt0 + t->kblk : t->ktiles;
     for (int64_t m = 0; m < g->M; m += t->mi)
       for (int64_t kt = kt0; kt < kt1; kt++) {
-        if (t->mi == 4) dw_tile46(t, 0, t->nimg, m, kt * 6);
-        else dw_tile64(t, 0, t->nimg, m, kt * 4);
+        if (t->mi == 4) dw_tile46(t, dw, n0, n1, m, kt * 6);
+        else dw_tile64(t, dw, n0, n1, m, kt * 4);
       }
   }
 }
@@ -427,23 +432,32 @@ int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, con
   if (chunk > g->N) chunk = g->N;
   /* the dW loop reads up to Wq + 14 floats past the last plane: zeros */
   int64_t slack = s.Wq + 16;
-  float *planes = malloc(sizeof(float) * (size_t)(chunk * s.img + slack));
-  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((chunk * g->M + 1) * s.Qp));
-  if (!planes || !dyp) {
-    free(planes);
-    free(dyp);
-    free(s.off);
-    return 0;
-  }
-  memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
   int threads = ctx->threads > 1 ? ctx->threads : 1;
   /* the tile of fewer wasted sums: 6 x 4 for 6 output channels (LeNet's
    * first layer: 6 x 28 against 8 x 30), 4 x 6 for most layers */
   int64_t w46 = (g->M + 3) / 4 * 4 * ((s.K + 5) / 6 * 6), w64 = (g->M + 5) / 6 * 6 * ((s.K + 3) / 4 * 4);
   int mi = w64 < w46 ? 6 : 4;
-  dw_task t = {&s, planes, dyp, dyp + chunk * g->M * s.Qp, dw, 0, mi == 4 ? (s.K + 5) / 6 : (s.K + 3) / 4, 0, mi};
+  const int64_t ktiles = mi == 4 ? (s.K + 5) / 6 : (s.K + 3) / 4, mblocks = (g->M + mi - 1) / mi;
+  /* few tiles (a first layer: 1 channel, 9-25 taps): the images in two
+   * groups, each summed apart and the two added at the end, so that each
+   * thread reads the images it packed (a tile reads every image of its
+   * group); the grouping does not depend on the threads, nor do the sums */
+  const int64_t groups = ktiles * mblocks <= 8 && g->N >= 2 ? 2 : 1;
+  float *planes = malloc(sizeof(float) * (size_t)(chunk * s.img + slack));
+  float *dyp = aligned_alloc(64, sizeof(float) * (size_t)((chunk * g->M + 1) * s.Qp));
+  float *dwg = groups > 1 ? calloc((size_t)(groups * g->M * s.K), sizeof(float)) : dw;
+  if (!planes || !dyp || !dwg) {
+    free(planes);
+    free(dyp);
+    if (dwg != dw) free(dwg);
+    free(s.off);
+    return 0;
+  }
+  memset(dw, 0, sizeof(float) * (size_t)(g->M * s.K));
+  dw_task t = {&s, planes, dyp, dyp + chunk * g->M * s.Qp, dwg, 0, ktiles, 0, 0, groups, mi};
   int64_t units;
-  nbl_split_rows(t.ktiles, 1, threads > 1 ? 2 * threads : 1, &units, &t.kblk);
+  nbl_split_rows(t.ktiles, 1, threads > 1 ? (2 * threads + groups - 1) / groups : 1, &t.kunits, &t.kblk);
+  units = groups * t.kunits;
   /* every dw[m][k] gets the passes' sums in pass order, from one unit */
   for (int64_t n0 = 0; n0 < g->N; n0 += chunk) {
     t.nimg = g->N - n0 < chunk ? g->N - n0 : chunk;
@@ -455,6 +469,14 @@ int nbl_conv_shift_dw(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, con
     dyp_task pt = {&s, x + n0 * g->C * g->in_sz, dy + n0 * g->M * g->out_sz, planes, dyp};
     nbl_parallel_for(ctx, t.nimg, 1, dyp_run, &pt);
     nbl_parallel_for(ctx, units, 1, dw_run, &t);
+  }
+  if (groups > 1) { /* the groups' sums, in group order */
+    for (int64_t i = 0; i < g->M * s.K; i++) {
+      float v = dwg[i];
+      for (int64_t gi = 1; gi < groups; gi++) v += dwg[gi * g->M * s.K + i];
+      dw[i] = v;
+    }
+    free(dwg);
   }
   free(planes);
   free(dyp);
