@@ -580,52 +580,52 @@ typedef struct ph_job {
   _Atomic int failed;
 } ph_job;
 
-/* The pair planes' interior of one image and group: pp[q][(oh + pad_h) *
- * Wq + ow + pad_w] = (dy[2q][oh][ow], dy[2q + 1][oh][ow]) as one 32-bit
- * unit (low half channel 2q; past Mg: 0). */
-static inline __attribute__((always_inline)) void pairs_body(uint32_t *restrict pp, const int16_t *restrict dy,
-                                                             const ph_job *j) {
-  const int64_t OH = j->g->out[0], OW = j->g->out[1], osz = OH * OW, plane = j->Hq * j->Wq;
-  for (int64_t q = 0; q < j->Q; q++) {
-    const int16_t *d0 = dy + 2 * q * osz, *d1 = 2 * q + 1 < j->Mg ? d0 + osz : NULL;
-    for (int64_t oh = 0; oh < OH; oh++) {
-      uint32_t *dst = pp + q * plane + (oh + j->ah->pad) * j->Wq + j->aw->pad;
-      const int16_t *r0 = d0 + oh * OW;
-      if (d1) {
-        const int16_t *r1 = d1 + oh * OW;
-        for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow] | (uint32_t)(uint16_t)r1[ow] << 16;
-      } else {
-        for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow];
-      }
-    }
-  }
+/* One row of channel pairs: dst[ow] = (r0[ow], r1[ow]) as one 32-bit unit
+ * (low half r0; r1 NULL: 0). */
+static inline __attribute__((always_inline)) void pairs_row_body(uint32_t *restrict dst, const int16_t *restrict r0,
+                                                                 const int16_t *restrict r1, int64_t OW) {
+  if (r1)
+    for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow] | (uint32_t)(uint16_t)r1[ow] << 16;
+  else
+    for (int64_t ow = 0; ow < OW; ow++) dst[ow] = (uint16_t)r0[ow];
 }
-I4B_VECTORIZE static void pairs_c(uint32_t *pp, const int16_t *dy, const ph_job *j) { pairs_body(pp, dy, j); }
+typedef void (*pairs_row_fn)(uint32_t *, const int16_t *, const int16_t *, int64_t);
+I4B_VECTORIZE static void pairs_row_c(uint32_t *dst, const int16_t *r0, const int16_t *r1, int64_t OW) {
+  pairs_row_body(dst, r0, r1, OW);
+}
 #if I4B_X86
-I4B_VECTORIZE __attribute__((target("avx2"))) static void pairs_256(uint32_t *pp, const int16_t *dy,
-                                                                     const ph_job *j) {
-  pairs_body(pp, dy, j);
+I4B_VECTORIZE __attribute__((target("avx2"))) static void pairs_row_256(uint32_t *dst, const int16_t *r0,
+                                                                         const int16_t *r1, int64_t OW) {
+  pairs_row_body(dst, r0, r1, OW);
 }
-/* AVX-512: 16 units at a time (a row's tail masked). */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void pairs_512(uint32_t *pp, const int16_t *dy,
-                                                                             const ph_job *j) {
-  const int64_t OH = j->g->out[0], OW = j->g->out[1], osz = OH * OW, plane = j->Hq * j->Wq;
-  for (int64_t q = 0; q < j->Q; q++) {
-    const int16_t *d0 = dy + 2 * q * osz, *d1 = 2 * q + 1 < j->Mg ? d0 + osz : NULL;
-    for (int64_t oh = 0; oh < OH; oh++) {
-      uint32_t *dst = pp + q * plane + (oh + j->ah->pad) * j->Wq + j->aw->pad;
-      const int16_t *r0 = d0 + oh * OW, *r1 = d1 ? d1 + oh * OW : NULL;
-      for (int64_t ow = 0; ow < OW; ow += 16) {
-        const __mmask16 k = (__mmask16)(OW - ow >= 16 ? 0xffff : (1u << (OW - ow)) - 1);
-        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r0 + ow));
-        const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r1 + ow)), 16)
-                              : _mm512_setzero_si512();
-        _mm512_mask_storeu_epi32(dst + ow, k, _mm512_or_si512(lo, hi));
-      }
-    }
+/* AVX-512: 16 units at a time (the tail masked). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void pairs_row_512(uint32_t *dst, const int16_t *r0,
+                                                                                 const int16_t *r1, int64_t OW) {
+  for (int64_t ow = 0; ow < OW; ow += 16) {
+    const __mmask16 k = (__mmask16)(OW - ow >= 16 ? 0xffff : (1u << (OW - ow)) - 1);
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r0 + ow));
+    const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r1 + ow)), 16)
+                          : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(dst + ow, k, _mm512_or_si512(lo, hi));
   }
 }
 #endif
+
+/* The pair planes' interior of one image and group: pp[q][(oh + pad_h) *
+ * Wq + ow + pad_w] = (dy[2q][oh][ow], dy[2q + 1][oh][ow]) (past Mg: 0). */
+static void pairs_planes(const ph_job *j, uint32_t *pp, const int16_t *dy) {
+  pairs_row_fn row = pairs_row_c;
+#if I4B_X86
+  if (j->isa == NBL_I4B_AVX512) row = pairs_row_512;
+  else if (j->isa == NBL_I4B_AVX2) row = pairs_row_256;
+#endif
+  const int64_t OH = j->g->out[0], OW = j->g->out[1], osz = OH * OW, plane = j->Hq * j->Wq;
+  for (int64_t q = 0; q < j->Q; q++) {
+    const int16_t *d0 = dy + 2 * q * osz, *d1 = 2 * q + 1 < j->Mg ? d0 + osz : NULL;
+    for (int64_t oh = 0; oh < OH; oh++)
+      row(pp + q * plane + (oh + j->ah->pad) * j->Wq + j->aw->pad, d0 + oh * OW, d1 ? d1 + oh * OW : NULL, OW);
+  }
+}
 
 /* One row of dX from its column phases' rows src[b] (b < sw; NULL: a phase
  * no tap reaches, zeros): d[sw * q + b] = src[b][q] for sw * q + b < W. */
@@ -689,12 +689,7 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; n++)
     for (int64_t gr = 0; gr < g->group; gr++) {
       const int16_t *dyg = j->dy + (n * g->M + gr * j->Mg) * g->out_sz;
-#if I4B_X86
-      if (j->isa == NBL_I4B_AVX512) pairs_512(pp, dyg, j);
-      else if (j->isa == NBL_I4B_AVX2) pairs_256(pp, dyg, j);
-      else
-#endif
-        pairs_c(pp, dyg, j);
+      pairs_planes(j, pp, dyg);
       const int64_t o = (n * g->C + gr * Cg) * isz;
       for (int64_t a = 0; a < sh && a < H; a++) {
         const int64_t Hph = (H - a + sh - 1) / sh, cols = Hph * Wq;
