@@ -784,8 +784,6 @@ static void dx_part(void *arg, int64_t n0, int64_t n1) {
   scratch_put(dq, cdq);
 }
 
-/* floor division */
-static int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 
 static void dxq_part(const dxq_job *j, int64_t n0, int64_t n1) {
@@ -831,26 +829,23 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
   const int64_t Mq = (M + 3) / 4, KB = Mq < 16 ? Mq : 16, nchunk = (Mq + KB - 1) / KB, Mqp = nchunk * KB;
   const int64_t ncb = (C + 15) / 16;
   if (KH * KW * nchunk * KB * 4 > 64 * KSTEPS) return NBL_OK; /* one int32 sum per output */
-  /* dY rows a + dh for a in [0, Ha), dh = (py + pb - kh) / sh: padding T above, below up to Hp2 */
-  int64_t T = 0, Lp = 0, Hp2 = OH, Wp2 = OW;
-  for (int64_t py = 0; py < sh && py < H; py++)
-    for (int64_t kh = 0; kh < KH; kh++)
-      if ((py + g->pb[0] - kh) % sh == 0) {
-        const int64_t dh = fdiv(py + g->pb[0] - kh, sh), Ha = (H - py + sh - 1) / sh;
-        T = -dh > T ? -dh : T;
-        Hp2 = Ha + dh > Hp2 ? Ha + dh : Hp2;
-      }
-  for (int64_t px = 0; px < sw && px < W; px++)
-    for (int64_t kw = 0; kw < KW; kw++)
-      if ((px + g->pb[1] - kw) % sw == 0) {
-        const int64_t dw = fdiv(px + g->pb[1] - kw, sw), Wa = (W - px + sw - 1) / sw;
-        Lp = -dw > Lp ? -dw : Lp;
-        Wp2 = Wa + dw > Wp2 ? Wa + dw : Wp2;
-      }
-  Hp2 += T, Wp2 += Lp;
+  /* dY rows a + dh for a in [0, Ha), dh = (py + pb - kh) / sh: padding T above, below up to Hp2
+   * (the phases' taps and offsets: nbl_i4b_phase_axis, shared with the VNNI phases) */
+  nbl_i4b_phase_axis ah = {0}, aw = {0};
+  if (nbl_i4b_phase_axis_init(&ah, sh, KH, 1, g->pb[0], OH, H) ||
+      nbl_i4b_phase_axis_init(&aw, sw, KW, 1, g->pb[1], OW, W)) {
+    nbl_i4b_phase_axis_free(&ah);
+    nbl_i4b_phase_axis_free(&aw);
+    return NBL_ERR_OUT_OF_MEMORY;
+  }
+  const int64_t T = ah.pad, Lp = aw.pad, Hp2 = ah.ext, Wp2 = aw.ext;
   const int64_t Pimg = Hp2 * Wp2;
   const int64_t S4 = Pimg + Wp2 + 64 + KW, PL = Mqp * S4 * 4; /* one image; slack: the reads past it */
-  if (2.0 * (double)PL > (double)(1 << 28)) return NBL_OK;
+  if (2.0 * (double)PL > (double)(1 << 28)) {
+    nbl_i4b_phase_axis_free(&ah);
+    nbl_i4b_phase_axis_free(&aw);
+    return NBL_OK;
+  }
   const size_t wsz = (size_t)(ncb * KH * KW * nchunk * 16 * KB * 4);
   size_t cwa = 0;
   int8_t *wa = scratch_get(wsz, &cwa);
@@ -860,6 +855,8 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
     scratch_put(wa, cwa);
     free(offs);
     free(ph);
+    nbl_i4b_phase_axis_free(&ah);
+    nbl_i4b_phase_axis_free(&aw);
     return NBL_ERR_OUT_OF_MEMORY;
   }
   memset(wa, 0, wsz);
@@ -869,16 +866,13 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
     for (int64_t px = 0; px < sw; px++) {
       dx_phase *f = &ph[py * sw + px];
       f->py = py, f->px = px, f->Ha = py < H ? (H - py + sh - 1) / sh : 0, f->Wa = px < W ? (W - px + sw - 1) / sw : 0;
-      f->aoff = offs + used, f->nsteps = 0;
-      for (int64_t kh = 0; kh < KH; kh++)
-        for (int64_t kw = 0; kw < KW; kw++)
-          if ((py + g->pb[0] - kh) % sh == 0 && (px + g->pb[1] - kw) % sw == 0) f->nsteps += nchunk;
+      f->aoff = offs + used, f->nsteps = ah.nt[py] * aw.nt[px] * nchunk;
       f->boff = f->aoff + f->nsteps;
       int64_t s = 0;
-      for (int64_t kh = 0; kh < KH; kh++)
-        for (int64_t kw = 0; kw < KW; kw++) {
-          if ((py + g->pb[0] - kh) % sh != 0 || (px + g->pb[1] - kw) % sw != 0) continue;
-          const int64_t dh = fdiv(py + g->pb[0] - kh, sh), dw = fdiv(px + g->pb[1] - kw, sw);
+      for (int64_t th = 0; th < ah.nt[py]; th++)
+        for (int64_t tw = 0; tw < aw.nt[px]; tw++) {
+          const int64_t kh = ah.kt[py * KH + th], kw = aw.kt[px * KW + tw];
+          const int64_t dh = ah.ot[py * KH + th], dw = aw.ot[px * KW + tw];
           for (int64_t ch = 0; ch < nchunk; ch++, s++) {
             f->aoff[s] = ((kh * KW + kw) * nchunk + ch) * 16 * KB * 4;
             f->boff[s] = ch * KB * S4 * 4 + ((dh + T) * Wp2 + dw + Lp) * 4;
@@ -886,6 +880,8 @@ nbl_status nbl_i4b_amx_conv_dx(nbl_kctx *ctx, const nbl_conv_geom *g, const nbl_
         }
       used += 2 * f->nsteps;
     }
+  nbl_i4b_phase_axis_free(&ah);
+  nbl_i4b_phase_axis_free(&aw);
   /* A of (cb, tap, chunk): row cc, byte e: channel m = chunk * 4 KB + e, W[m][c][tap] */
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t t = 0; t < KH * KW; t++)

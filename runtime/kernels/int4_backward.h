@@ -173,6 +173,25 @@ void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, 
 void nbl_i4b_gemm_pairs(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0,
                         int64_t n1, const int16_t *const *Bj, int64_t Kp, int64_t kchunk, const nbl_i4b_sink *out);
 
+/* ------------------------------------------------------------------ stride phases of dX */
+
+/* One spatial axis of a convolution's dX split by stride phase: the input
+ * positions s i + a (i < the phase's count, ceil((len - a) / s)) take the
+ * taps k with a + pb - k d divisible by s, each reading dY at i + off, off =
+ * (a + pb - k d) / s: a unit-stride correlation per phase (both dX paths:
+ * the AMX tiles, int4_amx.c, and the VNNI phases, int4_backward_conv.c).
+ * Phase a has nt[a] taps kt[a k + t] (increasing) with offsets ot[a k + t];
+ * pad is the zeros dY needs ahead of it so that every phase reads from
+ * position 0, ext its extent with them (at least n_out + pad). */
+typedef struct nbl_i4b_phase_axis {
+  int64_t s, pad, ext;
+  int64_t *nt, *kt, *ot;
+} nbl_i4b_phase_axis;
+/* 0, or -1 out of memory (x then still freed by nbl_i4b_phase_axis_free). */
+int nbl_i4b_phase_axis_init(nbl_i4b_phase_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb, int64_t n_out,
+                            int64_t len);
+void nbl_i4b_phase_axis_free(nbl_i4b_phase_axis *x);
+
 /* ------------------------------------------------------------------ the backward products
  * (runtime/kernels/int4_backward_conv.c) */
 

@@ -562,11 +562,7 @@ static nbl_status conv_dx_direct(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
  * (nbl_i4b_gemm_pairs: no im2col, no packing), over the padded width
  * (columns j >= the phase's width computed and dropped); the valid columns
  * go to dX's phase positions. */
-typedef struct ph_axis { /* one spatial axis: its phases' taps and offsets */
-  int64_t s, n_out, len;  /* stride, dY's extent, dX's extent */
-  int64_t pad, ext;       /* dY's plane: leading zeros, extent with them */
-  int64_t *nt, *kt, *ot; /* phase p: nt[p] taps kt[p * k ..], dY offsets ot[p * k ..] */
-} ph_axis;
+typedef nbl_i4b_phase_axis ph_axis;
 
 typedef struct ph_job {
   const nbl_conv_geom *g;
@@ -739,11 +735,9 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
   free(src);
 }
 
-/* One axis: the phases' taps and dY offsets, and dY's padded extent. */
-static int ph_axis_init(ph_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb, int64_t n_out, int64_t len) {
+int nbl_i4b_phase_axis_init(nbl_i4b_phase_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb, int64_t n_out,
+                            int64_t len) {
   x->s = s;
-  x->n_out = n_out;
-  x->len = len;
   x->nt = malloc(sizeof(int64_t) * (size_t)s);
   x->kt = malloc(sizeof(int64_t) * (size_t)(s * k));
   x->ot = malloc(sizeof(int64_t) * (size_t)(s * k));
@@ -753,9 +747,9 @@ static int ph_axis_init(ph_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb,
     x->nt[p] = 0;
     const int64_t cnt = p < len ? (len - p + s - 1) / s : 0; /* the phase's dX positions */
     for (int64_t kk = 0; kk < k; kk++) {
-      const int64_t t = p + pb - kk * d;
-      if (((t % s) + s) % s) continue;
-      const int64_t off = (t - (((t % s) + s) % s)) / s; /* exact */
+      const int64_t t = p + pb - kk * d, r = ((t % s) + s) % s;
+      if (r) continue;
+      const int64_t off = (t - r) / s; /* exact */
       x->kt[p * k + x->nt[p]] = kk;
       x->ot[p * k + x->nt[p]++] = off;
       if (cnt > 0) {
@@ -769,6 +763,13 @@ static int ph_axis_init(ph_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb,
   return 0;
 }
 
+void nbl_i4b_phase_axis_free(nbl_i4b_phase_axis *x) {
+  free(x->nt);
+  free(x->kt);
+  free(x->ot);
+  x->nt = x->kt = x->ot = NULL;
+}
+
 static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
                                  int32_t dy_max, const int16_t *w, int32_t w_max, const nbl_i4b_conv_out *out) {
   const int64_t Cg = g->C / g->group, Mg = g->M / g->group, Q = (Mg + 1) / 2, KW = g->k[1];
@@ -777,8 +778,8 @@ static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
   const int64_t np = g->s[0] * g->s[1];
   int16_t **A = calloc((size_t)(g->group * np), sizeof(*A));
   int64_t **boff = calloc((size_t)np, sizeof(*boff));
-  if (!A || !boff || ph_axis_init(&ah, g->s[0], g->k[0], g->d[0], g->pb[0], g->out[0], g->in[0]) ||
-      ph_axis_init(&aw, g->s[1], g->k[1], g->d[1], g->pb[1], g->out[1], g->in[1]))
+  if (!A || !boff || nbl_i4b_phase_axis_init(&ah, g->s[0], g->k[0], g->d[0], g->pb[0], g->out[0], g->in[0]) ||
+      nbl_i4b_phase_axis_init(&aw, g->s[1], g->k[1], g->d[1], g->pb[1], g->out[1], g->in[1]))
     st = NBL_ERR_OUT_OF_MEMORY;
   const int64_t Hq = ah.ext, Wq = aw.ext;
   for (int64_t a = 0; !st && a < g->s[0]; a++)
@@ -820,12 +821,8 @@ static nbl_status conv_dx_phases(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_
   for (int64_t i = 0; boff && i < np; i++) free(boff[i]);
   free(A);
   free(boff);
-  free(ah.nt);
-  free(ah.kt);
-  free(ah.ot);
-  free(aw.nt);
-  free(aw.kt);
-  free(aw.ot);
+  nbl_i4b_phase_axis_free(&ah);
+  nbl_i4b_phase_axis_free(&aw);
   return st;
 }
 
