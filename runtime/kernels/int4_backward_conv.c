@@ -332,19 +332,22 @@ static void gemm_par(nbl_kctx *ctx, gemm_job *j) {
 typedef struct img_job {
   nbl_i4b_isa isa;
   const nbl_conv_geom *g;
-  int64_t Cg, n0, gr, ld;
+  int64_t Cg, n0, cnt, gr, ld;
   const int64_t *tap;
   const int16_t *x;
   int16_t *col;
 } img_job;
 
-/* Images [b0, b1) of the chunk: im2col into their columns of col. */
-static void im2col_part(void *arg, int64_t b0, int64_t b1) {
+/* Channels [c0, c1) of the chunk's images: im2col into their rows of col
+ * (each thread writes the rows that its share of the GEMM, split by rows
+ * the same way, then reads: no rows from the other core's cache). */
+static void im2col_part(void *arg, int64_t c0, int64_t c1) {
   const img_job *j = arg;
   const nbl_conv_geom *g = j->g;
-  for (int64_t b = b0; b < b1; b++)
-    im2col_i16(j->isa, g, j->Cg, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg) * g->in_sz, j->col + b * g->out_sz, j->ld,
-               j->tap);
+  for (int64_t c = c0; c < c1; c++)
+    for (int64_t b = 0; b < j->cnt; b++)
+      im2col_i16(j->isa, g, 1, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg + c) * g->in_sz,
+                 j->col + c * g->k_sz * j->ld + b * g->out_sz, j->ld, j->tap);
 }
 
 /* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
@@ -370,8 +373,8 @@ static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g
           memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
         if (Lp > L) dyg[m * Lp + L] = 0;
       }
-      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .gr = gr, .ld = Lp, .tap = tap, .x = x, .col = col};
-      run(ctx, cnt, im2col_part, &ij);
+      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .x = x, .col = col};
+      run(ctx, Cg, im2col_part, &ij);
       if (Lp > L)
         for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
       if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
