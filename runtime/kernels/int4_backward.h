@@ -23,7 +23,7 @@
  * of vpdpwssd / vpmaddwd (one 32-bit lane = one column's pair).
  *
  * Three variants, chosen at run time (nbl_i4b_best_isa, through
- * runtime/core/cpu.h): AVX-512 (F+BW+VNNI, vpdpwssd, tiles of 6 x 32), AVX2 (vpmaddwd +
+ * runtime/core/cpu.h): AVX-512 (F+BW+VNNI, vpdpwssd, tiles of 6 x 32, or 12 x 16 where the product has one panel), AVX2 (vpmaddwd +
  * vpaddd, tiles of 6 x 16) and portable C. All accumulate the same integers
  * exactly, so all give identical results; the variants differ in speed only.
  */
