@@ -322,8 +322,10 @@ static void gemm_part(void *arg, int64_t b0, int64_t b1) {
   else nbl_i4b_gemm(j->isa, j->A, j->lda, m0, m1, n0, n1, j->B, j->kchunk, &j->sink);
 }
 
+static int gemm_by_cols(const gemm_job *j) { return j->M < 4 * NBL_I4B_MR && j->N > j->M; }
+
 static void gemm_par(nbl_kctx *ctx, gemm_job *j) {
-  j->by_cols = j->M < 4 * NBL_I4B_MR && j->N > j->M;
+  j->by_cols = gemm_by_cols(j);
   run(ctx, j->by_cols ? (j->N + 31) / 32 : (j->M + NBL_I4B_MR - 1) / NBL_I4B_MR, gemm_part, j);
 }
 
@@ -333,21 +335,27 @@ typedef struct img_job {
   nbl_i4b_isa isa;
   const nbl_conv_geom *g;
   int64_t Cg, n0, cnt, gr, ld;
+  int by_ch; /* split by channels (else by images) */
   const int64_t *tap;
   const int16_t *x;
   int16_t *col;
 } img_job;
 
-/* Channels [c0, c1) of the chunk's images: im2col into their rows of col
- * (each thread writes the rows that its share of the GEMM, split by rows
- * the same way, then reads: no rows from the other core's cache). */
-static void im2col_part(void *arg, int64_t c0, int64_t c1) {
+/* Items [i0, i1) of the chunk's im2col: channels (by_ch: their rows of col,
+ * all images; each thread then writes the rows that its share of a GEMM
+ * split by rows reads, none from the other core's cache) or images (their
+ * columns, all channels). */
+static void im2col_part(void *arg, int64_t i0, int64_t i1) {
   const img_job *j = arg;
   const nbl_conv_geom *g = j->g;
-  for (int64_t c = c0; c < c1; c++)
-    for (int64_t b = 0; b < j->cnt; b++)
-      im2col_i16(j->isa, g, 1, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg + c) * g->in_sz,
-                 j->col + c * g->k_sz * j->ld + b * g->out_sz, j->ld, j->tap);
+  for (int64_t i = i0; i < i1; i++)
+    if (j->by_ch)
+      for (int64_t b = 0; b < j->cnt; b++)
+        im2col_i16(j->isa, g, 1, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg + i) * g->in_sz,
+                   j->col + i * g->k_sz * j->ld + b * g->out_sz, j->ld, j->tap);
+    else
+      im2col_i16(j->isa, g, j->Cg, j->x + ((j->n0 + i) * g->C + j->gr * j->Cg) * g->in_sz, j->col + i * g->out_sz,
+                 j->ld, j->tap);
 }
 
 /* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
@@ -373,8 +381,11 @@ static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g
           memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
         if (Lp > L) dyg[m * Lp + L] = 0;
       }
-      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .x = x, .col = col};
-      run(ctx, Cg, im2col_part, &ij);
+      gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
+                    .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
+      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .x = x,
+                    .col = col, .by_ch = !gemm_by_cols(&j)}; /* as the GEMM splits its rows, or not */
+      run(ctx, ij.by_ch ? Cg : cnt, im2col_part, &ij);
       if (Lp > L)
         for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
       if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
@@ -382,8 +393,6 @@ static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g
         break;
       }
       nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
-      gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
-                    .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
       gemm_par(ctx, &j);
     }
   }
