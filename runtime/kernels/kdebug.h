@@ -29,9 +29,10 @@ typedef enum nbl_kswitch {
   /* the least output size (elements) that a fused INT4 convolution hands to
    * its fused depthwise consumer as activation bytes (default 2^20) */
   NBL_KS_I4_CODE_LINK_MIN,
-  /* the 4-bit training backward products of unit-stride 2-D convolutions
-   * read the padded planes in place (int4_backward_conv.c): 1 (default), 0
-   * through im2col */
+  /* the 4-bit training backward products of 2-D convolutions off the AMX
+   * tiles read planes in place (int4_backward_conv.c: dX of any strides by
+   * phases over channel-pair planes, dW of unit strides over X's padded
+   * planes): 1 (default), 0 through im2col and col2im */
   NBL_KS_I4B_WIDE,
   /* fused ternary depthwise layers 16 channels at a time: -1 where it
    * measured faster (the FP32 rule), 0 never, 1 whenever AVX-512 runs */
