@@ -299,7 +299,8 @@ END_TEST
 
 /* ------------------------------------------------------------------ the GEMM */
 
-/* C = A * B for random codes, every sink and packing path, all variants. */
+/* C = A * B for random codes, every sink and packing path, B's pair rows by
+ * pointer too, all variants. */
 static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bmax, int bpath) {
   int16_t *A = malloc(sizeof(int16_t) * (size_t)(M * K)), *Bsrc;
   const int64_t sk = bpath == 0 ? N : bpath == 1 ? 1 : 2 * N + 1, sn = bpath == 0 ? 1 : bpath == 1 ? K : 2;
@@ -353,6 +354,32 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
         ck_assert(ct[n * M + m] == want);
       }
     nbl_i4b_panels_free(&B);
+    /* B's pair rows by pointer (nbl_i4b_gemm_pairs): row j holds the codes
+     * of k = 2j, 2j + 1 side by side for every column, past N the 32
+     * columns of slack the micro-kernels may read (filled with junk: they
+     * must not reach an output) */
+    const int64_t rl = 2 * (N + 32);
+    int16_t *prow = malloc(sizeof(int16_t) * (size_t)(Kp / 2 * rl));
+    const int16_t **Bj = malloc(sizeof(*Bj) * (size_t)(Kp / 2));
+    for (int64_t j = 0; j < Kp / 2; j++) {
+      Bj[j] = prow + j * rl;
+      for (int64_t n = 0; n < N + 32; n++)
+        for (int t = 0; t < 2; t++) {
+          const int64_t k = 2 * j + t;
+          prow[j * rl + 2 * n + t] = n >= N ? (int16_t)(12345 - n) : k < K ? Bsrc[k * sk + n * sn] : 0;
+        }
+    }
+    memset(c64, 0, sizeof(int64_t) * (size_t)(M * N));
+    nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, 0, M / 2, 0, N, Bj, Kp, kchunk, &add);
+    nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, M / 2, M, 0, N, Bj, Kp, kchunk, &add);
+    for (int64_t i = 0; i < M * N; i++)
+      ck_assert_msg(c64[i] == ref[i], "gemm_pairs %lldx%lldx%lld %s: [%lld] %lld != %lld", (long long)M,
+                    (long long)N, (long long)K, nbl_i4b_isa_name(g_isas[v]), (long long)i, (long long)c64[i],
+                    (long long)ref[i]);
+    nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, 0, M, 0, N, Bj, Kp, kchunk, &sf);
+    for (int64_t i = 0; i < M * N; i++) ck_assert(cf[i] == (float)((double)ref[i] * scale));
+    free(prow);
+    free(Bj);
   }
   free(A);
   free(Bsrc);
