@@ -958,11 +958,12 @@ nbl_status nbl_i4b_conv_grad(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom
     if (out->dx && nx) memset(out->dx, 0, sizeof(float) * (size_t)nx);
     if (out->dx_acc && nx) memset(out->dx_acc, 0, sizeof(int64_t) * (size_t)nx);
   }
-  /* dX directly (unit strides) when its im2col of dY (Mg * k_sz x in_sz
-   * codes) costs less than col2im's int32 columns (Cg * k_sz x out_sz,
-   * written, read and scattered: about 3 times the traffic per element);
-   * always from the padded planes (2-D, pads within the kernel's extent:
-   * no im2col; LeNet-5's second layer 1.15 -> 0.81 ms for dX and dW) */
+  /* dX of 2-D layers by stride phases over channel-pair planes (no im2col,
+   * no packing, no col2im: LeNet-5's second layer 0.42 -> 0.25 ms, ResNet-8's
+   * strided 3x3 layers 2.0 -> 1.1-1.3 ms); other ranks (or the switch off):
+   * directly (unit strides) when its im2col of dY (Mg * k_sz x in_sz codes)
+   * costs less than col2im's int32 columns (Cg * k_sz x out_sz, written, read
+   * and scattered: about 3 times the traffic per element), else col2im */
   const int dx_phases = g->ns == 2 && nbl_kdebug_get(NBL_KS_I4B_WIDE);
   int unit = (double)Mg * (double)g->in_sz <= 3.0 * (double)Cg * (double)osz;
   for (int i = 0; i < g->ns; i++) unit &= g->s[i] == 1;
