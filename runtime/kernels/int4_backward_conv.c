@@ -1,7 +1,9 @@
 /* int4_backward_conv.c - the backward products of Conv and Gemm/MatMul in
- * integers (contracts in int4_backward.h): im2col / col2im over int16 codes
- * in chunks of images, as ConvGrad's float path (runtime/ops/grad_conv.c)
- * arranges them,
+ * integers (contracts in int4_backward.h), where the AMX tiles do not take
+ * them: in 2-D, dX by stride phases over channel-pair planes (conv_dx_phases)
+ * and dW of unit strides over X's padded planes (conv_dw_wide); otherwise
+ * im2col / col2im over int16 codes in chunks of images, as ConvGrad's float
+ * path (runtime/ops/grad_conv.c) arranges them,
  *   dW_g^T [K, Mg] += col [K, L] x dyg^T [L, Mg]   (A = col: rows of pixels)
  *   col [K, L]      = W_g^T [K, Mg] x dyg [Mg, L]  (then col2im into dX)
  * with K = C/group * taps and L the pixels of the chunk's images side by
