@@ -43,7 +43,7 @@ const char *nbl_kernel_info(void);
 /* The OPENBLAS_CORETYPE this CPU wants when OpenBLAS did not recognize it:
  * an OpenBLAS older than the CPU (Debian 12's 0.3.21 on Intel family 6 model
  * 207, for one) falls back to its Prescott kernels, SSE3 without FMA, which
- * run nibble's FP32 products several times slower and round every product
+ * run nibble's FP32 products slower (2.5x on LeNet-5's) and round every product
  * apart from its sum (training then drifts from an FMA implementation such
  * as PyTorch's by more than their rounding). Returns "SkylakeX" on a CPU
  * with AVX-512 (F, BW, DQ, VL), "Haswell" with AVX2 and FMA, when OpenBLAS
