@@ -167,8 +167,9 @@ void nbl_i4b_gemm_rows(nbl_i4b_isa isa, const int16_t *const *rows, int64_t m0, 
 /* nbl_i4b_gemm with B's pair rows by pointer instead of packed panels: the
  * codes of B[2j][n] and B[2j + 1][n] at Bj[j][2n] and Bj[j][2n + 1], for
  * the Kp / 2 pairs j (Kp even); each row readable up to the end of the
- * 32-column block that holds column n1 - 1 (what lies past n1 is read but
- * not written anywhere). No packing: the caller lays B out so (for
+ * 32-column block that holds column n1 - 1, and holding codes within the
+ * bound kchunk was computed from up to there (what lies past n1 is summed
+ * but not written anywhere). No packing: the caller lays B out so (for
  * example two channels' codes interleaved, int4_backward_conv.c). */
 void nbl_i4b_gemm_pairs(nbl_i4b_isa isa, const int16_t *A, int64_t lda, int64_t m0, int64_t m1, int64_t n0,
                         int64_t n1, const int16_t *const *Bj, int64_t Kp, int64_t kchunk, const nbl_i4b_sink *out);

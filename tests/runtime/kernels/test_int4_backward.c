@@ -356,8 +356,8 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
     nbl_i4b_panels_free(&B);
     /* B's pair rows by pointer (nbl_i4b_gemm_pairs): row j holds the codes
      * of k = 2j, 2j + 1 side by side for every column, past N the 32
-     * columns of slack the micro-kernels may read (filled with junk: they
-     * must not reach an output) */
+     * columns of slack the micro-kernels may read (random codes within the
+     * bound, as the contract asks: they must not reach an output) */
     const int64_t rl = 2 * (N + 32);
     int16_t *prow = malloc(sizeof(int16_t) * (size_t)(Kp / 2 * rl));
     const int16_t **Bj = malloc(sizeof(*Bj) * (size_t)(Kp / 2));
@@ -366,7 +366,7 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
       for (int64_t n = 0; n < N + 32; n++)
         for (int t = 0; t < 2; t++) {
           const int64_t k = 2 * j + t;
-          prow[j * rl + 2 * n + t] = n >= N ? (int16_t)(12345 - n) : k < K ? Bsrc[k * sk + n * sn] : 0;
+          prow[j * rl + 2 * n + t] = n >= N ? (int16_t)rnd_code(bmax) : k < K ? Bsrc[k * sk + n * sn] : 0;
         }
     }
     memset(c64, 0, sizeof(int64_t) * (size_t)(M * N));
