@@ -689,6 +689,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(con
     } else if (np == 2) mk512_body(A, B, ps, Bj, boff, kp, T, R, 2, 0);            \
     else mk512_body(A, B, ps, Bj, boff, kp, T, R, 1, 0);                           \
     break;
+#define MK512_1(R) /* one panel only */                                            \
+  case R:                                                                          \
+    if (Bj) mk512_body(A, B, ps, Bj, boff, kp, T, R, 1, 1);                        \
+    else mk512_body(A, B, ps, Bj, boff, kp, T, R, 1, 0);                           \
+    break;
   switch (mr) {
     MK512(1)
     MK512(2)
@@ -696,14 +701,15 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void mk_avx512(con
     MK512(4)
     MK512(5)
     MK512(6)
-    MK512(7) /* 7..12 rows: one panel (gemm_run) */
-    MK512(8)
-    MK512(9)
-    MK512(10)
-    MK512(11)
-    MK512(12)
+    MK512_1(7) /* 7..12 rows: one panel (gemm_run) */
+    MK512_1(8)
+    MK512_1(9)
+    MK512_1(10)
+    MK512_1(11)
+    MK512_1(12)
   }
 #undef MK512
+#undef MK512_1
 }
 
 __attribute__((target("avx2"), always_inline)) static inline void mk256_body(const int16_t *const *Ar,

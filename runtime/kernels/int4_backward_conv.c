@@ -690,7 +690,8 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
   const int16_t **rows = malloc(sizeof(*rows) * (size_t)(ntmax ? ntmax : 1));
   void *scr = malloc((acc ? sizeof(int64_t) : sizeof(float)) * (size_t)(sw * slot + 1)); /* a row phase's column phases */
   const void **src = malloc(sizeof(*src) * (size_t)sw);
-  if (!pp || !rows || !scr || !src) {
+  const float **rp = malloc(sizeof(*rp) * (size_t)sw); /* one dX row's column-phase rows */
+  if (!pp || !rows || !scr || !src || !rp) {
     j->failed = 1;
     n1 = n0;
   } else {
@@ -728,18 +729,12 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
               }
               continue;
             }
-            const float *rs[8], **rp = sw <= 8 ? rs : malloc(sizeof(*rp) * (size_t)sw);
-            if (!rp) {
-              j->failed = 1;
-              continue;
-            }
             for (int64_t b = 0; b < sw; b++) rp[b] = src[b] ? (const float *)src[b] + si : NULL;
 #if I4B_X86
             if (j->isa == NBL_I4B_AVX512) emit_row_512(j->out->dx + d, rp, W, sw);
             else
 #endif
               emit_row_c(j->out->dx + d, rp, W, sw);
-            if (rp != rs) free(rp);
           }
       }
     }
@@ -747,6 +742,7 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
   free(rows);
   free(scr);
   free(src);
+  free(rp);
 }
 
 int nbl_i4b_phase_axis_init(nbl_i4b_phase_axis *x, int64_t s, int64_t k, int64_t d, int64_t pb, int64_t n_out,
