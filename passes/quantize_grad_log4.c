@@ -34,7 +34,11 @@
  * The stochastic modes read the algorithm graph's int64 input `step`, so
  * each training step draws new numbers (the node's seed is the pass's seed
  * plus the layer's position). With skip-first-last (the default, as the
- * paper) the first and last selected layers keep float gradients. */
+ * paper) the first and last selected layers keep float gradients; with
+ * skip-1x1 (the default) so do the convolutions whose kernel is 1 x 1 (the
+ * paper ran them in FP8 on its ResNets: a 1 x 1 layer has no neighbouring
+ * taps to average its gradient's rounding over, and in a ResNet it is the
+ * projection shortcut that carries the gradient past a block). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +57,7 @@ typedef struct lq {
   nbl_id step;  /* the algorithm's int64 input `step`, or NBL_NONE */
   int linear;   /* format=int4: QuantizeInt4 (linear INT4, the comparison) instead */
   int n_nodes, n_split, n_layers;
-  nbl_textlist done, kept, skipped, float_readers;
+  nbl_textlist done, kept, kept1, skipped, float_readers;
 } lq;
 
 static int is_product(const nbl_node *c) {
@@ -155,6 +159,40 @@ static nbl_id add_qlog(lq *s, const nbl_node *f, nbl_id dy, int phase, int seed_
   if (g->values[out].type.kind == NBL_TYPE_TENSOR) nbl_graph_add_value_info(g, out);
   s->n_nodes++;
   return out;
+}
+
+/* 1 if layer f is a Conv / ConvTranspose whose kernel is 1 x 1 (every
+ * spatial dim 1), from its kernel_shape or else its weight's shape; 0 when
+ * neither says. */
+static int is_1x1(const nbl_graph *g, const nbl_node *f) {
+  if (strcmp(f->op_type, "Conv") && strcmp(f->op_type, "ConvTranspose")) return 0;
+  int nk = 0;
+  const int64_t *ks = nbl_attr_ints(f, "kernel_shape", &nk);
+  if (ks && nk > 0) {
+    for (int i = 0; i < nk; i++)
+      if (ks[i] != 1) return 0;
+    return 1;
+  }
+  if (f->n_inputs < 2 || f->inputs[1] == NBL_NONE) return 0;
+  /* the weight's shape: its initializer, or its type, here or (a training
+   * graph's parameter) in the inference graph */
+  const nbl_value *w = &g->values[f->inputs[1]];
+  for (int hop = 0; hop < 4 && !w->init && w->type.rank < 0 && w->producer != NBL_NONE; hop++) {
+    const nbl_node *q = &g->nodes[w->producer]; /* a weight quantizer keeps the shape */
+    if (strcmp(q->domain, "ai.nibble") || (strcmp(q->op_type, "QuantizeInt4") && strcmp(q->op_type, "QuantizeTernary")) ||
+        q->n_inputs < 1 || q->inputs[0] == NBL_NONE)
+      break;
+    w = &g->values[q->inputs[0]];
+  }
+  if (!w->init && w->type.rank < 0 && g->model && g->model->graph != g) {
+    nbl_id o = nbl_graph_find(g->model->graph, w->name);
+    if (o != NBL_NONE) w = &g->model->graph->values[o];
+  }
+  int rank = w->init ? w->init->rank : w->type.kind == NBL_TYPE_TENSOR ? w->type.rank : -1;
+  if (rank < 3) return 0;
+  for (int i = 2; i < rank; i++)
+    if ((w->init ? w->init->dims[i] : w->type.dims[i].value) != 1) return 0;
+  return 1;
 }
 
 /* Split ConvGrad node ci (dX and dW/dB) into two nodes reading q0 and q1. */
@@ -319,7 +357,7 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
                       "quantize-grad-log4: format=int4 rounds half to even; rounding=%s applies to "
                       "format=log only", rounding);
   const char *ops = nbl_pass_opt_string(ctx, "ops"), *layers = nbl_pass_opt_string(ctx, "layers");
-  int first_last = nbl_pass_opt_bool(ctx, "skip-first-last");
+  int first_last = nbl_pass_opt_bool(ctx, "skip-first-last"), skip_1x1 = nbl_pass_opt_bool(ctx, "skip-1x1");
   if (g->n_outputs < 1) return nbl_errorf(NBL_ERR_INVALID_MODEL, "quantize-grad-log4: the algorithm graph has no output");
   for (int i = 0; i < g->n_inputs; i++) {
     const nbl_value *v = &g->values[g->inputs[i]];
@@ -365,6 +403,10 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
       nbl_textlist_add(&s.kept, "%s", g->nodes[order[i]].name);
       continue;
     }
+    if (skip_1x1 && is_1x1(g, &g->nodes[order[i]])) {
+      nbl_textlist_add(&s.kept1, "%s", g->nodes[order[i]].name);
+      continue;
+    }
     st = do_layer(&s, order[i], i, fwd);
   }
   free(order);
@@ -387,8 +429,8 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
                                                   : "",
                     s.done.s ? s.done.s : "none", split);
     }
-    nbl_pass_logf(ctx, "kept in float (first/last): %s; skipped: %s", s.kept.s ? s.kept.s : "none",
-                  s.skipped.s ? s.skipped.s : "none");
+    nbl_pass_logf(ctx, "kept in float (first/last): %s; (1x1): %s; skipped: %s", s.kept.s ? s.kept.s : "none",
+                  s.kept1.s ? s.kept1.s : "none", s.skipped.s ? s.skipped.s : "none");
     if (s.float_readers.s) nbl_pass_logf(ctx, "not this layer's backward: %s", s.float_readers.s);
     if ((s.cfg.rounding == NBL_LOG_STOCHASTIC || s.cfg.rounding == NBL_LOG_LUQ) && s.step == NBL_NONE &&
         s.n_nodes)
@@ -396,6 +438,7 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
   }
   free(s.done.s);
   free(s.kept.s);
+  free(s.kept1.s);
   free(s.skipped.s);
   free(s.float_readers.s);
   return st;
@@ -417,6 +460,8 @@ const nbl_pass_def nbl_pass_quantize_grad_log4 = {
             {"exp-bits", NBL_OPT_INT, "3", "exponent bits: 2^e - 1 levels (1..4)"},
             {"skip-first-last", NBL_OPT_BOOL, "1",
              "keep float gradients at the first and last selected layers (as the paper)"},
+            {"skip-1x1", NBL_OPT_BOOL, "1",
+             "keep float gradients at 1x1 convolutions (the paper ran them in FP8)"},
             {"seed", NBL_OPT_INT, "0", "seed of the stochastic modes (layer i gets seed + i)"},
             {"format", NBL_OPT_STRING, "log",
              "log (QuantizeLog), or int4: linear INT4 gradients (QuantizeInt4, max scale, "

@@ -181,8 +181,10 @@ static nbl_id vadd(nbl_graph *g, const char *name) {
 }
 
 /* input [2,1,6,6] -> conv1 (W1, b1) -> Relu -> conv2 (W2, no bias, pads 1) -> Flatten
- * -> fc (Gemm W3 transB, b3) -> logits [2,4] */
-static nbl_model *small_cnn(void) {
+ * -> fc (Gemm W3 transB, b3) -> logits [2,4]; with pw, a 1 x 1 convolution
+ * "pw" (Wp [3,3,1,1], no kernel_shape: the weight says 1 x 1) between the
+ * Relu and conv2 */
+static nbl_model *small_cnn_pw(int pw) {
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
   nbl_graph *g = m->graph;
@@ -199,6 +201,11 @@ static nbl_model *small_cnn(void) {
   nbl_graph_add_node(g, "Conv", "", "conv1", 3, in, 1, &out);
   in[0] = out, out = vadd(g, "r1");
   nbl_graph_add_node(g, "Relu", "", "relu1", 1, in, 1, &out);
+  if (pw) {
+    add_init(g, "Wp", 4, (int64_t[]){3, 3, 1, 1});
+    in[0] = out, in[1] = vadd(g, "Wp"), out = vadd(g, "cp");
+    nbl_graph_add_node(g, "Conv", "", "pw", 2, in, 1, &out);
+  }
   in[0] = out, in[1] = vadd(g, "W2"), out = vadd(g, "c2");
   nbl_id c2 = nbl_graph_add_node(g, "Conv", "", "conv2", 2, in, 1, &out);
   nbl_node_set_attr_ints(g, c2, "pads", 4, (int64_t[]){1, 1, 1, 1});
@@ -210,6 +217,8 @@ static nbl_model *small_cnn(void) {
   nbl_graph_add_output(g, out);
   return m;
 }
+
+static nbl_model *small_cnn(void) { return small_cnn_pw(0); }
 
 /* Run pipeline spec on m; the pass summaries into log (NUL-terminated). */
 static void run_pipe(nbl_model *m, const char *spec, char *log, size_t cap) {
@@ -325,7 +334,7 @@ START_TEST(test_pass_build_training_graph) {
   expect_qlog(al, "fc_grad/log4", "logits_grad", "nearest", 0, 0, RD("fc_grad/dX", "fc_grad/dW", "fc_grad/dB"));
   ck_assert_ptr_nonnull(strstr(log, "log-quantized the output gradients of 3 layers with 3 QuantizeLog (radix 4, 3 "
                                     "exponent bits, rounding nearest): conv1, conv2, fc"));
-  ck_assert_ptr_nonnull(strstr(log, "kept in float (first/last): none; skipped: none"));
+  ck_assert_ptr_nonnull(strstr(log, "kept in float (first/last): none; (1x1): none; skipped: none"));
   ck_assert_int_eq(nbl_model_verify(m), NBL_OK);
   nbl_model_free(m);
 
@@ -427,6 +436,46 @@ START_TEST(test_pass_build_training_graph) {
 }
 END_TEST
 
+/* skip-1x1 (default on): a 1 x 1 convolution keeps float gradients, as the
+ * paper's FP8 1 x 1 layers; known from the weight's shape or kernel_shape */
+START_TEST(test_pass_skip_1x1) {
+  char log[4096];
+  nbl_model *m = small_cnn_pw(1);
+  run_pipe(m, "build-training,quantize-grad-log4{skip-first-last=0}", log, sizeof log);
+  nbl_graph *al = m->training[0].algorithm;
+  ck_assert_int_eq(count_op(al, "QuantizeLog"), 3);
+  ck_assert_ptr_null(node_named(al, "pw_grad/log4"));
+  expect_qlog(al, "conv2_grad/log4", "c2_grad", "nearest", 0, 0, RD("conv2_grad/dXdW"));
+  ck_assert_ptr_nonnull(strstr(log, "kept in float (first/last): none; (1x1): pw; skipped: none"));
+  ck_assert_int_eq(nbl_model_verify(m), NBL_OK);
+  nbl_model_free(m);
+  /* kernel_shape decides when given */
+  m = small_cnn_pw(1);
+  nbl_graph *g = m->graph;
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!strcmp(g->nodes[i].name, "conv2")) nbl_node_set_attr_ints(g, i, "kernel_shape", 2, (int64_t[]){3, 3});
+    else if (!strcmp(g->nodes[i].name, "pw")) nbl_node_set_attr_ints(g, i, "kernel_shape", 2, (int64_t[]){1, 1});
+  run_pipe(m, "build-training,quantize-grad-log4{skip-first-last=0}", log, sizeof log);
+  ck_assert_int_eq(count_op(m->training[0].algorithm, "QuantizeLog"), 3);
+  ck_assert_ptr_nonnull(strstr(log, "(1x1): pw;"));
+  nbl_model_free(m);
+  /* through the forward's weight quantizer */
+  m = small_cnn_pw(1);
+  run_pipe(m, "quantize-int4{skip-first-last=0},build-training,quantize-grad-log4{skip-first-last=0}", log, sizeof log);
+  ck_assert_int_eq(count_op(m->training[0].algorithm, "QuantizeLog"), 3);
+  ck_assert_msg(strstr(log, "(1x1): pw;"), "%s", log);
+  nbl_model_free(m);
+  /* skip-1x1=0: quantized like the others */
+  m = small_cnn_pw(1);
+  run_pipe(m, "build-training,quantize-grad-log4{skip-first-last=0,skip-1x1=0}", log, sizeof log);
+  al = m->training[0].algorithm;
+  ck_assert_msg(count_op(al, "QuantizeLog") == 4, "%s", log);
+  expect_qlog(al, "pw_grad/log4", "cp_grad", "nearest", 0, 0, RD("pw_grad/dXdW"));
+  ck_assert_ptr_nonnull(strstr(log, "(1x1): none;"));
+  nbl_model_free(m);
+}
+END_TEST
+
 #include "train/mlp_train.h"
 
 START_TEST(test_pass_hand_built_training_model) {
@@ -461,6 +510,7 @@ int main(void) {
   tcase_add_test(tc, test_qlog_step_and_levels);
   tcase_add_test(tc, test_codes_output_not_lowered);
   tcase_add_test(tc, test_pass_build_training_graph);
+  tcase_add_test(tc, test_pass_skip_1x1);
   tcase_add_test(tc, test_pass_hand_built_training_model);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
