@@ -26,6 +26,31 @@ static inline __mmask16 nbl_lane_range16(int64_t lo, int64_t hi) {
   return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
+/* Rows of column stride 2 in float (AVX-512F): d[i] = s[2 i] for i < n
+ * (reads s[0 .. 2 n - 2] only), and its adjoint d[2 i] += s[i]. */
+__attribute__((target("avx512f"))) static inline void nbl_even_gather_ps(const float *s, int64_t n, float *d) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t e = 2 * (n - i) - 1; /* elements of s from 2 i on */
+    const __m512 v0 = _mm512_maskz_loadu_ps(nbl_tail_mask(e), s + 2 * i);
+    const __m512 v1 = _mm512_maskz_loadu_ps(nbl_tail_mask(e - 16 > 0 ? e - 16 : 0), s + 2 * i + 16);
+    _mm512_mask_storeu_ps(d + i, nbl_tail_mask(n - i), _mm512_permutex2var_ps(v0, even, v1));
+  }
+}
+__attribute__((target("avx512f"))) static inline void nbl_even_scatter_add_ps(const float *s, int64_t n, float *d) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __mmask16 ev = 0x5555;
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t e = 2 * (n - i) - 1; /* elements of d from 2 i on */
+    const __m512 v = _mm512_maskz_loadu_ps(nbl_tail_mask(n - i), s + i), z = _mm512_setzero_ps();
+    const __mmask16 k0 = nbl_tail_mask(e) & ev, k1 = nbl_tail_mask(e - 16 > 0 ? e - 16 : 0) & ev;
+    float *d0 = d + 2 * i, *d1 = d0 + 16;
+    _mm512_mask_storeu_ps(d0, k0, _mm512_add_ps(_mm512_maskz_loadu_ps(k0, d0), _mm512_permutex2var_ps(v, lo, z)));
+    if (k1) _mm512_mask_storeu_ps(d1, k1, _mm512_add_ps(_mm512_maskz_loadu_ps(k1, d1), _mm512_permutex2var_ps(v, hi, z)));
+  }
+}
+
 /* AVX2: the mask of the first r lanes (r clamped to 0..8) for maskload/maskstore. */
 __attribute__((target("avx2"), always_inline)) static inline __m256i nbl_tail8(int64_t r) {
   if (r > 8) r = 8;

@@ -39,6 +39,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/simd16.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
 #include "runtime/ops/nn.h"
@@ -207,13 +208,14 @@ static nbl_status k_convt_grad_ref(nbl_kctx *c) { return conv_grad_ref_any(c, 1)
 typedef struct cg_task {
   const nbl_conv_geom *g;
   int64_t Cg, K, L, n0, gr;
-  int point;
+  int point, even; /* even: AVX-512 for column stride 2 */
   const float *x;
   float *col, *dx;
 } cg_task;
 
-/* im2col of one image and group ([Cg, H, W]) into col rows of stride ld. */
-static void im2col2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col, int64_t ld) {
+/* im2col of one image and group ([Cg, H, W]) into col rows of stride ld
+ * (column stride 2 by AVX-512 where it runs: even). */
+static void im2col2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col, int64_t ld, int even) {
   int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
   int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
   for (int64_t ch = 0; ch < Cg; ch++)
@@ -234,6 +236,10 @@ static void im2col2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *x, floa
           const float *row = plane + ih * Wd;
           for (int64_t ow = 0; ow < ow0; ow++) d[ow] = 0.0f;
           if (sw == 1) nbl_copy_row(d + ow0, row + ow0 + off, ow1 - ow0);
+#if defined(__x86_64__)
+          else if (sw == 2 && even)
+            nbl_even_gather_ps(row + 2 * ow0 + off, ow1 - ow0, d + ow0);
+#endif
           else
             for (int64_t ow = ow0; ow < ow1; ow++) d[ow] = row[ow * sw + off];
           for (int64_t ow = ow1; ow < OW; ow++) d[ow] = 0.0f;
@@ -241,8 +247,9 @@ static void im2col2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *x, floa
       }
 }
 
-/* col2im: scatter-add col rows (stride ld) of one image into dx [Cg, H, W]. */
-static void col2im2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *col, int64_t ld, float *dx) {
+/* col2im: scatter-add col rows (stride ld) of one image into dx [Cg, H, W]
+ * (column stride 2 by AVX-512 where it runs: even). */
+static void col2im2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *col, int64_t ld, float *dx, int even) {
   int64_t H = g->in[0], Wd = g->in[1], OH = g->out[0], OW = g->out[1];
   int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
   for (int64_t ch = 0; ch < Cg; ch++)
@@ -260,6 +267,10 @@ static void col2im2d_ld(const nbl_conv_geom *g, int64_t Cg, const float *col, in
           const float *s = src + oh * OW;
           if (sw == 1)
             for (int64_t ow = ow0; ow < ow1; ow++) row[ow + off] += s[ow];
+#if defined(__x86_64__)
+          else if (sw == 2 && even)
+            nbl_even_scatter_add_ps(s + ow0, ow1 - ow0, row + 2 * ow0 + off);
+#endif
           else
             for (int64_t ow = ow0; ow < ow1; ow++) row[ow * sw + off] += s[ow];
         }
@@ -288,7 +299,7 @@ static void cg_im2col(void *arg, int64_t begin, int64_t end) {
     if (t->point)
       for (int64_t r = 0; r < t->Cg; r++) memcpy(dst + r * t->L, xg + r * g->in_sz, sizeof(float) * (size_t)g->out_sz);
     else
-      im2col2d_ld(g, t->Cg, xg, dst, t->L);
+      im2col2d_ld(g, t->Cg, xg, dst, t->L, t->even);
   }
 }
 
@@ -302,7 +313,7 @@ static void cg_col2im(void *arg, int64_t begin, int64_t end) {
     if (t->point) /* one tap per input element: a copy */
       for (int64_t r = 0; r < t->Cg; r++) memcpy(dxg + r * g->in_sz, src + r * t->L, sizeof(float) * (size_t)g->in_sz);
     else
-      col2im2d_ld(g, t->Cg, src, t->L, dxg);
+      col2im2d_ld(g, t->Cg, src, t->L, dxg, t->even);
   }
 }
 
@@ -419,17 +430,21 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
       db[m] = (float)s;
     }
   }
+  /* 1 x 1 kernels (a strided shortcut): im2col is a gather and col2im a
+   * scatter of one tap, one product each; the shifted-rows kernels' tap and
+   * phase machinery is not worth it */
+  int k1 = g.k_sz == 1;
   if (DX && X->numel) {
     int done = g.N && out && K ? dx_by_conv(c, &g, dy, w, DX->data) : 0;
     /* strided 2-D layers: one stride-1 convolution per phase of dX */
-    if (!done && g.N && out && K && g.s[0] * (g.ns == 2 ? g.s[1] : 1) > 1)
+    if (!done && !k1 && g.N && out && K && g.s[0] * (g.ns == 2 ? g.s[1] : 1) > 1)
       done = nbl_conv_shift_dx(c, &g, dy, w, DX->data);
     if (done < 0) return grad_oom(c);
     if (done) DX = NULL; /* written */
     else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
   }
   /* dW of 2-D layers without im2col where AVX-512 runs */
-  if (DW && W->numel && g.N && out && nbl_conv_shift_dw(c, &g, X->data, dy, DW->data)) DW = NULL;
+  if (DW && W->numel && g.N && out && !k1 && nbl_conv_shift_dw(c, &g, X->data, dy, DW->data)) DW = NULL;
   if (DW && W->numel) memset(DW->data, 0, sizeof(float) * (size_t)W->numel);
   if ((!DX && !DW) || g.N == 0 || out == 0 || K == 0) return NBL_OK;
   /* images per chunk: about CG_COLS columns (measured best for LeNet-sized
@@ -447,7 +462,7 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
     free(tmp);
     return grad_oom(c);
   }
-  cg_task t = {&g, Cg, K, 0, 0, 0, point, X->data, col, DX ? DX->data : NULL};
+  cg_task t = {&g, Cg, K, 0, 0, 0, point, nbl_cpu_has(NBL_CPU_AVX512F), X->data, col, DX ? DX->data : NULL};
   for (int64_t n0 = 0; n0 < g.N; n0 += nb) {
     int64_t cnt = g.N - n0 < nb ? g.N - n0 : nb, L = cnt * out;
     t.n0 = n0;

@@ -660,6 +660,12 @@ START_TEST(test_conv_grad_fast) {
       {"strides 2 x 1", T_D(2, 4, 9, 8), T_D(6, 4, 3, 3), {AV("strides", 2, 1), AV("pads", 1, 1, 1, 1), AEND}},
       {"strides 3, 2x2", T_D(1, 3, 10, 11), T_D(4, 3, 2, 2), {AV("strides", 3, 3), AEND}},
       {"1x1 s2 odd, batch 1", T_D(1, 5, 7, 9), T_D(9, 5, 1, 1), {AV("strides", 2, 2), AEND}},
+      /* column stride 2 by vectors (im2col gather, col2im scatter-add): rows
+       * of 36 and 38 outputs (two vectors and a part), pads trimming them */
+      {"1x1 s2 rows of 87", T_D(2, 3, 5, 87), T_D(4, 3, 1, 1), {AV("strides", 2, 2), AEND}},
+      {"1x1 s2 pads 1, rows of 75", T_D(1, 3, 4, 75), T_D(5, 3, 1, 1), {AV("strides", 2, 2), AV("pads", 1, 1, 1, 1), AEND}},
+      {"3x3 s2 groups 2, rows of 73", T_D(2, 4, 5, 73), T_D(6, 2, 3, 3),
+       {AI("group", 2), AV("strides", 2, 2), AV("pads", 1, 1, 1, 0), AEND}},
       {"ResNet-8 64 ch 7x7", T_D(2, 64, 7, 7), T_D(64, 64, 3, 3), {AV("pads", 1, 1, 1, 1), AEND}},
       /* the 6 x 4 dW tile: LeNet's first layer; 5 of 6 rows and 9 of 12 taps */
       {"LeNet conv1 1->6 5x5", T_D(3, 1, 28, 28), T_D(6, 1, 5, 5), {AEND}},
