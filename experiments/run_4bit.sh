@@ -16,8 +16,9 @@
 #               (nibble train --ternary: quantize-ternary, BitNet b1.58),
 #               float gradients
 # Gradient quantizers sit on the output gradients of every Conv/Gemm but the
-# first and last (kept in float), the INT4 forward keeps those two in 8 bits
-# (quantize-int4's default), as the paper.
+# first and last and the 1x1 convolutions (kept in float: quantize-grad-log4's
+# skip-first-last and skip-1x1), the INT4 forward keeps the first and last in
+# 8 bits (quantize-int4's default), as the paper.
 #
 # Same schedule everywhere: SGD with momentum 0.9, batch 64, cosine learning
 # rate; the seed sets the data order (and the stochastic quantizers' seed).
