@@ -3,7 +3,8 @@
  * On the shipped LeNet-5 and ResNet-8 (models/lenet5_init.onnx, resnet8_init.onnx)
  * the pipeline of `nibble train --int4 --log4-grad=MODE`
  *   quantize-int4, build-training, quantize-grad-log4{rounding=MODE}, int4-backward
- * must replace every backward product of the layers whose output gradient is
+ * (with skip-1x1=0, so that ResNet-8's strided 1x1 shortcuts run on the
+ * integer kernels too) must replace every backward product of the layers whose output gradient is
  * log-quantized (with tpr, both halves of the split ConvGrad; the first
  * layer's dW and the last layer's products keep a float dY and stay float).
  *
@@ -183,7 +184,7 @@ static int add_shadows(nbl_model *m, int *first_out) {
 
 static void check_products(const model_case *c) {
   char spec[300];
-  snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s},int4-backward",
+  snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s,skip-1x1=0},int4-backward",
            c->rounding);
   nbl_model *m = tm_prepared(c->model, spec);
   int first = 0, pairs = add_shadows(m, &first);
@@ -285,7 +286,7 @@ static void compare_grads(run *a, run *b, double tol, const char *what, int step
 START_TEST(test_sessions) {
   const model_case *c = &cases[_i];
   char spec[256], spec_i[300];
-  snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s}", c->rounding);
+  snprintf(spec, sizeof spec, "quantize-int4,build-training,quantize-grad-log4{rounding=%s,skip-1x1=0}", c->rounding);
   snprintf(spec_i, sizeof spec_i, "%s,int4-backward", spec);
   nbl_model *mf = tm_prepared(c->model, spec), *mi = tm_prepared(c->model, spec_i);
   ck_assert_int_eq(count_op(mf, "Int4LogConvGrad") + count_op(mf, "Int4LogGemm"), 0);
