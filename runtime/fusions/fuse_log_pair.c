@@ -120,6 +120,12 @@ static void lp_sweep(void *arg, int64_t b, int64_t e) {
   const lp_job *j = arg;
   for (int64_t at = b; at < e; at += LP_CHUNK) { /* both outputs of a chunk while it is in cache */
     int64_t len = e - at < LP_CHUNK ? e - at : LP_CHUNK;
+    if (j->codes[0] && j->codes[1] && !j->y[0] && !j->y[1]) { /* the codes only: one sweep for both */
+      const float *lev[2] = {j->lev[0], j->lev[1]}, *thr[2] = {j->thr[0], j->thr[1]};
+      signed char *const cd[2] = {j->codes[0] + at, j->codes[1] + at};
+      nbl_logq_nearest_codes2(j->isa, lev, thr, j->levels, j->x + at, cd, (size_t)len);
+      continue;
+    }
     for (int k = 0; k < 2; k++)
       if (j->codes[k])
         nbl_logq_nearest_codes(j->isa, j->lev[k], j->thr[k], j->levels[k], j->x + at,

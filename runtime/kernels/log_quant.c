@@ -199,6 +199,60 @@ __attribute__((target("avx512f"))) static inline void codes_store(signed char *c
   else _mm512_mask_cvtepi32_storeu_epi8(codes, k, cd);
 }
 
+/* The codes of two grids at once (nbl_logq_nearest_codes2; both grids
+ * held by the binade lookup, else 0 and nothing written): |x|, its binade
+ * and sign taken once for both; per grid one lookup of the threshold and
+ * one of the two candidate codes (hk | lk << 8), the comparison |x| >= t as
+ * the integers of the bit patterns (both non-negative: the same order),
+ * the choice a shift by 8 or 0, the sign applied as (c ^ s) - s: the
+ * compare-to-mask and select operations of codes_store left for the
+ * vectors that hold a NaN or an infinity. */
+__attribute__((target("avx512f"))) static int codes2_avx512(const float *const lev[2], const float *const thr[2],
+                                                            const int L[2], const float *x,
+                                                            signed char *const codes[2], size_t n) {
+  float tt[2][32], th[32], tl[32];
+  int32_t hk[32], lk[32], ek[2][32];
+  int et[2];
+  for (int g = 0; g < 2; g++) {
+    if (!binade_table(lev[g], thr[g], L[g], &et[g], tt[g], th, tl, hk, lk)) return 0;
+    for (int b = 0; b < 32; b++) ek[g][b] = hk[b] | lk[b] << 8;
+  }
+  const __m512i z = _mm512_setzero_si512(), top = _mm512_set1_epi32(31), m8 = _mm512_set1_epi32(8),
+                mff = _mm512_set1_epi32(0xff), absm = _mm512_set1_epi32(0x7fffffff),
+                infb = _mm512_set1_epi32(0x7f800000);
+  __m512i vet[2], t0[2], t1[2], e0[2], e1[2];
+  for (int g = 0; g < 2; g++) {
+    vet[g] = _mm512_set1_epi32(et[g]);
+    t0[g] = _mm512_castps_si512(_mm512_loadu_ps(tt[g]));
+    t1[g] = _mm512_castps_si512(_mm512_loadu_ps(tt[g] + 16));
+    e0[g] = _mm512_loadu_si512(ek[g]);
+    e1[g] = _mm512_loadu_si512(ek[g] + 16);
+  }
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(k, x + i), a = _mm512_and_si512(v, absm);
+    const __m512i ex = _mm512_srli_epi32(a, 23), s = _mm512_srai_epi32(v, 31);
+    const __mmask16 fin = _mm512_cmplt_epi32_mask(a, infb);
+#pragma GCC unroll 2
+    for (int g = 0; g < 2; g++) {
+      const __m512i bin = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(vet[g], ex), z), top);
+      const __m512i t = _mm512_permutex2var_epi32(t0[g], bin, t1[g]), e = _mm512_permutex2var_epi32(e0[g], bin, e1[g]);
+      const __m512i lt = _mm512_srai_epi32(_mm512_sub_epi32(a, t), 31); /* -1 where |x| < t */
+      __m512i cd = _mm512_and_si512(_mm512_srlv_epi32(e, _mm512_and_si512(lt, m8)), mff);
+      cd = _mm512_sub_epi32(_mm512_xor_si512(cd, s), s);
+      if (fin != 0xFFFF) { /* NaN, +-Inf: their marks */
+        __m512i sp = _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(v, z), _mm512_set1_epi32(NBL_LOG_CODE_POS_INF),
+                                             _mm512_set1_epi32(NBL_LOG_CODE_NEG_INF));
+        sp = _mm512_mask_mov_epi32(sp, _mm512_cmpgt_epi32_mask(a, infb), _mm512_set1_epi32(NBL_LOG_CODE_NAN));
+        cd = _mm512_mask_mov_epi32(sp, fin, cd);
+      }
+      if (k == 0xFFFF) _mm_storeu_si128((__m128i *)(codes[g] + i), _mm512_cvtepi32_epi8(cd));
+      else _mm512_mask_cvtepi32_storeu_epi8(codes[g] + i, k, cd);
+    }
+  }
+  return 1;
+}
+
 /* codes NULL: y only; else the codes too (nbl_logq_nearest_codes; y NULL:
  * the codes only) */
 __attribute__((target("avx512f"))) static void nearest_avx512(const float *lev, const float *thr,
@@ -379,6 +433,15 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
   case NBL_LOGQ_AVX2: nearest_avx2(lev, thr, L, x, y, n); break;
   default: nearest_scalar(lev, thr, L, x, y, n); break;
   }
+}
+
+void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const float *const thr[2], const int L[2],
+                             const float *x, signed char *const codes[2], size_t n) {
+  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa == NBL_LOGQ_AVX512 && L[0] >= 1 && L[0] <= 15 && L[1] >= 1 && L[1] <= 15 &&
+      codes2_avx512(lev, thr, L, x, codes, n))
+    return;
+  for (int g = 0; g < 2; g++) nbl_logq_nearest_codes(isa, lev[g], thr[g], L[g], x, NULL, codes[g], n);
 }
 
 void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,

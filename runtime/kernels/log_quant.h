@@ -46,6 +46,12 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
 void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                             float *y, signed char *codes, size_t n);
 
+/* The codes only (nbl_logq_nearest_codes with y NULL) of x on two tables at
+ * once, codes[g] on table g (lev[g], thr[g], L[g]): the pair of two-phase
+ * rounding. The same codes; on AVX-512 one sweep over x. */
+void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const float *const thr[2], const int L[2],
+                             const float *x, signed char *const codes[2], size_t n);
+
 /* Stochastic rounding (QuantizeLog's rounding stochastic and luq) of
  * x[0..n) on the levels of cfg and p, element i drawing
  * nbl_q4_uniform(cfg->seed, index0 + i): y[i] as nbl_log_fake_quant gives

@@ -430,6 +430,35 @@ START_TEST(test_table_and_vector_kernels) {
             nbl_logq_nearest_codes((nbl_logq_isa)isa, lev, thr, p.levels, x, NULL, alone, n);
             ck_assert_msg(memcmp(alone, codes, n) == 0, "isa %d radix %d exp_bits %d: codes alone differ", isa,
                           c.radix, eb);
+            /* two tables at once (the tpr pair): this one beside the other
+             * phase's grid of the same top, in both positions; the partner's
+             * codes as nbl_logq_nearest_codes gives them */
+            nbl_log_config c2 = c;
+            c2.rounding = NBL_LOG_TPR;
+            c2.phase = !c.phase;
+            nbl_log_params p2;
+            nbl_log_choose_max(&c2, tops[ti], &p2);
+            float lev2[NBL_LOG_MAX_LEVELS], thr2[NBL_LOG_MAX_LEVELS];
+            nbl_log_table(&c2, &p2, lev2, thr2);
+            signed char *other = malloc(N), *pair[2] = {malloc(N + 1), malloc(N + 1)};
+            nbl_logq_nearest_codes((nbl_logq_isa)isa, lev2, thr2, p2.levels, x, NULL, other, n);
+            for (int sw = 0; sw < 2; sw++) {
+              const float *lv[2] = {sw ? lev2 : lev, sw ? lev : lev2}, *th[2] = {sw ? thr2 : thr, sw ? thr : thr2};
+              const int nl[2] = {sw ? p2.levels : p.levels, sw ? p.levels : p2.levels};
+              memset(pair[0], 0x55, N + 1);
+              memset(pair[1], 0x55, N + 1);
+              nbl_logq_nearest_codes2((nbl_logq_isa)isa, lv, th, nl, x, pair, n);
+              for (size_t i = 0; i < n; i++)
+                ck_assert_msg(pair[sw][i] == codes[i] && pair[!sw][i] == other[i],
+                              "codes2 isa %d radix %d exp_bits %d phase %d top %g (swap %d): x=%a: %d %d, want %d %d",
+                              isa, c.radix, eb, c.phase, (double)tops[ti], sw, (double)x[i], pair[sw][i],
+                              pair[!sw][i], codes[i], other[i]);
+              ck_assert_int_eq(pair[0][n], 0x55); /* nothing past n */
+              ck_assert_int_eq(pair[1][n], 0x55);
+            }
+            free(other);
+            free(pair[0]);
+            free(pair[1]);
             free(alone);
             free(codes);
             checked++;
