@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(meson ninja-build pkg-config gcc libprotobuf-c-dev protobuf-c-compiler check zlib1g-dev
   libonnx-dev libonnx-testdata dataset-fashion-mnist libopenblas-dev libopenblas0-pthread
   python3-onnx python3-torch python3-torchvision python3-numpy graphviz gnuplot-nox
-  python3-matplotlib # the plots of experiments/ and bench/
+  python3-matplotlib # the loss curves of experiments/report_4bit.py
   clang # clang with libFuzzer: the fuzz targets' short CI run (tests/fuzz/README.md)
   libopenmpi-dev openmpi-bin) # Open MPI: data-parallel training and its 'mpi' test suite
 
