@@ -465,6 +465,26 @@ START_TEST(test_pass_skip_1x1) {
   ck_assert_int_eq(count_op(m->training[0].algorithm, "QuantizeLog"), 3);
   ck_assert_msg(strstr(log, "(1x1): pw;"), "%s", log);
   nbl_model_free(m);
+  /* the quantizer's output without a shape in either graph: the weight's
+   * shape found through the quantizer to its input */
+  m = small_cnn_pw(1);
+  run_pipe(m, "quantize-int4{skip-first-last=0},build-training", log, sizeof log);
+  nbl_graph *gs[2] = {m->graph, m->training[0].algorithm};
+  int untyped = 0;
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < gs[k]->n_nodes; i++) {
+      const nbl_node *q = &gs[k]->nodes[i];
+      if (q->dead || strcmp(q->op_type, "QuantizeInt4") || q->n_inputs < 1 || q->inputs[0] == NBL_NONE ||
+          strcmp(gs[k]->values[q->inputs[0]].name, "Wp"))
+        continue;
+      gs[k]->values[q->outputs[0]].type.rank = -1;
+      untyped++;
+    }
+  ck_assert_int_ge(untyped, 1);
+  run_pipe(m, "quantize-grad-log4{skip-first-last=0}", log, sizeof log);
+  ck_assert_int_eq(count_op(m->training[0].algorithm, "QuantizeLog"), 3);
+  ck_assert_msg(strstr(log, "(1x1): pw;"), "%s", log);
+  nbl_model_free(m);
   /* skip-1x1=0: quantized like the others */
   m = small_cnn_pw(1);
   run_pipe(m, "build-training,quantize-grad-log4{skip-first-last=0,skip-1x1=0}", log, sizeof log);
