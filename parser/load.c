@@ -21,6 +21,7 @@
 #include "nibble.h" /* implements nbl_model_load(_buffer) of the public API */
 #include "onnx.pb-c.h"
 #include "parser.h"
+#include "name_set.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the parser assumes a little-endian host (ONNX raw_data is little-endian)"
@@ -638,35 +639,6 @@ static nbl_status attr_from_pb(load_ctx *c, Onnx__AttributeProto *ap, nbl_graph 
   return NBL_OK;
 }
 
-/* Simple string set for the names a graph proto defines. */
-typedef struct name_set {
-  const char **keys;
-  size_t cap;
-} name_set;
-
-static uint64_t hash_s(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
-static bool set_has(const name_set *s, const char *k) {
-  if (!s->cap) return false;
-  size_t i = (size_t)hash_s(k) & (s->cap - 1);
-  while (s->keys[i]) {
-    if (strcmp(s->keys[i], k) == 0) return true;
-    i = (i + 1) & (s->cap - 1);
-  }
-  return false;
-}
-
-static void set_add(name_set *s, const char *k) {
-  if (!k || !*k || set_has(s, k)) return;
-  size_t i = (size_t)hash_s(k) & (s->cap - 1);
-  while (s->keys[i]) i = (i + 1) & (s->cap - 1);
-  s->keys[i] = k;
-}
-
 /* Find a value for `name` in g, creating it (flagged OUTER if the graph proto
  * does not define it and g is a subgraph). */
 static nbl_id resolve(load_ctx *c, nbl_graph *g, const name_set *local, const char *name) {
@@ -674,7 +646,7 @@ static nbl_id resolve(load_ctx *c, nbl_graph *g, const name_set *local, const ch
   if (v != NBL_NONE) return v;
   v = nbl_graph_add_value(g, name);
   if (v == NBL_NONE) return v;
-  if (g->parent && !set_has(local, name)) g->values[v].flags |= NBL_VAL_OUTER;
+  if (g->parent && !name_set_has(local, name)) g->values[v].flags |= NBL_VAL_OUTER;
   (void)c;
   return v;
 }
@@ -705,14 +677,11 @@ static nbl_status graph_from_pb(load_ctx *c, Onnx__GraphProto *gp, nbl_graph *g,
   size_t total = gp->n_input + gp->n_initializer + 1;
   for (size_t i = 0; i < gp->n_node; i++) total += gp->node[i]->n_output;
   name_set local = {0};
-  local.cap = 16;
-  while (local.cap < 2 * total) local.cap *= 2;
-  local.keys = calloc(local.cap, sizeof(char *));
-  if (!local.keys) return oom(c);
-  for (size_t i = 0; i < gp->n_input; i++) set_add(&local, gp->input[i]->name);
-  for (size_t i = 0; i < gp->n_initializer; i++) set_add(&local, gp->initializer[i]->name);
+  if (!name_set_init(&local, total)) return oom(c);
+  for (size_t i = 0; i < gp->n_input; i++) name_set_add(&local, gp->input[i]->name);
+  for (size_t i = 0; i < gp->n_initializer; i++) name_set_add(&local, gp->initializer[i]->name);
   for (size_t i = 0; i < gp->n_node; i++)
-    for (size_t k = 0; k < gp->node[i]->n_output; k++) set_add(&local, gp->node[i]->output[k]);
+    for (size_t k = 0; k < gp->node[i]->n_output; k++) name_set_add(&local, gp->node[i]->output[k]);
 
   for (size_t i = 0; i < gp->n_input; i++) {
     const Onnx__ValueInfoProto *vi = gp->input[i];
@@ -858,7 +827,7 @@ static nbl_status graph_from_pb(load_ctx *c, Onnx__GraphProto *gp, nbl_graph *g,
     g->n_quantization_annotation = (int)gp->n_quantization_annotation;
   }
 done:
-  free(local.keys);
+  name_set_free(&local);
   return st;
 }
 

@@ -7,12 +7,14 @@
  * over a model whose external data is still mapped is safe.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "nibble.h" /* implements nbl_model_save(_buffer) of the public API */
 #include "onnx.pb-c.h"
+#include "name_set.h"
 #include "parser.h"
 
 nbl_status nbl_pb_tensor_from_ir(const nbl_tensor *t, nbl_arena *a, Onnx__TensorProto *tp) {
@@ -611,12 +613,37 @@ static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto 
     free(order);
     return oom(c);
   }
+  /* ONNX Runtime refuses a graph with two nodes of one name, which passes
+   * can make (two quantizers of one tensor, one per consumer's bit width)
+   * and models can bring: a repeated name is written with the first free
+   * suffix _1, _2, ... (free among all the graph's node names). */
+  name_set all = {0}, seen = {0};
+  if (!name_set_init(&all, 2 * (size_t)cnt) || !name_set_init(&seen, 2 * (size_t)cnt)) {
+    name_set_free(&all);
+    free(order);
+    return oom(c);
+  }
+  for (int oi = 0; oi < cnt; oi++) name_set_add(&all, g->nodes[order[oi]].name);
   for (int oi = 0; oi < cnt && !st; oi++) {
     const nbl_node *n = &g->nodes[order[oi]];
     Onnx__NodeProto *np = &nps[oi];
     onnx__node_proto__init(np);
     gp->node[oi] = np;
     np->name = (n->name && *n->name) ? n->name : NULL;
+    if (np->name && name_set_has(&seen, np->name)) {
+      size_t len = strlen(np->name) + 24;
+      char *nm = nbl_arena_alloc(c->a, len);
+      if (!nm) {
+        st = oom(c);
+        break;
+      }
+      for (unsigned k = 1;; k++) {
+        snprintf(nm, len, "%s_%u", n->name, k);
+        if (!name_set_has(&all, nm) && !name_set_has(&seen, nm)) break;
+      }
+      np->name = nm;
+    }
+    name_set_add(&seen, np->name);
     np->op_type = n->op_type;
     np->domain = (n->domain && *n->domain) ? n->domain : NULL;
     np->doc_string = n->doc_string;
@@ -637,6 +664,8 @@ static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto 
     for (int k = 0; k < n->n_attrs && !st; k++) st = attr_to_pb(c, &n->attrs[k], &np->attribute[k], depth);
   }
   gp->n_node = (size_t)cnt;
+  name_set_free(&all);
+  name_set_free(&seen);
   free(order);
   return st;
 }

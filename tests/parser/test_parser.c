@@ -4,6 +4,7 @@
 #include <check.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -750,6 +751,42 @@ START_TEST(test_save_refuses_invalid) {
 }
 END_TEST
 
+/* Node names repeated in the IR (passes can make them; models can bring
+ * them) are written unique, first come keeps its name, the others the
+ * first free suffix among all the graph's names; empty names stay empty. */
+START_TEST(test_save_unique_node_names) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  const char *names[] = {"q", "q", "q_1", "q", "", ""};
+  nbl_id v = nbl_graph_add_value(g, "x");
+  nbl_graph_add_input(g, v);
+  for (int i = 0; i < 6; i++) {
+    char nm[8];
+    snprintf(nm, sizeof nm, "v%d", i);
+    nbl_id o = nbl_graph_add_value(g, nm);
+    ck_assert_int_ne(nbl_graph_add_node(g, "Relu", "", names[i], 1, &v, 1, &o), NBL_NONE);
+    v = o;
+  }
+  nbl_graph_add_output(g, v);
+  void *buf = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(nbl_model_save_buffer(m, &buf, &len), NBL_OK);
+  Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, len, buf);
+  ck_assert_ptr_nonnull(mp);
+  ck_assert_uint_eq(mp->graph->n_node, 6);
+  const char *want[] = {"q", "q_2", "q_1", "q_3", "", ""};
+  for (int i = 0; i < 6; i++) {
+    const char *got = mp->graph->node[i]->name ? mp->graph->node[i]->name : "";
+    ck_assert_str_eq(got, want[i]);
+  }
+  onnx__model_proto__free_unpacked(mp, NULL);
+  free(buf);
+  ck_assert_str_eq(g->nodes[1].name, "q"); /* the IR is not changed */
+  nbl_model_free(m);
+}
+END_TEST
+
 Suite *parser_suite(void) {
   Suite *s = suite_create("parser");
   TCase *tc = tcase_create("core");
@@ -763,6 +800,7 @@ Suite *parser_suite(void) {
   tcase_add_test(tc, test_subgraph_scoping);
   tcase_add_test(tc, test_training_bindings);
   tcase_add_test(tc, test_save_refuses_invalid);
+  tcase_add_test(tc, test_save_unique_node_names);
   suite_add_tcase(s, tc);
   return s;
 }
