@@ -7,7 +7,7 @@
  * initializer (runtime/formats/ternary.h; the fold is lower_ternary.c's).
  * The layers kept in 8 bits (QuantizeInt4 bits=8 of a constant) become INT8
  * initializers feeding DequantizeLinear as pack-int4 writes them, which needs
- * default-domain opset 21 (the model is upgraded when there is one). Outputs
+ * default-domain opset 21 (the model is upgraded first when there is one). Outputs
  * are unchanged: the dequantized weights are the fake-quantized ones, and the
  * fused ternary kernels read the packed codes directly. */
 #include <string.h>
@@ -28,6 +28,18 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
   int nt = 0, n8 = 0, left = 0, nn = g->n_nodes;
   size_t tb = 0, tf = 0, eb = 0, ef = 0; /* ternary and 8-bit: code bytes, FP32 bytes */
   nbl_status st = NBL_OK;
+  /* the 8-bit layers' DequantizeLinear nodes need opset 21: the model goes
+   * there before they are written (a model at opset 9 has no
+   * DequantizeLinear to convert from), when one will be */
+  int foldable8 = 0;
+  for (nbl_id i = 0; i < nn && !st; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (!n->dead && !strcmp(n->domain, "ai.nibble") && !strcmp(n->op_type, "QuantizeInt4") &&
+        nbl_attr_int(n, "bits", 4) == 8)
+      foldable8 += nbl_q4_foldable(ctx, g, i, 0, &st);
+  }
+  if (!st && foldable8) st = nbl_convert_opset(ctx, 21);
+  nn = g->n_nodes;
   for (nbl_id i = 0; i < nn && !st; i++) {
     const nbl_node *n = &g->nodes[i];
     if (n->dead || strcmp(n->domain, "ai.nibble")) continue;
@@ -42,8 +54,6 @@ static nbl_status pack_run(nbl_pass_ctx *ctx) {
       if (f) n8++, eb += a, ef += b;
     }
   }
-  if (st) return st;
-  if (n8) st = nbl_convert_opset(ctx, 21);
   if (st) return st;
   if (nt + n8) {
     nbl_graph_dce(g);

@@ -1068,6 +1068,49 @@ START_TEST(test_pack_int4_slice9) {
 }
 END_TEST
 
+/* pack-ternary on an opset-9 model: the first and last layers stay 8-bit
+ * and become DequantizeLinear (opset 21), so the model is converted before
+ * they are written (it used to insert them at opset 9, then fail to convert
+ * a DequantizeLinear that opset 9 does not have); outputs kept. */
+START_TEST(test_pack_ternary_opset9) {
+  tm *t = tm_new(9);
+  float x[16], w0[64], w1[64], w2[32];
+  int64_t dx[] = {2, 8}, dw[] = {8, 8}, dw2[] = {8, 4};
+  nbl_id in0[2] = {tm_input(t, "x", NBL_DT_FLOAT, 2, dx, fill(x, 16)),
+                   tm_init(t, "w0", NBL_DT_FLOAT, 2, dw, fill(w0, 64))};
+  nbl_id a = tm_val(t, "a"), b = tm_val(t, "b"), y = tm_out(t, "y");
+  tm_node(G(t), "MatMul", "mm0", 2, in0, 1, &a);
+  nbl_id in1[2] = {a, tm_init(t, "w1", NBL_DT_FLOAT, 2, dw, fill(w1, 64))};
+  tm_node(G(t), "MatMul", "mm1", 2, in1, 1, &b);
+  nbl_id in2[2] = {b, tm_init(t, "w2", NBL_DT_FLOAT, 2, dw2, fill(w2, 32))};
+  tm_node(G(t), "MatMul", "mm2", 2, in2, 1, &y);
+  nbl_pipeline *p = NULL;
+  ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary", &p), NBL_OK);
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options opt = {.verify_each = 1, .log = devnull};
+  ck_assert_msg(nbl_pipeline_run(p, t->m, &opt) == NBL_OK, "%s", nbl_last_error());
+  nbl_pipeline_free(p);
+  outs q;
+  ck_assert_msg(run(t->m, t, &q) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(nbl_pipeline_parse("pack-ternary", &p), NBL_OK);
+  nbl_status rc = nbl_pipeline_run(p, t->m, &opt);
+  ck_assert_msg(rc == NBL_OK, "pack-ternary: %s", nbl_last_error());
+  nbl_pipeline_free(p);
+  fclose(devnull);
+  ck_assert_int_eq(nbl_model_opset(t->m, ""), 21);
+  ck_assert_int_eq(count_op(G(t), "DequantizeLinear"), 2);
+  ck_assert_int_eq(count_op(G(t), "DequantizeTernary"), 1);
+  nbl_model *r = reload(t->m);
+  outs packed;
+  ck_assert_msg(run(r, t, &packed) == NBL_OK, "%s", nbl_last_error());
+  expect_same(&q, &packed, 1e-5);
+  outs_free(&q);
+  outs_free(&packed);
+  nbl_model_free(r);
+  tm_free(t);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("convert_opset");
   TCase *tc = tcase_create("adapters");
@@ -1100,6 +1143,7 @@ int main(void) {
   tcase_add_test(tc, test_nested_subgraphs);
   tcase_add_test(tc, test_refusals);
   tcase_add_test(tc, test_pack_int4_slice9);
+  tcase_add_test(tc, test_pack_ternary_opset9);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
