@@ -619,6 +619,42 @@ static int settings(run *r) {
 }
 
 /* Check the model and the datasets, resolve the settings. Exit status. */
+/* The batches a model with a fixed batch dimension (its data input's or
+ * label's dimension 0 a number, not a symbol) cannot take, found before the
+ * first step: each training step's share on this rank (the last, partial
+ * batch too unless --last-batch drop) and each evaluation batch. 0, or 2
+ * with the message. */
+static int fixed_batch_check(run *r, const nbl_host_tensor *xi, const nbl_host_tensor *yi) {
+  const nbl_host_tensor *t = xi->rank >= 1 && xi->dims[0] >= 0 ? xi : yi->rank >= 1 && yi->dims[0] >= 0 ? yi : NULL;
+  if (!t) return 0;
+  const int64_t fixed = t->dims[0], B = r->batch;
+  int64_t sizes[4] = {B, r->drop ? 0 : r->n % B, 0, 0};
+  const char *what[4] = {"a training batch", "the last training batch (--last-batch drop leaves it out)",
+                         "an evaluation batch", "the last evaluation batch"};
+  if (r->test) { /* evaluate(): this rank's share of the test split in batches of B */
+    int64_t n = nbl_dataset_size(r->test), q = n / r->size, rem = n % r->size;
+    int64_t share = q + (r->rank < rem);
+    sizes[2] = share >= B ? B : 0;
+    sizes[3] = share % B;
+  }
+  for (int k = 0; k < 4; k++) {
+    int64_t lb = 0, lc = sizes[k];
+    if (k < 2 && lc > 0 && r->size > 1) nbl_train_dist_shard(r->s, sizes[k], &lb, &lc);
+    if (lc > 0 && lc != fixed) {
+      char fix[64];
+      if (k == 0) snprintf(fix, sizeof fix, "give --batch %lld, or ", (long long)(fixed * r->size));
+      else if (k == 1) snprintf(fix, sizeof fix, "give --last-batch drop, or ");
+      else snprintf(fix, sizeof fix, "give a test split of a multiple of %lld samples, or ", (long long)fixed);
+      fprintf(stderr,
+              "nibble train: %s: input '%s' has a fixed batch dimension of %lld, but %s has %lld sample(s) "
+              "here; %sexport the model with a dynamic batch axis\n",
+              r->o->model, t->name ? t->name : "?", (long long)fixed, what[k], (long long)lc, fix);
+      return 2;
+    }
+  }
+  return 0;
+}
+
 static int setup(run *r) {
   const opts *o = r->o;
   int nin = nbl_train_input_count(r->s);
@@ -670,6 +706,7 @@ static int setup(run *r) {
             o->data, (long long)r->n, (long long)r->batch);
     return 2;
   }
+  if ((rc = fixed_batch_check(r, &xi, &yi))) return rc;
   nbl_host_tensor dx, dy;
   nbl_dataset_info(r->train, &dx, &dy);
   size_t sample = dtype_size(dx.dtype);

@@ -2,7 +2,7 @@
 """check_bad_train.py - bad input to `nibble train`.
 
 Each case must exit with status 2 and a message naming what is at fault on
-its first line (usage may follow), and must leave a good checkpoint given with --checkpoint (and, where it
+the first line that nibble writes (usage may follow; a pass's summary may come first), and must leave a good checkpoint given with --checkpoint (and, where it
 applies, --resume) byte-identical with the same modification time: labels of
 the wrong type or out of range, samples of the wrong size, a missing dataset
 (naming the Debian package for Fashion-MNIST), truncated, foreign and missing
@@ -74,8 +74,16 @@ def main():
             [helper.make_tensor("W", TensorProto.FLOAT, [16, 3], [0.1] * 48),
              helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), rank1)
+        # a model exported with a fixed batch of 8 (no dynamic axis)
+        fixed8 = os.path.join(tmp, "fixed8.onnx")
+        g = helper.make_graph(
+            [helper.make_node("Flatten", ["input"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["logits"])],
+            "fixed8", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [8, 1, 4, 4])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [8, 3])],
+            [helper.make_tensor("W", TensorProto.FLOAT, [16, 3], [0.1] * 48)])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), fixed8)
     except ImportError:
-        rank1 = None
+        rank1 = fixed8 = None
     cases = [
         ("labels of type float32", ["--data", folder("yfloat", x, y.astype(np.float32))],
          "labels are float, the model's label 'label' takes int64"),
@@ -131,6 +139,19 @@ def main():
         if rank1:
             cases.append(("a model whose output does not fit cross-entropy", ["@model=" + rank1, "--data", "npy:" + good],
                           "does not fit loss=cross-entropy"))
+        if fixed8:  # 60 training samples, 20 test
+            cases += [
+                ("a batch the model's fixed batch dimension does not take",
+                 ["@model=" + fixed8, "--data", "npy:" + good, "--batch", "16"],
+                 "input 'input' has a fixed batch dimension of 8, but a training batch has 16 sample(s)"),
+                ("a last partial batch with a fixed batch dimension",
+                 ["@model=" + fixed8, "--data", "npy:" + good, "--batch", "8"],
+                 "but the last training batch (--last-batch drop leaves it out) has 4 sample(s) here; "
+                 "give --last-batch drop"),
+                ("a last partial evaluation batch with a fixed batch dimension",
+                 ["@model=" + fixed8, "--data", "npy:" + good, "--batch", "8", "--last-batch", "drop"],
+                 "but the last evaluation batch has 4 sample(s) here; give a test split of a multiple of 8"),
+            ]
         cases.append(("--int4 with a --passes list naming build-training",
                       ["--data", "npy:" + good, "@inference", "--int4", "--passes", "build-training"],
                       "write quantize-int4 (before build-training)"))
@@ -151,7 +172,9 @@ def main():
         if "--resume" not in args or args[args.index("--resume") + 1] != ckpt:
             argv += ["--checkpoint", ckpt]
         r = common.run(argv)
-        last = r.stderr.strip().splitlines()[0] if r.stderr.strip() else ""
+        # the message: the first line of nibble's own (a pass's summary lines may come first)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("nibble")]
+        last = lines[0] if lines else ""
         ok = r.returncode == 2 and expect in last and last.startswith("nibble")
         st = os.stat(ckpt)
         same = open(ckpt, "rb").read() == ck_bytes and st.st_mtime_ns == st0.st_mtime_ns
