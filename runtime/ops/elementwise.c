@@ -722,6 +722,47 @@ static nbl_status g_mean(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* Max / Min of n inputs: dY goes to the inputs equal to the result, split
+ * evenly among ties (as PyTorch's maximum / minimum for two), summed to
+ * each input's shape. */
+static nbl_status g_extreme(nbl_grad_ctx *gc) {
+  int n = nbl_grad_n_in(gc);
+  if (n == 1) {
+    if (nbl_grad_wants(gc, 0)) nbl_grad_set_dx(gc, 0, gdy(gc));
+    return nbl_grad_status(gc);
+  }
+  nbl_id Y = gy0(gc), cnt = NBL_NONE, m[64];
+  if (n > 64) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "more than 64 inputs: no rule yet");
+  for (int i = 0; i < n; i++) {
+    m[i] = nbl_grad_un(gc, "Cast", gbin(gc, "Equal", gx(gc, i), Y));
+    nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, Y));
+    cnt = i ? gbin(gc, "Add", cnt, m[i]) : m[i];
+  }
+  nbl_id share = gbin(gc, "Div", gdy(gc), cnt); /* cnt >= 1 wherever Y is one of the inputs */
+  for (int i = 0; i < n; i++)
+    if (nbl_grad_wants(gc, i)) dx_bcast(gc, i, gbin(gc, "Mul", share, m[i]));
+  return nbl_grad_status(gc);
+}
+
+/* PRelu (opset >= 7: the slope broadcasts to X): Y = X > 0 ? X : slope X,
+ * so dX = dY where X > 0, else slope dY, and dslope = X dY where X <= 0
+ * (PyTorch's prelu backward: X = 0 takes the slope's side). */
+static nbl_status g_prelu(nbl_grad_ctx *gc) {
+  if (nbl_grad_opset(gc, "") < 7)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
+                         "gradient of PRelu before opset 7 (per-channel slope): convert-opset{target=7} or later first");
+  nbl_id X = gx(gc, 0), S = gx(gc, 1), dy = gdy(gc), pos = gbin(gc, "Greater", X, gconst(gc, X, 0.0));
+  if (nbl_grad_wants(gc, 0)) {
+    nbl_id in[3] = {pos, dy, gbin(gc, "Mul", dy, S)};
+    nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "Where", "", 3, in));
+  }
+  if (nbl_grad_wants(gc, 1)) {
+    nbl_id in[3] = {pos, gconst(gc, X, 0.0), gbin(gc, "Mul", dy, X)};
+    dx_bcast(gc, 1, nbl_grad_op(gc, "Where", "", 3, in));
+  }
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 /* PRelu before opset 7: a 1-D slope of X's channel count (dim 1) is per channel; from
@@ -769,11 +810,11 @@ const nbl_op_def nbl_ops_elementwise[] = {
     NBL_OP("BitwiseXor", 18, .ref = k_bitxor, .shape = nbl_shape_bcast, .stable_since = 18,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("Where", 9, .ref = k_where, .shape = shape_where, .stable_since = 9, .grad = g_where),
-    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
-    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+    NBL_OP("Max", 1, .ref = k_max, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_extreme),
+    NBL_OP("Min", 1, .ref = k_min, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_extreme),
     NBL_OP("Sum", 1, .ref = k_sum, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_sum),
     NBL_OP("Mean", 1, .ref = k_mean, .shape = nbl_shape_bcast, NBL_SINCE6_CONSUMED, .grad = g_mean),
     NBL_OP("PRelu", 1, .ref = k_prelu, .shape = nbl_shape_same, .stable_since = 7,
-        .adapters = prelu_steps, .no_grad = "no rule yet"),
+        .adapters = prelu_steps, .grad = g_prelu),
 };
 const size_t nbl_ops_elementwise_count = sizeof nbl_ops_elementwise / sizeof nbl_ops_elementwise[0];

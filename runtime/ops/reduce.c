@@ -934,8 +934,9 @@ static nbl_id grad_unreduce(nbl_grad_ctx *gc, nbl_id g, const int64_t *axes, int
 }
 
 /* ReduceSum, ReduceMean, ReduceSumSquare, ReduceL1, ReduceL2, ReduceLogSum,
- * ReduceLogSumExp: dY broadcast back, times the derivative of the reduced
- * function with respect to each element. */
+ * ReduceLogSumExp, ReduceMax, ReduceMin: dY broadcast back, times the
+ * derivative of the reduced function with respect to each element (for the
+ * extremes: 1 / ties at the elements equal to it, 0 elsewhere). */
 static nbl_status g_reduce(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
   nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0), dY = nbl_grad_dy(gc, 0);
@@ -944,8 +945,9 @@ static nbl_status g_reduce(nbl_grad_ctx *gc) {
   if (grad_reduce_axes(gc, nbl_grad_rank(gc, X), axes, &na, &all, &noop)) return nbl_grad_status(gc);
   const char *op = nbl_grad_node(gc)->op_type;
   nbl_dtype dt = nbl_grad_dtype(gc, X);
+  int ext = !strcmp(op, "ReduceMax") || !strcmp(op, "ReduceMin");
   if (noop) { /* the identity, or its elementwise function */
-    if (!strcmp(op, "ReduceSum") || !strcmp(op, "ReduceMean")) {
+    if (!strcmp(op, "ReduceSum") || !strcmp(op, "ReduceMean") || ext) {
       nbl_grad_set_dx(gc, 0, dY);
       return nbl_grad_status(gc);
     }
@@ -962,7 +964,11 @@ static nbl_status g_reduce(nbl_grad_ctx *gc) {
   /* functions of x and y: y broadcast back too */
   yb = noop ? Y : grad_unreduce(gc, Y, axes, na, all);
   nbl_id f;
-  if (!strcmp(op, "ReduceSumSquare"))
+  if (ext) { /* dY to the elements equal to the extreme, split evenly among ties (as PyTorch's amax) */
+    nbl_id m = nbl_grad_un(gc, "Cast", nbl_grad_bin(gc, "Equal", X, yb));
+    nbl_grad_attr_int(gc, "to", dt);
+    f = nbl_grad_bin(gc, "Div", m, nbl_grad_reduce_sum(gc, m, na, axes, 1));
+  } else if (!strcmp(op, "ReduceSumSquare"))
     f = nbl_grad_bin(gc, "Mul", X, nbl_grad_const(gc, dt, 2.0));
   else if (!strcmp(op, "ReduceL1"))
     f = nbl_grad_un(gc, "Sign", X);
@@ -1160,9 +1166,9 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18,
         .adapters = reduce_axes18, .no_grad = "no rule yet"),
     NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18,
-        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+        .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18,
-        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+        .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceL1", 1, .ref = k_reducel1, .shape = shape_reduce, .stable_since = 18,
         .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceL2", 1, .ref = k_reducel2, .shape = shape_reduce, .stable_since = 18,

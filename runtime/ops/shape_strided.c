@@ -572,6 +572,69 @@ static nbl_status g_expand(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* Tile (repeats r, input 1, a constant): dY viewed as [r0, d0, r1, d1, ...]
+ * (d the input's dims, from its run-time shape) and summed over the repeat
+ * axes. */
+static nbl_status g_tile(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "repeats are integers");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  int64_t rep[NBL_MAX_RANK];
+  int n = nbl_grad_const_ints(gc, nbl_grad_x(gc, 1), rep, NBL_MAX_RANK);
+  if (n <= 0 || 2 * n > NBL_MAX_RANK)
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "repeats must be a constant of at most %d values",
+                         NBL_MAX_RANK / 2);
+  int64_t one = 1, flat = -1, axes[NBL_MAX_RANK];
+  nbl_id pair[2] = {nbl_grad_unsqueeze(gc, nbl_grad_const_i64(gc, n, rep), 1, &one),
+                    nbl_grad_unsqueeze(gc, nbl_grad_shape(gc, nbl_grad_x(gc, 0)), 1, &one)};
+  nbl_id cat = nbl_grad_op(gc, "Concat", "", 2, pair); /* [n, 2]: (r_k, d_k) rows */
+  nbl_grad_attr_int(gc, "axis", 1);
+  nbl_id view[2] = {nbl_grad_dy(gc, 0), nbl_grad_bin(gc, "Reshape", cat, nbl_grad_const_i64(gc, 1, &flat))};
+  nbl_id v = nbl_grad_op(gc, "Reshape", "", 2, view);
+  for (int k = 0; k < n; k++) axes[k] = 2 * k;
+  nbl_grad_set_dx(gc, 0, nbl_grad_reduce_sum(gc, v, n, axes, 0));
+  return nbl_grad_status(gc);
+}
+
+/* DepthToSpace and SpaceToDepth move every element once, so the gradient is
+ * the inverse move: SpaceToDepth is DepthToSpace's inverse in DCR mode; in
+ * CRD mode (PyTorch's pixel_shuffle) the channel c2 b^2 + k of the input is
+ * SpaceToDepth's channel k C2 + c2, a Gather over the channels (their count
+ * must be known). */
+static nbl_status g_depth_to_space(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  const nbl_node *n = nbl_grad_node(gc);
+  int64_t b = nbl_attr_int(n, "blocksize", 0);
+  const char *mode = nbl_grad_opset(gc, "") >= 11 ? nbl_attr_string(n, "mode", "DCR") : "DCR";
+  if (b <= 0) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "blocksize must be positive");
+  nbl_id s = nbl_grad_un(gc, "SpaceToDepth", nbl_grad_dy(gc, 0));
+  nbl_grad_attr_int(gc, "blocksize", b);
+  if (!strcmp(mode, "CRD")) {
+    int64_t C = nbl_grad_dim(gc, nbl_grad_x(gc, 0), 1), bb = b * b;
+    if (C <= 0 || C % bb || C > (1 << 24))
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of mode CRD needs the input's channel count");
+    int64_t C2 = C / bb, *idx = malloc(sizeof(int64_t) * (size_t)C);
+    if (!idx) return nbl_grad_fail(gc, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t c2 = 0; c2 < C2; c2++)
+      for (int64_t k = 0; k < bb; k++) idx[c2 * bb + k] = k * C2 + c2;
+    s = nbl_grad_bin(gc, "Gather", s, nbl_grad_const_i64(gc, (int)C, idx));
+    nbl_grad_attr_int(gc, "axis", 1);
+    free(idx);
+  } else if (strcmp(mode, "DCR")) {
+    return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "mode '%s' is not DCR or CRD", mode);
+  }
+  nbl_grad_set_dx(gc, 0, s);
+  return nbl_grad_status(gc);
+}
+
+static nbl_status g_space_to_depth(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id d = nbl_grad_un(gc, "DepthToSpace", nbl_grad_dy(gc, 0));
+  nbl_grad_attr_int(gc, "blocksize", nbl_attr_int(nbl_grad_node(gc), "blocksize", 0));
+  if (nbl_grad_opset(gc, "") >= 11) nbl_grad_attr_string(gc, "mode", "DCR");
+  nbl_grad_set_dx(gc, 0, d);
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ opset adapters */
 
 /* Slice: starts, ends, axes are attributes before opset 10, inputs 1..3
@@ -602,10 +665,10 @@ const nbl_op_def nbl_ops_shape_strided[] = {
     NBL_OP("Slice", 1, .ref = k_slice, .shape = shape_slice, .stable_since = 10,
         .adapters = slice_steps, .grad = g_slice),
     NBL_OP("Expand", 8, .ref = k_expand, .shape = shape_expand, .stable_since = 8, .grad = g_expand),
-    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6, .no_grad = "no rule yet"),
+    NBL_OP("Tile", 6, .ref = k_tile, .shape = shape_tile, .stable_since = 6, .grad = g_tile),
     NBL_OP("DepthToSpace", 1, .ref = k_depth_to_space, .shape = shape_depth_to_space,
-        .stable_since = 1, .no_grad = "no rule yet"),
+        .stable_since = 1, .grad = g_depth_to_space),
     NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
-        .stable_since = 1, .no_grad = "no rule yet"),
+        .stable_since = 1, .grad = g_space_to_depth),
 };
 const size_t nbl_ops_shape_strided_count = sizeof nbl_ops_shape_strided / sizeof nbl_ops_shape_strided[0];

@@ -23,6 +23,15 @@ static void expect_fd(fd_case *c, const char *what) {
   ck_assert_msg(e <= TOL, "%s: relative error %.3e > %.0e", what, e, TOL);
 }
 
+/* At a kink (a tie of the extremes) the central difference keeps its
+ * second-order term, about h L'' / 4: a looser bound there. */
+static void expect_fd_kink(fd_case *c, const char *what) {
+  double e = fd_run(c, what);
+  fd_end(c);
+  ck_assert_msg(e >= 0, "%s: the training graph failed", what);
+  ck_assert_msg(e <= 1e-4, "%s: relative error %.3e > 1e-4", what, e);
+}
+
 static void ints(fd_case *c, const char *name, int n, const int64_t *v) {
   nbl_node_set_attr_ints(c->g, c->node, name, n, v);
 }
@@ -367,8 +376,8 @@ static void reduce_case(const char *op, int opset, int na, const int64_t *axes, 
 
 START_TEST(test_fd_reduce) {
   const char *ops[] = {"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2",
-                       "ReduceLogSum", "ReduceLogSumExp"};
-  for (int k = 0; k < 7; k++) {
+                       "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin"};
+  for (int k = 0; k < 9; k++) {
     reduce_case(ops[k], 13, 1, (int64_t[]){1}, 1);
     reduce_case(ops[k], 13, 2, (int64_t[]){-1, 0}, 0);
     reduce_case(ops[k], 18, 0, NULL, 0);
@@ -439,6 +448,96 @@ START_TEST(test_fd_losses) {
 END_TEST
 
 /* ------------------------------------------------------------------ data movement */
+
+/* A float64 parameter with the given values (ties for the extremes). */
+static nbl_id fd_param_data(fd_case *c, int rank, const int64_t *dims, const double *data) {
+  nbl_id v = fd_f64(c, rank, dims, data);
+  c->is_param[c->n_in - 1] = 1;
+  size_t l = strlen(c->trainable);
+  snprintf(c->trainable + l, sizeof c->trainable - l, "%s%s", l ? ";" : "", c->g->values[v].name);
+  return v;
+}
+
+/* The rules of PRelu, Max/Min, the extremes with ties, Tile, DepthToSpace
+ * and SpaceToDepth. At a tie the central difference of max(a, b) in a is
+ * exactly 1/2 (max(a + h, b) - max(a - h, b) = h), so it checks the even
+ * split the rules give (PyTorch's). */
+START_TEST(test_fd_prelu_extremes_tile_space) {
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param_range(&c, D(2, 3, 2, 2), -2, 2);
+  fd_param_range(&c, D(3, 1, 1), 0.1, 0.5);
+  fd_node(&c, "PRelu", 1);
+  expect_fd(&c, "PRelu, slope per channel");
+  fd_begin(&c, 9);
+  fd_param_range(&c, D(3, 4), -2, 2);
+  fd_param_range(&c, D(4), -0.5, 0.5);
+  fd_node(&c, "PRelu", 1);
+  expect_fd(&c, "PRelu opset 9, slope broadcast from the right");
+
+  const char *ext[2] = {"Max", "Min"};
+  for (int k = 0; k < 2; k++) {
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param(&c, D(2, 3));
+    fd_param(&c, D(3));
+    fd_param(&c, D(2, 1));
+    fd_node(&c, ext[k], 1);
+    snprintf(what, sizeof what, "%s of 3 (broadcast)", ext[k]);
+    expect_fd(&c, what);
+    fd_begin(&c, 13);
+    fd_param_data(&c, D(5), (double[]){1, 2, 3, 4, -1});
+    fd_param_data(&c, D(5), (double[]){1, 0, 3, 5, -1});
+    fd_param_data(&c, D(5), (double[]){0, 0, 2, 6, -2}); /* two-way ties only: at a three-way tie the central difference is 1/2, not 1/3 */
+    fd_node(&c, ext[k], 1);
+    snprintf(what, sizeof what, "%s of 3 with ties", ext[k]);
+    expect_fd_kink(&c, what);
+    fd_begin(&c, 13);
+    fd_param(&c, D(2, 3));
+    fd_node(&c, ext[k], 1);
+    snprintf(what, sizeof what, "%s of 1", ext[k]);
+    expect_fd(&c, what);
+  }
+  fd_begin(&c, 18);
+  fd_param_data(&c, D(2, 3), (double[]){3, 1, 3, -2, -2, 0.5});
+  fd_i64(&c, D(1), (int64_t[]){1});
+  fd_node(&c, "ReduceMax", 1);
+  expect_fd_kink(&c, "ReduceMax with ties");
+  fd_begin(&c, 13);
+  fd_param_data(&c, D(2, 3), (double[]){3, 1, 3, -2, -2, 0.5});
+  fd_node(&c, "ReduceMin", 1);
+  attr_i(&c, "keepdims", 0);
+  expect_fd_kink(&c, "ReduceMin of all with ties");
+
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3));
+  fd_i64(&c, D(2), (int64_t[]){2, 3});
+  fd_node(&c, "Tile", 1);
+  expect_fd(&c, "Tile 2x3 by (2, 3)");
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 1, 3));
+  fd_i64(&c, D(3), (int64_t[]){1, 3, 2});
+  fd_node(&c, "Tile", 1);
+  expect_fd(&c, "Tile 2x1x3 by (1, 3, 2)");
+
+  const char *modes[2] = {"DCR", "CRD"};
+  for (int k = 0; k < 2; k++) {
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param(&c, D(2, 8, 2, 3));
+    fd_node(&c, "DepthToSpace", 1);
+    attr_i(&c, "blocksize", 2);
+    attr_s(&c, "mode", modes[k]);
+    snprintf(what, sizeof what, "DepthToSpace %s", modes[k]);
+    expect_fd(&c, what);
+  }
+  fd_begin(&c, 13);
+  fd_param(&c, D(1, 3, 4, 6));
+  fd_node(&c, "SpaceToDepth", 1);
+  attr_i(&c, "blocksize", 2);
+  expect_fd(&c, "SpaceToDepth");
+}
+END_TEST
 
 START_TEST(test_fd_shape_ops) {
   fd_case c;
@@ -923,10 +1022,9 @@ START_TEST(test_bad_input) {
   fd_end(&c);
   /* an op without a rule on the path names the node */
   fd_begin(&c, 13);
-  fd_param(&c, D(2, 3));
-  fd_param(&c, D(2, 3));
-  fd_node(&c, "Max", 1);
-  expect_error(c.m, "build-training{loss=mse}", "node 'n' (Max, domain 'ai.onnx', opset 13): no gradient (no rule yet)");
+  fd_param(&c, D(2, 3, 3));
+  fd_node(&c, "Det", 1);
+  expect_error(c.m, "build-training{loss=mse}", "node 'n' (Det, domain 'ai.onnx', opset 13): no gradient (no rule yet)");
   fd_end(&c);
   /* a parameter asked for (trainable=) that feeds an input without a gradient
    * is an error; by default such an initializer is simply not trained */
@@ -1069,6 +1167,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
   tcase_add_test(t, test_gradient_op_fd);
+  tcase_add_test(t, test_fd_prelu_extremes_tile_space);
   suite_add_tcase(s, t);
   return s;
 }
