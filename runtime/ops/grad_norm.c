@@ -42,6 +42,16 @@
  *   outputs: X_grad (T, X's shape, optional), scale_grad (T, scale's shape,
  *            optional), bias_grad (T, scale's shape, optional)
  *   attributes: axis (int, default -1)
+ * LRNGrad (ai.nibble 1)
+ *   inputs:  Y_grad (T, X's shape), X (T, [N, C, ...]), Y (T: LRN's output)
+ *   outputs: X_grad (T, X's shape)
+ *   attributes: LRN's alpha, beta, bias, size
+ *   semantics: with d_c = bias + alpha / size * sum over c's window of x^2
+ *            (the window [c - floor((size-1)/2), c + ceil((size-1)/2)]),
+ *            y_c = x_c d_c^-beta, so
+ *            X_grad_c = Y_grad_c d_c^-beta - 2 alpha beta / size * x_c *
+ *                       sum over c' whose window holds c of Y_grad_c' y_c' / d_c'
+ *            (reference kernel in double)
  */
 
 #include <math.h>
@@ -782,6 +792,56 @@ static nbl_status g_bn_internal(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* ------------------------------------------------------------------ LRNGrad */
+
+static nbl_status k_lrn_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "Y_grad", &st), *X = dY ? grad_need(c, 1, "X", &st) : NULL;
+  const nbl_rt_tensor *Y = X ? grad_need(c, 2, "Y", &st) : NULL;
+  if (!Y) return st;
+  if ((st = grad_check_float(c, X, "X")) || (st = grad_check_float(c, dY, "Y_grad")) ||
+      (st = grad_check_float(c, Y, "Y")) || (st = grad_check_same_shape(c, X, dY, "X", "Y_grad")) ||
+      (st = grad_check_same_shape(c, X, Y, "X", "Y")))
+    return st;
+  if (X->rank < 2) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X has rank %d, expected >= 2", X->rank);
+  int64_t size = nbl_attr_int(c->node, "size", 0);
+  if (size <= 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'size' must be positive");
+  const double alpha = nbl_attr_float(c->node, "alpha", 1e-4f), beta = nbl_attr_float(c->node, "beta", 0.75f),
+               bias = nbl_attr_float(c->node, "bias", 1.0f);
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  const int64_t N = X->dims[0], C = X->dims[1], sp = N * C != 0 ? X->numel / (N * C) : 0;
+  const int64_t lo = (size - 1) / 2, hi = size - 1 - lo;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  double *x = nbl_to_f64(X), *y = nbl_to_f64(Y), *g = nbl_to_f64(dY);
+  double *d = malloc(sizeof(double) * (size_t)(C ? C : 1)), *t = malloc(sizeof(double) * (size_t)(C ? C : 1));
+  double *dx = malloc(sizeof(double) * (size_t)(dX->numel ? dX->numel : 1));
+  if (!x || !y || !g || !d || !t || !dx) {
+    free(x), free(y), free(g), free(d), free(t), free(dx);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t i = 0; i < sp; i++) {
+#define AT(ch) ((n * C + (ch)) * sp + i)
+      for (int64_t ch = 0; ch < C; ch++) {
+        double ss = 0;
+        for (int64_t cc = ch - lo; cc <= ch + hi; cc++)
+          if (cc >= 0 && cc < C) ss += x[AT(cc)] * x[AT(cc)];
+        d[ch] = bias + alpha / (double)size * ss;
+        t[ch] = g[AT(ch)] * y[AT(ch)] / d[ch];
+      }
+      for (int64_t ch = 0; ch < C; ch++) { /* the windows holding ch: c' in [ch - hi, ch + lo] */
+        double s = 0;
+        for (int64_t cc = ch - hi; cc <= ch + lo; cc++)
+          if (cc >= 0 && cc < C) s += t[cc];
+        dx[AT(ch)] = g[AT(ch)] * pow(d[ch], -beta) - 2 * alpha * beta / (double)size * x[AT(ch)] * s;
+      }
+#undef AT
+    }
+  nbl_from_f64(dX, dx);
+  free(x), free(y), free(g), free(d), free(t), free(dx);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* Y = shape(X); running mean/var and saved mean/inv_std: [C] (C = X[1]),
@@ -807,11 +867,15 @@ static nbl_status shape_norm_grad(nbl_shape_ctx *c) {
   return st ? st : nbl_shp_copy_in(c, 2, 2);
 }
 
+/* X_grad = shape(X) (input 1). */
+static nbl_status shape_lrn_grad(nbl_shape_ctx *c) { return nbl_shp_copy_in(c, 0, 1); }
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_norm[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "BatchNormInternal", 1, 1, .ref = k_bn_internal, .fast = k_bn_internal, .shape = shape_bn_internal, .grad = g_bn_internal),
     NBL_OP_DEF(NBL_MS_DOMAIN, "BatchNormalizationGrad", 1, 1, .ref = k_bn_grad, .fast = k_bn_grad, .shape = shape_norm_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "LayerNormalizationGrad", 1, 1, .ref = k_layernorm_grad, .shape = shape_norm_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "LRNGrad", 1, 1, .ref = k_lrn_grad, .shape = shape_lrn_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_norm_count = sizeof nbl_ops_grad_norm / sizeof nbl_ops_grad_norm[0];

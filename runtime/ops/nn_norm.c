@@ -362,6 +362,58 @@ static nbl_status g_layernorm(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* LRN: ai.nibble LRNGrad (runtime/ops/grad_norm.c) on dY, X and Y. */
+static nbl_status g_lrn(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_y(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "LRNGrad", "ai.nibble", 3, in);
+  nbl_grad_attr_float(gc, "alpha", nbl_attr_float(n, "alpha", 1e-4f));
+  nbl_grad_attr_float(gc, "beta", nbl_attr_float(n, "beta", 0.75f));
+  nbl_grad_attr_float(gc, "bias", nbl_attr_float(n, "bias", 1.0f));
+  nbl_grad_attr_int(gc, "size", nbl_attr_int(n, "size", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* InstanceNormalization: each (n, c) plane normalized over its spatial axes
+ * A, xhat = (x - mean) / sqrt(var + eps), y = scale_c xhat + B_c, so
+ *   dX = scale_c / sqrt(var + eps) (dY - mean_A(dY) - xhat mean_A(dY xhat)),
+ *   dscale = sum over n and A of dY xhat, dB = sum over n and A of dY,
+ * written with ReduceMean / ReduceSum (the rank must be known). */
+static nbl_status g_instnorm(nbl_grad_ctx *gc) {
+  int want[3] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1), nbl_grad_wants(gc, 2)};
+  if (!want[0] && !want[1] && !want[2]) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0), dy = nbl_grad_dy(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (r < 3 || r > NBL_MAX_RANK) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t A[NBL_MAX_RANK], nA[NBL_MAX_RANK], shp[NBL_MAX_RANK];
+  for (int k = 2; k < r; k++) A[k - 2] = k;
+  nA[0] = 0;
+  for (int k = 2; k < r; k++) nA[k - 1] = k; /* n and the spatial axes */
+  for (int k = 1; k < r; k++) shp[k] = 1;    /* [C] as [C, 1, ...] (X's dims after N) */
+  shp[0] = -1;
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  nbl_id mean = nbl_grad_reduce_sum(gc, X, r - 2, A, 1);
+  nbl_id cnt = nbl_grad_count_ratio(gc, X, mean);
+  mean = nbl_grad_bin(gc, "Div", mean, cnt);
+  nbl_id xc = nbl_grad_bin(gc, "Sub", X, mean);
+  nbl_id var = nbl_grad_bin(gc, "Div", nbl_grad_reduce_sum(gc, nbl_grad_bin(gc, "Mul", xc, xc), r - 2, A, 1), cnt);
+  nbl_id eps = nbl_grad_const(gc, dt, nbl_attr_float(nbl_grad_node(gc), "epsilon", 1e-5f));
+  nbl_id inv = nbl_grad_un(gc, "Reciprocal", nbl_grad_un(gc, "Sqrt", nbl_grad_bin(gc, "Add", var, eps)));
+  nbl_id xhat = nbl_grad_bin(gc, "Mul", xc, inv), gx = nbl_grad_bin(gc, "Mul", dy, xhat);
+  if (want[0]) {
+    nbl_id sc = nbl_grad_bin(gc, "Reshape", nbl_grad_x(gc, 1), nbl_grad_const_i64(gc, r - 1, shp));
+    nbl_id mdy = nbl_grad_bin(gc, "Div", nbl_grad_reduce_sum(gc, dy, r - 2, A, 1), cnt);
+    nbl_id mgx = nbl_grad_bin(gc, "Div", nbl_grad_reduce_sum(gc, gx, r - 2, A, 1), cnt);
+    nbl_id t = nbl_grad_bin(gc, "Sub", nbl_grad_bin(gc, "Sub", dy, mdy), nbl_grad_bin(gc, "Mul", xhat, mgx));
+    nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", nbl_grad_bin(gc, "Mul", sc, inv), t));
+  }
+  if (want[1]) nbl_grad_set_dx(gc, 1, nbl_grad_reduce_sum(gc, gx, r - 1, nA, 0));
+  if (want[2]) nbl_grad_set_dx(gc, 2, nbl_grad_reduce_sum(gc, dy, r - 1, nA, 0));
+  return nbl_grad_status(gc);
+}
+
 /* ------------------------------------------------------------------ table */
 
 /* ------------------------------------------------------------------ opset adapters */
@@ -410,9 +462,9 @@ const nbl_op_def nbl_ops_nn_norm[] = {
     NBL_OP("BatchNormalization", 1, .ref = k_bn_ref, .fast = k_bn_fast, .shape = shape_batchnorm,
         .stable_since = 14, .adapters = bn_steps, .grad = g_batchnorm),
     NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
-        NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
+        NBL_SINCE6_CONSUMED, .grad = g_instnorm),
     NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
         .stable_since = 17, .grad = g_layernorm),
-    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .grad = g_lrn),
 };
 const size_t nbl_ops_nn_norm_count = sizeof nbl_ops_nn_norm / sizeof nbl_ops_nn_norm[0];

@@ -539,6 +539,40 @@ START_TEST(test_fd_prelu_extremes_tile_space) {
 }
 END_TEST
 
+/* LRN (ai.nibble LRNGrad) and InstanceNormalization (composed of
+ * reductions), windows cut at both channel ends, even and odd sizes. */
+START_TEST(test_fd_lrn_instnorm) {
+  const int64_t sizes[3] = {3, 4, 1};
+  for (int k = 0; k < 3; k++) {
+    fd_case c;
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param_range(&c, D(2, 5, 2, 3), -2, 2);
+    fd_node(&c, "LRN", 1);
+    attr_i(&c, "size", sizes[k]);
+    attr_f(&c, "alpha", 0.3f);
+    attr_f(&c, "beta", 0.75f);
+    attr_f(&c, "bias", 1.5f);
+    snprintf(what, sizeof what, "LRN size %lld", (long long)sizes[k]);
+    expect_fd(&c, what);
+  }
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param_range(&c, D(2, 3, 4, 5), -2, 2);
+  fd_param_range(&c, D(3), 0.5, 1.5);
+  fd_param(&c, D(3));
+  fd_node(&c, "InstanceNormalization", 1);
+  attr_f(&c, "epsilon", 1e-3f);
+  expect_fd(&c, "InstanceNormalization 2-D");
+  fd_begin(&c, 13);
+  fd_param_range(&c, D(2, 3, 7), -2, 2);
+  fd_param_range(&c, D(3), 0.5, 1.5);
+  fd_param(&c, D(3));
+  fd_node(&c, "InstanceNormalization", 1);
+  expect_fd(&c, "InstanceNormalization 1-D");
+}
+END_TEST
+
 START_TEST(test_fd_shape_ops) {
   fd_case c;
   fd_begin(&c, 13);
@@ -1168,6 +1202,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_bad_input);
   tcase_add_test(t, test_gradient_op_fd);
   tcase_add_test(t, test_fd_prelu_extremes_tile_space);
+  tcase_add_test(t, test_fd_lrn_instnorm);
   suite_add_tcase(s, t);
   return s;
 }
