@@ -1,5 +1,6 @@
 /* runtime/ops/grad_shape.c - op family 'grad_shape': backward ops of Gather and
- * Slice (forward ops in runtime/ops/shape_index.c, shape_strided.c); kernel
+ * Slice (forward ops in runtime/ops/shape_index.c, shape_strided.c) and of
+ * Resize (runtime/ops/shape_resize.c); kernel
  * contract in runtime/core/kernel.h.
  *
  * ONNX Runtime's training ops, domain com.microsoft, version 1. GatherGrad
@@ -21,6 +22,18 @@
  *            Slice's own inputs (opset >= 10 form)
  *   outputs: dX (T, `shape`): zeros, with dY written at the positions the
  *            slice read (starts/ends clamped exactly as Slice does)
+ * ResizeGrad (ai.nibble 1)
+ *   inputs:  dY (T float types, the Resize output's shape), shape (int64 1-D:
+ *            the shape of Resize's input X), then Resize's own inputs from
+ *            roi on (roi, scales, sizes; Upsample's scales)
+ *   outputs: dX (T, `shape`): the adjoint of the resampling: each output's
+ *            dY added to the input positions its taps read, times the tap's
+ *            weight (a tap past an edge adds to the edge element it was
+ *            clamped to; an extrapolated output adds nothing); in double
+ *   attributes: Resize's (or Upsample's), and nibble.resize_opset (the
+ *            default-domain opset of the forward node) and nibble.upsample
+ *            (1 for an Upsample); the taps are the forward kernel's own
+ *            (runtime/ops/resize.h)
  */
 
 #include <stdlib.h>
@@ -30,6 +43,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
+#include "runtime/ops/resize.h"
 #include "runtime/ops/shape.h"
 
 /* ------------------------------------------------------------------ GatherGrad */
@@ -140,6 +154,70 @@ static nbl_status k_slice_grad(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ ResizeGrad */
+
+static nbl_status k_resize_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *S = dY ? grad_need(c, 1, "shape", &st) : NULL;
+  if (!S) return st;
+  nbl_rt_tensor xs = {0}; /* X as the plan sees it: its shape */
+  if ((st = grad_shape_input(c, S, "shape", &xs.rank, xs.dims)) || (st = grad_check_float(c, dY, "dY"))) return st;
+  const int r = xs.rank;
+  xs.dtype = dY->dtype;
+  xs.numel = nbl_shape_numel(r, xs.dims);
+  nbl_rs_plan pl;
+  int opset = (int)nbl_attr_int(c->node, "nibble.resize_opset", 13);
+  if ((st = nbl_rs_plan_init(c, &xs, 1, opset, nbl_attr_int(c->node, "nibble.upsample", 0) != 0, &pl))) return st;
+  if (dY->rank != r || memcmp(dY->dims, pl.od, sizeof(int64_t) * (size_t)r))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY does not have the shape the resize of `shape` gives");
+  if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xs.dims))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  if (dX->numel == 0) return NBL_OK;
+  for (int d = 0; d < r; d++)
+    if (dY->numel && xs.dims[d] == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot resize empty axis %d", d);
+  /* transposed passes, the last axis first: before axis d's, the axes below d
+   * are at their output lengths and those above at their input lengths, as
+   * when the forward's separable pass of axis d ran */
+  enum { MAXT = 64 };
+  int64_t cur[NBL_MAX_RANK];
+  for (int d = 0; d < r; d++) cur[d] = pl.od[d];
+  double *a = malloc(sizeof(double) * (size_t)(dY->numel ? dY->numel : 1));
+  if (!a) return grad_oom(c);
+  for (int64_t i = 0; i < dY->numel; i++) a[i] = nbl_rt_get_f64(dY, i);
+  const int maxn = pl.p.mode == NBL_RS_NEAREST ? 1 : MAXT;
+  for (int d = r - 1; d >= 0 && !st; d--) {
+    const int64_t in = xs.dims[d], out = pl.od[d];
+    int64_t outer = 1, inner = 1, first;
+    for (int k = 0; k < d; k++) outer *= cur[k];
+    for (int k = d + 1; k < r; k++) inner *= cur[k];
+    double *b = calloc((size_t)(outer * in * inner > 0 ? outer * in * inner : 1), sizeof(double));
+    double w[MAXT];
+    if (!b) {
+      st = grad_oom(c);
+      break;
+    }
+    for (int64_t i = 0; i < out; i++) {
+      int n = nbl_rs_make_taps(&pl.p, (double)i, pl.scales[d], in, out, pl.roi[d], pl.roi[r + d], maxn, &first, w);
+      for (int k = 0; k < n; k++) {
+        if (w[k] == 0) continue;
+        int64_t src = first + k < 0 ? 0 : first + k >= in ? in - 1 : first + k;
+        for (int64_t q = 0; q < outer; q++) {
+          const double *ap = a + (q * out + i) * inner;
+          double *bp = b + (q * in + src) * inner;
+          for (int64_t e = 0; e < inner; e++) bp[e] += w[k] * ap[e];
+        }
+      }
+    }
+    free(a);
+    a = b;
+    cur[d] = in;
+  }
+  if (!st)
+    for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, a[i]);
+  free(a);
+  return st;
+}
+
 /* ------------------------------------------------------------------ table */
 
 /* ------------------------------------------------------------------ shape rules */
@@ -150,8 +228,12 @@ static nbl_status shape_gather_grad(nbl_shape_ctx *c) { return nbl_shp_from_data
 /* dX: shape from the values of input 1 (`shape`), type of dY (input 0). */
 static nbl_status shape_slice_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
 
+/* dX: shape from the values of input 1 (`shape`), type of dY (input 0). */
+static nbl_status shape_resize_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+
 const nbl_op_def nbl_ops_grad_shape[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "GatherGrad", 1, 1, .ref = k_gather_grad, .shape = shape_gather_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "SliceGrad", 1, 1, .ref = k_slice_grad, .shape = shape_slice_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "ResizeGrad", 1, 1, .ref = k_resize_grad, .shape = shape_resize_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];

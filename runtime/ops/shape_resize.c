@@ -13,6 +13,7 @@
 #include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
+#include "runtime/ops/resize.h"
 
 /* ------------------------------------------------------------------ Pad */
 
@@ -149,15 +150,12 @@ static nbl_status k_pad(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Resize / Upsample */
 
-enum { RS_NEAREST, RS_LINEAR, RS_CUBIC };
+enum { RS_NEAREST = NBL_RS_NEAREST, RS_LINEAR = NBL_RS_LINEAR, RS_CUBIC = NBL_RS_CUBIC };
 enum { CT_HALF_PIXEL, CT_HALF_PIXEL_SYM, CT_PYTORCH_HALF_PIXEL, CT_ALIGN_CORNERS, CT_ASYMMETRIC,
        CT_TF_HALF_PIXEL_NN, CT_TF_CROP_AND_RESIZE };
 enum { NM_ROUND_PREFER_FLOOR, NM_ROUND_PREFER_CEIL, NM_FLOOR, NM_CEIL, NM_SIMPLE };
 
-typedef struct rs_params {
-  int mode, ctm, nearest, exclude_outside, antialias;
-  double cubic_a, extrapolation;
-} rs_params;
+typedef nbl_rs_params rs_params;
 
 /* Taps of one output position along one axis. */
 typedef struct rs_taps {
@@ -194,8 +192,8 @@ static double rs_coord(const rs_params *p, double x, double scale, int64_t in, i
 }
 
 /* Fill taps for one output position; returns the tap count (0: extrapolate). */
-static int rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int64_t out,
-                        double roi0, double roi1, int maxn, int64_t *first, double *w) {
+int nbl_rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int64_t out, double roi0,
+                     double roi1, int maxn, int64_t *first, double *w) {
   double xo = rs_coord(p, x, scale, in, out, roi0, roi1);
   if (p->ctm == CT_TF_CROP_AND_RESIZE && (xo < 0 || xo > (double)(in - 1))) return 0;
   double fl = floor(xo);
@@ -427,7 +425,7 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
       for (int64_t i = 0; i < od[d]; i++) {
         int64_t f;
         double w;
-        int n = rs_make_taps(p, (double)i, scales[d], x->dims[d], od[d], roi[d], roi[r + d], 1, &f, &w);
+        int n = nbl_rs_make_taps(p, (double)i, scales[d], x->dims[d], od[d], roi[d], roi[r + d], 1, &f, &w);
         mp[d][i] = n ? clampi(f, 0, x->dims[d] - 1) * str[d] : -1;
       }
     }
@@ -494,7 +492,7 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
       }
       int identity = in == out, maxn = 1;
       for (int64_t i = 0; i < out; i++) {
-        int n = rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], DT + 1, &j.first[d][i],
+        int n = nbl_rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], DT + 1, &j.first[d][i],
                              j.w[d] + i * DT);
         if (n > DT) { /* too many taps: use the separable passes */
           combos = 65;
@@ -545,7 +543,7 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
     }
     int identity = in == out;
     for (int64_t i = 0; i < out; i++) {
-      cnt[i] = rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], MAXT, &first[i], w + i * MAXT);
+      cnt[i] = nbl_rs_make_taps(p, (double)i, scales[d], in, out, roi[d], roi[r + d], MAXT, &first[i], w + i * MAXT);
       if (identity) { /* one weight of 1 on index i, all others 0 */
         for (int k = 0; k < cnt[i] && identity; k++) {
           int64_t src = clampi(first[i] + k, 0, in - 1);
@@ -595,48 +593,47 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
   return NBL_OK;
 }
 
-static nbl_status k_resize(nbl_kctx *c) {
-  const nbl_rt_tensor *x;
-  nbl_status st = need_in(c, 0, "X", &x);
-  if (st) return st;
+nbl_status nbl_rs_plan_init(nbl_kctx *c, const nbl_rt_tensor *x, int base, int opset, int upsample,
+                            nbl_rs_plan *pl) {
+  nbl_status st = NBL_OK;
   int r = x->rank;
+  memset(pl, 0, sizeof *pl);
   rs_params p = {0};
   const char *m = nbl_attr_string(c->node, "mode", "nearest");
   if (!strcmp(m, "nearest")) p.mode = RS_NEAREST;
   else if (!strcmp(m, "linear") || !strcmp(m, "bilinear") || !strcmp(m, "trilinear")) p.mode = RS_LINEAR;
-  else if (!strcmp(m, "cubic") && c->opset >= 11) p.mode = RS_CUBIC;
+  else if (!strcmp(m, "cubic") && opset >= 11) p.mode = RS_CUBIC;
   else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "mode '%s' is not supported", m);
-  int upsample = strcmp(c->node->op_type, "Upsample") == 0;
   const nbl_rt_tensor *roi_t = NULL, *sc_t = NULL, *sz_t = NULL;
-  double scales[NBL_MAX_RANK], roi[2 * NBL_MAX_RANK];
-  int64_t od[NBL_MAX_RANK];
+  double *scales = pl->scales, *roi = pl->roi;
+  int64_t *od = pl->od;
   for (int d = 0; d < r; d++) {
     scales[d] = 1;
     roi[d] = 0;
     roi[r + d] = 1;
     od[d] = x->dims[d];
   }
-  if (upsample || c->opset < 11) {
+  if (upsample || opset < 11) {
     p.ctm = CT_ASYMMETRIC;
     p.nearest = upsample ? NM_FLOOR : NM_SIMPLE;
-    if (upsample && c->opset < 9) {
+    if (upsample && opset < 9) {
       int n = 0;
       const float *f = nbl_attr_floats(c->node, "scales", &n);
       if (!f || n != r) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'scales' must have %d values", r);
       for (int d = 0; d < r; d++) scales[d] = f[d];
     } else {
-      if ((st = need_in(c, 1, "scales", &sc_t))) return st;
+      if ((st = need_in(c, base + 1, "scales", &sc_t))) return st;
     }
   } else {
     const char *ct = nbl_attr_string(c->node, "coordinate_transformation_mode", "half_pixel");
     if (!strcmp(ct, "half_pixel")) p.ctm = CT_HALF_PIXEL;
-    else if (!strcmp(ct, "half_pixel_symmetric") && c->opset >= 19) p.ctm = CT_HALF_PIXEL_SYM;
+    else if (!strcmp(ct, "half_pixel_symmetric") && opset >= 19) p.ctm = CT_HALF_PIXEL_SYM;
     else if (!strcmp(ct, "pytorch_half_pixel")) p.ctm = CT_PYTORCH_HALF_PIXEL;
     else if (!strcmp(ct, "align_corners")) p.ctm = CT_ALIGN_CORNERS;
     else if (!strcmp(ct, "asymmetric")) p.ctm = CT_ASYMMETRIC;
-    else if (!strcmp(ct, "tf_half_pixel_for_nn") && c->opset < 13) p.ctm = CT_TF_HALF_PIXEL_NN;
+    else if (!strcmp(ct, "tf_half_pixel_for_nn") && opset < 13) p.ctm = CT_TF_HALF_PIXEL_NN;
     else if (!strcmp(ct, "tf_crop_and_resize")) p.ctm = CT_TF_CROP_AND_RESIZE;
-    else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "coordinate_transformation_mode '%s' is not valid at opset %d", ct, c->opset);
+    else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "coordinate_transformation_mode '%s' is not valid at opset %d", ct, opset);
     const char *nm = nbl_attr_string(c->node, "nearest_mode", "round_prefer_floor");
     if (!strcmp(nm, "round_prefer_floor")) p.nearest = NM_ROUND_PREFER_FLOOR;
     else if (!strcmp(nm, "round_prefer_ceil")) p.nearest = NM_ROUND_PREFER_CEIL;
@@ -646,10 +643,10 @@ static nbl_status k_resize(nbl_kctx *c) {
     p.cubic_a = nbl_attr_float(c->node, "cubic_coeff_a", -0.75f);
     p.exclude_outside = (int)nbl_attr_int(c->node, "exclude_outside", 0);
     p.extrapolation = nbl_attr_float(c->node, "extrapolation_value", 0.0f);
-    p.antialias = c->opset >= 18 ? (int)nbl_attr_int(c->node, "antialias", 0) : 0;
-    roi_t = opt_in(c, 1);
-    sc_t = opt_in(c, 2);
-    sz_t = opt_in(c, 3);
+    p.antialias = opset >= 18 ? (int)nbl_attr_int(c->node, "antialias", 0) : 0;
+    roi_t = opt_in(c, base + 1);
+    sc_t = opt_in(c, base + 2);
+    sz_t = opt_in(c, base + 3);
     if (sc_t && sc_t->numel == 0) sc_t = NULL;
     if (roi_t && roi_t->numel == 0) roi_t = NULL;
     if (sz_t && sz_t->numel == 0) sz_t = NULL;
@@ -659,7 +656,7 @@ static nbl_status k_resize(nbl_kctx *c) {
   /* axes (opset 18) */
   int axes[NBL_MAX_RANK], na = r;
   for (int d = 0; d < r; d++) axes[d] = d;
-  if (!upsample && c->opset >= 18) {
+  if (!upsample && opset >= 18) {
     int64_t av[NBL_MAX_RANK];
     int n;
     if ((st = attr_ints(c, "axes", av, NBL_MAX_RANK, &n))) return st;
@@ -702,7 +699,7 @@ static nbl_status k_resize(nbl_kctx *c) {
     int n;
     if ((st = read_ints(c, sz_t, "sizes", sz, NBL_MAX_RANK, &n))) return st;
     if (n != na) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "sizes has %d values, expected %d", n, na);
-    const char *pol = c->opset >= 18 ? nbl_attr_string(c->node, "keep_aspect_ratio_policy", "stretch") : "stretch";
+    const char *pol = opset >= 18 ? nbl_attr_string(c->node, "keep_aspect_ratio_policy", "stretch") : "stretch";
     int stretch = !strcmp(pol, "stretch"), nl = !strcmp(pol, "not_larger"), ns = !strcmp(pol, "not_smaller");
     if (!stretch && !nl && !ns)
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "keep_aspect_ratio_policy '%s' is not valid", pol);
@@ -727,7 +724,17 @@ static nbl_status k_resize(nbl_kctx *c) {
       }
     }
   }
-  return resize_run(c, x, &p, od, scales, roi);
+  pl->p = p;
+  return NBL_OK;
+}
+
+static nbl_status k_resize(nbl_kctx *c) {
+  const nbl_rt_tensor *x;
+  nbl_status st = need_in(c, 0, "X", &x);
+  if (st) return st;
+  nbl_rs_plan pl;
+  if ((st = nbl_rs_plan_init(c, x, 0, c->opset, !strcmp(c->node->op_type, "Upsample"), &pl))) return st;
+  return resize_run(c, x, &pl.p, pl.od, pl.scales, pl.roi);
 }
 
 /* ------------------------------------------------------------------ shape rules */
@@ -849,6 +856,25 @@ static nbl_status g_pad(nbl_grad_ctx *gc) {
                     nbl_grad_const_i64(gc, na, en), nbl_grad_const_i64(gc, na, axes)};
     dx = nbl_grad_op(gc, "Slice", "", 4, in);
   }
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* Resize / Upsample: ai.nibble ResizeGrad (runtime/ops/grad_shape.c) on dY,
+ * the input's shape and the node's own roi / scales / sizes, with its
+ * attributes and its default-domain opset (which decides how they read):
+ * the adjoint of the same taps. */
+static nbl_status g_resize(nbl_grad_ctx *gc) {
+  int n = nbl_grad_n_in(gc);
+  for (int i = 1; i < n; i++) nbl_grad_no_dx(gc, i, "roi, scales and sizes get no gradient");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id in[2 + 3] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), NBL_NONE, NBL_NONE, NBL_NONE};
+  if (n > 4) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "%d inputs", n);
+  for (int i = 1; i < n; i++) in[i + 1] = nbl_grad_x(gc, i);
+  nbl_id dx = nbl_grad_op(gc, "ResizeGrad", "ai.nibble", n + 1, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_attr_int(gc, "nibble.resize_opset", nbl_grad_opset(gc, ""));
+  nbl_grad_attr_int(gc, "nibble.upsample", !strcmp(nbl_grad_node(gc)->op_type, "Upsample"));
   nbl_grad_set_dx(gc, 0, dx);
   return nbl_grad_status(gc);
 }
@@ -1071,7 +1097,7 @@ static const nbl_op_adapter upsample_steps[] = {
 const nbl_op_def nbl_ops_shape_resize[] = {
     NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .adapters = pad_steps, .grad = g_pad),
     NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 13,
-        .adapters = resize_steps, .no_grad = "no rule yet"),
-    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .adapters = upsample_steps, .no_grad = "no rule yet"),
+        .adapters = resize_steps, .grad = g_resize),
+    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .adapters = upsample_steps, .grad = g_resize),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];

@@ -19,7 +19,7 @@
 static void expect_fd(fd_case *c, const char *what) {
   double e = fd_run(c, what);
   fd_end(c);
-  ck_assert_msg(e >= 0, "%s: the training graph failed", what);
+  ck_assert_msg(e >= 0, "%s: the training graph failed: %s", what, nbl_last_error());
   ck_assert_msg(e <= TOL, "%s: relative error %.3e > %.0e", what, e, TOL);
 }
 
@@ -570,6 +570,64 @@ START_TEST(test_fd_lrn_instnorm) {
   fd_param(&c, D(3));
   fd_node(&c, "InstanceNormalization", 1);
   expect_fd(&c, "InstanceNormalization 1-D");
+}
+END_TEST
+
+/* Resize / Upsample (ai.nibble ResizeGrad, the adjoint of the forward's
+ * taps): every mode is linear in X, so the central differences are exact
+ * up to rounding; taps clamped at the edges, extrapolated outputs
+ * (tf_crop_and_resize), antialiased downsampling, sizes instead of scales. */
+static void resize_case(const char *what, int opset, const char *mode, const char *ctm, const double *scales,
+                        const int64_t *sizes, const double *roi, int antialias, int exclude) {
+  fd_case c;
+  fd_begin(&c, opset);
+  fd_param_range(&c, D(1, 2, 4, 5), -2, 2);
+  if (roi) fd_f64(&c, D(8), roi);
+  else fd_none(&c);
+  if (scales) fd_f64(&c, D(4), scales);
+  else fd_none(&c);
+  if (sizes) fd_i64(&c, D(4), sizes);
+  fd_node(&c, "Resize", 1);
+  attr_s(&c, "mode", mode);
+  attr_s(&c, "coordinate_transformation_mode", ctm);
+  if (antialias) attr_i(&c, "antialias", 1);
+  if (exclude) attr_i(&c, "exclude_outside", 1);
+  if (roi) attr_f(&c, "extrapolation_value", 0.5f);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_resize) {
+  const double up[4] = {1, 1, 2, 1.5}, down[4] = {1, 1, 0.5, 0.6}, roi[8] = {0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3};
+  const int64_t sz[4] = {1, 2, 7, 3};
+  resize_case("Resize nearest asymmetric up", 13, "nearest", "asymmetric", up, NULL, NULL, 0, 0);
+  resize_case("Resize nearest half_pixel down", 13, "nearest", "half_pixel", down, NULL, NULL, 0, 0);
+  resize_case("Resize linear half_pixel up", 13, "linear", "half_pixel", up, NULL, NULL, 0, 0);
+  resize_case("Resize linear align_corners sizes", 13, "linear", "align_corners", NULL, sz, NULL, 0, 0);
+  resize_case("Resize linear pytorch_half_pixel down", 13, "linear", "pytorch_half_pixel", down, NULL, NULL, 0, 0);
+  resize_case("Resize cubic half_pixel up", 13, "cubic", "half_pixel", up, NULL, NULL, 0, 0);
+  resize_case("Resize cubic exclude_outside down", 13, "cubic", "half_pixel", down, NULL, NULL, 0, 1);
+  resize_case("Resize linear tf_crop_and_resize (extrapolated)", 13, "linear", "tf_crop_and_resize", up, NULL, roi, 0, 0);
+  resize_case("Resize linear antialias down", 18, "linear", "half_pixel", down, NULL, NULL, 1, 0);
+  resize_case("Resize cubic antialias down", 18, "cubic", "half_pixel", down, NULL, NULL, 1, 0);
+  fd_case c;
+  fd_begin(&c, 9);
+  fd_param_range(&c, D(1, 2, 3, 4), -2, 2);
+  fd_f64(&c, D(4), (double[]){1, 1, 2, 2});
+  fd_node(&c, "Upsample", 1);
+  attr_s(&c, "mode", "nearest");
+  expect_fd(&c, "Upsample nearest (opset 9)");
+  fd_begin(&c, 8); /* Upsample-7 (scales an attribute); the loss's Expand needs opset 8 */
+  fd_param_range(&c, D(1, 1, 3, 4), -2, 2);
+  fd_node(&c, "Upsample", 1);
+  attr_s(&c, "mode", "linear");
+  nbl_node_set_attr_floats(c.g, c.node, "scales", 4, (float[]){1, 1, 2, 3});
+  expect_fd(&c, "Upsample linear (opset 8, scales attribute)");
+  fd_begin(&c, 10);
+  fd_param_range(&c, D(1, 1, 3, 4), -2, 2);
+  fd_f64(&c, D(4), (double[]){1, 1, 1.5, 0.5});
+  fd_node(&c, "Resize", 1);
+  attr_s(&c, "mode", "linear");
+  expect_fd(&c, "Resize linear (opset 10)");
 }
 END_TEST
 
@@ -1203,6 +1261,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_gradient_op_fd);
   tcase_add_test(t, test_fd_prelu_extremes_tile_space);
   tcase_add_test(t, test_fd_lrn_instnorm);
+  tcase_add_test(t, test_fd_resize);
   suite_add_tcase(s, t);
   return s;
 }
