@@ -1,6 +1,6 @@
 /* runtime/ops/grad_shape.c - op family 'grad_shape': backward ops of Gather and
- * Slice (forward ops in runtime/ops/shape_index.c, shape_strided.c) and of
- * Resize (runtime/ops/shape_resize.c); kernel
+ * Slice, GatherElements (and TopK) (forward ops in runtime/ops/shape_index.c,
+ * shape_strided.c, reduce.c) and of Resize (runtime/ops/shape_resize.c); kernel
  * contract in runtime/core/kernel.h.
  *
  * ONNX Runtime's training ops, domain com.microsoft, version 1. GatherGrad
@@ -22,6 +22,14 @@
  *            Slice's own inputs (opset >= 10 form)
  *   outputs: dX (T, `shape`): zeros, with dY written at the positions the
  *            slice read (starts/ends clamped exactly as Slice does)
+ * GatherElementsGrad (com.microsoft 1)
+ *   inputs:  dY (T float types, indices' shape), shape (int64 1-D: the shape
+ *            of GatherElements' data input), indices (int32/int64, the same
+ *            rank; negative values count from the end; out of range is an
+ *            error)
+ *   outputs: dX (T, `shape`): zeros, then each dY element added where its
+ *            index points along `axis` (repeats accumulate, in double)
+ *   attributes: axis (int, default 0)
  * ResizeGrad (ai.nibble 1)
  *   inputs:  dY (T float types, the Resize output's shape), shape (int64 1-D:
  *            the shape of Resize's input X), then Resize's own inputs from
@@ -154,6 +162,53 @@ static nbl_status k_slice_grad(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ GatherElementsGrad */
+
+static nbl_status k_gather_elements_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *S = dY ? grad_need(c, 1, "shape", &st) : NULL;
+  const nbl_rt_tensor *I = S ? grad_need(c, 2, "indices", &st) : NULL;
+  if (!I) return st;
+  int r;
+  int64_t xd[NBL_MAX_RANK];
+  if ((st = grad_shape_input(c, S, "shape", &r, xd)) || (st = grad_check_float(c, dY, "dY"))) return st;
+  if (I->dtype != NBL_DT_INT64 && I->dtype != NBL_DT_INT32)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "indices must be int32 or int64, got %s", nbl_dtype_name(I->dtype));
+  if (I->rank != r || dY->rank != r || memcmp(I->dims, dY->dims, sizeof(int64_t) * (size_t)r))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY and indices must have one shape of the rank of `shape` (%d)", r);
+  int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", 0), r);
+  if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis out of range for rank %d", r);
+  for (int d = 0; d < r; d++)
+    if (d != axis && I->dims[d] > xd[d])
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "indices dim %d (%lld) exceeds the data's (%lld)", d,
+                      (long long)I->dims[d], (long long)xd[d]);
+  if ((st = nbl_kctx_alloc_out(c, 0, dY->dtype, r, xd))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  double *acc = calloc((size_t)(dX->numel ? dX->numel : 1), sizeof(double));
+  if (!acc) return grad_oom(c);
+  int64_t str[NBL_MAX_RANK], idx[NBL_MAX_RANK] = {0};
+  nbl_strides(r, xd, str);
+  for (int64_t i = 0; i < I->numel; i++) {
+    int64_t k = nbl_rt_get_i64(I, i);
+    if (k < 0) k += xd[axis];
+    if (k < 0 || k >= xd[axis]) {
+      free(acc);
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "index %lld is out of range for axis %d of length %lld",
+                      (long long)nbl_rt_get_i64(I, i), axis, (long long)xd[axis]);
+    }
+    int64_t off = 0;
+    for (int d = 0; d < r; d++) off += (d == axis ? k : idx[d]) * str[d];
+    acc[off] += nbl_rt_get_f64(dY, i);
+    for (int d = r - 1; d >= 0; d--) {
+      if (++idx[d] < I->dims[d]) break;
+      idx[d] = 0;
+    }
+  }
+  for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, acc[i]);
+  free(acc);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ ResizeGrad */
 
 static nbl_status k_resize_grad(nbl_kctx *c) {
@@ -230,10 +285,12 @@ static nbl_status shape_slice_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(
 
 /* dX: shape from the values of input 1 (`shape`), type of dY (input 0). */
 static nbl_status shape_resize_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+static nbl_status shape_gather_elements_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
 
 const nbl_op_def nbl_ops_grad_shape[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "GatherGrad", 1, 1, .ref = k_gather_grad, .shape = shape_gather_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "SliceGrad", 1, 1, .ref = k_slice_grad, .shape = shape_slice_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "GatherElementsGrad", 1, 1, .ref = k_gather_elements_grad, .shape = shape_gather_elements_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF("ai.nibble", "ResizeGrad", 1, 1, .ref = k_resize_grad, .shape = shape_resize_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];

@@ -982,6 +982,18 @@ static nbl_status g_reduce(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* TopK: the values' gradient goes back where the indices (output 1) point,
+ * com.microsoft GatherElementsGrad along the axis (PyTorch's topk backward). */
+static nbl_status g_topk(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "k is an integer");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_y_need(gc, 1)};
+  nbl_id dx = nbl_grad_op(gc, "GatherElementsGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", -1));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* Softmax / LogSoftmax: com.microsoft SoftmaxGrad_13 / LogSoftmaxGrad_13
  * (opset >= 13, one axis) or SoftmaxGrad / LogSoftmaxGrad (2-D coercion),
  * on the output. */
@@ -1191,7 +1203,7 @@ const nbl_op_def nbl_ops_reduce[] = {
         .adapters = softmax_steps, .grad = nbl_grad_zero),
     NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 10,
-        .adapters = topk_steps, .no_grad = "no rule yet"),
+        .adapters = topk_steps, .grad = g_topk),
     NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
     NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same,
         .stable_since = 9, .no_grad = "no rule yet"),

@@ -779,6 +779,18 @@ static nbl_status g_gather(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* GatherElements: com.microsoft GatherElementsGrad (dY, shape of data,
+ * indices): dY added back where the indices point. */
+static nbl_status g_gather_elements(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "indices are integers");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1)};
+  nbl_id dx = nbl_grad_op(gc, "GatherElementsGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* Compress: with an axis, the input's shape with that dim the number of true
  * conditions among its first dim (known when the condition is constant);
  * without an axis, 1-D over the flattened input. */
@@ -845,7 +857,7 @@ static const nbl_op_adapter scatter_steps[] = {{.from = 9, .to = 11, .up = scatt
 const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1, .grad = g_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
-        .stable_since = 11, .no_grad = "no rule yet"),
+        .stable_since = 11, .grad = g_gather_elements),
     NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .no_grad = "no rule yet"),
     NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
         .adapters = scatter_steps, .no_grad = "no rule yet"),

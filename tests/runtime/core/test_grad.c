@@ -631,6 +631,41 @@ START_TEST(test_fd_resize) {
 }
 END_TEST
 
+/* GatherElements and TopK (com.microsoft GatherElementsGrad): repeated and
+ * negative indices accumulate; TopK's values on both axes, largest and
+ * smallest (random values: no ties). */
+START_TEST(test_fd_gather_elements_topk) {
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param(&c, D(3, 4));
+  fd_i64(&c, D(2, 4), (int64_t[]){0, 2, -1, 1, 2, 2, 0, -3});
+  fd_node(&c, "GatherElements", 1);
+  expect_fd(&c, "GatherElements axis 0, repeated and negative indices");
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3, 2));
+  fd_i64(&c, D(2, 3, 3), (int64_t[]){0, 1, 1, 0, 0, 1, 1, 1, 1, -1, 0, 1, 0, 0, 0, 1, -2, 1});
+  fd_node(&c, "GatherElements", 1);
+  attr_i(&c, "axis", 2);
+  expect_fd(&c, "GatherElements axis 2, more indices than the axis holds");
+  for (int largest = 0; largest < 2; largest++) {
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param(&c, D(3, 5));
+    fd_i64(&c, D(1), (int64_t[]){3});
+    fd_node(&c, "TopK", 2);
+    attr_i(&c, "largest", largest);
+    snprintf(what, sizeof what, "TopK k 3 of 5, largest %d", largest);
+    expect_fd(&c, what);
+  }
+  fd_begin(&c, 13);
+  fd_param(&c, D(4, 2));
+  fd_i64(&c, D(1), (int64_t[]){2});
+  fd_node(&c, "TopK", 2);
+  attr_i(&c, "axis", 0);
+  expect_fd(&c, "TopK axis 0");
+}
+END_TEST
+
 START_TEST(test_fd_shape_ops) {
   fd_case c;
   fd_begin(&c, 13);
@@ -1262,6 +1297,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_prelu_extremes_tile_space);
   tcase_add_test(t, test_fd_lrn_instnorm);
   tcase_add_test(t, test_fd_resize);
+  tcase_add_test(t, test_fd_gather_elements_topk);
   suite_add_tcase(s, t);
   return s;
 }
