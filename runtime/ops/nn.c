@@ -951,6 +951,85 @@ static nbl_id matmul_unbatch(nbl_grad_ctx *gc, nbl_id g, nbl_id X, nbl_id X2, in
   return (na > 0 && nb > xb) || X2 != X ? nbl_grad_reshape_like(gc, r, X) : r;
 }
 
+/* Einsum: operand i's gradient is the Einsum of dY and the other operands
+ * to operand i's labels ("ij,jk->ik": dA = "ik,jk->ij"(dY, B)); a label only
+ * operand i has (summed away by the forward) is left out of that product
+ * and dY broadcast along it (Unsqueeze + Expand to the operand's shape).
+ * Equations with an ellipsis or a label repeated within one operand (a
+ * diagonal) are refused. */
+static nbl_status g_einsum(nbl_grad_ctx *gc) {
+  const char *eq = nbl_attr_string(nbl_grad_node(gc), "equation", NULL);
+  int n = nbl_grad_n_in(gc);
+  if (!eq || n < 1 || n > EIN_MAX_OPS) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "bad equation or operands");
+  char subs[EIN_MAX_OPS + 1][EIN_MAX_LABELS + 1]; /* operands' labels, then the output's */
+  int cnt[EIN_MAX_LABELS] = {0}, k = 0, len = 0;
+  const char *p = eq;
+  for (; *p && *p != '-'; p++) {
+    if (*p == ' ') continue;
+    if (*p == ',') {
+      subs[k++][len] = 0, len = 0;
+      if (k >= n) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has more operands than inputs", eq);
+      continue;
+    }
+    int l = ein_label(*p);
+    if (l < 0 || len >= EIN_MAX_LABELS)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (an ellipsis or a bad label): no rule yet", eq);
+    for (int j = 0; j < len; j++)
+      if (subs[k][j] == *p)
+        return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (label '%c' repeated in one operand): no rule yet", eq, *p);
+    subs[k][len++] = *p;
+    cnt[l]++;
+  }
+  subs[k++][len] = 0;
+  if (k != n) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has %d operands for %d inputs", eq, k, n);
+  char *out = subs[n];
+  len = 0;
+  if (*p == '-') { /* explicit output */
+    for (p += 2; *p; p++) {
+      if (*p == ' ') continue;
+      if (ein_label(*p) < 0 || len >= EIN_MAX_LABELS)
+        return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (an ellipsis or a bad label): no rule yet", eq);
+      out[len++] = *p;
+    }
+  } else { /* implicit: the labels seen once, in alphabetical order */
+    for (int l = 0; l < 52; l++)
+      if (cnt[l] == 1) out[len++] = ein_char(l);
+  }
+  out[len] = 0;
+  nbl_id dy = nbl_grad_dy(gc, 0);
+  for (int i = 0; i < n; i++) {
+    if (!nbl_grad_wants(gc, i)) continue;
+    char kept[EIN_MAX_LABELS + 1], eq2[(EIN_MAX_OPS + 2) * (EIN_MAX_LABELS + 2)];
+    int64_t miss[EIN_MAX_LABELS];
+    int nk = 0, nm = 0;
+    for (const char *q = subs[i]; *q; q++) {
+      int elsewhere = strchr(out, *q) != NULL;
+      for (int j = 0; j < n && !elsewhere; j++) elsewhere = j != i && strchr(subs[j], *q);
+      if (elsewhere) kept[nk++] = *q;
+      else miss[nm++] = q - subs[i];
+    }
+    kept[nk] = 0;
+    nbl_id in[EIN_MAX_OPS];
+    int m = 0;
+    size_t o = (size_t)snprintf(eq2, sizeof eq2, "%s", out);
+    in[m++] = dy;
+    for (int j = 0; j < n; j++)
+      if (j != i) {
+        o += (size_t)snprintf(eq2 + o, sizeof eq2 - o, ",%s", subs[j]);
+        in[m++] = nbl_grad_x(gc, j);
+      }
+    snprintf(eq2 + o, sizeof eq2 - o, "->%s", kept);
+    nbl_id g = nbl_grad_op(gc, "Einsum", "", m, in);
+    nbl_grad_attr_string(gc, "equation", eq2);
+    if (nm) { /* labels only operand i had: dY is constant along them */
+      g = nbl_grad_unsqueeze(gc, g, nm, miss);
+      g = nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, nbl_grad_x(gc, i)));
+    }
+    nbl_grad_set_dx(gc, i, g);
+  }
+  return nbl_grad_status(gc);
+}
+
 /* MatMul (numpy semantics: 1-D operands, batch broadcasting): dA = dY B^T,
  * dB = A^T dY, each summed over the batch dims its operand was broadcast
  * along; a 2-D B under a batched A gets one Gemm over the folded rows. */
@@ -1022,6 +1101,6 @@ const nbl_op_def nbl_ops_nn[] = {
         .stable_since = 7, .adapters = gemm_steps, .grad = g_gemm),
     NBL_OP("MatMul", 1, .ref = k_matmul_ref, .fast = k_matmul_fast, .shape = shape_matmul,
         .stable_since = 1, .grad = g_matmul),
-    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .no_grad = "no rule yet"),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .grad = g_einsum),
 };
 const size_t nbl_ops_nn_count = sizeof nbl_ops_nn / sizeof nbl_ops_nn[0];

@@ -666,6 +666,32 @@ START_TEST(test_fd_gather_elements_topk) {
 }
 END_TEST
 
+/* Einsum: products, transposes, reductions, a label only one operand has,
+ * three operands, the implicit output, a scalar result. */
+static void einsum_case(const char *eq, int n, const int64_t dims[][3], const int *ranks) {
+  fd_case c;
+  fd_begin(&c, 13);
+  for (int i = 0; i < n; i++) fd_param(&c, ranks[i], dims[i]);
+  fd_node(&c, "Einsum", 1);
+  attr_s(&c, "equation", eq);
+  char what[64];
+  snprintf(what, sizeof what, "Einsum %s", eq);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_einsum) {
+  einsum_case("ij,jk->ik", 2, (const int64_t[][3]){{2, 3}, {3, 4}}, (int[]){2, 2});
+  einsum_case("bij,bkj->bik", 2, (const int64_t[][3]){{2, 3, 4}, {2, 5, 4}}, (int[]){3, 3});
+  einsum_case("ij->ji", 1, (const int64_t[][3]){{2, 3}}, (int[]){2});
+  einsum_case("ijk->i", 1, (const int64_t[][3]){{2, 3, 2}}, (int[]){3});
+  einsum_case("ijk,k->ij", 2, (const int64_t[][3]){{2, 3, 4}, {4}}, (int[]){3, 1});
+  einsum_case("ij,jk,kl->il", 3, (const int64_t[][3]){{2, 3}, {3, 2}, {2, 4}}, (int[]){2, 2, 2});
+  einsum_case("ij,kj", 2, (const int64_t[][3]){{2, 3}, {4, 3}}, (int[]){2, 2});
+  einsum_case("ij,ij->", 2, (const int64_t[][3]){{2, 3}, {2, 3}}, (int[]){2, 2});
+  einsum_case("ik,j->ijk", 2, (const int64_t[][3]){{2, 3}, {4}}, (int[]){2, 1});
+}
+END_TEST
+
 START_TEST(test_fd_shape_ops) {
   fd_case c;
   fd_begin(&c, 13);
@@ -1298,6 +1324,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_lrn_instnorm);
   tcase_add_test(t, test_fd_resize);
   tcase_add_test(t, test_fd_gather_elements_topk);
+  tcase_add_test(t, test_fd_einsum);
   suite_add_tcase(s, t);
   return s;
 }
