@@ -236,6 +236,9 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) return nbl_conv_dw_f32(ctx, g, x, w, bias, y, act);
+  /* windows mostly in the padding (large dilations on small planes): one
+   * product per tap over the outputs it reaches */
+  if (nbl_conv_taps_f32(ctx, g, x, w, bias, y, act)) return NBL_OK;
 #if defined(__x86_64__)
   /* 1x1 and im2col products with one group: the AVX-512 kernel below */
   int own = g->group == 1 && ctx && nbl_cpu_has(NBL_CPU_AVX512F);

@@ -37,6 +37,17 @@ int nbl_wino_ok(const nbl_conv_geom *g);
 int nbl_wino_conv(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                   const float *bias, float *y, const nbl_act *act);
 
+/* Convolutions (1-D or 2-D, one group) whose windows lie mostly in the
+ * padding, and dilated ones: whether geometry g takes the per-tap products
+ * of conv_taps.c (less than half of the (tap, output) pairs inside the
+ * input, or a dilation with at least 16 input channels), and those
+ * products (bias, act applied; tap-major weights in the node's cache when
+ * constant); 1 when it ran, 0 when g does not qualify or memory ran out
+ * (nothing written). */
+int nbl_conv_taps_wanted(const nbl_conv_geom *g);
+int nbl_conv_taps_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                      const float *bias, float *y, const nbl_act *act);
+
 #if defined(__x86_64__)
 /* y[M][P] = act(bias + w[M][K] x[K][P]) for one image with the AVX-512
  * tile kernel; 1 when it ran (AVX-512 here, memory for the packed weights).

@@ -99,7 +99,156 @@ static int nms_suppress(const double *a, const double *b, double thr) {
   return uni > 0 && inter / uni > thr;
 }
 
-static nbl_status k_nms(nbl_kctx *c) {
+/* nms_suppress for boxes with finite corners: fmax and fmin as comparisons
+ * (they can differ only in the sign of a zero, which no test below sees:
+ * a zero difference or product is <= 0 either way) and the areas given,
+ * computed as nms_suppress computes them: the same decision, without the
+ * library calls (the fast kernel makes millions on dense detections). */
+static inline int nms_suppress_fin(const double *a, const double *b, double aa, double ab, double thr) {
+  double ymin = a[0] > b[0] ? a[0] : b[0], xmin = a[1] > b[1] ? a[1] : b[1];
+  double ymax = a[2] < b[2] ? a[2] : b[2], xmax = a[3] < b[3] ? a[3] : b[3];
+  double h = ymax - ymin, w = xmax - xmin;
+  double inter = (h > 0 ? h : 0.0) * (w > 0 ? w : 0.0);
+  if (inter <= 0) return 0;
+  if (aa <= 0 || ab <= 0) return 0;
+  double uni = aa + ab - inter;
+  return uni > 0 && inter / uni > thr;
+}
+
+/* The greedy pass's selected boxes of one (batch, class) in a uniform grid
+ * over the candidates' extent (the fast kernel): a candidate is compared
+ * only with the selected boxes that share a cell with it, the only ones
+ * that can suppress it (IOU > thr >= 0 needs a positive intersection, so
+ * the boxes overlap, and the cell of a point inside both is in both boxes'
+ * cell ranges: the map from coordinate to cell is monotonic). A pair is
+ * decided in one cell only, that of its intersection's corner (max y1,
+ * max x1). The comparisons that remain are nms_suppress's, so the selection
+ * is the reference pass's (a candidate is kept when no selected box
+ * suppresses it, whatever the order of the comparisons). Boxes with a
+ * non-finite corner, or over more than NMS_SPAN cells, sit in a list that
+ * every candidate scans; such a candidate scans every selected box. Each
+ * cell's boxes lie side by side (their corners and area copied), room for
+ * every candidate that may join counted ahead. */
+enum { NMS_SPAN = 16 };
+
+typedef struct nms_ent {
+  double b[4], area;
+} nms_ent;
+
+typedef struct nms_grid {
+  double x0, y0, ix, iy; /* cell of (y, x): ((y - y0) iy, (x - x0) ix), floored and clamped */
+  int64_t gx, gy;
+  int64_t *off, *fill; /* [gy gx + 1]: cell c's boxes are ent[off[c] .. fill[c]) */
+  nms_ent *ent;
+  int64_t *wide, nwide; /* slots (in sel) of the boxes every candidate compares with */
+  double *area;         /* per box of the batch: (y2 - y1) (x2 - x1), as nms_suppress has it */
+} nms_grid;
+
+static int nms_finite(const double *b) { return isfinite(b[0]) && isfinite(b[1]) && isfinite(b[2]) && isfinite(b[3]); }
+
+static int64_t nms_cell(double v, double v0, double inv, int64_t g) {
+  double t = (v - v0) * inv;
+  if (!(t >= 0)) return 0;
+  return t >= (double)(g - 1) ? g - 1 : (int64_t)t;
+}
+
+/* The cell range (y0 x0 y1 x1) of a box with finite corners b; 0 when it
+ * has another kind of corner or spans more than NMS_SPAN cells. */
+static int nms_cells(const nms_grid *gr, const double *b, int64_t *r) {
+  if (!nms_finite(b)) return 0;
+  r[0] = nms_cell(b[0], gr->y0, gr->iy, gr->gy), r[2] = nms_cell(b[2], gr->y0, gr->iy, gr->gy);
+  r[1] = nms_cell(b[1], gr->x0, gr->ix, gr->gx), r[3] = nms_cell(b[3], gr->x0, gr->ix, gr->gx);
+  return (r[2] - r[0] + 1) * (r[3] - r[1] + 1) <= NMS_SPAN;
+}
+
+/* The grid for the n candidates (boxes corners + 4 cand[i].idx): cells of
+ * about the mean finite box's extent, at most about 4 n + 16 of them, and
+ * room in each for every candidate over it. 0 out of memory. */
+static int nms_grid_init(nms_grid *gr, const double *corners, const nms_cand *cand, int64_t n) {
+  double ylo = INFINITY, xlo = INFINITY, yhi = -INFINITY, xhi = -INFINITY, hs = 0, ws = 0;
+  int64_t nf = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const double *b = corners + 4 * cand[i].idx;
+    if (!nms_finite(b)) continue;
+    ylo = fmin(ylo, b[0]), xlo = fmin(xlo, b[1]), yhi = fmax(yhi, b[2]), xhi = fmax(xhi, b[3]);
+    hs += b[2] - b[0], ws += b[3] - b[1], nf++;
+  }
+  gr->gx = gr->gy = 1, gr->y0 = gr->x0 = 0, gr->iy = gr->ix = 0, gr->nwide = 0;
+  double cell = nf ? fmax(hs, ws) / (double)nf : 0, ry = yhi - ylo, rx = xhi - xlo;
+  if (cell > 0 && isfinite(ry) && isfinite(rx) && isfinite(cell)) {
+    const double most = 4.0 * (double)n + 16;
+    double gy = fmax(1, ceil(ry / cell)), gx = fmax(1, ceil(rx / cell));
+    if (gx * gy > most) { /* coarser: the same factor both ways */
+      double f = sqrt(gx * gy / most);
+      gy = fmax(1, floor(gy / f)), gx = fmax(1, floor(gx / f));
+    }
+    gr->gy = (int64_t)gy, gr->gx = (int64_t)gx, gr->y0 = ylo, gr->x0 = xlo;
+    gr->iy = ry > 0 ? gy / ry : 0, gr->ix = rx > 0 ? gx / rx : 0;
+  }
+  const int64_t nc = gr->gx * gr->gy;
+  free(gr->off), free(gr->ent);
+  gr->ent = NULL;
+  gr->off = calloc((size_t)(2 * nc + 2), sizeof(int64_t));
+  if (!gr->off) return 0;
+  gr->fill = gr->off + nc + 1;
+  int64_t r[4];
+  for (int64_t i = 0; i < n; i++)
+    if (nms_cells(gr, corners + 4 * cand[i].idx, r))
+      for (int64_t y = r[0]; y <= r[2]; y++)
+        for (int64_t x = r[1]; x <= r[3]; x++) gr->off[y * gr->gx + x + 1]++;
+  for (int64_t c = 0; c < nc; c++) gr->off[c + 1] += gr->off[c];
+  memcpy(gr->fill, gr->off, sizeof(int64_t) * (size_t)nc);
+  gr->ent = malloc(sizeof(nms_ent) * (size_t)(gr->off[nc] + 1));
+  return gr->ent != NULL;
+}
+
+/* 1 when a selected box suppresses box cand: those of the grid, the wide
+ * ones (slots into sel), or every one of the m (sel) for a wide cand. */
+static int nms_grid_hit(const nms_grid *gr, const double *corners, const int64_t *sel, int64_t m, int64_t cand,
+                        double iou) {
+  const double *bi = corners + 4 * cand;
+  int64_t r[4];
+  if (!nms_cells(gr, bi, r)) {
+    for (int64_t j = 0; j < m; j++)
+      if (nms_suppress(corners + 4 * sel[j], bi, iou)) return 1;
+    return 0;
+  }
+  for (int64_t j = 0; j < gr->nwide; j++)
+    if (nms_suppress(corners + 4 * sel[gr->wide[j]], bi, iou)) return 1;
+  const double ab = gr->area[cand];
+  for (int64_t y = r[0]; y <= r[2]; y++)
+    for (int64_t x = r[1]; x <= r[3]; x++) {
+      const int64_t c = y * gr->gx + x;
+      for (const nms_ent *e = gr->ent + gr->off[c], *end = gr->ent + gr->fill[c]; e < end; e++) {
+        const double *a = e->b;
+        /* boxes that do not overlap: nms_suppress's 0 at once */
+        if (!(a[0] < bi[2] && bi[0] < a[2] && a[1] < bi[3] && bi[1] < a[3])) continue;
+        if ((r[0] != r[2] || r[1] != r[3]) && /* the pair's cell */
+            (nms_cell(a[0] > bi[0] ? a[0] : bi[0], gr->y0, gr->iy, gr->gy) != y ||
+             nms_cell(a[1] > bi[1] ? a[1] : bi[1], gr->x0, gr->ix, gr->gx) != x))
+          continue;
+        if (nms_suppress_fin(a, bi, e->area, ab, iou)) return 1;
+      }
+    }
+  return 0;
+}
+
+/* Box cand, selected at slot, into the grid (or the wide list). */
+static void nms_grid_insert(nms_grid *gr, const double *corners, int64_t cand, int64_t slot) {
+  const double *bi = corners + 4 * cand;
+  int64_t r[4];
+  if (!nms_cells(gr, bi, r)) {
+    gr->wide[gr->nwide++] = slot;
+    return;
+  }
+  for (int64_t y = r[0]; y <= r[2]; y++)
+    for (int64_t x = r[1]; x <= r[3]; x++)
+      gr->ent[gr->fill[y * gr->gx + x]++] = (nms_ent){{bi[0], bi[1], bi[2], bi[3]}, gr->area[cand]};
+}
+
+/* The reference kernel compares each candidate with every selected box;
+ * the fast one (grid = 1) with those of nms_grid_hit. Same selection. */
+static nbl_status k_nms_run(nbl_kctx *c, int grid) {
   nbl_status st;
   if ((st = need_input(c, 0, "boxes")) || (st = need_input(c, 1, "scores"))) return st;
   const nbl_rt_tensor *Bx = c->in[0], *Sc = c->in[1], *Mx = in_at(c, 2), *Iou = in_at(c, 3), *Th = in_at(c, 4);
@@ -124,24 +273,42 @@ static nbl_status k_nms(nbl_kctx *c) {
   nms_cand *cand = malloc(sizeof(nms_cand) * (size_t)(ns + 1));
   int64_t *sel = malloc(sizeof(int64_t) * (size_t)(ns + 1)), cap = 64, nsel = 0;
   int64_t *res = malloc(sizeof(int64_t) * (size_t)cap * 3);
-  if (!bx || !sc || !corners || !cand || !sel || !res) {
+  nms_grid gr = {0};
+  if (grid) {
+    gr.wide = malloc(sizeof(int64_t) * (size_t)(ns + 1));
+    gr.area = malloc(sizeof(double) * (size_t)(ns + 1));
+  }
+  if (!bx || !sc || !corners || !cand || !sel || !res || (grid && (!gr.wide || !gr.area))) {
     st = oom(c);
     goto done;
   }
   for (int64_t b = 0; b < nb; b++) {
     for (int64_t i = 0; i < ns; i++) nms_box(bx + (b * ns + i) * 4, center, corners + 4 * i);
+    for (int64_t i = 0; grid && i < ns; i++) {
+      const double *o = corners + 4 * i;
+      gr.area[i] = (o[2] - o[0]) * (o[3] - o[1]);
+    }
     for (int64_t k = 0; k < nc && maxout > 0; k++) {
       const double *s = sc + (b * nc + k) * ns;
       int64_t n = 0, m = 0;
       for (int64_t i = 0; i < ns; i++)
         if (!has_thr || s[i] > thr) cand[n].score = s[i], cand[n].idx = i, n++;
       qsort(cand, (size_t)n, sizeof *cand, nms_cmp);
+      if (grid && !nms_grid_init(&gr, corners, cand, n)) {
+        st = oom(c);
+        goto done;
+      }
       for (int64_t i = 0; i < n && m < maxout; i++) {
         const double *bi = corners + 4 * cand[i].idx;
         int keep = 1;
-        for (int64_t j = 0; j < m && keep; j++)
-          if (nms_suppress(corners + 4 * sel[j], bi, iou)) keep = 0;
+        if (grid) {
+          keep = !nms_grid_hit(&gr, corners, sel, m, cand[i].idx, iou);
+        } else {
+          for (int64_t j = 0; j < m && keep; j++)
+            if (nms_suppress(corners + 4 * sel[j], bi, iou)) keep = 0;
+        }
         if (!keep) continue;
+        if (grid) nms_grid_insert(&gr, corners, cand[i].idx, m);
         sel[m++] = cand[i].idx;
         if (nsel == cap) {
           int64_t *nr = realloc(res, sizeof(int64_t) * (size_t)cap * 6);
@@ -162,8 +329,12 @@ static nbl_status k_nms(nbl_kctx *c) {
   st = NBL_OK;
 done:
   free(bx), free(sc), free(corners), free(cand), free(sel), free(res);
+  free(gr.off), free(gr.ent), free(gr.wide), free(gr.area);
   return st;
 }
+
+static nbl_status k_nms(nbl_kctx *c) { return k_nms_run(c, 0); }
+static nbl_status k_nms_fast(nbl_kctx *c) { return k_nms_run(c, 1); }
 
 /* ------------------------------------------------------------------ GridSample */
 
@@ -602,7 +773,7 @@ static const nbl_op_adapter roialign_steps[] = {
 
 const nbl_op_def nbl_ops_misc[] = {
     NBL_OP("Det", 11, .ref = k_det, .shape = shape_det, .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .shape = shape_nms, .stable_since = 10,
+    NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .fast = k_nms_fast, .shape = shape_nms, .stable_since = 10,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("GridSample", 16, .ref = k_gridsample, .shape = shape_gridsample, .stable_since = 20,
         .adapters = gridsample_steps, .no_grad = "no rule yet"),

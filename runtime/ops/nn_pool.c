@@ -13,6 +13,7 @@
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/kernels/pool_f32.h"
 #include "runtime/kernels/simd16.h"
 #include "runtime/ops/elementwise.h"
 #include "runtime/ops/nn_pool.h"
@@ -552,6 +553,11 @@ static nbl_status k_pool_at(nbl_kctx *c, int kind, const nbl_rt_tensor *X, int o
     nbl_parallel_for(c, g.N * g.C, 1, maxpool2d_f32, &t);
     return NBL_OK;
   }
+  if (kind == POOL_AVG && dt == NBL_DT_FLOAT && !c->reference && g.ns == 2) {
+    nbl_avgpool_task t = {&g, X->data, Y->data, include_pad};
+    nbl_parallel_for(c, g.N * g.C, 1, nbl_avgpool2d_f32, &t);
+    return NBL_OK;
+  }
   int64_t *idx = with_idx ? nbl_kctx_out(c, o0 + 1)->data : NULL;
   if (kind == POOL_MAX && dt == NBL_DT_FLOAT && with_idx && !c->reference && g.ns == 2) {
     pool_idx_task t = {&g, X->data, Y->data, idx, storage_order, relu};
@@ -650,6 +656,9 @@ nbl_status nbl_relu_maxpool(nbl_kctx *c) {
 
 static nbl_status k_maxpool(nbl_kctx *c) { return k_pool(c, POOL_MAX); }
 static nbl_status k_avgpool(nbl_kctx *c) { return k_pool(c, POOL_AVG); }
+/* float32 2-D: the separable kernel of kernels/pool_f32.c (k_pool_at takes
+ * it when the session is not on the reference kernels); others as k_avgpool */
+static nbl_status k_avgpool_fast(nbl_kctx *c) { return k_pool(c, POOL_AVG); }
 static nbl_status k_lppool(nbl_kctx *c) { return k_pool(c, POOL_LP); }
 
 static nbl_status k_global_pool(nbl_kctx *c, int kind) {
@@ -871,7 +880,7 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
 
 const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_maxpool),
-    NBL_OP("AveragePool", 1, .ref = k_avgpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
+    NBL_OP("AveragePool", 1, .ref = k_avgpool, .fast = k_avgpool_fast, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
     NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .no_grad = "no rule yet"),
     NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .no_grad = "no rule yet"),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .no_grad = "no rule yet"),

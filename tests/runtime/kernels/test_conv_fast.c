@@ -117,6 +117,121 @@ static void check_conv(const ccase *c, int threads) {
   free(b);
 }
 
+/* Dilated convolutions and those with windows mostly in the padding (the
+ * per-tap products of conv_taps.c where they qualify, else the other
+ * paths), 1-D and 2-D, against a naive double loop: spatial dims in[],
+ * kernel k[], stride s[], dilation d[], pads pb[] / pe[]; weights constant
+ * (kept transposed in the node's cache: the second run reads them) or a
+ * graph input. Tolerance as check_conv's: 1e-5 of the sum of |products|
+ * (float sums in another order). */
+typedef struct dcase {
+  int ns;
+  int64_t N, C, M, in[2], k[2], s[2], d[2], pb[2], pe[2];
+  int bias, weights_input;
+} dcase;
+
+static void check_dilated(const dcase *c, int threads) {
+  const int ns = c->ns;
+  int64_t out[2] = {1, 1}, in[2] = {1, 1}, k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, pb[2] = {0, 0};
+  for (int i = 0; i < ns; i++) {
+    in[2 - ns + i] = c->in[i], k[2 - ns + i] = c->k[i], s[2 - ns + i] = c->s[i], d[2 - ns + i] = c->d[i];
+    pb[2 - ns + i] = c->pb[i];
+    out[2 - ns + i] = (c->in[i] + c->pb[i] + c->pe[i] - (c->k[i] - 1) * c->d[i] - 1) / c->s[i] + 1;
+  }
+  const int64_t isz = in[0] * in[1], osz = out[0] * out[1], ksz = k[0] * k[1];
+  const int64_t nx = c->N * c->C * isz, nw = c->M * c->C * ksz;
+  float *x = malloc(sizeof(float) * (size_t)(nx + 1)), *w = malloc(sizeof(float) * (size_t)nw);
+  float *b = malloc(sizeof(float) * (size_t)c->M);
+  for (int64_t i = 0; i < nx; i++) x[i] = frand();
+  for (int64_t i = 0; i < nw; i++) w[i] = frand();
+  for (int64_t i = 0; i < c->M; i++) b[i] = frand();
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  int64_t dx[4] = {c->N, c->C, c->in[0], c->in[1]}, dw[4] = {c->M, c->C, c->k[0], c->k[1]}, db[1] = {c->M};
+  nbl_id vx = nbl_graph_add_value(g, "x"), vw = nbl_graph_add_value(g, "w");
+  nbl_id vb = nbl_graph_add_value(g, "b"), vy = nbl_graph_add_value(g, "y");
+  nbl_type_set_tensor(m->arena, &g->values[vx].type, NBL_DT_FLOAT, 2 + ns, dx);
+  nbl_graph_add_input(g, vx);
+  nbl_host_tensor feeds[2];
+  memset(feeds, 0, sizeof feeds);
+  feeds[0] = (nbl_host_tensor){.name = "x", .dtype = NBL_DT_FLOAT, .rank = 2 + ns, .data = x,
+                               .nbytes = sizeof(float) * (size_t)nx};
+  memcpy(feeds[0].dims, dx, sizeof dx);
+  int nf = 1;
+  if (c->weights_input) {
+    nbl_type_set_tensor(m->arena, &g->values[vw].type, NBL_DT_FLOAT, 2 + ns, dw);
+    nbl_graph_add_input(g, vw);
+    feeds[1] = (nbl_host_tensor){.name = "w", .dtype = NBL_DT_FLOAT, .rank = 2 + ns, .data = w,
+                                 .nbytes = sizeof(float) * (size_t)nw};
+    memcpy(feeds[1].dims, dw, sizeof dw);
+    nf = 2;
+  } else {
+    nbl_graph_set_initializer(g, vw, nbl_tensor_new(m->arena, "w", NBL_DT_FLOAT, 2 + ns, dw, w));
+  }
+  nbl_graph_set_initializer(g, vb, nbl_tensor_new(m->arena, "b", NBL_DT_FLOAT, 1, db, b));
+  nbl_id ins[3] = {vx, vw, vb};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", "conv", c->bias ? 3 : 2, ins, 1, &vy);
+  int64_t pd[4] = {c->pb[0], c->pb[1], c->pe[0], c->pe[1]};
+  if (ns == 1) pd[1] = c->pe[0];
+  nbl_node_set_attr_ints(g, n, "strides", ns, c->s);
+  nbl_node_set_attr_ints(g, n, "dilations", ns, c->d);
+  nbl_node_set_attr_ints(g, n, "pads", 2 * ns, pd);
+  nbl_graph_add_output(g, vy);
+  nbl_session_options opt = {threads, 0, NULL, NULL};
+  nbl_session *ss = NULL;
+  ck_assert_msg(nbl_session_create(m, &opt, &ss) == NBL_OK, "%s", nbl_last_error());
+  for (int run = 0; run < 2; run++) {
+    const nbl_host_tensor *res = NULL;
+    ck_assert_msg(nbl_session_run(ss, nf, feeds, &res) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_uint_eq(res[0].nbytes, sizeof(float) * (size_t)(c->N * c->M * osz));
+    const float *y = res[0].data;
+    for (int64_t nn = 0; nn < c->N; nn++)
+      for (int64_t mm = 0; mm < c->M; mm++)
+        for (int64_t o = 0; o < osz; o++) {
+          const int64_t oh = o / out[1], ow = o % out[1];
+          double acc = c->bias ? b[mm] : 0.0, mag = fabs(acc);
+          for (int64_t cc = 0; cc < c->C; cc++)
+            for (int64_t kh = 0; kh < k[0]; kh++)
+              for (int64_t kw = 0; kw < k[1]; kw++) {
+                const int64_t ih = oh * s[0] - pb[0] + kh * d[0], iw = ow * s[1] - pb[1] + kw * d[1];
+                if (ih < 0 || ih >= in[0] || iw < 0 || iw >= in[1]) continue;
+                const double p = (double)x[((nn * c->C + cc) * in[0] + ih) * in[1] + iw] *
+                                 w[((mm * c->C + cc) * k[0] + kh) * k[1] + kw];
+                acc += p, mag += fabs(p);
+              }
+          const float got = y[(nn * c->M + mm) * osz + o];
+          ck_assert_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
+                        "%d-D C=%lld M=%lld dil %lld run %d threads %d: y[%lld,%lld,%lld] %g vs %g", ns,
+                        (long long)c->C, (long long)c->M, (long long)c->d[0], run, threads, (long long)nn,
+                        (long long)mm, (long long)o, got, acc);
+        }
+  }
+  nbl_session_free(ss);
+  nbl_model_free(m);
+  free(x), free(w), free(b);
+}
+
+START_TEST(test_conv_dilated) {
+  static const dcase cases[] = {
+      /* deeplabv3's atrous 3x3 (dilation 12, pads 12) at 14x14, smaller */
+      {2, 1, 40, 24, {14, 14}, {3, 3}, {1, 1}, {12, 12}, {12, 12}, {12, 12}, 1, 0},
+      {2, 2, 17, 9, {14, 13}, {3, 3}, {1, 1}, {12, 12}, {12, 12}, {12, 12}, 1, 1}, /* batch 2, weights input */
+      {2, 1, 16, 16, {28, 28}, {3, 3}, {1, 1}, {6, 6}, {6, 6}, {6, 6}, 0, 0},
+      {2, 1, 20, 18, {28, 28}, {3, 3}, {1, 1}, {2, 2}, {2, 2}, {2, 2}, 1, 0},
+      {2, 1, 16, 8, {11, 9}, {3, 2}, {2, 3}, {2, 4}, {3, 0}, {1, 5}, 1, 0},      /* strides, asymmetric */
+      {2, 1, 3, 8, {9, 9}, {3, 3}, {1, 1}, {1, 1}, {9, 9}, {9, 9}, 1, 0},        /* pads beyond the kernel, 3 channels */
+      {2, 1, 4, 5, {7, 7}, {3, 3}, {1, 1}, {3, 3}, {3, 3}, {3, 3}, 1, 0},        /* dilated, few channels: im2col */
+      {2, 1, 16, 4, {5, 6}, {3, 3}, {1, 1}, {2, 2}, {0, 0}, {0, 0}, 1, 0},       /* 1 x 2 outputs, no padding */
+      {2, 0, 16, 4, {9, 9}, {3, 3}, {1, 1}, {4, 4}, {4, 4}, {4, 4}, 1, 0},       /* empty batch */
+      {1, 1, 32, 12, {200}, {3}, {1}, {2}, {2}, {2}, 1, 0},                     /* 1-D, dilation 2 */
+      {1, 2, 16, 7, {23}, {5}, {2}, {3}, {4}, {7}, 0, 1},                       /* 1-D, strided */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_dilated(&cases[i], t);
+}
+END_TEST
+
 START_TEST(test_winograd) {
   static const ccase cases[] = {
       /* outputs over 64 pixels: smaller ones with constant weights take the
@@ -307,6 +422,7 @@ int main(void) {
   TCase *tc = tcase_create("all");
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_winograd);
+  tcase_add_test(tc, test_conv_dilated);
   tcase_add_test(tc, test_depthwise);
   tcase_add_test(tc, test_depthwise_blocked);
   tcase_add_test(tc, test_conv1x1);

@@ -321,6 +321,85 @@ START_TEST(test_nms_hand) {
 }
 END_TEST
 
+/* NonMaxSuppression's fast kernel (a grid of the selected boxes, misc.c)
+ * against the reference kernel (every candidate against every selected
+ * box): the same selected indices, in the same order, on random sets of
+ * boxes (uniform, clustered, duplicated, degenerate, flipped, huge ones
+ * over the whole extent, NaN and Inf corners, NaN scores), both box
+ * formats, IOU thresholds 0 to 1, with and without a score threshold,
+ * max_output_boxes_per_class from 1 to all, several batches and classes. */
+static uint32_t nms_rng = 2024;
+static float nms_u(void) { return (float)(td_xs32(&nms_rng) >> 8) / 16777216.0f; } /* [0, 1) */
+static int nms_center;
+static void a_nms_center(nbl_graph *g, nbl_id n) { nbl_node_set_attr_int(g, n, "center_point_box", nms_center); }
+
+START_TEST(test_nms_fast_vs_ref) {
+  const int64_t counts[] = {0, 1, 2, 7, 60, 500, 3000};
+  const float ious[] = {0.0f, 0.3f, 0.5f, 0.7f, 1.0f};
+  int runs = 0, selected = 0;
+  for (int ci = 0; ci < (int)(sizeof counts / sizeof counts[0]); ci++)
+    for (int kind = 0; kind < 6; kind++) {
+      const int64_t nb = kind == 2 ? 2 : 1, nc = kind == 3 ? 3 : 1, ns = counts[ci];
+      float *boxes = malloc(sizeof(float) * (size_t)(nb * ns * 4 + 1));
+      float *scores = malloc(sizeof(float) * (size_t)(nb * nc * ns + 1));
+      for (int64_t i = 0; i < nb * ns; i++) {
+        float *b = boxes + 4 * i;
+        /* kind 0 uniform, 1 clustered around 4 centers with duplicates,
+         * 2 flipped corners and zero areas, 3 sizes from tiny to the whole
+         * extent, 4 NaN and Inf corners among uniform ones, 5 a line of
+         * boxes of one size */
+        float y = nms_u() * 300, x = nms_u() * 300, h = 2 + nms_u() * 30, w = 2 + nms_u() * 30;
+        if (kind == 1) {
+          y = 50 + 60 * (float)(i % 4) + nms_u() * 8, x = 40 * (float)(i % 4) + nms_u() * 8;
+        }
+        if (kind == 3) {
+          float r = nms_u();
+          h *= r < 0.1f ? 20 : r < 0.3f ? 0.05f : 1, w *= r < 0.1f ? 20 : 1;
+        }
+        if (kind == 5) y = 10, x = (float)i * 3, h = w = 10;
+        b[0] = y, b[1] = x, b[2] = y + h, b[3] = x + w;
+        if (kind == 2 && i % 3 == 0) b[0] = y + h, b[2] = y;      /* flipped */
+        if (kind == 2 && i % 7 == 0) b[3] = b[1];                  /* zero width */
+        if (kind == 4 && i % 11 == 3) b[i % 4] = NAN;
+        if (kind == 4 && i % 13 == 5) b[(i + 1) % 4] = i % 2 ? INFINITY : -INFINITY;
+        if (kind == 1 && i % 5 == 1) memcpy(b, b - 4, sizeof(float) * 4);        /* duplicates */
+        if (kind == 1 && i % 5 == 2) memcpy(b, b - 4, sizeof(float) * 4), b[2] += 0.5f;
+      }
+      for (int64_t i = 0; i < nb * nc * ns; i++) {
+        scores[i] = nms_u();
+        if (kind == 1 && i % 9 == 0) scores[i] = 0.5f; /* ties: the lower index first */
+        if (kind == 4 && i % 17 == 2) scores[i] = NAN;
+      }
+      for (int variant = 0; variant < 10; variant++) {
+        nms_center = variant % 2;
+        int64_t mx = variant < 8 ? 1000000 : variant == 8 ? 1 : 5, d1[1] = {1};
+        float iou = ious[variant % 5], thr = 0.25f;
+        int64_t db[3] = {nb, ns, 4}, ds[3] = {nb, nc, ns};
+        nbl_host_tensor in[5] = {ht(NBL_DT_FLOAT, 3, db, boxes), ht(NBL_DT_FLOAT, 3, ds, scores),
+                                 ht(NBL_DT_INT64, 1, d1, &mx), ht(NBL_DT_FLOAT, 1, d1, &iou),
+                                 ht(NBL_DT_FLOAT, 1, d1, &thr)};
+        const int n_in = variant % 3 == 2 ? 5 : 4;
+        use_ref = 1;
+        nbl_host_tensor r = run1("NonMaxSuppression", 11, a_nms_center, n_in, in);
+        use_ref = 0;
+        nbl_host_tensor f = run1("NonMaxSuppression", 11, a_nms_center, n_in, in);
+        use_ref = 1;
+        ck_assert_int_eq(f.rank, 2);
+        ck_assert_msg(f.dims[0] == r.dims[0], "count %lld kind %d variant %d: %lld selected, reference %lld",
+                      (long long)ns, kind, variant, (long long)f.dims[0], (long long)r.dims[0]);
+        ck_assert_msg(r.nbytes == 0 || memcmp(f.data, r.data, r.nbytes) == 0,
+                      "count %lld kind %d variant %d: other indices", (long long)ns, kind, variant);
+        selected += (int)r.dims[0];
+        runs++;
+        free(f.data), free(r.data);
+      }
+      free(boxes), free(scores);
+    }
+  ck_assert_int_eq(runs, 7 * 6 * 10);
+  ck_assert_int_gt(selected, 20000); /* not all empty */
+}
+END_TEST
+
 /* ------------------------------------------------------------------ signal */
 
 static int periodic_flag;
@@ -596,6 +675,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_rnn_fast_vs_ref);
   tcase_add_test(tc, test_det_hand);
   tcase_add_test(tc, test_nms_hand);
+  tcase_add_test(tc, test_nms_fast_vs_ref);
   tcase_add_test(tc, test_windows_hand);
   tcase_add_test(tc, test_dft_hand);
   tcase_add_test(tc, test_stft_hand);

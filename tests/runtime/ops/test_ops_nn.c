@@ -388,6 +388,117 @@ START_TEST(test_maxpool_indices) {
 }
 END_TEST
 
+/* AveragePool's float kernel (kernels/pool_f32.c) against the reference
+ * kernel, on the attribute sets below (opset 19: dilations) and planes of
+ * several sizes, at 1 and 2 threads (and, as a capped test, at each ISA).
+ * The reference sums each window in double and rounds the mean to float;
+ * the fast kernel sums in float, rows then columns. So:
+ *   - on values that are multiples of 1/32 in [-2, 2] every float sum is
+ *     exact in any order, and float division of the exact sum by the count
+ *     rounds as the reference's double division then rounding does (double
+ *     rounding is harmless for division when 53 >= 2 * 24 + 2): equal bits
+ *     (NaN where the reference has NaN: windows with no counted position,
+ *     Inf and NaN inputs);
+ *   - on general floats the float sum of n terms is within (n - 1) 2^-24
+ *     sum |x| of the exact one, and each side rounds its mean once more:
+ *     |fast - ref| <= n 2^-24 mean|x| + 2^-23 |ref|, with mean|x| over the
+ *     window taken from the reference kernel on |x|. */
+typedef struct avg_case {
+  int64_t k[2], s[2], d[2], p[4];
+  int ceil, incl;
+  const char *auto_pad;
+} avg_case;
+static const avg_case avg_cases[] = {
+    {{3, 3}, {1, 1}, {1, 1}, {0, 0, 0, 0}, 0, 0, NULL},     /* Inception's, unpadded */
+    {{3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 0, 0, NULL},     /* Inception's, padded */
+    {{3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 0, 1, NULL},
+    {{2, 2}, {2, 2}, {1, 1}, {0, 0, 0, 0}, 0, 0, NULL},
+    {{2, 2}, {2, 2}, {1, 1}, {0, 0, 0, 0}, 1, 0, NULL},     /* ceil_mode: partial windows on odd planes */
+    {{3, 3}, {2, 2}, {1, 1}, {1, 1, 1, 1}, 1, 1, NULL},     /* windows past the end padding */
+    {{3, 2}, {1, 1}, {1, 1}, {2, 0, 1, 2}, 0, 0, NULL},     /* pads above kernel / 2, asymmetric */
+    {{2, 2}, {1, 1}, {1, 1}, {2, 2, 2, 2}, 0, 0, NULL},     /* windows all padding: NaN */
+    {{2, 2}, {1, 1}, {1, 1}, {2, 2, 2, 2}, 0, 1, NULL},     /* ... counted: 0 */
+    {{2, 3}, {1, 3}, {2, 2}, {0, 2, 1, 0}, 0, 0, NULL},     /* dilations, column stride 3 */
+    {{3, 3}, {1, 1}, {3, 2}, {3, 2, 3, 2}, 0, 1, NULL},
+    {{3, 3}, {2, 1}, {2, 2}, {1, 1, 0, 2}, 1, 0, NULL},
+    {{5, 7}, {1, 1}, {1, 1}, {2, 3, 2, 3}, 0, 0, NULL},     /* a wide window */
+    {{1, 1}, {1, 1}, {1, 1}, {0, 0, 0, 0}, 0, 0, NULL},
+    {{3, 3}, {1, 1}, {1, 1}, {0, 0, 0, 0}, 0, 0, "SAME_UPPER"},
+    {{4, 4}, {2, 3}, {1, 1}, {0, 0, 0, 0}, 0, 1, "SAME_LOWER"},
+    {{3, 2}, {2, 2}, {1, 1}, {0, 0, 0, 0}, 0, 0, "VALID"},
+    {{9, 11}, {1, 1}, {1, 1}, {0, 0, 0, 0}, 0, 0, NULL},    /* the whole plane of 9 x 11: 1 x 1 */
+};
+static const avg_case *cur_avg;
+static void attr_avg(nbl_graph *g, nbl_id n) {
+  const avg_case *a = cur_avg;
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, a->k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, a->s);
+  nbl_node_set_attr_ints(g, n, "dilations", 2, a->d);
+  if (a->auto_pad) nbl_node_set_attr_string(g, n, "auto_pad", a->auto_pad);
+  else nbl_node_set_attr_ints(g, n, "pads", 4, a->p);
+  nbl_node_set_attr_int(g, n, "ceil_mode", a->ceil);
+  nbl_node_set_attr_int(g, n, "count_include_pad", a->incl);
+}
+
+START_TEST(test_avgpool_fast) {
+  const int64_t shapes[][4] = {{2, 3, 13, 11}, {1, 2, 9, 70}, {1, 1, 4, 37}, {1, 5, 35, 35},
+                               {1, 1, 1, 1},   {0, 3, 8, 8},  {1, 2, 9, 11}, {3, 1, 2, 17}};
+  const int nsh = (int)(sizeof shapes / sizeof shapes[0]);
+  const int nca = (int)(sizeof avg_cases / sizeof avg_cases[0]);
+  int compared = 0;
+  for (int sh = 0; sh < nsh; sh++) {
+    const int64_t *d = shapes[sh];
+    const int64_t n = d[0] * d[1] * d[2] * d[3];
+    float *xe = malloc(sizeof(float) * (size_t)(n + 1)), *xr = frandv(n), *xa = malloc(sizeof(float) * (size_t)(n + 1));
+    for (int64_t i = 0; i < n; i++) {
+      xe[i] = (float)((i * 37 + sh) % 129 - 64) / 32.0f;
+      xa[i] = fabsf(xr[i]);
+    }
+    if (n > 40) xe[17] = NAN, xe[n - 3] = INFINITY, xe[n / 2] = -INFINITY;
+    for (int ca = 0; ca < nca; ca++) {
+      cur_avg = &avg_cases[ca];
+      for (int data = 0; data < 2; data++) {
+        const float *x = data ? xr : xe;
+        nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)}, r, a, f;
+        nbl_status rs = run_node("AveragePool", 19, attr_avg, 1, in, 1, &r, 1, 1);
+        for (int threads = 1; threads <= 2; threads++) {
+          nbl_status fs = run_node("AveragePool", 19, attr_avg, 1, in, 1, &f, 0, threads);
+          ck_assert_msg(fs == rs, "shape %d case %d: fast status %d, reference %d (%s)", sh, ca, fs, rs,
+                        nbl_last_error());
+          if (rs != NBL_OK) continue;
+          ck_assert_uint_eq(f.nbytes, r.nbytes);
+          for (int i = 0; i < 4; i++) ck_assert_int_eq(f.dims[i], r.dims[i]);
+          const float *fy = f.data, *ry = r.data;
+          if (data) {
+            in[0].data = xa;
+            ck_assert(run_node("AveragePool", 19, attr_avg, 1, in, 1, &a, 1, 1) == NBL_OK);
+            in[0].data = (void *)x;
+          }
+          const int64_t nk = cur_avg->k[0] * cur_avg->k[1];
+          for (size_t i = 0; i < f.nbytes / 4; i++) {
+            if (!data) {
+              ck_assert_msg(memcmp(&fy[i], &ry[i], 4) == 0 || (isnan(fy[i]) && isnan(ry[i])),
+                            "shape %d case %d, %d threads, elem %zu: %.9g vs %.9g", sh, ca, threads, i, fy[i], ry[i]);
+            } else {
+              const double tol = (double)nk * ldexp(((float *)a.data)[i], -24) + ldexp(fabs(ry[i]), -23);
+              ck_assert_msg(fabs((double)fy[i] - ry[i]) <= tol || (isnan(fy[i]) && isnan(ry[i])),
+                            "shape %d case %d, %d threads, random elem %zu: %.9g vs %.9g (tol %g)", sh, ca, threads,
+                            i, fy[i], ry[i], tol);
+            }
+          }
+          if (data) free(a.data);
+          free(f.data);
+          compared++;
+        }
+        if (rs == NBL_OK) free(r.data);
+      }
+    }
+    free(xe), free(xr), free(xa);
+  }
+  ck_assert_int_ge(compared, 400); /* most cases run on most shapes */
+}
+END_TEST
+
 START_TEST(test_pooling_hand) {
   /* x = [[1,2,3],[4,NaN,6],[7,8,9]], kernel 2 stride 2, pads top/left 1 -> 2x2 windows:
    * (0,0): {1}; (0,1): {2,3}; (1,0): {4,7}; (1,1): {NaN,6,8,9} */
@@ -605,6 +716,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_pooling_hand);
   tcase_add_test(tc, test_maxpool_vector);
   tcase_add_test(tc, test_maxpool_indices);
+  tcase_add_test(tc, test_avgpool_fast);
   tcase_add_test(tc, test_batchnorm_layernorm_hand);
   tcase_add_test(tc, test_einsum_hand);
   tcase_add_test(tc, test_quantize_hand);

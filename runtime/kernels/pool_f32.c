@@ -1,0 +1,163 @@
+/* pool_f32.c - FP32 2-D average pooling (pool_f32.h): separable window
+ * sums, rows first, then columns, 8 lanes at a time where AVX runs. */
+#include "runtime/kernels/pool_f32.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/core/cpu.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* The window positions of output o along spatial dim i that count: those
+ * inside [0, in), or with include_pad inside the padded [-pb, in + pe) (a
+ * ceil_mode window may reach past the end padding: those positions never
+ * count, as in the reference kernel). */
+static int64_t win_count(const nbl_conv_geom *g, int i, int64_t o, int include_pad) {
+  const int64_t lo = include_pad ? -g->pb[i] : 0, hi = include_pad ? g->in[i] + g->pe[i] : g->in[i];
+  int64_t n = 0;
+  for (int64_t k = 0; k < g->k[i]; k++) {
+    const int64_t p = o * g->s[i] - g->pb[i] + k * g->d[i];
+    n += p >= lo && p < hi;
+  }
+  return n;
+}
+
+/* a[i] += b[i], i < n */
+static void add_row_c(float *restrict a, const float *restrict b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+/* y[i] = (r[i] + r[i + d] + ... + r[i + (k - 1) d]) / (rc cc[i]), i < n,
+ * added left to right (the AVX loop below in the same order) */
+static void hsum_div_c(float *restrict y, const float *r, int64_t n, int64_t k, int64_t d, const float *cc,
+                       float rc) {
+  for (int64_t i = 0; i < n; i++) {
+    float s = r[i];
+    for (int64_t j = 1; j < k; j++) s += r[i + j * d];
+    y[i] = s / (rc * cc[i]);
+  }
+}
+
+#if defined(__x86_64__)
+/* The lanes l < n (n < 8) of an 8-lane mask, for the tails. */
+__attribute__((target("avx2"))) static inline __m256i tail8(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+__attribute__((target("avx2"))) static void add_row_avx2(float *a, const float *b, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  if (i < n) { /* masked: no scalar tail on rows of a few dozen columns */
+    const __m256i m = tail8(n - i);
+    _mm256_maskstore_ps(a + i, m, _mm256_add_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m)));
+  }
+}
+__attribute__((target("avx2"))) static void hsum_div_avx2(float *y, const float *r, int64_t n, int64_t k, int64_t d,
+                                                          const float *cc, float rc) {
+  const __m256 vr = _mm256_set1_ps(rc);
+  for (int64_t i = 0; i < n; i += 8) {
+    /* the tail lanes masked (loads of 0 there, 0 / 0 not stored) */
+    const __m256i m = n - i >= 8 ? _mm256_set1_epi32(-1) : tail8(n - i);
+    __m256 s = _mm256_maskload_ps(r + i, m);
+    for (int64_t j = 1; j < k; j++) s = _mm256_add_ps(s, _mm256_maskload_ps(r + i + j * d, m));
+    _mm256_maskstore_ps(y + i, m, _mm256_div_ps(s, _mm256_mul_ps(vr, _mm256_maskload_ps(cc + i, m))));
+  }
+}
+#endif
+
+/* The same sums without row buffers (out of memory): per output, the column
+ * sums of the window (0 in the padding) in kw order, each over kh. */
+static void avgpool_direct(const nbl_avgpool_task *t, int64_t begin, int64_t end) {
+  const nbl_conv_geom *g = t->g;
+  const int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  for (int64_t q = begin; q < end; q++) {
+    const float *xp = t->x + q * H * W;
+    float *yp = t->y + q * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      const float rc = (float)win_count(g, 0, oh, t->include_pad);
+      for (int64_t ow = 0; ow < OW; ow++) {
+        float s = 0.0f;
+        for (int64_t kw = 0; kw < g->k[1]; kw++) {
+          const int64_t iw = ow * g->s[1] - g->pb[1] + kw * g->d[1];
+          float cs = 0.0f;
+          int first = 1;
+          for (int64_t kh = 0; kh < g->k[0] && iw >= 0 && iw < W; kh++) {
+            const int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+            if (ih < 0 || ih >= H) continue;
+            cs = first ? xp[ih * W + iw] : cs + xp[ih * W + iw];
+            first = 0;
+          }
+          s = kw ? s + cs : cs;
+        }
+        yp[oh * OW + ow] = s / (rc * (float)win_count(g, 1, ow, t->include_pad));
+      }
+    }
+  }
+}
+
+void nbl_avgpool2d_f32(void *arg, int64_t begin, int64_t end) {
+  const nbl_avgpool_task *t = arg;
+  const nbl_conv_geom *g = t->g;
+  const int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t pl = g->pb[1], KW = g->k[1], sw = g->s[1], dw = g->d[1];
+  if (OH <= 0 || OW <= 0) return;
+  /* columns of the padded row: every window column in range; the padding
+   * stays 0 */
+  int64_t Wp = (OW - 1) * sw + (KW - 1) * dw + 1;
+  if (Wp < pl + W) Wp = pl + W;
+  float *row = calloc((size_t)(Wp + OW), sizeof(float)), *cc = row ? row + Wp : NULL;
+  if (!row) {
+    avgpool_direct(t, begin, end);
+    return;
+  }
+  for (int64_t ow = 0; ow < OW; ow++) cc[ow] = (float)win_count(g, 1, ow, t->include_pad);
+  int avx2 = 0;
+#if defined(__x86_64__)
+  avx2 = nbl_cpu_has(NBL_CPU_AVX2);
+#endif
+  for (int64_t q = begin; q < end; q++) {
+    const float *xp = t->x + q * H * W;
+    float *yp = t->y + q * OH * OW;
+    for (int64_t oh = 0; oh < OH; oh++) {
+      float *mid = row + pl; /* the input columns */
+      int first = 1;
+      for (int64_t kh = 0; kh < g->k[0]; kh++) {
+        const int64_t ih = oh * g->s[0] - g->pb[0] + kh * g->d[0];
+        if (ih < 0 || ih >= H) continue;
+        if (first) {
+          memcpy(mid, xp + ih * W, sizeof(float) * (size_t)W);
+          first = 0;
+        } else {
+#if defined(__x86_64__)
+          if (avx2) {
+            add_row_avx2(mid, xp + ih * W, W);
+            continue;
+          }
+#endif
+          add_row_c(mid, xp + ih * W, W);
+        }
+      }
+      if (first) memset(mid, 0, sizeof(float) * (size_t)W);
+      const float rc = (float)win_count(g, 0, oh, t->include_pad);
+      float *yr = yp + oh * OW;
+      if (sw == 1) {
+#if defined(__x86_64__)
+        if (avx2) {
+          hsum_div_avx2(yr, row, OW, KW, dw, cc, rc);
+          continue;
+        }
+#endif
+        hsum_div_c(yr, row, OW, KW, dw, cc, rc);
+      } else { /* strided: few outputs per row, each its own short sum */
+        for (int64_t ow = 0; ow < OW; ow++) {
+          const float *r = row + ow * sw;
+          float s = r[0];
+          for (int64_t kw = 1; kw < KW; kw++) s += r[kw * dw];
+          yr[ow] = s / (rc * cc[ow]);
+        }
+      }
+    }
+  }
+  free(row);
+}
