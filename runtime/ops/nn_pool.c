@@ -842,6 +842,22 @@ static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* GlobalMaxPool: dY to the elements equal to their plane's maximum, split
+ * evenly among ties (as ReduceMax's rule and PyTorch's amax). */
+static nbl_status g_gmaxpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (r < 3 || r > NBL_MAX_RANK) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
+  int64_t axes[NBL_MAX_RANK];
+  for (int k = 2; k < r; k++) axes[k - 2] = k;
+  nbl_id m = nbl_grad_un(gc, "Cast", nbl_grad_bin(gc, "Equal", X, nbl_grad_y(gc, 0)));
+  nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, X));
+  nbl_id share = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_reduce_sum(gc, m, r - 2, axes, 1));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", m, share));
+  return nbl_grad_status(gc);
+}
+
 /* MaxUnpool: output_shape (input 2) when it is known, else each spatial dim
  * (in - 1) * stride + kernel - pads, the transposed window. */
 static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
@@ -883,7 +899,7 @@ const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("AveragePool", 1, .ref = k_avgpool, .fast = k_avgpool_fast, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
     NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .no_grad = "no rule yet"),
     NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .grad = g_gmaxpool),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
         .stable_since = 1, .grad = g_gavgpool),
     NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .no_grad = "no rule yet"),

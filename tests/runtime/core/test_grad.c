@@ -32,6 +32,15 @@ static void expect_fd_kink(fd_case *c, const char *what) {
   ck_assert_msg(e <= 1e-4, "%s: relative error %.3e > 1e-4", what, e);
 }
 
+/* A float64 parameter with the given values (ties for the extremes). */
+static nbl_id fd_param_data(fd_case *c, int rank, const int64_t *dims, const double *data) {
+  nbl_id v = fd_f64(c, rank, dims, data);
+  c->is_param[c->n_in - 1] = 1;
+  size_t l = strlen(c->trainable);
+  snprintf(c->trainable + l, sizeof c->trainable - l, "%s%s", l ? ";" : "", c->g->values[v].name);
+  return v;
+}
+
 static void ints(fd_case *c, const char *name, int n, const int64_t *v) {
   nbl_node_set_attr_ints(c->g, c->node, name, n, v);
 }
@@ -310,6 +319,14 @@ START_TEST(test_fd_pooling) {
   fd_param(&c, D(2, 3, 4, 5));
   fd_node(&c, "GlobalAveragePool", 1);
   expect_fd(&c, "GlobalAveragePool");
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3, 4, 5));
+  fd_node(&c, "GlobalMaxPool", 1);
+  expect_fd(&c, "GlobalMaxPool");
+  fd_begin(&c, 13);
+  fd_param_data(&c, D(1, 2, 2, 2), (double[]){1, 3, 3, 2, -1, -4, 0.5, -2});
+  fd_node(&c, "GlobalMaxPool", 1);
+  expect_fd_kink(&c, "GlobalMaxPool with a tie");
 }
 END_TEST
 
@@ -449,14 +466,6 @@ END_TEST
 
 /* ------------------------------------------------------------------ data movement */
 
-/* A float64 parameter with the given values (ties for the extremes). */
-static nbl_id fd_param_data(fd_case *c, int rank, const int64_t *dims, const double *data) {
-  nbl_id v = fd_f64(c, rank, dims, data);
-  c->is_param[c->n_in - 1] = 1;
-  size_t l = strlen(c->trainable);
-  snprintf(c->trainable + l, sizeof c->trainable - l, "%s%s", l ? ";" : "", c->g->values[v].name);
-  return v;
-}
 
 /* The rules of PRelu, Max/Min, the extremes with ties, Tile, DepthToSpace
  * and SpaceToDepth. At a tie the central difference of max(a, b) in a is
