@@ -496,6 +496,32 @@ static nbl_status g_gelu(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* HardSigmoid: dX = dY alpha where 0 < alpha x + beta < 1, strictly (PyTorch's
+ * hardsigmoid_backward: -3 < x < 3 for its alpha 1/6, beta 1/2), else 0; read
+ * from Y, which is that expression inside and 0 or 1 outside, and is kept
+ * for the backward anyway. */
+static nbl_status g_hardsigmoid(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  double alpha = nbl_attr_float(n, "alpha", 0.2f);
+  nbl_id y = gy0(gc);
+  nbl_id inside = gbin(gc, "And", gbin(gc, "Greater", y, gconst(gc, y, 0.0)), gbin(gc, "Less", y, gconst(gc, y, 1.0)));
+  nbl_id in[3] = {inside, gbin(gc, "Mul", gdy(gc), gconst(gc, y, alpha)), gconst(gc, y, 0.0)};
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "Where", "", 3, in));
+  return nbl_grad_status(gc);
+}
+
+/* HardSwish, y = x clamp(x/6 + 1/2, 0, 1): dX = dY times 0 below -3, x/3 + 1/2
+ * from -3 to 3 inclusive, 1 above (PyTorch's hardswish_backward, the same
+ * choices at the two kinks). */
+static nbl_status g_hardswish(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  nbl_id mid = gbin(gc, "Add", gbin(gc, "Div", x, gconst(gc, x, 3.0)), gconst(gc, x, 0.5));
+  nbl_id hi[3] = {gbin(gc, "Greater", x, gconst(gc, x, 3.0)), gconst(gc, x, 1.0), mid};
+  nbl_id d = nbl_grad_op(gc, "Where", "", 3, hi);
+  nbl_id lo[3] = {gbin(gc, "Less", x, gconst(gc, x, -3.0)), gconst(gc, x, 0.0), d};
+  return dx_times(gc, nbl_grad_op(gc, "Where", "", 3, lo));
+}
+
 /* Clip: dY passes where the input was not clipped (Y == X, bounds included,
  * as PyTorch's clamp); min and max get none. */
 static nbl_status g_clip(nbl_grad_ctx *gc) {
@@ -553,8 +579,8 @@ const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_leakyrelu),
     /* the slope broadcasts to X */
     NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_sigmoid),
-    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
-    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .no_grad = "no rule yet"),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_hardsigmoid),
+    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .grad = g_hardswish),
     NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_tanh),
     NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
     NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
