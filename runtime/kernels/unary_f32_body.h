@@ -14,9 +14,11 @@
 typedef float UF(vf) __attribute__((vector_size(UF_VN * 4)));
 typedef double UF(vd) __attribute__((vector_size(UF_VN * 8)));
 typedef int64_t UF(vl) __attribute__((vector_size(UF_VN * 8)));
+typedef uint64_t UF(vu) __attribute__((vector_size(UF_VN * 8)));
 #define vf UF(vf)
 #define vd UF(vd)
 #define vl UF(vl)
+#define vu UF(vu)
 #define UF_INL static inline __attribute__((always_inline))
 #define SPL(c) ((vd){0} + (c))
 
@@ -44,7 +46,7 @@ UF_INL vd UF(exp)(vd x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  vd s = (vd)(((vl)k << 52) + ((int64_t)1023 << 52));
+  vd s = (vd)(((vu)k << 52) + ((uint64_t)1023 << 52)); /* unsigned: n < 0 shifts too */
   return UF(sel)(x < -200.0, SPL(0.0), p * s);
 }
 
@@ -204,6 +206,7 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
 #undef UF_LOOP
 #undef SPL
 #undef UF_INL
+#undef vu
 #undef vl
 #undef vd
 #undef vf
