@@ -7,7 +7,8 @@
  * in elementwise.c, shared helpers in elementwise.h).
  *
  * Each op computes element by element: a float32 path with tight loops (the
- * fast path; Relu and Clip 8 lanes at a time) and a generic one in double,
+ * fast path; Relu and Clip 8 lanes at a time, the costly functions and
+ * activations in runtime/kernels/unary_f32.c) and a generic one in double,
  * int64 or uint64 through the kernel_util accessors (the reference path, and
  * the only path for the less common types). c->reference selects the generic
  * path for float32 too, so the two can be compared.
@@ -20,6 +21,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
+#include "runtime/kernels/unary_f32.h"
 #include "runtime/ops/elementwise.h"
 
 /* ------------------------------------------------------------------ unary ops */
@@ -89,9 +91,15 @@ static double un_f(int op, double x, const uparam *p) {
   case U_TRELU: return (x > p->a || isnan(x)) ? x : 0.0;
   case U_MISH: return x * tanh(softplus_d(x));
   case U_SHRINK: return x < -p->a ? x + p->b : x > p->a ? x - p->b : isnan(x) ? x : 0.0;
-  case U_GELU: return 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
-  case U_GELU_TANH:
-    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+  /* below 0 through erfc and e / (1 + e): 1 + erf and 1 + tanh cancel to
+   * nothing there (erf(-6) is -1 in double, Gelu(-10) is 7.6e-23) */
+  case U_GELU: return x < 0 ? 0.5 * x * erfc(-x * M_SQRT1_2) : 0.5 * x * (1.0 + erf(x * M_SQRT1_2));
+  case U_GELU_TANH: {
+    double u2 = 2.0 * sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x);
+    if (u2 >= 0) return x / (1.0 + exp(-u2));
+    double e = exp(u2);
+    return x * e / (1.0 + e);
+  }
   case U_CLIP: { /* numpy.clip: max first, then min (min > max gives max) */
     double t = x < p->a ? p->a : x;
     return t > p->b ? p->b : t;
@@ -168,12 +176,6 @@ static void un_generic(void *arg, int64_t b, int64_t e) {
     }                                             \
   } while (0)
 
-static inline float sigmoidf_(float v) {
-  if (v >= 0) return 1.0f / (1.0f + expf(-v));
-  float t = expf(v);
-  return t / (1.0f + t);
-}
-static inline float softplusf_(float v) { return v > 0 ? v + log1pf(expf(-v)) : log1pf(expf(v)); }
 static inline float clampf_(float v, float lo, float hi) {
   float t = v < lo ? lo : v;
   return t > hi ? hi : t;
@@ -216,11 +218,31 @@ static void clamp_f32(const float *x, float *y, int64_t b, int64_t e, float lo, 
 
 void nbl_relu_f32(const float *x, float *y, int64_t n) { clamp_f32(x, y, 0, n, 0.0f, INFINITY); }
 
+/* The ops of runtime/kernels/unary_f32.c; -1 for the others. */
+static int un_vec(int op) {
+  switch (op) {
+  case U_EXP: return NBL_UF_EXP;
+  case U_SIGMOID: return NBL_UF_SIGMOID;
+  case U_TANH: return NBL_UF_TANH;
+  case U_ERF: return NBL_UF_ERF;
+  case U_GELU: return NBL_UF_GELU;
+  case U_GELU_TANH: return NBL_UF_GELU_TANH;
+  case U_SOFTPLUS: return NBL_UF_SOFTPLUS;
+  case U_MISH: return NBL_UF_MISH;
+  case U_HSIGMOID: return NBL_UF_HARDSIGMOID;
+  case U_HSWISH: return NBL_UF_HARDSWISH;
+  default: return -1;
+  }
+}
+
 static void un_f32(void *arg, int64_t b, int64_t e) {
   const ujob *j = arg;
   const float *x = j->x->data;
   float *y = j->y->data;
   const float pa = (float)j->p.a, pb = (float)j->p.b, pg = (float)j->p.g;
+  int vk = un_vec(j->op);
+  /* the arguments are valid by construction: the status can only be OK */
+  if (vk >= 0 && nbl_unary_f32((nbl_uf32)vk, x + b, y + b, e - b, j->p.a, j->p.b) == NBL_OK) return;
   if (j->op == U_RELU) {
     clamp_f32(x, y, b, e, 0.0f, INFINITY);
     return;
@@ -234,28 +256,16 @@ static void un_f32(void *arg, int64_t b, int64_t e) {
   case U_NEG: F32_UN(-v); break;
   case U_RECIP: F32_UN(1.0f / v); break;
   case U_SQRT: F32_UN(sqrtf(v)); break;
-  case U_EXP: F32_UN(expf(v)); break;
   case U_LOG: F32_UN(logf(v)); break;
   case U_FLOOR: F32_UN(floorf(v)); break;
   case U_CEIL: F32_UN(ceilf(v)); break;
   case U_ROUND: F32_UN(nearbyintf(v)); break;
   case U_SIGN: F32_UN(v > 0 ? 1.0f : v < 0 ? -1.0f : v); break;
-  case U_ERF: F32_UN(erff(v)); break;
   case U_RELU: F32_UN(v < 0 ? 0.0f : v); break;
   case U_LEAKY: F32_UN(v < 0 ? pa * v : v); break;
-  case U_SIGMOID: F32_UN(sigmoidf_(v)); break;
-  case U_HSIGMOID: F32_UN(clampf_(pa * v + pb, 0.0f, 1.0f)); break;
-  case U_HSWISH: F32_UN(v * clampf_(v / 6.0f + 0.5f, 0.0f, 1.0f)); break;
-  case U_TANH: F32_UN(tanhf(v)); break;
   case U_ELU: F32_UN(v < 0 ? pa * (expf(v) - 1.0f) : v); break;
   case U_SELU: F32_UN(v <= 0 ? pg * (pa * expf(v) - pa) : pg * v); break;
-  case U_SOFTPLUS: F32_UN(softplusf_(v)); break;
   case U_SOFTSIGN: F32_UN(v / (1.0f + fabsf(v))); break;
-  case U_MISH: F32_UN(v * tanhf(softplusf_(v))); break;
-  case U_GELU: F32_UN(0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2))); break;
-  case U_GELU_TANH:
-    F32_UN(0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))));
-    break;
   case U_CLIP: F32_UN(clampf_(v, pa, pb)); break;
   default: /* the rest: double precision per element */
     for (int64_t i = b; i < e; i++) y[i] = (float)un_f(j->op, x[i], &j->p);
@@ -486,6 +496,32 @@ static nbl_status g_gelu(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* HardSigmoid: dX = dY alpha where 0 < alpha x + beta < 1, strictly (PyTorch's
+ * hardsigmoid_backward: -3 < x < 3 for its alpha 1/6, beta 1/2), else 0; read
+ * from Y, which is that expression inside and 0 or 1 outside, and is kept
+ * for the backward anyway. */
+static nbl_status g_hardsigmoid(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  double alpha = nbl_attr_float(n, "alpha", 0.2f);
+  nbl_id y = gy0(gc);
+  nbl_id inside = gbin(gc, "And", gbin(gc, "Greater", y, gconst(gc, y, 0.0)), gbin(gc, "Less", y, gconst(gc, y, 1.0)));
+  nbl_id in[3] = {inside, gbin(gc, "Mul", gdy(gc), gconst(gc, y, alpha)), gconst(gc, y, 0.0)};
+  nbl_grad_set_dx(gc, 0, nbl_grad_op(gc, "Where", "", 3, in));
+  return nbl_grad_status(gc);
+}
+
+/* HardSwish, y = x clamp(x/6 + 1/2, 0, 1): dX = dY times 0 below -3, x/3 + 1/2
+ * from -3 to 3 inclusive, 1 above (PyTorch's hardswish_backward, the same
+ * choices at the two kinks). */
+static nbl_status g_hardswish(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  nbl_id mid = gbin(gc, "Add", gbin(gc, "Div", x, gconst(gc, x, 3.0)), gconst(gc, x, 0.5));
+  nbl_id hi[3] = {gbin(gc, "Greater", x, gconst(gc, x, 3.0)), gconst(gc, x, 1.0), mid};
+  nbl_id d = nbl_grad_op(gc, "Where", "", 3, hi);
+  nbl_id lo[3] = {gbin(gc, "Less", x, gconst(gc, x, -3.0)), gconst(gc, x, 0.0), d};
+  return dx_times(gc, nbl_grad_op(gc, "Where", "", 3, lo));
+}
+
 /* Clip: dY passes where the input was not clipped (Y == X, bounds included,
  * as PyTorch's clamp); min and max get none. */
 static nbl_status g_clip(nbl_grad_ctx *gc) {
@@ -543,8 +579,8 @@ const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("LeakyRelu", 1, .ref = k_leakyrelu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_leakyrelu),
     /* the slope broadcasts to X */
     NBL_OP("Sigmoid", 1, .ref = k_sigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_sigmoid),
-    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
-    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .no_grad = "no rule yet"),
+    NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_hardsigmoid),
+    NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .grad = g_hardswish),
     NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_tanh),
     NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
     NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),

@@ -227,6 +227,10 @@ START_TEST(test_fd_unary) {
   unary("Cos", 13, -3, 3, NULL, 0, NULL, NULL);
   unary("Softplus", 13, -3, 3, NULL, 0, NULL, NULL);
   unary("Softsign", 13, -3, 3, NULL, 0, NULL, NULL);
+  /* both sides of the kinks (exactly at them: test_hard_activation_kinks) */
+  unary("HardSigmoid", 13, -4, 4, NULL, 0, NULL, NULL);
+  unary("HardSigmoid", 13, -4, 4, "alpha", 1.0 / 6, NULL, NULL);
+  unary("HardSwish", 14, -5, 5, NULL, 0, NULL, NULL);
   unary("Identity", 13, -1, 1, NULL, 0, NULL, NULL);
 }
 END_TEST
@@ -1147,6 +1151,48 @@ START_TEST(test_dropout_training) {
 }
 END_TEST
 
+/* HardSigmoid and HardSwish at and beside their kinks, where finite
+ * differences cannot decide: dX against PyTorch's backward formulas
+ * (hardsigmoid_backward: alpha where 0 < alpha x + beta < 1 strictly;
+ * hardswish_backward: 0 below -3, x/3 + 1/2 up to 3 inclusive, 1 above). */
+START_TEST(test_hard_activation_kinks) {
+  static const double xs[16] = {-4, -3.001, -3, -2.999, -2.5, -2.4999, -1, -0.0,
+                                0,  0.25,   1.5, 2.4999, 2.5, 2.999, 3, 3.001};
+  static const struct {
+    const char *op;
+    int opset;
+    double alpha; /* 0: the default 0.2 */
+  } cases[] = {{"HardSigmoid", 13, 0}, {"HardSigmoid", 13, 1.0 / 6}, {"HardSwish", 14, 0}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    fd_case c;
+    fd_begin(&c, cases[k].opset);
+    fd_const(&c, NBL_DT_DOUBLE, D(2, 8), xs);
+    fd_node(&c, cases[k].op, 1);
+    if (cases[k].alpha) attr_f(&c, "alpha", (float)cases[k].alpha);
+    ck_assert_msg(run_spec(c.m, "build-training{loss=mse,label=lab}") == NBL_OK, "%s", nbl_last_error());
+    grab g = {.n = 2, .names = {"y0", "x0_grad"}};
+    run_alg(c.m, &g, 1);
+    ck_assert_ptr_nonnull(g.v[0]);
+    ck_assert_ptr_nonnull(g.v[1]);
+    double a = (float)(cases[k].alpha ? cases[k].alpha : 0.2), b = 0.5;
+    int hs = !strcmp(cases[k].op, "HardSwish");
+    for (int i = 0; i < 16; i++) {
+      double x = xs[i], t = a * x + b, d;
+      if (hs)
+        d = x < -3 ? 0 : x <= 3 ? x / 3 + 0.5 : 1;
+      else
+        d = t > 0 && t < 1 ? a : 0;
+      double want = 2 * g.v[0][i] / 16 * d; /* mse against zeros: dL/dY = 2 Y / n */
+      ck_assert_msg(fabs(g.v[1][i] - want) <= 1e-15, "%s alpha %g at x = %.17g: dX %.17g, want %.17g", cases[k].op,
+                    a, x, g.v[1][i], want);
+    }
+    printf("%s%s: dX at the kinks as PyTorch's backward\n", cases[k].op, cases[k].alpha ? " (alpha 1/6)" : "");
+    for (int i = 0; i < 2; i++) free(g.v[i]);
+    fd_end(&c);
+  }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ bad input */
 
 static void expect_error(nbl_model *m, const char *spec, const char *needle) {
@@ -1326,6 +1372,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_lenet_training_model);
   tcase_add_test(t, test_every_optimizer_builds);
   tcase_add_test(t, test_quantize_int4_straight_through_and_pact);
+  tcase_add_test(t, test_hard_activation_kinks);
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
   tcase_add_test(t, test_gradient_op_fd);
