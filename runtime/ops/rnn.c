@@ -1,15 +1,18 @@
 /* runtime/ops/rnn.c - op family 'rnn': recurrent layers (RNN, GRU, LSTM) with
- * every activation, direction and layout (see kernel.h for the kernel
- * contract); the fast kernels run the input and hidden products on GEMM.
+ * every activation, direction and layout, and their backward ops (see
+ * kernel.h for the kernel contract); the fast kernels run the input and
+ * hidden products on GEMM.
  *
  * These kernels are reference kernels: inputs are converted to double, the
  * computation runs in double and the result is converted back to the output's
  * element type (float, double or float16). */
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -217,7 +220,10 @@ static nbl_status rnn_fast(nbl_kctx *c, const rnn_cfg *q) {
   return NBL_OK;
 }
 
-static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
+/* The inputs and attributes of an RNN/GRU/LSTM node (or its backward op,
+ * whose inputs 0-7 are the forward's), checked, into *q; acts holds the
+ * activations (q->acts points at it). */
+static nbl_status rnn_setup(nbl_kctx *c, rnn_kind kind, rnn_cfg *q, act_fn *acts) {
   static const char *const def_rnn[] = {"Tanh"};
   static const char *const def_gru[] = {"Sigmoid", "Tanh"};
   static const char *const def_lstm[] = {"Sigmoid", "Tanh", "Tanh"};
@@ -278,7 +284,6 @@ static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
                         (long long)b, (long long)l, (long long)S);
     }
   }
-  act_fn acts[6];
   if ((st = rnn_activations(c, per_dir, n_dir, acts,
                             kind == RK_RNN ? def_rnn : (kind == RK_GRU ? def_gru : def_lstm))))
     return st;
@@ -287,6 +292,22 @@ static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
   int lbr = kind == RK_GRU && nbl_attr_int(c->node, "linear_before_reset", 0) != 0;
   int input_forget = kind == RK_LSTM && nbl_attr_int(c->node, "input_forget", 0) != 0;
 
+  *q = (rnn_cfg){kind, G, n_dir, rev_only, layout, lbr, input_forget, S, Bt, I, H, clip, acts, per_dir,
+                 X, W, R, B, SL, H0, C0, P};
+  return NBL_OK;
+}
+
+static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
+  rnn_cfg cfg = {0};
+  act_fn acts[6];
+  nbl_status st = rnn_setup(c, kind, &cfg, acts);
+  if (st) return st;
+  const int G = cfg.G, n_dir = cfg.n_dir, rev_only = cfg.rev_only, layout = cfg.layout, lbr = cfg.lbr,
+            input_forget = cfg.input_forget, per_dir = cfg.per_dir;
+  const int64_t S = cfg.S, Bt = cfg.Bt, I = cfg.I, H = cfg.H;
+  const double clip = cfg.clip;
+  const nbl_rt_tensor *X = cfg.X, *W = cfg.W, *R = cfg.R, *B = cfg.B, *SL = cfg.SL, *H0 = cfg.H0, *C0 = cfg.C0,
+                      *P = cfg.P;
   int64_t ydims[4], hdims[3];
   if (layout) {
     ydims[0] = Bt, ydims[1] = S, ydims[2] = n_dir, ydims[3] = H;
@@ -298,11 +319,7 @@ static nbl_status k_rnn_common(nbl_kctx *c, rnn_kind kind, int fast) {
   if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, ydims))) return st;
   if (c->n_out > 1 && (st = nbl_kctx_alloc_out(c, 1, X->dtype, 3, hdims))) return st;
   if (kind == RK_LSTM && c->n_out > 2 && (st = nbl_kctx_alloc_out(c, 2, X->dtype, 3, hdims))) return st;
-  if (fast && X->dtype == NBL_DT_FLOAT) {
-    rnn_cfg q = {kind, G, n_dir, rev_only, layout, lbr, input_forget, S, Bt, I, H, clip, acts, per_dir,
-                 X, W, R, B, SL, H0, C0, P};
-    return rnn_fast(c, &q);
-  }
+  if (fast && X->dtype == NBL_DT_FLOAT) return rnn_fast(c, &cfg);
 
   double *x = nbl_to_f64(X), *w = nbl_to_f64(W), *r = nbl_to_f64(R), *bb = B ? nbl_to_f64(B) : NULL,
          *h0 = H0 ? nbl_to_f64(H0) : NULL, *c0 = C0 ? nbl_to_f64(C0) : NULL, *p = P ? nbl_to_f64(P) : NULL;
@@ -406,6 +423,296 @@ static nbl_status k_rnn_fast(nbl_kctx *c) { return k_rnn_common(c, RK_RNN, 1); }
 static nbl_status k_gru_fast(nbl_kctx *c) { return k_rnn_common(c, RK_GRU, 1); }
 static nbl_status k_lstm_fast(nbl_kctx *c) { return k_rnn_common(c, RK_LSTM, 1); }
 
+/* ------------------------------------------------------------------ backward ops */
+
+/* f'(x) of an activation (at the clipped pre-activation x). */
+static double act_deriv(const act_fn *a, double x) {
+  switch (a->kind) {
+  case ACT_SIGMOID: {
+    double s = act_apply(a, x);
+    return s * (1.0 - s);
+  }
+  case ACT_TANH: {
+    double t = tanh(x);
+    return 1.0 - t * t;
+  }
+  case ACT_RELU: return x > 0 ? 1.0 : 0.0;
+  case ACT_AFFINE: return a->alpha;
+  case ACT_LEAKYRELU: return x >= 0 ? 1.0 : a->alpha;
+  case ACT_THRESHRELU: return x > a->alpha ? 1.0 : 0.0;
+  case ACT_SCALEDTANH: {
+    double t = tanh(a->beta * x);
+    return a->alpha * a->beta * (1.0 - t * t);
+  }
+  case ACT_HARDSIGMOID: {
+    double v = a->alpha * x + a->beta;
+    return v > 0 && v < 1 ? a->alpha : 0.0;
+  }
+  case ACT_ELU: return x >= 0 ? 1.0 : a->alpha * exp(x);
+  case ACT_SOFTSIGN: return 1.0 / ((1.0 + fabs(x)) * (1.0 + fabs(x)));
+  case ACT_SOFTPLUS: return x > 30 ? 1.0 : 1.0 / (1.0 + exp(-x));
+  }
+  return 1.0;
+}
+
+/* d f(clip(v)) / dv: 0 where the clip cut v. */
+static double act_dclip(const act_fn *a, double v, double clip) {
+  if (clip > 0 && (v < -clip || v > clip)) return 0.0;
+  return act_deriv(a, v);
+}
+
+/* RNNGrad / GRUGrad / LSTMGrad (ai.nibble 1): the forward's inputs 0-7 (X,
+ * W, R, B, sequence_lens, initial_h, initial_c, P; the last two LSTM's),
+ * then the gradients of its outputs (Y, Y_h, Y_c; each may be omitted:
+ * zero) -> the gradients of X, W, R, B, initial_h, initial_c, P (each
+ * optional). The forward is recomputed in double for each direction and
+ * batch element (its states and gate pre-activations kept), then
+ * backpropagated through time; steps past a sequence's length take no
+ * gradient, as they produce none. */
+static nbl_status k_rnn_grad_common(nbl_kctx *c, rnn_kind kind) {
+  rnn_cfg q = {0};
+  act_fn acts[6];
+  nbl_status st = rnn_setup(c, kind, &q, acts);
+  if (st) return st;
+  const int G = q.G, nd = q.n_dir, L = q.layout;
+  const int64_t S = q.S, Bt = q.Bt, I = q.I, H = q.H, GH = G * H;
+  const nbl_rt_tensor *dY = in_at(c, 8), *dYh = in_at(c, 9), *dYc = kind == RK_LSTM ? in_at(c, 10) : NULL;
+  const int64_t ys = S * nd * Bt * H, hs = nd * Bt * H;
+  if ((dY && (dY->dtype != q.X->dtype || dY->numel != ys)) || (dYh && (dYh->dtype != q.X->dtype || dYh->numel != hs)) ||
+      (dYc && (dYc->dtype != q.X->dtype || dYc->numel != hs)))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "an output gradient does not have its output's shape and type");
+  const nbl_rt_tensor *fw[8] = {q.X, q.W, q.R, q.B, NULL, q.H0, q.C0, q.P};
+  static const int out_of_in[7] = {0, 1, 2, 3, 5, 6, 7};
+  double *g[7] = {0}, *in[8] = {0}, *gy = NULL, *gyh = NULL, *gyc = NULL;
+  for (int k = 0; k < 8; k++)
+    if (fw[k] && !(in[k] = nbl_to_f64(fw[k]))) st = oom(c);
+  if (!st && dY && !(gy = nbl_to_f64(dY))) st = oom(c);
+  if (!st && dYh && !(gyh = nbl_to_f64(dYh))) st = oom(c);
+  if (!st && dYc && !(gyc = nbl_to_f64(dYc))) st = oom(c);
+  for (int k = 0; k < 7 && !st; k++) {
+    const nbl_rt_tensor *src = fw[out_of_in[k]];
+    if (k >= c->n_out || !c->out[k]) continue;
+    if (!src) {
+      st = nbl_kerr(c, NBL_ERR_INVALID_MODEL, "output %d asks for the gradient of an omitted input", k);
+      break;
+    }
+    if ((st = nbl_kctx_alloc_out(c, k, q.X->dtype, src->rank, src->dims))) break;
+    if (!(g[k] = calloc((size_t)(src->numel ? src->numel : 1), sizeof(double)))) st = oom(c);
+  }
+  /* per step: states before it, gate pre-activations (and GRU's recurrent candidate term) */
+  const int64_t SS = S > 0 ? S : 1;
+  double *hp = malloc(sizeof(double) * (size_t)(SS * H + 1)), *cp = malloc(sizeof(double) * (size_t)(SS * H + 1)),
+         *vv = malloc(sizeof(double) * (size_t)(SS * GH + 1)), *qq = malloc(sizeof(double) * (size_t)(SS * H + 1)),
+         *cn = malloc(sizeof(double) * (size_t)(SS * H + 1)), *h = malloc(sizeof(double) * (size_t)(H + 1)),
+         *cs = malloc(sizeof(double) * (size_t)(H + 1)), *dh = malloc(sizeof(double) * (size_t)(H + 1)),
+         *dc = malloc(sizeof(double) * (size_t)(H + 1)), *dv = malloc(sizeof(double) * (size_t)(GH + 1)),
+         *dhp = malloc(sizeof(double) * (size_t)(H + 1)), *tmp = malloc(sizeof(double) * (size_t)(H + 1));
+  if (!st && (!hp || !cp || !vv || !qq || !cn || !h || !cs || !dh || !dc || !dv || !dhp || !tmp)) st = oom(c);
+  for (int d = 0; d < nd && !st; d++) {
+    const int reverse = q.rev_only || d == 1;
+    const double *wd = in[1] + (size_t)d * GH * I, *rd = in[2] + (size_t)d * GH * H;
+    const double *wb = in[3] ? in[3] + (size_t)d * 2 * GH : NULL, *rb = wb ? wb + GH : NULL;
+    const double *pd = in[7] ? in[7] + (size_t)d * 3 * H : NULL;
+    double *gW = g[1] ? g[1] + (size_t)d * GH * I : NULL, *gR = g[2] ? g[2] + (size_t)d * GH * H : NULL;
+    double *gB = g[3] ? g[3] + (size_t)d * 2 * GH : NULL, *gP = g[6] ? g[6] + (size_t)d * 3 * H : NULL;
+    const act_fn *af = &q.acts[d * q.per_dir];
+    const double clip = q.clip;
+    for (int64_t b = 0; b < Bt; b++) {
+      const int64_t len = q.SL ? nbl_rt_get_i64(q.SL, b) : S;
+      const size_t sidx = L ? (size_t)((b * nd + d) * H) : (size_t)((d * Bt + b) * H);
+#define XAT(t) (in[0] + (L ? (size_t)((b * S + (t)) * I) : (size_t)(((t) * Bt + b) * I)))
+#define YAT(t) (L ? (size_t)((((b * S + (t)) * nd) + d) * H) : (size_t)((((t) * nd + d) * Bt + b) * H))
+      for (int64_t j = 0; j < H; j++) {
+        h[j] = in[5] ? in[5][sidx + j] : 0.0;
+        cs[j] = in[6] ? in[6][sidx + j] : 0.0;
+      }
+      for (int64_t s = 0; s < len; s++) { /* forward, keeping what the backward needs */
+        const int64_t t = reverse ? len - 1 - s : s;
+        const double *xt = XAT(t);
+        double *v = vv + s * GH;
+        memcpy(hp + s * H, h, sizeof(double) * (size_t)H);
+        memcpy(cp + s * H, cs, sizeof(double) * (size_t)H);
+        for (int64_t k = 0; k < GH; k++) {
+          double ax = wb ? wb[k] + rb[k] : 0.0;
+          for (int64_t i = 0; i < I; i++) ax += wd[k * I + i] * xt[i];
+          if (!(kind == RK_GRU && k >= 2 * H)) /* GRU's candidate: its recurrent term below */
+            for (int64_t i = 0; i < H; i++) ax += rd[k * H + i] * h[i];
+          v[k] = ax;
+        }
+        if (kind == RK_RNN) {
+          for (int64_t j = 0; j < H; j++) h[j] = act_apply(&af[0], clipv(v[j], clip));
+        } else if (kind == RK_GRU) {
+          for (int64_t j = 0; j < H; j++) {
+            const double r = act_apply(&af[0], clipv(v[H + j], clip));
+            double a = rb ? rb[2 * H + j] : 0.0;
+            if (q.lbr) {
+              for (int64_t i = 0; i < H; i++) a += rd[(2 * H + j) * H + i] * h[i];
+              qq[s * H + j] = a; /* R_h h + Rb_h, which r scales */
+              v[2 * H + j] = v[2 * H + j] - (rb ? rb[2 * H + j] : 0.0) + r * a;
+            } else {
+              for (int64_t i = 0; i < H; i++) a += rd[(2 * H + j) * H + i] * act_apply(&af[0], clipv(v[H + i], clip)) * h[i];
+              v[2 * H + j] = v[2 * H + j] - (rb ? rb[2 * H + j] : 0.0) + a;
+            }
+          }
+          for (int64_t j = 0; j < H; j++) {
+            const double z = act_apply(&af[0], clipv(v[j], clip)), hc = act_apply(&af[1], clipv(v[2 * H + j], clip));
+            tmp[j] = (1.0 - z) * hc + z * h[j];
+          }
+          memcpy(h, tmp, sizeof(double) * (size_t)H);
+        } else {
+          for (int64_t j = 0; j < H; j++) {
+            if (pd) {
+              v[j] += pd[j] * cs[j];
+              v[2 * H + j] += pd[2 * H + j] * cs[j];
+            }
+            const double gi = act_apply(&af[0], clipv(v[j], clip));
+            const double gf = q.input_forget ? 1.0 - gi : act_apply(&af[0], clipv(v[2 * H + j], clip));
+            const double gc = act_apply(&af[1], clipv(v[3 * H + j], clip));
+            const double cnew = gf * cs[j] + gi * gc;
+            if (pd) v[H + j] += pd[H + j] * cnew;
+            cn[s * H + j] = cs[j] = cnew;
+            h[j] = act_apply(&af[0], clipv(v[H + j], clip)) * act_apply(&af[2], cnew);
+          }
+        }
+      }
+      for (int64_t j = 0; j < H; j++) {
+        dh[j] = gyh ? gyh[sidx + j] : 0.0;
+        dc[j] = gyc ? gyc[sidx + j] : 0.0;
+      }
+      for (int64_t s = len - 1; s >= 0; s--) { /* back through time */
+        const int64_t t = reverse ? len - 1 - s : s;
+        const double *xt = XAT(t), *v = vv + s * GH, *hq = hp + s * H, *cq = cp + s * H;
+        if (gy)
+          for (int64_t j = 0; j < H; j++) dh[j] += gy[YAT(t) + j];
+        for (int64_t j = 0; j < H; j++) dhp[j] = 0.0;
+        if (kind == RK_RNN) {
+          for (int64_t j = 0; j < H; j++) dv[j] = dh[j] * act_dclip(&af[0], v[j], clip);
+        } else if (kind == RK_GRU) {
+          for (int64_t j = 0; j < H; j++) {
+            const double z = act_apply(&af[0], clipv(v[j], clip)), r = act_apply(&af[0], clipv(v[H + j], clip));
+            const double hc = act_apply(&af[1], clipv(v[2 * H + j], clip));
+            dhp[j] += dh[j] * z;
+            dv[j] = dh[j] * (hq[j] - hc) * act_dclip(&af[0], v[j], clip);
+            dv[2 * H + j] = dh[j] * (1.0 - z) * act_dclip(&af[1], v[2 * H + j], clip);
+            tmp[j] = r; /* r, for the candidate's recurrent term */
+          }
+          for (int64_t j = 0; j < H; j++) dv[H + j] = 0.0;
+          for (int64_t j = 0; j < H; j++) { /* the candidate's recurrent term */
+            const double dvh = dv[2 * H + j];
+            if (q.lbr) { /* vh = ... + r_j (R_h h + Rb_h)_j */
+              dv[H + j] += dvh * qq[s * H + j];
+              const double dq = dvh * tmp[j];
+              if (gB) gB[GH + 2 * H + j] += dq;
+              for (int64_t i = 0; i < H; i++) {
+                if (gR) gR[(2 * H + j) * H + i] += dq * hq[i];
+                dhp[i] += dq * rd[(2 * H + j) * H + i];
+              }
+            } else { /* vh = ... + (R_h (r . h))_j + Rb_h */
+              if (gB) gB[GH + 2 * H + j] += dvh;
+              for (int64_t i = 0; i < H; i++) {
+                if (gR) gR[(2 * H + j) * H + i] += dvh * tmp[i] * hq[i];
+                const double du = dvh * rd[(2 * H + j) * H + i];
+                dv[H + i] += du * hq[i]; /* dr_i, before r's derivative */
+                dhp[i] += du * tmp[i];
+              }
+            }
+          }
+          for (int64_t j = 0; j < H; j++) dv[H + j] *= act_dclip(&af[0], v[H + j], clip);
+        } else {
+          for (int64_t j = 0; j < H; j++) {
+            const double gi = act_apply(&af[0], clipv(v[j], clip));
+            const double gf = q.input_forget ? 1.0 - gi : act_apply(&af[0], clipv(v[2 * H + j], clip));
+            const double gc = act_apply(&af[1], clipv(v[3 * H + j], clip));
+            const double go = act_apply(&af[0], clipv(v[H + j], clip)), c1 = cn[s * H + j];
+            const double dvo = dh[j] * act_apply(&af[2], c1) * act_dclip(&af[0], v[H + j], clip);
+            double dcn = dc[j] + dh[j] * go * act_deriv(&af[2], c1) + (pd ? dvo * pd[H + j] : 0.0);
+            double dgi = dcn * gc, dgf = dcn * cq[j];
+            const double dgc = dcn * gi;
+            if (q.input_forget) dgi -= dgf, dgf = 0.0;
+            const double dvi = dgi * act_dclip(&af[0], v[j], clip);
+            const double dvf = q.input_forget ? 0.0 : dgf * act_dclip(&af[0], v[2 * H + j], clip);
+            dv[j] = dvi, dv[H + j] = dvo, dv[2 * H + j] = dvf;
+            dv[3 * H + j] = dgc * act_dclip(&af[1], v[3 * H + j], clip);
+            dc[j] = dcn * gf + (pd ? dvi * pd[j] + dvf * pd[2 * H + j] : 0.0);
+            if (gP) {
+              gP[j] += dvi * cq[j];
+              gP[H + j] += dvo * c1;
+              gP[2 * H + j] += dvf * cq[j];
+            }
+          }
+        }
+        double *gx = g[0] ? g[0] + (XAT(t) - in[0]) : NULL;
+        for (int64_t k = 0; k < GH; k++) {
+          const double e = dv[k];
+          if (e == 0.0) continue;
+          if (gB) {
+            gB[k] += e;
+            if (!(kind == RK_GRU && k >= 2 * H)) gB[GH + k] += e;
+          }
+          for (int64_t i = 0; i < I; i++) {
+            if (gW) gW[k * I + i] += e * xt[i];
+            if (gx) gx[i] += e * wd[k * I + i];
+          }
+          if (kind == RK_GRU && k >= 2 * H) continue; /* done above */
+          for (int64_t i = 0; i < H; i++) {
+            if (gR) gR[k * H + i] += e * hq[i];
+            dhp[i] += e * rd[k * H + i];
+          }
+        }
+        memcpy(dh, dhp, sizeof(double) * (size_t)H);
+      }
+      for (int64_t j = 0; j < H; j++) {
+        if (g[4]) g[4][sidx + j] = dh[j];
+        if (g[5]) g[5][sidx + j] = dc[j];
+      }
+#undef XAT
+#undef YAT
+    }
+  }
+  for (int k = 0; k < 7 && !st; k++)
+    if (g[k]) nbl_from_f64(nbl_kctx_out(c, k), g[k]);
+  for (int k = 0; k < 8; k++) free(in[k]);
+  for (int k = 0; k < 7; k++) free(g[k]);
+  free(gy), free(gyh), free(gyc), free(hp), free(cp), free(vv), free(qq), free(cn), free(h), free(cs);
+  free(dh), free(dc), free(dv), free(dhp), free(tmp);
+  return st;
+}
+
+static nbl_status k_rnn_grad(nbl_kctx *c) { return k_rnn_grad_common(c, RK_RNN); }
+static nbl_status k_gru_grad(nbl_kctx *c) { return k_rnn_grad_common(c, RK_GRU); }
+static nbl_status k_lstm_grad(nbl_kctx *c) { return k_rnn_grad_common(c, RK_LSTM); }
+
+/* RNN / GRU / LSTM: ai.nibble RNNGrad / GRUGrad / LSTMGrad on the node's
+ * inputs and its outputs' gradients, with its attributes. */
+static nbl_status g_recurrent(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_grad_no_dx(gc, 4, "sequence_lens are integers");
+  int want[7] = {0}, any = 0;
+  static const int in_of_out[7] = {0, 1, 2, 3, 5, 6, 7};
+  for (int k = 0; k < 7; k++) any |= want[k] = in_of_out[k] < nbl_grad_n_in(gc) && nbl_grad_wants(gc, in_of_out[k]);
+  if (!any) return nbl_grad_status(gc);
+  nbl_id in[11];
+  for (int k = 0; k < 8; k++) in[k] = k < nbl_grad_n_in(gc) ? nbl_grad_x(gc, k) : NBL_NONE;
+  for (int k = 0; k < 3; k++) in[8 + k] = k < nbl_grad_n_out(gc) ? nbl_grad_dy(gc, k) : NBL_NONE;
+  char op[16];
+  snprintf(op, sizeof op, "%sGrad", n->op_type);
+  nbl_id out[7];
+  nbl_grad_opn(gc, op, "ai.nibble", NULL, 11, in, 7, want, out);
+  nbl_grad_attr_copy(gc, NULL);
+  for (int k = 0; k < 7; k++)
+    if (want[k]) nbl_grad_set_dx(gc, in_of_out[k], out[k]);
+  return nbl_grad_status(gc);
+}
+
+/* The gradients: each output k has the shape and type of forward input
+ * 0, 1, 2, 3, 5, 6, 7. */
+static nbl_status shape_rnn_grad(nbl_shape_ctx *c) {
+  static const int in_of_out[7] = {0, 1, 2, 3, 5, 6, 7};
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < 7 && !st; k++) st = nbl_shp_copy_in(c, k, in_of_out[k]);
+  return st;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* RNN (G = 1), GRU (3), LSTM (4): X is [seq, batch, input] (layout 0) or
@@ -460,8 +767,11 @@ static nbl_status shape_lstm(nbl_shape_ctx *c) { return shape_recurrent(c, 4); }
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_rnn[] = {
-    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .shape = shape_rnn, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .shape = shape_gru, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .shape = shape_lstm, .stable_since = 7, .no_grad = "no rule yet"),
+    NBL_OP("RNN", 1, .ref = k_rnn, .fast = k_rnn_fast, .shape = shape_rnn, .stable_since = 7, .grad = g_recurrent),
+    NBL_OP("GRU", 1, .ref = k_gru, .fast = k_gru_fast, .shape = shape_gru, .stable_since = 7, .grad = g_recurrent),
+    NBL_OP("LSTM", 1, .ref = k_lstm, .fast = k_lstm_fast, .shape = shape_lstm, .stable_since = 7, .grad = g_recurrent),
+    NBL_OP_DEF("ai.nibble", "RNNGrad", 1, 1, .ref = k_rnn_grad, .shape = shape_rnn_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "GRUGrad", 1, 1, .ref = k_gru_grad, .shape = shape_rnn_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "LSTMGrad", 1, 1, .ref = k_lstm_grad, .shape = shape_rnn_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_rnn_count = sizeof nbl_ops_rnn / sizeof nbl_ops_rnn[0];

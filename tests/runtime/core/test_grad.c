@@ -705,6 +705,118 @@ START_TEST(test_fd_einsum) {
 }
 END_TEST
 
+/* RNN / GRU / LSTM (ai.nibble RNNGrad / GRUGrad / LSTMGrad: the forward
+ * recomputed, then back through time). The loss sees Y summed over time
+ * plus Y_h and, for LSTM, 0.7 Y_c, so every output's gradient is used;
+ * directions, layouts, biases, peepholes, initial states, sequence lengths
+ * (one of them 0), clip, input_forget, GRU's linear_before_reset and other
+ * activations. */
+typedef struct rnn_fd {
+  const char *op, *dir, *acts;
+  int layout, bias, init, peep, seqlens, lbr, input_forget;
+  float clip;
+} rnn_fd;
+
+static void rnn_case(const rnn_fd *k) {
+  const int G = !strcmp(k->op, "RNN") ? 1 : !strcmp(k->op, "GRU") ? 3 : 4, lstm = G == 4;
+  const int64_t S = 3, Bt = 2, I = 3, H = 2, nd = strcmp(k->dir, "bidirectional") ? 1 : 2;
+  fd_case c;
+  fd_begin(&c, 14);
+  if (k->layout) fd_param(&c, D(Bt, S, I));
+  else fd_param(&c, D(S, Bt, I));
+  fd_param(&c, D(nd, G * H, I));
+  fd_param(&c, D(nd, G * H, H));
+  if (k->bias) fd_param(&c, D(nd, 2 * G * H));
+  else fd_none(&c);
+  if (k->seqlens) fd_const(&c, NBL_DT_INT32, D(Bt), (int32_t[]){3, 0});
+  else fd_none(&c);
+  if (k->init) {
+    if (k->layout) fd_param(&c, D(Bt, nd, H));
+    else fd_param(&c, D(nd, Bt, H));
+  } else if (lstm && (k->init || k->peep)) {
+    fd_none(&c);
+  }
+  if (lstm && k->init) {
+    if (k->layout) fd_param(&c, D(Bt, nd, H));
+    else fd_param(&c, D(nd, Bt, H));
+  } else if (lstm && k->peep) {
+    fd_none(&c);
+  }
+  if (lstm && k->peep) fd_param(&c, D(nd, 3 * H));
+  while (c.n_in > 0 && c.in[c.n_in - 1] == NBL_NONE) c.n_in--;
+  fd_node(&c, k->op, lstm ? 3 : 2);
+  attr_i(&c, "hidden_size", H);
+  attr_s(&c, "direction", k->dir);
+  if (k->layout) attr_i(&c, "layout", 1);
+  if (k->clip > 0) attr_f(&c, "clip", k->clip);
+  if (k->lbr) attr_i(&c, "linear_before_reset", 1);
+  if (k->input_forget) attr_i(&c, "input_forget", 1);
+  if (k->acts) {
+    const char *names[6];
+    int n = 0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", k->acts);
+    for (char *t = strtok(buf, ","); t && n < 6; t = strtok(NULL, ",")) names[n++] = t;
+    nbl_attr *a = nbl_node_add_attr(c.g, c.node, "activations", NBL_ATTR_STRINGS);
+    a->n = n;
+    a->strings = nbl_arena_alloc(c.m->arena, sizeof(char *) * (size_t)n);
+    a->string_lens = nbl_arena_alloc(c.m->arena, sizeof(size_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+      a->strings[i] = nbl_arena_strdup(c.m->arena, names[i]);
+      a->string_lens[i] = strlen(names[i]);
+    }
+  }
+  /* the loss's input: sum over time of Y, + Y_h (+ 0.7 Y_c) */
+  const nbl_node *nd0 = &c.g->nodes[c.node];
+  nbl_id y = nd0->outputs[0], yh = nd0->outputs[1], yc = lstm ? nd0->outputs[2] : NBL_NONE;
+  /* constants of the loss's nodes (not inputs of the node under test) */
+  nbl_id ax = nbl_graph_add_value(c.g, "ax"), k7 = nbl_graph_add_value(c.g, "k7");
+  const int64_t one = 1, axv = k->layout ? 1 : 0;
+  const double sev = 0.7;
+  nbl_type_set_tensor(c.m->arena, &c.g->values[ax].type, NBL_DT_INT64, 1, &one);
+  nbl_graph_set_initializer(c.g, ax, nbl_tensor_new(c.m->arena, "ax", NBL_DT_INT64, 1, &one, &axv));
+  nbl_type_set_tensor(c.m->arena, &c.g->values[k7].type, NBL_DT_DOUBLE, 0, NULL);
+  nbl_graph_set_initializer(c.g, k7, nbl_tensor_new(c.m->arena, "k7", NBL_DT_DOUBLE, 0, NULL, &sev));
+  nbl_id ys = nbl_graph_add_value(c.g, "ysum"), t1 = nbl_graph_add_value(c.g, "t1"), out = t1;
+  nbl_id rin[2] = {y, ax};
+  nbl_id rs = nbl_graph_add_node(c.g, "ReduceSum", "", "rs", 2, rin, 1, &ys);
+  nbl_node_set_attr_int(c.g, rs, "keepdims", 0);
+  nbl_id ain[2] = {ys, yh};
+  nbl_graph_add_node(c.g, "Add", "", "a1", 2, ain, 1, &t1);
+  if (lstm) {
+    nbl_id m = nbl_graph_add_value(c.g, "m"), t2 = nbl_graph_add_value(c.g, "t2");
+    nbl_id min[2] = {yc, k7}, a2[2] = {t1, m};
+    nbl_graph_add_node(c.g, "Mul", "", "mc", 2, min, 1, &m);
+    nbl_graph_add_node(c.g, "Add", "", "a2", 2, a2, 1, &t2);
+    out = t2;
+  }
+  c.g->outputs[0] = out;
+  char what[160];
+  snprintf(what, sizeof what, "%s %s layout %d bias %d init %d peep %d seqlens %d lbr %d if %d clip %g %s", k->op,
+           k->dir, k->layout, k->bias, k->init, k->peep, k->seqlens, k->lbr, k->input_forget, k->clip,
+           k->acts ? k->acts : "");
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_recurrent) {
+  const rnn_fd cases[] = {
+      {"RNN", "forward", NULL, 0, 1, 1, 0, 0, 0, 0, 0},
+      {"RNN", "bidirectional", NULL, 1, 1, 0, 0, 1, 0, 0, 0},
+      {"RNN", "reverse", "Relu", 0, 0, 1, 0, 0, 0, 0, 0},
+      {"GRU", "forward", NULL, 0, 1, 1, 0, 0, 0, 0, 0},
+      {"GRU", "forward", NULL, 0, 1, 1, 0, 0, 1, 0, 0},
+      {"GRU", "bidirectional", NULL, 1, 1, 1, 0, 1, 0, 0, 0},
+      {"GRU", "reverse", "HardSigmoid,Softsign", 0, 1, 0, 0, 0, 1, 0, 0},
+      {"LSTM", "forward", NULL, 0, 1, 1, 1, 0, 0, 0, 0},
+      {"LSTM", "bidirectional", NULL, 1, 1, 1, 0, 1, 0, 0, 0},
+      {"LSTM", "reverse", NULL, 0, 0, 0, 1, 0, 0, 1, 0},
+      {"LSTM", "forward", NULL, 0, 1, 1, 1, 1, 0, 0, 0.9f},
+      {"LSTM", "forward", "Sigmoid,Tanh,Softsign", 0, 1, 0, 0, 0, 0, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) rnn_case(&cases[i]);
+}
+END_TEST
+
 START_TEST(test_fd_shape_ops) {
   fd_case c;
   fd_begin(&c, 13);
@@ -1381,6 +1493,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_resize);
   tcase_add_test(t, test_fd_gather_elements_topk);
   tcase_add_test(t, test_fd_einsum);
+  tcase_add_test(t, test_fd_recurrent);
   suite_add_tcase(s, t);
   return s;
 }
