@@ -222,6 +222,7 @@ typedef struct nbl_op_def {
 NBL_OP_FAMILY(elementwise)  /* runtime/ops/elementwise.c: arithmetic, compare, logic, Where, Max/Min/Sum/Mean */
 NBL_OP_FAMILY(elementwise_unary) /* runtime/ops/elementwise_unary.c: math functions, activations, Clip */
 NBL_OP_FAMILY(reduce)       /* runtime/ops/reduce.c: reductions, softmax, argmax, cumsum, topk */
+NBL_OP_FAMILY(loss)         /* runtime/ops/loss.c: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss */
 NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
 NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */
 NBL_OP_FAMILY(nn_norm)      /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */

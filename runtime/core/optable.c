@@ -13,6 +13,7 @@ static const struct {
     {nbl_ops_elementwise, &nbl_ops_elementwise_count},
     {nbl_ops_elementwise_unary, &nbl_ops_elementwise_unary_count},
     {nbl_ops_reduce, &nbl_ops_reduce_count},
+    {nbl_ops_loss, &nbl_ops_loss_count},
     {nbl_ops_nn, &nbl_ops_nn_count},
     {nbl_ops_nn_pool, &nbl_ops_nn_pool_count},
     {nbl_ops_nn_norm, &nbl_ops_nn_norm_count},
