@@ -348,7 +348,9 @@ static nbl_status k_celu(nbl_kctx *c) {
   float a = nbl_attr_float(c->node, "alpha", 1.0f);
   if (a == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'alpha' must not be 0");
   uparam p = {.a = a};
-  return unary_p(c, U_CELU, TM(NBL_DT_FLOAT), NBL_DT_UNDEFINED, &p);
+  /* ONNX types Celu float only; the other float types run the same formula
+   * (the float64 finite-difference test of its gradient rule needs double) */
+  return unary_p(c, U_CELU, T_F, NBL_DT_UNDEFINED, &p);
 }
 
 static nbl_status k_selu(nbl_kctx *c) {
@@ -474,6 +476,77 @@ static nbl_status g_softsign(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* The trigonometric and hyperbolic functions and their inverses. */
+static nbl_status g_tan(nbl_grad_ctx *gc) { /* 1 + tan^2 */
+  nbl_id y = gy0(gc);
+  return dx_times(gc, gbin(gc, "Add", gconst(gc, y, 1.0), gbin(gc, "Mul", y, y)));
+}
+static nbl_status g_sinh(nbl_grad_ctx *gc) { return dx_times(gc, nbl_grad_un(gc, "Cosh", gx(gc, 0))); }
+static nbl_status g_cosh(nbl_grad_ctx *gc) { return dx_times(gc, nbl_grad_un(gc, "Sinh", gx(gc, 0))); }
+/* dY / sqrt(s (1 - x^2)) (asin: s = 1; acos: the negative; asinh: sqrt(x^2 + 1);
+ * acosh: sqrt(x^2 - 1)), dY / (1 +- x^2) (atan, atanh) */
+static nbl_status dx_over(nbl_grad_ctx *gc, double c0, double cx, int root, int neg) {
+  nbl_id x = gx(gc, 0);
+  nbl_id d = gbin(gc, "Add", gconst(gc, x, c0), gbin(gc, "Mul", gconst(gc, x, cx), gbin(gc, "Mul", x, x)));
+  if (root) d = nbl_grad_un(gc, "Sqrt", d);
+  nbl_id g = gbin(gc, "Div", gdy(gc), d);
+  nbl_grad_set_dx(gc, 0, neg ? nbl_grad_un(gc, "Neg", g) : g);
+  return nbl_grad_status(gc);
+}
+static nbl_status g_asin(nbl_grad_ctx *gc) { return dx_over(gc, 1, -1, 1, 0); }
+static nbl_status g_acos(nbl_grad_ctx *gc) { return dx_over(gc, 1, -1, 1, 1); }
+static nbl_status g_atan(nbl_grad_ctx *gc) { return dx_over(gc, 1, 1, 0, 0); }
+static nbl_status g_asinh(nbl_grad_ctx *gc) { return dx_over(gc, 1, 1, 1, 0); }
+static nbl_status g_acosh(nbl_grad_ctx *gc) { return dx_over(gc, -1, 1, 1, 0); }
+static nbl_status g_atanh(nbl_grad_ctx *gc) { return dx_over(gc, 1, -1, 0, 0); }
+
+/* dX = dY Where(cond, t, f) */
+static nbl_status dx_where(nbl_grad_ctx *gc, nbl_id cond, nbl_id t, nbl_id f) {
+  nbl_id in[3] = {cond, t, f};
+  return dx_times(gc, nbl_grad_op(gc, "Where", "", 3, in));
+}
+/* The piecewise activations, on the branch the forward takes at the
+ * boundary: Elu (x < 0: alpha e^x = y + alpha), Selu (x <= 0: gamma alpha e^x
+ * = y + gamma alpha), Celu (x < 0: e^(x/alpha) = y / alpha + 1),
+ * ThresholdedRelu (1 where x > alpha), Shrink (1 outside [-lambd, lambd]). */
+static nbl_status g_elu(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0), y = gy0(gc);
+  double a = nbl_attr_float(nbl_grad_node(gc), "alpha", 1.0f);
+  return dx_where(gc, gbin(gc, "Less", x, gconst(gc, x, 0.0)), gbin(gc, "Add", y, gconst(gc, y, a)), gconst(gc, x, 1.0));
+}
+static nbl_status g_selu(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0), y = gy0(gc);
+  const nbl_node *n = nbl_grad_node(gc);
+  double a = nbl_attr_float(n, "alpha", 1.67326319217681884765625f), g = nbl_attr_float(n, "gamma", 1.05070102214813232421875f);
+  return dx_where(gc, gbin(gc, "LessOrEqual", x, gconst(gc, x, 0.0)), gbin(gc, "Add", y, gconst(gc, y, g * a)),
+                  gconst(gc, x, g));
+}
+static nbl_status g_celu(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0), y = gy0(gc);
+  double a = nbl_attr_float(nbl_grad_node(gc), "alpha", 1.0f);
+  nbl_id t = gbin(gc, "Add", gbin(gc, "Div", y, gconst(gc, y, a)), gconst(gc, y, 1.0));
+  return dx_where(gc, gbin(gc, "Less", x, gconst(gc, x, 0.0)), t, gconst(gc, x, 1.0));
+}
+static nbl_status g_thresholdedrelu(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  double a = nbl_attr_float(nbl_grad_node(gc), "alpha", 1.0f);
+  return dx_where(gc, gbin(gc, "Greater", x, gconst(gc, x, a)), gconst(gc, x, 1.0), gconst(gc, x, 0.0));
+}
+static nbl_status g_shrink(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  double l = nbl_attr_float(nbl_grad_node(gc), "lambd", 0.5f);
+  nbl_id out = gbin(gc, "Or", gbin(gc, "Less", x, gconst(gc, x, -l)), gbin(gc, "Greater", x, gconst(gc, x, l)));
+  return dx_where(gc, out, gconst(gc, x, 1.0), gconst(gc, x, 0.0));
+}
+/* Mish, y = x tanh(softplus(x)): y' = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x). */
+static nbl_status g_mish(nbl_grad_ctx *gc) {
+  nbl_id x = gx(gc, 0);
+  nbl_id t = nbl_grad_un(gc, "Tanh", nbl_grad_un(gc, "Softplus", x));
+  nbl_id sech2 = gbin(gc, "Sub", gconst(gc, x, 1.0), gbin(gc, "Mul", t, t));
+  nbl_id d = gbin(gc, "Add", t, gbin(gc, "Mul", gbin(gc, "Mul", x, sech2), nbl_grad_un(gc, "Sigmoid", x)));
+  return dx_times(gc, d);
+}
+
 /* A com.microsoft backward op (dY, v) -> dX with the forward's attributes. */
 static nbl_status dx_msop(nbl_grad_ctx *gc, const char *op, nbl_id v) {
   nbl_id in[2] = {gdy(gc), v};
@@ -555,15 +628,15 @@ const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("Sign", 9, .ref = k_sign, .shape = nbl_shape_same, .stable_since = 9, .grad = nbl_grad_zero),
     NBL_OP("Sin", 7, .ref = k_sin, .shape = nbl_shape_same, .stable_since = 7, .grad = g_sin),
     NBL_OP("Cos", 7, .ref = k_cos, .shape = nbl_shape_same, .stable_since = 7, .grad = g_cos),
-    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7, .no_grad = "no rule yet"),
-    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
-    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("Tan", 7, .ref = k_tan, .shape = nbl_shape_same, .stable_since = 7, .grad = g_tan),
+    NBL_OP("Asin", 7, .ref = k_asin, .shape = nbl_shape_same, .stable_since = 7, .grad = g_asin),
+    NBL_OP("Acos", 7, .ref = k_acos, .shape = nbl_shape_same, .stable_since = 7, .grad = g_acos),
+    NBL_OP("Atan", 7, .ref = k_atan, .shape = nbl_shape_same, .stable_since = 7, .grad = g_atan),
+    NBL_OP("Sinh", 9, .ref = k_sinh, .shape = nbl_shape_same, .stable_since = 9, .grad = g_sinh),
+    NBL_OP("Cosh", 9, .ref = k_cosh, .shape = nbl_shape_same, .stable_since = 9, .grad = g_cosh),
+    NBL_OP("Asinh", 9, .ref = k_asinh, .shape = nbl_shape_same, .stable_since = 9, .grad = g_asinh),
+    NBL_OP("Acosh", 9, .ref = k_acosh, .shape = nbl_shape_same, .stable_since = 9, .grad = g_acosh),
+    NBL_OP("Atanh", 9, .ref = k_atanh, .shape = nbl_shape_same, .stable_since = 9, .grad = g_atanh),
     NBL_OP("Erf", 9, .ref = k_erf, .shape = nbl_shape_same, .stable_since = 9, .grad = g_erf),
     NBL_OP("Not", 1, .ref = k_not, .shape = nbl_shape_same, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_BOOL),
@@ -582,15 +655,15 @@ const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("HardSigmoid", 1, .ref = k_hardsigmoid, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_hardsigmoid),
     NBL_OP("HardSwish", 14, .ref = k_hardswish, .shape = nbl_shape_same, .stable_since = 14, .grad = g_hardswish),
     NBL_OP("Tanh", 1, .ref = k_tanh, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_tanh),
-    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
-    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .no_grad = "no rule yet"),
-    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .stable_since = 12, .no_grad = "no rule yet"),
+    NBL_OP("Elu", 1, .ref = k_elu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_elu),
+    NBL_OP("Selu", 1, .ref = k_selu, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_selu),
+    NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .stable_since = 12, .grad = g_celu),
     NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softplus),
     NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softsign),
     NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same,
-        .stable_since = 10, .no_grad = "no rule yet"),
-    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18, .no_grad = "no rule yet"),
-    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .stable_since = 9, .no_grad = "no rule yet"),
+        .stable_since = 10, .grad = g_thresholdedrelu),
+    NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18, .grad = g_mish),
+    NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .stable_since = 9, .grad = g_shrink),
     NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20, .grad = g_gelu),
 };
 const size_t nbl_ops_elementwise_unary_count = sizeof nbl_ops_elementwise_unary / sizeof nbl_ops_elementwise_unary[0];

@@ -48,4 +48,19 @@ static inline void attr_s(fd_case *c, const char *name, const char *v) {
   nbl_node_set_attr_string(c->g, c->node, name, v);
 }
 
+/* A one-input op on a 2x3x4 parameter drawn from [lo, hi), with one float
+ * and one string attribute when named. */
+static inline void unary(const char *op, int opset, double lo, double hi, const char *attr, double av,
+                  const char *sattr, const char *sv) {
+  fd_case c;
+  fd_begin(&c, opset);
+  fd_param_range(&c, D(2, 3, 4), lo, hi);
+  fd_node(&c, op, 1);
+  if (attr) attr_f(&c, attr, (float)av);
+  if (sattr) attr_s(&c, sattr, sv);
+  char what[64];
+  snprintf(what, sizeof what, "%s%s%s", op, sv ? " " : "", sv ? sv : "");
+  expect_fd(&c, what);
+}
+
 #endif

@@ -161,19 +161,6 @@ END_TEST
 
 /* ------------------------------------------------------------------ elementwise */
 
-static void unary(const char *op, int opset, double lo, double hi, const char *attr, double av,
-                  const char *sattr, const char *sv) {
-  fd_case c;
-  fd_begin(&c, opset);
-  fd_param_range(&c, D(2, 3, 4), lo, hi);
-  fd_node(&c, op, 1);
-  if (attr) attr_f(&c, attr, (float)av);
-  if (sattr) attr_s(&c, sattr, sv);
-  char what[64];
-  snprintf(what, sizeof what, "%s%s%s", op, sv ? " " : "", sv ? sv : "");
-  expect_fd(&c, what);
-}
-
 START_TEST(test_fd_unary) {
   unary("Relu", 13, -1, 1, NULL, 0, NULL, NULL);
   unary("LeakyRelu", 13, -1, 1, "alpha", 0.1, NULL, NULL);

@@ -1,6 +1,7 @@
 /* test_grad_rules.c - the gradient rules of PRelu, Max/Min, ReduceMax/Min
  * with ties, Tile, DepthToSpace/SpaceToDepth, LRN, InstanceNormalization,
- * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU and LSTM, each
+ * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM and more
+ * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), each
  * against central finite differences in float64 through the whole generated
  * training graph (tests/train/grad_fd.h; the older rules are in
  * test_grad.c). */
@@ -359,6 +360,27 @@ START_TEST(test_fd_recurrent) {
 }
 END_TEST
 
+/* The trigonometric, hyperbolic and piecewise activations added on
+ * 2026-12-05 (ranges away from the kinks and the domains' edges). */
+START_TEST(test_fd_more_unary) {
+  unary("Tan", 13, -1.2, 1.2, NULL, 0, NULL, NULL);
+  unary("Asin", 13, -0.9, 0.9, NULL, 0, NULL, NULL);
+  unary("Acos", 13, -0.9, 0.9, NULL, 0, NULL, NULL);
+  unary("Atan", 13, -3, 3, NULL, 0, NULL, NULL);
+  unary("Sinh", 13, -2, 2, NULL, 0, NULL, NULL);
+  unary("Cosh", 13, -2, 2, NULL, 0, NULL, NULL);
+  unary("Asinh", 13, -3, 3, NULL, 0, NULL, NULL);
+  unary("Acosh", 13, 1.1, 3, NULL, 0, NULL, NULL);
+  unary("Atanh", 13, -0.9, 0.9, NULL, 0, NULL, NULL);
+  unary("Elu", 13, -2, 2, "alpha", 0.7, NULL, NULL);
+  unary("Selu", 13, -2, 2, NULL, 0, NULL, NULL);
+  unary("Celu", 13, -2, 2, "alpha", 1.5, NULL, NULL);
+  unary("ThresholdedRelu", 13, -2, 2, "alpha", 0.3, NULL, NULL);
+  unary("Shrink", 13, -2, 2, "lambd", 0.4, NULL, NULL);
+  unary("Mish", 18, -3, 3, NULL, 0, NULL, NULL);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -369,6 +391,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_gather_elements_topk);
   tcase_add_test(t, test_fd_einsum);
   tcase_add_test(t, test_fd_recurrent);
+  tcase_add_test(t, test_fd_more_unary);
   suite_add_tcase(s, t);
   return s;
 }
