@@ -1,5 +1,5 @@
 /* runtime/ops/grad_shape.c - op family 'grad_shape': backward ops of Gather and
- * Slice, GatherElements (and TopK) (forward ops in runtime/ops/shape_index.c,
+ * Slice, GatherElements (and TopK), GatherND (forward ops in runtime/ops/shape_index.c,
  * shape_strided.c, reduce.c) and of Resize (runtime/ops/shape_resize.c); kernel
  * contract in runtime/core/kernel.h.
  *
@@ -30,6 +30,14 @@
  *   outputs: dX (T, `shape`): zeros, then each dY element added where its
  *            index points along `axis` (repeats accumulate, in double)
  *   attributes: axis (int, default 0)
+ * GatherNDGrad (com.microsoft 1)
+ *   inputs:  shape (int64 1-D: the shape of GatherND's data input), indices
+ *            (int64, GatherND's), update (T float types: the gradient of
+ *            GatherND's output)
+ *   outputs: dX (T, `shape`): zeros, then each gathered slice's gradient
+ *            added back at its index tuple (repeats accumulate, in double;
+ *            negative indices count from the end, out of range is an error)
+ *   attributes: batch_dims (int, default 0)
  * ResizeGrad (ai.nibble 1)
  *   inputs:  dY (T float types, the Resize output's shape), shape (int64 1-D:
  *            the shape of Resize's input X), then Resize's own inputs from
@@ -209,6 +217,54 @@ static nbl_status k_gather_elements_grad(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ GatherNDGrad */
+
+static nbl_status k_gather_nd_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *S = grad_need(c, 0, "shape", &st), *I = S ? grad_need(c, 1, "indices", &st) : NULL;
+  const nbl_rt_tensor *U = I ? grad_need(c, 2, "update", &st) : NULL;
+  if (!U) return st;
+  int r;
+  int64_t xd[NBL_MAX_RANK];
+  if ((st = grad_shape_input(c, S, "shape", &r, xd)) || (st = grad_check_float(c, U, "update"))) return st;
+  if (I->dtype != NBL_DT_INT64 || I->rank < 1)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "indices must be an int64 tensor of rank >= 1");
+  const int64_t b = nbl_attr_int(c->node, "batch_dims", 0), k = I->dims[I->rank - 1];
+  if (b < 0 || b >= I->rank || b >= r || k < 1 || b + k > r)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "bad batch_dims %lld / index depth %lld for data rank %d", (long long)b,
+                    (long long)k, r);
+  int64_t batch = 1, per = 1, blk = 1, str[NBL_MAX_RANK];
+  for (int d = 0; d < b; d++) batch *= xd[d];
+  for (int d = (int)b; d < I->rank - 1; d++) per *= I->dims[d];
+  for (int d = (int)(b + k); d < r; d++) blk *= xd[d];
+  if (U->numel != batch * per * blk)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "update has %lld values; the indices gather %lld", (long long)U->numel,
+                    (long long)(batch * per * blk));
+  if ((st = nbl_kctx_alloc_out(c, 0, U->dtype, r, xd))) return st;
+  nbl_rt_tensor *dX = nbl_kctx_out(c, 0);
+  double *acc = calloc((size_t)(dX->numel ? dX->numel : 1), sizeof(double));
+  if (!acc) return grad_oom(c);
+  nbl_strides(r, xd, str);
+  const int64_t bstride = b > 0 ? str[b - 1] : 0;
+  for (int64_t bi = 0; bi < batch; bi++)
+    for (int64_t j = 0; j < per; j++) {
+      int64_t off = bi * bstride, base = (bi * per + j) * k;
+      for (int64_t t = 0; t < k; t++) {
+        int64_t v = nbl_rt_get_i64(I, base + t), dim = xd[b + t];
+        if (v < -dim || v >= dim) {
+          free(acc);
+          return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "index %lld out of range [%lld, %lld)", (long long)v,
+                          (long long)-dim, (long long)dim);
+        }
+        off += (v < 0 ? v + dim : v) * str[b + t];
+      }
+      for (int64_t e = 0; e < blk; e++) acc[off + e] += nbl_rt_get_f64(U, (bi * per + j) * blk + e);
+    }
+  for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, acc[i]);
+  free(acc);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ ResizeGrad */
 
 static nbl_status k_resize_grad(nbl_kctx *c) {
@@ -286,11 +342,14 @@ static nbl_status shape_slice_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(
 /* dX: shape from the values of input 1 (`shape`), type of dY (input 0). */
 static nbl_status shape_resize_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
 static nbl_status shape_gather_elements_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+/* dX: shape from the values of input 0 (`shape`), type of update (input 2). */
+static nbl_status shape_gather_nd_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 0, 2); }
 
 const nbl_op_def nbl_ops_grad_shape[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "GatherGrad", 1, 1, .ref = k_gather_grad, .shape = shape_gather_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "SliceGrad", 1, 1, .ref = k_slice_grad, .shape = shape_slice_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "GatherElementsGrad", 1, 1, .ref = k_gather_elements_grad, .shape = shape_gather_elements_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF(NBL_MS_DOMAIN, "GatherNDGrad", 1, 1, .ref = k_gather_nd_grad, .shape = shape_gather_nd_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF("ai.nibble", "ResizeGrad", 1, 1, .ref = k_resize_grad, .shape = shape_resize_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_shape_count = sizeof nbl_ops_grad_shape / sizeof nbl_ops_grad_shape[0];

@@ -791,6 +791,48 @@ static nbl_status g_gather_elements(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* GatherND: com.microsoft GatherNDGrad (shape of data, indices, dY). */
+static nbl_status g_gather_nd(nbl_grad_ctx *gc) {
+  nbl_grad_no_dx(gc, 1, "indices are integers");
+  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
+  nbl_id in[3] = {nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1), nbl_grad_dy(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "GatherNDGrad", "com.microsoft", 3, in);
+  nbl_grad_attr_int(gc, "batch_dims", nbl_grad_opset(gc, "") >= 12 ? nbl_attr_int(nbl_grad_node(gc), "batch_dims", 0) : 0);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* ScatterElements / ScatterND (reduction none or add): the updates' gradient
+ * is dY gathered at their indices; the data's is dY, with the positions the
+ * updates overwrote set to 0 (reduction none: ScatterElements / ScatterND of
+ * zeros into dY), or dY itself (add). Other reductions are refused. */
+static nbl_status g_scatter(nbl_grad_ctx *gc) {
+  const nbl_node *n = nbl_grad_node(gc);
+  const int nd = !strcmp(n->op_type, "ScatterND");
+  const char *red = nbl_grad_opset(gc, "") >= 16 ? nbl_attr_string(n, "reduction", "none") : "none";
+  nbl_grad_no_dx(gc, 1, "indices are integers");
+  if (strcmp(red, "none") && strcmp(red, "add"))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of reduction '%s': no rule yet", red);
+  nbl_id idx = nbl_grad_x(gc, 1), U = nbl_grad_x(gc, 2), dy = nbl_grad_dy(gc, 0);
+  const int64_t axis = nbl_attr_int(n, "axis", 0);
+  if (nbl_grad_wants(gc, 2)) {
+    nbl_id g = nbl_grad_bin(gc, nd ? "GatherND" : "GatherElements", dy, idx);
+    if (!nd) nbl_grad_attr_int(gc, "axis", axis);
+    nbl_grad_set_dx(gc, 2, g);
+  }
+  if (nbl_grad_wants(gc, 0)) {
+    if (!strcmp(red, "add")) {
+      nbl_grad_set_dx(gc, 0, dy);
+    } else {
+      nbl_id in[3] = {dy, idx, nbl_grad_zeros_like(gc, U)};
+      nbl_id g = nbl_grad_op(gc, n->op_type, "", 3, in);
+      if (!nd) nbl_grad_attr_int(gc, "axis", axis);
+      nbl_grad_set_dx(gc, 0, g);
+    }
+  }
+  return nbl_grad_status(gc);
+}
+
 /* Compress: with an axis, the input's shape with that dim the number of true
  * conditions among its first dim (known when the condition is constant);
  * without an axis, 1-D over the flattened input. */
@@ -858,12 +900,12 @@ const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1, .grad = g_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
         .stable_since = 11, .grad = g_gather_elements),
-    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .no_grad = "no rule yet"),
+    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .grad = g_gather_nd),
     NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
         .adapters = scatter_steps, .no_grad = "no rule yet"),
     NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same,
-        .stable_since = 11, .no_grad = "no rule yet"),
-    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .stable_since = 11, .no_grad = "no rule yet"),
+        .stable_since = 11, .grad = g_scatter),
+    NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .stable_since = 11, .grad = g_scatter),
     NBL_OP("NonZero", 9, .ref = k_nonzero, .shape = shape_nonzero, .stable_since = 9,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("OneHot", 9, .ref = k_onehot, .shape = shape_onehot, .stable_since = 9, .no_grad = "no rule yet"),

@@ -381,6 +381,53 @@ START_TEST(test_fd_more_unary) {
 }
 END_TEST
 
+/* GatherND (com.microsoft GatherNDGrad: repeats accumulate, negative
+ * indices, batch_dims), ScatterElements and ScatterND (reduction none: the
+ * overwritten data positions get no gradient; add: all of dY). */
+START_TEST(test_fd_gather_nd_scatter) {
+  fd_case c;
+  fd_begin(&c, 13);
+  fd_param(&c, D(3, 4));
+  fd_i64(&c, D(4, 2), (int64_t[]){0, 1, 2, 3, 0, 1, -1, 0});
+  fd_node(&c, "GatherND", 1);
+  expect_fd(&c, "GatherND tuples of 2, a repeat, a negative index");
+  fd_begin(&c, 13);
+  fd_param(&c, D(2, 3, 2));
+  fd_i64(&c, D(2, 2, 1), (int64_t[]){2, 0, 1, 1});
+  fd_node(&c, "GatherND", 1);
+  attr_i(&c, "batch_dims", 1);
+  expect_fd(&c, "GatherND batch_dims 1, slices");
+  const char *reds[2] = {"none", "add"};
+  for (int k = 0; k < 2; k++) {
+    char what[64];
+    fd_begin(&c, 16);
+    fd_param(&c, D(3, 4));
+    fd_i64(&c, D(2, 3), (int64_t[]){0, 2, 1, 1, 0, 2});
+    fd_param(&c, D(2, 3));
+    fd_node(&c, "ScatterElements", 1);
+    attr_i(&c, "axis", 0);
+    attr_s(&c, "reduction", reds[k]);
+    snprintf(what, sizeof what, "ScatterElements axis 0 reduction %s", reds[k]);
+    expect_fd(&c, what);
+    fd_begin(&c, 16);
+    fd_param(&c, D(4, 3));
+    fd_i64(&c, D(2, 1), (int64_t[]){3, 1});
+    fd_param(&c, D(2, 3));
+    fd_node(&c, "ScatterND", 1);
+    attr_s(&c, "reduction", reds[k]);
+    snprintf(what, sizeof what, "ScatterND rows, reduction %s", reds[k]);
+    expect_fd(&c, what);
+  }
+  fd_begin(&c, 13);
+  fd_param(&c, D(3, 4));
+  fd_i64(&c, D(3, 1), (int64_t[]){3, 0, 1});
+  fd_param(&c, D(3, 1));
+  fd_node(&c, "ScatterElements", 1);
+  attr_i(&c, "axis", 1);
+  expect_fd(&c, "ScatterElements axis 1 (opset 13)");
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -392,6 +439,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_einsum);
   tcase_add_test(t, test_fd_recurrent);
   tcase_add_test(t, test_fd_more_unary);
+  tcase_add_test(t, test_fd_gather_nd_scatter);
   suite_add_tcase(s, t);
   return s;
 }
