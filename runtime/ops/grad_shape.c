@@ -172,6 +172,13 @@ static nbl_status k_slice_grad(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ GatherElementsGrad */
 
+/* The sums kept in double written to dX (of dX's type), and freed. */
+static nbl_status acc_out(nbl_rt_tensor *dX, double *acc) {
+  for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, acc[i]);
+  free(acc);
+  return NBL_OK;
+}
+
 static nbl_status k_gather_elements_grad(nbl_kctx *c) {
   nbl_status st = NBL_OK;
   const nbl_rt_tensor *dY = grad_need(c, 0, "dY", &st), *S = dY ? grad_need(c, 1, "shape", &st) : NULL;
@@ -212,9 +219,7 @@ static nbl_status k_gather_elements_grad(nbl_kctx *c) {
       idx[d] = 0;
     }
   }
-  for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, acc[i]);
-  free(acc);
-  return NBL_OK;
+  return acc_out(dX, acc);
 }
 
 /* ------------------------------------------------------------------ GatherNDGrad */
@@ -260,9 +265,7 @@ static nbl_status k_gather_nd_grad(nbl_kctx *c) {
       }
       for (int64_t e = 0; e < blk; e++) acc[off + e] += nbl_rt_get_f64(U, (bi * per + j) * blk + e);
     }
-  for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, acc[i]);
-  free(acc);
-  return NBL_OK;
+  return acc_out(dX, acc);
 }
 
 /* ------------------------------------------------------------------ ResizeGrad */

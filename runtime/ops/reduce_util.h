@@ -1,23 +1,12 @@
 /* runtime/ops/reduce_util.h - what the families 'reduce' (runtime/ops/reduce.c)
- * and 'loss' (runtime/ops/loss.c) share: element-type masks, the first
- * input's check and the split of a shape around an axis range. Header-only
+ * and 'loss' (runtime/ops/loss.c) share beyond elementwise.h's type masks:
+ * the first input's check and the split of a shape around an axis range. Header-only
  * (static inline), internal to runtime/ops. */
 #ifndef NBL_OPS_REDUCE_UTIL_H
 #define NBL_OPS_REDUCE_UTIL_H
 
 #include "runtime/core/kernel.h"
-
-#define TM(dt) (1u << (dt))
-#define T_F (TM(NBL_DT_FLOAT) | TM(NBL_DT_DOUBLE) | TM(NBL_DT_FLOAT16) | TM(NBL_DT_BFLOAT16))
-#define T_S (TM(NBL_DT_INT8) | TM(NBL_DT_INT16) | TM(NBL_DT_INT32) | TM(NBL_DT_INT64))
-#define T_U (TM(NBL_DT_UINT8) | TM(NBL_DT_UINT16) | TM(NBL_DT_UINT32) | TM(NBL_DT_UINT64))
-#define T_B TM(NBL_DT_BOOL)
-#define T_NUM (T_F | T_S | T_U)
-
-static inline const char *in_name(const nbl_kctx *c, int i) {
-  if (i >= c->node->n_inputs || c->node->inputs[i] == NBL_NONE) return "?";
-  return c->graph->values[c->node->inputs[i]].name;
-}
+#include "runtime/ops/elementwise.h" /* the element-type masks, in_name */
 
 static inline nbl_status check_x(nbl_kctx *c, unsigned mask) {
   if (c->n_in < 1 || !c->in[0])

@@ -779,25 +779,18 @@ static nbl_status g_gather(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
-/* GatherElements: com.microsoft GatherElementsGrad (dY, shape of data,
- * indices): dY added back where the indices point. */
-static nbl_status g_gather_elements(nbl_grad_ctx *gc) {
+/* GatherElements and GatherND: com.microsoft GatherElementsGrad (dY, shape
+ * of data, indices; axis) and GatherNDGrad (shape of data, indices, dY;
+ * batch_dims, 0 before opset 12): dY added back where the indices point. */
+static nbl_status g_gather_like(nbl_grad_ctx *gc) {
+  const int nd = !strcmp(nbl_grad_node(gc)->op_type, "GatherND");
   nbl_grad_no_dx(gc, 1, "indices are integers");
   if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
-  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1)};
-  nbl_id dx = nbl_grad_op(gc, "GatherElementsGrad", "com.microsoft", 3, in);
-  nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
-}
-
-/* GatherND: com.microsoft GatherNDGrad (shape of data, indices, dY). */
-static nbl_status g_gather_nd(nbl_grad_ctx *gc) {
-  nbl_grad_no_dx(gc, 1, "indices are integers");
-  if (!nbl_grad_wants(gc, 0)) return nbl_grad_status(gc);
-  nbl_id in[3] = {nbl_grad_shape(gc, nbl_grad_x(gc, 0)), nbl_grad_x(gc, 1), nbl_grad_dy(gc, 0)};
-  nbl_id dx = nbl_grad_op(gc, "GatherNDGrad", "com.microsoft", 3, in);
-  nbl_grad_attr_int(gc, "batch_dims", nbl_grad_opset(gc, "") >= 12 ? nbl_attr_int(nbl_grad_node(gc), "batch_dims", 0) : 0);
+  nbl_id dy = nbl_grad_dy(gc, 0), shape = nbl_grad_shape(gc, nbl_grad_x(gc, 0)), idx = nbl_grad_x(gc, 1);
+  nbl_id in[3] = {nd ? shape : dy, nd ? idx : shape, nd ? dy : idx};
+  nbl_id dx = nbl_grad_op(gc, nd ? "GatherNDGrad" : "GatherElementsGrad", "com.microsoft", 3, in);
+  if (nd) nbl_grad_attr_int(gc, "batch_dims", nbl_grad_opset(gc, "") >= 12 ? nbl_attr_int(nbl_grad_node(gc), "batch_dims", 0) : 0);
+  else nbl_grad_attr_int(gc, "axis", nbl_attr_int(nbl_grad_node(gc), "axis", 0));
   nbl_grad_set_dx(gc, 0, dx);
   return nbl_grad_status(gc);
 }
@@ -899,8 +892,8 @@ static const nbl_op_adapter scatter_steps[] = {{.from = 9, .to = 11, .up = scatt
 const nbl_op_def nbl_ops_shape_index[] = {
     NBL_OP("Gather", 1, .ref = k_gather, .shape = shape_gather, .stable_since = 1, .grad = g_gather),
     NBL_OP("GatherElements", 11, .ref = k_gather_elements, .shape = shape_gather_elements,
-        .stable_since = 11, .grad = g_gather_elements),
-    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .grad = g_gather_nd),
+        .stable_since = 11, .grad = g_gather_like),
+    NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .grad = g_gather_like),
     NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
         .adapters = scatter_steps, .no_grad = "no rule yet"),
     NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same,

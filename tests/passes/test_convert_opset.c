@@ -1026,6 +1026,33 @@ START_TEST(test_refusals) {
 }
 END_TEST
 
+/* Quantize (pass spec q) and run t's model, pack it (pass spec pk), which
+ * needs opset 21: the model must end at 21 and, saved and reloaded, give
+ * the quantized outputs. */
+static void quantize_pack_same(tm *t, const char *q, const char *pk) {
+  nbl_pipeline *p = NULL;
+  ck_assert_int_eq(nbl_pipeline_parse(q, &p), NBL_OK);
+  FILE *devnull = fopen("/dev/null", "w");
+  nbl_pipeline_options opt = {.verify_each = 1, .log = devnull};
+  ck_assert_msg(nbl_pipeline_run(p, t->m, &opt) == NBL_OK, "%s", nbl_last_error());
+  nbl_pipeline_free(p);
+  outs qo;
+  ck_assert_msg(run(t->m, t, &qo) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(nbl_pipeline_parse(pk, &p), NBL_OK);
+  nbl_status rc = nbl_pipeline_run(p, t->m, &opt);
+  ck_assert_msg(rc == NBL_OK, "%s: %s", pk, nbl_last_error());
+  nbl_pipeline_free(p);
+  fclose(devnull);
+  ck_assert_int_eq(nbl_model_opset(t->m, ""), 21);
+  nbl_model *r = reload(t->m);
+  outs packed;
+  ck_assert_msg(run(r, t, &packed) == NBL_OK, "%s", nbl_last_error());
+  expect_same(&qo, &packed, 1e-5);
+  outs_free(&qo);
+  outs_free(&packed);
+  nbl_model_free(r);
+}
+
 /* The old refusal: a Slice-9 model through quantize-int4,pack-int4 now
  * converts (pack-int4 needs opset 21) and packing keeps the outputs. */
 START_TEST(test_pack_int4_slice9) {
@@ -1041,29 +1068,9 @@ START_TEST(test_pack_int4_slice9) {
   nbl_node_set_attr_ints(G(t), s, "starts", 1, &st);
   nbl_node_set_attr_ints(G(t), s, "ends", 1, &en);
   nbl_node_set_attr_ints(G(t), s, "axes", 1, &ax);
-  nbl_pipeline *p = NULL;
-  ck_assert_int_eq(nbl_pipeline_parse("quantize-int4{skip-first-last=0}", &p), NBL_OK);
-  FILE *devnull = fopen("/dev/null", "w");
-  nbl_pipeline_options opt = {.verify_each = 1, .log = devnull};
-  ck_assert_msg(nbl_pipeline_run(p, t->m, &opt) == NBL_OK, "%s", nbl_last_error());
-  nbl_pipeline_free(p);
-  outs q;
-  ck_assert_msg(run(t->m, t, &q) == NBL_OK, "%s", nbl_last_error());
-  ck_assert_int_eq(nbl_pipeline_parse("pack-int4", &p), NBL_OK);
-  nbl_status rc = nbl_pipeline_run(p, t->m, &opt);
-  ck_assert_msg(rc == NBL_OK, "pack-int4: %s", nbl_last_error());
-  nbl_pipeline_free(p);
-  fclose(devnull);
-  ck_assert_int_eq(nbl_model_opset(t->m, ""), 21);
+  quantize_pack_same(t, "quantize-int4{skip-first-last=0}", "pack-int4");
   ck_assert_int_eq(find_op(G(t), "Slice")->n_inputs, 4);
   ck_assert_int_eq(count_op(G(t), "DequantizeLinear"), 1);
-  nbl_model *r = reload(t->m);
-  outs packed;
-  ck_assert_msg(run(r, t, &packed) == NBL_OK, "%s", nbl_last_error());
-  expect_same(&q, &packed, 1e-5);
-  outs_free(&q);
-  outs_free(&packed);
-  nbl_model_free(r);
   tm_free(t);
 }
 END_TEST
@@ -1084,29 +1091,9 @@ START_TEST(test_pack_ternary_opset9) {
   tm_node(G(t), "MatMul", "mm1", 2, in1, 1, &b);
   nbl_id in2[2] = {b, tm_init(t, "w2", NBL_DT_FLOAT, 2, dw2, fill(w2, 32))};
   tm_node(G(t), "MatMul", "mm2", 2, in2, 1, &y);
-  nbl_pipeline *p = NULL;
-  ck_assert_int_eq(nbl_pipeline_parse("quantize-ternary", &p), NBL_OK);
-  FILE *devnull = fopen("/dev/null", "w");
-  nbl_pipeline_options opt = {.verify_each = 1, .log = devnull};
-  ck_assert_msg(nbl_pipeline_run(p, t->m, &opt) == NBL_OK, "%s", nbl_last_error());
-  nbl_pipeline_free(p);
-  outs q;
-  ck_assert_msg(run(t->m, t, &q) == NBL_OK, "%s", nbl_last_error());
-  ck_assert_int_eq(nbl_pipeline_parse("pack-ternary", &p), NBL_OK);
-  nbl_status rc = nbl_pipeline_run(p, t->m, &opt);
-  ck_assert_msg(rc == NBL_OK, "pack-ternary: %s", nbl_last_error());
-  nbl_pipeline_free(p);
-  fclose(devnull);
-  ck_assert_int_eq(nbl_model_opset(t->m, ""), 21);
+  quantize_pack_same(t, "quantize-ternary", "pack-ternary");
   ck_assert_int_eq(count_op(G(t), "DequantizeLinear"), 2);
   ck_assert_int_eq(count_op(G(t), "DequantizeTernary"), 1);
-  nbl_model *r = reload(t->m);
-  outs packed;
-  ck_assert_msg(run(r, t, &packed) == NBL_OK, "%s", nbl_last_error());
-  expect_same(&q, &packed, 1e-5);
-  outs_free(&q);
-  outs_free(&packed);
-  nbl_model_free(r);
   tm_free(t);
 }
 END_TEST

@@ -63,16 +63,7 @@ def torch_run(x, y, w0, wrong):
         for p in ("l1", "l2", "l3"):
             getattr(net, p).weight.copy_(torch.from_numpy(w0[p + ".weight"]))
             getattr(net, p).bias.copy_(torch.from_numpy(w0[p + ".bias"]))
-    o = torch.optim.SGD(net.parameters(), lr=LR)
-    losses = []
-    perm = common.data_order(SEED, 0, N)
-    for s in range(N // B):
-        idx = perm[s * B:(s + 1) * B]
-        o.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
-        loss.backward()
-        o.step()
-        losses.append(loss.item())
+    losses = common.torch_sgd_epoch(net, net.parameters(), x, y, LR, B, SEED)
     return losses, {k: v.detach().numpy() for k, v in net.state_dict().items()}
 
 

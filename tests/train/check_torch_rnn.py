@@ -53,17 +53,7 @@ def torch_run(kind, x, y, state, frozen):
     net = Net(kind)
     net.load_state_dict(state)
     params = [p for n, p in net.named_parameters() if not (frozen and n.startswith("rnn."))]
-    o = torch.optim.SGD(params, lr=LR)
-    losses = []
-    perm = common.data_order(SEED, 0, N)
-    for s in range(N // B):
-        idx = perm[s * B:(s + 1) * B]
-        o.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
-        loss.backward()
-        o.step()
-        losses.append(loss.item())
-    return losses, net
+    return common.torch_sgd_epoch(net, params, x, y, LR, B, SEED), net
 
 
 def onnx_params(model):

@@ -66,6 +66,24 @@ def data_order(seed, epoch, n):
     return perm
 
 
+def torch_sgd_epoch(net, params, x, y, lr, batch, seed):
+    """One epoch of plain SGD in PyTorch (cross-entropy, full batches only) in
+    nibble's data order for `seed`: the losses of its steps. The caller
+    imports torch; net's parameters `params` are trained in place."""
+    import torch
+    o = torch.optim.SGD(params, lr=lr)
+    losses = []
+    perm = data_order(seed, 0, len(x))
+    for s in range(len(x) // batch):
+        idx = perm[s * batch:(s + 1) * batch]
+        o.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
+        loss.backward()
+        o.step()
+        losses.append(loss.item())
+    return losses
+
+
 def run(args, **kw):
     return subprocess.run([NIBBLE] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
