@@ -153,6 +153,7 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
   }
   nbl_status st = NBL_OK;
   if (nl > 0 && nbl_model_opset(m, "ai.nibble") == 0) st = nbl_model_set_opset(m, "ai.nibble", 1);
+  int w_inputs = 0; /* weights that are initializers listed as graph inputs */
   /* Pass 2: insert the quantizers. */
   for (int i = 0; i < nl && !st; i++) {
     nbl_id nid = layers[i];
@@ -163,6 +164,7 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
     }
     nbl_id w = g->nodes[nid].inputs[1];
     int w_const = g->values[w].init != NULL && !(g->values[w].flags & NBL_VAL_INPUT);
+    w_inputs += g->values[w].init != NULL && !w_const;
     nbl_id qw = quantized(&s, w, bits, w_const);
     if (qw == NBL_NONE) {
       st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "quantize-int4: node '%s': cannot add quantizer",
@@ -187,6 +189,9 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
                        "skipped: %s",
                   nl, s.n_weights, s.n_acts, kept8.s ? kept8.s : "none",
                   skipped.s ? skipped.s : "none");
+  if (!st && w_inputs)
+    nbl_pass_logf(ctx, "%d weight(s) are initializers listed as graph inputs, so not constant: quantized as "
+                       "activations (run constant-initializers first to quantize them as weights)", w_inputs);
   free(layers);
   free(skipped.s);
   free(kept8.s);

@@ -76,7 +76,9 @@ static const char *skip_reason(const nbl_graph *g, const nbl_node *n) {
   if (n->n_inputs < 2 || n->inputs[0] == NBL_NONE || n->inputs[1] == NBL_NONE)
     return "missing input";
   const nbl_value *w = &g->values[n->inputs[1]];
-  if (!w->init || (w->flags & NBL_VAL_INPUT)) return "weight not constant";
+  if (w->init && (w->flags & NBL_VAL_INPUT))
+    return "weight is a graph input, so not constant (run constant-initializers first)";
+  if (!w->init) return "weight not constant";
   for (int i = 0; i < 2; i++) {
     const nbl_value *v = &g->values[n->inputs[i]];
     nbl_dtype dt = v->init ? v->init->dtype : v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : 0;

@@ -11,13 +11,14 @@ extern const nbl_pass_def nbl_pass_infer_shapes, nbl_pass_fold_constants;
 extern const nbl_pass_def nbl_pass_quantize_int4, nbl_pass_pack_int4, nbl_pass_convert_opset;
 extern const nbl_pass_def nbl_pass_quantize_ternary, nbl_pass_pack_ternary;
 extern const nbl_pass_def nbl_pass_build_training, nbl_pass_quantize_grad_log4;
-extern const nbl_pass_def nbl_pass_int4_backward;
+extern const nbl_pass_def nbl_pass_int4_backward, nbl_pass_constant_initializers;
 
 static const nbl_pass_def *const registry[] = {
     &nbl_pass_infer_shapes,
     &nbl_pass_fold_constants,
     &nbl_pass_dce,
     &nbl_pass_eliminate_identity,
+    &nbl_pass_constant_initializers,
     &nbl_pass_fold_batchnorm,
     &nbl_pass_fuse_bias,
     &nbl_pass_convert_opset,

@@ -168,6 +168,48 @@ START_TEST(test_fold_batchnorm) {
 }
 END_TEST
 
+/* Initializers that are also graph inputs (IR < 4 models, PyTorch's opset
+ * < 9 exports) are not constants: fold-batchnorm leaves them; after
+ * constant-initializers they are constants (out of graph.input, IR >= 4, the
+ * other inputs kept in order) and the fold happens; a second run changes
+ * nothing. */
+START_TEST(test_constant_initializers) {
+  nbl_model *m = new_model();
+  m->ir_version = 3;
+  nbl_graph *g = m->graph;
+  int64_t xd[] = {1, 1, 2, 2}, wd[] = {2, 1, 1, 1}, cd[] = {2};
+  float w[] = {2.0f, -1.0f}, cb[] = {0.5f, 1.0f};
+  float sc[] = {3.0f, 0.5f}, bb[] = {1.0f, -2.0f}, mean[] = {0.25f, 4.0f}, var[] = {3.0f, 0.0f};
+  nbl_id x = val(g, "x", NBL_DT_FLOAT, 4, xd), x2 = val(g, "x2", NBL_DT_FLOAT, 4, xd),
+         c = val(g, "c", NBL_DT_FLOAT, 0, NULL), y = val(g, "y", NBL_DT_FLOAT, 0, NULL),
+         z = val(g, "z", NBL_DT_FLOAT, 0, NULL);
+  nbl_id W = init(g, "W", 4, wd, w), B = init(g, "B", 1, cd, cb);
+  nbl_id s = init(g, "s", 1, cd, sc), b = init(g, "b", 1, cd, bb), mu = init(g, "mu", 1, cd, mean),
+         vv = init(g, "var", 1, cd, var);
+  nbl_id ins[] = {x, W, B, s, x2, b, mu, vv};
+  for (int i = 0; i < 8; i++) nbl_graph_add_input(g, ins[i]);
+  nbl_id cin[] = {x, W, B};
+  nbl_graph_add_node(g, "Conv", "", "conv", 3, cin, 1, &c);
+  nbl_id bin[] = {c, s, b, mu, vv};
+  nbl_graph_add_node(g, "BatchNormalization", "", "bn", 5, bin, 1, &y);
+  nbl_id ain[] = {y, x2};
+  nbl_graph_add_node(g, "Add", "", "add", 2, ain, 1, &z);
+  nbl_graph_add_output(g, z);
+  ck_assert_int_eq(run(m, "fold-batchnorm", NULL), NBL_OK);
+  ck_assert_int_eq(live_nodes(g, "BatchNormalization"), 1); /* overridable: not folded */
+  ck_assert_int_eq(run(m, "constant-initializers,fold-batchnorm", NULL), NBL_OK);
+  ck_assert_int_eq(live_nodes(g, "BatchNormalization"), 0);
+  ck_assert_int_eq(g->n_inputs, 2);
+  ck_assert_str_eq(g->values[g->inputs[0]].name, "x");
+  ck_assert_str_eq(g->values[g->inputs[1]].name, "x2");
+  ck_assert_int_eq(m->ir_version, 4);
+  ck_assert(!(g->values[W].flags & NBL_VAL_INPUT));
+  ck_assert_int_eq(run(m, "constant-initializers", NULL), NBL_OK);
+  ck_assert_int_eq(g->n_inputs, 2);
+  nbl_model_free(m);
+}
+END_TEST
+
 START_TEST(test_fold_batchnorm_guards) {
   /* the conv output feeds a second user: folding would change that user's input */
   nbl_model *m = new_model();
@@ -354,6 +396,7 @@ Suite *passes_suite(void) {
   tcase_add_test(tc, test_dce);
   tcase_add_test(tc, test_eliminate_identity);
   tcase_add_test(tc, test_fold_batchnorm);
+  tcase_add_test(tc, test_constant_initializers);
   tcase_add_test(tc, test_fold_batchnorm_guards);
   tcase_add_test(tc, test_fuse_bias);
   tcase_add_test(tc, test_fuse_bias_rank3_untouched);

@@ -919,6 +919,37 @@ static void expect_error(nbl_model *m, const char *spec, const char *needle) {
   ck_assert_msg(strstr(nbl_last_error(), needle), "%s: message '%s' lacks '%s'", spec, nbl_last_error(), needle);
 }
 
+/* A model below opset 12 (no SoftmaxCrossEntropyLoss yet) is converted to 13
+ * by build-training, whose gradients then hold (the same case at 13 is in
+ * test_fd_gemm's family). */
+START_TEST(test_old_opset_converted) {
+  fd_case c;
+  fd_begin(&c, 9);
+  fd_param(&c, D(3, 4));
+  fd_param(&c, D(4, 5));
+  fd_node(&c, "MatMul", 1);
+  c.extra = NULL;
+  expect_fd(&c, "MatMul at opset 9 (mse)");
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 9);
+  nbl_graph *g = m->graph;
+  int64_t xd[2] = {2, 4}, wd[2] = {4, 3};
+  float w[12] = {0.1f, -0.2f, 0.3f, 0.4f, 0.5f, -0.6f, 0.7f, 0.8f, -0.9f, 1.0f, 1.1f, -1.2f};
+  nbl_id x = nbl_graph_add_value(g, "x"), W = nbl_graph_add_value(g, "W"), y = nbl_graph_add_value(g, "y");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 2, xd);
+  nbl_type_set_tensor(m->arena, &g->values[W].type, NBL_DT_FLOAT, 2, wd);
+  nbl_graph_set_initializer(g, W, nbl_tensor_new(m->arena, "W", NBL_DT_FLOAT, 2, wd, w));
+  nbl_graph_add_input(g, x);
+  nbl_id in[2] = {x, W};
+  nbl_graph_add_node(g, "MatMul", "", "mm", 2, in, 1, &y);
+  nbl_graph_add_output(g, y);
+  ck_assert_msg(run_spec(m, "build-training") == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(nbl_model_opset(m, ""), 13);
+  ck_assert_int_eq(m->n_training, 1);
+  nbl_model_free(m);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   nbl_model *m = NULL;
   ck_assert_int_eq(nbl_model_load(src_path("models/lenet5.onnx"), &m), NBL_OK);
@@ -1093,6 +1124,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_hard_activation_kinks);
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
+  tcase_add_test(t, test_old_opset_converted);
   tcase_add_test(t, test_gradient_op_fd);
   suite_add_tcase(s, t);
   return s;
