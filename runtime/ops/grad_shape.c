@@ -26,7 +26,7 @@
  *   inputs:  dY (T float types, indices' shape), shape (int64 1-D: the shape
  *            of GatherElements' data input), indices (int32/int64, the same
  *            rank; negative values count from the end; out of range is an
- *            error)
+ *            error, as in GatherElements)
  *   outputs: dX (T, `shape`): zeros, then each dY element added where its
  *            index points along `axis` (repeats accumulate, in double)
  *   attributes: axis (int, default 0)
@@ -187,7 +187,7 @@ static nbl_status k_gather_elements_grad(nbl_kctx *c) {
   int r;
   int64_t xd[NBL_MAX_RANK];
   if ((st = grad_shape_input(c, S, "shape", &r, xd)) || (st = grad_check_float(c, dY, "dY"))) return st;
-  if (I->dtype != NBL_DT_INT64 && I->dtype != NBL_DT_INT32)
+  if (!grad_is_int(I->dtype))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "indices must be int32 or int64, got %s", nbl_dtype_name(I->dtype));
   if (I->rank != r || dY->rank != r || memcmp(I->dims, dY->dims, sizeof(int64_t) * (size_t)r))
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "dY and indices must have one shape of the rank of `shape` (%d)", r);
@@ -204,12 +204,10 @@ static nbl_status k_gather_elements_grad(nbl_kctx *c) {
   int64_t str[NBL_MAX_RANK], idx[NBL_MAX_RANK] = {0};
   nbl_strides(r, xd, str);
   for (int64_t i = 0; i < I->numel; i++) {
-    int64_t k = nbl_rt_get_i64(I, i);
-    if (k < 0) k += xd[axis];
-    if (k < 0 || k >= xd[axis]) {
+    int64_t k;
+    if (nbl_fetch_index(c, I, i, xd[axis], &k)) {
       free(acc);
-      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "index %lld is out of range for axis %d of length %lld",
-                      (long long)nbl_rt_get_i64(I, i), axis, (long long)xd[axis]);
+      return NBL_ERR_RUNTIME;
     }
     int64_t off = 0;
     for (int d = 0; d < r; d++) off += (d == axis ? k : idx[d]) * str[d];
@@ -255,13 +253,12 @@ static nbl_status k_gather_nd_grad(nbl_kctx *c) {
     for (int64_t j = 0; j < per; j++) {
       int64_t off = bi * bstride, base = (bi * per + j) * k;
       for (int64_t t = 0; t < k; t++) {
-        int64_t v = nbl_rt_get_i64(I, base + t), dim = xd[b + t];
-        if (v < -dim || v >= dim) {
+        int64_t v;
+        if (nbl_fetch_index(c, I, base + t, xd[b + t], &v)) {
           free(acc);
-          return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "index %lld out of range [%lld, %lld)", (long long)v,
-                          (long long)-dim, (long long)dim);
+          return NBL_ERR_RUNTIME;
         }
-        off += (v < 0 ? v + dim : v) * str[b + t];
+        off += v * str[b + t];
       }
       for (int64_t e = 0; e < blk; e++) acc[off + e] += nbl_rt_get_f64(U, (bi * per + j) * blk + e);
     }

@@ -1,6 +1,8 @@
-/* runtime/ops/shape.h - what the 'shape_strided' family (runtime/ops/shape_strided.c)
- * shares with other families: Slice's index arithmetic, used by SliceGrad
- * (runtime/ops/grad_shape.c) so that both clamp starts/ends the same way. */
+/* runtime/ops/shape.h - what the 'shape_strided' and 'shape_index' families
+ * (runtime/ops/shape_strided.c, shape_index.c) share with other families:
+ * Slice's index arithmetic, used by SliceGrad (runtime/ops/grad_shape.c) so
+ * that both clamp starts/ends the same way, and the gather ops' reading of
+ * one index, used by GatherElementsGrad and GatherNDGrad. */
 #ifndef NBL_OPS_SHAPE_H
 #define NBL_OPS_SHAPE_H
 
@@ -14,5 +16,10 @@
 nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, const int64_t *starts,
                               const int64_t *ends, const int64_t *axes, const int64_t *steps,
                               int64_t *start, int64_t *step, int64_t *len);
+
+/* Index value i of t (an integer tensor), negative ones counted from dim's
+ * end: 0 and *out, or -1 with the message set (NBL_ERR_RUNTIME) when it is
+ * outside [-dim, dim). */
+int nbl_fetch_index(nbl_kctx *c, const nbl_rt_tensor *t, int64_t i, int64_t dim, int64_t *out);
 
 #endif

@@ -15,11 +15,12 @@
 #include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
+#include "runtime/ops/shape.h"
 
 /* ------------------------------------------------------------------ Gather family */
 
-/* Index value i of t, normalized against dim; -1 (message set) when out of range. */
-static int fetch_index(nbl_kctx *c, const nbl_rt_tensor *t, int64_t i, int64_t dim, int64_t *out) {
+/* runtime/ops/shape.h */
+int nbl_fetch_index(nbl_kctx *c, const nbl_rt_tensor *t, int64_t i, int64_t dim, int64_t *out) {
   int64_t v = nbl_rt_get_i64(t, i);
   if (v < -dim || v >= dim) {
     nbl_kerr(c, NBL_ERR_RUNTIME, "index %lld out of range [%lld, %lld)", (long long)v, (long long)-dim,
@@ -63,7 +64,7 @@ static nbl_status k_gather(nbl_kctx *c) {
   for (int64_t q = 0; q < outer; q++)
     for (int64_t j = 0; j < ind->numel; j++) {
       int64_t v;
-      if (fetch_index(c, ind, j, dim, &v)) return clear_strings(o);
+      if (nbl_fetch_index(c, ind, j, dim, &v)) return clear_strings(o);
       memcpy(dp, (const char *)x->data + (size_t)(q * dim + v) * blk, blk);
       dp += blk;
     }
@@ -92,7 +93,7 @@ static nbl_status k_gather_elements(nbl_kctx *c) {
   nbl_strides(x->rank, x->dims, str);
   for (int64_t i = 0; i < ind->numel; i++) {
     int64_t v;
-    if (fetch_index(c, ind, i, x->dims[axis], &v)) return clear_strings(o);
+    if (nbl_fetch_index(c, ind, i, x->dims[axis], &v)) return clear_strings(o);
     int64_t off = lin(x->rank, idx, str) + (v - idx[axis]) * str[axis];
     ecpy((char *)o->data + i * (int64_t)es, (const char *)x->data + off * (int64_t)es, es);
     next_idx(ind->rank, idx, ind->dims);
@@ -140,7 +141,7 @@ static nbl_status k_gather_nd(nbl_kctx *c) {
       int64_t off = bi * bstride, base = (bi * per + j) * k;
       for (int64_t t = 0; t < k; t++) {
         int64_t v;
-        if (fetch_index(c, ind, base + t, x->dims[b + t], &v)) return clear_strings(o);
+        if (nbl_fetch_index(c, ind, base + t, x->dims[b + t], &v)) return clear_strings(o);
         off += v * str[b + t];
       }
       memcpy(dp, (const char *)x->data + off * (int64_t)es, bb);
@@ -275,7 +276,7 @@ static nbl_status k_scatter_elements(nbl_kctx *c) {
   nbl_strides(x->rank, x->dims, str);
   for (int64_t i = 0; i < ind->numel; i++) {
     int64_t v;
-    if (fetch_index(c, ind, i, x->dims[axis], &v)) {
+    if (nbl_fetch_index(c, ind, i, x->dims[axis], &v)) {
       return clear_strings(o);
     }
     int64_t off = lin(x->rank, idx, str) + (v - idx[axis]) * str[axis];
@@ -325,7 +326,7 @@ static nbl_status k_scatter_nd(nbl_kctx *c) {
     int64_t off = 0;
     for (int64_t t = 0; t < k; t++) {
       int64_t v;
-      if (fetch_index(c, ind, j * k + t, x->dims[t], &v)) {
+      if (nbl_fetch_index(c, ind, j * k + t, x->dims[t], &v)) {
         return clear_strings(o);
       }
       off += v * str[t];
