@@ -643,6 +643,17 @@ nbl_id nbl_grad_sum_broadcast_axes(nbl_grad_ctx *gc, nbl_id g, nbl_id a, nbl_id 
   return r;
 }
 
+nbl_id nbl_grad_tie_mask(nbl_grad_ctx *gc, nbl_id X, nbl_id Y) {
+  nbl_id m = nbl_grad_un(gc, "Cast", nbl_grad_bin(gc, "Equal", X, Y));
+  nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, X));
+  return m;
+}
+
+nbl_id nbl_grad_tie_share(nbl_grad_ctx *gc, nbl_id X, nbl_id Y, int n_axes, const int64_t *axes) {
+  nbl_id m = nbl_grad_tie_mask(gc, X, Y);
+  return nbl_grad_bin(gc, "Div", m, nbl_grad_reduce_sum(gc, m, n_axes, axes, 1));
+}
+
 nbl_id nbl_grad_count_ratio(nbl_grad_ctx *gc, nbl_id X, nbl_id Y) {
   int r = nbl_grad_rank(gc, X), ry = nbl_grad_rank(gc, Y);
   nbl_dtype dt = nbl_grad_dtype(gc, X);

@@ -197,6 +197,15 @@ nbl_id nbl_grad_bin(nbl_grad_ctx *gc, const char *op, nbl_id a, nbl_id b);
 /* Elementwise unary op shortcut: op(a). */
 nbl_id nbl_grad_un(nbl_grad_ctx *gc, const char *op, nbl_id a);
 
+/* 1 where X equals Y (broadcast; Y an extreme of X), else 0, in X's element
+ * type: which elements an extreme (Max, Min, ReduceMax, GlobalMaxPool, ...)
+ * took. */
+nbl_id nbl_grad_tie_mask(nbl_grad_ctx *gc, nbl_id X, nbl_id Y);
+/* The share of an extreme's gradient each element of X gets: the tie mask
+ * divided by its count over the reduced axes (kept as 1s), so that ties
+ * split the gradient evenly (as PyTorch's amax). */
+nbl_id nbl_grad_tie_share(nbl_grad_ctx *gc, nbl_id X, nbl_id Y, int n_axes, const int64_t *axes);
+
 /* Number of elements of X per element of Y (a reduction of X to Y), as a
  * scalar of X's element type: a constant when the shapes tell, else
  * Cast(Size(X) / Size(Y)). */

@@ -734,8 +734,7 @@ static nbl_status g_extreme(nbl_grad_ctx *gc) {
   nbl_id Y = gy0(gc), cnt = NBL_NONE, m[64];
   if (n > 64) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "more than 64 inputs: no rule yet");
   for (int i = 0; i < n; i++) {
-    m[i] = nbl_grad_un(gc, "Cast", gbin(gc, "Equal", gx(gc, i), Y));
-    nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, Y));
+    m[i] = nbl_grad_tie_mask(gc, gx(gc, i), Y);
     cnt = i ? gbin(gc, "Add", cnt, m[i]) : m[i];
   }
   nbl_id share = gbin(gc, "Div", gdy(gc), cnt); /* cnt >= 1 wherever Y is one of the inputs */

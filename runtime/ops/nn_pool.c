@@ -851,10 +851,8 @@ static nbl_status g_gmaxpool(nbl_grad_ctx *gc) {
   if (r < 3 || r > NBL_MAX_RANK) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the rank of the input must be known");
   int64_t axes[NBL_MAX_RANK];
   for (int k = 2; k < r; k++) axes[k - 2] = k;
-  nbl_id m = nbl_grad_un(gc, "Cast", nbl_grad_bin(gc, "Equal", X, nbl_grad_y(gc, 0)));
-  nbl_grad_attr_int(gc, "to", nbl_grad_dtype(gc, X));
-  nbl_id share = nbl_grad_bin(gc, "Div", nbl_grad_dy(gc, 0), nbl_grad_reduce_sum(gc, m, r - 2, axes, 1));
-  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", m, share));
+  nbl_id share = nbl_grad_tie_share(gc, X, nbl_grad_y(gc, 0), r - 2, axes);
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", nbl_grad_dy(gc, 0), share));
   return nbl_grad_status(gc);
 }
 

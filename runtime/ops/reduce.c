@@ -830,9 +830,7 @@ static nbl_status g_reduce(nbl_grad_ctx *gc) {
   yb = noop ? Y : grad_unreduce(gc, Y, axes, na, all);
   nbl_id f;
   if (ext) { /* dY to the elements equal to the extreme, split evenly among ties (as PyTorch's amax) */
-    nbl_id m = nbl_grad_un(gc, "Cast", nbl_grad_bin(gc, "Equal", X, yb));
-    nbl_grad_attr_int(gc, "to", dt);
-    f = nbl_grad_bin(gc, "Div", m, nbl_grad_reduce_sum(gc, m, na, axes, 1));
+    f = nbl_grad_tie_share(gc, X, yb, na, axes);
   } else if (!strcmp(op, "ReduceSumSquare"))
     f = nbl_grad_bin(gc, "Mul", X, nbl_grad_const(gc, dt, 2.0));
   else if (!strcmp(op, "ReduceL1"))
