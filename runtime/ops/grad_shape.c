@@ -59,6 +59,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/core/grad.h"
 #include "runtime/ops/grad_util.h"
+#include "runtime/ops/movement.h"
 #include "runtime/ops/resize.h"
 #include "runtime/ops/shape.h"
 
@@ -311,7 +312,7 @@ static nbl_status k_resize_grad(nbl_kctx *c) {
       int n = nbl_rs_make_taps(&pl.p, (double)i, pl.scales[d], in, out, pl.roi[d], pl.roi[r + d], maxn, &first, w);
       for (int k = 0; k < n; k++) {
         if (w[k] == 0) continue;
-        int64_t src = first + k < 0 ? 0 : first + k >= in ? in - 1 : first + k;
+        const int64_t src = clampi(first + k, 0, in - 1);
         for (int64_t q = 0; q < outer; q++) {
           const double *ap = a + (q * out + i) * inner;
           double *bp = b + (q * in + src) * inner;
@@ -323,10 +324,11 @@ static nbl_status k_resize_grad(nbl_kctx *c) {
     a = b;
     cur[d] = in;
   }
-  if (!st)
-    for (int64_t i = 0; i < dX->numel; i++) nbl_rt_set_f64(dX, i, a[i]);
-  free(a);
-  return st;
+  if (st) {
+    free(a);
+    return st;
+  }
+  return acc_out(dX, a);
 }
 
 /* ------------------------------------------------------------------ table */

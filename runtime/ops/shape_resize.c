@@ -150,12 +150,10 @@ static nbl_status k_pad(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Resize / Upsample */
 
-enum { RS_NEAREST = NBL_RS_NEAREST, RS_LINEAR = NBL_RS_LINEAR, RS_CUBIC = NBL_RS_CUBIC };
 enum { CT_HALF_PIXEL, CT_HALF_PIXEL_SYM, CT_PYTORCH_HALF_PIXEL, CT_ALIGN_CORNERS, CT_ASYMMETRIC,
        CT_TF_HALF_PIXEL_NN, CT_TF_CROP_AND_RESIZE };
 enum { NM_ROUND_PREFER_FLOOR, NM_ROUND_PREFER_CEIL, NM_FLOOR, NM_CEIL, NM_SIMPLE };
 
-typedef nbl_rs_params rs_params;
 
 /* Taps of one output position along one axis. */
 typedef struct rs_taps {
@@ -172,7 +170,7 @@ static double cubic_w(double x, double A) {
 }
 
 /* Original coordinate of output position x along an axis. */
-static double rs_coord(const rs_params *p, double x, double scale, int64_t in, int64_t out,
+static double rs_coord(const nbl_rs_params *p, double x, double scale, int64_t in, int64_t out,
                        double roi0, double roi1) {
   double ow = scale * (double)in; /* the reference uses the unrounded output length */
   switch (p->ctm) {
@@ -192,7 +190,7 @@ static double rs_coord(const rs_params *p, double x, double scale, int64_t in, i
 }
 
 /* Fill taps for one output position; returns the tap count (0: extrapolate). */
-int nbl_rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int64_t out, double roi0,
+int nbl_rs_make_taps(const nbl_rs_params *p, double x, double scale, int64_t in, int64_t out, double roi0,
                      double roi1, int maxn, int64_t *first, double *w) {
   double xo = rs_coord(p, x, scale, in, out, roi0, roi1);
   if (p->ctm == CT_TF_CROP_AND_RESIZE && (xo < 0 || xo > (double)(in - 1))) return 0;
@@ -203,7 +201,7 @@ int nbl_rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int
     xi -= 1;
     ratio = 1;
   }
-  if (p->mode == RS_NEAREST) {
+  if (p->mode == NBL_RS_NEAREST) {
     int right;
     if (ratio == 1) right = 1;
     else switch (p->nearest) {
@@ -219,7 +217,7 @@ int nbl_rs_make_taps(const rs_params *p, double x, double scale, int64_t in, int
   }
   double s = p->antialias && scale < 1 ? scale : 1;
   int n;
-  if (p->mode == RS_LINEAR) {
+  if (p->mode == NBL_RS_LINEAR) {
     int64_t start = (int64_t)floor(-1 / s) + 1;
     n = (int)(2 - 2 * start);
     if (n > maxn) n = maxn;
@@ -396,7 +394,7 @@ static void rs_direct_rows(void *arg, int64_t q0, int64_t q1) {
 }
 
 /* Core of Resize/Upsample once output sizes and per-axis scales are known. */
-static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_params *p,
+static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const nbl_rs_params *p,
                              const int64_t *od, const double *scales, const double *roi) {
   int r = x->rank;
   nbl_status st = nbl_kctx_alloc_out(c, 0, x->dtype, r, od);
@@ -409,7 +407,7 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
   }
   for (int d = 0; d < r; d++)
     if (x->dims[d] == 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "cannot resize empty axis %d to %lld", d, (long long)od[d]);
-  if (p->mode == RS_NEAREST) {
+  if (p->mode == NBL_RS_NEAREST) {
     size_t es = esize(c, x, "X");
     if (!es) return NBL_ERR_UNSUPPORTED;
     /* per-axis source index maps (-1: extrapolate) */
@@ -466,7 +464,7 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const rs_param
   /* linear / cubic: separable passes in double precision */
   if (!(is_float_type(x->dtype) || is_int_type(x->dtype)))
     return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "%s interpolation of element type %s",
-                    p->mode == RS_LINEAR ? "linear" : "cubic", nbl_dtype_name(x->dtype));
+                    p->mode == NBL_RS_LINEAR ? "linear" : "cubic", nbl_dtype_name(x->dtype));
   {
     enum { DT = 16 };
     rs_direct j = {0};
@@ -598,11 +596,11 @@ nbl_status nbl_rs_plan_init(nbl_kctx *c, const nbl_rt_tensor *x, int base, int o
   nbl_status st = NBL_OK;
   int r = x->rank;
   memset(pl, 0, sizeof *pl);
-  rs_params p = {0};
+  nbl_rs_params p = {0};
   const char *m = nbl_attr_string(c->node, "mode", "nearest");
-  if (!strcmp(m, "nearest")) p.mode = RS_NEAREST;
-  else if (!strcmp(m, "linear") || !strcmp(m, "bilinear") || !strcmp(m, "trilinear")) p.mode = RS_LINEAR;
-  else if (!strcmp(m, "cubic") && opset >= 11) p.mode = RS_CUBIC;
+  if (!strcmp(m, "nearest")) p.mode = NBL_RS_NEAREST;
+  else if (!strcmp(m, "linear") || !strcmp(m, "bilinear") || !strcmp(m, "trilinear")) p.mode = NBL_RS_LINEAR;
+  else if (!strcmp(m, "cubic") && opset >= 11) p.mode = NBL_RS_CUBIC;
   else return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "mode '%s' is not supported", m);
   const nbl_rt_tensor *roi_t = NULL, *sc_t = NULL, *sz_t = NULL;
   double *scales = pl->scales, *roi = pl->roi;
