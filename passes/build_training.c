@@ -777,14 +777,13 @@ static nbl_status build_training_run(nbl_pass_ctx *ctx) {
   memset(&b, 0, sizeof b);
   b.ctx = ctx;
   b.m = ctx->model;
-  b.g = ctx->model->graph;
   nbl_status st = NBL_OK;
   /* the training ops (SoftmaxCrossEntropyLoss, Dropout in training mode)
    * need opset 12: an older model goes to 13 first (convert-opset), as
    * pack-int4 takes a model to 21 */
   const int64_t opset = nbl_model_opset(b.m, "");
   if (opset > 0 && opset < 12 && b.m->n_training == 0) st = nbl_convert_opset(ctx, 13);
-  b.g = ctx->model->graph;
+  b.g = ctx->model->graph; /* after the conversion, which may rebuild it */
   if (!st) st = bt_run(&b);
   free(b.map);
   free(b.is_stat);

@@ -499,12 +499,18 @@ static nbl_status gather(run *r, nbl_dataset *d, const int64_t *idx, int64_t cnt
 /* Test accuracy in [0, 1]; -1 without a test split. Returns an exit status.
  * Data-parallel: each rank classifies a contiguous share of the test split
  * and the right answers are summed. */
+/* This rank's contiguous share [*first, *end) of the test split. */
+static void test_share(const run *r, int64_t *first, int64_t *end) {
+  int64_t n = nbl_dataset_size(r->test), q = n / r->size, rem = n % r->size;
+  *first = r->rank * q + (r->rank < rem ? r->rank : rem);
+  *end = *first + q + (r->rank < rem);
+}
+
 static int evaluate(run *r, double *acc) {
   *acc = -1;
   if (!r->test) return 0;
-  int64_t n = nbl_dataset_size(r->test), right = 0, B = r->batch;
-  int64_t q = n / r->size, rem = n % r->size;
-  int64_t first = r->rank * q + (r->rank < rem ? r->rank : rem), end = first + q + (r->rank < rem);
+  int64_t right = 0, B = r->batch, first, end;
+  test_share(r, &first, &end);
   for (int64_t b = first; b < end; b += B) {
     int64_t cnt = end - b < B ? end - b : B;
     for (int64_t i = 0; i < cnt; i++) r->tidx[i] = b + i;
@@ -533,6 +539,7 @@ static int evaluate(run *r, double *acc) {
     fprintf(stderr, "nibble: evaluation: %s\n", nbl_last_error());
     return 1;
   }
+  const int64_t n = nbl_dataset_size(r->test);
   *acc = n ? sum / (double)n : 0;
   return 0;
 }
@@ -632,8 +639,9 @@ static int fixed_batch_check(run *r, const nbl_host_tensor *xi, const nbl_host_t
   const char *what[4] = {"a training batch", "the last training batch (--last-batch drop leaves it out)",
                          "an evaluation batch", "the last evaluation batch"};
   if (r->test) { /* evaluate(): this rank's share of the test split in batches of B */
-    int64_t n = nbl_dataset_size(r->test), q = n / r->size, rem = n % r->size;
-    int64_t share = q + (r->rank < rem);
+    int64_t first, end;
+    test_share(r, &first, &end);
+    const int64_t share = end - first;
     sizes[2] = share >= B ? B : 0;
     sizes[3] = share % B;
   }
