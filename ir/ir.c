@@ -778,6 +778,20 @@ void nbl_graph_add_input(nbl_graph *g, nbl_id v) {
   if (grow_ids(&g->inputs, &g->n_inputs, &g->cap_inputs, v)) g->values[v].flags |= NBL_VAL_INPUT;
 }
 
+int nbl_graph_file_inputs(const nbl_graph *g, nbl_id **ids) {
+  const int inits = !g->parent && g->model && g->model->graph == g && g->model->ir_version < 4;
+  nbl_id *p = malloc(sizeof(nbl_id) * (size_t)(g->n_inputs + (inits ? g->n_initializers : 0) + 1));
+  *ids = p;
+  if (!p) return -1;
+  int n = 0;
+  for (int i = 0; i < g->n_inputs; i++) p[n++] = g->inputs[i];
+  for (int i = 0; inits && i < g->n_initializers; i++) {
+    const nbl_value *v = &g->values[g->initializers[i]];
+    if (!v->dead && v->init && !(v->flags & NBL_VAL_INPUT)) p[n++] = g->initializers[i];
+  }
+  return n;
+}
+
 void nbl_graph_add_output(nbl_graph *g, nbl_id v) {
   if (grow_ids(&g->outputs, &g->n_outputs, &g->cap_outputs, v))
     g->values[v].flags |= NBL_VAL_OUTPUT;

@@ -364,6 +364,12 @@ void nbl_node_kill(nbl_graph *g, nbl_id n);
 void nbl_graph_compact(nbl_graph *g);
 
 void nbl_graph_add_input(nbl_graph *g, nbl_id v);
+/* The graph's inputs as an ONNX file lists them: its inputs, then, in the
+ * main graph of a model below IR 4 (which had to list every initializer as
+ * an input; the loader takes them out, since they are constants there), its
+ * live initializers. *ids is malloc'ed (free it); returns the count, or -1
+ * when out of memory. */
+int nbl_graph_file_inputs(const nbl_graph *g, nbl_id **ids);
 void nbl_graph_add_output(nbl_graph *g, nbl_id v);
 /* Attach initializer data to a value (appended to the initializer list). */
 void nbl_graph_set_initializer(nbl_graph *g, nbl_id v, nbl_tensor *t);

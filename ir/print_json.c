@@ -337,7 +337,10 @@ static void jgraph(jp *p, const nbl_graph *g) {
   fputs(", \"doc_string\": ", f);
   jstr(f, g->doc_string);
   fputs(",\n\"inputs\": ", f);
-  jvalues(p, g, g->inputs, g->n_inputs);
+  nbl_id *ins = NULL;
+  const int n_ins = nbl_graph_file_inputs(g, &ins); /* IR < 4: the initializers too */
+  jvalues(p, g, ins ? ins : g->inputs, ins ? n_ins : g->n_inputs);
+  free(ins);
   fputs(",\n\"outputs\": ", f);
   jvalues(p, g, g->outputs, g->n_outputs);
   fputs(",\n\"value_info\": ", f);

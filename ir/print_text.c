@@ -775,7 +775,12 @@ static nbl_status put_graph(tp *p, const nbl_graph *g, int ind) {
   FILE *f = p->f;
   fputs(pname(p, g->name), f);
   fputc(' ', f);
-  put_vlist(p, g, g->inputs, g->n_inputs, true, '(', ')', ind);
+  nbl_id *ins = NULL;
+  const int n_ins = nbl_graph_file_inputs(g, &ins); /* IR < 4: the initializers too */
+  if (n_ins < 0) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "printing graph '%s'", g->name);
+  const bool inits_listed = n_ins > g->n_inputs; /* then every initializer is */
+  put_vlist(p, g, ins, n_ins, true, '(', ')', ind);
+  free(ins);
   fputs(" => ", f);
   /* outputs: declarations only */
   {
@@ -803,7 +808,7 @@ static nbl_status put_graph(tp *p, const nbl_graph *g, int ind) {
   int n_extra = 0;
   for (int i = 0; i < g->n_value_infos; i++)
     if (!g->values[g->value_infos[i]].init) n_extra++;
-  for (int i = 0; i < g->n_initializers; i++)
+  for (int i = 0; i < g->n_initializers && !inits_listed; i++)
     if (!(g->values[g->initializers[i]].flags & NBL_VAL_INPUT)) n_extra++;
   if (n_extra) {
     nbl_id *ids = malloc(sizeof(nbl_id) * (size_t)n_extra);
@@ -811,7 +816,7 @@ static nbl_status put_graph(tp *p, const nbl_graph *g, int ind) {
     int k = 0;
     for (int i = 0; i < g->n_value_infos; i++)
       if (!g->values[g->value_infos[i]].init) ids[k++] = g->value_infos[i];
-    for (int i = 0; i < g->n_initializers; i++)
+    for (int i = 0; i < g->n_initializers && !inits_listed; i++)
       if (!(g->values[g->initializers[i]].flags & NBL_VAL_INPUT)) ids[k++] = g->initializers[i];
     fputc('\n', f);
     indent(p, ind);

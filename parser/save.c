@@ -320,6 +320,16 @@ static nbl_status vi_to_pb(save_ctx *c, const nbl_value *v, Onnx__ValueInfoProto
 
 static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto **out, int depth);
 
+/* A graph.input entry: the value info, or for an initializer without one
+ * its tensor's element type and dims. */
+static nbl_status input_vi_to_pb(save_ctx *c, const nbl_value *v, Onnx__ValueInfoProto **out) {
+  if (v->type.kind != NBL_TYPE_NONE || !v->init) return vi_to_pb(c, v, out);
+  nbl_value t = *v;
+  nbl_type_set_tensor(c->a, &t.type, v->init->dtype, v->init->rank, v->init->dims);
+  if (t.type.rank > 0 && !t.type.dims) return oom(c);
+  return vi_to_pb(c, &t, out);
+}
+
 /* A type held by an attribute: written even when empty (type_to_pb leaves
  * an empty type out, but an attribute's type list may not hold a gap). */
 static nbl_status attr_type_to_pb(save_ctx *c, const nbl_type *t, Onnx__TypeProto **out) {
@@ -564,13 +574,18 @@ static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto 
   gp->name = g->name;
   gp->doc_string = g->doc_string;
   nbl_status st = NBL_OK;
-  gp->input = alloc_arr(c, (size_t)g->n_inputs, sizeof(*gp->input));
+  nbl_id *ins = NULL;
+  const int n_ins = nbl_graph_file_inputs(g, &ins); /* IR < 4: the initializers too */
+  if (n_ins < 0) return oom(c);
+  gp->input = alloc_arr(c, (size_t)n_ins, sizeof(*gp->input));
   gp->output = alloc_arr(c, (size_t)g->n_outputs, sizeof(*gp->output));
   gp->value_info = alloc_arr(c, (size_t)g->n_value_infos, sizeof(*gp->value_info));
   gp->initializer = alloc_arr(c, (size_t)g->n_initializers, sizeof(*gp->initializer));
+  for (int i = 0; i < n_ins && !st && gp->input; i++) st = input_vi_to_pb(c, &g->values[ins[i]], &gp->input[i]);
+  free(ins);
   if (!gp->input || !gp->output || !gp->value_info || !gp->initializer) return oom(c);
-  for (int i = 0; i < g->n_inputs && !st; i++) st = vi_to_pb(c, &g->values[g->inputs[i]], &gp->input[i]);
-  gp->n_input = (size_t)g->n_inputs;
+  if (st) return st;
+  gp->n_input = (size_t)n_ins;
   for (int i = 0; i < g->n_outputs && !st; i++) st = vi_to_pb(c, &g->values[g->outputs[i]], &gp->output[i]);
   gp->n_output = (size_t)g->n_outputs;
   for (int i = 0; i < g->n_value_infos && !st; i++)

@@ -115,7 +115,7 @@ static const char *const want_attrs_text =
 
 static const char *const want_inits_text =
     "<\n"
-    "  ir_version: 3,\n"
+    "  ir_version: 4,\n"
     "  opset_import: [\"\" : 13]\n"
     ">\n"
     "main (\n"
@@ -133,7 +133,7 @@ static const char *const want_inits_text =
 
 static const char *const want_inits_full =
     "<\n"
-    "  ir_version: 3,\n"
+    "  ir_version: 4,\n"
     "  opset_import: [\"\" : 13]\n"
     ">\n"
     "main (\n"
@@ -174,7 +174,7 @@ static const char *const want_inits_dot =
     "}\n";
 
 static const char *const want_inits_json =
-    "{\"ir_version\": 3,\n"
+    "{\"ir_version\": 4,\n"
     "\"producer_name\": \"\", \"producer_version\": \"\", \"domain\": \"\", \"model_version\": 0, \"doc_string\": \"\",\n"
     "\"opset_import\": [{\"domain\": \"\", \"version\": 13}],\n"
     "\"metadata_props\": [],\n"
@@ -216,7 +216,7 @@ static const char *const want_attrs_json =
     "\"functions\": 0}\n";
 
 static const char *const want_inits_info =
-    "ir_version:  3\n"
+    "ir_version:  4\n"
     "opsets:      ai.onnx 13\n"
     "graph:       main\n"
     "inputs (1):\n"
@@ -298,7 +298,7 @@ END_TEST
 static nbl_model *model_inits(void) {
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
-  m->ir_version = 3;
+  m->ir_version = 4; /* k: an input with a default (below IR 4 a constant) */
   nbl_graph *g = m->graph;
   nbl_arena *a = m->arena;
   nbl_id x = nbl_graph_add_value(g, "x"), w = nbl_graph_add_value(g, "w");

@@ -787,6 +787,71 @@ START_TEST(test_save_unique_node_names) {
 }
 END_TEST
 
+/* Below IR 4 every initializer is listed as a graph input and is a
+ * constant (ONNX Runtime lets a caller override an initializer only from IR
+ * 4 on): the loader keeps only the true inputs, the saver lists the
+ * initializers again after them (the file as it was), and the same model at
+ * IR 4 keeps W as an input with a default. */
+START_TEST(test_ir3_initializer_inputs) {
+  make_tmp();
+  for (int ir = 3; ir <= 4; ir++) {
+    mb b;
+    float w[6] = {1, -2, 3, -4, 5, -6};
+    int64_t dims[2] = {2, 3};
+    mb_relu_model(&b, w, dims);
+    b.m.ir_version = ir;
+    mb_input(&b, "W");
+    const char *p = mb_write(&b, "ir3.onnx");
+    nbl_model *m;
+    ck_assert_int_eq(nbl_model_load(p, &m), NBL_OK);
+    nbl_graph *g = m->graph;
+    const nbl_id W = nbl_graph_find(g, "W");
+    ck_assert_int_eq(g->n_inputs, ir < 4 ? 1 : 2);
+    ck_assert_str_eq(g->values[g->inputs[0]].name, "x");
+    ck_assert_int_eq(!!(g->values[W].flags & NBL_VAL_INPUT), ir >= 4);
+    ck_assert_ptr_nonnull(g->values[W].init);
+    ck_assert_int_eq(m->ir_version, ir);
+    void *buf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(nbl_model_save_buffer(m, &buf, &len), NBL_OK);
+    Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, len, buf);
+    ck_assert_ptr_nonnull(mp);
+    ck_assert_int_eq(mp->ir_version, ir);
+    ck_assert_uint_eq(mp->graph->n_input, 2);
+    ck_assert_str_eq(mp->graph->input[0]->name, "x");
+    ck_assert_str_eq(mp->graph->input[1]->name, "W");
+    ck_assert_uint_eq(mp->graph->n_initializer, 1);
+    onnx__model_proto__free_unpacked(mp, NULL);
+    nbl_model *m2;
+    ck_assert_int_eq(nbl_model_load_buffer(buf, len, "ir3.onnx", NULL, &m2), NBL_OK);
+    char why[1024];
+    ck_assert_msg(nbl_model_equal(m, m2, why, sizeof why), "%s", why);
+    free(buf);
+    nbl_model_free(m2);
+    /* a new initializer without a value info is listed with its tensor's type */
+    if (ir < 4) {
+      int64_t d1 = 3;
+      float bv[3] = {0.5f, 1, 2};
+      nbl_id B = nbl_graph_add_value(g, "B");
+      nbl_graph_set_initializer(g, B, nbl_tensor_new(m->arena, "B", NBL_DT_FLOAT, 1, &d1, bv));
+      ck_assert_int_eq(nbl_model_save_buffer(m, &buf, &len), NBL_OK);
+      mp = onnx__model_proto__unpack(NULL, len, buf);
+      ck_assert_ptr_nonnull(mp);
+      ck_assert_uint_eq(mp->graph->n_input, 3);
+      const Onnx__ValueInfoProto *vb = mp->graph->input[2];
+      ck_assert_str_eq(vb->name, "B");
+      ck_assert_int_eq(vb->type->tensor_type->elem_type, 1);
+      ck_assert_uint_eq(vb->type->tensor_type->shape->n_dim, 1);
+      ck_assert_int_eq(vb->type->tensor_type->shape->dim[0]->dim_value, 3);
+      onnx__model_proto__free_unpacked(mp, NULL);
+      free(buf);
+    }
+    nbl_model_free(m);
+  }
+  rm_tmp();
+}
+END_TEST
+
 Suite *parser_suite(void) {
   Suite *s = suite_create("parser");
   TCase *tc = tcase_create("core");
@@ -801,6 +866,7 @@ Suite *parser_suite(void) {
   tcase_add_test(tc, test_training_bindings);
   tcase_add_test(tc, test_save_refuses_invalid);
   tcase_add_test(tc, test_save_unique_node_names);
+  tcase_add_test(tc, test_ir3_initializer_inputs);
   suite_add_tcase(s, tc);
   return s;
 }

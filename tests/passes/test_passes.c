@@ -168,14 +168,14 @@ START_TEST(test_fold_batchnorm) {
 }
 END_TEST
 
-/* Initializers that are also graph inputs (IR < 4 models, PyTorch's opset
- * < 9 exports) are not constants: fold-batchnorm leaves them; after
- * constant-initializers they are constants (out of graph.input, IR >= 4, the
- * other inputs kept in order) and the fold happens; a second run changes
- * nothing. */
+/* Initializers that are also graph inputs of an IR >= 4 model are defaults
+ * a caller may override, not constants: fold-batchnorm leaves them; after
+ * constant-initializers they are constants (out of graph.input, the other
+ * inputs kept in order) and the fold happens; a second run changes nothing.
+ * (Below IR 4 the loader already takes them out: test_parser.) */
 START_TEST(test_constant_initializers) {
   nbl_model *m = new_model();
-  m->ir_version = 3;
+  m->ir_version = 4;
   nbl_graph *g = m->graph;
   int64_t xd[] = {1, 1, 2, 2}, wd[] = {2, 1, 1, 1}, cd[] = {2};
   float w[] = {2.0f, -1.0f}, cb[] = {0.5f, 1.0f};
