@@ -83,9 +83,9 @@ static double un_f(int op, double x, const uparam *p) {
     return x * (t < 0 ? 0.0 : t > 1 ? 1.0 : t);
   }
   case U_TANH: return tanh(x);
-  case U_ELU: return x < 0 ? p->a * (exp(x) - 1.0) : x;
-  case U_SELU: return x <= 0 ? p->g * (p->a * exp(x) - p->a) : p->g * x;
-  case U_CELU: return x >= 0 ? x : p->a * (exp(x / p->a) - 1.0);
+  case U_ELU: return x < 0 ? p->a * expm1(x) : x;
+  case U_SELU: return x <= 0 ? p->g * (p->a * expm1(x)) : p->g * x;
+  case U_CELU: return x >= 0 ? x : p->a * expm1(x / p->a);
   case U_SOFTPLUS: return softplus_d(x);
   case U_SOFTSIGN: return x / (1.0 + fabs(x));
   case U_TRELU: return (x > p->a || isnan(x)) ? x : 0.0;
@@ -263,8 +263,8 @@ static void un_f32(void *arg, int64_t b, int64_t e) {
   case U_SIGN: F32_UN(v > 0 ? 1.0f : v < 0 ? -1.0f : v); break;
   case U_RELU: F32_UN(v < 0 ? 0.0f : v); break;
   case U_LEAKY: F32_UN(v < 0 ? pa * v : v); break;
-  case U_ELU: F32_UN(v < 0 ? pa * (expf(v) - 1.0f) : v); break;
-  case U_SELU: F32_UN(v <= 0 ? pg * (pa * expf(v) - pa) : pg * v); break;
+  case U_ELU: F32_UN(v < 0 ? pa * expm1f(v) : v); break;
+  case U_SELU: F32_UN(v <= 0 ? pg * (pa * expm1f(v)) : pg * v); break;
   case U_SOFTSIGN: F32_UN(v / (1.0f + fabsf(v))); break;
   case U_CLIP: F32_UN(clampf_(v, pa, pb)); break;
   default: /* the rest: double precision per element */

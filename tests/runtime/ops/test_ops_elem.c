@@ -379,6 +379,22 @@ START_TEST(test_activation_params) {
   CK_F(outf(o, 0)[2], 0.5, 0);
   one_free(o);
 
+  /* near 0 the negative branches are alpha * expm1(x): exp(x) - 1 in float
+   * would be -9.537e-7 at x = -1e-6 (4.6 % off), on both paths */
+  const float tiny[2] = {-1e-6f, -3e-8f};
+  const char *near0[] = {"Elu", "Selu", "Celu"};
+  for (int k = 0; k < 3; k++)
+    for (int ref = 0; ref < 2; ref++) {
+      o = one_new(near0[k], 12, 1, 1);
+      one_in(o, 0, NBL_DT_FLOAT, 1, (int64_t[]){2}, tiny);
+      ck_assert_int_eq(one_run(o, ref), NBL_OK);
+      const double sc = k == 1 ? 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717 : 1.0;
+      for (int i = 0; i < 2; i++)
+        ck_assert_msg(fabs(outf(o, 0)[i] - sc * expm1((double)tiny[i])) <= 1e-6 * fabs(sc * tiny[i]),
+                      "%s(%g) ref %d: %.9g", near0[k], tiny[i], ref, outf(o, 0)[i]);
+      one_free(o);
+    }
+
   o = one_new("HardSigmoid", 6, 1, 1);
   one_in(o, 0, NBL_DT_FLOAT, 1, (int64_t[]){4}, x);
   ck_assert_int_eq(one_run(o, 0), NBL_OK);
