@@ -168,6 +168,12 @@ nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipel
 /* List every pass with its description and options. */
 void nbl_passes_print(FILE *out);
 
+/* Create the folder `path` and any missing parent (as `mkdir -p`); an
+ * existing folder is fine. The dump options (dump_dir above, `nibble run
+ * --dump-tensors`) go through it. The message names the path that could
+ * not be made. */
+nbl_status nbl_make_dirs(const char *path);
+
 /* ------------------------------------------------------------------------ */
 /* Op table                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -405,6 +405,28 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+nbl_status nbl_make_dirs(const char *path) {
+  if (!path || !*path) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "empty folder name");
+  size_t n = strlen(path);
+  char *p = malloc(n + 1);
+  if (!p) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: creating the folder", path);
+  memcpy(p, path, n + 1);
+  nbl_status st = NBL_OK;
+  struct stat sb;
+  for (size_t i = 1; i <= n && !st; i++) { /* each prefix that ends a component */
+    if (p[i] != '/' && p[i] != '\0') continue;
+    char c = p[i];
+    p[i] = '\0';
+    if (mkdir(p, 0777) != 0 && errno != EEXIST)
+      st = nbl_errorf(NBL_ERR_IO, "%s: cannot create folder %s: %s", path, p, strerror(errno));
+    else if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode))
+      st = nbl_errorf(NBL_ERR_IO, "%s: cannot create folder: %s is not a folder", path, p);
+    p[i] = c;
+  }
+  free(p);
+  return st;
+}
+
 nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipeline_options *opt) {
   nbl_pipeline_options none = {0};
   if (!opt) opt = &none;
@@ -412,9 +434,7 @@ nbl_status nbl_pipeline_run(const nbl_pipeline *p, nbl_model *m, const nbl_pipel
   FILE *log = opt->log ? opt->log : stderr;
   nbl_status st = NBL_OK;
   if (opt->dump_dir) {
-    if (mkdir(opt->dump_dir, 0777) != 0 && errno != EEXIST)
-      return nbl_errorf(NBL_ERR_IO, "%s: cannot create dump folder: %s", opt->dump_dir,
-                        strerror(errno));
+    if ((st = nbl_make_dirs(opt->dump_dir))) return st;
     if ((st = write_dump(m, opt->dump_dir, 0, "input"))) return st;
   }
   if (opt->pass_stats)

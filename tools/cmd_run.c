@@ -40,8 +40,8 @@ static int is_file(const char *p) {
 
 static int ensure_dir(const char *p) {
   if (is_dir(p)) return 0;
-  if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-    fprintf(stderr, "nibble: cannot create folder %s: %s\n", p, strerror(errno));
+  if (nbl_make_dirs(p) != NBL_OK) {
+    fprintf(stderr, "nibble: %s\n", nbl_last_error());
     return -1;
   }
   return 0;

@@ -15,6 +15,16 @@ fail() { echo "FAIL: $*"; exit 1; }
 PIPE=infer-shapes,eliminate-identity,dce
 "$NIBBLE" convert "$MODEL" -o "$W/out.onnx" --passes "$PIPE" --print-after-all --verify-each \
   --dump-dir "$W/dump" >"$W/print.txt" 2>"$W/log.txt"
+# missing parent folders are made, as mkdir -p; a file in the way is a clear error
+"$NIBBLE" convert "$MODEL" -o "$W/outn.onnx" --passes dce --dump-dir "$W/a/b/dump" >/dev/null 2>&1 || fail "nested --dump-dir"
+[ -f "$W/a/b/dump/01-dce.onnx" ] || fail "nested --dump-dir: no 01-dce.onnx"
+"$NIBBLE" run "$MODEL" --input "input=$BATCH" --dump-tensors "$W/c/d/tensors" >/dev/null 2>&1 || fail "nested --dump-tensors"
+[ -n "$(ls "$W/c/d/tensors")" ] || fail "nested --dump-tensors: empty"
+touch "$W/file"
+if "$NIBBLE" convert "$MODEL" -o "$W/outf.onnx" --passes dce --dump-dir "$W/file/dump" >/dev/null 2>"$W/err.txt"; then
+  fail "--dump-dir under a file succeeded"
+fi
+grep -q "cannot create folder: $W/file is not a folder" "$W/err.txt" || fail "--dump-dir under a file: $(cat "$W/err.txt")"
 for want in "// ----- IR after infer-shapes (1/3) ----- //" \
             "// ----- IR after eliminate-identity (2/3) ----- //" \
             "// ----- IR after dce (3/3) ----- //"; do
@@ -54,5 +64,5 @@ PY
 fi
 # (A pass that breaks the IR is named by --verify-each: test_passes.c registers
 # such a pass; a convert whose pipeline fails writes nothing: check_bad_int4.py.)
-echo "dumps: 3 banners, 12 files, 4 stages load/run/parse/render"
+echo "dumps: 3 banners, 12 files, 4 stages load/run/parse/render; nested folders made"
 echo "1 passed, 0 failed"
