@@ -411,20 +411,24 @@ nbl_status nbl_adapt_mask_bool_down(nbl_adapt_ctx *c) { return mask_cast(c, NBL_
 nbl_status nbl_adapt_align_input(nbl_adapt_ctx *c, int i, int64_t axis) {
   const nbl_node *n = nbl_adapt_node(c);
   int ra = nbl_adapt_rank(c, n->inputs[0]), rb = nbl_adapt_rank(c, n->inputs[i]);
-  if (ra < 0 || rb < 0)
-    return nbl_adapt_refuse(c, "input %d aligned at axis %lld needs the ranks of inputs 0 and %d, "
-                               "which are not known", i, (long long)axis, i);
-  if (axis < 0) axis += ra;
-  if (axis < 0 || axis + rb > ra)
+  if (ra < 0 || rb < 0) {
+    int which = ra < 0 ? 0 : i;
+    const char *name = c->graph->values[n->inputs[which]].name;
+    return nbl_adapt_refuse(c, "input %d aligned at axis %lld needs the rank of input %d '%s', "
+                               "which is not known", i, (long long)axis, which, name ? name : "");
+  }
+  int trailing = nbl_bcast_axis_units(ra, rb, axis);
+  if (trailing < 0)
     return nbl_adapt_refuse(c, "axis %lld does not fit ranks %d and %d", (long long)axis, ra, rb);
-  int trailing = (int)(ra - axis - rb);
-  if (trailing <= 0) return NBL_OK;
+  if (trailing == 0) return NBL_OK;
+  if (trailing > NBL_MAX_RANK)
+    return nbl_adapt_refuse(c, "rank %d is above the %d nibble handles", ra, NBL_MAX_RANK);
   /* B gets `trailing` unit dims at its end: Unsqueeze (its form at ctx->to) */
   nbl_id b = n->inputs[i];
   nbl_id u = nbl_adapt_add_node(c, "Unsqueeze", "unsqueezed", 1, &b, NBL_NONE);
   if (u == NBL_NONE) return oom();
   int64_t axes[NBL_MAX_RANK];
-  for (int k = 0; k < trailing && k < NBL_MAX_RANK; k++) axes[k] = rb + k;
+  for (int k = 0; k < trailing; k++) axes[k] = rb + k;
   nbl_node_set_attr_ints(c->graph, c->graph->values[u].producer, "axes", trailing, axes);
   nbl_node_set_input(c->graph, c->node, i, u);
   return NBL_OK;
@@ -432,9 +436,9 @@ nbl_status nbl_adapt_align_input(nbl_adapt_ctx *c, int i, int64_t axis) {
 
 nbl_status nbl_adapt_legacy_broadcast(nbl_adapt_ctx *c) {
   const nbl_node *n = nbl_adapt_node(c);
-  const nbl_attr *ax = nbl_node_attr(n, "axis");
-  if (nbl_attr_int(n, "broadcast", 0) && ax && n->n_inputs >= 2) {
-    nbl_status st = nbl_adapt_align_input(c, 1, ax->i);
+  int64_t axis = 0;
+  if (n->n_inputs >= 2 && nbl_bcast_legacy(n, c->from, &axis) == NBL_BCAST_AXIS) {
+    nbl_status st = nbl_adapt_align_input(c, 1, axis);
     if (st) return st;
   }
   nbl_adapt_drop_attr(c, "broadcast");

@@ -124,9 +124,10 @@ nbl_status nbl_adapt_mask_bool_down(nbl_adapt_ctx *c);
  * the same way (ranks must be known). Used by the adapters below and PRelu. */
 nbl_status nbl_adapt_align_input(nbl_adapt_ctx *c, int i, int64_t axis);
 /* Legacy broadcast of the binary ops before opset 7 (broadcast=1 with an
- * optional axis: B's dims match A's from axis on) -> numpy broadcasting:
- * B is unsqueezed at its end when axis leaves trailing dims of A (ranks must
- * then be known). Drops broadcast, axis and consumed_inputs. */
+ * optional axis: B's dims match A's from axis on; nbl_bcast_legacy) -> numpy
+ * broadcasting: B is unsqueezed at its end when axis leaves trailing dims of
+ * A (ranks must then be known: declared, or inferred by the shape rules the
+ * driver runs first). Drops broadcast, axis and consumed_inputs. */
 nbl_status nbl_adapt_legacy_broadcast(nbl_adapt_ctx *c);
 
 /* ------------------------------------------------------------------ shared histories */

@@ -102,6 +102,23 @@ int nbl_broadcast_shape(int ra, const int64_t *a, int rb, const int64_t *b, int 
 /* For output linear index i of shape (rank,dims), the linear index into a
  * broadcast operand of shape (ra, a) (ra <= rank, right-aligned). */
 int64_t nbl_broadcast_index(int rank, const int64_t *dims, int64_t i, int ra, const int64_t *a);
+/* How input B (1) of a binary op broadcasts onto input A (0) when the op had
+ * the legacy form before opset 7 (Add, Sub, Mul, Div, Pow, And, Or, Xor, Equal,
+ * Greater, Less). The kernels, the shape rules and the opset-7 adapter all
+ * read the node through this one function:
+ *   NBL_BCAST_NUMPY  opset >= 7, or before with broadcast=1 and no axis (B's
+ *                    dims match A's last ones): numpy broadcasting;
+ *   NBL_BCAST_EQUAL  before 7 with broadcast=0 (the default): equal shapes;
+ *   NBL_BCAST_AXIS   before 7 with broadcast=1 and an axis: B's dims line up
+ *                    with A's from *axis on, i.e. B followed by
+ *                    nbl_bcast_axis_units() unit dims, numpy-broadcast with A.
+ * *axis is set for NBL_BCAST_AXIS only (may be negative). */
+typedef enum { NBL_BCAST_NUMPY, NBL_BCAST_EQUAL, NBL_BCAST_AXIS } nbl_bcast_kind;
+nbl_bcast_kind nbl_bcast_legacy(const nbl_node *n, int opset, int64_t *axis);
+/* The unit dims B (rank rb) gets at its end to line up with A (rank ra) from
+ * `axis` on (negative: counted from A's end): ra - axis - rb, or -1 when the
+ * axis does not fit (axis outside A, or B running past A's end). */
+int nbl_bcast_axis_units(int ra, int rb, int64_t axis);
 /* Strides of a row-major shape. */
 void nbl_strides(int rank, const int64_t *dims, int64_t *strides);
 

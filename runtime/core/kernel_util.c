@@ -185,6 +185,21 @@ int64_t nbl_broadcast_index(int rank, const int64_t *dims, int64_t i, int ra, co
   return idx;
 }
 
+nbl_bcast_kind nbl_bcast_legacy(const nbl_node *n, int opset, int64_t *axis) {
+  if (opset >= 7) return NBL_BCAST_NUMPY;
+  if (!nbl_attr_int(n, "broadcast", 0)) return NBL_BCAST_EQUAL;
+  const nbl_attr *ax = nbl_node_attr(n, "axis");
+  if (!ax) return NBL_BCAST_NUMPY; /* suffix matching: the numpy rule */
+  *axis = nbl_attr_int(n, "axis", 0);
+  return NBL_BCAST_AXIS;
+}
+
+int nbl_bcast_axis_units(int ra, int rb, int64_t axis) {
+  if (axis < 0) axis += ra;
+  if (axis < 0 || axis > ra || rb < 0 || axis + rb > ra) return -1;
+  return (int)(ra - axis - rb);
+}
+
 void nbl_strides(int rank, const int64_t *dims, int64_t *strides) {
   int64_t s = 1;
   for (int d = rank - 1; d >= 0; d--) {

@@ -76,6 +76,11 @@ static void type_str(char *buf, size_t n, nbl_dtype dt, int rank, const nbl_dim 
   if (k < n) snprintf(buf + k, n - k, "]");
 }
 
+const char *nbl_shp_str(char *buf, size_t n, const nbl_shp *s) {
+  type_str(buf, n, s->dt, s->rank, s->d);
+  return buf;
+}
+
 /* ------------------------------------------------------------------ reading inputs */
 
 /* The type of a value captured from an enclosing graph, by name. */

@@ -143,6 +143,8 @@ bool nbl_shp_bcast(nbl_shp *o, const nbl_shp *a, const nbl_shp *b);
 nbl_status nbl_shp_bcast_err(nbl_shape_ctx *c, const nbl_shp *a, const nbl_shp *b);
 /* Broadcast every present input in [from, to) into *o (type of the first). */
 nbl_status nbl_shp_bcast_inputs(nbl_shape_ctx *c, int from, int to, nbl_shp *o);
+/* s as text ("float[N,3]", "?[?]" when unknown) into buf; returns buf. */
+const char *nbl_shp_str(char *buf, size_t n, const nbl_shp *s);
 /* "node 'NAME' (Op): " prefixed error. */
 nbl_status nbl_shp_err(nbl_shape_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -349,8 +349,9 @@ static void row_cmp_f32(const bc_job *j, int64_t oo, const int64_t *off, const i
   }
 }
 
-/* Opset < 7 "legacy" broadcasting: B's dims are aligned with A starting at
- * `axis` when broadcast=1; otherwise the shapes must match. Writes B's view. */
+/* Opset < 7 "legacy" broadcasting (nbl_bcast_legacy): B's dims are aligned
+ * with A starting at `axis` when broadcast=1; otherwise the shapes must match.
+ * Writes B's view. */
 static nbl_status legacy_bshape(nbl_kctx *c, const nbl_rt_tensor *A, const nbl_rt_tensor *B,
                                 int *rb, int64_t *db) {
   *rb = B->rank;
@@ -361,8 +362,9 @@ static nbl_status legacy_bshape(nbl_kctx *c, const nbl_rt_tensor *A, const nbl_r
       for (int d = 2; d < A->rank; d++) db[(*rb)++] = 1;
     return NBL_OK;
   }
-  int64_t bc = nbl_attr_int(c->node, "broadcast", 0);
-  if (!bc) {
+  int64_t axis = 0;
+  nbl_bcast_kind k = nbl_bcast_legacy(c->node, c->opset, &axis);
+  if (k == NBL_BCAST_EQUAL) {
     int same = A->rank == B->rank;
     for (int d = 0; same && d < A->rank; d++) same = A->dims[d] == B->dims[d];
     if (!same)
@@ -370,13 +372,12 @@ static nbl_status legacy_bshape(nbl_kctx *c, const nbl_rt_tensor *A, const nbl_r
                       "opset %d without broadcast=1 needs inputs of the same shape", c->opset);
     return NBL_OK;
   }
-  if (!nbl_node_attr(c->node, "axis")) return NBL_OK; /* suffix matching == numpy rule */
-  int64_t axis = nbl_attr_int(c->node, "axis", 0);
-  if (axis < 0) axis += A->rank;
-  if (axis < 0 || axis + B->rank > A->rank)
+  if (k != NBL_BCAST_AXIS) return NBL_OK;
+  int units = nbl_bcast_axis_units(A->rank, B->rank, axis);
+  if (units < 0)
     return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "legacy broadcast axis %lld does not fit ranks %d and %d",
                     (long long)axis, A->rank, B->rank);
-  for (int64_t d = axis + B->rank; d < A->rank; d++) db[(*rb)++] = 1;
+  for (int u = 0; u < units; u++) db[(*rb)++] = 1;
   return NBL_OK;
 }
 
@@ -632,11 +633,66 @@ static nbl_status kd_arith(nbl_shape_ctx *c, const char *op) {
   return nbl_shp_set_kd(c, 0, &r);
 }
 
-/* Add, Sub, Mul, Div: numpy broadcasting; known small integer data computed. */
+/* The name of input i (for messages). */
+static const char *shp_in_name(const nbl_shape_ctx *c, int i) {
+  const char *s = c->graph->values[c->node->inputs[i]].name;
+  return s ? s : "";
+}
+
+/* A binary op's output: A and B broadcast as the kernel does (numpy, or the
+ * legacy form before opset 7 that nbl_bcast_legacy reads from the node: equal
+ * shapes, or B lined up with A from `axis` on); element type dt (UNDEFINED:
+ * A's). */
+static nbl_status shape_binary(nbl_shape_ctx *c, nbl_dtype dt) {
+  nbl_shp a, b, o;
+  int64_t axis = 0;
+  nbl_bcast_kind k = NBL_BCAST_NUMPY;
+  if (c->node->n_inputs == 2 && nbl_shp_in(c, 0, &a) && nbl_shp_in(c, 1, &b))
+    k = nbl_bcast_legacy(c->node, c->opset, &axis);
+  char x[256], y[256];
+  if (k == NBL_BCAST_NUMPY) {
+    nbl_status st = nbl_shp_bcast_inputs(c, 0, c->node->n_inputs, &o);
+    if (st) return st;
+  } else if (k == NBL_BCAST_EQUAL) {
+    o = a.rank >= 0 ? a : b;
+    bool same = a.rank < 0 || b.rank < 0 || a.rank == b.rank;
+    for (int d = 0; same && a.rank >= 0 && b.rank >= 0 && d < a.rank; d++) {
+      same = !nbl_dim_known(a.d[d]) || !nbl_dim_known(b.d[d]) || a.d[d].value == b.d[d].value;
+      o.d[d] = nbl_dim_merge(a.d[d], b.d[d]);
+    }
+    if (!same)
+      return nbl_shp_err(c, "opset %d without broadcast=1 needs inputs of the same shape: '%s' is "
+                            "%s, '%s' is %s", c->opset, shp_in_name(c, 0),
+                         nbl_shp_str(x, sizeof x, &a), shp_in_name(c, 1), nbl_shp_str(y, sizeof y, &b));
+  } else if (a.rank < 0) {
+    nbl_shp_unknown(&o, a.dt); /* A's rank, unknown */
+  } else {
+    /* B and its unit dims; when B's rank is unknown, dims unknown from axis
+     * on (the view always spans A's dims from axis to the end) */
+    nbl_shp view = b;
+    int units = nbl_bcast_axis_units(a.rank, b.rank < 0 ? 0 : b.rank, axis);
+    if (b.rank < 0 && units >= 0)
+      nbl_shp_rank(&view, b.dt, units);
+    else
+      for (int u = 0; u < units && view.rank < NBL_SHP_MAXR; u++)
+        view.d[view.rank++] = nbl_dim_val(1);
+    if (units < 0 || !nbl_shp_bcast(&o, &a, &view))
+      return nbl_shp_err(c, "broadcast=1: input '%s' %s does not line up with input '%s' %s from "
+                            "axis %lld", shp_in_name(c, 1), nbl_shp_str(y, sizeof y, &b),
+                         shp_in_name(c, 0), nbl_shp_str(x, sizeof x, &a), (long long)axis);
+  }
+  o.dt = dt ? dt : (k == NBL_BCAST_NUMPY ? o.dt : a.dt);
+  return nbl_shp_set(c, 0, &o);
+}
+
+/* Add, Sub, Mul, Div: the broadcast of A and B; known small integer data computed. */
 static nbl_status shape_arith(nbl_shape_ctx *c) {
-  nbl_status st = nbl_shape_bcast(c);
+  nbl_status st = shape_binary(c, NBL_DT_UNDEFINED);
   return st ? st : kd_arith(c, c->node->op_type);
 }
+/* Pow: A's type; And, Or, Xor, Equal, Less, Greater: bool. */
+static nbl_status shape_pow(nbl_shape_ctx *c) { return shape_binary(c, NBL_DT_UNDEFINED); }
+static nbl_status shape_logic(nbl_shape_ctx *c) { return shape_binary(c, NBL_DT_BOOL); }
 
 /* Where: condition, X and Y broadcast; X's type. */
 static nbl_status shape_where(nbl_shape_ctx *c) {
@@ -782,23 +838,23 @@ const nbl_op_def nbl_ops_elementwise[] = {
     NBL_OP("Sub", 1, .ref = k_sub, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_sub),
     NBL_OP("Mul", 1, .ref = k_mul, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_mul),
     NBL_OP("Div", 1, .ref = k_div, .shape = shape_arith, NBL_SINCE7_BROADCAST, .grad = g_div),
-    NBL_OP("Pow", 1, .ref = k_pow, .shape = nbl_shape_bcast, NBL_SINCE7_BROADCAST, .grad = g_pow),
+    NBL_OP("Pow", 1, .ref = k_pow, .shape = shape_pow, NBL_SINCE7_BROADCAST, .grad = g_pow),
     NBL_OP("Mod", 10, .ref = k_mod, .shape = nbl_shape_bcast, .stable_since = 10, .no_grad = "no rule yet"),
-    NBL_OP("Equal", 1, .ref = k_equal, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("Equal", 1, .ref = k_equal, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Less", 1, .ref = k_less, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("Less", 1, .ref = k_less, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Greater", 1, .ref = k_greater, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("Greater", 1, .ref = k_greater, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("LessOrEqual", 12, .ref = k_lessequal, .shape = nbl_shape_bcast_bool, .stable_since = 12,
         .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("GreaterOrEqual", 12, .ref = k_greaterequal, .shape = nbl_shape_bcast_bool,
         .stable_since = 12, .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("And", 1, .ref = k_and, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("And", 1, .ref = k_and, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Or", 1, .ref = k_or, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("Or", 1, .ref = k_or, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
-    NBL_OP("Xor", 1, .ref = k_xor, .shape = nbl_shape_bcast_bool, NBL_SINCE7_BROADCAST,
+    NBL_OP("Xor", 1, .ref = k_xor, .shape = shape_logic, NBL_SINCE7_BROADCAST,
         .no_grad = NBL_NO_GRAD_BOOL),
     NBL_OP("BitShift", 11, .ref = k_bitshift, .shape = nbl_shape_bcast, .stable_since = 11,
         .no_grad = NBL_NO_GRAD_INT),

@@ -114,9 +114,8 @@ static nbl_status run(const nbl_model *m, tm *t, outs *o) {
   return st;
 }
 
-static nbl_status convert(nbl_model *m, int target) {
-  char spec[64];
-  snprintf(spec, sizeof spec, "convert-opset{target=%d}", target);
+/* Run the pass pipeline `spec` on m (verifying after each pass, log discarded). */
+static nbl_status pipeline(nbl_model *m, const char *spec) {
   nbl_pipeline *p = NULL;
   nbl_status st = nbl_pipeline_parse(spec, &p);
   FILE *devnull = fopen("/dev/null", "w");
@@ -125,6 +124,12 @@ static nbl_status convert(nbl_model *m, int target) {
   fclose(devnull);
   nbl_pipeline_free(p);
   return st;
+}
+
+static nbl_status convert(nbl_model *m, int target) {
+  char spec[64];
+  snprintf(spec, sizeof spec, "convert-opset{target=%d}", target);
+  return pipeline(m, spec);
 }
 
 /* The model saved and loaded again (what a converted file holds). */
@@ -711,6 +716,66 @@ START_TEST(test_legacy_broadcast) {
 }
 END_TEST
 
+/* Two legacy-broadcast ops in a row: y = (x + b) * c, b and c lined up with x
+ * at axis 1. The Mul's A has no declared type: the converter takes its rank
+ * from the shape rules. Hand-computed values, the same after conversion. */
+static const float chain_b[2] = {1, 2}, chain_c[2] = {2, -0.5f};
+static tm *legacy_chain(int opset, int shapeless) {
+  static float x[24];
+  for (int i = 0; i < 24; i++) x[i] = (float)i;
+  tm *t = tm_new(opset);
+  int64_t dx[] = {2, 2, 2, 3}, dc = 2;
+  nbl_id xi = tm_input_x(t, "x", NBL_DT_FLOAT, 4, dx, x, shapeless);
+  nbl_id bi = tm_init(t, "b", NBL_DT_FLOAT, 1, &dc, chain_b),
+         ci = tm_init(t, "c", NBL_DT_FLOAT, 1, &dc, chain_c);
+  nbl_id a = tm_val(t, "a"), y = tm_out(t, "y");
+  nbl_id n[2] = {tm_node(G(t), "Add", "add", 2, (nbl_id[]){xi, bi}, 1, &a),
+                 tm_node(G(t), "Mul", "mul", 2, (nbl_id[]){a, ci}, 1, &y)};
+  for (int k = 0; k < 2; k++) {
+    nbl_node_set_attr_int(G(t), n[k], "broadcast", 1);
+    nbl_node_set_attr_int(G(t), n[k], "axis", 1);
+  }
+  return t;
+}
+
+static void expect_chain_values(const outs *o) {
+  ck_assert_int_eq(o->n, 1);
+  ck_assert_int_eq(o->t[0].rank, 4);
+  ck_assert_uint_eq(o->t[0].nbytes, 24 * sizeof(float));
+  const float *y = o->t[0].data;
+  for (int i = 0; i < 24; i++) /* x[n, ch, h, w] = i: ch = i / 6 % 2 */
+    ck_assert_msg(y[i] == (i + chain_b[i / 6 % 2]) * chain_c[i / 6 % 2], "y[%d] = %g", i, y[i]);
+}
+
+START_TEST(test_legacy_broadcast_chain) {
+  for (int opset = 6; opset >= 4; opset -= 2) {
+    tm *t = legacy_chain(opset, 0);
+    if (opset == 4) /* the default pipeline (infer-shapes) first */
+      ck_assert_msg(pipeline(t->m, "default") == NBL_OK, "%s", nbl_last_error());
+    outs before;
+    check_convert(t, 13, 0, &before);
+    expect_chain_values(&before);
+    ck_assert_int_eq(count_op(G(t), "Unsqueeze"), 2);
+    ck_assert_ptr_null(nbl_node_attr(find_op(G(t), "Mul"), "axis"));
+    outs_free(&before);
+    tm_free(t);
+  }
+}
+END_TEST
+
+/* x of unknown rank: the model runs, but convert-opset cannot line b up. */
+START_TEST(test_legacy_broadcast_unknown_rank) {
+  tm *t = legacy_chain(6, 1);
+  outs o;
+  ck_assert_msg(run(t->m, t, &o) == NBL_OK, "%s", nbl_last_error());
+  expect_chain_values(&o);
+  outs_free(&o);
+  expect_refused(t->m, 13, "node 'add' (Add, opset 6 -> 7): input 1 aligned at axis 1 needs the "
+                           "rank of input 0 'x', which is not known");
+  tm_free(t);
+}
+END_TEST
+
 /* PRelu before 7: a 1-D slope of the channel count is per channel. */
 START_TEST(test_prelu6) {
   tm *t = tm_new(6);
@@ -1030,19 +1095,11 @@ END_TEST
  * needs opset 21: the model must end at 21 and, saved and reloaded, give
  * the quantized outputs. */
 static void quantize_pack_same(tm *t, const char *q, const char *pk) {
-  nbl_pipeline *p = NULL;
-  ck_assert_int_eq(nbl_pipeline_parse(q, &p), NBL_OK);
-  FILE *devnull = fopen("/dev/null", "w");
-  nbl_pipeline_options opt = {.verify_each = 1, .log = devnull};
-  ck_assert_msg(nbl_pipeline_run(p, t->m, &opt) == NBL_OK, "%s", nbl_last_error());
-  nbl_pipeline_free(p);
+  ck_assert_msg(pipeline(t->m, q) == NBL_OK, "%s", nbl_last_error());
   outs qo;
   ck_assert_msg(run(t->m, t, &qo) == NBL_OK, "%s", nbl_last_error());
-  ck_assert_int_eq(nbl_pipeline_parse(pk, &p), NBL_OK);
-  nbl_status rc = nbl_pipeline_run(p, t->m, &opt);
+  nbl_status rc = pipeline(t->m, pk);
   ck_assert_msg(rc == NBL_OK, "%s: %s", pk, nbl_last_error());
-  nbl_pipeline_free(p);
-  fclose(devnull);
   ck_assert_int_eq(nbl_model_opset(t->m, ""), 21);
   nbl_model *r = reload(t->m);
   outs packed;
@@ -1121,6 +1178,8 @@ int main(void) {
   tcase_add_test(tc, test_resize11_tf_half_pixel);
   tcase_add_test(tc, test_scatter9);
   tcase_add_test(tc, test_legacy_broadcast);
+  tcase_add_test(tc, test_legacy_broadcast_chain);
+  tcase_add_test(tc, test_legacy_broadcast_unknown_rank);
   tcase_add_test(tc, test_prelu6);
   tcase_add_test(tc, test_gemm6);
   tcase_add_test(tc, test_stable_ops_kept);

@@ -142,6 +142,110 @@ START_TEST(test_broadcast_error) {
 }
 END_TEST
 
+/* The binary ops before opset 7 (legacy broadcast): with broadcast=1 and an
+ * axis, B's dims line up with A's from the axis on; without an axis, with A's
+ * last dims; with broadcast=0, the shapes must be equal. The output has A's
+ * shape. From opset 7 the same attributes mean nothing (numpy rule). */
+static nbl_id legacy_node(nbl_graph *g, const char *op, const char *name, nbl_id a, nbl_id b,
+                          int bc, int64_t axis, nbl_id out) {
+  nbl_id n = node1(g, op, name, 2, (nbl_id[]){a, b}, out);
+  if (bc) nbl_node_set_attr_int(g, n, "broadcast", 1);
+  if (axis != INT64_MIN) nbl_node_set_attr_int(g, n, "axis", axis);
+  return n;
+}
+
+START_TEST(test_legacy_broadcast) {
+  const int64_t NO_AXIS = INT64_MIN;
+  for (int opset = 1; opset <= 6; opset += 5) {
+    nbl_model *m = new_model(opset);
+    nbl_graph *g = m->graph;
+    const char *n4[] = {"N", NULL, NULL, NULL};
+    int64_t d_x[] = {-1, 4, 3, 3}, d4[] = {4}, d33[] = {3, 3}, d43[] = {4, 3}, dn[] = {-1};
+    nbl_id x = input(g, "x", NBL_DT_FLOAT, 4, d_x, n4);
+    nbl_id b = input(g, "b", NBL_DT_FLOAT, 1, d4, NULL);
+    nbl_id s = input(g, "s", NBL_DT_FLOAT, 2, d33, NULL);
+    nbl_id t = input(g, "t", NBL_DT_FLOAT, 2, d43, NULL);
+    nbl_id bn = input(g, "bn", NBL_DT_FLOAT, 0, NULL, NULL); /* a scalar */
+    nbl_id ub = input(g, "ub", NBL_DT_FLOAT, 1, dn, NULL);
+    g->values[ub].type.rank = -1; /* rank unknown */
+    nbl_id a = uval(g, "a"), y = uval(g, "y"), p = uval(g, "p"), e = uval(g, "e"),
+           q = uval(g, "q"), r = uval(g, "r"), w = uval(g, "w"), u = uval(g, "u"),
+           z = uval(g, "z");
+    legacy_node(g, "Add", "add", x, b, 1, 1, a);      /* [4] at axis 1 */
+    legacy_node(g, "Mul", "mul", a, b, 1, 1, y);      /* chained: A inferred */
+    legacy_node(g, "Pow", "pow", y, t, 1, -3, p);     /* [4,3] at axis -3 */
+    legacy_node(g, "Greater", "gt", p, s, 1, NO_AXIS, e); /* suffix [3,3] */
+    legacy_node(g, "Sub", "sub", a, bn, 1, 4, q);     /* a scalar at the end */
+    legacy_node(g, "Div", "div", q, y, 0, NO_AXIS, r); /* broadcast=0: same shapes */
+    legacy_node(g, "Equal", "eq", r, ub, 1, 2, w);    /* B's rank unknown */
+    node1(g, "And", "and", 2, (nbl_id[]){e, w}, u);   /* no legacy attributes: same shapes */
+    legacy_node(g, "Less", "lt", x, t, 1, 1, z);      /* bool */
+    nbl_graph_add_output(g, u);
+    nbl_graph_add_output(g, z);
+    ck_assert_msg(run_pass(m, NULL) == NBL_OK, "opset %d: %s", opset, nbl_last_error());
+    TYPE_IS(g, a, "float[N,4,3,3]");
+    TYPE_IS(g, y, "float[N,4,3,3]");
+    TYPE_IS(g, p, "float[N,4,3,3]");
+    TYPE_IS(g, e, "bool[N,4,3,3]");
+    TYPE_IS(g, q, "float[N,4,3,3]");
+    TYPE_IS(g, r, "float[N,4,3,3]");
+    TYPE_IS(g, w, "bool[N,4,3,3]");
+    TYPE_IS(g, u, "bool[N,4,3,3]");
+    TYPE_IS(g, z, "bool[N,4,3,3]");
+    nbl_model_free(m);
+  }
+  /* a dim of 1 in A under B's unknown rank: unknown; before the axis: kept */
+  nbl_model *m = new_model(6);
+  nbl_graph *g = m->graph;
+  int64_t d_a[] = {1, 1, 5}, dn[] = {-1};
+  nbl_id a = input(g, "a", NBL_DT_FLOAT, 3, d_a, NULL), ub = input(g, "ub", NBL_DT_FLOAT, 1, dn, NULL);
+  g->values[ub].type.rank = -1;
+  nbl_id y = uval(g, "y");
+  legacy_node(g, "Add", "add", a, ub, 1, 1, y);
+  nbl_graph_add_output(g, y);
+  ck_assert_msg(run_pass(m, NULL) == NBL_OK, "%s", nbl_last_error());
+  TYPE_IS(g, y, "float[1,?,5]");
+  nbl_model_free(m);
+}
+END_TEST
+
+/* What does not fit is an error naming the node and the shapes. */
+START_TEST(test_legacy_broadcast_errors) {
+  static const struct {
+    int opset, bc;
+    int64_t axis;
+    int rb;
+    int64_t db[2];
+    const char *msg;
+  } cases[] = {
+      {6, 1, 1, 1, {5}, "node 'op' (Add): broadcast=1: input 'b' float[5] does not line up with "
+                        "input 'x' float[1,4,3,3] from axis 1"},
+      {6, 1, 3, 2, {3, 3}, "node 'op' (Add): broadcast=1: input 'b' float[3,3] does not line up "
+                           "with input 'x' float[1,4,3,3] from axis 3"},
+      {6, 1, -5, 1, {1}, "from axis -5"},
+      {6, 1, INT64_MIN, 1, {4}, "node 'op' (Add): shapes float[1,4,3,3] and float[4] do not broadcast"},
+      {6, 0, INT64_MIN, 1, {3}, "node 'op' (Add): opset 6 without broadcast=1 needs inputs of the "
+                                "same shape: 'x' is float[1,4,3,3], 'b' is float[3]"},
+      /* from opset 7 the legacy attributes are not read: numpy broadcasting */
+      {7, 1, 1, 1, {4}, "node 'op' (Add): shapes float[1,4,3,3] and float[4] do not broadcast"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    nbl_model *m = new_model(cases[i].opset);
+    nbl_graph *g = m->graph;
+    int64_t dx[] = {1, 4, 3, 3};
+    nbl_id x = input(g, "x", NBL_DT_FLOAT, 4, dx, NULL);
+    nbl_id b = input(g, "b", NBL_DT_FLOAT, cases[i].rb, cases[i].db, NULL);
+    nbl_id y = uval(g, "y");
+    legacy_node(g, "Add", "op", x, b, cases[i].bc, cases[i].axis, y);
+    nbl_graph_add_output(g, y);
+    ck_assert_int_eq(run_pass(m, NULL), NBL_ERR_INVALID_MODEL);
+    ck_assert_msg(strstr(nbl_last_error(), cases[i].msg), "case %zu: '%s' lacks '%s'", i,
+                  nbl_last_error(), cases[i].msg);
+    nbl_model_free(m);
+  }
+}
+END_TEST
+
 START_TEST(test_conv_pool) {
   nbl_model *m = new_model(13);
   nbl_graph *g = m->graph;
@@ -792,6 +896,8 @@ int main(void) {
   TCase *tc = tcase_create("hand");
   tcase_add_test(tc, test_symbolic_elementwise);
   tcase_add_test(tc, test_broadcast_error);
+  tcase_add_test(tc, test_legacy_broadcast);
+  tcase_add_test(tc, test_legacy_broadcast_errors);
   tcase_add_test(tc, test_conv_pool);
   tcase_add_test(tc, test_reshape_constant);
   tcase_add_test(tc, test_shape_chain);

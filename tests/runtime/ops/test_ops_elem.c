@@ -262,6 +262,16 @@ START_TEST(test_legacy_broadcast) {
   const float want[6] = {11, 12, 13, 24, 25, 26};
   for (int i = 0; i < 6; i++) ck_assert_float_eq(outf(o, 0)[i], want[i]);
   one_free(o);
+  /* B running past A's end from the axis: an error naming the node */
+  o = one_new("Add", 6, 2, 1);
+  nbl_node_set_attr_int(G(o), o->node, "broadcast", 1);
+  nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+  one_in(o, 0, NBL_DT_FLOAT, 2, (int64_t[]){2, 3}, a);
+  one_in(o, 1, NBL_DT_FLOAT, 2, (int64_t[]){2, 1}, b);
+  ck_assert_int_eq(one_run(o, 0), NBL_ERR_INVALID_MODEL);
+  ck_assert_msg(strstr(nbl_last_error(), "(Add): legacy broadcast axis 1 does not fit ranks 2 and 2"),
+                "%s", nbl_last_error());
+  one_free(o);
 }
 END_TEST
 
