@@ -16,6 +16,14 @@
  * - update_binding: `<param>` -> `<param>.new`, state -> `<state>.new`, BN
  *   running statistics -> `<stat>.new` (the forward copy's new statistics).
  *
+ * Aliases (untie=1, the default): first, an Identity node reading a float
+ * initializer of the main graph (not a graph input) whose output a node
+ * reads is replaced by an initializer of its own, a copy of the value named
+ * as the Identity's output (see untie_aliases); so each alias is a separate
+ * parameter or running statistic, as the separate tensors PyTorch exported.
+ * One initializer read by several nodes directly is a shared weight and stays
+ * one parameter.
+ *
  * Optimizers: sgd (X - lr (G + wd X)), momentum / nesterov
  * (ai.onnx.preview.training Momentum, alpha = momentum, beta = 1: PyTorch's
  * SGD with dampening 0), adam (Adam, weight decay as L2 via norm_coefficient),
@@ -54,6 +62,8 @@ typedef struct bt {
   nbl_id *outs; /* algorithm outputs after the loss */
   int n_outs, cap_outs;
   int n_bn, n_dropout, n_frozen, n_unreached;
+  int n_untied, n_tied; /* Identity aliases of initializers: untied, left tied */
+  int n_input_alias;    /* ... left because their initializer is a graph input */
 } bt;
 
 /* ------------------------------------------------------------------ small helpers */
@@ -192,6 +202,89 @@ static nbl_tensor *scalar_of(nbl_arena *a, nbl_dtype dt, double v) {
   if (dt == NBL_DT_DOUBLE) return nbl_tensor_new(a, "", dt, 0, NULL, &v);
   float f = (float)v;
   return nbl_tensor_new(a, "", NBL_DT_FLOAT, 0, NULL, &f);
+}
+
+/* ------------------------------------------------------------------ aliases */
+
+/* The initializer an Identity node reads, through a chain of Identity nodes
+ * (NBL_NONE when n is not such an Identity or the chain ends elsewhere). */
+static nbl_id alias_root(const nbl_graph *g, nbl_id nid) {
+  for (int hops = 0; hops <= g->n_nodes; hops++) {
+    const nbl_node *n = &g->nodes[nid];
+    if (n->dead || strcmp(n->op_type, "Identity") || (n->domain[0] && strcmp(n->domain, "ai.onnx")) ||
+        n->n_inputs != 1 || n->n_outputs != 1 || n->inputs[0] == NBL_NONE || n->outputs[0] == NBL_NONE)
+      return NBL_NONE;
+    nbl_id v = n->inputs[0];
+    if (g->values[v].init) return v;
+    if (g->values[v].producer == NBL_NONE) return NBL_NONE;
+    nid = g->values[v].producer;
+  }
+  return NBL_NONE;
+}
+
+/* PyTorch's eval-mode export (torch 1.13, TrainingMode.EVAL or PRESERVE)
+ * writes parameters and buffers holding equal values once, and each other one
+ * as an Identity reading the survivor: `layer4.1.bn2.running_mean =
+ * Identity(layer4.0.bn1.bias)`, both zeros. Trained as they are, such
+ * tensors would move together (and a running statistic would be asked for a
+ * gradient); in PyTorch they are separate. With untie=1 each such Identity
+ * whose output a node reads (one other than an Identity) becomes an
+ * initializer of its own: a copy of the value, under the Identity's output
+ * name, so the inference graph computes the same. For a chain of Identity
+ * nodes each read link gets a copy of the chain's initializer and the links
+ * nothing reads any more are dropped. An alias that is also a graph output
+ * becomes an initializer listed as an output; one that only is a graph output
+ * (no node reads it) stays an Identity, as an Identity of a parameter that
+ * the loss reads directly does. Only float initializers (what parameters and
+ * running statistics are) that are not graph inputs are untied: one listed as
+ * a graph input (of an IR >= 4 model) is an overridable default, left alone and counted
+ * (constant-initializers makes it a constant first). With untie=0 the
+ * aliases are only counted. Ids of g change (compacted) when something was
+ * untied. */
+static nbl_status untie_aliases(bt *b, int untie) {
+  nbl_graph *g = b->g;
+  nbl_id *order = NULL;
+  int n = nbl_graph_topo_order(g, &order);
+  if (n < 0) return NBL_ERR_INVALID_MODEL;
+  for (int k = 0; k < n; k++) {
+    nbl_id root = alias_root(g, order[k]);
+    if (root == NBL_NONE || !is_float(g->values[root].init->dtype)) continue;
+    nbl_id out = g->nodes[order[k]].outputs[0];
+    int read = 0;
+    for (int c = 0; c < g->values[out].n_consumers && !read; c++)
+      read = alias_root(g, g->values[out].consumers[c]) == NBL_NONE;
+    if (!read) continue; /* a link of a chain: dropped below once nothing reads it; or only a graph output */
+    if (g->values[root].flags & NBL_VAL_INPUT) {
+      b->n_input_alias++;
+      continue;
+    }
+    if (!untie) {
+      b->n_tied++;
+      continue;
+    }
+    const nbl_tensor *t = g->values[root].init;
+    nbl_tensor *c = nbl_tensor_new(b->m->arena, g->values[out].name, t->dtype, t->rank, t->dims, t->data);
+    if (!c) {
+      free(order);
+      return oom();
+    }
+    nbl_node_kill(g, order[k]);
+    nbl_type_set_tensor(b->m->arena, &g->values[out].type, t->dtype, t->rank, t->dims);
+    nbl_graph_set_initializer(g, out, c);
+    b->n_untied++;
+  }
+  for (int k = n - 1; k >= 0 && b->n_untied; k--) { /* the links left unread, last first */
+    nbl_id root = alias_root(g, order[k]);
+    if (root == NBL_NONE || (g->values[root].flags & NBL_VAL_INPUT) || !is_float(g->values[root].init->dtype))
+      continue;
+    nbl_id out = g->nodes[order[k]].outputs[0];
+    if (g->values[out].n_consumers || (g->values[out].flags & NBL_VAL_OUTPUT)) continue;
+    nbl_node_kill(g, order[k]);
+    g->values[out].dead = true;
+  }
+  free(order);
+  if (b->n_untied) nbl_graph_compact(g);
+  return NBL_OK;
 }
 
 /* ------------------------------------------------------------------ the forward copy */
@@ -611,6 +704,9 @@ static nbl_status bt_run(bt *b) {
   nbl_status st = is ? is->run(&ic) : NBL_OK;
   if (st) return st;
   g = m->graph;
+  /* Identity aliases of initializers: each its own initializer (untie=1) */
+  st = untie_aliases(b, nbl_pass_opt_bool(ctx, "untie"));
+  if (st) return st;
   nbl_id out_main = g->outputs[0];
   if (*output) {
     out_main = nbl_graph_find(g, output);
@@ -701,7 +797,14 @@ static nbl_status bt_run(bt *b) {
                       .lenient = !*trainable, .blocked = blocked};
   st = nbl_grad_build(&gs);
   if (st) {
-    nbl_error_prefix("build-training");
+    if ((b->n_tied || b->n_input_alias) && strstr(nbl_last_error(), ", an alias of '"))
+      /* an input the rule refused is such an alias (grad.c names it): say why it is still one */
+      nbl_error_prefix("build-training (%d Identity alias(es) of initializers left tied: %s)",
+                       b->n_tied + b->n_input_alias,
+                       b->n_tied ? "untie=0"
+                                 : "their initializers are graph inputs; constant-initializers first unties them");
+    else
+      nbl_error_prefix("build-training");
     free(xs);
     free(names);
     free(blocked);
@@ -769,6 +872,13 @@ static nbl_status bt_run(bt *b) {
                 "%d Dropout in training mode; %d update bindings",
                 all, fwd, gs.n_emitted, b->n_bn, b->n_dropout, b->n_upd);
   if (b->n_unreached) nbl_pass_logf(ctx, "no gradient reaches the loss from: %s", unreached);
+  if (b->n_untied)
+    nbl_pass_logf(ctx, "untied %d Identity alias(es) of initializers: each is now an initializer of its own "
+                  "(as PyTorch's separate tensors); untie=0 keeps them tied", b->n_untied);
+  if (b->n_tied) nbl_pass_logf(ctx, "%d Identity alias(es) of initializers left tied (untie=0)", b->n_tied);
+  if (b->n_input_alias)
+    nbl_pass_logf(ctx, "%d Identity alias(es) of initializers left tied: their initializers are graph inputs "
+                  "(overridable); constant-initializers before build-training unties them", b->n_input_alias);
   return NBL_OK;
 }
 
@@ -816,5 +926,9 @@ const nbl_pass_def nbl_pass_build_training = {
             {"epsilon", NBL_OPT_FLOAT, "1e-8", "adam / adamw / adagrad: epsilon"},
             {"weight-decay", NBL_OPT_FLOAT, "0", "L2 weight decay (adamw: decoupled)"},
             {"seed", NBL_OPT_INT, "0", "seed of the first Dropout (the next get seed+1, ...)"},
+            {"untie", NBL_OPT_BOOL, "1",
+             "give each Identity alias of a float initializer (PyTorch's eval-mode export of equal "
+             "tensors) an initializer of its own, so it trains apart as in PyTorch; an initializer "
+             "read directly by several nodes stays shared"},
         },
 };

@@ -257,6 +257,30 @@ nbl_status nbl_grad_fail(nbl_grad_ctx *gc, nbl_status st, const char *fmt, ...) 
 
 nbl_status nbl_grad_status(nbl_grad_ctx *gc) { return gc->err; }
 
+/* When x is the output of an Identity (or a chain of them) whose first input
+ * wants a gradient: ", an alias of 'ROOT' made by node 'N' (Identity)" (N the
+ * Identity writing x) into buf; "" otherwise. Exporters write tensors that
+ * hold equal values this way (PyTorch's eval-mode export), so the input a
+ * rule refuses may be a parameter under another name. */
+static void alias_note(nbl_grad_ctx *gc, nbl_id x, char *buf, size_t cap) {
+  const nbl_graph *g = gc->g;
+  buf[0] = 0;
+  nbl_id v = x, first = NBL_NONE;
+  for (int hops = 0; hops <= g->n_nodes; hops++) {
+    nbl_id p = g->values[v].producer;
+    if (p == NBL_NONE) break;
+    const nbl_node *n = &g->nodes[p];
+    if (n->dead || strcmp(n->op_type, "Identity") || (n->domain[0] && strcmp(n->domain, "ai.onnx")) ||
+        n->n_inputs < 1 || n->inputs[0] == NBL_NONE)
+      break;
+    if (first == NBL_NONE) first = p;
+    v = n->inputs[0];
+  }
+  if (first == NBL_NONE || v >= gc->n_fwd_values || !gc->src[v]) return;
+  snprintf(buf, cap, ", an alias of '%s' made by node '%s' (Identity)", g->values[v].name,
+           g->nodes[first].name ? g->nodes[first].name : "");
+}
+
 void nbl_grad_no_dx(nbl_grad_ctx *gc, int i, const char *why) {
   if (!nbl_grad_wants(gc, i)) return;
   nbl_id x = nbl_grad_x(gc, i);
@@ -266,8 +290,10 @@ void nbl_grad_no_dx(nbl_grad_ctx *gc, int i, const char *why) {
         gc->xblocked[k] = 1;
         return;
       }
-  nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "no gradient for input %d ('%s'): %s", i,
-                gc->g->values[nbl_grad_x(gc, i)].name, why);
+  char note[600];
+  alias_note(gc, x, note, sizeof note);
+  nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "no gradient for input %d ('%s'%s): %s", i,
+                gc->g->values[x].name, note, why);
 }
 
 /* ------------------------------------------------------------------ writing */

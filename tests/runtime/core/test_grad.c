@@ -998,6 +998,218 @@ START_TEST(test_bad_input) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ Identity aliases (untie) */
+
+/* PyTorch's eval-mode export writes equal tensors once and the others as
+ * Identity nodes reading the survivor. Here the BatchNorm bias 'src' survives;
+ * the Conv bias and the running mean are aliases of it, the running variance
+ * an alias of the scale through a chain of two Identity nodes, and a graph
+ * output 'scale_out' one more alias of the scale (only an output: it stays an
+ * Identity); the running mean is a graph output too. W is a weight shared the
+ * PyTorch way (two Conv nodes read it directly):
+ *   x [2,3,4,4] -> Conv(W, conv.bias) -> Relu -> BatchNormalization(scale, src,
+ *   bn.running_mean, bn.running_var) -> Conv(W) -> z.
+ * root_is_input: 'src' and 'scale' are also graph inputs (an IR < 4 model). */
+static const float alias_src[3] = {0.1f, -0.2f, 0.3f}, alias_scale[3] = {1.0f, 1.5f, 0.5f};
+
+static nbl_id alias_val(nbl_model *m, const char *name, int rank, const int64_t *dims, const float *data) {
+  nbl_graph *g = m->graph;
+  nbl_id v = nbl_graph_add_value(g, name);
+  ck_assert_int_ne(v, NBL_NONE);
+  if (data) /* typed by its tensor, as loaded initializers are */
+    nbl_graph_set_initializer(g, v, nbl_tensor_new(m->arena, name, NBL_DT_FLOAT, rank, dims, data));
+  else
+    nbl_type_set_tensor(m->arena, &g->values[v].type, NBL_DT_FLOAT, rank, dims);
+  return v;
+}
+
+static nbl_model *alias_model(int root_is_input) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 14);
+  nbl_graph *g = m->graph;
+  const int64_t xd[4] = {2, 3, 4, 4}, wd[4] = {3, 3, 3, 3}, cd[1] = {3};
+  float w[81];
+  for (int i = 0; i < 81; i++) w[i] = 0.3f * sinf(0.7f * (float)i + 0.2f); /* the same in every copy */
+  nbl_id x = alias_val(m, "x", 4, xd, NULL), W = alias_val(m, "W", 4, wd, w);
+  nbl_id src = alias_val(m, "src", 1, cd, alias_src), scale = alias_val(m, "scale", 1, cd, alias_scale);
+  nbl_graph_add_input(g, x);
+  if (root_is_input) {
+    nbl_graph_add_input(g, src);
+    nbl_graph_add_input(g, scale);
+  }
+  const char *an[5][3] = {{"alias_bias", "src", "conv.bias"},
+                          {"alias_mean", "src", "bn.running_mean"},
+                          {"link", "scale", "mid"},
+                          {"alias_var", "mid", "bn.running_var"},
+                          {"alias_out", "scale", "scale_out"}};
+  for (int k = 0; k < 5; k++) {
+    nbl_id in = nbl_graph_find(g, an[k][1]), out = nbl_graph_add_value(g, an[k][2]);
+    ck_assert_int_ne(nbl_graph_add_node(g, "Identity", "", an[k][0], 1, &in, 1, &out), NBL_NONE);
+  }
+  nbl_id c = nbl_graph_add_value(g, "c"), r = nbl_graph_add_value(g, "r"), y = nbl_graph_add_value(g, "y");
+  nbl_id z = nbl_graph_add_value(g, "z");
+  const int64_t pads[4] = {1, 1, 1, 1};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", "conv1", 3, (nbl_id[]){x, W, nbl_graph_find(g, "conv.bias")}, 1, &c);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_graph_add_node(g, "Relu", "", "relu", 1, &c, 1, &r);
+  nbl_graph_add_node(g, "BatchNormalization", "", "bn", 5,
+                     (nbl_id[]){r, scale, src, nbl_graph_find(g, "bn.running_mean"), nbl_graph_find(g, "bn.running_var")},
+                     1, &y);
+  n = nbl_graph_add_node(g, "Conv", "", "conv2", 2, (nbl_id[]){y, W}, 1, &z);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_graph_add_output(g, z);
+  nbl_graph_add_output(g, nbl_graph_find(g, "scale_out"));
+  nbl_graph_add_output(g, nbl_graph_find(g, "bn.running_mean"));
+  ck_assert_msg(nbl_model_verify(m) == NBL_OK, "%s", nbl_last_error());
+  return m;
+}
+
+static const float *init_data(const nbl_model *m, const char *name) {
+  nbl_id v = nbl_graph_find(m->graph, name);
+  ck_assert_msg(v != NBL_NONE && m->graph->values[v].init, "'%s' is not an initializer", name);
+  return m->graph->values[v].init->data;
+}
+
+static const float *train_param(nbl_train_session *s, const char *name) {
+  for (int i = 0; i < nbl_train_param_count(s); i++) {
+    nbl_host_tensor t;
+    ck_assert_int_eq(nbl_train_param(s, i, &t), NBL_OK);
+    if (!strcmp(t.name, name)) return t.data;
+  }
+  ck_abort_msg("no trained tensor '%s'", name);
+  return NULL;
+}
+
+static const float *train_grad(nbl_train_session *s, const char *name) {
+  for (int i = 0; i < nbl_train_grad_count(s); i++) {
+    nbl_host_tensor t;
+    ck_assert_int_eq(nbl_train_grad(s, i, &t), NBL_OK);
+    if (!strcmp(t.name, name)) return t.data;
+  }
+  ck_abort_msg("no gradient of '%s'", name);
+  return NULL;
+}
+
+START_TEST(test_untie_aliases) {
+  /* untie=0: the old error, naming the Identity that makes the running mean an alias */
+  nbl_model *m = alias_model(0);
+  expect_error(m, "build-training{label=lab,untie=0}",
+               "no gradient for input 3 ('bn.running_mean', an alias of 'src' made by node 'alias_mean' "
+               "(Identity)): the running mean is a statistic, not a parameter");
+  ck_assert_msg(strstr(nbl_last_error(), "left tied: untie=0"), "%s", nbl_last_error());
+  nbl_model_free(m);
+  /* initializers that are graph inputs are overridable: left tied, the message says what unties them */
+  m = alias_model(1);
+  expect_error(m, "build-training{label=lab}", "made by node 'alias_mean' (Identity)");
+  ck_assert_msg(strstr(nbl_last_error(), "constant-initializers first unties them"), "%s", nbl_last_error());
+  nbl_model_free(m);
+  m = alias_model(1);
+  ck_assert_msg(run_spec(m, "constant-initializers,build-training{label=lab}") == NBL_OK, "%s",
+                nbl_last_error());
+  ck_assert_int_ne(nbl_graph_find(m->graph, "bn.running_mean"), NBL_NONE);
+  ck_assert_ptr_nonnull(m->graph->values[nbl_graph_find(m->graph, "bn.running_mean")].init);
+  nbl_model_free(m);
+
+  /* untie=1 (the default): each alias an initializer of its own */
+  nbl_model *orig = alias_model(0);
+  m = alias_model(0);
+  ck_assert_msg(run_spec(m, "build-training{label=lab}") == NBL_OK, "%s", nbl_last_error());
+  const nbl_graph *g = m->graph;
+  int n_id = 0;
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!g->nodes[i].dead && !strcmp(g->nodes[i].op_type, "Identity")) {
+      ck_assert_str_eq(g->nodes[i].name, "alias_out"); /* only a graph output */
+      n_id++;
+    }
+  ck_assert_int_eq(n_id, 1);
+  ck_assert_int_eq(nbl_graph_find(g, "mid"), NBL_NONE); /* the chain's link nothing reads any more */
+  const char *of_src[] = {"conv.bias", "bn.running_mean"};
+  for (int k = 0; k < 2; k++) {
+    ck_assert(init_data(m, of_src[k]) != init_data(m, "src"));
+    ck_assert_mem_eq(init_data(m, of_src[k]), alias_src, sizeof alias_src);
+  }
+  ck_assert(init_data(m, "bn.running_var") != init_data(m, "scale"));
+  ck_assert_mem_eq(init_data(m, "bn.running_var"), alias_scale, sizeof alias_scale);
+  ck_assert(g->values[nbl_graph_find(g, "bn.running_mean")].flags & NBL_VAL_OUTPUT);
+  /* W stays one parameter read by both Conv nodes of the forward copy */
+  const nbl_training_info *ti = &m->training[0];
+  const nbl_graph *alg = ti->algorithm;
+  nbl_id aw = nbl_graph_find(alg, "W");
+  int w_convs = 0;
+  for (int k = 0; k < alg->values[aw].n_consumers; k++)
+    w_convs += !strcmp(alg->nodes[alg->values[aw].consumers[k]].op_type, "Conv");
+  ck_assert_int_eq(w_convs, 2);
+  const char *trained[] = {"W", "conv.bias", "src", "scale"};
+  for (int k = 0; k < 4; k++) {
+    char gn[64], nn[64];
+    snprintf(gn, sizeof gn, "%s_grad", trained[k]);
+    snprintf(nn, sizeof nn, "%s.new", trained[k]);
+    ck_assert_msg(nbl_graph_find(alg, gn) != NBL_NONE, "no '%s'", gn);
+    ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, trained[k]), nn);
+  }
+  ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, "bn.running_mean"), "bn.running_mean.new");
+  ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, "bn.running_var"), "bn.running_var.new");
+  ck_assert_int_eq(nbl_graph_find(alg, "bn.running_mean_grad"), NBL_NONE);
+  ck_assert_ptr_null(binding(ti->update_binding, ti->n_update_binding, "scale_out")); /* no gradient path */
+  ck_assert_int_eq(ti->n_update_binding, 6);
+  /* the inference graph computes what the tied one did, saved and loaded back too */
+  nbl_model *back = tm_saved_and_loaded(m);
+  float xs[96];
+  int64_t lab[32];
+  for (int i = 0; i < 96; i++) xs[i] = (float)(2 * fd_rand() - 1);
+  for (int i = 0; i < 32; i++) lab[i] = i * 7 % 3;
+  nbl_host_tensor hx = {.name = "x", .dtype = NBL_DT_FLOAT, .rank = 4, .dims = {2, 3, 4, 4}, .data = xs,
+                        .nbytes = sizeof xs};
+  nbl_session_options so = {.threads = 1, .reference = 1};
+  const nbl_model *both[2] = {orig, back};
+  float outs[2][96 + 6];
+  for (int k = 0; k < 2; k++) {
+    nbl_session *s = NULL;
+    const nbl_host_tensor *o = NULL;
+    ck_assert_msg(nbl_session_create(both[k], &so, &s) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_msg(nbl_session_run(s, 1, &hx, &o) == NBL_OK, "%s", nbl_last_error());
+    ck_assert_int_eq(nbl_session_output_count(s), 3);
+    memcpy(outs[k], o[0].data, sizeof(float) * 96);
+    memcpy(outs[k] + 96, o[1].data, sizeof(float) * 3);
+    memcpy(outs[k] + 99, o[2].data, sizeof(float) * 3);
+    nbl_session_free(s);
+  }
+  ck_assert_mem_eq(outs[0], outs[1], sizeof outs[0]);
+  nbl_model_free(back);
+  /* one SGD step: the former aliases take their own gradients and statistics */
+  nbl_train_options to = {.threads = 1, .reference = 1};
+  nbl_train_session *ts = NULL;
+  ck_assert_msg(nbl_train_session_create(m, &to, &ts) == NBL_OK, "%s", nbl_last_error());
+  ck_assert_int_eq(nbl_train_set_lr(ts, 0.5), NBL_OK);
+  nbl_host_tensor in[2] = {hx, hx};
+  in[1] = (nbl_host_tensor){.name = "lab", .dtype = NBL_DT_INT64, .rank = 3, .dims = {2, 4, 4}, .data = lab,
+                            .nbytes = sizeof lab};
+  float loss = 0;
+  ck_assert_msg(nbl_train_step(ts, 2, in, &loss) == NBL_OK, "%s", nbl_last_error());
+  float gb[3], gs[3];
+  memcpy(gb, train_grad(ts, "conv.bias"), sizeof gb);
+  memcpy(gs, train_grad(ts, "src"), sizeof gs);
+  ck_assert_msg(nbl_optimizer_step(ts) == NBL_OK, "%s", nbl_last_error());
+  const float *nb = train_param(ts, "conv.bias"), *ns = train_param(ts, "src"), *nm = train_param(ts, "bn.running_mean");
+  const float *nsc = train_param(ts, "scale"), *nv = train_param(ts, "bn.running_var");
+  double apart = 0;
+  for (int k = 0; k < 3; k++) {
+    ck_assert(fabsf(nb[k] - (alias_src[k] - 0.5f * gb[k])) <= 1e-7f);
+    ck_assert(fabsf(ns[k] - (alias_src[k] - 0.5f * gs[k])) <= 1e-7f);
+    apart = fmax(apart, fabs(nb[k] - ns[k]));
+    ck_assert(nm[k] != alias_src[k] && nm[k] != nb[k] && nm[k] != ns[k]); /* the batch's statistics */
+    ck_assert(nv[k] != alias_scale[k] && nv[k] != nsc[k]);
+  }
+  ck_assert(apart > 1e-3); /* the tie would have kept them equal */
+  printf("untie: 3 aliases untied (a chain's link dropped, an output-only one kept), W shared; after one step conv.bias and the "
+         "BatchNorm bias %.3g apart, the running statistics their own (loss %.4f)\n",
+         apart, loss);
+  nbl_train_session_free(ts);
+  nbl_model_free(m);
+  nbl_model_free(orig);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ the Gradient op */
 
 /* y = ReduceSum(Mul(Relu(BatchNormalization(x, s, b, mean, var)) , r)) with
@@ -1124,6 +1336,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_hard_activation_kinks);
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
+  tcase_add_test(t, test_untie_aliases);
   tcase_add_test(t, test_old_opset_converted);
   tcase_add_test(t, test_gradient_op_fd);
   suite_add_tcase(s, t);
