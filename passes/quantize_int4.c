@@ -160,7 +160,8 @@ static nbl_status qint4_run(nbl_pass_ctx *ctx) {
     int bits = 4;
     if (first_last && (i == 0 || i == nl - 1)) {
       bits = 8;
-      nbl_textlist_add(&kept8, "%s%s", g->nodes[nid].name, "");
+      char lb[300];
+      nbl_textlist_add(&kept8, "%s", nbl_node_label(g, &g->nodes[nid], lb, sizeof lb));
     }
     nbl_id w = g->nodes[nid].inputs[1];
     int w_const = g->values[w].init != NULL && !(g->values[w].flags & NBL_VAL_INPUT);

@@ -118,7 +118,8 @@ static nbl_status qtern_run(nbl_pass_ctx *ctx) {
     int row = !strcmp(acts, "per-row") &&
               (!strcmp(nd->op_type, "MatMul") ||
                (!strcmp(nd->op_type, "Gemm") && nbl_attr_int(nd, "transA", 0) == 0));
-    if (eight) nbl_textlist_add(&kept8, "%s%s", nd->name, "");
+    char lb[300];
+    if (eight) nbl_textlist_add(&kept8, "%s", nbl_node_label(g, nd, lb, sizeof lb));
     nbl_id qw = quantized(&s, nd->inputs[1], eight ? Q_INT8 : Q_TERNARY);
     nbl_id qa = NBL_NONE;
     if (qw != NBL_NONE && !weights_only)

@@ -51,9 +51,49 @@ void nbl_textlist_add(nbl_textlist *b, const char *fmt, ...) {
   b->s[b->n] = 0;
 }
 
+const char *nbl_node_label(const nbl_graph *g, const nbl_node *n, char *buf, size_t len) {
+  if (n->name && n->name[0]) snprintf(buf, len, "%s", n->name);
+  else if (n->n_outputs > 0 && n->outputs[0] != NBL_NONE)
+    snprintf(buf, len, "%s -> '%s'", n->op_type, g->values[n->outputs[0]].name);
+  else snprintf(buf, len, "%s (unnamed)", n->op_type);
+  return buf;
+}
+
+/* Weight w of a layer, made by a live default-domain Constant node with a
+ * tensor `value` (numeric): an initializer holding a copy of the value
+ * instead, the node dead. 0 done or nothing to do, -1 out of memory. */
+static int constant_weight(nbl_graph *g, nbl_id w) {
+  nbl_value *v = &g->values[w];
+  if (v->init || v->producer == NBL_NONE) return 0;
+  const nbl_id p = v->producer;
+  const nbl_node *c = &g->nodes[p];
+  if (c->dead || c->domain[0] || strcmp(c->op_type, "Constant") || c->n_outputs != 1) return 0;
+  const nbl_attr *a = nbl_node_attr(c, "value");
+  if (!a || a->type != NBL_ATTR_TENSOR || !a->t || a->t->dtype == NBL_DT_STRING) return 0;
+  const nbl_tensor *t = a->t;
+  const int64_t n = nbl_tensor_numel(t);
+  if (n < 0 || !nbl_dtype_valid(t->dtype) || t->nbytes < nbl_dtype_nbytes(t->dtype, n) || (n > 0 && !t->data))
+    return 0; /* a broken value: left to the verifier and the runtime */
+  nbl_tensor *copy = nbl_tensor_new(g->model->arena, v->name, t->dtype, t->rank, t->dims, t->data);
+  if (!copy) return -1;
+  nbl_node_kill(g, p);
+  nbl_graph_set_initializer(g, w, copy);
+  return 0;
+}
+
 int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const char *exclude,
                       const char *(*skip)(const nbl_graph *g, const nbl_node *n), nbl_id **layers,
                       nbl_textlist *skipped) {
+  for (nbl_id i = 0; i < g->n_nodes; i++) {
+    const nbl_node *nd = &g->nodes[i];
+    if (nd->dead || nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0) || nd->n_inputs < 2 ||
+        nd->inputs[1] == NBL_NONE)
+      continue;
+    if (constant_weight(g, nd->inputs[1])) {
+      nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+      return -1;
+    }
+  }
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
   if (n < 0) return -1;
@@ -67,17 +107,18 @@ int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const 
   for (int i = 0; i < n; i++) {
     const nbl_node *nd = &g->nodes[order[i]];
     if (nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0)) continue;
+    char lb[300];
     if (include[0] && !nbl_list_has(include, nd->name, 1)) {
-      nbl_textlist_add(skipped, "%s (%s)", nd->name, "not included");
+      nbl_textlist_add(skipped, "%s (%s)", nbl_node_label(g, nd, lb, sizeof lb), "not included");
       continue;
     }
     if (exclude[0] && nbl_list_has(exclude, nd->name, 1)) {
-      nbl_textlist_add(skipped, "%s (%s)", nd->name, "excluded");
+      nbl_textlist_add(skipped, "%s (%s)", nbl_node_label(g, nd, lb, sizeof lb), "excluded");
       continue;
     }
     const char *why = skip ? skip(g, nd) : NULL;
     if (why) {
-      nbl_textlist_add(skipped, "%s (%s)", nd->name, why);
+      nbl_textlist_add(skipped, "%s (%s)", nbl_node_label(g, nd, lb, sizeof lb), why);
       continue;
     }
     out[nl++] = order[i];

@@ -21,12 +21,19 @@ void nbl_textlist_add(nbl_textlist *b, const char *fmt, ...) __attribute__((form
  * ':', '|' or ' '); glob: items are fnmatch patterns. */
 int nbl_list_has(const char *list, const char *word, int glob);
 
+/* A node's name for the summary lines: its name, or for an unnamed node its
+ * op and first output ("Conv -> 'c'"). Returns buf (len >= 32). */
+const char *nbl_node_label(const nbl_graph *g, const nbl_node *n, char *buf, size_t len);
+
 /* The layers: live default-domain nodes of the main graph whose op type is in
  * `ops`, whose name matches a glob of `include` (when not empty) and none of
  * `exclude`, and for which skip(g, node) gives no reason (NULL), in
  * topological order. *layers (malloc'd, the caller frees) gets their ids;
- * the others go to `skipped` as "name (reason)". Returns the count, or -1
- * with the error set (a cycle, out of memory). */
+ * the others go to `skipped` as "label (reason)". A weight (input 1) that a
+ * Constant node makes (some exporters write weights so) becomes an
+ * initializer first, as fold-constants would make it, so that it counts as
+ * the constant it is. Returns the count, or -1 with the error set (a cycle,
+ * out of memory). */
 int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const char *exclude,
                       const char *(*skip)(const nbl_graph *g, const nbl_node *n), nbl_id **layers,
                       nbl_textlist *skipped);

@@ -434,6 +434,84 @@ START_TEST(test_quantize_pass) {
 }
 END_TEST
 
+/* A weight made by a Constant node (some exporters write weights so) is a
+ * constant too: quantize-int4 and quantize-ternary turn it into an
+ * initializer and quantize it as a weight (recomputed-per-run activation
+ * quantizers before); the summary names an unnamed layer by its op and
+ * output. The chain x -> mm0(w1) -> mm1(Constant) -> mm2(w1), 2x2. */
+static nbl_model *const_weight_model(void) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 13);
+  nbl_graph *g = m->graph;
+  int64_t d[2] = {2, 2};
+  const float w[] = {1, 2, 3, 4}, wc[] = {0.5f, -1, 2, 0.25f};
+  nbl_id x = nbl_graph_add_value(g, "x");
+  nbl_type_set_tensor(m->arena, &g->values[x].type, NBL_DT_FLOAT, 2, d);
+  nbl_graph_add_input(g, x);
+  nbl_id w1 = nbl_graph_add_value(g, "w1"), w2 = nbl_graph_add_value(g, "w2");
+  nbl_graph_set_initializer(g, w1, nbl_tensor_new(m->arena, "w1", NBL_DT_FLOAT, 2, d, w));
+  nbl_id c = nbl_graph_add_node(g, "Constant", "", "wconst", 0, NULL, 1, &w2);
+  nbl_node_set_attr_tensor(g, c, "value", nbl_tensor_new(m->arena, "", NBL_DT_FLOAT, 2, d, wc));
+  nbl_id a = nbl_graph_add_value(g, "a"), b = nbl_graph_add_value(g, "b"), y = nbl_graph_add_value(g, "y");
+  nbl_id i0[2] = {x, w1}, i1[2] = {a, w2}, i2[2] = {b, w1};
+  nbl_graph_add_node(g, "MatMul", "", "mm0", 2, i0, 1, &a);
+  nbl_graph_add_node(g, "MatMul", "", "", 2, i1, 1, &b);
+  nbl_graph_add_node(g, "MatMul", "", "mm2", 2, i2, 1, &y);
+  nbl_graph_add_output(g, y);
+  return m;
+}
+
+START_TEST(test_quantize_constant_weight) {
+  const char *passes[2] = {"quantize-int4{skip-first-last=0}", "quantize-ternary{skip-first-last=0}"};
+  const char *qop[2] = {"QuantizeInt4", "QuantizeTernary"};
+  for (int k = 0; k < 2; k++) {
+    nbl_model *m = const_weight_model();
+    nbl_graph *g = m->graph;
+    char *log = NULL;
+    size_t loglen = 0;
+    FILE *lf = open_memstream(&log, &loglen);
+    nbl_pipeline *p = NULL;
+    ck_assert_int_eq(nbl_pipeline_parse(passes[k], &p), NBL_OK);
+    nbl_pipeline_options o = {.verify_each = 1, .log = lf};
+    ck_assert_msg(nbl_pipeline_run(p, m, &o) == NBL_OK, "%s", nbl_last_error());
+    nbl_pipeline_free(p);
+    fclose(lf);
+    const nbl_id w2 = nbl_graph_find(g, "w2");
+    ck_assert_ptr_nonnull(g->values[w2].init); /* the Constant's value, now an initializer */
+    ck_assert_float_eq(((const float *)g->values[w2].init->data)[1], -1.0f);
+    int consts = 0, wq = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+      const nbl_node *n = &g->nodes[i];
+      if (n->dead) continue;
+      consts += !strcmp(n->op_type, "Constant");
+      /* a weight quantizer reads an initializer */
+      if (!strcmp(n->op_type, qop[k]) && g->values[n->inputs[0]].init) wq++;
+    }
+    ck_assert_int_eq(consts, 0);
+    ck_assert_int_eq(wq, 2); /* w1 (shared) and w2 */
+    if (k == 1) ck_assert_msg(!strstr(log, "not constant"), "%s", log);
+    else ck_assert_msg(strstr(log, "(2 weights, 3 activations)"), "%s", log);
+    free(log);
+    nbl_model_free(m);
+  }
+  /* an unnamed layer kept in 8 bits is named by its op and output */
+  nbl_model *m = const_weight_model();
+  char *log = NULL;
+  size_t loglen = 0;
+  FILE *lf = open_memstream(&log, &loglen);
+  nbl_pipeline *p = NULL;
+  ck_assert_int_eq(nbl_pipeline_parse("quantize-int4{exclude=mm0}", &p), NBL_OK);
+  nbl_pipeline_options o = {.log = lf};
+  ck_assert_int_eq(nbl_pipeline_run(p, m, &o), NBL_OK);
+  nbl_pipeline_free(p);
+  fclose(lf);
+  ck_assert_msg(strstr(log, "kept in 8 bits: MatMul -> 'b', mm2;"), "%s", log);
+  ck_assert_msg(strstr(log, "skipped: mm0 (excluded)"), "%s", log);
+  free(log);
+  nbl_model_free(m);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ attribute decoder */
 
 /* One broken QuantizeInt4 attribute set: applied to the node of q_model. */
@@ -791,6 +869,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_kernel_and_lowering);
   tcase_add_test(tc, test_pack_pass);
   tcase_add_test(tc, test_quantize_pass);
+  tcase_add_test(tc, test_quantize_constant_weight);
   tcase_add_test(tc, test_decode_attrs);
   tcase_add_loop_test(tc, test_decode_bad_attrs, 0, N_BAD_ATTRS);
   tcase_add_loop_test(tc, test_lowering_rejects_what_runtime_rejects, 0, N_BAD_ATTRS);
