@@ -78,6 +78,63 @@ fail:
   return NULL;
 }
 
+nbl_status nbl_fold_node(nbl_model *m, nbl_graph *g, nbl_id id, int64_t max_bytes, nbl_fold_result *res) {
+  *res = NBL_FOLD_NOT_CONSTANT;
+  const nbl_node *node = &g->nodes[id];
+  if (node->dead || !foldable_op(m, node)) return NBL_OK;
+  for (int i = 0; i < node->n_inputs; i++)
+    if (node->inputs[i] != NBL_NONE && !is_constant(g, node->inputs[i])) return NBL_OK;
+  for (int o = 0; o < node->n_outputs; o++)
+    if (node->outputs[o] != NBL_NONE && (g->values[node->outputs[o]].flags & NBL_VAL_OUTPUT))
+      return NBL_OK; /* graph outputs stay computed */
+  nbl_model *tm = one_node_model(m, g, id);
+  if (!tm) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_session *s = NULL;
+  nbl_session_options so = {.threads = 1, .reference = 1};
+  const nbl_host_tensor *outs = NULL;
+  nbl_status st = nbl_session_create(tm, &so, &s);
+  if (st == NBL_OK) st = nbl_session_run(s, 0, NULL, &outs);
+  if (st != NBL_OK) { /* not evaluable here (no kernel, or the kernel rejects it): keep the node */
+    *res = NBL_FOLD_FAILED;
+    nbl_session_free(s);
+    nbl_model_free(tm);
+    return NBL_OK;
+  }
+  int n_out = nbl_session_output_count(s), ok = 1;
+  size_t total = 0;
+  for (int o = 0; o < n_out; o++) {
+    total += outs[o].nbytes;
+    if (outs[o].dtype == NBL_DT_STRING) ok = 0;
+  }
+  if (!ok || (max_bytes >= 0 && (int64_t)total > max_bytes)) {
+    *res = ok ? NBL_FOLD_TOO_BIG : NBL_FOLD_NOT_CONSTANT;
+    nbl_session_free(s);
+    nbl_model_free(tm);
+    return NBL_OK;
+  }
+  /* the outputs become initializers of the same values */
+  nbl_id outv[64];
+  int n_outv = 0;
+  for (int o = 0; o < node->n_outputs && n_outv < 64; o++)
+    if (node->outputs[o] != NBL_NONE) outv[n_outv++] = node->outputs[o];
+  nbl_node_kill(g, id);
+  for (int o = 0; o < n_outv && o < n_out && !st; o++) {
+    const nbl_host_tensor *h = &outs[o];
+    nbl_value *v = &g->values[outv[o]];
+    nbl_tensor *t = nbl_tensor_new(m->arena, v->name, h->dtype, h->rank, h->dims, h->data);
+    if (!t) {
+      st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+      break;
+    }
+    nbl_type_set_tensor(m->arena, &v->type, h->dtype, h->rank, h->dims);
+    nbl_graph_set_initializer(g, outv[o], t);
+  }
+  if (!st) *res = NBL_FOLD_DONE;
+  nbl_session_free(s);
+  nbl_model_free(tm);
+  return st;
+}
+
 static nbl_status fold_run(nbl_pass_ctx *ctx) {
   nbl_model *m = ctx->model;
   nbl_graph *g = m->graph;
@@ -86,69 +143,24 @@ static nbl_status fold_run(nbl_pass_ctx *ctx) {
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);
   if (n < 0) return NBL_ERR_INVALID_MODEL;
-  for (int k = 0; k < n; k++) {
-    nbl_id id = order[k];
-    const nbl_node *node = &g->nodes[id];
-    if (node->dead || !foldable_op(m, node)) continue;
-    int ok = 1;
-    for (int i = 0; i < node->n_inputs && ok; i++)
-      if (node->inputs[i] != NBL_NONE && !is_constant(g, node->inputs[i])) ok = 0;
-    for (int o = 0; o < node->n_outputs && ok; o++)
-      if (node->outputs[o] != NBL_NONE && (g->values[node->outputs[o]].flags & NBL_VAL_OUTPUT))
-        ok = 0; /* graph outputs stay computed */
-    if (!ok) continue;
-    nbl_model *tm = one_node_model(m, g, id);
-    if (!tm) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-    nbl_session *s = NULL;
-    nbl_session_options so = {.threads = 1, .reference = 1};
-    const nbl_host_tensor *outs = NULL;
-    nbl_status st = nbl_session_create(tm, &so, &s);
-    if (st == NBL_OK) st = nbl_session_run(s, 0, NULL, &outs);
-    if (st != NBL_OK) {
-      /* not evaluable here (no kernel, or the kernel rejects it): keep the node */
-      nbl_pass_logf(ctx, "kept '%s' (%s): %s", node->name, node->op_type, nbl_last_error());
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < n && !st; k++) {
+    const nbl_node *node = &g->nodes[order[k]];
+    char name[300], op[128];
+    snprintf(name, sizeof name, "%s", node->name);
+    snprintf(op, sizeof op, "%s", node->op_type);
+    nbl_fold_result r;
+    st = nbl_fold_node(m, g, order[k], max_bytes, &r);
+    if (st) break;
+    if (r == NBL_FOLD_DONE) ctx->changed++;
+    else if (r == NBL_FOLD_TOO_BIG) too_big++;
+    else if (r == NBL_FOLD_FAILED) {
+      nbl_pass_logf(ctx, "kept '%s' (%s): %s", name, op, nbl_last_error());
       failed++;
-      nbl_session_free(s);
-      nbl_model_free(tm);
-      continue;
     }
-    int n_out = nbl_session_output_count(s);
-    size_t total = 0;
-    for (int o = 0; o < n_out; o++) {
-      total += outs[o].nbytes;
-      if (outs[o].dtype == NBL_DT_STRING) ok = 0;
-    }
-    if (!ok || (int64_t)total > max_bytes) {
-      too_big += ok;
-      nbl_session_free(s);
-      nbl_model_free(tm);
-      continue;
-    }
-    /* act: outputs become initializers of the same values */
-    int o_idx = 0;
-    nbl_id outv[64];
-    int n_outv = 0;
-    for (int o = 0; o < node->n_outputs; o++)
-      if (node->outputs[o] != NBL_NONE) outv[n_outv++] = node->outputs[o];
-    nbl_node_kill(g, id);
-    for (; o_idx < n_outv && o_idx < n_out; o_idx++) {
-      const nbl_host_tensor *h = &outs[o_idx];
-      nbl_value *v = &g->values[outv[o_idx]];
-      nbl_tensor *t = nbl_tensor_new(m->arena, v->name, h->dtype, h->rank, h->dims, h->data);
-      if (!t) {
-        nbl_session_free(s);
-        nbl_model_free(tm);
-        free(order);
-        return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-      }
-      nbl_type_set_tensor(m->arena, &v->type, h->dtype, h->rank, h->dims);
-      nbl_graph_set_initializer(g, outv[o_idx], t);
-    }
-    ctx->changed++;
-    nbl_session_free(s);
-    nbl_model_free(tm);
   }
   free(order);
+  if (st) return st;
   if (ctx->changed) nbl_graph_dce(g);
   if (ctx->changed || too_big || failed)
     nbl_pass_logf(ctx, "folded %d node(s); %d left (result over %lld bytes), %d not evaluable",

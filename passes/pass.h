@@ -80,6 +80,22 @@ nbl_status nbl_pass_register(const nbl_pass_def *def);
  * ir_version to what target needs. Writes a summary line to ctx->log. */
 nbl_status nbl_convert_opset(nbl_pass_ctx *ctx, int target);
 
+/* Fold node `id` of g (passes/fold_constants.c, the pass fold-constants):
+ * when its op is deterministic, has no subgraph and every input is a
+ * constant (an initializer that is not a graph input), run it with the
+ * reference kernels and make its outputs initializers of the same values,
+ * the node dead (NBL_FOLD_DONE); a result over max_bytes (< 0: no limit)
+ * stays a node. The status is an error only for out of memory; a node the
+ * runtime cannot evaluate is NBL_FOLD_FAILED with nbl_last_error() saying
+ * why. */
+typedef enum nbl_fold_result {
+  NBL_FOLD_DONE,
+  NBL_FOLD_NOT_CONSTANT, /* an input is not constant, a graph output, a random op, strings */
+  NBL_FOLD_TOO_BIG,
+  NBL_FOLD_FAILED,
+} nbl_fold_result;
+nbl_status nbl_fold_node(nbl_model *m, nbl_graph *g, nbl_id id, int64_t max_bytes, nbl_fold_result *res);
+
 /* Remove nodes whose outputs are all unused (not consumed, not graph outputs),
  * then unused non-input values and initializers; recursive over the whole
  * graph. Returns the number of nodes removed. Shared by passes. */

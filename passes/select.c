@@ -59,26 +59,25 @@ const char *nbl_node_label(const nbl_graph *g, const nbl_node *n, char *buf, siz
   return buf;
 }
 
-/* Weight w of a layer, made by a live default-domain Constant node with a
- * tensor `value` (numeric): an initializer holding a copy of the value
- * instead, the node dead. 0 done or nothing to do, -1 out of memory. */
-static int constant_weight(nbl_graph *g, nbl_id w) {
-  nbl_value *v = &g->values[w];
-  if (v->init || v->producer == NBL_NONE) return 0;
+/* Weight w of a layer, computed from constants only (a Constant node, a
+ * Transpose or Cast of an initializer, ... as exporters that do not fold
+ * write them): the nodes that compute it folded into initializers, inputs
+ * first, as fold-constants folds them (depth at most 16 nodes). Returns 1
+ * when w is an initializer now, 0 when it is not constant, -1 on error. */
+static int fold_weight(nbl_graph *g, nbl_id w, int depth) {
+  const nbl_value *v = &g->values[w];
+  if (v->init) return !(v->flags & (NBL_VAL_INPUT | NBL_VAL_OUTER));
+  if (v->producer == NBL_NONE || depth > 16) return 0;
   const nbl_id p = v->producer;
-  const nbl_node *c = &g->nodes[p];
-  if (c->dead || c->domain[0] || strcmp(c->op_type, "Constant") || c->n_outputs != 1) return 0;
-  const nbl_attr *a = nbl_node_attr(c, "value");
-  if (!a || a->type != NBL_ATTR_TENSOR || !a->t || a->t->dtype == NBL_DT_STRING) return 0;
-  const nbl_tensor *t = a->t;
-  const int64_t n = nbl_tensor_numel(t);
-  if (n < 0 || !nbl_dtype_valid(t->dtype) || t->nbytes < nbl_dtype_nbytes(t->dtype, n) || (n > 0 && !t->data))
-    return 0; /* a broken value: left to the verifier and the runtime */
-  nbl_tensor *copy = nbl_tensor_new(g->model->arena, v->name, t->dtype, t->rank, t->dims, t->data);
-  if (!copy) return -1;
-  nbl_node_kill(g, p);
-  nbl_graph_set_initializer(g, w, copy);
-  return 0;
+  for (int i = 0; i < g->nodes[p].n_inputs; i++) {
+    const nbl_id in = g->nodes[p].inputs[i];
+    if (in == NBL_NONE) continue;
+    const int r = fold_weight(g, in, depth + 1);
+    if (r <= 0) return r;
+  }
+  nbl_fold_result res;
+  if (nbl_fold_node(g->model, g, p, -1, &res)) return -1;
+  return res == NBL_FOLD_DONE;
 }
 
 int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const char *exclude,
@@ -89,10 +88,7 @@ int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const 
     if (nd->dead || nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0) || nd->n_inputs < 2 ||
         nd->inputs[1] == NBL_NONE)
       continue;
-    if (constant_weight(g, nd->inputs[1])) {
-      nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
-      return -1;
-    }
+    if (fold_weight(g, nd->inputs[1], 0) < 0) return -1;
   }
   nbl_id *order = NULL;
   int n = nbl_graph_topo_order(g, &order);

@@ -29,9 +29,10 @@ const char *nbl_node_label(const nbl_graph *g, const nbl_node *n, char *buf, siz
  * `ops`, whose name matches a glob of `include` (when not empty) and none of
  * `exclude`, and for which skip(g, node) gives no reason (NULL), in
  * topological order. *layers (malloc'd, the caller frees) gets their ids;
- * the others go to `skipped` as "label (reason)". A weight (input 1) that a
- * Constant node makes (some exporters write weights so) becomes an
- * initializer first, as fold-constants would make it, so that it counts as
+ * the others go to `skipped` as "label (reason)". A weight (input 1) that
+ * nodes compute from constants only (a Constant node, a Transpose of an
+ * initializer: exporters that do not fold write weights so) is folded into
+ * an initializer first, as fold-constants folds it, so that it counts as
  * the constant it is. Returns the count, or -1 with the error set (a cycle,
  * out of memory). */
 int nbl_select_layers(nbl_graph *g, const char *ops, const char *include, const char *exclude,

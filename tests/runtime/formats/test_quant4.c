@@ -434,11 +434,12 @@ START_TEST(test_quantize_pass) {
 }
 END_TEST
 
-/* A weight made by a Constant node (some exporters write weights so) is a
- * constant too: quantize-int4 and quantize-ternary turn it into an
- * initializer and quantize it as a weight (recomputed-per-run activation
- * quantizers before); the summary names an unnamed layer by its op and
- * output. The chain x -> mm0(w1) -> mm1(Constant) -> mm2(w1), 2x2. */
+/* A weight computed from constants only (here Transpose(Constant), as
+ * exporters that do not fold write them) is a constant too: quantize-int4
+ * and quantize-ternary fold it into an initializer and quantize it as a
+ * weight (recomputed-per-run activation quantizers before); the summary
+ * names an unnamed layer by its op and output. The chain x -> mm0(w1) ->
+ * mm1(Transpose(Constant)) -> mm2(w1), 2x2. */
 static nbl_model *const_weight_model(void) {
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
@@ -450,8 +451,10 @@ static nbl_model *const_weight_model(void) {
   nbl_graph_add_input(g, x);
   nbl_id w1 = nbl_graph_add_value(g, "w1"), w2 = nbl_graph_add_value(g, "w2");
   nbl_graph_set_initializer(g, w1, nbl_tensor_new(m->arena, "w1", NBL_DT_FLOAT, 2, d, w));
-  nbl_id c = nbl_graph_add_node(g, "Constant", "", "wconst", 0, NULL, 1, &w2);
+  nbl_id wt = nbl_graph_add_value(g, "wt");
+  nbl_id c = nbl_graph_add_node(g, "Constant", "", "wconst", 0, NULL, 1, &wt);
   nbl_node_set_attr_tensor(g, c, "value", nbl_tensor_new(m->arena, "", NBL_DT_FLOAT, 2, d, wc));
+  nbl_graph_add_node(g, "Transpose", "", "wtrans", 1, &wt, 1, &w2);
   nbl_id a = nbl_graph_add_value(g, "a"), b = nbl_graph_add_value(g, "b"), y = nbl_graph_add_value(g, "y");
   nbl_id i0[2] = {x, w1}, i1[2] = {a, w2}, i2[2] = {b, w1};
   nbl_graph_add_node(g, "MatMul", "", "mm0", 2, i0, 1, &a);
@@ -477,13 +480,13 @@ START_TEST(test_quantize_constant_weight) {
     nbl_pipeline_free(p);
     fclose(lf);
     const nbl_id w2 = nbl_graph_find(g, "w2");
-    ck_assert_ptr_nonnull(g->values[w2].init); /* the Constant's value, now an initializer */
-    ck_assert_float_eq(((const float *)g->values[w2].init->data)[1], -1.0f);
+    ck_assert_ptr_nonnull(g->values[w2].init); /* the transposed Constant, now an initializer */
+    ck_assert_float_eq(((const float *)g->values[w2].init->data)[1], 2.0f);
     int consts = 0, wq = 0;
     for (int i = 0; i < g->n_nodes; i++) {
       const nbl_node *n = &g->nodes[i];
       if (n->dead) continue;
-      consts += !strcmp(n->op_type, "Constant");
+      consts += !strcmp(n->op_type, "Constant") || !strcmp(n->op_type, "Transpose");
       /* a weight quantizer reads an initializer */
       if (!strcmp(n->op_type, qop[k]) && g->values[n->inputs[0]].init) wq++;
     }
