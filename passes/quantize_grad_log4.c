@@ -235,15 +235,17 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   const nbl_node *f = &g->nodes[nid];
   const char *why = NULL;
   if (f->n_inputs < 2 || f->inputs[0] == NBL_NONE || f->inputs[1] == NBL_NONE) why = "missing input";
+  char lb[300];
+  nbl_node_label(g, f, lb, sizeof lb);
   nbl_id dy = why ? NBL_NONE : find_dy(g, f, fwd, &why);
   if (dy == NBL_NONE) {
-    nbl_textlist_add(&s->skipped, "%s (%s)", f->name, why);
+    nbl_textlist_add(&s->skipped, "%s (%s)", lb, why);
     return NBL_OK;
   }
   const nbl_value *dv = &g->values[dy];
   nbl_dtype dt = dv->type.kind == NBL_TYPE_TENSOR ? dv->type.elem : NBL_DT_UNDEFINED;
   if (dt != NBL_DT_FLOAT && dt != NBL_DT_UNDEFINED) {
-    nbl_textlist_add(&s->skipped, "%s (gradient '%s' is %s, not float32)", f->name, dv->name, nbl_dtype_name(dt));
+    nbl_textlist_add(&s->skipped, "%s (gradient '%s' is %s, not float32)", lb, dv->name, nbl_dtype_name(dt));
     return NBL_OK;
   }
   /* the readers of dY and their roles (a node reading it twice is listed once) */
@@ -270,7 +272,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
     cons[n] = ci;
     role[n] = role_of(g, f, c);
     if (role[n] == ROLE_UNKNOWN && s->cfg.rounding == NBL_LOG_TPR) {
-      nbl_textlist_add(&s->skipped, "%s (tpr: backward node '%s' of unknown role reads '%s')", f->name, c->name, dv->name);
+      nbl_textlist_add(&s->skipped, "%s (tpr: backward node '%s' of unknown role reads '%s')", lb, c->name, dv->name);
       why = "";
       break;
     }
@@ -286,7 +288,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   }
   if (!why && n_role == 0) why = "no backward product reads its output gradient";
   if (why) {
-    if (*why) nbl_textlist_add(&s->skipped, "%s (%s)", f->name, why);
+    if (*why) nbl_textlist_add(&s->skipped, "%s (%s)", lb, why);
     free(cons);
     free(role);
     return NBL_OK;
@@ -320,7 +322,7 @@ static nbl_status do_layer(lq *s, nbl_id nid, int idx, const unsigned char *fwd)
   free(role);
   if (!st) {
     s->n_layers++;
-    nbl_textlist_add(&s->done, "%s", fname);
+    nbl_textlist_add(&s->done, "%s", lb);
   }
   return st;
 }
@@ -391,7 +393,8 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
     const nbl_node *nd = &g->nodes[order[i]];
     if (!fwd[order[i]] || nd->domain[0] || !nbl_list_has(ops, nd->op_type, 0)) continue;
     if (!nbl_list_has(layers, nd->name, 1)) {
-      nbl_textlist_add(&s.skipped, "%s (not in layers)", nd->name);
+      char lb[300];
+      nbl_textlist_add(&s.skipped, "%s (not in layers)", nbl_node_label(g, nd, lb, sizeof lb));
       continue;
     }
     order[nl++] = order[i];
@@ -400,11 +403,13 @@ static nbl_status qlog_run(nbl_pass_ctx *ctx) {
   if (nl > 0 && nbl_model_opset(m, "ai.nibble") == 0) st = nbl_model_set_opset(m, "ai.nibble", 1);
   for (int i = 0; i < nl && !st; i++) {
     if (first_last && (i == 0 || i == nl - 1)) {
-      nbl_textlist_add(&s.kept, "%s", g->nodes[order[i]].name);
+      char lb[300];
+      nbl_textlist_add(&s.kept, "%s", nbl_node_label(g, &g->nodes[order[i]], lb, sizeof lb));
       continue;
     }
     if (skip_1x1 && is_1x1(g, &g->nodes[order[i]])) {
-      nbl_textlist_add(&s.kept1, "%s", g->nodes[order[i]].name);
+      char lb[300];
+      nbl_textlist_add(&s.kept1, "%s", nbl_node_label(g, &g->nodes[order[i]], lb, sizeof lb));
       continue;
     }
     st = do_layer(&s, order[i], i, fwd);
