@@ -35,6 +35,7 @@
 
 #include "runtime/core/grad.h"
 #include "pass.h"
+#include "select.h"
 
 #define TRAIN_DOMAIN "ai.onnx.preview.training"
 #define LIST_SEPS ";| "
@@ -64,6 +65,7 @@ typedef struct bt {
   int n_bn, n_dropout, n_frozen, n_unreached;
   int n_untied, n_tied; /* Identity aliases of initializers: untied, left tied */
   int n_input_alias;    /* ... left because their initializer is a graph input */
+  int n_stat_copies;    /* BatchNorm running statistics given their own initializer */
 } bt;
 
 /* ------------------------------------------------------------------ small helpers */
@@ -284,6 +286,63 @@ static nbl_status untie_aliases(bt *b, int untie) {
   }
   free(order);
   if (b->n_untied) nbl_graph_compact(g);
+  return NBL_OK;
+}
+
+/* A BatchNormalization's running statistic (input 3 or 4) whose initializer
+ * a node also reads in another role (a parameter: a bias, a scale) would
+ * be both: build-training would leave it untrained and write the running
+ * statistic over it. No PyTorch model is so; it comes from merging equal
+ * tensors (eliminate-identity or fold passes after an eval-mode export, or
+ * an exporter that deduplicates without Identity). With untie=1 the
+ * statistic gets its own initializer, a copy named "<BatchNorm
+ * node>.running_mean" / ".running_var" (made unique); with untie=0 it is an
+ * error naming both readers. A statistic shared only by running-statistic
+ * inputs (one BatchNorm module applied twice) stays shared. */
+static nbl_status untie_stats(bt *b, int untie) {
+  nbl_graph *g = b->g;
+  const nbl_id nn = g->n_nodes;
+  for (nbl_id i = 0; i < nn; i++) {
+    const nbl_node *n = &g->nodes[i];
+    if (n->dead || n->domain[0] || strcmp(n->op_type, "BatchNormalization") || n->n_inputs < 5) continue;
+    for (int k = 3; k <= 4; k++) {
+      const nbl_id v = g->nodes[i].inputs[k];
+      if (v == NBL_NONE || !g->values[v].init || (g->values[v].flags & NBL_VAL_INPUT) ||
+          !is_float(g->values[v].init->dtype))
+        continue;
+      const nbl_node *other = NULL;
+      for (int c = 0; c < g->values[v].n_consumers && !other; c++) {
+        const nbl_node *u = &g->nodes[g->values[v].consumers[c]];
+        for (int j = 0; j < u->n_inputs && !other; j++) {
+          if (u->inputs[j] != v) continue;
+          const int stat = !u->domain[0] && !strcmp(u->op_type, "BatchNormalization") && (j == 3 || j == 4);
+          if (!stat) other = u;
+        }
+      }
+      if (!other) continue;
+      const char *what = k == 3 ? "running_mean" : "running_var";
+      if (!untie) {
+        char l1[300], l2[300];
+        return nbl_errorf(NBL_ERR_INVALID_MODEL,
+                          "build-training: node '%s' (BatchNormalization): its %s '%s' is also read by node "
+                          "'%s' (%s) as a parameter, so it would be both (equal tensors merged); untie=1 gives "
+                          "the statistic its own copy",
+                          nbl_node_label(g, &g->nodes[i], l1, sizeof l1), what, g->values[v].name,
+                          nbl_node_label(g, other, l2, sizeof l2), other->op_type);
+      }
+      char hint[600];
+      snprintf(hint, sizeof hint, "%s.%s", g->nodes[i].name[0] ? g->nodes[i].name : g->values[v].name, what);
+      char *nm = nbl_graph_unique_name(g, hint);
+      const nbl_tensor *t = g->values[v].init;
+      nbl_id nv = nm ? nbl_graph_add_value(g, nm) : NBL_NONE;
+      nbl_tensor *c = nv != NBL_NONE ? nbl_tensor_new(b->m->arena, nm, t->dtype, t->rank, t->dims, t->data) : NULL;
+      if (!c) return oom();
+      nbl_type_set_tensor(b->m->arena, &g->values[nv].type, t->dtype, t->rank, t->dims);
+      nbl_graph_set_initializer(g, nv, c);
+      nbl_node_set_input(g, i, k, nv);
+      b->n_stat_copies++;
+    }
+  }
   return NBL_OK;
 }
 
@@ -706,6 +765,7 @@ static nbl_status bt_run(bt *b) {
   g = m->graph;
   /* Identity aliases of initializers: each its own initializer (untie=1) */
   st = untie_aliases(b, nbl_pass_opt_bool(ctx, "untie"));
+  if (!st) st = untie_stats(b, nbl_pass_opt_bool(ctx, "untie"));
   if (st) return st;
   nbl_id out_main = g->outputs[0];
   if (*output) {
@@ -876,6 +936,9 @@ static nbl_status bt_run(bt *b) {
     nbl_pass_logf(ctx, "untied %d Identity alias(es) of initializers: each is now an initializer of its own "
                   "(as PyTorch's separate tensors); untie=0 keeps them tied", b->n_untied);
   if (b->n_tied) nbl_pass_logf(ctx, "%d Identity alias(es) of initializers left tied (untie=0)", b->n_tied);
+  if (b->n_stat_copies)
+    nbl_pass_logf(ctx, "gave %d BatchNorm running statistic(s) an initializer of their own: theirs was also read "
+                  "as a parameter (equal tensors merged)", b->n_stat_copies);
   if (b->n_input_alias)
     nbl_pass_logf(ctx, "%d Identity alias(es) of initializers left tied: their initializers are graph inputs "
                   "(overridable); constant-initializers before build-training unties them", b->n_input_alias);

@@ -1090,6 +1090,67 @@ static const float *train_grad(nbl_train_session *s, const char *name) {
   return NULL;
 }
 
+/* Equal tensors merged without Identity (eliminate-identity after an
+ * eval-mode export): BatchNorm's running mean is the initializer that is
+ * also its bias and the Conv's bias, its running variance the one that is
+ * also its scale. build-training gives each statistic its own initializer
+ * (named after the BatchNorm node), so the bias and the scale train as
+ * parameters and the statistics update on their own; untie=0 refuses,
+ * naming both readers. (Before, the merged tensors were silently left
+ * untrained and overwritten by the running statistics.) */
+static nbl_model *merged_stats_model(void) {
+  nbl_model *m = nbl_model_new();
+  nbl_model_set_opset(m, "", 14);
+  nbl_graph *g = m->graph;
+  const int64_t xd[4] = {2, 3, 4, 4}, wd[4] = {3, 3, 3, 3}, cd[1] = {3};
+  float w[81];
+  for (int i = 0; i < 81; i++) w[i] = 0.3f * sinf(0.7f * (float)i + 0.2f);
+  nbl_id x = alias_val(m, "x", 4, xd, NULL), W = alias_val(m, "W", 4, wd, w);
+  nbl_id src = alias_val(m, "src", 1, cd, alias_src), scale = alias_val(m, "scale", 1, cd, alias_scale);
+  nbl_graph_add_input(g, x);
+  nbl_id c = nbl_graph_add_value(g, "c"), y = nbl_graph_add_value(g, "y"), z = nbl_graph_add_value(g, "z");
+  const int64_t pads[4] = {1, 1, 1, 1};
+  nbl_id n = nbl_graph_add_node(g, "Conv", "", "conv1", 3, (nbl_id[]){x, W, src}, 1, &c);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_graph_add_node(g, "BatchNormalization", "", "bn", 5, (nbl_id[]){c, scale, src, src, scale}, 1, &y);
+  n = nbl_graph_add_node(g, "Conv", "", "conv2", 2, (nbl_id[]){y, W}, 1, &z);
+  nbl_node_set_attr_ints(g, n, "pads", 4, pads);
+  nbl_graph_add_output(g, z);
+  ck_assert_msg(nbl_model_verify(m) == NBL_OK, "%s", nbl_last_error());
+  return m;
+}
+
+START_TEST(test_untie_merged_stats) {
+  nbl_model *m = merged_stats_model();
+  expect_error(m, "build-training{label=lab,untie=0}",
+               "node 'bn' (BatchNormalization): its running_mean 'src' is also read by node 'conv1' (Conv) as a "
+               "parameter");
+  nbl_model_free(m);
+  m = merged_stats_model();
+  ck_assert_msg(run_spec(m, "build-training{label=lab}") == NBL_OK, "%s", nbl_last_error());
+  const nbl_graph *g = m->graph;
+  nbl_id bn = NBL_NONE;
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!g->nodes[i].dead && !strcmp(g->nodes[i].op_type, "BatchNormalization")) bn = i;
+  ck_assert_int_ne(bn, NBL_NONE);
+  ck_assert_str_eq(g->values[g->nodes[bn].inputs[2]].name, "src");
+  ck_assert_str_eq(g->values[g->nodes[bn].inputs[3]].name, "bn.running_mean");
+  ck_assert_str_eq(g->values[g->nodes[bn].inputs[4]].name, "bn.running_var");
+  ck_assert_mem_eq(init_data(m, "bn.running_mean"), alias_src, sizeof alias_src);
+  ck_assert_mem_eq(init_data(m, "bn.running_var"), alias_scale, sizeof alias_scale);
+  const nbl_training_info *ti = &m->training[0];
+  const char *trained[] = {"W", "src", "scale"};
+  for (int k = 0; k < 3; k++) {
+    char nn[64];
+    snprintf(nn, sizeof nn, "%s.new", trained[k]);
+    ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, trained[k]), nn);
+  }
+  ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, "bn.running_mean"), "bn.running_mean.new");
+  ck_assert_str_eq(binding(ti->update_binding, ti->n_update_binding, "bn.running_var"), "bn.running_var.new");
+  nbl_model_free(m);
+}
+END_TEST
+
 START_TEST(test_untie_aliases) {
   /* untie=0: the old error, naming the Identity that makes the running mean an alias */
   nbl_model *m = alias_model(0);
@@ -1337,6 +1398,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_dropout_training);
   tcase_add_test(t, test_bad_input);
   tcase_add_test(t, test_untie_aliases);
+  tcase_add_test(t, test_untie_merged_stats);
   tcase_add_test(t, test_old_opset_converted);
   tcase_add_test(t, test_gradient_op_fd);
   suite_add_tcase(s, t);
