@@ -231,6 +231,17 @@ nbl_id nbl_adapt_detach_output(nbl_adapt_ctx *c, int k, const char *hint) {
   return nv;
 }
 
+nbl_status nbl_adapt_replace(nbl_adapt_ctx *c, const char *op, int n_in, const nbl_id *ins) {
+  nbl_status st = nbl_adapt_rename(c, op);
+  if (st) return st;
+  nbl_node *n = nbl_adapt_node(c);
+  n->n_attrs = 0;
+  for (int i = 0; i < n->n_inputs; i++) nbl_node_set_input(c->graph, c->node, i, NBL_NONE);
+  for (int i = 0; i < n_in; i++) nbl_node_set_input(c->graph, c->node, i, ins[i]);
+  nbl_adapt_node(c)->n_inputs = n_in;
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shared adapters */
 
 /* The j-th name of a comma-separated list into buf; false past the end. */
@@ -257,6 +268,29 @@ static bool float_as(nbl_dtype dt, float f, unsigned char *out) {
   case NBL_DT_BFLOAT16: { uint16_t h = nbl_float_to_bf16(f); memcpy(out, &h, 2); return true; }
   default: return false;
   }
+}
+
+nbl_dtype nbl_adapt_float_elem(const nbl_adapt_ctx *c, nbl_id v) {
+  nbl_dtype dt = nbl_adapt_elem(c, v);
+  unsigned char tmp[8];
+  return float_as(dt, 0, tmp) ? dt : NBL_DT_UNDEFINED;
+}
+
+nbl_id nbl_adapt_const_floats(nbl_adapt_ctx *c, const char *hint, nbl_dtype dt, int rank,
+                              const int64_t *dims, const float *v) {
+  int64_t n = nbl_shape_numel(rank, dims);
+  size_t es = nbl_dtype_nbytes(dt, 1);
+  unsigned char tmp[8];
+  if (!float_as(dt, 0, tmp) || n < 0) return NBL_NONE;
+  unsigned char *data = malloc(es * (size_t)(n ? n : 1));
+  if (!data) return NBL_NONE;
+  for (int64_t i = 0; i < n; i++) {
+    float_as(dt, v[i], tmp);
+    memcpy(data + (size_t)i * es, tmp, es);
+  }
+  nbl_id r = nbl_adapt_const(c, hint, dt, rank, dims, data);
+  free(data);
+  return r;
 }
 
 nbl_status nbl_adapt_attrs_to_inputs(nbl_adapt_ctx *c) {

@@ -91,6 +91,20 @@ nbl_id nbl_adapt_add_node(nbl_adapt_ctx *c, const char *op, const char *hint, in
  * producer: the caller adds the node that computes it from the new value. */
 nbl_id nbl_adapt_detach_output(nbl_adapt_ctx *c, int k, const char *hint);
 
+/* The node becomes `op` (same domain) on the n_in inputs ins, without
+ * attributes (the caller adds the new op's own): the last node of the chain of
+ * standard ops an adapter puts in place of an op that ONNX removed (Affine ->
+ * Mul, Add). Its outputs stay. */
+nbl_status nbl_adapt_replace(nbl_adapt_ctx *c, const char *op, int n_in, const nbl_id *ins);
+/* Element type of value v when it is known and a float type (float, double,
+ * float16, bfloat16: the types nbl_adapt_const_floats makes), else UNDEFINED. */
+nbl_dtype nbl_adapt_float_elem(const nbl_adapt_ctx *c, nbl_id v);
+/* A new constant of float type dt (see nbl_adapt_float_elem) of shape
+ * (rank, dims) holding v converted to dt; NBL_NONE when dt is not such a
+ * type or out of memory. */
+nbl_id nbl_adapt_const_floats(nbl_adapt_ctx *c, const char *hint, nbl_dtype dt, int rank,
+                              const int64_t *dims, const float *v);
+
 /* ------------------------------------------------------------------ shared adapters */
 
 /* Attributes -> inputs. step->attr is a comma-separated list of attribute

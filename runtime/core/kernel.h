@@ -222,6 +222,9 @@ typedef struct nbl_op_def {
 #define NBL_NO_GRAD_BOOL "boolean output"
 #define NBL_NO_GRAD_INT "integer output (indices, shapes, counts or codes)"
 #define NBL_NO_GRAD_CONST "output independent of input values"
+/* an old form ONNX removed (Affine, ImageScaler, Crop, ..., MeanVarianceNormalization-1):
+ * only in models below opset 10, which build-training converts to opset 13 first */
+#define NBL_NO_GRAD_REMOVED "removed from ONNX: build-training converts it into standard ops first"
 
 /* A table line of an ai.onnx op valid from opset `since` to NBL_OPSET_MAX;
  * the other fields follow as designated initializers:

@@ -2,7 +2,9 @@
  * runtime/ops/elementwise_unary.c - op family 'elementwise_unary': the
  * one-input elementwise ops - math functions (Abs, Sqrt, Exp, Log, rounding,
  * trigonometric and hyperbolic functions, Erf), activations (Relu, Sigmoid,
- * Tanh, Gelu, ...), Clip, Not, BitwiseNot, IsNaN, IsInf - with their shape
+ * Tanh, Gelu, ...), Clip, Not, BitwiseNot, IsNaN, IsInf, and the
+ * experimental ops ONNX removed in opset 10 (Affine, Scale, ScaledTanh,
+ * ParametricSoftplus, ImageScaler; ThresholdedRelu-1) - with their shape
  * and gradient rules (see kernel.h for the kernel contract; the binary ops are
  * in elementwise.c, shared helpers in elementwise.h).
  *
@@ -31,7 +33,8 @@ enum {
   U_SIN, U_COS, U_TAN, U_ASIN, U_ACOS, U_ATAN, U_SINH, U_COSH, U_ASINH, U_ACOSH, U_ATANH,
   U_ERF, U_RELU, U_LEAKY, U_SIGMOID, U_HSIGMOID, U_HSWISH, U_TANH, U_ELU, U_SELU, U_CELU,
   U_SOFTPLUS, U_SOFTSIGN, U_TRELU, U_MISH, U_SHRINK, U_GELU, U_GELU_TANH, U_CLIP,
-  U_NOT, U_BITNOT, U_ISNAN, U_ISINF
+  U_NOT, U_BITNOT, U_ISNAN, U_ISINF,
+  U_AFFINE, U_SCALE, U_SCALED_TANH, U_PSOFTPLUS /* experimental ops ONNX removed in opset 10 */
 };
 
 typedef struct uparam {
@@ -106,6 +109,10 @@ static double un_f(int op, double x, const uparam *p) {
   }
   case U_ISNAN: return isnan(x) ? 1 : 0;
   case U_ISINF: return isinf(x) && ((x > 0 && p->pos) || (x < 0 && p->neg)) ? 1 : 0;
+  case U_AFFINE: return p->a * x + p->b;
+  case U_SCALE: return p->a * x;
+  case U_SCALED_TANH: return p->a * tanh(p->b * x);
+  case U_PSOFTPLUS: return p->a * softplus_d(p->b * x);
   default: return 0;
   }
 }
@@ -267,6 +274,9 @@ static void un_f32(void *arg, int64_t b, int64_t e) {
   case U_SELU: F32_UN(v <= 0 ? pg * (pa * expm1f(v)) : pg * v); break;
   case U_SOFTSIGN: F32_UN(v / (1.0f + fabsf(v))); break;
   case U_CLIP: F32_UN(clampf_(v, pa, pb)); break;
+  /* two float roundings, as ONNX Runtime's kernel and the Mul + Add it converts to */
+  case U_AFFINE: F32_UN(pa * v + pb); break;
+  case U_SCALE: F32_UN(pa * v); break;
   default: /* the rest: double precision per element */
     for (int64_t i = b; i < e; i++) y[i] = (float)un_f(j->op, x[i], &j->p);
     break;
@@ -276,7 +286,7 @@ static void un_f32(void *arg, int64_t b, int64_t e) {
 static int un_cheap(int op) {
   return op == U_ABS || op == U_NEG || op == U_RELU || op == U_LEAKY || op == U_CLIP ||
          op == U_FLOOR || op == U_CEIL || op == U_SIGN || op == U_HSIGMOID || op == U_HSWISH ||
-         op == U_NOT || op == U_BITNOT;
+         op == U_NOT || op == U_BITNOT || op == U_AFFINE || op == U_SCALE;
 }
 
 /* Run a unary op on input 0. odt: output type (UNDEFINED: same as input). */
@@ -409,6 +419,104 @@ static nbl_status k_clip(nbl_kctx *c) {
   return unary_p(c, U_CLIP, T_NUM, NBL_DT_UNDEFINED, &p);
 }
 
+/* ------------------------------------------------------------------ ops ONNX removed
+ *
+ * Affine, Scale, ScaledTanh, ParametricSoftplus and ImageScaler were experimental
+ * ops of the default domain (opset 1 on) that ONNX removed in opset 10;
+ * ThresholdedRelu was experimental too before its version 10, with the same
+ * meaning. Old models use them (the model zoo's opset 7-8 files, tiny-YOLOv2's
+ * first node is an ImageScaler; WinML-era conversions), and ONNX Runtime
+ * still runs them at opsets 1-9 and refuses them from 10 on, as nibble does.
+ * The semantics are ONNX Runtime's (checked against its version 1.31):
+ *   Affine              y = alpha x + beta (defaults 1 and 0)
+ *   Scale               y = scale x (default 1)
+ *   ScaledTanh          y = alpha tanh(beta x)
+ *   ParametricSoftplus  y = alpha ln(exp(beta x) + 1)
+ *                       (alpha and beta have no default: a node without
+ *                       them is an error, as in ONNX Runtime)
+ *   ImageScaler         y[n, c, h, w] = scale x[n, c, h, w] + bias[c]: x is
+ *                       4-D, scale defaults to 1, bias has one value per
+ *                       channel (without bias nothing is added, as the ONNX
+ *                       spec says; ONNX Runtime refuses such a node)
+ * convert-opset rewrites each into standard ops (adapters below). */
+
+static nbl_status k_affine(nbl_kctx *c) { return unary_a(c, U_AFFINE, T_F, 1.0f, 0.0f); }
+
+static nbl_status k_scale(nbl_kctx *c) {
+  uparam p = {.a = nbl_attr_float(c->node, "scale", 1.0f)};
+  return unary_p(c, U_SCALE, T_F, NBL_DT_UNDEFINED, &p);
+}
+
+/* ScaledTanh, ParametricSoftplus: alpha and beta are required. */
+static nbl_status unary_ab(nbl_kctx *c, int op) {
+  static const char *const names[] = {"alpha", "beta"};
+  for (int k = 0; k < 2; k++)
+    if (!nbl_node_attr(c->node, names[k]))
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute '%s' is required (%s has no default)",
+                      names[k], c->node->op_type);
+  return unary_a(c, op, T_F, 0.0f, 0.0f);
+}
+static nbl_status k_scaledtanh(nbl_kctx *c) { return unary_ab(c, U_SCALED_TANH); }
+static nbl_status k_psoftplus(nbl_kctx *c) { return unary_ab(c, U_PSOFTPLUS); }
+
+typedef struct isjob {
+  const nbl_rt_tensor *x;
+  nbl_rt_tensor *y;
+  int64_t C, plane;
+  float scale;
+  const float *bias; /* NULL: none */
+  int f32;
+} isjob;
+
+/* Planes [b, e) of ImageScaler: float32 in float (scale x, then + bias: two
+ * roundings, as ONNX Runtime and the Mul + Add it converts to), the other
+ * types and the reference path in double. */
+static void imagescaler_planes(void *arg, int64_t b, int64_t e) {
+  const isjob *j = arg;
+  for (int64_t p = b; p < e; p++) {
+    int64_t o = p * j->plane;
+    float bias = j->bias ? j->bias[p % j->C] : 0.0f;
+    if (j->f32) {
+      const float *x = (const float *)j->x->data + o;
+      float *y = (float *)j->y->data + o, s = j->scale;
+      if (j->bias)
+        for (int64_t i = 0; i < j->plane; i++) y[i] = s * x[i] + bias;
+      else
+        for (int64_t i = 0; i < j->plane; i++) y[i] = s * x[i];
+    } else {
+      for (int64_t i = o; i < o + j->plane; i++) {
+        double v = (double)j->scale * nbl_rt_get_f64(j->x, i);
+        nbl_rt_set_f64(j->y, i, j->bias ? v + bias : v);
+      }
+    }
+  }
+}
+
+static nbl_status k_imagescaler(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *X = need_in(c, 0, &st);
+  if (!X) return st;
+  if ((st = check_type(c, 0, T_F))) return st;
+  if (X->rank != 4)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input '%s' must be 4-D (N, C, H, W), it has rank %d",
+                    in_name(c, 0), X->rank);
+  const nbl_attr *ba = nbl_node_attr(c->node, "bias");
+  if (ba && ba->type != NBL_ATTR_FLOATS)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'bias' must be a list of floats, it is %s",
+                    nbl_attr_type_name(ba->type));
+  if (ba && ba->n != X->dims[1])
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'bias' has %d values, input '%s' has %lld "
+                    "channels", ba->n, in_name(c, 0), (long long)X->dims[1]);
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  isjob j = {.x = X, .y = nbl_kctx_out(c, 0), .C = X->dims[1], .plane = X->dims[2] * X->dims[3],
+             .scale = nbl_attr_float(c->node, "scale", 1.0f), .bias = ba ? ba->floats : NULL,
+             .f32 = !c->reference && X->dtype == NBL_DT_FLOAT};
+  if (X->numel == 0) return NBL_OK;
+  nbl_parallel_for(c, X->dims[0] * X->dims[1], j.plane >= GRAIN_CHEAP ? 1 : GRAIN_CHEAP / j.plane,
+                   imagescaler_planes, &j);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* Neg: the input's type; known small integer data negated. */
@@ -430,6 +538,20 @@ static nbl_status shape_bool_same(nbl_shape_ctx *c) {
   nbl_shp_in(c, 0, &s);
   s.dt = NBL_DT_BOOL;
   return nbl_shp_set(c, 0, &s);
+}
+
+/* ImageScaler: X's type and shape; X is 4-D with one bias per channel. */
+static nbl_status shape_imagescaler(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank >= 0 && x.rank != 4)
+    return nbl_shp_err(c, "input must be 4-D (N, C, H, W), it has rank %d", x.rank);
+  int nb = 0;
+  if (nbl_attr_floats(c->node, "bias", &nb) && x.rank == 4 && nbl_dim_known(x.d[1]) &&
+      nb != x.d[1].value)
+    return nbl_shp_err(c, "attribute 'bias' has %d values, the input has %lld channels", nb,
+                       (long long)x.d[1].value);
+  return nbl_shape_same(c);
 }
 
 /* ------------------------------------------------------------------ gradient rules
@@ -607,13 +729,132 @@ static nbl_status g_clip(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
-/* ------------------------------------------------------------------ table */
+/* ------------------------------------------------------------------ opset adapters */
 
 /* Clip: min and max are float attributes before opset 11, inputs of X's type from 11. */
 static const nbl_op_adapter clip_steps[] = {
     {.from = 1, .to = 11, .up = nbl_adapt_attrs_to_inputs, .down = nbl_adapt_inputs_to_attrs,
      .attr = "min,max", .input = 1, .attr_type = NBL_ATTR_FLOAT},
     {0}};
+
+/* ThresholdedRelu 1 -> 10: the same op; alpha is written out, so the node
+ * says its threshold whatever default a reader assumes. */
+static nbl_status trelu_up(nbl_adapt_ctx *c) {
+  float a = nbl_attr_float(nbl_adapt_node(c), "alpha", 1.0f);
+  nbl_node_set_attr_float(c->graph, c->node, "alpha", a);
+  return NBL_OK;
+}
+
+static const nbl_op_adapter trelu_steps[] = {
+    {.from = 1, .to = 10, .up = trelu_up, .down = nbl_adapt_keep}, {0}};
+
+/* The removed ops become standard ops at opset 10, where they end: the node
+ * itself becomes the last op of the chain, so its output keeps its name. The
+ * constants take X's float type, which must be known. */
+static nbl_status removed_x(nbl_adapt_ctx *c, nbl_id *x, nbl_dtype *dt) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return nbl_adapt_refuse(c, "needs its input");
+  *x = n->inputs[0];
+  *dt = nbl_adapt_float_elem(c, *x);
+  if (!*dt)
+    return nbl_adapt_refuse(c, "the element type of input '%s' is not known to be a float type "
+                               "(the constants of the standard ops take it)",
+                            c->graph->values[*x].name);
+  return NBL_OK;
+}
+
+static nbl_status adapt_oom(void) { return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory"); }
+
+/* Affine -> Add(Mul(x, alpha), beta). */
+static nbl_status affine_up(nbl_adapt_ctx *c) {
+  nbl_id x;
+  nbl_dtype dt;
+  nbl_status st = removed_x(c, &x, &dt);
+  if (st) return st;
+  float a = nbl_attr_float(nbl_adapt_node(c), "alpha", 1.0f);
+  float b = nbl_attr_float(nbl_adapt_node(c), "beta", 0.0f);
+  nbl_id ka = nbl_adapt_const_floats(c, "alpha", dt, 0, NULL, &a);
+  nbl_id kb = nbl_adapt_const_floats(c, "beta", dt, 0, NULL, &b);
+  if (ka == NBL_NONE || kb == NBL_NONE) return adapt_oom();
+  nbl_id mul[2] = {x, ka};
+  nbl_id m = nbl_adapt_add_node(c, "Mul", "scaled", 2, mul, NBL_NONE);
+  if (m == NBL_NONE) return adapt_oom();
+  nbl_id add[2] = {m, kb};
+  return nbl_adapt_replace(c, "Add", 2, add);
+}
+
+/* Scale -> Mul(x, scale). */
+static nbl_status scale_up(nbl_adapt_ctx *c) {
+  nbl_id x;
+  nbl_dtype dt;
+  nbl_status st = removed_x(c, &x, &dt);
+  if (st) return st;
+  float s = nbl_attr_float(nbl_adapt_node(c), "scale", 1.0f);
+  nbl_id mul[2] = {x, nbl_adapt_const_floats(c, "scale", dt, 0, NULL, &s)};
+  if (mul[1] == NBL_NONE) return adapt_oom();
+  return nbl_adapt_replace(c, "Mul", 2, mul);
+}
+
+/* ScaledTanh -> Mul(Tanh(Mul(x, beta)), alpha); ParametricSoftplus the same
+ * with Softplus. */
+static nbl_status scaled_act_up(nbl_adapt_ctx *c, const char *act) {
+  nbl_id x;
+  nbl_dtype dt;
+  nbl_status st = removed_x(c, &x, &dt);
+  if (st) return st;
+  const nbl_node *n = nbl_adapt_node(c);
+  if (!nbl_node_attr(n, "alpha") || !nbl_node_attr(n, "beta"))
+    return nbl_adapt_refuse(c, "attribute '%s' is missing (no default)",
+                            nbl_node_attr(n, "alpha") ? "beta" : "alpha");
+  float a = nbl_attr_float(n, "alpha", 1.0f), b = nbl_attr_float(n, "beta", 1.0f);
+  nbl_id ka = nbl_adapt_const_floats(c, "alpha", dt, 0, NULL, &a);
+  nbl_id kb = nbl_adapt_const_floats(c, "beta", dt, 0, NULL, &b);
+  if (ka == NBL_NONE || kb == NBL_NONE) return adapt_oom();
+  nbl_id mul[2] = {x, kb};
+  nbl_id m = nbl_adapt_add_node(c, "Mul", "scaled", 2, mul, NBL_NONE);
+  nbl_id t = m == NBL_NONE ? NBL_NONE : nbl_adapt_add_node(c, act, "act", 1, &m, NBL_NONE);
+  if (t == NBL_NONE) return adapt_oom();
+  nbl_id out[2] = {t, ka};
+  return nbl_adapt_replace(c, "Mul", 2, out);
+}
+static nbl_status scaledtanh_up(nbl_adapt_ctx *c) { return scaled_act_up(c, "Tanh"); }
+static nbl_status psoftplus_up(nbl_adapt_ctx *c) { return scaled_act_up(c, "Softplus"); }
+
+/* ImageScaler -> Add(Mul(x, scale), bias as [1, C, 1, 1]); Mul alone without bias. */
+static nbl_status imagescaler_up(nbl_adapt_ctx *c) {
+  nbl_id x;
+  nbl_dtype dt;
+  nbl_status st = removed_x(c, &x, &dt);
+  if (st) return st;
+  const nbl_node *n = nbl_adapt_node(c);
+  int rank = nbl_adapt_rank(c, x), nb = 0;
+  int64_t C = nbl_adapt_dim(c, x, 1);
+  const float *bias = nbl_attr_floats(n, "bias", &nb);
+  if (nbl_node_attr(n, "bias") && !bias)
+    return nbl_adapt_refuse(c, "attribute 'bias' is not a list of floats");
+  if (rank >= 0 && rank != 4) return nbl_adapt_refuse(c, "input is %d-D, not 4-D", rank);
+  if (bias && C >= 0 && nb != C)
+    return nbl_adapt_refuse(c, "attribute 'bias' has %d values for %lld channels", nb, (long long)C);
+  float s = nbl_attr_float(n, "scale", 1.0f);
+  int64_t bd[4] = {1, nb, 1, 1};
+  nbl_id ks = nbl_adapt_const_floats(c, "scale", dt, 0, NULL, &s);
+  nbl_id kb = bias ? nbl_adapt_const_floats(c, "bias", dt, 4, bd, bias) : NBL_NONE;
+  if (ks == NBL_NONE || (bias && kb == NBL_NONE)) return adapt_oom();
+  nbl_id mul[2] = {x, ks};
+  if (!bias) return nbl_adapt_replace(c, "Mul", 2, mul);
+  nbl_id m = nbl_adapt_add_node(c, "Mul", "scaled", 2, mul, NBL_NONE);
+  if (m == NBL_NONE) return adapt_oom();
+  nbl_id add[2] = {m, kb};
+  return nbl_adapt_replace(c, "Add", 2, add);
+}
+
+static const nbl_op_adapter affine_steps[] = {{.from = 1, .to = 10, .up = affine_up}, {0}};
+static const nbl_op_adapter scale_steps[] = {{.from = 1, .to = 10, .up = scale_up}, {0}};
+static const nbl_op_adapter scaledtanh_steps[] = {{.from = 1, .to = 10, .up = scaledtanh_up}, {0}};
+static const nbl_op_adapter psoftplus_steps[] = {{.from = 1, .to = 10, .up = psoftplus_up}, {0}};
+static const nbl_op_adapter imagescaler_steps[] = {{.from = 1, .to = 10, .up = imagescaler_up}, {0}};
+
+/* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("Abs", 1, .ref = k_abs, .shape = nbl_shape_same, NBL_SINCE6_CONSUMED, .grad = g_abs),
@@ -660,10 +901,24 @@ const nbl_op_def nbl_ops_elementwise_unary[] = {
     NBL_OP("Celu", 12, .ref = k_celu, .shape = nbl_shape_same, .stable_since = 12, .grad = g_celu),
     NBL_OP("Softplus", 1, .ref = k_softplus, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softplus),
     NBL_OP("Softsign", 1, .ref = k_softsign, .shape = nbl_shape_same, .stable_since = 1, .grad = g_softsign),
+    /* experimental at opsets 1-9 (ONNX Runtime runs it there), the same meaning */
+    NBL_OP_DEF("", "ThresholdedRelu", 1, 9, .ref = k_thresholdedrelu, .shape = nbl_shape_same,
+        .grad = g_thresholdedrelu),
     NBL_OP("ThresholdedRelu", 10, .ref = k_thresholdedrelu, .shape = nbl_shape_same,
-        .stable_since = 10, .grad = g_thresholdedrelu),
+        .stable_since = 10, .adapters = trelu_steps, .grad = g_thresholdedrelu),
     NBL_OP("Mish", 18, .ref = k_mish, .shape = nbl_shape_same, .stable_since = 18, .grad = g_mish),
     NBL_OP("Shrink", 9, .ref = k_shrink, .shape = nbl_shape_same, .stable_since = 9, .grad = g_shrink),
     NBL_OP("Gelu", 20, .ref = k_gelu, .shape = nbl_shape_same, .stable_since = 20, .grad = g_gelu),
+    /* removed from ONNX in opset 10 (see "ops ONNX removed" above) */
+    NBL_OP_DEF("", "Affine", 1, 9, .ref = k_affine, .shape = nbl_shape_same,
+        .adapters = affine_steps, .no_grad = NBL_NO_GRAD_REMOVED),
+    NBL_OP_DEF("", "Scale", 1, 9, .ref = k_scale, .shape = nbl_shape_same,
+        .adapters = scale_steps, .no_grad = NBL_NO_GRAD_REMOVED),
+    NBL_OP_DEF("", "ScaledTanh", 1, 9, .ref = k_scaledtanh, .shape = nbl_shape_same,
+        .adapters = scaledtanh_steps, .no_grad = NBL_NO_GRAD_REMOVED),
+    NBL_OP_DEF("", "ParametricSoftplus", 1, 9, .ref = k_psoftplus, .shape = nbl_shape_same,
+        .adapters = psoftplus_steps, .no_grad = NBL_NO_GRAD_REMOVED),
+    NBL_OP_DEF("", "ImageScaler", 1, 9, .ref = k_imagescaler, .shape = shape_imagescaler,
+        .adapters = imagescaler_steps, .no_grad = NBL_NO_GRAD_REMOVED),
 };
 const size_t nbl_ops_elementwise_unary_count = sizeof nbl_ops_elementwise_unary / sizeof nbl_ops_elementwise_unary[0];

@@ -1,7 +1,8 @@
 /*
  * runtime/ops/reduce.c - op family 'reduce': Reduce*, ArgMax/ArgMin, Softmax,
  * LogSoftmax, Hardmax, CumSum, TopK, LpNormalization and
- * MeanVarianceNormalization (see kernel.h for the kernel contract; the loss
+ * MeanVarianceNormalization (version 9, and the experimental version 1 of
+ * opsets 1-8) (see kernel.h for the kernel contract; the loss
  * ops that build on log-softmax are the family 'loss', runtime/ops/loss.c).
  *
  * Reductions accumulate in double for floating-point inputs and in int64 for
@@ -661,7 +662,63 @@ static nbl_status k_mvn(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* MeanVarianceNormalization-1, the experimental form of opsets 1-8 that
+ * version 9 (axes) replaced; ONNX Runtime runs it there, and nibble computes
+ * what ONNX Runtime's kernel does (checked against its version 1.31): x is
+ * 4-D [N, C, H, W]; the mean is taken per channel over N, H and W, or over
+ * everything with across_channels = 1 (default 0); with normalize_variance
+ * (default 1) y = (x - mean) / sqrt(E[(x - mean)^2]) over the same elements,
+ * with no epsilon (a constant channel gives NaN), else y = x - mean. */
+static nbl_status k_mvn1(nbl_kctx *c) {
+  nbl_status st = check_x(c, T_F);
+  if (st) return st;
+  const nbl_rt_tensor *x = c->in[0];
+  if (x->rank != 4)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input '%s' must be 4-D (N, C, H, W), it has rank %d",
+                    in_name(c, 0), x->rank);
+  int across = nbl_attr_int(c->node, "across_channels", 0) != 0;
+  int nv = nbl_attr_int(c->node, "normalize_variance", 1) != 0;
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, x->rank, x->dims))) return st;
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0);
+  if (x->numel == 0) return NBL_OK;
+  int64_t N = x->dims[0], C = x->dims[1], S = x->dims[2] * x->dims[3];
+  double *mean = calloc((size_t)C * 2, sizeof(double));
+  if (!mean) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  double *var = mean + C, cnt = (double)(N * S), m = 0, v = 0;
+  for (int64_t i = 0; i < x->numel; i++) mean[(i / S) % C] += nbl_rt_get_f64(x, i);
+  for (int64_t ch = 0; ch < C; ch++) { /* across channels: the mean of the channels' means */
+    mean[ch] /= cnt;
+    m += mean[ch] / (double)C;
+  }
+  for (int64_t ch = 0; across && ch < C; ch++) mean[ch] = m;
+  for (int64_t i = 0; i < x->numel; i++) {
+    double r = nbl_rt_get_f64(x, i) - mean[(i / S) % C];
+    var[(i / S) % C] += r * r;
+  }
+  for (int64_t ch = 0; ch < C; ch++) {
+    var[ch] /= cnt;
+    v += var[ch] / (double)C;
+  }
+  for (int64_t ch = 0; across && ch < C; ch++) var[ch] = v;
+  for (int64_t i = 0; i < x->numel; i++) {
+    int64_t ch = (i / S) % C;
+    double r = nbl_rt_get_f64(x, i) - mean[ch];
+    nbl_rt_set_f64(y, i, nv ? r / sqrt(var[ch]) : r);
+  }
+  free(mean);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules */
+
+/* MeanVarianceNormalization-1: X's type and shape, X 4-D. */
+static nbl_status shape_mvn1(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank >= 0 && x.rank != 4)
+    return nbl_shp_err(c, "input must be 4-D (N, C, H, W), it has rank %d", x.rank);
+  return nbl_shape_same(c);
+}
 
 /* Reduce*: axes from the attribute, or from input 1 when axes_input. */
 static nbl_status shape_reduce_axes(nbl_shape_ctx *c, bool axes_input) {
@@ -977,6 +1034,44 @@ static const nbl_op_adapter topk_steps[] = {
     {0},
 };
 
+/* MeanVarianceNormalization 1 -> 9: across_channels and normalize_variance
+ * gave way to axes (default [0, 2, 3]), and version 9 (ONNX's function,
+ * nibble's kernel) adds 1e-9 to the standard deviation where version 1 adds
+ * nothing, so the node becomes version 1's formula in standard ops, with
+ * axes [0, 2, 3] ([0, 1, 2, 3] across channels):
+ *   m = ReduceMean(x, axes), d = Sub(x, m),
+ *   y = Div(d, Sqrt(ReduceMean(Mul(d, d), axes)))   (normalize_variance = 1)
+ *   y = d                                           (normalize_variance = 0)
+ * No way back: version 9 has no form without the epsilon. */
+static nbl_status mvn_up9(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return nbl_adapt_refuse(c, "needs its input");
+  nbl_id x = n->inputs[0];
+  int rank = nbl_adapt_rank(c, x);
+  if (rank >= 0 && rank != 4) return nbl_adapt_refuse(c, "input is %d-D, not 4-D", rank);
+  int across = nbl_attr_int(n, "across_channels", 0) != 0;
+  int nv = nbl_attr_int(n, "normalize_variance", 1) != 0;
+  const int64_t axes[2][4] = {{0, 2, 3}, {0, 1, 2, 3}};
+  nbl_id m = nbl_adapt_add_node(c, "ReduceMean", "mean", 1, &x, NBL_NONE);
+  if (m == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_node_set_attr_ints(c->graph, c->graph->values[m].producer, "axes", 3 + across, axes[across]);
+  nbl_id sub[2] = {x, m};
+  if (!nv) return nbl_adapt_replace(c, "Sub", 2, sub);
+  nbl_id d = nbl_adapt_add_node(c, "Sub", "centered", 2, sub, NBL_NONE);
+  nbl_id sq[2] = {d, d};
+  nbl_id d2 = d == NBL_NONE ? NBL_NONE : nbl_adapt_add_node(c, "Mul", "squared", 2, sq, NBL_NONE);
+  nbl_id var = d2 == NBL_NONE ? NBL_NONE
+                              : nbl_adapt_add_node(c, "ReduceMean", "var", 1, &d2, NBL_NONE);
+  if (var == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_node_set_attr_ints(c->graph, c->graph->values[var].producer, "axes", 3 + across, axes[across]);
+  nbl_id sd = nbl_adapt_add_node(c, "Sqrt", "std", 1, &var, NBL_NONE);
+  if (sd == NBL_NONE) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_id div[2] = {d, sd};
+  return nbl_adapt_replace(c, "Div", 2, div);
+}
+
+static const nbl_op_adapter mvn_steps[] = {{.from = 1, .to = 9, .up = mvn_up9}, {0}};
+
 const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("ReduceSum", 1, .ref = k_reducesum, .shape = shape_reducesum, .stable_since = 13,
         .adapters = reduce_axes13, .grad = g_reduce),
@@ -1012,7 +1107,11 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 10,
         .adapters = topk_steps, .grad = g_topk),
     NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
+    /* experimental at opsets 1-8 (ONNX Runtime runs it there): across_channels,
+     * normalize_variance, no epsilon */
+    NBL_OP_DEF("", "MeanVarianceNormalization", 1, 8, .ref = k_mvn1, .shape = shape_mvn1,
+        .no_grad = NBL_NO_GRAD_REMOVED),
     NBL_OP("MeanVarianceNormalization", 9, .ref = k_mvn, .shape = nbl_shape_same,
-        .stable_since = 9, .no_grad = "no rule yet"),
+        .stable_since = 9, .adapters = mvn_steps, .no_grad = "no rule yet"),
 };
 const size_t nbl_ops_reduce_count = sizeof nbl_ops_reduce / sizeof nbl_ops_reduce[0];

@@ -2,7 +2,8 @@
  * runtime/ops/shape_strided.c - op family 'shape_strided': ops that copy a
  * strided view of their input (the rest of the shape family is in shape.c).
  *
- * Transpose, Slice, Expand, Tile, DepthToSpace, SpaceToDepth, all on one
+ * Transpose, Slice, Expand, Tile, DepthToSpace, SpaceToDepth, and the
+ * experimental DynamicSlice and Crop that ONNX removed in opset 10, all on one
  * strided copy engine: the output is contiguous, the input is read through
  * element strides (0 for a broadcast dim), adjacent dims are merged and the
  * innermost run is copied with 1/2/4/8-byte loads, rows in parallel. Every
@@ -11,6 +12,7 @@
  * owns them; 4-bit types are a clear NBL_ERR_UNSUPPORTED.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -190,7 +192,9 @@ nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, c
   return NBL_OK;
 }
 
-static nbl_status k_slice(nbl_kctx *c) {
+/* Slice with starts, ends, axes as attributes (Slice before opset 10) or
+ * as inputs 1..3, with steps as input 4 (from opset 10, and DynamicSlice). */
+static nbl_status slice_run(nbl_kctx *c, int from_inputs) {
   const nbl_rt_tensor *x;
   nbl_status st = need_in(c, 0, "data", &x);
   if (st) return st;
@@ -199,7 +203,7 @@ static nbl_status k_slice(nbl_kctx *c) {
   int r = x->rank;
   int64_t starts[NBL_MAX_RANK], ends[NBL_MAX_RANK], axes[NBL_MAX_RANK], steps[NBL_MAX_RANK];
   int ns, ne, na = -1, nst = -1;
-  if (c->opset < 10) {
+  if (!from_inputs) {
     if ((st = attr_ints(c, "starts", starts, NBL_MAX_RANK, &ns))) return st;
     if ((st = attr_ints(c, "ends", ends, NBL_MAX_RANK, &ne))) return st;
     if ((st = attr_ints(c, "axes", axes, NBL_MAX_RANK, &na))) return st;
@@ -230,6 +234,101 @@ static nbl_status k_slice(nbl_kctx *c) {
     ss[d] = str[d] * stp[d];
   }
   strided_copy(c, o->data, (const char *)x->data + off * (int64_t)es, r, od, ss, es);
+  return dup_strings(c, o);
+}
+
+static nbl_status k_slice(nbl_kctx *c) { return slice_run(c, c->opset >= 10); }
+
+/* ------------------------------------------------------------------ ops ONNX removed
+ *
+ * DynamicSlice and Crop were experimental ops of the default domain (opset
+ * 1 on) that ONNX removed in opset 10; ONNX Runtime still runs them at
+ * opsets 1-9 (and refuses them from 10 on), as nibble does, with ONNX
+ * Runtime's semantics (checked against its version 1.31). convert-opset
+ * rewrites both into Slice-10 (adapters below). */
+
+/* DynamicSlice(data, starts, ends, axes?): Slice-10 without steps. */
+static nbl_status k_dynamic_slice(nbl_kctx *c) {
+  if (opt_in(c, 4))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "DynamicSlice has 4 inputs at most (no steps)");
+  return slice_run(c, 1);
+}
+
+/* Crop's window on [N, C, H, W] from its attributes: border (left, top,
+ * right, bottom), 4 values >= 0, required; scale (height, width), optional.
+ * Without scale the window is rows top..H-bottom and columns left..W-right;
+ * with it, scale[0] rows from top and scale[1] columns from left (right and
+ * bottom unused). H or W < 0: unknown, that side not checked (*h or *w -1).
+ * Returns a message (NULL: fine) for msg's buffer. */
+static const char *crop_window(const nbl_node *n, int64_t H, int64_t W, int64_t *top,
+                               int64_t *left, int64_t *h, int64_t *w, char *msg, size_t len) {
+  int nb = 0, ns = 0;
+  const int64_t *b = nbl_attr_ints(n, "border", &nb), *sc = nbl_attr_ints(n, "scale", &ns);
+  if (nb != 4) {
+    snprintf(msg, len, "attribute 'border' needs 4 values (left, top, right, bottom), it has %d", nb);
+    return msg;
+  }
+  if (nbl_node_attr(n, "scale") && ns != 2) {
+    snprintf(msg, len, "attribute 'scale' needs 2 values (height, width), it has %d", ns);
+    return msg;
+  }
+  for (int i = 0; i < 4; i++)
+    if (b[i] < 0 || (i < ns && sc[i] < 0) || b[i] > INT32_MAX || (i < ns && sc[i] > INT32_MAX)) {
+      snprintf(msg, len, "attributes 'border' and 'scale' must be in [0, 2^31)");
+      return msg;
+    }
+  *left = b[0];
+  *top = b[1];
+  if (ns) {
+    *h = sc[0];
+    *w = sc[1];
+    if (H >= 0 && b[1] + sc[0] > H) {
+      snprintf(msg, len, "top border %lld + height %lld exceed the input's height %lld",
+               (long long)b[1], (long long)sc[0], (long long)H);
+      return msg;
+    }
+    if (W >= 0 && b[0] + sc[1] > W) {
+      snprintf(msg, len, "left border %lld + width %lld exceed the input's width %lld",
+               (long long)b[0], (long long)sc[1], (long long)W);
+      return msg;
+    }
+    return NULL;
+  }
+  *h = H >= 0 ? H - b[1] - b[3] : -1;
+  *w = W >= 0 ? W - b[0] - b[2] : -1;
+  if (H >= 0 && *h < 0) {
+    snprintf(msg, len, "top and bottom borders %lld + %lld exceed the input's height %lld",
+             (long long)b[1], (long long)b[3], (long long)H);
+    return msg;
+  }
+  if (W >= 0 && *w < 0) {
+    snprintf(msg, len, "left and right borders %lld + %lld exceed the input's width %lld",
+             (long long)b[0], (long long)b[2], (long long)W);
+    return msg;
+  }
+  return NULL;
+}
+
+/* Crop(x) = x[:, :, top:top+h, left:left+w], x 4-D. */
+static nbl_status k_crop(nbl_kctx *c) {
+  const nbl_rt_tensor *x;
+  nbl_status st = need_in(c, 0, "input", &x);
+  if (st) return st;
+  size_t es = esize(c, x, "input");
+  if (!es) return NBL_ERR_UNSUPPORTED;
+  if (x->rank != 4)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input must be 4-D (N, C, H, W), got rank %d", x->rank);
+  int64_t top, left, h, w;
+  char msg[200];
+  if (crop_window(c->node, x->dims[2], x->dims[3], &top, &left, &h, &w, msg, sizeof msg))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "%s", msg);
+  int64_t od[4] = {x->dims[0], x->dims[1], h, w}, str[4];
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, 4, od))) return st;
+  nbl_rt_tensor *o = nbl_kctx_out(c, 0);
+  if (o->numel == 0) return NBL_OK;
+  nbl_strides(4, x->dims, str);
+  const char *first = (const char *)x->data + (top * str[2] + left) * (int64_t)es;
+  strided_copy(c, o->data, first, 4, od, str, es);
   return dup_strings(c, o);
 }
 
@@ -396,14 +495,16 @@ static int64_t slice_len(int64_t d, int64_t s, int64_t e, int64_t st, int64_t *f
   return s > e ? (s - e + (-st) - 1) / (-st) : 0;
 }
 
-static nbl_status shape_slice(nbl_shape_ctx *c) {
+/* Slice, its bounds as attributes (before opset 10) or inputs (from 10, and
+ * DynamicSlice). */
+static nbl_status slice_shape(nbl_shape_ctx *c, bool from_inputs) {
   const nbl_node *n = c->node;
   nbl_shp x, o;
   nbl_shp_in(c, 0, &x);
   int64_t starts[NBL_SHP_MAXK], ends[NBL_SHP_MAXK], axes[NBL_SHP_MAXK], steps[NBL_SHP_MAXK];
   int ns = 0, ne = 0, na = 0, nst = 0;
   bool known = true;
-  if (c->opset < 10) {
+  if (!from_inputs) {
     const int64_t *p;
     p = nbl_attr_ints(n, "starts", &ns);
     if (ns > NBL_SHP_MAXK) known = false; else if (ns) memcpy(starts, p, sizeof(int64_t) * (size_t)ns);
@@ -419,7 +520,7 @@ static nbl_status shape_slice(nbl_shape_ctx *c) {
   if (x.rank < 0) return nbl_shp_set_dt(c, 0, x.dt, -1);
   if (!known) {
     /* the sliced axes are unknown; without axes any dim may change */
-    if (c->opset >= 10 && nbl_shp_has_in(c, 3) && nbl_shp_in_ints(c, 3, axes, &na)) {
+    if (from_inputs && nbl_shp_has_in(c, 3) && nbl_shp_in_ints(c, 3, axes, &na)) {
       o = x;
       for (int i = 0; i < na; i++) {
         int a = nbl_norm_axis(axes[i], x.rank);
@@ -430,8 +531,7 @@ static nbl_status shape_slice(nbl_shape_ctx *c) {
     return nbl_shp_set_dt(c, 0, x.dt, x.rank);
   }
   if (ns != ne || (na && na != ns) || (nst && nst != ns))
-    return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Slice): starts/ends/axes/steps lengths differ",
-                      n->name);
+    return nbl_shp_err(c, "starts/ends/axes/steps lengths differ");
   o = x;
   int64_t first[NBL_SHP_MAXR], step[NBL_SHP_MAXR];
   bool sliced[NBL_SHP_MAXR] = {false};
@@ -440,7 +540,7 @@ static nbl_status shape_slice(nbl_shape_ctx *c) {
     if (a < 0) return nbl_shp_set_dt(c, 0, x.dt, x.rank);
     int64_t stp = nst ? steps[i] : 1;
     if (stp == 0)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Slice): step 0", n->name);
+      return nbl_shp_err(c, "step 0");
     sliced[a] = true;
     step[a] = stp;
     if (nbl_dim_known(x.d[a]))
@@ -462,6 +562,28 @@ static nbl_status shape_slice(nbl_shape_ctx *c) {
     r.e[i] = k.e[j];
   }
   return nbl_shp_set_kd(c, 0, &r);
+}
+
+static nbl_status shape_slice(nbl_shape_ctx *c) { return slice_shape(c, c->opset >= 10); }
+static nbl_status shape_dynamic_slice(nbl_shape_ctx *c) { return slice_shape(c, true); }
+
+/* Crop: [N, C, h, w] of the window crop_window computes. */
+static nbl_status shape_crop(nbl_shape_ctx *c) {
+  nbl_shp x, o;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank >= 0 && x.rank != 4)
+    return nbl_shp_err(c, "input must be 4-D (N, C, H, W), got rank %d", x.rank);
+  nbl_shp_rank(&o, x.dt, 4);
+  int64_t H = x.rank == 4 && nbl_dim_known(x.d[2]) ? x.d[2].value : -1;
+  int64_t W = x.rank == 4 && nbl_dim_known(x.d[3]) ? x.d[3].value : -1;
+  int64_t top, left, h, w;
+  char msg[200];
+  if (crop_window(c->node, H, W, &top, &left, &h, &w, msg, sizeof msg))
+    return nbl_shp_err(c, "%s", msg);
+  if (x.rank == 4) o.d[0] = x.d[0], o.d[1] = x.d[1];
+  o.d[2] = h >= 0 ? nbl_dim_val(h) : nbl_dim_unk();
+  o.d[3] = w >= 0 ? nbl_dim_val(w) : nbl_dim_unk();
+  return nbl_shp_set(c, 0, &o);
 }
 
 /* Expand / broadcast against a shape given as data. */
@@ -658,6 +780,50 @@ static const nbl_op_adapter slice_steps[] = {
     {0},
 };
 
+/* DynamicSlice ends at opset 10, where it is Slice-10 (the same inputs). */
+static nbl_status dynamic_slice_up(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs > 4 && n->inputs[4] != NBL_NONE)
+    return nbl_adapt_refuse(c, "DynamicSlice has 4 inputs at most (no steps)");
+  return nbl_adapt_rename(c, "Slice");
+}
+
+/* Crop ends at opset 10: Slice-10 on axes 2 and 3, starts (top, left), ends
+ * (top + height, left + width) with scale, else (-bottom, -right), where 0
+ * is "to the end". A crop the input's known dims cannot hold is refused;
+ * with unknown dims such a crop (an error in Crop) slices to less. */
+static nbl_status crop_up(nbl_adapt_ctx *c) {
+  const nbl_node *n = nbl_adapt_node(c);
+  if (n->n_inputs < 1 || n->inputs[0] == NBL_NONE) return nbl_adapt_refuse(c, "needs its input");
+  nbl_id x = n->inputs[0];
+  int rank = nbl_adapt_rank(c, x);
+  if (rank >= 0 && rank != 4) return nbl_adapt_refuse(c, "input is %d-D, not 4-D", rank);
+  int64_t top, left, h, w;
+  char msg[200];
+  if (crop_window(n, nbl_adapt_dim(c, x, 2), nbl_adapt_dim(c, x, 3), &top, &left, &h, &w, msg,
+                  sizeof msg))
+    return nbl_adapt_refuse(c, "%s", msg);
+  int nb = 0, ns = 0;
+  const int64_t *b = nbl_attr_ints(n, "border", &nb), *sc = nbl_attr_ints(n, "scale", &ns);
+  int64_t starts[2] = {top, left}, ends[2], axes[2] = {2, 3}, two = 2;
+  if (ns) {
+    ends[0] = top + sc[0];
+    ends[1] = left + sc[1];
+  } else {
+    ends[0] = b[3] ? -b[3] : INT64_MAX;
+    ends[1] = b[2] ? -b[2] : INT64_MAX;
+  }
+  nbl_id in[4] = {x, nbl_adapt_const(c, "starts", NBL_DT_INT64, 1, &two, starts),
+                  nbl_adapt_const(c, "ends", NBL_DT_INT64, 1, &two, ends),
+                  nbl_adapt_const(c, "axes", NBL_DT_INT64, 1, &two, axes)};
+  if (in[1] == NBL_NONE || in[2] == NBL_NONE || in[3] == NBL_NONE)
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  return nbl_adapt_replace(c, "Slice", 4, in);
+}
+
+static const nbl_op_adapter dynamic_slice_steps[] = {{.from = 1, .to = 10, .up = dynamic_slice_up}, {0}};
+static const nbl_op_adapter crop_steps[] = {{.from = 1, .to = 10, .up = crop_up}, {0}};
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_shape_strided[] = {
@@ -670,5 +836,10 @@ const nbl_op_def nbl_ops_shape_strided[] = {
         .stable_since = 1, .grad = g_depth_to_space),
     NBL_OP("SpaceToDepth", 1, .ref = k_space_to_depth, .shape = shape_space_to_depth,
         .stable_since = 1, .grad = g_space_to_depth),
+    /* removed from ONNX in opset 10 (see "ops ONNX removed" above) */
+    NBL_OP_DEF("", "DynamicSlice", 1, 9, .ref = k_dynamic_slice, .shape = shape_dynamic_slice,
+        .adapters = dynamic_slice_steps, .no_grad = NBL_NO_GRAD_REMOVED),
+    NBL_OP_DEF("", "Crop", 1, 9, .ref = k_crop, .shape = shape_crop, .adapters = crop_steps,
+        .no_grad = NBL_NO_GRAD_REMOVED),
 };
 const size_t nbl_ops_shape_strided_count = sizeof nbl_ops_shape_strided / sizeof nbl_ops_shape_strided[0];

@@ -2,7 +2,9 @@
  * table's adapters: hand-built models in an old form, run by the runtime
  * before and after conversion (saved and loaded again), must give the same
  * outputs; the converted node has its new form; downgrades where exact come
- * back; what no adapter covers is refused with a message naming the node. */
+ * back; what no adapter covers is refused with a message naming the node.
+ * The experimental ops ONNX removed in opset 10 (Affine, ImageScaler, Crop,
+ * ..., MeanVarianceNormalization-1) become standard ops. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -155,7 +157,8 @@ static void expect_same(const outs *a, const outs *b, double tol) {
     if (x->dtype == NBL_DT_FLOAT && tol > 0) {
       const float *p = x->data, *q = y->data;
       for (size_t k = 0; k < x->nbytes / 4; k++)
-        ck_assert_msg(fabs(p[k] - q[k]) <= tol, "output %d[%zu]: %g vs %g", i, k, p[k], q[k]);
+        ck_assert_msg((isnan(p[k]) && isnan(q[k])) || fabs(p[k] - q[k]) <= tol,
+                      "output %d[%zu]: %g vs %g", i, k, p[k], q[k]);
     } else {
       ck_assert_msg(!memcmp(x->data, y->data, x->nbytes), "output %d differs", i);
     }
@@ -164,7 +167,7 @@ static void expect_same(const outs *a, const outs *b, double tol) {
 
 /* Run t's model, convert it to `target` (the model in t becomes the
  * converted one), save and reload it, run again: the same outputs (within
- * tol for float outputs; 0: bit-identical). Returns the outputs. */
+ * tol for float outputs, NaN where NaN; 0: bit-identical). Returns the outputs. */
 static void check_convert(tm *t, int target, double tol, outs *before) {
   nbl_status st = run(t->m, t, before);
   ck_assert_msg(st == NBL_OK, "before: %s", nbl_last_error());
@@ -1056,6 +1059,169 @@ END_TEST
 
 /* ------------------------------------------------------------------ refusals and the driver */
 
+/* ------------------------------------------------------------------ the ops ONNX removed */
+
+/* A model x [2, 3, 2, 2] -> op `op` (node "n") -> y at opset `opset`. */
+static tm *removed_model(int opset, const char *op, float *x, nbl_id *node) {
+  tm *t = tm_new(opset);
+  int64_t d[] = {2, 3, 2, 2};
+  nbl_id in = tm_input(t, "x", NBL_DT_FLOAT, 4, d, fill(x, 24)), y = tm_out(t, "y");
+  *node = tm_node(G(t), op, "n", 1, &in, 1, &y);
+  return t;
+}
+
+/* Affine, Scale, ScaledTanh, ParametricSoftplus and ImageScaler (opsets 1-9)
+ * become standard ops at opset 10, where ONNX removed them: Mul + Add; Mul; Mul, Tanh or
+ * Softplus, Mul; Mul + Add with the bias as [1, C, 1, 1] (Mul alone without
+ * bias). ThresholdedRelu-1 becomes ThresholdedRelu-10 with alpha written out,
+ * and goes back. */
+START_TEST(test_removed_elementwise) {
+  static const struct {
+    const char *op, *act;
+    int muls, adds;
+  } cases[] = {{"Affine", NULL, 1, 1}, {"ScaledTanh", "Tanh", 2, 0},
+               {"ParametricSoftplus", "Softplus", 2, 0}, {"ImageScaler", NULL, 1, 1},
+               {"ImageScaler", NULL, 1, 0}, {"Scale", NULL, 1, 0}};
+  const float bias[3] = {1, -2, 0.25f};
+  for (int target = 13; target <= 21; target += 8)
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      float x[24];
+      nbl_id n;
+      tm *t = removed_model(k == 3 ? 9 : 7, cases[k].op, x, &n);
+      if (k < 3) {
+        nbl_node_set_attr_float(G(t), n, "alpha", 1.5f);
+        nbl_node_set_attr_float(G(t), n, "beta", -0.75f);
+      } else if (k < 5) {
+        nbl_node_set_attr_float(G(t), n, "scale", 0.5f);
+        if (k == 3) nbl_node_set_attr_floats(G(t), n, "bias", 3, bias);
+      } else {
+        nbl_node_set_attr_float(G(t), n, "scale", -1.75f);
+      }
+      check_convert_same(t, target, 1e-5);
+      ck_assert_int_eq(count_op(G(t), cases[k].op), 0);
+      ck_assert_int_eq(count_op(G(t), "Mul"), cases[k].muls);
+      ck_assert_int_eq(count_op(G(t), "Add"), cases[k].adds);
+      if (cases[k].act) ck_assert_int_eq(count_op(G(t), cases[k].act), 1);
+      if (k == 3) {
+        const nbl_tensor *b = const_in(G(t), find_op(G(t), "Add"), 1);
+        ck_assert_int_eq(b->rank, 4);
+        ck_assert_int_eq(b->dims[1], 3);
+        ck_assert_int_eq(b->dims[3], 1);
+        ck_assert_float_eq((float)nbl_tensor_get_f64(b, 1), -2.0f);
+      }
+      tm_free(t);
+    }
+  /* below opset 10 they stay */
+  float x[24];
+  nbl_id n;
+  tm *t = removed_model(7, "Affine", x, &n);
+  check_convert_same(t, 9, 0);
+  ck_assert_int_eq(count_op(G(t), "Affine"), 1);
+  tm_free(t);
+  /* ThresholdedRelu 1 -> 10 (default alpha 1 said explicitly) and back */
+  t = removed_model(7, "ThresholdedRelu", x, &n);
+  check_convert_same(t, 13, 0);
+  ck_assert_float_eq(nbl_attr_float(find_op(G(t), "ThresholdedRelu"), "alpha", 0.0f), 1.0f);
+  check_convert_same(t, 9, 0);
+  ck_assert_int_eq(count_op(G(t), "ThresholdedRelu"), 1);
+  tm_free(t);
+}
+END_TEST
+
+/* Crop and DynamicSlice become Slice-10: Crop's border (left, top, right,
+ * bottom) as starts (top, left) and ends (-bottom or the end, -right) on
+ * axes 2, 3, or with scale ends (top + height, left + width); DynamicSlice
+ * is renamed (the same inputs). */
+START_TEST(test_removed_slices) {
+  for (int k = 0; k < 3; k++) {
+    float x[24];
+    nbl_id n;
+    tm *t;
+    if (k < 2) {
+      t = removed_model(8, "Crop", x, &n);
+      int64_t border[4] = {1, 0, 0, 1}, scale[2] = {1, 1};
+      nbl_node_set_attr_ints(G(t), n, "border", 4, border);
+      if (k) nbl_node_set_attr_ints(G(t), n, "scale", 2, scale);
+    } else {
+      t = tm_new(9);
+      int64_t d[] = {2, 3, 2, 2}, two = 2, st[2] = {1, -2}, en[2] = {100, -1}, ax[2] = {1, -1};
+      nbl_id in[4] = {tm_input(t, "x", NBL_DT_FLOAT, 4, d, fill(x, 24)),
+                      tm_init(t, "s", NBL_DT_INT64, 1, &two, st), tm_init(t, "e", NBL_DT_INT64, 1, &two, en),
+                      tm_init(t, "a", NBL_DT_INT64, 1, &two, ax)};
+      nbl_id y = tm_out(t, "y");
+      tm_node(G(t), "DynamicSlice", "n", 4, in, 1, &y);
+    }
+    outs o;
+    check_convert(t, 21, 0, &o);
+    ck_assert_int_eq(o.t[0].dims[1], k < 2 ? 3 : 2);
+    ck_assert_int_eq(o.t[0].dims[2], k < 2 ? 1 : 2);
+    ck_assert_int_eq(o.t[0].dims[3], 1);
+    outs_free(&o);
+    const nbl_node *s = find_op(G(t), "Slice");
+    ck_assert_int_eq(s->n_inputs, 4);
+    if (k < 2) {
+      ck_assert_int_eq(nbl_tensor_get_i64(const_in(G(t), s, 1), 1), 1);
+      ck_assert_int_eq(nbl_tensor_get_i64(const_in(G(t), s, 2), 0), k ? 1 : -1);
+      ck_assert_int_eq(nbl_tensor_get_i64(const_in(G(t), s, 3), 0), 2);
+    }
+    ck_assert_int_eq(count_op(G(t), k < 2 ? "Crop" : "DynamicSlice"), 0);
+    tm_free(t);
+  }
+}
+END_TEST
+
+/* MeanVarianceNormalization-1 -> the formula in standard ops (version 9 adds
+ * an epsilon version 1 lacks): the same values, NaN on a constant channel
+ * included, for every across_channels and normalize_variance. */
+START_TEST(test_removed_mvn1) {
+  for (int target = 13; target <= 21; target += 8)
+    for (int k = 0; k < 4; k++) {
+      float x[24];
+      nbl_id n;
+      tm *t = removed_model(8, "MeanVarianceNormalization", x, &n);
+      for (int i = 0; i < 24; i++)
+        if ((i / 4) % 3 == 1) x[i] = 0.5f; /* channel 1 constant */
+      nbl_node_set_attr_int(G(t), n, "across_channels", k & 1);
+      nbl_node_set_attr_int(G(t), n, "normalize_variance", k >> 1);
+      outs o;
+      check_convert(t, target, 1e-5, &o);
+      ck_assert(isnan(((float *)o.t[0].data)[4]) == (k == 2)); /* 0 / 0 per channel */
+      outs_free(&o);
+      ck_assert_int_eq(count_op(G(t), "MeanVarianceNormalization"), 0);
+      ck_assert_int_eq(count_op(G(t), "ReduceMean"), k >> 1 ? 2 : 1);
+      ck_assert_int_eq(count_op(G(t), "Div"), k >> 1);
+      tm_free(t);
+    }
+}
+END_TEST
+
+START_TEST(test_removed_refusals) {
+  float x[24];
+  nbl_id n;
+  /* ScaledTanh has no default alpha or beta */
+  tm *t = removed_model(7, "ScaledTanh", x, &n);
+  nbl_node_set_attr_float(G(t), n, "alpha", 1.0f);
+  expect_refused(t->m, 13, "node 'n' (ScaledTanh, opset 7 -> 10): attribute 'beta' is missing");
+  ck_assert_int_eq(nbl_model_opset(t->m, ""), 7);
+  tm_free(t);
+  /* ImageScaler's bias against the known channels; Crop's window against the known size */
+  t = removed_model(7, "ImageScaler", x, &n);
+  nbl_node_set_attr_floats(G(t), n, "bias", 2, (float[]){1, 2});
+  expect_refused(t->m, 21, "node 'n' (ImageScaler, opset 7 -> 10): attribute 'bias' has 2 values "
+                           "for 3 channels");
+  tm_free(t);
+  t = removed_model(7, "Crop", x, &n);
+  nbl_node_set_attr_ints(G(t), n, "border", 4, (int64_t[]){0, 2, 0, 1});
+  expect_refused(t->m, 21, "node 'n' (Crop, opset 7 -> 10): top and bottom borders 2 + 1 exceed");
+  tm_free(t);
+  /* version 9 of MeanVarianceNormalization (with its epsilon) has no form before 9 */
+  t = removed_model(9, "MeanVarianceNormalization", x, &n);
+  expect_refused(t->m, 8, "node 'n' (MeanVarianceNormalization, opset 9): no exact downgrade to "
+                          "opset 8");
+  tm_free(t);
+}
+END_TEST
+
 START_TEST(test_refusals) {
   /* an op the table does not know */
   tm *t = tm_new(9);
@@ -1187,6 +1353,10 @@ int main(void) {
   tcase_add_test(tc, test_roialign_gridsample_dft);
   tcase_add_test(tc, test_scan8);
   tcase_add_test(tc, test_nested_subgraphs);
+  tcase_add_test(tc, test_removed_elementwise);
+  tcase_add_test(tc, test_removed_slices);
+  tcase_add_test(tc, test_removed_mvn1);
+  tcase_add_test(tc, test_removed_refusals);
   tcase_add_test(tc, test_refusals);
   tcase_add_test(tc, test_pack_int4_slice9);
   tcase_add_test(tc, test_pack_ternary_opset9);

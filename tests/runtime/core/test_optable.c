@@ -61,6 +61,10 @@ START_TEST(test_lookup) {
   ck_assert_ptr_null(nbl_op_lookup("", "Add", NBL_OPSET_MAX + 1));
   ck_assert_ptr_null(nbl_op_lookup("com.example", "Add", 13));
   ck_assert_ptr_nonnull(nbl_op_lookup("ai.nibble", "QuantizeInt4", 1));
+  /* the experimental ops ONNX removed run at opsets 1-9, as in ONNX Runtime */
+  ck_assert_ptr_nonnull(nbl_op_lookup("", "ImageScaler", 9));
+  ck_assert_ptr_null(nbl_op_lookup("", "ImageScaler", 10));
+  ck_assert_int_eq(nbl_op_lookup("", "MeanVarianceNormalization", 8)->max_version, 8);
 }
 END_TEST
 
@@ -98,20 +102,30 @@ START_TEST(test_stable_since) {
 }
 END_TEST
 
-/* Every default-domain op has a history convert-opset can read (on the entry
- * reaching NBL_OPSET_MAX): a stable_since within its opsets, adapter steps
- * that join up (each step's `to` is the next one's `from`, the last `to` is
- * stable_since), each with an up function, and only Upsample and Scatter end
- * (stable_since 0: their last step renames them). */
+/* Every default-domain op has a history convert-opset can read, on the
+ * entry reaching NBL_OPSET_MAX, or for an op ONNX removed (no such entry:
+ * Affine, Crop, ...) on its newest one: a stable_since within its opsets,
+ * adapter steps that join up (each step's `to` is the next one's `from`, the
+ * last `to` is stable_since), each with an up function. Only Upsample,
+ * Scatter and the removed ops end (stable_since 0: their last step replaces
+ * them); a removed op's last step ends where the op does, at max_version + 1. */
 START_TEST(test_histories) {
+  int removed = 0;
   for (size_t i = 0; i < nbl_op_count(); i++) {
     const nbl_op_def *d = nbl_op_at(i);
-    if (d->domain[0] || d->max_version != NBL_OPSET_MAX) {
+    const nbl_op_def *h = d->domain[0] ? NULL : nbl_op_lookup("", d->name, NBL_OPSET_MAX);
+    int gone = !d->domain[0] && !h;
+    for (size_t j = 0; gone && j < nbl_op_count(); j++) {
+      const nbl_op_def *e = nbl_op_at(j);
+      if (!e->domain[0] && !strcmp(e->name, d->name) && e->max_version > d->max_version) gone = 0;
+    }
+    if (d->domain[0] || (d->max_version != NBL_OPSET_MAX && !gone)) {
       ck_assert_msg(!d->adapters, "%s (%d..%d): adapters on an entry that is not the newest",
                     d->name, d->since_version, d->max_version);
       continue;
     }
-    int ends = !strcmp(d->name, "Upsample") || !strcmp(d->name, "Scatter");
+    removed += gone;
+    int ends = gone || !strcmp(d->name, "Upsample") || !strcmp(d->name, "Scatter");
     ck_assert_msg(ends ? d->stable_since == 0 : d->stable_since >= 1, "%s: stable_since %d",
                   d->name, d->stable_since);
     ck_assert_msg(d->stable_since <= NBL_OPSET_MAX, "%s: stable_since %d", d->name, d->stable_since);
@@ -127,7 +141,11 @@ START_TEST(test_histories) {
     if (prev) ck_assert_msg(ends || prev == d->stable_since, "%s: last step ends at %d, stable "
                             "since %d", d->name, prev, d->stable_since);
     ck_assert_msg(!ends || prev, "%s ends without a step", d->name);
+    ck_assert_msg(!gone || prev == d->max_version + 1, "%s (%d..%d): the last step ends at %d",
+                  d->name, d->since_version, d->max_version, prev);
   }
+  /* Affine, Crop, DynamicSlice, ImageScaler, ParametricSoftplus, Scale, ScaledTanh */
+  ck_assert_int_eq(removed, 7);
 }
 END_TEST
 
