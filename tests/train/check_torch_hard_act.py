@@ -15,7 +15,6 @@ either activation wrong (PyTorch run with it replaced by its plain forward
 slope sign, --control) the comparison fails.
 Exit 0 pass, 1 fail, 77 skip (no torch/onnx/numpy).
 """
-import csv
 import os
 import sys
 
@@ -84,14 +83,10 @@ def main():
         return 1
     w0 = {t.name: numpy_helper.to_array(t).copy() for t in onnx.load(model).graph.initializer}
     out, metrics = os.path.join(tmp, "out.onnx"), os.path.join(tmp, "m.csv")
-    r = common.run(["train", model, "--data", "npy:" + os.path.join(tmp, "data"), "--epochs", 1, "--batch", B,
-                    "--lr", LR, "--optimizer", "sgd", "--seed", SEED, "--threads", 1, "--metrics", metrics,
-                    "--log-every", 1, "--export", out])
-    if r.returncode != 0:
+    r, rows, w1 = common.nibble_sgd_epoch(model, os.path.join(tmp, "data"), B, LR, SEED, out, metrics)
+    if rows is None:
         print("FAIL: nibble train exited %d: %s" % (r.returncode, r.stderr))
         return 1
-    rows = [float(row["loss"]) for row in csv.DictReader(open(metrics)) if row["kind"] == "step"]
-    w1 = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
     rc = 0
     for wrong in (False, True):
         losses, params = torch_run(x, y, w0, wrong)

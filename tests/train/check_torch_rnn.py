@@ -16,7 +16,6 @@ magnitude; a control run (PyTorch trained with the recurrent layer frozen)
 must fail the comparison, so the test can tell.
 Exit 0 pass, 1 fail, 77 skip (no torch/onnx/numpy).
 """
-import csv
 import os
 import sys
 
@@ -83,13 +82,10 @@ def main():
             print("FAIL: the %s export has %s" % (kind, ops))
             return 1
         out, metrics = os.path.join(tmp, kind + "_out.onnx"), os.path.join(tmp, kind + "_m.csv")
-        r = common.run(["train", model, "--data", "npy:" + os.path.join(tmp, "data"), "--epochs", 1, "--batch", B,
-                        "--lr", LR, "--optimizer", "sgd", "--seed", SEED, "--threads", 1, "--metrics", metrics,
-                        "--log-every", 1, "--export", out])
-        if r.returncode != 0:
+        r, rows, _ = common.nibble_sgd_epoch(model, os.path.join(tmp, "data"), B, LR, SEED, out, metrics)
+        if rows is None:
             print("FAIL: nibble train (%s) exited %d: %s" % (kind, r.returncode, r.stderr))
             return 1
-        rows = [float(row["loss"]) for row in csv.DictReader(open(metrics)) if row["kind"] == "step"]
         w1 = onnx_params(out)
         for frozen in (False, True):
             losses, tnet = torch_run(kind, x, y, state, frozen)

@@ -32,14 +32,12 @@ PyTorch the unbiased one); tensors that were tied in the file end more than
 Exit 0 pass, 1 fail, 77 skip (no torch/onnx/numpy).
 """
 import collections
-import csv
 import os
 import sys
 
 try:
     import numpy as np
     import onnx
-    from onnx import numpy_helper
     import torch
     import common
 except ImportError as e:
@@ -131,17 +129,13 @@ def main():
                                                  r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""))
     rc |= not named
     out, metrics = os.path.join(tmp, "out.onnx"), os.path.join(tmp, "m.csv")
-    r = common.run(["train", model, "--data", "npy:" + os.path.join(tmp, "data"), "--epochs", 1, "--batch", B,
-                    "--lr", LR, "--optimizer", "sgd", "--seed", SEED, "--threads", 1, "--metrics", metrics,
-                    "--log-every", 1, "--export", out])
-    if r.returncode != 0:
+    r, rows, w1 = common.nibble_sgd_epoch(model, os.path.join(tmp, "data"), B, LR, SEED, out, metrics)
+    if rows is None:
         print("FAIL: nibble train exited %d: %s" % (r.returncode, r.stderr))
         return 1
     if "untied %d Identity alias" % len(alias) not in r.stderr + r.stdout:
         print("FAIL: no 'untied %d Identity alias(es)' line in the log:\n%s" % (len(alias), r.stderr + r.stdout))
         rc = 1
-    rows = [float(row["loss"]) for row in csv.DictReader(open(metrics)) if row["kind"] == "step"]
-    w1 = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
     for tied in (False, True):
         losses, s = torch_run(x, y, state, alias, tied)
         keys = [k for k in s if s[k].dtype == np.float32]

@@ -84,6 +84,23 @@ def torch_sgd_epoch(net, params, x, y, lr, batch, seed):
     return losses
 
 
+def nibble_sgd_epoch(model, data, batch, lr, seed, out, metrics):
+    """One epoch of plain SGD by `nibble train` (one thread, a metrics row per
+    step), the model exported to `out`: (the finished process, the losses of
+    its steps, out's initializers by name), or (process, None, None) when it
+    failed. The twin of torch_sgd_epoch; the caller imports onnx."""
+    import csv
+    import onnx
+    from onnx import numpy_helper
+    r = run(["train", model, "--data", "npy:" + data, "--epochs", 1, "--batch", batch, "--lr", lr,
+             "--optimizer", "sgd", "--seed", seed, "--threads", 1, "--metrics", metrics, "--log-every", 1,
+             "--export", out])
+    if r.returncode != 0:
+        return r, None, None
+    losses = [float(row["loss"]) for row in csv.DictReader(open(metrics)) if row["kind"] == "step"]
+    return r, losses, {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+
+
 def run(args, **kw):
     return subprocess.run([NIBBLE] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
