@@ -168,7 +168,9 @@ int nbl_cmd_convert(int argc, char **argv) {
   nbl_status st = nbl_pipeline_run(pipe, m, &po);
   if (st != NBL_OK) {
     fprintf(stderr, "nibble: %s: %s\n", path, nbl_last_error());
-    rc = st == NBL_ERR_INVALID_ARGUMENT ? 2 : 1;
+    /* a pass that refuses the model (invalid, or something nibble does not
+     * support) is bad input, as for run and train */
+    rc = st == NBL_ERR_INVALID_ARGUMENT || st == NBL_ERR_INVALID_MODEL || st == NBL_ERR_UNSUPPORTED ? 2 : 1;
     goto out;
   }
   if (nbl_model_save(m, outpath, &so) != NBL_OK) {

@@ -2,7 +2,7 @@
 """Bad input through the command line: every broken model of the foundation
 issue makes `nibble info` exit with status 2 (never a crash or a sanitizer
 report), printing one message that names the file and the tensor or node at
-fault. The models are made here with onnx.helper (no checker), so they are
+fault; so does `nibble convert` when a pass refuses the model. The models are made here with onnx.helper (no checker), so they are
 broken exactly as a careless exporter would break them.
 Exit 0 pass, 1 fail, 77 skip (no python3-onnx)."""
 import os
@@ -88,6 +88,22 @@ def main():
             print("%-4s %-18s exit %d  %s" % ("ok" if ok else "FAIL", name, r.returncode, msg[:160]))
             passed += ok
             failed += not ok
+        # a model a pass refuses is bad input for `convert` too (exit 2, as run and train):
+        # opset 6 legacy broadcast whose B does not line up with A
+        leg = helper.make_model(helper.make_graph(
+            [helper.make_node("Add", ["x", "b"], ["y"], name="badd", broadcast=1, axis=1)], "g",
+            [vi("x", (1, 4, 3, 3)), vi("b", (5,))], [vi("y", (1, 4, 3, 3))]),
+            opset_imports=[helper.make_opsetid("", 6)])
+        path = os.path.join(d, "legacy.onnx")
+        with open(path, "wb") as f:
+            f.write(leg.SerializeToString())
+        r = subprocess.run([NIBBLE, "convert", path, "-o", os.path.join(d, "o.onnx"), "--passes", "default"],
+                           capture_output=True, text=True)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        ok = r.returncode == 2 and last.startswith("nibble: ") and "'badd'" in last and "legacy.onnx" in last
+        print("%-4s %-18s exit %d  %s" % ("ok" if ok else "FAIL", "convert legacy", r.returncode, last[:160]))
+        passed += ok
+        failed += not ok
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 
