@@ -251,6 +251,13 @@ typedef struct nbl_session_options {
   void *user;
   int profile;   /* 1: time every node of the main graph (nbl_session_print_profile) */
   nbl_isa isa;   /* cap on the instruction set of the fast paths (NBL_ISA_DEFAULT: none) */
+  /* random ops without a seed attribute (RandomNormal, RandomUniform, their
+   * *Like forms, Bernoulli, Multinomial) draw from the session's random
+   * stream, which advances with every node run: fresh values on every run.
+   * 0: the stream's key is fresh from the clock (every session differs);
+   * else the key, so a new session with the same seed repeats the draws run
+   * for run. A node with a seed attribute draws the same values every run. */
+  uint64_t seed;
 } nbl_session_options;
 
 /* Plan the model's main graph for execution: resolve a kernel for every node

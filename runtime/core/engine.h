@@ -82,6 +82,10 @@ struct nbl_engine {
   nbl_out_arena ar;
   nbl_engine_stats stats;
   atomic_int terminate; /* set from any thread: runs stop between nodes (nbl_engine_terminate) */
+  /* the random stream of unseeded random ops (nbl_kctx_random_seed): its key
+   * and the number of seeds handed out */
+  uint64_t rng_key;
+  atomic_uint_fast64_t rng_pos;
 };
 
 /* The values of one graph while it runs: the main graph (top), or a
@@ -134,6 +138,10 @@ int nbl_out_arena_take(nbl_engine *e, int slot, int step, int last_use, nbl_rt_t
                    nbl_dtype dt, int rank, const int64_t *dims, size_t nbytes);
 
 /* ------------------------------------------------------------------ exec.c */
+
+/* A fresh 64-bit key for a random stream: the real-time clock in nanoseconds,
+ * a process-wide count of keys made and the address of `salt`, mixed; never 0. */
+uint64_t nbl_fresh_random_key(const void *salt);
 
 /* A frame for plan p below parent (NULL: none), initializers bound. */
 nbl_status nbl_frame_init(nbl_frame *f, nbl_engine *e, const nbl_gplan *p, nbl_frame *parent);

@@ -3,6 +3,7 @@
  * kernels call while a step runs are in kctx.c, the plans in plan.c, the
  * arena in arena.c, the public session API on top in session.c. */
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -30,6 +31,19 @@ static nbl_status bind_initializers(const nbl_graph *g, nbl_rt_tensor *vals, uns
   return NBL_OK;
 }
 
+uint64_t nbl_fresh_random_key(const void *salt) {
+  static atomic_uint_fast64_t made;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t z = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  z ^= (atomic_fetch_add(&made, 1) + 1) * 0xD1B54A32D192ED03ull ^ (uint64_t)(uintptr_t)salt;
+  /* the splitmix64 finalizer, so that keys made close together differ in every bit */
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return z ? z : 1;
+}
+
 nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
                              const nbl_engine_options *opt, nbl_engine **out) {
   if (!m || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_engine_create: NULL argument");
@@ -47,6 +61,8 @@ nbl_status nbl_engine_create(const nbl_model *m, const nbl_graph *g,
   e->isa = opt ? opt->isa : NBL_ISA_DEFAULT;
   e->on_value = opt ? opt->on_value : NULL;
   e->user = opt ? opt->user : NULL;
+  e->rng_key = opt && opt->seed ? opt->seed : nbl_fresh_random_key(e);
+  atomic_init(&e->rng_pos, 0);
   nbl_isa cap = nbl_cpu_set_thread_cap(e->isa); /* fusions choose kernels while planning */
   nbl_status st = nbl_plan_graph(e, g);
   nbl_cpu_set_thread_cap(cap);

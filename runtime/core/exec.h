@@ -30,6 +30,7 @@ typedef struct nbl_engine_options {
   int no_arena;  /* 1: never use the planned arena (malloc per tensor) */
   int profile;   /* 1: time every step of the main graph (nbl_engine_profile) */
   nbl_isa isa;   /* cap on the fast paths' instruction set (runtime/core/cpu.h) */
+  uint64_t seed; /* key of the random stream of unseeded random ops (nbl_kctx_random_seed); 0: fresh */
   nbl_value_cb on_value;
   void *user;
 } nbl_engine_options;

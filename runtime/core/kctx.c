@@ -97,6 +97,26 @@ nbl_kcache *nbl_kctx_cache(nbl_kctx *ctx) {
   return &x->f->p->caches[x->step];
 }
 
+int64_t nbl_kctx_random_seed(nbl_kctx *ctx) {
+  static atomic_uint_fast64_t loose_pos; /* calls outside an executor */
+  static _Atomic uint64_t loose_key;
+  struct nbl_exec *x = ctx ? ctx->exec : NULL;
+  nbl_engine *e = x && x->f ? x->f->e : NULL;
+  uint64_t key, pos;
+  if (e) {
+    key = e->rng_key;
+    pos = atomic_fetch_add(&e->rng_pos, 1);
+  } else {
+    key = atomic_load(&loose_key);
+    if (!key) {
+      uint64_t fresh = nbl_fresh_random_key(&loose_key), zero = 0;
+      key = atomic_compare_exchange_strong(&loose_key, &zero, fresh) ? fresh : zero;
+    }
+    pos = atomic_fetch_add(&loose_pos, 1);
+  }
+  return (int64_t)(key ^ (pos * 0x9E3779B97F4A7C15ull));
+}
+
 void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
                       void (*fn)(void *arg, int64_t begin, int64_t end), void *arg) {
   if (n <= 0) return;

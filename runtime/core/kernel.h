@@ -70,6 +70,19 @@ nbl_status nbl_kerr(nbl_kctx *ctx, nbl_status st, const char *fmt, ...)
 void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
                       void (*fn)(void *arg, int64_t begin, int64_t end), void *arg);
 
+/* The seed of one call of a kernel that draws random numbers and has no seed
+ * attribute (RandomNormal, Bernoulli, ...; runtime/ops/random.c), for the
+ * one counter-based generator nbl_q4_uniform(seed, index) of
+ * runtime/formats/int4.h. Each engine has a random stream: a 64-bit key fixed
+ * when it is created (nbl_engine_options.seed, or fresh from the clock when
+ * that is 0) and a position that every call advances, so every call, every
+ * run and every Loop/Scan iteration gets a new seed: key XOR position *
+ * 0x9E3779B97F4A7C15. Two engines made with the same non-zero seed give the
+ * same seeds call for call (the engine runs its steps in one fixed order).
+ * Outside an executor (ctx->exec NULL) the stream is a process-wide one with
+ * a fresh key. */
+int64_t nbl_kctx_random_seed(nbl_kctx *ctx);
+
 /* Run a subgraph (If/Loop/Scan body) with the given inputs bound to the
  * subgraph's inputs in order; values captured from outer scopes are taken
  * from the enclosing executor frame. Outputs are new tensors the caller owns
@@ -257,6 +270,7 @@ NBL_OP_FAMILY(train)        /* runtime/ops/train.c: optimizers (ai.onnx.preview.
 NBL_OP_FAMILY(rnn)          /* runtime/ops/rnn.c: RNN, GRU, LSTM */
 NBL_OP_FAMILY(signal)       /* runtime/ops/signal.c: windows, DFT, STFT, MelWeightMatrix */
 NBL_OP_FAMILY(misc)         /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
+NBL_OP_FAMILY(random)       /* runtime/ops/random.c: RandomNormal/Uniform(Like), Bernoulli, Multinomial */
 NBL_OP_FAMILY(nibble)       /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4, QuantizeLog) */
 NBL_OP_FAMILY(grad_elementwise) /* runtime/ops/grad_elementwise.c: activation, dropout, broadcast, QuantizeInt4 backward */
 NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-entropy backward */

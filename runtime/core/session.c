@@ -75,6 +75,7 @@ nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt
     eo.reference = opt->reference;
     eo.profile = opt->profile;
     eo.isa = opt->isa;
+    eo.seed = opt->seed;
     s->isa = opt->isa;
     if (opt->on_value) {
       s->on_value = opt->on_value;

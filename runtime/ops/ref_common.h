@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "runtime/core/kernel.h"
+#include "runtime/kernels/gemm.h" /* nbl_to_f64 */
 
 static inline const nbl_rt_tensor *in_at(nbl_kctx *c, int i) {
   return i < c->n_in ? c->in[i] : NULL;
