@@ -428,6 +428,42 @@ START_TEST(test_fd_gather_nd_scatter) {
 }
 END_TEST
 
+/* ReduceProd: axes as attribute (opset 13) and as input (opset 18),
+ * keepdims 0 and 1, every axis, the identity of noop_with_empty_axes; zeros
+ * as PyTorch's prod backward: one zero in a slice gets the product of the
+ * others and the rest 0, two zeros give 0 throughout (the product is linear
+ * in each element, so the central differences are exact there too). */
+static void prod_case(const char *what, int opset, const int64_t *axes, int na, int keepdims, int noop,
+                      const double *data) {
+  fd_case c;
+  fd_begin(&c, opset);
+  if (data) fd_param_data(&c, D(3, 4), data);
+  else fd_param_range(&c, D(2, 3, 4), 0.5, 1.5);
+  if (opset >= 18 && na) fd_i64(&c, 1, (int64_t[]){na}, axes);
+  fd_node(&c, "ReduceProd", 1);
+  if (opset < 18 && na) ints(&c, "axes", na, axes);
+  attr_i(&c, "keepdims", keepdims);
+  if (noop) attr_i(&c, "noop_with_empty_axes", 1);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_reduceprod) {
+  prod_case("ReduceProd axis 1 keepdims (opset 13)", 13, (int64_t[]){1}, 1, 1, 0, NULL);
+  prod_case("ReduceProd axes 0, 2 (opset 13)", 13, (int64_t[]){0, 2}, 2, 0, 0, NULL);
+  prod_case("ReduceProd all (opset 13)", 13, NULL, 0, 0, 0, NULL);
+  prod_case("ReduceProd axes -1, 0 as input (opset 18)", 18, (int64_t[]){-1, 0}, 2, 0, 0, NULL);
+  prod_case("ReduceProd all keepdims (opset 18)", 18, NULL, 0, 1, 0, NULL);
+  prod_case("ReduceProd noop_with_empty_axes", 18, NULL, 0, 1, 1, NULL);
+  /* rows: no zero, one zero, two zeros */
+  const double z[12] = {0.9, -1.2, 1.1, 0.7, 1.3, 0, -0.8, 1.4, 0, 0.6, 0, -1.1};
+  prod_case("ReduceProd rows with 0, 1 and 2 zeros", 13, (int64_t[]){1}, 1, 0, 0, z);
+  prod_case("ReduceProd columns with zeros (opset 18)", 18, (int64_t[]){0}, 1, 1, 0, z);
+  prod_case("ReduceProd all with two zeros", 18, NULL, 0, 0, 0, z);
+  const double z1[12] = {0.9, -1.2, 1.1, 0.7, 1.3, 0, -0.8, 1.4, 1.2, 0.6, 0.8, -1.1};
+  prod_case("ReduceProd all with one zero", 13, NULL, 0, 0, 0, z1);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -440,6 +476,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_recurrent);
   tcase_add_test(t, test_fd_more_unary);
   tcase_add_test(t, test_fd_gather_nd_scatter);
+  tcase_add_test(t, test_fd_reduceprod);
   suite_add_tcase(s, t);
   return s;
 }
