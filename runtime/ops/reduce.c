@@ -950,6 +950,22 @@ static nbl_status g_reduceprod(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* LpNormalization (y = x / n, n the p-norm along the axis): dX = (dY - s *
+ * sum_axis(dY * y)) / n with s = y (p = 2) or sign(x) (p = 1). */
+static nbl_status g_lpnorm(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0), dY = nbl_grad_dy(gc, 0);
+  int64_t axis = nbl_attr_int(n, "axis", -1), p = nbl_attr_int(n, "p", 2);
+  if (p != 1 && p != 2) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "attribute 'p' must be 1 or 2");
+  nbl_id nrm = grad_reduce_keep(gc, p == 2 ? "ReduceL2" : "ReduceL1", X, 1, &axis);
+  nbl_id t = grad_reduce_keep(gc, "ReduceSum", nbl_grad_bin(gc, "Mul", dY, Y), 1, &axis);
+  nbl_id s = p == 2 ? Y : nbl_grad_un(gc, "Sign", X);
+  nbl_id d = nbl_grad_bin(gc, "Sub", dY, nbl_grad_bin(gc, "Mul", s, t));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Div", d, nrm));
+  return nbl_grad_status(gc);
+}
+
 /* TopK: the values' gradient goes back where the indices (output 1) point,
  * com.microsoft GatherElementsGrad along the axis (PyTorch's topk backward). */
 static nbl_status g_topk(nbl_grad_ctx *gc) {
@@ -1154,7 +1170,7 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 10,
         .adapters = topk_steps, .grad = g_topk),
-    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .grad = g_lpnorm),
     /* experimental at opsets 1-8 (ONNX Runtime runs it there): across_channels,
      * normalize_variance, no epsilon */
     NBL_OP_DEF("", "MeanVarianceNormalization", 1, 8, .ref = k_mvn1, .shape = shape_mvn1,

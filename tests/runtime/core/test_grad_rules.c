@@ -464,6 +464,23 @@ START_TEST(test_fd_reduceprod) {
 }
 END_TEST
 
+/* LpNormalization p = 1 and 2, the default axis (-1) and axis 1. */
+START_TEST(test_fd_lpnorm) {
+  for (int p = 1; p <= 2; p++)
+    for (int ax = 0; ax < 2; ax++) {
+      fd_case c;
+      char what[64];
+      fd_begin(&c, 13);
+      fd_param_range(&c, D(2, 3, 4), -2, 2);
+      fd_node(&c, "LpNormalization", 1);
+      attr_i(&c, "p", p);
+      if (ax) attr_i(&c, "axis", 1);
+      snprintf(what, sizeof what, "LpNormalization p %d axis %d", p, ax ? 1 : -1);
+      expect_fd(&c, what);
+    }
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -477,6 +494,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_more_unary);
   tcase_add_test(t, test_fd_gather_nd_scatter);
   tcase_add_test(t, test_fd_reduceprod);
+  tcase_add_test(t, test_fd_lpnorm);
   suite_add_tcase(s, t);
   return s;
 }
