@@ -481,6 +481,25 @@ START_TEST(test_fd_lpnorm) {
 }
 END_TEST
 
+/* Scatter: ScatterElements without reduction. At opsets 9-10 build-training
+ * renames it (conversion to 13); a Scatter node in an opset-13 model reaches
+ * its own rule. */
+START_TEST(test_fd_scatter_old) {
+  for (int opset = 9; opset <= 13; opset += opset == 10 ? 3 : 1) {
+    fd_case c;
+    char what[64];
+    fd_begin(&c, opset);
+    fd_param(&c, D(3, 4));
+    fd_i64(&c, D(2, 3), (int64_t[]){0, 2, 1, 1, 0, 2});
+    fd_param(&c, D(2, 3));
+    fd_node(&c, "Scatter", 1);
+    attr_i(&c, "axis", opset & 1);
+    snprintf(what, sizeof what, "Scatter opset %d axis %d", opset, opset & 1);
+    expect_fd(&c, what);
+  }
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -495,6 +514,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_gather_nd_scatter);
   tcase_add_test(t, test_fd_reduceprod);
   tcase_add_test(t, test_fd_lpnorm);
+  tcase_add_test(t, test_fd_scatter_old);
   suite_add_tcase(s, t);
   return s;
 }
