@@ -833,6 +833,16 @@ static nbl_status g_avgpool(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* LpPool: ai.nibble LpPoolGrad (runtime/ops/grad_pool.c) on dY, X and Y, same attributes. */
+static nbl_status g_lppool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_y(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "LpPoolGrad", "ai.nibble", 3, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
 static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
@@ -895,7 +905,7 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
 const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_maxpool),
     NBL_OP("AveragePool", 1, .ref = k_avgpool, .fast = k_avgpool_fast, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
-    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .no_grad = "no rule yet"),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .grad = g_lppool),
     NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .no_grad = "no rule yet"),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .grad = g_gmaxpool),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,

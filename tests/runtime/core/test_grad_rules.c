@@ -500,6 +500,41 @@ START_TEST(test_fd_scatter_old) {
 }
 END_TEST
 
+/* LpPool (ai.nibble LpPoolGrad): 2-D and 1-D, p 1, 2 and 3, strides,
+ * pads, auto_pad, ceil_mode and dilations (opset 18), overlapping windows. */
+static void lppool_case(const char *what, int opset, int rank, const int64_t *xd, int p, const int64_t *k,
+                        const int64_t *s, const int64_t *pads, const char *auto_pad, int ceil, const int64_t *dil) {
+  fd_case c;
+  int ns = rank - 2;
+  fd_begin(&c, opset);
+  fd_param_range(&c, rank, xd, -2, 2);
+  fd_node(&c, "LpPool", 1);
+  ints(&c, "kernel_shape", ns, k);
+  attr_i(&c, "p", p);
+  if (s) ints(&c, "strides", ns, s);
+  if (pads) ints(&c, "pads", 2 * ns, pads);
+  if (auto_pad) attr_s(&c, "auto_pad", auto_pad);
+  if (ceil) attr_i(&c, "ceil_mode", 1);
+  if (dil) ints(&c, "dilations", ns, dil);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_lppool) {
+  lppool_case("LpPool 2-D p 2 k 3 s 2 pads 1", 13, 4, (int64_t[]){2, 2, 5, 6}, 2, (int64_t[]){3, 3},
+              (int64_t[]){2, 2}, (int64_t[]){1, 1, 1, 1}, NULL, 0, NULL);
+  lppool_case("LpPool 2-D p 3 k 2x3 overlapping", 13, 4, (int64_t[]){1, 2, 4, 5}, 3, (int64_t[]){2, 3},
+              NULL, NULL, NULL, 0, NULL);
+  lppool_case("LpPool 2-D p 1 k 2 s 2", 13, 4, (int64_t[]){1, 3, 4, 4}, 1, (int64_t[]){2, 2},
+              (int64_t[]){2, 2}, NULL, NULL, 0, NULL);
+  lppool_case("LpPool 1-D p 2 k 3 s 2 pads 0, 2", 13, 3, (int64_t[]){2, 3, 7}, 2, (int64_t[]){3},
+              (int64_t[]){2}, (int64_t[]){0, 2}, NULL, 0, NULL);
+  lppool_case("LpPool 1-D p 1 SAME_UPPER", 13, 3, (int64_t[]){1, 2, 6}, 1, (int64_t[]){4}, (int64_t[]){1},
+              NULL, "SAME_UPPER", 0, NULL);
+  lppool_case("LpPool 2-D p 2 ceil_mode dilations 2 (opset 18)", 18, 4, (int64_t[]){1, 2, 8, 7}, 2,
+              (int64_t[]){2, 2}, (int64_t[]){2, 2}, NULL, NULL, 1, (int64_t[]){2, 1});
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -515,6 +550,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_reduceprod);
   tcase_add_test(t, test_fd_lpnorm);
   tcase_add_test(t, test_fd_scatter_old);
+  tcase_add_test(t, test_fd_lppool);
   suite_add_tcase(s, t);
   return s;
 }
