@@ -223,7 +223,9 @@ START_TEST(test_fd_gather_elements_topk) {
 END_TEST
 
 /* Einsum: products, transposes, reductions, a label only one operand has,
- * three operands, the implicit output, a scalar result. */
+ * three operands, the implicit output, a scalar result; ellipses (ranks
+ * that differ, dims of 1 broadcast), labels repeated in one operand
+ * (diagonals, traces). */
 static void einsum_case(const char *eq, int n, const int64_t dims[][3], const int *ranks) {
   fd_case c;
   fd_begin(&c, 13);
@@ -245,6 +247,20 @@ START_TEST(test_fd_einsum) {
   einsum_case("ij,kj", 2, (const int64_t[][3]){{2, 3}, {4, 3}}, (int[]){2, 2});
   einsum_case("ij,ij->", 2, (const int64_t[][3]){{2, 3}, {2, 3}}, (int[]){2, 2});
   einsum_case("ik,j->ijk", 2, (const int64_t[][3]){{2, 3}, {4}}, (int[]){2, 1});
+  /* ellipses (broadcast ellipsis dims, implicit output), repeated labels (diagonals, a trace) */
+  einsum_case("...ij,...jk->...ik", 2, (const int64_t[][3]){{2, 3, 4}, {2, 4, 3}}, (int[]){3, 3});
+  einsum_case("...ij,...jk->...ik", 2, (const int64_t[][3]){{2, 3, 4}, {1, 4, 3}}, (int[]){3, 3});
+  einsum_case("...j,jk", 2, (const int64_t[][3]){{2, 3, 4}, {4, 2}}, (int[]){3, 2});
+  einsum_case("i...,i...->i", 2, (const int64_t[][3]){{2, 3, 4}, {2, 1, 4}}, (int[]){3, 3});
+  einsum_case("...ii->...i", 1, (const int64_t[][3]){{2, 3, 3}}, (int[]){3});
+  einsum_case("ii", 1, (const int64_t[][3]){{3, 3}}, (int[]){2});
+  einsum_case("iij,jk->ik", 2, (const int64_t[][3]){{3, 3, 2}, {2, 4}}, (int[]){3, 2});
+  einsum_case("iii->", 1, (const int64_t[][3]){{3, 3, 3}}, (int[]){3});
+  einsum_case("iij,ik->ijk", 2, (const int64_t[][3]){{2, 2, 3}, {2, 2}}, (int[]){3, 2});
+  einsum_case("ija,ii->ja", 2, (const int64_t[][3]){{2, 3, 2}, {2, 2}}, (int[]){3, 2});
+  einsum_case("...ij,...j->...i", 2, (const int64_t[][3]){{2, 3, 4}, {4}}, (int[]){3, 1});
+  einsum_case("...j,...j", 2, (const int64_t[][3]){{3, 1, 4}, {2, 4}}, (int[]){3, 2});
+  einsum_case("iij->j", 1, (const int64_t[][3]){{3, 3, 2}}, (int[]){3});
 }
 END_TEST
 
