@@ -1,7 +1,8 @@
 /* test_grad_rules.c - the gradient rules of PRelu, Max/Min, ReduceMax/Min
  * with ties, Tile, DepthToSpace/SpaceToDepth, LRN, InstanceNormalization,
- * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM and more
- * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), each
+ * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM, more
+ * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), ReduceProd,
+ * LpNormalization, Scatter, LpPool and MaxUnpool, each
  * against central finite differences in float64 through the whole generated
  * training graph (tests/train/grad_fd.h; the older rules are in
  * test_grad.c). */
@@ -551,6 +552,43 @@ START_TEST(test_fd_lppool) {
 }
 END_TEST
 
+/* MaxUnpool: dY gathered at the indices (one per window of a 2x2 / 3 pool,
+ * distinct); output_shape larger than the default (Slice), smaller (Pad:
+ * the indices beyond it dropped, no gradient), 1-D with pads. */
+static void maxunpool_case(const char *what, int rank, const int64_t *xd, const int64_t *k, const int64_t *pads,
+                           const int64_t *os) {
+  fd_case c;
+  int ns = rank - 2;
+  int64_t n = nbl_shape_numel(rank, xd), idx[64], H = ns == 2 ? xd[2] * k[0] : 1, W = xd[rank - 1] * k[ns - 1];
+  if (pads) W -= pads[ns - 1] + pads[2 * ns - 1];
+  for (int64_t i = 0; i < n; i++) { /* element i of window (oh, ow) of plane pl: a tap of its own */
+    int64_t ow = i % xd[rank - 1], oh = ns == 2 ? i / xd[rank - 1] % xd[2] : 0, pl = i / (xd[rank - 1] * (ns == 2 ? xd[2] : 1));
+    int64_t a = ns == 2 ? (i * 7 / 3) % k[0] : 0, b = (i * 5 + 1) % k[ns - 1], col = ow * k[ns - 1] + b;
+    if (pads) col = col - pads[ns - 1] < 0 ? 0 : col - pads[ns - 1] >= W ? W - 1 : col - pads[ns - 1];
+    idx[i] = pl * H * W + (oh * (ns == 2 ? k[0] : 1) + a) * W + col;
+  }
+  fd_begin(&c, 13);
+  fd_param(&c, rank, xd);
+  fd_i64(&c, rank, xd, idx);
+  if (os) fd_i64(&c, 1, (int64_t[]){rank}, os);
+  fd_node(&c, "MaxUnpool", 1);
+  ints(&c, "kernel_shape", ns, k);
+  ints(&c, "strides", ns, k);
+  if (pads) ints(&c, "pads", 2 * ns, pads);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_maxunpool) {
+  maxunpool_case("MaxUnpool 2-D k 2", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL, NULL);
+  maxunpool_case("MaxUnpool 2-D k 2x3", 4, (int64_t[]){2, 1, 2, 3}, (int64_t[]){2, 3}, NULL, NULL);
+  maxunpool_case("MaxUnpool output_shape larger", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL,
+                 (int64_t[]){1, 2, 5, 7});
+  maxunpool_case("MaxUnpool output_shape smaller (drops)", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL,
+                 (int64_t[]){1, 2, 3, 5});
+  maxunpool_case("MaxUnpool 1-D k 3 pads 1, 1", 3, (int64_t[]){2, 2, 3}, (int64_t[]){3}, (int64_t[]){1, 1}, NULL);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -567,6 +605,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_lpnorm);
   tcase_add_test(t, test_fd_scatter_old);
   tcase_add_test(t, test_fd_lppool);
+  tcase_add_test(t, test_fd_maxunpool);
   suite_add_tcase(s, t);
   return s;
 }
