@@ -2,7 +2,7 @@
  * with ties, Tile, DepthToSpace/SpaceToDepth, LRN, InstanceNormalization,
  * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM, more
  * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), ReduceProd,
- * LpNormalization, Scatter, LpPool and MaxUnpool, each
+ * LpNormalization, Scatter, LpPool, MaxUnpool and GridSample, each
  * against central finite differences in float64 through the whole generated
  * training graph (tests/train/grad_fd.h; the older rules are in
  * test_grad.c). */
@@ -589,6 +589,36 @@ START_TEST(test_fd_maxunpool) {
 }
 END_TEST
 
+/* GridSample (ai.nibble GridSampleGrad): bilinear and nearest, align_corners
+ * 0 and 1, padding zeros, border and reflection, a grid reaching outside
+ * [-1, 1]; gradients for X and the grid (nearest: the grid's is 0, as
+ * PyTorch's; the central differences agree away from the rounding points). */
+START_TEST(test_fd_gridsample) {
+  const char *modes[2] = {"bilinear", "nearest"}, *pads[3] = {"zeros", "border", "reflection"};
+  for (int m = 0; m < 2; m++)
+    for (int ac = 0; ac < 2; ac++)
+      for (int p = 0; p < 3; p++) {
+        fd_case c;
+        char what[96];
+        fd_begin(&c, 16);
+        fd_param_range(&c, D(1, 2, 4, 5), -2, 2);
+        fd_param_range(&c, D(1, 3, 2, 2), -1.3, 1.3);
+        fd_node(&c, "GridSample", 1);
+        attr_s(&c, "mode", modes[m]);
+        attr_s(&c, "padding_mode", pads[p]);
+        attr_i(&c, "align_corners", ac);
+        snprintf(what, sizeof what, "GridSample %s align_corners %d %s", modes[m], ac, pads[p]);
+        expect_fd(&c, what);
+      }
+  fd_case c;
+  fd_begin(&c, 20);
+  fd_param_range(&c, D(2, 1, 3, 3), -2, 2);
+  fd_param_range(&c, D(2, 2, 3, 2), -1, 1);
+  fd_node(&c, "GridSample", 1);
+  expect_fd(&c, "GridSample linear (opset 20 default)");
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -606,6 +636,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_scatter_old);
   tcase_add_test(t, test_fd_lppool);
   tcase_add_test(t, test_fd_maxunpool);
+  tcase_add_test(t, test_fd_gridsample);
   suite_add_tcase(s, t);
   return s;
 }
