@@ -1,6 +1,6 @@
 /* runtime/ops/misc.c - op family 'misc': Det, detection (NonMaxSuppression,
- * RoiAlign), GridSample and TfIdfVectorizer (see kernel.h for the kernel
- * contract).
+ * RoiAlign), GridSample with its backward op ai.nibble GridSampleGrad, and
+ * TfIdfVectorizer (see kernel.h for the kernel contract).
  *
  * These kernels are reference kernels: inputs are converted to double, the
  * computation runs in double and the result is converted back to the output's
