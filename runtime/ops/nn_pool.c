@@ -882,6 +882,26 @@ static nbl_status g_maxunpool(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* GlobalLpPool (y = (sum over the plane of |x|^p)^(1/p)): dX = dY / y^(p-1)
+ * * |x|^(p-1) sign(x), nothing from a plane whose norm is 0 (as LpPoolGrad). */
+static nbl_status g_glppool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0);
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  int64_t p = nbl_attr_int(nbl_grad_node(gc), "p", 2);
+  if (p < 1) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "attribute 'p' must be >= 1");
+  nbl_id zero = nbl_grad_const(gc, dt, 0.0), f = nbl_grad_un(gc, "Sign", X), s = nbl_grad_dy(gc, 0);
+  if (p > 1) {
+    nbl_id e = nbl_grad_const(gc, dt, (double)(p - 1));
+    f = nbl_grad_bin(gc, "Mul", f, nbl_grad_bin(gc, "Pow", nbl_grad_un(gc, "Abs", X), e));
+    nbl_id w[3] = {nbl_grad_bin(gc, "Equal", Y, zero), zero, NBL_NONE};
+    w[2] = nbl_grad_bin(gc, "Div", s, nbl_grad_bin(gc, "Pow", Y, e));
+    s = nbl_grad_op(gc, "Where", "", 3, w);
+  }
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", s, f));
+  return nbl_grad_status(gc);
+}
+
 /* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
 static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
@@ -949,6 +969,6 @@ const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .grad = g_gmaxpool),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
         .stable_since = 1, .grad = g_gavgpool),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .no_grad = "no rule yet"),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .grad = g_glppool),
 };
 const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

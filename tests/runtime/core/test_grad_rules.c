@@ -518,7 +518,8 @@ START_TEST(test_fd_scatter_old) {
 END_TEST
 
 /* LpPool (ai.nibble LpPoolGrad): 2-D and 1-D, p 1, 2 and 3, strides,
- * pads, auto_pad, ceil_mode and dilations (opset 18), overlapping windows. */
+ * pads, auto_pad, ceil_mode and dilations (opset 18), overlapping windows;
+ * GlobalLpPool (composed of standard ops). */
 static void lppool_case(const char *what, int opset, int rank, const int64_t *xd, int p, const int64_t *k,
                         const int64_t *s, const int64_t *pads, const char *auto_pad, int ceil, const int64_t *dil) {
   fd_case c;
@@ -549,6 +550,16 @@ START_TEST(test_fd_lppool) {
               NULL, "SAME_UPPER", 0, NULL);
   lppool_case("LpPool 2-D p 2 ceil_mode dilations 2 (opset 18)", 18, 4, (int64_t[]){1, 2, 8, 7}, 2,
               (int64_t[]){2, 2}, (int64_t[]){2, 2}, NULL, NULL, 1, (int64_t[]){2, 1});
+  for (int p = 1; p <= 3; p++) {
+    fd_case c;
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param_range(&c, p == 2 ? 3 : 4, p == 2 ? (int64_t[]){2, 3, 5} : (int64_t[]){2, 3, 2, 3}, -2, 2);
+    fd_node(&c, "GlobalLpPool", 1);
+    attr_i(&c, "p", p);
+    snprintf(what, sizeof what, "GlobalLpPool p %d %s", p, p == 2 ? "1-D" : "2-D");
+    expect_fd(&c, what);
+  }
 }
 END_TEST
 
