@@ -29,8 +29,19 @@
  *            the input, or inside input + pads with count_include_pad=1)
  *   attributes: those of AveragePool: auto_pad, ceil_mode, count_include_pad,
  *            dilations, kernel_shape, pads, strides
+ * LpPoolGrad (ai.nibble 1)
+ *   inputs:  Y_grad (T, LpPool's output shape), X (T, [N, C, ...]), Y (T:
+ *            LpPool's output)
+ *   outputs: X_grad (T, X's shape)
+ *   attributes: those of LpPool: auto_pad, ceil_mode, dilations,
+ *            kernel_shape, p (default 2), pads, strides
+ *   semantics: y = (sum over the window's taps inside X of |x|^p)^(1/p), so
+ *            each tap x of each window gets Y_grad * |x|^(p-1) sign(x) /
+ *            y^(p-1), summed over the windows that hold it; nothing from a
+ *            window with y = 0 (the forward's kink; reference kernel in double)
  */
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -440,16 +451,83 @@ static nbl_status k_avgpool_grad_fast(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ LpPoolGrad */
+
+static nbl_status k_lppool_grad(nbl_kctx *c) {
+  nbl_status st = NBL_OK;
+  const nbl_rt_tensor *dY = grad_need(c, 0, "Y_grad", &st), *X = dY ? grad_need(c, 1, "X", &st) : NULL;
+  const nbl_rt_tensor *Y = X ? grad_need(c, 2, "Y", &st) : NULL;
+  if (!Y) return st;
+  if ((st = grad_check_float(c, X, "X")) || (st = grad_check_type(c, dY, X->dtype, "Y_grad", "X")) ||
+      (st = grad_check_type(c, Y, X->dtype, "Y", "X")) || (st = grad_check_same_shape(c, dY, Y, "Y_grad", "Y")))
+    return st;
+  int64_t p = nbl_attr_int(c->node, "p", 2);
+  if (p < 1) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'p' must be >= 1, not %lld", (long long)p);
+  nbl_conv_geom g;
+  if ((st = nbl_conv_geom_init(c, &g, X, NULL, (int)nbl_attr_int(c->node, "ceil_mode", 0)))) return st;
+  int ok = Y->rank == X->rank && Y->dims[0] == g.N && Y->dims[1] == g.C;
+  for (int i = 0; ok && i < g.ns; i++) ok = Y->dims[2 + i] == g.out[i];
+  if (!ok) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "Y does not have the LpPool output shape for X");
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  double *gy = nbl_to_f64(dY), *x = nbl_to_f64(X), *y = nbl_to_f64(Y);
+  double *gx = calloc((size_t)(X->numel ? X->numel : 1), sizeof(double));
+  if (!gy || !x || !y || !gx) {
+    free(gy);
+    free(x);
+    free(y);
+    free(gx);
+    return grad_oom(c);
+  }
+  int ns = g.ns;
+  for (int64_t pl = 0; pl < g.N * g.C; pl++)
+    for (int64_t oi = 0; oi < g.out_sz; oi++) {
+      double yv = y[pl * g.out_sz + oi];
+      if (yv == 0) continue;
+      double v = gy[pl * g.out_sz + oi] / pow(yv, (double)(p - 1));
+      int64_t o[NBL_CONV_MAX_SP], r = oi;
+      for (int i = ns - 1; i >= 0; i--) {
+        o[i] = r % g.out[i];
+        r /= g.out[i];
+      }
+      for (int64_t ki = 0; ki < g.k_sz; ki++) {
+        int64_t rk = ki, xi = 0, kk[NBL_CONV_MAX_SP];
+        int inside = 1;
+        for (int i = ns - 1; i >= 0; i--) {
+          kk[i] = rk % g.k[i];
+          rk /= g.k[i];
+        }
+        for (int i = 0; i < ns; i++) {
+          int64_t q = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
+          if (q < 0 || q >= g.in[i]) inside = 0;
+          xi = xi * g.in[i] + q;
+        }
+        if (!inside) continue;
+        double xv = x[pl * g.in_sz + xi];
+        double f = p == 1 ? 1.0 : pow(fabs(xv), (double)(p - 1));
+        gx[pl * g.in_sz + xi] += v * (xv > 0 ? f : xv < 0 ? -f : 0.0);
+      }
+    }
+  nbl_from_f64(nbl_kctx_out(c, 0), gx);
+  free(gy);
+  free(x);
+  free(y);
+  free(gx);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* dX: shape from the values of X_shape (input 2 / input 1), type of dY. */
 static nbl_status shape_maxpool_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 2, 0); }
 static nbl_status shape_avgpool_grad(nbl_shape_ctx *c) { return nbl_shp_from_data(c, 0, 1, 0); }
+/* X_grad: the shape and type of X (input 1). */
+static nbl_status shape_lppool_grad(nbl_shape_ctx *c) { return nbl_shp_copy_in(c, 0, 1); }
 
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_grad_pool[] = {
     NBL_OP_DEF(NBL_MS_DOMAIN, "MaxPoolGrad", 1, 1, .ref = k_maxpool_grad_ref, .fast = k_maxpool_grad_fast, .shape = shape_maxpool_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP_DEF(NBL_MS_DOMAIN, "AveragePoolGrad", 1, 1, .ref = k_avgpool_grad_ref, .fast = k_avgpool_grad_fast, .shape = shape_avgpool_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
+    NBL_OP_DEF("ai.nibble", "LpPoolGrad", 1, 1, .ref = k_lppool_grad, .shape = shape_lppool_grad, .no_grad = NBL_NO_GRAD_BACKWARD),
 };
 const size_t nbl_ops_grad_pool_count = sizeof nbl_ops_grad_pool / sizeof nbl_ops_grad_pool[0];

@@ -1,6 +1,6 @@
 /* runtime/ops/misc.c - op family 'misc': Det, detection (NonMaxSuppression,
- * RoiAlign), GridSample and TfIdfVectorizer (see kernel.h for the kernel
- * contract).
+ * RoiAlign), GridSample with its backward op ai.nibble GridSampleGrad, and
+ * TfIdfVectorizer (see kernel.h for the kernel contract).
  *
  * These kernels are reference kernels: inputs are converted to double, the
  * computation runs in double and the result is converted back to the output's
@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "runtime/core/adapt.h"
+#include "runtime/core/grad.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -449,6 +450,93 @@ static nbl_status k_gridsample(nbl_kctx *c) {
   return NBL_OK;
 }
 
+/* gs_pad with its derivative d (PyTorch's *_set_grad: 0 where the clip
+ * holds the coordinate, -1 where the reflection turns it around). */
+static double gs_pad_d(double v, int64_t size, int pad, int ac, double *d) {
+  *d = 1.0;
+  if (pad == GS_REFLECTION) {
+    double tlo = ac ? 0 : -1, thi = ac ? 2.0 * (double)(size - 1) : 2.0 * (double)size - 1;
+    if (tlo == thi) return *d = 0.0, 0.0;
+    double mn = tlo / 2, span = (thi - tlo) / 2;
+    v -= mn;
+    if (v < 0) v = -v, *d = -1.0;
+    double extra = fmod(v, span);
+    int64_t flips = (int64_t)floor(v / span);
+    v = flips % 2 == 0 ? extra + mn : span - extra + mn;
+    if (flips % 2) *d = -*d;
+  }
+  if (pad != GS_ZEROS && (v <= 0 || v >= (double)(size - 1))) {
+    *d = 0.0;
+    return v <= 0 ? 0.0 : (double)(size - 1);
+  }
+  return v;
+}
+
+/* ai.nibble GridSampleGrad (dY, X, grid) -> dX, dgrid: GridSample's backward
+ * for modes bilinear/linear and nearest (attributes as GridSample's; the
+ * mode names of both opsets are taken). dX: each output's dY spread on the
+ * taps it read with their weights; dgrid (bilinear): dY times the slope of
+ * the interpolation, times the padding's and the unnormalization's
+ * derivatives; 0 for nearest (as PyTorch). In double. */
+static nbl_status k_gridsample_grad(nbl_kctx *c) {
+  nbl_status st;
+  if ((st = need_input(c, 0, "dY")) || (st = need_input(c, 1, "X")) || (st = need_input(c, 2, "grid"))) return st;
+  const nbl_rt_tensor *dY = c->in[0], *X = c->in[1], *Gd = c->in[2];
+  if ((st = need_float(c, X, "X")) || (st = need_float(c, Gd, "grid")) || (st = need_float(c, dY, "dY")) ||
+      (st = need_rank(c, X, 4, "X")) || (st = need_rank(c, Gd, 4, "grid")) || (st = need_rank(c, dY, 4, "dY")))
+    return st;
+  int64_t N = X->dims[0], C = X->dims[1], H = X->dims[2], W = X->dims[3], Ho = Gd->dims[1], Wo = Gd->dims[2];
+  if (Gd->dims[0] != N || Gd->dims[3] != 2 || dY->dims[0] != N || dY->dims[1] != C || dY->dims[2] != Ho ||
+      dY->dims[3] != Wo)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "grid must be [N, H_out, W_out, 2] and dY [N, C, H_out, W_out] for X");
+  const char *ms = nbl_attr_string(c->node, "mode", "bilinear"), *ps = nbl_attr_string(c->node, "padding_mode", "zeros");
+  int nearest = !strcmp(ms, "nearest"), ac = nbl_attr_int(c->node, "align_corners", 0) != 0;
+  int pad = !strcmp(ps, "zeros") ? GS_ZEROS : !strcmp(ps, "border") ? GS_BORDER : !strcmp(ps, "reflection") ? GS_REFLECTION : -1;
+  if (!nearest && strcmp(ms, "bilinear") && strcmp(ms, "linear"))
+    return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "mode '%s' is not supported (bilinear, linear, nearest)", ms);
+  if (pad < 0) return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "padding_mode '%s' is not supported", ps);
+  if ((c->n_out > 0 && c->out[0] && (st = nbl_kctx_alloc_out(c, 0, X->dtype, 4, X->dims))) ||
+      (c->n_out > 1 && c->out[1] && (st = nbl_kctx_alloc_out(c, 1, Gd->dtype, 4, Gd->dims))))
+    return st;
+  double *x = nbl_to_f64(X), *g = nbl_to_f64(Gd), *gy = nbl_to_f64(dY);
+  double *gx = calloc((size_t)(X->numel + 1), sizeof(double)), *gg = calloc((size_t)(Gd->numel + 1), sizeof(double));
+  if (!x || !g || !gy || !gx || !gg) {
+    free(x), free(g), free(gy), free(gx), free(gg);
+    return oom(c);
+  }
+  double sx = ac ? (double)(W - 1) / 2 : (double)W / 2, sy = ac ? (double)(H - 1) / 2 : (double)H / 2;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+      for (int64_t ow = 0; ow < Wo; ow++) {
+        const double *gp = g + ((n * Ho + oh) * Wo + ow) * 2;
+        double dpx, dpy, px = gs_pad_d(gs_unnorm(gp[0], W, ac), W, pad, ac, &dpx),
+                         py = gs_pad_d(gs_unnorm(gp[1], H, ac), H, pad, ac, &dpy);
+        if (!isfinite(px) || !isfinite(py)) continue;
+        double x0 = nearest ? nearbyint(px) : floor(px), y0 = nearest ? nearbyint(py) : floor(py);
+        double tx = px - x0, ty = py - y0, sgx = 0, sgy = 0;
+        for (int64_t ch = 0; ch < C; ch++) {
+          double gv = gy[((n * C + ch) * Ho + oh) * Wo + ow], *dimg = gx + (n * C + ch) * H * W;
+          const double *img = x + (n * C + ch) * H * W;
+          for (int k = 0; k < (nearest ? 1 : 4); k++) {
+            double yy = y0 + (k >> 1), xx = x0 + (k & 1);
+            double wy = nearest ? 1 : k >> 1 ? ty : 1 - ty, wx = nearest ? 1 : k & 1 ? tx : 1 - tx;
+            if (!(yy >= 0 && yy < (double)H && xx >= 0 && xx < (double)W)) continue;
+            int64_t at = (int64_t)yy * W + (int64_t)xx;
+            dimg[at] += gv * wy * wx;
+            if (nearest) continue;
+            sgx += gv * img[at] * wy * (k & 1 ? 1 : -1);
+            sgy += gv * img[at] * wx * (k >> 1 ? 1 : -1);
+          }
+        }
+        gg[((n * Ho + oh) * Wo + ow) * 2] = sgx * dpx * sx;
+        gg[((n * Ho + oh) * Wo + ow) * 2 + 1] = sgy * dpy * sy;
+      }
+  if (c->n_out > 0 && c->out[0]) nbl_from_f64(nbl_kctx_out(c, 0), gx);
+  if (c->n_out > 1 && c->out[1]) nbl_from_f64(nbl_kctx_out(c, 1), gg);
+  free(x), free(g), free(gy), free(gx), free(gg);
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ RoiAlign */
 
 static nbl_status k_roialign(nbl_kctx *c) {
@@ -726,6 +814,29 @@ static nbl_status shape_tfidf(nbl_shape_ctx *c) {
 
 /* ------------------------------------------------------------------ table */
 
+/* GridSample (modes bilinear/linear and nearest): ai.nibble GridSampleGrad
+ * (dY, X, grid) -> dX, dgrid, the forward's attributes. */
+static nbl_status g_gridsample(nbl_grad_ctx *gc) {
+  const char *ms = nbl_attr_string(nbl_grad_node(gc), "mode", nbl_grad_opset(gc, "") >= 20 ? "linear" : "bilinear");
+  if (strcmp(ms, "linear") && strcmp(ms, "bilinear") && strcmp(ms, "nearest"))
+    return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of mode '%s': no rule yet (bilinear, nearest)", ms);
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_x(gc, 1)}, out[2];
+  int want[2] = {nbl_grad_wants(gc, 0), nbl_grad_wants(gc, 1)};
+  if (!want[0] && !want[1]) return NBL_OK;
+  nbl_grad_opn(gc, "GridSampleGrad", "ai.nibble", NULL, 3, in, 2, want, out);
+  nbl_grad_attr_copy(gc, (const char *const[]){"mode", NULL});
+  nbl_grad_attr_string(gc, "mode", strcmp(ms, "nearest") ? "bilinear" : "nearest");
+  if (want[0]) nbl_grad_set_dx(gc, 0, out[0]);
+  if (want[1]) nbl_grad_set_dx(gc, 1, out[1]);
+  return nbl_grad_status(gc);
+}
+
+/* GridSampleGrad: dX shaped as X (input 1), dgrid as grid (input 2). */
+static nbl_status shape_gridsample_grad(nbl_shape_ctx *c) {
+  nbl_status st = nbl_shp_copy_in(c, 0, 1);
+  return st ? st : nbl_shp_copy_in(c, 1, 2);
+}
+
 /* GridSample: the modes bilinear and bicubic are linear and cubic from opset
  * 20 (which also takes volumetric inputs: the old form is 4-D only). */
 static nbl_status gridsample_rename(nbl_adapt_ctx *c, const char *a, const char *b,
@@ -776,7 +887,9 @@ const nbl_op_def nbl_ops_misc[] = {
     NBL_OP("NonMaxSuppression", 10, .ref = k_nms, .fast = k_nms_fast, .shape = shape_nms, .stable_since = 10,
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("GridSample", 16, .ref = k_gridsample, .shape = shape_gridsample, .stable_since = 20,
-        .adapters = gridsample_steps, .no_grad = "no rule yet"),
+        .adapters = gridsample_steps, .grad = g_gridsample),
+    NBL_OP_DEF("ai.nibble", "GridSampleGrad", 1, 1, .ref = k_gridsample_grad, .shape = shape_gridsample_grad,
+        .no_grad = NBL_NO_GRAD_BACKWARD),
     NBL_OP("RoiAlign", 10, .ref = k_roialign, .shape = shape_roialign, .stable_since = 16,
         .adapters = roialign_steps, .no_grad = "no rule yet"),
     NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .stable_since = 9,

@@ -951,66 +951,128 @@ static nbl_id matmul_unbatch(nbl_grad_ctx *gc, nbl_id g, nbl_id X, nbl_id X2, in
   return (na > 0 && nb > xb) || X2 != X ? nbl_grad_reshape_like(gc, r, X) : r;
 }
 
+/* A letter no term of the equation uses (marked used); the sticky error when none is left. */
+static char ein_fresh(nbl_grad_ctx *gc, int *used) {
+  for (int l = 0; l < 52; l++)
+    if (!used[l]) return used[l] = 1, ein_char(l);
+  nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "the equation uses every letter");
+  return 'A';
+}
+
+/* The Einsum equation in letters (subs[0..n): operands, subs[n]: the output,
+ * made explicit): an ellipsis becomes a letter per dim, shared, or the
+ * operand's own where its dim is 1 against a larger one (a broadcast: the
+ * forward sums that label over its one element). Needs the ranks of operands
+ * with an ellipsis and their dims known (or the same symbol) to tell. */
+static nbl_status ein_letters(nbl_grad_ctx *gc, const char *eq, int n, char subs[][EIN_MAX_LABELS + 1], int *used) {
+  char raw[EIN_MAX_OPS + 1][EIN_MAX_LABELS + 1]; /* '.' stands for an ellipsis */
+  int cnt[52] = {0}, k = 0, len = 0, explicit_out = 0;
+  for (const char *p = eq;; p++) {
+    char ch = *p;
+    if (ch == ' ') continue;
+    if (ch == ',' || ch == '-' || ch == 0) {
+      raw[k++][len] = 0, len = 0;
+      if (ch == 0) break;
+      if (ch == '-' && (p[1] != '>' || explicit_out || k != n))
+        return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' does not match %d operands", eq, n);
+      if (ch == '-') p++, explicit_out = 1;
+      else if (k >= n || explicit_out)
+        return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has more operands than inputs", eq);
+      continue;
+    }
+    if (ch == '.' && (p[1] != '.' || p[2] != '.' || memchr(raw[k], '.', (size_t)len)))
+      return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has a bad ellipsis", eq);
+    if (ch != '.' && ein_label(ch) < 0)
+      return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has a bad label '%c'", eq, ch);
+    if (ch == '.') p += 2;
+    else used[ein_label(ch)] = 1, cnt[ein_label(ch)] += !explicit_out;
+    if (len >= EIN_MAX_LABELS - 1) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "equation '%s' is too long", eq);
+    raw[k][len++] = ch;
+  }
+  if (k != n + explicit_out)
+    return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has %d operands for %d inputs", eq, k, n);
+  int ne[EIN_MAX_OPS] = {0}, E = 0, any = 0;
+  for (int i = 0; i < n; i++) {
+    if (!strchr(raw[i], '.')) continue;
+    int r = nbl_grad_rank(gc, nbl_grad_x(gc, i));
+    if (r < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "operand %d has an ellipsis and an unknown rank", i);
+    ne[i] = r - ((int)strlen(raw[i]) - 1);
+    if (ne[i] < 0) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "operand %d has rank %d, fewer dims than labels", i, r);
+    any = 1, E = ne[i] > E ? ne[i] : E;
+  }
+  if (!explicit_out) { /* implicit output: the ellipsis, then the labels seen once in order */
+    len = 0;
+    if (any) raw[n][len++] = '.';
+    for (int l = 0; l < 52; l++)
+      if (cnt[l] == 1) raw[n][len++] = ein_char(l);
+    raw[n][len] = 0;
+  }
+  /* per ellipsis dim g (right-aligned): the shared letter, and per operand its letter */
+  char shared[NBL_MAX_RANK], own[EIN_MAX_OPS][NBL_MAX_RANK];
+  for (int g = 0; g < E; g++) {
+    shared[g] = ein_fresh(gc, used);
+    int64_t big = 1;
+    int pos[EIN_MAX_OPS];
+    for (int i = 0; i < n; i++) {
+      pos[i] = g - (E - ne[i]) < 0 ? -1 : (int)(strchr(raw[i], '.') - raw[i]) + g - (E - ne[i]);
+      int64_t d = pos[i] < 0 ? 1 : nbl_grad_dim(gc, nbl_grad_x(gc, i), pos[i]);
+      big = d > big ? d : big;
+    }
+    for (int i = 0; i < n; i++) {
+      if (pos[i] < 0) continue;
+      nbl_id xi = nbl_grad_x(gc, i);
+      int64_t d = nbl_grad_dim(gc, xi, pos[i]);
+      own[i][g] = d == 1 && big > 1 ? ein_fresh(gc, used) : shared[g];
+      for (int j = 0; j < n && d < 0; j++)
+        if (j != i && pos[j] >= 0 && !nbl_grad_dim_same(gc, xi, pos[i], nbl_grad_x(gc, j), pos[j]))
+          return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "equation '%s': the ellipsis dims must be known (a broadcast?)", eq);
+    }
+  }
+  for (int i = 0; i <= n; i++) {
+    int o = 0;
+    for (const char *q = raw[i]; *q; q++)
+      if (*q != '.') subs[i][o++] = *q;
+      else
+        for (int g = i < n ? E - ne[i] : 0; g < E; g++) subs[i][o++] = i < n ? own[i][g] : shared[g];
+    subs[i][o] = 0;
+  }
+  return nbl_grad_status(gc);
+}
+
 /* Einsum: operand i's gradient is the Einsum of dY and the other operands
  * to operand i's labels ("ij,jk->ik": dA = "ik,jk->ij"(dY, B)); a label only
  * operand i has (summed away by the forward) is left out of that product
- * and dY broadcast along it (Unsqueeze + Expand to the operand's shape).
- * Equations with an ellipsis or a label repeated within one operand (a
- * diagonal) are refused. */
+ * and dY broadcast along it (Unsqueeze + Expand). An ellipsis is first
+ * written as letters (ein_letters). A label repeated within operand i (a
+ * diagonal, "ii->i") gives the gradient of its diagonal, which is then put
+ * back on the diagonal by one more Einsum with identity matrices (EyeLike;
+ * their sizes must be known): "iij": "ij,iA->iAj"(d, I). */
 static nbl_status g_einsum(nbl_grad_ctx *gc) {
   const char *eq = nbl_attr_string(nbl_grad_node(gc), "equation", NULL);
   int n = nbl_grad_n_in(gc);
   if (!eq || n < 1 || n > EIN_MAX_OPS) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "bad equation or operands");
   char subs[EIN_MAX_OPS + 1][EIN_MAX_LABELS + 1]; /* operands' labels, then the output's */
-  int cnt[EIN_MAX_LABELS] = {0}, k = 0, len = 0;
-  const char *p = eq;
-  for (; *p && *p != '-'; p++) {
-    if (*p == ' ') continue;
-    if (*p == ',') {
-      subs[k++][len] = 0, len = 0;
-      if (k >= n) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has more operands than inputs", eq);
-      continue;
-    }
-    int l = ein_label(*p);
-    if (l < 0 || len >= EIN_MAX_LABELS)
-      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (an ellipsis or a bad label): no rule yet", eq);
-    for (int j = 0; j < len; j++)
-      if (subs[k][j] == *p)
-        return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (label '%c' repeated in one operand): no rule yet", eq, *p);
-    subs[k][len++] = *p;
-    cnt[l]++;
-  }
-  subs[k++][len] = 0;
-  if (k != n) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "equation '%s' has %d operands for %d inputs", eq, k, n);
-  char *out = subs[n];
-  len = 0;
-  if (*p == '-') { /* explicit output */
-    for (p += 2; *p; p++) {
-      if (*p == ' ') continue;
-      if (ein_label(*p) < 0 || len >= EIN_MAX_LABELS)
-        return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of equation '%s' (an ellipsis or a bad label): no rule yet", eq);
-      out[len++] = *p;
-    }
-  } else { /* implicit: the labels seen once, in alphabetical order */
-    for (int l = 0; l < 52; l++)
-      if (cnt[l] == 1) out[len++] = ein_char(l);
-  }
-  out[len] = 0;
+  int used[52] = {0};
+  if (ein_letters(gc, eq, n, subs, used)) return nbl_grad_status(gc);
+  const char *out = subs[n];
   nbl_id dy = nbl_grad_dy(gc, 0);
   for (int i = 0; i < n; i++) {
     if (!nbl_grad_wants(gc, i)) continue;
-    char kept[EIN_MAX_LABELS + 1], eq2[(EIN_MAX_OPS + 2) * (EIN_MAX_LABELS + 2)];
+    char kept[EIN_MAX_LABELS + 1], dsub[EIN_MAX_LABELS + 1], eq2[(EIN_MAX_OPS + 2) * (EIN_MAX_LABELS + 2)];
     int64_t miss[EIN_MAX_LABELS];
-    int nk = 0, nm = 0;
-    for (const char *q = subs[i]; *q; q++) {
-      int elsewhere = strchr(out, *q) != NULL;
-      for (int j = 0; j < n && !elsewhere; j++) elsewhere = j != i && strchr(subs[j], *q);
-      if (elsewhere) kept[nk++] = *q;
-      else miss[nm++] = q - subs[i];
+    int nk = 0, nm = 0, nd = 0;
+    for (const char *q = subs[i]; *q; q++) /* the labels once each: the diagonal's */
+      if (!memchr(dsub, *q, (size_t)nd)) dsub[nd++] = *q;
+    dsub[nd] = 0;
+    for (int d = 0; d < nd; d++) {
+      int elsewhere = strchr(out, dsub[d]) != NULL;
+      for (int j = 0; j < n && !elsewhere; j++) elsewhere = j != i && strchr(subs[j], dsub[d]);
+      if (elsewhere) kept[nk++] = dsub[d];
+      else miss[nm++] = d;
     }
     kept[nk] = 0;
-    nbl_id in[EIN_MAX_OPS];
-    int m = 0;
+    nbl_id in[EIN_MAX_OPS + NBL_MAX_RANK], X = nbl_grad_x(gc, i);
+    int m = 0, rep = nd != (int)strlen(subs[i]);
     size_t o = (size_t)snprintf(eq2, sizeof eq2, "%s", out);
     in[m++] = dy;
     for (int j = 0; j < n; j++)
@@ -1022,8 +1084,40 @@ static nbl_status g_einsum(nbl_grad_ctx *gc) {
     nbl_id g = nbl_grad_op(gc, "Einsum", "", m, in);
     nbl_grad_attr_string(gc, "equation", eq2);
     if (nm) { /* labels only operand i had: dY is constant along them */
+      nbl_id like = X;
+      if (rep) { /* the diagonal's shape */
+        like = nbl_grad_op(gc, "Einsum", "", 1, &X);
+        snprintf(eq2, sizeof eq2, "%s->%s", subs[i], dsub);
+        nbl_grad_attr_string(gc, "equation", eq2);
+      }
       g = nbl_grad_unsqueeze(gc, g, nm, miss);
-      g = nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, nbl_grad_x(gc, i)));
+      g = nbl_grad_bin(gc, "Expand", g, nbl_grad_shape(gc, like));
+    }
+    if (rep) { /* back onto the diagonal: a letter of its own per repeat, tied by an identity */
+      char full[EIN_MAX_LABELS + 1];
+      int r = (int)strlen(subs[i]);
+      m = 0;
+      in[m++] = g;
+      o = (size_t)snprintf(eq2, sizeof eq2, "%s", dsub);
+      for (int d = 0; d < r; d++) {
+        const char *first = strchr(subs[i], subs[i][d]);
+        full[d] = subs[i][d];
+        if (first == subs[i] + d) continue;
+        int64_t sz = nbl_grad_dim(gc, X, d), dims[2];
+        if (sz < 0) sz = nbl_grad_dim(gc, X, (int)(first - subs[i]));
+        if (sz < 0) return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "label '%c' is repeated in operand %d: its size must be known", full[d], i);
+        full[d] = ein_fresh(gc, used);
+        dims[0] = dims[1] = sz;
+        nbl_id z = nbl_grad_op(gc, "ConstantOfShape", "", 1, (nbl_id[]){nbl_grad_const_i64(gc, 2, dims)});
+        in[m] = nbl_grad_op(gc, "EyeLike", "", 1, &z);
+        nbl_grad_attr_int(gc, "dtype", nbl_grad_dtype(gc, X));
+        m++;
+        o += (size_t)snprintf(eq2 + o, sizeof eq2 - o, ",%c%c", subs[i][d], full[d]);
+      }
+      full[r] = 0;
+      snprintf(eq2 + o, sizeof eq2 - o, "->%s", full);
+      g = nbl_grad_op(gc, "Einsum", "", m, in);
+      nbl_grad_attr_string(gc, "equation", eq2);
     }
     nbl_grad_set_dx(gc, i, g);
   }

@@ -833,6 +833,75 @@ static nbl_status g_avgpool(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* LpPool: ai.nibble LpPoolGrad (runtime/ops/grad_pool.c) on dY, X and Y, same attributes. */
+static nbl_status g_lppool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_y(gc, 0)};
+  nbl_id dx = nbl_grad_op(gc, "LpPoolGrad", "ai.nibble", 3, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
+/* MaxUnpool: dX = dY gathered at the indices (as PyTorch: each of repeated
+ * indices gets it). With output_shape, dY is first cut (Slice) or padded
+ * with zeros (Pad: positions the forward dropped) to the default shape the
+ * indices refer to; that needs output_shape constant and X's shape known. */
+static nbl_status g_maxunpool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_id X = nbl_grad_x(gc, 0), dY = nbl_grad_dy(gc, 0);
+  int r = nbl_grad_rank(gc, X);
+  if (nbl_grad_x(gc, 2) != NBL_NONE) {
+    int64_t od[NBL_MAX_RANK], dd[NBL_MAX_RANK], pads[2 * NBL_MAX_RANK] = {0}, axes[NBL_MAX_RANK];
+    int nk = 0, ns = 0, np = 0, ok = r >= 3 && nbl_grad_const_ints(gc, nbl_grad_x(gc, 2), od, NBL_MAX_RANK) == r;
+    int pad = 0, cut = 0;
+    const int64_t *k = nbl_attr_ints(n, "kernel_shape", &nk), *st = nbl_attr_ints(n, "strides", &ns),
+                  *p = nbl_attr_ints(n, "pads", &np);
+    for (int d = 0; ok && d < r; d++) {
+      int64_t in = nbl_grad_dim(gc, X, d), i = d - 2;
+      dd[d] = d < 2 ? in
+                    : (in - 1) * (ns == r - 2 ? st[i] : 1) + (nk == r - 2 ? k[i] : 1) -
+                          (np == 2 * (r - 2) ? p[i] + p[r - 2 + i] : 0);
+      ok = in >= 0 && nk == r - 2;
+      axes[d] = d;
+      pads[r + d] = od[d] < dd[d] ? dd[d] - od[d] : 0;
+      pad |= od[d] < dd[d], cut |= od[d] > dd[d];
+    }
+    if (!ok)
+      return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient with output_shape: it must be constant and X's shape known");
+    if (pad) dY = nbl_grad_bin(gc, "Pad", dY, nbl_grad_const_i64(gc, 2 * r, pads));
+    if (cut) {
+      nbl_id in[4] = {dY, nbl_grad_const_i64(gc, r, pads) /* the begin pads: zeros */, nbl_grad_const_i64(gc, r, dd),
+                      nbl_grad_const_i64(gc, r, axes)};
+      dY = nbl_grad_op(gc, "Slice", "", 4, in);
+    }
+  }
+  nbl_id flat = nbl_grad_bin(gc, "Reshape", dY, nbl_grad_const_i64(gc, 1, (int64_t[]){-1}));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Gather", flat, nbl_grad_x(gc, 1)));
+  return nbl_grad_status(gc);
+}
+
+/* GlobalLpPool (y = (sum over the plane of |x|^p)^(1/p)): dX = dY / y^(p-1)
+ * * |x|^(p-1) sign(x), nothing from a plane whose norm is 0 (as LpPoolGrad). */
+static nbl_status g_glppool(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0);
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  int64_t p = nbl_attr_int(nbl_grad_node(gc), "p", 2);
+  if (p < 1) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "attribute 'p' must be >= 1");
+  nbl_id zero = nbl_grad_const(gc, dt, 0.0), f = nbl_grad_un(gc, "Sign", X), s = nbl_grad_dy(gc, 0);
+  if (p > 1) {
+    nbl_id e = nbl_grad_const(gc, dt, (double)(p - 1));
+    f = nbl_grad_bin(gc, "Mul", f, nbl_grad_bin(gc, "Pow", nbl_grad_un(gc, "Abs", X), e));
+    nbl_id w[3] = {nbl_grad_bin(gc, "Equal", Y, zero), zero, NBL_NONE};
+    w[2] = nbl_grad_bin(gc, "Div", s, nbl_grad_bin(gc, "Pow", Y, e));
+    s = nbl_grad_op(gc, "Where", "", 3, w);
+  }
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", s, f));
+  return nbl_grad_status(gc);
+}
+
 /* GlobalAveragePool: dY / (spatial size), expanded to X's shape. */
 static nbl_status g_gavgpool(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
@@ -895,11 +964,11 @@ static nbl_status shape_maxunpool(nbl_shape_ctx *c) {
 const nbl_op_def nbl_ops_nn_pool[] = {
     NBL_OP("MaxPool", 1, .ref = k_maxpool, .shape = shape_window_pool, .stable_since = 1, .grad = g_maxpool),
     NBL_OP("AveragePool", 1, .ref = k_avgpool, .fast = k_avgpool_fast, .shape = shape_window_pool, .stable_since = 1, .grad = g_avgpool),
-    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .no_grad = "no rule yet"),
-    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .no_grad = "no rule yet"),
+    NBL_OP("LpPool", 1, .ref = k_lppool, .shape = shape_window_pool, .stable_since = 2, .grad = g_lppool),
+    NBL_OP("MaxUnpool", 9, .ref = k_maxunpool, .shape = shape_maxunpool, .stable_since = 9, .grad = g_maxunpool),
     NBL_OP("GlobalMaxPool", 1, .ref = k_gmaxpool, .shape = shape_global_pool, .stable_since = 1, .grad = g_gmaxpool),
     NBL_OP("GlobalAveragePool", 1, .ref = k_gavgpool, .shape = shape_global_pool,
         .stable_since = 1, .grad = g_gavgpool),
-    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .no_grad = "no rule yet"),
+    NBL_OP("GlobalLpPool", 1, .ref = k_glppool, .shape = shape_global_pool, .stable_since = 2, .grad = g_glppool),
 };
 const size_t nbl_ops_nn_pool_count = sizeof nbl_ops_nn_pool / sizeof nbl_ops_nn_pool[0];

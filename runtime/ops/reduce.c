@@ -902,6 +902,70 @@ static nbl_status g_reduce(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
+/* op(v) over axes (all when na is 0) with keepdims = 1, axes in the form of
+ * the model's opset (an input from 13 for ReduceSum, from 18 for the others). */
+static nbl_id grad_reduce_keep(nbl_grad_ctx *gc, const char *op, nbl_id v, int na, const int64_t *axes) {
+  nbl_id out;
+  if (na && nbl_grad_opset(gc, "") >= (!strcmp(op, "ReduceSum") ? 13 : 18)) {
+    nbl_id in[2] = {v, nbl_grad_const_i64(gc, na, axes)};
+    out = nbl_grad_op(gc, op, "", 2, in);
+  } else {
+    out = nbl_grad_op(gc, op, "", 1, &v);
+    if (na) nbl_grad_attr_ints(gc, "axes", na, axes);
+  }
+  nbl_grad_attr_int(gc, "keepdims", 1);
+  return out;
+}
+
+/* ReduceProd: dY times the product of the other elements of the slice, as
+ * PyTorch's prod backward: P / x with P the product of the slice's nonzero
+ * elements, where the slice has no zero; at the zero of a slice with one
+ * zero, P; 0 at every other element of a slice with zeros. As nodes: zc
+ * counts the zeros of the slice, z = (x == 0), and the factor is P / (z ? 1 :
+ * x) where zc == z, else 0. */
+static nbl_status g_reduceprod(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  nbl_id X = nbl_grad_x(gc, 0), dY = nbl_grad_dy(gc, 0);
+  int64_t axes[NBL_MAX_RANK];
+  int na = 0, all = 0, noop = 0;
+  if (grad_reduce_axes(gc, nbl_grad_rank(gc, X), axes, &na, &all, &noop)) return nbl_grad_status(gc);
+  if (noop) {
+    nbl_grad_set_dx(gc, 0, dY);
+    return nbl_grad_status(gc);
+  }
+  nbl_dtype dt = nbl_grad_dtype(gc, X);
+  nbl_id zero = nbl_grad_const(gc, dt, 0.0);
+  nbl_id z = nbl_grad_bin(gc, "Equal", X, zero);
+  nbl_id zf = nbl_grad_un(gc, "Cast", z);
+  nbl_grad_attr_int(gc, "to", dt);
+  nbl_id w[3] = {z, nbl_grad_const(gc, dt, 1.0), X};
+  nbl_id xs = nbl_grad_op(gc, "Where", "", 3, w);
+  nbl_id P = grad_reduce_keep(gc, "ReduceProd", xs, all ? 0 : na, axes);
+  nbl_id zc = grad_reduce_keep(gc, "ReduceSum", zf, all ? 0 : na, axes);
+  nbl_id f[3] = {nbl_grad_bin(gc, "Equal", zc, zf), NBL_NONE, zero};
+  f[1] = nbl_grad_bin(gc, "Div", P, xs);
+  nbl_id fac = nbl_grad_op(gc, "Where", "", 3, f);
+  if (!nbl_attr_int(nbl_grad_node(gc), "keepdims", 1) && !all) dY = nbl_grad_unsqueeze(gc, dY, na, axes);
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Mul", dY, fac));
+  return nbl_grad_status(gc);
+}
+
+/* LpNormalization (y = x / n, n the p-norm along the axis): dX = (dY - s *
+ * sum_axis(dY * y)) / n with s = y (p = 2) or sign(x) (p = 1). */
+static nbl_status g_lpnorm(nbl_grad_ctx *gc) {
+  if (!nbl_grad_wants(gc, 0)) return NBL_OK;
+  const nbl_node *n = nbl_grad_node(gc);
+  nbl_id X = nbl_grad_x(gc, 0), Y = nbl_grad_y(gc, 0), dY = nbl_grad_dy(gc, 0);
+  int64_t axis = nbl_attr_int(n, "axis", -1), p = nbl_attr_int(n, "p", 2);
+  if (p != 1 && p != 2) return nbl_grad_fail(gc, NBL_ERR_INVALID_MODEL, "attribute 'p' must be 1 or 2");
+  nbl_id nrm = grad_reduce_keep(gc, p == 2 ? "ReduceL2" : "ReduceL1", X, 1, &axis);
+  nbl_id t = grad_reduce_keep(gc, "ReduceSum", nbl_grad_bin(gc, "Mul", dY, Y), 1, &axis);
+  nbl_id s = p == 2 ? Y : nbl_grad_un(gc, "Sign", X);
+  nbl_id d = nbl_grad_bin(gc, "Sub", dY, nbl_grad_bin(gc, "Mul", s, t));
+  nbl_grad_set_dx(gc, 0, nbl_grad_bin(gc, "Div", d, nrm));
+  return nbl_grad_status(gc);
+}
+
 /* TopK: the values' gradient goes back where the indices (output 1) point,
  * com.microsoft GatherElementsGrad along the axis (PyTorch's topk backward). */
 static nbl_status g_topk(nbl_grad_ctx *gc) {
@@ -1078,7 +1142,7 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("ReduceMean", 1, .ref = k_reducemean, .shape = shape_reduce, .stable_since = 18,
         .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceProd", 1, .ref = k_reduceprod, .shape = shape_reduce, .stable_since = 18,
-        .adapters = reduce_axes18, .no_grad = "no rule yet"),
+        .adapters = reduce_axes18, .grad = g_reduceprod),
     NBL_OP("ReduceMax", 1, .ref = k_reducemax, .shape = shape_reduce, .stable_since = 18,
         .adapters = reduce_axes18, .grad = g_reduce),
     NBL_OP("ReduceMin", 1, .ref = k_reducemin, .shape = shape_reduce, .stable_since = 18,
@@ -1106,7 +1170,7 @@ const nbl_op_def nbl_ops_reduce[] = {
     NBL_OP("CumSum", 11, .ref = k_cumsum, .shape = nbl_shape_same, .stable_since = 11, .grad = g_cumsum),
     NBL_OP("TopK", 1, .ref = k_topk, .shape = shape_topk, .stable_since = 10,
         .adapters = topk_steps, .grad = g_topk),
-    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("LpNormalization", 1, .ref = k_lpnorm, .shape = nbl_shape_same, .stable_since = 1, .grad = g_lpnorm),
     /* experimental at opsets 1-8 (ONNX Runtime runs it there): across_channels,
      * normalize_variance, no epsilon */
     NBL_OP_DEF("", "MeanVarianceNormalization", 1, 8, .ref = k_mvn1, .shape = shape_mvn1,

@@ -796,14 +796,17 @@ static nbl_status g_gather_like(nbl_grad_ctx *gc) {
   return nbl_grad_status(gc);
 }
 
-/* ScatterElements / ScatterND (reduction none or add): the updates' gradient
+/* ScatterElements / ScatterND (reduction none or add) and Scatter
+ * (ScatterElements without reduction; at opsets 9-10 build-training's
+ * conversion to 13 renames it first): the updates' gradient
  * is dY gathered at their indices; the data's is dY, with the positions the
  * updates overwrote set to 0 (reduction none: ScatterElements / ScatterND of
  * zeros into dY), or dY itself (add). Other reductions are refused. */
 static nbl_status g_scatter(nbl_grad_ctx *gc) {
   const nbl_node *n = nbl_grad_node(gc);
   const int nd = !strcmp(n->op_type, "ScatterND");
-  const char *red = nbl_grad_opset(gc, "") >= 16 ? nbl_attr_string(n, "reduction", "none") : "none";
+  const int old = !strcmp(n->op_type, "Scatter");
+  const char *red = nbl_grad_opset(gc, "") >= 16 && !old ? nbl_attr_string(n, "reduction", "none") : "none";
   nbl_grad_no_dx(gc, 1, "indices are integers");
   if (strcmp(red, "none") && strcmp(red, "add"))
     return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED, "gradient of reduction '%s': no rule yet", red);
@@ -819,7 +822,8 @@ static nbl_status g_scatter(nbl_grad_ctx *gc) {
       nbl_grad_set_dx(gc, 0, dy);
     } else {
       nbl_id in[3] = {dy, idx, nbl_grad_zeros_like(gc, U)};
-      nbl_id g = nbl_grad_op(gc, n->op_type, "", 3, in);
+      const char *op = old && nbl_grad_opset(gc, "") >= 11 ? "ScatterElements" : n->op_type;
+      nbl_id g = nbl_grad_op(gc, op, "", 3, in);
       if (!nd) nbl_grad_attr_int(gc, "axis", axis);
       nbl_grad_set_dx(gc, 0, g);
     }
@@ -896,7 +900,7 @@ const nbl_op_def nbl_ops_shape_index[] = {
         .stable_since = 11, .grad = g_gather_like),
     NBL_OP("GatherND", 11, .ref = k_gather_nd, .shape = shape_gathernd, .stable_since = 11, .grad = g_gather_like),
     NBL_OP("Scatter", 9, .ref = k_scatter_elements, .shape = nbl_shape_same,
-        .adapters = scatter_steps, .no_grad = "no rule yet"),
+        .adapters = scatter_steps, .grad = g_scatter),
     NBL_OP("ScatterElements", 11, .ref = k_scatter_elements, .shape = nbl_shape_same,
         .stable_since = 11, .grad = g_scatter),
     NBL_OP("ScatterND", 11, .ref = k_scatter_nd, .shape = nbl_shape_same, .stable_since = 11, .grad = g_scatter),

@@ -1,7 +1,8 @@
 /* test_grad_rules.c - the gradient rules of PRelu, Max/Min, ReduceMax/Min
  * with ties, Tile, DepthToSpace/SpaceToDepth, LRN, InstanceNormalization,
- * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM and more
- * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), each
+ * Resize/Upsample, GatherElements, TopK, Einsum, RNN, GRU, LSTM, more
+ * unary functions (trigonometric, Elu, Selu, Celu, Mish, ...), ReduceProd,
+ * LpNormalization, Scatter, LpPool, MaxUnpool and GridSample, each
  * against central finite differences in float64 through the whole generated
  * training graph (tests/train/grad_fd.h; the older rules are in
  * test_grad.c). */
@@ -223,7 +224,9 @@ START_TEST(test_fd_gather_elements_topk) {
 END_TEST
 
 /* Einsum: products, transposes, reductions, a label only one operand has,
- * three operands, the implicit output, a scalar result. */
+ * three operands, the implicit output, a scalar result; ellipses (ranks
+ * that differ, dims of 1 broadcast), labels repeated in one operand
+ * (diagonals, traces). */
 static void einsum_case(const char *eq, int n, const int64_t dims[][3], const int *ranks) {
   fd_case c;
   fd_begin(&c, 13);
@@ -245,6 +248,20 @@ START_TEST(test_fd_einsum) {
   einsum_case("ij,kj", 2, (const int64_t[][3]){{2, 3}, {4, 3}}, (int[]){2, 2});
   einsum_case("ij,ij->", 2, (const int64_t[][3]){{2, 3}, {2, 3}}, (int[]){2, 2});
   einsum_case("ik,j->ijk", 2, (const int64_t[][3]){{2, 3}, {4}}, (int[]){2, 1});
+  /* ellipses (broadcast ellipsis dims, implicit output), repeated labels (diagonals, a trace) */
+  einsum_case("...ij,...jk->...ik", 2, (const int64_t[][3]){{2, 3, 4}, {2, 4, 3}}, (int[]){3, 3});
+  einsum_case("...ij,...jk->...ik", 2, (const int64_t[][3]){{2, 3, 4}, {1, 4, 3}}, (int[]){3, 3});
+  einsum_case("...j,jk", 2, (const int64_t[][3]){{2, 3, 4}, {4, 2}}, (int[]){3, 2});
+  einsum_case("i...,i...->i", 2, (const int64_t[][3]){{2, 3, 4}, {2, 1, 4}}, (int[]){3, 3});
+  einsum_case("...ii->...i", 1, (const int64_t[][3]){{2, 3, 3}}, (int[]){3});
+  einsum_case("ii", 1, (const int64_t[][3]){{3, 3}}, (int[]){2});
+  einsum_case("iij,jk->ik", 2, (const int64_t[][3]){{3, 3, 2}, {2, 4}}, (int[]){3, 2});
+  einsum_case("iii->", 1, (const int64_t[][3]){{3, 3, 3}}, (int[]){3});
+  einsum_case("iij,ik->ijk", 2, (const int64_t[][3]){{2, 2, 3}, {2, 2}}, (int[]){3, 2});
+  einsum_case("ija,ii->ja", 2, (const int64_t[][3]){{2, 3, 2}, {2, 2}}, (int[]){3, 2});
+  einsum_case("...ij,...j->...i", 2, (const int64_t[][3]){{2, 3, 4}, {4}}, (int[]){3, 1});
+  einsum_case("...j,...j", 2, (const int64_t[][3]){{3, 1, 4}, {2, 4}}, (int[]){3, 2});
+  einsum_case("iij->j", 1, (const int64_t[][3]){{3, 3, 2}}, (int[]){3});
 }
 END_TEST
 
@@ -428,6 +445,191 @@ START_TEST(test_fd_gather_nd_scatter) {
 }
 END_TEST
 
+/* ReduceProd: axes as attribute (opset 13) and as input (opset 18),
+ * keepdims 0 and 1, every axis, the identity of noop_with_empty_axes; zeros
+ * as PyTorch's prod backward: one zero in a slice gets the product of the
+ * others and the rest 0, two zeros give 0 throughout (the product is linear
+ * in each element, so the central differences are exact there too). */
+static void prod_case(const char *what, int opset, const int64_t *axes, int na, int keepdims, int noop,
+                      const double *data) {
+  fd_case c;
+  fd_begin(&c, opset);
+  if (data) fd_param_data(&c, D(3, 4), data);
+  else fd_param_range(&c, D(2, 3, 4), 0.5, 1.5);
+  if (opset >= 18 && na) fd_i64(&c, 1, (int64_t[]){na}, axes);
+  fd_node(&c, "ReduceProd", 1);
+  if (opset < 18 && na) ints(&c, "axes", na, axes);
+  attr_i(&c, "keepdims", keepdims);
+  if (noop) attr_i(&c, "noop_with_empty_axes", 1);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_reduceprod) {
+  prod_case("ReduceProd axis 1 keepdims (opset 13)", 13, (int64_t[]){1}, 1, 1, 0, NULL);
+  prod_case("ReduceProd axes 0, 2 (opset 13)", 13, (int64_t[]){0, 2}, 2, 0, 0, NULL);
+  prod_case("ReduceProd all (opset 13)", 13, NULL, 0, 0, 0, NULL);
+  prod_case("ReduceProd axes -1, 0 as input (opset 18)", 18, (int64_t[]){-1, 0}, 2, 0, 0, NULL);
+  prod_case("ReduceProd all keepdims (opset 18)", 18, NULL, 0, 1, 0, NULL);
+  prod_case("ReduceProd noop_with_empty_axes", 18, NULL, 0, 1, 1, NULL);
+  /* rows: no zero, one zero, two zeros */
+  const double z[12] = {0.9, -1.2, 1.1, 0.7, 1.3, 0, -0.8, 1.4, 0, 0.6, 0, -1.1};
+  prod_case("ReduceProd rows with 0, 1 and 2 zeros", 13, (int64_t[]){1}, 1, 0, 0, z);
+  prod_case("ReduceProd columns with zeros (opset 18)", 18, (int64_t[]){0}, 1, 1, 0, z);
+  prod_case("ReduceProd all with two zeros", 18, NULL, 0, 0, 0, z);
+  const double z1[12] = {0.9, -1.2, 1.1, 0.7, 1.3, 0, -0.8, 1.4, 1.2, 0.6, 0.8, -1.1};
+  prod_case("ReduceProd all with one zero", 13, NULL, 0, 0, 0, z1);
+}
+END_TEST
+
+/* LpNormalization p = 1 and 2, the default axis (-1) and axis 1. */
+START_TEST(test_fd_lpnorm) {
+  for (int p = 1; p <= 2; p++)
+    for (int ax = 0; ax < 2; ax++) {
+      fd_case c;
+      char what[64];
+      fd_begin(&c, 13);
+      fd_param_range(&c, D(2, 3, 4), -2, 2);
+      fd_node(&c, "LpNormalization", 1);
+      attr_i(&c, "p", p);
+      if (ax) attr_i(&c, "axis", 1);
+      snprintf(what, sizeof what, "LpNormalization p %d axis %d", p, ax ? 1 : -1);
+      expect_fd(&c, what);
+    }
+}
+END_TEST
+
+/* Scatter: ScatterElements without reduction. At opsets 9-10 build-training
+ * renames it (conversion to 13); a Scatter node in an opset-13 model reaches
+ * its own rule. */
+START_TEST(test_fd_scatter_old) {
+  for (int opset = 9; opset <= 13; opset += opset == 10 ? 3 : 1) {
+    fd_case c;
+    char what[64];
+    fd_begin(&c, opset);
+    fd_param(&c, D(3, 4));
+    fd_i64(&c, D(2, 3), (int64_t[]){0, 2, 1, 1, 0, 2});
+    fd_param(&c, D(2, 3));
+    fd_node(&c, "Scatter", 1);
+    attr_i(&c, "axis", opset & 1);
+    snprintf(what, sizeof what, "Scatter opset %d axis %d", opset, opset & 1);
+    expect_fd(&c, what);
+  }
+}
+END_TEST
+
+/* LpPool (ai.nibble LpPoolGrad): 2-D and 1-D, p 1, 2 and 3, strides,
+ * pads, auto_pad, ceil_mode and dilations (opset 18), overlapping windows;
+ * GlobalLpPool (composed of standard ops). */
+static void lppool_case(const char *what, int opset, int rank, const int64_t *xd, int p, const int64_t *k,
+                        const int64_t *s, const int64_t *pads, const char *auto_pad, int ceil, const int64_t *dil) {
+  fd_case c;
+  int ns = rank - 2;
+  fd_begin(&c, opset);
+  fd_param_range(&c, rank, xd, -2, 2);
+  fd_node(&c, "LpPool", 1);
+  ints(&c, "kernel_shape", ns, k);
+  attr_i(&c, "p", p);
+  if (s) ints(&c, "strides", ns, s);
+  if (pads) ints(&c, "pads", 2 * ns, pads);
+  if (auto_pad) attr_s(&c, "auto_pad", auto_pad);
+  if (ceil) attr_i(&c, "ceil_mode", 1);
+  if (dil) ints(&c, "dilations", ns, dil);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_lppool) {
+  lppool_case("LpPool 2-D p 2 k 3 s 2 pads 1", 13, 4, (int64_t[]){2, 2, 5, 6}, 2, (int64_t[]){3, 3},
+              (int64_t[]){2, 2}, (int64_t[]){1, 1, 1, 1}, NULL, 0, NULL);
+  lppool_case("LpPool 2-D p 3 k 2x3 overlapping", 13, 4, (int64_t[]){1, 2, 4, 5}, 3, (int64_t[]){2, 3},
+              NULL, NULL, NULL, 0, NULL);
+  lppool_case("LpPool 2-D p 1 k 2 s 2", 13, 4, (int64_t[]){1, 3, 4, 4}, 1, (int64_t[]){2, 2},
+              (int64_t[]){2, 2}, NULL, NULL, 0, NULL);
+  lppool_case("LpPool 1-D p 2 k 3 s 2 pads 0, 2", 13, 3, (int64_t[]){2, 3, 7}, 2, (int64_t[]){3},
+              (int64_t[]){2}, (int64_t[]){0, 2}, NULL, 0, NULL);
+  lppool_case("LpPool 1-D p 1 SAME_UPPER", 13, 3, (int64_t[]){1, 2, 6}, 1, (int64_t[]){4}, (int64_t[]){1},
+              NULL, "SAME_UPPER", 0, NULL);
+  lppool_case("LpPool 2-D p 2 ceil_mode dilations 2 (opset 18)", 18, 4, (int64_t[]){1, 2, 8, 7}, 2,
+              (int64_t[]){2, 2}, (int64_t[]){2, 2}, NULL, NULL, 1, (int64_t[]){2, 1});
+  for (int p = 1; p <= 3; p++) {
+    fd_case c;
+    char what[64];
+    fd_begin(&c, 13);
+    fd_param_range(&c, p == 2 ? 3 : 4, p == 2 ? (int64_t[]){2, 3, 5} : (int64_t[]){2, 3, 2, 3}, -2, 2);
+    fd_node(&c, "GlobalLpPool", 1);
+    attr_i(&c, "p", p);
+    snprintf(what, sizeof what, "GlobalLpPool p %d %s", p, p == 2 ? "1-D" : "2-D");
+    expect_fd(&c, what);
+  }
+}
+END_TEST
+
+/* MaxUnpool: dY gathered at the indices (one per window of a 2x2 / 3 pool,
+ * distinct); output_shape larger than the default (Slice), smaller (Pad:
+ * the indices beyond it dropped, no gradient), 1-D with pads. */
+static void maxunpool_case(const char *what, int rank, const int64_t *xd, const int64_t *k, const int64_t *pads,
+                           const int64_t *os) {
+  fd_case c;
+  int ns = rank - 2;
+  int64_t n = nbl_shape_numel(rank, xd), idx[64], H = ns == 2 ? xd[2] * k[0] : 1, W = xd[rank - 1] * k[ns - 1];
+  if (pads) W -= pads[ns - 1] + pads[2 * ns - 1];
+  for (int64_t i = 0; i < n; i++) { /* element i of window (oh, ow) of plane pl: a tap of its own */
+    int64_t ow = i % xd[rank - 1], oh = ns == 2 ? i / xd[rank - 1] % xd[2] : 0, pl = i / (xd[rank - 1] * (ns == 2 ? xd[2] : 1));
+    int64_t a = ns == 2 ? (i * 7 / 3) % k[0] : 0, b = (i * 5 + 1) % k[ns - 1], col = ow * k[ns - 1] + b;
+    if (pads) col = col - pads[ns - 1] < 0 ? 0 : col - pads[ns - 1] >= W ? W - 1 : col - pads[ns - 1];
+    idx[i] = pl * H * W + (oh * (ns == 2 ? k[0] : 1) + a) * W + col;
+  }
+  fd_begin(&c, 13);
+  fd_param(&c, rank, xd);
+  fd_i64(&c, rank, xd, idx);
+  if (os) fd_i64(&c, 1, (int64_t[]){rank}, os);
+  fd_node(&c, "MaxUnpool", 1);
+  ints(&c, "kernel_shape", ns, k);
+  ints(&c, "strides", ns, k);
+  if (pads) ints(&c, "pads", 2 * ns, pads);
+  expect_fd(&c, what);
+}
+
+START_TEST(test_fd_maxunpool) {
+  maxunpool_case("MaxUnpool 2-D k 2", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL, NULL);
+  maxunpool_case("MaxUnpool 2-D k 2x3", 4, (int64_t[]){2, 1, 2, 3}, (int64_t[]){2, 3}, NULL, NULL);
+  maxunpool_case("MaxUnpool output_shape larger", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL,
+                 (int64_t[]){1, 2, 5, 7});
+  maxunpool_case("MaxUnpool output_shape smaller (drops)", 4, (int64_t[]){1, 2, 2, 3}, (int64_t[]){2, 2}, NULL,
+                 (int64_t[]){1, 2, 3, 5});
+  maxunpool_case("MaxUnpool 1-D k 3 pads 1, 1", 3, (int64_t[]){2, 2, 3}, (int64_t[]){3}, (int64_t[]){1, 1}, NULL);
+}
+END_TEST
+
+/* GridSample (ai.nibble GridSampleGrad): bilinear and nearest, align_corners
+ * 0 and 1, padding zeros, border and reflection, a grid reaching outside
+ * [-1, 1]; gradients for X and the grid (nearest: the grid's is 0, as
+ * PyTorch's; the central differences agree away from the rounding points). */
+START_TEST(test_fd_gridsample) {
+  const char *modes[2] = {"bilinear", "nearest"}, *pads[3] = {"zeros", "border", "reflection"};
+  for (int m = 0; m < 2; m++)
+    for (int ac = 0; ac < 2; ac++)
+      for (int p = 0; p < 3; p++) {
+        fd_case c;
+        char what[96];
+        fd_begin(&c, 16);
+        fd_param_range(&c, D(1, 2, 4, 5), -2, 2);
+        fd_param_range(&c, D(1, 3, 2, 2), -1.3, 1.3);
+        fd_node(&c, "GridSample", 1);
+        attr_s(&c, "mode", modes[m]);
+        attr_s(&c, "padding_mode", pads[p]);
+        attr_i(&c, "align_corners", ac);
+        snprintf(what, sizeof what, "GridSample %s align_corners %d %s", modes[m], ac, pads[p]);
+        expect_fd(&c, what);
+      }
+  fd_case c;
+  fd_begin(&c, 20);
+  fd_param_range(&c, D(2, 1, 3, 3), -2, 2);
+  fd_param_range(&c, D(2, 2, 3, 2), -1, 1);
+  fd_node(&c, "GridSample", 1);
+  expect_fd(&c, "GridSample linear (opset 20 default)");
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grad_rules");
   TCase *t = tcase_create("core");
@@ -440,6 +642,12 @@ static Suite *suite(void) {
   tcase_add_test(t, test_fd_recurrent);
   tcase_add_test(t, test_fd_more_unary);
   tcase_add_test(t, test_fd_gather_nd_scatter);
+  tcase_add_test(t, test_fd_reduceprod);
+  tcase_add_test(t, test_fd_lpnorm);
+  tcase_add_test(t, test_fd_scatter_old);
+  tcase_add_test(t, test_fd_lppool);
+  tcase_add_test(t, test_fd_maxunpool);
+  tcase_add_test(t, test_fd_gridsample);
   suite_add_tcase(s, t);
   return s;
 }
