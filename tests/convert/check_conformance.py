@@ -56,15 +56,8 @@ except ImportError:
     sys.exit(SKIP)
 
 
-def random_ops(nibble):
-    """The default-domain ops the op table flags random (`nibble ops`: NBL_OPF_RANDOM)."""
-    out = subprocess.run([nibble, "ops", "--format", "md"], capture_output=True, text=True).stdout
-    ops = set()
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 6 and cells[0] == "ai.onnx" and "random" in cells[5].split(", "):
-            ops.add(cells[1])
-    return ops
+sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
+from regen_expected import random_ops  # noqa: E402  (one reading of the op table's random flag)
 
 
 def has_random_op(path, ops):
