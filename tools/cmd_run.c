@@ -153,7 +153,10 @@ static void run_usage(FILE *f) {
              "                  [--profile[=N]] time per op type and the N (default 15)\n"
              "                                slowest nodes (runs after the first when\n"
              "                                --repeat > 1)\n"
-             "                  [--timeout SECONDS] stop the run(s) after SECONDS (exit 1)\n");
+             "                  [--timeout SECONDS] stop the run(s) after SECONDS (exit 1)\n"
+             "                  [--seed N] key of the random ops without a seed attribute\n"
+             "                                (RandomNormal, Bernoulli, ...): the same N draws\n"
+             "                                the same values (default: fresh each invocation)\n");
 }
 
 /* --timeout: a thread that terminates the session when the deadline passes
@@ -218,6 +221,7 @@ int nbl_cmd_run(int argc, char **argv) {
   const char *model_path = NULL, *out_dir = NULL, *dump_dir = NULL;
   int threads = 0, repeat = 1, reference = 0, profile = 0, profile_top = 15;
   double timeout = 0;
+  uint64_t seed = 0;
   int n_in = 0;
   char **in_specs = calloc((size_t)argc + 1, sizeof(char *));
   if (!in_specs) return 2;
@@ -257,6 +261,17 @@ int nbl_cmd_run(int argc, char **argv) {
         free(in_specs);
         return 2;
       }
+    } else if (strcmp(a, "--seed") == 0 && has_next) {
+      char *end = NULL;
+      const char *v = argv[++i];
+      errno = 0;
+      unsigned long long sv = strtoull(v, &end, 10);
+      if (!*v || *end || *v == '-' || errno || sv == 0) {
+        fprintf(stderr, "nibble run: --seed wants a positive integer, got '%s'\n", v);
+        free(in_specs);
+        return 2;
+      }
+      seed = (uint64_t)sv;
     } else if (strcmp(a, "--reference") == 0) {
       reference = 1;
     } else if (strcmp(a, "--profile") == 0) {
@@ -296,7 +311,7 @@ int nbl_cmd_run(int argc, char **argv) {
     goto out;
   }
   if ((out_dir && ensure_dir(out_dir)) || (dump_dir && ensure_dir(dump_dir))) goto out;
-  nbl_session_options so = {.threads = threads, .reference = reference, .profile = profile};
+  nbl_session_options so = {.threads = threads, .reference = reference, .profile = profile, .seed = seed};
   if (dump_dir) {
     so.on_value = dump_value;
     so.user = &dc;

@@ -189,5 +189,21 @@ else
   echo "FAIL: could not build the endless Loop models"; fails=$((fails + 1))
 fi
 
+# run --seed: the random ops without a seed attribute draw the same values for the same N
+BERN=$DATA/node/test_bernoulli
+if [ -f "$BERN/model.onnx" ]; then
+  for k in a b; do
+    expect 0 'time: ' -- run "$BERN/model.onnx" --input "x=$BERN/test_data_set_0/input_0.pb" --seed 7 --output-dir "$T/seed_$k"
+  done
+  expect 0 'time: ' -- run "$BERN/model.onnx" --input "x=$BERN/test_data_set_0/input_0.pb" --seed 8 --output-dir "$T/seed_c"
+  n=$((n + 1))
+  a=$(ls "$T/seed_a" | head -1)
+  if [ -z "$a" ] || ! cmp -s "$T/seed_a/$a" "$T/seed_b/$a" || cmp -s "$T/seed_a/$a" "$T/seed_c/$a"; then
+    echo "FAIL: run --seed: seed 7 twice should match and seed 8 differ"; fails=$((fails + 1))
+  fi
+  expect 2 'wants a positive integer' -- run "$BERN/model.onnx" --seed -3
+  expect 2 'wants a positive integer' -- run "$BERN/model.onnx" --seed 0
+fi
+
 echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
 [ "$fails" -eq 0 ]
