@@ -104,7 +104,8 @@ void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; 
 /* Element i converted to double / int64 (any numeric dtype, bool). */
 double nbl_rt_get_f64(const nbl_rt_tensor *t, int64_t i);
 int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i);
-/* Store v (converted, saturating-free C cast semantics for ints) at element i. */
+/* Store v (converted, saturating-free C cast semantics for ints; float16
+ * rounded once from double) at element i. */
 void nbl_rt_set_f64(nbl_rt_tensor *t, int64_t i, double v);
 void nbl_rt_set_i64(nbl_rt_tensor *t, int64_t i, int64_t v);
 

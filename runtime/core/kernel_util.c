@@ -112,12 +112,28 @@ int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i) {
   }
 }
 
+/* v rounded to float16 once: to float with round-to-odd (toward zero, the
+ * last bit set when inexact), then to nearest even; float's 13 extra bits
+ * make the two roundings equal to one (a plain double -> float -> half
+ * rounds twice and can miss at a tie). */
+static uint16_t half_of_double(double v) {
+  float f = (float)v;
+  if ((double)f != v && isfinite(f)) {
+    if (fabs((double)f) > fabs(v)) f = nextafterf(f, 0.0f);
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    b |= 1;
+    memcpy(&f, &b, sizeof f);
+  }
+  return nbl_float_to_half(f);
+}
+
 void nbl_rt_set_f64(nbl_rt_tensor *t, int64_t i, double v) {
   void *d = t->data;
   switch (t->dtype) {
   case NBL_DT_FLOAT: ((float *)d)[i] = (float)v; return;
   case NBL_DT_DOUBLE: ((double *)d)[i] = v; return;
-  case NBL_DT_FLOAT16: ((uint16_t *)d)[i] = nbl_float_to_half((float)v); return;
+  case NBL_DT_FLOAT16: ((uint16_t *)d)[i] = half_of_double(v); return;
   case NBL_DT_BFLOAT16: ((uint16_t *)d)[i] = nbl_float_to_bf16((float)v); return;
   case NBL_DT_BOOL: ((uint8_t *)d)[i] = v != 0; return;
   default: {

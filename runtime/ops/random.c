@@ -24,8 +24,7 @@
  *     run: its seeded nodes change from run to run, nibble's do not.)
  * Output element i (row-major) uses index i, so the values do not depend on
  * the thread count. Values are computed in double and rounded once to the
- * output type (float16 through float with round-to-odd, which makes the two
- * roundings one).
+ * output type (nbl_rt_set_f64).
  *
  * The distributions:
  *   uniform      low + (high - low) * u. A value that rounds out of
@@ -128,39 +127,11 @@ static nbl_status shape_attr(nbl_kctx *c, int *rank, int64_t *dims) {
   return NBL_OK;
 }
 
-/* v rounded to float16 correctly: to float with round-to-odd (toward zero,
- * the last bit set when inexact), then to nearest even; float's 13 extra
- * bits make the two roundings equal to one. */
-static uint16_t half_of(double v) {
-  float f = (float)v;
-  if ((double)f != v && isfinite(f)) {
-    if (fabs((double)f) > fabs(v)) f = nextafterf(f, 0.0f);
-    uint32_t b;
-    memcpy(&b, &f, sizeof b);
-    b |= 1;
-    memcpy(&f, &b, sizeof f);
-  }
-  return nbl_float_to_half(f);
-}
-
-/* Store v, rounded to y's type (float16, float or double), at element i;
- * returns the value stored. */
+/* Store v, rounded to y's type (float16, float or double; nbl_rt_set_f64
+ * rounds once), at element i; returns the value stored. */
 static double put(nbl_rt_tensor *y, int64_t i, double v) {
-  switch (y->dtype) {
-  case NBL_DT_DOUBLE:
-    ((double *)y->data)[i] = v;
-    return v;
-  case NBL_DT_FLOAT: {
-    float f = (float)v;
-    ((float *)y->data)[i] = f;
-    return f;
-  }
-  default: {
-    uint16_t h = half_of(v);
-    ((uint16_t *)y->data)[i] = h;
-    return nbl_half_to_float(h);
-  }
-  }
+  nbl_rt_set_f64(y, i, v);
+  return nbl_rt_get_f64(y, i);
 }
 
 #define GRAIN 4096 /* elements per chunk of the parallel fills */

@@ -540,6 +540,25 @@ START_TEST(test_unary_fast_vs_reference) {
 }
 END_TEST
 
+/* Cast double -> float16 rounds once (nbl_rt_set_f64): 1 + 2^-11 + 2^-40 is
+ * just past the midpoint between 1 and 1 + 2^-10 and goes up (NumPy gives
+ * 1.000977); through float it would hit the tie 1 + 2^-11 and round to even,
+ * 1. The tie itself rounds to even, and a value that fits float stays. */
+START_TEST(test_cast_double_to_half_rounds_once) {
+  const double x[4] = {1 + ldexp(1, -11) + ldexp(1, -40), 1 + ldexp(1, -11), -(1 + ldexp(1, -11) + ldexp(1, -40)), 0.1};
+  const uint16_t want[4] = {0x3C01, 0x3C00, 0xBC01, 0x2E66};
+  for (int ref = 0; ref < 2; ref++) {
+    one *o = one_new("Cast", 13, 1, 1);
+    nbl_node_set_attr_int(G(o), o->node, "to", NBL_DT_FLOAT16);
+    one_in(o, 0, NBL_DT_DOUBLE, 1, (int64_t[]){4}, x);
+    ck_assert_int_eq(one_run(o, ref), NBL_OK);
+    const uint16_t *y = o->out[0].data;
+    for (int i = 0; i < 4; i++) ck_assert_msg(y[i] == want[i], "x[%d] ref %d: 0x%04x", i, ref, y[i]);
+    one_free(o);
+  }
+}
+END_TEST
+
 START_TEST(test_unsupported_type) {
   int32_t x[1] = {4};
   one *o = one_new("Sqrt", 13, 1, 1);
@@ -836,6 +855,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_isinf_isnan);
   tcase_add_test(t, test_unary_fast_vs_reference);
   tcase_add_test(t, test_unsupported_type);
+  tcase_add_test(t, test_cast_double_to_half_rounds_once);
   tcase_add_test(t, test_reduce_axes);
   tcase_add_test(t, test_reduce_empty_and_special);
   tcase_add_test(t, test_argmax_topk_cumsum);
