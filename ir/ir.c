@@ -792,6 +792,21 @@ int nbl_graph_file_inputs(const nbl_graph *g, nbl_id **ids) {
   return n;
 }
 
+int nbl_graph_drop_init_inputs(nbl_graph *g) {
+  int kept = 0, dropped = 0;
+  for (int i = 0; i < g->n_inputs; i++) {
+    nbl_value *v = &g->values[g->inputs[i]];
+    if (v->init) {
+      v->flags &= ~(unsigned)NBL_VAL_INPUT;
+      dropped++;
+    } else {
+      g->inputs[kept++] = g->inputs[i];
+    }
+  }
+  g->n_inputs = kept;
+  return dropped;
+}
+
 void nbl_graph_add_output(nbl_graph *g, nbl_id v) {
   if (grow_ids(&g->outputs, &g->n_outputs, &g->cap_outputs, v))
     g->values[v].flags |= NBL_VAL_OUTPUT;

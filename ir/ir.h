@@ -370,6 +370,10 @@ void nbl_graph_add_input(nbl_graph *g, nbl_id v);
  * live initializers. *ids is malloc'ed (free it); returns the count, or -1
  * when out of memory. */
 int nbl_graph_file_inputs(const nbl_graph *g, nbl_id **ids);
+/* Take the initializers out of g's inputs (they become constants; the other
+ * inputs keep their order). Returns how many left. The loader does it for
+ * IR < 4 models, the pass constant-initializers on request. */
+int nbl_graph_drop_init_inputs(nbl_graph *g);
 void nbl_graph_add_output(nbl_graph *g, nbl_id v);
 /* Attach initializer data to a value (appended to the initializer list). */
 void nbl_graph_set_initializer(nbl_graph *g, nbl_id v, nbl_tensor *t);

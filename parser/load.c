@@ -846,22 +846,6 @@ static nbl_status kv_from_pb(load_ctx *c, Onnx__StringStringEntryProto **e, size
   return NBL_OK;
 }
 
-/* Before IR 4 every initializer had to be listed in graph.input, and such
- * an initializer is a constant, not an input a caller may override (ONNX
- * Runtime's rule too: it lets a caller override an initializer only from IR
- * 4 on). So the main graph of an IR < 4 model keeps only its true inputs;
- * the passes and the runtime see its weights as the constants they are, and
- * the saver lists the initializers again when it writes IR < 4. */
-static void inits_not_inputs(nbl_graph *g) {
-  int kept = 0;
-  for (int i = 0; i < g->n_inputs; i++) {
-    nbl_value *v = &g->values[g->inputs[i]];
-    if (v->init) v->flags &= ~(unsigned)NBL_VAL_INPUT;
-    else g->inputs[kept++] = g->inputs[i];
-  }
-  g->n_inputs = kept;
-}
-
 static nbl_status model_from_pb(load_ctx *c, Onnx__ModelProto *mp) {
   nbl_model *m = c->m;
   nbl_arena *a = m->arena;
@@ -887,7 +871,13 @@ static nbl_status model_from_pb(load_ctx *c, Onnx__ModelProto *mp) {
   m->graph->name = nbl_arena_strdup(a, mp->graph->name ? mp->graph->name : "");
   st = graph_from_pb(c, mp->graph, m->graph, 0);
   if (st) return st;
-  if (m->ir_version < 4) inits_not_inputs(m->graph);
+  /* Before IR 4 every initializer had to be listed in graph.input, and such
+   * an initializer is a constant, not an input a caller may override (ONNX
+   * Runtime's rule too: it lets a caller override an initializer only from
+   * IR 4 on). So the main graph of an IR < 4 model keeps only its true
+   * inputs; the passes and the runtime see its weights as the constants they
+   * are, and the saver lists the initializers again when it writes IR < 4. */
+  if (m->ir_version < 4) nbl_graph_drop_init_inputs(m->graph);
   if (mp->n_training_info) {
     m->training = nbl_arena_alloc(a, sizeof(nbl_training_info) * mp->n_training_info);
     if (!m->training) return oom(c);

@@ -16,18 +16,7 @@
 
 static nbl_status constant_initializers_run(nbl_pass_ctx *ctx) {
   nbl_model *m = ctx->model;
-  nbl_graph *g = m->graph;
-  int kept = 0, dropped = 0;
-  for (int i = 0; i < g->n_inputs; i++) {
-    nbl_value *v = &g->values[g->inputs[i]];
-    if (v->init) {
-      v->flags &= ~(unsigned)NBL_VAL_INPUT;
-      dropped++;
-    } else {
-      g->inputs[kept++] = g->inputs[i];
-    }
-  }
-  g->n_inputs = kept;
+  const int dropped = nbl_graph_drop_init_inputs(m->graph);
   if (dropped && m->ir_version < 4) m->ir_version = 4;
   ctx->changed += dropped;
   if (dropped) nbl_pass_logf(ctx, "%d initializer(s) listed as graph inputs are now constants", dropped);
