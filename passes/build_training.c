@@ -224,6 +224,17 @@ static nbl_id alias_root(const nbl_graph *g, nbl_id nid) {
   return NBL_NONE;
 }
 
+/* Value dst (of the main graph) becomes an initializer holding a copy of t,
+ * typed by it (the untied aliases and running statistics). -1 out of memory. */
+static int init_copy(bt *b, nbl_id dst, const nbl_tensor *t) {
+  nbl_graph *g = b->g;
+  nbl_tensor *c = nbl_tensor_new(b->m->arena, g->values[dst].name, t->dtype, t->rank, t->dims, t->data);
+  if (!c) return -1;
+  nbl_type_set_tensor(b->m->arena, &g->values[dst].type, t->dtype, t->rank, t->dims);
+  nbl_graph_set_initializer(g, dst, c);
+  return 0;
+}
+
 /* PyTorch's eval-mode export (torch 1.13, TrainingMode.EVAL or PRESERVE)
  * writes parameters and buffers holding equal values once, and each other one
  * as an Identity reading the survivor: `layer4.1.bn2.running_mean =
@@ -264,15 +275,11 @@ static nbl_status untie_aliases(bt *b, int untie) {
       b->n_tied++;
       continue;
     }
-    const nbl_tensor *t = g->values[root].init;
-    nbl_tensor *c = nbl_tensor_new(b->m->arena, g->values[out].name, t->dtype, t->rank, t->dims, t->data);
-    if (!c) {
+    nbl_node_kill(g, order[k]);
+    if (init_copy(b, out, g->values[root].init)) {
       free(order);
       return oom();
     }
-    nbl_node_kill(g, order[k]);
-    nbl_type_set_tensor(b->m->arena, &g->values[out].type, t->dtype, t->rank, t->dims);
-    nbl_graph_set_initializer(g, out, c);
     b->n_untied++;
   }
   for (int k = n - 1; k >= 0 && b->n_untied; k--) { /* the links left unread, last first */
@@ -333,12 +340,8 @@ static nbl_status untie_stats(bt *b, int untie) {
       char hint[600];
       snprintf(hint, sizeof hint, "%s.%s", g->nodes[i].name[0] ? g->nodes[i].name : g->values[v].name, what);
       char *nm = nbl_graph_unique_name(g, hint);
-      const nbl_tensor *t = g->values[v].init;
       nbl_id nv = nm ? nbl_graph_add_value(g, nm) : NBL_NONE;
-      nbl_tensor *c = nv != NBL_NONE ? nbl_tensor_new(b->m->arena, nm, t->dtype, t->rank, t->dims, t->data) : NULL;
-      if (!c) return oom();
-      nbl_type_set_tensor(b->m->arena, &g->values[nv].type, t->dtype, t->rank, t->dims);
-      nbl_graph_set_initializer(g, nv, c);
+      if (nv == NBL_NONE || init_copy(b, nv, g->values[v].init)) return oom();
       nbl_node_set_input(g, i, k, nv);
       b->n_stat_copies++;
     }
