@@ -209,9 +209,20 @@ nbl_status nbl_op_table_entry(int i, nbl_op_info *out);
 
 #define NBL_MAX_DIMS 8
 
+/* What a value exchanged with the runtime holds: a tensor, or (ONNX's
+ * sequence and optional types) a list of values. */
+typedef enum nbl_value_kind {
+  NBL_VALUE_TENSOR = 0,   /* a tensor (the default of a zeroed struct) */
+  NBL_VALUE_SEQUENCE = 1, /* a sequence: n_items values, each a tensor of dtype */
+  NBL_VALUE_OPTIONAL = 2  /* an optional: n_items 0 (empty) or 1 (items[0], a tensor or a sequence) */
+} nbl_value_kind;
+
 /* A tensor exchanged with the runtime: dense, row-major, native-endian
  * element data (INT4/UINT4 packed two per byte, low nibble first; BOOL one
- * byte each; STRING: data is a char *[numel] of NUL-terminated strings). */
+ * byte each; STRING: data is a char *[numel] of NUL-terminated strings).
+ * A sequence or an optional (kind != NBL_VALUE_TENSOR) has no data of its
+ * own (rank 0, data NULL, nbytes 0): its elements are items[0..n_items),
+ * dtype the element type of its tensors (NBL_DT_UNDEFINED when unknown). */
 typedef struct nbl_host_tensor {
   const char *name; /* graph input/output name */
   nbl_dtype dtype;
@@ -219,6 +230,9 @@ typedef struct nbl_host_tensor {
   int64_t dims[NBL_MAX_DIMS];
   void *data;
   size_t nbytes; /* bytes at data */
+  nbl_value_kind kind;
+  int n_items;
+  struct nbl_host_tensor *items; /* their names are NULL */
 } nbl_host_tensor;
 
 typedef struct nbl_session nbl_session;
@@ -271,7 +285,8 @@ nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt
 /* Inputs the caller must feed (graph inputs without an initializer) and all
  * graph outputs, in graph order. Names are owned by the model. The type of an
  * input (element type, rank, dims with -1 for unknown) is written to *info,
- * whose data is NULL. Return NULL / fail for an out-of-range index. */
+ * whose data is NULL; for a sequence or optional input, info->kind says so
+ * and dtype is its tensors' element type when declared. Return NULL / fail for an out-of-range index. */
 int nbl_session_input_count(const nbl_session *s);
 const char *nbl_session_input_name(const nbl_session *s, int i);
 nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info);
@@ -316,10 +331,18 @@ void nbl_session_reset_profile(nbl_session *s);
  * serialized ONNX TensorProto (.pb, or any other name). On success *out holds
  * malloc'd data and name (NULL if none) released by nbl_host_tensor_free. */
 nbl_status nbl_tensor_read(const char *path, nbl_host_tensor *out);
+/* Read a value file of the given kind: NBL_VALUE_TENSOR as nbl_tensor_read;
+ * NBL_VALUE_SEQUENCE a serialized ONNX SequenceProto, NBL_VALUE_OPTIONAL an
+ * OptionalProto (as the ONNX test data stores such inputs and outputs). The
+ * protobuf encoding does not say which message a file holds, so the caller
+ * names it (nbl_session_input_info tells a model input's kind). */
+nbl_status nbl_value_read(const char *path, nbl_value_kind kind, nbl_host_tensor *out);
 /* Write a tensor: .npy when path ends in ".npy", otherwise a TensorProto
- * named t->name. */
+ * named t->name. A sequence or optional is written as a SequenceProto /
+ * OptionalProto (never .npy). */
 nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *t);
-/* Release data and name of a tensor filled by nbl_tensor_read. */
+/* Release data, name and items of a value filled by nbl_tensor_read or
+ * nbl_value_read. */
 void nbl_host_tensor_free(nbl_host_tensor *t);
 
 

@@ -154,6 +154,7 @@ int nbl_out_arena_take(nbl_engine *e, int slot, int step, int last_use, nbl_rt_t
     t->rank = rank;
     for (int d = 0; d < rank; d++) t->dims[d] = dims[d];
     t->numel = nbl_shape_numel(rank, dims);
+    t->kind = NBL_RT_TENSOR;
     t->data = a->arena + a->slot_off[slot];
     t->nbytes = nb;
     t->owns = 0;

@@ -136,6 +136,8 @@ void nbl_engine_free(nbl_engine *e) {
   free(e->vals);
   free(e->set);
   free(e->bound);
+  if (e->binds)
+    for (int v = 0; v < e->g->n_values; v++) nbl_rt_tensor_free(&e->binds[v]);
   free(e->binds);
   free(e->state);
   free(e->feeds);
@@ -174,8 +176,22 @@ void nbl_engine_get_stats(const nbl_engine *e, nbl_engine_stats *st) {
   st->arena_bytes = e->ar.arena_bytes;
 }
 
+/* The runtime kind of a declared type (-1: none the runtime holds). */
+static int rt_kind_of(nbl_type_kind k) {
+  switch (k) {
+  case NBL_TYPE_TENSOR: return NBL_RT_TENSOR;
+  case NBL_TYPE_SEQUENCE: return NBL_RT_SEQUENCE;
+  case NBL_TYPE_OPTIONAL: return NBL_RT_OPTIONAL;
+  default: return -1;
+  }
+}
+
 static nbl_status check_against_type(const nbl_value *val, const nbl_rt_tensor *t) {
   const nbl_type *ty = &val->type;
+  int want = rt_kind_of(ty->kind);
+  if (ty->kind != NBL_TYPE_NONE && want != t->kind)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got a %s, the model expects a %s", val->name,
+                      nbl_rt_kind_name(t->kind), want < 0 ? "map or sparse tensor" : nbl_rt_kind_name(want));
   if (ty->kind != NBL_TYPE_TENSOR) return NBL_OK;
   if (ty->elem != NBL_DT_UNDEFINED && ty->elem != t->dtype)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got element type %s, the model expects %s",
@@ -198,6 +214,8 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
   if (v == NBL_NONE || !(e->g->values[v].flags & (NBL_VAL_INPUT | NBL_VAL_OUTER)))
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: graph '%s' has no input named '%s'",
                       nbl_model_label(e->m), e->g->name, name);
+  nbl_rt_tensor_free(&e->binds[v]); /* a sequence's copy; nothing for a tensor's view */
+  memset(&e->binds[v], 0, sizeof e->binds[v]);
   if (!view) {
     e->bound[v] = 0;
     return NBL_OK;
@@ -207,6 +225,14 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
                       name, view->rank, NBL_MAX_RANK);
   nbl_status st = check_against_type(&e->g->values[v], view);
   if (st != NBL_OK) return st;
+  if (view->kind != NBL_RT_TENSOR) { /* the engine's own copy of the list (freed on the next bind) */
+    nbl_rt_tensor c;
+    if ((st = nbl_rt_copy(&c, view)) != NBL_OK) return st;
+    nbl_rt_tensor_free(&e->binds[v]);
+    e->binds[v] = c;
+    e->bound[v] = 1;
+    return NBL_OK;
+  }
   nbl_rt_tensor t = *view;
   t.numel = nbl_shape_numel(t.rank, t.dims);
   if (t.numel < 0)
@@ -343,6 +369,11 @@ nbl_status nbl_frame_run(nbl_frame *f) {
                         nd->name ? nd->name : "", nd->op_type, g->values[v].name);
         break;
       }
+      if (ins[k]->kind != NBL_RT_TENSOR && !(sp->def->flags & NBL_OPF_VALUES)) {
+        st = nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (%s): input %d ('%s') is a %s; the op takes tensors",
+                        nd->name ? nd->name : "", nd->op_type, k, g->values[v].name, nbl_rt_kind_name(ins[k]->kind));
+        break;
+      }
     }
     if (st != NBL_OK) break;
     for (int k = 0; k < nd->n_outputs; k++) {
@@ -421,12 +452,14 @@ static nbl_status engine_run(nbl_engine *e) {
   for (nbl_id v = 0; v < g->n_values; v++) /* outer values of a training graph, bound by the caller */
     if ((g->values[v].flags & NBL_VAL_OUTER) && e->bound[v]) {
       e->vals[v] = e->binds[v];
+      e->vals[v].owns = 0;
       e->set[v] = 1;
     }
   for (int i = 0; i < g->n_inputs; i++) {
     nbl_id v = g->inputs[i];
     if (e->bound[v]) {
       e->vals[v] = e->binds[v];
+      e->vals[v].owns = 0; /* a view of the caller's tensor or of the engine's copy */
       e->set[v] = 1;
     } else if (!e->set[v]) {
       return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: input '%s' was not given",

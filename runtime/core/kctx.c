@@ -74,7 +74,33 @@ nbl_status nbl_kctx_alloc_out(nbl_kctx *ctx, int i, nbl_dtype dt, int rank, cons
   return NBL_OK;
 }
 
+nbl_status nbl_kctx_move_out(nbl_kctx *ctx, int i, nbl_rt_tensor *v) {
+  nbl_rt_tensor *t = ctx && i >= 0 && i < ctx->n_out ? out_slot(ctx, i) : NULL;
+  if (!t) {
+    nbl_rt_tensor_free(v);
+    memset(v, 0, sizeof *v);
+    return nbl_kerr(ctx, ctx && (i < 0 || i >= ctx->n_out) ? NBL_ERR_INTERNAL : NBL_ERR_OUT_OF_MEMORY,
+                    "output %d: no slot", i);
+  }
+  if (!v->owns) { /* a view: its copy */
+    nbl_rt_tensor c;
+    nbl_status st = nbl_rt_copy(&c, v);
+    if (st != NBL_OK) return nbl_node_error_context(ctx->node, st);
+    *v = c;
+  }
+  nbl_slot_clear(t);
+  *t = *v;
+  memset(v, 0, sizeof *v);
+  return NBL_OK;
+}
+
 nbl_status nbl_kctx_copy_out(nbl_kctx *ctx, int i, const nbl_rt_tensor *src) {
+  if (src->kind != NBL_RT_TENSOR) {
+    nbl_rt_tensor c;
+    nbl_status st = nbl_rt_copy(&c, src);
+    if (st != NBL_OK) return nbl_node_error_context(ctx->node, st);
+    return nbl_kctx_move_out(ctx, i, &c);
+  }
   nbl_status st = nbl_kctx_alloc_out(ctx, i, src->dtype, src->rank, src->dims);
   if (st != NBL_OK) return st;
   nbl_rt_tensor *t = out_slot(ctx, i);

@@ -19,15 +19,33 @@
 
 #define NBL_MAX_RANK 8
 
+/* What a runtime value holds (nbl_rt_tensor.kind). A sequence or an
+ * optional (ONNX's sequence(tensor) and optional(...) types) keeps its
+ * elements in an nbl_rt_seq at `data`: dtype is its tensors' element type
+ * (NBL_DT_UNDEFINED when unknown), rank, numel and nbytes are 0, and `owns`
+ * says whether freeing the value frees the list and, recursively, the
+ * elements. An optional has 0 (empty) or 1 element, a tensor or a sequence.
+ * Only ops whose table line sets NBL_OPF_VALUES receive such values; the
+ * executor refuses them as inputs of every other op (nbl_frame_run). */
+enum { NBL_RT_TENSOR = 0, NBL_RT_SEQUENCE = 1, NBL_RT_OPTIONAL = 2 };
+
 typedef struct nbl_rt_tensor {
   nbl_dtype dtype;
   int rank;
   int64_t dims[NBL_MAX_RANK];
   int64_t numel;
-  void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned */
+  void *data;    /* element data; STRING tensors: char*[numel], each NUL-terminated, owned;
+                    a sequence or optional: its nbl_rt_seq */
   size_t nbytes; /* bytes of data (numel * element size; INT4/UINT4 packed) */
   int owns;      /* internal: who frees data (executor bookkeeping) */
+  int kind;      /* NBL_RT_TENSOR (0), NBL_RT_SEQUENCE or NBL_RT_OPTIONAL */
 } nbl_rt_tensor;
+
+/* The elements of a sequence or optional value. */
+typedef struct nbl_rt_seq {
+  int64_t n;
+  nbl_rt_tensor *items; /* n values, each owning its data */
+} nbl_rt_seq;
 
 typedef struct nbl_exec nbl_exec; /* executor state, opaque to kernels */
 
@@ -58,8 +76,13 @@ typedef nbl_status (*nbl_kernel_fn)(nbl_kctx *ctx);
 nbl_status nbl_kctx_alloc_out(nbl_kctx *ctx, int i, nbl_dtype dt, int rank, const int64_t *dims);
 /* Output i as a tensor pointer (valid after alloc_out; may be a scratch one). */
 nbl_rt_tensor *nbl_kctx_out(nbl_kctx *ctx, int i);
-/* Make output i an exact copy of `src` (type, shape and data). */
+/* Make output i an exact copy of `src` (type, shape and data; a sequence
+ * or optional with copies of its elements). */
 nbl_status nbl_kctx_copy_out(nbl_kctx *ctx, int i, const nbl_rt_tensor *src);
+/* Make output i the value *v (a sequence or optional made with
+ * nbl_rt_seq_make, or an owned tensor), taking ownership of it in every
+ * case (*v is zeroed). */
+nbl_status nbl_kctx_move_out(nbl_kctx *ctx, int i, nbl_rt_tensor *v);
 
 /* Set the error message, prefixed with "node 'NAME' (OpType): ", and return st. */
 nbl_status nbl_kerr(nbl_kctx *ctx, nbl_status st, const char *fmt, ...)
@@ -96,11 +119,22 @@ size_t nbl_rt_elem_size(nbl_dtype dt); /* bytes per element; 0 for 4-bit types *
 /* View an IR tensor as a runtime tensor. Numeric types point at the IR data
  * (owns = 0); STRING tensors get a new char*[] array of copies (owns = 1). */
 nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out);
-/* Deep copy src into dst (dst's old data is not freed). */
+/* Deep copy src into dst (dst's old data is not freed); a sequence or
+ * optional with copies of its elements. */
 nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src);
+/* t = a new owned sequence or optional (kind NBL_RT_SEQUENCE or
+ * NBL_RT_OPTIONAL) of element type elem with n zeroed elements to fill
+ * (each then owns what is put in it). */
+nbl_status nbl_rt_seq_make(nbl_rt_tensor *t, int kind, nbl_dtype elem, int64_t n);
+/* The elements of a sequence or optional value, NULL for a tensor. */
+static inline nbl_rt_seq *nbl_rt_seq_of(const nbl_rt_tensor *t) {
+  return t && t->kind != NBL_RT_TENSOR ? (nbl_rt_seq *)t->data : NULL;
+}
+/* "tensor", "sequence" or "optional". */
+const char *nbl_rt_kind_name(int kind);
 /* Allocate data for t with the given type/shape (malloc, zeroed). */
 nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const int64_t *dims);
-void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (and strings) it owns; t itself not freed */
+void nbl_rt_tensor_free(nbl_rt_tensor *t); /* frees data (strings, elements) it owns; t itself not freed */
 /* Element i converted to double / int64 (any numeric dtype, bool). */
 double nbl_rt_get_f64(const nbl_rt_tensor *t, int64_t i);
 int64_t nbl_rt_get_i64(const nbl_rt_tensor *t, int64_t i);
@@ -207,6 +241,9 @@ enum {
   /* outputs depend on a random source: never evaluated ahead of time
    * (fold-constants skips the node) */
   NBL_OPF_RANDOM = 1u << 0,
+  /* takes sequence and optional values as inputs (the kernel checks each
+   * input's kind); the executor gives every other op tensors only */
+  NBL_OPF_VALUES = 1u << 1,
 };
 
 typedef struct nbl_op_def {

@@ -32,7 +32,32 @@ nbl_status nbl_rt_tensor_alloc(nbl_rt_tensor *t, nbl_dtype dt, int rank, const i
   t->data = p;
   t->nbytes = nb;
   t->owns = 1;
+  t->kind = NBL_RT_TENSOR;
   return NBL_OK;
+}
+
+nbl_status nbl_rt_seq_make(nbl_rt_tensor *t, int kind, nbl_dtype elem, int64_t n) {
+  memset(t, 0, sizeof *t);
+  if (n < 0 || (kind == NBL_RT_OPTIONAL && n > 1) || (kind != NBL_RT_SEQUENCE && kind != NBL_RT_OPTIONAL))
+    return nbl_errorf(NBL_ERR_INTERNAL, "bad %s of %lld elements", nbl_rt_kind_name(kind), (long long)n);
+  nbl_rt_seq *q = calloc(1, sizeof *q);
+  nbl_rt_tensor *items = calloc((size_t)(n ? n : 1), sizeof *items);
+  if (!q || !items) {
+    free(q);
+    free(items);
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  q->n = n;
+  q->items = items;
+  t->kind = kind;
+  t->dtype = elem;
+  t->data = q;
+  t->owns = 1;
+  return NBL_OK;
+}
+
+const char *nbl_rt_kind_name(int kind) {
+  return kind == NBL_RT_SEQUENCE ? "sequence" : kind == NBL_RT_OPTIONAL ? "optional" : "tensor";
 }
 
 nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out) {
@@ -60,6 +85,18 @@ nbl_status nbl_rt_from_ir(const nbl_tensor *t, nbl_rt_tensor *out) {
 
 void nbl_rt_tensor_free(nbl_rt_tensor *t) {
   if (!t) return;
+  if (t->kind != NBL_RT_TENSOR) {
+    nbl_rt_seq *q = t->data;
+    if (t->owns && q) {
+      for (int64_t i = 0; i < q->n; i++) nbl_rt_tensor_free(&q->items[i]);
+      free(q->items);
+      free(q);
+    }
+    t->data = NULL;
+    t->owns = 0;
+    t->nbytes = 0;
+    return;
+  }
   if (t->owns && t->data) {
     if (t->dtype == NBL_DT_STRING) {
       char **s = t->data;
@@ -231,6 +268,20 @@ int nbl_norm_axis(int64_t axis, int rank) {
 
 nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src) {
   nbl_rt_tensor t = {0};
+  if (src->kind != NBL_RT_TENSOR) {
+    const nbl_rt_seq *q = nbl_rt_seq_of(src);
+    int64_t n = q ? q->n : 0;
+    nbl_status st = nbl_rt_seq_make(&t, src->kind, src->dtype, n);
+    if (st != NBL_OK) return st;
+    nbl_rt_seq *d = t.data;
+    for (int64_t i = 0; i < n; i++)
+      if ((st = nbl_rt_copy(&d->items[i], &q->items[i])) != NBL_OK) {
+        nbl_rt_tensor_free(&t);
+        return st;
+      }
+    *dst = t;
+    return NBL_OK;
+  }
   nbl_status st = nbl_rt_tensor_alloc(&t, src->dtype, src->rank, src->dims);
   if (st != NBL_OK) return st;
   if (src->dtype == NBL_DT_STRING) {

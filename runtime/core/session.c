@@ -1,5 +1,6 @@
 /* session.c - the public session API of nibble.h, on top of the engine of
  * exec.h (nothing here reaches into the engine's state). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,24 +32,115 @@ nbl_host_tensor nbl_host_view(const char *name, const nbl_rt_tensor *t) {
   return h;
 }
 
-nbl_status nbl_engine_bind_host(nbl_engine *e, const nbl_host_tensor *h) {
-  if (h->rank < 0 || h->rank > NBL_MAX_DIMS)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
-                      h->name, h->rank, NBL_MAX_DIMS);
-  nbl_rt_tensor t = {.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
-  for (int d = 0; d < h->rank; d++) t.dims[d] = h->dims[d];
-  return nbl_engine_bind(e, h->name, &t);
+nbl_status nbl_host_view_value(const char *name, const nbl_rt_tensor *t, nbl_host_tensor *h) {
+  *h = nbl_host_view(name, t);
+  const nbl_rt_seq *q = nbl_rt_seq_of(t);
+  if (!q) return NBL_OK;
+  h->kind = t->kind == NBL_RT_SEQUENCE ? NBL_VALUE_SEQUENCE : NBL_VALUE_OPTIONAL;
+  h->rank = 0;
+  h->data = NULL;
+  h->nbytes = 0;
+  if (q->n > INT32_MAX)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "'%s': a sequence of %lld values", name ? name : "", (long long)q->n);
+  h->items = calloc((size_t)(q->n ? q->n : 1), sizeof *h->items);
+  if (!h->items) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  h->n_items = (int)q->n;
+  for (int64_t i = 0; i < q->n; i++) {
+    nbl_status st = nbl_host_view_value(NULL, &q->items[i], &h->items[i]);
+    if (st != NBL_OK) {
+      nbl_host_view_release(h);
+      return st;
+    }
+  }
+  return NBL_OK;
 }
 
-void nbl_engine_host_outputs(const nbl_engine *e, nbl_host_tensor *outs) {
+void nbl_host_view_release(nbl_host_tensor *h) {
+  if (!h || !h->items) return;
+  for (int i = 0; i < h->n_items; i++) nbl_host_view_release(&h->items[i]);
+  free(h->items);
+  h->items = NULL;
+  h->n_items = 0;
+}
+
+/* *rt = a runtime view of host value h: a tensor's data as is; a
+ * sequence's or optional's list made in *rt (owned: nbl_rt_tensor_free),
+ * its tensors' data viewed and checked against their shapes. `what` names
+ * the input in messages. */
+static nbl_status host_to_rt(const nbl_host_tensor *h, nbl_rt_tensor *rt, const char *what, int depth) {
+  memset(rt, 0, sizeof *rt);
+  if (h->kind == NBL_VALUE_TENSOR) {
+    if (h->rank < 0 || h->rank > NBL_MAX_DIMS || h->rank > NBL_MAX_RANK)
+      return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d", what, h->rank,
+                        NBL_MAX_DIMS);
+    *rt = (nbl_rt_tensor){.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
+    for (int d = 0; d < h->rank; d++) rt->dims[d] = h->dims[d];
+    if (depth == 0) return NBL_OK; /* nbl_engine_bind checks the shape and the bytes */
+    rt->numel = nbl_shape_numel(rt->rank, rt->dims);
+    if (rt->numel < 0 || (rt->dtype != NBL_DT_STRING && nbl_dtype_bits(rt->dtype) == 0))
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': an element has a bad shape or element type %s", what,
+                        nbl_dtype_name(rt->dtype));
+    size_t need = rt->dtype == NBL_DT_STRING ? (size_t)rt->numel * sizeof(char *)
+                                             : nbl_dtype_nbytes(rt->dtype, rt->numel);
+    if (rt->nbytes < need || (need && !rt->data))
+      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': an element has %zu bytes, its shape needs %zu", what,
+                        rt->nbytes, need);
+    rt->nbytes = need;
+    return NBL_OK;
+  }
+  if ((h->kind != NBL_VALUE_SEQUENCE && h->kind != NBL_VALUE_OPTIONAL) || h->n_items < 0 ||
+      (h->n_items && !h->items) || (h->kind == NBL_VALUE_OPTIONAL && h->n_items > 1) || depth > 16)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': kind %d with %d items", what, (int)h->kind,
+                      h->n_items);
+  nbl_status st = nbl_rt_seq_make(rt, h->kind == NBL_VALUE_SEQUENCE ? NBL_RT_SEQUENCE : NBL_RT_OPTIONAL, h->dtype,
+                                  h->n_items);
+  if (st != NBL_OK) return st;
+  nbl_rt_seq *q = rt->data;
+  for (int i = 0; i < h->n_items && st == NBL_OK; i++) {
+    const nbl_host_tensor *it = &h->items[i];
+    if (h->kind == NBL_VALUE_SEQUENCE && (it->kind != NBL_VALUE_TENSOR || it->dtype != h->dtype))
+      st = nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': element %d is not a tensor of the sequence's type %s",
+                      what, i, nbl_dtype_name(h->dtype));
+    else
+      st = host_to_rt(it, &q->items[i], what, depth + 1);
+  }
+  if (st != NBL_OK) nbl_rt_tensor_free(rt); /* (the elements are views: only the list goes) */
+  return st;
+}
+
+nbl_status nbl_engine_bind_host(nbl_engine *e, const nbl_host_tensor *h) {
+  nbl_rt_tensor t;
+  nbl_status st = host_to_rt(h, &t, h->name ? h->name : "", 0);
+  if (st != NBL_OK) return st;
+  st = nbl_engine_bind(e, h->name, &t);
+  if (t.kind != NBL_RT_TENSOR) nbl_rt_tensor_free(&t); /* the engine made its own copy */
+  return st;
+}
+
+nbl_status nbl_engine_host_outputs(const nbl_engine *e, nbl_host_tensor *outs) {
   const nbl_graph *g = nbl_engine_graph(e);
-  for (int i = 0; i < g->n_outputs; i++)
-    outs[i] = nbl_host_view(g->values[g->outputs[i]].name, nbl_engine_output(e, i));
+  nbl_host_outputs_release(outs, g->n_outputs);
+  for (int i = 0; i < g->n_outputs; i++) {
+    nbl_status st = nbl_host_view_value(g->values[g->outputs[i]].name, nbl_engine_output(e, i), &outs[i]);
+    if (st != NBL_OK) return st;
+  }
+  return NBL_OK;
+}
+
+void nbl_host_outputs_release(nbl_host_tensor *outs, int n) {
+  for (int i = 0; outs && i < n; i++) nbl_host_view_release(&outs[i]);
 }
 
 void nbl_host_info(const nbl_value *v, nbl_host_tensor *info) {
   memset(info, 0, sizeof *info);
   info->name = v->name;
+  if (v->type.kind == NBL_TYPE_SEQUENCE || v->type.kind == NBL_TYPE_OPTIONAL) {
+    const nbl_type *in = v->type.inner, *el = in && in->kind == NBL_TYPE_SEQUENCE ? in->inner : in;
+    info->kind = v->type.kind == NBL_TYPE_SEQUENCE ? NBL_VALUE_SEQUENCE : NBL_VALUE_OPTIONAL;
+    info->dtype = el && el->kind == NBL_TYPE_TENSOR ? el->elem : NBL_DT_UNDEFINED;
+    info->rank = -1;
+    return;
+  }
   info->dtype = v->type.kind == NBL_TYPE_TENSOR ? v->type.elem : NBL_DT_UNDEFINED;
   info->rank = v->type.kind == NBL_TYPE_TENSOR ? v->type.rank : -1;
   for (int d = 0; d < info->rank && d < NBL_MAX_DIMS; d++)
@@ -59,8 +151,10 @@ void nbl_host_info(const nbl_value *v, nbl_host_tensor *info) {
 
 static void session_value_cb(void *user, const char *name, const nbl_rt_tensor *t) {
   nbl_session *s = user;
-  nbl_host_tensor h = nbl_host_view(name, t);
+  nbl_host_tensor h;
+  if (nbl_host_view_value(name, t, &h) != NBL_OK) return; /* (out of memory: not shown) */
   s->on_value(s->user, &h);
+  nbl_host_view_release(&h);
 }
 
 nbl_status nbl_session_create(const nbl_model *m, const nbl_session_options *opt,
@@ -141,8 +235,8 @@ nbl_status nbl_session_run(nbl_session *s, int n_inputs, const nbl_host_tensor *
     if (st != NBL_OK) return st;
   }
   nbl_status st = nbl_engine_run(e);
+  if (st == NBL_OK) st = nbl_engine_host_outputs(e, s->outs);
   if (st != NBL_OK) return st;
-  nbl_engine_host_outputs(e, s->outs);
   if (outputs) *outputs = s->outs;
   return NBL_OK;
 }
@@ -152,6 +246,9 @@ nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session output index %d out of range", i);
   const nbl_rt_tensor *t = nbl_engine_output(s->e, i);
   if (!t) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "no output: the session has not run");
+  if (t->kind != NBL_RT_TENSOR)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "output '%s' is a %s; read the view's items instead",
+                      nbl_session_output_name(s, i), nbl_rt_kind_name(t->kind));
   if (t->dtype == NBL_DT_STRING)
     return nbl_errorf(NBL_ERR_UNSUPPORTED, "output '%s' holds strings; read the view instead",
                       nbl_session_output_name(s, i));
@@ -164,6 +261,7 @@ nbl_status nbl_session_copy_output(const nbl_session *s, int i, void *buf, size_
 
 void nbl_session_free(nbl_session *s) {
   if (!s) return;
+  if (s->outs && s->e) nbl_host_outputs_release(s->outs, nbl_engine_graph(s->e)->n_outputs);
   nbl_engine_free(s->e);
   free(s->outs);
   free(s);

@@ -336,6 +336,62 @@ nbl_status nbl_shp_set(nbl_shape_ctx *c, int k, const nbl_shp *s) {
   return NBL_OK;
 }
 
+const nbl_type *nbl_shp_in_type(const nbl_shape_ctx *c, int i) {
+  const nbl_node *n = c->node;
+  if (i >= n->n_inputs || n->inputs[i] == NBL_NONE) return NULL;
+  const nbl_type *t = &c->graph->values[n->inputs[i]].type;
+  return t->kind == NBL_TYPE_NONE ? NULL : t;
+}
+
+nbl_status nbl_shp_set_type(nbl_shape_ctx *c, int k, const nbl_type *t) {
+  const nbl_node *n = c->node;
+  if (!t || t->kind == NBL_TYPE_NONE || k >= n->n_outputs || n->outputs[k] == NBL_NONE) return NBL_OK;
+  if (t->kind == NBL_TYPE_TENSOR) {
+    nbl_shp s;
+    nbl_shp_from_type(t, &s);
+    return nbl_shp_set(c, k, &s);
+  }
+  nbl_graph *g = c->graph;
+  nbl_id vid = n->outputs[k];
+  nbl_value *v = &g->values[vid];
+  if (v->type.kind != NBL_TYPE_NONE) {
+    if (v->type.kind == t->kind) return NBL_OK; /* declared: kept */
+    return nbl_errorf(NBL_ERR_INVALID_MODEL, "%s: graph '%s': node '%s' (%s): value '%s' is declared a %s but is a %s",
+                      nbl_model_label(c->model), g->name, n->name ? n->name : "", n->op_type, v->name,
+                      v->type.kind == NBL_TYPE_TENSOR ? "tensor" : v->type.kind == NBL_TYPE_SEQUENCE ? "sequence" : "non-tensor",
+                      t->kind == NBL_TYPE_SEQUENCE ? "sequence" : "optional");
+  }
+  nbl_type_copy(g->model->arena, &v->type, t);
+  (*c->changed)++;
+  if (!(v->flags & (NBL_VAL_INPUT | NBL_VAL_OUTPUT | NBL_VAL_VALUE_INFO)) && !v->init)
+    nbl_graph_add_value_info(g, vid);
+  return NBL_OK;
+}
+
+nbl_status nbl_shp_set_seq(nbl_shape_ctx *c, int k, nbl_type_kind kind, int inner_seq, const nbl_shp *elem) {
+  nbl_arena *a = c->graph->model->arena;
+  nbl_type el, mid, t;
+  memset(&el, 0, sizeof el);
+  if (elem && (elem->dt != NBL_DT_UNDEFINED || elem->rank >= 0)) {
+    if (shp_to_type(a, elem, NULL, &el)) return NBL_ERR_OUT_OF_MEMORY;
+  } else {
+    el.kind = NBL_TYPE_TENSOR;
+    el.rank = -1;
+  }
+  memset(&t, 0, sizeof t);
+  t.kind = kind;
+  t.rank = -1;
+  t.inner = &el;
+  if (kind == NBL_TYPE_OPTIONAL && inner_seq) {
+    memset(&mid, 0, sizeof mid);
+    mid.kind = NBL_TYPE_SEQUENCE;
+    mid.rank = -1;
+    mid.inner = &el;
+    t.inner = &mid;
+  }
+  return nbl_shp_set_type(c, k, &t); /* (copied into the arena) */
+}
+
 nbl_status nbl_shp_set_kd(nbl_shape_ctx *c, int k, const nbl_kdata *d) {
   const nbl_node *n = c->node;
   if (k >= n->n_outputs || n->outputs[k] == NBL_NONE) return NBL_OK;

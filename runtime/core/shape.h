@@ -134,6 +134,16 @@ nbl_status nbl_shp_set(nbl_shape_ctx *c, int k, const nbl_shp *s);
 nbl_status nbl_shp_set_dt(nbl_shape_ctx *c, int k, nbl_dtype dt, int rank);
 /* Record known integer data for output k. */
 nbl_status nbl_shp_set_kd(nbl_shape_ctx *c, int k, const nbl_kdata *d);
+/* Sequences and optionals (their rules only; nbl_shp is a tensor type):
+ * the declared or inferred IR type of input i (NULL when omitted or none);
+ * output k's type set to a copy of t (a tensor type goes through
+ * nbl_shp_set; a type of another kind than the output's declared one is
+ * an error naming the node); output k = a sequence or optional (kind) of
+ * tensors of type elem (elem NULL or unknown: element type unknown, the
+ * optional's element a sequence when inner_seq). */
+const nbl_type *nbl_shp_in_type(const nbl_shape_ctx *c, int i);
+nbl_status nbl_shp_set_type(nbl_shape_ctx *c, int k, const nbl_type *t);
+nbl_status nbl_shp_set_seq(nbl_shape_ctx *c, int k, nbl_type_kind kind, int inner_seq, const nbl_shp *elem);
 
 /* ------------------------------------------------------------------ rule building blocks */
 

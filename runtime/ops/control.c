@@ -535,6 +535,8 @@ static nbl_status shape_constant(nbl_shape_ctx *c) {
 }
 
 static nbl_status shape_identity(nbl_shape_ctx *c) {
+  const nbl_type *t = nbl_shp_in_type(c, 0);
+  if (t && t->kind != NBL_TYPE_TENSOR) return nbl_shp_set_type(c, 0, t); /* a sequence or optional */
   nbl_status st = nbl_shape_same(c);
   nbl_kdata k;
   if (!st && nbl_shp_in_kd(c, 0, &k)) st = nbl_shp_set_kd(c, 0, &k);
@@ -741,7 +743,8 @@ static const nbl_op_adapter dropout_steps[] = {
 const nbl_op_def nbl_ops_control[] = {
     NBL_OP("Constant", 1, .ref = k_constant, .shape = shape_constant, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_CONST),
-    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1, .grad = g_identity),
+    NBL_OP("Identity", 1, .ref = k_identity, .shape = shape_identity, .stable_since = 1, .grad = g_identity,
+        .flags = NBL_OPF_VALUES),
     NBL_OP("Dropout", 1, .ref = k_dropout, .shape = shape_dropout, .stable_since = 12,
         .adapters = dropout_steps, .grad = g_dropout),
     NBL_OP("Cast", 1, .ref = k_cast, .shape = shape_cast, .stable_since = 6, .grad = g_cast),

@@ -34,7 +34,8 @@ static const nbl_graph *graph_attr(const nbl_node *n, const char *name) {
 
 static nbl_status k_if(nbl_kctx *ctx) {
   const nbl_rt_tensor *c = ctx->in[0];
-  if (!c || c->numel != 1) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "cond must hold one element");
+  if (!c || c->kind != NBL_RT_TENSOR || c->numel != 1)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "cond must be a tensor of one element");
   int cond = nbl_rt_get_f64(c, 0) != 0;
   const nbl_graph *g = graph_attr(ctx->node, cond ? "then_branch" : "else_branch");
   if (!g) return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "missing branch graph");
@@ -66,6 +67,9 @@ typedef struct stack_buf {
 } stack_buf;
 
 static nbl_status stack_push(nbl_kctx *ctx, stack_buf *b, const nbl_rt_tensor *t, const char *what) {
+  if (t->kind != NBL_RT_TENSOR)
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "%s: a %s cannot be stacked (scan outputs are tensors)", what,
+                    nbl_rt_kind_name(t->kind));
   if (t->dtype == NBL_DT_STRING || nbl_dtype_bits(t->dtype) < 8)
     return nbl_kerr(ctx, NBL_ERR_UNSUPPORTED, "%s: element type %s cannot be stacked", what,
                     nbl_dtype_name(t->dtype));
@@ -156,6 +160,8 @@ static nbl_status k_loop(nbl_kctx *ctx) {
                     "body has %d inputs and %d outputs for %d loop-carried values and %d outputs",
                     body->n_inputs, body->n_outputs, N, ctx->n_out);
   int64_t trip = INT64_MAX;
+  if ((ctx->in[0] && ctx->in[0]->kind != NBL_RT_TENSOR) || (ctx->in[1] && ctx->in[1]->kind != NBL_RT_TENSOR))
+    return nbl_kerr(ctx, NBL_ERR_INVALID_MODEL, "M and cond must be tensors");
   if (ctx->in[0] && ctx->in[0]->numel > 0) trip = nbl_rt_get_i64(ctx->in[0], 0);
   int cond = 1;
   if (ctx->in[1] && ctx->in[1]->numel > 0) cond = nbl_rt_get_i64(ctx->in[1], 0) != 0;
@@ -185,8 +191,8 @@ static nbl_status k_loop(nbl_kctx *ctx) {
     for (int i = 0; i < N; i++) ins[2 + i] = &carried[i];
     st = nbl_kctx_run_subgraph(ctx, body, N + 2, ins, N + K + 1, resp);
     if (st != NBL_OK) goto done;
-    if (res[0].numel < 1) {
-      st = nbl_kerr(ctx, NBL_ERR_RUNTIME, "body condition output is empty");
+    if (res[0].kind != NBL_RT_TENSOR || res[0].numel < 1) {
+      st = nbl_kerr(ctx, NBL_ERR_RUNTIME, "body condition output is empty or not a tensor");
     } else {
       cond = nbl_rt_get_f64(&res[0], 0) != 0;
     }
@@ -616,8 +622,10 @@ static nbl_status scan_up9(nbl_adapt_ctx *c) {
 static const nbl_op_adapter scan_steps[] = {{.from = 8, .to = 9, .up = scan_up9}, {0}};
 
 const nbl_op_def nbl_ops_control_flow[] = {
-    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .stable_since = 1, .no_grad = "no rule yet"),
-    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .stable_since = 1, .no_grad = "no rule yet"),
+    NBL_OP("If", 1, .ref = k_if, .shape = shape_if, .stable_since = 1, .no_grad = "no rule yet",
+        .flags = NBL_OPF_VALUES),
+    NBL_OP("Loop", 1, .ref = k_loop, .shape = shape_loop, .stable_since = 1, .no_grad = "no rule yet",
+        .flags = NBL_OPF_VALUES),
     /* batched form, sequence_lens first */
     NBL_OP_DEF("", "Scan", 8, 8, .ref = k_scan, .shape = shape_scan, .no_grad = "no rule yet"),
     NBL_OP("Scan", 9, .ref = k_scan, .shape = shape_scan, .stable_since = 9,

@@ -292,6 +292,7 @@ void nbl_train_session_free(nbl_train_session *s) {
   for (int i = 0; s->acc && s->cut && i < s->cut->n_grads; i++) nbl_rt_tensor_free(&s->acc[i]);
   free(s->acc);
   free(s->feeds);
+  if (s->eval_outs && s->work) nbl_host_outputs_release(s->eval_outs, s->work->graph->n_outputs);
   free(s->eval_outs);
   free(s->slots);
   for (int i = 0; i < s->n_meta; i++) {
@@ -557,7 +558,7 @@ nbl_status nbl_eval_step(nbl_train_session *s, int n_inputs, const nbl_host_tens
   free(f);
   if (!st) st = nbl_engine_run(e);
   if (st) return st;
-  nbl_engine_host_outputs(e, s->eval_outs);
+  if ((st = nbl_engine_host_outputs(e, s->eval_outs))) return st;
   if (outputs) *outputs = s->eval_outs;
   return NBL_OK;
 }
