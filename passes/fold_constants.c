@@ -104,7 +104,7 @@ nbl_status nbl_fold_node(nbl_model *m, nbl_graph *g, nbl_id id, int64_t max_byte
   size_t total = 0;
   for (int o = 0; o < n_out; o++) {
     total += outs[o].nbytes;
-    if (outs[o].dtype == NBL_DT_STRING) ok = 0;
+    if (outs[o].dtype == NBL_DT_STRING || outs[o].kind != NBL_VALUE_TENSOR) ok = 0; /* (sequences are no initializers) */
   }
   if (!ok || (max_bytes >= 0 && (int64_t)total > max_bytes)) {
     *res = ok ? NBL_FOLD_TOO_BIG : NBL_FOLD_NOT_CONSTANT;

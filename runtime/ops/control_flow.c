@@ -433,7 +433,13 @@ static nbl_status shape_if(nbl_shape_ctx *c) {
   if (!t) return NBL_OK;
   for (int k = 0; k < n->n_outputs && k < t->n_outputs; k++) {
     nbl_shp a, b;
-    nbl_shp_from_type(&t->values[t->outputs[k]].type, &a);
+    const nbl_type *tt = &t->values[t->outputs[k]].type;
+    if (tt->kind == NBL_TYPE_SEQUENCE || tt->kind == NBL_TYPE_OPTIONAL) { /* the then branch's type */
+      nbl_status st = nbl_shp_set_type(c, k, tt);
+      if (st) return st;
+      continue;
+    }
+    nbl_shp_from_type(tt, &a);
     if (e && k < e->n_outputs) {
       nbl_shp_from_type(&e->values[e->outputs[k]].type, &b);
       merge_branch(&a, &b);
@@ -459,6 +465,8 @@ static void loop_seed_body(nbl_shape_ctx *c, nbl_graph *body) {
         nbl_type_copy(a, &v->type, &src->type);
         v->type.rank = -1; /* the carried shape may change from one iteration to the next */
         v->type.dims = NULL;
+      } else if (src->type.kind == NBL_TYPE_SEQUENCE || src->type.kind == NBL_TYPE_OPTIONAL) {
+        nbl_type_copy(a, &v->type, &src->type);
       }
     }
   }
@@ -475,7 +483,13 @@ static nbl_status shape_loop(nbl_shape_ctx *c) {
     int bo = k + 1;
     if (bo >= body->n_outputs) break;
     nbl_shp s;
-    nbl_shp_from_type(&body->values[body->outputs[bo]].type, &s);
+    const nbl_type *bt = &body->values[body->outputs[bo]].type;
+    if (k < ncarried && (bt->kind == NBL_TYPE_SEQUENCE || bt->kind == NBL_TYPE_OPTIONAL)) {
+      nbl_status st = nbl_shp_set_type(c, k, bt);
+      if (st) return st;
+      continue;
+    }
+    nbl_shp_from_type(bt, &s);
     if (k < ncarried) {
       nbl_shp init;
       nbl_shp_in(c, k + 2, &init);

@@ -23,6 +23,7 @@
 #include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
+#include "runtime/ops/shape.h"
 
 /* ------------------------------------------------------------------ Reshape */
 
@@ -157,12 +158,9 @@ static nbl_status k_unsqueeze(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ Concat */
 
-static nbl_status k_concat(nbl_kctx *c) {
-  if (c->n_in < 1 || !c->in[0]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "needs at least one input");
-  const nbl_rt_tensor *x0 = c->in[0];
-  const nbl_attr *aa = nbl_node_attr(c->node, "axis");
-  if (!aa && c->opset >= 4) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'axis' is missing");
-  int64_t axis_raw = aa ? aa->i : 1;
+nbl_status nbl_concat_out(nbl_kctx *c, int n_in, const nbl_rt_tensor *const *in, int64_t axis_raw) {
+  if (n_in < 1 || !in[0]) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "needs at least one input");
+  const nbl_rt_tensor *x0 = in[0];
   int r = x0->rank;
   int axis = nbl_norm_axis(axis_raw, r);
   if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld out of range for rank %d", (long long)axis_raw, r);
@@ -171,8 +169,8 @@ static nbl_status k_concat(nbl_kctx *c) {
   int64_t od[NBL_MAX_RANK];
   for (int i = 0; i < r; i++) od[i] = x0->dims[i];
   od[axis] = 0;
-  for (int k = 0; k < c->n_in; k++) {
-    const nbl_rt_tensor *x = c->in[k];
+  for (int k = 0; k < n_in; k++) {
+    const nbl_rt_tensor *x = in[k];
     if (!x) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d is missing", k);
     if (x->dtype != x0->dtype || x->rank != r)
       return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d has type %s rank %d, input 0 has %s rank %d", k,
@@ -191,8 +189,8 @@ static nbl_status k_concat(nbl_kctx *c) {
   for (int i = axis + 1; i < r; i++) inner *= od[i];
   size_t orow = (size_t)(od[axis] * inner) * es;
   size_t off = 0;
-  for (int k = 0; k < c->n_in; k++) {
-    const nbl_rt_tensor *x = c->in[k];
+  for (int k = 0; k < n_in; k++) {
+    const nbl_rt_tensor *x = in[k];
     size_t row = (size_t)(x->dims[axis] * inner) * es;
     if (row)
       for (int64_t q = 0; q < outer; q++)
@@ -200,6 +198,12 @@ static nbl_status k_concat(nbl_kctx *c) {
     off += row;
   }
   return dup_strings(c, o);
+}
+
+static nbl_status k_concat(nbl_kctx *c) {
+  const nbl_attr *aa = nbl_node_attr(c->node, "axis");
+  if (!aa && c->opset >= 4) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'axis' is missing");
+  return nbl_concat_out(c, c->n_in, c->in, aa ? aa->i : 1);
 }
 
 /* ------------------------------------------------------------------ Split */
@@ -282,25 +286,41 @@ static nbl_status k_split(nbl_kctx *c) {
       for (int i = 0; i < nout; i++) sp[i] = dim / nout;
     }
   }
-  int64_t outer = 1, inner = 1;
+  st = nbl_split_parts(c, x, axis, nout, sp, 1, NULL);
+  free(sp);
+  return st;
+}
+
+nbl_status nbl_split_parts(nbl_kctx *c, const nbl_rt_tensor *x, int axis, int n, const int64_t *sp, int keep_axis,
+                           nbl_rt_tensor *parts) {
+  size_t es = esize(c, x, "input");
+  if (!es) return NBL_ERR_UNSUPPORTED;
+  int64_t outer = 1, inner = 1, dim = x->dims[axis];
   for (int i = 0; i < axis; i++) outer *= x->dims[i];
   for (int i = axis + 1; i < x->rank; i++) inner *= x->dims[i];
   size_t irow = (size_t)(dim * inner) * es, off = 0;
-  for (int k = 0; k < nout; k++) {
+  nbl_status st = NBL_OK;
+  for (int k = 0; k < n; k++) {
     int64_t od[NBL_MAX_RANK];
-    for (int i = 0; i < x->rank; i++) od[i] = x->dims[i];
-    od[axis] = sp[k];
-    if ((st = nbl_kctx_alloc_out(c, k, x->dtype, x->rank, od))) break;
-    nbl_rt_tensor *o = nbl_kctx_out(c, k);
+    int r = 0;
+    for (int i = 0; i < x->rank; i++)
+      if (i != axis || keep_axis) od[r++] = i == axis ? sp[k] : x->dims[i];
+    nbl_rt_tensor *o;
+    if (parts) {
+      if ((st = nbl_rt_tensor_alloc(&parts[k], x->dtype, r, od))) return nbl_kerr(c, st, "%s", nbl_last_error());
+      o = &parts[k];
+    } else {
+      if ((st = nbl_kctx_alloc_out(c, k, x->dtype, r, od))) return st;
+      o = nbl_kctx_out(c, k);
+    }
     size_t row = (size_t)(sp[k] * inner) * es;
     if (row)
       for (int64_t q = 0; q < outer; q++)
         memcpy((char *)o->data + q * row, (const char *)x->data + q * irow + off, row);
     off += row;
-    if ((st = dup_strings(c, o))) break;
+    if ((st = dup_strings(c, o))) return st;
   }
-  free(sp);
-  return st;
+  return NBL_OK;
 }
 
 /* ------------------------------------------------------------------ shape rules */

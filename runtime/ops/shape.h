@@ -22,4 +22,15 @@ nbl_status nbl_slice_geometry(nbl_kctx *c, int r, const int64_t *dims, int ns, c
  * outside [-dim, dim). */
 int nbl_fetch_index(nbl_kctx *c, const nbl_rt_tensor *t, int64_t i, int64_t dim, int64_t *out);
 
+/* Concat's kernel (runtime/ops/shape.c), shared with ConcatFromSequence
+ * (runtime/ops/sequence.c): output 0 = the n_in tensors in[] joined along
+ * axis_raw (negative counts from the end), checked alike. */
+nbl_status nbl_concat_out(nbl_kctx *c, int n_in, const nbl_rt_tensor *const *in, int64_t axis_raw);
+/* Split's copy, shared with SplitToSequence: x cut along `axis` (in range)
+ * into n parts of sp[k] (summing to the axis) rows, each without that axis
+ * when keep_axis is 0 (parts of one row); into outputs 0..n-1 of c when
+ * parts is NULL, else into the new owned tensors parts[0..n). */
+nbl_status nbl_split_parts(nbl_kctx *c, const nbl_rt_tensor *x, int axis, int n, const int64_t *sp, int keep_axis,
+                           nbl_rt_tensor *parts);
+
 #endif

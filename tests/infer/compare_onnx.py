@@ -63,6 +63,9 @@ def main():
             if sym and i.name not in inits and i.type.tensor_type.shape.dim:
                 i.type.tensor_type.shape.dim[0].dim_param = sym
         for o in m.graph.output:
+            if not o.type.HasField("tensor_type"):  # a sequence or optional: its whole type
+                o.ClearField("type")  # (writing tensor_type's fields would make it a tensor)
+                continue
             o.type.tensor_type.ClearField("shape")
             o.type.tensor_type.elem_type = 0
         with tempfile.TemporaryDirectory() as tmp:
