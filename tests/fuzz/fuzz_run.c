@@ -94,6 +94,20 @@ static int64_t init_elems(const nbl_graph *g) {
   return n;
 }
 
+/* An output view must be readable: every byte of a tensor, every element
+ * of a sequence or optional (as many as it says it has). */
+static void touch(const nbl_host_tensor *o, int depth) {
+  if (o->kind != NBL_VALUE_TENSOR) {
+    if (o->n_items < 0 || (o->n_items && !o->items) || depth > 4) fuzz_fail("a bad sequence view");
+    for (int j = 0; j < o->n_items; j++) touch(&o->items[j], depth + 1);
+    return;
+  }
+  volatile unsigned char sink = 0;
+  if (o->dtype != NBL_DT_STRING)
+    for (size_t b = 0; b < o->nbytes; b++) sink ^= ((const unsigned char *)o->data)[b];
+  (void)sink;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   nbl_model *m = NULL;
   if (nbl_model_load_buffer(data, size, "fuzz.onnx", NULL, &m) != NBL_OK) return 0;
@@ -101,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (size_t i = 0; i < size; i++) seed = (seed ^ data[i]) * 1099511628211ull;
   nbl_session *s = NULL;
   nbl_host_tensor *in = NULL;
-  int n_in = 0;
+  int n_in = 0, n_alloc = 0;
   nbl_status st = NBL_OK;
   if (init_elems(m->graph) > FUZZ_MAX_INIT_ELEMS) goto done;
   nbl_session_options opt = {.threads = 1, .reference = (int)(seed & 1)};
@@ -120,6 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int n = nbl_session_input_count(s);
   in = calloc((size_t)(n ? n : 1), sizeof *in);
   if (!in) goto done;
+  n_alloc = n;
   for (; n_in < n; n_in++) {
     nbl_host_tensor *h = &in[n_in];
     if (nbl_session_input_info(s, n_in, h) != NBL_OK)
@@ -137,6 +152,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (numel > FUZZ_MAX_FEED_ELEMS) goto done;
     if (fill(h, numel, &seed) != 0) goto done;
+    if (h->kind != NBL_VALUE_TENSOR) { /* a sequence (0-3) or optional (0-1) of such tensors */
+      int k = (int)((seed >> 16) % (h->kind == NBL_VALUE_OPTIONAL ? 2 : 4));
+      nbl_host_tensor el = *h;
+      el.kind = NBL_VALUE_TENSOR;
+      el.name = NULL;
+      h->items = calloc((size_t)k + 1, sizeof *h->items);
+      if (!h->items) goto done;
+      h->n_items = k;
+      for (int j = 0; j < k; j++) {
+        h->items[j] = el;
+        h->items[j].data = malloc(el.nbytes ? el.nbytes : 1);
+        if (!h->items[j].data) goto done;
+        if (el.nbytes) memcpy(h->items[j].data, el.data, el.nbytes);
+      }
+    }
   }
   for (int run = 0; run < 2; run++) {
     const nbl_host_tensor *outs = NULL;
@@ -148,20 +178,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     }
     int n_out = nbl_session_output_count(s);
-    for (int i = 0; i < n_out; i++) {
-      const nbl_host_tensor *o = &outs[i];
-      /* the output views must be readable: touch every byte */
-      volatile unsigned char sink = 0;
-      if (o->dtype != NBL_DT_STRING)
-        for (size_t b = 0; b < o->nbytes; b++) sink ^= ((const unsigned char *)o->data)[b];
-      (void)sink;
-    }
+    for (int i = 0; i < n_out; i++) touch(&outs[i], 0);
   }
 done:
   if (getenv("NBL_FUZZ_VERBOSE")) /* replay_main: which models ran, which were refused */
     fprintf(stderr, "  %s\n", !s ? "not planned" : n_in < nbl_session_input_count(s) ? "refused"
                                : st == NBL_OK ? "ran" : nbl_last_error());
-  for (int i = 0; i < n_in; i++) free(in[i].data);
+  for (int i = 0; in && i < n_alloc; i++) {
+    free(in[i].data);
+    for (int j = 0; in[i].items && j < in[i].n_items; j++) free(in[i].items[j].data);
+    free(in[i].items);
+  }
   free(in);
   nbl_session_free(s);
   nbl_model_free(m);
