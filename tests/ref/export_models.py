@@ -21,7 +21,7 @@ import json
 import os
 import subprocess
 import sys
-
+from typing import List
 import numpy as np
 import torch
 import torchvision
@@ -65,6 +65,26 @@ def make_transformer():
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_STEPS = 500  # SGD steps of 64 images: ResNet-18 ~88%, MobileNetV2 ~85% test accuracy
 FMNIST_BATCH = 16   # test images in the exported input
+
+
+class SeqOps(torch.nn.Module):
+    """A scripted loop over the rows that appends to a list, then the list
+    concatenated and stacked, and a split by lengths: PyTorch exports it with
+    ONNX's sequence ops (SequenceEmpty, SequenceInsert in a Loop body,
+    ConcatFromSequence, SplitToSequence, SequenceAt)."""
+
+    def forward(self, x):
+        outs: List[torch.Tensor] = []
+        h = x[0]
+        for i in range(x.size(0)):
+            h = torch.tanh(h * 0.5 + x[i])
+            outs.append(h)
+        parts = torch.split(x, [1, 2], dim=1)
+        return torch.cat(outs, dim=0), torch.stack(outs, dim=1), parts[1] + 1.0
+
+
+def make_seq_script():
+    return torch.jit.script(SeqOps()), [("input", (4, 3))], 13
 
 
 def fmnist_images(x):
@@ -114,6 +134,7 @@ MODELS = {
     "mobilenet_v2": make_mobilenet_v2,
     "squeezenet1_1": make_squeezenet1_1,
     "transformer_encoder": make_transformer,
+    "seq_script": make_seq_script,
     "resnet18_fmnist": lambda: train_fmnist("resnet18"),
     "mobilenet_v2_fmnist": lambda: train_fmnist("mobilenet_v2"),
 }
