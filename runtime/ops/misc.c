@@ -1,6 +1,7 @@
 /* runtime/ops/misc.c - op family 'misc': Det, detection (NonMaxSuppression,
  * RoiAlign), GridSample with its backward op ai.nibble GridSampleGrad, and
- * TfIdfVectorizer (see kernel.h for the kernel contract).
+ * the text ops TfIdfVectorizer and StringNormalizer (see kernel.h for the
+ * kernel contract).
  *
  * These kernels are reference kernels: inputs are converted to double, the
  * computation runs in double and the result is converted back to the output's
@@ -858,6 +859,65 @@ static nbl_status gridsample_down(nbl_adapt_ctx *c) {
   return gridsample_rename(c, "cubic", "bicubic", "");
 }
 
+/* ------------------------------------------------------------------ StringNormalizer */
+
+/* 1 if string s is one of the stopwords (case-insensitive: ASCII letters
+ * compared without case, as strcasecmp in the C locale). */
+static int is_stopword(const nbl_attr *sw, const char *s, int sensitive) {
+  for (int i = 0; sw && i < sw->n; i++)
+    if (sw->strings[i] && (sensitive ? strcmp(sw->strings[i], s) : strcasecmp(sw->strings[i], s)) == 0) return 1;
+  return 0;
+}
+
+/* StringNormalizer (opset 10): X [C] or [1, C] strings; the stopwords taken
+ * out, then ASCII letters lowered or raised (case_change_action LOWER /
+ * UPPER; NONE keeps them; other bytes, UTF-8 sequences included, as they
+ * are: locale is not read). Y has X's rank with C' columns; when every
+ * string is taken out, Y is [1] (or [1, 1]) holding "" (ONNX's rule). */
+static nbl_status k_strnorm(nbl_kctx *c) {
+  const nbl_rt_tensor *X = c->in[0];
+  if (!X || X->dtype != NBL_DT_STRING)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X must be a tensor of strings");
+  if (!(X->rank == 1 || (X->rank == 2 && X->dims[0] == 1)))
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "X must have shape [C] or [1, C], has rank %d", X->rank);
+  const char *act = nbl_attr_string(c->node, "case_change_action", "NONE");
+  int mode = !strcmp(act, "LOWER") ? 1 : !strcmp(act, "UPPER") ? 2 : !strcmp(act, "NONE") ? 0 : -1;
+  if (mode < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "case_change_action '%s' is not LOWER, UPPER or NONE", act);
+  const int sensitive = nbl_attr_int(c->node, "is_case_sensitive", 0) != 0;
+  const nbl_attr *sw = nbl_node_attr(c->node, "stopwords");
+  if (sw && sw->type != NBL_ATTR_STRINGS) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "stopwords must be strings");
+  char *const *xs = X->data;
+  int64_t kept = 0;
+  for (int64_t i = 0; i < X->numel; i++) kept += !is_stopword(sw, xs[i] ? xs[i] : "", sensitive);
+  int64_t od[2] = {1, kept ? kept : 1};
+  nbl_status st = X->rank == 1 ? nbl_kctx_alloc_out(c, 0, NBL_DT_STRING, 1, od + 1)
+                               : nbl_kctx_alloc_out(c, 0, NBL_DT_STRING, 2, od);
+  if (st) return st;
+  char **ys = nbl_kctx_out(c, 0)->data;
+  int64_t k = 0;
+  for (int64_t i = 0; i < X->numel && kept; i++) {
+    const char *s = xs[i] ? xs[i] : "";
+    if (is_stopword(sw, s, sensitive)) continue;
+    if (!(ys[k] = strdup(s))) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (char *p = ys[k]; *p && mode; p++)
+      if (mode == 1 && *p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+      else if (mode == 2 && *p >= 'a' && *p <= 'z') *p = (char)(*p - 'a' + 'A');
+    k++;
+  }
+  if (!kept && !(ys[0] = strdup(""))) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  return NBL_OK;
+}
+
+/* Y: X's rank and element type, the columns unknown (they depend on the values). */
+static nbl_status shape_strnorm(nbl_shape_ctx *c) {
+  nbl_shp x;
+  nbl_shp_in(c, 0, &x);
+  if (x.rank >= 1) x.d[x.rank - 1] = nbl_dim_unk();
+  if (x.rank == 2) x.d[0] = nbl_dim_val(1);
+  x.dt = NBL_DT_STRING;
+  return nbl_shp_set(c, 0, &x);
+}
+
 /* RoiAlign: coordinate_transformation_mode came in opset 16 with the default
  * half_pixel; before, the pixel shift was output_half_pixel. */
 static nbl_status roialign_up(nbl_adapt_ctx *c) {
@@ -894,5 +954,7 @@ const nbl_op_def nbl_ops_misc[] = {
         .adapters = roialign_steps, .no_grad = "no rule yet"),
     NBL_OP("TfIdfVectorizer", 9, .ref = k_tfidf, .shape = shape_tfidf, .stable_since = 9,
         .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP("StringNormalizer", 10, .ref = k_strnorm, .shape = shape_strnorm, .stable_since = 10,
+        .no_grad = "string output"),
 };
 const size_t nbl_ops_misc_count = sizeof nbl_ops_misc / sizeof nbl_ops_misc[0];

@@ -627,8 +627,76 @@ START_TEST(test_tfidf_hand) {
 }
 END_TEST
 
-/* ------------------------------------------------------------------ edge inputs */
+/* ------------------------------------------------------------------ StringNormalizer */
 
+/* StringNormalizer on x (rank 1, or [1, n] when two_d) with the given
+ * attributes; returns the run's status, o kept for its output. */
+static nbl_status strnorm(one **o, const char **x, int n, int two_d, const char *action, int sensitive,
+                          const char **stop, int n_stop) {
+  *o = one_new("StringNormalizer", 10, 1, 1);
+  nbl_graph *g = G(*o);
+  if (action) nbl_node_set_attr_string(g, (*o)->node, "case_change_action", action);
+  nbl_node_set_attr_int(g, (*o)->node, "is_case_sensitive", sensitive);
+  if (n_stop) { /* stopwords: a STRINGS attribute */
+    nbl_node *nd = &g->nodes[(*o)->node];
+    nbl_attr *at = nbl_arena_alloc((*o)->m->arena, sizeof(nbl_attr) * (size_t)(nd->n_attrs + 1));
+    memcpy(at, nd->attrs, sizeof(nbl_attr) * (size_t)nd->n_attrs);
+    memset(&at[nd->n_attrs], 0, sizeof *at);
+    at[nd->n_attrs].name = "stopwords";
+    at[nd->n_attrs].type = NBL_ATTR_STRINGS;
+    at[nd->n_attrs].n = n_stop;
+    at[nd->n_attrs].strings = (char **)stop;
+    nd->attrs = at;
+    nd->n_attrs++;
+  }
+  int64_t d[2] = {1, n};
+  one_in(*o, 0, NBL_DT_STRING, two_d ? 2 : 1, two_d ? d : d + 1, x);
+  return one_run(*o, 1);
+}
+
+static void expect_strings(const nbl_host_tensor *y, int rank, const int64_t *dims, const char **want, int n) {
+  ck_assert_int_eq(y->dtype, NBL_DT_STRING);
+  ck_assert_int_eq(y->rank, rank);
+  for (int i = 0; i < rank; i++) ck_assert_int_eq(y->dims[i], dims[i]);
+  for (int i = 0; i < n; i++) ck_assert_str_eq(((char *const *)y->data)[i], want[i]);
+}
+
+START_TEST(test_strnorm_hand) {
+  /* case-insensitive stopwords ("the" takes "The" and "THE"), then LOWER;
+   * UTF-8 bytes (U+00C4 "\xc3\x84") kept as they are */
+  const char *x[5] = {"The", "Caf\xc3\x84", "THE", "Zoo", "the9"}, *stop[1] = {"the"};
+  one *o;
+  ck_assert_int_eq(strnorm(&o, x, 5, 0, "LOWER", 0, stop, 1), NBL_OK);
+  const char *w1[3] = {"caf\xc3\x84", "zoo", "the9"};
+  const int64_t d3[1] = {3}, d13[2] = {1, 3}, d11[2] = {1, 1};
+  expect_strings(&o->out[0], 1, d3, w1, 3);
+  one_free(o);
+  /* case-sensitive: only "the" is a stopword; UPPER; [1, 5] stays two-dimensional */
+  const char *x2[5] = {"the", "The", "a-b", "the", "Zz"};
+  ck_assert_int_eq(strnorm(&o, x2, 5, 1, "UPPER", 1, stop, 1), NBL_OK);
+  const char *w2[3] = {"THE", "A-B", "ZZ"};
+  expect_strings(&o->out[0], 2, d13, w2, 3);
+  one_free(o);
+  /* everything a stopword: [1, 1] holding "" (ONNX's rule for an empty result) */
+  const char *x3[2] = {"THE", "tHe"};
+  ck_assert_int_eq(strnorm(&o, x3, 2, 1, NULL, 0, stop, 1), NBL_OK);
+  const char *w3[1] = {""};
+  expect_strings(&o->out[0], 2, d11, w3, 1);
+  one_free(o);
+  /* a bad action, and a rank-2 input of two rows: errors naming the node */
+  ck_assert_int_eq(strnorm(&o, x, 5, 0, "TITLE", 0, NULL, 0), NBL_ERR_INVALID_MODEL);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "case_change_action 'TITLE'"));
+  one_free(o);
+  o = one_new("StringNormalizer", 10, 1, 1);
+  const int64_t d22[2] = {2, 2};
+  one_in(o, 0, NBL_DT_STRING, 2, d22, x);
+  ck_assert_int_eq(one_run(o, 1), NBL_ERR_INVALID_MODEL);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "shape [C] or [1, C]"));
+  one_free(o);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ edge inputs */
 START_TEST(test_edge_inputs) {
   /* RoiAlign on an empty image: nothing to sample, zeros (no out-of-bounds read) */
   float roi[4] = {0, 0, 3, 3}, dummy[1] = {0};
@@ -683,6 +751,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_gridsample_hand);
   tcase_add_test(tc, test_roialign_hand);
   tcase_add_test(tc, test_tfidf_hand);
+  tcase_add_test(tc, test_strnorm_hand);
   tcase_add_test(tc, test_edge_inputs);
   suite_add_tcase(s, tc);
   return s;
