@@ -18,6 +18,14 @@ nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, n
 /* Write t as one serialized TensorProto (raw_data form). */
 nbl_status nbl_tensor_save_pb(const nbl_tensor *t, const char *path);
 
+/* t as one serialized TensorProto (raw_data form) in a malloc'd buffer
+ * *data of *len bytes (the caller frees it). `what` starts messages. */
+nbl_status nbl_tensor_pack_pb(const nbl_tensor *t, const char *what, uint8_t **data,
+                              size_t *len);
+
+/* Write n bytes to a new file `path` (replacing it); errors name the path. */
+nbl_status nbl_bytes_save(const void *data, size_t n, const char *path);
+
 /* A NumPy .npy file (v1-v3, little-endian, C order, numbers and bool) from
  * memory: the header in arena `a`, the data copied into a new buffer, name
  * "". `what` names the source in messages (parser/tensor_file.c). */
