@@ -527,6 +527,26 @@ static nbl_status parse_value(const uint8_t *b, size_t len, nbl_value_kind kind,
   return st;
 }
 
+nbl_status nbl_value_parse(const void *data, size_t len, nbl_value_kind kind, const char *what,
+                           nbl_host_tensor *out) {
+  if (!out || (!data && len))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_value_parse: NULL argument");
+  if (!what) what = "<value>";
+  memset(out, 0, sizeof *out);
+  if (kind != NBL_VALUE_SEQUENCE && kind != NBL_VALUE_OPTIONAL)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: value kind %d is not a sequence or optional",
+                      what, (int)kind);
+  nbl_status st;
+  if (len >= 6 && memcmp(data, "\x93NUMPY", 6) == 0)
+    st = nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: a .npy file holds a tensor, not the %s expected here "
+                    "(a serialized %s)", what, kind == NBL_VALUE_SEQUENCE ? "sequence" : "optional",
+                    kind_word(kind));
+  else
+    st = parse_value(data, len, kind, 0, what, out);
+  if (st != NBL_OK) nbl_host_tensor_free(out);
+  return st;
+}
+
 nbl_status nbl_value_read(const char *path, nbl_value_kind kind, nbl_host_tensor *out) {
   if (!path || !out) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_value_read: NULL argument");
   if (kind == NBL_VALUE_TENSOR) return nbl_tensor_read(path, out);
@@ -537,14 +557,8 @@ nbl_status nbl_value_read(const char *path, nbl_value_kind kind, nbl_host_tensor
   size_t len = 0;
   nbl_status st = read_all(path, &data, &len);
   if (st != NBL_OK) return st;
-  if (len >= 6 && memcmp(data, "\x93NUMPY", 6) == 0)
-    st = nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: a .npy file holds a tensor, not the %s expected here "
-                    "(a serialized %s)", path, kind == NBL_VALUE_SEQUENCE ? "sequence" : "optional",
-                    kind_word(kind));
-  else
-    st = parse_value(data, len, kind, 0, path, out);
+  st = nbl_value_parse(data, len, kind, path, out);
   free(data);
-  if (st != NBL_OK) nbl_host_tensor_free(out);
   return st;
 }
 
@@ -639,6 +653,25 @@ static nbl_status pack_value(const nbl_host_tensor *h, const char *name, int dep
   return NBL_OK;
 }
 
+nbl_status nbl_value_pack(const nbl_host_tensor *h, const char *what, uint8_t **data, size_t *len) {
+  if (!h || !data || !len)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_value_pack: NULL argument");
+  if (!what) what = "<value>";
+  *data = NULL;
+  *len = 0;
+  pb_buf b = {0};
+  nbl_status st = pack_value(h, h->name, 0, what, &b);
+  if (st == NBL_OK && b.oom) st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+  if (st != NBL_OK) {
+    free(b.p);
+    return st;
+  }
+  if (!b.p && !(b.p = malloc(1))) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+  *data = b.p;
+  *len = b.n;
+  return NBL_OK;
+}
+
 nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *h) {
   if (!path || !h) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "nbl_tensor_write: NULL argument");
   if (h->kind != NBL_VALUE_TENSOR) {
@@ -649,11 +682,11 @@ nbl_status nbl_tensor_write(const char *path, const nbl_host_tensor *h) {
       return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: '%s' is a %s, which .npy cannot hold: it is "
                         "written as a .pb file (%s)", path, h->name ? h->name : "", word,
                         h->kind == NBL_VALUE_SEQUENCE ? "SequenceProto" : "OptionalProto");
-    pb_buf b = {0};
-    nbl_status st = pack_value(h, h->name, 0, path, &b);
-    if (st == NBL_OK && b.oom) st = nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-    if (st == NBL_OK) st = nbl_bytes_save(b.p, b.n, path);
-    free(b.p);
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    nbl_status st = nbl_value_pack(h, path, &buf, &n);
+    if (st == NBL_OK) st = nbl_bytes_save(buf, n, path);
+    free(buf);
     return st;
   }
   nbl_tensor t;
