@@ -666,7 +666,8 @@ nbl_status nbl_value_pack(const nbl_host_tensor *h, const char *what, uint8_t **
     free(b.p);
     return st;
   }
-  if (!b.p && !(b.p = malloc(1))) return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+  if (!b.p && !(b.p = malloc(1)))
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
   *data = b.p;
   *len = b.n;
   return NBL_OK;

@@ -153,6 +153,10 @@ static void usage(FILE *f) {
              "for [N,C] outputs.\n");
 }
 
+static const char *kind_name(nbl_value_kind k) {
+  return k == NBL_VALUE_SEQUENCE ? "sequence" : k == NBL_VALUE_OPTIONAL ? "optional" : "tensor";
+}
+
 /* Rows for output tb of B against ta of A: float tensors of as many
  * elements get a row; sequences and optionals of as many elements a row per
  * float tensor element ("name[i]"); anything else a line saying why not. */
@@ -161,9 +165,7 @@ static void output_rows(cmp_ctx *c, const nbl_host_tensor *ta, const nbl_host_te
   if (ta->kind != tb->kind || ta->n_items != tb->n_items || depth > 8) {
     if (c->csv) return;
     fprintf(c->out, "%-9s %s: not compared (A has a %s of %d elements, B a %s of %d)\n", "output",
-            name, ta->kind == NBL_VALUE_TENSOR ? "tensor" : ta->kind == NBL_VALUE_SEQUENCE ? "sequence" : "optional",
-            ta->n_items, tb->kind == NBL_VALUE_TENSOR ? "tensor" : tb->kind == NBL_VALUE_SEQUENCE ? "sequence" : "optional",
-            tb->n_items);
+            name, kind_name(ta->kind), ta->n_items, kind_name(tb->kind), tb->n_items);
     return;
   }
   if (ta->kind != NBL_VALUE_TENSOR) {
@@ -197,7 +199,8 @@ static void output_rows(cmp_ctx *c, const nbl_host_tensor *ta, const nbl_host_te
 static int input_kind(const nbl_session *s, const char *name) {
   for (int k = 0; k < nbl_session_input_count(s); k++) {
     nbl_host_tensor info;
-    if (!strcmp(nbl_session_input_name(s, k), name) && nbl_session_input_info(s, k, &info) == NBL_OK)
+    if (!strcmp(nbl_session_input_name(s, k), name) &&
+        nbl_session_input_info(s, k, &info) == NBL_OK)
       return (int)info.kind;
   }
   return -1;
@@ -321,8 +324,8 @@ int nbl_cmd_compare(int argc, char **argv) {
     const char *name = ins[i].name;
     int kind = input_kind(sa, name);
     if (kind < 0) kind = input_kind(sb, name);
-    if (nbl_value_read(strchr(specs[i], '=') + 1, kind < 0 ? NBL_VALUE_TENSOR : (nbl_value_kind)kind,
-                       &ins[i]) != NBL_OK) {
+    nbl_value_kind vk = kind < 0 ? NBL_VALUE_TENSOR : (nbl_value_kind)kind;
+    if (nbl_value_read(strchr(specs[i], '=') + 1, vk, &ins[i]) != NBL_OK) {
       fprintf(stderr, "nibble compare: %s\n", nbl_last_error());
       free((void *)name);
       rc = 2;

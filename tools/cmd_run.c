@@ -170,7 +170,8 @@ static nbl_value_kind input_kind(const nbl_session *s, const char *name, size_t 
   for (int k = 0; k < nbl_session_input_count(s); k++) {
     const char *nm = nbl_session_input_name(s, k);
     nbl_host_tensor info;
-    if (strlen(nm) == len && strncmp(nm, name, len) == 0 && nbl_session_input_info(s, k, &info) == NBL_OK)
+    if (strlen(nm) == len && strncmp(nm, name, len) == 0 &&
+        nbl_session_input_info(s, k, &info) == NBL_OK)
       return info.kind;
   }
   return NBL_VALUE_TENSOR;
@@ -675,7 +676,8 @@ static int compare_tensor(const nbl_host_tensor *got, const nbl_host_tensor *exp
 static int compare_value(const nbl_host_tensor *got, const nbl_host_tensor *exp, const char *label,
                          double rtol, double atol, int values, char *why, size_t cap, int depth) {
   if (got->kind != exp->kind) {
-    snprintf(why, cap, "%s: a %s, expected a %s", label, kind_name(got->kind), kind_name(exp->kind));
+    snprintf(why, cap, "%s: a %s, expected a %s", label, kind_name(got->kind),
+             kind_name(exp->kind));
     return 0;
   }
   if (got->kind == NBL_VALUE_TENSOR)
@@ -800,7 +802,8 @@ static int run_test(const char *dir, int reference, double rtol, double atol, in
       }
       for (int i = 0; i < n_out; i++) {
         char w[1024];
-        if (outs[i].kind == exps[i].kind) bf16_patch(&exps[i], outs[i].dtype, 0); /* bit patterns, as above */
+        if (outs[i].kind == exps[i].kind) /* bit patterns, as above */
+          bf16_patch(&exps[i], outs[i].dtype, 0);
         if (!compare(&outs[i], &exps[i], rtol, atol, values, w, sizeof w)) {
           snprintf(why, cap, "%s: %s%s", sets[k], pass ? "second run (planned arena): " : "", w);
           goto done;
