@@ -397,11 +397,16 @@ static int pb_next(pb_reader *r, uint32_t *field, int *wt, const uint8_t **sub, 
   }
 }
 
-/* Append an empty item to h->items; returns it (NULL: out of memory). */
+/* Append an empty item to h->items (grown to the next power of two when
+ * full); returns it (NULL: out of memory). */
 static nbl_host_tensor *add_item(nbl_host_tensor *h) {
-  if (h->n_items == INT32_MAX) return NULL;
-  nbl_host_tensor *v = realloc(h->items, sizeof *v * (size_t)(h->n_items + 1));
-  if (!v) return NULL;
+  int n = h->n_items;
+  if (n >= (1 << 30)) return NULL;
+  nbl_host_tensor *v = h->items;
+  if ((n & (n - 1)) == 0) { /* 0, 1, 2, 4, ...: full */
+    v = realloc(h->items, sizeof *v * (size_t)(n ? 2 * n : 1));
+    if (!v) return NULL;
+  }
   h->items = v;
   memset(&v[h->n_items], 0, sizeof *v);
   return &v[h->n_items++];

@@ -108,6 +108,24 @@ START_TEST(test_sequence_roundtrip) {
     ck_assert_ptr_null(got.items);
     ck_assert_int_eq(got.n_items, 0);
   }
+  /* many elements (the items array grows as they come) */
+  {
+    static int64_t vals[100];
+    nbl_host_tensor many[100];
+    for (int i = 0; i < 100; i++) {
+      vals[i] = 1000 + i;
+      many[i] = view(NBL_DT_INT64, 0, NULL, &vals[i], sizeof vals[i]);
+    }
+    nbl_host_tensor seq = {.kind = NBL_VALUE_SEQUENCE, .dtype = NBL_DT_INT64, .n_items = 100,
+                           .items = many};
+    tmp_path(path, sizeof path, "many.pb");
+    ck_assert_int_eq(nbl_tensor_write(path, &seq), NBL_OK);
+    nbl_host_tensor got;
+    ck_assert_int_eq(nbl_value_read(path, NBL_VALUE_SEQUENCE, &got), NBL_OK);
+    ck_assert_int_eq(got.n_items, 100);
+    for (int i = 0; i < 100; i++) assert_same_tensor(&many[i], &got.items[i]);
+    nbl_host_tensor_free(&got);
+  }
   /* strings too (each element's strings are copies, freed with the items) */
   char *sa[2] = {"a", "bc"}, *sb[1] = {""};
   const int64_t d2[] = {2};
