@@ -292,6 +292,10 @@ const char *nbl_session_input_name(const nbl_session *s, int i);
 nbl_status nbl_session_input_info(const nbl_session *s, int i, nbl_host_tensor *info);
 int nbl_session_output_count(const nbl_session *s);
 const char *nbl_session_output_name(const nbl_session *s, int i);
+/* The declared type of output i, written to *info as nbl_session_input_info
+ * writes an input's (kind, element type, rank -1 when unknown or not a tensor,
+ * dims -1 when unknown). */
+nbl_status nbl_session_output_info(const nbl_session *s, int i, nbl_host_tensor *info);
 
 /* Run once. `inputs` are matched by name (every feed must be given; an input
  * with an initializer may be overridden); their data is read, not kept, and

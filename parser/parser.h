@@ -6,6 +6,7 @@
 #define NBL_PARSER_H
 
 #include "ir/ir.h"
+#include "nibble.h"
 
 /* One serialized TensorProto (the ONNX test-data .pb format) from memory.
  * The tensor header is allocated in arena `a`; its payload is a new buffer
@@ -18,6 +19,14 @@ nbl_status nbl_tensor_parse_pb(const void *data, size_t len, const char *what, n
 /* Write t as one serialized TensorProto (raw_data form). */
 nbl_status nbl_tensor_save_pb(const nbl_tensor *t, const char *path);
 
+/* t as one serialized TensorProto (raw_data form) in a malloc'd buffer
+ * *data of *len bytes (the caller frees it). `what` starts messages. */
+nbl_status nbl_tensor_pack_pb(const nbl_tensor *t, const char *what, uint8_t **data,
+                              size_t *len);
+
+/* Write n bytes to a new file `path` (replacing it); errors name the path. */
+nbl_status nbl_bytes_save(const void *data, size_t n, const char *path);
+
 /* A NumPy .npy file (v1-v3, little-endian, C order, numbers and bool) from
  * memory: the header in arena `a`, the data copied into a new buffer, name
  * "". `what` names the source in messages (parser/tensor_file.c). */
@@ -27,6 +36,16 @@ nbl_status nbl_tensor_parse_npy(const void *data, size_t len, const char *what, 
 /* Write t as a .npy file (version 1, header padded to 64 bytes as NumPy
  * does); STRING, INT4 and other types NumPy lacks are NBL_ERR_UNSUPPORTED. */
 nbl_status nbl_tensor_save_npy(const nbl_tensor *t, const char *path);
+
+/* A serialized SequenceProto (kind NBL_VALUE_SEQUENCE) or OptionalProto
+ * (NBL_VALUE_OPTIONAL) from memory into *out, as nbl_value_read reads a
+ * file (malloc'd items, nbl_host_tensor_free). `what` starts messages. */
+nbl_status nbl_value_parse(const void *data, size_t len, nbl_value_kind kind, const char *what,
+                           nbl_host_tensor *out);
+
+/* Sequence or optional h serialized as nbl_tensor_write writes it, into a
+ * malloc'd buffer *data of *len bytes (the caller frees it). */
+nbl_status nbl_value_pack(const nbl_host_tensor *h, const char *what, uint8_t **data, size_t *len);
 
 /* Read a tensor file (a regular file or a pipe): .npy when it starts with
  * the NumPy magic, otherwise a serialized TensorProto. Same ownership as

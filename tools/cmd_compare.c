@@ -46,7 +46,10 @@ static saved *find_saved(cmp_ctx *c, const char *name) {
 /* on_value for model A: keep a copy of every float tensor. */
 static void keep_value(void *user, const nbl_host_tensor *t) {
   cmp_ctx *c = user;
-  if (t->dtype != NBL_DT_FLOAT || !t->name || c->failed || find_saved(c, t->name)) return;
+  /* sequences and optionals are left out (their elements are unnamed) */
+  if (t->kind != NBL_VALUE_TENSOR || t->dtype != NBL_DT_FLOAT || !t->name || c->failed ||
+      find_saved(c, t->name))
+    return;
   if (c->n == c->cap) {
     int cap = c->cap ? c->cap * 2 : 64;
     saved *v = realloc(c->v, sizeof *v * (size_t)cap);
@@ -127,7 +130,7 @@ static int quant_source(const char *name, char *out, size_t cap) {
 /* on_value for model B: compare with A. */
 static void compare_value(void *user, const nbl_host_tensor *t) {
   cmp_ctx *c = user;
-  if (t->dtype != NBL_DT_FLOAT || !t->name) return;
+  if (t->kind != NBL_VALUE_TENSOR || t->dtype != NBL_DT_FLOAT || !t->name) return;
   int64_t n = host_numel(t);
   char src[512];
   saved *s = NULL;
@@ -148,6 +151,59 @@ static void usage(FILE *f) {
              "Runs both models on the same inputs; per output, quantized tensor and value\n"
              "present in both: max abs error and SQNR (dB) of B against A, top-1 agreement\n"
              "for [N,C] outputs.\n");
+}
+
+static const char *kind_name(nbl_value_kind k) {
+  return k == NBL_VALUE_SEQUENCE ? "sequence" : k == NBL_VALUE_OPTIONAL ? "optional" : "tensor";
+}
+
+/* Rows for output tb of B against ta of A: float tensors of as many
+ * elements get a row; sequences and optionals of as many elements a row per
+ * float tensor element ("name[i]"); anything else a line saying why not. */
+static void output_rows(cmp_ctx *c, const nbl_host_tensor *ta, const nbl_host_tensor *tb,
+                        const char *name, int depth) {
+  if (ta->kind != tb->kind || ta->n_items != tb->n_items || depth > 8) {
+    if (c->csv) return;
+    fprintf(c->out, "%-9s %s: not compared (A has a %s of %d elements, B a %s of %d)\n", "output",
+            name, kind_name(ta->kind), ta->n_items, kind_name(tb->kind), tb->n_items);
+    return;
+  }
+  if (ta->kind != NBL_VALUE_TENSOR) {
+    for (int i = 0; ta->items && tb->items && i < ta->n_items; i++) {
+      char nm[600];
+      snprintf(nm, sizeof nm, "%s[%d]", name, i);
+      output_rows(c, &ta->items[i], &tb->items[i], nm, depth + 1);
+    }
+    return;
+  }
+  if (ta->dtype != NBL_DT_FLOAT || tb->dtype != NBL_DT_FLOAT || host_numel(ta) != host_numel(tb))
+    return;
+  double top1 = -1;
+  if (ta->rank == 2 && ta->dims[1] > 1 && ta->dims[0] > 0) {
+    int64_t N = ta->dims[0], C = ta->dims[1], same = 0;
+    const float *a = ta->data, *b = tb->data;
+    for (int64_t r = 0; r < N; r++) {
+      int64_t ia = 0, ib = 0;
+      for (int64_t k = 1; k < C; k++) {
+        if (a[r * C + k] > a[r * C + ia]) ia = k;
+        if (b[r * C + k] > b[r * C + ib]) ib = k;
+      }
+      same += ia == ib;
+    }
+    top1 = (double)same / (double)N;
+  }
+  print_row(c, "output", name, name, ta->data, tb->data, host_numel(ta), top1);
+}
+
+/* The declared kind of the input named `name` of s, or -1 if s has none. */
+static int input_kind(const nbl_session *s, const char *name) {
+  for (int k = 0; k < nbl_session_input_count(s); k++) {
+    nbl_host_tensor info;
+    if (!strcmp(nbl_session_input_name(s, k), name) &&
+        nbl_session_input_info(s, k, &info) == NBL_OK)
+      return (int)info.kind;
+  }
+  return -1;
 }
 
 /* The last error, prefixed with the model's path unless it already names it. */
@@ -251,14 +307,9 @@ int nbl_cmd_compare(int argc, char **argv) {
       fprintf(stderr, "nibble compare: --input expects NAME=FILE, got '%s'\n", specs[i]);
       goto out;
     }
-    if (nbl_tensor_read(eq + 1, &ins[i]) != NBL_OK) {
-      fprintf(stderr, "nibble compare: %s\n", nbl_last_error());
-      goto out;
-    }
-    free((void *)ins[i].name);
     ins[i].name = strndup(specs[i], (size_t)(eq - specs[i]));
+    if (!ins[i].name) goto out;
   }
-  for (int i = 0; i < n_in; i++) keep_value(&c, &ins[i]); /* graph inputs are quantized too */
   const nbl_host_tensor *oa = NULL, *ob = NULL;
   nbl_session_options so = {.threads = threads, .reference = reference, .on_value = keep_value,
                             .user = &c};
@@ -267,6 +318,23 @@ int nbl_cmd_compare(int argc, char **argv) {
   sob.on_value = compare_value;
   rc = open_model(pa, &ma, &sa, &so, n_in, ins);
   if (!rc) rc = open_model(pb, &mb, &sb, &sob, n_in, ins);
+  if (rc) goto out;
+  /* the files, read as the kind of value (tensor, sequence, optional) the models declare */
+  for (int i = 0; i < n_in; i++) {
+    const char *name = ins[i].name;
+    int kind = input_kind(sa, name);
+    if (kind < 0) kind = input_kind(sb, name);
+    nbl_value_kind vk = kind < 0 ? NBL_VALUE_TENSOR : (nbl_value_kind)kind;
+    if (nbl_value_read(strchr(specs[i], '=') + 1, vk, &ins[i]) != NBL_OK) {
+      fprintf(stderr, "nibble compare: %s\n", nbl_last_error());
+      free((void *)name);
+      rc = 2;
+      goto out;
+    }
+    free((void *)ins[i].name);
+    ins[i].name = name;
+  }
+  for (int i = 0; i < n_in; i++) keep_value(&c, &ins[i]); /* graph inputs are quantized too */
   if (!rc) rc = run_model(pa, sa, n_in, ins, &oa);
   if (rc) goto out;
   if (c.failed) {
@@ -287,30 +355,9 @@ int nbl_cmd_compare(int argc, char **argv) {
   c.a = sa;
   rc = run_model(pb, sb, n_in, ins, &ob);
   if (rc) goto out;
-  for (int i = 0; i < nbl_session_output_count(sb); i++) {
-    const nbl_host_tensor *tb = &ob[i];
-    for (int j = 0; j < nbl_session_output_count(sa); j++) {
-      const nbl_host_tensor *ta = &oa[j];
-      if (strcmp(ta->name, tb->name) || ta->dtype != NBL_DT_FLOAT || tb->dtype != NBL_DT_FLOAT ||
-          host_numel(ta) != host_numel(tb))
-        continue;
-      double top1 = -1;
-      if (ta->rank == 2 && ta->dims[1] > 1 && ta->dims[0] > 0) {
-        int64_t N = ta->dims[0], C = ta->dims[1], same = 0;
-        const float *a = ta->data, *b = tb->data;
-        for (int64_t r = 0; r < N; r++) {
-          int64_t ia = 0, ib = 0;
-          for (int64_t k = 1; k < C; k++) {
-            if (a[r * C + k] > a[r * C + ia]) ia = k;
-            if (b[r * C + k] > b[r * C + ib]) ib = k;
-          }
-          same += ia == ib;
-        }
-        top1 = (double)same / (double)N;
-      }
-      print_row(&c, "output", tb->name, ta->name, ta->data, tb->data, host_numel(ta), top1);
-    }
-  }
+  for (int i = 0; i < nbl_session_output_count(sb); i++)
+    for (int j = 0; j < nbl_session_output_count(sa); j++)
+      if (!strcmp(oa[j].name, ob[i].name)) output_rows(&c, &oa[j], &ob[i], ob[i].name, 0);
   rc = 0;
 out:
   if (c.out) {

@@ -98,8 +98,33 @@ static void print_shape(FILE *f, const nbl_host_tensor *t) {
   fputc(']', f);
 }
 
-static void print_summary(FILE *f, const nbl_host_tensor *t) {
-  fprintf(f, "%s: %s ", t->name ? t->name : "?", nbl_dtype_name(t->dtype));
+static const char *kind_name(nbl_value_kind k) {
+  return k == NBL_VALUE_SEQUENCE ? "sequence" : k == NBL_VALUE_OPTIONAL ? "optional" : "tensor";
+}
+
+/* One line per tensor: "label: type [shape] [first values]"; a sequence or
+ * an optional as a heading line with its elements below, indented. */
+static void print_value(FILE *f, const nbl_host_tensor *t, const char *label, int indent,
+                        int depth) {
+  fprintf(f, "%*s%s: ", indent, "", label);
+  if (t->kind != NBL_VALUE_TENSOR) {
+    if (t->kind == NBL_VALUE_OPTIONAL && t->n_items == 0) {
+      fprintf(f, "optional: empty\n");
+      return;
+    }
+    if (t->kind == NBL_VALUE_OPTIONAL)
+      fprintf(f, "optional holding a %s\n", t->items ? kind_name(t->items[0].kind) : "?");
+    else
+      fprintf(f, "sequence of %d %s tensor%s\n", t->n_items, nbl_dtype_name(t->dtype),
+              t->n_items == 1 ? "" : "s");
+    for (int i = 0; t->items && i < t->n_items && depth < 8; i++) {
+      char l[32];
+      snprintf(l, sizeof l, "[%d]", i);
+      print_value(f, &t->items[i], l, indent + 2, depth + 1);
+    }
+    return;
+  }
+  fprintf(f, "%s ", nbl_dtype_name(t->dtype));
   print_shape(f, t);
   int64_t n = numel(t);
   fprintf(f, " [");
@@ -112,6 +137,10 @@ static void print_summary(FILE *f, const nbl_host_tensor *t) {
   fprintf(f, "%s]\n", n > 8 ? ", ..." : "");
 }
 
+static void print_summary(FILE *f, const nbl_host_tensor *t) {
+  print_value(f, t, t->name ? t->name : "?", 0, 0);
+}
+
 /* A file name for a tensor name ("a/b:0" -> "a_b_0"). */
 static void safe_name(const char *name, char *out, size_t cap) {
   size_t k = 0;
@@ -120,16 +149,32 @@ static void safe_name(const char *name, char *out, size_t cap) {
   out[k] = 0;
 }
 
+/* Write value t into dir as NAME.npy, or NAME.pb (a TensorProto) when .npy
+ * cannot hold its type; a sequence or optional always as NAME.pb (a
+ * SequenceProto / OptionalProto: .npy cannot hold one). */
 static nbl_status write_tensor(const char *dir, const nbl_host_tensor *t) {
   char base[512], path[4096];
   safe_name(t->name, base, sizeof base);
-  snprintf(path, sizeof path, "%s/%s.npy", dir, base);
+  snprintf(path, sizeof path, "%s/%s.%s", dir, base, t->kind == NBL_VALUE_TENSOR ? "npy" : "pb");
   nbl_status st = nbl_tensor_write(path, t);
-  if (st == NBL_ERR_UNSUPPORTED) { /* not representable in .npy: TensorProto */
+  if (st == NBL_ERR_UNSUPPORTED && t->kind == NBL_VALUE_TENSOR) { /* not representable in .npy */
     snprintf(path, sizeof path, "%s/%s.pb", dir, base);
     st = nbl_tensor_write(path, t);
   }
   return st;
+}
+
+/* The declared kind of the session input named `name` (a tensor when it
+ * has none of that name: the run then names the unknown input). */
+static nbl_value_kind input_kind(const nbl_session *s, const char *name, size_t len) {
+  for (int k = 0; k < nbl_session_input_count(s); k++) {
+    const char *nm = nbl_session_input_name(s, k);
+    nbl_host_tensor info;
+    if (strlen(nm) == len && strncmp(nm, name, len) == 0 &&
+        nbl_session_input_info(s, k, &info) == NBL_OK)
+      return info.kind;
+  }
+  return NBL_VALUE_TENSOR;
 }
 
 typedef struct dump_ctx {
@@ -156,7 +201,10 @@ static void run_usage(FILE *f) {
              "                  [--timeout SECONDS] stop the run(s) after SECONDS (exit 1)\n"
              "                  [--seed N] key of the random ops without a seed attribute\n"
              "                                (RandomNormal, Bernoulli, ...): the same N draws\n"
-             "                                the same values (default: fresh each invocation)\n");
+             "                                the same values (default: fresh each invocation)\n"
+             "  Tensors are read from and written (--output-dir, --dump-tensors) as NAME.npy,\n"
+             "  or NAME.pb (TensorProto) for types .npy lacks; sequence and optional values\n"
+             "  are read from and written as NAME.pb (SequenceProto / OptionalProto) only.\n");
 }
 
 /* --timeout: a thread that terminates the session when the deadline passes
@@ -328,7 +376,8 @@ int nbl_cmd_run(int argc, char **argv) {
       fprintf(stderr, "nibble run: --input expects NAME=FILE, got '%s'\n", in_specs[i]);
       goto out;
     }
-    if (nbl_tensor_read(eq + 1, &ins[i]) != NBL_OK) {
+    nbl_value_kind kind = input_kind(s, in_specs[i], (size_t)(eq - in_specs[i]));
+    if (nbl_value_read(eq + 1, kind, &ins[i]) != NBL_OK) {
       fprintf(stderr, "nibble run: %s\n", nbl_last_error());
       goto out;
     }
@@ -342,8 +391,13 @@ int nbl_cmd_run(int argc, char **argv) {
     if (!found) {
       nbl_host_tensor info;
       nbl_session_input_info(s, k, &info);
-      fprintf(stderr, "nibble run: input '%s' (%s ", nm, nbl_dtype_name(info.dtype));
-      if (info.rank >= 0) print_shape(stderr, &info);
+      fprintf(stderr, "nibble run: input '%s' (", nm);
+      if (info.kind != NBL_VALUE_TENSOR) fprintf(stderr, "%s of ", kind_name(info.kind));
+      fprintf(stderr, "%s", nbl_dtype_name(info.dtype));
+      if (info.rank >= 0) {
+        fputc(' ', stderr);
+        print_shape(stderr, &info);
+      }
       fprintf(stderr, ") not given; use --input %s=FILE\n", nm);
       goto out;
     }
@@ -557,12 +611,13 @@ static void free_strs(char **v, int n) {
   free(v);
 }
 
-/* Compare got with expected; on mismatch write the reason. Returns 1 if equal
- * (values == 0: the types and shapes only). */
-static int compare(const nbl_host_tensor *got, const nbl_host_tensor *exp, double rtol,
-                   double atol, int values, char *why, size_t cap) {
+/* Compare tensors got and exp; on mismatch write the reason, which starts
+ * with `label` (the output's name and the element's index). Returns 1 if
+ * equal (values == 0: the types and shapes only). */
+static int compare_tensor(const nbl_host_tensor *got, const nbl_host_tensor *exp, const char *label,
+                          double rtol, double atol, int values, char *why, size_t cap) {
   if (got->dtype != exp->dtype) {
-    snprintf(why, cap, "output '%s': type %s, expected %s", got->name, nbl_dtype_name(got->dtype),
+    snprintf(why, cap, "%s: type %s, expected %s", label, nbl_dtype_name(got->dtype),
              nbl_dtype_name(exp->dtype));
     return 0;
   }
@@ -574,7 +629,7 @@ static int compare(const nbl_host_tensor *got, const nbl_host_tensor *exp, doubl
       snprintf(a + strlen(a), sizeof a - strlen(a), "%s%lld", d ? "," : "", (long long)got->dims[d]);
     for (int d = 0; d < exp->rank; d++)
       snprintf(b + strlen(b), sizeof b - strlen(b), "%s%lld", d ? "," : "", (long long)exp->dims[d]);
-    snprintf(why, cap, "output '%s': shape %s], expected %s]", got->name, a, b);
+    snprintf(why, cap, "%s: shape %s], expected %s]", label, a, b);
     return 0;
   }
   if (!values) return 1;
@@ -583,8 +638,8 @@ static int compare(const nbl_host_tensor *got, const nbl_host_tensor *exp, doubl
     for (int64_t i = 0; i < n; i++) {
       const char *x = ((char **)got->data)[i], *y = ((char **)exp->data)[i];
       if (strcmp(x ? x : "", y ? y : "") != 0) {
-        snprintf(why, cap, "output '%s': index %lld: got \"%s\", expected \"%s\"", got->name,
-                 (long long)i, x ? x : "", y ? y : "");
+        snprintf(why, cap, "%s: index %lld: got \"%s\", expected \"%s\"", label, (long long)i,
+                 x ? x : "", y ? y : "");
         return 0;
       }
     }
@@ -607,12 +662,60 @@ static int compare(const nbl_host_tensor *got, const nbl_host_tensor *exp, doubl
       ok = fabs(x - y) <= atol + rtol * fabs(y);
     }
     if (!ok) {
-      snprintf(why, cap, "output '%s': index %lld: got %.9g, expected %.9g (rtol %g, atol %g)",
-               got->name, (long long)i, x, y, rtol, atol);
+      snprintf(why, cap, "%s: index %lld: got %.9g, expected %.9g (rtol %g, atol %g)", label,
+               (long long)i, x, y, rtol, atol);
       return 0;
     }
   }
   return 1;
+}
+
+/* Compare values got and exp (tensors, or sequences / optionals element by
+ * element: the kinds and element counts must match); `label` names the
+ * value in the reason. */
+static int compare_value(const nbl_host_tensor *got, const nbl_host_tensor *exp, const char *label,
+                         double rtol, double atol, int values, char *why, size_t cap, int depth) {
+  if (got->kind != exp->kind) {
+    snprintf(why, cap, "%s: a %s, expected a %s", label, kind_name(got->kind),
+             kind_name(exp->kind));
+    return 0;
+  }
+  if (got->kind == NBL_VALUE_TENSOR)
+    return compare_tensor(got, exp, label, rtol, atol, values, why, cap);
+  if (got->n_items != exp->n_items) {
+    snprintf(why, cap, "%s: %s of %d elements, expected %d", label, kind_name(got->kind),
+             got->n_items, exp->n_items);
+    return 0;
+  }
+  for (int i = 0; i < got->n_items; i++) {
+    char l[600];
+    snprintf(l, sizeof l, "%s element %d", label, i);
+    if (depth > 8 || !got->items || !exp->items) {
+      snprintf(why, cap, "%s: malformed value", l);
+      return 0;
+    }
+    if (!compare_value(&got->items[i], &exp->items[i], l, rtol, atol, values, why, cap, depth + 1))
+      return 0;
+  }
+  return 1;
+}
+
+/* Compare output got with expected; on mismatch write the reason. Returns 1
+ * if equal (values == 0: the types and shapes only). */
+static int compare(const nbl_host_tensor *got, const nbl_host_tensor *exp, double rtol,
+                   double atol, int values, char *why, size_t cap) {
+  char label[600];
+  snprintf(label, sizeof label, "output '%s'", got->name ? got->name : "?");
+  return compare_value(got, exp, label, rtol, atol, values, why, cap, 0);
+}
+
+/* The ONNX test data stores bfloat16 tensors as their uint16 bit patterns:
+ * the tensors of h that are UINT16 where `want` is BFLOAT16 become BFLOAT16
+ * (a sequence's or optional's elements as well, and its dtype). */
+static void bf16_patch(nbl_host_tensor *h, nbl_dtype want, int depth) {
+  if (want != NBL_DT_BFLOAT16 || h->dtype != NBL_DT_UINT16 || depth > 8) return;
+  h->dtype = NBL_DT_BFLOAT16;
+  for (int i = 0; h->items && i < h->n_items; i++) bf16_patch(&h->items[i], want, depth + 1);
 }
 
 /* Run one test folder. Returns 1 passed, 0 failed (reason in why). values 0:
@@ -649,7 +752,10 @@ static int run_test(const char *dir, int reference, double rtol, double atol, in
     for (n_ins = 0; n_ins < 64; n_ins++) {
       snprintf(path, sizeof path, "%s/input_%d.pb", set, n_ins);
       if (!is_file(path)) break;
-      if (nbl_tensor_read(path, &ins[n_ins]) != NBL_OK) {
+      nbl_host_tensor info = {0};
+      if (n_ins >= nbl_session_input_count(s) || nbl_session_input_info(s, n_ins, &info) != NBL_OK)
+        info.kind = NBL_VALUE_TENSOR; /* a file too many: counted below */
+      if (nbl_value_read(path, info.kind, &ins[n_ins]) != NBL_OK) {
         snprintf(why, cap, "%s", nbl_last_error());
         n_ins++;
         goto done;
@@ -666,15 +772,17 @@ static int run_test(const char *dir, int reference, double rtol, double atol, in
       ins[i].name = strdup(nbl_session_input_name(s, i));
       /* the ONNX test data stores bfloat16 tensors as their uint16 bit patterns */
       nbl_host_tensor info;
-      if (nbl_session_input_info(s, i, &info) == NBL_OK && info.dtype == NBL_DT_BFLOAT16 &&
-          ins[i].dtype == NBL_DT_UINT16)
-        ins[i].dtype = NBL_DT_BFLOAT16;
+      if (nbl_session_input_info(s, i, &info) == NBL_OK && info.kind == ins[i].kind)
+        bf16_patch(&ins[i], info.dtype, 0);
     }
     int n_out = nbl_session_output_count(s);
     for (n_exps = 0; n_exps < 64; n_exps++) {
       snprintf(path, sizeof path, "%s/output_%d.pb", set, n_exps);
       if (!is_file(path)) break;
-      if (nbl_tensor_read(path, &exps[n_exps]) != NBL_OK) {
+      nbl_host_tensor info = {0};
+      if (n_exps >= n_out || nbl_session_output_info(s, n_exps, &info) != NBL_OK)
+        info.kind = NBL_VALUE_TENSOR; /* a file too many: counted below */
+      if (nbl_value_read(path, info.kind, &exps[n_exps]) != NBL_OK) {
         snprintf(why, cap, "%s", nbl_last_error());
         n_exps++;
         goto done;
@@ -694,8 +802,8 @@ static int run_test(const char *dir, int reference, double rtol, double atol, in
       }
       for (int i = 0; i < n_out; i++) {
         char w[1024];
-        if (outs[i].dtype == NBL_DT_BFLOAT16 && exps[i].dtype == NBL_DT_UINT16)
-          exps[i].dtype = NBL_DT_BFLOAT16; /* bit patterns, as above */
+        if (outs[i].kind == exps[i].kind) /* bit patterns, as above */
+          bf16_patch(&exps[i], outs[i].dtype, 0);
         if (!compare(&outs[i], &exps[i], rtol, atol, values, w, sizeof w)) {
           snprintf(why, cap, "%s: %s%s", sets[k], pass ? "second run (planned arena): " : "", w);
           goto done;

@@ -216,6 +216,14 @@ const char *nbl_session_output_name(const nbl_session *s, int i) {
   return g->values[g->outputs[i]].name;
 }
 
+nbl_status nbl_session_output_info(const nbl_session *s, int i, nbl_host_tensor *info) {
+  const nbl_graph *g = s ? nbl_engine_graph(s->e) : NULL;
+  if (!g || !info || i < 0 || i >= g->n_outputs)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "session output index %d out of range", i);
+  nbl_host_info(&g->values[g->outputs[i]], info);
+  return NBL_OK;
+}
+
 void nbl_session_terminate(nbl_session *s, int terminate) {
   if (s) nbl_engine_terminate(s->e, terminate);
 }

@@ -6,7 +6,7 @@
 #                up to 256 KB (the campaign's -max_len for them)
 #   print, run:  every conformance model.onnx up to 64 KB (printing every
 #                weight of a bigger model costs time, not coverage)
-#   tensor_pb:   every conformance test_data_set_*/*.pb up to 64 KB
+#   tensor_pb, value: every conformance test_data_set_*/*.pb up to 64 KB
 #   npy:         models/data/*.npy, and .npy versions 1.0/2.0/3.0 of the small
 #                .pb tensors (needs python3 with onnx and numpy; skipped otherwise)
 #   dataset:     small Fashion-MNIST IDX pairs (plain, gzip'd, test split) and
@@ -26,7 +26,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 
-mkdir -p "$out"/{load,print,run,tensor_pb,npy,dataset,checkpoint}
+mkdir -p "$out"/{load,print,run,tensor_pb,npy,value,dataset,checkpoint}
 
 if [ -d "$testdata" ]; then
   while IFS= read -r f; do
@@ -43,6 +43,7 @@ if [ -d "$testdata" ]; then
   while IFS= read -r f; do
     rel=${f#"$testdata"/}
     cp "$f" "$out/tensor_pb/${rel//\//__}"
+    cp "$f" "$out/value/${rel//\//__}"
   done < <(find "$testdata" -path '*test_data_set_*' -name '*.pb' -size -65537c | sort)
 else
   echo "make_corpus: no conformance data at $testdata; only the shipped models" >&2

@@ -25,7 +25,7 @@
 # 1 otherwise, 77 (--ci) when libFuzzer is unavailable.
 set -uo pipefail
 
-ALL_TARGETS=(load print tensor_pb npy run dataset checkpoint)
+ALL_TARGETS=(load print tensor_pb npy value run dataset checkpoint)
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${NBL_FUZZ_BUILD:-$src/build-fuzz}
 runs=1000000 max_time=0 jobs=2 nice_level=10 seeds=1 ci=0 keep_going=0

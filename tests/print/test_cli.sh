@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CLI contract of `nibble info/dump/convert/passes/ops` and `run --profile`: exit codes (0 ok, 1 run failure,
-# 2 bad usage or bad input), messages, --help, --version, and a convert round trip.
+# CLI contract of `nibble info/dump/convert/passes/ops`, `run --profile` and of sequence and
+# optional values in run/compare/test: exit codes (0 ok, 1 run failure, 2 bad usage or bad
+# input), messages, --help, --version, and a convert round trip.
 # Environment: NIBBLE (the binary), NBL_TESTDATA (libonnx-testdata data folder).
 set -u
 NIBBLE=${NIBBLE:-build/tools/nibble}
@@ -203,6 +204,25 @@ if [ -f "$BERN/model.onnx" ]; then
   fi
   expect 2 'wants a positive integer' -- run "$BERN/model.onnx" --seed -3
   expect 2 'wants a positive integer' -- run "$BERN/model.onnx" --seed 0
+fi
+
+# sequence and optional values (Identity passes them through): printed element by element,
+# read as the model declares the input, saved as SequenceProto / OptionalProto .pb files
+SEQ=$DATA/node/test_identity_sequence
+OPT=$DATA/node/test_identity_opt
+if [ -f "$SEQ/model.onnx" ] && [ -f "$OPT/model.onnx" ]; then
+  expect 0 '^y: sequence of 2 float tensors$' -- run "$SEQ/model.onnx" --input "x=$SEQ/test_data_set_0/input_0.pb"
+  expect 0 '^  \[1\]: float \[1, 1, 2, 2\] \[2, 3, 1, 5\]$' -- run "$SEQ/model.onnx" --input "x=$SEQ/test_data_set_0/input_0.pb" --output-dir "$T/seq_out" --dump-tensors "$T/seq_dump"
+  n=$((n + 1))
+  if ! cmp -s "$T/seq_out/y.pb" "$SEQ/test_data_set_0/output_0.pb" || ! cmp -s "$T/seq_dump/y.pb" "$SEQ/test_data_set_0/output_0.pb"; then
+    echo "FAIL: run --output-dir/--dump-tensors: y.pb differs from the test data's output_0.pb"; fails=$((fails + 1))
+  fi
+  expect 0 '^    \[0\]: float \[5\] \[1, 2, 3, 4, 5\]$' -- run "$OPT/model.onnx" --input "opt_in=$OPT/test_data_set_0/input_0.pb"
+  expect 0 '^opt_out: optional holding a sequence$' -- run "$OPT/model.onnx" --input "opt_in=$OPT/test_data_set_0/input_0.pb"
+  expect 2 "input 'x' \(sequence of float\) not given" -- run "$SEQ/model.onnx"
+  expect 2 'input_0\.pb: not a valid SequenceProto' -- run "$SEQ/model.onnx" --input "x=$DATA/pytorch-converted/test_Conv2d/test_data_set_0/input_0.pb"
+  expect 0 '^output +y\[1\] +4 +0 +inf' -- compare "$SEQ/model.onnx" "$SEQ/model.onnx" --input "x=$SEQ/test_data_set_0/input_0.pb"
+  expect 0 '^PASS test_identity_sequence$' -- test -v "$SEQ"
 fi
 
 echo "$((n - fails)) of $n CLI checks passed (plus round-trip checks); $fails failed"
