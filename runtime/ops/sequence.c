@@ -384,27 +384,26 @@ static nbl_status k_optional(nbl_kctx *c) {
   return nbl_kctx_move_out(c, 0, &v);
 }
 
-/* OptionalHasElement: whether the optional holds a value (opset 18 on: a
- * tensor or sequence input holds one, an omitted input none). */
+/* OptionalHasElement: whether the optional holds a value; a tensor or
+ * sequence input holds one, an omitted input none. Opset 18 says so; before
+ * it, ONNX Runtime already takes a value where an optional is declared as
+ * the optional holding it (a Loop whose carried optional(sequence) comes
+ * back from the body as a sequence, ONNX's test_loop16_seq_none), and so
+ * does nibble, at every opset. */
 static nbl_status k_opt_has(nbl_kctx *c) {
   const nbl_rt_tensor *x = c->n_in > 0 ? c->in[0] : NULL;
-  if (c->opset < 18 && (!x || x->kind != NBL_RT_OPTIONAL))
-    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input must be an optional (a tensor or sequence from opset 18)");
   nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_BOOL, 0, NULL);
   if (st) return st;
   *(uint8_t *)nbl_kctx_out(c, 0)->data = x && (x->kind != NBL_RT_OPTIONAL || nbl_rt_seq_of(x)->n > 0);
   return NBL_OK;
 }
 
-/* OptionalGetElement: the optional's value (an error when empty); from
- * opset 18 a tensor or sequence input passes through. */
+/* OptionalGetElement: the optional's value (an error when empty); a tensor
+ * or sequence input passes through (see k_opt_has). */
 static nbl_status k_opt_get(nbl_kctx *c) {
   const nbl_rt_tensor *x = c->n_in > 0 ? c->in[0] : NULL;
   if (!x) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input is missing");
-  if (x->kind != NBL_RT_OPTIONAL) {
-    if (c->opset < 18) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input must be an optional (a tensor or sequence from opset 18)");
-    return nbl_kctx_copy_out(c, 0, x);
-  }
+  if (x->kind != NBL_RT_OPTIONAL) return nbl_kctx_copy_out(c, 0, x);
   const nbl_rt_seq *q = nbl_rt_seq_of(x);
   if (q->n < 1) return nbl_kerr(c, NBL_ERR_RUNTIME, "the optional is empty");
   return nbl_kctx_copy_out(c, 0, &q->items[0]);

@@ -303,11 +303,15 @@ START_TEST(test_optional) {
     b.g->nodes[e].attrs = at;
     b.g->nodes[e].n_attrs = 1;
     node(&b, "OptionalHasElement", "none | hasnot");
+    node(&b, "OptionalHasElement", "a | hastensor"); /* a value where an optional is expected: present */
+    node(&b, "OptionalGetElement", "a | gottensor");
     gout(&b, "o");
     gout(&b, "has");
     gout(&b, "got");
     gout(&b, "none");
     gout(&b, "hasnot");
+    gout(&b, "hastensor");
+    gout(&b, "gottensor");
     nbl_host_tensor in[1] = {hv("a", NBL_DT_FLOAT, 1, D2, A)};
     nbl_session *s;
     const nbl_host_tensor *out;
@@ -321,6 +325,8 @@ START_TEST(test_optional) {
     ck_assert_int_eq(out[3].n_items, 0);
     ck_assert_int_eq(out[3].dtype, NBL_DT_FLOAT);
     ck_assert_int_eq(*(const uint8_t *)out[4].data, 0);
+    ck_assert_int_eq(*(const uint8_t *)out[5].data, 1);
+    ck_floats(&out[6], 1, D2, A, 2);
     nbl_session_free(s);
     /* reading the empty one: a runtime error */
     node(&b, "OptionalGetElement", "none | bad");
