@@ -106,8 +106,20 @@ static const nbl_rt_tensor **edited(const nbl_rt_seq *q, int64_t skip, const nbl
   return v;
 }
 
-/* ------------------------------------------------------------------ kernels */
+/* Output 0 = a new sequence of element type elem: copies of q's elements
+ * with `skip` left out and `add` inserted at `at` (edited's arguments). */
+static nbl_status out_edited(nbl_kctx *c, const nbl_rt_seq *q, int64_t skip, const nbl_rt_tensor *add, int64_t at,
+                             nbl_dtype elem) {
+  int64_t n;
+  const nbl_rt_tensor **v = edited(q, skip, add, at, &n);
+  if (!v) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  nbl_rt_tensor out;
+  nbl_status st = seq_of_copies(c, elem, n, v, &out);
+  free(v);
+  return st ? st : nbl_kctx_move_out(c, 0, &out);
+}
 
+/* ------------------------------------------------------------------ kernels */
 static nbl_status k_seq_empty(nbl_kctx *c) {
   int64_t dt = nbl_attr_int(c->node, "dtype", NBL_DT_FLOAT);
   if (dt != NBL_DT_STRING && nbl_dtype_bits((nbl_dtype)dt) == 0)
@@ -141,14 +153,9 @@ static nbl_status k_seq_insert(nbl_kctx *c) {
   if (st) return st;
   if (!t) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 'tensor' is missing");
   if ((st = same_elem(c, s->dtype, t, "the tensor"))) return st;
-  int64_t at, n;
+  int64_t at;
   if ((st = position(c, 2, q->n, q->n, q->n, &at))) return st;
-  const nbl_rt_tensor **v = edited(q, -1, t, at, &n);
-  if (!v) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  nbl_rt_tensor out;
-  st = seq_of_copies(c, t->dtype, n, v, &out);
-  free(v);
-  return st ? st : nbl_kctx_move_out(c, 0, &out);
+  return out_edited(c, q, -1, t, at, t->dtype);
 }
 
 static nbl_status k_seq_at(nbl_kctx *c) {
@@ -167,14 +174,9 @@ static nbl_status k_seq_erase(nbl_kctx *c) {
   const nbl_rt_seq *q = NULL;
   nbl_status st = in_seq(c, 0, "input_sequence", &s, &q);
   if (st) return st;
-  int64_t at, n;
+  int64_t at;
   if ((st = position(c, 1, q->n, q->n - 1, -1, &at))) return st;
-  const nbl_rt_tensor **v = edited(q, at, NULL, 0, &n);
-  if (!v) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
-  nbl_rt_tensor out;
-  st = seq_of_copies(c, s->dtype, n, v, &out);
-  free(v);
-  return st ? st : nbl_kctx_move_out(c, 0, &out);
+  return out_edited(c, q, at, NULL, 0, s->dtype);
 }
 
 static nbl_status k_seq_length(nbl_kctx *c) {
