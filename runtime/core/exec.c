@@ -491,6 +491,12 @@ static nbl_status engine_run(nbl_engine *e) {
   return NBL_OK;
 }
 
+void nbl_engine_set_random_key(nbl_engine *e, uint64_t key) {
+  if (!e) return;
+  e->rng_key = key ? key : 1;
+  atomic_store(&e->rng_pos, 0);
+}
+
 void nbl_engine_terminate(nbl_engine *e, int on) {
   if (e) atomic_store(&e->terminate, on ? 1 : 0);
 }

@@ -42,6 +42,12 @@ int nbl_engine_profile(const nbl_engine *e, int *n, const nbl_node *const **node
                        const int64_t **ns, int *runs);
 void nbl_engine_reset_profile(nbl_engine *e);
 
+/* Restart the random stream of unseeded random ops (nbl_kctx_random_seed)
+ * at key `key` (0 is taken as 1), position 0: the draws of the following
+ * runs are then a function of the key (the training session keys each step
+ * from its checkpointed rng_seed and rng_counter). */
+void nbl_engine_set_random_key(nbl_engine *e, uint64_t key);
+
 /* Plan graph g of model m (g NULL: the main graph). `opt` may be NULL.
  * Fails with NBL_ERR_UNSUPPORTED naming the first node without a kernel:
  * "node 'x' (Foo, domain '', opset 13): no kernel". The model must outlive the

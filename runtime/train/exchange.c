@@ -539,6 +539,8 @@ nbl_status nbl_ddp_finish(nbl_train_session *s) {
   return NBL_OK;
 }
 
+int nbl_ddp_rank(const nbl_train_session *s) { return s && s->ddp ? s->ddp->d->rank : 0; }
+
 void nbl_ddp_free(nbl_train_session *s) {
   nbl_ddp *p = s->ddp;
   if (!p) return;

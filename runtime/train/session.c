@@ -109,6 +109,25 @@ static int has_input(const nbl_engine *e, const char *name) {
 }
 
 /* Feed the scalars lr and step when the engine's graph reads them. */
+/* splitmix64's finalizer. */
+static uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* The key of the random stream of a train step (eval 0) or an eval step
+ * (eval 1): the session's rng_seed, the number of train steps done
+ * (rng_counter) and the data-parallel rank, mixed. Random ops of a training
+ * graph (RandomNormalLike noise, ...) then draw the same values when a run
+ * is repeated from the same seed or resumed from a checkpoint, and other
+ * values on each step and each rank. */
+static uint64_t random_key(const nbl_train_session *s, int eval) {
+  return mix64(mix64(mix64(s->prog.rng_seed) ^ s->prog.rng_counter) ^ (uint64_t)nbl_ddp_rank(s)) ^
+         (eval ? 0x6576616cull : 0);
+}
+
 static nbl_status bind_scalars(nbl_train_session *s, nbl_engine *e, double *lr_f64, float *lr_f32,
                                int64_t *step) {
   const nbl_graph *g = nbl_engine_graph(e);
@@ -441,6 +460,7 @@ nbl_status nbl_train_step(nbl_train_session *s, int n_inputs, const nbl_host_ten
   int64_t step;
   nbl_status st = bind_feeds(s->eg, s->feeds, s->n_feeds, n_inputs, inputs, "train step");
   if (!st) st = bind_scalars(s, s->eg, &lr64, &lr32, &step);
+  nbl_engine_set_random_key(s->eg, random_key(s, 0));
   if (!st && s->ddp) st = nbl_ddp_before_step(s);
   if (!st) st = nbl_engine_run(s->eg);
   if (s->ddp) {
@@ -556,6 +576,7 @@ nbl_status nbl_eval_step(nbl_train_session *s, int n_inputs, const nbl_host_tens
   for (int i = 0; i < nf; i++) f[i] = nbl_engine_feed_value(e, i);
   nbl_status st = bind_feeds(e, f, nf, n_inputs, inputs, "eval step");
   free(f);
+  nbl_engine_set_random_key(e, random_key(s, 1));
   if (!st) st = nbl_engine_run(e);
   if (st) return st;
   if ((st = nbl_engine_host_outputs(e, s->eval_outs))) return st;

@@ -130,6 +130,8 @@ nbl_status nbl_ddp_after_run(nbl_train_session *s, nbl_status run);
 nbl_status nbl_ddp_after_step(nbl_train_session *s);
 nbl_status nbl_ddp_finish(nbl_train_session *s);
 void nbl_ddp_free(nbl_train_session *s);
+/* This process's rank (0 when s->ddp is NULL). */
+int nbl_ddp_rank(const nbl_train_session *s);
 
 /* ------------------------------------------------------------------ checkpoint.c */
 

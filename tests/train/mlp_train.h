@@ -33,6 +33,7 @@ typedef struct mlp_cfg {
   float momentum;      /* Momentum alpha (beta = 1: PyTorch's SGD momentum) */
   float wd;            /* weight decay: the optimizer's norm_coefficient (sgd: Mul/Add) */
   int bn;              /* BatchNormalization on the input (training mode in the algorithm) */
+  int noise;           /* the algorithm adds RandomNormalLike(x, scale 0.1) to x before Flatten */
   unsigned long long seed;
 } mlp_cfg;
 
@@ -196,6 +197,12 @@ static nbl_model *mlp_train_model(const mlp_cfg *c) {
               L("t/xb", "t/bn_mean_new", "t/bn_var_new"));
     nbl_node_set_attr_int(al, n, "training_mode", 1);
     xin = "t/xb";
+  }
+  if (c->noise) { /* input noise, a random op of a training graph */
+    n = MLP_N(al, "RandomNormalLike", "t/noise", L(xin), L("t/noise"));
+    nbl_node_set_attr_float(al, n, "scale", 0.1f);
+    MLP_N(al, "Add", "t/noisy", L(xin, "t/noise"), L("t/xn"));
+    xin = "t/xn";
   }
   n = MLP_N(al, "Flatten", "t/flatten", L(xin), L("t/flat"));
   nbl_node_set_attr_int(al, n, "axis", 1);

@@ -600,6 +600,46 @@ START_TEST(test_checkpoint_resume_exact) {
 }
 END_TEST
 
+/* Random ops of a training graph draw from the session's stream, keyed per
+ * step from its rng_seed and rng_counter: two sessions with one seed train
+ * the same parameters, another seed other ones, and a session resumed from a
+ * checkpoint draws what the uninterrupted one drew. */
+START_TEST(test_random_ops_follow_the_seed) {
+  mlp_cfg c = cfg_default();
+  c.noise = 1;
+  nbl_train_session *s[4];
+  for (int i = 0; i < 4; i++) {
+    s[i] = session(&c, NULL);
+    nbl_train_progress p = {.rng_seed = i == 2 ? 12 : 11};
+    nbl_train_set_progress(s[i], &p);
+  }
+  train_steps(s[0], &c, 0, 4);
+  train_steps(s[1], &c, 0, 4);
+  train_steps(s[2], &c, 0, 4);
+  ck_assert(same_params(s[0], s[1]));
+  ck_assert(!same_params(s[0], s[2]));
+  /* the noise is there: without it, other parameters */
+  mlp_cfg q = c;
+  q.noise = 0;
+  nbl_train_session *plain = session(&q, NULL);
+  train_steps(plain, &q, 0, 4);
+  ck_assert(!same_params(s[0], plain));
+  nbl_train_session_free(plain);
+  /* resumed after 2 steps from a checkpoint: the same 4-step result */
+  train_steps(s[3], &c, 0, 2);
+  ck_assert_msg(nbl_train_save_checkpoint(s[3], tpath("noise.ckpt")) == NBL_OK, "%s", nbl_last_error());
+  nbl_model *ck;
+  ck_assert_int_eq(nbl_model_load(tpath("noise.ckpt"), &ck), NBL_OK);
+  nbl_train_session *r;
+  ck_assert_msg(nbl_train_session_create(ck, NULL, &r) == NBL_OK, "%s", nbl_last_error());
+  nbl_model_free(ck);
+  train_steps(r, &c, 2, 4);
+  ck_assert(same_params(s[0], r));
+  nbl_train_session_free(r);
+  for (int i = 0; i < 4; i++) nbl_train_session_free(s[i]);
+}
+END_TEST
+
 START_TEST(test_checkpoint_bad_files) {
   mlp_cfg c = cfg_default();
   nbl_train_session *s = session(&c, NULL);
@@ -787,6 +827,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_profile);
   tcase_add_test(tc, test_schedules);
   tcase_add_test(tc, test_checkpoint_resume_exact);
+  tcase_add_test(tc, test_random_ops_follow_the_seed);
   tcase_add_test(tc, test_checkpoint_bad_files);
   tcase_add_test(tc, test_contract_errors);
   tcase_add_test(tc, test_data_order);
