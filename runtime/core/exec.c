@@ -186,12 +186,19 @@ static int rt_kind_of(nbl_type_kind k) {
   }
 }
 
+static const char *a_kind(int kind) {
+  return kind == NBL_RT_SEQUENCE ? "a sequence" : kind == NBL_RT_OPTIONAL ? "an optional" : kind < 0 ? "a map or sparse tensor" : "a tensor";
+}
+
 static nbl_status check_against_type(const nbl_value *val, const nbl_rt_tensor *t) {
   const nbl_type *ty = &val->type;
   int want = rt_kind_of(ty->kind);
-  if (ty->kind != NBL_TYPE_NONE && want != t->kind)
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got a %s, the model expects a %s", val->name,
-                      nbl_rt_kind_name(t->kind), want < 0 ? "map or sparse tensor" : nbl_rt_kind_name(want));
+  /* where an optional is declared, its element's kind is taken as the
+   * optional holding it (as ONNX Runtime does; runtime/ops/sequence.c) */
+  int inner = ty->kind == NBL_TYPE_OPTIONAL && ty->inner ? rt_kind_of(ty->inner->kind) : -2;
+  if (ty->kind != NBL_TYPE_NONE && want != t->kind && inner != t->kind)
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got %s, the model expects %s", val->name,
+                      a_kind(t->kind), a_kind(want));
   if (ty->kind != NBL_TYPE_TENSOR) return NBL_OK;
   if (ty->elem != NBL_DT_UNDEFINED && ty->elem != t->dtype)
     return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': got element type %s, the model expects %s",

@@ -60,6 +60,12 @@ static void sin_(gb *b, const char *name, nbl_dtype dt) {
   nbl_graph_add_input(b->g, v);
 }
 
+/* A graph input of type optional(tensor(dt)). */
+static void oin(gb *b, const char *name, nbl_dtype dt) {
+  sin_(b, name, dt);
+  b->g->values[val(b, name)].type.kind = NBL_TYPE_OPTIONAL;
+}
+
 /* Node op(ins...) -> outs... ("" in a list: omitted); inputs and outputs
  * separated by "|" in one space-separated string: "a b | c". */
 static nbl_id node(gb *b, const char *op, const char *io) {
@@ -440,6 +446,34 @@ START_TEST(test_errors) {
 }
 END_TEST
 
+/* An optional(tensor) graph input: fed an empty optional, an optional
+ * holding a tensor, or the tensor itself (taken as the optional holding it,
+ * as ONNX Runtime does); a sequence is refused. */
+START_TEST(test_optional_input) {
+  gb b = gb_new(16);
+  oin(&b, "o", NBL_DT_FLOAT);
+  node(&b, "OptionalHasElement", "o | has");
+  gout(&b, "has");
+  nbl_host_tensor a = ht(NBL_DT_FLOAT, 1, D2, A);
+  nbl_host_tensor feeds[4] = {{.name = "o", .dtype = NBL_DT_FLOAT, .kind = NBL_VALUE_OPTIONAL},
+                              {.name = "o", .dtype = NBL_DT_FLOAT, .kind = NBL_VALUE_OPTIONAL, .n_items = 1, .items = &a},
+                              hv("o", NBL_DT_FLOAT, 1, D2, A),
+                              {.name = "o", .dtype = NBL_DT_FLOAT, .kind = NBL_VALUE_SEQUENCE, .n_items = 1, .items = &a}};
+  const int want[3] = {0, 1, 1};
+  nbl_session *s;
+  const nbl_host_tensor *out;
+  ck_assert_int_eq(run(&b, 0, 1, feeds, &s, &out), NBL_OK);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(nbl_session_run(s, 1, &feeds[i], &out), NBL_OK);
+    ck_assert_int_eq(*(const uint8_t *)out[0].data, want[i]);
+  }
+  ck_assert_int_eq(nbl_session_run(s, 1, &feeds[3], &out), NBL_ERR_INVALID_ARGUMENT);
+  ck_assert_ptr_nonnull(strstr(nbl_last_error(), "got a sequence, the model expects an optional"));
+  nbl_session_free(s);
+  nbl_model_free(b.m);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("ops_sequence");
   TCase *tc = tcase_create("all");
@@ -450,6 +484,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_optional);
   tcase_add_test(tc, test_sequence_input_and_loop);
   tcase_add_test(tc, test_errors);
+  tcase_add_test(tc, test_optional_input);
   suite_add_tcase(s, tc);
   return s;
 }
