@@ -171,49 +171,119 @@ static void im2col2d_rows(const nbl_conv_geom *g, const float *x, float *col, in
   }
 }
 
+/* im2col rows [i0, i1) of any spatial rank (row = c * k_sz + kernel tap),
+ * for the output lines [l0, l1) only (a line: the last spatial dim, OW
+ * columns; row i of col holds (l1 - l0) * OW columns): each line's source
+ * found once from the outer output indices (a line whose outer input index
+ * falls in the padding is zero) and copied as the 2-D rows are (the valid
+ * columns one range [lo, hi), unit strides in one copy). */
+static void im2col_nd_rows(const nbl_conv_geom *g, const float *x, float *col, int64_t i0, int64_t i1, int64_t l0,
+                           int64_t l1) {
+  const int ns = g->ns, L = ns - 1;
+  const int64_t W = g->in[L], OW = g->out[L], sw = g->s[L];
+  int64_t kk[NBL_CONV_MAX_SP], o[NBL_CONV_MAX_SP];
+  for (int64_t i = i0; i < i1; i++) {
+    const int64_t c = i / g->k_sz;
+    int64_t rk = i % g->k_sz;
+    for (int d = ns - 1; d >= 0; d--) {
+      kk[d] = rk % g->k[d];
+      rk /= g->k[d];
+    }
+    float *dst = col + (i - i0) * (l1 - l0) * OW;
+    const float *src = x + c * g->in_sz;
+    const int64_t off = kk[L] * g->d[L] - g->pb[L];
+    int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw, hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
+    if (hi > OW) hi = OW;
+    if (lo > hi) lo = hi;
+    for (int64_t d = L - 1, r = l0; d >= 0; d--) { /* the outer output indices of line l0 */
+      o[d] = r % g->out[d];
+      r /= g->out[d];
+    }
+    for (int64_t ln = l0; ln < l1; ln++) {
+      float *dl = dst + (ln - l0) * OW;
+      int64_t base = 0;
+      int inside = 1;
+      for (int d = 0; d < L; d++) {
+        const int64_t p = o[d] * g->s[d] - g->pb[d] + kk[d] * g->d[d];
+        if (p < 0 || p >= g->in[d]) inside = 0;
+        base = base * g->in[d] + p;
+      }
+      if (!inside) {
+        memset(dl, 0, (size_t)OW * sizeof(float));
+      } else {
+        const float *srow = src + base * W;
+        for (int64_t ow = 0; ow < lo; ow++) dl[ow] = 0.0f;
+        if (sw == 1) {
+          if (hi > lo) nbl_copy_row(dl + lo, srow + lo + off, hi - lo);
+        } else {
+          for (int64_t ow = lo; ow < hi; ow++) dl[ow] = srow[ow * sw + off];
+        }
+        for (int64_t ow = hi; ow < OW; ow++) dl[ow] = 0.0f;
+      }
+      for (int d = L - 1; d >= 0; d--) { /* the next line */
+        if (++o[d] < g->out[d]) break;
+        o[d] = 0;
+      }
+    }
+  }
+}
+
 typedef struct im2col_task {
   const nbl_conv_geom *g;
   const float *x;
   float *col;
+  int64_t l0, l1; /* the output lines (N-D) */
 } im2col_task;
 
 static void im2col_run(void *arg, int64_t begin, int64_t end) {
   const im2col_task *t = arg;
-  im2col2d_rows(t->g, t->x, t->col, begin, end);
+  if (t->g->ns == 2) {
+    im2col2d_rows(t->g, t->x, t->col, begin, end);
+    return;
+  }
+  const int64_t w = (t->l1 - t->l0) * t->g->out[t->g->ns - 1];
+  im2col_nd_rows(t->g, t->x, t->col + begin * w, begin, end, t->l0, t->l1);
 }
 
 void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *col) {
-  int ns = g->ns;
-  if (ns == 2) {
-    im2col2d_rows(g, x, col, 0, Cg * g->k[0]);
-    return;
+  const int64_t OW = g->out[g->ns - 1];
+  if (g->ns == 2) im2col2d_rows(g, x, col, 0, Cg * g->k[0]);
+  else im2col_nd_rows(g, x, col, 0, Cg * g->k_sz, 0, OW ? g->out_sz / OW : 0);
+}
+
+/* Layers other than 2-D (1-D, 3-D, ...) with one group or more: im2col
+ * and a product per group and block of output lines, the block as many
+ * lines as keep its im2col matrix near NBL_ND_COL_BYTES (at least one), so
+ * that the matrix is written and read while in cache and its buffer is
+ * small (a 3-D layer's whole matrix runs to hundreds of MB). */
+#define NBL_ND_COL_BYTES ((size_t)4 << 20)
+static nbl_status conv_nd_blocks(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                                 const float *bias, float *y, const nbl_act *act) {
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, kdim = Cg * g->k_sz, OW = g->out[g->ns - 1];
+  const int64_t lines = OW ? g->out_sz / OW : 0;
+  int64_t bl = (int64_t)(NBL_ND_COL_BYTES / sizeof(float)) / (kdim * OW > 0 ? kdim * OW : 1);
+  bl = bl < 1 ? 1 : bl > lines ? lines : bl;
+  float *col = malloc((size_t)(kdim ? kdim : 1) * (size_t)(bl * OW > 0 ? bl * OW : 1) * sizeof(float));
+  if (!col) {
+    if (ctx) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
   }
-  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
-  for (int64_t c = 0; c < Cg; c++)
-    for (int64_t ki = 0; ki < g->k_sz; ki++) {
-      int64_t rk = ki;
-      for (int i = ns - 1; i >= 0; i--) {
-        kk[i] = rk % g->k[i];
-        rk /= g->k[i];
-      }
-      float *dst = col + (c * g->k_sz + ki) * g->out_sz;
-      const float *src = x + c * g->in_sz;
-      for (int i = 0; i < ns; i++) o[i] = 0;
-      for (int64_t oi = 0; oi < g->out_sz; oi++) {
-        int64_t xi = 0;
-        int inside = 1;
-        for (int i = 0; i < ns; i++) {
-          int64_t p = o[i] * g->s[i] - g->pb[i] + kk[i] * g->d[i];
-          if (p < 0 || p >= g->in[i]) inside = 0;
-          xi = xi * g->in[i] + p;
-        }
-        dst[oi] = inside ? src[xi] : 0.0f;
-        for (int i = ns - 1; i >= 0; i--) {
-          if (++o[i] < g->out[i]) break;
-          o[i] = 0;
-        }
+  for (int64_t n = 0; n < g->N; n++)
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      const float *xg = x + (n * g->C + gr * Cg) * g->in_sz;
+      const float *wg = w + gr * Mg * kdim;
+      float *yg = y + (n * g->M + gr * Mg) * g->out_sz;
+      for (int64_t l0 = 0; l0 < lines; l0 += bl) {
+        const int64_t l1 = l0 + bl < lines ? l0 + bl : lines, cols = (l1 - l0) * OW;
+        im2col_task it = {g, xg, col, l0, l1};
+        if (ctx) nbl_parallel_for(ctx, kdim, 1, im2col_run, &it);
+        else im2col_run(&it, 0, kdim);
+        nbl_sgemm_bias_act(ctx, 0, 0, Mg, cols, kdim, 1.0f, wg, kdim, col, cols, 0.0f, yg + l0 * OW, g->out_sz,
+                           bias ? bias + gr * Mg : NULL, act);
       }
     }
+  free(col);
+  return NBL_OK;
 }
 
 /* 1 when the node's input 1 is a constant initializer (not overridable by a
@@ -252,6 +322,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (ctx && nbl_wino_ok(g) && !(own && g->out_sz <= 64) && nbl_wino_conv(ctx, g, x, w, bias, y, act))
     return NBL_OK;
   int direct = nbl_conv_pointwise(g);
+  if (!direct && g->ns != 2) return conv_nd_blocks(ctx, g, x, w, bias, y, act);
 #if defined(__x86_64__)
   /* other 2-D layers: the shifted-rows kernel, no im2col */
   if (own && !direct && nbl_conv_shift_f32(ctx, g, x, w, bias, y, act)) return NBL_OK;
@@ -283,7 +354,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
       const float *b = xg;
       if (!direct) {
         if (g->ns == 2 && ctx) {
-          im2col_task it = {g, xg, col};
+          im2col_task it = {g, xg, col, 0, 0};
           nbl_parallel_for(ctx, Cg * g->k[0], 1, im2col_run, &it);
         } else {
           nbl_im2col_f32(g, Cg, xg, col);

@@ -15,6 +15,7 @@
 #include "runtime/kernels/gemm.h"
 #include "runtime/kernels/kdebug.h"
 #include "test_data.h"
+#include "one_node.h"
 
 static uint32_t rng = 777;
 static float frand(void) { return td_lcg_float(&rng); }
@@ -417,6 +418,78 @@ START_TEST(test_state_write_refreshes_cache) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ 1-D and 3-D layers */
+
+/* Conv of spatial rank ns (X [N, C, sp...], W [M, C/group, k...]) on the
+ * fast path (blocks of output lines, im2col and BLAS) at 1 and 2 threads
+ * against the reference kernel's double loop, within 2e-6 of the largest
+ * output. */
+typedef struct ndcase {
+  int ns;
+  int64_t N, C, M, group, sp[3], k[3], s[3], d[3], pads[6];
+  int bias;
+} ndcase;
+
+static void check_nd(const ndcase *c) {
+  int64_t xd[5] = {c->N, c->C}, wd[5] = {c->M, c->C / c->group}, bd[1] = {c->M};
+  int64_t nx = c->N * c->C, nw = c->M * (c->C / c->group);
+  for (int i = 0; i < c->ns; i++) xd[2 + i] = c->sp[i], wd[2 + i] = c->k[i], nx *= c->sp[i], nw *= c->k[i];
+  float *x = malloc(sizeof(float) * (size_t)nx), *w = malloc(sizeof(float) * (size_t)nw), b[64];
+  for (int64_t i = 0; i < nx; i++) x[i] = frand() * 2 - 1;
+  for (int64_t i = 0; i < nw; i++) w[i] = frand() * 2 - 1;
+  for (int i = 0; i < 64; i++) b[i] = frand();
+  float *want = NULL;
+  size_t n_out = 0;
+  for (int run = 0; run < 3; run++) { /* reference, then fast at 1 and 2 threads */
+    one *o = one_new("Conv", 13, c->bias ? 3 : 2, 1);
+    nbl_node_set_attr_ints(G(o), o->node, "strides", c->ns, c->s);
+    nbl_node_set_attr_ints(G(o), o->node, "dilations", c->ns, c->d);
+    nbl_node_set_attr_ints(G(o), o->node, "pads", 2 * c->ns, c->pads);
+    nbl_node_set_attr_int(G(o), o->node, "group", c->group);
+    one_in(o, 0, NBL_DT_FLOAT, 2 + c->ns, xd, x);
+    one_in(o, 1, NBL_DT_FLOAT, 2 + c->ns, wd, w);
+    if (c->bias) one_in(o, 2, NBL_DT_FLOAT, 1, bd, b);
+    o->threads = run == 2 ? 2 : 1;
+    ck_assert_msg(one_run(o, run == 0) == NBL_OK, "%s", nbl_last_error());
+    const nbl_host_tensor *y = &o->out[0];
+    if (run == 0) {
+      n_out = y->nbytes / sizeof(float);
+      want = malloc(y->nbytes);
+      memcpy(want, y->data, y->nbytes);
+    } else {
+      ck_assert_uint_eq(y->nbytes, n_out * sizeof(float));
+      double mx = 0, err = 0;
+      for (size_t i = 0; i < n_out; i++) {
+        mx = fmax(mx, fabs(want[i]));
+        err = fmax(err, fabs((double)want[i] - ((const float *)y->data)[i]));
+      }
+      ck_assert_msg(err <= 2e-6 * mx, "ns %d C %lld M %lld group %lld run %d: error %g of max %g", c->ns,
+                    (long long)c->C, (long long)c->M, (long long)c->group, run, err, mx);
+    }
+    one_free(o);
+  }
+  free(want);
+  free(x);
+  free(w);
+}
+
+START_TEST(test_conv_nd) {
+  const ndcase cases[] = {
+      /* 3-D, K = 64 * 27 = 1728 and 24 columns a line: blocks of 25 of the 192 lines, the last one short */
+      {3, 1, 64, 8, 1, {8, 24, 24}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1, 1, 1, 1}, 1},
+      /* 3-D, two images, groups, strides, dilation, asymmetric pads */
+      {3, 2, 8, 12, 2, {6, 20, 21}, {3, 3, 2}, {1, 2, 1}, {1, 1, 2}, {1, 1, 0, 0, 1, 1}, 1},
+      /* 3-D, depth stride 2, a kernel reaching past every pad */
+      {3, 1, 3, 5, 1, {5, 7, 9}, {2, 5, 3}, {2, 1, 3}, {1, 1, 1}, {0, 2, 1, 1, 2, 0}, 0},
+      /* 1-D: groups, stride 3, dilation 2, pads */
+      {1, 2, 6, 4, 2, {100}, {5}, {3}, {2}, {2, 4}, 1},
+      /* 1-D, long: blocks of one line (a line is the whole output) */
+      {1, 1, 64, 16, 1, {5000}, {3}, {1}, {1}, {1, 1}, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_nd(&cases[i]);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conv_fast");
   TCase *tc = tcase_create("all");
@@ -428,6 +501,7 @@ int main(void) {
   tcase_add_test(tc, test_conv1x1);
   tcase_add_test(tc, test_shift_rows);
   tcase_add_test(tc, test_state_write_refreshes_cache);
+  tcase_add_test(tc, test_conv_nd);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
