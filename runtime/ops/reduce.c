@@ -522,6 +522,38 @@ static int tk_cmp_is(const void *pa, const void *pb) {
   return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
+/* a[i] sifted down the heap a[0..n) whose root comes last in cmp's order. */
+static void tk_sift(tk_item *a, int64_t n, int64_t i, int (*cmp)(const void *, const void *)) {
+  for (;;) {
+    int64_t l = 2 * i + 1, w = i;
+    if (l < n && cmp(&a[l], &a[w]) > 0) w = l;
+    if (l + 1 < n && cmp(&a[l + 1], &a[w]) > 0) w = l + 1;
+    if (w == i) return;
+    tk_item t = a[i];
+    a[i] = a[w];
+    a[w] = t;
+    i = w;
+  }
+}
+
+/* a[0..k) = the k first of a[0..n) in cmp's order (a total order: keys,
+ * then indices), sorted: the same items as sorting all n, in O(n log k):
+ * a heap of the k best so far, its root the last of them, which each later
+ * item that comes before it replaces. Sorts all when k is not small. */
+static void tk_select(tk_item *a, int64_t n, int64_t k, int (*cmp)(const void *, const void *)) {
+  if (k * 4 >= n) {
+    qsort(a, (size_t)n, sizeof *a, cmp);
+    return;
+  }
+  for (int64_t i = k / 2 - 1; i >= 0; i--) tk_sift(a, k, i, cmp);
+  for (int64_t r = k; r < n; r++)
+    if (cmp(&a[r], &a[0]) < 0) {
+      a[0] = a[r];
+      tk_sift(a, k, 0, cmp);
+    }
+  qsort(a, (size_t)k, sizeof *a, cmp);
+}
+
 static nbl_status k_topk(nbl_kctx *c) {
   nbl_status st = check_x(c, T_NUM);
   if (st) return st;
@@ -573,7 +605,7 @@ static nbl_status k_topk(nbl_kctx *c) {
           items[r].i = uns ? (int64_t)((uint64_t)v ^ 0x8000000000000000ull) : v;
         }
       }
-      qsort(items, (size_t)R, sizeof(tk_item), cmp);
+      tk_select(items, R, k, cmp);
       for (int64_t t = 0; t < k; t++) {
         int64_t dst = (o * k + t) * inner + i;
         int64_t src = (o * R + items[t].idx) * inner + i;

@@ -724,6 +724,70 @@ START_TEST(test_argmax_topk_cumsum) {
 }
 END_TEST
 
+/* TopK where k is small against the axis (the kernel keeps a heap of the k
+ * best instead of sorting all): 2 x 5000 x 3 values drawn from 7 levels and
+ * NaNs (ties everywhere), k = 37 along axis 1, largest and smallest, float
+ * and int32, against a selection written here: the k first by value, ties
+ * by lower index, NaN after every number for largest = 0 and before for
+ * largest = 1 (the kernel's rule, as ONNX Runtime's). */
+static const float *tk_order_v;
+static int tk_order_largest;
+static int tk_before(int64_t a, int64_t b) { /* 1 if element a comes first */
+  float x = tk_order_v[a], y = tk_order_v[b];
+  int xn = isnan(x), yn = isnan(y);
+  if (xn != yn) return tk_order_largest ? xn : yn;
+  if (!xn && x != y) return tk_order_largest ? x > y : x < y;
+  return a < b;
+}
+
+START_TEST(test_topk_small_k) {
+  enum { A = 2, R = 5000, B = 3, K = 37 };
+  static float xf[A * R * B];
+  static int32_t xi[A * R * B];
+  uint32_t s = 99;
+  for (int i = 0; i < A * R * B; i++) {
+    s = s * 1664525u + 1013904223u;
+    int lv = (int)(s >> 29); /* 0..7: 7 is a NaN (an int 99) */
+    xf[i] = lv == 7 ? NAN : (float)lv - 3.0f;
+    xi[i] = lv == 7 ? 99 : lv - 3;
+  }
+  int64_t k = K, dims[3] = {A, R, B}, od[3] = {A, K, B};
+  static float col[R];
+  for (int isint = 0; isint < 2; isint++)
+    for (int largest = 0; largest < 2; largest++) {
+      one *o = one_new("TopK", 11, 2, 2);
+      nbl_node_set_attr_int(G(o), o->node, "largest", largest);
+      nbl_node_set_attr_int(G(o), o->node, "axis", 1);
+      one_in(o, 0, isint ? NBL_DT_INT32 : NBL_DT_FLOAT, 3, dims, isint ? (const void *)xi : (const void *)xf);
+      one_in(o, 1, NBL_DT_INT64, 1, (int64_t[]){1}, &k);
+      ck_assert_int_eq(one_run(o, 0), NBL_OK);
+      ck_dims(&o->out[1], 3, od);
+      const int64_t *ix = o->out[1].data;
+      for (int a = 0; a < A; a++)
+        for (int b = 0; b < B; b++) {
+          for (int r = 0; r < R; r++) col[r] = isint ? (float)xi[(a * R + r) * B + b] : xf[(a * R + r) * B + b];
+          tk_order_v = col;
+          tk_order_largest = largest;
+          /* selection: K passes, each taking the first not yet taken */
+          static unsigned char taken[R];
+          memset(taken, 0, sizeof taken);
+          for (int t = 0; t < K; t++) {
+            int64_t best = -1;
+            for (int64_t r = 0; r < R; r++)
+              if (!taken[r] && (best < 0 || tk_before(r, best))) best = r;
+            taken[best] = 1;
+            ck_assert_msg(ix[(a * K + t) * B + b] == best, "int %d largest %d (%d, %d) rank %d: index %lld, want %lld",
+                          isint, largest, a, b, t, (long long)ix[(a * K + t) * B + b], (long long)best);
+            float got = isint ? (float)((const int32_t *)o->out[0].data)[(a * K + t) * B + b]
+                              : outf(o, 0)[(a * K + t) * B + b];
+            ck_assert(isnan(got) ? isnan(col[best]) : got == col[best]);
+          }
+        }
+      one_free(o);
+    }
+}
+END_TEST
+
 START_TEST(test_softmax) {
   float x[4] = {1000, 1000, -INFINITY, 0};
   for (int ref = 0; ref < 2; ref++) {
@@ -859,6 +923,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_reduce_axes);
   tcase_add_test(t, test_reduce_empty_and_special);
   tcase_add_test(t, test_argmax_topk_cumsum);
+  tcase_add_test(t, test_topk_small_k);
   tcase_add_test(t, test_softmax);
   tcase_add_test(t, test_normalization);
   tcase_add_test(t, test_losses);
