@@ -310,6 +310,7 @@ NBL_OP_FAMILY(signal)       /* runtime/ops/signal.c: windows, DFT, STFT, MelWeig
 NBL_OP_FAMILY(misc)         /* runtime/ops/misc.c: Det, detection, GridSample, TfIdfVectorizer */
 NBL_OP_FAMILY(random)       /* runtime/ops/random.c: RandomNormal/Uniform(Like), Bernoulli, Multinomial */
 NBL_OP_FAMILY(sequence)     /* runtime/ops/sequence.c: sequence and optional values (Sequence*, Optional*) */
+NBL_OP_FAMILY(einsum)       /* runtime/ops/einsum.c: Einsum */
 NBL_OP_FAMILY(nibble)       /* runtime/ops/nibble.c: ai.nibble ops (QuantizeInt4, QuantizeLog) */
 NBL_OP_FAMILY(grad_elementwise) /* runtime/ops/grad_elementwise.c: activation, dropout, broadcast, QuantizeInt4 backward */
 NBL_OP_FAMILY(grad_reduce)      /* runtime/ops/grad_reduce.c: softmax and cross-entropy backward */

@@ -30,6 +30,7 @@ static const struct {
     {nbl_ops_misc, &nbl_ops_misc_count},
     {nbl_ops_random, &nbl_ops_random_count},
     {nbl_ops_sequence, &nbl_ops_sequence_count},
+    {nbl_ops_einsum, &nbl_ops_einsum_count},
     {nbl_ops_nibble, &nbl_ops_nibble_count},
     {nbl_ops_grad_elementwise, &nbl_ops_grad_elementwise_count},
     {nbl_ops_grad_reduce, &nbl_ops_grad_reduce_count},
