@@ -26,7 +26,92 @@ static int ein_label(char ch) {
 }
 static char ein_char(int l) { return l < 26 ? (char)('A' + l) : l < 52 ? (char)('a' + l - 26) : '.'; }
 
-static nbl_status k_einsum(nbl_kctx *c) {
+/* dst (row-major over sz[0..nd)) = the elements of src at sum idx[d] * st[d]. */
+static void ein_pack(const float *src, int nd, const int64_t *sz, const int64_t *st, float *dst) {
+  int64_t idx[EIN_MAX_LABELS] = {0}, off = 0, n = 1;
+  for (int d = 0; d < nd; d++) n *= sz[d];
+  for (int64_t i = 0; i < n; i++) {
+    dst[i] = src[off];
+    for (int d = nd - 1; d >= 0; d--) {
+      if (++idx[d] < sz[d]) {
+        off += st[d];
+        break;
+      }
+      off -= st[d] * (sz[d] - 1);
+      idx[d] = 0;
+    }
+  }
+}
+
+/* The fast kernel's path: two float32 operands whose labels (of size > 1)
+ * are each a batch label (both operands and the output), an m label (A and
+ * the output), an n label (B and the output) or a summed label (A and B):
+ * A and B gathered as [batch][M][K] and [batch][K][N], one GEMM per batch
+ * (float sums), the result gathered into the output's label order. 1 when
+ * done, 0 when the equation is another kind (a repeated label, a label
+ * summed in one operand only), -1 out of memory. */
+static int ein_gemm(nbl_kctx *c, const nbl_rt_tensor *A, const nbl_rt_tensor *B, nbl_rt_tensor *Y, int nout,
+                    const int *out_lab, const int64_t *size, int64_t stride[][EIN_MAX_LABELS],
+                    int op_lab[][NBL_MAX_RANK]) {
+  for (int i = 0; i < 2; i++) /* a label twice in one operand (a diagonal) */
+    for (int d = 0; d < c->in[i]->rank; d++)
+      for (int e = d + 1; e < c->in[i]->rank; e++)
+        if (op_lab[i][d] == op_lab[i][e]) return 0;
+  int in_out[EIN_MAX_LABELS] = {0}, lab[4][EIN_MAX_LABELS], n[4] = {0, 0, 0, 0}; /* batch, m, n, k */
+  for (int j = 0; j < nout; j++) in_out[out_lab[j]] = 1;
+  int64_t ext[4] = {1, 1, 1, 1};
+  for (int l = 0; l < EIN_MAX_LABELS; l++) {
+    if (size[l] == 0) return 0; /* empty: the reference loop */
+    if (size[l] < 0 || size[l] == 1) continue; /* unused, or of size 1 */
+    int a = stride[0][l] != 0, b = stride[1][l] != 0, o = in_out[l];
+    int cat = a && b && o ? 0 : a && o ? 1 : b && o ? 2 : a && b ? 3 : -1;
+    if (cat < 0) return 0;
+    lab[cat][n[cat]++] = l;
+    ext[cat] *= size[l];
+  }
+  const int64_t Bt = ext[0], M = ext[1], N = ext[2], K = ext[3];
+  float *ap = malloc(sizeof(float) * (size_t)(Bt * M * K + 1)), *bp = malloc(sizeof(float) * (size_t)(Bt * K * N + 1)),
+        *cp = malloc(sizeof(float) * (size_t)(Bt * M * N + 1));
+  if (!ap || !bp || !cp) {
+    free(ap);
+    free(bp);
+    free(cp);
+    return -1;
+  }
+  int64_t sz[EIN_MAX_LABELS], st[EIN_MAX_LABELS];
+  const int order[2][3] = {{0, 1, 3}, {0, 3, 2}}; /* A: batch, m, k; B: batch, k, n */
+  for (int i = 0; i < 2; i++) {
+    int nd = 0;
+    for (int q = 0; q < 3; q++)
+      for (int j = 0; j < n[order[i][q]]; j++) {
+        int l = lab[order[i][q]][j];
+        sz[nd] = size[l];
+        st[nd++] = stride[i][l];
+      }
+    ein_pack(c->in[i]->data, nd, sz, st, i ? bp : ap);
+  }
+  for (int64_t b = 0; b < Bt; b++) {
+    nbl_sgemm(c, 0, 0, M, N, K, 1.0f, ap + b * M * K, K, bp + b * K * N, N, 0.0f, cp + b * M * N, N);
+  }
+  /* the output: each label's stride in cp = the extents after it in its category, times the later categories' */
+  int64_t cst[EIN_MAX_LABELS] = {0};
+  const int64_t after[3] = {M * N, N, 1};
+  for (int q = 0; q < 3; q++) {
+    int64_t s = after[q];
+    for (int j = n[q] - 1; j >= 0; j--) {
+      cst[lab[q][j]] = s;
+      s *= size[lab[q][j]];
+    }
+  }
+  for (int j = 0; j < nout; j++) sz[j] = size[out_lab[j]], st[j] = size[out_lab[j]] > 1 ? cst[out_lab[j]] : 0;
+  ein_pack(cp, nout, sz, st, Y->data);
+  free(ap);
+  free(bp);
+  free(cp);
+  return 1;
+}
+
+static nbl_status ein_run(nbl_kctx *c, int fast) {
   const char *eq = nbl_attr_string(c->node, "equation", NULL);
   if (!eq) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'equation' is required");
   int nops = c->n_in;
@@ -172,6 +257,11 @@ static nbl_status k_einsum(nbl_kctx *c) {
   nbl_status st = nbl_kctx_alloc_out(c, 0, dt, nout, od);
   if (st) return st;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (fast && nops == 2 && dt == NBL_DT_FLOAT) {
+    int r = ein_gemm(c, c->in[0], c->in[1], Y, nout, out_lab, size, stride, op_lab);
+    if (r < 0) return oom(c);
+    if (r) return NBL_OK;
+  }
   int64_t out_n = Y->numel, sum_n = 1;
   for (int j = nout; j < nall; j++) sum_n *= size[all_lab[j]];
   double *v[EIN_MAX_OPS];
@@ -216,6 +306,9 @@ static nbl_status k_einsum(nbl_kctx *c) {
   free_all(nops, v);
   return NBL_OK;
 }
+
+static nbl_status k_einsum(nbl_kctx *c) { return ein_run(c, 0); }
+static nbl_status k_einsum_fast(nbl_kctx *c) { return ein_run(c, 1); }
 
 /* ------------------------------------------------------------------ shape rule */
 
@@ -486,6 +579,7 @@ static nbl_status g_einsum(nbl_grad_ctx *gc) {
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_einsum[] = {
-    NBL_OP("Einsum", 12, .ref = k_einsum, .shape = shape_einsum, .stable_since = 12, .grad = g_einsum),
+    NBL_OP("Einsum", 12, .ref = k_einsum, .fast = k_einsum_fast, .shape = shape_einsum, .stable_since = 12,
+        .grad = g_einsum),
 };
 const size_t nbl_ops_einsum_count = sizeof nbl_ops_einsum / sizeof nbl_ops_einsum[0];

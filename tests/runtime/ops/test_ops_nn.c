@@ -459,7 +459,7 @@ START_TEST(test_avgpool_fast) {
       cur_avg = &avg_cases[ca];
       for (int data = 0; data < 2; data++) {
         const float *x = data ? xr : xe;
-        nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)}, r, a, f;
+        nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)}, r = {0}, a = {0}, f = {0};
         nbl_status rs = run_node("AveragePool", 19, attr_avg, 1, in, 1, &r, 1, 1);
         for (int threads = 1; threads <= 2; threads++) {
           nbl_status fs = run_node("AveragePool", 19, attr_avg, 1, in, 1, &f, 0, threads);
@@ -702,6 +702,76 @@ START_TEST(test_bad_input_errors) {
 }
 END_TEST
 
+/* Einsum's fast kernel (two float operands as batched GEMM) against its
+ * reference kernel (every product in double), and by hand on one case:
+ * batch, m, n and summed labels in every order, a transposed output,
+ * ellipses with broadcast dims of size 1, a size-1 label, and equations it
+ * hands back to the reference loop (a diagonal, a label summed in one
+ * operand only, an empty summed label, three operands). */
+static void einsum_case(const char *eq, int n_in, int r0, const int64_t *d0, int r1, const int64_t *d1) {
+  static uint32_t s = 4242;
+  int64_t n0 = nbl_shape_numel(r0, d0), n1 = n_in > 1 ? nbl_shape_numel(r1, d1) : 0;
+  float *x0 = malloc(sizeof(float) * (size_t)(n0 + 1)), *x1 = malloc(sizeof(float) * (size_t)(n1 + 1));
+  for (int64_t i = 0; i < n0; i++) x0[i] = td_lcg_float(&s) * 2 - 1;
+  for (int64_t i = 0; i < n1; i++) x1[i] = td_lcg_float(&s) * 2 - 1;
+  float *want = NULL;
+  size_t nb = 0;
+  for (int ref = 1; ref >= 0; ref--) {
+    one *o = one_new("Einsum", 12, n_in, 1);
+    nbl_node_set_attr_string(G(o), o->node, "equation", eq);
+    one_in(o, 0, NBL_DT_FLOAT, r0, d0, x0);
+    if (n_in > 1) one_in(o, 1, NBL_DT_FLOAT, r1, d1, x1);
+    if (n_in > 2) one_in(o, 2, NBL_DT_FLOAT, r1, d1, x1);
+    ck_assert_msg(one_run(o, ref) == NBL_OK, "%s: %s", eq, nbl_last_error());
+    if (ref) {
+      nb = o->out[0].nbytes;
+      want = malloc(nb + 1);
+      memcpy(want, o->out[0].data, nb);
+    } else {
+      ck_assert_uint_eq(o->out[0].nbytes, nb);
+      double mx = 1e-30, err = 0;
+      for (size_t i = 0; i < nb / sizeof(float); i++) {
+        mx = fmax(mx, fabs(want[i]));
+        err = fmax(err, fabs((double)want[i] - outf(o, 0)[i]));
+      }
+      ck_assert_msg(err <= 1e-5 * mx, "%s: fast vs reference %g of %g", eq, err, mx);
+    }
+    one_free(o);
+  }
+  free(want);
+  free(x0);
+  free(x1);
+}
+
+START_TEST(test_einsum_fast) {
+  /* by hand: [[1,2],[3,4]] x [[5,6],[7,8]] with the output transposed: (AB)^T = [[19,43],[22,50]] */
+  float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+  const int64_t d22[2] = {2, 2};
+  for (int ref = 0; ref < 2; ref++) {
+    one *o = one_new("Einsum", 12, 2, 1);
+    nbl_node_set_attr_string(G(o), o->node, "equation", "ij,jk->ki");
+    one_in(o, 0, NBL_DT_FLOAT, 2, d22, a);
+    one_in(o, 1, NBL_DT_FLOAT, 2, d22, b);
+    ck_assert_int_eq(one_run(o, ref), NBL_OK);
+    const float w[4] = {19, 43, 22, 50};
+    for (int i = 0; i < 4; i++) ck_assert_float_eq(outf(o, 0)[i], w[i]);
+    one_free(o);
+  }
+  einsum_case("bhid,bhjd->bhij", 2, 4, (int64_t[]){2, 3, 17, 8}, 4, (int64_t[]){2, 3, 19, 8});
+  einsum_case("bhij,bhjd->bihd", 2, 4, (int64_t[]){2, 3, 17, 19}, 4, (int64_t[]){2, 3, 19, 8});
+  einsum_case("ik,kj", 2, 2, (int64_t[]){33, 65}, 2, (int64_t[]){65, 7});
+  einsum_case("nchw,ck->nkhw", 2, 4, (int64_t[]){2, 5, 6, 7}, 2, (int64_t[]){5, 9});
+  einsum_case("...ij,...jk->...ik", 2, 4, (int64_t[]){3, 1, 4, 5}, 3, (int64_t[]){2, 5, 6}); /* broadcast batch */
+  einsum_case("ab,cb->ca", 2, 2, (int64_t[]){1, 6}, 2, (int64_t[]){4, 6}); /* a of size 1 */
+  einsum_case("i,j->ij", 2, 1, (int64_t[]){7}, 1, (int64_t[]){5});          /* outer product: K = 1 */
+  einsum_case("ij,ij->", 2, 2, (int64_t[]){4, 6}, 2, (int64_t[]){4, 6});    /* a full contraction */
+  einsum_case("ii,ij->j", 2, 2, (int64_t[]){5, 5}, 2, (int64_t[]){5, 3});   /* a diagonal: reference */
+  einsum_case("ij,jk->k", 2, 2, (int64_t[]){4, 3}, 2, (int64_t[]){3, 2});   /* i summed in A only: reference */
+  einsum_case("ij,jk->ik", 2, 2, (int64_t[]){3, 0}, 2, (int64_t[]){0, 2});  /* an empty sum: zeros */
+  einsum_case("ij,jk,kl->il", 3, 2, (int64_t[]){4, 4}, 2, (int64_t[]){4, 4}); /* three operands: reference */
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("ops_nn");
   TCase *tc = tcase_create("core");
@@ -722,6 +792,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_quantize_hand);
   tcase_add_test(tc, test_matmulinteger_hand);
   tcase_add_test(tc, test_bad_input_errors);
+  tcase_add_test(tc, test_einsum_fast);
   suite_add_tcase(s, tc);
   return s;
 }
