@@ -87,21 +87,8 @@ def main():
     if rows is None:
         print("FAIL: nibble train exited %d: %s" % (r.returncode, r.stderr))
         return 1
-    rc = 0
-    for wrong in (False, True):
-        losses, params = torch_run(x, y, w0, wrong)
-        if len(rows) != len(losses):
-            print("FAIL: %d step rows, expected %d" % (len(rows), len(losses)))
-            return 1
-        lw = max(abs(a - b) / abs(b) for a, b in zip(rows, losses))
-        pw = max(float(np.max(np.abs(w1[k] - v)) / np.max(np.abs(v))) for k, v in params.items())
-        ok = lw <= 1e-4 and pw <= 1e-4
-        what = "control (wrong Hardswish backward in PyTorch)" if wrong else "nibble against PyTorch"
-        print("%s %s: %d steps, loss %.4f -> %.4f; largest relative loss difference %.2e, parameter "
-              "difference %.2e" % ("ok  " if ok != wrong else "FAIL", what, len(rows), rows[0], rows[-1], lw, pw))
-        if ok == wrong:
-            rc = 1
-    return rc
+    return common.against_torch(rows, w1, lambda wrong: torch_run(x, y, w0, wrong),
+                                "control (wrong Hardswish backward in PyTorch)")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ within 1e-4 of its largest magnitude; with the grid's gradient cut in
 PyTorch (--control: the grid detached) the comparison fails.
 Exit 0 pass, 1 fail, 77 skip (no torch/onnx/numpy).
 """
-import csv
 import os
 import sys
 
 try:
-    import numpy as np
     import onnx
     from onnx import numpy_helper
     import torch
@@ -76,29 +74,12 @@ def main():
         return 1
     w0 = {t.name: numpy_helper.to_array(t).copy() for t in onnx.load(model).graph.initializer}
     out, metrics = os.path.join(tmp, "out.onnx"), os.path.join(tmp, "m.csv")
-    r = common.run(["train", model, "--data", "npy:" + os.path.join(tmp, "data"), "--epochs", 1, "--batch", B,
-                    "--lr", LR, "--optimizer", "sgd", "--seed", SEED, "--threads", 1, "--metrics", metrics,
-                    "--log-every", 1, "--export", out])
-    if r.returncode != 0:
+    r, rows, w1 = common.nibble_sgd_epoch(model, os.path.join(tmp, "data"), B, LR, SEED, out, metrics)
+    if rows is None:
         print("FAIL: nibble train exited %d: %s" % (r.returncode, r.stderr))
         return 1
-    rows = [float(row["loss"]) for row in csv.DictReader(open(metrics)) if row["kind"] == "step"]
-    w1 = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
-    rc = 0
-    for wrong in (False, True):
-        losses, params = torch_run(x, y, w0, wrong)
-        if len(rows) != len(losses):
-            print("FAIL: %d step rows, expected %d" % (len(rows), len(losses)))
-            return 1
-        lw = max(abs(a - b) / abs(b) for a, b in zip(rows, losses))
-        pw = max(float(np.max(np.abs(w1[k] - v)) / np.max(np.abs(v))) for k, v in params.items())
-        ok = lw <= 1e-4 and pw <= 1e-4
-        what = "control (the grid detached in PyTorch)" if wrong else "nibble against PyTorch"
-        print("%s %s: %d steps, loss %.4f -> %.4f; largest relative loss difference %.2e, parameter "
-              "difference %.2e" % ("ok  " if ok != wrong else "FAIL", what, len(rows), rows[0], rows[-1], lw, pw))
-        if ok == wrong:
-            rc = 1
-    return rc
+    return common.against_torch(rows, w1, lambda wrong: torch_run(x, y, w0, wrong),
+                                "control (the grid detached in PyTorch)")
 
 
 if __name__ == "__main__":

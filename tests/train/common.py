@@ -101,6 +101,31 @@ def nibble_sgd_epoch(model, data, batch, lr, seed, out, metrics):
     return r, losses, {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
 
 
+def against_torch(rows, w1, torch_run, control):
+    """nibble's step losses `rows` and trained initializers `w1` against
+    PyTorch's: torch_run(wrong) gives (losses, parameters by name), wrong
+    True the control run (`control` names it), which must fail the
+    comparison. Asserted: every step's loss within 1e-4 relative, every
+    parameter within 1e-4 of its largest magnitude. Prints one line a run;
+    returns the exit status (0 pass, 1 fail)."""
+    import numpy as np
+    rc = 0
+    for wrong in (False, True):
+        losses, params = torch_run(wrong)
+        if len(rows) != len(losses):
+            print("FAIL: %d step rows, expected %d" % (len(rows), len(losses)))
+            return 1
+        lw = max(abs(a - b) / abs(b) for a, b in zip(rows, losses))
+        pw = max(float(np.max(np.abs(w1[k] - v)) / np.max(np.abs(v))) for k, v in params.items())
+        ok = lw <= 1e-4 and pw <= 1e-4
+        what = control if wrong else "nibble against PyTorch"
+        print("%s %s: %d steps, loss %.4f -> %.4f; largest relative loss difference %.2e, parameter "
+              "difference %.2e" % ("ok  " if ok != wrong else "FAIL", what, len(rows), rows[0], rows[-1], lw, pw))
+        if ok == wrong:
+            rc = 1
+    return rc
+
+
 def run(args, **kw):
     return subprocess.run([NIBBLE] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
