@@ -809,6 +809,15 @@ static nbl_status shape_global_pool(nbl_shape_ctx *c) { return shape_pool(c, tru
 /* ------------------------------------------------------------------ gradient rules
  * (runtime/core/grad.h) */
 
+/* dX = the backward op `op` of `domain` on inputs in[0..n), with the pool's
+ * attributes: the rule of every pool whose backward op takes them. */
+static nbl_status pool_grad(nbl_grad_ctx *gc, const char *op, const char *domain, int n, const nbl_id *in) {
+  nbl_id dx = nbl_grad_op(gc, op, domain, n, in);
+  nbl_grad_attr_copy(gc, NULL);
+  nbl_grad_set_dx(gc, 0, dx);
+  return nbl_grad_status(gc);
+}
+
 /* MaxPool: com.microsoft MaxPoolGrad (dY, Indices, shape of X); the forward
  * node is made to produce its Indices output. */
 static nbl_status g_maxpool(nbl_grad_ctx *gc) {
@@ -817,30 +826,21 @@ static nbl_status g_maxpool(nbl_grad_ctx *gc) {
     return nbl_grad_fail(gc, NBL_ERR_UNSUPPORTED,
                          "gradient of MaxPool needs opset >= 8 (the Indices output)");
   nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_y_need(gc, 1), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
-  nbl_id dx = nbl_grad_op(gc, "MaxPoolGrad", "com.microsoft", 3, in);
-  nbl_grad_attr_copy(gc, NULL);
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
+  return pool_grad(gc, "MaxPoolGrad", "com.microsoft", 3, in);
 }
 
 /* AveragePool: com.microsoft AveragePoolGrad (dY, shape of X), same attributes. */
 static nbl_status g_avgpool(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
   nbl_id in[2] = {nbl_grad_dy(gc, 0), nbl_grad_shape(gc, nbl_grad_x(gc, 0))};
-  nbl_id dx = nbl_grad_op(gc, "AveragePoolGrad", "com.microsoft", 2, in);
-  nbl_grad_attr_copy(gc, NULL);
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
+  return pool_grad(gc, "AveragePoolGrad", "com.microsoft", 2, in);
 }
 
 /* LpPool: ai.nibble LpPoolGrad (runtime/ops/grad_pool.c) on dY, X and Y, same attributes. */
 static nbl_status g_lppool(nbl_grad_ctx *gc) {
   if (!nbl_grad_wants(gc, 0)) return NBL_OK;
   nbl_id in[3] = {nbl_grad_dy(gc, 0), nbl_grad_x(gc, 0), nbl_grad_y(gc, 0)};
-  nbl_id dx = nbl_grad_op(gc, "LpPoolGrad", "ai.nibble", 3, in);
-  nbl_grad_attr_copy(gc, NULL);
-  nbl_grad_set_dx(gc, 0, dx);
-  return nbl_grad_status(gc);
+  return pool_grad(gc, "LpPoolGrad", "ai.nibble", 3, in);
 }
 
 /* MaxUnpool: dX = dY gathered at the indices (as PyTorch: each of repeated
