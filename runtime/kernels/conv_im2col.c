@@ -251,6 +251,13 @@ void nbl_im2col_f32(const nbl_conv_geom *g, int64_t Cg, const float *x, float *c
   else im2col_nd_rows(g, x, col, 0, Cg * g->k_sz, 0, OW ? g->out_sz / OW : 0);
 }
 
+/* The error of a failed im2col buffer allocation (naming the node when
+ * there is a kernel context). */
+static nbl_status col_oom(nbl_kctx *ctx) {
+  if (ctx) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+  return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+}
+
 /* Layers other than 2-D (1-D, 3-D, ...) with one group or more: im2col
  * and a product per group and block of output lines, the block as many
  * lines as keep its im2col matrix near NBL_ND_COL_BYTES (at least one), so
@@ -265,8 +272,7 @@ static nbl_status conv_nd_blocks(nbl_kctx *ctx, const nbl_conv_geom *g, const fl
   bl = bl < 1 ? 1 : bl > lines ? lines : bl;
   float *col = malloc((size_t)(kdim ? kdim : 1) * (size_t)(bl * OW > 0 ? bl * OW : 1) * sizeof(float));
   if (!col) {
-    if (ctx) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
-    return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+    return col_oom(ctx);
   }
   for (int64_t n = 0; n < g->N; n++)
     for (int64_t gr = 0; gr < g->group; gr++) {
@@ -342,8 +348,7 @@ nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *
   if (!direct) {
     col = malloc((size_t)(kdim ? kdim : 1) * (size_t)g->out_sz * sizeof(float));
     if (!col) {
-      if (ctx) return nbl_kerr(ctx, NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
-      return nbl_errorf(NBL_ERR_OUT_OF_MEMORY, "out of memory for the im2col buffer");
+      return col_oom(ctx);
     }
   }
   for (int64_t n = 0; n < g->N; n++)
