@@ -216,6 +216,36 @@ static nbl_status check_against_type(const nbl_value *val, const nbl_rt_tensor *
   return NBL_OK;
 }
 
+/* A caller's value checked before it is bound: a tensor's shape, element
+ * type and bytes (*need: the bytes its shape takes), a sequence's or
+ * optional's elements the same way. Errors name input `name` (and the
+ * element, item >= 0). */
+static nbl_status check_view(const nbl_rt_tensor *t, const char *name, int64_t item, size_t *need) {
+  char who[300];
+  if (item < 0) snprintf(who, sizeof who, "input '%s'", name);
+  else snprintf(who, sizeof who, "input '%s' element %lld", name, (long long)item);
+  if (t->kind != NBL_RT_TENSOR) {
+    const nbl_rt_seq *q = nbl_rt_seq_of(t);
+    size_t n;
+    for (int64_t i = 0; q && i < q->n; i++) {
+      nbl_status st = check_view(&q->items[i], name, i, &n);
+      if (st != NBL_OK) return st;
+    }
+    *need = 0;
+    return NBL_OK;
+  }
+  if (t->rank < 0 || t->rank > NBL_MAX_RANK)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: rank %d exceeds the supported maximum %d", who, t->rank, NBL_MAX_RANK);
+  int64_t numel = nbl_shape_numel(t->rank, t->dims);
+  if (numel < 0) return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: negative or overflowing shape", who);
+  *need = t->dtype == NBL_DT_STRING ? (size_t)numel * sizeof(char *) : nbl_dtype_nbytes(t->dtype, numel);
+  if (t->dtype != NBL_DT_STRING && nbl_dtype_bits(t->dtype) == 0)
+    return nbl_errorf(NBL_ERR_UNSUPPORTED, "%s: element type %s is not supported", who, nbl_dtype_name(t->dtype));
+  if (t->nbytes < *need || (*need && !t->data))
+    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "%s: %zu bytes given, the shape needs %zu", who, t->nbytes, *need);
+  return NBL_OK;
+}
+
 nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor *view) {
   nbl_id v = nbl_graph_find(e->g, name);
   if (v == NBL_NONE || !(e->g->values[v].flags & (NBL_VAL_INPUT | NBL_VAL_OUTER)))
@@ -227,10 +257,13 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
     e->bound[v] = 0;
     return NBL_OK;
   }
+  /* (before check_against_type, which reads the dims) */
   if (view->rank < 0 || view->rank > NBL_MAX_RANK)
     return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': rank %d exceeds the supported maximum %d",
                       name, view->rank, NBL_MAX_RANK);
   nbl_status st = check_against_type(&e->g->values[v], view);
+  size_t need = 0;
+  if (st == NBL_OK) st = check_view(view, name, -1, &need);
   if (st != NBL_OK) return st;
   if (view->kind != NBL_RT_TENSOR) { /* the engine's own copy of the list (freed on the next bind) */
     nbl_rt_tensor c;
@@ -242,16 +275,6 @@ nbl_status nbl_engine_bind(nbl_engine *e, const char *name, const nbl_rt_tensor 
   }
   nbl_rt_tensor t = *view;
   t.numel = nbl_shape_numel(t.rank, t.dims);
-  if (t.numel < 0)
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': negative or overflowing shape", name);
-  size_t need = t.dtype == NBL_DT_STRING ? (size_t)t.numel * sizeof(char *)
-                                         : nbl_dtype_nbytes(t.dtype, t.numel);
-  if (t.dtype != NBL_DT_STRING && nbl_dtype_bits(t.dtype) == 0)
-    return nbl_errorf(NBL_ERR_UNSUPPORTED, "input '%s': element type %s is not supported", name,
-                      nbl_dtype_name(t.dtype));
-  if (t.nbytes < need || (need && !t.data))
-    return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': %zu bytes given, the shape needs %zu",
-                      name, t.nbytes, need);
   t.nbytes = need;
   t.owns = 0;
   e->binds[v] = t;

@@ -75,18 +75,7 @@ static nbl_status host_to_rt(const nbl_host_tensor *h, nbl_rt_tensor *rt, const 
                         NBL_MAX_DIMS);
     *rt = (nbl_rt_tensor){.dtype = h->dtype, .rank = h->rank, .data = h->data, .nbytes = h->nbytes};
     for (int d = 0; d < h->rank; d++) rt->dims[d] = h->dims[d];
-    if (depth == 0) return NBL_OK; /* nbl_engine_bind checks the shape and the bytes */
-    rt->numel = nbl_shape_numel(rt->rank, rt->dims);
-    if (rt->numel < 0 || (rt->dtype != NBL_DT_STRING && nbl_dtype_bits(rt->dtype) == 0))
-      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': an element has a bad shape or element type %s", what,
-                        nbl_dtype_name(rt->dtype));
-    size_t need = rt->dtype == NBL_DT_STRING ? (size_t)rt->numel * sizeof(char *)
-                                             : nbl_dtype_nbytes(rt->dtype, rt->numel);
-    if (rt->nbytes < need || (need && !rt->data))
-      return nbl_errorf(NBL_ERR_INVALID_ARGUMENT, "input '%s': an element has %zu bytes, its shape needs %zu", what,
-                        rt->nbytes, need);
-    rt->nbytes = need;
-    return NBL_OK;
+    return NBL_OK; /* nbl_engine_bind checks the shape and the bytes, an element's too */
   }
   if ((h->kind != NBL_VALUE_SEQUENCE && h->kind != NBL_VALUE_OPTIONAL) || h->n_items < 0 ||
       (h->n_items && !h->items) || (h->kind == NBL_VALUE_OPTIONAL && h->n_items > 1) || depth > 16)
