@@ -106,6 +106,17 @@ void nbl_parallel_for(nbl_kctx *ctx, int64_t n, int64_t grain,
  * a fresh key. */
 int64_t nbl_kctx_random_seed(nbl_kctx *ctx);
 
+/* splitmix64 (its increment and finalizer): the runtime's one mixer of
+ * seeds, counters and keys (Dropout's mask, the data order, the training
+ * session's and the exchange's random keys, QuantizeInt4's stochastic
+ * rounding). */
+static inline uint64_t nbl_splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 /* Run a subgraph (If/Loop/Scan body) with the given inputs bound to the
  * subgraph's inputs in order; values captured from outer scopes are taken
  * from the enclosing executor frame. Outputs are new tensors the caller owns

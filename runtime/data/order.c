@@ -8,20 +8,14 @@
  * generator state to save.
  */
 #include "nibble.h"
-
-static uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+#include "runtime/core/kernel.h"
 
 void nbl_data_order(uint64_t seed, int64_t epoch, int64_t n, int64_t *perm) {
   if (!perm || n <= 0) return;
   for (int64_t i = 0; i < n; i++) perm[i] = i;
-  uint64_t key = mix(mix(seed) ^ (uint64_t)epoch);
+  uint64_t key = nbl_splitmix64(nbl_splitmix64(seed) ^ (uint64_t)epoch);
   for (int64_t i = n - 1; i > 0; i--) {
-    uint64_t r = mix(key ^ mix((uint64_t)i));
+    uint64_t r = nbl_splitmix64(key ^ nbl_splitmix64((uint64_t)i));
     /* j uniform in [0, i]: the high half of r * (i + 1) (bias below 2^-40 for any n < 2^24) */
     int64_t j = (int64_t)(((unsigned __int128)r * (uint64_t)(i + 1)) >> 64);
     int64_t t = perm[i];

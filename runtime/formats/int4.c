@@ -1,5 +1,6 @@
 /* runtime/formats/int4.c - per-tensor INT4 (2..8 bit) quantizer math; see runtime/formats/int4.h. */
 #include "runtime/formats/int4.h"
+#include "runtime/core/kernel.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -372,17 +373,10 @@ int nbl_q4_choose(const nbl_q4_config *cfg, const float *x, size_t n, float alph
   }
 }
 
-static uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t nbl_q4_uniform_key(int64_t seed) { return splitmix64((uint64_t)seed); }
+uint64_t nbl_q4_uniform_key(int64_t seed) { return nbl_splitmix64((uint64_t)seed); }
 
 double nbl_q4_uniform(int64_t seed, uint64_t index) {
-  uint64_t h = splitmix64(nbl_q4_uniform_key(seed) ^ index);
+  uint64_t h = nbl_splitmix64(nbl_q4_uniform_key(seed) ^ index);
   return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 

@@ -105,14 +105,6 @@ static nbl_status k_identity(nbl_kctx *ctx) {
   return nbl_kctx_copy_out(ctx, 0, ctx->in[0]);
 }
 
-/* splitmix64: the mixer behind Dropout's training-mode mask. */
-static uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 /* Dropout in training mode (opset >= 12, training_mode true, ratio in (0, 1)):
  * element i is kept when u_i >= ratio, u_i uniform in [0, 1) from splitmix64
  * of (seed attribute, a 64-bit hash of the input's bytes, i); kept elements are
@@ -131,9 +123,9 @@ static nbl_status dropout_train(nbl_kctx *ctx, double ratio) {
   for (size_t k = 0; k + 8 <= x->nbytes; k += 8) {
     uint64_t w;
     memcpy(&w, b + k, 8);
-    h = mix64(h ^ w);
+    h = nbl_splitmix64(h ^ w);
   }
-  for (size_t k = x->nbytes & ~(size_t)7; k < x->nbytes; k++) h = mix64(h ^ b[k]);
+  for (size_t k = x->nbytes & ~(size_t)7; k < x->nbytes; k++) h = nbl_splitmix64(h ^ b[k]);
   nbl_status st = nbl_kctx_alloc_out(ctx, 0, x->dtype, x->rank, x->dims);
   if (st != NBL_OK) return st;
   nbl_rt_tensor *y = nbl_kctx_out(ctx, 0), *m = NULL;
@@ -143,7 +135,7 @@ static nbl_status dropout_train(nbl_kctx *ctx, double ratio) {
   }
   double scale = 1.0 / (1.0 - ratio);
   for (int64_t i = 0; i < x->numel; i++) {
-    double u = (double)(mix64(h + (uint64_t)i) >> 11) * 0x1.0p-53;
+    double u = (double)(nbl_splitmix64(h + (uint64_t)i) >> 11) * 0x1.0p-53;
     int keep = u >= ratio;
     if (x->dtype == NBL_DT_FLOAT)
       ((float *)y->data)[i] = keep ? (float)(((const float *)x->data)[i] * scale) : 0.0f;

@@ -104,13 +104,6 @@ static double cpu_s(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 static nbl_log_config log4_config(uint64_t seed) {
   nbl_log_config c;
   nbl_log_config_default(&c); /* radix 4, 3 exponent bits */
@@ -325,9 +318,9 @@ static nbl_status launch_log4(nbl_train_session *s, nbl_ddp *p, bucket *b, int k
     int64_t n = p->numel[j];
     for (int64_t e = 0; e < n; e++) x[e] = w * g[e] + (r ? r[e] : 0.0f);
   }
-  uint64_t seed = mix64(mix64(mix64(p->o.seed) ^ (uint64_t)p->d->rank) ^ (uint64_t)s->prog.global_step) ^
+  uint64_t seed = nbl_splitmix64(nbl_splitmix64(nbl_splitmix64(p->o.seed) ^ (uint64_t)p->d->rank) ^ (uint64_t)s->prog.global_step) ^
                   (uint64_t)k;
-  nbl_log_config cfg = log4_config(mix64(seed));
+  nbl_log_config cfg = log4_config(nbl_splitmix64(seed));
   float *scales = (float *)(void *)b->msg; /* msg is malloc'd: aligned for floats */
   for (int gi = 0; gi < b->n_groups; gi++) {
     int64_t lo = 0, hi = b->n;

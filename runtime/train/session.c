@@ -109,14 +109,6 @@ static int has_input(const nbl_engine *e, const char *name) {
 }
 
 /* Feed the scalars lr and step when the engine's graph reads them. */
-/* splitmix64's finalizer. */
-static uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 /* The key of the random stream of a train step (eval 0) or an eval step
  * (eval 1): the session's rng_seed, the number of train steps done
  * (rng_counter) and the data-parallel rank, mixed. Random ops of a training
@@ -124,7 +116,7 @@ static uint64_t mix64(uint64_t z) {
  * is repeated from the same seed or resumed from a checkpoint, and other
  * values on each step and each rank. */
 static uint64_t random_key(const nbl_train_session *s, int eval) {
-  return mix64(mix64(mix64(s->prog.rng_seed) ^ s->prog.rng_counter) ^ (uint64_t)nbl_ddp_rank(s)) ^
+  return nbl_splitmix64(nbl_splitmix64(nbl_splitmix64(s->prog.rng_seed) ^ s->prog.rng_counter) ^ (uint64_t)nbl_ddp_rank(s)) ^
          (eval ? 0x6576616cull : 0);
 }
 
