@@ -4,6 +4,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 #include "runtime/kernels/c11_tile.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/simd16.h"
 
 #include <stdlib.h>
@@ -41,29 +42,67 @@ typedef struct c11_task {
   int m_outer;     /* or nmc chunks of mc channels, each over all pixels */
 } c11_task;
 
-__attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
+/* Channel rows m.. of tile p: y = act(bias + a), stored under the tile's masks. */
+__attribute__((target("avx512f"))) static void c11_store(const c11_task *t, int64_t m, int64_t p,
+                                                         __m512 a[8][2]) {
   int np = t->P - p < 32 ? (int)(t->P - p) : 32, nr = t->M - m < 8 ? (int)(t->M - m) : 8;
   __mmask16 k0 = nbl_tail_mask(np), k1 = np > 16 ? nbl_tail_mask(np - 16) : 0;
-  int64_t P = t->P;
-  __m512 a[8][2];
-  nbl_c11_sums(t->x + p, NULL, P, t->K, t->wp + m * t->K, k0, k1, a);
   for (int r = 0; r < nr; r++) {
     __m512 v0 = a[r][0], v1 = a[r][1];
     nbl_c11_bias_act(&v0, &v1, t->bias ? t->bias[m + r] : 0.0f, t->act);
-    float *y = t->y + (m + r) * P + p;
+    float *y = t->y + (m + r) * t->P + p;
     _mm512_mask_storeu_ps(y, k0, v0);
     if (k1) _mm512_mask_storeu_ps(y + 16, k1, v1);
   }
 }
 
+__attribute__((target("avx512f"))) static void c11_tile(const c11_task *t, int64_t m, int64_t p) {
+  int np = t->P - p < 32 ? (int)(t->P - p) : 32;
+  __mmask16 k0 = nbl_tail_mask(np), k1 = np > 16 ? nbl_tail_mask(np - 16) : 0;
+  __m512 a[8][2];
+  nbl_c11_sums(t->x + p, NULL, t->P, t->K, t->wp + m * t->K, k0, k1, a);
+  c11_store(t, m, p, a);
+}
+
+typedef struct c11_at {
+  const c11_task *t;
+  int64_t p;
+} c11_at;
+
+__attribute__((target("avx512f"))) static void c11_epi(void *u, int64_t m, __m512 a[8][2]) {
+  const c11_at *at = u;
+  c11_store(at->t, m, at->p, a);
+}
+
+/* Channel blocks m0.. < m1 of tile p: with buf (K long), the tile's
+ * rows packed into a panel and K blocked (nbl_c11_blocked), else one pass
+ * per channel block. */
+__attribute__((target("avx512f"))) static void c11_cols(const c11_task *t, int64_t p, int64_t m0,
+                                                        int64_t m1, float *buf) {
+  if (!buf) {
+    for (int64_t m = m0; m < m1; m += 8) c11_tile(t, m, p);
+    return;
+  }
+  int np = t->P - p < 32 ? (int)(t->P - p) : 32;
+  nbl_c11_panel(t->x + p, NULL, t->P, t->K, nbl_tail_mask(np), np > 16 ? nbl_tail_mask(np - 16) : 0,
+                buf);
+  c11_at at = {t, p};
+  nbl_c11_blocked(buf, t->K, t->wp, m0, m1, buf + 32 * t->K, c11_epi, &at);
+}
+
 static void c11_run(void *arg, int64_t begin, int64_t end) {
   const c11_task *t = arg;
+  /* the panel [K][32] and the partial sums [M][32] of nbl_c11_blocked; NULL
+   * (K short, or no memory): unblocked, the same bits */
+  float *buf = NULL;
+  if (!t->m_outer && t->K >= nbl_kdebug_get(NBL_KS_F32_KBLOCK_MIN))
+    buf = aligned_alloc(64, sizeof(float) * 32 * (size_t)(t->K + (t->M + 7) / 8 * 8));
+  if (buf) nbl_kcount(NBL_KC_F32_KBLOCK_RUNS);
   for (int64_t u = begin; u < end; u++) {
     if (t->bands) {
       int64_t p0, p1;
       nbl_band(t->P, u, t->bands, 32, &p0, &p1);
-      for (int64_t p = p0; p < p1; p += 32)
-        for (int64_t m = 0; m < t->M; m += 8) c11_tile(t, m, p);
+      for (int64_t p = p0; p < p1; p += 32) c11_cols(t, p, 0, t->M, buf);
     } else if (t->m_outer) { /* chunk u of channels over every pixel: weights read once */
       int64_t m0 = u * t->mc, m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
       for (int64_t m = m0; m < m1; m += 8)
@@ -71,9 +110,10 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
     } else {
       int64_t p = u / t->nmc * 32, m0 = u % t->nmc * t->mc;
       int64_t m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
-      for (int64_t m = m0; m < m1; m += 8) c11_tile(t, m, p);
+      c11_cols(t, p, m0, m1, buf);
     }
   }
+  free(buf);
 }
 
 /* wp = w[M][K] packed for c11_tile: [M/8 rounded up][K][8], wp zeroed by the caller. */

@@ -21,6 +21,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/conv_paths.h"
 #include "runtime/kernels/c11_tile.h"
+#include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/simd16.h"
 
 #include <stdlib.h>
@@ -167,30 +168,6 @@ static void pack_run(void *arg, int64_t begin, int64_t end) {
 
 /* ------------------------------------------------------------------ forward */
 
-/* 8 output channels x nq (<= 32) outputs q.. of one image: xb = its planes
- * + q, wb the channels' packed weights [K][8]; rows r < nr of y (stride ldy)
- * get act(bias + sum). The sums of c11_tile (conv_avx512.c, c11_tile.h)
- * with the rows of x found through off[] instead of im2col's k P. */
-__attribute__((target("avx512f"))) static void fwd_tile(const shift_geom *s, const int64_t *off, int64_t K,
-                                                        const float *xb, int64_t q, const float *wb, int nq,
-                                                        float *y, int64_t ldy, int nr, const float *bias,
-                                                        const nbl_act *act) {
-  __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
-  __m512 a[8][2];
-  nbl_c11_sums(xb, off, 0, K, wb, k0, k1, a);
-  /* the output lanes of each vector, packed to the front, stored at the
-   * output index of the first: the junk columns are dropped here */
-  __mmask16 v0m = s->vm[q] & k0, v1m = k1 ? s->vm[q + 16] & k1 : 0;
-  __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
-  float *y0 = y + s->yb[q], *y1 = y + s->yb[q + 16];
-  for (int r = 0; r < nr; r++) {
-    __m512 v0 = a[r][0], v1 = a[r][1];
-    nbl_c11_bias_act(&v0, &v1, bias ? bias[r] : 0.0f, act);
-    if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
-    if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
-  }
-}
-
 /* One product over the planes: taps off[K], packed weights, output y. */
 typedef struct fwd_prod {
   const int64_t *off;
@@ -199,6 +176,62 @@ typedef struct fwd_prod {
   const nbl_act *act;
   float *y; /* [N][M][OH][OW] */
 } fwd_prod;
+
+/* The output lanes of tile q (nq <= 32 outputs q.. of one image in padded
+ * width) for channel rows m.. of product p: act(bias + a), the lanes of
+ * each vector that are outputs packed to the front and stored at the output
+ * index of the first, so the junk columns are dropped here. */
+__attribute__((target("avx512f"))) static void fwd_store(const shift_geom *s, const fwd_prod *p,
+                                                         float *yn, int64_t q, int nq, int64_t m,
+                                                         __m512 a[8][2]) {
+  int64_t ldy = s->g->out_sz;
+  int nr = p->M - m < 8 ? (int)(p->M - m) : 8;
+  __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
+  __mmask16 v0m = s->vm[q] & k0, v1m = k1 ? s->vm[q + 16] & k1 : 0;
+  __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
+  float *y0 = yn + m * ldy + s->yb[q], *y1 = yn + m * ldy + s->yb[q + 16];
+  for (int r = 0; r < nr; r++) {
+    __m512 v0 = a[r][0], v1 = a[r][1];
+    nbl_c11_bias_act(&v0, &v1, p->bias ? p->bias[m + r] : 0.0f, p->act);
+    if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
+    if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
+  }
+}
+
+typedef struct fwd_at {
+  const shift_geom *s;
+  const fwd_prod *p;
+  float *yn;
+  int64_t q;
+  int nq;
+} fwd_at;
+
+__attribute__((target("avx512f"))) static void fwd_epi(void *u, int64_t m, __m512 a[8][2]) {
+  const fwd_at *at = u;
+  fwd_store(at->s, at->p, at->yn, at->q, at->nq, m, a);
+}
+
+/* Every channel block of product p over tile q of image n (planes pl): the
+ * sums of c11_tile (conv_avx512.c, c11_tile.h) with the rows of x found
+ * through off[] instead of im2col's k P; with buf (K long) the
+ * tile's rows packed into a panel and K blocked (nbl_c11_blocked). */
+__attribute__((target("avx512f"))) static void fwd_cols(const shift_geom *s, const fwd_prod *p,
+                                                        int64_t n, const float *pl, int64_t q, int nq,
+                                                        float *buf) {
+  float *yn = p->y + n * p->M * s->g->out_sz;
+  __mmask16 k0 = nbl_tail_mask(nq), k1 = nq > 16 ? nbl_tail_mask(nq - 16) : 0;
+  if (buf) {
+    nbl_c11_panel(pl + q, p->off, 0, p->K, k0, k1, buf);
+    fwd_at at = {s, p, yn, q, nq};
+    nbl_c11_blocked(buf, p->K, p->wp, 0, p->M, buf + 32 * p->K, fwd_epi, &at);
+    return;
+  }
+  for (int64_t m = 0; m < p->M; m += 8) {
+    __m512 a[8][2];
+    nbl_c11_sums(pl + q, p->off, 0, p->K, p->wp + m * p->K, k0, k1, a);
+    fwd_store(s, p, yn, q, nq, m, a);
+  }
+}
 
 typedef struct fwd_task {
   const shift_geom *s;
@@ -224,13 +257,15 @@ static void fwd_run(void *arg, int64_t begin, int64_t end) {
     int64_t q1 = (oh1 - 1) * Wq + OW;
     for (int i = 0; i < t->nprod; i++) {
       const fwd_prod *p = &t->prod[i];
-      float *yn = p->y + n * p->M * g->out_sz;
-      for (int64_t q = oh0 * Wq; q < q1; q += 32) {
-        int nq = q1 - q < 32 ? (int)(q1 - q) : 32;
-        for (int64_t m = 0; m < p->M; m += 8)
-          fwd_tile(s, p->off, p->K, pl + q, q, p->wp + m * p->K, nq, yn + m * g->out_sz, g->out_sz,
-                   p->M - m < 8 ? (int)(p->M - m) : 8, p->bias ? p->bias + m : NULL, p->act);
-      }
+      /* the panel [K][32] and partial sums [M][32] of nbl_c11_blocked; NULL
+       * (K short, or no memory): one pass per channel block, the same bits */
+      float *buf = p->K >= nbl_kdebug_get(NBL_KS_F32_KBLOCK_MIN)
+                       ? aligned_alloc(64, sizeof(float) * 32 * (size_t)(p->K + (p->M + 7) / 8 * 8))
+                       : NULL;
+      if (buf) nbl_kcount(NBL_KC_F32_KBLOCK_RUNS);
+      for (int64_t q = oh0 * Wq; q < q1; q += 32)
+        fwd_cols(s, p, n, pl, q, q1 - q < 32 ? (int)(q1 - q) : 32, buf);
+      free(buf);
     }
   }
 }

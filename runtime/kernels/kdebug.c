@@ -12,6 +12,7 @@ static const long long k_defaults[NBL_KS_COUNT_] = {
     [NBL_KS_T_CODE_LINK_MIN] = 1 << 20,
     [NBL_KS_T_DIRECT] = 1,
     [NBL_KS_I4_DIRECT] = 1,
+    [NBL_KS_F32_KBLOCK_MIN] = 129, /* NBL_C11_KC + 1 */
     [NBL_KS_I4_RANGE_REUSE] = 1,
     /* measured on MobileNetV2: handing bytes pays only where the floats
      * would go out to memory (its 96 x 112 x 112 expansion, 4.8 MB) */

@@ -49,6 +49,11 @@ typedef enum nbl_kswitch {
   /* fused INT4 convolutions of one group by the direct kernel
    * (code_direct.h, AVX-512 VNNI): 1 (default), 0 through im2col */
   NBL_KS_I4_DIRECT,
+  /* the least K (rows of the product: input channels x kernel taps) at
+   * which the AVX-512 FP32 convolution product packs each tile's rows into a
+   * panel and blocks K (nbl_c11_blocked, c11_tile.h); default
+   * NBL_C11_KC + 1 (shorter K fits the L1 cache without it) */
+  NBL_KS_F32_KBLOCK_MIN,
   NBL_KS_COUNT_
 } nbl_kswitch;
 
@@ -75,6 +80,8 @@ typedef enum nbl_kcounter {
   NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
   NBL_KC_T_DIRECT_RUNS,       /* fused ternary convolutions run by the direct kernel */
   NBL_KC_I4_DIRECT_RUNS,      /* fused INT4 convolutions run by the direct kernel */
+  NBL_KC_F32_KBLOCK_RUNS,     /* AVX-512 FP32 convolution products (calls of a thread) that
+                               * blocked K through panels */
   NBL_KC_COUNT_
 } nbl_kcounter;
 

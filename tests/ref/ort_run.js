@@ -4,6 +4,7 @@
 //
 //   node ort_run.js run  MODEL [--input [NAME=]FILE]... [--output-dir DIR] [--threads N]
 //   node ort_run.js time MODEL [--input [NAME=]FILE]... [--threads N] [--warmup W] [--runs N]
+//                        [--profile PREFIX]  (ONNX Runtime's JSON trace of every node run)
 //   node ort_run.js info MODEL
 //   node ort_run.js batch JOBS [--threads N]
 //
@@ -231,6 +232,7 @@ function parseArgs(argv) {
     else if (a === '--threads') opt.threads = intArg(a, next());
     else if (a === '--warmup') opt.warmup = intArg(a, next());
     else if (a === '--runs' || a === '--repeat') opt.runs = Math.max(1, intArg(a, next()));
+    else if (a === '--profile') opt.profile = next();
     else if (a.startsWith('-')) throw new UsageError(`unknown option ${a}`);
     else if (opt.model === null) opt.model = a;
     else throw new UsageError(`unexpected argument ${a}`);
@@ -246,6 +248,7 @@ async function openSession(opt) {
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    ...(opt.profile ? { enableProfiling: true, profileFilePrefix: opt.profile } : {}),
   });
 }
 
@@ -303,6 +306,7 @@ async function cmdTime(opt) {
     await session.run(feeds);
     ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }
+  if (opt.profile) session.endProfiling();
   const sorted = [...ms].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;

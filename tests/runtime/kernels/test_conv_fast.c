@@ -490,6 +490,60 @@ START_TEST(test_conv_nd) {
 }
 END_TEST
 
+/* K blocking of the AVX-512 FP32 product (nbl_c11_blocked: each tile's rows
+ * packed into a panel, K in blocks of 128, partial sums kept between
+ * blocks) on every path that takes it: 1x1 layers (pixel tiles, and bands
+ * at 2 threads), the shifted rows (strides 1 and 2), the im2col product of
+ * a layer too large for them, Winograd's products. K a multiple of 128 and
+ * not, channel counts off the 8-channel tile, weights constant or an input,
+ * at 1 and 2 threads: against the naive loop, bitwise the outputs of one
+ * pass over the whole K (the same sums in the same order), and with
+ * blocking forced on a K of one block. */
+START_TEST(test_conv_kblock) {
+  static const ccase cases[] = {
+      {1, 200, 20, 20, 20, 1, 1, 1, 0, 0, 0, 0, 1, 0}, /* 1x1, K 200 = 128 + 72 */
+      {2, 300, 9, 9, 13, 1, 1, 1, 0, 0, 0, 0, 1, 1},   /* 1x1, K 300, weights an input, 2 images */
+      {1, 256, 6, 50, 17, 1, 1, 1, 0, 0, 0, 0, 0, 0},  /* 1x1, K 256: two whole blocks */
+      {1, 40, 17, 17, 19, 3, 1, 2, 1, 1, 1, 1, 1, 0},  /* shifted rows, stride 2, K 360 */
+      {2, 32, 14, 14, 24, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* shifted rows, stride 1, K 288 */
+      {1, 20, 21, 21, 9, 1, 1, 1, 0, 0, 0, 0, 1, 0},   /* K 20: blocked only when forced */
+      {1, 160, 12, 12, 40, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* Winograd's products, K 160 */
+      {1, 64, 40, 40, 250, 3, 1, 2, 1, 1, 1, 1, 1, 0}, /* im2col product, K 576 */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) {
+      uint32_t seed = rng; /* the same data every way */
+      nbl_kdebug_set(NBL_KS_F32_KBLOCK_MIN, (long long)1 << 40); /* never */
+      check_conv(&cases[i], t);
+      size_t n = g_kept_n;
+      float *whole = g_kept;
+      g_kept = NULL;
+      for (int way = 0; way < 2; way++) {
+        nbl_kernel_stats s0, s1;
+        nbl_kernel_stats_get(&s0);
+        rng = seed;
+        if (way) nbl_kdebug_set(NBL_KS_F32_KBLOCK_MIN, 1); /* always */
+        else nbl_kdebug_reset();                          /* the default */
+        check_conv(&cases[i], t);
+        nbl_kernel_stats_get(&s1);
+        long runs = s1.n[NBL_KC_F32_KBLOCK_RUNS] - s0.n[NBL_KC_F32_KBLOCK_RUNS];
+        int expect = nbl_cpu_has(NBL_CPU_AVX512F) && (way || i != 5);
+        ck_assert_msg(expect ? runs > 0 : runs == 0, "case %zu way %d: %ld blocked runs", i, way,
+                      runs);
+        ck_assert_uint_eq(n, g_kept_n);
+        for (size_t k = 0; k < n; k++)
+          ck_assert_msg(memcmp(&whole[k], &g_kept[k], sizeof(float)) == 0,
+                        "case %zu, %d thread(s), way %d, elem %zu: blocked %.9g whole %.9g", i, t,
+                        way, k, g_kept[k], whole[k]);
+      }
+      free(whole);
+      nbl_kdebug_reset();
+    }
+  free(g_kept);
+  g_kept = NULL;
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conv_fast");
   TCase *tc = tcase_create("all");
@@ -502,6 +556,7 @@ int main(void) {
   tcase_add_test(tc, test_shift_rows);
   tcase_add_test(tc, test_state_write_refreshes_cache);
   tcase_add_test(tc, test_conv_nd);
+  tcase_add_test(tc, test_conv_kblock);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
