@@ -171,7 +171,7 @@ nbl_status nbl_plan_graph(nbl_engine *e, const nbl_graph *g) {
      * than the node it replaces) */
     sp->out_base = slots;
     slots += nd->n_outputs;
-    sp->def = sp->fnode ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
+    sp->def = sp->fnode && fdef ? fdef : nbl_op_lookup(nd->domain, nd->op_type, sp->opset);
     if (!sp->def && st == NBL_OK) {
       if (sp->opset == 0)
         st = nbl_errorf(NBL_ERR_UNSUPPORTED,

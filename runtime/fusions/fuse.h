@@ -13,7 +13,8 @@
  *   conv-act  fuse_f32.c: an FP32 Conv followed by Relu or a constant-bound
  *             Clip, the activation applied to each block of the output
  *             while it is in cache (nbl_conv_f32_act), as ONNX Runtime's
- *             Conv+activation fusion does
+ *             Conv+activation fusion does; and/or preceded by a zero Pad,
+ *             folded into the Conv's pads (ONNX Runtime's Pad fusion)
  *   bn-act    fuse_bn_act.c: a training graph's forward chain
  *             BatchNormInternal -> [Add ->] Relu -> QuantizeInt4 as one node
  *             (statistics, then one sweep; the quantizer's range kept)
@@ -22,6 +23,9 @@
  *             one sweep per channel
  *   log-pair  fuse_log_pair.c: the two QuantizeLog (tpr phases) of one
  *             gradient as one scan and one sweep
+ *   pad-pool  fuse_pad_pool.c: a zero Pad -> AveragePool counting the
+ *             padding as that AveragePool with the pads merged (conv-act
+ *             folds such a Pad into the Conv after it the same way)
  *   relu-pool fuse_relu_pool.c: a float32 Relu -> 2-D MaxPool as one node
  *             pooling each plane of the Relu output as it is made
  *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
@@ -70,7 +74,9 @@ typedef struct nbl_fusion_def {
   /* The synthetic node to run in place of node `node` (NULL: not fused). */
   const nbl_node *(*node)(const void *state, nbl_id node);
   void (*free)(void *state);
-  /* The kernel of the fused nodes. */
+  /* The kernel of the fused nodes; NULL: the op table's for the synthetic
+   * node's own op type (a fusion that only rewrites a node's inputs and
+   * attributes). */
   const nbl_op_def *kernel;
 } nbl_fusion_def;
 
@@ -96,6 +102,7 @@ NBL_FUSION(conv_act)      /* fuse_f32.c */
 NBL_FUSION(bn_act)        /* fuse_bn_act.c */
 NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
 NBL_FUSION(log_pair)      /* fuse_log_pair.c */
+NBL_FUSION(pad_pool)      /* fuse_pad_pool.c */
 NBL_FUSION(relu_pool)     /* fuse_relu_pool.c */
 NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
@@ -162,6 +169,17 @@ void nbl_fuse_plan_finish(nbl_id *order, int *n, unsigned char *drop, int any, v
  * *lo, *hi (Relu: 0, +inf) and return 1; else 0. */
 int nbl_fuse_find_activation(const nbl_model *m, const nbl_graph *g, const nbl_node *n,
                              nbl_id *act, float *lo, float *hi);
+
+/* If value x is the output of a Pad that zero-pads only the spatial dims
+ * of its input (mode constant, constant value 0 or absent, pads constant
+ * and not negative, N and C unpadded, no axes input) and x is read only by
+ * node `by`, as its input 0 (nbl_fuse_only_feeds): the Pad's node id in
+ * *pad, the number of spatial dims in *ns and their pads in pads[0..2 ns)
+ * (begins, then ends: the order of Conv's and the pools' pads attribute),
+ * and 1; else 0. Such a Pad folds into a Conv's pads, or an AveragePool's
+ * that counts the padding (the same sums: the zeros are read either way). */
+int nbl_fuse_find_pad(const nbl_model *m, const nbl_graph *g, nbl_id x, nbl_id by, nbl_id *pad,
+                      int *ns, int64_t *pads);
 
 /* 1 if a subgraph of any node of g captures the outer value `name`. */
 int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name);

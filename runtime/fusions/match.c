@@ -104,27 +104,91 @@ int nbl_fuse_used_in_subgraphs(const nbl_graph *g, const char *name) {
   return 0;
 }
 
-/* The value of a float32 scalar that is an initializer (not overridable by a
- * graph input) or the output of a Constant node; 0 if v is neither. */
-static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
-  if (v == NBL_NONE || (g->values[v].flags & NBL_VAL_INPUT)) return 0;
+/* The tensor of value v when it is a constant: an initializer (not
+ * overridable by a graph input) or the `value` of a Constant node; NULL
+ * otherwise. With value_float, *f is set and NULL returned. */
+static const nbl_tensor *const_tensor(const nbl_graph *g, nbl_id v, float *f, int *is_float) {
+  *is_float = 0;
+  if (v == NBL_NONE || (g->values[v].flags & NBL_VAL_INPUT)) return NULL;
   const nbl_tensor *t = g->values[v].init;
   if (!t && g->values[v].producer != NBL_NONE) {
     const nbl_node *c = &g->nodes[g->values[v].producer];
-    if (!nbl_fuse_is_op(c, "", "Constant") || c->n_attrs != 1) return 0;
+    if (!nbl_fuse_is_op(c, "", "Constant") || c->n_attrs != 1) return NULL;
     if (c->attrs[0].type == NBL_ATTR_FLOAT && !strcmp(c->attrs[0].name, "value_float")) {
-      *out = c->attrs[0].f;
-      return 1;
+      *f = c->attrs[0].f;
+      *is_float = 1;
+      return NULL;
     }
-    if (c->attrs[0].type != NBL_ATTR_TENSOR || strcmp(c->attrs[0].name, "value")) return 0;
+    if (c->attrs[0].type != NBL_ATTR_TENSOR || strcmp(c->attrs[0].name, "value")) return NULL;
     t = c->attrs[0].t;
   }
+  return t;
+}
+
+/* The value of a float32 scalar that is an initializer (not overridable by a
+ * graph input) or the output of a Constant node; 0 if v is neither. */
+static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
+  int is_float;
+  const nbl_tensor *t = const_tensor(g, v, out, &is_float);
+  if (is_float) return 1;
   if (!t) return 0;
   nbl_rt_tensor r;
   if (t->dtype != NBL_DT_FLOAT || nbl_shape_numel(t->rank, t->dims) != 1 ||
       nbl_rt_from_ir(t, &r) != NBL_OK || !r.data)
     return 0;
   *out = ((const float *)r.data)[0];
+  return 1;
+}
+
+/* The values of a constant int64 vector of at most max elements (as
+ * const_scalar finds constants) into out; their count, or -1. */
+static int const_ints(const nbl_graph *g, nbl_id v, int64_t *out, int max) {
+  float f;
+  int is_float;
+  const nbl_tensor *t = const_tensor(g, v, &f, &is_float);
+  nbl_rt_tensor r;
+  if (!t || t->dtype != NBL_DT_INT64 || t->rank != 1 || t->dims[0] > max ||
+      nbl_rt_from_ir(t, &r) != NBL_OK || (t->dims[0] && !r.data))
+    return -1;
+  if (t->dims[0]) memcpy(out, r.data, sizeof(int64_t) * (size_t)t->dims[0]);
+  return (int)t->dims[0];
+}
+
+int nbl_fuse_find_pad(const nbl_model *m, const nbl_graph *g, nbl_id x, nbl_id by, nbl_id *pad,
+                      int *ns, int64_t *pads) {
+  const nbl_node *P = nbl_fuse_producer(g, x);
+  if (!P || !nbl_fuse_is_op(P, "", "Pad") || P->n_outputs != 1 || P->outputs[0] != x ||
+      P->n_inputs < 1 || P->inputs[0] == NBL_NONE || !nbl_fuse_only_feeds(g, x, by, 0))
+    return 0;
+  const char *mode = nbl_attr_string(P, "mode", "constant");
+  if (strcmp(mode, "constant")) return 0;
+  int64_t opset = nbl_model_opset(m, "");
+  if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
+  int64_t all[2 * NBL_MAX_RANK];
+  int cnt;
+  if (opset < 11) {
+    const int64_t *a = nbl_attr_ints(P, opset < 2 ? "paddings" : "pads", &cnt);
+    if (!a || cnt > 2 * NBL_MAX_RANK || P->n_inputs != 1 || nbl_attr_float(P, "value", 0.0f) != 0.0f)
+      return 0;
+    memcpy(all, a, sizeof(int64_t) * (size_t)cnt);
+  } else {
+    /* pads a constant; constant_value absent or a constant 0; no axes */
+    if (P->n_inputs < 2 || P->n_inputs > 3) return 0;
+    cnt = const_ints(g, P->inputs[1], all, 2 * NBL_MAX_RANK);
+    float v = 0.0f;
+    if (cnt < 0 || (P->n_inputs > 2 && P->inputs[2] != NBL_NONE && !const_scalar(g, P->inputs[2], &v)) ||
+        v != 0.0f)
+      return 0;
+  }
+  int rank = cnt / 2;
+  if (cnt % 2 || rank < 3 || all[0] || all[1] || all[rank] || all[rank + 1]) return 0;
+  for (int i = 0; i < rank - 2; i++) {
+    pads[i] = all[2 + i];
+    pads[rank - 2 + i] = all[rank + 2 + i];
+    if (pads[i] < 0 || pads[rank - 2 + i] < 0) return 0;
+  }
+  *pad = g->values[x].producer;
+  *ns = rank - 2;
   return 1;
 }
 

@@ -19,6 +19,9 @@ const nbl_fusion_def nbl_fusions[] = {
     {"bn-grad", nbl_fuse_bn_grad_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_bn_grad_def},
     /* training graphs: two QuantizeLog (nearest, tpr) of one gradient */
     {"log-pair", nbl_fuse_log_pair_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_log_pair_def},
+    /* zero Pad -> AveragePool counting the padding: the pads merged (the
+     * pool's own kernel, from the op table) */
+    {"pad-pool", nbl_fuse_pad_pool_plan, nbl_fuse_state_node, nbl_fuse_state_free, NULL},
     /* Relu -> MaxPool (after conv-act, which takes a Conv's Relu first) */
     {"relu-pool", nbl_fuse_relu_pool_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_relu_pool_def},
     /* training graphs: MaxPoolGrad -> ReluGrad */

@@ -312,11 +312,14 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
 /* Conv followed by Clip (Relu: lo = 0), as fused at plan time by
  * runtime/fusions/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
  * the activation's output, and the bounds in float attributes nibble.act_lo
- * and nibble.act_hi. float32 (the only type fused) takes the fast path with
+ * and nibble.act_hi (none: a Conv fused with the Pad before it only, its
+ * pads those of both). float32 (the only type fused) takes the fast path with
  * the activation applied block by block; other types compute the reference
  * convolution and clamp it. */
 static nbl_status k_conv_act(nbl_kctx *c) {
-  nbl_act act = {1, nbl_attr_float(c->node, "nibble.act_lo", -INFINITY),
+  /* a fused Pad alone: no activation */
+  nbl_act act = {nbl_node_attr(c->node, "nibble.act_lo") != NULL,
+                 nbl_attr_float(c->node, "nibble.act_lo", -INFINITY),
                  nbl_attr_float(c->node, "nibble.act_hi", INFINITY)};
   if (!c->reference && in_at(c, 0) && c->in[0]->dtype == NBL_DT_FLOAT) {
     nbl_conv_geom g;
