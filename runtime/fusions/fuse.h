@@ -209,7 +209,8 @@ const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
  * of node conv, is used once only, by an Add (two distinct operands, one
  * output) whose other operand *r is ready where conv runs (a graph input or
  * initializer, or made by a node before conv in the schedule; pos: node ->
- * position, -1 for a node not in it); v is not a graph output nor captured
+ * position, -1 for a node not in it; pos NULL: *r anywhere, for a fused
+ * node that runs at the Add's place); v is not a graph output nor captured
  * by a subgraph. Returns the Add's node id, or NBL_NONE. */
 nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
 

@@ -13,7 +13,7 @@
 typedef struct f32_fused {
   nbl_node node;
   nbl_attr *attrs; /* Conv's attributes (pads with a folded Pad's) + nibble.act_lo, act_hi */
-  nbl_id in[3];    /* Conv's inputs, input 0 the Pad's input when one is folded */
+  nbl_id in[4];    /* Conv's inputs (input 0 the Pad's input when one is folded), the Add's operand */
   int64_t pads[2 * NBL_MAX_RANK];
   char op[24];
 } f32_fused;
@@ -36,7 +36,8 @@ static int find_pad(const nbl_model *m, const nbl_graph *g, nbl_id id, nbl_id *p
   return 1;
 }
 
-static f32_fused *try_fuse(const nbl_fusion_env *env, nbl_id id, nbl_id *act, nbl_id *pad) {
+static f32_fused *try_fuse(const nbl_fusion_env *env, nbl_id id, nbl_id *act, nbl_id *pad,
+                           nbl_id *add) {
   const nbl_model *m = env->m;
   const nbl_graph *g = env->g;
   const nbl_node *n = &g->nodes[id];
@@ -53,11 +54,24 @@ static f32_fused *try_fuse(const nbl_fusion_env *env, nbl_id id, nbl_id *act, nb
   float lo, hi;
   int64_t pads[2 * NBL_MAX_RANK];
   int ns = 0;
-  *act = *pad = NBL_NONE;
-  if (!nbl_fuse_find_activation(m, g, n, act, &lo, &hi)) *act = NBL_NONE;
+  *act = *pad = *add = NBL_NONE;
+  nbl_id r = NBL_NONE;
+  if (!nbl_fuse_find_activation(m, g, n, act, &lo, &hi)) {
+    *act = NBL_NONE;
+    /* Conv -> Add [-> Relu/Clip]: the fused node runs at the Add's place,
+     * where the other operand is ready whatever the order (ResNet's
+     * shortcut convolution may come after the block's last one); not below
+     * opset 7 (the Add's legacy broadcast attributes) */
+    int64_t opset = nbl_model_opset(m, "");
+    if (opset == 0) opset = nbl_model_opset(m, "ai.onnx");
+    if (opset >= 7 && n->n_outputs == 1)
+      *add = nbl_fuse_find_residual(g, id, n->outputs[0], NULL, &r);
+    if (*add != NBL_NONE && !nbl_fuse_find_activation(m, g, &g->nodes[*add], act, &lo, &hi))
+      *act = NBL_NONE;
+  }
   /* a value callback sees the Pad's output: the Pad runs */
   if (env->values_watched || !find_pad(m, g, id, pad, &ns, pads)) *pad = NBL_NONE;
-  if (*act == NBL_NONE && *pad == NBL_NONE) return NULL;
+  if (*act == NBL_NONE && *pad == NBL_NONE && *add == NBL_NONE) return NULL;
   f32_fused *f = calloc(1, sizeof *f);
   if (!f) return NULL;
   f->attrs = calloc((size_t)n->n_attrs + 3, sizeof(nbl_attr));
@@ -88,13 +102,21 @@ static f32_fused *try_fuse(const nbl_fusion_env *env, nbl_id id, nbl_id *act, nb
   f->node.n_attrs = na;
   memcpy(f->in, n->inputs, sizeof(nbl_id) * (size_t)n->n_inputs);
   if (*pad != NBL_NONE) f->in[0] = g->nodes[*pad].inputs[0];
+  if (*add != NBL_NONE) {
+    if (n->n_inputs < 3) f->in[2] = NBL_NONE;
+    f->in[3] = r;
+    f->node.n_inputs = 4;
+    f->node.n_outputs = g->nodes[*add].n_outputs;
+    f->node.outputs = g->nodes[*add].outputs;
+  }
   f->node.inputs = f->in;
   if (*act != NBL_NONE) {
     f->node.n_outputs = g->nodes[*act].n_outputs;
     f->node.outputs = g->nodes[*act].outputs;
   }
-  snprintf(f->op, sizeof f->op, "%sConv%s%s", *pad != NBL_NONE ? "Pad+" : "",
-           *act != NBL_NONE ? "+" : "", *act != NBL_NONE ? g->nodes[*act].op_type : "");
+  snprintf(f->op, sizeof f->op, "%sConv%s%s%s", *pad != NBL_NONE ? "Pad+" : "",
+           *add != NBL_NONE ? "+Add" : "", *act != NBL_NONE ? "+" : "",
+           *act != NBL_NONE ? g->nodes[*act].op_type : "");
   f->node.op_type = f->op;
   return f;
 }
@@ -114,18 +136,25 @@ nbl_status nbl_fuse_conv_act_plan(const nbl_fusion_env *env, nbl_id *order, int 
   if (st != NBL_OK) return st;
   int any = 0;
   for (int s = 0; s < *n; s++) {
-    nbl_id id = order[s], act, pad;
-    if (drop[id] || env->taken(env, id)) continue;
-    f32_fused *f = try_fuse(env, id, &act, &pad);
+    nbl_id id = order[s], act, pad, add;
+    if (drop[id] || fu->by_node[id] || env->taken(env, id)) continue;
+    f32_fused *f = try_fuse(env, id, &act, &pad, &add);
     if (!f) continue;
-    /* an activation or Pad another fusion took, or a Pad already dropped */
-    if ((act != NBL_NONE && env->taken(env, act)) ||
-        (pad != NBL_NONE && (env->taken(env, pad) || drop[pad]))) {
+    /* an activation, Add or Pad another fusion took (or this one, as its
+     * Conv's node or an absorbed one) */
+    if ((act != NBL_NONE && (env->taken(env, act) || drop[act] || fu->by_node[act])) ||
+        (add != NBL_NONE && (env->taken(env, add) || drop[add] || fu->by_node[add])) ||
+        (pad != NBL_NONE && (env->taken(env, pad) || drop[pad] || fu->by_node[pad]))) {
       free(f->attrs);
       free(f);
       continue;
     }
-    fu->by_node[id] = f;
+    if (add != NBL_NONE) { /* at the Add's place: the Conv leaves the order */
+      fu->by_node[add] = f;
+      drop[id] = 1;
+    } else {
+      fu->by_node[id] = f;
+    }
     if (act != NBL_NONE) drop[act] = 1;
     if (pad != NBL_NONE) drop[pad] = 1;
     any = 1;

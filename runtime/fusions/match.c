@@ -250,7 +250,7 @@ nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const i
   nbl_id other = a->inputs[0] == v ? a->inputs[1] : a->inputs[0];
   if (other == NBL_NONE) return NBL_NONE;
   nbl_id rp = g->values[other].producer;
-  if (rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return NBL_NONE;
+  if (pos && rp != NBL_NONE && (pos[rp] < 0 || pos[rp] >= pos[conv])) return NBL_NONE;
   *r = other;
   return an;
 }

@@ -112,17 +112,16 @@ __attribute__((target("avx512f"), always_inline)) static inline void nbl_c11_blo
   }
 }
 
-/* The epilogue of one tile row: *v0, *v1 <- act(*v + bias), act (NULL: none)
- * with Clip's semantics, NaN passing through. */
-__attribute__((target("avx512f"), always_inline)) static inline void nbl_c11_bias_act(
-    __m512 *v0, __m512 *v1, float bias, const nbl_act *act) {
-  __m512 b = _mm512_set1_ps(bias);
-  *v0 = _mm512_add_ps(*v0, b), *v1 = _mm512_add_ps(*v1, b);
-  if (act) {
-    __m512 lo = _mm512_set1_ps(act->lo), hi = _mm512_set1_ps(act->hi);
-    *v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v0));
-    *v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v1));
-  }
+/* The end of one vector of outputs headed for y (lanes under mask k):
+ * v + the residual at y when act has one, then act's clamp (Clip's
+ * semantics, NaN passing through); act NULL: v unchanged. The bias is added
+ * before (the conv's output is sum + bias, then the fused Add's operand). */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 nbl_c11_act(
+    __m512 v, const nbl_act *act, const float *y, __mmask16 k) {
+  if (!act) return v;
+  if (act->res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, nbl_act_res(act, y)));
+  if (act->kind) v = _mm512_min_ps(_mm512_set1_ps(act->hi), _mm512_max_ps(_mm512_set1_ps(act->lo), v));
+  return v;
 }
 #endif
 

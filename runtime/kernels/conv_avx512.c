@@ -48,11 +48,10 @@ __attribute__((target("avx512f"))) static void c11_store(const c11_task *t, int6
   int np = t->P - p < 32 ? (int)(t->P - p) : 32, nr = t->M - m < 8 ? (int)(t->M - m) : 8;
   __mmask16 k0 = nbl_tail_mask(np), k1 = np > 16 ? nbl_tail_mask(np - 16) : 0;
   for (int r = 0; r < nr; r++) {
-    __m512 v0 = a[r][0], v1 = a[r][1];
-    nbl_c11_bias_act(&v0, &v1, t->bias ? t->bias[m + r] : 0.0f, t->act);
+    __m512 b = _mm512_set1_ps(t->bias ? t->bias[m + r] : 0.0f);
     float *y = t->y + (m + r) * t->P + p;
-    _mm512_mask_storeu_ps(y, k0, v0);
-    if (k1) _mm512_mask_storeu_ps(y + 16, k1, v1);
+    _mm512_mask_storeu_ps(y, k0, nbl_c11_act(_mm512_add_ps(a[r][0], b), t->act, y, k0));
+    if (k1) _mm512_mask_storeu_ps(y + 16, k1, nbl_c11_act(_mm512_add_ps(a[r][1], b), t->act, y + 16, k1));
   }
 }
 

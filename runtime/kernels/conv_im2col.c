@@ -308,7 +308,7 @@ nbl_status nbl_conv_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, c
 
 nbl_status nbl_conv_f32_act(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                             const float *bias, float *y, const nbl_act *act) {
-  if (act && !act->kind) act = NULL;
+  if (!nbl_act_on(act)) act = NULL;
   int64_t Cg = g->C / g->group, Mg = g->M / g->group;
   if (g->N == 0 || g->M == 0 || g->out_sz == 0) return NBL_OK;
   if (g->ns == 2 && Cg == 1 && g->group == g->C) return nbl_conv_dw_f32(ctx, g, x, w, bias, y, act);

@@ -191,10 +191,12 @@ __attribute__((target("avx512f"))) static void fwd_store(const shift_geom *s, co
   __mmask16 s0 = nbl_tail_mask(__builtin_popcount(v0m)), s1 = nbl_tail_mask(__builtin_popcount(v1m));
   float *y0 = yn + m * ldy + s->yb[q], *y1 = yn + m * ldy + s->yb[q + 16];
   for (int r = 0; r < nr; r++) {
-    __m512 v0 = a[r][0], v1 = a[r][1];
-    nbl_c11_bias_act(&v0, &v1, p->bias ? p->bias[m + r] : 0.0f, p->act);
-    if (s0) _mm512_mask_storeu_ps(y0 + r * ldy, s0, _mm512_maskz_compress_ps(v0m, v0));
-    if (s1) _mm512_mask_storeu_ps(y1 + r * ldy, s1, _mm512_maskz_compress_ps(v1m, v1));
+    __m512 b = _mm512_set1_ps(p->bias ? p->bias[m + r] : 0.0f);
+    float *ya = y0 + r * ldy, *yb = y1 + r * ldy;
+    if (s0)
+      _mm512_mask_storeu_ps(ya, s0, nbl_c11_act(_mm512_maskz_compress_ps(v0m, _mm512_add_ps(a[r][0], b)), p->act, ya, s0));
+    if (s1)
+      _mm512_mask_storeu_ps(yb, s1, nbl_c11_act(_mm512_maskz_compress_ps(v1m, _mm512_add_ps(a[r][1], b)), p->act, yb, s1));
   }
 }
 

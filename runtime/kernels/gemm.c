@@ -248,10 +248,18 @@ static void act_row(float *y, int64_t n, float lo, float hi, int avx) {
   }
 }
 
+/* y[i] += r[i], i < n */
+static void add_row(float *restrict y, const float *restrict r, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += r[i];
+}
+
 void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld) {
-  if (!act || !act->kind) return;
+  if (!nbl_act_on(act)) return;
   int avx = nbl_cpu_has(NBL_CPU_AVX);
-  for (int64_t r = 0; r < rows; r++) act_row(y + r * ld, cols, act->lo, act->hi, avx);
+  for (int64_t r = 0; r < rows; r++) {
+    if (act->res) add_row(y + r * ld, nbl_act_res(act, y + r * ld), cols);
+    if (act->kind) act_row(y + r * ld, cols, act->lo, act->hi, avx);
+  }
 }
 
 static char blas_info[160];
@@ -379,7 +387,7 @@ void nbl_sgemm_bias_act(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int6
                         int64_t ldb, float beta, float *C, int64_t ldc, const float *row_bias,
                         const nbl_act *act) {
   if (M <= 0 || N <= 0) return;
-  if (act && !act->kind) act = NULL;
+  if (!nbl_act_on(act)) act = NULL;
   if (row_bias) beta = 1.0f;
 #ifdef NBL_HAVE_CBLAS
   if (K > 0 && M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX && ldb < INT_MAX &&

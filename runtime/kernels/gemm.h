@@ -31,13 +31,25 @@ void nbl_sgemm(nbl_kctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, in
 
 /* An activation applied to results while they are still in cache: Clip's
  * float semantics y = min(max(y, lo), hi) with NaN passing through (Relu is
- * lo = 0, hi = +inf). kind 0: none. */
+ * lo = 0, hi = +inf). kind 0: none. With res, a residual is added first
+ * (Conv -> Add [-> Relu] fused): res has the layout of the output that
+ * starts at y0, so output element y0[i] becomes y0[i] + res[i] (one float
+ * add, as the Add op does), then the clamp. */
 typedef struct nbl_act {
   int kind;
   float lo, hi;
+  const float *res, *y0; /* NULL: no residual */
 } nbl_act;
 
-/* Apply act (NULL or kind 0: nothing) to rows x cols floats at y, row stride ld. */
+/* 1 when act does anything (a clamp or a residual). */
+static inline int nbl_act_on(const nbl_act *act) { return act && (act->kind || act->res); }
+
+/* The residual of output element y (act->res non-NULL). */
+static inline const float *nbl_act_res(const nbl_act *act, const float *y) {
+  return act->res + (y - act->y0);
+}
+
+/* Apply act (NULL or nothing to do: nothing) to rows x cols floats at y, row stride ld. */
 void nbl_act_apply_2d(const nbl_act *act, float *y, int64_t rows, int64_t cols, int64_t ld);
 
 /* nbl_sgemm followed by act on C, block by block as the product finishes them. */

@@ -309,28 +309,67 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
                       nbl_kctx_out(c, 0)->data);
 }
 
+/* The fused Add of k_conv_act where its operand R broadcasts (or is not
+ * float32): Y (the convolution) copied, then the Add op's own kernel on the
+ * copy and R into the node's output 0. */
+static nbl_status conv_add_op(nbl_kctx *c, const nbl_rt_tensor *R) {
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0), t = {0};
+  nbl_status st = nbl_rt_tensor_alloc(&t, Y->dtype, Y->rank, Y->dims);
+  if (st != NBL_OK) return oom(c);
+  memcpy(t.data, Y->data, t.nbytes);
+  const nbl_rt_tensor *ins[2] = {&t, R};
+  nbl_node an = *c->node; /* Add has no attributes from opset 7 on (the fusion's floor) */
+  an.op_type = "Add";
+  an.domain = "";
+  an.attrs = NULL;
+  an.n_attrs = 0;
+  an.n_inputs = 2;
+  nbl_kctx c2 = *c;
+  c2.node = &an;
+  c2.n_in = 2;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", "Add", 14);
+  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_INTERNAL, "no Add kernel");
+  nbl_rt_tensor_free(&t);
+  return st;
+}
+
 /* Conv followed by Clip (Relu: lo = 0), as fused at plan time by
  * runtime/fusions/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
  * the activation's output, and the bounds in float attributes nibble.act_lo
- * and nibble.act_hi (none: a Conv fused with the Pad before it only, its
- * pads those of both). float32 (the only type fused) takes the fast path with
- * the activation applied block by block; other types compute the reference
- * convolution and clamp it. */
+ * and nibble.act_hi (none: no activation). With a fused residual Add
+ * (Conv -> Add [-> Relu/Clip]), input 3 is the Add's other operand R: added
+ * to each finished block before the clamp when it has the output's shape
+ * and float32 type, else by the Add op after the convolution. The pads may
+ * include a folded Pad's. float32 takes the fast path with the activation
+ * applied block by block; other types compute the reference convolution,
+ * then the Add, then the clamp. */
 static nbl_status k_conv_act(nbl_kctx *c) {
-  /* a fused Pad alone: no activation */
   nbl_act act = {nbl_node_attr(c->node, "nibble.act_lo") != NULL,
                  nbl_attr_float(c->node, "nibble.act_lo", -INFINITY),
-                 nbl_attr_float(c->node, "nibble.act_hi", INFINITY)};
+                 nbl_attr_float(c->node, "nibble.act_hi", INFINITY), NULL, NULL};
+  const nbl_rt_tensor *R = NULL;
+  if (c->node->n_inputs > 3) {
+    R = c->n_in > 3 ? c->in[3] : NULL;
+    if (!R) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "the operand of the fused Add is missing");
+  }
+  nbl_status st;
   if (!c->reference && in_at(c, 0) && c->in[0]->dtype == NBL_DT_FLOAT) {
     nbl_conv_geom g;
-    nbl_status st = conv_setup(c, &g);
-    if (st) return st;
+    if ((st = conv_setup(c, &g))) return st;
+    nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+    int same = R && R->kind == NBL_RT_TENSOR && R->dtype == NBL_DT_FLOAT && R->rank == Y->rank;
+    for (int d = 0; same && d < Y->rank; d++) same = R->dims[d] == Y->dims[d];
+    if (same) act.res = R->data, act.y0 = Y->data;
     const nbl_rt_tensor *B = in_at(c, 2);
-    return nbl_conv_f32_act(c, &g, c->in[0]->data, c->in[1]->data, B ? B->data : NULL,
-                            nbl_kctx_out(c, 0)->data, &act);
+    st = nbl_conv_f32_act(c, &g, c->in[0]->data, c->in[1]->data, B ? B->data : NULL, Y->data,
+                          !R || same ? &act : NULL);
+    if (st || !R || same) return st;
+  } else if ((st = k_conv_ref(c))) {
+    return st;
   }
-  nbl_status st = k_conv_ref(c);
-  if (st) return st;
+  if (R && (st = conv_add_op(c, R))) return st;
+  if (!act.kind) return NBL_OK;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
   double *y = nbl_to_f64(Y);
   if (!y) return oom(c);
