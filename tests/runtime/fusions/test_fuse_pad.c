@@ -69,12 +69,11 @@ static float *run(const pcase *c, const float *x, const float *w, const float *b
   int npin = 1;
   if (c->pads_form != PADS_ATTR) {
     npin = c->val_form == VAL_INIT ? 3 : 2;
-    nbl_tensor *tp = nbl_tensor_new(m->arena, "pads", NBL_DT_INT64, 1, dp, c->pads);
     if (c->pads_form == PADS_INIT) {
-      nbl_graph_set_initializer(g, vpads, tp);
+      nbl_graph_set_initializer(g, vpads, nbl_tensor_new(m->arena, "pads", NBL_DT_INT64, 1, dp, c->pads));
     } else if (c->pads_form == PADS_CONST_NODE) {
       nbl_id k = nbl_graph_add_node(g, "Constant", "", "k", 0, NULL, 1, &vpads);
-      nbl_node_set_attr_tensor(g, k, "value", tp);
+      nbl_node_set_attr_tensor(g, k, "value", nbl_tensor_new(m->arena, "pads", NBL_DT_INT64, 1, dp, c->pads));
     } else {
       nbl_type_set_tensor(m->arena, &g->values[vpads].type, NBL_DT_INT64, 1, dp);
       nbl_graph_add_input(g, vpads);
