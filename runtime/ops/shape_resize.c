@@ -486,7 +486,9 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const nbl_rs_p
       int64_t in = x->dims[d], out = od[d];
       j.first[d] = malloc((size_t)out * sizeof(int64_t));
       j.cnt[d] = malloc((size_t)out * sizeof(int));
-      j.w[d] = malloc((size_t)out * DT * sizeof(double));
+      /* one spare weight: nbl_rs_make_taps may write DT + 1 (the count that
+       * sends the resize to the separable passes) at the last position */
+      j.w[d] = malloc(((size_t)out * DT + 1) * sizeof(double));
       j.src[d] = malloc((size_t)out * DT * sizeof(int64_t));
       if (!j.first[d] || !j.cnt[d] || !j.w[d] || !j.src[d]) {
         dst = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
@@ -838,6 +840,7 @@ typedef struct rsf_job {
   int64_t ih, iw, oh, ow, chunks;
   rsf_taps th, tw;
   int nearest, dup2; /* dup2: every output column e reads input column e / 2 */
+  int tw_ext;        /* some output column takes the extrapolation value */
   float extra;
   void (*hrow)(const float *xr, int nk, int64_t ow, const int32_t *src, const double *w, double *v);
   void (*vrow)(int nr, const double *const *rows, const double *rw, int64_t ow, float *y);
@@ -1031,7 +1034,7 @@ static void rsf_linear_rows(rsf_job *j, int64_t q, int64_t r0, int64_t r1, doubl
       rw[nr++] = wk;
     }
     j->vrow(nr, rows, rw, ow, yr);
-    for (int64_t e = 0; e < ow; e++)
+    for (int64_t e = 0; j->tw_ext && e < ow; e++)
       if (j->tw.cnt[e] == 0) yr[e] = j->extra;
   }
 }
@@ -1061,7 +1064,7 @@ static void rsf_nearest_rows(rsf_job *j, int64_t q, int64_t r0, int64_t r1) {
       for (int64_t e = 0; e < j->iw; e++) yr[2 * e] = yr[2 * e + 1] = xr[e];
     } else {
       for (int64_t e = 0; e < ow; e++) yr[e] = xr[sw[e]];
-      for (int64_t e = 0; e < ow; e++)
+      for (int64_t e = 0; j->tw_ext && e < ow; e++)
         if (j->tw.cnt[e] == 0) yr[e] = ext;
     }
   }
@@ -1130,6 +1133,7 @@ static nbl_status k_resize_fast(nbl_kctx *c) {
     j.dup2 = 1;
     for (int64_t e = 0; e < j.ow && j.dup2; e++) j.dup2 = j.tw.cnt[e] && j.tw.src[e] == e / 2;
   }
+  for (int64_t e = 0; e < j.ow; e++) j.tw_ext |= j.tw.cnt[e] == 0;
   j.hrow = rsf_hrow_c;
   j.vrow = rsf_vrow_c;
 #if defined(__x86_64__)

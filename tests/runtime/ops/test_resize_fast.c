@@ -33,6 +33,7 @@ typedef struct rcase {
   int exclude_outside, antialias, data;
   float cubic_a, extrapolation;
   float cscale; /* the channel axis' scale (0: 1) */
+  int rank;     /* 0: 4; 2 or 3: the last dims of dims only */
 } rcase;
 
 static uint32_t lcg(uint32_t *s) {
@@ -56,29 +57,31 @@ static void fill(float *x, int64_t n, int data, uint32_t seed) {
 static int64_t run_case(const rcase *k, int threads) {
   int up = k->op && !strcmp(k->op, "Upsample");
   int n_in = up ? 2 : k->opset >= 11 ? 4 : 2;
-  int64_t n = k->dims[0] * k->dims[1] * k->dims[2] * k->dims[3];
+  int64_t n = (k->rank == 2 ? 1 : k->rank == 3 ? k->dims[1] : k->dims[0] * k->dims[1]) * k->dims[2] * k->dims[3];
   float *x = malloc((size_t)n * sizeof *x);
   fill(x, n, k->data, (uint32_t)(n * 7 + k->dims[3]));
-  int64_t xd[4] = {k->dims[0], k->dims[1], k->dims[2], k->dims[3]}, d4[] = {4}, d8[] = {8}, d0[] = {0};
+  int rank = k->rank ? k->rank : 4, off = 4 - rank;
+  int64_t xd[4] = {k->dims[0], k->dims[1], k->dims[2], k->dims[3]}, d4[] = {rank}, d8[] = {2 * rank}, d0[] = {0};
   float sc[4] = {1, k->cscale ? k->cscale : 1, k->scales[0], k->scales[1]};
   int64_t sz[4] = {k->dims[0], k->dims[1], k->sizes[0], k->sizes[1]};
-  float roi[8] = {0, 0, k->roi[0], k->roi[1], 1, 1, k->roi[2], k->roi[3]};
+  float roi8[8] = {0, 0, k->roi[0], k->roi[1], 1, 1, k->roi[2], k->roi[3]}, roi[8];
+  for (int i = 0; i < rank; i++) roi[i] = roi8[off + i], roi[rank + i] = roi8[4 + off + i];
   float empty[1] = {0};
   int tf = k->ctm && !strcmp(k->ctm, "tf_crop_and_resize");
   nbl_host_tensor in[4];
-  in[0] = ht(NBL_DT_FLOAT, 4, xd, x);
+  in[0] = ht(NBL_DT_FLOAT, rank, xd + off, x);
   if (n_in == 2) {
-    in[1] = ht(NBL_DT_FLOAT, 1, d4, sc);
+    in[1] = ht(NBL_DT_FLOAT, 1, d4, sc + off);
   } else {
     int sizes = k->sizes[0] > 0;
     if (k->opset < 13) { /* roi and scales are required: empty when unused */
       in[1] = tf ? ht(NBL_DT_FLOAT, 1, d8, roi) : ht(NBL_DT_FLOAT, 1, d0, empty);
-      in[2] = sizes ? ht(NBL_DT_FLOAT, 1, d0, empty) : ht(NBL_DT_FLOAT, 1, d4, sc);
+      in[2] = sizes ? ht(NBL_DT_FLOAT, 1, d0, empty) : ht(NBL_DT_FLOAT, 1, d4, sc + off);
     } else {
       in[1] = tf ? ht(NBL_DT_FLOAT, 1, d8, roi) : ONE_NONE;
-      in[2] = sizes ? ONE_NONE : ht(NBL_DT_FLOAT, 1, d4, sc);
+      in[2] = sizes ? ONE_NONE : ht(NBL_DT_FLOAT, 1, d4, sc + off);
     }
-    in[3] = sizes ? ht(NBL_DT_INT64, 1, d4, sz) : ONE_NONE;
+    in[3] = sizes ? ht(NBL_DT_INT64, 1, d4, sz + off) : ONE_NONE;
     if (!sizes && k->opset < 13) n_in = 3;
   }
   one *o = one_new(up ? "Upsample" : "Resize", k->opset, n_in, 1);
@@ -166,9 +169,9 @@ static void expect_same(const rcase *k, const char *what) {
   for (int t = 1; t <= 2; t++) {
     int64_t bad = run_case(k, t);
     if (bad)
-      ck_abort_msg("%s: %s %s ctm=%s nm=%s opset %d [%lld,%lld,%lld,%lld] threads %d: %lld words differ", what,
+      ck_abort_msg("%s: %s %s ctm=%s nm=%s opset %d rank %d [%lld,%lld,%lld,%lld] threads %d: %lld words differ", what,
                    k->op ? k->op : "Resize", k->mode ? k->mode : "nearest", k->ctm ? k->ctm : "-",
-                   k->nm ? k->nm : "-", k->opset, (long long)k->dims[0], (long long)k->dims[1],
+                   k->nm ? k->nm : "-", k->opset, k->rank ? k->rank : 4, (long long)k->dims[0], (long long)k->dims[1],
                    (long long)k->dims[2], (long long)k->dims[3], t, (long long)bad);
   }
 }
@@ -258,6 +261,12 @@ START_TEST(test_large_and_fallbacks) {
     expect_same(&k4, "resized channels");
     rcase k5 = {.opset = 18, .mode = modes[m], .dims = {1, 2, 64, 60}, .scales = {0.1f, 0.125f}, .antialias = 1};
     expect_same(&k5, "antialias, many taps");
+    for (int gi = 0; gi < NGEO; gi++) { /* ranks 2 and 3 */
+      rcase k6 = geo_case(&geos[gi], 13, modes[m], ctms[gi % 5], nms[gi % 4], FRESH);
+      k6.rank = 2 + gi % 2;
+      k6.dims[0] = 1;
+      expect_same(&k6, "rank 2 or 3");
+    }
   }
 }
 END_TEST
