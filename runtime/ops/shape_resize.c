@@ -790,8 +790,9 @@ static int rsf_axis_identity(const nbl_rs_params *p, double scale, int64_t n, in
 
 /* The taps of one spatial axis, tap-major: src[k * out + i] (clamped source
  * index) and w[k * out + i] (0: skipped), cnt[i] 0 where the position
- * extrapolates. Returns the most taps of a position (maxn, at least 1) or
- * -1 when a position has more than 16 (the reference's separable passes). */
+ * extrapolates, maxn the most taps of a position (at least 1), identity as
+ * the reference decides it. rsf_taps_make sets *ok = 0 when a position has
+ * more than 16 taps (the reference's separable passes, left to it). */
 typedef struct rsf_taps {
   int n, maxn, identity;
   int32_t *src;
