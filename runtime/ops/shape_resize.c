@@ -8,9 +8,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "runtime/core/grad.h"
 #include "runtime/core/adapt.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/ops/movement.h"
 #include "runtime/ops/resize.h"
@@ -482,7 +486,9 @@ static nbl_status resize_run(nbl_kctx *c, const nbl_rt_tensor *x, const nbl_rs_p
       int64_t in = x->dims[d], out = od[d];
       j.first[d] = malloc((size_t)out * sizeof(int64_t));
       j.cnt[d] = malloc((size_t)out * sizeof(int));
-      j.w[d] = malloc((size_t)out * DT * sizeof(double));
+      /* one spare weight: nbl_rs_make_taps may write DT + 1 (the count that
+       * sends the resize to the separable passes) at the last position */
+      j.w[d] = malloc(((size_t)out * DT + 1) * sizeof(double));
       j.src[d] = malloc((size_t)out * DT * sizeof(int64_t));
       if (!j.first[d] || !j.cnt[d] || !j.w[d] || !j.src[d]) {
         dst = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
@@ -733,6 +739,428 @@ static nbl_status k_resize(nbl_kctx *c) {
   nbl_rs_plan pl;
   if ((st = nbl_rs_plan_init(c, x, 0, c->opset, !strcmp(c->node->op_type, "Upsample"), &pl))) return st;
   return resize_run(c, x, &pl.p, pl.od, pl.scales, pl.roi);
+}
+
+/* ------------------------------------------------------------------ Resize / Upsample fast path
+ *
+ * float32 tensors whose leading axes (all but the last two) are not resized:
+ * nearest, linear and cubic over the two spatial axes. The taps of every
+ * output row and column come from nbl_rs_make_taps, as in the reference,
+ * once per call. Every case gives the reference's bits:
+ *  - nearest copies the same source elements (as 32-bit words, so NaN
+ *    payloads pass unchanged);
+ *  - linear / cubic do the reference direct kernel's double operations in
+ *    its order: for output (i, e), acc = 0, then acc += rw_k * v_k over the
+ *    row taps with a non-zero weight, where v_k = 0 + sum over the column
+ *    taps with a non-zero weight of w * (double)x[h_k][col], in tap order.
+ *    v_k depends on the source row h_k and the column only, so it is made
+ *    once per source row (a row cache) instead of once per output row. A
+ *    skipped column tap is added here as +0: v starts at +0 and a sum of
+ *    doubles that starts at +0 never is -0 (x + -x is +0 when rounding to
+ *    nearest), so adding +0 leaves v's bits alone. The weight's product is
+ *    not formed for a skipped tap (0 * inf would be NaN). Each product and
+ *    sum is its own statement and the code base builds as ISO C (no
+ *    contraction into FMA), so the vector clones round as the scalar one.
+ * A column whose coordinate leaves a tf_crop_and_resize roi takes the
+ * extrapolation value, as does a whole such row. Anything else (other
+ * dtypes, resized leading axes, more taps than the reference's direct kernel
+ * takes) runs the reference kernel. */
+
+/* Leading-axis check: axis d of length n maps every output index i to
+ * itself with weight 1 and extrapolates nowhere (the reference's
+ * "identity" axis, or for nearest the identity index map). */
+static int rsf_axis_identity(const nbl_rs_params *p, double scale, int64_t n, int64_t out, double roi0,
+                             double roi1) {
+  enum { DT = 16 };
+  if (n != out) return 0;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t f;
+    double w[DT + 1];
+    int cnt = nbl_rs_make_taps(p, (double)i, scale, n, out, roi0, roi1, p->mode == NBL_RS_NEAREST ? 1 : DT + 1, &f, w);
+    if (cnt == 0 || cnt > DT) return 0;
+    if (p->mode == NBL_RS_NEAREST) {
+      if (clampi(f, 0, n - 1) != i) return 0;
+      continue;
+    }
+    for (int k = 0; k < cnt; k++)
+      if (w[k] != 0 && (clampi(f + k, 0, n - 1) != i || w[k] != 1)) return 0;
+  }
+  return 1;
+}
+
+/* The taps of one spatial axis, tap-major: src[k * out + i] (clamped source
+ * index) and w[k * out + i] (0: skipped), cnt[i] 0 where the position
+ * extrapolates, maxn the most taps of a position (at least 1), identity as
+ * the reference decides it. rsf_taps_make sets *ok = 0 when a position has
+ * more than 16 taps (the reference's separable passes, left to it). */
+typedef struct rsf_taps {
+  int n, maxn, identity;
+  int32_t *src;
+  double *w;
+  int *cnt;
+} rsf_taps;
+
+static nbl_status rsf_taps_make(nbl_kctx *c, const nbl_rs_params *p, double scale, int64_t in, int64_t out,
+                                double roi0, double roi1, rsf_taps *t, int *ok) {
+  enum { DT = 16 };
+  t->n = p->mode == NBL_RS_NEAREST ? 1 : DT;
+  t->src = malloc((size_t)out * (size_t)t->n * sizeof *t->src);
+  t->w = malloc((size_t)out * (size_t)t->n * sizeof *t->w);
+  t->cnt = malloc((size_t)out * sizeof *t->cnt);
+  if (!t->src || !t->w || !t->cnt) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  t->maxn = 1;
+  t->identity = in == out;
+  for (int64_t i = 0; i < out; i++) {
+    int64_t f;
+    double w[DT + 1];
+    int cnt = nbl_rs_make_taps(p, (double)i, scale, in, out, roi0, roi1, p->mode == NBL_RS_NEAREST ? 1 : DT + 1, &f, w);
+    if (cnt > DT) {
+      *ok = 0;
+      return NBL_OK;
+    }
+    t->cnt[i] = cnt;
+    if (cnt > t->maxn) t->maxn = cnt;
+    if (cnt == 0) t->identity = 0;
+    for (int k = 0; k < t->n; k++) {
+      int64_t s = clampi(f + (k < cnt ? k : 0), 0, in - 1);
+      double wk = k < cnt ? w[k] : 0;
+      t->src[(int64_t)k * out + i] = (int32_t)s;
+      t->w[(int64_t)k * out + i] = wk;
+      if (k < cnt && wk != 0 && (s != i || wk != 1)) t->identity = 0;
+    }
+    if (p->mode == NBL_RS_NEAREST && cnt && t->src[i] != i) t->identity = 0;
+  }
+  return NBL_OK;
+}
+
+static void rsf_taps_free(rsf_taps *t) { free(t->src), free(t->w), free(t->cnt); }
+
+typedef struct rsf_job {
+  const float *x;
+  float *y;
+  int64_t ih, iw, oh, ow, chunks;
+  rsf_taps th, tw;
+  int nearest, dup2; /* dup2: every output column e reads input column e / 2 */
+  int tw_ext;        /* some output column takes the extrapolation value */
+  float extra;
+  void (*hrow)(const float *xr, int nk, int64_t ow, const int32_t *src, const double *w, double *v);
+  void (*vrow)(int nr, const double *const *rows, const double *rw, int64_t ow, float *y);
+  _Atomic int oom;
+} rsf_job;
+
+/* v[e] = 0 + the column taps of e applied to the source row xr (see above). */
+__attribute__((always_inline)) static inline void rsf_hrow_body(const float *restrict xr, int nk, int64_t ow,
+                                                                 const int32_t *restrict src,
+                                                                 const double *restrict w, double *restrict v) {
+  for (int64_t e = 0; e < ow; e++) v[e] = 0;
+  for (int k = 0; k < nk; k++) {
+    const int32_t *sk = src + (int64_t)k * ow;
+    const double *wk = w + (int64_t)k * ow;
+    for (int64_t e = 0; e < ow; e++) {
+      double t = wk[e] * (double)xr[sk[e]];
+      t = wk[e] != 0 ? t : 0.0;
+      v[e] = v[e] + t;
+    }
+  }
+}
+
+/* y[e] = (float)(0 + rw[0] * rows[0][e] + rw[1] * rows[1][e] + ...). */
+__attribute__((always_inline)) static inline void rsf_vrow_body(int nr, const double *const *rows,
+                                                                 const double *rw, int64_t ow, float *restrict y) {
+  if (nr == 2) { /* linear's common case, one pass */
+    const double *restrict a = rows[0], *restrict b = rows[1];
+    double wa = rw[0], wb = rw[1];
+    for (int64_t e = 0; e < ow; e++) {
+      double ta = wa * a[e], tb = wb * b[e];
+      double acc = 0.0 + ta;
+      acc = acc + tb;
+      y[e] = (float)acc;
+    }
+    return;
+  }
+  for (int64_t e0 = 0; e0 < ow; e0 += 256) { /* a block of sums on the stack */
+    double acc[256];
+    int64_t m = ow - e0 < 256 ? ow - e0 : 256;
+    for (int64_t e = 0; e < m; e++) acc[e] = 0;
+    for (int k = 0; k < nr; k++) {
+      const double *restrict a = rows[k] + e0;
+      double wk = rw[k];
+      for (int64_t e = 0; e < m; e++) {
+        double t = wk * a[e];
+        acc[e] = acc[e] + t;
+      }
+    }
+    for (int64_t e = 0; e < m; e++) y[e0 + e] = (float)acc[e];
+  }
+}
+
+static void rsf_hrow_c(const float *xr, int nk, int64_t ow, const int32_t *src, const double *w, double *v) {
+  rsf_hrow_body(xr, nk, ow, src, w, v);
+}
+static void rsf_vrow_c(int nr, const double *const *rows, const double *rw, int64_t ow, float *y) {
+  rsf_vrow_body(nr, rows, rw, ow, y);
+}
+/* Columns [e, ow) of rsf_hrow_body, for the vector clones' tails. */
+static void rsf_hrow_tail(const float *xr, int nk, int64_t ow, const int32_t *src, const double *w, double *v,
+                          int64_t e) {
+  for (; e < ow; e++) {
+    double acc = 0;
+    for (int k = 0; k < nk; k++) {
+      double wk = w[(int64_t)k * ow + e];
+      double t = wk * (double)xr[src[(int64_t)k * ow + e]];
+      t = wk != 0 ? t : 0.0;
+      acc = acc + t;
+    }
+    v[e] = acc;
+  }
+}
+
+#if defined(__x86_64__)
+/* The vector clones: the same products and sums per element as the bodies
+ * above (a skipped tap's product masked to +0), 4 or 8 doubles at a time;
+ * the conversion to float rounds to nearest as the C cast does. */
+__attribute__((target("avx2"))) static void rsf_hrow_avx2(const float *xr, int nk, int64_t ow, const int32_t *src,
+                                                          const double *w, double *v) {
+  int64_t e = 0;
+  const __m256d z = _mm256_setzero_pd();
+  for (; e + 4 <= ow; e += 4) {
+    __m256d acc = z;
+    for (int k = 0; k < nk; k++) {
+      __m256d wk = _mm256_loadu_pd(w + (int64_t)k * ow + e);
+      __m128i ix = _mm_loadu_si128((const __m128i *)(src + (int64_t)k * ow + e));
+      __m256d xv = _mm256_cvtps_pd(_mm_i32gather_ps(xr, ix, 4));
+      __m256d t = _mm256_and_pd(_mm256_cmp_pd(wk, z, _CMP_NEQ_UQ), _mm256_mul_pd(wk, xv));
+      acc = _mm256_add_pd(acc, t);
+    }
+    _mm256_storeu_pd(v + e, acc);
+  }
+  rsf_hrow_tail(xr, nk, ow, src, w, v, e);
+}
+__attribute__((target("avx2"))) static void rsf_vrow_avx2(int nr, const double *const *rows, const double *rw,
+                                                          int64_t ow, float *y) {
+  int64_t e = 0;
+  for (; e + 4 <= ow; e += 4) {
+    __m256d acc = _mm256_setzero_pd();
+    for (int k = 0; k < nr; k++) acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_set1_pd(rw[k]), _mm256_loadu_pd(rows[k] + e)));
+    _mm_storeu_ps(y + e, _mm256_cvtpd_ps(acc));
+  }
+  for (; e < ow; e++) {
+    double acc = 0;
+    for (int k = 0; k < nr; k++) {
+      double t = rw[k] * rows[k][e];
+      acc = acc + t;
+    }
+    y[e] = (float)acc;
+  }
+}
+__attribute__((target("avx2,avx512f"))) static void rsf_hrow_avx512(const float *xr, int nk, int64_t ow,
+                                                                    const int32_t *src, const double *w, double *v) {
+  int64_t e = 0;
+  const __m512d z = _mm512_setzero_pd();
+  for (; e + 8 <= ow; e += 8) {
+    __m512d acc = z;
+    for (int k = 0; k < nk; k++) {
+      __m512d wk = _mm512_loadu_pd(w + (int64_t)k * ow + e);
+      __m256i ix = _mm256_loadu_si256((const __m256i *)(src + (int64_t)k * ow + e));
+      __m512d xv = _mm512_cvtps_pd(_mm256_i32gather_ps(xr, ix, 4));
+      __m512d t = _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(wk, z, _CMP_NEQ_UQ), wk, xv);
+      acc = _mm512_add_pd(acc, t);
+    }
+    _mm512_storeu_pd(v + e, acc);
+  }
+  rsf_hrow_tail(xr, nk, ow, src, w, v, e);
+}
+__attribute__((target("avx2,avx512f"))) static void rsf_vrow_avx512(int nr, const double *const *rows,
+                                                                    const double *rw, int64_t ow, float *y) {
+  int64_t e = 0;
+  if (nr == 2) {
+    const __m512d wa = _mm512_set1_pd(rw[0]), wb = _mm512_set1_pd(rw[1]);
+    const double *a = rows[0], *b = rows[1];
+    for (; e + 8 <= ow; e += 8) {
+      __m512d acc = _mm512_add_pd(_mm512_setzero_pd(), _mm512_mul_pd(wa, _mm512_loadu_pd(a + e)));
+      acc = _mm512_add_pd(acc, _mm512_mul_pd(wb, _mm512_loadu_pd(b + e)));
+      _mm256_storeu_ps(y + e, _mm512_cvtpd_ps(acc));
+    }
+  } else {
+    for (; e + 8 <= ow; e += 8) {
+      __m512d acc = _mm512_setzero_pd();
+      for (int k = 0; k < nr; k++)
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_set1_pd(rw[k]), _mm512_loadu_pd(rows[k] + e)));
+      _mm256_storeu_ps(y + e, _mm512_cvtpd_ps(acc));
+    }
+  }
+  const double *tail[16];
+  for (int k = 0; k < nr; k++) tail[k] = rows[k] + e;
+  if (e < ow) rsf_vrow_avx2(nr, tail, rw, ow - e, y + e);
+}
+#endif
+
+/* Output rows [r0, r1) of plane q, linear / cubic. The cache holds maxn
+ * source rows' v (tag: source row, -1 empty); an output row's source rows
+ * are at most maxn distinct ones, so a slot that the row does not use is
+ * always free to refill. */
+static void rsf_linear_rows(rsf_job *j, int64_t q, int64_t r0, int64_t r1, double *cache, int64_t *tag) {
+  const float *xp = j->x + q * j->ih * j->iw;
+  float *yp = j->y + q * j->oh * j->ow;
+  int ns = j->th.maxn;
+  int64_t ow = j->ow, oh = j->oh;
+  for (int s = 0; s < ns; s++) tag[s] = -1;
+  for (int64_t i = r0; i < r1; i++) {
+    float *yr = yp + i * ow;
+    if (j->th.cnt[i] == 0) {
+      for (int64_t e = 0; e < ow; e++) yr[e] = j->extra;
+      continue;
+    }
+    const double *rows[16];
+    double rw[16];
+    int used[16] = {0}, nr = 0, nk = j->th.identity ? 1 : j->th.cnt[i];
+    /* an identity row axis is one tap (i, 1), as the reference skips it */
+    for (int k = 0; k < nk; k++) { /* keep the slots this row reads */
+      int64_t h = j->th.identity ? i : j->th.src[(int64_t)k * oh + i];
+      for (int s = 0; s < ns; s++) used[s] |= tag[s] == h;
+    }
+    for (int k = 0; k < nk; k++) {
+      double wk = j->th.identity ? 1 : j->th.w[(int64_t)k * oh + i];
+      if (wk == 0) continue;
+      int64_t h = j->th.identity ? i : j->th.src[(int64_t)k * oh + i];
+      int s = 0;
+      while (s < ns && tag[s] != h) s++;
+      if (s == ns) {
+        for (s = 0; used[s]; s++) {}
+        j->hrow(xp + h * j->iw, j->tw.maxn, ow, j->tw.src, j->tw.w, cache + s * ow);
+        tag[s] = h;
+      }
+      used[s] = 1;
+      rows[nr] = cache + s * ow;
+      rw[nr++] = wk;
+    }
+    j->vrow(nr, rows, rw, ow, yr);
+    for (int64_t e = 0; j->tw_ext && e < ow; e++)
+      if (j->tw.cnt[e] == 0) yr[e] = j->extra;
+  }
+}
+
+/* Output rows [r0, r1) of plane q, nearest: a row that reads the same source
+ * row as the one before it is a copy of that output row. */
+static void rsf_nearest_rows(rsf_job *j, int64_t q, int64_t r0, int64_t r1) {
+  const uint32_t *xp = (const uint32_t *)j->x + q * j->ih * j->iw;
+  uint32_t *yp = (uint32_t *)j->y + q * j->oh * j->ow, ext;
+  memcpy(&ext, &j->extra, sizeof ext);
+  int64_t ow = j->ow;
+  const int32_t *sw = j->tw.src;
+  for (int64_t i = r0; i < r1; i++) {
+    uint32_t *yr = yp + i * ow;
+    if (j->th.cnt[i] == 0) {
+      for (int64_t e = 0; e < ow; e++) yr[e] = ext;
+      continue;
+    }
+    if (i > r0 && j->th.cnt[i - 1] && j->th.src[i - 1] == j->th.src[i]) {
+      memcpy(yr, yr - ow, (size_t)ow * sizeof *yr);
+      continue;
+    }
+    const uint32_t *xr = xp + (int64_t)j->th.src[i] * j->iw;
+    if (j->tw.identity) {
+      memcpy(yr, xr, (size_t)ow * sizeof *yr);
+    } else if (j->dup2) {
+      for (int64_t e = 0; e < j->iw; e++) yr[2 * e] = yr[2 * e + 1] = xr[e];
+    } else {
+      for (int64_t e = 0; e < ow; e++) yr[e] = xr[sw[e]];
+      for (int64_t e = 0; j->tw_ext && e < ow; e++)
+        if (j->tw.cnt[e] == 0) yr[e] = ext;
+    }
+  }
+}
+
+/* Items [q0, q1): item q is rows chunk q % chunks of plane q / chunks. */
+static void rsf_items(void *arg, int64_t q0, int64_t q1) {
+  rsf_job *j = arg;
+  double *cache = NULL;
+  int64_t tag[16];
+  if (!j->nearest) {
+    cache = malloc((size_t)j->th.maxn * (size_t)j->ow * sizeof *cache);
+    if (!cache) {
+      atomic_store(&j->oom, 1);
+      return;
+    }
+  }
+  for (int64_t q = q0; q < q1; q++) {
+    int64_t plane = q / j->chunks, ch = q % j->chunks;
+    int64_t r0 = ch * j->oh / j->chunks, r1 = (ch + 1) * j->oh / j->chunks;
+    if (j->nearest) rsf_nearest_rows(j, plane, r0, r1);
+    else rsf_linear_rows(j, plane, r0, r1, cache, tag);
+  }
+  free(cache);
+}
+
+static nbl_status k_resize_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *x;
+  nbl_status st = need_in(c, 0, "X", &x);
+  if (st) return st;
+  int r = x->rank;
+  if (x->dtype != NBL_DT_FLOAT || r < 2) return k_resize(c);
+  nbl_rs_plan pl;
+  if ((st = nbl_rs_plan_init(c, x, 0, c->opset, !strcmp(c->node->op_type, "Upsample"), &pl))) return st;
+  const nbl_rs_params *p = &pl.p;
+  int H = r - 2, W = r - 1;
+  int64_t planes = 1;
+  for (int d = 0; d < r; d++)
+    if (x->dims[d] <= 0 || pl.od[d] <= 0 || x->dims[d] > INT32_MAX) return k_resize(c);
+  for (int d = 0; d < H; d++) {
+    if (!rsf_axis_identity(p, pl.scales[d], x->dims[d], pl.od[d], pl.roi[d], pl.roi[r + d])) return k_resize(c);
+    planes *= x->dims[d];
+  }
+  rsf_job j = {.x = x->data, .ih = x->dims[H], .iw = x->dims[W], .oh = pl.od[H], .ow = pl.od[W],
+               .nearest = p->mode == NBL_RS_NEAREST, .extra = (float)p->extrapolation};
+  int ok = 1;
+  st = rsf_taps_make(c, p, pl.scales[H], j.ih, j.oh, pl.roi[H], pl.roi[r + H], &j.th, &ok);
+  if (!st && ok) st = rsf_taps_make(c, p, pl.scales[W], j.iw, j.ow, pl.roi[W], pl.roi[r + W], &j.tw, &ok);
+  /* an identity column axis is one tap (e, 1), as the reference reads x
+   * there (v = x instead of 0 + 1 * x: they differ in the sign of a zero
+   * only, which acc = 0 + rw * v + ... drops) */
+  if (!st && ok && !j.nearest && j.tw.identity) {
+    j.tw.maxn = 1;
+    for (int64_t e = 0; e < j.ow; e++) j.tw.src[e] = (int32_t)e, j.tw.w[e] = 1;
+  }
+  /* the reference's direct kernel takes at most 64 tap combinations */
+  if (!st && ok && !j.nearest && (j.th.identity ? 1 : j.th.maxn) * (j.tw.identity ? 1 : j.tw.maxn) > 64) ok = 0;
+  if (st || !ok) {
+    rsf_taps_free(&j.th), rsf_taps_free(&j.tw);
+    return st ? st : k_resize(c);
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, x->dtype, r, pl.od))) goto done;
+  nbl_rt_tensor *o = nbl_kctx_out(c, 0);
+  j.y = o->data;
+  if (j.nearest && j.ow == 2 * j.iw) {
+    j.dup2 = 1;
+    for (int64_t e = 0; e < j.ow && j.dup2; e++) j.dup2 = j.tw.cnt[e] && j.tw.src[e] == e / 2;
+  }
+  for (int64_t e = 0; e < j.ow; e++) j.tw_ext |= j.tw.cnt[e] == 0;
+  j.hrow = rsf_hrow_c;
+  j.vrow = rsf_vrow_c;
+#if defined(__x86_64__)
+  if (nbl_cpu_has(NBL_CPU_AVX512F | NBL_CPU_AVX2)) {
+    j.hrow = rsf_hrow_avx512;
+    j.vrow = rsf_vrow_avx512;
+  } else if (nbl_cpu_has(NBL_CPU_AVX2)) {
+    j.hrow = rsf_hrow_avx2;
+    j.vrow = rsf_vrow_avx2;
+  }
+#endif
+  /* planes split into row chunks so that small batches still fill the pool */
+  int64_t work = o->numel * (j.nearest ? 1 : 4 * j.tw.maxn);
+  j.chunks = 1;
+  if (c->threads > 1 && work >= (1 << 16)) {
+    int64_t want = 4 * (int64_t)c->threads;
+    j.chunks = planes >= want ? 1 : (want + planes - 1) / planes;
+    if (j.chunks > j.oh) j.chunks = j.oh;
+    nbl_parallel_for(c, planes * j.chunks, 1, rsf_items, &j);
+  } else {
+    rsf_items(&j, 0, planes * j.chunks);
+  }
+  if (atomic_load(&j.oom)) st = nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+done:
+  rsf_taps_free(&j.th), rsf_taps_free(&j.tw);
+  return st;
 }
 
 /* ------------------------------------------------------------------ shape rules */
@@ -1094,8 +1522,8 @@ static const nbl_op_adapter upsample_steps[] = {
 
 const nbl_op_def nbl_ops_shape_resize[] = {
     NBL_OP("Pad", 1, .ref = k_pad, .shape = shape_pad, .stable_since = 11, .adapters = pad_steps, .grad = g_pad),
-    NBL_OP("Resize", 10, .ref = k_resize, .shape = shape_resize, .stable_since = 13,
+    NBL_OP("Resize", 10, .ref = k_resize, .fast = k_resize_fast, .shape = shape_resize, .stable_since = 13,
         .adapters = resize_steps, .grad = g_resize),
-    NBL_OP("Upsample", 7, .ref = k_resize, .shape = shape_upsample, .adapters = upsample_steps, .grad = g_resize),
+    NBL_OP("Upsample", 7, .ref = k_resize, .fast = k_resize_fast, .shape = shape_upsample, .adapters = upsample_steps, .grad = g_resize),
 };
 const size_t nbl_ops_shape_resize_count = sizeof nbl_ops_shape_resize / sizeof nbl_ops_shape_resize[0];
