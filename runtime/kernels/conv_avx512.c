@@ -26,8 +26,8 @@
 #if defined(__x86_64__)
 typedef struct c11_cache {
   const float *w; /* the weights it was packed from */
-  int64_t M, K;
-  float wp[]; /* [M/8 rounded up][K][8], rows past M zero */
+  int64_t M, K, G;
+  float wp[]; /* [G][M/G/8 rounded up][K][8], rows past each group's zero */
 } c11_cache;
 
 static void c11_cache_free(void *p) { free(p); }
@@ -137,41 +137,55 @@ void nbl_c11_serial(const float *wp, const float *x, int64_t M, int64_t K, int64
 static int c11_product(nbl_kctx *ctx, const c11_cache *cc, int64_t M, int64_t K, int64_t P,
                        const float *x, const float *bias, float *y, const nbl_act *act);
 
-/* The weights w[M][K] packed for c11_tile (nbl_c11_pack): constant weights
+/* The weights w[M][K] packed for c11_tile (nbl_c11_pack), in G groups of
+ * M / G rows each packed on its own ([G][Mg/8 rounded up][K][8]: group g's
+ * at g (Mg/8 rounded up) 8 K; G = 1: the whole matrix): constant weights
  * once into the node's cache; weights that change between runs (a training
  * graph's parameters, a backward op's operands) into *scratch, which the
  * caller keeps across the images of one call and frees (packing costs M K
  * copies against the product's M K P multiply-adds). NULL when out of memory. */
-static const c11_cache *c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K,
-                                    void **scratch) {
-  int64_t Mb = (M + 7) / 8;
+static const c11_cache *c11_weights_g(nbl_kctx *ctx, const float *w, int64_t M, int64_t K,
+                                      int64_t G, void **scratch) {
+  int64_t Mg = M / G, Mb = (Mg + 7) / 8;
+  size_t bytes = sizeof(c11_cache) + sizeof(float) * (size_t)(G * Mb * 8 * K);
   c11_cache *cc;
   if (!nbl_conv_weights_const(ctx)) {
     cc = *scratch;
-    if (!cc || cc->w != w || cc->M != M || cc->K != K) {
+    if (!cc || cc->w != w || cc->M != M || cc->K != K || cc->G != G) {
       free(cc);
-      *scratch = cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+      *scratch = cc = calloc(1, bytes);
       if (!cc) return NULL;
-      cc->w = w, cc->M = M, cc->K = K;
-      nbl_c11_pack(w, M, K, cc->wp);
+      cc->w = w, cc->M = M, cc->K = K, cc->G = G;
+      for (int64_t g = 0; g < G; g++) nbl_c11_pack(w + g * Mg * K, Mg, K, cc->wp + g * Mb * 8 * K);
     }
     return cc;
   }
   nbl_kcache *kc = nbl_kctx_cache(ctx);
   if (!kc) return NULL;
   cc = kc->data;
-  if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K) {
+  if (!cc || kc->free_fn != c11_cache_free || cc->w != w || cc->M != M || cc->K != K || cc->G != G) {
     if (kc->free_fn) kc->free_fn(kc->data);
     kc->data = NULL;
     kc->free_fn = NULL;
-    cc = calloc(1, sizeof *cc + sizeof(float) * (size_t)(Mb * 8 * K));
+    cc = calloc(1, bytes);
     if (!cc) return NULL;
-    cc->w = w, cc->M = M, cc->K = K;
-    nbl_c11_pack(w, M, K, cc->wp);
+    cc->w = w, cc->M = M, cc->K = K, cc->G = G;
+    for (int64_t g = 0; g < G; g++) nbl_c11_pack(w + g * Mg * K, Mg, K, cc->wp + g * Mb * 8 * K);
     kc->data = cc;
     kc->free_fn = c11_cache_free;
   }
   return cc;
+}
+
+static const c11_cache *c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K,
+                                    void **scratch) {
+  return c11_weights_g(ctx, w, M, K, 1, scratch);
+}
+
+const float *nbl_c11_weights_groups(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, int64_t G,
+                                    void **scratch) {
+  const c11_cache *cc = c11_weights_g(ctx, w, M, K, G, scratch);
+  return cc ? cc->wp : NULL;
 }
 
 const float *nbl_c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, void **scratch) {

@@ -61,12 +61,20 @@ int nbl_conv_gemm_avx512(nbl_kctx *ctx, int64_t M, int64_t K, int64_t P, const f
  * weights in the node's cache, others in *scratch, which the caller frees);
  * NULL when out of memory. conv_avx512.c. */
 const float *nbl_c11_weights(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, void **scratch);
+/* The same for G groups of M / G rows, each packed on its own: group g's
+ * weights at g ((M / G + 7) / 8) 8 K floats (a grouped layer's). */
+const float *nbl_c11_weights_groups(nbl_kctx *ctx, const float *w, int64_t M, int64_t K, int64_t G,
+                                    void **scratch);
 /* The layer (2-D, one group, AVX-512) by the shifted-rows kernel of
  * conv_shift.c, with the same sums in the same order as the im2col product
  * of nbl_conv_gemm_avx512 (bitwise the same outputs); 1 when it ran, 0 when
  * the layer does not qualify or memory ran out (nothing written). */
 int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                        const float *bias, float *y, const nbl_act *act);
+/* The same with the weights already packed (wp, as nbl_c11_weights packs
+ * them) and no limit on their size: one group of a grouped layer. */
+int nbl_conv_shift_f32_wp(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *wp,
+                          const float *bias, float *y, const nbl_act *act);
 /* wp = w[M][K] packed for that kernel: [M/8 rounded up][K][8], wp zeroed by
  * the caller. */
 void nbl_c11_pack(const float *w, int64_t M, int64_t K, float *wp);

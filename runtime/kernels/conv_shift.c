@@ -314,15 +314,14 @@ static void fwd_products(nbl_kctx *ctx, fwd_task *t) {
   nbl_parallel_for(ctx, g->N * t->bands, 1, fwd_run, t);
 }
 
-int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
-                       const float *bias, float *y, const nbl_act *act) {
-  /* weights past the L2 (ResNet-18's last layers): each q tile and band
-   * would read them again; the im2col product reads them once */
-  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F) || g->M * g->C * g->k_sz > 131072) return 0;
+/* The forward over the planes with packed weights wp (NULL: pack w here). */
+static int shift_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                         const float *wp, const float *bias, float *y, const nbl_act *act) {
+  if (!ctx || !nbl_cpu_has(NBL_CPU_AVX512F)) return 0;
   shift_geom s;
   if (!shift_init(g, &s)) return 0;
   void *scratch = NULL;
-  const float *wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
+  if (!wp) wp = nbl_c11_weights(ctx, w, g->M, s.K, &scratch);
   float *planes = wp ? fwd_alloc(&s, g->N) : NULL;
   if (planes) {
     fwd_task t = {&s, x, planes, 1, 1, 1, {{s.off, s.K, g->M, wp, bias, act, y}}};
@@ -334,6 +333,19 @@ int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, co
   free(scratch);
   free(s.off);
   return planes != NULL;
+}
+
+int nbl_conv_shift_f32(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
+                       const float *bias, float *y, const nbl_act *act) {
+  /* weights past the L2 (ResNet-18's last layers): each q tile and band
+   * would read them again; the im2col product reads them once */
+  if (g->M * g->C * g->k_sz > 131072) return 0;
+  return shift_forward(ctx, g, x, w, NULL, bias, y, act);
+}
+
+int nbl_conv_shift_f32_wp(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *wp,
+                          const float *bias, float *y, const nbl_act *act) {
+  return shift_forward(ctx, g, x, NULL, wp, bias, y, act);
 }
 
 /* ------------------------------------------------------------------ weight gradient */

@@ -544,6 +544,27 @@ START_TEST(test_conv_kblock) {
 }
 END_TEST
 
+/* Grouped layers (2-D, AVX-512): each group through the shifted rows with
+ * the groups' weights packed together (conv_im2col.c grouped_shift):
+ * RegNet's 16-channel groups at strides 1 and 2, groups whose output
+ * channels are off the 8-channel tile, 1x1 groups (ShuffleNet), two
+ * images, weights from a graph input, at 1 and 2 threads, against the
+ * naive loop; a group's weights past the limit take im2col and BLAS. */
+START_TEST(test_conv_grouped) {
+  static const ccase cases[] = {
+      {1, 64, 14, 14, 64, 3, 4, 1, 1, 1, 1, 1, 1, 0},  /* 16 channels a group */
+      {1, 64, 15, 15, 64, 3, 4, 2, 1, 1, 1, 1, 1, 0},  /* stride 2 */
+      {2, 36, 9, 11, 24, 3, 3, 1, 1, 0, 0, 1, 0, 1},   /* 8 out of 12 in a group, 2 images, no bias,
+                                                        * asymmetric pads, weights an input */
+      {1, 30, 8, 8, 30, 3, 3, 1, 1, 1, 1, 1, 1, 0},    /* 10 out a group: off the tile */
+      {1, 24, 10, 10, 48, 1, 3, 1, 0, 0, 0, 0, 1, 0},  /* 1x1 groups */
+      {1, 64, 7, 7, 600, 3, 2, 1, 1, 1, 1, 1, 1, 0},   /* 300 x 32 x 9 per group: BLAS */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 1; t <= 2; t++) check_conv(&cases[i], t);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conv_fast");
   TCase *tc = tcase_create("all");
@@ -557,6 +578,7 @@ int main(void) {
   tcase_add_test(tc, test_state_write_refreshes_cache);
   tcase_add_test(tc, test_conv_nd);
   tcase_add_test(tc, test_conv_kblock);
+  tcase_add_test(tc, test_conv_grouped);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
