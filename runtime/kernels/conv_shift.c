@@ -286,13 +286,23 @@ static float *fwd_alloc(shift_geom *s, int64_t N) {
     return NULL;
   }
   memset(planes + N * s->img, 0, sizeof(float) * (size_t)slack);
-  /* lane i of the vector at q is an output when (q + i) % Wq < OW (and q + i < Q) */
-  for (int64_t q = 0; q < s->Q + 32; q++) {
-    unsigned m = 0;
-    for (int i = 0; i < 16; i++) m |= (unsigned)(q + i < s->Q && (q + i) % s->Wq < g->out[1]) << i;
+  /* lane i of the vector at q is an output when (q + i) % Wq < OW (and
+   * q + i < Q): each mask is the one before shifted down a lane, with lane
+   * 15 for q + 15 added; rows and columns counted, not divided (a division
+   * per lane made this table cost as much as the product on large planes) */
+  int64_t Wq = s->Wq, OW = g->out[1], Q = s->Q;
+  unsigned m = 0;
+  int64_t col = 0, row = 0, col15 = 0; /* q % Wq, q / Wq, (q + 15) % Wq */
+  for (int i = 0; i < 15; i++) {     /* lanes 0..14 of the mask at q = -1, as lanes 1..15 at 0 */
+    m |= (unsigned)(i < Q && col15 < OW) << (i + 1);
+    if (++col15 == Wq) col15 = 0;
+  }
+  for (int64_t q = 0; q < Q + 32; q++) {
+    m = (m >> 1) | (unsigned)(q + 15 < Q && col15 < OW) << 15;
+    if (++col15 == Wq) col15 = 0;
     s->vm[q] = (uint16_t)m;
-    int64_t c = q % s->Wq < g->out[1] ? q % s->Wq : g->out[1];
-    s->yb[q] = (int32_t)(q / s->Wq * g->out[1] + c);
+    s->yb[q] = (int32_t)(row * OW + (col < OW ? col : OW));
+    if (++col == Wq) col = 0, row++;
   }
   return planes;
 }
