@@ -89,13 +89,50 @@ __attribute__((target("avx512f"))) static void c11_cols(const c11_task *t, int64
   nbl_c11_blocked(buf, t->K, t->wp, m0, m1, buf + 32 * t->K, c11_epi, &at);
 }
 
+/* Channel blocks m0.. < m1 over all the (at most 8) pixel tiles, K blocked:
+ * each tile's rows packed into its panel (buf: [tiles][K][32], then the
+ * partial sums [tiles][m1 - m0 rounded up to 8][32]), then per block of K
+ * rows and channel block, the tiles in turn: the block's weights (4 KB) are
+ * read once from memory and stay in L1 for every tile, the panels' blocks
+ * stay in L2. The same sums in the same order as c11_tile. */
+__attribute__((target("avx512f"))) static void c11_outer_blocked(const c11_task *t, int64_t m0,
+                                                                 int64_t m1, float *buf) {
+  int64_t K = t->K, tiles = (t->P + 31) / 32, mr = (m1 - m0 + 7) / 8 * 8;
+  float *acc = buf + tiles * K * 32;
+  for (int64_t i = 0; i < tiles; i++) {
+    int np = t->P - 32 * i < 32 ? (int)(t->P - 32 * i) : 32;
+    nbl_c11_panel(t->x + 32 * i, NULL, t->P, K, nbl_tail_mask(np), np > 16 ? nbl_tail_mask(np - 16) : 0,
+                  buf + i * K * 32);
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += NBL_C11_KC) {
+    int64_t kn = K - k0 < NBL_C11_KC ? K - k0 : NBL_C11_KC;
+    for (int64_t m = m0; m < m1; m += 8)
+      for (int64_t i = 0; i < tiles; i++) {
+        float *ac = acc + (i * mr + m - m0) * 32;
+        __m512 a[8][2];
+        nbl_c11_sums_from(buf + (i * K + k0) * 32, NULL, 32, kn, t->wp + m * K + k0 * 8, 0xFFFF, 0xFFFF,
+                          k0 ? ac : NULL, a);
+        if (k0 + kn < K)
+          for (int r = 0; r < 8; r++) {
+            _mm512_store_ps(ac + 32 * r, a[r][0]);
+            _mm512_store_ps(ac + 32 * r + 16, a[r][1]);
+          }
+        else
+          c11_store(t, m, 32 * i, a);
+      }
+  }
+}
+
 static void c11_run(void *arg, int64_t begin, int64_t end) {
   const c11_task *t = arg;
-  /* the panel [K][32] and the partial sums [M][32] of nbl_c11_blocked; NULL
-   * (K short, or no memory): unblocked, the same bits */
+  /* the panels and partial sums of the blocked products (nbl_c11_blocked,
+   * c11_outer_blocked); NULL (K short, or no memory): unblocked, the same
+   * bits */
   float *buf = NULL;
-  if (!t->m_outer && t->K >= nbl_kdebug_get(NBL_KS_F32_KBLOCK_MIN))
-    buf = aligned_alloc(64, sizeof(float) * 32 * (size_t)(t->K + (t->M + 7) / 8 * 8));
+  if (t->K >= nbl_kdebug_get(NBL_KS_F32_KBLOCK_MIN)) {
+    int64_t tiles = t->m_outer ? (t->P + 31) / 32 : 1;
+    buf = aligned_alloc(64, sizeof(float) * 32 * (size_t)(tiles * (t->K + (t->M + 7) / 8 * 8)));
+  }
   if (buf) nbl_kcount(NBL_KC_F32_KBLOCK_RUNS);
   for (int64_t u = begin; u < end; u++) {
     if (t->bands) {
@@ -104,6 +141,10 @@ static void c11_run(void *arg, int64_t begin, int64_t end) {
       for (int64_t p = p0; p < p1; p += 32) c11_cols(t, p, 0, t->M, buf);
     } else if (t->m_outer) { /* chunk u of channels over every pixel: weights read once */
       int64_t m0 = u * t->mc, m1 = m0 + t->mc < t->M ? m0 + t->mc : t->M;
+      if (buf) {
+        c11_outer_blocked(t, m0, m1, buf);
+        continue;
+      }
       for (int64_t m = m0; m < m1; m += 8)
         for (int64_t p = 0; p < t->P; p += 32) c11_tile(t, m, p);
     } else {

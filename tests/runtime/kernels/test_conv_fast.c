@@ -494,7 +494,8 @@ END_TEST
  * packed into a panel, K in blocks of 128, partial sums kept between
  * blocks) on every path that takes it: 1x1 layers (pixel tiles, and bands
  * at 2 threads), the shifted rows (strides 1 and 2), the im2col product of
- * a layer too large for them, Winograd's products. K a multiple of 128 and
+ * a layer too large for them, Winograd's products, and few-pixel layers
+ * whose weights are read once (K blocks outside the pixel tiles). K a multiple of 128 and
  * not, channel counts off the 8-channel tile, weights constant or an input,
  * at 1 and 2 threads: against the naive loop, bitwise the outputs of one
  * pass over the whole K (the same sums in the same order), and with
@@ -509,6 +510,9 @@ START_TEST(test_conv_kblock) {
       {1, 20, 21, 21, 9, 1, 1, 1, 0, 0, 0, 0, 1, 0},   /* K 20: blocked only when forced */
       {1, 160, 12, 12, 40, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* Winograd's products, K 160 */
       {1, 64, 40, 40, 250, 3, 1, 2, 1, 1, 1, 1, 1, 0}, /* im2col product, K 576 */
+      /* few pixels, large weights: K blocks outside, the pixel tiles inside */
+      {1, 300, 7, 7, 121, 1, 1, 1, 0, 0, 0, 0, 1, 0},  /* 1x1, 49 pixels, K 300 */
+      {2, 64, 9, 9, 250, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* im2col, 81 pixels, K 576, weights an input */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int t = 1; t <= 2; t++) {
