@@ -310,9 +310,9 @@ int nbl_conv_weights_const(nbl_kctx *ctx) {
  * spread over the threads, each pair on one. An im2col and a BLAS product
  * of Mg rows per group ran RegNetX-400MF's grouped 3x3 layers at a third of
  * the one-group kernel's speed. 0 when it does not apply (a group's
- * weights past the L2, as nbl_conv_shift_f32 judges, a geometry the
- * shifted rows do not take, out of memory): nothing of y to keep then, the
- * caller's path writes all of it. */
+ * weights past the L2 over few outputs, as nbl_conv_shift_f32 judges, a
+ * geometry the shifted rows do not take, out of memory): nothing of y to
+ * keep then, the caller's path writes all of it. */
 typedef struct grp_task {
   nbl_kctx *ctx;
   const nbl_conv_geom *g, *gs; /* the layer, one group of one image */
@@ -340,7 +340,8 @@ static void grp_run(void *arg, int64_t begin, int64_t end) {
 static int grouped_shift(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, const float *w,
                          const float *bias, float *y, const nbl_act *act) {
   int64_t G = g->group, Cg = g->C / G, Mg = g->M / G;
-  if (!ctx || g->ns != 2 || Cg < 2 || !nbl_cpu_has(NBL_CPU_AVX512F) || Mg * Cg * g->k_sz > 131072)
+  if (!ctx || g->ns != 2 || Cg < 2 || !nbl_cpu_has(NBL_CPU_AVX512F) ||
+      (Mg * Cg * g->k_sz > 131072 && g->out_sz <= 256)) /* nbl_conv_shift_f32's rule */
     return 0;
   nbl_conv_geom gs = *g;
   gs.N = 1, gs.C = Cg, gs.M = Mg, gs.group = 1;

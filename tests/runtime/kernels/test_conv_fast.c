@@ -493,10 +493,10 @@ END_TEST
 /* K blocking of the AVX-512 FP32 product (nbl_c11_blocked: each tile's rows
  * packed into a panel, K in blocks of 128, partial sums kept between
  * blocks) on every path that takes it: 1x1 layers (pixel tiles, and bands
- * at 2 threads), the shifted rows (strides 1 and 2), the im2col product of
- * a layer too large for them, Winograd's products, and few-pixel layers
- * whose weights are read once (K blocks outside the pixel tiles). K a multiple of 128 and
- * not, channel counts off the 8-channel tile, weights constant or an input,
+ * at 2 threads), the shifted rows (strides 1 and 2, small and large
+ * weights), Winograd's products, and few-pixel layers whose weights are
+ * read once (the im2col product, K blocks outside the pixel tiles). K a
+ * multiple of 128 and not, channel counts off the 8-channel tile, weights constant or an input,
  * at 1 and 2 threads: against the naive loop, bitwise the outputs of one
  * pass over the whole K (the same sums in the same order), and with
  * blocking forced on a K of one block. */
@@ -509,7 +509,7 @@ START_TEST(test_conv_kblock) {
       {2, 32, 14, 14, 24, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* shifted rows, stride 1, K 288 */
       {1, 20, 21, 21, 9, 1, 1, 1, 0, 0, 0, 0, 1, 0},   /* K 20: blocked only when forced */
       {1, 160, 12, 12, 40, 3, 1, 1, 1, 1, 1, 1, 1, 0}, /* Winograd's products, K 160 */
-      {1, 64, 40, 40, 250, 3, 1, 2, 1, 1, 1, 1, 1, 0}, /* im2col product, K 576 */
+      {1, 64, 40, 40, 250, 3, 1, 2, 1, 1, 1, 1, 1, 0}, /* shifted rows, 144,000 weights, K 576 */
       /* few pixels, large weights: K blocks outside, the pixel tiles inside */
       {1, 300, 7, 7, 121, 1, 1, 1, 0, 0, 0, 0, 1, 0},  /* 1x1, 49 pixels, K 300 */
       {2, 64, 9, 9, 250, 3, 1, 1, 1, 1, 1, 1, 1, 1},   /* im2col, 81 pixels, K 576, weights an input */
