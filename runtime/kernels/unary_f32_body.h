@@ -211,8 +211,13 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
  * exp(d) * (1 / s)) or d - log(s), rounded once to float. exp is the one
  * above (2e-10), log libm's. A NaN anywhere, or an infinite max, makes the
  * row NaN as there (d or s NaN). The tail goes through a vector padded
- * with -Inf (exp 0). */
+ * with -Inf (exp 0). Softmax rows up to UF_SM_KEEP long keep exp(d) in
+ * double for the scaling; longer ones compute it again (the same bits). */
+#ifndef UF_SM_KEEP
+#define UF_SM_KEEP 1024 /* rows up to this long keep their exponentials (8 KB) */
+#endif
 static void UF(softmax_rows)(const float *x, float *y, int64_t rows, int64_t n, int log_out) {
+  double ex[UF_SM_KEEP];
   for (int64_t row = 0; row < rows; row++, x += n, y += n) {
     int64_t nv = n - n % UF_VN;
     vf v;
@@ -228,11 +233,15 @@ static void UF(softmax_rows)(const float *x, float *y, int64_t rows, int64_t n, 
     double m = -INFINITY;
     for (int l = 0; l < UF_VN; l++) m = md[l] > m ? md[l] : m;
     vd vm = SPL(m), acc = SPL(0.0);
+    int keep = !log_out && n <= UF_SM_KEEP; /* the exponentials kept for the scaling */
     for (int64_t i = 0; i < nv; i += UF_VN) {
       memcpy(&v, x + i, sizeof v);
-      acc += UF(exp)(__builtin_convertvector(v, vd) - vm);
+      vd ev = UF(exp)(__builtin_convertvector(v, vd) - vm);
+      if (keep) memcpy(ex + i, &ev, sizeof ev);
+      acc += ev;
     }
-    if (nv < n) acc += UF(exp)(tail - vm);
+    vd et = SPL(0.0);
+    if (nv < n) acc += et = UF(exp)(tail - vm);
     double s = 0;
     for (int l = 0; l < UF_VN; l++) s += acc[l];
     if (log_out) {
@@ -249,12 +258,18 @@ static void UF(softmax_rows)(const float *x, float *y, int64_t rows, int64_t n, 
     } else {
       vd inv = SPL(1.0 / s);
       for (int64_t i = 0; i < nv; i += UF_VN) {
-        memcpy(&v, x + i, sizeof v);
-        v = __builtin_convertvector(UF(exp)(__builtin_convertvector(v, vd) - vm) * inv, vf);
+        vd ev;
+        if (keep) {
+          memcpy(&ev, ex + i, sizeof ev);
+        } else {
+          memcpy(&v, x + i, sizeof v);
+          ev = UF(exp)(__builtin_convertvector(v, vd) - vm);
+        }
+        v = __builtin_convertvector(ev * inv, vf);
         memcpy(y + i, &v, sizeof v);
       }
       if (nv < n) {
-        v = __builtin_convertvector(UF(exp)(tail - vm) * inv, vf);
+        v = __builtin_convertvector(et * inv, vf);
         memcpy(y + nv, &v, sizeof(float) * (size_t)(n - nv));
       }
     }

@@ -11,7 +11,7 @@
  * vector lanes (LayerNormalization's mean and variance, Softmax's sum of
  * exponentials) and Softmax's exp is a polynomial good to 2e-10, so a
  * result may land on the neighbouring float, never further. Rows of 1, 7,
- * 16, 17, 384 and 1000 elements, enough rows that 2 threads split them, at
+ * 16, 17, 384 and 1000 elements (Softmax also 1025 and 2000), enough rows that 2 threads split them, at
  * 1 and 2 threads; axis variants (negative, a row over two axes, an axis
  * the fast path leaves to the reference), NaN and infinities, magnitudes up
  * to 3e38; one hand-computed case per op. */
@@ -266,6 +266,12 @@ START_TEST(test_softmax_vs_ref) {
         sm_case(ops[k], 11, lens[l], 1, PLAIN, t);
         sm_case(ops[k], 11, lens[l], 1, SPECIAL, t);
       }
+  /* rows longer than the kernel keeps (UF_SM_KEEP, 1024): exp computed again */
+  for (int t = 1; t <= 2; t++)
+    for (int k = 0; k < 2; k++) {
+      sm_case(ops[k], 13, 2000, -1, PLAIN, t);
+      sm_case(ops[k], 13, 1025, -1, SPECIAL, t);
+    }
 }
 END_TEST
 
