@@ -16,6 +16,7 @@
  */
 #include "runtime/kernels/unary_f32.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "runtime/core/cpu.h"
@@ -58,6 +59,18 @@ nbl_status nbl_unary_f32(nbl_uf32 op, const float *x, float *y, int64_t n, doubl
     uf_run_avx2(op, x, y, n, alpha, beta);
   else
     uf_run_base(op, x, y, n, alpha, beta);
+  return NBL_OK;
+}
+
+nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, int log_out) {
+  if (rows < 0 || n < 0 || (rows > 0 && n > 0 && (!x || !y))) return NBL_ERR_INVALID_ARGUMENT;
+  if (rows == 0 || n == 0) return NBL_OK;
+  if (nbl_cpu_has(UF_AVX512))
+    uf_softmax_rows_avx512(x, y, rows, n, log_out);
+  else if (nbl_cpu_has(UF_AVX2))
+    uf_softmax_rows_avx2(x, y, rows, n, log_out);
+  else
+    uf_softmax_rows_base(x, y, rows, n, log_out);
   return NBL_OK;
 }
 

@@ -41,6 +41,14 @@ typedef enum nbl_uf32 {
  * or NULL data with n > 0. */
 nbl_status nbl_unary_f32(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta);
 
+/* Softmax (log_out 0) or LogSoftmax (log_out 1) of `rows` contiguous rows
+ * of n floats (y may be x): per row m = max, d = x - m in double, s = sum of
+ * exp(d), y = exp(d) / s or d - log(s), each rounded once to float (the
+ * float32 fast path of runtime/ops/reduce.c; within an ulp of its double
+ * reference path, NaN where it gives NaN). NBL_ERR_INVALID_ARGUMENT for
+ * negative counts or NULL data. */
+nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, int log_out);
+
 /* The variant nbl_unary_f32 runs on this thread now: "avx512", "avx2" or
  * "scalar" (the baseline), for tests and kernel info. */
 const char *nbl_unary_f32_variant(void);

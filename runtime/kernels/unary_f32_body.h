@@ -204,6 +204,77 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
 }
 
 #undef UF_LOOP
+
+/* Softmax (log_out 0) or LogSoftmax (1) of `rows` rows of n floats each (y
+ * may be x), as the double reference path of runtime/ops/reduce.c: m = the
+ * row's max, d = x - m in double, s = sum of exp(d); y = exp(d) / s (here
+ * exp(d) * (1 / s)) or d - log(s), rounded once to float. exp is the one
+ * above (2e-10), log libm's. A NaN anywhere, or an infinite max, makes the
+ * row NaN as there (d or s NaN). The tail goes through a vector padded
+ * with -Inf (exp 0). Softmax rows up to UF_SM_KEEP long keep exp(d) in
+ * double for the scaling; longer ones compute it again (the same bits). */
+#ifndef UF_SM_KEEP
+#define UF_SM_KEEP 1024 /* rows up to this long keep their exponentials (8 KB) */
+#endif
+static void UF(softmax_rows)(const float *x, float *y, int64_t rows, int64_t n, int log_out) {
+  double ex[UF_SM_KEEP];
+  for (int64_t row = 0; row < rows; row++, x += n, y += n) {
+    int64_t nv = n - n % UF_VN;
+    vf v;
+    vd md = SPL(-INFINITY);
+    for (int64_t i = 0; i < nv; i += UF_VN) {
+      memcpy(&v, x + i, sizeof v);
+      vd d = __builtin_convertvector(v, vd);
+      md = UF(sel)(d > md, d, md);
+    }
+    vd tail = SPL(-INFINITY);
+    for (int64_t i = nv; i < n; i++) tail[i - nv] = (double)x[i];
+    md = UF(sel)(tail > md, tail, md);
+    double m = -INFINITY;
+    for (int l = 0; l < UF_VN; l++) m = md[l] > m ? md[l] : m;
+    vd vm = SPL(m), acc = SPL(0.0);
+    int keep = !log_out && n <= UF_SM_KEEP; /* the exponentials kept for the scaling */
+    for (int64_t i = 0; i < nv; i += UF_VN) {
+      memcpy(&v, x + i, sizeof v);
+      vd ev = UF(exp)(__builtin_convertvector(v, vd) - vm);
+      if (keep) memcpy(ex + i, &ev, sizeof ev);
+      acc += ev;
+    }
+    vd et = SPL(0.0);
+    if (nv < n) acc += et = UF(exp)(tail - vm);
+    double s = 0;
+    for (int l = 0; l < UF_VN; l++) s += acc[l];
+    if (log_out) {
+      vd ls = SPL(log(s));
+      for (int64_t i = 0; i < nv; i += UF_VN) {
+        memcpy(&v, x + i, sizeof v);
+        v = __builtin_convertvector((__builtin_convertvector(v, vd) - vm) - ls, vf);
+        memcpy(y + i, &v, sizeof v);
+      }
+      if (nv < n) {
+        v = __builtin_convertvector((tail - vm) - ls, vf);
+        memcpy(y + nv, &v, sizeof(float) * (size_t)(n - nv));
+      }
+    } else {
+      vd inv = SPL(1.0 / s);
+      for (int64_t i = 0; i < nv; i += UF_VN) {
+        vd ev;
+        if (keep) {
+          memcpy(&ev, ex + i, sizeof ev);
+        } else {
+          memcpy(&v, x + i, sizeof v);
+          ev = UF(exp)(__builtin_convertvector(v, vd) - vm);
+        }
+        v = __builtin_convertvector(ev * inv, vf);
+        memcpy(y + i, &v, sizeof v);
+      }
+      if (nv < n) {
+        v = __builtin_convertvector(et * inv, vf);
+        memcpy(y + nv, &v, sizeof(float) * (size_t)(n - nv));
+      }
+    }
+  }
+}
 #undef SPL
 #undef UF_INL
 #undef vu

@@ -164,7 +164,11 @@ static nbl_status k_dropout(nbl_kctx *ctx) {
   st = nbl_kctx_alloc_out(ctx, 1, mdt, ctx->in[0]->rank, ctx->in[0]->dims);
   if (st != NBL_OK) return st;
   nbl_rt_tensor *m = nbl_kctx_out(ctx, 1);
-  for (int64_t i = 0; i < m->numel; i++) nbl_rt_set_f64(m, i, 1.0);
+  if (mdt == NBL_DT_BOOL) {
+    if (m->nbytes) memset(m->data, 1, m->nbytes);
+  } else {
+    for (int64_t i = 0; i < m->numel; i++) nbl_rt_set_f64(m, i, 1.0);
+  }
   return NBL_OK;
 }
 

@@ -7,6 +7,7 @@
 
 #include "runtime/core/grad.h"
 #include "runtime/core/adapt.h"
+#include "runtime/core/cpu.h"
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/ref_common.h"
@@ -164,7 +165,11 @@ static nbl_status k_instnorm(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ LayerNormalization */
 
-static nbl_status k_layernorm(nbl_kctx *c) {
+/* The checks of LayerNormalization and its outputs allocated: Y like X,
+ * Mean and InvStdDev (when requested) of X's shape with 1 from axis on, in
+ * the stash type (float for stash_type 1). rows = product of the dims
+ * before axis, row length = product from axis on. */
+static nbl_status ln_prepare(nbl_kctx *c, int *axis_out, int64_t *rows, int64_t *row_len) {
   nbl_status st;
   if ((st = need_input(c, 0, "X")) || (st = need_input(c, 1, "Scale"))) return st;
   const nbl_rt_tensor *X = c->in[0], *S = c->in[1], *B = in_at(c, 2);
@@ -172,7 +177,6 @@ static nbl_status k_layernorm(nbl_kctx *c) {
   if (B && (st = need_float(c, B, "B"))) return st;
   int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), X->rank);
   if (axis < 0) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis out of range for rank %d", X->rank);
-  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
   int nr = X->rank - axis;
   const int64_t *nd = X->dims + axis;
   int64_t outer = 1, inner = 1;
@@ -191,6 +195,21 @@ static nbl_status k_layernorm(nbl_kctx *c) {
   nbl_dtype stash = nbl_attr_int(c->node, "stash_type", 1) == 1 ? NBL_DT_FLOAT : X->dtype;
   if (want_out(c, 1) && (st = nbl_kctx_alloc_out(c, 1, stash, X->rank, sd))) return st;
   if (want_out(c, 2) && (st = nbl_kctx_alloc_out(c, 2, stash, X->rank, sd))) return st;
+  *axis_out = axis;
+  *rows = outer;
+  *row_len = inner;
+  return NBL_OK;
+}
+
+static nbl_status k_layernorm(nbl_kctx *c) {
+  int axis;
+  int64_t outer, inner;
+  nbl_status st = ln_prepare(c, &axis, &outer, &inner);
+  if (st) return st;
+  const nbl_rt_tensor *X = c->in[0], *S = c->in[1], *B = in_at(c, 2);
+  int nr = X->rank - axis;
+  const int64_t *nd = X->dims + axis;
+  double eps = nbl_attr_float(c->node, "epsilon", 1e-5f);
   const nbl_rt_tensor *ts[3] = {X, S, B};
   double *v[3];
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
@@ -217,6 +236,104 @@ static nbl_status k_layernorm(nbl_kctx *c) {
   nbl_from_f64(Y, y);
   free(y);
   free_all(3, v);
+  return NBL_OK;
+}
+
+/* The float32 fast path: X, Scale and B float32, Scale and B (B optional)
+ * holding one value per element of a row (the row's shape, maybe with
+ * leading 1s); anything else goes to k_layernorm. The arithmetic is the
+ * reference's, in double: sum, mean = sum / n, sum of (x - mean)^2, inv =
+ * 1 / sqrt(that / n + eps), y = (x - mean) * inv * scale + b rounded once
+ * to float (no contraction: -std=c11). The sums run in vector lanes, so
+ * mean and inv may differ from the reference's sequential sums in the last
+ * bits of a double, and y (after its one rounding to float) by at most an
+ * ulp, rarely (test_ops_transformer_fast bounds it). Rows in parallel. */
+typedef struct lnjob {
+  const float *x, *s, *b;
+  float *y, *mean, *inv;
+  int64_t len;
+  double eps;
+} lnjob;
+
+/* One row of the fast path, in vectors of VN doubles (GCC vector types),
+ * the tail in scalars; the same text under each ISA's target attribute. */
+#define LN_ROW_BODY(VN)                                                              \
+  typedef double vd __attribute__((vector_size((VN) * 8)));                           \
+  typedef float vf __attribute__((vector_size((VN) * 4)));                            \
+  const lnjob *j = arg;                                                               \
+  int64_t n = j->len, nv = n - n % (VN);                                              \
+  for (int64_t o = b; o < e; o++) {                                                   \
+    const float *xp = j->x + o * n;                                                   \
+    float *yp = j->y + o * n;                                                         \
+    vd acc = {0};                                                                     \
+    vf t;                                                                             \
+    for (int64_t i = 0; i < nv; i += (VN)) {                                          \
+      memcpy(&t, xp + i, sizeof t);                                                   \
+      acc += __builtin_convertvector(t, vd);                                          \
+    }                                                                                 \
+    double s = 0;                                                                     \
+    for (int l = 0; l < (VN); l++) s += acc[l];                                       \
+    for (int64_t i = nv; i < n; i++) s += (double)xp[i];                              \
+    double mean = s / (double)n;                                                      \
+    vd vm = (vd){0} + mean, acc2 = {0};                                               \
+    for (int64_t i = 0; i < nv; i += (VN)) {                                          \
+      memcpy(&t, xp + i, sizeof t);                                                   \
+      vd d = __builtin_convertvector(t, vd) - vm;                                     \
+      acc2 += d * d;                                                                  \
+    }                                                                                 \
+    double s2 = 0;                                                                    \
+    for (int l = 0; l < (VN); l++) s2 += acc2[l];                                     \
+    for (int64_t i = nv; i < n; i++) s2 += ((double)xp[i] - mean) * ((double)xp[i] - mean); \
+    double inv = 1.0 / sqrt(s2 / (double)n + j->eps);                                 \
+    vd vi = (vd){0} + inv;                                                            \
+    vf ts, tb = {0};                                                                  \
+    for (int64_t i = 0; i < nv; i += (VN)) {                                          \
+      memcpy(&t, xp + i, sizeof t);                                                   \
+      memcpy(&ts, j->s + i, sizeof ts);                                               \
+      if (j->b) memcpy(&tb, j->b + i, sizeof tb);                                     \
+      vd r = (__builtin_convertvector(t, vd) - vm) * vi * __builtin_convertvector(ts, vd) + \
+             __builtin_convertvector(tb, vd);                                         \
+      t = __builtin_convertvector(r, vf);                                             \
+      memcpy(yp + i, &t, sizeof t);                                                   \
+    }                                                                                 \
+    for (int64_t i = nv; i < n; i++)                                                  \
+      yp[i] = (float)(((double)xp[i] - mean) * inv * (double)j->s[i] +                \
+                      (j->b ? (double)j->b[i] : 0.0));                                \
+    if (j->mean) j->mean[o] = (float)mean;                                            \
+    if (j->inv) j->inv[o] = (float)inv;                                               \
+  }
+
+__attribute__((target("avx512f"))) static void ln_rows_avx512(void *arg, int64_t b, int64_t e) {
+  LN_ROW_BODY(8)
+}
+__attribute__((target("avx2"))) static void ln_rows_avx2(void *arg, int64_t b, int64_t e) {
+  LN_ROW_BODY(4)
+}
+static void ln_rows_base(void *arg, int64_t b, int64_t e) { LN_ROW_BODY(2) }
+#undef LN_ROW_BODY
+
+static nbl_status k_layernorm_fast(nbl_kctx *c) {
+  const nbl_rt_tensor *X = in_at(c, 0), *S = in_at(c, 1), *B = in_at(c, 2);
+  if (!X || !S || X->dtype != NBL_DT_FLOAT || S->dtype != NBL_DT_FLOAT ||
+      (B && B->dtype != NBL_DT_FLOAT))
+    return k_layernorm(c);
+  int axis = nbl_norm_axis(nbl_attr_int(c->node, "axis", -1), X->rank);
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < X->rank; i++) *(axis >= 0 && i >= axis ? &inner : &outer) *= X->dims[i];
+  /* Scale and B broadcast to the row's shape (ln_prepare checks it): the same
+   * count means the row's shape with leading 1s, one value per element */
+  if (axis < 0 || inner == 0 || S->numel != inner || (B && B->numel != inner)) return k_layernorm(c);
+  nbl_status st = ln_prepare(c, &axis, &outer, &inner);
+  if (st || outer == 0) return st;
+  lnjob j = {.x = X->data, .s = S->data, .b = B ? B->data : NULL,
+             .y = nbl_kctx_out(c, 0)->data,
+             .mean = want_out(c, 1) ? nbl_kctx_out(c, 1)->data : NULL,
+             .inv = want_out(c, 2) ? nbl_kctx_out(c, 2)->data : NULL,
+             .len = inner, .eps = nbl_attr_float(c->node, "epsilon", 1e-5f)};
+  void (*fn)(void *, int64_t, int64_t) = nbl_cpu_has(NBL_CPU_AVX512F) ? ln_rows_avx512
+                                         : nbl_cpu_has(NBL_CPU_AVX2)  ? ln_rows_avx2
+                                                                      : ln_rows_base;
+  nbl_parallel_for(c, outer, 1 + 16384 / inner, fn, &j);
   return NBL_OK;
 }
 
@@ -463,7 +580,7 @@ const nbl_op_def nbl_ops_nn_norm[] = {
         .stable_since = 14, .adapters = bn_steps, .grad = g_batchnorm),
     NBL_OP("InstanceNormalization", 1, .ref = k_instnorm, .shape = nbl_shape_same,
         NBL_SINCE6_CONSUMED, .grad = g_instnorm),
-    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .shape = shape_layernorm,
+    NBL_OP("LayerNormalization", 17, .ref = k_layernorm, .fast = k_layernorm_fast, .shape = shape_layernorm,
         .stable_since = 17, .grad = g_layernorm),
     NBL_OP("LRN", 1, .ref = k_lrn, .shape = nbl_shape_same, .stable_since = 1, .grad = g_lrn),
 };

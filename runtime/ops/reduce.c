@@ -18,6 +18,7 @@
 #include "runtime/core/grad.h"
 #include "runtime/core/adapt.h"
 #include "runtime/core/shape.h"
+#include "runtime/kernels/unary_f32.h"
 #include "runtime/ops/reduce_util.h"
 
 
@@ -418,7 +419,16 @@ static void softmax_range(void *arg, int64_t b, int64_t e) {
   }
 }
 
-static nbl_status softmax(nbl_kctx *c, int kind) {
+/* the fast path's rows: nbl_softmax_f32 on rows [b, e) of j->R floats */
+static void softmax_rows_f32(void *arg, int64_t b, int64_t e) {
+  const sjob *j = arg;
+  nbl_softmax_f32((const float *)j->x->data + b * j->R, (float *)j->y->data + b * j->R, e - b, j->R,
+                  j->kind == S_LOGSOFTMAX);
+}
+
+/* fast: the float32 rows of a last axis by nbl_softmax_f32 (the table's
+ * .fast kernels); the rest, and the reference, by softmax_range. */
+static nbl_status softmax(nbl_kctx *c, int kind, int fast) {
   nbl_status st = check_x(c, T_F);
   if (st) return st;
   const nbl_rt_tensor *x = c->in[0];
@@ -436,13 +446,19 @@ static nbl_status softmax(nbl_kctx *c, int kind) {
   sjob j = {.kind = kind, .x = x, .y = nbl_kctx_out(c, 0), .R = R, .inner = inner,
             .f32 = !c->reference && x->dtype == NBL_DT_FLOAT};
   if (x->numel == 0) return NBL_OK;
+  if (fast && j.f32 && inner == 1 && kind != S_HARDMAX) {
+    nbl_parallel_for(c, outer, 1 + 8192 / R, softmax_rows_f32, &j);
+    return NBL_OK;
+  }
   nbl_parallel_for(c, outer * inner, 1 + 8192 / (R + 1), softmax_range, &j);
   return NBL_OK;
 }
 
-static nbl_status k_softmax(nbl_kctx *c) { return softmax(c, S_SOFTMAX); }
-static nbl_status k_logsoftmax(nbl_kctx *c) { return softmax(c, S_LOGSOFTMAX); }
-static nbl_status k_hardmax(nbl_kctx *c) { return softmax(c, S_HARDMAX); }
+static nbl_status k_softmax(nbl_kctx *c) { return softmax(c, S_SOFTMAX, 0); }
+static nbl_status k_logsoftmax(nbl_kctx *c) { return softmax(c, S_LOGSOFTMAX, 0); }
+static nbl_status k_hardmax(nbl_kctx *c) { return softmax(c, S_HARDMAX, 0); }
+static nbl_status k_softmax_fast(nbl_kctx *c) { return softmax(c, S_SOFTMAX, 1); }
+static nbl_status k_logsoftmax_fast(nbl_kctx *c) { return softmax(c, S_LOGSOFTMAX, 1); }
 
 /* ------------------------------------------------------------------ CumSum */
 
@@ -1193,9 +1209,9 @@ const nbl_op_def nbl_ops_reduce[] = {
         .no_grad = NBL_NO_GRAD_INT),
     NBL_OP("ArgMin", 1, .ref = k_argmin, .shape = shape_argmax, .stable_since = 1,
         .no_grad = NBL_NO_GRAD_INT),
-    NBL_OP("Softmax", 1, .ref = k_softmax, .shape = nbl_shape_same, .stable_since = 13,
+    NBL_OP("Softmax", 1, .ref = k_softmax, .fast = k_softmax_fast, .shape = nbl_shape_same, .stable_since = 13,
         .adapters = softmax_steps, .grad = g_softmax),
-    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .shape = nbl_shape_same, .stable_since = 13,
+    NBL_OP("LogSoftmax", 1, .ref = k_logsoftmax, .fast = k_logsoftmax_fast, .shape = nbl_shape_same, .stable_since = 13,
         .adapters = softmax_steps, .grad = g_logsoftmax),
     NBL_OP("Hardmax", 1, .ref = k_hardmax, .shape = nbl_shape_same, .stable_since = 13,
         .adapters = softmax_steps, .grad = nbl_grad_zero),
