@@ -15,10 +15,12 @@ typedef float UF(vf) __attribute__((vector_size(UF_VN * 4)));
 typedef double UF(vd) __attribute__((vector_size(UF_VN * 8)));
 typedef int64_t UF(vl) __attribute__((vector_size(UF_VN * 8)));
 typedef uint64_t UF(vu) __attribute__((vector_size(UF_VN * 8)));
+typedef int32_t UF(vi) __attribute__((vector_size(UF_VN * 4)));
 #define vf UF(vf)
 #define vd UF(vd)
 #define vl UF(vl)
 #define vu UF(vu)
+#define vi UF(vi)
 #define UF_INL static inline __attribute__((always_inline))
 #define SPL(c) ((vd){0} + (c))
 
@@ -203,6 +205,41 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
   }
 }
 
+/* y = x * op(x) as Mul(x, op(x)) (act_first: Mul(op(x), x)) computes it
+ * on the op's float result: each vector's op(x) exactly as UF_LOOP makes it
+ * (the same inline function on the same lanes), rounded to float, then one
+ * float product; a NaN first operand gives that operand quieted, as x86's
+ * multiply (and so Mul's kernel) does whichever order the compiler picks. */
+#define UF_MUL_STEP(EXPR, BYTES)                                  \
+  do {                                                            \
+    vf v = {0};                                                   \
+    memcpy(&v, x + i, (BYTES));                                   \
+    vd d = __builtin_convertvector(v, vd);                        \
+    vf s = __builtin_convertvector((EXPR), vf);                   \
+    vf a = act_first ? s : v, r = v * s;                          \
+    vi m = a != a;                                                \
+    r = (vf)(((vi)r & ~m) | (((vi)a | quiet) & m));               \
+    memcpy(y + i, &r, (BYTES));                                   \
+  } while (0)
+#define UF_LOOP_MUL(EXPR)                                                       \
+  do {                                                                          \
+    const vi quiet = (vi){0} + 0x400000;                                        \
+    int64_t i = 0;                                                              \
+    for (; i + UF_VN <= n; i += UF_VN) UF_MUL_STEP(EXPR, sizeof(vf));           \
+    if (i < n) UF_MUL_STEP(EXPR, sizeof(float) * (size_t)(n - i));              \
+  } while (0)
+
+static void UF(run_mul)(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta,
+                        int act_first) {
+  switch (op) {
+  case NBL_UF_SIGMOID: UF_LOOP_MUL(UF(sigmoid)(d)); break;
+  case NBL_UF_HARDSIGMOID: UF_LOOP_MUL(UF(clamp01)(d * alpha + beta, 1.0)); break;
+  default: break;
+  }
+}
+
+#undef UF_LOOP_MUL
+#undef UF_MUL_STEP
 #undef UF_LOOP
 #undef SPL
 #undef UF_INL
@@ -210,3 +247,4 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
 #undef vl
 #undef vd
 #undef vf
+#undef vi
