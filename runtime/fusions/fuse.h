@@ -28,6 +28,10 @@
  *             folds such a Pad into the Conv after it the same way)
  *   relu-pool fuse_relu_pool.c: a float32 Relu -> 2-D MaxPool as one node
  *             pooling each plane of the Relu output as it is made
+ *   silu      fuse_silu.c: a float32 Sigmoid or HardSigmoid read only by a
+ *             Mul whose other operand is the activation's own input (SiLU
+ *             and HardSwish written out) as one node, block by block in
+ *             cache (ONNX Runtime's QuickGelu fusion)
  *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
  *             as one node writing the masked gradient once
  * A fusion sees only the nodes no earlier fusion of the table replaced.
@@ -104,6 +108,7 @@ NBL_FUSION(bn_grad)       /* fuse_bn_grad.c */
 NBL_FUSION(log_pair)      /* fuse_log_pair.c */
 NBL_FUSION(pad_pool)      /* fuse_pad_pool.c */
 NBL_FUSION(relu_pool)     /* fuse_relu_pool.c */
+NBL_FUSION(silu)          /* fuse_silu.c */
 NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
 /* The plan state of most fusions: per node of the graph, its fused node or
@@ -135,6 +140,8 @@ extern const nbl_op_def nbl_fused_log_pair_def;
  * fuse_pool_grad.c). */
 extern const nbl_op_def nbl_fused_relu_pool_def;
 extern const nbl_op_def nbl_fused_pool_grad_def;
+/* The kernel of the silu fused nodes (fuse_silu.c). */
+extern const nbl_op_def nbl_fused_silu_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 

@@ -24,6 +24,8 @@ const nbl_fusion_def nbl_fusions[] = {
     {"pad-pool", nbl_fuse_pad_pool_plan, nbl_fuse_state_node, nbl_fuse_state_free, NULL},
     /* Relu -> MaxPool (after conv-act, which takes a Conv's Relu first) */
     {"relu-pool", nbl_fuse_relu_pool_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_relu_pool_def},
+    /* Mul(x, Sigmoid(x)) and Mul(x, HardSigmoid(x)), either order: SiLU, HardSwish */
+    {"silu", nbl_fuse_silu_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_silu_def},
     /* training graphs: MaxPoolGrad -> ReluGrad */
     {"pool-grad", nbl_fuse_pool_grad_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_pool_grad_def},
 };

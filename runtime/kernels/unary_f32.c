@@ -74,6 +74,20 @@ nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, in
   return NBL_OK;
 }
 
+nbl_status nbl_unary_f32_mul(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta,
+                             int act_first) {
+  if ((op != NBL_UF_SIGMOID && op != NBL_UF_HARDSIGMOID) || n < 0 || (n > 0 && (!x || !y)))
+    return NBL_ERR_INVALID_ARGUMENT;
+  if (n == 0) return NBL_OK;
+  if (nbl_cpu_has(UF_AVX512))
+    uf_run_mul_avx512(op, x, y, n, alpha, beta, act_first);
+  else if (nbl_cpu_has(UF_AVX2))
+    uf_run_mul_avx2(op, x, y, n, alpha, beta, act_first);
+  else
+    uf_run_mul_base(op, x, y, n, alpha, beta, act_first);
+  return NBL_OK;
+}
+
 const char *nbl_unary_f32_variant(void) {
   return nbl_cpu_has(UF_AVX512) ? "avx512" : nbl_cpu_has(UF_AVX2) ? "avx2" : "scalar";
 }

@@ -49,6 +49,15 @@ nbl_status nbl_unary_f32(nbl_uf32 op, const float *x, float *y, int64_t n, doubl
  * negative counts or NULL data. */
 nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, int log_out);
 
+/* y[i] = x[i] * op(x[i]) for i < n as ONNX's Mul(x, op(x)) gives it on the
+ * float results of nbl_unary_f32 (act_first: Mul(op(x), x)), bit for bit,
+ * NaN included (a NaN first operand of Mul gives that operand, quieted), in
+ * one pass: SiLU and HardSwish written out (runtime/fusions/fuse_silu.c). op
+ * NBL_UF_SIGMOID or NBL_UF_HARDSIGMOID (alpha, beta: its); y may be x.
+ * NBL_ERR_INVALID_ARGUMENT for another op, n < 0, or NULL data with n > 0. */
+nbl_status nbl_unary_f32_mul(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta,
+                             int act_first);
+
 /* The variant nbl_unary_f32 runs on this thread now: "avx512", "avx2" or
  * "scalar" (the baseline), for tests and kernel info. */
 const char *nbl_unary_f32_variant(void);

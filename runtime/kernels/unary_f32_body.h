@@ -15,10 +15,12 @@ typedef float UF(vf) __attribute__((vector_size(UF_VN * 4)));
 typedef double UF(vd) __attribute__((vector_size(UF_VN * 8)));
 typedef int64_t UF(vl) __attribute__((vector_size(UF_VN * 8)));
 typedef uint64_t UF(vu) __attribute__((vector_size(UF_VN * 8)));
+typedef int32_t UF(vi) __attribute__((vector_size(UF_VN * 4)));
 #define vf UF(vf)
 #define vd UF(vd)
 #define vl UF(vl)
 #define vu UF(vu)
+#define vi UF(vi)
 #define UF_INL static inline __attribute__((always_inline))
 #define SPL(c) ((vd){0} + (c))
 
@@ -31,10 +33,9 @@ UF_INL vd UF(copysign)(vd t, vd s) { return (vd)(((vl)t & INT64_MAX) | ((vl)s & 
  * that n ln2_hi is exact; exp(r) by its Taylor polynomial of degree 8; 2^n
  * from the bits of the rounding constant. Arguments beyond [-200, 200] are
  * clamped (their float results are 0 or Inf anyway), and below -200 the
- * result is exactly 0, so that 0 * Inf gives NaN where the reference does. */
-UF_INL vd UF(exp)(vd x) {
-  vd c = UF(sel)(x < -200.0, SPL(-200.0), x);
-  c = UF(sel)(c > 200.0, SPL(200.0), c);
+ * result is exactly 0, so that 0 * Inf gives NaN where the reference does.
+ * exp_clamped: the steps after the clamp, c being x within [-200, 200]. */
+UF_INL vd UF(exp_clamped)(vd x, vd c) {
   vd k = c * 1.4426950408889634 + 0x1.8p52;
   vd n = k - 0x1.8p52;
   vd r = (c - n * 0x1.62e42feep-1) - n * 0x1.a39ef35793c76p-33;
@@ -49,6 +50,15 @@ UF_INL vd UF(exp)(vd x) {
   vd s = (vd)(((vu)k << 52) + ((uint64_t)1023 << 52)); /* unsigned: n < 0 shifts too */
   return UF(sel)(x < -200.0, SPL(0.0), p * s);
 }
+
+UF_INL vd UF(exp)(vd x) {
+  vd c = UF(sel)(x < -200.0, SPL(-200.0), x);
+  return UF(exp_clamped)(x, UF(sel)(c > 200.0, SPL(200.0), c));
+}
+
+/* UF(exp) of x <= 0 (or NaN): the same steps without the upper clamp,
+ * which changes none of these arguments (sigmoid, 10% faster) */
+UF_INL vd UF(exp_neg)(vd x) { return UF(exp_clamped)(x, UF(sel)(x < -200.0, SPL(-200.0), x)); }
 
 /* erf(x) / x for x^2 = w in [0, 0.81]: a relative-error fit of degree 7
  * (error 7e-12). */
@@ -83,7 +93,7 @@ UF_INL vd UF(erfc_tail)(vd z) {
 }
 
 UF_INL vd UF(sigmoid)(vd x) {
-  vd e = UF(exp)(-UF(fabs)(x)); /* (0, 1]: 1 / (1 + 1/e) never overflows */
+  vd e = UF(exp_neg)(-UF(fabs)(x)); /* (0, 1]: 1 / (1 + 1/e) never overflows */
   return UF(sel)(x < 0.0, e, SPL(1.0)) / (1.0 + e);
 }
 
@@ -203,6 +213,41 @@ static void UF(run)(nbl_uf32 op, const float *x, float *y, int64_t n, double alp
   }
 }
 
+/* y = x * op(x) as Mul(x, op(x)) (act_first: Mul(op(x), x)) computes it
+ * on the op's float result: each vector's op(x) exactly as UF_LOOP makes it
+ * (the same inline function on the same lanes), rounded to float, then one
+ * float product; a NaN first operand gives that operand quieted, as x86's
+ * multiply (and so Mul's kernel) does whichever order the compiler picks. */
+#define UF_MUL_STEP(EXPR, BYTES)                                  \
+  do {                                                            \
+    vf v = {0};                                                   \
+    memcpy(&v, x + i, (BYTES));                                   \
+    vd d = __builtin_convertvector(v, vd);                        \
+    vf s = __builtin_convertvector((EXPR), vf);                   \
+    vf a = act_first ? s : v, r = v * s;                          \
+    vi m = a != a;                                                \
+    r = (vf)(((vi)r & ~m) | (((vi)a | quiet) & m));               \
+    memcpy(y + i, &r, (BYTES));                                   \
+  } while (0)
+#define UF_LOOP_MUL(EXPR)                                                       \
+  do {                                                                          \
+    const vi quiet = (vi){0} + 0x400000;                                        \
+    int64_t i = 0;                                                              \
+    for (; i + UF_VN <= n; i += UF_VN) UF_MUL_STEP(EXPR, sizeof(vf));           \
+    if (i < n) UF_MUL_STEP(EXPR, sizeof(float) * (size_t)(n - i));              \
+  } while (0)
+
+static void UF(run_mul)(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta,
+                        int act_first) {
+  switch (op) {
+  case NBL_UF_SIGMOID: UF_LOOP_MUL(UF(sigmoid)(d)); break;
+  case NBL_UF_HARDSIGMOID: UF_LOOP_MUL(UF(clamp01)(d * alpha + beta, 1.0)); break;
+  default: break;
+  }
+}
+
+#undef UF_LOOP_MUL
+#undef UF_MUL_STEP
 #undef UF_LOOP
 
 /* Softmax (log_out 0) or LogSoftmax (1) of `rows` rows of n floats each (y
@@ -281,3 +326,4 @@ static void UF(softmax_rows)(const float *x, float *y, int64_t rows, int64_t n, 
 #undef vl
 #undef vd
 #undef vf
+#undef vi
