@@ -113,6 +113,38 @@ START_TEST(test_binary_fast_vs_reference) {
 }
 END_TEST
 
+/* Pow's float32 rows: an exponent of 2 as x * x, others as pow in double:
+ * every element the float rounding of C's pow(x, y) in double (what the
+ * reference path computes), bit for bit, over ordinary values, both zeros,
+ * denormals, the largest floats (x * x overflows to Inf), Inf and NaN; the
+ * scalar exponent 2, a row of exponents holding 2s, and other exponents. */
+START_TEST(test_pow_rows) {
+  enum { N = 61 };
+  float a[N], e[N];
+  for (int i = 0; i < N; i++) {
+    a[i] = (float)((i * 29) % 83) / 9.0f - 4.5f;
+    e[i] = i % 3 ? 2.0f : (float)(i % 7) * 0.5f - 1.0f;
+  }
+  a[1] = 0.0f, a[2] = -0.0f, a[3] = 1e-42f, a[4] = -3.4e38f, a[5] = 1.9e19f, a[6] = INFINITY;
+  a[7] = -INFINITY, a[8] = NAN, a[10] = 1.17549435e-38f, a[11] = -1e-20f;
+  const float exps[] = {2.0f, 0.5f, 3.0f, -2.0f};
+  for (int k = 0; k < 5; k++) { /* k < 4: the scalar exps[k]; 4: the row e */
+    one *o = one_new("Pow", 15, 2, 1);
+    one_in(o, 0, NBL_DT_FLOAT, 1, (int64_t[]){N}, a);
+    if (k < 4) one_in(o, 1, NBL_DT_FLOAT, 0, NULL, &exps[k]);
+    else one_in(o, 1, NBL_DT_FLOAT, 1, (int64_t[]){N}, e);
+    ck_assert_int_eq(one_run(o, 0), NBL_OK);
+    for (int i = 0; i < N; i++) {
+      float want = (float)pow((double)a[i], (double)(k < 4 ? exps[k] : e[i])), got = outf(o, 0)[i];
+      ck_assert_msg(memcmp(&want, &got, 4) == 0 || (isnan(want) && isnan(got)),
+                    "case %d elem %d: pow(%.9g, %.9g) = %.9g, want %.9g", k, i, a[i],
+                    k < 4 ? exps[k] : e[i], got, want);
+    }
+    one_free(o);
+  }
+}
+END_TEST
+
 /* The 8-lane rows of +, -, *, /: contiguous operands and a scalar operand,
  * rows of 8k, 8k + r and fewer than 8 elements, Inf and NaN in lanes; every
  * element must be the float operation itself (float(double op) is the
@@ -907,6 +939,7 @@ static Suite *suite(void) {
   tcase_add_test(t, test_add_broadcast_corners);
   tcase_add_test(t, test_binary_fast_vs_reference);
   tcase_add_test(t, test_binary_vector_rows);
+  tcase_add_test(t, test_pow_rows);
   tcase_add_test(t, test_integer_division);
   tcase_add_test(t, test_mod);
   tcase_add_test(t, test_compare_logic);
