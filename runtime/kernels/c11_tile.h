@@ -82,6 +82,20 @@ __attribute__((target("avx512f"))) static inline void nbl_c11_panel(const float 
   }
 }
 
+/* One block of kn rows of a K-blocked product: a = the block's sums over
+ * pan (rows of 32 floats) and wb, started from the partial sums in ac
+ * unless first; when more blocks follow, a is kept in ac for them ([8][32]
+ * floats, 64-byte aligned). */
+__attribute__((target("avx512f"), always_inline)) static inline void nbl_c11_kblock(
+    const float *pan, int64_t kn, const float *wb, float *ac, int first, int more, __m512 a[8][2]) {
+  nbl_c11_sums_from(pan, NULL, 32, kn, wb, 0xFFFF, 0xFFFF, first ? NULL : ac, a);
+  if (more)
+    for (int r = 0; r < 8; r++) {
+      _mm512_store_ps(ac + 32 * r, a[r][0]);
+      _mm512_store_ps(ac + 32 * r + 16, a[r][1]);
+    }
+}
+
 /* What a caller of nbl_c11_blocked does with channel block m's sums. */
 typedef void (*nbl_c11_epi_fn)(void *u, int64_t m, __m512 a[8][2]);
 
@@ -97,17 +111,10 @@ __attribute__((target("avx512f"), always_inline)) static inline void nbl_c11_blo
   for (int64_t k0 = 0; k0 < K; k0 += NBL_C11_KC) {
     int64_t kn = K - k0 < NBL_C11_KC ? K - k0 : NBL_C11_KC;
     for (int64_t m = m0; m < m1; m += 8) {
-      float *ac = acc + (m - m0) * 32;
       __m512 a[8][2];
-      nbl_c11_sums_from(pan + k0 * 32, NULL, 32, kn, wp + m * K + k0 * 8, 0xFFFF, 0xFFFF,
-                        k0 ? ac : NULL, a);
-      if (k0 + kn < K)
-        for (int r = 0; r < 8; r++) {
-          _mm512_store_ps(ac + 32 * r, a[r][0]);
-          _mm512_store_ps(ac + 32 * r + 16, a[r][1]);
-        }
-      else
-        epi(u, m, a);
+      nbl_c11_kblock(pan + k0 * 32, kn, wp + m * K + k0 * 8, acc + (m - m0) * 32, k0 == 0,
+                     k0 + kn < K, a);
+      if (k0 + kn == K) epi(u, m, a);
     }
   }
 }

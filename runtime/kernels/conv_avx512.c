@@ -108,17 +108,10 @@ __attribute__((target("avx512f"))) static void c11_outer_blocked(const c11_task 
     int64_t kn = K - k0 < NBL_C11_KC ? K - k0 : NBL_C11_KC;
     for (int64_t m = m0; m < m1; m += 8)
       for (int64_t i = 0; i < tiles; i++) {
-        float *ac = acc + (i * mr + m - m0) * 32;
         __m512 a[8][2];
-        nbl_c11_sums_from(buf + (i * K + k0) * 32, NULL, 32, kn, t->wp + m * K + k0 * 8, 0xFFFF, 0xFFFF,
-                          k0 ? ac : NULL, a);
-        if (k0 + kn < K)
-          for (int r = 0; r < 8; r++) {
-            _mm512_store_ps(ac + 32 * r, a[r][0]);
-            _mm512_store_ps(ac + 32 * r + 16, a[r][1]);
-          }
-        else
-          c11_store(t, m, 32 * i, a);
+        nbl_c11_kblock(buf + (i * K + k0) * 32, kn, t->wp + m * K + k0 * 8,
+                       acc + (i * mr + m - m0) * 32, k0 == 0, k0 + kn < K, a);
+        if (k0 + kn == K) c11_store(t, m, 32 * i, a);
       }
   }
 }

@@ -15,6 +15,7 @@
 #include "nibble.h"
 #include "ir/ir.h"
 #include "test_data.h"
+#include "fuse_test.h"
 
 static uint32_t rng = 4242;
 static float frand(void) { return td_lcg_float(&rng); }
@@ -108,11 +109,7 @@ static float *run_case(const fcase *c, const float *x, const float *w, const flo
       ck_assert(memcmp(out, res[0].data, res[0].nbytes) == 0);
     }
   }
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  char *text = ft_profile(s);
   *fused = strstr(text, "Conv+") != NULL;
   free(text);
   nbl_session_free(s);

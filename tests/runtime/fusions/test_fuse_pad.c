@@ -21,6 +21,7 @@
 #include "nibble.h"
 #include "ir/ir.h"
 #include "test_data.h"
+#include "fuse_test.h"
 
 static uint32_t rng = 515;
 
@@ -118,11 +119,7 @@ static float *run(const pcase *c, const float *x, const float *w, const float *b
   *n = res[0].nbytes / sizeof(float);
   float *out = malloc(res[0].nbytes);
   memcpy(out, res[0].data, res[0].nbytes);
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  char *text = ft_profile(s);
   *pad_ran = strstr(text, "\nPad ") != NULL;
   free(text);
   nbl_session_free(s);
@@ -238,11 +235,7 @@ START_TEST(test_pad_pool_by_hand) {
   ck_assert_int_eq(res[0].dims[3], 2);
   const float *y = res[0].data;
   for (int i = 0; i < 4; i++) ck_assert_float_eq_tol(y[i], 18.0f / 9.0f, 1e-6f);
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  char *text = ft_profile(s);
   ck_assert_msg(!strstr(text, "\nPad "), "the Pad ran:\n%s", text);
   free(text);
   nbl_session_free(s);

@@ -20,6 +20,7 @@
 #include "nibble.h"
 #include "ir/ir.h"
 #include "test_data.h"
+#include "fuse_test.h"
 
 static uint32_t rng = 9191;
 
@@ -109,10 +110,7 @@ static float *run(const rcase *c, const float *x, const float *w, const float *b
       ck_assert_msg(memcmp(out, res[0].data, res[0].nbytes) == 0, "%s: run 2 differs", c->what);
     }
   }
-  size_t len = 0;
-  FILE *f = open_memstream(prof, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  *prof = ft_profile(s);
   nbl_session_free(s);
   nbl_model_free(m);
   return out;

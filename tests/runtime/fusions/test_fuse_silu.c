@@ -22,6 +22,7 @@
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/unary_f32.h"
 #include "test_data.h"
+#include "fuse_test.h"
 
 static uint32_t rng = 2718;
 
@@ -165,11 +166,7 @@ static unsigned char *run(const scase *c, const float *x, const float *y, int th
       }
     }
   }
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  char *text = ft_profile(s);
   *fused_ran = strstr(text, "Sigmoid+Mul") != NULL;
   free(text);
   nbl_session_free(s);

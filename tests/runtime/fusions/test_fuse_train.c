@@ -49,6 +49,7 @@
 #include <string.h>
 
 #include "include/nibble.h"
+#include "fuse_test.h"
 #include "ir/ir.h"
 #include "runtime/core/exec.h"
 #include "runtime/formats/int4.h"
@@ -230,11 +231,7 @@ static float *exec_model(nbl_model *m, const nbl_host_tensor *feeds, int nf, int
       free(cat);
     }
   }
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  ck_assert(nbl_session_print_profile(s, f, 0) == NBL_OK);
-  fclose(f);
+  char *text = ft_profile(s);
   *hit = strstr(text, pattern) != NULL;
   free(text);
   nbl_session_free(s);
