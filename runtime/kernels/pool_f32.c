@@ -1,11 +1,14 @@
-/* pool_f32.c - FP32 2-D average pooling (pool_f32.h): separable window
- * sums, rows first, then columns, 8 lanes at a time where AVX runs. */
+/* pool_f32.c - FP32 2-D pooling (pool_f32.h): average pooling by separable
+ * window sums, rows first, then columns, 8 lanes at a time where AVX runs;
+ * MaxPool's AVX-512 plane kernel, the same way with 16 lanes. */
 #include "runtime/kernels/pool_f32.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/core/cpu.h"
+#include "runtime/kernels/simd16.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -161,3 +164,63 @@ void nbl_avgpool2d_f32(void *arg, int64_t begin, int64_t end) {
   }
   free(row);
 }
+
+int64_t nbl_maxpool2d_vm_len(const nbl_conv_geom *g) {
+  int64_t Wp = (g->out[1] - 1) * g->s[1] + (g->k[1] - 1) * g->d[1] + 1;
+  if (Wp < g->pb[1] + g->in[1]) Wp = g->pb[1] + g->in[1];
+  return Wp + 64; /* the vector loads' reach past the last window */
+}
+
+#if defined(__x86_64__)
+/* nan_max of runtime/ops/nn_pool.c per lane: b > a ? b : a, and b where b
+ * is NaN (vmaxps gives a when either is NaN, so a NaN a stays) */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 nanmax16(__m512 a, __m512 b) {
+  return _mm512_mask_mov_ps(_mm512_max_ps(b, a), _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q), b);
+}
+
+__attribute__((target("avx512f"))) int nbl_maxpool2d_plane_avx512(const nbl_conv_geom *g, const float *x,
+                                                               float *y, float *vm) {
+  const int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  const int64_t KH = g->k[0], KW = g->k[1], sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
+  if (sw > 2 || g->ns != 2) return 0;
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  float *mid = vm + g->pb[1];
+  for (int64_t oh = 0; oh < OH; oh++) {
+    /* the max over the window's rows at every input column */
+    int first = 1;
+    for (int64_t kh = 0; kh < KH; kh++) {
+      int64_t ih = oh * sh - g->pb[0] + kh * dh;
+      if (ih < 0 || ih >= H) continue;
+      const float *xr = x + ih * W;
+      for (int64_t j = 0; j < W; j += 16) {
+        __mmask16 k = nbl_tail_mask(W - j);
+        __m512 v = _mm512_mask_loadu_ps(ninf, k, xr + j);
+        if (!first) v = nanmax16(_mm512_maskz_loadu_ps(k, mid + j), v);
+        _mm512_mask_storeu_ps(mid + j, k, v);
+      }
+      first = 0;
+    }
+    if (first)
+      for (int64_t j = 0; j < W; j += 16) _mm512_mask_storeu_ps(mid + j, nbl_tail_mask(W - j), ninf);
+    /* then over the window's columns, in kw order */
+    float *yr = y + oh * OW;
+    for (int64_t ow = 0; ow < OW; ow += 16) {
+      __m512 m = ninf;
+      for (int64_t kw = 0; kw < KW; kw++) {
+        const float *p = vm + ow * sw + kw * dw;
+        __m512 v = sw == 1 ? _mm512_loadu_ps(p)
+                           : _mm512_permutex2var_ps(_mm512_loadu_ps(p), even, _mm512_loadu_ps(p + 16));
+        m = kw ? nanmax16(m, v) : v;
+      }
+      _mm512_mask_storeu_ps(yr + ow, nbl_tail_mask(OW - ow), m);
+    }
+  }
+  return 1;
+}
+#else
+int nbl_maxpool2d_plane_avx512(const nbl_conv_geom *g, const float *x, float *y, float *vm) {
+  (void)g, (void)x, (void)y, (void)vm;
+  return 0;
+}
+#endif

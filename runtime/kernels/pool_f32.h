@@ -1,6 +1,7 @@
 /*
- * pool_f32.h - the FP32 2-D average pooling kernel, AveragePool's fast
- * path (the op's table line is in runtime/ops/nn_pool.c).
+ * pool_f32.h - the FP32 2-D pooling kernels: AveragePool's fast path and
+ * MaxPool's AVX-512 plane kernel (the ops' table lines and MaxPool's other
+ * paths are in runtime/ops/nn_pool.c).
  *
  * Per (n, c) plane and output row: the sum of the window's input rows
  * (vector adds over whole rows into a zero-padded row), then the sum of
@@ -29,5 +30,16 @@ typedef struct nbl_avgpool_task {
  * nbl_parallel_for. Never fails: without memory for its row buffers it
  * takes a direct loop (the same sums). */
 void nbl_avgpool2d_f32(void *arg, int64_t begin, int64_t end);
+
+/* MaxPool's float 2-D plane x into y with AVX-512 (x86-64; column strides
+ * 1 and 2, any dilation, pads, ceil mode): per output row, the max over the
+ * window's rows into row buffer vm, 16 columns a vector, then over the
+ * window's columns, 16 outputs a vector (stride 2: the even columns picked
+ * by a permute). vm holds nbl_maxpool2d_vm_len(g) floats, all -inf outside
+ * the input columns [pads begin, + W) (the caller fills it once; the
+ * kernel writes only those). The same values as the reference (NaN in a
+ * window gives NaN; an empty window -inf). 0 when g is not one it takes. */
+int64_t nbl_maxpool2d_vm_len(const nbl_conv_geom *g);
+int nbl_maxpool2d_plane_avx512(const nbl_conv_geom *g, const float *x, float *y, float *vm);
 
 #endif /* NBL_KERNELS_POOL_F32_H */

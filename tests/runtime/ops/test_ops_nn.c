@@ -279,20 +279,43 @@ static void attr_pool_dil(nbl_graph *g, nbl_id n) {
   nbl_node_set_attr_ints(g, n, "pads", 4, p);
 }
 
-/* The vectorized MaxPool (rows of 8 lanes) against the reference kernel,
- * with NaN inside vectors, in tails and next to the padding. */
+static void attr_pool33s1(nbl_graph *g, nbl_id n) { /* GoogLeNet's branch pooling */
+  int64_t k[2] = {3, 3}, p[4] = {1, 1, 1, 1};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+static void attr_pool33s2_ceil(nbl_graph *g, nbl_id n) {
+  int64_t k[2] = {3, 3}, st[2] = {2, 2};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "strides", 2, st);
+  nbl_node_set_attr_int(g, n, "ceil_mode", 1);
+}
+static void attr_pool_far_pads(nbl_graph *g, nbl_id n) { /* windows wholly in the padding */
+  int64_t k[2] = {2, 2}, p[4] = {3, 0, 0, 3};
+  nbl_node_set_attr_ints(g, n, "kernel_shape", 2, k);
+  nbl_node_set_attr_ints(g, n, "pads", 4, p);
+}
+
+/* The vectorized MaxPool (rows of 8 lanes; 16 with AVX-512 at column
+ * strides 1 and 2) against the reference kernel, with NaN inside vectors,
+ * in tails and next to the padding, on planes of 37 and 70 columns. */
 START_TEST(test_maxpool_vector) {
-  int64_t d[4] = {2, 3, 21, 37};
-  int64_t n = 2 * 3 * 21 * 37;
-  float *x = frandv(n);
-  for (int64_t i = 0; i < n; i += 97) x[i] = NAN;
-  x[36] = NAN; /* last column of the first row */
-  nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
-  nbl_host_tensor y = run_both("MaxPool", 12, attr_pool33s2, 1, in, 0);
-  free(y.data);
-  y = run_both("MaxPool", 12, attr_pool_dil, 1, in, 0);
-  free(y.data);
-  free(x);
+  const int64_t widths[2] = {37, 70};
+  for (int wi = 0; wi < 2; wi++) {
+    int64_t W = widths[wi], d[4] = {2, 3, 21, W};
+    int64_t n = 2 * 3 * 21 * W;
+    float *x = frandv(n);
+    for (int64_t i = 0; i < n; i += 97) x[i] = NAN;
+    x[W - 1] = NAN; /* last column of the first row */
+    nbl_host_tensor in[1] = {ht(NBL_DT_FLOAT, 4, d, x)};
+    void (*attrs[])(nbl_graph *, nbl_id) = {attr_pool33s2, attr_pool_dil, attr_pool33s1, attr_pool33s2_ceil,
+                                            attr_pool_far_pads};
+    for (size_t a = 0; a < sizeof attrs / sizeof attrs[0]; a++) {
+      nbl_host_tensor y = run_both("MaxPool", 12, attrs[a], 1, in, 0);
+      free(y.data);
+    }
+    free(x);
+  }
 }
 END_TEST
 
