@@ -32,6 +32,10 @@
  *             Mul whose other operand is the activation's own input (SiLU
  *             and HardSwish written out) as one node, block by block in
  *             cache (ONNX Runtime's QuickGelu fusion)
+ *   gelu      fuse_gelu.c: GELU in its erf form written out (PyTorch's
+ *             export below opset 20), Mul(Mul(x, Add(Erf(Div(x, sqrt 2)),
+ *             1)), 0.5), float32, as one node in one pass (ONNX Runtime's
+ *             Gelu fusion)
  *   pool-grad fuse_pool_grad.c: a training graph's MaxPoolGrad -> ReluGrad
  *             as one node writing the masked gradient once
  * A fusion sees only the nodes no earlier fusion of the table replaced.
@@ -109,6 +113,7 @@ NBL_FUSION(log_pair)      /* fuse_log_pair.c */
 NBL_FUSION(pad_pool)      /* fuse_pad_pool.c */
 NBL_FUSION(relu_pool)     /* fuse_relu_pool.c */
 NBL_FUSION(silu)          /* fuse_silu.c */
+NBL_FUSION(gelu)          /* fuse_gelu.c */
 NBL_FUSION(pool_grad)     /* fuse_pool_grad.c */
 
 /* The plan state of most fusions: per node of the graph, its fused node or
@@ -142,6 +147,8 @@ extern const nbl_op_def nbl_fused_relu_pool_def;
 extern const nbl_op_def nbl_fused_pool_grad_def;
 /* The kernel of the silu fused nodes (fuse_silu.c). */
 extern const nbl_op_def nbl_fused_silu_def;
+/* The kernel of the gelu fused nodes (fuse_gelu.c). */
+extern const nbl_op_def nbl_fused_gelu_def;
 
 /* ------------------------------------------------------------------ matching helpers (match.c) */
 
@@ -220,6 +227,11 @@ const nbl_node *nbl_fuse_producer(const nbl_graph *g, nbl_id v);
  * node that runs at the Add's place); v is not a graph output nor captured
  * by a subgraph. Returns the Add's node id, or NBL_NONE. */
 nbl_id nbl_fuse_find_residual(const nbl_graph *g, nbl_id conv, nbl_id v, const int *pos, nbl_id *r);
+
+/* 1 if value v is a float32 constant of one element (an initializer not
+ * overridable by a graph input, or the value or value_float of a Constant
+ * node): its value in *out and its rank in *rank; else 0. */
+int nbl_fuse_const_f32(const nbl_graph *g, nbl_id v, float *out, int *rank);
 
 /* 1 unless the graph types value v as something else than a float32
  * tensor (untyped values and tensors of unknown element type pass). */

@@ -140,6 +140,18 @@ static int const_scalar(const nbl_graph *g, nbl_id v, float *out) {
   return 1;
 }
 
+int nbl_fuse_const_f32(const nbl_graph *g, nbl_id v, float *out, int *rank) {
+  int is_float;
+  const nbl_tensor *t = const_tensor(g, v, out, &is_float);
+  if (is_float) {
+    *rank = 0;
+    return 1;
+  }
+  if (!t || !const_scalar(g, v, out)) return 0;
+  *rank = t->rank;
+  return 1;
+}
+
 /* The values of a constant int64 vector of at most max elements (as
  * const_scalar finds constants) into out; their count, or -1. */
 static int const_ints(const nbl_graph *g, nbl_id v, int64_t *out, int max) {

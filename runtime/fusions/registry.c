@@ -26,6 +26,8 @@ const nbl_fusion_def nbl_fusions[] = {
     {"relu-pool", nbl_fuse_relu_pool_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_relu_pool_def},
     /* Mul(x, Sigmoid(x)) and Mul(x, HardSigmoid(x)), either order: SiLU, HardSwish */
     {"silu", nbl_fuse_silu_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_silu_def},
+    /* Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5), operands in either order: GELU (erf) */
+    {"gelu", nbl_fuse_gelu_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_gelu_def},
     /* training graphs: MaxPoolGrad -> ReluGrad */
     {"pool-grad", nbl_fuse_pool_grad_plan, nbl_fuse_state_node, nbl_fuse_state_free, &nbl_fused_pool_grad_def},
 };

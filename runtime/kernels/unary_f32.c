@@ -88,6 +88,19 @@ nbl_status nbl_unary_f32_mul(nbl_uf32 op, const float *x, float *y, int64_t n, d
   return NBL_OK;
 }
 
+nbl_status nbl_unary_f32_gelu_erf(const float *x, float *y, int64_t n, float c1, float c2, float c3,
+                                  int x_first) {
+  if (n < 0 || (n > 0 && (!x || !y)) || c1 != c1 || c2 != c2 || c3 != c3) return NBL_ERR_INVALID_ARGUMENT;
+  if (n == 0) return NBL_OK;
+  if (nbl_cpu_has(UF_AVX512))
+    uf_run_gelu_erf_avx512(x, y, n, c1, c2, c3, x_first);
+  else if (nbl_cpu_has(UF_AVX2))
+    uf_run_gelu_erf_avx2(x, y, n, c1, c2, c3, x_first);
+  else
+    uf_run_gelu_erf_base(x, y, n, c1, c2, c3, x_first);
+  return NBL_OK;
+}
+
 const char *nbl_unary_f32_variant(void) {
   return nbl_cpu_has(UF_AVX512) ? "avx512" : nbl_cpu_has(UF_AVX2) ? "avx2" : "scalar";
 }

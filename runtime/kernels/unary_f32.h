@@ -58,6 +58,15 @@ nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, in
 nbl_status nbl_unary_f32_mul(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta,
                              int act_first);
 
+/* y[i] = Mul(Mul(x, Add(Erf(Div(x, c1)), c2)), c3) for i < n as the five
+ * ONNX ops give it on float32 (x / c1, the Erf of nbl_unary_f32 on that,
+ * + c2, x * that (x_first; else that * x), * c3, each rounded to float),
+ * bit for bit, NaN included, in one pass: GELU in its erf form written out
+ * (runtime/fusions/fuse_gelu.c). y may be x. NBL_ERR_INVALID_ARGUMENT for a
+ * NaN constant, n < 0, or NULL data with n > 0. */
+nbl_status nbl_unary_f32_gelu_erf(const float *x, float *y, int64_t n, float c1, float c2, float c3,
+                                  int x_first);
+
 /* The variant nbl_unary_f32 runs on this thread now: "avx512", "avx2" or
  * "scalar" (the baseline), for tests and kernel info. */
 const char *nbl_unary_f32_variant(void);

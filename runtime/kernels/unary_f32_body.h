@@ -246,6 +246,41 @@ static void UF(run_mul)(nbl_uf32 op, const float *x, float *y, int64_t n, double
   }
 }
 
+/* y = Mul(Mul(x, Add(Erf(Div(x, c1)), c2)), c3) as the five ops' kernels
+ * compute it, each step one float operation rounded to float: t = x / c1,
+ * e = erf(t) exactly as UF_LOOP makes it (the same inline function on the
+ * same lanes), u = e + c2, v = x * u (x_first) or u * x, y = v * c3. The
+ * constants are not NaN, so only v can see two NaN operands: there it is the
+ * first operand's NaN, quieted, as x86's multiply (and so Mul's kernel)
+ * gives it; elsewhere the order of the operands changes no bit. (Erf passes
+ * a NaN's sign and payload through, so today u's NaN is x's, quieted, and
+ * the order of v's operands shows in no bit either; the rule is kept so
+ * that the result does not depend on that.) */
+#define UF_GELU_ERF_STEP(BYTES)                                   \
+  do {                                                            \
+    vf v = {0};                                                   \
+    memcpy(&v, x + i, (BYTES));                                   \
+    vf t = v / vc1;                                               \
+    vf e = __builtin_convertvector(UF(erf)(__builtin_convertvector(t, vd)), vf); \
+    vf u = e + vc2;                                               \
+    vf a = x_first ? v : u, r = v * u;                            \
+    vi m = a != a;                                                \
+    r = (vf)(((vi)r & ~m) | (((vi)a | quiet) & m));               \
+    r = r * vc3;                                                  \
+    memcpy(y + i, &r, (BYTES));                                   \
+  } while (0)
+
+static void UF(run_gelu_erf)(const float *x, float *y, int64_t n, float c1, float c2, float c3,
+                             int x_first) {
+  const vi quiet = (vi){0} + 0x400000;
+  const vf vc1 = (vf){0} + c1, vc2 = (vf){0} + c2, vc3 = (vf){0} + c3;
+  int64_t i = 0;
+  for (; i + UF_VN <= n; i += UF_VN) UF_GELU_ERF_STEP(sizeof(vf));
+  if (i < n) UF_GELU_ERF_STEP(sizeof(float) * (size_t)(n - i));
+}
+
+#undef UF_GELU_ERF_STEP
+
 #undef UF_LOOP_MUL
 #undef UF_MUL_STEP
 #undef UF_LOOP
