@@ -255,6 +255,18 @@ int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_
 
 /* ------------------------------------------------------------------ shared by fused paths */
 
+/* The kernel of op `op` (default domain) at c's opset: its fast one unless
+ * c runs the reference engine; NULL when the op has none. For a fused node
+ * that runs the ops it replaced (an input of a type its own kernel does not
+ * take). */
+nbl_kernel_fn nbl_fuse_op_kernel(const nbl_kctx *c, const char *op);
+
+/* Kernel kf as node `node` would run it in c's step, on in[0..n_in), into
+ * the tensor *out of the caller's (zeroed; freed by the caller): no
+ * executor (out is no output slot of the step), one thread. */
+nbl_status nbl_fuse_run_private(const nbl_kctx *c, nbl_kernel_fn kf, const nbl_node *node,
+                                const nbl_rt_tensor *const *in, int n_in, nbl_rt_tensor *out);
+
 /* 1 if node n is a QuantizeLog of one float32 (or untyped) input with
  * nearest or tpr rounding: two of them on one tensor run as one sweep
  * (fuse_log_pair.c). */

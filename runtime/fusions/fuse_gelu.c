@@ -175,12 +175,6 @@ static void gelu_chunk(void *arg, int64_t b, int64_t e) {
   (void)nbl_unary_f32_gelu_erf(j->x + b, j->y + b, e - b, GELU_C1, 1.0f, 0.5f, j->f->x_first);
 }
 
-static nbl_kernel_fn op_kernel(const nbl_kctx *c, const char *op) {
-  const nbl_op_def *d = nbl_op_lookup("", op, c->opset);
-  if (!d) return NULL;
-  return !c->reference && d->fast ? d->fast : d->ref;
-}
-
 /* x of another type than float32 (the graph left it untyped), constants
  * broadcasting x to a larger rank, or the reference engine: the five ops'
  * kernels, the first four into tensors of their own, the last into the fused
@@ -191,7 +185,7 @@ static nbl_status k_unfused(nbl_kctx *c, const gelu_fused *f) {
   memset(t, 0, sizeof t);
   nbl_status st = NBL_OK;
   for (int k = 0; k < 5 && st == NBL_OK; k++) {
-    nbl_kernel_fn kf = op_kernel(c, ops[k]);
+    nbl_kernel_fn kf = nbl_fuse_op_kernel(c, ops[k]);
     if (!kf) {
       st = nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s", ops[k]);
       break;
@@ -206,18 +200,15 @@ static nbl_status k_unfused(nbl_kctx *c, const gelu_fused *f) {
     case 3: in[f->x_first ? 0 : 1] = c->in[0], in[f->x_first ? 1 : 0] = prev; break;
     default: in[f->mul_first ? 0 : 1] = prev, in[f->mul_first ? 1 : 0] = c->in[3]; break;
     }
-    nbl_kctx ck = *c;
-    ck.node = f->chain[k];
-    ck.n_in = n_in;
-    ck.in = in;
-    nbl_rt_tensor *so[1] = {&t[k < 4 ? k : 0]};
-    if (k < 4) { /* no executor: t[k] is no output slot of this step */
-      ck.n_out = 1;
-      ck.out = so;
-      ck.exec = NULL;
-      ck.threads = 1;
+    if (k < 4) {
+      st = nbl_fuse_run_private(c, kf, f->chain[k], in, n_in, &t[k]);
+    } else { /* the last into the fused node's output */
+      nbl_kctx ck = *c;
+      ck.node = f->chain[k];
+      ck.n_in = n_in;
+      ck.in = in;
+      st = kf(&ck);
     }
-    st = kf(&ck);
   }
   for (int k = 0; k < 4; k++) nbl_rt_tensor_free(&t[k]);
   return st;

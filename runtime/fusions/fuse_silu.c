@@ -132,29 +132,15 @@ static void silu_chunk(void *arg, int64_t b, int64_t e) {
   (void)nbl_unary_f32_mul(f->op, j->x + b, j->y + b, e - b, f->alpha, f->beta, f->act_first);
 }
 
-static nbl_kernel_fn op_kernel(const nbl_kctx *c, const char *op) {
-  const nbl_op_def *d = nbl_op_lookup("", op, c->opset);
-  if (!d) return NULL;
-  return !c->reference && d->fast ? d->fast : d->ref;
-}
-
 /* An x of another type than float32 (the graph left it untyped): the
  * activation's kernel into a tensor of its own, then Mul's into the fused
  * node's output, as the unfused graph runs them. */
 static nbl_status k_unfused(nbl_kctx *c, const silu_fused *f, const nbl_rt_tensor *X) {
-  nbl_kernel_fn ka = op_kernel(c, f->act->op_type), km = op_kernel(c, "Mul");
+  nbl_kernel_fn ka = nbl_fuse_op_kernel(c, f->act->op_type), km = nbl_fuse_op_kernel(c, "Mul");
   if (!ka || !km) return nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no kernel for %s or Mul", f->act->op_type);
-  nbl_rt_tensor s = {0}, *so[1] = {&s};
+  nbl_rt_tensor s = {0};
   const nbl_rt_tensor *ain[NBL_KCTX_MIN_IN] = {X}, *min[NBL_KCTX_MIN_IN] = {0};
-  nbl_kctx ca = *c; /* no executor: s is no output slot of this step */
-  ca.node = f->act;
-  ca.n_in = 1;
-  ca.in = ain;
-  ca.n_out = 1;
-  ca.out = so;
-  ca.exec = NULL;
-  ca.threads = 1;
-  nbl_status st = ka(&ca);
+  nbl_status st = nbl_fuse_run_private(c, ka, f->act, ain, 1, &s);
   if (st == NBL_OK) {
     min[f->act_first ? 0 : 1] = &s;
     min[f->act_first ? 1 : 0] = X;

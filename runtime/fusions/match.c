@@ -332,3 +332,23 @@ int nbl_fuse_read_by(const nbl_fusion_env *env, const nbl_id *order, int n, nbl_
   }
   return 0;
 }
+
+nbl_kernel_fn nbl_fuse_op_kernel(const nbl_kctx *c, const char *op) {
+  const nbl_op_def *d = nbl_op_lookup("", op, c->opset);
+  if (!d) return NULL;
+  return !c->reference && d->fast ? d->fast : d->ref;
+}
+
+nbl_status nbl_fuse_run_private(const nbl_kctx *c, nbl_kernel_fn kf, const nbl_node *node,
+                                const nbl_rt_tensor *const *in, int n_in, nbl_rt_tensor *out) {
+  nbl_rt_tensor *so[1] = {out};
+  nbl_kctx ck = *c; /* no executor: out is no output slot of this step */
+  ck.node = node;
+  ck.n_in = n_in;
+  ck.in = in;
+  ck.n_out = 1;
+  ck.out = so;
+  ck.exec = NULL;
+  ck.threads = 1;
+  return kf(&ck);
+}
