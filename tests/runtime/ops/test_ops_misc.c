@@ -586,6 +586,60 @@ START_TEST(test_roialign_hand) {
 }
 END_TEST
 
+/* The float32 RoiAlign (samples worked out once per roi, rois in
+ * parallel) against the reference kernel, bit for bit: rois inside,
+ * straddling and outside the plane, degenerate and reversed, two images,
+ * avg and max, adaptive and fixed sampling, both coordinate modes and
+ * opset 10, NaN and Inf in X, at 1 and 2 threads. */
+START_TEST(test_roialign_fast) {
+  enum { N = 2, C = 5, H = 13, W = 17, R = 9 };
+  float *x = malloc(sizeof(float) * N * C * H * W);
+  uint32_t seed = 99;
+  for (int i = 0; i < N * C * H * W; i++) x[i] = td_lcg_float(&seed) * 4.0f - 2.0f;
+  x[3] = NAN, x[200] = INFINITY, x[N * C * H * W - 1] = -INFINITY;
+  const float rois[R * 4] = {0, 0, 16, 12,     2.5f, 1.25f, 9.75f, 7.5f, -3, -2, 5, 4, 10, 6, 30, 20,
+                             4, 4, 4, 4,       8, 9, 3, 2,              -9, -9, -5, -6, 1.1f, 2.2f, 3.3f, 12.9f,
+                             0.5f, 0.5f, 15.5f, 1.0f};
+  const int64_t bi[R] = {0, 1, 0, 1, 0, 1, 0, 1, 1};
+  int64_t dx[4] = {N, C, H, W}, dr[2] = {R, 4}, db[1] = {R};
+  const char *modes[2] = {"avg", "max"}, *ctms[2] = {"half_pixel", "output_half_pixel"};
+  for (int opset = 10; opset <= 16; opset += 6)
+    for (int mi = 0; mi < 2; mi++)
+      for (int ci = 0; ci < (opset >= 16 ? 2 : 1); ci++)
+        for (int64_t sr = 0; sr <= 2; sr += 2)
+          for (int threads = 1; threads <= 2; threads++) {
+            float *got[2] = {NULL, NULL};
+            size_t nb = 0;
+            for (int ref = 0; ref < 2; ref++) {
+              one *o = one_new("RoiAlign", opset, 3, 1);
+              o->threads = threads;
+              nbl_id n = o->node;
+              nbl_node_set_attr_string(G(o), n, "mode", modes[mi]);
+              nbl_node_set_attr_int(G(o), n, "sampling_ratio", sr);
+              nbl_node_set_attr_int(G(o), n, "output_height", 3);
+              nbl_node_set_attr_int(G(o), n, "output_width", 4);
+              nbl_node_set_attr_float(G(o), n, "spatial_scale", 0.75f);
+              if (opset >= 16) nbl_node_set_attr_string(G(o), n, "coordinate_transformation_mode", ctms[ci]);
+              one_in(o, 0, NBL_DT_FLOAT, 4, dx, x);
+              one_in(o, 1, NBL_DT_FLOAT, 2, dr, rois);
+              one_in(o, 2, NBL_DT_INT64, 1, db, bi);
+              ck_assert_msg(one_run(o, ref) == NBL_OK, "%s", nbl_last_error());
+              nb = o->out[0].nbytes;
+              ck_assert_uint_eq(nb, sizeof(float) * R * C * 3 * 4);
+              got[ref] = malloc(nb);
+              memcpy(got[ref], o->out[0].data, nb);
+              one_free(o);
+            }
+            for (size_t i = 0; i < nb / sizeof(float); i++)
+              ck_assert_msg(memcmp(&got[0][i], &got[1][i], 4) == 0 || (isnan(got[0][i]) && isnan(got[1][i])),
+                            "opset %d %s ctm %d sr %lld threads %d: y[%zu] fast %.9g ref %.9g", opset, modes[mi],
+                            ci, (long long)sr, threads, i, got[0][i], got[1][i]);
+            free(got[0]), free(got[1]);
+          }
+  free(x);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ TfIdfVectorizer */
 
 static const char *tfidf_mode;
@@ -750,6 +804,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_melweight_hand);
   tcase_add_test(tc, test_gridsample_hand);
   tcase_add_test(tc, test_roialign_hand);
+  tcase_add_test(tc, test_roialign_fast);
   tcase_add_test(tc, test_tfidf_hand);
   tcase_add_test(tc, test_strnorm_hand);
   tcase_add_test(tc, test_edge_inputs);
