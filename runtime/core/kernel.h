@@ -339,6 +339,14 @@ const nbl_op_def *nbl_op_lookup(const char *domain, const char *op_type, int ops
  * (infer-shapes), never for choosing a kernel. */
 const nbl_op_def *nbl_op_lookup_nearest(const char *domain, const char *op_type, int opset);
 
+/* Output 0 of c's node <- Add(output 0, R) by the Add op's own kernel at
+ * c's opset (broadcasting as Add does; output 0 is reallocated to the
+ * broadcast shape): for a fused node whose residual Add could not go into
+ * its epilogue. The Add node `add` gives the operands' order (output 0 in
+ * the slot of its input `first`) and its attributes; add NULL: output 0
+ * first, no attributes. kernel_util.c. */
+nbl_status nbl_kctx_add_to_out0(nbl_kctx *c, const nbl_node *add, int first, const nbl_rt_tensor *R);
+
 /* The whole table in family order: entry i for i in [0, nbl_op_count()). */
 size_t nbl_op_count(void);
 const nbl_op_def *nbl_op_at(size_t i);

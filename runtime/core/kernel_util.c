@@ -299,3 +299,35 @@ nbl_status nbl_rt_copy(nbl_rt_tensor *dst, const nbl_rt_tensor *src) {
   *dst = t;
   return NBL_OK;
 }
+
+nbl_status nbl_kctx_add_to_out0(nbl_kctx *c, const nbl_node *add, int first, const nbl_rt_tensor *R) {
+  nbl_rt_tensor *y = nbl_kctx_out(c, 0), t = {0};
+  if (!y) return nbl_kerr(c, NBL_ERR_INTERNAL, "no output 0 for the fused Add");
+  nbl_status st = nbl_rt_tensor_alloc(&t, y->dtype, y->rank, y->dims);
+  if (st != NBL_OK) return nbl_kerr(c, st, "out of memory");
+  memcpy(t.data, y->data, t.nbytes);
+  const nbl_rt_tensor *ins[2];
+  ins[first ? 1 : 0] = &t;
+  ins[first ? 0 : 1] = R;
+  nbl_node an;
+  if (add) {
+    an = *add;
+  } else {
+    an = *c->node;
+    an.op_type = "Add";
+    an.domain = "";
+    an.attrs = NULL;
+    an.n_attrs = 0;
+  }
+  an.n_inputs = 2;
+  an.outputs = c->node->outputs;
+  an.n_outputs = c->node->n_outputs;
+  nbl_kctx c2 = *c;
+  c2.node = &an;
+  c2.n_in = 2;
+  c2.in = ins;
+  const nbl_op_def *def = nbl_op_lookup("", "Add", c->opset);
+  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_UNSUPPORTED, "no Add kernel at opset %d", c->opset);
+  nbl_rt_tensor_free(&t);
+  return st;
+}

@@ -309,31 +309,6 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
                       nbl_kctx_out(c, 0)->data);
 }
 
-/* The fused Add of k_conv_act where its operand R broadcasts (or is not
- * float32): Y (the convolution) copied, then the Add op's own kernel on the
- * copy and R into the node's output 0. */
-static nbl_status conv_add_op(nbl_kctx *c, const nbl_rt_tensor *R) {
-  nbl_rt_tensor *Y = nbl_kctx_out(c, 0), t = {0};
-  nbl_status st = nbl_rt_tensor_alloc(&t, Y->dtype, Y->rank, Y->dims);
-  if (st != NBL_OK) return oom(c);
-  memcpy(t.data, Y->data, t.nbytes);
-  const nbl_rt_tensor *ins[2] = {&t, R};
-  nbl_node an = *c->node; /* Add has no attributes from opset 7 on (the fusion's floor) */
-  an.op_type = "Add";
-  an.domain = "";
-  an.attrs = NULL;
-  an.n_attrs = 0;
-  an.n_inputs = 2;
-  nbl_kctx c2 = *c;
-  c2.node = &an;
-  c2.n_in = 2;
-  c2.in = ins;
-  const nbl_op_def *def = nbl_op_lookup("", "Add", 14);
-  st = def ? def->ref(&c2) : nbl_kerr(c, NBL_ERR_INTERNAL, "no Add kernel");
-  nbl_rt_tensor_free(&t);
-  return st;
-}
-
 /* Conv followed by Clip (Relu: lo = 0), as fused at plan time by
  * runtime/fusions/fuse_f32.c: the synthetic node has Conv's inputs and attributes,
  * the activation's output, and the bounds in float attributes nibble.act_lo
@@ -368,7 +343,8 @@ static nbl_status k_conv_act(nbl_kctx *c) {
   } else if ((st = k_conv_ref(c))) {
     return st;
   }
-  if (R && (st = conv_add_op(c, R))) return st;
+  /* R broadcasts (or is not float32): the Add op on the convolution */
+  if (R && (st = nbl_kctx_add_to_out0(c, NULL, 0, R))) return st;
   if (!act.kind) return NBL_OK;
   nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
   double *y = nbl_to_f64(Y);
