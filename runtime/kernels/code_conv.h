@@ -65,7 +65,9 @@ static inline void nbl_code_interleave4(const uint8_t *r0, const uint8_t *r1, co
                                         const uint8_t *r3, uint8_t *dst, int64_t n) {
   int64_t i = 0;
 #if defined(__x86_64__)
-  for (; i + 16 <= n; i += 16) {
+  /* a tail of 1..15 (n >= 16) as one more block ending at n: it writes
+   * again bytes the block before wrote, the same values */
+  while (n >= 16) {
     __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + i));
     __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + i));
     __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(r2 + i));
@@ -76,6 +78,11 @@ static inline void nbl_code_interleave4(const uint8_t *r0, const uint8_t *r1, co
     _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 16), _mm_unpackhi_epi16(ab0, cd0));
     _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 32), _mm_unpacklo_epi16(ab1, cd1));
     _mm_storeu_si128((__m128i *)(void *)(dst + 4 * i + 48), _mm_unpackhi_epi16(ab1, cd1));
+    if (i + 16 == n) {
+      i = n;
+      break;
+    }
+    i = i + 32 <= n ? i + 16 : n - 16;
   }
 #endif
   for (; i < n; i++) {

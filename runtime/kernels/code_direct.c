@@ -106,9 +106,12 @@ static void pack_quads(void *arg, int64_t b, int64_t e) {
         continue;
       }
       nbl_code_interleave4(t, t + HW, t + 2 * HW, t + 3 * HW, row, d->W);
-      for (int64_t iw = 0; iw < d->W; iw++) {
-        int64_t pc = iw + d->pl, ph = (pr % S) * S + pc % S;
-        memcpy(quad + (ph * d->plane + pr / S * d->Wq + pc / S) * 4, row + 4 * iw, 4);
+      /* column phase by column phase: input column iw at padded column
+       * pc = iw + pl, in phase pc % S at pc / S */
+      for (int64_t iw0 = 0; iw0 < S && iw0 < d->W; iw0++) {
+        int64_t pc0 = iw0 + d->pl;
+        uint8_t *dst = quad + (((pr % S) * S + pc0 % S) * d->plane + pr / S * d->Wq + pc0 / S) * 4;
+        for (int64_t iw = iw0; iw < d->W; iw += S, dst += 4) memcpy(dst, row + 4 * iw, 4);
       }
     }
   }

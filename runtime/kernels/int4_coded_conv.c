@@ -21,7 +21,12 @@
  * int32 sums exactly, and the epilogue is the VNNI path's (mul, then add):
  * the same floats, without the byte panels and the scattered wide rows that
  * cost more than the products there (LeNet's 5x5 layer, 25 taps, runs as
- * fast on the VNNI tiles). */
+ * fast on the VNNI tiles).
+ *
+ * Layers of one group that code_direct.h takes (strides 1, or 2 with more
+ * than one tap, not pointwise) run on AVX-512 VNNI by that direct kernel
+ * instead of the panels (direct_forward below): the same sums and floats
+ * without the im2col panels and the wide rows scattered. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -29,9 +34,11 @@
 
 #include "runtime/formats/int4.h"
 #include "runtime/kernels/code_conv.h"
+#include "runtime/kernels/code_direct.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/int4_fused.h"
 #include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/kdebug.h"
 
 typedef struct fwd_job {
   const nbl_conv_geom *g;
@@ -100,68 +107,86 @@ static int pad_codes_c(const fwd_job *j, const int8_t *k, uint8_t *u, int32_t *l
 }
 
 #if defined(__x86_64__)
-/* pad_bytes_c on AVX-512 (F, BW, VL): rows in blocks of 16 lanes, masked. */
+/* n floats at s as code bytes c + 128 to d (c = s / sx checked exact,
+ * |c| <= 255), the codes' min and max into *mn, *mx; the lanes off the grid
+ * are returned. pad_bytes_c's rule, 16 at a time (AVX-512 F, BW, VL). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static __mmask16 bytes_run_512(const float *s, int64_t n, float sx,
+                                                                                    uint8_t *d, __m512i *mn,
+                                                                                    __m512i *mx) {
+  const __m512 vinv = _mm512_set1_ps(1.0f / sx), vs = _mm512_set1_ps(sx), lim = _mm512_set1_ps(255.0f);
+  const __m512i absm = _mm512_set1_epi32(0x7fffffff), v128 = _mm512_set1_epi32(128);
+  __mmask16 bad = 0;
+  for (int64_t w = 0; w < n; w += 16) {
+    const __mmask16 m = (__mmask16)(n - w >= 16 ? 0xffff : (1u << (n - w)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(m, s + w);
+    const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 ra = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r), absm));
+    const __mmask16 in = _mm512_cmp_ps_mask(ra, lim, _CMP_LE_OQ);
+    const __m512i q = _mm512_maskz_cvtps_epi32(in, r);
+    const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_mul_ps(vs, _mm512_cvtepi32_ps(q)), v, _CMP_EQ_OQ);
+    bad |= (__mmask16)(m & ~(in & eq));
+    *mn = _mm512_min_epi32(*mn, q);
+    *mx = _mm512_max_epi32(*mx, q);
+    _mm_mask_storeu_epi8(d + w, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(q, v128)));
+  }
+  return bad;
+}
+
+/* pad_bytes_c on AVX-512: each row by bytes_run_512. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_bytes_512(const fwd_job *j, const float *x,
                                                                                   uint8_t *u, int32_t *lo,
                                                                                   int32_t *hi) {
   const nbl_conv_geom *g = j->g;
   const int64_t H = g->in[0], W = g->in[1];
-  const __m512 vinv = _mm512_set1_ps(1.0f / j->sx), vs = _mm512_set1_ps(j->sx), lim = _mm512_set1_ps(255.0f);
-  const __m512i absm = _mm512_set1_epi32(0x7fffffff), v128 = _mm512_set1_epi32(128);
   __m512i mn = _mm512_setzero_si512(), mx = mn;
   __mmask16 bad = 0;
   memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
   for (int64_t c = 0; c < g->C; c++)
-    for (int64_t h = 0; h < H; h++) {
-      const float *s = x + (c * H + h) * W;
-      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
-      for (int64_t w = 0; w < W; w += 16) {
-        const __mmask16 m = (__mmask16)(W - w >= 16 ? 0xffff : (1u << (W - w)) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(m, s + w);
-        const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512 ra = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r), absm));
-        const __mmask16 in = _mm512_cmp_ps_mask(ra, lim, _CMP_LE_OQ);
-        const __m512i q = _mm512_maskz_cvtps_epi32(in, r);
-        const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_mul_ps(vs, _mm512_cvtepi32_ps(q)), v, _CMP_EQ_OQ);
-        bad |= (__mmask16)(m & ~(in & eq));
-        mn = _mm512_min_epi32(mn, q);
-        mx = _mm512_max_epi32(mx, q);
-        _mm_mask_storeu_epi8(d + w, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(q, v128)));
-      }
-    }
+    for (int64_t h = 0; h < H; h++)
+      bad |= bytes_run_512(x + (c * H + h) * W, W, j->sx, u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1], &mn,
+                           &mx);
   *lo = _mm512_reduce_min_epi32(mn), *hi = _mm512_reduce_max_epi32(mx);
   return bad ? -1 : 0;
 }
 
+/* n codes k at s8 (zero point z) as bytes c + 128 to d, c = k - z: the
+ * lanes that are a non-finite mark (outside -126..126) or whose c leaves
+ * -128..127 are returned; min and max of c into *mn, *mx (int16 lanes). 32
+ * at a time (AVX-512 BW). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static __mmask32 codes_run_512(const int8_t *s8, int64_t n, int z,
+                                                                                    uint8_t *d, __m512i *mn,
+                                                                                    __m512i *mx) {
+  const __m512i vz = _mm512_set1_epi16((short)z), lim = _mm512_set1_epi16(126), v128 = _mm512_set1_epi16(128);
+  const __m512i cmin = _mm512_set1_epi16(-128), cmax = _mm512_set1_epi16(127);
+  __mmask32 bad = 0;
+  for (int64_t w = 0; w < n; w += 32) {
+    const __mmask32 m = n - w >= 32 ? 0xffffffffu : (__mmask32)((1u << (n - w)) - 1);
+    const __m512i kc = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, s8 + w));
+    const __m512i v = _mm512_maskz_sub_epi16(m, kc, vz);
+    bad |= m & (_mm512_cmpgt_epi16_mask(_mm512_abs_epi16(kc), lim) | _mm512_cmplt_epi16_mask(v, cmin) |
+                _mm512_cmpgt_epi16_mask(v, cmax));
+    *mn = _mm512_min_epi16(*mn, v);
+    *mx = _mm512_max_epi16(*mx, v);
+    _mm256_mask_storeu_epi8(d + w, m, _mm512_cvtepi16_epi8(_mm512_add_epi16(v, v128)));
+  }
+  return bad;
+}
+
 /* pad_bytes_c from X's codes k (zero point z) instead of its floats: the
  * code c = k - z (the value's c = x / sx), so the same bytes; -1 when a code
- * is a non-finite mark (outside -126..126) or c leaves -128..127. 32 codes
- * at a time (AVX-512 BW). */
+ * is a non-finite mark or c leaves -128..127. Each row by codes_run_512. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_codes_512(const fwd_job *j, const int8_t *k,
                                                                                   uint8_t *u, int32_t *lo,
                                                                                   int32_t *hi) {
   const nbl_conv_geom *g = j->g;
   const int64_t H = g->in[0], W = g->in[1];
-  const __m512i vz = _mm512_set1_epi16((short)j->xz), lim = _mm512_set1_epi16(126), v128 = _mm512_set1_epi16(128);
-  const __m512i cmin = _mm512_set1_epi16(-128), cmax = _mm512_set1_epi16(127);
   __m512i mn = _mm512_setzero_si512(), mx = mn;
   __mmask32 bad = 0;
   memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
   for (int64_t c = 0; c < g->C; c++)
-    for (int64_t h = 0; h < H; h++) {
-      const int8_t *s8 = k + (c * H + h) * W;
-      uint8_t *d = u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1];
-      for (int64_t w = 0; w < W; w += 32) {
-        const __mmask32 m = W - w >= 32 ? 0xffffffffu : (__mmask32)((1u << (W - w)) - 1);
-        const __m512i kc = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, s8 + w));
-        const __m512i v = _mm512_maskz_sub_epi16(m, kc, vz);
-        bad |= m & (_mm512_cmpgt_epi16_mask(_mm512_abs_epi16(kc), lim) | _mm512_cmplt_epi16_mask(v, cmin) |
-                    _mm512_cmpgt_epi16_mask(v, cmax));
-        mn = _mm512_min_epi16(mn, v);
-        mx = _mm512_max_epi16(mx, v);
-        _mm256_mask_storeu_epi8(d + w, m, _mm512_cvtepi16_epi8(_mm512_add_epi16(v, v128)));
-      }
-    }
+    for (int64_t h = 0; h < H; h++)
+      bad |= codes_run_512(k + (c * H + h) * W, W, j->xz, u + (c * j->Hp + h + g->pb[0]) * j->Wp + g->pb[1], &mn,
+                           &mx);
   int16_t l[32], t[32];
   _mm512_storeu_si512(l, mn);
   _mm512_storeu_si512(t, mx);
@@ -503,6 +528,143 @@ static nbl_status small_k_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const f
   return NBL_OK;
 }
 
+/* ------------------------------------------------------------------ direct */
+
+/* Layers of one group (nbl_cd_eligible) on AVX-512 VNNI run instead by the
+ * direct kernel the fused inference paths share (code_direct.h): each
+ * image's codes laid out once in quads of channels per padded pixel, read
+ * at each tap's offset, no im2col panels nor wide rows to scatter. The same
+ * int32 sums and the same epilogue (nbl_i4_direct_store: mul, then add), so
+ * the same floats. It takes codes in -128..127 only (bytes c + 128; a zero
+ * activation's byte 128 pads); anything else (8-bit codes beyond, values or
+ * codes off the grid, a NaN's mark) goes to the panels, which decide. */
+typedef struct dfw_job {
+  const nbl_conv_geom *g;
+  const nbl_cd_plan *d;
+  const nbl_i4_rows *W;
+  const float *x;
+  const int8_t *xk;
+  int xz;
+  float sx;
+  nbl_i4_epi e;
+  float *y;
+  int32_t *acc;
+  _Atomic int bad, oom;
+} dfw_job;
+
+typedef struct dfw_img {
+  const dfw_job *j;
+  int64_t n; /* the image */
+  int bad;   /* a plane off the grid or beyond -128..127 */
+} dfw_img;
+
+typedef struct dfw_out {
+  nbl_i4_direct_out o; /* y's epilogue (o.Y NULL: none) */
+  int32_t *acc;        /* the image's sums, or NULL */
+  int64_t P;
+} dfw_out;
+
+#if defined(__x86_64__)
+/* The direct kernel's quantizer (nbl_cd_quant_fn): channel c of the image
+ * as bytes c + 128 from X's codes when given, else from its floats. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dfw_plane(const void *ctx, int64_t n0, int64_t c,
+                                                                              uint8_t *dst) {
+  dfw_img *q = (dfw_img *)(uintptr_t)ctx; /* (the hook's context is the caller's own) */
+  const dfw_job *j = q->j;
+  const int64_t HW = j->g->in_sz, at = (q->n + n0) * j->g->C * HW + c * HW;
+  __m512i mn = _mm512_setzero_si512(), mx = mn;
+  if (j->xk) {
+    if (codes_run_512(j->xk + at, HW, j->xz, dst, &mn, &mx)) q->bad = 1; /* (c in -128..127 checked) */
+    return;
+  }
+  if (bytes_run_512(j->x + at, HW, j->sx, dst, &mn, &mx) || _mm512_reduce_min_epi32(mn) < -128 ||
+      _mm512_reduce_max_epi32(mx) > 127)
+    q->bad = 1;
+}
+#endif
+
+/* The epilogue hook (nbl_cd_store_fn): the sums to acc as they are, y by
+ * the fused path's epilogue. */
+static void dfw_store(const void *ctx, int64_t m, int nm, const int32_t *acc, const uint16_t k[2],
+                      const int64_t at[2]) {
+  const dfw_out *o = ctx;
+  for (int r = 0; o->acc && r < nm; r++)
+    for (int h = 0; h < 2; h++) {
+      int32_t *dst = o->acc + (m + r) * o->P + at[h];
+      for (int i = 0, q = 0; i < 16; i++)
+        if (k[h] >> i & 1) dst[q++] = acc[r * 32 + 16 * h + i];
+    }
+  if (o->o.Y) nbl_i4_direct_store(&o->o, m, nm, acc, k, at);
+}
+
+static void dfw_images(void *arg, int64_t n0, int64_t n1) {
+  dfw_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t ny = g->M * g->out_sz;
+  uint8_t *u = malloc(nbl_cd_image_bytes(j->d));
+  if (!u) {
+    atomic_store(&j->oom, 1);
+    return;
+  }
+  for (int64_t n = n0; n < n1 && !atomic_load(&j->bad); n++) {
+#if defined(__x86_64__)
+    dfw_img q = {.j = j, .n = n};
+    if (nbl_cd_pack_input(NULL, j->d, 1, 128, dfw_plane, &q, u) != 0) {
+      atomic_store(&j->oom, 1);
+      break;
+    }
+    if (q.bad) {
+      atomic_store(&j->bad, 1);
+      break;
+    }
+#endif
+    dfw_out o = {.o = {.e = &j->e, .Y = j->y ? j->y + n * ny : NULL, .ld = g->out_sz},
+                 .acc = j->acc ? j->acc + n * ny : NULL,
+                 .P = g->out_sz};
+    if (!nbl_cd_tile(j->d, u, j->W->w, j->W->rowsum, j->W->Kp, 128, 0, g->M, 0, j->d->PP, dfw_store, &o)) {
+      atomic_store(&j->bad, 1);
+      break;
+    }
+  }
+  free(u);
+}
+
+/* The layer by the direct kernel where it applies (w8 the weight codes);
+ * *done = 1 when it ran (y and acc written), else nothing is left written
+ * that the panels would not overwrite. */
+static nbl_status direct_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const int8_t *xk,
+                                 int xz, const int8_t *w8, float sc, const float *bias, float *y, int32_t *acc,
+                                 int *done) {
+  *done = 0;
+#if defined(__x86_64__)
+  if (!nbl_kdebug_get(NBL_KS_I4B_DIRECT) || nbl_i4_best_isa() != NBL_I4_VNNI || !nbl_cd_eligible(g)) return NBL_OK;
+  nbl_cd_plan d;
+  if (nbl_cd_plan_init(&d, g) != 0) return NBL_ERR_OUT_OF_MEMORY;
+  int64_t K;
+  nbl_i4_rows W = {0};
+  int8_t *r = nbl_cd_order_weights(w8, g->M, g->C, g->k_sz, &K);
+  nbl_status st = !r || nbl_i4_pack_rows(r, g->M, K, K, 1, &W) ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+  free(r);
+  if (!st) {
+    dfw_job j = {.g = g, .d = &d, .W = &W, .x = x, .xk = xk, .xz = xz, .sx = sx, .e = {.sc = sc, .bias = bias},
+                 .y = y, .acc = acc};
+    if (ctx) nbl_parallel_for(ctx, g->N, 1, dfw_images, &j);
+    else dfw_images(&j, 0, g->N);
+    if (atomic_load(&j.oom)) st = NBL_ERR_OUT_OF_MEMORY;
+    else if (!atomic_load(&j.bad)) {
+      *done = 1;
+      nbl_kcount(NBL_KC_I4B_DIRECT_RUNS);
+    }
+  }
+  nbl_i4_rows_free(&W);
+  nbl_cd_plan_free(&d);
+  return st;
+#else
+  (void)ctx, (void)g, (void)x, (void)sx, (void)xk, (void)xz, (void)w8, (void)sc, (void)bias, (void)y, (void)acc;
+  return NBL_OK;
+#endif
+}
+
 /* ------------------------------------------------------------------ the entry */
 
 nbl_status nbl_i4b_conv_forward(nbl_kctx *ctx, const nbl_conv_geom *g, const float *x, float sx, const float *w,
@@ -544,6 +706,8 @@ nbl_status nbl_i4b_conv_forward_codes(nbl_kctx *ctx, const nbl_conv_geom *g, con
   }
   if (!st && !*off_grid && !done && small)
     st = small_k_forward(ctx, g, x, sx, w8, sx * sw, bias, y, acc, &done, off_grid);
+  if (!st && !*off_grid && !done && (x || xk))
+    st = direct_forward(ctx, g, x, sx, xk, xz, w8, sx * sw, bias, y, acc, &done);
   /* the VNNI tiles' packed weights, only when they run */
   for (int64_t gi = 0; !st && !*off_grid && !done && gi < g->group; gi++)
     if (nbl_i4_pack_rows(w8 + gi * Mg * Kg, Mg, Kg, Kg, 1, &rows[gi])) st = NBL_ERR_OUT_OF_MEMORY;

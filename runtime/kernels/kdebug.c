@@ -18,6 +18,7 @@ static const long long k_defaults[NBL_KS_COUNT_] = {
      * would go out to memory (its 96 x 112 x 112 expansion, 4.8 MB) */
     [NBL_KS_I4_CODE_LINK_MIN] = 1 << 20,
     [NBL_KS_I4B_WIDE] = 1,
+    [NBL_KS_I4B_DIRECT] = 1,
 };
 
 /* value - default, so that the zero-initialized state is the default */

@@ -34,6 +34,10 @@ typedef enum nbl_kswitch {
    * phases over channel-pair planes, dW of unit strides over X's padded
    * planes): 1 (default), 0 through im2col and col2im */
   NBL_KS_I4B_WIDE,
+  /* the 4-bit training forward Conv (int4_coded_conv.c) of one group by the
+   * direct kernel (code_direct.h, AVX-512 VNNI) where nbl_cd_eligible: 1
+   * (default), 0 through im2col panels */
+  NBL_KS_I4B_DIRECT,
   /* fused ternary depthwise layers 16 channels at a time: -1 where it
    * measured faster (the FP32 rule), 0 never, 1 whenever AVX-512 runs */
   NBL_KS_T_DW_BLOCKED,
@@ -80,6 +84,7 @@ typedef enum nbl_kcounter {
   NBL_KC_T_CODE_LINKS,        /* fused ternary runs that handed INT8 codes to their consumer */
   NBL_KC_T_DIRECT_RUNS,       /* fused ternary convolutions run by the direct kernel */
   NBL_KC_I4_DIRECT_RUNS,      /* fused INT4 convolutions run by the direct kernel */
+  NBL_KC_I4B_DIRECT_RUNS,     /* 4-bit training forward convolutions run by the direct kernel */
   NBL_KC_F32_KBLOCK_RUNS,     /* AVX-512 FP32 convolution products (calls of a thread) that
                                * blocked K through panels */
   NBL_KC_COUNT_

@@ -10,7 +10,8 @@
  *     8-bit affine / unsigned activation codes with 8-bit weights down to
  *     -128;
  *   - with the direct float path of few-tap layers turned off, the same
- *     floats and sums bit for bit;
+ *     floats and sums bit for bit; so with the direct kernel of one-group
+ *     layers (code_direct.h) on and off, which runs where expected;
  *   - operands off the grid (a value between levels, a NaN, a weight code
  *     128, activation codes spanning more than 256 values) are refused
  *     (the caller's float fallback), nothing else.
@@ -23,6 +24,8 @@
 #include "runtime/formats/int4.h"
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/int4_fused.h"
+#include "runtime/kernels/int4_gemm.h"
+#include "runtime/kernels/kdebug.h"
 #include "test_data.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -164,7 +167,38 @@ static void run_case(const fcase *c, int ci) {
   ck_assert_int_eq(off2, 0);
   ck_assert(memcmp(y, y2, sizeof(float) * (size_t)ny) == 0);
   ck_assert(memcmp(acc, acc2, sizeof(int32_t) * (size_t)ny) == 0);
-  free(y2), free(acc2);
+  /* the direct kernel (code_direct.h) on and off, the AMX tiles off: the
+   * same floats and sums; it runs where it applies (one group, strides 1,
+   * or 2 with more than one tap, not pointwise, activation codes in
+   * -128..127, more than 18 taps per output, AVX-512 VNNI) */
+  nbl_i4b_set_amx(0);
+  const int direct = nbl_i4_best_isa() == NBL_I4_VNNI && c->group == 1 && c->sh == c->sw &&
+                     (c->sh == 1 || (c->sh == 2 && c->kh * c->kw > 1)) &&
+                     !(c->kh == 1 && c->kw == 1 && c->sh == 1 && !c->pt && !c->pl && !c->pbot && !c->pr) &&
+                     c->xlo >= -128 && c->xhi <= 127 &&
+                     !(nbl_i4_avx512() && c->sh == 1 && c->dh == 1 && c->dw == 1 && c->C * c->kh * c->kw <= 18);
+  for (int on = 1; on >= 0; on--) {
+    nbl_kdebug_set(NBL_KS_I4B_DIRECT, on);
+    nbl_kernel_stats ks0, ks1;
+    nbl_kernel_stats_get(&ks0);
+    nbl_kctx kc2 = {.threads = 2};
+    int offd = -1;
+    y2 = malloc(sizeof(float) * (size_t)ny);
+    acc2 = malloc(sizeof(int32_t) * (size_t)ny);
+    ck_assert(y2 && acc2);
+    ck_assert_int_eq(nbl_i4b_conv_forward(on ? &kc2 : NULL, &g, x, sx, w, sw, c->bias ? b : NULL, y2, acc2, &offd),
+                     NBL_OK);
+    nbl_kernel_stats_get(&ks1);
+    ck_assert_int_eq(offd, 0);
+    ck_assert_msg(ks1.n[NBL_KC_I4B_DIRECT_RUNS] - ks0.n[NBL_KC_I4B_DIRECT_RUNS] == (on && direct),
+                  "case %d: direct kernel runs %ld, expected %d", ci,
+                  ks1.n[NBL_KC_I4B_DIRECT_RUNS] - ks0.n[NBL_KC_I4B_DIRECT_RUNS], on && direct);
+    ck_assert_msg(memcmp(y, y2, sizeof(float) * (size_t)ny) == 0, "case %d: direct %d, floats differ", ci, on);
+    ck_assert_msg(memcmp(acc, acc2, sizeof(int32_t) * (size_t)ny) == 0, "case %d: direct %d, sums differ", ci, on);
+    free(y2), free(acc2);
+  }
+  nbl_kdebug_reset();
+  nbl_i4b_set_amx(-1);
   free(y_vnni);
   free(cx), free(cw), free(x), free(w), free(b), free(y), free(acc), free(ref);
 }
