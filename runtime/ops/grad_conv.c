@@ -310,10 +310,12 @@ static void cg_col2im(void *arg, int64_t begin, int64_t end) {
   for (int64_t b = begin; b < end; b++) {
     float *dxg = t->dx + ((t->n0 + b) * g->C + t->gr * t->Cg) * g->in_sz;
     const float *src = t->col + b * g->out_sz;
-    if (t->point) /* one tap per input element: a copy */
+    if (t->point) { /* one tap per input element: a copy */
       for (int64_t r = 0; r < t->Cg; r++) memcpy(dxg + r * g->in_sz, src + r * t->L, sizeof(float) * (size_t)g->in_sz);
-    else
-      col2im2d_ld(g, t->Cg, src, t->L, dxg, t->even);
+      continue;
+    }
+    if (g->k_sz == 1) memset(dxg, 0, sizeof(float) * (size_t)(t->Cg * g->in_sz)); /* (not zeroed before) */
+    col2im2d_ld(g, t->Cg, src, t->L, dxg, t->even);
   }
 }
 
@@ -441,7 +443,10 @@ static nbl_status k_conv_grad_fast(nbl_kctx *c) {
       done = nbl_conv_shift_dx(c, &g, dy, w, DX->data);
     if (done < 0) return grad_oom(c);
     if (done) DX = NULL; /* written */
-    else memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
+    /* one tap (2-D or pointwise): each image's planes zeroed by cg_col2im
+     * just before its columns go in, while they are in cache */
+    else if (!(k1 && (nbl_conv_pointwise(&g) || g.ns == 2) && g.N && out && K))
+      memset(DX->data, 0, sizeof(float) * (size_t)X->numel);
   }
   /* dW of 2-D layers without im2col where AVX-512 runs */
   if (DW && W->numel && g.N && out && !k1 && nbl_conv_shift_dw(c, &g, X->data, dy, DW->data)) DW = NULL;
