@@ -312,6 +312,7 @@ typedef struct handed {
   int L;
   int32_t lut[32]; /* the integer of code k at lut[k + 16] (nbl_log_code_int) */
   int16_t t16[32]; /* the same as int16 (the AMX packing's table) */
+  int16_t *q;      /* the int16 codes when made with the check (no AMX tiles), or NULL */
 } handed;
 
 /* The grid of dY's codes handed over (see the top) into *h and *g: 0, or
@@ -336,14 +337,26 @@ static int codes_handed(nbl_kctx *c, const nbl_rt_tensor *dY, const int8_t *code
     h->t16[k + 16] = (int16_t)(abs(h->lut[k + 16]) <= NBL_I4B_MAX_CODE ? h->lut[k + 16] : 0);
   }
   int32_t mx = 0;
-  if (nbl_i4b_codes_log(nbl_i4b_best_isa(), codes, dY->numel, h->L, h->lut, NULL, &mx)) return -1;
+  /* off the AMX tiles every path takes int16 codes: made in the checking
+   * sweep (else a sweep that only checks, and the tiles read the bytes) */
+  const nbl_i4b_isa isa = nbl_i4b_best_isa();
+  h->q = nbl_i4b_amx_on(isa) ? NULL : malloc(sizeof(int16_t) * (size_t)(dY->numel ? dY->numel : 1));
+  if (nbl_i4b_codes_log(isa, codes, dY->numel, h->L, h->lut, h->q, &mx)) {
+    free(h->q);
+    h->q = NULL;
+    return -1;
+  }
   g->unit = unit, g->maxabs = mx;
   return 0;
 }
 
-/* The int16 codes of h (n elements; checked by codes_handed): malloc'd, or NULL. */
-static int16_t *handed_q(const handed *h, int64_t n) {
-  int16_t *q = malloc(sizeof(int16_t) * (size_t)(n ? n : 1));
+/* The int16 codes of h (n elements; checked by codes_handed), the caller's
+ * to free: made there, or here; NULL when out of memory. */
+static int16_t *handed_q(handed *h, int64_t n) {
+  int16_t *q = h->q;
+  h->q = NULL;
+  if (q) return q;
+  q = malloc(sizeof(int16_t) * (size_t)(n ? n : 1));
   int32_t mx;
   if (q && nbl_i4b_codes_log(nbl_i4b_best_isa(), h->k8, n, h->L, h->lut, q, &mx)) {
     free(q);
@@ -445,7 +458,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   const nbl_i4b_isa isa = nbl_i4b_best_isa();
   int16_t *dyq = NULL, *xq = NULL, *wq = NULL;
   nbl_i4b_grid gdy = {1.0f, 0}, gx = {1.0f, 0}, gw = {1.0f, 0};
-  handed h;
+  handed h = {0};
   int hand = 0; /* dY's codes handed over: int16 codes only where a path needs them */
   int ok = shape_ok && (!wdx || have[1]) && (!wdw || have[0]) &&
            ((dyc && !have[2] && (hand = codes_handed(c, dY, dyc, dytop, &h, &gdy) == 0)) ||
@@ -464,7 +477,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   if (ok && wdw && !fdw && !empty && xk && have[0] && sc[0] > 0.0f && isfinite(sc[0])) {
     int32_t mx;
     if (!(xq = malloc(sizeof(int16_t) * (size_t)X->numel))) {
-      free(dyq);
+      free(dyq), free(h.q);
       free(wq);
       return grad_oom(c);
     }
@@ -472,7 +485,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
     else free(xq), xq = NULL; /* a non-finite mark: the floats decide */
   }
   if (!xfl && ((ok && wdw && !fdw && !xhand) || !ok)) { /* X's floats needed: made from its codes */
-    free(dyq);
+    free(dyq), free(h.q);
     free(xq);
     free(wq);
     return with_x_decoded(c, 1, 8, k_conv_fast);
@@ -491,7 +504,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
       if (!st && done) {
         out.dw = NULL; /* dW done */
       } else if (!st && !xfl) { /* the tiles declined X's codes: its floats, made from them */
-        free(dyq);
+        free(dyq), free(h.q);
         free(wq);
         return with_x_decoded(c, 1, 8, k_conv_fast);
       } else if (!st) {
@@ -508,7 +521,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
       st = NBL_ERR_OUT_OF_MEMORY; /* the other paths: int16 codes */
   }
   if (!st && !ok) { /* not on the grids (or a shape error the counterpart reports) */
-    free(dyq);
+    free(dyq), free(h.q);
     free(xq);
     free(wq);
     if (!floats) return with_dy_decoded(c, dyc, dytop, k_conv_fast); /* the codes' values, then as with dY */
@@ -523,7 +536,7 @@ static nbl_status k_conv_fast(nbl_kctx *c) {
   }
   if (st) st = st == NBL_ERR_OUT_OF_MEMORY ? grad_oom(c) : st;
   else atomic_fetch_add(&g_int_runs, 1);
-  free(dyq);
+  free(dyq), free(h.q);
   free(xq);
   free(wq);
   return st;

@@ -171,6 +171,7 @@ static void run_case(const fcase *c, int ci) {
    * same floats and sums; it runs where it applies (one group, strides 1,
    * or 2 with more than one tap, not pointwise, activation codes in
    * -128..127, more than 18 taps per output, AVX-512 VNNI) */
+  free(y2), free(acc2);
   nbl_i4b_set_amx(0);
   const int direct = nbl_i4_best_isa() == NBL_I4_VNNI && c->group == 1 && c->sh == c->sw &&
                      (c->sh == 1 || (c->sh == 2 && c->kh * c->kw > 1)) &&
