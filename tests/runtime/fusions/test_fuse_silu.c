@@ -26,19 +26,6 @@
 
 static uint32_t rng = 2718;
 
-static float bits_f(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-static const uint32_t special_bits[] = {
-    0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, /* +-0, +-Inf */
-    0x7fc00000u, 0xffc00000u, 0x7fc12345u, 0xffd54321u, /* quiet NaNs, signs and payloads */
-    0x7f800001u, 0xff800001u, 0x7fa00000u,              /* signalling NaNs */
-    0x00000001u, 0x80000001u, 0x007fffffu, 0x807fffffu, /* denormals */
-    0x00800000u, 0x80800000u, 0x7f7fffffu, 0xff7fffffu, /* FLT_MIN, FLT_MAX */
-};
 static const float special_vals[] = {
     1.0f, -1.0f, 0.5f, -0.5f, 3.0f, -3.0f, 2.5f, -2.5f, 6.0f, -6.0f, /* HardSigmoid's corners */
     17.0f, -17.0f, 88.7f, -88.7f, 103.98f, -103.98f, 200.0f, -200.0f, 201.0f, -201.0f,
@@ -46,18 +33,7 @@ static const float special_vals[] = {
 };
 
 static void fill(float *x, int64_t n) {
-  const int nb = (int)(sizeof special_bits / sizeof *special_bits);
-  const int nv = (int)(sizeof special_vals / sizeof *special_vals);
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t r = td_lcg(&rng);
-    switch (r % 8) {
-    case 0: x[i] = bits_f(special_bits[(r >> 8) % (unsigned)nb]); break;
-    case 1: x[i] = special_vals[(r >> 8) % (unsigned)nv]; break;
-    case 2: x[i] = bits_f(td_lcg(&rng)); break;                                   /* any bits */
-    case 3: x[i] = ldexpf(td_lcg_float(&rng), (int)((r >> 8) % 250) - 150); break; /* tiny..huge */
-    default: x[i] = (td_lcg_float(&rng) - 0.5f) * 24.0f; break;
-    }
-  }
+  ft_fill(&rng, x, n, special_vals, (int)(sizeof special_vals / sizeof *special_vals), 24.0f);
 }
 
 enum {
@@ -84,8 +60,10 @@ static int64_t numel(const scase *c) { return c->dims[0] * c->dims[1] * c->dims[
 
 /* The case's outputs concatenated (malloc'd, *nbytes), whether a fused step
  * ran. fused = 0: NBL_NO_FUSION=all. */
-static unsigned char *run(const scase *c, const float *x, const float *y, int threads, nbl_isa isa,
-                          int fused, int *fused_ran, size_t *nbytes) {
+/* ft_run_fn for case cv */
+static unsigned char *run(const void *cv, const float *x, const float *y, int threads, nbl_isa isa, int fused,
+                          int *fused_ran, size_t *nbytes) {
+  const scase *c = cv;
   nbl_model *m = nbl_model_new();
   nbl_model_set_opset(m, "", 13);
   nbl_graph *g = m->graph;
@@ -148,31 +126,14 @@ static unsigned char *run(const scase *c, const float *x, const float *y, int th
   nbl_status st = nbl_session_create(m, &opt, &s);
   unsetenv("NBL_NO_FUSION");
   ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
-  unsigned char *out = NULL;
-  size_t total = 0;
-  for (int r = 0; r < 2; r++) { /* the second run: planned arena */
-    const nbl_host_tensor *res = NULL;
-    ck_assert_msg(nbl_session_run(s, nf, feeds, &res) == NBL_OK, "%s: %s", c->what, nbl_last_error());
-    int no = nbl_session_output_count(s);
-    size_t at = 0;
-    for (int k = 0; k < no; k++) {
-      if (r == 0) {
-        out = realloc(out, total + res[k].nbytes);
-        memcpy(out + total, res[k].data, res[k].nbytes);
-        total += res[k].nbytes;
-      } else {
-        ck_assert_msg(!memcmp(out + at, res[k].data, res[k].nbytes), "%s: second run differs", c->what);
-        at += res[k].nbytes;
-      }
-    }
-  }
+  int rank0 = 0;
+  unsigned char *out = ft_outputs(s, nf, feeds, c->what, nbytes, &rank0);
   char *text = ft_profile(s);
   *fused_ran = strstr(text, "Sigmoid+Mul") != NULL;
   free(text);
   nbl_session_free(s);
   nbl_model_free(m);
   free(xd);
-  *nbytes = total;
   return out;
 }
 
@@ -181,25 +142,7 @@ static void check(const scase *c) {
   float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n);
   fill(x, n);
   fill(y, n);
-  static const nbl_isa caps[] = {NBL_ISA_SCALAR, NBL_ISA_AVX2, NBL_ISA_DEFAULT};
-  for (size_t ci = 0; ci < sizeof caps / sizeof *caps; ci++)
-    for (int threads = 1; threads <= 2; threads++) {
-      int fu = -1, un = -1;
-      size_t nbf = 0, nbu = 0;
-      unsigned char *of = run(c, x, y, threads, caps[ci], 1, &fu, &nbf);
-      unsigned char *ou = run(c, x, y, threads, caps[ci], 0, &un, &nbu);
-      ck_assert_msg(fu == c->fuse, "%s: fused %d, expected %d", c->what, fu, c->fuse);
-      ck_assert_int_eq(un, 0);
-      ck_assert_uint_eq(nbf, nbu);
-      if (memcmp(of, ou, nbf)) {
-        size_t i = 0;
-        while (i < nbf && of[i] == ou[i]) i++;
-        ck_abort_msg("%s (cap %d, %d threads): byte %zu differs from unfused", c->what, (int)caps[ci],
-                     threads, i);
-      }
-      free(of);
-      free(ou);
-    }
+  ft_fused_as_unfused(c, c->what, c->fuse, run, x, y, n);
   free(x);
   free(y);
 }
@@ -230,15 +173,6 @@ END_TEST
 
 /* The kernel against the op kernel and a float product with Mul's NaN rule
  * (the first operand's NaN, quieted), every variant, every short length. */
-static float mul_ref(float a, float b) {
-  if (a != a) {
-    uint32_t u;
-    memcpy(&u, &a, sizeof u);
-    return bits_f(u | 0x400000u);
-  }
-  volatile float r = a * b;
-  return r;
-}
 
 START_TEST(test_kernel) {
   enum { N = 100003 };
@@ -261,7 +195,7 @@ START_TEST(test_kernel) {
         ck_assert_int_eq(nbl_unary_f32(ops[o], x, s, N, al, be), NBL_OK);
         ck_assert_int_eq(nbl_unary_f32_mul(ops[o], x, y, N, al, be, first), NBL_OK);
         for (int64_t i = 0; i < N; i++) {
-          float want = first ? mul_ref(s[i], x[i]) : mul_ref(x[i], s[i]);
+          float want = first ? ft_mul(s[i], x[i]) : ft_mul(x[i], s[i]);
           ck_assert_msg(!memcmp(&want, &y[i], 4), "cap %d op %d first %d: x = %a: %a, want %a",
                         (int)vs[v].cap, o, first, (double)x[i], (double)y[i], (double)want);
         }
@@ -269,7 +203,7 @@ START_TEST(test_kernel) {
           for (int i = 0; i < len + 8; i++) memcpy(&y[i], &guard, 4);
           ck_assert_int_eq(nbl_unary_f32_mul(ops[o], x + 3, y, len, al, be, first), NBL_OK);
           for (int i = 0; i < len + 8; i++) {
-            float want = i >= len ? bits_f(guard) : first ? mul_ref(s[3 + i], x[3 + i]) : mul_ref(x[3 + i], s[3 + i]);
+            float want = i >= len ? ft_bits(guard) : first ? ft_mul(s[3 + i], x[3 + i]) : ft_mul(x[3 + i], s[3 + i]);
             ck_assert_msg(!memcmp(&want, &y[i], 4), "len %d: element %d", len, i);
           }
         }
@@ -277,7 +211,7 @@ START_TEST(test_kernel) {
         memcpy(y, x, sizeof(float) * N);
         ck_assert_int_eq(nbl_unary_f32_mul(ops[o], y, y, N, al, be, first), NBL_OK);
         for (int64_t i = 0; i < N; i++) {
-          float want = first ? mul_ref(s[i], x[i]) : mul_ref(x[i], s[i]);
+          float want = first ? ft_mul(s[i], x[i]) : ft_mul(x[i], s[i]);
           ck_assert(!memcmp(&want, &y[i], 4));
         }
       }
