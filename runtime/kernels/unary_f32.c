@@ -50,27 +50,26 @@
 #define UF_AVX512 (NBL_CPU_AVX512F | NBL_CPU_AVX512DQ | NBL_CPU_AVX512VL | NBL_CPU_AVX512BW)
 #define UF_AVX2 (NBL_CPU_AVX2 | NBL_CPU_FMA)
 
+/* fn's variant for this CPU (under the thread's cap) called with the
+ * arguments: the one dispatch of every entry point */
+#define UF_DISPATCH(fn, ...)                                                                                        \
+  do {                                                                                                             \
+    if (nbl_cpu_has(UF_AVX512)) fn##_avx512(__VA_ARGS__);                                                          \
+    else if (nbl_cpu_has(UF_AVX2)) fn##_avx2(__VA_ARGS__);                                                         \
+    else fn##_base(__VA_ARGS__);                                                                                   \
+  } while (0)
+
 nbl_status nbl_unary_f32(nbl_uf32 op, const float *x, float *y, int64_t n, double alpha, double beta) {
   if ((unsigned)op >= NBL_UF_COUNT || n < 0 || (n > 0 && (!x || !y))) return NBL_ERR_INVALID_ARGUMENT;
   if (n == 0) return NBL_OK;
-  if (nbl_cpu_has(UF_AVX512))
-    uf_run_avx512(op, x, y, n, alpha, beta);
-  else if (nbl_cpu_has(UF_AVX2))
-    uf_run_avx2(op, x, y, n, alpha, beta);
-  else
-    uf_run_base(op, x, y, n, alpha, beta);
+  UF_DISPATCH(uf_run, op, x, y, n, alpha, beta);
   return NBL_OK;
 }
 
 nbl_status nbl_softmax_f32(const float *x, float *y, int64_t rows, int64_t n, int log_out) {
   if (rows < 0 || n < 0 || (rows > 0 && n > 0 && (!x || !y))) return NBL_ERR_INVALID_ARGUMENT;
   if (rows == 0 || n == 0) return NBL_OK;
-  if (nbl_cpu_has(UF_AVX512))
-    uf_softmax_rows_avx512(x, y, rows, n, log_out);
-  else if (nbl_cpu_has(UF_AVX2))
-    uf_softmax_rows_avx2(x, y, rows, n, log_out);
-  else
-    uf_softmax_rows_base(x, y, rows, n, log_out);
+  UF_DISPATCH(uf_softmax_rows, x, y, rows, n, log_out);
   return NBL_OK;
 }
 
@@ -79,12 +78,7 @@ nbl_status nbl_unary_f32_mul(nbl_uf32 op, const float *x, float *y, int64_t n, d
   if ((op != NBL_UF_SIGMOID && op != NBL_UF_HARDSIGMOID) || n < 0 || (n > 0 && (!x || !y)))
     return NBL_ERR_INVALID_ARGUMENT;
   if (n == 0) return NBL_OK;
-  if (nbl_cpu_has(UF_AVX512))
-    uf_run_mul_avx512(op, x, y, n, alpha, beta, act_first);
-  else if (nbl_cpu_has(UF_AVX2))
-    uf_run_mul_avx2(op, x, y, n, alpha, beta, act_first);
-  else
-    uf_run_mul_base(op, x, y, n, alpha, beta, act_first);
+  UF_DISPATCH(uf_run_mul, op, x, y, n, alpha, beta, act_first);
   return NBL_OK;
 }
 
@@ -92,12 +86,7 @@ nbl_status nbl_unary_f32_gelu_erf(const float *x, float *y, int64_t n, float c1,
                                   int x_first) {
   if (n < 0 || (n > 0 && (!x || !y)) || c1 != c1 || c2 != c2 || c3 != c3) return NBL_ERR_INVALID_ARGUMENT;
   if (n == 0) return NBL_OK;
-  if (nbl_cpu_has(UF_AVX512))
-    uf_run_gelu_erf_avx512(x, y, n, c1, c2, c3, x_first);
-  else if (nbl_cpu_has(UF_AVX2))
-    uf_run_gelu_erf_avx2(x, y, n, c1, c2, c3, x_first);
-  else
-    uf_run_gelu_erf_base(x, y, n, c1, c2, c3, x_first);
+  UF_DISPATCH(uf_run_gelu_erf, x, y, n, c1, c2, c3, x_first);
   return NBL_OK;
 }
 
