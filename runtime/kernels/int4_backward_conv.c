@@ -156,11 +156,76 @@ static int64_t sum_i16(nbl_i4b_isa isa, const int16_t *p, int64_t n) {
   return s;
 }
 
+/* Small planes (unit strides, AVX-512): the plane padded to the extent the
+ * taps read, Hq x Wq (zeros around), each tap's whole plane of outputs
+ * gathered from the 64 codes of its first window row on (OH * Wq <= 64) by
+ * one two-register permute (vpermt2w) and written by two masked stores, in
+ * place of a masked load and store per output row: ResNet's 7 x 7 layers. */
+#define TINY_KW 8      /* widest kernel */
+#define TINY_BUF 1024  /* codes of the padded plane, with the last window's 64 */
+typedef struct tiny_tab {
+  int on;
+  int64_t Hq, Wq;
+  int16_t idx[TINY_KW][64]; /* output i of tap column kw: its window position */
+} tiny_tab;
+
+/* The tables of g, t->on = 0 when the small-plane path does not take it. */
+static void tiny_init(nbl_i4b_isa isa, const nbl_conv_geom *g, tiny_tab *t) {
+  t->on = 0;
+  if (isa != NBL_I4B_AVX512 || g->ns != 2 || g->s[0] != 1 || g->s[1] != 1 || g->k[1] > TINY_KW) return;
+  const int64_t OH = g->out[0], OW = g->out[1];
+  t->Hq = OH + (g->k[0] - 1) * g->d[0];
+  t->Wq = OW + (g->k[1] - 1) * g->d[1];
+  if (OH * t->Wq > 64 || t->Hq * t->Wq + 64 > TINY_BUF) return;
+  for (int64_t kw = 0; kw < g->k[1]; kw++)
+    for (int64_t i = 0; i < 64; i++)
+      t->idx[kw][i] = (int16_t)(i < OH * OW ? i / OW * t->Wq + i % OW + kw * g->d[1] : 0);
+  t->on = 1;
+}
+
+#if I4B_X86
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tiny_512(const tiny_tab *t, const nbl_conv_geom *g,
+                                                                             int64_t Cg, const int16_t *x, int16_t *col,
+                                                                             int64_t ld) {
+  const int64_t H = g->in[0], Wd = g->in[1], KH = g->k[0], KW = g->k[1], Hq = t->Hq, Wq = t->Wq;
+  const int64_t n = g->out_sz, c0 = g->pb[1] > 0 ? g->pb[1] : 0;
+  const int64_t c1 = Wd + g->pb[1] < Wq ? Wd + g->pb[1] : Wq; /* the padded columns that hold input */
+  const __mmask32 m0 = n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1);
+  const __mmask32 m1 = n > 32 ? (n >= 64 ? 0xffffffffu : (__mmask32)((1u << (n - 32)) - 1)) : 0;
+  int16_t P[TINY_BUF];
+  for (int64_t ch = 0; ch < Cg; ch++) {
+    const int16_t *plane = x + ch * H * Wd;
+    memset(P, 0, sizeof(int16_t) * (size_t)(Hq * Wq + 64));
+    for (int64_t r = 0; r < Hq && c1 > c0; r++) {
+      const int64_t ih = r - g->pb[0];
+      if (ih >= 0 && ih < H) memcpy(P + r * Wq + c0, plane + ih * Wd + c0 - g->pb[1], sizeof(int16_t) * (size_t)(c1 - c0));
+    }
+    for (int64_t kh = 0; kh < KH; kh++) {
+      const int16_t *w = P + kh * g->d[0] * Wq;
+      const __m512i a = _mm512_loadu_si512(w), b = _mm512_loadu_si512(w + 32);
+      for (int64_t kw = 0; kw < KW; kw++) {
+        int16_t *dst = col + ((ch * KH + kh) * KW + kw) * ld;
+        _mm512_mask_storeu_epi16(dst, m0, _mm512_permutex2var_epi16(a, _mm512_loadu_si512(t->idx[kw]), b));
+        if (m1) _mm512_mask_storeu_epi16(dst + 32, m1, _mm512_permutex2var_epi16(a, _mm512_loadu_si512(t->idx[kw] + 32), b));
+      }
+    }
+  }
+}
+#endif
+
 /* Columns [0, out_sz) of rows [Cg * k_sz] (stride ld) of col: the
  * im2col of one image's group x [Cg, in...]. tap: tap_table (NULL for 2-D,
- * which walks rows). */
+ * which walks rows); tt: the small-plane tables (or NULL). */
 static void im2col_i16(nbl_i4b_isa isa, const nbl_conv_geom *g, int64_t Cg, const int16_t *x, int16_t *col,
-                       int64_t ld, const int64_t *tap) {
+                       int64_t ld, const int64_t *tap, const tiny_tab *tt) {
+#if I4B_X86
+  if (tt && tt->on && !tap) {
+    tiny_512(tt, g, Cg, x, col, ld);
+    return;
+  }
+#else
+  (void)tt;
+#endif
   if (tap) {
     for (int64_t ch = 0; ch < Cg; ch++)
       for (int64_t ki = 0; ki < g->k_sz; ki++) {
@@ -339,6 +404,7 @@ typedef struct img_job {
   int64_t Cg, n0, cnt, gr, ld;
   int by_ch; /* split by channels (else by images) */
   const int64_t *tap;
+  const tiny_tab *tt;
   const int16_t *x;
   int16_t *col;
 } img_job;
@@ -354,10 +420,10 @@ static void im2col_part(void *arg, int64_t i0, int64_t i1) {
     if (j->by_ch)
       for (int64_t b = 0; b < j->cnt; b++)
         im2col_i16(j->isa, g, 1, j->x + ((j->n0 + b) * g->C + j->gr * j->Cg + i) * g->in_sz,
-                   j->col + i * g->k_sz * j->ld + b * g->out_sz, j->ld, j->tap);
+                   j->col + i * g->k_sz * j->ld + b * g->out_sz, j->ld, j->tap, j->tt);
     else
       im2col_i16(j->isa, g, j->Cg, j->x + ((j->n0 + i) * g->C + j->gr * j->Cg) * g->in_sz, j->col + i * g->out_sz,
-                 j->ld, j->tap);
+                 j->ld, j->tap, j->tt);
 }
 
 /* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
@@ -373,6 +439,8 @@ static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g
   const int64_t Lpmax = (nb * osz + 1) & ~(int64_t)1;
   int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax)), *col = malloc(sizeof(int16_t) * (size_t)(K * Lpmax));
   nbl_i4b_panels B = {0};
+  tiny_tab tt;
+  tiny_init(isa, g, &tt);
   nbl_status st = NBL_OK;
   if (!dyg || !col) st = NBL_ERR_OUT_OF_MEMORY;
   for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
@@ -385,8 +453,8 @@ static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g
       }
       gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
                     .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
-      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .x = x,
-                    .col = col, .by_ch = !gemm_by_cols(&j)}; /* as the GEMM splits its rows, or not */
+      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .tt = &tt,
+                    .x = x, .col = col, .by_ch = !gemm_by_cols(&j)}; /* as the GEMM splits its rows, or not */
       run(ctx, ij.by_ch ? Cg : cnt, im2col_part, &ij);
       if (Lp > L)
         for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
@@ -509,7 +577,7 @@ static void dx_direct_part(void *arg, int64_t n0, int64_t n1) {
   }
   for (int64_t n = n0; n < n1; n++)
     for (int64_t gr = 0; gr < g->group; gr++) {
-      im2col_i16(j->isa, j->g2, j->Mg, j->dy + (n * g->M + gr * j->Mg) * g->out_sz, col, isz, j->tap2);
+      im2col_i16(j->isa, j->g2, j->Mg, j->dy + (n * g->M + gr * j->Mg) * g->out_sz, col, isz, j->tap2, NULL);
       nbl_i4b_pack(j->isa, col, isz, 1, &B);
       const int64_t o = (n * g->C + gr * j->Cg) * isz;
       nbl_i4b_sink sk = j->out->dx_acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = j->out->dx_acc + o, .ldc = isz}
