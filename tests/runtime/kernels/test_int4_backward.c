@@ -614,24 +614,29 @@ static void conv_case(const ccase *c) {
       nbl_i4b_set_isa(g_isas[vi < ni ? vi : ni - 1]);
       nbl_i4b_set_amx(vi == ni);
       in8[0] = nody ? NONE : dy;
-      for (int plant = 0; plant < 4; plant++) { /* 0: as made, 1: one sign flipped, 2: NaN code, 3: top doubled */
+      /* 0: as made, 1: one sign flipped, 2: NaN code, 3: top doubled, 4: NaN
+       * code at the last element (the last of the chunks that two threads
+       * convert, where dY is large enough to split) */
+      for (int plant = 0; plant < 5; plant++) {
         int8_t *k = k8.data;
-        const int8_t keep8 = k[nz];
+        const int64_t at = plant == 4 ? dy.n - 1 : nz;
+        const int8_t keep8 = k[at];
         if (plant == 1) k[nz] = (int8_t)-k[nz];
-        if (plant == 2) k[nz] = NBL_LOG_CODE_NAN;
+        if (plant == 2 || plant == 4) k[at] = NBL_LOG_CODE_NAN;
         ((float *)in8[7].data)[0] = plant == 3 ? 2.0f * lp.top : lp.top;
         long runs = nbl_i4b_integer_runs(), fruns = nbl_i4b_float_runs();
         runner *r = runner_new("ai.nibble", "Int4LogConvGrad", 1, a8, 8, in8, 3, NULL, 0);
         ck_assert_msg(runner_run(r, in8) == NBL_OK, "%s: %s", c->what, nbl_last_error());
-        const int nan_float = nody && plant == 2; /* the float kernel on a NaN */
+        const int nan_float = nody && (plant == 2 || plant == 4); /* the float kernel on a NaN */
         ck_assert_int_eq(nbl_i4b_integer_runs(), runs + !nan_float);
         ck_assert_int_eq(nbl_i4b_float_runs(), fruns + nan_float);
         int same = 1;
         for (int o = 0; o < 3; o++) same &= memcmp(first[o].data, r->out[o].data, first[o].nbytes) == 0;
-        ck_assert_msg(same == (plant == 0 || (plant == 2 && !nody)), "%s: codes handed over (variant %d, dY %s, plant %d): %s",
-                      c->what, vi, nody ? "omitted" : "given", plant, same ? "the planted error went unseen" : "outputs differ");
-        if (nan_float) ck_assert(isnan(((float *)r->out[2].data)[((nz / g.out_sz) % c->M)])); /* dB of its channel */
-        k[nz] = keep8;
+        ck_assert_msg(same == (plant == 0 || ((plant == 2 || plant == 4) && !nody)),
+                      "%s: codes handed over (variant %d, dY %s, plant %d): %s", c->what, vi, nody ? "omitted" : "given",
+                      plant, same ? "the planted error went unseen" : "outputs differ");
+        if (nan_float) ck_assert(isnan(((float *)r->out[2].data)[((at / g.out_sz) % c->M)])); /* dB of its channel */
+        k[at] = keep8;
         runner_free(r);
       }
     }
