@@ -9,6 +9,7 @@
  * with K = C/group * taps and L the pixels of the chunk's images side by
  * side; dW sums in int64 over chunks, dX's col2im in int32 (int64 when
  * Mg * taps * max|w| * max|dy| could pass INT32_MAX). */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -497,52 +498,85 @@ static void xpad_part(void *arg, int64_t b0, int64_t b1) { /* items: (c, n) plan
   }
 }
 
-static nbl_status conv_dw_wide(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
-                               int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
+/* The chunks of images of conv_dw_wide: each laid out, packed and
+ * multiplied by one thread (with several chunks per thread there is no
+ * serial layout between parallel products), into its own int64 sums, added
+ * to dw64 at the end (exact: the same sums in any order). par: the chunks
+ * run on the threads (else one by one, each product split over them). */
+typedef struct dww_job {
+  nbl_kctx *ctx;
+  nbl_i4b_isa isa;
+  const nbl_conv_geom *g;
+  const int16_t *dy, *xp;
+  int64_t nb, plane, Wp, kchunk;
+  int64_t *dw64;
+  int par;
+  _Atomic int oom;
+} dww_job;
+
+static void dww_chunks(void *arg, int64_t c0, int64_t c1) {
+  dww_job *j = arg;
+  const nbl_conv_geom *g = j->g;
   const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, OH = g->out[0], OW = g->out[1];
-  const int64_t Hp = g->in[0] + g->pb[0] + g->pe[0], Wp = g->in[1] + g->pb[1] + g->pe[1], plane = Hp * Wp;
-  const int64_t slack = (g->k[0] - 1) * g->d[0] * Wp + (g->k[1] - 1) * g->d[1] + 64;
-  int64_t nb = CHUNK_COLS / plane;
-  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
-  const int64_t Lpmax = (nb * plane + 1) & ~(int64_t)1;
-  int16_t *xp = malloc(sizeof(int16_t) * (size_t)(g->C * g->N * plane + slack));
+  const int64_t plane = j->plane, Wp = j->Wp, nw = g->M * K, Lpmax = (j->nb * plane + 1) & ~(int64_t)1;
   int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax));
   const int16_t **rows = malloc(sizeof(*rows) * (size_t)(K ? K : 1));
+  int64_t *part = j->par ? calloc((size_t)(nw ? nw : 1), sizeof(int64_t)) : j->dw64;
   nbl_i4b_panels B = {0};
-  nbl_status st = !xp || !dyg || !rows ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
-  if (!st) {
-    memset(xp + g->C * g->N * plane, 0, sizeof(int16_t) * (size_t)slack);
-    xpad_job xj = {.g = g, .x = x, .xp = xp, .Hp = Hp, .Wp = Wp};
-    run(ctx, g->C * g->N, xpad_part, &xj);
-  }
-  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
-    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * plane, Lp = (L + 1) & ~(int64_t)1;
-    for (int64_t gr = 0; !st && gr < g->group; gr++) {
+  if (!dyg || !rows || !part) c1 = c0, atomic_store(&j->oom, 1);
+  for (int64_t ci = c0; ci < c1; ci++) {
+    const int64_t n0 = ci * j->nb, cnt = g->N - n0 < j->nb ? g->N - n0 : j->nb, L = cnt * plane, Lp = (L + 1) & ~(int64_t)1;
+    for (int64_t gr = 0; gr < g->group; gr++) {
       memset(dyg, 0, sizeof(int16_t) * (size_t)(Mg * Lp));
       for (int64_t m = 0; m < Mg; m++)
         for (int64_t b = 0; b < cnt; b++)
           for (int64_t oh = 0; oh < OH; oh++)
-            memcpy(dyg + m * Lp + b * plane + oh * Wp, dy + (((n0 + b) * g->M + gr * Mg + m) * OH + oh) * OW,
+            memcpy(dyg + m * Lp + b * plane + oh * Wp, j->dy + (((n0 + b) * g->M + gr * Mg + m) * OH + oh) * OW,
                    sizeof(int16_t) * (size_t)OW);
       for (int64_t r = 0; r < K; r++) {
         const int64_t c = r / g->k_sz, t = r % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-        rows[r] = xp + ((gr * Cg + c) * g->N + n0) * plane + kh * g->d[0] * Wp + kw * g->d[1];
+        rows[r] = j->xp + ((gr * Cg + c) * g->N + n0) * plane + kh * g->d[0] * Wp + kw * g->d[1];
       }
       if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
-        st = NBL_ERR_OUT_OF_MEMORY;
+        atomic_store(&j->oom, 1);
+        ci = c1;
         break;
       }
-      nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
-      gemm_job j = {.isa = isa, .rows = rows, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max), .B = &B,
-                    .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
-      gemm_par(ctx, &j);
+      nbl_i4b_pack(j->isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
+      gemm_job gj = {.isa = j->isa, .rows = rows, .M = K, .N = Mg, .kchunk = j->kchunk, .B = &B,
+                     .sink = {.kind = NBL_I4B_ADD64, .c = part + gr * Mg * K, .ldc = K, .trans = 1}};
+      if (j->par) gemm_part(&gj, 0, (K + NBL_I4B_MR - 1) / NBL_I4B_MR); /* (by rows, on this thread) */
+      else gemm_par(j->ctx, &gj);
     }
   }
-  free(xp);
+  if (j->par && part)
+    for (int64_t i = 0; i < nw; i++) __atomic_fetch_add(&j->dw64[i], part[i], __ATOMIC_RELAXED);
+  if (j->par) free(part);
   free(dyg);
   free(rows);
   nbl_i4b_panels_free(&B);
-  return st;
+}
+
+static nbl_status conv_dw_wide(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
+                               int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
+  const int64_t Hp = g->in[0] + g->pb[0] + g->pe[0], Wp = g->in[1] + g->pb[1] + g->pe[1], plane = Hp * Wp;
+  const int64_t slack = (g->k[0] - 1) * g->d[0] * Wp + (g->k[1] - 1) * g->d[1] + 64;
+  int64_t nb = CHUNK_COLS / plane;
+  nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
+  const int64_t chunks = (g->N + nb - 1) / nb, threads = ctx && ctx->threads > 1 ? ctx->threads : 1;
+  int16_t *xp = malloc(sizeof(int16_t) * (size_t)(g->C * g->N * plane + slack));
+  if (!xp) return NBL_ERR_OUT_OF_MEMORY;
+  memset(xp + g->C * g->N * plane, 0, sizeof(int16_t) * (size_t)slack);
+  xpad_job xj = {.g = g, .x = x, .xp = xp, .Hp = Hp, .Wp = Wp};
+  run(ctx, g->C * g->N, xpad_part, &xj);
+  dww_job j = {.ctx = ctx, .isa = isa, .g = g, .dy = dy, .xp = xp, .nb = nb, .plane = plane, .Wp = Wp,
+               .kchunk = nbl_i4b_kchunk(x_max, dy_max), .dw64 = dw64,
+               .par = threads > 1 && chunks >= 2 * threads};
+  atomic_init(&j.oom, 0);
+  if (j.par) run(ctx, chunks, dww_chunks, &j);
+  else dww_chunks(&j, 0, chunks);
+  free(xp);
+  return atomic_load(&j.oom) ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
 }
 
 /* ------------------------------------------------------------------ dX, strides 1 */
