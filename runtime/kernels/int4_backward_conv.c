@@ -199,7 +199,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tiny_512(const 
     memset(P, 0, sizeof(int16_t) * (size_t)(Hq * Wq + 64));
     for (int64_t r = 0; r < Hq && c1 > c0; r++) {
       const int64_t ih = r - g->pb[0];
-      if (ih >= 0 && ih < H) memcpy(P + r * Wq + c0, plane + ih * Wd + c0 - g->pb[1], sizeof(int16_t) * (size_t)(c1 - c0));
+      if (ih >= 0 && ih < H)
+        memcpy(P + r * Wq + c0, plane + ih * Wd + c0 - g->pb[1], sizeof(int16_t) * (size_t)(c1 - c0));
     }
     for (int64_t kh = 0; kh < KH; kh++) {
       const int16_t *w = P + kh * g->d[0] * Wq;
@@ -207,7 +208,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tiny_512(const 
       for (int64_t kw = 0; kw < KW; kw++) {
         int16_t *dst = col + ((ch * KH + kh) * KW + kw) * ld;
         _mm512_mask_storeu_epi16(dst, m0, _mm512_permutex2var_epi16(a, _mm512_loadu_si512(t->idx[kw]), b));
-        if (m1) _mm512_mask_storeu_epi16(dst + 32, m1, _mm512_permutex2var_epi16(a, _mm512_loadu_si512(t->idx[kw] + 32), b));
+        if (m1)
+          _mm512_mask_storeu_epi16(dst + 32, m1,
+                                   _mm512_permutex2var_epi16(a, _mm512_loadu_si512(t->idx[kw] + 32), b));
       }
     }
   }
@@ -525,7 +528,8 @@ static void dww_chunks(void *arg, int64_t c0, int64_t c1) {
   nbl_i4b_panels B = {0};
   if (!dyg || !rows || !part) c1 = c0, atomic_store(&j->oom, 1);
   for (int64_t ci = c0; ci < c1; ci++) {
-    const int64_t n0 = ci * j->nb, cnt = g->N - n0 < j->nb ? g->N - n0 : j->nb, L = cnt * plane, Lp = (L + 1) & ~(int64_t)1;
+    const int64_t n0 = ci * j->nb, cnt = g->N - n0 < j->nb ? g->N - n0 : j->nb, L = cnt * plane;
+    const int64_t Lp = (L + 1) & ~(int64_t)1;
     for (int64_t gr = 0; gr < g->group; gr++) {
       memset(dyg, 0, sizeof(int16_t) * (size_t)(Mg * Lp));
       for (int64_t m = 0; m < Mg; m++)
