@@ -1,5 +1,6 @@
 /* code_direct.c - direct (im2col-free) convolutions on activation bytes,
- * shared by the INT4 and ternary fused paths; see code_direct.h. */
+ * shared by the INT4 and ternary fused paths and the 4-bit training
+ * forward; see code_direct.h. */
 #include "runtime/kernels/code_direct.h"
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/code_conv.h"

@@ -1,7 +1,8 @@
 /*
  * code_direct.h - direct (im2col-free) convolutions on activation bytes,
  * the one kernel of the two fused integer paths (INT4: int4_conv.c over
- * int4_gemm.c; ternary: ternary_fused.c over ternary_gemm.c). Both multiply
+ * int4_gemm.c; ternary: ternary_fused.c over ternary_gemm.c) and of the
+ * 4-bit training forward (int4_coded_conv.c, INT4's epilogue). All multiply
  * unsigned activation bytes u (u = code + offset, a_zero the byte of a zero
  * activation) by signed weight codes with vpdpbusd, so the products are the
  * format's own only in the bytes and in the epilogue:
