@@ -430,57 +430,131 @@ static void im2col_part(void *arg, int64_t i0, int64_t i1) {
                  j->ld, j->tap, j->tt);
 }
 
-/* dW [M][Cg * k_sz] += over chunks of images: dY_g x im2col(X)^T, in int64:
- * A = im2col rows (pixels along the rows, as im2col writes them), B = dY_g
- * transposed into panels (the smaller operand is the one moved; measured
- * no slower than the other orientation even for 6 or 16 channels). */
+/* dW [M][Cg * k_sz] += over chunks of images dY_g x A^T in int64, A's rows
+ * the im2col rows of X over the chunk's pixels (pixels along the rows), B
+ * dY_g transposed into panels (the smaller operand is the one moved;
+ * measured no slower than the other orientation even for 6 or 16
+ * channels). A comes either from im2col (col) or, for unit strides, from
+ * X's padded planes read in place (xp: X's codes padded, [C][N][Hp][Wp]
+ * with zeros around, dY laid out over the same padded pixels with zeros at
+ * the positions that are no output; the im2col row of (c, tap) over a
+ * chunk is the padded planes themselves from the tap's offset, handed to
+ * the GEMM by pointer, and the padded positions add 0).
+ *
+ * An image's pixel grid: `plane` positions (padded planes: in rows of Wp;
+ * im2col: out_sz). par (padded planes): each chunk laid out, packed and
+ * multiplied whole by one thread (several chunks a thread: no serial
+ * layout between parallel products) into its own int64 sums, added to dw64
+ * at the end (exact: the same sums in any order); else the chunks one by
+ * one, the im2col and each product split over the threads. */
+typedef struct dwk_job {
+  nbl_kctx *ctx;
+  nbl_i4b_isa isa;
+  const nbl_conv_geom *g;
+  const int16_t *dy;
+  const int16_t *xp;                     /* the padded planes, or NULL: im2col */
+  const int16_t *x;                      /* (im2col) X's codes */
+  const int64_t *tap;                    /* (im2col) tap_table, NULL in 2-D */
+  const tiny_tab *tt;                    /* (im2col) the small-plane tables */
+  int64_t nb, plane, Wp, kchunk;
+  int64_t *dw64;
+  int par;
+  _Atomic int oom;
+} dwk_job;
+
+static void dwk_chunks(void *arg, int64_t c0, int64_t c1) {
+  dwk_job *j = arg;
+  const nbl_conv_geom *g = j->g;
+  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, OH = g->out[0], OW = g->out[1];
+  const int64_t plane = j->plane, Wp = j->Wp, nw = g->M * K, Lpmax = (j->nb * plane + 1) & ~(int64_t)1;
+  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax));
+  const int16_t **rows = j->xp ? malloc(sizeof(*rows) * (size_t)(K ? K : 1)) : NULL;
+  int16_t *col = j->xp ? NULL : malloc(sizeof(int16_t) * (size_t)(K * Lpmax));
+  int64_t *part = j->par ? calloc((size_t)(nw ? nw : 1), sizeof(int64_t)) : j->dw64;
+  nbl_i4b_panels B = {0};
+  if (!dyg || (j->xp ? !rows : !col) || !part) c1 = c0, atomic_store(&j->oom, 1);
+  for (int64_t ci = c0; ci < c1; ci++) {
+    const int64_t n0 = ci * j->nb, cnt = g->N - n0 < j->nb ? g->N - n0 : j->nb, L = cnt * plane;
+    const int64_t Lp = (L + 1) & ~(int64_t)1;
+    for (int64_t gr = 0; gr < g->group; gr++) {
+      if (j->xp) memset(dyg, 0, sizeof(int16_t) * (size_t)(Mg * Lp)); /* the positions that are no output */
+      for (int64_t m = 0; m < Mg; m++) {
+        for (int64_t b = 0; b < cnt; b++) {
+          const int16_t *src = j->dy + ((n0 + b) * g->M + gr * Mg + m) * g->out_sz;
+          if (!j->xp) /* (any spatial rank) */
+            memcpy(dyg + m * Lp + b * plane, src, sizeof(int16_t) * (size_t)g->out_sz);
+          else
+            for (int64_t oh = 0; oh < OH; oh++)
+              memcpy(dyg + m * Lp + b * plane + oh * Wp, src + oh * OW, sizeof(int16_t) * (size_t)OW);
+        }
+        if (Lp > L) dyg[m * Lp + L] = 0;
+      }
+      gemm_job gj = {.isa = j->isa, .M = K, .N = Mg, .kchunk = j->kchunk, .B = &B,
+                     .sink = {.kind = NBL_I4B_ADD64, .c = part + gr * Mg * K, .ldc = K, .trans = 1}};
+      if (j->xp) {
+        for (int64_t r = 0; r < K; r++) {
+          const int64_t c = r / g->k_sz, t = r % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
+          rows[r] = j->xp + ((gr * Cg + c) * g->N + n0) * plane + kh * g->d[0] * Wp + kw * g->d[1];
+        }
+        gj.rows = rows;
+      } else {
+        gj.A = col, gj.lda = Lp;
+        img_job ij = {.isa = j->isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = j->tap,
+                      .tt = j->tt, .x = j->x, .col = col, .by_ch = !j->par && !gemm_by_cols(&gj)};
+        if (j->par) im2col_part(&ij, 0, cnt);
+        else run(j->ctx, ij.by_ch ? Cg : cnt, im2col_part, &ij); /* as the GEMM splits its rows, or not */
+        if (Lp > L)
+          for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
+      }
+      if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
+        atomic_store(&j->oom, 1);
+        ci = c1;
+        break;
+      }
+      nbl_i4b_pack(j->isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
+      if (j->par) gemm_part(&gj, 0, (K + NBL_I4B_MR - 1) / NBL_I4B_MR); /* (by rows, on this thread) */
+      else gemm_par(j->ctx, &gj);
+    }
+  }
+  if (j->par && part)
+    for (int64_t i = 0; i < nw; i++) __atomic_fetch_add(&j->dw64[i], part[i], __ATOMIC_RELAXED);
+  if (j->par) free(part);
+  free(dyg);
+  free(rows);
+  free(col);
+  nbl_i4b_panels_free(&B);
+}
+
+/* The chunks of dwk_job j (nb images each) on the threads: over padded
+ * planes whole per thread where there are at least two a thread, else one
+ * by one (im2col: always; measured 2-4 % slower whole per thread at two
+ * threads on ResNet-8's strided and 7x7 layers, their chunks cut to a
+ * quarter of the batch). */
+static nbl_status dwk_run(nbl_kctx *ctx, dwk_job *j) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t chunks = (g->N + j->nb - 1) / j->nb, threads = ctx && ctx->threads > 1 ? ctx->threads : 1;
+  j->par = j->xp && threads > 1 && chunks >= 2 * threads;
+  atomic_init(&j->oom, 0);
+  if (j->par) run(ctx, chunks, dwk_chunks, j);
+  else dwk_chunks(j, 0, chunks);
+  return atomic_load(&j->oom) ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+}
+
+/* dW through im2col, by chunks of about CHUNK_COLS pixels (and col within
+ * CHUNK_CODES). */
 static nbl_status conv_dw(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int64_t *tap,
                           const int16_t *dy, int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
   const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, osz = g->out_sz;
   int64_t nb = CHUNK_COLS / osz;
   if (nb * (K + Mg) * osz > CHUNK_CODES) nb = CHUNK_CODES / ((K + Mg) * osz);
   nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
-  const int64_t Lpmax = (nb * osz + 1) & ~(int64_t)1;
-  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax)), *col = malloc(sizeof(int16_t) * (size_t)(K * Lpmax));
-  nbl_i4b_panels B = {0};
   tiny_tab tt;
   tiny_init(isa, g, &tt);
-  nbl_status st = NBL_OK;
-  if (!dyg || !col) st = NBL_ERR_OUT_OF_MEMORY;
-  for (int64_t n0 = 0; !st && n0 < g->N; n0 += nb) {
-    const int64_t cnt = g->N - n0 < nb ? g->N - n0 : nb, L = cnt * osz, Lp = (L + 1) & ~(int64_t)1;
-    for (int64_t gr = 0; !st && gr < g->group; gr++) {
-      for (int64_t m = 0; m < Mg; m++) {
-        for (int64_t b = 0; b < cnt; b++)
-          memcpy(dyg + m * Lp + b * osz, dy + ((n0 + b) * g->M + gr * Mg + m) * osz, sizeof(int16_t) * (size_t)osz);
-        if (Lp > L) dyg[m * Lp + L] = 0;
-      }
-      gemm_job j = {.isa = isa, .A = col, .lda = Lp, .M = K, .N = Mg, .kchunk = nbl_i4b_kchunk(x_max, dy_max),
-                    .B = &B, .sink = {.kind = NBL_I4B_ADD64, .c = dw64 + gr * Mg * K, .ldc = K, .trans = 1}};
-      img_job ij = {.isa = isa, .g = g, .Cg = Cg, .n0 = n0, .cnt = cnt, .gr = gr, .ld = Lp, .tap = tap, .tt = &tt,
-                    .x = x, .col = col, .by_ch = !gemm_by_cols(&j)}; /* as the GEMM splits its rows, or not */
-      run(ctx, ij.by_ch ? Cg : cnt, im2col_part, &ij);
-      if (Lp > L)
-        for (int64_t r = 0; r < K; r++) col[r * Lp + L] = 0;
-      if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
-        st = NBL_ERR_OUT_OF_MEMORY;
-        break;
-      }
-      nbl_i4b_pack(isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
-      gemm_par(ctx, &j);
-    }
-  }
-  free(dyg);
-  free(col);
-  nbl_i4b_panels_free(&B);
-  return st;
+  dwk_job j = {.ctx = ctx, .isa = isa, .g = g, .dy = dy, .x = x, .tap = tap, .tt = &tt, .nb = nb, .plane = osz,
+               .kchunk = nbl_i4b_kchunk(x_max, dy_max), .dw64 = dw64};
+  return dwk_run(ctx, &j);
 }
 
-/* dW for unit strides (2-D) without im2col: X's codes padded, [C][N][Hp][Wp]
- * with zeros around, and dY's laid out over the same padded pixels (zeros
- * at the positions that are no output); then the im2col row of (c, tap) over
- * a chunk of images is the padded planes themselves from the tap's offset,
- * handed to the GEMM by pointer, and the padded positions add 0. */
 typedef struct xpad_job {
   const nbl_conv_geom *g;
   const int16_t *x;
@@ -501,86 +575,24 @@ static void xpad_part(void *arg, int64_t b0, int64_t b1) { /* items: (c, n) plan
   }
 }
 
-/* The chunks of images of conv_dw_wide: each laid out, packed and
- * multiplied by one thread (with several chunks per thread there is no
- * serial layout between parallel products), into its own int64 sums, added
- * to dw64 at the end (exact: the same sums in any order). par: the chunks
- * run on the threads (else one by one, each product split over them). */
-typedef struct dww_job {
-  nbl_kctx *ctx;
-  nbl_i4b_isa isa;
-  const nbl_conv_geom *g;
-  const int16_t *dy, *xp;
-  int64_t nb, plane, Wp, kchunk;
-  int64_t *dw64;
-  int par;
-  _Atomic int oom;
-} dww_job;
-
-static void dww_chunks(void *arg, int64_t c0, int64_t c1) {
-  dww_job *j = arg;
-  const nbl_conv_geom *g = j->g;
-  const int64_t Cg = g->C / g->group, Mg = g->M / g->group, K = Cg * g->k_sz, OH = g->out[0], OW = g->out[1];
-  const int64_t plane = j->plane, Wp = j->Wp, nw = g->M * K, Lpmax = (j->nb * plane + 1) & ~(int64_t)1;
-  int16_t *dyg = malloc(sizeof(int16_t) * (size_t)(Mg * Lpmax));
-  const int16_t **rows = malloc(sizeof(*rows) * (size_t)(K ? K : 1));
-  int64_t *part = j->par ? calloc((size_t)(nw ? nw : 1), sizeof(int64_t)) : j->dw64;
-  nbl_i4b_panels B = {0};
-  if (!dyg || !rows || !part) c1 = c0, atomic_store(&j->oom, 1);
-  for (int64_t ci = c0; ci < c1; ci++) {
-    const int64_t n0 = ci * j->nb, cnt = g->N - n0 < j->nb ? g->N - n0 : j->nb, L = cnt * plane;
-    const int64_t Lp = (L + 1) & ~(int64_t)1;
-    for (int64_t gr = 0; gr < g->group; gr++) {
-      memset(dyg, 0, sizeof(int16_t) * (size_t)(Mg * Lp));
-      for (int64_t m = 0; m < Mg; m++)
-        for (int64_t b = 0; b < cnt; b++)
-          for (int64_t oh = 0; oh < OH; oh++)
-            memcpy(dyg + m * Lp + b * plane + oh * Wp, j->dy + (((n0 + b) * g->M + gr * Mg + m) * OH + oh) * OW,
-                   sizeof(int16_t) * (size_t)OW);
-      for (int64_t r = 0; r < K; r++) {
-        const int64_t c = r / g->k_sz, t = r % g->k_sz, kh = t / g->k[1], kw = t % g->k[1];
-        rows[r] = j->xp + ((gr * Cg + c) * g->N + n0) * plane + kh * g->d[0] * Wp + kw * g->d[1];
-      }
-      if (nbl_i4b_panels_reserve(&B, Lp, Mg)) {
-        atomic_store(&j->oom, 1);
-        ci = c1;
-        break;
-      }
-      nbl_i4b_pack(j->isa, dyg, 1, Lp, &B); /* B[p][m] = dyg[m][p] */
-      gemm_job gj = {.isa = j->isa, .rows = rows, .M = K, .N = Mg, .kchunk = j->kchunk, .B = &B,
-                     .sink = {.kind = NBL_I4B_ADD64, .c = part + gr * Mg * K, .ldc = K, .trans = 1}};
-      if (j->par) gemm_part(&gj, 0, (K + NBL_I4B_MR - 1) / NBL_I4B_MR); /* (by rows, on this thread) */
-      else gemm_par(j->ctx, &gj);
-    }
-  }
-  if (j->par && part)
-    for (int64_t i = 0; i < nw; i++) __atomic_fetch_add(&j->dw64[i], part[i], __ATOMIC_RELAXED);
-  if (j->par) free(part);
-  free(dyg);
-  free(rows);
-  nbl_i4b_panels_free(&B);
-}
-
+/* dW of unit strides (2-D) over X's padded planes (dwk_job), by chunks
+ * of about CHUNK_COLS padded pixels. */
 static nbl_status conv_dw_wide(nbl_kctx *ctx, nbl_i4b_isa isa, const nbl_conv_geom *g, const int16_t *dy,
                                int32_t dy_max, const int16_t *x, int32_t x_max, int64_t *dw64) {
   const int64_t Hp = g->in[0] + g->pb[0] + g->pe[0], Wp = g->in[1] + g->pb[1] + g->pe[1], plane = Hp * Wp;
   const int64_t slack = (g->k[0] - 1) * g->d[0] * Wp + (g->k[1] - 1) * g->d[1] + 64;
   int64_t nb = CHUNK_COLS / plane;
   nb = nb < 1 ? 1 : nb > g->N ? g->N : nb;
-  const int64_t chunks = (g->N + nb - 1) / nb, threads = ctx && ctx->threads > 1 ? ctx->threads : 1;
   int16_t *xp = malloc(sizeof(int16_t) * (size_t)(g->C * g->N * plane + slack));
   if (!xp) return NBL_ERR_OUT_OF_MEMORY;
   memset(xp + g->C * g->N * plane, 0, sizeof(int16_t) * (size_t)slack);
   xpad_job xj = {.g = g, .x = x, .xp = xp, .Hp = Hp, .Wp = Wp};
   run(ctx, g->C * g->N, xpad_part, &xj);
-  dww_job j = {.ctx = ctx, .isa = isa, .g = g, .dy = dy, .xp = xp, .nb = nb, .plane = plane, .Wp = Wp,
-               .kchunk = nbl_i4b_kchunk(x_max, dy_max), .dw64 = dw64,
-               .par = threads > 1 && chunks >= 2 * threads};
-  atomic_init(&j.oom, 0);
-  if (j.par) run(ctx, chunks, dww_chunks, &j);
-  else dww_chunks(&j, 0, chunks);
+  dwk_job j = {.ctx = ctx, .isa = isa, .g = g, .dy = dy, .xp = xp, .nb = nb, .plane = plane, .Wp = Wp,
+               .kchunk = nbl_i4b_kchunk(x_max, dy_max), .dw64 = dw64};
+  const nbl_status st = dwk_run(ctx, &j);
   free(xp);
-  return atomic_load(&j.oom) ? NBL_ERR_OUT_OF_MEMORY : NBL_OK;
+  return st;
 }
 
 /* ------------------------------------------------------------------ dX, strides 1 */

@@ -775,6 +775,8 @@ static const ccase conv_cases[] = {
      {0, 2}, 4, 4, 4, 3},
     {"16 images at 28 x 28: dW's image chunks whole on each thread", 2, 16, 8, 8, 1, SP2(28, 28), SP2(3, 3),
      SP2(1, 1), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
+    {"8 images, 3 x 3 stride 2: im2col dW's image chunks whole on each thread", 2, 8, 8, 16, 1, SP2(14, 14),
+     SP2(3, 3), SP2(2, 2), SP2(1, 1), SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
     {"ResNet block 64 -> 64 at 7 x 7, three images", 2, 3, 64, 64, 1, SP2(7, 7), SP2(3, 3), SP2(1, 1), SP2(1, 1),
      SP2(1, 1), SP2(1, 1), 4, 4, 4, 3},
     {"tile edges: 40 -> 20 channels, 3 x 2 kernel, stride (1, 3), 9 x 20", 2, 2, 40, 20, 1, SP2(9, 20), {3, 2},
