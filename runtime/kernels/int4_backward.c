@@ -813,8 +813,28 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
     break;
   }
   case NBL_I4B_SCALE_F32: {
-    float *c = (float *)o->c + base;
     const double s = o->scale;
+    if (o->wq > 0) { /* columns over a padded width: the runs of kept ones */
+      float *c = (float *)o->c + m * ld;
+      for (int l = 0; l < nc;) {
+        const int64_t p = n0 + l, i = p / o->wq, j = p % o->wq;
+        const int run = (int)(o->wq - j < nc - l ? o->wq - j : nc - l);
+        const int keep = j < o->w ? (int)(o->w - j < run ? o->w - j : run) : 0;
+        for (int r = 0; keep && r < mr; r++) {
+          float *d = c + r * ld + i * o->w + j;
+#if I4B_X86
+          if (vec && !T64) {
+            scale_row_512(T + r * 32 + l, keep, s, d);
+            continue;
+          }
+#endif
+          for (int q = 0; q < keep; q++) d[q] = (float)((double)(T64 ? T64[r * 32 + l + q] : T[r * 32 + l + q]) * s);
+        }
+        l += run;
+      }
+      break;
+    }
+    float *c = (float *)o->c + base;
 #if I4B_X86
     if (vec && !T64 && sc == 1) {
       for (int r = 0; r < mr; r++) scale_row_512(T + r * 32, nc, s, c + r * sr);

@@ -142,13 +142,18 @@ typedef enum {
 } nbl_i4b_sink_kind;
 
 /* Where the GEMM's exact sums go: element (m, n) at c[m * ldc + n], or at
- * c[n * ldc + m] when trans is set. */
+ * c[n * ldc + m] when trans is set. With wq > 0 (NBL_I4B_SCALE_F32, not
+ * trans) the columns are positions over rows of wq of which the first w are
+ * kept: column n = i * wq + j goes to c[m * ldc + i * w + j] when j < w,
+ * else nowhere (a product computed over a padded width, written without
+ * the padding). */
 typedef struct nbl_i4b_sink {
   nbl_i4b_sink_kind kind;
   void *c;
   int64_t ldc;
   int trans;
-  double scale; /* NBL_I4B_SCALE_F32 */
+  double scale;  /* NBL_I4B_SCALE_F32 */
+  int64_t wq, w; /* NBL_I4B_SCALE_F32 over a padded width (wq 0: none) */
 } nbl_i4b_sink;
 
 /* Rows [m0, m1) x columns [n0, n1) of C = A * B (A: rows of lda >= B->Kp

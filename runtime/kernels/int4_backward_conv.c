@@ -822,6 +822,9 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
       const int64_t o = (n * g->C + gr * Cg) * isz;
       for (int64_t a = 0; a < sh && a < H; a++) {
         const int64_t Hph = (H - a + sh - 1) / sh, cols = Hph * Wq;
+        /* unit strides (one phase), floats: the sink drops the padded
+         * columns on the way into dX, no scratch rows to copy out */
+        const int direct = np == 1 && !acc && ah->nt[0] * aw->nt[0] > 0;
         for (int64_t b = 0; b < sw; b++) { /* phase (a, b) into slot b */
           const int64_t ph = a * sw + b, nt = ah->nt[a] * aw->nt[b];
           void *out = (char *)scr + (size_t)(b * slot) * (acc ? sizeof(int64_t) : sizeof(float));
@@ -832,9 +835,11 @@ static void ph_part(void *arg, int64_t n0, int64_t n1) {
           nbl_i4b_sink sk = acc ? (nbl_i4b_sink){.kind = NBL_I4B_ADD64, .c = out, .ldc = cols}
                                 : (nbl_i4b_sink){.kind = NBL_I4B_SCALE_F32, .c = out, .ldc = cols,
                                                  .scale = j->out->dx_scale};
+          if (direct) sk.c = j->out->dx + o, sk.ldc = isz, sk.wq = Wq, sk.w = W;
           const int64_t Kp = 2 * nt * j->Q;
           nbl_i4b_gemm_pairs(j->isa, j->A[gr * np + ph], Kp, 0, Cg, 0, cols, rows, Kp, j->kchunk, &sk);
         }
+        if (direct) continue;
         for (int64_t c = 0; c < Cg; c++) /* rows sh * i + a of dX: the column phases interleaved */
           for (int64_t i = 0; i < Hph; i++) {
             const int64_t d = o + c * isz + (sh * i + a) * W, si = c * cols + i * Wq;
