@@ -267,6 +267,12 @@ nbl_kernel_fn nbl_fuse_op_kernel(const nbl_kctx *c, const char *op);
 nbl_status nbl_fuse_run_private(const nbl_kctx *c, nbl_kernel_fn kf, const nbl_node *node,
                                 const nbl_rt_tensor *const *in, int n_in, nbl_rt_tensor *out);
 
+/* A fused elementwise float32 node's run: output 0 allocated with X's
+ * shape, then fn(arg, x + b, y + b, e - b) on ranges [b, e) of its elements
+ * split over the threads (in steps of 4096, the costly unary ops' grain). */
+typedef void (*nbl_fuse_map_fn)(const void *arg, const float *x, float *y, int64_t n);
+nbl_status nbl_fuse_map_f32(nbl_kctx *c, const nbl_rt_tensor *X, nbl_fuse_map_fn fn, const void *arg);
+
 /* 1 if node n is a QuantizeLog of one float32 (or untyped) input with
  * nearest or tpr rounding: two of them on one tensor run as one sweep
  * (fuse_log_pair.c). */

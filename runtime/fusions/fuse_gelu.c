@@ -163,16 +163,10 @@ nbl_status nbl_fuse_gelu_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
 
 /* ------------------------------------------------------------------ kernel */
 
-typedef struct gelu_job {
-  const gelu_fused *f;
-  const float *x;
-  float *y;
-} gelu_job;
-
-static void gelu_chunk(void *arg, int64_t b, int64_t e) {
-  const gelu_job *j = arg;
+static void gelu_run(const void *arg, const float *x, float *y, int64_t n) {
+  const gelu_fused *f = arg;
   /* the arguments are valid by construction: the status can only be OK */
-  (void)nbl_unary_f32_gelu_erf(j->x + b, j->y + b, e - b, GELU_C1, 1.0f, 0.5f, j->f->x_first);
+  (void)nbl_unary_f32_gelu_erf(x, y, n, GELU_C1, 1.0f, 0.5f, f->x_first);
 }
 
 /* x of another type than float32 (the graph left it untyped), constants
@@ -220,12 +214,7 @@ static nbl_status k_gelu(nbl_kctx *c) {
   if (!X) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input 0 is missing");
   if (X->dtype != NBL_DT_FLOAT || X->kind != NBL_RT_TENSOR || X->rank < f->crank || c->reference)
     return k_unfused(c, f);
-  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims);
-  if (st != NBL_OK) return st;
-  if (X->numel == 0) return NBL_OK;
-  gelu_job j = {.f = f, .x = X->data, .y = nbl_kctx_out(c, 0)->data};
-  nbl_parallel_for(c, X->numel, 4096, gelu_chunk, &j); /* GRAIN_MATH, as Erf's */
-  return NBL_OK;
+  return nbl_fuse_map_f32(c, X, gelu_run, f);
 }
 
 const nbl_op_def nbl_fused_gelu_def = NBL_OP_DEF("", "GeluErf", 1, 1, .ref = k_gelu, .fast = k_gelu);

@@ -119,17 +119,10 @@ nbl_status nbl_fuse_silu_plan(const nbl_fusion_env *env, nbl_id *order, int *n, 
 
 /* ------------------------------------------------------------------ kernel */
 
-typedef struct silu_job {
-  const silu_fused *f;
-  const float *x;
-  float *y;
-} silu_job;
-
-static void silu_chunk(void *arg, int64_t b, int64_t e) {
-  const silu_job *j = arg;
-  const silu_fused *f = j->f;
+static void silu_run(const void *arg, const float *x, float *y, int64_t n) {
+  const silu_fused *f = arg;
   /* the arguments are valid by construction: the status can only be OK */
-  (void)nbl_unary_f32_mul(f->op, j->x + b, j->y + b, e - b, f->alpha, f->beta, f->act_first);
+  (void)nbl_unary_f32_mul(f->op, x, y, n, f->alpha, f->beta, f->act_first);
 }
 
 /* An x of another type than float32 (the graph left it untyped): the
@@ -159,12 +152,7 @@ static nbl_status k_silu(nbl_kctx *c) {
   if (!X) return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "required input 0 is missing");
   if (X->dtype != NBL_DT_FLOAT || X->kind != NBL_RT_TENSOR || c->reference)
     return k_unfused(c, (const silu_fused *)c->node, X);
-  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims);
-  if (st != NBL_OK) return st;
-  if (X->numel == 0) return NBL_OK;
-  silu_job j = {.f = (const silu_fused *)c->node, .x = X->data, .y = nbl_kctx_out(c, 0)->data};
-  nbl_parallel_for(c, X->numel, 4096, silu_chunk, &j); /* GRAIN_MATH, as the activation's */
-  return NBL_OK;
+  return nbl_fuse_map_f32(c, X, silu_run, c->node);
 }
 
 const nbl_op_def nbl_fused_silu_def = NBL_OP_DEF("", "SigmoidMul", 1, 1, .ref = k_silu, .fast = k_silu);

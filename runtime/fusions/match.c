@@ -352,3 +352,23 @@ nbl_status nbl_fuse_run_private(const nbl_kctx *c, nbl_kernel_fn kf, const nbl_n
   ck.threads = 1;
   return kf(&ck);
 }
+
+typedef struct map_job {
+  nbl_fuse_map_fn fn;
+  const void *arg;
+  const float *x;
+  float *y;
+} map_job;
+
+static void map_chunk(void *arg, int64_t b, int64_t e) {
+  const map_job *j = arg;
+  j->fn(j->arg, j->x + b, j->y + b, e - b);
+}
+
+nbl_status nbl_fuse_map_f32(nbl_kctx *c, const nbl_rt_tensor *X, nbl_fuse_map_fn fn, const void *arg) {
+  nbl_status st = nbl_kctx_alloc_out(c, 0, NBL_DT_FLOAT, X->rank, X->dims);
+  if (st != NBL_OK || X->numel == 0) return st;
+  map_job j = {.fn = fn, .arg = arg, .x = X->data, .y = nbl_kctx_out(c, 0)->data};
+  nbl_parallel_for(c, X->numel, 4096, map_chunk, &j);
+  return NBL_OK;
+}
