@@ -2,8 +2,9 @@
  * profile, where each step that ran shows under its op (fused or not);
  * float inputs mixed with every special value; Mul's float result and NaN
  * rule; a session's outputs over two runs (the second from the planned
- * arena, checked the same); and the comparison of a pattern run fused and
- * unfused at every instruction-set cap and 1 and 2 threads.
+ * arena, checked the same); the comparison of a pattern run fused and
+ * unfused at every instruction-set cap and 1 and 2 threads; and the checks
+ * of a fused node's elementwise kernel at every variant the CPU runs.
  * Header-only (static inline; Check's assertions on failure). */
 #ifndef NBL_FUSE_TEST_H
 #define NBL_FUSE_TEST_H
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "nibble.h"
+#include "runtime/core/cpu.h"
 #include "test_data.h"
 
 /* nbl_session_print_profile(s, ..., 0) as a string (malloc'ed). */
@@ -137,6 +139,52 @@ static inline void ft_fused_as_unfused(const void *c, const char *what, int fuse
       free(of);
       free(ou);
     }
+}
+
+/* The vector kernels' variants: cap k (< FT_CAPS) of scalar, AVX2 + FMA and
+ * AVX-512 into *cap, 1 when this CPU runs it. */
+#define FT_CAPS 3
+static inline int ft_cap(int k, nbl_isa *cap) {
+  static const struct {
+    nbl_isa cap;
+    unsigned need;
+  } vs[FT_CAPS] = {{NBL_ISA_SCALAR, 0},
+                   {NBL_ISA_AVX2, NBL_CPU_AVX2 | NBL_CPU_FMA},
+                   {NBL_ISA_AVX512, NBL_CPU_AVX512F | NBL_CPU_AVX512DQ | NBL_CPU_AVX512VL | NBL_CPU_AVX512BW}};
+  *cap = vs[k].cap;
+  return (nbl_cpu_features() & vs[k].need) == vs[k].need;
+}
+
+/* An elementwise kernel under test, y[0..n) from x[0..n), and the float it
+ * must give for element i of the test's input. */
+typedef nbl_status (*ft_kernel_fn)(const void *ctx, const float *x, float *y, int64_t n);
+typedef float (*ft_want_fn)(const void *ctx, int64_t i);
+
+/* run on the n floats x against want, bit for bit: the whole array; every
+ * length 0..19 from element 3 on (nothing written past the end: the 8
+ * floats after it keep a guard pattern); and in place. y: n + 8 floats. */
+static inline void ft_check_kernel(const char *what, const void *ctx, ft_kernel_fn run, ft_want_fn want,
+                                   const float *x, float *y, int64_t n) {
+  const uint32_t guard = 0x7fa5a5a5u;
+  ck_assert_int_eq(run(ctx, x, y, n), NBL_OK);
+  for (int64_t i = 0; i < n; i++) {
+    float w = want(ctx, i);
+    ck_assert_msg(!memcmp(&w, &y[i], 4), "%s: x = %a: %a, want %a", what, (double)x[i], (double)y[i], (double)w);
+  }
+  for (int len = 0; len <= 19; len++) { /* tails */
+    for (int i = 0; i < len + 8; i++) memcpy(&y[i], &guard, 4);
+    ck_assert_int_eq(run(ctx, x + 3, y, len), NBL_OK);
+    for (int i = 0; i < len + 8; i++) {
+      float w = i >= len ? ft_bits(guard) : want(ctx, 3 + i);
+      ck_assert_msg(!memcmp(&w, &y[i], 4), "%s, len %d: element %d", what, len, i);
+    }
+  }
+  memcpy(y, x, sizeof(float) * (size_t)n); /* in place */
+  ck_assert_int_eq(run(ctx, y, y, n), NBL_OK);
+  for (int64_t i = 0; i < n; i++) {
+    float w = want(ctx, i);
+    ck_assert_msg(!memcmp(&w, &y[i], 4), "%s, in place: x = %a", what, (double)x[i]);
+  }
 }
 
 #endif

@@ -174,46 +174,39 @@ END_TEST
 /* The kernel against the op kernel and a float product with Mul's NaN rule
  * (the first operand's NaN, quieted), every variant, every short length. */
 
+typedef struct mul_case {
+  const float *x, *s; /* the test's input and the activation's values of it */
+  nbl_uf32 op;
+  double al, be;
+  int first;
+} mul_case;
+
+static nbl_status mul_run(const void *ctx, const float *x, float *y, int64_t n) {
+  const mul_case *m = ctx;
+  return nbl_unary_f32_mul(m->op, x, y, n, m->al, m->be, m->first);
+}
+
+static float mul_want(const void *ctx, int64_t i) {
+  const mul_case *m = ctx;
+  return m->first ? ft_mul(m->s[i], m->x[i]) : ft_mul(m->x[i], m->s[i]);
+}
+
 START_TEST(test_kernel) {
   enum { N = 100003 };
   float *x = malloc(sizeof(float) * N), *s = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * (N + 8));
   fill(x, N);
-  static const struct {
-    nbl_isa cap;
-    unsigned need;
-  } vs[] = {{NBL_ISA_SCALAR, 0},
-            {NBL_ISA_AVX2, NBL_CPU_AVX2 | NBL_CPU_FMA},
-            {NBL_ISA_AVX512, NBL_CPU_AVX512F | NBL_CPU_AVX512DQ | NBL_CPU_AVX512VL | NBL_CPU_AVX512BW}};
   const nbl_uf32 ops[2] = {NBL_UF_SIGMOID, NBL_UF_HARDSIGMOID};
-  const uint32_t guard = 0x7fa5a5a5u;
-  for (size_t v = 0; v < sizeof vs / sizeof *vs; v++) {
-    if ((nbl_cpu_features() & vs[v].need) != vs[v].need) continue;
-    nbl_isa prev = nbl_cpu_set_thread_cap(vs[v].cap);
+  for (int k = 0; k < FT_CAPS; k++) {
+    nbl_isa cap;
+    if (!ft_cap(k, &cap)) continue;
+    nbl_isa prev = nbl_cpu_set_thread_cap(cap);
     for (int o = 0; o < 2; o++)
       for (int first = 0; first <= 1; first++) {
-        double al = o ? 0.2 : 0, be = o ? 0.5 : 0;
-        ck_assert_int_eq(nbl_unary_f32(ops[o], x, s, N, al, be), NBL_OK);
-        ck_assert_int_eq(nbl_unary_f32_mul(ops[o], x, y, N, al, be, first), NBL_OK);
-        for (int64_t i = 0; i < N; i++) {
-          float want = first ? ft_mul(s[i], x[i]) : ft_mul(x[i], s[i]);
-          ck_assert_msg(!memcmp(&want, &y[i], 4), "cap %d op %d first %d: x = %a: %a, want %a",
-                        (int)vs[v].cap, o, first, (double)x[i], (double)y[i], (double)want);
-        }
-        for (int len = 0; len <= 19; len++) { /* tails: nothing written past the end */
-          for (int i = 0; i < len + 8; i++) memcpy(&y[i], &guard, 4);
-          ck_assert_int_eq(nbl_unary_f32_mul(ops[o], x + 3, y, len, al, be, first), NBL_OK);
-          for (int i = 0; i < len + 8; i++) {
-            float want = i >= len ? ft_bits(guard) : first ? ft_mul(s[3 + i], x[3 + i]) : ft_mul(x[3 + i], s[3 + i]);
-            ck_assert_msg(!memcmp(&want, &y[i], 4), "len %d: element %d", len, i);
-          }
-        }
-        /* in place */
-        memcpy(y, x, sizeof(float) * N);
-        ck_assert_int_eq(nbl_unary_f32_mul(ops[o], y, y, N, al, be, first), NBL_OK);
-        for (int64_t i = 0; i < N; i++) {
-          float want = first ? ft_mul(s[i], x[i]) : ft_mul(x[i], s[i]);
-          ck_assert(!memcmp(&want, &y[i], 4));
-        }
+        const mul_case mc = {x, s, ops[o], o ? 0.2 : 0, o ? 0.5 : 0, first};
+        ck_assert_int_eq(nbl_unary_f32(ops[o], x, s, N, mc.al, mc.be), NBL_OK);
+        char what[64];
+        snprintf(what, sizeof what, "cap %d op %d first %d", (int)cap, o, first);
+        ft_check_kernel(what, &mc, mul_run, mul_want, x, y, N);
       }
     nbl_cpu_set_thread_cap(prev);
   }
