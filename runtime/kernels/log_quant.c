@@ -199,6 +199,86 @@ __attribute__((target("avx512f"))) static inline void codes_store(signed char *c
   else _mm512_mask_cvtepi32_storeu_epi8(codes, k, cd);
 }
 
+/* The binade lookup of the AVX2 kernels (the tables of binade_table): per
+ * grid the threshold and the two candidate codes (hk | lk << 8) of each of
+ * the 32 bins in four registers each, a 32-entry lookup as four vpermd and
+ * three blends on the bin's bits 3 and 4; the levels by code (0 for code 0)
+ * for Y. */
+typedef struct bt_avx2 {
+  int32_t et;
+  int32_t t[32], e[32];
+  float lv[16];
+} bt_avx2;
+
+static int bt_avx2_init(bt_avx2 *b, const float *lev, const float *thr, int L) {
+  float tt[32], th[32], tl[32];
+  int32_t hk[32], lk[32];
+  int et;
+  if (L < 1 || L > 15 || !binade_table(lev, thr, L, &et, tt, th, tl, hk, lk)) return 0;
+  b->et = et;
+  for (int k = 0; k < 32; k++) b->t[k] = (int32_t)bits_of(tt[k]), b->e[k] = hk[k] | lk[k] << 8;
+  memset(b->lv, 0, sizeof b->lv);
+  for (int j = 0; j < L; j++) b->lv[j + 1] = lev[j];
+  return 1;
+}
+
+__attribute__((target("avx2"))) static inline __m256i lut32_avx2(const int32_t *t, __m256i bin) {
+  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 28)), b4 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 27));
+  const __m256 p0 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), bin));
+  const __m256 p1 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 8)), bin));
+  const __m256 p2 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 16)), bin));
+  const __m256 p3 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 24)), bin));
+  return _mm256_castps_si256(_mm256_blendv_ps(_mm256_blendv_ps(p0, p1, b3), _mm256_blendv_ps(p2, p3, b3), b4));
+}
+
+/* Eight int32 lanes (codes, within int8) stored as eight bytes. */
+__attribute__((target("avx2"))) static inline void store8_avx2(signed char *dst, __m256i c) {
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  _mm_storel_epi64((__m128i *)dst, _mm_packs_epi16(w, w));
+}
+
+/* Nearest rounding on G (1 or 2) grids by the binade lookup, eight elements
+ * at a time, as codes2_avx512 and nearest_avx512 do it: codes[g] (NULL: not
+ * written) and y[g] (y NULL or y[g] NULL: not written). Returns the number
+ * of elements done (a multiple of 8); the caller finishes the tail. */
+__attribute__((target("avx2"))) static size_t lookup_avx2(const bt_avx2 *b, int G, const float *x,
+                                                          float *const *y, signed char *const *codes, size_t n) {
+  const __m256i z = _mm256_setzero_si256(), top = _mm256_set1_epi32(31), m8 = _mm256_set1_epi32(8),
+                mff = _mm256_set1_epi32(0xff), absm = _mm256_set1_epi32(0x7fffffff),
+                infb = _mm256_set1_epi32(0x7f800000), sgnm = _mm256_set1_epi32((int)0x80000000u);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(x + i)), a = _mm256_and_si256(v, absm);
+    const __m256i ex = _mm256_srli_epi32(a, 23), s = _mm256_srai_epi32(v, 31);
+    const __m256i fin = _mm256_cmpgt_epi32(infb, a);
+    const int all_fin = _mm256_movemask_ps(_mm256_castsi256_ps(fin)) == 0xff;
+    for (int g = 0; g < G; g++) {
+      const __m256i bin = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(_mm256_set1_epi32(b[g].et), ex), z), top);
+      const __m256i t = lut32_avx2(b[g].t, bin), e = lut32_avx2(b[g].e, bin);
+      const __m256i lt = _mm256_srai_epi32(_mm256_sub_epi32(a, t), 31); /* -1 where |x| < t */
+      const __m256i k = _mm256_and_si256(_mm256_srlv_epi32(e, _mm256_and_si256(lt, m8)), mff);
+      if (codes && codes[g]) {
+        __m256i cd = _mm256_sub_epi32(_mm256_xor_si256(k, s), s);
+        if (!all_fin) { /* NaN, +-Inf: their marks */
+          __m256i sp = _mm256_blendv_epi8(_mm256_set1_epi32(NBL_LOG_CODE_POS_INF), _mm256_set1_epi32(NBL_LOG_CODE_NEG_INF), s);
+          sp = _mm256_blendv_epi8(sp, _mm256_set1_epi32(NBL_LOG_CODE_NAN), _mm256_cmpgt_epi32(a, infb));
+          cd = _mm256_blendv_epi8(sp, cd, fin);
+        }
+        store8_avx2(codes[g] + i, cd);
+      }
+      if (y && y[g]) { /* the level of code k signed as x, +0 for code 0, x itself where not finite */
+        const __m256 lv0 = _mm256_loadu_ps(b[g].lv), lv1 = _mm256_loadu_ps(b[g].lv + 8);
+        const __m256 mag = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lv0, k), _mm256_permutevar8x32_ps(lv1, k),
+                                            _mm256_castsi256_ps(_mm256_slli_epi32(k, 28)));
+        __m256i r = _mm256_or_si256(_mm256_castps_si256(mag), _mm256_and_si256(v, sgnm));
+        r = _mm256_andnot_si256(_mm256_cmpeq_epi32(k, z), r);
+        _mm256_storeu_si256((__m256i *)(y[g] + i), _mm256_blendv_epi8(v, r, fin));
+      }
+    }
+  }
+  return i;
+}
+
 /* The codes of two grids at once (nbl_logq_nearest_codes2; both grids
  * held by the binade lookup, else 0 and nothing written): |x|, its binade
  * and sign taken once for both; per grid one lookup of the threshold and
@@ -441,6 +521,12 @@ void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const 
   if (isa == NBL_LOGQ_AVX512 && L[0] >= 1 && L[0] <= 15 && L[1] >= 1 && L[1] <= 15 &&
       codes2_avx512(lev, thr, L, x, codes, n))
     return;
+  bt_avx2 b[2];
+  if (isa == NBL_LOGQ_AVX2 && bt_avx2_init(&b[0], lev[0], thr[0], L[0]) && bt_avx2_init(&b[1], lev[1], thr[1], L[1])) {
+    const size_t i = lookup_avx2(b, 2, x, NULL, codes, n);
+    for (int g = 0; g < 2; g++) nearest_codes_scalar(lev[g], thr[g], L[g], x + i, NULL, codes[g] + i, n - i);
+    return;
+  }
   for (int g = 0; g < 2; g++) nbl_logq_nearest_codes(isa, lev[g], thr[g], L[g], x, NULL, codes[g], n);
 }
 
@@ -448,6 +534,15 @@ void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr
                             float *y, signed char *codes, size_t n) {
   if (L < 1 || L > 15) return;
   if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
-  if (isa == NBL_LOGQ_AVX512) nearest_avx512(lev, thr, L, x, y, codes, n);
-  else nearest_codes_scalar(lev, thr, L, x, y, codes, n);
+  bt_avx2 b;
+  if (isa == NBL_LOGQ_AVX512) {
+    nearest_avx512(lev, thr, L, x, y, codes, n);
+  } else if (isa == NBL_LOGQ_AVX2 && bt_avx2_init(&b, lev, thr, L)) {
+    float *const ys[1] = {y};
+    signed char *const cs[1] = {codes};
+    const size_t i = lookup_avx2(&b, 1, x, ys, cs, n);
+    nearest_codes_scalar(lev, thr, L, x + i, y ? y + i : NULL, codes + i, n - i);
+  } else {
+    nearest_codes_scalar(lev, thr, L, x, y, codes, n);
+  }
 }
