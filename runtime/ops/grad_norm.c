@@ -383,7 +383,7 @@ __attribute__((target("avx"))) static int bn_apply_avx(float *y, const float *x,
   for (; i + 8 <= n; i += 8) {
     __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), va), vb);
     if (r) t = _mm256_add_ps(t, _mm256_loadu_ps(r + i));
-    if (relu) t = _mm256_blendv_ps(t, z, _mm256_cmp_ps(t, z, _CMP_LT_OQ));
+    if (relu) t = _mm256_andnot_ps(_mm256_cmp_ps(t, z, _CMP_LT_OQ), t); /* t < 0 ? +0 : t (GCC 12 turned the blendv into a per-lane branch) */
     _mm256_storeu_ps(y + i, t);
     if (rg) {
       chk = _mm256_add_ps(chk, _mm256_mul_ps(t, z));
