@@ -347,6 +347,66 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t codes8_512(const int8
 #endif
 
 #if I4B_X86
+/* codes8_512 on AVX2, 32 codes at a time: the table lookup as two vpshufb
+ * per byte half of the integers (the table's low and high bytes, entries
+ * 0-15 and 16-31 chosen by bit 4 of code + 16), the halves interleaved. */
+__attribute__((target("avx2"))) static int64_t codes8_256(const int8_t *codes, int64_t n, int lim, const int16_t *t16,
+                                                          int z, int16_t *q, int32_t *mx, int *bad) {
+  uint8_t tb[2][32] = {{0}};
+  for (int k = 0; t16 && k < 32; k++) tb[0][k] = (uint8_t)((uint16_t)t16[k] & 0xff), tb[1][k] = (uint8_t)((uint16_t)t16[k] >> 8);
+  __m256i tab[2][2];
+  for (int h = 0; h < 2; h++)
+    for (int j = 0; j < 2; j++) tab[h][j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb[h] + 16 * j)));
+  const __m256i off = _mm256_set1_epi8(16), vlim = _mm256_set1_epi8((char)lim), vz = _mm256_set1_epi16((short)z);
+  __m256i m = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i c = _mm256_loadu_si256((const __m256i *)(codes + i));
+    b = _mm256_or_si256(b, _mm256_xor_si256(_mm256_max_epu8(_mm256_abs_epi8(c), vlim), vlim)); /* |c| > lim */
+    __m256i v0, v1;
+    if (t16) {
+      const __m256i idx = _mm256_add_epi8(c, off), sel = _mm256_slli_epi16(idx, 3); /* bit 4 to each byte's sign */
+      const __m256i lo = _mm256_blendv_epi8(_mm256_shuffle_epi8(tab[0][0], idx), _mm256_shuffle_epi8(tab[0][1], idx), sel);
+      const __m256i hi = _mm256_blendv_epi8(_mm256_shuffle_epi8(tab[1][0], idx), _mm256_shuffle_epi8(tab[1][1], idx), sel);
+      const __m256i u0 = _mm256_unpacklo_epi8(lo, hi), u1 = _mm256_unpackhi_epi8(lo, hi);
+      v0 = _mm256_permute2x128_si256(u0, u1, 0x20);
+      v1 = _mm256_permute2x128_si256(u0, u1, 0x31);
+    } else {
+      v0 = _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(c)), vz);
+      v1 = _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1)), vz);
+    }
+    m = _mm256_max_epi16(m, _mm256_max_epi16(_mm256_abs_epi16(v0), _mm256_abs_epi16(v1)));
+    _mm256_storeu_si256((__m256i *)(q + i), v0);
+    _mm256_storeu_si256((__m256i *)(q + i + 16), v1);
+  }
+  int16_t t[16];
+  _mm256_storeu_si256((__m256i *)t, m);
+  for (int k = 0; k < 16; k++) *mx = t[k] > *mx ? t[k] : *mx;
+  *bad |= !_mm256_testz_si256(b, b);
+  return i;
+}
+
+/* log_range_512 on AVX2, 32 bytes at a time. */
+__attribute__((target("avx2"))) static int64_t log_range_256(const int8_t *codes, int64_t n, int *amin, int *amax) {
+  __m256i hi = _mm256_setzero_si256(), lo = _mm256_set1_epi8(-1), z = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i a = _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(codes + i))); /* unsigned: |-128| = 128 */
+    hi = _mm256_max_epu8(hi, a);
+    lo = _mm256_min_epu8(lo, _mm256_or_si256(a, _mm256_cmpeq_epi8(a, z))); /* zeros as 255 */
+  }
+  uint8_t h[32], l[32];
+  _mm256_storeu_si256((__m256i *)h, hi);
+  _mm256_storeu_si256((__m256i *)l, lo);
+  for (int k = 0; k < 32; k++) {
+    *amax = h[k] > *amax ? h[k] : *amax;
+    *amin = l[k] < *amin ? l[k] : *amin;
+  }
+  return i;
+}
+#endif
+
+#if I4B_X86
 /* The check of nbl_i4b_codes_log without q: the range of |codes| present
  * (nonzero ones), 64 bytes at a time; elements [0, returned) scanned. */
 __attribute__((target("avx512f,avx512bw"))) static int64_t log_range_512(const int8_t *codes, int64_t n, int *amin,
@@ -386,6 +446,7 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
     int amin = 255, amax = 0;
 #if I4B_X86
     if (isa == NBL_I4B_AVX512) i = log_range_512(codes, n, &amin, &amax);
+    else if (isa == NBL_I4B_AVX2) i = log_range_256(codes, n, &amin, &amax);
 #endif
     for (; i < n; i++) {
       const int a = codes[i] < 0 ? -codes[i] : codes[i];
@@ -399,6 +460,7 @@ int nbl_i4b_codes_log(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int L, co
   }
 #if I4B_X86
   if (isa == NBL_I4B_AVX512) i = codes8_512(codes, n, L, t16, 0, q, &mx, &bad);
+  else if (isa == NBL_I4B_AVX2) i = codes8_256(codes, n, L, t16, 0, q, &mx, &bad);
 #endif
   for (; i < n; i++) {
     const int c = codes[i];
@@ -420,6 +482,7 @@ int nbl_i4b_codes_int8(nbl_i4b_isa isa, const int8_t *codes, int64_t n, int zero
   int64_t i = 0;
 #if I4B_X86
   if (isa == NBL_I4B_AVX512) i = codes8_512(codes, n, 126, NULL, zero, q, &mx, &bad);
+  else if (isa == NBL_I4B_AVX2) i = codes8_256(codes, n, 126, NULL, zero, q, &mx, &bad);
 #endif
   for (; i < n; i++) {
     const int c = codes[i], v = c - zero, a = v < 0 ? -v : v;

@@ -277,6 +277,47 @@ START_TEST(test_codes_int8) {
 }
 END_TEST
 
+/* A QuantizeLog's int8 codes as int16 integers through the table (radix 4,
+ * L levels: code +-k is +-4^(L - k)), the largest |integer|; codes past
+ * +-L and the marks of NaN and Inf refused at every position; the check
+ * alone (q NULL) gives the bound of the |codes| present. Every length
+ * around the vector widths. */
+START_TEST(test_codes_log) {
+  int32_t lut[32] = {0};
+  int8_t c[140];
+  int16_t q[140];
+  for (int L = 1; L <= 7; L += 3) {
+    for (int k = 1; k <= L; k++) lut[16 + k] = 1 << (2 * (L - k)), lut[16 - k] = -(1 << (2 * (L - k)));
+    for (int n = 0; n <= 140; n += n < 100 ? 1 : 13) {
+      int want = 0, amin = 99;
+      for (int i = 0; i < n; i++) {
+        c[i] = (int8_t)((i * 29 + n * 7 + L) % (2 * L + 1) - L); /* -L..L */
+        const int a = abs(lut[c[i] + 16]);
+        want = a > want ? a : want;
+        if (c[i]) amin = abs(c[i]) < amin ? abs(c[i]) : amin;
+      }
+      int32_t mx = -1;
+      ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, q, &mx), 0);
+      ck_assert_int_eq(mx, want);
+      for (int i = 0; i < n; i++) ck_assert_int_eq(q[i], lut[c[i] + 16]);
+      ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, NULL, &mx), 0);
+      ck_assert_int_eq(mx, amin == 99 ? 0 : abs(lut[16 + amin])); /* the bound: the smallest |code| present */
+      const int8_t bad[5] = {(int8_t)(L + 1), (int8_t)-(L + 1), NBL_LOG_CODE_NAN, NBL_LOG_CODE_POS_INF,
+                             NBL_LOG_CODE_NEG_INF};
+      for (int pos = 0; pos < n; pos += n < 40 ? 1 : 7)
+        for (int b = 0; b < 5; b++) {
+          const int8_t keep = c[pos];
+          c[pos] = bad[b];
+          ck_assert_msg(nbl_i4b_codes_log(ISA, c, n, L, lut, q, &mx) == -1, "L %d n %d pos %d code %d", L, n,
+                        pos, bad[b]);
+          ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, NULL, &mx), -1);
+          c[pos] = keep;
+        }
+    }
+  }
+}
+END_TEST
+
 /* The variant follows the calling thread's CPU cap (runtime/core/cpu.h), a
  * forced one (tests) overrides it, and a variant the CPU lacks is never used. */
 START_TEST(test_isa_choice) {
@@ -1016,6 +1057,7 @@ int main(void) {
   tcase_add_loop_test(tc, test_codes_pow2, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_loop_test(tc, test_codes_linear, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_loop_test(tc, test_codes_int8, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
+  tcase_add_loop_test(tc, test_codes_log, NBL_I4B_SCALAR, NBL_I4B_AVX512 + 1);
   tcase_add_test(tc, test_isa_choice);
   suite_add_tcase(s, tc);
   tc = tcase_create("gemm");
