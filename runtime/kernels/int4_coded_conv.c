@@ -196,6 +196,70 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_codes_512(co
   return bad ? -1 : 0;
 }
 
+/* n bytes from s to d (no byte outside d[0, n) written): two overlapping
+ * moves of 16, 8 or 4 bytes, else a byte loop. */
+static inline void copy_run(uint8_t *d, const uint8_t *s, int64_t n) {
+  uint64_t a, b;
+  uint32_t e, f;
+  if (n >= 16) {
+    for (int64_t i = 0; i + 16 < n; i += 16) memcpy(d + i, s + i, 16);
+    uint8_t t[16];
+    memcpy(t, s + n - 16, 16);
+    memcpy(d + n - 16, t, 16);
+  } else if (n >= 8) {
+    memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
+    memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
+  } else if (n >= 4) {
+    memcpy(&e, s, 4), memcpy(&f, s + n - 4, 4);
+    memcpy(d, &e, 4), memcpy(d + n - 4, &f, 4);
+  } else {
+    for (int64_t i = 0; i < n; i++) d[i] = s[i];
+  }
+}
+
+/* pad_codes_c on AVX2: the image's codes k as bytes (c + 128, c = k - z) in
+ * one sweep of 32 at a time into t8 (nx bytes), in bytes throughout: c
+ * leaves -128..127 exactly where the wrapping and the saturating k - z
+ * differ; then each row to its place in the padded planes. */
+__attribute__((target("avx2"))) static int pad_codes_256(const fwd_job *j, const int8_t *k, uint8_t *u, uint8_t *t8,
+                                                         int32_t *lo, int32_t *hi) {
+  const nbl_conv_geom *g = j->g;
+  const int64_t H = g->in[0], W = g->in[1], nx = g->C * H * W;
+  const __m256i vz = _mm256_set1_epi8((char)j->xz), v126 = _mm256_set1_epi8(126), sgn = _mm256_set1_epi8((char)0x80);
+  __m256i bad = _mm256_setzero_si256(), mn = _mm256_set1_epi8(-1), mx = _mm256_setzero_si256();
+  int64_t i = 0;
+  if (j->xz >= -128 && j->xz <= 127) {
+    for (; i + 32 <= nx; i += 32) {
+      const __m256i kk = _mm256_loadu_si256((const __m256i *)(k + i)), c = _mm256_sub_epi8(kk, vz);
+      bad = _mm256_or_si256(bad, _mm256_xor_si256(c, _mm256_subs_epi8(kk, vz)));
+      bad = _mm256_or_si256(bad, _mm256_xor_si256(_mm256_max_epu8(_mm256_abs_epi8(kk), v126), v126)); /* |k| > 126 */
+      const __m256i b = _mm256_xor_si256(c, sgn); /* c + 128 */
+      mn = _mm256_min_epu8(mn, b);
+      mx = _mm256_max_epu8(mx, b);
+      _mm256_storeu_si256((__m256i *)(t8 + i), b);
+    }
+  }
+  if (!_mm256_testz_si256(bad, bad)) return -1;
+  uint8_t l[32], h[32];
+  _mm256_storeu_si256((__m256i *)l, mn);
+  _mm256_storeu_si256((__m256i *)h, mx);
+  int32_t a = 0, b = 0; /* (0: pad_codes_c's start) */
+  for (int q = 0; q < 32 && i > 0; q++) a = l[q] - 128 < a ? l[q] - 128 : a, b = h[q] - 128 > b ? h[q] - 128 : b;
+  for (; i < nx; i++) {
+    const int32_t v = k[i] - j->xz;
+    if (k[i] < -126 || k[i] > 126 || v < -128 || v > 127) return -1;
+    a = v < a ? v : a;
+    b = v > b ? v : b;
+    t8[i] = (uint8_t)(v + 128);
+  }
+  memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
+  for (int64_t c = 0; c < g->C; c++)
+    for (int64_t r = 0; r < H; r++)
+      copy_run(u + (c * j->Hp + r + g->pb[0]) * j->Wp + g->pb[1], t8 + (c * H + r) * W, W);
+  *lo = a, *hi = b;
+  return 0;
+}
+
 /* nbl_code_im2col_row for column strides 1 and 2 on AVX-512 (BW): each
  * output row's run of bytes by masked 64-byte moves, no library call. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void im2col_row_512(const fwd_job *j, const uint8_t *x,
@@ -295,7 +359,9 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
   uint8_t *u = malloc((size_t)(plane + j->Wp + 128));
   uint8_t *X4 = aligned_alloc(64, (size_t)(j->Kp * j->pb + 64) / 64 * 64), *tmp = malloc((size_t)(4 * j->pb));
   float *scr = wide ? malloc(sizeof(float) * (size_t)(j->Mg * j->pb)) : NULL;
-  if (!u || !X4 || !tmp || (wide && !scr)) {
+  const int avx2 = !j->gather2 && j->xk && j->isa >= NBL_I4_AVX2; /* the codes' bytes by pad_codes_256 */
+  uint8_t *t8 = avx2 ? malloc((size_t)nx + 32) : NULL;
+  if (!u || !X4 || !tmp || (wide && !scr) || (avx2 && !t8)) {
     atomic_store(&j->oom, 1);
     n1 = n0;
   } else {
@@ -307,7 +373,9 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
     if (j->xk) { /* the codes: the bytes without the floats */
       const int8_t *kn = j->xk + n * nx;
 #if defined(__x86_64__)
-      r = j->gather2 ? pad_codes_512(j, kn, u, &lo, &hi) : pad_codes_c(j, kn, u, &lo, &hi);
+      r = j->gather2 ? pad_codes_512(j, kn, u, &lo, &hi)
+          : avx2     ? pad_codes_256(j, kn, u, t8, &lo, &hi)
+                     : pad_codes_c(j, kn, u, &lo, &hi);
 #else
       r = pad_codes_c(j, kn, u, &lo, &hi);
 #endif
@@ -364,6 +432,7 @@ static void fwd_images(void *arg, int64_t n0, int64_t n1) {
   free(u);
   free(X4);
   free(tmp);
+  free(t8);
   free(scr);
 }
 

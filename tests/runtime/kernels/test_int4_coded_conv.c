@@ -278,11 +278,47 @@ START_TEST(test_refused) {
 }
 END_TEST
 
+/* X's codes handed over with a zero point that takes c = q - z out of
+ * -128..127 (8-bit codes 0..200, z = -100: q = c - 100 fits int8): the
+ * codes' bytes path must refuse them and the floats decide (the same floats
+ * as without the codes); without the floats, refused (off the grid). Every
+ * image's plane width around the vector widths (7, 16, 33). */
+START_TEST(test_codes_out_of_range) {
+  const int64_t widths[] = {7, 16, 33};
+  const fcase c = {2, 4, 8, 1, 9, widths[_i], 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 200, -8, 7, 1};
+  const nbl_conv_geom g = geom_of(&c);
+  const int64_t nx = g.N * g.C * g.in_sz, nw = g.M * g.C * g.k_sz, ny = g.N * g.M * g.out_sz;
+  float *x = malloc(sizeof(float) * (size_t)nx), *w = malloc(sizeof(float) * (size_t)nw);
+  float *y = malloc(sizeof(float) * (size_t)ny), *yk = malloc(sizeof(float) * (size_t)ny);
+  int8_t *xk = malloc((size_t)nx);
+  ck_assert(x && w && y && yk && xk);
+  const float sx = 0.05f, sw = 0.1f;
+  const int z = -100;
+  for (int64_t i = 0; i < nx; i++) {
+    const int32_t q = rnd_in(0, 200);
+    x[i] = sx * (float)q, xk[i] = (int8_t)(q + z);
+  }
+  for (int64_t i = 0; i < nw; i++) w[i] = sw * (float)rnd_in(-8, 7);
+  int off = -1;
+  ck_assert_int_eq(nbl_i4b_conv_forward(NULL, &g, x, sx, w, sw, NULL, y, NULL, &off), NBL_OK);
+  ck_assert_int_eq(off, 0);
+  nbl_kctx kc = {.threads = 2};
+  ck_assert_int_eq(nbl_i4b_conv_forward_codes(&kc, &g, x, sx, xk, z, w, sw, NULL, yk, NULL, &off), NBL_OK);
+  ck_assert_int_eq(off, 0);
+  ck_assert_msg(memcmp(y, yk, sizeof(float) * (size_t)ny) == 0, "width %lld: codes past -128..127 read as bytes",
+                (long long)widths[_i]);
+  ck_assert_int_eq(nbl_i4b_conv_forward_codes(&kc, &g, NULL, sx, xk, z, w, sw, NULL, yk, NULL, &off), NBL_OK);
+  ck_assert_int_eq(off, 1);
+  free(x), free(w), free(y), free(yk), free(xk);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("int4_coded_conv");
   TCase *tc = tcase_create("forward");
   tcase_add_loop_test(tc, test_exact, 0, (int)(sizeof cases / sizeof cases[0]));
   tcase_add_loop_test(tc, test_refused, 0, 2);
+  tcase_add_loop_test(tc, test_codes_out_of_range, 0, 3);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
