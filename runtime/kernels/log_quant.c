@@ -467,6 +467,74 @@ __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static void stocha
   }
 }
 
+/* stochastic_avx512 on AVX2, four elements at a time in double: the
+ * draws' 64-bit products from 32-bit ones (the low 64 bits of a * b as
+ * lo(a) lo(b) + (hi(a) lo(b) + lo(a) hi(b)) << 32), the 53-bit integer to
+ * double in two exact halves, the same operations in the same order. */
+__attribute__((target("avx2"))) static inline __m256i mullo64_256(__m256i a, __m256i b) {
+  const __m256i lo = _mm256_mul_epu32(a, b);
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), b),
+                                         _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)));
+  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+}
+
+__attribute__((target("avx2"))) static inline __m256i splitmix_256(__m256i z) {
+  z = _mm256_add_epi64(z, _mm256_set1_epi64x((long long)0x9E3779B97F4A7C15ull));
+  z = mullo64_256(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ull));
+  z = mullo64_256(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), _mm256_set1_epi64x((long long)0x94D049BB133111EBull));
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+/* an integer below 2^53 as a double (exact): its two 32-bit halves */
+__attribute__((target("avx2"))) static inline __m256d u53_to_pd(__m256i x) {
+  const __m256i magic = _mm256_set1_epi64x(0x4330000000000000ll); /* 2^52 */
+  const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+  const __m256d lo = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi64x(0xffffffffll)), magic)), two52);
+  const __m256d hi = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(x, 32), magic)), two52);
+  return _mm256_add_pd(_mm256_mul_pd(hi, _mm256_set1_pd(4294967296.0)), lo);
+}
+
+__attribute__((target("avx2"))) static size_t stochastic_avx2(const double *lev, const float *levf, int L, uint64_t key,
+                                                            const float *x, float *y, signed char *codes, size_t n,
+                                                            uint64_t index0) {
+  double lt[16] = {0};
+  float lf[16] = {0};
+  for (int j = 0; j < L; j++) lt[j] = lev[j], lf[j + 1] = levf[j];
+  const __m256d top = _mm256_set1_pd(lev[0]), m = _mm256_set1_pd(lev[L - 1]), zero = _mm256_setzero_pd(), scale = _mm256_set1_pd(1.0 / 9007199254740992.0),
+                absm = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
+  const __m256i one = _mm256_set1_epi64x(1), vL = _mm256_set1_epi64x(L), vkey = _mm256_set1_epi64x((long long)key);
+  const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m128 xf = _mm_loadu_ps(x + i);
+    const __m256d xd = _mm256_cvtps_pd(xf), a = _mm256_and_pd(xd, absm);
+    __m256i k = one;
+    for (int j = 1; j < L; j++)
+      k = _mm256_sub_epi64(k, _mm256_castpd_si256(_mm256_cmp_pd(a, _mm256_set1_pd(lev[j]), _CMP_LT_OQ)));
+    const __m256d hi = _mm256_i64gather_pd(lt, _mm256_sub_epi64(k, one), 8), lo = _mm256_i64gather_pd(lt, k, 8);
+    const __m256d under = _mm256_castsi256_pd(_mm256_cmpeq_epi64(k, vL));
+    const __m256i h = splitmix_256(_mm256_xor_si256(vkey, _mm256_add_epi64(_mm256_set1_epi64x((long long)(index0 + i)), lanes)));
+    const __m256d u = _mm256_mul_pd(u53_to_pd(_mm256_srli_epi64(h, 11)), scale);
+    const __m256d num = _mm256_blendv_pd(_mm256_sub_pd(a, lo), a, under),
+                  den = _mm256_blendv_pd(_mm256_sub_pd(hi, lo), m, under);
+    const __m256d q = _mm256_div_pd(num, den);
+    const __m256i up = _mm256_castpd_si256(_mm256_cmp_pd(u, q, _CMP_LT_OQ));
+    __m256i mag = _mm256_blendv_epi8(_mm256_add_epi64(k, one), k, up);
+    mag = _mm256_blendv_epi8(mag, _mm256_and_si256(up, vL), _mm256_castpd_si256(under));
+    mag = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(a, zero, _CMP_EQ_OQ)), mag);
+    mag = _mm256_blendv_epi8(mag, one, _mm256_castpd_si256(_mm256_cmp_pd(a, top, _CMP_GE_OQ)));
+    int64_t mg[4];
+    _mm256_storeu_si256((__m256i *)mg, mag);
+    for (int l = 0; l < 4; l++) { /* the sign, the level, the marks of NaN and Inf: per element */
+      const float v = x[i + l];
+      const int neg = v < 0.0f;
+      if (codes) codes[i + l] = (signed char)(isfinite(v) ? (neg ? -mg[l] : mg[l]) : nbl_log_code8_nonfinite(v));
+      if (y) y[i + l] = isfinite(v) ? (neg ? 0.0f - lf[mg[l]] : lf[mg[l]]) : v;
+    }
+  }
+  return i;
+}
+
 static int has_avx512dq(void) {
   static int dq = -1;
   if (dq < 0) dq = __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
@@ -484,6 +552,15 @@ void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_
     for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
     stochastic_avx512(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
     return;
+  }
+  if (isa == NBL_LOGQ_AVX2 && L >= 1 && L <= NBL_LOG_MAX_LEVELS) {
+    double lev[NBL_LOG_MAX_LEVELS];
+    float levf[NBL_LOG_MAX_LEVELS];
+    for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
+    const size_t i = stochastic_avx2(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
+    x += i, n -= i, index0 += i;
+    if (codes) codes += i;
+    if (y) y += i;
   }
   if (codes) { /* before Y: y may share x's memory */
     nbl_log_codes(cfg, p, x, (int8_t *)codes, n, index0);

@@ -2,14 +2,14 @@
  * log_quant.h - vectorized pieces of the logarithmic quantizer (ai.nibble
  * QuantizeLog's fast kernel): the max-|x| scan, nearest rounding through
  * the threshold table of runtime/formats/log.h (nbl_log_table) and
- * stochastic rounding. The first two have an AVX-512, an AVX2 and a scalar
- * variant, the last an AVX-512 one and the format's own functions; all give
+ * stochastic rounding. Each has an AVX-512, an AVX2 and a scalar variant
+ * (stochastic rounding's scalar one: the format's own functions); all give
  * bit-identical results, equal to nbl_log_fake_quant's (tests/runtime/formats/test_format_log.c).
  *
  * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
  * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch
  * is in this tree; then it becomes a call to nbl_cpu_has). Tests call each
- * variant explicitly. The AVX-512 rounding looks the magnitude up by the
+ * variant explicitly. The AVX-512 and AVX2 rounding look the magnitude up by the
  * binade of |x| (one threshold per binade at most, for every radix >= 2)
  * instead of comparing |x| with every threshold; grids the lookup cannot
  * hold (subnormal levels, more than 30 binades) take the comparisons.
@@ -58,7 +58,8 @@ void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const 
  * it and codes[i] as nbl_log_codes, with NaN, +Inf and -Inf marked -128,
  * 127, -127 (either may be NULL). The AVX-512 variant (with AVX512DQ: the
  * draws' 64-bit products) runs eight elements at a time in double, the
- * format's operations in its order; AVX2 and scalar take the format's
+ * format's operations in its order, the AVX2 one four at a time (the 64-bit
+ * products from 32-bit ones), its tail and the scalar variant the format's
  * functions. Every variant gives the same bits. */
 typedef struct nbl_log_config nbl_log_config;
 typedef struct nbl_log_params nbl_log_params;
