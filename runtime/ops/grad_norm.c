@@ -165,7 +165,15 @@ __attribute__((target("avx2"))) static void acc_avx2(nbl_bn_acc *s, const float 
       int64_t o = (n * C + ch) * sp;
       if (h && h->before) h->before(h->arg, o, sp);
       const float *xp = x + o, *gp = g ? g + o : NULL;
-      for (int64_t i = 0; i < sp; i += 16)
+      int64_t i = 0;
+      for (; i + 16 <= sp; i += 16) /* whole blocks: no masks */
+        for (int q = 0; q < 4; q++) {
+          __m256d xv = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xp + i + 4 * q)), vk);
+          __m256d t = gp ? _mm256_cvtps_pd(_mm_loadu_ps(gp + i + 4 * q)) : xv;
+          a[q] = _mm256_add_pd(a[q], t);
+          b[q] = _mm256_add_pd(b[q], _mm256_mul_pd(t, xv));
+        }
+      for (; i < sp; i += 16)
         for (int q = 0; q < 4; q++) {
           int64_t r = sp - i - 4 * q; /* elements left from this quarter on */
           if (r <= 0) break;
