@@ -835,6 +835,19 @@ __attribute__((target("avx512f,avx512vl"))) static void scale_row_512(const int3
   }
 }
 
+/* scale_row_512 on AVX2: whole groups of 8 as two of 4 doubles, the rest
+ * one by one (the same double product rounded once). */
+__attribute__((target("avx2"))) static void scale_row_256(const int32_t *t, int nc, double s, float *y) {
+  const __m256d vs = _mm256_set1_pd(s);
+  int l = 0;
+  for (; l + 8 <= nc; l += 8) {
+    const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(t + l))), vs));
+    const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(t + l + 4))), vs));
+    _mm256_storeu_ps(y + l, _mm256_set_m128(hi, lo));
+  }
+  for (; l < nc; l++) y[l] = (float)((double)t[l] * s);
+}
+
 /* rows r < mr of the tile (32 int32 each, nc <= 32 used) to c + r * ld. */
 __attribute__((target("avx512f"))) static void store_rows_512(const int32_t *T, int mr, int nc, int32_t *c,
                                                                int64_t ld) {
@@ -858,7 +871,7 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
   case NBL_I4B_STORE32: {
     int32_t *c = (int32_t *)o->c + base;
 #if I4B_X86
-    if (vec && !T64 && sc == 1) {
+    if (vec == 2 && !T64 && sc == 1) {
       store_rows_512(T, mr, nc, c, sr);
       break;
     }
@@ -887,7 +900,8 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
           float *d = c + r * ld + i * o->w + j;
 #if I4B_X86
           if (vec && !T64) {
-            scale_row_512(T + r * 32 + l, keep, s, d);
+            if (vec == 2) scale_row_512(T + r * 32 + l, keep, s, d);
+            else scale_row_256(T + r * 32 + l, keep, s, d);
             continue;
           }
 #endif
@@ -900,7 +914,9 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
     float *c = (float *)o->c + base;
 #if I4B_X86
     if (vec && !T64 && sc == 1) {
-      for (int r = 0; r < mr; r++) scale_row_512(T + r * 32, nc, s, c + r * sr);
+      for (int r = 0; r < mr; r++)
+        if (vec == 2) scale_row_512(T + r * 32, nc, s, c + r * sr);
+        else scale_row_256(T + r * 32, nc, s, c + r * sr);
       break;
     }
 #endif
@@ -914,7 +930,7 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
 
 typedef struct gemm_ctx {
   mk_fn mk;
-  int vec; /* AVX-512 epilogue */
+  int vec; /* the epilogue's vectors: 2 AVX-512, 1 AVX2, 0 none */
   const int16_t *A;
   const int16_t *const *rows; /* or A's rows by pointer */
   int64_t lda, Kp, ps, kchunk, m1, n1;
@@ -978,8 +994,8 @@ static void gemm_run(gemm_ctx *gp, nbl_i4b_isa isa, int64_t m0, int64_t m1, int6
   isa = usable(isa);
   int nr = NBL_I4B_NR;
 #if I4B_X86
-  if (isa == NBL_I4B_AVX512) g.mk = mk_avx512, nr = 2 * NBL_I4B_NR, g.vec = 1;
-  else if (isa == NBL_I4B_AVX2) g.mk = mk_avx2;
+  if (isa == NBL_I4B_AVX512) g.mk = mk_avx512, nr = 2 * NBL_I4B_NR, g.vec = 2;
+  else if (isa == NBL_I4B_AVX2) g.mk = mk_avx2, g.vec = 1;
 #endif
   g.kchunk = kchunk & ~(int64_t)1;
   if (g.kchunk < 2) g.kchunk = 2;
