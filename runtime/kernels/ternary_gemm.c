@@ -367,7 +367,8 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const int32_t *a, int n
                                                          float *y, const nbl_t_epi *e, float bias,
                                                          const float *rr) {
   __m256 sc = _mm256_set1_ps(e->sc), b = _mm256_set1_ps(bias);
-  __m256i c = _mm256_set1_epi32(corr);
+  __m256i c = _mm256_set1_epi32(corr), vm = _mm256_setzero_si256();
+  const __m256i absm = _mm256_set1_epi32(0x7fffffff);
   int q = 0;
   for (; q + 8 <= np; q += 8) {
     __m256i v = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(a + q)), c);
@@ -379,9 +380,15 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const int32_t *a, int n
       f = _mm256_blendv_ps(f, hi, _mm256_cmp_ps(f, hi, _CMP_GT_OQ));
     }
     _mm256_storeu_ps(y + q, f);
+    vm = _mm256_max_epu32(vm, _mm256_and_si256(_mm256_castps_si256(f), absm)); /* the bits of |y| */
   }
-  for (; q < np; q++) y[q] = epi1(e, a[q] - corr, bias, rr ? rr[q] : 0.0f);
-  if (e->amax) *e->amax = amax_bits(y, np, *e->amax);
+  for (int l = q; l < np; l++) y[l] = epi1(e, a[l] - corr, bias, rr ? rr[l] : 0.0f);
+  if (e->amax) {
+    uint32_t t[8], mx = amax_bits(y + q, np - q, *e->amax);
+    _mm256_storeu_si256((__m256i *)t, vm);
+    for (int l = 0; l < 8; l++) mx = t[l] > mx ? t[l] : mx;
+    *e->amax = mx;
+  }
 }
 #endif
 
