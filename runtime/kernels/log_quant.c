@@ -206,6 +206,7 @@ __attribute__((target("avx512f"))) static inline void codes_store(signed char *c
  * for Y. */
 typedef struct bt_avx2 {
   int32_t et;
+  int32_t top; /* the last bin: 15 when bins 15..31 are one entry (a grid of at most 15 binades), else 31 */
   int32_t t[32], e[32];
   float lv[16];
 } bt_avx2;
@@ -219,6 +220,9 @@ static int bt_avx2_init(bt_avx2 *b, const float *lev, const float *thr, int L) {
   for (int k = 0; k < 32; k++) b->t[k] = (int32_t)bits_of(tt[k]), b->e[k] = hk[k] | lk[k] << 8;
   memset(b->lv, 0, sizeof b->lv);
   for (int j = 0; j < L; j++) b->lv[j + 1] = lev[j];
+  b->top = 15;
+  for (int k = 16; k < 32; k++)
+    if (b->t[k] != b->t[15] || b->e[k] != b->e[15]) b->top = 31;
   return 1;
 }
 
@@ -229,6 +233,14 @@ __attribute__((target("avx2"))) static inline __m256i lut32_avx2(const int32_t *
   const __m256 p2 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 16)), bin));
   const __m256 p3 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 24)), bin));
   return _mm256_castps_si256(_mm256_blendv_ps(_mm256_blendv_ps(p0, p1, b3), _mm256_blendv_ps(p2, p3, b3), b4));
+}
+
+/* lut32_avx2 for bins 0..15: two vpermd and one blend on bit 3. */
+__attribute__((target("avx2"))) static inline __m256i lut16_avx2(const int32_t *t, __m256i bin) {
+  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 28));
+  const __m256 p0 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), bin));
+  const __m256 p1 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 8)), bin));
+  return _mm256_castps_si256(_mm256_blendv_ps(p0, p1, b3));
 }
 
 /* Eight int32 lanes (codes, within int8) stored as eight bytes. */
@@ -243,7 +255,7 @@ __attribute__((target("avx2"))) static inline void store8_avx2(signed char *dst,
  * of elements done (a multiple of 8); the caller finishes the tail. */
 __attribute__((target("avx2"))) static size_t lookup_avx2(const bt_avx2 *b, int G, const float *x,
                                                           float *const *y, signed char *const *codes, size_t n) {
-  const __m256i z = _mm256_setzero_si256(), top = _mm256_set1_epi32(31), m8 = _mm256_set1_epi32(8),
+  const __m256i z = _mm256_setzero_si256(), m8 = _mm256_set1_epi32(8),
                 mff = _mm256_set1_epi32(0xff), absm = _mm256_set1_epi32(0x7fffffff),
                 infb = _mm256_set1_epi32(0x7f800000), sgnm = _mm256_set1_epi32((int)0x80000000u);
   size_t i = 0;
@@ -253,8 +265,10 @@ __attribute__((target("avx2"))) static size_t lookup_avx2(const bt_avx2 *b, int 
     const __m256i fin = _mm256_cmpgt_epi32(infb, a);
     const int all_fin = _mm256_movemask_ps(_mm256_castsi256_ps(fin)) == 0xff;
     for (int g = 0; g < G; g++) {
-      const __m256i bin = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(_mm256_set1_epi32(b[g].et), ex), z), top);
-      const __m256i t = lut32_avx2(b[g].t, bin), e = lut32_avx2(b[g].e, bin);
+      const __m256i bin =
+          _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(_mm256_set1_epi32(b[g].et), ex), z), _mm256_set1_epi32(b[g].top));
+      const __m256i t = b[g].top == 15 ? lut16_avx2(b[g].t, bin) : lut32_avx2(b[g].t, bin);
+      const __m256i e = b[g].top == 15 ? lut16_avx2(b[g].e, bin) : lut32_avx2(b[g].e, bin);
       const __m256i lt = _mm256_srai_epi32(_mm256_sub_epi32(a, t), 31); /* -1 where |x| < t */
       const __m256i k = _mm256_and_si256(_mm256_srlv_epi32(e, _mm256_and_si256(lt, m8)), mff);
       if (codes && codes[g]) {
