@@ -111,10 +111,34 @@ nbl_code_gather2_avx512(const uint8_t *src, int64_t n, uint8_t *dst) {
 }
 #endif
 
+#if defined(__x86_64__)
+/* dst[q] = src[2q] for q < n without AVX-512 (SSE2, every x86-64): eight
+ * at a time, the even bytes of 16 by a mask and a pack; the loads stay
+ * within src[0, 2n - 1) (the last group of eight overlaps the one before it,
+ * taking the odd bytes of the 16 ending at src[2n - 2]); rows below 9 one
+ * byte at a time. */
+static inline void nbl_code_gather2_sse2(const uint8_t *src, int64_t n, uint8_t *dst) {
+  int64_t q = 0;
+  if (n >= 9) {
+    const __m128i lo = _mm_set1_epi16(0x00ff);
+    for (; q + 9 <= n; q += 8) {
+      const __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + 2 * q)), lo);
+      _mm_storel_epi64((__m128i *)(void *)(dst + q), _mm_packus_epi16(v, v));
+    }
+    if (q < n) {
+      const __m128i v = _mm_srli_epi16(_mm_loadu_si128((const __m128i *)(const void *)(src + 2 * n - 17)), 8);
+      _mm_storel_epi64((__m128i *)(void *)(dst + n - 8), _mm_packus_epi16(v, v));
+    }
+    return;
+  }
+  for (; q < n; q++) dst[q] = src[2 * q];
+}
+#endif
+
 /* Pixels [p0, p1) of im2col row k (channel c, tap kh, kw) of a convolution of
  * geometry g into row, from x: the image group's channels as padded bytes
  * [C][Hp][Wp]. gather2: rows of column stride 2 by AVX-512 BW (only when the
- * CPU has it). */
+ * CPU has it), else by SSE2. */
 static inline void nbl_code_im2col_row(const nbl_conv_geom *g, const uint8_t *x, int64_t Hp,
                                        int64_t Wp, int gather2, int64_t k, int64_t p0, int64_t p1,
                                        uint8_t *row) {
@@ -130,8 +154,9 @@ static inline void nbl_code_im2col_row(const nbl_conv_geom *g, const uint8_t *x,
       memcpy(dst, src, (size_t)n);
     } else {
 #if defined(__x86_64__)
-      if (s1 == 2 && gather2) {
-        nbl_code_gather2_avx512(src, n, dst);
+      if (s1 == 2) {
+        if (gather2) nbl_code_gather2_avx512(src, n, dst);
+        else nbl_code_gather2_sse2(src, n, dst);
         pix += n;
         continue;
       }
