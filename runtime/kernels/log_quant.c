@@ -2,6 +2,7 @@
  * logarithmic quantizer; see runtime/kernels/log_quant.h. */
 #include "runtime/kernels/log_quant.h"
 
+#include "runtime/core/cpu.h"
 #include "runtime/formats/int4.h"
 #include "runtime/formats/log.h"
 
@@ -10,19 +11,19 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The one CPU question of this file (see the header). */
-nbl_logq_isa nbl_logq_best_isa(void) {
-  static int best = -1;
-  if (best < 0) {
-    __builtin_cpu_init();
-    best = __builtin_cpu_supports("avx512f")          ? NBL_LOGQ_AVX512
-           : __builtin_cpu_supports("avx2")           ? NBL_LOGQ_AVX2
-                                                      : NBL_LOGQ_SCALAR;
-  }
-  return (nbl_logq_isa)best;
+/* The CPU's best variant, no cap: what a variant asked for is lowered to. */
+static nbl_logq_isa cpu_best(void) {
+  const unsigned f = nbl_cpu_features();
+  return (f & NBL_CPU_AVX512F) ? NBL_LOGQ_AVX512 : (f & NBL_CPU_AVX2) ? NBL_LOGQ_AVX2 : NBL_LOGQ_SCALAR;
 }
 
-int nbl_logq_isa_ok(nbl_logq_isa isa) { return isa <= nbl_logq_best_isa(); }
+/* The variant to use: the runtime's one CPU dispatch (runtime/core/cpu.h),
+ * the cap in force on the calling thread included. */
+nbl_logq_isa nbl_logq_best_isa(void) {
+  return nbl_cpu_has(NBL_CPU_AVX512F) ? NBL_LOGQ_AVX512 : nbl_cpu_has(NBL_CPU_AVX2) ? NBL_LOGQ_AVX2 : NBL_LOGQ_SCALAR;
+}
+
+int nbl_logq_isa_ok(nbl_logq_isa isa) { return isa <= cpu_best(); }
 
 /* ------------------------------------------------------------------ scalar */
 
@@ -550,16 +551,14 @@ __attribute__((target("avx2"))) static size_t stochastic_avx2(const double *lev,
 }
 
 static int has_avx512dq(void) {
-  static int dq = -1;
-  if (dq < 0) dq = __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl");
-  return dq;
+  const unsigned m = NBL_CPU_AVX512DQ | NBL_CPU_AVX512BW | NBL_CPU_AVX512VL;
+  return (nbl_cpu_features() & m) == m;
 }
 
 void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_log_params *p, const float *x,
                          float *y, signed char *codes, size_t n, uint64_t index0) {
   const int L = p->levels;
-  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa > cpu_best()) isa = cpu_best();
   if (isa == NBL_LOGQ_AVX512 && has_avx512dq() && L >= 1 && L <= NBL_LOG_MAX_LEVELS) {
     double lev[NBL_LOG_MAX_LEVELS];
     float levf[NBL_LOG_MAX_LEVELS];
@@ -567,7 +566,7 @@ void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_
     stochastic_avx512(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
     return;
   }
-  if (isa == NBL_LOGQ_AVX2 && L >= 1 && L <= NBL_LOG_MAX_LEVELS) {
+  if (isa >= NBL_LOGQ_AVX2 && L >= 1 && L <= NBL_LOG_MAX_LEVELS) { /* (AVX-512 without DQ too) */
     double lev[NBL_LOG_MAX_LEVELS];
     float levf[NBL_LOG_MAX_LEVELS];
     for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
@@ -587,7 +586,7 @@ void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_
 /* ------------------------------------------------------------------ dispatch */
 
 float nbl_logq_absmax(nbl_logq_isa isa, const float *x, size_t n) {
-  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa > cpu_best()) isa = cpu_best();
   switch (isa) {
   case NBL_LOGQ_AVX512: return absmax_avx512(x, n);
   case NBL_LOGQ_AVX2: return absmax_avx2(x, n);
@@ -598,7 +597,7 @@ float nbl_logq_absmax(nbl_logq_isa isa, const float *x, size_t n) {
 void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                       float *y, size_t n) {
   if (L < 1 || L > 15) return;
-  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa > cpu_best()) isa = cpu_best();
   switch (isa) {
   case NBL_LOGQ_AVX512: nearest_avx512(lev, thr, L, x, y, NULL, n); break;
   case NBL_LOGQ_AVX2: nearest_avx2(lev, thr, L, x, y, n); break;
@@ -608,7 +607,7 @@ void nbl_logq_nearest(nbl_logq_isa isa, const float *lev, const float *thr, int 
 
 void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const float *const thr[2], const int L[2],
                              const float *x, signed char *const codes[2], size_t n) {
-  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa > cpu_best()) isa = cpu_best();
   if (isa == NBL_LOGQ_AVX512 && L[0] >= 1 && L[0] <= 15 && L[1] >= 1 && L[1] <= 15 &&
       codes2_avx512(lev, thr, L, x, codes, n))
     return;
@@ -624,7 +623,7 @@ void nbl_logq_nearest_codes2(nbl_logq_isa isa, const float *const lev[2], const 
 void nbl_logq_nearest_codes(nbl_logq_isa isa, const float *lev, const float *thr, int L, const float *x,
                             float *y, signed char *codes, size_t n) {
   if (L < 1 || L > 15) return;
-  if (isa > nbl_logq_best_isa()) isa = nbl_logq_best_isa();
+  if (isa > cpu_best()) isa = cpu_best();
   bt_avx2 b;
   if (isa == NBL_LOGQ_AVX512) {
     nearest_avx512(lev, thr, L, x, y, codes, n);

@@ -6,10 +6,10 @@
  * (stochastic rounding's scalar one: the format's own functions); all give
  * bit-identical results, equal to nbl_log_fake_quant's (tests/runtime/formats/test_format_log.c).
  *
- * The variant is chosen at run time by nbl_logq_best_isa(), the one place that
- * asks the CPU (__builtin_cpu_supports until the runtime's common CPU dispatch
- * is in this tree; then it becomes a call to nbl_cpu_has). Tests call each
- * variant explicitly. The AVX-512 and AVX2 rounding look the magnitude up by the
+ * The variant is chosen at run time by nbl_logq_best_isa(), through the
+ * runtime's one CPU dispatch (runtime/core/cpu.h: the CPU and the cap in
+ * force, NBL_ISA or the session's). Tests call each variant explicitly; a
+ * variant the CPU lacks is lowered to the best it has. The AVX-512 and AVX2 rounding look the magnitude up by the
  * binade of |x| (one threshold per binade at most, for every radix >= 2)
  * instead of comparing |x| with every threshold; grids the lookup cannot
  * hold (subnormal levels, more than 30 binades) take the comparisons.
@@ -22,9 +22,10 @@
 
 typedef enum { NBL_LOGQ_SCALAR = 0, NBL_LOGQ_AVX2 = 1, NBL_LOGQ_AVX512 = 2 } nbl_logq_isa;
 
-/* The best variant this CPU runs (AVX-512F, else AVX2, else scalar). */
+/* The variant to use on the calling thread: AVX-512F, else AVX2, else
+ * scalar, as the CPU and the cap in force allow. */
 nbl_logq_isa nbl_logq_best_isa(void);
-/* 1 when the CPU can run variant isa. */
+/* 1 when the CPU can run variant isa (no cap). */
 int nbl_logq_isa_ok(nbl_logq_isa isa);
 
 /* max |x[i]| over the finite elements of x[0..n) (0 when there is none). */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/cpu.h"
 #include "runtime/formats/log.h"
 #include "runtime/kernels/log_quant.h"
 #include "test_data.h"
@@ -561,6 +562,19 @@ START_TEST(test_decode) {
 }
 END_TEST
 
+/* The variant follows the cap in force on the thread (runtime/core/cpu.h);
+ * the variants a test asks for follow the CPU alone. */
+START_TEST(test_isa_follows_cap) {
+  const nbl_isa prev = nbl_cpu_set_thread_cap(NBL_ISA_SCALAR);
+  ck_assert_int_eq(nbl_logq_best_isa(), NBL_LOGQ_SCALAR);
+  nbl_cpu_set_thread_cap(NBL_ISA_AVX2);
+  ck_assert_int_le(nbl_logq_best_isa(), NBL_LOGQ_AVX2);
+  ck_assert_int_eq(nbl_logq_isa_ok(NBL_LOGQ_AVX2), (nbl_cpu_features() & NBL_CPU_AVX2) != 0);
+  nbl_cpu_set_thread_cap(prev);
+  ck_assert_int_eq(nbl_logq_best_isa() == NBL_LOGQ_AVX512, nbl_cpu_has(NBL_CPU_AVX512F));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("format_log");
   TCase *tc = tcase_create("log");
@@ -575,6 +589,7 @@ int main(void) {
   tcase_add_test(tc, test_table_and_vector_kernels);
   tcase_add_test(tc, test_int_grid);
   tcase_add_test(tc, test_decode);
+  tcase_add_test(tc, test_isa_follows_cap);
   tcase_add_test(tc, test_codes_batch);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
