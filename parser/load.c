@@ -877,7 +877,18 @@ static nbl_status model_from_pb(load_ctx *c, Onnx__ModelProto *mp) {
    * IR 4 on). So the main graph of an IR < 4 model keeps only its true
    * inputs; the passes and the runtime see its weights as the constants they
    * are, and the saver lists the initializers again when it writes IR < 4. */
-  if (m->ir_version < 4) nbl_graph_drop_init_inputs(m->graph);
+  if (m->ir_version < 4) {
+    nbl_graph_drop_init_inputs(m->graph);
+    /* an initializer the file did not list (which IR < 4 requires) gets the
+     * type its listing has: its tensor's, as the saver writes it; else the
+     * model would change through save and load */
+    for (int i = 0; i < m->graph->n_initializers; i++) {
+      nbl_value *v = &m->graph->values[m->graph->initializers[i]];
+      if (!v->init || v->type.kind != NBL_TYPE_NONE) continue;
+      nbl_type_set_tensor(a, &v->type, v->init->dtype, v->init->rank, v->init->dims);
+      if (v->type.rank > 0 && !v->type.dims) return oom(c);
+    }
+  }
   if (mp->n_training_info) {
     m->training = nbl_arena_alloc(a, sizeof(nbl_training_info) * mp->n_training_info);
     if (!m->training) return oom(c);
