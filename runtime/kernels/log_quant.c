@@ -227,21 +227,20 @@ static int bt_avx2_init(bt_avx2 *b, const float *lev, const float *thr, int L) {
   return 1;
 }
 
-__attribute__((target("avx2"))) static inline __m256i lut32_avx2(const int32_t *t, __m256i bin) {
-  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 28)), b4 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 27));
-  const __m256 p0 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), bin));
-  const __m256 p1 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 8)), bin));
-  const __m256 p2 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 16)), bin));
-  const __m256 p3 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 24)), bin));
-  return _mm256_castps_si256(_mm256_blendv_ps(_mm256_blendv_ps(p0, p1, b3), _mm256_blendv_ps(p2, p3, b3), b4));
-}
-
-/* lut32_avx2 for bins 0..15: two vpermd and one blend on bit 3. */
+/* A 16-entry lookup for bins 0..15 (vpermd takes bits 0-2): two vpermd
+ * and one blend on bit 3. */
 __attribute__((target("avx2"))) static inline __m256i lut16_avx2(const int32_t *t, __m256i bin) {
   const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 28));
   const __m256 p0 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), bin));
   const __m256 p1 = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + 8)), bin));
   return _mm256_castps_si256(_mm256_blendv_ps(p0, p1, b3));
+}
+
+/* The 32-entry lookup: the two halves' lut16_avx2, chosen by bit 4. */
+__attribute__((target("avx2"))) static inline __m256i lut32_avx2(const int32_t *t, __m256i bin) {
+  const __m256 b4 = _mm256_castsi256_ps(_mm256_slli_epi32(bin, 27));
+  return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(lut16_avx2(t, bin)),
+                                              _mm256_castsi256_ps(lut16_avx2(t + 16, bin)), b4));
 }
 
 /* Eight int32 lanes (codes, within int8) stored as eight bytes. */
@@ -434,12 +433,9 @@ __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static inline __m5
 }
 
 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static void stochastic_avx512(
-    const double *lev, const float *levf, int L, uint64_t key, const float *x, float *y, signed char *codes, size_t n,
-    uint64_t index0) {
-  double lt[16] = {0};
-  float lf[16] = {0};
-  for (int j = 0; j < L; j++) lt[j] = lev[j], lf[j + 1] = levf[j]; /* lf[code]: the level of |code| */
-  const __m512d t0 = _mm512_loadu_pd(lt), t1 = _mm512_loadu_pd(lt + 8), top = _mm512_set1_pd(lev[0]);
+    const double lev[16], const float lf[16], int L, uint64_t key, const float *x, float *y, signed char *codes,
+    size_t n, uint64_t index0) {
+  const __m512d t0 = _mm512_loadu_pd(lev), t1 = _mm512_loadu_pd(lev + 8), top = _mm512_set1_pd(lev[0]);
   const __m512d m = _mm512_set1_pd(lev[L - 1]), inf = _mm512_set1_pd(INFINITY), zero = _mm512_setzero_pd();
   const __m512d scale = _mm512_set1_pd(1.0 / 9007199254740992.0);
   const __m512 lft = _mm512_loadu_ps(lf);
@@ -509,12 +505,9 @@ __attribute__((target("avx2"))) static inline __m256d u53_to_pd(__m256i x) {
   return _mm256_add_pd(_mm256_mul_pd(hi, _mm256_set1_pd(4294967296.0)), lo);
 }
 
-__attribute__((target("avx2"))) static size_t stochastic_avx2(const double *lev, const float *levf, int L, uint64_t key,
-                                                            const float *x, float *y, signed char *codes, size_t n,
-                                                            uint64_t index0) {
-  double lt[16] = {0};
-  float lf[16] = {0};
-  for (int j = 0; j < L; j++) lt[j] = lev[j], lf[j + 1] = levf[j];
+__attribute__((target("avx2"))) static size_t stochastic_avx2(const double lev[16], const float lf[16], int L,
+                                                            uint64_t key, const float *x, float *y, signed char *codes,
+                                                            size_t n, uint64_t index0) {
   const __m256d top = _mm256_set1_pd(lev[0]), m = _mm256_set1_pd(lev[L - 1]), zero = _mm256_setzero_pd(), scale = _mm256_set1_pd(1.0 / 9007199254740992.0),
                 absm = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
   const __m256i one = _mm256_set1_epi64x(1), vL = _mm256_set1_epi64x(L), vkey = _mm256_set1_epi64x((long long)key);
@@ -526,7 +519,7 @@ __attribute__((target("avx2"))) static size_t stochastic_avx2(const double *lev,
     __m256i k = one;
     for (int j = 1; j < L; j++)
       k = _mm256_sub_epi64(k, _mm256_castpd_si256(_mm256_cmp_pd(a, _mm256_set1_pd(lev[j]), _CMP_LT_OQ)));
-    const __m256d hi = _mm256_i64gather_pd(lt, _mm256_sub_epi64(k, one), 8), lo = _mm256_i64gather_pd(lt, k, 8);
+    const __m256d hi = _mm256_i64gather_pd(lev, _mm256_sub_epi64(k, one), 8), lo = _mm256_i64gather_pd(lev, k, 8);
     const __m256d under = _mm256_castsi256_pd(_mm256_cmpeq_epi64(k, vL));
     const __m256i h = splitmix_256(_mm256_xor_si256(vkey, _mm256_add_epi64(_mm256_set1_epi64x((long long)(index0 + i)), lanes)));
     const __m256d u = _mm256_mul_pd(u53_to_pd(_mm256_srli_epi64(h, 11)), scale);
@@ -559,18 +552,18 @@ void nbl_logq_stochastic(nbl_logq_isa isa, const nbl_log_config *cfg, const nbl_
                          float *y, signed char *codes, size_t n, uint64_t index0) {
   const int L = p->levels;
   if (isa > cpu_best()) isa = cpu_best();
-  if (isa == NBL_LOGQ_AVX512 && has_avx512dq() && L >= 1 && L <= NBL_LOG_MAX_LEVELS) {
-    double lev[NBL_LOG_MAX_LEVELS];
-    float levf[NBL_LOG_MAX_LEVELS];
-    for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
-    stochastic_avx512(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
+  /* the vector kernels' tables: the float levels as doubles (lev[k], 0 past
+   * L - 1), and the level of each |code| (lf[code], lf[0] = 0) */
+  double lev[16] = {0};
+  float lf[16] = {0};
+  const int vec = isa >= NBL_LOGQ_AVX2 && L >= 1 && L <= NBL_LOG_MAX_LEVELS; /* (NBL_LOG_MAX_LEVELS < 16) */
+  for (int k = 0; vec && k < L; k++) lf[k + 1] = nbl_log_level(cfg, p, k), lev[k] = (double)lf[k + 1];
+  if (vec && isa == NBL_LOGQ_AVX512 && has_avx512dq()) {
+    stochastic_avx512(lev, lf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
     return;
   }
-  if (isa >= NBL_LOGQ_AVX2 && L >= 1 && L <= NBL_LOG_MAX_LEVELS) { /* (AVX-512 without DQ too) */
-    double lev[NBL_LOG_MAX_LEVELS];
-    float levf[NBL_LOG_MAX_LEVELS];
-    for (int k = 0; k < L; k++) levf[k] = nbl_log_level(cfg, p, k), lev[k] = (double)levf[k];
-    const size_t i = stochastic_avx2(lev, levf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
+  if (vec) { /* AVX2 (AVX-512 without DQ too) */
+    const size_t i = stochastic_avx2(lev, lf, L, nbl_q4_uniform_key(cfg->seed), x, y, codes, n, index0);
     x += i, n -= i, index0 += i;
     if (codes) codes += i;
     if (y) y += i;
