@@ -196,27 +196,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static int pad_codes_512(co
   return bad ? -1 : 0;
 }
 
-/* n bytes from s to d (no byte outside d[0, n) written): two overlapping
- * moves of 16, 8 or 4 bytes, else a byte loop. */
-static inline void copy_run(uint8_t *d, const uint8_t *s, int64_t n) {
-  uint64_t a, b;
-  uint32_t e, f;
-  if (n >= 16) {
-    for (int64_t i = 0; i + 16 < n; i += 16) memcpy(d + i, s + i, 16);
-    uint8_t t[16];
-    memcpy(t, s + n - 16, 16);
-    memcpy(d + n - 16, t, 16);
-  } else if (n >= 8) {
-    memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
-    memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
-  } else if (n >= 4) {
-    memcpy(&e, s, 4), memcpy(&f, s + n - 4, 4);
-    memcpy(d, &e, 4), memcpy(d + n - 4, &f, 4);
-  } else {
-    for (int64_t i = 0; i < n; i++) d[i] = s[i];
-  }
-}
-
 /* pad_codes_c on AVX2: the image's codes k as bytes (c + 128, c = k - z) in
  * one sweep of 32 at a time into t8 (nx bytes), in bytes throughout: c
  * leaves -128..127 exactly where the wrapping and the saturating k - z
@@ -255,7 +234,7 @@ __attribute__((target("avx2"))) static int pad_codes_256(const fwd_job *j, const
   memset(u, 128, (size_t)(g->C * j->Hp * j->Wp));
   for (int64_t c = 0; c < g->C; c++)
     for (int64_t r = 0; r < H; r++)
-      copy_run(u + (c * j->Hp + r + g->pb[0]) * j->Wp + g->pb[1], t8 + (c * H + r) * W, W);
+      memcpy(u + (c * j->Hp + r + g->pb[0]) * j->Wp + g->pb[1], t8 + (c * H + r) * W, (size_t)W);
   *lo = a, *hi = b;
   return 0;
 }
