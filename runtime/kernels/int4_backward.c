@@ -848,6 +848,12 @@ __attribute__((target("avx2"))) static void scale_row_256(const int32_t *t, int 
   for (; l < nc; l++) y[l] = (float)((double)t[l] * s);
 }
 
+/* y[l] = (float)((double)t[l] * s), l < nc, by the epilogue's vectors (vec 2 AVX-512, else AVX2). */
+static void scale_row(int vec, const int32_t *t, int nc, double s, float *y) {
+  if (vec == 2) scale_row_512(t, nc, s, y);
+  else scale_row_256(t, nc, s, y);
+}
+
 /* rows r < mr of the tile (32 int32 each, nc <= 32 used) to c + r * ld. */
 __attribute__((target("avx512f"))) static void store_rows_512(const int32_t *T, int mr, int nc, int32_t *c,
                                                                int64_t ld) {
@@ -900,8 +906,7 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
           float *d = c + r * ld + i * o->w + j;
 #if I4B_X86
           if (vec && !T64) {
-            if (vec == 2) scale_row_512(T + r * 32 + l, keep, s, d);
-            else scale_row_256(T + r * 32 + l, keep, s, d);
+            scale_row(vec, T + r * 32 + l, keep, s, d);
             continue;
           }
 #endif
@@ -915,8 +920,7 @@ static void sink_tile(const nbl_i4b_sink *o, int64_t m, int mr, int64_t n0, int 
 #if I4B_X86
     if (vec && !T64 && sc == 1) {
       for (int r = 0; r < mr; r++)
-        if (vec == 2) scale_row_512(T + r * 32, nc, s, c + r * sr);
-        else scale_row_256(T + r * 32, nc, s, c + r * sr);
+        scale_row(vec, T + r * 32, nc, s, c + r * sr);
       break;
     }
 #endif
