@@ -63,7 +63,9 @@ def make_transformer():
 
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_STEPS = 500  # SGD steps of 64 images: ResNet-18 ~88%, MobileNetV2 ~85% test accuracy
+FMNIST_STEPS = 250  # SGD steps of 64 images: ResNet-18 ~85%, MobileNetV2 ~83% test accuracy
+# (500 steps gave ~88% and ~85% for twice the time: the checks need outputs that
+# mean something, not the best network, and this training is most of the ref suite)
 FMNIST_BATCH = 16   # test images in the exported input
 
 

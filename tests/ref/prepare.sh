@@ -13,6 +13,7 @@
 # --force: other checkouts may be reading it while the export replaces its
 # files one by one, and a checkout's fresh file times alone (not a change of
 # the scripts) make it look stale. The set is used as it is, with a warning.
+# Concurrent calls for one OUTDIR are serialized with flock on OUTDIR.lock.
 # Exit status: 0 ready, 1 a step failed, 2 bad usage, 77 node or torch missing.
 set -eu
 
@@ -40,6 +41,13 @@ if [ ! -d "$root/node_modules/onnxruntime-node" ]; then
     echo "prepare.sh: npm install failed" >&2
     exit 1
   }
+fi
+
+# One preparation at a time: tests that run in parallel may each call this; the
+# second waits for the first and then finds the set up to date.
+if [ -z "${NBL_PREPARE_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$out")"
+  NBL_PREPARE_LOCKED=1 exec flock "$out.lock" sh "$0" "$@"
 fi
 
 manifest="$out/manifest.json"
