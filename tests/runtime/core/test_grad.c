@@ -14,6 +14,7 @@
 #include "test_model.h"
 
 #include "grad_case.h"
+#include "ck_elem.h"
 
 /* ------------------------------------------------------------------ the op table */
 
@@ -655,7 +656,7 @@ START_TEST(test_lenet_training_model) {
     const nbl_tensor *st_t = g->values[sv].init, *p_t = g->values[nbl_graph_find(g, p)].init;
     ck_assert_ptr_nonnull(st_t);
     ck_assert_int_eq(nbl_tensor_numel(st_t), nbl_tensor_numel(p_t));
-    for (int64_t k = 0; k < nbl_tensor_numel(st_t); k++) ck_assert(nbl_tensor_get_f64(st_t, k) == 0.0);
+    for (int64_t k = 0; k < nbl_tensor_numel(st_t); k++) ck_elem(nbl_tensor_get_f64(st_t, k) == 0.0);
     ck_assert_ptr_nonnull(binding(ti->init_binding, ti->n_init_binding, sname));
   }
   ck_assert_int_eq(n_train, 7);

@@ -15,6 +15,7 @@
 #include "runtime/formats/log.h"
 #include "runtime/kernels/log_quant.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 static nbl_log_config cfg_of(int radix, nbl_log_rounding r, int phase) {
   nbl_log_config c;
@@ -313,11 +314,11 @@ START_TEST(test_stochastic_kernel) {
                 uint32_t a, b;
                 memcpy(&a, &want[i], 4);
                 memcpy(&b, &got[i], 4);
-                ck_assert_msg((a == b || (isnan(want[i]) && isnan(got[i]))) && wc[i] == gc[i],
-                              "isa %d radix %d exp_bits %d luq %d top %g [%zu]: x=%a -> %a code %d, reference %a "
-                              "code %d",
-                              isa, c.radix, eb, luq, (double)tops[ti], i, (double)x[i], (double)got[i], gc[i],
-                              (double)want[i], wc[i]);
+                ck_elem_msg((a == b || (isnan(want[i]) && isnan(got[i]))) && wc[i] == gc[i],
+                            "isa %d radix %d exp_bits %d luq %d top %g [%zu]: x=%a -> %a code %d, reference %a "
+                            "code %d",
+                            isa, c.radix, eb, luq, (double)tops[ti], i, (double)x[i], (double)got[i], gc[i],
+                            (double)want[i], wc[i]);
               }
               if (len < N) { /* nothing written past len */
                 uint32_t past;
@@ -327,7 +328,7 @@ START_TEST(test_stochastic_kernel) {
               /* Y in place of X, without the codes */
               memcpy(got, x, sizeof(float) * len);
               nbl_logq_stochastic((nbl_logq_isa)isa, &c, &p, got, got, NULL, len, index0);
-              for (size_t i = 0; i < len; i++) ck_assert(!memcmp(&got[i], &want[i], 4) || isnan(want[i]));
+              for (size_t i = 0; i < len; i++) ck_elem(!memcmp(&got[i], &want[i], 4) || isnan(want[i]));
               checked++;
             }
           }
@@ -406,10 +407,10 @@ START_TEST(test_table_and_vector_kernels) {
               uint32_t a, b;
               memcpy(&a, &want[i], 4);
               memcpy(&b, &got[i], 4);
-              ck_assert_msg(a == b || (isnan(want[i]) && isnan(got[i])),
-                            "isa %d radix %d exp_bits %d phase %d top %g: x=%a -> %a, reference %a", isa,
-                            c.radix, eb, c.phase, (double)tops[ti], (double)x[i], (double)got[i],
-                            (double)want[i]);
+              ck_elem_msg(a == b || (isnan(want[i]) && isnan(got[i])),
+                          "isa %d radix %d exp_bits %d phase %d top %g: x=%a -> %a, reference %a", isa,
+                          c.radix, eb, c.phase, (double)tops[ti], (double)x[i], (double)got[i],
+                          (double)want[i]);
             }
             /* with the codes (QuantizeLog's codes output): the same y, and
              * each code nbl_log_code's (nbl_log_code8_nonfinite for NaN, Inf) */
@@ -419,11 +420,11 @@ START_TEST(test_table_and_vector_kernels) {
             nbl_logq_nearest_codes((nbl_logq_isa)isa, lev, thr, p.levels, x, got, codes, n);
             for (size_t i = 0; i < n; i++) {
               const int wc = isfinite(x[i]) ? nbl_log_code(&c, &p, x[i], i) : nbl_log_code8_nonfinite(x[i]);
-              ck_assert_msg(memcmp(&want[i], &got[i], 4) == 0 || (isnan(want[i]) && isnan(got[i])),
-                            "codes variant, isa %d: x=%a -> %a, reference %a", isa, (double)x[i], (double)got[i],
-                            (double)want[i]);
-              ck_assert_msg(codes[i] == wc, "isa %d radix %d exp_bits %d phase %d top %g: x=%a: code %d, want %d",
-                            isa, c.radix, eb, c.phase, (double)tops[ti], (double)x[i], codes[i], wc);
+              ck_elem_msg(memcmp(&want[i], &got[i], 4) == 0 || (isnan(want[i]) && isnan(got[i])),
+                          "codes variant, isa %d: x=%a -> %a, reference %a", isa, (double)x[i], (double)got[i],
+                          (double)want[i]);
+              ck_elem_msg(codes[i] == wc, "isa %d radix %d exp_bits %d phase %d top %g: x=%a: code %d, want %d",
+                          isa, c.radix, eb, c.phase, (double)tops[ti], (double)x[i], codes[i], wc);
             }
             /* the codes alone (Y omitted): the same codes */
             signed char *alone = malloc(N);
@@ -450,10 +451,10 @@ START_TEST(test_table_and_vector_kernels) {
               memset(pair[1], 0x55, N + 1);
               nbl_logq_nearest_codes2((nbl_logq_isa)isa, lv, th, nl, x, pair, n);
               for (size_t i = 0; i < n; i++)
-                ck_assert_msg(pair[sw][i] == codes[i] && pair[!sw][i] == other[i],
-                              "codes2 isa %d radix %d exp_bits %d phase %d top %g (swap %d): x=%a: %d %d, want %d %d",
-                              isa, c.radix, eb, c.phase, (double)tops[ti], sw, (double)x[i], pair[sw][i],
-                              pair[!sw][i], codes[i], other[i]);
+                ck_elem_msg(pair[sw][i] == codes[i] && pair[!sw][i] == other[i],
+                            "codes2 isa %d radix %d exp_bits %d phase %d top %g (swap %d): x=%a: %d %d, want %d %d",
+                            isa, c.radix, eb, c.phase, (double)tops[ti], sw, (double)x[i], pair[sw][i],
+                            pair[!sw][i], codes[i], other[i]);
               ck_assert_int_eq(pair[0][n], 0x55); /* nothing past n */
               ck_assert_int_eq(pair[1][n], 0x55);
             }
@@ -485,8 +486,8 @@ START_TEST(test_table_and_vector_kernels) {
       nbl_log_fake_quant(&c, &p, x, got, n, 1000);
       for (size_t i = 0; i < n; i++) {
         float w = isfinite(x[i]) ? nbl_log_value(&c, &p, nbl_log_code(&c, &p, x[i], 1000 + i)) : x[i];
-        ck_assert_msg(memcmp(&w, &got[i], 4) == 0 || (isnan(w) && isnan(got[i])), "mode %d: x=%a -> %a, want %a",
-                      mode, (double)x[i], (double)got[i], (double)w);
+        ck_elem_msg(memcmp(&w, &got[i], 4) == 0 || (isnan(w) && isnan(got[i])), "mode %d: x=%a -> %a, want %a",
+                    mode, (double)x[i], (double)got[i], (double)w);
       }
     }
   /* in place (y == x) */

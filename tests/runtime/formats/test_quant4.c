@@ -9,6 +9,7 @@
 #include "nibble.h"
 #include "ir/ir.h"
 #include "runtime/formats/int4.h"
+#include "ck_elem.h"
 
 static nbl_q4_config cfg4(void) {
   nbl_q4_config c;
@@ -190,10 +191,10 @@ START_TEST(test_stochastic_unbiased) {
   double m_pos = 0, m_neg = 0;
   for (int i = 0; i < N; i++) {
     if (i & 1) {
-      ck_assert(y[i] == 0.0f || y[i] == 1.0f);
+      ck_elem(y[i] == 0.0f || y[i] == 1.0f);
       m_pos += y[i];
     } else {
-      ck_assert(y[i] == -3.0f || y[i] == -2.0f);
+      ck_elem(y[i] == -3.0f || y[i] == -2.0f);
       m_neg += y[i];
     }
   }
@@ -722,7 +723,7 @@ START_TEST(test_mse_positions) {
       const float got = nbl_q4_mse_clip(&c, x, (size_t)n, 0.0f, 64.0f);
       x[p] = 1.0f;
       if (p == 0) first = got;
-      ck_assert_msg(got == first, "n %d: outlier at %d: clip %g, at 0: %g", n, p, got, first);
+      ck_elem_msg(got == first, "n %d: outlier at %d: clip %g, at 0: %g", n, p, got, first);
     }
     ck_assert_msg(n == 1 || first != alone, "n %d: clip %g with the outlier, %g without", n, first, alone);
   }

@@ -19,6 +19,7 @@
 #include "nibble.h"
 #include "runtime/core/cpu.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 /* nbl_session_print_profile(s, ..., 0) as a string (malloc'ed). */
 static inline char *ft_profile(const nbl_session *s) {
@@ -169,7 +170,7 @@ static inline void ft_check_kernel(const char *what, const void *ctx, ft_kernel_
   ck_assert_int_eq(run(ctx, x, y, n), NBL_OK);
   for (int64_t i = 0; i < n; i++) {
     float w = want(ctx, i);
-    ck_assert_msg(!memcmp(&w, &y[i], 4), "%s: x = %a: %a, want %a", what, (double)x[i], (double)y[i], (double)w);
+    ck_elem_msg(!memcmp(&w, &y[i], 4), "%s: x = %a: %a, want %a", what, (double)x[i], (double)y[i], (double)w);
   }
   for (int len = 0; len <= 19; len++) { /* tails */
     for (int i = 0; i < len + 8; i++) memcpy(&y[i], &guard, 4);
@@ -183,7 +184,7 @@ static inline void ft_check_kernel(const char *what, const void *ctx, ft_kernel_
   ck_assert_int_eq(run(ctx, y, y, n), NBL_OK);
   for (int64_t i = 0; i < n; i++) {
     float w = want(ctx, i);
-    ck_assert_msg(!memcmp(&w, &y[i], 4), "%s, in place: x = %a", what, (double)x[i]);
+    ck_elem_msg(!memcmp(&w, &y[i], 4), "%s, in place: x = %a", what, (double)x[i]);
   }
 }
 

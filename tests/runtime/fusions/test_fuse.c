@@ -16,6 +16,7 @@
 #include "ir/ir.h"
 #include "test_data.h"
 #include "fuse_test.h"
+#include "ck_elem.h"
 
 static uint32_t rng = 4242;
 static float frand(void) { return td_lcg_float(&rng); }
@@ -139,9 +140,9 @@ static void check(const fcase *c, int expect_fused) {
     ck_assert_int_eq(n2, n1);
     int nans = 0;
     for (int64_t i = 0; i < n1; i++) {
-      ck_assert_msg(memcmp(&yf[i], &yu[i], sizeof(float)) == 0 || (isnan(yf[i]) && isnan(yu[i])),
-                    "act %d threads %d: fused %g vs unfused %g at %lld", c->act, threads, yf[i],
-                    yu[i], (long long)i);
+      ck_elem_msg(memcmp(&yf[i], &yu[i], sizeof(float)) == 0 || (isnan(yf[i]) && isnan(yu[i])),
+                  "act %d threads %d: fused %g vs unfused %g at %lld", c->act, threads, yf[i],
+                  yu[i], (long long)i);
       int64_t mm = i / (OH * OW), oh = i / OW % OH, ow = i % OW, gr = mm / Mg;
       double acc = b[mm], mag = fabs(acc);
       int hit_nan = 0;
@@ -163,8 +164,8 @@ static void check(const fcase *c, int expect_fused) {
       }
       double want = acc < lo ? lo : acc;
       want = want > hi ? hi : want;
-      ck_assert_msg(fabs(yf[i] - want) <= 1e-5 * (1 + mag), "act %d: y[%lld] = %g, want %g",
-                    c->act, (long long)i, yf[i], want);
+      ck_elem_msg(fabs(yf[i] - want) <= 1e-5 * (1 + mag), "act %d: y[%lld] = %g, want %g",
+                  c->act, (long long)i, yf[i], want);
     }
     if (c->nan_at >= 0) ck_assert_int_gt(nans, 0);
     free(yf);

@@ -22,6 +22,7 @@
 #include "ir/ir.h"
 #include "test_data.h"
 #include "fuse_test.h"
+#include "ck_elem.h"
 
 static uint32_t rng = 515;
 
@@ -141,8 +142,8 @@ static void check(const pcase *c) {
     ck_assert_uint_eq(nf, nu);
     ck_assert_uint_gt(nf, 0);
     for (size_t i = 0; i < nf; i++)
-      ck_assert_msg(fabsf(yf[i] - yu[i]) <= 1e-5f * (1.0f + fabsf(yu[i])),
-                    "%s, %d thread(s): y[%zu] fused %.9g unfused %.9g", c->what, t, i, yf[i], yu[i]);
+      ck_elem_msg(fabsf(yf[i] - yu[i]) <= 1e-5f * (1.0f + fabsf(yu[i])),
+                  "%s, %d thread(s): y[%zu] fused %.9g unfused %.9g", c->what, t, i, yf[i], yu[i]);
     free(yf);
     free(yu);
   }

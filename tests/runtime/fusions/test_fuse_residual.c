@@ -21,6 +21,7 @@
 #include "ir/ir.h"
 #include "test_data.h"
 #include "fuse_test.h"
+#include "ck_elem.h"
 
 static uint32_t rng = 9191;
 
@@ -140,8 +141,8 @@ static void check(const rcase *c) {
     ck_assert_uint_eq(nf, (size_t)ny);
     ck_assert_uint_eq(nu, nf);
     for (size_t i = 0; i < nf; i++)
-      ck_assert_msg(memcmp(&yf[i], &yu[i], sizeof(float)) == 0,
-                    "%s, %d thread(s): y[%zu] fused %.9g unfused %.9g", c->what, t, i, yf[i], yu[i]);
+      ck_elem_msg(memcmp(&yf[i], &yu[i], sizeof(float)) == 0,
+                  "%s, %d thread(s): y[%zu] fused %.9g unfused %.9g", c->what, t, i, yf[i], yu[i]);
     /* a double loop */
     int64_t Mg = c->M / c->group;
     for (int64_t mm = 0; mm < c->M; mm++)
@@ -175,8 +176,8 @@ static void check(const rcase *c) {
           acc += r;
           mag += fabs(r);
           if (c->act == 1) acc = acc < 0 ? 0 : acc;
-          ck_assert_msg(fabs(yf[o] - acc) <= 1e-5 * (1 + mag), "%s: y[%lld] %.9g, want %.9g", c->what,
-                        (long long)o, yf[o], acc);
+          ck_elem_msg(fabs(yf[o] - acc) <= 1e-5 * (1 + mag), "%s: y[%lld] %.9g, want %.9g", c->what,
+                      (long long)o, yf[o], acc);
         }
     free(yf);
     free(yu);

@@ -55,6 +55,7 @@
 #include "runtime/formats/int4.h"
 #include "runtime/kernels/q4_train.h"
 #include "test_model.h"
+#include "ck_elem.h"
 
 typedef struct run {
   nbl_train_session *s;
@@ -100,8 +101,8 @@ static void same_bits(const nbl_host_tensor *a, const nbl_host_tensor *b, const 
   ck_assert_uint_eq(a->nbytes, b->nbytes);
   const float *pa = a->data, *pb = b->data;
   for (size_t k = 0; k < a->nbytes / sizeof(float); k++)
-    ck_assert_msg(!memcmp(&pa[k], &pb[k], sizeof(float)), "%s, %d thread(s), step %d: %s %s [%zu]: fused %.9g vs %.9g",
-                  model, threads, step, what, a->name ? a->name : "?", k, pa[k], pb[k]);
+    ck_elem_msg(!memcmp(&pa[k], &pb[k], sizeof(float)), "%s, %d thread(s), step %d: %s %s [%zu]: fused %.9g vs %.9g",
+                model, threads, step, what, a->name ? a->name : "?", k, pa[k], pb[k]);
 }
 
 typedef struct train_case {
@@ -428,8 +429,8 @@ START_TEST(test_pool_grad) {
     ck_assert_int_eq(fr, 0);
     ck_assert_int_eq(nf_, nu);
     for (int64_t i = 0; i < nu; i++)
-      ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "pool case %d, %d thread(s): [%lld] fused %a vs %a", _i / 2,
-                    threads, (long long)i, yf[i], yu[i]);
+      ck_elem_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "pool case %d, %d thread(s): [%lld] fused %a vs %a", _i / 2,
+                  threads, (long long)i, yf[i], yu[i]);
     free(yf);
     free(yu);
   }
@@ -454,12 +455,12 @@ START_TEST(test_chain) {
     }
     ck_assert_int_eq(nf_, nu);
     for (int64_t i = 0; i < nu; i++)
-      ck_assert_msg(!memcmp(&y[i], &yu[i], sizeof(float)),
-                    "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d q_op %d), %d thread(s): "
-                    "[%lld] %s %.9g vs %.9g",
-                    _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
-                    c->keep_r, c->specials, c->given, c->q_op, threads, (long long)i, v ? "unfused given" : "fused",
-                    y[i], yu[i]);
+      ck_elem_msg(!memcmp(&y[i], &yu[i], sizeof(float)),
+                  "case %d (%lldx%lldx%lldx%lld add %d q4 %d keep %d specials %d given %d q_op %d), %d thread(s): "
+                  "[%lld] %s %.9g vs %.9g",
+                  _i / 2, (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4,
+                  c->keep_r, c->specials, c->given, c->q_op, threads, (long long)i, v ? "unfused given" : "fused",
+                  y[i], yu[i]);
     if (v) free(y);
   }
   free(yf);
@@ -574,10 +575,10 @@ START_TEST(test_fwd) {
   ck_assert_int_eq(fr, 0);
   ck_assert_int_eq(nf_, nu);
   for (int64_t i = 0; i < nu; i++)
-    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)),
-                  "case %d (%lldx%lldx%lldx%lld add %d q4 %d specials %d), %d thread(s): [%lld] fused %.9g vs %.9g", _i,
-                  (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4, c->specials,
-                  c->threads, (long long)i, yf[i], yu[i]);
+    ck_elem_msg(!memcmp(&yf[i], &yu[i], sizeof(float)),
+                "case %d (%lldx%lldx%lldx%lld add %d q4 %d specials %d), %d thread(s): [%lld] fused %.9g vs %.9g", _i,
+                (long long)c->N, (long long)c->C, (long long)c->H, (long long)c->W, c->add, c->q4, c->specials,
+                c->threads, (long long)i, yf[i], yu[i]);
   free(yf);
   free(yu);
 }
@@ -637,8 +638,8 @@ START_TEST(test_log_pair) {
   ck_assert_int_eq(fr, 0);
   ck_assert_int_eq(nf_, nu);
   for (int64_t i = 0; i < nu; i++)
-    ck_assert_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "%lld floats, %d thread(s), specials %d: [%lld] %.9g vs %.9g",
-                  (long long)numel, threads, specials, (long long)i, yf[i], yu[i]);
+    ck_elem_msg(!memcmp(&yf[i], &yu[i], sizeof(float)), "%lld floats, %d thread(s), specials %d: [%lld] %.9g vs %.9g",
+                (long long)numel, threads, specials, (long long)i, yf[i], yu[i]);
   free(yf);
   free(yu);
 }
@@ -681,8 +682,8 @@ START_TEST(test_ste_bounds) {
       volatile float q = x / p.scale;
       float r = nearbyintf(q) + (float)p.zero;
       int pass = r >= (float)p.qmin && r <= (float)p.qmax;
-      ck_assert_msg(pass == (x >= lo && x <= hi), "scale %g zero %d [%d, %d]: x %.9g passes %d, interval [%.9g, %.9g]",
-                    (double)p.scale, p.zero, p.qmin, p.qmax, (double)x, pass, (double)lo, (double)hi);
+      ck_elem_msg(pass == (x >= lo && x <= hi), "scale %g zero %d [%d, %d]: x %.9g passes %d, interval [%.9g, %.9g]",
+                  (double)p.scale, p.zero, p.qmin, p.qmax, (double)x, pass, (double)lo, (double)hi);
     }
   }
 }

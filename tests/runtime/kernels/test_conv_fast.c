@@ -16,6 +16,7 @@
 #include "runtime/kernels/kdebug.h"
 #include "test_data.h"
 #include "one_node.h"
+#include "ck_elem.h"
 
 static uint32_t rng = 777;
 static float frand(void) { return td_lcg_float(&rng); }
@@ -103,12 +104,12 @@ static void check_conv(const ccase *c, int threads) {
                   mag += fabs(p);
                 }
             float got = y[((nn * c->M + mm) * OH + oh) * OW + ow];
-            ck_assert_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
-                          "C=%lld M=%lld H=%lld W=%lld run %d threads %d: y[%lld,%lld,%lld,%lld] "
-                          "%g vs %g",
-                          (long long)c->C, (long long)c->M, (long long)c->H, (long long)c->W, run,
-                          threads, (long long)nn, (long long)mm, (long long)oh, (long long)ow,
-                          got, acc);
+            ck_elem_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
+                        "C=%lld M=%lld H=%lld W=%lld run %d threads %d: y[%lld,%lld,%lld,%lld] "
+                        "%g vs %g",
+                        (long long)c->C, (long long)c->M, (long long)c->H, (long long)c->W, run,
+                        threads, (long long)nn, (long long)mm, (long long)oh, (long long)ow,
+                        got, acc);
           }
   }
   nbl_session_free(s);
@@ -202,10 +203,10 @@ static void check_dilated(const dcase *c, int threads) {
                 acc += p, mag += fabs(p);
               }
           const float got = y[(nn * c->M + mm) * osz + o];
-          ck_assert_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
-                        "%d-D C=%lld M=%lld dil %lld run %d threads %d: y[%lld,%lld,%lld] %g vs %g", ns,
-                        (long long)c->C, (long long)c->M, (long long)c->d[0], run, threads, (long long)nn,
-                        (long long)mm, (long long)o, got, acc);
+          ck_elem_msg(fabs(got - acc) <= 1e-5 * (1 + mag),
+                      "%d-D C=%lld M=%lld dil %lld run %d threads %d: y[%lld,%lld,%lld] %g vs %g", ns,
+                      (long long)c->C, (long long)c->M, (long long)c->d[0], run, threads, (long long)nn,
+                      (long long)mm, (long long)o, got, acc);
         }
   }
   nbl_session_free(ss);
@@ -351,9 +352,9 @@ START_TEST(test_depthwise_blocked) {
       nbl_kdebug_set(NBL_KS_F32_DW_BLOCKED, -1);
       ck_assert_uint_eq(n, g_kept_n);
       for (size_t k = 0; k < n; k++)
-        ck_assert_msg(memcmp(&blocked[k], &g_kept[k], sizeof(float)) == 0,
-                      "case %zu, %d thread(s), elem %zu: blocked %.9g plane %.9g", i, t, k,
-                      blocked[k], g_kept[k]);
+        ck_elem_msg(memcmp(&blocked[k], &g_kept[k], sizeof(float)) == 0,
+                    "case %zu, %d thread(s), elem %zu: blocked %.9g plane %.9g", i, t, k,
+                    blocked[k], g_kept[k]);
       free(blocked);
     }
   free(g_kept);

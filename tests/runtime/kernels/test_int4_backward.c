@@ -31,6 +31,7 @@
 #include "runtime/kernels/int4_backward.h"
 #include "runtime/kernels/kdebug.h"
 #include "runtime/ops/grad_int4.h"
+#include "ck_elem.h"
 
 #define MS "com.microsoft"
 #define TOL_EPS (1.0 / (1 << 21)) /* 2^-21 relative to the sum of |terms| */
@@ -60,7 +61,7 @@ static float q4_tensor(tens *x, int bits, int affine, nbl_q4_scale_source src, i
   nbl_q4_quantize_codes(&cfg, &p, v, q, (size_t)x->n, 0);
   nbl_q4_fake_quant(&cfg, &p, v, v, (size_t)x->n, 0);
   for (int64_t i = 0; i < x->n; i++) {
-    ck_assert(v[i] == p.scale * (float)(q[i] - p.zero));
+    ck_elem(v[i] == p.scale * (float)(q[i] - p.zero));
     if (codes) codes[i] = (int16_t)(q[i] - p.zero);
   }
   free(q);
@@ -136,16 +137,16 @@ START_TEST(test_codes_pow2) {
     ck_assert_int_eq(nbl_i4b_codes_pow2(ISA, x.data, x.n, q, &g), 0);
     int smallest = 0;
     for (int64_t i = 0; i < x.n; i++) {
-      ck_assert(((float *)x.data)[i] == g.unit * (float)q[i]); /* exact */
-      ck_assert(q[i] == 0 || (abs(q[i]) & (abs(q[i]) - 1)) == 0);
-      ck_assert(abs(q[i]) <= g.maxabs);
+      ck_elem(((float *)x.data)[i] == g.unit * (float)q[i]); /* exact */
+      ck_elem(q[i] == 0 || (abs(q[i]) & (abs(q[i]) - 1)) == 0);
+      ck_elem(abs(q[i]) <= g.maxabs);
       smallest |= abs(want[i]) == 1;
     }
     int L = (1 << cs[c].eb) - 1;
     ck_assert_int_le(g.maxabs, 1 << ((cs[c].radix == 4 ? 2 : 1) * (L - 1)));
     if (smallest) { /* the recovered grid is the quantizer's own integer form */
       ck_assert(g.unit == unit);
-      for (int64_t i = 0; i < x.n; i++) ck_assert_int_eq(q[i], want[i]);
+      for (int64_t i = 0; i < x.n; i++) ck_elem_int_eq(q[i], want[i]);
     }
     free(want);
     free(q);
@@ -203,7 +204,7 @@ START_TEST(test_codes_linear) {
     ck_assert_int_eq(nbl_i4b_codes_linear(ISA, x.data, x.n, s, q, &g), 0);
     int mx = 0;
     for (int64_t i = 0; i < x.n; i++) {
-      ck_assert_int_eq(q[i], want[i]);
+      ck_elem_int_eq(q[i], want[i]);
       mx = abs(want[i]) > mx ? abs(want[i]) : mx;
     }
     ck_assert(g.unit == s);
@@ -260,13 +261,13 @@ START_TEST(test_codes_int8) {
       int32_t mx = -1;
       ck_assert_int_eq(nbl_i4b_codes_int8(ISA, c, n, z, q, &mx), 0);
       ck_assert_int_eq(mx, want);
-      for (int i = 0; i < n; i++) ck_assert_int_eq(q[i], c[i] - z);
+      for (int i = 0; i < n; i++) ck_elem_int_eq(q[i], c[i] - z);
       const int8_t bad[5] = {NBL_Q4_CODE8_NAN, NBL_Q4_CODE8_PINF, NBL_Q4_CODE8_NINF, 127, -127};
       for (int pos = 0; pos < n; pos++)
         for (int b = 0; b < 5; b++) {
           const int8_t keep = c[pos];
           c[pos] = bad[b];
-          ck_assert_int_eq(nbl_i4b_codes_int8(ISA, c, n, z, q, &mx), -1);
+          ck_elem_int_eq(nbl_i4b_codes_int8(ISA, c, n, z, q, &mx), -1);
           c[pos] = keep;
         }
     }
@@ -299,7 +300,7 @@ START_TEST(test_codes_log) {
       int32_t mx = -1;
       ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, q, &mx), 0);
       ck_assert_int_eq(mx, want);
-      for (int i = 0; i < n; i++) ck_assert_int_eq(q[i], lut[c[i] + 16]);
+      for (int i = 0; i < n; i++) ck_elem_int_eq(q[i], lut[c[i] + 16]);
       ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, NULL, &mx), 0);
       ck_assert_int_eq(mx, amin == 99 ? 0 : abs(lut[16 + amin])); /* the bound: the smallest |code| present */
       const int8_t bad[5] = {(int8_t)(L + 1), (int8_t)-(L + 1), NBL_LOG_CODE_NAN, NBL_LOG_CODE_POS_INF,
@@ -308,9 +309,9 @@ START_TEST(test_codes_log) {
         for (int b = 0; b < 5; b++) {
           const int8_t keep = c[pos];
           c[pos] = bad[b];
-          ck_assert_msg(nbl_i4b_codes_log(ISA, c, n, L, lut, q, &mx) == -1, "L %d n %d pos %d code %d", L, n,
-                        pos, bad[b]);
-          ck_assert_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, NULL, &mx), -1);
+          ck_elem_msg(nbl_i4b_codes_log(ISA, c, n, L, lut, q, &mx) == -1, "L %d n %d pos %d code %d", L, n,
+                      pos, bad[b]);
+          ck_elem_int_eq(nbl_i4b_codes_log(ISA, c, n, L, lut, NULL, &mx), -1);
           c[pos] = keep;
         }
     }
@@ -376,13 +377,13 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
     nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M / 2, 0, N, &B, kchunk, &add);
     nbl_i4b_gemm(g_isas[v], Ap, Kp, M / 2, M, 0, N, &B, kchunk, &add);
     for (int64_t i = 0; i < M * N; i++)
-      ck_assert_msg(c64[i] == ref[i], "gemm %lldx%lldx%lld path %d %s: [%lld] %lld != %lld", (long long)M,
-                    (long long)N, (long long)K, bpath, nbl_i4b_isa_name(g_isas[v]), (long long)i,
-                    (long long)c64[i], (long long)ref[i]);
+      ck_elem_msg(c64[i] == ref[i], "gemm %lldx%lldx%lld path %d %s: [%lld] %lld != %lld", (long long)M,
+                  (long long)N, (long long)K, bpath, nbl_i4b_isa_name(g_isas[v]), (long long)i,
+                  (long long)c64[i], (long long)ref[i]);
     if (fits32) {
       nbl_i4b_sink st = {.kind = NBL_I4B_STORE32, .c = c32, .ldc = N};
       nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &st);
-      for (int64_t i = 0; i < M * N; i++) ck_assert_int_eq(c32[i], ref[i]);
+      for (int64_t i = 0; i < M * N; i++) ck_elem_int_eq(c32[i], ref[i]);
     }
     nbl_i4b_sink sf = {.kind = NBL_I4B_SCALE_F32, .c = cf, .ldc = N, .scale = scale};
     nbl_i4b_gemm(g_isas[v], Ap, Kp, 0, M, 0, N, &B, kchunk, &sf);
@@ -391,8 +392,8 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) {
         float want = (float)((double)ref[m * N + n] * scale);
-        ck_assert(cf[m * N + n] == want);
-        ck_assert(ct[n * M + m] == want);
+        ck_elem(cf[m * N + n] == want);
+        ck_elem(ct[n * M + m] == want);
       }
     nbl_i4b_panels_free(&B);
     /* B's pair rows by pointer (nbl_i4b_gemm_pairs): row j holds the codes
@@ -414,11 +415,11 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int32_t amax, int32_t bma
     nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, 0, M / 2, 0, N, Bj, Kp, kchunk, &add);
     nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, M / 2, M, 0, N, Bj, Kp, kchunk, &add);
     for (int64_t i = 0; i < M * N; i++)
-      ck_assert_msg(c64[i] == ref[i], "gemm_pairs %lldx%lldx%lld %s: [%lld] %lld != %lld", (long long)M,
-                    (long long)N, (long long)K, nbl_i4b_isa_name(g_isas[v]), (long long)i, (long long)c64[i],
-                    (long long)ref[i]);
+      ck_elem_msg(c64[i] == ref[i], "gemm_pairs %lldx%lldx%lld %s: [%lld] %lld != %lld", (long long)M,
+                  (long long)N, (long long)K, nbl_i4b_isa_name(g_isas[v]), (long long)i, (long long)c64[i],
+                  (long long)ref[i]);
     nbl_i4b_gemm_pairs(g_isas[v], Ap, Kp, 0, M, 0, N, Bj, Kp, kchunk, &sf);
-    for (int64_t i = 0; i < M * N; i++) ck_assert(cf[i] == (float)((double)ref[i] * scale));
+    for (int64_t i = 0; i < M * N; i++) ck_elem(cf[i] == (float)((double)ref[i] * scale));
     free(prow);
     free(Bj);
   }
@@ -525,8 +526,8 @@ static void expect_close(const char *what, const char *out, const nbl_host_tenso
   ck_assert_int_eq((int64_t)(y->nbytes / sizeof(float)), n);
   for (int64_t i = 0; i < n; i++) {
     double a = h_get(y, i), b = h_get(ref, i), t = TOL_EPS * h_get(abs_sum, i) + 1e-30;
-    ck_assert_msg(fabs(a - b) <= t, "%s %s[%lld]: %.9g vs reference %.9g (tolerance %.3g)", what, out, (long long)i, a,
-                  b, t);
+    ck_elem_msg(fabs(a - b) <= t, "%s %s[%lld]: %.9g vs reference %.9g (tolerance %.3g)", what, out, (long long)i, a,
+                b, t);
   }
 }
 
@@ -574,11 +575,11 @@ static void conv_case(const ccase *c) {
         ck_assert_int_eq(nbl_i4b_conv_grad(NULL, g_isas[v], &g, dyq, dm, xq, xm, wq, wm, &o), NBL_OK);
         ck_assert_int_eq(nbl_i4b_amx_runs() - runs, amx ? amx_dw + amx_dx : 0);
         for (int64_t i = 0; i < x.n; i++)
-          ck_assert_msg(adx[i] == rdx[i], "%s (%s, amx %d, wide %d) dX acc[%lld] %lld != %lld", c->what,
-                        nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adx[i], (long long)rdx[i]);
+          ck_elem_msg(adx[i] == rdx[i], "%s (%s, amx %d, wide %d) dX acc[%lld] %lld != %lld", c->what,
+                      nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adx[i], (long long)rdx[i]);
         for (int64_t i = 0; i < w.n; i++)
-          ck_assert_msg(adw[i] == rdw[i], "%s (%s, amx %d, wide %d) dW acc[%lld] %lld != %lld", c->what,
-                        nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adw[i], (long long)rdw[i]);
+          ck_elem_msg(adw[i] == rdw[i], "%s (%s, amx %d, wide %d) dW acc[%lld] %lld != %lld", c->what,
+                      nbl_i4b_isa_name(g_isas[v]), amx, wide, (long long)i, (long long)adw[i], (long long)rdw[i]);
         for (int64_t i = 0; i < c->M; i++) ck_assert(adb[i] == rdb[i]);
       }
   nbl_i4b_set_amx(-1);
@@ -622,8 +623,8 @@ static void conv_case(const ccase *c) {
     }
     /* the float outputs are the accumulators rescaled once */
     const float *dxo = r->out[0].data, *dwo = r->out[1].data;
-    for (int64_t i = 0; i < x.n; i++) ck_assert(dxo[i] == (float)((double)rdx[i] * ((double)u * (double)sw)));
-    for (int64_t i = 0; i < w.n; i++) ck_assert(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
+    for (int64_t i = 0; i < x.n; i++) ck_elem(dxo[i] == (float)((double)rdx[i] * ((double)u * (double)sw)));
+    for (int64_t i = 0; i < w.n; i++) ck_elem(dwo[i] == (float)((double)rdw[i] * ((double)u * (double)sx)));
     runner_free(r);
   }
   /* 4. with the QuantizeLog's codes and top handed over (inputs 6 and 7, as
@@ -641,7 +642,7 @@ static void conv_case(const ccase *c) {
       const int code = nbl_log_code(&lc, &lp, ((float *)dy.data)[i], (uint64_t)i);
       ((int8_t *)k8.data)[i] = (int8_t)code;
       if (code && nz < 0) nz = i;
-      ck_assert(nbl_log_value(&lc, &lp, code) == ((float *)dy.data)[i]); /* dY is on its grid */
+      ck_elem(nbl_log_value(&lc, &lp, code) == ((float *)dy.data)[i]); /* dY is on its grid */
     }
     ck_assert_int_ge(nz, 0);
     tens in8[8] = {dy, x, w, in[3], in[4], NONE, k8, t_scalar(NBL_DT_FLOAT, lp.top)};
@@ -879,7 +880,7 @@ static void gemm_op_case(const gcase *c) {
   for (int v = 0; v < ni; v++) {
     ck_assert_int_eq(nbl_i4b_matmul(NULL, g_isas[v], c->M, c->N, c->K, aq, c->ta, am, bq, c->tb, bm, 1.0, NULL, acc),
                      NBL_OK);
-    for (int64_t i = 0; i < c->M * c->N; i++) ck_assert(acc[i] == ref[i]);
+    for (int64_t i = 0; i < c->M * c->N; i++) ck_elem(acc[i] == ref[i]);
   }
   attr a[4] = {AI("transA", c->ta), AI("transB", c->tb), AF("alpha", c->alpha), AEND};
   tens in[4] = {A, B, c->a_log ? NONE : t_scalar(NBL_DT_FLOAT, sa), t_scalar(NBL_DT_FLOAT, sb)};
@@ -904,7 +905,7 @@ static void gemm_op_case(const gcase *c) {
     expect_close(what, "Y", &r->out[0], &rr->out[0], &ra->out[0]);
     const float *y = r->out[0].data;
     const double s = (double)c->alpha * ((double)ua * (double)sb);
-    for (int64_t i = 0; i < c->M * c->N; i++) ck_assert(y[i] == (float)((double)ref[i] * s));
+    for (int64_t i = 0; i < c->M * c->N; i++) ck_elem(y[i] == (float)((double)ref[i] * s));
     if (!first) {
       first = malloc(r->out[0].nbytes + 1);
       memcpy(first, y, r->out[0].nbytes);

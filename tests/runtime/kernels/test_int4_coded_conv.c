@@ -27,6 +27,7 @@
 #include "runtime/kernels/int4_gemm.h"
 #include "runtime/kernels/kdebug.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(void) { return (uint32_t)(td_xs64(&rng) >> 11); }
@@ -102,13 +103,13 @@ static void run_case(const fcase *c, int ci) {
   else memcpy(y_vnni, y, sizeof(float) * (size_t)ny);
   const float sc = sx * sw;
   for (int64_t i = 0; i < ny; i++) {
-    ck_assert_msg(acc[i] == ref[i], "case %d [%lld]: acc %d, reference %lld", ci, (long long)i, acc[i],
-                  (long long)ref[i]);
+    ck_elem_msg(acc[i] == ref[i], "case %d [%lld]: acc %d, reference %lld", ci, (long long)i, acc[i],
+                (long long)ref[i]);
     const int64_t m = i / g.out_sz % g.M;
     const double want = (double)sc * (double)ref[i] + (double)b[m];
     const double tol = 4.0 * (double)FLT_EPSILON * (fabs((double)sc * (double)ref[i]) + fabs((double)b[m])) + 1e-30;
-    ck_assert_msg(fabs((double)y[i] - want) <= tol, "case %d [%lld]: y %.9g, want %.9g", ci, (long long)i, y[i],
-                  want);
+    ck_elem_msg(fabs((double)y[i] - want) <= tol, "case %d [%lld]: y %.9g, want %.9g", ci, (long long)i, y[i],
+                want);
   }
   /* X's QuantizeInt4 codes handed over (nbl_i4b_conv_forward_codes: q =
    * c + z, the zero point z): the same floats; the tiles read them (a

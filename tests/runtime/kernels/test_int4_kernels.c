@@ -14,6 +14,7 @@
 #include "runtime/kernels/kdebug.h"
 #include "runtime/formats/int4.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 /* Counter c of the fast paths (runtime/kernels/kdebug.h) so far. */
 static long kstat(nbl_kcounter c) {
@@ -82,9 +83,9 @@ static void gemm_case(int64_t M, int64_t N, int64_t K, int alo, int ahi, int z, 
     nbl_i4_gemm((nbl_i4_isa)isa, &W, A, lda, 0, mid, z + off, C, N);
     nbl_i4_gemm((nbl_i4_isa)isa, &W, A, lda, mid, M, z + off, C, N);
     for (int64_t i = 0; i < M * N; i++)
-      ck_assert_msg(C[i] == ref[i], "%s M=%lld N=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
-                    nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K, alo,
-                    ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
+      ck_elem_msg(C[i] == ref[i], "%s M=%lld N=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
+                  nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)N, (long long)K, alo,
+                  ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
   }
   nbl_i4_weights_free(&W);
   free(qa), free(w), free(ref), free(A), free(C);
@@ -144,9 +145,9 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, mm, M, 0, pm, C, NULL, P, NULL);
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, mm, M, pm, P, C, NULL, P, NULL);
     for (int64_t i = 0; i < M * P; i++)
-      ck_assert_msg(C[i] == ref[i], "%s M=%lld P=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
-                    nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K, alo,
-                    ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
+      ck_elem_msg(C[i] == ref[i], "%s M=%lld P=%lld K=%lld a[%d,%d] z=%d w[%d,%d] i=%lld: %d vs %lld",
+                  nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K, alo,
+                  ahi, z, wlo, whi, (long long)i, C[i], (long long)ref[i]);
     nbl_i4_range rg = {INFINITY, -INFINITY, 0};
     e.range = &rg;
     nbl_i4_conv_gemm((nbl_i4_isa)isa, &W, X4, z + off, 0, M, 0, P, NULL, Y, P, &e);
@@ -161,9 +162,9 @@ static void conv_gemm_case(int64_t M, int64_t P, int64_t K, int alo, int ahi, in
       for (int64_t q = 0; q < P; q++) {
         float v = e.sc * (float)ref[m * P + q] + bias[m];
         v = v < e.lo ? e.lo : v > e.hi ? e.hi : v;
-        ck_assert_msg(Y[m * P + q] == v, "%s epilogue M=%lld P=%lld K=%lld [%lld,%lld]: %.9g vs %.9g",
-                      nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K,
-                      (long long)m, (long long)q, Y[m * P + q], v);
+        ck_elem_msg(Y[m * P + q] == v, "%s epilogue M=%lld P=%lld K=%lld [%lld,%lld]: %.9g vs %.9g",
+                    nbl_i4_isa_name((nbl_i4_isa)isa), (long long)M, (long long)P, (long long)K,
+                    (long long)m, (long long)q, Y[m * P + q], v);
       }
   }
   nbl_i4_rows_free(&W);
@@ -205,13 +206,13 @@ static void quant_case(nbl_q4_config *cfg, const float *x, size_t n, float alpha
   nbl_i4_quantizer_init(&qz, cfg, &p);
   nbl_i4_quantize_u8(&qz, x, u, n, 5, off);
   for (size_t i = 0; i < n; i++)
-    ck_assert_msg(u[i] == q[i] + off, "i=%zu x=%.9g: byte %d, code %d + %d", i, x[i], u[i], q[i],
-                  off);
+    ck_elem_msg(u[i] == q[i] + off, "i=%zu x=%.9g: byte %d, code %d + %d", i, x[i], u[i], q[i],
+                off);
   float *f = malloc(n * sizeof(float));
   nbl_i4_quantize_centered(&qz, x, f, n, 5);
   for (size_t i = 0; i < n; i++)
-    ck_assert_msg(f[i] == (float)(q[i] - p.zero), "i=%zu x=%.9g: centered %g, code %d - %d", i,
-                  x[i], f[i], q[i], p.zero);
+    ck_elem_msg(f[i] == (float)(q[i] - p.zero), "i=%zu x=%.9g: centered %g, code %d - %d", i,
+                x[i], f[i], q[i], p.zero);
   free(q), free(u), free(f);
 }
 
@@ -400,7 +401,7 @@ static void value_seen(void *user, const nbl_host_tensor *t) {
   size_t n = t->nbytes / sizeof(float), len = strlen(t->name);
   float mx = 0;
   for (size_t i = 0; i < n; i++) {
-    ck_assert_msg(isfinite(v[i]) && fabsf(v[i]) < 1e6f, "%s[%zu] = %g", t->name, i, v[i]);
+    ck_elem_msg(isfinite(v[i]) && fabsf(v[i]) < 1e6f, "%s[%zu] = %g", t->name, i, v[i]);
     mx = fabsf(v[i]) > mx ? fabsf(v[i]) : mx;
   }
   if (len > 2 && strcmp(t->name + len - 2, "_a") == 0) /* a Clip(0, 6) output, as floats */
@@ -415,7 +416,7 @@ static float *run_model(nbl_model *m, const mspec *sp, const float *x, int refer
                              g_watch_values ? value_seen : NULL, NULL};
   nbl_session *s = NULL;
   nbl_status st = nbl_session_create(m, &opt, &s);
-  ck_assert_msg(st == NBL_OK, "%s", nbl_last_error());
+  ck_elem_msg(st == NBL_OK, "%s", nbl_last_error());
   nbl_host_tensor in;
   memset(&in, 0, sizeof in);
   in.name = "x";
@@ -426,7 +427,7 @@ static float *run_model(nbl_model *m, const mspec *sp, const float *x, int refer
   in.nbytes = sizeof(float) * (size_t)nbl_shape_numel(sp->xrank, sp->xd);
   const nbl_host_tensor *out = NULL;
   st = nbl_session_run(s, 1, &in, &out);
-  ck_assert_msg(st == NBL_OK, "%s: %s", reference ? "reference" : "fast", nbl_last_error());
+  ck_elem_msg(st == NBL_OK, "%s: %s", reference ? "reference" : "fast", nbl_last_error());
   *ny = out[0].nbytes / sizeof(float);
   float *y = malloc(out[0].nbytes + 4);
   memcpy(y, out[0].data, out[0].nbytes);
@@ -450,8 +451,8 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
   float *yf = run_model(m, sp, x, 0, &nf);
   long after = kstat(NBL_KC_I4_INTEGER_RUNS);
   float *yr = run_model(m, sp, x, 1, &nr);
-  ck_assert_msg(after - before == expect_int, "%s: integer path runs %ld, expected %d", sp->op,
-                after - before, expect_int);
+  ck_elem_msg(after - before == expect_int, "%s: integer path runs %ld, expected %d", sp->op,
+              after - before, expect_int);
   ck_assert_uint_eq(nf, nr);
   double mx = 0;
   for (size_t i = 0; i < nr; i++)
@@ -461,11 +462,11 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
       ck_assert_msg(isnan(yf[i]), "%s: elem %zu ref NaN fast %g", sp->op, i, yf[i]);
       continue;
     }
-    ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
-                  "%s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] elem %zu: fast %.9g ref %.9g",
-                  sp->op, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
-                  (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
-                  (long long)sp->wd[2], (long long)sp->wd[3], i, yf[i], yr[i]);
+    ck_elem_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
+                "%s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] elem %zu: fast %.9g ref %.9g",
+                sp->op, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
+                (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
+                (long long)sp->wd[2], (long long)sp->wd[3], i, yf[i], yr[i]);
   }
   free(yf), free(yr), free(x), free(w), free(b);
   nbl_model_free(m);
@@ -589,9 +590,9 @@ static void check_path_identical(const mspec *sp, int i, void (*set_path)(int), 
     set_path(on);
     ck_assert_uint_eq(n1, n0);
     for (size_t k = 0; k < n1; k++)
-      ck_assert_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
-                    "case %d, %d thread(s), elem %zu: %s %.9g plane %.9g", i, t, k, name, y1[k],
-                    y0[k]);
+      ck_elem_msg(memcmp(&y1[k], &y0[k], sizeof(float)) == 0,
+                  "case %d, %d thread(s), elem %zu: %s %.9g plane %.9g", i, t, k, name, y1[k],
+                  y0[k]);
     free(y1), free(y0);
   }
   g_fast_threads = 2;
@@ -887,8 +888,8 @@ START_TEST(test_fused_residual) {
     nbl_kdebug_set(NBL_KS_I4_DIRECT, 1);
     ck_assert_uint_eq(n0, nr);
     for (size_t i = 0; i < nr; i++)
-      ck_assert_msg(memcmp(&y0[i], &y2[i], sizeof(float)) == 0 || (isnan(y0[i]) && isnan(y2[i])),
-                    "case %zu elem %zu: im2col %.9g direct %.9g", ci, i, y0[i], y2[i]);
+      ck_elem_msg(memcmp(&y0[i], &y2[i], sizeof(float)) == 0 || (isnan(y0[i]) && isnan(y2[i])),
+                  "case %zu elem %zu: im2col %.9g direct %.9g", ci, i, y0[i], y2[i]);
     free(y0);
     ck_assert_uint_eq(n1, nr);
     ck_assert_uint_eq(n2, nr);
@@ -896,15 +897,15 @@ START_TEST(test_fused_residual) {
     for (size_t i = 0; i < nr; i++)
       if (isfinite(yr[i]) && fabs(yr[i]) > mx) mx = fabs(yr[i]);
     for (size_t i = 0; i < nr; i++) {
-      ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "case %zu elem %zu: %.9g vs %.9g",
-                    ci, i, y1[i], y2[i]);
+      ck_elem_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "case %zu elem %zu: %.9g vs %.9g",
+                  ci, i, y1[i], y2[i]);
       if (isnan(yr[i]) || isinf(yr[i])) {
         ck_assert_msg(memcmp(&y2[i], &yr[i], sizeof(float)) == 0 || (isnan(yr[i]) && isnan(y2[i])),
                       "case %zu elem %zu: fast %g ref %g", ci, i, y2[i], yr[i]);
         continue;
       }
-      ck_assert_msg(fabs(y2[i] - yr[i]) <= 1e-5 * mx, "case %zu elem %zu: fast %.9g ref %.9g", ci,
-                    i, y2[i], yr[i]);
+      ck_elem_msg(fabs(y2[i] - yr[i]) <= 1e-5 * mx, "case %zu elem %zu: fast %.9g ref %.9g", ci,
+                  i, y2[i], yr[i]);
     }
     free(y1), free(y2), free(yr), free(xv);
     nbl_model_free(m);
@@ -957,8 +958,8 @@ START_TEST(test_fused_chain_ranges) {
     ck_assert_int_eq(kstat(NBL_KC_I4_CODE_LINKS) - l0, links);
     ck_assert_uint_eq(n1, n2);
     for (size_t i = 0; i < n1; i++)
-      ck_assert_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "variant %d elem %zu: %.9g vs %.9g",
-                    v, i, y1[i], y2[i]);
+      ck_elem_msg(memcmp(&y1[i], &y2[i], sizeof(float)) == 0, "variant %d elem %zu: %.9g vs %.9g",
+                  v, i, y1[i], y2[i]);
     /* the depthwise layer 16 channels at a time, fed the same bytes */
     long b0 = kstat(NBL_KC_I4_DW_BLOCKED_RUNS);
     nbl_kdebug_set(NBL_KS_I4_DW_BLOCKED, 1);

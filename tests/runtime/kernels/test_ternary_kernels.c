@@ -17,6 +17,7 @@
 #include "runtime/kernels/kdebug.h"
 #include "runtime/kernels/ternary_gemm.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 static uint32_t rng = 1158;
 static int irange(int lo, int hi) { return td_xs32_range(&rng, lo, hi); }
@@ -66,9 +67,9 @@ static void product_case(int64_t M, int64_t P, int64_t K, int extreme) {
     memset(Ci, 0x7f, sizeof(int32_t) * (size_t)(M * P));
     nbl_t_tile(isa, &W, X4, 0, M, 0, P, Ci, NULL, P, NULL);
     for (int64_t j = 0; j < M * P; j++)
-      ck_assert_msg(Ci[j] == ref[j], "%s tile M=%lld P=%lld K=%lld elem %lld: %d, reference %d",
-                    nbl_t_isa_name(isa), (long long)M, (long long)P, (long long)K, (long long)j,
-                    Ci[j], ref[j]);
+      ck_elem_msg(Ci[j] == ref[j], "%s tile M=%lld P=%lld K=%lld elem %lld: %d, reference %d",
+                  nbl_t_isa_name(isa), (long long)M, (long long)P, (long long)K, (long long)j,
+                  Ci[j], ref[j]);
     uint32_t amax = 0;
     e.amax = &amax;
     nbl_t_tile(isa, &W, X4, 0, M, 0, P, NULL, Y, P, &e);
@@ -86,17 +87,17 @@ static void product_case(int64_t M, int64_t P, int64_t K, int extreme) {
         float v = e.sc * (float)ref[m * P + p];
         v = v + bias[m];
         v = v < e.lo ? e.lo : v > e.hi ? e.hi : v;
-        ck_assert_msg(Y[m * P + p] == v, "%s epilogue M=%lld P=%lld K=%lld: %g, want %g",
-                      nbl_t_isa_name(isa), (long long)M, (long long)P, (long long)K,
-                      (double)Y[m * P + p], (double)v);
+        ck_elem_msg(Y[m * P + p] == v, "%s epilogue M=%lld P=%lld K=%lld: %g, want %g",
+                    nbl_t_isa_name(isa), (long long)M, (long long)P, (long long)K,
+                    (double)Y[m * P + p], (double)v);
       }
     for (int64_t p = 0; p < P && p < 3; p++) { /* the vector kernel, a row at a time */
       int32_t qs = nbl_t_gemv_prep(q + p * K, K, W.Kv, a);
       nbl_t_gemv(isa, &W, a, qs, 0, M, vo);
       for (int64_t m = 0; m < M; m++)
-        ck_assert_msg(vo[m] == ref[m * P + p], "%s vector M=%lld K=%lld row %lld: %d, want %d",
-                      nbl_t_isa_name(isa), (long long)M, (long long)K, (long long)m, vo[m],
-                      ref[m * P + p]);
+        ck_elem_msg(vo[m] == ref[m * P + p], "%s vector M=%lld K=%lld row %lld: %d, want %d",
+                    nbl_t_isa_name(isa), (long long)M, (long long)K, (long long)m, vo[m],
+                    ref[m * P + p]);
     }
   }
   nbl_t_weights_free(&W);
@@ -150,8 +151,8 @@ START_TEST(test_quant_bytes) {
         nbl_t_quant(isas[v], x, u, n, s, off);
         for (int i = 0; i < n; i++) {
           int code = off ? (int)u[i] - 128 : (int)(int8_t)u[i];
-          ck_assert_msg(s * (float)code == y[i], "%s n=%d x[%d]=%.9g: code %d, fake quant %.9g",
-                        nbl_t_isa_name(isas[v]), n, i, (double)x[i], code, (double)y[i]);
+          ck_elem_msg(s * (float)code == y[i], "%s n=%d x[%d]=%.9g: code %d, fake quant %.9g",
+                      nbl_t_isa_name(isas[v]), n, i, (double)x[i], code, (double)y[i]);
         }
         if (n < N) ck_assert_uint_eq(u[n], 0xAA);
       }
@@ -389,12 +390,12 @@ static void check_model(const mspec *sp, int expect_int, int with_nan) {
         ck_assert_msg(isnan(yf[i]), "%s: elem %zu ref NaN fast %g", sp->op, i, yf[i]);
         continue;
       }
-      ck_assert_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
-                    "%s (threads %d) x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] packed %d elem %zu: fast %.9g "
-                    "ref %.9g",
-                    sp->op, threads, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
-                    (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
-                    (long long)sp->wd[2], (long long)sp->wd[3], sp->packed, i, yf[i], yr[i]);
+      ck_elem_msg(fabs(yf[i] - yr[i]) <= 1e-5 * mx + 1e-30,
+                  "%s (threads %d) x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] packed %d elem %zu: fast %.9g "
+                  "ref %.9g",
+                  sp->op, threads, (long long)sp->xd[0], (long long)sp->xd[1], (long long)sp->xd[2],
+                  (long long)sp->xd[3], (long long)sp->wd[0], (long long)sp->wd[1],
+                  (long long)sp->wd[2], (long long)sp->wd[3], sp->packed, i, yf[i], yr[i]);
     }
     free(yf);
   }
@@ -540,9 +541,9 @@ START_TEST(test_fused_direct) {
       ck_assert_uint_eq(n0, (size_t)(L[i].N * L[i].M * oh * ow));
       ck_assert_uint_eq(n1, n0);
       for (size_t k = 0; k < n0; k++)
-        ck_assert_msg(!memcmp(y0 + k, y1 + k, sizeof(float)),
-                      "case %zu (threads %d) elem %zu: direct %.9g, im2col %.9g", i, threads, k,
-                      y1[k], y0[k]);
+        ck_elem_msg(!memcmp(y0 + k, y1 + k, sizeof(float)),
+                    "case %zu (threads %d) elem %zu: direct %.9g, im2col %.9g", i, threads, k,
+                    y1[k], y0[k]);
       free(y0), free(y1);
     }
     nbl_model_free(m);
@@ -747,8 +748,8 @@ START_TEST(test_fused_code_handover) {
       ck_assert_uint_eq(n1, nr);
       ck_assert_msg(!memcmp(y0, y1, nr * sizeof(float)), "case %zu: codes differ from floats", i);
       for (size_t k = 0; k < nr; k++)
-        ck_assert_msg(fabs(y1[k] - yr[k]) <= 1e-5 * mx, "case %zu elem %zu: %g vs %g", i, k,
-                      y1[k], yr[k]);
+        ck_elem_msg(fabs(y1[k] - yr[k]) <= 1e-5 * mx, "case %zu elem %zu: %g vs %g", i, k,
+                    y1[k], yr[k]);
       free(y0), free(y1);
     }
     free(yr), free(xin);

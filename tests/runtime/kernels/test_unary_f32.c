@@ -24,6 +24,7 @@
 #include "one_node.h"
 #include "runtime/core/cpu.h"
 #include "runtime/kernels/unary_f32.h"
+#include "ck_elem.h"
 
 /* the bound asserted: the kernels compute in double and round once, so
  * every result is within about half an ulp (unary_f32.h); 1 leaves room for
@@ -197,8 +198,8 @@ START_TEST(test_tails) {
           for (int i = 0; i < M + 40; i++) {
             int inside = i >= 8 && i < 8 + len;
             const void *want = inside ? (const void *)&full[off + i - 8] : (const void *)&guard;
-            ck_assert_msg(!memcmp(&buf[i], want, 4), "%s %s len %d off %d: element %d is %a", op_name[op],
-                          variants[vi].name, len, off, i - 8, (double)buf[i]);
+            ck_elem_msg(!memcmp(&buf[i], want, 4), "%s %s len %d off %d: element %d is %a", op_name[op],
+                        variants[vi].name, len, off, i - 8, (double)buf[i]);
           }
         }
       /* in place */
@@ -246,14 +247,14 @@ START_TEST(test_ops_in_session) {
     ck_assert_int_eq(one_run(o, 0), NBL_OK);
     const float *y = outf(o, 0);
     for (int i = 0; i < N; i++)
-      ck_assert_msg(!memcmp(&y[i], &want[i], 4), "%s fast path at x = %a: %a, kernel %a", op_name[ops[k].k],
-                    (double)x[i], (double)y[i], (double)want[i]);
+      ck_elem_msg(!memcmp(&y[i], &want[i], 4), "%s fast path at x = %a: %a, kernel %a", op_name[ops[k].k],
+                  (double)x[i], (double)y[i], (double)want[i]);
     ck_assert_int_eq(one_run(o, 1), NBL_OK);
     y = outf(o, 0);
     for (int i = 0; i < N; i++) {
       long double r = ref_one(ops[k].k, x[i]);
-      ck_assert_msg(ulp_err(y[i], r) <= MAX_ULP, "%s reference path at x = %a: %a, long double %La",
-                    op_name[ops[k].k], (double)x[i], (double)y[i], r);
+      ck_elem_msg(ulp_err(y[i], r) <= MAX_ULP, "%s reference path at x = %a: %a, long double %La",
+                  op_name[ops[k].k], (double)x[i], (double)y[i], r);
     }
     one_free(o);
   }

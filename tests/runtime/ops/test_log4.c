@@ -15,6 +15,7 @@
 #include "one_node.h"
 #include "test_data.h"
 #include "runtime/formats/log.h"
+#include "ck_elem.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void) { return (float)td_xs64_unit(&rng); }
@@ -84,10 +85,10 @@ START_TEST(test_qlog_ref_fast_formats) {
       const int8_t *codes = o->out[2].data;
       for (int64_t i = 0; i < n; i++) {
         const int wc = isfinite(x[i]) ? nbl_log_code(&keyed, &p, x[i], (uint64_t)i) : nbl_log_code8_nonfinite(x[i]);
-        ck_assert_msg(codes[i] == wc, "mode %zu %s: x[%lld]=%a: code %d, want %d", k, ref ? "reference" : "fast",
-                      (long long)i, (double)x[i], codes[i], wc);
+        ck_elem_msg(codes[i] == wc, "mode %zu %s: x[%lld]=%a: code %d, want %d", k, ref ? "reference" : "fast",
+                    (long long)i, (double)x[i], codes[i], wc);
         const float back = nbl_log_value8(&keyed, &p, wc); /* Y from the codes and top */
-        ck_assert(memcmp(&back, &want[i], 4) == 0 || (isnan(back) && isnan(want[i])) || (back == 0 && want[i] == 0));
+        ck_elem(memcmp(&back, &want[i], 4) == 0 || (isnan(back) && isnan(want[i])) || (back == 0 && want[i] == 0));
       }
       ck_assert_int_eq(one_run(o, ref), NBL_OK);
       const float *y = outf(o, 0);
@@ -95,8 +96,8 @@ START_TEST(test_qlog_ref_fast_formats) {
         uint32_t a, b;
         memcpy(&a, &want[i], 4);
         memcpy(&b, &y[i], 4);
-        ck_assert_msg(a == b || (isnan(want[i]) && isnan(y[i])), "mode %zu %s: x[%lld]=%a -> %a, want %a", k,
-                      ref ? "reference" : "fast", (long long)i, (double)x[i], (double)y[i], (double)want[i]);
+        ck_elem_msg(a == b || (isnan(want[i]) && isnan(y[i])), "mode %zu %s: x[%lld]=%a -> %a, want %a", k,
+                    ref ? "reference" : "fast", (long long)i, (double)x[i], (double)y[i], (double)want[i]);
       }
       ck_assert_float_eq(outf(o, 1)[0], p.top);
     }

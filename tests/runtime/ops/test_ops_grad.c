@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "grad_check.h"
+#include "ck_elem.h"
 
 #define MS "com.microsoft"
 #define FD_TOL 1e-6
@@ -792,8 +793,8 @@ START_TEST(test_maxpool_grad_dense) {
         ck_assert_uint_eq(q->out[0].nbytes, r->out[0].nbytes);
         const float *a = q->out[0].data, *b = r->out[0].data;
         for (size_t i = 0; i < q->out[0].nbytes / 4; i++)
-          ck_assert_msg(!memcmp(&a[i], &b[i], 4) || (isnan(a[i]) && isnan(b[i])),
-                        "shape %d moved %d threads %d [%zu]: %a vs %a", si, moved, threads, i, a[i], b[i]);
+          ck_elem_msg(!memcmp(&a[i], &b[i], 4) || (isnan(a[i]) && isnan(b[i])),
+                      "shape %d moved %d threads %d [%zu]: %a vs %a", si, moved, threads, i, a[i], b[i]);
         runner_free(q);
       }
       runner_free(r);

@@ -11,6 +11,7 @@
 #include "one_node.h"
 #include "test_data.h"
 #include "runtime/kernels/gemm.h"
+#include "ck_elem.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -37,8 +38,8 @@ static nbl_host_tensor run_both(const char *op, int opset, one_attr_fn af, int n
   if (f.dtype == NBL_DT_FLOAT) {
     const float *a = f.data, *b = r.data;
     for (size_t i = 0; i < f.nbytes / 4; i++)
-      ck_assert_msg(a[i] == b[i] || (isnan(a[i]) && isnan(b[i])) || fabsf(a[i] - b[i]) <= tol * (1 + fabsf(b[i])), "%s: elem %zu fast %g ref %g", op,
-                    i, a[i], b[i]);
+      ck_elem_msg(a[i] == b[i] || (isnan(a[i]) && isnan(b[i])) || fabsf(a[i] - b[i]) <= tol * (1 + fabsf(b[i])), "%s: elem %zu fast %g ref %g", op,
+                  i, a[i], b[i]);
   }
   free(r.data);
   return f;
@@ -69,9 +70,9 @@ static void check_gemm(int use_blas, int ta, int tb) {
           nbl_sgemm_portable(NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
         nbl_dgemm_ref(ta, tb, M, N, K, alpha, Ad, lda, Bd, ldb, beta, Cd, N);
         for (int64_t i = 0; i < M * N; i++)
-          ck_assert_msg(fabs(C[i] - Cd[i]) <= 1e-5 * (double)K,
-                        "M=%lld N=%lld K=%lld ta=%d tb=%d i=%lld: %g vs %g", (long long)M,
-                        (long long)N, (long long)K, ta, tb, (long long)i, C[i], Cd[i]);
+          ck_elem_msg(fabs(C[i] - Cd[i]) <= 1e-5 * (double)K,
+                      "M=%lld N=%lld K=%lld ta=%d tb=%d i=%lld: %g vs %g", (long long)M,
+                      (long long)N, (long long)K, ta, tb, (long long)i, C[i], Cd[i]);
         free(A), free(B), free(C), free(Ad), free(Bd), free(Cd);
       }
 }
@@ -351,10 +352,10 @@ static void maxpool_idx_check(const int64_t *d, const float *x, one_attr_fn af, 
     const float *fy = f[0].data, *ry = r[0].data;
     const int64_t *fi = f[1].data, *ri = r[1].data;
     for (size_t i = 0; i < f[0].nbytes / 4; i++) {
-      ck_assert_msg(fy[i] == ry[i] || (isnan(fy[i]) && isnan(ry[i])), "%s, %d threads, elem %zu: %g vs %g", what,
-                    threads, i, fy[i], ry[i]);
-      ck_assert_msg(fi[i] == ri[i], "%s, %d threads, index %zu: %lld vs %lld", what, threads, i, (long long)fi[i],
-                    (long long)ri[i]);
+      ck_elem_msg(fy[i] == ry[i] || (isnan(fy[i]) && isnan(ry[i])), "%s, %d threads, elem %zu: %g vs %g", what,
+                  threads, i, fy[i], ry[i]);
+      ck_elem_msg(fi[i] == ri[i], "%s, %d threads, index %zu: %lld vs %lld", what, threads, i, (long long)fi[i],
+                  (long long)ri[i]);
     }
     for (int k = 0; k < 2; k++) free(f[k].data);
   }
@@ -500,13 +501,13 @@ START_TEST(test_avgpool_fast) {
           const int64_t nk = cur_avg->k[0] * cur_avg->k[1];
           for (size_t i = 0; i < f.nbytes / 4; i++) {
             if (!data) {
-              ck_assert_msg(memcmp(&fy[i], &ry[i], 4) == 0 || (isnan(fy[i]) && isnan(ry[i])),
-                            "shape %d case %d, %d threads, elem %zu: %.9g vs %.9g", sh, ca, threads, i, fy[i], ry[i]);
+              ck_elem_msg(memcmp(&fy[i], &ry[i], 4) == 0 || (isnan(fy[i]) && isnan(ry[i])),
+                          "shape %d case %d, %d threads, elem %zu: %.9g vs %.9g", sh, ca, threads, i, fy[i], ry[i]);
             } else {
               const double tol = (double)nk * ldexp(((float *)a.data)[i], -24) + ldexp(fabs(ry[i]), -23);
-              ck_assert_msg(fabs((double)fy[i] - ry[i]) <= tol || (isnan(fy[i]) && isnan(ry[i])),
-                            "shape %d case %d, %d threads, random elem %zu: %.9g vs %.9g (tol %g)", sh, ca, threads,
-                            i, fy[i], ry[i], tol);
+              ck_elem_msg(fabs((double)fy[i] - ry[i]) <= tol || (isnan(fy[i]) && isnan(ry[i])),
+                          "shape %d case %d, %d threads, random elem %zu: %.9g vs %.9g (tol %g)", sh, ca, threads,
+                          i, fy[i], ry[i], tol);
             }
           }
           if (data) free(a.data);

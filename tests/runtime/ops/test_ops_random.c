@@ -27,6 +27,7 @@
 #include "nibble.h"
 #include "one_node.h"
 #include "passes/pass.h"
+#include "ck_elem.h"
 
 #define N 100000 /* draws of the statistical checks */
 
@@ -118,7 +119,7 @@ static void check_uniform(const nbl_host_tensor *t, double lo, double hi) {
   int64_t bins[20] = {0};
   for (int64_t i = 0; i < n; i++) {
     double v = hget(t, i);
-    ck_assert_msg(v >= lo && v < hi, "element %lld: %.17g outside [%g, %g)", (long long)i, v, lo, hi);
+    ck_elem_msg(v >= lo && v < hi, "element %lld: %.17g outside [%g, %g)", (long long)i, v, lo, hi);
     int b = (int)((v - lo) / w * 20);
     bins[b < 20 ? b : 19]++;
   }
@@ -139,7 +140,7 @@ static void check_normal(const nbl_host_tensor *t, double mu, double sigma) {
   moments(t, &mean, &var);
   for (int64_t i = 0; i < n; i++) {
     double z = (hget(t, i) - mu) / sigma;
-    ck_assert_msg(isfinite(z), "element %lld is not finite", (long long)i);
+    ck_elem_msg(isfinite(z), "element %lld is not finite", (long long)i);
     if (fabs(z) < 1) in1++;
     if (i + 1 < n) c += z * ((hget(t, i + 1) - mu) / sigma);
   }
@@ -208,7 +209,7 @@ START_TEST(test_uniform_float16) {
   double mean, var;
   for (int64_t i = 0; i < n; i++) {
     double v = hget(&o->out[0], i);
-    ck_assert_msg(v >= 1.0 && v < 2.0, "element %lld: %g outside [1, 2)", (long long)i, v);
+    ck_elem_msg(v >= 1.0 && v < 2.0, "element %lld: %g outside [1, 2)", (long long)i, v);
   }
   moments(&o->out[0], &mean, &var);
   within5("float16 uniform mean", mean, 1.0 + 1023.0 / 2047.0, 1 / sqrt(12.0 * (double)n));
@@ -340,7 +341,7 @@ START_TEST(test_bernoulli) {
   int64_t ones = 0;
   for (int64_t i = 0; i < n; i++) {
     float v = outf(o, 0)[i];
-    ck_assert_msg(v == 0.0f || v == 1.0f, "element %lld is %g", (long long)i, v);
+    ck_elem_msg(v == 0.0f || v == 1.0f, "element %lld is %g", (long long)i, v);
     if (i < 1000) ck_assert_msg(v == 0.0f, "p = 0 gave 1 at %lld", (long long)i);
     else if (i < 2000) ck_assert_msg(v == 1.0f, "p = 1 gave 0 at %lld", (long long)i);
     else ones += v == 1.0f;
@@ -398,8 +399,8 @@ static void check_multinomial(const nbl_host_tensor *t, int64_t row, int64_t S, 
   for (int k = 0; k < K; k++) tot += w[k] = isfinite(logit[k]) ? exp(logit[k] - mx) : 0.0;
   for (int64_t s = 0; s < S; s++) {
     double c = hget(t, row * S + s);
-    ck_assert_msg(c >= 0 && c < K && c == floor(c), "row %lld sample %lld: class %g", (long long)row,
-                  (long long)s, c);
+    ck_elem_msg(c >= 0 && c < K && c == floor(c), "row %lld sample %lld: class %g", (long long)row,
+                (long long)s, c);
     cnt[(int)c]++;
   }
   double chi = 0;

@@ -12,6 +12,7 @@
 #include "ir/ir.h"
 #include "nibble.h"
 #include "one_node.h"
+#include "ck_elem.h"
 
 #define TRAIN "ai.onnx.preview.training"
 
@@ -476,9 +477,9 @@ START_TEST(test_adam_large) {
       double vn = (double)a * v[i] + (1 - (double)a) * gr;
       double hn = (double)b * h[i] + (1 - (double)b) * gr * gr;
       double xn = (1 - (double)post) * (x[i] - rr * vn / (sqrt(hn) + eps));
-      ck_assert_msg(feq(outf(o, 0)[i], xn, 1e-5) && feq(outf(o, 1)[i], vn, 1e-5) &&
+      ck_elem_msg(feq(outf(o, 0)[i], xn, 1e-5) && feq(outf(o, 1)[i], vn, 1e-5) &&
                         feq(outf(o, 2)[i], hn, 1e-5),
-                    "element %d: x %.9g want %.9g", i, outf(o, 0)[i], xn);
+                  "element %d: x %.9g want %.9g", i, outf(o, 0)[i], xn);
     }
     one_free(o);
   }
@@ -534,9 +535,9 @@ START_TEST(test_optimizers_fast_equals_reference) {
     }
     for (int k = 0; k <= nst[c]; k++) {
       for (int i = 0; i < N; i++)
-        ck_assert_msg(memcmp(&got[0][k][i], &got[1][k][i], sizeof(float)) == 0,
-                      "%s output %d element %d: fast %.9g, reference %.9g", ops[c], k, i, got[0][k][i],
-                      got[1][k][i]);
+        ck_elem_msg(memcmp(&got[0][k][i], &got[1][k][i], sizeof(float)) == 0,
+                    "%s output %d element %d: fast %.9g, reference %.9g", ops[c], k, i, got[0][k][i],
+                    got[1][k][i]);
       free(got[0][k]);
       free(got[1][k]);
     }

@@ -25,6 +25,7 @@
 #include "ir/ir.h"
 #include "nibble.h"
 #include "one_node.h"
+#include "ck_elem.h"
 
 enum { PLAIN, SPECIAL, HUGE_VALS };
 
@@ -96,13 +97,13 @@ static void check_vs_ref(one *o, int threads, const char *what) {
     int64_t n = (int64_t)(r->nbytes / 4);
     for (int64_t i = 0; i < n; i++) {
       if (isnan(b[i]) || isnan(a[i])) {
-        ck_assert_msg(isnan(b[i]) && isnan(a[i]), "%s: output %d [%lld]: fast %g, reference %g",
-                      what, k, (long long)i, a[i], b[i]);
+        ck_elem_msg(isnan(b[i]) && isnan(a[i]), "%s: output %d [%lld]: fast %g, reference %g",
+                    what, k, (long long)i, a[i], b[i]);
         continue;
       }
       int64_t u = ulps(a[i], b[i]);
-      ck_assert_msg(u <= 1, "%s threads %d: output %d [%lld]: fast %.9g, reference %.9g (%lld ulps)",
-                    what, threads, k, (long long)i, a[i], b[i], (long long)u);
+      ck_elem_msg(u <= 1, "%s threads %d: output %d [%lld]: fast %.9g, reference %.9g (%lld ulps)",
+                  what, threads, k, (long long)i, a[i], b[i], (long long)u);
       n_diff_total += u != 0;
     }
     n_elems_total += n;
@@ -324,8 +325,8 @@ START_TEST(test_dropout_inference) {
         ck_assert_int_eq(o->out[1].dtype, mdt);
         ck_assert_int_eq(o->out[1].rank, 2);
         for (int64_t i = 0; i < 3000; i++)
-          if (mdt == NBL_DT_BOOL) ck_assert_int_eq(((const uint8_t *)o->out[1].data)[i], 1);
-          else ck_assert(((const float *)o->out[1].data)[i] == 1.0f);
+          if (mdt == NBL_DT_BOOL) ck_elem_int_eq(((const uint8_t *)o->out[1].data)[i], 1);
+          else ck_elem(((const float *)o->out[1].data)[i] == 1.0f);
       }
       one_free(o);
     }

@@ -18,6 +18,7 @@
 #include "one_node.h"
 #include "runtime/formats/int4.h"
 #include "test_data.h"
+#include "ck_elem.h"
 
 START_TEST(test_codes8_by_hand) {
   nbl_q4_config c;
@@ -66,10 +67,10 @@ START_TEST(test_values8) {
           nbl_q4_values8(scales[si], zeros[zi], q + off, y, n);
           for (size_t i = 0; i < n; i++) {
             const float want = nbl_q4_value8(scales[si], zeros[zi], q[off + i]);
-            ck_assert_msg(isnan(want) ? isnan(y[i]) : memcmp(&want, &y[i], 4) == 0, "code %d: %g, want %g",
-                          q[off + i], y[i], want);
+            ck_elem_msg(isnan(want) ? isnan(y[i]) : memcmp(&want, &y[i], 4) == 0, "code %d: %g, want %g",
+                        q[off + i], y[i], want);
           }
-          for (size_t i = n; i < 300; i++) ck_assert(y[i] == 0.0f); /* nothing past n */
+          for (size_t i = n; i < 300; i++) ck_elem(y[i] == 0.0f); /* nothing past n */
         }
 }
 END_TEST
@@ -116,9 +117,9 @@ START_TEST(test_op_codes) {
             ck_assert_int_eq(k[i], isnan(x[i]) ? NBL_Q4_CODE8_NAN : x[i] > 0 ? NBL_Q4_CODE8_PINF : NBL_Q4_CODE8_NINF);
             continue;
           }
-          ck_assert_msg(k[i] >= qmin && k[i] <= qmax, "%s %s: code %d", modes[mi].mode, modes[mi].source, k[i]);
-          ck_assert_msg(y[i] == s * (float)(k[i] - z), "%s %s %s [%lld]: y %.9g, code %d, scale %.9g, zero %d",
-                        modes[mi].mode, modes[mi].source, ref ? "ref" : "fast", (long long)i, y[i], k[i], s, z);
+          ck_elem_msg(k[i] >= qmin && k[i] <= qmax, "%s %s: code %d", modes[mi].mode, modes[mi].source, k[i]);
+          ck_elem_msg(y[i] == s * (float)(k[i] - z), "%s %s %s [%lld]: y %.9g, code %d, scale %.9g, zero %d",
+                      modes[mi].mode, modes[mi].source, ref ? "ref" : "fast", (long long)i, y[i], k[i], s, z);
         }
         if (ref) memcpy(first, k, (size_t)n);
         else ck_assert(memcmp(first, k, (size_t)n) == 0); /* the fast kernel's codes: the reference's */

@@ -51,6 +51,7 @@
 #include "runtime/kernels/q4_train.h"
 #include "runtime/ops/grad_int4.h"
 #include "test_model.h"
+#include "ck_elem.h"
 
 /* Nodes of op type `op` in the algorithm graph. */
 static int count_op(const nbl_model *m, const char *op) {
@@ -274,7 +275,7 @@ static void compare_grads(run *a, run *b, double tol, const char *what, int step
     size_t ne = ga.nbytes / sizeof(float);
     double nd = 0, nb = 0;
     for (size_t k = 0; k < ne; k++) {
-      ck_assert_msg(isfinite(pa[k]), "%s: gradient of %s [%zu] is %g", what, ga.name, k, pa[k]);
+      ck_elem_msg(isfinite(pa[k]), "%s: gradient of %s [%zu] is %g", what, ga.name, k, pa[k]);
       nd += ((double)pa[k] - pb[k]) * ((double)pa[k] - pb[k]);
       nb += (double)pb[k] * pb[k];
     }
@@ -478,11 +479,11 @@ START_TEST(test_q4_kernels) {
         nbl_q4t_ste(&kc, &cfg, &p1, x, g, d1, n);
         int64_t dropped = 0;
         for (int64_t i = 0; i < n; i++) {
-          ck_assert_msg(memcmp(&y0[i], &y1[i], sizeof(float)) == 0, "cfg %zu n %lld [%lld]: %a vs %a", ci,
-                        (long long)n, (long long)i, y1[i], y0[i]);
+          ck_elem_msg(memcmp(&y0[i], &y1[i], sizeof(float)) == 0, "cfg %zu n %lld [%lld]: %a vs %a", ci,
+                      (long long)n, (long long)i, y1[i], y0[i]);
           float want = nbl_q4_passes(&cfg, &p0, x[i], (uint64_t)i) ? g[i] : 0.0f;
-          ck_assert_msg(memcmp(&want, &d1[i], sizeof(float)) == 0, "ste cfg %zu n %lld [%lld]: %a vs %a", ci,
-                        (long long)n, (long long)i, d1[i], want);
+          ck_elem_msg(memcmp(&want, &d1[i], sizeof(float)) == 0, "ste cfg %zu n %lld [%lld]: %a vs %a", ci,
+                      (long long)n, (long long)i, d1[i], want);
           dropped += d1[i] == 0.0f && g[i] != 0.0f;
         }
         if (cfgs[ci].src == NBL_Q4_SCALE_FIXED && n > 3) ck_assert_int_gt(dropped, 0); /* the mask acts */
