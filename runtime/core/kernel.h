@@ -309,6 +309,7 @@ NBL_OP_FAMILY(nn)           /* runtime/ops/nn.c: conv, gemm, matmul, einsum */
 NBL_OP_FAMILY(nn_pool)      /* runtime/ops/nn_pool.c: pooling */
 NBL_OP_FAMILY(nn_norm)      /* runtime/ops/nn_norm.c: batch, instance, layer norms, LRN */
 NBL_OP_FAMILY(quant)        /* runtime/ops/quant.c: quantize/dequantize, integer matmul/conv */
+NBL_OP_FAMILY(quant_contrib) /* runtime/ops/quant_contrib.c: com.microsoft QLinearAdd, QLinearConcat, ... */
 NBL_OP_FAMILY(shape)        /* runtime/ops/shape.c: reshape, flatten, squeeze, unsqueeze, concat, split */
 NBL_OP_FAMILY(shape_strided) /* runtime/ops/shape_strided.c: transpose, slice, expand, tile, depth/space */
 NBL_OP_FAMILY(shape_index)  /* runtime/ops/shape_index.c: gather, scatter, nonzero, onehot, ... */

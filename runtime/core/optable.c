@@ -18,6 +18,7 @@ static const struct {
     {nbl_ops_nn_pool, &nbl_ops_nn_pool_count},
     {nbl_ops_nn_norm, &nbl_ops_nn_norm_count},
     {nbl_ops_quant, &nbl_ops_quant_count},
+    {nbl_ops_quant_contrib, &nbl_ops_quant_contrib_count},
     {nbl_ops_shape, &nbl_ops_shape_count},
     {nbl_ops_shape_strided, &nbl_ops_shape_strided_count},
     {nbl_ops_shape_index, &nbl_ops_shape_index_count},

@@ -1,7 +1,8 @@
 /* runtime/ops/quant.c - op family 'quant': QuantizeLinear / DequantizeLinear
  * (per-tensor, per-axis, blocked; 8-, 16- and 4-bit codes), DynamicQuantizeLinear,
  * MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv
- * (see kernel.h for the kernel contract).
+ * (see kernel.h for the kernel contract). ONNX Runtime's com.microsoft
+ * QLinearAdd, QLinearConcat, QLinearAveragePool, ... are quant_contrib.c.
  *
  * Scaling runs in float as ONNX Runtime does (x / scale in float32, round half
  * to even, saturate); integer products accumulate exactly (int64 / double

@@ -507,32 +507,32 @@ static nbl_status shape_unsqueeze(nbl_shape_ctx *c) {
   return st;
 }
 
-static nbl_status shape_concat(nbl_shape_ctx *c) {
+nbl_status nbl_shape_concat_inputs(nbl_shape_ctx *c, int from, int step, int64_t axis) {
   const nbl_node *n = c->node;
   nbl_shp s, o;
   int rank = -1;
   nbl_dtype dt = NBL_DT_UNDEFINED;
-  for (int i = 0; i < n->n_inputs; i++) {
+  for (int i = from; i < n->n_inputs; i += step) {
     nbl_shp_in(c, i, &s);
     if (!dt) dt = s.dt;
     if (s.rank >= 0) rank = s.rank;
   }
   if (rank < 0) return nbl_shp_set_dt(c, 0, dt, -1);
-  int a = nbl_norm_axis(nbl_attr_int(n, "axis", 0), rank);
+  int a = nbl_norm_axis(axis, rank);
   if (a < 0) return nbl_shp_set_dt(c, 0, dt, rank);
   nbl_shp_rank(&o, dt, rank);
   int64_t sum = 0;
   bool sum_known = true;
   bool first = true;
-  for (int i = 0; i < n->n_inputs; i++) {
+  for (int i = from; i < n->n_inputs; i += step) {
     if (!nbl_shp_in(c, i, &s)) continue;
     if (s.rank < 0) {
       sum_known = false;
       continue;
     }
     if (s.rank != rank)
-      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (Concat): inputs have ranks %d and %d",
-                        n->name, rank, s.rank);
+      return nbl_errorf(NBL_ERR_INVALID_MODEL, "node '%s' (%s): inputs have ranks %d and %d",
+                        n->name, n->op_type, rank, s.rank);
     for (int d = 0; d < rank; d++) {
       if (d == a) {
         if (nbl_dim_known(s.d[d])) sum += s.d[d].value;
@@ -548,7 +548,16 @@ static nbl_status shape_concat(nbl_shape_ctx *c) {
     first = false;
   }
   o.d[a] = sum_known ? nbl_dim_val(sum) : nbl_dim_unk();
-  nbl_status st = nbl_shp_set(c, 0, &o);
+  return nbl_shp_set(c, 0, &o);
+}
+
+static nbl_status shape_concat(nbl_shape_ctx *c) {
+  const nbl_node *n = c->node;
+  nbl_status st = nbl_shape_concat_inputs(c, 0, 1, nbl_attr_int(n, "axis", 0));
+  int rank = -1;
+  nbl_shp s;
+  for (int i = 0; i < n->n_inputs; i++)
+    if (nbl_shp_in(c, i, &s) && s.rank >= 0) rank = s.rank;
   if (st || rank != 1) return st;
   nbl_kdata r, k;
   r.rank = 1;

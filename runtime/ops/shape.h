@@ -26,6 +26,11 @@ int nbl_fetch_index(nbl_kctx *c, const nbl_rt_tensor *t, int64_t i, int64_t dim,
  * (runtime/ops/sequence.c): output 0 = the n_in tensors in[] joined along
  * axis_raw (negative counts from the end), checked alike. */
 nbl_status nbl_concat_out(nbl_kctx *c, int n_in, const nbl_rt_tensor *const *in, int64_t axis_raw);
+/* Concat's shape rule over the node's inputs from, from + step, ... (Concat:
+ * 0, 1; com.microsoft QLinearConcat: the X of each triple, 2, 3) joined along
+ * axis (negative counts from the end): output 0's type is the first known
+ * one of theirs. Known data is left to the caller (Concat's rule). */
+nbl_status nbl_shape_concat_inputs(nbl_shape_ctx *c, int from, int step, int64_t axis);
 /* Split's copy, shared with SplitToSequence: x cut along `axis` (in range)
  * into n parts of sp[k] (summing to the axis) rows, each without that axis
  * when keep_axis is 0 (parts of one row); into outputs 0..n-1 of c when
