@@ -561,16 +561,21 @@ static nbl_status k_convt_fast(nbl_kctx *c) {
 
 /* ------------------------------------------------------------------ shape rules */
 
-static nbl_status shape_gemm(nbl_shape_ctx *c) {
+/* Gemm's rule on inputs ia (A) and ib (B): [M, N] from transA / transB, of
+ * element type dt (A's when NBL_DT_UNDEFINED); shared with com.microsoft
+ * QGemm (runtime/ops/quant_contrib.c, nn.h). */
+nbl_status nbl_shape_gemm(nbl_shape_ctx *c, int ia, int ib, nbl_dtype dt) {
   nbl_shp a, b, o;
-  nbl_shp_in(c, 0, &a);
-  nbl_shp_in(c, 1, &b);
-  nbl_shp_rank(&o, a.dt, 2);
+  nbl_shp_in(c, ia, &a);
+  nbl_shp_in(c, ib, &b);
+  nbl_shp_rank(&o, dt == NBL_DT_UNDEFINED ? a.dt : dt, 2);
   int ta = (int)nbl_attr_int(c->node, "transA", 0), tb = (int)nbl_attr_int(c->node, "transB", 0);
   if (a.rank == 2) o.d[0] = a.d[ta ? 1 : 0];
   if (b.rank == 2) o.d[1] = b.d[tb ? 0 : 1];
   return nbl_shp_set(c, 0, &o);
 }
+
+static nbl_status shape_gemm(nbl_shape_ctx *c) { return nbl_shape_gemm(c, 0, 1, NBL_DT_UNDEFINED); }
 
 static nbl_status shape_matmul(nbl_shape_ctx *c) { return nbl_shape_matmul(c, 0, 1, NBL_DT_UNDEFINED); }
 static nbl_status shape_conv(nbl_shape_ctx *c) { return nbl_shape_conv(c, 0, 1, NBL_DT_UNDEFINED, false); }

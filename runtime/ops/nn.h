@@ -29,4 +29,9 @@ nbl_status nbl_convt_node_geom(nbl_kctx *c, const nbl_rt_tensor *X, const nbl_rt
 void nbl_col2im_f64(const nbl_conv_geom *g, int64_t Mg, const double *col, double *y);
 void nbl_col2im_f32(const nbl_conv_geom *g, int64_t Mg, const float *col, float *y);
 
+/* Gemm's shape rule on the node's inputs ia (A) and ib (B): output 0 is
+ * [M, N] (transA, transB) of element type dt, or A's when dt is
+ * NBL_DT_UNDEFINED (Gemm: 0, 1; com.microsoft QGemm: 0, 3). */
+nbl_status nbl_shape_gemm(nbl_shape_ctx *c, int ia, int ib, nbl_dtype dt);
+
 #endif

@@ -14,6 +14,14 @@
  *                            [N, C, 1, ...] (channels_last: [N, 1, ..., C])
  *   QLinearConcat            Y_scale, Y_zero_point, then (X, X_scale, X_zero_point)
  *                            per input; axis (required, negative allowed)
+ *   QGemm                    A, a_scale, a_zero_point?, B, b_scale, b_zero_point?, C?,
+ *                            y_scale?, y_zero_point? -> Y [M, N]; alpha, transA,
+ *                            transB. B's scale and zero point per tensor or per
+ *                            output column ([N]); C int32 (Gemm's broadcasting), in
+ *                            the scale a_scale * b_scale; without y_scale Y is float32
+ *   QLinearSoftmax           X, X_scale, x_zero_point?, y_scale, y_zero_point? -> Y;
+ *                            axis (default -1), opset (required: the original
+ *                            Softmax's; < 13: X coerced to 2-D at axis)
  *
  * (? = optional, "" or absent: zero point 0.) The codes are int8 or uint8,
  * one type per node (the zero points' too); scales are float scalars
@@ -30,11 +38,15 @@
  * with lookup tables or vector approximations and adds the zero point before
  * rounding, so it can differ by one code where v / y_scale is near a tie.
  * The one-input ops and QLinearConcat go through a 256-entry table of those
- * results (the same numbers, one computation per code).
+ * results (the same numbers, one computation per code). QGemm accumulates
+ * sum_k (A - a_zp)(B - b_zp[n]) + C exactly (int64) and scales it in float32
+ * by alpha * a_scale * b_scale[n], as ONNX Runtime; QLinearSoftmax computes
+ * exp(x - max) and the row sum in double (ONNX Runtime: a float table of exp
+ * over code differences, and floor(1 / y_scale) as the output scale).
  *
  * The window geometry (pads, auto_pad, ceil_mode, strides) is
  * nbl_conv_geom_init's, as AveragePool's; the shape rules are the float ops'
- * (nbl_shp_bcast, nbl_shp_window, nbl_shape_concat_inputs). */
+ * (nbl_shp_bcast, nbl_shp_window, nbl_shape_concat_inputs, nbl_shape_gemm). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +54,7 @@
 
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
+#include "runtime/ops/nn.h"
 #include "runtime/ops/shape.h"
 
 #define MS_DOMAIN "com.microsoft"
@@ -393,6 +406,163 @@ static nbl_status k_qlinear_concat(nbl_kctx *c) {
   return st;
 }
 
+/* ------------------------------------------------------------------ QGemm */
+
+/* QGemm's b_scale (is) or b_zero_point (iz): a scalar or a 1-D tensor of
+ * length 1 or N (one per output column). Returns its element count (1 or N). */
+static nbl_status per_column(nbl_kctx *c, int i, const char *what, const nbl_rt_tensor *t, int64_t N,
+                             int64_t *n) {
+  char b[160];
+  if (t->rank == 0 || (t->rank == 1 && (t->dims[0] == 1 || t->dims[0] == N))) {
+    *n = t->numel;
+    return NBL_OK;
+  }
+  return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input %d '%s' (%s) has shape %s; expected a scalar or 1-D of "
+                  "length 1 or N = %lld (per output column)", i, in_name(c, i), what, dims_str(b, sizeof b, t),
+                  (long long)N);
+}
+
+/* A, a_scale, a_zero_point?, B, b_scale, b_zero_point?, C?, y_scale?,
+ * y_zero_point? -> Y [M, N]: acc = sum_k (A - a_zp)(B - b_zp[n]) + C in
+ * int64 (exact), v = (alpha * a_scale * b_scale[n]) * (float)acc in float32;
+ * Y = v (float32) without y_scale, else QuantizeLinear(v, y_scale,
+ * y_zero_point) of y_zero_point's type (A's when absent). */
+static nbl_status k_qgemm(nbl_kctx *c) {
+  const nbl_rt_tensor *A, *B, *bs, *bz = in_at(c, 5), *C = in_at(c, 6), *ys = in_at(c, 7), *yz = in_at(c, 8);
+  qparam pa, py;
+  nbl_status st;
+  if ((st = need_codes(c, 0, "A", &A)) || (st = need_codes(c, 3, "B", &B)) ||
+      (st = read_qparam(c, 1, "a_scale", 2, "a_zero_point", 0, A->dtype, "A", &pa)))
+    return st;
+  if (A->rank != 2 || B->rank != 2) {
+    char x[160], y[160];
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "A '%s' %s and B '%s' %s must be 2-D", in_name(c, 0),
+                    dims_str(x, sizeof x, A), in_name(c, 3), dims_str(y, sizeof y, B));
+  }
+  int ta = nbl_attr_int(c->node, "transA", 0) != 0, tb = nbl_attr_int(c->node, "transB", 0) != 0;
+  float alpha = nbl_attr_float(c->node, "alpha", 1.0f);
+  int64_t M = ta ? A->dims[1] : A->dims[0], K = ta ? A->dims[0] : A->dims[1];
+  int64_t kb = tb ? B->dims[1] : B->dims[0], N = tb ? B->dims[0] : B->dims[1];
+  if (kb != K)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "inner dimensions differ: A '%s' gives K=%lld, B '%s' gives %lld",
+                    in_name(c, 0), (long long)K, in_name(c, 3), (long long)kb);
+  /* B's parameters: per tensor or per output column */
+  int64_t ns = 1, nz = 1;
+  if ((st = need(c, 4, "b_scale", &bs)) || (st = per_column(c, 4, "b_scale", bs, N, &ns))) return st;
+  if (bs->dtype != NBL_DT_FLOAT)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 4 '%s' (b_scale) has element type %s, expected float",
+                    in_name(c, 4), nbl_dtype_name(bs->dtype));
+  if (bz && ((st = same_codes(c, 5, "b_zero_point", bz, B->dtype, "B")) ||
+             (st = per_column(c, 5, "b_zero_point", bz, N, &nz))))
+    return st;
+  if (C) {
+    int64_t od[2] = {M, N}, bd[NBL_MAX_RANK];
+    int r;
+    char x[160];
+    if (C->dtype != NBL_DT_INT32)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 '%s' (C) has element type %s, expected int32 (the bias "
+                      "in the scale a_scale * b_scale)", in_name(c, 6), nbl_dtype_name(C->dtype));
+    if (C->rank > 2 || nbl_broadcast_shape(2, od, C->rank, C->dims, &r, bd) != 0 || bd[0] != M || bd[1] != N)
+      return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 6 '%s' (C) %s cannot be broadcast to [%lld, %lld]",
+                      in_name(c, 6), dims_str(x, sizeof x, C), (long long)M, (long long)N);
+  }
+  nbl_dtype ydt = NBL_DT_FLOAT;
+  if (yz && !ys)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "input 8 '%s' (y_zero_point) is given without y_scale",
+                    in_name(c, 8));
+  if (ys) {
+    if (yz && (st = need_codes(c, 8, "y_zero_point", &yz))) return st;
+    ydt = yz ? yz->dtype : A->dtype;
+    if ((st = read_qparam(c, 7, "y_scale", 8, "y_zero_point", 0, ydt, yz ? "y_zero_point" : "A", &py)))
+      return st;
+  }
+  int64_t od[2] = {M, N};
+  if ((st = nbl_kctx_alloc_out(c, 0, ydt, 2, od))) return st;
+  nbl_rt_tensor *Y = nbl_kctx_out(c, 0);
+  if (Y->numel == 0) return NBL_OK;
+  int32_t *bzp = malloc((size_t)N * sizeof *bzp);
+  float *osc = malloc((size_t)N * sizeof *osc);
+  if (!bzp || !osc) {
+    free(bzp);
+    free(osc);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
+  const float *bsv = bs->data;
+  const uint8_t *bzv = bz ? bz->data : NULL;
+  int bsig = B->dtype == NBL_DT_INT8;
+  for (int64_t n = 0; n < N; n++) {
+    uint8_t z = bzv ? bzv[nz > 1 ? n : 0] : 0;
+    bzp[n] = bsig ? (int8_t)z : z;
+    osc[n] = alpha * pa.scale * bsv[ns > 1 ? n : 0];
+  }
+  int asig = A->dtype == NBL_DT_INT8;
+  const uint8_t *a = A->data, *b = B->data;
+  const int32_t *cv = C ? C->data : NULL;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      int64_t acc = 0;
+      for (int64_t k = 0; k < K; k++) {
+        uint8_t ab = a[ta ? k * M + m : m * K + k], bb = b[tb ? n * K + k : k * N + n];
+        acc += (int64_t)((asig ? (int8_t)ab : ab) - pa.zp) * ((bsig ? (int8_t)bb : bb) - bzp[n]);
+      }
+      if (cv) acc += cv[nbl_broadcast_index(2, od, m * N + n, C->rank, C->dims)];
+      float v = osc[n] * (float)acc;
+      if (ys) ((uint8_t *)Y->data)[m * N + n] = quant(&py, v);
+      else ((float *)Y->data)[m * N + n] = v;
+    }
+  free(bzp);
+  free(osc);
+  return NBL_OK;
+}
+
+/* ------------------------------------------------------------------ QLinearSoftmax */
+
+/* X, X_scale, x_zero_point?, y_scale, y_zero_point? -> Y; axis and opset
+ * (required: the original Softmax's). opset < 13: X seen as 2-D [prod
+ * dims[:axis], prod dims[axis:]] (Softmax-1/11), else the softmax runs along
+ * dims[axis] alone. axis absent: -1 (the schema's default, which ONNX
+ * Runtime fills in whatever the opset). Each row: x dequantized, e = exp(x - max) in double, summed
+ * in double, y = (float)(e / sum) quantized as QuantizeLinear. */
+static nbl_status k_qlinear_softmax(nbl_kctx *c) {
+  const nbl_rt_tensor *X;
+  qparam px, py;
+  nbl_status st = unary_params(c, 0, &X, &px, &py);
+  if (st) return st;
+  const nbl_attr *oa = nbl_node_attr(c->node, "opset");
+  if (!oa || oa->type != NBL_ATTR_INT)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "attribute 'opset' (int, the original Softmax's opset) is missing");
+  int legacy = oa->i < 13;
+  int64_t axis_attr = nbl_attr_int(c->node, "axis", -1);
+  int axis = nbl_norm_axis(axis_attr, X->rank);
+  if (X->rank == 0 || axis < 0)
+    return nbl_kerr(c, NBL_ERR_INVALID_MODEL, "axis %lld is out of range for input X '%s' of rank %d",
+                    (long long)axis_attr, in_name(c, 0), X->rank);
+  int64_t outer = 1, R = 1, inner = 1;
+  for (int i = 0; i < X->rank; i++) {
+    if (i < axis) outer *= X->dims[i];
+    else if (i == axis || legacy) R *= X->dims[i];
+    else inner *= X->dims[i];
+  }
+  if ((st = nbl_kctx_alloc_out(c, 0, X->dtype, X->rank, X->dims))) return st;
+  if (X->numel == 0) return NBL_OK;
+  float fx[256];
+  deq_table(&px, fx);
+  const uint8_t *x = X->data;
+  uint8_t *y = nbl_kctx_out(c, 0)->data;
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      const uint8_t *xr = x + o * R * inner + i;
+      uint8_t *yr = y + o * R * inner + i;
+      float m = fx[xr[0]];
+      for (int64_t r = 1; r < R; r++) m = fx[xr[r * inner]] > m ? fx[xr[r * inner]] : m;
+      double s = 0;
+      for (int64_t r = 0; r < R; r++) s += exp((double)(fx[xr[r * inner]] - m));
+      for (int64_t r = 0; r < R; r++)
+        yr[r * inner] = quant(&py, (float)(exp((double)(fx[xr[r * inner]] - m)) / s));
+    }
+  return NBL_OK;
+}
+
 /* ------------------------------------------------------------------ shape rules */
 
 /* QLinearAdd, QLinearMul: A (0) and B (3) broadcast; A's type. */
@@ -447,6 +617,26 @@ static nbl_status shape_qlinear_concat(nbl_shape_ctx *c) {
   return nbl_shape_concat_inputs(c, 2, 3, aa->i);
 }
 
+/* QGemm: Gemm's rule on A (0) and B (3); float32 without y_scale, else
+ * y_zero_point's type (A's when absent). */
+static nbl_status shape_qgemm(nbl_shape_ctx *c) {
+  nbl_dtype dt = NBL_DT_FLOAT;
+  int n = c->node->n_inputs;
+  if (n > 7 && c->node->inputs[7] != NBL_NONE) {
+    dt = n > 8 && c->node->inputs[8] != NBL_NONE ? nbl_shp_in_dtype(c, 8) : nbl_shp_in_dtype(c, 0);
+    if (dt == NBL_DT_UNDEFINED) dt = nbl_shp_in_dtype(c, 0);
+  }
+  return nbl_shape_gemm(c, 0, 3, dt);
+}
+
+/* QLinearSoftmax: X's shape and type; the opset attribute is required. */
+static nbl_status shape_qlinear_softmax(nbl_shape_ctx *c) {
+  const nbl_attr *oa = nbl_node_attr(c->node, "opset");
+  if (!oa || oa->type != NBL_ATTR_INT)
+    return nbl_shp_err(c, "attribute 'opset' (int, the original Softmax's opset) is missing");
+  return nbl_shape_same(c);
+}
+
 /* ------------------------------------------------------------------ table */
 
 const nbl_op_def nbl_ops_quant_contrib[] = {
@@ -463,6 +653,9 @@ const nbl_op_def nbl_ops_quant_contrib[] = {
     NBL_OP_DEF(MS_DOMAIN, "QLinearAveragePool", 1, 1, .ref = k_qlinear_avgpool,
                .shape = shape_qlinear_avgpool, .no_grad = NBL_NO_GRAD_INT),
     NBL_OP_DEF(MS_DOMAIN, "QLinearConcat", 1, 1, .ref = k_qlinear_concat, .shape = shape_qlinear_concat,
+               .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP_DEF(MS_DOMAIN, "QGemm", 1, 1, .ref = k_qgemm, .shape = shape_qgemm, .no_grad = NBL_NO_GRAD_INT),
+    NBL_OP_DEF(MS_DOMAIN, "QLinearSoftmax", 1, 1, .ref = k_qlinear_softmax, .shape = shape_qlinear_softmax,
                .no_grad = NBL_NO_GRAD_INT),
 };
 const size_t nbl_ops_quant_contrib_count = sizeof nbl_ops_quant_contrib / sizeof nbl_ops_quant_contrib[0];
