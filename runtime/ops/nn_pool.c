@@ -21,7 +21,7 @@
 
 /* ------------------------------------------------------------------ pooling */
 
-enum { POOL_MAX, POOL_AVG, POOL_LP };
+enum { POOL_MAX = NBL_POOL_MAX, POOL_AVG = NBL_POOL_AVG, POOL_LP = NBL_POOL_LP };
 
 typedef struct pool_task {
   const nbl_conv_geom *g;
@@ -545,6 +545,60 @@ static void maxpool2d_idx_f32(void *arg, int64_t begin, int64_t end) {
  * requested). With relu (the fused Relu -> MaxPool, float32 only), X is
  * Relu(relu), written here: plane by plane on the fast paths, whole first
  * on the others. */
+void nbl_pool_plane_ref(const nbl_conv_geom *g, int kind, int include_pad, double p, const double *xp, double *y,
+                        int64_t *best_at) {
+  const int ns = g->ns;
+  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP], pos[NBL_CONV_MAX_SP];
+  for (int64_t oi = 0; oi < g->out_sz; oi++) {
+    int64_t r = oi;
+    for (int i = ns - 1; i >= 0; i--) {
+      o[i] = r % g->out[i];
+      r /= g->out[i];
+    }
+    double acc = kind == POOL_MAX ? -INFINITY : 0.0;
+    int64_t best = -1, cnt_in = 0, cnt_pad = 0;
+    int nan = 0;
+    for (int64_t ki = 0; ki < g->k_sz; ki++) {
+      int64_t rk = ki;
+      for (int i = ns - 1; i >= 0; i--) {
+        kk[i] = rk % g->k[i];
+        rk /= g->k[i];
+      }
+      int inside = 1, in_pad = 1;
+      int64_t xi = 0;
+      for (int i = 0; i < ns; i++) {
+        pos[i] = o[i] * g->s[i] - g->pb[i] + kk[i] * g->d[i];
+        if (pos[i] < 0 || pos[i] >= g->in[i]) inside = 0;
+        if (pos[i] < -g->pb[i] || pos[i] >= g->in[i] + g->pe[i]) in_pad = 0;
+        xi = xi * g->in[i] + pos[i];
+      }
+      cnt_pad += in_pad;
+      if (!inside) continue;
+      cnt_in++;
+      double v = xp[xi];
+      if (kind == POOL_MAX) {
+        if (isnan(v)) nan = 1;
+        if (best < 0 || v > xp[best]) best = xi;
+      } else if (kind == POOL_AVG) {
+        acc += v;
+      } else {
+        acc += pow(fabs(v), p);
+      }
+    }
+    double out;
+    if (kind == POOL_MAX) {
+      out = nan ? NAN : best >= 0 ? xp[best] : -INFINITY;
+    } else if (kind == POOL_AVG) {
+      int64_t div = include_pad ? cnt_pad : cnt_in;
+      out = div ? acc / (double)div : NAN;
+    } else {
+      out = pow(acc, 1.0 / p);
+    }
+    y[oi] = out;
+    if (best_at) best_at[oi] = best < 0 ? 0 : best;
+  }
+}
+
 static nbl_status k_pool_at(nbl_kctx *c, int kind, const nbl_rt_tensor *X, int o0, const float *relu) {
   nbl_status st;
   const nbl_node *n = c->node;
@@ -590,64 +644,16 @@ static nbl_status k_pool_at(nbl_kctx *c, int kind, const nbl_rt_tensor *X, int o
     free(y);
     return oom(c);
   }
-  int ns = g.ns;
-  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP], pos[NBL_CONV_MAX_SP];
   for (int64_t pl = 0; pl < g.N * g.C; pl++) {
-    const double *xp = x + pl * g.in_sz;
-    for (int64_t oi = 0; oi < g.out_sz; oi++) {
-      int64_t r = oi;
-      for (int i = ns - 1; i >= 0; i--) {
-        o[i] = r % g.out[i];
-        r /= g.out[i];
+    int64_t *ip = idx ? idx + pl * g.out_sz : NULL;
+    nbl_pool_plane_ref(&g, kind, include_pad, p, x + pl * g.in_sz, y + pl * g.out_sz, ip);
+    for (int64_t oi = 0; ip && oi < g.out_sz; oi++) {
+      int64_t b = ip[oi];
+      if (storage_order) { /* column-major within the plane: w * H + h */
+        int64_t h = b / g.in[1], w = b % g.in[1];
+        b = w * g.in[0] + h;
       }
-      double acc = kind == POOL_MAX ? -INFINITY : 0.0;
-      int64_t best = -1, cnt_in = 0, cnt_pad = 0;
-      int nan = 0;
-      for (int64_t ki = 0; ki < g.k_sz; ki++) {
-        int64_t rk = ki;
-        for (int i = ns - 1; i >= 0; i--) {
-          kk[i] = rk % g.k[i];
-          rk /= g.k[i];
-        }
-        int inside = 1, in_pad = 1;
-        int64_t xi = 0;
-        for (int i = 0; i < ns; i++) {
-          pos[i] = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
-          if (pos[i] < 0 || pos[i] >= g.in[i]) inside = 0;
-          if (pos[i] < -g.pb[i] || pos[i] >= g.in[i] + g.pe[i]) in_pad = 0;
-          xi = xi * g.in[i] + pos[i];
-        }
-        cnt_pad += in_pad;
-        if (!inside) continue;
-        cnt_in++;
-        double v = xp[xi];
-        if (kind == POOL_MAX) {
-          if (isnan(v)) nan = 1;
-          if (best < 0 || v > xp[best]) best = xi;
-        } else if (kind == POOL_AVG) {
-          acc += v;
-        } else {
-          acc += pow(fabs(v), p);
-        }
-      }
-      double out;
-      if (kind == POOL_MAX) {
-        out = nan ? NAN : best >= 0 ? xp[best] : -INFINITY;
-      } else if (kind == POOL_AVG) {
-        int64_t div = include_pad ? cnt_pad : cnt_in;
-        out = div ? acc / (double)div : NAN;
-      } else {
-        out = pow(acc, 1.0 / p);
-      }
-      y[pl * g.out_sz + oi] = out;
-      if (idx) {
-        int64_t b = best < 0 ? 0 : best;
-        if (storage_order) { /* column-major within the plane: w * H + h */
-          int64_t h = b / g.in[1], w = b % g.in[1];
-          b = w * g.in[0] + h;
-        }
-        idx[pl * g.out_sz + oi] = pl * g.in_sz + b;
-      }
+      ip[oi] = pl * g.in_sz + b;
     }
   }
   nbl_from_f64(Y, y);

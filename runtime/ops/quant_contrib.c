@@ -45,7 +45,8 @@
  * over code differences, and floor(1 / y_scale) as the output scale).
  *
  * The window geometry (pads, auto_pad, ceil_mode, strides) is
- * nbl_conv_geom_init's, as AveragePool's; the shape rules are the float ops'
+ * nbl_conv_geom_init's and the window loop AveragePool's own
+ * (nbl_pool_plane_ref, runtime/ops/nn_pool.h); the shape rules are the float ops'
  * (nbl_shp_bcast, nbl_shp_window, nbl_shape_concat_inputs, nbl_shape_gemm). */
 #include <math.h>
 #include <stdio.h>
@@ -55,6 +56,7 @@
 #include "runtime/core/shape.h"
 #include "runtime/kernels/gemm.h"
 #include "runtime/ops/nn.h"
+#include "runtime/ops/nn_pool.h"
 #include "runtime/ops/shape.h"
 
 #define MS_DOMAIN "com.microsoft"
@@ -298,42 +300,24 @@ static nbl_status k_qlinear_avgpool(nbl_kctx *c) {
   deq_table(&px, fx);
   const uint8_t *x = X->data;
   uint8_t *y = nbl_kctx_out(c, 0)->data;
-  int64_t o[NBL_CONV_MAX_SP], kk[NBL_CONV_MAX_SP];
+  /* each plane's dequantized values through AveragePool's window loop */
+  double *xb = malloc((size_t)(g.in_sz > 0 ? g.in_sz : 1) * sizeof *xb),
+         *yb = malloc((size_t)(g.out_sz > 0 ? g.out_sz : 1) * sizeof *yb);
+  if (!xb || !yb) {
+    free(xb);
+    free(yb);
+    return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
+  }
   for (int64_t n = 0; n < g.N; n++)
-    for (int64_t ch = 0; ch < g.C; ch++)
-      for (int64_t oi = 0; oi < g.out_sz; oi++) {
-        int64_t rem = oi;
-        for (int i = ns - 1; i >= 0; i--) {
-          o[i] = rem % g.out[i];
-          rem /= g.out[i];
-        }
-        /* AveragePool's count (nn_pool.c): the window's positions in the
-         * input, or with count_include_pad those in the padded input */
-        double s = 0;
-        int64_t cnt_in = 0, cnt_pad = 0;
-        for (int64_t ki = 0; ki < g.k_sz; ki++) {
-          int64_t rk = ki;
-          for (int i = ns - 1; i >= 0; i--) {
-            kk[i] = rk % g.k[i];
-            rk /= g.k[i];
-          }
-          int inside = 1, in_pad = 1;
-          int64_t xi = 0;
-          for (int i = 0; i < ns; i++) {
-            int64_t pos = o[i] * g.s[i] - g.pb[i] + kk[i] * g.d[i];
-            if (pos < 0 || pos >= g.in[i]) inside = 0;
-            if (pos < -g.pb[i] || pos >= g.in[i] + g.pe[i]) in_pad = 0;
-            xi = xi * g.in[i] + pos;
-          }
-          cnt_pad += in_pad;
-          if (!inside) continue;
-          cnt_in++;
-          s += fx[x[cl ? (n * g.in_sz + xi) * g.C + ch : (n * g.C + ch) * g.in_sz + xi]];
-        }
-        int64_t div = include_pad ? cnt_pad : cnt_in;
-        float avg = div ? (float)(s / (double)div) : NAN;
-        y[cl ? (n * g.out_sz + oi) * g.C + ch : (n * g.C + ch) * g.out_sz + oi] = quant(&py, avg);
-      }
+    for (int64_t ch = 0; ch < g.C; ch++) {
+      for (int64_t xi = 0; xi < g.in_sz; xi++)
+        xb[xi] = fx[x[cl ? (n * g.in_sz + xi) * g.C + ch : (n * g.C + ch) * g.in_sz + xi]];
+      nbl_pool_plane_ref(&g, NBL_POOL_AVG, include_pad, 0, xb, yb, NULL);
+      for (int64_t oi = 0; oi < g.out_sz; oi++)
+        y[cl ? (n * g.out_sz + oi) * g.C + ch : (n * g.C + ch) * g.out_sz + oi] = quant(&py, (float)yb[oi]);
+    }
+  free(xb);
+  free(yb);
   return NBL_OK;
 }
 
