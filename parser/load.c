@@ -676,8 +676,16 @@ static nbl_status graph_from_pb(load_ctx *c, Onnx__GraphProto *gp, nbl_graph *g,
   /* every name the graph proto defines */
   size_t total = gp->n_input + gp->n_initializer + 1;
   for (size_t i = 0; i < gp->n_node; i++) total += gp->node[i]->n_output;
-  name_set local = {0};
-  if (!name_set_init(&local, total)) return oom(c);
+  name_set local = {0}, nodes_all = {0}, nodes_seen = {0};
+  if (!name_set_init(&local, total) || !name_set_init(&nodes_all, gp->n_node) ||
+      !name_set_init(&nodes_seen, gp->n_node)) {
+    name_set_free(&local);
+    name_set_free(&nodes_all);
+    return oom(c);
+  }
+  /* a node name the graph repeats gets the writer's suffix here already
+   * (name_set.h), so that the IR is what a save writes */
+  for (size_t i = 0; i < gp->n_node; i++) name_set_add(&nodes_all, gp->node[i]->name);
   for (size_t i = 0; i < gp->n_input; i++) name_set_add(&local, gp->input[i]->name);
   for (size_t i = 0; i < gp->n_initializer; i++) name_set_add(&local, gp->initializer[i]->name);
   for (size_t i = 0; i < gp->n_node; i++)
@@ -735,6 +743,17 @@ static nbl_status graph_from_pb(load_ctx *c, Onnx__GraphProto *gp, nbl_graph *g,
     Onnx__NodeProto *np = gp->node[i];
     const char *op = np->op_type ? np->op_type : "";
     const char *nname = np->name ? np->name : "";
+    if (name_set_repeated(&nodes_seen, nname)) {
+      size_t len = strlen(nname) + 24;
+      char *nm = nbl_arena_alloc(a, len);
+      if (!nm) {
+        st = oom(c);
+        goto done;
+      }
+      name_set_suffix(&nodes_all, &nodes_seen, nname, nm, len);
+      nname = nm;
+    }
+    name_set_add(&nodes_seen, nname);
     nbl_id stack_ids[16];
     size_t nio = np->n_input + np->n_output;
     nbl_id *ids = nio <= 16 ? stack_ids : malloc(sizeof(nbl_id) * nio);
@@ -828,6 +847,8 @@ static nbl_status graph_from_pb(load_ctx *c, Onnx__GraphProto *gp, nbl_graph *g,
   }
 done:
   name_set_free(&local);
+  name_set_free(&nodes_all);
+  name_set_free(&nodes_seen);
   return st;
 }
 

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +54,24 @@ static inline void name_set_add(name_set *s, const char *k) {
   size_t i = (size_t)name_set_hash(k) & (s->cap - 1);
   while (s->keys[i]) i = (i + 1) & (s->cap - 1);
   s->keys[i] = k;
+}
+
+/* A graph's node names (ONNX Runtime refuses a graph with two nodes of one
+ * name, which models can bring and passes can make): a name already in
+ * `seen` is repeated, and becomes the first free name_k (k = 1, 2, ...)
+ * among `all` (every node name of the graph) and `seen`, written to buf
+ * (len >= strlen(name) + 24). The one rule of the loader, which gives the
+ * IR unique names, and the writer, which keeps a pass's repeats out of the
+ * file. */
+static inline bool name_set_repeated(const name_set *seen, const char *name) {
+  return name && *name && name_set_has(seen, name);
+}
+static inline void name_set_suffix(const name_set *all, const name_set *seen, const char *name, char *buf,
+                                   size_t len) {
+  for (unsigned k = 1;; k++) {
+    snprintf(buf, len, "%s_%u", name, k);
+    if (!name_set_has(all, buf) && !name_set_has(seen, buf)) return;
+  }
 }
 
 #endif

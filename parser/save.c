@@ -645,17 +645,14 @@ static nbl_status graph_to_pb(save_ctx *c, const nbl_graph *g, Onnx__GraphProto 
     onnx__node_proto__init(np);
     gp->node[oi] = np;
     np->name = (n->name && *n->name) ? n->name : NULL;
-    if (np->name && name_set_has(&seen, np->name)) {
+    if (name_set_repeated(&seen, np->name)) {
       size_t len = strlen(np->name) + 24;
       char *nm = nbl_arena_alloc(c->a, len);
       if (!nm) {
         st = oom(c);
         break;
       }
-      for (unsigned k = 1;; k++) {
-        snprintf(nm, len, "%s_%u", n->name, k);
-        if (!name_set_has(&all, nm) && !name_set_has(&seen, nm)) break;
-      }
+      name_set_suffix(&all, &seen, n->name, nm, len);
       np->name = nm;
     }
     name_set_add(&seen, np->name);
