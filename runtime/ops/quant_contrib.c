@@ -531,6 +531,8 @@ static nbl_status k_qlinear_softmax(nbl_kctx *c) {
   if (X->numel == 0) return NBL_OK;
   float fx[256];
   deq_table(&px, fx);
+  double *e = malloc((size_t)R * sizeof *e); /* a row's exponentials, computed once */
+  if (!e) return nbl_kerr(c, NBL_ERR_OUT_OF_MEMORY, "out of memory");
   const uint8_t *x = X->data;
   uint8_t *y = nbl_kctx_out(c, 0)->data;
   for (int64_t o = 0; o < outer; o++)
@@ -540,10 +542,10 @@ static nbl_status k_qlinear_softmax(nbl_kctx *c) {
       float m = fx[xr[0]];
       for (int64_t r = 1; r < R; r++) m = fx[xr[r * inner]] > m ? fx[xr[r * inner]] : m;
       double s = 0;
-      for (int64_t r = 0; r < R; r++) s += exp((double)(fx[xr[r * inner]] - m));
-      for (int64_t r = 0; r < R; r++)
-        yr[r * inner] = quant(&py, (float)(exp((double)(fx[xr[r * inner]] - m)) / s));
+      for (int64_t r = 0; r < R; r++) s += e[r] = exp((double)(fx[xr[r * inner]] - m));
+      for (int64_t r = 0; r < R; r++) yr[r * inner] = quant(&py, (float)(e[r] / s));
     }
+  free(e);
   return NBL_OK;
 }
 
