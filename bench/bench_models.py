@@ -229,5 +229,17 @@ def cpu_name():
     return "unknown CPU"
 
 
+def cpu_has(flag):
+    """True when /proc/cpuinfo lists the CPU feature flag (e.g. "avx512f"), or cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return flag in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return True
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,15 +72,6 @@ def top1(nibble, model, inputs, outdir, reference):
     return np.load(os.path.join(outdir, files[0]))
 
 
-def has_avx512():
-    """True when /proc/cpuinfo lists avx512f (the INT4 default is then not the AVX2 code)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(l.startswith("flags") and " avx512f" in l for l in f)
-    except OSError:
-        return True
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nibble", required=True)
@@ -198,7 +189,7 @@ def main():
           ("- INT4 AVX2 kernels: the INT4 model with `NBL_ISA=avx2`, the code a CPU without "
            "AVX-512 VNNI runs (ONNX Runtime still uses AVX-512 here, so this ratio is "
            "pessimistic for such a CPU); whether its output is byte-identical to the default "
-           "one is in the last table." if has_avx512() else
+           "one is in the last table." if bm.cpu_has("avx512f") else
            "- INT4 AVX2 kernels: the INT4 model with `NBL_ISA=avx2`; this CPU has no AVX-512, "
            "so it runs the same code as the INT4 column (and ONNX Runtime its AVX2 kernels): "
            "the two columns differ only by the machine's noise."),
